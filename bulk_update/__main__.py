@@ -1,0 +1,3 @@
+from bulk_update.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,324 @@
+"""The emulator's ASGI application (Starlette): the Conversations API plus an admin route.
+
+Every ``/v1`` request goes through the same gate, in this order: authentication (401), the
+server-side rate limit (429, which counts every authenticated request), the configured latency,
+then an injected fault (reset, 5xx, slow) if one is drawn, then the operation itself.
+``/_emulator/*`` routes are outside the API: no key, no limit, no faults, not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from bulk_update.emulator.faults import FaultKind, FaultPlan
+from bulk_update.emulator.limits import TokenBucket
+from bulk_update.emulator.store import MAX_ITEMS, ApiError, ConversationStore
+
+# The ASGI extension in which the server offers ``{"abort": callable}`` to drop the connection
+# with a TCP reset (see server.py).
+ABORT_EXTENSION = "bulk_update.abort"
+
+JSON_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorConfig:
+    """How the emulator behaves. ``rpm=0`` means no limit; rates are fractions of requests."""
+
+    api_key: str | None = None
+    rpm: int = 0
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    reset_rate: float = 0.0
+    slow_rate: float = 0.0
+    slow_ms: float = 5000.0
+    random_seed: int | None = None
+    # Every API request answered 429 insufficient_quota (a billing stop), for fatal-error tests.
+    quota_exhausted: bool = False
+
+    def __repr__(self) -> str:
+        # The key is a secret even in a test tool's logs.
+        shown = "None" if self.api_key is None else "'***'"
+        fields = ", ".join(
+            f"{name}={value!r}" for name, value in asdict(self).items() if name != "api_key"
+        )
+        return f"EmulatorConfig(api_key={shown}, {fields})"
+
+
+class ConnectionDropped(Exception):
+    """Raised when a reset is drawn but the server offers no way to drop the connection."""
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Emulator:
+    """State shared by all requests: the store, the limit, the faults and the counters."""
+
+    def __init__(self, config: EmulatorConfig, clock: Callable[[], float] = time.monotonic):
+        self.store = ConversationStore()
+        self.clock = clock
+        self.by_status: Counter[str] = Counter()
+        self.by_operation: Counter[str] = Counter()
+        self.configure(config)
+
+    def configure(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.bucket = TokenBucket(config.rpm, self.clock()) if config.rpm > 0 else None
+        self.faults = FaultPlan(
+            error_rate=config.error_rate,
+            reset_rate=config.reset_rate,
+            slow_rate=config.slow_rate,
+            seed=config.random_seed,
+        )
+
+    def stats(self, per_id: bool) -> dict[str, Any]:
+        stats: dict[str, Any] = {
+            "requests": sum(self.by_operation.values()),
+            "by_status": dict(self.by_status),
+            "by_operation": dict(self.by_operation),
+            "conversations": len(self.store),
+        }
+        if per_id:
+            stats["update_requests_by_id"] = self.store.update_requests
+            stats["updates_applied_by_id"] = self.store.updates_applied
+        return stats
+
+    def reset_counters(self) -> None:
+        self.by_status.clear()
+        self.by_operation.clear()
+        self.store.update_requests.clear()
+        self.store.updates_applied.clear()
+
+
+def _json(status: int, body: object, headers: dict[str, str]) -> Response:
+    return Response(
+        json.dumps(body, ensure_ascii=False), status_code=status, headers=headers,
+        media_type=JSON_TYPE,
+    )  # fmt: skip
+
+
+def _error(error: ApiError, headers: dict[str, str]) -> Response:
+    return _json(error.status, error.body(), headers)
+
+
+def _check_auth(authorization: str | None, expected: str | None) -> None:
+    scheme, _, key = (authorization or "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise ApiError(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an "
+            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        )
+    if expected is not None and not hmac.compare_digest(key.encode(), expected.encode()):
+        # Unlike the real API, not even a redacted form of the key is echoed.
+        raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+async def _read_json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(
+            400,
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
+            "but what was sent was not valid JSON.)",
+        ) from None
+    if not isinstance(body, dict):
+        raise ApiError(
+            400, "Invalid body: expected a JSON object.", param=None, code="invalid_type"
+        )
+    return body
+
+
+def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None = None) -> Starlette:
+    """Build the ASGI app. Pass ``emulator`` to share or inspect its state (tests)."""
+    state = emulator or Emulator(config or EmulatorConfig())
+    store = state.store
+
+    def api(operation: str, handler: Handler) -> Handler:
+        async def gate(request: Request) -> Response:
+            started = time.perf_counter()
+            state.by_operation[operation] += 1
+            headers = {"x-request-id": "req_" + uuid.uuid4().hex}
+            response = await _gated(request, handler, headers)
+            if response is None:
+                state.by_status["reset"] += 1
+                extension = request.scope.get("extensions", {}).get(ABORT_EXTENSION, {})
+                abort = extension.get("abort")
+                if not callable(abort):
+                    raise ConnectionDropped("injected connection reset")
+                abort()
+                await asyncio.sleep(0)  # let the server see the connection is gone
+                return Response(status_code=500)  # never reaches the client
+            state.by_status[str(response.status_code)] += 1
+            response.headers["openai-processing-ms"] = str(
+                int((time.perf_counter() - started) * 1000)
+            )
+            return response
+
+        return gate
+
+    async def _gated(
+        request: Request, handler: Handler, headers: dict[str, str]
+    ) -> Response | None:
+        config = state.config
+        try:
+            _check_auth(request.headers.get("authorization"), config.api_key)
+        except ApiError as error:
+            return _error(error, headers)
+        if state.bucket is not None:
+            admission = state.bucket.admit(state.clock())
+            headers.update(admission.headers())
+            if not admission.allowed:
+                return _error(
+                    ApiError(
+                        429,
+                        f"Rate limit reached for requests per min (RPM): Limit {config.rpm}. "
+                        f"Please try again in {admission.retry_after_seconds * 1000:.0f}ms.",
+                        type="requests",
+                        code="rate_limit_exceeded",
+                    ),
+                    headers,
+                )
+        if config.quota_exhausted:
+            return _error(
+                ApiError(
+                    429,
+                    "You exceeded your current quota, please check your plan and billing details.",
+                    type="insufficient_quota",
+                    code="insufficient_quota",
+                ),
+                headers,
+            )
+        fault = state.faults.draw() if state.faults.active else None
+        if config.latency_ms > 0:
+            await asyncio.sleep(config.latency_ms / 1000)
+        if fault is not None:
+            if fault.kind is FaultKind.RESET:
+                return None
+            if fault.kind is FaultKind.ERROR and fault.answer is not None:
+                answer = fault.answer
+                return Response(
+                    answer.body, status_code=answer.status, headers=headers,
+                    media_type=answer.content_type,
+                )  # fmt: skip
+            if fault.kind is FaultKind.SLOW:
+                await asyncio.sleep(config.slow_ms / 1000)
+        try:
+            response = await handler(request)
+        except ApiError as error:
+            return _error(error, headers)
+        response.headers.update(headers)
+        return response
+
+    async def create(request: Request) -> Response:
+        body = await _read_json(request)
+        items = body.get("items")
+        if items is not None and (not isinstance(items, list) or len(items) > MAX_ITEMS):
+            raise ApiError(
+                400,
+                f"Invalid 'items': expected an array of at most {MAX_ITEMS} items.",
+                param="items",
+                code="invalid_value",
+            )
+        return _json(200, store.create(body.get("metadata")).resource(), {})
+
+    async def retrieve(request: Request) -> Response:
+        conversation = store.get(request.path_params["conversation_id"])
+        return _json(200, conversation.resource(), {})
+
+    async def update(request: Request) -> Response:
+        conversation_id = request.path_params["conversation_id"]
+        store.count_update_request(conversation_id)
+        body = await _read_json(request)
+        if "metadata" not in body:
+            raise ApiError(
+                400,
+                "Missing required parameter: 'metadata'.",
+                param="metadata",
+                code="missing_required_parameter",
+            )
+        return _json(200, store.update(conversation_id, body["metadata"]).resource(), {})
+
+    async def delete(request: Request) -> Response:
+        conversation_id = request.path_params["conversation_id"]
+        store.delete(conversation_id)
+        return _json(
+            200, {"id": conversation_id, "object": "conversation.deleted", "deleted": True}, {}
+        )
+
+    async def admin_stats(request: Request) -> Response:
+        per_id = request.query_params.get("per_id", "").lower() in {"1", "true", "yes"}
+        return _json(200, state.stats(per_id), {})
+
+    async def admin_conversation(request: Request) -> Response:
+        try:
+            conversation = store.get(request.path_params["conversation_id"])
+        except ApiError as error:
+            return _error(error, {})
+        return _json(200, conversation.resource(), {})
+
+    async def admin_reset_counters(request: Request) -> Response:
+        state.reset_counters()
+        return _json(200, state.stats(per_id=False), {})
+
+    async def admin_config(request: Request) -> Response:
+        """GET shows the settings; POST changes some of them (faults, limit, latency)."""
+        if request.method == "POST":
+            changes = await request.json()
+            allowed = set(EmulatorConfig.__dataclass_fields__) - {"api_key"}
+            unknown = set(changes) - allowed
+            if unknown:
+                return _json(400, {"error": f"unknown settings: {sorted(unknown)}"}, {})
+            try:
+                state.configure(replace(state.config, **changes))
+            except (TypeError, ValueError) as exc:
+                return _json(400, {"error": str(exc)}, {})
+        settings = asdict(state.config)
+        settings["api_key"] = None if state.config.api_key is None else "***"
+        return _json(200, settings, {})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = f"Invalid URL ({request.method} {request.url.path})"
+        return _error(ApiError(status, message), {"x-request-id": "req_" + uuid.uuid4().hex})
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _error(exc, {})
+
+    path = "/v1/conversations/{conversation_id}"
+    routes = [
+        Route("/v1/conversations", api("create", create), methods=["POST"]),
+        Route(path, api("retrieve", retrieve), methods=["GET"]),
+        Route(path, api("update", update), methods=["POST"]),
+        Route(path, api("delete", delete), methods=["DELETE"]),
+        Route("/_emulator/stats", admin_stats, methods=["GET"]),
+        Route("/_emulator/conversations/{conversation_id}", admin_conversation, methods=["GET"]),
+        Route("/_emulator/reset-counters", admin_reset_counters, methods=["POST"]),
+        Route("/_emulator/config", admin_config, methods=["GET", "POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: not_found, ApiError: api_error},
+    )
+    app.state.emulator = state
+    return app

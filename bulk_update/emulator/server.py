@@ -1,0 +1,112 @@
+"""Serving the emulator with uvicorn on a socket it binds itself (``--port 0`` picks a free one).
+
+uvicorn gives an ASGI app no way to drop a connection without answering, which is the fault a
+``--reset-rate`` must inject. ``ResettableHttpToolsProtocol`` offers one: it puts an ``abort``
+callable in each request's ASGI extensions that closes the socket with a TCP reset (RST). It
+also turns Nagle's algorithm off, which costs 40 ms a request otherwise (see connection_made).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+import polars as pl
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from bulk_update.emulator.app import ABORT_EXTENSION, Emulator, EmulatorConfig, create_app
+from bulk_update.emulator.store import preload_id
+
+
+class ResettableHttpToolsProtocol(HttpToolsProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # uvicorn writes a response's head and body separately; with Nagle on, the body
+            # waits for the client's delayed ACK (40 ms a request). uvloop leaves it on for
+            # sockets it is handed.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        transport = self.transport
+
+        def abort() -> None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # Linger 0: close() sends RST instead of FIN, as a crashed proxy would.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+
+        extensions = self.scope.setdefault("extensions", {})
+        extensions[ABORT_EXTENSION] = {"abort": abort}
+
+
+def preload_ids_from(spec: str) -> Iterator[str]:
+    """IDs for ``--preload``: a whole number N, or a CSV/Parquet file's ``conversation_id``."""
+    if spec.isdigit():
+        yield from (preload_id(i) for i in range(int(spec)))
+        return
+    path = Path(spec)
+    if path.suffix.lower() == ".parquet":
+        frame = pl.scan_parquet(path).select(pl.col("conversation_id").cast(pl.String))
+    else:
+        frame = pl.scan_csv(path, infer_schema=False).select("conversation_id")
+    ids = frame.select(pl.col("conversation_id").str.strip_chars()).collect()
+    for value in ids.get_column("conversation_id"):
+        if value:
+            yield value
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    # Listening before the base URL is printed: a client that connects at once waits in the
+    # backlog until uvicorn accepts, instead of being refused.
+    sock.listen(4096)
+    return sock
+
+
+def base_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/v1"
+
+
+def serve(
+    config: EmulatorConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    preload: str | None = None,
+    out: TextIO = sys.stdout,
+) -> None:
+    """Run the emulator until interrupted. Prints its base URL once it is ready to serve."""
+    emulator = Emulator(config)
+    if preload is not None:
+        added = emulator.store.preload(preload_ids_from(preload))
+        print(f"preloaded {added} conversations", file=out, flush=True)
+    app = create_app(emulator=emulator)
+    sock = bind(host, port)
+    uv_config = uvicorn.Config(
+        app,
+        http=ResettableHttpToolsProtocol,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_keep_alive=30,
+        backlog=4096,
+    )
+    server = uvicorn.Server(uv_config)
+    print(f"bulk-update emulator serving {base_url(sock)}", file=out, flush=True)
+    asyncio.run(server.serve(sockets=[sock]))

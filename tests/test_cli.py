@@ -1,0 +1,94 @@
+"""The real `bulk-update` command: help texts, bad flags, the emulator's start-up."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from bulk_update.cli import build_parser
+from tests.conftest import StartEmulator
+
+
+def _commands() -> list[str]:
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return sorted(action.choices)
+    return []
+
+
+COMMANDS = _commands()
+
+
+def bulk_update(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bulk_update", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_there_are_commands() -> None:
+    assert "emulator" in COMMANDS
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    result = bulk_update(command, "--help")
+    assert result.returncode == 0
+    assert f"usage: bulk-update {command}" in result.stdout
+    assert len(result.stdout.splitlines()) > 3
+
+
+def test_top_level_help_lists_every_command() -> None:
+    result = bulk_update("--help")
+    assert result.returncode == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("emulator", "--error-rate", "1.5"),
+        ("emulator", "--rpm", "-1"),
+        ("emulator", "--port", "x"),
+        ("nonsense",),
+    ],
+)
+def test_bad_flags_exit_2(args: tuple[str, ...]) -> None:
+    result = bulk_update(*args)
+    assert result.returncode == 2
+    assert "error" in result.stderr
+
+
+def test_emulator_prints_base_url_and_preloads_a_file(
+    start_emulator: StartEmulator, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    ids = ["conv_a1", " conv_b2 ", "", "conv_c3"]
+    path = tmp_path / "ids.csv"
+    path.write_text("conversation_id,x\n" + "".join(f"{i},1\n" for i in ids))
+    emu = start_emulator("--preload", str(path))
+    assert emu.base_url.startswith("http://127.0.0.1:")
+    assert emu.base_url.endswith("/v1")
+    assert emu.stats()["conversations"] == 3
+    assert emu.admin("conversations/conv_b2")["id"] == "conv_b2"
+
+
+def test_emulator_preloads_n(start_emulator: StartEmulator) -> None:
+    from bulk_update.emulator import preload_id
+
+    emu = start_emulator("--preload", "250")
+    assert emu.stats()["conversations"] == 250
+    assert emu.admin(f"conversations/{preload_id(249)}")["metadata"] == {}
+
+
+def test_emulator_port_in_use_exits_2(start_emulator: StartEmulator) -> None:
+    emu = start_emulator()
+    port = emu.base_url.split(":")[-1].split("/")[0]
+    result = bulk_update("emulator", "--port", port)
+    assert result.returncode == 2
+    assert "Address already in use" in result.stderr
