@@ -1,5 +1,35 @@
-"""bulk_update: bulk-update the metadata of OpenAI conversations from a CSV or Parquet table."""
+"""bulk_update: bulk-update the metadata of OpenAI conversations from a CSV or Parquet table.
+
+from bulk_update import JobConfig, run_job
+summary = run_job(JobConfig(input="rows.csv", output="out/results.parquet"))
+summary.exit_code, summary.as_dict()
+"""
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from bulk_update.config import JobConfig
+from bulk_update.exceptions import (
+    BulkUpdateError,
+    ConfigError,
+    FatalApiError,
+    InputError,
+    JournalError,
+)
+from bulk_update.job import JobSummary, Progress, run_job, run_job_async
+from bulk_update.outcome import RowOutcome, Status
+
+__all__ = [
+    "BulkUpdateError",
+    "ConfigError",
+    "FatalApiError",
+    "InputError",
+    "JobConfig",
+    "JobSummary",
+    "JournalError",
+    "Progress",
+    "RowOutcome",
+    "Status",
+    "__version__",
+    "run_job",
+    "run_job_async",
+]

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from bulk_update import __version__
+from bulk_update.config import JobConfig
+from bulk_update.exceptions import BulkUpdateError, ConfigError
+from bulk_update.job import Progress, run_job
+
+log = logging.getLogger("bulk_update")
+# Without a progress bar (no TTY, or --quiet), a progress log line this often.
+PROGRESS_LOG_INTERVAL_S = 10.0
 
 
 def _fraction(text: str) -> float:
@@ -103,6 +112,215 @@ def _run_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _column_list(text: str) -> tuple[str, ...]:
+    columns = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not columns:
+        raise argparse.ArgumentTypeError("expected column names separated by commas")
+    return columns
+
+
+def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None:
+    """The options of `run` (and of `validate`, which is `run --dry-run`).
+
+    Defaults are SUPPRESS so that only the flags given override a job file; the real defaults
+    live in JobConfig.
+    """
+    S = argparse.SUPPRESS
+    parser.add_argument("input", nargs="?", default=S, help="the CSV or Parquet file to read")
+    parser.add_argument(
+        "--job", default=None, metavar="FILE.toml", help="read options from a job file"
+    )
+    parser.add_argument(
+        "--output",
+        default=S,
+        metavar="PATH",
+        help="results file: .parquet, .csv or .jsonl (required)",
+    )
+    parser.add_argument(
+        "--errors-output",
+        default=S,
+        metavar="PATH",
+        help="failed, invalid and unprocessed rows in the input's own columns, "
+        "plus status, error_code, error_message: fix and feed back",
+    )
+    parser.add_argument(
+        "--id-column",
+        default=S,
+        metavar="NAME",
+        help="the conversation ID column (default conversation_id)",
+    )
+    parser.add_argument(
+        "--columns",
+        type=_column_list,
+        default=S,
+        metavar="A,B,...",
+        help="the metadata columns (default: every column but the ID column)",
+    )
+    parser.add_argument(
+        "--metadata-column",
+        default=S,
+        metavar="NAME",
+        help="instead: one column holding a JSON object of key/value pairs",
+    )
+    if validate:
+        return
+    parser.add_argument(
+        "--base-url",
+        default=S,
+        metavar="URL",
+        help="API base URL (default $OPENAI_BASE_URL, else https://api.openai.com/v1)",
+    )
+    parser.add_argument(
+        "--rpm",
+        type=_positive_int,
+        default=S,
+        metavar="N",
+        help="requests per minute for the whole job (default 500)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=S,
+        metavar="N",
+        help="requests in flight at most (default 16)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=S,
+        metavar="N",
+        help="attempts per row for transient failures; 429 waits excluded (default 6)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=S,
+        metavar="S",
+        help="per-request timeout in seconds (default 60)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=S,
+        help="read, validate and plan; send nothing; still write the results",
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        default=S,
+        help="ignore saved progress and start over (the old journal is kept aside)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=_non_negative_int,
+        default=S,
+        metavar="N",
+        help="only the first N valid rows (a canary run); the rest unprocessed",
+    )
+
+
+def _add_log_options(parser: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS
+    parser.add_argument("--quiet", action="store_true", default=S, help="no progress bar")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=S,
+        help="text (default) or one JSON object per log line",
+    )
+    parser.add_argument(
+        "--log-file", default=S, metavar="PATH", help="append logs to this file instead of stderr"
+    )
+
+
+def _job_options(args: argparse.Namespace, validate: bool) -> tuple[JobConfig, dict[str, Any]]:
+    """JobConfig from the job file, overridden by the flags given; plus the CLI's own settings."""
+    from bulk_update.jobfile import CLI_KEYS, load_job_file
+
+    fields = frozenset(JobConfig.__dataclass_fields__)
+    options: dict[str, Any] = load_job_file(args.job, fields) if args.job else {}
+    given = {k: v for k, v in vars(args).items() if k not in {"command", "job"}}
+    options.update(given)
+    if validate:
+        options["dry_run"] = True
+    cli = {key: options.pop(key) for key in list(options) if key in CLI_KEYS}
+    for required in ("input", "output"):
+        if not options.get(required):
+            name = "INPUT" if required == "input" else "--output"
+            raise ConfigError(f"{name} is required (on the command line or in the job file)")
+    return JobConfig(**options), cli
+
+
+def _progress_reporter(quiet: bool) -> tuple[Callable[[Progress], None] | None, Any]:
+    """A rich progress bar on a TTY (unless quiet); else periodic log lines for schedulers."""
+    if not quiet and sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        bar = Bar(
+            TextColumn("[bold]bulk-update"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+            TextColumn("{task.fields[counts]}"), transient=False,
+        )  # fmt: skip
+        task = bar.add_task("rows", total=None, rate="", counts="")
+
+        def show(progress: Progress) -> None:
+            rate = progress.done / progress.elapsed_s if progress.elapsed_s else 0.0
+            counts = " ".join(f"{k}={v}" for k, v in sorted(progress.counts.items()))
+            bar.update(task, completed=progress.done, total=progress.total,
+                       rate=f"{rate:.0f} rows/s", counts=counts)  # fmt: skip
+
+        return show, bar
+    last = [0.0]
+
+    def log_progress(progress: Progress) -> None:
+        if progress.elapsed_s - last[0] >= PROGRESS_LOG_INTERVAL_S:
+            last[0] = progress.elapsed_s
+            log.info(
+                "progress %d/%d",
+                progress.done,
+                progress.total,
+                extra={"event": "progress", "done": progress.done, "total": progress.total,
+                       "counts": progress.counts, "requests": progress.requests},
+            )  # fmt: skip
+
+    return log_progress, None
+
+
+def _run(args: argparse.Namespace, validate: bool) -> int:
+    from bulk_update import logs
+
+    config, cli = _job_options(args, validate)
+    logs.configure(cli.get("log_format", "text"), cli.get("log_file"))
+    reporter, bar = _progress_reporter(bool(cli.get("quiet")))
+    if bar is not None:
+        bar.start()
+    try:
+        summary = run_job(config, progress=reporter)
+    finally:
+        if bar is not None:
+            bar.stop()
+    print(summary.line(), file=sys.stderr, flush=True)
+    return summary.exit_code
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from bulk_update.demo import run_demo
 
@@ -116,6 +334,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bulk-update {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "run",
+        help="update conversations' metadata from a CSV or Parquet file",
+        description="Update the metadata of one conversation per input row. Resumes where the "
+        "last run on the same --output stopped. The API key comes from $OPENAI_API_KEY.",
+    )
+    _add_job_options(run, validate=False)
+    _add_log_options(run)
+    validate = commands.add_parser(
+        "validate",
+        help="validate and plan only (= run --dry-run): send nothing",
+        description="Read, validate and plan every row; send nothing. The results say "
+        "planned or invalid for every row. Needs no API key.",
+    )
+    _add_job_options(validate, validate=True)
+    _add_log_options(validate)
     _add_emulator(commands)
     commands.add_parser(
         "demo",
@@ -127,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "emulator":
-        return _run_emulator(args)
-    return _run_demo(args)
+    try:
+        if args.command in {"run", "validate"}:
+            return _run(args, validate=args.command == "validate")
+        if args.command == "emulator":
+            return _run_emulator(args)
+        return _run_demo(args)
+    except BulkUpdateError as exc:
+        print(f"bulk-update: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("bulk-update: interrupted", file=sys.stderr, flush=True)
+        return 130

@@ -1,0 +1,136 @@
+"""The one configuration object: the CLI, job files and Airflow all build a ``JobConfig``.
+
+Defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bulk_update.exceptions import ConfigError
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_ID_COLUMN = "conversation_id"
+DEFAULT_RPM = 500
+DEFAULT_CONCURRENCY = 16
+DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_TIMEOUT_S = 60.0
+# The longest `retry-after` honoured; a server asking for more fails the row instead of stalling
+# the whole job (the SDK's own cap).
+MAX_RETRY_AFTER_S = 120.0
+# Rows read, planned and journaled together.
+DEFAULT_BATCH_ROWS = 50_000
+
+RESULT_FORMATS = (".parquet", ".csv", ".jsonl")
+
+
+def output_format(path: str) -> str:
+    """``.parquet``, ``.csv`` or ``.jsonl``, from a results path's extension."""
+    suffix = Path(urlsplit(path).path).suffix.lower()
+    if suffix not in RESULT_FORMATS:
+        raise ConfigError(
+            f"{path}: unknown results format {suffix or '(none)'!r}; use one of "
+            + ", ".join(RESULT_FORMATS)
+        )
+    return suffix
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(url: str) -> str:
+    """The base URL without a trailing slash; plain http only to a loopback host."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(f"base URL {url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigError(
+            f"refusing plain http to {parts.hostname}: the API key would cross the network in "
+            "clear text (http is allowed only to a loopback host, such as the emulator)"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"base URL {url!r} must not have a query or fragment")
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig:
+    """Everything one run needs. Build it directly, from a job file, or from CLI flags.
+
+    ``api_key``, ``organization``, ``project`` and ``base_url`` default to the environment
+    (``OPENAI_API_KEY``, ``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID``, ``OPENAI_BASE_URL``) when the
+    job runs. The key is never shown by ``repr``.
+    """
+
+    input: str
+    output: str
+    errors_output: str | None = None
+    id_column: str = DEFAULT_ID_COLUMN
+    columns: tuple[str, ...] | None = None
+    metadata_column: str | None = None
+    base_url: str | None = None
+    rpm: int = DEFAULT_RPM
+    concurrency: int = DEFAULT_CONCURRENCY
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: float = DEFAULT_TIMEOUT_S
+    dry_run: bool = False
+    restart: bool = False
+    limit: int | None = None
+    api_key: str | None = field(default=None, repr=False)
+    organization: str | None = None
+    project: str | None = None
+    journal: str | None = None  # default: beside the results, see journal_path()
+    batch_rows: int = DEFAULT_BATCH_ROWS
+
+    def __post_init__(self) -> None:
+        if self.columns is not None and self.metadata_column is not None:
+            raise ConfigError("--columns and --metadata-column exclude each other")
+        if self.columns is not None and not self.columns:
+            raise ConfigError("--columns names no column")
+        for name, value in (
+            ("rpm", self.rpm),
+            ("concurrency", self.concurrency),
+            ("max-attempts", self.max_attempts),
+            ("batch-rows", self.batch_rows),
+        ):
+            if value < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {value}")
+        if self.timeout <= 0:
+            raise ConfigError(f"--timeout must be positive, got {self.timeout}")
+        if self.limit is not None and self.limit < 0:
+            raise ConfigError(f"--limit must not be negative, got {self.limit}")
+        output_format(self.output)
+        if self.errors_output is not None:
+            output_format(self.errors_output)
+        if self.base_url is not None:
+            check_base_url(self.base_url)
+
+    def resolved_base_url(self) -> str:
+        return check_base_url(
+            self.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        )
+
+    def resolved_api_key(self) -> str:
+        key = self.api_key or os.environ.get("OPENAI_API_KEY")
+        if not key:
+            raise ConfigError("no API key: set OPENAI_API_KEY")
+        return key
+
+    def journal_path(self) -> Path:
+        """Where progress is journaled: beside a local results file, else under ./.bulk_update."""
+        if self.journal is not None:
+            return Path(self.journal)
+        if "://" in self.output:
+            safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in self.output)
+            return Path(".bulk_update") / f"{safe}.journal.sqlite"
+        return Path(self.output + ".journal.sqlite")

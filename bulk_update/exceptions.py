@@ -1,0 +1,46 @@
+"""The exceptions bulk_update raises, each carrying what is needed to act on it.
+
+BulkUpdateError              base of everything raised on purpose
+├── ConfigError              bad options or job file: exit 2, nothing sent
+├── InputError               unreadable input, missing or unknown column: exit 2, nothing sent
+├── JournalError             the journal refuses: another run holds it, or the input
+│                            changed since it was written: exit 2, nothing sent
+└── FatalApiError            the API says every later row would fail the same way
+                             (401, 403, insufficient_quota, a circuit breaker): exit 3
+"""
+
+from __future__ import annotations
+
+
+class BulkUpdateError(Exception):
+    """Base class of the errors bulk_update raises on purpose."""
+
+    exit_code = 2
+
+
+class ConfigError(BulkUpdateError):
+    """Options or a job file that cannot work."""
+
+
+class InputError(BulkUpdateError):
+    """The input cannot be read or does not have the columns asked for."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class JournalError(BulkUpdateError):
+    """The journal cannot be used for this run."""
+
+
+class FatalApiError(BulkUpdateError):
+    """An API answer that stops the whole job: every later row would fail the same way."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, http_status: int | None, error_code: str | None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.error_code = error_code

@@ -1,0 +1,318 @@
+"""The job: wires read -> plan -> send -> journal -> write, and reports a summary.
+
+``run_job(config)`` is the whole tool; the CLI, job files and Airflow all call it. It raises
+ConfigError, InputError or JournalError before anything is sent (exit 2); everything after that
+ends in the results and in the returned JobSummary, whose ``exit_code`` says how it went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import polars as pl
+
+from bulk_update.config import JobConfig
+from bulk_update.exceptions import FatalApiError
+from bulk_update.journal import Journal, file_fingerprint
+from bulk_update.outcome import SUCCESS, RowOutcome, Status
+from bulk_update.plan import PlannedUpdate, find_duplicates, plan_batch
+from bulk_update.read import ROW_NUMBER, InputTable, open_input
+from bulk_update.send import Sender, SendSettings
+from bulk_update.write import write_errors, write_results
+
+log = logging.getLogger("bulk_update")
+
+EXIT_OK = 0
+EXIT_ROWS_FAILED = 1
+EXIT_FATAL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What the progress callback gets: rows accounted for so far, of ``total``."""
+
+    done: int
+    total: int
+    counts: dict[str, int]
+    requests: int
+    elapsed_s: float
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """How a run went. ``as_dict()`` is small and JSON-safe (an Airflow XCom)."""
+
+    counts: dict[str, int]
+    total_rows: int
+    requests_sent: int
+    elapsed_s: float
+    output: str
+    errors_output: str | None
+    journal: str | None
+    exit_code: int
+    dry_run: bool = False
+    fatal_error: str | None = None
+    sent_this_run: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.sent_this_run / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self.counts),
+            "total_rows": self.total_rows,
+            "requests_sent": self.requests_sent,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "rows_per_s": round(self.rows_per_s, 2),
+            "output": self.output,
+            "errors_output": self.errors_output,
+            "journal": self.journal,
+            "exit_code": self.exit_code,
+            "dry_run": self.dry_run,
+            "fatal_error": self.fatal_error,
+        }
+
+    def line(self) -> str:
+        """The one-line summary that ends every run on stderr."""
+        order = [s.value for s in Status]
+        counts = " ".join(f"{s}={self.counts[s]}" for s in order if self.counts.get(s))
+        text = (
+            f"bulk-update: {self.total_rows} rows: {counts or 'none'}; "
+            f"{self.requests_sent} requests, {self.rows_per_s:.1f} rows/s, "
+            f"{self.elapsed_s:.1f}s; exit {self.exit_code}"
+        )
+        if self.fatal_error:
+            text += f"; stopped: {self.fatal_error}"
+        return text
+
+
+def exit_code_for(counts: dict[str, int], fatal: bool) -> int:
+    if fatal:
+        return EXIT_FATAL
+    if any(n and Status(s) not in SUCCESS for s, n in counts.items()):
+        return EXIT_ROWS_FAILED
+    return EXIT_OK
+
+
+def _fingerprint(config: JobConfig) -> dict[str, Any]:
+    return {
+        "input": file_fingerprint(config.input),
+        "id_column": config.id_column,
+        "columns": list(config.columns) if config.columns else None,
+        "metadata_column": config.metadata_column,
+    }
+
+
+@contextlib.contextmanager
+def _open_journal(config: JobConfig) -> Iterator[Journal]:
+    """The run's journal; a dry run uses a throw-away one and never touches the real one."""
+    if config.dry_run:
+        with (
+            tempfile.TemporaryDirectory(prefix="bulk-update-dry-run-") as directory,
+            Journal.open(Path(directory) / "journal.sqlite", {}) as journal,
+        ):
+            yield journal
+        return
+    with Journal.open(config.journal_path(), _fingerprint(config), restart=config.restart) as j:
+        yield j
+
+
+class _Run:
+    """One run's moving parts and tallies."""
+
+    def __init__(
+        self,
+        config: JobConfig,
+        table: InputTable,
+        journal: Journal,
+        progress: ProgressCallback | None,
+        total: int,
+    ) -> None:
+        self.config = config
+        self.table = table
+        self.journal = journal
+        self.progress = progress
+        self.total = total
+        self.counts: Counter[str] = Counter()
+        self.started = time.monotonic()
+        self.sender: Sender | None = None
+        self.sent_this_run = 0
+        self._last_report = 0.0
+
+    @property
+    def stopped(self) -> bool:
+        return self.sender is not None and self.sender.fatal is not None
+
+    def tally(self, outcomes: list[RowOutcome] | list[Status]) -> None:
+        for item in outcomes:
+            self.counts[(item.status if isinstance(item, RowOutcome) else item).value] += 1
+        self.report()
+
+    def report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.progress is None or (not force and now - self._last_report < 0.2):
+            return
+        self._last_report = now
+        self.progress(
+            Progress(
+                done=sum(self.counts.values()),
+                total=self.total,
+                counts=dict(self.counts),
+                requests=self.sender.requests_sent if self.sender else 0,
+                elapsed_s=now - self.started,
+            )
+        )
+
+    async def plans(self) -> AsyncIterator[tuple[list[PlannedUpdate], list[RowOutcome]]]:
+        """Per input batch: the updates to send, and the outcomes of rows not to send."""
+        duplicates = await asyncio.to_thread(find_duplicates, self.table)
+        batches = self.table.batches(self.config.batch_rows)
+        valid_seen = 0
+        limit = self.config.limit
+        while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+            if batch.is_empty():
+                continue
+            numbers = batch.get_column(ROW_NUMBER)
+            finished = self.journal.finished_between(int(numbers[0]), int(numbers[-1]))
+            self.tally(list(finished.values()))
+            to_send: list[PlannedUpdate] = []
+            not_sent: list[RowOutcome] = []
+            for planned in plan_batch(self.table, batch, duplicates):
+                if isinstance(planned, PlannedUpdate):
+                    valid_seen += 1
+                if planned.row_number in finished:
+                    continue
+                if isinstance(planned, RowOutcome):
+                    not_sent.append(planned)
+                elif self.config.dry_run:
+                    not_sent.append(_unsent(planned, Status.PLANNED))
+                elif (limit is not None and valid_seen > limit) or self.stopped:
+                    not_sent.append(_unsent(planned, Status.UNPROCESSED))
+                else:
+                    to_send.append(planned)
+            yield to_send, not_sent
+
+
+def _unsent(update: PlannedUpdate, status: Status) -> RowOutcome:
+    return RowOutcome(
+        row_number=update.row_number,
+        conversation_id=update.conversation_id,
+        status=status,
+        sent_metadata=update.sent_metadata,
+    )
+
+
+async def _pipeline(run: _Run, sender: Sender | None) -> None:
+    queue: asyncio.Queue[PlannedUpdate | None] = asyncio.Queue(maxsize=run.config.concurrency * 4)
+
+    async def worker() -> None:
+        while (update := await queue.get()) is not None:
+            if sender is None or sender.fatal is not None:
+                outcome = _unsent(update, Status.UNPROCESSED)
+            else:
+                outcome = await sender.send(update)
+                run.sent_this_run += 1
+                if sender.fatal is not None and outcome.status is Status.FAILED:
+                    log.error("stopping: %s", sender.fatal)
+            run.journal.record(outcome)
+            run.tally([outcome])
+
+    workers = [asyncio.create_task(worker()) for _ in range(run.config.concurrency)]
+    try:
+        async for to_send, not_sent in run.plans():
+            if not_sent:
+                run.journal.record_many(not_sent)
+                run.tally(not_sent)
+            for update in to_send:
+                await queue.put(update)
+        for _ in workers:
+            await queue.put(None)
+        await asyncio.gather(*workers)
+    finally:
+        for task in workers:
+            task.cancel()
+
+
+async def run_job_async(
+    config: JobConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    transport: httpx2.AsyncBaseTransport | None = None,
+) -> JobSummary:
+    """The job, for callers that already run an event loop. See ``run_job``."""
+    started = time.monotonic()
+    table = open_input(
+        config.input,
+        id_column=config.id_column,
+        columns=config.columns,
+        metadata_column=config.metadata_column,
+    )
+    settings = None if config.dry_run else SendSettings.from_config(config)
+    total = await asyncio.to_thread(lambda: table.scan().select(pl.len()).collect().item())
+    with _open_journal(config) as journal:
+        log.info(
+            "job started",
+            extra={
+                "event": "start",
+                "input": config.input,
+                "rows": total,
+                "dry_run": config.dry_run,
+            },
+        )
+        run = _Run(config, table, journal, progress, total)
+        fatal: FatalApiError | None = None
+        requests = 0
+        if settings is None:
+            await _pipeline(run, None)
+        else:
+            async with Sender(settings, transport=transport) as sender:
+                run.sender = sender
+                await _pipeline(run, sender)
+                fatal = sender.fatal
+                requests = sender.requests_sent
+        run.report(force=True)
+        await asyncio.to_thread(write_results, journal, config.output, config.batch_rows)
+        if config.errors_output is not None:
+            await asyncio.to_thread(
+                write_errors, journal, table, config.errors_output, config.batch_rows
+            )
+        counts = journal.counts()
+    summary = JobSummary(
+        counts=counts,
+        total_rows=sum(counts.values()),
+        requests_sent=requests,
+        elapsed_s=time.monotonic() - started,
+        output=config.output,
+        errors_output=config.errors_output,
+        journal=None if config.dry_run else str(config.journal_path()),
+        exit_code=exit_code_for(counts, fatal is not None),
+        dry_run=config.dry_run,
+        fatal_error=str(fatal) if fatal else None,
+        sent_this_run=run.sent_this_run,
+    )
+    log.info("job finished", extra={"event": "finish", **summary.as_dict()})
+    return summary
+
+
+def run_job(config: JobConfig, *, progress: ProgressCallback | None = None) -> JobSummary:
+    """Run the job to the end and return its summary.
+
+    Raises ConfigError, InputError or JournalError (nothing sent) for bad options, input or a
+    journal that refuses; every other outcome is in the results file and the summary.
+    """
+    return asyncio.run(run_job_async(config, progress=progress))

@@ -1,0 +1,236 @@
+"""Journal: every row's outcome, durably, as it arrives (SQLite in WAL mode, standard library).
+
+One journal per results path. It remembers what it belongs to (a fingerprint of the input and
+the mapping) and refuses a run whose input or mapping changed. A sent row's outcome is committed
+on its own the moment it is known, so a crash can only lose the rows that were in flight; rows
+that were not sent (invalid, unprocessed) are committed a batch at a time. The results file is
+produced from the journal, in row order.
+
+A second run on the same journal is refused while the first holds its lock (``flock`` on
+``<journal>.lock``, released by the kernel even after ``kill -9``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from bulk_update.exceptions import JournalError
+from bulk_update.outcome import RESULT_COLUMNS, RowOutcome, Status
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, documented
+    fcntl = None  # type: ignore[assignment]
+
+SCHEMA_VERSION = "1"
+# Rows that a resumed run does not process again.
+_NOT_FINISHED = (Status.UNPROCESSED.value, Status.PLANNED.value)
+
+_COLUMNS = ", ".join(RESULT_COLUMNS)
+_PLACEHOLDERS = ", ".join("?" for _ in RESULT_COLUMNS)
+
+
+def file_fingerprint(path: str) -> dict[str, Any]:
+    """Size, mtime and a hash of the first and last 1 MiB: cheap, and any edit changes it."""
+    if "://" in path:
+        return {"path": path}
+    stat = os.stat(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+        if stat.st_size > 2 << 20:
+            handle.seek(-(1 << 20), os.SEEK_END)
+            digest.update(handle.read(1 << 20))
+    return {
+        "path": str(Path(path).resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256_ends": digest.hexdigest(),
+    }
+
+
+def _row(outcome: RowOutcome) -> tuple[Any, ...]:
+    return (
+        outcome.row_number,
+        outcome.conversation_id,
+        outcome.status.value,
+        outcome.http_status,
+        outcome.attempts,
+        outcome.error_type,
+        outcome.error_code,
+        outcome.error_message,
+        outcome.request_id,
+        outcome.created_at,
+        outcome.metadata,
+        outcome.sent_metadata,
+    )
+
+
+def _outcome(row: tuple[Any, ...]) -> RowOutcome:
+    return RowOutcome(row[0], row[1], Status(row[2]), *row[3:])
+
+
+class Journal:
+    """Open with ``Journal.open``; use as a context manager to release the lock."""
+
+    def __init__(self, path: Path, connection: sqlite3.Connection, lock: IO[str] | None):
+        self.path = path
+        self._db = connection
+        self._lock = lock
+
+    @classmethod
+    def open(cls, path: Path, fingerprint: Mapping[str, Any], *, restart: bool = False) -> Journal:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = _take_lock(path)
+        try:
+            if restart and path.exists():
+                _set_aside(path)
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives a process crash (kill -9); only a power cut
+            # can lose the last commits.
+            connection.execute("PRAGMA synchronous=NORMAL")
+            journal = cls(path, connection, lock)
+            journal._check_fingerprint(dict(fingerprint))
+        except BaseException:
+            _release(lock)
+            raise
+        return journal
+
+    def _check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        db = self._db
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS outcomes (row_number INTEGER PRIMARY KEY, "
+            "conversation_id TEXT, status TEXT NOT NULL, http_status INTEGER, attempts INTEGER, "
+            "error_type TEXT, error_code TEXT, error_message TEXT, request_id TEXT, "
+            "created_at INTEGER, metadata TEXT, sent_metadata TEXT)"
+        )
+        wanted = json.dumps({"schema": SCHEMA_VERSION, **fingerprint}, sort_keys=True)
+        stored = db.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+        if stored is None:
+            db.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (wanted,))
+        elif stored[0] != wanted:
+            old, new = json.loads(stored[0]), json.loads(wanted)
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            raise JournalError(
+                f"{self.path}: this journal belongs to another input or mapping "
+                f"(changed: {', '.join(changed)}); run with --restart to start over "
+                "(the old journal is kept aside)"
+            )
+
+    # Writing
+
+    def record(self, outcome: RowOutcome) -> None:
+        """Commit one outcome now (a sent row: it must survive a crash)."""
+        self._db.execute(
+            f"INSERT OR REPLACE INTO outcomes ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",  # noqa: S608
+            _row(outcome),
+        )
+
+    def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
+        """Commit many outcomes in one transaction (rows that were not sent)."""
+        with self.transaction():
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO outcomes ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",  # noqa: S608
+                (_row(o) for o in outcomes),
+            )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # Reading
+
+    def finished_between(self, first: int, last: int) -> dict[int, Status]:
+        """Rows in ``[first, last]`` that a resumed run must not process again."""
+        rows = self._db.execute(
+            "SELECT row_number, status FROM outcomes WHERE row_number BETWEEN ? AND ? "
+            "AND status NOT IN (?, ?)",
+            (first, last, *_NOT_FINISHED),
+        )
+        return {number: Status(status) for number, status in rows}
+
+    def outcomes_between(self, first: int, last: int) -> list[RowOutcome]:
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM outcomes WHERE row_number BETWEEN ? AND ? "  # noqa: S608
+            "ORDER BY row_number",
+            (first, last),
+        )
+        return [_outcome(row) for row in rows]
+
+    def iter_outcomes(self, batch_rows: int) -> Iterator[list[RowOutcome]]:
+        """Every outcome in row order, ``batch_rows`` at a time (memory stays flat)."""
+        cursor = self._db.execute(
+            f"SELECT {_COLUMNS} FROM outcomes ORDER BY row_number"  # noqa: S608
+        )
+        while batch := cursor.fetchmany(batch_rows):
+            yield [_outcome(row) for row in batch]
+
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT status, count(*) FROM outcomes GROUP BY status")
+        return dict(rows.fetchall())
+
+    def close(self) -> None:
+        self._db.close()
+        _release(self._lock)
+        self._lock = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _take_lock(path: Path) -> IO[str] | None:
+    if fcntl is None:  # pragma: no cover
+        return None
+    lock_path = Path(str(path) + ".lock")
+    handle = open(lock_path, "a+")  # noqa: SIM115 (held for the run, closed by _release)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise JournalError(
+            f"already running: {lock_path} is held by {holder}; wait for it to finish"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%FT%T%z')}")
+    handle.flush()
+    return handle
+
+
+def _release(lock: IO[str] | None) -> None:
+    if lock is not None and fcntl is not None:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def _set_aside(path: Path) -> Path:
+    """Move a journal (and its WAL files) aside for --restart; never delete it."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.{stamp}.old")
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(str(path) + suffix)
+        if source.exists():
+            source.rename(Path(str(aside) + suffix))
+    return aside

@@ -1,0 +1,67 @@
+"""Log output for the CLI: readable text, or one JSON object a line for log shippers.
+
+The library logs through ``logging.getLogger("bulk_update")`` with an ``event`` name and fields
+in ``extra``; this module only formats. Nothing logged ever holds the API key (the job never
+passes it to a log call, and headers are never logged).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from typing import Any, TextIO
+
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+
+
+def _time(record: logging.LogRecord) -> str:
+    moment = dt.datetime.fromtimestamp(record.created, tz=dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _fields(record)
+        entry: dict[str, Any] = {
+            "time": _time(record),
+            "level": record.levelname.lower(),
+            "event": fields.pop("event", "log"),
+            "message": record.getMessage(),
+            **fields,
+        }
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _fields(record)
+        fields.pop("event", None)
+        extra = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in fields.items())
+        line = f"{_time(record)} {record.levelname} {record.getMessage()}"
+        return f"{line} {extra}" if extra else line
+
+
+def configure(
+    log_format: str = "text", log_file: str | None = None, stream: TextIO | None = None
+) -> logging.Handler:
+    """Send the ``bulk_update`` logger to ``log_file`` (appended) or stderr."""
+    logger = logging.getLogger("bulk_update")
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
+    handler: logging.Handler
+    if log_file is not None:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return handler

@@ -1,0 +1,45 @@
+"""What happened to a row: the typed record that ends in the results file."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Status(enum.StrEnum):
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    FAILED = "failed"
+    INVALID = "invalid"
+    UNPROCESSED = "unprocessed"
+    PLANNED = "planned"
+
+
+# The statuses that count as success for the exit code.
+SUCCESS = frozenset({Status.UPDATED, Status.UNCHANGED, Status.PLANNED})
+# The statuses --errors-output keeps: rows to fix and feed back.
+NEEDS_ATTENTION = frozenset({Status.FAILED, Status.INVALID, Status.UNPROCESSED})
+
+
+@dataclass(frozen=True, slots=True)
+class RowOutcome:
+    """One results row. Field names and order are the results file's columns."""
+
+    row_number: int
+    conversation_id: str
+    status: Status
+    http_status: int | None = None
+    attempts: int = 0
+    error_type: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    request_id: str | None = None
+    created_at: int | None = None
+    metadata: str | None = None  # the returned conversation's metadata, JSON text
+    sent_metadata: str | None = None  # JSON text
+
+
+RESULT_COLUMNS: tuple[str, ...] = tuple(RowOutcome.__dataclass_fields__)
+# The columns --errors-output adds to the input's own. An input that has all three is taken for
+# a fed-back errors file: they are not metadata unless --columns names them.
+ERROR_COLUMNS: tuple[str, ...] = ("status", "error_code", "error_message")

@@ -1,0 +1,116 @@
+"""Read: the input table, lazily, in batches, with the 1-based data-row number of every row.
+
+CSV is read as text (every cell a string, empty cells null); Parquet keeps its types for the
+plan stage to turn into text. Nothing here holds the whole file in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from bulk_update.exceptions import InputError
+from bulk_update.outcome import ERROR_COLUMNS
+
+ROW_NUMBER = "__bulk_update_row_number"
+
+InputFormat = Literal["csv", "parquet"]
+
+
+def input_format(path: str) -> InputFormat:
+    return "parquet" if path.lower().endswith((".parquet", ".pq")) else "csv"
+
+
+@dataclass(frozen=True, slots=True)
+class InputTable:
+    """An input file and the columns a job maps from it."""
+
+    path: str
+    format: InputFormat
+    schema: pl.Schema
+    id_column: str
+    metadata_columns: tuple[str, ...]  # or the one JSON column, see metadata_column
+    metadata_column: str | None
+
+    def scan(self) -> pl.LazyFrame:
+        """Every row, with ``ROW_NUMBER`` first (1-based, header not counted)."""
+        return _scan(self.path, self.format).with_row_index(ROW_NUMBER, offset=1)
+
+    def batches(self, rows: int) -> Iterator[pl.DataFrame]:
+        """The row number, ID and metadata columns, ``rows`` at a time, in input order."""
+        wanted = [ROW_NUMBER, self.id_column]
+        wanted += [self.metadata_column] if self.metadata_column else list(self.metadata_columns)
+        try:
+            yield from self.scan().select(wanted).collect_batches(chunk_size=rows)
+        except pl.exceptions.PolarsError as exc:
+            raise InputError(self.path, f"cannot read: {_first_line(exc)}") from None
+
+    def all_batches(self, rows: int) -> Iterator[pl.DataFrame]:
+        """Every column of the input (for --errors-output), ``rows`` at a time."""
+        try:
+            yield from self.scan().collect_batches(chunk_size=rows)
+        except pl.exceptions.PolarsError as exc:
+            raise InputError(self.path, f"cannot read: {_first_line(exc)}") from None
+
+
+def _scan(path: str, fmt: InputFormat) -> pl.LazyFrame:
+    if fmt == "parquet":
+        return pl.scan_parquet(path)
+    return pl.scan_csv(path, infer_schema=False, raise_if_empty=False)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def open_input(
+    path: str,
+    *,
+    id_column: str,
+    columns: tuple[str, ...] | None = None,
+    metadata_column: str | None = None,
+) -> InputTable:
+    """Open ``path`` and check the mapping against its header. Raises InputError."""
+    if "://" not in path and not Path(path).is_file():
+        raise InputError(path, "no such file")
+    fmt = input_format(path)
+    try:
+        schema = _scan(path, fmt).collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(path, f"cannot read as {fmt.upper()}: {_first_line(exc)}") from None
+    names = list(schema.names())
+    if id_column not in names:
+        raise InputError(path, f"no ID column {id_column!r} (columns: {_shown(names)})")
+    if metadata_column is not None:
+        if metadata_column not in names:
+            raise InputError(
+                path, f"no metadata column {metadata_column!r} (columns: {_shown(names)})"
+            )
+        metadata_columns: tuple[str, ...] = ()
+    elif columns is not None:
+        unknown = [c for c in columns if c not in names]
+        if unknown:
+            raise InputError(
+                path, f"unknown --columns {_shown(unknown)} (columns: {_shown(names)})"
+            )
+        if id_column in columns:
+            raise InputError(path, f"--columns names the ID column {id_column!r}")
+        metadata_columns = columns
+    else:
+        skipped = {id_column}
+        if set(ERROR_COLUMNS) <= set(names):
+            skipped |= set(ERROR_COLUMNS)  # a fed-back --errors-output file
+        metadata_columns = tuple(n for n in names if n not in skipped)
+        if not metadata_columns:
+            raise InputError(path, f"no metadata columns besides {id_column!r}")
+    return InputTable(path, fmt, schema, id_column, metadata_columns, metadata_column)
+
+
+def _shown(names: list[str] | tuple[str, ...]) -> str:
+    listed = ", ".join(repr(n) for n in names[:20])
+    return listed + (f", … ({len(names)} in all)" if len(names) > 20 else "")

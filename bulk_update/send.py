@@ -1,0 +1,243 @@
+"""Send: one shared ``httpx2.AsyncClient``, the job-wide rate limiter, and tenacity retries.
+
+``Sender.send`` turns a PlannedUpdate into a RowOutcome and never raises for what the API or
+the network does: a fatal answer (401, 403, insufficient_quota) is recorded in ``fatal`` for the
+job to stop on. The concurrency cap is the number of callers (the job's workers), matched by the
+connection pool's size. The clock, sleep, randomness and transport are injected for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx2
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
+
+from bulk_update import __version__
+from bulk_update.config import JobConfig
+from bulk_update.exceptions import FatalApiError
+from bulk_update.outcome import RowOutcome, Status
+from bulk_update.plan import PlannedUpdate
+from bulk_update.ratelimit import Clock, RateLimiter, Sleep
+from bulk_update.retry import Answer, Verdict, backoff_seconds, classify
+
+USER_AGENT = f"bulk-update/{__version__}"
+# 429s do not use up --max-attempts, but a row does not wait on them for ever.
+MAX_RATE_LIMITED_PER_ROW = 100
+# When a 429 names no wait: hold the whole job back this long.
+DEFAULT_RATE_LIMIT_PAUSE_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SendSettings:
+    base_url: str
+    api_key: str = field(repr=False)
+    organization: str | None = None
+    project: str | None = None
+    rpm: float = 500
+    concurrency: int = 16
+    max_attempts: int = 6
+    timeout: float = 60.0
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> SendSettings:
+        return cls(
+            base_url=config.resolved_base_url(),
+            api_key=config.resolved_api_key(),
+            organization=config.organization or os.environ.get("OPENAI_ORG_ID") or None,
+            project=config.project or os.environ.get("OPENAI_PROJECT_ID") or None,
+            rpm=config.rpm,
+            concurrency=config.concurrency,
+            max_attempts=config.max_attempts,
+            timeout=config.timeout,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Tried:
+    """One attempt's answer, its verdict, and the row's tallies so far."""
+
+    answer: Answer
+    verdict: Verdict
+    requests: int
+    failures: int  # transient failures: these count against --max-attempts
+    rate_limited: int
+
+
+class stop_after_failures(stop_base):
+    """Stop after ``max_failures`` transient failures; 429s count separately."""
+
+    def __init__(self, max_failures: int, max_rate_limited: int = MAX_RATE_LIMITED_PER_ROW):
+        self.max_failures = max_failures
+        self.max_rate_limited = max_rate_limited
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        tried: _Tried = retry_state.outcome.result()  # type: ignore[union-attr]
+        return tried.failures >= self.max_failures or tried.rate_limited > self.max_rate_limited
+
+
+class wait_for_server_or_backoff(wait_base):
+    """The server's ``retry-after`` when it gives one, else jittered exponential backoff.
+
+    A 429 waits 0 here: the rate limiter holds every request of the job back instead.
+    """
+
+    def __init__(self, jitter: Callable[[], float] = random.random):
+        self.jitter = jitter
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        tried: _Tried = retry_state.outcome.result()  # type: ignore[union-attr]
+        if tried.verdict.rate_limited:
+            return 0.0
+        if tried.verdict.wait_s is not None:
+            return tried.verdict.wait_s
+        return backoff_seconds(tried.failures, self.jitter())
+
+
+def _json_text(value: object) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class Sender:
+    """``async with Sender(settings) as sender: outcome = await sender.send(update)``."""
+
+    def __init__(
+        self,
+        settings: SendSettings,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.limiter = RateLimiter(settings.rpm, clock=clock, sleep=sleep)
+        self.fatal: FatalApiError | None = None
+        self.requests_sent = 0
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+        self._jitter = jitter
+        headers = {
+            "authorization": f"Bearer {settings.api_key}",
+            "content-type": "application/json",
+            "accept": "application/json",
+            "user-agent": USER_AGENT,
+        }
+        if settings.organization:
+            headers["openai-organization"] = settings.organization
+        if settings.project:
+            headers["openai-project"] = settings.project
+        pool = settings.concurrency
+        self._client = httpx2.AsyncClient(
+            base_url=settings.base_url + "/",
+            headers=headers,
+            timeout=httpx2.Timeout(settings.timeout),
+            limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool),
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> Sender:
+        await self._client.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._client.__aexit__(exc_type, exc, tb)
+
+    async def _request(self, update: PlannedUpdate, body: bytes) -> Answer:
+        await self.limiter.acquire()
+        self.requests_sent += 1
+        # The ID was validated to [A-Za-z0-9_-]; quoting anyway keeps the path the path.
+        path = "conversations/" + quote(update.conversation_id, safe="")
+        try:
+            response = await self._client.post(path, content=body)
+        except httpx2.TimeoutException as exc:
+            return Answer(transport_error="timeout", transport_detail=_describe(exc))
+        except httpx2.TransportError as exc:
+            return Answer(transport_error="connection", transport_detail=_describe(exc))
+        return Answer(
+            http_status=response.status_code,
+            headers={k.lower(): v for k, v in response.headers.items()},
+            body=response.content,
+        )
+
+    async def send(self, update: PlannedUpdate) -> RowOutcome:
+        body = json.dumps({"metadata": update.metadata}, ensure_ascii=False).encode()
+        tally = {"requests": 0, "failures": 0, "rate_limited": 0}
+
+        async def attempt() -> _Tried:
+            answer = await self._request(update, body)
+            verdict = classify(answer, self._wall_clock(), update.conversation_id)
+            tally["requests"] += 1
+            if verdict.rate_limited:
+                tally["rate_limited"] += 1
+                self.limiter.pause(verdict.wait_s or DEFAULT_RATE_LIMIT_PAUSE_S)
+            elif verdict.retry:
+                tally["failures"] += 1
+            return _Tried(answer, verdict, **tally)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_failures(self.settings.max_attempts),
+            wait=wait_for_server_or_backoff(self._jitter),
+            retry=retry_if_result(lambda tried: tried.verdict.retry),
+            retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
+            sleep=self._sleep,
+            reraise=True,
+        )
+        tried: _Tried = await retrying(attempt)
+        return self._outcome(update, tried)
+
+    def _outcome(self, update: PlannedUpdate, tried: _Tried) -> RowOutcome:
+        verdict, answer = tried.verdict, tried.answer
+        headers = answer.headers or {}
+        common: dict[str, Any] = {
+            "row_number": update.row_number,
+            "conversation_id": update.conversation_id,
+            "http_status": answer.http_status,
+            "attempts": tried.requests,
+            "request_id": headers.get("x-request-id"),
+            "sent_metadata": update.sent_metadata,
+        }
+        if verdict.success and verdict.conversation is not None:
+            created_at = verdict.conversation.get("created_at")
+            return RowOutcome(
+                status=Status.UPDATED,
+                created_at=created_at if isinstance(created_at, int) else None,
+                metadata=_json_text(verdict.conversation.get("metadata")),
+                **common,
+            )
+        if verdict.fatal and self.fatal is None:
+            self.fatal = FatalApiError(
+                f"HTTP {answer.http_status} {verdict.error_code}: {verdict.error_message}",
+                http_status=answer.http_status,
+                error_code=verdict.error_code,
+            )
+        return RowOutcome(
+            status=Status.FAILED,
+            error_type=verdict.error_type,
+            error_code=verdict.error_code,
+            error_message=verdict.error_message,
+            **common,
+        )
+
+
+def _describe(exc: Exception) -> str:
+    detail = str(exc).strip()
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
