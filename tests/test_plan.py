@@ -1,0 +1,172 @@
+"""plan.py, table-driven: one row -> one update or one invalid outcome with a precise message."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from bulk_update.outcome import RowOutcome, Status
+from bulk_update.plan import (
+    PlannedUpdate,
+    find_duplicates,
+    parse_metadata_cell,
+    plan_batch,
+    plan_row,
+)
+from bulk_update.read import open_input
+
+ID = "conv_" + "ab12" * 12
+
+
+def invalid(planned: PlannedUpdate | RowOutcome) -> tuple[str | None, str | None]:
+    assert isinstance(planned, RowOutcome)
+    assert planned.status is Status.INVALID
+    assert planned.attempts == 0
+    return planned.error_code, planned.error_message
+
+
+@pytest.mark.parametrize(
+    ("raw_id", "expected"),
+    [
+        (ID, ID),
+        (f"  {ID}\t", ID),
+        ("conv_a", "conv_a"),
+        ("conv_A-b_9", "conv_A-b_9"),
+        ("conv_" + "x" * 123, "conv_" + "x" * 123),  # 128 characters
+    ],
+)
+def test_valid_ids(raw_id: str, expected: str) -> None:
+    planned = plan_row(1, raw_id, [("k", "v")])
+    assert isinstance(planned, PlannedUpdate)
+    assert planned.conversation_id == expected
+
+
+@pytest.mark.parametrize(
+    "raw_id",
+    [None, "", "   ", "conv_", "conv_a/b", "conv_a?x=1", "conv_a#b", "conv_a%2Fb", "conv_..",
+     "conv_../x", "conv_a b", "CONV_abc", "abc", "conv_é", "conv_a\nb", "conv_" + "x" * 124, 12],
+)  # fmt: skip
+def test_unsafe_or_malformed_ids_are_invalid(raw_id: object) -> None:
+    code, message = invalid(plan_row(3, raw_id, [("k", "v")]))
+    assert code == "invalid_id"
+    assert message is not None
+    assert "conversation_id" in message
+
+
+@pytest.mark.parametrize(
+    ("pairs", "code", "fragment"),
+    [
+        ([("k", None), ("j", "")], "no_metadata", "every metadata value is empty"),
+        ([], "no_metadata", "every metadata value is empty"),
+        ([("k" * 65, "v")], "key_too_long", "65 characters; at most 64"),
+        ([("k", "é" * 513)], "value_too_long", "value for 'k' is 513 characters; at most 512"),
+        ([("k", "😀" * 513)], "value_too_long", "513 characters"),
+        ([(f"k{i}", "v") for i in range(17)], "too_many_pairs", "17 metadata pairs; at most 16"),
+        ([("tags", ["a", "b"])], "unsupported_type", "value for 'tags' is a list"),
+        ([("s", {"a": 1})], "unsupported_type", "a struct"),
+        ([("b", b"\x00")], "unsupported_type", "binary"),
+        ([("f", float("nan"))], "unsupported_value", "not a number"),
+        ([("", "v")], "invalid_key", "key is empty"),
+    ],
+)
+def test_metadata_rules(pairs: list[tuple[str, object]], code: str, fragment: str) -> None:
+    got_code, message = invalid(plan_row(1, ID, pairs))
+    assert got_code == code
+    assert message is not None
+    assert fragment in message
+
+
+def test_boundaries_are_inclusive() -> None:
+    pairs = [(f"k{i:02d}" + "x" * 60, "é" * 512) for i in range(16)]  # 64-char keys
+    planned = plan_row(1, ID, pairs)
+    assert isinstance(planned, PlannedUpdate)
+    assert len(planned.metadata) == 16
+    # 17 columns, one of them empty in this row: 16 pairs are sent.
+    planned = plan_row(1, ID, [*pairs, ("extra", None)])
+    assert isinstance(planned, PlannedUpdate)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("007", "007"),
+        ("1.50", "1.50"),
+        (" spaced ", " spaced "),
+        (7, "7"),
+        (-12, "-12"),
+        (True, "true"),
+        (False, "false"),
+        (0.1, "0.1"),
+        (1e22, "1e+22"),
+        (2.5, "2.5"),
+        (decimal.Decimal("1.50"), "1.50"),
+        (dt.date(2026, 1, 2), "2026-01-02"),
+        (dt.datetime(2026, 1, 2, 3, 4, 5), "2026-01-02T03:04:05"),
+        (dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), "2026-01-02T03:04:05+00:00"),
+    ],
+)
+def test_values_become_text(value: object, text: str) -> None:
+    planned = plan_row(1, ID, [("k", value)])
+    assert isinstance(planned, PlannedUpdate)
+    assert planned.metadata == {"k": text}
+    assert planned.sent_metadata == '{"k":"' + text.replace('"', '\\"') + '"}'
+
+
+def test_duplicate_is_reported_after_the_id_check() -> None:
+    assert invalid(plan_row(9, ID, [("k", "v")], duplicate_of=2)) == (
+        "duplicate_id", "duplicate of row 2",
+    )  # fmt: skip
+    assert invalid(plan_row(9, "bad id", [("k", "v")], duplicate_of=2))[0] == "invalid_id"
+
+
+@pytest.mark.parametrize(
+    ("cell", "pairs"),
+    [
+        (None, []),
+        ("", []),
+        ('{"a": "1", "b": 2, "c": null}', [("a", "1"), ("b", 2), ("c", None)]),
+        ({"a": "1"}, [("a", "1")]),
+    ],
+)
+def test_metadata_column_cells(cell: object, pairs: list[tuple[str, object]]) -> None:
+    assert parse_metadata_cell("meta", cell) == pairs
+
+
+@pytest.mark.parametrize(
+    ("cell", "fragment"),
+    [("{not json", "not valid JSON"), ('["a"]', "not an object"), ("3", "not an object")],
+)
+def test_bad_metadata_column_cells_are_invalid(cell: str, fragment: str) -> None:
+    from functools import partial
+
+    code, message = invalid(plan_row(1, ID, partial(parse_metadata_cell, "meta", cell)))
+    assert code == "invalid_metadata_json"
+    assert message is not None
+    assert fragment in message
+
+
+def test_find_duplicates_and_plan_batch(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text(
+        "conversation_id,a\nconv_x,1\nconv_y,2\n conv_x ,3\nconv_z,\nconv_y,5\nconv_x,6\n,7\n,8\n"
+    )
+    table = open_input(str(path), id_column="conversation_id")
+    duplicates = find_duplicates(table)
+    assert duplicates == {3: 1, 5: 2, 6: 1}
+    planned = [p for batch in table.batches(2) for p in plan_batch(table, batch, duplicates)]
+    assert [p.row_number for p in planned] == list(range(1, 9))
+    kinds = ["ok" if isinstance(p, PlannedUpdate) else p.error_code for p in planned]
+    assert kinds == ["ok", "ok", "duplicate_id", "no_metadata", "duplicate_id", "duplicate_id",
+                     "invalid_id", "invalid_id"]  # fmt: skip
+
+
+def test_find_duplicates_on_many_rows(tmp_path: Path) -> None:
+    ids = [f"conv_{i}" for i in range(50_000)] + ["conv_7", "conv_49999"]
+    path = tmp_path / "in.parquet"
+    pl.DataFrame({"conversation_id": ids, "a": ["v"] * len(ids)}).write_parquet(path)
+    table = open_input(str(path), id_column="conversation_id")
+    assert find_duplicates(table) == {50_001: 8, 50_002: 50_000}

@@ -1,0 +1,117 @@
+"""retry.py, table-driven: what each answer means, how long to wait."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bulk_update.retry import (
+    Answer,
+    backoff_seconds,
+    classify,
+    parse_duration,
+    parse_retry_after,
+)
+
+ID = "conv_abc"
+NOW = 1_800_000_000.0
+
+
+def error_body(type_: str = "invalid_request_error", code: str | None = None) -> bytes:
+    return json.dumps(
+        {"error": {"message": "m", "type": type_, "param": None, "code": code}}
+    ).encode()
+
+
+def ok_body(conversation_id: str = ID) -> bytes:
+    return json.dumps(
+        {"id": conversation_id, "object": "conversation", "created_at": 1, "metadata": {"a": "b"}}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        # (success, retry, fatal, rate_limited, error_code)
+        (Answer(200, {}, ok_body()), (True, False, False, False, None)),
+        (Answer(200, {}, ok_body("conv_other")), (False, False, False, False, "id_mismatch")),
+        (Answer(200, {}, b"<html>"), (False, True, False, False, "invalid_response")),
+        (Answer(200, {}, b'{"id": "conv_ab'), (False, True, False, False, "invalid_response")),
+        (Answer(301, {"location": "https://evil"}, b""), (False, False, False, False, "redirect")),
+        (Answer(400, {}, error_body(code="invalid_type")), (False, False, False, False, "invalid_type")),
+        (Answer(401, {}, error_body(code="invalid_api_key")), (False, False, True, False, "invalid_api_key")),
+        (Answer(403, {}, error_body()), (False, False, True, False, "http_403")),
+        (Answer(404, {}, error_body()), (False, False, False, False, "http_404")),
+        (Answer(408, {}, b""), (False, True, False, False, "http_408")),
+        (Answer(409, {}, error_body(code="conflict")), (False, True, False, False, "conflict")),
+        (Answer(422, {}, error_body()), (False, False, False, False, "http_422")),
+        (Answer(429, {}, error_body("requests", "rate_limit_exceeded")), (False, True, False, True, "rate_limit_exceeded")),
+        (Answer(429, {}, error_body("insufficient_quota", "insufficient_quota")), (False, False, True, False, "insufficient_quota")),
+        (Answer(500, {}, error_body("server_error")), (False, True, False, False, "http_500")),
+        (Answer(502, {}, b"<html>Bad Gateway</html>"), (False, True, False, False, "http_502")),
+        (Answer(503, {"x-should-retry": "false"}, b""), (False, False, False, False, "http_503")),
+        (Answer(400, {"x-should-retry": "true"}, error_body()), (False, True, False, False, "http_400")),
+        (Answer(transport_error="timeout"), (False, True, False, False, "timeout")),
+        (Answer(transport_error="connection"), (False, True, False, False, "connection_error")),
+        (Answer(429, {"retry-after": "7200"}, b""), (False, False, False, False, "retry_after_too_long")),
+    ],
+)  # fmt: skip
+def test_classify(answer: Answer, expected: tuple[bool, bool, bool, bool, str | None]) -> None:
+    verdict = classify(answer, NOW, ID)
+    got = (verdict.success, verdict.retry, verdict.fatal, verdict.rate_limited, verdict.error_code)
+    assert got == expected
+    if not verdict.success:
+        assert verdict.error_message
+
+
+def test_non_json_error_message_shows_the_body_start() -> None:
+    verdict = classify(Answer(502, {}, b"<html><title>502 Bad Gateway</title></html>"), NOW, ID)
+    assert verdict.error_type == "http_error"
+    assert verdict.error_message is not None
+    assert verdict.error_message.startswith("HTTP 502 with a non-JSON body: <html>")
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({}, None),
+        ({"retry-after": "2"}, 2.0),
+        ({"retry-after": "0.5"}, 0.5),
+        ({"retry-after-ms": "250"}, 0.25),
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
+        ({"retry-after-ms": "junk", "retry-after": "3"}, 3.0),
+        ({"retry-after": "junk"}, None),
+        ({"retry-after": "-5"}, 0.0),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "Fri, 15 Jan 2027 08:00:10 GMT"}, 10.0),
+        ({"retry-after": "Fri, 15 Jan 2027 07:59:00 GMT"}, 0.0),
+    ],
+)
+def test_parse_retry_after(headers: dict[str, str], seconds: float | None) -> None:
+    now = 1_800_000_000.0  # Fri, 15 Jan 2027 08:00:00 GMT
+    assert parse_retry_after(headers, now) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("20ms", 0.02), ("1s", 1.0), ("1.5s", 1.5), ("6m0s", 360.0), ("1m30s", 90.0),
+     ("1h", 3600.0), ("", None), ("5", None), ("3x", None), ("1s junk", None)],
+)  # fmt: skip
+def test_parse_duration(text: str, seconds: float | None) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("failures", "jitter", "seconds"),
+    [
+        (1, 0.0, 0.5),
+        (2, 0.0, 1.0),
+        (3, 0.0, 2.0),
+        (5, 0.0, 8.0),
+        (9, 0.0, 8.0),
+        (1, 0.999, 0.375125),
+    ],
+)
+def test_backoff(failures: int, jitter: float, seconds: float) -> None:
+    assert backoff_seconds(failures, jitter) == pytest.approx(seconds)

@@ -1,0 +1,197 @@
+"""send.py against httpx2.MockTransport (unit level; the end-to-end tests use the emulator)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import httpx2
+import pytest
+
+from bulk_update.outcome import RowOutcome, Status
+from bulk_update.plan import PlannedUpdate
+from bulk_update.send import USER_AGENT, Sender, SendSettings
+
+KEY = "sk-unit-test-key"
+ID = "conv_abc"
+UPDATE = PlannedUpdate(7, ID, {"tier": "gold"}, '{"tier":"gold"}')
+
+
+def ok(request: httpx2.Request) -> httpx2.Response:
+    conversation_id = request.url.path.rsplit("/", 1)[-1]
+    body = {"id": conversation_id, "object": "conversation", "created_at": 5,
+            "metadata": json.loads(request.content)["metadata"]}  # fmt: skip
+    return httpx2.Response(200, json=body, headers={"x-request-id": "req_ok"})
+
+
+def scripted(
+    *answers: httpx2.Response | Exception,
+) -> tuple[Callable[..., httpx2.Response], list[httpx2.Request]]:
+    """A handler that answers in order, then 200s; it records every request."""
+    queue = list(answers)
+    seen: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        if queue:
+            answer = queue.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return ok(request)
+
+    return handler, seen
+
+
+def send(
+    handler: Callable[..., httpx2.Response], update: PlannedUpdate = UPDATE, **settings: object
+) -> tuple[RowOutcome, Sender, list[float]]:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def go() -> tuple[RowOutcome, Sender]:
+        config = SendSettings(base_url="https://api.example/v1", api_key=KEY, rpm=10**9,
+                              **settings)  # type: ignore[arg-type]  # fmt: skip
+        sender = Sender(config, transport=httpx2.MockTransport(handler), sleep=sleep,
+                        jitter=lambda: 0.0)  # fmt: skip
+        async with sender:
+            return await sender.send(update), sender
+
+    outcome, sender = asyncio.run(go())
+    return outcome, sender, slept
+
+
+def test_success_records_what_the_server_returned() -> None:
+    handler, seen = scripted()
+    outcome, sender, _ = send(handler)
+    assert outcome == RowOutcome(
+        row_number=7, conversation_id=ID, status=Status.UPDATED, http_status=200, attempts=1,
+        request_id="req_ok", created_at=5, metadata='{"tier":"gold"}',
+        sent_metadata='{"tier":"gold"}',
+    )  # fmt: skip
+    request = seen[0]
+    assert request.method == "POST"
+    assert str(request.url) == "https://api.example/v1/conversations/conv_abc"
+    assert json.loads(request.content) == {"metadata": {"tier": "gold"}}
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+    assert request.headers["user-agent"] == USER_AGENT
+    assert request.headers["content-type"] == "application/json"
+    assert "openai-organization" not in request.headers
+    assert sender.fatal is None
+
+
+def test_organization_and_project_headers() -> None:
+    handler, seen = scripted()
+    send(handler, organization="org-1", project="proj_2")
+    assert seen[0].headers["openai-organization"] == "org-1"
+    assert seen[0].headers["openai-project"] == "proj_2"
+
+
+def test_id_is_percent_encoded_even_if_it_got_past_validation() -> None:
+    handler, seen = scripted()
+    send(handler, PlannedUpdate(1, "conv_a/../b?x#y", {"k": "v"}, "{}"))
+    assert seen[0].url.raw_path == b"/v1/conversations/conv_a%2F..%2Fb%3Fx%23y"
+
+
+def test_transient_failures_are_retried_with_backoff() -> None:
+    handler, seen = scripted(
+        httpx2.Response(500, json={"error": {"message": "boom", "type": "server_error",
+                                              "param": None, "code": None}}),
+        httpx2.Response(502, text="<html>bad gateway</html>"),
+        httpx2.ConnectError("refused"),
+        httpx2.ReadTimeout("slow"),
+    )  # fmt: skip
+    outcome, _, slept = send(handler)
+    assert outcome.status is Status.UPDATED
+    assert outcome.attempts == 5
+    assert len(seen) == 5
+    assert slept == pytest.approx([0.5, 1.0, 2.0, 4.0])
+
+
+def test_max_attempts_bounds_transient_failures() -> None:
+    handler, seen = scripted(*[httpx2.Response(503, text="down")] * 10)
+    outcome, _, _ = send(handler, max_attempts=3)
+    assert outcome.status is Status.FAILED
+    assert (outcome.attempts, outcome.http_status, outcome.error_code) == (3, 503, "http_503")
+    assert len(seen) == 3
+
+
+def test_rate_limits_pause_the_job_and_do_not_use_up_attempts() -> None:
+    limited = httpx2.Response(
+        429, headers={"retry-after-ms": "1500"},
+        json={"error": {"message": "slow down", "type": "requests", "param": None,
+                        "code": "rate_limit_exceeded"}},
+    )  # fmt: skip
+    handler, seen = scripted(limited, limited, limited, httpx2.Response(500), limited)
+    outcome, _sender, slept = send(handler, max_attempts=2)
+    # 4 x 429 + 1 x 500 + the success: only the 500 counted against max_attempts=2.
+    assert outcome.status is Status.UPDATED
+    assert outcome.attempts == 6
+    assert len(seen) == 6
+    # The per-row wait after a 429 is 0: the limiter's job-wide pause does the waiting.
+    assert slept.count(0.0) == 4
+
+
+def test_server_wait_is_honoured_for_5xx() -> None:
+    handler, _ = scripted(httpx2.Response(503, headers={"retry-after": "3"}, text="busy"))
+    _, _, slept = send(handler)
+    assert slept == [3.0]
+
+
+def test_a_huge_retry_after_fails_the_row_instead_of_stalling() -> None:
+    handler, seen = scripted(httpx2.Response(429, headers={"retry-after": "86400"}, text=""))
+    outcome, _, _ = send(handler)
+    assert (outcome.status, outcome.error_code, len(seen)) == (
+        Status.FAILED,
+        "retry_after_too_long",
+        1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code"),
+    [
+        (401, {"type": "invalid_request_error", "code": "invalid_api_key"}, "invalid_api_key"),
+        (403, {"type": "permission_error", "code": None}, "http_403"),
+        (429, {"type": "insufficient_quota", "code": "insufficient_quota"}, "insufficient_quota"),
+    ],
+)
+def test_fatal_answers_fail_the_row_and_flag_the_job(
+    status: int, body: dict[str, object], code: str
+) -> None:
+    handler, seen = scripted(
+        httpx2.Response(status, json={"error": {"message": "no", "param": None, **body}})
+    )
+    outcome, sender, _ = send(handler)
+    assert (outcome.status, outcome.error_code, len(seen)) == (Status.FAILED, code, 1)
+    assert sender.fatal is not None
+    assert sender.fatal.http_status == status
+
+
+@pytest.mark.parametrize(
+    ("response", "code"),
+    [
+        (httpx2.Response(400, json={"error": {"message": "bad", "type": "invalid_request_error",
+                                              "param": "metadata", "code": "invalid_type"}}),
+         "invalid_type"),
+        (httpx2.Response(404, json={"error": {"message": "nope", "type": "invalid_request_error",
+                                              "param": None, "code": None}}), "http_404"),
+        (httpx2.Response(307, headers={"location": "https://elsewhere.example/steal"}), "redirect"),
+        (httpx2.Response(200, json={"id": "conv_other", "object": "conversation",
+                                    "created_at": 1, "metadata": {}}), "id_mismatch"),
+    ],
+)  # fmt: skip
+def test_permanent_failures_are_not_retried(response: httpx2.Response, code: str) -> None:
+    handler, seen = scripted(response)
+    outcome, sender, _ = send(handler)
+    assert (outcome.status, outcome.error_code, len(seen)) == (Status.FAILED, code, 1)
+    assert sender.fatal is None
+    assert outcome.sent_metadata == UPDATE.sent_metadata
+
+
+def test_the_key_is_not_in_the_settings_repr() -> None:
+    settings = SendSettings(base_url="https://x/v1", api_key=KEY)
+    assert KEY not in repr(settings)
