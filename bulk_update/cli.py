@@ -18,24 +18,35 @@ log = logging.getLogger("bulk_update")
 PROGRESS_LOG_INTERVAL_S = 10.0
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return value
+def _number(
+    parse: Callable[[str], float], *, low: float, high: float | None = None, strict: bool = False
+) -> Callable[[str], Any]:
+    """An argparse type: ``parse`` the text and check ``low <= value (<= high)``;
+    ``strict`` makes the low bound exclusive."""
+    shown = (
+        f"from {low:g} to {high:g}"
+        if high is not None
+        else (f"> {low:g}" if strict else f">= {low:g}")
+    )
+    kind = "a whole number" if parse is int else "a number"
+
+    def check(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind} {shown}, got {text!r}") from None
+        too_low = value <= low if strict else value < low
+        if too_low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {kind} {shown}, got {text!r}")
+        return value
+
+    return check
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+_fraction = _number(float, low=0.0, high=1.0)
+_non_negative_int = _number(int, low=0)
+_positive_int = _number(int, low=1)
+_positive_float = _number(float, low=0.0, strict=True)
 
 
 def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -110,23 +121,6 @@ def _run_emulator(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _column_list(text: str) -> tuple[str, ...]:

@@ -65,12 +65,20 @@ def preload_file(tmp_path: Path, ids: list[str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("fmt", [".csv", ".parquet", ".jsonl"])
+@pytest.mark.parametrize(
+    ("input_fmt", "fmt"),
+    [(".csv", ".csv"), (".csv", ".parquet"), (".csv", ".jsonl"), (".parquet", ".csv")],
+)
 def test_every_rule_against_a_faulty_rate_limited_server(
-    start_emulator: StartEmulator, tmp_path: Path, fmt: str
+    start_emulator: StartEmulator, tmp_path: Path, input_fmt: str, fmt: str
 ) -> None:
     source = tmp_path / "input.csv"
     expected = boundary_csv(source)
+    if input_fmt == ".parquet":
+        # The same rows as a Parquet file of strings (empty cells as nulls).
+        parquet = tmp_path / "input.parquet"
+        pl.read_csv(source, infer_schema=False).write_parquet(parquet)
+        source = parquet
     emu = start_emulator(
         "--api-key", TEST_KEY, "--rpm", "1200", "--error-rate", "0.2", "--reset-rate", "0.1",
         "--random-seed", "11", "--preload", str(preload_file(tmp_path, [ID(i) for i in range(1, 11)])),
@@ -120,6 +128,17 @@ def test_every_rule_against_a_faulty_rate_limited_server(
     assert errors_frame.columns[-3:] == ["status", "error_code", "error_message"]
     assert errors_frame.height == sum(1 for s, _ in expected.values() if s != "updated")
     assert "bulk-update: 19 rows:" in run.stderr.strip().splitlines()[-1]
+
+
+def test_rides_the_server_limit_without_429s(start_emulator: StartEmulator, tmp_path: Path) -> None:
+    """Told the server's own rate, the smooth limiter never trips the server's limit."""
+    source = tmp_path / "in.csv"
+    source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(60)))
+    emu = start_emulator("--rpm", "1200", "--preload", str(source))  # 20 a second
+    run = cli("run", str(source), "--output", str(tmp_path / "o.csv"), "--base-url", emu.base_url,
+              "--rpm", "1200", "--concurrency", "16")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert emu.stats()["by_status"] == {"200": 60}
 
 
 def test_rerun_resumes_and_sends_nothing_again(
