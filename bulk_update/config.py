@@ -23,7 +23,10 @@ DEFAULT_TIMEOUT_S = 60.0
 # the whole job (the SDK's own cap).
 MAX_RETRY_AFTER_S = 120.0
 # Rows read, planned and journaled together.
-DEFAULT_BATCH_ROWS = 50_000
+DEFAULT_BATCH_ROWS = 20_000
+DEFAULT_BREAKER_THRESHOLD = 10
+DEFAULT_BREAKER_TIMEOUT_S = 300.0
+DEFAULT_DRAIN_TIMEOUT_S = 10.0
 
 RESULT_FORMATS = (".parquet", ".csv", ".jsonl")
 
@@ -91,6 +94,12 @@ class JobConfig:
     project: str | None = None
     journal: str | None = None  # default: beside the results, see journal_path()
     batch_rows: int = DEFAULT_BATCH_ROWS
+    # Consecutive 5xx/connection failures that open the circuit breaker, and how long it may
+    # stay open before the job stops (exit 3, resumable).
+    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
+    breaker_timeout: float = DEFAULT_BREAKER_TIMEOUT_S
+    # After SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.columns is not None and self.metadata_column is not None:
@@ -102,11 +111,17 @@ class JobConfig:
             ("concurrency", self.concurrency),
             ("max-attempts", self.max_attempts),
             ("batch-rows", self.batch_rows),
+            ("breaker-threshold", self.breaker_threshold),
         ):
             if value < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {value}")
-        if self.timeout <= 0:
-            raise ConfigError(f"--timeout must be positive, got {self.timeout}")
+        for seconds_name, seconds in (
+            ("timeout", self.timeout),
+            ("breaker-timeout", self.breaker_timeout),
+            ("drain-timeout", self.drain_timeout),
+        ):
+            if not seconds > 0:
+                raise ConfigError(f"--{seconds_name} must be positive, got {seconds}")
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"--limit must not be negative, got {self.limit}")
         output_format(self.output)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,8 @@ log = logging.getLogger("bulk_update")
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
 EXIT_FATAL = 3
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +70,7 @@ class JobSummary:
     dry_run: bool = False
     fatal_error: str | None = None
     sent_this_run: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    stopped_by: str | None = None  # SIGTERM or SIGINT
 
     @property
     def rows_per_s(self) -> float:
@@ -85,6 +89,7 @@ class JobSummary:
             "exit_code": self.exit_code,
             "dry_run": self.dry_run,
             "fatal_error": self.fatal_error,
+            "stopped_by": self.stopped_by,
         }
 
     def line(self) -> str:
@@ -98,10 +103,14 @@ class JobSummary:
         )
         if self.fatal_error:
             text += f"; stopped: {self.fatal_error}"
+        if self.stopped_by:
+            text += f"; stopped by {self.stopped_by} (re-run the same command to resume)"
         return text
 
 
-def exit_code_for(counts: dict[str, int], fatal: bool) -> int:
+def exit_code_for(counts: dict[str, int], fatal: bool, stopped_by: signal.Signals | None) -> int:
+    if stopped_by is not None:
+        return 128 + int(stopped_by)  # 130 for SIGINT, 143 for SIGTERM, as shells report
     if fatal:
         return EXIT_FATAL
     if any(n and Status(s) not in SUCCESS for s, n in counts.items()):
@@ -152,15 +161,17 @@ class _Run:
         self.started = time.monotonic()
         self.sender: Sender | None = None
         self.sent_this_run = 0
+        self.signal: signal.Signals | None = None
         self._last_report = 0.0
 
     @property
-    def stopped(self) -> bool:
-        return self.sender is not None and self.sender.fatal is not None
+    def halted(self) -> bool:
+        """Take no new rows: a signal arrived, or the API said stop."""
+        return self.signal is not None or (self.sender is not None and self.sender.halted)
 
-    def tally(self, outcomes: list[RowOutcome] | list[Status]) -> None:
-        for item in outcomes:
-            self.counts[(item.status if isinstance(item, RowOutcome) else item).value] += 1
+    def tally(self, statuses: Iterable[Status]) -> None:
+        for status in statuses:
+            self.counts[status.value] += 1
         self.report()
 
     def report(self, force: bool = False) -> None:
@@ -179,30 +190,39 @@ class _Run:
         )
 
     async def plans(self) -> AsyncIterator[tuple[list[PlannedUpdate], list[RowOutcome]]]:
-        """Per input batch: the updates to send, and the outcomes of rows not to send."""
+        """Per input batch: the updates to send, and the outcomes of rows not to send.
+
+        Stops early when the run is halted or --limit is reached: rows never read end in the
+        results as ``unprocessed`` (see write.results_between).
+        """
         duplicates = await asyncio.to_thread(find_duplicates, self.table)
         batches = self.table.batches(self.config.batch_rows)
         valid_seen = 0
         limit = self.config.limit
-        while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+        while not self.halted and (limit is None or valid_seen < limit):
+            batch = await asyncio.to_thread(next, batches, None)
+            if batch is None:
+                return
             if batch.is_empty():
                 continue
-            numbers = batch.get_column(ROW_NUMBER)
-            finished = self.journal.finished_between(int(numbers[0]), int(numbers[-1]))
-            self.tally(list(finished.values()))
+            first, last = int(batch[ROW_NUMBER][0]), int(batch[ROW_NUMBER][-1])
+            finished = self.journal.finished_between(first, last)
+            self.tally(finished.values())
+            if len(finished) == batch.height and limit is None:
+                continue  # resuming: this whole batch is done, no need to plan it
             to_send: list[PlannedUpdate] = []
             not_sent: list[RowOutcome] = []
             for planned in plan_batch(self.table, batch, duplicates):
                 if isinstance(planned, PlannedUpdate):
                     valid_seen += 1
+                    if limit is not None and valid_seen > limit:
+                        break
                 if planned.row_number in finished:
                     continue
                 if isinstance(planned, RowOutcome):
                     not_sent.append(planned)
                 elif self.config.dry_run:
                     not_sent.append(_unsent(planned, Status.PLANNED))
-                elif (limit is not None and valid_seen > limit) or self.stopped:
-                    not_sent.append(_unsent(planned, Status.UNPROCESSED))
                 else:
                     to_send.append(planned)
             yield to_send, not_sent
@@ -222,23 +242,24 @@ async def _pipeline(run: _Run, sender: Sender | None) -> None:
 
     async def worker() -> None:
         while (update := await queue.get()) is not None:
-            if sender is None or sender.fatal is not None:
-                outcome = _unsent(update, Status.UNPROCESSED)
-            else:
-                outcome = await sender.send(update)
-                run.sent_this_run += 1
-                if sender.fatal is not None and outcome.status is Status.FAILED:
-                    log.error("stopping: %s", sender.fatal)
+            if sender is None or run.halted:
+                continue  # never attempted: unprocessed in the results
+            outcome = await sender.send(update)
+            run.sent_this_run += 1
+            if sender.fatal is not None and outcome.status is Status.FAILED:
+                log.error("stopping: %s", sender.fatal, extra={"event": "fatal"})
             run.journal.record(outcome)
-            run.tally([outcome])
+            run.tally([outcome.status])
 
     workers = [asyncio.create_task(worker()) for _ in range(run.config.concurrency)]
     try:
         async for to_send, not_sent in run.plans():
             if not_sent:
                 run.journal.record_many(not_sent)
-                run.tally(not_sent)
+                run.tally(o.status for o in not_sent)
             for update in to_send:
+                if run.halted:
+                    break
                 await queue.put(update)
         for _ in workers:
             await queue.put(None)
@@ -246,6 +267,58 @@ async def _pipeline(run: _Run, sender: Sender | None) -> None:
     finally:
         for task in workers:
             task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+
+@contextlib.contextmanager
+def _signals(on_signal: Callable[[signal.Signals], None]) -> Iterator[None]:
+    """Route SIGTERM and SIGINT to ``on_signal`` while the job runs (main thread only)."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, on_signal, signum)
+                installed.append(signum)
+            except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
+                pass
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+async def _send_all(run: _Run, sender: Sender | None) -> bool:
+    """Run the pipeline; on a first signal drain for ``drain_timeout``, on a second stop at
+    once. Returns False if the run was cut short (the results are then not rewritten)."""
+    pipeline = asyncio.create_task(_pipeline(run, sender))
+    hard_stop = asyncio.Event()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if run.signal is not None:
+            log.warning("second signal: stopping at once", extra={"event": "hard_stop"})
+            hard_stop.set()
+            pipeline.cancel()
+            return
+        run.signal = signum
+        if sender is not None:
+            sender.stopping = True
+        log.warning(
+            "%s: finishing in-flight requests (%.0f s at most), then writing results",
+            signum.name,
+            run.config.drain_timeout,
+            extra={"event": "stopping", "signal": signum.name},
+        )
+        asyncio.get_running_loop().call_later(run.config.drain_timeout, pipeline.cancel)
+
+    with _signals(on_signal):
+        try:
+            await pipeline
+        except asyncio.CancelledError:
+            if not pipeline.cancelled():
+                raise  # we ourselves were cancelled
+    return not hard_stop.is_set()
 
 
 async def run_job_async(
@@ -278,32 +351,39 @@ async def run_job_async(
         fatal: FatalApiError | None = None
         requests = 0
         if settings is None:
-            await _pipeline(run, None)
+            completed = await _send_all(run, None)
         else:
             async with Sender(settings, transport=transport) as sender:
                 run.sender = sender
-                await _pipeline(run, sender)
+                completed = await _send_all(run, sender)
                 fatal = sender.fatal
                 requests = sender.requests_sent
-        run.report(force=True)
-        await asyncio.to_thread(write_results, journal, config.output, config.batch_rows)
-        if config.errors_output is not None:
-            await asyncio.to_thread(
-                write_errors, journal, table, config.errors_output, config.batch_rows
-            )
         counts = journal.counts()
+        counts[Status.UNPROCESSED.value] = counts.get(Status.UNPROCESSED.value, 0) + max(
+            0, total - sum(counts.values())
+        )
+        counts = {status: n for status, n in counts.items() if n}
+        run.counts = Counter(counts)
+        run.report(force=True)
+        if completed:
+            await asyncio.to_thread(write_results, journal, table, config.output, config.batch_rows)
+            if config.errors_output is not None:
+                await asyncio.to_thread(
+                    write_errors, journal, table, config.errors_output, config.batch_rows
+                )
     summary = JobSummary(
         counts=counts,
-        total_rows=sum(counts.values()),
+        total_rows=total,
         requests_sent=requests,
         elapsed_s=time.monotonic() - started,
         output=config.output,
         errors_output=config.errors_output,
         journal=None if config.dry_run else str(config.journal_path()),
-        exit_code=exit_code_for(counts, fatal is not None),
+        exit_code=exit_code_for(counts, fatal is not None, run.signal),
         dry_run=config.dry_run,
         fatal_error=str(fatal) if fatal else None,
         sent_this_run=run.sent_this_run,
+        stopped_by=run.signal.name if run.signal else None,
     )
     log.info("job finished", extra={"event": "finish", **summary.as_dict()})
     return summary

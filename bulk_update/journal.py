@@ -166,23 +166,25 @@ class Journal:
         )
         return {number: Status(status) for number, status in rows}
 
-    def outcomes_between(self, first: int, last: int) -> list[RowOutcome]:
-        rows = self._db.execute(
+    def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
+        """Outcomes in ``[first, last]`` as tuples in RESULT_COLUMNS order, by row number."""
+        return self._db.execute(
             f"SELECT {_COLUMNS} FROM outcomes WHERE row_number BETWEEN ? AND ? "  # noqa: S608
             "ORDER BY row_number",
             (first, last),
-        )
-        return [_outcome(row) for row in rows]
+        ).fetchall()
 
-    def iter_outcomes(self, batch_rows: int) -> Iterator[list[RowOutcome]]:
-        """Every outcome in row order, ``batch_rows`` at a time (memory stays flat)."""
-        cursor = self._db.execute(
-            f"SELECT {_COLUMNS} FROM outcomes ORDER BY row_number"  # noqa: S608
-        )
-        while batch := cursor.fetchmany(batch_rows):
-            yield [_outcome(row) for row in batch]
+    def outcomes_between(self, first: int, last: int) -> list[RowOutcome]:
+        return [_outcome(row) for row in self.rows_between(first, last)]
+
+    def count_between(self, first: int, last: int) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM outcomes WHERE row_number BETWEEN ? AND ?", (first, last)
+        ).fetchone()
+        return int(row[0])
 
     def counts(self) -> dict[str, int]:
+        """Journaled outcomes by status (rows never journaled are not counted here)."""
         rows = self._db.execute("SELECT status, count(*) FROM outcomes GROUP BY status")
         return dict(rows.fetchall())
 

@@ -49,6 +49,15 @@ class InputTable:
         except pl.exceptions.PolarsError as exc:
             raise InputError(self.path, f"cannot read: {_first_line(exc)}") from None
 
+    def id_batches(self, rows: int) -> Iterator[pl.DataFrame]:
+        """``ROW_NUMBER`` and the trimmed ID (as ``conversation_id``), ``rows`` at a time."""
+        trimmed = pl.col(self.id_column).cast(pl.String).str.strip_chars()
+        frame = self.scan().select(ROW_NUMBER, trimmed.alias("conversation_id"))
+        try:
+            yield from frame.collect_batches(chunk_size=rows)
+        except pl.exceptions.PolarsError as exc:
+            raise InputError(self.path, f"cannot read: {_first_line(exc)}") from None
+
     def all_batches(self, rows: int) -> Iterator[pl.DataFrame]:
         """Every column of the input (for --errors-output), ``rows`` at a time."""
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import time
@@ -25,12 +26,15 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from bulk_update import __version__
+from bulk_update.breaker import DEFAULT_GIVE_UP_AFTER_S, DEFAULT_THRESHOLD, CircuitBreaker
 from bulk_update.config import JobConfig
 from bulk_update.exceptions import FatalApiError
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
 from bulk_update.ratelimit import Clock, RateLimiter, Sleep
 from bulk_update.retry import Answer, Verdict, backoff_seconds, classify
+
+log = logging.getLogger("bulk_update")
 
 USER_AGENT = f"bulk-update/{__version__}"
 # 429s do not use up --max-attempts, but a row does not wait on them for ever.
@@ -49,6 +53,8 @@ class SendSettings:
     concurrency: int = 16
     max_attempts: int = 6
     timeout: float = 60.0
+    breaker_threshold: int = DEFAULT_THRESHOLD
+    breaker_timeout: float = DEFAULT_GIVE_UP_AFTER_S
 
     @classmethod
     def from_config(cls, config: JobConfig) -> SendSettings:
@@ -61,6 +67,8 @@ class SendSettings:
             concurrency=config.concurrency,
             max_attempts=config.max_attempts,
             timeout=config.timeout,
+            breaker_threshold=config.breaker_threshold,
+            breaker_timeout=config.breaker_timeout,
         )
 
 
@@ -124,7 +132,15 @@ class Sender:
     ) -> None:
         self.settings = settings
         self.limiter = RateLimiter(settings.rpm, clock=clock, sleep=sleep)
+        self.breaker = CircuitBreaker(
+            threshold=settings.breaker_threshold,
+            give_up_after_s=settings.breaker_timeout,
+            clock=clock,
+        )
+        self._probe = asyncio.Lock()
         self.fatal: FatalApiError | None = None
+        # Set by the job on SIGTERM/SIGINT: no more retries; rows mid-retry end unprocessed.
+        self.stopping = False
         self.requests_sent = 0
         self._sleep = sleep
         self._wall_clock = wall_clock
@@ -161,8 +177,20 @@ class Sender:
     ) -> None:
         await self._client.__aexit__(exc_type, exc, tb)
 
+    @property
+    def halted(self) -> bool:
+        """The job is stopping (a signal) or stopped (a fatal answer): retry nothing more."""
+        return self.stopping or self.fatal is not None
+
     async def _request(self, update: PlannedUpdate, body: bytes) -> Answer:
         await self.limiter.acquire()
+        if self.breaker.is_open:
+            # While the API looks down, one request at a time: each one a probe.
+            async with self._probe:
+                return await self._post(update, body)
+        return await self._post(update, body)
+
+    async def _post(self, update: PlannedUpdate, body: bytes) -> Answer:
         self.requests_sent += 1
         # The ID was validated to [A-Za-z0-9_-]; quoting anyway keeps the path the path.
         path = "conversations/" + quote(update.conversation_id, safe="")
@@ -189,20 +217,47 @@ class Sender:
             if verdict.rate_limited:
                 tally["rate_limited"] += 1
                 self.limiter.pause(verdict.wait_s or DEFAULT_RATE_LIMIT_PAUSE_S)
-            elif verdict.retry:
-                tally["failures"] += 1
+            if _looks_down(answer, verdict):
+                if not self._breaker_failure():
+                    tally["failures"] += 1
+            elif self.breaker.record_up():
+                log.warning(
+                    "API answering again: circuit breaker closed", extra={"event": "breaker_closed"}
+                )
             return _Tried(answer, verdict, **tally)
 
         retrying = AsyncRetrying(
             stop=stop_after_failures(self.settings.max_attempts),
             wait=wait_for_server_or_backoff(self._jitter),
-            retry=retry_if_result(lambda tried: tried.verdict.retry),
+            retry=retry_if_result(lambda tried: tried.verdict.retry and not self.halted),
             retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
             sleep=self._sleep,
             reraise=True,
         )
         tried: _Tried = await retrying(attempt)
         return self._outcome(update, tried)
+
+    def _breaker_failure(self) -> bool:
+        """Tell the breaker of a failure; True if it is open (the failure does not count
+        against the row, and every request pauses for the cooldown)."""
+        cooldown = self.breaker.record_failure()
+        if cooldown is None:
+            return False
+        if self.breaker.consecutive_failures == self.breaker.threshold:
+            log.warning(
+                "API looks down (%d failures in a row): circuit breaker open",
+                self.breaker.consecutive_failures,
+                extra={"event": "breaker_open"},
+            )
+        self.limiter.pause(cooldown)
+        if self.breaker.gave_up() and self.fatal is None:
+            self.fatal = FatalApiError(
+                f"circuit breaker: the API failed every probe for "
+                f"{self.breaker.open_for_s():.0f} s",
+                http_status=None,
+                error_code="circuit_breaker",
+            )
+        return True
 
     def _outcome(self, update: PlannedUpdate, tried: _Tried) -> RowOutcome:
         verdict, answer = tried.verdict, tried.answer
@@ -223,6 +278,15 @@ class Sender:
                 metadata=_json_text(verdict.conversation.get("metadata")),
                 **common,
             )
+        if verdict.retry and self.halted:
+            # It would have been retried, but the job is stopping: not failed, not finished.
+            return RowOutcome(
+                status=Status.UNPROCESSED,
+                error_type=verdict.error_type,
+                error_code=verdict.error_code,
+                error_message=verdict.error_message,
+                **common,
+            )
         if verdict.fatal and self.fatal is None:
             self.fatal = FatalApiError(
                 f"HTTP {answer.http_status} {verdict.error_code}: {verdict.error_message}",
@@ -236,6 +300,13 @@ class Sender:
             error_message=verdict.error_message,
             **common,
         )
+
+
+def _looks_down(answer: Answer, verdict: Verdict) -> bool:
+    """A failure that says the API (or the way to it) is down, not that the request was bad."""
+    return verdict.retry and (
+        answer.transport_error is not None or (answer.http_status or 0) >= 500
+    )
 
 
 def _describe(exc: Exception) -> str:

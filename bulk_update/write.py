@@ -18,7 +18,13 @@ import pyarrow.parquet as pq
 
 from bulk_update.config import output_format
 from bulk_update.journal import Journal
-from bulk_update.outcome import ERROR_COLUMNS, NEEDS_ATTENTION, RESULT_COLUMNS, RowOutcome
+from bulk_update.outcome import (
+    ERROR_COLUMNS,
+    NEEDS_ATTENTION,
+    RESULT_COLUMNS,
+    RowOutcome,
+    Status,
+)
 from bulk_update.read import ROW_NUMBER, InputTable
 
 RESULTS_SCHEMA = pl.Schema(
@@ -113,44 +119,57 @@ def write_frames(target: str, frames: Iterable[pl.DataFrame], empty: pl.DataFram
         writer.close(empty)
 
 
-def write_results(journal: Journal, target: str, batch_rows: int) -> None:
-    """Every journaled outcome, in row order."""
-    frames = (outcomes_frame(batch) for batch in journal.iter_outcomes(batch_rows))
+def results_between(journal: Journal, ids: pl.DataFrame) -> pl.DataFrame:
+    """Results rows for one batch of ``InputTable.id_batches``: the journaled outcome of each
+    row, or ``unprocessed`` for a row the journal has not seen (the job stopped before it)."""
+    numbers = ids.get_column(ROW_NUMBER)
+    journaled = pl.DataFrame(
+        journal.rows_between(int(numbers[0]), int(numbers[-1])),
+        schema=RESULTS_SCHEMA,
+        orient="row",
+    )
+    merged = ids.select(
+        pl.col(ROW_NUMBER).cast(pl.Int64).alias("row_number"),
+        pl.col("conversation_id").alias("input_id"),
+    ).join(journaled, on="row_number", how="left")
+    return merged.with_columns(
+        pl.coalesce("conversation_id", "input_id").alias("conversation_id"),
+        pl.col("status").fill_null(Status.UNPROCESSED.value),
+        pl.col("attempts").fill_null(0),
+    ).select(RESULTS_SCHEMA.names())
+
+
+def write_results(journal: Journal, table: InputTable, target: str, batch_rows: int) -> None:
+    """One row per input row, in input order: the journal's outcome or ``unprocessed``."""
+    frames = (
+        results_between(journal, ids) for ids in table.id_batches(batch_rows) if not ids.is_empty()
+    )
     write_frames(target, frames, pl.DataFrame(schema=RESULTS_SCHEMA))
 
 
 def write_errors(journal: Journal, table: InputTable, target: str, batch_rows: int) -> None:
     """Failed, invalid and unprocessed rows in the input's own columns plus status and error."""
-    wanted = {status.value for status in NEEDS_ATTENTION}
+    wanted = [status.value for status in NEEDS_ATTENTION]
     input_columns = [name for name in table.schema.names() if name not in ERROR_COLUMNS]
 
     def frames() -> Iterator[pl.DataFrame]:
         for batch in table.all_batches(batch_rows):
             if batch.is_empty():
                 continue
-            numbers = batch.get_column(ROW_NUMBER)
-            outcomes = journal.outcomes_between(int(numbers.min()), int(numbers.max()))  # type: ignore[arg-type]
-            errors = [o for o in outcomes if o.status.value in wanted]
-            if not errors:
-                continue
-            keyed = pl.DataFrame(
-                {
-                    ROW_NUMBER: [o.row_number for o in errors],
-                    "status": [o.status.value for o in errors],
-                    "error_code": [o.error_code for o in errors],
-                    "error_message": [o.error_message for o in errors],
-                },
-                schema={
-                    ROW_NUMBER: batch.schema[ROW_NUMBER],
-                    **dict.fromkeys(ERROR_COLUMNS, pl.String),
-                },
+            ids = batch.select(
+                ROW_NUMBER,
+                pl.col(table.id_column).cast(pl.String).str.strip_chars().alias("conversation_id"),
             )
-            joined = batch.select(ROW_NUMBER, *input_columns).join(keyed, on=ROW_NUMBER)
-            yield joined.sort(ROW_NUMBER).drop(ROW_NUMBER)
+            outcomes = results_between(journal, ids).select(
+                pl.col("row_number").cast(batch.schema[ROW_NUMBER]).alias(ROW_NUMBER),
+                *ERROR_COLUMNS,
+            )
+            joined = batch.select(ROW_NUMBER, *input_columns).join(outcomes, on=ROW_NUMBER)
+            yield joined.filter(pl.col("status").is_in(wanted)).drop(ROW_NUMBER)
 
     empty = pl.DataFrame(
         schema={
-            **{n: table.schema[n] for n in input_columns},
+            **{name: table.schema[name] for name in input_columns},
             **dict.fromkeys(ERROR_COLUMNS, pl.String),
         }
     )
