@@ -222,6 +222,20 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         help="ignore saved progress and start over (the old journal is kept aside)",
     )
     parser.add_argument(
+        "--breaker-timeout",
+        type=_positive_float,
+        default=S,
+        metavar="S",
+        help="stop (exit 3, resumable) once the API has failed every probe this long (default 300)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=_positive_float,
+        default=S,
+        metavar="S",
+        help="after SIGTERM/SIGINT, how long in-flight requests may take (default 10)",
+    )
+    parser.add_argument(
         "--limit",
         type=_non_negative_int,
         default=S,

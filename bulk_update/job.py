@@ -237,37 +237,80 @@ def _unsent(update: PlannedUpdate, status: Status) -> RowOutcome:
     )
 
 
-async def _pipeline(run: _Run, sender: Sender | None) -> None:
-    queue: asyncio.Queue[PlannedUpdate | None] = asyncio.Queue(maxsize=run.config.concurrency * 4)
+class _Pipeline:
+    """A producer feeding planned updates to ``concurrency`` workers through a bounded queue.
 
-    async def worker() -> None:
-        while (update := await queue.get()) is not None:
-            if sender is None or run.halted:
-                continue  # never attempted: unprocessed in the results
+    ``halt()`` (a signal, or the API saying stop) empties the queue so that neither side can
+    block on the other; workers finish the row in hand and exit. After a fatal answer the
+    workers still waiting (in a backoff or a limiter pause) are cancelled: their rows were not
+    answered, so they stay unprocessed and a re-run sends them.
+    """
+
+    def __init__(self, run: _Run, sender: Sender | None) -> None:
+        self.run = run
+        self.sender = sender
+        self.queue: asyncio.Queue[PlannedUpdate | None] = asyncio.Queue(
+            maxsize=run.config.concurrency * 4
+        )
+        self.workers: list[asyncio.Task[None]] = []
+        self.fatal_seen = False
+
+    def halt(self, *, wake_workers: bool = True) -> None:
+        """Drop the queued rows (they stay unprocessed) and, unless they are being cancelled,
+        send every worker its end-of-input. The queue holds 4 x concurrency, so this never
+        blocks; a producer blocked on a full queue gets room."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        if wake_workers:
+            for _ in self.workers:
+                self.queue.put_nowait(None)
+
+    async def worker(self) -> None:
+        run, sender = self.run, self.sender
+        while not run.halted and (update := await self.queue.get()) is not None:
+            if sender is None:
+                continue
             outcome = await sender.send(update)
             run.sent_this_run += 1
-            if sender.fatal is not None and outcome.status is Status.FAILED:
-                log.error("stopping: %s", sender.fatal, extra={"event": "fatal"})
             run.journal.record(outcome)
             run.tally([outcome.status])
+            if sender.fatal is not None:
+                self.stop_on_fatal(sender.fatal)
+                return
 
-    workers = [asyncio.create_task(worker()) for _ in range(run.config.concurrency)]
-    try:
-        async for to_send, not_sent in run.plans():
-            if not_sent:
-                run.journal.record_many(not_sent)
-                run.tally(o.status for o in not_sent)
-            for update in to_send:
-                if run.halted:
-                    break
-                await queue.put(update)
-        for _ in workers:
-            await queue.put(None)
-        await asyncio.gather(*workers)
-    finally:
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+    def stop_on_fatal(self, fatal: FatalApiError) -> None:
+        if self.fatal_seen:
+            return
+        self.fatal_seen = True
+        log.error("stopping: %s", fatal, extra={"event": "fatal"})
+        current = asyncio.current_task()
+        for task in self.workers:
+            if task is not current:
+                task.cancel()
+        self.halt(wake_workers=False)
+
+    async def run_all(self) -> None:
+        run = self.run
+        self.workers = [asyncio.create_task(self.worker()) for _ in range(run.config.concurrency)]
+        try:
+            async for to_send, not_sent in run.plans():
+                if not_sent:
+                    run.journal.record_many(not_sent)
+                    run.tally(o.status for o in not_sent)
+                for update in to_send:
+                    if run.halted:
+                        break
+                    await self.queue.put(update)
+            if run.halted:
+                self.halt()
+            else:
+                for _ in self.workers:
+                    await self.queue.put(None)
+            await asyncio.gather(*self.workers, return_exceptions=True)
+        finally:
+            for task in self.workers:
+                task.cancel()
+            await asyncio.gather(*self.workers, return_exceptions=True)
 
 
 @contextlib.contextmanager
@@ -292,7 +335,8 @@ def _signals(on_signal: Callable[[signal.Signals], None]) -> Iterator[None]:
 async def _send_all(run: _Run, sender: Sender | None) -> bool:
     """Run the pipeline; on a first signal drain for ``drain_timeout``, on a second stop at
     once. Returns False if the run was cut short (the results are then not rewritten)."""
-    pipeline = asyncio.create_task(_pipeline(run, sender))
+    feeder = _Pipeline(run, sender)
+    pipeline = asyncio.create_task(feeder.run_all())
     hard_stop = asyncio.Event()
 
     def on_signal(signum: signal.Signals) -> None:
@@ -304,6 +348,7 @@ async def _send_all(run: _Run, sender: Sender | None) -> bool:
         run.signal = signum
         if sender is not None:
             sender.stopping = True
+        feeder.halt()
         log.warning(
             "%s: finishing in-flight requests (%.0f s at most), then writing results",
             signum.name,

@@ -185,8 +185,11 @@ class Sender:
     async def _request(self, update: PlannedUpdate, body: bytes) -> Answer:
         await self.limiter.acquire()
         if self.breaker.is_open:
-            # While the API looks down, one request at a time: each one a probe.
+            # While the API looks down, one request at a time: each one a probe, spaced by the
+            # cooldown the last failed probe set.
             async with self._probe:
+                if self.breaker.is_open:
+                    await self.limiter.acquire()
                 return await self._post(update, body)
         return await self._post(update, body)
 

@@ -105,6 +105,8 @@ def serve(
         access_log=False,
         lifespan="off",
         timeout_keep_alive=30,
+        # Stopping must not wait for requests held by --latency-ms or --slow-ms.
+        timeout_graceful_shutdown=1,
         backlog=4096,
     )
     server = uvicorn.Server(uv_config)
