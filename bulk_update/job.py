@@ -118,7 +118,7 @@ def exit_code_for(counts: dict[str, int], fatal: bool, stopped_by: signal.Signal
     return EXIT_OK
 
 
-def _fingerprint(config: JobConfig) -> dict[str, Any]:
+def journal_fingerprint(config: JobConfig) -> dict[str, Any]:
     return {
         "input": file_fingerprint(config.input),
         "id_column": config.id_column,
@@ -137,8 +137,9 @@ def _open_journal(config: JobConfig) -> Iterator[Journal]:
         ):
             yield journal
         return
-    with Journal.open(config.journal_path(), _fingerprint(config), restart=config.restart) as j:
-        yield j
+    fingerprint = journal_fingerprint(config)
+    with Journal.open(config.journal_path(), fingerprint, restart=config.restart) as journal:
+        yield journal
 
 
 class _Run:

@@ -98,6 +98,26 @@ def parse_duration(text: str) -> float | None:
     return total if position == len(text) else None
 
 
+def parse_rate_limit_headers(
+    headers: Mapping[str, str],
+) -> tuple[float | None, int | None, float | None]:
+    """(limit per minute, remaining, seconds until reset) from ``x-ratelimit-*-requests``;
+    None for each that is absent or unreadable."""
+
+    def number(name: str) -> float | None:
+        try:
+            value = float(headers[name])
+        except (KeyError, ValueError):
+            return None
+        return value if value >= 0 and value != float("inf") else None
+
+    limit = number("x-ratelimit-limit-requests")
+    remaining = number("x-ratelimit-remaining-requests")
+    reset_text = headers.get("x-ratelimit-reset-requests")
+    reset = parse_duration(reset_text) if reset_text is not None else None
+    return limit, None if remaining is None else int(remaining), reset
+
+
 def backoff_seconds(failures: int, jitter: float) -> float:
     """Exponential backoff with jitter: ``min(0.5 * 2**(failures-1), 8) * (1 - 0.25 * jitter)``.
 

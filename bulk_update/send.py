@@ -32,7 +32,13 @@ from bulk_update.exceptions import FatalApiError
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
 from bulk_update.ratelimit import Clock, RateLimiter, Sleep
-from bulk_update.retry import Answer, Verdict, backoff_seconds, classify
+from bulk_update.retry import (
+    Answer,
+    Verdict,
+    backoff_seconds,
+    classify,
+    parse_rate_limit_headers,
+)
 
 log = logging.getLogger("bulk_update")
 
@@ -219,7 +225,9 @@ class Sender:
             tally["requests"] += 1
             if verdict.rate_limited:
                 tally["rate_limited"] += 1
-                self.limiter.pause(verdict.wait_s or DEFAULT_RATE_LIMIT_PAUSE_S)
+                self.limiter.rate_limited(verdict.wait_s or DEFAULT_RATE_LIMIT_PAUSE_S)
+            elif answer.headers:
+                self.limiter.observe(*parse_rate_limit_headers(answer.headers))
             if _looks_down(answer, verdict):
                 if not self._breaker_failure():
                     tally["failures"] += 1

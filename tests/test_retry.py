@@ -115,3 +115,21 @@ def test_parse_duration(text: str, seconds: float | None) -> None:
 )
 def test_backoff(failures: int, jitter: float, seconds: float) -> None:
     assert backoff_seconds(failures, jitter) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("headers", "parsed"),
+    [
+        ({}, (None, None, None)),
+        ({"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59",
+          "x-ratelimit-reset-requests": "1s"}, (60.0, 59, 1.0)),
+        ({"x-ratelimit-limit-requests": "junk", "x-ratelimit-remaining-requests": "-1",
+          "x-ratelimit-reset-requests": "6m0s"}, (None, None, 360.0)),
+    ],
+)  # fmt: skip
+def test_parse_rate_limit_headers(
+    headers: dict[str, str], parsed: tuple[float | None, int | None, float | None]
+) -> None:
+    from bulk_update.retry import parse_rate_limit_headers
+
+    assert parse_rate_limit_headers(headers) == parsed

@@ -74,6 +74,11 @@ class Emulator:
         self.clock = clock
         self.by_status: Counter[str] = Counter()
         self.by_operation: Counter[str] = Counter()
+        # Answers by whole second since start, and by status: for benchmarks of rate riding.
+        self.started = clock()
+        self.timeline: dict[int, Counter[str]] = {}
+        self.first_ok: float | None = None
+        self.last_ok: float | None = None
         self.configure(config)
 
     def configure(self, config: EmulatorConfig) -> None:
@@ -86,7 +91,15 @@ class Emulator:
             seed=config.random_seed,
         )
 
-    def stats(self, per_id: bool) -> dict[str, Any]:
+    def count(self, status: str) -> None:
+        self.by_status[status] += 1
+        elapsed = self.clock() - self.started
+        self.timeline.setdefault(int(elapsed), Counter())[status] += 1
+        if status == "200":
+            self.first_ok = elapsed if self.first_ok is None else self.first_ok
+            self.last_ok = elapsed
+
+    def stats(self, per_id: bool, timeline: bool = False) -> dict[str, Any]:
         stats: dict[str, Any] = {
             "requests": sum(self.by_operation.values()),
             "by_status": dict(self.by_status),
@@ -96,11 +109,19 @@ class Emulator:
         if per_id:
             stats["update_requests_by_id"] = self.store.update_requests
             stats["updates_applied_by_id"] = self.store.updates_applied
+        if timeline:
+            stats["timeline"] = {
+                str(second): dict(counts) for second, counts in sorted(self.timeline.items())
+            }
+            stats["first_ok_s"] = self.first_ok
+            stats["last_ok_s"] = self.last_ok
         return stats
 
     def reset_counters(self) -> None:
         self.by_status.clear()
         self.by_operation.clear()
+        self.timeline.clear()
+        self.first_ok = self.last_ok = None
         self.store.update_requests.clear()
         self.store.updates_applied.clear()
 
@@ -160,7 +181,7 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
             headers = {"x-request-id": "req_" + uuid.uuid4().hex}
             response = await _gated(request, handler, headers)
             if response is None:
-                state.by_status["reset"] += 1
+                state.count("reset")
                 extension = request.scope.get("extensions", {}).get(ABORT_EXTENSION, {})
                 abort = extension.get("abort")
                 if not callable(abort):
@@ -168,7 +189,7 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
                 abort()
                 await asyncio.sleep(0)  # let the server see the connection is gone
                 return Response(status_code=500)  # never reaches the client
-            state.by_status[str(response.status_code)] += 1
+            state.count(str(response.status_code))
             response.headers["openai-processing-ms"] = str(
                 int((time.perf_counter() - started) * 1000)
             )
@@ -266,8 +287,10 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
         )
 
     async def admin_stats(request: Request) -> Response:
-        per_id = request.query_params.get("per_id", "").lower() in {"1", "true", "yes"}
-        return _json(200, state.stats(per_id), {})
+        def flag(name: str) -> bool:
+            return request.query_params.get(name, "").lower() in {"1", "true", "yes"}
+
+        return _json(200, state.stats(flag("per_id"), flag("timeline")), {})
 
     async def admin_conversation(request: Request) -> Response:
         try:

@@ -81,8 +81,10 @@ class EmulatorProcess:
         response.raise_for_status()
         return response.json()
 
-    def stats(self, per_id: bool = False) -> dict[str, Any]:
-        result: dict[str, Any] = self.admin("stats?per_id=true" if per_id else "stats")
+    def stats(self, per_id: bool = False, timeline: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self.admin(
+            f"stats?per_id={str(per_id).lower()}&timeline={str(timeline).lower()}"
+        )
         return result
 
     def __enter__(self) -> EmulatorProcess:

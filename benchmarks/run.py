@@ -1,0 +1,283 @@
+"""`make bench`: every benchmark of issue 5, each with its baseline in the same run; one table.
+
+Each benchmark starts its own emulator (a real server on loopback), generates its own input
+under benchmarks/data/ (git-ignored), and reports a ratio to a baseline measured in the same
+run, because absolute numbers vary between machines.
+
+    .venv/bin/python -m benchmarks.run                # all five
+    .venv/bin/python -m benchmarks.run --only 1,3     # some
+    .venv/bin/python -m benchmarks.run --quick        # smaller sizes (a smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from bulk_update.emulator import preload_id
+from bulk_update.emulator.process import EmulatorProcess
+
+DATA = Path(__file__).parent / "data"
+KEY = "sk-bench"
+ENV = {**os.environ, "OPENAI_API_KEY": KEY}
+
+
+@dataclass
+class Row:
+    benchmark: str
+    measured: str
+    baseline: str
+    ratio: float
+    goal: str
+    met: bool
+
+
+def make_input(rows: int, name: str) -> Path:
+    """conversation_id (= the emulator's preload_id(i)) and three metadata columns."""
+    path = DATA / f"{name}-{rows}.csv"
+    if path.exists():
+        return path
+    DATA.mkdir(exist_ok=True)
+    index = pl.int_range(0, rows, eager=True)
+    frame = pl.DataFrame(
+        {
+            "conversation_id": [preload_id(i) for i in range(rows)],
+            "tier": index.map_elements(
+                lambda i: ("free", "plus", "pro")[i % 3], return_dtype=pl.String
+            ),
+            "region": pl.Series(["emea", "amer", "apac", "emea"] * (rows // 4 + 1))[:rows],
+            "account": index.cast(pl.String).str.zfill(8),
+        }
+    )
+    frame.write_csv(path)
+    return path
+
+
+def timed(args: list[str], **kwargs: object) -> tuple[float, int, subprocess.CompletedProcess[str]]:
+    """Wall seconds and peak RSS (KiB) of a child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True, env=ENV, check=False, **kwargs)  # type: ignore[call-overload]
+    seconds = time.perf_counter() - started
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"{args} failed ({done.returncode}): {done.stderr[-2000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return seconds, max(peak, before), done
+
+
+def peak_rss_kib(args: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS of a child, via /usr/bin/time-free wait4."""
+    started = time.perf_counter()
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) not in (0, 1):
+        detail = process.stderr.read().decode(errors="replace") if process.stderr else ""
+        raise RuntimeError(f"{args} failed: {detail}")
+    return seconds, usage.ru_maxrss
+
+
+def job(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bulk_update", *args, "--quiet"]
+
+
+def client_efficiency(quick: bool) -> list[Row]:
+    rows = 4000 if quick else 20_000
+    source = make_input(rows, "efficiency")
+    rates = {}
+    for kind in ("job", "sdk", "bare"):
+        with EmulatorProcess("--preload", str(rows)) as emu:
+            if kind == "job":
+                out = DATA / "efficiency-results.parquet"
+                command = job("run", str(source), "--output", str(out), "--base-url",
+                              emu.base_url, "--concurrency", "64", "--rpm", "100000000",
+                              "--restart")  # fmt: skip
+            else:
+                command = [sys.executable, "-m", "benchmarks.baselines", kind, str(source),
+                           emu.base_url, "64"]  # fmt: skip
+            seconds, _, _ = timed(command)
+            ok = emu.stats()["by_status"].get("200", 0)
+            assert ok == rows, f"{kind}: {ok} of {rows} updated"
+            rates[kind] = rows / seconds
+    return [
+        Row("1 client efficiency vs SDK loop", f"{rates['job']:.0f} rows/s",
+            f"{rates['sdk']:.0f} rows/s", rates["job"] / rates["sdk"], ">= 1.5x",
+            rates["job"] / rates["sdk"] >= 1.5),
+        Row("1 client efficiency vs bare httpx2", f"{rates['job']:.0f} rows/s",
+            f"{rates['bare']:.0f} rows/s", rates["job"] / rates["bare"], ">= 0.9x",
+            rates["job"] / rates["bare"] >= 0.9),
+    ]  # fmt: skip
+
+
+def ride(server_rpm: int, job_rpm: int, rows: int) -> dict[str, float]:
+    source = make_input(rows, "ride")
+    with EmulatorProcess("--preload", str(rows), "--rpm", str(server_rpm)) as emu:
+        out = DATA / "ride-results.parquet"
+        timed(job("run", str(source), "--output", str(out), "--base-url", emu.base_url,
+                  "--rpm", str(job_rpm), "--concurrency", "32", "--restart"))  # fmt: skip
+        stats = emu.stats(timeline=True)
+    ok = stats["by_status"].get("200", 0)
+    limited = stats["by_status"].get("429", 0)
+    span = stats["last_ok_s"] - stats["first_ok_s"]
+    per_second = {int(s): sum(c.values()) for s, c in stats["timeline"].items()}
+    last = max(per_second)
+    # Requests per minute over every full 10 s window (the first and last partial ones aside).
+    windows = [sum(per_second.get(t + i, 0) for i in range(10)) * 6 for t in range(1, last - 10)]
+    return {
+        "goodput_rpm": (ok - 1) / span * 60 if span > 0 else 0.0,
+        "rate_limited_share": limited / (ok + limited),
+        "max_10s_rpm": max(windows) if windows else float("nan"),
+    }
+
+
+def riding_the_limit(quick: bool) -> list[Row]:
+    server = 3000  # 50 a second
+    rows = 1000 if quick else 3000
+    over = ride(server, 2 * server, rows)
+    under = ride(server, server // 2, rows // 2)
+    half = server / 2
+    return [
+        Row("2 told 2R: goodput vs R", f"{over['goodput_rpm']:.0f} rpm", f"R = {server} rpm",
+            over["goodput_rpm"] / server, ">= 0.95x", over["goodput_rpm"] >= 0.95 * server),
+        Row("2 told 2R: share answered 429", f"{over['rate_limited_share']:.2%}", "all requests",
+            over["rate_limited_share"], "<= 2 %", over["rate_limited_share"] <= 0.02),
+        Row("2 told R/2: achieved vs R/2", f"{under['goodput_rpm']:.0f} rpm", f"{half:.0f} rpm",
+            under["goodput_rpm"] / half, ">= 0.98x", under["goodput_rpm"] >= 0.98 * half),
+        Row("2 told R/2: busiest 10 s window", f"{under['max_10s_rpm']:.0f} rpm", f"{half:.0f} rpm",
+            under["max_10s_rpm"] / half, "<= 1.0x", under["max_10s_rpm"] <= half),
+    ]  # fmt: skip
+
+
+def latency_hiding(quick: bool) -> list[Row]:
+    rows = 3000 if quick else 10_000
+    source = make_input(rows, "latency")
+    with EmulatorProcess("--preload", str(rows), "--latency-ms", "100") as emu:
+        out = DATA / "latency-results.parquet"
+        timed(job("run", str(source), "--output", str(out), "--base-url", emu.base_url,
+                  "--concurrency", "64", "--rpm", "100000000", "--restart"))  # fmt: skip
+        stats = emu.stats(timeline=True)
+    rate = (stats["by_status"]["200"] - 1) / (stats["last_ok_s"] - stats["first_ok_s"])
+    bound = 64 / 0.1
+    return [
+        Row(
+            "3 latency hiding (100 ms, 64 in flight)",
+            f"{rate:.0f} rows/s",
+            f"Little's law {bound:.0f} rows/s",
+            rate / bound,
+            ">= 0.9x",
+            rate >= 0.9 * bound,
+        )
+    ]
+
+
+def scale(quick: bool) -> list[Row]:
+    sizes = (200_000, 1_000_000) if quick else (1_000_000, 10_000_000)
+    measured: dict[int, dict[str, float]] = {}
+    for rows in sizes:
+        source = make_input(rows, "scale")
+        read_s, read_rss = peak_rss_kib([sys.executable, "-c",
+            f"import polars as pl; pl.read_csv({str(source)!r}, infer_schema=False)"])  # fmt: skip
+        out = DATA / "scale-plan.parquet"
+        validate_s, validate_rss = peak_rss_kib(job("validate", str(source), "--output", str(out)))
+        measured[rows] = {"read_s": read_s, "validate_s": validate_s, "rss_mib": validate_rss / 1024,
+                          "read_rss_mib": read_rss / 1024}  # fmt: skip
+    small, large = (measured[s] for s in sizes)
+    return [
+        Row(f"4 validate {sizes[1]:,} rows: peak RSS", f"{large['rss_mib']:.0f} MiB",
+            f"{small['rss_mib']:.0f} MiB at {sizes[0]:,}", large["rss_mib"] / small["rss_mib"],
+            "<= 1.5x and < 1 GiB",
+            large["rss_mib"] <= 1.5 * small["rss_mib"] and large["rss_mib"] < 1024),
+        Row(f"4 validate {sizes[1]:,} rows: time", f"{large['validate_s']:.1f} s",
+            f"polars read alone {large['read_s']:.1f} s", large["validate_s"] / large["read_s"],
+            "<= 3x", large["validate_s"] <= 3 * large["read_s"]),
+    ]  # fmt: skip
+
+
+def resume_cost(quick: bool) -> list[Row]:
+    rows = 200_000 if quick else 1_000_000
+    source = make_input(rows, "resume")
+    plan = DATA / "resume-plan.parquet"
+    validate_s, _ = peak_rss_kib(job("validate", str(source), "--output", str(plan)))
+    # A job 99 % done: the journal of a real run, written as the job writes it.
+    from bulk_update import JobConfig
+    from bulk_update.job import journal_fingerprint
+    from bulk_update.journal import Journal
+    from bulk_update.outcome import RowOutcome, Status
+
+    out = DATA / "resume-results.parquet"
+    config = JobConfig(input=str(source), output=str(out))
+    journal_path = config.journal_path()
+    for stale in journal_path.parent.glob(journal_path.name + "*"):
+        stale.unlink()
+    done = rows - rows // 100
+    with Journal.open(journal_path, journal_fingerprint(config)) as journal:
+        for start in range(0, done, 50_000):
+            journal.record_many(
+                RowOutcome(i + 1, preload_id(i), Status.UPDATED, 200, 1, request_id="req_x",
+                           created_at=1, metadata="{}", sent_metadata="{}")
+                for i in range(start, min(done, start + 50_000))
+            )  # fmt: skip
+    with EmulatorProcess("--preload", str(rows)) as emu:
+        resume_s, _, _ = timed(job("run", str(source), "--output", str(out), "--base-url",
+                                   emu.base_url, "--rpm", "100000000", "--concurrency", "64"))  # fmt: skip
+        stats = emu.stats(timeline=True)
+    sent = stats["by_status"]["200"]
+    assert sent == rows - done, sent
+    overhead = resume_s - (stats["last_ok_s"] - stats["first_ok_s"])
+    return [
+        Row(f"5 resume {rows:,} rows 99 % done (whole run)", f"{resume_s:.1f} s",
+            f"validate {validate_s:.1f} s", resume_s / validate_s, "<= 0.05x",
+            resume_s <= 0.05 * validate_s),
+        Row(f"5 resume: time not spent sending {rows - done:,} rows", f"{overhead:.1f} s",
+            f"validate {validate_s:.1f} s", overhead / validate_s, "(context)", True),
+    ]  # fmt: skip
+
+
+BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
+    "1": client_efficiency,
+    "2": riding_the_limit,
+    "3": latency_hiding,
+    "4": scale,
+    "5": resume_cost,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="e.g. 1,3")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"polars {pl.__version__}{' (quick)' if args.quick else ''}")  # fmt: skip
+    table: list[Row] = []
+    for key in args.only.split(","):
+        started = time.perf_counter()
+        rows = BENCHMARKS[key.strip()](args.quick)
+        table += rows
+        print(f"  benchmark {key} took {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    header = f"| {'benchmark':<44} | {'measured':>14} | {'baseline (same run)':>30} | {'ratio':>6} | {'goal':>20} | met |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for row in table:
+        print(f"| {row.benchmark:<44} | {row.measured:>14} | {row.baseline:>30} | {row.ratio:>6.2f} | "
+              f"{row.goal:>20} | {'yes' if row.met else 'NO':>3} |")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps([row.__dict__ for row in table], indent=2))
+
+
+if __name__ == "__main__":
+    main()
