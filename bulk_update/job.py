@@ -11,13 +11,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -27,10 +25,26 @@ from bulk_update.config import JobConfig
 from bulk_update.exceptions import FatalApiError
 from bulk_update.journal import Journal, file_fingerprint
 from bulk_update.outcome import SUCCESS, RowOutcome, Status
-from bulk_update.plan import PlannedUpdate, find_duplicates, plan_batch
+from bulk_update.plan import (
+    PlannedUpdate,
+    find_duplicates,
+    invalid_outcomes,
+    plan_frame,
+    plan_lazy,
+    updates,
+)
 from bulk_update.read import ROW_NUMBER, InputTable, open_input
 from bulk_update.send import Sender, SendSettings
-from bulk_update.write import write_errors, write_results
+from bulk_update.write import (
+    dry_run_results,
+    errors_frame,
+    scan_results,
+    sink,
+    sink_errors,
+    write_dry_run,
+    write_errors,
+    write_results,
+)
 
 log = logging.getLogger("bulk_update")
 
@@ -127,19 +141,9 @@ def journal_fingerprint(config: JobConfig) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _open_journal(config: JobConfig) -> Iterator[Journal]:
-    """The run's journal; a dry run uses a throw-away one and never touches the real one."""
-    if config.dry_run:
-        with (
-            tempfile.TemporaryDirectory(prefix="bulk-update-dry-run-") as directory,
-            Journal.open(Path(directory) / "journal.sqlite", {}) as journal,
-        ):
-            yield journal
-        return
+def _open_journal(config: JobConfig) -> Journal:
     fingerprint = journal_fingerprint(config)
-    with Journal.open(config.journal_path(), fingerprint, restart=config.restart) as journal:
-        yield journal
+    return Journal.open(config.journal_path(), fingerprint, restart=config.restart)
 
 
 class _Run:
@@ -191,7 +195,7 @@ class _Run:
         )
 
     async def plans(self) -> AsyncIterator[tuple[list[PlannedUpdate], list[RowOutcome]]]:
-        """Per input batch: the updates to send, and the outcomes of rows not to send.
+        """Per input batch: the updates to send, and the ``invalid`` outcomes.
 
         Stops early when the run is halted or --limit is reached: rows never read end in the
         results as ``unprocessed`` (see write.results_between).
@@ -207,26 +211,22 @@ class _Run:
             if batch.is_empty():
                 continue
             first, last = int(batch[ROW_NUMBER][0]), int(batch[ROW_NUMBER][-1])
-            finished = self.journal.finished_between(first, last)
-            self.tally(finished.values())
-            if len(finished) == batch.height and limit is None:
+            done = self.journal.finished_counts_between(first, last)
+            for status, count in done.items():
+                self.counts[status.value] += count
+            if sum(done.values()) == batch.height and limit is None:
                 continue  # resuming: this whole batch is done, no need to plan it
+            finished = self.journal.finished_between(first, last) if done else {}
+            plan = await asyncio.to_thread(plan_frame, self.table, batch, duplicates)
             to_send: list[PlannedUpdate] = []
-            not_sent: list[RowOutcome] = []
-            for planned in plan_batch(self.table, batch, duplicates):
-                if isinstance(planned, PlannedUpdate):
-                    valid_seen += 1
-                    if limit is not None and valid_seen > limit:
-                        break
-                if planned.row_number in finished:
-                    continue
-                if isinstance(planned, RowOutcome):
-                    not_sent.append(planned)
-                elif self.config.dry_run:
-                    not_sent.append(_unsent(planned, Status.PLANNED))
-                else:
-                    to_send.append(planned)
-            yield to_send, not_sent
+            for update in updates(plan):
+                valid_seen += 1
+                if limit is not None and valid_seen > limit:
+                    break
+                if update.row_number not in finished:
+                    to_send.append(update)
+            invalid = [o for o in invalid_outcomes(plan) if o.row_number not in finished]
+            yield to_send, invalid
 
 
 def _unsent(update: PlannedUpdate, status: Status) -> RowOutcome:
@@ -381,7 +381,9 @@ async def run_job_async(
         columns=config.columns,
         metadata_column=config.metadata_column,
     )
-    settings = None if config.dry_run else SendSettings.from_config(config)
+    if config.dry_run:
+        return await asyncio.to_thread(_dry_run, config, table, progress, started)
+    settings = SendSettings.from_config(config)
     total = await asyncio.to_thread(lambda: table.scan().select(pl.len()).collect().item())
     with _open_journal(config) as journal:
         log.info(
@@ -394,16 +396,11 @@ async def run_job_async(
             },
         )
         run = _Run(config, table, journal, progress, total)
-        fatal: FatalApiError | None = None
-        requests = 0
-        if settings is None:
-            completed = await _send_all(run, None)
-        else:
-            async with Sender(settings, transport=transport) as sender:
-                run.sender = sender
-                completed = await _send_all(run, sender)
-                fatal = sender.fatal
-                requests = sender.requests_sent
+        async with Sender(settings, transport=transport) as sender:
+            run.sender = sender
+            completed = await _send_all(run, sender)
+            fatal = sender.fatal
+            requests = sender.requests_sent
         counts = journal.counts()
         counts[Status.UNPROCESSED.value] = counts.get(Status.UNPROCESSED.value, 0) + max(
             0, total - sum(counts.values())
@@ -424,15 +421,79 @@ async def run_job_async(
         elapsed_s=time.monotonic() - started,
         output=config.output,
         errors_output=config.errors_output,
-        journal=None if config.dry_run else str(config.journal_path()),
+        journal=str(config.journal_path()),
         exit_code=exit_code_for(counts, fatal is not None, run.signal),
-        dry_run=config.dry_run,
         fatal_error=str(fatal) if fatal else None,
         sent_this_run=run.sent_this_run,
         stopped_by=run.signal.name if run.signal else None,
     )
     log.info("job finished", extra={"event": "finish", **summary.as_dict()})
     return summary
+
+
+def _dry_run(
+    config: JobConfig, table: InputTable, progress: ProgressCallback | None, started: float
+) -> JobSummary:
+    """Read, plan and write, streaming: no journal, no requests, memory flat in the input.
+
+    One lazy polars query from the input to the results file where the rules are all
+    vectorised; batch by batch for --metadata-column (a JSON object per cell).
+    """
+    log.info("dry run started", extra={"event": "start", "input": config.input, "dry_run": True})
+    duplicates = find_duplicates(table, config.batch_rows)
+    plan = plan_lazy(table, duplicates)
+    if plan is not None:
+        sink(dry_run_results(plan, config.limit), config.output)
+        status_counts = scan_results(config.output).group_by("status").len().collect()
+        counts = dict(status_counts.iter_rows())
+        if config.errors_output is not None:
+            sink_errors(table, config.output, config.errors_output)
+    else:
+        counts = _dry_run_batches(config, table, duplicates, progress, started)
+    if progress is not None:
+        total = sum(counts.values())
+        progress(Progress(total, total, dict(counts), 0, time.monotonic() - started))
+    summary = JobSummary(
+        counts=dict(counts),
+        total_rows=sum(counts.values()),
+        requests_sent=0,
+        elapsed_s=time.monotonic() - started,
+        output=config.output,
+        errors_output=config.errors_output,
+        journal=None,
+        exit_code=exit_code_for(dict(counts), False, None),
+        dry_run=True,
+    )
+    log.info("job finished", extra={"event": "finish", **summary.as_dict()})
+    return summary
+
+
+def _dry_run_batches(
+    config: JobConfig,
+    table: InputTable,
+    duplicates: pl.DataFrame,
+    progress: ProgressCallback | None,
+    started: float,
+) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    valid = 0
+
+    def frames() -> Iterator[tuple[pl.DataFrame, pl.DataFrame | None]]:
+        nonlocal valid
+        batches = table.all_batches if config.errors_output else table.batches
+        for batch in batches(config.batch_rows):
+            plan = plan_frame(table, batch, duplicates)
+            results = dry_run_results(plan, config.limit, valid)
+            valid += int(plan.get_column("error_code").null_count())
+            counts.update(dict(results.group_by("status").len().iter_rows()))
+            if progress is not None:
+                total = sum(counts.values())
+                progress(Progress(total, total, dict(counts), 0, time.monotonic() - started))
+            errors = errors_frame(table, batch, results) if config.errors_output else None
+            yield results, errors
+
+    write_dry_run(frames(), config.output, config.errors_output, table)
+    return dict(counts)
 
 
 def run_job(config: JobConfig, *, progress: ProgressCallback | None = None) -> JobSummary:

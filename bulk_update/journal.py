@@ -177,11 +177,14 @@ class Journal:
     def outcomes_between(self, first: int, last: int) -> list[RowOutcome]:
         return [_outcome(row) for row in self.rows_between(first, last)]
 
-    def count_between(self, first: int, last: int) -> int:
-        row = self._db.execute(
-            "SELECT count(*) FROM outcomes WHERE row_number BETWEEN ? AND ?", (first, last)
-        ).fetchone()
-        return int(row[0])
+    def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
+        """How many rows in ``[first, last]`` are finished, by status (one indexed query)."""
+        rows = self._db.execute(
+            "SELECT status, count(*) FROM outcomes WHERE row_number BETWEEN ? AND ? "
+            "AND status NOT IN (?, ?) GROUP BY status",
+            (first, last, *_NOT_FINISHED),
+        )
+        return {Status(status): count for status, count in rows}
 
     def counts(self) -> dict[str, int]:
         """Journaled outcomes by status (rows never journaled are not counted here)."""

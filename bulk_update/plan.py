@@ -18,10 +18,14 @@ import decimal
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import polars as pl
 
 from bulk_update.outcome import RowOutcome, Status
@@ -32,16 +36,39 @@ MAX_KEY_CHARS = 64
 MAX_VALUE_CHARS = 512
 MAX_ID_CHARS = 128
 ID_PATTERN = re.compile(r"conv_[A-Za-z0-9_-]+")
+ID_REGEX = r"^conv_[A-Za-z0-9_-]+$"
+CLIP_CHARS = 40
+
+# Messages, shared by the row path (plan_row) and the vectorised path (plan_frame): "{}" is
+# filled by str.format in one and by polars.format in the other.
+MSG_ID_EMPTY = "conversation_id is empty"
+MSG_ID_TOO_LONG = "conversation_id is {} characters; at most " + str(MAX_ID_CHARS)
+MSG_ID_PATTERN = "conversation_id '{}' is not conv_ followed by letters, digits, '_' or '-'"
+MSG_DUPLICATE = "duplicate of row {}"
+MSG_KEY_EMPTY = "metadata key is empty"
+MSG_KEY_TOO_LONG = "metadata key '{}' is {} characters; at most " + str(MAX_KEY_CHARS)
+MSG_VALUE_TOO_LONG = "value for '{}' is {} characters; at most " + str(MAX_VALUE_CHARS)
+MSG_NO_METADATA = "no metadata: every metadata value is empty"
+MSG_TOO_MANY_PAIRS = "{} metadata pairs; at most " + str(MAX_PAIRS)
+MSG_UNSUPPORTED_TYPE = "value for '{}' is {}; only text, numbers, booleans and dates can be sent"
+MSG_NOT_A_NUMBER = "value for '{}' is {}, not a number"
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedUpdate:
-    """A valid row: the request to send."""
+    """A valid row: the request to send. ``sent_metadata`` is the JSON object sent, verbatim."""
 
     row_number: int
     conversation_id: str
-    metadata: dict[str, str]
-    sent_metadata: str  # the same, as JSON text for the results
+    sent_metadata: str
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        parsed: dict[str, str] = json.loads(self.sent_metadata)
+        return parsed
+
+    def body(self) -> bytes:
+        return b'{"metadata":' + self.sent_metadata.encode() + b"}"
 
 
 Planned = PlannedUpdate | RowOutcome
@@ -58,30 +85,19 @@ def encode_metadata(metadata: Mapping[str, str]) -> str:
     return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
 
 
-def _clip(text: str, limit: int = 40) -> str:
+def _clip(text: str, limit: int = CLIP_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
 def check_id(raw: object) -> str:
     """The trimmed conversation ID, or raise _Invalid."""
-    if raw is None:
-        raise _Invalid("invalid_id", "conversation_id is empty")
-    if not isinstance(raw, str):
-        raise _Invalid("invalid_id", f"conversation_id is {type(raw).__name__}, not text")
-    conversation_id = raw.strip()
+    conversation_id = "" if raw is None else str(raw).strip()
     if not conversation_id:
-        raise _Invalid("invalid_id", "conversation_id is empty")
+        raise _Invalid("invalid_id", MSG_ID_EMPTY)
     if len(conversation_id) > MAX_ID_CHARS:
-        raise _Invalid(
-            "invalid_id",
-            f"conversation_id is {len(conversation_id)} characters; at most {MAX_ID_CHARS}",
-        )
+        raise _Invalid("invalid_id", MSG_ID_TOO_LONG.format(len(conversation_id)))
     if not ID_PATTERN.fullmatch(conversation_id):
-        raise _Invalid(
-            "invalid_id",
-            f"conversation_id {_clip(conversation_id)!r} is not conv_ followed by letters, "
-            "digits, '_' or '-'",
-        )
+        raise _Invalid("invalid_id", MSG_ID_PATTERN.format(_clip(conversation_id)))
     return conversation_id
 
 
@@ -97,7 +113,8 @@ def to_text(key: str, value: object) -> str | None:
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise _Invalid("unsupported_value", f"value for {key!r} is {value}, not a number")
+            shown = "NaN" if math.isnan(value) else str(value)  # as polars prints it
+            raise _Invalid("unsupported_value", MSG_NOT_A_NUMBER.format(key, shown))
         return repr(value)
     if isinstance(value, decimal.Decimal):
         return str(value)
@@ -111,10 +128,7 @@ def to_text(key: str, value: object) -> str | None:
         kind = "binary"
     else:
         kind = type(value).__name__
-    raise _Invalid(
-        "unsupported_type",
-        f"value for {key!r} is {kind}; only text, numbers, booleans and dates can be sent",
-    )
+    raise _Invalid("unsupported_type", MSG_UNSUPPORTED_TYPE.format(key, kind))
 
 
 def check_pairs(pairs: Iterable[tuple[str, object]]) -> dict[str, str]:
@@ -125,22 +139,16 @@ def check_pairs(pairs: Iterable[tuple[str, object]]) -> dict[str, str]:
         if value is None:
             continue
         if not key:
-            raise _Invalid("invalid_key", "metadata key is empty")
+            raise _Invalid("invalid_key", MSG_KEY_EMPTY)
         if len(key) > MAX_KEY_CHARS:
-            raise _Invalid(
-                "key_too_long",
-                f"metadata key {_clip(key)!r} is {len(key)} characters; at most {MAX_KEY_CHARS}",
-            )
+            raise _Invalid("key_too_long", MSG_KEY_TOO_LONG.format(_clip(key), len(key)))
         if len(value) > MAX_VALUE_CHARS:
-            raise _Invalid(
-                "value_too_long",
-                f"value for {key!r} is {len(value)} characters; at most {MAX_VALUE_CHARS}",
-            )
+            raise _Invalid("value_too_long", MSG_VALUE_TOO_LONG.format(key, len(value)))
         metadata[key] = value
     if not metadata:
-        raise _Invalid("no_metadata", "no metadata: every metadata value is empty")
+        raise _Invalid("no_metadata", MSG_NO_METADATA)
     if len(metadata) > MAX_PAIRS:
-        raise _Invalid("too_many_pairs", f"{len(metadata)} metadata pairs; at most {MAX_PAIRS}")
+        raise _Invalid("too_many_pairs", MSG_TOO_MANY_PAIRS.format(len(metadata)))
     return metadata
 
 
@@ -178,7 +186,7 @@ def plan_row(
     try:
         conversation_id = check_id(raw_id)
         if duplicate_of is not None:
-            raise _Invalid("duplicate_id", f"duplicate of row {duplicate_of}")
+            raise _Invalid("duplicate_id", MSG_DUPLICATE.format(duplicate_of))
         metadata = check_pairs(pairs() if callable(pairs) else pairs)
     except _Invalid as invalid:
         return RowOutcome(
@@ -189,14 +197,20 @@ def plan_row(
             error_code=invalid.code,
             error_message=invalid.message,
         )
-    return PlannedUpdate(row_number, conversation_id, metadata, encode_metadata(metadata))
+    return PlannedUpdate(row_number, conversation_id, encode_metadata(metadata))
 
 
-def find_duplicates(table: InputTable) -> dict[int, int]:
-    """Row number of every later occurrence of an ID -> row number of its first occurrence.
+# The columns of a plan frame (one row per input row).
+PLAN_COLUMNS = (ROW_NUMBER, "conversation_id", "error_code", "error_message", "sent_metadata")
+DUPLICATE_OF = "__bulk_update_duplicate_of"
 
-    Vectorised and memory-light: a first pass keeps only a 64-bit hash per row; exact strings
-    are compared only for rows whose hash occurs more than once.
+
+def find_duplicates(table: InputTable, batch_rows: int = 1_000_000) -> pl.DataFrame:
+    """``ROW_NUMBER`` of every later occurrence of an ID, and the row of its first occurrence.
+
+    Memory-light: the first pass keeps one 64-bit hash per row in a numpy array (80 MB for ten
+    million rows), sorted in place to find the hashes seen more than once; only rows with such a
+    hash are read again and compared exactly.
     """
     trimmed = pl.col(table.id_column).cast(pl.String).str.strip_chars()
     keyed = (
@@ -204,40 +218,255 @@ def find_duplicates(table: InputTable) -> dict[int, int]:
         .select(pl.col(ROW_NUMBER), trimmed.alias("id"))
         .filter(pl.col("id").is_not_null() & (pl.col("id") != ""))
     )
-    hashes = keyed.select(pl.col(ROW_NUMBER), pl.col("id").hash(seed=0).alias("h")).collect()
-    repeated = hashes.filter(pl.col("h").is_duplicated())
-    if repeated.is_empty():
-        return {}
+    schema = pl.Schema({ROW_NUMBER: pl.UInt32(), DUPLICATE_OF: pl.UInt32()})
+    # The hashes go through a temporary Arrow file: polars streams them out without holding the
+    # input, and numpy reads them back in one array (the smallest peak measured; see
+    # BENCHMARKS.md).
+    with tempfile.TemporaryDirectory(prefix="bulk-update-") as directory:
+        spill = Path(directory) / "hashes.arrow"
+        keyed.select(pl.col("id").hash(seed=0).alias("h")).sink_ipc(spill)
+        hashes = pl.read_ipc(spill).get_column("h").to_numpy(writable=True)
+    if hashes.size == 0:
+        return pl.DataFrame(schema=schema)
+    hashes.sort()
+    repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+    del hashes
+    if repeated.size == 0:
+        return pl.DataFrame(schema=schema)
     candidates = (
-        keyed.join(repeated.lazy().select(ROW_NUMBER), on=ROW_NUMBER, how="semi")
-        .with_columns(pl.col(ROW_NUMBER).min().over("id").alias("first"))
-        .filter(pl.col(ROW_NUMBER) != pl.col("first"))
+        keyed.filter(pl.col("id").hash(seed=0).is_in(pl.Series(repeated).implode()))
+        .with_columns(pl.col(ROW_NUMBER).min().over("id").alias(DUPLICATE_OF))
+        .filter(pl.col(ROW_NUMBER) != pl.col(DUPLICATE_OF))
+        .select(ROW_NUMBER, DUPLICATE_OF)
         .collect()
     )
-    return dict(zip(candidates[ROW_NUMBER].to_list(), candidates["first"].to_list(), strict=True))
+    return candidates.cast(schema).sort(ROW_NUMBER)
 
 
-def plan_batch(
-    table: InputTable, batch: pl.DataFrame, duplicates: Mapping[int, int]
-) -> Iterator[Planned]:
-    """Plan every row of a batch from ``InputTable.batches``, in order."""
-    row_numbers = batch.get_column(ROW_NUMBER).to_list()
-    ids = batch.get_column(table.id_column).to_list()
+def _clip_expr(text: pl.Expr) -> pl.Expr:
+    return (
+        pl.when(text.str.len_chars() > CLIP_CHARS)
+        .then(text.str.slice(0, CLIP_CHARS) + "…")
+        .otherwise(text)
+    )
+
+
+_TEXT_DTYPES = (pl.String, pl.Categorical, pl.Enum)
+
+
+def _as_text(name: str, dtype: pl.DataType) -> tuple[pl.Expr, list[tuple[pl.Expr, str, pl.Expr]]]:
+    """A column as the text to send (null for "no value"), and the checks its type needs."""
+    column = pl.col(name)
+    checks: list[tuple[pl.Expr, str, pl.Expr]] = []
+    if (
+        isinstance(dtype, _TEXT_DTYPES)
+        or dtype == pl.Boolean
+        or dtype.is_integer()
+        or dtype.is_decimal()
+        or dtype == pl.Date
+    ):
+        text = column.cast(pl.String)
+    elif dtype.is_float():
+        bad = column.is_nan() | column.is_infinite()
+        not_a_number = pl.format(MSG_NOT_A_NUMBER, pl.lit(name), column.cast(pl.String))
+        checks.append((bad, "unsupported_value", not_a_number))
+        text = column.cast(pl.String)
+    elif isinstance(dtype, pl.Datetime):
+        fmt = "%Y-%m-%dT%H:%M:%S%.f" + ("%:z" if dtype.time_zone else "")
+        text = column.dt.to_string(fmt)
+    elif dtype == pl.Time:
+        text = column.cast(pl.String)
+    elif dtype == pl.Null:
+        text = pl.lit(None, dtype=pl.String)
+    else:
+        kind = {pl.List: "a list", pl.Array: "a list", pl.Struct: "a struct", pl.Binary: "binary"}
+        shown = kind.get(type(dtype), str(dtype))
+        message = MSG_UNSUPPORTED_TYPE.format(name, shown)
+        checks.append((column.is_not_null(), "unsupported_type", pl.lit(message)))
+        text = pl.lit(None, dtype=pl.String)
+    return pl.when(text != "").then(text), checks
+
+
+def _first_failure(checks: list[tuple[pl.Expr, str, pl.Expr]]) -> tuple[pl.Expr, pl.Expr]:
+    """(error_code, error_message) of the first check that holds, in order; null if none."""
+    code: pl.Expr | None = None
+    message: pl.Expr | None = None
+    for condition, error_code, error_message in reversed(checks):
+        later_code = pl.lit(None, dtype=pl.String) if code is None else code
+        later_message = pl.lit(None, dtype=pl.String) if message is None else message
+        code = pl.when(condition).then(pl.lit(error_code)).otherwise(later_code)
+        message = pl.when(condition).then(error_message).otherwise(later_message)
+    assert code is not None
+    assert message is not None
+    return code, message
+
+
+@dataclass(frozen=True)
+class _PlanExprs:
+    conversation_id: pl.Expr
+    code: pl.Expr  # null for a valid row
+    message: pl.Expr  # every check's message: evaluate on failing rows only where it pays
+    sent_metadata: pl.Expr  # the JSON object to send (valid rows)
+
+
+def _plan_exprs(table: InputTable, schema: pl.Schema, with_duplicates: bool) -> _PlanExprs:
+    """The input rules as polars expressions over a frame with ``schema``."""
+    raw_id = pl.col(table.id_column).cast(pl.String).str.strip_chars()
+    id_length = raw_id.str.len_chars()
+    checks: list[tuple[pl.Expr, str, pl.Expr]] = [
+        (raw_id.is_null() | (raw_id == ""), "invalid_id", pl.lit(MSG_ID_EMPTY)),
+        (id_length > MAX_ID_CHARS, "invalid_id", pl.format(MSG_ID_TOO_LONG, id_length)),
+        (
+            ~raw_id.str.contains(ID_REGEX),
+            "invalid_id",
+            pl.format(MSG_ID_PATTERN, _clip_expr(raw_id)),
+        ),
+    ]
+    if with_duplicates:
+        duplicate_of = pl.col(DUPLICATE_OF)
+        checks.append(
+            (duplicate_of.is_not_null(), "duplicate_id", pl.format(MSG_DUPLICATE, duplicate_of))
+        )
+    present: list[pl.Expr] = []
+    pieces: list[pl.Expr] = []
+    for name in table.metadata_columns:
+        text, type_checks = _as_text(name, schema[name])
+        checks += type_checks
+        if not name:
+            checks.append((text.is_not_null(), "invalid_key", pl.lit(MSG_KEY_EMPTY)))
+        elif len(name) > MAX_KEY_CHARS:
+            too_long = MSG_KEY_TOO_LONG.format(_clip(name), len(name))
+            checks.append((text.is_not_null(), "key_too_long", pl.lit(too_long)))
+        length = text.str.len_chars()
+        value_too_long = pl.format(MSG_VALUE_TOO_LONG, pl.lit(name), length)
+        checks.append((length > MAX_VALUE_CHARS, "value_too_long", value_too_long))
+        present.append(text.is_not_null().cast(pl.Int32))
+        # '"key":"value"' with JSON escaping, from polars' own encoder: {"key":"value"} less
+        # the braces.
+        encoded = pl.struct(text.alias(name)).struct.json_encode()
+        pieces.append(
+            pl.when(text.is_not_null()).then(encoded.str.slice(1, encoded.str.len_chars() - 2))
+        )
+    pairs = pl.sum_horizontal(present)
+    checks.append((pairs == 0, "no_metadata", pl.lit(MSG_NO_METADATA)))
+    checks.append((pairs > MAX_PAIRS, "too_many_pairs", pl.format(MSG_TOO_MANY_PAIRS, pairs)))
+    codes_only = [(condition, error_code, pl.lit(None)) for condition, error_code, _ in checks]
+    code, _ = _first_failure(codes_only)
+    _, message = _first_failure(checks)
+    joined = pl.concat_str(pieces, separator=",", ignore_nulls=True)
+    sent = pl.concat_str([pl.lit("{"), joined, pl.lit("}")])
+    return _PlanExprs(raw_id, code, message, pl.when(code.is_null()).then(sent))
+
+
+def plan_frame(table: InputTable, batch: pl.DataFrame, duplicates: pl.DataFrame) -> pl.DataFrame:
+    """Plan a whole batch at once (vectorised): one row per input row with ``PLAN_COLUMNS``;
+    ``error_code`` is null for a valid row, whose ``sent_metadata`` is the JSON to send."""
+    if batch.is_empty():
+        return pl.DataFrame(schema=_PLAN_SCHEMA)
+    batch = batch.join(duplicates, on=ROW_NUMBER, how="left") if duplicates.height else batch
     if table.metadata_column is not None:
-        column = table.metadata_column
-        cells = batch.get_column(column).to_list()
-        for row_number, raw_id, cell in zip(row_numbers, ids, cells, strict=True):
-            yield plan_row(
-                row_number,
-                raw_id,
-                partial(parse_metadata_cell, column, cell),
-                duplicates.get(row_number),
-            )
-        return
-    keys = table.metadata_columns
-    values = [batch.get_column(key).to_list() for key in keys]
-    for index, (row_number, raw_id) in enumerate(zip(row_numbers, ids, strict=True)):
-        pairs = [
-            (key, column_values[index]) for key, column_values in zip(keys, values, strict=True)
-        ]
-        yield plan_row(row_number, raw_id, pairs, duplicates.get(row_number))
+        return _plan_rows(table, batch)
+    exprs = _plan_exprs(table, batch.schema, DUPLICATE_OF in batch.columns)
+    plan = batch.select(
+        pl.col(ROW_NUMBER),
+        exprs.conversation_id.alias("conversation_id"),
+        exprs.code.alias("error_code"),
+        exprs.sent_metadata.alias("sent_metadata"),
+    )
+    # Messages are built for the failing rows only (usually few): formatting them for every row
+    # would cost more than all the checks.
+    failing = plan.get_column("error_code").is_not_null()
+    if not failing.any():
+        no_message = pl.lit(None, dtype=pl.String).alias("error_message")
+        return plan.with_columns(no_message).select(PLAN_COLUMNS)
+    messages = batch.filter(failing).select(
+        pl.col(ROW_NUMBER), exprs.message.alias("error_message")
+    )
+    planned = plan.join(messages, on=ROW_NUMBER, how="left", maintain_order="left")
+    return planned.select(PLAN_COLUMNS)
+
+
+def plan_lazy(table: InputTable, duplicates: pl.DataFrame) -> pl.LazyFrame | None:
+    """The whole input planned as one lazy query (for a streaming dry run); None where the
+    row path is needed (``--metadata-column``)."""
+    if table.metadata_column is not None:
+        return None
+    scan = table.scan()
+    if duplicates.height:
+        scan = scan.join(duplicates.lazy(), on=ROW_NUMBER, how="left", maintain_order="left")
+    exprs = _plan_exprs(table, table.schema, duplicates.height > 0)
+    return scan.select(
+        pl.col(ROW_NUMBER),
+        exprs.conversation_id.alias("conversation_id"),
+        exprs.code.alias("error_code"),
+        pl.when(exprs.code.is_not_null()).then(exprs.message).alias("error_message"),
+        exprs.sent_metadata.alias("sent_metadata"),
+    )
+
+
+_PLAN_SCHEMA = {
+    ROW_NUMBER: pl.UInt32,
+    "conversation_id": pl.String,
+    "error_code": pl.String,
+    "error_message": pl.String,
+    "sent_metadata": pl.String,
+}
+
+
+def _plan_rows(table: InputTable, batch: pl.DataFrame) -> pl.DataFrame:
+    """The row path (``--metadata-column``: a JSON object per cell), as a plan frame."""
+    assert table.metadata_column is not None
+    column = table.metadata_column
+    duplicates = (
+        batch.get_column(DUPLICATE_OF).to_list()
+        if DUPLICATE_OF in batch.columns
+        else [None] * batch.height
+    )
+    rows = zip(
+        batch.get_column(ROW_NUMBER).to_list(),
+        batch.get_column(table.id_column).to_list(),
+        batch.get_column(column).to_list(),
+        duplicates,
+        strict=True,
+    )
+    out: dict[str, list[Any]] = {name: [] for name in PLAN_COLUMNS}
+    for row_number, raw_id, cell, duplicate_of in rows:
+        planned = plan_row(
+            row_number, raw_id, partial(parse_metadata_cell, column, cell), duplicate_of
+        )
+        out[ROW_NUMBER].append(row_number)
+        out["conversation_id"].append(planned.conversation_id or None)
+        if isinstance(planned, PlannedUpdate):
+            out["error_code"].append(None)
+            out["error_message"].append(None)
+            out["sent_metadata"].append(planned.sent_metadata)
+        else:
+            out["error_code"].append(planned.error_code)
+            out["error_message"].append(planned.error_message)
+            out["sent_metadata"].append(None)
+    return pl.DataFrame(out, schema=_PLAN_SCHEMA)
+
+
+def invalid_outcomes(plan: pl.DataFrame) -> list[RowOutcome]:
+    """The ``invalid`` outcomes of a plan frame."""
+    invalid = plan.filter(pl.col("error_code").is_not_null())
+    return [
+        RowOutcome(
+            row_number=row_number,
+            conversation_id=conversation_id or "",
+            status=Status.INVALID,
+            error_type="invalid_input",
+            error_code=code,
+            error_message=message,
+        )
+        for row_number, conversation_id, code, message, _ in invalid.iter_rows()
+    ]
+
+
+def updates(plan: pl.DataFrame) -> list[PlannedUpdate]:
+    """The valid rows of a plan frame, as the updates to send."""
+    valid = plan.filter(pl.col("error_code").is_null())
+    return [
+        PlannedUpdate(row_number, conversation_id, sent_metadata)
+        for row_number, conversation_id, _, _, sent_metadata in valid.iter_rows()
+    ]

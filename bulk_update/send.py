@@ -216,7 +216,7 @@ class Sender:
         )
 
     async def send(self, update: PlannedUpdate) -> RowOutcome:
-        body = json.dumps({"metadata": update.metadata}, ensure_ascii=False).encode()
+        body = update.body()
         tally = {"requests": 0, "failures": 0, "rate_limited": 0}
 
         async def attempt() -> _Tried:

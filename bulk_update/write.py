@@ -11,7 +11,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -22,7 +22,6 @@ from bulk_update.outcome import (
     ERROR_COLUMNS,
     NEEDS_ATTENTION,
     RESULT_COLUMNS,
-    RowOutcome,
     Status,
 )
 from bulk_update.read import ROW_NUMBER, InputTable
@@ -44,15 +43,6 @@ RESULTS_SCHEMA = pl.Schema(
     }
 )
 assert tuple(RESULTS_SCHEMA.names()) == RESULT_COLUMNS
-
-
-def outcomes_frame(outcomes: list[RowOutcome]) -> pl.DataFrame:
-    data: dict[str, list[object]] = {name: [] for name in RESULT_COLUMNS}
-    for outcome in outcomes:
-        for name in RESULT_COLUMNS:
-            data[name].append(getattr(outcome, name))
-    data["status"] = [str(status) for status in data["status"]]
-    return pl.DataFrame(data, schema=RESULTS_SCHEMA)
 
 
 @contextlib.contextmanager
@@ -100,6 +90,13 @@ class _FrameWriter:
         else:
             frame.write_ndjson(self._text)
 
+    def close_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._parquet is not None:
+                self._parquet.close()
+            if self._text is not None:
+                self._text.close()
+
     def close(self, empty: pl.DataFrame) -> None:
         """Finish the file; ``empty`` gives the header or schema if nothing was written."""
         if self._schema is None:
@@ -110,13 +107,155 @@ class _FrameWriter:
             self._text.close()
 
 
+class StreamWriter:
+    """``with StreamWriter(target, empty) as out: out.write(frame)``: frames appended to a
+    temporary file, renamed over ``target`` only if the block succeeds. ``empty`` gives the
+    columns when nothing is written."""
+
+    def __init__(self, target: str, empty: pl.DataFrame) -> None:
+        self.target = target
+        self.empty = empty
+        self._stack = contextlib.ExitStack()
+        self._writer: _FrameWriter | None = None
+
+    def __enter__(self) -> StreamWriter:
+        temporary = self._stack.enter_context(atomic_path(self.target))
+        self._writer = _FrameWriter(temporary, output_format(self.target))
+        return self
+
+    def write(self, frame: pl.DataFrame) -> None:
+        assert self._writer is not None
+        if frame.height:
+            self._writer.write(frame)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        assert self._writer is not None
+        if exc_type is None:
+            self._writer.close(self.empty)
+        else:
+            self._writer.close_quietly()
+        self._stack.__exit__(exc_type, *rest)  # type: ignore[arg-type]
+
+
 def write_frames(target: str, frames: Iterable[pl.DataFrame], empty: pl.DataFrame) -> None:
-    with atomic_path(target) as temporary:
-        writer = _FrameWriter(temporary, output_format(target))
+    with StreamWriter(target, empty) as out:
         for frame in frames:
-            if frame.height:
-                writer.write(frame)
-        writer.close(empty)
+            out.write(frame)
+
+
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
+
+
+def dry_run_results(plan: FrameT, limit: int | None, valid_before: int = 0) -> FrameT:
+    """Results rows of a dry run from a plan (eager or lazy): ``planned`` or ``invalid``, and
+    ``unprocessed`` past ``--limit`` (``valid_before``: valid rows in earlier batches)."""
+    valid = pl.col("error_code").is_null()
+    seen = valid.cast(pl.Int64).cum_sum() + valid_before
+    past_limit = pl.lit(False) if limit is None else seen > limit
+    status = (
+        pl.when(~valid)
+        .then(pl.lit(Status.INVALID.value))
+        .when(past_limit)
+        .then(pl.lit(Status.UNPROCESSED.value))
+        .otherwise(pl.lit(Status.PLANNED.value))
+    )
+    none = pl.lit(None)
+    return plan.select(
+        pl.col(ROW_NUMBER).cast(pl.Int64).alias("row_number"),
+        pl.col("conversation_id").fill_null(""),
+        status.alias("status"),
+        none.cast(pl.Int64).alias("http_status"),
+        pl.lit(0, dtype=pl.Int64).alias("attempts"),
+        pl.when(~valid).then(pl.lit("invalid_input")).alias("error_type"),
+        "error_code",
+        "error_message",
+        none.cast(pl.String).alias("request_id"),
+        none.cast(pl.Int64).alias("created_at"),
+        none.cast(pl.String).alias("metadata"),
+        "sent_metadata",
+    )
+
+
+def errors_frame(table: InputTable, batch: pl.DataFrame, results: pl.DataFrame) -> pl.DataFrame:
+    """The rows of ``batch`` (all input columns) whose result needs attention, in the input's
+    own columns plus status, error_code and error_message."""
+    wanted = [status.value for status in NEEDS_ATTENTION]
+    input_columns = [name for name in table.schema.names() if name not in ERROR_COLUMNS]
+    outcomes = results.filter(pl.col("status").is_in(wanted)).select(
+        pl.col("row_number").cast(batch.schema[ROW_NUMBER]).alias(ROW_NUMBER), *ERROR_COLUMNS
+    )
+    joined = batch.select(ROW_NUMBER, *input_columns).join(outcomes, on=ROW_NUMBER)
+    return joined.sort(ROW_NUMBER).drop(ROW_NUMBER)
+
+
+def _empty_errors(table: InputTable) -> pl.DataFrame:
+    columns = [name for name in table.schema.names() if name not in ERROR_COLUMNS]
+    return pl.DataFrame(
+        schema={
+            **{name: table.schema[name] for name in columns},
+            **dict.fromkeys(ERROR_COLUMNS, pl.String),
+        }
+    )
+
+
+def sink(query: pl.LazyFrame, target: str) -> None:
+    """Stream a lazy query into ``target`` (format from its extension), atomically."""
+    fmt = output_format(target)
+    with atomic_path(target) as temporary:
+        if fmt == ".parquet":
+            query.sink_parquet(temporary, compression="zstd")
+        elif fmt == ".csv":
+            query.sink_csv(temporary)
+        else:
+            query.sink_ndjson(temporary)
+
+
+def scan_results(path: str) -> pl.LazyFrame:
+    """A results file written by this module, with its schema."""
+    fmt = output_format(path)
+    if fmt == ".parquet":
+        return pl.scan_parquet(path)
+    if fmt == ".csv":
+        return pl.scan_csv(path, schema=RESULTS_SCHEMA)
+    return pl.scan_ndjson(path, schema=RESULTS_SCHEMA)
+
+
+def sink_errors(table: InputTable, results: str, target: str) -> None:
+    """--errors-output of a dry run: the input's rows whose result needs attention."""
+    wanted = [status.value for status in NEEDS_ATTENTION]
+    input_columns = [name for name in table.schema.names() if name not in ERROR_COLUMNS]
+    outcomes = (
+        scan_results(results)
+        .filter(pl.col("status").is_in(wanted))
+        .select(pl.col("row_number").cast(pl.UInt32).alias(ROW_NUMBER), *ERROR_COLUMNS)
+    )
+    query = (
+        table.scan()
+        .select(ROW_NUMBER, *input_columns)
+        .join(outcomes, on=ROW_NUMBER, how="inner", maintain_order="left")
+        .drop(ROW_NUMBER)
+    )
+    sink(query, target)
+
+
+def write_dry_run(
+    frames: Iterable[tuple[pl.DataFrame, pl.DataFrame | None]],
+    output: str,
+    errors_output: str | None,
+    table: InputTable,
+) -> None:
+    """Results (and errors) of a dry run, streamed in one pass."""
+    with contextlib.ExitStack() as stack:
+        results = stack.enter_context(StreamWriter(output, pl.DataFrame(schema=RESULTS_SCHEMA)))
+        errors = (
+            stack.enter_context(StreamWriter(errors_output, _empty_errors(table)))
+            if errors_output
+            else None
+        )
+        for result_frame, error_frame in frames:
+            results.write(result_frame)
+            if errors is not None and error_frame is not None:
+                errors.write(error_frame)
 
 
 def results_between(journal: Journal, ids: pl.DataFrame) -> pl.DataFrame:
@@ -149,8 +288,6 @@ def write_results(journal: Journal, table: InputTable, target: str, batch_rows: 
 
 def write_errors(journal: Journal, table: InputTable, target: str, batch_rows: int) -> None:
     """Failed, invalid and unprocessed rows in the input's own columns plus status and error."""
-    wanted = [status.value for status in NEEDS_ATTENTION]
-    input_columns = [name for name in table.schema.names() if name not in ERROR_COLUMNS]
 
     def frames() -> Iterator[pl.DataFrame]:
         for batch in table.all_batches(batch_rows):
@@ -160,17 +297,6 @@ def write_errors(journal: Journal, table: InputTable, target: str, batch_rows: i
                 ROW_NUMBER,
                 pl.col(table.id_column).cast(pl.String).str.strip_chars().alias("conversation_id"),
             )
-            outcomes = results_between(journal, ids).select(
-                pl.col("row_number").cast(batch.schema[ROW_NUMBER]).alias(ROW_NUMBER),
-                *ERROR_COLUMNS,
-            )
-            joined = batch.select(ROW_NUMBER, *input_columns).join(outcomes, on=ROW_NUMBER)
-            yield joined.filter(pl.col("status").is_in(wanted)).drop(ROW_NUMBER)
+            yield errors_frame(table, batch, results_between(journal, ids))
 
-    empty = pl.DataFrame(
-        schema={
-            **{name: table.schema[name] for name in input_columns},
-            **dict.fromkeys(ERROR_COLUMNS, pl.String),
-        }
-    )
-    write_frames(target, frames(), empty)
+    write_frames(target, frames(), _empty_errors(table))

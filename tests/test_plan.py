@@ -13,11 +13,13 @@ from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import (
     PlannedUpdate,
     find_duplicates,
+    invalid_outcomes,
     parse_metadata_cell,
-    plan_batch,
+    plan_frame,
     plan_row,
+    updates,
 )
-from bulk_update.read import open_input
+from bulk_update.read import ROW_NUMBER, InputTable, open_input
 
 ID = "conv_" + "ab12" * 12
 
@@ -149,19 +151,24 @@ def test_bad_metadata_column_cells_are_invalid(cell: str, fragment: str) -> None
     assert fragment in message
 
 
-def test_find_duplicates_and_plan_batch(tmp_path: Path) -> None:
+def test_find_duplicates_and_plan_frame(tmp_path: Path) -> None:
     path = tmp_path / "in.csv"
     path.write_text(
         "conversation_id,a\nconv_x,1\nconv_y,2\n conv_x ,3\nconv_z,\nconv_y,5\nconv_x,6\n,7\n,8\n"
     )
     table = open_input(str(path), id_column="conversation_id")
     duplicates = find_duplicates(table)
-    assert duplicates == {3: 1, 5: 2, 6: 1}
-    planned = [p for batch in table.batches(2) for p in plan_batch(table, batch, duplicates)]
-    assert [p.row_number for p in planned] == list(range(1, 9))
-    kinds = ["ok" if isinstance(p, PlannedUpdate) else p.error_code for p in planned]
-    assert kinds == ["ok", "ok", "duplicate_id", "no_metadata", "duplicate_id", "duplicate_id",
-                     "invalid_id", "invalid_id"]  # fmt: skip
+    assert dict(duplicates.iter_rows()) == {3: 1, 5: 2, 6: 1}
+    plans = [plan_frame(table, batch, duplicates) for batch in table.batches(2)]
+    planned = sorted(
+        [(u.row_number, "ok") for plan in plans for u in updates(plan)]
+        + [(o.row_number, o.error_code) for plan in plans for o in invalid_outcomes(plan)]
+    )
+    assert [kind for _, kind in planned] == [
+        "ok", "ok", "duplicate_id", "no_metadata", "duplicate_id", "duplicate_id", "invalid_id",
+        "invalid_id",
+    ]  # fmt: skip
+    assert [number for number, _ in planned] == list(range(1, 9))
 
 
 def test_find_duplicates_on_many_rows(tmp_path: Path) -> None:
@@ -169,4 +176,61 @@ def test_find_duplicates_on_many_rows(tmp_path: Path) -> None:
     path = tmp_path / "in.parquet"
     pl.DataFrame({"conversation_id": ids, "a": ["v"] * len(ids)}).write_parquet(path)
     table = open_input(str(path), id_column="conversation_id")
-    assert find_duplicates(table) == {50_001: 8, 50_002: 50_000}
+    assert dict(find_duplicates(table, batch_rows=7_000).iter_rows()) == {50_001: 8, 50_002: 50_000}
+
+
+ROW_CASES: list[tuple[object, list[tuple[str, object]]]] = [
+    (ID, [("k", "v")]),
+    (f"  {ID} ", [("k", "007"), ("j", None), ("i", "")]),
+    ("conv_a/b", [("k", "v")]),
+    ("conv_" + "x" * 130, [("k", "v")]),
+    ("conv_with a space and more than forty characters in it", [("k", "v")]),
+    (None, [("k", "v")]),
+    (ID, [("k", None)]),
+    (ID, [("k" * 65, "v")]),
+    (ID, [("k" * 65, None), ("j", "v")]),
+    (ID, [("k", "é" * 513)]),
+    (ID, [("k", "😀" * 512)]),
+    (ID, [(f"k{i}", "v") for i in range(17)]),
+    (ID, [(f"k{i}", "v" if i < 16 else None) for i in range(17)]),
+    (ID, [("a", 'quote " backslash \\ newline \n tab \t ctl \x01 é 😀')]),
+    (ID, [("n", 7), ("b", True), ("f", 2.5), ("d", dt.date(2026, 1, 2))]),
+    (ID, [("at", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))]),
+    (ID, [("tags", ["a"])]),
+    (ID, [("s", {"a": 1})]),
+    (ID, [("raw", b"\x00")]),
+    (ID, [("x", float("nan"))]),
+    (ID, [("x", float("inf"))]),
+    (ID, [("a key with spaces, and 'quotes'", "v")]),
+]
+
+
+@pytest.mark.parametrize(("raw_id", "pairs"), ROW_CASES)
+def test_vectorised_plan_matches_the_row_path(
+    raw_id: object, pairs: list[tuple[str, object]]
+) -> None:
+    """plan_frame (used for every batch) and plan_row (the reference, and the path of
+    --metadata-column) give the same code, message and JSON for the same row."""
+    frame = pl.DataFrame(
+        [pl.Series(ROW_NUMBER, [5], dtype=pl.UInt32), pl.Series("conversation_id", [raw_id])]
+        + [pl.Series(key, [value]) for key, value in pairs],
+        strict=False,
+    )
+    table = InputTable(
+        path="memory", format="parquet", schema=frame.drop(ROW_NUMBER).schema,
+        id_column="conversation_id", metadata_columns=tuple(k for k, _ in pairs),
+        metadata_column=None,
+    )  # fmt: skip
+    empty = pl.DataFrame(schema={ROW_NUMBER: pl.UInt32, "__bulk_update_duplicate_of": pl.UInt32})
+    plan = plan_frame(table, frame, empty)
+    vectorised = (updates(plan) + invalid_outcomes(plan))[0]
+    reference = plan_row(5, raw_id, pairs)
+    if isinstance(reference, PlannedUpdate):
+        assert isinstance(vectorised, PlannedUpdate)
+        assert vectorised == reference
+    else:
+        assert isinstance(vectorised, RowOutcome)
+        assert (vectorised.error_code, vectorised.error_message) == (
+            reference.error_code, reference.error_message,
+        )  # fmt: skip
+        assert vectorised.conversation_id == reference.conversation_id

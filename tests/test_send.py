@@ -15,7 +15,7 @@ from bulk_update.send import USER_AGENT, Sender, SendSettings
 
 KEY = "sk-unit-test-key"
 ID = "conv_abc"
-UPDATE = PlannedUpdate(7, ID, {"tier": "gold"}, '{"tier":"gold"}')
+UPDATE = PlannedUpdate(7, ID, '{"tier":"gold"}')
 
 
 def ok(request: httpx2.Request) -> httpx2.Response:
@@ -92,7 +92,7 @@ def test_organization_and_project_headers() -> None:
 
 def test_id_is_percent_encoded_even_if_it_got_past_validation() -> None:
     handler, seen = scripted()
-    send(handler, PlannedUpdate(1, "conv_a/../b?x#y", {"k": "v"}, "{}"))
+    send(handler, PlannedUpdate(1, "conv_a/../b?x#y", '{"k":"v"}'))
     assert seen[0].url.raw_path == b"/v1/conversations/conv_a%2F..%2Fb%3Fx%23y"
 
 
