@@ -123,6 +123,17 @@ def _run_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str) -> tuple[int, int]:
+    index, slash, count = text.partition("/")
+    try:
+        parsed = (int(index), int(count))
+    except ValueError:
+        parsed = (-1, 0)
+    if not slash or parsed[1] < 1 or not 0 <= parsed[0] < parsed[1]:
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, got {text!r}")
+    return parsed
+
+
 def _column_list(text: str) -> tuple[str, ...]:
     columns = tuple(c.strip() for c in text.split(",") if c.strip())
     if not columns:
@@ -137,7 +148,13 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
     live in JobConfig.
     """
     S = argparse.SUPPRESS
-    parser.add_argument("input", nargs="?", default=S, help="the CSV or Parquet file to read")
+    parser.add_argument(
+        "input",
+        nargs="?",
+        default=S,
+        help="the CSV or Parquet file to read, or a quoted glob ('exports/*.parquet') read as "
+        "one table in sorted order",
+    )
     parser.add_argument(
         "--job", default=None, metavar="FILE.toml", help="read options from a job file"
     )
@@ -220,6 +237,14 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         action="store_true",
         default=S,
         help="ignore saved progress and start over (the old journal is kept aside)",
+    )
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        default=S,
+        metavar="K/N",
+        help="only rows whose ID hashes (CRC-32) to K modulo N (0-based); --rpm and "
+        "--concurrency are divided by N",
     )
     parser.add_argument(
         "--breaker-timeout",

@@ -89,6 +89,7 @@ class JobConfig:
     dry_run: bool = False
     restart: bool = False
     limit: int | None = None
+    shard: tuple[int, int] | None = None  # (K, N): rows whose ID hashes to K modulo N
     api_key: str | None = field(default=None, repr=False)
     organization: str | None = None
     project: str | None = None
@@ -124,11 +125,28 @@ class JobConfig:
                 raise ConfigError(f"--{seconds_name} must be positive, got {seconds}")
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"--limit must not be negative, got {self.limit}")
+        if self.shard is not None:
+            index, count = self.shard
+            if not (count >= 1 and 0 <= index < count):
+                raise ConfigError(f"--shard {index}/{count}: K must be from 0 to N-1")
         output_format(self.output)
         if self.errors_output is not None:
             output_format(self.errors_output)
         if self.base_url is not None:
             check_base_url(self.base_url)
+
+    @property
+    def shard_count(self) -> int:
+        return 1 if self.shard is None else self.shard[1]
+
+    @property
+    def effective_rpm(self) -> float:
+        """--rpm shared out over the shards: every shard runs at rpm / N."""
+        return self.rpm / self.shard_count
+
+    @property
+    def effective_concurrency(self) -> int:
+        return max(1, self.concurrency // self.shard_count)
 
     def resolved_base_url(self) -> str:
         return check_base_url(

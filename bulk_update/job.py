@@ -33,7 +33,7 @@ from bulk_update.plan import (
     plan_lazy,
     updates,
 )
-from bulk_update.read import ROW_NUMBER, InputTable, open_input
+from bulk_update.read import ROW_NUMBER, InputTable, expand, open_input
 from bulk_update.send import Sender, SendSettings
 from bulk_update.write import (
     dry_run_results,
@@ -134,10 +134,11 @@ def exit_code_for(counts: dict[str, int], fatal: bool, stopped_by: signal.Signal
 
 def journal_fingerprint(config: JobConfig) -> dict[str, Any]:
     return {
-        "input": file_fingerprint(config.input),
+        "input": [file_fingerprint(path) for path in expand(config.input)],
         "id_column": config.id_column,
         "columns": list(config.columns) if config.columns else None,
         "metadata_column": config.metadata_column,
+        "shard": list(config.shard) if config.shard else None,
     }
 
 
@@ -251,7 +252,7 @@ class _Pipeline:
         self.run = run
         self.sender = sender
         self.queue: asyncio.Queue[PlannedUpdate | None] = asyncio.Queue(
-            maxsize=run.config.concurrency * 4
+            maxsize=run.config.effective_concurrency * 4
         )
         self.workers: list[asyncio.Task[None]] = []
         self.fatal_seen = False
@@ -292,7 +293,9 @@ class _Pipeline:
 
     async def run_all(self) -> None:
         run = self.run
-        self.workers = [asyncio.create_task(self.worker()) for _ in range(run.config.concurrency)]
+        self.workers = [
+            asyncio.create_task(self.worker()) for _ in range(run.config.effective_concurrency)
+        ]
         try:
             async for to_send, not_sent in run.plans():
                 if not_sent:
@@ -380,6 +383,7 @@ async def run_job_async(
         id_column=config.id_column,
         columns=config.columns,
         metadata_column=config.metadata_column,
+        shard=config.shard,
     )
     if config.dry_run:
         return await asyncio.to_thread(_dry_run, config, table, progress, started)

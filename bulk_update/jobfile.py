@@ -40,4 +40,13 @@ def load_job_file(path: str, config_fields: frozenset[str]) -> dict[str, Any]:
         options["columns"] = [c.strip() for c in options["columns"].split(",") if c.strip()]
     if options.get("columns") is not None:
         options["columns"] = tuple(options["columns"])
+    shard = options.get("shard")
+    if isinstance(shard, str):
+        index, _, count = shard.partition("/")
+        try:
+            options["shard"] = (int(index), int(count))
+        except ValueError:
+            raise ConfigError(f'{path}: shard must be "K/N", got {shard!r}') from None
+    elif isinstance(shard, list):
+        options["shard"] = tuple(shard)
     return options

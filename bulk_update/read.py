@@ -6,6 +6,8 @@ plan stage to turn into text. Nothing here holds the whole file in memory.
 
 from __future__ import annotations
 
+import glob
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +37,19 @@ class InputTable:
     id_column: str
     metadata_columns: tuple[str, ...]  # or the one JSON column, see metadata_column
     metadata_column: str | None
+    files: tuple[str, ...] = ()  # what path names: itself, or a glob's matches in sorted order
+    shard: tuple[int, int] | None = None  # (K, N): only the rows of shard K of N
 
     def scan(self) -> pl.LazyFrame:
-        """Every row, with ``ROW_NUMBER`` first (1-based, header not counted)."""
-        return _scan(self.path, self.format).with_row_index(ROW_NUMBER, offset=1)
+        """Every row (of the shard), with ``ROW_NUMBER`` first: 1-based, header not counted,
+        counted over the whole input (all files of a glob, every shard)."""
+        scan = _scan(list(self.files) or self.path, self.format).with_row_index(
+            ROW_NUMBER, offset=1
+        )
+        if self.shard is None:
+            return scan
+        index, count = self.shard
+        return scan.filter(shard_of(pl.col(self.id_column), count) == index)
 
     def batches(self, rows: int) -> Iterator[pl.DataFrame]:
         """The row number, ID and metadata columns, ``rows`` at a time, in input order."""
@@ -66,10 +77,30 @@ class InputTable:
             raise InputError(self.path, f"cannot read: {_first_line(exc)}") from None
 
 
-def _scan(path: str, fmt: InputFormat) -> pl.LazyFrame:
+def shard_of(conversation_id: pl.Expr, count: int) -> pl.Expr:
+    """The shard (0 to count-1) of each ID: CRC-32 of the trimmed ID's UTF-8 bytes modulo
+    ``count``. CRC-32 is fixed by standard, unlike Python's salted ``hash`` or polars' hash, so
+    an ID lands in the same shard on every run, machine and version."""
+
+    def crc(ids: pl.Series) -> pl.Series:
+        values = [zlib.crc32(v.encode()) % count for v in ids.fill_null("").to_list()]
+        return pl.Series(values, dtype=pl.UInt32)
+
+    trimmed = conversation_id.cast(pl.String).str.strip_chars()
+    return trimmed.map_batches(crc, return_dtype=pl.UInt32)
+
+
+def expand(path: str) -> tuple[str, ...]:
+    """The files a path names: a glob's matches in sorted (stable) order, or the path."""
+    if "://" in path or not glob.has_magic(path):
+        return (path,)
+    return tuple(sorted(glob.glob(path)))
+
+
+def _scan(path: str | list[str], fmt: InputFormat) -> pl.LazyFrame:
     if fmt == "parquet":
-        return pl.scan_parquet(path)
-    return pl.scan_csv(path, infer_schema=False, raise_if_empty=False)
+        return pl.scan_parquet(path, glob=False)
+    return pl.scan_csv(path, infer_schema=False, raise_if_empty=False, glob=False)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -83,13 +114,19 @@ def open_input(
     id_column: str,
     columns: tuple[str, ...] | None = None,
     metadata_column: str | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> InputTable:
-    """Open ``path`` and check the mapping against its header. Raises InputError."""
-    if "://" not in path and not Path(path).is_file():
-        raise InputError(path, "no such file")
+    """Open ``path`` (a file, or a glob of files read as one table) and check the mapping
+    against its header. Raises InputError."""
+    files = expand(path)
+    if not files:
+        raise InputError(path, "no file matches this pattern")
+    for file in files:
+        if "://" not in file and not Path(file).is_file():
+            raise InputError(file, "no such file")
     fmt = input_format(path)
     try:
-        schema = _scan(path, fmt).collect_schema()
+        schema = _scan(list(files), fmt).collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputError(path, f"cannot read as {fmt.upper()}: {_first_line(exc)}") from None
     names = list(schema.names())
@@ -117,7 +154,7 @@ def open_input(
         metadata_columns = tuple(n for n in names if n not in skipped)
         if not metadata_columns:
             raise InputError(path, f"no metadata columns besides {id_column!r}")
-    return InputTable(path, fmt, schema, id_column, metadata_columns, metadata_column)
+    return InputTable(path, fmt, schema, id_column, metadata_columns, metadata_column, files, shard)
 
 
 def _shown(names: list[str] | tuple[str, ...]) -> str:
