@@ -1,0 +1,107 @@
+"""Airflow: a bulk-update backfill fanned out over N shards (Airflow 3, TaskFlow API).
+
+Each mapped task runs ``run_job(JobConfig(..., shard=(k, N)))`` and returns the small summary
+dict (an XCom). A killed task (SIGTERM) stops gracefully and its retry resumes from the journal;
+a task retried after success finds every row finished and sends nothing. The last task combines
+the shard summaries and fails the run if any shard did not finish cleanly.
+
+The API key comes from the Airflow connection ``openai_default`` (its password, or the
+``api_key`` extra), else from the environment's OPENAI_API_KEY. It is handed to JobConfig,
+whose repr hides it; it is never logged.
+
+Trigger: airflow dags trigger bulk_update_backfill --conf '{"input": "...", "shards": 8}'
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+# Exit codes after which a retry should resume the job (see the README): fatal API error,
+# interrupted by a signal.
+RESUMABLE = {3, 130, 143}
+
+
+def _api_key() -> str | None:
+    """The key from the ``openai_default`` connection, else None (the environment is used)."""
+    from airflow.sdk import Connection
+
+    try:
+        connection = Connection.get("openai_default")
+    except Exception:  # no such connection: fall back to OPENAI_API_KEY
+        return None
+    extra = connection.extra_dejson or {}
+    key = connection.password or extra.get("api_key")
+    return str(key) if key else None
+
+
+@dag(
+    dag_id="bulk_update_backfill",
+    schedule=None,
+    catchup=False,
+    tags=["bulk-update"],
+    params={
+        "input": Param("exports/conversations-*.parquet", type="string"),
+        "output_prefix": Param("out/backfill", type="string"),
+        "shards": Param(4, type="integer", minimum=1),
+        "rpm": Param(3000, type="integer", minimum=1),
+        "concurrency": Param(32, type="integer", minimum=1),
+        "base_url": Param("", type="string", description="empty: OPENAI_BASE_URL or the API"),
+        "fail_on_row_errors": Param(True, type="boolean"),
+    },
+)
+def bulk_update_backfill() -> None:
+    @task
+    def shard_numbers() -> list[int]:
+        params = get_current_context()["params"]
+        return list(range(int(params["shards"])))
+
+    @task(retries=3)
+    def run_shard(shard: int) -> dict[str, Any]:
+        from bulk_update import JobConfig, run_job
+
+        params = get_current_context()["params"]
+        count = int(params["shards"])
+        config = JobConfig(
+            input=params["input"],
+            output=f"{params['output_prefix']}/shard-{shard}-of-{count}.parquet",
+            errors_output=f"{params['output_prefix']}/errors-{shard}-of-{count}.csv",
+            shard=(shard, count),
+            rpm=int(params["rpm"]),
+            concurrency=int(params["concurrency"]),
+            base_url=params["base_url"] or os.environ.get("OPENAI_BASE_URL") or None,
+            api_key=_api_key(),
+        )
+        summary = run_job(config)
+        result = summary.as_dict()
+        result["shard"] = shard
+        if summary.exit_code in RESUMABLE:
+            # Fail the try so that Airflow retries it; the retry resumes from the journal.
+            reason = summary.fatal_error or summary.stopped_by
+            raise RuntimeError(
+                f"shard {shard}/{count} stopped (exit {summary.exit_code}): {reason}; "
+                "a retry resumes"
+            )
+        return result
+
+    @task
+    def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+        params = get_current_context()["params"]
+        totals: dict[str, int] = {}
+        for summary in summaries:
+            for status, count in summary["counts"].items():
+                totals[status] = totals.get(status, 0) + count
+        worst = max(summary["exit_code"] for summary in summaries)
+        combined = {"shards": len(summaries), "counts": totals, "worst_exit_code": worst,
+                    "rows": sum(s["total_rows"] for s in summaries)}  # fmt: skip
+        failed = [s["shard"] for s in summaries if s["exit_code"] != 0]
+        if failed and (worst != 1 or params["fail_on_row_errors"]):
+            raise RuntimeError(f"shards {failed} did not finish cleanly: {combined}")
+        return combined
+
+    combine(run_shard.expand(shard=shard_numbers()))
+
+
+bulk_update_backfill()

@@ -1,0 +1,82 @@
+"""The Airflow DAG in jobs/: it imports cleanly, and `airflow dags test` runs it for real
+(SQLite metadata DB, AIRFLOW_HOME in a temp dir) against the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.conftest import StartEmulator
+
+airflow = pytest.importorskip("airflow", reason="the airflow extra is not installed")
+
+ROOT = Path(__file__).parent.parent
+ID = "conv_{:048x}".format
+CONNECTION_KEY = "sk-from-the-airflow-connection"
+
+
+def airflow_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AIRFLOW"))}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "jobs"),
+        AIRFLOW_CONN_OPENAI_DEFAULT=json.dumps(
+            {"conn_type": "generic", "password": CONNECTION_KEY}
+        ),
+    )
+    return env
+
+
+def test_dag_imports_cleanly(tmp_path: Path) -> None:
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(ROOT / 'jobs')!r})\n"
+        "assert bag.import_errors == {}, bag.import_errors\n"
+        "assert 'bulk_update_backfill' in bag.dag_ids, bag.dag_ids\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=airflow_env(tmp_path / "home"),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_dags_test_covers_every_row_once(start_emulator: StartEmulator, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "conversation_id,a\n" + "".join(f"{ID(i)},v{i}\n" for i in range(60)) + "bad id,x\n"
+    )
+    emu = start_emulator("--api-key", CONNECTION_KEY, "--preload", str(source))
+    env = airflow_env(tmp_path / "home")
+    airflow_bin = str(Path(sys.executable).parent / "airflow")
+    migrate = subprocess.run([airflow_bin, "db", "migrate"], env=env, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    out = tmp_path / "out"
+    conf = {"input": str(source), "output_prefix": str(out), "shards": 3,
+            "base_url": emu.base_url, "fail_on_row_errors": False}  # fmt: skip
+    run = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
+                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    logs = run.stdout + run.stderr
+    assert run.returncode == 0, logs[-4000:]
+    assert "state=success" in logs
+    shards = pl.concat([pl.read_parquet(out / f"shard-{k}-of-3.parquet") for k in range(3)])
+    assert sorted(shards["row_number"].to_list()) == list(range(1, 62))  # each row exactly once
+    assert shards["status"].value_counts().sort("status").rows() == [
+        ("invalid", 1),
+        ("updated", 60),
+    ]
+    assert emu.stats()["by_status"] == {"200": 60}  # the connection's key was used
+    assert CONNECTION_KEY not in logs
+    # Run again with row errors failing the run: every shard resumes finished, sends nothing.
+    conf["fail_on_row_errors"] = True
+    again = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
+                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert "state=failed" in again.stdout + again.stderr
+    assert "did not finish cleanly" in again.stdout + again.stderr
+    assert emu.stats()["by_status"] == {"200": 60}
