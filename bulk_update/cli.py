@@ -134,6 +134,13 @@ def _shard(text: str) -> tuple[int, int]:
     return parsed
 
 
+def _storage_option(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text.split('=')[0]!r}")
+    return key.strip(), value
+
+
 def _column_list(text: str) -> tuple[str, ...]:
     columns = tuple(c.strip() for c in text.split(",") if c.strip())
     if not columns:
@@ -189,6 +196,16 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         default=S,
         metavar="NAME",
         help="instead: one column holding a JSON object of key/value pairs",
+    )
+    parser.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        type=_storage_option,
+        action="append",
+        default=S,
+        metavar="KEY=VALUE",
+        help="for s3://, gs://, az:// paths (repeatable), e.g. aws_region=eu-west-1; "
+        "default: the usual environment variables",
     )
     if validate:
         return
@@ -293,6 +310,8 @@ def _job_options(args: argparse.Namespace, validate: bool) -> tuple[JobConfig, d
     options.update(given)
     if validate:
         options["dry_run"] = True
+    if "storage_options" in options:
+        options["storage_options"] = tuple(tuple(pair) for pair in options["storage_options"])
     cli = {key: options.pop(key) for key in list(options) if key in CLI_KEYS}
     for required in ("input", "output"):
         if not options.get(required):

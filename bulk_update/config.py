@@ -91,6 +91,8 @@ class JobConfig:
     limit: int | None = None
     shard: tuple[int, int] | None = None  # (K, N): rows whose ID hashes to K modulo N
     api_key: str | None = field(default=None, repr=False)
+    # For s3://, gs://, az:// paths (polars' cloud options); values may be secrets: not in repr.
+    storage_options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     organization: str | None = None
     project: str | None = None
     journal: str | None = None  # default: beside the results, see journal_path()
@@ -147,6 +149,10 @@ class JobConfig:
     @property
     def effective_concurrency(self) -> int:
         return max(1, self.concurrency // self.shard_count)
+
+    def storage(self) -> dict[str, str] | None:
+        """``storage_options`` as polars takes them (None: the environment decides)."""
+        return dict(self.storage_options) or None
 
     def resolved_base_url(self) -> str:
         return check_base_url(

@@ -384,6 +384,7 @@ async def run_job_async(
         columns=config.columns,
         metadata_column=config.metadata_column,
         shard=config.shard,
+        storage_options=config.storage(),
     )
     if config.dry_run:
         return await asyncio.to_thread(_dry_run, config, table, progress, started)
@@ -447,8 +448,9 @@ def _dry_run(
     duplicates = find_duplicates(table, config.batch_rows)
     plan = plan_lazy(table, duplicates)
     if plan is not None:
-        sink(dry_run_results(plan, config.limit), config.output)
-        status_counts = scan_results(config.output).group_by("status").len().collect()
+        storage = config.storage()
+        sink(dry_run_results(plan, config.limit), config.output, storage)
+        status_counts = scan_results(config.output, storage).group_by("status").len().collect()
         counts = dict(status_counts.iter_rows())
         if config.errors_output is not None:
             sink_errors(table, config.output, config.errors_output)

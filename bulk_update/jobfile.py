@@ -5,6 +5,7 @@
     errors-output = "out/errors.csv"
     columns = ["tier", "region"]
     rpm = 3000
+    storage-options = { aws_region = "eu-west-1" }   # for s3://, gs://, az:// paths
 
 Keys are the long option names (``errors-output`` or ``errors_output``). Relative paths are
 relative to the directory the command runs in, as on the command line. Flags override the file.
@@ -40,6 +41,9 @@ def load_job_file(path: str, config_fields: frozenset[str]) -> dict[str, Any]:
         options["columns"] = [c.strip() for c in options["columns"].split(",") if c.strip()]
     if options.get("columns") is not None:
         options["columns"] = tuple(options["columns"])
+    storage = options.get("storage_options")
+    if isinstance(storage, dict):
+        options["storage_options"] = tuple((str(k), str(v)) for k, v in storage.items())
     shard = options.get("shard")
     if isinstance(shard, str):
         index, _, count = shard.partition("/")

@@ -39,11 +39,12 @@ class InputTable:
     metadata_column: str | None
     files: tuple[str, ...] = ()  # what path names: itself, or a glob's matches in sorted order
     shard: tuple[int, int] | None = None  # (K, N): only the rows of shard K of N
+    storage_options: dict[str, str] | None = None
 
     def scan(self) -> pl.LazyFrame:
         """Every row (of the shard), with ``ROW_NUMBER`` first: 1-based, header not counted,
         counted over the whole input (all files of a glob, every shard)."""
-        scan = _scan(list(self.files) or self.path, self.format).with_row_index(
+        scan = _scan(self.files or (self.path,), self.format, self.storage_options).with_row_index(
             ROW_NUMBER, offset=1
         )
         if self.shard is None:
@@ -97,10 +98,21 @@ def expand(path: str) -> tuple[str, ...]:
     return tuple(sorted(glob.glob(path)))
 
 
-def _scan(path: str | list[str], fmt: InputFormat) -> pl.LazyFrame:
+def _scan(
+    files: tuple[str, ...], fmt: InputFormat, storage_options: dict[str, str] | None
+) -> pl.LazyFrame:
+    """Local globs are expanded by ``expand`` (sorted); a remote URL's glob by polars."""
+    remote = any("://" in file for file in files)
+    source = files[0] if len(files) == 1 else list(files)
     if fmt == "parquet":
-        return pl.scan_parquet(path, glob=False)
-    return pl.scan_csv(path, infer_schema=False, raise_if_empty=False, glob=False)
+        return pl.scan_parquet(source, glob=remote, storage_options=storage_options)
+    return pl.scan_csv(
+        source,
+        infer_schema=False,
+        raise_if_empty=False,
+        glob=remote,
+        storage_options=storage_options,
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -115,6 +127,7 @@ def open_input(
     columns: tuple[str, ...] | None = None,
     metadata_column: str | None = None,
     shard: tuple[int, int] | None = None,
+    storage_options: dict[str, str] | None = None,
 ) -> InputTable:
     """Open ``path`` (a file, or a glob of files read as one table) and check the mapping
     against its header. Raises InputError."""
@@ -126,7 +139,7 @@ def open_input(
             raise InputError(file, "no such file")
     fmt = input_format(path)
     try:
-        schema = _scan(list(files), fmt).collect_schema()
+        schema = _scan(files, fmt, storage_options).collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputError(path, f"cannot read as {fmt.upper()}: {_first_line(exc)}") from None
     names = list(schema.names())
@@ -154,7 +167,17 @@ def open_input(
         metadata_columns = tuple(n for n in names if n not in skipped)
         if not metadata_columns:
             raise InputError(path, f"no metadata columns besides {id_column!r}")
-    return InputTable(path, fmt, schema, id_column, metadata_columns, metadata_column, files, shard)
+    return InputTable(
+        path=path,
+        format=fmt,
+        schema=schema,
+        id_column=id_column,
+        metadata_columns=metadata_columns,
+        metadata_column=metadata_column,
+        files=files,
+        shard=shard,
+        storage_options=storage_options,
+    )
 
 
 def _shown(names: list[str] | tuple[str, ...]) -> str:

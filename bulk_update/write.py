@@ -45,22 +45,49 @@ RESULTS_SCHEMA = pl.Schema(
 assert tuple(RESULTS_SCHEMA.names()) == RESULT_COLUMNS
 
 
+Storage = dict[str, str] | None
+
+
 @contextlib.contextmanager
-def atomic_path(target: str) -> Iterator[Path]:
-    """A temporary path beside ``target``, renamed over it only if the block succeeds."""
+def atomic_path(
+    target: str, *, storage_options: Storage = None, schema: pl.Schema | None = None
+) -> Iterator[Path]:
+    """A temporary local path for ``target``'s content, put in place only if the block
+    succeeds: renamed over a local target; for an object-store URL (``s3://`` ...), uploaded
+    whole by polars (an object appears complete or not at all). ``schema`` reads the temporary
+    file back for the upload."""
+    if "://" in target:
+        suffix = output_format(target)
+        with tempfile.TemporaryDirectory(prefix="bulk-update-") as directory:
+            temporary = Path(directory) / f"partial{suffix}"
+            yield temporary
+            _upload(temporary, target, schema, storage_options)
+        return
     destination = Path(target)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
+    handle, name = tempfile.mkstemp(
         prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent
     )
     os.close(handle)
     try:
-        yield Path(temporary)
-        os.replace(temporary, destination)
+        yield Path(name)
+        os.replace(name, destination)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+            os.unlink(name)
         raise
+
+
+def _upload(local: Path, target: str, schema: pl.Schema | None, storage: Storage) -> None:
+    fmt = output_format(target)
+    if fmt == ".parquet":
+        pl.scan_parquet(local).sink_parquet(target, storage_options=storage)
+    elif fmt == ".csv":
+        pl.scan_csv(local, schema=schema, infer_schema=schema is not None).sink_csv(
+            target, storage_options=storage
+        )
+    else:
+        pl.scan_ndjson(local, schema=schema).sink_ndjson(target, storage_options=storage)
 
 
 class _FrameWriter:
@@ -112,14 +139,17 @@ class StreamWriter:
     temporary file, renamed over ``target`` only if the block succeeds. ``empty`` gives the
     columns when nothing is written."""
 
-    def __init__(self, target: str, empty: pl.DataFrame) -> None:
+    def __init__(self, target: str, empty: pl.DataFrame, storage_options: Storage = None) -> None:
         self.target = target
         self.empty = empty
+        self.storage_options = storage_options
         self._stack = contextlib.ExitStack()
         self._writer: _FrameWriter | None = None
 
     def __enter__(self) -> StreamWriter:
-        temporary = self._stack.enter_context(atomic_path(self.target))
+        temporary = self._stack.enter_context(
+            atomic_path(self.target, storage_options=self.storage_options, schema=self.empty.schema)
+        )
         self._writer = _FrameWriter(temporary, output_format(self.target))
         return self
 
@@ -137,8 +167,10 @@ class StreamWriter:
         self._stack.__exit__(exc_type, *rest)  # type: ignore[arg-type]
 
 
-def write_frames(target: str, frames: Iterable[pl.DataFrame], empty: pl.DataFrame) -> None:
-    with StreamWriter(target, empty) as out:
+def write_frames(
+    target: str, frames: Iterable[pl.DataFrame], empty: pl.DataFrame, storage: Storage = None
+) -> None:
+    with StreamWriter(target, empty, storage) as out:
         for frame in frames:
             out.write(frame)
 
@@ -198,26 +230,31 @@ def _empty_errors(table: InputTable) -> pl.DataFrame:
     )
 
 
-def sink(query: pl.LazyFrame, target: str) -> None:
-    """Stream a lazy query into ``target`` (format from its extension), atomically."""
+def sink(query: pl.LazyFrame, target: str, storage: Storage = None) -> None:
+    """Stream a lazy query into ``target`` (format from its extension), atomically: a local
+    file through a temporary one renamed over it; an object store in one upload."""
     fmt = output_format(target)
-    with atomic_path(target) as temporary:
-        if fmt == ".parquet":
-            query.sink_parquet(temporary, compression="zstd")
-        elif fmt == ".csv":
-            query.sink_csv(temporary)
+    with contextlib.ExitStack() as stack:
+        if "://" in target:
+            destination: str | Path = target
         else:
-            query.sink_ndjson(temporary)
+            destination = stack.enter_context(atomic_path(target))
+        if fmt == ".parquet":
+            query.sink_parquet(destination, compression="zstd", storage_options=storage)
+        elif fmt == ".csv":
+            query.sink_csv(destination, storage_options=storage)
+        else:
+            query.sink_ndjson(destination, storage_options=storage)
 
 
-def scan_results(path: str) -> pl.LazyFrame:
+def scan_results(path: str, storage: Storage = None) -> pl.LazyFrame:
     """A results file written by this module, with its schema."""
     fmt = output_format(path)
     if fmt == ".parquet":
-        return pl.scan_parquet(path)
+        return pl.scan_parquet(path, storage_options=storage)
     if fmt == ".csv":
-        return pl.scan_csv(path, schema=RESULTS_SCHEMA)
-    return pl.scan_ndjson(path, schema=RESULTS_SCHEMA)
+        return pl.scan_csv(path, schema=RESULTS_SCHEMA, storage_options=storage)
+    return pl.scan_ndjson(path, schema=RESULTS_SCHEMA, storage_options=storage)
 
 
 def sink_errors(table: InputTable, results: str, target: str) -> None:
@@ -225,7 +262,7 @@ def sink_errors(table: InputTable, results: str, target: str) -> None:
     wanted = [status.value for status in NEEDS_ATTENTION]
     input_columns = [name for name in table.schema.names() if name not in ERROR_COLUMNS]
     outcomes = (
-        scan_results(results)
+        scan_results(results, table.storage_options)
         .filter(pl.col("status").is_in(wanted))
         .select(pl.col("row_number").cast(pl.UInt32).alias(ROW_NUMBER), *ERROR_COLUMNS)
     )
@@ -235,7 +272,7 @@ def sink_errors(table: InputTable, results: str, target: str) -> None:
         .join(outcomes, on=ROW_NUMBER, how="inner", maintain_order="left")
         .drop(ROW_NUMBER)
     )
-    sink(query, target)
+    sink(query, target, table.storage_options)
 
 
 def write_dry_run(
@@ -245,10 +282,13 @@ def write_dry_run(
     table: InputTable,
 ) -> None:
     """Results (and errors) of a dry run, streamed in one pass."""
+    storage = table.storage_options
     with contextlib.ExitStack() as stack:
-        results = stack.enter_context(StreamWriter(output, pl.DataFrame(schema=RESULTS_SCHEMA)))
+        results = stack.enter_context(
+            StreamWriter(output, pl.DataFrame(schema=RESULTS_SCHEMA), storage)
+        )
         errors = (
-            stack.enter_context(StreamWriter(errors_output, _empty_errors(table)))
+            stack.enter_context(StreamWriter(errors_output, _empty_errors(table), storage))
             if errors_output
             else None
         )
@@ -283,7 +323,7 @@ def write_results(journal: Journal, table: InputTable, target: str, batch_rows: 
     frames = (
         results_between(journal, ids) for ids in table.id_batches(batch_rows) if not ids.is_empty()
     )
-    write_frames(target, frames, pl.DataFrame(schema=RESULTS_SCHEMA))
+    write_frames(target, frames, pl.DataFrame(schema=RESULTS_SCHEMA), table.storage_options)
 
 
 def write_errors(journal: Journal, table: InputTable, target: str, batch_rows: int) -> None:
@@ -299,4 +339,4 @@ def write_errors(journal: Journal, table: InputTable, target: str, batch_rows: i
             )
             yield errors_frame(table, batch, results_between(journal, ids))
 
-    write_frames(target, frames(), _empty_errors(table))
+    write_frames(target, frames(), _empty_errors(table), table.storage_options)

@@ -14,7 +14,11 @@ from tests.conftest import TEST_KEY
 
 
 def cli(
-    *args: str, key: str | None = TEST_KEY, timeout: float = 300, **env: str
+    *args: str,
+    key: str | None = TEST_KEY,
+    timeout: float = 300,
+    cwd: Path | None = None,
+    **env: str,
 ) -> subprocess.CompletedProcess[str]:
     """Run `bulk-update ARGS` as a real process (no TTY), with OPENAI_API_KEY=key."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
@@ -23,7 +27,7 @@ def cli(
     environment.update(env)
     return subprocess.run(
         [sys.executable, "-m", "bulk_update", *args],
-        capture_output=True, text=True, timeout=timeout, env=environment,
+        capture_output=True, text=True, timeout=timeout, env=environment, cwd=cwd,
     )  # fmt: skip
 
 
