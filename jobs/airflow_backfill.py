@@ -15,6 +15,7 @@ Trigger: airflow dags trigger bulk_update_backfill --conf '{"input": "...", "sha
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
@@ -22,6 +23,8 @@ from airflow.sdk import Param, dag, get_current_context, task
 # Exit codes after which a retry should resume the job (see the README): fatal API error,
 # interrupted by a signal.
 RESUMABLE = {3, 130, 143}
+# A stopped shard is retried (and resumes from its journal) after this long.
+RETRY_DELAY = timedelta(seconds=float(os.environ.get("BULK_UPDATE_RETRY_DELAY_S", "30")))
 
 
 def _api_key() -> str | None:
@@ -58,7 +61,7 @@ def bulk_update_backfill() -> None:
         params = get_current_context()["params"]
         return list(range(int(params["shards"])))
 
-    @task(retries=3)
+    @task(retries=3, retry_delay=RETRY_DELAY)
     def run_shard(shard: int) -> dict[str, Any]:
         from bulk_update import JobConfig, run_job
 

@@ -80,3 +80,42 @@ def test_dags_test_covers_every_row_once(start_emulator: StartEmulator, tmp_path
     assert "state=failed" in again.stdout + again.stderr
     assert "did not finish cleanly" in again.stdout + again.stderr
     assert emu.stats()["by_status"] == {"200": 60}
+
+
+def test_sigterm_stops_the_task_and_its_retry_resumes(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    source = tmp_path / "in.csv"
+    source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(120)))
+    emu = start_emulator(
+        "--api-key", CONNECTION_KEY, "--preload", str(source), "--latency-ms", "200"
+    )
+    env = {**airflow_env(tmp_path / "home"), "BULK_UPDATE_RETRY_DELAY_S": "1"}
+    airflow_bin = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow_bin, "db", "migrate"], env=env, capture_output=True, timeout=300)
+    out = tmp_path / "out"
+    conf = {"input": str(source), "output_prefix": str(out), "shards": 1,
+            "base_url": emu.base_url, "concurrency": 4, "rpm": 100000}  # fmt: skip
+    process = subprocess.Popen(
+        [airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while emu.stats()["requests"] < 12:
+        assert time.monotonic() < deadline, "the task never started sending"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)  # as a worker shutting down would
+    logs, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, logs[-4000:]
+    assert "SIGTERM: finishing in-flight requests" in logs
+    assert "stopped (exit 143)" in logs
+    assert "up_for_retry" in logs
+    assert "state=success" in logs
+    results = pl.read_parquet(out / "shard-0-of-1.parquet")
+    assert results["status"].to_list() == ["updated"] * 120
+    applied = emu.stats(per_id=True)["updates_applied_by_id"]
+    assert len(applied) == 120
+    assert max(applied.values()) == 1  # drained, journaled, resumed: nothing sent twice
