@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
+from bulk_update.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY, StartEmulator
 from tests.helpers import by_row, cli, results
 
@@ -26,6 +27,15 @@ def write_input(path: Path, n: int, tag: str = "v") -> list[str]:
         "conversation_id,tier,n\n" + "".join(f"{c},{tag},{i}\n" for i, c in enumerate(ids))
     )
     return ids
+
+
+def wait_for_requests(emu: EmulatorProcess, count: int, timeout: float = 120) -> None:
+    """Until the emulator has seen ``count`` API requests: the job is past start-up (and has its
+    signal handlers and lock), whatever the machine's speed."""
+    deadline = time.monotonic() + timeout
+    while emu.stats()["requests"] < count:
+        assert time.monotonic() < deadline, f"fewer than {count} requests in {timeout} s"
+        time.sleep(0.05)
 
 
 def start(*args: str) -> subprocess.Popen[str]:
@@ -51,7 +61,9 @@ def test_kill_9_at_random_moments_loses_nothing(
     kills = 0
     for _ in range(5):
         process = start(*args)
-        time.sleep(rng.uniform(0.6, 1.6))
+        # Kill while rows are being sent: once this run has sent one, at a random moment after.
+        wait_for_requests(emu, emu.stats()["requests"] + 1)
+        time.sleep(rng.uniform(0.0, 0.8))
         if process.poll() is not None:
             break
         process.send_signal(signal.SIGKILL)
@@ -83,7 +95,7 @@ def test_sigterm_drains_writes_results_and_resumes(
     args = (str(source), "--output", str(output), "--base-url", emu.base_url, "--concurrency", "4")
     for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
         process = start(*args)
-        time.sleep(2.0)
+        wait_for_requests(emu, emu.stats()["requests"] + 8)
         sent_at = time.monotonic()
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=30)
@@ -111,7 +123,7 @@ def test_a_second_signal_stops_at_once(start_emulator: StartEmulator, tmp_path: 
     output = tmp_path / "out.csv"
     process = start(str(source), "--output", str(output), "--base-url", emu.base_url,
                     "--drain-timeout", "60")  # fmt: skip
-    time.sleep(2.0)
+    wait_for_requests(emu, 1)
     process.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     assert process.poll() is None  # draining: waiting for the hanging requests
@@ -134,7 +146,7 @@ def test_one_writer_at_a_time(start_emulator: StartEmulator, tmp_path: Path) -> 
     args = (str(source), "--output", str(output), "--base-url", emu.base_url)
     first = start(*args)
     try:
-        time.sleep(1.5)
+        wait_for_requests(emu, 1)  # the first run holds the lock once it sends
         second = cli("run", *args)
         assert second.returncode == 2
         message = second.stderr.strip().splitlines()[-1]
@@ -201,7 +213,7 @@ def test_breaker_rides_out_a_short_outage(start_emulator: StartEmulator, tmp_pat
     process = start(str(source), "--output", str(output), "--base-url", emu.base_url,
                     "--concurrency", "4", "--max-attempts", "4", "--rpm", "1200",
                     "--log-format", "json")  # fmt: skip
-    time.sleep(1.0)
+    wait_for_requests(emu, 10)
     emu.admin("config", {"error_rate": 1.0, "random_seed": 3})
     time.sleep(6.0)
     emu.admin("config", {"error_rate": 0.0})
