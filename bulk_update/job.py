@@ -51,8 +51,6 @@ log = logging.getLogger("bulk_update")
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
 EXIT_FATAL = 3
-EXIT_SIGINT = 128 + signal.SIGINT
-EXIT_SIGTERM = 128 + signal.SIGTERM
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,15 +226,6 @@ class _Run:
                     to_send.append(update)
             invalid = [o for o in invalid_outcomes(plan) if o.row_number not in finished]
             yield to_send, invalid
-
-
-def _unsent(update: PlannedUpdate, status: Status) -> RowOutcome:
-    return RowOutcome(
-        row_number=update.row_number,
-        conversation_id=update.conversation_id,
-        status=status,
-        sent_metadata=update.sent_metadata,
-    )
 
 
 class _Pipeline:

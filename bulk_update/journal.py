@@ -75,10 +75,6 @@ def _row(outcome: RowOutcome) -> tuple[Any, ...]:
     )
 
 
-def _outcome(row: tuple[Any, ...]) -> RowOutcome:
-    return RowOutcome(row[0], row[1], Status(row[2]), *row[3:])
-
-
 class Journal:
     """Open with ``Journal.open``; use as a context manager to release the lock."""
 
@@ -173,9 +169,6 @@ class Journal:
             "ORDER BY row_number",
             (first, last),
         ).fetchall()
-
-    def outcomes_between(self, first: int, last: int) -> list[RowOutcome]:
-        return [_outcome(row) for row in self.rows_between(first, last)]
 
     def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
         """How many rows in ``[first, last]`` are finished, by status (one indexed query)."""
