@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from bulk_update.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY
 
 
@@ -45,3 +47,12 @@ def results(path: Path) -> pl.DataFrame:
 def by_row(path: Path) -> dict[int, dict[str, Any]]:
     frame = results(path)
     return {int(row["row_number"]): row for row in frame.iter_rows(named=True)}
+
+
+def wait_for_requests(emu: EmulatorProcess, count: int, timeout: float = 120) -> None:
+    """Until the emulator has seen ``count`` API requests: the job is past start-up (and has its
+    signal handlers and lock), whatever the machine's speed."""
+    deadline = time.monotonic() + timeout
+    while emu.stats()["requests"] < count:
+        assert time.monotonic() < deadline, f"fewer than {count} requests in {timeout} s"
+        time.sleep(0.05)

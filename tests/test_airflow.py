@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from tests.conftest import StartEmulator
+from tests.helpers import wait_for_requests
 
 airflow = pytest.importorskip("airflow", reason="the airflow extra is not installed")
 
@@ -86,7 +87,6 @@ def test_sigterm_stops_the_task_and_its_retry_resumes(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
     import signal
-    import time
 
     source = tmp_path / "in.csv"
     source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(120)))
@@ -103,10 +103,7 @@ def test_sigterm_stops_the_task_and_its_retry_resumes(
         [airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while emu.stats()["requests"] < 12:
-        assert time.monotonic() < deadline, "the task never started sending"
-        time.sleep(0.1)
+    wait_for_requests(emu, 12)
     process.send_signal(signal.SIGTERM)  # as a worker shutting down would
     logs, _ = process.communicate(timeout=300)
     assert process.returncode == 0, logs[-4000:]

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import polars as pl
 
-from bulk_update.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY, StartEmulator
-from tests.helpers import by_row, cli, results
+from tests.helpers import by_row, cli, results, wait_for_requests
 
 ID = "conv_{:048x}".format
 
@@ -27,15 +26,6 @@ def write_input(path: Path, n: int, tag: str = "v") -> list[str]:
         "conversation_id,tier,n\n" + "".join(f"{c},{tag},{i}\n" for i, c in enumerate(ids))
     )
     return ids
-
-
-def wait_for_requests(emu: EmulatorProcess, count: int, timeout: float = 120) -> None:
-    """Until the emulator has seen ``count`` API requests: the job is past start-up (and has its
-    signal handlers and lock), whatever the machine's speed."""
-    deadline = time.monotonic() + timeout
-    while emu.stats()["requests"] < count:
-        assert time.monotonic() < deadline, f"fewer than {count} requests in {timeout} s"
-        time.sleep(0.05)
 
 
 def start(*args: str) -> subprocess.Popen[str]:
