@@ -227,11 +227,11 @@ def resume_cost(quick: bool) -> list[Row]:
     done = rows - rows // 100
     with Journal.open(journal_path, journal_fingerprint(config)) as journal:
         for start in range(0, done, 50_000):
-            journal.record_many(
+            journal.record_many([
                 RowOutcome(i + 1, preload_id(i), Status.UPDATED, 200, 1, request_id="req_x",
                            created_at=1, metadata="{}", sent_metadata="{}")
                 for i in range(start, min(done, start + 50_000))
-            )  # fmt: skip
+            ])  # fmt: skip
     with EmulatorProcess("--preload", str(rows)) as emu:
         resume_s, _, _ = timed(job("run", str(source), "--output", str(out), "--base-url",
                                    emu.base_url, "--rpm", "100000000", "--concurrency", "64"))  # fmt: skip

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from bulk_update import __version__
@@ -207,6 +208,31 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         help="for s3://, gs://, az:// paths (repeatable), e.g. aws_region=eu-west-1; "
         "default: the usual environment variables",
     )
+    parser.add_argument(
+        "--job-name",
+        default=S,
+        metavar="NAME",
+        help="the job whose state of what it last set this run compares with and updates "
+        "(default: the job file's name, else the results file's name)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=S,
+        metavar="DIR",
+        help="where job states live, as NAME.state.sqlite (default: the results' directory)",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        default=S,
+        help="send every row, even those unchanged since the job last set them",
+    )
+    parser.add_argument(
+        "--since-state",
+        default=S,
+        metavar="PATH",
+        help="compare with this state database (another job's) instead of this job's own",
+    )
     if validate:
         return
     parser.add_argument(
@@ -306,6 +332,8 @@ def _job_options(args: argparse.Namespace, validate: bool) -> tuple[JobConfig, d
 
     fields = frozenset(JobConfig.__dataclass_fields__)
     options: dict[str, Any] = load_job_file(args.job, fields) if args.job else {}
+    if args.job:
+        options.setdefault("job_name", Path(args.job).stem)
     given = {k: v for k, v in vars(args).items() if k not in {"command", "job"}}
     options.update(given)
     if validate:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,6 +30,7 @@ DEFAULT_BREAKER_TIMEOUT_S = 300.0
 DEFAULT_DRAIN_TIMEOUT_S = 10.0
 
 RESULT_FORMATS = (".parquet", ".csv", ".jsonl")
+JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def output_format(path: str) -> str:
@@ -103,6 +105,12 @@ class JobConfig:
     breaker_timeout: float = DEFAULT_BREAKER_TIMEOUT_S
     # After SIGTERM/SIGINT, how long in-flight requests may take to finish.
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
+    # Incremental runs: the job's state of what it last set, <state_dir>/<job_name>.state.sqlite.
+    # Defaults: the results file's name without extension, and its directory (see state_path).
+    job_name: str | None = None
+    state_dir: str | None = None
+    full: bool = False  # send every row, even those unchanged since the job last set them
+    since_state: str | None = None  # compare with another job's state database instead
 
     def __post_init__(self) -> None:
         if self.columns is not None and self.metadata_column is not None:
@@ -131,6 +139,11 @@ class JobConfig:
             index, count = self.shard
             if not (count >= 1 and 0 <= index < count):
                 raise ConfigError(f"--shard {index}/{count}: K must be from 0 to N-1")
+        if self.job_name is not None and not JOB_NAME.fullmatch(self.job_name):
+            raise ConfigError(
+                f"--job-name {self.job_name!r}: use 1 to 100 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
         output_format(self.output)
         if self.errors_output is not None:
             output_format(self.errors_output)
@@ -164,6 +177,24 @@ class JobConfig:
         if not key:
             raise ConfigError("no API key: set OPENAI_API_KEY")
         return key
+
+    def resolved_job_name(self) -> str:
+        """--job-name, else the results file's name without its extension."""
+        if self.job_name is not None:
+            return self.job_name
+        stem = Path(urlsplit(self.output).path).stem
+        return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-")[:100] or "results"
+
+    def state_path(self) -> Path:
+        """The job's state database: in --state-dir, else beside a local results file, else
+        under ./.bulk_update."""
+        if self.state_dir is not None:
+            directory = Path(self.state_dir)
+        elif "://" in self.output:
+            directory = Path(".bulk_update")
+        else:
+            directory = Path(self.output).parent
+        return directory / f"{self.resolved_job_name()}.state.sqlite"
 
     def journal_path(self) -> Path:
         """Where progress is journaled: beside a local results file, else under ./.bulk_update."""

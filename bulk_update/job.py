@@ -11,27 +11,35 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import polars as pl
 
+from bulk_update import state
 from bulk_update.config import JobConfig
-from bulk_update.exceptions import FatalApiError
+from bulk_update.exceptions import ConfigError, FatalApiError
 from bulk_update.journal import Journal, file_fingerprint
 from bulk_update.outcome import SUCCESS, RowOutcome, Status
 from bulk_update.plan import (
     PlannedUpdate,
     find_duplicates,
     invalid_outcomes,
+    mark_unchanged,
     plan_frame,
     plan_lazy,
+    to_send_count,
+    unchanged_outcomes,
     updates,
+    valid_ids,
 )
 from bulk_update.read import ROW_NUMBER, InputTable, expand, open_input
 from bulk_update.send import Sender, SendSettings
@@ -65,6 +73,8 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+# What the job's state says was last set, for a list of IDs (see state.lookup).
+LastSet = Callable[[Sequence[str]], pl.DataFrame]
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,8 @@ class JobSummary:
     fatal_error: str | None = None
     sent_this_run: int = 0
     stopped_by: str | None = None  # SIGTERM or SIGINT
+    job_name: str | None = None
+    state: str | None = None  # the job's state database (incremental runs)
 
     @property
     def rows_per_s(self) -> float:
@@ -102,6 +114,8 @@ class JobSummary:
             "dry_run": self.dry_run,
             "fatal_error": self.fatal_error,
             "stopped_by": self.stopped_by,
+            "job_name": self.job_name,
+            "state": self.state,
         }
 
     def line(self) -> str:
@@ -113,6 +127,8 @@ class JobSummary:
             f"{self.requests_sent} requests, {self.rows_per_s:.1f} rows/s, "
             f"{self.elapsed_s:.1f}s; exit {self.exit_code}"
         )
+        if self.dry_run:
+            text += f"; would send {self.counts.get(Status.PLANNED.value, 0)}"
         if self.fatal_error:
             text += f"; stopped: {self.fatal_error}"
         if self.stopped_by:
@@ -143,6 +159,24 @@ def journal_fingerprint(config: JobConfig) -> dict[str, Any]:
 def _open_journal(config: JobConfig) -> Journal:
     fingerprint = journal_fingerprint(config)
     return Journal.open(config.journal_path(), fingerprint, restart=config.restart)
+
+
+def _state_paths(config: JobConfig) -> tuple[Path, Path | None]:
+    """The job's state database, and --since-state's if it is another one (checked)."""
+    own = config.state_path()
+    if config.since_state is None:
+        return own, None
+    since = Path(config.since_state)
+    try:
+        with state.open_read_only(since) as db:
+            if db is None:
+                raise ConfigError(f"--since-state {since}: no such file")
+            state.entries(db, "main")
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(
+            f"--since-state {since}: not a bulk-update state database ({exc})"
+        ) from None
+    return own, None if since.resolve() == own.resolve() else since
 
 
 class _Run:
@@ -217,6 +251,8 @@ class _Run:
                 continue  # resuming: this whole batch is done, no need to plan it
             finished = self.journal.finished_between(first, last) if done else {}
             plan = await asyncio.to_thread(plan_frame, self.table, batch, duplicates)
+            if self.journal.has_state and not self.config.full:
+                plan = mark_unchanged(plan, self.journal.last_set(valid_ids(plan)))
             to_send: list[PlannedUpdate] = []
             for update in updates(plan):
                 valid_seen += 1
@@ -224,8 +260,8 @@ class _Run:
                     break
                 if update.row_number not in finished:
                     to_send.append(update)
-            invalid = [o for o in invalid_outcomes(plan) if o.row_number not in finished]
-            yield to_send, invalid
+            not_sent = invalid_outcomes(plan) + unchanged_outcomes(plan)
+            yield to_send, [o for o in not_sent if o.row_number not in finished]
 
 
 class _Pipeline:
@@ -261,6 +297,7 @@ class _Pipeline:
         while not run.halted and (update := await self.queue.get()) is not None:
             if sender is None:
                 continue
+            run.journal.forget(update.conversation_id)
             outcome = await sender.send(update)
             run.sent_this_run += 1
             run.journal.record(outcome)
@@ -378,8 +415,14 @@ async def run_job_async(
     if config.dry_run:
         return await asyncio.to_thread(_dry_run, config, table, progress, started)
     settings = SendSettings.from_config(config)
+    state_path, since = _state_paths(config)
     total = await asyncio.to_thread(lambda: table.scan().select(pl.len()).collect().item())
-    with _open_journal(config) as journal:
+    job_name = config.resolved_job_name()
+    with (
+        _open_journal(config) as journal,
+        state.job_lock(state_path, config.shard, job_name),
+    ):
+        journal.attach_state(state_path, since)
         log.info(
             "job started",
             extra={
@@ -387,6 +430,11 @@ async def run_job_async(
                 "input": config.input,
                 "rows": total,
                 "dry_run": config.dry_run,
+                "job_name": job_name,
+                "state": str(state_path),
+                "state_entries": journal.state_entries(),
+                "since_state": str(since) if since else None,
+                "full": config.full,
             },
         )
         run = _Run(config, table, journal, progress, total)
@@ -420,6 +468,8 @@ async def run_job_async(
         fatal_error=str(fatal) if fatal else None,
         sent_this_run=run.sent_this_run,
         stopped_by=run.signal.name if run.signal else None,
+        job_name=job_name,
+        state=str(state_path),
     )
     log.info("job finished", extra={"event": "finish", **summary.as_dict()})
     return summary
@@ -431,20 +481,19 @@ def _dry_run(
     """Read, plan and write, streaming: no journal, no requests, memory flat in the input.
 
     One lazy polars query from the input to the results file where the rules are all
-    vectorised; batch by batch for --metadata-column (a JSON object per cell).
+    vectorised; batch by batch for --metadata-column (a JSON object per cell) or when rows are
+    compared with the job's state (read only: a dry run writes no state).
     """
     log.info("dry run started", extra={"event": "start", "input": config.input, "dry_run": True})
     duplicates = find_duplicates(table, config.batch_rows)
-    plan = plan_lazy(table, duplicates)
-    if plan is not None:
-        storage = config.storage()
-        sink(dry_run_results(plan, config.limit), config.output, storage)
-        status_counts = scan_results(config.output, storage).group_by("status").len().collect()
-        counts = dict(status_counts.iter_rows())
-        if config.errors_output is not None:
-            sink_errors(table, config.output, config.errors_output)
-    else:
-        counts = _dry_run_batches(config, table, duplicates, progress, started)
+    own, since = _state_paths(config)
+    with state.open_read_only(since or own) as db:
+        last_set = None if db is None or config.full else partial(state.lookup, db, "main")
+        plan = plan_lazy(table, duplicates) if last_set is None else None
+        if plan is not None:
+            counts = _dry_run_lazy(config, table, plan)
+        else:
+            counts = _dry_run_batches(config, table, duplicates, last_set, progress, started)
     if progress is not None:
         total = sum(counts.values())
         progress(Progress(total, total, dict(counts), 0, time.monotonic() - started))
@@ -458,28 +507,44 @@ def _dry_run(
         journal=None,
         exit_code=exit_code_for(dict(counts), False, None),
         dry_run=True,
+        job_name=config.resolved_job_name(),
+        state=str(since or own),
     )
     log.info("job finished", extra={"event": "finish", **summary.as_dict()})
     return summary
+
+
+def _dry_run_lazy(config: JobConfig, table: InputTable, plan: pl.LazyFrame) -> dict[str, int]:
+    """Stream the planned input into the results (and errors) file; counts by status."""
+    storage = config.storage()
+    sink(dry_run_results(plan, config.limit), config.output, storage)
+    status_counts = scan_results(config.output, storage).group_by("status").len().collect()
+    if config.errors_output is not None:
+        sink_errors(table, config.output, config.errors_output)
+    return dict(status_counts.iter_rows())
 
 
 def _dry_run_batches(
     config: JobConfig,
     table: InputTable,
     duplicates: pl.DataFrame,
+    last_set: LastSet | None,
     progress: ProgressCallback | None,
     started: float,
 ) -> dict[str, int]:
+    """The dry run a batch at a time: --metadata-column, or a comparison with the state."""
     counts: Counter[str] = Counter()
-    valid = 0
+    to_send = 0
 
     def frames() -> Iterator[tuple[pl.DataFrame, pl.DataFrame | None]]:
-        nonlocal valid
+        nonlocal to_send
         batches = table.all_batches if config.errors_output else table.batches
         for batch in batches(config.batch_rows):
             plan = plan_frame(table, batch, duplicates)
-            results = dry_run_results(plan, config.limit, valid)
-            valid += int(plan.get_column("error_code").null_count())
+            if last_set is not None:
+                plan = mark_unchanged(plan, last_set(valid_ids(plan)))
+            results = dry_run_results(plan, config.limit, to_send)
+            to_send += to_send_count(plan)
             counts.update(dict(results.group_by("status").len().iter_rows()))
             if progress is not None:
                 total = sum(counts.values())

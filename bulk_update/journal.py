@@ -16,20 +16,18 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from bulk_update.exceptions import JournalError
-from bulk_update.outcome import RESULT_COLUMNS, RowOutcome, Status
+import polars as pl
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no lock, documented
-    fcntl = None  # type: ignore[assignment]
+from bulk_update import state
+from bulk_update.exceptions import JournalError
+from bulk_update.locks import release_lock, take_lock
+from bulk_update.outcome import RESULT_COLUMNS, RowOutcome, Status
 
 SCHEMA_VERSION = "1"
 # Rows that a resumed run does not process again.
@@ -82,15 +80,21 @@ class Journal:
         self.path = path
         self._db = connection
         self._lock = lock
+        self.has_state = False
+        self._compare_with = state.OWN
 
     @classmethod
     def open(cls, path: Path, fingerprint: Mapping[str, Any], *, restart: bool = False) -> Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = _take_lock(path)
+        lock = take_lock(Path(str(path) + ".lock"))
         try:
             if restart and path.exists():
                 _set_aside(path)
-            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            connection = sqlite3.connect(
+                path.resolve().as_uri(), uri=True, isolation_level=None, check_same_thread=False
+            )
+            # Shards of one job share its state database: wait for each other's commits.
+            connection.execute("PRAGMA busy_timeout=30000")
             connection.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a commit survives a process crash (kill -9); only a power cut
             # can lose the last commits.
@@ -98,7 +102,7 @@ class Journal:
             journal = cls(path, connection, lock)
             journal._check_fingerprint(dict(fingerprint))
         except BaseException:
-            _release(lock)
+            release_lock(lock)
             raise
         return journal
 
@@ -124,26 +128,71 @@ class Journal:
                 "(the old journal is kept aside)"
             )
 
+    # The job's state (incremental runs), on this connection so that both commit together
+
+    def attach_state(self, path: Path, since: Path | None = None) -> None:
+        """Attach the job's state database (created if new) and, read only, the one named by
+        --since-state to compare against instead."""
+        db = self._db
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db.execute(f"ATTACH DATABASE ? AS {state.OWN}", (path.resolve().as_uri(),))
+        db.execute(f"PRAGMA {state.OWN}.journal_mode=WAL")
+        db.execute(f"PRAGMA {state.OWN}.synchronous=NORMAL")
+        with self.transaction():
+            state.create_tables(db, state.OWN)
+        self._compare_with = state.OWN
+        if since is not None:
+            db.execute(f"ATTACH DATABASE ? AS {state.SINCE}", (state.read_only_uri(since),))
+            self._compare_with = state.SINCE
+        self.has_state = True
+
+    def last_set(self, ids: Sequence[str]) -> pl.DataFrame:
+        """What the state says was last set for ``ids`` (``state.LAST_SET_SCHEMA``)."""
+        return state.lookup(self._db, self._compare_with, ids)
+
+    def forget(self, conversation_id: str) -> None:
+        """Before a row is sent: from now until the API confirms, its state is unknown."""
+        if self.has_state:
+            state.forget(self._db, conversation_id)
+
+    def state_entries(self) -> int:
+        return state.entries(self._db, state.OWN) if self.has_state else 0
+
     # Writing
 
     def record(self, outcome: RowOutcome) -> None:
-        """Commit one outcome now (a sent row: it must survive a crash)."""
+        """Commit one outcome now (a sent row: it must survive a crash), with its state."""
+        if not (self.has_state and outcome.status is Status.UPDATED):
+            self._insert(outcome)
+            return
+        assert outcome.sent_metadata is not None
+        with self.transaction():
+            self._insert(outcome)
+            state.upsert(self._db, outcome.conversation_id, outcome.sent_metadata, state.now())
+
+    def _insert(self, outcome: RowOutcome) -> None:
         self._db.execute(
             f"INSERT OR REPLACE INTO outcomes ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",  # noqa: S608
             _row(outcome),
         )
 
-    def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
-        """Commit many outcomes in one transaction (rows that were not sent)."""
+    def record_many(self, outcomes: Sequence[RowOutcome]) -> None:
+        """Commit many outcomes in one transaction (rows that were not sent). Rows found
+        unchanged against --since-state take its entries over into this job's state."""
         with self.transaction():
             self._db.executemany(
                 f"INSERT OR REPLACE INTO outcomes ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",  # noqa: S608
                 (_row(o) for o in outcomes),
             )
+            if self._compare_with == state.SINCE:
+                unchanged = [o.conversation_id for o in outcomes if o.status is Status.UNCHANGED]
+                state.copy_from_since(self._db, unchanged)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN")
+        # IMMEDIATE: take the write locks up front, waiting (busy_timeout) for a shard's commit
+        # instead of failing half way.
+        self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
@@ -186,7 +235,7 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
-        _release(self._lock)
+        release_lock(self._lock)
         self._lock = None
 
     def __enter__(self) -> Journal:
@@ -194,33 +243,6 @@ class Journal:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _take_lock(path: Path) -> IO[str] | None:
-    if fcntl is None:  # pragma: no cover
-        return None
-    lock_path = Path(str(path) + ".lock")
-    handle = open(lock_path, "a+")  # noqa: SIM115 (held for the run, closed by _release)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise JournalError(
-            f"already running: {lock_path} is held by {holder}; wait for it to finish"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%FT%T%z')}")
-    handle.flush()
-    return handle
-
-
-def _release(lock: IO[str] | None) -> None:
-    if lock is not None and fcntl is not None:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
 
 
 def _set_aside(path: Path) -> Path:

@@ -202,6 +202,8 @@ def plan_row(
 
 # The columns of a plan frame (one row per input row).
 PLAN_COLUMNS = (ROW_NUMBER, "conversation_id", "error_code", "error_message", "sent_metadata")
+# Added by mark_unchanged: a valid row that is the same as the job last set.
+UNCHANGED = "unchanged"
 DUPLICATE_OF = "__bulk_update_duplicate_of"
 
 
@@ -447,9 +449,32 @@ def _plan_rows(table: InputTable, batch: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(out, schema=_PLAN_SCHEMA)
 
 
+def valid_ids(plan: pl.DataFrame) -> list[str]:
+    """The conversation IDs of a plan frame's valid rows (to look up in the job's state)."""
+    return plan.filter(pl.col("error_code").is_null()).get_column("conversation_id").to_list()
+
+
+def mark_unchanged(plan: pl.DataFrame, last_set: pl.DataFrame) -> pl.DataFrame:
+    """Add ``unchanged``: a valid row whose metadata is, verbatim, what the job last set
+    (``last_set``: ``conversation_id, last_set`` as state.lookup returns)."""
+    joined = plan.join(last_set, on="conversation_id", how="left", maintain_order="left")
+    same = pl.col("error_code").is_null() & (pl.col("sent_metadata") == pl.col("last_set"))
+    return joined.with_columns(same.fill_null(False).alias(UNCHANGED)).drop("last_set")
+
+
+def _unchanged(plan: pl.DataFrame) -> pl.Expr:
+    return pl.col(UNCHANGED) if UNCHANGED in plan.columns else pl.lit(False)
+
+
+def to_send_count(plan: pl.DataFrame) -> int:
+    """How many rows of a plan frame are to be sent: valid and not ``unchanged``."""
+    return plan.filter(pl.col("error_code").is_null() & ~_unchanged(plan)).height
+
+
 def invalid_outcomes(plan: pl.DataFrame) -> list[RowOutcome]:
     """The ``invalid`` outcomes of a plan frame."""
     invalid = plan.filter(pl.col("error_code").is_not_null())
+    columns = (ROW_NUMBER, "conversation_id", "error_code", "error_message")
     return [
         RowOutcome(
             row_number=row_number,
@@ -459,14 +484,25 @@ def invalid_outcomes(plan: pl.DataFrame) -> list[RowOutcome]:
             error_code=code,
             error_message=message,
         )
-        for row_number, conversation_id, code, message, _ in invalid.iter_rows()
+        for row_number, conversation_id, code, message in invalid.select(columns).iter_rows()
+    ]
+
+
+def unchanged_outcomes(plan: pl.DataFrame) -> list[RowOutcome]:
+    """The ``unchanged`` outcomes of a plan frame marked by ``mark_unchanged``: not sent."""
+    same = plan.filter(_unchanged(plan)).select(ROW_NUMBER, "conversation_id", "sent_metadata")
+    return [
+        RowOutcome(row_number, conversation_id, Status.UNCHANGED, sent_metadata=sent)
+        for row_number, conversation_id, sent in same.iter_rows()
     ]
 
 
 def updates(plan: pl.DataFrame) -> list[PlannedUpdate]:
-    """The valid rows of a plan frame, as the updates to send."""
-    valid = plan.filter(pl.col("error_code").is_null())
+    """The rows of a plan frame to send: valid, and not ``unchanged``."""
+    send = plan.filter(pl.col("error_code").is_null() & ~_unchanged(plan))
     return [
         PlannedUpdate(row_number, conversation_id, sent_metadata)
-        for row_number, conversation_id, _, _, sent_metadata in valid.iter_rows()
+        for row_number, conversation_id, sent_metadata in send.select(
+            ROW_NUMBER, "conversation_id", "sent_metadata"
+        ).iter_rows()
     ]

@@ -24,6 +24,7 @@ from bulk_update.outcome import (
     RESULT_COLUMNS,
     Status,
 )
+from bulk_update.plan import UNCHANGED
 from bulk_update.read import ROW_NUMBER, InputTable
 
 RESULTS_SCHEMA = pl.Schema(
@@ -178,15 +179,19 @@ def write_frames(
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 
-def dry_run_results(plan: FrameT, limit: int | None, valid_before: int = 0) -> FrameT:
-    """Results rows of a dry run from a plan (eager or lazy): ``planned`` or ``invalid``, and
-    ``unprocessed`` past ``--limit`` (``valid_before``: valid rows in earlier batches)."""
+def dry_run_results(plan: FrameT, limit: int | None, sent_before: int = 0) -> FrameT:
+    """Results rows of a dry run from a plan (eager or lazy): ``planned``, ``invalid`` or
+    ``unchanged`` (if ``mark_unchanged`` marked it), and ``unprocessed`` past ``--limit``
+    (``sent_before``: rows to send in earlier batches)."""
     valid = pl.col("error_code").is_null()
-    seen = valid.cast(pl.Int64).cum_sum() + valid_before
+    unchanged = pl.col(UNCHANGED) if UNCHANGED in plan.collect_schema().names() else pl.lit(False)
+    seen = (valid & ~unchanged).cast(pl.Int64).cum_sum() + sent_before
     past_limit = pl.lit(False) if limit is None else seen > limit
     status = (
         pl.when(~valid)
         .then(pl.lit(Status.INVALID.value))
+        .when(unchanged)
+        .then(pl.lit(Status.UNCHANGED.value))
         .when(past_limit)
         .then(pl.lit(Status.UNPROCESSED.value))
         .otherwise(pl.lit(Status.PLANNED.value))

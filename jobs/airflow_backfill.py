@@ -2,7 +2,9 @@
 
 Each mapped task runs ``run_job(JobConfig(..., shard=(k, N)))`` and returns the small summary
 dict (an XCom). A killed task (SIGTERM) stops gracefully and its retry resumes from the journal;
-a task retried after success finds every row finished and sends nothing. The last task combines
+a task retried after success finds every row finished and sends nothing; a later run of the DAG
+sends only the rows that changed since the job last set them (the shards share one state,
+``<state_dir>/<job_name>.state.sqlite``; ``full`` sends all). The last task combines
 the shard summaries and fails the run if any shard did not finish cleanly.
 
 The API key comes from the Airflow connection ``openai_default`` (its password, or the
@@ -53,6 +55,11 @@ def _api_key() -> str | None:
         "concurrency": Param(32, type="integer", minimum=1),
         "base_url": Param("", type="string", description="empty: OPENAI_BASE_URL or the API"),
         "fail_on_row_errors": Param(True, type="boolean"),
+        # Every shard shares the job's state (<state_dir>/<job_name>.state.sqlite): a re-run
+        # sends only the rows changed since the job last set them, unless "full".
+        "job_name": Param("bulk_update_backfill", type="string"),
+        "state_dir": Param("", type="string", description="empty: the output_prefix directory"),
+        "full": Param(False, type="boolean"),
     },
 )
 def bulk_update_backfill() -> None:
@@ -72,6 +79,9 @@ def bulk_update_backfill() -> None:
             output=f"{params['output_prefix']}/shard-{shard}-of-{count}.parquet",
             errors_output=f"{params['output_prefix']}/errors-{shard}-of-{count}.csv",
             shard=(shard, count),
+            job_name=params["job_name"],
+            state_dir=params["state_dir"] or params["output_prefix"],
+            full=bool(params["full"]),
             rpm=int(params["rpm"]),
             concurrency=int(params["concurrency"]),
             base_url=params["base_url"] or os.environ.get("OPENAI_BASE_URL") or None,

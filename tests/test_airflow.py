@@ -81,6 +81,16 @@ def test_dags_test_covers_every_row_once(start_emulator: StartEmulator, tmp_path
     assert "state=failed" in again.stdout + again.stderr
     assert "did not finish cleanly" in again.stdout + again.stderr
     assert emu.stats()["by_status"] == {"200": 60}
+    # The next night: new results, the shards' shared state: nothing changed, nothing sent.
+    conf.update(output_prefix=str(tmp_path / "night-2"), state_dir=str(out))
+    night = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
+                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert "state=failed" in night.stdout + night.stderr  # the invalid row, as before
+    assert emu.stats()["by_status"] == {"200": 60}
+    statuses = pl.concat(
+        [pl.read_parquet(tmp_path / f"night-2/shard-{k}-of-3.parquet") for k in range(3)]
+    )["status"]
+    assert statuses.value_counts().sort("status").rows() == [("invalid", 1), ("unchanged", 60)]
 
 
 def test_sigterm_stops_the_task_and_its_retry_resumes(

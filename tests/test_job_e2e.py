@@ -164,10 +164,15 @@ def test_rerun_resumes_and_sends_nothing_again(
     assert again.returncode == 0
     assert emu.stats()["by_operation"]["update"] == 40  # nothing sent twice
     assert results(output)["status"].to_list() == ["updated"] * 40
+    # --restart forgets the progress, not what the job set: every row is now unchanged.
     restarted = cli(*args, "--restart")
     assert restarted.returncode == 0
-    assert emu.stats()["by_operation"]["update"] == 80
+    assert emu.stats()["by_operation"]["update"] == 40
+    assert results(output)["status"].to_list() == ["unchanged"] * 40
     assert list(tmp_path.glob("out.parquet.journal.sqlite.*.old"))  # set aside, not deleted
+    assert cli(*args, "--restart", "--full").returncode == 0
+    assert emu.stats()["by_operation"]["update"] == 80
+    assert results(output)["status"].to_list() == ["updated"] * 40
 
 
 def test_parquet_values_become_text(start_emulator: StartEmulator, tmp_path: Path) -> None:

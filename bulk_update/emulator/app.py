@@ -230,6 +230,9 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
                 headers,
             )
         fault = state.faults.draw() if state.faults.active else None
+        # The request is received in full before the server works on it: a client that goes
+        # away during the latency does not undo it (as with the real API). Starlette caches it.
+        await request.body()
         if config.latency_ms > 0:
             await asyncio.sleep(config.latency_ms / 1000)
         if fault is not None:

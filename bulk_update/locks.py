@@ -1,0 +1,53 @@
+"""Advisory file locks (``flock``): one run per journal, one run per job's state.
+
+The kernel releases a lock when its holder dies, even after ``kill -9``, so a crash never
+leaves a stale lock behind. An exclusive holder writes who it is into the lock file, so that
+the run it refuses can say whom it waits for.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import IO
+
+from bulk_update.exceptions import JournalError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, documented
+    fcntl = None  # type: ignore[assignment]
+
+
+def take_lock(lock_path: Path, *, shared: bool = False, what: str = "") -> IO[str] | None:
+    """Take the lock at once or raise JournalError ("already running ... held by ...")."""
+    if fcntl is None:  # pragma: no cover
+        return None
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")  # noqa: SIM115 (held for the run, closed by release_lock)
+    try:
+        fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise JournalError(
+            f"already running{what}: {lock_path} is held by {holder}; wait for it to finish"
+        ) from None
+    # Shared holders (shards) overwrite each other's line: any of them names the run.
+    handle.seek(0)
+    handle.truncate()
+    handle.write(
+        ("a sharded run, " if shared else "")
+        + f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%FT%T%z')}"
+    )
+    handle.flush()
+    return handle
+
+
+def release_lock(lock: IO[str] | None) -> None:
+    if lock is not None and fcntl is not None:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
