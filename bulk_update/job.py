@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -37,9 +37,9 @@ from bulk_update.plan import (
     plan_frame,
     plan_lazy,
     to_send_count,
-    unchanged_outcomes,
+    unchanged_rows,
     updates,
-    valid_ids,
+    valid_rows,
 )
 from bulk_update.read import ROW_NUMBER, InputTable, expand, open_input
 from bulk_update.send import Sender, SendSettings
@@ -74,7 +74,8 @@ class Progress:
 
 ProgressCallback = Callable[[Progress], None]
 # What the job's state says was last set, for a list of IDs (see state.lookup).
-LastSet = Callable[[Sequence[str]], pl.DataFrame]
+# Of a batch's valid rows, the row numbers that differ from the job's state (state.changed_rows).
+ChangedRows = Callable[[pl.DataFrame], list[int]]
 
 
 @dataclass(frozen=True)
@@ -207,9 +208,8 @@ class _Run:
         """Take no new rows: a signal arrived, or the API said stop."""
         return self.signal is not None or (self.sender is not None and self.sender.halted)
 
-    def tally(self, statuses: Iterable[Status]) -> None:
-        for status in statuses:
-            self.counts[status.value] += 1
+    def tally(self, status: Status, count: int = 1) -> None:
+        self.counts[status.value] += count
         self.report()
 
     def report(self, force: bool = False) -> None:
@@ -227,8 +227,9 @@ class _Run:
             )
         )
 
-    async def plans(self) -> AsyncIterator[tuple[list[PlannedUpdate], list[RowOutcome]]]:
-        """Per input batch: the updates to send, and the ``invalid`` outcomes.
+    async def plans(self) -> AsyncIterator[_Batch]:
+        """Per input batch: the updates to send, the ``invalid`` outcomes, the ``unchanged``
+        rows (those of them a resumed run has not finished yet).
 
         Stops early when the run is halted or --limit is reached: rows never read end in the
         results as ``unprocessed`` (see write.results_between).
@@ -252,7 +253,7 @@ class _Run:
             finished = self.journal.finished_between(first, last) if done else {}
             plan = await asyncio.to_thread(plan_frame, self.table, batch, duplicates)
             if self.journal.has_state and not self.config.full:
-                plan = mark_unchanged(plan, self.journal.last_set(valid_ids(plan)))
+                plan = mark_unchanged(plan, self.journal.changed_rows(valid_rows(plan)))
             to_send: list[PlannedUpdate] = []
             for update in updates(plan):
                 valid_seen += 1
@@ -260,8 +261,19 @@ class _Run:
                     break
                 if update.row_number not in finished:
                     to_send.append(update)
-            not_sent = invalid_outcomes(plan) + unchanged_outcomes(plan)
-            yield to_send, [o for o in not_sent if o.row_number not in finished]
+            invalid = [o for o in invalid_outcomes(plan) if o.row_number not in finished]
+            unchanged = unchanged_rows(plan)
+            if finished:
+                done_rows = pl.Series(list(finished), dtype=unchanged.schema[ROW_NUMBER])
+                unchanged = unchanged.filter(~pl.col(ROW_NUMBER).is_in(done_rows.implode()))
+            yield _Batch(to_send, invalid, unchanged)
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    to_send: list[PlannedUpdate]
+    invalid: list[RowOutcome]
+    unchanged: pl.DataFrame  # ROW_NUMBER, conversation_id, sent_metadata
 
 
 class _Pipeline:
@@ -301,7 +313,7 @@ class _Pipeline:
             outcome = await sender.send(update)
             run.sent_this_run += 1
             run.journal.record(outcome)
-            run.tally([outcome.status])
+            run.tally(outcome.status)
             if sender.fatal is not None:
                 self.stop_on_fatal(sender.fatal)
                 return
@@ -323,11 +335,14 @@ class _Pipeline:
             asyncio.create_task(self.worker()) for _ in range(run.config.effective_concurrency)
         ]
         try:
-            async for to_send, not_sent in run.plans():
-                if not_sent:
-                    run.journal.record_many(not_sent)
-                    run.tally(o.status for o in not_sent)
-                for update in to_send:
+            async for batch in run.plans():
+                if batch.invalid:
+                    run.journal.record_many(batch.invalid)
+                    run.tally(Status.INVALID, len(batch.invalid))
+                if batch.unchanged.height:
+                    run.journal.record_unchanged(batch.unchanged)
+                    run.tally(Status.UNCHANGED, batch.unchanged.height)
+                for update in batch.to_send:
                     if run.halted:
                         break
                     await self.queue.put(update)
@@ -488,12 +503,12 @@ def _dry_run(
     duplicates = find_duplicates(table, config.batch_rows)
     own, since = _state_paths(config)
     with state.open_read_only(since or own) as db:
-        last_set = None if db is None or config.full else partial(state.lookup, db, "main")
-        plan = plan_lazy(table, duplicates) if last_set is None else None
+        changed = None if db is None or config.full else partial(state.changed_rows, db, "main")
+        plan = plan_lazy(table, duplicates) if changed is None else None
         if plan is not None:
             counts = _dry_run_lazy(config, table, plan)
         else:
-            counts = _dry_run_batches(config, table, duplicates, last_set, progress, started)
+            counts = _dry_run_batches(config, table, duplicates, changed, progress, started)
     if progress is not None:
         total = sum(counts.values())
         progress(Progress(total, total, dict(counts), 0, time.monotonic() - started))
@@ -528,7 +543,7 @@ def _dry_run_batches(
     config: JobConfig,
     table: InputTable,
     duplicates: pl.DataFrame,
-    last_set: LastSet | None,
+    changed: ChangedRows | None,
     progress: ProgressCallback | None,
     started: float,
 ) -> dict[str, int]:
@@ -541,8 +556,8 @@ def _dry_run_batches(
         batches = table.all_batches if config.errors_output else table.batches
         for batch in batches(config.batch_rows):
             plan = plan_frame(table, batch, duplicates)
-            if last_set is not None:
-                plan = mark_unchanged(plan, last_set(valid_ids(plan)))
+            if changed is not None:
+                plan = mark_unchanged(plan, changed(valid_rows(plan)))
             results = dry_run_results(plan, config.limit, to_send)
             to_send += to_send_count(plan)
             counts.update(dict(results.group_by("status").len().iter_rows()))

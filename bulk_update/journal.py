@@ -8,6 +8,10 @@ produced from the journal, in row order.
 
 A second run on the same journal is refused while the first holds its lock (``flock`` on
 ``<journal>.lock``, released by the kernel even after ``kill -9``).
+
+The job's state (``state.py``, incremental runs) is ATTACHed to the same connection: an
+``updated`` outcome and the state entry it proves commit in one transaction, and ``forget``
+clears a row's entry before the row is sent.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -146,9 +150,10 @@ class Journal:
             self._compare_with = state.SINCE
         self.has_state = True
 
-    def last_set(self, ids: Sequence[str]) -> pl.DataFrame:
-        """What the state says was last set for ``ids`` (``state.LAST_SET_SCHEMA``)."""
-        return state.lookup(self._db, self._compare_with, ids)
+    def changed_rows(self, rows: pl.DataFrame) -> list[int]:
+        """Of a batch's valid rows (``ROW_NUMBER, conversation_id, sent_metadata``), the row
+        numbers that differ from what the state says was last set."""
+        return state.changed_rows(self._db, self._compare_with, rows)
 
     def forget(self, conversation_id: str) -> None:
         """Before a row is sent: from now until the API confirms, its state is unknown."""
@@ -176,17 +181,30 @@ class Journal:
             _row(outcome),
         )
 
-    def record_many(self, outcomes: Sequence[RowOutcome]) -> None:
-        """Commit many outcomes in one transaction (rows that were not sent). Rows found
-        unchanged against --since-state take its entries over into this job's state."""
+    def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
+        """Commit many outcomes in one transaction (rows that were not sent)."""
         with self.transaction():
             self._db.executemany(
                 f"INSERT OR REPLACE INTO outcomes ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",  # noqa: S608
                 (_row(o) for o in outcomes),
             )
+
+    def record_unchanged(self, rows: pl.DataFrame) -> None:
+        """Commit a batch's ``unchanged`` rows (``ROW_NUMBER, conversation_id,
+        sent_metadata``) in one statement. Found unchanged against --since-state, they take
+        its entries over into this job's state, in the same transaction."""
+        if rows.is_empty():
+            return
+        rows_json = state.as_json(rows)
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO outcomes (row_number, conversation_id, status, attempts, "
+                "sent_metadata) SELECT json_extract(value, '$.r'), json_extract(value, '$.i'), "
+                "?, 0, json_extract(value, '$.m') FROM json_each(?)",
+                (Status.UNCHANGED.value, rows_json),
+            )
             if self._compare_with == state.SINCE:
-                unchanged = [o.conversation_id for o in outcomes if o.status is Status.UNCHANGED]
-                state.copy_from_since(self._db, unchanged)
+                state.copy_from_since(self._db, rows_json)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:

@@ -19,7 +19,7 @@ import json
 import math
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -204,6 +204,7 @@ def plan_row(
 PLAN_COLUMNS = (ROW_NUMBER, "conversation_id", "error_code", "error_message", "sent_metadata")
 # Added by mark_unchanged: a valid row that is the same as the job last set.
 UNCHANGED = "unchanged"
+SENT_COLUMNS = (ROW_NUMBER, "conversation_id", "sent_metadata")
 DUPLICATE_OF = "__bulk_update_duplicate_of"
 
 
@@ -449,21 +450,26 @@ def _plan_rows(table: InputTable, batch: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(out, schema=_PLAN_SCHEMA)
 
 
-def valid_ids(plan: pl.DataFrame) -> list[str]:
-    """The conversation IDs of a plan frame's valid rows (to look up in the job's state)."""
-    return plan.filter(pl.col("error_code").is_null()).get_column("conversation_id").to_list()
+def valid_rows(plan: pl.DataFrame) -> pl.DataFrame:
+    """A plan frame's valid rows: ``ROW_NUMBER, conversation_id, sent_metadata``."""
+    return plan.filter(pl.col("error_code").is_null()).select(SENT_COLUMNS)
 
 
-def mark_unchanged(plan: pl.DataFrame, last_set: pl.DataFrame) -> pl.DataFrame:
-    """Add ``unchanged``: a valid row whose metadata is, verbatim, what the job last set
-    (``last_set``: ``conversation_id, last_set`` as state.lookup returns)."""
-    joined = plan.join(last_set, on="conversation_id", how="left", maintain_order="left")
-    same = pl.col("error_code").is_null() & (pl.col("sent_metadata") == pl.col("last_set"))
-    return joined.with_columns(same.fill_null(False).alias(UNCHANGED)).drop("last_set")
+def mark_unchanged(plan: pl.DataFrame, changed_rows: Sequence[int]) -> pl.DataFrame:
+    """Add ``unchanged``: a valid row that is not among ``changed_rows`` (the row numbers
+    whose metadata differs from what the job last set; see state.changed_rows)."""
+    changed = pl.Series(changed_rows, dtype=plan.schema[ROW_NUMBER])
+    same = pl.col("error_code").is_null() & ~pl.col(ROW_NUMBER).is_in(changed.implode())
+    return plan.with_columns(same.alias(UNCHANGED))
 
 
 def _unchanged(plan: pl.DataFrame) -> pl.Expr:
     return pl.col(UNCHANGED) if UNCHANGED in plan.columns else pl.lit(False)
+
+
+def unchanged_rows(plan: pl.DataFrame) -> pl.DataFrame:
+    """The ``unchanged`` rows of a plan frame: ``ROW_NUMBER, conversation_id, sent_metadata``."""
+    return plan.filter(_unchanged(plan)).select(SENT_COLUMNS)
 
 
 def to_send_count(plan: pl.DataFrame) -> int:
@@ -488,21 +494,10 @@ def invalid_outcomes(plan: pl.DataFrame) -> list[RowOutcome]:
     ]
 
 
-def unchanged_outcomes(plan: pl.DataFrame) -> list[RowOutcome]:
-    """The ``unchanged`` outcomes of a plan frame marked by ``mark_unchanged``: not sent."""
-    same = plan.filter(_unchanged(plan)).select(ROW_NUMBER, "conversation_id", "sent_metadata")
-    return [
-        RowOutcome(row_number, conversation_id, Status.UNCHANGED, sent_metadata=sent)
-        for row_number, conversation_id, sent in same.iter_rows()
-    ]
-
-
 def updates(plan: pl.DataFrame) -> list[PlannedUpdate]:
     """The rows of a plan frame to send: valid, and not ``unchanged``."""
     send = plan.filter(pl.col("error_code").is_null() & ~_unchanged(plan))
     return [
         PlannedUpdate(row_number, conversation_id, sent_metadata)
-        for row_number, conversation_id, sent_metadata in send.select(
-            ROW_NUMBER, "conversation_id", "sent_metadata"
-        ).iter_rows()
+        for row_number, conversation_id, sent_metadata in send.select(SENT_COLUMNS).iter_rows()
     ]

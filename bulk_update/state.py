@@ -23,20 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import polars as pl
 
 from bulk_update.locks import release_lock, take_lock
+from bulk_update.read import ROW_NUMBER
 
 SCHEMA_VERSION = "1"
 OWN = "state"  # the schema name of this job's state on the journal's connection
 SINCE = "since"  # the schema name of --since-state (read only)
-LAST_SET_SCHEMA = {"conversation_id": pl.String, "last_set": pl.String}
 
 
 def now() -> str:
@@ -58,16 +57,27 @@ def create_tables(db: sqlite3.Connection, schema: str) -> None:
     )
 
 
-def lookup(db: sqlite3.Connection, schema: str, ids: Sequence[str]) -> pl.DataFrame:
-    """``conversation_id, last_set`` for those of ``ids`` that have an entry (one query)."""
-    if not ids:
-        return pl.DataFrame(schema=LAST_SET_SCHEMA)
-    rows = db.execute(
-        f"SELECT s.conversation_id, s.metadata FROM json_each(?) AS j "  # noqa: S608
-        f"JOIN {schema}.last_set AS s ON s.conversation_id = j.value",
-        (json.dumps(list(ids)),),
-    ).fetchall()
-    return pl.DataFrame(rows, schema=LAST_SET_SCHEMA, orient="row")
+def as_json(rows: pl.DataFrame) -> str:
+    """A batch's rows (``ROW_NUMBER, conversation_id, sent_metadata``) as one JSON array for
+    SQLite's ``json_each``: the comparison and the journaling of unchanged rows then run inside
+    SQLite, with no Python object per row. Sorted by ID, so the state's B-tree is walked in
+    order rather than probed at random."""
+    short = rows.select(r=ROW_NUMBER, i="conversation_id", m="sent_metadata")
+    return short.sort("i").write_json()
+
+
+def changed_rows(db: sqlite3.Connection, schema: str, rows: pl.DataFrame) -> list[int]:
+    """The row numbers of ``rows`` whose metadata is not, verbatim, what ``schema``'s state
+    says the job last set (a changed value, or no entry): the rows to send."""
+    if rows.is_empty():
+        return []
+    found = db.execute(
+        "SELECT json_extract(j.value, '$.r') FROM json_each(?) AS j WHERE NOT EXISTS ("  # noqa: S608
+        f"SELECT 1 FROM {schema}.last_set AS s WHERE s.conversation_id = "
+        "json_extract(j.value, '$.i') AND s.metadata = json_extract(j.value, '$.m'))",
+        (as_json(rows),),
+    )
+    return [number for (number,) in found]
 
 
 def upsert(db: sqlite3.Connection, conversation_id: str, metadata: str, set_at: str) -> None:
@@ -81,15 +91,14 @@ def forget(db: sqlite3.Connection, conversation_id: str) -> None:
     db.execute(f"DELETE FROM {OWN}.last_set WHERE conversation_id = ?", (conversation_id,))  # noqa: S608
 
 
-def copy_from_since(db: sqlite3.Connection, ids: Sequence[str]) -> None:
-    """Take over --since-state's entries for ``ids`` (rows found unchanged against it)."""
-    if ids:
-        db.execute(
-            f"INSERT OR REPLACE INTO {OWN}.last_set SELECT s.conversation_id, s.metadata, "  # noqa: S608
-            f"s.set_at FROM json_each(?) AS j JOIN {SINCE}.last_set AS s "
-            "ON s.conversation_id = j.value",
-            (json.dumps(list(ids)),),
-        )
+def copy_from_since(db: sqlite3.Connection, rows_json: str) -> None:
+    """Take over --since-state's entries for the rows (``as_json``) found unchanged against it."""
+    db.execute(
+        f"INSERT OR REPLACE INTO {OWN}.last_set SELECT s.conversation_id, s.metadata, "  # noqa: S608
+        f"s.set_at FROM json_each(?) AS j JOIN {SINCE}.last_set AS s "
+        "ON s.conversation_id = json_extract(j.value, '$.i')",
+        (rows_json,),
+    )
 
 
 def entries(db: sqlite3.Connection, schema: str) -> int:

@@ -17,7 +17,7 @@ from bulk_update import state
 from bulk_update.config import JobConfig
 from bulk_update.emulator.process import EmulatorProcess
 from bulk_update.exceptions import ConfigError, JournalError
-from bulk_update.plan import PLAN_COLUMNS, mark_unchanged, unchanged_outcomes, updates
+from bulk_update.plan import PLAN_COLUMNS, mark_unchanged, unchanged_rows, updates, valid_rows
 from bulk_update.read import ROW_NUMBER
 from tests.conftest import StartEmulator
 from tests.helpers import by_row, cli, results, wait_for_requests
@@ -265,22 +265,28 @@ def test_default_names() -> None:
         JobConfig(input="i", output="o.csv", job_name="a/b")
 
 
-def test_mark_unchanged_compares_the_exact_text() -> None:
+def test_changed_rows_compares_the_exact_text_in_sqlite() -> None:
     plan = pl.DataFrame(
         [
             (1, "conv_a", None, None, '{"k":"1"}'),
             (2, "conv_b", None, None, '{"k":"2"}'),
             (3, "conv_c", None, None, '{"k":"3"}'),
             (4, "conv_a", "duplicate", "duplicate of row 1", None),
+            (5, "conv_d", None, None, '{"k":"\\u00e9 \\"q\\""}'),
         ],
         schema={ROW_NUMBER: pl.UInt32, **dict.fromkeys(PLAN_COLUMNS[1:], pl.String)},
         orient="row",
     )
-    last = pl.DataFrame(
-        {"conversation_id": ["conv_a", "conv_b"], "last_set": ['{"k":"1"}', '{"k": "2"}']}
+    db = sqlite3.connect(":memory:")
+    state.create_tables(db, "main")
+    db.executemany(
+        "INSERT INTO last_set VALUES (?, ?, 'then')",
+        [("conv_a", '{"k":"1"}'), ("conv_b", '{"k": "2"}'), ("conv_d", '{"k":"\\u00e9 \\"q\\""}')],
     )
-    marked = mark_unchanged(plan, last)
-    assert marked.height == 4
-    assert marked["unchanged"].to_list() == [True, False, False, False]
-    assert [o.row_number for o in unchanged_outcomes(marked)] == [1]
+    changed = state.changed_rows(db, "main", valid_rows(plan))
+    assert sorted(changed) == [2, 3]  # b: same JSON, other text; c: never set
+    marked = mark_unchanged(plan, changed)
+    assert marked["unchanged"].to_list() == [True, False, False, False, True]
+    assert unchanged_rows(marked)[ROW_NUMBER].to_list() == [1, 5]
     assert [u.row_number for u in updates(marked)] == [2, 3]
+    assert state.changed_rows(db, "main", valid_rows(plan).clear()) == []
