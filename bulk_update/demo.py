@@ -34,10 +34,16 @@ def run_demo(job_file: str = DEMO_JOB) -> int:
         print(f"emulator serving {emulator.base_url} ({' '.join(EMULATOR_ARGS[2:])})")
         print(f"running {job_file}: {config.input} -> {config.output}\n", flush=True)
         os.environ["OPENAI_API_KEY"] = DEMO_KEY
-        # A fresh emulator each time: start the job over too (the old journal is kept aside).
-        summary = run_job(dataclasses.replace(config, base_url=emulator.base_url, restart=True))
+        # A fresh emulator each time: start the job over and send every row (the old journal is
+        # kept aside; the state of an earlier demo says nothing about this emulator).
+        config = dataclasses.replace(config, base_url=emulator.base_url, restart=True)
+        summary = run_job(dataclasses.replace(config, full=True))
         stats = emulator.stats()
-    print(summary.line(), file=sys.stderr, flush=True)
+        print(summary.line(), file=sys.stderr, flush=True)
+        print("\nthe same input again, incrementally: only rows changed since are sent", flush=True)
+        rerun = str(Path(config.output).with_name("demo-rerun-results.csv"))
+        again = run_job(dataclasses.replace(config, output=rerun, errors_output=None))
+    print(again.line(), file=sys.stderr, flush=True)
     results = pl.read_csv(config.output, infer_schema=False)
     retried = results.filter(pl.col("attempts").cast(pl.Int64) > 1)
     print(f"\nthe emulator answered: {stats['by_status']}")
