@@ -204,7 +204,13 @@ class Sender:
         # The ID was validated to [A-Za-z0-9_-]; quoting anyway keeps the path the path.
         path = "conversations/" + quote(update.conversation_id, safe="")
         try:
-            response = await self._client.post(path, content=body)
+            # httpx2's timeouts are per step (connect, each read): a server dripping a byte at a
+            # time would never trip them. --timeout bounds the whole request.
+            async with asyncio.timeout(self.settings.timeout):
+                response = await self._client.post(path, content=body)
+        except TimeoutError:
+            detail = f"no complete answer within {self.settings.timeout:g} s"
+            return Answer(transport_error="timeout", transport_detail=detail)
         except httpx2.TimeoutException as exc:
             return Answer(transport_error="timeout", transport_detail=_describe(exc))
         except httpx2.TransportError as exc:
@@ -229,9 +235,13 @@ class Sender:
             elif answer.headers:
                 self.limiter.observe(*parse_rate_limit_headers(answer.headers))
             if _looks_down(answer, verdict):
+                # While the breaker is open, failures are the outage's, not the row's.
                 if not self._breaker_failure():
                     tally["failures"] += 1
-            elif self.breaker.record_up():
+                return _Tried(answer, verdict, **tally)
+            if verdict.retry and not verdict.rate_limited:
+                tally["failures"] += 1  # a 408, a 409, a 2xx that is not a conversation
+            if self.breaker.record_up():
                 log.warning(
                     "API answering again: circuit breaker closed", extra={"event": "breaker_closed"}
                 )

@@ -195,3 +195,17 @@ def test_permanent_failures_are_not_retried(response: httpx2.Response, code: str
 def test_the_key_is_not_in_the_settings_repr() -> None:
     settings = SendSettings(base_url="https://x/v1", api_key=KEY)
     assert KEY not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [httpx2.Response(408), httpx2.Response(409), httpx2.Response(200, content=b"<html>ok</html>")],
+)
+def test_every_retryable_failure_counts_against_max_attempts(answer: httpx2.Response) -> None:
+    """Not only 5xx and connection errors: a 408, a 409 or a 200 that is not a conversation,
+    answered forever, ends the row after --max-attempts (it once retried without end)."""
+    handler, seen = scripted(*[answer] * 50)
+    outcome, sender, _ = send(handler, max_attempts=3)
+    assert outcome.status is Status.FAILED
+    assert (outcome.attempts, len(seen)) == (3, 3)
+    assert not sender.breaker.is_open  # the server answered: not an outage
