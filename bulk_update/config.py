@@ -204,3 +204,28 @@ class JobConfig:
             safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in self.output)
             return Path(".bulk_update") / f"{safe}.journal.sqlite"
         return Path(self.output + ".journal.sqlite")
+
+    def check_paths(self, input_files: tuple[str, ...]) -> None:
+        """Refuse outputs that would destroy what the run needs: the input, each other, the
+        journal or the job's state (or their companion files). Globs in ``input_files`` are
+        already expanded."""
+
+        def key(path: str | Path) -> str:
+            return str(path) if "://" in str(path) else str(Path(path).resolve())
+
+        inputs = {key(path) for path in input_files}
+        kept = {key(self.journal_path()): "the journal", key(self.state_path()): "the job's state"}
+        outputs = [("--output", self.output)]
+        if self.errors_output is not None:
+            outputs.append(("--errors-output", self.errors_output))
+        for flag, path in outputs:
+            target = key(path)
+            if target in inputs:
+                raise ConfigError(f"{flag} {path} is the input: refusing to overwrite it")
+            for base, what in kept.items():
+                if target in {
+                    base + suffix for suffix in ("", "-wal", "-shm", "-journal", ".lock")
+                }:
+                    raise ConfigError(f"{flag} {path} is {what}'s place: choose another path")
+        if self.errors_output is not None and key(self.errors_output) == key(self.output):
+            raise ConfigError("--errors-output is the same file as --output")

@@ -419,6 +419,7 @@ async def run_job_async(
 ) -> JobSummary:
     """The job, for callers that already run an event loop. See ``run_job``."""
     started = time.monotonic()
+    config.check_paths(expand(config.input))
     table = open_input(
         config.input,
         id_column=config.id_column,
@@ -430,6 +431,7 @@ async def run_job_async(
     if config.dry_run:
         return await asyncio.to_thread(_dry_run, config, table, progress, started)
     settings = SendSettings.from_config(config)
+    await asyncio.to_thread(table.check_readable)
     state_path, since = _state_paths(config)
     total = await asyncio.to_thread(lambda: table.scan().select(pl.len()).collect().item())
     job_name = config.resolved_job_name()
@@ -500,15 +502,18 @@ def _dry_run(
     compared with the job's state (read only: a dry run writes no state).
     """
     log.info("dry run started", extra={"event": "start", "input": config.input, "dry_run": True})
-    duplicates = find_duplicates(table, config.batch_rows)
     own, since = _state_paths(config)
-    with state.open_read_only(since or own) as db:
-        changed = None if db is None or config.full else partial(state.changed_rows, db, "main")
-        plan = plan_lazy(table, duplicates) if changed is None else None
-        if plan is not None:
-            counts = _dry_run_lazy(config, table, plan)
-        else:
-            counts = _dry_run_batches(config, table, duplicates, changed, progress, started)
+    try:
+        duplicates = find_duplicates(table, config.batch_rows)
+        with state.open_read_only(since or own) as db:
+            changed = None if db is None or config.full else partial(state.changed_rows, db, "main")
+            plan = plan_lazy(table, duplicates) if changed is None else None
+            if plan is not None:
+                counts = _dry_run_lazy(config, table, plan)
+            else:
+                counts = _dry_run_batches(config, table, duplicates, changed, progress, started)
+    except pl.exceptions.PolarsError as exc:
+        raise table.read_error(exc) from None
     if progress is not None:
         total = sum(counts.values())
         progress(Progress(total, total, dict(counts), 0, time.monotonic() - started))

@@ -6,7 +6,9 @@ plan stage to turn into text. Nothing here holds the whole file in memory.
 
 from __future__ import annotations
 
+import csv
 import glob
+import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from typing import Literal
 
 import polars as pl
 
+from bulk_update import spreadsheet
 from bulk_update.exceptions import InputError
 from bulk_update.outcome import ERROR_COLUMNS
 
@@ -40,13 +43,15 @@ class InputTable:
     files: tuple[str, ...] = ()  # what path names: itself, or a glob's matches in sorted order
     shard: tuple[int, int] | None = None  # (K, N): only the rows of shard K of N
     storage_options: dict[str, str] | None = None
+    fed_back: bool = False  # a CSV --errors-output file fed back: undo its spreadsheet escapes
 
     def scan(self) -> pl.LazyFrame:
         """Every row (of the shard), with ``ROW_NUMBER`` first: 1-based, header not counted,
         counted over the whole input (all files of a glob, every shard)."""
-        scan = _scan(self.files or (self.path,), self.format, self.storage_options).with_row_index(
-            ROW_NUMBER, offset=1
-        )
+        scan = _scan(self.files or (self.path,), self.format, self.storage_options)
+        if self.fed_back:
+            scan = spreadsheet.unescape(scan)
+        scan = scan.with_row_index(ROW_NUMBER, offset=1)
         if self.shard is None:
             return scan
         index, count = self.shard
@@ -59,7 +64,7 @@ class InputTable:
         try:
             yield from self.scan().select(wanted).collect_batches(chunk_size=rows)
         except pl.exceptions.PolarsError as exc:
-            raise InputError(self.path, f"cannot read: {_first_line(exc)}") from None
+            raise self.read_error(exc) from None
 
     def id_batches(self, rows: int) -> Iterator[pl.DataFrame]:
         """``ROW_NUMBER`` and the trimmed ID (as ``conversation_id``), ``rows`` at a time."""
@@ -68,14 +73,87 @@ class InputTable:
         try:
             yield from frame.collect_batches(chunk_size=rows)
         except pl.exceptions.PolarsError as exc:
-            raise InputError(self.path, f"cannot read: {_first_line(exc)}") from None
+            raise self.read_error(exc) from None
 
     def all_batches(self, rows: int) -> Iterator[pl.DataFrame]:
         """Every column of the input (for --errors-output), ``rows`` at a time."""
         try:
             yield from self.scan().collect_batches(chunk_size=rows)
         except pl.exceptions.PolarsError as exc:
-            raise InputError(self.path, f"cannot read: {_first_line(exc)}") from None
+            raise self.read_error(exc) from None
+
+    def check_readable(self) -> None:
+        """Read every row of the mapped columns once, so that a file that breaks half way
+        (bad encoding, a ragged row, a cut-off file) stops the job before anything is sent."""
+        wanted = [self.id_column]
+        wanted += [self.metadata_column] if self.metadata_column else list(self.metadata_columns)
+        try:
+            self.scan().select(pl.col(c).is_null().sum() for c in wanted).collect()
+        except pl.exceptions.PolarsError as exc:
+            raise self.read_error(exc) from None
+
+    def read_error(self, exc: pl.exceptions.PolarsError) -> InputError:
+        """An InputError naming the file, the line and the problem where they can be found."""
+        if self.format == "csv":
+            for file in self.files or (self.path,):
+                problem = csv_problem(file)
+                if problem is not None:
+                    return InputError(file, problem)
+        return InputError(self.path, f"cannot read: {_first_line(exc)}")
+
+
+def csv_problem(file: str) -> str | None:
+    """What makes a local CSV file unreadable, with its line: not UTF-8, a quote never closed,
+    more fields than the header. Slow (Python, line by line): only called once polars failed."""
+    if "://" in file:
+        return None
+    with open(file, "rb") as raw:
+        for number, line in enumerate(raw, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                where = f"{exc.reason} at byte {exc.start}"
+                return f"line {number}: not UTF-8 text ({where}); save it as UTF-8"
+    csv.field_size_limit(sys.maxsize)
+    with open(file, encoding="utf-8-sig", newline="") as text:
+        reader = csv.reader(text, strict=True)
+        try:
+            header = next(reader, [])
+            for record in reader:
+                if len(record) > len(header):
+                    return (
+                        f"line {reader.line_num}: {len(record)} fields, but the header has "
+                        f"{len(header)}"
+                    )
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                return f"line {reader.line_num}: a quoted cell is never closed (a stray '\"'?)"
+            return f"line {reader.line_num}: {exc}"
+    return None
+
+
+def header_problem(file: str) -> str | None:
+    """What is wrong with a local CSV file's header, before polars reads it: an empty file,
+    UTF-16 or binary data, a header that is not UTF-8, a column name given twice."""
+    if "://" in file:
+        return None
+    with open(file, "rb") as raw:
+        head = raw.read(64 * 1024)
+    if not head.strip():
+        return "the file is empty: no header row"
+    first = head.split(b"\n", 1)[0]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in first:
+        return "not a UTF-8 text CSV (UTF-16, or binary data?); save it as UTF-8 CSV"
+    try:
+        first.decode("utf-8")
+    except UnicodeDecodeError:
+        if len(first) < len(head) or len(head) < 64 * 1024:
+            return "line 1 (the header): not UTF-8 text; save it as UTF-8"
+    header = next(csv.reader([first.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r")]), [])
+    seen = [name for i, name in enumerate(header) if name in header[:i]]
+    if seen:
+        return f"the header names column(s) {_shown(sorted(set(seen)))} more than once"
+    return None
 
 
 def shard_of(conversation_id: pl.Expr, count: int) -> pl.Expr:
@@ -138,6 +216,10 @@ def open_input(
         if "://" not in file and not Path(file).is_file():
             raise InputError(file, "no such file")
     fmt = input_format(path)
+    for file in files if fmt == "csv" else ():
+        problem = header_problem(file)
+        if problem is not None:
+            raise InputError(file, problem)
     try:
         schema = _scan(files, fmt, storage_options).collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
@@ -177,6 +259,7 @@ def open_input(
         files=files,
         shard=shard,
         storage_options=storage_options,
+        fed_back=fmt == "csv" and set(ERROR_COLUMNS) <= set(names),
     )
 
 

@@ -16,6 +16,7 @@ from typing import IO, TypeVar
 import polars as pl
 import pyarrow.parquet as pq
 
+from bulk_update import spreadsheet
 from bulk_update.config import output_format
 from bulk_update.journal import Journal
 from bulk_update.outcome import (
@@ -114,7 +115,7 @@ class _FrameWriter:
         if self._text is None:
             self._text = open(self.path, "wb")  # noqa: SIM115 (closed in close())
         if self.fmt == ".csv":
-            frame.write_csv(self._text, include_header=first)
+            spreadsheet.escape(frame).write_csv(self._text, include_header=first)
         else:
             frame.write_ndjson(self._text)
 
@@ -247,7 +248,7 @@ def sink(query: pl.LazyFrame, target: str, storage: Storage = None) -> None:
         if fmt == ".parquet":
             query.sink_parquet(destination, compression="zstd", storage_options=storage)
         elif fmt == ".csv":
-            query.sink_csv(destination, storage_options=storage)
+            spreadsheet.escape(query).sink_csv(destination, storage_options=storage)
         else:
             query.sink_ndjson(destination, storage_options=storage)
 

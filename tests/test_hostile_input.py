@@ -1,0 +1,192 @@
+"""Hostile input (issue 8): whatever the file, the job either stops before sending anything
+with a message naming the file and the problem (exit 2), or accounts for every data row in the
+results, each ``invalid`` row explained. Never a traceback, never a dropped row.
+
+Property tests run the job's dry run in-process (the same reading and planning as a run);
+seeded (derandomized) and bounded, so they are reproducible. Fixed hostile files then go
+through the real CLI against the emulator, which must see no request when the job refuses."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from bulk_update import JobConfig, run_job
+from bulk_update.exceptions import BulkUpdateError
+from tests.conftest import StartEmulator
+from tests.helpers import cli, results
+
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,  # nothing written beside the tests: every run is the same run
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+# Any Unicode text but lone surrogates (no UTF-8 file can hold one): combining marks, emoji,
+# right-to-left text, NUL and other controls included.
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+CELL = st.one_of(
+    TEXT,
+    st.sampled_from(["conv_abc", "conv_a-b_c", " conv_pad ", "", "=1+1", "\u202econv_rtl"]),
+    st.text(st.sampled_from("ab\u0301\U0001f600"), min_size=600, max_size=3000),  # huge cells
+)
+
+
+def check(path: Path, tmp_path: Path) -> pl.DataFrame | None:
+    """Run the dry run; None if it refused (exit 2, naming the file), else the results."""
+    output = tmp_path / "results.parquet"
+    refused: BulkUpdateError | None = None
+    try:
+        summary = run_job(JobConfig(input=str(path), output=str(output), dry_run=True))
+    except BulkUpdateError as exc:
+        refused = exc
+    if refused is not None:
+        assert refused.exit_code == 2
+        assert path.name in str(refused), str(refused)
+        event(f"refused: {str(refused).split(': ', 1)[1][:30]}")
+        return None
+    frame = pl.read_parquet(output)
+    event(f"accounted: {'some' if frame.height else 'no'} rows")
+    assert summary.total_rows == frame.height
+    assert frame["row_number"].to_list() == list(range(1, frame.height + 1))
+    invalid = frame.filter(pl.col("status") == "invalid")
+    assert invalid["error_message"].null_count() == 0
+    assert (invalid["error_message"].str.len_chars() > 0).all()
+    return frame
+
+
+@st.composite
+def csv_files(draw: st.DrawFn) -> tuple[bytes, int | None]:
+    """A CSV file's bytes, and its number of data rows (None if it cannot be UTF-8 text)."""
+
+    def rarely() -> bool:  # one case in eight: the rest exercise the rows, not the refusals
+        return draw(st.integers(0, 7)) == 7  # not 0: hypothesis tries the simplest first
+
+    if rarely():  # any names: empty, repeated, controls
+        extra = draw(st.lists(st.one_of(TEXT, st.sampled_from(["a", "a", ""])), max_size=4))
+    else:
+        extra = draw(st.lists(st.text(st.characters(exclude_categories=["Cs", "Cc"]),
+                                      min_size=1, max_size=8), min_size=1, max_size=4,
+                              unique=True).filter(lambda names: "conversation_id" not in names))  # fmt: skip
+    header = ["conversation_id", *extra]
+    width = len(header)
+    rows = draw(
+        st.lists(
+            st.lists(CELL, min_size=0, max_size=width + 1)  # ragged: fewer or more cells
+            if rarely()
+            else st.lists(CELL, min_size=width, max_size=width),
+            max_size=12,
+        )
+    )
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator=draw(st.sampled_from(["\n", "\r\n"])))
+    writer.writerow(header)
+    writer.writerows(rows)
+    encoding = draw(st.sampled_from(["latin-1", "utf-16", "utf-8-sig"])) if rarely() else "utf-8"
+    data = text.getvalue().encode(encoding, errors="replace")
+    if rarely():
+        data = data[: draw(st.integers(0, len(data)))]  # cut anywhere, even mid-character
+    try:
+        decoded = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data, None
+    records = list(csv.reader(io.StringIO(decoded, newline="")))
+    return data, max(0, len(records) - 1)
+
+
+@SETTINGS
+@given(case=csv_files())
+def test_any_csv_is_refused_or_fully_accounted(
+    tmp_path: Path, case: tuple[bytes, int | None]
+) -> None:
+    data, rows = case
+    path = tmp_path / "input.csv"
+    path.write_bytes(data)
+    frame = check(path, tmp_path)
+    if frame is not None:
+        assert rows is not None  # what is not UTF-8 is refused, never half read
+        assert frame.height == rows, (frame.height, rows)
+
+
+@SETTINGS
+@given(
+    frame=st.integers(0, 30).flatmap(
+        lambda n: st.fixed_dictionaries(
+            {
+                "conversation_id": st.lists(st.one_of(st.none(), CELL), min_size=n, max_size=n),
+                "a": st.lists(st.one_of(st.none(), TEXT), min_size=n, max_size=n),
+                "n": st.lists(
+                    st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)), min_size=n, max_size=n
+                ),
+            }
+        )
+    ),
+    cut=st.one_of(st.none(), st.floats(0.0, 1.0)),
+)
+def test_any_parquet_is_refused_or_fully_accounted(
+    tmp_path: Path, frame: dict[str, list[object]], cut: float | None
+) -> None:
+    path = tmp_path / "input.parquet"
+    table = pl.DataFrame(
+        frame, schema={"conversation_id": pl.String, "a": pl.String, "n": pl.Int64}
+    )
+    table.write_parquet(path)
+    if cut is not None:  # a file cut off while it was copied
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * cut)])
+    result = check(path, tmp_path)
+    if result is not None:
+        assert cut is None or cut == 1.0
+        assert result.height == table.height
+
+
+HOSTILE = {
+    "latin1.csv": (
+        "conversation_id,a\nconv_1,x\nconv_2,caf\u00e9\n".encode("latin-1"),
+        "line 3: not UTF-8",
+    ),
+    "utf16.csv": ("conversation_id,a\nconv_1,x\n".encode("utf-16"), "UTF-16"),
+    "ragged.csv": (b"conversation_id,a\nconv_1,x\nconv_2,y,z\n", "line 3: 3 fields"),
+    "quote.csv": (b'conversation_id,a\nconv_1,x\nconv_2,"y\n', "never closed"),
+    "empty.csv": (b"", "empty"),
+    "dup.csv": (b"conversation_id,a,a\nconv_1,x,y\n", "more than once"),
+    "junk.csv": (bytes(range(256)) * 8, "binary"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_files_stop_the_cli_before_sending(
+    start_emulator: StartEmulator, tmp_path: Path, name: str
+) -> None:
+    data, problem = HOSTILE[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    emu = start_emulator()
+    run = cli("run", str(path), "--output", str(tmp_path / "r.csv"), "--base-url", emu.base_url)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    line = run.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"bulk-update: error: {path}: ")
+    assert problem in line
+    assert emu.stats()["requests"] == 0
+
+
+def test_header_only_and_fewer_fields_are_accounted(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("conversation_id,a,b\n")
+    done = cli("validate", str(path), "--output", str(tmp_path / "r.csv"))
+    assert done.returncode == 0
+    assert results(tmp_path / "r.csv").height == 0
+    path.write_text("conversation_id,a,b\nconv_1,x,1\nconv_2\n\nconv_3,,\n")
+    done = cli("validate", str(path), "--output", str(tmp_path / "r.csv"))
+    assert done.returncode == 1
+    assert results(tmp_path / "r.csv")["status"].to_list() == [
+        "planned", "invalid", "invalid", "invalid",
+    ]  # fmt: skip

@@ -1,0 +1,101 @@
+"""Outputs that are safe to open and never destroy what the run needs (issue 8)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from bulk_update import JobConfig, run_job
+from bulk_update.exceptions import ConfigError
+from tests.conftest import StartEmulator
+from tests.helpers import by_row, cli
+
+ID = "conv_{:048x}".format
+FORMULAS = ("=1+1", "+1", "-5", "@SUM(A1)", "\tx")
+
+
+def raw_cells(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [cell for row in csv.reader(handle) for cell in row]
+
+
+def test_csv_outputs_run_no_formulas_and_round_trip(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    rows = [(ID(i), value) for i, value in enumerate(FORMULAS)]
+    rows.append(('=HYPERLINK("http://evil")', "=2+2"))  # invalid ID, formula value
+    with source.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("conversation_id", "note"), *rows])
+    emu = start_emulator("--preload", str(source))
+    base = ("--base-url", emu.base_url)
+    run = cli("run", str(source), "--output", str(tmp_path / "r.csv"), "--errors-output",
+              str(tmp_path / "e.csv"), *base)  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    for written in ("r.csv", "e.csv"):
+        cells = raw_cells(tmp_path / written)
+        assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")], written
+    results = by_row(tmp_path / "r.csv")
+    assert results[6]["conversation_id"] == '\'=HYPERLINK("http://evil")'
+    for i, value in enumerate(FORMULAS):  # the server got the exact text
+        assert emu.admin(f"conversations/{ID(i)}")["metadata"] == {"note": value}
+    # Parquet and JSONL keep the exact text.
+    for fmt in (".parquet", ".jsonl"):
+        exact = cli("run", str(source), "--output", str(tmp_path / f"r{fmt}"), *base)
+        assert exact.returncode == 1
+        assert by_row(tmp_path / f"r{fmt}")[6]["conversation_id"] == '=HYPERLINK("http://evil")'
+    # The errors file, fixed in place and fed back, sends its values exactly as they were.
+    errors = pl.read_csv(tmp_path / "e.csv", infer_schema=False)
+    assert errors.rows() == [("'=HYPERLINK(\"http://evil\")", "'=2+2", "invalid", "invalid_id",
+                              errors["error_message"][0])]  # fmt: skip
+    fixed = errors.with_columns(conversation_id=pl.lit(ID(0)))
+    fixed.write_csv(tmp_path / "fixed.csv")
+    again = cli("run", str(tmp_path / "fixed.csv"), "--output", str(tmp_path / "r2.csv"), *base)
+    assert again.returncode == 0, again.stderr
+    assert emu.admin(f"conversations/{ID(0)}")["metadata"] == {"note": "=2+2"}
+
+
+def test_outputs_never_overwrite_the_input(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(f"conversation_id,a\n{ID(1)},v\n")
+    before = source.read_bytes()
+    same = cli("run", str(source), "--output", str(source))
+    assert same.returncode == 2
+    assert "is the input: refusing to overwrite it" in same.stderr
+    (tmp_path / "b.csv").write_text(f"conversation_id,a\n{ID(2)},v\n")
+    globbed = cli("validate", str(tmp_path / "*.csv"), "--output", str(tmp_path / "b.csv"))
+    assert globbed.returncode == 2
+    errors_on_input = cli("run", str(source), "--output", str(tmp_path / "r.csv"),
+                          "--errors-output", str(source))  # fmt: skip
+    assert errors_on_input.returncode == 2
+    assert "--errors-output" in errors_on_input.stderr
+    both = cli("validate", str(source), "--output", str(tmp_path / "r.csv"), "--errors-output",
+               str(tmp_path / "r.csv"))  # fmt: skip
+    assert both.returncode == 2
+    assert "same file" in both.stderr
+    assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"journal": "out/r.csv"}, "the journal's place"),
+        ({"errors_output": "out/e.csv", "journal": "out/e.csv"}, "the journal's place"),
+        ({"errors_output": "out/r.csv.journal.sqlite-x.csv"}, None),
+        ({"state_dir": "out", "job_name": "r.csv"}, None),
+    ],
+)
+def test_results_never_go_where_the_journal_or_state_live(
+    tmp_path: Path, options: dict[str, str], message: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("in.csv").write_text(f"conversation_id,a\n{ID(1)},v\n")
+    config = JobConfig(input="in.csv", output="out/r.csv", dry_run=True, **options)  # type: ignore[arg-type]
+    if message is None:
+        run_job(config)  # near misses are fine
+        return
+    with pytest.raises(ConfigError, match=message):
+        run_job(config)
