@@ -15,6 +15,8 @@ from bulk_update.exceptions import BulkUpdateError, ConfigError
 from bulk_update.job import Progress, run_job
 
 log = logging.getLogger("bulk_update")
+# An exception the job does not expect (a bug): EX_SOFTWARE, distinct from the job's own codes.
+EXIT_INTERNAL = 70
 # Without a progress bar (no TTY, or --quiet), a progress log line this often.
 PROGRESS_LOG_INTERVAL_S = 10.0
 
@@ -453,3 +455,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bulk-update: interrupted", file=sys.stderr, flush=True)
         return 130
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for the report
+        log.error("internal error", exc_info=True, extra={"event": "internal_error"})
+        print(
+            f"bulk-update: internal error ({type(exc).__name__}: {_first_line(exc)}); the "
+            "traceback is in the log; a re-run resumes. Please report it.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_INTERNAL
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "no message"

@@ -35,6 +35,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             **fields,
         }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
@@ -44,7 +46,10 @@ class TextFormatter(logging.Formatter):
         fields.pop("event", None)
         extra = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in fields.items())
         line = f"{_time(record)} {record.levelname} {record.getMessage()}"
-        return f"{line} {extra}" if extra else line
+        line = f"{line} {extra}" if extra else line
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
 def configure(

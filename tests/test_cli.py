@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,24 @@ def test_progress_bar_only_on_a_tty(start_emulator: StartEmulator, tmp_path: obj
     piped = bulk_update("run", str(source), "--base-url", emu.base_url, "--output",
                         str(tmp_path / "c.csv"))  # fmt: skip
     assert "━" not in piped.stderr
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_70(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from bulk_update import cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug\nsecond line")
+
+    monkeypatch.setattr(cli, "run_job", broken)
+    source = tmp_path / "in.csv"
+    source.write_text("conversation_id,a\nconv_1,x\n")
+    log_file = tmp_path / "log.txt"
+    code = cli.main(["validate", str(source), "--output", str(tmp_path / "r.csv"),
+                     "--log-file", str(log_file)])  # fmt: skip
+    assert code == cli.EXIT_INTERNAL == 70
+    err = capsys.readouterr().err
+    assert "internal error (RuntimeError: a bug)" in err
+    assert "Traceback" not in err
+    assert "Traceback" in log_file.read_text()
