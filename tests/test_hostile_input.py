@@ -190,3 +190,14 @@ def test_header_only_and_fewer_fields_are_accounted(tmp_path: Path) -> None:
     assert results(tmp_path / "r.csv")["status"].to_list() == [
         "planned", "invalid", "invalid", "invalid",
     ]  # fmt: skip
+
+
+def test_a_cell_of_megabytes_is_an_explained_invalid_row(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    huge = "\U0001f600" * 2_000_000  # 8 MB of four-byte characters in one cell
+    path.write_text(f"conversation_id,a\nconv_1,x\nconv_2,{huge}\nconv_3,y\n", encoding="utf-8")
+    done = cli("validate", str(path), "--output", str(tmp_path / "r.parquet"))
+    assert done.returncode == 1, done.stderr
+    frame = results(tmp_path / "r.parquet")
+    assert frame["status"].to_list() == ["planned", "invalid", "planned"]
+    assert frame["error_message"][1] == "value for 'a' is 2000000 characters; at most 512"
