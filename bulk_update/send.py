@@ -45,6 +45,8 @@ log = logging.getLogger("bulk_update")
 USER_AGENT = f"bulk-update/{__version__}"
 # 429s do not use up --max-attempts, but a row does not wait on them for ever.
 MAX_RATE_LIMITED_PER_ROW = 100
+# A conversation is a few hundred bytes; an answer is never read past this.
+MAX_RESPONSE_BYTES = 1 << 20
 # When a 429 names no wait: hold the whole job back this long.
 DEFAULT_RATE_LIMIT_PAUSE_S = 1.0
 
@@ -206,8 +208,11 @@ class Sender:
         try:
             # httpx2's timeouts are per step (connect, each read): a server dripping a byte at a
             # time would never trip them. --timeout bounds the whole request.
-            async with asyncio.timeout(self.settings.timeout):
-                response = await self._client.post(path, content=body)
+            async with (
+                asyncio.timeout(self.settings.timeout),
+                self._client.stream("POST", path, content=body) as response,
+            ):
+                content = await _read_capped(response, MAX_RESPONSE_BYTES)
         except TimeoutError:
             detail = f"no complete answer within {self.settings.timeout:g} s"
             return Answer(transport_error="timeout", transport_detail=detail)
@@ -218,7 +223,7 @@ class Sender:
         return Answer(
             http_status=response.status_code,
             headers={k.lower(): v for k, v in response.headers.items()},
-            body=response.content,
+            body=content,
         )
 
     async def send(self, update: PlannedUpdate) -> RowOutcome:
@@ -321,6 +326,19 @@ class Sender:
             error_message=verdict.error_message,
             **common,
         )
+
+
+async def _read_capped(response: httpx2.Response, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes: a hostile server cannot make the job hold a
+    gigabyte (a cut body is no conversation: ``invalid_response``)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    return b"".join(chunks)[:limit]
 
 
 def _looks_down(answer: Answer, verdict: Verdict) -> bool:

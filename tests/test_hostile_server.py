@@ -85,6 +85,13 @@ def drip(conn: socket.socket, conversation_id: str, attempt: int) -> None:
         time.sleep(0.3)
 
 
+def endless(conn: socket.socket, conversation_id: str, attempt: int) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4000000000\r\n\r\n")
+    block = b"x" * 65536
+    while True:  # 4 GB promised: the job must stop reading, not hold it
+        conn.sendall(block)
+
+
 class Server:
     """HTTP/1.1 on loopback, one connection per request; ``replies`` chosen by the path's ID."""
 
@@ -137,6 +144,7 @@ CASES: dict[str, tuple[Reply, str, str | None]] = {
     "conv_reset": (reset_mid_body, "failed", "connection_error"),
     "conv_silent": (silent, "failed", "timeout"),
     "conv_drip": (drip, "failed", "timeout"),
+    "conv_endless": (endless, "failed", "invalid_response"),
     "conv_redirect": (ok, "failed", "redirect"),  # reply replaced below: needs the other port
 }
 
@@ -184,7 +192,8 @@ def test_a_hostile_server_fails_rows_cleanly(
     # Not retried: a wrong ID, a huge retry-after, a redirect. Retried to --max-attempts: the rest.
     for once in ("conv_other_id", "conv_429_huge", "conv_redirect"):
         assert hostile.attempts[once] == 1, once
-    for twice in ("conv_not_json", "conv_html_502", "conv_reset", "conv_silent", "conv_drip"):
+    for twice in ("conv_not_json", "conv_html_502", "conv_reset", "conv_silent", "conv_drip",
+                  "conv_endless"):  # fmt: skip
         assert hostile.attempts[twice] == 2, twice
     assert elsewhere.requests == []  # the redirect was not followed: the key stayed home
     assert all(TEST_KEY.encode() in request for request in hostile.requests)
