@@ -43,6 +43,8 @@ case $code in
      echo "$summary" ;;
   130|143) echo "bulk-update $name: interrupted by a signal; the next run resumes"
      echo "$summary" ;;
+  70) echo "bulk-update $name: INTERNAL ERROR (a bug; traceback in $log_dir/$name.jsonl); resumable"
+     echo "$summary" ;;
   *) echo "bulk-update $name: FAILED to start (exit $code): bad config, input or a held lock"
      echo "$summary" ;;
 esac
