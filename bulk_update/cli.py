@@ -11,7 +11,7 @@ from typing import Any
 
 from bulk_update import __version__
 from bulk_update.config import JobConfig
-from bulk_update.exceptions import BulkUpdateError, ConfigError
+from bulk_update.exceptions import BulkUpdateError, ConfigError, first_line
 from bulk_update.job import Progress, run_job
 
 log = logging.getLogger("bulk_update")
@@ -458,14 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so in one line, keep the traceback for the report
         log.error("internal error", exc_info=True, extra={"event": "internal_error"})
         print(
-            f"bulk-update: internal error ({type(exc).__name__}: {_first_line(exc)}); the "
+            f"bulk-update: internal error ({type(exc).__name__}: {first_line(exc)}); the "
             "traceback is in the log; a re-run resumes. Please report it.",
             file=sys.stderr,
             flush=True,
         )
         return EXIT_INTERNAL
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else "no message"

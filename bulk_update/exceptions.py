@@ -44,3 +44,9 @@ class FatalApiError(BulkUpdateError):
         super().__init__(message)
         self.http_status = http_status
         self.error_code = error_code
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message, first line only (polars' run to screens), for a one-line error."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -73,7 +73,6 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
-# What the job's state says was last set, for a list of IDs (see state.lookup).
 # Of a batch's valid rows, the row numbers that differ from the job's state (state.changed_rows).
 ChangedRows = Callable[[pl.DataFrame], list[int]]
 
@@ -431,9 +430,8 @@ async def run_job_async(
     if config.dry_run:
         return await asyncio.to_thread(_dry_run, config, table, progress, started)
     settings = SendSettings.from_config(config)
-    await asyncio.to_thread(table.check_readable)
+    total = await asyncio.to_thread(table.check_readable)
     state_path, since = _state_paths(config)
-    total = await asyncio.to_thread(lambda: table.scan().select(pl.len()).collect().item())
     job_name = config.resolved_job_name()
     with (
         _open_journal(config) as journal,

@@ -39,6 +39,7 @@ _NOT_FINISHED = (Status.UNPROCESSED.value, Status.PLANNED.value)
 
 _COLUMNS = ", ".join(RESULT_COLUMNS)
 _PLACEHOLDERS = ", ".join("?" for _ in RESULT_COLUMNS)
+_INSERT = f"INSERT OR REPLACE INTO outcomes ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
 
 
 def file_fingerprint(path: str) -> dict[str, Any]:
@@ -176,18 +177,12 @@ class Journal:
             state.upsert(self._db, outcome.conversation_id, outcome.sent_metadata, state.now())
 
     def _insert(self, outcome: RowOutcome) -> None:
-        self._db.execute(
-            f"INSERT OR REPLACE INTO outcomes ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",  # noqa: S608
-            _row(outcome),
-        )
+        self._db.execute(_INSERT, _row(outcome))
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
         """Commit many outcomes in one transaction (rows that were not sent)."""
         with self.transaction():
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO outcomes ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",  # noqa: S608
-                (_row(o) for o in outcomes),
-            )
+            self._db.executemany(_INSERT, (_row(o) for o in outcomes))
 
     def record_unchanged(self, rows: pl.DataFrame) -> None:
         """Commit a batch's ``unchanged`` rows (``ROW_NUMBER, conversation_id,

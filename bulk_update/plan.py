@@ -463,18 +463,24 @@ def mark_unchanged(plan: pl.DataFrame, changed_rows: Sequence[int]) -> pl.DataFr
     return plan.with_columns(same.alias(UNCHANGED))
 
 
-def _unchanged(plan: pl.DataFrame) -> pl.Expr:
-    return pl.col(UNCHANGED) if UNCHANGED in plan.columns else pl.lit(False)
+def unchanged_expr(plan: pl.DataFrame | pl.LazyFrame) -> pl.Expr:
+    """A plan's ``unchanged`` flag; false everywhere if ``mark_unchanged`` did not run."""
+    return pl.col(UNCHANGED) if UNCHANGED in plan.collect_schema().names() else pl.lit(False)
+
+
+def to_send_expr(plan: pl.DataFrame | pl.LazyFrame) -> pl.Expr:
+    """The rows of a plan to send: valid, and not ``unchanged``."""
+    return pl.col("error_code").is_null() & ~unchanged_expr(plan)
 
 
 def unchanged_rows(plan: pl.DataFrame) -> pl.DataFrame:
     """The ``unchanged`` rows of a plan frame: ``ROW_NUMBER, conversation_id, sent_metadata``."""
-    return plan.filter(_unchanged(plan)).select(SENT_COLUMNS)
+    return plan.filter(unchanged_expr(plan)).select(SENT_COLUMNS)
 
 
 def to_send_count(plan: pl.DataFrame) -> int:
-    """How many rows of a plan frame are to be sent: valid and not ``unchanged``."""
-    return plan.filter(pl.col("error_code").is_null() & ~_unchanged(plan)).height
+    """How many rows of a plan frame are to be sent."""
+    return plan.filter(to_send_expr(plan)).height
 
 
 def invalid_outcomes(plan: pl.DataFrame) -> list[RowOutcome]:
@@ -496,7 +502,7 @@ def invalid_outcomes(plan: pl.DataFrame) -> list[RowOutcome]:
 
 def updates(plan: pl.DataFrame) -> list[PlannedUpdate]:
     """The rows of a plan frame to send: valid, and not ``unchanged``."""
-    send = plan.filter(pl.col("error_code").is_null() & ~_unchanged(plan))
+    send = plan.filter(to_send_expr(plan))
     return [
         PlannedUpdate(row_number, conversation_id, sent_metadata)
         for row_number, conversation_id, sent_metadata in send.select(SENT_COLUMNS).iter_rows()

@@ -18,7 +18,7 @@ from typing import Literal
 import polars as pl
 
 from bulk_update import spreadsheet
-from bulk_update.exceptions import InputError
+from bulk_update.exceptions import InputError, first_line
 from bulk_update.outcome import ERROR_COLUMNS
 
 ROW_NUMBER = "__bulk_update_row_number"
@@ -82,13 +82,17 @@ class InputTable:
         except pl.exceptions.PolarsError as exc:
             raise self.read_error(exc) from None
 
-    def check_readable(self) -> None:
+    def check_readable(self) -> int:
         """Read every row of the mapped columns once, so that a file that breaks half way
-        (bad encoding, a ragged row, a cut-off file) stops the job before anything is sent."""
+        (bad encoding, a ragged row, a cut-off file) stops the job before anything is sent.
+        Returns the number of rows (of the shard)."""
         wanted = [self.id_column]
         wanted += [self.metadata_column] if self.metadata_column else list(self.metadata_columns)
         try:
-            self.scan().select(pl.col(c).is_null().sum() for c in wanted).collect()
+            counted = self.scan().select(
+                pl.len().alias("rows"), *(pl.col(c).is_null().sum() for c in wanted)
+            )
+            return int(counted.collect().item(0, "rows"))
         except pl.exceptions.PolarsError as exc:
             raise self.read_error(exc) from None
 
@@ -99,7 +103,7 @@ class InputTable:
                 problem = csv_problem(file)
                 if problem is not None:
                     return InputError(file, problem)
-        return InputError(self.path, f"cannot read: {_first_line(exc)}")
+        return InputError(self.path, f"cannot read: {first_line(exc)}")
 
 
 def csv_problem(file: str) -> str | None:
@@ -193,11 +197,6 @@ def _scan(
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def open_input(
     path: str,
     *,
@@ -223,7 +222,7 @@ def open_input(
     try:
         schema = _scan(files, fmt, storage_options).collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(path, f"cannot read as {fmt.upper()}: {_first_line(exc)}") from None
+        raise InputError(path, f"cannot read as {fmt.upper()}: {first_line(exc)}") from None
     names = list(schema.names())
     if id_column not in names:
         raise InputError(path, f"no ID column {id_column!r} (columns: {_shown(names)})")

@@ -25,7 +25,7 @@ from bulk_update.outcome import (
     RESULT_COLUMNS,
     Status,
 )
-from bulk_update.plan import UNCHANGED
+from bulk_update.plan import to_send_expr, unchanged_expr
 from bulk_update.read import ROW_NUMBER, InputTable
 
 RESULTS_SCHEMA = pl.Schema(
@@ -185,8 +185,8 @@ def dry_run_results(plan: FrameT, limit: int | None, sent_before: int = 0) -> Fr
     ``unchanged`` (if ``mark_unchanged`` marked it), and ``unprocessed`` past ``--limit``
     (``sent_before``: rows to send in earlier batches)."""
     valid = pl.col("error_code").is_null()
-    unchanged = pl.col(UNCHANGED) if UNCHANGED in plan.collect_schema().names() else pl.lit(False)
-    seen = (valid & ~unchanged).cast(pl.Int64).cum_sum() + sent_before
+    unchanged = unchanged_expr(plan)
+    seen = to_send_expr(plan).cast(pl.Int64).cum_sum() + sent_before
     past_limit = pl.lit(False) if limit is None else seen > limit
     status = (
         pl.when(~valid)
