@@ -56,3 +56,28 @@ def wait_for_requests(emu: EmulatorProcess, count: int, timeout: float = 120) ->
     while emu.stats()["requests"] < count:
         assert time.monotonic() < deadline, f"fewer than {count} requests in {timeout} s"
         time.sleep(0.05)
+
+
+# A valid conversation ID per index: the same in every test (and for the emulator's --preload).
+ID = "conv_{:048x}".format
+
+
+def write_input(
+    path: Path, n: int, tags: dict[int, str] | None = None, tag: str = "v"
+) -> list[str]:
+    """``n`` rows of ``conversation_id,tier,n``: tier ``tag``, or ``tags[i]`` for row index i."""
+    tags = tags or {}
+    ids = [ID(i) for i in range(n)]
+    lines = "".join(f"{c},{tags.get(i, tag)},{i}\n" for i, c in enumerate(ids))
+    path.write_text("conversation_id,tier,n\n" + lines)
+    return ids
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    """`bulk-update run ARGS` in the background (to signal or kill it), key TEST_KEY."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")},
+           "OPENAI_API_KEY": TEST_KEY}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "bulk_update", "run", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip

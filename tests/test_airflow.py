@@ -13,12 +13,11 @@ import polars as pl
 import pytest
 
 from tests.conftest import StartEmulator
-from tests.helpers import wait_for_requests
+from tests.helpers import ID, wait_for_requests
 
 airflow = pytest.importorskip("airflow", reason="the airflow extra is not installed")
 
 ROOT = Path(__file__).parent.parent
-ID = "conv_{:048x}".format
 CONNECTION_KEY = "sk-from-the-airflow-connection"
 
 

@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import TEST_KEY, StartEmulator
+from tests.helpers import ID
 
 ROOT = Path(__file__).parent.parent
-ID = "conv_{:048x}".format
 
 
 def wrapper(job: Path, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:

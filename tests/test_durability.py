@@ -4,7 +4,6 @@ while the results are being written."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -14,27 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
-from tests.conftest import TEST_KEY, StartEmulator
-from tests.helpers import by_row, cli, results, wait_for_requests
-
-ID = "conv_{:048x}".format
-
-
-def write_input(path: Path, n: int, tag: str = "v") -> list[str]:
-    ids = [ID(i) for i in range(n)]
-    path.write_text(
-        "conversation_id,tier,n\n" + "".join(f"{c},{tag},{i}\n" for i, c in enumerate(ids))
-    )
-    return ids
-
-
-def start(*args: str) -> subprocess.Popen[str]:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")},
-           "OPENAI_API_KEY": TEST_KEY}  # fmt: skip
-    return subprocess.Popen(
-        [sys.executable, "-m", "bulk_update", "run", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+from tests.conftest import StartEmulator
+from tests.helpers import ID, by_row, cli, results, start, wait_for_requests, write_input
 
 
 def test_kill_9_at_random_moments_loses_nothing(

@@ -8,6 +8,7 @@ import json
 import signal
 import sqlite3
 import time
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -19,20 +20,12 @@ from bulk_update.emulator.process import EmulatorProcess
 from bulk_update.exceptions import ConfigError, JournalError
 from bulk_update.plan import PLAN_COLUMNS, mark_unchanged, unchanged_rows, updates, valid_rows
 from bulk_update.read import ROW_NUMBER
+from tests import helpers
 from tests.conftest import StartEmulator
-from tests.helpers import by_row, cli, results, wait_for_requests
-from tests.test_durability import start
+from tests.helpers import by_row, cli, results, start, wait_for_requests
 
-ID = "conv_{:048x}".format
-
-
-def write_input(path: Path, n: int, tags: dict[int, str] | None = None) -> list[str]:
-    """n rows, tier "t0" unless ``tags`` says otherwise for a row index."""
-    tags = tags or {}
-    ids = [ID(i) for i in range(n)]
-    lines = "".join(f"{c},{tags.get(i, 't0')},{i}\n" for i, c in enumerate(ids))
-    path.write_text("conversation_id,tier,n\n" + lines)
-    return ids
+# Every row's tier is "t0" unless the test says otherwise.
+write_input = partial(helpers.write_input, tag="t0")
 
 
 def updates_sent(emu: EmulatorProcess) -> int:

@@ -10,10 +10,9 @@ import pytest
 
 from bulk_update.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY, StartEmulator
-from tests.helpers import by_row, cli, results
+from tests.helpers import ID, by_row, cli, results
 
 # (row content, expected status, expected error_code); rows in input order.
-ID = "conv_{:048x}".format
 
 
 def boundary_csv(path: Path) -> dict[int, tuple[str, str | None]]:

@@ -12,12 +12,11 @@ import polars as pl
 import pytest
 
 from tests.conftest import StartEmulator
-from tests.helpers import cli
+from tests.helpers import ID, cli
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
 
-ID = "conv_{:048x}".format
 BUCKET = "bulk-update-test"
 
 

@@ -11,9 +11,8 @@ import pytest
 from bulk_update import JobConfig, run_job
 from bulk_update.exceptions import ConfigError
 from tests.conftest import StartEmulator
-from tests.helpers import by_row, cli
+from tests.helpers import ID, by_row, cli
 
-ID = "conv_{:048x}".format
 FORMULAS = ("=1+1", "+1", "-5", "@SUM(A1)", "\tx")
 
 

@@ -10,9 +10,7 @@ import pytest
 from bulk_update import ConfigError, JobConfig
 from bulk_update.read import shard_of
 from tests.conftest import StartEmulator
-from tests.helpers import cli, results
-
-ID = "conv_{:048x}".format
+from tests.helpers import ID, cli, results
 
 
 def test_shard_assignment_is_crc32_and_stable() -> None:
