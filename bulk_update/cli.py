@@ -6,11 +6,24 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bulk_update import __version__
-from bulk_update.config import JobConfig
+from bulk_update.config import (
+    DEFAULT_BREAKER_TIMEOUT_S,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_ID_COLUMN,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RPM,
+    DEFAULT_STOP_AFTER_FAILURES,
+    DEFAULT_TIMEOUT_S,
+    JobConfig,
+    parse_columns,
+    parse_shard,
+)
 from bulk_update.exceptions import BulkUpdateError, ConfigError, first_line
 from bulk_update.job import Progress, run_job
 
@@ -53,17 +66,27 @@ _positive_float = _number(float, low=0.0, strict=True)
 
 
 def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
+    parser = _subcommand(
+        commands,
         "emulator",
         help="serve a local, in-memory stand-in for the Conversations API",
         description=(
             "Serve a local, in-memory stand-in for the OpenAI Conversations API, for demos, "
-            "rehearsals, tests and benchmarks. Prints the base URL once it serves."
+            "rehearsals, tests and benchmarks. Prints 'bulk-update emulator serving "
+            "http://HOST:PORT/v1' once it accepts connections. Admin routes (no key, not "
+            "counted): GET /_emulator/stats, GET /_emulator/conversations/ID, "
+            "POST /_emulator/reset-counters, GET/POST /_emulator/config."
         ),
+        epilog="example:\n  bulk-update emulator --port 0 --rpm 600 --latency-ms 20 "
+        "--error-rate 0.05 --random-seed 7 --preload 1000",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.set_defaults(handler=_run_emulator)
+    parser.add_argument("--host", default="127.0.0.1", help="where to listen (default 127.0.0.1)")
     parser.add_argument(
-        "--port", type=_non_negative_int, default=8787, help="port; 0 picks a free one"
+        "--port",
+        type=_non_negative_int,
+        default=8787,
+        help="port; 0 picks a free one (the printed URL tells which) (default 8787)",
     )
     parser.add_argument(
         "--api-key",
@@ -74,32 +97,57 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--rpm",
         type=_non_negative_int,
         default=0,
-        help="server-side limit in requests per minute, enforced per second (0: none)",
+        metavar="N",
+        help="server-side request limit per minute, enforced per second; 0: no limit (default 0)",
     )
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every API response")
     parser.add_argument(
-        "--error-rate", type=_fraction, default=0.0, help="fraction answered 500/502/503"
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="added to every API answer (default 0)",
+    )
+    parser.add_argument(
+        "--error-rate",
+        type=_fraction,
+        default=0.0,
+        metavar="P",
+        help="fraction of requests answered 500, 502 or 503 (default 0)",
     )
     parser.add_argument(
         "--reset-rate",
         type=_fraction,
         default=0.0,
-        help="fraction whose connection is dropped without an answer",
+        metavar="P",
+        help="fraction whose connection is dropped with a TCP reset and no answer (default 0)",
     )
     parser.add_argument(
-        "--slow-rate", type=_fraction, default=0.0, help="fraction delayed by --slow-ms"
+        "--slow-rate",
+        type=_fraction,
+        default=0.0,
+        metavar="P",
+        help="fraction of answers delayed by a further --slow-ms (default 0)",
     )
     parser.add_argument(
-        "--slow-ms", type=float, default=5000.0, help="delay of a slow response (default 5000)"
+        "--slow-ms",
+        type=float,
+        default=5000.0,
+        metavar="MS",
+        help="delay of a slow answer (default 5000)",
     )
     parser.add_argument(
-        "--random-seed", type=int, default=None, help="same seed, same faults for same requests"
+        "--random-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the same seed gives the same faults for the same request sequence (default random)",
     )
     parser.add_argument(
         "--preload",
         metavar="FILE|N",
         default=None,
-        help="create conversations for a CSV/Parquet file's conversation_id column, or N of them",
+        help="create a conversation for every ID in a CSV/Parquet file's conversation_id column, "
+        "or N conversations whose IDs are bulk_update.emulator.preload_id(0..N-1)",
     )
 
 
@@ -126,15 +174,16 @@ def _run_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shard(text: str) -> tuple[int, int]:
-    index, slash, count = text.partition("/")
-    try:
-        parsed = (int(index), int(count))
-    except ValueError:
-        parsed = (-1, 0)
-    if not slash or parsed[1] < 1 or not 0 <= parsed[0] < parsed[1]:
-        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, got {text!r}")
-    return parsed
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from one of config's parsers (ConfigError -> a usage error)."""
+
+    def check(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
+    return check
 
 
 def _storage_option(text: str) -> tuple[str, str]:
@@ -142,13 +191,6 @@ def _storage_option(text: str) -> tuple[str, str]:
     if not equals or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text.split('=')[0]!r}")
     return key.strip(), value
-
-
-def _column_list(text: str) -> tuple[str, ...]:
-    columns = tuple(c.strip() for c in text.split(",") if c.strip())
-    if not columns:
-        raise argparse.ArgumentTypeError("expected column names separated by commas")
-    return columns
 
 
 def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None:
@@ -185,11 +227,11 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         "--id-column",
         default=S,
         metavar="NAME",
-        help="the conversation ID column (default conversation_id)",
+        help=f"the conversation ID column (default {DEFAULT_ID_COLUMN})",
     )
     parser.add_argument(
         "--columns",
-        type=_column_list,
+        type=_argparse_type(parse_columns),
         default=S,
         metavar="A,B,...",
         help="the metadata columns (default: every column but the ID column)",
@@ -235,6 +277,12 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         metavar="PATH",
         help="compare with this state database (another job's) instead of this job's own",
     )
+    parser.add_argument(
+        "--delimiter",
+        default=S,
+        metavar="CHAR",
+        help="field separator of a text input (default: ',' for .csv, a tab for .tsv)",
+    )
     if validate:
         return
     parser.add_argument(
@@ -248,28 +296,29 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         type=_positive_int,
         default=S,
         metavar="N",
-        help="requests per minute for the whole job (default 500)",
+        help=f"requests per minute for the whole job (default {DEFAULT_RPM})",
     )
     parser.add_argument(
         "--concurrency",
         type=_positive_int,
         default=S,
         metavar="N",
-        help="requests in flight at most (default 16)",
+        help=f"requests in flight at most (default {DEFAULT_CONCURRENCY})",
     )
     parser.add_argument(
         "--max-attempts",
         type=_positive_int,
         default=S,
         metavar="N",
-        help="attempts per row for transient failures; 429 waits excluded (default 6)",
+        help="attempts per row for transient failures; 429 waits excluded "
+        f"(default {DEFAULT_MAX_ATTEMPTS})",
     )
     parser.add_argument(
         "--timeout",
         type=_positive_float,
         default=S,
         metavar="S",
-        help="per-request timeout in seconds (default 60)",
+        help=f"per-request timeout in seconds (default {DEFAULT_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--dry-run",
@@ -285,7 +334,7 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
     )
     parser.add_argument(
         "--shard",
-        type=_shard,
+        type=_argparse_type(parse_shard),
         default=S,
         metavar="K/N",
         help="only rows whose ID hashes (CRC-32) to K modulo N (0-based); --rpm and "
@@ -296,27 +345,48 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         type=_positive_float,
         default=S,
         metavar="S",
-        help="stop (exit 3, resumable) once the API has failed every probe this long (default 300)",
+        help="stop (exit 3, resumable) once the API has failed every probe this long "
+        f"(default {DEFAULT_BREAKER_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--drain-timeout",
         type=_positive_float,
         default=S,
         metavar="S",
-        help="after SIGTERM/SIGINT, how long in-flight requests may take (default 10)",
+        help="after SIGTERM/SIGINT, how long in-flight requests may take "
+        f"(default {DEFAULT_DRAIN_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--limit",
         type=_non_negative_int,
         default=S,
         metavar="N",
-        help="only the first N valid rows (a canary run); the rest unprocessed",
+        help="only the first N rows to send (a canary run); the rest unprocessed, exit 0",
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        default=S,
+        help="send again the rows this run's journal has as failed; the results are rewritten",
+    )
+    parser.add_argument(
+        "--stop-after-failures",
+        type=_non_negative_int,
+        default=S,
+        metavar="N",
+        help="stop (exit 3, resumable) after N rows in a row failed with the same "
+        f"non-retryable error code; 0: never (default {DEFAULT_STOP_AFTER_FAILURES})",
     )
 
 
 def _add_log_options(parser: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
-    parser.add_argument("--quiet", action="store_true", default=S, help="no progress bar")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        default=S,
+        help="no progress bar and no INFO lines on stderr (--log-file still gets them)",
+    )
     parser.add_argument(
         "--log-format",
         choices=["text", "json"],
@@ -330,75 +400,99 @@ def _add_log_options(parser: argparse.ArgumentParser) -> None:
 
 def _job_options(args: argparse.Namespace, validate: bool) -> tuple[JobConfig, dict[str, Any]]:
     """JobConfig from the job file, overridden by the flags given; plus the CLI's own settings."""
-    from bulk_update.jobfile import CLI_KEYS, load_job_file
+    from bulk_update.jobfile import load_job_file, split_cli_settings
 
-    fields = frozenset(JobConfig.__dataclass_fields__)
-    options: dict[str, Any] = load_job_file(args.job, fields) if args.job else {}
+    options: dict[str, Any] = load_job_file(args.job) if args.job else {}
     if args.job:
         options.setdefault("job_name", Path(args.job).stem)
-    given = {k: v for k, v in vars(args).items() if k not in {"command", "job"}}
+    given = {k: v for k, v in vars(args).items() if k not in {"command", "job", "handler"}}
     options.update(given)
     if validate:
         options["dry_run"] = True
-    if "storage_options" in options:
-        options["storage_options"] = tuple(tuple(pair) for pair in options["storage_options"])
-    cli = {key: options.pop(key) for key in list(options) if key in CLI_KEYS}
-    for required in ("input", "output"):
-        if not options.get(required):
-            name = "INPUT" if required == "input" else "--output"
-            raise ConfigError(f"{name} is required (on the command line or in the job file)")
-    return JobConfig(**options), cli
+    source = args.job or "options"
+    cli = split_cli_settings(options, source)
+    return JobConfig.from_options(options, source=source), cli
 
 
-def _progress_reporter(quiet: bool) -> tuple[Callable[[Progress], None] | None, Any]:
-    """A rich progress bar on a TTY (unless quiet); else periodic log lines for schedulers."""
-    if not quiet and sys.stderr.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+class _Bar:
+    """A rich progress bar on stderr, from the first report on (a run that stops before any
+    leaves no empty bar behind). Log lines are printed above it, never glued onto it. The rate
+    and time left count the rows sent by this run, not rows a resumed run skipped."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, progress: Progress) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
         from rich.progress import Progress as Bar
 
-        bar = Bar(
-            TextColumn("[bold]bulk-update"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-            TextColumn("{task.fields[counts]}"), transient=False,
-        )  # fmt: skip
-        task = bar.add_task("rows", total=None, rate="", counts="")
-
-        def show(progress: Progress) -> None:
-            rate = progress.done / progress.elapsed_s if progress.elapsed_s else 0.0
-            counts = " ".join(f"{k}={v}" for k, v in sorted(progress.counts.items()))
-            bar.update(task, completed=progress.done, total=progress.total,
-                       rate=f"{rate:.0f} rows/s", counts=counts)  # fmt: skip
-
-        return show, bar
-    last = [0.0]
-
-    def log_progress(progress: Progress) -> None:
-        if progress.elapsed_s - last[0] >= PROGRESS_LOG_INTERVAL_S:
-            last[0] = progress.elapsed_s
-            log.info(
-                "progress %d/%d",
-                progress.done,
-                progress.total,
-                extra={"event": "progress", "done": progress.done, "total": progress.total,
-                       "counts": progress.counts, "requests": progress.requests},
+        if self._bar is None:
+            self._bar = Bar(
+                TextColumn("[bold]bulk-update"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[left]}"),
+                TextColumn("{task.fields[counts]}"), console=Console(stderr=True),
+                redirect_stderr=True, redirect_stdout=False, transient=False,
             )  # fmt: skip
+            self._task = self._bar.add_task("rows", total=progress.total, rate="", left="",
+                                            counts="")  # fmt: skip
+            self._bar.start()
+        rate = progress.sent / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
+        left_rows = progress.total - progress.done
+        left = f"{_duration(left_rows / rate)} left" if rate > 0 and left_rows > 0 else ""
+        counts = " ".join(f"{k}={v}" for k, v in sorted(progress.counts.items()))
+        self._bar.update(self._task, completed=progress.done, total=progress.total,
+                         rate=f"{rate:.0f} rows/s", left=left, counts=counts)  # fmt: skip
 
-    return log_progress, None
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
-def _run(args: argparse.Namespace, validate: bool) -> int:
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+class _ProgressLog:
+    """Without a bar (no TTY, or --quiet): a ``progress`` log line every so often."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.elapsed_s - self._last < PROGRESS_LOG_INTERVAL_S:
+            return
+        self._last = progress.elapsed_s
+        log.info(
+            "progress %d/%d",
+            progress.done,
+            progress.total,
+            extra={"event": "progress", "done": progress.done, "total": progress.total,
+                   "counts": progress.counts, "requests": progress.requests},
+        )  # fmt: skip
+
+    def close(self) -> None:
+        pass
+
+
+def _run(args: argparse.Namespace, *, validate: bool) -> int:
     from bulk_update import logs
 
     config, cli = _job_options(args, validate)
-    logs.configure(cli.get("log_format", "text"), cli.get("log_file"))
-    reporter, bar = _progress_reporter(bool(cli.get("quiet")))
-    if bar is not None:
-        bar.start()
+    quiet = bool(cli.get("quiet"))
+    log_file = cli.get("log_file")
+    try:
+        logs.configure(cli.get("log_format", "text"), log_file, quiet=quiet)
+    except OSError as exc:
+        raise ConfigError(f"--log-file {log_file}: {exc.strerror or exc}") from None
+    reporter: _Bar | _ProgressLog = _Bar() if not quiet and sys.stderr.isatty() else _ProgressLog()
     try:
         summary = run_job(config, progress=reporter)
     finally:
-        if bar is not None:
-            bar.stop()
+        reporter.close()
     print(summary.line(), file=sys.stderr, flush=True)
     return summary.exit_code
 
@@ -409,46 +503,87 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+EXIT_CODES_HELP = """exit codes:
+  0    every row updated or unchanged (rows left unprocessed by --limit are no failure)
+  1    finished; some rows failed or invalid (see the results or --errors-output)
+  2    bad usage, config or input, or another run holds the job: nothing sent
+  3    stopped: 401/403, insufficient_quota, the API down (circuit breaker), or
+       --stop-after-failures rows in a row failed alike; the rest unprocessed: re-run to resume
+  130  stopped by SIGINT (Ctrl-C) / 143 by SIGTERM, after a drain: re-run to resume
+  70   an internal error (a bug): the traceback is in the log; re-run to resume"""
+
+RUN_EPILOG = f"""example:
+  export OPENAI_API_KEY=sk-...
+  bulk-update validate exports/conversations.csv --output out/plan.csv --job-name conversations
+  bulk-update run exports/conversations.csv --output out/results.parquet \\
+      --job-name conversations --errors-output out/errors.csv --rpm 3000 --concurrency 32
+
+{EXIT_CODES_HELP}"""
+
+VALIDATE_EPILOG = f"""Every row ends planned (would be sent), unchanged (the same as the job last
+set: would not be sent) or invalid (with the reason); the summary ends with "would send N".
+
+example:
+  bulk-update validate exports/conversations.csv --output out/plan.csv --job-name conversations
+
+{EXIT_CODES_HELP}"""
+
+
+def _subcommand(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    return commands.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bulk-update",
-        description="Bulk-update the metadata of OpenAI conversations from a CSV or Parquet table.",
+        description="Bulk-update the metadata of OpenAI conversations from a CSV, TSV, JSON "
+        "Lines or Parquet table.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"bulk-update {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    run = commands.add_parser(
+    run = _subcommand(
+        commands,
         "run",
-        help="update conversations' metadata from a CSV or Parquet file",
-        description="Update the metadata of one conversation per input row. Resumes where the "
-        "last run on the same --output stopped. The API key comes from $OPENAI_API_KEY.",
+        help="update conversations' metadata from a table",
+        description="Update the metadata of one conversation per input row (CSV, TSV, JSON "
+        "Lines or Parquet). Resumes where the last run on the same --output stopped; sends only "
+        "the rows changed since the job last set them. The API key comes from $OPENAI_API_KEY.",
+        epilog=RUN_EPILOG,
     )
     _add_job_options(run, validate=False)
     _add_log_options(run)
-    validate = commands.add_parser(
+    run.set_defaults(handler=partial(_run, validate=False))
+    validate = _subcommand(
+        commands,
         "validate",
         help="validate and plan only (= run --dry-run): send nothing",
-        description="Read, validate and plan every row; send nothing. The results say "
-        "planned or invalid for every row. Needs no API key.",
+        description="Read, validate and plan every row; send nothing; need no API key.",
+        epilog=VALIDATE_EPILOG,
     )
     _add_job_options(validate, validate=True)
     _add_log_options(validate)
+    validate.set_defaults(handler=partial(_run, validate=True))
     _add_emulator(commands)
-    commands.add_parser(
+    demo = _subcommand(
+        commands,
         "demo",
         help="what `make demo` runs",
-        description="Start the emulator on a free loopback port and run a short session on it.",
+        description="Start the emulator on a free loopback port and run jobs/demo.toml against "
+        "it twice: every row, then again incrementally (only the rows changed since are sent).",
     )
+    demo.set_defaults(handler=_run_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in {"run", "validate"}:
-            return _run(args, validate=args.command == "validate")
-        if args.command == "emulator":
-            return _run_emulator(args)
-        return _run_demo(args)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
     except BulkUpdateError as exc:
         print(f"bulk-update: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code

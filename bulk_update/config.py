@@ -8,8 +8,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from bulk_update.exceptions import ConfigError
@@ -28,6 +32,8 @@ DEFAULT_BATCH_ROWS = 20_000
 DEFAULT_BREAKER_THRESHOLD = 10
 DEFAULT_BREAKER_TIMEOUT_S = 300.0
 DEFAULT_DRAIN_TIMEOUT_S = 10.0
+# Consecutive rows failed with the same non-retryable error code that stop the job (0: never).
+DEFAULT_STOP_AFTER_FAILURES = 100
 
 RESULT_FORMATS = (".parquet", ".csv", ".jsonl")
 JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -111,8 +117,53 @@ class JobConfig:
     state_dir: str | None = None
     full: bool = False  # send every row, even those unchanged since the job last set them
     since_state: str | None = None  # compare with another job's state database instead
+    delimiter: str | None = None  # CSV/TSV field separator; default from the extension
+    retry_failed: bool = False  # send again the rows this run's journal has as failed
+    stop_after_failures: int = DEFAULT_STOP_AFTER_FAILURES
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], *, source: str = "options") -> JobConfig:
+        """A JobConfig from a mapping of option names (``errors-output`` or ``errors_output``)
+        to values, as a job file, the CLI, the demo or Airflow has them. Lists become tuples,
+        ``columns`` may be ``"a,b"``, ``shard`` ``"K/N"``, ``storage-options`` a table; every
+        other value must already have its option's type (``rpm = "3000"`` is refused).
+        Raises ConfigError naming ``source`` and the option."""
+        known = {f.name for f in fields(cls)}
+        normalized = {key.replace("-", "_"): value for key, value in options.items()}
+        unknown = sorted(set(normalized) - known)
+        if unknown:
+            shown = ", ".join(name.replace("_", "-") for name in unknown)
+            raise ConfigError(f"{source}: unknown option(s) {shown}")
+        columns = normalized.get("columns")
+        if isinstance(columns, str):
+            normalized["columns"] = parse_columns(columns)
+        elif isinstance(columns, list):
+            normalized["columns"] = tuple(columns)
+        shard = normalized.get("shard")
+        if isinstance(shard, str):
+            normalized["shard"] = parse_shard(shard)
+        elif isinstance(shard, list):
+            normalized["shard"] = tuple(shard)
+        storage = normalized.get("storage_options")
+        if isinstance(storage, Mapping):
+            normalized["storage_options"] = tuple((str(k), str(v)) for k, v in storage.items())
+        elif isinstance(storage, list):
+            normalized["storage_options"] = tuple(
+                tuple(pair) if isinstance(pair, list) else pair for pair in storage
+            )
+        for required in ("input", "output"):
+            if not normalized.get(required):
+                name = "INPUT" if required == "input" else "--output"
+                raise ConfigError(f"{name} is required (on the command line or in the job file)")
+        try:
+            return cls(**normalized)
+        except ConfigError as exc:
+            if source == "options":
+                raise
+            raise ConfigError(f"{source}: {exc}") from None
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.columns is not None and self.metadata_column is not None:
             raise ConfigError("--columns and --metadata-column exclude each other")
         if self.columns is not None and not self.columns:
@@ -135,6 +186,12 @@ class JobConfig:
                 raise ConfigError(f"--{seconds_name} must be positive, got {seconds}")
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"--limit must not be negative, got {self.limit}")
+        if self.stop_after_failures < 0:
+            raise ConfigError(
+                f"--stop-after-failures must not be negative, got {self.stop_after_failures}"
+            )
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise ConfigError(f"--delimiter must be one character, got {self.delimiter!r}")
         if self.shard is not None:
             index, count = self.shard
             if not (count >= 1 and 0 <= index < count):
@@ -229,3 +286,110 @@ class JobConfig:
                     raise ConfigError(f"{flag} {path} is {what}'s place: choose another path")
         if self.errors_output is not None and key(self.errors_output) == key(self.output):
             raise ConfigError("--errors-output is the same file as --output")
+        files = [*outputs, ("the journal", str(self.journal_path()))]
+        if not self.dry_run:
+            files.append(("the job's state", str(self.state_path())))
+        for what, path in files:
+            if "://" not in path:
+                _check_writable(what, Path(path))
+
+
+def _check_writable(what: str, path: Path) -> None:
+    """A file the run will write: not a directory, in a directory that exists or can be made
+    and can be written. Checked before anything is read or sent, so that a typo does not
+    surface only after every row was sent."""
+    if path.is_dir():
+        raise ConfigError(
+            f"{what} {path} is a directory; name a file (e.g. {path / 'results.csv'})"
+        )
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: no permission to write in {existing}")
+
+
+def parse_columns(text: str) -> tuple[str, ...]:
+    """``--columns a,b``: the names, trimmed; at least one."""
+    columns = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not columns:
+        raise ConfigError("--columns names no column")
+    return columns
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard K/N`` as ``(K, N)``; the range is checked by JobConfig."""
+    index, slash, count = text.partition("/")
+    try:
+        if not slash:
+            raise ValueError(text)
+        return int(index), int(count)
+    except ValueError:
+        raise ConfigError(f"--shard: expected K/N with 0 <= K < N, got {text!r}") from None
+
+
+def _describe(kind: Any) -> str:
+    if kind is bool:
+        return "true or false"
+    if kind is int:
+        return "a whole number"
+    if kind is float:
+        return "a number"
+    if kind is str:
+        return "text"
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return f"a list of {_describe(args[0]).removeprefix('a ')}"
+    if origin is tuple:
+        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+    return str(kind)
+
+
+def _matches(value: object, kind: Any) -> bool:
+    """Does ``value`` have type ``kind`` (one of JobConfig's annotations)? ``bool`` is not a
+    number here, and a whole number is a number."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    if kind is type(None):
+        return value is None
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(item, args[0]) for item in value)
+        return len(value) == len(args) and all(
+            _matches(item, arg) for item, arg in zip(value, args, strict=True)
+        )
+    raise TypeError(f"no check for {kind!r}")  # pragma: no cover - a new field's annotation
+
+
+def _check_types(config: JobConfig) -> None:
+    """Every option has its annotated type, or ConfigError names it: the one place where the
+    CLI, job files and the Python API are checked alike."""
+    hints = typing.get_type_hints(type(config))
+    for option in fields(config):
+        value = getattr(config, option.name)
+        kind = hints[option.name]
+        if _matches(value, kind):
+            continue
+        wanted = " or ".join(
+            _describe(arg) for arg in typing.get_args(kind) or (kind,) if arg is not type(None)
+        )
+        optional = type(None) in typing.get_args(kind)
+        shown = "(hidden)" if not option.repr else repr(value)
+        raise ConfigError(
+            f"{option.name.replace('_', '-')} must be {wanted}"
+            + (" (or left out)" if optional else "")
+            + f", got {shown} ({type(value).__name__})"
+        )

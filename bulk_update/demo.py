@@ -5,7 +5,6 @@ emulator on a free loopback port with a little latency and some injected faults.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
@@ -28,15 +27,18 @@ def run_demo(job_file: str = DEMO_JOB) -> int:
     if not Path(job_file).is_file():
         print(f"bulk-update demo: run it from the project's root ({job_file} not found)")
         return 2
-    options = load_job_file(job_file, frozenset(JobConfig.__dataclass_fields__))
-    config = JobConfig(**options)
+    # As `bulk-update run --job jobs/demo.toml` builds it: the job is named after its file, so
+    # that both runs below (two results files) share one job's state.
+    options = {"job_name": Path(job_file).stem, **load_job_file(job_file)}
+    config = JobConfig.from_options(options, source=job_file)
     with EmulatorProcess(*EMULATOR_ARGS, "--preload", config.input) as emulator:
         print(f"emulator serving {emulator.base_url} ({' '.join(EMULATOR_ARGS[2:])})")
         print(f"running {job_file}: {config.input} -> {config.output}\n", flush=True)
-        os.environ["OPENAI_API_KEY"] = DEMO_KEY
         # A fresh emulator each time: start the job over and send every row (the old journal is
         # kept aside; the state of an earlier demo says nothing about this emulator).
-        config = dataclasses.replace(config, base_url=emulator.base_url, restart=True)
+        config = dataclasses.replace(
+            config, base_url=emulator.base_url, api_key=DEMO_KEY, restart=True
+        )
         summary = run_job(dataclasses.replace(config, full=True))
         stats = emulator.stats()
         print(summary.line(), file=sys.stderr, flush=True)

@@ -25,10 +25,11 @@ import httpx2
 import polars as pl
 
 from bulk_update import state
+from bulk_update.breaker import FailureStreak
 from bulk_update.config import JobConfig
 from bulk_update.exceptions import ConfigError, FatalApiError
 from bulk_update.journal import Journal, file_fingerprint
-from bulk_update.outcome import SUCCESS, RowOutcome, Status
+from bulk_update.outcome import ROW_FAILURES, RowOutcome, Status
 from bulk_update.plan import (
     PlannedUpdate,
     find_duplicates,
@@ -44,6 +45,7 @@ from bulk_update.plan import (
 from bulk_update.read import ROW_NUMBER, InputTable, expand, open_input
 from bulk_update.send import Sender, SendSettings
 from bulk_update.write import (
+    StopReason,
     dry_run_results,
     errors_frame,
     scan_results,
@@ -63,13 +65,17 @@ EXIT_FATAL = 3
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """What the progress callback gets: rows accounted for so far, of ``total``."""
+    """What the progress callback gets: rows finished so far (``unprocessed`` ones are not),
+    of ``total``; ``resumed`` of them were finished by earlier runs, ``sent`` rows were sent by
+    this one (the rate is ``sent / elapsed_s``)."""
 
     done: int
     total: int
     counts: dict[str, int]
     requests: int
     elapsed_s: float
+    resumed: int = 0
+    sent: int = 0
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -95,6 +101,7 @@ class JobSummary:
     stopped_by: str | None = None  # SIGTERM or SIGINT
     job_name: str | None = None
     state: str | None = None  # the job's state database (incremental runs)
+    warnings: tuple[str, ...] = ()  # said in the summary; they do not change the exit code
 
     @property
     def rows_per_s(self) -> float:
@@ -116,6 +123,7 @@ class JobSummary:
             "stopped_by": self.stopped_by,
             "job_name": self.job_name,
             "state": self.state,
+            "warnings": list(self.warnings),
         }
 
     def line(self) -> str:
@@ -133,17 +141,28 @@ class JobSummary:
             text += f"; stopped: {self.fatal_error}"
         if self.stopped_by:
             text += f"; stopped by {self.stopped_by} (re-run the same command to resume)"
+        for warning in self.warnings:
+            text += f"; warning: {warning}"
         return text
 
 
 def exit_code_for(counts: dict[str, int], fatal: bool, stopped_by: signal.Signals | None) -> int:
+    """A run that finished is 0 unless rows failed or were invalid: rows it left
+    ``unprocessed`` on purpose (``--limit``) are no failure. A stopped run says why."""
     if stopped_by is not None:
         return 128 + int(stopped_by)  # 130 for SIGINT, 143 for SIGTERM, as shells report
     if fatal:
         return EXIT_FATAL
-    if any(n and Status(s) not in SUCCESS for s, n in counts.items()):
+    if any(n and Status(s) in ROW_FAILURES for s, n in counts.items()):
         return EXIT_ROWS_FAILED
     return EXIT_OK
+
+
+NO_ROWS_WARNING = "the input has no data rows (a header only)"
+
+
+def _warnings(total: int) -> tuple[str, ...]:
+    return (NO_ROWS_WARNING,) if total == 0 else ()
 
 
 def journal_fingerprint(config: JobConfig) -> dict[str, Any]:
@@ -158,7 +177,12 @@ def journal_fingerprint(config: JobConfig) -> dict[str, Any]:
 
 def _open_journal(config: JobConfig) -> Journal:
     fingerprint = journal_fingerprint(config)
-    return Journal.open(config.journal_path(), fingerprint, restart=config.restart)
+    return Journal.open(
+        config.journal_path(),
+        fingerprint,
+        restart=config.restart,
+        retry_failed=config.retry_failed,
+    )
 
 
 def _state_paths(config: JobConfig) -> tuple[Path, Path | None]:
@@ -199,6 +223,7 @@ class _Run:
         self.started = time.monotonic()
         self.sender: Sender | None = None
         self.sent_this_run = 0
+        self.resumed = 0  # rows finished by earlier runs of this journal
         self.signal: signal.Signals | None = None
         self._last_report = 0.0
 
@@ -216,13 +241,16 @@ class _Run:
         if self.progress is None or (not force and now - self._last_report < 0.2):
             return
         self._last_report = now
+        unprocessed = self.counts.get(Status.UNPROCESSED.value, 0)
         self.progress(
             Progress(
-                done=sum(self.counts.values()),
+                done=sum(self.counts.values()) - unprocessed,
                 total=self.total,
                 counts=dict(self.counts),
                 requests=self.sender.requests_sent if self.sender else 0,
                 elapsed_s=now - self.started,
+                resumed=self.resumed,
+                sent=self.sent_this_run,
             )
         )
 
@@ -292,6 +320,8 @@ class _Pipeline:
         )
         self.workers: list[asyncio.Task[None]] = []
         self.fatal_seen = False
+        self.streak = FailureStreak(run.config.stop_after_failures)
+        self.checked = False  # the preflight request has been made
 
     def halt(self, *, wake_workers: bool = True) -> None:
         """Drop the queued rows (they stay unprocessed) and, unless they are being cancelled,
@@ -313,6 +343,9 @@ class _Pipeline:
             run.sent_this_run += 1
             run.journal.record(outcome)
             run.tally(outcome.status)
+            failed = outcome.status is Status.FAILED
+            if self.streak.observe(failed, outcome.http_status, outcome.error_code):
+                sender.fatal = sender.fatal or _streak_stop(self.streak, outcome)
             if sender.fatal is not None:
                 self.stop_on_fatal(sender.fatal)
                 return
@@ -342,6 +375,11 @@ class _Pipeline:
                     run.journal.record_unchanged(batch.unchanged)
                     run.tally(Status.UNCHANGED, batch.unchanged.height)
                 for update in batch.to_send:
+                    if not self.checked and self.sender is not None:
+                        self.checked = True
+                        await self.sender.preflight(update.conversation_id)
+                        if self.sender.fatal is not None:
+                            self.stop_on_fatal(self.sender.fatal)
                     if run.halted:
                         break
                     await self.queue.put(update)
@@ -355,6 +393,26 @@ class _Pipeline:
             for task in self.workers:
                 task.cancel()
             await asyncio.gather(*self.workers, return_exceptions=True)
+
+
+def _streak_stop(streak: FailureStreak, last: RowOutcome) -> FatalApiError:
+    return FatalApiError(
+        f"{streak.count} rows in a row failed with {streak.code} (the last: HTTP "
+        f"{last.http_status}: {last.error_message}); stopping rather than fail the rest of the "
+        "file (--stop-after-failures)",
+        http_status=last.http_status,
+        error_code="repeated_failure",
+    )
+
+
+def stop_reason(fatal: FatalApiError | None, signum: signal.Signals | None) -> StopReason:
+    """What the rows a stopped run never reached say in the results: why they were not sent."""
+    if signum is not None:
+        return ("interrupted", f"not sent: the job was stopped by {signum.name}")
+    if fatal is not None:
+        code = fatal.error_code or "fatal_error"
+        return (code, f"not sent: the job stopped: {fatal}")
+    return None
 
 
 @contextlib.contextmanager
@@ -426,6 +484,7 @@ async def run_job_async(
         metadata_column=config.metadata_column,
         shard=config.shard,
         storage_options=config.storage(),
+        delimiter=config.delimiter,
     )
     if config.dry_run:
         return await asyncio.to_thread(_dry_run, config, table, progress, started)
@@ -453,6 +512,13 @@ async def run_job_async(
             },
         )
         run = _Run(config, table, journal, progress, total)
+        run.resumed = journal.finished_count()
+        if run.resumed:
+            log.info(
+                "resuming: %d rows already done",
+                run.resumed,
+                extra={"event": "resume", "rows_done": run.resumed},
+            )
         async with Sender(settings, transport=transport) as sender:
             run.sender = sender
             completed = await _send_all(run, sender)
@@ -466,10 +532,13 @@ async def run_job_async(
         run.counts = Counter(counts)
         run.report(force=True)
         if completed:
-            await asyncio.to_thread(write_results, journal, table, config.output, config.batch_rows)
+            reason = stop_reason(fatal, run.signal)
+            await asyncio.to_thread(
+                write_results, journal, table, config.output, config.batch_rows, reason
+            )
             if config.errors_output is not None:
                 await asyncio.to_thread(
-                    write_errors, journal, table, config.errors_output, config.batch_rows
+                    write_errors, journal, table, config.errors_output, config.batch_rows, reason
                 )
     summary = JobSummary(
         counts=counts,
@@ -485,9 +554,16 @@ async def run_job_async(
         stopped_by=run.signal.name if run.signal else None,
         job_name=job_name,
         state=str(state_path),
+        warnings=_warnings(total),
     )
-    log.info("job finished", extra={"event": "finish", **summary.as_dict()})
+    _log_finish(summary)
     return summary
+
+
+def _log_finish(summary: JobSummary) -> None:
+    for warning in summary.warnings:
+        log.warning("%s", warning, extra={"event": "warning"})
+    log.info("job finished", extra={"event": "finish", **summary.as_dict()})
 
 
 def _dry_run(
@@ -527,8 +603,9 @@ def _dry_run(
         dry_run=True,
         job_name=config.resolved_job_name(),
         state=str(since or own),
+        warnings=_warnings(sum(counts.values())),
     )
-    log.info("job finished", extra={"event": "finish", **summary.as_dict()})
+    _log_finish(summary)
     return summary
 
 

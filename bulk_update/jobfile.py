@@ -9,6 +9,7 @@
 
 Keys are the long option names (``errors-output`` or ``errors_output``). Relative paths are
 relative to the directory the command runs in, as on the command line. Flags override the file.
+Values are checked by ``JobConfig.from_options``, as the CLI's and the Python API's are.
 """
 
 from __future__ import annotations
@@ -19,38 +20,37 @@ from typing import Any
 
 from bulk_update.exceptions import ConfigError
 
-# Job-file keys that are not JobConfig fields but CLI settings.
-CLI_KEYS = frozenset({"quiet", "log_format", "log_file"})
+# Job-file keys that are not JobConfig fields but CLI settings, and the values each takes.
+CLI_KEYS: dict[str, tuple[type, ...]] = {"quiet": (bool,), "log_format": (str,), "log_file": (str,)}
+LOG_FORMATS = ("text", "json")
 
 
-def load_job_file(path: str, config_fields: frozenset[str]) -> dict[str, Any]:
-    """The file's options with ``-`` turned into ``_``; unknown keys are an error."""
+def load_job_file(path: str) -> dict[str, Any]:
+    """The file's options, keys with ``-`` turned into ``_``. The key never goes in a file."""
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such job file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a job file") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable TOML job file: {exc}") from None
     options = {key.replace("-", "_"): value for key, value in raw.items()}
-    unknown = sorted(set(options) - config_fields - CLI_KEYS - {"api_key"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}")
     if "api_key" in options:
         raise ConfigError(f"{path}: the API key never goes in a file; set OPENAI_API_KEY")
-    if isinstance(options.get("columns"), str):
-        options["columns"] = [c.strip() for c in options["columns"].split(",") if c.strip()]
-    if options.get("columns") is not None:
-        options["columns"] = tuple(options["columns"])
-    storage = options.get("storage_options")
-    if isinstance(storage, dict):
-        options["storage_options"] = tuple((str(k), str(v)) for k, v in storage.items())
-    shard = options.get("shard")
-    if isinstance(shard, str):
-        index, _, count = shard.partition("/")
-        try:
-            options["shard"] = (int(index), int(count))
-        except ValueError:
-            raise ConfigError(f'{path}: shard must be "K/N", got {shard!r}') from None
-    elif isinstance(shard, list):
-        options["shard"] = tuple(shard)
     return options
+
+
+def split_cli_settings(options: dict[str, Any], source: str) -> dict[str, Any]:
+    """Take the CLI's own settings (quiet, log-format, log-file) out of ``options``, checked."""
+    settings = {key: options.pop(key) for key in list(options) if key in CLI_KEYS}
+    for key, value in settings.items():
+        if not isinstance(value, CLI_KEYS[key]):
+            wanted = "true or false" if CLI_KEYS[key] == (bool,) else "text"
+            raise ConfigError(f"{source}: {key.replace('_', '-')} must be {wanted}, got {value!r}")
+    if settings.get("log_format", "text") not in LOG_FORMATS:
+        raise ConfigError(
+            f"{source}: log-format must be one of {', '.join(LOG_FORMATS)}, "
+            f"got {settings['log_format']!r}"
+        )
+    return settings

@@ -34,8 +34,9 @@ from bulk_update.locks import release_lock, take_lock
 from bulk_update.outcome import RESULT_COLUMNS, RowOutcome, Status
 
 SCHEMA_VERSION = "1"
-# Rows that a resumed run does not process again.
+# Rows that a resumed run processes again; with --retry-failed, failed rows too.
 _NOT_FINISHED = (Status.UNPROCESSED.value, Status.PLANNED.value)
+_NOT_FINISHED_RETRYING = (*_NOT_FINISHED, Status.FAILED.value)
 
 _COLUMNS = ", ".join(RESULT_COLUMNS)
 _PLACEHOLDERS = ", ".join("?" for _ in RESULT_COLUMNS)
@@ -81,15 +82,30 @@ def _row(outcome: RowOutcome) -> tuple[Any, ...]:
 class Journal:
     """Open with ``Journal.open``; use as a context manager to release the lock."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection, lock: IO[str] | None):
+    def __init__(
+        self,
+        path: Path,
+        connection: sqlite3.Connection,
+        lock: IO[str] | None,
+        retry_failed: bool = False,
+    ):
         self.path = path
         self._db = connection
         self._lock = lock
         self.has_state = False
         self._compare_with = state.OWN
+        self._unfinished = _NOT_FINISHED_RETRYING if retry_failed else _NOT_FINISHED
+        self._unfinished_sql = ", ".join("?" for _ in self._unfinished)
 
     @classmethod
-    def open(cls, path: Path, fingerprint: Mapping[str, Any], *, restart: bool = False) -> Journal:
+    def open(
+        cls,
+        path: Path,
+        fingerprint: Mapping[str, Any],
+        *,
+        restart: bool = False,
+        retry_failed: bool = False,
+    ) -> Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = take_lock(Path(str(path) + ".lock"))
         try:
@@ -104,7 +120,7 @@ class Journal:
             # NORMAL in WAL mode: a commit survives a process crash (kill -9); only a power cut
             # can lose the last commits.
             connection.execute("PRAGMA synchronous=NORMAL")
-            journal = cls(path, connection, lock)
+            journal = cls(path, connection, lock, retry_failed)
             journal._check_fingerprint(dict(fingerprint))
         except BaseException:
             release_lock(lock)
@@ -218,9 +234,9 @@ class Journal:
     def finished_between(self, first: int, last: int) -> dict[int, Status]:
         """Rows in ``[first, last]`` that a resumed run must not process again."""
         rows = self._db.execute(
-            "SELECT row_number, status FROM outcomes WHERE row_number BETWEEN ? AND ? "
-            "AND status NOT IN (?, ?)",
-            (first, last, *_NOT_FINISHED),
+            "SELECT row_number, status FROM outcomes WHERE row_number BETWEEN ? AND ? "  # noqa: S608
+            f"AND status NOT IN ({self._unfinished_sql})",
+            (first, last, *self._unfinished),
         )
         return {number: Status(status) for number, status in rows}
 
@@ -235,11 +251,19 @@ class Journal:
     def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
         """How many rows in ``[first, last]`` are finished, by status (one indexed query)."""
         rows = self._db.execute(
-            "SELECT status, count(*) FROM outcomes WHERE row_number BETWEEN ? AND ? "
-            "AND status NOT IN (?, ?) GROUP BY status",
-            (first, last, *_NOT_FINISHED),
+            "SELECT status, count(*) FROM outcomes WHERE row_number BETWEEN ? AND ? "  # noqa: S608
+            f"AND status NOT IN ({self._unfinished_sql}) GROUP BY status",
+            (first, last, *self._unfinished),
         )
         return {Status(status): count for status, count in rows}
+
+    def finished_count(self) -> int:
+        """Rows finished by earlier runs: a resumed run does not process them again."""
+        row = self._db.execute(
+            f"SELECT count(*) FROM outcomes WHERE status NOT IN ({self._unfinished_sql})",  # noqa: S608
+            self._unfinished,
+        ).fetchone()
+        return int(row[0])
 
     def counts(self) -> dict[str, int]:
         """Journaled outcomes by status (rows never journaled are not counted here)."""

@@ -52,19 +52,45 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time: while the progress bar runs, that is
+    rich's proxy, which prints each line above the bar instead of onto it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def configure(
-    log_format: str = "text", log_file: str | None = None, stream: TextIO | None = None
+    log_format: str = "text",
+    log_file: str | None = None,
+    stream: TextIO | None = None,
+    *,
+    quiet: bool = False,
 ) -> logging.Handler:
-    """Send the ``bulk_update`` logger to ``log_file`` (appended) or stderr."""
+    """Send the ``bulk_update`` logger to ``log_file`` (appended) or stderr. ``quiet``: no INFO
+    lines on stderr (warnings and errors still; a log file gets everything). Raises OSError
+    when the log file cannot be opened."""
     logger = logging.getLogger("bulk_update")
-    for old in list(logger.handlers):
-        logger.removeHandler(old)
-        old.close()
     handler: logging.Handler
     if log_file is not None:
         handler = logging.FileHandler(log_file, encoding="utf-8")
+    elif stream is not None:
+        handler = logging.StreamHandler(stream)
     else:
-        handler = logging.StreamHandler(stream or sys.stderr)
+        handler = _StderrHandler()
+    if quiet and log_file is None:
+        handler.setLevel(logging.WARNING)
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -15,8 +15,9 @@ class Status(enum.StrEnum):
     PLANNED = "planned"
 
 
-# The statuses that count as success for the exit code.
-SUCCESS = frozenset({Status.UPDATED, Status.UNCHANGED, Status.PLANNED})
+# The statuses that make a finished run exit 1 (``unprocessed`` rows of a finished run were
+# left by --limit on purpose).
+ROW_FAILURES = frozenset({Status.FAILED, Status.INVALID})
 # The statuses --errors-output keeps: rows to fix and feed back.
 NEEDS_ATTENTION = frozenset({Status.FAILED, Status.INVALID, Status.UNPROCESSED})
 
@@ -41,5 +42,9 @@ class RowOutcome:
 
 RESULT_COLUMNS: tuple[str, ...] = tuple(RowOutcome.__dataclass_fields__)
 # The columns --errors-output adds to the input's own. An input that has all three is taken for
-# a fed-back errors file: they are not metadata unless --columns names them.
+# a fed-back errors file: they (and its ``row_number``) are not metadata unless --columns names
+# them.
 ERROR_COLUMNS: tuple[str, ...] = ("status", "error_code", "error_message")
+# The errors file's first column: the row's number in the input it came from (kept as it is
+# when that input was itself a fed-back errors file, so a fix traces back to the first input).
+ERRORS_ROW_NUMBER = "row_number"

@@ -1,7 +1,8 @@
 """Read: the input table, lazily, in batches, with the 1-based data-row number of every row.
 
-CSV is read as text (every cell a string, empty cells null); Parquet keeps its types for the
-plan stage to turn into text. Nothing here holds the whole file in memory.
+CSV and TSV (any ``--delimiter``) and JSON Lines are read as text (every cell a string, empty
+cells and JSON nulls null; a JSON object or array as its JSON text); Parquet keeps its types for
+the plan stage to turn into text. Nothing here holds the whole file in memory.
 """
 
 from __future__ import annotations
@@ -14,20 +15,39 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import polars as pl
 
 from bulk_update import spreadsheet
 from bulk_update.exceptions import InputError, first_line
-from bulk_update.outcome import ERROR_COLUMNS
+from bulk_update.outcome import ERROR_COLUMNS, ERRORS_ROW_NUMBER
 
 ROW_NUMBER = "__bulk_update_row_number"
 
-InputFormat = Literal["csv", "parquet"]
+InputFormat = Literal["csv", "parquet", "ndjson"]
+# Input formats by file extension (lower case); a file without one is read as CSV.
+INPUT_FORMATS: dict[str, InputFormat] = {
+    ".csv": "csv", ".tsv": "csv", ".txt": "csv", "": "csv",
+    ".parquet": "parquet", ".pq": "parquet",
+    ".jsonl": "ndjson", ".ndjson": "ndjson",
+}  # fmt: skip
 
 
 def input_format(path: str) -> InputFormat:
-    return "parquet" if path.lower().endswith((".parquet", ".pq")) else "csv"
+    """The format of an input path (a file, a glob, a URL), from its extension."""
+    suffix = Path(urlsplit(path).path if "://" in path else path).suffix.lower()
+    if suffix not in INPUT_FORMATS:
+        raise InputError(
+            path,
+            f"unsupported input format {suffix!r}: use .csv, .tsv, .jsonl, .ndjson or .parquet"
+            + (" (save the sheet as CSV)" if suffix in {".xlsx", ".xls", ".ods"} else ""),
+        )
+    return INPUT_FORMATS[suffix]
+
+
+def default_separator(path: str) -> str:
+    return "\t" if path.lower().endswith(".tsv") else ","
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +64,15 @@ class InputTable:
     shard: tuple[int, int] | None = None  # (K, N): only the rows of shard K of N
     storage_options: dict[str, str] | None = None
     fed_back: bool = False  # a CSV --errors-output file fed back: undo its spreadsheet escapes
+    separator: str = ","  # of a CSV or TSV file
 
     def scan(self) -> pl.LazyFrame:
         """Every row (of the shard), with ``ROW_NUMBER`` first: 1-based, header not counted,
         counted over the whole input (all files of a glob, every shard)."""
-        scan = _scan(self.files or (self.path,), self.format, self.storage_options)
+        scan = _scan(
+            self.files or (self.path,), self.format, self.storage_options, self.separator,
+            self.schema,
+        )  # fmt: skip
         if self.fed_back:
             scan = spreadsheet.unescape(scan)
         scan = scan.with_row_index(ROW_NUMBER, offset=1)
@@ -100,13 +124,13 @@ class InputTable:
         """An InputError naming the file, the line and the problem where they can be found."""
         if self.format == "csv":
             for file in self.files or (self.path,):
-                problem = csv_problem(file)
+                problem = csv_problem(file, self.separator)
                 if problem is not None:
                     return InputError(file, problem)
         return InputError(self.path, f"cannot read: {first_line(exc)}")
 
 
-def csv_problem(file: str) -> str | None:
+def csv_problem(file: str, separator: str = ",") -> str | None:
     """What makes a local CSV file unreadable, with its line: not UTF-8, a quote never closed,
     more fields than the header. Slow (Python, line by line): only called once polars failed."""
     if "://" in file:
@@ -120,7 +144,7 @@ def csv_problem(file: str) -> str | None:
                 return f"line {number}: not UTF-8 text ({where}); save it as UTF-8"
     csv.field_size_limit(sys.maxsize)
     with open(file, encoding="utf-8-sig", newline="") as text:
-        reader = csv.reader(text, strict=True)
+        reader = csv.reader(text, strict=True, delimiter=separator)
         try:
             header = next(reader, [])
             for record in reader:
@@ -136,7 +160,7 @@ def csv_problem(file: str) -> str | None:
     return None
 
 
-def header_problem(file: str) -> str | None:
+def header_problem(file: str, separator: str = ",") -> str | None:
     """What is wrong with a local CSV file's header, before polars reads it: an empty file,
     UTF-16 or binary data, a header that is not UTF-8, a column name given twice."""
     if "://" in file:
@@ -153,7 +177,8 @@ def header_problem(file: str) -> str | None:
     except UnicodeDecodeError:
         if len(first) < len(head) or len(head) < 64 * 1024:
             return "line 1 (the header): not UTF-8 text; save it as UTF-8"
-    header = next(csv.reader([first.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r")]), [])
+    line = first.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r")
+    header = next(csv.reader([line], delimiter=separator), [])
     seen = [name for i, name in enumerate(header) if name in header[:i]]
     if seen:
         return f"the header names column(s) {_shown(sorted(set(seen)))} more than once"
@@ -181,15 +206,31 @@ def expand(path: str) -> tuple[str, ...]:
 
 
 def _scan(
-    files: tuple[str, ...], fmt: InputFormat, storage_options: dict[str, str] | None
+    files: tuple[str, ...],
+    fmt: InputFormat,
+    storage_options: dict[str, str] | None,
+    separator: str = ",",
+    schema: pl.Schema | None = None,
 ) -> pl.LazyFrame:
-    """Local globs are expanded by ``expand`` (sorted); a remote URL's glob by polars."""
+    """Local globs are expanded by ``expand`` (sorted); a remote URL's glob by polars. JSON
+    Lines are read with ``schema`` (every key as text) once ``open_input`` found the keys."""
     remote = any("://" in file for file in files)
     source = files[0] if len(files) == 1 else list(files)
     if fmt == "parquet":
         return pl.scan_parquet(source, glob=remote, storage_options=storage_options)
+    if fmt == "ndjson":
+        # A JSON Lines file's keys may first appear on any line: the whole file is read once
+        # to find them (open_input), then every value is read as text.
+        sources = files[0] if len(files) == 1 else list(files)
+        if schema is None:
+            return pl.scan_ndjson(
+                sources, infer_schema_length=None, storage_options=storage_options
+            )
+        text = pl.Schema(dict.fromkeys(schema.names(), pl.String()))
+        return pl.scan_ndjson(sources, schema=text, storage_options=storage_options)
     return pl.scan_csv(
         source,
+        separator=separator,
         infer_schema=False,
         raise_if_empty=False,
         glob=remote,
@@ -205,6 +246,7 @@ def open_input(
     metadata_column: str | None = None,
     shard: tuple[int, int] | None = None,
     storage_options: dict[str, str] | None = None,
+    delimiter: str | None = None,
 ) -> InputTable:
     """Open ``path`` (a file, or a glob of files read as one table) and check the mapping
     against its header. Raises InputError."""
@@ -212,17 +254,23 @@ def open_input(
     if not files:
         raise InputError(path, "no file matches this pattern")
     for file in files:
+        if "://" not in file and Path(file).is_dir():
+            raise InputError(file, "is a directory, not an input file")
         if "://" not in file and not Path(file).is_file():
             raise InputError(file, "no such file")
     fmt = input_format(path)
+    separator = delimiter or default_separator(path)
     for file in files if fmt == "csv" else ():
-        problem = header_problem(file)
+        problem = header_problem(file, separator)
         if problem is not None:
             raise InputError(file, problem)
     try:
-        schema = _scan(files, fmt, storage_options).collect_schema()
+        schema = _scan(files, fmt, storage_options, separator).collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(path, f"cannot read as {fmt.upper()}: {first_line(exc)}") from None
+        shown = "JSON LINES" if fmt == "ndjson" else fmt.upper()
+        raise InputError(path, f"cannot read as {shown}: {first_line(exc)}") from None
+    if fmt == "ndjson":
+        schema = pl.Schema(dict.fromkeys(schema.names(), pl.String()))
     names = list(schema.names())
     if id_column not in names:
         raise InputError(path, f"no ID column {id_column!r} (columns: {_shown(names)})")
@@ -244,7 +292,8 @@ def open_input(
     else:
         skipped = {id_column}
         if set(ERROR_COLUMNS) <= set(names):
-            skipped |= set(ERROR_COLUMNS)  # a fed-back --errors-output file
+            # a fed-back --errors-output file: its status, error and row_number columns
+            skipped |= {*ERROR_COLUMNS, ERRORS_ROW_NUMBER}
         metadata_columns = tuple(n for n in names if n not in skipped)
         if not metadata_columns:
             raise InputError(path, f"no metadata columns besides {id_column!r}")
@@ -259,6 +308,7 @@ def open_input(
         shard=shard,
         storage_options=storage_options,
         fed_back=fmt == "csv" and set(ERROR_COLUMNS) <= set(names),
+        separator=separator,
     )
 
 

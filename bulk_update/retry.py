@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from bulk_update.config import MAX_RETRY_AFTER_S
 
@@ -30,7 +30,8 @@ class Answer:
     http_status: int | None = None
     headers: Mapping[str, str] | None = None  # lower-case names
     body: bytes = b""
-    transport_error: str | None = None  # "timeout" or "connection"
+    # "timeout", "connect" (refused, DNS, TLS: nothing reached the server) or "connection"
+    transport_error: str | None = None
     transport_detail: str = ""
 
 
@@ -209,3 +210,52 @@ def classify(answer: Answer, now_epoch: float, expected_id: str) -> Verdict:
         error_code=code,
         error_message=message,
     )
+
+
+# Statuses whose answer says nothing about the request itself: the API is busy or down.
+_TRANSIENT_STATUSES = frozenset({408, 409, 429})
+
+PreflightAction = Literal["go", "retry", "fatal", "misconfigured"]
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """What the preflight request (a GET of the first row's conversation) says about the key
+    and the base URL. ``go``: both work (a 404 for an unknown conversation is fine);
+    ``retry``: no verdict yet (busy, down, unreachable); ``fatal``: the key or the quota is
+    refused (exit 3); ``misconfigured``: the base URL is not the API (exit 2)."""
+
+    action: PreflightAction
+    message: str = ""
+    error_code: str | None = None
+    wait_s: float | None = None
+
+
+def judge_preflight(answer: Answer, now_epoch: float) -> Preflight:
+    """Judge one preflight answer (pure)."""
+    if answer.transport_error is not None:
+        return Preflight("retry", answer.transport_detail or answer.transport_error)
+    status = answer.http_status or 0
+    if 200 <= status < 300:
+        return Preflight("go")
+    if 300 <= status < 400:
+        where = (answer.headers or {}).get("location", "elsewhere")
+        return Preflight(
+            "misconfigured", f"the base URL answers HTTP {status}, a redirect to {where[:200]}"
+        )
+    error_type, code, message = _error_fields(status, answer.body)
+    if status in FATAL_STATUSES or "insufficient_quota" in (error_type, code):
+        return Preflight("fatal", f"HTTP {status} {code}: {message}", error_code=code)
+    if status in _TRANSIENT_STATUSES or status >= 500:
+        wait = parse_retry_after(answer.headers or {}, now_epoch)
+        return Preflight("retry", f"HTTP {status} {code}: {message}", code, wait)
+    if status in (404, 405) and (error_type == "http_error" or message.startswith("Invalid URL")):
+        # The API's own "not found" for an unknown conversation is JSON about the conversation;
+        # an unknown path gets "Invalid URL (GET /conversations/...)" or a page of some other
+        # server.
+        return Preflight(
+            "misconfigured",
+            f"the base URL does not lead to the Conversations API: HTTP {status}: {message}; "
+            "check it (the API's ends in /v1)",
+        )
+    return Preflight("go")

@@ -2,8 +2,10 @@
 
 ``Sender.send`` turns a PlannedUpdate into a RowOutcome and never raises for what the API or
 the network does: a fatal answer (401, 403, insufficient_quota) is recorded in ``fatal`` for the
-job to stop on. The concurrency cap is the number of callers (the job's workers), matched by the
-connection pool's size. The clock, sleep, randomness and transport are injected for tests.
+job to stop on, and its row is ``unprocessed`` (it was not refused for itself). ``preflight``
+checks the key and the base URL before the first update. The concurrency cap is the number of
+callers (the job's workers), matched by the connection pool's size. The clock, sleep,
+randomness and transport are injected for tests.
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ from tenacity.wait import wait_base
 from bulk_update import __version__
 from bulk_update.breaker import DEFAULT_GIVE_UP_AFTER_S, DEFAULT_THRESHOLD, CircuitBreaker
 from bulk_update.config import JobConfig
-from bulk_update.exceptions import FatalApiError
+from bulk_update.exceptions import ConfigError, FatalApiError
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
 from bulk_update.ratelimit import Clock, RateLimiter, Sleep
 from bulk_update.retry import (
     Answer,
+    Preflight,
     Verdict,
     backoff_seconds,
     classify,
+    judge_preflight,
     parse_rate_limit_headers,
 )
 
@@ -49,6 +53,8 @@ MAX_RATE_LIMITED_PER_ROW = 100
 MAX_RESPONSE_BYTES = 1 << 20
 # When a 429 names no wait: hold the whole job back this long.
 DEFAULT_RATE_LIMIT_PAUSE_S = 1.0
+# Tries of the preflight request before the job goes on without its verdict.
+PREFLIGHT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +153,8 @@ class Sender:
         )
         self._probe = asyncio.Lock()
         self.fatal: FatalApiError | None = None
+        # Why the API looked down, the last time it did: named by the breaker's log and stop.
+        self.down_cause = ""
         # Set by the job on SIGTERM/SIGINT: no more retries; rows mid-retry end unprocessed.
         self.stopping = False
         self.requests_sent = 0
@@ -202,15 +210,16 @@ class Sender:
         return await self._post(update, body)
 
     async def _post(self, update: PlannedUpdate, body: bytes) -> Answer:
+        return await self._exchange("POST", _path(update.conversation_id), body)
+
+    async def _exchange(self, method: str, path: str, body: bytes | None = None) -> Answer:
         self.requests_sent += 1
-        # The ID was validated to [A-Za-z0-9_-]; quoting anyway keeps the path the path.
-        path = "conversations/" + quote(update.conversation_id, safe="")
         try:
             # httpx2's timeouts are per step (connect, each read): a server dripping a byte at a
             # time would never trip them. --timeout bounds the whole request.
             async with (
                 asyncio.timeout(self.settings.timeout),
-                self._client.stream("POST", path, content=body) as response,
+                self._client.stream(method, path, content=body) as response,
             ):
                 content = await _read_capped(response, MAX_RESPONSE_BYTES)
         except TimeoutError:
@@ -218,6 +227,8 @@ class Sender:
             return Answer(transport_error="timeout", transport_detail=detail)
         except httpx2.TimeoutException as exc:
             return Answer(transport_error="timeout", transport_detail=_describe(exc))
+        except httpx2.ConnectError as exc:
+            return Answer(transport_error="connect", transport_detail=_describe(exc))
         except httpx2.TransportError as exc:
             return Answer(transport_error="connection", transport_detail=_describe(exc))
         return Answer(
@@ -240,6 +251,7 @@ class Sender:
             elif answer.headers:
                 self.limiter.observe(*parse_rate_limit_headers(answer.headers))
             if _looks_down(answer, verdict):
+                self.down_cause = _cause(answer, verdict)
                 # While the breaker is open, failures are the outage's, not the row's.
                 if not self._breaker_failure():
                     tally["failures"] += 1
@@ -263,6 +275,40 @@ class Sender:
         tried: _Tried = await retrying(attempt)
         return self._outcome(update, tried)
 
+    async def preflight(self, conversation_id: str) -> None:
+        """Before the first update: one GET of a conversation the job will update, to check the
+        key and the base URL. A refused key or quota sets ``fatal`` (the job stops, exit 3,
+        nothing sent); a base URL that is not the API, or a server that cannot be reached,
+        raises ConfigError (exit 2). Busy or failing answers are retried a few times, then
+        the job goes on (the breaker and the retries handle an outage)."""
+        last = Preflight("retry")
+        unreachable = False
+        for attempt in range(1, PREFLIGHT_ATTEMPTS + 1):
+            await self.limiter.acquire()
+            answer = await self._exchange("GET", _path(conversation_id))
+            last = judge_preflight(answer, self._wall_clock())
+            if last.action == "go":
+                return
+            if last.action == "fatal":
+                self.fatal = FatalApiError(
+                    f"preflight: {last.message}",
+                    http_status=answer.http_status,
+                    error_code=last.error_code,
+                )
+                return
+            if last.action == "misconfigured":
+                raise ConfigError(f"{self.settings.base_url}: {last.message}")
+            if answer.http_status == 429:
+                self.limiter.rate_limited(last.wait_s or DEFAULT_RATE_LIMIT_PAUSE_S)
+            elif attempt < PREFLIGHT_ATTEMPTS:
+                await self._sleep(last.wait_s or backoff_seconds(attempt, self._jitter()))
+            unreachable = answer.transport_error == "connect"
+        if unreachable:
+            raise ConfigError(f"cannot reach {self.settings.base_url}: {last.message}")
+        log.warning(
+            "preflight inconclusive (%s); going on", last.message, extra={"event": "preflight"}
+        )
+
     def _breaker_failure(self) -> bool:
         """Tell the breaker of a failure; True if it is open (the failure does not count
         against the row, and every request pauses for the cooldown)."""
@@ -271,15 +317,16 @@ class Sender:
             return False
         if self.breaker.consecutive_failures == self.breaker.threshold:
             log.warning(
-                "API looks down (%d failures in a row): circuit breaker open",
+                "API looks down (%d failures in a row, the last: %s): circuit breaker open",
                 self.breaker.consecutive_failures,
-                extra={"event": "breaker_open"},
+                self.down_cause,
+                extra={"event": "breaker_open", "cause": self.down_cause},
             )
         self.limiter.pause(cooldown)
         if self.breaker.gave_up() and self.fatal is None:
             self.fatal = FatalApiError(
                 f"circuit breaker: the API failed every probe for "
-                f"{self.breaker.open_for_s():.0f} s",
+                f"{self.breaker.open_for_s():.0f} s (the last: {self.down_cause})",
                 http_status=None,
                 error_code="circuit_breaker",
             )
@@ -304,20 +351,21 @@ class Sender:
                 metadata=_json_text(verdict.conversation.get("metadata")),
                 **common,
             )
-        if verdict.retry and self.halted:
-            # It would have been retried, but the job is stopping: not failed, not finished.
+        if verdict.fatal and self.fatal is None:
+            self.fatal = FatalApiError(
+                f"HTTP {answer.http_status} {verdict.error_code}: {verdict.error_message}",
+                http_status=answer.http_status,
+                error_code=verdict.error_code,
+            )
+        if verdict.fatal or (verdict.retry and self.halted):
+            # Not refused for itself (the key, the quota), or it would have been retried but the
+            # job is stopping: not failed, not finished; a re-run sends it.
             return RowOutcome(
                 status=Status.UNPROCESSED,
                 error_type=verdict.error_type,
                 error_code=verdict.error_code,
                 error_message=verdict.error_message,
                 **common,
-            )
-        if verdict.fatal and self.fatal is None:
-            self.fatal = FatalApiError(
-                f"HTTP {answer.http_status} {verdict.error_code}: {verdict.error_message}",
-                http_status=answer.http_status,
-                error_code=verdict.error_code,
             )
         return RowOutcome(
             status=Status.FAILED,
@@ -346,6 +394,18 @@ def _looks_down(answer: Answer, verdict: Verdict) -> bool:
     return verdict.retry and (
         answer.transport_error is not None or (answer.http_status or 0) >= 500
     )
+
+
+def _path(conversation_id: str) -> str:
+    # The ID was validated to [A-Za-z0-9_-]; quoting anyway keeps the path the path.
+    return "conversations/" + quote(conversation_id, safe="")
+
+
+def _cause(answer: Answer, verdict: Verdict) -> str:
+    """Why an answer says the API is down, in a few words (for the breaker's log and stop)."""
+    if answer.transport_error is not None:
+        return f"{verdict.error_code}: {answer.transport_detail or answer.transport_error}"[:300]
+    return f"HTTP {answer.http_status} {verdict.error_code}: {verdict.error_message}"[:300]
 
 
 def _describe(exc: Exception) -> str:

@@ -8,7 +8,8 @@ errors file (CSV) loses the ``'`` again when it is read, so its values round-tri
 
 from __future__ import annotations
 
-from typing import TypeVar
+import json
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -41,4 +42,60 @@ def unescape(frame: FrameT) -> FrameT:
         .otherwise(pl.col(name))
         .alias(name)
         for name in _text_columns(frame)
+    )
+
+
+def _holds_binary(dtype: Any) -> bool:
+    if isinstance(dtype, pl.Binary):
+        return True
+    if isinstance(dtype, pl.List | pl.Array):
+        return _holds_binary(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return any(_holds_binary(f.dtype) for f in dtype.fields)
+    return False
+
+
+def _json_value(value: object) -> str | None:
+    def default(item: object) -> str:
+        return item.hex() if isinstance(item, bytes) else str(item)
+
+    if value is None:
+        return None
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=default)
+
+
+def _as_json_text(name: str, dtype: pl.DataType) -> pl.Expr:
+    column = pl.col(name)
+    if isinstance(dtype, pl.Binary):
+        return column.bin.encode("hex")
+    if _holds_binary(dtype):  # polars' JSON encoder has no binary: Python, rare and slow
+        return column.map_elements(_json_value, return_dtype=pl.String)
+    # {"name":VALUE} from polars' own encoder, less the wrapper.
+    encoded = pl.struct(column).struct.json_encode()
+    prefix = len(json.dumps(name, ensure_ascii=False)) + 2
+    return pl.when(column.is_not_null()).then(
+        encoded.str.slice(prefix, encoded.str.len_chars() - prefix - 1)
+    )
+
+
+def text_cells(frame: FrameT) -> FrameT:
+    """Cells that CSV cannot hold (lists, structs, arrays) as JSON text, binary as hex, so that
+    a Parquet input's every column fits in a CSV errors file."""
+    nested = {
+        name: dtype
+        for name, dtype in frame.collect_schema().items()
+        if isinstance(dtype, pl.List | pl.Array | pl.Struct | pl.Binary)
+    }
+    if not nested:
+        return frame
+    return frame.with_columns(
+        _as_json_text(name, dtype).alias(name) for name, dtype in nested.items()
+    )
+
+
+def text_schema(schema: pl.Schema) -> pl.Schema:
+    """The schema ``text_cells`` turns ``schema`` into."""
+    nested = (pl.List, pl.Array, pl.Struct, pl.Binary)
+    return pl.Schema(
+        {name: pl.String if isinstance(dtype, nested) else dtype for name, dtype in schema.items()}
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from bulk_update.config import output_format
 from bulk_update.journal import Journal
 from bulk_update.outcome import (
     ERROR_COLUMNS,
+    ERRORS_ROW_NUMBER,
     NEEDS_ATTENTION,
     RESULT_COLUMNS,
     Status,
@@ -67,10 +69,7 @@ def atomic_path(
         return
     destination = Path(target)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent
-    )
-    os.close(handle)
+    name = _new_partial(destination)
     try:
         yield Path(name)
         os.replace(name, destination)
@@ -78,6 +77,20 @@ def atomic_path(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
         raise
+
+
+def _new_partial(destination: Path) -> str:
+    """Create ``.NAME.XXXXXXXX.partial`` beside ``destination``, exclusively, with the mode any
+    new file gets under the user's umask (``mkstemp`` would make it 0600, and the rename would
+    hand that mode to the results)."""
+    for _ in range(100):
+        name = str(destination.parent / f".{destination.name}.{secrets.token_hex(4)}.partial")
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(f"no free temporary name beside {destination}")  # pragma: no cover
 
 
 def _upload(local: Path, target: str, schema: pl.Schema | None, storage: Storage) -> None:
@@ -115,7 +128,8 @@ class _FrameWriter:
         if self._text is None:
             self._text = open(self.path, "wb")  # noqa: SIM115 (closed in close())
         if self.fmt == ".csv":
-            spreadsheet.escape(frame).write_csv(self._text, include_header=first)
+            csv = spreadsheet.escape(spreadsheet.text_cells(frame))
+            csv.write_csv(self._text, include_header=first)
         else:
             frame.write_ndjson(self._text)
 
@@ -149,8 +163,11 @@ class StreamWriter:
         self._writer: _FrameWriter | None = None
 
     def __enter__(self) -> StreamWriter:
+        schema = self.empty.schema
+        if output_format(self.target) == ".csv":
+            schema = spreadsheet.text_schema(schema)
         temporary = self._stack.enter_context(
-            atomic_path(self.target, storage_options=self.storage_options, schema=self.empty.schema)
+            atomic_path(self.target, storage_options=self.storage_options, schema=schema)
         )
         self._writer = _FrameWriter(temporary, output_format(self.target))
         return self
@@ -214,26 +231,33 @@ def dry_run_results(plan: FrameT, limit: int | None, sent_before: int = 0) -> Fr
     )
 
 
+def _errors_columns(table: InputTable) -> list[pl.Expr]:
+    """The errors file's columns before status and error: ``row_number`` (the input's own, if
+    it has one: a fed-back errors file keeps tracing back to the first input), then the input's
+    columns."""
+    names = [name for name in table.schema.names() if name not in ERROR_COLUMNS]
+    own = [] if ERRORS_ROW_NUMBER in names else [
+        pl.col(ROW_NUMBER).cast(pl.Int64).alias(ERRORS_ROW_NUMBER)
+    ]  # fmt: skip
+    return [*own, *(pl.col(name) for name in names)]
+
+
 def errors_frame(table: InputTable, batch: pl.DataFrame, results: pl.DataFrame) -> pl.DataFrame:
-    """The rows of ``batch`` (all input columns) whose result needs attention, in the input's
-    own columns plus status, error_code and error_message."""
+    """The rows of ``batch`` (all input columns) whose result needs attention: ``row_number``,
+    the input's own columns, then status, error_code and error_message."""
     wanted = [status.value for status in NEEDS_ATTENTION]
-    input_columns = [name for name in table.schema.names() if name not in ERROR_COLUMNS]
     outcomes = results.filter(pl.col("status").is_in(wanted)).select(
         pl.col("row_number").cast(batch.schema[ROW_NUMBER]).alias(ROW_NUMBER), *ERROR_COLUMNS
     )
-    joined = batch.select(ROW_NUMBER, *input_columns).join(outcomes, on=ROW_NUMBER)
-    return joined.sort(ROW_NUMBER).drop(ROW_NUMBER)
+    joined = batch.join(outcomes, on=ROW_NUMBER).sort(ROW_NUMBER)
+    return joined.select(*_errors_columns(table), *ERROR_COLUMNS)
 
 
 def _empty_errors(table: InputTable) -> pl.DataFrame:
-    columns = [name for name in table.schema.names() if name not in ERROR_COLUMNS]
-    return pl.DataFrame(
-        schema={
-            **{name: table.schema[name] for name in columns},
-            **dict.fromkeys(ERROR_COLUMNS, pl.String),
-        }
-    )
+    schema = pl.Schema({ROW_NUMBER: pl.UInt32()})
+    schema.update(table.schema)
+    schema.update(dict.fromkeys(ERROR_COLUMNS, pl.String()))
+    return pl.DataFrame(schema=schema).select(*_errors_columns(table), *ERROR_COLUMNS)
 
 
 def sink(query: pl.LazyFrame, target: str, storage: Storage = None) -> None:
@@ -248,7 +272,8 @@ def sink(query: pl.LazyFrame, target: str, storage: Storage = None) -> None:
         if fmt == ".parquet":
             query.sink_parquet(destination, compression="zstd", storage_options=storage)
         elif fmt == ".csv":
-            spreadsheet.escape(query).sink_csv(destination, storage_options=storage)
+            csv = spreadsheet.escape(spreadsheet.text_cells(query))
+            csv.sink_csv(destination, storage_options=storage)
         else:
             query.sink_ndjson(destination, storage_options=storage)
 
@@ -266,7 +291,6 @@ def scan_results(path: str, storage: Storage = None) -> pl.LazyFrame:
 def sink_errors(table: InputTable, results: str, target: str) -> None:
     """--errors-output of a dry run: the input's rows whose result needs attention."""
     wanted = [status.value for status in NEEDS_ATTENTION]
-    input_columns = [name for name in table.schema.names() if name not in ERROR_COLUMNS]
     outcomes = (
         scan_results(results, table.storage_options)
         .filter(pl.col("status").is_in(wanted))
@@ -274,9 +298,9 @@ def sink_errors(table: InputTable, results: str, target: str) -> None:
     )
     query = (
         table.scan()
-        .select(ROW_NUMBER, *input_columns)
+        .drop(ERROR_COLUMNS, strict=False)
         .join(outcomes, on=ROW_NUMBER, how="inner", maintain_order="left")
-        .drop(ROW_NUMBER)
+        .select(*_errors_columns(table), *ERROR_COLUMNS)
     )
     sink(query, target, table.storage_options)
 
@@ -304,9 +328,16 @@ def write_dry_run(
                 errors.write(error_frame)
 
 
-def results_between(journal: Journal, ids: pl.DataFrame) -> pl.DataFrame:
+# Why a stopped run did not reach the rows it never sent: (error_code, error_message), or None.
+StopReason = tuple[str, str] | None
+
+
+def results_between(
+    journal: Journal, ids: pl.DataFrame, stopped: StopReason = None
+) -> pl.DataFrame:
     """Results rows for one batch of ``InputTable.id_batches``: the journaled outcome of each
-    row, or ``unprocessed`` for a row the journal has not seen (the job stopped before it)."""
+    row, or ``unprocessed`` for a row the journal has not seen (the job stopped before it, and
+    ``stopped`` says why, or --limit left it)."""
     numbers = ids.get_column(ROW_NUMBER)
     journaled = pl.DataFrame(
         journal.rows_between(int(numbers[0]), int(numbers[-1])),
@@ -317,22 +348,37 @@ def results_between(journal: Journal, ids: pl.DataFrame) -> pl.DataFrame:
         pl.col(ROW_NUMBER).cast(pl.Int64).alias("row_number"),
         pl.col("conversation_id").alias("input_id"),
     ).join(journaled, on="row_number", how="left")
-    return merged.with_columns(
+    merged = merged.with_columns(
         pl.coalesce("conversation_id", "input_id").alias("conversation_id"),
         pl.col("status").fill_null(Status.UNPROCESSED.value),
         pl.col("attempts").fill_null(0),
-    ).select(RESULTS_SCHEMA.names())
+    )
+    if stopped is not None:
+        unseen = pl.col("error_code").is_null() & (pl.col("status") == Status.UNPROCESSED.value)
+        code, message = stopped
+        merged = merged.with_columns(
+            pl.when(unseen).then(pl.lit("job_stopped")).otherwise("error_type").alias("error_type"),
+            pl.when(unseen).then(pl.lit(code)).otherwise("error_code").alias("error_code"),
+            pl.when(unseen).then(pl.lit(message)).otherwise("error_message").alias("error_message"),
+        )
+    return merged.select(RESULTS_SCHEMA.names())
 
 
-def write_results(journal: Journal, table: InputTable, target: str, batch_rows: int) -> None:
+def write_results(
+    journal: Journal, table: InputTable, target: str, batch_rows: int, stopped: StopReason = None
+) -> None:
     """One row per input row, in input order: the journal's outcome or ``unprocessed``."""
     frames = (
-        results_between(journal, ids) for ids in table.id_batches(batch_rows) if not ids.is_empty()
+        results_between(journal, ids, stopped)
+        for ids in table.id_batches(batch_rows)
+        if not ids.is_empty()
     )
     write_frames(target, frames, pl.DataFrame(schema=RESULTS_SCHEMA), table.storage_options)
 
 
-def write_errors(journal: Journal, table: InputTable, target: str, batch_rows: int) -> None:
+def write_errors(
+    journal: Journal, table: InputTable, target: str, batch_rows: int, stopped: StopReason = None
+) -> None:
     """Failed, invalid and unprocessed rows in the input's own columns plus status and error."""
 
     def frames() -> Iterator[pl.DataFrame]:
@@ -343,6 +389,6 @@ def write_errors(journal: Journal, table: InputTable, target: str, batch_rows: i
                 ROW_NUMBER,
                 pl.col(table.id_column).cast(pl.String).str.strip_chars().alias("conversation_id"),
             )
-            yield errors_frame(table, batch, results_between(journal, ids))
+            yield errors_frame(table, batch, results_between(journal, ids, stopped))
 
     write_frames(target, frames(), _empty_errors(table), table.storage_options)

@@ -21,9 +21,10 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 # Exit codes after which a retry should resume the job (see the README): fatal API error,
-# interrupted by a signal.
+# interrupted by a signal. Exit 2 (usage, config or input) fails the task without retries.
 RESUMABLE = {3, 130, 143}
 # A stopped shard is retried (and resumes from its journal) after this long.
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("BULK_UPDATE_RETRY_DELAY_S", "30")))
@@ -70,24 +71,33 @@ def bulk_update_backfill() -> None:
 
     @task(retries=3, retry_delay=RETRY_DELAY)
     def run_shard(shard: int) -> dict[str, Any]:
-        from bulk_update import JobConfig, run_job
+        from bulk_update import BulkUpdateError, JobConfig, run_job
 
         params = get_current_context()["params"]
         count = int(params["shards"])
-        config = JobConfig(
-            input=params["input"],
-            output=f"{params['output_prefix']}/shard-{shard}-of-{count}.parquet",
-            errors_output=f"{params['output_prefix']}/errors-{shard}-of-{count}.csv",
-            shard=(shard, count),
-            job_name=params["job_name"],
-            state_dir=params["state_dir"] or params["output_prefix"],
-            full=bool(params["full"]),
-            rpm=int(params["rpm"]),
-            concurrency=int(params["concurrency"]),
-            base_url=params["base_url"] or os.environ.get("OPENAI_BASE_URL") or None,
-            api_key=_api_key(),
-        )
-        summary = run_job(config)
+        options = {
+            "input": params["input"],
+            "output": f"{params['output_prefix']}/shard-{shard}-of-{count}.parquet",
+            "errors_output": f"{params['output_prefix']}/errors-{shard}-of-{count}.csv",
+            "shard": (shard, count),
+            "job_name": params["job_name"],
+            "state_dir": params["state_dir"] or params["output_prefix"],
+            "full": bool(params["full"]),
+            "rpm": int(params["rpm"]),
+            "concurrency": int(params["concurrency"]),
+            "base_url": params["base_url"] or os.environ.get("OPENAI_BASE_URL") or None,
+            "api_key": _api_key(),
+        }
+        try:
+            summary = run_job(JobConfig.from_options(options, source="DAG params"))
+        except BulkUpdateError as exc:
+            if exc.exit_code in RESUMABLE:
+                raise  # an ordinary failure: Airflow retries it, and the retry resumes
+            # Exit 2 (a missing input, a bad option, another run holding the shard): no retry
+            # can mend it. Fail the task at once.
+            raise AirflowFailException(
+                f"shard {shard}/{count}: {exc} (exit {exc.exit_code})"
+            ) from None
         result = summary.as_dict()
         result["shard"] = shard
         if summary.exit_code in RESUMABLE:

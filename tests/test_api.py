@@ -59,7 +59,7 @@ def test_run_job_and_its_async_form(
     assert isinstance(summary, JobSummary)
     assert summary.counts == {"updated": 25, "invalid": 1}
     assert summary.exit_code == 1
-    assert summary.requests_sent == 25
+    assert summary.requests_sent == 26  # 25 updates and the preflight's GET
     assert seen
     assert seen[-1].done == 26
     assert seen[-1].total == 26

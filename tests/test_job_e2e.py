@@ -10,7 +10,7 @@ import pytest
 
 from bulk_update.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY, StartEmulator
-from tests.helpers import ID, by_row, cli, results
+from tests.helpers import ID, by_row, cli, results, start, wait_for_requests
 
 # (row content, expected status, expected error_code); rows in input order.
 
@@ -123,7 +123,9 @@ def test_every_rule_against_a_faulty_rate_limited_server(
     assert any(int(r["attempts"]) > 1 for r in rows.values() if r["status"] == "updated")
     # The errors file holds the failed and invalid rows in the input's own columns.
     errors_frame = pl.read_csv(errors, infer_schema=False)
-    assert errors_frame.columns[:3] == ["conversation_id", "tier", "note"]
+    assert errors_frame.columns[:4] == ["row_number", "conversation_id", "tier", "note"]
+    failing = [n for n, (status, _) in expected.items() if status != "updated"]
+    assert errors_frame["row_number"].cast(pl.Int64).to_list() == failing
     assert errors_frame.columns[-3:] == ["status", "error_code", "error_message"]
     assert errors_frame.height == sum(1 for s, _ in expected.values() if s != "updated")
     assert "bulk-update: 19 rows:" in run.stderr.strip().splitlines()[-1]
@@ -137,7 +139,7 @@ def test_rides_the_server_limit_without_429s(start_emulator: StartEmulator, tmp_
     run = cli("run", str(source), "--output", str(tmp_path / "o.csv"), "--base-url", emu.base_url,
               "--rpm", "1200", "--concurrency", "16")  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert emu.stats()["by_status"] == {"200": 60}
+    assert emu.stats()["by_status"] == {"200": 61}  # 60 updates and the preflight's GET
 
 
 def test_rerun_resumes_and_sends_nothing_again(
@@ -221,7 +223,11 @@ def test_metadata_column_and_columns_options(start_emulator: StartEmulator, tmp_
     assert emu.admin(f"conversations/{ID(2)}")["metadata"] == {"skip": "x"}
 
 
-def test_fatal_api_error_stops_the_job(start_emulator: StartEmulator, tmp_path: Path) -> None:
+def test_a_wrong_key_is_caught_by_the_preflight(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """One GET checks the key before the first update: a wrong key stops the job with exit 3
+    and not one update sent; every row is unprocessed and says why; the right key resumes."""
     source = tmp_path / "in.csv"
     source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(200)))
     emu = start_emulator("--api-key", TEST_KEY, "--preload", str(source))
@@ -229,18 +235,46 @@ def test_fatal_api_error_stops_the_job(start_emulator: StartEmulator, tmp_path: 
     run = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url,
               "--concurrency", "4", key="sk-wrong-key")  # fmt: skip
     assert run.returncode == 3, run.stderr
-    statuses = results(output)["status"].to_list()
-    assert len(statuses) == 200
-    assert statuses.count("failed") <= 4  # at most the rows in flight
-    assert statuses.count("unprocessed") >= 196
-    assert emu.stats()["by_status"] == {"401": statuses.count("failed")}
-    assert "stopped: HTTP 401 invalid_api_key" in run.stderr
-    # Resumable: with the right key the rest is done.
+    frame = results(output)
+    assert frame["status"].to_list() == ["unprocessed"] * 200
+    assert set(frame["error_code"].to_list()) == {"invalid_api_key"}
+    assert emu.stats()["by_operation"] == {"retrieve": 1}  # the preflight, and no update
+    assert "stopped: preflight: HTTP 401 invalid_api_key" in run.stderr
+    # Resumable: with the right key every row is sent, once.
     fixed = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
-    assert fixed.returncode == 1  # the failed rows stay failed; unprocessed ones are sent
-    statuses = results(output)["status"].to_list()
-    assert statuses.count("updated") >= 196
-    assert "unprocessed" not in statuses
+    assert fixed.returncode == 0, fixed.stderr
+    assert results(output)["status"].to_list() == ["updated"] * 200
+    assert set(emu.stats(per_id=True)["updates_applied_by_id"].values()) == {1}
+
+
+def test_a_fatal_answer_mid_run_leaves_its_row_unprocessed(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """The quota runs out mid-run: the rows that met insufficient_quota were not refused for
+    themselves. They are unprocessed (code and message kept), and the re-run sends them."""
+    source = tmp_path / "in.csv"
+    source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(300)))
+    emu = start_emulator("--preload", str(source), "--latency-ms", "20")
+    output = tmp_path / "out.csv"
+    process = start(str(source), "--output", str(output), "--base-url", emu.base_url,
+                    "--concurrency", "8", "--rpm", "60000")  # fmt: skip
+    wait_for_requests(emu, 40)
+    emu.admin("config", {"quota_exhausted": True})
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr
+    frame = results(output)
+    refused = frame.filter(pl.col("error_code") == "insufficient_quota")
+    met_it = refused.filter(pl.col("attempts") > 0)  # the rows that met the answer themselves
+    assert 1 <= met_it.height <= 8
+    assert set(met_it["status"].to_list()) == {"unprocessed"}
+    assert all("quota" in message for message in met_it["error_message"].to_list())
+    assert "failed" not in frame["status"].to_list()
+    emu.admin("config", {"quota_exhausted": False})
+    again = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
+    assert again.returncode == 0, again.stderr
+    assert results(output)["status"].to_list() == ["updated"] * 300
+    applied = emu.stats(per_id=True)["updates_applied_by_id"]
+    assert all(applied.get(i) == 1 for i in met_it["conversation_id"].to_list())
 
 
 def test_insufficient_quota_is_fatal(start_emulator: StartEmulator, tmp_path: Path) -> None:

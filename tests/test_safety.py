@@ -48,12 +48,13 @@ def test_csv_outputs_run_no_formulas_and_round_trip(
         assert by_row(tmp_path / f"r{fmt}")[6]["conversation_id"] == '=HYPERLINK("http://evil")'
     # The errors file, fixed in place and fed back, sends its values exactly as they were.
     errors = pl.read_csv(tmp_path / "e.csv", infer_schema=False)
-    assert errors.rows() == [("'=HYPERLINK(\"http://evil\")", "'=2+2", "invalid", "invalid_id",
-                              errors["error_message"][0])]  # fmt: skip
+    assert errors.rows() == [("6", "'=HYPERLINK(\"http://evil\")", "'=2+2", "invalid",
+                              "invalid_id", errors["error_message"][0])]  # fmt: skip
     fixed = errors.with_columns(conversation_id=pl.lit(ID(0)))
     fixed.write_csv(tmp_path / "fixed.csv")
     again = cli("run", str(tmp_path / "fixed.csv"), "--output", str(tmp_path / "r2.csv"), *base)
     assert again.returncode == 0, again.stderr
+    # row_number (and status, error_code, error_message) are not metadata.
     assert emu.admin(f"conversations/{ID(0)}")["metadata"] == {"note": "=2+2"}
 
 

@@ -159,14 +159,18 @@ def test_a_huge_retry_after_fails_the_row_instead_of_stalling() -> None:
         (429, {"type": "insufficient_quota", "code": "insufficient_quota"}, "insufficient_quota"),
     ],
 )
-def test_fatal_answers_fail_the_row_and_flag_the_job(
+def test_fatal_answers_leave_the_row_unprocessed_and_flag_the_job(
     status: int, body: dict[str, object], code: str
 ) -> None:
+    """The row was not refused for itself (the key, the quota): it stays unprocessed, with the
+    answer's code and message, so that a re-run after the fix sends it."""
     handler, seen = scripted(
         httpx2.Response(status, json={"error": {"message": "no", "param": None, **body}})
     )
     outcome, sender, _ = send(handler)
-    assert (outcome.status, outcome.error_code, len(seen)) == (Status.FAILED, code, 1)
+    assert (outcome.status, outcome.error_code, len(seen)) == (Status.UNPROCESSED, code, 1)
+    assert outcome.error_message == "no"
+    assert outcome.http_status == status
     assert sender.fatal is not None
     assert sender.fatal.http_status == status
 

@@ -272,7 +272,8 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
     async def update(request: Request) -> Response:
         conversation_id = request.path_params["conversation_id"]
         store.count_update_request(conversation_id)
-        body = await _read_json(request)
+        # As the live API: no body at all is a missing parameter, like {}.
+        body = await _read_json(request) if await request.body() else {}
         if "metadata" not in body:
             raise ApiError(
                 400,

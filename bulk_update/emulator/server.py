@@ -55,11 +55,20 @@ def preload_ids_from(spec: str) -> Iterator[str]:
         yield from (preload_id(i) for i in range(int(spec)))
         return
     path = Path(spec)
-    if path.suffix.lower() == ".parquet":
-        frame = pl.scan_parquet(path).select(pl.col("conversation_id").cast(pl.String))
-    else:
-        frame = pl.scan_csv(path, infer_schema=False).select("conversation_id")
-    ids = frame.select(pl.col("conversation_id").str.strip_chars()).collect()
+    if not path.is_file():
+        raise ValueError(f"--preload {spec}: no such file (nor a whole number)")
+    try:
+        if path.suffix.lower() == ".parquet":
+            scan = pl.scan_parquet(path)
+        else:
+            scan = pl.scan_csv(path, infer_schema=False)
+        if "conversation_id" not in scan.collect_schema().names():
+            raise ValueError(f"--preload {spec}: the file has no conversation_id column")
+        trimmed = pl.col("conversation_id").cast(pl.String).str.strip_chars()
+        ids = scan.select(trimmed).collect()
+    except pl.exceptions.PolarsError as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--preload {spec}: cannot read it: {first}") from None
     for value in ids.get_column("conversation_id"):
         if value:
             yield value
@@ -93,7 +102,7 @@ def serve(
     """Run the emulator until interrupted. Prints its base URL once it is ready to serve."""
     emulator = Emulator(config)
     if preload is not None:
-        added = emulator.store.preload(preload_ids_from(preload))
+        added = emulator.store.preload(list(preload_ids_from(preload)))
         print(f"preloaded {added} conversations", file=out, flush=True)
     app = create_app(emulator=emulator)
     sock = bind(host, port)

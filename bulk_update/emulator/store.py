@@ -187,9 +187,9 @@ class ConversationStore:
 
     def update(self, conversation_id: str, metadata: object) -> Conversation:
         conversation = self.get(conversation_id)
-        # `metadata: null` is accepted and changes nothing (the API documents no other meaning).
-        if metadata is not None:
-            conversation.metadata = check_metadata(metadata, conversation.metadata)
+        # `metadata: null` is refused (400 invalid_type, param metadata), as by the live API,
+        # although the OpenAPI document marks it nullable.
+        conversation.metadata = check_metadata(metadata, conversation.metadata)
         self.updates_applied[conversation_id] = self.updates_applied.get(conversation_id, 0) + 1
         return conversation
 
