@@ -299,9 +299,7 @@ def _check_writable(what: str, path: Path) -> None:
     and can be written. Checked before anything is read or sent, so that a typo does not
     surface only after every row was sent."""
     if path.is_dir():
-        raise ConfigError(
-            f"{what} {path} is a directory; name a file (e.g. {path / 'results.csv'})"
-        )
+        raise ConfigError(f"{what} {path} is a directory; name a file in it")
     existing = path.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

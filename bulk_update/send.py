@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import random
+import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -408,6 +410,27 @@ def _cause(answer: Answer, verdict: Verdict) -> str:
     return f"HTTP {answer.http_status} {verdict.error_code}: {verdict.error_message}"[:300]
 
 
+# What the root cause of a transport error means, in words an operator searches for.
+_CAUSES: tuple[tuple[type[BaseException], str], ...] = (
+    (ConnectionRefusedError, "connection refused"),
+    (ConnectionResetError, "connection reset"),
+    (socket.gaierror, "DNS lookup failed"),
+    (ssl.SSLError, "TLS failed"),
+)
+
+
 def _describe(exc: Exception) -> str:
+    """``ConnectError: connection refused ([Errno 111] ...)``: the exception and its root cause
+    (httpx2 says "All connection attempts failed" and keeps the reason in the chain)."""
+    root: BaseException = exc
+    for _ in range(10):
+        inner = root.__cause__ or root.__context__
+        if inner is None:
+            break
+        root = inner
     detail = str(exc).strip()
+    if root is not exc:
+        label = next((words for kind, words in _CAUSES if isinstance(root, kind)), None)
+        cause = str(root).strip() or type(root).__name__
+        detail = f"{label} ({cause})" if label else cause
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

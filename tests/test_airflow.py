@@ -71,7 +71,9 @@ def test_dags_test_covers_every_row_once(start_emulator: StartEmulator, tmp_path
         ("invalid", 1),
         ("updated", 60),
     ]
-    assert emu.stats()["by_status"] == {"200": 60}  # the connection's key was used
+    # The connection's key was used: 60 updates and each shard's preflight GET, all 200.
+    assert emu.stats()["by_status"] == {"200": 63}
+    assert emu.stats()["by_operation"] == {"update": 60, "retrieve": 3}
     assert CONNECTION_KEY not in logs
     # Run again with row errors failing the run: every shard resumes finished, sends nothing.
     conf["fail_on_row_errors"] = True
@@ -79,13 +81,13 @@ def test_dags_test_covers_every_row_once(start_emulator: StartEmulator, tmp_path
                            env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert "state=failed" in again.stdout + again.stderr
     assert "did not finish cleanly" in again.stdout + again.stderr
-    assert emu.stats()["by_status"] == {"200": 60}
+    assert emu.stats()["by_status"] == {"200": 63}  # nothing sent, no preflight either
     # The next night: new results, the shards' shared state: nothing changed, nothing sent.
     conf.update(output_prefix=str(tmp_path / "night-2"), state_dir=str(out))
     night = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
                            env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert "state=failed" in night.stdout + night.stderr  # the invalid row, as before
-    assert emu.stats()["by_status"] == {"200": 60}
+    assert emu.stats()["by_status"] == {"200": 63}  # nothing sent, no preflight either
     statuses = pl.concat(
         [pl.read_parquet(tmp_path / f"night-2/shard-{k}-of-3.parquet") for k in range(3)]
     )["status"]
@@ -125,3 +127,21 @@ def test_sigterm_stops_the_task_and_its_retry_resumes(
     applied = emu.stats(per_id=True)["updates_applied_by_id"]
     assert len(applied) == 120
     assert max(applied.values()) == 1  # drained, journaled, resumed: nothing sent twice
+
+
+def test_a_usage_error_fails_the_task_at_once(tmp_path: Path) -> None:
+    """A missing input (exit 2) can never succeed: the task fails on its first try, without
+    the retries that a resumable stop gets."""
+    env = {**airflow_env(tmp_path / "home"), "BULK_UPDATE_RETRY_DELAY_S": "1"}
+    airflow_bin = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow_bin, "db", "migrate"], env=env, capture_output=True, timeout=300)
+    missing = tmp_path / "no-such-export.csv"
+    conf = {"input": str(missing), "output_prefix": str(tmp_path / "out"), "shards": 2,
+            "base_url": "http://127.0.0.1:9/v1"}  # fmt: skip
+    run = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
+                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    logs = run.stdout + run.stderr
+    assert "state=failed" in logs, logs[-4000:]
+    assert f"{missing}: no such file (exit 2)" in logs
+    assert "AirflowFailException" in logs
+    assert "up_for_retry" not in logs.lower()

@@ -164,9 +164,16 @@ def test_circuit_breaker_stops_instead_of_burning_attempts(
     assert down.returncode == 3, down.stderr
     assert time.monotonic() - started < 30
     assert "circuit breaker" in down.stderr
+    # It says why the API looks down: the last cause, with its status and code.
+    assert "(the last: HTTP 50" in down.stderr
     frame = results(output)
     assert frame.height == 300
     assert "failed" not in frame["status"].to_list()  # no row burned its attempts
+    # The rows it never reached carry that reason.
+    untouched = frame.filter(pl.col("attempts") == 0)
+    assert untouched.height > 200
+    assert set(untouched["error_code"].to_list()) == {"circuit_breaker"}
+    assert all("the last: HTTP 50" in m for m in untouched["error_message"].to_list())
     # A handful of probes, not 300 rows x 6 attempts.
     assert emu.stats()["requests"] < 60
     emu.admin("config", {"error_rate": 0.0})

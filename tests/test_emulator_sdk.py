@@ -109,6 +109,19 @@ def test_malformed_json_and_missing_metadata_are_400(emulator: EmulatorProcess) 
     missing = httpx2.post(url, json={}, headers=headers)
     assert missing.status_code == 400
     assert missing.json()["error"]["code"] == "missing_required_parameter"
+    no_body = httpx2.post(url, headers={"authorization": f"Bearer {TEST_KEY}"})
+    assert no_body.status_code == 400
+    assert no_body.json()["error"]["code"] == "missing_required_parameter"
+    assert no_body.json()["error"]["param"] == "metadata"
+    # As the live API (although the OpenAPI document marks it nullable): null is refused.
+    null = httpx2.post(url, json={"metadata": None}, headers=headers)
+    assert null.status_code == 400
+    assert (null.json()["error"]["code"], null.json()["error"]["param"]) == (
+        "invalid_type", "metadata",
+    )  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as info:
+        client.conversations.update(conversation.id, metadata=None)
+    assert info.value.code == "invalid_type"
 
 
 def test_wrong_or_missing_key_is_authentication_error(emulator: EmulatorProcess) -> None:

@@ -67,7 +67,9 @@ def test_s3_round_trip_with_environment_credentials(
     assert emu.admin(f"conversations/{ID(3)}")["metadata"] == {"a": "z"}
     errors = read_object(client, "results/errors.csv")
     assert errors["conversation_id"].to_list() == ["bad id"]
-    assert errors.columns == ["conversation_id", "a", "status", "error_code", "error_message"]
+    assert errors.columns == [
+        "row_number", "conversation_id", "a", "status", "error_code", "error_message",
+    ]  # fmt: skip
     # The journal stays on local disk; a re-run resumes from it and sends nothing.
     assert list((tmp_path / ".bulk_update").glob("*.journal.sqlite"))
     again = cli("run", f"s3://{BUCKET}/exports/2026-11-*.csv",

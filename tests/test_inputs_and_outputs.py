@@ -1,0 +1,204 @@
+"""Formats people export (JSON Lines, TSV, any delimiter), Parquet values CSV cannot hold, and
+the results and errors files of the runs a new user makes first: a canary, an empty export, a
+retry of the failed rows in place. The real CLI against the emulator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.conftest import StartEmulator
+from tests.helpers import ID, by_row, cli, results, write_input
+
+
+def test_nested_parquet_values_and_a_csv_errors_file(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """Lists, structs and binary cannot be sent: those rows are invalid (unsupported_type),
+    and the CSV errors file carries such cells as JSON text (binary as hex). Exit 1, on every
+    run, never an internal error."""
+    source = tmp_path / "nested.parquet"
+    pl.DataFrame(
+        {
+            "conversation_id": [ID(0), ID(1), ID(2), ID(3)],
+            "tier": ["gold", "silver", "bronze", "tin"],
+            "tags": [["a", "b"], None, [], None],
+            "info": [None, {"k": 1, "v": "x"}, None, None],
+            "blob": [None, None, None, b"\x00\xff"],
+        }
+    ).write_parquet(source)
+    emu = start_emulator("--preload", str(source))
+    output, errors = tmp_path / "results.csv", tmp_path / "errors.csv"
+    args = ("run", str(source), "--output", str(output), "--errors-output", str(errors),
+            "--base-url", emu.base_url)  # fmt: skip
+    for _ in range(2):  # the re-run too
+        done = cli(*args)
+        assert done.returncode == 1, done.stderr
+        assert "internal error" not in done.stderr
+        rows = by_row(output)
+        assert [(rows[n]["status"], rows[n]["error_code"]) for n in (1, 2, 3, 4)] == [
+            ("invalid", "unsupported_type"),
+            ("invalid", "unsupported_type"),
+            ("invalid", "unsupported_type"),  # an empty list is still a list
+            ("invalid", "unsupported_type"),
+        ]
+        assert "is a list" in rows[1]["error_message"]
+        assert "is a struct" in rows[2]["error_message"]
+        assert "is binary" in rows[4]["error_message"]
+        written = pl.read_csv(errors, infer_schema=False)
+        assert written.columns == ["row_number", "conversation_id", "tier", "tags", "info",
+                                   "blob", "status", "error_code", "error_message"]  # fmt: skip
+        assert written["row_number"].to_list() == ["1", "2", "3", "4"]
+        assert json.loads(written["tags"][0]) == ["a", "b"]
+        assert written["tags"][2] == "[]"
+        assert json.loads(written["info"][1]) == {"k": 1, "v": "x"}
+        assert written["blob"][3] == "00ff"
+    assert emu.stats()["requests"] == 0
+    # A dry run writes the same errors file, streamed.
+    dry = cli("validate", str(source), "--output", str(tmp_path / "plan.csv"), "--errors-output",
+              str(tmp_path / "plan-errors.csv"))  # fmt: skip
+    assert dry.returncode == 1, dry.stderr
+    assert pl.read_csv(tmp_path / "plan-errors.csv", infer_schema=False).equals(written)
+
+
+def test_a_clean_canary_exits_0(start_emulator: StartEmulator, tmp_path: Path) -> None:
+    """Rows --limit leaves unprocessed are no failure: exit 0 (the cron wrapper stays quiet)."""
+    source = tmp_path / "in.csv"
+    write_input(source, 40)
+    emu = start_emulator("--preload", str(source))
+    output = tmp_path / "canary.csv"
+    done = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url,
+               "--limit", "5")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "updated=5 unprocessed=35" in done.stderr
+    statuses = results(output)["status"].to_list()
+    assert statuses == ["updated"] * 5 + ["unprocessed"] * 35
+    dry = cli("run", "--dry-run", str(source), "--output", str(tmp_path / "plan.csv"),
+              "--limit", "5", "--job-name", "other")  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    # The rest of the file, then: exit 0 with every row updated.
+    rest = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
+    assert rest.returncode == 0, rest.stderr
+    assert results(output)["status"].to_list() == ["updated"] * 40
+    assert emu.stats()["by_operation"]["update"] == 40
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_a_header_only_input_warns_and_exits_0(
+    start_emulator: StartEmulator, tmp_path: Path, command: str
+) -> None:
+    source = tmp_path / "empty-export.csv"
+    source.write_text("conversation_id,tier\n")
+    emu = start_emulator()
+    extra = ("--base-url", emu.base_url) if command == "run" else ()
+    done = cli(command, str(source), "--output", str(tmp_path / "r.csv"), *extra)
+    assert done.returncode == 0, done.stderr
+    summary = done.stderr.strip().splitlines()[-1]
+    assert "0 rows" in summary
+    assert "warning: the input has no data rows (a header only)" in summary
+    assert results(tmp_path / "r.csv").height == 0
+
+
+def test_retry_failed_sends_the_failed_rows_again_in_place(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    ids = write_input(source, 30)
+    source.write_text(source.read_text() + "not-an-id,x,30\n")
+    empty = start_emulator()  # no conversations yet: every update is a 404
+    output, errors = tmp_path / "r.parquet", tmp_path / "e.csv"
+    common = ("run", str(source), "--output", str(output), "--errors-output", str(errors))
+    failing = cli(*common, "--base-url", empty.base_url)
+    assert failing.returncode == 1, failing.stderr
+    assert results(output)["status"].value_counts().sort("status").rows() == [
+        ("failed", 30), ("invalid", 1),
+    ]  # fmt: skip
+    # The errors file traces every row back to the input.
+    assert pl.read_csv(errors)["row_number"].to_list() == list(range(1, 32))
+    emu = start_emulator("--preload", str(source))  # now the conversations exist
+    plain = cli(*common, "--base-url", emu.base_url)  # failed rows are finished: none sent
+    assert plain.returncode == 1
+    assert emu.stats()["requests"] == 0
+    retried = cli(*common, "--base-url", emu.base_url, "--retry-failed")
+    assert retried.returncode == 1, retried.stderr  # the invalid row stays invalid
+    rows = by_row(output)
+    assert [rows[n]["status"] for n in range(1, 31)] == ["updated"] * 30
+    assert rows[31]["status"] == "invalid"
+    assert set(emu.stats(per_id=True)["updates_applied_by_id"]) == set(ids)
+    assert pl.read_csv(errors)["row_number"].to_list() == [31]
+    again = cli(*common, "--base-url", emu.base_url, "--retry-failed")  # nothing failed now
+    assert again.returncode == 1
+    assert sum(emu.stats(per_id=True)["updates_applied_by_id"].values()) == 30
+
+
+def _rows(ids: list[str]) -> list[dict[str, object]]:
+    return [{"conversation_id": c, "tier": f"00{i}", "score": 1.50} for i, c in enumerate(ids)]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".ndjson"])
+def test_json_lines_input_is_read_as_text(
+    start_emulator: StartEmulator, tmp_path: Path, suffix: str
+) -> None:
+    ids = [ID(i) for i in range(4)]
+    source = tmp_path / f"export{suffix}"
+    lines = [json.dumps(row) for row in _rows(ids[:3])]
+    lines.append("")  # a blank line is no row
+    # A key that first appears late, a null (no value), an object (sent as its JSON text).
+    lines.append(json.dumps({"conversation_id": ids[3], "tier": None, "late": {"a": 1}}))
+    source.write_text("\n".join(lines) + "\n")
+    preload = tmp_path / "ids.csv"
+    preload.write_text("conversation_id\n" + "\n".join(ids) + "\n")
+    emu = start_emulator("--preload", str(preload))
+    output = tmp_path / "r.csv"
+    done = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
+    assert done.returncode == 0, done.stderr
+    assert results(output)["row_number"].to_list() == [1, 2, 3, 4]
+    assert emu.admin(f"conversations/{ids[0]}")["metadata"] == {"tier": "000", "score": "1.5"}
+    assert emu.admin(f"conversations/{ids[3]}")["metadata"] == {"late": '{"a": 1}'}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "extra"),
+    [
+        ("export.tsv", "conversation_id\ttier\tnote\n{id}\tgold\tsays, hi\n", ()),
+        ("export.csv", "conversation_id;tier;note\n{id};gold;says, hi\n", ("--delimiter", ";")),
+        ("export.txt", "conversation_id|tier|note\n{id}|gold|says, hi\n", ("--delimiter", "|")),
+    ],
+)
+def test_tsv_and_other_delimiters(
+    start_emulator: StartEmulator, tmp_path: Path, name: str, text: str, extra: tuple[str, ...]
+) -> None:
+    source = tmp_path / name
+    source.write_text(text.format(id=ID(7)))
+    preload = tmp_path / "ids.csv"
+    preload.write_text(f"conversation_id\n{ID(7)}\n")
+    emu = start_emulator("--preload", str(preload))
+    done = cli("run", str(source), "--output", str(tmp_path / "r.csv"), "--base-url",
+               emu.base_url, *extra)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert emu.admin(f"conversations/{ID(7)}")["metadata"] == {"tier": "gold", "note": "says, hi"}
+
+
+def test_unsupported_inputs_get_a_clear_message(tmp_path: Path) -> None:
+    sheet = tmp_path / "export.xlsx"
+    sheet.write_bytes(b"PK\x03\x04 a zip, as xlsx files are")
+    done = cli("validate", str(sheet), "--output", str(tmp_path / "r.csv"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"bulk-update: error: {sheet}: unsupported input format '.xlsx': use .csv, .tsv, "
+        ".jsonl, .ndjson or .parquet (save the sheet as CSV)"
+    )
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    done = cli("validate", str(folder), "--output", str(tmp_path / "r.csv"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"bulk-update: error: {folder}: is a directory, not an input file"
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"conversation_id": "conv_1", "a": "x"}\n{not json\n')
+    done = cli("validate", str(broken), "--output", str(tmp_path / "r.csv"))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
