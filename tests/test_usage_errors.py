@@ -22,7 +22,8 @@ def one_line_usage_error(done: object, *fragments: str) -> None:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
     assert lines[0].startswith("bulk-update: error: "), stderr
-    assert "Traceback" not in stderr and "internal error" not in stderr
+    assert "Traceback" not in stderr
+    assert "internal error" not in stderr
     for fragment in fragments:
         assert fragment in lines[0], stderr
 
