@@ -23,6 +23,24 @@ EMULATOR_ARGS = (
 )  # fmt: skip
 
 
+EDITED_ROWS = 3
+
+
+def _edit_three_rows(source: str, target: Path) -> Path:
+    """The demo's input with ``ticket_status`` changed on the first rows that have an ID."""
+    frame = pl.read_csv(source, infer_schema=False)
+    ids = frame.get_column("conversation_id")
+    edited = (ids.str.starts_with("conv_").fill_null(False).cum_sum() <= EDITED_ROWS) & (
+        ids.str.starts_with("conv_").fill_null(False)
+    )
+    frame = frame.with_columns(
+        pl.when(edited).then(pl.lit("reopened")).otherwise("ticket_status").alias("ticket_status")
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_csv(target)
+    return target
+
+
 def run_demo(job_file: str = DEMO_JOB) -> int:
     if not Path(job_file).is_file():
         print(f"bulk-update demo: run it from the project's root ({job_file} not found)")
@@ -42,9 +60,16 @@ def run_demo(job_file: str = DEMO_JOB) -> int:
         summary = run_job(dataclasses.replace(config, full=True))
         stats = emulator.stats()
         print(summary.line(), file=sys.stderr, flush=True)
-        print("\nthe same input again, incrementally: only rows changed since are sent", flush=True)
+        edited = _edit_three_rows(config.input, Path(config.output).with_name("demo-edited.csv"))
+        print(
+            f"\nthe next night's export ({edited}): the same rows, {EDITED_ROWS} of them "
+            "edited; only those are sent",
+            flush=True,
+        )
         rerun = str(Path(config.output).with_name("demo-rerun-results.csv"))
-        again = run_job(dataclasses.replace(config, output=rerun, errors_output=None))
+        again = run_job(
+            dataclasses.replace(config, input=str(edited), output=rerun, errors_output=None)
+        )
     print(again.line(), file=sys.stderr, flush=True)
     results = pl.read_csv(config.output, infer_schema=False)
     retried = results.filter(pl.col("attempts").cast(pl.Int64) > 1)

@@ -36,10 +36,13 @@ summary=$("$home/.venv/bin/bulk-update" run --job "$job" --quiet \
   --log-format json --log-file "$log_dir/$name.jsonl" "$@" 2>&1)
 code=$?
 case $code in
-  0) ;;                                            # all rows updated (or unchanged): no mail
+  0) case $summary in                              # all rows updated (or unchanged): no mail,
+       *"warning: "*) echo "bulk-update $name: finished with a warning"
+                      echo "$summary" ;;            # unless it warns (an export with no rows)
+     esac ;;
   1) echo "bulk-update $name: finished, some rows failed or invalid (see errors file)"
      echo "$summary" ;;                            # partial failure: mail a summary
-  3) echo "bulk-update $name: STOPPED on a fatal API error (key, quota or outage); resumable"
+  3) echo "bulk-update $name: STOPPED (key, quota, outage or a failure streak); resumable"
      echo "$summary" ;;
   130|143) echo "bulk-update $name: interrupted by a signal; the next run resumes"
      echo "$summary" ;;

@@ -155,3 +155,45 @@ def test_an_unexpected_exception_is_one_line_and_exit_70(
     assert "internal error (RuntimeError: a bug)" in err
     assert "Traceback" not in err
     assert "Traceback" in log_file.read_text()
+
+
+def test_run_help_shows_defaults_exit_codes_and_an_example() -> None:
+    text = bulk_update("run", "--help").stdout
+    for default in ("(default 500)", "(default 16)", "(default 6)", "(default 60)",
+                    "(default 300)", "(default 10)", "(default 100)", "(default conversation_id)"):  # fmt: skip
+        assert default in text, default
+    assert "exit codes:" in text
+    for code in ("0 ", "1 ", "2 ", "3 ", "130", "70 "):
+        assert f"\n  {code}" in text, code
+    assert "example:\n  export OPENAI_API_KEY=sk-..." in text
+    assert "--retry-failed" in text
+    assert "--stop-after-failures" in text
+
+
+def test_validate_help_names_unchanged() -> None:
+    text = bulk_update("validate", "--help").stdout
+    assert "unchanged (the same as the job last" in text
+    assert "planned" in text
+    assert "exit codes:" in text
+
+
+def test_the_emulators_help_matches_the_readme() -> None:
+    """Every option in the README's emulator table is in --help, with the same default."""
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[
+        readme.index("### `bulk-update emulator`") : readme.index("### `bulk-update demo`")
+    ]
+    table = section[section.index("| option | meaning | default |") :]
+    rows = re.findall(
+        r"^\| `(--[a-z-]+)[^`]*`(?:, `(--[a-z-]+)[^`]*`)? \| .* \| (.*) \|$", table, re.M
+    )
+    assert len(rows) >= 8
+    text = " ".join(bulk_update("emulator", "--help").stdout.split())
+    for first, second, default in rows:
+        for option in filter(None, (first, second)):
+            assert option in text, option
+        shown = [d.strip(" `") for d in default.split(",")]
+        if shown and shown[0] not in {"none", "random"}:
+            assert f"(default {shown[-1]})" in text, (first, default)

@@ -43,3 +43,22 @@ def test_cron_wrapper(start_emulator: StartEmulator, tmp_path: Path) -> None:
     assert partial.returncode == 1
     assert "some rows failed or invalid" in partial.stdout  # mailed, with the summary
     assert "invalid=1" in partial.stdout
+
+
+def test_cron_wrapper_on_a_canary_and_an_empty_export(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(5)))
+    emu = start_emulator("--api-key", TEST_KEY, "--preload", str(source))
+    job = tmp_path / "nightly.toml"
+    job.write_text(f'input = "{source}"\noutput = "{tmp_path / "out.csv"}"\n'
+                   f'base-url = "{emu.base_url}"\n')  # fmt: skip
+    canary = wrapper(job, tmp_path, "--limit", "2")
+    assert canary.returncode == 0, canary.stdout
+    assert canary.stdout == ""  # a clean canary is no failure: no mail
+    source.write_text("conversation_id,a\n")
+    empty = wrapper(job, tmp_path, "--restart")
+    assert empty.returncode == 0
+    assert "finished with a warning" in empty.stdout  # mailed: the export had no rows
+    assert "warning: the input has no data rows" in empty.stdout

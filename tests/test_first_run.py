@@ -9,41 +9,9 @@ import time
 from pathlib import Path
 
 import polars as pl
-import pytest
 
-from bulk_update.retry import Answer, judge_preflight
 from tests.conftest import StartEmulator
 from tests.helpers import ID, cli, results, start, wait_for_requests, write_input
-
-
-def _error(message: str, code: str | None = None) -> bytes:
-    return (
-        b'{"error": {"message": "' + message.encode() + b'", "type": "invalid_request_error", '
-        b'"param": null, "code": ' + (f'"{code}"'.encode() if code else b"null") + b"}}"
-    )
-
-
-@pytest.mark.parametrize(
-    ("answer", "action"),
-    [
-        (Answer(200, {}, b'{"id": "conv_1"}'), "go"),
-        (Answer(404, {}, _error("Conversation with id 'conv_1' not found.")), "go"),
-        (Answer(404, {}, _error("Invalid URL (GET /conversations/conv_1)")), "misconfigured"),
-        (Answer(405, {}, _error("Invalid URL (GET /v1/x)")), "misconfigured"),
-        (Answer(404, {}, b"<html>Not Found</html>"), "misconfigured"),
-        (Answer(301, {"location": "https://elsewhere/v1"}, b""), "misconfigured"),
-        (Answer(401, {}, _error("Incorrect API key provided.", "invalid_api_key")), "fatal"),
-        (Answer(403, {}, _error("Forbidden.")), "fatal"),
-        (Answer(429, {}, _error("quota", "insufficient_quota")), "fatal"),
-        (Answer(429, {"retry-after": "2"}, _error("slow down", "rate_limit_exceeded")), "retry"),
-        (Answer(503, {}, b"busy"), "retry"),
-        (Answer(transport_error="connect", transport_detail="ConnectError: refused"), "retry"),
-        (Answer(transport_error="timeout"), "retry"),
-        (Answer(400, {}, _error("bad", "invalid_value")), "go"),
-    ],
-)
-def test_judge_preflight(answer: Answer, action: str) -> None:
-    assert judge_preflight(answer, 0.0).action == action
 
 
 def test_a_base_url_without_v1_stops_before_any_update(

@@ -10,6 +10,7 @@ from bulk_update.retry import (
     Answer,
     backoff_seconds,
     classify,
+    judge_preflight,
     parse_duration,
     parse_retry_after,
 )
@@ -133,3 +134,33 @@ def test_parse_rate_limit_headers(
     from bulk_update.retry import parse_rate_limit_headers
 
     assert parse_rate_limit_headers(headers) == parsed
+
+
+def _error(message: str, code: str | None = None) -> bytes:
+    return json.dumps(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                   "code": code}}
+    ).encode()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("answer", "action"),
+    [
+        (Answer(200, {}, b'{"id": "conv_1"}'), "go"),
+        (Answer(404, {}, _error("Conversation with id 'conv_1' not found.")), "go"),
+        (Answer(404, {}, _error("Invalid URL (GET /conversations/conv_1)")), "misconfigured"),
+        (Answer(405, {}, _error("Invalid URL (GET /v1/x)")), "misconfigured"),
+        (Answer(404, {}, b"<html>Not Found</html>"), "misconfigured"),
+        (Answer(301, {"location": "https://elsewhere/v1"}, b""), "misconfigured"),
+        (Answer(401, {}, _error("Incorrect API key provided.", "invalid_api_key")), "fatal"),
+        (Answer(403, {}, _error("Forbidden.")), "fatal"),
+        (Answer(429, {}, _error("quota", "insufficient_quota")), "fatal"),
+        (Answer(429, {"retry-after": "2"}, _error("slow down", "rate_limit_exceeded")), "retry"),
+        (Answer(503, {}, b"busy"), "retry"),
+        (Answer(transport_error="connect", transport_detail="ConnectError: refused"), "retry"),
+        (Answer(transport_error="timeout"), "retry"),
+        (Answer(400, {}, _error("bad", "invalid_value")), "go"),
+    ],
+)
+def test_judge_preflight(answer: Answer, action: str) -> None:
+    assert judge_preflight(answer, 0.0).action == action

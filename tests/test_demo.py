@@ -1,0 +1,41 @@
+"""`make demo` (`bulk-update demo`) shows what it says, on a fresh checkout: every row sent,
+then the next night's export with three rows edited, of which only those three are sent."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.helpers import cli
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_the_demo_sends_only_what_changed_on_its_second_run(tmp_path: Path) -> None:
+    (tmp_path / "jobs").mkdir()
+    shutil.copy(ROOT / "jobs" / "demo.toml", tmp_path / "jobs")
+    shutil.copytree(ROOT / "sample_data", tmp_path / "sample_data")
+    done = cli("demo", cwd=tmp_path, key=None)  # the demo brings its own key
+    assert done.returncode == 0, done.stdout + done.stderr
+    summaries = [line for line in done.stderr.splitlines() if line.startswith("bulk-update: ")]
+    assert len(summaries) == 2, done.stderr
+    assert "updated=294 invalid=6" in summaries[0]
+    assert "updated=3 unchanged=291 invalid=6" in summaries[1]
+    sent = re.search(r"; (\d+) requests", summaries[1])
+    assert sent is not None
+    assert int(sent.group(1)) <= 3 + 1 + 3  # the three, the preflight, a few fault retries
+    assert (tmp_path / "out" / "demo-results.csv").is_file()
+    assert (tmp_path / "out" / "demo-errors.csv").is_file()
+
+
+def test_make_demo_installs_only_the_package() -> None:
+    """The demo needs neither Airflow nor the dev tools (they cost a fresh clone a minute)."""
+    plan = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "demo"], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    installs = [line for line in plan.splitlines() if "pip install" in line and "-e" in line]
+    assert installs == [".venv/bin/python -m pip install --quiet -e ."], plan
+    tests = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "unit"], capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    assert "-e '.[dev,airflow]'" in tests

@@ -1,0 +1,136 @@
+"""The progress bar as a person sees it: the real CLI on a pseudo-terminal, its output played
+into a terminal emulator (pyte), and the screen read back."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pyte
+
+from bulk_update.emulator.process import EmulatorProcess
+from tests.conftest import TEST_KEY, StartEmulator
+from tests.helpers import wait_for_requests, write_input
+
+COLUMNS, LINES = 200, 60
+
+
+def on_tty(args: list[str], during: Callable[[subprocess.Popen[bytes]], None] | None = None
+           ) -> tuple[list[str], int]:  # fmt: skip
+    """Run `bulk-update ARGS` with stdin, stdout and stderr on a terminal; return the screen's
+    non-empty lines at the end and the exit code. ``during`` runs while it runs."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, COLUMNS, 0, 0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env.update(OPENAI_API_KEY=TEST_KEY, COLUMNS=str(COLUMNS), LINES=str(LINES), TERM="xterm")
+    process = subprocess.Popen([sys.executable, "-m", "bulk_update", *args], stdin=terminal,
+                               stdout=terminal, stderr=terminal, env=env)  # fmt: skip
+    os.close(terminal)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if during is not None:
+        during(process)
+    code = process.wait(timeout=120)
+    reader.join(timeout=10)
+    os.close(controller)
+    screen = pyte.Screen(COLUMNS, LINES)
+    stream = pyte.ByteStream(screen)
+    stream.feed(b"".join(chunks).replace(b"\n", b"\r\n"))
+    return [line.rstrip() for line in screen.display if line.strip()], code
+
+
+BAR = re.compile(r"bulk-update .*━.* (\d+)/(\d+) (\d+) rows/s")
+
+
+def bars(lines: list[str]) -> list[tuple[int, int, int]]:
+    return [
+        (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        for line in lines
+        if (m := BAR.search(line))
+    ]
+
+
+def test_ctrl_c_then_resume_as_seen_on_a_terminal(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    write_input(source, 300)
+    emu = start_emulator("--preload", str(source), "--latency-ms", "20")
+    args = ["run", str(source), "--output", str(tmp_path / "r.csv"), "--base-url", emu.base_url,
+            "--rpm", "1200", "--concurrency", "4"]  # fmt: skip
+
+    def interrupt(process: subprocess.Popen[bytes]) -> None:
+        wait_for_requests(emu, 60)
+        process.send_signal(signal.SIGINT)
+
+    lines, code = on_tty(args, interrupt)
+    assert code == 130, lines
+    # The warning is a line of its own, above the bar, never glued onto it.
+    stopping = [line for line in lines if "SIGINT: finishing in-flight requests" in line]
+    assert len(stopping) == 1, lines
+    assert "━" not in stopping[0]
+    assert "━" not in lines[-1]  # the summary is a line of its own, after the bar
+    assert "stopped by SIGINT" in lines[-1]
+    shown = bars(lines)
+    assert len(shown) == 1, lines  # one bar, redrawn in place
+    done, total, _ = shown[0]
+    assert total == 300
+    assert 40 <= done < 300  # not jumped to the total by the rows left unprocessed
+    assert not any("0/?" in line for line in lines)
+
+    resumed, code = on_tty(args)
+    assert code == 0, resumed
+    said = [line for line in resumed if "resuming:" in line]
+    assert len(said) == 1, resumed
+    already = int(re.search(r"resuming: (\d+) rows already done", said[0]).group(1))  # type: ignore[union-attr]
+    assert already == done
+    done, total, rate = bars(resumed)[0]
+    assert (done, total) == (300, 300)
+    # The rate counts rows sent by this run: at --rpm 1200 about 20 a second, not the rows the
+    # resume skipped in its first instant.
+    assert rate <= 30, resumed
+
+
+def test_no_stale_bar_and_quiet_means_quiet(emulator: EmulatorProcess, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    write_input(source, 10)
+    # A run that stops before any progress (the base URL lacks /v1) leaves no bar behind.
+    lines, code = on_tty(["run", str(source), "--output", str(tmp_path / "a.csv"),
+                          "--base-url", emulator.root_url])  # fmt: skip
+    assert code == 2, lines
+    assert not any("━" in line or "0/?" in line for line in lines), lines
+    # --quiet on a terminal: no bar, no INFO lines, only the summary.
+    lines, code = on_tty(["run", str(source), "--output", str(tmp_path / "b.csv"),
+                          "--base-url", emulator.base_url, "--quiet"])  # fmt: skip
+    assert code == 1, lines  # the emulator does not hold these conversations: 404s
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("bulk-update: 10 rows: failed=10")
+    # ... while --log-file still gets the INFO lines.
+    log_file = tmp_path / "log.txt"
+    lines, code = on_tty(["run", str(source), "--output", str(tmp_path / "c.csv"),
+                          "--base-url", emulator.base_url, "--quiet", "--log-file",
+                          str(log_file)])  # fmt: skip
+    assert len(lines) == 1, lines
+    assert "INFO job started" in log_file.read_text()
