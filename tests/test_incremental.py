@@ -148,7 +148,9 @@ def test_kill_9_leaves_the_state_true_to_the_server(
     assert resumed.returncode == 0, resumed.stderr
     assert set(results(tmp_path / "4.csv")["status"].to_list()) == {"updated"}
     assert {c: stored(emu, c)["tier"] for c in ids} == dict.fromkeys(ids, "t2")
-    entries = {c: json.loads(m) for c, m in state_entries(tmp_path / "j.state.sqlite").items()}
+    entries: dict[str, dict[str, str]] = {
+        c: json.loads(m) for c, m in state_entries(tmp_path / "j.state.sqlite").items()
+    }
     assert all(metadata == stored(emu, c) for c, metadata in entries.items())
     missing = set(ids) - set(entries)
     assert len(missing) <= concurrency
