@@ -148,11 +148,9 @@ def test_kill_9_leaves_the_state_true_to_the_server(
     assert resumed.returncode == 0, resumed.stderr
     assert set(results(tmp_path / "4.csv")["status"].to_list()) == {"updated"}
     assert {c: stored(emu, c)["tier"] for c in ids} == dict.fromkeys(ids, "t2")
-    entries: dict[str, dict[str, str]] = {
-        c: json.loads(m) for c, m in state_entries(tmp_path / "j.state.sqlite").items()
-    }
-    assert all(metadata == stored(emu, c) for c, metadata in entries.items())
-    missing = set(ids) - set(entries)
+    claimed = {c: json.loads(m) for c, m in state_entries(tmp_path / "j.state.sqlite").items()}
+    assert all(metadata == stored(emu, c) for c, metadata in claimed.items())
+    missing = set(ids) - set(claimed)
     assert len(missing) <= concurrency
     sent = updates_sent(emu)
     night_5 = cli("run", str(source), "--output", str(tmp_path / "5.csv"), *common)
