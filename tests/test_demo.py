@@ -39,3 +39,39 @@ def test_make_demo_installs_only_the_package() -> None:
     tests = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "unit"], capture_output=True,
                            text=True, check=True).stdout  # fmt: skip
     assert "-e '.[dev,airflow]'" in tests
+
+
+def quick_start_commands() -> list[list[str]]:
+    """The README's "A real run" lines, as argument lists (continuations joined, comments cut)."""
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("A real run:") :].split("```")[1]
+    joined = block.replace("\\\n", " ")
+    commands = [shlex.split(line, comments=True) for line in joined.splitlines()]
+    return [command[1:] for command in commands if command[:1] == ["bulk-update"]]
+
+
+def test_the_quick_start_validate_predicts_what_run_sends(tmp_path: Path) -> None:
+    from bulk_update.emulator.process import EmulatorProcess
+    from tests.conftest import TEST_KEY
+    from tests.helpers import write_input
+
+    commands = quick_start_commands()
+    assert [c[0] for c in commands] == ["validate", "run"]
+    (tmp_path / "exports").mkdir()
+    source = tmp_path / "exports" / "conversations.csv"
+    write_input(source, 60)
+    with EmulatorProcess("--api-key", TEST_KEY, "--preload", str(source)) as emu:
+        validate, run = ([*c, "--base-url", emu.base_url] if c[0] == "run" else c for c in commands)
+        assert cli(*run, cwd=tmp_path).returncode == 0  # the first night: every row
+        write_input(source, 60, {4: "edited", 9: "edited", 30: "edited"})  # the next export
+        plan = cli(*validate, cwd=tmp_path)
+        assert plan.returncode == 0, plan.stderr
+        assert "would send 3" in plan.stderr
+        sent_before = emu.stats()["by_operation"]["update"]
+        # The same results path with a new export: --restart starts a new run (the job's state
+        # is kept); a nightly job writes a dated path instead.
+        done = cli(*run, "--restart", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert emu.stats()["by_operation"]["update"] - sent_before == 3
