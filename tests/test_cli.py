@@ -95,47 +95,6 @@ def test_emulator_port_in_use_exits_2(start_emulator: StartEmulator) -> None:
     assert "Address already in use" in result.stderr
 
 
-def test_progress_bar_only_on_a_tty(start_emulator: StartEmulator, tmp_path: object) -> None:
-    import os
-    import pty
-    from pathlib import Path
-
-    assert isinstance(tmp_path, Path)
-    source = tmp_path / "in.csv"
-    source.write_text("conversation_id,a\n" + "".join(f"conv_{i},v\n" for i in range(30)))
-    emu = start_emulator("--preload", str(source))
-    env = {**os.environ, "OPENAI_API_KEY": "sk-x", "COLUMNS": "160"}
-    args = [sys.executable, "-m", "bulk_update", "run", str(source), "--base-url", emu.base_url]
-
-    def on_tty(*extra: str) -> str:
-        controller, terminal = pty.openpty()
-        process = subprocess.Popen([*args, *extra], stdin=terminal, stdout=terminal,
-                                   stderr=terminal, env=env)  # fmt: skip
-        os.close(terminal)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        process.wait(timeout=60)
-        os.close(controller)
-        return b"".join(chunks).decode("utf-8", "replace")
-
-    with_bar = on_tty("--output", str(tmp_path / "a.csv"))
-    assert "━" in with_bar
-    assert "30/30" in with_bar
-    quiet = on_tty("--output", str(tmp_path / "b.csv"), "--quiet")
-    assert "━" not in quiet
-    assert "bulk-update: 30 rows: updated=30" in quiet
-    piped = bulk_update("run", str(source), "--base-url", emu.base_url, "--output",
-                        str(tmp_path / "c.csv"))  # fmt: skip
-    assert "━" not in piped.stderr
-
-
 def test_an_unexpected_exception_is_one_line_and_exit_70(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

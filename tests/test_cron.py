@@ -22,13 +22,19 @@ def wrapper(job: Path, tmp_path: Path, *flags: str) -> subprocess.CompletedProce
                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
 
 
-def test_cron_wrapper(start_emulator: StartEmulator, tmp_path: Path) -> None:
+def nightly_job(start_emulator: StartEmulator, tmp_path: Path) -> tuple[Path, Path]:
+    """A job file over 5 rows against an emulator that holds them: (job, its input)."""
     source = tmp_path / "in.csv"
     source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(5)))
     emu = start_emulator("--api-key", TEST_KEY, "--preload", str(source))
     job = tmp_path / "nightly.toml"
     job.write_text(f'input = "{source}"\noutput = "{tmp_path / "out.csv"}"\n'
                    f'base-url = "{emu.base_url}"\n')  # fmt: skip
+    return job, source
+
+
+def test_cron_wrapper(start_emulator: StartEmulator, tmp_path: Path) -> None:
+    job, source = nightly_job(start_emulator, tmp_path)
     ok = wrapper(job, tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout == ""  # cron sends no mail
@@ -48,12 +54,7 @@ def test_cron_wrapper(start_emulator: StartEmulator, tmp_path: Path) -> None:
 def test_cron_wrapper_on_a_canary_and_an_empty_export(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
-    source = tmp_path / "in.csv"
-    source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(5)))
-    emu = start_emulator("--api-key", TEST_KEY, "--preload", str(source))
-    job = tmp_path / "nightly.toml"
-    job.write_text(f'input = "{source}"\noutput = "{tmp_path / "out.csv"}"\n'
-                   f'base-url = "{emu.base_url}"\n')  # fmt: skip
+    job, source = nightly_job(start_emulator, tmp_path)
     canary = wrapper(job, tmp_path, "--limit", "2")
     assert canary.returncode == 0, canary.stdout
     assert canary.stdout == ""  # a clean canary is no failure: no mail

@@ -20,7 +20,7 @@ import pyte
 
 from bulk_update.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY, StartEmulator
-from tests.helpers import wait_for_requests, write_input
+from tests.helpers import cli, wait_for_requests, write_input
 
 COLUMNS, LINES = 200, 60
 
@@ -134,3 +134,16 @@ def test_no_stale_bar_and_quiet_means_quiet(emulator: EmulatorProcess, tmp_path:
                           str(log_file)])  # fmt: skip
     assert len(lines) == 1, lines
     assert "INFO job started" in log_file.read_text()
+
+
+def test_a_bar_only_on_a_terminal(start_emulator: StartEmulator, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    write_input(source, 30)
+    emu = start_emulator("--preload", str(source))
+    args = ["run", str(source), "--base-url", emu.base_url]
+    lines, code = on_tty([*args, "--output", str(tmp_path / "a.csv")])
+    assert code == 0, lines
+    assert bars(lines)[0][:2] == (30, 30)
+    piped = cli(*args, "--output", str(tmp_path / "b.csv"))  # no terminal: cron, Airflow
+    assert piped.returncode == 0
+    assert "━" not in piped.stderr
