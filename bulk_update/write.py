@@ -249,7 +249,9 @@ def errors_frame(table: InputTable, batch: pl.DataFrame, results: pl.DataFrame) 
     outcomes = results.filter(pl.col("status").is_in(wanted)).select(
         pl.col("row_number").cast(batch.schema[ROW_NUMBER]).alias(ROW_NUMBER), *ERROR_COLUMNS
     )
-    joined = batch.join(outcomes, on=ROW_NUMBER).sort(ROW_NUMBER)
+    # A fed-back errors file has status and error columns of its own: this run's replace them.
+    joined = batch.drop(ERROR_COLUMNS, strict=False).join(outcomes, on=ROW_NUMBER)
+    joined = joined.sort(ROW_NUMBER)
     return joined.select(*_errors_columns(table), *ERROR_COLUMNS)
 
 

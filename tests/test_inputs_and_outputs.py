@@ -202,3 +202,39 @@ def test_unsupported_inputs_get_a_clear_message(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_fed_back_errors_file_keeps_the_first_inputs_row_numbers(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    long = "x" * 513
+    source.write_text(f"conversation_id,note\n{ID(1)},ok\nbad id,fine\n{ID(3)},{long}\n")
+    emu = start_emulator("--preload", str(source))
+    first = tmp_path / "errors-1.csv"
+    done = cli("run", str(source), "--output", str(tmp_path / "r1.csv"), "--errors-output",
+               str(first), "--base-url", emu.base_url)  # fmt: skip
+    assert done.returncode == 1
+    fixed = pl.read_csv(first, infer_schema=False).with_columns(
+        pl.when(pl.col("conversation_id") == "bad id").then(pl.lit(ID(2)))
+        .otherwise(pl.col("conversation_id")).alias("conversation_id")
+    )  # fmt: skip
+    fixed.write_csv(tmp_path / "fixed.csv")
+    second = tmp_path / "errors-2.csv"
+    again = cli("run", str(tmp_path / "fixed.csv"), "--output", str(tmp_path / "r2.csv"),
+                "--errors-output", str(second), "--base-url", emu.base_url)  # fmt: skip
+    assert again.returncode == 1
+    rows = pl.read_csv(second, infer_schema=False)
+    # ID(2) is not on the server (404); row 3 is still too long: both under their first numbers.
+    assert rows.select("row_number", "status", "error_code").rows() == [
+        ("2", "failed", "http_404"), ("3", "invalid", "value_too_long"),
+    ]  # fmt: skip
+    assert rows.columns == ["row_number", "conversation_id", "note", "status", "error_code",
+                            "error_message"]  # fmt: skip
+    plan = tmp_path / "errors-3.csv"
+    dry = cli("validate", str(tmp_path / "fixed.csv"), "--output", str(tmp_path / "p.csv"),
+              "--errors-output", str(plan))  # fmt: skip
+    assert dry.returncode == 1
+    assert pl.read_csv(plan, infer_schema=False).select("row_number", "status").rows() == [
+        ("3", "invalid"),
+    ]
