@@ -30,7 +30,8 @@ def test_a_base_url_without_v1_stops_before_any_update(
     assert emu.stats()["requests"] == 0  # the unknown path is not an API request
     assert not output.exists()
     # With /v1 the same command does the whole file.
-    fixed = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
+    fixed = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url,
+                "--rpm", "60000")  # fmt: skip
     assert fixed.returncode == 0, fixed.stderr
     assert emu.stats()["by_operation"] == {"retrieve": 1, "update": 50}
 
@@ -63,7 +64,7 @@ def test_a_systematic_failure_stops_the_job(start_emulator: StartEmulator, tmp_p
     empty = start_emulator()
     output = tmp_path / "r.csv"
     args = ("run", str(source), "--output", str(output), "--concurrency", "4",
-            "--stop-after-failures", "25")  # fmt: skip
+            "--stop-after-failures", "25", "--rpm", "60000")  # fmt: skip
     done = cli(*args, "--base-url", empty.base_url)
     assert done.returncode == 3, done.stderr
     assert "25 rows in a row failed with http_404" in done.stderr
@@ -86,7 +87,8 @@ def test_a_systematic_failure_stops_the_job(start_emulator: StartEmulator, tmp_p
     assert set(right.stats(per_id=True)["updates_applied_by_id"]) == set(ids)
     # 0 never stops: the same 404s fail every row and the job finishes (exit 1).
     never = cli("run", str(source), "--output", str(tmp_path / "never.csv"), "--base-url",
-                empty.base_url, "--stop-after-failures", "0", "--job-name", "never")  # fmt: skip
+                empty.base_url, "--stop-after-failures", "0", "--job-name", "never",
+                "--rpm", "60000")  # fmt: skip
     assert never.returncode == 1
     assert set(results(tmp_path / "never.csv")["status"].to_list()) == {"failed"}
 
@@ -100,8 +102,9 @@ def test_the_breaker_names_a_refused_connection(
     write_input(source, 400)
     emu = start_emulator("--preload", str(source), "--latency-ms", "20")
     output = tmp_path / "r.csv"
+    # 20 rows a second: the emulator is gone long before the 400 rows are done.
     process = start(str(source), "--output", str(output), "--base-url", emu.base_url,
-                    "--concurrency", "4", "--breaker-timeout", "3", "--rpm", "60000")  # fmt: skip
+                    "--concurrency", "4", "--breaker-timeout", "3", "--rpm", "1200")  # fmt: skip
     wait_for_requests(emu, 30)
     emu.stop()
     started = time.monotonic()

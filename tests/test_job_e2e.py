@@ -241,7 +241,8 @@ def test_a_wrong_key_is_caught_by_the_preflight(
     assert emu.stats()["by_operation"] == {"retrieve": 1}  # the preflight, and no update
     assert "stopped: preflight: HTTP 401 invalid_api_key" in run.stderr
     # Resumable: with the right key every row is sent, once.
-    fixed = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
+    fixed = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url,
+                "--rpm", "60000")  # fmt: skip
     assert fixed.returncode == 0, fixed.stderr
     assert results(output)["status"].to_list() == ["updated"] * 200
     assert set(emu.stats(per_id=True)["updates_applied_by_id"].values()) == {1}
@@ -256,8 +257,10 @@ def test_a_fatal_answer_mid_run_leaves_its_row_unprocessed(
     source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(300)))
     emu = start_emulator("--preload", str(source), "--latency-ms", "20")
     output = tmp_path / "out.csv"
+    # 20 rows a second: the quota runs out long before the 300 rows are done, however loaded
+    # the machine.
     process = start(str(source), "--output", str(output), "--base-url", emu.base_url,
-                    "--concurrency", "8", "--rpm", "60000")  # fmt: skip
+                    "--concurrency", "8", "--rpm", "1200")  # fmt: skip
     wait_for_requests(emu, 40)
     emu.admin("config", {"quota_exhausted": True})
     _, stderr = process.communicate(timeout=120)
@@ -270,7 +273,8 @@ def test_a_fatal_answer_mid_run_leaves_its_row_unprocessed(
     assert all("quota" in message for message in met_it["error_message"].to_list())
     assert "failed" not in frame["status"].to_list()
     emu.admin("config", {"quota_exhausted": False})
-    again = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
+    again = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url,
+                "--rpm", "60000")  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert results(output)["status"].to_list() == ["updated"] * 300
     applied = emu.stats(per_id=True)["updates_applied_by_id"]
