@@ -307,9 +307,10 @@ class _Pipeline:
     """A producer feeding planned updates to ``concurrency`` workers through a bounded queue.
 
     ``halt()`` (a signal, or the API saying stop) empties the queue so that neither side can
-    block on the other; workers finish the row in hand and exit. After a fatal answer the
-    workers still waiting (in a backoff or a limiter pause) are cancelled: their rows were not
-    answered, so they stay unprocessed and a re-run sends them.
+    block on the other; workers finish the row in hand and exit. After a fatal answer (or a
+    failure streak) the other workers are cancelled, whether waiting (a backoff, a limiter
+    pause) or with a request in flight: their rows get no outcome, so they stay unprocessed and
+    a re-run sends them (at most ``concurrency`` rows twice).
     """
 
     def __init__(self, run: _Run, sender: Sender | None) -> None:
