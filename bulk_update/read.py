@@ -185,6 +185,15 @@ def header_problem(file: str, separator: str = ",") -> str | None:
     return None
 
 
+def _has_text(file: str) -> bool:
+    """Whether a local file holds anything but white space (read until the first that is)."""
+    with open(file, "rb") as raw:
+        while chunk := raw.read(1 << 16):
+            if chunk.strip():
+                return True
+    return False
+
+
 def shard_of(conversation_id: pl.Expr, count: int) -> pl.Expr:
     """The shard (0 to count-1) of each ID: CRC-32 of the trimmed ID's UTF-8 bytes modulo
     ``count``. CRC-32 is fixed by standard, unlike Python's salted ``hash`` or polars' hash, so
@@ -264,6 +273,9 @@ def open_input(
         problem = header_problem(file, separator)
         if problem is not None:
             raise InputError(file, problem)
+    for file in files if fmt == "ndjson" else ():
+        if "://" not in file and not _has_text(file):
+            raise InputError(file, "the file is empty: no JSON object")
     try:
         schema = _scan(files, fmt, storage_options, separator).collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:

@@ -196,6 +196,11 @@ def test_unsupported_inputs_get_a_clear_message(tmp_path: Path) -> None:
     done = cli("validate", str(folder), "--output", str(tmp_path / "r.csv"))
     assert done.returncode == 2
     assert done.stderr.strip() == f"bulk-update: error: {folder}: is a directory, not an input file"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    done = cli("validate", str(empty), "--output", str(tmp_path / "r.csv"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"bulk-update: error: {empty}: the file is empty: no JSON object"
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"conversation_id": "conv_1", "a": "x"}\n{not json\n')
     done = cli("validate", str(broken), "--output", str(tmp_path / "r.csv"))
