@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from bulk_update.config import DEFAULT_BREAKER_THRESHOLD, DEFAULT_BREAKER_TIMEOUT_S
+from bulk_update.retry import RETRYABLE_STATUSES
 
 DEFAULT_THRESHOLD = DEFAULT_BREAKER_THRESHOLD
 DEFAULT_GIVE_UP_AFTER_S = DEFAULT_BREAKER_TIMEOUT_S
@@ -102,4 +103,4 @@ def _refused_for_itself(http_status: int | None, error_code: str | None) -> bool
     other than 408, 409 and 429, a redirect, an answer for another ID)."""
     if http_status is None or error_code == "invalid_response":
         return False
-    return 200 <= http_status < 500 and http_status not in (408, 409, 429)
+    return 200 <= http_status < 500 and http_status not in RETRYABLE_STATUSES

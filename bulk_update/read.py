@@ -230,13 +230,10 @@ def _scan(
     if fmt == "ndjson":
         # A JSON Lines file's keys may first appear on any line: the whole file is read once
         # to find them (open_input), then every value is read as text.
-        sources = files[0] if len(files) == 1 else list(files)
         if schema is None:
-            return pl.scan_ndjson(
-                sources, infer_schema_length=None, storage_options=storage_options
-            )
+            return pl.scan_ndjson(source, infer_schema_length=None, storage_options=storage_options)
         text = pl.Schema(dict.fromkeys(schema.names(), pl.String()))
-        return pl.scan_ndjson(sources, schema=text, storage_options=storage_options)
+        return pl.scan_ndjson(source, schema=text, storage_options=storage_options)
     return pl.scan_csv(
         source,
         separator=separator,

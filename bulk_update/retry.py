@@ -212,9 +212,6 @@ def classify(answer: Answer, now_epoch: float, expected_id: str) -> Verdict:
     )
 
 
-# Statuses whose answer says nothing about the request itself: the API is busy or down.
-_TRANSIENT_STATUSES = frozenset({408, 409, 429})
-
 PreflightAction = Literal["go", "retry", "fatal", "misconfigured"]
 
 
@@ -246,7 +243,7 @@ def judge_preflight(answer: Answer, now_epoch: float) -> Preflight:
     error_type, code, message = _error_fields(status, answer.body)
     if status in FATAL_STATUSES or "insufficient_quota" in (error_type, code):
         return Preflight("fatal", f"HTTP {status} {code}: {message}", error_code=code)
-    if status in _TRANSIENT_STATUSES or status >= 500:
+    if status in RETRYABLE_STATUSES or status >= 500:
         wait = parse_retry_after(answer.headers or {}, now_epoch)
         return Preflight("retry", f"HTTP {status} {code}: {message}", code, wait)
     if status in (404, 405) and (error_type == "http_error" or message.startswith("Invalid URL")):

@@ -45,6 +45,10 @@ def unescape(frame: FrameT) -> FrameT:
     )
 
 
+# The types CSV cannot hold as they are.
+_NESTED = (pl.List, pl.Array, pl.Struct, pl.Binary)
+
+
 def _holds_binary(dtype: Any) -> bool:
     if isinstance(dtype, pl.Binary):
         return True
@@ -82,9 +86,7 @@ def text_cells(frame: FrameT) -> FrameT:
     """Cells that CSV cannot hold (lists, structs, arrays) as JSON text, binary as hex, so that
     a Parquet input's every column fits in a CSV errors file."""
     nested = {
-        name: dtype
-        for name, dtype in frame.collect_schema().items()
-        if isinstance(dtype, pl.List | pl.Array | pl.Struct | pl.Binary)
+        name: dtype for name, dtype in frame.collect_schema().items() if isinstance(dtype, _NESTED)
     }
     if not nested:
         return frame
@@ -95,7 +97,6 @@ def text_cells(frame: FrameT) -> FrameT:
 
 def text_schema(schema: pl.Schema) -> pl.Schema:
     """The schema ``text_cells`` turns ``schema`` into."""
-    nested = (pl.List, pl.Array, pl.Struct, pl.Binary)
     return pl.Schema(
-        {name: pl.String if isinstance(dtype, nested) else dtype for name, dtype in schema.items()}
+        {name: pl.String if isinstance(dtype, _NESTED) else dtype for name, dtype in schema.items()}
     )
