@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SOURCES := $(wildcard bulk_update tests benchmarks jobs sample_data)
 HASH := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-# The demo needs the package alone; the tests need the dev tools and Airflow too.
+# The demo needs the package and the emulator; the tests need the dev tools and Airflow too.
 BASE_STAMP := $(VENV)/.installed-base-$(HASH)
 STAMP := $(VENV)/.installed-dev-$(HASH)
 
@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-dev-$(HASH)
 $(BASE_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[emulator]'
 	rm -f $(VENV)/.installed-base-*
 	touch $(BASE_STAMP)
 

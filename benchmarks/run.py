@@ -219,19 +219,25 @@ def resume_cost(quick: bool) -> list[Row]:
     source = make_input(rows, "resume")
     plan = DATA / "resume-plan.parquet"
     validate_s, _ = run_measured(job("validate", str(source), "--output", str(plan)), ENV)
-    # A job 99 % done: the journal of a real run, written as the job writes it.
+    # A job 99 % done: the run's outcomes in the job's store, written as the job writes them.
+    from contextlib import closing
+
     from bulk_update import JobConfig
-    from bulk_update.job import journal_fingerprint
-    from bulk_update.journal import Journal
+    from bulk_update.job import run_fingerprint, run_options
     from bulk_update.outcome import RowOutcome, Status
+    from bulk_update.store import RunKey, open_store
 
     out = DATA / "resume-results.parquet"
     config = JobConfig(input=str(source), output=str(out))
-    journal_path = config.journal_path()
-    for stale in journal_path.parent.glob(journal_path.name + "*"):
+    store_path = config.store_path()
+    for stale in store_path.parent.glob(store_path.name + "*"):
         stale.unlink()
     done = rows - rows // 100
-    with Journal.open(journal_path, journal_fingerprint(config)) as journal:
+    key = RunKey(config.resolved_job_name(), config.output, None)
+    with (
+        open_store(store_path) as store,
+        closing(store.open_run(key, run_fingerprint(config), run_options(config))) as journal,
+    ):
         for start in range(0, done, 50_000):
             journal.record_many([
                 RowOutcome(i + 1, preload_id(i), Status.UPDATED, 200, 1, request_id="req_x",

@@ -5,8 +5,7 @@ summary = run_job(JobConfig(input="rows.csv", output="out/results.parquet"))
 summary.exit_code, summary.as_dict()
 """
 
-__version__ = "0.1.0"
-
+from bulk_update._version import __version__
 from bulk_update.config import JobConfig
 from bulk_update.exceptions import (
     BulkUpdateError,
@@ -15,12 +14,16 @@ from bulk_update.exceptions import (
     InputError,
     JournalError,
 )
-from bulk_update.job import JobSummary, Progress, run_job, run_job_async
+from bulk_update.exitcodes import RESUMABLE, ExitCode
+from bulk_update.job import run_job, run_job_async
 from bulk_update.outcome import RowOutcome, Status
+from bulk_update.summary import JobSummary, Progress
 
 __all__ = [
+    "RESUMABLE",
     "BulkUpdateError",
     "ConfigError",
+    "ExitCode",
     "FatalApiError",
     "InputError",
     "JobConfig",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -10,26 +11,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bulk_update import __version__
-from bulk_update.config import (
-    DEFAULT_BREAKER_TIMEOUT_S,
-    DEFAULT_CONCURRENCY,
-    DEFAULT_DRAIN_TIMEOUT_S,
-    DEFAULT_ID_COLUMN,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_RPM,
-    DEFAULT_STOP_AFTER_FAILURES,
-    DEFAULT_TIMEOUT_S,
-    JobConfig,
-    parse_columns,
-    parse_shard,
-)
+from bulk_update._version import __version__
+from bulk_update.config import JobConfig, parse_columns, parse_shard
 from bulk_update.exceptions import BulkUpdateError, ConfigError, first_line
-from bulk_update.job import Progress, run_job
+from bulk_update.exitcodes import ExitCode
+from bulk_update.job import run_job
+from bulk_update.summary import Progress
 
 log = logging.getLogger("bulk_update")
-# An exception the job does not expect (a bug): EX_SOFTWARE, distinct from the job's own codes.
-EXIT_INTERNAL = 70
 # Without a progress bar (no TTY, or --quiet), a progress log line this often.
 PROGRESS_LOG_INTERVAL_S = 10.0
 
@@ -59,6 +48,13 @@ def _number(
     return check
 
 
+def _defaults(cls: type[Any]) -> dict[str, Any]:
+    """A dataclass's field defaults: the help texts show them, never a copy."""
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+JOB_DEFAULTS = _defaults(JobConfig)
+
 _fraction = _number(float, low=0.0, high=1.0)
 _non_negative_int = _number(int, low=0)
 _positive_int = _number(int, low=1)
@@ -66,6 +62,9 @@ _positive_float = _number(float, low=0.0, strict=True)
 
 
 def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from bulk_update.emulator import EmulatorConfig
+
+    emulator = _defaults(EmulatorConfig)
     parser = _subcommand(
         commands,
         "emulator",
@@ -90,55 +89,34 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     parser.add_argument(
         "--api-key",
-        default=None,
+        default=emulator["api_key"],
         help="accept only this bearer key (default: any non-empty key)",
     )
-    parser.add_argument(
-        "--rpm",
-        type=_non_negative_int,
-        default=0,
-        metavar="N",
-        help="server-side request limit per minute, enforced per second; 0: no limit (default 0)",
-    )
-    parser.add_argument(
-        "--latency-ms",
-        type=float,
-        default=0.0,
-        metavar="MS",
-        help="added to every API answer (default 0)",
-    )
-    parser.add_argument(
-        "--error-rate",
-        type=_fraction,
-        default=0.0,
-        metavar="P",
-        help="fraction of requests answered 500, 502 or 503 (default 0)",
-    )
-    parser.add_argument(
-        "--reset-rate",
-        type=_fraction,
-        default=0.0,
-        metavar="P",
-        help="fraction whose connection is dropped with a TCP reset and no answer (default 0)",
-    )
-    parser.add_argument(
-        "--slow-rate",
-        type=_fraction,
-        default=0.0,
-        metavar="P",
-        help="fraction of answers delayed by a further --slow-ms (default 0)",
-    )
-    parser.add_argument(
-        "--slow-ms",
-        type=float,
-        default=5000.0,
-        metavar="MS",
-        help="delay of a slow answer (default 5000)",
-    )
+    # The emulator's numeric settings: (option, type, metavar, meaning); defaults from
+    # EmulatorConfig.
+    numbers: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
+        ("rpm", _non_negative_int, "N",
+         "server-side request limit per minute, enforced per second; 0: no limit"),
+        ("latency_ms", float, "MS", "added to every API answer"),
+        ("error_rate", _fraction, "P", "fraction of requests answered 500, 502 or 503"),
+        ("reset_rate", _fraction, "P",
+         "fraction whose connection is dropped with a TCP reset and no answer"),
+        ("slow_rate", _fraction, "P", "fraction of answers delayed by a further --slow-ms"),
+        ("slow_ms", float, "MS", "delay of a slow answer"),
+    )  # fmt: skip
+    for name, kind, metavar, meaning in numbers:
+        default = emulator[name]
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=default,
+            metavar=metavar,
+            help=f"{meaning} (default {default:g})",
+        )
     parser.add_argument(
         "--random-seed",
         type=int,
-        default=None,
+        default=emulator["random_seed"],
         metavar="N",
         help="the same seed gives the same faults for the same request sequence (default random)",
     )
@@ -152,26 +130,23 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _run_emulator(args: argparse.Namespace) -> int:
-    from bulk_update.emulator import EmulatorConfig, serve
+    from bulk_update.emulator import EXTRA_HINT, EmulatorConfig, missing_dependency
+
+    missing = missing_dependency()
+    if missing is not None:
+        raise ConfigError(f"{EXTRA_HINT} ({missing} is not installed)")
+    from bulk_update.emulator.server import serve
 
     try:
-        config = EmulatorConfig(
-            api_key=args.api_key,
-            rpm=args.rpm,
-            latency_ms=args.latency_ms,
-            error_rate=args.error_rate,
-            reset_rate=args.reset_rate,
-            slow_rate=args.slow_rate,
-            slow_ms=args.slow_ms,
-            random_seed=args.random_seed,
-        )
+        settings = {name: getattr(args, name, None) for name in _defaults(EmulatorConfig)}
+        config = EmulatorConfig(**{k: v for k, v in settings.items() if v is not None})
         serve(config, host=args.host, port=args.port, preload=args.preload)
     except (OSError, ValueError) as exc:
         print(f"bulk-update emulator: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except KeyboardInterrupt:
-        return 130
-    return 0
+        return ExitCode.SIGINT
+    return ExitCode.OK
 
 
 def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -227,7 +202,7 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         "--id-column",
         default=S,
         metavar="NAME",
-        help=f"the conversation ID column (default {DEFAULT_ID_COLUMN})",
+        help=f"the conversation ID column (default {JOB_DEFAULTS['id_column']})",
     )
     parser.add_argument(
         "--columns",
@@ -263,7 +238,8 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         "--state-dir",
         default=S,
         metavar="DIR",
-        help="where job states live, as NAME.state.sqlite (default: the results' directory)",
+        help="where job stores live, as NAME.sqlite: runs, outcomes and state "
+        "(default: the results' directory)",
     )
     parser.add_argument(
         "--full",
@@ -275,7 +251,8 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         "--since-state",
         default=S,
         metavar="PATH",
-        help="compare with this state database (another job's) instead of this job's own",
+        help="compare with the state in this store (another job's NAME.sqlite) instead of this "
+        "job's own",
     )
     parser.add_argument(
         "--delimiter",
@@ -296,14 +273,14 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         type=_positive_int,
         default=S,
         metavar="N",
-        help=f"requests per minute for the whole job (default {DEFAULT_RPM})",
+        help=f"requests per minute for the whole job (default {JOB_DEFAULTS['rpm']})",
     )
     parser.add_argument(
         "--concurrency",
         type=_positive_int,
         default=S,
         metavar="N",
-        help=f"requests in flight at most (default {DEFAULT_CONCURRENCY})",
+        help=f"requests in flight at most (default {JOB_DEFAULTS['concurrency']})",
     )
     parser.add_argument(
         "--max-attempts",
@@ -311,14 +288,14 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         default=S,
         metavar="N",
         help="attempts per row for transient failures; 429 waits excluded "
-        f"(default {DEFAULT_MAX_ATTEMPTS})",
+        f"(default {JOB_DEFAULTS['max_attempts']})",
     )
     parser.add_argument(
         "--timeout",
         type=_positive_float,
         default=S,
         metavar="S",
-        help=f"per-request timeout in seconds (default {DEFAULT_TIMEOUT_S:g})",
+        help=f"per-request timeout in seconds (default {JOB_DEFAULTS['timeout']:g})",
     )
     parser.add_argument(
         "--dry-run",
@@ -330,7 +307,7 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         "--restart",
         action="store_true",
         default=S,
-        help="ignore saved progress and start over (the old journal is kept aside)",
+        help="ignore saved progress and start over (the old run is kept in the store)",
     )
     parser.add_argument(
         "--shard",
@@ -346,7 +323,7 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         default=S,
         metavar="S",
         help="stop (exit 3, resumable) once the API has failed every probe this long "
-        f"(default {DEFAULT_BREAKER_TIMEOUT_S:g})",
+        f"(default {JOB_DEFAULTS['breaker_timeout']:g})",
     )
     parser.add_argument(
         "--drain-timeout",
@@ -354,7 +331,7 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         default=S,
         metavar="S",
         help="after SIGTERM/SIGINT, how long in-flight requests may take "
-        f"(default {DEFAULT_DRAIN_TIMEOUT_S:g})",
+        f"(default {JOB_DEFAULTS['drain_timeout']:g})",
     )
     parser.add_argument(
         "--limit",
@@ -367,7 +344,7 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         "--retry-failed",
         action="store_true",
         default=S,
-        help="send again the rows this run's journal has as failed; the results are rewritten",
+        help="send again the rows this run has as failed; the results are rewritten",
     )
     parser.add_argument(
         "--stop-after-failures",
@@ -375,7 +352,7 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         default=S,
         metavar="N",
         help="stop (exit 3, resumable) after N rows in a row failed with the same "
-        f"non-retryable error code; 0: never (default {DEFAULT_STOP_AFTER_FAILURES})",
+        f"non-retryable error code; 0: never (default {JOB_DEFAULTS['stop_after_failures']})",
     )
 
 
@@ -506,7 +483,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 EXIT_CODES_HELP = """exit codes:
   0    every row updated or unchanged (rows left unprocessed by --limit are no failure)
   1    finished; some rows failed or invalid (see the results or --errors-output)
-  2    bad usage, config or input, or another run holds the job: nothing sent
+  2    bad usage, config, input or store, or another run holds the job: nothing sent
   3    stopped: 401/403, insufficient_quota, the API down (circuit breaker), or
        --stop-after-failures rows in a row failed alike; the rest unprocessed: re-run to resume
   130  stopped by SIGINT (Ctrl-C) / 143 by SIGTERM, after a drain: re-run to resume
@@ -589,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("bulk-update: interrupted", file=sys.stderr, flush=True)
-        return 130
+        return ExitCode.SIGINT
     except Exception as exc:  # a bug: say so in one line, keep the traceback for the report
         log.error("internal error", exc_info=True, extra={"event": "internal_error"})
         print(
@@ -598,4 +575,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        return EXIT_INTERNAL
+        return ExitCode.INTERNAL

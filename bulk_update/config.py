@@ -17,6 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bulk_update.exceptions import ConfigError
+from bulk_update.formats import result_format
+from bulk_update.paths import is_remote
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_ID_COLUMN = "conversation_id"
@@ -35,19 +37,7 @@ DEFAULT_DRAIN_TIMEOUT_S = 10.0
 # Consecutive rows failed with the same non-retryable error code that stop the job (0: never).
 DEFAULT_STOP_AFTER_FAILURES = 100
 
-RESULT_FORMATS = (".parquet", ".csv", ".jsonl")
 JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-def output_format(path: str) -> str:
-    """``.parquet``, ``.csv`` or ``.jsonl``, from a results path's extension."""
-    suffix = Path(urlsplit(path).path).suffix.lower()
-    if suffix not in RESULT_FORMATS:
-        raise ConfigError(
-            f"{path}: unknown results format {suffix or '(none)'!r}; use one of "
-            + ", ".join(RESULT_FORMATS)
-        )
-    return suffix
 
 
 def _is_loopback(host: str) -> bool:
@@ -103,7 +93,6 @@ class JobConfig:
     storage_options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     organization: str | None = None
     project: str | None = None
-    journal: str | None = None  # default: beside the results, see journal_path()
     batch_rows: int = DEFAULT_BATCH_ROWS
     # Consecutive 5xx/connection failures that open the circuit breaker, and how long it may
     # stay open before the job stops (exit 3, resumable).
@@ -111,12 +100,13 @@ class JobConfig:
     breaker_timeout: float = DEFAULT_BREAKER_TIMEOUT_S
     # After SIGTERM/SIGINT, how long in-flight requests may take to finish.
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
-    # Incremental runs: the job's state of what it last set, <state_dir>/<job_name>.state.sqlite.
-    # Defaults: the results file's name without extension, and its directory (see state_path).
+    # The job's store (its runs, their outcomes, its state of what it last set):
+    # <state_dir>/<job_name>.sqlite. Defaults: the results file's name without extension, and
+    # its directory (see store_path).
     job_name: str | None = None
     state_dir: str | None = None
     full: bool = False  # send every row, even those unchanged since the job last set them
-    since_state: str | None = None  # compare with another job's state database instead
+    since_state: str | None = None  # compare with another job's store (its state) instead
     delimiter: str | None = None  # CSV/TSV field separator; default from the extension
     retry_failed: bool = False  # send again the rows this run's journal has as failed
     stop_after_failures: int = DEFAULT_STOP_AFTER_FAILURES
@@ -130,6 +120,11 @@ class JobConfig:
         Raises ConfigError naming ``source`` and the option."""
         known = {f.name for f in fields(cls)}
         normalized = {key.replace("-", "_"): value for key, value in options.items()}
+        if "journal" in normalized:
+            raise ConfigError(
+                f"{source}: journal: the journal is now in the job's store "
+                "(<state-dir>/<job-name>.sqlite); choose its place with state-dir"
+            )
         unknown = sorted(set(normalized) - known)
         if unknown:
             shown = ", ".join(name.replace("_", "-") for name in unknown)
@@ -201,9 +196,9 @@ class JobConfig:
                 f"--job-name {self.job_name!r}: use 1 to 100 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
-        output_format(self.output)
+        result_format(self.output)
         if self.errors_output is not None:
-            output_format(self.errors_output)
+            result_format(self.errors_output)
         if self.base_url is not None:
             check_base_url(self.base_url)
 
@@ -239,39 +234,29 @@ class JobConfig:
         """--job-name, else the results file's name without its extension."""
         if self.job_name is not None:
             return self.job_name
-        stem = Path(urlsplit(self.output).path).stem
+        stem = Path(urlsplit(self.output).path if is_remote(self.output) else self.output).stem
         return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-")[:100] or "results"
 
-    def state_path(self) -> Path:
-        """The job's state database: in --state-dir, else beside a local results file, else
-        under ./.bulk_update."""
+    def store_path(self) -> Path:
+        """The job's store: in --state-dir, else beside a local results file, else under
+        ./.bulk_update."""
         if self.state_dir is not None:
             directory = Path(self.state_dir)
-        elif "://" in self.output:
+        elif is_remote(self.output):
             directory = Path(".bulk_update")
         else:
             directory = Path(self.output).parent
-        return directory / f"{self.resolved_job_name()}.state.sqlite"
-
-    def journal_path(self) -> Path:
-        """Where progress is journaled: beside a local results file, else under ./.bulk_update."""
-        if self.journal is not None:
-            return Path(self.journal)
-        if "://" in self.output:
-            safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in self.output)
-            return Path(".bulk_update") / f"{safe}.journal.sqlite"
-        return Path(self.output + ".journal.sqlite")
+        return directory / f"{self.resolved_job_name()}.sqlite"
 
     def check_paths(self, input_files: tuple[str, ...]) -> None:
-        """Refuse outputs that would destroy what the run needs: the input, each other, the
-        journal or the job's state (or their companion files). Globs in ``input_files`` are
-        already expanded."""
+        """Refuse outputs that would destroy what the run needs: the input or each other (the
+        store, ``.sqlite``, cannot be a results path). Every file the run writes must be
+        writable. Globs in ``input_files`` are already expanded."""
 
         def key(path: str | Path) -> str:
-            return str(path) if "://" in str(path) else str(Path(path).resolve())
+            return str(path) if is_remote(path) else str(Path(path).resolve())
 
         inputs = {key(path) for path in input_files}
-        kept = {key(self.journal_path()): "the journal", key(self.state_path()): "the job's state"}
         outputs = [("--output", self.output)]
         if self.errors_output is not None:
             outputs.append(("--errors-output", self.errors_output))
@@ -279,18 +264,13 @@ class JobConfig:
             target = key(path)
             if target in inputs:
                 raise ConfigError(f"{flag} {path} is the input: refusing to overwrite it")
-            for base, what in kept.items():
-                if target in {
-                    base + suffix for suffix in ("", "-wal", "-shm", "-journal", ".lock")
-                }:
-                    raise ConfigError(f"{flag} {path} is {what}'s place: choose another path")
         if self.errors_output is not None and key(self.errors_output) == key(self.output):
             raise ConfigError("--errors-output is the same file as --output")
-        files = [*outputs, ("the journal", str(self.journal_path()))]
+        files = list(outputs)
         if not self.dry_run:
-            files.append(("the job's state", str(self.state_path())))
+            files.append(("the job's store", str(self.store_path())))
         for what, path in files:
-            if "://" not in path:
+            if not is_remote(path):
                 _check_writable(what, Path(path))
 
 

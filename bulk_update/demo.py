@@ -10,8 +10,10 @@ from pathlib import Path
 
 import polars as pl
 
+from bulk_update import emulator as emulators
 from bulk_update.config import JobConfig
 from bulk_update.emulator.process import EmulatorProcess
+from bulk_update.exceptions import ConfigError
 from bulk_update.job import run_job
 from bulk_update.jobfile import load_job_file
 
@@ -42,6 +44,9 @@ def _edit_three_rows(source: str, target: Path) -> Path:
 
 
 def run_demo(job_file: str = DEMO_JOB) -> int:
+    missing = emulators.missing_dependency()
+    if missing is not None:
+        raise ConfigError(f"{emulators.EXTRA_HINT} ({missing} is not installed)")
     if not Path(job_file).is_file():
         print(f"bulk-update demo: run it from the project's root ({job_file} not found)")
         return 2
@@ -52,8 +57,8 @@ def run_demo(job_file: str = DEMO_JOB) -> int:
     with EmulatorProcess(*EMULATOR_ARGS, "--preload", config.input) as emulator:
         print(f"emulator serving {emulator.base_url} ({' '.join(EMULATOR_ARGS[2:])})")
         print(f"running {job_file}: {config.input} -> {config.output}\n", flush=True)
-        # A fresh emulator each time: start the job over and send every row (the old journal is
-        # kept aside; the state of an earlier demo says nothing about this emulator).
+        # A fresh emulator each time: start the job over and send every row (the old run is
+        # kept in the store; the state of an earlier demo says nothing about this emulator).
         config = dataclasses.replace(
             config, base_url=emulator.base_url, api_key=DEMO_KEY, restart=True
         )

@@ -3,19 +3,21 @@
 BulkUpdateError              base of everything raised on purpose
 ├── ConfigError              bad options or job file: exit 2, nothing sent
 ├── InputError               unreadable input, missing or unknown column: exit 2, nothing sent
-├── JournalError             the journal refuses: another run holds it, or the input
-│                            changed since it was written: exit 2, nothing sent
+├── JournalError             the job's store refuses the run: another run holds it, or
+│                            the input changed since the run began: exit 2, nothing sent
 └── FatalApiError            the API says every later row would fail the same way
                              (401, 403, insufficient_quota, a circuit breaker): exit 3
 """
 
 from __future__ import annotations
 
+from bulk_update.exitcodes import ExitCode
+
 
 class BulkUpdateError(Exception):
     """Base class of the errors bulk_update raises on purpose."""
 
-    exit_code = 2
+    exit_code: ExitCode = ExitCode.USAGE
 
 
 class ConfigError(BulkUpdateError):
@@ -32,13 +34,13 @@ class InputError(BulkUpdateError):
 
 
 class JournalError(BulkUpdateError):
-    """The journal cannot be used for this run."""
+    """The job's store cannot be used for this run."""
 
 
 class FatalApiError(BulkUpdateError):
     """An API answer that stops the whole job: every later row would fail the same way."""
 
-    exit_code = 3
+    exit_code = ExitCode.FATAL
 
     def __init__(self, message: str, *, http_status: int | None, error_code: str | None) -> None:
         super().__init__(message)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import enum
+import typing
 from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
 
 
 class Status(enum.StrEnum):
@@ -39,8 +43,22 @@ class RowOutcome:
     metadata: str | None = None  # the returned conversation's metadata, JSON text
     sent_metadata: str | None = None  # JSON text
 
+    def as_row(self) -> tuple[Any, ...]:
+        """The values in RESULT_COLUMNS order."""
+        return tuple(getattr(self, name) for name in RESULT_COLUMNS)
 
-RESULT_COLUMNS: tuple[str, ...] = tuple(RowOutcome.__dataclass_fields__)
+
+def _polars_type(hint: Any) -> type[pl.DataType]:
+    kinds = {a for a in typing.get_args(hint) or (hint,) if a is not type(None)}
+    return pl.Int64 if kinds == {int} else pl.String
+
+
+# The one declaration of the results' columns and types: the results files, the errors file's
+# status columns and the store's outcomes table are all derived from RowOutcome.
+RESULTS_SCHEMA = pl.Schema(
+    {name: _polars_type(hint) for name, hint in typing.get_type_hints(RowOutcome).items()}
+)
+RESULT_COLUMNS: tuple[str, ...] = tuple(RESULTS_SCHEMA.names())
 # The columns --errors-output adds to the input's own. An input that has all three is taken for
 # a fed-back errors file: they (and its ``row_number``) are not metadata unless --columns names
 # them.

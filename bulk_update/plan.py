@@ -1,6 +1,6 @@
 """Plan: pure validation. One input row becomes one update request or one ``invalid`` outcome.
 
-Nothing here does I/O or logs. The rules (SPEC "Input mapping and validation"):
+Nothing here does I/O or logs. The rules (the README's "Input rules"):
 - the ID is trimmed and must be ``conv_`` + ``[A-Za-z0-9_-]``, 128 characters at most, so it can
   never change a URL's path or query;
 - an empty cell or a null means no value for that key; a row with no pairs left is invalid;

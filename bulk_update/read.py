@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
+import os
 import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
 import polars as pl
 
 from bulk_update import spreadsheet
 from bulk_update.exceptions import InputError, first_line
 from bulk_update.outcome import ERROR_COLUMNS, ERRORS_ROW_NUMBER
+from bulk_update.paths import is_remote, suffix
 
 ROW_NUMBER = "__bulk_update_row_number"
 
@@ -36,14 +38,14 @@ INPUT_FORMATS: dict[str, InputFormat] = {
 
 def input_format(path: str) -> InputFormat:
     """The format of an input path (a file, a glob, a URL), from its extension."""
-    suffix = Path(urlsplit(path).path if "://" in path else path).suffix.lower()
-    if suffix not in INPUT_FORMATS:
+    extension = suffix(path)
+    if extension not in INPUT_FORMATS:
         raise InputError(
             path,
-            f"unsupported input format {suffix!r}: use .csv, .tsv, .jsonl, .ndjson or .parquet"
-            + (" (save the sheet as CSV)" if suffix in {".xlsx", ".xls", ".ods"} else ""),
+            f"unsupported input format {extension!r}: use .csv, .tsv, .jsonl, .ndjson or .parquet"
+            + (" (save the sheet as CSV)" if extension in {".xlsx", ".xls", ".ods"} else ""),
         )
-    return INPUT_FORMATS[suffix]
+    return INPUT_FORMATS[extension]
 
 
 def default_separator(path: str) -> str:
@@ -133,7 +135,7 @@ class InputTable:
 def csv_problem(file: str, separator: str = ",") -> str | None:
     """What makes a local CSV file unreadable, with its line: not UTF-8, a quote never closed,
     more fields than the header. Slow (Python, line by line): only called once polars failed."""
-    if "://" in file:
+    if is_remote(file):
         return None
     with open(file, "rb") as raw:
         for number, line in enumerate(raw, start=1):
@@ -163,7 +165,7 @@ def csv_problem(file: str, separator: str = ",") -> str | None:
 def header_problem(file: str, separator: str = ",") -> str | None:
     """What is wrong with a local CSV file's header, before polars reads it: an empty file,
     UTF-16 or binary data, a header that is not UTF-8, a column name given twice."""
-    if "://" in file:
+    if is_remote(file):
         return None
     with open(file, "rb") as raw:
         head = raw.read(64 * 1024)
@@ -209,7 +211,7 @@ def shard_of(conversation_id: pl.Expr, count: int) -> pl.Expr:
 
 def expand(path: str) -> tuple[str, ...]:
     """The files a path names: a glob's matches in sorted (stable) order, or the path."""
-    if "://" in path or not glob.has_magic(path):
+    if is_remote(path) or not glob.has_magic(path):
         return (path,)
     return tuple(sorted(glob.glob(path)))
 
@@ -223,7 +225,7 @@ def _scan(
 ) -> pl.LazyFrame:
     """Local globs are expanded by ``expand`` (sorted); a remote URL's glob by polars. JSON
     Lines are read with ``schema`` (every key as text) once ``open_input`` found the keys."""
-    remote = any("://" in file for file in files)
+    remote = any(is_remote(file) for file in files)
     source = files[0] if len(files) == 1 else list(files)
     if fmt == "parquet":
         return pl.scan_parquet(source, glob=remote, storage_options=storage_options)
@@ -260,9 +262,9 @@ def open_input(
     if not files:
         raise InputError(path, "no file matches this pattern")
     for file in files:
-        if "://" not in file and Path(file).is_dir():
+        if not is_remote(file) and Path(file).is_dir():
             raise InputError(file, "is a directory, not an input file")
-        if "://" not in file and not Path(file).is_file():
+        if not is_remote(file) and not Path(file).is_file():
             raise InputError(file, "no such file")
     fmt = input_format(path)
     separator = delimiter or default_separator(path)
@@ -271,7 +273,7 @@ def open_input(
         if problem is not None:
             raise InputError(file, problem)
     for file in files if fmt == "ndjson" else ():
-        if "://" not in file and not _has_text(file):
+        if not is_remote(file) and not _has_text(file):
             raise InputError(file, "the file is empty: no JSON object")
     try:
         schema = _scan(files, fmt, storage_options, separator).collect_schema()
@@ -324,3 +326,22 @@ def open_input(
 def _shown(names: list[str] | tuple[str, ...]) -> str:
     listed = ", ".join(repr(n) for n in names[:20])
     return listed + (f", … ({len(names)} in all)" if len(names) > 20 else "")
+
+
+def file_fingerprint(path: str) -> dict[str, Any]:
+    """Size, mtime and a hash of the first and last 1 MiB: cheap, and any edit changes it."""
+    if is_remote(path):
+        return {"path": path}
+    stat = os.stat(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+        if stat.st_size > 2 << 20:
+            handle.seek(-(1 << 20), os.SEEK_END)
+            digest.update(handle.read(1 << 20))
+    return {
+        "path": str(Path(path).resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256_ends": digest.hexdigest(),
+    }

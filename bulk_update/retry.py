@@ -1,21 +1,29 @@
-"""Retry decisions as pure functions: what an answer means, how long to wait, when to give up.
+"""Retry decisions: what an answer means (pure functions), and the tenacity strategies built on
+them (when to stop retrying a row, how long to wait).
 
 No I/O, no logging, no sleeping: the sender (``send.py``) is the one place that acts on them.
-The policy is API_CONTRACT.md's: 408, 409, 429 and 5xx, timeouts and connection errors are
-retried; 401, 403 and ``insufficient_quota`` stop the job; everything else fails the row at
-once. ``x-should-retry`` overrides the status rule.
+The policy is the API's: 408, 409, 429 and 5xx, timeouts and connection errors are retried;
+401, 403 and ``insufficient_quota`` stop the job; everything else fails the row at once.
+``x-should-retry`` overrides the status rule.
 """
 
 from __future__ import annotations
 
 import email.utils
+import enum
 import json
+import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tenacity import RetryCallState
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
+
 from bulk_update.config import MAX_RETRY_AFTER_S
+from bulk_update.exceptions import FatalApiError
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 FATAL_STATUSES = frozenset({401, 403})
@@ -35,19 +43,30 @@ class Answer:
     transport_detail: str = ""
 
 
+class Action(enum.StrEnum):
+    """What an answer means for its row and the job."""
+
+    DONE = "done"  # the update landed: the row is updated
+    RETRY = "retry"  # a transient failure: try again after a backoff
+    RATE_LIMITED = "rate_limited"  # a 429: the whole job pauses, then the row is tried again
+    STOP_JOB = "stop_job"  # the key or the quota is refused: every row would fail alike
+    FAIL = "fail"  # refused for itself: the row failed, retrying cannot help
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What to do about an Answer."""
 
-    success: bool = False
-    retry: bool = False
-    fatal: bool = False
-    rate_limited: bool = False
+    action: Action
     wait_s: float | None = None  # what the server asked for (retry-after), if anything
     error_type: str | None = None
     error_code: str | None = None
     error_message: str | None = None
     conversation: Mapping[str, Any] | None = None  # the parsed body of a success
+
+    @property
+    def retryable(self) -> bool:
+        return self.action in (Action.RETRY, Action.RATE_LIMITED)
 
 
 def parse_retry_after(headers: Mapping[str, str], now_epoch: float) -> float | None:
@@ -156,18 +175,19 @@ def _check_conversation(body: bytes, expected_id: str) -> Verdict:
         # A truncated or mangled body: the update may or may not have landed; sending the same
         # metadata again is harmless, so retry.
         return Verdict(
-            retry=True,
+            Action.RETRY,
             error_type="invalid_response",
             error_code="invalid_response",
             error_message="2xx answer whose body is not a conversation object",
         )
     if parsed["id"] != expected_id:
         return Verdict(
+            Action.FAIL,
             error_type="invalid_response",
             error_code="id_mismatch",
             error_message=f"answer is for {str(parsed['id'])[:60]!r}, not the conversation sent",
         )
-    return Verdict(success=True, conversation=parsed)
+    return Verdict(Action.DONE, conversation=parsed)
 
 
 def classify(answer: Answer, now_epoch: float, expected_id: str) -> Verdict:
@@ -175,13 +195,14 @@ def classify(answer: Answer, now_epoch: float, expected_id: str) -> Verdict:
     if answer.transport_error is not None:
         code = "timeout" if answer.transport_error == "timeout" else "connection_error"
         message = answer.transport_detail or code.replace("_", " ")
-        return Verdict(retry=True, error_type="transport", error_code=code, error_message=message)
+        return Verdict(Action.RETRY, error_type="transport", error_code=code, error_message=message)
     status = answer.http_status or 0
     headers = answer.headers or {}
     if 200 <= status < 300:
         return _check_conversation(answer.body, expected_id)
     if 300 <= status < 400:
         return Verdict(
+            Action.FAIL,
             error_type="http_error",
             error_code="redirect",
             error_message=f"HTTP {status}: redirects are never followed (the key would go along)",
@@ -189,7 +210,9 @@ def classify(answer: Answer, now_epoch: float, expected_id: str) -> Verdict:
     error_type, code, message = _error_fields(status, answer.body)
     wait = parse_retry_after(headers, now_epoch)
     if status in FATAL_STATUSES or "insufficient_quota" in (error_type, code):
-        return Verdict(fatal=True, error_type=error_type, error_code=code, error_message=message)
+        return Verdict(
+            Action.STOP_JOB, error_type=error_type, error_code=code, error_message=message
+        )
     should_retry = headers.get("x-should-retry", "").strip().lower()
     if should_retry in {"true", "false"}:
         retry = should_retry == "true"
@@ -197,14 +220,17 @@ def classify(answer: Answer, now_epoch: float, expected_id: str) -> Verdict:
         retry = status in RETRYABLE_STATUSES or status >= 500
     if retry and wait is not None and wait > MAX_RETRY_AFTER_S:
         return Verdict(
+            Action.FAIL,
             error_type=error_type,
             error_code="retry_after_too_long",
             error_message=f"server asked to wait {wait:.0f} s, over the {MAX_RETRY_AFTER_S:.0f} s "
             f"cap ({message})",
         )
+    action = Action.FAIL
+    if retry:
+        action = Action.RATE_LIMITED if status == 429 else Action.RETRY
     return Verdict(
-        retry=retry,
-        rate_limited=retry and status == 429,
+        action,
         wait_s=wait,
         error_type=error_type,
         error_code=code,
@@ -256,3 +282,84 @@ def judge_preflight(answer: Answer, now_epoch: float) -> Preflight:
             "check it (the API's ends in /v1)",
         )
     return Preflight("go")
+
+
+# The tenacity strategies for one row's retries. Each attempt returns an ``Attempt``: its
+# answer, its verdict and the row's tallies so far.
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    answer: Answer
+    verdict: Verdict
+    requests: int
+    failures: int  # transient failures: these count against --max-attempts
+    rate_limited: int
+    # The job must stop (a circuit breaker that gave up): retry nothing more.
+    fatal: FatalApiError | None = None
+
+
+def _attempt(retry_state: RetryCallState) -> Attempt:
+    attempt: Attempt = retry_state.outcome.result()  # type: ignore[union-attr]
+    return attempt
+
+
+def should_retry(attempt: Attempt) -> bool:
+    """``retry=retry_if_result(should_retry)``: a transient answer, and the job goes on."""
+    return attempt.verdict.retryable and attempt.fatal is None
+
+
+class stop_after_failures(stop_base):
+    """Stop after ``max_failures`` transient failures (429s do not count)."""
+
+    def __init__(self, max_failures: int) -> None:
+        self.max_failures = max_failures
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return _attempt(retry_state).failures >= self.max_failures
+
+
+class stop_after_rate_limited(stop_base):
+    """Stop after more than ``max_rate_limited`` 429s: a row does not wait on them for ever."""
+
+    def __init__(self, max_rate_limited: int) -> None:
+        self.max_rate_limited = max_rate_limited
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return _attempt(retry_state).rate_limited > self.max_rate_limited
+
+
+class stop_when(stop_base):
+    """Stop when ``stopped()`` says the job is stopping (a signal, a fatal answer)."""
+
+    def __init__(self, stopped: Callable[[], bool]) -> None:
+        self.stopped = stopped
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.stopped()
+
+
+class wait_backoff(wait_base):
+    """Jittered exponential backoff on the row's transient failures (``backoff_seconds``)."""
+
+    def __init__(self, jitter: Callable[[], float] = random.random) -> None:
+        self.jitter = jitter
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        return backoff_seconds(_attempt(retry_state).failures, self.jitter())
+
+
+class wait_for_server(wait_base):
+    """The server's ``retry-after`` when it gives one, else ``otherwise``. A 429 waits 0 here:
+    the rate limiter holds every request of the job back instead."""
+
+    def __init__(self, otherwise: wait_base) -> None:
+        self.otherwise = otherwise
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        verdict = _attempt(retry_state).verdict
+        if verdict.action is Action.RATE_LIMITED:
+            return 0.0
+        if verdict.wait_s is not None:
+            return verdict.wait_s
+        return self.otherwise(retry_state)

@@ -1,11 +1,12 @@
 """Send: one shared ``httpx2.AsyncClient``, the job-wide rate limiter, and tenacity retries.
 
-``Sender.send`` turns a PlannedUpdate into a RowOutcome and never raises for what the API or
-the network does: a fatal answer (401, 403, insufficient_quota) is recorded in ``fatal`` for the
-job to stop on, and its row is ``unprocessed`` (it was not refused for itself). ``preflight``
-checks the key and the base URL before the first update. The concurrency cap is the number of
-callers (the job's workers), matched by the connection pool's size. The clock, sleep,
-randomness and transport are injected for tests.
+``Sender.send`` turns a PlannedUpdate into a ``Sent``: the row's outcome, and the fatal error
+that must stop the job if the answer was one (401, 403, insufficient_quota, a circuit breaker
+that gave up; the row is then ``unprocessed``: it was not refused for itself). It never raises
+for what the API or the network does. ``preflight`` checks the key and the base URL before the
+first update. The job's ``Stop`` is read, never set, here: once it is set no row is retried.
+The concurrency cap is the number of callers (the job's workers), matched by the connection
+pool's size. The clock, sleep, randomness and transport are injected for tests.
 """
 
 from __future__ import annotations
@@ -25,26 +26,33 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx2
-from tenacity import AsyncRetrying, RetryCallState, retry_if_result
-from tenacity.stop import stop_base
-from tenacity.wait import wait_base
+from tenacity import AsyncRetrying, retry_if_result
 
-from bulk_update import __version__
-from bulk_update.breaker import DEFAULT_GIVE_UP_AFTER_S, DEFAULT_THRESHOLD, CircuitBreaker
+from bulk_update._version import __version__
+from bulk_update.breaker import CircuitBreaker
 from bulk_update.config import JobConfig
 from bulk_update.exceptions import ConfigError, FatalApiError
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
 from bulk_update.ratelimit import Clock, RateLimiter, Sleep
 from bulk_update.retry import (
+    Action,
     Answer,
+    Attempt,
     Preflight,
     Verdict,
     backoff_seconds,
     classify,
     judge_preflight,
     parse_rate_limit_headers,
+    should_retry,
+    stop_after_failures,
+    stop_after_rate_limited,
+    stop_when,
+    wait_backoff,
+    wait_for_server,
 )
+from bulk_update.stop import Stop
 
 log = logging.getLogger("bulk_update")
 
@@ -61,16 +69,18 @@ PREFLIGHT_ATTEMPTS = 3
 
 @dataclass(frozen=True, slots=True)
 class SendSettings:
+    """What the sender needs of the job's options (built by ``from_config``)."""
+
     base_url: str
     api_key: str = field(repr=False)
-    organization: str | None = None
-    project: str | None = None
-    rpm: float = 500
-    concurrency: int = 16
-    max_attempts: int = 6
-    timeout: float = 60.0
-    breaker_threshold: int = DEFAULT_THRESHOLD
-    breaker_timeout: float = DEFAULT_GIVE_UP_AFTER_S
+    organization: str | None
+    project: str | None
+    rpm: float
+    concurrency: int
+    max_attempts: int
+    timeout: float
+    breaker_threshold: int
+    breaker_timeout: float
 
     @classmethod
     def from_config(cls, config: JobConfig) -> SendSettings:
@@ -89,44 +99,11 @@ class SendSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class _Tried:
-    """One attempt's answer, its verdict, and the row's tallies so far."""
+class Sent:
+    """A row's outcome, and the error that stops the job if its answer was fatal."""
 
-    answer: Answer
-    verdict: Verdict
-    requests: int
-    failures: int  # transient failures: these count against --max-attempts
-    rate_limited: int
-
-
-class stop_after_failures(stop_base):
-    """Stop after ``max_failures`` transient failures; 429s count separately."""
-
-    def __init__(self, max_failures: int, max_rate_limited: int = MAX_RATE_LIMITED_PER_ROW):
-        self.max_failures = max_failures
-        self.max_rate_limited = max_rate_limited
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        tried: _Tried = retry_state.outcome.result()  # type: ignore[union-attr]
-        return tried.failures >= self.max_failures or tried.rate_limited > self.max_rate_limited
-
-
-class wait_for_server_or_backoff(wait_base):
-    """The server's ``retry-after`` when it gives one, else jittered exponential backoff.
-
-    A 429 waits 0 here: the rate limiter holds every request of the job back instead.
-    """
-
-    def __init__(self, jitter: Callable[[], float] = random.random):
-        self.jitter = jitter
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        tried: _Tried = retry_state.outcome.result()  # type: ignore[union-attr]
-        if tried.verdict.rate_limited:
-            return 0.0
-        if tried.verdict.wait_s is not None:
-            return tried.verdict.wait_s
-        return backoff_seconds(tried.failures, self.jitter())
+    outcome: RowOutcome
+    fatal: FatalApiError | None = None
 
 
 def _json_text(value: object) -> str | None:
@@ -134,11 +111,12 @@ def _json_text(value: object) -> str | None:
 
 
 class Sender:
-    """``async with Sender(settings) as sender: outcome = await sender.send(update)``."""
+    """``async with Sender(settings, stop) as sender: sent = await sender.send(update)``."""
 
     def __init__(
         self,
         settings: SendSettings,
+        stop: Stop,
         *,
         transport: httpx2.AsyncBaseTransport | None = None,
         clock: Clock = time.monotonic,
@@ -154,11 +132,9 @@ class Sender:
             clock=clock,
         )
         self._probe = asyncio.Lock()
-        self.fatal: FatalApiError | None = None
+        self.stop = stop
         # Why the API looked down, the last time it did: named by the breaker's log and stop.
         self.down_cause = ""
-        # Set by the job on SIGTERM/SIGINT: no more retries; rows mid-retry end unprocessed.
-        self.stopping = False
         self.requests_sent = 0
         self._sleep = sleep
         self._wall_clock = wall_clock
@@ -194,11 +170,6 @@ class Sender:
         tb: TracebackType | None,
     ) -> None:
         await self._client.__aexit__(exc_type, exc, tb)
-
-    @property
-    def halted(self) -> bool:
-        """The job is stopping (a signal) or stopped (a fatal answer): retry nothing more."""
-        return self.stopping or self.fatal is not None
 
     async def _request(self, update: PlannedUpdate, body: bytes) -> Answer:
         await self.limiter.acquire()
@@ -239,15 +210,19 @@ class Sender:
             body=content,
         )
 
-    async def send(self, update: PlannedUpdate) -> RowOutcome:
+    async def send(self, update: PlannedUpdate) -> Sent:
         body = update.body()
         tally = {"requests": 0, "failures": 0, "rate_limited": 0}
 
-        async def attempt() -> _Tried:
+        def tried(answer: Answer, verdict: Verdict, fatal: FatalApiError | None = None) -> Attempt:
+            return Attempt(answer, verdict, tally["requests"], tally["failures"],
+                           tally["rate_limited"], fatal)  # fmt: skip
+
+        async def attempt() -> Attempt:
             answer = await self._request(update, body)
             verdict = classify(answer, self._wall_clock(), update.conversation_id)
             tally["requests"] += 1
-            if verdict.rate_limited:
+            if verdict.action is Action.RATE_LIMITED:
                 tally["rate_limited"] += 1
                 self.limiter.rate_limited(verdict.wait_s or DEFAULT_RATE_LIMIT_PAUSE_S)
             elif answer.headers:
@@ -255,31 +230,36 @@ class Sender:
             if _looks_down(answer, verdict):
                 self.down_cause = _cause(answer, verdict)
                 # While the breaker is open, failures are the outage's, not the row's.
-                if not self._breaker_failure():
+                is_open, gave_up = self._breaker_failure()
+                if not is_open:
                     tally["failures"] += 1
-                return _Tried(answer, verdict, **tally)
-            if verdict.retry and not verdict.rate_limited:
+                return tried(answer, verdict, gave_up)
+            if verdict.action is Action.RETRY:
                 tally["failures"] += 1  # a 408, a 409, a 2xx that is not a conversation
             if self.breaker.record_up():
                 log.warning(
                     "API answering again: circuit breaker closed", extra={"event": "breaker_closed"}
                 )
-            return _Tried(answer, verdict, **tally)
+            return tried(answer, verdict)
 
         retrying = AsyncRetrying(
-            stop=stop_after_failures(self.settings.max_attempts),
-            wait=wait_for_server_or_backoff(self._jitter),
-            retry=retry_if_result(lambda tried: tried.verdict.retry and not self.halted),
+            stop=(
+                stop_after_failures(self.settings.max_attempts)
+                | stop_after_rate_limited(MAX_RATE_LIMITED_PER_ROW)
+                | stop_when(lambda: self.stop.is_set)
+            ),
+            wait=wait_for_server(otherwise=wait_backoff(self._jitter)),
+            retry=retry_if_result(should_retry),
             retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
             sleep=self._sleep,
             reraise=True,
         )
-        tried: _Tried = await retrying(attempt)
-        return self._outcome(update, tried)
+        last: Attempt = await retrying(attempt)
+        return self._outcome(update, last)
 
-    async def preflight(self, conversation_id: str) -> None:
+    async def preflight(self, conversation_id: str) -> FatalApiError | None:
         """Before the first update: one GET of a conversation the job will update, to check the
-        key and the base URL. A refused key or quota sets ``fatal`` (the job stops, exit 3,
+        key and the base URL. A refused key or quota is returned (the job stops, exit 3,
         nothing sent); a base URL that is not the API, or a server that cannot be reached,
         raises ConfigError (exit 2). Busy or failing answers are retried a few times, then
         the job goes on (the breaker and the retries handle an outage)."""
@@ -290,14 +270,13 @@ class Sender:
             answer = await self._exchange("GET", _path(conversation_id))
             last = judge_preflight(answer, self._wall_clock())
             if last.action == "go":
-                return
+                return None
             if last.action == "fatal":
-                self.fatal = FatalApiError(
+                return FatalApiError(
                     f"preflight: {last.message}",
                     http_status=answer.http_status,
                     error_code=last.error_code,
                 )
-                return
             if last.action == "misconfigured":
                 raise ConfigError(f"{self.settings.base_url}: {last.message}")
             if answer.http_status == 429:
@@ -310,13 +289,15 @@ class Sender:
         log.warning(
             "preflight inconclusive (%s); going on", last.message, extra={"event": "preflight"}
         )
+        return None
 
-    def _breaker_failure(self) -> bool:
-        """Tell the breaker of a failure; True if it is open (the failure does not count
-        against the row, and every request pauses for the cooldown)."""
+    def _breaker_failure(self) -> tuple[bool, FatalApiError | None]:
+        """Tell the breaker of a failure. Returns whether it is open (the failure does not
+        count against the row, and every request pauses for the cooldown) and, once it has
+        been open for too long, the error that stops the job."""
         cooldown = self.breaker.record_failure()
         if cooldown is None:
-            return False
+            return False, None
         if self.breaker.consecutive_failures == self.breaker.threshold:
             log.warning(
                 "API looks down (%d failures in a row, the last: %s): circuit breaker open",
@@ -325,16 +306,16 @@ class Sender:
                 extra={"event": "breaker_open", "cause": self.down_cause},
             )
         self.limiter.pause(cooldown)
-        if self.breaker.gave_up() and self.fatal is None:
-            self.fatal = FatalApiError(
-                f"circuit breaker: the API failed every probe for "
-                f"{self.breaker.open_for_s():.0f} s (the last: {self.down_cause})",
-                http_status=None,
-                error_code="circuit_breaker",
-            )
-        return True
+        if not self.breaker.gave_up():
+            return True, None
+        return True, FatalApiError(
+            f"circuit breaker: the API failed every probe for "
+            f"{self.breaker.open_for_s():.0f} s (the last: {self.down_cause})",
+            http_status=None,
+            error_code="circuit_breaker",
+        )
 
-    def _outcome(self, update: PlannedUpdate, tried: _Tried) -> RowOutcome:
+    def _outcome(self, update: PlannedUpdate, tried: Attempt) -> Sent:
         verdict, answer = tried.verdict, tried.answer
         headers = answer.headers or {}
         common: dict[str, Any] = {
@@ -345,37 +326,33 @@ class Sender:
             "request_id": headers.get("x-request-id"),
             "sent_metadata": update.sent_metadata,
         }
-        if verdict.success and verdict.conversation is not None:
+        if verdict.action is Action.DONE and verdict.conversation is not None:
             created_at = verdict.conversation.get("created_at")
-            return RowOutcome(
-                status=Status.UPDATED,
-                created_at=created_at if isinstance(created_at, int) else None,
-                metadata=_json_text(verdict.conversation.get("metadata")),
-                **common,
+            return Sent(
+                RowOutcome(
+                    status=Status.UPDATED,
+                    created_at=created_at if isinstance(created_at, int) else None,
+                    metadata=_json_text(verdict.conversation.get("metadata")),
+                    **common,
+                )
             )
-        if verdict.fatal and self.fatal is None:
-            self.fatal = FatalApiError(
+        errors: dict[str, Any] = {
+            "error_type": verdict.error_type,
+            "error_code": verdict.error_code,
+            "error_message": verdict.error_message,
+        }
+        fatal = tried.fatal
+        if verdict.action is Action.STOP_JOB:
+            fatal = FatalApiError(
                 f"HTTP {answer.http_status} {verdict.error_code}: {verdict.error_message}",
                 http_status=answer.http_status,
                 error_code=verdict.error_code,
             )
-        if verdict.fatal or (verdict.retry and self.halted):
-            # Not refused for itself (the key, the quota), or it would have been retried but the
-            # job is stopping: not failed, not finished; a re-run sends it.
-            return RowOutcome(
-                status=Status.UNPROCESSED,
-                error_type=verdict.error_type,
-                error_code=verdict.error_code,
-                error_message=verdict.error_message,
-                **common,
-            )
-        return RowOutcome(
-            status=Status.FAILED,
-            error_type=verdict.error_type,
-            error_code=verdict.error_code,
-            error_message=verdict.error_message,
-            **common,
-        )
+        if fatal is not None or (verdict.retryable and self.stop.is_set):
+            # Not refused for itself (the key, the quota, an outage), or it would have been
+            # retried but the job is stopping: not failed, not finished; a re-run sends it.
+            return Sent(RowOutcome(status=Status.UNPROCESSED, **errors, **common), fatal)
+        return Sent(RowOutcome(status=Status.FAILED, **errors, **common))
 
 
 async def _read_capped(response: httpx2.Response, limit: int) -> bytes:
@@ -393,7 +370,7 @@ async def _read_capped(response: httpx2.Response, limit: int) -> bytes:
 
 def _looks_down(answer: Answer, verdict: Verdict) -> bool:
     """A failure that says the API (or the way to it) is down, not that the request was bad."""
-    return verdict.retry and (
+    return verdict.action is Action.RETRY and (
         answer.transport_error is not None or (answer.http_status or 0) >= 500
     )
 

@@ -12,44 +12,23 @@ import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 import polars as pl
-import pyarrow.parquet as pq
 
-from bulk_update import spreadsheet
-from bulk_update.config import output_format
-from bulk_update.journal import Journal
+from bulk_update.formats import Appender, Storage, close_quietly, result_format
 from bulk_update.outcome import (
     ERROR_COLUMNS,
     ERRORS_ROW_NUMBER,
     NEEDS_ATTENTION,
-    RESULT_COLUMNS,
+    RESULTS_SCHEMA,
     Status,
 )
+from bulk_update.paths import is_remote
 from bulk_update.plan import to_send_expr, unchanged_expr
 from bulk_update.read import ROW_NUMBER, InputTable
-
-RESULTS_SCHEMA = pl.Schema(
-    {
-        "row_number": pl.Int64,
-        "conversation_id": pl.String,
-        "status": pl.String,
-        "http_status": pl.Int64,
-        "attempts": pl.Int64,
-        "error_type": pl.String,
-        "error_code": pl.String,
-        "error_message": pl.String,
-        "request_id": pl.String,
-        "created_at": pl.Int64,
-        "metadata": pl.String,
-        "sent_metadata": pl.String,
-    }
-)
-assert tuple(RESULTS_SCHEMA.names()) == RESULT_COLUMNS
-
-
-Storage = dict[str, str] | None
+from bulk_update.stop import StopReason
+from bulk_update.store import Journal
 
 
 @contextlib.contextmanager
@@ -60,12 +39,12 @@ def atomic_path(
     succeeds: renamed over a local target; for an object-store URL (``s3://`` ...), uploaded
     whole by polars (an object appears complete or not at all). ``schema`` reads the temporary
     file back for the upload."""
-    if "://" in target:
-        suffix = output_format(target)
+    fmt = result_format(target)
+    if is_remote(target):
         with tempfile.TemporaryDirectory(prefix="bulk-update-") as directory:
-            temporary = Path(directory) / f"partial{suffix}"
+            temporary = Path(directory) / f"partial{fmt.suffix}"
             yield temporary
-            _upload(temporary, target, schema, storage_options)
+            fmt.sink(fmt.scan(temporary, schema, None), target, storage_options)
         return
     destination = Path(target)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -93,63 +72,6 @@ def _new_partial(destination: Path) -> str:
     raise FileExistsError(f"no free temporary name beside {destination}")  # pragma: no cover
 
 
-def _upload(local: Path, target: str, schema: pl.Schema | None, storage: Storage) -> None:
-    fmt = output_format(target)
-    if fmt == ".parquet":
-        pl.scan_parquet(local).sink_parquet(target, storage_options=storage)
-    elif fmt == ".csv":
-        pl.scan_csv(local, schema=schema, infer_schema=schema is not None).sink_csv(
-            target, storage_options=storage
-        )
-    else:
-        pl.scan_ndjson(local, schema=schema).sink_ndjson(target, storage_options=storage)
-
-
-class _FrameWriter:
-    """Appends DataFrames to one file of the given format."""
-
-    def __init__(self, path: Path, fmt: str) -> None:
-        self.path = path
-        self.fmt = fmt
-        self._parquet: pq.ParquetWriter | None = None
-        self._text: IO[bytes] | None = None
-        self._schema: pl.Schema | None = None
-
-    def write(self, frame: pl.DataFrame) -> None:
-        if self._schema is None:
-            self._schema = frame.schema
-        if self.fmt == ".parquet":
-            table = frame.to_arrow()
-            if self._parquet is None:
-                self._parquet = pq.ParquetWriter(self.path, table.schema, compression="zstd")
-            self._parquet.write_table(table)
-            return
-        first = self._text is None
-        if self._text is None:
-            self._text = open(self.path, "wb")  # noqa: SIM115 (closed in close())
-        if self.fmt == ".csv":
-            csv = spreadsheet.escape(spreadsheet.text_cells(frame))
-            csv.write_csv(self._text, include_header=first)
-        else:
-            frame.write_ndjson(self._text)
-
-    def close_quietly(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._parquet is not None:
-                self._parquet.close()
-            if self._text is not None:
-                self._text.close()
-
-    def close(self, empty: pl.DataFrame) -> None:
-        """Finish the file; ``empty`` gives the header or schema if nothing was written."""
-        if self._schema is None:
-            self.write(empty)
-        if self._parquet is not None:
-            self._parquet.close()
-        if self._text is not None:
-            self._text.close()
-
-
 class StreamWriter:
     """``with StreamWriter(target, empty) as out: out.write(frame)``: frames appended to a
     temporary file, renamed over ``target`` only if the block succeeds. ``empty`` gives the
@@ -159,30 +81,33 @@ class StreamWriter:
         self.target = target
         self.empty = empty
         self.storage_options = storage_options
+        self.format = result_format(target)
         self._stack = contextlib.ExitStack()
-        self._writer: _FrameWriter | None = None
+        self._appender: Appender | None = None
+        self._written = False
 
     def __enter__(self) -> StreamWriter:
-        schema = self.empty.schema
-        if output_format(self.target) == ".csv":
-            schema = spreadsheet.text_schema(schema)
+        schema = self.format.prepare_schema(self.empty.schema)
         temporary = self._stack.enter_context(
             atomic_path(self.target, storage_options=self.storage_options, schema=schema)
         )
-        self._writer = _FrameWriter(temporary, output_format(self.target))
+        self._appender = self.format.append(temporary)
         return self
 
     def write(self, frame: pl.DataFrame) -> None:
-        assert self._writer is not None
+        assert self._appender is not None
         if frame.height:
-            self._writer.write(frame)
+            self._appender.write(self.format.prepare(frame))
+            self._written = True
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        assert self._writer is not None
+        assert self._appender is not None
         if exc_type is None:
-            self._writer.close(self.empty)
+            if not self._written:  # the header (or schema) alone
+                self._appender.write(self.format.prepare(self.empty))
+            self._appender.close()
         else:
-            self._writer.close_quietly()
+            close_quietly(self._appender)
         self._stack.__exit__(exc_type, *rest)  # type: ignore[arg-type]
 
 
@@ -265,29 +190,18 @@ def _empty_errors(table: InputTable) -> pl.DataFrame:
 def sink(query: pl.LazyFrame, target: str, storage: Storage = None) -> None:
     """Stream a lazy query into ``target`` (format from its extension), atomically: a local
     file through a temporary one renamed over it; an object store in one upload."""
-    fmt = output_format(target)
+    fmt = result_format(target)
     with contextlib.ExitStack() as stack:
-        if "://" in target:
+        if is_remote(target):
             destination: str | Path = target
         else:
             destination = stack.enter_context(atomic_path(target))
-        if fmt == ".parquet":
-            query.sink_parquet(destination, compression="zstd", storage_options=storage)
-        elif fmt == ".csv":
-            csv = spreadsheet.escape(spreadsheet.text_cells(query))
-            csv.sink_csv(destination, storage_options=storage)
-        else:
-            query.sink_ndjson(destination, storage_options=storage)
+        fmt.sink(fmt.prepare_lazy(query), destination, storage)
 
 
 def scan_results(path: str, storage: Storage = None) -> pl.LazyFrame:
     """A results file written by this module, with its schema."""
-    fmt = output_format(path)
-    if fmt == ".parquet":
-        return pl.scan_parquet(path, storage_options=storage)
-    if fmt == ".csv":
-        return pl.scan_csv(path, schema=RESULTS_SCHEMA, storage_options=storage)
-    return pl.scan_ndjson(path, schema=RESULTS_SCHEMA, storage_options=storage)
+    return result_format(path).scan(path, RESULTS_SCHEMA, storage)
 
 
 def sink_errors(table: InputTable, results: str, target: str) -> None:
@@ -328,10 +242,6 @@ def write_dry_run(
             results.write(result_frame)
             if errors is not None and error_frame is not None:
                 errors.write(error_frame)
-
-
-# Why a stopped run did not reach the rows it never sent: (error_code, error_message), or None.
-StopReason = tuple[str, str] | None
 
 
 def results_between(

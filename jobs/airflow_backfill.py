@@ -1,10 +1,10 @@
 """Airflow: a bulk-update backfill fanned out over N shards (Airflow 3, TaskFlow API).
 
 Each mapped task runs ``run_job(JobConfig(..., shard=(k, N)))`` and returns the small summary
-dict (an XCom). A killed task (SIGTERM) stops gracefully and its retry resumes from the journal;
-a task retried after success finds every row finished and sends nothing; a later run of the DAG
-sends only the rows that changed since the job last set them (the shards share one state,
-``<state_dir>/<job_name>.state.sqlite``; ``full`` sends all). The last task combines
+dict (an XCom). A killed task (SIGTERM) stops gracefully and its retry resumes its run from the
+job's store; a task retried after success finds every row finished and sends nothing; a later
+run of the DAG sends only the rows that changed since the job last set them (the shards share
+one store, ``<state_dir>/<job_name>.sqlite``; ``full`` sends all). The last task combines
 the shard summaries and fails the run if any shard did not finish cleanly.
 
 The API key comes from the Airflow connection ``openai_default`` (its password, or the
@@ -23,10 +23,9 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-# Exit codes after which a retry should resume the job (see the README): fatal API error,
-# interrupted by a signal. Exit 2 (usage, config or input) fails the task without retries.
-RESUMABLE = {3, 130, 143}
-# A stopped shard is retried (and resumes from its journal) after this long.
+# A stopped shard is retried (and resumes its run) after this long. A stop is resumable
+# (bulk_update.RESUMABLE: the API said stop, or a signal); exit 2 (usage, config or input)
+# fails the task without retries.
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("BULK_UPDATE_RETRY_DELAY_S", "30")))
 
 
@@ -56,7 +55,7 @@ def _api_key() -> str | None:
         "concurrency": Param(32, type="integer", minimum=1),
         "base_url": Param("", type="string", description="empty: OPENAI_BASE_URL or the API"),
         "fail_on_row_errors": Param(True, type="boolean"),
-        # Every shard shares the job's state (<state_dir>/<job_name>.state.sqlite): a re-run
+        # Every shard shares the job's store (<state_dir>/<job_name>.sqlite): a re-run
         # sends only the rows changed since the job last set them, unless "full".
         "job_name": Param("bulk_update_backfill", type="string"),
         "state_dir": Param("", type="string", description="empty: the output_prefix directory"),
@@ -71,7 +70,7 @@ def bulk_update_backfill() -> None:
 
     @task(retries=3, retry_delay=RETRY_DELAY)
     def run_shard(shard: int) -> dict[str, Any]:
-        from bulk_update import BulkUpdateError, JobConfig, run_job
+        from bulk_update import RESUMABLE, BulkUpdateError, JobConfig, run_job
 
         params = get_current_context()["params"]
         count = int(params["shards"])
@@ -101,7 +100,7 @@ def bulk_update_backfill() -> None:
         result = summary.as_dict()
         result["shard"] = shard
         if summary.exit_code in RESUMABLE:
-            # Fail the try so that Airflow retries it; the retry resumes from the journal.
+            # Fail the try so that Airflow retries it; the retry resumes the run.
             reason = summary.fatal_error or summary.stopped_by
             raise RuntimeError(
                 f"shard {shard}/{count} stopped (exit {summary.exit_code}): {reason}; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -81,3 +82,20 @@ def start(*args: str) -> subprocess.Popen[str]:
         [sys.executable, "-m", "bulk_update", "run", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
+
+
+def state_entries(store: Path) -> dict[str, str]:
+    """A job's last-set state, read from its SQLite store as an operator would."""
+    with sqlite3.connect(store) as db:
+        return dict(db.execute("SELECT conversation_id, metadata FROM last_set"))
+
+
+def store_runs(store: Path) -> list[dict[str, Any]]:
+    """A job's runs, oldest first, from its SQLite store."""
+    with sqlite3.connect(store) as db:
+        rows = db.execute(
+            "SELECT run_id, results, shard, invocations, exit_code, counts, "
+            "replaced_at IS NOT NULL FROM runs ORDER BY run_id"
+        ).fetchall()
+    names = ("run_id", "results", "shard", "invocations", "exit_code", "counts", "replaced")
+    return [dict(zip(names, row, strict=True)) for row in rows]

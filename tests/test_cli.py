@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bulk_update.cli import build_parser
+from bulk_update.exitcodes import ExitCode
 from tests.conftest import StartEmulator
 
 
@@ -109,7 +110,8 @@ def test_an_unexpected_exception_is_one_line_and_exit_70(
     log_file = tmp_path / "log.txt"
     code = cli.main(["validate", str(source), "--output", str(tmp_path / "r.csv"),
                      "--log-file", str(log_file)])  # fmt: skip
-    assert code == cli.EXIT_INTERNAL == 70
+    assert code == 70
+    assert ExitCode(code) is ExitCode.INTERNAL
     err = capsys.readouterr().err
     assert "internal error (RuntimeError: a bug)" in err
     assert "Traceback" not in err
@@ -156,3 +158,17 @@ def test_the_emulators_help_matches_the_readme() -> None:
         shown = [d.strip(" `") for d in default.split(",")]
         if shown and shown[0] not in {"none", "random"}:
             assert f"(default {shown[-1]})" in text, (first, default)
+
+
+def test_the_emulator_without_its_extra_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import bulk_update.emulator
+    from bulk_update import cli
+
+    monkeypatch.setattr(bulk_update.emulator, "missing_dependency", lambda: "starlette")
+    for command in (["emulator", "--port", "0"], ["demo"]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert "pip install 'bulk-update[emulator]'" in err
+        assert "starlette is not installed" in err

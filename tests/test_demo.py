@@ -30,12 +30,20 @@ def test_the_demo_sends_only_what_changed_on_its_second_run(tmp_path: Path) -> N
     assert (tmp_path / "out" / "demo-errors.csv").is_file()
 
 
-def test_make_demo_installs_only_the_package() -> None:
-    """The demo needs neither Airflow nor the dev tools (they cost a fresh clone a minute)."""
+def test_make_demo_installs_only_the_package_and_the_emulator() -> None:
+    """The demo needs neither Airflow nor the dev tools (they cost a fresh clone a minute); a
+    production install needs not even the emulator's web server."""
+    import tomllib
+
     plan = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "demo"], capture_output=True,
                           text=True, check=True).stdout  # fmt: skip
     installs = [line for line in plan.splitlines() if "pip install" in line and "-e" in line]
-    assert installs == [".venv/bin/python -m pip install --quiet -e ."], plan
+    assert installs == [".venv/bin/python -m pip install --quiet -e '.[emulator]'"], plan
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = " ".join(project["dependencies"])
+    assert "starlette" not in base
+    assert "uvicorn" not in base
+    assert any("starlette" in d for d in project["optional-dependencies"]["emulator"])
     tests = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "unit"], capture_output=True,
                            text=True, check=True).stdout  # fmt: skip
     assert "-e '.[dev,airflow]'" in tests

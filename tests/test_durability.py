@@ -101,7 +101,7 @@ def test_a_second_signal_stops_at_once(start_emulator: StartEmulator, tmp_path: 
     _, stderr = process.communicate(timeout=10)
     assert process.returncode == 143
     assert "second signal" in stderr
-    assert not output.exists()  # cut short: no results written, the journal says what was done
+    assert not output.exists()  # cut short: no results written, the store says what was done
     emu.admin("config", {"latency_ms": 0})
     resumed = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
     assert resumed.returncode == 0
@@ -121,7 +121,7 @@ def test_one_writer_at_a_time(start_emulator: StartEmulator, tmp_path: Path) -> 
         assert second.returncode == 2
         message = second.stderr.strip().splitlines()[-1]
         assert "already running" in message
-        assert f"{output}.journal.sqlite.lock" in message
+        assert f"{tmp_path / 'out.sqlite'}.lock" in message
         assert f"pid {first.pid}" in message
     finally:
         first.send_signal(signal.SIGKILL)

@@ -1,4 +1,4 @@
-"""Hostile input (issue 8): whatever the file, the job either stops before sending anything
+"""Hostile input: whatever the file, the job either stops before sending anything
 with a message naming the file and the problem (exit 2), or accounts for every data row in the
 results, each ``invalid`` row explained. Never a traceback, never a dropped row.
 

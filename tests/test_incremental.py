@@ -1,4 +1,4 @@
-"""Incremental runs (issue 7), with the real CLI and the emulator's request counters: a re-run
+"""Incremental runs, with the real CLI and the emulator's request counters: a re-run
 sends only what changed since the job last set it; the state never claims what the server may
 not hold, whatever stopped the run."""
 
@@ -8,21 +8,23 @@ import json
 import signal
 import sqlite3
 import time
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from bulk_update import state
 from bulk_update.config import JobConfig
 from bulk_update.emulator.process import EmulatorProcess
 from bulk_update.exceptions import ConfigError, JournalError
 from bulk_update.plan import PLAN_COLUMNS, mark_unchanged, unchanged_rows, updates, valid_rows
 from bulk_update.read import ROW_NUMBER
+from bulk_update.store import RunKey, read_state
+from bulk_update.store.sqlite import SQLiteJournal, SQLiteStore
 from tests import helpers
 from tests.conftest import StartEmulator
-from tests.helpers import by_row, cli, results, start, wait_for_requests
+from tests.helpers import by_row, cli, results, start, state_entries, wait_for_requests
 
 # Every row's tier is "t0" unless the test says otherwise.
 write_input = partial(helpers.write_input, tag="t0")
@@ -30,11 +32,6 @@ write_input = partial(helpers.write_input, tag="t0")
 
 def updates_sent(emu: EmulatorProcess) -> int:
     return int(emu.stats()["by_operation"].get("update", 0))
-
-
-def state_entries(path: Path) -> dict[str, str]:
-    with sqlite3.connect(path) as db:
-        return dict(db.execute("SELECT conversation_id, metadata FROM last_set"))
 
 
 def stored(emu: EmulatorProcess, conversation_id: str) -> dict[str, str]:
@@ -58,7 +55,7 @@ def test_rerun_sends_only_what_changed(start_emulator: StartEmulator, tmp_path: 
     first = run(1)
     assert updates_sent(emu) == n
     assert {row["status"] for row in first.values()} == {"updated"}
-    state_file = tmp_path / "nightly.state.sqlite"
+    state_file = tmp_path / "nightly.sqlite"
     entries = state_entries(state_file)
     assert entries == {c: json.dumps({"tier": "t0", "n": str(i)}, separators=(",", ":"))
                        for i, c in enumerate(ids)}  # fmt: skip
@@ -117,11 +114,12 @@ def test_kill_9_leaves_the_state_true_to_the_server(
         process.wait()
         time.sleep(0.5)  # the server finishes the requests it had received
 
+    store = tmp_path / "j.sqlite"
     write_input(source, n, dict.fromkeys(range(n), "t1"))
     kill_9_mid_run("2.csv")
     on_server = {c: stored(emu, c)["tier"] for c in ids}
     assert 50 <= sum(t == "t1" for t in on_server.values()) < n  # really cut half way
-    entries = state_entries(tmp_path / "j.state.sqlite")
+    entries = state_entries(tmp_path / "j.sqlite")
     for conversation_id, metadata in entries.items():  # the state never claims too much
         assert json.loads(metadata)["tier"] == on_server[conversation_id]
 
@@ -137,26 +135,36 @@ def test_kill_9_leaves_the_state_true_to_the_server(
     assert frame.height == n
     assert set(frame["status"].to_list()) == {"updated", "unchanged"}
 
-    # Killed and then resumed, a run leaves a state that never claims more than the server
-    # holds. It may lack the entries of rows in flight at the kill: the journal (one SQLite
-    # file) and the state (another) commit one after the other, and a kill -9 between the two
-    # leaves an `updated` outcome without its entry. Such a row is sent again by the next run,
-    # never skipped. (One store per job, with one transaction, removes the gap.)
+    # Killed at any moment, a run never leaves an `updated` outcome without its state entry, nor
+    # an entry without its outcome: both commit in one transaction of the job's one store.
     write_input(source, n, dict.fromkeys(range(n), "t2"))
     kill_9_mid_run("4.csv")
+    journaled = updated_ids(store, str(tmp_path / "4.csv"))
+    night_4 = {c for c, m in state_entries(store).items() if json.loads(m)["tier"] == "t2"}
+    assert 0 < len(journaled) < n  # really cut mid-run
+    assert night_4 == journaled
     resumed = cli("run", str(source), "--output", str(tmp_path / "4.csv"), *common)
     assert resumed.returncode == 0, resumed.stderr
     assert set(results(tmp_path / "4.csv")["status"].to_list()) == {"updated"}
     assert {c: stored(emu, c)["tier"] for c in ids} == dict.fromkeys(ids, "t2")
-    claimed = {c: json.loads(m) for c, m in state_entries(tmp_path / "j.state.sqlite").items()}
-    assert all(metadata == stored(emu, c) for c, metadata in claimed.items())
-    missing = set(ids) - set(claimed)
-    assert len(missing) <= concurrency
+    claimed = {c: json.loads(m) for c, m in state_entries(store).items()}
+    assert claimed == {c: stored(emu, c) for c in ids}  # never a row missing
     sent = updates_sent(emu)
     night_5 = cli("run", str(source), "--output", str(tmp_path / "5.csv"), *common)
     assert night_5.returncode == 0, night_5.stderr
-    assert updates_sent(emu) - sent == len(missing)  # exactly the rows the state lacked
-    assert set(state_entries(tmp_path / "j.state.sqlite")) == set(ids)
+    assert updates_sent(emu) == sent  # the state knows every row: nothing to send
+    assert set(results(tmp_path / "5.csv")["status"].to_list()) == {"unchanged"}
+
+
+def updated_ids(store: Path, results_path: str) -> set[str]:
+    """The conversations a run (by its results path) has journaled as updated."""
+    with closing(sqlite3.connect(store)) as db:
+        rows = db.execute(
+            "SELECT o.conversation_id FROM outcomes AS o JOIN runs AS r USING (run_id) "
+            "WHERE r.results = ? AND o.status = 'updated'",
+            (results_path,),
+        )
+        return {conversation_id for (conversation_id,) in rows}
 
 
 def test_failed_rows_are_sent_again(start_emulator: StartEmulator, tmp_path: Path) -> None:
@@ -171,7 +179,7 @@ def test_failed_rows_are_sent_again(start_emulator: StartEmulator, tmp_path: Pat
     failed = cli("run", str(source), "--output", str(tmp_path / "2.csv"), *common)
     assert failed.returncode == 1
     assert set(results(tmp_path / "2.csv")["status"].to_list()) == {"failed"}
-    assert state_entries(tmp_path / "j.state.sqlite") == {}
+    assert state_entries(tmp_path / "j.sqlite") == {}
     # Night 3 is t0 again, the same as night 1 set: sent anyway, as failed rows always are.
     emu.admin("config", {"error_rate": 0.0})
     write_input(source, 6)
@@ -179,7 +187,7 @@ def test_failed_rows_are_sent_again(start_emulator: StartEmulator, tmp_path: Pat
     again = cli("run", str(source), "--output", str(tmp_path / "3.csv"), *common)
     assert again.returncode == 0, again.stderr
     assert updates_sent(emu) == sent + 6
-    assert set(state_entries(tmp_path / "j.state.sqlite")) == set(ids)
+    assert set(state_entries(tmp_path / "j.sqlite")) == set(ids)
 
 
 def test_since_state_and_job_file_names(start_emulator: StartEmulator, tmp_path: Path) -> None:
@@ -190,7 +198,7 @@ def test_since_state_and_job_file_names(start_emulator: StartEmulator, tmp_path:
     job.write_text(f'input = "{source}"\noutput = "{tmp_path / "b.parquet"}"\n'
                    f'base-url = "{emu.base_url}"\n')  # fmt: skip
     assert cli("run", "--job", str(job)).returncode == 0
-    backfill_state = tmp_path / "backfill.state.sqlite"  # named after the job file
+    backfill_state = tmp_path / "backfill.sqlite"  # named after the job file
     assert len(state_entries(backfill_state)) == 20
 
     # A new nightly job picks up where the backfill left off.
@@ -202,7 +210,7 @@ def test_since_state_and_job_file_names(start_emulator: StartEmulator, tmp_path:
     assert updates_sent(emu) == 20
     assert set(results(tmp_path / "n.csv")["status"].to_list()) == {"unchanged"}
     # ... and took the entries over into its own state (named after its results file).
-    assert state_entries(state_dir / "n.state.sqlite") == state_entries(backfill_state)
+    assert state_entries(state_dir / "n.sqlite") == state_entries(backfill_state)
     restarted = cli(*nightly, "--restart")
     assert restarted.returncode == 0
     assert updates_sent(emu) == 20
@@ -224,19 +232,24 @@ def test_a_dry_run_writes_no_state(tmp_path: Path) -> None:
     done = cli("validate", str(source), "--output", str(tmp_path / "v.csv"))
     assert done.returncode == 0
     assert set(results(tmp_path / "v.csv")["status"].to_list()) == {"planned"}
-    assert not list(tmp_path.glob("*.state.sqlite*"))
+    assert not list(tmp_path.glob("*.sqlite*"))
 
 
 def test_one_run_per_job_or_per_shard(tmp_path: Path) -> None:
-    path = tmp_path / "j.state.sqlite"
-    with state.job_lock(path, None, "j"), pytest.raises(JournalError, match="already running"):
-        state.job_lock(path, (0, 2), "j").__enter__()
-    with state.job_lock(path, (0, 2), "j"), state.job_lock(path, (1, 2), "j"):
+    store = SQLiteStore.open(tmp_path / "j.sqlite")
+
+    def run(shard: tuple[int, int] | None, results: str = "r.csv") -> closing[SQLiteJournal]:
+        return closing(store.open_run(RunKey("j", results, shard), {}, {}))
+
+    with run(None), pytest.raises(JournalError, match="already running"):
+        run((0, 2))
+    with run((0, 2)), run((1, 2)):
         for other in (None, (0, 2)):
             with pytest.raises(JournalError, match="job 'j'"):
-                state.job_lock(path, other, "j").__enter__()
-    with state.job_lock(path, None, "j"):  # all released
+                run(other, "other.csv")
+    with run(None):  # all released
         pass
+    store.close()
 
 
 def test_a_second_run_of_the_job_is_refused(start_emulator: StartEmulator, tmp_path: Path) -> None:
@@ -256,20 +269,20 @@ def test_a_second_run_of_the_job_is_refused(start_emulator: StartEmulator, tmp_p
 
 
 def test_default_names() -> None:
-    assert JobConfig(input="i.csv", output="out/results.csv").state_path() == Path(
-        "out/results.state.sqlite"
+    assert JobConfig(input="i.csv", output="out/results.csv").store_path() == Path(
+        "out/results.sqlite"
     )
     config = JobConfig(input="i", output="s3://b/x/nightly run.parquet", state_dir="/var/s")
     assert config.resolved_job_name() == "nightly_run"
-    assert config.state_path() == Path("/var/s/nightly_run.state.sqlite")
-    assert JobConfig(input="i", output="s3://b/.x.csv").state_path() == Path(
-        ".bulk_update/x.state.sqlite"
+    assert config.store_path() == Path("/var/s/nightly_run.sqlite")
+    assert JobConfig(input="i", output="s3://b/.x.csv").store_path() == Path(
+        ".bulk_update/x.sqlite"
     )
     with pytest.raises(ConfigError, match="--job-name"):
         JobConfig(input="i", output="o.csv", job_name="a/b")
 
 
-def test_changed_rows_compares_the_exact_text_in_sqlite() -> None:
+def test_changed_rows_compares_the_exact_text_in_the_store(tmp_path: Path) -> None:
     plan = pl.DataFrame(
         [
             (1, "conv_a", None, None, '{"k":"1"}'),
@@ -281,16 +294,23 @@ def test_changed_rows_compares_the_exact_text_in_sqlite() -> None:
         schema={ROW_NUMBER: pl.UInt32, **dict.fromkeys(PLAN_COLUMNS[1:], pl.String)},
         orient="row",
     )
-    db = sqlite3.connect(":memory:")
-    state.create_tables(db, "main")
-    db.executemany(
-        "INSERT INTO last_set VALUES (?, ?, 'then')",
-        [("conv_a", '{"k":"1"}'), ("conv_b", '{"k": "2"}'), ("conv_d", '{"k":"\\u00e9 \\"q\\""}')],
-    )
-    changed = state.changed_rows(db, "main", valid_rows(plan))
+    path = tmp_path / "j.sqlite"
+    SQLiteStore.open(path).close()
+    with closing(sqlite3.connect(path)) as db, db:
+        db.executemany(
+            "INSERT INTO last_set VALUES (?, ?, 'then')",
+            [
+                ("conv_a", '{"k":"1"}'),
+                ("conv_b", '{"k": "2"}'),
+                ("conv_d", '{"k":"\\u00e9 \\"q\\""}'),
+            ],
+        )
+    with read_state(path) as state:
+        assert state is not None
+        changed = state.changed_rows(valid_rows(plan))
+        assert state.changed_rows(valid_rows(plan).clear()) == []
     assert sorted(changed) == [2, 3]  # b: same JSON, other text; c: never set
     marked = mark_unchanged(plan, changed)
     assert marked["unchanged"].to_list() == [True, False, False, False, True]
     assert unchanged_rows(marked)[ROW_NUMBER].to_list() == [1, 5]
     assert [u.row_number for u in updates(marked)] == [2, 3]
-    assert state.changed_rows(db, "main", valid_rows(plan).clear()) == []

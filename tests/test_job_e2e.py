@@ -10,7 +10,7 @@ import pytest
 
 from bulk_update.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY, StartEmulator
-from tests.helpers import ID, by_row, cli, results, start, wait_for_requests
+from tests.helpers import ID, by_row, cli, results, start, store_runs, wait_for_requests
 
 # (row content, expected status, expected error_code); rows in input order.
 
@@ -170,7 +170,11 @@ def test_rerun_resumes_and_sends_nothing_again(
     assert restarted.returncode == 0
     assert emu.stats()["by_operation"]["update"] == 40
     assert results(output)["status"].to_list() == ["unchanged"] * 40
-    assert list(tmp_path.glob("out.parquet.journal.sqlite.*.old"))  # set aside, not deleted
+    runs = store_runs(tmp_path / "out.sqlite")
+    assert [(r["results"], r["replaced"]) for r in runs] == [
+        (str(output), True),
+        (str(output), False),
+    ]
     assert cli(*args, "--restart", "--full").returncode == 0
     assert emu.stats()["by_operation"]["update"] == 80
     assert results(output)["status"].to_list() == ["updated"] * 40
@@ -308,7 +312,7 @@ def test_dry_run_and_validate_send_nothing(start_emulator: StartEmulator, tmp_pa
             assert rows[number]["error_code"] == (code if status == "invalid" else None)
             assert rows[number]["attempts"] == 0
     assert emu.stats()["requests"] == 0
-    assert not list(tmp_path.glob("*.journal.sqlite"))  # a dry run leaves no journal
+    assert not list(tmp_path.glob("*.sqlite"))  # a dry run leaves no store
 
 
 def test_limit_is_a_canary(start_emulator: StartEmulator, tmp_path: Path) -> None:

@@ -70,8 +70,8 @@ def test_s3_round_trip_with_environment_credentials(
     assert errors.columns == [
         "row_number", "conversation_id", "a", "status", "error_code", "error_message",
     ]  # fmt: skip
-    # The journal stays on local disk; a re-run resumes from it and sends nothing.
-    assert list((tmp_path / ".bulk_update").glob("*.journal.sqlite"))
+    # The store stays on local disk; a re-run resumes from it and sends nothing.
+    assert list((tmp_path / ".bulk_update").glob("*.sqlite"))
     again = cli("run", f"s3://{BUCKET}/exports/2026-11-*.csv",
                 "--output", f"s3://{BUCKET}/results/run.parquet",
                 "--base-url", emu.base_url, cwd=tmp_path, **aws)  # fmt: skip

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bulk_update.retry import (
+    Action,
     Answer,
     backoff_seconds,
     classify,
@@ -34,35 +35,34 @@ def ok_body(conversation_id: str = ID) -> bytes:
 @pytest.mark.parametrize(
     ("answer", "expected"),
     [
-        # (success, retry, fatal, rate_limited, error_code)
-        (Answer(200, {}, ok_body()), (True, False, False, False, None)),
-        (Answer(200, {}, ok_body("conv_other")), (False, False, False, False, "id_mismatch")),
-        (Answer(200, {}, b"<html>"), (False, True, False, False, "invalid_response")),
-        (Answer(200, {}, b'{"id": "conv_ab'), (False, True, False, False, "invalid_response")),
-        (Answer(301, {"location": "https://evil"}, b""), (False, False, False, False, "redirect")),
-        (Answer(400, {}, error_body(code="invalid_type")), (False, False, False, False, "invalid_type")),
-        (Answer(401, {}, error_body(code="invalid_api_key")), (False, False, True, False, "invalid_api_key")),
-        (Answer(403, {}, error_body()), (False, False, True, False, "http_403")),
-        (Answer(404, {}, error_body()), (False, False, False, False, "http_404")),
-        (Answer(408, {}, b""), (False, True, False, False, "http_408")),
-        (Answer(409, {}, error_body(code="conflict")), (False, True, False, False, "conflict")),
-        (Answer(422, {}, error_body()), (False, False, False, False, "http_422")),
-        (Answer(429, {}, error_body("requests", "rate_limit_exceeded")), (False, True, False, True, "rate_limit_exceeded")),
-        (Answer(429, {}, error_body("insufficient_quota", "insufficient_quota")), (False, False, True, False, "insufficient_quota")),
-        (Answer(500, {}, error_body("server_error")), (False, True, False, False, "http_500")),
-        (Answer(502, {}, b"<html>Bad Gateway</html>"), (False, True, False, False, "http_502")),
-        (Answer(503, {"x-should-retry": "false"}, b""), (False, False, False, False, "http_503")),
-        (Answer(400, {"x-should-retry": "true"}, error_body()), (False, True, False, False, "http_400")),
-        (Answer(transport_error="timeout"), (False, True, False, False, "timeout")),
-        (Answer(transport_error="connection"), (False, True, False, False, "connection_error")),
-        (Answer(429, {"retry-after": "7200"}, b""), (False, False, False, False, "retry_after_too_long")),
+        # (action, error_code)
+        (Answer(200, {}, ok_body()), (Action.DONE, None)),
+        (Answer(200, {}, ok_body("conv_other")), (Action.FAIL, "id_mismatch")),
+        (Answer(200, {}, b"<html>"), (Action.RETRY, "invalid_response")),
+        (Answer(200, {}, b'{"id": "conv_ab'), (Action.RETRY, "invalid_response")),
+        (Answer(301, {"location": "https://evil"}, b""), (Action.FAIL, "redirect")),
+        (Answer(400, {}, error_body(code="invalid_type")), (Action.FAIL, "invalid_type")),
+        (Answer(401, {}, error_body(code="invalid_api_key")), (Action.STOP_JOB, "invalid_api_key")),
+        (Answer(403, {}, error_body()), (Action.STOP_JOB, "http_403")),
+        (Answer(404, {}, error_body()), (Action.FAIL, "http_404")),
+        (Answer(408, {}, b""), (Action.RETRY, "http_408")),
+        (Answer(409, {}, error_body(code="conflict")), (Action.RETRY, "conflict")),
+        (Answer(422, {}, error_body()), (Action.FAIL, "http_422")),
+        (Answer(429, {}, error_body("requests", "rate_limit_exceeded")), (Action.RATE_LIMITED, "rate_limit_exceeded")),
+        (Answer(429, {}, error_body("insufficient_quota", "insufficient_quota")), (Action.STOP_JOB, "insufficient_quota")),
+        (Answer(500, {}, error_body("server_error")), (Action.RETRY, "http_500")),
+        (Answer(502, {}, b"<html>Bad Gateway</html>"), (Action.RETRY, "http_502")),
+        (Answer(503, {"x-should-retry": "false"}, b""), (Action.FAIL, "http_503")),
+        (Answer(400, {"x-should-retry": "true"}, error_body()), (Action.RETRY, "http_400")),
+        (Answer(transport_error="timeout"), (Action.RETRY, "timeout")),
+        (Answer(transport_error="connection"), (Action.RETRY, "connection_error")),
+        (Answer(429, {"retry-after": "7200"}, b""), (Action.FAIL, "retry_after_too_long")),
     ],
 )  # fmt: skip
-def test_classify(answer: Answer, expected: tuple[bool, bool, bool, bool, str | None]) -> None:
+def test_classify(answer: Answer, expected: tuple[Action, str | None]) -> None:
     verdict = classify(answer, NOW, ID)
-    got = (verdict.success, verdict.retry, verdict.fatal, verdict.rate_limited, verdict.error_code)
-    assert got == expected
-    if not verdict.success:
+    assert (verdict.action, verdict.error_code) == expected
+    if verdict.action is not Action.DONE:
         assert verdict.error_message
 
 

@@ -1,4 +1,4 @@
-"""Outputs that are safe to open and never destroy what the run needs (issue 8)."""
+"""Outputs that are safe to open and never destroy what the run needs."""
 
 from __future__ import annotations
 
@@ -80,22 +80,25 @@ def test_outputs_never_overwrite_the_input(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    "options",
     [
-        ({"journal": "out/r.csv"}, "the journal's place"),
-        ({"errors_output": "out/e.csv", "journal": "out/e.csv"}, "the journal's place"),
-        ({"errors_output": "out/r.csv.journal.sqlite-x.csv"}, None),
-        ({"state_dir": "out", "job_name": "r.csv"}, None),
+        {"errors_output": "out/r.sqlite-x.csv"},
+        {"state_dir": "out", "job_name": "r.csv"},
+        {"errors_output": "out/r.sqlite.csv", "job_name": "r"},
     ],
 )
-def test_results_never_go_where_the_journal_or_state_live(
-    tmp_path: Path, options: dict[str, str], message: str | None, monkeypatch: pytest.MonkeyPatch
+def test_results_and_the_store_never_meet(
+    tmp_path: Path, options: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The store is NAME.sqlite and a results path ends in .csv, .parquet or .jsonl: near misses
+    are fine, and the store is left whole."""
     monkeypatch.chdir(tmp_path)
     Path("in.csv").write_text(f"conversation_id,a\n{ID(1)},v\n")
-    config = JobConfig(input="in.csv", output="out/r.csv", dry_run=True, **options)  # type: ignore[arg-type]
-    if message is None:
-        run_job(config)  # near misses are fine
-        return
-    with pytest.raises(ConfigError, match=message):
-        run_job(config)
+    run_job(JobConfig(input="in.csv", output="out/r.csv", dry_run=True, **options))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown results format"):
+        JobConfig(input="in.csv", output="out/r.sqlite")
+
+
+def test_the_journal_option_says_where_the_journal_went() -> None:
+    with pytest.raises(ConfigError, match=r"journal is now in the job's store"):
+        JobConfig.from_options({"input": "i.csv", "output": "o.csv", "journal": "j.sqlite"})

@@ -9,9 +9,12 @@ from collections.abc import Callable
 import httpx2
 import pytest
 
+from bulk_update.config import JobConfig
+from bulk_update.exceptions import FatalApiError
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
 from bulk_update.send import USER_AGENT, Sender, SendSettings
+from bulk_update.stop import Stop
 
 KEY = "sk-unit-test-key"
 ID = "conv_abc"
@@ -44,29 +47,35 @@ def scripted(
     return handler, seen
 
 
+def settings(**options: object) -> SendSettings:
+    """The sender's settings as a job with these options has them."""
+    config = JobConfig(input="in.csv", output="out.csv", base_url="https://api.example/v1",
+                       api_key=KEY, rpm=10**9, **options)  # type: ignore[arg-type]  # fmt: skip
+    return SendSettings.from_config(config)
+
+
 def send(
-    handler: Callable[..., httpx2.Response], update: PlannedUpdate = UPDATE, **settings: object
-) -> tuple[RowOutcome, Sender, list[float]]:
+    handler: Callable[..., httpx2.Response], update: PlannedUpdate = UPDATE, **options: object
+) -> tuple[RowOutcome, FatalApiError | None, Sender, list[float]]:
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    async def go() -> tuple[RowOutcome, Sender]:
-        config = SendSettings(base_url="https://api.example/v1", api_key=KEY, rpm=10**9,
-                              **settings)  # type: ignore[arg-type]  # fmt: skip
-        sender = Sender(config, transport=httpx2.MockTransport(handler), sleep=sleep,
-                        jitter=lambda: 0.0)  # fmt: skip
+    async def go() -> tuple[RowOutcome, FatalApiError | None, Sender]:
+        sender = Sender(settings(**options), Stop(), transport=httpx2.MockTransport(handler),
+                        sleep=sleep, jitter=lambda: 0.0)  # fmt: skip
         async with sender:
-            return await sender.send(update), sender
+            sent = await sender.send(update)
+            return sent.outcome, sent.fatal, sender
 
-    outcome, sender = asyncio.run(go())
-    return outcome, sender, slept
+    outcome, fatal, sender = asyncio.run(go())
+    return outcome, fatal, sender, slept
 
 
 def test_success_records_what_the_server_returned() -> None:
     handler, seen = scripted()
-    outcome, sender, _ = send(handler)
+    outcome, fatal, _, _ = send(handler)
     assert outcome == RowOutcome(
         row_number=7, conversation_id=ID, status=Status.UPDATED, http_status=200, attempts=1,
         request_id="req_ok", created_at=5, metadata='{"tier":"gold"}',
@@ -80,7 +89,7 @@ def test_success_records_what_the_server_returned() -> None:
     assert request.headers["user-agent"] == USER_AGENT
     assert request.headers["content-type"] == "application/json"
     assert "openai-organization" not in request.headers
-    assert sender.fatal is None
+    assert fatal is None
 
 
 def test_organization_and_project_headers() -> None:
@@ -104,7 +113,7 @@ def test_transient_failures_are_retried_with_backoff() -> None:
         httpx2.ConnectError("refused"),
         httpx2.ReadTimeout("slow"),
     )  # fmt: skip
-    outcome, _, slept = send(handler)
+    outcome, _, _, slept = send(handler)
     assert outcome.status is Status.UPDATED
     assert outcome.attempts == 5
     assert len(seen) == 5
@@ -113,7 +122,7 @@ def test_transient_failures_are_retried_with_backoff() -> None:
 
 def test_max_attempts_bounds_transient_failures() -> None:
     handler, seen = scripted(*[httpx2.Response(503, text="down")] * 10)
-    outcome, _, _ = send(handler, max_attempts=3)
+    outcome, _, _, _ = send(handler, max_attempts=3)
     assert outcome.status is Status.FAILED
     assert (outcome.attempts, outcome.http_status, outcome.error_code) == (3, 503, "http_503")
     assert len(seen) == 3
@@ -126,7 +135,7 @@ def test_rate_limits_pause_the_job_and_do_not_use_up_attempts() -> None:
                         "code": "rate_limit_exceeded"}},
     )  # fmt: skip
     handler, seen = scripted(limited, limited, limited, httpx2.Response(500), limited)
-    outcome, _sender, slept = send(handler, max_attempts=2)
+    outcome, _, _, slept = send(handler, max_attempts=2)
     # 4 x 429 + 1 x 500 + the success: only the 500 counted against max_attempts=2.
     assert outcome.status is Status.UPDATED
     assert outcome.attempts == 6
@@ -137,13 +146,13 @@ def test_rate_limits_pause_the_job_and_do_not_use_up_attempts() -> None:
 
 def test_server_wait_is_honoured_for_5xx() -> None:
     handler, _ = scripted(httpx2.Response(503, headers={"retry-after": "3"}, text="busy"))
-    _, _, slept = send(handler)
+    _, _, _, slept = send(handler)
     assert slept == [3.0]
 
 
 def test_a_huge_retry_after_fails_the_row_instead_of_stalling() -> None:
     handler, seen = scripted(httpx2.Response(429, headers={"retry-after": "86400"}, text=""))
-    outcome, _, _ = send(handler)
+    outcome, _, _, _ = send(handler)
     assert (outcome.status, outcome.error_code, len(seen)) == (
         Status.FAILED,
         "retry_after_too_long",
@@ -167,12 +176,12 @@ def test_fatal_answers_leave_the_row_unprocessed_and_flag_the_job(
     handler, seen = scripted(
         httpx2.Response(status, json={"error": {"message": "no", "param": None, **body}})
     )
-    outcome, sender, _ = send(handler)
+    outcome, fatal, _, _ = send(handler)
     assert (outcome.status, outcome.error_code, len(seen)) == (Status.UNPROCESSED, code, 1)
     assert outcome.error_message == "no"
     assert outcome.http_status == status
-    assert sender.fatal is not None
-    assert sender.fatal.http_status == status
+    assert fatal is not None
+    assert fatal.http_status == status
 
 
 @pytest.mark.parametrize(
@@ -190,15 +199,14 @@ def test_fatal_answers_leave_the_row_unprocessed_and_flag_the_job(
 )  # fmt: skip
 def test_permanent_failures_are_not_retried(response: httpx2.Response, code: str) -> None:
     handler, seen = scripted(response)
-    outcome, sender, _ = send(handler)
+    outcome, fatal, _, _ = send(handler)
     assert (outcome.status, outcome.error_code, len(seen)) == (Status.FAILED, code, 1)
-    assert sender.fatal is None
+    assert fatal is None
     assert outcome.sent_metadata == UPDATE.sent_metadata
 
 
 def test_the_key_is_not_in_the_settings_repr() -> None:
-    settings = SendSettings(base_url="https://x/v1", api_key=KEY)
-    assert KEY not in repr(settings)
+    assert KEY not in repr(settings())
 
 
 @pytest.mark.parametrize(
@@ -209,7 +217,7 @@ def test_every_retryable_failure_counts_against_max_attempts(answer: httpx2.Resp
     """Not only 5xx and connection errors: a 408, a 409 or a 200 that is not a conversation,
     answered forever, ends the row after --max-attempts (it once retried without end)."""
     handler, seen = scripted(*[answer] * 50)
-    outcome, sender, _ = send(handler, max_attempts=3)
+    outcome, _, sender, _ = send(handler, max_attempts=3)
     assert outcome.status is Status.FAILED
     assert (outcome.attempts, len(seen)) == (3, 3)
     assert not sender.breaker.is_open  # the server answered: not an outage

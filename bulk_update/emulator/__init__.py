@@ -1,10 +1,24 @@
 """A local, in-memory stand-in for the OpenAI Conversations API (``bulk-update emulator``).
 
-For demos, rehearsals, tests and benchmarks. The job (``bulk_update``) never imports it.
+For demos, rehearsals, tests and benchmarks. The job (``bulk_update``) never imports it. Its
+server needs the ``emulator`` extra (``pip install 'bulk-update[emulator]'``); the app is in
+``emulator.app``, the server in ``emulator.server``.
 """
 
-from bulk_update.emulator.app import Emulator, EmulatorConfig, create_app
-from bulk_update.emulator.server import serve
+from bulk_update.emulator.config import EmulatorConfig
 from bulk_update.emulator.store import preload_id
 
-__all__ = ["Emulator", "EmulatorConfig", "create_app", "preload_id", "serve"]
+EXTRA_HINT = "the emulator needs its extra: pip install 'bulk-update[emulator]'"
+
+
+def missing_dependency() -> str | None:
+    """The first of the emulator's dependencies that is not installed, or None."""
+    import importlib.util
+
+    for module in ("starlette", "uvicorn"):
+        if importlib.util.find_spec(module) is None:
+            return module
+    return None
+
+
+__all__ = ["EXTRA_HINT", "EmulatorConfig", "missing_dependency", "preload_id"]

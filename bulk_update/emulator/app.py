@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bulk_update.emulator.config import EmulatorConfig
 from bulk_update.emulator.faults import FaultKind, FaultPlan
 from bulk_update.emulator.limits import TokenBucket
 from bulk_update.emulator.store import MAX_ITEMS, ApiError, ConversationStore
@@ -33,30 +34,6 @@ from bulk_update.emulator.store import MAX_ITEMS, ApiError, ConversationStore
 ABORT_EXTENSION = "bulk_update.abort"
 
 JSON_TYPE = "application/json"
-
-
-@dataclass(frozen=True, slots=True)
-class EmulatorConfig:
-    """How the emulator behaves. ``rpm=0`` means no limit; rates are fractions of requests."""
-
-    api_key: str | None = None
-    rpm: int = 0
-    latency_ms: float = 0.0
-    error_rate: float = 0.0
-    reset_rate: float = 0.0
-    slow_rate: float = 0.0
-    slow_ms: float = 5000.0
-    random_seed: int | None = None
-    # Every API request answered 429 insufficient_quota (a billing stop), for fatal-error tests.
-    quota_exhausted: bool = False
-
-    def __repr__(self) -> str:
-        # The key is a secret even in a test tool's logs.
-        shown = "None" if self.api_key is None else "'***'"
-        fields = ", ".join(
-            f"{name}={value!r}" for name, value in asdict(self).items() if name != "api_key"
-        )
-        return f"EmulatorConfig(api_key={shown}, {fields})"
 
 
 class ConnectionDropped(Exception):

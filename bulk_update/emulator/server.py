@@ -20,7 +20,8 @@ import polars as pl
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from bulk_update.emulator.app import ABORT_EXTENSION, Emulator, EmulatorConfig, create_app
+from bulk_update.emulator.app import ABORT_EXTENSION, Emulator, create_app
+from bulk_update.emulator.config import EmulatorConfig
 from bulk_update.emulator.store import preload_id
 
 

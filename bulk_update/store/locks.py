@@ -1,4 +1,4 @@
-"""Advisory file locks (``flock``): one run per journal, one run per job's state.
+"""Advisory file locks (``flock``) beside a SQLite store: one run per job, or per shard.
 
 The kernel releases a lock when its holder dies, even after ``kill -9``, so a crash never
 leaves a stale lock behind. An exclusive holder writes who it is into the lock file, so that

@@ -1,0 +1,154 @@
+"""The store: everything a job must remember between runs, behind one small interface.
+
+A job's store holds
+
+- its **runs**: one per job name + results path (as given) + shard, with the fingerprint of its
+  input and mapping, its options, when it started and ended, its counts and exit code. A re-run
+  of the same command finds its run and resumes it; a new results path starts a new run;
+- each run's **outcomes** (the journal): one row per input row the run has finished or tried;
+- the job's **last-set state**: per conversation ID, the metadata the job last set and when
+  the API confirmed it (incremental runs);
+- its **locks**: one writer per run, shards of a job side by side but never one shard twice.
+
+Two rules keep it honest, whatever stops a run (kill -9 included):
+
+- an ``updated`` outcome and its state entry commit in one transaction;
+- a row's state entry is deleted before the row is sent: until the API confirms, the job does
+  not know what the server holds, and a row it does not know about is sent next time.
+
+``SQLiteStore`` (``store/sqlite.py``) is the embedded backend: one file per job,
+``<state-dir>/<job-name>.sqlite``. The job sees only the two protocols below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import polars as pl
+
+from bulk_update.outcome import RowOutcome, Status
+
+
+@dataclass(frozen=True, slots=True)
+class RunKey:
+    """What identifies a run: the same key resumes it."""
+
+    job: str
+    results: str  # the results path as given
+    shard: tuple[int, int] | None
+
+    @property
+    def shard_text(self) -> str:
+        return "" if self.shard is None else f"{self.shard[0]}/{self.shard[1]}"
+
+
+class StateReader(Protocol):
+    """The job's last-set state, read only (a dry run, which writes nothing)."""
+
+    def changed_rows(self, rows: pl.DataFrame) -> list[int]:
+        """Of a batch's valid rows (``ROW_NUMBER, conversation_id, sent_metadata``), the row
+        numbers whose metadata is not, verbatim, what the job last set: the rows to send."""
+        ...
+
+
+class Journal(StateReader, Protocol):
+    """One run's outcomes, and the job's state as the run changes it. Opened by
+    ``Store.open_run``, which holds the run's locks until the journal is closed."""
+
+    run_id: int
+
+    def forget(self, conversation_id: str) -> None:
+        """Before a row is sent: from now until the API confirms, its state is unknown."""
+        ...
+
+    def record(self, outcome: RowOutcome) -> None:
+        """Commit one sent row's outcome now, with its state entry if it is ``updated``."""
+        ...
+
+    def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
+        """Commit the outcomes of rows that were not sent (invalid), in one transaction."""
+        ...
+
+    def record_unchanged(self, rows: pl.DataFrame) -> None:
+        """Commit a batch's ``unchanged`` rows (``ROW_NUMBER, conversation_id,
+        sent_metadata``); found unchanged against --since-state, their entries are copied into
+        this job's state in the same transaction."""
+        ...
+
+    def finished_between(self, first: int, last: int) -> dict[int, Status]:
+        """Rows in ``[first, last]`` that a resumed run must not process again."""
+        ...
+
+    def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
+        """How many rows in ``[first, last]`` are finished, by status."""
+        ...
+
+    def finished_count(self) -> int:
+        """Rows finished by earlier runs: a resumed run does not process them again."""
+        ...
+
+    def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
+        """Outcomes in ``[first, last]`` as tuples in RESULT_COLUMNS order, by row number."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """The run's outcomes by status (rows never journaled are not counted)."""
+        ...
+
+    def state_entries(self) -> int:
+        """How many conversations the job's state holds."""
+        ...
+
+    def finish(self, counts: Mapping[str, int], exit_code: int) -> None:
+        """Record how this invocation of the run ended."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """A job's store. ``where`` names it for logs and summaries (never with a password)."""
+
+    where: str
+
+    def open_run(
+        self,
+        key: RunKey,
+        fingerprint: Mapping[str, Any],
+        options: Mapping[str, Any],
+        *,
+        restart: bool = False,
+        retry_failed: bool = False,
+        since: str | None = None,
+    ) -> Journal:
+        """Lock the run (JournalError if another process holds it), then find it or start it.
+        A run whose fingerprint changed is refused (JournalError) unless ``restart``, which sets
+        the old run aside (kept, never deleted) and starts a new one. ``since`` names another
+        job's store whose state this run compares with (ConfigError if it is not one)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Store: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+
+def open_store(path: Path) -> Store:
+    from bulk_update.store.sqlite import SQLiteStore
+
+    return SQLiteStore.open(path)
+
+
+@contextlib.contextmanager
+def read_state(path: Path, since: str | None = None) -> Iterator[StateReader | None]:
+    """The state a dry run compares with: ``since``'s if given, else the job's own; None if the
+    job has never set anything."""
+    from bulk_update.store.sqlite import read_state as read_sqlite_state
+
+    with read_sqlite_state(path, since) as reader:
+        yield reader

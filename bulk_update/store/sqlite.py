@@ -1,0 +1,455 @@
+"""The SQLite store: one file per job, ``<state-dir>/<job-name>.sqlite`` (standard library).
+
+Tables (``PRAGMA user_version`` is the layout's version)::
+
+    runs(run_id, job, results, shard, fingerprint, options, started_at, resumed_at,
+         invocations, ended_at, counts, exit_code, replaced_at)
+    outcomes(run_id, row_number, <the results columns>)    -- the journal
+    last_set(conversation_id PRIMARY KEY, metadata, set_at) -- the job's state
+
+WAL mode with ``synchronous=NORMAL``: a commit survives a process crash (kill -9); only a power
+cut can lose the last commits. Shards of a job share the file and wait for each other's commits
+(``busy_timeout``). The locks are ``flock``s on files beside it (``store/locks.py``): the kernel
+drops them when their holder dies.
+
+``--since-state`` (another job's store) is ATTACHed read only, so that the comparison and the
+copy of its entries run inside SQLite. A state file of the older layout
+(``<job>.state.sqlite``, one ``last_set`` table) is read the same way, and a new store takes its
+entries over, as it takes over an unfinished journal of the older layout
+(``RESULTS.journal.sqlite``) whose input and mapping are the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import polars as pl
+
+from bulk_update.exceptions import ConfigError, JournalError
+from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, RowOutcome, Status
+from bulk_update.paths import is_remote
+from bulk_update.read import ROW_NUMBER
+from bulk_update.store import RunKey
+from bulk_update.store.locks import release_lock, take_lock
+
+log = logging.getLogger("bulk_update")
+
+LAYOUT_VERSION = 1
+# Rows that a resumed run processes again; with --retry-failed, failed rows too.
+_NOT_FINISHED = (Status.UNPROCESSED.value, Status.PLANNED.value)
+_NOT_FINISHED_RETRYING = (*_NOT_FINISHED, Status.FAILED.value)
+
+_SQL_TYPES: dict[pl.DataType, str] = {pl.Int64(): "INTEGER", pl.String(): "TEXT"}
+_COLUMNS = ", ".join(RESULT_COLUMNS)
+_INSERT = (
+    f"INSERT OR REPLACE INTO outcomes (run_id, {_COLUMNS}) "  # noqa: S608
+    f"VALUES (?, {', '.join('?' for _ in RESULT_COLUMNS)})"
+)
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS runs (run_id INTEGER PRIMARY KEY, job TEXT NOT NULL, "
+    "results TEXT NOT NULL, shard TEXT NOT NULL, fingerprint TEXT NOT NULL, options TEXT NOT NULL, "
+    "started_at TEXT NOT NULL, resumed_at TEXT, invocations INTEGER NOT NULL DEFAULT 1, "
+    "ended_at TEXT, counts TEXT, exit_code INTEGER, replaced_at TEXT)",
+    "CREATE INDEX IF NOT EXISTS runs_by_key ON runs (job, results, shard)",
+    "CREATE TABLE IF NOT EXISTS outcomes (run_id INTEGER NOT NULL, "
+    + ", ".join(f"{name} {_SQL_TYPES[kind]}" for name, kind in RESULTS_SCHEMA.items())
+    + ", PRIMARY KEY (run_id, row_number)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS last_set (conversation_id TEXT PRIMARY KEY, "
+    "metadata TEXT NOT NULL, set_at TEXT NOT NULL) WITHOUT ROWID",
+)
+# The layout before one store per job: its fingerprints carry this schema mark.
+_LEGACY_SCHEMA = "1"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _uri(path: Path, read_only: bool = False) -> str:
+    return path.resolve().as_uri() + ("?mode=ro" if read_only else "")
+
+
+def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+    db = sqlite3.connect(
+        _uri(path, read_only), uri=True, isolation_level=None, check_same_thread=False
+    )
+    db.execute("PRAGMA busy_timeout=30000")
+    return db
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE: take the write lock up front, waiting (busy_timeout) for a shard's commit
+    # instead of failing half way.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _fingerprint_text(fingerprint: Mapping[str, Any]) -> str:
+    return json.dumps({"schema": _LEGACY_SCHEMA, **fingerprint}, sort_keys=True)
+
+
+def _as_json(rows: pl.DataFrame) -> str:
+    """A batch's rows (``ROW_NUMBER, conversation_id, sent_metadata``) as one JSON array for
+    ``json_each``: the comparison and the journaling of unchanged rows then run inside SQLite,
+    with no Python object per row. Sorted by ID, so that ``last_set`` is walked in order rather
+    than probed at random."""
+    short = rows.select(r=ROW_NUMBER, i="conversation_id", m="sent_metadata")
+    return short.sort("i").write_json()
+
+
+def _changed_rows(db: sqlite3.Connection, schema: str, rows: pl.DataFrame) -> list[int]:
+    if rows.is_empty():
+        return []
+    found = db.execute(
+        "SELECT json_extract(j.value, '$.r') FROM json_each(?) AS j WHERE NOT EXISTS ("  # noqa: S608
+        f"SELECT 1 FROM {schema}.last_set AS s WHERE s.conversation_id = "
+        "json_extract(j.value, '$.i') AND s.metadata = json_extract(j.value, '$.m'))",
+        (_as_json(rows),),
+    )
+    return [number for (number,) in found]
+
+
+def _legacy_state(path: Path) -> Path:
+    """The state file of the older layout that this store replaces."""
+    return path.with_name(path.name.removesuffix(".sqlite") + ".state.sqlite")
+
+
+def _check_since(since: str) -> Path:
+    """--since-state's file, if it is a store (or a state file of the older layout)."""
+    path = Path(since)
+    if not path.is_file():
+        raise ConfigError(f"--since-state {since}: no such file")
+    try:
+        with contextlib.closing(_connect(path, read_only=True)) as db:
+            db.execute("SELECT count(*) FROM last_set").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"--since-state {since}: not a bulk-update state ({exc})") from None
+    return path
+
+
+class _Reader:
+    """``last_set`` of a database (``schema`` on ``db``), read only."""
+
+    def __init__(self, db: sqlite3.Connection, schema: str = "main") -> None:
+        self._db = db
+        self._schema = schema
+
+    def changed_rows(self, rows: pl.DataFrame) -> list[int]:
+        return _changed_rows(self._db, self._schema, rows)
+
+
+@contextlib.contextmanager
+def read_state(path: Path, since: str | None = None) -> Iterator[_Reader | None]:
+    """See ``bulk_update.store.read_state``."""
+    if since is not None:
+        source: Path | None = _check_since(since)
+    else:
+        source = next((p for p in (path, _legacy_state(path)) if p.is_file()), None)
+    if source is None:
+        yield None
+        return
+    with contextlib.closing(_connect(source, read_only=True)) as db:
+        yield _Reader(db)
+
+
+class SQLiteStore:
+    """Open with ``SQLiteStore.open``; use as a context manager to close it."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+        self.path = path
+        self.where = str(path)
+        self._db = db
+
+    @classmethod
+    def open(cls, path: Path) -> SQLiteStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = _connect(path)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            store = cls(path, db)
+            store._create()
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
+        except BaseException:
+            db.close()
+            raise
+        return store
+
+    def _create(self) -> None:
+        db = self._db
+        legacy = _legacy_state(self.path)
+        fresh = db.execute("PRAGMA user_version").fetchone()[0] == 0
+        if fresh and legacy.is_file():
+            db.execute("ATTACH DATABASE ? AS legacy", (_uri(legacy, read_only=True),))
+        with _transaction(db):
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > LAYOUT_VERSION:
+                raise JournalError(
+                    f"{self.path}: written by a newer bulk-update (layout {version}); upgrade"
+                )
+            for statement in _TABLES:
+                db.execute(statement)
+            if version == 0 and fresh and legacy.is_file():
+                db.execute("INSERT OR IGNORE INTO last_set SELECT * FROM legacy.last_set")
+                log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
+            db.execute(f"PRAGMA user_version={LAYOUT_VERSION}")
+        if fresh and legacy.is_file():
+            db.execute("DETACH DATABASE legacy")
+
+    def open_run(
+        self,
+        key: RunKey,
+        fingerprint: Mapping[str, Any],
+        options: Mapping[str, Any],
+        *,
+        restart: bool = False,
+        retry_failed: bool = False,
+        since: str | None = None,
+    ) -> SQLiteJournal:
+        locks = _lock_run(self.path, key)
+        try:
+            compare_with = "main"
+            if since is not None:
+                since_path = _check_since(since)
+                if since_path.resolve() != self.path.resolve():
+                    self._db.execute(
+                        "ATTACH DATABASE ? AS since", (_uri(since_path, read_only=True),)
+                    )
+                    compare_with = "since"
+            run_id = self._find_or_start(key, _fingerprint_text(fingerprint), options, restart)
+            return SQLiteJournal(self._db, run_id, locks, compare_with, retry_failed)
+        except BaseException:
+            for lock in reversed(locks):
+                release_lock(lock)
+            raise
+
+    def _find_or_start(
+        self, key: RunKey, fingerprint: str, options: Mapping[str, Any], restart: bool
+    ) -> int:
+        db = self._db
+        with _transaction(db):
+            found = db.execute(
+                "SELECT run_id, fingerprint FROM runs WHERE job = ? AND results = ? AND shard = ? "
+                "AND replaced_at IS NULL ORDER BY run_id DESC LIMIT 1",
+                (key.job, key.results, key.shard_text),
+            ).fetchone()
+            if found is not None and restart:
+                db.execute("UPDATE runs SET replaced_at = ? WHERE run_id = ?", (_now(), found[0]))
+                found = None
+            if found is not None:
+                run_id, stored = found
+                if stored != fingerprint:
+                    old, new = json.loads(stored), json.loads(fingerprint)
+                    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+                    raise JournalError(
+                        f"{self.path}: the run for {key.results} was started with another input "
+                        f"or mapping (changed: {', '.join(changed)}); run with --restart to start "
+                        "over (the old run is kept in the store)"
+                    )
+                db.execute(
+                    "UPDATE runs SET resumed_at = ?, invocations = invocations + 1, "
+                    "ended_at = NULL, exit_code = NULL WHERE run_id = ?",
+                    (_now(), run_id),
+                )
+                return int(run_id)
+            cursor = db.execute(
+                "INSERT INTO runs (job, results, shard, fingerprint, options, started_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key.job, key.results, key.shard_text, fingerprint,
+                 json.dumps(dict(options), sort_keys=True, default=str), _now()),
+            )  # fmt: skip
+            run_id = int(cursor.lastrowid or 0)
+        if not restart:
+            self._take_over_legacy_journal(key, fingerprint, run_id)
+        return run_id
+
+    def _take_over_legacy_journal(self, key: RunKey, fingerprint: str, run_id: int) -> None:
+        """A run started by the older layout resumes here: its journal's outcomes, if the
+        journal belongs to the same input and mapping."""
+        legacy = Path(key.results + ".journal.sqlite")
+        if is_remote(key.results) or not legacy.is_file():
+            return
+        db = self._db
+        db.execute("ATTACH DATABASE ? AS legacy", (_uri(legacy, read_only=True),))
+        try:
+            with _transaction(db):
+                stored = db.execute(
+                    "SELECT value FROM legacy.meta WHERE key = 'fingerprint'"
+                ).fetchone()
+                if stored is None or stored[0] != fingerprint:
+                    return
+                db.execute(
+                    f"INSERT INTO outcomes (run_id, {_COLUMNS}) SELECT ?, {_COLUMNS} "  # noqa: S608
+                    "FROM legacy.outcomes",
+                    (run_id,),
+                )
+            log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
+        except sqlite3.DatabaseError:
+            return  # not a journal after all: nothing to take over
+        finally:
+            db.execute("DETACH DATABASE legacy")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _lock_run(path: Path, key: RunKey) -> list[IO[str] | None]:
+    """One run of a job at a time, or one run per shard: a whole-input run takes the job's lock
+    exclusively, a shard shares it and takes its own shard's lock exclusively. Two runs writing
+    the same entries at once could otherwise record them in the wrong order."""
+    what = f" (job {key.job!r})"
+    locks: list[IO[str] | None] = []
+    try:
+        locks.append(take_lock(Path(f"{path}.lock"), shared=key.shard is not None, what=what))
+        if key.shard is not None:
+            index, count = key.shard
+            locks.append(take_lock(Path(f"{path}.{index}-of-{count}.lock"), what=what))
+    except BaseException:
+        for lock in reversed(locks):
+            release_lock(lock)
+        raise
+    return locks
+
+
+class SQLiteJournal(_Reader):
+    """One run's outcomes in a SQLite store; see ``bulk_update.store.Journal``."""
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        run_id: int,
+        locks: list[IO[str] | None],
+        compare_with: str,
+        retry_failed: bool,
+    ) -> None:
+        super().__init__(db, compare_with)
+        self.run_id = run_id
+        self._locks = locks
+        unfinished = _NOT_FINISHED_RETRYING if retry_failed else _NOT_FINISHED
+        self._unfinished = unfinished
+        self._unfinished_sql = f"status NOT IN ({', '.join('?' for _ in unfinished)})"
+
+    # Writing
+
+    def forget(self, conversation_id: str) -> None:
+        self._db.execute("DELETE FROM last_set WHERE conversation_id = ?", (conversation_id,))
+
+    def record(self, outcome: RowOutcome) -> None:
+        if outcome.status is not Status.UPDATED:
+            self._insert(outcome)
+            return
+        assert outcome.sent_metadata is not None
+        with _transaction(self._db):
+            self._insert(outcome)
+            self._db.execute(
+                "INSERT OR REPLACE INTO last_set VALUES (?, ?, ?)",
+                (outcome.conversation_id, outcome.sent_metadata, _now()),
+            )
+
+    def _insert(self, outcome: RowOutcome) -> None:
+        self._db.execute(_INSERT, (self.run_id, *outcome.as_row()))
+
+    def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
+        with _transaction(self._db):
+            self._db.executemany(_INSERT, ((self.run_id, *o.as_row()) for o in outcomes))
+
+    def record_unchanged(self, rows: pl.DataFrame) -> None:
+        if rows.is_empty():
+            return
+        rows_json = _as_json(rows)
+        with _transaction(self._db):
+            self._db.execute(
+                "INSERT OR REPLACE INTO outcomes (run_id, row_number, conversation_id, status, "
+                "attempts, sent_metadata) SELECT ?, json_extract(value, '$.r'), "
+                "json_extract(value, '$.i'), ?, 0, json_extract(value, '$.m') FROM json_each(?)",
+                (self.run_id, Status.UNCHANGED.value, rows_json),
+            )
+            if self._schema == "since":
+                self._db.execute(
+                    "INSERT OR REPLACE INTO last_set SELECT s.conversation_id, s.metadata, "
+                    "s.set_at FROM json_each(?) AS j JOIN since.last_set AS s "
+                    "ON s.conversation_id = json_extract(j.value, '$.i')",
+                    (rows_json,),
+                )
+
+    def finish(self, counts: Mapping[str, int], exit_code: int) -> None:
+        self._db.execute(
+            "UPDATE runs SET ended_at = ?, counts = ?, exit_code = ? WHERE run_id = ?",
+            (_now(), json.dumps(dict(counts), sort_keys=True), exit_code, self.run_id),
+        )
+
+    # Reading
+
+    def finished_between(self, first: int, last: int) -> dict[int, Status]:
+        rows = self._db.execute(
+            "SELECT row_number, status FROM outcomes WHERE run_id = ? "  # noqa: S608
+            f"AND row_number BETWEEN ? AND ? AND {self._unfinished_sql}",
+            (self.run_id, first, last, *self._unfinished),
+        )
+        return {number: Status(status) for number, status in rows}
+
+    def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
+        rows = self._db.execute(
+            "SELECT status, count(*) FROM outcomes WHERE run_id = ? "  # noqa: S608
+            f"AND row_number BETWEEN ? AND ? AND {self._unfinished_sql} GROUP BY status",
+            (self.run_id, first, last, *self._unfinished),
+        )
+        return {Status(status): count for status, count in rows}
+
+    def finished_count(self) -> int:
+        row = self._db.execute(
+            f"SELECT count(*) FROM outcomes WHERE run_id = ? AND {self._unfinished_sql}",  # noqa: S608
+            (self.run_id, *self._unfinished),
+        ).fetchone()
+        return int(row[0])
+
+    def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
+        return self._db.execute(
+            f"SELECT {_COLUMNS} FROM outcomes WHERE run_id = ? "  # noqa: S608
+            "AND row_number BETWEEN ? AND ? ORDER BY row_number",
+            (self.run_id, first, last),
+        ).fetchall()
+
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT status, count(*) FROM outcomes WHERE run_id = ? GROUP BY status",
+            (self.run_id,),
+        )
+        return dict(rows.fetchall())
+
+    def state_entries(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM last_set").fetchone()[0])
+
+    def close(self) -> None:
+        if self._schema == "since":
+            self._db.execute("DETACH DATABASE since")
+        for lock in reversed(self._locks):
+            release_lock(lock)
+        self._locks = []
+
+    def __enter__(self) -> SQLiteJournal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,117 @@
+"""How a run went: progress while it runs, the summary and exit code at the end."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bulk_update.exitcodes import ExitCode
+from bulk_update.outcome import ROW_FAILURES, Status
+from bulk_update.stop import Stop
+
+log = logging.getLogger("bulk_update")
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What the progress callback gets: rows finished so far (``unprocessed`` ones are not),
+    of ``total``; ``resumed`` of them were finished by earlier runs, ``sent`` rows were sent by
+    this one (the rate is ``sent / elapsed_s``)."""
+
+    done: int
+    total: int
+    counts: dict[str, int]
+    requests: int
+    elapsed_s: float
+    resumed: int = 0
+    sent: int = 0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """How a run went. ``as_dict()`` is small and JSON-safe (an Airflow XCom)."""
+
+    counts: dict[str, int]
+    total_rows: int
+    requests_sent: int
+    elapsed_s: float
+    output: str
+    errors_output: str | None
+    exit_code: int
+    store: str | None = None  # the job's store (where its runs, outcomes and state live)
+    dry_run: bool = False
+    fatal_error: str | None = None
+    sent_this_run: int = 0
+    stopped_by: str | None = None  # SIGTERM or SIGINT
+    job_name: str | None = None
+    warnings: tuple[str, ...] = ()  # said in the summary; they do not change the exit code
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.sent_this_run / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self.counts),
+            "total_rows": self.total_rows,
+            "requests_sent": self.requests_sent,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "rows_per_s": round(self.rows_per_s, 2),
+            "output": self.output,
+            "errors_output": self.errors_output,
+            "store": self.store,
+            "exit_code": int(self.exit_code),
+            "dry_run": self.dry_run,
+            "fatal_error": self.fatal_error,
+            "stopped_by": self.stopped_by,
+            "job_name": self.job_name,
+            "warnings": list(self.warnings),
+        }
+
+    def line(self) -> str:
+        """The one-line summary that ends every run on stderr."""
+        order = [s.value for s in Status]
+        counts = " ".join(f"{s}={self.counts[s]}" for s in order if self.counts.get(s))
+        text = (
+            f"bulk-update: {self.total_rows} rows: {counts or 'none'}; "
+            f"{self.requests_sent} requests, {self.rows_per_s:.1f} rows/s, "
+            f"{self.elapsed_s:.1f}s; exit {int(self.exit_code)}"
+        )
+        if self.dry_run:
+            text += f"; would send {self.counts.get(Status.PLANNED.value, 0)}"
+        if self.fatal_error:
+            text += f"; stopped: {self.fatal_error}"
+        if self.stopped_by:
+            text += f"; stopped by {self.stopped_by} (re-run the same command to resume)"
+        for warning in self.warnings:
+            text += f"; warning: {warning}"
+        return text
+
+    def log(self) -> None:
+        for warning in self.warnings:
+            log.warning("%s", warning, extra={"event": "warning"})
+        log.info("job finished", extra={"event": "finish", **self.as_dict()})
+
+
+def exit_code_for(counts: Mapping[str, int], stop: Stop | None = None) -> ExitCode:
+    """A run that finished is 0 unless rows failed or were invalid: rows it left
+    ``unprocessed`` on purpose (``--limit``) are no failure. A stopped run says why."""
+    if stop is not None and stop.signal is not None:
+        return ExitCode.for_signal(stop.signal)  # 130 for SIGINT, 143 for SIGTERM
+    if stop is not None and stop.fatal is not None:
+        return ExitCode.FATAL
+    if any(n and Status(s) in ROW_FAILURES for s, n in counts.items()):
+        return ExitCode.ROWS_FAILED
+    return ExitCode.OK
+
+
+NO_ROWS_WARNING = "the input has no data rows (a header only)"
+
+
+def warnings_for(total: int) -> tuple[str, ...]:
+    return (NO_ROWS_WARNING,) if total == 0 else ()
