@@ -25,7 +25,7 @@ if [ -f "$env_file" ]; then
 fi
 
 # One run at a time per job: a slow night must not overlap the next. (bulk-update also refuses
-# a second run on the same results path, exit 2; flock just avoids starting at all.)
+# a second run of the same job, exit 2; flock just avoids starting at all.)
 exec 9>"$log_dir/$name.lock"
 if ! flock -n 9; then
   echo "bulk-update $name: previous run still going; skipped" >&2
@@ -35,6 +35,8 @@ fi
 summary=$("$home/.venv/bin/bulk-update" run --job "$job" --quiet \
   --log-format json --log-file "$log_dir/$name.jsonl" "$@" 2>&1)
 code=$?
+# The codes are bulk_update.ExitCode (README "Exit codes"): OK 0, ROWS_FAILED 1, USAGE 2,
+# FATAL 3, INTERNAL 70, SIGINT 130, SIGTERM 143; 3, 130 and 143 are RESUMABLE.
 case $code in
   0) case $summary in                              # all rows updated (or unchanged): no mail,
        *"warning: "*) echo "bulk-update $name: finished with a warning"
