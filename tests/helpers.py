@@ -74,12 +74,12 @@ def write_input(
     return ids
 
 
-def start(*args: str) -> subprocess.Popen[str]:
-    """`bulk-update run ARGS` in the background (to signal or kill it), key TEST_KEY."""
+def start(*args: str, command: str = "run") -> subprocess.Popen[str]:
+    """`bulk-update COMMAND ARGS` in the background (to signal or kill it), key TEST_KEY."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")},
            "OPENAI_API_KEY": TEST_KEY}  # fmt: skip
     return subprocess.Popen(
-        [sys.executable, "-m", "bulk_update", "run", *args],
+        [sys.executable, "-m", "bulk_update", command, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from bulk_update.cli import build_parser
 from bulk_update.exitcodes import ExitCode
+from tests import helpers
 from tests.conftest import StartEmulator
 
 
@@ -24,10 +24,7 @@ def _commands() -> list[str]:
 COMMANDS = _commands()
 
 
-def bulk_update(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bulk_update", *args], capture_output=True, text=True, timeout=60
-    )
+bulk_update = partial(helpers.cli, key=None, timeout=60)
 
 
 def test_there_are_commands() -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -210,8 +208,7 @@ def test_crash_while_writing_results_leaves_the_old_file(tmp_path: Path) -> None
     first = cli("validate", str(source), "--output", str(output))
     assert first.returncode == 0
     before = output.read_bytes()
-    process = subprocess.Popen([sys.executable, "-m", "bulk_update", "validate", str(source),
-                                "--output", str(output)])  # fmt: skip
+    process = start(str(source), "--output", str(output), command="validate")
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".plan.csv.*.partial")):
         assert process.poll() is None, "finished before the write was caught"

@@ -10,7 +10,16 @@ import pytest
 
 from bulk_update.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY, StartEmulator
-from tests.helpers import ID, by_row, cli, results, start, store_runs, wait_for_requests
+from tests.helpers import (
+    ID,
+    by_row,
+    cli,
+    results,
+    start,
+    store_runs,
+    wait_for_requests,
+    write_input,
+)
 
 # (row content, expected status, expected error_code); rows in input order.
 
@@ -134,7 +143,7 @@ def test_every_rule_against_a_faulty_rate_limited_server(
 def test_rides_the_server_limit_without_429s(start_emulator: StartEmulator, tmp_path: Path) -> None:
     """Told the server's own rate, the smooth limiter never trips the server's limit."""
     source = tmp_path / "in.csv"
-    source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(60)))
+    write_input(source, 60)
     emu = start_emulator("--rpm", "1200", "--preload", str(source))  # 20 a second
     run = cli("run", str(source), "--output", str(tmp_path / "o.csv"), "--base-url", emu.base_url,
               "--rpm", "1200", "--concurrency", "16")  # fmt: skip
@@ -146,7 +155,7 @@ def test_rerun_resumes_and_sends_nothing_again(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
     source = tmp_path / "in.csv"
-    source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v{i}\n" for i in range(40)))
+    write_input(source, 40)
     emu = start_emulator("--preload", str(source))
     output = tmp_path / "out.parquet"
     args = (
@@ -233,7 +242,7 @@ def test_a_wrong_key_is_caught_by_the_preflight(
     """One GET checks the key before the first update: a wrong key stops the job with exit 3
     and not one update sent; every row is unprocessed and says why; the right key resumes."""
     source = tmp_path / "in.csv"
-    source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(200)))
+    write_input(source, 200)
     emu = start_emulator("--api-key", TEST_KEY, "--preload", str(source))
     output = tmp_path / "out.csv"
     run = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url,
@@ -258,7 +267,7 @@ def test_a_fatal_answer_mid_run_leaves_its_row_unprocessed(
     """The quota runs out mid-run: the rows that met insufficient_quota were not refused for
     themselves. They are unprocessed (code and message kept), and the re-run sends them."""
     source = tmp_path / "in.csv"
-    source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(300)))
+    write_input(source, 300)
     emu = start_emulator("--preload", str(source), "--latency-ms", "20")
     output = tmp_path / "out.csv"
     # 20 rows a second: the quota runs out long before the 300 rows are done, however loaded
@@ -287,7 +296,7 @@ def test_a_fatal_answer_mid_run_leaves_its_row_unprocessed(
 
 def test_insufficient_quota_is_fatal(start_emulator: StartEmulator, tmp_path: Path) -> None:
     source = tmp_path / "in.csv"
-    source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(50)))
+    write_input(source, 50)
     emu = start_emulator("--preload", str(source))
     emu.admin("config", {"quota_exhausted": True})
     output = tmp_path / "out.csv"
