@@ -137,6 +137,28 @@ def test_retry_failed_sends_only_the_failed_rows_again(tmp_path: Path) -> None:
     assert max(api.applied.values()) == 1
 
 
+def old_state(path: Path, entries: dict[str, str]) -> None:
+    """A NAME.state.sqlite as versions before the one store wrote it."""
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE last_set (conversation_id TEXT PRIMARY KEY, metadata TEXT, "
+                   "set_at TEXT)")  # fmt: skip
+        db.executemany("INSERT INTO last_set VALUES (?, ?, 'then')", entries.items())
+
+
+def test_since_state_reads_a_state_file_of_the_older_layout(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    ids = write_input(source, 4)
+    entries = {c: json.dumps({"tier": "v", "n": str(i)}, separators=(",", ":"))
+               for i, c in enumerate(ids[:3])}  # fmt: skip
+    old_state(tmp_path / "backfill.state.sqlite", entries)
+    api = FakeApi(ids)
+    summary = run(api, source, tmp_path / "r.csv",
+                  since_state=str(tmp_path / "backfill.state.sqlite"))  # fmt: skip
+    assert summary.counts == {"unchanged": 3, "updated": 1}
+    assert set(api.applied) == {ids[3]}
+    assert set(state_entries(tmp_path / "job.sqlite")) == set(ids)  # taken over, and the new one
+
+
 def test_an_older_layout_is_taken_over(tmp_path: Path) -> None:
     """A journal beside the results and a NAME.state.sqlite, as versions before the one store
     wrote them: the new store takes both over, so an upgrade mid-run sends nothing twice."""
@@ -151,11 +173,7 @@ def test_an_older_layout_is_taken_over(tmp_path: Path) -> None:
     def metadata(i: int) -> str:
         return json.dumps({"tier": "v", "n": str(i)}, separators=(",", ":"))
 
-    with closing(sqlite3.connect(tmp_path / "job.state.sqlite")) as db, db:
-        db.execute("CREATE TABLE last_set (conversation_id TEXT PRIMARY KEY, metadata TEXT, "
-                   "set_at TEXT)")  # fmt: skip
-        db.executemany("INSERT INTO last_set VALUES (?, ?, 'then')",
-                       [(ids[i], metadata(i)) for i in (3, 4)])  # fmt: skip
+    old_state(tmp_path / "job.state.sqlite", {ids[i]: metadata(i) for i in (3, 4)})
     with closing(sqlite3.connect(f"{output}.journal.sqlite")) as db, db:
         db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         db.execute("CREATE TABLE outcomes (row_number INTEGER PRIMARY KEY, conversation_id TEXT, "
