@@ -28,7 +28,7 @@ from bulk_update.write import (
     scan_results,
     sink,
     sink_errors,
-    write_dry_run,
+    write_outputs,
 )
 
 log = logging.getLogger("bulk_update")
@@ -111,5 +111,5 @@ def _batches(
             errors = errors_frame(table, batch, results) if config.errors_output else None
             yield results, errors
 
-    write_dry_run(frames(), config.output, config.errors_output, table)
+    write_outputs(frames(), config.output, config.errors_output, table)
     return dict(counts)

@@ -47,7 +47,7 @@ from bulk_update.summary import (
     exit_code_for,
     warnings_for,
 )
-from bulk_update.write import write_errors, write_results
+from bulk_update.write import write_run_outputs
 
 log = logging.getLogger("bulk_update")
 
@@ -391,14 +391,15 @@ async def run_job_async(
         tally.report(force=True)
         exit_code = exit_code_for(counts, stop)
         if not stop.hard:
-            reason = stop.reason()
             await asyncio.to_thread(
-                write_results, journal, table, config.output, config.batch_rows, reason
+                write_run_outputs,
+                journal,
+                table,
+                config.output,
+                config.errors_output,
+                config.batch_rows,
+                stop.reason(),
             )
-            if config.errors_output is not None:
-                await asyncio.to_thread(
-                    write_errors, journal, table, config.errors_output, config.batch_rows, reason
-                )
         journal.finish(counts, exit_code)
         summary = JobSummary(
             counts=counts,

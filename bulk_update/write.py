@@ -1,7 +1,9 @@
-"""Write: the results file (from the journal, in row order) and the errors file (the input's
-own columns, for the rows to fix and feed back). Both stream a batch at a time and are written
-to a temporary file beside the target, then renamed over it: a crash never leaves a half-written
-file in place.
+"""Write: the results file (from the run's outcomes, in row order) and the errors file (the
+input's own columns, for the rows to fix and feed back). Two ways, both through the one format
+table (``formats.py``): frames a batch at a time (``StreamWriter``, ``write_outputs``), or one
+lazy query streamed by polars (``sink``: a dry run that needs no batch). Either way the file is
+written to a temporary file beside the target, then renamed over it (or uploaded whole): a
+crash never leaves a half-written file in place.
 """
 
 from __future__ import annotations
@@ -111,14 +113,6 @@ class StreamWriter:
         self._stack.__exit__(exc_type, *rest)  # type: ignore[arg-type]
 
 
-def write_frames(
-    target: str, frames: Iterable[pl.DataFrame], empty: pl.DataFrame, storage: Storage = None
-) -> None:
-    with StreamWriter(target, empty, storage) as out:
-        for frame in frames:
-            out.write(frame)
-
-
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 
@@ -221,13 +215,15 @@ def sink_errors(table: InputTable, results: str, target: str) -> None:
     sink(query, target, table.storage_options)
 
 
-def write_dry_run(
+def write_outputs(
     frames: Iterable[tuple[pl.DataFrame, pl.DataFrame | None]],
     output: str,
     errors_output: str | None,
     table: InputTable,
 ) -> None:
-    """Results (and errors) of a dry run, streamed in one pass."""
+    """The results (and errors) file, in one pass: ``frames`` yields each batch's results rows
+    and, with --errors-output, its errors rows. A run and a dry run both write through here
+    (a dry run that needs no batch streams one lazy query instead: ``sink``)."""
     storage = table.storage_options
     with contextlib.ExitStack() as stack:
         results = stack.enter_context(
@@ -276,31 +272,30 @@ def results_between(
     return merged.select(RESULTS_SCHEMA.names())
 
 
-def write_results(
-    journal: Journal, table: InputTable, target: str, batch_rows: int, stopped: StopReason = None
+def write_run_outputs(
+    journal: Journal,
+    table: InputTable,
+    output: str,
+    errors_output: str | None,
+    batch_rows: int,
+    stopped: StopReason = None,
 ) -> None:
-    """One row per input row, in input order: the journal's outcome or ``unprocessed``."""
-    frames = (
-        results_between(journal, ids, stopped)
-        for ids in table.id_batches(batch_rows)
-        if not ids.is_empty()
-    )
-    write_frames(target, frames, pl.DataFrame(schema=RESULTS_SCHEMA), table.storage_options)
+    """A run's results, one row per input row in input order (the run's outcome, or
+    ``unprocessed``), and with --errors-output the rows that need attention in the input's own
+    columns plus status and error; both from one read of the input."""
 
-
-def write_errors(
-    journal: Journal, table: InputTable, target: str, batch_rows: int, stopped: StopReason = None
-) -> None:
-    """Failed, invalid and unprocessed rows in the input's own columns plus status and error."""
-
-    def frames() -> Iterator[pl.DataFrame]:
+    def frames() -> Iterator[tuple[pl.DataFrame, pl.DataFrame | None]]:
+        if errors_output is None:
+            for ids in table.id_batches(batch_rows):
+                if not ids.is_empty():
+                    yield results_between(journal, ids, stopped), None
+            return
+        trimmed = pl.col(table.id_column).cast(pl.String).str.strip_chars()
         for batch in table.all_batches(batch_rows):
             if batch.is_empty():
                 continue
-            ids = batch.select(
-                ROW_NUMBER,
-                pl.col(table.id_column).cast(pl.String).str.strip_chars().alias("conversation_id"),
-            )
-            yield errors_frame(table, batch, results_between(journal, ids, stopped))
+            ids = batch.select(ROW_NUMBER, trimmed.alias("conversation_id"))
+            results = results_between(journal, ids, stopped)
+            yield results, errors_frame(table, batch, results)
 
-    write_frames(target, frames(), _empty_errors(table), table.storage_options)
+    write_outputs(frames(), output, errors_output, table)

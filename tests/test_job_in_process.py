@@ -16,7 +16,7 @@ import httpx2
 import pytest
 
 from bulk_update import ExitCode, JobConfig, JobSummary, run_job_async
-from tests.helpers import by_row, state_entries, write_input
+from tests.helpers import by_row, state_entries, store_runs, write_input
 
 
 class FakeApi:
@@ -104,6 +104,14 @@ def test_resume_limit_unchanged_and_fatal(
     posts = api.posts
     third = run(api, source, tmp_path / "3.csv")
     assert (third.exit_code, third.counts, api.posts) == (ExitCode.OK, {"unchanged": n}, posts)
+    # One run per results path; the resumed one was invoked twice, and says how it ended.
+    runs = store_runs(tmp_path / "job.sqlite")
+    assert [(Path(r["results"]).name, r["invocations"], r["exit_code"]) for r in runs] == [
+        ("1.csv", 1, 0),
+        ("2.csv", 2, 0),
+        ("3.csv", 1, 0),
+    ]
+    assert json.loads(runs[1]["counts"]) == {k: v for k, v in statuses.items() if v}
 
 
 def test_retry_failed_sends_only_the_failed_rows_again(tmp_path: Path) -> None:
