@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import operator
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,8 @@ class RowOutcome:
 
     def as_row(self) -> tuple[Any, ...]:
         """The values in RESULT_COLUMNS order."""
-        return tuple(getattr(self, name) for name in RESULT_COLUMNS)
+        values: tuple[Any, ...] = _as_row(self)
+        return values
 
 
 def _polars_type(hint: Any) -> type[pl.DataType]:
@@ -59,6 +61,7 @@ RESULTS_SCHEMA = pl.Schema(
     {name: _polars_type(hint) for name, hint in typing.get_type_hints(RowOutcome).items()}
 )
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULTS_SCHEMA.names())
+_as_row = operator.attrgetter(*RESULT_COLUMNS)
 # The columns --errors-output adds to the input's own. An input that has all three is taken for
 # a fed-back errors file: they (and its ``row_number``) are not metadata unless --columns names
 # them.

@@ -160,7 +160,7 @@ def updated_ids(store: Path, results_path: str) -> set[str]:
     """The conversations a run (by its results path) has journaled as updated."""
     with closing(sqlite3.connect(store)) as db:
         rows = db.execute(
-            "SELECT o.conversation_id FROM outcomes AS o JOIN runs AS r USING (run_id) "
+            "SELECT o.conversation_id FROM run_outcomes AS o JOIN runs AS r USING (run_id) "
             "WHERE r.results = ? AND o.status = 'updated'",
             (results_path,),
         )

@@ -4,8 +4,14 @@ Tables (``PRAGMA user_version`` is the layout's version)::
 
     runs(run_id, job, results, shard, fingerprint, options, started_at, resumed_at,
          invocations, ended_at, counts, exit_code, replaced_at)
-    outcomes(run_id, row_number, <the results columns>)    -- the journal
+    outcomes(id, <the results columns but row_number>)   -- the journal
+    run_outcomes: a view of outcomes with run_id and row_number
     last_set(conversation_id PRIMARY KEY, metadata, set_at) -- the job's state
+
+``outcomes.id`` is ``run_id * 2**32 + row_number``: the table is keyed by its rowid, so that a
+run's outcomes sit together in the order of the input, a row costs no more than in a table of
+one run, and an insert writes one B-tree (a composite key, or run_id and row_number stored as
+columns, made journaling a batch 15-30 % slower). The ``run_outcomes`` view shows both.
 
 WAL mode with ``synchronous=NORMAL``: a commit survives a process crash (kill -9); only a power
 cut can lose the last commits. Shards of a job share the file and wait for each other's commits
@@ -25,6 +31,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import operator
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -47,20 +54,27 @@ _NOT_FINISHED = (Status.UNPROCESSED.value, Status.PLANNED.value)
 _NOT_FINISHED_RETRYING = (*_NOT_FINISHED, Status.FAILED.value)
 
 _SQL_TYPES: dict[pl.DataType, str] = {pl.Int64(): "INTEGER", pl.String(): "TEXT"}
-_COLUMNS = ", ".join(RESULT_COLUMNS)
+assert RESULT_COLUMNS[0] == "row_number"
+_STORED = RESULT_COLUMNS[1:]  # row_number is in the id
+_stored = operator.attrgetter(*_STORED)
+_COLUMNS = ", ".join(_STORED)
 _INSERT = (
-    f"INSERT OR REPLACE INTO outcomes (run_id, {_COLUMNS}) "  # noqa: S608
-    f"VALUES (?, {', '.join('?' for _ in RESULT_COLUMNS)})"
+    f"INSERT OR REPLACE INTO outcomes (id, {_COLUMNS}) "  # noqa: S608
+    f"VALUES (?, {', '.join('?' for _ in _STORED)})"
 )
+# Row numbers are below 2**32 (polars' row index is 32-bit).
+_ROWS_PER_RUN = 1 << 32
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS runs (run_id INTEGER PRIMARY KEY, job TEXT NOT NULL, "
     "results TEXT NOT NULL, shard TEXT NOT NULL, fingerprint TEXT NOT NULL, options TEXT NOT NULL, "
     "started_at TEXT NOT NULL, resumed_at TEXT, invocations INTEGER NOT NULL DEFAULT 1, "
     "ended_at TEXT, counts TEXT, exit_code INTEGER, replaced_at TEXT)",
     "CREATE INDEX IF NOT EXISTS runs_by_key ON runs (job, results, shard)",
-    "CREATE TABLE IF NOT EXISTS outcomes (run_id INTEGER NOT NULL, "
-    + ", ".join(f"{name} {_SQL_TYPES[kind]}" for name, kind in RESULTS_SCHEMA.items())
-    + ", PRIMARY KEY (run_id, row_number)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS outcomes (id INTEGER PRIMARY KEY, "
+    + ", ".join(f"{name} {_SQL_TYPES[RESULTS_SCHEMA[name]]}" for name in _STORED)
+    + ")",
+    "CREATE VIEW IF NOT EXISTS run_outcomes AS SELECT id >> 32 AS run_id, "  # noqa: S608
+    f"id & 4294967295 AS row_number, {_COLUMNS} FROM outcomes",
     "CREATE TABLE IF NOT EXISTS last_set (conversation_id TEXT PRIMARY KEY, "
     "metadata TEXT NOT NULL, set_at TEXT NOT NULL) WITHOUT ROWID",
 )
@@ -294,9 +308,9 @@ class SQLiteStore:
                 if stored is None or stored[0] != fingerprint:
                     return
                 db.execute(
-                    f"INSERT INTO outcomes (run_id, {_COLUMNS}) SELECT ?, {_COLUMNS} "  # noqa: S608
-                    "FROM legacy.outcomes",
-                    (run_id,),
+                    f"INSERT INTO outcomes (id, {_COLUMNS}) "  # noqa: S608
+                    f"SELECT ? + row_number, {_COLUMNS} FROM legacy.outcomes",
+                    (run_id * _ROWS_PER_RUN,),
                 )
             log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
         except sqlite3.DatabaseError:
@@ -345,6 +359,7 @@ class SQLiteJournal(_Reader):
     ) -> None:
         super().__init__(db, compare_with)
         self.run_id = run_id
+        self._base = run_id * _ROWS_PER_RUN  # outcomes.id of row 0
         self._locks = locks
         unfinished = _NOT_FINISHED_RETRYING if retry_failed else _NOT_FINISHED
         self._unfinished = unfinished
@@ -368,11 +383,14 @@ class SQLiteJournal(_Reader):
             )
 
     def _insert(self, outcome: RowOutcome) -> None:
-        self._db.execute(_INSERT, (self.run_id, *outcome.as_row()))
+        self._db.execute(_INSERT, self._values(outcome))
+
+    def _values(self, outcome: RowOutcome) -> tuple[Any, ...]:
+        return (self._base + outcome.row_number, *_stored(outcome))
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
         with _transaction(self._db):
-            self._db.executemany(_INSERT, ((self.run_id, *o.as_row()) for o in outcomes))
+            self._db.executemany(_INSERT, map(self._values, outcomes))
 
     def record_unchanged(self, rows: pl.DataFrame) -> None:
         if rows.is_empty():
@@ -380,10 +398,10 @@ class SQLiteJournal(_Reader):
         rows_json = _as_json(rows)
         with _transaction(self._db):
             self._db.execute(
-                "INSERT OR REPLACE INTO outcomes (run_id, row_number, conversation_id, status, "
-                "attempts, sent_metadata) SELECT ?, json_extract(value, '$.r'), "
+                "INSERT OR REPLACE INTO outcomes (id, conversation_id, status, attempts, "
+                "sent_metadata) SELECT ? + json_extract(value, '$.r'), "
                 "json_extract(value, '$.i'), ?, 0, json_extract(value, '$.m') FROM json_each(?)",
-                (self.run_id, Status.UNCHANGED.value, rows_json),
+                (self._base, Status.UNCHANGED.value, rows_json),
             )
             if self._schema == "since":
                 self._db.execute(
@@ -401,40 +419,43 @@ class SQLiteJournal(_Reader):
 
     # Reading
 
+    def _ids(self, first: int = 0, last: int = _ROWS_PER_RUN - 1) -> tuple[int, int]:
+        """The outcomes.id range of rows ``[first, last]`` of this run."""
+        return self._base + first, self._base + last
+
     def finished_between(self, first: int, last: int) -> dict[int, Status]:
         rows = self._db.execute(
-            "SELECT row_number, status FROM outcomes WHERE run_id = ? "  # noqa: S608
-            f"AND row_number BETWEEN ? AND ? AND {self._unfinished_sql}",
-            (self.run_id, first, last, *self._unfinished),
+            "SELECT id - ?, status FROM outcomes WHERE id BETWEEN ? AND ? "  # noqa: S608
+            f"AND {self._unfinished_sql}",
+            (self._base, *self._ids(first, last), *self._unfinished),
         )
         return {number: Status(status) for number, status in rows}
 
     def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
         rows = self._db.execute(
-            "SELECT status, count(*) FROM outcomes WHERE run_id = ? "  # noqa: S608
-            f"AND row_number BETWEEN ? AND ? AND {self._unfinished_sql} GROUP BY status",
-            (self.run_id, first, last, *self._unfinished),
+            "SELECT status, count(*) FROM outcomes WHERE id BETWEEN ? AND ? "  # noqa: S608
+            f"AND {self._unfinished_sql} GROUP BY status",
+            (*self._ids(first, last), *self._unfinished),
         )
         return {Status(status): count for status, count in rows}
 
     def finished_count(self) -> int:
         row = self._db.execute(
-            f"SELECT count(*) FROM outcomes WHERE run_id = ? AND {self._unfinished_sql}",  # noqa: S608
-            (self.run_id, *self._unfinished),
+            f"SELECT count(*) FROM outcomes WHERE id BETWEEN ? AND ? AND {self._unfinished_sql}",  # noqa: S608
+            (*self._ids(), *self._unfinished),
         ).fetchone()
         return int(row[0])
 
     def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
         return self._db.execute(
-            f"SELECT {_COLUMNS} FROM outcomes WHERE run_id = ? "  # noqa: S608
-            "AND row_number BETWEEN ? AND ? ORDER BY row_number",
-            (self.run_id, first, last),
+            f"SELECT id - ?, {_COLUMNS} FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id",  # noqa: S608
+            (self._base, *self._ids(first, last)),
         ).fetchall()
 
     def counts(self) -> dict[str, int]:
         rows = self._db.execute(
-            "SELECT status, count(*) FROM outcomes WHERE run_id = ? GROUP BY status",
-            (self.run_id,),
+            "SELECT status, count(*) FROM outcomes WHERE id BETWEEN ? AND ? GROUP BY status",
+            self._ids(),
         )
         return dict(rows.fetchall())
 
