@@ -203,3 +203,21 @@ def test_an_older_layout_is_taken_over(tmp_path: Path) -> None:
     # The old state held only rows 4 and 5 (this fixture's choice): the resumed rows stay
     # finished without an entry (the next run sends them once more); the rest are known.
     assert set(state_entries(tmp_path / "job.sqlite")) == set(ids[3:])
+
+
+def test_a_database_that_is_not_a_store_is_left_alone(tmp_path: Path) -> None:
+    """--state-dir pointing where another program keeps a database of the same name: exit 2,
+    and that database unchanged."""
+    from bulk_update import JournalError
+
+    source = tmp_path / "in.csv"
+    ids = write_input(source, 3)
+    with closing(sqlite3.connect(tmp_path / "job.sqlite")) as db, db:
+        db.execute("CREATE TABLE invoices (n INTEGER)")
+    with pytest.raises(JournalError, match="not a bulk-update store"):
+        run(FakeApi(ids), source, tmp_path / "r.csv")
+    with pytest.raises(JournalError, match="not a bulk-update store"):
+        run(FakeApi(ids), source, tmp_path / "r.csv", dry_run=True)
+    with closing(sqlite3.connect(tmp_path / "job.sqlite")) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"invoices"}

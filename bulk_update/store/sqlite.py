@@ -141,16 +141,23 @@ def _legacy_state(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(".sqlite") + ".state.sqlite")
 
 
+def _has_state(path: Path) -> bool:
+    """Is ``path`` a store, or a state file of the older layout (it has ``last_set``)?"""
+    try:
+        with contextlib.closing(_connect(path, read_only=True)) as db:
+            db.execute("SELECT count(*) FROM last_set").fetchone()
+    except sqlite3.DatabaseError:
+        return False
+    return True
+
+
 def _check_since(since: str) -> Path:
     """--since-state's file, if it is a store (or a state file of the older layout)."""
     path = Path(since)
     if not path.is_file():
         raise ConfigError(f"--since-state {since}: no such file")
-    try:
-        with contextlib.closing(_connect(path, read_only=True)) as db:
-            db.execute("SELECT count(*) FROM last_set").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise ConfigError(f"--since-state {since}: not a bulk-update state ({exc})") from None
+    if not _has_state(path):
+        raise ConfigError(f"--since-state {since}: not a bulk-update state (no last_set table)")
     return path
 
 
@@ -172,6 +179,10 @@ def read_state(path: Path, since: str | None = None) -> Iterator[_Reader | None]
         source: Path | None = _check_since(since)
     else:
         source = next((p for p in (path, _legacy_state(path)) if p.is_file()), None)
+        if source is not None and not _has_state(source):
+            raise JournalError(
+                f"{source}: not a bulk-update store; choose another --state-dir or --job-name"
+            )
     if source is None:
         yield None
         return
@@ -216,6 +227,16 @@ class SQLiteStore:
                 raise JournalError(
                     f"{self.path}: written by a newer bulk-update (layout {version}); upgrade"
                 )
+            if version == 0:
+                others = db.execute(
+                    "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                    "AND name NOT IN ('runs', 'outcomes', 'last_set', 'run_outcomes')"
+                ).fetchall()
+                if others:
+                    raise JournalError(
+                        f"{self.path}: not a bulk-update store (it holds {others[0][0]!r}); "
+                        "choose another --state-dir or --job-name"
+                    )
             for statement in _TABLES:
                 db.execute(statement)
             if version == 0 and fresh and legacy.is_file():
