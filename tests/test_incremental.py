@@ -119,7 +119,7 @@ def test_kill_9_leaves_the_state_true_to_the_server(
     kill_9_mid_run("2.csv")
     on_server = {c: stored(emu, c)["tier"] for c in ids}
     assert 50 <= sum(t == "t1" for t in on_server.values()) < n  # really cut half way
-    entries = state_entries(tmp_path / "j.sqlite")
+    entries = state_entries(store)
     for conversation_id, metadata in entries.items():  # the state never claims too much
         assert json.loads(metadata)["tier"] == on_server[conversation_id]
 
