@@ -8,10 +8,9 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from bulk_update import spreadsheet
 from bulk_update.exceptions import ConfigError
@@ -32,9 +31,11 @@ class Appender(Protocol):
 class _ParquetAppender:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._writer: pq.ParquetWriter | None = None
+        self._writer: Any = None  # a pyarrow ParquetWriter, imported when first needed
 
     def write(self, frame: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
         table = frame.to_arrow()
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
