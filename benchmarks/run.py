@@ -225,7 +225,7 @@ def resume_cost(quick: bool) -> list[Row]:
     from bulk_update import JobConfig
     from bulk_update.job import run_fingerprint, run_options
     from bulk_update.outcome import RowOutcome, Status
-    from bulk_update.store import RunKey, open_store
+    from bulk_update.store import RunKey, StoreLocation, open_store
 
     out = DATA / "resume-results.parquet"
     config = JobConfig(input=str(source), output=str(out))
@@ -235,7 +235,7 @@ def resume_cost(quick: bool) -> list[Row]:
     done = rows - rows // 100
     key = RunKey(config.resolved_job_name(), config.output, None)
     with (
-        open_store(store_path) as store,
+        open_store(StoreLocation(store_path)) as store,
         closing(store.open_run(key, run_fingerprint(config), run_options(config))) as journal,
     ):
         for start in range(0, done, 50_000):

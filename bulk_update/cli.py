@@ -242,6 +242,22 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         "(default: the results' directory)",
     )
     parser.add_argument(
+        "--state-url",
+        default=S,
+        metavar="URL",
+        help="the job's store in PostgreSQL, postgresql://USER:PASSWORD@HOST:PORT/DB: runs, "
+        "outcomes, state, locks and rate budget shared by every machine "
+        "(default $BULK_UPDATE_STATE_URL, else the SQLite file)",
+    )
+    parser.add_argument(
+        "--store-timeout",
+        type=_positive_float,
+        default=S,
+        metavar="S",
+        help="how long the store's database may stay away mid-run before the job stops, "
+        f"resumable (default {JOB_DEFAULTS['store_timeout']:g})",
+    )
+    parser.add_argument(
         "--full",
         action="store_true",
         default=S,
@@ -251,8 +267,8 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         "--since-state",
         default=S,
         metavar="PATH",
-        help="compare with the state in this store (another job's NAME.sqlite) instead of this "
-        "job's own",
+        help="compare with the state in this store (another job's NAME.sqlite; with --state-url, "
+        "another job's name) instead of this job's own",
     )
     parser.add_argument(
         "--delimiter",

@@ -19,6 +19,10 @@ from urllib.parse import urlsplit
 from bulk_update.exceptions import ConfigError
 from bulk_update.formats import result_format
 from bulk_update.paths import is_remote
+from bulk_update.store import StoreLocation
+from bulk_update.store.url import ENV as STATE_URL_ENV
+from bulk_update.store.url import check_url as check_state_url
+from bulk_update.store.url import redact as redact_url
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_ID_COLUMN = "conversation_id"
@@ -36,6 +40,7 @@ DEFAULT_BREAKER_TIMEOUT_S = 300.0
 DEFAULT_DRAIN_TIMEOUT_S = 10.0
 # Consecutive rows failed with the same non-retryable error code that stop the job (0: never).
 DEFAULT_STOP_AFTER_FAILURES = 100
+DEFAULT_STORE_TIMEOUT_S = 60.0
 
 JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -110,6 +115,11 @@ class JobConfig:
     delimiter: str | None = None  # CSV/TSV field separator; default from the extension
     retry_failed: bool = False  # send again the rows this run's journal has as failed
     stop_after_failures: int = DEFAULT_STOP_AFTER_FAILURES
+    # The job's store in PostgreSQL (postgresql://USER:PASSWORD@HOST:PORT/DB), instead of the
+    # SQLite file; default $BULK_UPDATE_STATE_URL. It may hold a password: not in repr.
+    state_url: str | None = field(default=None, repr=False)
+    # How long the store's database may stay away mid-run before the job stops (exit 3).
+    store_timeout: float = DEFAULT_STORE_TIMEOUT_S
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], *, source: str = "options") -> JobConfig:
@@ -176,6 +186,7 @@ class JobConfig:
             ("timeout", self.timeout),
             ("breaker-timeout", self.breaker_timeout),
             ("drain-timeout", self.drain_timeout),
+            ("store-timeout", self.store_timeout),
         ):
             if not seconds > 0:
                 raise ConfigError(f"--{seconds_name} must be positive, got {seconds}")
@@ -201,6 +212,8 @@ class JobConfig:
             result_format(self.errors_output)
         if self.base_url is not None:
             check_base_url(self.base_url)
+        if self.state_url is not None:
+            check_state_url(self.state_url)
 
     @property
     def shard_count(self) -> int:
@@ -208,12 +221,14 @@ class JobConfig:
 
     @property
     def effective_rpm(self) -> float:
-        """--rpm shared out over the shards: every shard runs at rpm / N."""
-        return self.rpm / self.shard_count
+        """A shard's ceiling: the whole --rpm. Running shards share it through the store's rate
+        budget, so that together they never exceed it (``ratelimit``)."""
+        return float(self.rpm)
 
     @property
     def effective_concurrency(self) -> int:
-        return max(1, self.concurrency // self.shard_count)
+        """--concurrency applies to each running shard."""
+        return self.concurrency
 
     def storage(self) -> dict[str, str] | None:
         """``storage_options`` as polars takes them (None: the environment decides)."""
@@ -236,6 +251,19 @@ class JobConfig:
             return self.job_name
         stem = Path(urlsplit(self.output).path if is_remote(self.output) else self.output).stem
         return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-")[:100] or "results"
+
+    def resolved_state_url(self) -> str | None:
+        """--state-url, else $BULK_UPDATE_STATE_URL (empty: none), checked."""
+        url = self.state_url or os.environ.get(STATE_URL_ENV) or None
+        return None if url is None else check_state_url(url)
+
+    def store_location(self) -> StoreLocation:
+        return StoreLocation(self.store_path(), self.resolved_state_url(), self.store_timeout)
+
+    def store_where(self) -> str:
+        """The store as logs and summaries name it (never with a password)."""
+        url = self.resolved_state_url()
+        return str(self.store_path()) if url is None else redact_url(url)
 
     def store_path(self) -> Path:
         """The job's store: in --state-dir, else beside a local results file, else under
@@ -267,7 +295,7 @@ class JobConfig:
         if self.errors_output is not None and key(self.errors_output) == key(self.output):
             raise ConfigError("--errors-output is the same file as --output")
         files = list(outputs)
-        if not self.dry_run:
+        if not self.dry_run and self.resolved_state_url() is None:
             files.append(("the job's store", str(self.store_path())))
         for what, path in files:
             if not is_remote(path):
@@ -297,9 +325,21 @@ def parse_columns(text: str) -> tuple[str, ...]:
     return columns
 
 
+# Set by Kubernetes in each pod of an Indexed Job: its completion index, 0 to completions - 1.
+COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
+
+
 def parse_shard(text: str) -> tuple[int, int]:
-    """``--shard K/N`` as ``(K, N)``; the range is checked by JobConfig."""
+    """``--shard K/N`` as ``(K, N)``; the range is checked by JobConfig. ``index/N`` takes K
+    from $JOB_COMPLETION_INDEX (a pod of a Kubernetes Indexed Job)."""
     index, slash, count = text.partition("/")
+    if index == "index":
+        index = os.environ.get(COMPLETION_INDEX_ENV, "")
+        if not index:
+            raise ConfigError(
+                f"--shard {text}: ${COMPLETION_INDEX_ENV} is not set (Kubernetes sets it in "
+                "each pod of an Indexed Job)"
+            )
     try:
         if not slash:
             raise ValueError(text)

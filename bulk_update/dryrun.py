@@ -43,7 +43,9 @@ def dry_run(
     log.info("dry run started", extra={"event": "start", "input": config.input, "dry_run": True})
     try:
         duplicates = find_duplicates(table, config.batch_rows)
-        with read_state(config.store_path(), config.since_state) as state:
+        with read_state(
+            config.store_location(), config.resolved_job_name(), config.since_state
+        ) as state:
             compare = None if config.full else state
             plan = plan_lazy(table, duplicates) if compare is None else None
             if plan is not None:
@@ -62,7 +64,7 @@ def dry_run(
         elapsed_s=time.monotonic() - started,
         output=config.output,
         errors_output=config.errors_output,
-        store=str(config.store_path()),
+        store=config.store_where(),
         exit_code=exit_code_for(counts),
         dry_run=True,
         job_name=config.resolved_job_name(),

@@ -5,6 +5,8 @@ BulkUpdateError              base of everything raised on purpose
 ├── InputError               unreadable input, missing or unknown column: exit 2, nothing sent
 ├── JournalError             the job's store refuses the run: another run holds it, or
 │                            the input changed since the run began: exit 2, nothing sent
+├── StoreUnavailable         the store's database stayed away past --store-timeout: exit 3,
+│                            resumable
 └── FatalApiError            the API says every later row would fail the same way
                              (401, 403, insufficient_quota, a circuit breaker): exit 3
 """
@@ -35,6 +37,13 @@ class InputError(BulkUpdateError):
 
 class JournalError(BulkUpdateError):
     """The job's store cannot be used for this run."""
+
+
+class StoreUnavailable(BulkUpdateError):
+    """The store's database could not be reached again in time (or the run's lock was lost
+    while it was away): the job stops as on a fatal API error, resumable."""
+
+    exit_code = ExitCode.FATAL
 
 
 class FatalApiError(BulkUpdateError):

@@ -24,7 +24,7 @@ import polars as pl
 from bulk_update.breaker import FailureStreak
 from bulk_update.config import JobConfig
 from bulk_update.dryrun import dry_run
-from bulk_update.exceptions import FatalApiError
+from bulk_update.exceptions import FatalApiError, StoreUnavailable
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import (
     PlannedUpdate,
@@ -109,6 +109,9 @@ class _Batch:
     to_send: list[PlannedUpdate]
     invalid: list[RowOutcome]
     unchanged: pl.DataFrame  # ROW_NUMBER, conversation_id, sent_metadata
+    # Of to_send, the conversations the job's state has an entry for: each is forgotten (in
+    # its own commit) before it is sent. A conversation without one needs no such commit.
+    known: set[str]
 
 
 async def planned_batches(
@@ -153,7 +156,8 @@ async def planned_batches(
         if finished:
             done_rows = pl.Series(list(finished), dtype=unchanged.schema[ROW_NUMBER])
             unchanged = unchanged.filter(~pl.col(ROW_NUMBER).is_in(done_rows.implode()))
-        yield _Batch(to_send, invalid, unchanged)
+        known = journal.entries_among([u.conversation_id for u in to_send]) if to_send else set()
+        yield _Batch(to_send, invalid, unchanged, known)
 
 
 class Pipeline:
@@ -185,6 +189,7 @@ class Pipeline:
             maxsize=config.effective_concurrency * 4
         )
         self.workers: list[asyncio.Task[None]] = []
+        self.known: set[str] = set()  # queued conversations with a state entry
         self.streak = FailureStreak(config.stop_after_failures)
 
     def halt(self, *, wake_workers: bool = True) -> None:
@@ -198,13 +203,22 @@ class Pipeline:
                 self.queue.put_nowait(None)
 
     async def worker(self) -> None:
+        try:
+            await self._work()
+        except StoreUnavailable as exc:
+            # The row in hand has no committed outcome: it stays unprocessed, resumable.
+            self.stop_on_fatal(_store_stop(exc))
+
+    async def _work(self) -> None:
         journal, tally = self.journal, self.tally
         while not self.stop.is_set and (update := await self.queue.get()) is not None:
-            journal.forget(update.conversation_id)
+            if update.conversation_id in self.known:
+                self.known.discard(update.conversation_id)
+                await journal.forget(update.conversation_id)
             sent = await self.sender.send(update)
             outcome = sent.outcome
             tally.sent += 1
-            journal.record(outcome)
+            await journal.record(outcome)
             tally.add(outcome.status)
             failed = outcome.status is Status.FAILED
             fatal = sent.fatal
@@ -238,6 +252,7 @@ class Pipeline:
                 if batch.unchanged.height:
                     journal.record_unchanged(batch.unchanged)
                     tally.add(Status.UNCHANGED, batch.unchanged.height)
+                self.known |= batch.known
                 for update in batch.to_send:
                     if not checked:
                         checked = True
@@ -257,6 +272,10 @@ class Pipeline:
             for task in self.workers:
                 task.cancel()
             await asyncio.gather(*self.workers, return_exceptions=True)
+
+
+def _store_stop(exc: StoreUnavailable) -> FatalApiError:
+    return FatalApiError(str(exc), http_status=None, error_code="store_unavailable")
 
 
 def _streak_stop(streak: FailureStreak, last: RowOutcome) -> FatalApiError:
@@ -314,6 +333,8 @@ async def _send_all(pipeline: Pipeline, drain_timeout: float) -> None:
         except asyncio.CancelledError:
             if not task.cancelled():
                 raise  # we ourselves were cancelled
+        except StoreUnavailable as exc:  # met by the producer: stop as the workers do
+            pipeline.stop_on_fatal(_store_stop(exc))
 
 
 async def run_job_async(
@@ -342,7 +363,7 @@ async def run_job_async(
     key = RunKey(job_name, config.output, config.shard)
     stop = Stop()
     with (
-        open_store(config.store_path()) as store,
+        open_store(config.store_location()) as store,
         contextlib.closing(
             store.open_run(
                 key,
@@ -353,6 +374,9 @@ async def run_job_async(
                 since=config.since_state,
             )
         ) as journal,
+        # Shards share the job's rate budget; a whole-input run is alone (its lock excludes
+        # every shard) and paces itself.
+        contextlib.closing(store.budget(job_name)) if config.shard else _no_budget() as budget,
     ):
         log.info(
             "job started",
@@ -377,30 +401,26 @@ async def run_job_async(
                 tally.resumed,
                 extra={"event": "resume", "rows_done": tally.resumed},
             )
-        async with Sender(settings, stop, transport=transport) as sender:
+        async with Sender(settings, stop, transport=transport, budget=budget) as sender:
             tally.requests = lambda: sender.requests_sent
             pipeline = Pipeline(config, table, journal, sender, tally, stop)
             await _send_all(pipeline, config.drain_timeout)
             requests = sender.requests_sent
-        counts = journal.counts()
-        counts[Status.UNPROCESSED.value] = counts.get(Status.UNPROCESSED.value, 0) + max(
-            0, total - sum(counts.values())
-        )
-        counts = {status: n for status, n in counts.items() if n}
+        try:
+            counts, exit_code = await _finish(config, table, journal, total, stop)
+        except StoreUnavailable as exc:
+            # Nothing more can be read from the store: the results are not rewritten, and the
+            # run resumes from what was committed when run again.
+            stop.on_fatal(_store_stop(exc))
+            log.error("%s; the results were not written", exc, extra={"event": "store_unavailable"})
+            known = dict(tally.counts)
+            known[Status.UNPROCESSED.value] = known.get(Status.UNPROCESSED.value, 0) + max(
+                0, total - sum(known.values())
+            )
+            counts = {status: n for status, n in known.items() if n}
+            exit_code = exit_code_for(counts, stop)
         tally.counts = Counter(counts)
         tally.report(force=True)
-        exit_code = exit_code_for(counts, stop)
-        if not stop.hard:
-            await asyncio.to_thread(
-                write_run_outputs,
-                journal,
-                table,
-                config.output,
-                config.errors_output,
-                config.batch_rows,
-                stop.reason(),
-            )
-        journal.finish(counts, exit_code)
         summary = JobSummary(
             counts=counts,
             total_rows=total,
@@ -418,6 +438,35 @@ async def run_job_async(
         )
     summary.log()
     return summary
+
+
+@contextlib.contextmanager
+def _no_budget() -> Iterator[None]:
+    yield None
+
+
+async def _finish(
+    config: JobConfig, table: InputTable, journal: Journal, total: int, stop: Stop
+) -> tuple[dict[str, int], int]:
+    """The run's counts from the store, its results written, its end recorded."""
+    counts = journal.counts()
+    counts[Status.UNPROCESSED.value] = counts.get(Status.UNPROCESSED.value, 0) + max(
+        0, total - sum(counts.values())
+    )
+    counts = {status: n for status, n in counts.items() if n}
+    exit_code = exit_code_for(counts, stop)
+    if not stop.hard:
+        await asyncio.to_thread(
+            write_run_outputs,
+            journal,
+            table,
+            config.output,
+            config.errors_output,
+            config.batch_rows,
+            stop.reason(),
+        )
+    journal.finish(counts, exit_code)
+    return counts, exit_code
 
 
 def run_job(config: JobConfig, *, progress: ProgressCallback | None = None) -> JobSummary:

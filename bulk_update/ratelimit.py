@@ -12,14 +12,28 @@ The rate adapts (``RateController``), never above the configured ``--rpm``:
   before the limit is hit rather than after);
 - a 429 lowers it by a quarter (at most once a second: in-flight requests all hit the same
   wall) and it climbs back by 5 % of the ceiling each second without one.
+
+A job's shards share one budget (``Budget``, in the job's store): the job's request slots are
+one timeline in the store, ``60 / rpm`` seconds apart, and each running shard takes the next
+few slots (a quarter of a second's worth) whenever it has used its own. However many shards
+run, together they never exceed ``--rpm``; a shard left alone gets all of it; a shard that has
+nothing to send takes nothing. Each shard's adaptive rate sets how far apart its own slots are
+(a 429 spaces them out, so the whole job slows down), and a pause holds the whole timeline back.
+
 Clock and sleep are injected for tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bulk_update.store import Budget
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -28,6 +42,16 @@ DECREASE_FACTOR = 0.75
 INCREASE_FRACTION = 0.05
 ADJUST_EVERY_S = 1.0
 FLOOR_FRACTION = 0.05
+# A shard claims this much of the shared timeline at once; a slot older than STALE_S is dropped
+# (sending it late would be a burst).
+CLAIM_S = 0.25
+STALE_S = 1.0
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a background claim's error as seen (a waiting worker meets it too)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class RateController:
@@ -66,7 +90,14 @@ class RateController:
 
 
 class RateLimiter:
-    def __init__(self, rpm: float, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep):
+    def __init__(
+        self,
+        rpm: float,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        budget: Budget | None = None,
+    ):
         if rpm <= 0:
             raise ValueError("rpm must be positive")
         self._clock = clock
@@ -75,6 +106,10 @@ class RateLimiter:
         self.interval = 60.0 / rpm
         self._next_slot = clock()
         self._paused_until = 0.0
+        self._budget = budget
+        self._slots: collections.deque[float] = collections.deque()
+        self._refill: asyncio.Future[None] | None = None
+        self._holding_back: set[asyncio.Future[None]] = set()
 
     @property
     def rpm(self) -> float:
@@ -84,18 +119,78 @@ class RateLimiter:
         """Wait for this request's slot."""
         while True:
             now = self._clock()
-            slot = max(self._next_slot, now, self._paused_until)
-            self._next_slot = slot + self.interval
+            if self._budget is not None:
+                slot = await self._shared_slot()
+                now = self._clock()
+                if slot < self._paused_until:
+                    # A slot inside a pause is void; the timeline is held back past it.
+                    await self._sleep(self._paused_until - now)
+                    continue
+            else:
+                slot = max(self._next_slot, now, self._paused_until)
+                self._next_slot = slot + self.interval
             if slot > now:
                 await self._sleep(slot - now)
             # A pause that began while this request waited for its slot holds it back too.
             if self._clock() >= self._paused_until:
                 return
 
+    async def _shared_slot(self) -> float:
+        """The next of this shard's slots from the job's budget. More are claimed in the
+        background when half are used, so that a claim (a round trip to the store, which may
+        wait for another shard's commit) rarely holds a request back."""
+        stale = self._clock() - STALE_S
+        while self._slots and self._slots[0] < stale:
+            self._slots.popleft()
+        if len(self._slots) <= self._claim_size() // 2 and self._refill is None:
+            self._refill = asyncio.ensure_future(self._claim())
+            self._refill.add_done_callback(_retrieve)
+        while not self._slots:
+            if self._refill is None:
+                self._refill = asyncio.ensure_future(self._claim())
+                self._refill.add_done_callback(_retrieve)
+            # Shielded: a worker cancelled while it waits does not cancel the claim.
+            await asyncio.shield(self._refill)
+        return self._slots.popleft()
+
+    def _claim_size(self) -> int:
+        return max(1, round(CLAIM_S / self.interval))
+
+    async def _claim(self) -> None:
+        assert self._budget is not None
+        try:
+            interval = self.interval
+            count = self._claim_size()
+            delay = await asyncio.to_thread(self._budget.claim, count, interval)
+            start = self._clock() + delay
+            self._slots.extend(start + i * interval for i in range(count))
+        finally:
+            self._refill = None
+
+    def _hold_back_budget(self, seconds: float) -> None:
+        """Hold the other shards back too (in a thread; a store error here is left to the
+        next claim, which meets it too)."""
+        if self._budget is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        future = loop.run_in_executor(None, self._budget.hold_back, seconds)
+        self._holding_back.add(future)
+
+        def done(future: asyncio.Future[None]) -> None:
+            self._holding_back.discard(future)
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                future.result()
+
+        future.add_done_callback(done)
+
     def pause(self, seconds: float) -> None:
         """Hold every request back until ``seconds`` from now (never shortens a pause)."""
         until = self._clock() + seconds
         if until > self._paused_until:
+            self._hold_back_budget(seconds)
             self._paused_until = until
             # Slots handed out inside the pause are void (their holders queue again); slots after
             # it stay valid, so new ones are spaced after them.

@@ -53,6 +53,7 @@ from bulk_update.retry import (
     wait_for_server,
 )
 from bulk_update.stop import Stop
+from bulk_update.store import Budget
 
 log = logging.getLogger("bulk_update")
 
@@ -123,9 +124,10 @@ class Sender:
         sleep: Sleep = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        budget: Budget | None = None,
     ) -> None:
         self.settings = settings
-        self.limiter = RateLimiter(settings.rpm, clock=clock, sleep=sleep)
+        self.limiter = RateLimiter(settings.rpm, clock=clock, sleep=sleep, budget=budget)
         self.breaker = CircuitBreaker(
             threshold=settings.breaker_threshold,
             give_up_after_s=settings.breaker_timeout,

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from bulk_update.emulator.process import EmulatorProcess
+from tests.pg import PostgresServer
 
 TEST_KEY = "sk-test-0123456789"
 
@@ -31,3 +33,22 @@ def emulator() -> Iterator[EmulatorProcess]:
     """One plain emulator (no limit, no faults, key TEST_KEY) shared by a test module."""
     with EmulatorProcess("--api-key", TEST_KEY) as emu:
         yield emu
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (tests/pg.py); each test takes a database of
+    its own (``state_url``). Missing binaries fail the tests that need it, saying why."""
+    try:
+        server = PostgresServer()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def state_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """A fresh database on the session's server, as a --state-url (with a password)."""
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50]
+    return postgres.create_database(name)

@@ -20,7 +20,7 @@ from bulk_update.emulator.process import EmulatorProcess
 from bulk_update.exceptions import ConfigError, JournalError
 from bulk_update.plan import PLAN_COLUMNS, mark_unchanged, unchanged_rows, updates, valid_rows
 from bulk_update.read import ROW_NUMBER
-from bulk_update.store import RunKey, read_state
+from bulk_update.store import RunKey, StoreLocation, read_state
 from bulk_update.store.sqlite import SQLiteJournal, SQLiteStore
 from tests import helpers
 from tests.conftest import StartEmulator
@@ -305,7 +305,7 @@ def test_changed_rows_compares_the_exact_text_in_the_store(tmp_path: Path) -> No
                 ("conv_d", '{"k":"\\u00e9 \\"q\\""}'),
             ],
         )
-    with read_state(path) as state:
+    with read_state(StoreLocation(path), "j") as state:
         assert state is not None
         changed = state.changed_rows(valid_rows(plan))
         assert state.changed_rows(valid_rows(plan).clear()) == []

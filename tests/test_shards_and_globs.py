@@ -21,11 +21,28 @@ def test_shard_assignment_is_crc32_and_stable() -> None:
     assert pl.select(shard_of(pl.lit(ids), 7)).to_series().to_list() == [0, 0, 1, 0, 0, 2]
 
 
-def test_rpm_and_concurrency_are_divided_among_shards() -> None:
+def test_a_shard_may_use_the_whole_rpm_and_its_own_concurrency() -> None:
+    """--rpm is the whole job's: running shards share it at run time through the store's rate
+    budget (tests/test_postgres_store.py measures it), never by a static rpm / N."""
     config = JobConfig(input="i.csv", output="o.csv", rpm=900, concurrency=16, shard=(1, 3))
-    assert (config.effective_rpm, config.effective_concurrency) == (300, 5)
+    assert (config.effective_rpm, config.effective_concurrency) == (900, 16)
     with pytest.raises(ConfigError, match="K must be from 0 to N-1"):
         JobConfig(input="i.csv", output="o.csv", shard=(3, 3))
+
+
+def test_the_shard_index_may_come_from_a_kubernetes_indexed_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each pod of an Indexed Job has $JOB_COMPLETION_INDEX: ``--shard index/N`` reads it."""
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
+    config = JobConfig.from_options({"input": "i.csv", "output": "o.csv", "shard": "index/4"})
+    assert config.shard == (2, 4)
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "4")
+    with pytest.raises(ConfigError, match="K must be from 0 to N-1"):
+        JobConfig.from_options({"input": "i.csv", "output": "o.csv", "shard": "index/4"})
+    monkeypatch.delenv("JOB_COMPLETION_INDEX")
+    with pytest.raises(ConfigError, match=r"\$JOB_COMPLETION_INDEX is not set"):
+        JobConfig.from_options({"input": "i.csv", "output": "o.csv", "shard": "index/4"})
 
 
 def test_shards_partition_the_input_exactly(start_emulator: StartEmulator, tmp_path: Path) -> None:

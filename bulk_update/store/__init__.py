@@ -8,7 +8,9 @@ A job's store holds
 - each run's **outcomes** (the journal): one row per input row the run has finished or tried;
 - the job's **last-set state**: per conversation ID, the metadata the job last set and when
   the API confirmed it (incremental runs);
-- its **locks**: one writer per run, shards of a job side by side but never one shard twice.
+- its **locks**: one writer per run, shards of a job side by side but never one shard twice;
+- its **rate budget**: one timeline of request slots that the job's running shards share, so
+  that together they never exceed ``--rpm`` and a shard left alone gets all of it.
 
 Two rules keep it honest, whatever stops a run (kill -9 included):
 
@@ -17,14 +19,16 @@ Two rules keep it honest, whatever stops a run (kill -9 included):
   not know what the server holds, and a row it does not know about is sent next time.
 
 ``SQLiteStore`` (``store/sqlite.py``) is the embedded backend: one file per job,
-``<state-dir>/<job-name>.sqlite``. The job sees only the two protocols below.
+``<state-dir>/<job-name>.sqlite``. ``PostgresStore`` (``store/postgres.py``, ``--state-url``) is
+the one for many machines. The job sees only the protocols below.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,12 +65,19 @@ class Journal(StateReader, Protocol):
 
     run_id: int
 
-    def forget(self, conversation_id: str) -> None:
-        """Before a row is sent: from now until the API confirms, its state is unknown."""
+    def entries_among(self, conversation_ids: list[str]) -> set[str]:
+        """Which of these conversations the job's state has an entry for (the ones ``forget``
+        must be called for before they are sent: only this run writes their entries)."""
         ...
 
-    def record(self, outcome: RowOutcome) -> None:
-        """Commit one sent row's outcome now, with its state entry if it is ``updated``."""
+    async def forget(self, conversation_id: str) -> None:
+        """Before a row is sent: from now until the API confirms, its state is unknown. Returns
+        once that is committed."""
+        ...
+
+    async def record(self, outcome: RowOutcome) -> None:
+        """Commit one sent row's outcome, with its state entry if it is ``updated``; return
+        once it is committed."""
         ...
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
@@ -110,6 +121,21 @@ class Journal(StateReader, Protocol):
     def close(self) -> None: ...
 
 
+class Budget(Protocol):
+    """The job's shared rate budget: a timeline of request slots (see ``ratelimit``)."""
+
+    def claim(self, count: int, interval_s: float) -> float:
+        """Take the next ``count`` slots, ``interval_s`` apart; return how many seconds from
+        now the first one is."""
+        ...
+
+    def hold_back(self, seconds: float) -> None:
+        """No slot of the job's starts before ``seconds`` from now (a 429's retry-after)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Store(Protocol):
     """A job's store. ``where`` names it for logs and summaries (never with a password)."""
 
@@ -131,6 +157,10 @@ class Store(Protocol):
         job's store whose state this run compares with (ConfigError if it is not one)."""
         ...
 
+    def budget(self, job: str) -> Budget:
+        """The job's rate budget, shared by its running shards."""
+        ...
+
     def close(self) -> None: ...
 
     def __enter__(self) -> Store: ...
@@ -138,17 +168,60 @@ class Store(Protocol):
     def __exit__(self, *exc_info: object) -> None: ...
 
 
-def open_store(path: Path) -> Store:
+# Rows that a resumed run processes again; with --retry-failed, failed rows too.
+_NOT_FINISHED = (Status.UNPROCESSED.value, Status.PLANNED.value)
+
+
+def unfinished_statuses(retry_failed: bool) -> tuple[str, ...]:
+    return (*_NOT_FINISHED, Status.FAILED.value) if retry_failed else _NOT_FINISHED
+
+
+# The layout before one store per job: its fingerprints carry this schema mark.
+_LEGACY_SCHEMA = "1"
+
+
+def fingerprint_text(fingerprint: Mapping[str, Any]) -> str:
+    return json.dumps({"schema": _LEGACY_SCHEMA, **fingerprint}, sort_keys=True)
+
+
+def changed_fields(stored: str, given: str) -> list[str]:
+    """The names that differ between two fingerprints (``fingerprint_text``)."""
+    old, new = json.loads(stored), json.loads(given)
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLocation:
+    """Where a job's store is: a PostgreSQL URL (``url``), else the SQLite file ``path``."""
+
+    path: Path
+    url: str | None = field(default=None, repr=False)
+    timeout: float = 60.0  # how long a lost database may stay away (PostgreSQL)
+
+
+def open_store(location: StoreLocation) -> Store:
+    if location.url is not None:
+        from bulk_update.store.postgres import PostgresStore
+
+        return PostgresStore.open(location.url, timeout=location.timeout)
     from bulk_update.store.sqlite import SQLiteStore
 
-    return SQLiteStore.open(path)
+    return SQLiteStore.open(location.path)
 
 
 @contextlib.contextmanager
-def read_state(path: Path, since: str | None = None) -> Iterator[StateReader | None]:
+def read_state(
+    location: StoreLocation, job: str, since: str | None = None
+) -> Iterator[StateReader | None]:
     """The state a dry run compares with: ``since``'s if given, else the job's own; None if the
     job has never set anything."""
+    if location.url is not None:
+        from bulk_update.store.postgres import read_state as read_postgres_state
+
+        with read_postgres_state(location.url, job, since, location.timeout) as reader:
+            yield reader
+        return
     from bulk_update.store.sqlite import read_state as read_sqlite_state
 
-    with read_sqlite_state(path, since) as reader:
+    with read_sqlite_state(location.path, since) as reader:
         yield reader

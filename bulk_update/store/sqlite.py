@@ -7,6 +7,7 @@ Tables (``PRAGMA user_version`` is the layout's version)::
     outcomes(id, <the results columns but row_number>)   -- the journal
     run_outcomes: a view of outcomes with run_id and row_number
     last_set(conversation_id PRIMARY KEY, metadata, set_at) -- the job's state
+    budget(job PRIMARY KEY, next_at)   -- the rate budget its shards share (layout 2)
 
 ``outcomes.id`` is ``run_id * 2**32 + row_number``: the table is keyed by its rowid, so that a
 run's outcomes sit together in the order of the input, a row costs no more than in a table of
@@ -33,6 +34,7 @@ import json
 import logging
 import operator
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -43,15 +45,13 @@ from bulk_update.exceptions import ConfigError, JournalError
 from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, RowOutcome, Status
 from bulk_update.paths import is_remote
 from bulk_update.read import ROW_NUMBER
-from bulk_update.store import RunKey
+from bulk_update.store import RunKey, changed_fields, fingerprint_text, unfinished_statuses
 from bulk_update.store.locks import release_lock, take_lock
 
 log = logging.getLogger("bulk_update")
 
-LAYOUT_VERSION = 1
-# Rows that a resumed run processes again; with --retry-failed, failed rows too.
-_NOT_FINISHED = (Status.UNPROCESSED.value, Status.PLANNED.value)
-_NOT_FINISHED_RETRYING = (*_NOT_FINISHED, Status.FAILED.value)
+# 1: runs, outcomes, last_set; 2: and budget.
+LAYOUT_VERSION = 2
 
 _SQL_TYPES: dict[pl.DataType, str] = {pl.Int64(): "INTEGER", pl.String(): "TEXT"}
 assert RESULT_COLUMNS[0] == "row_number"
@@ -77,9 +77,8 @@ _TABLES = (
     f"id & 4294967295 AS row_number, {_COLUMNS} FROM outcomes",
     "CREATE TABLE IF NOT EXISTS last_set (conversation_id TEXT PRIMARY KEY, "
     "metadata TEXT NOT NULL, set_at TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS budget (job TEXT PRIMARY KEY, next_at REAL NOT NULL)",
 )
-# The layout before one store per job: its fingerprints carry this schema mark.
-_LEGACY_SCHEMA = "1"
 
 
 def _now() -> str:
@@ -109,10 +108,6 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
-
-
-def _fingerprint_text(fingerprint: Mapping[str, Any]) -> str:
-    return json.dumps({"schema": _LEGACY_SCHEMA, **fingerprint}, sort_keys=True)
 
 
 def _as_json(rows: pl.DataFrame) -> str:
@@ -230,7 +225,7 @@ class SQLiteStore:
             if version == 0:
                 others = db.execute(
                     "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
-                    "AND name NOT IN ('runs', 'outcomes', 'last_set', 'run_outcomes')"
+                    "AND name NOT IN ('runs', 'outcomes', 'last_set', 'run_outcomes', 'budget')"
                 ).fetchall()
                 if others:
                     raise JournalError(
@@ -266,8 +261,10 @@ class SQLiteStore:
                         "ATTACH DATABASE ? AS since", (_uri(since_path, read_only=True),)
                     )
                     compare_with = "since"
-            run_id = self._find_or_start(key, _fingerprint_text(fingerprint), options, restart)
-            return SQLiteJournal(self._db, run_id, locks, compare_with, retry_failed)
+            run_id = self._find_or_start(key, fingerprint_text(fingerprint), options, restart)
+            return SQLiteJournal(
+                self._db, run_id, locks, compare_with, unfinished_statuses(retry_failed)
+            )
         except BaseException:
             for lock in reversed(locks):
                 release_lock(lock)
@@ -289,8 +286,7 @@ class SQLiteStore:
             if found is not None:
                 run_id, stored = found
                 if stored != fingerprint:
-                    old, new = json.loads(stored), json.loads(fingerprint)
-                    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+                    changed = changed_fields(stored, fingerprint)
                     raise JournalError(
                         f"{self.path}: the run for {key.results} was started with another input "
                         f"or mapping (changed: {', '.join(changed)}); run with --restart to start "
@@ -339,6 +335,9 @@ class SQLiteStore:
         finally:
             db.execute("DETACH DATABASE legacy")
 
+    def budget(self, job: str) -> SQLiteBudget:
+        return SQLiteBudget(self.path, job)
+
     def close(self) -> None:
         self._db.close()
 
@@ -367,6 +366,36 @@ def _lock_run(path: Path, key: RunKey) -> list[IO[str] | None]:
     return locks
 
 
+class SQLiteBudget:
+    """The rate budget of the shards sharing this store on one machine: one timeline of request
+    slots in the ``budget`` table (wall-clock seconds: the shards share the machine's clock).
+    Its own connection, so that a claim from a thread never meets a journal's transaction."""
+
+    def __init__(self, path: Path, job: str) -> None:
+        self._db = _connect(path)
+        self._job = job
+
+    def _move(self, span: float, at_least: float = 0.0) -> float:
+        with _transaction(self._db):
+            now = time.time()
+            row = self._db.execute("SELECT next_at FROM budget WHERE job = ?", (self._job,))
+            found = row.fetchone()
+            start = max(found[0] if found else now, now + at_least)
+            self._db.execute(
+                "INSERT OR REPLACE INTO budget VALUES (?, ?)", (self._job, start + span)
+            )
+        return start - now
+
+    def claim(self, count: int, interval_s: float) -> float:
+        return self._move(count * interval_s)
+
+    def hold_back(self, seconds: float) -> None:
+        self._move(0.0, seconds)
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class SQLiteJournal(_Reader):
     """One run's outcomes in a SQLite store; see ``bulk_update.store.Journal``."""
 
@@ -376,22 +405,29 @@ class SQLiteJournal(_Reader):
         run_id: int,
         locks: list[IO[str] | None],
         compare_with: str,
-        retry_failed: bool,
+        unfinished: tuple[str, ...],
     ) -> None:
         super().__init__(db, compare_with)
         self.run_id = run_id
         self._base = run_id * _ROWS_PER_RUN  # outcomes.id of row 0
         self._locks = locks
-        unfinished = _NOT_FINISHED_RETRYING if retry_failed else _NOT_FINISHED
         self._unfinished = unfinished
         self._unfinished_sql = f"status NOT IN ({', '.join('?' for _ in unfinished)})"
 
     # Writing
 
-    def forget(self, conversation_id: str) -> None:
+    def entries_among(self, conversation_ids: list[str]) -> set[str]:
+        found = self._db.execute(
+            "SELECT s.conversation_id FROM json_each(?) AS j JOIN last_set AS s "
+            "ON s.conversation_id = j.value",
+            (json.dumps(sorted(conversation_ids)),),
+        )
+        return {conversation_id for (conversation_id,) in found}
+
+    async def forget(self, conversation_id: str) -> None:
         self._db.execute("DELETE FROM last_set WHERE conversation_id = ?", (conversation_id,))
 
-    def record(self, outcome: RowOutcome) -> None:
+    async def record(self, outcome: RowOutcome) -> None:
         if outcome.status is not Status.UPDATED:
             self._insert(outcome)
             return

@@ -1,0 +1,855 @@
+"""The PostgreSQL store (``--state-url``): one database shared by every machine of a job.
+
+Everything is in one schema, ``bulk_update``, created and migrated by the job (the URL's user
+needs ``CREATE`` on the database the first time, then only read/write on the schema)::
+
+    layout(version)                          -- the layout's version (1)
+    jobs(job_id, name)                       -- a job name, numbered once
+    runs(run_id, job, results, shard, fingerprint, options, started_at, resumed_at,
+         invocations, ended_at, counts, exit_code, replaced_at)
+    outcomes(run_id, row_number, <the results columns>)   -- the journal
+    last_set(job_id, conversation_id, metadata, set_at)   -- each job's state
+    budget(job_id, next_at)                  -- the job's shared rate budget (see Budget)
+    sessions(backend_pid, host, pid, since)  -- who holds a lock, for the refusal's message
+
+**Locks** are session-level advisory locks (``pg_try_advisory_lock``) of the connection the run
+holds: one run per job, or one per shard (shards share the job's lock, and all of a job's
+running shards must have the same N). The server drops them when the session ends: at once when
+the holder's process dies (its socket is closed by the kernel: kill -9, an OOM kill), and within
+about 25 s when its machine or network vanishes (the job sets the session's TCP keepalives:
+10 s idle, then 3 probes 5 s apart; ``tcp_user_timeout`` likewise bounds unacknowledged data).
+
+**Transactions**: each write is one transaction; a sent row's outcome and its state entry
+commit together. Outcomes of the workers are committed in groups by one writer thread (a worker
+waits for its row's commit before it takes the next row, so at most ``concurrency`` rows are
+ever sent without a committed outcome). A connection lost mid-run is re-established with
+backoff (0.2 s doubling to 5 s) and the failed transaction run again (every write is an upsert:
+running one twice changes nothing); the run's locks are taken again first. If the database
+stays away longer than ``--store-timeout``, or another process took the run while it was away,
+StoreUnavailable stops the job (exit 3, resumable).
+
+The password is never shown: ``where`` and every error message name the store without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+import polars as pl
+import psycopg
+import psycopg.conninfo
+
+from bulk_update.exceptions import ConfigError, JournalError, StoreUnavailable
+from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, RowOutcome, Status
+from bulk_update.read import ROW_NUMBER
+from bulk_update.store import (
+    RunKey,
+    changed_fields,
+    fingerprint_text,
+    unfinished_statuses,
+)
+from bulk_update.store.url import check_url, redact, secrets
+
+log = logging.getLogger("bulk_update")
+
+T = TypeVar("T")
+
+SCHEMA = "bulk_update"
+LAYOUT_VERSION = 1
+# Reconnection: first wait, longest wait.
+_BACKOFF_S = (0.2, 5.0)
+# Outcomes committed together by the writer thread, at most.
+_GROUP_MAX = 512
+_KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "connect_timeout": "10",
+}
+_SESSION = (
+    f"SET search_path TO {SCHEMA}; SET tcp_keepalives_idle = 10; "
+    "SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3; "
+    "SET tcp_user_timeout = 25000"
+)
+
+_SQL_TYPES: dict[pl.DataType, str] = {pl.Int64(): "bigint", pl.String(): "text"}
+assert RESULT_COLUMNS[0] == "row_number"
+_STORED = RESULT_COLUMNS[1:]
+_COLUMNS = ", ".join(_STORED)
+_ON_CONFLICT = "ON CONFLICT (run_id, row_number) DO UPDATE SET " + ", ".join(
+    f"{name} = EXCLUDED.{name}" for name in _STORED
+)
+# Outcomes go to the database as one JSON array per group, unpacked by the server: adapting
+# Python lists column by column cost 5x the CPU (psycopg escapes every array element).
+_RECORDS = (
+    "json_to_recordset(%s::json) AS r("
+    + ", ".join(
+        f"{name} {_SQL_TYPES[RESULTS_SCHEMA[name]] if name != 'row_number' else 'integer'}"
+        for name in RESULT_COLUMNS
+    )
+    + ")"
+)
+_UPSERT_OUTCOMES = (
+    f"INSERT INTO outcomes (run_id, row_number, {_COLUMNS}) "  # noqa: S608
+    f"SELECT %s, row_number, {_COLUMNS} FROM {_RECORDS} {_ON_CONFLICT}"
+)
+# A group of the writer's: the IDs to forget, the outcomes and the updated rows' state entries,
+# in one statement (one round trip, its own transaction). Its forgets and its outcomes never
+# concern the same conversation: a row's forget commits before the row is sent.
+_GROUP = (
+    "WITH f AS (DELETE FROM last_set WHERE job_id = %(job)s AND conversation_id IN "  # noqa: S608
+    "(SELECT json_array_elements_text(%(forget)s::json))), "
+    f"r AS (SELECT * FROM {_RECORDS.replace('%s', '%(records)s')}), "
+    f"o AS (INSERT INTO outcomes (run_id, row_number, {_COLUMNS}) "
+    f"SELECT %(run)s, row_number, {_COLUMNS} FROM r {_ON_CONFLICT}) "
+    "INSERT INTO last_set (job_id, conversation_id, metadata, set_at) "
+    f"SELECT %(job)s, conversation_id, sent_metadata, now() FROM r "
+    f"WHERE status = '{Status.UPDATED}' "
+    "ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
+    "metadata = EXCLUDED.metadata, set_at = EXCLUDED.set_at"
+)
+_INSERT_UNCHANGED = (
+    "INSERT INTO outcomes (run_id, row_number, conversation_id, status, attempts, "  # noqa: S608
+    "sent_metadata) SELECT %s, t.r, t.i, %s, 0, t.m FROM "
+    f"unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) {_ON_CONFLICT}"
+)
+_DDL = (
+    f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.layout (version integer NOT NULL)",
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.jobs (job_id serial PRIMARY KEY, "
+    "name text NOT NULL UNIQUE)",
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.runs (run_id bigserial PRIMARY KEY, job text NOT NULL, "
+    "results text NOT NULL, shard text NOT NULL, fingerprint text NOT NULL, options text NOT NULL, "
+    "started_at timestamptz NOT NULL DEFAULT now(), resumed_at timestamptz, "
+    "invocations integer NOT NULL DEFAULT 1, ended_at timestamptz, counts text, "
+    "exit_code integer, replaced_at timestamptz)",
+    f"CREATE INDEX IF NOT EXISTS runs_by_key ON {SCHEMA}.runs (job, results, shard)",
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.outcomes (run_id bigint NOT NULL, "
+    "row_number integer NOT NULL, "
+    + ", ".join(f"{name} {_SQL_TYPES[RESULTS_SCHEMA[name]]}" for name in _STORED)
+    + ", PRIMARY KEY (run_id, row_number))",
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.last_set (job_id integer NOT NULL, "
+    "conversation_id text NOT NULL, metadata text NOT NULL, set_at timestamptz NOT NULL, "
+    "PRIMARY KEY (job_id, conversation_id))",
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.budget (job_id integer PRIMARY KEY, "
+    "next_at double precision NOT NULL)",
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.sessions (backend_pid integer PRIMARY KEY, "
+    "host text NOT NULL, pid integer NOT NULL, since timestamptz NOT NULL)",
+)
+
+
+def _key(*parts: object) -> int:
+    """A 64-bit advisory lock key, the same on every machine."""
+    text = "\0".join(map(str, (SCHEMA, *parts)))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), signed=True)
+
+
+def _halves(key: int) -> tuple[int, int]:
+    """``pg_locks.classid`` and ``objid`` of a 64-bit advisory lock key."""
+    return (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+
+
+def _int4(key: int) -> int:
+    return key >> 32  # a signed 32-bit key for the two-key form
+
+
+class _Outage:
+    """One operation's retries while the database is away: how long to wait before the next
+    try, logged once; StoreUnavailable once it has lasted the session's ``timeout``."""
+
+    def __init__(self, session: _Session) -> None:
+        self._session = session
+        self._since: float | None = None
+        self._delay = _BACKOFF_S[0]
+
+    def wait(self, exc: psycopg.OperationalError) -> float:
+        now = time.monotonic()
+        session = self._session
+        if self._since is None:
+            self._since = now
+            log.warning(
+                "the store is unreachable (%s); retrying for %.0f s",
+                session.first_line(exc),
+                session.timeout,
+                extra={"event": "store_lost", "store": session.where},
+            )
+        elif now - self._since >= session.timeout:
+            raise StoreUnavailable(
+                f"the store {session.where} has been unreachable for {now - self._since:.0f} s "
+                f"({session.first_line(exc)}); the run stopped and resumes when run again"
+            ) from None
+        delay, self._delay = self._delay, min(_BACKOFF_S[1], self._delay * 2)
+        return delay
+
+    def over(self) -> None:
+        if self._since is not None:
+            log.warning(
+                "the store is back after %.1f s",
+                time.monotonic() - self._since,
+                extra={"event": "store_back", "store": self._session.where},
+            )
+            self._since = None
+
+
+class _Session:
+    """One connection to the database, re-established (with its locks) when lost."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.where = redact(url)
+        self.timeout = timeout
+        self._secrets = secrets(url)
+        self._mutex = threading.RLock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._locks: list[tuple[str, tuple[int, ...]]] = []  # (function, arguments) to retake
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def conninfo(self) -> str:
+        given = psycopg.conninfo.conninfo_to_dict(self.url)
+        extra = {k: v for k, v in _KEEPALIVES.items() if k not in given}
+        extra["application_name"] = str(given.get("application_name") or "bulk-update")
+        return psycopg.conninfo.make_conninfo(self.url, **extra)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self.conninfo(), autocommit=True)
+        try:
+            conn.execute(_SESSION)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def open(self) -> None:
+        """The first connection: a failure is the user's to fix (exit 2), named plainly."""
+        try:
+            conn = self.connect()
+            self._create(conn)
+        except psycopg.Error as exc:
+            self.close()
+            raise ConfigError(
+                f"--state-url {self.where}: cannot use the store: {self.first_line(exc)}"
+            ) from None
+
+    def first_line(self, exc: BaseException) -> str:
+        lines = self.scrub(str(exc)).strip().splitlines()
+        return lines[0] if lines else type(exc).__name__
+
+    def _create(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            # One job creates or migrates the schema at a time.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_key("layout"),))
+            for statement in _DDL:
+                conn.execute(statement)
+            row = conn.execute("SELECT max(version) FROM layout").fetchone()
+            version = row[0] if row else None
+            if version is None:
+                conn.execute("INSERT INTO layout VALUES (%s)", (LAYOUT_VERSION,))
+            elif version > LAYOUT_VERSION:
+                raise JournalError(
+                    f"{self.where}: written by a newer bulk-update (layout {version}); upgrade"
+                )
+        self._register(conn)
+
+    def _register(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(
+            "INSERT INTO sessions VALUES (pg_backend_pid(), %s, %s, now()) "
+            "ON CONFLICT (backend_pid) DO UPDATE SET host = EXCLUDED.host, "
+            "pid = EXCLUDED.pid, since = EXCLUDED.since",
+            (socket.gethostname(), os.getpid()),
+        )
+
+    def run(
+        self,
+        work: Callable[[psycopg.Connection[Any]], T],
+        transaction: bool = True,
+    ) -> T:
+        """``work`` in one transaction; run again on a new connection if the old one is lost,
+        until the database has been away for ``timeout`` seconds (StoreUnavailable)."""
+        with self._mutex:
+            outage = _Outage(self)
+            while True:
+                try:
+                    conn = self._conn or self._reconnect()
+                    if not transaction:
+                        return work(conn)
+                    with conn.transaction():
+                        result = work(conn)
+                    outage.over()
+                    return result
+                except psycopg.OperationalError as exc:
+                    if self._conn is not None and (self._conn.broken or self._conn.closed):
+                        with contextlib.suppress(psycopg.Error):
+                            self._conn.close()
+                        self._conn = None
+                    time.sleep(outage.wait(exc))
+
+    def _reconnect(self) -> psycopg.Connection[Any]:
+        conn = self.connect()
+        self._register(conn)
+        for function, arguments in self._locks:
+            if not self._call_lock(conn, function, arguments):
+                conn.close()
+                self._conn = None
+                raise StoreUnavailable(
+                    f"the store {self.where} was away and another process took this run "
+                    "meanwhile; this one stops (the other goes on)"
+                )
+        return conn
+
+    @staticmethod
+    def _call_lock(
+        conn: psycopg.Connection[Any], function: str, arguments: tuple[int, ...]
+    ) -> bool:
+        marks = ", ".join("%s" for _ in arguments)
+        row = conn.execute(f"SELECT {function}({marks})", arguments).fetchone()
+        return bool(row and row[0])
+
+    def try_lock(self, function: str, *arguments: int) -> bool:
+        """Take a session-level advisory lock now, or say it is held; held until ``unlock``
+        (and taken again after a reconnection)."""
+
+        def take(conn: psycopg.Connection[Any]) -> bool:
+            return self._call_lock(conn, function, arguments)
+
+        taken = self.run(take, transaction=False)
+        if taken:
+            self._locks.append((function, arguments))
+        return taken
+
+    def unlock_all(self) -> None:
+        self._locks = []
+        if self._conn is not None and not self._conn.broken:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.execute("SELECT pg_advisory_unlock_all()")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+
+def _holder(conn: psycopg.Connection[Any], where: str, *arguments: Any) -> str:
+    row = conn.execute(
+        "SELECT s.host, s.pid, s.since FROM pg_locks l LEFT JOIN sessions s "  # noqa: S608
+        "ON s.backend_pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+        f"AND {where} AND l.pid <> pg_backend_pid() AND l.database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database()) LIMIT 1",
+        arguments,
+    ).fetchone()
+    if row is None or row[0] is None:
+        return "another process"
+    host, pid, since = row
+    return f"pid {pid} on {host} since {since:%Y-%m-%dT%H:%M:%S%z}"
+
+
+def _holder_of(conn: psycopg.Connection[Any], key: int) -> str:
+    classid, objid = _halves(key)
+    return _holder(
+        conn, "l.objsubid = 1 AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid",
+        classid, objid,
+    )  # fmt: skip
+
+
+class PostgresStore:
+    """Open with ``PostgresStore.open(url)``; use as a context manager to close it."""
+
+    def __init__(self, session: _Session) -> None:
+        self._session = session
+        self.where = session.where
+
+    @classmethod
+    def open(cls, url: str, *, timeout: float = 60.0) -> PostgresStore:
+        session = _Session(check_url(url), timeout)
+        session.open()
+        return cls(session)
+
+    def _job_id(self, job: str) -> int:
+        def find(conn: psycopg.Connection[Any]) -> int:
+            conn.execute(
+                "INSERT INTO jobs (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (job,)
+            )
+            row = conn.execute("SELECT job_id FROM jobs WHERE name = %s", (job,)).fetchone()
+            assert row is not None
+            conn.execute(
+                "INSERT INTO budget VALUES (%s, 0) ON CONFLICT (job_id) DO NOTHING", (row[0],)
+            )
+            return int(row[0])
+
+        return self._session.run(find)
+
+    def _since_job(self, since: str) -> int:
+        def find(conn: psycopg.Connection[Any]) -> int | None:
+            row = conn.execute(
+                "SELECT j.job_id FROM jobs j WHERE j.name = %s AND EXISTS "
+                "(SELECT 1 FROM last_set s WHERE s.job_id = j.job_id)",
+                (since,),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        found = self._session.run(find)
+        if found is None:
+            raise ConfigError(
+                f"--since-state {since}: no job of that name has a state in {self.where}"
+            )
+        return found
+
+    def _lock_run(self, key: RunKey) -> None:
+        """One run of a job at a time, or one run per shard, all with the same N."""
+        session = self._session
+        refused: str | None = None
+        job_key = _key("job", key.job)
+        if not session.try_lock(
+            "pg_try_advisory_lock_shared" if key.shard else "pg_try_advisory_lock", job_key
+        ):
+            refused = session.run(lambda conn: _holder_of(conn, job_key), transaction=False)
+        elif key.shard is not None:
+            index, count = key.shard
+            shard_key = _key("shard", key.job, index, count)
+            if not session.try_lock("pg_try_advisory_lock", shard_key):
+                refused = session.run(lambda conn: _holder_of(conn, shard_key), transaction=False)
+            else:
+                refused = self._other_shard_count(key.job, count)
+        if refused is not None:
+            session.unlock_all()
+            raise JournalError(
+                f"already running (job {key.job!r}"
+                + (f", shard {key.shard_text}" if key.shard else "")
+                + f"): held by {refused} in {self.where}; wait for it to finish"
+            )
+
+    def _other_shard_count(self, job: str, count: int) -> str | None:
+        """Shards of one job must agree on N: 0/2 and 0/4 would send some rows twice."""
+        family = _int4(_key("shards-of", job))
+        self._session.try_lock("pg_try_advisory_lock_shared", family, count)
+
+        def other(conn: psycopg.Connection[Any]) -> str | None:
+            row = conn.execute(
+                "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND objsubid = 2 AND classid = %s::bigint::oid AND objid <> %s::bigint::oid "
+                "LIMIT 1",
+                (family & 0xFFFFFFFF, count),
+            ).fetchone()
+            if row is None:
+                return None
+            holder = _holder(
+                conn, "l.objsubid = 2 AND l.classid = %s::bigint::oid AND l.objid = %s",
+                family & 0xFFFFFFFF, row[0],
+            )  # fmt: skip
+            return f"a shard of {row[0]} (not {count}), {holder}"
+
+        return self._session.run(other, transaction=False)
+
+    def open_run(
+        self,
+        key: RunKey,
+        fingerprint: Mapping[str, Any],
+        options: Mapping[str, Any],
+        *,
+        restart: bool = False,
+        retry_failed: bool = False,
+        since: str | None = None,
+    ) -> PostgresJournal:
+        job_id = self._job_id(key.job)
+        self._lock_run(key)
+        try:
+            compare_with = job_id if since is None else self._since_job(since)
+            run_id = self._find_or_start(key, fingerprint_text(fingerprint), options, restart)
+            return PostgresJournal(
+                self._session, run_id, job_id, compare_with, unfinished_statuses(retry_failed)
+            )
+        except BaseException:
+            self._session.unlock_all()
+            raise
+
+    def _find_or_start(
+        self, key: RunKey, fingerprint: str, options: Mapping[str, Any], restart: bool
+    ) -> int:
+        def find(conn: psycopg.Connection[Any]) -> int | str:
+            found = conn.execute(
+                "SELECT run_id, fingerprint FROM runs WHERE job = %s AND results = %s "
+                "AND shard = %s AND replaced_at IS NULL ORDER BY run_id DESC LIMIT 1",
+                (key.job, key.results, key.shard_text),
+            ).fetchone()
+            if found is not None and restart:
+                conn.execute("UPDATE runs SET replaced_at = now() WHERE run_id = %s", (found[0],))
+                found = None
+            if found is not None:
+                run_id, stored = found
+                if stored != fingerprint:
+                    return ", ".join(changed_fields(stored, fingerprint))
+                conn.execute(
+                    "UPDATE runs SET resumed_at = now(), invocations = invocations + 1, "
+                    "ended_at = NULL, exit_code = NULL WHERE run_id = %s",
+                    (run_id,),
+                )
+                return int(run_id)
+            row = conn.execute(
+                "INSERT INTO runs (job, results, shard, fingerprint, options) "
+                "VALUES (%s, %s, %s, %s, %s) RETURNING run_id",
+                (key.job, key.results, key.shard_text, fingerprint,
+                 json.dumps(dict(options), sort_keys=True, default=str)),
+            ).fetchone()  # fmt: skip
+            assert row is not None
+            return int(row[0])
+
+        found = self._session.run(find)
+        if isinstance(found, str):
+            raise JournalError(
+                f"{self.where}: the run for {key.results} was started with another input or "
+                f"mapping (changed: {found}); run with --restart to start over (the old run is "
+                "kept in the store)"
+            )
+        return found
+
+    def budget(self, job: str) -> PostgresBudget:
+        return PostgresBudget(self._session, self._job_id(job))
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class PostgresBudget:
+    """The job's rate budget: one timeline in the database that every running shard takes its
+    request slots from (see ``bulk_update.ratelimit``). The database's clock is the only one
+    used, so machines' clocks need not agree."""
+
+    def __init__(self, session: _Session, job_id: int) -> None:
+        self._session = session
+        self._job_id = job_id
+
+    def claim(self, count: int, interval_s: float) -> float:
+        span = count * interval_s
+
+        def claim(conn: psycopg.Connection[Any]) -> float:
+            row = conn.execute(
+                "UPDATE budget AS b SET next_at = greatest(b.next_at, n.now) + %s "
+                "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) AS n "
+                "WHERE b.job_id = %s RETURNING b.next_at - n.now - %s",
+                (span, self._job_id, span),
+            ).fetchone()
+            return 0.0 if row is None else float(row[0])
+
+        return self._session.run(claim)
+
+    def hold_back(self, seconds: float) -> None:
+        self._session.run(
+            lambda conn: conn.execute(
+                "UPDATE budget SET next_at = greatest(next_at, "
+                "extract(epoch FROM clock_timestamp())::float8 + %s) WHERE job_id = %s",
+                (seconds, self._job_id),
+            )
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def _records(outcomes: list[RowOutcome]) -> str:
+    return json.dumps([dict(zip(RESULT_COLUMNS, o.as_row(), strict=True)) for o in outcomes])
+
+
+def _arrays(rows: pl.DataFrame) -> tuple[list[int], list[str], list[str]]:
+    return (
+        rows[ROW_NUMBER].cast(pl.Int64).to_list(),
+        rows["conversation_id"].to_list(),
+        rows["sent_metadata"].to_list(),
+    )
+
+
+class _Reader:
+    """A job's state (``job_id``'s ``last_set``), read only."""
+
+    def __init__(self, session: _Session, compare_with: int) -> None:
+        self._session = session
+        self._compare_with = compare_with
+
+    def changed_rows(self, rows: pl.DataFrame) -> list[int]:
+        if rows.is_empty():
+            return []
+        arrays = _arrays(rows)
+
+        def changed(conn: psycopg.Connection[Any]) -> list[int]:
+            found = conn.execute(
+                "SELECT t.r FROM unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) "
+                "WHERE NOT EXISTS (SELECT 1 FROM last_set AS s WHERE s.job_id = %s "
+                "AND s.conversation_id = t.i AND s.metadata = t.m)",
+                (*arrays, self._compare_with),
+            )
+            return [number for (number,) in found]
+
+        return self._session.run(changed)
+
+
+@contextlib.contextmanager
+def read_state(url: str, job: str, since: str | None, timeout: float) -> Iterator[_Reader | None]:
+    """See ``bulk_update.store.read_state``: reads only, creates nothing."""
+    session = _Session(check_url(url), timeout)
+    try:
+        try:
+            conn = session.connect()
+            row = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.last_set",)).fetchone()
+        except psycopg.Error as exc:
+            raise ConfigError(
+                f"--state-url {session.where}: cannot use the store: {session.first_line(exc)}"
+            ) from None
+        if row is None or row[0] is None:
+            if since is not None:
+                raise ConfigError(f"--since-state {since}: {session.where} holds no job's state")
+            yield None
+            return
+        name = since if since is not None else job
+        found = conn.execute("SELECT job_id FROM jobs WHERE name = %s", (name,)).fetchone()
+        if found is None and since is not None:
+            raise ConfigError(
+                f"--since-state {since}: no job of that name has a state in {session.where}"
+            )
+        yield None if found is None else _Reader(session, int(found[0]))
+    finally:
+        session.close()
+
+
+Item = TypeVar("Item")
+
+
+class _Writer(Generic[Item]):
+    """Commits what the workers wait for (IDs to forget, outcomes) on the event loop, with its
+    own connection: what arrives while a commit runs goes in the next one, one statement (so
+    one transaction) and one round trip. No thread: a commit's latency is a worker's idle time,
+    and a thread's every wait on the network ended in a wait for the GIL."""
+
+    def __init__(
+        self,
+        session: _Session,
+        group: Callable[[list[Item]], dict[str, Any]],
+    ) -> None:
+        self._session = session
+        self._group = group
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._pending: list[tuple[Item, asyncio.Future[None]]] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Item) -> None:
+        """Return once ``item`` is committed."""
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._task = asyncio.create_task(self._run(), name="store-writer")
+        assert self._wake is not None
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((item, done))
+        self._wake.set()
+        await done
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                group, self._pending = self._pending[:_GROUP_MAX], self._pending[_GROUP_MAX:]
+                if self._pending:
+                    self._wake.set()
+                waiting = [(item, done) for item, done in group if not done.done()]
+                if not waiting:
+                    continue
+                try:
+                    await self._commit(self._group([item for item, _ in waiting]))
+                except Exception as exc:
+                    for _, done in waiting:
+                        if not done.done():
+                            done.set_exception(exc)
+                else:
+                    for _, done in waiting:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            if self._conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    await self._conn.close()
+
+    async def _commit(self, group: dict[str, Any]) -> None:
+        outage = _Outage(self._session)
+        while True:
+            try:
+                conn = self._conn or await self._connect()
+                await conn.execute(_GROUP, group)
+                outage.over()
+                return
+            except psycopg.OperationalError as exc:
+                if self._conn is not None and (self._conn.broken or self._conn.closed):
+                    with contextlib.suppress(psycopg.Error):
+                        await self._conn.close()
+                    self._conn = None
+                await asyncio.sleep(outage.wait(exc))
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(self._session.conninfo(), autocommit=True)
+        await conn.execute(_SESSION)
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Stop (the workers are done): the task closes its connection as it ends."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
+class PostgresJournal(_Reader):
+    """One run's outcomes in the PostgreSQL store; see ``bulk_update.store.Journal``."""
+
+    def __init__(
+        self,
+        session: _Session,
+        run_id: int,
+        job_id: int,
+        compare_with: int,
+        unfinished: tuple[str, ...],
+    ) -> None:
+        super().__init__(session, compare_with)
+        self.run_id = run_id
+        self._job_id = job_id
+        self._unfinished = list(unfinished)
+        self._writer = _Writer(session, self._group)
+
+    # Writing
+
+    def entries_among(self, conversation_ids: list[str]) -> set[str]:
+        rows = self._query(
+            "SELECT conversation_id FROM last_set WHERE job_id = %s AND conversation_id IN "
+            "(SELECT json_array_elements_text(%s::json))",
+            self._job_id, json.dumps(conversation_ids),
+        )  # fmt: skip
+        return {conversation_id for (conversation_id,) in rows}
+
+    async def forget(self, conversation_id: str) -> None:
+        await self._writer.submit(conversation_id)
+
+    async def record(self, outcome: RowOutcome) -> None:
+        await self._writer.submit(outcome)
+
+    def _group(self, items: list[RowOutcome | str]) -> dict[str, Any]:
+        forget = [item for item in items if isinstance(item, str)]
+        outcomes = [item for item in items if not isinstance(item, str)]
+        return {
+            "job": self._job_id,
+            "run": self.run_id,
+            "forget": json.dumps(forget),
+            "records": _records(outcomes),
+        }
+
+    def _upsert(self, conn: psycopg.Connection[Any], outcomes: list[RowOutcome]) -> None:
+        if outcomes:
+            conn.execute(_UPSERT_OUTCOMES, (_records(outcomes), self.run_id))
+
+    def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
+        rows = list(outcomes)
+        if rows:
+            self._session.run(lambda conn: self._upsert(conn, rows))
+
+    def record_unchanged(self, rows: pl.DataFrame) -> None:
+        if rows.is_empty():
+            return
+        arrays = _arrays(rows)
+
+        def write(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(
+                _INSERT_UNCHANGED,
+                (self.run_id, Status.UNCHANGED.value, *arrays),
+            )
+            if self._compare_with != self._job_id:
+                conn.execute(
+                    "INSERT INTO last_set SELECT %s, s.conversation_id, s.metadata, s.set_at "
+                    "FROM last_set AS s WHERE s.job_id = %s AND s.conversation_id = ANY(%s) "
+                    "ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
+                    "metadata = EXCLUDED.metadata, set_at = EXCLUDED.set_at",
+                    (self._job_id, self._compare_with, arrays[1]),
+                )
+
+        self._session.run(write)
+
+    def finish(self, counts: Mapping[str, int], exit_code: int) -> None:
+        self._session.run(
+            lambda conn: conn.execute(
+                "UPDATE runs SET ended_at = now(), counts = %s, exit_code = %s WHERE run_id = %s",
+                (json.dumps(dict(counts), sort_keys=True), exit_code, self.run_id),
+            )
+        )
+
+    # Reading
+
+    def _query(self, sql: str, *arguments: Any) -> list[tuple[Any, ...]]:
+        return self._session.run(lambda conn: conn.execute(sql, arguments).fetchall())
+
+    def finished_between(self, first: int, last: int) -> dict[int, Status]:
+        rows = self._query(
+            "SELECT row_number, status FROM outcomes WHERE run_id = %s "
+            "AND row_number BETWEEN %s AND %s AND status <> ALL(%s)",
+            self.run_id, first, last, self._unfinished,
+        )  # fmt: skip
+        return {number: Status(status) for number, status in rows}
+
+    def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
+        rows = self._query(
+            "SELECT status, count(*) FROM outcomes WHERE run_id = %s "
+            "AND row_number BETWEEN %s AND %s AND status <> ALL(%s) GROUP BY status",
+            self.run_id, first, last, self._unfinished,
+        )  # fmt: skip
+        return {Status(status): count for status, count in rows}
+
+    def finished_count(self) -> int:
+        rows = self._query(
+            "SELECT count(*) FROM outcomes WHERE run_id = %s AND status <> ALL(%s)",
+            self.run_id, self._unfinished,
+        )  # fmt: skip
+        return int(rows[0][0])
+
+    def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
+        return self._query(
+            f"SELECT row_number, {_COLUMNS} FROM outcomes WHERE run_id = %s "  # noqa: S608
+            "AND row_number BETWEEN %s AND %s ORDER BY row_number",
+            self.run_id, first, last,
+        )  # fmt: skip
+
+    def counts(self) -> dict[str, int]:
+        rows = self._query(
+            "SELECT status, count(*) FROM outcomes WHERE run_id = %s GROUP BY status", self.run_id
+        )
+        return {status: int(count) for status, count in rows}
+
+    def state_entries(self) -> int:
+        rows = self._query("SELECT count(*) FROM last_set WHERE job_id = %s", self._job_id)
+        return int(rows[0][0])
+
+    def close(self) -> None:
+        self._writer.close()
+        self._session.unlock_all()
+
+    def __enter__(self) -> PostgresJournal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

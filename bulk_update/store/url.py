@@ -1,0 +1,46 @@
+"""A --state-url: checked, and shown without its password (no database driver needed)."""
+
+from __future__ import annotations
+
+import contextlib
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from bulk_update.exceptions import ConfigError
+
+SCHEMES = ("postgresql", "postgres")
+ENV = "BULK_UPDATE_STATE_URL"
+
+
+def check_url(url: str) -> str:
+    """A --state-url the job can use (ConfigError naming it, without its password)."""
+    scheme = urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        raise ConfigError(
+            f"--state-url {redact(url)}: use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL as logs and summaries show it: no password, in the netloc or the query."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(a state URL that cannot be parsed)"
+    user = f"{quote(unquote(parts.username))}@" if parts.username else ""
+    if ":" in host:
+        host = f"[{host}]"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+    return urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, query, ""))
+
+
+def secrets(url: str) -> list[str]:
+    found = []
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(url)
+        if parts.password:
+            found += [parts.password, unquote(parts.password)]
+        found += [v for k, v in parse_qsl(parts.query) if k == "password"]
+    return [secret for secret in found if secret]
