@@ -4,8 +4,14 @@ Each mapped task runs ``run_job(JobConfig(..., shard=(k, N)))`` and returns the 
 dict (an XCom). A killed task (SIGTERM) stops gracefully and its retry resumes its run from the
 job's store; a task retried after success finds every row finished and sends nothing; a later
 run of the DAG sends only the rows that changed since the job last set them (the shards share
-one store, ``<state_dir>/<job_name>.sqlite``; ``full`` sends all). The last task combines
-the shard summaries and fails the run if any shard did not finish cleanly.
+the job's store; ``full`` sends all). The last task combines the shard summaries and fails the
+run if any shard did not finish cleanly.
+
+The store: the Postgres connection ``bulk_update_store`` if it exists (its URI, through the
+official Postgres provider's connection type), so that a shard retried on another worker
+resumes, the state survives the pods, and the running shards share one ``rpm``; else
+$BULK_UPDATE_STATE_URL; else one SQLite file, ``<state_dir>/<job_name>.sqlite``, which only
+works when every task runs on one machine (LocalExecutor).
 
 The API key comes from the Airflow connection ``openai_default`` (its password, or the
 ``api_key`` extra), else from the environment's OPENAI_API_KEY. It is handed to JobConfig,
@@ -27,6 +33,23 @@ from airflow.sdk.exceptions import AirflowFailException
 # (bulk_update.RESUMABLE: the API said stop, or a signal); exit 2 (usage, config or input)
 # fails the task without retries.
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("BULK_UPDATE_RETRY_DELAY_S", "30")))
+
+
+STORE_CONNECTION = "bulk_update_store"
+
+
+def _state_url() -> str | None:
+    """The store's URL from the ``bulk_update_store`` connection (a Postgres connection: host,
+    port, login, password, schema = the database; its extra may hold libpq parameters such as
+    ``sslmode``), else None. It holds a password: handed to JobConfig, whose repr hides it."""
+    from airflow.sdk import Connection
+
+    try:
+        connection = Connection.get(STORE_CONNECTION)
+    except Exception:  # no such connection: $BULK_UPDATE_STATE_URL, else SQLite
+        return None
+    uri: str = connection.get_uri()
+    return uri
 
 
 def _api_key() -> str | None:
@@ -55,8 +78,9 @@ def _api_key() -> str | None:
         "concurrency": Param(32, type="integer", minimum=1),
         "base_url": Param("", type="string", description="empty: OPENAI_BASE_URL or the API"),
         "fail_on_row_errors": Param(True, type="boolean"),
-        # Every shard shares the job's store (<state_dir>/<job_name>.sqlite): a re-run
-        # sends only the rows changed since the job last set them, unless "full".
+        # Every shard shares the job's store (the bulk_update_store connection, else
+        # <state_dir>/<job_name>.sqlite): a re-run sends only the rows changed since the job
+        # last set them, unless "full".
         "job_name": Param("bulk_update_backfill", type="string"),
         "state_dir": Param("", type="string", description="empty: the output_prefix directory"),
         "full": Param(False, type="boolean"),
@@ -86,6 +110,7 @@ def bulk_update_backfill() -> None:
             "concurrency": int(params["concurrency"]),
             "base_url": params["base_url"] or os.environ.get("OPENAI_BASE_URL") or None,
             "api_key": _api_key(),
+            "state_url": _state_url(),
         }
         try:
             summary = run_job(JobConfig.from_options(options, source="DAG params"))

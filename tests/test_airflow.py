@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import polars as pl
@@ -14,6 +16,7 @@ import pytest
 
 from tests.conftest import StartEmulator
 from tests.helpers import ID, wait_for_requests
+from tests.pg import PASSWORD, USER, PostgresServer
 
 airflow = pytest.importorskip("airflow", reason="the airflow extra is not installed")
 
@@ -145,3 +148,48 @@ def test_a_usage_error_fails_the_task_at_once(tmp_path: Path) -> None:
     assert f"{missing}: no such file (exit 2)" in logs
     assert "AirflowFailException" in logs
     assert "up_for_retry" not in logs.lower()
+
+
+def test_the_shards_take_their_store_from_the_airflow_connection(
+    start_emulator: StartEmulator, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """With the Postgres connection ``bulk_update_store``, every shard's runs, outcomes and
+    state are in that database: nothing durable on the worker's disk, no password shown."""
+    source = tmp_path / "in.csv"
+    source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v{i}\n" for i in range(40)))
+    emu = start_emulator("--api-key", CONNECTION_KEY, "--preload", str(source))
+    postgres.create_database("airflow_store")
+    connection = {"conn_type": "postgres", "host": "127.0.0.1", "port": postgres.port,
+                  "login": USER, "password": PASSWORD, "schema": "airflow_store"}  # fmt: skip
+    env = {
+        **airflow_env(tmp_path / "home"),
+        "AIRFLOW_CONN_BULK_UPDATE_STORE": json.dumps(connection),
+    }
+    airflow_bin = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow_bin, "db", "migrate"], env=env, capture_output=True, timeout=300)
+    out = tmp_path / "out"
+    conf = {"input": str(source), "output_prefix": str(out), "shards": 2,
+            "base_url": emu.base_url, "job_name": "nightly"}  # fmt: skip
+    run = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
+                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    logs = run.stdout + run.stderr
+    assert run.returncode == 0, logs[-4000:]
+    assert "state=success" in logs
+    assert "S3cret" not in logs
+    # Each shard's XCom names the store without its password.
+    with closing(sqlite3.connect(tmp_path / "home" / "airflow.db")) as db:
+        xcoms = [
+            str(v) for (v,) in db.execute("SELECT value FROM xcom WHERE task_id = 'run_shard'")
+        ]
+    summaries = [json.loads(x) for x in xcoms if x.startswith('{"counts"')]
+    assert [s["store"] for s in summaries] == [
+        f"postgres://{USER}@127.0.0.1:{postgres.port}/airflow_store"
+    ] * 2
+    assert not any("S3cret" in xcom for xcom in xcoms)
+    runs = postgres.query("airflow_store", "SELECT shard, exit_code FROM bulk_update.runs")
+    assert sorted(runs) == [("0/2", 0), ("1/2", 0)]
+    assert postgres.query("airflow_store", "SELECT count(*) FROM bulk_update.last_set") == [(40,)]
+    assert list(out.glob("*.sqlite*")) == []
+    assert sorted(p.name for p in out.iterdir()) == [
+        "errors-0-of-2.csv", "errors-1-of-2.csv", "shard-0-of-2.parquet", "shard-1-of-2.parquet"
+    ]  # fmt: skip

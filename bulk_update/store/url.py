@@ -12,13 +12,15 @@ ENV = "BULK_UPDATE_STATE_URL"
 
 
 def check_url(url: str) -> str:
-    """A --state-url the job can use (ConfigError naming it, without its password)."""
-    scheme = urlsplit(url).scheme
+    """A --state-url the job can use (ConfigError naming it, without its password). A
+    SQLAlchemy URL (``postgresql+psycopg://``, as the Airflow Postgres hook gives) is taken as
+    the plain one."""
+    scheme, plus, _ = urlsplit(url).scheme.partition("+")
     if scheme not in SCHEMES:
         raise ConfigError(
             f"--state-url {redact(url)}: use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
         )
-    return url
+    return scheme + url[url.index(":") :] if plus else url
 
 
 def redact(url: str) -> str:
