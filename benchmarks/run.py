@@ -4,7 +4,7 @@ Each benchmark starts its own emulator (a real server on loopback), generates it
 under benchmarks/data/ (git-ignored), and reports a ratio to a baseline measured in the same
 run, because absolute numbers vary between machines.
 
-    .venv/bin/python -m benchmarks.run                # all seven
+    .venv/bin/python -m benchmarks.run                # all nine
     .venv/bin/python -m benchmarks.run --only 1,3     # some
     .venv/bin/python -m benchmarks.run --quick        # smaller sizes (a smoke run)
 """
@@ -330,6 +330,18 @@ def input_formats(quick: bool) -> list[Row]:
     return table
 
 
+def stores(quick: bool) -> list[Row]:
+    from benchmarks.stores import stores
+
+    return stores(quick)
+
+
+def state_bytes(quick: bool) -> list[Row]:
+    from benchmarks.stores import state_bytes
+
+    return state_bytes(quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "1": client_efficiency,
     "2": riding_the_limit,
@@ -338,6 +350,8 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "5": resume_cost,
     "6": incremental,
     "7": input_formats,
+    "8": stores,
+    "9": state_bytes,
 }
 
 

@@ -360,6 +360,14 @@ async def run_job_async(
     settings = SendSettings.from_config(config)
     total = await asyncio.to_thread(table.check_readable)
     job_name = config.resolved_job_name()
+    if config.shard is not None and config.job_name is None:
+        log.warning(
+            "shard %s without --job-name: its job is %r (from the results file's name); the "
+            "shards of one job share its state, locks and --rpm only under one --job-name",
+            f"{config.shard[0]}/{config.shard[1]}",
+            job_name,
+            extra={"event": "shard_without_job_name", "job_name": job_name},
+        )
     key = RunKey(job_name, config.output, config.shard)
     stop = Stop()
     with (

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -315,3 +317,38 @@ def test_runs_and_state_are_in_the_database(
         ("updated", 50),
     ]
     assert json.loads(str(postgres.query(database, "SELECT counts FROM bulk_update.runs")[0][0]))
+
+
+def test_the_state_url_from_a_job_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "postgresql://u:Secret9@db.example:5432/jobs"
+    job = JobConfig.from_options({"input": "i.csv", "output": "o.csv", "state-url": url})
+    assert job.resolved_state_url() == url
+    assert job.store_where() == "postgresql://u@db.example:5432/jobs"
+    monkeypatch.setenv("BULK_UPDATE_STATE_URL", "postgres://v:Secret8@db2/jobs")
+    plain = JobConfig(input="i.csv", output="o.csv")
+    assert plain.resolved_state_url() == "postgres://v:Secret8@db2/jobs"  # the flag wins above
+    assert JobConfig(input="i.csv", output="o.csv", state_url=url).resolved_state_url() == url
+    monkeypatch.setenv("BULK_UPDATE_STATE_URL", "")
+    assert plain.resolved_state_url() is None  # empty: the SQLite file
+    # The Airflow Postgres hook's SQLAlchemy form is the plain one.
+    hook = JobConfig(input="i.csv", output="o.csv", state_url="postgresql+psycopg://u:p@h/d")
+    assert hook.resolved_state_url() == "postgresql://u:p@h/d"
+
+
+def test_without_psycopg_a_state_url_is_a_usage_error(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    write_input(source, 3)
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from bulk_update.cli import main\n"
+        f"sys.argv = ['bulk-update', 'run', {str(source)!r}, '--output', 'o.csv', "
+        "'--base-url', 'http://127.0.0.1:9/v1', '--state-url', 'postgresql://u:Pw1@h/d']\n"
+        "raise SystemExit(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env={"OPENAI_API_KEY": "sk-x", "PATH": "/usr/bin"})  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'bulk-update[postgres]'" in done.stderr
+    assert "Pw1" not in done.stderr

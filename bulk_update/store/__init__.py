@@ -199,11 +199,23 @@ class StoreLocation:
     timeout: float = 60.0  # how long a lost database may stay away (PostgreSQL)
 
 
+POSTGRES_HINT = "the store in PostgreSQL needs psycopg: pip install 'bulk-update[postgres]'"
+
+
+def _postgres() -> Any:
+    try:
+        from bulk_update.store import postgres
+    except ImportError as exc:
+        from bulk_update.exceptions import ConfigError
+
+        raise ConfigError(f"--state-url: {POSTGRES_HINT} ({exc})") from None
+    return postgres
+
+
 def open_store(location: StoreLocation) -> Store:
     if location.url is not None:
-        from bulk_update.store.postgres import PostgresStore
-
-        return PostgresStore.open(location.url, timeout=location.timeout)
+        store: Store = _postgres().PostgresStore.open(location.url, timeout=location.timeout)
+        return store
     from bulk_update.store.sqlite import SQLiteStore
 
     return SQLiteStore.open(location.path)
@@ -216,9 +228,7 @@ def read_state(
     """The state a dry run compares with: ``since``'s if given, else the job's own; None if the
     job has never set anything."""
     if location.url is not None:
-        from bulk_update.store.postgres import read_state as read_postgres_state
-
-        with read_postgres_state(location.url, job, since, location.timeout) as reader:
+        with _postgres().read_state(location.url, job, since, location.timeout) as reader:
             yield reader
         return
     from bulk_update.store.sqlite import read_state as read_sqlite_state

@@ -332,6 +332,10 @@ class _Session:
             self._locks.append((function, arguments))
         return taken
 
+    def check(self) -> None:
+        """Make sure the session is up, with its locks (reconnecting if need be)."""
+        self.run(lambda conn: conn.execute("SELECT 1"), transaction=False)
+
     def unlock_all(self) -> None:
         self._locks = []
         if self._conn is not None and not self._conn.broken:
@@ -651,6 +655,7 @@ class _Writer(Generic[Item]):
         self._pending: list[tuple[Item, asyncio.Future[None]]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._connected_before = False
 
     async def submit(self, item: Item) -> None:
         """Return once ``item`` is committed."""
@@ -706,9 +711,14 @@ class _Writer(Generic[Item]):
                 await asyncio.sleep(outage.wait(exc))
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        if self._connected_before:
+            # Back after an outage: the run's session (and its locks) must be too, or another
+            # process may have taken the run meanwhile (StoreUnavailable, and the job stops).
+            await asyncio.to_thread(self._session.check)
         conn = await psycopg.AsyncConnection.connect(self._session.conninfo(), autocommit=True)
         await conn.execute(_SESSION)
         self._conn = conn
+        self._connected_before = True
         return conn
 
     def close(self) -> None:
