@@ -42,10 +42,8 @@ DECREASE_FACTOR = 0.75
 INCREASE_FRACTION = 0.05
 ADJUST_EVERY_S = 1.0
 FLOOR_FRACTION = 0.05
-# A shard claims this much of the shared timeline at once; a slot older than STALE_S is dropped
-# (sending it late would be a burst).
+# A shard claims this much of the shared timeline at once.
 CLAIM_S = 0.25
-STALE_S = 1.0
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -139,7 +137,10 @@ class RateLimiter:
         """The next of this shard's slots from the job's budget. More are claimed in the
         background when half are used, so that a claim (a round trip to the store, which may
         wait for another shard's commit) rarely holds a request back."""
-        stale = self._clock() - STALE_S
+        # A slot more than one interval late is dropped: sent late, it would land among later
+        # slots, and a window of time could then hold more requests than --rpm allows. So a
+        # stalled shard loses the slots it missed instead of catching up in a burst.
+        stale = self._clock() - self.interval
         while self._slots and self._slots[0] < stale:
             self._slots.popleft()
         if len(self._slots) <= self._claim_size() // 2 and self._refill is None:
