@@ -258,7 +258,8 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
                 param="metadata",
                 code="missing_required_parameter",
             )
-        return _json(200, store.update(conversation_id, body["metadata"]).resource(), {})
+        merge = not state.config.replace_metadata
+        return _json(200, store.update(conversation_id, body["metadata"], merge).resource(), {})
 
     async def delete(request: Request) -> Response:
         conversation_id = request.path_params["conversation_id"]

@@ -19,6 +19,9 @@ class EmulatorConfig:
     random_seed: int | None = None
     # Every API request answered 429 insufficient_quota (a billing stop), for fatal-error tests.
     quota_exhausted: bool = False
+    # An update replaces the stored map instead of merging into it (the API merges, as far as
+    # public reports go): to rehearse what --backup does when a server does not.
+    replace_metadata: bool = False
 
     def __repr__(self) -> str:
         # The key is a secret even in a test tool's logs.

@@ -9,6 +9,7 @@ also turns Nagle's algorithm off, which costs 40 ms a request otherwise (see con
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import sys
@@ -22,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bulk_update.emulator.app import ABORT_EXTENSION, Emulator, create_app
 from bulk_update.emulator.config import EmulatorConfig
-from bulk_update.emulator.store import preload_id
+from bulk_update.emulator.store import ApiError, preload_id
 
 
 class ResettableHttpToolsProtocol(HttpToolsProtocol):
@@ -50,10 +51,15 @@ class ResettableHttpToolsProtocol(HttpToolsProtocol):
         extensions[ABORT_EXTENSION] = {"abort": abort}
 
 
-def preload_ids_from(spec: str) -> Iterator[str]:
-    """IDs for ``--preload``: a whole number N, or a CSV/Parquet file's ``conversation_id``."""
+PRELOAD_METADATA = "metadata"
+
+
+def preload_from(spec: str) -> Iterator[tuple[str, object]]:
+    """Conversations for ``--preload``: a whole number N (no metadata), or a CSV/Parquet file's
+    ``conversation_id`` column, with the file's ``metadata`` column (a JSON object) as each
+    conversation's metadata if it has one."""
     if spec.isdigit():
-        yield from (preload_id(i) for i in range(int(spec)))
+        yield from ((preload_id(i), None) for i in range(int(spec)))
         return
     path = Path(spec)
     if not path.is_file():
@@ -63,16 +69,24 @@ def preload_ids_from(spec: str) -> Iterator[str]:
             scan = pl.scan_parquet(path)
         else:
             scan = pl.scan_csv(path, infer_schema=False)
-        if "conversation_id" not in scan.collect_schema().names():
+        names = scan.collect_schema().names()
+        if "conversation_id" not in names:
             raise ValueError(f"--preload {spec}: the file has no conversation_id column")
         trimmed = pl.col("conversation_id").cast(pl.String).str.strip_chars()
-        ids = scan.select(trimmed).collect()
+        metadata = pl.col(PRELOAD_METADATA) if PRELOAD_METADATA in names else pl.lit(None)
+        rows = scan.select(trimmed, metadata.cast(pl.String).alias(PRELOAD_METADATA)).collect()
     except pl.exceptions.PolarsError as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"--preload {spec}: cannot read it: {first}") from None
-    for value in ids.get_column("conversation_id"):
-        if value:
-            yield value
+    for line, (conversation_id, text) in enumerate(rows.iter_rows(), start=2):
+        if not conversation_id:
+            continue
+        try:
+            yield conversation_id, None if not text else json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"--preload {spec}: line {line}: metadata is not JSON ({exc.msg})"
+            ) from None
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -103,7 +117,10 @@ def serve(
     """Run the emulator until interrupted. Prints its base URL once it is ready to serve."""
     emulator = Emulator(config)
     if preload is not None:
-        added = emulator.store.preload(list(preload_ids_from(preload)))
+        try:
+            added = emulator.store.preload(list(preload_from(preload)))
+        except ApiError as exc:
+            raise ValueError(f"--preload {preload}: {exc}") from None
         print(f"preloaded {added} conversations", file=out, flush=True)
     app = create_app(emulator=emulator)
     sock = bind(host, port)

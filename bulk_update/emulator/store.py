@@ -164,12 +164,15 @@ class ConversationStore:
     def __len__(self) -> int:
         return len(self._items)
 
-    def preload(self, ids: Iterable[str]) -> int:
+    def preload(self, conversations: Iterable[tuple[str, object]]) -> int:
+        """Create these conversations (ID, metadata or None), checked as a create's metadata
+        is (ApiError); an ID that exists is left as it is."""
         now = int(time.time())
         added = 0
-        for conversation_id in ids:
+        for conversation_id, metadata in conversations:
             if conversation_id not in self._items:
-                self._items[conversation_id] = Conversation(conversation_id, now)
+                stored = {} if metadata is None else check_metadata(metadata)
+                self._items[conversation_id] = Conversation(conversation_id, now, stored)
                 added += 1
         return added
 
@@ -185,11 +188,11 @@ class ConversationStore:
         except KeyError:
             raise not_found(conversation_id) from None
 
-    def update(self, conversation_id: str, metadata: object) -> Conversation:
+    def update(self, conversation_id: str, metadata: object, merge: bool = True) -> Conversation:
         conversation = self.get(conversation_id)
         # `metadata: null` is refused (400 invalid_type, param metadata), as by the live API,
         # although the OpenAPI document marks it nullable.
-        conversation.metadata = check_metadata(metadata, conversation.metadata)
+        conversation.metadata = check_metadata(metadata, conversation.metadata if merge else None)
         self.updates_applied[conversation_id] = self.updates_applied.get(conversation_id, 0) + 1
         return conversation
 
