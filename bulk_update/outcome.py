@@ -43,6 +43,10 @@ class RowOutcome:
     created_at: int | None = None
     metadata: str | None = None  # the returned conversation's metadata, JSON text
     sent_metadata: str | None = None  # JSON text
+    # With --backup (and in a revert): the server's map before the update, JSON text.
+    previous_metadata: str | None = None
+    # With validate --check-server: the server's map when it was read, JSON text.
+    server_metadata: str | None = None
 
     def as_row(self) -> tuple[Any, ...]:
         """The values in RESULT_COLUMNS order."""

@@ -147,6 +147,8 @@ def dry_run_results(plan: FrameT, limit: int | None, sent_before: int = 0) -> Fr
         none.cast(pl.Int64).alias("created_at"),
         none.cast(pl.String).alias("metadata"),
         "sent_metadata",
+        none.cast(pl.String).alias("previous_metadata"),
+        none.cast(pl.String).alias("server_metadata"),
     )
 
 

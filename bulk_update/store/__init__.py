@@ -76,8 +76,9 @@ class Journal(StateReader, Protocol):
         ...
 
     async def record(self, outcome: RowOutcome) -> None:
-        """Commit one sent row's outcome, with its state entry if it is ``updated``; return
-        once it is committed."""
+        """Commit one sent (or read) row's outcome, with its state entry if the server
+        confirmed its values (``updated``, or ``unchanged`` after a read); return once it is
+        committed."""
         ...
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
@@ -92,6 +93,11 @@ class Journal(StateReader, Protocol):
 
     def finished_between(self, first: int, last: int) -> dict[int, Status]:
         """Rows in ``[first, last]`` that a resumed run must not process again."""
+        ...
+
+    def before_images_between(self, first: int, last: int) -> dict[int, str]:
+        """Rows in ``[first, last]`` not finished, whose before-image (``--backup``) an earlier
+        invocation kept before it sent them: row number -> the image (JSON text)."""
         ...
 
     def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:

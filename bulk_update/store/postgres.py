@@ -65,7 +65,8 @@ log = logging.getLogger("bulk_update")
 T = TypeVar("T")
 
 SCHEMA = "bulk_update"
-LAYOUT_VERSION = 1
+# 1: the first; 2: outcomes gain previous_metadata and server_metadata.
+LAYOUT_VERSION = 2
 # Reconnection: first wait, longest wait.
 _BACKOFF_S = (0.2, 5.0)
 # Outcomes committed together by the writer thread, at most.
@@ -115,7 +116,7 @@ _GROUP = (
     f"SELECT %(run)s, row_number, {_COLUMNS} FROM r {_ON_CONFLICT}) "
     "INSERT INTO last_set (job_id, conversation_id, metadata, set_at) "
     f"SELECT %(job)s, conversation_id, sent_metadata, now() FROM r "
-    f"WHERE status = '{Status.UPDATED}' "
+    f"WHERE status IN ('{Status.UPDATED}', '{Status.UNCHANGED}') "
     "ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
     "metadata = EXCLUDED.metadata, set_at = EXCLUDED.set_at"
 )
@@ -260,6 +261,13 @@ class _Session:
             version = row[0] if row else None
             if version is None:
                 conn.execute("INSERT INTO layout VALUES (%s)", (LAYOUT_VERSION,))
+            elif version < LAYOUT_VERSION:
+                for name in _STORED:
+                    conn.execute(
+                        f"ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS {name} "
+                        f"{_SQL_TYPES[RESULTS_SCHEMA[name]]}"
+                    )
+                conn.execute("UPDATE layout SET version = %s", (LAYOUT_VERSION,))
             elif version > LAYOUT_VERSION:
                 raise JournalError(
                     f"{self.where}: written by a newer bulk-update (layout {version}); upgrade"
@@ -821,6 +829,14 @@ class PostgresJournal(_Reader):
             self.run_id, first, last, self._unfinished,
         )  # fmt: skip
         return {number: Status(status) for number, status in rows}
+
+    def before_images_between(self, first: int, last: int) -> dict[int, str]:
+        rows = self._query(
+            "SELECT row_number, previous_metadata FROM outcomes WHERE run_id = %s "
+            "AND row_number BETWEEN %s AND %s AND status = %s AND previous_metadata IS NOT NULL",
+            self.run_id, first, last, Status.UNPROCESSED.value,
+        )  # fmt: skip
+        return dict(rows)
 
     def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
         rows = self._query(

@@ -50,8 +50,9 @@ from bulk_update.store.locks import release_lock, take_lock
 
 log = logging.getLogger("bulk_update")
 
-# 1: runs, outcomes, last_set; 2: and budget.
-LAYOUT_VERSION = 2
+# 1: runs, outcomes, last_set; 2: and budget; 3: outcomes gain previous_metadata and
+# server_metadata.
+LAYOUT_VERSION = 3
 
 _SQL_TYPES: dict[pl.DataType, str] = {pl.Int64(): "INTEGER", pl.String(): "TEXT"}
 assert RESULT_COLUMNS[0] == "row_number"
@@ -64,6 +65,12 @@ _INSERT = (
 )
 # Row numbers are below 2**32 (polars' row index is 32-bit).
 _ROWS_PER_RUN = 1 << 32
+_VIEW = (
+    "CREATE VIEW IF NOT EXISTS run_outcomes AS SELECT id >> 32 AS run_id, "  # noqa: S608
+    f"id & 4294967295 AS row_number, {_COLUMNS} FROM outcomes"
+)
+# The outcomes that also set the job's state entry: the server confirmed the row's values.
+_CONFIRMED = (Status.UPDATED, Status.UNCHANGED)
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS runs (run_id INTEGER PRIMARY KEY, job TEXT NOT NULL, "
     "results TEXT NOT NULL, shard TEXT NOT NULL, fingerprint TEXT NOT NULL, options TEXT NOT NULL, "
@@ -73,8 +80,7 @@ _TABLES = (
     "CREATE TABLE IF NOT EXISTS outcomes (id INTEGER PRIMARY KEY, "
     + ", ".join(f"{name} {_SQL_TYPES[RESULTS_SCHEMA[name]]}" for name in _STORED)
     + ")",
-    "CREATE VIEW IF NOT EXISTS run_outcomes AS SELECT id >> 32 AS run_id, "  # noqa: S608
-    f"id & 4294967295 AS row_number, {_COLUMNS} FROM outcomes",
+    _VIEW,
     "CREATE TABLE IF NOT EXISTS last_set (conversation_id TEXT PRIMARY KEY, "
     "metadata TEXT NOT NULL, set_at TEXT NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS budget (job TEXT PRIMARY KEY, next_at REAL NOT NULL)",
@@ -234,12 +240,26 @@ class SQLiteStore:
                     )
             for statement in _TABLES:
                 db.execute(statement)
+            if 0 < version < LAYOUT_VERSION:
+                self._migrate()
             if version == 0 and fresh and legacy.is_file():
                 db.execute("INSERT OR IGNORE INTO last_set SELECT * FROM legacy.last_set")
                 log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
             db.execute(f"PRAGMA user_version={LAYOUT_VERSION}")
         if fresh and legacy.is_file():
             db.execute("DETACH DATABASE legacy")
+
+    def _migrate(self) -> None:
+        """Bring a store of an older layout to this one: the outcomes' new columns."""
+        db = self._db
+        have = {row[1] for row in db.execute("PRAGMA table_info(outcomes)")}
+        for name in _STORED:
+            if name not in have:
+                db.execute(
+                    f"ALTER TABLE outcomes ADD COLUMN {name} {_SQL_TYPES[RESULTS_SCHEMA[name]]}"
+                )
+        db.execute("DROP VIEW IF EXISTS run_outcomes")
+        db.execute(_VIEW)
 
     def open_run(
         self,
@@ -324,9 +344,11 @@ class SQLiteStore:
                 ).fetchone()
                 if stored is None or stored[0] != fingerprint:
                     return
+                had = {row[1] for row in db.execute("PRAGMA legacy.table_info(outcomes)")}
+                columns = ", ".join(name for name in _STORED if name in had)
                 db.execute(
-                    f"INSERT INTO outcomes (id, {_COLUMNS}) "  # noqa: S608
-                    f"SELECT ? + row_number, {_COLUMNS} FROM legacy.outcomes",
+                    f"INSERT INTO outcomes (id, {columns}) "  # noqa: S608
+                    f"SELECT ? + row_number, {columns} FROM legacy.outcomes",
                     (run_id * _ROWS_PER_RUN,),
                 )
             log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
@@ -428,7 +450,7 @@ class SQLiteJournal(_Reader):
         self._db.execute("DELETE FROM last_set WHERE conversation_id = ?", (conversation_id,))
 
     async def record(self, outcome: RowOutcome) -> None:
-        if outcome.status is not Status.UPDATED:
+        if outcome.status not in _CONFIRMED:
             self._insert(outcome)
             return
         assert outcome.sent_metadata is not None
@@ -487,6 +509,14 @@ class SQLiteJournal(_Reader):
             (self._base, *self._ids(first, last), *self._unfinished),
         )
         return {number: Status(status) for number, status in rows}
+
+    def before_images_between(self, first: int, last: int) -> dict[int, str]:
+        rows = self._db.execute(
+            "SELECT id - ?, previous_metadata FROM outcomes WHERE id BETWEEN ? AND ? "
+            "AND status = ? AND previous_metadata IS NOT NULL",
+            (self._base, *self._ids(first, last), Status.UNPROCESSED.value),
+        )
+        return dict(rows.fetchall())
 
     def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
         rows = self._db.execute(
