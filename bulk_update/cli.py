@@ -9,13 +9,14 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bulk_update._version import __version__
-from bulk_update.config import JobConfig, parse_columns, parse_shard
+from bulk_update.config import JobConfig, job_name_from, parse_columns, parse_shard
 from bulk_update.exceptions import BulkUpdateError, ConfigError, first_line
 from bulk_update.exitcodes import ExitCode
 from bulk_update.job import run_job
+from bulk_update.paths import is_remote
 from bulk_update.summary import Progress
 
 log = logging.getLogger("bulk_update")
@@ -124,7 +125,8 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--preload",
         metavar="FILE|N",
         default=None,
-        help="create a conversation for every ID in a CSV/Parquet file's conversation_id column, "
+        help="create a conversation for every ID in a CSV/Parquet file's conversation_id column "
+        "(with the file's metadata column, a JSON object, as its metadata, if it has one), "
         "or N conversations whose IDs are bulk_update.emulator.preload_id(0..N-1)",
     )
 
@@ -168,8 +170,11 @@ def _storage_option(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None:
-    """The options of `run` (and of `validate`, which is `run --dry-run`).
+Command = Literal["run", "validate", "revert"]
+
+
+def _add_job_options(parser: argparse.ArgumentParser, command: Command) -> None:
+    """The options of `run`, `validate` (which is `run --dry-run`) and `revert`.
 
     Defaults are SUPPRESS so that only the flags given override a job file; the real defaults
     live in JobConfig.
@@ -179,7 +184,10 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         "input",
         nargs="?",
         default=S,
-        help="the CSV or Parquet file to read, or a quoted glob ('exports/*.parquet') read as "
+        metavar="RESULTS" if command == "revert" else "INPUT",
+        help="the results file of a run with --backup"
+        if command == "revert"
+        else "the CSV or Parquet file to read, or a quoted glob ('exports/*.parquet') read as "
         "one table in sorted order",
     )
     parser.add_argument(
@@ -197,25 +205,6 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         metavar="PATH",
         help="failed, invalid and unprocessed rows in the input's own columns, "
         "plus status, error_code, error_message: fix and feed back",
-    )
-    parser.add_argument(
-        "--id-column",
-        default=S,
-        metavar="NAME",
-        help=f"the conversation ID column (default {JOB_DEFAULTS['id_column']})",
-    )
-    parser.add_argument(
-        "--columns",
-        type=_argparse_type(parse_columns),
-        default=S,
-        metavar="A,B,...",
-        help="the metadata columns (default: every column but the ID column)",
-    )
-    parser.add_argument(
-        "--metadata-column",
-        default=S,
-        metavar="NAME",
-        help="instead: one column holding a JSON object of key/value pairs",
     )
     parser.add_argument(
         "--storage-option",
@@ -257,27 +246,8 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         help="how long the store's database may stay away mid-run before the job stops, "
         f"resumable (default {JOB_DEFAULTS['store_timeout']:g})",
     )
-    parser.add_argument(
-        "--full",
-        action="store_true",
-        default=S,
-        help="send every row, even those unchanged since the job last set them",
-    )
-    parser.add_argument(
-        "--since-state",
-        default=S,
-        metavar="PATH",
-        help="compare with the state in this store (another job's NAME.sqlite; with --state-url, "
-        "another job's name) instead of this job's own",
-    )
-    parser.add_argument(
-        "--delimiter",
-        default=S,
-        metavar="CHAR",
-        help="field separator of a text input (default: ',' for .csv, a tab for .tsv)",
-    )
-    if validate:
-        return
+    if command != "revert":
+        _add_mapping_options(parser)
     parser.add_argument(
         "--base-url",
         default=S,
@@ -313,26 +283,40 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         metavar="S",
         help=f"per-request timeout in seconds (default {JOB_DEFAULTS['timeout']:g})",
     )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        default=S,
-        help="read, validate and plan; send nothing; still write the results",
-    )
-    parser.add_argument(
-        "--restart",
-        action="store_true",
-        default=S,
-        help="ignore saved progress and start over (the old run is kept in the store)",
-    )
-    parser.add_argument(
-        "--shard",
-        type=_argparse_type(parse_shard),
-        default=S,
-        metavar="K/N",
-        help="only rows whose ID hashes (CRC-32) to K modulo N (0-based); --rpm and "
-        "--concurrency are divided by N",
-    )
+    if command == "validate":
+        parser.add_argument(
+            "--check-server",
+            action="store_true",
+            default=S,
+            help="also read each valid row's conversation (GET only; rate limited like a run): "
+            "rows past 16 merged keys invalid, rows the server holds unchanged, unknown IDs "
+            "invalid; the keys the run would add, per key",
+        )
+    else:
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            default=S,
+            help="read, validate and plan; send nothing; still write the results"
+            if command == "run"
+            else "read each conversation and show what the revert would send (GET only)",
+        )
+    if command != "validate":
+        parser.add_argument(
+            "--restart",
+            action="store_true",
+            default=S,
+            help="ignore saved progress and start over (the old run is kept in the store)",
+        )
+    if command != "revert":
+        parser.add_argument(
+            "--shard",
+            type=_argparse_type(parse_shard),
+            default=S,
+            metavar="K/N",
+            help="only rows whose ID hashes (CRC-32) to K modulo N (0-based); the running "
+            "shards of a job share its --rpm; --concurrency is each shard's",
+        )
     parser.add_argument(
         "--breaker-timeout",
         type=_positive_float,
@@ -356,19 +340,86 @@ def _add_job_options(parser: argparse.ArgumentParser, *, validate: bool) -> None
         metavar="N",
         help="only the first N rows to send (a canary run); the rest unprocessed, exit 0",
     )
+    if command == "run":
+        parser.add_argument(
+            "--retry-failed",
+            action="store_true",
+            default=S,
+            help="send again the rows this run has as failed; the results are rewritten",
+        )
+    if command != "validate":
+        parser.add_argument(
+            "--stop-after-failures",
+            type=_non_negative_int,
+            default=S,
+            metavar="N",
+            help="stop (exit 3, resumable) after N rows in a row failed with the same "
+            f"non-retryable error code; 0: never (default {JOB_DEFAULTS['stop_after_failures']})",
+        )
+    if command == "run":
+        parser.add_argument(
+            "--backup",
+            action="store_true",
+            default=S,
+            help="read each conversation before its update: keep its before-image "
+            "(previous_metadata, for bulk-update revert), skip rows the server already holds, "
+            "refuse rows that would exceed 16 merged keys",
+        )
+    if command == "revert":
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            default=S,
+            help="revert keys changed on the server since the run, too",
+        )
+        parser.add_argument(
+            "--blank-added-keys",
+            action="store_true",
+            default=S,
+            help="set the keys the run added (which the API cannot remove) to ''",
+        )
+
+
+def _add_mapping_options(parser: argparse.ArgumentParser) -> None:
+    """How a table maps to updates (not for a revert, which reads a results file)."""
+    S = argparse.SUPPRESS
     parser.add_argument(
-        "--retry-failed",
-        action="store_true",
+        "--id-column",
         default=S,
-        help="send again the rows this run has as failed; the results are rewritten",
+        metavar="NAME",
+        help=f"the conversation ID column (default {JOB_DEFAULTS['id_column']})",
     )
     parser.add_argument(
-        "--stop-after-failures",
-        type=_non_negative_int,
+        "--columns",
+        type=_argparse_type(parse_columns),
         default=S,
-        metavar="N",
-        help="stop (exit 3, resumable) after N rows in a row failed with the same "
-        f"non-retryable error code; 0: never (default {JOB_DEFAULTS['stop_after_failures']})",
+        metavar="A,B,...",
+        help="the metadata columns (default: every column but the ID column)",
+    )
+    parser.add_argument(
+        "--metadata-column",
+        default=S,
+        metavar="NAME",
+        help="instead: one column holding a JSON object of key/value pairs",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        default=S,
+        help="send every row, even those unchanged since the job last set them",
+    )
+    parser.add_argument(
+        "--since-state",
+        default=S,
+        metavar="PATH",
+        help="compare with the state in this store (another job's NAME.sqlite; with --state-url, "
+        "another job's name) instead of this job's own",
+    )
+    parser.add_argument(
+        "--delimiter",
+        default=S,
+        metavar="CHAR",
+        help="field separator of a text input (default: ',' for .csv, a tab for .tsv)",
     )
 
 
@@ -391,7 +442,7 @@ def _add_log_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _job_options(args: argparse.Namespace, validate: bool) -> tuple[JobConfig, dict[str, Any]]:
+def _job_options(args: argparse.Namespace, command: Command) -> tuple[JobConfig, dict[str, Any]]:
     """JobConfig from the job file, overridden by the flags given; plus the CLI's own settings."""
     from bulk_update.jobfile import load_job_file, split_cli_settings
 
@@ -400,8 +451,17 @@ def _job_options(args: argparse.Namespace, validate: bool) -> tuple[JobConfig, d
         options.setdefault("job_name", Path(args.job).stem)
     given = {k: v for k, v in vars(args).items() if k not in {"command", "job", "handler"}}
     options.update(given)
-    if validate:
+    if command == "validate":
         options["dry_run"] = True
+    if command == "revert":
+        options["revert"] = True
+        options["check_server"] = bool(options.get("dry_run"))
+        results = options.get("input")
+        if isinstance(results, str) and not is_remote(results):
+            # The reverted run's job, as the run named it by default (from its results path),
+            # and its store beside those results: the revert is a run of that job.
+            options.setdefault("job_name", job_name_from(results))
+            options.setdefault("state_dir", str(Path(results).parent))
     source = args.job or "options"
     cli = split_cli_settings(options, source)
     return JobConfig.from_options(options, source=source), cli
@@ -471,10 +531,10 @@ class _ProgressLog:
         pass
 
 
-def _run(args: argparse.Namespace, *, validate: bool) -> int:
+def _run(args: argparse.Namespace, *, command: Command) -> int:
     from bulk_update import logs
 
-    config, cli = _job_options(args, validate)
+    config, cli = _job_options(args, command)
     quiet = bool(cli.get("quiet"))
     log_file = cli.get("log_file")
     try:
@@ -522,6 +582,14 @@ example:
 {EXIT_CODES_HELP}"""
 
 
+REVERT_EPILOG = f"""example:
+  bulk-update run exports/fix.csv --output out/fix.parquet --backup
+  bulk-update revert out/fix.parquet --output out/fix-revert.parquet --dry-run
+  bulk-update revert out/fix.parquet --output out/fix-revert.parquet
+
+{EXIT_CODES_HELP}"""
+
+
 def _subcommand(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, **kwargs: Any
 ) -> argparse.ArgumentParser:
@@ -547,19 +615,36 @@ def build_parser() -> argparse.ArgumentParser:
         "the rows changed since the job last set them. The API key comes from $OPENAI_API_KEY.",
         epilog=RUN_EPILOG,
     )
-    _add_job_options(run, validate=False)
+    _add_job_options(run, "run")
     _add_log_options(run)
-    run.set_defaults(handler=partial(_run, validate=False))
+    run.set_defaults(handler=partial(_run, command="run"))
     validate = _subcommand(
         commands,
         "validate",
         help="validate and plan only (= run --dry-run): send nothing",
-        description="Read, validate and plan every row; send nothing; need no API key.",
+        description="Read, validate and plan every row; send nothing; need no API key. With "
+        "--check-server, also read each valid row's conversation (GET only, with the API key): "
+        "what the server holds decides.",
         epilog=VALIDATE_EPILOG,
     )
-    _add_job_options(validate, validate=True)
+    _add_job_options(validate, "validate")
     _add_log_options(validate)
-    validate.set_defaults(handler=partial(_run, validate=True))
+    validate.set_defaults(handler=partial(_run, command="validate"))
+    revert = _subcommand(
+        commands,
+        "revert",
+        help="undo a --backup run, never over others' changes",
+        description="Put back what a run with --backup changed, from its results file: each "
+        "updated row's keys go back to their before-image values. A key changed on the server "
+        "since the run is left alone (the row is invalid, drifted) unless --force. Keys the run "
+        "added cannot be removed through the API: the summary names them. A revert is a run of "
+        "the same job (its store beside RESULTS, or give --job-name/--state-dir as the run had "
+        "them): journaled, resumable, rate limited.",
+        epilog=REVERT_EPILOG,
+    )
+    _add_job_options(revert, "revert")
+    _add_log_options(revert)
+    revert.set_defaults(handler=partial(_run, command="revert"))
     _add_emulator(commands)
     demo = _subcommand(
         commands,

@@ -120,6 +120,25 @@ class JobConfig:
     state_url: str | None = field(default=None, repr=False)
     # How long the store's database may stay away mid-run before the job stops (exit 3).
     store_timeout: float = DEFAULT_STORE_TIMEOUT_S
+    # Know the server before writing (``check.py``). --backup: read each conversation before
+    # its update, keep its before-image, skip rows it already holds, refuse rows that would
+    # exceed 16 merged pairs. check_server (validate --check-server): read, never update.
+    backup: bool = False
+    check_server: bool = False
+    # bulk-update revert: the input is a --backup run's results; put back what it changed.
+    revert: bool = False
+    force: bool = False  # revert keys someone changed since the run, too
+    blank_added_keys: bool = False  # revert: set the keys the run added to ""
+
+    @property
+    def reads_first(self) -> bool:
+        """Each row's conversation is read before anything is sent for it."""
+        return self.backup or self.check_server or self.revert
+
+    @property
+    def uses_job_state(self) -> bool:
+        """Rows are compared with the job's state of what it last set (not with the server)."""
+        return not (self.full or self.check_server or self.revert)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], *, source: str = "options") -> JobConfig:
@@ -214,6 +233,12 @@ class JobConfig:
             check_base_url(self.base_url)
         if self.state_url is not None:
             check_state_url(self.state_url)
+        if self.check_server and not self.dry_run:
+            raise ConfigError("--check-server is for a dry run (bulk-update validate)")
+        if self.revert and (self.columns is not None or self.metadata_column is not None):
+            raise ConfigError("revert reads the results' own columns: no --columns")
+        if (self.force or self.blank_added_keys) and not self.revert:
+            raise ConfigError("--force and --blank-added-keys are options of bulk-update revert")
 
     @property
     def shard_count(self) -> int:
@@ -249,8 +274,7 @@ class JobConfig:
         """--job-name, else the results file's name without its extension."""
         if self.job_name is not None:
             return self.job_name
-        stem = Path(urlsplit(self.output).path if is_remote(self.output) else self.output).stem
-        return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-")[:100] or "results"
+        return job_name_from(self.output)
 
     def resolved_state_url(self) -> str | None:
         """--state-url, else $BULK_UPDATE_STATE_URL (empty: none), checked."""
@@ -300,6 +324,12 @@ class JobConfig:
         for what, path in files:
             if not is_remote(path):
                 _check_writable(what, Path(path))
+
+
+def job_name_from(results: str) -> str:
+    """The job name a results path gives by default: its file name without the extension."""
+    stem = Path(urlsplit(results).path if is_remote(results) else results).stem
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-")[:100] or "results"
 
 
 def _check_writable(what: str, path: Path) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx2
 import polars as pl
 
 from bulk_update import emulator as emulators
@@ -43,6 +45,73 @@ def _edit_three_rows(source: str, target: Path) -> Path:
     return target
 
 
+NEW_KEYS = ("owner", "queue")
+FILLED_KEYS = 15
+
+
+def _check_new_keys(config: JobConfig, base_url: str) -> str:
+    """Before a change that adds keys: ``validate --check-server`` reads each conversation and
+    catches the one that would get a 17th key (another tool has filled it to 15), which the
+    API would refuse, and which no local check can see."""
+    frame = pl.read_csv(config.input, infer_schema=False)
+    ids = [i for i in frame.get_column("conversation_id").to_list() if i and i.startswith("conv_")]
+    chosen = ids[:3]
+    full = ids[0]
+    url = f"{base_url}/conversations/{full}"
+    stored = _api("GET", url)
+    extra = {f"crm_field_{n}": "x" for n in range(FILLED_KEYS - len(stored["metadata"]))}
+    _api("POST", url, {"metadata": extra})
+    target = Path(config.output).with_name("demo-new-keys.csv")
+    rows = "".join(
+        f"{i},{name},tier2\n" for i, name in zip(chosen, ("ana", "ben", "cy"), strict=True)
+    )
+    target.write_text("conversation_id," + ",".join(NEW_KEYS) + "\n" + rows)
+    output = str(Path(config.output).with_name("demo-check.csv"))
+    print(
+        f"\na change that adds two keys ({', '.join(NEW_KEYS)}) to 3 conversations, one of which "
+        f"another tool has filled to {FILLED_KEYS} keys: validate --check-server reads each one "
+        "first\n",
+        flush=True,
+    )
+    summary = run_job(
+        dataclasses.replace(
+            config,
+            input=str(target),
+            output=output,
+            errors_output=None,
+            dry_run=True,
+            check_server=True,
+            job_name="demo-check",
+        )
+    )
+    print(summary.line(), file=sys.stderr, flush=True)
+    checked = pl.read_csv(output, infer_schema=False)
+    for row in checked.iter_rows(named=True):
+        reason = f" {row['error_code']}: {row['error_message']}" if row["error_code"] else ""
+        print(f"  {row['conversation_id'][:16]}…  {row['status']}{reason}")
+    return output
+
+
+def _api(method: str, url: str, body: dict[str, object] | None = None) -> dict[str, Any]:
+    """One request to the demo's emulator, through its injected faults."""
+    for _ in range(20):
+        try:
+            response = httpx2.request(
+                method,
+                url,
+                json=body,
+                headers={"authorization": f"Bearer {DEMO_KEY}"},
+                timeout=30,
+            )
+        except httpx2.TransportError:
+            continue
+        if response.status_code < 500:
+            response.raise_for_status()
+            answer: dict[str, Any] = response.json()
+            return answer
+    raise RuntimeError(f"the demo's emulator did not answer {method} {url}")
+
+
 def run_demo(job_file: str = DEMO_JOB) -> int:
     missing = emulators.missing_dependency()
     if missing is not None:
@@ -75,7 +144,8 @@ def run_demo(job_file: str = DEMO_JOB) -> int:
         again = run_job(
             dataclasses.replace(config, input=str(edited), output=rerun, errors_output=None)
         )
-    print(again.line(), file=sys.stderr, flush=True)
+        print(again.line(), file=sys.stderr, flush=True)
+        check = _check_new_keys(config, emulator.base_url)
     results = pl.read_csv(config.output, infer_schema=False)
     retried = results.filter(pl.col("attempts").cast(pl.Int64) > 1)
     print(f"\nthe emulator answered: {stats['by_status']}")
@@ -86,5 +156,6 @@ def run_demo(job_file: str = DEMO_JOB) -> int:
         invalid = results.filter(pl.col("status") == "invalid")
         print(invalid.select("row_number", "conversation_id", "error_code", "error_message"))
     print(f"\nresults: {config.output}   rows to fix and feed back: {config.errors_output}")
+    print(f"the check against the server: {check}")
     # The sample holds invalid rows on purpose, so the job's exit code is 1; the demo worked.
     return 0 if summary.exit_code in (0, 1) else summary.exit_code

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import polars as pl
 
+from bulk_update import revert
 from bulk_update.breaker import FailureStreak
 from bulk_update.config import JobConfig
 from bulk_update.dryrun import dry_run
@@ -37,9 +41,10 @@ from bulk_update.plan import (
     valid_rows,
 )
 from bulk_update.read import ROW_NUMBER, InputTable, expand, file_fingerprint, open_input
+from bulk_update.readfirst import ReadFirst
 from bulk_update.send import Sender, SendSettings
 from bulk_update.stop import Stop
-from bulk_update.store import Journal, RunKey, open_store
+from bulk_update.store import Journal, RunKey, StoreLocation, open_store
 from bulk_update.summary import (
     JobSummary,
     Progress,
@@ -79,6 +84,8 @@ class _Tally:
         self.sent = 0  # rows sent by this invocation
         self.resumed = 0  # rows finished by earlier invocations of the run
         self.requests: Callable[[], int] = lambda: 0
+        # Per key, the conversations given a key they did not have (or, in a check, would be).
+        self.added: Counter[str] = Counter()
         self._last_report = 0.0
 
     def add(self, status: Status, count: int = 1) -> None:
@@ -124,8 +131,12 @@ async def planned_batches(
     Stops early when the job stops or --limit is reached: rows never read end in the results
     as ``unprocessed`` (see write.results_between).
     """
-    duplicates = await asyncio.to_thread(find_duplicates, table)
-    batches = table.batches(config.batch_rows)
+    if config.revert:
+        duplicates = None
+        batches = revert.batches(table, config.batch_rows)
+    else:
+        duplicates = await asyncio.to_thread(find_duplicates, table)
+        batches = table.batches(config.batch_rows)
     valid_seen = 0
     limit = config.limit
     while not stop.is_set and (limit is None or valid_seen < limit):
@@ -141,23 +152,43 @@ async def planned_batches(
         if sum(done.values()) == batch.height and limit is None:
             continue  # resuming: this whole batch is done, no need to plan it
         finished = journal.finished_between(first, last) if done else {}
-        plan = await asyncio.to_thread(plan_frame, table, batch, duplicates)
-        if not config.full:
-            plan = mark_unchanged(plan, journal.changed_rows(valid_rows(plan)))
+        if duplicates is None:
+            candidates, invalid, unchanged = await asyncio.to_thread(_plan_revert, config, batch)
+        else:
+            plan = await asyncio.to_thread(plan_frame, table, batch, duplicates)
+            if config.uses_job_state:
+                plan = mark_unchanged(plan, journal.changed_rows(valid_rows(plan)))
+            candidates, invalid = updates(plan), invalid_outcomes(plan)
+            unchanged = unchanged_rows(plan)
+        keeps_images = config.reads_first and not config.dry_run
+        images = journal.before_images_between(first, last) if keeps_images else {}
         to_send: list[PlannedUpdate] = []
-        for update in updates(plan):
+        for update in candidates:
             valid_seen += 1
             if limit is not None and valid_seen > limit:
                 break
             if update.row_number not in finished:
+                previous = images.get(update.row_number)
+                if previous is not None:
+                    update = dataclasses.replace(update, previous=previous)
                 to_send.append(update)
-        invalid = [o for o in invalid_outcomes(plan) if o.row_number not in finished]
-        unchanged = unchanged_rows(plan)
+        invalid = [o for o in invalid if o.row_number not in finished]
         if finished:
             done_rows = pl.Series(list(finished), dtype=unchanged.schema[ROW_NUMBER])
             unchanged = unchanged.filter(~pl.col(ROW_NUMBER).is_in(done_rows.implode()))
         known = journal.entries_among([u.conversation_id for u in to_send]) if to_send else set()
         yield _Batch(to_send, invalid, unchanged, known)
+
+
+def _plan_revert(
+    config: JobConfig, batch: pl.DataFrame
+) -> tuple[list[PlannedUpdate], list[RowOutcome], pl.DataFrame]:
+    plan = revert.plan_batch(batch, blank_added_keys=config.blank_added_keys)
+    to_send = [
+        PlannedUpdate(number, conversation_id, target, expect=expect)
+        for number, conversation_id, target, expect in plan.to_send
+    ]
+    return to_send, plan.invalid, plan.unchanged
 
 
 class Pipeline:
@@ -191,6 +222,9 @@ class Pipeline:
         self.workers: list[asyncio.Task[None]] = []
         self.known: set[str] = set()  # queued conversations with a state entry
         self.streak = FailureStreak(config.stop_after_failures)
+        self.read_first = (
+            ReadFirst(write=not config.dry_run, force=config.force) if config.reads_first else None
+        )
 
     def halt(self, *, wake_workers: bool = True) -> None:
         """Drop the queued rows (they stay unprocessed) and, unless they are being cancelled,
@@ -215,7 +249,10 @@ class Pipeline:
             if update.conversation_id in self.known:
                 self.known.discard(update.conversation_id)
                 await journal.forget(update.conversation_id)
-            sent = await self.sender.send(update)
+            if self.read_first is not None:
+                sent = await self.read_first.handle(update, self.sender, journal, tally.added)
+            else:
+                sent = await self.sender.send(update)
             outcome = sent.outcome
             tally.sent += 1
             await journal.record(outcome)
@@ -346,16 +383,23 @@ async def run_job_async(
     """The job, for callers that already run an event loop. See ``run_job``."""
     started = time.monotonic()
     config.check_paths(expand(config.input))
-    table = open_input(
-        config.input,
-        id_column=config.id_column,
-        columns=config.columns,
-        metadata_column=config.metadata_column,
-        shard=config.shard,
-        storage_options=config.storage(),
-        delimiter=config.delimiter,
-    )
-    if config.dry_run:
+    kept: dict[str, int] = {}
+    if config.revert:
+        table = await asyncio.to_thread(revert.open_results, config.input, config.storage())
+        kept = await asyncio.to_thread(
+            revert.kept_keys, table, config.batch_rows, blank_added_keys=config.blank_added_keys
+        )
+    else:
+        table = open_input(
+            config.input,
+            id_column=config.id_column,
+            columns=config.columns,
+            metadata_column=config.metadata_column,
+            shard=config.shard,
+            storage_options=config.storage(),
+            delimiter=config.delimiter,
+        )
+    if config.dry_run and not config.check_server:
         return await asyncio.to_thread(dry_run, config, table, progress, started)
     settings = SendSettings.from_config(config)
     total = await asyncio.to_thread(table.check_readable)
@@ -368,10 +412,36 @@ async def run_job_async(
             job_name,
             extra={"event": "shard_without_job_name", "job_name": job_name},
         )
+    with contextlib.ExitStack() as scratch:
+        if config.check_server:
+            # A check writes nothing of the job's: its outcomes go to a scratch store.
+            directory = scratch.enter_context(tempfile.TemporaryDirectory(prefix="bulk-update-"))
+            location = StoreLocation(Path(directory) / "check.sqlite")
+        else:
+            location = config.store_location()
+        summary = await _run_with_store(
+            config, table, location, job_name, total, settings, kept, progress, transport, started
+        )
+    summary.log()
+    return summary
+
+
+async def _run_with_store(
+    config: JobConfig,
+    table: InputTable,
+    location: StoreLocation,
+    job_name: str,
+    total: int,
+    settings: SendSettings,
+    kept: dict[str, int],
+    progress: ProgressCallback | None,
+    transport: httpx2.AsyncBaseTransport | None,
+    started: float,
+) -> JobSummary:
     key = RunKey(job_name, config.output, config.shard)
     stop = Stop()
     with (
-        open_store(config.store_location()) as store,
+        open_store(location) as store,
         contextlib.closing(
             store.open_run(
                 key,
@@ -379,7 +449,7 @@ async def run_job_async(
                 run_options(config),
                 restart=config.restart,
                 retry_failed=config.retry_failed,
-                since=config.since_state,
+                since=None if config.check_server else config.since_state,
             )
         ) as journal,
         # Shards share the job's rate budget; a whole-input run is alone (its lock excludes
@@ -392,13 +462,16 @@ async def run_job_async(
                 "event": "start",
                 "input": config.input,
                 "rows": total,
-                "dry_run": False,
+                "dry_run": config.dry_run,
                 "job_name": job_name,
-                "store": store.where,
+                "store": None if config.check_server else store.where,
                 "run_id": journal.run_id,
                 "state_entries": journal.state_entries(),
                 "since_state": config.since_state,
                 "full": config.full,
+                "backup": config.backup,
+                "check_server": config.check_server,
+                "revert": config.revert,
             },
         )
         tally = _Tally(total, progress)
@@ -413,7 +486,7 @@ async def run_job_async(
             tally.requests = lambda: sender.requests_sent
             pipeline = Pipeline(config, table, journal, sender, tally, stop)
             await _send_all(pipeline, config.drain_timeout)
-            requests = sender.requests_sent
+            requests, reads = sender.requests_sent, sender.reads_sent
         try:
             counts, exit_code = await _finish(config, table, journal, total, stop)
         except StoreUnavailable as exc:
@@ -429,23 +502,25 @@ async def run_job_async(
             exit_code = exit_code_for(counts, stop)
         tally.counts = Counter(counts)
         tally.report(force=True)
-        summary = JobSummary(
+        return JobSummary(
             counts=counts,
             total_rows=total,
             requests_sent=requests,
             elapsed_s=time.monotonic() - started,
             output=config.output,
             errors_output=config.errors_output,
-            store=store.where,
+            store=None if config.check_server else store.where,
             exit_code=exit_code,
             fatal_error=str(stop.fatal) if stop.fatal else None,
             sent_this_run=tally.sent,
             stopped_by=stop.signal.name if stop.signal else None,
             job_name=job_name,
             warnings=warnings_for(total),
+            dry_run=config.dry_run,
+            reads_sent=reads,
+            added_keys=dict(tally.added.most_common()),
+            kept_keys=kept,
         )
-    summary.log()
-    return summary
 
 
 @contextlib.contextmanager

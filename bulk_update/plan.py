@@ -61,6 +61,11 @@ class PlannedUpdate:
     row_number: int
     conversation_id: str
     sent_metadata: str
+    # A revert's guard: what the reverted run set for these keys (JSON object); a key whose
+    # server value is neither this nor the value to put back has drifted.
+    expect: str | None = None
+    # With --backup: the before-image an earlier invocation kept before it sent this row.
+    previous: str | None = None
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -85,7 +90,7 @@ def encode_metadata(metadata: Mapping[str, str]) -> str:
     return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
 
 
-def _clip(text: str, limit: int = CLIP_CHARS) -> str:
+def clip(text: str, limit: int = CLIP_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -97,7 +102,7 @@ def check_id(raw: object) -> str:
     if len(conversation_id) > MAX_ID_CHARS:
         raise _Invalid("invalid_id", MSG_ID_TOO_LONG.format(len(conversation_id)))
     if not ID_PATTERN.fullmatch(conversation_id):
-        raise _Invalid("invalid_id", MSG_ID_PATTERN.format(_clip(conversation_id)))
+        raise _Invalid("invalid_id", MSG_ID_PATTERN.format(clip(conversation_id)))
     return conversation_id
 
 
@@ -141,7 +146,7 @@ def check_pairs(pairs: Iterable[tuple[str, object]]) -> dict[str, str]:
         if not key:
             raise _Invalid("invalid_key", MSG_KEY_EMPTY)
         if len(key) > MAX_KEY_CHARS:
-            raise _Invalid("key_too_long", MSG_KEY_TOO_LONG.format(_clip(key), len(key)))
+            raise _Invalid("key_too_long", MSG_KEY_TOO_LONG.format(clip(key), len(key)))
         if len(value) > MAX_VALUE_CHARS:
             raise _Invalid("value_too_long", MSG_VALUE_TOO_LONG.format(key, len(value)))
         metadata[key] = value
@@ -338,7 +343,7 @@ def _plan_exprs(table: InputTable, schema: pl.Schema, with_duplicates: bool) -> 
         if not name:
             checks.append((text.is_not_null(), "invalid_key", pl.lit(MSG_KEY_EMPTY)))
         elif len(name) > MAX_KEY_CHARS:
-            too_long = MSG_KEY_TOO_LONG.format(_clip(name), len(name))
+            too_long = MSG_KEY_TOO_LONG.format(clip(name), len(name))
             checks.append((text.is_not_null(), "key_too_long", pl.lit(too_long)))
         length = text.str.len_chars()
         value_too_long = pl.format(MSG_VALUE_TOO_LONG, pl.lit(name), length)

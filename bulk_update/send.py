@@ -12,6 +12,7 @@ pool's size. The clock, sleep, randomness and transport are injected for tests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from tenacity import AsyncRetrying, retry_if_result
 
 from bulk_update._version import __version__
 from bulk_update.breaker import CircuitBreaker
+from bulk_update.check import NOT_FOUND
 from bulk_update.config import JobConfig
 from bulk_update.exceptions import ConfigError, FatalApiError
 from bulk_update.outcome import RowOutcome, Status
@@ -100,6 +102,19 @@ class SendSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Read:
+    """A conversation read before its update: ``metadata``, the server's map (JSON text), or
+    ``failed``, the row's outcome when it could not be read (and the job's stop, if fatal)."""
+
+    attempts: int
+    http_status: int | None
+    request_id: str | None
+    created_at: int | None = None
+    metadata: str | None = None
+    failed: Sent | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Sent:
     """A row's outcome, and the error that stops the job if its answer was fatal."""
 
@@ -138,6 +153,7 @@ class Sender:
         # Why the API looked down, the last time it did: named by the breaker's log and stop.
         self.down_cause = ""
         self.requests_sent = 0
+        self.reads_sent = 0  # of requests_sent: reads of a conversation before its update
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._jitter = jitter
@@ -173,7 +189,7 @@ class Sender:
     ) -> None:
         await self._client.__aexit__(exc_type, exc, tb)
 
-    async def _request(self, update: PlannedUpdate, body: bytes) -> Answer:
+    async def _request(self, method: str, path: str, body: bytes | None) -> Answer:
         await self.limiter.acquire()
         if self.breaker.is_open:
             # While the API looks down, one request at a time: each one a probe, spaced by the
@@ -181,11 +197,8 @@ class Sender:
             async with self._probe:
                 if self.breaker.is_open:
                     await self.limiter.acquire()
-                return await self._post(update, body)
-        return await self._post(update, body)
-
-    async def _post(self, update: PlannedUpdate, body: bytes) -> Answer:
-        return await self._exchange("POST", _path(update.conversation_id), body)
+                return await self._exchange(method, path, body)
+        return await self._exchange(method, path, body)
 
     async def _exchange(self, method: str, path: str, body: bytes | None = None) -> Answer:
         self.requests_sent += 1
@@ -213,7 +226,40 @@ class Sender:
         )
 
     async def send(self, update: PlannedUpdate) -> Sent:
-        body = update.body()
+        """Update the row's conversation (retried, rate limited); its outcome."""
+        last = await self._call("POST", update.conversation_id, update.body())
+        return self._outcome(update, last)
+
+    async def read(self, update: PlannedUpdate) -> Read:
+        """Read the row's conversation before its update (retried, rate limited, as an update):
+        the server's map, or the row's outcome if it cannot be read (404: ``not_found``)."""
+        last = await self._call("GET", update.conversation_id, None)
+        self.reads_sent += last.requests
+        headers = last.answer.headers or {}
+        conversation = last.verdict.conversation
+        if last.verdict.action is Action.DONE and conversation is not None:
+            created_at = conversation.get("created_at")
+            return Read(
+                attempts=last.requests,
+                http_status=last.answer.http_status,
+                request_id=headers.get("x-request-id"),
+                created_at=created_at if isinstance(created_at, int) else None,
+                metadata=_json_text(conversation.get("metadata") or {}),
+            )
+        sent = self._outcome(update, last)
+        if last.answer.http_status == 404 and sent.outcome.status is Status.FAILED:
+            sent = Sent(dataclasses.replace(sent.outcome, error_code=NOT_FOUND))
+        return Read(
+            attempts=last.requests,
+            http_status=last.answer.http_status,
+            request_id=headers.get("x-request-id"),
+            failed=sent,
+        )
+
+    async def _call(self, method: str, conversation_id: str, body: bytes | None) -> Attempt:
+        """One request for a row, retried (transient failures, 429s) until it is done, failed,
+        or the job stops; the last attempt."""
+        path = _path(conversation_id)
         tally = {"requests": 0, "failures": 0, "rate_limited": 0}
 
         def tried(answer: Answer, verdict: Verdict, fatal: FatalApiError | None = None) -> Attempt:
@@ -221,8 +267,8 @@ class Sender:
                            tally["rate_limited"], fatal)  # fmt: skip
 
         async def attempt() -> Attempt:
-            answer = await self._request(update, body)
-            verdict = classify(answer, self._wall_clock(), update.conversation_id)
+            answer = await self._request(method, path, body)
+            verdict = classify(answer, self._wall_clock(), conversation_id)
             tally["requests"] += 1
             if verdict.action is Action.RATE_LIMITED:
                 tally["rate_limited"] += 1
@@ -257,7 +303,7 @@ class Sender:
             reraise=True,
         )
         last: Attempt = await retrying(attempt)
-        return self._outcome(update, last)
+        return last
 
     async def preflight(self, conversation_id: str) -> FatalApiError | None:
         """Before the first update: one GET of a conversation the job will update, to check the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bulk_update.exitcodes import ExitCode
@@ -12,6 +12,8 @@ from bulk_update.outcome import ROW_FAILURES, Status
 from bulk_update.stop import Stop
 
 log = logging.getLogger("bulk_update")
+# Keys named in the one-line summary at most (the log names them all).
+KEY_NOTES_SHOWN = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,11 @@ class JobSummary:
     stopped_by: str | None = None  # SIGTERM or SIGINT
     job_name: str | None = None
     warnings: tuple[str, ...] = ()  # said in the summary; they do not change the exit code
+    reads_sent: int = 0  # of requests_sent: conversations read before their update
+    # Per key: the conversations this run gave a key they did not have (a check: would give).
+    added_keys: dict[str, int] = field(default_factory=dict)
+    # A revert: per key the reverted run added, the conversations it stays on.
+    kept_keys: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -71,15 +78,35 @@ class JobSummary:
             "stopped_by": self.stopped_by,
             "job_name": self.job_name,
             "warnings": list(self.warnings),
+            "reads_sent": self.reads_sent,
+            "added_keys": dict(self.added_keys),
+            "kept_keys": dict(self.kept_keys),
         }
+
+    def key_notes(self) -> list[str]:
+        """What the run did (or would do) to the conversations' set of keys, per key: keys
+        cannot be removed through the API, so a key added by mistake is there for good."""
+        verb = "would add" if self.dry_run else "added"
+        notes = [
+            f"{verb} key '{key}' to {count} conversation{'s' if count != 1 else ''}; keys cannot "
+            "be removed"
+            for key, count in self.added_keys.items()
+        ]
+        notes += [
+            f"key '{key}' stays on {count} conversation{'s' if count != 1 else ''} (the run "
+            "added it; keys cannot be removed; --blank-added-keys sets it to '')"
+            for key, count in self.kept_keys.items()
+        ]
+        return notes
 
     def line(self) -> str:
         """The one-line summary that ends every run on stderr."""
         order = [s.value for s in Status]
         counts = " ".join(f"{s}={self.counts[s]}" for s in order if self.counts.get(s))
+        reads = f" ({self.reads_sent} reads)" if self.reads_sent else ""
         text = (
             f"bulk-update: {self.total_rows} rows: {counts or 'none'}; "
-            f"{self.requests_sent} requests, {self.rows_per_s:.1f} rows/s, "
+            f"{self.requests_sent} requests{reads}, {self.rows_per_s:.1f} rows/s, "
             f"{self.elapsed_s:.1f}s; exit {int(self.exit_code)}"
         )
         if self.dry_run:
@@ -88,11 +115,32 @@ class JobSummary:
             text += f"; stopped: {self.fatal_error}"
         if self.stopped_by:
             text += f"; stopped by {self.stopped_by} (re-run the same command to resume)"
+        notes = self.key_notes()
+        for note in notes[:KEY_NOTES_SHOWN]:
+            text += f"; {note}"
+        if len(notes) > KEY_NOTES_SHOWN:
+            text += f"; and {len(notes) - KEY_NOTES_SHOWN} more keys (see the log)"
         for warning in self.warnings:
             text += f"; warning: {warning}"
         return text
 
     def log(self) -> None:
+        for key, count in self.added_keys.items():
+            log.info(
+                "%s key '%s' to %d conversations; keys cannot be removed",
+                "would add" if self.dry_run else "added",
+                key,
+                count,
+                extra={"event": "adds_key", "key": key, "conversations": count},
+            )
+        for key, count in self.kept_keys.items():
+            log.warning(
+                "key '%s' stays on %d conversations: the reverted run added it, and keys cannot "
+                "be removed (--blank-added-keys sets it to '')",
+                key,
+                count,
+                extra={"event": "kept_key", "key": key, "conversations": count},
+            )
         for warning in self.warnings:
             log.warning("%s", warning, extra={"event": "warning"})
         log.info("job finished", extra={"event": "finish", **self.as_dict()})

@@ -1,5 +1,6 @@
 """`make demo` (`bulk-update demo`) shows what it says, on a fresh checkout: every row sent,
-then the next night's export with three rows edited, of which only those three are sent."""
+then the next night's export with three rows edited, of which only those three are sent, then a
+--check-server validate catching a conversation that would get a 17th key."""
 
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ def test_the_demo_sends_only_what_changed_on_its_second_run(tmp_path: Path) -> N
     done = cli("demo", cwd=tmp_path, key=None)  # the demo brings its own key
     assert done.returncode == 0, done.stdout + done.stderr
     summaries = [line for line in done.stderr.splitlines() if line.startswith("bulk-update: ")]
-    assert len(summaries) == 2, done.stderr
+    assert len(summaries) == 3, done.stderr
     assert "updated=294 invalid=6" in summaries[0]
     assert "updated=3 unchanged=291 invalid=6" in summaries[1]
+    assert "invalid=1 planned=2" in summaries[2]
+    assert "would add key 'owner' to 2 conversations; keys cannot be removed" in summaries[2]
+    assert "the server holds 15 keys; with this row's 2 new keys it would hold 17" in done.stdout
     sent = re.search(r"; (\d+) requests", summaries[1])
     assert sent is not None
     assert int(sent.group(1)) <= 3 + 1 + 3  # the three, the preflight, a few fault retries

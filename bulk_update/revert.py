@@ -1,0 +1,173 @@
+"""Revert: from the results of a ``--backup`` run, the updates that put back what it changed.
+
+The input is that run's results file. Each ``updated`` row with a before-image
+(``previous_metadata``) becomes an update of the keys the run set (``sent_metadata``) back to
+their before-image values, guarded by what the run set (``PlannedUpdate.expect``): at send time
+the conversation is read, and a key someone changed since is left alone (``check.judge``).
+Keys the run added (absent from the before-image) cannot be removed through the API: they stay,
+and are counted, unless ``--blank-added-keys`` sets them to the empty string. Every other row
+has nothing to revert: ``unchanged``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import polars as pl
+
+from bulk_update.check import parse_map
+from bulk_update.exceptions import InputError
+from bulk_update.outcome import RowOutcome, Status
+from bulk_update.read import ROW_NUMBER, InputTable, open_input
+
+ID = "conversation_id"
+STATUS = "status"
+SENT = "sent_metadata"
+PREVIOUS = "previous_metadata"
+COLUMNS = (ID, STATUS, SENT, PREVIOUS)
+NO_BEFORE_IMAGE = "no_before_image"
+
+
+@dataclass(frozen=True, slots=True)
+class RevertRow:
+    """One updated row's revert: ``target`` the map to send, ``expect`` what the run set for
+    those keys, ``kept`` the keys the run added that stay."""
+
+    target: dict[str, str]
+    expect: dict[str, str]
+    kept: list[str]
+
+
+def open_results(path: str, storage_options: dict[str, str] | None = None) -> InputTable:
+    """The results file of a --backup run, as the revert's input; InputError (exit 2, nothing
+    sent) for anything else."""
+    try:
+        table = open_input(path, id_column=ID, storage_options=storage_options)
+    except InputError as exc:
+        if f"no ID column {ID!r}" not in str(exc):
+            raise
+        raise InputError(path, f"not a results file of bulk-update (no {ID} column)") from None
+    _check_results(table)
+    return table
+
+
+def _check_results(table: InputTable) -> None:
+    missing = [name for name in COLUMNS if name not in table.schema.names()]
+    if missing:
+        raise InputError(
+            table.path,
+            f"not a results file of bulk-update (no {', '.join(missing)} column)"
+            if missing != [PREVIOUS]
+            else "no before-images (previous_metadata): revert needs the results of a run "
+            "with --backup",
+        )
+    updated = pl.col(STATUS) == Status.UPDATED.value
+    found = (
+        table.scan()
+        .select(
+            updated.sum().alias("updated"),
+            (updated & pl.col(PREVIOUS).is_not_null()).sum().alias("imaged"),
+        )
+        .collect()
+    )
+    if found.item(0, "updated") and not found.item(0, "imaged"):
+        raise InputError(
+            table.path,
+            "no before-images (previous_metadata is empty on every updated row): revert needs "
+            "the results of a run with --backup",
+        )
+
+
+def revert_row(sent: str, previous: str, *, blank_added_keys: bool) -> RevertRow:
+    """What putting back one updated row means."""
+    set_by_run, before = parse_map(sent), parse_map(previous)
+    target: dict[str, str] = {}
+    kept: list[str] = []
+    for key, value in set_by_run.items():
+        if key in before:
+            if before[key] != value:
+                target[key] = before[key]
+        elif blank_added_keys:
+            if value != "":
+                target[key] = ""
+        else:
+            kept.append(key)
+    return RevertRow(target, {key: set_by_run[key] for key in target}, kept)
+
+
+def batches(table: InputTable, rows: int) -> Iterator[pl.DataFrame]:
+    """The results' row number, ID, status, sent and previous metadata, ``rows`` at a time."""
+    frame = table.scan().select(
+        ROW_NUMBER,
+        pl.col(ID).cast(pl.String).str.strip_chars(),
+        *(pl.col(name).cast(pl.String) for name in (STATUS, SENT, PREVIOUS)),
+    )
+    try:
+        yield from frame.collect_batches(chunk_size=rows)
+    except pl.exceptions.PolarsError as exc:
+        raise table.read_error(exc) from None
+
+
+@dataclass(frozen=True, slots=True)
+class RevertPlan:
+    """One batch's revert: rows to send (row number, ID, target, expect), rows that cannot be
+    reverted (invalid), and rows with nothing to revert (unchanged)."""
+
+    to_send: list[tuple[int, str, str, str]]
+    invalid: list[RowOutcome]
+    unchanged: pl.DataFrame  # ROW_NUMBER, conversation_id, sent_metadata
+
+
+def plan_batch(batch: pl.DataFrame, *, blank_added_keys: bool) -> RevertPlan:
+    to_send: list[tuple[int, str, str, str]] = []
+    invalid: list[RowOutcome] = []
+    nothing: list[int] = []
+    for number, conversation_id, status, sent, previous in batch.iter_rows():
+        if status != Status.UPDATED.value or not sent:
+            nothing.append(number)
+            continue
+        if previous is None:
+            invalid.append(
+                RowOutcome(
+                    row_number=number,
+                    conversation_id=conversation_id,
+                    status=Status.INVALID,
+                    error_type="invalid_input",
+                    error_code=NO_BEFORE_IMAGE,
+                    error_message="the run kept no before-image of this row (sent without "
+                    "--backup): nothing to put back",
+                    sent_metadata=sent,
+                )
+            )
+            continue
+        row = revert_row(sent, previous, blank_added_keys=blank_added_keys)
+        if not row.target:
+            nothing.append(number)
+            continue
+        to_send.append((number, conversation_id, _text(row.target), _text(row.expect)))
+    unchanged = batch.filter(pl.col(ROW_NUMBER).is_in(nothing)).select(
+        ROW_NUMBER, ID, pl.lit(None, dtype=pl.String).alias(SENT)
+    )
+    return RevertPlan(to_send, invalid, unchanged)
+
+
+def kept_keys(table: InputTable, rows: int, *, blank_added_keys: bool) -> dict[str, int]:
+    """Per key the run added, on how many conversations it stays after the revert."""
+    kept: Counter[str] = Counter()
+    if blank_added_keys:
+        return {}
+    for batch in batches(table, rows):
+        updated = batch.filter(
+            (pl.col(STATUS) == Status.UPDATED.value) & pl.col(PREVIOUS).is_not_null()
+        )
+        for sent, previous in updated.select(SENT, PREVIOUS).iter_rows():
+            if sent:
+                kept.update(revert_row(sent, previous, blank_added_keys=False).kept)
+    return dict(kept.most_common())
+
+
+def _text(metadata: dict[str, str]) -> str:
+    return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,101 @@
+"""The pure rules of knowing the server (check.py) and of a revert (revert.py), and the
+stores' new columns (a store of the older layout is brought up to date)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bulk_update.check import judge, new_keys, replaced_keys
+from bulk_update.emulator.server import preload_from
+from bulk_update.outcome import RESULT_COLUMNS
+from bulk_update.revert import revert_row
+from bulk_update.store.sqlite import LAYOUT_VERSION, SQLiteStore
+
+FIFTEEN = {f"k{n}": "v" for n in range(15)}
+
+
+def test_the_sixteen_pair_budget_counts_only_new_keys() -> None:
+    assert judge({"owner": "a"}, FIFTEEN).action == "send"  # 15 + 1 = 16
+    two = judge({"owner": "a", "queue": "q"}, FIFTEEN)
+    assert (two.action, two.error_code) == ("invalid", "merged_too_many_pairs")
+    assert two.error_message == (
+        "the server holds 15 keys; with this row's 2 new keys it would hold 17; at most 16"
+    )
+    sixteen = {**FIFTEEN, "k15": "v"}
+    assert judge({"k0": "changed"}, sixteen).action == "send"  # no new key
+    one = judge({"new": "x"}, sixteen)
+    assert one.error_message == (
+        "the server holds 16 keys; with this row's 1 new key it would hold 17; at most 16"
+    )
+    assert new_keys({"k0": "v", "owner": "a"}, FIFTEEN) == ["owner"]
+
+
+def test_a_row_the_server_holds_is_unchanged_even_past_the_budget() -> None:
+    sixteen = {**FIFTEEN, "k15": "v"}
+    assert judge({"k3": "v", "k15": "v"}, sixteen).action == "unchanged"
+    assert judge({"k3": "other"}, sixteen).action == "send"
+
+
+def test_a_revert_leaves_a_drifted_key_alone_unless_forced() -> None:
+    expect = {"tier": "new"}  # what the run set
+    assert judge({"tier": "old"}, {"tier": "new"}, expect=expect).action == "send"
+    assert judge({"tier": "old"}, {"tier": "old"}, expect=expect).action == "unchanged"
+    drifted = judge({"tier": "old"}, {"tier": "gold"}, expect=expect)
+    assert (drifted.action, drifted.error_code) == ("invalid", "drifted")
+    assert "'tier' is 'gold' (the run set 'new')" in (drifted.error_message or "")
+    gone = judge({"tier": "old"}, {}, expect=expect)
+    assert "'tier' is absent" in (gone.error_message or "")
+    assert judge({"tier": "old"}, {"tier": "gold"}, expect=expect, force=True).action == "send"
+
+
+def test_a_replacing_server_is_recognised() -> None:
+    before = {"region": "eu", "tier": "old"}
+    assert replaced_keys(before, {"tier": "new"}, {"tier": "new"}) == ["region"]
+    assert replaced_keys(before, {"tier": "new"}, {"region": "eu", "tier": "new"}) == []
+
+
+@pytest.mark.parametrize(
+    ("sent", "previous", "blank", "target", "kept"),
+    [
+        ('{"tier":"new"}', '{"tier":"old"}', False, {"tier": "old"}, []),
+        ('{"tier":"new","owner":"o"}', '{"tier":"old"}', False, {"tier": "old"}, ["owner"]),
+        ('{"tier":"new","owner":"o"}', '{"tier":"old"}', True, {"tier": "old", "owner": ""}, []),
+        ('{"tier":"old"}', '{"tier":"old"}', False, {}, []),  # the run changed nothing
+        ('{"owner":""}', "{}", True, {}, []),  # blanking an empty value: nothing to do
+    ],
+)
+def test_what_a_revert_puts_back(
+    sent: str, previous: str, blank: bool, target: dict[str, str], kept: list[str]
+) -> None:
+    row = revert_row(sent, previous, blank_added_keys=blank)
+    assert (row.target, row.kept) == (target, kept)
+    assert set(row.expect) == set(row.target)
+
+
+def test_a_store_of_the_older_layout_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "job.sqlite"
+    with SQLiteStore.open(path):
+        pass
+    with sqlite3.connect(path) as db:  # as layout 2 left it
+        db.execute("DROP VIEW run_outcomes")
+        db.execute("ALTER TABLE outcomes DROP COLUMN previous_metadata")
+        db.execute("ALTER TABLE outcomes DROP COLUMN server_metadata")
+        db.execute("PRAGMA user_version=2")
+    with SQLiteStore.open(path):
+        pass
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT_VERSION
+        view = [row[1] for row in db.execute("PRAGMA table_info(run_outcomes)")]
+    assert view == ["run_id", *RESULT_COLUMNS]
+
+
+def test_the_emulator_preloads_metadata_from_a_json_column(tmp_path: Path) -> None:
+    path = tmp_path / "server.csv"
+    path.write_text('conversation_id,metadata\nconv_a,"{""owner"":""ana""}"\nconv_b,\n')
+    assert list(preload_from(str(path))) == [("conv_a", {"owner": "ana"}), ("conv_b", None)]
+    path.write_text("conversation_id,metadata\nconv_a,{not json\n")
+    with pytest.raises(ValueError, match="line 2: metadata is not JSON"):
+        list(preload_from(str(path)))
