@@ -162,8 +162,13 @@ class RateLimiter:
         try:
             interval = self.interval
             count = self._claim_size()
+            sent = self._clock()
             delay = await asyncio.to_thread(self._budget.claim, count, interval)
-            start = self._clock() + delay
+            # ``delay`` counts from the store's clock when the claim ran, somewhere in this
+            # round trip: the midpoint halves the error (on a loaded machine the way back, a
+            # thread's wake-up and the loop's, can take tens of ms; anchored at its end, the
+            # slots would land late, among the next claimer's).
+            start = (sent + self._clock()) / 2 + delay
             self._slots.extend(start + i * interval for i in range(count))
         finally:
             self._refill = None

@@ -243,7 +243,15 @@ def test_all_shards_together_never_exceed_the_rpm(
     assert last - first >= 12  # 8 shards at their shared R, not 8 R
     windows = [sum(seconds.get(s, 0) for s in range(t, t + 10)) for t in range(first, last - 8)]
     print(f"busiest 10 s: {max(windows)} requests (R allows {rpm // 6})")
-    assert max(windows) <= rpm // 6 + 1  # one slot's rounding at the window's edges
+    # The job's slots are at most R/6 in any 10 s of the shared timeline. What the server sees
+    # can hold a little more: a slot may be sent up to one interval late (a later one is
+    # dropped), a shard places its claimed slots on its own clock to within half the claim's
+    # round trip, and requests reach the server with the delivery jitter of a loaded machine
+    # (202 were seen once beside a CPU burner and a benchmark, when a claim's slots were
+    # anchored at the end of its round trip; 196-199 since they are anchored at its middle).
+    # Three requests (150 ms at R) cover the three; a shard that caught up in a burst would put
+    # tens more in one window.
+    assert max(windows) <= rpm // 6 + 3
 
 
 def test_the_password_is_never_shown(
