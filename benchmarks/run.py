@@ -4,7 +4,7 @@ Each benchmark starts its own emulator (a real server on loopback), generates it
 under benchmarks/data/ (git-ignored), and reports a ratio to a baseline measured in the same
 run, because absolute numbers vary between machines.
 
-    .venv/bin/python -m benchmarks.run                # all nine
+    .venv/bin/python -m benchmarks.run                # all ten
     .venv/bin/python -m benchmarks.run --only 1,3     # some
     .venv/bin/python -m benchmarks.run --quick        # smaller sizes (a smoke run)
 """
@@ -342,6 +342,54 @@ def state_bytes(quick: bool) -> list[Row]:
     return state_bytes(quick)
 
 
+def reading_first(quick: bool) -> list[Row]:
+    """What knowing the server costs: --backup (a read and an update a row, the before-image
+    committed first) and validate --check-server (a read a row) against a plain run, all at 64
+    in flight with no server limit; then --backup against a server limit of R, where the reads
+    must share the budget and the limiter must still ride it."""
+    rows = 4000 if quick else 20_000
+    source = make_input(rows, "readfirst")
+    rates: dict[str, float] = {}
+    for kind in ("plain", "backup", "check"):
+        with EmulatorProcess("--preload", str(rows)) as emu:
+            out = DATA / f"readfirst-{kind}.parquet"
+            command = "validate" if kind == "check" else "run"
+            extra = {"plain": ["--restart"], "backup": ["--restart", "--backup"],
+                     "check": ["--check-server"]}[kind]  # fmt: skip
+            seconds, _, done = timed(job(command, str(source), "--output", str(out),
+                                         "--base-url", emu.base_url, "--concurrency", "64",
+                                         "--rpm", "100000000", "--full", *extra))  # fmt: skip
+            stats = emu.stats()
+            want = 0 if kind == "check" else rows
+            assert updated(stats) == want, (kind, updated(stats), done.stderr[-500:])
+            rates[kind] = rows / seconds
+    server = 3000
+    limited_rows = 1000 if quick else 2000
+    with EmulatorProcess("--preload", str(limited_rows), "--rpm", str(server)) as emu:
+        source = make_input(limited_rows, "readfirst-limited")
+        out = DATA / "readfirst-limited.parquet"
+        timed(job("run", str(source), "--output", str(out), "--base-url", emu.base_url,
+                  "--rpm", str(server), "--concurrency", "32", "--restart", "--full",
+                  "--backup"))  # fmt: skip
+        stats = emu.stats(timeline=True)
+    answered = int(stats["by_status"].get("200", 0))
+    limited = int(stats["by_status"].get("429", 0))
+    span = stats["last_ok_s"] - stats["first_ok_s"]
+    rpm = (answered - 1) / span * 60 if span > 0 else 0.0
+    backup, check = rates["backup"] / rates["plain"], rates["check"] / rates["plain"]
+    return [
+        Row("10 --backup rows/s vs plain run (64 in flight)", f"{rates['backup']:.0f} rows/s",
+            f"{rates['plain']:.0f} rows/s", backup, ">= 0.45x", backup >= 0.45),
+        Row("10 --check-server rows/s vs plain run", f"{rates['check']:.0f} rows/s",
+            f"{rates['plain']:.0f} rows/s", check, ">= 0.8x", check >= 0.8),
+        Row("10 --backup at R: reads+updates vs R", f"{rpm:.0f} rpm", f"R = {server} rpm",
+            rpm / server, ">= 0.95x", rpm >= 0.95 * server),
+        Row("10 --backup at R: share answered 429", f"{limited / (answered + limited):.2%}",
+            "all requests", limited / (answered + limited), "<= 2 %",
+            limited / (answered + limited) <= 0.02),
+    ]  # fmt: skip
+
+
 BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "1": client_efficiency,
     "2": riding_the_limit,
@@ -352,6 +400,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "7": input_formats,
     "8": stores,
     "9": state_bytes,
+    "10": reading_first,
 }
 
 

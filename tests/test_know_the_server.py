@@ -138,7 +138,7 @@ def test_backup_keeps_before_images_and_revert_puts_them_back(
 ) -> None:
     server, source = backup_fixture(tmp_path)
     emu = start_emulator("--preload", str(tmp_path / "server.csv"))
-    url = ("--base-url", emu.base_url)
+    url = ("--base-url", emu.base_url, "--rpm", "1000000")
     results = tmp_path / "fix.parquet"
     done = cli("run", str(source), "--output", str(results), "--backup", "--concurrency", "4", *url)
     assert done.returncode == 1, done.stderr  # the 17th key and the unknown conversation
@@ -259,7 +259,7 @@ def test_backup_and_revert_killed_with_kill_9_resume_with_every_image(
     write_rows(source, ["conversation_id", "tier"], [[ID(i), "new"] for i in range(n)])
     emu = start_emulator("--preload", str(tmp_path / "server.csv"), "--latency-ms", "20")
     results = tmp_path / "out.csv"
-    common = ("--base-url", emu.base_url, "--concurrency", "8")
+    common = ("--base-url", emu.base_url, "--concurrency", "8", "--rpm", "1000000")
     args = (str(source), "--output", str(results), "--backup", *common)
     kills = kill_at_random_moments(emu, args, "run", 20261128)
     assert kills >= 2
