@@ -560,8 +560,9 @@ EXIT_CODES_HELP = """exit codes:
   0    every row updated or unchanged (rows left unprocessed by --limit are no failure)
   1    finished; some rows failed or invalid (see the results or --errors-output)
   2    bad usage, config, input or store, or another run holds the job: nothing sent
-  3    stopped: 401/403, insufficient_quota, the API down (circuit breaker), or
-       --stop-after-failures rows in a row failed alike; the rest unprocessed: re-run to resume
+  3    stopped: 401/403, insufficient_quota, the API down (circuit breaker),
+       --stop-after-failures rows in a row failed alike, or a server that replaced a map
+       (--backup); the rest unprocessed: re-run to resume
   130  stopped by SIGINT (Ctrl-C) / 143 by SIGTERM, after a drain: re-run to resume
   70   an internal error (a bug): the traceback is in the log; re-run to resume"""
 
