@@ -29,6 +29,9 @@ class EmulatorProcess:
         self.root_url = ""
         self._process: subprocess.Popen[str] | None = None
         self._stderr: IO[str] | None = None
+        # One keep-alive connection for the admin routes: a test that reads hundreds of
+        # conversations one by one would otherwise open (and wait for) a connection each time.
+        self._admin: httpx2.Client | None = None
 
     def start(self) -> EmulatorProcess:
         # stderr to a file, not a pipe: a pipe nobody reads would block a chatty server.
@@ -51,6 +54,9 @@ class EmulatorProcess:
         raise RuntimeError("emulator did not start in time")
 
     def stop(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
             try:
@@ -74,10 +80,12 @@ class EmulatorProcess:
     def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """GET (or POST ``body`` to) an ``/_emulator/...`` route and return its JSON."""
         url = f"{self.root_url}/_emulator/{path}"
+        if self._admin is None:
+            self._admin = httpx2.Client(timeout=30)
         if body is None:
-            response = httpx2.get(url, timeout=30)
+            response = self._admin.get(url)
         else:
-            response = httpx2.post(url, json=body, timeout=30)
+            response = self._admin.post(url, json=body)
         response.raise_for_status()
         return response.json()
 
