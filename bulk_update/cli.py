@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bulk_update._version import __version__
-from bulk_update.config import JobConfig, job_name_from, parse_columns, parse_shard
+from bulk_update.config import JobConfig, parse_columns, parse_shard
 from bulk_update.exceptions import BulkUpdateError, ConfigError, first_line
 from bulk_update.exitcodes import ExitCode
 from bulk_update.job import run_job
-from bulk_update.paths import is_remote
 from bulk_update.summary import Progress
 
 log = logging.getLogger("bulk_update")
@@ -456,12 +455,6 @@ def _job_options(args: argparse.Namespace, command: Command) -> tuple[JobConfig,
     if command == "revert":
         options["revert"] = True
         options["check_server"] = bool(options.get("dry_run"))
-        results = options.get("input")
-        if isinstance(results, str) and not is_remote(results):
-            # The reverted run's job, as the run named it by default (from its results path),
-            # and its store beside those results: the revert is a run of that job.
-            options.setdefault("job_name", job_name_from(results))
-            options.setdefault("state_dir", str(Path(results).parent))
     source = args.job or "options"
     cli = split_cli_settings(options, source)
     return JobConfig.from_options(options, source=source), cli

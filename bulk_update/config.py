@@ -237,6 +237,8 @@ class JobConfig:
             raise ConfigError("--check-server is for a dry run (bulk-update validate)")
         if self.revert and (self.columns is not None or self.metadata_column is not None):
             raise ConfigError("revert reads the results' own columns: no --columns")
+        if self.revert and self.shard is not None:
+            raise ConfigError("revert takes no --shard: it reverts every row of the results")
         if (self.force or self.blank_added_keys) and not self.revert:
             raise ConfigError("--force and --blank-added-keys are options of bulk-update revert")
 
@@ -274,7 +276,8 @@ class JobConfig:
         """--job-name, else the results file's name without its extension."""
         if self.job_name is not None:
             return self.job_name
-        return job_name_from(self.output)
+        # A revert is a run of the job it reverts: by default the one its results path names.
+        return job_name_from(self.input if self.revert else self.output)
 
     def resolved_state_url(self) -> str | None:
         """--state-url, else $BULK_UPDATE_STATE_URL (empty: none), checked."""
@@ -294,6 +297,8 @@ class JobConfig:
         ./.bulk_update."""
         if self.state_dir is not None:
             directory = Path(self.state_dir)
+        elif self.revert and not is_remote(self.input):
+            directory = Path(self.input).parent  # the reverted run's store, beside its results
         elif is_remote(self.output):
             directory = Path(".bulk_update")
         else:

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from bulk_update.check import judge, new_keys, replaced_keys
+from bulk_update.config import JobConfig
 from bulk_update.emulator.server import preload_from
+from bulk_update.exceptions import ConfigError
 from bulk_update.outcome import RESULT_COLUMNS
 from bulk_update.revert import revert_row
 from bulk_update.store.sqlite import LAYOUT_VERSION, SQLiteStore
@@ -73,6 +75,21 @@ def test_what_a_revert_puts_back(
     row = revert_row(sent, previous, blank_added_keys=blank)
     assert (row.target, row.kept) == (target, kept)
     assert set(row.expect) == set(row.target)
+
+
+def test_a_revert_is_a_run_of_the_job_it_reverts() -> None:
+    reverting = JobConfig(input="out/fix.parquet", output="undo/fix-undo.csv", revert=True)
+    assert reverting.resolved_job_name() == "fix"
+    assert reverting.store_path() == Path("out/fix.sqlite")
+    named = JobConfig(input="out/fix.parquet", output="u.csv", revert=True, job_name="nightly",
+                      state_dir="state")  # fmt: skip
+    assert named.store_path() == Path("state/nightly.sqlite")
+    with pytest.raises(ConfigError, match="no --shard"):
+        JobConfig(input="out/fix.parquet", output="u.csv", revert=True, shard=(0, 2))
+    with pytest.raises(ConfigError, match="--force and --blank-added-keys"):
+        JobConfig(input="in.csv", output="u.csv", force=True)
+    with pytest.raises(ConfigError, match="--check-server is for a dry run"):
+        JobConfig(input="in.csv", output="u.csv", check_server=True)
 
 
 def test_a_store_of_the_older_layout_gains_the_new_columns(tmp_path: Path) -> None:

@@ -82,10 +82,7 @@ class EmulatorProcess:
         url = f"{self.root_url}/_emulator/{path}"
         if self._admin is None:
             self._admin = httpx2.Client(timeout=30)
-        if body is None:
-            response = self._admin.get(url)
-        else:
-            response = self._admin.post(url, json=body)
+        response = self._admin.get(url) if body is None else self._admin.post(url, json=body)
         response.raise_for_status()
         return response.json()
 
