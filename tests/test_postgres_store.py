@@ -360,3 +360,33 @@ def test_without_psycopg_a_state_url_is_a_usage_error(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "pip install 'bulk-update[postgres]'" in done.stderr
     assert "Pw1" not in done.stderr
+
+
+def test_a_schema_of_the_older_layout_gains_the_new_columns(
+    postgres: PostgresServer, state_url: str
+) -> None:
+    """A database whose schema an older bulk-update made (layout 1: outcomes without the
+    before-image columns) is brought up to date by the next run, which can then keep images."""
+    from bulk_update.store import StoreLocation, open_store
+    from bulk_update.store.postgres import LAYOUT_VERSION
+
+    with open_store(StoreLocation(Path("unused"), state_url)):
+        pass
+    database = state_url.rsplit("/", 1)[1]
+    import psycopg
+
+    with psycopg.connect(state_url, autocommit=True) as conn:  # as layout 1 left it
+        conn.execute("ALTER TABLE bulk_update.outcomes DROP COLUMN previous_metadata, "
+                     "DROP COLUMN server_metadata")  # fmt: skip
+        conn.execute("UPDATE bulk_update.layout SET version = 1")
+    with open_store(StoreLocation(Path("unused"), state_url)):
+        pass
+    assert postgres.query(database, "SELECT version FROM bulk_update.layout") == [(LAYOUT_VERSION,)]
+    columns = postgres.query(
+        database,
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'bulk_update' "
+        "AND table_name = 'outcomes' AND column_name LIKE '%%metadata' ORDER BY 1",
+    )
+    assert columns == [
+        ("metadata",), ("previous_metadata",), ("sent_metadata",), ("server_metadata",)
+    ]  # fmt: skip
