@@ -543,6 +543,26 @@ def _run(args: argparse.Namespace, *, command: Command) -> int:
     return summary.exit_code
 
 
+def _run_history(args: argparse.Namespace) -> int:
+    from bulk_update import history
+
+    location = history.job_location(args.job, args.state_dir, args.state_url)
+    records = history.runs(args.job, location)
+    if args.json:
+        print(history.as_json(records))
+    elif sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*history.COLUMNS, title=f"job {args.job}: {len(records)} runs")
+        for row in history.rows(records):
+            table.add_row(*row)
+        Console().print(table)
+    else:
+        print(history.as_text(records))
+    return ExitCode.OK
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from bulk_update.demo import run_demo
 
@@ -639,6 +659,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(revert, "revert")
     _add_log_options(revert)
     revert.set_defaults(handler=partial(_run, command="revert"))
+    history = _subcommand(
+        commands,
+        "history",
+        help="a job's runs, newest first, from its store",
+        description="One line per run of the job, newest first: when it started and ended, its "
+        "results path and shard, how many invocations, its exit code and what stopped it, the "
+        "requests it sent and how many were answered 429, and its rows by status. Reads the "
+        "job's store: STATE_DIR/JOB.sqlite, or the PostgreSQL store of --state-url.",
+        epilog="example:\n  bulk-update history --job nightly --state-dir state/\n"
+        "  bulk-update history --job nightly --json | jq '.[0].exit_code'",
+    )
+    history.add_argument("--job", required=True, metavar="NAME", help="the job's name")
+    history.add_argument(
+        "--state-dir", metavar="DIR", help="where the job's NAME.sqlite is (default: here)"
+    )
+    history.add_argument(
+        "--state-url",
+        metavar="URL",
+        help="the job's store in PostgreSQL (default $BULK_UPDATE_STATE_URL)",
+    )
+    history.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    history.set_defaults(handler=_run_history)
     _add_emulator(commands)
     demo = _subcommand(
         commands,

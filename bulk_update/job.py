@@ -44,7 +44,7 @@ from bulk_update.read import ROW_NUMBER, InputTable, expand, file_fingerprint, o
 from bulk_update.readfirst import ReadFirst
 from bulk_update.send import Sender, SendSettings
 from bulk_update.stop import Stop
-from bulk_update.store import Journal, RunKey, StoreLocation, open_store
+from bulk_update.store import Journal, RunEnd, RunKey, StoreLocation, open_store
 from bulk_update.summary import (
     JobSummary,
     Progress,
@@ -487,8 +487,11 @@ async def _run_with_store(
             pipeline = Pipeline(config, table, journal, sender, tally, stop)
             await _send_all(pipeline, config.drain_timeout)
             requests, reads = sender.requests_sent, sender.reads_sent
+            rate_limited = sender.rate_limited
         try:
-            counts, exit_code = await _finish(config, table, journal, total, stop)
+            counts, exit_code = await _finish(
+                config, table, journal, RunEnd({}, 0, total, requests, rate_limited), stop
+            )
         except StoreUnavailable as exc:
             # Nothing more can be read from the store: the results are not rewritten, and the
             # run resumes from what was committed when run again.
@@ -529,12 +532,13 @@ def _no_budget() -> Iterator[None]:
 
 
 async def _finish(
-    config: JobConfig, table: InputTable, journal: Journal, total: int, stop: Stop
+    config: JobConfig, table: InputTable, journal: Journal, end: RunEnd, stop: Stop
 ) -> tuple[dict[str, int], int]:
-    """The run's counts from the store, its results written, its end recorded."""
+    """The run's counts from the store, its results written, its end recorded (``end``: the
+    invocation's rows and requests; its counts and exit code are filled in here)."""
     counts = journal.counts()
     counts[Status.UNPROCESSED.value] = counts.get(Status.UNPROCESSED.value, 0) + max(
-        0, total - sum(counts.values())
+        0, end.total_rows - sum(counts.values())
     )
     counts = {status: n for status, n in counts.items() if n}
     exit_code = exit_code_for(counts, stop)
@@ -548,7 +552,12 @@ async def _finish(
             config.batch_rows,
             stop.reason(),
         )
-    journal.finish(counts, exit_code)
+    stopped_by = stop.signal.name if stop.signal else None
+    if stopped_by is None and stop.fatal is not None:
+        stopped_by = stop.fatal.error_code or "fatal_error"
+    journal.finish(
+        dataclasses.replace(end, counts=counts, exit_code=exit_code, stopped_by=stopped_by)
+    )
     return counts, exit_code
 
 

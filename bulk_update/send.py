@@ -154,6 +154,7 @@ class Sender:
         self.down_cause = ""
         self.requests_sent = 0
         self.reads_sent = 0  # of requests_sent: reads of a conversation before its update
+        self.rate_limited = 0  # of requests_sent: answered 429 rate_limit_exceeded
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._jitter = jitter
@@ -272,6 +273,7 @@ class Sender:
             tally["requests"] += 1
             if verdict.action is Action.RATE_LIMITED:
                 tally["rate_limited"] += 1
+                self.rate_limited += 1
                 self.limiter.rate_limited(verdict.wait_s or DEFAULT_RATE_LIMIT_PAUSE_S)
             elif answer.headers:
                 self.limiter.observe(*parse_rate_limit_headers(answer.headers))

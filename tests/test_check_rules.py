@@ -14,7 +14,7 @@ from bulk_update.emulator.server import preload_from
 from bulk_update.exceptions import ConfigError
 from bulk_update.outcome import RESULT_COLUMNS
 from bulk_update.revert import revert_row
-from bulk_update.store.sqlite import LAYOUT_VERSION, SQLiteStore
+from bulk_update.store.sqlite import LAYOUT_VERSION, RUN_COLUMNS, SQLiteStore
 
 FIFTEEN = {f"k{n}": "v" for n in range(15)}
 
@@ -100,13 +100,17 @@ def test_a_store_of_the_older_layout_gains_the_new_columns(tmp_path: Path) -> No
         db.execute("DROP VIEW run_outcomes")
         db.execute("ALTER TABLE outcomes DROP COLUMN previous_metadata")
         db.execute("ALTER TABLE outcomes DROP COLUMN server_metadata")
+        for name, _ in RUN_COLUMNS:
+            db.execute(f"ALTER TABLE runs DROP COLUMN {name}")
         db.execute("PRAGMA user_version=2")
     with SQLiteStore.open(path):
         pass
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT_VERSION
         view = [row[1] for row in db.execute("PRAGMA table_info(run_outcomes)")]
+        runs = [row[1] for row in db.execute("PRAGMA table_info(runs)")]
     assert view == ["run_id", *RESULT_COLUMNS]
+    assert runs[-len(RUN_COLUMNS) :] == [name for name, _ in RUN_COLUMNS]
 
 
 def test_the_emulator_preloads_metadata_from_a_json_column(tmp_path: Path) -> None:

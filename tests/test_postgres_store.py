@@ -366,7 +366,7 @@ def test_a_schema_of_the_older_layout_gains_the_new_columns(
     postgres: PostgresServer, state_url: str
 ) -> None:
     """A database whose schema an older bulk-update made (layout 1: outcomes without the
-    before-image columns) is brought up to date by the next run, which can then keep images."""
+    before-image columns, runs without what history shows) is brought up to date on open."""
     from bulk_update.store import StoreLocation, open_store
     from bulk_update.store.postgres import LAYOUT_VERSION
 
@@ -378,6 +378,9 @@ def test_a_schema_of_the_older_layout_gains_the_new_columns(
     with psycopg.connect(state_url, autocommit=True) as conn:  # as layout 1 left it
         conn.execute("ALTER TABLE bulk_update.outcomes DROP COLUMN previous_metadata, "
                      "DROP COLUMN server_metadata")  # fmt: skip
+        conn.execute("ALTER TABLE bulk_update.runs DROP COLUMN total_rows, DROP COLUMN requests, "
+                     "DROP COLUMN rate_limited, DROP COLUMN stopped_by, DROP COLUMN host, "
+                     "DROP COLUMN pid")  # fmt: skip
         conn.execute("UPDATE bulk_update.layout SET version = 1")
     with open_store(StoreLocation(Path("unused"), state_url)):
         pass
@@ -390,3 +393,10 @@ def test_a_schema_of_the_older_layout_gains_the_new_columns(
     assert columns == [
         ("metadata",), ("previous_metadata",), ("sent_metadata",), ("server_metadata",)
     ]  # fmt: skip
+    runs = postgres.query(
+        database,
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'bulk_update' "
+        "AND table_name = 'runs' AND column_name IN ('total_rows', 'requests', 'rate_limited', "
+        "'stopped_by', 'host', 'pid')",
+    )
+    assert runs == [(6,)]

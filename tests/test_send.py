@@ -135,10 +135,11 @@ def test_rate_limits_pause_the_job_and_do_not_use_up_attempts() -> None:
                         "code": "rate_limit_exceeded"}},
     )  # fmt: skip
     handler, seen = scripted(limited, limited, limited, httpx2.Response(500), limited)
-    outcome, _, _, slept = send(handler, max_attempts=2)
+    outcome, _, sender, slept = send(handler, max_attempts=2)
     # 4 x 429 + 1 x 500 + the success: only the 500 counted against max_attempts=2.
     assert outcome.status is Status.UPDATED
     assert outcome.attempts == 6
+    assert (sender.requests_sent, sender.rate_limited) == (6, 4)  # what history records
     assert len(seen) == 6
     # The per-row wait after a 429 is 0: the limiter's job-wide pause does the waiting.
     assert slept.count(0.0) == 4

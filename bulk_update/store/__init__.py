@@ -50,6 +50,44 @@ class RunKey:
         return "" if self.shard is None else f"{self.shard[0]}/{self.shard[1]}"
 
 
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """How one invocation of a run ended: what ``Journal.finish`` records."""
+
+    counts: Mapping[str, int]
+    exit_code: int
+    total_rows: int = 0
+    requests: int = 0  # sent by this invocation
+    rate_limited: int = 0  # of them, answered 429
+    stopped_by: str | None = None  # SIGTERM, SIGINT, or the fatal error's code
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run of a job, as ``history`` shows it (requests and 429s summed over its
+    invocations)."""
+
+    run_id: int
+    results: str
+    shard: str
+    input: str | None
+    started_at: str
+    ended_at: str | None
+    invocations: int
+    counts: dict[str, int]
+    exit_code: int | None
+    total_rows: int | None
+    requests: int
+    rate_limited: int
+    stopped_by: str | None
+    host: str | None
+    pid: int | None
+    replaced: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
 class StateReader(Protocol):
     """The job's last-set state, read only (a dry run, which writes nothing)."""
 
@@ -120,7 +158,7 @@ class Journal(StateReader, Protocol):
         """How many conversations the job's state holds."""
         ...
 
-    def finish(self, counts: Mapping[str, int], exit_code: int) -> None:
+    def finish(self, end: RunEnd) -> None:
         """Record how this invocation of the run ended."""
         ...
 
@@ -165,6 +203,10 @@ class Store(Protocol):
 
     def budget(self, job: str) -> Budget:
         """The job's rate budget, shared by its running shards."""
+        ...
+
+    def history(self, job: str) -> list[RunRecord]:
+        """The job's runs, newest first."""
         ...
 
     def close(self) -> None: ...
@@ -225,6 +267,26 @@ def open_store(location: StoreLocation) -> Store:
     from bulk_update.store.sqlite import SQLiteStore
 
     return SQLiteStore.open(location.path)
+
+
+def open_existing_store(location: StoreLocation, job: str) -> Store:
+    """A job's store that must exist already (``history``): ConfigError if there is none."""
+    if location.url is None and not location.path.is_file():
+        from bulk_update.exceptions import ConfigError
+
+        raise ConfigError(
+            f"{location.path}: no store of job {job!r} (give --state-dir or --state-url as its "
+            "runs had them)"
+        )
+    return open_store(location)
+
+
+def options_input(options: str | None) -> str | None:
+    """The input a run's stored options name."""
+    if not options:
+        return None
+    value = json.loads(options).get("input")
+    return None if value is None else str(value)
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -53,9 +54,12 @@ from bulk_update.exceptions import ConfigError, JournalError, StoreUnavailable
 from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, RowOutcome, Status
 from bulk_update.read import ROW_NUMBER
 from bulk_update.store import (
+    RunEnd,
     RunKey,
+    RunRecord,
     changed_fields,
     fingerprint_text,
+    options_input,
     unfinished_statuses,
 )
 from bulk_update.store.url import check_url, redact, secrets
@@ -65,8 +69,17 @@ log = logging.getLogger("bulk_update")
 T = TypeVar("T")
 
 SCHEMA = "bulk_update"
-# 1: the first; 2: outcomes gain previous_metadata and server_metadata.
-LAYOUT_VERSION = 2
+# 1: the first; 2: outcomes gain previous_metadata and server_metadata; 3: runs gain what
+# history shows (_RUN_COLUMNS).
+LAYOUT_VERSION = 3
+_RUN_COLUMNS = (
+    ("total_rows", "bigint"),
+    ("requests", "bigint NOT NULL DEFAULT 0"),
+    ("rate_limited", "bigint NOT NULL DEFAULT 0"),
+    ("stopped_by", "text"),
+    ("host", "text"),
+    ("pid", "integer"),
+)
 # Reconnection: first wait, longest wait.
 _BACKOFF_S = (0.2, 5.0)
 # Outcomes committed together by the writer thread, at most.
@@ -134,7 +147,9 @@ _DDL = (
     "results text NOT NULL, shard text NOT NULL, fingerprint text NOT NULL, options text NOT NULL, "
     "started_at timestamptz NOT NULL DEFAULT now(), resumed_at timestamptz, "
     "invocations integer NOT NULL DEFAULT 1, ended_at timestamptz, counts text, "
-    "exit_code integer, replaced_at timestamptz)",
+    "exit_code integer, replaced_at timestamptz, "
+    + ", ".join(f"{name} {kind}" for name, kind in _RUN_COLUMNS)
+    + ")",
     f"CREATE INDEX IF NOT EXISTS runs_by_key ON {SCHEMA}.runs (job, results, shard)",
     f"CREATE TABLE IF NOT EXISTS {SCHEMA}.outcomes (run_id bigint NOT NULL, "
     "row_number integer NOT NULL, "
@@ -267,6 +282,8 @@ class _Session:
                         f"ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS {name} "
                         f"{_SQL_TYPES[RESULTS_SCHEMA[name]]}"
                     )
+                for name, kind in _RUN_COLUMNS:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN IF NOT EXISTS {name} {kind}")
                 conn.execute("UPDATE layout SET version = %s", (LAYOUT_VERSION,))
             elif version > LAYOUT_VERSION:
                 raise JournalError(
@@ -508,15 +525,17 @@ class PostgresStore:
                     return ", ".join(changed_fields(stored, fingerprint))
                 conn.execute(
                     "UPDATE runs SET resumed_at = now(), invocations = invocations + 1, "
-                    "ended_at = NULL, exit_code = NULL WHERE run_id = %s",
-                    (run_id,),
+                    "ended_at = NULL, exit_code = NULL, stopped_by = NULL, host = %s, pid = %s "
+                    "WHERE run_id = %s",
+                    (socket.gethostname(), os.getpid(), run_id),
                 )
                 return int(run_id)
             row = conn.execute(
-                "INSERT INTO runs (job, results, shard, fingerprint, options) "
-                "VALUES (%s, %s, %s, %s, %s) RETURNING run_id",
+                "INSERT INTO runs (job, results, shard, fingerprint, options, host, pid) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING run_id",
                 (key.job, key.results, key.shard_text, fingerprint,
-                 json.dumps(dict(options), sort_keys=True, default=str)),
+                 json.dumps(dict(options), sort_keys=True, default=str), socket.gethostname(),
+                 os.getpid()),
             ).fetchone()  # fmt: skip
             assert row is not None
             return int(row[0])
@@ -532,6 +551,17 @@ class PostgresStore:
 
     def budget(self, job: str) -> PostgresBudget:
         return PostgresBudget(self._session, self._job_id(job))
+
+    def history(self, job: str) -> list[RunRecord]:
+        def runs(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT run_id, results, shard, options, started_at, ended_at, invocations, "
+                "counts, exit_code, total_rows, requests, rate_limited, stopped_by, host, pid, "
+                "replaced_at IS NOT NULL FROM runs WHERE job = %s ORDER BY run_id DESC",
+                (job,),
+            ).fetchall()
+
+        return [_run_record(row) for row in self._session.run(runs)]
 
     def close(self) -> None:
         self._session.close()
@@ -577,6 +607,21 @@ class PostgresBudget:
 
     def close(self) -> None:
         pass
+
+
+def _run_record(row: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        run_id=int(row[0]), results=row[1], shard=row[2], input=options_input(row[3]),
+        started_at=_iso(row[4]), ended_at=_iso(row[5]) if row[5] else None,
+        invocations=row[6], counts=json.loads(row[7]) if row[7] else {}, exit_code=row[8],
+        total_rows=row[9], requests=int(row[10] or 0), rate_limited=int(row[11] or 0),
+        stopped_by=row[12], host=row[13], pid=row[14], replaced=bool(row[15]),
+    )  # fmt: skip
+
+
+def _iso(moment: dt.datetime) -> str:
+    """A timestamp as the SQLite store writes them: UTC, ISO 8601, ``Z``."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _records(outcomes: list[RowOutcome]) -> str:
@@ -809,13 +854,16 @@ class PostgresJournal(_Reader):
 
         self._session.run(write)
 
-    def finish(self, counts: Mapping[str, int], exit_code: int) -> None:
+    def finish(self, end: RunEnd) -> None:
         self._session.run(
             lambda conn: conn.execute(
-                "UPDATE runs SET ended_at = now(), counts = %s, exit_code = %s WHERE run_id = %s",
-                (json.dumps(dict(counts), sort_keys=True), exit_code, self.run_id),
+                "UPDATE runs SET ended_at = now(), counts = %s, exit_code = %s, total_rows = %s, "
+                "requests = requests + %s, rate_limited = rate_limited + %s, stopped_by = %s "
+                "WHERE run_id = %s",
+                (json.dumps(dict(end.counts), sort_keys=True), end.exit_code, end.total_rows,
+                 end.requests, end.rate_limited, end.stopped_by, self.run_id),
             )
-        )
+        )  # fmt: skip
 
     # Reading
 

@@ -33,6 +33,8 @@ import datetime as dt
 import json
 import logging
 import operator
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -45,14 +47,22 @@ from bulk_update.exceptions import ConfigError, JournalError
 from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, RowOutcome, Status
 from bulk_update.paths import is_remote
 from bulk_update.read import ROW_NUMBER
-from bulk_update.store import RunKey, changed_fields, fingerprint_text, unfinished_statuses
+from bulk_update.store import (
+    RunEnd,
+    RunKey,
+    RunRecord,
+    changed_fields,
+    fingerprint_text,
+    options_input,
+    unfinished_statuses,
+)
 from bulk_update.store.locks import release_lock, take_lock
 
 log = logging.getLogger("bulk_update")
 
 # 1: runs, outcomes, last_set; 2: and budget; 3: outcomes gain previous_metadata and
-# server_metadata.
-LAYOUT_VERSION = 3
+# server_metadata; 4: runs gain what history shows (RUN_COLUMNS).
+LAYOUT_VERSION = 4
 
 _SQL_TYPES: dict[pl.DataType, str] = {pl.Int64(): "INTEGER", pl.String(): "TEXT"}
 assert RESULT_COLUMNS[0] == "row_number"
@@ -65,6 +75,15 @@ _INSERT = (
 )
 # Row numbers are below 2**32 (polars' row index is 32-bit).
 _ROWS_PER_RUN = 1 << 32
+# What a run records for history (layout 4), after the columns of layout 1.
+RUN_COLUMNS = (
+    ("total_rows", "INTEGER"),
+    ("requests", "INTEGER NOT NULL DEFAULT 0"),
+    ("rate_limited", "INTEGER NOT NULL DEFAULT 0"),
+    ("stopped_by", "TEXT"),
+    ("host", "TEXT"),
+    ("pid", "INTEGER"),
+)
 _VIEW = (
     "CREATE VIEW IF NOT EXISTS run_outcomes AS SELECT id >> 32 AS run_id, "  # noqa: S608
     f"id & 4294967295 AS row_number, {_COLUMNS} FROM outcomes"
@@ -75,7 +94,9 @@ _TABLES = (
     "CREATE TABLE IF NOT EXISTS runs (run_id INTEGER PRIMARY KEY, job TEXT NOT NULL, "
     "results TEXT NOT NULL, shard TEXT NOT NULL, fingerprint TEXT NOT NULL, options TEXT NOT NULL, "
     "started_at TEXT NOT NULL, resumed_at TEXT, invocations INTEGER NOT NULL DEFAULT 1, "
-    "ended_at TEXT, counts TEXT, exit_code INTEGER, replaced_at TEXT)",
+    "ended_at TEXT, counts TEXT, exit_code INTEGER, replaced_at TEXT, "
+    + ", ".join(f"{name} {kind}" for name, kind in RUN_COLUMNS)
+    + ")",
     "CREATE INDEX IF NOT EXISTS runs_by_key ON runs (job, results, shard)",
     "CREATE TABLE IF NOT EXISTS outcomes (id INTEGER PRIMARY KEY, "
     + ", ".join(f"{name} {_SQL_TYPES[RESULTS_SCHEMA[name]]}" for name in _STORED)
@@ -252,12 +273,15 @@ class SQLiteStore:
     def _migrate(self) -> None:
         """Bring a store of an older layout to this one: the outcomes' new columns."""
         db = self._db
-        have = {row[1] for row in db.execute("PRAGMA table_info(outcomes)")}
-        for name in _STORED:
-            if name not in have:
-                db.execute(
-                    f"ALTER TABLE outcomes ADD COLUMN {name} {_SQL_TYPES[RESULTS_SCHEMA[name]]}"
-                )
+        wanted = {
+            "outcomes": [(name, _SQL_TYPES[RESULTS_SCHEMA[name]]) for name in _STORED],
+            "runs": list(RUN_COLUMNS),
+        }
+        for table, columns in wanted.items():
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
         db.execute("DROP VIEW IF EXISTS run_outcomes")
         db.execute(_VIEW)
 
@@ -314,15 +338,17 @@ class SQLiteStore:
                     )
                 db.execute(
                     "UPDATE runs SET resumed_at = ?, invocations = invocations + 1, "
-                    "ended_at = NULL, exit_code = NULL WHERE run_id = ?",
-                    (_now(), run_id),
+                    "ended_at = NULL, exit_code = NULL, stopped_by = NULL, host = ?, pid = ? "
+                    "WHERE run_id = ?",
+                    (_now(), socket.gethostname(), os.getpid(), run_id),
                 )
                 return int(run_id)
             cursor = db.execute(
-                "INSERT INTO runs (job, results, shard, fingerprint, options, started_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (job, results, shard, fingerprint, options, started_at, host, "
+                "pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (key.job, key.results, key.shard_text, fingerprint,
-                 json.dumps(dict(options), sort_keys=True, default=str), _now()),
+                 json.dumps(dict(options), sort_keys=True, default=str), _now(),
+                 socket.gethostname(), os.getpid()),
             )  # fmt: skip
             run_id = int(cursor.lastrowid or 0)
         if not restart:
@@ -360,6 +386,15 @@ class SQLiteStore:
     def budget(self, job: str) -> SQLiteBudget:
         return SQLiteBudget(self.path, job)
 
+    def history(self, job: str) -> list[RunRecord]:
+        rows = self._db.execute(
+            "SELECT run_id, results, shard, options, started_at, ended_at, invocations, counts, "
+            "exit_code, total_rows, requests, rate_limited, stopped_by, host, pid, "
+            "replaced_at IS NOT NULL FROM runs WHERE job = ? ORDER BY run_id DESC",
+            (job,),
+        )
+        return [_record(*row) for row in rows]
+
     def close(self) -> None:
         self._db.close()
 
@@ -368,6 +403,21 @@ class SQLiteStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _record(
+    run_id: int, results: str, shard: str, options: str | None, started_at: str,
+    ended_at: str | None, invocations: int, counts: str | None, exit_code: int | None,
+    total_rows: int | None, requests: int, rate_limited: int, stopped_by: str | None,
+    host: str | None, pid: int | None, replaced: int,
+) -> RunRecord:  # fmt: skip
+    return RunRecord(
+        run_id=run_id, results=results, shard=shard, input=options_input(options),
+        started_at=started_at, ended_at=ended_at, invocations=invocations,
+        counts=json.loads(counts) if counts else {}, exit_code=exit_code, total_rows=total_rows,
+        requests=requests or 0, rate_limited=rate_limited or 0, stopped_by=stopped_by,
+        host=host, pid=pid, replaced=bool(replaced),
+    )  # fmt: skip
 
 
 def _lock_run(path: Path, key: RunKey) -> list[IO[str] | None]:
@@ -490,11 +540,14 @@ class SQLiteJournal(_Reader):
                     (rows_json,),
                 )
 
-    def finish(self, counts: Mapping[str, int], exit_code: int) -> None:
+    def finish(self, end: RunEnd) -> None:
         self._db.execute(
-            "UPDATE runs SET ended_at = ?, counts = ?, exit_code = ? WHERE run_id = ?",
-            (_now(), json.dumps(dict(counts), sort_keys=True), exit_code, self.run_id),
-        )
+            "UPDATE runs SET ended_at = ?, counts = ?, exit_code = ?, total_rows = ?, "
+            "requests = requests + ?, rate_limited = rate_limited + ?, stopped_by = ? "
+            "WHERE run_id = ?",
+            (_now(), json.dumps(dict(end.counts), sort_keys=True), end.exit_code,
+             end.total_rows, end.requests, end.rate_limited, end.stopped_by, self.run_id),
+        )  # fmt: skip
 
     # Reading
 
