@@ -11,6 +11,7 @@ has nothing to revert: ``unchanged``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ SENT = "sent_metadata"
 PREVIOUS = "previous_metadata"
 COLUMNS = (ID, STATUS, SENT, PREVIOUS)
 NO_BEFORE_IMAGE = "no_before_image"
+UNREADABLE_IMAGE = "unreadable_before_image"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +145,22 @@ def plan_batch(batch: pl.DataFrame, *, blank_added_keys: bool) -> RevertPlan:
                 )
             )
             continue
-        row = revert_row(sent, previous, blank_added_keys=blank_added_keys)
+        try:
+            row = revert_row(sent, previous, blank_added_keys=blank_added_keys)
+        except ValueError:  # an edited results file: not JSON text any more
+            invalid.append(
+                RowOutcome(
+                    row_number=number,
+                    conversation_id=conversation_id,
+                    status=Status.INVALID,
+                    error_type="invalid_input",
+                    error_code=UNREADABLE_IMAGE,
+                    error_message="sent_metadata or previous_metadata is not JSON text: "
+                    "nothing to put back",
+                    sent_metadata=sent,
+                )
+            )
+            continue
         if not row.target:
             nothing.append(number)
             continue
@@ -165,7 +182,8 @@ def kept_keys(table: InputTable, rows: int, *, blank_added_keys: bool) -> dict[s
         )
         for sent, previous in updated.select(SENT, PREVIOUS).iter_rows():
             if sent:
-                kept.update(revert_row(sent, previous, blank_added_keys=False).kept)
+                with contextlib.suppress(ValueError):  # such a row is invalid in the plan
+                    kept.update(revert_row(sent, previous, blank_added_keys=False).kept)
     return dict(kept.most_common())
 
 

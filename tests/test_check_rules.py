@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from bulk_update.check import judge, new_keys, replaced_keys
@@ -13,7 +14,8 @@ from bulk_update.config import JobConfig
 from bulk_update.emulator.server import preload_from
 from bulk_update.exceptions import ConfigError
 from bulk_update.outcome import RESULT_COLUMNS
-from bulk_update.revert import revert_row
+from bulk_update.read import ROW_NUMBER
+from bulk_update.revert import plan_batch, revert_row
 from bulk_update.store.sqlite import LAYOUT_VERSION, RUN_COLUMNS, SQLiteStore
 
 FIFTEEN = {f"k{n}": "v" for n in range(15)}
@@ -75,6 +77,18 @@ def test_what_a_revert_puts_back(
     row = revert_row(sent, previous, blank_added_keys=blank)
     assert (row.target, row.kept) == (target, kept)
     assert set(row.expect) == set(row.target)
+
+
+def test_an_edited_results_row_that_is_not_json_is_invalid_not_a_crash() -> None:
+    batch = pl.DataFrame(
+        {ROW_NUMBER: [1, 2], "conversation_id": ["conv_a", "conv_b"],
+         "status": ["updated", "updated"], "sent_metadata": ['{"t":"new"}', '{"t":"new"}'],
+         "previous_metadata": ['{"t":"old"}', "{edited by hand"]},
+        schema_overrides={ROW_NUMBER: pl.UInt32},
+    )  # fmt: skip
+    plan = plan_batch(batch, blank_added_keys=False)
+    assert [row[:3] for row in plan.to_send] == [(1, "conv_a", '{"t":"old"}')]
+    assert [(o.row_number, o.error_code) for o in plan.invalid] == [(2, "unreadable_before_image")]
 
 
 def test_a_revert_is_a_run_of_the_job_it_reverts() -> None:
