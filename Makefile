@@ -8,7 +8,7 @@ HASH := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 BASE_STAMP := $(VENV)/.installed-base-$(HASH)
 STAMP := $(VENV)/.installed-dev-$(HASH)
 
-.PHONY: demo test lint typecheck unit bench clean venv
+.PHONY: demo test lint typecheck unit bench clean venv system-deps
 
 $(BASE_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,32 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict bulk_update tests benchmarks
 
-unit: $(STAMP)
-	$(BIN)/pytest -q
+# The Debian packages the tests use for real: Chromium (the report page) and the Prometheus
+# Pushgateway. Installed with apt-get when missing (as root, or with sudo); if that cannot be
+# done, the tests do not run: fail loudly, saying what is missing.
+SYSTEM_PACKAGES := chromium:/usr/bin/chromium prometheus-pushgateway:/usr/bin/prometheus-pushgateway
+
+system-deps:
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+	  test -x "$${entry#*:}" || missing="$$missing $${entry%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing the Debian packages the tests need:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif command -v sudo >/dev/null; then sudo="sudo"; \
+	  else echo "error: the tests need$$missing; install them (apt-get, as root)" >&2; exit 1; fi; \
+	  { $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+	      $$missing >/dev/null; } || \
+	  { echo "error: could not apt-get install$$missing (the tests need them)" >&2; exit 1; }; \
+	  for entry in $(SYSTEM_PACKAGES); do test -x "$${entry#*:}" || \
+	    { echo "error: $${entry#*:} missing after apt-get install" >&2; exit 1; }; done; \
+	fi
+
+# Most tests wait on a real server (emulator, PostgreSQL, Airflow), not on the CPU: 3 workers
+# on 2 cores halve the wall time (the timing tests are built to hold on a loaded machine).
+PYTEST_WORKERS ?= 3
+
+unit: $(STAMP) system-deps
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 test: lint typecheck unit
 

@@ -364,6 +364,29 @@ def _add_job_options(parser: argparse.ArgumentParser, command: Command) -> None:
             "(previous_metadata, for bulk-update revert), skip rows the server already holds, "
             "refuse rows that would exceed 16 merged keys",
         )
+    if command != "validate":
+        parser.add_argument(
+            "--metrics-file",
+            default=S,
+            metavar="PATH.prom",
+            help="write the run's Prometheus metrics here (replaced atomically at the start, "
+            "every --metrics-interval and at the end): a node_exporter textfile directory",
+        )
+        parser.add_argument(
+            "--pushgateway",
+            default=S,
+            metavar="URL",
+            help="push the same to this Prometheus Pushgateway (push-add, grouped by job name "
+            "and shard); one that is down is a warning, never the job's failure",
+        )
+        parser.add_argument(
+            "--metrics-interval",
+            type=_positive_float,
+            default=S,
+            metavar="S",
+            help="seconds between metrics writes and the run's heartbeats in its store "
+            f"(default {JOB_DEFAULTS['metrics_interval']:g})",
+        )
     if command == "revert":
         parser.add_argument(
             "--force",
@@ -543,23 +566,63 @@ def _run(args: argparse.Namespace, *, command: Command) -> int:
     return summary.exit_code
 
 
+def _print_runs(
+    columns: tuple[str, ...], rows: list[tuple[str, ...]], title: str, text: str, json_text: str
+) -> None:
+    """A rich table on a TTY, else ``text`` (aligned); ``json_text`` with --json."""
+    if json_text:
+        print(json_text)
+    elif sys.stdout.isatty() and rows:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*columns, title=title)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        if "\n\n" in text:  # the hint under the table
+            print(text.rsplit("\n\n", 1)[1])
+    else:
+        print(text)
+
+
 def _run_history(args: argparse.Namespace) -> int:
     from bulk_update import history
 
     location = history.job_location(args.job, args.state_dir, args.state_url)
     records = history.runs(args.job, location)
-    if args.json:
-        print(history.as_json(records))
-    elif sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
+    _print_runs(
+        history.COLUMNS,
+        history.rows(records),
+        f"job {args.job}: {len(records)} runs",
+        history.as_text(records),
+        history.as_json(records) if args.json else "",
+    )
+    return ExitCode.OK
 
-        table = Table(*history.COLUMNS, title=f"job {args.job}: {len(records)} runs")
-        for row in history.rows(records):
-            table.add_row(*row)
-        Console().print(table)
-    else:
-        print(history.as_text(records))
+
+def _run_status(args: argparse.Namespace) -> int:
+    from bulk_update import history
+
+    location = history.job_location(args.job, args.state_dir, args.state_url)
+    found = history.statuses(args.job, location)
+    _print_runs(
+        history.STATUS_COLUMNS,
+        history.status_rows(found),
+        f"job {args.job}: {len(found)} runs going on or unfinished",
+        history.status_as_text(args.job, found),
+        history.status_as_json(found) if args.json else "",
+    )
+    return ExitCode.OK
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from bulk_update import history, report
+
+    location = history.job_location(args.job, args.state_dir, args.state_url)
+    data = report.write(args.job, location, args.run, args.output)
+    print(f"bulk-update: report of job {args.job} run {data.record.run_id}: {args.output}",
+          file=sys.stderr)  # fmt: skip
     return ExitCode.OK
 
 
@@ -602,6 +665,21 @@ REVERT_EPILOG = f"""example:
   bulk-update revert out/fix.parquet --output out/fix-revert.parquet
 
 {EXIT_CODES_HELP}"""
+
+
+def _add_store_options(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
+    """Where ``history``, ``status`` and ``report`` find a job's store (and --json)."""
+    parser.add_argument("--job", required=True, metavar="NAME", help="the job's name")
+    parser.add_argument(
+        "--state-dir", metavar="DIR", help="where the job's NAME.sqlite is (default: here)"
+    )
+    parser.add_argument(
+        "--state-url",
+        metavar="URL",
+        help="the job's store in PostgreSQL (default $BULK_UPDATE_STATE_URL)",
+    )
+    if json_output:
+        parser.add_argument("--json", action="store_true", help="a JSON array, for scripts")
 
 
 def _subcommand(
@@ -670,17 +748,38 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  bulk-update history --job nightly --state-dir state/\n"
         "  bulk-update history --job nightly --json | jq '.[0].exit_code'",
     )
-    history.add_argument("--job", required=True, metavar="NAME", help="the job's name")
-    history.add_argument(
-        "--state-dir", metavar="DIR", help="where the job's NAME.sqlite is (default: here)"
-    )
-    history.add_argument(
-        "--state-url",
-        metavar="URL",
-        help="the job's store in PostgreSQL (default $BULK_UPDATE_STATE_URL)",
-    )
-    history.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    _add_store_options(history)
     history.set_defaults(handler=_run_history)
+    status = _subcommand(
+        commands,
+        "status",
+        help="a job's runs going on or unfinished now: done/total, rate, time left, holder",
+        description="The job's runs that are going on now, or stopped before their end (killed, "
+        "signalled, or stopped by the API): rows done of the total, the rate over the last "
+        "minute, the time left at that rate, and the host and pid that hold the run. Works from "
+        "any shell or machine that reaches the job's store. A run that beats no heartbeat for "
+        "3 x --metrics-interval + 5 s (20 s by default) is shown as gone.",
+        epilog="example:\n  bulk-update status --job nightly --state-dir state/\n"
+        "  bulk-update status --job nightly --state-url postgresql://... --json",
+    )
+    _add_store_options(status)
+    status.set_defaults(handler=_run_status)
+    report = _subcommand(
+        commands,
+        "report",
+        help="one self-contained HTML page of a run: its rate, latency, errors, options",
+        description="Write one HTML file (no network needed to open it) showing a run of the "
+        "job: requests per second against --rpm and the server's announced limit, with 429s, "
+        "retries and errors marked; latency percentiles; rows by status and error code; the top "
+        "error messages with example rows; the run's summary and options. The newest run "
+        "unless --run.",
+        epilog="example:\n  bulk-update report --job nightly --state-dir state/ --output "
+        "nightly.html\n  bulk-update history --job nightly   # the run IDs for --run",
+    )
+    _add_store_options(report, json_output=False)
+    report.add_argument("--run", type=int, metavar="ID", help="the run (default: the newest)")
+    report.add_argument("--output", required=True, metavar="PATH.html", help="where to write it")
+    report.set_defaults(handler=_run_report)
     _add_emulator(commands)
     demo = _subcommand(
         commands,

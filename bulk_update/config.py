@@ -41,6 +41,8 @@ DEFAULT_DRAIN_TIMEOUT_S = 10.0
 # Consecutive rows failed with the same non-retryable error code that stop the job (0: never).
 DEFAULT_STOP_AFTER_FAILURES = 100
 DEFAULT_STORE_TIMEOUT_S = 60.0
+# How often a run writes its metrics, pushes them and beats its heartbeat in the store.
+DEFAULT_METRICS_INTERVAL_S = 5.0
 
 JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -129,6 +131,11 @@ class JobConfig:
     revert: bool = False
     force: bool = False  # revert keys someone changed since the run, too
     blank_added_keys: bool = False  # revert: set the keys the run added to ""
+    # Monitoring (``metrics.py``): a Prometheus textfile (node_exporter's textfile collector),
+    # a Pushgateway, and how often both are written (and the run's heartbeat in its store).
+    metrics_file: str | None = None
+    pushgateway: str | None = None
+    metrics_interval: float = DEFAULT_METRICS_INTERVAL_S
 
     @property
     def reads_first(self) -> bool:
@@ -206,6 +213,7 @@ class JobConfig:
             ("breaker-timeout", self.breaker_timeout),
             ("drain-timeout", self.drain_timeout),
             ("store-timeout", self.store_timeout),
+            ("metrics-interval", self.metrics_interval),
         ):
             if not seconds > 0:
                 raise ConfigError(f"--{seconds_name} must be positive, got {seconds}")
@@ -233,6 +241,10 @@ class JobConfig:
             check_base_url(self.base_url)
         if self.state_url is not None:
             check_state_url(self.state_url)
+        if self.pushgateway is not None and not re.match(r"https?://[^/\s]+", self.pushgateway):
+            raise ConfigError(
+                f"--pushgateway {self.pushgateway!r}: give the Pushgateway's URL, http://HOST:PORT"
+            )
         if self.check_server and not self.dry_run:
             raise ConfigError("--check-server is for a dry run (bulk-update validate)")
         if self.revert and (self.columns is not None or self.metadata_column is not None):
@@ -324,6 +336,8 @@ class JobConfig:
         if self.errors_output is not None and key(self.errors_output) == key(self.output):
             raise ConfigError("--errors-output is the same file as --output")
         files = list(outputs)
+        if self.metrics_file is not None:
+            files.append(("--metrics-file", self.metrics_file))
         if not self.dry_run and self.resolved_state_url() is None:
             files.append(("the job's store", str(self.store_path())))
         for what, path in files:

@@ -1,4 +1,8 @@
-"""``bulk-update history``: a job's runs, newest first, from its store (either backend)."""
+"""``bulk-update history`` and ``status``: a job's runs, newest first, from its store (either
+backend). ``status`` shows the runs going on or stopped before their end: how far each is, its
+rate over the last minute, the time left at that rate, and who holds it. A run beats its
+heartbeat in the store every ``--metrics-interval`` seconds; one whose heartbeat is older than
+three of those and 5 s more is no longer running (killed, or its machine lost)."""
 
 from __future__ import annotations
 
@@ -6,12 +10,17 @@ import json
 import os
 from pathlib import Path
 
-from bulk_update.config import JOB_NAME
+from bulk_update.config import DEFAULT_METRICS_INTERVAL_S, JOB_NAME
 from bulk_update.exceptions import ConfigError
-from bulk_update.store import RunRecord, StoreLocation, open_existing_store
+from bulk_update.store import RunRecord, RunStatus, StoreLocation, open_existing_store
 from bulk_update.store.url import ENV as STATE_URL_ENV
 from bulk_update.store.url import check_url as check_state_url
 
+STATUS_COLUMNS = ("run", "state", "results", "shard", "done", "rate", "left", "host", "pid",
+                  "heartbeat")  # fmt: skip
+# A heartbeat older than this many intervals, and STALE_MARGIN_S more, means the run is gone.
+STALE_INTERVALS = 3
+STALE_MARGIN_S = 5.0
 COLUMNS = ("run", "started (UTC)", "ended", "results", "shard", "inv", "exit", "stopped by",
            "requests", "429s", "counts")  # fmt: skip
 
@@ -57,8 +66,12 @@ def rows(records: list[RunRecord]) -> list[tuple[str, ...]]:
 
 def as_text(records: list[RunRecord]) -> str:
     """A plain aligned table (no TTY)."""
-    table = [COLUMNS, *rows(records)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    return aligned(COLUMNS, rows(records))
+
+
+def aligned(columns: tuple[str, ...], cells: list[tuple[str, ...]]) -> str:
+    table = [columns, *cells]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in table
@@ -67,3 +80,108 @@ def as_text(records: list[RunRecord]) -> str:
 
 def as_json(records: list[RunRecord]) -> str:
     return json.dumps([record.as_dict() for record in records], indent=2)
+
+
+def statuses(job: str, location: StoreLocation) -> list[RunStatus]:
+    with open_existing_store(location, job) as store:
+        return store.status(job)
+
+
+def is_running(status: RunStatus) -> bool:
+    """Going on now: not ended, and its heartbeat is fresh."""
+    if status.record.ended_at is not None or status.heartbeat_age_s is None:
+        return False
+    interval = status.record.options.get("metrics_interval", DEFAULT_METRICS_INTERVAL_S)
+    stale = STALE_INTERVALS * float(interval) + STALE_MARGIN_S
+    return status.heartbeat_age_s <= stale
+
+
+def rows_done(status: RunStatus) -> int:
+    if status.record.ended_at is None and status.rows_done is not None:
+        return status.rows_done
+    counts = status.record.counts
+    return sum(counts.values()) - counts.get("unprocessed", 0)
+
+
+def seconds_left(status: RunStatus) -> float | None:
+    """At the run's rate over the last minute, how long its remaining rows take."""
+    total, rate = status.record.total_rows, status.rows_per_s
+    if not is_running(status) or total is None or not rate:
+        return None
+    return max(0, total - rows_done(status)) / rate
+
+
+def state(status: RunStatus) -> str:
+    record = status.record
+    if is_running(status):
+        return "running"
+    if record.ended_at is None:
+        if status.heartbeat_age_s is None:
+            return "gone (no heartbeat)"
+        return f"gone: no heartbeat for {duration(status.heartbeat_age_s)}"
+    if record.exit_code == 0:
+        return "ended, rows left by --limit"
+    why = f" by {record.stopped_by}" if record.stopped_by else ""
+    return f"stopped{why} (exit {record.exit_code})"
+
+
+def duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def status_rows(found: list[RunStatus]) -> list[tuple[str, ...]]:
+    table: list[tuple[str, ...]] = []
+    for s in found:
+        r = s.record
+        left = seconds_left(s)
+        total = "?" if r.total_rows is None else str(r.total_rows)
+        table.append(
+            (
+                str(r.run_id),
+                state(s),
+                r.results,
+                r.shard or "-",
+                f"{rows_done(s)}/{total}",
+                f"{s.rows_per_s:.1f} rows/s" if s.rows_per_s and is_running(s) else "",
+                "" if left is None else duration(left),
+                r.host or "",
+                "" if r.pid is None else str(r.pid),
+                "" if s.heartbeat_age_s is None else f"{duration(s.heartbeat_age_s)} ago",
+            )
+        )
+    return table
+
+
+# Under the table: what to do about the runs that are not running.
+STATUS_HINT = (
+    "gone: killed, or its machine or store connection lost (no heartbeat for 3 x "
+    "--metrics-interval + 5 s). Run a stopped or gone run's command again to resume it."
+)
+
+
+def status_as_text(job: str, found: list[RunStatus]) -> str:
+    if not found:
+        return f"job {job}: no run going on or unfinished"
+    text = aligned(STATUS_COLUMNS, status_rows(found))
+    if not all(is_running(s) for s in found):
+        text += "\n\n" + STATUS_HINT
+    return text
+
+
+def status_as_json(found: list[RunStatus]) -> str:
+    return json.dumps(
+        [
+            {
+                **s.record.as_dict(),
+                "state": "running" if is_running(s) else "stopped",
+                "rows_done": rows_done(s),
+                "rows_per_s": s.rows_per_s,
+                "seconds_left": seconds_left(s),
+                "heartbeat_age_s": s.heartbeat_age_s,
+            }
+            for s in found
+        ],
+        indent=2,
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import signal
 import tempfile
@@ -29,6 +30,7 @@ from bulk_update.breaker import FailureStreak
 from bulk_update.config import JobConfig
 from bulk_update.dryrun import dry_run
 from bulk_update.exceptions import FatalApiError, StoreUnavailable
+from bulk_update.metrics import MetricsOutputs, Telemetry
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import (
     PlannedUpdate,
@@ -44,7 +46,15 @@ from bulk_update.read import ROW_NUMBER, InputTable, expand, file_fingerprint, o
 from bulk_update.readfirst import ReadFirst
 from bulk_update.send import Sender, SendSettings
 from bulk_update.stop import Stop
-from bulk_update.store import Journal, RunEnd, RunKey, StoreLocation, open_store
+from bulk_update.store import (
+    Journal,
+    RowTiming,
+    RunEnd,
+    RunKey,
+    RunRecord,
+    StoreLocation,
+    open_store,
+)
 from bulk_update.summary import (
     JobSummary,
     Progress,
@@ -91,6 +101,12 @@ class _Tally:
     def add(self, status: Status, count: int = 1) -> None:
         self.counts[status.value] += count
         self.report()
+
+    @property
+    def done(self) -> int:
+        """Rows finished, by this invocation or earlier ones (as far as it has counted)."""
+        counted = sum(self.counts.values()) - self.counts.get(Status.UNPROCESSED.value, 0)
+        return max(counted, self.resumed)
 
     def report(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -249,13 +265,17 @@ class Pipeline:
             if update.conversation_id in self.known:
                 self.known.discard(update.conversation_id)
                 await journal.forget(update.conversation_id)
+            sent_at = time.time()
             if self.read_first is not None:
                 sent = await self.read_first.handle(update, self.sender, journal, tally.added)
             else:
                 sent = await self.sender.send(update)
             outcome = sent.outcome
             tally.sent += 1
-            await journal.record(outcome)
+            latency = None if sent.latency_s is None else round(sent.latency_s * 1000)
+            await journal.record(outcome, RowTiming(sent_at, time.time(), latency))
+            if self.sender.telemetry is not None:
+                self.sender.telemetry.row()
             tally.add(outcome.status)
             failed = outcome.status is Status.FAILED
             fatal = sent.fatal
@@ -476,18 +496,28 @@ async def _run_with_store(
         )
         tally = _Tally(total, progress)
         tally.resumed = journal.finished_count()
+        telemetry = Telemetry(job_name, key.shard_text or None, settings.rpm)
+        if not config.check_server:
+            telemetry.succeeded_before(last_success(store.history(job_name), key.shard_text))
+        outputs = MetricsOutputs(telemetry, config.metrics_file, config.pushgateway)
+        monitor = _Monitor(telemetry, outputs, journal, tally, config.metrics_interval)
+        await monitor.tick()
         if tally.resumed:
             log.info(
                 "resuming: %d rows already done",
                 tally.resumed,
                 extra={"event": "resume", "rows_done": tally.resumed},
             )
-        async with Sender(settings, stop, transport=transport, budget=budget) as sender:
+        async with Sender(
+            settings, stop, transport=transport, budget=budget, telemetry=telemetry
+        ) as sender:
             tally.requests = lambda: sender.requests_sent
             pipeline = Pipeline(config, table, journal, sender, tally, stop)
-            await _send_all(pipeline, config.drain_timeout)
+            async with monitor.running():
+                await _send_all(pipeline, config.drain_timeout)
             requests, reads = sender.requests_sent, sender.reads_sent
             rate_limited = sender.rate_limited
+        await monitor.beat(final=True)
         try:
             counts, exit_code = await _finish(
                 config, table, journal, RunEnd({}, 0, total, requests, rate_limited), stop
@@ -505,6 +535,9 @@ async def _run_with_store(
             exit_code = exit_code_for(counts, stop)
         tally.counts = Counter(counts)
         tally.report(force=True)
+        telemetry.counts(counts, total)
+        telemetry.ended_with(exit_code, finished_rows=exit_code in _FINISHED_ROWS)
+        await outputs.write()
         return JobSummary(
             counts=counts,
             total_rows=total,
@@ -529,6 +562,80 @@ async def _run_with_store(
 @contextlib.contextmanager
 def _no_budget() -> Iterator[None]:
     yield None
+
+
+# The exit codes of a run that finished its rows (some may have failed): a success for
+# ``bulk_update_last_success_timestamp_seconds``.
+_FINISHED_ROWS = (0, 1)
+
+
+def last_success(runs: list[RunRecord], shard: str) -> float | None:
+    """When a run of the job (of this shard) last finished its rows, as Unix time."""
+    ends = [
+        end
+        for r in runs
+        if r.shard == shard and r.exit_code in _FINISHED_ROWS and (end := r.ended_at) is not None
+    ]
+    if not ends:
+        return None
+    latest = max(ends)
+    return dt.datetime.strptime(latest, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+class _Monitor:
+    """Every ``interval`` seconds while the run goes on: its metrics written (and pushed), its
+    heartbeat and timeline committed to its store. Neither may stop the job: a failure is a
+    warning."""
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        outputs: MetricsOutputs,
+        journal: Journal,
+        tally: _Tally,
+        interval: float,
+    ) -> None:
+        self.telemetry = telemetry
+        self.outputs = outputs
+        self.journal = journal
+        self.tally = tally
+        self.interval = interval
+        self._beat_failed = False
+
+    async def tick(self) -> None:
+        self.telemetry.counts(self.tally.counts, self.tally.total)
+        await self.beat()
+        await self.outputs.write()
+
+    async def beat(self, *, final: bool = False) -> None:
+        seconds = self.telemetry.take_seconds(all_of_them=final)
+        try:
+            await self.journal.beat(self.tally.total, self.tally.done, seconds)
+        except Exception as exc:
+            if not self._beat_failed:
+                self._beat_failed = True
+                log.warning(
+                    "the run's heartbeat was not recorded in its store: %s",
+                    exc,
+                    extra={"event": "heartbeat_failed"},
+                )
+        else:
+            self._beat_failed = False
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.interval)
+                await self.tick()
+
+        task = asyncio.create_task(loop(), name="monitor")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _finish(

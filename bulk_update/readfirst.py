@@ -76,10 +76,12 @@ class ReadFirst:
                         metadata=server_text,
                         previous_metadata=update.previous,
                         **common,
-                    )
+                    ),
+                    latency_s=read.latency_s,
                 )
             return Sent(
-                RowOutcome(status=Status.UNCHANGED, metadata=server_text, **image, **common)
+                RowOutcome(status=Status.UNCHANGED, metadata=server_text, **image, **common),
+                latency_s=read.latency_s,
             )
         if decision.action == "invalid":
             return Sent(
@@ -90,12 +92,15 @@ class ReadFirst:
                     error_message=decision.error_message,
                     **image,
                     **common,
-                )
+                ),
+                latency_s=read.latency_s,
             )
         adds = new_keys(row, server)
         if not self.write:
             added.update(adds)
-            return Sent(RowOutcome(status=Status.PLANNED, **image, **common))
+            return Sent(
+                RowOutcome(status=Status.PLANNED, **image, **common), latency_s=read.latency_s
+            )
         # The before-image commits before the update is sent.
         await journal.record(
             RowOutcome(
@@ -119,7 +124,7 @@ class ReadFirst:
             lost = replaced_keys(server, row, parse_map(outcome.metadata))
             if lost and fatal is None:
                 fatal = _replaced(update.conversation_id, lost)
-        return Sent(outcome, fatal)
+        return Sent(outcome, fatal, sent.latency_s)
 
     def _unread(self, failed: Sent) -> Sent:
         """A conversation that could not be read. A check calls an unknown one ``invalid``
@@ -127,7 +132,7 @@ class ReadFirst:
         outcome = failed.outcome
         if not self.write and outcome.error_code == NOT_FOUND:
             outcome = dataclasses.replace(outcome, status=Status.INVALID)
-        return Sent(outcome, failed.fatal)
+        return dataclasses.replace(failed, outcome=outcome)
 
 
 def _replaced(conversation_id: str, lost: list[str]) -> FatalApiError:

@@ -41,6 +41,7 @@ class Answer:
     # "timeout", "connect" (refused, DNS, TLS: nothing reached the server) or "connection"
     transport_error: str | None = None
     transport_detail: str = ""
+    elapsed_s: float = 0.0  # from sending the request to its whole answer (or giving up)
 
 
 class Action(enum.StrEnum):

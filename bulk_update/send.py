@@ -34,6 +34,7 @@ from bulk_update.breaker import CircuitBreaker
 from bulk_update.check import NOT_FOUND
 from bulk_update.config import JobConfig
 from bulk_update.exceptions import ConfigError, FatalApiError
+from bulk_update.metrics import Telemetry
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
 from bulk_update.ratelimit import Clock, RateLimiter, Sleep
@@ -112,6 +113,7 @@ class Read:
     created_at: int | None = None
     metadata: str | None = None
     failed: Sent | None = None
+    latency_s: float | None = None  # of the read's last request
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,7 @@ class Sent:
 
     outcome: RowOutcome
     fatal: FatalApiError | None = None
+    latency_s: float | None = None  # of the row's last request (None: nothing was sent)
 
 
 def _json_text(value: object) -> str | None:
@@ -140,8 +143,10 @@ class Sender:
         wall_clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
         budget: Budget | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
+        self.telemetry = telemetry
         self.limiter = RateLimiter(settings.rpm, clock=clock, sleep=sleep, budget=budget)
         self.breaker = CircuitBreaker(
             threshold=settings.breaker_threshold,
@@ -190,7 +195,7 @@ class Sender:
     ) -> None:
         await self._client.__aexit__(exc_type, exc, tb)
 
-    async def _request(self, method: str, path: str, body: bytes | None) -> Answer:
+    async def _request(self, method: str, path: str, body: bytes | None, retry: bool) -> Answer:
         await self.limiter.acquire()
         if self.breaker.is_open:
             # While the API looks down, one request at a time: each one a probe, spaced by the
@@ -198,11 +203,29 @@ class Sender:
             async with self._probe:
                 if self.breaker.is_open:
                     await self.limiter.acquire()
-                return await self._exchange(method, path, body)
-        return await self._exchange(method, path, body)
+                return await self._exchange(method, path, body, retry=retry)
+        return await self._exchange(method, path, body, retry=retry)
 
-    async def _exchange(self, method: str, path: str, body: bytes | None = None) -> Answer:
+    async def _exchange(
+        self, method: str, path: str, body: bytes | None = None, *, retry: bool = False
+    ) -> Answer:
+        """One request, timed, and told to the telemetry (``retry``: not its row's first)."""
         self.requests_sent += 1
+        telemetry = self.telemetry
+        started = time.monotonic()
+        if telemetry is None:
+            answer = await self._exchange_once(method, path, body)
+        else:
+            with telemetry.request_in_flight():
+                answer = await self._exchange_once(method, path, body)
+        answer = dataclasses.replace(answer, elapsed_s=time.monotonic() - started)
+        if telemetry is not None:
+            telemetry.request(answer, answer.elapsed_s, retry=retry)
+            controller = self.limiter.controller
+            telemetry.limits(min(controller.rpm, controller.cap_rpm), controller.server_limit_rpm)
+        return answer
+
+    async def _exchange_once(self, method: str, path: str, body: bytes | None) -> Answer:
         try:
             # httpx2's timeouts are per step (connect, each read): a server dripping a byte at a
             # time would never trip them. --timeout bounds the whole request.
@@ -246,15 +269,19 @@ class Sender:
                 request_id=headers.get("x-request-id"),
                 created_at=created_at if isinstance(created_at, int) else None,
                 metadata=_json_text(conversation.get("metadata") or {}),
+                latency_s=last.answer.elapsed_s,
             )
         sent = self._outcome(update, last)
         if last.answer.http_status == 404 and sent.outcome.status is Status.FAILED:
-            sent = Sent(dataclasses.replace(sent.outcome, error_code=NOT_FOUND))
+            sent = dataclasses.replace(
+                sent, outcome=dataclasses.replace(sent.outcome, error_code=NOT_FOUND)
+            )
         return Read(
             attempts=last.requests,
             http_status=last.answer.http_status,
             request_id=headers.get("x-request-id"),
             failed=sent,
+            latency_s=last.answer.elapsed_s,
         )
 
     async def _call(self, method: str, conversation_id: str, body: bytes | None) -> Attempt:
@@ -268,7 +295,7 @@ class Sender:
                            tally["rate_limited"], fatal)  # fmt: skip
 
         async def attempt() -> Attempt:
-            answer = await self._request(method, path, body)
+            answer = await self._request(method, path, body, retry=tally["requests"] > 0)
             verdict = classify(answer, self._wall_clock(), conversation_id)
             tally["requests"] += 1
             if verdict.action is Action.RATE_LIMITED:
@@ -317,7 +344,7 @@ class Sender:
         unreachable = False
         for attempt in range(1, PREFLIGHT_ATTEMPTS + 1):
             await self.limiter.acquire()
-            answer = await self._exchange("GET", _path(conversation_id))
+            answer = await self._exchange("GET", _path(conversation_id), retry=attempt > 1)
             last = judge_preflight(answer, self._wall_clock())
             if last.action == "go":
                 return None
@@ -384,7 +411,8 @@ class Sender:
                     created_at=created_at if isinstance(created_at, int) else None,
                     metadata=_json_text(verdict.conversation.get("metadata")),
                     **common,
-                )
+                ),
+                latency_s=answer.elapsed_s,
             )
         errors: dict[str, Any] = {
             "error_type": verdict.error_type,
@@ -401,8 +429,10 @@ class Sender:
         if fatal is not None or (verdict.retryable and self.stop.is_set):
             # Not refused for itself (the key, the quota, an outage), or it would have been
             # retried but the job is stopping: not failed, not finished; a re-run sends it.
-            return Sent(RowOutcome(status=Status.UNPROCESSED, **errors, **common), fatal)
-        return Sent(RowOutcome(status=Status.FAILED, **errors, **common))
+            return Sent(
+                RowOutcome(status=Status.UNPROCESSED, **errors, **common), fatal, answer.elapsed_s
+            )
+        return Sent(RowOutcome(status=Status.FAILED, **errors, **common), None, answer.elapsed_s)
 
 
 async def _read_capped(response: httpx2.Response, limit: int) -> bytes:

@@ -17,6 +17,10 @@ The API key comes from the Airflow connection ``openai_default`` (its password, 
 ``api_key`` extra), else from the environment's OPENAI_API_KEY. It is handed to JobConfig,
 whose repr hides it; it is never logged.
 
+Metrics: with the ``pushgateway`` param (or $BULK_UPDATE_PUSHGATEWAY), each shard pushes its
+Prometheus metrics to that Pushgateway, grouped by job name and shard, periodically and at its
+end.
+
 Trigger: airflow dags trigger bulk_update_backfill --conf '{"input": "...", "shards": 8}'
 """
 
@@ -84,6 +88,11 @@ def _api_key() -> str | None:
         "job_name": Param("bulk_update_backfill", type="string"),
         "state_dir": Param("", type="string", description="empty: the output_prefix directory"),
         "full": Param(False, type="boolean"),
+        # Each shard pushes its metrics here (grouped by job name and shard); a Pushgateway
+        # that is down is a warning, never the task's failure.
+        "pushgateway": Param(
+            "", type="string", description="empty: $BULK_UPDATE_PUSHGATEWAY, else none"
+        ),
     },
 )
 def bulk_update_backfill() -> None:
@@ -111,6 +120,9 @@ def bulk_update_backfill() -> None:
             "base_url": params["base_url"] or os.environ.get("OPENAI_BASE_URL") or None,
             "api_key": _api_key(),
             "state_url": _state_url(),
+            "pushgateway": params["pushgateway"]
+            or os.environ.get("BULK_UPDATE_PUSHGATEWAY")
+            or None,
         }
         try:
             summary = run_job(JobConfig.from_options(options, source="DAG params"))

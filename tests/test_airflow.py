@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import StartEmulator
 from tests.helpers import ID, wait_for_requests
+from tests.monitoring import Pushgateway, samples, total, value
 from tests.pg import PASSWORD, USER, PostgresServer
 
 airflow = pytest.importorskip("airflow", reason="the airflow extra is not installed")
@@ -61,10 +62,15 @@ def test_dags_test_covers_every_row_once(start_emulator: StartEmulator, tmp_path
                              text=True, timeout=300)  # fmt: skip
     assert migrate.returncode == 0, migrate.stderr[-3000:]
     out = tmp_path / "out"
-    conf = {"input": str(source), "output_prefix": str(out), "shards": 3,
-            "base_url": emu.base_url, "fail_on_row_errors": False}  # fmt: skip
-    run = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
-                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    with Pushgateway() as gateway:
+        conf = {"input": str(source), "output_prefix": str(out), "shards": 3,
+                "base_url": emu.base_url, "fail_on_row_errors": False,
+                "pushgateway": gateway.url}  # fmt: skip
+        run = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c",
+                              json.dumps(conf)], env=env, capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+        pushed = samples(gateway.scrape())
+    del conf["pushgateway"]
     logs = run.stdout + run.stderr
     assert run.returncode == 0, logs[-4000:]
     assert "state=success" in logs
@@ -78,6 +84,13 @@ def test_dags_test_covers_every_row_once(start_emulator: StartEmulator, tmp_path
     assert emu.stats()["by_status"] == {"200": 63}
     assert emu.stats()["by_operation"] == {"update": 60, "retrieve": 3}
     assert CONNECTION_KEY not in logs
+    # Each shard pushed its metrics, grouped by job name and shard.
+    for k in range(3):
+        mine = pl.read_parquet(out / f"shard-{k}-of-3.parquet")["status"].value_counts()
+        for status, n in mine.iter_rows():
+            assert value(pushed, "bulk_update_rows", job="bulk_update_backfill",
+                         shard=f"{k}/3", status=status) == n  # fmt: skip
+    assert total(pushed, "bulk_update_requests_total", job="bulk_update_backfill") == 63
     # Run again with row errors failing the run: every shard resumes finished, sends nothing.
     conf["fail_on_row_errors"] = True
     again = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],

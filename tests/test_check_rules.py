@@ -16,6 +16,7 @@ from bulk_update.exceptions import ConfigError
 from bulk_update.outcome import RESULT_COLUMNS
 from bulk_update.read import ROW_NUMBER
 from bulk_update.revert import plan_batch, revert_row
+from bulk_update.store import TIMELINE_COLUMNS, TIMING_COLUMNS
 from bulk_update.store.sqlite import LAYOUT_VERSION, RUN_COLUMNS, SQLiteStore
 
 FIFTEEN = {f"k{n}": "v" for n in range(15)}
@@ -114,8 +115,11 @@ def test_a_store_of_the_older_layout_gains_the_new_columns(tmp_path: Path) -> No
         db.execute("DROP VIEW run_outcomes")
         db.execute("ALTER TABLE outcomes DROP COLUMN previous_metadata")
         db.execute("ALTER TABLE outcomes DROP COLUMN server_metadata")
+        for name in TIMING_COLUMNS:
+            db.execute(f"ALTER TABLE outcomes DROP COLUMN {name}")
         for name, _ in RUN_COLUMNS:
             db.execute(f"ALTER TABLE runs DROP COLUMN {name}")
+        db.execute("DROP TABLE timeline")
         db.execute("PRAGMA user_version=2")
     with SQLiteStore.open(path):
         pass
@@ -123,7 +127,11 @@ def test_a_store_of_the_older_layout_gains_the_new_columns(tmp_path: Path) -> No
         assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT_VERSION
         view = [row[1] for row in db.execute("PRAGMA table_info(run_outcomes)")]
         runs = [row[1] for row in db.execute("PRAGMA table_info(runs)")]
+        outcomes = [row[1] for row in db.execute("PRAGMA table_info(outcomes)")]
+        timeline = [row[1] for row in db.execute("PRAGMA table_info(timeline)")]
     assert view == ["run_id", *RESULT_COLUMNS]
+    assert outcomes[-len(TIMING_COLUMNS) :] == list(TIMING_COLUMNS)
+    assert timeline == ["run_id", *TIMELINE_COLUMNS]
     assert runs[-len(RUN_COLUMNS) :] == [name for name, _ in RUN_COLUMNS]
 
 

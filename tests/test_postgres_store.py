@@ -366,7 +366,8 @@ def test_a_schema_of_the_older_layout_gains_the_new_columns(
     postgres: PostgresServer, state_url: str
 ) -> None:
     """A database whose schema an older bulk-update made (layout 1: outcomes without the
-    before-image columns, runs without what history shows) is brought up to date on open."""
+    before-image and timing columns, runs without what history and status show, no timeline)
+    is brought up to date on open."""
     from bulk_update.store import StoreLocation, open_store
     from bulk_update.store.postgres import LAYOUT_VERSION
 
@@ -377,10 +378,12 @@ def test_a_schema_of_the_older_layout_gains_the_new_columns(
 
     with psycopg.connect(state_url, autocommit=True) as conn:  # as layout 1 left it
         conn.execute("ALTER TABLE bulk_update.outcomes DROP COLUMN previous_metadata, "
-                     "DROP COLUMN server_metadata")  # fmt: skip
+                     "DROP COLUMN server_metadata, DROP COLUMN sent_at, DROP COLUMN answered_at, "
+                     "DROP COLUMN latency_ms")  # fmt: skip
         conn.execute("ALTER TABLE bulk_update.runs DROP COLUMN total_rows, DROP COLUMN requests, "
                      "DROP COLUMN rate_limited, DROP COLUMN stopped_by, DROP COLUMN host, "
-                     "DROP COLUMN pid")  # fmt: skip
+                     "DROP COLUMN pid, DROP COLUMN heartbeat_at, DROP COLUMN rows_done")  # fmt: skip
+        conn.execute("DROP TABLE bulk_update.timeline")
         conn.execute("UPDATE bulk_update.layout SET version = 1")
     with open_store(StoreLocation(Path("unused"), state_url)):
         pass
@@ -397,6 +400,14 @@ def test_a_schema_of_the_older_layout_gains_the_new_columns(
         database,
         "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'bulk_update' "
         "AND table_name = 'runs' AND column_name IN ('total_rows', 'requests', 'rate_limited', "
-        "'stopped_by', 'host', 'pid')",
+        "'stopped_by', 'host', 'pid', 'heartbeat_at', 'rows_done')",
     )
-    assert runs == [(6,)]
+    assert runs == [(8,)]
+    timing = postgres.query(
+        database,
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'bulk_update' "
+        "AND table_name = 'outcomes' AND column_name IN ('sent_at', 'answered_at', 'latency_ms') "
+        "ORDER BY 1",
+    )
+    assert timing == [("answered_at",), ("latency_ms",), ("sent_at",)]
+    assert postgres.query(database, "SELECT count(*) FROM bulk_update.timeline") == [(0,)]

@@ -83,9 +83,62 @@ class RunRecord:
     host: str | None
     pid: int | None
     replaced: bool
+    options: dict[str, Any] = field(default_factory=dict)  # as given (never a secret)
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class RowTiming:
+    """When a worker took a row and when its last answer came (Unix time), and how long that
+    last request took: kept per row in the store (not in the results) for ``report``."""
+
+    sent_at: float
+    answered_at: float
+    latency_ms: int | None
+
+
+# The outcomes' columns that the store keeps beside the results' own (RowTiming's).
+TIMING_COLUMNS = ("sent_at", "answered_at", "latency_ms")
+
+
+@dataclass(slots=True)
+class Second:
+    """One second of a run's timeline (``at``: Unix time, whole seconds): what its requests
+    got, and the rate the limiter allowed. Kept per run in the store for ``status`` and
+    ``report``."""
+
+    at: int
+    requests: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+    errors: int = 0  # answers that were neither a success nor a 429 (4xx, 5xx, no answer)
+    rows: int = 0  # rows finished by a worker (sent or read); not invalid or unchanged ones
+    limit_rpm: float | None = None  # the rate the limiter allowed
+    announced_rpm: float | None = None  # the limit the server announced, if it did
+
+
+TIMELINE_COLUMNS = tuple(Second.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    """A run that is going on, or stopped before its end, as ``status`` shows it.
+
+    ``heartbeat_age_s``: seconds since the run's last heartbeat (None: it never beat, as a run
+    of an older version); ``rows_per_s``: rows its workers finished per second over the last
+    minute of its timeline."""
+
+    record: RunRecord
+    rows_done: int | None
+    heartbeat_age_s: float | None
+    rows_per_s: float | None
+
+
+# What ``report`` reads of a run's outcomes, per row.
+REPORT_COLUMNS = ("row_number", "status", "http_status", "attempts", "error_code",
+                  "error_message", *TIMING_COLUMNS)  # fmt: skip
 
 
 class StateReader(Protocol):
@@ -113,10 +166,16 @@ class Journal(StateReader, Protocol):
         once that is committed."""
         ...
 
-    async def record(self, outcome: RowOutcome) -> None:
+    async def record(self, outcome: RowOutcome, timing: RowTiming | None = None) -> None:
         """Commit one sent (or read) row's outcome, with its state entry if the server
         confirmed its values (``updated``, or ``unchanged`` after a read); return once it is
         committed."""
+        ...
+
+    async def beat(self, total_rows: int, rows_done: int, seconds: Iterable[Second]) -> None:
+        """The run's heartbeat (every few seconds while it runs): how far it is, and the
+        timeline's seconds since the last one. Never blocks the event loop for long (a
+        database that is away is waited for off the loop)."""
         ...
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
@@ -209,11 +268,52 @@ class Store(Protocol):
         """The job's runs, newest first."""
         ...
 
+    def status(self, job: str) -> list[RunStatus]:
+        """The job's runs that are going on or stopped before their end (not replaced), newest
+        first."""
+        ...
+
+    def timeline(self, run_id: int) -> list[Second]:
+        """A run's timeline, every invocation's, in order."""
+        ...
+
+    def report_rows(self, run_id: int) -> pl.DataFrame:
+        """A run's outcomes, REPORT_COLUMNS, by row number."""
+        ...
+
     def close(self) -> None: ...
 
     def __enter__(self) -> Store: ...
 
     def __exit__(self, *exc_info: object) -> None: ...
+
+
+def is_unfinished(record: RunRecord) -> bool:
+    """Is the run going on, or did it stop before its rows were done?"""
+    return record.ended_at is None or record.counts.get(Status.UNPROCESSED.value, 0) > 0
+
+
+# ``status``'s rate: rows per second over the last minute of a run's timeline.
+RATE_WINDOW_S = 60
+
+
+def recent_rate(first: int | None, last: int | None, recent_rows: int | None) -> float | None:
+    """Rows per second over the last RATE_WINDOW_S seconds of a timeline that spans
+    ``[first, last]`` (its own clock: machines' clocks need not agree)."""
+    if first is None or last is None:
+        return None
+    return (recent_rows or 0) / min(RATE_WINDOW_S, last - first + 1)
+
+
+def report_frame(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
+    """``report_rows``' frame from its rows (REPORT_COLUMNS order)."""
+    schema = {
+        "row_number": pl.Int64, "status": pl.String, "http_status": pl.Int64,
+        "attempts": pl.Int64, "error_code": pl.String, "error_message": pl.String,
+        "sent_at": pl.Float64, "answered_at": pl.Float64, "latency_ms": pl.Int64,
+    }  # fmt: skip
+    assert tuple(schema) == REPORT_COLUMNS
+    return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 # Rows that a resumed run processes again; with --retry-failed, failed rows too.
@@ -281,11 +381,15 @@ def open_existing_store(location: StoreLocation, job: str) -> Store:
     return open_store(location)
 
 
-def options_input(options: str | None) -> str | None:
-    """The input a run's stored options name."""
-    if not options:
-        return None
-    value = json.loads(options).get("input")
+def run_options(options: str | None) -> dict[str, Any]:
+    """A run's stored options (JSON text)."""
+    found = json.loads(options) if options else {}
+    return found if isinstance(found, dict) else {}
+
+
+def options_input(options: dict[str, Any]) -> str | None:
+    """The input a run's options name."""
+    value = options.get("input")
     return None if value is None else str(value)
 
 

@@ -6,8 +6,11 @@ needs ``CREATE`` on the database the first time, then only read/write on the sch
     layout(version)                          -- the layout's version (1)
     jobs(job_id, name)                       -- a job name, numbered once
     runs(run_id, job, results, shard, fingerprint, options, started_at, resumed_at,
-         invocations, ended_at, counts, exit_code, replaced_at)
-    outcomes(run_id, row_number, <the results columns>)   -- the journal
+         invocations, ended_at, counts, exit_code, replaced_at, total_rows, requests,
+         rate_limited, stopped_by, host, pid, heartbeat_at, rows_done)
+    outcomes(run_id, row_number, <the results columns>, sent_at, answered_at, latency_ms)
+    timeline(run_id, at, requests, rate_limited, retries, errors, rows, limit_rpm,
+             announced_rpm)                  -- per second of a run (status, report)
     last_set(job_id, conversation_id, metadata, set_at)   -- each job's state
     budget(job_id, next_at)                  -- the job's shared rate budget (see Budget)
     sessions(backend_pid, host, pid, since)  -- who holds a lock, for the refusal's message
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -54,12 +58,22 @@ from bulk_update.exceptions import ConfigError, JournalError, StoreUnavailable
 from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, RowOutcome, Status
 from bulk_update.read import ROW_NUMBER
 from bulk_update.store import (
+    REPORT_COLUMNS,
+    TIMELINE_COLUMNS,
+    TIMING_COLUMNS,
+    RowTiming,
     RunEnd,
     RunKey,
     RunRecord,
+    RunStatus,
+    Second,
     changed_fields,
     fingerprint_text,
+    is_unfinished,
     options_input,
+    recent_rate,
+    report_frame,
+    run_options,
     unfinished_statuses,
 )
 from bulk_update.store.url import check_url, redact, secrets
@@ -70,8 +84,9 @@ T = TypeVar("T")
 
 SCHEMA = "bulk_update"
 # 1: the first; 2: outcomes gain previous_metadata and server_metadata; 3: runs gain what
-# history shows (_RUN_COLUMNS).
-LAYOUT_VERSION = 3
+# history shows (_RUN_COLUMNS); 4: outcomes gain TIMING_COLUMNS, runs a heartbeat, and the
+# timeline table.
+LAYOUT_VERSION = 4
 _RUN_COLUMNS = (
     ("total_rows", "bigint"),
     ("requests", "bigint NOT NULL DEFAULT 0"),
@@ -79,7 +94,11 @@ _RUN_COLUMNS = (
     ("stopped_by", "text"),
     ("host", "text"),
     ("pid", "integer"),
+    ("heartbeat_at", "timestamptz"),  # layout 4: the run's last heartbeat
+    ("rows_done", "bigint"),
 )
+_TIMING_TYPES = {"sent_at": "double precision", "answered_at": "double precision",
+                 "latency_ms": "integer"}  # fmt: skip
 # Reconnection: first wait, longest wait.
 _BACKOFF_S = (0.2, 5.0)
 # Outcomes committed together by the writer thread, at most.
@@ -101,8 +120,10 @@ _SQL_TYPES: dict[pl.DataType, str] = {pl.Int64(): "bigint", pl.String(): "text"}
 assert RESULT_COLUMNS[0] == "row_number"
 _STORED = RESULT_COLUMNS[1:]
 _COLUMNS = ", ".join(_STORED)
+# What an outcome's insert writes: the results' columns and the row's timing.
+_WRITTEN = ", ".join((*_STORED, *TIMING_COLUMNS))
 _ON_CONFLICT = "ON CONFLICT (run_id, row_number) DO UPDATE SET " + ", ".join(
-    f"{name} = EXCLUDED.{name}" for name in _STORED
+    f"{name} = EXCLUDED.{name}" for name in (*_STORED, *TIMING_COLUMNS)
 )
 # Outcomes go to the database as one JSON array per group, unpacked by the server: adapting
 # Python lists column by column cost 5x the CPU (psycopg escapes every array element).
@@ -112,11 +133,13 @@ _RECORDS = (
         f"{name} {_SQL_TYPES[RESULTS_SCHEMA[name]] if name != 'row_number' else 'integer'}"
         for name in RESULT_COLUMNS
     )
+    + ", "
+    + ", ".join(f"{name} {kind}" for name, kind in _TIMING_TYPES.items())
     + ")"
 )
 _UPSERT_OUTCOMES = (
-    f"INSERT INTO outcomes (run_id, row_number, {_COLUMNS}) "  # noqa: S608
-    f"SELECT %s, row_number, {_COLUMNS} FROM {_RECORDS} {_ON_CONFLICT}"
+    f"INSERT INTO outcomes (run_id, row_number, {_WRITTEN}) "  # noqa: S608
+    f"SELECT %s, row_number, {_WRITTEN} FROM {_RECORDS} {_ON_CONFLICT}"
 )
 # A group of the writer's: the IDs to forget, the outcomes and the updated rows' state entries,
 # in one statement (one round trip, its own transaction). Its forgets and its outcomes never
@@ -125,8 +148,8 @@ _GROUP = (
     "WITH f AS (DELETE FROM last_set WHERE job_id = %(job)s AND conversation_id IN "  # noqa: S608
     "(SELECT json_array_elements_text(%(forget)s::json))), "
     f"r AS (SELECT * FROM {_RECORDS.replace('%s', '%(records)s')}), "
-    f"o AS (INSERT INTO outcomes (run_id, row_number, {_COLUMNS}) "
-    f"SELECT %(run)s, row_number, {_COLUMNS} FROM r {_ON_CONFLICT}) "
+    f"o AS (INSERT INTO outcomes (run_id, row_number, {_WRITTEN}) "
+    f"SELECT %(run)s, row_number, {_WRITTEN} FROM r {_ON_CONFLICT}) "
     "INSERT INTO last_set (job_id, conversation_id, metadata, set_at) "
     f"SELECT %(job)s, conversation_id, sent_metadata, now() FROM r "
     f"WHERE status IN ('{Status.UPDATED}', '{Status.UNCHANGED}') "
@@ -154,6 +177,8 @@ _DDL = (
     f"CREATE TABLE IF NOT EXISTS {SCHEMA}.outcomes (run_id bigint NOT NULL, "
     "row_number integer NOT NULL, "
     + ", ".join(f"{name} {_SQL_TYPES[RESULTS_SCHEMA[name]]}" for name in _STORED)
+    + ", "
+    + ", ".join(f"{name} {kind}" for name, kind in _TIMING_TYPES.items())
     + ", PRIMARY KEY (run_id, row_number))",
     f"CREATE TABLE IF NOT EXISTS {SCHEMA}.last_set (job_id integer NOT NULL, "
     "conversation_id text NOT NULL, metadata text NOT NULL, set_at timestamptz NOT NULL, "
@@ -162,6 +187,19 @@ _DDL = (
     "next_at double precision NOT NULL)",
     f"CREATE TABLE IF NOT EXISTS {SCHEMA}.sessions (backend_pid integer PRIMARY KEY, "
     "host text NOT NULL, pid integer NOT NULL, since timestamptz NOT NULL)",
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.timeline (run_id bigint NOT NULL, at bigint NOT NULL, "
+    "requests integer NOT NULL, rate_limited integer NOT NULL, retries integer NOT NULL, "
+    "errors integer NOT NULL, rows integer NOT NULL, limit_rpm double precision, "
+    "announced_rpm double precision, PRIMARY KEY (run_id, at))",
+)
+_ADD_SECONDS = (
+    f"INSERT INTO timeline (run_id, {', '.join(TIMELINE_COLUMNS)}) "  # noqa: S608
+    f"SELECT %s, {', '.join(TIMELINE_COLUMNS)} FROM json_to_recordset(%s::json) AS t(at bigint, "
+    "requests integer, rate_limited integer, retries integer, errors integer, rows integer, "
+    "limit_rpm double precision, announced_rpm double precision) "
+    "ON CONFLICT (run_id, at) DO UPDATE SET "
+    + ", ".join(f"{n} = timeline.{n} + EXCLUDED.{n}" for n in TIMELINE_COLUMNS[1:6])
+    + ", limit_rpm = EXCLUDED.limit_rpm, announced_rpm = EXCLUDED.announced_rpm"
 )
 
 
@@ -277,11 +315,9 @@ class _Session:
             if version is None:
                 conn.execute("INSERT INTO layout VALUES (%s)", (LAYOUT_VERSION,))
             elif version < LAYOUT_VERSION:
-                for name in _STORED:
-                    conn.execute(
-                        f"ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS {name} "
-                        f"{_SQL_TYPES[RESULTS_SCHEMA[name]]}"
-                    )
+                added = [(name, _SQL_TYPES[RESULTS_SCHEMA[name]]) for name in _STORED]
+                for name, kind in [*added, *_TIMING_TYPES.items()]:
+                    conn.execute(f"ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS {name} {kind}")
                 for name, kind in _RUN_COLUMNS:
                     conn.execute(f"ALTER TABLE runs ADD COLUMN IF NOT EXISTS {name} {kind}")
                 conn.execute("UPDATE layout SET version = %s", (LAYOUT_VERSION,))
@@ -563,6 +599,53 @@ class PostgresStore:
 
         return [_run_record(row) for row in self._session.run(runs)]
 
+    def status(self, job: str) -> list[RunStatus]:
+        records = [r for r in self.history(job) if not r.replaced and is_unfinished(r)]
+
+        def details(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT r.run_id, r.rows_done, extract(epoch FROM now() - r.heartbeat_at), "
+                "t.first, t.last, (SELECT sum(rows) FROM timeline WHERE run_id = r.run_id "
+                "AND at > t.last - 60) FROM runs AS r, LATERAL (SELECT min(at) AS first, "
+                "max(at) AS last FROM timeline WHERE run_id = r.run_id) AS t "
+                "WHERE r.run_id = ANY(%s)",
+                ([r.run_id for r in records],),
+            ).fetchall()
+
+        found = {row[0]: row[1:] for row in self._session.run(details)} if records else {}
+        statuses = []
+        for record in records:
+            done, age, first, last, recent = found[record.run_id]
+            statuses.append(
+                RunStatus(
+                    record,
+                    None if done is None else int(done),
+                    None if age is None else max(0.0, float(age)),
+                    recent_rate(first, last, None if recent is None else int(recent)),
+                )
+            )
+        return statuses
+
+    def timeline(self, run_id: int) -> list[Second]:
+        rows = self._session.run(
+            lambda conn: conn.execute(
+                f"SELECT {', '.join(TIMELINE_COLUMNS)} FROM timeline "  # noqa: S608
+                "WHERE run_id = %s ORDER BY at",
+                (run_id,),
+            ).fetchall()
+        )
+        return [Second(*row) for row in rows]
+
+    def report_rows(self, run_id: int) -> pl.DataFrame:
+        rows = self._session.run(
+            lambda conn: conn.execute(
+                f"SELECT {', '.join(REPORT_COLUMNS)} FROM outcomes "  # noqa: S608
+                "WHERE run_id = %s ORDER BY row_number",
+                (run_id,),
+            ).fetchall()
+        )
+        return report_frame(rows)
+
     def close(self) -> None:
         self._session.close()
 
@@ -610,9 +693,10 @@ class PostgresBudget:
 
 
 def _run_record(row: tuple[Any, ...]) -> RunRecord:
+    options = run_options(row[3])
     return RunRecord(
-        run_id=int(row[0]), results=row[1], shard=row[2], input=options_input(row[3]),
-        started_at=_iso(row[4]), ended_at=_iso(row[5]) if row[5] else None,
+        run_id=int(row[0]), results=row[1], shard=row[2], input=options_input(options),
+        options=options, started_at=_iso(row[4]), ended_at=_iso(row[5]) if row[5] else None,
         invocations=row[6], counts=json.loads(row[7]) if row[7] else {}, exit_code=row[8],
         total_rows=row[9], requests=int(row[10] or 0), rate_limited=int(row[11] or 0),
         stopped_by=row[12], host=row[13], pid=row[14], replaced=bool(row[15]),
@@ -624,8 +708,19 @@ def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _records(outcomes: list[RowOutcome]) -> str:
-    return json.dumps([dict(zip(RESULT_COLUMNS, o.as_row(), strict=True)) for o in outcomes])
+Recorded = tuple[RowOutcome, RowTiming | None]
+
+
+def _records(outcomes: list[Recorded]) -> str:
+    return json.dumps(
+        [
+            {
+                **dict(zip(RESULT_COLUMNS, o.as_row(), strict=True)),
+                **({} if t is None else dataclasses.asdict(t)),
+            }
+            for o, t in outcomes
+        ]
+    )
 
 
 def _arrays(rows: pl.DataFrame) -> tuple[list[int], list[str], list[str]]:
@@ -811,10 +906,10 @@ class PostgresJournal(_Reader):
     async def forget(self, conversation_id: str) -> None:
         await self._writer.submit(conversation_id)
 
-    async def record(self, outcome: RowOutcome) -> None:
-        await self._writer.submit(outcome)
+    async def record(self, outcome: RowOutcome, timing: RowTiming | None = None) -> None:
+        await self._writer.submit((outcome, timing))
 
-    def _group(self, items: list[RowOutcome | str]) -> dict[str, Any]:
+    def _group(self, items: list[Recorded | str]) -> dict[str, Any]:
         forget = [item for item in items if isinstance(item, str)]
         outcomes = [item for item in items if not isinstance(item, str)]
         return {
@@ -824,12 +919,12 @@ class PostgresJournal(_Reader):
             "records": _records(outcomes),
         }
 
-    def _upsert(self, conn: psycopg.Connection[Any], outcomes: list[RowOutcome]) -> None:
+    def _upsert(self, conn: psycopg.Connection[Any], outcomes: list[Recorded]) -> None:
         if outcomes:
             conn.execute(_UPSERT_OUTCOMES, (_records(outcomes), self.run_id))
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
-        rows = list(outcomes)
+        rows: list[Recorded] = [(outcome, None) for outcome in outcomes]
         if rows:
             self._session.run(lambda conn: self._upsert(conn, rows))
 
@@ -853,6 +948,20 @@ class PostgresJournal(_Reader):
                 )
 
         self._session.run(write)
+
+    async def beat(self, total_rows: int, rows_done: int, seconds: Iterable[Second]) -> None:
+        timeline = json.dumps([dataclasses.asdict(second) for second in seconds])
+
+        def write(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(_ADD_SECONDS, (self.run_id, timeline))
+            conn.execute(
+                "UPDATE runs SET heartbeat_at = now(), rows_done = %s, total_rows = %s "
+                "WHERE run_id = %s",
+                (rows_done, total_rows, self.run_id),
+            )
+
+        # Off the event loop: a database that is away is retried for --store-timeout.
+        await asyncio.to_thread(self._session.run, write)
 
     def finish(self, end: RunEnd) -> None:
         self._session.run(

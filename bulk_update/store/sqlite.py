@@ -3,8 +3,10 @@
 Tables (``PRAGMA user_version`` is the layout's version)::
 
     runs(run_id, job, results, shard, fingerprint, options, started_at, resumed_at,
-         invocations, ended_at, counts, exit_code, replaced_at)
-    outcomes(id, <the results columns but row_number>)   -- the journal
+         invocations, ended_at, counts, exit_code, replaced_at, <RUN_COLUMNS>)
+    outcomes(id, <the results columns but row_number>, sent_at, answered_at, latency_ms)
+    timeline(run_id, at, requests, rate_limited, retries, errors, rows, limit_rpm,
+             announced_rpm)                  -- per second of a run (status, report)
     run_outcomes: a view of outcomes with run_id and row_number
     last_set(conversation_id PRIMARY KEY, metadata, set_at) -- the job's state
     budget(job PRIMARY KEY, next_at)   -- the rate budget its shards share (layout 2)
@@ -48,12 +50,22 @@ from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, RowOutcome, Stat
 from bulk_update.paths import is_remote
 from bulk_update.read import ROW_NUMBER
 from bulk_update.store import (
+    REPORT_COLUMNS,
+    TIMELINE_COLUMNS,
+    TIMING_COLUMNS,
+    RowTiming,
     RunEnd,
     RunKey,
     RunRecord,
+    RunStatus,
+    Second,
     changed_fields,
     fingerprint_text,
+    is_unfinished,
     options_input,
+    recent_rate,
+    report_frame,
+    run_options,
     unfinished_statuses,
 )
 from bulk_update.store.locks import release_lock, take_lock
@@ -61,18 +73,21 @@ from bulk_update.store.locks import release_lock, take_lock
 log = logging.getLogger("bulk_update")
 
 # 1: runs, outcomes, last_set; 2: and budget; 3: outcomes gain previous_metadata and
-# server_metadata; 4: runs gain what history shows (RUN_COLUMNS).
-LAYOUT_VERSION = 4
+# server_metadata; 4: runs gain what history shows (RUN_COLUMNS); 5: outcomes gain
+# TIMING_COLUMNS, runs a heartbeat, and the timeline table.
+LAYOUT_VERSION = 5
 
 _SQL_TYPES: dict[pl.DataType, str] = {pl.Int64(): "INTEGER", pl.String(): "TEXT"}
 assert RESULT_COLUMNS[0] == "row_number"
 _STORED = RESULT_COLUMNS[1:]  # row_number is in the id
 _stored = operator.attrgetter(*_STORED)
 _COLUMNS = ", ".join(_STORED)
+_TIMING_TYPES = {"sent_at": "REAL", "answered_at": "REAL", "latency_ms": "INTEGER"}
 _INSERT = (
-    f"INSERT OR REPLACE INTO outcomes (id, {_COLUMNS}) "  # noqa: S608
-    f"VALUES (?, {', '.join('?' for _ in _STORED)})"
+    f"INSERT OR REPLACE INTO outcomes (id, {_COLUMNS}, {', '.join(TIMING_COLUMNS)}) "  # noqa: S608
+    f"VALUES (?, {', '.join('?' for _ in (*_STORED, *TIMING_COLUMNS))})"
 )
+_NO_TIMING = (None, None, None)
 # Row numbers are below 2**32 (polars' row index is 32-bit).
 _ROWS_PER_RUN = 1 << 32
 # What a run records for history (layout 4), after the columns of layout 1.
@@ -83,6 +98,8 @@ RUN_COLUMNS = (
     ("stopped_by", "TEXT"),
     ("host", "TEXT"),
     ("pid", "INTEGER"),
+    ("heartbeat_at", "REAL"),  # layout 5: Unix time of the run's last heartbeat
+    ("rows_done", "INTEGER"),
 )
 _VIEW = (
     "CREATE VIEW IF NOT EXISTS run_outcomes AS SELECT id >> 32 AS run_id, "  # noqa: S608
@@ -100,11 +117,23 @@ _TABLES = (
     "CREATE INDEX IF NOT EXISTS runs_by_key ON runs (job, results, shard)",
     "CREATE TABLE IF NOT EXISTS outcomes (id INTEGER PRIMARY KEY, "
     + ", ".join(f"{name} {_SQL_TYPES[RESULTS_SCHEMA[name]]}" for name in _STORED)
+    + ", "
+    + ", ".join(f"{name} {kind}" for name, kind in _TIMING_TYPES.items())
     + ")",
     _VIEW,
     "CREATE TABLE IF NOT EXISTS last_set (conversation_id TEXT PRIMARY KEY, "
     "metadata TEXT NOT NULL, set_at TEXT NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS budget (job TEXT PRIMARY KEY, next_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS timeline (run_id INTEGER NOT NULL, at INTEGER NOT NULL, "
+    "requests INTEGER NOT NULL, rate_limited INTEGER NOT NULL, retries INTEGER NOT NULL, "
+    "errors INTEGER NOT NULL, rows INTEGER NOT NULL, limit_rpm REAL, announced_rpm REAL, "
+    "PRIMARY KEY (run_id, at)) WITHOUT ROWID",
+)
+_ADD_SECOND = (
+    f"INSERT INTO timeline ({', '.join(TIMELINE_COLUMNS)}, run_id) VALUES "  # noqa: S608
+    f"({', '.join('?' for _ in TIMELINE_COLUMNS)}, ?) ON CONFLICT (run_id, at) DO UPDATE SET "
+    + ", ".join(f"{n} = {n} + excluded.{n}" for n in TIMELINE_COLUMNS[1:6])
+    + ", limit_rpm = excluded.limit_rpm, announced_rpm = excluded.announced_rpm"
 )
 
 
@@ -252,7 +281,8 @@ class SQLiteStore:
             if version == 0:
                 others = db.execute(
                     "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
-                    "AND name NOT IN ('runs', 'outcomes', 'last_set', 'run_outcomes', 'budget')"
+                    "AND name NOT IN ('runs', 'outcomes', 'last_set', 'run_outcomes', 'budget', "
+                    "'timeline')"
                 ).fetchall()
                 if others:
                     raise JournalError(
@@ -271,10 +301,14 @@ class SQLiteStore:
             db.execute("DETACH DATABASE legacy")
 
     def _migrate(self) -> None:
-        """Bring a store of an older layout to this one: the outcomes' new columns."""
+        """Bring a store of an older layout to this one: the new columns (tables are created
+        by ``_TABLES``)."""
         db = self._db
         wanted = {
-            "outcomes": [(name, _SQL_TYPES[RESULTS_SCHEMA[name]]) for name in _STORED],
+            "outcomes": [
+                *((name, _SQL_TYPES[RESULTS_SCHEMA[name]]) for name in _STORED),
+                *_TIMING_TYPES.items(),
+            ],
             "runs": list(RUN_COLUMNS),
         }
         for table, columns in wanted.items():
@@ -395,6 +429,50 @@ class SQLiteStore:
         )
         return [_record(*row) for row in rows]
 
+    def status(self, job: str) -> list[RunStatus]:
+        found = []
+        now = time.time()
+        for record in self.history(job):
+            if record.replaced or not is_unfinished(record):
+                continue
+            beat, done = self._db.execute(
+                "SELECT heartbeat_at, rows_done FROM runs WHERE run_id = ?", (record.run_id,)
+            ).fetchone()
+            first, last = self._db.execute(
+                "SELECT min(at), max(at) FROM timeline WHERE run_id = ?", (record.run_id,)
+            ).fetchone()
+            recent = None
+            if last is not None:
+                recent = self._db.execute(
+                    "SELECT sum(rows) FROM timeline WHERE run_id = ? AND at > ?",
+                    (record.run_id, last - 60),
+                ).fetchone()[0]
+            found.append(
+                RunStatus(
+                    record,
+                    done,
+                    None if beat is None else max(0.0, now - beat),
+                    recent_rate(first, last, recent),
+                )
+            )
+        return found
+
+    def timeline(self, run_id: int) -> list[Second]:
+        rows = self._db.execute(
+            f"SELECT {', '.join(TIMELINE_COLUMNS)} FROM timeline WHERE run_id = ? ORDER BY at",  # noqa: S608
+            (run_id,),
+        )
+        return [Second(*row) for row in rows]
+
+    def report_rows(self, run_id: int) -> pl.DataFrame:
+        columns = ", ".join(name if name != "row_number" else "id - ?" for name in REPORT_COLUMNS)
+        base = run_id * _ROWS_PER_RUN
+        rows = self._db.execute(
+            f"SELECT {columns} FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id",  # noqa: S608
+            (base, base, base + _ROWS_PER_RUN - 1),
+        ).fetchall()
+        return report_frame(rows)
+
     def close(self) -> None:
         self._db.close()
 
@@ -411,8 +489,9 @@ def _record(
     total_rows: int | None, requests: int, rate_limited: int, stopped_by: str | None,
     host: str | None, pid: int | None, replaced: int,
 ) -> RunRecord:  # fmt: skip
+    given = run_options(options)
     return RunRecord(
-        run_id=run_id, results=results, shard=shard, input=options_input(options),
+        run_id=run_id, results=results, shard=shard, input=options_input(given), options=given,
         started_at=started_at, ended_at=ended_at, invocations=invocations,
         counts=json.loads(counts) if counts else {}, exit_code=exit_code, total_rows=total_rows,
         requests=requests or 0, rate_limited=rate_limited or 0, stopped_by=stopped_by,
@@ -499,23 +578,27 @@ class SQLiteJournal(_Reader):
     async def forget(self, conversation_id: str) -> None:
         self._db.execute("DELETE FROM last_set WHERE conversation_id = ?", (conversation_id,))
 
-    async def record(self, outcome: RowOutcome) -> None:
+    async def record(self, outcome: RowOutcome, timing: RowTiming | None = None) -> None:
         if outcome.status not in _CONFIRMED:
-            self._insert(outcome)
+            self._insert(outcome, timing)
             return
         assert outcome.sent_metadata is not None
         with _transaction(self._db):
-            self._insert(outcome)
+            self._insert(outcome, timing)
             self._db.execute(
                 "INSERT OR REPLACE INTO last_set VALUES (?, ?, ?)",
                 (outcome.conversation_id, outcome.sent_metadata, _now()),
             )
 
-    def _insert(self, outcome: RowOutcome) -> None:
-        self._db.execute(_INSERT, self._values(outcome))
+    def _insert(self, outcome: RowOutcome, timing: RowTiming | None) -> None:
+        values = self._values(outcome)
+        if timing is not None:
+            values = (*values[: -len(_NO_TIMING)], timing.sent_at, timing.answered_at,
+                      timing.latency_ms)  # fmt: skip
+        self._db.execute(_INSERT, values)
 
     def _values(self, outcome: RowOutcome) -> tuple[Any, ...]:
-        return (self._base + outcome.row_number, *_stored(outcome))
+        return (self._base + outcome.row_number, *_stored(outcome), *_NO_TIMING)
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
         with _transaction(self._db):
@@ -539,6 +622,17 @@ class SQLiteJournal(_Reader):
                     "ON s.conversation_id = json_extract(j.value, '$.i')",
                     (rows_json,),
                 )
+
+    async def beat(self, total_rows: int, rows_done: int, seconds: Iterable[Second]) -> None:
+        # On the event loop, as every write of the journal's connection (a local file).
+        values = [(*(getattr(second, n) for n in TIMELINE_COLUMNS), self.run_id)
+                  for second in seconds]  # fmt: skip
+        with _transaction(self._db):
+            self._db.executemany(_ADD_SECOND, values)
+            self._db.execute(
+                "UPDATE runs SET heartbeat_at = ?, rows_done = ?, total_rows = ? WHERE run_id = ?",
+                (time.time(), rows_done, total_rows, self.run_id),
+            )
 
     def finish(self, end: RunEnd) -> None:
         self._db.execute(

@@ -1,0 +1,128 @@
+"""`bulk-update report`: a run's page, written by the real CLI from the job's store and opened
+from its file in Debian's Chromium (headless, through Playwright): the charts render, the
+tables say what the results say, nothing is fetched from the network, nothing is logged as an
+error. One screenshot is kept in out/test-artifacts/ (not in git)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import TEST_KEY, StartEmulator
+from tests.helpers import ID, cli, results, write_input
+from tests.monitoring import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+
+JOB = "nightly"
+
+
+def _open_in_chromium(page_file: Path, screenshot: Path) -> dict[str, Any]:
+    """What the page shows once rendered, and what went wrong while it was."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} not found: `make test` installs Debian's chromium (apt-get)")
+    errors: list[str] = []
+    fetched: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("request", lambda request: fetched.append(request.url))
+            page.goto(page_file.as_uri())
+            page.wait_for_selector("#chart-latency .uplot", timeout=30_000)
+            shown: dict[str, Any] = page.evaluate(
+                """() => {
+                  const text = (el) => el.textContent.trim();
+                  const table = (id) => Array.from(
+                    document.querySelectorAll(`#${id} tbody tr`),
+                    (tr) => Array.from(tr.querySelectorAll("td"), text));
+                  const charts = Array.from(document.querySelectorAll(".chart"), (chart) => ({
+                    id: chart.id,
+                    canvases: Array.from(chart.querySelectorAll("canvas"),
+                                         (c) => [c.width, c.height]),
+                    series: Array.from(chart.querySelectorAll(".u-legend .u-series .u-label"),
+                                       text),
+                    // Pixels drawn on the canvas (not the background): the lines are there.
+                    inked: Array.from(chart.querySelectorAll("canvas"), (c) => {
+                      const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+                      let n = 0;
+                      for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+                      return n;
+                    }),
+                  }));
+                  return { charts, status: table("rows-by-status"), errors: table("rows-by-error"),
+                           top: table("top-errors"), summary: table("summary") };
+                }"""
+            )
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    shown["console_errors"] = errors
+    shown["fetched"] = fetched
+    return shown
+
+
+def test_report_page_renders_the_run_in_a_real_browser(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    write_input(source, 200)
+    emu = start_emulator("--preload", str(source), "--api-key", TEST_KEY, "--latency-ms", "5",
+                         "--error-rate", "0.1", "--random-seed", "3")  # fmt: skip
+    with source.open("a") as f:
+        f.write("not an id!,v,0\n" + ID(10**6) + ",v,0\n")
+    output = tmp_path / "out.csv"
+    done = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url,
+               "--job-name", JOB, "--state-dir", str(tmp_path), "--rpm", "6000",
+               "--concurrency", "4")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    page_file = tmp_path / "report.html"
+    wrong = cli("report", "--job", JOB, "--state-dir", str(tmp_path), "--run", "99", "--output",
+                str(page_file))  # fmt: skip
+    assert wrong.returncode == 2
+    assert wrong.stderr.count("\n") == 1
+    assert "--run 99: job 'nightly' has no such run (it has 1)" in wrong.stderr
+    none = cli("report", "--job", "other", "--state-dir", str(tmp_path), "--output",
+               str(page_file))  # fmt: skip
+    assert none.returncode == 2
+    assert "no store of job 'other'" in none.stderr
+    assert not page_file.exists()
+    written = cli("report", "--job", JOB, "--state-dir", str(tmp_path), "--output", str(page_file))
+    assert written.returncode == 0, written.stderr
+    assert f"run 1: {page_file}" in written.stderr
+    html = page_file.read_text()
+    assert len(html.encode()) < 3_000_000
+    assert TEST_KEY not in html
+
+    shown = _open_in_chromium(page_file, ARTIFACTS / "report.png")
+    assert shown["console_errors"] == []
+    # Opened from its file, the page fetched nothing else: no CDN, no font, no image.
+    assert shown["fetched"] == [page_file.as_uri()]
+    charts = {chart["id"]: chart for chart in shown["charts"]}
+    requests, latency = charts["chart-requests"], charts["chart-latency"]
+    assert requests["series"][1:] == ["requests/s", "limiter allowed", "server limit", "--rpm",
+                                      "429s/s", "retries/s", "errors/s"]  # fmt: skip
+    assert latency["series"][1:] == ["p50", "p90", "p99"]
+    for chart in (requests, latency):
+        assert chart["canvases"]
+        assert all(w > 300 and h > 100 for w, h in chart["canvases"])
+        assert max(chart["inked"]) > 1000
+
+    counts = results(output).group_by("status").len()
+    expected = {status: str(n) for status, n in counts.iter_rows()}
+    assert dict(shown["status"]) == expected
+    codes = {(status, code): int(n) for status, code, n in shown["errors"]}
+    assert codes[("failed", "http_404")] == 1
+    assert codes[("invalid", "invalid_id")] == 1
+    # The top messages name example rows: the invalid ID is row 201, the unknown one row 202.
+    examples = {row[0]: row[3] for row in shown["top"]}
+    assert examples == {"invalid_id": "201", "http_404": "202"}
+    summary = dict(shown["summary"])
+    assert summary["exit code"] == "1"
+    assert summary["rows"] == "202 of 202"
+    assert int(summary["requests"]) == emu.stats()["requests"]

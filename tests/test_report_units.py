@@ -1,0 +1,84 @@
+"""The report's data, one function at a time: a long run's timeline summed into buckets keeps
+every request, the page stays small, and nothing in it can close its script element."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from bulk_update.report import MAX_POINTS, RunData, latency_series, render, requests_series
+from bulk_update.store import RunRecord, Second, report_frame
+
+
+def _record(**options: object) -> RunRecord:
+    return RunRecord(
+        run_id=7, results="out/r.csv", shard="", input="in.csv", started_at="2026-11-29T00:00:00Z",
+        ended_at="2026-11-29T10:00:00Z", invocations=1, counts={"updated": 10}, exit_code=0,
+        total_rows=10, requests=10, rate_limited=0, stopped_by=None, host="h", pid=1,
+        replaced=False, options=dict(options),
+    )  # fmt: skip
+
+
+def _long_run(seconds: int, rows: int) -> RunData:
+    generator = random.Random(5)
+    start = 1_800_000_000
+    timeline = [
+        Second(start + t, requests=generator.randint(0, 60), rate_limited=t % 97 == 0,
+               retries=t % 13 == 0, errors=t % 31 == 0, rows=10, limit_rpm=3000.0,
+               announced_rpm=5000.0)
+        for t in range(seconds)
+        if t % 50 != 7  # some quiet seconds: no row in the timeline
+    ]  # fmt: skip
+    frame = report_frame(
+        [
+            (n, "updated", 200, 1, None, None, start + n * seconds / rows,
+             start + n * seconds / rows + 0.05, generator.randint(20, 400))
+            for n in range(rows)
+        ]
+    )  # fmt: skip
+    return RunData(_record(rpm=3000, api_key_present=False), timeline, frame)
+
+
+def test_a_long_timeline_is_summed_into_buckets_and_keeps_every_request() -> None:
+    data = _long_run(10 * 3600, 100_000)
+    series = requests_series(data)
+    width = series["bucket_s"][0]
+    assert len(series["at"]) <= MAX_POINTS
+    assert width == 18  # 36,000 s in at most 2,000 buckets
+    sent = sum(s.requests for s in data.timeline)
+    # Per second, to 4 decimals: the sums come back to within a request.
+    assert sum(series["requests"]) * width == pytest.approx(sent, abs=1)
+    marked = sum(v for v in series["rate_limited"] if v) * width
+    assert marked == pytest.approx(sum(s.rate_limited for s in data.timeline), abs=1)
+    assert series["configured"][0] == 50.0  # --rpm 3000, per second
+    assert series["announced"][0] == round(5000 / 60, 4)
+    assert series["at"] == sorted(series["at"])
+
+    latency = latency_series(data)
+    assert 100 <= len(latency["at"]) <= 200
+    assert all(a <= b <= c for a, b, c in zip(latency["p50"], latency["p90"], latency["p99"],
+                                              strict=True))  # fmt: skip
+
+    page = render("nightly", data)
+    # Ten hours of one row a second, 100,000 rows: still a small page.
+    assert len(page.encode()) < 400_000
+
+
+def test_a_run_without_requests_has_no_charts_to_draw() -> None:
+    empty = RunData(_record(), [], report_frame([]))
+    assert requests_series(empty) == {}
+    assert latency_series(empty) == {}
+    page = render("nightly", empty)
+    data = page.split('id="report-data">')[1].split("</script>")[0]
+    assert json.loads(data) == {"requests": {}, "latency": {}}
+
+
+def test_text_from_the_store_cannot_close_the_page_s_script() -> None:
+    hostile = "</script><script>alert(1)</script>"
+    frame = report_frame([(1, "failed", 400, 1, "http_400", hostile, None, None, None)])
+    data = RunData(_record(rpm=60, note=hostile), [], frame)
+    page = render("nightly", data)
+    assert "<script>alert(1)" not in page
+    assert "&lt;/script&gt;&lt;script&gt;alert(1)" in page
