@@ -284,3 +284,49 @@ def test_status_and_report_from_the_store_in_postgres(
     assert TEST_KEY not in written
     rows = pl.read_csv(tmp_path / "out.csv")
     assert rows.height == 300
+
+
+def test_two_jobs_over_one_limit_meet_429s_and_every_count_agrees(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """Two jobs on one server limit, each told 5x of it: each rides the limit the server
+    announces, and together they meet 429s. The metrics, the history and the report count
+    every one of them as the server does."""
+    everything = tmp_path / "all.csv"
+    write_input(everything, 240)
+    emu = start_emulator("--preload", str(everything), "--rpm", "1200")
+    lines = everything.read_text().splitlines(keepends=True)
+    processes = {}
+    for name, part in (("a", lines[1:121]), ("b", lines[121:])):
+        (tmp_path / f"{name}.csv").write_text(lines[0] + "".join(part))
+        processes[name] = start(str(tmp_path / f"{name}.csv"), "--output",
+                                str(tmp_path / f"{name}-out.csv"), "--base-url", emu.base_url,
+                                "--job-name", name, "--state-dir", str(tmp_path), "--rpm", "6000",
+                                "--metrics-file", str(tmp_path / f"{name}.prom"),
+                                "--metrics-interval", "0.5")  # fmt: skip
+    for name, process in processes.items():
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, (name, stderr)
+    served = emu.stats()["by_status"]
+    assert served.get("429", 0) > 0  # the two together went over the limit
+    found = {name: samples((tmp_path / f"{name}.prom").read_text()) for name in processes}
+    limited = {
+        name: total(found[name], "bulk_update_requests_total", outcome="rate_limited")
+        for name in processes
+    }
+    assert sum(limited.values()) == served["429"]
+    for name in processes:
+        assert value(found[name], "bulk_update_server_limit_rpm", job=name) == 1200
+        assert value(found[name], "bulk_update_configured_rpm", job=name) == 6000
+        (run,) = json.loads(cli("history", "--job", name, "--state-dir", str(tmp_path),
+                                "--json").stdout)  # fmt: skip
+        assert run["rate_limited"] == limited[name]
+        assert run["counts"] == {"updated": 120}
+    # The report marks them on the time axis: the page's data has 429s where the timeline had.
+    most = max(limited, key=lambda name: limited[name])
+    page = tmp_path / "report.html"
+    assert cli("report", "--job", most, "--state-dir", str(tmp_path), "--output",
+               str(page)).returncode == 0  # fmt: skip
+    data = json.loads(page.read_text().split('id="report-data">')[1].split("</script>")[0])
+    marked = sum(v for v in data["requests"]["rate_limited"] if v) * data["requests"]["bucket_s"][0]
+    assert marked == pytest.approx(limited[most], abs=0.01)
