@@ -49,6 +49,7 @@ from bulk_update.stop import Stop
 from bulk_update.store import (
     Journal,
     RowTiming,
+    RunBeat,
     RunEnd,
     RunKey,
     RunRecord,
@@ -94,6 +95,7 @@ class _Tally:
         self.sent = 0  # rows sent by this invocation
         self.resumed = 0  # rows finished by earlier invocations of the run
         self.requests: Callable[[], int] = lambda: 0
+        self.rate_limited: Callable[[], int] = lambda: 0  # of the requests, answered 429
         # Per key, the conversations given a key they did not have (or, in a check, would be).
         self.added: Counter[str] = Counter()
         self._last_report = 0.0
@@ -512,6 +514,7 @@ async def _run_with_store(
             settings, stop, transport=transport, budget=budget, telemetry=telemetry
         ) as sender:
             tally.requests = lambda: sender.requests_sent
+            tally.rate_limited = lambda: sender.rate_limited
             pipeline = Pipeline(config, table, journal, sender, tally, stop)
             async with monitor.running():
                 await _send_all(pipeline, config.drain_timeout)
@@ -610,7 +613,10 @@ class _Monitor:
     async def beat(self, *, final: bool = False) -> None:
         seconds = self.telemetry.take_seconds(all_of_them=final)
         try:
-            await self.journal.beat(self.tally.total, self.tally.done, seconds)
+            tally = self.tally
+            await self.journal.beat(
+                RunBeat(tally.total, tally.done, tally.requests(), tally.rate_limited()), seconds
+            )
         except Exception as exc:
             if not self._beat_failed:
                 self._beat_failed = True
@@ -624,18 +630,25 @@ class _Monitor:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
+        """Tick every ``interval`` while the block runs. A tick is never cut short (a beat cut
+        in the middle would leave the store unsure what it counted): the block's end waits
+        for the tick in hand."""
+        over = asyncio.Event()
+
         async def loop() -> None:
             while True:
-                await asyncio.sleep(self.interval)
-                await self.tick()
+                try:
+                    await asyncio.wait_for(over.wait(), self.interval)
+                    return
+                except TimeoutError:
+                    await self.tick()
 
         task = asyncio.create_task(loop(), name="monitor")
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            over.set()
+            await task
 
 
 async def _finish(

@@ -235,6 +235,9 @@ def test_status_while_a_run_goes_on_then_is_killed(
     text = cli("status", *where).stdout
     assert "gone: no heartbeat for" in text
     assert "command again to resume it" in text
+    # Its requests were counted up to its last heartbeat (those since died with it).
+    (killed,) = json.loads(cli("history", *where, "--json").stdout)
+    assert 10 <= killed["requests"] <= emu.stats()["requests"]
 
     emu.admin("config", {"latency_ms": 0})
     resumed = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url,

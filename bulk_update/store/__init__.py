@@ -63,6 +63,17 @@ class RunEnd:
 
 
 @dataclass(frozen=True, slots=True)
+class RunBeat:
+    """How far an invocation of a run is, at one of its heartbeats (requests and 429s: sent by
+    this invocation so far; the store adds what is new since the last beat to the run's)."""
+
+    total_rows: int
+    rows_done: int
+    requests: int = 0
+    rate_limited: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class RunRecord:
     """One run of a job, as ``history`` shows it (requests and 429s summed over its
     invocations)."""
@@ -172,10 +183,12 @@ class Journal(StateReader, Protocol):
         committed."""
         ...
 
-    async def beat(self, total_rows: int, rows_done: int, seconds: Iterable[Second]) -> None:
+    async def beat(self, beat: RunBeat, seconds: Iterable[Second]) -> None:
         """The run's heartbeat (every few seconds while it runs): how far it is, and the
-        timeline's seconds since the last one. Never blocks the event loop for long (a
-        database that is away is waited for off the loop)."""
+        timeline's seconds since the last one. The run's requests and 429s count what this
+        invocation sent up to now (``finish`` adds the rest), so that a run killed -9 shows
+        them. Never blocks the event loop for long (a database that is away is waited for off
+        the loop)."""
         ...
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:

@@ -62,6 +62,7 @@ from bulk_update.store import (
     TIMELINE_COLUMNS,
     TIMING_COLUMNS,
     RowTiming,
+    RunBeat,
     RunEnd,
     RunKey,
     RunRecord,
@@ -892,6 +893,8 @@ class PostgresJournal(_Reader):
         self._job_id = job_id
         self._unfinished = list(unfinished)
         self._writer = _Writer(session, self._group)
+        # This invocation's requests and 429s already added to the run's (by heartbeats).
+        self._counted = (0, 0)
 
     # Writing
 
@@ -949,19 +952,22 @@ class PostgresJournal(_Reader):
 
         self._session.run(write)
 
-    async def beat(self, total_rows: int, rows_done: int, seconds: Iterable[Second]) -> None:
+    async def beat(self, beat: RunBeat, seconds: Iterable[Second]) -> None:
         timeline = json.dumps([dataclasses.asdict(second) for second in seconds])
+        requests, rate_limited = self._counted
 
         def write(conn: psycopg.Connection[Any]) -> None:
             conn.execute(_ADD_SECONDS, (self.run_id, timeline))
             conn.execute(
-                "UPDATE runs SET heartbeat_at = now(), rows_done = %s, total_rows = %s "
-                "WHERE run_id = %s",
-                (rows_done, total_rows, self.run_id),
-            )
+                "UPDATE runs SET heartbeat_at = now(), rows_done = %s, total_rows = %s, "
+                "requests = requests + %s, rate_limited = rate_limited + %s WHERE run_id = %s",
+                (beat.rows_done, beat.total_rows, beat.requests - requests,
+                 beat.rate_limited - rate_limited, self.run_id),
+            )  # fmt: skip
 
         # Off the event loop: a database that is away is retried for --store-timeout.
         await asyncio.to_thread(self._session.run, write)
+        self._counted = (beat.requests, beat.rate_limited)
 
     def finish(self, end: RunEnd) -> None:
         self._session.run(
@@ -970,9 +976,11 @@ class PostgresJournal(_Reader):
                 "requests = requests + %s, rate_limited = rate_limited + %s, stopped_by = %s "
                 "WHERE run_id = %s",
                 (json.dumps(dict(end.counts), sort_keys=True), end.exit_code, end.total_rows,
-                 end.requests, end.rate_limited, end.stopped_by, self.run_id),
+                 end.requests - self._counted[0], end.rate_limited - self._counted[1],
+                 end.stopped_by, self.run_id),
             )
         )  # fmt: skip
+        self._counted = (end.requests, end.rate_limited)
 
     # Reading
 

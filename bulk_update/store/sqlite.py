@@ -54,6 +54,7 @@ from bulk_update.store import (
     TIMELINE_COLUMNS,
     TIMING_COLUMNS,
     RowTiming,
+    RunBeat,
     RunEnd,
     RunKey,
     RunRecord,
@@ -564,6 +565,8 @@ class SQLiteJournal(_Reader):
         self._locks = locks
         self._unfinished = unfinished
         self._unfinished_sql = f"status NOT IN ({', '.join('?' for _ in unfinished)})"
+        # This invocation's requests and 429s already added to the run's (by heartbeats).
+        self._counted = (0, 0)
 
     # Writing
 
@@ -623,16 +626,20 @@ class SQLiteJournal(_Reader):
                     (rows_json,),
                 )
 
-    async def beat(self, total_rows: int, rows_done: int, seconds: Iterable[Second]) -> None:
+    async def beat(self, beat: RunBeat, seconds: Iterable[Second]) -> None:
         # On the event loop, as every write of the journal's connection (a local file).
         values = [(*(getattr(second, n) for n in TIMELINE_COLUMNS), self.run_id)
                   for second in seconds]  # fmt: skip
+        requests, rate_limited = self._counted
         with _transaction(self._db):
             self._db.executemany(_ADD_SECOND, values)
             self._db.execute(
-                "UPDATE runs SET heartbeat_at = ?, rows_done = ?, total_rows = ? WHERE run_id = ?",
-                (time.time(), rows_done, total_rows, self.run_id),
-            )
+                "UPDATE runs SET heartbeat_at = ?, rows_done = ?, total_rows = ?, "
+                "requests = requests + ?, rate_limited = rate_limited + ? WHERE run_id = ?",
+                (time.time(), beat.rows_done, beat.total_rows, beat.requests - requests,
+                 beat.rate_limited - rate_limited, self.run_id),
+            )  # fmt: skip
+        self._counted = (beat.requests, beat.rate_limited)
 
     def finish(self, end: RunEnd) -> None:
         self._db.execute(
@@ -640,8 +647,10 @@ class SQLiteJournal(_Reader):
             "requests = requests + ?, rate_limited = rate_limited + ?, stopped_by = ? "
             "WHERE run_id = ?",
             (_now(), json.dumps(dict(end.counts), sort_keys=True), end.exit_code,
-             end.total_rows, end.requests, end.rate_limited, end.stopped_by, self.run_id),
+             end.total_rows, end.requests - self._counted[0],
+             end.rate_limited - self._counted[1], end.stopped_by, self.run_id),
         )  # fmt: skip
+        self._counted = (end.requests, end.rate_limited)
 
     # Reading
 
