@@ -66,6 +66,14 @@ def test_metrics_file_agrees_with_the_results_and_the_server(
     assert value(early, "bulk_update_run_start_timestamp_seconds", job=JOB) > 0
     assert not [s for s in early if s.name == "bulk_update_run_end_timestamp_seconds"]
     assert value(early, "bulk_update_input_rows", job=JOB) == 103
+    # Rewritten every --metrics-interval while it runs: rows appear before the end does.
+    seen_mid_run = False
+    while not seen_mid_run and process.poll() is None:
+        now = samples(prom.read_text())
+        ended = [s for s in now if s.name == "bulk_update_run_end_timestamp_seconds"]
+        seen_mid_run = not ended and total(now, "bulk_update_rows", status="updated") > 0
+        time.sleep(0.01)
+    assert seen_mid_run
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 1, stderr  # invalid rows and a 404
 
