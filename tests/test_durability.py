@@ -111,7 +111,9 @@ def test_one_writer_at_a_time(start_emulator: StartEmulator, tmp_path: Path) -> 
     write_input(source, 20)
     emu = start_emulator("--preload", str(source), "--latency-ms", "3000")
     output = tmp_path / "out.csv"
-    args = (str(source), "--output", str(output), "--base-url", emu.base_url)
+    # One row at a time: the first run holds its lock for a minute, however slowly the machine
+    # starts the second.
+    args = (str(source), "--output", str(output), "--base-url", emu.base_url, "--concurrency", "1")
     first = start(*args)
     try:
         wait_for_requests(emu, 1)  # the first run holds the lock once it sends

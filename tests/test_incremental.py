@@ -256,7 +256,8 @@ def test_a_second_run_of_the_job_is_refused(start_emulator: StartEmulator, tmp_p
     source = tmp_path / "in.csv"
     write_input(source, 100)
     emu = start_emulator("--preload", str(source), "--latency-ms", "100")
-    common = ("--base-url", emu.base_url, "--job-name", "j", "--concurrency", "2")
+    # One row at a time: 10 s of holding the job, however slowly the machine starts the other.
+    common = ("--base-url", emu.base_url, "--job-name", "j", "--concurrency", "1")
     process = start(str(source), "--output", str(tmp_path / "a.csv"), *common)
     try:
         wait_for_requests(emu, 2)

@@ -52,7 +52,8 @@ def test_a_shard_killed_on_one_worker_resumes_on_another(
     n, concurrency = 800, 8
     source = tmp_path / "in.csv"
     write_input(source, n)
-    emu = start_emulator("--preload", str(source), "--latency-ms", "20")
+    # The shard's 400 rows take 2.5 s at 8 in flight: the kill after 100 lands mid-run.
+    emu = start_emulator("--preload", str(source), "--latency-ms", "50")
     a, b, c = workers(tmp_path, "worker-a", "worker-b", "worker-c")
     common = ("--base-url", emu.base_url, "--state-url", state_url, "--job-name", "nightly",
               "--shard", "1/2", "--rpm", "600000", "--concurrency", str(concurrency))  # fmt: skip
@@ -95,12 +96,15 @@ def test_one_writer_per_shard_across_machines(
     start_emulator: StartEmulator, state_url: str, tmp_path: Path
 ) -> None:
     source = tmp_path / "in.csv"
-    write_input(source, 400)
+    write_input(source, 1000)
     emu = start_emulator("--preload", str(source), "--latency-ms", "50")
     a, b = workers(tmp_path, "worker-a", "worker-b")
     common = ("--base-url", emu.base_url, "--state-url", state_url, "--job-name", "j",
-              "--rpm", "600000", "--concurrency", "2")  # fmt: skip
-    holder = start(str(source), "--output", "s0.csv", "--shard", "0/2", *common, cwd=a)
+              "--rpm", "600000", "--concurrency", "64")  # fmt: skip
+    # The holder must still hold its shard when the last refusal is tried: its 500 rows one at
+    # a time take 25 s, however slow the machine is at starting the other processes.
+    holder = start(str(source), "--output", "s0.csv", "--shard", "0/2", *common,
+                   "--concurrency", "1", cwd=a)  # fmt: skip
     try:
         wait_for_requests(emu, 5)
         second = cli("run", str(source), "--output", "s0.csv", "--shard", "0/2", *common, cwd=b)
