@@ -329,15 +329,17 @@ class JobConfig:
         outputs = [("--output", self.output)]
         if self.errors_output is not None:
             outputs.append(("--errors-output", self.errors_output))
+        if self.metrics_file is not None:
+            outputs.append(("--metrics-file", self.metrics_file))
+        seen: dict[str, str] = {}
         for flag, path in outputs:
             target = key(path)
             if target in inputs:
                 raise ConfigError(f"{flag} {path} is the input: refusing to overwrite it")
-        if self.errors_output is not None and key(self.errors_output) == key(self.output):
-            raise ConfigError("--errors-output is the same file as --output")
+            if target in seen:
+                raise ConfigError(f"{flag} is the same file as {seen[target]}")
+            seen[target] = flag
         files = list(outputs)
-        if self.metrics_file is not None:
-            files.append(("--metrics-file", self.metrics_file))
         if not self.dry_run and self.resolved_state_url() is None:
             files.append(("the job's store", str(self.store_path())))
         for what, path in files:

@@ -76,6 +76,15 @@ def test_outputs_never_overwrite_the_input(tmp_path: Path) -> None:
                str(tmp_path / "r.csv"))  # fmt: skip
     assert both.returncode == 2
     assert "same file" in both.stderr
+    metrics_on_input = cli("run", str(source), "--output", str(tmp_path / "r.csv"),
+                           "--metrics-file", str(source))  # fmt: skip
+    assert metrics_on_input.returncode == 2
+    assert "--metrics-file" in metrics_on_input.stderr
+    assert "is the input" in metrics_on_input.stderr
+    metrics_on_results = cli("run", str(source), "--output", str(tmp_path / "r.csv"),
+                             "--metrics-file", str(tmp_path / "r.csv"))  # fmt: skip
+    assert metrics_on_results.returncode == 2
+    assert "--metrics-file is the same file as --output" in metrics_on_results.stderr
     assert source.read_bytes() == before
 
 
