@@ -567,9 +567,15 @@ def _run(args: argparse.Namespace, *, command: Command) -> int:
 
 
 def _print_runs(
-    columns: tuple[str, ...], rows: list[tuple[str, ...]], title: str, text: str, json_text: str
+    columns: tuple[str, ...],
+    rows: list[tuple[str, ...]],
+    title: str,
+    text: str,
+    json_text: str,
+    hint: str = "",
 ) -> None:
-    """A rich table on a TTY, else ``text`` (aligned); ``json_text`` with --json."""
+    """A rich table (and ``hint`` under it) on a TTY, else ``text`` (aligned); ``json_text``
+    with --json."""
     if json_text:
         print(json_text)
     elif sys.stdout.isatty() and rows:
@@ -580,8 +586,8 @@ def _print_runs(
         for row in rows:
             table.add_row(*row)
         Console().print(table)
-        if "\n\n" in text:  # the hint under the table
-            print(text.rsplit("\n\n", 1)[1])
+        if hint:
+            print(hint)
     else:
         print(text)
 
@@ -612,6 +618,7 @@ def _run_status(args: argparse.Namespace) -> int:
         f"job {args.job}: {len(found)} runs going on or unfinished",
         history.status_as_text(args.job, found),
         history.status_as_json(found) if args.json else "",
+        history.status_hint(found),
     )
     return ExitCode.OK
 

@@ -161,13 +161,16 @@ STATUS_HINT = (
 )
 
 
+def status_hint(found: list[RunStatus]) -> str:
+    """What to print under the table ("" when every run is running)."""
+    return "" if all(is_running(s) for s in found) else STATUS_HINT
+
+
 def status_as_text(job: str, found: list[RunStatus]) -> str:
     if not found:
         return f"job {job}: no run going on or unfinished"
-    text = aligned(STATUS_COLUMNS, status_rows(found))
-    if not all(is_running(s) for s in found):
-        text += "\n\n" + STATUS_HINT
-    return text
+    hint = status_hint(found)
+    return aligned(STATUS_COLUMNS, status_rows(found)) + (f"\n\n{hint}" if hint else "")
 
 
 def status_as_json(found: list[RunStatus]) -> str:

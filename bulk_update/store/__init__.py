@@ -318,6 +318,25 @@ def recent_rate(first: int | None, last: int | None, recent_rows: int | None) ->
     return (recent_rows or 0) / min(RATE_WINDOW_S, last - first + 1)
 
 
+def run_statuses(
+    records: list[RunRecord], details: Mapping[int, tuple[Any, ...]]
+) -> list[RunStatus]:
+    """``status``'s answer from a store's details per run ID: rows done, seconds since the
+    heartbeat, and the timeline's first and last second and rows over its last minute."""
+    statuses = []
+    for record in records:
+        done, age, first, last, recent = details[record.run_id]
+        statuses.append(
+            RunStatus(
+                record,
+                None if done is None else int(done),
+                None if age is None else max(0.0, float(age)),
+                recent_rate(first, last, None if recent is None else int(recent)),
+            )
+        )
+    return statuses
+
+
 def report_frame(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
     """``report_rows``' frame from its rows (REPORT_COLUMNS order)."""
     schema = {

@@ -72,9 +72,9 @@ from bulk_update.store import (
     fingerprint_text,
     is_unfinished,
     options_input,
-    recent_rate,
     report_frame,
     run_options,
+    run_statuses,
     unfinished_statuses,
 )
 from bulk_update.store.url import check_url, redact, secrets
@@ -614,18 +614,7 @@ class PostgresStore:
             ).fetchall()
 
         found = {row[0]: row[1:] for row in self._session.run(details)} if records else {}
-        statuses = []
-        for record in records:
-            done, age, first, last, recent = found[record.run_id]
-            statuses.append(
-                RunStatus(
-                    record,
-                    None if done is None else int(done),
-                    None if age is None else max(0.0, float(age)),
-                    recent_rate(first, last, None if recent is None else int(recent)),
-                )
-            )
-        return statuses
+        return run_statuses(records, found)
 
     def timeline(self, run_id: int) -> list[Second]:
         rows = self._session.run(

@@ -64,9 +64,9 @@ from bulk_update.store import (
     fingerprint_text,
     is_unfinished,
     options_input,
-    recent_rate,
     report_frame,
     run_options,
+    run_statuses,
     unfinished_statuses,
 )
 from bulk_update.store.locks import release_lock, take_lock
@@ -431,32 +431,17 @@ class SQLiteStore:
         return [_record(*row) for row in rows]
 
     def status(self, job: str) -> list[RunStatus]:
-        found = []
-        now = time.time()
-        for record in self.history(job):
-            if record.replaced or not is_unfinished(record):
-                continue
-            beat, done = self._db.execute(
-                "SELECT heartbeat_at, rows_done FROM runs WHERE run_id = ?", (record.run_id,)
-            ).fetchone()
-            first, last = self._db.execute(
-                "SELECT min(at), max(at) FROM timeline WHERE run_id = ?", (record.run_id,)
-            ).fetchone()
-            recent = None
-            if last is not None:
-                recent = self._db.execute(
-                    "SELECT sum(rows) FROM timeline WHERE run_id = ? AND at > ?",
-                    (record.run_id, last - 60),
-                ).fetchone()[0]
-            found.append(
-                RunStatus(
-                    record,
-                    done,
-                    None if beat is None else max(0.0, now - beat),
-                    recent_rate(first, last, recent),
-                )
-            )
-        return found
+        records = [r for r in self.history(job) if not r.replaced and is_unfinished(r)]
+        last = "(SELECT max(at) FROM timeline WHERE run_id = r.run_id)"
+        rows = self._db.execute(
+            "SELECT r.run_id, r.rows_done, ? - r.heartbeat_at, "  # noqa: S608
+            f"(SELECT min(at) FROM timeline WHERE run_id = r.run_id), {last}, "
+            f"(SELECT sum(rows) FROM timeline WHERE run_id = r.run_id AND at > {last} - 60) "
+            "FROM runs AS r WHERE r.run_id IN (SELECT value FROM json_each(?))",
+            (time.time(), json.dumps([r.run_id for r in records])),
+        )
+        found = {row[0]: row[1:] for row in rows}
+        return run_statuses(records, found)
 
     def timeline(self, run_id: int) -> list[Second]:
         rows = self._db.execute(
