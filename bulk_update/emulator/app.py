@@ -9,6 +9,7 @@ then an injected fault (reset, 5xx, slow) if one is drawn, then the operation it
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import time
@@ -56,6 +57,11 @@ class Emulator:
         self.timeline: dict[int, Counter[str]] = {}
         self.first_ok: float | None = None
         self.last_ok: float | None = None
+        # API requests being answered now (the latency and faults included).
+        self.in_flight = 0
+        # Per bearer key (its ``key_id``): requests, and the first and last one's arrival in
+        # seconds since start: which client sent when, never the key itself.
+        self.by_key: dict[str, list[float]] = {}
         self.configure(config)
 
     def configure(self, config: EmulatorConfig) -> None:
@@ -76,12 +82,25 @@ class Emulator:
             self.first_ok = elapsed if self.first_ok is None else self.first_ok
             self.last_ok = elapsed
 
+    def arrived(self, authorization: str | None) -> None:
+        """An API request arrived: counted under its key's ``key_id``."""
+        _, _, key = (authorization or "").partition(" ")
+        at = self.clock() - self.started
+        seen = self.by_key.setdefault(key_id(key.strip()), [0, at, at])
+        seen[0] += 1
+        seen[2] = at
+
     def stats(self, per_id: bool, timeline: bool = False) -> dict[str, Any]:
         stats: dict[str, Any] = {
             "requests": sum(self.by_operation.values()),
             "by_status": dict(self.by_status),
             "by_operation": dict(self.by_operation),
             "conversations": len(self.store),
+            "in_flight": self.in_flight,
+            "by_key": {
+                key: {"requests": int(n), "first_s": first, "last_s": last}
+                for key, (n, first, last) in self.by_key.items()
+            },
         }
         if per_id:
             stats["update_requests_by_id"] = self.store.update_requests
@@ -98,9 +117,15 @@ class Emulator:
         self.by_status.clear()
         self.by_operation.clear()
         self.timeline.clear()
+        self.by_key.clear()
         self.first_ok = self.last_ok = None
         self.store.update_requests.clear()
         self.store.updates_applied.clear()
+
+
+def key_id(key: str) -> str:
+    """How the admin stats name a bearer key: a short hash, never the key."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _json(status: int, body: object, headers: dict[str, str]) -> Response:
@@ -155,8 +180,13 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
         async def gate(request: Request) -> Response:
             started = time.perf_counter()
             state.by_operation[operation] += 1
+            state.arrived(request.headers.get("authorization"))
             headers = {"x-request-id": "req_" + uuid.uuid4().hex}
-            response = await _gated(request, handler, headers)
+            state.in_flight += 1
+            try:
+                response = await _gated(request, handler, headers)
+            finally:
+                state.in_flight -= 1
             if response is None:
                 state.count("reset")
                 extension = request.scope.get("extensions", {}).get(ABORT_EXTENSION, {})
