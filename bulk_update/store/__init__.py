@@ -163,13 +163,30 @@ class StateReader(Protocol):
 
 class Journal(StateReader, Protocol):
     """One run's outcomes, and the job's state as the run changes it. Opened by
-    ``Store.open_run``, which holds the run's locks until the journal is closed."""
+    ``Store.open_run``, which holds the run's locks until the journal is closed.
+
+    The plain methods may wait for the store (a file locked by another process, a database that
+    is away, up to --store-timeout): call them off the event loop (``asyncio.to_thread``). The
+    async ones never block the loop."""
 
     run_id: int
 
     def entries_among(self, conversation_ids: list[str]) -> set[str]:
         """Which of these conversations the job's state has an entry for (the ones ``forget``
         must be called for before they are sent: only this run writes their entries)."""
+        ...
+
+    async def fence(self) -> None:
+        """Before each request of the run: return once this process may send it; raise
+        RunTaken (or StoreUnavailable) if it may not any more. The one writer of a run is sure
+        of it only while it holds the run's lock; a lock held through a database session can be
+        lost with the session, and another process may then take the run over (once this one's
+        lease has run out): from then on this one must send nothing."""
+        ...
+
+    async def seal(self) -> None:
+        """The run's sending is over: wait for the writes in progress, and refuse every later
+        write of an outcome, so that the counts, the results and the store agree."""
         ...
 
     async def forget(self, conversation_id: str) -> None:
@@ -365,9 +382,41 @@ def fingerprint_text(fingerprint: Mapping[str, Any]) -> str:
 
 
 def changed_fields(stored: str, given: str) -> list[str]:
-    """The names that differ between two fingerprints (``fingerprint_text``)."""
+    """The names that differ between two fingerprints (``fingerprint_text``). The input is
+    compared by content (``same_files``): a copy of the file under another path, on another
+    machine, is the same input."""
     old, new = json.loads(stored), json.loads(given)
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    changed = []
+    for name in sorted(old.keys() | new.keys()):
+        before, after = old.get(name), new.get(name)
+        if name == "input" and isinstance(before, list) and isinstance(after, list):
+            if not same_files(before, after):
+                changed.append(name)
+        elif before != after:
+            changed.append(name)
+    return changed
+
+
+# What says a file's content: its size and a hash of all of it (``read.file_fingerprint``).
+CONTENT_KEYS = ("size", "blake2b")
+
+
+def same_files(before: list[Any], after: list[Any]) -> bool:
+    """Do two inputs' fingerprints (one per file, in order) name the same content? Files
+    fingerprinted by content compare by content only; a fingerprint of an older version (path,
+    size, mtime and the ends' hash) compares by what both have, as that version did."""
+    if len(before) != len(after):
+        return False
+    for old, new in zip(before, after, strict=True):
+        if not (isinstance(old, dict) and isinstance(new, dict)):
+            return False
+        if all(key in old and key in new for key in CONTENT_KEYS):
+            keys: Iterable[str] = CONTENT_KEYS
+        else:
+            keys = old.keys() & new.keys()
+        if any(old[key] != new[key] for key in keys):
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,7 +425,8 @@ class StoreLocation:
 
     path: Path
     url: str | None = field(default=None, repr=False)
-    timeout: float = 60.0  # how long a lost database may stay away (PostgreSQL)
+    # How long the store may stay away (a database) or locked by another process (a file).
+    timeout: float = 60.0
 
 
 POSTGRES_HINT = "the store in PostgreSQL needs psycopg: pip install 'bulk-update[postgres]'"
@@ -398,7 +448,7 @@ def open_store(location: StoreLocation) -> Store:
         return store
     from bulk_update.store.sqlite import SQLiteStore
 
-    return SQLiteStore.open(location.path)
+    return SQLiteStore.open(location.path, timeout=location.timeout)
 
 
 def open_existing_store(location: StoreLocation, job: str) -> Store:

@@ -14,6 +14,7 @@ needs ``CREATE`` on the database the first time, then only read/write on the sch
     last_set(job_id, conversation_id, metadata, set_at)   -- each job's state
     budget(job_id, next_at)                  -- the job's shared rate budget (see Budget)
     sessions(backend_pid, host, pid, since)  -- who holds a lock, for the refusal's message
+    leases(job_id, shard, holder, until, host, pid, ...)  -- the lock holder's lease (lease.py)
 
 **Locks** are session-level advisory locks (``pg_try_advisory_lock``) of the connection the run
 holds: one run per job, or one per shard (shards share the job's lock, and all of a job's
@@ -28,8 +29,15 @@ waits for its row's commit before it takes the next row, so at most ``concurrenc
 ever sent without a committed outcome). A connection lost mid-run is re-established with
 backoff (0.2 s doubling to 5 s) and the failed transaction run again (every write is an upsert:
 running one twice changes nothing); the run's locks are taken again first. If the database
-stays away longer than ``--store-timeout``, or another process took the run while it was away,
-StoreUnavailable stops the job (exit 3, resumable).
+stays away longer than ``--store-timeout`` (one clock for every operation of the run:
+``store/outage.py``), StoreUnavailable stops the job (exit 3, resumable).
+
+**One writer for real**: a lock lost with its session is not a lock; beside it the holder keeps
+a lease (``store/lease.py``), renewed every 2 s by a thread of its own through the session that
+holds the lock. The holder sends only while its lease lasts, a process that takes the lock waits
+for the lease to end first, and every outcome, forget and heartbeat commits only while the
+holder's lease row is still there: a replaced holder stops sending (RunTaken, exit 3) before the
+new one starts, and can no longer write.
 
 The password is never shown: ``where`` and every error message name the store without it.
 """
@@ -47,6 +55,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -54,7 +63,13 @@ import polars as pl
 import psycopg
 import psycopg.conninfo
 
-from bulk_update.exceptions import ConfigError, JournalError, StoreUnavailable
+from bulk_update.exceptions import (
+    ConfigError,
+    DiskFull,
+    JobStopped,
+    JournalError,
+    RunTaken,
+)
 from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, RowOutcome, Status
 from bulk_update.read import ROW_NUMBER
 from bulk_update.store import (
@@ -77,6 +92,16 @@ from bulk_update.store import (
     run_statuses,
     unfinished_statuses,
 )
+from bulk_update.store.lease import (
+    LEASE_S,
+    POLL_S,
+    RENEW_EVERY_S,
+    Holder,
+    LocalLease,
+    is_gone,
+    this_process,
+)
+from bulk_update.store.outage import Outage
 from bulk_update.store.url import check_url, redact, secrets
 
 log = logging.getLogger("bulk_update")
@@ -86,8 +111,8 @@ T = TypeVar("T")
 SCHEMA = "bulk_update"
 # 1: the first; 2: outcomes gain previous_metadata and server_metadata; 3: runs gain what
 # history shows (_RUN_COLUMNS); 4: outcomes gain TIMING_COLUMNS, runs a heartbeat, and the
-# timeline table.
-LAYOUT_VERSION = 4
+# timeline table; 5: the leases table.
+LAYOUT_VERSION = 5
 _RUN_COLUMNS = (
     ("total_rows", "bigint"),
     ("requests", "bigint NOT NULL DEFAULT 0"),
@@ -102,6 +127,8 @@ _TIMING_TYPES = {"sent_at": "double precision", "answered_at": "double precision
                  "latency_ms": "integer"}  # fmt: skip
 # Reconnection: first wait, longest wait.
 _BACKOFF_S = (0.2, 5.0)
+# A connection attempt waits this long at most (less when the outage is nearly given up).
+_CONNECT_TIMEOUT_S = 10
 # Outcomes committed together by the writer thread, at most.
 _GROUP_MAX = 512
 _KEEPALIVES = {
@@ -109,13 +136,20 @@ _KEEPALIVES = {
     "keepalives_idle": "10",
     "keepalives_interval": "5",
     "keepalives_count": "3",
-    "connect_timeout": "10",
 }
+# A statement waits at most this long for a lock another session holds (a migration, a report
+# with LOCK TABLE): then it fails, and is tried again on the run's outage clock, so that a
+# store held by another process never freezes the job past --store-timeout.
+_LOCK_TIMEOUT_MS = 2000
 _SESSION = (
     f"SET search_path TO {SCHEMA}; SET tcp_keepalives_idle = 10; "
     "SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3; "
-    "SET tcp_user_timeout = 25000"
+    f"SET tcp_user_timeout = 25000; SET lock_timeout = {_LOCK_TIMEOUT_MS}"
 )
+# Errors that say the database is away for now (tried again on the outage clock): a lost or
+# refused connection, a lock held too long, a server shutting down, a primary that became a
+# read-only standby (after a failover the next connection may reach the new primary).
+_AWAY = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 
 _SQL_TYPES: dict[pl.DataType, str] = {pl.Int64(): "bigint", pl.String(): "text"}
 assert RESULT_COLUMNS[0] == "row_number"
@@ -142,20 +176,30 @@ _UPSERT_OUTCOMES = (
     f"INSERT INTO outcomes (run_id, row_number, {_WRITTEN}) "  # noqa: S608
     f"SELECT %s, row_number, {_WRITTEN} FROM {_RECORDS} {_ON_CONFLICT}"
 )
+# The holder's lease row, locked for the transaction (FOR SHARE): a commit goes in only while
+# this process still holds the run, and a process taking the run over (which deletes the row)
+# waits for the commits in progress.
+_HOLD = (
+    "SELECT 1 FROM leases WHERE job_id = %(job)s AND shard = %(shard)s AND holder = %(holder)s "
+    "FOR SHARE"
+)
 # A group of the writer's: the IDs to forget, the outcomes and the updated rows' state entries,
-# in one statement (one round trip, its own transaction). Its forgets and its outcomes never
-# concern the same conversation: a row's forget commits before the row is sent.
+# in one statement (one round trip, its own transaction), written only if the lease is held
+# (the statement's one row says whether it was). Its forgets and its outcomes never concern the
+# same conversation: a row's forget commits before the row is sent.
 _GROUP = (
-    "WITH f AS (DELETE FROM last_set WHERE job_id = %(job)s AND conversation_id IN "  # noqa: S608
-    "(SELECT json_array_elements_text(%(forget)s::json))), "
-    f"r AS (SELECT * FROM {_RECORDS.replace('%s', '%(records)s')}), "
+    f"WITH h AS ({_HOLD}), "  # noqa: S608
+    "f AS (DELETE FROM last_set WHERE job_id = %(job)s AND conversation_id IN "
+    "(SELECT json_array_elements_text(%(forget)s::json)) AND EXISTS (SELECT 1 FROM h)), "
+    f"r AS (SELECT * FROM {_RECORDS.replace('%s', '%(records)s')} WHERE EXISTS (SELECT 1 FROM h)), "
     f"o AS (INSERT INTO outcomes (run_id, row_number, {_WRITTEN}) "
-    f"SELECT %(run)s, row_number, {_WRITTEN} FROM r {_ON_CONFLICT}) "
-    "INSERT INTO last_set (job_id, conversation_id, metadata, set_at) "
+    f"SELECT %(run)s, row_number, {_WRITTEN} FROM r {_ON_CONFLICT}), "
+    "s AS (INSERT INTO last_set (job_id, conversation_id, metadata, set_at) "
     f"SELECT %(job)s, conversation_id, sent_metadata, now() FROM r "
     f"WHERE status IN ('{Status.UPDATED}', '{Status.UNCHANGED}') "
     "ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
-    "metadata = EXCLUDED.metadata, set_at = EXCLUDED.set_at"
+    "metadata = EXCLUDED.metadata, set_at = EXCLUDED.set_at) "
+    "SELECT count(*) FROM h"
 )
 _INSERT_UNCHANGED = (
     "INSERT INTO outcomes (run_id, row_number, conversation_id, status, attempts, "  # noqa: S608
@@ -188,6 +232,10 @@ _DDL = (
     "next_at double precision NOT NULL)",
     f"CREATE TABLE IF NOT EXISTS {SCHEMA}.sessions (backend_pid integer PRIMARY KEY, "
     "host text NOT NULL, pid integer NOT NULL, since timestamptz NOT NULL)",
+    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.leases (job_id integer NOT NULL, shard text NOT NULL, "
+    "holder text NOT NULL, until timestamptz NOT NULL, host text NOT NULL, pid integer NOT NULL, "
+    "boot text NOT NULL, pid_namespace text NOT NULL, started text NOT NULL, "
+    "PRIMARY KEY (job_id, shard))",
     f"CREATE TABLE IF NOT EXISTS {SCHEMA}.timeline (run_id bigint NOT NULL, at bigint NOT NULL, "
     "requests integer NOT NULL, rate_limited integer NOT NULL, retries integer NOT NULL, "
     "errors integer NOT NULL, rows integer NOT NULL, limit_rpm double precision, "
@@ -202,6 +250,27 @@ _ADD_SECONDS = (
     + ", ".join(f"{n} = timeline.{n} + EXCLUDED.{n}" for n in TIMELINE_COLUMNS[1:6])
     + ", limit_rpm = EXCLUDED.limit_rpm, announced_rpm = EXCLUDED.announced_rpm"
 )
+
+
+def _stop_for(exc: psycopg.Error, where: str, first_line: str) -> DiskFull | None:
+    """An error that no retry mends: the database's disk is full (SQLSTATE class 53100)."""
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return DiskFull(f"the store {where}", first_line)
+    return None
+
+
+def _read_only(exc: psycopg.Error) -> bool:
+    """A standby's answer: the connection is dropped, so that the next reaches the primary."""
+    return isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
+
+
+def _state(exc: psycopg.Error) -> str | None:
+    """What an outage is, when it is not a database that cannot be reached."""
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return "locked by another session"
+    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+        return "read-only (a standby?)"
+    return None
 
 
 def _key(*parts: object) -> int:
@@ -219,44 +288,6 @@ def _int4(key: int) -> int:
     return key >> 32  # a signed 32-bit key for the two-key form
 
 
-class _Outage:
-    """One operation's retries while the database is away: how long to wait before the next
-    try, logged once; StoreUnavailable once it has lasted the session's ``timeout``."""
-
-    def __init__(self, session: _Session) -> None:
-        self._session = session
-        self._since: float | None = None
-        self._delay = _BACKOFF_S[0]
-
-    def wait(self, exc: psycopg.OperationalError) -> float:
-        now = time.monotonic()
-        session = self._session
-        if self._since is None:
-            self._since = now
-            log.warning(
-                "the store is unreachable (%s); retrying for %.0f s",
-                session.first_line(exc),
-                session.timeout,
-                extra={"event": "store_lost", "store": session.where},
-            )
-        elif now - self._since >= session.timeout:
-            raise StoreUnavailable(
-                f"the store {session.where} has been unreachable for {now - self._since:.0f} s "
-                f"({session.first_line(exc)}); the run stopped and resumes when run again"
-            ) from None
-        delay, self._delay = self._delay, min(_BACKOFF_S[1], self._delay * 2)
-        return delay
-
-    def over(self) -> None:
-        if self._since is not None:
-            log.warning(
-                "the store is back after %.1f s",
-                time.monotonic() - self._since,
-                extra={"event": "store_back", "store": self._session.where},
-            )
-            self._since = None
-
-
 class _Session:
     """One connection to the database, re-established (with its locks) when lost."""
 
@@ -264,10 +295,14 @@ class _Session:
         self.url = url
         self.where = redact(url)
         self.timeout = timeout
+        # One outage clock for every operation of the session and of its run's writer.
+        self.outage = Outage(self.where, timeout, backoff=_BACKOFF_S)
         self._secrets = secrets(url)
         self._mutex = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
         self._locks: list[tuple[str, tuple[int, ...]]] = []  # (function, arguments) to retake
+        # The run was taken by another process: every later operation fails at once with this.
+        self.lost: RunTaken | None = None
 
     def scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -278,6 +313,10 @@ class _Session:
         given = psycopg.conninfo.conninfo_to_dict(self.url)
         extra = {k: v for k, v in _KEEPALIVES.items() if k not in given}
         extra["application_name"] = str(given.get("application_name") or "bulk-update")
+        if "connect_timeout" not in given:
+            # A host that does not answer must not outlast the outage's own deadline.
+            left = int(min(_CONNECT_TIMEOUT_S, self.outage.remaining()))
+            extra["connect_timeout"] = str(max(2, left))
         return psycopg.conninfo.make_conninfo(self.url, **extra)
 
     def connect(self) -> psycopg.Connection[Any]:
@@ -342,24 +381,39 @@ class _Session:
         transaction: bool = True,
     ) -> T:
         """``work`` in one transaction; run again on a new connection if the old one is lost,
-        until the database has been away for ``timeout`` seconds (StoreUnavailable)."""
+        until the database has been away for ``timeout`` seconds on the session's one outage
+        clock (StoreUnavailable; at once once it was given up)."""
         with self._mutex:
-            outage = _Outage(self)
             while True:
+                if self.lost is not None:
+                    raise self.lost
+                self.outage.check()
                 try:
                     conn = self._conn or self._reconnect()
-                    if not transaction:
-                        return work(conn)
-                    with conn.transaction():
+                    if transaction:
+                        with conn.transaction():
+                            result = work(conn)
+                    else:
                         result = work(conn)
-                    outage.over()
+                    self.outage.over()
                     return result
-                except psycopg.OperationalError as exc:
-                    if self._conn is not None and (self._conn.broken or self._conn.closed):
+                except _AWAY as exc:
+                    line = self.first_line(exc)
+                    stop = _stop_for(exc, self.where, line)
+                    if stop is not None:
+                        raise stop from None
+                    if self._conn is not None and (
+                        self._conn.broken or self._conn.closed or _read_only(exc)
+                    ):
                         with contextlib.suppress(psycopg.Error):
                             self._conn.close()
                         self._conn = None
-                    time.sleep(outage.wait(exc))
+                    time.sleep(self.outage.failed(line, _state(exc)))
+
+    def abandon(self, lost: RunTaken) -> None:
+        """Another process holds the run now: nothing more is done through this session."""
+        if self.lost is None:
+            self.lost = lost
 
     def _reconnect(self) -> psycopg.Connection[Any]:
         conn = self.connect()
@@ -368,10 +422,14 @@ class _Session:
             if not self._call_lock(conn, function, arguments):
                 conn.close()
                 self._conn = None
-                raise StoreUnavailable(
-                    f"the store {self.where} was away and another process took this run "
-                    "meanwhile; this one stops (the other goes on)"
+                self.abandon(
+                    RunTaken(
+                        f"the run's session with the store {self.where} was lost and another "
+                        "process took the run meanwhile; this one stops (the other goes on)"
+                    )
                 )
+                assert self.lost is not None
+                raise self.lost
         return conn
 
     @staticmethod
@@ -398,10 +456,14 @@ class _Session:
         """Make sure the session is up, with its locks (reconnecting if need be)."""
         self.run(lambda conn: conn.execute("SELECT 1"), transaction=False)
 
-    def unlock_all(self) -> None:
+    def unlock_all(self, lease: str | None = None) -> None:
+        """Release the session's locks (and end the lease ``lease``, if it is still there: a
+        run that ended, even badly, lets the next one start at once)."""
         self._locks = []
-        if self._conn is not None and not self._conn.broken:
+        if self._conn is not None and not self._conn.broken and self.lost is None:
             with contextlib.suppress(psycopg.Error):
+                if lease is not None:
+                    self._conn.execute("DELETE FROM leases WHERE holder = %s", (lease,))
                 self._conn.execute("SELECT pg_advisory_unlock_all()")
 
     def close(self) -> None:
@@ -534,15 +596,69 @@ class PostgresStore:
     ) -> PostgresJournal:
         job_id = self._job_id(key.job)
         self._lock_run(key)
+        lease: str | None = None
         try:
             compare_with = job_id if since is None else self._since_job(since)
             run_id = self._find_or_start(key, fingerprint_text(fingerprint), options, restart)
+            lease, asked = self._take_lease(job_id, key)
             return PostgresJournal(
-                self._session, run_id, job_id, compare_with, unfinished_statuses(retry_failed)
-            )
+                self._session, run_id, job_id, compare_with, unfinished_statuses(retry_failed),
+                _Lease(job_id, key.shard_text, lease, asked),
+            )  # fmt: skip
         except BaseException:
-            self._session.unlock_all()
+            self._session.unlock_all(lease)
             raise
+
+    def _take_lease(self, job_id: int, key: RunKey) -> tuple[str, float]:
+        """Once the run's lock is held: wait until no lease that conflicts with this run lasts
+        any more (a holder whose session was lost may still be sending until its lease ends,
+        unless it is known to be gone), then replace them with this process's lease. Returns
+        the lease's token and when it was asked for (this process's clock)."""
+        token = uuid.uuid4().hex
+        me = this_process()
+        # A whole-input run conflicts with every lease of its job, a shard with the whole
+        # input's and its own.
+        conflict = "job_id = %(job)s AND (%(shard)s = '' OR shard IN ('', %(shard)s))"
+        said = False
+        while True:
+            rows = self._session.run(
+                lambda conn: conn.execute(
+                    "SELECT extract(epoch FROM until - now()), host, boot, pid_namespace, pid, "  # noqa: S608
+                    f"started FROM leases WHERE {conflict} AND until > now()",
+                    {"job": job_id, "shard": key.shard_text},
+                ).fetchall()
+            )
+            holders = [
+                (float(left), Holder(host, boot, namespace, int(pid), started))
+                for left, host, boot, namespace, pid, started in rows
+            ]
+            live = [(left, holder) for left, holder in holders if not is_gone(holder, me)]
+            if not live:
+                break
+            left, holder = max(live, key=lambda found: found[0])
+            if not said:
+                said = True
+                log.warning(
+                    "the run's last holder, %s, may still be sending (its session with the store "
+                    "was lost, or it was killed): waiting %.1f s for its lease to end",
+                    holder.text(), left,
+                    extra={"event": "lease_wait", "holder": holder.text(), "seconds": left},
+                )  # fmt: skip
+            time.sleep(min(left, LEASE_S) + POLL_S)
+        asked = time.monotonic()
+
+        def take(conn: psycopg.Connection[Any]) -> None:
+            arguments = {"job": job_id, "shard": key.shard_text}
+            conn.execute(f"DELETE FROM leases WHERE {conflict}", arguments)  # noqa: S608
+            conn.execute(
+                "INSERT INTO leases VALUES (%s, %s, %s, now() + make_interval(secs => %s), "
+                "%s, %s, %s, %s, %s)",
+                (job_id, key.shard_text, token, LEASE_S, me.host, me.pid, me.boot,
+                 me.pid_namespace, me.started),
+            )  # fmt: skip
+
+        self._session.run(take)
+        return token, asked
 
     def _find_or_start(
         self, key: RunKey, fingerprint: str, options: Mapping[str, Any], restart: bool
@@ -559,7 +675,13 @@ class PostgresStore:
             if found is not None:
                 run_id, stored = found
                 if stored != fingerprint:
-                    return ", ".join(changed_fields(stored, fingerprint))
+                    changed = changed_fields(stored, fingerprint)
+                    if changed:
+                        return ", ".join(changed)
+                    # The same input and mapping, fingerprinted by an older version.
+                    conn.execute(
+                        "UPDATE runs SET fingerprint = %s WHERE run_id = %s", (fingerprint, run_id)
+                    )
                 conn.execute(
                     "UPDATE runs SET resumed_at = now(), invocations = invocations + 1, "
                     "ended_at = NULL, exit_code = NULL, stopped_by = NULL, host = %s, pid = %s "
@@ -780,15 +902,18 @@ class _Writer(Generic[Item]):
     """Commits what the workers wait for (IDs to forget, outcomes) on the event loop, with its
     own connection: what arrives while a commit runs goes in the next one, one statement (so
     one transaction) and one round trip. No thread: a commit's latency is a worker's idle time,
-    and a thread's every wait on the network ended in a wait for the GIL."""
+    and a thread's every wait on the network ended in a wait for the GIL. ``fenced``: the
+    statement's one value is 0 when this process no longer holds the run (``RunTaken``)."""
 
     def __init__(
         self,
         session: _Session,
         group: Callable[[list[Item]], dict[str, Any]],
+        taken: Callable[[], RunTaken],
     ) -> None:
         self._session = session
         self._group = group
+        self._taken = taken
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._pending: list[tuple[Item, asyncio.Future[None]]] = []
         self._wake: asyncio.Event | None = None
@@ -829,29 +954,43 @@ class _Writer(Generic[Item]):
                         if not done.done():
                             done.set_result(None)
         finally:
+            for _, done in self._pending:
+                done.cancel()
             if self._conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     await self._conn.close()
 
     async def _commit(self, group: dict[str, Any]) -> None:
-        outage = _Outage(self._session)
+        session = self._session
         while True:
+            if session.lost is not None:
+                raise session.lost
+            session.outage.check()
             try:
                 conn = self._conn or await self._connect()
-                await conn.execute(_GROUP, group)
-                outage.over()
+                cursor = await conn.execute(_GROUP, group)
+                row = await cursor.fetchone()
+                session.outage.over()
+                if not (row and row[0]):
+                    raise self._taken()
                 return
-            except psycopg.OperationalError as exc:
-                if self._conn is not None and (self._conn.broken or self._conn.closed):
+            except _AWAY as exc:
+                line = session.first_line(exc)
+                stop = _stop_for(exc, session.where, line)
+                if stop is not None:
+                    raise stop from None
+                if self._conn is not None and (
+                    self._conn.broken or self._conn.closed or _read_only(exc)
+                ):
                     with contextlib.suppress(psycopg.Error):
                         await self._conn.close()
                     self._conn = None
-                await asyncio.sleep(outage.wait(exc))
+                await asyncio.sleep(session.outage.failed(line, _state(exc)))
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         if self._connected_before:
             # Back after an outage: the run's session (and its locks) must be too, or another
-            # process may have taken the run meanwhile (StoreUnavailable, and the job stops).
+            # process may have taken the run meanwhile (RunTaken, and the job stops).
             await asyncio.to_thread(self._session.check)
         conn = await psycopg.AsyncConnection.connect(self._session.conninfo(), autocommit=True)
         await conn.execute(_SESSION)
@@ -859,15 +998,34 @@ class _Writer(Generic[Item]):
         self._connected_before = True
         return conn
 
-    def close(self) -> None:
-        """Stop (the workers are done): the task closes its connection as it ends."""
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+    async def stop(self) -> None:
+        """No more commits: the one in progress, if any, is cut (it commits whole or not at
+        all), and the task's connection closed."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Lease:
+    """The run's lease (``store/lease.py``): the row ``(job_id, shard)`` of ``leases`` whose
+    holder is ``token``, asked for at ``asked`` (this process's monotonic clock)."""
+
+    job_id: int
+    shard: str
+    token: str
+    asked: float
+
+    def arguments(self) -> dict[str, Any]:
+        return {"job": self.job_id, "shard": self.shard, "holder": self.token}
 
 
 class PostgresJournal(_Reader):
-    """One run's outcomes in the PostgreSQL store; see ``bulk_update.store.Journal``."""
+    """One run's outcomes in the PostgreSQL store; see ``bulk_update.store.Journal``. A thread
+    renews the run's lease every RENEW_EVERY_S; ``fence`` lets a request go only while it
+    lasts."""
 
     def __init__(
         self,
@@ -876,14 +1034,103 @@ class PostgresJournal(_Reader):
         job_id: int,
         compare_with: int,
         unfinished: tuple[str, ...],
+        lease: _Lease,
     ) -> None:
         super().__init__(session, compare_with)
         self.run_id = run_id
         self._job_id = job_id
         self._unfinished = list(unfinished)
-        self._writer = _Writer(session, self._group)
+        self._lease = lease
+        self._local = LocalLease()
+        self._local.renewed(lease.asked)
+        self._writer = _Writer(session, self._group, self._taken)
         # This invocation's requests and 429s already added to the run's (by heartbeats).
         self._counted = (0, 0)
+        self._ending = threading.Event()
+        self._renewing = threading.Thread(target=self._renew, name="bulk-update-lease", daemon=True)
+        self._renewing.start()
+
+    # The lease
+
+    def _taken(self) -> RunTaken:
+        """The run is another process's now: say so once, and use the session no more."""
+        if self._session.lost is None:
+            self._session.abandon(
+                RunTaken(
+                    f"another process took the run over in {self._session.where} (this one's "
+                    "lease on it had ended: its session with the store was lost); this one sends "
+                    "nothing more (the other goes on)"
+                )
+            )
+        assert self._session.lost is not None
+        return self._session.lost
+
+    def _renew(self) -> None:
+        """The lease's thread: renew it every RENEW_EVERY_S, through the session that holds the
+        run's lock (a lost session takes the lock again first, or learns the run is taken)."""
+        lease = self._lease
+        while not self._ending.wait(RENEW_EVERY_S):
+            asked = time.monotonic()
+            try:
+                held = self._session.run(
+                    lambda conn: conn.execute(
+                        "UPDATE leases SET until = now() + make_interval(secs => %(seconds)s) "
+                        "WHERE job_id = %(job)s AND shard = %(shard)s AND holder = %(holder)s "
+                        "RETURNING 1",
+                        {**lease.arguments(), "seconds": LEASE_S},
+                    ).fetchone()
+                )
+            except JobStopped:  # the store given up, or the run taken: fence() says which
+                self._local.ended()
+                return
+            except Exception:  # pragma: no cover - a bug: stop sending rather than guess
+                log.exception("the run's lease could not be renewed")
+                self._local.ended()
+                return
+            if held is None:
+                if not self._ending.is_set():
+                    self._taken()
+                self._local.ended()
+                return
+            self._local.renewed(asked)
+
+    async def fence(self) -> None:
+        while not self._local.may_send():
+            session = self._session
+            if session.lost is not None:
+                raise session.lost
+            session.outage.check()
+            if not self._renewing.is_alive():
+                raise self._taken()
+            await asyncio.sleep(POLL_S)
+
+    def _hold(self, conn: psycopg.Connection[Any]) -> None:
+        """Within a write's transaction: this process still holds the run (its lease row,
+        locked until the commit), or RunTaken."""
+        if conn.execute(_HOLD, self._lease.arguments()).fetchone() is None:
+            raise self._taken()
+
+    def _fenced(self, work: Callable[[psycopg.Connection[Any]], object]) -> None:
+        def write(conn: psycopg.Connection[Any]) -> None:
+            self._hold(conn)
+            work(conn)
+
+        self._session.run(write)
+
+    async def seal(self) -> None:
+        await self._writer.stop()
+        self._ending.set()
+        lease = self._lease
+        # The lease's row goes: any commit of this run still under way finishes first (it
+        # holds the row), and none can follow.
+        await asyncio.to_thread(
+            self._session.run,
+            lambda conn: conn.execute(
+                "DELETE FROM leases WHERE job_id = %(job)s AND shard = %(shard)s "
+                "AND holder = %(holder)s",
+                lease.arguments(),
+            ),
+        )
 
     # Writing
 
@@ -905,20 +1152,17 @@ class PostgresJournal(_Reader):
         forget = [item for item in items if isinstance(item, str)]
         outcomes = [item for item in items if not isinstance(item, str)]
         return {
-            "job": self._job_id,
+            **self._lease.arguments(),
             "run": self.run_id,
             "forget": json.dumps(forget),
             "records": _records(outcomes),
         }
 
-    def _upsert(self, conn: psycopg.Connection[Any], outcomes: list[Recorded]) -> None:
-        if outcomes:
-            conn.execute(_UPSERT_OUTCOMES, (_records(outcomes), self.run_id))
-
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
         rows: list[Recorded] = [(outcome, None) for outcome in outcomes]
         if rows:
-            self._session.run(lambda conn: self._upsert(conn, rows))
+            records = _records(rows)
+            self._fenced(lambda conn: conn.execute(_UPSERT_OUTCOMES, (self.run_id, records)))
 
     def record_unchanged(self, rows: pl.DataFrame) -> None:
         if rows.is_empty():
@@ -939,7 +1183,7 @@ class PostgresJournal(_Reader):
                     (self._job_id, self._compare_with, arrays[1]),
                 )
 
-        self._session.run(write)
+        self._fenced(write)
 
     async def beat(self, beat: RunBeat, seconds: Iterable[Second]) -> None:
         timeline = json.dumps([dataclasses.asdict(second) for second in seconds])
@@ -955,10 +1199,12 @@ class PostgresJournal(_Reader):
             )  # fmt: skip
 
         # Off the event loop: a database that is away is retried for --store-timeout.
-        await asyncio.to_thread(self._session.run, write)
+        await asyncio.to_thread(self._fenced, write)
         self._counted = (beat.requests, beat.rate_limited)
 
     def finish(self, end: RunEnd) -> None:
+        """After ``seal``: not fenced by the lease (it is gone) but by the run's lock: a session
+        lost meanwhile must take the lock again first."""
         self._session.run(
             lambda conn: conn.execute(
                 "UPDATE runs SET ended_at = now(), counts = %s, exit_code = %s, total_rows = %s, "
@@ -1025,8 +1271,10 @@ class PostgresJournal(_Reader):
         return int(rows[0][0])
 
     def close(self) -> None:
-        self._writer.close()
-        self._session.unlock_all()
+        self._ending.set()
+        if self._writer._task is not None:
+            self._writer._task.cancel()
+        self._session.unlock_all(self._lease.token)
 
     def __enter__(self) -> PostgresJournal:
         return self

@@ -17,9 +17,23 @@ one run, and an insert writes one B-tree (a composite key, or run_id and row_num
 columns, made journaling a batch 15-30 % slower). The ``run_outcomes`` view shows both.
 
 WAL mode with ``synchronous=NORMAL``: a commit survives a process crash (kill -9); only a power
-cut can lose the last commits. Shards of a job share the file and wait for each other's commits
-(``busy_timeout``). The locks are ``flock``s on files beside it (``store/locks.py``): the kernel
-drops them when their holder dies.
+cut can lose the last commits. A new store is made under a temporary name and linked into place
+once its tables exist, so that a store file is never empty: an empty one (truncated) is refused,
+never taken for a new store. The locks are ``flock``s on files beside it (``store/locks.py``):
+the kernel drops them when their holder dies.
+
+A run's reads go through the store's connection, from threads of ``asyncio.to_thread``. Its
+writes go through one thread of their own (``store/grouped.py``), except a worker's outcome,
+forget or heartbeat while that thread has nothing to do: it is committed on the spot, on a
+connection that never waits (``busy_timeout`` 0), and handed to the thread only if the file is
+busy. So nothing waits on the event loop, and a free file costs a row what it always did (a
+commit awaited through a thread left the HTTP pool's connections idle long enough for
+httpcore's idle checks to cost 40 % of the rate).
+Shards of a job share the file and wait for each other's commits; a file another process holds
+locked is waited for (``busy_timeout``, then again) until ``--store-timeout``, on one clock for
+every operation of the run (``store/outage.py``), then the job stops (exit 3, resumable). A
+full disk stops it at once (DiskFull, exit 3), a damaged file is StoreDamaged (exit 2), a
+read-only one a JournalError (exit 2), each naming the file.
 
 ``--since-state`` (another job's store) is ATTACHed read only, so that the comparison and the
 copy of its entries run inside SQLite. A state file of the older layout
@@ -36,16 +50,26 @@ import json
 import logging
 import operator
 import os
+import secrets
 import socket
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import polars as pl
 
-from bulk_update.exceptions import ConfigError, JournalError
+from bulk_update.exceptions import (
+    ConfigError,
+    DiskFull,
+    JournalError,
+    StoreDamaged,
+    StoreUnavailable,
+    first_line,
+)
 from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, RowOutcome, Status
 from bulk_update.paths import is_remote
 from bulk_update.read import ROW_NUMBER
@@ -69,9 +93,18 @@ from bulk_update.store import (
     run_statuses,
     unfinished_statuses,
 )
+from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.locks import release_lock, take_lock
+from bulk_update.store.outage import Outage
 
 log = logging.getLogger("bulk_update")
+
+T = TypeVar("T")
+# How long one try waits for a lock another process holds (SQLite's busy handler); the run's
+# outage clock (--store-timeout) decides how many tries.
+_BUSY_MS = 1000
+# A new store's tables are made under this name beside it, then linked into place.
+_CREATING = ".{name}.{mark}.creating"
 
 # 1: runs, outcomes, last_set; 2: and budget; 3: outcomes gain previous_metadata and
 # server_metadata; 4: runs gain what history shows (RUN_COLUMNS); 5: outcomes gain
@@ -146,11 +179,14 @@ def _uri(path: Path, read_only: bool = False) -> str:
     return path.resolve().as_uri() + ("?mode=ro" if read_only else "")
 
 
-def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+def _connect(path: Path, read_only: bool = False, busy_ms: int = _BUSY_MS) -> sqlite3.Connection:
     db = sqlite3.connect(
         _uri(path, read_only), uri=True, isolation_level=None, check_same_thread=False
     )
-    db.execute("PRAGMA busy_timeout=30000")
+    db.execute(f"PRAGMA busy_timeout={busy_ms}")
+    # Per connection, like busy_timeout: in WAL mode a commit survives a process crash without
+    # an fsync of its own (FULL, the default, would sync every row's commit).
+    db.execute("PRAGMA synchronous=NORMAL")
     return db
 
 
@@ -162,9 +198,78 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        db.execute("ROLLBACK")
+        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+            db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(exc)
+
+
+def store_error(exc: sqlite3.Error, path: Path) -> Exception:
+    """What a SQLite error means for the job, naming the file: a full disk stops the run
+    (resumable once there is room), a damaged or read-only file is the user's to mend (exit 2),
+    an I/O error is a store that cannot be used now (exit 3). Anything else is returned as it is
+    (a bug)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    detail = first_line(exc)
+    if name.startswith("SQLITE_FULL") or "database or disk is full" in detail:
+        return DiskFull(str(path), detail)
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return StoreDamaged(damaged(path, detail))
+    if name.startswith("SQLITE_READONLY"):
+        return JournalError(
+            f"{path}: the store cannot be written ({detail}): check the permissions of the file, "
+            "of its -wal and -shm files and of its directory"
+        )
+    if name.startswith("SQLITE_CANTOPEN"):
+        return JournalError(
+            f"{path}: the store cannot be opened ({detail}): check the path and its permissions"
+        )
+    if name.startswith("SQLITE_IOERR"):
+        return StoreUnavailable(f"the store {path} cannot be read or written ({detail})")
+    return exc
+
+
+def damaged(path: Path, detail: str) -> str:
+    return (
+        f"{path}: not a whole bulk-update store ({detail}); if it is the job's store, it is "  # noqa: S608
+        "damaged and the job cannot resume from it: restore it from a backup, or remove it (with "
+        "its -wal file) to start afresh (the job then forgets what it set and what its runs did)"
+    )
+
+
+def _retrying(outage: Outage, path: Path, work: Callable[[], T], *, reads: bool = False) -> T:
+    """``work``, tried again while another process holds the store locked, on the run's one
+    outage clock; other SQLite errors as ``store_error`` says. Once the outage was given up,
+    writes fail at once; ``reads`` are still tried (a lock that holds writes back does not
+    hold back readers of a WAL file: the results can still be written from the store)."""
+    while True:
+        if not reads:
+            outage.check()
+        try:
+            result = work()
+        except sqlite3.Error as exc:
+            if not _is_busy(exc):
+                raise store_error(exc, path) from None
+            time.sleep(outage.failed(first_line(exc)))
+            continue
+        outage.over()
+        return result
+
+
+def check_store_file(path: Path) -> None:
+    """A store file that exists must hold a store: an empty file is a truncated store (it
+    would otherwise be taken for a new one, and every row sent again)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        raise StoreDamaged(damaged(path, "the file is empty: 0 bytes"))
 
 
 def _as_json(rows: pl.DataFrame) -> str:
@@ -214,14 +319,17 @@ def _check_since(since: str) -> Path:
 
 
 class _Reader:
-    """``last_set`` of a database (``schema`` on ``db``), read only."""
+    """``last_set`` of a database (``schema`` on ``db``), read only. Safe from any thread: one
+    read at a time on the connection."""
 
     def __init__(self, db: sqlite3.Connection, schema: str = "main") -> None:
         self._db = db
         self._schema = schema
+        self._read_lock = threading.Lock()
 
     def changed_rows(self, rows: pl.DataFrame) -> list[int]:
-        return _changed_rows(self._db, self._schema, rows)
+        with self._read_lock:
+            return _changed_rows(self._db, self._schema, rows)
 
 
 @contextlib.contextmanager
@@ -231,10 +339,12 @@ def read_state(path: Path, since: str | None = None) -> Iterator[_Reader | None]
         source: Path | None = _check_since(since)
     else:
         source = next((p for p in (path, _legacy_state(path)) if p.is_file()), None)
-        if source is not None and not _has_state(source):
-            raise JournalError(
-                f"{source}: not a bulk-update store; choose another --state-dir or --job-name"
-            )
+        if source is not None:
+            check_store_file(source)
+            if not _has_state(source):
+                raise JournalError(
+                    f"{source}: not a bulk-update store; choose another --state-dir or --job-name"
+                )
     if source is None:
         yield None
         return
@@ -242,83 +352,137 @@ def read_state(path: Path, since: str | None = None) -> Iterator[_Reader | None]
         yield _Reader(db)
 
 
-class SQLiteStore:
-    """Open with ``SQLiteStore.open``; use as a context manager to close it."""
+def _create_new(path: Path) -> None:
+    """Make the store's file with its tables under a temporary name, then link it into place:
+    a store file is never seen empty (a crash leaves only the temporary file, removed by the
+    next run). Another process that made it first wins: its file is used."""
+    for stale in path.parent.glob(_CREATING.format(name=path.name, mark="*")):
+        if time.time() - stale.stat().st_mtime > 60:  # a crashed creation, not one under way
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    temporary = path.with_name(_CREATING.format(name=path.name, mark=secrets.token_hex(4)))
+    try:
+        db = _connect(temporary)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            _make_tables(db, temporary, legacy=_legacy_state(path))
+        finally:
+            db.close()  # the last connection: SQLite folds the WAL into the file
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    except sqlite3.Error as exc:
+        raise store_error(exc, path) from None
+    except OSError as exc:
+        raise JournalError(f"{path}: cannot create the store: {exc.strerror or exc}") from None
+    finally:
+        for leftover in (temporary, Path(f"{temporary}-wal"), Path(f"{temporary}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
 
-    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+
+def _make_tables(db: sqlite3.Connection, path: Path, legacy: Path | None = None) -> None:
+    """Create or migrate the tables (``legacy``: the older layout's state file, whose entries a
+    new store takes over)."""
+    fresh = db.execute("PRAGMA user_version").fetchone()[0] == 0
+    take_over = fresh and legacy is not None and legacy.is_file()
+    if take_over:
+        assert legacy is not None
+        db.execute("ATTACH DATABASE ? AS legacy", (_uri(legacy, read_only=True),))
+    with _transaction(db):
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > LAYOUT_VERSION:
+            raise JournalError(
+                f"{path}: written by a newer bulk-update (layout {version}); upgrade"
+            )
+        if version == 0:
+            others = db.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                "AND name NOT IN ('runs', 'outcomes', 'last_set', 'run_outcomes', 'budget', "
+                "'timeline')"
+            ).fetchall()
+            if others:
+                raise JournalError(
+                    f"{path}: not a bulk-update store (it holds {others[0][0]!r}); "
+                    "choose another --state-dir or --job-name"
+                )
+        for statement in _TABLES:
+            db.execute(statement)
+        if 0 < version < LAYOUT_VERSION:
+            _migrate(db)
+        if version == 0 and take_over:
+            db.execute("INSERT OR IGNORE INTO last_set SELECT * FROM legacy.last_set")
+            log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
+        db.execute(f"PRAGMA user_version={LAYOUT_VERSION}")
+    if take_over:
+        db.execute("DETACH DATABASE legacy")
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a store of an older layout to this one: the new columns (tables are created by
+    ``_TABLES``)."""
+    wanted = {
+        "outcomes": [
+            *((name, _SQL_TYPES[RESULTS_SCHEMA[name]]) for name in _STORED),
+            *_TIMING_TYPES.items(),
+        ],
+        "runs": list(RUN_COLUMNS),
+    }
+    for table, columns in wanted.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    db.execute("DROP VIEW IF EXISTS run_outcomes")
+    db.execute(_VIEW)
+
+
+class SQLiteStore:
+    """Open with ``SQLiteStore.open``; use as a context manager to close it. ``timeout``: how
+    long the file may stay locked by another process (--store-timeout)."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection, outage: Outage) -> None:
         self.path = path
         self.where = str(path)
         self._db = db
+        self._outage = outage
 
     @classmethod
-    def open(cls, path: Path) -> SQLiteStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = _connect(path)
+    def open(cls, path: Path, timeout: float = 60.0) -> SQLiteStore:
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            store = cls(path, db)
-            store._create()
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
-        except BaseException:
-            db.close()
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(f"{path}: cannot create its directory: {exc.strerror}") from None
+        check_store_file(path)
+        if not path.exists():
+            _create_new(path)
+        outage = Outage(str(path), timeout, state="locked by another process",
+                        backoff=(0.05, 0.5))  # fmt: skip
+
+        def connect() -> sqlite3.Connection:
+            db = _connect(path)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                _make_tables(db, path)
+            except BaseException:
+                db.close()
+                raise
+            return db
+
+        try:
+            db = _retrying(outage, path, connect)
+        except StoreUnavailable:  # nothing sent yet: the store refuses this run
+            raise JournalError(
+                f"{path}: the store stayed locked by another process for {timeout:g} s "
+                "(--store-timeout); nothing was sent: run again once it is free"
+            ) from None
+        except DiskFull:
             raise
-        return store
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
+        return cls(path, db, outage)
 
-    def _create(self) -> None:
-        db = self._db
-        legacy = _legacy_state(self.path)
-        fresh = db.execute("PRAGMA user_version").fetchone()[0] == 0
-        if fresh and legacy.is_file():
-            db.execute("ATTACH DATABASE ? AS legacy", (_uri(legacy, read_only=True),))
-        with _transaction(db):
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > LAYOUT_VERSION:
-                raise JournalError(
-                    f"{self.path}: written by a newer bulk-update (layout {version}); upgrade"
-                )
-            if version == 0:
-                others = db.execute(
-                    "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
-                    "AND name NOT IN ('runs', 'outcomes', 'last_set', 'run_outcomes', 'budget', "
-                    "'timeline')"
-                ).fetchall()
-                if others:
-                    raise JournalError(
-                        f"{self.path}: not a bulk-update store (it holds {others[0][0]!r}); "
-                        "choose another --state-dir or --job-name"
-                    )
-            for statement in _TABLES:
-                db.execute(statement)
-            if 0 < version < LAYOUT_VERSION:
-                self._migrate()
-            if version == 0 and fresh and legacy.is_file():
-                db.execute("INSERT OR IGNORE INTO last_set SELECT * FROM legacy.last_set")
-                log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
-            db.execute(f"PRAGMA user_version={LAYOUT_VERSION}")
-        if fresh and legacy.is_file():
-            db.execute("DETACH DATABASE legacy")
-
-    def _migrate(self) -> None:
-        """Bring a store of an older layout to this one: the new columns (tables are created
-        by ``_TABLES``)."""
-        db = self._db
-        wanted = {
-            "outcomes": [
-                *((name, _SQL_TYPES[RESULTS_SCHEMA[name]]) for name in _STORED),
-                *_TIMING_TYPES.items(),
-            ],
-            "runs": list(RUN_COLUMNS),
-        }
-        for table, columns in wanted.items():
-            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-            for name, kind in columns:
-                if name not in have:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
-        db.execute("DROP VIEW IF EXISTS run_outcomes")
-        db.execute(_VIEW)
+    def _run(self, work: Callable[[], T]) -> T:
+        return _retrying(self._outage, self.path, work)
 
     def open_run(
         self,
@@ -332,18 +496,22 @@ class SQLiteStore:
     ) -> SQLiteJournal:
         locks = _lock_run(self.path, key)
         try:
-            compare_with = "main"
+            since_path: Path | None = None
             if since is not None:
-                since_path = _check_since(since)
-                if since_path.resolve() != self.path.resolve():
-                    self._db.execute(
-                        "ATTACH DATABASE ? AS since", (_uri(since_path, read_only=True),)
-                    )
-                    compare_with = "since"
-            run_id = self._find_or_start(key, fingerprint_text(fingerprint), options, restart)
-            return SQLiteJournal(
-                self._db, run_id, locks, compare_with, unfinished_statuses(retry_failed)
+                found = _check_since(since)
+                if found.resolve() != self.path.resolve():
+                    since_path = found
+            if since_path is not None:
+                self._db.execute("ATTACH DATABASE ? AS since", (_uri(since_path, read_only=True),))
+            run_id = self._run(
+                partial(self._find_or_start, key, fingerprint_text(fingerprint), options, restart)
             )
+            if not restart:
+                self._take_over_legacy_journal(key, fingerprint_text(fingerprint), run_id)
+            return SQLiteJournal(
+                self.path, self._db, self._outage, run_id, locks, since_path,
+                unfinished_statuses(retry_failed),
+            )  # fmt: skip
         except BaseException:
             for lock in reversed(locks):
                 release_lock(lock)
@@ -366,10 +534,16 @@ class SQLiteStore:
                 run_id, stored = found
                 if stored != fingerprint:
                     changed = changed_fields(stored, fingerprint)
-                    raise JournalError(
-                        f"{self.path}: the run for {key.results} was started with another input "
-                        f"or mapping (changed: {', '.join(changed)}); run with --restart to start "
-                        "over (the old run is kept in the store)"
+                    if changed:
+                        raise JournalError(
+                            f"{self.path}: the run for {key.results} was started with another "
+                            f"input or mapping (changed: {', '.join(changed)}); run with "
+                            "--restart to start over (the old run is kept in the store)"
+                        )
+                    # The same input and mapping, fingerprinted by an older version: keep the
+                    # new form from now on.
+                    db.execute(
+                        "UPDATE runs SET fingerprint = ? WHERE run_id = ?", (fingerprint, run_id)
                     )
                 db.execute(
                     "UPDATE runs SET resumed_at = ?, invocations = invocations + 1, "
@@ -385,10 +559,7 @@ class SQLiteStore:
                  json.dumps(dict(options), sort_keys=True, default=str), _now(),
                  socket.gethostname(), os.getpid()),
             )  # fmt: skip
-            run_id = int(cursor.lastrowid or 0)
-        if not restart:
-            self._take_over_legacy_journal(key, fingerprint, run_id)
-        return run_id
+            return int(cursor.lastrowid or 0)
 
     def _take_over_legacy_journal(self, key: RunKey, fingerprint: str, run_id: int) -> None:
         """A run started by the older layout resumes here: its journal's outcomes, if the
@@ -403,12 +574,12 @@ class SQLiteStore:
                 stored = db.execute(
                     "SELECT value FROM legacy.meta WHERE key = 'fingerprint'"
                 ).fetchone()
-                if stored is None or stored[0] != fingerprint:
+                if stored is None or changed_fields(stored[0], fingerprint):
                     return
                 had = {row[1] for row in db.execute("PRAGMA legacy.table_info(outcomes)")}
                 columns = ", ".join(name for name in _STORED if name in had)
                 db.execute(
-                    f"INSERT INTO outcomes (id, {columns}) "  # noqa: S608
+                    f"INSERT OR IGNORE INTO outcomes (id, {columns}) "  # noqa: S608
                     f"SELECT ? + row_number, {columns} FROM legacy.outcomes",
                     (run_id * _ROWS_PER_RUN,),
                 )
@@ -419,44 +590,53 @@ class SQLiteStore:
             db.execute("DETACH DATABASE legacy")
 
     def budget(self, job: str) -> SQLiteBudget:
-        return SQLiteBudget(self.path, job)
+        return SQLiteBudget(self.path, job, self._outage)
 
     def history(self, job: str) -> list[RunRecord]:
-        rows = self._db.execute(
-            "SELECT run_id, results, shard, options, started_at, ended_at, invocations, counts, "
-            "exit_code, total_rows, requests, rate_limited, stopped_by, host, pid, "
-            "replaced_at IS NOT NULL FROM runs WHERE job = ? ORDER BY run_id DESC",
-            (job,),
+        rows = self._run(
+            lambda: self._db.execute(
+                "SELECT run_id, results, shard, options, started_at, ended_at, invocations, "
+                "counts, exit_code, total_rows, requests, rate_limited, stopped_by, host, pid, "
+                "replaced_at IS NOT NULL FROM runs WHERE job = ? ORDER BY run_id DESC",
+                (job,),
+            ).fetchall()
         )
         return [_record(*row) for row in rows]
 
     def status(self, job: str) -> list[RunStatus]:
         records = [r for r in self.history(job) if not r.replaced and is_unfinished(r)]
         last = "(SELECT max(at) FROM timeline WHERE run_id = r.run_id)"
-        rows = self._db.execute(
-            "SELECT r.run_id, r.rows_done, ? - r.heartbeat_at, "  # noqa: S608
-            f"(SELECT min(at) FROM timeline WHERE run_id = r.run_id), {last}, "
-            f"(SELECT sum(rows) FROM timeline WHERE run_id = r.run_id AND at > {last} - 60) "
-            "FROM runs AS r WHERE r.run_id IN (SELECT value FROM json_each(?))",
-            (time.time(), json.dumps([r.run_id for r in records])),
+        rows = self._run(
+            lambda: self._db.execute(
+                "SELECT r.run_id, r.rows_done, ? - r.heartbeat_at, "  # noqa: S608
+                f"(SELECT min(at) FROM timeline WHERE run_id = r.run_id), {last}, "
+                f"(SELECT sum(rows) FROM timeline WHERE run_id = r.run_id AND at > {last} - 60) "
+                "FROM runs AS r WHERE r.run_id IN (SELECT value FROM json_each(?))",
+                (time.time(), json.dumps([r.run_id for r in records])),
+            ).fetchall()
         )
         found = {row[0]: row[1:] for row in rows}
         return run_statuses(records, found)
 
     def timeline(self, run_id: int) -> list[Second]:
-        rows = self._db.execute(
-            f"SELECT {', '.join(TIMELINE_COLUMNS)} FROM timeline WHERE run_id = ? ORDER BY at",  # noqa: S608
-            (run_id,),
+        rows = self._run(
+            lambda: self._db.execute(
+                f"SELECT {', '.join(TIMELINE_COLUMNS)} FROM timeline WHERE run_id = ? "  # noqa: S608
+                "ORDER BY at",
+                (run_id,),
+            ).fetchall()
         )
         return [Second(*row) for row in rows]
 
     def report_rows(self, run_id: int) -> pl.DataFrame:
         columns = ", ".join(name if name != "row_number" else "id - ?" for name in REPORT_COLUMNS)
         base = run_id * _ROWS_PER_RUN
-        rows = self._db.execute(
-            f"SELECT {columns} FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id",  # noqa: S608
-            (base, base, base + _ROWS_PER_RUN - 1),
-        ).fetchall()
+        rows = self._run(
+            lambda: self._db.execute(
+                f"SELECT {columns} FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id",  # noqa: S608
+                (base, base, base + _ROWS_PER_RUN - 1),
+            ).fetchall()
+        )
         return report_frame(rows)
 
     def close(self) -> None:
@@ -508,20 +688,25 @@ class SQLiteBudget:
     slots in the ``budget`` table (wall-clock seconds: the shards share the machine's clock).
     Its own connection, so that a claim from a thread never meets a journal's transaction."""
 
-    def __init__(self, path: Path, job: str) -> None:
+    def __init__(self, path: Path, job: str, outage: Outage) -> None:
+        self._path = path
         self._db = _connect(path)
         self._job = job
+        self._outage = outage
 
     def _move(self, span: float, at_least: float = 0.0) -> float:
-        with _transaction(self._db):
-            now = time.time()
-            row = self._db.execute("SELECT next_at FROM budget WHERE job = ?", (self._job,))
-            found = row.fetchone()
-            start = max(found[0] if found else now, now + at_least)
-            self._db.execute(
-                "INSERT OR REPLACE INTO budget VALUES (?, ?)", (self._job, start + span)
-            )
-        return start - now
+        def move() -> float:
+            with _transaction(self._db):
+                now = time.time()
+                row = self._db.execute("SELECT next_at FROM budget WHERE job = ?", (self._job,))
+                found = row.fetchone()
+                start = max(found[0] if found else now, now + at_least)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO budget VALUES (?, ?)", (self._job, start + span)
+                )
+            return start - now
+
+        return _retrying(self._outage, self._path, move)
 
     def claim(self, count: int, interval_s: float) -> float:
         return self._move(count * interval_s)
@@ -533,108 +718,191 @@ class SQLiteBudget:
         self._db.close()
 
 
+# What a run's writer commits: a function of its connection, run inside the group's transaction.
+Write = Callable[[sqlite3.Connection], object]
+
+
 class SQLiteJournal(_Reader):
-    """One run's outcomes in a SQLite store; see ``bulk_update.store.Journal``."""
+    """One run's outcomes in a SQLite store; see ``bulk_update.store.Journal``. Reads go
+    through the store's connection (one at a time, from any thread), writes through the run's
+    writer thread (``GroupWriter``), which has a connection of its own."""
 
     def __init__(
         self,
+        path: Path,
         db: sqlite3.Connection,
+        outage: Outage,
         run_id: int,
         locks: list[IO[str] | None],
-        compare_with: str,
+        since: Path | None,
         unfinished: tuple[str, ...],
     ) -> None:
-        super().__init__(db, compare_with)
+        super().__init__(db, "main" if since is None else "since")
+        self.path = path
         self.run_id = run_id
+        self._outage = outage
         self._base = run_id * _ROWS_PER_RUN  # outcomes.id of row 0
         self._locks = locks
         self._unfinished = unfinished
         self._unfinished_sql = f"status NOT IN ({', '.join('?' for _ in unfinished)})"
         # This invocation's requests and 429s already added to the run's (by heartbeats).
         self._counted = (0, 0)
+        self._write_db = _connect(path)
+        self._now_db = _connect(path, busy_ms=0)  # on the event loop: never waits
+        if since is not None:
+            for db in (self._write_db, self._now_db):
+                db.execute("ATTACH DATABASE ? AS since", (_uri(since, read_only=True),))
+        self._writer: GroupWriter[Write] = GroupWriter(self._commit, "bulk-update-store-writer")
+        # A full disk or a damaged file: every later write fails alike, at once.
+        self._broken: Exception | None = None
+
+    def _commit(self, works: list[Write]) -> None:
+        if self._broken is not None:
+            raise self._broken
+        db = self._write_db
+
+        def commit() -> None:
+            with _transaction(db):
+                for work in works:
+                    work(db)
+
+        try:
+            _retrying(self._outage, self.path, commit)
+        except (DiskFull, StoreDamaged, JournalError) as exc:
+            self._broken = exc
+            raise
+
+    async def _write(self, work: Write) -> None:
+        """On the spot if the writer thread is idle and the file free; else through the
+        thread, which waits for the file (up to --store-timeout) off the event loop."""
+        if self._broken is not None:
+            raise self._broken
+        if self._writer.idle():
+            try:
+                with _transaction(self._now_db):
+                    work(self._now_db)
+            except sqlite3.Error as exc:
+                if not _is_busy(exc):
+                    error = store_error(exc, self.path)
+                    if isinstance(error, DiskFull | StoreDamaged | JournalError):
+                        self._broken = error
+                    raise error from None
+            else:
+                return
+        await self._writer.submit(work)
+
+    def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def read() -> T:
+            with self._read_lock:
+                return work(self._db)
+
+        return _retrying(self._outage, self.path, read, reads=True)
 
     # Writing
 
     def entries_among(self, conversation_ids: list[str]) -> set[str]:
-        found = self._db.execute(
-            "SELECT s.conversation_id FROM json_each(?) AS j JOIN last_set AS s "
-            "ON s.conversation_id = j.value",
-            (json.dumps(sorted(conversation_ids)),),
+        found = self._read(
+            lambda db: db.execute(
+                "SELECT s.conversation_id FROM json_each(?) AS j JOIN last_set AS s "
+                "ON s.conversation_id = j.value",
+                (json.dumps(sorted(conversation_ids)),),
+            ).fetchall()
         )
         return {conversation_id for (conversation_id,) in found}
 
+    async def fence(self) -> None:
+        """Nothing to wait for: the run's flock cannot be lost while the process lives."""
+
     async def forget(self, conversation_id: str) -> None:
-        self._db.execute("DELETE FROM last_set WHERE conversation_id = ?", (conversation_id,))
+        await self._write(
+            lambda db: db.execute(
+                "DELETE FROM last_set WHERE conversation_id = ?", (conversation_id,)
+            )
+        )
 
     async def record(self, outcome: RowOutcome, timing: RowTiming | None = None) -> None:
+        values = self._values(outcome, timing)
         if outcome.status not in _CONFIRMED:
-            self._insert(outcome, timing)
+            await self._write(lambda db: db.execute(_INSERT, values))
             return
         assert outcome.sent_metadata is not None
-        with _transaction(self._db):
-            self._insert(outcome, timing)
-            self._db.execute(
-                "INSERT OR REPLACE INTO last_set VALUES (?, ?, ?)",
-                (outcome.conversation_id, outcome.sent_metadata, _now()),
-            )
+        entry = (outcome.conversation_id, outcome.sent_metadata, _now())
 
-    def _insert(self, outcome: RowOutcome, timing: RowTiming | None) -> None:
-        values = self._values(outcome)
-        if timing is not None:
-            values = (*values[: -len(_NO_TIMING)], timing.sent_at, timing.answered_at,
-                      timing.latency_ms)  # fmt: skip
-        self._db.execute(_INSERT, values)
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(_INSERT, values)
+            db.execute("INSERT OR REPLACE INTO last_set VALUES (?, ?, ?)", entry)
 
-    def _values(self, outcome: RowOutcome) -> tuple[Any, ...]:
-        return (self._base + outcome.row_number, *_stored(outcome), *_NO_TIMING)
+        await self._write(write)
+
+    def _values(self, outcome: RowOutcome, timing: RowTiming | None = None) -> tuple[Any, ...]:
+        times = _NO_TIMING if timing is None else (
+            timing.sent_at, timing.answered_at, timing.latency_ms
+        )  # fmt: skip
+        return (self._base + outcome.row_number, *_stored(outcome), *times)
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
-        with _transaction(self._db):
-            self._db.executemany(_INSERT, map(self._values, outcomes))
+        rows = [self._values(outcome) for outcome in outcomes]
+        self._writer.run(lambda db: db.executemany(_INSERT, rows))
 
     def record_unchanged(self, rows: pl.DataFrame) -> None:
         if rows.is_empty():
             return
         rows_json = _as_json(rows)
-        with _transaction(self._db):
-            self._db.execute(
+        copy = self._schema == "since"
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT OR REPLACE INTO outcomes (id, conversation_id, status, attempts, "
                 "sent_metadata) SELECT ? + json_extract(value, '$.r'), "
                 "json_extract(value, '$.i'), ?, 0, json_extract(value, '$.m') FROM json_each(?)",
                 (self._base, Status.UNCHANGED.value, rows_json),
             )
-            if self._schema == "since":
-                self._db.execute(
+            if copy:
+                db.execute(
                     "INSERT OR REPLACE INTO last_set SELECT s.conversation_id, s.metadata, "
                     "s.set_at FROM json_each(?) AS j JOIN since.last_set AS s "
                     "ON s.conversation_id = json_extract(j.value, '$.i')",
                     (rows_json,),
                 )
 
+        self._writer.run(write)
+
     async def beat(self, beat: RunBeat, seconds: Iterable[Second]) -> None:
-        # On the event loop, as every write of the journal's connection (a local file).
         values = [(*(getattr(second, n) for n in TIMELINE_COLUMNS), self.run_id)
                   for second in seconds]  # fmt: skip
         requests, rate_limited = self._counted
-        with _transaction(self._db):
-            self._db.executemany(_ADD_SECOND, values)
-            self._db.execute(
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(_ADD_SECOND, values)
+            db.execute(
                 "UPDATE runs SET heartbeat_at = ?, rows_done = ?, total_rows = ?, "
                 "requests = requests + ?, rate_limited = rate_limited + ? WHERE run_id = ?",
                 (time.time(), beat.rows_done, beat.total_rows, beat.requests - requests,
                  beat.rate_limited - rate_limited, self.run_id),
             )  # fmt: skip
+
+        await self._write(write)
         self._counted = (beat.requests, beat.rate_limited)
 
+    async def seal(self) -> None:
+        """The writes submitted so far are committed (or failed): the run's outcomes no longer
+        change (this process is the only writer: its flocks say so)."""
+        await self._writer.barrier()
+
     def finish(self, end: RunEnd) -> None:
-        self._db.execute(
-            "UPDATE runs SET ended_at = ?, counts = ?, exit_code = ?, total_rows = ?, "
-            "requests = requests + ?, rate_limited = rate_limited + ?, stopped_by = ? "
-            "WHERE run_id = ?",
-            (_now(), json.dumps(dict(end.counts), sort_keys=True), end.exit_code,
-             end.total_rows, end.requests - self._counted[0],
-             end.rate_limited - self._counted[1], end.stopped_by, self.run_id),
-        )  # fmt: skip
+        counted = self._counted
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE runs SET ended_at = ?, counts = ?, exit_code = ?, total_rows = ?, "
+                "requests = requests + ?, rate_limited = rate_limited + ?, stopped_by = ? "
+                "WHERE run_id = ?",
+                (_now(), json.dumps(dict(end.counts), sort_keys=True), end.exit_code,
+                 end.total_rows, end.requests - counted[0], end.rate_limited - counted[1],
+                 end.stopped_by, self.run_id),
+            )  # fmt: skip
+
+        self._writer.run(write)
         self._counted = (end.requests, end.rate_limited)
 
     # Reading
@@ -644,55 +912,74 @@ class SQLiteJournal(_Reader):
         return self._base + first, self._base + last
 
     def finished_between(self, first: int, last: int) -> dict[int, Status]:
-        rows = self._db.execute(
-            "SELECT id - ?, status FROM outcomes WHERE id BETWEEN ? AND ? "  # noqa: S608
-            f"AND {self._unfinished_sql}",
-            (self._base, *self._ids(first, last), *self._unfinished),
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT id - ?, status FROM outcomes WHERE id BETWEEN ? AND ? "  # noqa: S608
+                f"AND {self._unfinished_sql}",
+                (self._base, *self._ids(first, last), *self._unfinished),
+            ).fetchall()
         )
         return {number: Status(status) for number, status in rows}
 
     def before_images_between(self, first: int, last: int) -> dict[int, str]:
-        rows = self._db.execute(
-            "SELECT id - ?, previous_metadata FROM outcomes WHERE id BETWEEN ? AND ? "
-            "AND status = ? AND previous_metadata IS NOT NULL",
-            (self._base, *self._ids(first, last), Status.UNPROCESSED.value),
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT id - ?, previous_metadata FROM outcomes WHERE id BETWEEN ? AND ? "
+                "AND status = ? AND previous_metadata IS NOT NULL",
+                (self._base, *self._ids(first, last), Status.UNPROCESSED.value),
+            ).fetchall()
         )
-        return dict(rows.fetchall())
+        return dict(rows)
 
     def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
-        rows = self._db.execute(
-            "SELECT status, count(*) FROM outcomes WHERE id BETWEEN ? AND ? "  # noqa: S608
-            f"AND {self._unfinished_sql} GROUP BY status",
-            (*self._ids(first, last), *self._unfinished),
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT status, count(*) FROM outcomes WHERE id BETWEEN ? AND ? "  # noqa: S608
+                f"AND {self._unfinished_sql} GROUP BY status",
+                (*self._ids(first, last), *self._unfinished),
+            ).fetchall()
         )
         return {Status(status): count for status, count in rows}
 
     def finished_count(self) -> int:
-        row = self._db.execute(
-            f"SELECT count(*) FROM outcomes WHERE id BETWEEN ? AND ? AND {self._unfinished_sql}",  # noqa: S608
-            (*self._ids(), *self._unfinished),
-        ).fetchone()
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT count(*) FROM outcomes WHERE id BETWEEN ? AND ? "  # noqa: S608
+                f"AND {self._unfinished_sql}",
+                (*self._ids(), *self._unfinished),
+            ).fetchone()
+        )
         return int(row[0])
 
     def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
-        return self._db.execute(
-            f"SELECT id - ?, {_COLUMNS} FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id",  # noqa: S608
-            (self._base, *self._ids(first, last)),
-        ).fetchall()
+        return self._read(
+            lambda db: db.execute(
+                f"SELECT id - ?, {_COLUMNS} FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id",  # noqa: S608
+                (self._base, *self._ids(first, last)),
+            ).fetchall()
+        )
 
     def counts(self) -> dict[str, int]:
-        rows = self._db.execute(
-            "SELECT status, count(*) FROM outcomes WHERE id BETWEEN ? AND ? GROUP BY status",
-            self._ids(),
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT status, count(*) FROM outcomes WHERE id BETWEEN ? AND ? GROUP BY status",
+                self._ids(),
+            ).fetchall()
         )
-        return dict(rows.fetchall())
+        return dict(rows)
 
     def state_entries(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM last_set").fetchone()[0])
+        row = self._read(lambda db: db.execute("SELECT count(*) FROM last_set").fetchone())
+        return int(row[0])
 
     def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(sqlite3.Error):
+            self._write_db.close()
+            self._now_db.close()
         if self._schema == "since":
-            self._db.execute("DETACH DATABASE since")
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("DETACH DATABASE since")
         for lock in reversed(self._locks):
             release_lock(lock)
         self._locks = []

@@ -1,0 +1,155 @@
+"""Writes committed in groups by one thread of their own, never on the event loop.
+
+The workers of a run each wait for their row's outcome to be committed before they take the
+next row (so at most ``--concurrency`` rows are ever sent without one). Their writes go to one
+thread, which commits what has arrived while the last commit ran as the next group, in one
+transaction. A store that makes a commit wait (a file another process holds locked, a database
+that is away) makes that thread wait, never the event loop: signals, heartbeats and metrics go
+on meanwhile.
+
+``commit`` gets the group's works in order and commits them together, or raises; every work
+of the group then gets its error. ``submit`` is awaited on the event loop, ``run`` blocks the
+calling thread (a thread of ``asyncio.to_thread``), ``barrier`` returns once everything
+submitted before it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+Work = TypeVar("Work")
+
+# Works committed together, at most.
+GROUP_MAX = 512
+# How long ``close`` waits for a commit in progress before it leaves the thread to end alone.
+CLOSE_WAIT_S = 5.0
+
+
+@dataclass(eq=False, slots=True)
+class _Entry(Generic[Work]):
+    work: Work | None  # None: a barrier
+    future: asyncio.Future[None] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    event: threading.Event | None = None
+    error: BaseException | None = field(default=None)
+
+
+def _settle(entries: list[_Entry[Work]]) -> None:
+    """On the event loop: each waiting future gets its entry's result (a cancelled waiter is
+    gone: nothing to tell it)."""
+    for entry in entries:
+        future = entry.future
+        if future is None or future.done():
+            continue
+        if entry.error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(entry.error)
+
+
+class GroupWriter(Generic[Work]):
+    """``GroupWriter(commit, name)``; ``close()`` when the run is done."""
+
+    def __init__(self, commit: Callable[[list[Work]], None], name: str) -> None:
+        self._commit = commit
+        self._queue: collections.deque[_Entry[Work] | None] = collections.deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._committing = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    async def submit(self, work: Work) -> None:
+        """Return once ``work`` is committed (or raise what stopped its group)."""
+        loop = asyncio.get_running_loop()
+        entry: _Entry[Work] = _Entry(work, loop.create_future(), loop)
+        self._put(entry)
+        assert entry.future is not None
+        await entry.future
+
+    def run(self, work: Work) -> None:
+        """``submit``, blocking the calling thread (never the writer's own)."""
+        entry: _Entry[Work] = _Entry(work, event=threading.Event())
+        self._put(entry)
+        assert entry.event is not None
+        entry.event.wait()
+        if entry.error is not None:
+            raise entry.error
+
+    async def barrier(self) -> None:
+        """Return once every work submitted before is committed or failed."""
+        loop = asyncio.get_running_loop()
+        entry: _Entry[Work] = _Entry(None, loop.create_future(), loop)
+        self._put(entry)
+        assert entry.future is not None
+        await entry.future
+
+    def idle(self) -> bool:
+        """Nothing queued and no commit under way: a write may go past the thread without
+        overtaking one that came before it."""
+        return not self._queue and not self._committing
+
+    def _put(self, entry: _Entry[Work]) -> None:
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the store's writer is closed")
+            self._queue.append(entry)
+            self._ready.notify()
+
+    def close(self) -> None:
+        """Commit what is queued, then end the thread (waiting a little for a commit in
+        progress; a thread stuck on a store that is away ends on its own)."""
+        with self._ready:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.append(None)
+            self._ready.notify()
+        self._thread.join(CLOSE_WAIT_S)
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue:
+                    self._ready.wait()
+                group: list[_Entry[Work]] = []
+                last = False
+                self._committing = True
+                while self._queue and len(group) < GROUP_MAX:
+                    entry = self._queue.popleft()
+                    if entry is None:
+                        last = True
+                        break
+                    group.append(entry)
+            try:
+                self._run_group(group)
+            finally:
+                self._committing = False
+            if last:
+                return
+
+    def _run_group(self, group: list[_Entry[Work]]) -> None:
+        works = [entry.work for entry in group if entry.work is not None]
+        error: BaseException | None = None
+        if works:
+            try:
+                self._commit(works)
+            except BaseException as exc:  # every work of the group learns it
+                error = exc
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Entry[Work]]] = {}
+        for entry in group:
+            entry.error = error if entry.work is not None else None
+            if entry.event is not None:
+                entry.event.set()
+            elif entry.loop is not None:
+                by_loop.setdefault(entry.loop, []).append(entry)
+        for loop, entries in by_loop.items():
+            # One wake-up of the loop per group, not one per row.
+            with contextlib.suppress(RuntimeError):  # the loop has ended: nobody waits
+                loop.call_soon_threadsafe(_settle, entries)
