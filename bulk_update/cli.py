@@ -13,7 +13,13 @@ from typing import Any, Literal
 
 from bulk_update._version import __version__
 from bulk_update.config import JobConfig, parse_columns, parse_shard
-from bulk_update.exceptions import BulkUpdateError, ConfigError, first_line
+from bulk_update.exceptions import (
+    BulkUpdateError,
+    ConfigError,
+    DiskFull,
+    first_line,
+    is_disk_full,
+)
 from bulk_update.exitcodes import ExitCode
 from bulk_update.job import run_job
 from bulk_update.summary import Progress
@@ -811,6 +817,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bulk-update: interrupted", file=sys.stderr, flush=True)
         return ExitCode.SIGINT
     except Exception as exc:  # a bug: say so in one line, keep the traceback for the report
+        if is_disk_full(exc):  # not a bug: a disk the job writes on is full
+            where = getattr(exc, "filename", None) or "a file the job writes"
+            print(f"bulk-update: error: {DiskFull(str(where), first_line(exc))}", file=sys.stderr)
+            return ExitCode.FATAL
         log.error("internal error", exc_info=True, extra={"event": "internal_error"})
         print(
             f"bulk-update: internal error ({type(exc).__name__}: {first_line(exc)}); the "

@@ -365,7 +365,9 @@ def _check_writable(what: str, path: Path) -> None:
     if not existing.is_dir():
         raise ConfigError(f"{what} {path}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {path}: no permission to write in {existing}")
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        why = "is on a read-only file system" if read_only else "cannot be written (permissions)"
+        raise ConfigError(f"{what} {path}: {existing} {why}")
 
 
 def parse_columns(text: str) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ is written and no request is sent; the job's state is read, not written."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from bulk_update.read import InputTable
 from bulk_update.store import StateReader, read_state
 from bulk_update.summary import JobSummary, Progress, ProgressCallback, exit_code_for, warnings_for
 from bulk_update.write import (
+    WriteCancelled,
     dry_run_results,
     errors_frame,
     scan_results,
@@ -35,11 +37,17 @@ log = logging.getLogger("bulk_update")
 
 
 def dry_run(
-    config: JobConfig, table: InputTable, progress: ProgressCallback | None, started: float
+    config: JobConfig,
+    table: InputTable,
+    progress: ProgressCallback | None,
+    started: float,
+    cancel: threading.Event | None = None,
 ) -> JobSummary:
     """Memory flat in the input: one lazy polars query from the input to the results file where
     the rules are all vectorised; batch by batch for --metadata-column (a JSON object per cell)
-    or when rows are compared with the job's state."""
+    or when rows are compared with the job's state. ``cancel`` (a signal) cuts the batch by
+    batch write short (WriteCancelled); the one query, which cannot be cut, runs to its end.
+    The summary is the caller's to log."""
     log.info("dry run started", extra={"event": "start", "input": config.input, "dry_run": True})
     try:
         duplicates = find_duplicates(table, config.batch_rows)
@@ -51,13 +59,13 @@ def dry_run(
             if plan is not None:
                 counts = _lazy(config, table, plan)
             else:
-                counts = _batches(config, table, duplicates, compare, progress, started)
+                counts = _batches(config, table, duplicates, compare, progress, started, cancel)
     except pl.exceptions.PolarsError as exc:
         raise table.read_error(exc) from None
     total = sum(counts.values())
     if progress is not None:
         progress(Progress(total, total, dict(counts), 0, time.monotonic() - started))
-    summary = JobSummary(
+    return JobSummary(
         counts=dict(counts),
         total_rows=total,
         requests_sent=0,
@@ -65,13 +73,11 @@ def dry_run(
         output=config.output,
         errors_output=config.errors_output,
         store=config.store_where(),
-        exit_code=exit_code_for(counts),
+        exit_code=exit_code_for(counts, limited=config.limit is not None),
         dry_run=True,
         job_name=config.resolved_job_name(),
         warnings=warnings_for(total),
     )
-    summary.log()
-    return summary
 
 
 def _lazy(config: JobConfig, table: InputTable, plan: pl.LazyFrame) -> dict[str, int]:
@@ -91,6 +97,7 @@ def _batches(
     state: StateReader | None,
     progress: ProgressCallback | None,
     started: float,
+    cancel: threading.Event | None = None,
 ) -> dict[str, int]:
     """A batch at a time: --metadata-column (a JSON object per cell), or the rows compared with
     the job's state."""
@@ -101,6 +108,8 @@ def _batches(
         nonlocal to_send
         batches = table.all_batches if config.errors_output else table.batches
         for batch in batches(config.batch_rows):
+            if cancel is not None and cancel.is_set():
+                raise WriteCancelled
             plan = plan_frame(table, batch, duplicates)
             if state is not None:
                 plan = mark_unchanged(plan, state.changed_rows(valid_rows(plan)))

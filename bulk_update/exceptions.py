@@ -3,15 +3,23 @@
 BulkUpdateError              base of everything raised on purpose
 ├── ConfigError              bad options or job file: exit 2, nothing sent
 ├── InputError               unreadable input, missing or unknown column: exit 2, nothing sent
-├── JournalError             the job's store refuses the run: another run holds it, or
-│                            the input changed since the run began: exit 2, nothing sent
-├── StoreUnavailable         the store's database stayed away past --store-timeout: exit 3,
-│                            resumable
-└── FatalApiError            the API says every later row would fail the same way
-                             (401, 403, insufficient_quota, a circuit breaker): exit 3
+├── JournalError             the job's store refuses the run: another run holds it, the input
+│   │                        changed since the run began, a file that is no store: exit 2
+│   └── StoreDamaged         the store's file is damaged (truncated, garbage inside)
+└── JobStopped               stops a run that has started: exit 3, the rest unprocessed,
+    │                        resumable once the cause is gone (``error_code`` names it)
+    ├── FatalApiError        the API says every later row would fail the same way (401, 403,
+    │                        insufficient_quota, a circuit breaker, a failure streak)
+    ├── StoreUnavailable     the store's database stayed away (or locked by another process)
+    │   │                    past --store-timeout
+    │   └── RunTaken         another process took the run while this one's session was lost:
+    │                        this one stops sending at once (the other goes on)
+    └── DiskFull             no space left on the device of a file the job writes
 """
 
 from __future__ import annotations
+
+import errno
 
 from bulk_update.exitcodes import ExitCode
 
@@ -39,22 +47,79 @@ class JournalError(BulkUpdateError):
     """The job's store cannot be used for this run."""
 
 
-class StoreUnavailable(BulkUpdateError):
-    """The store's database could not be reached again in time (or the run's lock was lost
-    while it was away): the job stops as on a fatal API error, resumable."""
+class StoreDamaged(JournalError):
+    """The store's file is not a whole store any more (emptied, or garbage inside)."""
+
+
+class JobStopped(BulkUpdateError):
+    """A run that has started cannot go on: the rows not finished stay ``unprocessed`` and the
+    same command resumes once the cause is gone. ``error_code`` is what the results and the
+    run's history name it by."""
 
     exit_code = ExitCode.FATAL
+    error_code: str | None = "job_stopped"
 
 
-class FatalApiError(BulkUpdateError):
+class FatalApiError(JobStopped):
     """An API answer that stops the whole job: every later row would fail the same way."""
-
-    exit_code = ExitCode.FATAL
 
     def __init__(self, message: str, *, http_status: int | None, error_code: str | None) -> None:
         super().__init__(message)
         self.http_status = http_status
         self.error_code = error_code
+
+
+class StoreUnavailable(JobStopped):
+    """The store's database could not be reached again in time (or stayed locked by another
+    process): the job stops, resumable."""
+
+    error_code = "store_unavailable"
+
+
+class RunTaken(StoreUnavailable):
+    """Another process holds the run now (this one's session with the store was lost, and the
+    other took the run over once this one's lease ran out): this one sends nothing more."""
+
+    error_code = "run_taken"
+
+
+class DiskFull(JobStopped):
+    """No space left on the device of ``path`` (the store, the results, a temporary file)."""
+
+    error_code = "disk_full"
+
+    def __init__(self, path: str, detail: str = "no space left on device") -> None:
+        super().__init__(
+            f"{path}: the disk is full ({detail}); free space, then run the same command again "
+            "to resume"
+        )
+        self.path = path
+
+
+def stop_code(exc: BaseException) -> str:
+    """What a run's history says stopped it, for an error raised out of the run."""
+    if isinstance(exc, JobStopped):
+        return exc.error_code or "job_stopped"
+    if isinstance(exc, ConfigError):
+        return "config_error"
+    if isinstance(exc, InputError):
+        return "input_error"
+    if isinstance(exc, JournalError):
+        return "store_error"
+    return "internal_error"
+
+
+# OSError numbers that mean the disk (or the user's quota on it) is full.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError of a full disk, or a polars/pyarrow error that wraps one (their messages keep
+    the OS's words, not the errno)."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 def first_line(exc: BaseException) -> str:

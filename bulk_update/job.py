@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import signal
 import tempfile
@@ -29,7 +30,16 @@ from bulk_update import revert
 from bulk_update.breaker import FailureStreak
 from bulk_update.config import JobConfig
 from bulk_update.dryrun import dry_run
-from bulk_update.exceptions import FatalApiError, StoreUnavailable
+from bulk_update.exceptions import (
+    BulkUpdateError,
+    DiskFull,
+    FatalApiError,
+    JobStopped,
+    first_line,
+    is_disk_full,
+    stop_code,
+)
+from bulk_update.exitcodes import ExitCode
 from bulk_update.metrics import MetricsOutputs, Telemetry
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import (
@@ -45,7 +55,7 @@ from bulk_update.plan import (
 from bulk_update.read import ROW_NUMBER, InputTable, expand, file_fingerprint, open_input
 from bulk_update.readfirst import ReadFirst
 from bulk_update.send import Sender, SendSettings
-from bulk_update.stop import Stop
+from bulk_update.stop import Signals, Stop
 from bulk_update.store import (
     Journal,
     RowTiming,
@@ -53,6 +63,7 @@ from bulk_update.store import (
     RunEnd,
     RunKey,
     RunRecord,
+    Store,
     StoreLocation,
     open_store,
 )
@@ -63,7 +74,7 @@ from bulk_update.summary import (
     exit_code_for,
     warnings_for,
 )
-from bulk_update.write import write_run_outputs
+from bulk_update.write import WriteCancelled, write_run_outputs
 
 log = logging.getLogger("bulk_update")
 
@@ -137,43 +148,54 @@ class _Batch:
     # Of to_send, the conversations the job's state has an entry for: each is forgotten (in
     # its own commit) before it is sent. A conversation without one needs no such commit.
     known: set[str]
+    # Rows of the batch finished by earlier invocations, by status: counted, not sent again.
+    done: dict[Status, int]
 
 
-async def planned_batches(
-    config: JobConfig, table: InputTable, journal: Journal, tally: _Tally, stop: Stop
-) -> AsyncIterator[_Batch]:
-    """Per input batch: the updates to send, the ``invalid`` outcomes, the ``unchanged`` rows
-    (those of them the run has not finished yet). A batch the run has finished is counted, not
-    planned again.
+class _Planner:
+    """Plans the input a batch at a time: per batch, the updates to send, the ``invalid``
+    outcomes, the ``unchanged`` rows (those the run has not finished yet). A batch the run has
+    finished is counted, not planned again. ``next`` blocks (it reads the input and the store):
+    the job calls it in a thread. Stops once --limit rows are planned to send."""
 
-    Stops early when the job stops or --limit is reached: rows never read end in the results
-    as ``unprocessed`` (see write.results_between).
-    """
-    if config.revert:
-        duplicates = None
-        batches = revert.batches(table, config.batch_rows)
-    else:
-        duplicates = await asyncio.to_thread(find_duplicates, table)
-        batches = table.batches(config.batch_rows)
-    valid_seen = 0
-    limit = config.limit
-    while not stop.is_set and (limit is None or valid_seen < limit):
-        batch = await asyncio.to_thread(next, batches, None)
-        if batch is None:
-            return
-        if batch.is_empty():
-            continue
+    def __init__(self, config: JobConfig, table: InputTable, journal: Journal) -> None:
+        self.config = config
+        self.table = table
+        self.journal = journal
+        self.valid_seen = 0
+        self._batches: Iterator[pl.DataFrame] | None = None
+        self._duplicates: pl.DataFrame | None = None
+
+    @property
+    def at_limit(self) -> bool:
+        return self.config.limit is not None and self.valid_seen >= self.config.limit
+
+    def next(self) -> _Batch | None:
+        """The next batch (None once the input is read)."""
+        if self._batches is None:
+            config = self.config
+            if config.revert:
+                self._batches = revert.batches(self.table, config.batch_rows)
+            else:
+                self._duplicates = find_duplicates(self.table)
+                self._batches = self.table.batches(config.batch_rows)
+        for batch in self._batches:
+            if not batch.is_empty():
+                return self._plan(batch)
+        return None
+
+    def _plan(self, batch: pl.DataFrame) -> _Batch:
+        config, journal, limit = self.config, self.journal, self.config.limit
         first, last = int(batch[ROW_NUMBER][0]), int(batch[ROW_NUMBER][-1])
         done = journal.finished_counts_between(first, last)
-        for status, count in done.items():
-            tally.counts[status.value] += count
         if sum(done.values()) == batch.height and limit is None:
-            continue  # resuming: this whole batch is done, no need to plan it
+            # resuming: this whole batch is done, no need to plan it
+            return _Batch([], [], pl.DataFrame(), set(), done)
         finished = journal.finished_between(first, last) if done else {}
-        if duplicates is None:
-            candidates, invalid, unchanged = await asyncio.to_thread(_plan_revert, config, batch)
+        if self._duplicates is None:
+            candidates, invalid, unchanged = _plan_revert(config, batch)
         else:
-            plan = await asyncio.to_thread(plan_frame, table, batch, duplicates)
+            plan = plan_frame(self.table, batch, self._duplicates)
             if config.uses_job_state:
                 plan = mark_unchanged(plan, journal.changed_rows(valid_rows(plan)))
             candidates, invalid = updates(plan), invalid_outcomes(plan)
@@ -182,8 +204,8 @@ async def planned_batches(
         images = journal.before_images_between(first, last) if keeps_images else {}
         to_send: list[PlannedUpdate] = []
         for update in candidates:
-            valid_seen += 1
-            if limit is not None and valid_seen > limit:
+            self.valid_seen += 1
+            if limit is not None and self.valid_seen > limit:
                 break
             if update.row_number not in finished:
                 previous = images.get(update.row_number)
@@ -195,7 +217,23 @@ async def planned_batches(
             done_rows = pl.Series(list(finished), dtype=unchanged.schema[ROW_NUMBER])
             unchanged = unchanged.filter(~pl.col(ROW_NUMBER).is_in(done_rows.implode()))
         known = journal.entries_among([u.conversation_id for u in to_send]) if to_send else set()
-        yield _Batch(to_send, invalid, unchanged, known)
+        return _Batch(to_send, invalid, unchanged, known, done)
+
+
+async def planned_batches(
+    config: JobConfig, table: InputTable, journal: Journal, tally: _Tally, stop: Stop
+) -> AsyncIterator[_Batch]:
+    """The planned batches, each planned in a thread. Stops early when the job stops or
+    --limit is reached: rows never read end in the results as ``unprocessed`` (see
+    write.results_between)."""
+    planner = _Planner(config, table, journal)
+    while not stop.is_set and not planner.at_limit:
+        batch = await asyncio.to_thread(planner.next)
+        if batch is None:
+            return
+        for status, count in batch.done.items():
+            tally.counts[status.value] += count
+        yield batch
 
 
 def _plan_revert(
@@ -213,10 +251,11 @@ class Pipeline:
     """A producer feeding planned updates to ``concurrency`` workers through a bounded queue.
 
     ``halt()`` (a signal, or the API saying stop) empties the queue so that neither side can
-    block on the other; workers finish the row in hand and exit. After a fatal answer (or a
-    failure streak) the other workers are cancelled, whether waiting (a backoff, a limiter
-    pause) or with a request in flight: their rows get no outcome, so they stay unprocessed and
-    a re-run sends them (at most ``concurrency`` rows twice).
+    block on the other; workers finish the row in hand and exit. After a stop (a fatal answer,
+    a failure streak, the store gone) or an error the job did not expect, the other workers are
+    cancelled, whether waiting (a backoff, a limiter pause, a commit) or with a request in
+    flight: their rows get no outcome, so they stay unprocessed and a re-run sends them (at
+    most ``concurrency`` rows twice). No worker ends without the job knowing why.
     """
 
     def __init__(
@@ -257,9 +296,11 @@ class Pipeline:
     async def worker(self) -> None:
         try:
             await self._work()
-        except StoreUnavailable as exc:
+        except JobStopped as exc:
             # The row in hand has no committed outcome: it stays unprocessed, resumable.
-            self.stop_on_fatal(_store_stop(exc))
+            self.stop_on_fatal(exc)
+        except Exception as exc:
+            self.stop_on_error(exc)
 
     async def _work(self) -> None:
         journal, tally = self.journal, self.tally
@@ -287,10 +328,30 @@ class Pipeline:
                 self.stop_on_fatal(fatal)
                 return
 
-    def stop_on_fatal(self, fatal: FatalApiError) -> None:
+    def stop_on_fatal(self, fatal: JobStopped) -> None:
         if not self.stop.on_fatal(fatal):
             return
-        log.error("stopping: %s", fatal, extra={"event": "fatal"})
+        log.error("stopping: %s", fatal, extra={"event": "fatal", "code": fatal.error_code})
+        self._stop_others()
+
+    def stop_on_error(self, error: Exception) -> None:
+        """Any other error: the run stops as on a fatal answer. One of ours (a store found
+        damaged, the preflight finding a base URL that is not the API) is raised again once
+        the run has stopped (exit 2); any other is a bug (exit 70, its traceback in the log)."""
+        if not isinstance(error, BulkUpdateError) and is_disk_full(error):
+            where = getattr(error, "filename", None) or "a file the job writes"
+            self.stop_on_fatal(DiskFull(str(where), first_line(error)))
+            return
+        if not self.stop.on_error(error):
+            return
+        if not isinstance(error, BulkUpdateError):
+            log.error(
+                "internal error: %s: %s; stopping", type(error).__name__, first_line(error),
+                exc_info=error, extra={"event": "internal_error"},
+            )  # fmt: skip
+        self._stop_others()
+
+    def _stop_others(self) -> None:
         current = asyncio.current_task()
         for task in self.workers:
             if task is not current:
@@ -306,10 +367,10 @@ class Pipeline:
         try:
             async for batch in planned_batches(self.config, self.table, journal, tally, stop):
                 if batch.invalid:
-                    journal.record_many(batch.invalid)
+                    await asyncio.to_thread(journal.record_many, batch.invalid)
                     tally.add(Status.INVALID, len(batch.invalid))
                 if batch.unchanged.height:
-                    journal.record_unchanged(batch.unchanged)
+                    await asyncio.to_thread(journal.record_unchanged, batch.unchanged)
                     tally.add(Status.UNCHANGED, batch.unchanged.height)
                 self.known |= batch.known
                 for update in batch.to_send:
@@ -333,10 +394,6 @@ class Pipeline:
             await asyncio.gather(*self.workers, return_exceptions=True)
 
 
-def _store_stop(exc: StoreUnavailable) -> FatalApiError:
-    return FatalApiError(str(exc), http_status=None, error_code="store_unavailable")
-
-
 def _streak_stop(streak: FailureStreak, last: RowOutcome) -> FatalApiError:
     return FatalApiError(
         f"{streak.count} rows in a row failed with {streak.code} (the last: HTTP "
@@ -347,36 +404,12 @@ def _streak_stop(streak: FailureStreak, last: RowOutcome) -> FatalApiError:
     )
 
 
-@contextlib.contextmanager
-def _signals(on_signal: Callable[[signal.Signals], None]) -> Iterator[None]:
-    """Route SIGTERM and SIGINT to ``on_signal`` while the job runs (main thread only)."""
-    loop = asyncio.get_running_loop()
-    installed = []
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(signum, on_signal, signum)
-                installed.append(signum)
-            except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
-                pass
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-
-
-async def _send_all(pipeline: Pipeline, drain_timeout: float) -> None:
+async def _send_all(pipeline: Pipeline, drain_timeout: float, signals: Signals) -> None:
     """Run the pipeline; on a first signal drain for ``drain_timeout``, on a second stop at
     once (``Stop.hard``: the results are then not rewritten)."""
     task = asyncio.create_task(pipeline.run())
-    stop = pipeline.stop
 
-    def on_signal(signum: signal.Signals) -> None:
-        if not stop.on_signal(signum):
-            log.warning("second signal: stopping at once", extra={"event": "hard_stop"})
-            task.cancel()
-            return
+    def graceful(signum: signal.Signals) -> None:
         pipeline.halt()
         log.warning(
             "%s: finishing in-flight requests (%.0f s at most), then writing results",
@@ -386,14 +419,19 @@ async def _send_all(pipeline: Pipeline, drain_timeout: float) -> None:
         )
         asyncio.get_running_loop().call_later(drain_timeout, task.cancel)
 
-    with _signals(on_signal):
+    def at_once(_: signal.Signals) -> None:
+        task.cancel()
+
+    with signals.phase(graceful=graceful, at_once=at_once):
         try:
             await task
         except asyncio.CancelledError:
             if not task.cancelled():
                 raise  # we ourselves were cancelled
-        except StoreUnavailable as exc:  # met by the producer: stop as the workers do
-            pipeline.stop_on_fatal(_store_stop(exc))
+        except JobStopped as exc:  # met by the producer: stop as the workers do
+            pipeline.stop_on_fatal(exc)
+        except Exception as exc:
+            pipeline.stop_on_error(exc)
 
 
 async def run_job_async(
@@ -402,169 +440,251 @@ async def run_job_async(
     progress: ProgressCallback | None = None,
     transport: httpx2.AsyncBaseTransport | None = None,
 ) -> JobSummary:
-    """The job, for callers that already run an event loop. See ``run_job``."""
+    """The job, for callers that already run an event loop. See ``run_job``.
+
+    SIGTERM and SIGINT are handled for the whole job (in the main thread): whatever the phase,
+    the first one ends it the way the README says (drained, results written, exit 130/143),
+    a second one at once."""
     started = time.monotonic()
-    config.check_paths(expand(config.input))
-    kept: dict[str, int] = {}
-    if config.revert:
-        table = await asyncio.to_thread(revert.open_results, config.input, config.storage())
-        kept = await asyncio.to_thread(
-            revert.kept_keys, table, config.batch_rows, blank_added_keys=config.blank_added_keys
-        )
-    else:
-        table = open_input(
-            config.input,
-            id_column=config.id_column,
-            columns=config.columns,
-            metadata_column=config.metadata_column,
-            shard=config.shard,
-            storage_options=config.storage(),
-            delimiter=config.delimiter,
-        )
-    if config.dry_run and not config.check_server:
-        return await asyncio.to_thread(dry_run, config, table, progress, started)
-    settings = SendSettings.from_config(config)
-    total = await asyncio.to_thread(table.check_readable)
-    job_name = config.resolved_job_name()
-    if config.shard is not None and config.job_name is None:
-        log.warning(
-            "shard %s without --job-name: its job is %r (from the results file's name); the "
-            "shards of one job share its state, locks and --rpm only under one --job-name",
-            f"{config.shard[0]}/{config.shard[1]}",
-            job_name,
-            extra={"event": "shard_without_job_name", "job_name": job_name},
-        )
-    with contextlib.ExitStack() as scratch:
-        if config.check_server:
-            # A check writes nothing of the job's: its outcomes go to a scratch store.
-            directory = scratch.enter_context(tempfile.TemporaryDirectory(prefix="bulk-update-"))
-            location = StoreLocation(Path(directory) / "check.sqlite")
+    stop = Stop()
+    with Signals(stop) as signals:
+        config.check_paths(expand(config.input))
+        table, kept = await asyncio.to_thread(_open_table, config)
+        if config.dry_run and not config.check_server:
+            rows = await asyncio.to_thread(table.rows_per_batch, config.batch_rows)
+            config = dataclasses.replace(config, batch_rows=rows)
+            summary = await _dry_run(config, table, progress, started, signals)
         else:
-            location = config.store_location()
-        summary = await _run_with_store(
-            config, table, location, job_name, total, settings, kept, progress, transport, started
-        )
+            settings = SendSettings.from_config(config)
+            total, fingerprint = await asyncio.gather(
+                asyncio.to_thread(table.check_readable),
+                asyncio.to_thread(run_fingerprint, config),
+            )
+            rows = await asyncio.to_thread(table.rows_per_batch, config.batch_rows, total)
+            config = dataclasses.replace(config, batch_rows=rows)
+            job_name = config.resolved_job_name()
+            if config.shard is not None and config.job_name is None:
+                log.warning(
+                    "shard %s without --job-name: its job is %r (from the results file's "
+                    "name); the shards of one job share its state, locks and --rpm only under "
+                    "one --job-name",
+                    f"{config.shard[0]}/{config.shard[1]}",
+                    job_name,
+                    extra={"event": "shard_without_job_name", "job_name": job_name},
+                )
+            run = _Run(config, table, job_name, total, fingerprint, settings, kept, progress,
+                       transport, started, stop, signals)  # fmt: skip
+            with contextlib.ExitStack() as scratch:
+                if config.check_server:
+                    # A check writes nothing of the job's: its outcomes go to a scratch store.
+                    directory = scratch.enter_context(
+                        tempfile.TemporaryDirectory(prefix="bulk-update-")
+                    )
+                    location = StoreLocation(Path(directory) / "check.sqlite")
+                else:
+                    location = config.store_location()
+                summary = await _run_with_store(run, location)
     summary.log()
     return summary
 
 
-async def _run_with_store(
+def _open_table(config: JobConfig) -> tuple[InputTable, dict[str, int]]:
+    """The input (a revert's: the reverted run's results, and the keys it added that stay)."""
+    if config.revert:
+        table = revert.open_results(config.input, config.storage())
+        kept = revert.kept_keys(table, config.batch_rows, blank_added_keys=config.blank_added_keys)
+        return table, kept
+    table = open_input(
+        config.input,
+        id_column=config.id_column,
+        columns=config.columns,
+        metadata_column=config.metadata_column,
+        shard=config.shard,
+        storage_options=config.storage(),
+        delimiter=config.delimiter,
+    )
+    return table, {}
+
+
+async def _dry_run(
     config: JobConfig,
     table: InputTable,
-    location: StoreLocation,
-    job_name: str,
-    total: int,
-    settings: SendSettings,
-    kept: dict[str, int],
     progress: ProgressCallback | None,
-    transport: httpx2.AsyncBaseTransport | None,
     started: float,
+    signals: Signals,
 ) -> JobSummary:
-    key = RunKey(job_name, config.output, config.shard)
-    stop = Stop()
-    with (
-        open_store(location) as store,
-        contextlib.closing(
-            store.open_run(
+    """The dry run in a thread; a signal cuts its batch by batch write short (exit 130/143,
+    nothing written)."""
+    cancel = threading.Event()
+    with signals.phase(graceful=lambda _: cancel.set(), at_once=lambda _: cancel.set()):
+        try:
+            summary = await asyncio.to_thread(dry_run, config, table, progress, started, cancel)
+        except WriteCancelled:
+            summary = JobSummary(
+                counts={}, total_rows=0, requests_sent=0,
+                elapsed_s=time.monotonic() - started, output=config.output,
+                errors_output=config.errors_output, exit_code=ExitCode.USAGE, dry_run=True,
+                job_name=config.resolved_job_name(),
+                warnings=("the dry run was stopped before its results were written",),
+            )  # fmt: skip
+    stop = signals.stop
+    if stop.signal is not None:
+        summary = dataclasses.replace(
+            summary, exit_code=ExitCode.for_signal(stop.signal), stopped_by=stop.signal.name
+        )
+    return summary
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What one invocation of a run works with, once its input is read."""
+
+    config: JobConfig
+    table: InputTable
+    job_name: str
+    total: int
+    fingerprint: dict[str, Any]
+    settings: SendSettings
+    kept: dict[str, int]
+    progress: ProgressCallback | None
+    transport: httpx2.AsyncBaseTransport | None
+    started: float
+    stop: Stop
+    signals: Signals
+
+
+async def _run_with_store(run: _Run, location: StoreLocation) -> JobSummary:
+    """Open the job's store and the run in it (off the event loop: a store may make them
+    wait), run it, close both."""
+    config = run.config
+    key = RunKey(run.job_name, config.output, config.shard)
+    store = await asyncio.to_thread(open_store, location)
+    try:
+        journal = await asyncio.to_thread(
+            functools.partial(
+                store.open_run,
                 key,
-                run_fingerprint(config),
+                run.fingerprint,
                 run_options(config),
                 restart=config.restart,
                 retry_failed=config.retry_failed,
                 since=None if config.check_server else config.since_state,
             )
-        ) as journal,
+        )
+        try:
+            return await _run_journaled(run, store, journal, key)
+        finally:
+            await asyncio.to_thread(journal.close)
+    finally:
+        await asyncio.to_thread(store.close)
+
+
+async def _run_journaled(run: _Run, store: Store, journal: Journal, key: RunKey) -> JobSummary:
+    """The run, recorded in its store: its end is recorded whichever way it goes (an error the
+    job did not expect included: exit 70)."""
+    config, stop = run.config, run.stop
+    tally = _Tally(run.total, run.progress)
+    requests = rate_limited = 0
+    try:
         # Shards share the job's rate budget; a whole-input run is alone (its lock excludes
         # every shard) and paces itself.
-        contextlib.closing(store.budget(job_name)) if config.shard else _no_budget() as budget,
-    ):
-        log.info(
-            "job started",
-            extra={
-                "event": "start",
-                "input": config.input,
-                "rows": total,
-                "dry_run": config.dry_run,
-                "job_name": job_name,
-                "store": None if config.check_server else store.where,
-                "run_id": journal.run_id,
-                "state_entries": journal.state_entries(),
-                "since_state": config.since_state,
-                "full": config.full,
-                "backup": config.backup,
-                "check_server": config.check_server,
-                "revert": config.revert,
-            },
-        )
-        tally = _Tally(total, progress)
-        tally.resumed = journal.finished_count()
-        telemetry = Telemetry(job_name, key.shard_text or None, settings.rpm)
-        if not config.check_server:
-            telemetry.succeeded_before(last_success(store.history(job_name), key.shard_text))
-        outputs = MetricsOutputs(telemetry, config.metrics_file, config.pushgateway)
-        monitor = _Monitor(telemetry, outputs, journal, tally, config.metrics_interval)
-        await monitor.tick()
-        if tally.resumed:
-            log.info(
-                "resuming: %d rows already done",
-                tally.resumed,
-                extra={"event": "resume", "rows_done": tally.resumed},
-            )
-        async with Sender(
-            settings, stop, transport=transport, budget=budget, telemetry=telemetry
-        ) as sender:
-            tally.requests = lambda: sender.requests_sent
-            tally.rate_limited = lambda: sender.rate_limited
-            pipeline = Pipeline(config, table, journal, sender, tally, stop)
-            async with monitor.running():
-                await _send_all(pipeline, config.drain_timeout)
-            requests, reads = sender.requests_sent, sender.reads_sent
-            rate_limited = sender.rate_limited
-        await monitor.beat(final=True)
+        budget = await asyncio.to_thread(store.budget, run.job_name) if config.shard else None
         try:
-            counts, exit_code = await _finish(
-                config, table, journal, RunEnd({}, 0, total, requests, rate_limited), stop
-            )
-        except StoreUnavailable as exc:
-            # Nothing more can be read from the store: the results are not rewritten, and the
-            # run resumes from what was committed when run again.
-            stop.on_fatal(_store_stop(exc))
-            log.error("%s; the results were not written", exc, extra={"event": "store_unavailable"})
-            known = dict(tally.counts)
-            known[Status.UNPROCESSED.value] = known.get(Status.UNPROCESSED.value, 0) + max(
-                0, total - sum(known.values())
-            )
-            counts = {status: n for status, n in known.items() if n}
-            exit_code = exit_code_for(counts, stop)
-        tally.counts = Counter(counts)
-        tally.report(force=True)
-        telemetry.counts(counts, total)
-        telemetry.ended_with(exit_code, finished_rows=exit_code in _FINISHED_ROWS)
-        await outputs.write()
-        return JobSummary(
-            counts=counts,
-            total_rows=total,
-            requests_sent=requests,
-            elapsed_s=time.monotonic() - started,
-            output=config.output,
-            errors_output=config.errors_output,
-            store=None if config.check_server else store.where,
-            exit_code=exit_code,
-            fatal_error=str(stop.fatal) if stop.fatal else None,
-            sent_this_run=tally.sent,
-            stopped_by=stop.signal.name if stop.signal else None,
-            job_name=job_name,
-            warnings=warnings_for(total),
-            dry_run=config.dry_run,
-            reads_sent=reads,
-            added_keys=dict(tally.added.most_common()),
-            kept_keys=kept,
-        )
+            tally.resumed = await asyncio.to_thread(journal.finished_count)
+            entries = await asyncio.to_thread(journal.state_entries)
+            log.info(
+                "job started",
+                extra={
+                    "event": "start", "input": config.input, "rows": run.total,
+                    "dry_run": config.dry_run, "job_name": run.job_name,
+                    "store": None if config.check_server else store.where,
+                    "run_id": journal.run_id, "state_entries": entries,
+                    "since_state": config.since_state, "full": config.full,
+                    "backup": config.backup, "check_server": config.check_server,
+                    "revert": config.revert,
+                },
+            )  # fmt: skip
+            telemetry = Telemetry(run.job_name, key.shard_text or None, run.settings.rpm)
+            if not config.check_server:
+                history = await asyncio.to_thread(store.history, run.job_name)
+                telemetry.succeeded_before(last_success(history, key.shard_text))
+            outputs = MetricsOutputs(telemetry, config.metrics_file, config.pushgateway)
+            monitor = _Monitor(telemetry, outputs, journal, tally, config.metrics_interval)
+            await monitor.tick()
+            if tally.resumed:
+                log.info(
+                    "resuming: %d rows already done",
+                    tally.resumed,
+                    extra={"event": "resume", "rows_done": tally.resumed},
+                )
+            async with Sender(
+                run.settings, stop, transport=run.transport, budget=budget, telemetry=telemetry,
+                fence=journal.fence,
+            ) as sender:  # fmt: skip
+                tally.requests = lambda: sender.requests_sent
+                tally.rate_limited = lambda: sender.rate_limited
+                pipeline = Pipeline(config, run.table, journal, sender, tally, stop)
+                async with monitor.running():
+                    await _send_all(pipeline, config.drain_timeout, run.signals)
+                requests, reads = sender.requests_sent, sender.reads_sent
+                rate_limited = sender.rate_limited
+        finally:
+            if budget is not None:
+                budget.close()
+        if isinstance(stop.error, BulkUpdateError):
+            raise stop.error  # the user's to mend (exit 2): one line, no results
+        await monitor.beat(final=True)
+        end = RunEnd({}, 0, run.total, requests, rate_limited)
+        counts, exit_code, notes = await _finish(run, journal, tally, end)
+    except Exception as exc:
+        await _record_failed_end(journal, run.total, requests, rate_limited, exc)
+        raise
+    tally.counts = Counter(counts)
+    tally.report(force=True)
+    telemetry.counts(counts, run.total)
+    telemetry.ended_with(exit_code, finished_rows=exit_code in _FINISHED_ROWS)
+    await outputs.write()
+    return JobSummary(
+        counts=counts,
+        total_rows=run.total,
+        requests_sent=requests,
+        elapsed_s=time.monotonic() - run.started,
+        output=config.output,
+        errors_output=config.errors_output,
+        store=None if config.check_server else store.where,
+        exit_code=exit_code,
+        fatal_error=stop.message(),
+        sent_this_run=tally.sent,
+        stopped_by=stop.signal.name if stop.signal else None,
+        job_name=run.job_name,
+        warnings=(*warnings_for(run.total), *notes),
+        dry_run=config.dry_run,
+        reads_sent=reads,
+        added_keys=dict(tally.added.most_common()),
+        kept_keys=run.kept,
+    )
 
 
-@contextlib.contextmanager
-def _no_budget() -> Iterator[None]:
-    yield None
+async def _record_failed_end(
+    journal: Journal, total: int, requests: int, rate_limited: int, exc: Exception
+) -> None:
+    """A run cut by an error (one of ours: exit 2; a bug: exit 70) still records its end, so
+    that ``history`` and ``status`` never show it running; best effort (the error is the
+    news)."""
+    try:
+        counts = await asyncio.to_thread(journal.counts)
+    except Exception:
+        counts = {}
+    code = exc.exit_code if isinstance(exc, BulkUpdateError) else ExitCode.INTERNAL
+    end = RunEnd(counts, code, total, requests, rate_limited, stop_code(exc))
+    try:
+        await asyncio.to_thread(journal.finish, end)
+    except Exception as failed:
+        log.warning(
+            "the run's end was not recorded in its store (%s) after: %s",
+            first_line(failed), first_line(exc),
+            extra={"event": "end_not_recorded"},
+        )  # fmt: skip
 
 
 # The exit codes of a run that finished its rows (some may have failed): a success for
@@ -588,7 +708,7 @@ def last_success(runs: list[RunRecord], shard: str) -> float | None:
 class _Monitor:
     """Every ``interval`` seconds while the run goes on: its metrics written (and pushed), its
     heartbeat and timeline committed to its store. Neither may stop the job: a failure is a
-    warning."""
+    warning. The metrics go first: a store that makes the heartbeat wait does not hold them."""
 
     def __init__(
         self,
@@ -607,8 +727,8 @@ class _Monitor:
 
     async def tick(self) -> None:
         self.telemetry.counts(self.tally.counts, self.tally.total)
-        await self.beat()
         await self.outputs.write()
+        await self.beat()
 
     async def beat(self, *, final: bool = False) -> None:
         seconds = self.telemetry.take_seconds(all_of_them=final)
@@ -622,7 +742,7 @@ class _Monitor:
                 self._beat_failed = True
                 log.warning(
                     "the run's heartbeat was not recorded in its store: %s",
-                    exc,
+                    first_line(exc),
                     extra={"event": "heartbeat_failed"},
                 )
         else:
@@ -651,34 +771,92 @@ class _Monitor:
             await task
 
 
-async def _finish(
-    config: JobConfig, table: InputTable, journal: Journal, end: RunEnd, stop: Stop
-) -> tuple[dict[str, int], int]:
-    """The run's counts from the store, its results written, its end recorded (``end``: the
-    invocation's rows and requests; its counts and exit code are filled in here)."""
-    counts = journal.counts()
+def _with_unprocessed(counts: dict[str, int], total: int) -> dict[str, int]:
+    """Counts by status of all ``total`` rows: those not counted are ``unprocessed``."""
+    counts = dict(counts)
     counts[Status.UNPROCESSED.value] = counts.get(Status.UNPROCESSED.value, 0) + max(
-        0, end.total_rows - sum(counts.values())
+        0, total - sum(counts.values())
     )
-    counts = {status: n for status, n in counts.items() if n}
-    exit_code = exit_code_for(counts, stop)
-    if not stop.hard:
-        await asyncio.to_thread(
-            write_run_outputs,
-            journal,
-            table,
-            config.output,
-            config.errors_output,
-            config.batch_rows,
-            stop.reason(),
-        )
-    stopped_by = stop.signal.name if stop.signal else None
-    if stopped_by is None and stop.fatal is not None:
-        stopped_by = stop.fatal.error_code or "fatal_error"
-    journal.finish(
-        dataclasses.replace(end, counts=counts, exit_code=exit_code, stopped_by=stopped_by)
+    return {status: n for status, n in counts.items() if n}
+
+
+async def _finish(
+    run: _Run, journal: Journal, tally: _Tally, end: RunEnd
+) -> tuple[dict[str, int], int, list[str]]:
+    """Seal the run, then its counts from the store, its results written and its end recorded
+    (``end``: the invocation's rows and requests; its counts and exit code are filled in here).
+    Returns the counts, the exit code and what the summary must add. A signal here lets the
+    results be written (a second one stops at once, without them)."""
+    config, stop = run.config, run.stop
+    limited = config.limit is not None
+    notes: list[str] = []
+    try:
+        await journal.seal()
+        counts = _with_unprocessed(await asyncio.to_thread(journal.counts), end.total_rows)
+    except JobStopped as exc:
+        # The store is gone (or the run is another process's now): nothing more can be read
+        # from it. The counts are what this process saw committed; the store holds them.
+        stop.on_fatal(exc)
+        log.error("%s; the results were not written", exc, extra={"event": "store_unavailable"})
+        counts = _with_unprocessed(dict(tally.counts), end.total_rows)
+        notes.append("the results were not written: the same command writes them once the store "
+                     "is back")  # fmt: skip
+        exit_code = exit_code_for(counts, stop, limited=limited)
+        await _record_end(journal, end, counts, exit_code, stop, notes)
+        return counts, exit_code, notes
+    if stop.hard:
+        notes.append("the results were not rewritten (stopped at once by a second signal)")
+    else:
+        cancel = threading.Event()
+
+        def graceful(signum: signal.Signals) -> None:
+            log.warning(
+                "%s: writing the results first (a second signal stops at once, without them)",
+                signum.name, extra={"event": "stopping", "signal": signum.name},
+            )  # fmt: skip
+
+        with run.signals.phase(graceful=graceful, at_once=lambda _: cancel.set()):
+            try:
+                await asyncio.to_thread(
+                    write_run_outputs, journal, run.table, config.output, config.errors_output,
+                    config.batch_rows, stop.reason(), cancel,
+                )  # fmt: skip
+            except WriteCancelled:
+                notes.append("the results were not written (stopped at once by a second signal)")
+            except JobStopped as exc:  # a full disk, the store gone while it was read
+                stop.on_fatal(exc)
+                log.error("%s", exc, extra={"event": "results_not_written"})
+                notes.append(f"the results were not written: {first_line(exc)}")
+    exit_code = exit_code_for(counts, stop, limited=limited)
+    if exit_code == ExitCode.INTERNAL and stop.error is None:
+        log.error(
+            "%d rows were left unprocessed with no stop and no --limit (a bug): a re-run sends "
+            "them", counts.get(Status.UNPROCESSED.value, 0),
+            extra={"event": "internal_error"},
+        )  # fmt: skip
+    await _record_end(journal, end, counts, exit_code, stop, notes)
+    return counts, exit_code, notes
+
+
+async def _record_end(
+    journal: Journal,
+    end: RunEnd,
+    counts: dict[str, int],
+    exit_code: int,
+    stop: Stop,
+    notes: list[str],
+) -> None:
+    done = dataclasses.replace(
+        end, counts=counts, exit_code=exit_code, stopped_by=stop.stopped_by()
     )
-    return counts, exit_code
+    try:
+        await asyncio.to_thread(journal.finish, done)
+    except JobStopped as exc:
+        log.warning(
+            "the run's end was not recorded in its store: %s", first_line(exc),
+            extra={"event": "end_not_recorded"},
+        )  # fmt: skip
+        notes.append("the run's end was not recorded in its store")
 
 
 def run_job(config: JobConfig, *, progress: ProgressCallback | None = None) -> JobSummary:

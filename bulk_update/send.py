@@ -6,7 +6,9 @@ that gave up; the row is then ``unprocessed``: it was not refused for itself). I
 for what the API or the network does. ``preflight`` checks the key and the base URL before the
 first update. The job's ``Stop`` is read, never set, here: once it is set no row is retried.
 The concurrency cap is the number of callers (the job's workers), matched by the connection
-pool's size. The clock, sleep, randomness and transport are injected for tests.
+pool's size. ``fence`` is awaited before every request: the store says whether this process
+still holds the run (``Journal.fence``; it raises if not). The clock, sleep, randomness and
+transport are injected for tests.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -144,8 +146,10 @@ class Sender:
         jitter: Callable[[], float] = random.random,
         budget: Budget | None = None,
         telemetry: Telemetry | None = None,
+        fence: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        self._fence = fence
         self.telemetry = telemetry
         self.limiter = RateLimiter(settings.rpm, clock=clock, sleep=sleep, budget=budget)
         self.breaker = CircuitBreaker(
@@ -210,6 +214,8 @@ class Sender:
         self, method: str, path: str, body: bytes | None = None, *, retry: bool = False
     ) -> Answer:
         """One request, timed, and told to the telemetry (``retry``: not its row's first)."""
+        if self._fence is not None:
+            await self._fence()  # raises if this process no longer holds the run
         self.requests_sent += 1
         telemetry = self.telemetry
         started = time.monotonic()

@@ -1,18 +1,30 @@
-"""Why a job stops early: the one place that knows.
+"""Why a job stops early, and how a signal reaches it: the one place that knows.
 
-The job owns one ``Stop``. A signal (SIGTERM, SIGINT) or a fatal answer (a refused key or
-quota, a circuit breaker that gave up, a streak of rows failing alike) sets it once; the first
-reason of each kind is kept. The sender reads it (no retry after a stop), the pipeline takes no
-new rows, and the results say why the rows never reached were not sent.
+The job owns one ``Stop``. A signal (SIGTERM, SIGINT), a stop (``JobStopped``: a refused key or
+quota, a circuit breaker that gave up, a streak of rows failing alike, a store that is gone or
+full) or an internal error (a bug met by a worker) sets it once; the first reason of each kind
+is kept. The sender reads it (no retry after a stop), the pipeline takes no new rows, and the
+results say why the rows never reached were not sent.
+
+``Signals`` routes SIGTERM and SIGINT for the whole job, phase by phase: no phase is left to
+the default action, which would kill the process where it stands (in the middle of the results,
+with the run never marked ended).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import signal as signals
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import TracebackType
 
-from bulk_update.exceptions import FatalApiError
+from bulk_update.exceptions import JobStopped, first_line
+
+log = logging.getLogger("bulk_update")
 
 # Why a stopped run did not reach the rows it never sent: (error_code, error_message), or None.
 StopReason = tuple[str, str] | None
@@ -21,7 +33,9 @@ StopReason = tuple[str, str] | None
 @dataclass
 class Stop:
     signal: signals.Signals | None = None
-    fatal: FatalApiError | None = None
+    fatal: JobStopped | None = None
+    # An exception the job did not expect (a bug): the run stops, exit 70.
+    error: BaseException | None = None
     # A second signal: stop at once, without writing the results.
     hard: bool = False
     event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -39,13 +53,40 @@ class Stop:
         self.event.set()
         return True
 
-    def on_fatal(self, error: FatalApiError) -> bool:
-        """A fatal answer; True if it is the first."""
+    def on_fatal(self, error: JobStopped) -> bool:
+        """A stop (a fatal answer, the store gone); True if it is the first."""
         if self.fatal is not None:
             return False
         self.fatal = error
         self.event.set()
         return True
+
+    def on_error(self, error: BaseException) -> bool:
+        """An internal error; True if it is the first."""
+        if self.error is not None:
+            return False
+        self.error = error
+        self.event.set()
+        return True
+
+    def stopped_by(self) -> str | None:
+        """What the run's history says stopped it: the signal, the stop's code, or
+        ``internal_error``."""
+        if self.signal is not None:
+            return self.signal.name
+        if self.fatal is not None:
+            return self.fatal.error_code or "fatal_error"
+        if self.error is not None:
+            return "internal_error"
+        return None
+
+    def message(self) -> str | None:
+        """The stop as the summary says it (a signal is said apart)."""
+        if self.fatal is not None:
+            return str(self.fatal)
+        if self.error is not None:
+            return f"internal error ({type(self.error).__name__}: {first_line(self.error)})"
+        return None
 
     def reason(self) -> StopReason:
         """What the rows a stopped run never reached say in the results."""
@@ -54,4 +95,71 @@ class Stop:
         if self.fatal is not None:
             code = self.fatal.error_code or "fatal_error"
             return (code, f"not sent: the job stopped: {self.fatal}")
+        if self.error is not None:
+            return ("internal_error", f"not sent: the job stopped: {self.message()}")
         return None
+
+
+Hook = Callable[[signals.Signals], None]
+
+
+class Signals:
+    """``with Signals(stop) as routed:`` SIGTERM and SIGINT set ``stop`` for the whole block.
+
+    The first signal calls the current phase's ``graceful`` hook (``routed.phase(...)``), a
+    second one sets ``Stop.hard`` and calls its ``at_once`` hook. Outside a phase a signal only
+    sets the Stop, which the job reads at its next step. Handlers are installed on the running
+    loop, in the main thread only (elsewhere, as in an Airflow task's thread, the caller owns
+    the signals)."""
+
+    def __init__(self, stop: Stop) -> None:
+        self.stop = stop
+        self._graceful: Hook | None = None
+        self._at_once: Hook | None = None
+        self._installed: list[signals.Signals] = []
+
+    def __enter__(self) -> Signals:
+        loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signals.SIGTERM, signals.SIGINT):
+                try:
+                    loop.add_signal_handler(signum, self._handle, signum)
+                    self._installed.append(signum)
+                except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
+                    pass
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self._installed:
+            loop.remove_signal_handler(signum)
+        self._installed = []
+
+    @contextlib.contextmanager
+    def phase(self, *, graceful: Hook | None = None, at_once: Hook | None = None) -> Iterator[None]:
+        """Route signals to these hooks while the block runs."""
+        before = self._graceful, self._at_once
+        self._graceful, self._at_once = graceful, at_once
+        try:
+            yield
+        finally:
+            self._graceful, self._at_once = before
+
+    def _handle(self, signum: signals.Signals) -> None:
+        if self.stop.on_signal(signum):
+            if self._graceful is not None:
+                self._graceful(signum)
+            else:
+                log.warning(
+                    "%s: stopping after the current step", signum.name,
+                    extra={"event": "stopping", "signal": signum.name},
+                )  # fmt: skip
+            return
+        log.warning("second signal: stopping at once", extra={"event": "hard_stop"})
+        if self._at_once is not None:
+            self._at_once(signum)

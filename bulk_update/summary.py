@@ -146,13 +146,21 @@ class JobSummary:
         log.info("job finished", extra={"event": "finish", **self.as_dict()})
 
 
-def exit_code_for(counts: Mapping[str, int], stop: Stop | None = None) -> ExitCode:
+def exit_code_for(
+    counts: Mapping[str, int], stop: Stop | None = None, *, limited: bool = False
+) -> ExitCode:
     """A run that finished is 0 unless rows failed or were invalid: rows it left
-    ``unprocessed`` on purpose (``--limit``) are no failure. A stopped run says why."""
+    ``unprocessed`` on purpose (``limited``: --limit) are no failure. A stopped run says why.
+    Rows left ``unprocessed`` with neither a stop nor a limit are a defect of the job's, never
+    a clean finish (70)."""
     if stop is not None and stop.signal is not None:
         return ExitCode.for_signal(stop.signal)  # 130 for SIGINT, 143 for SIGTERM
+    if stop is not None and stop.error is not None:
+        return ExitCode.INTERNAL
     if stop is not None and stop.fatal is not None:
-        return ExitCode.FATAL
+        return stop.fatal.exit_code
+    if counts.get(Status.UNPROCESSED.value, 0) and not limited:
+        return ExitCode.INTERNAL
     if any(n and Status(s) in ROW_FAILURES for s, n in counts.items()):
         return ExitCode.ROWS_FAILED
     return ExitCode.OK

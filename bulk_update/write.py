@@ -3,7 +3,10 @@ input's own columns, for the rows to fix and feed back). Two ways, both through 
 table (``formats.py``): frames a batch at a time (``StreamWriter``, ``write_outputs``), or one
 lazy query streamed by polars (``sink``: a dry run that needs no batch). Either way the file is
 written to a temporary file beside the target, then renamed over it (or uploaded whole): a
-crash never leaves a half-written file in place.
+crash never leaves a half-written file in place. The temporary file is locked (``flock``) while
+it is written; the next write of the same target removes the ones nobody holds (a process killed
+mid-write leaves one behind). A full disk is DiskFull, naming the file; a write cut short on
+purpose (a second signal) raises WriteCancelled and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import contextlib
 import os
 import secrets
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import polars as pl
 
+from bulk_update.exceptions import DiskFull, first_line, is_disk_full
 from bulk_update.formats import Appender, Storage, close_quietly, result_format
 from bulk_update.outcome import (
     ERROR_COLUMNS,
@@ -32,6 +37,20 @@ from bulk_update.read import ROW_NUMBER, InputTable
 from bulk_update.stop import StopReason
 from bulk_update.store import Journal
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, no sweeping
+    fcntl = None  # type: ignore[assignment]
+
+
+class WriteCancelled(Exception):
+    """A write cut short on purpose (a second signal): its temporary file is removed."""
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise WriteCancelled
+
 
 @contextlib.contextmanager
 def atomic_path(
@@ -40,37 +59,81 @@ def atomic_path(
     """A temporary local path for ``target``'s content, put in place only if the block
     succeeds: renamed over a local target; for an object-store URL (``s3://`` ...), uploaded
     whole by polars (an object appears complete or not at all). ``schema`` reads the temporary
-    file back for the upload."""
+    file back for the upload. A full disk is DiskFull naming ``target``."""
     fmt = result_format(target)
-    if is_remote(target):
-        with tempfile.TemporaryDirectory(prefix="bulk-update-") as directory:
-            temporary = Path(directory) / f"partial{fmt.suffix}"
-            yield temporary
-            fmt.sink(fmt.scan(temporary, schema, None), target, storage_options)
-        return
-    destination = Path(target)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    name = _new_partial(destination)
     try:
-        yield Path(name)
-        os.replace(name, destination)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+        if is_remote(target):
+            with tempfile.TemporaryDirectory(prefix="bulk-update-") as directory:
+                temporary = Path(directory) / f"partial{fmt.suffix}"
+                yield temporary
+                fmt.sink(fmt.scan(temporary, schema, None), target, storage_options)
+            return
+        destination = Path(target)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        sweep_partials(destination)
+        name, held = _new_partial(destination)
+        try:
+            yield Path(name)
+            os.replace(name, destination)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+            raise
+        finally:
+            os.close(held)  # the lock goes with it
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise DiskFull(target, first_line(exc)) from None
         raise
 
 
-def _new_partial(destination: Path) -> str:
+def _partials(destination: Path) -> list[Path]:
+    return list(destination.parent.glob(f".{glob_escape(destination.name)}.*.partial"))
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def sweep_partials(destination: Path) -> int:
+    """Remove the temporary files of ``destination`` that no process is writing (their writer
+    was killed): a file is being written only while its writer holds its lock. Returns how many
+    went."""
+    if fcntl is None:  # pragma: no cover
+        return 0
+    removed = 0
+    for partial in _partials(destination):
+        try:
+            fd = os.open(partial, os.O_RDONLY)
+        except OSError:
+            continue  # gone meanwhile: renamed into place, or removed by its writer
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held: a write under way
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+                removed += 1
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _new_partial(destination: Path) -> tuple[str, int]:
     """Create ``.NAME.XXXXXXXX.partial`` beside ``destination``, exclusively, with the mode any
     new file gets under the user's umask (``mkstemp`` would make it 0600, and the rename would
-    hand that mode to the results)."""
+    hand that mode to the results), and lock it: the open descriptor that holds the lock is
+    returned with its name (close it when the file is in place)."""
     for _ in range(100):
         name = str(destination.parent / f".{destination.name}.{secrets.token_hex(4)}.partial")
         try:
-            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
-        return name
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        return name, fd
     raise FileExistsError(f"no free temporary name beside {destination}")  # pragma: no cover
 
 
@@ -281,19 +344,23 @@ def write_run_outputs(
     errors_output: str | None,
     batch_rows: int,
     stopped: StopReason = None,
+    cancel: threading.Event | None = None,
 ) -> None:
     """A run's results, one row per input row in input order (the run's outcome, or
     ``unprocessed``), and with --errors-output the rows that need attention in the input's own
-    columns plus status and error; both from one read of the input."""
+    columns plus status and error; both from one read of the input. ``cancel``, once set, cuts
+    the write short (WriteCancelled) at the next batch."""
 
     def frames() -> Iterator[tuple[pl.DataFrame, pl.DataFrame | None]]:
         if errors_output is None:
             for ids in table.id_batches(batch_rows):
+                _check(cancel)
                 if not ids.is_empty():
                     yield results_between(journal, ids, stopped), None
             return
         trimmed = pl.col(table.id_column).cast(pl.String).str.strip_chars()
         for batch in table.all_batches(batch_rows):
+            _check(cancel)
             if batch.is_empty():
                 continue
             ids = batch.select(ROW_NUMBER, trimmed.alias("conversation_id"))
