@@ -68,12 +68,16 @@ class _TextAppender:
             self._file.close()
 
 
-def _as_text(frame: FrameT) -> FrameT:
-    return spreadsheet.escape(spreadsheet.text_cells(frame))
+def _csv_text(frame: FrameT) -> FrameT:
+    return spreadsheet.escape(spreadsheet.text_cells(frame, spreadsheet.holds_in_csv))
 
 
-def _same(frame: FrameT) -> FrameT:
-    return frame
+def _json_text(frame: FrameT) -> FrameT:
+    return spreadsheet.text_cells(frame, spreadsheet.holds_in_json)
+
+
+def _parquet_text(frame: FrameT) -> FrameT:
+    return spreadsheet.text_cells(frame, spreadsheet.holds_in_parquet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +102,9 @@ FORMATS: dict[str, ResultFormat] = {
             path, compression="zstd", storage_options=storage
         ),
         append=_ParquetAppender,
-        prepare=_same,
-        prepare_lazy=_same,
-        prepare_schema=lambda schema: schema,
+        prepare=_parquet_text,
+        prepare_lazy=_parquet_text,
+        prepare_schema=lambda schema: spreadsheet.text_schema(schema, spreadsheet.holds_in_parquet),
     ),
     ".csv": ResultFormat(
         ".csv",
@@ -109,9 +113,9 @@ FORMATS: dict[str, ResultFormat] = {
         ),
         sink=lambda query, path, storage: query.sink_csv(path, storage_options=storage),
         append=lambda path: _TextAppender(path, csv=True),
-        prepare=_as_text,
-        prepare_lazy=_as_text,
-        prepare_schema=spreadsheet.text_schema,
+        prepare=_csv_text,
+        prepare_lazy=_csv_text,
+        prepare_schema=lambda schema: spreadsheet.text_schema(schema, spreadsheet.holds_in_csv),
     ),
     ".jsonl": ResultFormat(
         ".jsonl",
@@ -120,9 +124,9 @@ FORMATS: dict[str, ResultFormat] = {
         ),
         sink=lambda query, path, storage: query.sink_ndjson(path, storage_options=storage),
         append=lambda path: _TextAppender(path, csv=False),
-        prepare=_same,
-        prepare_lazy=_same,
-        prepare_schema=lambda schema: schema,
+        prepare=_json_text,
+        prepare_lazy=_json_text,
+        prepare_schema=lambda schema: spreadsheet.text_schema(schema, spreadsheet.holds_in_json),
     ),
 }
 RESULT_SUFFIXES = tuple(FORMATS)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from bulk_update.exceptions import DiskFull, first_line, is_disk_full
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.read import ROW_NUMBER, InputTable
 
@@ -232,7 +233,12 @@ def find_duplicates(table: InputTable, batch_rows: int = 1_000_000) -> pl.DataFr
     # BENCHMARKS.md).
     with tempfile.TemporaryDirectory(prefix="bulk-update-") as directory:
         spill = Path(directory) / "hashes.arrow"
-        keyed.select(pl.col("id").hash(seed=0).alias("h")).sink_ipc(spill)
+        try:
+            keyed.select(pl.col("id").hash(seed=0).alias("h")).sink_ipc(spill)
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            if is_disk_full(exc):  # $TMPDIR is full: the input is not at fault
+                raise DiskFull(str(spill), first_line(exc)) from None
+            raise
         hashes = pl.read_ipc(spill).get_column("h").to_numpy(writable=True)
     if hashes.size == 0:
         return pl.DataFrame(schema=schema)

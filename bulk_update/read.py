@@ -21,11 +21,18 @@ from typing import Any, Literal
 import polars as pl
 
 from bulk_update import spreadsheet
-from bulk_update.exceptions import InputError, first_line
+from bulk_update.exceptions import DiskFull, InputError, first_line, is_disk_full
 from bulk_update.outcome import ERROR_COLUMNS, ERRORS_ROW_NUMBER
 from bulk_update.paths import is_remote, suffix
 
 ROW_NUMBER = "__bulk_update_row_number"
+
+# A batch holds about this much of the input, and at most JobConfig.batch_rows rows: a file of
+# wide rows is read fewer rows at a time, so that memory does not follow the width of a row.
+BATCH_BYTES = 8 << 20
+MIN_BATCH_ROWS = 100
+# The first rows measured for their width (with the file's size over its rows, when known).
+SAMPLE_ROWS = 1000
 
 InputFormat = Literal["csv", "parquet", "ndjson"]
 # Input formats by file extension (lower case); a file without one is read as CSV.
@@ -122,8 +129,27 @@ class InputTable:
         except pl.exceptions.PolarsError as exc:
             raise self.read_error(exc) from None
 
-    def read_error(self, exc: pl.exceptions.PolarsError) -> InputError:
-        """An InputError naming the file, the line and the problem where they can be found."""
+    def rows_per_batch(self, at_most: int, total_rows: int | None = None) -> int:
+        """How many rows make a batch of about BATCH_BYTES (every column, as the errors file
+        reads them), at most ``at_most``: the wider of the first rows' width in memory and, for
+        local files whose rows are counted (``total_rows``), their size over their rows."""
+        try:
+            sample = self.scan().head(SAMPLE_ROWS).collect()
+        except pl.exceptions.PolarsError as exc:
+            raise self.read_error(exc) from None
+        if sample.height == 0:
+            return at_most
+        width = sample.estimated_size() / sample.height
+        files = self.files or (self.path,)
+        if total_rows and not any(is_remote(file) for file in files):
+            width = max(width, sum(os.path.getsize(file) for file in files) / total_rows)
+        return max(MIN_BATCH_ROWS, min(at_most, int(BATCH_BYTES // max(width, 1.0))))
+
+    def read_error(self, exc: pl.exceptions.PolarsError) -> InputError | DiskFull:
+        """An InputError naming the file, the line and the problem where they can be found
+        (a temporary file on a full disk is DiskFull, not the input's fault)."""
+        if is_disk_full(exc):
+            return DiskFull("a temporary file (TMPDIR)", first_line(exc))
         if self.format == "csv":
             for file in self.files or (self.path,):
                 problem = csv_problem(file, self.separator)
@@ -285,6 +311,12 @@ def open_input(
     names = list(schema.names())
     if id_column not in names:
         raise InputError(path, f"no ID column {id_column!r} (columns: {_shown(names)})")
+    if not _has_text_form(schema[id_column]):
+        raise InputError(
+            path,
+            f"the ID column {id_column!r} holds {schema[id_column]} values; a conversation ID "
+            "is text (conv_...): give --id-column the column that holds them",
+        )
     if metadata_column is not None:
         if metadata_column not in names:
             raise InputError(
@@ -323,25 +355,39 @@ def open_input(
     )
 
 
+def _has_text_form(dtype: pl.DataType) -> bool:
+    """A value that has a text form an ID can be compared with (a number or a date is only an
+    invalid ID; a list, a struct, a duration or bytes cannot be one at all)."""
+    if isinstance(dtype, pl.String | pl.Categorical | pl.Enum | pl.Null | pl.Boolean):
+        return True
+    return bool(dtype.is_numeric() or dtype.is_temporal()) and not isinstance(dtype, pl.Duration)
+
+
 def _shown(names: list[str] | tuple[str, ...]) -> str:
     listed = ", ".join(repr(n) for n in names[:20])
     return listed + (f", … ({len(names)} in all)" if len(names) > 20 else "")
 
 
 def file_fingerprint(path: str) -> dict[str, Any]:
-    """Size, mtime and a hash of the first and last 1 MiB: cheap, and any edit changes it."""
+    """What says a file is the same: its size and a hash of its whole content (``blake2b``), so
+    that a copy under another path, or on another machine, is the same input and any edit is
+    not. The path, mtime and a hash of the first and last MiB are kept beside them, to compare
+    with a run fingerprinted by an older version (which compared those)."""
     if is_remote(path):
         return {"path": path}
     stat = os.stat(path)
-    digest = hashlib.sha256()
+    ends = hashlib.sha256()
     with open(path, "rb") as handle:
-        digest.update(handle.read(1 << 20))
+        ends.update(handle.read(1 << 20))
         if stat.st_size > 2 << 20:
             handle.seek(-(1 << 20), os.SEEK_END)
-            digest.update(handle.read(1 << 20))
+            ends.update(handle.read(1 << 20))
+        handle.seek(0)
+        content = hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=32))
     return {
         "path": str(Path(path).resolve()),
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
-        "sha256_ends": digest.hexdigest(),
+        "sha256_ends": ends.hexdigest(),
+        "blake2b": content.hexdigest(),
     }
