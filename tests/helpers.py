@@ -74,10 +74,13 @@ def write_input(
     return ids
 
 
-def start(*args: str, command: str = "run", cwd: Path | None = None) -> subprocess.Popen[str]:
-    """`bulk-update COMMAND ARGS` in the background (to signal or kill it), key TEST_KEY."""
+def start(
+    *args: str, command: str = "run", cwd: Path | None = None, key: str = TEST_KEY
+) -> subprocess.Popen[str]:
+    """`bulk-update COMMAND ARGS` in the background (to signal or kill it), with OPENAI_API_KEY
+    ``key``."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")},
-           "OPENAI_API_KEY": TEST_KEY}  # fmt: skip
+           "OPENAI_API_KEY": key}  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-m", "bulk_update", command, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,

@@ -116,6 +116,11 @@ class PostgresServer:
         with psycopg.connect(self.url(database), autocommit=True) as conn:
             return conn.execute(sql, arguments).fetchall()
 
+    def execute(self, database: str, sql: str) -> None:
+        """A statement that returns no rows (CREATE ROLE, ALTER ROLE ...)."""
+        with psycopg.connect(self.url(database), autocommit=True) as conn:
+            conn.execute(sql)
+
     def __enter__(self) -> PostgresServer:
         return self.start()
 

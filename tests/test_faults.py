@@ -1,0 +1,654 @@
+"""Under faults, with the real CLI, the real emulator, real signals, a real full filesystem
+(tmpfs) and a real PostgreSQL: one writer for real, no hang on a full disk, no silent worker
+death, a signal in any phase, a bounded stop when the store is away, a copy of the input
+elsewhere, an emptied store. Each store behaviour runs on both stores."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.conftest import StartEmulator
+from tests.faults import (
+    Tmpfs,
+    holding_postgres,
+    holding_sqlite,
+    store_run,
+    summary_counts,
+)
+from tests.helpers import ID, cli, results, start, wait_for_requests, write_input
+from tests.pg import PostgresServer
+
+
+@dataclass(frozen=True)
+class Store:
+    """The job's store for a test: SQLite in ``state`` (job ``j``) or a PostgreSQL database."""
+
+    backend: str
+    args: tuple[str, ...]
+    where: str  # the SQLite file, or the PostgreSQL URL
+    postgres: PostgresServer | None = None
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        state = tmp_path / "state"
+        return Store(
+            "sqlite", ("--state-dir", str(state), "--job-name", "j"), str(state / "j.sqlite")
+        )
+    url = request.getfixturevalue("state_url")
+    postgres = request.getfixturevalue("postgres")
+    return Store("postgres", ("--state-url", url, "--job-name", "j"), url, postgres)
+
+
+def partials(directory: Path) -> list[Path]:
+    return sorted(directory.glob(".*.partial"))
+
+
+def wait_for_partial(directory: Path, process: object) -> None:
+    """Until the results are being written (their temporary file exists)."""
+    import subprocess
+
+    assert isinstance(process, subprocess.Popen)
+    deadline = time.monotonic() + 120
+    while not partials(directory):
+        assert process.poll() is None, "finished before its results were being written"
+        assert time.monotonic() < deadline, "the results were never written"
+        time.sleep(0.002)
+
+
+def test_a_signal_while_the_results_are_written(store: Store, tmp_path: Path) -> None:
+    """The results are the last phase of a run, and the longest for a big file: a signal there
+    ends the run the way the README says, and a write cut short leaves nothing behind."""
+    source = tmp_path / "in.csv"
+    # Rows with no metadata: all invalid, nothing to send, a big results file to write.
+    with source.open("w") as handle:
+        handle.write("conversation_id,tier\n")
+        handle.writelines(f"{ID(i)},\n" for i in range(300_000))
+    out = tmp_path / "out"
+    args = (str(source), "--output", str(out / "r.csv"), "--errors-output", str(out / "e.csv"),
+            "--base-url", "http://127.0.0.1:9/v1", *store.args)  # fmt: skip
+
+    # A first signal: the results are finished, the run ends as stopped by it.
+    process = start(*args)
+    wait_for_partial(out, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "SIGTERM: writing the results first" in stderr
+    assert "stopped by SIGTERM" in stderr.strip().splitlines()[-1]
+    assert results(out / "r.csv").height == 300_000
+    assert partials(out) == []
+    assert store_run(store.backend, store.where, store.postgres) == {
+        "exit_code": 143, "stopped_by": "SIGTERM", "ended": True,
+    }  # fmt: skip
+
+    # A second signal: at once; the complete file of the last run stays, nothing is left behind.
+    before = (out / "r.csv").read_bytes()
+    process = start(*args)
+    wait_for_partial(out, process)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "second signal: stopping at once" in stderr
+    assert "the results were not written" in stderr
+    assert (out / "r.csv").read_bytes() == before
+    assert partials(out) == []
+    assert store_run(store.backend, store.where, store.postgres)["ended"]
+
+    # kill -9 mid-write leaves the temporary files: the next run removes them.
+    process = start(*args)
+    wait_for_partial(out, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert partials(out)
+    again = cli("run", *args)
+    assert again.returncode == 1, again.stderr
+    assert partials(out) == []
+    assert results(out / "r.csv").height == 300_000
+
+
+def test_a_full_disk_stops_the_run_and_it_resumes(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """The store's directory on a small filesystem that fills up mid-run: the run stops (exit
+    3, resumable) in one line naming the file; with room again it finishes, every row once."""
+    n, concurrency = 3000, 8
+    source = tmp_path / "in.csv"
+    ids = write_input(source, n)
+    emu = start_emulator("--preload", str(source))
+    with Tmpfs(tmp_path / "small", "3m") as small:
+        args = ("run", str(source), "--output", str(tmp_path / "out.csv"), "--state-dir",
+                str(small.path), "--job-name", "j", "--base-url", emu.base_url, "--rpm",
+                "600000", "--concurrency", str(concurrency))  # fmt: skip
+        stopped = cli(*args, timeout=180)  # it used to hang for ever here
+        assert stopped.returncode == 3, stopped.stderr
+        assert "Traceback" not in stopped.stderr
+        assert f"{small.path / 'j.sqlite'}: the disk is full" in stopped.stderr
+        frame = results(tmp_path / "out.csv")
+        assert frame["row_number"].to_list() == list(range(1, n + 1))
+        assert set(frame["status"].to_list()) == {"updated", "unprocessed"}
+        left = frame.filter(pl.col("status") == "unprocessed")
+        assert set(left["error_code"].to_list()) == {"disk_full"}
+        small.resize("64m")
+        resumed = cli(*args)
+        assert resumed.returncode == 0, resumed.stderr
+    frame = results(tmp_path / "out.csv")
+    assert set(frame["status"].to_list()) == {"updated"}
+    applied = emu.stats(per_id=True)["updates_applied_by_id"]
+    assert set(applied) == set(ids)
+    assert sum(applied.values()) - n <= concurrency  # in flight when the disk filled
+
+
+def test_a_full_disk_under_the_results(start_emulator: StartEmulator, tmp_path: Path) -> None:
+    """Every row sent, then no room for the results file: exit 3 naming it, no temporary file
+    left; with room, the same command writes them and sends nothing."""
+    source = tmp_path / "in.csv"
+    write_input(source, 3000)
+    emu = start_emulator("--preload", str(source))
+    with Tmpfs(tmp_path / "small", "256k") as small:
+        out = small.path / "out.csv"
+        args = ("run", str(source), "--output", str(out), "--state-dir", str(tmp_path / "state"),
+                "--base-url", emu.base_url, "--rpm", "600000", "--concurrency", "16")  # fmt: skip
+        stopped = cli(*args)
+        assert stopped.returncode == 3, stopped.stderr
+        line = stopped.stderr.strip().splitlines()[-1]
+        assert f"{out}: the disk is full" in line
+        assert "the results were not written" in line
+        assert not out.exists()
+        assert partials(small.path) == []
+        small.resize("8m")
+        sent = emu.stats()["requests"]
+        again = cli(*args)
+        assert again.returncode == 0, again.stderr
+        assert emu.stats()["requests"] == sent
+        assert set(results(out)["status"].to_list()) == {"updated"}
+
+
+def test_a_store_held_by_another_process(
+    store: Store, start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """Another process holds the store (SQLite: a write transaction; PostgreSQL: a table lock)
+    longer than --store-timeout: the job does not freeze meanwhile (its metrics go on, a
+    signal is heard at once), no worker dies silently, and it stops (exit 3) saying why."""
+    n, concurrency = 1500, 4
+    source = tmp_path / "in.csv"
+    write_input(source, n)
+    emu = start_emulator("--preload", str(source), "--latency-ms", "20")
+    metrics, log_file = tmp_path / "m.prom", tmp_path / "job.log"
+    args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
+            "--rpm", "600000", "--concurrency", str(concurrency), "--metrics-file", str(metrics),
+            "--metrics-interval", "0.5", "--log-format", "json", "--log-file", str(log_file),
+            *store.args)  # fmt: skip
+
+    def held() -> object:
+        if store.backend == "sqlite":
+            return holding_sqlite(Path(store.where))
+        return holding_postgres(store.where)
+
+    # Held longer than --store-timeout: the run stops on its own, exit 3.
+    process = start(*args, "--store-timeout", "4")
+    wait_for_requests(emu, 200)
+    with held():  # type: ignore[attr-defined]
+        written = metrics.stat().st_mtime_ns
+        deadline = time.monotonic() + 3
+        while metrics.stat().st_mtime_ns == written:  # the event loop is not frozen
+            assert time.monotonic() < deadline, "no metrics written while the store was held"
+            time.sleep(0.05)
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    state = (
+        "locked by another process" if store.backend == "sqlite" else "locked by another session"
+    )
+    assert f"has been {state}" in last, last
+    if store.backend == "sqlite":  # readers are not held back by SQLite's write lock
+        frame = results(tmp_path / "out.csv")
+        assert frame["row_number"].to_list() == list(range(1, n + 1))
+        left = frame.filter(pl.col("status") == "unprocessed")
+        assert set(left["error_code"].to_list()) == {"store_unavailable"}
+    else:
+        assert "the results were not written" in last
+    resumed = cli("run", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    frame = results(tmp_path / "out.csv")
+    assert set(frame["status"].to_list()) == {"updated"}
+    applied = emu.stats(per_id=True)["updates_applied_by_id"]
+    assert len(applied) == n
+    assert sum(applied.values()) - n <= concurrency
+
+    # Held while a SIGTERM comes: it is heard at once (the drain begins), and the run ends once
+    # the store is free again, resumable.
+    log_file.unlink()
+    emu.admin("reset-counters", {})
+    process = start(*args, "--restart", "--full", "--drain-timeout", "1")
+    wait_for_requests(emu, 200)
+    with held():  # type: ignore[attr-defined]
+        process.send_signal(signal.SIGTERM)
+        signalled = time.time()
+        time.sleep(3)
+        released = time.time()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    heard = [
+        json.loads(line)
+        for line in log_file.read_text().splitlines()
+        if '"event": "stopping"' in line
+    ]
+    assert heard, log_file.read_text()[-2000:]
+    at = dt.datetime.fromisoformat(heard[0]["time"]).timestamp()
+    assert signalled - 1 < at < released, (signalled, at, released)
+
+
+def test_a_copy_of_the_input_elsewhere_resumes_the_run(
+    store: Store, start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """The same command on another machine, with a copy of the input under another path,
+    resumes the run; a copy whose content changed is refused."""
+    n, concurrency = 600, 4
+    machine_a, machine_b = tmp_path / "a", tmp_path / "b"
+    machine_a.mkdir()
+    (machine_b / "exports").mkdir(parents=True)
+    write_input(machine_a / "in.csv", n)
+    emu = start_emulator("--preload", str(machine_a / "in.csv"), "--latency-ms", "50")
+    common = ("--output", "out.csv", "--base-url", emu.base_url, "--rpm", "600000",
+              "--concurrency", str(concurrency), *store.args)  # fmt: skip
+    first = start("in.csv", *common, cwd=machine_a)
+    wait_for_requests(emu, 100)
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 143, stderr
+    time.sleep(0.1)
+    copy = machine_b / "exports" / "conversations.csv"
+    shutil.copyfile(machine_a / "in.csv", copy)  # another path, another mtime
+    resumed = cli("run", str(copy), *common, cwd=machine_b)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming:" in resumed.stderr
+    frame = results(machine_b / "out.csv")
+    assert frame["row_number"].to_list() == list(range(1, n + 1))
+    assert set(frame["status"].to_list()) == {"updated"}
+    applied = emu.stats(per_id=True)["updates_applied_by_id"]
+    assert sum(applied.values()) - n <= concurrency
+
+    # One character changed in the middle, the size and both ends the same: another input.
+    text = copy.read_text()
+    middle = text.index(",v,", len(text) // 2)
+    copy.write_text(text[:middle] + ",w," + text[middle + 3 :])
+    refused = cli("run", str(copy), *common, cwd=machine_b)
+    assert refused.returncode == 2, refused.stderr
+    assert "changed: input" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_an_emptied_store_is_refused(start_emulator: StartEmulator, tmp_path: Path) -> None:
+    """A store file truncated to nothing is not a new store: it would send every row again."""
+    source = tmp_path / "in.csv"
+    write_input(source, 20)
+    emu = start_emulator("--preload", str(source))
+    args = ("run", str(source), "--output", str(tmp_path / "out.csv"), "--base-url",
+            emu.base_url)  # fmt: skip
+    assert cli(*args).returncode == 0
+    store = tmp_path / "out.sqlite"
+    os.truncate(store, 0)
+    sent = emu.stats()["requests"]
+    refused = cli(*args)
+    assert refused.returncode == 2, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert str(store) in lines[0]
+    assert "the file is empty" in lines[0]
+    assert "remove it" in lines[0]
+    assert emu.stats()["requests"] == sent
+    history = cli("history", "--job", "out", "--state-dir", str(tmp_path))
+    assert history.returncode == 2
+    assert "the file is empty" in history.stderr
+    dry = cli("validate", str(source), "--output", str(tmp_path / "plan.csv"), "--job-name", "out")
+    assert dry.returncode == 2
+    assert "the file is empty" in dry.stderr
+
+
+def test_a_lost_session_never_leaves_two_writers(
+    start_emulator: StartEmulator, postgres: PostgresServer, state_url: str, tmp_path: Path
+) -> None:
+    """The lock holder's database session is lost (a failover, a network cut) and it cannot
+    come back at once; the same command on another machine takes the run over. The two never
+    send at once: the first stops sending before its lease ends, the second starts after."""
+    from bulk_update.emulator.app import key_id
+
+    n, concurrency = 3000, 8
+    source = tmp_path / "in.csv"
+    write_input(source, n)
+    emu = start_emulator("--preload", str(source), "--latency-ms", "20")
+    database = state_url.rsplit("/", 1)[1]
+    role = f"holder_{os.getpid()}"
+    postgres.execute(database, f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'holder-pw'")
+    holder_url = f"postgresql://{role}:holder-pw@127.0.0.1:{postgres.port}/{database}"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    common = ("--output", "out.csv", "--base-url", emu.base_url, "--rpm", "600000",
+              "--concurrency", str(concurrency), "--job-name", "j", "--store-timeout", "20")  # fmt: skip
+    holder = start(str(source), *common, "--state-url", holder_url, cwd=tmp_path / "a",
+                   key="sk-holder-a")  # fmt: skip
+    try:
+        wait_for_requests(emu, 300)
+        # The holder's session ends, and the holder cannot log in again for now.
+        postgres.execute("postgres", f"ALTER ROLE {role} NOLOGIN")
+        postgres.query(
+            database,
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND granted AND pid <> pg_backend_pid()",
+        )
+        taker = cli("run", str(source), *common, "--state-url", state_url,
+                    cwd=tmp_path / "b", key="sk-taker-b")  # fmt: skip
+        _, holder_err = holder.communicate(timeout=120)
+    finally:
+        postgres.execute("postgres", f"ALTER ROLE {role} LOGIN")
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert taker.returncode == 0, taker.stderr
+    assert "for its lease to end" in taker.stderr
+    assert holder.returncode == 3, holder_err
+    assert "Traceback" not in holder_err
+    by_key = emu.stats()["by_key"]
+    first, second = by_key[key_id("sk-holder-a")], by_key[key_id("sk-taker-b")]
+    assert first["last_s"] < second["first_s"], (first, second)  # never both at once
+    applied = emu.stats(per_id=True)["updates_applied_by_id"]
+    assert len(applied) == n
+    assert sum(applied.values()) - n <= concurrency  # only what was in flight
+    frame = results(tmp_path / "b" / "out.csv")
+    assert frame["row_number"].to_list() == list(range(1, n + 1))
+    assert set(frame["status"].to_list()) == {"updated"}
+
+
+def test_a_database_away_stops_the_run_within_the_timeout(
+    start_emulator: StartEmulator, postgres: PostgresServer, state_url: str, tmp_path: Path
+) -> None:
+    """The database goes away mid-run for longer than --store-timeout: the whole stop takes the
+    timeout once (not once per operation), and the summary says what the store holds."""
+    n, timeout_s = 3000, 6
+    source = tmp_path / "in.csv"
+    write_input(source, n)
+    emu = start_emulator("--preload", str(source), "--latency-ms", "20")
+    job = start(str(source), "--output", "out.csv", "--base-url", emu.base_url, "--rpm",
+                "600000", "--concurrency", "8", "--state-url", state_url, "--store-timeout",
+                str(timeout_s), cwd=tmp_path)  # fmt: skip
+    wait_for_requests(emu, 300)
+    postgres.stop()
+    away = time.monotonic()
+    try:
+        _, stderr = job.communicate(timeout=180)
+        stopped_after = time.monotonic() - away
+    finally:
+        postgres.start()
+    assert job.returncode == 3, stderr
+    assert "has been unreachable for" in stderr
+    assert "Traceback" not in stderr
+    # One clock for the writer, the heartbeat, the counts and the run's end: the stop takes
+    # the timeout, plus the moment it takes to say so (each used to wait a timeout of its own).
+    assert stopped_after < timeout_s + 6, stopped_after
+    assert "the results were not written" in stderr.strip().splitlines()[-1]
+    from tests.faults import store_counts
+    from tests.pg import wait_until_up
+
+    wait_until_up(state_url)
+    told = {k: v for k, v in summary_counts(stderr).items() if k != "unprocessed"}
+    held = {k: v for k, v in store_counts("postgres", state_url, postgres).items()
+            if k != "unprocessed"}  # fmt: skip
+    assert told == held  # the summary is what the store holds
+    resumed = cli("run", str(source), "--output", "out.csv", "--base-url", emu.base_url,
+                  "--rpm", "600000", "--concurrency", "8", "--state-url", state_url,
+                  cwd=tmp_path)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert set(results(tmp_path / "out.csv")["status"].to_list()) == {"updated"}
+
+
+def every_type() -> dict[str, pl.Series]:
+    """A column of every type polars reads (from Parquet, or from Python: Object), three rows."""
+    import datetime as dt_
+    import decimal
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"m": pa.array([[("k", "v")], None, []],
+                                           type=pa.map_(pa.string(), pa.string()))}), buffer)  # fmt: skip
+    buffer.seek(0)
+    three = [0, 1, 2]
+    return {
+        "int8": pl.Series(three, dtype=pl.Int8),
+        "int16": pl.Series(three, dtype=pl.Int16),
+        "int32": pl.Series(three, dtype=pl.Int32),
+        "int64": pl.Series(three, dtype=pl.Int64),
+        "int128": pl.Series([0, -(2**100), None], dtype=pl.Int128),
+        "uint8": pl.Series(three, dtype=pl.UInt8),
+        "uint16": pl.Series(three, dtype=pl.UInt16),
+        "uint32": pl.Series(three, dtype=pl.UInt32),
+        "uint64": pl.Series(three, dtype=pl.UInt64),
+        "uint128": pl.Series([0, 2**127, None], dtype=pl.UInt128),
+        "float16": pl.Series([0.5, None, 1.0], dtype=pl.Float16),
+        "float32": pl.Series([0.5, None, 1.0], dtype=pl.Float32),
+        "float64": pl.Series([0.1, None, 1e300], dtype=pl.Float64),
+        "decimal": pl.Series(
+            [decimal.Decimal("1.50"), None, decimal.Decimal("-2.00")], dtype=pl.Decimal(10, 2)
+        ),
+        "boolean": pl.Series([True, None, False]),
+        "string": pl.Series(["=1+1", None, "é"]),
+        "binary": pl.Series([b"\x00\xff", None, b""]),
+        "date": pl.Series([dt_.date(2026, 1, 2), None, dt_.date(1970, 1, 1)]),
+        "datetime": pl.Series([dt_.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt_.UTC), None, None]),
+        "duration": pl.Series([dt_.timedelta(seconds=5), None, dt_.timedelta(days=-1)]),
+        "time": pl.Series([dt_.time(1, 2, 3), None, dt_.time(0)]),
+        "categorical": pl.Series(["a", None, "b"], dtype=pl.Categorical),
+        "enum": pl.Series(["a", None, "b"], dtype=pl.Enum(["a", "b"])),
+        "null": pl.Series([None, None, None], dtype=pl.Null),
+        "list": pl.Series([[1, 2], None, []]),
+        "array": pl.Series([[1, 2], None, [3, 4]], dtype=pl.Array(pl.Int64, 2)),
+        "struct": pl.Series([{"a": 1, "b": "x"}, None, {"a": None, "b": None}]),
+        "struct_of_binary": pl.Series([{"a": b"\x01"}, None, {"a": None}]),
+        "map": pl.read_parquet(buffer)["m"],
+        "object": pl.Series([object(), None, "x"], dtype=pl.Object),
+    }
+
+
+def test_every_type_has_a_form_in_every_results_format(tmp_path: Path) -> None:
+    """An errors file holds the input's own columns: whatever their type, every format writes
+    them (as they are where it can, as text where it cannot), and this list is every type."""
+    from bulk_update.formats import FORMATS
+
+    columns = every_type()
+    abstract = {"DataType", "NumericType", "IntegerType", "SignedIntegerType", "FloatType",
+                "UnsignedIntegerType", "TemporalType", "NestedType", "ObjectType", "Unknown",
+                "BaseExtension", "Extension", "Utf8"}  # fmt: skip
+    every = {
+        name for name in dir(pl.datatypes)
+        if isinstance(getattr(pl.datatypes, name), type)
+        and issubclass(getattr(pl.datatypes, name), pl.DataType) and name not in abstract
+    }  # fmt: skip
+    covered = {type(series.dtype).__name__ for series in columns.values()}
+    assert every <= covered, f"types without a test: {sorted(every - covered)}"
+    frame = pl.DataFrame(columns)
+    for suffix, fmt in FORMATS.items():
+        path = tmp_path / f"all{suffix}"
+        appender = fmt.append(path)
+        appender.write(fmt.prepare(frame))
+        appender.close()
+        written = fmt.scan(path, fmt.prepare_schema(frame.schema), None).collect()
+        assert written.height == 3, suffix
+        assert written.columns == frame.columns, suffix
+    text = pl.read_csv(tmp_path / "all.csv", infer_schema=False)
+    assert text["map"].to_list() == ['{"k":"v"}', None, "{}"]
+    assert text["duration"].to_list() == [
+        "PT5S",
+        None,
+        "'-P1D",
+    ]  # escaped: a spreadsheet would run it
+    assert text["binary"].to_list() == ["00ff", None, ""]
+    assert text["uint128"].to_list() == ["0", str(2**127), None]
+    assert text["string"].to_list() == ["'=1+1", None, "é"]  # a spreadsheet never runs it
+
+
+def test_a_parquet_input_of_every_type_gives_its_errors_in_any_format(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """A Parquet input with maps, durations, 128-bit integers ... beside its metadata column:
+    its errors file is written in CSV, JSON Lines and Parquet alike (it was exit 70 after every
+    row had been sent, on every run)."""
+    known, unknown = ID(0), ID(1)
+    columns = {k: v for k, v in every_type().items() if k != "object"}
+    frame = pl.DataFrame({"conversation_id": [known, unknown, "not-an-id"],
+                          "tier": ["gold", "gold", "gold"], **columns})  # fmt: skip
+    source = tmp_path / "in.parquet"
+    frame.write_parquet(source)
+    server = tmp_path / "server.csv"
+    server.write_text(f"conversation_id\n{known}\n")
+    emu = start_emulator("--preload", str(server))
+    for suffix in (".csv", ".jsonl", ".parquet"):
+        done = cli("run", str(source), "--output", str(tmp_path / f"r{suffix}"), "--columns",
+                   "tier", "--errors-output", str(tmp_path / f"e{suffix}"), "--base-url",
+                   emu.base_url, "--full")  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert results(tmp_path / f"r{suffix}")["status"].to_list() == [
+            "updated", "failed", "invalid",
+        ]  # fmt: skip
+        errors = (
+            pl.read_csv(tmp_path / "e.csv", infer_schema=False) if suffix == ".csv"
+            else results(tmp_path / f"e{suffix}")
+        )  # fmt: skip
+        assert errors["conversation_id"].to_list() == [unknown, "not-an-id"]
+        assert set(columns) <= set(errors.columns)
+
+
+def test_mistakes_with_the_store_or_the_input_say_so_in_one_line(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """A read-only store, a store with garbage inside, a list-typed ID column, a full temporary
+    directory: one line each, the exit code the README gives, never exit 70."""
+    source = tmp_path / "in.csv"
+    write_input(source, 1000)
+    emu = start_emulator("--preload", str(source))
+    args = ("run", str(source), "--output", str(tmp_path / "out.csv"), "--base-url",
+            emu.base_url, "--rpm", "600000")  # fmt: skip
+    assert cli(*args).returncode == 0
+    store = tmp_path / "out.sqlite"
+
+    def one_line(done: object, code: int, *words: str) -> None:
+        import subprocess
+
+        assert isinstance(done, subprocess.CompletedProcess)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == code, done.stderr
+        assert len(lines) == 1, lines
+        for word in words:
+            assert word in lines[0], lines[0]
+
+    # The store file read-only (its directory writable): a bind mount, as root.
+    bound = __import__("subprocess").run(["mount", "--bind", str(store), str(store)],
+                                         capture_output=True, text=True)  # fmt: skip
+    if bound.returncode == 0:
+        try:
+            __import__("subprocess").run(["mount", "-o", "remount,ro,bind", str(store)],
+                                         check=True)  # fmt: skip
+            one_line(cli(*args), 2, str(store), "the store cannot be written", "readonly")
+        finally:
+            __import__("subprocess").run(["umount", str(store)], check=True)
+
+    # Garbage inside the store: damaged, and no promise that a re-run resumes.
+    clean = store.read_bytes()
+    for offset in (0, 4096, len(clean) // 2):
+        with store.open("r+b") as handle:
+            handle.seek(offset)
+            handle.write(b"\xde\xad" * 1500)
+        damaged = cli(*args)
+        one_line(damaged, 2, str(store), "damaged", "restore it from a backup")
+        assert "resumes" not in damaged.stderr
+        store.write_bytes(clean)
+    assert cli(*args).returncode == 0
+
+    # A list-typed ID column.
+    listed = tmp_path / "listed.parquet"
+    pl.DataFrame({"conversation_id": [[ID(0)], [ID(1)]], "tier": ["a", "b"]}).write_parquet(listed)
+    one_line(cli("run", str(listed), "--output", str(tmp_path / "l.csv"), "--base-url",
+                 emu.base_url), 2, "listed.parquet", "ID column", "List(String)")  # fmt: skip
+
+    # No room for the temporary file the duplicate check writes.
+    with Tmpfs(tmp_path / "tmp", "4k") as small:
+        full = cli(*args, TMPDIR=str(small.path))
+        assert full.returncode == 3, full.stderr
+        assert "Traceback" not in full.stderr
+        assert f"{small.path}/" in full.stderr.strip().splitlines()[-1]
+        assert "the disk is full" in full.stderr.strip().splitlines()[-1]
+
+
+def test_a_batch_holds_about_the_same_bytes_however_wide_the_rows(tmp_path: Path) -> None:
+    """Batches are sized by bytes (about 8 MiB of input), not by a fixed count of rows: a file
+    of wide rows is read a few hundred rows at a time, a narrow one 20,000 at a time (the
+    memory this saves is measured by benchmark 11)."""
+    from bulk_update.read import BATCH_BYTES, open_input
+
+    def table(name: str, rows: int, width: int, suffix: str = ".csv") -> int:
+        frame = pl.DataFrame(
+            {"conversation_id": [ID(i) for i in range(rows)],
+             **{f"k{j}": [f"{j}" + "x" * width] * rows for j in range(16)}}
+        )  # fmt: skip
+        path = tmp_path / f"{name}{suffix}"
+        frame.write_csv(path) if suffix == ".csv" else frame.write_parquet(path)
+        opened = open_input(str(path), id_column="conversation_id")
+        return opened.rows_per_batch(20_000, opened.check_readable())
+
+    wide = table("wide", 3000, 500)  # 16 cells of 500 characters: 8 KB a row
+    assert 0.8 * BATCH_BYTES / 8100 <= wide <= 1.2 * BATCH_BYTES / 8000
+    assert table("wide", 3000, 500, ".parquet") <= 1.2 * BATCH_BYTES / 8000  # compressed, too
+    assert table("narrow", 3000, 2) == 20_000  # at most --batch-rows' 20,000
+
+
+def _handles_sigterm(pid: int) -> bool:
+    """Has the process installed its own SIGTERM handler yet (the kernel's SigCgt mask)?"""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+def test_a_signal_while_the_input_is_read(store: Store, tmp_path: Path) -> None:
+    """A SIGTERM before anything is sent (the input still being read): the run ends as
+    stopped by it (exit 143), every row in the results (unprocessed), its end recorded;
+    nothing is sent."""
+    source = tmp_path / "in.csv"
+    with source.open("w") as handle:
+        handle.write("conversation_id,tier\n")
+        handle.writelines(f"{ID(i)},t{i}\n" for i in range(2_000_000))
+    output = tmp_path / "out.csv"
+    process = start(str(source), "--output", str(output), "--base-url",
+                    "http://127.0.0.1:9/v1", *store.args)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not _handles_sigterm(process.pid):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 143, stderr
+    assert "stopped by SIGTERM" in stderr.strip().splitlines()[-1]
+    frame = results(output)
+    assert frame.height == 2_000_000
+    assert frame["status"].unique().to_list() == ["unprocessed"]
+    assert frame["error_code"].unique().to_list() == ["interrupted"]
+    assert store_run(store.backend, store.where, store.postgres) == {
+        "exit_code": 143, "stopped_by": "SIGTERM", "ended": True,
+    }  # fmt: skip
