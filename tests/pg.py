@@ -55,7 +55,9 @@ def _free_port() -> int:
 class PostgresServer:
     """``with PostgresServer() as pg: pg.url("db")``; ``restart()``, ``stop()``, ``start()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path | None = None) -> None:
+        """``root``: an empty directory to keep the cluster in (a small filesystem, to fill its
+        disk); a temporary one by default."""
         bindir = find_bindir()
         if bindir is None:
             raise RuntimeError(
@@ -64,7 +66,9 @@ class PostgresServer:
             )
         self.bindir = bindir
         self.port = _free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="bulk-update-pg-"))
+        if root is not None:
+            root.mkdir(parents=True)
+        self.root = root if root is not None else Path(tempfile.mkdtemp(prefix="bulk-update-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self._as = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]

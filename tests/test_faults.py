@@ -5,11 +5,13 @@ elsewhere, an emptied store. Each store behaviour runs on both stores."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from bulk_update.store.url import redact
 from tests.conftest import StartEmulator
 from tests.faults import (
     Tmpfs,
@@ -120,35 +123,60 @@ def test_a_signal_while_the_results_are_written(store: Store, tmp_path: Path) ->
     assert results(out / "r.csv").height == 300_000
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_a_full_disk_stops_the_run_and_it_resumes(
-    start_emulator: StartEmulator, tmp_path: Path
+    start_emulator: StartEmulator, tmp_path: Path, backend: str
 ) -> None:
-    """The store's directory on a small filesystem that fills up mid-run: the run stops (exit
-    3, resumable) in one line naming the file; with room again it finishes, every row once."""
+    """The store's disk fills up mid-run (SQLite: its directory on a small filesystem;
+    PostgreSQL: the server's data directory on one, all but 600 kB taken): the run stops (exit
+    3, resumable) in one line naming the store; with room again it finishes, every row once."""
     n, concurrency = 3000, 8
     source = tmp_path / "in.csv"
     ids = write_input(source, n)
     emu = start_emulator("--preload", str(source))
-    with Tmpfs(tmp_path / "small", "3m") as small:
-        args = ("run", str(source), "--output", str(tmp_path / "out.csv"), "--state-dir",
-                str(small.path), "--job-name", "j", "--base-url", emu.base_url, "--rpm",
-                "600000", "--concurrency", str(concurrency))  # fmt: skip
-        stopped = cli(*args, timeout=180)  # it used to hang for ever here
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            small = stack.enter_context(Tmpfs(tmp_path / "small", "3m"))
+            store = ("--state-dir", str(small.path))
+            named = f"{small.path / 'j.sqlite'}: the disk is full"
+
+            def make_room() -> None:
+                small.resize("64m")
+        else:
+            # Outside tmp_path: the server's user must reach it (pytest's directories are 0700).
+            mount = Path(tempfile.mkdtemp(prefix="bulk-update-pgdisk-"))
+            stack.callback(mount.rmdir)
+            small = stack.enter_context(Tmpfs(mount, "100m"))
+            postgres = stack.enter_context(PostgresServer(small.path / "cluster"))
+            url = postgres.create_database("full")
+            store = ("--state-url", url)
+            named = f"the store {redact(url)}: the disk is full"
+            filler = small.path / "filler"
+            filler.write_bytes(b"\0" * (shutil.disk_usage(small.path).free - 600_000))
+
+            def make_room() -> None:
+                filler.unlink()
+
+        args = ("run", str(source), "--output", str(tmp_path / "out.csv"), *store, "--job-name",
+                "j", "--base-url", emu.base_url, "--rpm", "600000", "--concurrency",
+                str(concurrency))  # fmt: skip
+        stopped = cli(*args, timeout=180)  # it used to hang for ever here (SQLite)
         assert stopped.returncode == 3, stopped.stderr
         assert "Traceback" not in stopped.stderr
-        assert f"{small.path / 'j.sqlite'}: the disk is full" in stopped.stderr
+        assert named in stopped.stderr.strip().splitlines()[-1]
         frame = results(tmp_path / "out.csv")
         assert frame["row_number"].to_list() == list(range(1, n + 1))
         assert set(frame["status"].to_list()) == {"updated", "unprocessed"}
         left = frame.filter(pl.col("status") == "unprocessed")
         assert set(left["error_code"].to_list()) == {"disk_full"}
-        small.resize("64m")
+        make_room()
         resumed = cli(*args)
         assert resumed.returncode == 0, resumed.stderr
     frame = results(tmp_path / "out.csv")
     assert set(frame["status"].to_list()) == {"updated"}
     applied = emu.stats(per_id=True)["updates_applied_by_id"]
     assert set(applied) == set(ids)
+    print(f"{backend}: {sum(applied.values()) - n} rows sent again after the disk filled")
     assert sum(applied.values()) - n <= concurrency  # in flight when the disk filled
 
 
@@ -367,6 +395,8 @@ def test_a_lost_session_never_leaves_two_writers(
     first, second = by_key[key_id("sk-holder-a")], by_key[key_id("sk-taker-b")]
     assert first["last_s"] < second["first_s"], (first, second)  # never both at once
     applied = emu.stats(per_id=True)["updates_applied_by_id"]
+    print(f"holder's last request at {first['last_s']:.2f} s, the taker's first at "
+          f"{second['first_s']:.2f} s; {sum(applied.values()) - n} rows applied twice")  # fmt: skip
     assert len(applied) == n
     assert sum(applied.values()) - n <= concurrency  # only what was in flight
     frame = results(tmp_path / "b" / "out.csv")
@@ -399,6 +429,8 @@ def test_a_database_away_stops_the_run_within_the_timeout(
     assert "Traceback" not in stderr
     # One clock for the writer, the heartbeat, the counts and the run's end: the stop takes
     # the timeout, plus the moment it takes to say so (each used to wait a timeout of its own).
+    print(f"stopped {stopped_after:.1f} s after the database went away (--store-timeout "
+          f"{timeout_s})")  # fmt: skip
     assert stopped_after < timeout_s + 6, stopped_after
     assert "the results were not written" in stderr.strip().splitlines()[-1]
     from tests.faults import store_counts

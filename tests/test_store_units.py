@@ -1,0 +1,195 @@
+"""The store's pure pieces, table-driven: the outage clock, the lease's own view, who is gone,
+the grouped writer, the content fingerprint, the exit code of rows left unprocessed, and the
+sweeping of an interrupted write's temporary files."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from bulk_update.exceptions import DiskFull, StoreUnavailable
+from bulk_update.exitcodes import ExitCode
+from bulk_update.stop import Stop
+from bulk_update.store import changed_fields, fingerprint_text
+from bulk_update.store.grouped import GroupWriter
+from bulk_update.store.lease import LEASE_S, SEND_MARGIN_S, LocalLease, is_gone, this_process
+from bulk_update.store.outage import Outage
+from bulk_update.summary import exit_code_for
+from bulk_update.write import sweep_partials
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_one_outage_clock_bounds_every_operation() -> None:
+    clock = Clock()
+    outage = Outage("db", 10.0, backoff=(0.2, 1.0), clock=clock)
+    assert outage.remaining() == 10.0
+    assert [outage.failed("refused") for _ in range(4)] == [0.2, 0.4, 0.8, 1.0]
+    clock.now += 4
+    assert outage.remaining() == 6.0
+    outage.over()  # a success ends it: the next outage starts afresh
+    assert outage.failed("refused") == 0.2
+    clock.now += 9.9
+    assert outage.failed("refused") == pytest.approx(0.1)  # never past the deadline
+    clock.now += 0.1
+    with pytest.raises(StoreUnavailable, match=r"the store db has been unreachable for 10 s"):
+        outage.failed("refused")
+    # Given up: every later operation fails at once, without waiting a timeout of its own.
+    assert outage.given_up
+    with pytest.raises(StoreUnavailable):
+        outage.check()
+    with pytest.raises(StoreUnavailable):
+        outage.failed("refused")
+
+
+def test_an_outage_says_what_it_is() -> None:
+    clock = Clock()
+    outage = Outage("s.sqlite", 1.0, state="locked by another process", clock=clock)
+    outage.failed("database is locked")
+    clock.now += 2
+    with pytest.raises(StoreUnavailable, match="locked by another session for 2 s"):
+        outage.failed("lock timeout", "locked by another session")
+
+
+def test_the_holder_sends_only_while_its_lease_lasts() -> None:
+    clock = Clock()
+    lease = LocalLease(clock)
+    assert not lease.may_send()
+    lease.renewed(asked=clock.now)
+    clock.now += LEASE_S - SEND_MARGIN_S - 0.01
+    assert lease.may_send()
+    clock.now += 0.02
+    assert not lease.may_send()  # the database's count started later: it ends later
+    lease.renewed(asked=clock.now - 5)  # a late answer counts from when it was asked
+    assert lease.left() == pytest.approx(LEASE_S - SEND_MARGIN_S - 5)
+    lease.ended()
+    assert not lease.may_send()
+
+
+def test_only_a_process_surely_gone_lets_its_lease_go() -> None:
+    here = this_process()
+    assert not is_gone(here, here)  # this process runs
+    child = __import__("subprocess").Popen(["sleep", "0"])
+    child.wait()
+    started = here.started
+    dead = here.__class__(here.host, here.boot, here.pid_namespace, child.pid, started)
+    assert is_gone(dead, here)  # that pid runs no process started then
+    reused = here.__class__(here.host, here.boot, here.pid_namespace, os.getpid(), "1")
+    assert is_gone(reused, here)  # the pid runs another process now
+    for other in (
+        here.__class__("another-host", here.boot, here.pid_namespace, child.pid, started),
+        here.__class__(here.host, "another-boot", here.pid_namespace, child.pid, started),
+        here.__class__(here.host, here.boot, "pid:[1]", child.pid, started),
+        here.__class__(here.host, "", "", child.pid, ""),  # no /proc where it ran
+    ):
+        assert not is_gone(other, here)  # cannot be looked at: its lease is waited for
+
+
+def test_grouped_writes_in_order_with_their_errors() -> None:
+    committed: list[list[int]] = []
+    release = threading.Event()
+
+    def commit(works: list[int]) -> None:
+        release.wait()
+        if 13 in works:
+            raise DiskFull("store", "no space left on device")
+        committed.append(works)
+
+    writer: GroupWriter[int] = GroupWriter(commit, "test-writer")
+
+    async def main() -> tuple[BaseException | None]:
+        first = asyncio.ensure_future(writer.submit(1))
+        await asyncio.sleep(0.05)  # the first group is under way: the rest queue behind it
+        assert not writer.idle()
+        rest = [asyncio.ensure_future(writer.submit(n)) for n in (2, 3)]
+        release.set()
+        await asyncio.gather(first, *rest)
+        failed = await asyncio.gather(writer.submit(13), return_exceptions=True)
+        await writer.barrier()
+        return failed
+
+    failed = asyncio.run(main())
+    assert committed == [[1], [2, 3]]  # what arrived during a commit went in the next one
+    assert isinstance(failed[0], DiskFull)
+    writer.run(4)  # from a thread of its own, blocking
+    assert committed[-1] == [4]
+    writer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.run(5)
+
+
+def fingerprint(**files: object) -> str:
+    return fingerprint_text({"input": [files], "id_column": "conversation_id"})
+
+
+def test_an_input_is_its_content_wherever_it_is() -> None:
+    here = fingerprint(path="/a/in.csv", size=9, mtime_ns=1, sha256_ends="e", blake2b="c")
+    copy = fingerprint(path="/b/x.csv", size=9, mtime_ns=2, sha256_ends="e", blake2b="c")
+    edited = fingerprint(path="/a/in.csv", size=9, mtime_ns=1, sha256_ends="e", blake2b="d")
+    assert changed_fields(here, copy) == []
+    assert changed_fields(here, edited) == ["input"]
+    # A run fingerprinted by an older version (no content hash) compares as it did.
+    older = fingerprint(path="/a/in.csv", size=9, mtime_ns=1, sha256_ends="e")
+    assert changed_fields(older, here) == []
+    assert changed_fields(older, copy) == ["input"]
+    other_mapping = json.loads(here)
+    other_mapping["id_column"] = "id"
+    assert changed_fields(here, json.dumps(other_mapping)) == ["id_column"]
+
+
+@pytest.mark.parametrize(
+    ("counts", "limited", "stop", "code"),
+    [
+        ({"updated": 3}, False, None, ExitCode.OK),
+        ({"updated": 3, "invalid": 1}, False, None, ExitCode.ROWS_FAILED),
+        ({"updated": 3, "unprocessed": 2}, True, None, ExitCode.OK),  # --limit left them
+        # Left with no stop and no --limit: never a clean finish.
+        ({"updated": 3, "unprocessed": 2}, False, None, ExitCode.INTERNAL),
+        ({"updated": 3, "unprocessed": 2}, False, "signal", ExitCode.SIGTERM),
+        ({"updated": 3, "unprocessed": 2}, False, "fatal", ExitCode.FATAL),
+        ({"updated": 3, "unprocessed": 2}, False, "error", ExitCode.INTERNAL),
+    ],
+)
+def test_rows_left_unprocessed_say_why(
+    counts: dict[str, int], limited: bool, stop: str | None, code: ExitCode
+) -> None:
+    async def decide() -> ExitCode:
+        how = Stop()
+        if stop == "signal":
+            how.on_signal(signal.SIGTERM)
+        elif stop == "fatal":
+            how.on_fatal(DiskFull("store"))
+        elif stop == "error":
+            how.on_error(KeyError("x"))
+        return exit_code_for(counts, how, limited=limited)
+
+    assert asyncio.run(decide()) == code
+
+
+def test_a_killed_writes_temporary_file_is_swept_not_a_live_one(tmp_path: Path) -> None:
+    target = tmp_path / "r.csv"
+    dead = tmp_path / ".r.csv.0badc0de.partial"
+    dead.write_text("half a file")
+    live = tmp_path / ".r.csv.feedbeef.partial"
+    live.write_text("being written")
+    other = tmp_path / ".e.csv.0badc0de.partial"  # another target's
+    other.write_text("x")
+    with live.open() as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert sweep_partials(target) == 1
+    assert not dead.exists()
+    assert live.exists()
+    assert other.exists()
