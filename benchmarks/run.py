@@ -4,7 +4,7 @@ Each benchmark starts its own emulator (a real server on loopback), generates it
 under benchmarks/data/ (git-ignored), and reports a ratio to a baseline measured in the same
 run, because absolute numbers vary between machines.
 
-    .venv/bin/python -m benchmarks.run                # all ten
+    .venv/bin/python -m benchmarks.run                # all eleven
     .venv/bin/python -m benchmarks.run --only 1,3     # some
     .venv/bin/python -m benchmarks.run --quick        # smaller sizes (a smoke run)
 """
@@ -390,6 +390,49 @@ def reading_first(quick: bool) -> list[Row]:
     ]  # fmt: skip
 
 
+def make_wide_input(megabytes: int, cell_chars: int) -> tuple[Path, int]:
+    """About ``megabytes`` of CSV: the emulator's preloaded IDs and 16 cells of ``cell_chars``
+    characters each; returns the file and its rows."""
+    row_bytes = 54 + 16 * (cell_chars + 2)
+    rows = megabytes * 1_000_000 // row_bytes
+    path = DATA / f"width-{cell_chars}-{megabytes}mb.csv"
+    if path.exists():
+        return path, rows
+    DATA.mkdir(exist_ok=True)
+    cells = {f"k{j}": pl.repeat(f"{j % 10}" + "x" * cell_chars, rows, eager=True)
+             for j in range(16)}  # fmt: skip
+    pl.DataFrame({"conversation_id": [preload_id(i) for i in range(rows)], **cells}).write_csv(path)
+    return path, rows
+
+
+def row_width(quick: bool) -> list[Row]:
+    """Peak memory of a run over a file of wide rows against one of narrow rows of the same
+    size: batches are sized by bytes, so the width of a row should not matter. Each run sends
+    its first rows (--limit) and writes its results and errors file (every input column of the
+    rows left)."""
+    megabytes, sent = (50, 1000) if quick else (200, 5000)
+    peaks: dict[str, dict[str, float]] = {}
+    for name, chars in (("narrow", 2), ("wide", 500)):
+        source, rows = make_wide_input(megabytes, chars)
+        with EmulatorProcess("--preload", str(sent)) as emu:
+            command = job("run", str(source), "--output", str(DATA / f"width-{name}.parquet"),
+                          "--errors-output", str(DATA / f"width-{name}-errors.csv"), "--base-url",
+                          emu.base_url, "--concurrency", "64", "--rpm", "100000000", "--limit",
+                          str(sent), "--restart", "--full")  # fmt: skip
+            _, peaks[name] = run_measured(command, ENV)
+            assert updated(emu.stats()) == sent, f"{name}: not every row of --limit sent"
+        peaks[name]["rows"] = rows
+    wide, narrow = peaks["wide"], peaks["narrow"]
+    return [
+        Row(f"11 peak RSS, {megabytes} MB of 8 KB rows", f"{wide['total_mib']:.0f} MiB",
+            f"{narrow['total_mib']:.0f} MiB of 0.1 KB", wide["total_mib"] / narrow["total_mib"],
+            "<= 1.1x", wide["total_mib"] <= 1.1 * narrow["total_mib"]),
+        Row("11   of which heap (anonymous RSS)", f"{wide['anon_mib']:.0f} MiB",
+            f"{narrow['anon_mib']:.0f} MiB", wide["anon_mib"] / narrow["anon_mib"], "(context)",
+            True),
+    ]  # fmt: skip
+
+
 BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "1": client_efficiency,
     "2": riding_the_limit,
@@ -401,6 +444,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "8": stores,
     "9": state_bytes,
     "10": reading_first,
+    "11": row_width,
 }
 
 
