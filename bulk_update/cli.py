@@ -248,8 +248,9 @@ def _add_job_options(parser: argparse.ArgumentParser, command: Command) -> None:
         type=_positive_float,
         default=S,
         metavar="S",
-        help="how long the store's database may stay away mid-run before the job stops, "
-        f"resumable (default {JOB_DEFAULTS['store_timeout']:g})",
+        help="how long the store may stay away (a database) or locked by another process (a "
+        "file) before the job stops, resumable; one clock for the whole stop "
+        f"(default {JOB_DEFAULTS['store_timeout']:g})",
     )
     if command != "revert":
         _add_mapping_options(parser)
