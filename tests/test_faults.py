@@ -77,7 +77,7 @@ def test_a_signal_while_the_results_are_written(store: Store, tmp_path: Path) ->
     # Rows with no metadata: all invalid, nothing to send, a big results file to write.
     with source.open("w") as handle:
         handle.write("conversation_id,tier\n")
-        handle.writelines(f"{ID(i)},\n" for i in range(300_000))
+        handle.writelines(f"{ID(i)},\n" for i in range(150_000))
     out = tmp_path / "out"
     args = (str(source), "--output", str(out / "r.csv"), "--errors-output", str(out / "e.csv"),
             "--base-url", "http://127.0.0.1:9/v1", *store.args)  # fmt: skip
@@ -90,7 +90,7 @@ def test_a_signal_while_the_results_are_written(store: Store, tmp_path: Path) ->
     assert process.returncode == 143, stderr
     assert "SIGTERM: writing the results first" in stderr
     assert "stopped by SIGTERM" in stderr.strip().splitlines()[-1]
-    assert results(out / "r.csv").height == 300_000
+    assert results(out / "r.csv").height == 150_000
     assert partials(out) == []
     assert store_run(store.backend, store.where, store.postgres) == {
         "exit_code": 143, "stopped_by": "SIGTERM", "ended": True,
@@ -120,7 +120,7 @@ def test_a_signal_while_the_results_are_written(store: Store, tmp_path: Path) ->
     again = cli("run", *args)
     assert again.returncode == 1, again.stderr
     assert partials(out) == []
-    assert results(out / "r.csv").height == 300_000
+    assert results(out / "r.csv").height == 150_000
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -211,7 +211,7 @@ def test_a_store_held_by_another_process(
     """Another process holds the store (SQLite: a write transaction; PostgreSQL: a table lock)
     longer than --store-timeout: the job does not freeze meanwhile (its metrics go on, a
     signal is heard at once), no worker dies silently, and it stops (exit 3) saying why."""
-    n, concurrency = 1500, 4
+    n, concurrency = 1000, 4
     source = tmp_path / "in.csv"
     write_input(source, n)
     emu = start_emulator("--preload", str(source), "--latency-ms", "20")
@@ -291,7 +291,7 @@ def test_a_copy_of_the_input_elsewhere_resumes_the_run(
     machine_a.mkdir()
     (machine_b / "exports").mkdir(parents=True)
     write_input(machine_a / "in.csv", n)
-    emu = start_emulator("--preload", str(machine_a / "in.csv"), "--latency-ms", "50")
+    emu = start_emulator("--preload", str(machine_a / "in.csv"), "--latency-ms", "20")
     common = ("--output", "out.csv", "--base-url", emu.base_url, "--rpm", "600000",
               "--concurrency", str(concurrency), *store.args)  # fmt: skip
     first = start("in.csv", *common, cwd=machine_a)
@@ -409,7 +409,7 @@ def test_a_database_away_stops_the_run_within_the_timeout(
 ) -> None:
     """The database goes away mid-run for longer than --store-timeout: the whole stop takes the
     timeout once (not once per operation), and the summary says what the store holds."""
-    n, timeout_s = 3000, 6
+    n, timeout_s = 1500, 6
     source = tmp_path / "in.csv"
     write_input(source, n)
     emu = start_emulator("--preload", str(source), "--latency-ms", "20")
@@ -664,7 +664,7 @@ def test_a_signal_while_the_input_is_read(store: Store, tmp_path: Path) -> None:
     source = tmp_path / "in.csv"
     with source.open("w") as handle:
         handle.write("conversation_id,tier\n")
-        handle.writelines(f"{ID(i)},t{i}\n" for i in range(2_000_000))
+        handle.writelines(f"{ID(i)},t{i}\n" for i in range(1_000_000))
     output = tmp_path / "out.csv"
     process = start(str(source), "--output", str(output), "--base-url",
                     "http://127.0.0.1:9/v1", *store.args)  # fmt: skip
@@ -678,7 +678,7 @@ def test_a_signal_while_the_input_is_read(store: Store, tmp_path: Path) -> None:
     assert process.returncode == 143, stderr
     assert "stopped by SIGTERM" in stderr.strip().splitlines()[-1]
     frame = results(output)
-    assert frame.height == 2_000_000
+    assert frame.height == 1_000_000
     assert frame["status"].unique().to_list() == ["unprocessed"]
     assert frame["error_code"].unique().to_list() == ["interrupted"]
     assert store_run(store.backend, store.where, store.postgres) == {

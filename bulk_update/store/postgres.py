@@ -459,12 +459,13 @@ class _Session:
     def unlock_all(self, lease: str | None = None) -> None:
         """Release the session's locks (and end the lease ``lease``, if it is still there: a
         run that ended, even badly, lets the next one start at once)."""
-        self._locks = []
-        if self._conn is not None and not self._conn.broken and self.lost is None:
-            with contextlib.suppress(psycopg.Error):
-                if lease is not None:
-                    self._conn.execute("DELETE FROM leases WHERE holder = %s", (lease,))
-                self._conn.execute("SELECT pg_advisory_unlock_all()")
+        with self._mutex:  # not in the middle of another thread's transaction
+            self._locks = []
+            if self._conn is not None and not self._conn.broken and self.lost is None:
+                with contextlib.suppress(psycopg.Error):
+                    if lease is not None:
+                        self._conn.execute("DELETE FROM leases WHERE holder = %s", (lease,))
+                    self._conn.execute("SELECT pg_advisory_unlock_all()")
 
     def close(self) -> None:
         if self._conn is not None:
@@ -918,12 +919,14 @@ class _Writer(Generic[Item]):
         self._pending: list[tuple[Item, asyncio.Future[None]]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connected_before = False
 
     async def submit(self, item: Item) -> None:
         """Return once ``item`` is committed."""
         if self._task is None:
             self._wake = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
             self._task = asyncio.create_task(self._run(), name="store-writer")
         assert self._wake is not None
         done = asyncio.get_running_loop().create_future()
@@ -1006,6 +1009,13 @@ class _Writer(Generic[Item]):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def cancel(self) -> None:
+        """``stop`` from any thread, without waiting (a journal closed on an error's way out)."""
+        task, self._task = self._task, None
+        if task is not None and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended: so has the task
+                self._loop.call_soon_threadsafe(task.cancel)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -1272,8 +1282,7 @@ class PostgresJournal(_Reader):
 
     def close(self) -> None:
         self._ending.set()
-        if self._writer._task is not None:
-            self._writer._task.cancel()
+        self._writer.cancel()
         self._session.unlock_all(self._lease.token)
 
     def __enter__(self) -> PostgresJournal:
