@@ -20,7 +20,7 @@ from bulk_update.stop import Stop
 from bulk_update.store import changed_fields, fingerprint_text
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.lease import LEASE_S, SEND_MARGIN_S, LocalLease, is_gone, this_process
-from bulk_update.store.outage import Outage
+from bulk_update.store.outage import Outage, Watchdog
 from bulk_update.summary import exit_code_for
 from bulk_update.write import sweep_partials
 
@@ -33,35 +33,72 @@ class Clock:
         return self.now
 
 
-def test_one_outage_clock_bounds_every_operation() -> None:
+def test_each_operation_fails_on_its_own_clock_and_one_gives_the_store_up() -> None:
     clock = Clock()
     outage = Outage("db", 10.0, backoff=(0.2, 1.0), clock=clock)
+    commit, beat = object(), object()
     assert outage.remaining() == 10.0
-    assert [outage.failed("refused") for _ in range(4)] == [0.2, 0.4, 0.8, 1.0]
+    assert [outage.failed("refused", commit) for _ in range(4)] == [0.2, 0.4, 0.8, 1.0]
     clock.now += 4
     assert outage.remaining() == 6.0
-    outage.over()  # a success ends it: the next outage starts afresh
-    assert outage.failed("refused") == 0.2
-    clock.now += 9.9
-    assert outage.failed("refused") == pytest.approx(0.1)  # never past the deadline
+    outage.failed("refused", beat)
+    outage.over(beat)  # another call's success does not end the commit's outage
+    clock.now += 5.9
+    assert outage.failed("refused", commit) == pytest.approx(0.1)  # never past its deadline
     clock.now += 0.1
     with pytest.raises(StoreUnavailable, match=r"the store db has been unreachable for 10 s"):
-        outage.failed("refused")
+        outage.failed("refused", commit)
     # Given up: every later operation fails at once, without waiting a timeout of its own.
     assert outage.given_up
     with pytest.raises(StoreUnavailable):
         outage.check()
     with pytest.raises(StoreUnavailable):
-        outage.failed("refused")
+        outage.failed("refused", beat)
+
+
+def test_an_operation_that_succeeds_ends_its_own_outage() -> None:
+    clock = Clock()
+    outage = Outage("db", 10.0, backoff=(0.2, 1.0), clock=clock)
+    read = object()
+    outage.failed("refused", read)
+    clock.now += 9
+    outage.over(read)
+    clock.now += 5
+    assert outage.failed("refused", read) == 0.2  # a new outage, a new clock
+    assert not outage.given_up
+
+
+def test_a_call_cut_by_the_watchdog_failed_since_it_began() -> None:
+    clock = Clock()
+    outage = Outage("db", 10.0, clock=clock)
+    started = clock.now
+    assert outage.deadline(started) == started + 10
+    clock.now += 10
+    with pytest.raises(StoreUnavailable, match="for 10 s"):
+        outage.failed("no answer within --store-timeout", object(), since=started)
+
+
+def test_a_stopping_job_waits_for_the_store_no_longer_than_it_was_told() -> None:
+    clock = Clock()
+    outage = Outage("db", 60.0, clock=clock)
+    commit = object()
+    outage.failed("locked", commit)
+    outage.hurry(1.0)  # a signal: --drain-timeout 1
+    assert outage.deadline(clock.now) == clock.now + 1
+    assert outage.failed("locked", commit) <= 1.0
+    clock.now += 1
+    with pytest.raises(StoreUnavailable):
+        outage.failed("locked", commit)
 
 
 def test_an_outage_says_what_it_is() -> None:
     clock = Clock()
     outage = Outage("s.sqlite", 1.0, state="locked by another process", clock=clock)
-    outage.failed("database is locked")
+    commit = object()
+    outage.failed("database is locked", commit)
     clock.now += 2
     with pytest.raises(StoreUnavailable, match="locked by another session for 2 s"):
-        outage.failed("lock timeout", "locked by another session")
+        outage.failed("lock timeout", commit, state="locked by another session")
 
 
 def test_the_holder_sends_only_while_its_lease_lasts() -> None:
@@ -193,3 +230,16 @@ def test_a_killed_writes_temporary_file_is_swept_not_a_live_one(tmp_path: Path) 
     assert not dead.exists()
     assert live.exists()
     assert other.exists()
+
+
+def test_the_watchdog_cuts_a_call_that_never_returns() -> None:
+    outage = Outage("db", 0.2)
+    watchdog = Watchdog(outage)
+    cut = threading.Event()
+    with watchdog.guard(cut.set) as slow:
+        assert cut.wait(30)  # a frozen server: only the watchdog ends the call
+    assert slow.fired
+    with watchdog.guard(cut.clear) as quick:
+        pass  # returned in time: left alone
+    assert not quick.fired
+    assert cut.is_set()

@@ -189,6 +189,12 @@ class Journal(StateReader, Protocol):
         write of an outcome, so that the counts, the results and the store agree."""
         ...
 
+    def hurry(self, seconds: float) -> None:
+        """The job is stopping (a signal): no wait for the store goes on more than ``seconds``
+        from now (a row whose outcome cannot be committed by then stays unprocessed: the
+        re-run sends it again, as after a kill -9)."""
+        ...
+
     async def forget(self, conversation_id: str) -> None:
         """Before a row is sent: from now until the API confirms, its state is unknown. Returns
         once that is committed."""

@@ -101,7 +101,7 @@ from bulk_update.store.lease import (
     is_gone,
     this_process,
 )
-from bulk_update.store.outage import Outage
+from bulk_update.store.outage import Outage, Watchdog
 from bulk_update.store.url import check_url, redact, secrets
 
 log = logging.getLogger("bulk_update")
@@ -259,6 +259,17 @@ def _stop_for(exc: psycopg.Error, where: str, first_line: str) -> DiskFull | Non
     return None
 
 
+# What a call cut by the watchdog says.
+_NO_ANSWER = "no answer within --store-timeout"
+
+
+def _shut(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Make a call blocked on ``conn`` fail at once: its socket shut down (a duplicate of the
+    descriptor is shut, the connection keeps its own to close)."""
+    with socket.fromfd(conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM) as duplicate:
+        duplicate.shutdown(socket.SHUT_RDWR)
+
+
 def _read_only(exc: psycopg.Error) -> bool:
     """A standby's answer: the connection is dropped, so that the next reaches the primary."""
     return isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
@@ -297,6 +308,9 @@ class _Session:
         self.timeout = timeout
         # One outage clock for every operation of the session and of its run's writer.
         self.outage = Outage(self.where, timeout, backoff=_BACKOFF_S)
+        # A call the database never answers (a frozen server, a stalled proxy) is cut once it
+        # has lasted the timeout: TCP keepalives cannot tell, the server's kernel answers them.
+        self.watchdog = Watchdog(self.outage)
         self._secrets = secrets(url)
         self._mutex = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
@@ -381,34 +395,48 @@ class _Session:
         transaction: bool = True,
     ) -> T:
         """``work`` in one transaction; run again on a new connection if the old one is lost,
-        until the database has been away for ``timeout`` seconds on the session's one outage
-        clock (StoreUnavailable; at once once it was given up)."""
+        until the database has been away for ``timeout`` seconds on the session's outage clock
+        (StoreUnavailable; at once once it was given up). A call that does not return within
+        the timeout is cut (``Watchdog``) and counts as away since it began."""
+        operation = object()
         with self._mutex:
             while True:
                 if self.lost is not None:
                     raise self.lost
                 self.outage.check()
+                guarded = None
                 try:
-                    conn = self._conn or self._reconnect()
-                    if transaction:
-                        with conn.transaction():
+                    with self.watchdog.guard(self._interrupt) as guarded:
+                        conn = self._conn or self._reconnect()
+                        if transaction:
+                            with conn.transaction():
+                                result = work(conn)
+                        else:
                             result = work(conn)
-                    else:
-                        result = work(conn)
-                    self.outage.over()
+                    self.outage.over(operation)
                     return result
                 except _AWAY as exc:
                     line = self.first_line(exc)
                     stop = _stop_for(exc, self.where, line)
                     if stop is not None:
                         raise stop from None
+                    cut = guarded is not None and guarded.fired
                     if self._conn is not None and (
-                        self._conn.broken or self._conn.closed or _read_only(exc)
+                        self._conn.broken or self._conn.closed or _read_only(exc) or cut
                     ):
                         with contextlib.suppress(psycopg.Error):
                             self._conn.close()
                         self._conn = None
-                    time.sleep(self.outage.failed(line, _state(exc)))
+                    since = guarded.started if cut and guarded is not None else None
+                    delay = self.outage.failed(
+                        _NO_ANSWER if cut else line, operation, state=_state(exc), since=since
+                    )
+                    time.sleep(delay)
+
+    def _interrupt(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            _shut(conn)
 
     def abandon(self, lost: RunTaken) -> None:
         """Another process holds the run now: nothing more is done through this session."""
@@ -965,15 +993,18 @@ class _Writer(Generic[Item]):
 
     async def _commit(self, group: dict[str, Any]) -> None:
         session = self._session
+        operation = object()  # this group's own clock, whatever other calls meet meanwhile
         while True:
             if session.lost is not None:
                 raise session.lost
             session.outage.check()
+            guarded = None
             try:
-                conn = self._conn or await self._connect()
-                cursor = await conn.execute(_GROUP, group)
-                row = await cursor.fetchone()
-                session.outage.over()
+                with session.watchdog.guard(self._interrupt) as guarded:
+                    conn = self._conn or await self._connect()
+                    cursor = await conn.execute(_GROUP, group)
+                    row = await cursor.fetchone()
+                session.outage.over(operation)
                 if not (row and row[0]):
                     raise self._taken()
                 return
@@ -982,13 +1013,18 @@ class _Writer(Generic[Item]):
                 stop = _stop_for(exc, session.where, line)
                 if stop is not None:
                     raise stop from None
+                cut = guarded is not None and guarded.fired
                 if self._conn is not None and (
-                    self._conn.broken or self._conn.closed or _read_only(exc)
+                    self._conn.broken or self._conn.closed or _read_only(exc) or cut
                 ):
                     with contextlib.suppress(psycopg.Error):
                         await self._conn.close()
                     self._conn = None
-                await asyncio.sleep(session.outage.failed(line, _state(exc)))
+                since = guarded.started if cut and guarded is not None else None
+                delay = session.outage.failed(
+                    _NO_ANSWER if cut else line, operation, state=_state(exc), since=since
+                )
+                await asyncio.sleep(delay)
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         if self._connected_before:
@@ -1000,6 +1036,11 @@ class _Writer(Generic[Item]):
         self._conn = conn
         self._connected_before = True
         return conn
+
+    def _interrupt(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            _shut(conn)
 
     async def stop(self) -> None:
         """No more commits: the one in progress, if any, is cut (it commits whole or not at
@@ -1126,6 +1167,10 @@ class PostgresJournal(_Reader):
             work(conn)
 
         self._session.run(write)
+
+    def hurry(self, seconds: float) -> None:
+        self._session.outage.hurry(seconds)
+        self._session.watchdog.nudge()
 
     async def seal(self) -> None:
         await self._writer.stop()

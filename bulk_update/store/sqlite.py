@@ -247,6 +247,7 @@ def _retrying(outage: Outage, path: Path, work: Callable[[], T], *, reads: bool 
     outage clock; other SQLite errors as ``store_error`` says. Once the outage was given up,
     writes fail at once; ``reads`` are still tried (a lock that holds writes back does not
     hold back readers of a WAL file: the results can still be written from the store)."""
+    operation = object()  # this call's own clock: another call's success does not end it
     while True:
         if not reads:
             outage.check()
@@ -255,9 +256,9 @@ def _retrying(outage: Outage, path: Path, work: Callable[[], T], *, reads: bool 
         except sqlite3.Error as exc:
             if not _is_busy(exc):
                 raise store_error(exc, path) from None
-            time.sleep(outage.failed(first_line(exc)))
+            time.sleep(outage.failed(first_line(exc), operation))
             continue
-        outage.over()
+        outage.over(operation)
         return result
 
 
@@ -883,6 +884,9 @@ class SQLiteJournal(_Reader):
 
         await self._write(write)
         self._counted = (beat.requests, beat.rate_limited)
+
+    def hurry(self, seconds: float) -> None:
+        self._outage.hurry(seconds)
 
     async def seal(self) -> None:
         """The writes submitted so far are committed (or failed): the run's outcomes no longer
