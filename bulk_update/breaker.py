@@ -5,7 +5,8 @@ job open the breaker. While open, requests go one at a time (each one a probe) a
 that doubles from ``cooldown_s`` up to ``max_cooldown_s``; failures while open do not count
 against a row's ``--max-attempts``. Any answer that shows the API is up (2xx, 4xx, 429) closes
 it. If it stays open longer than ``give_up_after_s`` the job stops (exit 3, resumable) rather
-than fail every row. The clock is injected; the waiting is done by the caller (the sender).
+than fail every row: no cooldown reaches past that time, so the last probe comes by it. The
+clock is injected; the waiting is done by the caller (the sender).
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ class CircuitBreaker:
             self.times_opened += 1
         cooldown = self.next_cooldown_s
         self.next_cooldown_s = min(self.next_cooldown_s * 2, self.max_cooldown_s)
-        return cooldown
+        # The last probe comes by the give-up time, not a whole cooldown after it: the job
+        # stops within --breaker-timeout (and a probe), not up to 30 s past it.
+        return min(cooldown, max(0.0, self.give_up_after_s - self.open_for_s()))
 
     def open_for_s(self) -> float:
         return 0.0 if self.opened_at is None else self._clock() - self.opened_at

@@ -47,3 +47,19 @@ def test_gives_up_after_the_limit() -> None:
     clock.now = 5.0
     assert breaker.gave_up()
     assert breaker.open_for_s() == 5.0
+
+
+def test_no_cooldown_reaches_past_the_give_up_time() -> None:
+    """--breaker-timeout 5 stops the job about 5 s into the outage, not after a 30 s cooldown
+    (it took 31 s)."""
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, give_up_after_s=5, cooldown_s=1, max_cooldown_s=30,
+                             clock=clock)  # fmt: skip
+    waits = []
+    while not breaker.gave_up():
+        wait = breaker.record_failure()
+        assert wait is not None
+        waits.append(wait)
+        clock.now += wait  # the next probe fails after its cooldown
+    assert waits == [1, 2, 2]  # the last cooldown cut to end at 5 s: the probe then decides
+    assert clock.now == 5
