@@ -14,7 +14,9 @@ BulkUpdateError              base of everything raised on purpose
     │   │                    past --store-timeout
     │   └── RunTaken         another process took the run while this one's session was lost:
     │                        this one stops sending at once (the other goes on)
-    └── DiskFull             no space left on the device of a file the job writes
+    ├── DiskFull             no space left on the device of a file the job writes
+    └── InputChanged         the input was changed while the run read it: its results cannot
+                             be rebuilt from it
 """
 
 from __future__ import annotations
@@ -107,6 +109,13 @@ def stop_code(exc: BaseException) -> str:
     if isinstance(exc, JournalError):
         return "store_error"
     return "internal_error"
+
+
+class InputChanged(JobStopped):
+    """An input file was changed (or replaced) while the run went on: the results, rebuilt from
+    the input at the end, would not match what was sent."""
+
+    error_code = "input_changed"
 
 
 # OSError numbers that mean the disk (or the user's quota on it) is full.

@@ -34,6 +34,7 @@ from bulk_update.exceptions import (
     BulkUpdateError,
     DiskFull,
     FatalApiError,
+    InputChanged,
     JobStopped,
     first_line,
     is_disk_full,
@@ -411,6 +412,9 @@ async def _send_all(pipeline: Pipeline, drain_timeout: float, signals: Signals) 
 
     def graceful(signum: signal.Signals) -> None:
         pipeline.halt()
+        # A store that makes the drain wait gets no longer than the drain: a row whose outcome
+        # cannot be committed by then stays unprocessed (the re-run sends it, as after kill -9).
+        pipeline.journal.hurry(drain_timeout)
         log.warning(
             "%s: finishing in-flight requests (%.0f s at most), then writing results",
             signum.name,
@@ -420,6 +424,7 @@ async def _send_all(pipeline: Pipeline, drain_timeout: float, signals: Signals) 
         asyncio.get_running_loop().call_later(drain_timeout, task.cancel)
 
     def at_once(_: signal.Signals) -> None:
+        pipeline.journal.hurry(0)
         task.cancel()
 
     with signals.phase(graceful=graceful, at_once=at_once):
@@ -456,6 +461,7 @@ async def run_job_async(
             summary = await _dry_run(config, table, progress, started, signals)
         else:
             settings = SendSettings.from_config(config)
+            stamp = await asyncio.to_thread(table.stamp)
             total, fingerprint = await asyncio.gather(
                 asyncio.to_thread(table.check_readable),
                 asyncio.to_thread(run_fingerprint, config),
@@ -472,8 +478,8 @@ async def run_job_async(
                     job_name,
                     extra={"event": "shard_without_job_name", "job_name": job_name},
                 )
-            run = _Run(config, table, job_name, total, fingerprint, settings, kept, progress,
-                       transport, started, stop, signals)  # fmt: skip
+            run = _Run(config, table, job_name, total, fingerprint, stamp, settings, kept,
+                       progress, transport, started, stop, signals)  # fmt: skip
             with contextlib.ExitStack() as scratch:
                 if config.check_server:
                     # A check writes nothing of the job's: its outcomes go to a scratch store.
@@ -544,6 +550,7 @@ class _Run:
     job_name: str
     total: int
     fingerprint: dict[str, Any]
+    stamp: tuple[tuple[str, int, int, int], ...]  # the input files as the run found them
     settings: SendSettings
     kept: dict[str, int]
     progress: ProgressCallback | None
@@ -804,12 +811,26 @@ async def _finish(
         exit_code = exit_code_for(counts, stop, limited=limited)
         await _record_end(journal, end, counts, exit_code, stop, notes)
         return counts, exit_code, notes
-    if stop.hard:
+    changed = [file for file, *_ in set(run.stamp) - set(await asyncio.to_thread(run.table.stamp))]
+    if changed and not stop.hard:
+        # The results are rebuilt from the input: from another file they would not say what
+        # was sent (and a re-run is refused: its content is not the run's any more).
+        stop.on_fatal(
+            InputChanged(
+                f"{changed[0]}: the input was changed during the run; the results are written "
+                "from it, so they were not: put the input back as it was and run the same "
+                "command to write them"
+            )
+        )
+        log.error("%s", stop.fatal, extra={"event": "input_changed"})
+        notes.append("the results were not written")
+    elif stop.hard:
         notes.append("the results were not rewritten (stopped at once by a second signal)")
     else:
         cancel = threading.Event()
 
         def graceful(signum: signal.Signals) -> None:
+            journal.hurry(run.config.drain_timeout)
             log.warning(
                 "%s: writing the results first (a second signal stops at once, without them)",
                 signum.name, extra={"event": "stopping", "signal": signum.name},
@@ -826,7 +847,7 @@ async def _finish(
             except JobStopped as exc:  # a full disk, the store gone while it was read
                 stop.on_fatal(exc)
                 log.error("%s", exc, extra={"event": "results_not_written"})
-                notes.append(f"the results were not written: {first_line(exc)}")
+                notes.append("the results were not written")
     exit_code = exit_code_for(counts, stop, limited=limited)
     if exit_code == ExitCode.INTERNAL and stop.error is None:
         log.error(

@@ -129,6 +129,22 @@ class InputTable:
         except pl.exceptions.PolarsError as exc:
             raise self.read_error(exc) from None
 
+    def stamp(self) -> tuple[tuple[str, int, int, int], ...]:
+        """What says the local input files are untouched: each one's size, mtime and inode (a
+        file copied over, edited or renamed into place changes one of them). A file gone is
+        stamped -1."""
+        stamps = []
+        for file in self.files or (self.path,):
+            if is_remote(file):
+                continue
+            try:
+                stat = os.stat(file)
+            except OSError:
+                stamps.append((file, -1, -1, -1))
+            else:
+                stamps.append((file, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+        return tuple(stamps)
+
     def rows_per_batch(self, at_most: int, total_rows: int | None = None) -> int:
         """How many rows make a batch of about BATCH_BYTES (every column, as the errors file
         reads them), at most ``at_most``: the wider of the first rows' width in memory and, for
