@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from bulk_update.emulator.process import EmulatorProcess
 from tests.pg import PostgresServer
+from tests.stores import BACKENDS, Backend
 
 TEST_KEY = "sk-test-0123456789"
 
@@ -52,3 +54,16 @@ def state_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
     """A fresh database on the session's server, as a --state-url (with a password)."""
     name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50]
     return postgres.create_database(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """A store under test, once per backend: the same test runs against SQLite files and a
+    real PostgreSQL (a fresh database on the session's server)."""
+    directory = tmp_path / "stores"
+    directory.mkdir()
+    if request.param == "sqlite":
+        return Backend("sqlite", directory)
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = request.getfixturevalue("state_url")
+    return Backend("postgres", directory, url, server)

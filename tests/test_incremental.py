@@ -17,11 +17,11 @@ import pytest
 
 from bulk_update.config import JobConfig
 from bulk_update.emulator.process import EmulatorProcess
-from bulk_update.exceptions import ConfigError, JournalError
+from bulk_update.exceptions import ConfigError
 from bulk_update.plan import PLAN_COLUMNS, mark_unchanged, unchanged_rows, updates, valid_rows
 from bulk_update.read import ROW_NUMBER
-from bulk_update.store import RunKey, StoreLocation, read_state
-from bulk_update.store.sqlite import SQLiteJournal, SQLiteStore
+from bulk_update.store import StoreLocation, read_state
+from bulk_update.store.sqlite import SQLiteStore
 from tests import helpers
 from tests.conftest import StartEmulator
 from tests.helpers import by_row, cli, results, start, state_entries, wait_for_requests
@@ -233,23 +233,6 @@ def test_a_dry_run_writes_no_state(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert set(results(tmp_path / "v.csv")["status"].to_list()) == {"planned"}
     assert not list(tmp_path.glob("*.sqlite*"))
-
-
-def test_one_run_per_job_or_per_shard(tmp_path: Path) -> None:
-    store = SQLiteStore.open(tmp_path / "j.sqlite")
-
-    def run(shard: tuple[int, int] | None, results: str = "r.csv") -> closing[SQLiteJournal]:
-        return closing(store.open_run(RunKey("j", results, shard), {}, {}))
-
-    with run(None), pytest.raises(JournalError, match="already running"):
-        run((0, 2))
-    with run((0, 2)), run((1, 2)):
-        for other in (None, (0, 2)):
-            with pytest.raises(JournalError, match="job 'j'"):
-                run(other, "other.csv")
-    with run(None):  # all released
-        pass
-    store.close()
 
 
 def test_a_second_run_of_the_job_is_refused(start_emulator: StartEmulator, tmp_path: Path) -> None:

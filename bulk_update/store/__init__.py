@@ -259,6 +259,10 @@ class Journal(StateReader, Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> Journal: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
 
 class Budget(Protocol):
     """The job's shared rate budget: a timeline of request slots (see ``ratelimit``)."""

@@ -1,0 +1,65 @@
+"""One store under test, whichever backend: how the CLI is pointed at it, how the store API opens
+it, and how an operator reads what it holds. The ``backend`` fixture (conftest) gives one per
+backend, so that a store behaviour is one test run against both."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bulk_update.store import RunRecord, Store, StoreLocation, open_store
+from tests.pg import PostgresServer
+
+BACKENDS = ("sqlite", "postgres")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A store of jobs: SQLite files in ``directory`` (one per job), or a PostgreSQL database."""
+
+    name: str
+    directory: Path
+    url: str | None = None
+    server: PostgresServer | None = None
+
+    @property
+    def args(self) -> list[str]:
+        """The CLI's options that put a job's store here."""
+        if self.url is None:
+            return ["--state-dir", str(self.directory)]
+        return ["--state-url", self.url]
+
+    def location(self, job: str) -> StoreLocation:
+        return StoreLocation(self.directory / f"{job}.sqlite", self.url, timeout=10)
+
+    def since(self, job: str) -> str:
+        """What --since-state names for another job's state: its file, or its name."""
+        return job if self.url is not None else str(self.directory / f"{job}.sqlite")
+
+    def open(self, job: str) -> Store:
+        return open_store(self.location(job))
+
+    def history(self, job: str) -> list[RunRecord]:
+        with self.open(job) as store:
+            return store.history(job)
+
+    def state(self, job: str) -> dict[str, str]:
+        """The job's last-set state (conversation ID -> metadata text), read with SQL."""
+        if self.url is None:
+            with contextlib.closing(sqlite3.connect(self.directory / f"{job}.sqlite")) as db:
+                return dict(db.execute("SELECT conversation_id, metadata FROM last_set"))
+        rows = self.query(
+            "SELECT s.conversation_id, s.metadata FROM bulk_update.last_set s "
+            "JOIN bulk_update.jobs j USING (job_id) WHERE j.name = %s",
+            job,
+        )
+        return {str(c): str(m) for c, m in rows}
+
+    def query(self, sql: str, *arguments: object) -> list[tuple[Any, ...]]:
+        """SQL on the PostgreSQL database (the backend must be PostgreSQL)."""
+        assert self.server is not None
+        assert self.url is not None
+        return self.server.query(self.url.rsplit("/", 1)[1], sql, *arguments)

@@ -1,0 +1,128 @@
+"""The job's end-to-end scenarios that matter, on both stores (``backend``: SQLite files, and a
+real PostgreSQL): invalid rows and duplicates, a run stopped and resumed, incremental runs,
+--backup and revert, history and status. The real CLI against the emulator, as a user runs it.
+What works with one store and not the other is a defect (the PostgreSQL store once failed on
+the first invalid row, because no test fed it one)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import StartEmulator
+from tests.helpers import by_row, cli, start, wait_for_requests, write_input
+from tests.stores import Backend
+
+
+def history(backend: Backend, job: str) -> list[dict[str, Any]]:
+    shown = cli("history", "--job", job, "--json", *backend.args)
+    assert shown.returncode == 0, shown.stderr
+    found: list[dict[str, Any]] = json.loads(shown.stdout)
+    return found
+
+
+def test_invalid_rows_and_duplicates_then_the_same_command_again(
+    start_emulator: StartEmulator, backend: Backend, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    ids = write_input(source, 12)
+    with source.open("a") as extra:
+        extra.write("not-a-conversation,v,12\n")  # row 13: invalid ID
+        extra.write(f"{ids[3]},w,13\n")  # row 14: a duplicate of row 4
+        extra.write(f"{ids[4]},{'x' * 600},14\n")  # row 15: a value over 512 characters
+    emu = start_emulator("--preload", str(source))
+    output = tmp_path / "out.csv"
+    args = ("run", str(source), "--output", str(output), "--base-url", emu.base_url,
+            "--rpm", "60000", *backend.args)  # fmt: skip
+    done = cli(*args)
+    assert done.returncode == 1, done.stderr
+    rows = by_row(output)
+    assert sorted(rows) == list(range(1, 16))  # row numbers count from 1
+    assert [rows[n]["status"] for n in (13, 14, 15)] == ["invalid"] * 3
+    assert rows[14]["error_code"] == "duplicate_id"
+    assert [rows[n]["status"] for n in range(1, 13)] == ["updated"] * 12
+    applied = emu.stats(per_id=True)["updates_applied_by_id"]
+    assert sorted(applied) == sorted(ids)
+    assert set(applied.values()) == {1}
+
+    again = cli(*args)
+    assert again.returncode == 1, again.stderr
+    assert emu.stats(per_id=True)["updates_applied_by_id"] == applied  # nothing sent twice
+    assert by_row(output) == rows
+    (run,) = history(backend, "out")
+    assert (run["invocations"], run["exit_code"]) == (2, 1)
+    assert run["counts"] == {"invalid": 3, "updated": 12}
+    assert run["requests"] == emu.stats()["requests"]  # the updates and the preflight's read
+    assert len(backend.state("out")) == 12
+
+
+def test_a_run_stopped_by_sigterm_shows_in_status_and_resumes_every_row_once(
+    start_emulator: StartEmulator, backend: Backend, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    ids = write_input(source, 60)
+    emu = start_emulator("--preload", str(source), "--latency-ms", "50")
+    output = tmp_path / "out.jsonl"
+    args = ("--output", str(output), "--base-url", emu.base_url, "--concurrency", "2",
+            *backend.args)  # fmt: skip
+    process = start(str(source), *args)
+    wait_for_requests(emu, 10)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    shown = cli("status", "--job", "out", *backend.args)
+    assert shown.returncode == 0, shown.stderr
+    assert "stopped by SIGTERM (exit 143)" in shown.stdout
+    (stopped,) = json.loads(cli("status", "--job", "out", "--json", *backend.args).stdout)
+    assert stopped["state"] == "stopped"
+    assert 0 < stopped["rows_done"] < 60
+
+    resumed = cli("run", str(source), *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [row["status"] for row in by_row(output).values()] == ["updated"] * 60
+    applied = emu.stats(per_id=True)["updates_applied_by_id"]
+    assert sorted(applied) == sorted(ids)
+    assert set(applied.values()) == {1}
+    assert "no run going on" in cli("status", "--job", "out", *backend.args).stdout
+    (run,) = history(backend, "out")
+    assert (run["invocations"], run["exit_code"], run["stopped_by"]) == (2, 0, None)
+
+
+def test_incremental_runs_backup_and_revert(
+    start_emulator: StartEmulator, backend: Backend, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    ids = write_input(source, 20, tag="a")
+    emu = start_emulator("--preload", str(source))
+    common = ("--base-url", emu.base_url, "--rpm", "60000", "--job-name", "nightly",
+              *backend.args)  # fmt: skip
+    first = tmp_path / "first.csv"
+    assert cli("run", str(source), "--output", str(first), *common).returncode == 0
+
+    # The next export changes three rows: only those are sent, with their before-images kept.
+    write_input(source, 20, tags={1: "b", 6: "b", 10: "b"}, tag="a")  # rows 2, 7 and 11
+    second = tmp_path / "second.parquet"
+    done = cli("run", str(source), "--output", str(second), "--backup", *common)
+    assert done.returncode == 0, done.stderr
+    rows = by_row(second)
+    assert [n for n, row in rows.items() if row["status"] == "updated"] == [2, 7, 11]
+    assert json.loads(rows[2]["previous_metadata"]) == {"tier": "a", "n": "1"}
+    assert emu.admin(f"conversations/{ids[6]}")["metadata"]["tier"] == "b"
+
+    undone = tmp_path / "undo.csv"
+    reverted = cli("revert", str(second), "--output", str(undone), *common)
+    assert reverted.returncode == 0, reverted.stderr
+    assert [n for n, row in by_row(undone).items() if row["status"] == "updated"] == [2, 7, 11]
+    for index in range(20):
+        assert emu.admin(f"conversations/{ids[index]}")["metadata"]["tier"] == "a"
+    # The job's state follows the revert: the same change is sent again, and only it.
+    third = tmp_path / "third.csv"
+    assert cli("run", str(source), "--output", str(third), *common).returncode == 0
+    assert [n for n, row in by_row(third).items() if row["status"] == "updated"] == [2, 7, 11]
+    runs = history(backend, "nightly")
+    assert [Path(run["results"]).name for run in runs] == [
+        "third.csv", "undo.csv", "second.parquet", "first.csv",
+    ]  # fmt: skip
+    assert all(run["exit_code"] == 0 for run in runs)

@@ -1,0 +1,273 @@
+"""The store's behaviour, as the job relies on it, against both backends (one suite, the backend a
+parameter: ``backend`` runs each test on SQLite files and on a real PostgreSQL). What one store
+does, the other must do; a test here that passes on one and not the other is a defect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import polars as pl
+import pytest
+
+from bulk_update.exceptions import ConfigError, JournalError
+from bulk_update.outcome import RowOutcome, Status
+from bulk_update.read import ROW_NUMBER
+from bulk_update.store import RowTiming, RunBeat, RunEnd, RunKey, Second, read_state
+from tests.stores import Backend
+
+T = TypeVar("T")
+
+KEY = RunKey("j", "out/results.csv", None)
+PRINT = {"input": [{"size": 10, "blake2b": "aa"}], "mapping": {"id": "conversation_id"}}
+OPTIONS = {"input": "rows.csv", "rpm": 600}
+
+
+def run(work: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(work())  # type: ignore[arg-type]
+
+
+def off(call: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
+    """A plain (blocking) journal method, off the event loop as the job calls it."""
+    return asyncio.to_thread(call, *args, **kwargs)
+
+
+def invalid(row: int, conversation_id: str = "not-an-id") -> RowOutcome:
+    return RowOutcome(row, conversation_id, Status.INVALID, error_type="invalid_row",
+                      error_code="invalid_conversation_id", error_message="bad id")  # fmt: skip
+
+
+def updated(row: int, conversation_id: str, metadata: str) -> RowOutcome:
+    return RowOutcome(row, conversation_id, Status.UPDATED, http_status=200, attempts=1,
+                      request_id=f"req_{row}", created_at=1700000000, metadata=metadata,
+                      sent_metadata=metadata)  # fmt: skip
+
+
+def plan(*rows: tuple[int, str, str]) -> pl.DataFrame:
+    """A batch's valid rows as the job compares them with the state."""
+    return pl.DataFrame(
+        rows,
+        schema={ROW_NUMBER: pl.UInt32, "conversation_id": pl.String, "sent_metadata": pl.String},
+        orient="row",
+    )
+
+
+def test_invalid_rows_sent_rows_and_the_end_are_recorded(backend: Backend) -> None:
+    """The PostgreSQL store once failed on any invalid row (record_many's parameters in the
+    wrong order): the first thing every run with a bad row does."""
+
+    async def go() -> None:
+        with backend.open("j") as store:
+            journal = await off(store.open_run, KEY, PRINT, OPTIONS)
+            with journal:
+                await off(journal.record_many, [invalid(0), invalid(3, "")])
+                await journal.forget("conv_a")
+                await journal.record(
+                    updated(1, "conv_a", '{"k":"1"}'),
+                    RowTiming(sent_at=1.0, answered_at=1.5, latency_ms=500),
+                )
+                await journal.record(
+                    RowOutcome(
+                        2,
+                        "conv_b",
+                        Status.FAILED,
+                        http_status=500,
+                        attempts=3,
+                        error_type="server_error",
+                        error_code="server_error",
+                        error_message="boom",
+                    )
+                )
+                await journal.seal()
+                assert await off(journal.counts) == {"invalid": 2, "updated": 1, "failed": 1}
+                assert await off(journal.state_entries) == 1
+                assert await off(journal.finished_count) == 4
+                rows = await off(journal.rows_between, 0, 9)
+                assert [row[0] for row in rows] == [0, 1, 2, 3]
+                assert rows[0][:3] == (0, "not-an-id", "invalid")
+                assert rows[3][:3] == (3, "", "invalid")
+                assert rows[1][2] == "updated"
+                assert rows[1][10] == '{"k":"1"}'
+                end = RunEnd({"invalid": 2, "updated": 1, "failed": 1}, 1, total_rows=4,
+                             requests=4, rate_limited=1)  # fmt: skip
+                await off(journal.finish, end)
+            report = store.report_rows(journal.run_id)
+        assert report["row_number"].to_list() == [0, 1, 2, 3]
+        assert report.filter(pl.col("row_number") == 1)["latency_ms"].to_list() == [500]
+        assert report["error_code"].to_list()[0] == "invalid_conversation_id"
+
+    run(go)
+    (record,) = backend.history("j")
+    assert record.ended_at is not None
+    assert record.exit_code == 1
+    assert record.counts == {"invalid": 2, "updated": 1, "failed": 1}
+    assert (record.total_rows, record.requests, record.rate_limited) == (4, 4, 1)
+    assert record.options["rpm"] == 600
+    assert record.results == "out/results.csv"
+    assert backend.state("j") == {"conv_a": '{"k":"1"}'}
+
+
+def test_a_run_is_resumed_refused_or_restarted(backend: Backend) -> None:
+    async def go() -> None:
+        with backend.open("j") as store:
+            journal = await off(store.open_run, KEY, PRINT, OPTIONS)
+            first = journal.run_id
+            with journal:
+                await off(journal.record_many, [invalid(0)])
+                await journal.record(updated(1, "conv_a", "{}"))
+                await journal.record(RowOutcome(2, "conv_b", Status.FAILED, attempts=1))
+                await journal.record(RowOutcome(3, "conv_c", Status.UNPROCESSED))
+                await journal.seal()
+                # One writer per run: another process (its own store) cannot open the same
+                # run at once, nor a shard of the job beside a run of all of it.
+                with backend.open("j") as other:
+                    for key in (KEY, RunKey("j", "out/results.csv", (0, 2))):
+                        with pytest.raises(JournalError, match="already running"):
+                            await off(other.open_run, key, PRINT, OPTIONS)
+            # The same command resumes the run: what is finished is not done again.
+            with await off(store.open_run, KEY, PRINT, OPTIONS) as journal:
+                assert journal.run_id == first
+                assert await off(journal.finished_between, 0, 9) == {
+                    0: Status.INVALID, 1: Status.UPDATED, 2: Status.FAILED,
+                }  # fmt: skip
+                assert await off(journal.finished_counts_between, 1, 2) == {
+                    Status.UPDATED: 1, Status.FAILED: 1,
+                }  # fmt: skip
+            # Shards of a job side by side (a process each), never one shard twice, nor the
+            # whole job beside them.
+            shard = RunKey("j", "out/results.csv", (0, 2))
+            sibling = RunKey("j", "out/results.csv", (1, 2))
+            with (
+                backend.open("j") as second,
+                backend.open("j") as third,
+                await off(store.open_run, shard, PRINT, OPTIONS) as one,
+                await off(second.open_run, sibling, PRINT, OPTIONS) as two,
+            ):
+                assert len({first, one.run_id, two.run_id}) == 3
+                for key in (shard, RunKey("j", "other.csv", None)):
+                    with pytest.raises(JournalError, match="job 'j'"):
+                        await off(third.open_run, key, PRINT, OPTIONS)
+            # --retry-failed: failed rows are done again too.
+            with await off(store.open_run, KEY, PRINT, OPTIONS, retry_failed=True) as journal:
+                assert set(await off(journal.finished_between, 0, 9)) == {0, 1}
+            # Another input: refused, naming what changed.
+            changed = {**PRINT, "input": [{"size": 11, "blake2b": "bb"}]}
+            with pytest.raises(JournalError, match="input"):
+                await off(store.open_run, KEY, changed, OPTIONS)
+            # The same content under another path (another machine): the same run.
+            moved = {**PRINT, "input": [{"size": 10, "blake2b": "aa", "path": "/elsewhere"}]}
+            with await off(store.open_run, KEY, moved, OPTIONS) as journal:
+                assert journal.run_id == first
+            # --restart: a new run; the old one is kept, marked replaced.
+            with await off(store.open_run, KEY, changed, OPTIONS, restart=True) as journal:
+                assert journal.run_id != first
+                assert await off(journal.finished_count) == 0
+
+    run(go)
+    records = {record.run_id: record for record in backend.history("j")}
+    assert len(records) == 4  # the run, its restart, two shards
+    assert sum(record.replaced for record in records.values()) == 1
+
+
+def test_the_state_is_forgotten_before_sending_and_compared_verbatim(backend: Backend) -> None:
+    async def go() -> None:
+        with backend.open("j") as store, await off(store.open_run, KEY, PRINT, OPTIONS) as j:
+            await j.record(updated(0, "conv_a", '{"k":"1"}'))
+            await j.record(updated(1, "conv_b", '{"k":"2"}'))
+            assert await off(j.entries_among, ["conv_a", "conv_x"]) == {"conv_a"}
+            batch = plan((5, "conv_a", '{"k":"1"}'), (6, "conv_b", '{"k": "2"}'),
+                         (7, "conv_c", '{"k":"3"}'))  # fmt: skip
+            # b: the same JSON written otherwise is a change; c: never set.
+            assert sorted(await off(j.changed_rows, batch)) == [6, 7]
+            await j.forget("conv_a")
+            assert await off(j.entries_among, ["conv_a", "conv_b"]) == {"conv_b"}
+            assert sorted(await off(j.changed_rows, batch)) == [5, 6, 7]
+
+    run(go)
+    assert backend.state("j") == {"conv_b": '{"k":"2"}'}
+    # A dry run reads the same state, writing nothing.
+    with read_state(backend.location("j"), "j") as state:
+        assert state is not None
+        assert state.changed_rows(plan((1, "conv_b", '{"k":"2"}'), (2, "conv_z", "{}"))) == [2]
+    with read_state(backend.location("nobody"), "nobody") as state:
+        assert state is None
+
+
+def test_unchanged_rows_take_the_state_of_since_state(backend: Backend) -> None:
+    async def go() -> None:
+        with (
+            backend.open("old") as store,
+            await off(store.open_run, RunKey("old", "old.csv", None), PRINT, OPTIONS) as journal,
+        ):
+            await journal.record(updated(0, "conv_a", '{"k":"1"}'))
+            await journal.seal()
+        key = RunKey("new", "new.csv", None)
+        since = backend.since("old")
+        with (
+            backend.open("new") as store,
+            await off(store.open_run, key, PRINT, OPTIONS, since=since) as journal,
+        ):
+            batch = plan((0, "conv_a", '{"k":"1"}'), (1, "conv_b", '{"k":"2"}'))
+            assert await off(journal.changed_rows, batch) == [1]
+            await off(journal.record_unchanged, batch.head(1))
+            assert await off(journal.counts) == {"unchanged": 1}
+        with backend.open("new") as store, pytest.raises(ConfigError, match="--since-state"):
+            await off(store.open_run, RunKey("new", "x.csv", None), PRINT, OPTIONS,
+                      since=backend.since("nobody"))  # fmt: skip
+
+    run(go)
+    assert backend.state("new") == {"conv_a": '{"k":"1"}'}
+
+
+def test_before_images_of_rows_not_finished_are_kept(backend: Backend) -> None:
+    image = json.dumps({"tier": "gold"})
+
+    async def go() -> None:
+        with backend.open("j") as store, await off(store.open_run, KEY, PRINT, OPTIONS) as j:
+            await j.record(RowOutcome(4, "conv_a", Status.UNPROCESSED, previous_metadata=image))
+            await j.record(RowOutcome(5, "conv_b", Status.UNPROCESSED))
+            await j.seal()
+            assert await off(j.before_images_between, 0, 9) == {4: image}
+            assert await off(j.finished_between, 0, 9) == {}
+
+    run(go)
+
+
+def test_status_shows_a_run_going_on_with_its_heartbeat_and_timeline(backend: Backend) -> None:
+    async def go() -> None:
+        with backend.open("j") as store, await off(store.open_run, KEY, PRINT, OPTIONS) as j:
+            seconds = [Second(at=1000, requests=5, rate_limited=1, rows=4, limit_rpm=600.0),
+                       Second(at=1001, requests=3, rows=3)]  # fmt: skip
+            await j.beat(RunBeat(total_rows=10, rows_done=7, requests=8, rate_limited=1), seconds)
+            (status,) = await off(store.status, "j")
+            assert status.record.ended_at is None
+            assert status.rows_done == 7
+            assert status.heartbeat_age_s is not None
+            assert status.heartbeat_age_s < 30
+            assert status.record.requests == 8
+            assert status.record.rate_limited == 1
+            assert [(s.at, s.requests) for s in await off(store.timeline, j.run_id)] == [
+                (1000, 5), (1001, 3),
+            ]  # fmt: skip
+            # The end adds what this invocation sent since its last beat.
+            await off(j.finish, RunEnd({"updated": 10}, 0, total_rows=10, requests=12))
+            assert await off(store.status, "j") == []
+
+    run(go)
+    (record,) = backend.history("j")
+    assert (record.exit_code, record.requests, record.total_rows) == (0, 12, 10)
+
+
+def test_the_budget_hands_out_slots_one_after_another(backend: Backend) -> None:
+    with backend.open("j") as store:
+        budget = store.budget("j")
+        try:
+            waits = [budget.claim(1, 0.1) for _ in range(5)]
+            assert waits == sorted(waits)
+            assert waits[-1] - waits[0] == pytest.approx(0.4, abs=0.05)
+            budget.hold_back(5)
+            assert budget.claim(1, 0.1) >= 4.5
+        finally:
+            budget.close()
