@@ -154,16 +154,24 @@ def status_rows(found: list[RunStatus]) -> list[tuple[str, ...]]:
     return table
 
 
-# Under the table: what to do about the runs that are not running.
-STATUS_HINT = (
+# Under the table: what a gone run may be, and what to do about the runs that are not running.
+GONE_HINT = (
     "gone: killed, or its machine or store connection lost (no heartbeat for 3 x "
     "--metrics-interval + 5 s). Run a stopped or gone run's command again to resume it."
 )
+RESUME_HINT = "Run a stopped run's command again to resume it."
+
+
+def is_gone(status: RunStatus) -> bool:
+    return not is_running(status) and status.record.ended_at is None
 
 
 def status_hint(found: list[RunStatus]) -> str:
-    """What to print under the table ("" when every run is running)."""
-    return "" if all(is_running(s) for s in found) else STATUS_HINT
+    """What to print under the table ("" when every run is running); what "gone" means only
+    when a run is."""
+    if all(is_running(s) for s in found):
+        return ""
+    return GONE_HINT if any(map(is_gone, found)) else RESUME_HINT
 
 
 def status_as_text(job: str, found: list[RunStatus]) -> str:

@@ -682,6 +682,11 @@ async def _record_failed_end(
         counts = await asyncio.to_thread(journal.counts)
     except Exception:
         counts = {}
+    # The rows it never took are left, as its results would say (``status`` shows the run as
+    # stopped before its end: the same command resumes it).
+    left = total - sum(counts.values())
+    if left > 0:
+        counts[Status.UNPROCESSED.value] = counts.get(Status.UNPROCESSED.value, 0) + left
     code = exc.exit_code if isinstance(exc, BulkUpdateError) else ExitCode.INTERNAL
     end = RunEnd(counts, code, total, requests, rate_limited, stop_code(exc))
     try:

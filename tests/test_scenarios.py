@@ -126,3 +126,38 @@ def test_incremental_runs_backup_and_revert(
         "third.csv", "undo.csv", "second.parquet", "first.csv",
     ]  # fmt: skip
     assert all(run["exit_code"] == 0 for run in runs)
+
+
+def test_a_run_that_cannot_reach_the_api_records_its_end(
+    start_emulator: StartEmulator, backend: Backend, tmp_path: Path
+) -> None:
+    """A wrong base URL, an API that cannot be reached: exit 2 with one line, and the run is
+    recorded as ended (never "running" for ever), its rows left for the same command."""
+    source = tmp_path / "in.csv"
+    write_input(source, 8)
+    with source.open("a") as extra:
+        extra.write("bad,v,8\n")
+    emu = start_emulator("--preload", str(source))
+    output = tmp_path / "out.csv"
+    for base_url in (emu.root_url, "http://127.0.0.1:9/v1"):  # without /v1; nothing listening
+        done = cli("run", str(source), "--output", str(output), "--base-url", base_url,
+                   *backend.args)  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("bulk-update: error:") == 1
+        run = history(backend, "out")[0]
+        assert run["ended_at"] is not None
+        assert (run["exit_code"], run["stopped_by"]) == (2, "config_error")
+        assert run["counts"] == {"invalid": 1, "unprocessed": 8}
+        (stopped,) = json.loads(cli("status", "--job", "out", "--json", *backend.args).stdout)
+        assert stopped["state"] == "stopped"
+        shown = cli("status", "--job", "out", *backend.args).stdout
+        assert "stopped by config_error (exit 2)" in shown
+        assert "gone" not in shown
+    report = tmp_path / "r.html"
+    assert cli("report", "--job", "out", "--output", str(report), *backend.args).returncode == 0
+    assert "not ended" not in report.read_text()
+    # The same command, with the right URL, resumes the run and sends every row once.
+    done = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url,
+               *backend.args)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert emu.stats()["by_operation"]["update"] == 8
