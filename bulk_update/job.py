@@ -241,11 +241,7 @@ def _plan_revert(
     config: JobConfig, batch: pl.DataFrame
 ) -> tuple[list[PlannedUpdate], list[RowOutcome], pl.DataFrame]:
     plan = revert.plan_batch(batch, blank_added_keys=config.blank_added_keys)
-    to_send = [
-        PlannedUpdate(number, conversation_id, target, expect=expect)
-        for number, conversation_id, target, expect in plan.to_send
-    ]
-    return to_send, plan.invalid, plan.unchanged
+    return plan.to_send, plan.invalid, plan.unchanged
 
 
 class Pipeline:

@@ -67,6 +67,9 @@ class PlannedUpdate:
     expect: str | None = None
     # With --backup: the before-image an earlier invocation kept before it sent this row.
     previous: str | None = None
+    # A revert's row that is the whole before-image (the server had dropped keys of it): a key
+    # the server's answer lacks is one the reverted run added, not a loss.
+    whole: bool = False
 
     @property
     def metadata(self) -> dict[str, str]:

@@ -122,7 +122,7 @@ class ReadFirst:
         if outcome.status is Status.UPDATED:
             added.update(adds)
             lost = replaced_keys(server, row, parse_map(outcome.metadata))
-            if lost and fatal is None:
+            if lost and fatal is None and not update.whole:
                 fatal = _replaced(update.conversation_id, lost)
         return Sent(outcome, fatal, sent.latency_s)
 
@@ -137,6 +137,8 @@ class ReadFirst:
 
 def _replaced(conversation_id: str, lost: list[str]) -> FatalApiError:
     shown = ", ".join(repr(clip(key)) for key in lost[:5])
+    if len(lost) > 5:
+        shown += f" and {len(lost) - 5} more"
     return FatalApiError(
         f"{conversation_id}: the server replaced its metadata instead of merging into it: "
         f"key(s) {shown} that it held and this row did not set are gone (the before-image is "

@@ -5,8 +5,13 @@ The input is that run's results file. Each ``updated`` row with a before-image
 their before-image values, guarded by what the run set (``PlannedUpdate.expect``): at send time
 the conversation is read, and a key someone changed since is left alone (``check.judge``).
 Keys the run added (absent from the before-image) cannot be removed through the API: they stay,
-and are counted, unless ``--blank-added-keys`` sets them to the empty string. Every other row
-has nothing to revert: ``unchanged``.
+and are counted, unless ``--blank-added-keys`` sets them to the empty string.
+
+A server that replaced the map instead of merging into it (``--backup`` stops on the first)
+dropped keys of the before-image that the run never set: its answer (the results' ``metadata``)
+lacks them. Such a row's revert puts back the whole before-image (``RevertRow.whole``): the
+dropped keys were nobody's change, they are not drift. Every other row has nothing to revert:
+``unchanged``.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ import polars as pl
 from bulk_update.check import parse_map
 from bulk_update.exceptions import InputError
 from bulk_update.outcome import RowOutcome, Status
+from bulk_update.plan import PlannedUpdate
 from bulk_update.read import ROW_NUMBER, InputTable, open_input
 
 ID = "conversation_id"
 STATUS = "status"
 SENT = "sent_metadata"
 PREVIOUS = "previous_metadata"
+RETURNED = "metadata"  # the map the server answered the run's update with
 COLUMNS = (ID, STATUS, SENT, PREVIOUS)
 NO_BEFORE_IMAGE = "no_before_image"
 UNREADABLE_IMAGE = "unreadable_before_image"
@@ -35,12 +42,14 @@ UNREADABLE_IMAGE = "unreadable_before_image"
 
 @dataclass(frozen=True, slots=True)
 class RevertRow:
-    """One updated row's revert: ``target`` the map to send, ``expect`` what the run set for
-    those keys, ``kept`` the keys the run added that stay."""
+    """One updated row's revert: ``target`` the map to send, ``expect`` what the server held
+    after the run for those keys (absent: a key it dropped), ``kept`` the keys the run added
+    that stay; ``whole``: the target is the whole before-image (the server had dropped keys)."""
 
     target: dict[str, str]
     expect: dict[str, str]
     kept: list[str]
+    whole: bool = False
 
 
 def open_results(path: str, storage_options: dict[str, str] | None = None) -> InputTable:
@@ -83,10 +92,15 @@ def _check_results(table: InputTable) -> None:
         )
 
 
-def revert_row(sent: str, previous: str, *, blank_added_keys: bool) -> RevertRow:
-    """What putting back one updated row means."""
+def revert_row(
+    sent: str, previous: str, returned: str | None = None, *, blank_added_keys: bool
+) -> RevertRow:
+    """What putting back one updated row means. ``returned``: the map the server answered the
+    run's update with (None: not known)."""
     set_by_run, before = parse_map(sent), parse_map(previous)
-    target: dict[str, str] = {}
+    after = {**before, **set_by_run} if returned is None else parse_map(returned)
+    dropped = [key for key in before if key not in after]
+    target: dict[str, str] = dict(before) if dropped else {}
     kept: list[str] = []
     for key, value in set_by_run.items():
         if key in before:
@@ -97,15 +111,23 @@ def revert_row(sent: str, previous: str, *, blank_added_keys: bool) -> RevertRow
                 target[key] = ""
         else:
             kept.append(key)
-    return RevertRow(target, {key: set_by_run[key] for key in target}, kept)
+    expect = {key: after[key] for key in target if key in after}
+    return RevertRow(target, expect, kept, whole=bool(dropped))
 
 
 def batches(table: InputTable, rows: int) -> Iterator[pl.DataFrame]:
-    """The results' row number, ID, status, sent and previous metadata, ``rows`` at a time."""
+    """The results' row number, ID, status, sent, previous and returned metadata, ``rows`` at
+    a time."""
+    returned = (
+        pl.col(RETURNED).cast(pl.String)
+        if RETURNED in table.schema.names()
+        else pl.lit(None, dtype=pl.String).alias(RETURNED)
+    )
     frame = table.scan().select(
         ROW_NUMBER,
         pl.col(ID).cast(pl.String).str.strip_chars(),
         *(pl.col(name).cast(pl.String) for name in (STATUS, SENT, PREVIOUS)),
+        returned,
     )
     try:
         yield from frame.collect_batches(chunk_size=rows)
@@ -115,19 +137,19 @@ def batches(table: InputTable, rows: int) -> Iterator[pl.DataFrame]:
 
 @dataclass(frozen=True, slots=True)
 class RevertPlan:
-    """One batch's revert: rows to send (row number, ID, target, expect), rows that cannot be
-    reverted (invalid), and rows with nothing to revert (unchanged)."""
+    """One batch's revert: rows to send, rows that cannot be reverted (invalid), and rows with
+    nothing to revert (unchanged)."""
 
-    to_send: list[tuple[int, str, str, str]]
+    to_send: list[PlannedUpdate]
     invalid: list[RowOutcome]
     unchanged: pl.DataFrame  # ROW_NUMBER, conversation_id, sent_metadata
 
 
 def plan_batch(batch: pl.DataFrame, *, blank_added_keys: bool) -> RevertPlan:
-    to_send: list[tuple[int, str, str, str]] = []
+    to_send: list[PlannedUpdate] = []
     invalid: list[RowOutcome] = []
     nothing: list[int] = []
-    for number, conversation_id, status, sent, previous in batch.iter_rows():
+    for number, conversation_id, status, sent, previous, returned in batch.iter_rows():
         if status != Status.UPDATED.value or not sent:
             nothing.append(number)
             continue
@@ -146,7 +168,7 @@ def plan_batch(batch: pl.DataFrame, *, blank_added_keys: bool) -> RevertPlan:
             )
             continue
         try:
-            row = revert_row(sent, previous, blank_added_keys=blank_added_keys)
+            row = revert_row(sent, previous, returned, blank_added_keys=blank_added_keys)
         except ValueError:  # an edited results file: not JSON text any more
             invalid.append(
                 RowOutcome(
@@ -164,7 +186,8 @@ def plan_batch(batch: pl.DataFrame, *, blank_added_keys: bool) -> RevertPlan:
         if not row.target:
             nothing.append(number)
             continue
-        to_send.append((number, conversation_id, _text(row.target), _text(row.expect)))
+        target, expect = _text(row.target), _text(row.expect)
+        to_send.append(PlannedUpdate(number, conversation_id, target, expect, whole=row.whole))
     unchanged = batch.filter(pl.col(ROW_NUMBER).is_in(nothing)).select(
         ROW_NUMBER, ID, pl.lit(None, dtype=pl.String).alias(SENT)
     )
@@ -180,10 +203,10 @@ def kept_keys(table: InputTable, rows: int, *, blank_added_keys: bool) -> dict[s
         updated = batch.filter(
             (pl.col(STATUS) == Status.UPDATED.value) & pl.col(PREVIOUS).is_not_null()
         )
-        for sent, previous in updated.select(SENT, PREVIOUS).iter_rows():
+        for sent, previous, returned in updated.select(SENT, PREVIOUS, RETURNED).iter_rows():
             if sent:
                 with contextlib.suppress(ValueError):  # such a row is invalid in the plan
-                    kept.update(revert_row(sent, previous, blank_added_keys=False).kept)
+                    kept.update(revert_row(sent, previous, returned, blank_added_keys=False).kept)
     return dict(kept.most_common())
 
 

@@ -84,19 +84,20 @@ class JobSummary:
         }
 
     def key_notes(self) -> list[str]:
-        """What the run did (or would do) to the conversations' set of keys, per key: keys
-        cannot be removed through the API, so a key added by mistake is there for good."""
-        verb = "would add" if self.dry_run else "added"
-        notes = [
-            f"{verb} key '{key}' to {count} conversation{'s' if count != 1 else ''}; keys cannot "
-            "be removed"
-            for key, count in self.added_keys.items()
-        ]
-        notes += [
-            f"key '{key}' stays on {count} conversation{'s' if count != 1 else ''} (the run "
-            "added it; keys cannot be removed; --blank-added-keys sets it to '')"
-            for key, count in self.kept_keys.items()
-        ]
+        """What the run did (or would do) to the conversations' set of keys: keys cannot be
+        removed through the API, so a key added by mistake is there for good. One note for the
+        keys added, one for the keys a revert leaves; each names its first KEY_NOTES_SHOWN
+        keys (the log has every one)."""
+        notes = []
+        if self.added_keys:
+            verb = "would add" if self.dry_run else "added"
+            notes.append(f"{verb} {_keys(self.added_keys, 'to')}; keys cannot be removed")
+        if self.kept_keys:
+            notes.append(
+                f"{_keys(self.kept_keys, 'stays on')} (the run added "
+                f"{'it' if len(self.kept_keys) == 1 else 'them'}; keys cannot be removed; "
+                "--blank-added-keys sets them to '')"
+            )
         return notes
 
     def line(self) -> str:
@@ -115,11 +116,8 @@ class JobSummary:
             text += f"; stopped: {self.fatal_error}"
         if self.stopped_by:
             text += f"; stopped by {self.stopped_by} (re-run the same command to resume)"
-        notes = self.key_notes()
-        for note in notes[:KEY_NOTES_SHOWN]:
+        for note in self.key_notes():
             text += f"; {note}"
-        if len(notes) > KEY_NOTES_SHOWN:
-            text += f"; and {len(notes) - KEY_NOTES_SHOWN} more keys (see the log)"
         for warning in self.warnings:
             text += f"; warning: {warning}"
         return text
@@ -127,18 +125,18 @@ class JobSummary:
     def log(self) -> None:
         for key, count in self.added_keys.items():
             log.info(
-                "%s key '%s' to %d conversations; keys cannot be removed",
+                "%s key '%s' to %s; keys cannot be removed",
                 "would add" if self.dry_run else "added",
                 key,
-                count,
+                conversations(count),
                 extra={"event": "adds_key", "key": key, "conversations": count},
             )
         for key, count in self.kept_keys.items():
             log.warning(
-                "key '%s' stays on %d conversations: the reverted run added it, and keys cannot "
-                "be removed (--blank-added-keys sets it to '')",
+                "key '%s' stays on %s: the reverted run added it, and keys cannot be removed "
+                "(--blank-added-keys sets it to '')",
                 key,
-                count,
+                conversations(count),
                 extra={"event": "kept_key", "key": key, "conversations": count},
             )
         for warning in self.warnings:
@@ -171,3 +169,17 @@ NO_ROWS_WARNING = "the input has no data rows (a header only)"
 
 def warnings_for(total: int) -> tuple[str, ...]:
     return (NO_ROWS_WARNING,) if total == 0 else ()
+
+
+def conversations(count: int) -> str:
+    return f"{count} conversation{'' if count == 1 else 's'}"
+
+
+def _keys(per_key: Mapping[str, int], verb: str) -> str:
+    """``key 'a' <verb> 3 conversations`` for one key; ``keys 'a' <verb> 3 conversations, 'b'
+    <verb> 1 conversation and 4 more keys (see the log)`` for more."""
+    shown = [f"'{key}' {verb} {conversations(count)}" for key, count in per_key.items()]
+    text = ("key " if len(shown) == 1 else "keys ") + ", ".join(shown[:KEY_NOTES_SHOWN])
+    if len(shown) > KEY_NOTES_SHOWN:
+        text += f" and {len(shown) - KEY_NOTES_SHOWN} more keys (see the log)"
+    return text

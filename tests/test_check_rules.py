@@ -80,6 +80,37 @@ def test_what_a_revert_puts_back(
     assert set(row.expect) == set(row.target)
 
 
+@pytest.mark.parametrize(
+    ("sent", "previous", "returned", "target", "expect", "kept"),
+    [
+        # A merging server: its answer has the before-image's keys.
+        ('{"t":"new"}', '{"t":"old","r":"eu"}', '{"t":"new","r":"eu"}',
+         {"t": "old"}, {"t": "new"}, []),
+        # A replacing server dropped 'r': the whole before-image goes back ('r' was absent).
+        ('{"t":"new"}', '{"t":"old","r":"eu"}', '{"t":"new"}',
+         {"t": "old", "r": "eu"}, {"t": "new"}, []),
+        # ... even when the run changed no value of it (it only added a key).
+        ('{"o":"x"}', '{"r":"eu","s":"1"}', '{"o":"x"}',
+         {"r": "eu", "s": "1"}, {}, ["o"]),
+    ],
+)  # fmt: skip
+def test_a_revert_puts_back_what_a_replacing_server_dropped(
+    sent: str,
+    previous: str,
+    returned: str,
+    target: dict[str, str],
+    expect: dict[str, str],
+    kept: list[str],
+) -> None:
+    row = revert_row(sent, previous, returned, blank_added_keys=False)
+    assert (row.target, row.expect, row.kept) == (target, expect, kept)
+    assert row.whole == (target.keys() != {"t"})
+    # A key it puts back that someone set since is drift; absent, or the value, is not.
+    assert judge(row.target, {"t": "new", "o": "x"}, expect=row.expect).action == "send"
+    if "r" in target:
+        assert judge(row.target, {"r": "us"}, expect=row.expect).error_code == "drifted"
+
+
 def test_an_edited_results_row_that_is_not_json_is_invalid_not_a_crash() -> None:
     batch = pl.DataFrame(
         {ROW_NUMBER: [1, 2], "conversation_id": ["conv_a", "conv_b"],
@@ -87,8 +118,10 @@ def test_an_edited_results_row_that_is_not_json_is_invalid_not_a_crash() -> None
          "previous_metadata": ['{"t":"old"}', "{edited by hand"]},
         schema_overrides={ROW_NUMBER: pl.UInt32},
     )  # fmt: skip
-    plan = plan_batch(batch, blank_added_keys=False)
-    assert [row[:3] for row in plan.to_send] == [(1, "conv_a", '{"t":"old"}')]
+    plan = plan_batch(batch.with_columns(metadata=pl.col("sent_metadata")), blank_added_keys=False)
+    assert [(u.row_number, u.conversation_id, u.sent_metadata) for u in plan.to_send] == [
+        (1, "conv_a", '{"t":"old"}')
+    ]
     assert [(o.row_number, o.error_code) for o in plan.invalid] == [(2, "unreadable_before_image")]
 
 

@@ -25,7 +25,10 @@ def test_the_demo_sends_only_what_changed_on_its_second_run(tmp_path: Path) -> N
     assert "updated=294 invalid=6" in summaries[0]
     assert "updated=3 unchanged=291 invalid=6" in summaries[1]
     assert "invalid=1 planned=2" in summaries[2]
-    assert "would add key 'owner' to 2 conversations; keys cannot be removed" in summaries[2]
+    assert (
+        "would add keys 'owner' to 2 conversations, 'queue' to 2 conversations; keys cannot be "
+        "removed" in summaries[2]
+    )  # one note for every key added, not one per key
     assert "the server holds 15 keys; with this row's 2 new keys it would hold 17" in done.stdout
     sent = re.search(r"; (\d+) requests", summaries[1])
     assert sent is not None

@@ -323,7 +323,8 @@ def test_revert_refuses_results_without_before_images(
 def test_backup_stops_when_the_server_replaces_instead_of_merging(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
-    server = {ID(i): {"region": "eu"} for i in range(50)}
+    before = {f"k{k}": f"v{k}" for k in range(8)}
+    server = {ID(i): before for i in range(50)}
     write_server(tmp_path / "server.csv", server)
     source = tmp_path / "in.csv"
     write_rows(source, ["conversation_id", "tier"], [[ID(i), "new"] for i in range(50)])
@@ -334,12 +335,32 @@ def test_backup_stops_when_the_server_replaces_instead_of_merging(
                "--base-url", emu.base_url)  # fmt: skip
     assert done.returncode == 3, done.stderr
     assert f"{ID(0)}: the server replaced its metadata instead of merging" in done.stderr
-    assert "'region'" in done.stderr
+    assert "key(s) 'k0', 'k1', 'k2', 'k3', 'k4' and 3 more that it held" in done.stderr
     rows = by_row(results)
     assert rows[1]["status"] == "updated"
-    assert rows[1]["previous_metadata"] == text({"region": "eu"})  # the way back is kept
+    assert rows[1]["previous_metadata"] == text(before)  # the way back is kept
     assert [rows[n]["status"] for n in range(2, 51)] == ["unprocessed"] * 49
     assert updates(emu) == 1  # stopped before a second conversation lost a key
+    assert stored(emu, ID(0)) == {"tier": "new"}
+
+    # The revert puts back what the server dropped (nobody's change: not drift), on the same
+    # replacing server: the whole before-image, so the run's own key goes too.
+    undo = tmp_path / "undo.csv"
+    undone = cli("revert", str(results), "--output", str(undo), "--base-url", emu.base_url)
+    assert undone.returncode == 0, undone.stderr
+    assert by_row(undo)[1]["status"] == "updated"
+    assert stored(emu, ID(0)) == before
+    assert updates(emu) == 2
+    # On a server that merges (the replacing was a fault since mended), the same: the key the
+    # run added stays (the API cannot remove it), counted.
+    emu_post(emu, ID(0), {"tier": "new"})  # as the run left it (replacing: only its key)
+    emu.admin("config", {"replace_metadata": False})
+    assert stored(emu, ID(0)) == {"tier": "new"}
+    again = cli("revert", str(results), "--output", str(tmp_path / "undo2.csv"),
+                "--base-url", emu.base_url)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert stored(emu, ID(0)) == {**before, "tier": "new"}
+    assert "key 'tier' stays on 1 conversation" in again.stderr
 
 
 def test_backup_and_revert_with_the_store_in_postgres(
