@@ -32,6 +32,7 @@ from bulk_update.config import JobConfig
 from bulk_update.dryrun import dry_run
 from bulk_update.exceptions import (
     BulkUpdateError,
+    ConfigError,
     DiskFull,
     FatalApiError,
     InputChanged,
@@ -43,6 +44,7 @@ from bulk_update.exceptions import (
 from bulk_update.exitcodes import ExitCode
 from bulk_update.metrics import MetricsOutputs, Telemetry
 from bulk_update.outcome import RowOutcome, Status
+from bulk_update.paths import is_remote
 from bulk_update.plan import (
     PlannedUpdate,
     find_duplicates,
@@ -66,6 +68,7 @@ from bulk_update.store import (
     RunRecord,
     Store,
     StoreLocation,
+    jobs_that_wrote,
     open_store,
 )
 from bulk_update.summary import (
@@ -464,6 +467,9 @@ async def run_job_async(
             )
             rows = await asyncio.to_thread(table.rows_per_batch, config.batch_rows, total)
             config = dataclasses.replace(config, batch_rows=rows)
+            if config.revert and not config.check_server:
+                found = await asyncio.to_thread(reverted_job, config)
+                config = dataclasses.replace(config, job_name=found)
             job_name = config.resolved_job_name()
             if config.shard is not None and config.job_name is None:
                 log.warning(
@@ -488,6 +494,37 @@ async def run_job_async(
                 summary = await _run_with_store(run, location)
     summary.log()
     return summary
+
+
+def reverted_job(config: JobConfig) -> str:
+    """The job whose run wrote the results a revert reverts: a revert is a run of that job, so
+    that the job's state follows it. Without --job-name, the one job that wrote them, looked up
+    in the store (ConfigError, nothing created, if there is none or more than one); with it,
+    that job, if it wrote them."""
+    results = config.input
+    forms = [results] if is_remote(results) else sorted({results, str(Path(results).resolve())})
+    location = config.store_location()
+    jobs = jobs_that_wrote(location, forms)
+    where = config.store_where() if location.url is not None else str(location.path.parent)
+    if config.job_name is not None:
+        if config.job_name in jobs:
+            return config.job_name
+        raise ConfigError(
+            f"revert {results}: no run of job {config.job_name!r} wrote these results in "
+            f"{where}; give the --job-name (and --state-dir or --state-url) of the run that "
+            "wrote them" + (f" (found: {', '.join(jobs)})" if jobs else "")
+        )
+    if len(jobs) == 1:
+        return jobs[0]
+    if jobs:
+        raise ConfigError(
+            f"revert {results}: runs of more than one job wrote these results ({', '.join(jobs)})"
+            f" in {where}; give --job-name"
+        )
+    raise ConfigError(
+        f"revert {results}: no run in {where} wrote these results; give the --job-name (and "
+        "--state-dir or --state-url) of the run that wrote them"
+    )
 
 
 def _open_table(config: JobConfig) -> tuple[InputTable, dict[str, int]]:

@@ -81,9 +81,16 @@ def _check_results(table: InputTable) -> None:
         .select(
             updated.sum().alias("updated"),
             (updated & pl.col(PREVIOUS).is_not_null()).sum().alias("imaged"),
+            (pl.col(STATUS) == Status.PLANNED.value).sum().alias("planned"),
         )
         .collect()
     )
+    if found.item(0, "planned"):
+        raise InputError(
+            table.path,
+            "a plan (the output of validate or of a --dry-run), not the results of a run: "
+            "nothing was sent, nothing to revert",
+        )
     if found.item(0, "updated") and not found.item(0, "imaged"):
         raise InputError(
             table.path,

@@ -58,6 +58,14 @@ class Backend:
         )
         return {str(c): str(m) for c, m in rows}
 
+    def jobs(self) -> list[str]:
+        """The jobs the store holds runs of."""
+        if self.url is None:
+            return sorted(path.stem for path in self.directory.glob("*.sqlite"))
+        return [str(job) for (job,) in self.query(
+            "SELECT DISTINCT job FROM bulk_update.runs ORDER BY job"
+        )]  # fmt: skip
+
     def query(self, sql: str, *arguments: object) -> list[tuple[Any, ...]]:
         """SQL on the PostgreSQL database (the backend must be PostgreSQL)."""
         assert self.server is not None

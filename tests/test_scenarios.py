@@ -111,8 +111,30 @@ def test_incremental_runs_backup_and_revert(
     assert json.loads(rows[2]["previous_metadata"]) == {"tier": "a", "n": "1"}
     assert emu.admin(f"conversations/{ids[6]}")["metadata"]["tier"] == "b"
 
+    # The revert finds the job that wrote the results (no --job-name), and refuses, creating
+    # nothing, a job that did not write them, a plan, or a revert's own dry run.
+    plain = ("--base-url", emu.base_url, "--rpm", "60000", *backend.args)
+    plan = tmp_path / "plan.csv"
+    dry = cli("revert", str(second), "--output", str(plan), "--dry-run", *plain)
+    assert dry.returncode == 0, dry.stderr
+    checked = tmp_path / "checked.csv"
+    assert cli("validate", str(source), "--output", str(checked), *plain).returncode == 0
+    assert backend.jobs() == ["nightly"]
+    for results, options, says in [
+        (second, ("--job-name", "other"), "no run of job 'other' wrote these results"),
+        (plan, (), "not the results of a run"),
+        (checked, (), "not the results of a run"),
+    ]:
+        refused = cli("revert", str(results), "--output", str(tmp_path / "no.csv"), *options,
+                      *plain)  # fmt: skip
+        assert refused.returncode == 2, refused.stderr
+        (line,) = refused.stderr.strip().splitlines()
+        assert says in line
+        assert "--job-name" in line or "not the results" in line
+    assert backend.jobs() == ["nightly"]  # nothing created
+    assert not (tmp_path / "no.csv").exists()
     undone = tmp_path / "undo.csv"
-    reverted = cli("revert", str(second), "--output", str(undone), *common)
+    reverted = cli("revert", str(second), "--output", str(undone), *plain)
     assert reverted.returncode == 0, reverted.stderr
     assert [n for n, row in by_row(undone).items() if row["status"] == "updated"] == [2, 7, 11]
     for index in range(20):

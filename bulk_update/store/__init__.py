@@ -473,6 +473,18 @@ def open_existing_store(location: StoreLocation, job: str) -> Store:
     return open_store(location)
 
 
+def jobs_that_wrote(location: StoreLocation, results: list[str]) -> list[str]:
+    """The jobs with a run whose results path (as given) is one of ``results``: in the
+    PostgreSQL store, or in the SQLite stores of ``location.path``'s directory (one per job).
+    Reads only, creates nothing: how a revert finds the job of the results it reverts."""
+    if location.url is not None:
+        found: list[str] = _postgres().jobs_that_wrote(location.url, results, location.timeout)
+        return found
+    from bulk_update.store.sqlite import jobs_that_wrote as in_directory
+
+    return in_directory(location.path.parent, results)
+
+
 def run_options(options: str | None) -> dict[str, Any]:
     """A run's stored options (JSON text)."""
     found = json.loads(options) if options else {}

@@ -924,6 +924,26 @@ def read_state(url: str, job: str, since: str | None, timeout: float) -> Iterato
         session.close()
 
 
+def jobs_that_wrote(url: str, results: list[str], timeout: float) -> list[str]:
+    """See ``bulk_update.store.jobs_that_wrote``: reads only, creates nothing."""
+    session = _Session(check_url(url), timeout)
+    try:
+        conn = session.connect()
+        row = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.runs",)).fetchone()
+        if row is None or row[0] is None:
+            return []
+        found = conn.execute(
+            "SELECT DISTINCT job FROM runs WHERE results = ANY(%s) ORDER BY job", (results,)
+        ).fetchall()
+        return [str(job) for (job,) in found]
+    except psycopg.Error as exc:
+        raise ConfigError(
+            f"--state-url {session.where}: cannot use the store: {session.first_line(exc)}"
+        ) from None
+    finally:
+        session.close()
+
+
 Item = TypeVar("Item")
 
 

@@ -319,6 +319,23 @@ def _check_since(since: str) -> Path:
     return path
 
 
+def jobs_that_wrote(directory: Path, results: list[str]) -> list[str]:
+    """See ``bulk_update.store.jobs_that_wrote``: the stores in ``directory``, read only."""
+    jobs: set[str] = set()
+    marks = ", ".join("?" for _ in results)
+    for path in sorted(directory.glob("*.sqlite")):
+        try:
+            with contextlib.closing(sqlite3.connect(_uri(path, read_only=True), uri=True)) as db:
+                found = db.execute(
+                    f"SELECT DISTINCT job FROM runs WHERE results IN ({marks})",  # noqa: S608
+                    results,
+                ).fetchall()
+        except sqlite3.Error:  # not a store of this version, or not a store at all
+            continue
+        jobs.update(str(job) for (job,) in found)
+    return sorted(jobs)
+
+
 class _Reader:
     """``last_set`` of a database (``schema`` on ``db``), read only. Safe from any thread: one
     read at a time on the connection."""
