@@ -20,7 +20,7 @@ from bulk_update.exceptions import ConfigError
 from bulk_update.store.url import redact
 from tests.conftest import StartEmulator
 from tests.helpers import cli, results, start, wait_for_requests, write_input
-from tests.pg import PASSWORD, PostgresServer, wait_until_up
+from tests.pg import PASSWORD, USER, PostgresServer, wait_until_up
 
 
 def workers(root: Path, *names: str) -> list[Path]:
@@ -285,6 +285,26 @@ def test_the_password_is_never_shown(
     assert "password authentication failed" in refused.stderr
     assert "Wr0ng" not in refused.stderr
     assert "S3cret" not in refused.stderr
+
+    # The password written as it is, '@' and '/' not percent-encoded: Python and libpq would
+    # read other hosts out of it. Refused before any connection, saying how to encode it, and
+    # nothing of the URL is shown, masked or not (no letter of other text is ever masked).
+    port = state_url.rsplit(":", 1)[1].split("/")[0]
+    for raw in (f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/x",
+                f"postgresql://{USER}:pg@ss:w0rd@127.0.0.1:{port}/x"):  # fmt: skip
+        plain = cli("run", str(source), "--output", "o3.csv", "--base-url", emu.base_url,
+                    "--state-url", raw, cwd=tmp_path)  # fmt: skip
+        assert plain.returncode == 2
+        (line,) = plain.stderr.strip().splitlines()
+        assert "percent-encode the password" in line
+        assert "%40" in line
+        assert "%2F" in line
+        assert "S3cret" not in line
+        assert "w0rd" not in line
+        assert "***" not in line
+        listed = cli("history", "--job", "x", "--state-url", raw, cwd=tmp_path)
+        assert listed.returncode == 2
+        assert "percent-encode" in listed.stderr
 
     # Not a PostgreSQL URL.
     with pytest.raises(ConfigError, match="use postgresql://"):

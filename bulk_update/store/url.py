@@ -20,6 +20,17 @@ def check_url(url: str) -> str:
         raise ConfigError(
             f"--state-url {redact(url)}: use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
         )
+    _, _, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    if at and any(mark in userinfo for mark in "@/?#"):
+        # Read one way by Python and another by libpq (a host "ss" out of "p@ss/w"): refused
+        # before either, and without a word of the URL (its password is in it somewhere).
+        raise ConfigError(
+            "--state-url: its user or password holds '@', '/', '?' or '#' as they are: "
+            "percent-encode the password (and the user), e.g. '@' as %40, '/' as %2F, ':' as "
+            "%3A (python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], "
+            'safe=""))\' PASSWORD)'
+        )
     return scheme + url[url.index(":") :] if plus else url
 
 
