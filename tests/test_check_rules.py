@@ -11,6 +11,7 @@ import pytest
 
 from bulk_update.check import judge, new_keys, replaced_keys
 from bulk_update.config import JobConfig
+from bulk_update.emulator.process import EmulatorProcess
 from bulk_update.emulator.server import preload_from
 from bulk_update.exceptions import ConfigError
 from bulk_update.outcome import RESULT_COLUMNS
@@ -175,3 +176,23 @@ def test_the_emulator_preloads_metadata_from_a_json_column(tmp_path: Path) -> No
     path.write_text("conversation_id,metadata\nconv_a,{not json\n")
     with pytest.raises(ValueError, match="line 2: metadata is not JSON"):
         list(preload_from(str(path)))
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("server.tsv", 'conversation_id\tmetadata\nconv_a\t{"owner":"ana"}\nconv_b\t\n'),
+        ("server.jsonl", '{"conversation_id":"conv_a","metadata":{"owner":"ana"}}\n'
+                         '{"conversation_id":"conv_b"}\n'),
+    ],
+)  # fmt: skip
+def test_the_emulator_preloads_every_input_format_of_the_job(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    """`emulator --preload rows.tsv` once read a TSV as CSV ("no conversation_id column")."""
+    path = tmp_path / name
+    path.write_text(text)
+    assert list(preload_from(str(path))) == [("conv_a", {"owner": "ana"}), ("conv_b", None)]
+    with EmulatorProcess("--preload", str(path)) as emu:
+        assert emu.stats()["conversations"] == 2
+        assert emu.admin("conversations/conv_a")["metadata"] == {"owner": "ana"}

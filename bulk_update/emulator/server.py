@@ -55,9 +55,10 @@ PRELOAD_METADATA = "metadata"
 
 
 def preload_from(spec: str) -> Iterator[tuple[str, object]]:
-    """Conversations for ``--preload``: a whole number N (no metadata), or a CSV/Parquet file's
-    ``conversation_id`` column, with the file's ``metadata`` column (a JSON object) as each
-    conversation's metadata if it has one."""
+    """Conversations for ``--preload``: a whole number N (no metadata), or the
+    ``conversation_id`` column of a file in one of the job's input formats (CSV, TSV, JSON
+    Lines, Parquet: by its extension, as the job reads them), with the file's ``metadata``
+    column (a JSON object) as each conversation's metadata if it has one."""
     if spec.isdigit():
         yield from ((preload_id(i), None) for i in range(int(spec)))
         return
@@ -65,15 +66,22 @@ def preload_from(spec: str) -> Iterator[tuple[str, object]]:
     if not path.is_file():
         raise ValueError(f"--preload {spec}: no such file (nor a whole number)")
     try:
-        if path.suffix.lower() == ".parquet":
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
             scan = pl.scan_parquet(path)
+        elif suffix in (".jsonl", ".ndjson"):
+            scan = pl.scan_ndjson(path, infer_schema_length=None)
         else:
-            scan = pl.scan_csv(path, infer_schema=False)
+            separator = "\t" if suffix == ".tsv" else ","
+            scan = pl.scan_csv(path, infer_schema=False, separator=separator)
         names = scan.collect_schema().names()
         if "conversation_id" not in names:
             raise ValueError(f"--preload {spec}: the file has no conversation_id column")
         trimmed = pl.col("conversation_id").cast(pl.String).str.strip_chars()
+        schema = scan.collect_schema()
         metadata = pl.col(PRELOAD_METADATA) if PRELOAD_METADATA in names else pl.lit(None)
+        if isinstance(schema.get(PRELOAD_METADATA), pl.Struct):  # a JSON Lines object
+            metadata = metadata.struct.json_encode()
         rows = scan.select(trimmed, metadata.cast(pl.String).alias(PRELOAD_METADATA)).collect()
     except pl.exceptions.PolarsError as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
