@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from bulk_update.exceptions import DiskFull, first_line, is_disk_full
-from bulk_update.outcome import RowOutcome, Status
+from bulk_update.outcome import ERROR_COLUMNS, RowOutcome, Status
 from bulk_update.read import ROW_NUMBER, InputTable
 
 MAX_PAIRS = 16
@@ -243,13 +243,14 @@ def find_duplicates(table: InputTable, batch_rows: int = 1_000_000) -> pl.DataFr
                 raise DiskFull(str(spill), first_line(exc)) from None
             raise
         hashes = pl.read_ipc(spill).get_column("h").to_numpy(writable=True)
+    kept = _duplicates_kept(table, schema)
     if hashes.size == 0:
-        return pl.DataFrame(schema=schema)
+        return kept
     hashes.sort()
     repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
     del hashes
     if repeated.size == 0:
-        return pl.DataFrame(schema=schema)
+        return kept
     candidates = (
         keyed.filter(pl.col("id").hash(seed=0).is_in(pl.Series(repeated).implode()))
         .with_columns(pl.col(ROW_NUMBER).min().over("id").alias(DUPLICATE_OF))
@@ -257,7 +258,25 @@ def find_duplicates(table: InputTable, batch_rows: int = 1_000_000) -> pl.DataFr
         .select(ROW_NUMBER, DUPLICATE_OF)
         .collect()
     )
-    return candidates.cast(schema).sort(ROW_NUMBER)
+    found = pl.concat([kept, candidates.cast(schema)])
+    return found.unique(ROW_NUMBER, keep="first").sort(ROW_NUMBER)
+
+
+def _duplicates_kept(table: InputTable, schema: pl.Schema) -> pl.DataFrame:
+    """In a fed-back --errors-output file, the rows still marked ``duplicate_id``: their first
+    occurrence was in the input the file came from (and was sent from there), so they stay out
+    until the user clears their ``error_code``. ``DUPLICATE_OF``: the row the message names
+    (``row_number`` keeps the first input's numbering), 0 if it was edited away."""
+    if not set(ERROR_COLUMNS) <= set(table.schema.names()):
+        return pl.DataFrame(schema=schema)
+    first = pl.col("error_message").cast(pl.String).str.extract(r"duplicate of row (\d+)", 1)
+    kept = (
+        table.scan()
+        .filter(pl.col("error_code").cast(pl.String).str.strip_chars() == "duplicate_id")
+        .select(ROW_NUMBER, first.cast(pl.UInt32, strict=False).fill_null(0).alias(DUPLICATE_OF))
+        .collect()
+    )
+    return kept.cast(schema)
 
 
 def _clip_expr(text: pl.Expr) -> pl.Expr:

@@ -346,18 +346,32 @@ def test_errors_file_can_be_fixed_and_fed_back(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
     source = tmp_path / "in.csv"
-    source.write_text(f"conversation_id,tier\n{ID(1)},gold\n{ID(2)},{'x' * 600}\n")
+    source.write_text(f"conversation_id,tier\n{ID(1)},gold\n{ID(2)},{'x' * 600}\n{ID(1)},bronze\n")
     emu = start_emulator("--preload", str(source))
     errors = tmp_path / "errors.csv"
     run = cli("run", str(source), "--output", str(tmp_path / "r1.csv"), "--errors-output",
               str(errors), "--base-url", emu.base_url)  # fmt: skip
     assert run.returncode == 1
-    fixed = pl.read_csv(errors, infer_schema=False).with_columns(pl.lit("silver").alias("tier"))
+    # Fed back unedited: the duplicate stays out (its first occurrence, row 1, was sent).
+    again = cli("run", str(errors), "--output", str(tmp_path / "r0.csv"), "--base-url",
+                emu.base_url)  # fmt: skip
+    assert again.returncode == 1, again.stderr
+    unedited = by_row(tmp_path / "r0.csv")
+    assert unedited[2]["error_code"] == "duplicate_id"
+    assert unedited[2]["error_message"] == "duplicate of row 1"
+    assert emu.admin(f"conversations/{ID(1)}")["metadata"] == {"tier": "gold"}
+    # Fixed (the long value), and the duplicate's error_code cleared: both are sent.
+    fixed = pl.read_csv(errors, infer_schema=False).with_columns(
+        pl.when(pl.col("tier").str.len_chars() > 512).then(pl.lit("silver"))
+        .otherwise(pl.col("tier")).alias("tier"),
+        pl.lit(None, dtype=pl.String).alias("error_code"),
+    )  # fmt: skip
     fixed.write_csv(errors)
     run = cli("run", str(errors), "--output", str(tmp_path / "r2.csv"), "--base-url", emu.base_url)
     assert run.returncode == 0, run.stderr
     # status/error_code/error_message of the fed-back file are not sent as metadata.
     assert emu.admin(f"conversations/{ID(2)}")["metadata"] == {"tier": "silver"}
+    assert emu.admin(f"conversations/{ID(1)}")["metadata"] == {"tier": "bronze"}
 
 
 def test_bad_input_exits_2_before_sending(start_emulator: StartEmulator, tmp_path: Path) -> None:
