@@ -170,7 +170,8 @@ def parse_metadata_cell(column: str, cell: object) -> list[tuple[str, object]]:
     if not isinstance(cell, str):
         raise _Invalid("invalid_metadata_json", f"{column} is not a JSON object")
     try:
-        parsed = json.loads(cell)
+        # A number is sent as it is written in the cell (1.50 stays 1.50), as from JSON Lines.
+        parsed = json.loads(cell, parse_float=str, parse_int=str)
     except ValueError as exc:
         raise _Invalid("invalid_metadata_json", f"{column} is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):

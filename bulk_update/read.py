@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from bulk_update import spreadsheet
+from bulk_update import jsonlines, spreadsheet
 from bulk_update.exceptions import DiskFull, InputError, first_line, is_disk_full
 from bulk_update.outcome import ERROR_COLUMNS, ERRORS_ROW_NUMBER
 from bulk_update.paths import is_remote, suffix
@@ -271,9 +271,13 @@ def _scan(
     source = files[0] if len(files) == 1 else list(files)
     if fmt == "parquet":
         return pl.scan_parquet(source, glob=remote, storage_options=storage_options)
+    if fmt == "ndjson" and not remote:
+        # Read once, every value as written (bulk_update.jsonlines).
+        return jsonlines.scan_as_text(files)
     if fmt == "ndjson":
-        # A JSON Lines file's keys may first appear on any line: the whole file is read once
-        # to find them (open_input), then every value is read as text.
+        # A remote JSON Lines file's keys may first appear on any line: the whole file is read
+        # once to find them (open_input), then every value is read as text (as polars prints
+        # it: numbers in its own form).
         if schema is None:
             return pl.scan_ndjson(source, infer_schema_length=None, storage_options=storage_options)
         text = pl.Schema(dict.fromkeys(schema.names(), pl.String()))
@@ -319,6 +323,8 @@ def open_input(
             raise InputError(file, "the file is empty: no JSON object")
     try:
         schema = _scan(files, fmt, storage_options, separator).collect_schema()
+    except DiskFull:
+        raise
     except (pl.exceptions.PolarsError, OSError) as exc:
         shown = "JSON LINES" if fmt == "ndjson" else fmt.upper()
         raise InputError(path, f"cannot read as {shown}: {first_line(exc)}") from None

@@ -219,6 +219,48 @@ def test_parquet_values_become_text(start_emulator: StartEmulator, tmp_path: Pat
     assert "value for 'tags' is a list" in rows[3]["error_message"]
 
 
+NUMBERS = ("1.0", "1.50", "1e5", "-0.0", "12345678901234567890", "0.1", "7")
+
+
+def test_numbers_are_sent_as_written(start_emulator: StartEmulator, tmp_path: Path) -> None:
+    """A JSON number is sent as the file writes it, from JSON Lines and from a --metadata-column
+    cell alike (polars' reader would print 1.0 as 1, 1.50 as 1.5, 1e5 as 100000)."""
+    ids = [ID(i) for i in range(len(NUMBERS))]
+    emu = start_emulator("--preload", str(preload_file(tmp_path, ids)))
+    lines = "".join(
+        f'{{"conversation_id": "{c}", "n": {n}, "o": {{"k": {n}}}}}\n'
+        for c, n in zip(ids, NUMBERS, strict=True)
+    )
+    (tmp_path / "in.jsonl").write_text(lines)
+    cells = "".join(f'{c},"{{""n"": {n}}}"\n' for c, n in zip(ids, NUMBERS, strict=True))
+    (tmp_path / "in.csv").write_text("conversation_id,meta\n" + cells)
+    for source, extra in (("in.jsonl", ("--columns", "n")), ("in.csv", ("--metadata-column",
+                                                                          "meta"))):  # fmt: skip
+        done = cli("run", str(tmp_path / source), "--output", str(tmp_path / f"{source}.csv"),
+                   "--base-url", emu.base_url, *extra)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        sent = [emu.admin(f"conversations/{c}")["metadata"]["n"] for c in ids]
+        assert sent == list(NUMBERS), source
+    # An object is kept as written too (as its text), spaces and all.
+    objects = cli("run", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.csv"),
+                  "--base-url", emu.base_url, "--columns", "o", "--full")  # fmt: skip
+    assert objects.returncode == 0, objects.stderr
+    assert emu.admin(f"conversations/{ids[1]}")["metadata"]["o"] == '{"k": 1.50}'
+
+
+def test_a_json_lines_error_names_its_line(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(f'{{"conversation_id": "{ID(1)}", "n": 1}}\n\n{{"conversation_id": 2,}}\n')
+    done = cli("run", str(source), "--output", str(tmp_path / "o.csv"))
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert f"{source}: line 3, column 23: not JSON Lines (expected a key in double quotes)" in line
+    (tmp_path / "list.jsonl").write_text('{"conversation_id": "a"}\n[1, 2]\n')
+    done = cli("validate", str(tmp_path / "list.jsonl"), "--output", str(tmp_path / "p.csv"))
+    assert done.returncode == 2
+    assert "list.jsonl: line 2, column 1: not JSON Lines (not a JSON object)" in done.stderr
+
+
 def test_metadata_column_and_columns_options(start_emulator: StartEmulator, tmp_path: Path) -> None:
     source = tmp_path / "in.csv"
     source.write_text(f'id,meta,skip\n{ID(1)},"{{""a"": ""1"", ""b"": 2}}",x\n{ID(2)},not json,x\n')

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from bulk_update import jsonlines
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import (
     PlannedUpdate,
@@ -130,7 +131,12 @@ def test_duplicate_is_reported_after_the_id_check() -> None:
     [
         (None, []),
         ("", []),
-        ('{"a": "1", "b": 2, "c": null}', [("a", "1"), ("b", 2), ("c", None)]),
+        ('{"a": "1", "b": 2, "c": null}', [("a", "1"), ("b", "2"), ("c", None)]),
+        # Numbers as written: the text the user wrote is the text sent.
+        (
+            '{"a": 1.0, "b": 1.50, "c": 1e5, "d": -0.0}',
+            [("a", "1.0"), ("b", "1.50"), ("c", "1e5"), ("d", "-0.0")],
+        ),
         ({"a": "1"}, [("a", "1")]),
     ],
 )
@@ -234,3 +240,33 @@ def test_vectorised_plan_matches_the_row_path(
             reference.error_code, reference.error_message,
         )  # fmt: skip
         assert vectorised.conversation_id == reference.conversation_id
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('{"a": 1.0, "b": 1.50, "c": 1e5, "d": -0.0, "e": 007.5e-3}', None),  # not JSON: 007
+        ('{"a": 1.0, "b": 1.50, "c": 1e5, "d": -0.0}',
+         {"a": "1.0", "b": "1.50", "c": "1e5", "d": "-0.0"}),
+        ('{"s": "\\u00e9\\"q\\"", "t": true, "f": false, "n": null}',
+         {"s": 'é"q"', "t": "true", "f": "false", "n": None}),
+        ('{"o": {"k": 1.50,  "l": [1, 2.0]}, "x": 1}',
+         {"o": '{"k": 1.50,  "l": [1, 2.0]}', "x": "1"}),
+        ("  {}  ", {}),
+    ],
+)  # fmt: skip
+def test_json_lines_values_are_their_text_as_written(
+    line: str, expected: dict[str, str | None] | None, tmp_path: Path
+) -> None:
+    if expected is None:
+        with pytest.raises(ValueError, match=r"Expecting|expected"):
+            jsonlines.fields(line)
+        return
+    assert jsonlines.fields(line) == expected
+    # The same through the file reader, whose fast path parses whole chunks at once.
+    source = tmp_path / "in.jsonl"
+    source.write_text((line + "\n") * 3 + "\n")
+    parts = jsonlines.as_text_parts(str(source), tmp_path)
+    frame = pl.concat([pl.read_ipc(part) for part in parts], how="diagonal")
+    assert frame.height == 3
+    assert frame.rows(named=True)[0] == expected if expected else frame.width == 0

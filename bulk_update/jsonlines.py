@@ -1,0 +1,217 @@
+"""JSON Lines read as text, every value as it is written in the file.
+
+polars' JSON reader parses a number and prints it again: ``1.0`` becomes ``1``, ``1.50``
+``1.5``, ``1e5`` ``100000``, and its errors name no line. A metadata value is text, and the
+text the user wrote is the one to send; so a local JSON Lines file is read here, once, line by
+line: each top-level value is kept as its text (a string decoded; a number, an object or an
+array exactly as written; ``true``/``false``; ``null`` no value), and a line that is not a JSON
+object stops the job naming its line and column. The rows go to Arrow IPC files of text
+columns in a temporary directory (removed at exit), which ``read`` scans as it scans any input.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from bulk_update.exceptions import DiskFull, InputError, first_line, is_disk_full
+
+_ROWS_PER_PART = 50_000
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+# Numbers as their text: the hooks get each number as it is written.
+_WRITTEN = json.JSONDecoder(parse_float=str, parse_int=str, parse_constant=_no_constant)
+_scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+class _LineError(ValueError):
+    def __init__(self, message: str, column: int) -> None:
+        super().__init__(message)
+        self.column = column
+
+
+def fields(line: str) -> dict[str, str | None]:
+    """One line's object: each key and its value's text (None for null). Raises _LineError
+    naming what is wrong and where (0-based position).
+
+    The C parser does most lines: its number hooks receive each number's text as written. A
+    line with an object or an array as a value (kept as written too), or an error, takes the
+    slower walk over the line that knows where each value starts and ends."""
+    try:
+        parsed = _WRITTEN.decode(line)
+    except ValueError:
+        return _walk(line)
+    if not isinstance(parsed, dict):
+        return _walk(line)
+    found: dict[str, str | None] = {}
+    for key, value in parsed.items():
+        if isinstance(value, dict | list):
+            return _walk(line)
+        found[key] = value if value is None or isinstance(value, str) else _BOOLEAN[value]
+    return found
+
+
+_BOOLEAN = {True: "true", False: "false"}
+
+
+def _walk(line: str) -> dict[str, str | None]:
+    at = _SPACE.match(line, 0).end()  # type: ignore[union-attr]
+    if line[at : at + 1] != "{":
+        raise _LineError("not a JSON object", at)
+    at = _SPACE.match(line, at + 1).end()  # type: ignore[union-attr]
+    found: dict[str, str | None] = {}
+    if line[at : at + 1] == "}":
+        at += 1
+    else:
+        while True:
+            if line[at : at + 1] != '"':
+                raise _LineError("expected a key in double quotes", at)
+            try:
+                key, at = _scanstring(line, at + 1)
+            except json.JSONDecodeError as exc:
+                raise _LineError(exc.msg, exc.pos) from None
+            at = _SPACE.match(line, at).end()  # type: ignore[union-attr]
+            if line[at : at + 1] != ":":
+                raise _LineError("expected ':' after a key", at)
+            at = _SPACE.match(line, at + 1).end()  # type: ignore[union-attr]
+            try:
+                value, end = _DECODER.raw_decode(line, at)
+            except json.JSONDecodeError as exc:
+                raise _LineError(exc.msg, exc.pos) from None
+            except ValueError as exc:
+                raise _LineError(str(exc), at) from None
+            found[key] = _text(value, line[at:end])
+            at = _SPACE.match(line, end).end()  # type: ignore[union-attr]
+            mark = line[at : at + 1]
+            if mark == ",":
+                at = _SPACE.match(line, at + 1).end()  # type: ignore[union-attr]
+                continue
+            if mark == "}":
+                at += 1
+                break
+            raise _LineError("expected ',' or '}'", at)
+    if _SPACE.match(line, at).end() != len(line):  # type: ignore[union-attr]
+        raise _LineError("more after the object (one object per line)", at)
+    return found
+
+
+def _text(value: object, written: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return written  # a number, an object or an array: as written
+
+
+def as_text_parts(file: str, directory: Path) -> list[Path]:
+    """Read a local JSON Lines file into IPC files of text columns in ``directory``; the keys
+    of each part in order of first appearance (``pl.concat(how="diagonal")`` joins them)."""
+    parts: list[Path] = []
+
+    def write(frame: pl.DataFrame) -> None:
+        part = directory / f"part-{len(parts):05d}.arrow"
+        try:
+            frame.write_ipc(part)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFull(str(part), first_line(exc)) from None
+            raise
+        parts.append(part)
+
+    lines: list[tuple[int, str]] = []
+    with open(file, "rb") as raw:
+        for number, data in enumerate(raw, start=1):
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    file, f"line {number}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+                ) from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            if line.strip():  # a blank line is no row
+                lines.append((number, line))
+            if len(lines) >= _ROWS_PER_PART:
+                write(_frame(file, lines))
+                lines = []
+    if lines:
+        write(_frame(file, lines))
+    if not parts:
+        raise InputError(file, "the file is empty: no JSON object")
+    return parts
+
+
+def _frame(file: str, lines: list[tuple[int, str]]) -> pl.DataFrame:
+    """A chunk of lines as a frame of text columns. Fast path: the chunk parsed as one JSON
+    array by the C parser (numbers as written, through its hooks), when every line is one
+    object of plain values; else line by line (``fields``), which names a bad line."""
+    try:
+        parsed = _WRITTEN.decode("[" + ",".join(line for _, line in lines) + "]")
+        if len(parsed) == len(lines) and all(type(row) is dict for row in parsed):
+            frame = pl.from_dicts(parsed, infer_schema_length=None)
+            if all(_plain(dtype) for dtype in frame.dtypes):
+                return frame.cast(dict.fromkeys(frame.columns, pl.String))
+    except (ValueError, pl.exceptions.PolarsError):
+        pass
+    rows = []
+    for number, line in lines:
+        try:
+            rows.append(fields(line))
+        except _LineError as exc:
+            raise InputError(
+                file, f"line {number}, column {exc.column + 1}: not JSON Lines ({exc})"
+            ) from None
+    frame = pl.from_dicts(rows, infer_schema_length=None)
+    return frame.cast(dict.fromkeys(frame.columns, pl.String))
+
+
+def _plain(dtype: pl.DataType) -> bool:
+    """A column of text, booleans or nulls only (numbers came as text): its values' text is
+    what ``fields`` would give."""
+    return isinstance(dtype, pl.String | pl.Boolean | pl.Null)
+
+
+class _Cache:
+    """Each local JSON Lines file is read once per process (per its size and mtime)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: dict[tuple[str, int, int], list[Path]] = {}
+        self._root: Path | None = None
+
+    def parts(self, file: str) -> list[Path]:
+        stat = Path(file).stat()
+        key = (str(Path(file).resolve()), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            if key not in self._parts:
+                if self._root is None:
+                    self._root = Path(tempfile.mkdtemp(prefix="bulk-update-jsonl-"))
+                    atexit.register(shutil.rmtree, self._root, ignore_errors=True)
+                directory = Path(tempfile.mkdtemp(dir=self._root))
+                self._parts[key] = as_text_parts(file, directory)
+            return self._parts[key]
+
+
+_CACHE = _Cache()
+
+
+def scan_as_text(files: tuple[str, ...]) -> pl.LazyFrame:
+    """Local JSON Lines files as one lazy table of text columns, in file order."""
+    parts = [part for file in files for part in _CACHE.parts(file)]
+    return pl.concat([pl.scan_ipc(part) for part in parts], how="diagonal")
