@@ -14,6 +14,7 @@ import datetime as dt
 import functools
 import logging
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -42,6 +43,7 @@ from bulk_update.exceptions import (
     stop_code,
 )
 from bulk_update.exitcodes import ExitCode
+from bulk_update.history import is_running
 from bulk_update.metrics import MetricsOutputs, Telemetry
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.paths import is_remote
@@ -95,8 +97,40 @@ def run_fingerprint(config: JobConfig) -> dict[str, Any]:
 
 
 def run_options(config: JobConfig) -> dict[str, Any]:
-    """The run's options as the store keeps them: no secret (no key, no storage options)."""
-    return {f.name: getattr(config, f.name) for f in fields(config) if f.repr}
+    """The run's options as the store keeps them: no secret (no key, no storage options); and
+    the files it writes, as absolute paths (``written``: another run of the job on the same
+    machine must not write them at once)."""
+    options = {f.name: getattr(config, f.name) for f in fields(config) if f.repr}
+    options["written"] = written_files(config)
+    return options
+
+
+def written_files(config: JobConfig) -> list[str]:
+    """The results and errors files a run writes, as absolute paths (local ones)."""
+    paths = [config.output, config.errors_output]
+    return sorted({str(Path(p).resolve()) for p in paths if p is not None and not is_remote(p)})
+
+
+def check_written_alone(config: JobConfig, job: str, run_id: int, store: Store) -> None:
+    """Refuse (ConfigError) to write a results or errors file that another run of the job,
+    going on now on this machine, writes too: two shards given one --errors-output would each
+    write the file whole with their own rows only, the last one wins. Called once the run has
+    beaten its first heartbeat, so that of two runs started together, the second sees the
+    first."""
+    mine = set(written_files(config))
+    host = socket.gethostname()
+    for other in store.status(job):
+        record = other.record
+        if record.run_id == run_id or record.host != host or not is_running(other):
+            continue
+        shared = mine & set(record.options.get("written") or ())
+        if shared:
+            shard = f" (shard {record.shard})" if record.shard else ""
+            raise ConfigError(
+                f"{sorted(shared)[0]} is written by another run of job {job!r} going on now"
+                f"{shard}, pid {record.pid} on {record.host}: give each run (each shard) its own "
+                "--output and --errors-output"
+            )
 
 
 class _Tally:
@@ -632,6 +666,13 @@ async def _run_journaled(run: _Run, store: Store, journal: Journal, key: RunKey)
         try:
             tally.resumed = await asyncio.to_thread(journal.finished_count)
             entries = await asyncio.to_thread(journal.state_entries)
+            if not config.check_server:
+                # A first heartbeat, then a look at the others: of two runs started together,
+                # the second sees the first.
+                await journal.beat(RunBeat(run.total, tally.resumed), [])
+                await asyncio.to_thread(
+                    check_written_alone, config, run.job_name, journal.run_id, store
+                )
             log.info(
                 "job started",
                 extra={

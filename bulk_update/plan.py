@@ -400,6 +400,9 @@ def plan_frame(table: InputTable, batch: pl.DataFrame, duplicates: pl.DataFrame)
     ``error_code`` is null for a valid row, whose ``sent_metadata`` is the JSON to send."""
     if batch.is_empty():
         return pl.DataFrame(schema=_PLAN_SCHEMA)
+    # One chunk: polars 2 panics ("i < self.len()") formatting the messages of a string
+    # column in several chunks, as a shard's filtered batch is.
+    batch = batch.rechunk()
     batch = batch.join(duplicates, on=ROW_NUMBER, how="left") if duplicates.height else batch
     if table.metadata_column is not None:
         return _plan_rows(table, batch)

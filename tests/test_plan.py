@@ -270,3 +270,17 @@ def test_json_lines_values_are_their_text_as_written(
     frame = pl.concat([pl.read_ipc(part) for part in parts], how="diagonal")
     assert frame.height == 3
     assert frame.rows(named=True)[0] == expected if expected else frame.width == 0
+
+
+def test_a_shards_batch_with_invalid_ids_is_planned(tmp_path: Path) -> None:
+    """A shard's batch comes in several chunks; polars 2 panicked formatting its messages."""
+    path = tmp_path / "in.csv"
+    rows = [f"conv_{i:048x},v" for i in range(10)] + [f"bad-{i},v" for i in range(8)]
+    path.write_text("conversation_id,tier\n" + "\n".join(rows) + "\n")
+    table = open_input(str(path), id_column="conversation_id", shard=(0, 2))
+    planned = pl.concat(
+        [plan_frame(table, batch, find_duplicates(table)) for batch in table.batches(1000)]
+    )
+    invalid = planned.filter(pl.col("error_code").is_not_null())
+    assert invalid.height > 0
+    assert all("is not conv_ followed by" in m for m in invalid["error_message"])

@@ -183,3 +183,37 @@ def test_a_run_that_cannot_reach_the_api_records_its_end(
                *backend.args)  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert emu.stats()["by_operation"]["update"] == 8
+
+
+def test_two_shards_at_once_never_write_one_file(
+    start_emulator: StartEmulator, backend: Backend, tmp_path: Path
+) -> None:
+    """Shards running at once with one --errors-output (or one --output) would each write the
+    file whole with their own rows: the second is refused, exit 2, one line."""
+    source = tmp_path / "in.csv"
+    write_input(source, 60)
+    with source.open("a") as extra:
+        extra.writelines(f"bad-{i},v,{i}\n" for i in range(8))
+    emu = start_emulator("--preload", str(source), "--latency-ms", "100")
+    common = ("--base-url", emu.base_url, "--job-name", "j", "--concurrency", "1",
+              "--errors-output", str(tmp_path / "errors.csv"), *backend.args)  # fmt: skip
+    first = start(str(source), "--output", str(tmp_path / "s0.csv"), "--shard", "0/2", *common)
+    try:
+        wait_for_requests(emu, 3)
+        for output in ("s1.csv", "s0.csv"):  # the errors file; then the results too
+            refused = cli("run", str(source), "--output", str(tmp_path / output), "--shard",
+                          "1/2", *common)  # fmt: skip
+            assert refused.returncode == 2, refused.stderr
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+            line = refused.stderr.strip()
+            assert "is written by another run of job 'j' going on now (shard 0/2)" in line
+            assert "its own --output and --errors-output" in line
+        alone = cli("run", str(source), "--output", str(tmp_path / "s1.csv"), "--shard", "1/2",
+                    *common[:-len(backend.args) - 2], *backend.args,
+                    "--errors-output", str(tmp_path / "errors-1.csv"))  # fmt: skip
+        assert alone.returncode == 1, alone.stderr
+    finally:
+        _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 1, stderr
+    errors = by_row(tmp_path / "errors.csv") | by_row(tmp_path / "errors-1.csv")
+    assert sorted(errors) == list(range(61, 69))  # every invalid row, in one file or the other
