@@ -102,6 +102,9 @@ def run_options(config: JobConfig) -> dict[str, Any]:
     machine must not write them at once)."""
     options = {f.name: getattr(config, f.name) for f in fields(config) if f.repr}
     options["written"] = written_files(config)
+    with contextlib.suppress(ConfigError):  # as resolved (from $OPENAI_BASE_URL, say)
+        options["base_url"] = config.resolved_base_url()
+    options["invoked_at"] = round(time.time(), 3)  # this invocation's start (report's --rpm)
     return options
 
 

@@ -103,10 +103,9 @@ def requests_series(data: RunData) -> dict[str, list[Any]]:
         *(pl.col(name).fill_null(0) / width for name in counts),
         pl.col("limit_rpm", "announced_rpm").forward_fill() / 60,
     )
-    rpm = data.record.options.get("rpm")
-    n = joined.height
+    at = [first + b * width for b in joined["bucket"].to_list()]
     return {
-        "at": [first + b * width for b in joined["bucket"].to_list()],
+        "at": at,
         "requests": _rounded(joined["requests"]),
         # Marks: only the buckets that had any (null draws nothing).
         "rate_limited": _marks(joined["rate_limited"]),
@@ -114,9 +113,21 @@ def requests_series(data: RunData) -> dict[str, list[Any]]:
         "errors": _marks(joined["errors"]),
         "limit": _rounded(joined["limit_rpm"]),
         "announced": _rounded(joined["announced_rpm"]),
-        "configured": [None if rpm is None else round(float(rpm) / 60, 4)] * n,
+        "configured": [configured_rps(data.record.options, second) for second in at],
         "bucket_s": [width],
     }
+
+
+def configured_rps(options: dict[str, Any], second: float) -> float | None:
+    """The --rpm (per second) of the invocation that ran at ``second``: a run resumed with
+    another --rpm has each invocation's options, with when it started (``invoked_at``)."""
+    invocations = options.get("invocations") or [options]
+    rpm = invocations[0].get("rpm")
+    for invocation in invocations:
+        started = invocation.get("invoked_at")
+        if started is not None and float(started) <= second + 1:
+            rpm = invocation.get("rpm")
+    return None if rpm is None else round(float(rpm) / 60, 4)
 
 
 def _rounded(column: pl.Series) -> list[float | None]:

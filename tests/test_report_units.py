@@ -82,3 +82,14 @@ def test_text_from_the_store_cannot_close_the_page_s_script() -> None:
     page = render("nightly", data)
     assert "<script>alert(1)" not in page
     assert "&lt;/script&gt;&lt;script&gt;alert(1)" in page
+
+
+def test_the_rpm_line_follows_each_invocation() -> None:
+    from bulk_update.report import configured_rps
+
+    first = {"rpm": 600, "invoked_at": 1000.0}
+    second = {"rpm": 6000, "invoked_at": 2000.0}
+    resumed = {**second, "invocations": [first, second]}
+    assert [configured_rps(resumed, t) for t in (1000, 1500, 2000, 2500)] == [10, 10, 100, 100]
+    assert configured_rps({"rpm": 60}, 5) == 1  # a run of an older version: one invocation
+    assert configured_rps({}, 5) is None

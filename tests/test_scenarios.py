@@ -217,3 +217,27 @@ def test_two_shards_at_once_never_write_one_file(
     assert first.returncode == 1, stderr
     errors = by_row(tmp_path / "errors.csv") | by_row(tmp_path / "errors-1.csv")
     assert sorted(errors) == list(range(61, 69))  # every invalid row, in one file or the other
+
+
+def test_history_shows_each_invocations_options(
+    start_emulator: StartEmulator, backend: Backend, tmp_path: Path
+) -> None:
+    """A run resumed with another --rpm, its base URL from $OPENAI_BASE_URL: history shows the
+    last invocation's options as resolved, and keeps every invocation's."""
+    source = tmp_path / "in.csv"
+    write_input(source, 10)
+    emu = start_emulator("--preload", str(source))
+    output = str(tmp_path / "out.csv")
+    first = cli("run", str(source), "--output", output, "--rpm", "600", "--limit", "3",
+                *backend.args, OPENAI_BASE_URL=emu.base_url)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    again = cli("run", str(source), "--output", output, "--rpm", "6000", *backend.args,
+                OPENAI_BASE_URL=emu.base_url)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    (run,) = history(backend, "out")
+    options = run["options"]
+    assert (options["rpm"], options["base_url"]) == (6000, emu.base_url)
+    assert [i["rpm"] for i in options["invocations"]] == [600, 6000]
+    assert [i["limit"] for i in options["invocations"]] == [3, None]
+    assert options["invocations"][0]["invoked_at"] < options["invocations"][1]["invoked_at"]
+    assert "sk-" not in json.dumps(options)

@@ -485,6 +485,16 @@ def jobs_that_wrote(location: StoreLocation, results: list[str]) -> list[str]:
     return in_directory(location.path.parent, results)
 
 
+def resumed_options(stored: str | None, given: Mapping[str, Any]) -> str:
+    """A resumed run's options (JSON text): this invocation's, shown by ``history``, ``status``
+    and ``report``, with every invocation's in order under ``invocations`` (a run resumed with
+    another --rpm draws each)."""
+    before = run_options(stored)
+    earlier = before.pop("invocations", None) or [before]
+    current = {key: value for key, value in given.items() if key != "invocations"}
+    return json.dumps({**current, "invocations": [*earlier, current]}, sort_keys=True, default=str)
+
+
 def run_options(options: str | None) -> dict[str, Any]:
     """A run's stored options (JSON text)."""
     found = json.loads(options) if options else {}

@@ -88,6 +88,7 @@ from bulk_update.store import (
     is_unfinished,
     options_input,
     report_frame,
+    resumed_options,
     run_options,
     run_statuses,
     unfinished_statuses,
@@ -694,7 +695,7 @@ class PostgresStore:
     ) -> int:
         def find(conn: psycopg.Connection[Any]) -> int | str:
             found = conn.execute(
-                "SELECT run_id, fingerprint FROM runs WHERE job = %s AND results = %s "
+                "SELECT run_id, fingerprint, options FROM runs WHERE job = %s AND results = %s "
                 "AND shard = %s AND replaced_at IS NULL ORDER BY run_id DESC LIMIT 1",
                 (key.job, key.results, key.shard_text),
             ).fetchone()
@@ -702,7 +703,7 @@ class PostgresStore:
                 conn.execute("UPDATE runs SET replaced_at = now() WHERE run_id = %s", (found[0],))
                 found = None
             if found is not None:
-                run_id, stored = found
+                run_id, stored, stored_options = found
                 if stored != fingerprint:
                     changed = changed_fields(stored, fingerprint)
                     if changed:
@@ -713,10 +714,11 @@ class PostgresStore:
                     )
                 conn.execute(
                     "UPDATE runs SET resumed_at = now(), invocations = invocations + 1, "
-                    "ended_at = NULL, exit_code = NULL, stopped_by = NULL, host = %s, pid = %s "
-                    "WHERE run_id = %s",
-                    (socket.gethostname(), os.getpid(), run_id),
-                )
+                    "ended_at = NULL, exit_code = NULL, stopped_by = NULL, host = %s, pid = %s, "
+                    "options = %s WHERE run_id = %s",
+                    (socket.gethostname(), os.getpid(), resumed_options(stored_options, options),
+                     run_id),
+                )  # fmt: skip
                 return int(run_id)
             row = conn.execute(
                 "INSERT INTO runs (job, results, shard, fingerprint, options, host, pid) "

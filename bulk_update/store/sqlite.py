@@ -89,6 +89,7 @@ from bulk_update.store import (
     is_unfinished,
     options_input,
     report_frame,
+    resumed_options,
     run_options,
     run_statuses,
     unfinished_statuses,
@@ -541,15 +542,15 @@ class SQLiteStore:
         db = self._db
         with _transaction(db):
             found = db.execute(
-                "SELECT run_id, fingerprint FROM runs WHERE job = ? AND results = ? AND shard = ? "
-                "AND replaced_at IS NULL ORDER BY run_id DESC LIMIT 1",
+                "SELECT run_id, fingerprint, options FROM runs WHERE job = ? AND results = ? "
+                "AND shard = ? AND replaced_at IS NULL ORDER BY run_id DESC LIMIT 1",
                 (key.job, key.results, key.shard_text),
             ).fetchone()
             if found is not None and restart:
                 db.execute("UPDATE runs SET replaced_at = ? WHERE run_id = ?", (_now(), found[0]))
                 found = None
             if found is not None:
-                run_id, stored = found
+                run_id, stored, stored_options = found
                 if stored != fingerprint:
                     changed = changed_fields(stored, fingerprint)
                     if changed:
@@ -565,10 +566,11 @@ class SQLiteStore:
                     )
                 db.execute(
                     "UPDATE runs SET resumed_at = ?, invocations = invocations + 1, "
-                    "ended_at = NULL, exit_code = NULL, stopped_by = NULL, host = ?, pid = ? "
-                    "WHERE run_id = ?",
-                    (_now(), socket.gethostname(), os.getpid(), run_id),
-                )
+                    "ended_at = NULL, exit_code = NULL, stopped_by = NULL, host = ?, pid = ?, "
+                    "options = ? WHERE run_id = ?",
+                    (_now(), socket.gethostname(), os.getpid(),
+                     resumed_options(stored_options, options), run_id),
+                )  # fmt: skip
                 return int(run_id)
             cursor = db.execute(
                 "INSERT INTO runs (job, results, shard, fingerprint, options, started_at, host, "
