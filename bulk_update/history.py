@@ -27,17 +27,51 @@ COLUMNS = ("run", "started (UTC)", "ended", "results", "shard", "inv", "exit", "
 
 def job_location(job: str, state_dir: str | None, state_url: str | None) -> StoreLocation:
     """Where a job's store is: --state-url (or $BULK_UPDATE_STATE_URL), else
-    ``STATE_DIR/JOB.sqlite`` (the current directory by default)."""
+    ``STATE_DIR/JOB.sqlite``; without --state-dir, the one ``JOB.sqlite`` in the current
+    directory or below it (``run`` puts it beside the results: ``out/JOB.sqlite``)."""
     if not JOB_NAME.fullmatch(job):
         raise ConfigError(f"--job {job!r}: not a job name")
     url = state_url or os.environ.get(STATE_URL_ENV) or None
-    path = Path(state_dir or ".") / f"{job}.sqlite"
-    return StoreLocation(path, None if url is None else check_state_url(url))
+    if url is not None:
+        return StoreLocation(Path(f"{job}.sqlite"), check_state_url(url))
+    if state_dir is not None:
+        return StoreLocation(Path(state_dir) / f"{job}.sqlite")
+    return StoreLocation(find_store(job))
+
+
+# How deep below the current directory a job's store is looked for, and what is never looked in.
+SEARCH_DEPTH = 3
+NOT_SEARCHED = {".git", ".venv", "venv", "node_modules", "__pycache__"}
+
+
+def find_store(job: str, root: Path = Path(".")) -> Path:
+    """The one ``JOB.sqlite`` in ``root`` or up to SEARCH_DEPTH levels below (``./JOB.sqlite``
+    if there is none: the caller says there is no store); ConfigError if there are several."""
+    name = f"{job}.sqlite"
+    if (root / name).is_file():
+        return root / name
+    found: list[Path] = []
+    for directory, subdirectories, files in os.walk(root):
+        depth = len(Path(directory).relative_to(root).parts)
+        subdirectories[:] = sorted(
+            d for d in subdirectories if d not in NOT_SEARCHED and depth < SEARCH_DEPTH
+        )
+        if name in files:
+            found.append(Path(directory) / name)
+    if len(found) > 1:
+        shown = ", ".join(str(path) for path in found[:5])
+        raise ConfigError(
+            f"job {job!r} has a store in more than one place ({shown}): give --state-dir"
+        )
+    return found[0] if found else root / name
 
 
 def runs(job: str, location: StoreLocation) -> list[RunRecord]:
     with open_existing_store(location, job) as store:
-        return store.history(job)
+        found = store.history(job)
+        if not found:
+            raise ConfigError(f"{store.where}: no run of job {job!r}")
+        return found
 
 
 def rows(records: list[RunRecord]) -> list[tuple[str, ...]]:
@@ -84,6 +118,8 @@ def as_json(records: list[RunRecord]) -> str:
 
 def statuses(job: str, location: StoreLocation) -> list[RunStatus]:
     with open_existing_store(location, job) as store:
+        if not store.history(job):
+            raise ConfigError(f"{store.where}: no run of job {job!r}")
         return store.status(job)
 
 

@@ -82,3 +82,27 @@ def test_history_from_the_store_in_postgres(
     assert runs[1]["requests"] == 31  # the rows and the preflight
     assert runs[0]["ended_at"].endswith("Z")
     assert not list(tmp_path.glob("*.sqlite"))
+
+
+def test_status_history_and_report_find_the_store_beside_the_results(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """Right after `run ... --output out/x.csv`, `status --job x` (no --state-dir) finds
+    out/x.sqlite, as run put it; two stores of one job name are not guessed between."""
+    source = tmp_path / "in.csv"
+    write_input(source, 5)
+    emu = start_emulator("--preload", str(source))
+    done = cli("run", "in.csv", "--output", "out/x.csv", "--base-url", emu.base_url,
+               cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for command in (("status",), ("history",), ("report", "--output", "r.html")):
+        found = cli(*command, "--job", "x", cwd=tmp_path)
+        assert found.returncode == 0, found.stderr
+    assert "out/x.csv" in cli("history", "--job", "x", cwd=tmp_path).stdout
+    again = cli("run", "in.csv", "--output", "other/x.csv", "--base-url", emu.base_url,
+                cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    both = cli("status", "--job", "x", cwd=tmp_path)
+    assert both.returncode == 2
+    assert "more than one place" in both.stderr
+    assert "--state-dir" in both.stderr

@@ -241,3 +241,19 @@ def test_history_shows_each_invocations_options(
     assert [i["limit"] for i in options["invocations"]] == [3, None]
     assert options["invocations"][0]["invoked_at"] < options["invocations"][1]["invoked_at"]
     assert "sk-" not in json.dumps(options)
+
+
+def test_a_job_without_runs_is_a_usage_error_on_both_stores(
+    start_emulator: StartEmulator, backend: Backend, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    write_input(source, 3)
+    emu = start_emulator("--preload", str(source))
+    done = cli("run", str(source), "--output", str(tmp_path / "real.csv"), "--base-url",
+               emu.base_url, *backend.args)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for command in ("history", "status"):
+        typo = cli(command, "--job", "rael", *backend.args)
+        assert typo.returncode == 2, typo.stdout
+        (line,) = typo.stderr.strip().splitlines()
+        assert "'rael'" in line
