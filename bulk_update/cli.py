@@ -344,7 +344,8 @@ def _add_job_options(parser: argparse.ArgumentParser, command: Command) -> None:
         type=_non_negative_int,
         default=S,
         metavar="N",
-        help="only the first N rows to send (a canary run); the rest unprocessed, exit 0",
+        help="only the first N rows to send (a canary run); the rest unprocessed (no "
+        "failure): exit 0 if those N went through and no row before them was invalid, else 1",
     )
     if command == "run":
         parser.add_argument(

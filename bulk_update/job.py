@@ -244,15 +244,26 @@ class _Planner:
         keeps_images = config.reads_first and not config.dry_run
         images = journal.before_images_between(first, last) if keeps_images else {}
         to_send: list[PlannedUpdate] = []
+        cutoff: int | None = None  # with --limit: the rows from here on are not processed
+        last_taken = 0
         for update in candidates:
-            self.valid_seen += 1
-            if limit is not None and self.valid_seen > limit:
+            if limit is not None and self.valid_seen >= limit:
+                cutoff = update.row_number
                 break
+            self.valid_seen += 1
+            last_taken = update.row_number
             if update.row_number not in finished:
                 previous = images.get(update.row_number)
                 if previous is not None:
                     update = dataclasses.replace(update, previous=previous)
                 to_send.append(update)
+        if limit is not None and cutoff is None and self.valid_seen >= limit and candidates:
+            cutoff = last_taken + 1
+        if cutoff is not None:
+            # A canary of N rows judges those N: an invalid row past its N-th is left
+            # unprocessed (not a failure of the canary), for the run without --limit. Rows
+            # found unchanged are recorded wherever they are: they cost no request.
+            invalid = [o for o in invalid if o.row_number < cutoff]
         invalid = [o for o in invalid if o.row_number not in finished]
         if finished:
             done_rows = pl.Series(list(finished), dtype=unchanged.schema[ROW_NUMBER])

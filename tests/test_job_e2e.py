@@ -382,6 +382,14 @@ def test_limit_is_a_canary(start_emulator: StartEmulator, tmp_path: Path) -> Non
     run = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
     assert results(output)["status"].to_list() == ["invalid"] + ["updated"] * 20
     assert emu.stats()["by_operation"]["update"] == 20
+    # As the help says: exit 0 when the N went through and no row before them was invalid.
+    later = tmp_path / "later.csv"
+    later.write_text("conversation_id,a\n" + "".join(f"{ID(i)},w\n" for i in range(8)) + "bad,v\n")
+    canary = cli("run", str(later), "--output", str(tmp_path / "c.csv"), "--base-url",
+                 emu.base_url, "--limit", "5")  # fmt: skip
+    assert canary.returncode == 0, canary.stderr
+    assert results(tmp_path / "c.csv")["status"].to_list()[5:] == ["unprocessed"] * 4
+    assert "no row before them was invalid" in " ".join(cli("run", "--help").stdout.split())
 
 
 def test_errors_file_can_be_fixed_and_fed_back(
