@@ -462,6 +462,14 @@ def _add_log_options(parser: argparse.ArgumentParser) -> None:
         help="no progress bar and no INFO lines on stderr (--log-file still gets them)",
     )
     parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=S,
+        help="INFO lines on a terminal too (without it, a terminal gets the progress bar, "
+        "warnings and the summary; a pipe, a log file or --log-format json get every line)",
+    )
+    parser.add_argument(
         "--log-format",
         choices=["text", "json"],
         default=S,
@@ -561,8 +569,15 @@ def _run(args: argparse.Namespace, *, command: Command) -> int:
     config, cli = _job_options(args, command)
     quiet = bool(cli.get("quiet"))
     log_file = cli.get("log_file")
+    log_format = cli.get("log_format", "text")
+    # On a terminal the bar and the summary say it all; the structured INFO lines are for
+    # logs (a pipe, --log-file, --log-format json) or -v.
+    terse = (
+        sys.stderr.isatty() and log_format == "text" and log_file is None
+        and not cli.get("verbose")
+    )  # fmt: skip
     try:
-        logs.configure(cli.get("log_format", "text"), log_file, quiet=quiet)
+        logs.configure(log_format, log_file, quiet=quiet, terse=terse)
     except OSError as exc:
         raise ConfigError(f"--log-file {log_file}: {exc.strerror or exc}") from None
     reporter: _Bar | _ProgressLog = _Bar() if not quiet and sys.stderr.isatty() else _ProgressLog()

@@ -21,7 +21,9 @@ from typing import Any
 from bulk_update.exceptions import ConfigError
 
 # Job-file keys that are not JobConfig fields but CLI settings, and the values each takes.
-CLI_KEYS: dict[str, tuple[type, ...]] = {"quiet": (bool,), "log_format": (str,), "log_file": (str,)}
+CLI_KEYS: dict[str, tuple[type, ...]] = {
+    "quiet": (bool,), "verbose": (bool,), "log_format": (str,), "log_file": (str,),
+}  # fmt: skip
 LOG_FORMATS = ("text", "json")
 
 

@@ -68,15 +68,25 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+# On a terminal (``terse``), the INFO lines a person reads beside the bar and the summary.
+TERSE_EVENTS = frozenset({"resume"})
+
+
+def _terse(record: logging.LogRecord) -> bool:
+    return record.levelno > logging.INFO or getattr(record, "event", None) in TERSE_EVENTS
+
+
 def configure(
     log_format: str = "text",
     log_file: str | None = None,
     stream: TextIO | None = None,
     *,
     quiet: bool = False,
+    terse: bool = False,
 ) -> logging.Handler:
     """Send the ``bulk_update`` logger to ``log_file`` (appended) or stderr. ``quiet``: no INFO
-    lines on stderr (warnings and errors still; a log file gets everything). Raises OSError
+    lines on stderr (warnings and errors still; a log file gets everything); ``terse`` (a
+    terminal): only the INFO lines of TERSE_EVENTS. Raises OSError
     when the log file cannot be opened."""
     logger = logging.getLogger("bulk_update")
     handler: logging.Handler
@@ -88,6 +98,8 @@ def configure(
         handler = _StderrHandler()
     if quiet and log_file is None:
         handler.setLevel(logging.WARNING)
+    elif terse and log_file is None:
+        handler.addFilter(_terse)
     for old in list(logger.handlers):
         logger.removeHandler(old)
         old.close()

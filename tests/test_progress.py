@@ -144,6 +144,13 @@ def test_a_bar_only_on_a_terminal(start_emulator: StartEmulator, tmp_path: Path)
     lines, code = on_tty([*args, "--output", str(tmp_path / "a.csv")])
     assert code == 0, lines
     assert bars(lines)[0][:2] == (30, 30)
+    # On a terminal, the bar and the summary: no structured INFO lines (-v shows them).
+    assert not any(" INFO " in line for line in lines), lines
+    assert lines[-1].startswith("bulk-update: 30 rows: ")
+    verbose, code = on_tty([*args, "--output", str(tmp_path / "v.csv"), "-v"])
+    assert code == 0, verbose
+    assert any("INFO job started" in line for line in verbose), verbose
     piped = cli(*args, "--output", str(tmp_path / "b.csv"))  # no terminal: cron, Airflow
     assert piped.returncode == 0
     assert "━" not in piped.stderr
+    assert "INFO job started" in piped.stderr  # a log's reader wants them
