@@ -823,7 +823,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        message = f"unrecognized arguments: {' '.join(extra)}"
+        if getattr(args, "input", None) and all(
+            not item.startswith("-") and Path(item).suffix for item in extra
+        ):
+            message += (
+                " (more input files: was a glob expanded by the shell? quote it, as in "
+                "'exports/part-*.csv', and bulk-update reads every file it matches)"
+            )
+        parser.error(message)
     try:
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)

@@ -5,6 +5,7 @@ Defaults live here and nowhere else.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -164,7 +165,13 @@ class JobConfig:
         unknown = sorted(set(normalized) - known)
         if unknown:
             shown = ", ".join(name.replace("_", "-") for name in unknown)
-            raise ConfigError(f"{source}: unknown option(s) {shown}")
+            close = [
+                match
+                for name in unknown
+                for match in difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)
+            ]
+            guess = f" (did you mean {', '.join(m.replace('_', '-') for m in close)}?)"
+            raise ConfigError(f"{source}: unknown option(s) {shown}{guess if close else ''}")
         columns = normalized.get("columns")
         if isinstance(columns, str):
             normalized["columns"] = parse_columns(columns)

@@ -321,6 +321,7 @@ def open_input(
     for file in files if fmt == "ndjson" else ():
         if not is_remote(file) and not _has_text(file):
             raise InputError(file, "the file is empty: no JSON object")
+    _check_same_columns(files, fmt, separator)
     try:
         schema = _scan(files, fmt, storage_options, separator).collect_schema()
     except DiskFull:
@@ -332,7 +333,9 @@ def open_input(
         schema = pl.Schema(dict.fromkeys(schema.names(), pl.String()))
     names = list(schema.names())
     if id_column not in names:
-        raise InputError(path, f"no ID column {id_column!r} (columns: {_shown(names)})")
+        raise InputError(
+            path, f"no ID column {id_column!r} (columns: {_shown(names)}){_hint(fmt, names)}"
+        )
     if not _has_text_form(schema[id_column]):
         raise InputError(
             path,
@@ -375,6 +378,50 @@ def open_input(
         fed_back=fmt == "csv" and set(ERROR_COLUMNS) <= set(names),
         separator=separator,
     )
+
+
+def _columns(file: str, fmt: InputFormat, separator: str) -> list[str] | None:
+    """A local file's column names, from its header or schema (None: not known cheaply)."""
+    if is_remote(file):
+        return None
+    if fmt == "parquet":
+        try:
+            return list(pl.read_parquet_schema(file))
+        except (pl.exceptions.PolarsError, OSError):
+            return None  # polars' own read says what is wrong
+    if fmt == "csv":
+        with open(file, encoding="utf-8-sig", errors="replace", newline="") as text:
+            return next(csv.reader(text, delimiter=separator), [])
+    return None  # JSON Lines: the files' keys are joined
+
+
+def _check_same_columns(files: tuple[str, ...], fmt: InputFormat, separator: str) -> None:
+    """The files of a glob are read as one table: each must have the first one's columns (the
+    file that differs is named, not polars' "schema lengths differ")."""
+    if len(files) < 2:
+        return
+    first = _columns(files[0], fmt, separator)
+    if first is None:
+        return
+    for file in files[1:]:
+        columns = _columns(file, fmt, separator)
+        if columns is not None and columns != first:
+            raise InputError(
+                file,
+                f"its columns ({_shown(columns)}) differ from those of {files[0]} "
+                f"({_shown(first)}): every file of a glob must have the same columns, in the "
+                "same order",
+            )
+
+
+def _hint(fmt: InputFormat, names: list[str]) -> str:
+    """What to try when the ID column is not found: another delimiter if the header looks
+    separated by one, else --id-column."""
+    if fmt == "csv" and len(names) == 1:
+        for mark, shown in ((";", "';'"), ("|", "'|'"), ("\t", "'\\t'")):
+            if mark in names[0]:
+                return f": the header looks {shown}-separated: give --delimiter {shown}"
+    return ": give --id-column the column that holds the conversation IDs"
 
 
 def _has_text_form(dtype: pl.DataType) -> bool:

@@ -163,3 +163,36 @@ def test_outputs_get_the_mode_of_any_new_file(
             assert done.returncode == 0, done.stderr
             for path in (results, errors):
                 assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, (path, umask)
+
+
+@pytest.mark.parametrize(
+    ("files", "args", "fragments"),
+    [
+        ({"in.csv": "conversation_id;tier\nconv_a;x\n"}, ["in.csv"],
+         ["no ID column 'conversation_id'", "looks ';'-separated: give --delimiter ';'"]),
+        ({"in.csv": "id,tier\nconv_a,x\n"}, ["in.csv"],
+         ["give --id-column the column that holds the conversation IDs"]),
+        ({"job.toml": 'input = "in.csv"\noutput = "o.csv"\nconcurency = 4\n',
+          "in.csv": "conversation_id,t\nconv_a,x\n"}, ["--job", "job.toml"],
+         ["unknown option(s) concurency (did you mean concurrency?)"]),
+        ({"part-1.csv": "conversation_id,t\nconv_a,x\n",
+          "part-2.csv": "conversation_id,t\nconv_b,x\n"}, ["part-1.csv", "part-2.csv"],
+         ["unrecognized arguments: part-2.csv", "quote it"]),
+        ({"part-1.csv": "conversation_id,t\nconv_a,x\n",
+          "part-2.csv": "conversation_id,t,u\nconv_b,x,y\n"}, ["part-*.csv"],
+         ["part-2.csv: its columns ('conversation_id', 't', 'u') differ from those of",
+          "part-1.csv"]),
+    ],
+)  # fmt: skip
+def test_a_mistake_gets_a_hint_of_what_to_do(
+    tmp_path: Path, files: dict[str, str], args: list[str], fragments: list[str]
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    output = [] if "--job" in args else ["--output", "o.csv"]
+    done = cli("validate", *args, *output, cwd=tmp_path)
+    if "unrecognized" in fragments[0]:  # argparse's own error: its usage line first
+        assert done.returncode == 2
+        assert all(f in done.stderr.splitlines()[-1] for f in fragments), done.stderr
+        return
+    one_line_usage_error(done, *fragments)
