@@ -4,7 +4,7 @@ Each benchmark starts its own emulator (a real server on loopback), generates it
 under benchmarks/data/ (git-ignored), and reports a ratio to a baseline measured in the same
 run, because absolute numbers vary between machines.
 
-    .venv/bin/python -m benchmarks.run                # all eleven
+    .venv/bin/python -m benchmarks.run                # all twelve
     .venv/bin/python -m benchmarks.run --only 1,3     # some
     .venv/bin/python -m benchmarks.run --quick        # smaller sizes (a smoke run)
 """
@@ -433,6 +433,40 @@ def row_width(quick: bool) -> list[Row]:
     ]  # fmt: skip
 
 
+def json_lines_as_written(quick: bool) -> list[Row]:
+    """Reading a JSON Lines file with every value as written (bulk_update.jsonlines: Python's C
+    parser over whole chunks) against polars' own reader of the same file as text (two passes:
+    the keys, then the values), in this process."""
+    import tempfile
+
+    from bulk_update import jsonlines
+
+    rows = 100_000 if quick else 500_000
+    path = DATA / f"lines-{rows}.jsonl"
+    if not path.exists():
+        DATA.mkdir(exist_ok=True)
+        with path.open("w") as out:
+            for i in range(rows):
+                out.write(json.dumps({"conversation_id": preload_id(i), "tier": "pro", "n": i,
+                                      "score": i / 7, "region": "emea"}) + "\n")  # fmt: skip
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as directory:
+        parts = jsonlines.as_text_parts(str(path), Path(directory))
+        read = pl.concat([pl.scan_ipc(p) for p in parts], how="diagonal").collect().height
+    ours = time.perf_counter() - started
+    started = time.perf_counter()
+    names = pl.scan_ndjson(path, infer_schema_length=None).collect_schema().names()
+    text = pl.Schema(dict.fromkeys(names, pl.String()))
+    theirs_rows = pl.scan_ndjson(path, schema=text).collect().height
+    theirs = time.perf_counter() - started
+    assert read == theirs_rows == rows
+    return [
+        Row(f"12 JSON Lines as written, {rows:,} rows", f"{rows / ours:,.0f} rows/s",
+            f"{rows / theirs:,.0f} rows/s (polars)", ours / theirs, "(context: once a run)",
+            True),
+    ]  # fmt: skip
+
+
 BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "1": client_efficiency,
     "2": riding_the_limit,
@@ -445,6 +479,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "9": state_bytes,
     "10": reading_first,
     "11": row_width,
+    "12": json_lines_as_written,
 }
 
 

@@ -59,7 +59,11 @@ def _is_loopback(host: str) -> bool:
 
 def check_base_url(url: str) -> str:
     """The base URL without a trailing slash; plain http only to a loopback host."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (checked: a port that is not a number from 0 to 65535)
+    except ValueError as exc:
+        raise ConfigError(f"base URL {url!r} is not a valid URL ({exc})") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ConfigError(f"base URL {url!r} is not an http(s) URL")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
@@ -241,6 +245,13 @@ class JobConfig:
                 f"--job-name {self.job_name!r}: use 1 to 100 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
+        for flag, path in (("input", self.input), ("--output", self.output),
+                           ("--errors-output", self.errors_output)):  # fmt: skip
+            if path is not None and is_remote(path):
+                try:
+                    urlsplit(path).port  # noqa: B018 (checked: a bracket, a port)
+                except ValueError as exc:
+                    raise ConfigError(f"{flag} {path}: not a valid URL ({exc})") from None
         result_format(self.output)
         if self.errors_output is not None:
             result_format(self.errors_output)

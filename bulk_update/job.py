@@ -114,18 +114,22 @@ def written_files(config: JobConfig) -> list[str]:
     return sorted({str(Path(p).resolve()) for p in paths if p is not None and not is_remote(p)})
 
 
-def check_written_alone(config: JobConfig, job: str, run_id: int, store: Store) -> None:
+def check_written_alone(config: JobConfig, key: RunKey, run_id: int | None, store: Store) -> None:
     """Refuse (ConfigError) to write a results or errors file that another run of the job,
     going on now on this machine, writes too: two shards given one --errors-output would each
-    write the file whole with their own rows only, the last one wins. Called once the run has
+    write the file whole with their own rows only, the last one wins. Called before the run is
+    recorded (``run_id`` None: a refused run leaves nothing behind), and again once it has
     beaten its first heartbeat, so that of two runs started together, the second sees the
     first."""
+    job = key.job
     mine = set(written_files(config))
     host = socket.gethostname()
     for other in store.status(job):
         record = other.record
         if record.run_id == run_id or record.host != host or not is_running(other):
             continue
+        if (record.results, record.shard) == (key.results, key.shard_text):
+            continue  # this run itself, from an earlier invocation: its lock says if it runs
         shared = mine & set(record.options.get("written") or ())
         if shared:
             shard = f" (shard {record.shard})" if record.shard else ""
@@ -648,6 +652,9 @@ async def _run_with_store(run: _Run, location: StoreLocation) -> JobSummary:
     key = RunKey(run.job_name, config.output, config.shard)
     store = await asyncio.to_thread(open_store, location)
     try:
+        if not config.check_server:
+            # Before the run is recorded: a refused run leaves nothing to resume.
+            await asyncio.to_thread(check_written_alone, config, key, None, store)
         journal = await asyncio.to_thread(
             functools.partial(
                 store.open_run,
@@ -684,9 +691,7 @@ async def _run_journaled(run: _Run, store: Store, journal: Journal, key: RunKey)
                 # A first heartbeat, then a look at the others: of two runs started together,
                 # the second sees the first.
                 await journal.beat(RunBeat(run.total, tally.resumed), [])
-                await asyncio.to_thread(
-                    check_written_alone, config, run.job_name, journal.run_id, store
-                )
+                await asyncio.to_thread(check_written_alone, config, key, journal.run_id, store)
             log.info(
                 "job started",
                 extra={

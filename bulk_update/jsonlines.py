@@ -172,13 +172,27 @@ def _frame(file: str, lines: list[tuple[int, str]]) -> pl.DataFrame:
     rows = []
     for number, line in lines:
         try:
-            rows.append(fields(line))
+            found = fields(line)
+            _check_text(found)
         except _LineError as exc:
             raise InputError(
                 file, f"line {number}, column {exc.column + 1}: not JSON Lines ({exc})"
             ) from None
+        rows.append(found)
     frame = pl.from_dicts(rows, infer_schema_length=None)
     return frame.cast(dict.fromkeys(frame.columns, pl.String))
+
+
+def _check_text(found: dict[str, str | None]) -> None:
+    """Every key and value is text UTF-8 can hold: a ``\\ud800`` escape alone (half of a
+    surrogate pair) is valid JSON but no character."""
+    for text in (*found, *found.values()):
+        if text is not None and not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = f"\\u{ord(text[exc.start]):04x}"
+                raise _LineError(f"{bad} is half of a surrogate pair, not a character", 0) from None
 
 
 def _plain(dtype: pl.DataType) -> bool:

@@ -115,6 +115,16 @@ def to_text(key: str, value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone "\ud800" escape in a JSON cell
+                bad = f"\\u{ord(value[exc.start]):04x}"
+                raise _Invalid(
+                    "unsupported_value",
+                    f"value for '{clip(key)}' holds {bad}, half of a surrogate pair: not a "
+                    "character",
+                ) from None
         return value if value != "" else None
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -147,6 +157,8 @@ def check_pairs(pairs: Iterable[tuple[str, object]]) -> dict[str, str]:
         value = to_text(key, raw)
         if value is None:
             continue
+        if not key.isascii():
+            to_text("a key", key)  # raises _Invalid for a lone surrogate, as for a value
         if not key:
             raise _Invalid("invalid_key", MSG_KEY_EMPTY)
         if len(key) > MAX_KEY_CHARS:

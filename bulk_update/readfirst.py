@@ -97,7 +97,8 @@ class ReadFirst:
             )
         adds = new_keys(row, server)
         if not self.write:
-            added.update(adds)
+            if not update.whole:
+                added.update(adds)
             return Sent(
                 RowOutcome(status=Status.PLANNED, **image, **common), latency_s=read.latency_s
             )
@@ -120,7 +121,8 @@ class ReadFirst:
         )
         fatal = sent.fatal
         if outcome.status is Status.UPDATED:
-            added.update(adds)
+            if not update.whole:  # a whole before-image puts keys back: it adds none
+                added.update(adds)
             lost = replaced_keys(server, row, parse_map(outcome.metadata))
             if lost and fatal is None and not update.whole:
                 fatal = _replaced(update.conversation_id, lost)

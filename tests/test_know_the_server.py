@@ -350,6 +350,7 @@ def test_backup_stops_when_the_server_replaces_instead_of_merging(
     assert undone.returncode == 0, undone.stderr
     assert by_row(undo)[1]["status"] == "updated"
     assert stored(emu, ID(0)) == before
+    assert "added key" not in undone.stderr  # it put keys back; it added none
     assert updates(emu) == 2
     # On a server that merges (the replacing was a fault since mended), the same: the key the
     # run added stays (the API cannot remove it), counted.

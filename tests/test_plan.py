@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+from functools import partial
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from bulk_update import jsonlines
+from bulk_update.exceptions import InputError
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import (
     PlannedUpdate,
@@ -284,3 +286,21 @@ def test_a_shards_batch_with_invalid_ids_is_planned(tmp_path: Path) -> None:
     invalid = planned.filter(pl.col("error_code").is_not_null())
     assert invalid.height > 0
     assert all("is not conv_ followed by" in m for m in invalid["error_message"])
+
+
+def test_a_lone_surrogate_is_an_invalid_row_or_a_named_line(tmp_path: Path) -> None:
+    """'\\ud800' is valid JSON but no character: once an exit 70 for the whole file."""
+    code, message = invalid(
+        plan_row(1, ID, partial(parse_metadata_cell, "meta", '{"n": "\\ud800"}'))
+    )
+    assert code == "unsupported_value"
+    assert message is not None
+    assert "\\ud800, half of a surrogate pair" in message
+    key = invalid(plan_row(1, ID, partial(parse_metadata_cell, "meta", '{"\\ud800": "v"}')))
+    assert key[0] == "unsupported_value"
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        '{"conversation_id": "conv_a", "n": "x"}\n{"conversation_id": "conv_b", "n": "\\ud800"}\n'
+    )
+    with pytest.raises(InputError, match=r"line 2, column 1: .*\\ud800 is half of a surrogate"):
+        open_input(str(source), id_column="conversation_id")

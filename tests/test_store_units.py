@@ -243,3 +243,17 @@ def test_the_watchdog_cuts_a_call_that_never_returns() -> None:
         pass  # returned in time: left alone
     assert not quick.fired
     assert cut.is_set()
+
+
+def test_a_short_password_never_masks_letters_of_a_message() -> None:
+    from bulk_update.store.postgres import _Session
+
+    session = _Session("postgresql://bulk:e@127.0.0.1:1/db", 1)
+    try:
+        said = 'connection failed: password authentication failed for user "bulk" (e)'
+        assert session.scrub(said) == (
+            'connection failed: password authentication failed for user "bulk" (***)'
+        )
+        assert session.scrub("postgresql://bulk:e@host") == "postgresql://bulk:***@host"
+    finally:
+        session.close()

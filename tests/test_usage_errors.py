@@ -196,3 +196,23 @@ def test_a_mistake_gets_a_hint_of_what_to_do(
         assert all(f in done.stderr.splitlines()[-1] for f in fragments), done.stderr
         return
     one_line_usage_error(done, *fragments)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [
+        ("--base-url", "http://127.0.0.1:99999/v1", "Port out of range"),
+        ("--base-url", "http://127.0.0.1:abc/v1", "is not a valid URL"),
+        ("--base-url", "http://[::1", "Invalid IPv6 URL"),
+        ("--state-url", "postgresql://bulk:x@[::1/postgres", "--state-url: not a valid URL"),
+        ("--output", "s3://[::1/x.csv", "--output s3://[::1/x.csv: not a valid URL"),
+    ],
+)
+def test_a_malformed_url_is_a_usage_error(
+    tmp_path: Path, option: str, value: str, fragment: str
+) -> None:
+    """Once an exit 70 (an OverflowError or ValueError out of the URL parser)."""
+    (tmp_path / "in.csv").write_text("conversation_id,t\nconv_a,x\n")
+    output = [] if option == "--output" else ["--output", "o.csv"]
+    done = cli("run", "in.csv", *output, option, value, cwd=tmp_path)
+    one_line_usage_error(done, fragment)

@@ -52,6 +52,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -320,8 +321,10 @@ class _Session:
         self.lost: RunTaken | None = None
 
     def scrub(self, text: str) -> str:
+        """The text without the password: each of its occurrences that stands alone (not
+        inside a longer word), so that a short password never masks letters of the message."""
         for secret in self._secrets:
-            text = text.replace(secret, "***")
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
         return text
 
     def conninfo(self) -> str:

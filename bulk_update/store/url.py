@@ -15,11 +15,6 @@ def check_url(url: str) -> str:
     """A --state-url the job can use (ConfigError naming it, without its password). A
     SQLAlchemy URL (``postgresql+psycopg://``, as the Airflow Postgres hook gives) is taken as
     the plain one."""
-    scheme, plus, _ = urlsplit(url).scheme.partition("+")
-    if scheme not in SCHEMES:
-        raise ConfigError(
-            f"--state-url {redact(url)}: use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
-        )
     _, _, rest = url.partition("://")
     userinfo, at, _ = rest.rpartition("@")
     if at and any(mark in userinfo for mark in "@/?#"):
@@ -30,6 +25,19 @@ def check_url(url: str) -> str:
             "percent-encode the password (and the user), e.g. '@' as %40, '/' as %2F, ':' as "
             "%3A (python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], "
             'safe=""))\' PASSWORD)'
+        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (checked: a port that is not a number from 0 to 65535)
+    except ValueError:
+        raise ConfigError(
+            "--state-url: not a valid URL (a bracket, a port?): use "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        ) from None
+    scheme, plus, _ = parts.scheme.partition("+")
+    if scheme not in SCHEMES:
+        raise ConfigError(
+            f"--state-url {redact(url)}: use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
         )
     return scheme + url[url.index(":") :] if plus else url
 
