@@ -65,25 +65,6 @@ def test_history_shows_each_run_as_the_server_saw_it(
     assert "no store of job 'nope'" in missing.stderr
 
 
-def test_history_from_the_store_in_postgres(
-    start_emulator: StartEmulator, tmp_path: Path, state_url: str
-) -> None:
-    source = tmp_path / "in.csv"
-    write_input(source, 30)
-    emu = start_emulator("--preload", str(source))
-    for name in ("a.csv", "b.csv"):
-        done = cli("run", str(source), "--output", str(tmp_path / name), "--base-url",
-                   emu.base_url, "--job-name", "shared", "--state-url", state_url)  # fmt: skip
-        assert done.returncode == 0, done.stderr
-    runs = history("--job", "shared", "--state-url", state_url)
-    assert [Path(r["results"]).name for r in runs] == ["b.csv", "a.csv"]
-    assert runs[0]["counts"] == {"unchanged": 30}
-    assert runs[1]["counts"] == {"updated": 30}
-    assert runs[1]["requests"] == 31  # the rows and the preflight
-    assert runs[0]["ended_at"].endswith("Z")
-    assert not list(tmp_path.glob("*.sqlite"))
-
-
 def test_status_history_and_report_find_the_store_beside_the_results(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:

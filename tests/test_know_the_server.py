@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx2
 
@@ -362,22 +361,3 @@ def test_backup_stops_when_the_server_replaces_instead_of_merging(
     assert again.returncode == 0, again.stderr
     assert stored(emu, ID(0)) == {**before, "tier": "new"}
     assert "key 'tier' stays on 1 conversation" in again.stderr
-
-
-def test_backup_and_revert_with_the_store_in_postgres(
-    start_emulator: StartEmulator, tmp_path: Path, state_url: str
-) -> None:
-    server, source = backup_fixture(tmp_path)
-    emu = start_emulator("--preload", str(tmp_path / "server.csv"))
-    common: tuple[str, ...] = ("--base-url", emu.base_url, "--state-url", state_url,
-                               "--job-name", "fix")  # fmt: skip
-    results = tmp_path / "fix.jsonl"
-    done = cli("run", str(source), "--output", str(results), "--backup", *common)
-    assert done.returncode == 1, done.stderr
-    rows: dict[int, dict[str, Any]] = by_row(results)
-    assert all(rows[i + 1]["previous_metadata"] == text(server[ID(i)]) for i in range(20))
-    undone = cli("revert", str(results), "--output", str(tmp_path / "revert.csv"), *common)
-    assert undone.returncode == 0, undone.stderr
-    for i in range(20):
-        assert stored(emu, ID(i)) == {**server[ID(i)], "owner": f"o{i}"}
-    assert not list(tmp_path.glob("*.sqlite"))

@@ -326,7 +326,10 @@ def jobs_that_wrote(directory: Path, results: list[str]) -> list[str]:
     marks = ", ".join("?" for _ in results)
     for path in sorted(directory.glob("*.sqlite")):
         try:
-            with contextlib.closing(sqlite3.connect(_uri(path, read_only=True), uri=True)) as db:
+            # Not mode=ro: a read-only connection to a WAL database leaves its -wal and -shm
+            # files behind; a plain one, the last to close, removes them. It only reads.
+            with contextlib.closing(sqlite3.connect(_uri(path), uri=True)) as db:
+                db.execute("PRAGMA query_only = 1")
                 found = db.execute(
                     f"SELECT DISTINCT job FROM runs WHERE results IN ({marks})",  # noqa: S608
                     results,
