@@ -177,9 +177,14 @@ def test_sharded_runs_push_to_a_real_pushgateway(
 
 
 def _status(*args: str, started: bool = True) -> list[dict[str, Any]]:
-    """``status --json``; with ``started`` False, a job whose store is not there yet has none."""
+    """``status --json``; with ``started`` False, a job whose store (or first run) is not there
+    yet has none."""
     done = cli("status", *args, "--json")
-    if not started and done.returncode == 2 and "no store of job" in done.stderr:
+    if (
+        not started
+        and done.returncode == 2
+        and ("no store of job" in done.stderr or "no run of job" in done.stderr)
+    ):
         return []
     assert done.returncode == 0, done.stderr
     found: list[dict[str, Any]] = json.loads(done.stdout)
@@ -267,7 +272,11 @@ def test_status_and_report_from_the_store_in_postgres(
                     "1", "--metrics-interval", "0.5")  # fmt: skip
     try:
         running = _until(
-            lambda: [s for s in _status(*where) if (s["rows_done"] or 0) >= 5 and s["rows_per_s"]],
+            lambda: [
+                s
+                for s in _status(*where, started=False)
+                if (s["rows_done"] or 0) >= 5 and s["rows_per_s"]
+            ],
             "the run never reported 5 rows done",
         )[0]
         assert running["state"] == "running"
