@@ -16,8 +16,8 @@ from bulk_update.exceptions import (
 )
 from bulk_update.exitcodes import RESUMABLE, ExitCode
 from bulk_update.job import run_job, run_job_async
+from bulk_update.observe.summary import JobSummary, Progress
 from bulk_update.outcome import RowOutcome, Status
-from bulk_update.summary import JobSummary, Progress
 
 __all__ = [
     "RESUMABLE",

@@ -22,7 +22,7 @@ from bulk_update.exceptions import (
 )
 from bulk_update.exitcodes import ExitCode
 from bulk_update.job import run_job
-from bulk_update.summary import Progress
+from bulk_update.observe.summary import Progress
 
 log = logging.getLogger("bulk_update")
 # Without a progress bar (no TTY, or --quiet), a progress log line this often.
@@ -564,7 +564,7 @@ class _ProgressLog:
 
 
 def _run(args: argparse.Namespace, *, command: Command) -> int:
-    from bulk_update import logs
+    from bulk_update.observe import logs
 
     config, cli = _job_options(args, command)
     quiet = bool(cli.get("quiet"))
@@ -616,7 +616,7 @@ def _print_runs(
 
 
 def _run_history(args: argparse.Namespace) -> int:
-    from bulk_update import history
+    from bulk_update.observe import history
 
     location = history.job_location(args.job, args.state_dir, args.state_url)
     records = history.runs(args.job, location)
@@ -631,7 +631,7 @@ def _run_history(args: argparse.Namespace) -> int:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from bulk_update import history
+    from bulk_update.observe import history
 
     location = history.job_location(args.job, args.state_dir, args.state_url)
     found = history.statuses(args.job, location)
@@ -647,7 +647,7 @@ def _run_status(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from bulk_update import history, report
+    from bulk_update.observe import history, report
 
     location = history.job_location(args.job, args.state_dir, args.state_url)
     data = report.write(args.job, location, args.run, args.output)

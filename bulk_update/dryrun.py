@@ -12,6 +12,13 @@ from collections.abc import Iterator
 import polars as pl
 
 from bulk_update.config import JobConfig
+from bulk_update.observe.summary import (
+    JobSummary,
+    Progress,
+    ProgressCallback,
+    exit_code_for,
+    warnings_for,
+)
 from bulk_update.plan import (
     find_duplicates,
     mark_unchanged,
@@ -22,7 +29,6 @@ from bulk_update.plan import (
 )
 from bulk_update.read import InputTable
 from bulk_update.store import StateReader, read_state
-from bulk_update.summary import JobSummary, Progress, ProgressCallback, exit_code_for, warnings_for
 from bulk_update.write import (
     WriteCancelled,
     dry_run_results,

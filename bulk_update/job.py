@@ -27,8 +27,7 @@ from typing import Any
 import httpx2
 import polars as pl
 
-from bulk_update import revert
-from bulk_update.breaker import FailureStreak
+from bulk_update.api.breaker import FailureStreak
 from bulk_update.config import JobConfig
 from bulk_update.dryrun import dry_run
 from bulk_update.exceptions import (
@@ -43,8 +42,15 @@ from bulk_update.exceptions import (
     stop_code,
 )
 from bulk_update.exitcodes import ExitCode
-from bulk_update.history import is_running
-from bulk_update.metrics import MetricsOutputs, Telemetry
+from bulk_update.observe.history import is_running
+from bulk_update.observe.metrics import MetricsOutputs, Telemetry
+from bulk_update.observe.summary import (
+    JobSummary,
+    Progress,
+    ProgressCallback,
+    exit_code_for,
+    warnings_for,
+)
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.paths import is_remote
 from bulk_update.plan import (
@@ -58,8 +64,9 @@ from bulk_update.plan import (
     valid_rows,
 )
 from bulk_update.read import ROW_NUMBER, InputTable, expand, file_fingerprint, open_input
-from bulk_update.readfirst import ReadFirst
 from bulk_update.send import Sender, SendSettings
+from bulk_update.server import revert
+from bulk_update.server.readfirst import ReadFirst
 from bulk_update.stop import Signals, Stop
 from bulk_update.store import (
     Journal,
@@ -72,13 +79,6 @@ from bulk_update.store import (
     StoreLocation,
     jobs_that_wrote,
     open_store,
-)
-from bulk_update.summary import (
-    JobSummary,
-    Progress,
-    ProgressCallback,
-    exit_code_for,
-    warnings_for,
 )
 from bulk_update.write import WriteCancelled, write_run_outputs
 

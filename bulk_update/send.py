@@ -32,15 +32,9 @@ import httpx2
 from tenacity import AsyncRetrying, retry_if_result
 
 from bulk_update._version import __version__
-from bulk_update.breaker import CircuitBreaker
-from bulk_update.check import NOT_FOUND
-from bulk_update.config import JobConfig
-from bulk_update.exceptions import ConfigError, FatalApiError
-from bulk_update.metrics import Telemetry
-from bulk_update.outcome import RowOutcome, Status
-from bulk_update.plan import PlannedUpdate
-from bulk_update.ratelimit import Clock, RateLimiter, Sleep
-from bulk_update.retry import (
+from bulk_update.api.breaker import CircuitBreaker
+from bulk_update.api.ratelimit import Clock, RateLimiter, Sleep
+from bulk_update.api.retry import (
     Action,
     Answer,
     Attempt,
@@ -57,6 +51,12 @@ from bulk_update.retry import (
     wait_backoff,
     wait_for_server,
 )
+from bulk_update.config import JobConfig
+from bulk_update.exceptions import ConfigError, FatalApiError
+from bulk_update.observe.metrics import Telemetry
+from bulk_update.outcome import RowOutcome, Status
+from bulk_update.plan import PlannedUpdate
+from bulk_update.server.check import NOT_FOUND
 from bulk_update.stop import Stop
 from bulk_update.store import Budget
 

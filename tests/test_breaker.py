@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bulk_update.breaker import CircuitBreaker
+from bulk_update.api.breaker import CircuitBreaker
 
 
 class Clock:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bulk_update.ratelimit import RateLimiter
+from bulk_update.api.ratelimit import RateLimiter
 
 
 class FakeTime:
@@ -94,7 +94,7 @@ def test_rejects_a_non_positive_rate() -> None:
 
 
 def test_controller_rides_the_servers_limit_and_never_exceeds_the_ceiling() -> None:
-    from bulk_update.ratelimit import RateController
+    from bulk_update.api.ratelimit import RateController
 
     controller = RateController(ceiling_rpm=1200, now=0.0)
     assert controller.on_answer(0.1, server_limit_rpm=600) == 600  # told 2R: rides R at once
@@ -106,7 +106,7 @@ def test_controller_rides_the_servers_limit_and_never_exceeds_the_ceiling() -> N
 
 
 def test_controller_backs_off_on_429_once_a_second_and_recovers() -> None:
-    from bulk_update.ratelimit import RateController
+    from bulk_update.api.ratelimit import RateController
 
     controller = RateController(ceiling_rpm=1000, now=0.0)
     assert controller.on_rate_limited(0.0) == 750

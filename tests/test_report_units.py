@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from bulk_update.report import MAX_POINTS, RunData, latency_series, render, requests_series
+from bulk_update.observe.report import MAX_POINTS, RunData, latency_series, render, requests_series
 from bulk_update.store import RunRecord, Second, report_frame
 
 
@@ -85,7 +85,7 @@ def test_text_from_the_store_cannot_close_the_page_s_script() -> None:
 
 
 def test_the_rpm_line_follows_each_invocation() -> None:
-    from bulk_update.report import configured_rps
+    from bulk_update.observe.report import configured_rps
 
     first = {"rpm": 600, "invoked_at": 1000.0}
     second = {"rpm": 6000, "invoked_at": 2000.0}

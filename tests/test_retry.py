@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bulk_update.retry import (
+from bulk_update.api.retry import (
     Action,
     Answer,
     backoff_seconds,
@@ -131,7 +131,7 @@ def test_backoff(failures: int, jitter: float, seconds: float) -> None:
 def test_parse_rate_limit_headers(
     headers: dict[str, str], parsed: tuple[float | None, int | None, float | None]
 ) -> None:
-    from bulk_update.retry import parse_rate_limit_headers
+    from bulk_update.api.retry import parse_rate_limit_headers
 
     assert parse_rate_limit_headers(headers) == parsed
 

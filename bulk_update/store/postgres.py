@@ -804,7 +804,7 @@ class PostgresStore:
 
 class PostgresBudget:
     """The job's rate budget: one timeline in the database that every running shard takes its
-    request slots from (see ``bulk_update.ratelimit``). The database's clock is the only one
+    request slots from (see ``bulk_update.api.ratelimit``). The database's clock is the only one
     used, so machines' clocks need not agree."""
 
     def __init__(self, session: _Session, job_id: int) -> None:

@@ -20,7 +20,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from bulk_update.check import (
+from bulk_update.exceptions import FatalApiError
+from bulk_update.outcome import RowOutcome, Status
+from bulk_update.plan import PlannedUpdate, clip
+from bulk_update.send import Sender, Sent
+from bulk_update.server.check import (
     NOT_FOUND,
     REPLACED,
     judge,
@@ -28,10 +32,6 @@ from bulk_update.check import (
     parse_map,
     replaced_keys,
 )
-from bulk_update.exceptions import FatalApiError
-from bulk_update.outcome import RowOutcome, Status
-from bulk_update.plan import PlannedUpdate, clip
-from bulk_update.send import Sender, Sent
 from bulk_update.store import Journal
 
 

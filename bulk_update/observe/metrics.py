@@ -27,7 +27,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import pushadd_to_gateway, write_to_textfile
 
-from bulk_update.retry import Answer
+from bulk_update.api.retry import Answer
 from bulk_update.store import Second
 
 log = logging.getLogger("bulk_update")

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from bulk_update.check import parse_map
 from bulk_update.exceptions import InputError
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
 from bulk_update.read import ROW_NUMBER, InputTable, open_input
+from bulk_update.server.check import parse_map
 
 ID = "conversation_id"
 STATUS = "status"

@@ -225,7 +225,7 @@ def _summary(record: RunRecord) -> list[tuple[str, str]]:
 
 
 def _asset(name: str) -> str:
-    return resources.files("bulk_update").joinpath("report_assets", name).read_text("utf-8")
+    return resources.files("bulk_update.observe").joinpath("report_assets", name).read_text("utf-8")
 
 
 def _script_json(value: object) -> str:
