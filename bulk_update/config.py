@@ -17,6 +17,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bulk_update._constants import (
+    DEFAULT_BASE_URL,
+    DEFAULT_BREAKER_THRESHOLD,
+    DEFAULT_BREAKER_TIMEOUT_S,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_ID_COLUMN,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_METRICS_INTERVAL_S,
+    DEFAULT_RPM,
+    DEFAULT_STOP_AFTER_FAILURES,
+    DEFAULT_STORE_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+)
 from bulk_update.exceptions import ConfigError
 from bulk_update.formats import result_format
 from bulk_update.paths import is_remote
@@ -25,25 +39,8 @@ from bulk_update.store.url import ENV as STATE_URL_ENV
 from bulk_update.store.url import check_url as check_state_url
 from bulk_update.store.url import redact as redact_url
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_ID_COLUMN = "conversation_id"
-DEFAULT_RPM = 500
-DEFAULT_CONCURRENCY = 16
-DEFAULT_MAX_ATTEMPTS = 6
-DEFAULT_TIMEOUT_S = 60.0
-# The longest `retry-after` honoured; a server asking for more fails the row instead of stalling
-# the whole job (the SDK's own cap).
-MAX_RETRY_AFTER_S = 120.0
-# Rows read, planned and journaled together.
+# Rows read, planned and journaled together (at most; batches are sized by bytes).
 DEFAULT_BATCH_ROWS = 20_000
-DEFAULT_BREAKER_THRESHOLD = 10
-DEFAULT_BREAKER_TIMEOUT_S = 300.0
-DEFAULT_DRAIN_TIMEOUT_S = 10.0
-# Consecutive rows failed with the same non-retryable error code that stop the job (0: never).
-DEFAULT_STOP_AFTER_FAILURES = 100
-DEFAULT_STORE_TIMEOUT_S = 60.0
-# How often a run writes its metrics, pushes them and beats its heartbeat in the store.
-DEFAULT_METRICS_INTERVAL_S = 5.0
 
 JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 

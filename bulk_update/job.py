@@ -51,7 +51,7 @@ from bulk_update.observe.summary import (
     exit_code_for,
     warnings_for,
 )
-from bulk_update.outcome import RowOutcome, Status
+from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.paths import is_remote
 from bulk_update.plan import (
     PlannedUpdate,
@@ -63,7 +63,7 @@ from bulk_update.plan import (
     updates,
     valid_rows,
 )
-from bulk_update.read import ROW_NUMBER, InputTable, expand, file_fingerprint, open_input
+from bulk_update.read import InputTable, expand, file_fingerprint, open_input
 from bulk_update.send import Sender, SendSettings
 from bulk_update.server import revert
 from bulk_update.server.readfirst import ReadFirst

@@ -73,3 +73,5 @@ ERROR_COLUMNS: tuple[str, ...] = ("status", "error_code", "error_message")
 # The errors file's first column: the row's number in the input it came from (kept as it is
 # when that input was itself a fed-back errors file, so a fix traces back to the first input).
 ERRORS_ROW_NUMBER = "row_number"
+# The column every stage carries a row's 1-based data-row number in (the header not counted).
+ROW_NUMBER = "__bulk_update_row_number"

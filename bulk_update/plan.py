@@ -17,7 +17,6 @@ import datetime as dt
 import decimal
 import json
 import math
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,16 +27,18 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from bulk_update._constants import (
+    ID_PATTERN,
+    ID_REGEX,
+    MAX_ID_CHARS,
+    MAX_KEY_CHARS,
+    MAX_PAIRS,
+    MAX_VALUE_CHARS,
+)
 from bulk_update.exceptions import DiskFull, first_line, is_disk_full
-from bulk_update.outcome import ERROR_COLUMNS, RowOutcome, Status
-from bulk_update.read import ROW_NUMBER, InputTable
+from bulk_update.outcome import ERROR_COLUMNS, ROW_NUMBER, RowOutcome, Status
+from bulk_update.read import InputTable
 
-MAX_PAIRS = 16
-MAX_KEY_CHARS = 64
-MAX_VALUE_CHARS = 512
-MAX_ID_CHARS = 128
-ID_PATTERN = re.compile(r"conv_[A-Za-z0-9_-]+")
-ID_REGEX = r"^conv_[A-Za-z0-9_-]+$"
 CLIP_CHARS = 40
 
 # Messages, shared by the row path (plan_row) and the vectorised path (plan_frame): "{}" is

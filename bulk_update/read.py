@@ -22,10 +22,8 @@ import polars as pl
 
 from bulk_update import jsonlines, spreadsheet
 from bulk_update.exceptions import DiskFull, InputError, first_line, is_disk_full
-from bulk_update.outcome import ERROR_COLUMNS, ERRORS_ROW_NUMBER
+from bulk_update.outcome import ERROR_COLUMNS, ERRORS_ROW_NUMBER, ROW_NUMBER
 from bulk_update.paths import is_remote, suffix
-
-ROW_NUMBER = "__bulk_update_row_number"
 
 # A batch holds about this much of the input, and at most JobConfig.batch_rows rows: a file of
 # wide rows is read fewer rows at a time, so that memory does not follow the width of a row.

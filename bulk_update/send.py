@@ -31,6 +31,11 @@ from urllib.parse import quote
 import httpx2
 from tenacity import AsyncRetrying, retry_if_result
 
+from bulk_update._constants import (
+    DEFAULT_RATE_LIMIT_PAUSE_S,
+    MAX_RATE_LIMITED_PER_ROW,
+    MAX_RESPONSE_BYTES,
+)
 from bulk_update._version import __version__
 from bulk_update.api.breaker import CircuitBreaker
 from bulk_update.api.ratelimit import Clock, RateLimiter, Sleep
@@ -63,12 +68,6 @@ from bulk_update.store import Budget
 log = logging.getLogger("bulk_update")
 
 USER_AGENT = f"bulk-update/{__version__}"
-# 429s do not use up --max-attempts, but a row does not wait on them for ever.
-MAX_RATE_LIMITED_PER_ROW = 100
-# A conversation is a few hundred bytes; an answer is never read past this.
-MAX_RESPONSE_BYTES = 1 << 20
-# When a 429 names no wait: hold the whole job back this long.
-DEFAULT_RATE_LIMIT_PAUSE_S = 1.0
 # Tries of the preflight request before the job goes on without its verdict.
 PREFLIGHT_ATTEMPTS = 3
 

@@ -29,11 +29,12 @@ from bulk_update.outcome import (
     ERRORS_ROW_NUMBER,
     NEEDS_ATTENTION,
     RESULTS_SCHEMA,
+    ROW_NUMBER,
     Status,
 )
 from bulk_update.paths import is_remote
 from bulk_update.plan import to_send_expr, unchanged_expr
-from bulk_update.read import ROW_NUMBER, InputTable
+from bulk_update.read import InputTable
 from bulk_update.stop import StopReason
 from bulk_update.store import Journal
 

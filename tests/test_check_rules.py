@@ -13,8 +13,7 @@ from bulk_update.config import JobConfig
 from bulk_update.emulator.process import EmulatorProcess
 from bulk_update.emulator.server import preload_from
 from bulk_update.exceptions import ConfigError
-from bulk_update.outcome import RESULT_COLUMNS
-from bulk_update.read import ROW_NUMBER
+from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER
 from bulk_update.server.check import judge, new_keys, replaced_keys
 from bulk_update.server.revert import plan_batch, revert_row
 from bulk_update.store import TIMELINE_COLUMNS, TIMING_COLUMNS

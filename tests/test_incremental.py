@@ -18,8 +18,8 @@ import pytest
 from bulk_update.config import JobConfig
 from bulk_update.emulator.process import EmulatorProcess
 from bulk_update.exceptions import ConfigError
+from bulk_update.outcome import ROW_NUMBER
 from bulk_update.plan import PLAN_COLUMNS, mark_unchanged, unchanged_rows, updates, valid_rows
-from bulk_update.read import ROW_NUMBER
 from bulk_update.store import StoreLocation, read_state
 from bulk_update.store.sqlite import SQLiteStore
 from tests import helpers

@@ -12,7 +12,7 @@ import pytest
 
 from bulk_update import jsonlines
 from bulk_update.exceptions import InputError
-from bulk_update.outcome import RowOutcome, Status
+from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.plan import (
     PlannedUpdate,
     find_duplicates,
@@ -22,7 +22,7 @@ from bulk_update.plan import (
     plan_row,
     updates,
 )
-from bulk_update.read import ROW_NUMBER, InputTable, open_input
+from bulk_update.read import InputTable, open_input
 
 ID = "conv_" + "ab12" * 12
 

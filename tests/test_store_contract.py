@@ -13,8 +13,7 @@ import polars as pl
 import pytest
 
 from bulk_update.exceptions import ConfigError, JournalError
-from bulk_update.outcome import RowOutcome, Status
-from bulk_update.read import ROW_NUMBER
+from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import RowTiming, RunBeat, RunEnd, RunKey, Second, read_state
 from tests.stores import Backend
 

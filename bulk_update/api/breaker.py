@@ -14,8 +14,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from bulk_update.api.retry import RETRYABLE_STATUSES
-from bulk_update.config import DEFAULT_BREAKER_THRESHOLD, DEFAULT_BREAKER_TIMEOUT_S
+from bulk_update._constants import (
+    DEFAULT_BREAKER_THRESHOLD,
+    DEFAULT_BREAKER_TIMEOUT_S,
+    RETRYABLE_STATUSES,
+)
 
 DEFAULT_THRESHOLD = DEFAULT_BREAKER_THRESHOLD
 DEFAULT_GIVE_UP_AFTER_S = DEFAULT_BREAKER_TIMEOUT_S

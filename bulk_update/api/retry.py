@@ -22,13 +22,14 @@ from tenacity import RetryCallState
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from bulk_update.config import MAX_RETRY_AFTER_S
+from bulk_update._constants import (
+    BACKOFF_BASE_S,
+    BACKOFF_MAX_S,
+    FATAL_STATUSES,
+    MAX_RETRY_AFTER_S,
+    RETRYABLE_STATUSES,
+)
 from bulk_update.exceptions import FatalApiError
-
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
-FATAL_STATUSES = frozenset({401, 403})
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 8.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ import json
 import os
 from pathlib import Path
 
-from bulk_update.config import DEFAULT_METRICS_INTERVAL_S, JOB_NAME
+from bulk_update._constants import DEFAULT_METRICS_INTERVAL_S
+from bulk_update.config import JOB_NAME
 from bulk_update.exceptions import ConfigError
 from bulk_update.store import RunRecord, RunStatus, StoreLocation, open_existing_store
 from bulk_update.store.url import ENV as STATE_URL_ENV

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from bulk_update.plan import MAX_PAIRS, clip
+from bulk_update._constants import MAX_PAIRS
+from bulk_update.plan import clip
 
 MERGED_TOO_MANY_PAIRS = "merged_too_many_pairs"
 DRIFTED = "drifted"

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import polars as pl
 
 from bulk_update.exceptions import InputError
-from bulk_update.outcome import RowOutcome, Status
+from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
-from bulk_update.read import ROW_NUMBER, InputTable, open_input
+from bulk_update.read import InputTable, open_input
 from bulk_update.server.check import parse_map
 
 ID = "conversation_id"

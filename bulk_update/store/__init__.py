@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
+from bulk_update._constants import DEFAULT_STORE_TIMEOUT_S
 from bulk_update.outcome import RowOutcome, Status
 
 
@@ -436,7 +437,7 @@ class StoreLocation:
     path: Path
     url: str | None = field(default=None, repr=False)
     # How long the store may stay away (a database) or locked by another process (a file).
-    timeout: float = 60.0
+    timeout: float = DEFAULT_STORE_TIMEOUT_S
 
 
 POSTGRES_HINT = "the store in PostgreSQL needs psycopg: pip install 'bulk-update[postgres]'"

@@ -64,6 +64,7 @@ import polars as pl
 import psycopg
 import psycopg.conninfo
 
+from bulk_update._constants import DEFAULT_STORE_TIMEOUT_S
 from bulk_update.exceptions import (
     ConfigError,
     DiskFull,
@@ -71,8 +72,7 @@ from bulk_update.exceptions import (
     JournalError,
     RunTaken,
 )
-from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, RowOutcome, Status
-from bulk_update.read import ROW_NUMBER
+from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import (
     REPORT_COLUMNS,
     TIMELINE_COLUMNS,
@@ -536,7 +536,7 @@ class PostgresStore:
         self.where = session.where
 
     @classmethod
-    def open(cls, url: str, *, timeout: float = 60.0) -> PostgresStore:
+    def open(cls, url: str, *, timeout: float = DEFAULT_STORE_TIMEOUT_S) -> PostgresStore:
         session = _Session(check_url(url), timeout)
         session.open()
         return cls(session)

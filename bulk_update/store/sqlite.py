@@ -62,6 +62,7 @@ from typing import IO, Any, TypeVar
 
 import polars as pl
 
+from bulk_update._constants import DEFAULT_STORE_TIMEOUT_S
 from bulk_update.exceptions import (
     ConfigError,
     DiskFull,
@@ -70,9 +71,8 @@ from bulk_update.exceptions import (
     StoreUnavailable,
     first_line,
 )
-from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, RowOutcome, Status
+from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, ROW_NUMBER, RowOutcome, Status
 from bulk_update.paths import is_remote
-from bulk_update.read import ROW_NUMBER
 from bulk_update.store import (
     REPORT_COLUMNS,
     TIMELINE_COLUMNS,
@@ -469,7 +469,7 @@ class SQLiteStore:
         self._outage = outage
 
     @classmethod
-    def open(cls, path: Path, timeout: float = 60.0) -> SQLiteStore:
+    def open(cls, path: Path, timeout: float = DEFAULT_STORE_TIMEOUT_S) -> SQLiteStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
