@@ -139,16 +139,6 @@ class JobConfig:
     pushgateway: str | None = None
     metrics_interval: float = DEFAULT_METRICS_INTERVAL_S
 
-    @property
-    def reads_first(self) -> bool:
-        """Each row's conversation is read before anything is sent for it."""
-        return self.backup or self.check_server or self.revert
-
-    @property
-    def uses_job_state(self) -> bool:
-        """Rows are compared with the job's state of what it last set (not with the server)."""
-        return not (self.full or self.check_server or self.revert)
-
     @classmethod
     def from_options(cls, options: Mapping[str, Any], *, source: str = "options") -> JobConfig:
         """A JobConfig from a mapping of option names (``errors-output`` or ``errors_output``)

@@ -9,6 +9,9 @@ results say why the rows never reached were not sent.
 ``Signals`` routes SIGTERM and SIGINT for the whole job, phase by phase: no phase is left to
 the default action, which would kill the process where it stands (in the middle of the results,
 with the run never marked ended).
+
+The stop policies on outcomes live here too: ``FailureStreak`` (--stop-after-failures). The
+circuit breaker, which judges the API rather than the rows, is ``api/breaker.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from bulk_update.exceptions import JobStopped, first_line
+from bulk_update._constants import RETRYABLE_STATUSES
+from bulk_update.exceptions import FatalApiError, JobStopped, first_line
+from bulk_update.outcome import RowOutcome
 
 log = logging.getLogger("bulk_update")
 
@@ -163,3 +168,44 @@ class Signals:
         log.warning("second signal: stopping at once", extra={"event": "hard_stop"})
         if self._at_once is not None:
             self._at_once(signum)
+
+
+class FailureStreak:
+    """Rows failing one after another with the same non-retryable error code (a 404 for every
+    row, a 400 for a metadata key the server refuses): not a row's problem but the job's. Once
+    ``threshold`` such rows come in a row, ``observe`` says so, and the job stops (exit 3,
+    resumable) instead of failing the rest of the file. Any other outcome resets the count;
+    ``threshold`` 0 never stops."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.code: str | None = None
+        self.count = 0
+
+    def observe(self, failed: bool, http_status: int | None, error_code: str | None) -> bool:
+        """One row's outcome; True when it completes a streak of ``threshold``."""
+        if not (failed and _refused_for_itself(http_status, error_code)):
+            self.code, self.count = None, 0
+            return False
+        if error_code != self.code:
+            self.code, self.count = error_code, 0
+        self.count += 1
+        return self.threshold > 0 and self.count == self.threshold
+
+    def stopped(self, last: RowOutcome) -> FatalApiError:
+        """What stops the job once the streak is complete (``last``: its last row)."""
+        return FatalApiError(
+            f"{self.count} rows in a row failed with {self.code} (the last: HTTP "
+            f"{last.http_status}: {last.error_message}); stopping rather than fail the rest of "
+            "the file (--stop-after-failures)",
+            http_status=last.http_status,
+            error_code="repeated_failure",
+        )
+
+
+def _refused_for_itself(http_status: int | None, error_code: str | None) -> bool:
+    """A failure that retrying could not mend: the server's final word on this request (a 4xx
+    other than 408, 409 and 429, a redirect, an answer for another ID)."""
+    if http_status is None or error_code == "invalid_response":
+        return False
+    return 200 <= http_status < 500 and http_status not in RETRYABLE_STATUSES

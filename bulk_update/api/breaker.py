@@ -14,11 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from bulk_update._constants import (
-    DEFAULT_BREAKER_THRESHOLD,
-    DEFAULT_BREAKER_TIMEOUT_S,
-    RETRYABLE_STATUSES,
-)
+from bulk_update._constants import DEFAULT_BREAKER_THRESHOLD, DEFAULT_BREAKER_TIMEOUT_S
 
 DEFAULT_THRESHOLD = DEFAULT_BREAKER_THRESHOLD
 DEFAULT_GIVE_UP_AFTER_S = DEFAULT_BREAKER_TIMEOUT_S
@@ -79,34 +75,3 @@ class CircuitBreaker:
 
     def gave_up(self) -> bool:
         return self.opened_at is not None and self.open_for_s() >= self.give_up_after_s
-
-
-class FailureStreak:
-    """Rows failing one after another with the same non-retryable error code (a 404 for every
-    row, a 400 for a metadata key the server refuses): not a row's problem but the job's. Once
-    ``threshold`` such rows come in a row, ``observe`` says so, and the job stops (exit 3,
-    resumable) instead of failing the rest of the file. Any other outcome resets the count;
-    ``threshold`` 0 never stops."""
-
-    def __init__(self, threshold: int) -> None:
-        self.threshold = threshold
-        self.code: str | None = None
-        self.count = 0
-
-    def observe(self, failed: bool, http_status: int | None, error_code: str | None) -> bool:
-        """One row's outcome; True when it completes a streak of ``threshold``."""
-        if not (failed and _refused_for_itself(http_status, error_code)):
-            self.code, self.count = None, 0
-            return False
-        if error_code != self.code:
-            self.code, self.count = error_code, 0
-        self.count += 1
-        return self.threshold > 0 and self.count == self.threshold
-
-
-def _refused_for_itself(http_status: int | None, error_code: str | None) -> bool:
-    """A failure that retrying could not mend: the server's final word on this request (a 4xx
-    other than 408, 409 and 429, a redirect, an answer for another ID)."""
-    if http_status is None or error_code == "invalid_response":
-        return False
-    return 200 <= http_status < 500 and http_status not in RETRYABLE_STATUSES

@@ -161,34 +161,12 @@ def plan_batch(batch: pl.DataFrame, *, blank_added_keys: bool) -> RevertPlan:
             nothing.append(number)
             continue
         if previous is None:
-            invalid.append(
-                RowOutcome(
-                    row_number=number,
-                    conversation_id=conversation_id,
-                    status=Status.INVALID,
-                    error_type="invalid_input",
-                    error_code=NO_BEFORE_IMAGE,
-                    error_message="the run kept no before-image of this row (sent without "
-                    "--backup): nothing to put back",
-                    sent_metadata=sent,
-                )
-            )
+            invalid.append(_unrevertable(number, conversation_id, sent, NO_BEFORE_IMAGE))
             continue
         try:
             row = revert_row(sent, previous, returned, blank_added_keys=blank_added_keys)
         except ValueError:  # an edited results file: not JSON text any more
-            invalid.append(
-                RowOutcome(
-                    row_number=number,
-                    conversation_id=conversation_id,
-                    status=Status.INVALID,
-                    error_type="invalid_input",
-                    error_code=UNREADABLE_IMAGE,
-                    error_message="sent_metadata or previous_metadata is not JSON text: "
-                    "nothing to put back",
-                    sent_metadata=sent,
-                )
-            )
+            invalid.append(_unrevertable(number, conversation_id, sent, UNREADABLE_IMAGE))
             continue
         if not row.target:
             nothing.append(number)
@@ -199,6 +177,26 @@ def plan_batch(batch: pl.DataFrame, *, blank_added_keys: bool) -> RevertPlan:
         ROW_NUMBER, ID, pl.lit(None, dtype=pl.String).alias(SENT)
     )
     return RevertPlan(to_send, invalid, unchanged)
+
+
+_WHY = {
+    NO_BEFORE_IMAGE: "the run kept no before-image of this row (sent without --backup): nothing "
+    "to put back",
+    UNREADABLE_IMAGE: "sent_metadata or previous_metadata is not JSON text: nothing to put back",
+}
+
+
+def _unrevertable(number: int, conversation_id: str, sent: str, code: str) -> RowOutcome:
+    """A row of the results that cannot be reverted (``code``: why): ``invalid``."""
+    return RowOutcome(
+        row_number=number,
+        conversation_id=conversation_id,
+        status=Status.INVALID,
+        error_type="invalid_input",
+        error_code=code,
+        error_message=_WHY[code],
+        sent_metadata=sent,
+    )
 
 
 def kept_keys(table: InputTable, rows: int, *, blank_added_keys: bool) -> dict[str, int]:
