@@ -131,7 +131,11 @@ def is_disk_full(exc: BaseException) -> bool:
     return "No space left on device" in text or "Disk quota exceeded" in text
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception's message, first line only (polars' run to screens), for a one-line error."""
+def first_line(exc: BaseException, *, named: bool = False) -> str:
+    """An exception's message, first line only (polars' run to screens), for a one-line error;
+    ``named``: after its type's name (``OSError: ...``), for a warning about a library's
+    error."""
     text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text[0][:300]}" if named else text[0][:300]

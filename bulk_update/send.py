@@ -37,18 +37,20 @@ from bulk_update._constants import (
     MAX_RESPONSE_BYTES,
 )
 from bulk_update._version import __version__
-from bulk_update.api.breaker import CircuitBreaker
-from bulk_update.api.ratelimit import Clock, RateLimiter, Sleep
-from bulk_update.api.retry import (
+from bulk_update.api.answers import (
     Action,
     Answer,
-    Attempt,
     Preflight,
     Verdict,
-    backoff_seconds,
     classify,
     judge_preflight,
     parse_rate_limit_headers,
+)
+from bulk_update.api.breaker import CircuitBreaker
+from bulk_update.api.ratelimit import Clock, RateLimiter, Sleep
+from bulk_update.api.retry import (
+    Attempt,
+    backoff_seconds,
     should_retry,
     stop_after_failures,
     stop_after_rate_limited,

@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from bulk_update.api.retry import (
+from bulk_update.api.answers import (
     Action,
     Answer,
-    backoff_seconds,
     classify,
     judge_preflight,
     parse_duration,
     parse_retry_after,
 )
+from bulk_update.api.retry import backoff_seconds
 
 ID = "conv_abc"
 NOW = 1_800_000_000.0
@@ -131,7 +131,7 @@ def test_backoff(failures: int, jitter: float, seconds: float) -> None:
 def test_parse_rate_limit_headers(
     headers: dict[str, str], parsed: tuple[float | None, int | None, float | None]
 ) -> None:
-    from bulk_update.api.retry import parse_rate_limit_headers
+    from bulk_update.api.answers import parse_rate_limit_headers
 
     assert parse_rate_limit_headers(headers) == parsed
 

@@ -1,143 +1,25 @@
-"""Retry decisions: what an answer means (pure functions), and the tenacity strategies built on
-them (when to stop retrying a row, how long to wait).
+"""How one row's retries are scheduled: the tenacity strategies (when to stop retrying a row,
+how long to wait), built on the verdicts of ``api/answers.py``.
 
-No I/O, no logging, no sleeping: the sender (``send.py``) is the one place that acts on them.
-The policy is the API's: 408, 409, 429 and 5xx, timeouts and connection errors are retried;
-401, 403 and ``insufficient_quota`` stop the job; everything else fails the row at once.
-``x-should-retry`` overrides the status rule.
+No I/O, no sleeping: the sender (``send.py``) runs them. Transient failures count against
+--max-attempts and wait a jittered exponential backoff, or the server's ``retry-after``; 429s
+do not count (the rate limiter holds the whole job back) but a row does not wait on them for
+ever.
 """
 
 from __future__ import annotations
 
-import email.utils
-import enum
-import json
 import random
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
 
 from tenacity import RetryCallState
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from bulk_update._constants import (
-    BACKOFF_BASE_S,
-    BACKOFF_MAX_S,
-    FATAL_STATUSES,
-    MAX_RETRY_AFTER_S,
-    RETRYABLE_STATUSES,
-)
+from bulk_update._constants import BACKOFF_BASE_S, BACKOFF_MAX_S
+from bulk_update.api.answers import Action, Answer, Verdict
 from bulk_update.exceptions import FatalApiError
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What one request got: a response, or a transport error instead."""
-
-    http_status: int | None = None
-    headers: Mapping[str, str] | None = None  # lower-case names
-    body: bytes = b""
-    # "timeout", "connect" (refused, DNS, TLS: nothing reached the server) or "connection"
-    transport_error: str | None = None
-    transport_detail: str = ""
-    elapsed_s: float = 0.0  # from sending the request to its whole answer (or giving up)
-
-
-class Action(enum.StrEnum):
-    """What an answer means for its row and the job."""
-
-    DONE = "done"  # the update landed: the row is updated
-    RETRY = "retry"  # a transient failure: try again after a backoff
-    RATE_LIMITED = "rate_limited"  # a 429: the whole job pauses, then the row is tried again
-    STOP_JOB = "stop_job"  # the key or the quota is refused: every row would fail alike
-    FAIL = "fail"  # refused for itself: the row failed, retrying cannot help
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What to do about an Answer."""
-
-    action: Action
-    wait_s: float | None = None  # what the server asked for (retry-after), if anything
-    error_type: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    conversation: Mapping[str, Any] | None = None  # the parsed body of a success
-
-    @property
-    def retryable(self) -> bool:
-        return self.action in (Action.RETRY, Action.RATE_LIMITED)
-
-
-def parse_retry_after(headers: Mapping[str, str], now_epoch: float) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` (float ms), else ``retry-after`` (seconds or an
-    HTTP date). None when absent or unreadable; never negative."""
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            value = float(raw_ms) / 1000
-        except ValueError:
-            value = None
-        if value is not None and value >= 0 and value == value and value != float("inf"):
-            return value
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        seconds = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        return max(0.0, when.timestamp() - now_epoch)
-    if seconds != seconds or seconds == float("inf"):
-        return None
-    return max(0.0, seconds)
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def parse_duration(text: str) -> float | None:
-    """Go-style durations of ``x-ratelimit-reset-requests``: ``20ms``, ``1s``, ``6m0s``."""
-    text = text.strip()
-    if not text:
-        return None
-    total = 0.0
-    position = 0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != position:
-            return None
-        number, unit = float(match.group(1)), match.group(2)
-        total += number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
-        position = match.end()
-    return total if position == len(text) else None
-
-
-def parse_rate_limit_headers(
-    headers: Mapping[str, str],
-) -> tuple[float | None, int | None, float | None]:
-    """(limit per minute, remaining, seconds until reset) from ``x-ratelimit-*-requests``;
-    None for each that is absent or unreadable."""
-
-    def number(name: str) -> float | None:
-        try:
-            value = float(headers[name])
-        except (KeyError, ValueError):
-            return None
-        return value if value >= 0 and value != float("inf") else None
-
-    limit = number("x-ratelimit-limit-requests")
-    remaining = number("x-ratelimit-remaining-requests")
-    reset_text = headers.get("x-ratelimit-reset-requests")
-    reset = parse_duration(reset_text) if reset_text is not None else None
-    return limit, None if remaining is None else int(remaining), reset
 
 
 def backoff_seconds(failures: int, jitter: float) -> float:
@@ -147,143 +29,6 @@ def backoff_seconds(failures: int, jitter: float) -> float:
     """
     exponential: float = BACKOFF_BASE_S * 2.0 ** max(0, failures - 1)
     return min(exponential, BACKOFF_MAX_S) * (1 - 0.25 * jitter)
-
-
-def _error_fields(status: int, body: bytes) -> tuple[str, str, str]:
-    """(type, code, message) from OpenAI's error body, or made up from the status."""
-    try:
-        parsed: Any = json.loads(body)
-    except ValueError:
-        parsed = None
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    if isinstance(error, dict):
-        error_type = str(error.get("type") or "api_error")
-        code = str(error.get("code") or f"http_{status}")
-        message = str(error.get("message") or f"HTTP {status}")
-        return error_type, code, message
-    text = " ".join(body.decode("utf-8", "replace").split())
-    shown = text[:120] + ("…" if len(text) > 120 else "")
-    message = f"HTTP {status} with a non-JSON body" + (f": {shown}" if shown else "")
-    return "http_error", f"http_{status}", message
-
-
-def _check_conversation(body: bytes, expected_id: str) -> Verdict:
-    """A 2xx is a success only if its body is the conversation that was asked for."""
-    try:
-        parsed: Any = json.loads(body)
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict) or not isinstance(parsed.get("id"), str):
-        # A truncated or mangled body: the update may or may not have landed; sending the same
-        # metadata again is harmless, so retry.
-        return Verdict(
-            Action.RETRY,
-            error_type="invalid_response",
-            error_code="invalid_response",
-            error_message="2xx answer whose body is not a conversation object",
-        )
-    if parsed["id"] != expected_id:
-        return Verdict(
-            Action.FAIL,
-            error_type="invalid_response",
-            error_code="id_mismatch",
-            error_message=f"answer is for {str(parsed['id'])[:60]!r}, not the conversation sent",
-        )
-    return Verdict(Action.DONE, conversation=parsed)
-
-
-def classify(answer: Answer, now_epoch: float, expected_id: str) -> Verdict:
-    """Decide what an answer to an update of ``expected_id`` means for its row and the job."""
-    if answer.transport_error is not None:
-        code = "timeout" if answer.transport_error == "timeout" else "connection_error"
-        message = answer.transport_detail or code.replace("_", " ")
-        return Verdict(Action.RETRY, error_type="transport", error_code=code, error_message=message)
-    status = answer.http_status or 0
-    headers = answer.headers or {}
-    if 200 <= status < 300:
-        return _check_conversation(answer.body, expected_id)
-    if 300 <= status < 400:
-        return Verdict(
-            Action.FAIL,
-            error_type="http_error",
-            error_code="redirect",
-            error_message=f"HTTP {status}: redirects are never followed (the key would go along)",
-        )
-    error_type, code, message = _error_fields(status, answer.body)
-    wait = parse_retry_after(headers, now_epoch)
-    if status in FATAL_STATUSES or "insufficient_quota" in (error_type, code):
-        return Verdict(
-            Action.STOP_JOB, error_type=error_type, error_code=code, error_message=message
-        )
-    should_retry = headers.get("x-should-retry", "").strip().lower()
-    if should_retry in {"true", "false"}:
-        retry = should_retry == "true"
-    else:
-        retry = status in RETRYABLE_STATUSES or status >= 500
-    if retry and wait is not None and wait > MAX_RETRY_AFTER_S:
-        return Verdict(
-            Action.FAIL,
-            error_type=error_type,
-            error_code="retry_after_too_long",
-            error_message=f"server asked to wait {wait:.0f} s, over the {MAX_RETRY_AFTER_S:.0f} s "
-            f"cap ({message})",
-        )
-    action = Action.FAIL
-    if retry:
-        action = Action.RATE_LIMITED if status == 429 else Action.RETRY
-    return Verdict(
-        action,
-        wait_s=wait,
-        error_type=error_type,
-        error_code=code,
-        error_message=message,
-    )
-
-
-PreflightAction = Literal["go", "retry", "fatal", "misconfigured"]
-
-
-@dataclass(frozen=True, slots=True)
-class Preflight:
-    """What the preflight request (a GET of the first row's conversation) says about the key
-    and the base URL. ``go``: both work (a 404 for an unknown conversation is fine);
-    ``retry``: no verdict yet (busy, down, unreachable); ``fatal``: the key or the quota is
-    refused (exit 3); ``misconfigured``: the base URL is not the API (exit 2)."""
-
-    action: PreflightAction
-    message: str = ""
-    error_code: str | None = None
-    wait_s: float | None = None
-
-
-def judge_preflight(answer: Answer, now_epoch: float) -> Preflight:
-    """Judge one preflight answer (pure)."""
-    if answer.transport_error is not None:
-        return Preflight("retry", answer.transport_detail or answer.transport_error)
-    status = answer.http_status or 0
-    if 200 <= status < 300:
-        return Preflight("go")
-    if 300 <= status < 400:
-        where = (answer.headers or {}).get("location", "elsewhere")
-        return Preflight(
-            "misconfigured", f"the base URL answers HTTP {status}, a redirect to {where[:200]}"
-        )
-    error_type, code, message = _error_fields(status, answer.body)
-    if status in FATAL_STATUSES or "insufficient_quota" in (error_type, code):
-        return Preflight("fatal", f"HTTP {status} {code}: {message}", error_code=code)
-    if status in RETRYABLE_STATUSES or status >= 500:
-        wait = parse_retry_after(answer.headers or {}, now_epoch)
-        return Preflight("retry", f"HTTP {status} {code}: {message}", code, wait)
-    if status in (404, 405) and (error_type == "http_error" or message.startswith("Invalid URL")):
-        # The API's own "not found" for an unknown conversation is JSON about the conversation;
-        # an unknown path gets "Invalid URL (GET /conversations/...)" or a page of some other
-        # server.
-        return Preflight(
-            "misconfigured",
-            f"the base URL does not lead to the Conversations API: HTTP {status}: {message}; "
-            "check it (the API's ends in /v1)",
-        )
-    return Preflight("go")
 
 
 # The tenacity strategies for one row's retries. Each attempt returns an ``Attempt``: its

@@ -27,7 +27,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import pushadd_to_gateway, write_to_textfile
 
-from bulk_update.api.retry import Answer
+from bulk_update.api.answers import Answer
+from bulk_update.exceptions import first_line
 from bulk_update.store import Second
 
 log = logging.getLogger("bulk_update")
@@ -241,15 +242,10 @@ class MetricsOutputs:
                     "%s %s: %s (the job goes on; warned once until it works again)",
                     name.replace("_", " "),
                     where,
-                    _first_line(exc),
+                    first_line(exc, named=True),
                     extra={"event": f"{name}_failed", "where": where},
                 )
             return
         if name in self._failing:
             self._failing.discard(name)
             log.info("%s %s works again", name.replace("_", " "), where)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
