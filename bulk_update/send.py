@@ -1,4 +1,5 @@
-"""Send: one shared ``httpx2.AsyncClient``, the job-wide rate limiter, and tenacity retries.
+"""Send: one shared HTTP client (``api/client.py``), the job-wide rate limiter, and tenacity
+retries.
 
 ``Sender.send`` turns a PlannedUpdate into a ``Sent``: the row's outcome, and the fatal error
 that must stop the job if the answer was one (401, 403, insufficient_quota, a circuit breaker
@@ -19,14 +20,11 @@ import json
 import logging
 import os
 import random
-import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 import httpx2
 from tenacity import AsyncRetrying, retry_if_result
@@ -34,9 +32,7 @@ from tenacity import AsyncRetrying, retry_if_result
 from bulk_update._constants import (
     DEFAULT_RATE_LIMIT_PAUSE_S,
     MAX_RATE_LIMITED_PER_ROW,
-    MAX_RESPONSE_BYTES,
 )
-from bulk_update._version import __version__
 from bulk_update.api.answers import (
     Action,
     Answer,
@@ -47,6 +43,7 @@ from bulk_update.api.answers import (
     parse_rate_limit_headers,
 )
 from bulk_update.api.breaker import CircuitBreaker
+from bulk_update.api.client import ApiClient, conversation_path
 from bulk_update.api.ratelimit import Clock, RateLimiter, Sleep
 from bulk_update.api.retry import (
     Attempt,
@@ -69,7 +66,6 @@ from bulk_update.store import Budget
 
 log = logging.getLogger("bulk_update")
 
-USER_AGENT = f"bulk-update/{__version__}"
 # Tries of the preflight request before the job goes on without its verdict.
 PREFLIGHT_ATTEMPTS = 3
 
@@ -168,28 +164,14 @@ class Sender:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._jitter = jitter
-        headers = {
-            "authorization": f"Bearer {settings.api_key}",
-            "content-type": "application/json",
-            "accept": "application/json",
-            "user-agent": USER_AGENT,
-        }
-        if settings.organization:
-            headers["openai-organization"] = settings.organization
-        if settings.project:
-            headers["openai-project"] = settings.project
-        pool = settings.concurrency
-        self._client = httpx2.AsyncClient(
-            base_url=settings.base_url + "/",
-            headers=headers,
-            timeout=httpx2.Timeout(settings.timeout),
-            limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool),
-            follow_redirects=False,
+        self._client = ApiClient(
+            settings.base_url, settings.api_key, organization=settings.organization,
+            project=settings.project, timeout=settings.timeout, pool=settings.concurrency,
             transport=transport,
-        )
+        )  # fmt: skip
 
     async def __aenter__(self) -> Sender:
-        await self._client.__aenter__()
+        await self._client.open()
         return self
 
     async def __aexit__(
@@ -198,7 +180,7 @@ class Sender:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._client.__aexit__(exc_type, exc, tb)
+        await self._client.close(exc_type, exc, tb)
 
     async def _request(self, method: str, path: str, body: bytes | None, retry: bool) -> Answer:
         await self.limiter.acquire()
@@ -221,40 +203,16 @@ class Sender:
         telemetry = self.telemetry
         started = time.monotonic()
         if telemetry is None:
-            answer = await self._exchange_once(method, path, body)
+            answer = await self._client.exchange(method, path, body)
         else:
             with telemetry.request_in_flight():
-                answer = await self._exchange_once(method, path, body)
+                answer = await self._client.exchange(method, path, body)
         answer = dataclasses.replace(answer, elapsed_s=time.monotonic() - started)
         if telemetry is not None:
             telemetry.request(answer, answer.elapsed_s, retry=retry)
             controller = self.limiter.controller
             telemetry.limits(min(controller.rpm, controller.cap_rpm), controller.server_limit_rpm)
         return answer
-
-    async def _exchange_once(self, method: str, path: str, body: bytes | None) -> Answer:
-        try:
-            # httpx2's timeouts are per step (connect, each read): a server dripping a byte at a
-            # time would never trip them. --timeout bounds the whole request.
-            async with (
-                asyncio.timeout(self.settings.timeout),
-                self._client.stream(method, path, content=body) as response,
-            ):
-                content = await _read_capped(response, MAX_RESPONSE_BYTES)
-        except TimeoutError:
-            detail = f"no complete answer within {self.settings.timeout:g} s"
-            return Answer(transport_error="timeout", transport_detail=detail)
-        except httpx2.TimeoutException as exc:
-            return Answer(transport_error="timeout", transport_detail=_describe(exc))
-        except httpx2.ConnectError as exc:
-            return Answer(transport_error="connect", transport_detail=_describe(exc))
-        except httpx2.TransportError as exc:
-            return Answer(transport_error="connection", transport_detail=_describe(exc))
-        return Answer(
-            http_status=response.status_code,
-            headers={k.lower(): v for k, v in response.headers.items()},
-            body=content,
-        )
 
     async def send(self, update: PlannedUpdate) -> Sent:
         """Update the row's conversation (retried, rate limited); its outcome."""
@@ -294,7 +252,7 @@ class Sender:
     async def _call(self, method: str, conversation_id: str, body: bytes | None) -> Attempt:
         """One request for a row, retried (transient failures, 429s) until it is done, failed,
         or the job stops; the last attempt."""
-        path = _path(conversation_id)
+        path = conversation_path(conversation_id)
         tally = {"requests": 0, "failures": 0, "rate_limited": 0}
 
         def tried(answer: Answer, verdict: Verdict, fatal: FatalApiError | None = None) -> Attempt:
@@ -351,7 +309,9 @@ class Sender:
         unreachable = False
         for attempt in range(1, PREFLIGHT_ATTEMPTS + 1):
             await self.limiter.acquire()
-            answer = await self._exchange("GET", _path(conversation_id), retry=attempt > 1)
+            answer = await self._exchange(
+                "GET", conversation_path(conversation_id), retry=attempt > 1
+            )
             last = judge_preflight(answer, self._wall_clock())
             if last.action == "go":
                 return None
@@ -442,19 +402,6 @@ class Sender:
         return Sent(RowOutcome(status=Status.FAILED, **errors, **common), None, answer.elapsed_s)
 
 
-async def _read_capped(response: httpx2.Response, limit: int) -> bytes:
-    """The body, or its first ``limit`` bytes: a hostile server cannot make the job hold a
-    gigabyte (a cut body is no conversation: ``invalid_response``)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            break
-    return b"".join(chunks)[:limit]
-
-
 def _looks_down(answer: Answer, verdict: Verdict) -> bool:
     """A failure that says the API (or the way to it) is down, not that the request was bad."""
     return verdict.action is Action.RETRY and (
@@ -462,39 +409,8 @@ def _looks_down(answer: Answer, verdict: Verdict) -> bool:
     )
 
 
-def _path(conversation_id: str) -> str:
-    # The ID was validated to [A-Za-z0-9_-]; quoting anyway keeps the path the path.
-    return "conversations/" + quote(conversation_id, safe="")
-
-
 def _cause(answer: Answer, verdict: Verdict) -> str:
     """Why an answer says the API is down, in a few words (for the breaker's log and stop)."""
     if answer.transport_error is not None:
         return f"{verdict.error_code}: {answer.transport_detail or answer.transport_error}"[:300]
     return f"HTTP {answer.http_status} {verdict.error_code}: {verdict.error_message}"[:300]
-
-
-# What the root cause of a transport error means, in words an operator searches for.
-_CAUSES: tuple[tuple[type[BaseException], str], ...] = (
-    (ConnectionRefusedError, "connection refused"),
-    (ConnectionResetError, "connection reset"),
-    (socket.gaierror, "DNS lookup failed"),
-    (ssl.SSLError, "TLS failed"),
-)
-
-
-def _describe(exc: Exception) -> str:
-    """``ConnectError: connection refused ([Errno 111] ...)``: the exception and its root cause
-    (httpx2 says "All connection attempts failed" and keeps the reason in the chain)."""
-    root: BaseException = exc
-    for _ in range(10):
-        inner = root.__cause__ or root.__context__
-        if inner is None:
-            break
-        root = inner
-    detail = str(exc).strip()
-    if root is not exc:
-        label = next((words for kind, words in _CAUSES if isinstance(root, kind)), None)
-        cause = str(root).strip() or type(root).__name__
-        detail = f"{label} ({cause})" if label else cause
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

@@ -9,11 +9,12 @@ from collections.abc import Callable
 import httpx2
 import pytest
 
+from bulk_update.api.client import USER_AGENT
 from bulk_update.config import JobConfig
 from bulk_update.exceptions import FatalApiError
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
-from bulk_update.send import USER_AGENT, Sender, SendSettings
+from bulk_update.send import Sender, SendSettings
 from bulk_update.stop import Stop
 
 KEY = "sk-unit-test-key"

@@ -1,0 +1,139 @@
+"""The HTTP client: one ``httpx2.AsyncClient`` for the whole job, and one exchange with the API
+as an ``Answer`` (never an exception for what the server or the network does).
+
+What every request gets is decided here and nowhere else: the headers (the key, organization,
+project, user agent), the whole-request timeout (``--timeout`` bounds the request from its
+start to its last byte, not each step), the 1 MiB cap on an answer, no redirects followed, a
+connection pool the size of ``--concurrency``, and TLS as httpx2 does it (verified, with
+``SSL_CERT_FILE`` and ``HTTPS_PROXY`` honoured). A transport is injected for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from types import TracebackType
+from urllib.parse import quote
+
+import httpx2
+
+from bulk_update._constants import MAX_RESPONSE_BYTES
+from bulk_update._version import __version__
+from bulk_update.api.answers import Answer
+
+USER_AGENT = f"bulk-update/{__version__}"
+
+
+def conversation_path(conversation_id: str) -> str:
+    # The ID was validated to [A-Za-z0-9_-]; quoting anyway keeps the path the path.
+    return "conversations/" + quote(conversation_id, safe="")
+
+
+class ApiClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        organization: str | None,
+        project: str | None,
+        timeout: float,
+        pool: int,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.timeout = timeout
+        headers = {
+            "authorization": f"Bearer {api_key}",
+            "content-type": "application/json",
+            "accept": "application/json",
+            "user-agent": USER_AGENT,
+        }
+        if organization:
+            headers["openai-organization"] = organization
+        if project:
+            headers["openai-project"] = project
+        self._client = httpx2.AsyncClient(
+            base_url=base_url + "/",
+            headers=headers,
+            timeout=httpx2.Timeout(timeout),
+            limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool),
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    async def open(self) -> None:
+        await self._client.__aenter__()
+
+    async def close(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> None:
+        await self._client.__aexit__(exc_type, exc, tb)
+
+    async def exchange(self, method: str, path: str, body: bytes | None) -> Answer:
+        """One request and its answer; a timeout or a connection that failed is an Answer
+        with ``transport_error`` (``timeout``, ``connect`` or ``connection``)."""
+        try:
+            # httpx2's timeouts are per step (connect, each read): a server dripping a byte at a
+            # time would never trip them. --timeout bounds the whole request.
+            async with (
+                asyncio.timeout(self.timeout),
+                self._client.stream(method, path, content=body) as response,
+            ):
+                content = await _read_capped(response, MAX_RESPONSE_BYTES)
+        except TimeoutError:
+            detail = f"no complete answer within {self.timeout:g} s"
+            return Answer(transport_error="timeout", transport_detail=detail)
+        except httpx2.TimeoutException as exc:
+            return Answer(transport_error="timeout", transport_detail=_describe(exc))
+        except httpx2.ConnectError as exc:
+            return Answer(transport_error="connect", transport_detail=_describe(exc))
+        except httpx2.TransportError as exc:
+            return Answer(transport_error="connection", transport_detail=_describe(exc))
+        return Answer(
+            http_status=response.status_code,
+            headers={k.lower(): v for k, v in response.headers.items()},
+            body=content,
+        )
+
+
+async def _read_capped(response: httpx2.Response, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes: a hostile server cannot make the job hold a
+    gigabyte (a cut body is no conversation: ``invalid_response``)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
+# What the root cause of a transport error means, in words an operator searches for.
+_CAUSES: tuple[tuple[type[BaseException], str], ...] = (
+    (ConnectionRefusedError, "connection refused"),
+    (ConnectionResetError, "connection reset"),
+    (socket.gaierror, "DNS lookup failed"),
+    (ssl.SSLError, "TLS failed"),
+)
+
+
+def _describe(exc: Exception) -> str:
+    """``ConnectError: connection refused ([Errno 111] ...)``: the exception and its root cause
+    (httpx2 says "All connection attempts failed" and keeps the reason in the chain)."""
+    root: BaseException = exc
+    for _ in range(10):
+        inner = root.__cause__ or root.__context__
+        if inner is None:
+            break
+        root = inner
+    detail = str(exc).strip()
+    if root is not exc:
+        label = next((words for kind, words in _CAUSES if isinstance(root, kind)), None)
+        cause = str(root).strip() or type(root).__name__
+        detail = f"{label} ({cause})" if label else cause
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
