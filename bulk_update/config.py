@@ -1,6 +1,7 @@
 """The one configuration object: the CLI, job files and Airflow all build a ``JobConfig``.
 
-Defaults live here and nowhere else.
+The options' defaults are the numbers of ``_constants.py`` (where the API's limits are too);
+every caller takes them from ``JobConfig``'s fields, none repeats them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Plan: pure validation. One input row becomes one update request or one ``invalid`` outcome.
 
-Nothing here does I/O or logs. The rules (the README's "Input rules"):
+Nothing here logs, and all but one function is pure: ``find_duplicates`` reads the whole input
+once before the first batch (the IDs hashed, through a temporary Arrow file in $TMPDIR) so that
+a duplicate is known wherever it is. The rules (the README's "Input rules"):
 - the ID is trimmed and must be ``conv_`` + ``[A-Za-z0-9_-]``, 128 characters at most, so it can
   never change a URL's path or query;
 - an empty cell or a null means no value for that key; a row with no pairs left is invalid;
