@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bulk_update._version import __version__
 from bulk_update.config import JobConfig, parse_columns, parse_shard
@@ -22,11 +22,12 @@ from bulk_update.exceptions import (
 )
 from bulk_update.exitcodes import ExitCode
 from bulk_update.job import run_job
-from bulk_update.observe.summary import Progress
+from bulk_update.observe import draw
+
+if TYPE_CHECKING:
+    from bulk_update.store import StoreLocation
 
 log = logging.getLogger("bulk_update")
-# Without a progress bar (no TTY, or --quiet), a progress log line this often.
-PROGRESS_LOG_INTERVAL_S = 10.0
 
 
 def _number(
@@ -499,70 +500,6 @@ def _job_options(args: argparse.Namespace, command: Command) -> tuple[JobConfig,
     return JobConfig.from_options(options, source=source), cli
 
 
-class _Bar:
-    """A rich progress bar on stderr, from the first report on (a run that stops before any
-    leaves no empty bar behind). Log lines are printed above it, never glued onto it. The rate
-    and time left count the rows sent by this run, not rows a resumed run skipped."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __call__(self, progress: Progress) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
-        from rich.progress import Progress as Bar
-
-        if self._bar is None:
-            self._bar = Bar(
-                TextColumn("[bold]bulk-update"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[left]}"),
-                TextColumn("{task.fields[counts]}"), console=Console(stderr=True),
-                redirect_stderr=True, redirect_stdout=False, transient=False,
-            )  # fmt: skip
-            self._task = self._bar.add_task("rows", total=progress.total, rate="", left="",
-                                            counts="")  # fmt: skip
-            self._bar.start()
-        rate = progress.sent / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
-        left_rows = progress.total - progress.done
-        left = f"{_duration(left_rows / rate)} left" if rate > 0 and left_rows > 0 else ""
-        counts = " ".join(f"{k}={v}" for k, v in sorted(progress.counts.items()))
-        self._bar.update(self._task, completed=progress.done, total=progress.total,
-                         rate=f"{rate:.0f} rows/s", left=left, counts=counts)  # fmt: skip
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-class _ProgressLog:
-    """Without a bar (no TTY, or --quiet): a ``progress`` log line every so often."""
-
-    def __init__(self) -> None:
-        self._last = 0.0
-
-    def __call__(self, progress: Progress) -> None:
-        if progress.elapsed_s - self._last < PROGRESS_LOG_INTERVAL_S:
-            return
-        self._last = progress.elapsed_s
-        log.info(
-            "progress %d/%d",
-            progress.done,
-            progress.total,
-            extra={"event": "progress", "done": progress.done, "total": progress.total,
-                   "counts": progress.counts, "requests": progress.requests},
-        )  # fmt: skip
-
-    def close(self) -> None:
-        pass
-
-
 def _run(args: argparse.Namespace, *, command: Command) -> int:
     from bulk_update.observe import logs
 
@@ -580,7 +517,7 @@ def _run(args: argparse.Namespace, *, command: Command) -> int:
         logs.configure(log_format, log_file, quiet=quiet, terse=terse)
     except OSError as exc:
         raise ConfigError(f"--log-file {log_file}: {exc.strerror or exc}") from None
-    reporter: _Bar | _ProgressLog = _Bar() if not quiet and sys.stderr.isatty() else _ProgressLog()
+    reporter = draw.progress_reporter(quiet=quiet)
     try:
         summary = run_job(config, progress=reporter)
     finally:
@@ -589,43 +526,21 @@ def _run(args: argparse.Namespace, *, command: Command) -> int:
     return summary.exit_code
 
 
-def _print_runs(
-    columns: tuple[str, ...],
-    rows: list[tuple[str, ...]],
-    title: str,
-    text: str,
-    json_text: str,
-    hint: str = "",
-) -> None:
-    """A rich table (and ``hint`` under it) on a TTY, else ``text`` (aligned); ``json_text``
-    with --json."""
-    if json_text:
-        print(json_text)
-    elif sys.stdout.isatty() and rows:
-        from rich.console import Console
-        from rich.table import Table
+def _location(args: argparse.Namespace) -> StoreLocation:
+    from bulk_update.observe import history
 
-        table = Table(*columns, title=title)
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-        if hint:
-            print(hint)
-    else:
-        print(text)
+    return history.job_location(args.job, args.state_dir, args.state_url)
 
 
 def _run_history(args: argparse.Namespace) -> int:
     from bulk_update.observe import history
 
-    location = history.job_location(args.job, args.state_dir, args.state_url)
-    records = history.runs(args.job, location)
-    _print_runs(
+    records = history.runs(args.job, _location(args))
+    draw.print_table(
         history.COLUMNS,
         history.rows(records),
-        f"job {args.job}: {len(records)} runs",
-        history.as_text(records),
-        history.as_json(records) if args.json else "",
+        title=f"job {args.job}: {len(records)} runs",
+        json_text=history.as_json(records) if args.json else None,
     )
     return ExitCode.OK
 
@@ -633,24 +548,22 @@ def _run_history(args: argparse.Namespace) -> int:
 def _run_status(args: argparse.Namespace) -> int:
     from bulk_update.observe import history
 
-    location = history.job_location(args.job, args.state_dir, args.state_url)
-    found = history.statuses(args.job, location)
-    _print_runs(
+    found = history.statuses(args.job, _location(args))
+    draw.print_table(
         history.STATUS_COLUMNS,
         history.status_rows(found),
-        f"job {args.job}: {len(found)} runs going on or unfinished",
-        history.status_as_text(args.job, found),
-        history.status_as_json(found) if args.json else "",
-        history.status_hint(found),
+        title=f"job {args.job}: {len(found)} runs going on or unfinished",
+        json_text=history.status_as_json(found) if args.json else None,
+        hint=history.status_hint(found),
+        empty=f"job {args.job}: no run going on or unfinished",
     )
     return ExitCode.OK
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from bulk_update.observe import history, report
+    from bulk_update.observe import report
 
-    location = history.job_location(args.job, args.state_dir, args.state_url)
-    data = report.write(args.job, location, args.run, args.output)
+    data = report.write(args.job, _location(args), args.run, args.output)
     print(f"bulk-update: report of job {args.job} run {data.record.run_id}: {args.output}",
           file=sys.stderr)  # fmt: skip
     return ExitCode.OK

@@ -13,6 +13,7 @@ from pathlib import Path
 from bulk_update._constants import DEFAULT_METRICS_INTERVAL_S
 from bulk_update.config import JOB_NAME
 from bulk_update.exceptions import ConfigError
+from bulk_update.observe.draw import duration
 from bulk_update.store import RunRecord, RunStatus, StoreLocation, open_existing_store
 from bulk_update.store.url import ENV as STATE_URL_ENV
 from bulk_update.store.url import check_url as check_state_url
@@ -99,20 +100,6 @@ def rows(records: list[RunRecord]) -> list[tuple[str, ...]]:
     ]
 
 
-def as_text(records: list[RunRecord]) -> str:
-    """A plain aligned table (no TTY)."""
-    return aligned(COLUMNS, rows(records))
-
-
-def aligned(columns: tuple[str, ...], cells: list[tuple[str, ...]]) -> str:
-    table = [columns, *cells]
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in table
-    )
-
-
 def as_json(records: list[RunRecord]) -> str:
     return json.dumps([record.as_dict() for record in records], indent=2)
 
@@ -162,12 +149,6 @@ def state(status: RunStatus) -> str:
     return f"stopped{why} (exit {record.exit_code})"
 
 
-def duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
 def status_rows(found: list[RunStatus]) -> list[tuple[str, ...]]:
     table: list[tuple[str, ...]] = []
     for s in found:
@@ -209,13 +190,6 @@ def status_hint(found: list[RunStatus]) -> str:
     if all(is_running(s) for s in found):
         return ""
     return GONE_HINT if any(map(is_gone, found)) else RESUME_HINT
-
-
-def status_as_text(job: str, found: list[RunStatus]) -> str:
-    if not found:
-        return f"job {job}: no run going on or unfinished"
-    hint = status_hint(found)
-    return aligned(STATUS_COLUMNS, status_rows(found)) + (f"\n\n{hint}" if hint else "")
 
 
 def status_as_json(found: list[RunStatus]) -> str:
