@@ -59,6 +59,18 @@ def wait_for_requests(emu: EmulatorProcess, count: int, timeout: float = 120) ->
         time.sleep(0.05)
 
 
+def wait_for_in_flight(emu: EmulatorProcess, count: int = 0, timeout: float = 10) -> None:
+    """Until the emulator has exactly ``count`` requests in flight (received, not yet finished
+    with). With 0, the default: the server has applied or answered everything it received, as a
+    test needs after killing a client, before it reads the server's state."""
+    deadline = time.monotonic() + timeout
+    while (in_flight := emu.stats()["in_flight"]) != count:
+        assert time.monotonic() < deadline, (
+            f"the emulator has {in_flight} requests in flight, not {count}, after {timeout} s"
+        )
+        time.sleep(0.02)
+
+
 # A valid conversation ID per index: the same in every test (and for the emulator's --preload).
 ID = "conv_{:048x}".format
 

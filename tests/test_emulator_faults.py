@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
 import httpx2
 import pytest
 
 from bulk_update.emulator.faults import ERROR_ANSWERS, FaultKind, FaultPlan
 from bulk_update.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY, StartEmulator
+from tests.helpers import wait_for_in_flight
 
 HEADERS = {"authorization": f"Bearer {TEST_KEY}"}
 
@@ -75,6 +80,58 @@ def test_latency_and_slow_responses(start_emulator: StartEmulator) -> None:
     assert response.elapsed.total_seconds() >= 0.45
     with pytest.raises(httpx2.ReadTimeout):
         httpx2.post(f"{emu.base_url}/conversations", json={}, headers=HEADERS, timeout=0.2)
+
+
+def test_in_flight_counts_each_request_until_the_server_is_done_with_it(
+    start_emulator: StartEmulator,
+) -> None:
+    """``in_flight`` (what tests poll to 0 after killing a client) rises while requests are held
+    and falls back to 0 whichever way they end: answered, answered to a client that gave up,
+    dropped by a reset, or cut off by a client gone before its body was complete."""
+    emu = start_emulator("--slow-rate", "1", "--slow-ms", "1500", "--random-seed", "1")
+    url = f"{emu.base_url}/conversations"
+    assert emu.stats()["in_flight"] == 0
+
+    # Held by the slow fault: counted until answered, then not.
+    with ThreadPoolExecutor(3) as pool:
+        held = [pool.submit(httpx2.post, url, json={}, headers=HEADERS, timeout=10)
+                for _ in range(3)]  # fmt: skip
+        wait_for_in_flight(emu, 3)
+        assert emu.stats()["in_flight"] == 3  # the admin route itself is never counted
+        assert [future.result().status_code for future in held] == [200] * 3
+    wait_for_in_flight(emu, 0)
+
+    # A client that gives up mid-wait: the server still finishes (and applies) its request.
+    before = emu.stats()["conversations"]
+    with pytest.raises(httpx2.ReadTimeout):
+        httpx2.post(url, json={}, headers=HEADERS, timeout=0.2)
+    assert emu.stats()["in_flight"] == 1
+    wait_for_in_flight(emu, 0)
+    assert emu.stats()["conversations"] == before + 1
+
+    # A dropped connection (reset) and an injected 5xx: nothing left counted.
+    emu.admin("config", {"slow_rate": 0.0, "reset_rate": 1.0})
+    with pytest.raises((httpx2.ReadError, httpx2.RemoteProtocolError)):
+        httpx2.post(url, json={}, headers=HEADERS)
+    emu.admin("config", {"reset_rate": 0.0, "error_rate": 1.0})
+    assert httpx2.post(url, json={}, headers=HEADERS).status_code >= 500
+    wait_for_in_flight(emu, 0)
+
+    # A client gone before its body was complete: counted while the server waits for the rest.
+    emu.admin("config", {"error_rate": 0.0})
+    address = urlsplit(emu.base_url)
+    assert address.hostname is not None
+    assert address.port is not None
+    with socket.create_connection((address.hostname, address.port), timeout=10) as client:
+        client.sendall(
+            b"POST /v1/conversations HTTP/1.1\r\nHost: emulator\r\n"
+            + f"Authorization: Bearer {TEST_KEY}\r\n".encode()
+            + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{}"
+        )
+        wait_for_in_flight(emu, 1)
+    wait_for_in_flight(emu, 0)
+    assert emu.stats()["conversations"] == before + 1
+    assert "Traceback" not in emu.stderr()
 
 
 def test_faults_can_be_changed_at_run_time(start_emulator: StartEmulator) -> None:

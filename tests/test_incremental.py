@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import time
 from contextlib import closing
 from functools import partial
 from pathlib import Path
@@ -24,7 +23,15 @@ from bulk_update.store import StoreLocation, read_state
 from bulk_update.store.sqlite import SQLiteStore
 from tests import helpers
 from tests.conftest import StartEmulator
-from tests.helpers import by_row, cli, results, start, state_entries, wait_for_requests
+from tests.helpers import (
+    by_row,
+    cli,
+    results,
+    start,
+    state_entries,
+    wait_for_in_flight,
+    wait_for_requests,
+)
 
 # Every row's tier is "t0" unless the test says otherwise.
 write_input = partial(helpers.write_input, tag="t0")
@@ -112,7 +119,7 @@ def test_kill_9_leaves_the_state_true_to_the_server(
         wait_for_requests(emu, emu.stats()["requests"] + 100)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        time.sleep(0.5)  # the server finishes the requests it had received
+        wait_for_in_flight(emu)  # the server finishes the requests it had received
 
     store = tmp_path / "j.sqlite"
     write_input(source, n, dict.fromkeys(range(n), "t1"))

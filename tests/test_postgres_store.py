@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
@@ -19,7 +18,7 @@ from bulk_update.emulator.process import EmulatorProcess
 from bulk_update.exceptions import ConfigError
 from bulk_update.store.url import redact
 from tests.conftest import StartEmulator
-from tests.helpers import cli, results, start, wait_for_requests, write_input
+from tests.helpers import cli, results, start, wait_for_in_flight, wait_for_requests, write_input
 from tests.pg import PASSWORD, USER, PostgresServer, wait_until_up
 
 
@@ -61,7 +60,7 @@ def test_a_shard_killed_on_one_worker_resumes_on_another(
     wait_for_requests(emu, 100)
     run_a.send_signal(signal.SIGKILL)
     run_a.wait()
-    time.sleep(0.3)  # the server finishes what it had received
+    wait_for_in_flight(emu)  # the server finishes what it had received
     killed_after = sent_per_id(emu)
     assert 0 < len(killed_after) < n // 2  # really cut mid-run
 
@@ -393,7 +392,7 @@ def test_a_schema_of_the_older_layout_gains_the_new_columns(
     before-image and timing columns, runs without what history and status show, no timeline)
     is brought up to date on open."""
     from bulk_update.store import StoreLocation, open_store
-    from bulk_update.store.postgres import LAYOUT_VERSION
+    from bulk_update.store.schema import LAYOUT_VERSION
 
     with open_store(StoreLocation(Path("unused"), state_url)):
         pass

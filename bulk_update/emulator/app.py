@@ -4,6 +4,11 @@ Every ``/v1`` request goes through the same gate, in this order: authentication 
 server-side rate limit (429, which counts every authenticated request), the configured latency,
 then an injected fault (reset, 5xx, slow) if one is drawn, then the operation itself.
 ``/_emulator/*`` routes are outside the API: no key, no limit, no faults, not counted.
+
+``in_flight`` in the stats counts the requests received and not yet finished with: from the moment
+the server has a request's head to the moment its answer is written (or its connection dropped,
+or its client gone), the latency and faults included. A test that kills a client polls it down
+to 0 to know the server has applied everything it received.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bulk_update.emulator.config import EmulatorConfig
 from bulk_update.emulator.faults import FaultKind, FaultPlan
@@ -35,6 +42,9 @@ from bulk_update.emulator.store import MAX_ITEMS, ApiError, ConversationStore
 ABORT_EXTENSION = "bulk_update.abort"
 
 JSON_TYPE = "application/json"
+
+# The routes outside the API (see the module's docstring).
+ADMIN_PREFIX = "/_emulator/"
 
 
 class ConnectionDropped(Exception):
@@ -57,7 +67,7 @@ class Emulator:
         self.timeline: dict[int, Counter[str]] = {}
         self.first_ok: float | None = None
         self.last_ok: float | None = None
-        # API requests being answered now (the latency and faults included).
+        # Requests received and not yet finished with (see InFlight): never reset.
         self.in_flight = 0
         # Per bearer key (its ``key_id``): requests, and the first and last one's arrival in
         # seconds since start: which client sent when, never the key itself.
@@ -123,6 +133,27 @@ class Emulator:
         self.store.updates_applied.clear()
 
 
+class InFlight:
+    """ASGI middleware keeping ``Emulator.in_flight``: up when a request (outside the admin
+    routes) reaches the app, down when the app is done with it whichever way it ends: its answer
+    written, its connection dropped (an injected reset), its client gone mid-body or mid-wait,
+    an error, or the server's shutdown cancelling it."""
+
+    def __init__(self, app: ASGIApp, emulator: Emulator) -> None:
+        self.app = app
+        self.emulator = emulator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(ADMIN_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        self.emulator.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.emulator.in_flight -= 1
+
+
 def key_id(key: str) -> str:
     """How the admin stats name a bearer key: a short hash, never the key."""
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -182,11 +213,11 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
             state.by_operation[operation] += 1
             state.arrived(request.headers.get("authorization"))
             headers = {"x-request-id": "req_" + uuid.uuid4().hex}
-            state.in_flight += 1
             try:
                 response = await _gated(request, handler, headers)
-            finally:
-                state.in_flight -= 1
+            except ClientDisconnect:
+                # Gone before its body was complete: nothing to answer, nothing to log.
+                return Response(status_code=499)  # never reaches the client
             if response is None:
                 state.count("reset")
                 extension = request.scope.get("extensions", {}).get(ABORT_EXTENSION, {})
@@ -353,6 +384,7 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
     ]
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(InFlight, emulator=state)],
         exception_handlers={HTTPException: not_found, ApiError: api_error},
     )
     app.state.emulator = state
