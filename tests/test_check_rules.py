@@ -17,7 +17,8 @@ from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER
 from bulk_update.server.check import judge, new_keys, replaced_keys
 from bulk_update.server.revert import plan_batch, revert_row
 from bulk_update.store import TIMELINE_COLUMNS, TIMING_COLUMNS
-from bulk_update.store.sqlite import LAYOUT_VERSION, RUN_COLUMNS, SQLiteStore
+from bulk_update.store.schema import LAYOUT_VERSION, RUN_COLUMNS
+from bulk_update.store.sqlite import SQLiteStore
 
 FIFTEEN = {f"k{n}": "v" for n in range(15)}
 

@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -72,28 +71,9 @@ from bulk_update.exceptions import (
     JournalError,
     RunTaken,
 )
-from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, ROW_NUMBER, RowOutcome, Status
-from bulk_update.store import (
-    REPORT_COLUMNS,
-    TIMELINE_COLUMNS,
-    TIMING_COLUMNS,
-    RowTiming,
-    RunBeat,
-    RunEnd,
-    RunKey,
-    RunRecord,
-    RunStatus,
-    Second,
-    changed_fields,
-    fingerprint_text,
-    is_unfinished,
-    options_input,
-    report_frame,
-    resumed_options,
-    run_options,
-    run_statuses,
-    unfinished_statuses,
-)
+from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
+from bulk_update.store import RowTiming, RunKey, fingerprint_text, schema, unfinished_statuses
+from bulk_update.store.core import Dialect, JournalCore, StoreCore, Work
 from bulk_update.store.lease import (
     LEASE_S,
     POLL_S,
@@ -104,29 +84,15 @@ from bulk_update.store.lease import (
     this_process,
 )
 from bulk_update.store.outage import Outage, Watchdog
+from bulk_update.store.schema import LAYOUT_VERSION, STORED, TIMING_COLUMNS
 from bulk_update.store.url import check_url, redact, secrets
 
 log = logging.getLogger("bulk_update")
 
 T = TypeVar("T")
+Conn = TypeVar("Conn", psycopg.Connection[Any], psycopg.AsyncConnection[Any])
 
 SCHEMA = "bulk_update"
-# 1: the first; 2: outcomes gain previous_metadata and server_metadata; 3: runs gain what
-# history shows (_RUN_COLUMNS); 4: outcomes gain TIMING_COLUMNS, runs a heartbeat, and the
-# timeline table; 5: the leases table.
-LAYOUT_VERSION = 5
-_RUN_COLUMNS = (
-    ("total_rows", "bigint"),
-    ("requests", "bigint NOT NULL DEFAULT 0"),
-    ("rate_limited", "bigint NOT NULL DEFAULT 0"),
-    ("stopped_by", "text"),
-    ("host", "text"),
-    ("pid", "integer"),
-    ("heartbeat_at", "timestamptz"),  # layout 4: the run's last heartbeat
-    ("rows_done", "bigint"),
-)
-_TIMING_TYPES = {"sent_at": "double precision", "answered_at": "double precision",
-                 "latency_ms": "integer"}  # fmt: skip
 # Reconnection: first wait, longest wait.
 _BACKOFF_S = (0.2, 5.0)
 # A connection attempt waits this long at most (less when the outage is nearly given up).
@@ -153,25 +119,16 @@ _SESSION = (
 # read-only standby (after a failover the next connection may reach the new primary).
 _AWAY = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 
-_SQL_TYPES: dict[pl.DataType, str] = {pl.Int64(): "bigint", pl.String(): "text"}
-assert RESULT_COLUMNS[0] == "row_number"
-_STORED = RESULT_COLUMNS[1:]
-_COLUMNS = ", ".join(_STORED)
-# What an outcome's insert writes: the results' columns and the row's timing.
-_WRITTEN = ", ".join((*_STORED, *TIMING_COLUMNS))
+_WRITTEN = ", ".join((*STORED, *TIMING_COLUMNS))
 _ON_CONFLICT = "ON CONFLICT (run_id, row_number) DO UPDATE SET " + ", ".join(
-    f"{name} = EXCLUDED.{name}" for name in (*_STORED, *TIMING_COLUMNS)
+    f"{name} = EXCLUDED.{name}" for name in (*STORED, *TIMING_COLUMNS)
 )
 # Outcomes go to the database as one JSON array per group, unpacked by the server: adapting
 # Python lists column by column cost 5x the CPU (psycopg escapes every array element).
+_TYPES = schema.OUTCOMES.types("postgres")
 _RECORDS = (
     "json_to_recordset(%s::json) AS r("
-    + ", ".join(
-        f"{name} {_SQL_TYPES[RESULTS_SCHEMA[name]] if name != 'row_number' else 'integer'}"
-        for name in RESULT_COLUMNS
-    )
-    + ", "
-    + ", ".join(f"{name} {kind}" for name, kind in _TIMING_TYPES.items())
+    + ", ".join(f"{name} {_TYPES[name]}" for name in (*RESULT_COLUMNS, *TIMING_COLUMNS))
     + ")"
 )
 _UPSERT_OUTCOMES = (
@@ -208,50 +165,17 @@ _INSERT_UNCHANGED = (
     "sent_metadata) SELECT %s, t.r, t.i, %s, 0, t.m FROM "
     f"unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) {_ON_CONFLICT}"
 )
-_DDL = (
-    f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
-    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.layout (version integer NOT NULL)",
-    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.jobs (job_id serial PRIMARY KEY, "
-    "name text NOT NULL UNIQUE)",
-    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.runs (run_id bigserial PRIMARY KEY, job text NOT NULL, "
-    "results text NOT NULL, shard text NOT NULL, fingerprint text NOT NULL, options text NOT NULL, "
-    "started_at timestamptz NOT NULL DEFAULT now(), resumed_at timestamptz, "
-    "invocations integer NOT NULL DEFAULT 1, ended_at timestamptz, counts text, "
-    "exit_code integer, replaced_at timestamptz, "
-    + ", ".join(f"{name} {kind}" for name, kind in _RUN_COLUMNS)
-    + ")",
-    f"CREATE INDEX IF NOT EXISTS runs_by_key ON {SCHEMA}.runs (job, results, shard)",
-    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.outcomes (run_id bigint NOT NULL, "
-    "row_number integer NOT NULL, "
-    + ", ".join(f"{name} {_SQL_TYPES[RESULTS_SCHEMA[name]]}" for name in _STORED)
-    + ", "
-    + ", ".join(f"{name} {kind}" for name, kind in _TIMING_TYPES.items())
-    + ", PRIMARY KEY (run_id, row_number))",
-    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.last_set (job_id integer NOT NULL, "
-    "conversation_id text NOT NULL, metadata text NOT NULL, set_at timestamptz NOT NULL, "
-    "PRIMARY KEY (job_id, conversation_id))",
-    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.budget (job_id integer PRIMARY KEY, "
-    "next_at double precision NOT NULL)",
-    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.sessions (backend_pid integer PRIMARY KEY, "
-    "host text NOT NULL, pid integer NOT NULL, since timestamptz NOT NULL)",
-    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.leases (job_id integer NOT NULL, shard text NOT NULL, "
-    "holder text NOT NULL, until timestamptz NOT NULL, host text NOT NULL, pid integer NOT NULL, "
-    "boot text NOT NULL, pid_namespace text NOT NULL, started text NOT NULL, "
-    "PRIMARY KEY (job_id, shard))",
-    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.timeline (run_id bigint NOT NULL, at bigint NOT NULL, "
-    "requests integer NOT NULL, rate_limited integer NOT NULL, retries integer NOT NULL, "
-    "errors integer NOT NULL, rows integer NOT NULL, limit_rpm double precision, "
-    "announced_rpm double precision, PRIMARY KEY (run_id, at))",
-)
-_ADD_SECONDS = (
-    f"INSERT INTO timeline (run_id, {', '.join(TIMELINE_COLUMNS)}) "  # noqa: S608
-    f"SELECT %s, {', '.join(TIMELINE_COLUMNS)} FROM json_to_recordset(%s::json) AS t(at bigint, "
-    "requests integer, rate_limited integer, retries integer, errors integer, rows integer, "
-    "limit_rpm double precision, announced_rpm double precision) "
-    "ON CONFLICT (run_id, at) DO UPDATE SET "
-    + ", ".join(f"{n} = timeline.{n} + EXCLUDED.{n}" for n in TIMELINE_COLUMNS[1:6])
-    + ", limit_rpm = EXCLUDED.limit_rpm, announced_rpm = EXCLUDED.announced_rpm"
-)
+# The statements both stores share (store/core.py), in PostgreSQL: timestamps and heartbeats
+# are the database's clock; a run's rows are its (run_id, row_number) keys.
+_DIALECT = Dialect(
+    name="postgres", now="now()", clock="now()",
+    age="extract(epoch FROM now() - r.heartbeat_at)",
+    rows="run_id = :run AND row_number BETWEEN :first AND :last", run_rows="run_id = :run",
+    row="row_number", order="row_number", state="job_id = :job",
+    ids="SELECT json_array_elements_text(CAST(:ids AS json))",
+    runs="SELECT CAST(json_array_elements_text(CAST(:runs AS json)) AS bigint)",
+    returning=" RETURNING run_id",
+)  # fmt: skip
 
 
 def _stop_for(exc: psycopg.Error, where: str, first_line: str) -> DiskFull | None:
@@ -299,6 +223,55 @@ def _halves(key: int) -> tuple[int, int]:
 
 def _int4(key: int) -> int:
     return key >> 32  # a signed 32-bit key for the two-key form
+
+
+class _Call:
+    """One call through a session, tried again until it goes through or the store is given up:
+    the steps the session (blocking) and the run's writer (on the event loop) take alike. They
+    differ only in how they connect, close a connection and wait: each try is ``with
+    call.guard(interrupt): ...``, and a failure that says the database is away (``_AWAY``) is
+    ``call.drops(exc, conn)`` closed (if it says so), then a wait of ``call.pause(exc)`` seconds."""
+
+    def __init__(self, session: _Session) -> None:
+        self._session = session
+        self._operation = object()  # this call's own clock: another call's success does not end it
+        self._cut = False  # the watchdog cut the last try
+        self._started = 0.0  # when the last try began (the outage's clock)
+        self._line = ""
+
+    @contextlib.contextmanager
+    def guard(self, interrupt: Callable[[], None]) -> Iterator[None]:
+        """Around one try: none once the run was taken or the store given up; cut by the
+        watchdog (``interrupt``) if it does not return in time."""
+        session = self._session
+        if session.lost is not None:
+            raise session.lost
+        session.outage.check()
+        with session.watchdog.guard(interrupt) as guarded:
+            try:
+                yield
+            finally:
+                self._cut, self._started = guarded.fired, guarded.started
+        session.outage.over(self._operation)
+
+    def drops(self, exc: psycopg.Error, conn: Conn | None) -> Conn | None:
+        """The try's connection if it must be closed (lost, cut, or a standby's); raises what
+        no retry mends."""
+        session = self._session
+        self._line = session.first_line(exc)
+        stop = _stop_for(exc, session.where, self._line)
+        if stop is not None:
+            raise stop from None
+        if conn is not None and (conn.broken or conn.closed or _read_only(exc) or self._cut):
+            return conn
+        return None
+
+    def pause(self, exc: psycopg.Error) -> float:
+        """How long to wait before the next try (the outage's backoff; StoreUnavailable once it
+        has lasted --store-timeout)."""
+        line = _NO_ANSWER if self._cut else self._line
+        since = self._started if self._cut else None
+        return self._session.outage.failed(line, self._operation, state=_state(exc), since=since)
 
 
 class _Session:
@@ -366,23 +339,25 @@ class _Session:
         with conn.transaction():
             # One job creates or migrates the schema at a time.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_key("layout"),))
-            for statement in _DDL:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            for statement in schema.create("postgres", f"{SCHEMA}."):
                 conn.execute(statement)
             row = conn.execute("SELECT max(version) FROM layout").fetchone()
-            version = row[0] if row else None
-            if version is None:
+            stored = row[0] if row else None
+            if stored is None:
                 conn.execute("INSERT INTO layout VALUES (%s)", (LAYOUT_VERSION,))
-            elif version < LAYOUT_VERSION:
-                added = [(name, _SQL_TYPES[RESULTS_SCHEMA[name]]) for name in _STORED]
-                for name, kind in [*added, *_TIMING_TYPES.items()]:
-                    conn.execute(f"ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS {name} {kind}")
-                for name, kind in _RUN_COLUMNS:
-                    conn.execute(f"ALTER TABLE runs ADD COLUMN IF NOT EXISTS {name} {kind}")
-                conn.execute("UPDATE layout SET version = %s", (LAYOUT_VERSION,))
-            elif version > LAYOUT_VERSION:
+            elif stored > LAYOUT_VERSION:
                 raise JournalError(
-                    f"{self.where}: written by a newer bulk-update (layout {version}); upgrade"
+                    f"{self.where}: written by a newer bulk-update (layout {stored}); upgrade"
                 )
+            elif stored < LAYOUT_VERSION:
+                version = schema.unified_version("postgres", stored)
+                for table in schema.TABLES:
+                    for name, declared in table.added_columns("postgres", version):
+                        conn.execute(
+                            f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {name} {declared}"
+                        )
+                conn.execute("UPDATE layout SET version = %s", (LAYOUT_VERSION,))
         self._register(conn)
 
     def _register(self, conn: psycopg.Connection[Any]) -> None:
@@ -402,40 +377,24 @@ class _Session:
         until the database has been away for ``timeout`` seconds on the session's outage clock
         (StoreUnavailable; at once once it was given up). A call that does not return within
         the timeout is cut (``Watchdog``) and counts as away since it began."""
-        operation = object()
+        call = _Call(self)
         with self._mutex:
             while True:
-                if self.lost is not None:
-                    raise self.lost
-                self.outage.check()
-                guarded = None
                 try:
-                    with self.watchdog.guard(self._interrupt) as guarded:
+                    with call.guard(self._interrupt):
                         conn = self._conn or self._reconnect()
                         if transaction:
                             with conn.transaction():
                                 result = work(conn)
                         else:
                             result = work(conn)
-                    self.outage.over(operation)
                     return result
                 except _AWAY as exc:
-                    line = self.first_line(exc)
-                    stop = _stop_for(exc, self.where, line)
-                    if stop is not None:
-                        raise stop from None
-                    cut = guarded is not None and guarded.fired
-                    if self._conn is not None and (
-                        self._conn.broken or self._conn.closed or _read_only(exc) or cut
-                    ):
+                    if (lost := call.drops(exc, self._conn)) is not None:
                         with contextlib.suppress(psycopg.Error):
-                            self._conn.close()
+                            lost.close()
                         self._conn = None
-                    since = guarded.started if cut and guarded is not None else None
-                    delay = self.outage.failed(
-                        _NO_ANSWER if cut else line, operation, state=_state(exc), since=since
-                    )
-                    time.sleep(delay)
+                    time.sleep(call.pause(exc))
 
     def _interrupt(self) -> None:
         conn = self._conn
@@ -528,12 +487,19 @@ def _holder_of(conn: psycopg.Connection[Any], key: int) -> str:
     )  # fmt: skip
 
 
-class PostgresStore:
+class PostgresStore(StoreCore):
     """Open with ``PostgresStore.open(url)``; use as a context manager to close it."""
+
+    _dialect = _DIALECT
 
     def __init__(self, session: _Session) -> None:
         self._session = session
         self.where = session.where
+
+    def _transact(self, work: Work[T]) -> T:
+        return self._session.run(work)
+
+    _read = _transact
 
     @classmethod
     def open(cls, url: str, *, timeout: float = DEFAULT_STORE_TIMEOUT_S) -> PostgresStore:
@@ -693,113 +659,11 @@ class PostgresStore:
         self._session.run(take)
         return token, asked
 
-    def _find_or_start(
-        self, key: RunKey, fingerprint: str, options: Mapping[str, Any], restart: bool
-    ) -> int:
-        def find(conn: psycopg.Connection[Any]) -> int | str:
-            found = conn.execute(
-                "SELECT run_id, fingerprint, options FROM runs WHERE job = %s AND results = %s "
-                "AND shard = %s AND replaced_at IS NULL ORDER BY run_id DESC LIMIT 1",
-                (key.job, key.results, key.shard_text),
-            ).fetchone()
-            if found is not None and restart:
-                conn.execute("UPDATE runs SET replaced_at = now() WHERE run_id = %s", (found[0],))
-                found = None
-            if found is not None:
-                run_id, stored, stored_options = found
-                if stored != fingerprint:
-                    changed = changed_fields(stored, fingerprint)
-                    if changed:
-                        return ", ".join(changed)
-                    # The same input and mapping, fingerprinted by an older version.
-                    conn.execute(
-                        "UPDATE runs SET fingerprint = %s WHERE run_id = %s", (fingerprint, run_id)
-                    )
-                conn.execute(
-                    "UPDATE runs SET resumed_at = now(), invocations = invocations + 1, "
-                    "ended_at = NULL, exit_code = NULL, stopped_by = NULL, host = %s, pid = %s, "
-                    "options = %s WHERE run_id = %s",
-                    (socket.gethostname(), os.getpid(), resumed_options(stored_options, options),
-                     run_id),
-                )  # fmt: skip
-                return int(run_id)
-            row = conn.execute(
-                "INSERT INTO runs (job, results, shard, fingerprint, options, host, pid) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING run_id",
-                (key.job, key.results, key.shard_text, fingerprint,
-                 json.dumps(dict(options), sort_keys=True, default=str), socket.gethostname(),
-                 os.getpid()),
-            ).fetchone()  # fmt: skip
-            assert row is not None
-            return int(row[0])
-
-        found = self._session.run(find)
-        if isinstance(found, str):
-            raise JournalError(
-                f"{self.where}: the run for {key.results} was started with another input or "
-                f"mapping (changed: {found}); run with --restart to start over (the old run is "
-                "kept in the store)"
-            )
-        return found
-
     def budget(self, job: str) -> PostgresBudget:
         return PostgresBudget(self._session, self._job_id(job))
 
-    def history(self, job: str) -> list[RunRecord]:
-        def runs(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-            return conn.execute(
-                "SELECT run_id, results, shard, options, started_at, ended_at, invocations, "
-                "counts, exit_code, total_rows, requests, rate_limited, stopped_by, host, pid, "
-                "replaced_at IS NOT NULL FROM runs WHERE job = %s ORDER BY run_id DESC",
-                (job,),
-            ).fetchall()
-
-        return [_run_record(row) for row in self._session.run(runs)]
-
-    def status(self, job: str) -> list[RunStatus]:
-        records = [r for r in self.history(job) if not r.replaced and is_unfinished(r)]
-
-        def details(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-            return conn.execute(
-                "SELECT r.run_id, r.rows_done, extract(epoch FROM now() - r.heartbeat_at), "
-                "t.first, t.last, (SELECT sum(rows) FROM timeline WHERE run_id = r.run_id "
-                "AND at > t.last - 60) FROM runs AS r, LATERAL (SELECT min(at) AS first, "
-                "max(at) AS last FROM timeline WHERE run_id = r.run_id) AS t "
-                "WHERE r.run_id = ANY(%s)",
-                ([r.run_id for r in records],),
-            ).fetchall()
-
-        found = {row[0]: row[1:] for row in self._session.run(details)} if records else {}
-        return run_statuses(records, found)
-
-    def timeline(self, run_id: int) -> list[Second]:
-        rows = self._session.run(
-            lambda conn: conn.execute(
-                f"SELECT {', '.join(TIMELINE_COLUMNS)} FROM timeline "  # noqa: S608
-                "WHERE run_id = %s ORDER BY at",
-                (run_id,),
-            ).fetchall()
-        )
-        return [Second(*row) for row in rows]
-
-    def report_rows(self, run_id: int) -> pl.DataFrame:
-        rows = self._session.run(
-            lambda conn: conn.execute(
-                f"SELECT {', '.join(REPORT_COLUMNS)} FROM outcomes "  # noqa: S608
-                "WHERE run_id = %s ORDER BY row_number",
-                (run_id,),
-            ).fetchall()
-        )
-        return report_frame(rows)
-
     def close(self) -> None:
         self._session.close()
-
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 class PostgresBudget:
@@ -836,22 +700,6 @@ class PostgresBudget:
 
     def close(self) -> None:
         pass
-
-
-def _run_record(row: tuple[Any, ...]) -> RunRecord:
-    options = run_options(row[3])
-    return RunRecord(
-        run_id=int(row[0]), results=row[1], shard=row[2], input=options_input(options),
-        options=options, started_at=_iso(row[4]), ended_at=_iso(row[5]) if row[5] else None,
-        invocations=row[6], counts=json.loads(row[7]) if row[7] else {}, exit_code=row[8],
-        total_rows=row[9], requests=int(row[10] or 0), rate_limited=int(row[11] or 0),
-        stopped_by=row[12], host=row[13], pid=row[14], replaced=bool(row[15]),
-    )  # fmt: skip
-
-
-def _iso(moment: dt.datetime) -> str:
-    """A timestamp as the SQLite store writes them: UTC, ISO 8601, ``Z``."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 Recorded = tuple[RowOutcome, RowTiming | None]
@@ -1017,39 +865,22 @@ class _Writer(Generic[Item]):
                     await self._conn.close()
 
     async def _commit(self, group: dict[str, Any]) -> None:
-        session = self._session
-        operation = object()  # this group's own clock, whatever other calls meet meanwhile
+        call = _Call(self._session)
         while True:
-            if session.lost is not None:
-                raise session.lost
-            session.outage.check()
-            guarded = None
             try:
-                with session.watchdog.guard(self._interrupt) as guarded:
+                with call.guard(self._interrupt):
                     conn = self._conn or await self._connect()
                     cursor = await conn.execute(_GROUP, group)
                     row = await cursor.fetchone()
-                session.outage.over(operation)
                 if not (row and row[0]):
                     raise self._taken()
                 return
             except _AWAY as exc:
-                line = session.first_line(exc)
-                stop = _stop_for(exc, session.where, line)
-                if stop is not None:
-                    raise stop from None
-                cut = guarded is not None and guarded.fired
-                if self._conn is not None and (
-                    self._conn.broken or self._conn.closed or _read_only(exc) or cut
-                ):
+                if (lost := call.drops(exc, self._conn)) is not None:
                     with contextlib.suppress(psycopg.Error):
-                        await self._conn.close()
+                        await lost.close()
                     self._conn = None
-                since = guarded.started if cut and guarded is not None else None
-                delay = session.outage.failed(
-                    _NO_ANSWER if cut else line, operation, state=_state(exc), since=since
-                )
-                await asyncio.sleep(delay)
+                await asyncio.sleep(call.pause(exc))
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         if self._connected_before:
@@ -1098,7 +929,7 @@ class _Lease:
         return {"job": self.job_id, "shard": self.shard, "holder": self.token}
 
 
-class PostgresJournal(_Reader):
+class PostgresJournal(_Reader, JournalCore):
     """One run's outcomes in the PostgreSQL store; see ``bulk_update.store.Journal``. A thread
     renews the run's lease every RENEW_EVERY_S; ``fence`` lets a request go only while it
     lasts."""
@@ -1115,13 +946,13 @@ class PostgresJournal(_Reader):
         super().__init__(session, compare_with)
         self.run_id = run_id
         self._job_id = job_id
-        self._unfinished = list(unfinished)
+        self._dialect = _DIALECT
+        self._job = job_id
+        self._unfinished_are(unfinished)
         self._lease = lease
         self._local = LocalLease()
         self._local.renewed(lease.asked)
         self._writer = _Writer(session, self._group, self._taken)
-        # This invocation's requests and 429s already added to the run's (by heartbeats).
-        self._counted = (0, 0)
         self._ending = threading.Event()
         self._renewing = threading.Thread(target=self._renew, name="bulk-update-lease", daemon=True)
         self._renewing.start()
@@ -1214,14 +1045,6 @@ class PostgresJournal(_Reader):
 
     # Writing
 
-    def entries_among(self, conversation_ids: list[str]) -> set[str]:
-        rows = self._query(
-            "SELECT conversation_id FROM last_set WHERE job_id = %s AND conversation_id IN "
-            "(SELECT json_array_elements_text(%s::json))",
-            self._job_id, json.dumps(conversation_ids),
-        )  # fmt: skip
-        return {conversation_id for (conversation_id,) in rows}
-
     async def forget(self, conversation_id: str) -> None:
         await self._writer.submit(conversation_id)
 
@@ -1265,90 +1088,17 @@ class PostgresJournal(_Reader):
 
         self._fenced(write)
 
-    async def beat(self, beat: RunBeat, seconds: Iterable[Second]) -> None:
-        timeline = json.dumps([dataclasses.asdict(second) for second in seconds])
-        requests, rate_limited = self._counted
+    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        return self._session.run(lambda conn: conn.execute(sql, parameters).fetchall())
 
-        def write(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(_ADD_SECONDS, (self.run_id, timeline))
-            conn.execute(
-                "UPDATE runs SET heartbeat_at = now(), rows_done = %s, total_rows = %s, "
-                "requests = requests + %s, rate_limited = rate_limited + %s WHERE run_id = %s",
-                (beat.rows_done, beat.total_rows, beat.requests - requests,
-                 beat.rate_limited - rate_limited, self.run_id),
-            )  # fmt: skip
-
+    async def _commit_beat(self, work: Work[object]) -> None:
         # Off the event loop: a database that is away is retried for --store-timeout.
-        await asyncio.to_thread(self._fenced, write)
-        self._counted = (beat.requests, beat.rate_limited)
+        await asyncio.to_thread(self._fenced, work)
 
-    def finish(self, end: RunEnd) -> None:
+    def _commit_end(self, work: Work[object]) -> None:
         """After ``seal``: not fenced by the lease (it is gone) but by the run's lock: a session
         lost meanwhile must take the lock again first."""
-        self._session.run(
-            lambda conn: conn.execute(
-                "UPDATE runs SET ended_at = now(), counts = %s, exit_code = %s, total_rows = %s, "
-                "requests = requests + %s, rate_limited = rate_limited + %s, stopped_by = %s "
-                "WHERE run_id = %s",
-                (json.dumps(dict(end.counts), sort_keys=True), end.exit_code, end.total_rows,
-                 end.requests - self._counted[0], end.rate_limited - self._counted[1],
-                 end.stopped_by, self.run_id),
-            )
-        )  # fmt: skip
-        self._counted = (end.requests, end.rate_limited)
-
-    # Reading
-
-    def _query(self, sql: str, *arguments: Any) -> list[tuple[Any, ...]]:
-        return self._session.run(lambda conn: conn.execute(sql, arguments).fetchall())
-
-    def finished_between(self, first: int, last: int) -> dict[int, Status]:
-        rows = self._query(
-            "SELECT row_number, status FROM outcomes WHERE run_id = %s "
-            "AND row_number BETWEEN %s AND %s AND status <> ALL(%s)",
-            self.run_id, first, last, self._unfinished,
-        )  # fmt: skip
-        return {number: Status(status) for number, status in rows}
-
-    def before_images_between(self, first: int, last: int) -> dict[int, str]:
-        rows = self._query(
-            "SELECT row_number, previous_metadata FROM outcomes WHERE run_id = %s "
-            "AND row_number BETWEEN %s AND %s AND status = %s AND previous_metadata IS NOT NULL",
-            self.run_id, first, last, Status.UNPROCESSED.value,
-        )  # fmt: skip
-        return dict(rows)
-
-    def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
-        rows = self._query(
-            "SELECT status, count(*) FROM outcomes WHERE run_id = %s "
-            "AND row_number BETWEEN %s AND %s AND status <> ALL(%s) GROUP BY status",
-            self.run_id, first, last, self._unfinished,
-        )  # fmt: skip
-        return {Status(status): count for status, count in rows}
-
-    def finished_count(self) -> int:
-        rows = self._query(
-            "SELECT count(*) FROM outcomes WHERE run_id = %s AND status <> ALL(%s)",
-            self.run_id, self._unfinished,
-        )  # fmt: skip
-        return int(rows[0][0])
-
-    def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
-        return self._query(
-            f"SELECT row_number, {_COLUMNS} FROM outcomes WHERE run_id = %s "  # noqa: S608
-            "AND row_number BETWEEN %s AND %s ORDER BY row_number",
-            self.run_id, first, last,
-        )  # fmt: skip
-
-    def counts(self) -> dict[str, int]:
-        rows = self._query(
-            "SELECT status, count(*) FROM outcomes WHERE run_id = %s GROUP BY status", self.run_id
-        )
-        return {status: int(count) for status, count in rows}
-
-    def state_entries(self) -> int:
-        rows = self._query("SELECT count(*) FROM last_set WHERE job_id = %s", self._job_id)
-        return int(rows[0][0])
+        self._session.run(work)
 
     def close(self) -> None:
         self._ending.set()

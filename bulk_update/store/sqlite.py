@@ -1,15 +1,14 @@
 """The SQLite store: one file per job, ``<state-dir>/<job-name>.sqlite`` (standard library).
 
-Tables (``PRAGMA user_version`` is the layout's version)::
+Its tables are declared in ``store/schema.py`` (``PRAGMA user_version`` is the layout's
+number); what it does as the PostgreSQL store does is in ``store/core.py``::
 
-    runs(run_id, job, results, shard, fingerprint, options, started_at, resumed_at,
-         invocations, ended_at, counts, exit_code, replaced_at, <RUN_COLUMNS>)
+    runs(run_id, job, results, shard, fingerprint, options, started_at, …)
     outcomes(id, <the results columns but row_number>, sent_at, answered_at, latency_ms)
-    timeline(run_id, at, requests, rate_limited, retries, errors, rows, limit_rpm,
-             announced_rpm)                  -- per second of a run (status, report)
+    timeline(run_id, at, requests, …)   -- per second of a run (status, report)
     run_outcomes: a view of outcomes with run_id and row_number
     last_set(conversation_id PRIMARY KEY, metadata, set_at) -- the job's state
-    budget(job PRIMARY KEY, next_at)   -- the rate budget its shards share (layout 2)
+    budget(job PRIMARY KEY, next_at)   -- the rate budget its shards share
 
 ``outcomes.id`` is ``run_id * 2**32 + row_number``: the table is keyed by its rowid, so that a
 run's outcomes sit together in the order of the input, a row costs no more than in a table of
@@ -45,18 +44,14 @@ entries over, as it takes over an unfinished journal of the older layout
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import json
 import logging
 import operator
 import os
 import secrets
-import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from functools import partial
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -71,32 +66,23 @@ from bulk_update.exceptions import (
     StoreUnavailable,
     first_line,
 )
-from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, ROW_NUMBER, RowOutcome, Status
+from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.paths import is_remote
 from bulk_update.store import (
-    REPORT_COLUMNS,
-    TIMELINE_COLUMNS,
-    TIMING_COLUMNS,
     RowTiming,
-    RunBeat,
-    RunEnd,
     RunKey,
-    RunRecord,
-    RunStatus,
-    Second,
     changed_fields,
     fingerprint_text,
-    is_unfinished,
-    options_input,
-    report_frame,
-    resumed_options,
-    run_options,
-    run_statuses,
+    schema,
     unfinished_statuses,
 )
+from bulk_update.store.core import Dialect, JournalCore, StoreCore, Work
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.locks import release_lock, take_lock
 from bulk_update.store.outage import Outage
+from bulk_update.store.schema import LAYOUT_VERSION, STORED, TIMING_COLUMNS, format_timestamp
+
+__all__ = ["SQLiteBudget", "SQLiteJournal", "SQLiteStore", "jobs_that_wrote", "read_state"]
 
 log = logging.getLogger("bulk_update")
 
@@ -107,73 +93,31 @@ _BUSY_MS = 1000
 # A new store's tables are made under this name beside it, then linked into place.
 _CREATING = ".{name}.{mark}.creating"
 
-# 1: runs, outcomes, last_set; 2: and budget; 3: outcomes gain previous_metadata and
-# server_metadata; 4: runs gain what history shows (RUN_COLUMNS); 5: outcomes gain
-# TIMING_COLUMNS, runs a heartbeat, and the timeline table.
-LAYOUT_VERSION = 5
-
-_SQL_TYPES: dict[pl.DataType, str] = {pl.Int64(): "INTEGER", pl.String(): "TEXT"}
-assert RESULT_COLUMNS[0] == "row_number"
-_STORED = RESULT_COLUMNS[1:]  # row_number is in the id
-_stored = operator.attrgetter(*_STORED)
-_COLUMNS = ", ".join(_STORED)
-_TIMING_TYPES = {"sent_at": "REAL", "answered_at": "REAL", "latency_ms": "INTEGER"}
+_stored = operator.attrgetter(*STORED)
+_COLUMNS = ", ".join(STORED)
 _INSERT = (
     f"INSERT OR REPLACE INTO outcomes (id, {_COLUMNS}, {', '.join(TIMING_COLUMNS)}) "  # noqa: S608
-    f"VALUES (?, {', '.join('?' for _ in (*_STORED, *TIMING_COLUMNS))})"
+    f"VALUES (?, {', '.join('?' for _ in (*STORED, *TIMING_COLUMNS))})"
 )
 _NO_TIMING = (None, None, None)
 # Row numbers are below 2**32 (polars' row index is 32-bit).
 _ROWS_PER_RUN = 1 << 32
-# What a run records for history (layout 4), after the columns of layout 1.
-RUN_COLUMNS = (
-    ("total_rows", "INTEGER"),
-    ("requests", "INTEGER NOT NULL DEFAULT 0"),
-    ("rate_limited", "INTEGER NOT NULL DEFAULT 0"),
-    ("stopped_by", "TEXT"),
-    ("host", "TEXT"),
-    ("pid", "INTEGER"),
-    ("heartbeat_at", "REAL"),  # layout 5: Unix time of the run's last heartbeat
-    ("rows_done", "INTEGER"),
-)
 _VIEW = (
     "CREATE VIEW IF NOT EXISTS run_outcomes AS SELECT id >> 32 AS run_id, "  # noqa: S608
     f"id & 4294967295 AS row_number, {_COLUMNS} FROM outcomes"
 )
+# The store's own tables (anything else in a new file is not a store).
+_TABLES = tuple(table.name for table in schema.TABLES if table.sqlite is not None)
 # The outcomes that also set the job's state entry: the server confirmed the row's values.
 _CONFIRMED = (Status.UPDATED, Status.UNCHANGED)
-_TABLES = (
-    "CREATE TABLE IF NOT EXISTS runs (run_id INTEGER PRIMARY KEY, job TEXT NOT NULL, "
-    "results TEXT NOT NULL, shard TEXT NOT NULL, fingerprint TEXT NOT NULL, options TEXT NOT NULL, "
-    "started_at TEXT NOT NULL, resumed_at TEXT, invocations INTEGER NOT NULL DEFAULT 1, "
-    "ended_at TEXT, counts TEXT, exit_code INTEGER, replaced_at TEXT, "
-    + ", ".join(f"{name} {kind}" for name, kind in RUN_COLUMNS)
-    + ")",
-    "CREATE INDEX IF NOT EXISTS runs_by_key ON runs (job, results, shard)",
-    "CREATE TABLE IF NOT EXISTS outcomes (id INTEGER PRIMARY KEY, "
-    + ", ".join(f"{name} {_SQL_TYPES[RESULTS_SCHEMA[name]]}" for name in _STORED)
-    + ", "
-    + ", ".join(f"{name} {kind}" for name, kind in _TIMING_TYPES.items())
-    + ")",
-    _VIEW,
-    "CREATE TABLE IF NOT EXISTS last_set (conversation_id TEXT PRIMARY KEY, "
-    "metadata TEXT NOT NULL, set_at TEXT NOT NULL) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS budget (job TEXT PRIMARY KEY, next_at REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS timeline (run_id INTEGER NOT NULL, at INTEGER NOT NULL, "
-    "requests INTEGER NOT NULL, rate_limited INTEGER NOT NULL, retries INTEGER NOT NULL, "
-    "errors INTEGER NOT NULL, rows INTEGER NOT NULL, limit_rpm REAL, announced_rpm REAL, "
-    "PRIMARY KEY (run_id, at)) WITHOUT ROWID",
-)
-_ADD_SECOND = (
-    f"INSERT INTO timeline ({', '.join(TIMELINE_COLUMNS)}, run_id) VALUES "  # noqa: S608
-    f"({', '.join('?' for _ in TIMELINE_COLUMNS)}, ?) ON CONFLICT (run_id, at) DO UPDATE SET "
-    + ", ".join(f"{n} = {n} + excluded.{n}" for n in TIMELINE_COLUMNS[1:6])
-    + ", limit_rpm = excluded.limit_rpm, announced_rpm = excluded.announced_rpm"
-)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+# The statements both stores share (store/core.py), in SQLite: timestamps and heartbeats are
+# this machine's clock, bound as parameters; a run's rows are a range of outcomes.id.
+_DIALECT = Dialect(
+    name="sqlite", now=":now", clock=":clock", age=":clock - r.heartbeat_at",
+    rows="id BETWEEN :first AND :last", run_rows="id BETWEEN :first AND :last",
+    row="id - :base", order="id", state="", ids="SELECT value FROM json_each(:ids)",
+    runs="SELECT value FROM json_each(:runs)", returning="", rows_per_run=_ROWS_PER_RUN,
+)  # fmt: skip
 
 
 def _uri(path: Path, read_only: bool = False) -> str:
@@ -417,20 +361,21 @@ def _make_tables(db: sqlite3.Connection, path: Path, legacy: Path | None = None)
                 f"{path}: written by a newer bulk-update (layout {version}); upgrade"
             )
         if version == 0:
+            ours = ", ".join(f"'{name}'" for name in (*_TABLES, "run_outcomes"))
             others = db.execute(
-                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
-                "AND name NOT IN ('runs', 'outcomes', 'last_set', 'run_outcomes', 'budget', "
-                "'timeline')"
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "  # noqa: S608
+                f"AND name NOT IN ({ours})"
             ).fetchall()
             if others:
                 raise JournalError(
                     f"{path}: not a bulk-update store (it holds {others[0][0]!r}); "
                     "choose another --state-dir or --job-name"
                 )
-        for statement in _TABLES:
+        for statement in schema.create("sqlite"):
             db.execute(statement)
+        db.execute(_VIEW)
         if 0 < version < LAYOUT_VERSION:
-            _migrate(db)
+            _migrate(db, schema.unified_version("sqlite", version))
         if version == 0 and take_over:
             db.execute("INSERT OR IGNORE INTO last_set SELECT * FROM legacy.last_set")
             log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
@@ -439,28 +384,26 @@ def _make_tables(db: sqlite3.Connection, path: Path, legacy: Path | None = None)
         db.execute("DETACH DATABASE legacy")
 
 
-def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a store of an older layout to this one: the new columns (tables are created by
-    ``_TABLES``)."""
-    wanted = {
-        "outcomes": [
-            *((name, _SQL_TYPES[RESULTS_SCHEMA[name]]) for name in _STORED),
-            *_TIMING_TYPES.items(),
-        ],
-        "runs": list(RUN_COLUMNS),
-    }
-    for table, columns in wanted.items():
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        for name, kind in columns:
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring a store of an older layout (of ``schema.LAYOUTS``) to this one: the columns added
+    since (the tables are created by ``schema.create``), and the view of outcomes."""
+    for table in schema.TABLES:
+        added = table.added_columns("sqlite", version)
+        if not added:
+            continue
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table.name})")}
+        for name, declared in added:
             if name not in have:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                db.execute(f"ALTER TABLE {table.name} ADD COLUMN {name} {declared}")
     db.execute("DROP VIEW IF EXISTS run_outcomes")
     db.execute(_VIEW)
 
 
-class SQLiteStore:
+class SQLiteStore(StoreCore):
     """Open with ``SQLiteStore.open``; use as a context manager to close it. ``timeout``: how
     long the file may stay locked by another process (--store-timeout)."""
+
+    _dialect = _DIALECT
 
     def __init__(self, path: Path, db: sqlite3.Connection, outage: Outage) -> None:
         self.path = path
@@ -503,8 +446,15 @@ class SQLiteStore:
             raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
         return cls(path, db, outage)
 
-    def _run(self, work: Callable[[], T]) -> T:
-        return _retrying(self._outage, self.path, work)
+    def _transact(self, work: Work[T]) -> T:
+        def transact() -> T:
+            with _transaction(self._db):
+                return work(self._db)
+
+        return _retrying(self._outage, self.path, transact)
+
+    def _read(self, work: Work[T]) -> T:
+        return _retrying(self._outage, self.path, lambda: work(self._db))
 
     def open_run(
         self,
@@ -525,9 +475,7 @@ class SQLiteStore:
                     since_path = found
             if since_path is not None:
                 self._db.execute("ATTACH DATABASE ? AS since", (_uri(since_path, read_only=True),))
-            run_id = self._run(
-                partial(self._find_or_start, key, fingerprint_text(fingerprint), options, restart)
-            )
+            run_id = self._find_or_start(key, fingerprint_text(fingerprint), options, restart)
             if not restart:
                 self._take_over_legacy_journal(key, fingerprint_text(fingerprint), run_id)
             return SQLiteJournal(
@@ -538,51 +486,6 @@ class SQLiteStore:
             for lock in reversed(locks):
                 release_lock(lock)
             raise
-
-    def _find_or_start(
-        self, key: RunKey, fingerprint: str, options: Mapping[str, Any], restart: bool
-    ) -> int:
-        db = self._db
-        with _transaction(db):
-            found = db.execute(
-                "SELECT run_id, fingerprint, options FROM runs WHERE job = ? AND results = ? "
-                "AND shard = ? AND replaced_at IS NULL ORDER BY run_id DESC LIMIT 1",
-                (key.job, key.results, key.shard_text),
-            ).fetchone()
-            if found is not None and restart:
-                db.execute("UPDATE runs SET replaced_at = ? WHERE run_id = ?", (_now(), found[0]))
-                found = None
-            if found is not None:
-                run_id, stored, stored_options = found
-                if stored != fingerprint:
-                    changed = changed_fields(stored, fingerprint)
-                    if changed:
-                        raise JournalError(
-                            f"{self.path}: the run for {key.results} was started with another "
-                            f"input or mapping (changed: {', '.join(changed)}); run with "
-                            "--restart to start over (the old run is kept in the store)"
-                        )
-                    # The same input and mapping, fingerprinted by an older version: keep the
-                    # new form from now on.
-                    db.execute(
-                        "UPDATE runs SET fingerprint = ? WHERE run_id = ?", (fingerprint, run_id)
-                    )
-                db.execute(
-                    "UPDATE runs SET resumed_at = ?, invocations = invocations + 1, "
-                    "ended_at = NULL, exit_code = NULL, stopped_by = NULL, host = ?, pid = ?, "
-                    "options = ? WHERE run_id = ?",
-                    (_now(), socket.gethostname(), os.getpid(),
-                     resumed_options(stored_options, options), run_id),
-                )  # fmt: skip
-                return int(run_id)
-            cursor = db.execute(
-                "INSERT INTO runs (job, results, shard, fingerprint, options, started_at, host, "
-                "pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key.job, key.results, key.shard_text, fingerprint,
-                 json.dumps(dict(options), sort_keys=True, default=str), _now(),
-                 socket.gethostname(), os.getpid()),
-            )  # fmt: skip
-            return int(cursor.lastrowid or 0)
 
     def _take_over_legacy_journal(self, key: RunKey, fingerprint: str, run_id: int) -> None:
         """A run started by the older layout resumes here: its journal's outcomes, if the
@@ -600,7 +503,7 @@ class SQLiteStore:
                 if stored is None or changed_fields(stored[0], fingerprint):
                     return
                 had = {row[1] for row in db.execute("PRAGMA legacy.table_info(outcomes)")}
-                columns = ", ".join(name for name in _STORED if name in had)
+                columns = ", ".join(name for name in STORED if name in had)
                 db.execute(
                     f"INSERT OR IGNORE INTO outcomes (id, {columns}) "  # noqa: S608
                     f"SELECT ? + row_number, {columns} FROM legacy.outcomes",
@@ -615,77 +518,8 @@ class SQLiteStore:
     def budget(self, job: str) -> SQLiteBudget:
         return SQLiteBudget(self.path, job, self._outage)
 
-    def history(self, job: str) -> list[RunRecord]:
-        rows = self._run(
-            lambda: self._db.execute(
-                "SELECT run_id, results, shard, options, started_at, ended_at, invocations, "
-                "counts, exit_code, total_rows, requests, rate_limited, stopped_by, host, pid, "
-                "replaced_at IS NOT NULL FROM runs WHERE job = ? ORDER BY run_id DESC",
-                (job,),
-            ).fetchall()
-        )
-        return [_record(*row) for row in rows]
-
-    def status(self, job: str) -> list[RunStatus]:
-        records = [r for r in self.history(job) if not r.replaced and is_unfinished(r)]
-        last = "(SELECT max(at) FROM timeline WHERE run_id = r.run_id)"
-        rows = self._run(
-            lambda: self._db.execute(
-                "SELECT r.run_id, r.rows_done, ? - r.heartbeat_at, "  # noqa: S608
-                f"(SELECT min(at) FROM timeline WHERE run_id = r.run_id), {last}, "
-                f"(SELECT sum(rows) FROM timeline WHERE run_id = r.run_id AND at > {last} - 60) "
-                "FROM runs AS r WHERE r.run_id IN (SELECT value FROM json_each(?))",
-                (time.time(), json.dumps([r.run_id for r in records])),
-            ).fetchall()
-        )
-        found = {row[0]: row[1:] for row in rows}
-        return run_statuses(records, found)
-
-    def timeline(self, run_id: int) -> list[Second]:
-        rows = self._run(
-            lambda: self._db.execute(
-                f"SELECT {', '.join(TIMELINE_COLUMNS)} FROM timeline WHERE run_id = ? "  # noqa: S608
-                "ORDER BY at",
-                (run_id,),
-            ).fetchall()
-        )
-        return [Second(*row) for row in rows]
-
-    def report_rows(self, run_id: int) -> pl.DataFrame:
-        columns = ", ".join(name if name != "row_number" else "id - ?" for name in REPORT_COLUMNS)
-        base = run_id * _ROWS_PER_RUN
-        rows = self._run(
-            lambda: self._db.execute(
-                f"SELECT {columns} FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id",  # noqa: S608
-                (base, base, base + _ROWS_PER_RUN - 1),
-            ).fetchall()
-        )
-        return report_frame(rows)
-
     def close(self) -> None:
         self._db.close()
-
-    def __enter__(self) -> SQLiteStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def _record(
-    run_id: int, results: str, shard: str, options: str | None, started_at: str,
-    ended_at: str | None, invocations: int, counts: str | None, exit_code: int | None,
-    total_rows: int | None, requests: int, rate_limited: int, stopped_by: str | None,
-    host: str | None, pid: int | None, replaced: int,
-) -> RunRecord:  # fmt: skip
-    given = run_options(options)
-    return RunRecord(
-        run_id=run_id, results=results, shard=shard, input=options_input(given), options=given,
-        started_at=started_at, ended_at=ended_at, invocations=invocations,
-        counts=json.loads(counts) if counts else {}, exit_code=exit_code, total_rows=total_rows,
-        requests=requests or 0, rate_limited=rate_limited or 0, stopped_by=stopped_by,
-        host=host, pid=pid, replaced=bool(replaced),
-    )  # fmt: skip
 
 
 def _lock_run(path: Path, key: RunKey) -> list[IO[str] | None]:
@@ -745,7 +579,7 @@ class SQLiteBudget:
 Write = Callable[[sqlite3.Connection], object]
 
 
-class SQLiteJournal(_Reader):
+class SQLiteJournal(_Reader, JournalCore):
     """One run's outcomes in a SQLite store; see ``bulk_update.store.Journal``. Reads go
     through the store's connection (one at a time, from any thread), writes through the run's
     writer thread (``GroupWriter``), which has a connection of its own."""
@@ -766,10 +600,8 @@ class SQLiteJournal(_Reader):
         self._outage = outage
         self._base = run_id * _ROWS_PER_RUN  # outcomes.id of row 0
         self._locks = locks
-        self._unfinished = unfinished
-        self._unfinished_sql = f"status NOT IN ({', '.join('?' for _ in unfinished)})"
-        # This invocation's requests and 429s already added to the run's (by heartbeats).
-        self._counted = (0, 0)
+        self._dialect = _DIALECT
+        self._unfinished_are(unfinished)
         self._write_db = _connect(path)
         self._now_db = _connect(path, busy_ms=0)  # on the event loop: never waits
         if since is not None:
@@ -814,24 +646,20 @@ class SQLiteJournal(_Reader):
                 return
         await self._writer.submit(work)
 
-    def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def read() -> T:
+    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        def read() -> list[Any]:
             with self._read_lock:
-                return work(self._db)
+                return self._db.execute(sql, parameters).fetchall()
 
         return _retrying(self._outage, self.path, read, reads=True)
 
-    # Writing
+    async def _commit_beat(self, work: Work[object]) -> None:
+        await self._write(work)
 
-    def entries_among(self, conversation_ids: list[str]) -> set[str]:
-        found = self._read(
-            lambda db: db.execute(
-                "SELECT s.conversation_id FROM json_each(?) AS j JOIN last_set AS s "
-                "ON s.conversation_id = j.value",
-                (json.dumps(sorted(conversation_ids)),),
-            ).fetchall()
-        )
-        return {conversation_id for (conversation_id,) in found}
+    def _commit_end(self, work: Work[object]) -> None:
+        self._writer.run(work)
+
+    # Writing
 
     async def fence(self) -> None:
         """Nothing to wait for: the run's flock cannot be lost while the process lives."""
@@ -849,7 +677,7 @@ class SQLiteJournal(_Reader):
             await self._write(lambda db: db.execute(_INSERT, values))
             return
         assert outcome.sent_metadata is not None
-        entry = (outcome.conversation_id, outcome.sent_metadata, _now())
+        entry = (outcome.conversation_id, outcome.sent_metadata, format_timestamp())
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(_INSERT, values)
@@ -890,23 +718,6 @@ class SQLiteJournal(_Reader):
 
         self._writer.run(write)
 
-    async def beat(self, beat: RunBeat, seconds: Iterable[Second]) -> None:
-        values = [(*(getattr(second, n) for n in TIMELINE_COLUMNS), self.run_id)
-                  for second in seconds]  # fmt: skip
-        requests, rate_limited = self._counted
-
-        def write(db: sqlite3.Connection) -> None:
-            db.executemany(_ADD_SECOND, values)
-            db.execute(
-                "UPDATE runs SET heartbeat_at = ?, rows_done = ?, total_rows = ?, "
-                "requests = requests + ?, rate_limited = rate_limited + ? WHERE run_id = ?",
-                (time.time(), beat.rows_done, beat.total_rows, beat.requests - requests,
-                 beat.rate_limited - rate_limited, self.run_id),
-            )  # fmt: skip
-
-        await self._write(write)
-        self._counted = (beat.requests, beat.rate_limited)
-
     def hurry(self, seconds: float) -> None:
         self._outage.hurry(seconds)
 
@@ -914,89 +725,6 @@ class SQLiteJournal(_Reader):
         """The writes submitted so far are committed (or failed): the run's outcomes no longer
         change (this process is the only writer: its flocks say so)."""
         await self._writer.barrier()
-
-    def finish(self, end: RunEnd) -> None:
-        counted = self._counted
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE runs SET ended_at = ?, counts = ?, exit_code = ?, total_rows = ?, "
-                "requests = requests + ?, rate_limited = rate_limited + ?, stopped_by = ? "
-                "WHERE run_id = ?",
-                (_now(), json.dumps(dict(end.counts), sort_keys=True), end.exit_code,
-                 end.total_rows, end.requests - counted[0], end.rate_limited - counted[1],
-                 end.stopped_by, self.run_id),
-            )  # fmt: skip
-
-        self._writer.run(write)
-        self._counted = (end.requests, end.rate_limited)
-
-    # Reading
-
-    def _ids(self, first: int = 0, last: int = _ROWS_PER_RUN - 1) -> tuple[int, int]:
-        """The outcomes.id range of rows ``[first, last]`` of this run."""
-        return self._base + first, self._base + last
-
-    def finished_between(self, first: int, last: int) -> dict[int, Status]:
-        rows = self._read(
-            lambda db: db.execute(
-                "SELECT id - ?, status FROM outcomes WHERE id BETWEEN ? AND ? "  # noqa: S608
-                f"AND {self._unfinished_sql}",
-                (self._base, *self._ids(first, last), *self._unfinished),
-            ).fetchall()
-        )
-        return {number: Status(status) for number, status in rows}
-
-    def before_images_between(self, first: int, last: int) -> dict[int, str]:
-        rows = self._read(
-            lambda db: db.execute(
-                "SELECT id - ?, previous_metadata FROM outcomes WHERE id BETWEEN ? AND ? "
-                "AND status = ? AND previous_metadata IS NOT NULL",
-                (self._base, *self._ids(first, last), Status.UNPROCESSED.value),
-            ).fetchall()
-        )
-        return dict(rows)
-
-    def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
-        rows = self._read(
-            lambda db: db.execute(
-                "SELECT status, count(*) FROM outcomes WHERE id BETWEEN ? AND ? "  # noqa: S608
-                f"AND {self._unfinished_sql} GROUP BY status",
-                (*self._ids(first, last), *self._unfinished),
-            ).fetchall()
-        )
-        return {Status(status): count for status, count in rows}
-
-    def finished_count(self) -> int:
-        row = self._read(
-            lambda db: db.execute(
-                "SELECT count(*) FROM outcomes WHERE id BETWEEN ? AND ? "  # noqa: S608
-                f"AND {self._unfinished_sql}",
-                (*self._ids(), *self._unfinished),
-            ).fetchone()
-        )
-        return int(row[0])
-
-    def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
-        return self._read(
-            lambda db: db.execute(
-                f"SELECT id - ?, {_COLUMNS} FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id",  # noqa: S608
-                (self._base, *self._ids(first, last)),
-            ).fetchall()
-        )
-
-    def counts(self) -> dict[str, int]:
-        rows = self._read(
-            lambda db: db.execute(
-                "SELECT status, count(*) FROM outcomes WHERE id BETWEEN ? AND ? GROUP BY status",
-                self._ids(),
-            ).fetchall()
-        )
-        return dict(rows)
-
-    def state_entries(self) -> int:
-        row = self._read(lambda db: db.execute("SELECT count(*) FROM last_set").fetchone())
-        return int(row[0])
 
     def close(self) -> None:
         self._writer.close()

@@ -1,0 +1,442 @@
+"""What both stores do alike, written once over a small dialect.
+
+The run's lifecycle (find it, resume it, set it aside on ``--restart``, refuse a changed
+fingerprint, start it), the journal's reads, the run record (``history``, ``status``,
+``timeline``, ``report_rows``) and the heartbeat's bookkeeping are the same steps in SQLite and
+in PostgreSQL: they live here, in ``StoreCore`` and ``JournalCore``, as httpx's ``BaseClient``
+holds what its sync and async clients share. A backend subclasses them and says only how a
+piece of work reaches its database (a transaction retried on its outage clock, a read) and
+what is its own: its locks, its writer, its budget, PostgreSQL's reconnection and lease.
+
+The statements are written once, with named parameters (``:name``) and the ``Dialect``'s
+fragments in braces (``{now}``, ``{rows}`` …); ``Dialect.prepare`` turns one into the backend's
+SQL, once. The hot path (an outcome's commit, ``last_set``, a batch's comparison) is not here:
+each backend keeps its own, tuned to its database.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, Self, TypeVar
+
+import polars as pl
+
+from bulk_update.exceptions import JournalError
+from bulk_update.outcome import Status
+from bulk_update.store import (
+    RATE_WINDOW_S,
+    REPORT_COLUMNS,
+    TIMELINE_COLUMNS,
+    RunBeat,
+    RunEnd,
+    RunKey,
+    RunRecord,
+    RunStatus,
+    Second,
+    changed_fields,
+    is_unfinished,
+    options_input,
+    report_frame,
+    resumed_options,
+    run_options,
+    run_statuses,
+    schema,
+)
+from bulk_update.store.schema import STORED, TIMELINE, format_timestamp
+
+__all__ = ["Connection", "Dialect", "JournalCore", "StoreCore", "Work"]
+
+T = TypeVar("T")
+
+
+class _Cursor(Protocol):
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """What the core asks of a connection (``sqlite3.Connection``, ``psycopg.Connection``)."""
+
+    def execute(self, sql: str, parameters: dict[str, Any], /) -> Any: ...
+
+
+# A piece of work on a connection: a backend runs it in one transaction (or as one read).
+Work = Callable[[Connection], T]
+
+assert TIMELINE.names("sqlite") == ("run_id", *TIMELINE_COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between the backends in the statements they share: SQL fragments (with
+    named parameters of their own) and how a run's rows are numbered."""
+
+    name: schema.Dialect
+    # This moment, as a timestamp column holds it (``now``: bound to TIMESTAMP_FORMAT text),
+    # and as ``heartbeat_at`` holds it (``clock``: bound to Unix time).
+    now: str
+    clock: str
+    # Seconds since the run ``r``'s last heartbeat.
+    age: str
+    # Outcomes of the run's rows [first, last]; of all its rows; a row's number; their order.
+    rows: str
+    run_rows: str
+    row: str
+    order: str
+    # The predicate on the rows of ``last_set`` that are the job's (``job``), if it has one.
+    state: str
+    # The values of a JSON array parameter: texts (``ids``), run IDs (``runs``).
+    ids: str
+    runs: str
+    # What follows the insert of a run so that ``inserted`` finds its ID.
+    returning: str
+    # outcomes' key of a run's row 0 (SQLite numbers rows across runs).
+    rows_per_run: int = 0
+
+    def prepare(self, template: str) -> str:
+        """The backend's SQL for a statement written with ``:name`` parameters and this
+        dialect's fragments (once per statement: cached)."""
+        return _prepare(self, template)
+
+    def span(self, run_id: int, first: int = 0, last: int = (1 << 32) - 1) -> dict[str, int]:
+        """The parameters that select rows ``[first, last]`` of a run (``rows``, ``row``)."""
+        base = run_id * self.rows_per_run
+        return {"run": run_id, "base": base, "first": base + first, "last": base + last}
+
+    def json_rows(self, parameter: str, table: schema.Table, names: Iterable[str]) -> str:
+        """A relation ``t`` with columns ``names`` of ``table``, from a JSON array of objects."""
+        if self.name == "sqlite":
+            columns = ", ".join(f"json_extract(value, '$.{name}') AS {name}" for name in names)
+            return f"(SELECT {columns} FROM json_each(:{parameter})) AS t"  # noqa: S608
+        types = table.types("postgres")
+        declared = ", ".join(f"{name} {types[name]}" for name in names)
+        return f"json_to_recordset(CAST(:{parameter} AS json)) AS t({declared})"
+
+    def inserted(self, cursor: Any) -> int:
+        """The ID of the run an insert (ending in ``returning``) made."""
+        if self.returning:
+            return int(cursor.fetchone()[0])
+        return int(cursor.lastrowid or 0)
+
+
+@functools.cache
+def _prepare(dialect: Dialect, template: str) -> str:
+    fragments = {
+        name: getattr(dialect, name)
+        for name in ("now", "clock", "age", "rows", "run_rows", "row", "order", "ids", "runs")
+    }
+    state = dialect.state
+    text = template.format(
+        **fragments,
+        where_state=f" WHERE {state}" if state else "",
+        and_state=f" AND {state}" if state else "",
+    )
+    if dialect.name == "postgres":
+        text = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", text)
+    return text
+
+
+def moment(value: Any) -> str:
+    """A timestamp as the store shows it: SQLite holds the text, PostgreSQL a datetime."""
+    return value if isinstance(value, str) else format_timestamp(value)
+
+
+def _stamp() -> dict[str, Any]:
+    """The parameters of this moment (``{now}``, ``{clock}``)."""
+    return {"now": format_timestamp(), "clock": time.time()}
+
+
+_FIND = (
+    "SELECT run_id, fingerprint, options FROM runs WHERE job = :job AND results = :results "
+    "AND shard = :shard AND replaced_at IS NULL ORDER BY run_id DESC LIMIT 1"
+)
+_RESUME = (
+    "UPDATE runs SET resumed_at = {now}, invocations = invocations + 1, ended_at = NULL, "
+    "exit_code = NULL, stopped_by = NULL, host = :host, pid = :pid, options = :options "
+    "WHERE run_id = :run"
+)
+_START = (
+    "INSERT INTO runs (job, results, shard, fingerprint, options, started_at, host, pid) "
+    "VALUES (:job, :results, :shard, :fingerprint, :options, {now}, :host, :pid)"
+)
+_HISTORY = (
+    "SELECT run_id, results, shard, options, started_at, ended_at, invocations, counts, "
+    "exit_code, total_rows, requests, rate_limited, stopped_by, host, pid, "
+    "replaced_at IS NOT NULL FROM runs WHERE job = :job ORDER BY run_id DESC"
+)
+_LAST = "(SELECT max(at) FROM timeline WHERE run_id = r.run_id)"
+_STATUS = (
+    "SELECT r.run_id, r.rows_done, {age}, "  # noqa: S608
+    f"(SELECT min(at) FROM timeline WHERE run_id = r.run_id), {_LAST}, "
+    "(SELECT sum(rows) FROM timeline WHERE run_id = r.run_id "
+    f"AND at > {_LAST} - {RATE_WINDOW_S}) FROM runs AS r WHERE r.run_id IN ({{runs}})"
+)
+_TIMELINE = f"SELECT {', '.join(TIMELINE_COLUMNS)} FROM timeline WHERE run_id = :run ORDER BY at"  # noqa: S608
+_REPORT = (
+    "SELECT {row}, "  # noqa: S608
+    f"{', '.join(REPORT_COLUMNS[1:])} FROM outcomes WHERE {{rows}} ORDER BY {{order}}"
+)
+
+
+def _find_or_start(
+    dialect: Dialect, key: RunKey, fingerprint: str, options: Mapping[str, Any], restart: bool,
+    conn: Connection,
+) -> int | str:  # fmt: skip
+    """The run's ID, found (and resumed) or started; or, if its input or mapping changed, the
+    names that did."""
+    given = {"job": key.job, "results": key.results, "shard": key.shard_text,
+             "host": socket.gethostname(), "pid": os.getpid(), **_stamp()}  # fmt: skip
+    found = conn.execute(dialect.prepare(_FIND), given).fetchone()
+    if found is not None and restart:
+        conn.execute(
+            dialect.prepare("UPDATE runs SET replaced_at = {now} WHERE run_id = :run"),
+            {**given, "run": found[0]},
+        )
+        found = None
+    if found is None:
+        options_text = json.dumps(dict(options), sort_keys=True, default=str)
+        cursor = conn.execute(
+            dialect.prepare(_START + dialect.returning),
+            {**given, "fingerprint": fingerprint, "options": options_text},
+        )
+        return dialect.inserted(cursor)
+    run_id, stored, stored_options = found
+    if stored != fingerprint:
+        changed = changed_fields(stored, fingerprint)
+        if changed:
+            return ", ".join(changed)
+        # The same input and mapping, fingerprinted by an older version: keep the new form.
+        conn.execute(
+            dialect.prepare("UPDATE runs SET fingerprint = :fingerprint WHERE run_id = :run"),
+            {"fingerprint": fingerprint, "run": run_id},
+        )
+    resumed = resumed_options(stored_options, options)
+    conn.execute(dialect.prepare(_RESUME), {**given, "options": resumed, "run": run_id})
+    return int(run_id)
+
+
+def _record(row: tuple[Any, ...]) -> RunRecord:
+    (run_id, results, shard, options, started_at, ended_at, invocations, counts, exit_code,
+     total_rows, requests, rate_limited, stopped_by, host, pid, replaced) = row  # fmt: skip
+    given = run_options(options)
+    return RunRecord(
+        run_id=int(run_id), results=results, shard=shard, input=options_input(given),
+        options=given, started_at=moment(started_at),
+        ended_at=moment(ended_at) if ended_at else None, invocations=invocations,
+        counts=json.loads(counts) if counts else {}, exit_code=exit_code, total_rows=total_rows,
+        requests=int(requests or 0), rate_limited=int(rate_limited or 0), stopped_by=stopped_by,
+        host=host, pid=pid, replaced=bool(replaced),
+    )  # fmt: skip
+
+
+class StoreCore:
+    """What a store does alike in both backends: the run's lifecycle and its record. A backend
+    sets ``where`` and ``_dialect`` and says how work reaches its database."""
+
+    where: str
+    _dialect: Dialect
+
+    def _transact(self, work: Work[T]) -> T:
+        """``work`` in one transaction, tried again as the backend does."""
+        raise NotImplementedError
+
+    def _read(self, work: Work[T]) -> T:
+        """``work``, which only reads."""
+        raise NotImplementedError
+
+    def _find_or_start(
+        self, key: RunKey, fingerprint: str, options: Mapping[str, Any], restart: bool
+    ) -> int:
+        found = self._transact(
+            functools.partial(_find_or_start, self._dialect, key, fingerprint, options, restart)
+        )
+        if isinstance(found, str):
+            raise JournalError(
+                f"{self.where}: the run for {key.results} was started with another input or "
+                f"mapping (changed: {found}); run with --restart to start over (the old run is "
+                "kept in the store)"
+            )
+        return found
+
+    def _fetch(self, template: str, parameters: dict[str, Any]) -> list[Any]:
+        sql = self._dialect.prepare(template)
+        return self._read(lambda conn: conn.execute(sql, parameters).fetchall())
+
+    def history(self, job: str) -> list[RunRecord]:
+        return [_record(row) for row in self._fetch(_HISTORY, {"job": job})]
+
+    def status(self, job: str) -> list[RunStatus]:
+        records = [r for r in self.history(job) if not r.replaced and is_unfinished(r)]
+        if not records:
+            return []
+        runs = json.dumps([r.run_id for r in records])
+        rows = self._fetch(_STATUS, {"runs": runs, **_stamp()})
+        return run_statuses(records, {row[0]: row[1:] for row in rows})
+
+    def timeline(self, run_id: int) -> list[Second]:
+        return [Second(*row) for row in self._fetch(_TIMELINE, {"run": run_id})]
+
+    def report_rows(self, run_id: int) -> pl.DataFrame:
+        return report_frame(self._fetch(_REPORT, self._dialect.span(run_id)))
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+_ADD_SECONDS = (
+    f"INSERT INTO timeline (run_id, {', '.join(TIMELINE_COLUMNS)}) "  # noqa: S608
+    f"SELECT :run, {', '.join(TIMELINE_COLUMNS)} FROM {{seconds}} WHERE TRUE "
+    "ON CONFLICT (run_id, at) DO UPDATE SET "
+    + ", ".join(f"{n} = timeline.{n} + excluded.{n}" for n in TIMELINE_COLUMNS[1:6])
+    + ", limit_rpm = excluded.limit_rpm, announced_rpm = excluded.announced_rpm"
+)
+_BEAT = (
+    "UPDATE runs SET heartbeat_at = {clock}, rows_done = :rows_done, total_rows = :total_rows, "
+    "requests = requests + :requests, rate_limited = rate_limited + :rate_limited "
+    "WHERE run_id = :run"
+)
+_END = (
+    "UPDATE runs SET ended_at = {now}, counts = :counts, exit_code = :exit_code, "
+    "total_rows = :total_rows, requests = requests + :requests, "
+    "rate_limited = rate_limited + :rate_limited, stopped_by = :stopped_by WHERE run_id = :run"
+)
+_FINISHED_BETWEEN = "SELECT {row}, status FROM outcomes WHERE {rows} AND status NOT IN (%U)"
+_BEFORE_IMAGES = (
+    "SELECT {row}, previous_metadata FROM outcomes WHERE {rows} AND status = :unprocessed "
+    "AND previous_metadata IS NOT NULL"
+)
+_FINISHED_COUNTS = (
+    "SELECT status, count(*) FROM outcomes WHERE {rows} AND status NOT IN (%U) GROUP BY status"
+)
+_FINISHED_COUNT = "SELECT count(*) FROM outcomes WHERE {run_rows} AND status NOT IN (%U)"
+_ROWS = (
+    "SELECT {row}, "  # noqa: S608
+    f"{', '.join(STORED)} FROM outcomes WHERE {{rows}} ORDER BY {{order}}"
+)
+_COUNTS = "SELECT status, count(*) FROM outcomes WHERE {run_rows} GROUP BY status"
+_ENTRIES = "SELECT count(*) FROM last_set{where_state}"
+_ENTRIES_AMONG = "SELECT conversation_id FROM last_set WHERE conversation_id IN ({ids}){and_state}"
+
+
+class JournalCore:
+    """What a run's journal does alike in both backends: its reads, and the bookkeeping of its
+    heartbeats and its end. A backend sets ``run_id``, ``_dialect`` and ``_job`` (its state's
+    key: PostgreSQL's job ID), calls ``_unfinished_are``, and says how work reaches its
+    database."""
+
+    run_id: int
+    _dialect: Dialect
+    _job: int | None = None
+    # This invocation's requests and 429s already added to the run's (by heartbeats).
+    _counted = (0, 0)
+
+    def _unfinished_are(self, unfinished: tuple[str, ...]) -> None:
+        """The statuses a resumed run processes again (``status NOT IN`` them: ``%U``)."""
+        names = [f"u{n}" for n in range(len(unfinished))]
+        self._unfinished = dict(zip(names, unfinished, strict=True))
+        marks = ", ".join(f":{name}" for name in names)
+        self._sql = {
+            template: self._dialect.prepare(template.replace("%U", marks))
+            for template in (_FINISHED_BETWEEN, _FINISHED_COUNTS, _FINISHED_COUNT)
+        }
+
+    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        """The rows a read of the run's store finds (as the backend reads)."""
+        raise NotImplementedError
+
+    async def _commit_beat(self, work: Work[object]) -> None:
+        """Commit a heartbeat's work (as the backend writes on the event loop)."""
+        raise NotImplementedError
+
+    def _commit_end(self, work: Work[object]) -> None:
+        """Commit the run's end (blocking the calling thread)."""
+        raise NotImplementedError
+
+    # Writing
+
+    async def beat(self, beat: RunBeat, seconds: Iterable[Second]) -> None:
+        dialect = self._dialect
+        timeline = json.dumps([asdict(second) for second in seconds])
+        add = dialect.prepare(
+            _ADD_SECONDS.replace("{seconds}", dialect.json_rows("t", TIMELINE, TIMELINE_COLUMNS))
+        )
+        beat_sql = dialect.prepare(_BEAT)
+        requests, rate_limited = self._counted
+        parameters = {
+            "run": self.run_id, "t": timeline, "rows_done": beat.rows_done,
+            "total_rows": beat.total_rows, "requests": beat.requests - requests,
+            "rate_limited": beat.rate_limited - rate_limited, **_stamp(),
+        }  # fmt: skip
+
+        def write(conn: Connection) -> None:
+            if timeline != "[]":
+                conn.execute(add, parameters)
+            conn.execute(beat_sql, parameters)
+
+        await self._commit_beat(write)
+        self._counted = (beat.requests, beat.rate_limited)
+
+    def finish(self, end: RunEnd) -> None:
+        sql = self._dialect.prepare(_END)
+        parameters = {
+            "run": self.run_id, "counts": json.dumps(dict(end.counts), sort_keys=True),
+            "exit_code": end.exit_code, "total_rows": end.total_rows,
+            "requests": end.requests - self._counted[0],
+            "rate_limited": end.rate_limited - self._counted[1], "stopped_by": end.stopped_by,
+            **_stamp(),
+        }  # fmt: skip
+        self._commit_end(lambda conn: conn.execute(sql, parameters))
+        self._counted = (end.requests, end.rate_limited)
+
+    # Reading
+
+    def _rows(self, template: str, first: int, last: int, **more: Any) -> list[Any]:
+        sql = self._sql.get(template) or self._dialect.prepare(template)
+        span = self._dialect.span(self.run_id, first, last)
+        return self._query(sql, {**span, **self._unfinished, **more})
+
+    def entries_among(self, conversation_ids: list[str]) -> set[str]:
+        rows = self._query(
+            self._dialect.prepare(_ENTRIES_AMONG),
+            {"job": self._job, "ids": json.dumps(sorted(conversation_ids))},
+        )
+        return {conversation_id for (conversation_id,) in rows}
+
+    def finished_between(self, first: int, last: int) -> dict[int, Status]:
+        rows = self._rows(_FINISHED_BETWEEN, first, last)
+        return {number: Status(status) for number, status in rows}
+
+    def before_images_between(self, first: int, last: int) -> dict[int, str]:
+        rows = self._rows(_BEFORE_IMAGES, first, last, unprocessed=Status.UNPROCESSED.value)
+        return dict(rows)
+
+    def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
+        rows = self._rows(_FINISHED_COUNTS, first, last)
+        return {Status(status): count for status, count in rows}
+
+    def finished_count(self) -> int:
+        return int(self._rows(_FINISHED_COUNT, 0, (1 << 32) - 1)[0][0])
+
+    def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
+        return self._rows(_ROWS, first, last)
+
+    def counts(self) -> dict[str, int]:
+        rows = self._rows(_COUNTS, 0, (1 << 32) - 1)
+        return {status: int(count) for status, count in rows}
+
+    def state_entries(self) -> int:
+        return int(self._query(self._dialect.prepare(_ENTRIES), {"job": self._job})[0][0])
