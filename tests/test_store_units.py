@@ -18,7 +18,7 @@ from bulk_update.exceptions import DiskFull, StoreUnavailable
 from bulk_update.exitcodes import ExitCode
 from bulk_update.observe.summary import exit_code_for
 from bulk_update.stop import Stop
-from bulk_update.store import changed_fields, fingerprint_text
+from bulk_update.store.core import changed_fields, fingerprint_text
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.lease import LEASE_S, SEND_MARGIN_S, LocalLease, is_gone, this_process
 from bulk_update.store.outage import Outage, Watchdog

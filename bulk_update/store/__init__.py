@@ -20,7 +20,15 @@ Two rules keep it honest, whatever stops a run (kill -9 included):
 
 ``SQLiteStore`` (``store/sqlite.py``) is the embedded backend: one file per job,
 ``<state-dir>/<job-name>.sqlite``. ``PostgresStore`` (``store/postgres.py``, ``--state-url``) is
-the one for many machines. The job sees only the protocols below.
+the one for many machines. The job sees only the protocols below (``__all__``); the modules of
+the package are the backends' own:
+
+- ``schema.py``: the tables, declared once for both backends, and their one layout history;
+- ``core.py``: what both backends do alike (the run's lifecycle, its record, the journal's
+  reads, the heartbeat), over a small dialect;
+- ``sqlite.py`` with ``locks.py`` (flock) and ``grouped.py`` (its writer thread);
+  ``postgres.py`` with ``lease.py`` and ``url.py``; ``outage.py``: one clock for a store that is
+  away or held.
 """
 
 from __future__ import annotations
@@ -36,6 +44,40 @@ import polars as pl
 
 from bulk_update._constants import DEFAULT_STORE_TIMEOUT_S
 from bulk_update.outcome import RowOutcome, Status
+from bulk_update.store.schema import (
+    TIMESTAMP_FORMAT,
+    TIMING_COLUMNS,
+    format_timestamp,
+    parse_timestamp,
+)
+
+__all__ = [
+    "POSTGRES_HINT",
+    "REPORT_COLUMNS",
+    "TIMELINE_COLUMNS",
+    "TIMESTAMP_FORMAT",
+    "TIMING_COLUMNS",
+    "Budget",
+    "Journal",
+    "RowTiming",
+    "RunBeat",
+    "RunEnd",
+    "RunKey",
+    "RunRecord",
+    "RunStatus",
+    "Second",
+    "StateReader",
+    "Store",
+    "StoreLocation",
+    "format_timestamp",
+    "jobs_that_wrote",
+    "open_existing_store",
+    "open_store",
+    "parse_timestamp",
+    "read_state",
+    "report_frame",
+    "run_options",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +153,8 @@ class RowTiming:
     latency_ms: int | None
 
 
-# The outcomes' columns that the store keeps beside the results' own (RowTiming's).
-TIMING_COLUMNS = ("sent_at", "answered_at", "latency_ms")
+# The outcomes' columns that the store keeps beside the results' own (RowTiming's):
+# TIMING_COLUMNS, declared with the tables in store/schema.py.
 
 
 @dataclass(slots=True)
@@ -329,42 +371,6 @@ class Store(Protocol):
     def __exit__(self, *exc_info: object) -> None: ...
 
 
-def is_unfinished(record: RunRecord) -> bool:
-    """Is the run going on, or did it stop before its rows were done?"""
-    return record.ended_at is None or record.counts.get(Status.UNPROCESSED.value, 0) > 0
-
-
-# ``status``'s rate: rows per second over the last minute of a run's timeline.
-RATE_WINDOW_S = 60
-
-
-def recent_rate(first: int | None, last: int | None, recent_rows: int | None) -> float | None:
-    """Rows per second over the last RATE_WINDOW_S seconds of a timeline that spans
-    ``[first, last]`` (its own clock: machines' clocks need not agree)."""
-    if first is None or last is None:
-        return None
-    return (recent_rows or 0) / min(RATE_WINDOW_S, last - first + 1)
-
-
-def run_statuses(
-    records: list[RunRecord], details: Mapping[int, tuple[Any, ...]]
-) -> list[RunStatus]:
-    """``status``'s answer from a store's details per run ID: rows done, seconds since the
-    heartbeat, and the timeline's first and last second and rows over its last minute."""
-    statuses = []
-    for record in records:
-        done, age, first, last, recent = details[record.run_id]
-        statuses.append(
-            RunStatus(
-                record,
-                None if done is None else int(done),
-                None if age is None else max(0.0, float(age)),
-                recent_rate(first, last, None if recent is None else int(recent)),
-            )
-        )
-    return statuses
-
-
 def report_frame(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
     """``report_rows``' frame from its rows (REPORT_COLUMNS order)."""
     schema = {
@@ -374,60 +380,6 @@ def report_frame(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
     }  # fmt: skip
     assert tuple(schema) == REPORT_COLUMNS
     return pl.DataFrame(rows, schema=schema, orient="row")
-
-
-# Rows that a resumed run processes again; with --retry-failed, failed rows too.
-_NOT_FINISHED = (Status.UNPROCESSED.value, Status.PLANNED.value)
-
-
-def unfinished_statuses(retry_failed: bool) -> tuple[str, ...]:
-    return (*_NOT_FINISHED, Status.FAILED.value) if retry_failed else _NOT_FINISHED
-
-
-# The layout before one store per job: its fingerprints carry this schema mark.
-_LEGACY_SCHEMA = "1"
-
-
-def fingerprint_text(fingerprint: Mapping[str, Any]) -> str:
-    return json.dumps({"schema": _LEGACY_SCHEMA, **fingerprint}, sort_keys=True)
-
-
-def changed_fields(stored: str, given: str) -> list[str]:
-    """The names that differ between two fingerprints (``fingerprint_text``). The input is
-    compared by content (``same_files``): a copy of the file under another path, on another
-    machine, is the same input."""
-    old, new = json.loads(stored), json.loads(given)
-    changed = []
-    for name in sorted(old.keys() | new.keys()):
-        before, after = old.get(name), new.get(name)
-        if name == "input" and isinstance(before, list) and isinstance(after, list):
-            if not same_files(before, after):
-                changed.append(name)
-        elif before != after:
-            changed.append(name)
-    return changed
-
-
-# What says a file's content: its size and a hash of all of it (``read.file_fingerprint``).
-CONTENT_KEYS = ("size", "blake2b")
-
-
-def same_files(before: list[Any], after: list[Any]) -> bool:
-    """Do two inputs' fingerprints (one per file, in order) name the same content? Files
-    fingerprinted by content compare by content only; a fingerprint of an older version (path,
-    size, mtime and the ends' hash) compares by what both have, as that version did."""
-    if len(before) != len(after):
-        return False
-    for old, new in zip(before, after, strict=True):
-        if not (isinstance(old, dict) and isinstance(new, dict)):
-            return False
-        if all(key in old and key in new for key in CONTENT_KEYS):
-            keys: Iterable[str] = CONTENT_KEYS
-        else:
-            keys = old.keys() & new.keys()
-        if any(old[key] != new[key] for key in keys):
-            return False
-    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,26 +438,10 @@ def jobs_that_wrote(location: StoreLocation, results: list[str]) -> list[str]:
     return in_directory(location.path.parent, results)
 
 
-def resumed_options(stored: str | None, given: Mapping[str, Any]) -> str:
-    """A resumed run's options (JSON text): this invocation's, shown by ``history``, ``status``
-    and ``report``, with every invocation's in order under ``invocations`` (a run resumed with
-    another --rpm draws each)."""
-    before = run_options(stored)
-    earlier = before.pop("invocations", None) or [before]
-    current = {key: value for key, value in given.items() if key != "invocations"}
-    return json.dumps({**current, "invocations": [*earlier, current]}, sort_keys=True, default=str)
-
-
 def run_options(options: str | None) -> dict[str, Any]:
     """A run's stored options (JSON text)."""
     found = json.loads(options) if options else {}
     return found if isinstance(found, dict) else {}
-
-
-def options_input(options: dict[str, Any]) -> str | None:
-    """The input a run's options name."""
-    value = options.get("input")
-    return None if value is None else str(value)
 
 
 @contextlib.contextmanager

@@ -31,7 +31,6 @@ import polars as pl
 from bulk_update.exceptions import JournalError
 from bulk_update.outcome import Status
 from bulk_update.store import (
-    RATE_WINDOW_S,
     REPORT_COLUMNS,
     TIMELINE_COLUMNS,
     RunBeat,
@@ -40,18 +39,22 @@ from bulk_update.store import (
     RunRecord,
     RunStatus,
     Second,
-    changed_fields,
-    is_unfinished,
-    options_input,
     report_frame,
-    resumed_options,
     run_options,
-    run_statuses,
     schema,
 )
 from bulk_update.store.schema import STORED, TIMELINE, format_timestamp
 
-__all__ = ["Connection", "Dialect", "JournalCore", "StoreCore", "Work"]
+__all__ = [
+    "Connection",
+    "Dialect",
+    "JournalCore",
+    "StoreCore",
+    "Work",
+    "changed_fields",
+    "fingerprint_text",
+    "unfinished_statuses",
+]
 
 T = TypeVar("T")
 
@@ -72,6 +75,115 @@ class Connection(Protocol):
 Work = Callable[[Connection], T]
 
 assert TIMELINE.names("sqlite") == ("run_id", *TIMELINE_COLUMNS)
+
+
+# What a run is, and how it changes: the same rules in both backends.
+
+
+def is_unfinished(record: RunRecord) -> bool:
+    """Is the run going on, or did it stop before its rows were done?"""
+    return record.ended_at is None or record.counts.get(Status.UNPROCESSED.value, 0) > 0
+
+
+# ``status``'s rate: rows per second over the last minute of a run's timeline.
+RATE_WINDOW_S = 60
+
+
+def recent_rate(first: int | None, last: int | None, recent_rows: int | None) -> float | None:
+    """Rows per second over the last RATE_WINDOW_S seconds of a timeline that spans
+    ``[first, last]`` (its own clock: machines' clocks need not agree)."""
+    if first is None or last is None:
+        return None
+    return (recent_rows or 0) / min(RATE_WINDOW_S, last - first + 1)
+
+
+def run_statuses(
+    records: list[RunRecord], details: Mapping[int, tuple[Any, ...]]
+) -> list[RunStatus]:
+    """``status``'s answer from a store's details per run ID: rows done, seconds since the
+    heartbeat, and the timeline's first and last second and rows over its last minute."""
+    statuses = []
+    for record in records:
+        done, age, first, last, recent = details[record.run_id]
+        statuses.append(
+            RunStatus(
+                record,
+                None if done is None else int(done),
+                None if age is None else max(0.0, float(age)),
+                recent_rate(first, last, None if recent is None else int(recent)),
+            )
+        )
+    return statuses
+
+
+# Rows that a resumed run processes again; with --retry-failed, failed rows too.
+_NOT_FINISHED = (Status.UNPROCESSED.value, Status.PLANNED.value)
+
+
+def unfinished_statuses(retry_failed: bool) -> tuple[str, ...]:
+    return (*_NOT_FINISHED, Status.FAILED.value) if retry_failed else _NOT_FINISHED
+
+
+# The layout before one store per job: its fingerprints carry this schema mark.
+_LEGACY_SCHEMA = "1"
+
+
+def fingerprint_text(fingerprint: Mapping[str, Any]) -> str:
+    return json.dumps({"schema": _LEGACY_SCHEMA, **fingerprint}, sort_keys=True)
+
+
+def changed_fields(stored: str, given: str) -> list[str]:
+    """The names that differ between two fingerprints (``fingerprint_text``). The input is
+    compared by content (``same_files``): a copy of the file under another path, on another
+    machine, is the same input."""
+    old, new = json.loads(stored), json.loads(given)
+    changed = []
+    for name in sorted(old.keys() | new.keys()):
+        before, after = old.get(name), new.get(name)
+        if name == "input" and isinstance(before, list) and isinstance(after, list):
+            if not same_files(before, after):
+                changed.append(name)
+        elif before != after:
+            changed.append(name)
+    return changed
+
+
+# What says a file's content: its size and a hash of all of it (``read.file_fingerprint``).
+CONTENT_KEYS = ("size", "blake2b")
+
+
+def same_files(before: list[Any], after: list[Any]) -> bool:
+    """Do two inputs' fingerprints (one per file, in order) name the same content? Files
+    fingerprinted by content compare by content only; a fingerprint of an older version (path,
+    size, mtime and the ends' hash) compares by what both have, as that version did."""
+    if len(before) != len(after):
+        return False
+    for old, new in zip(before, after, strict=True):
+        if not (isinstance(old, dict) and isinstance(new, dict)):
+            return False
+        if all(key in old and key in new for key in CONTENT_KEYS):
+            keys: Iterable[str] = CONTENT_KEYS
+        else:
+            keys = old.keys() & new.keys()
+        if any(old[key] != new[key] for key in keys):
+            return False
+    return True
+
+
+def resumed_options(stored: str | None, given: Mapping[str, Any]) -> str:
+    """A resumed run's options (JSON text): this invocation's, shown by ``history``, ``status``
+    and ``report``, with every invocation's in order under ``invocations`` (a run resumed with
+    another --rpm draws each)."""
+    before = run_options(stored)
+    earlier = before.pop("invocations", None) or [before]
+    current = {key: value for key, value in given.items() if key != "invocations"}
+    return json.dumps({**current, "invocations": [*earlier, current]}, sort_keys=True, default=str)
+
+
+def options_input(options: dict[str, Any]) -> str | None:
+    """The input a run's options name."""
+    value = options.get("input")
+    return None if value is None else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +256,7 @@ def _prepare(dialect: Dialect, template: str) -> str:
     return text
 
 
-def moment(value: Any) -> str:
+def _moment(value: Any) -> str:
     """A timestamp as the store shows it: SQLite holds the text, PostgreSQL a datetime."""
     return value if isinstance(value, str) else format_timestamp(value)
 
@@ -229,8 +341,8 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
     given = run_options(options)
     return RunRecord(
         run_id=int(run_id), results=results, shard=shard, input=options_input(given),
-        options=given, started_at=moment(started_at),
-        ended_at=moment(ended_at) if ended_at else None, invocations=invocations,
+        options=given, started_at=_moment(started_at),
+        ended_at=_moment(ended_at) if ended_at else None, invocations=invocations,
         counts=json.loads(counts) if counts else {}, exit_code=exit_code, total_rows=total_rows,
         requests=int(requests or 0), rate_limited=int(rate_limited or 0), stopped_by=stopped_by,
         host=host, pid=pid, replaced=bool(replaced),

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+__all__ = ["CLOSE_WAIT_S", "GROUP_MAX", "GroupWriter"]
+
 Work = TypeVar("Work")
 
 # Works committed together, at most.

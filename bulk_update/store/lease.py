@@ -34,6 +34,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+__all__ = [
+    "LEASE_S",
+    "POLL_S",
+    "RENEW_EVERY_S",
+    "SEND_MARGIN_S",
+    "Holder",
+    "LocalLease",
+    "is_gone",
+    "this_process",
+]
+
 # How long a lease lasts without renewal (the database's clock).
 LEASE_S = 10.0
 # How often the holder renews it.

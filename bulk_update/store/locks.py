@@ -20,6 +20,8 @@ try:
 except ImportError:  # pragma: no cover - Windows: no lock, documented
     fcntl = None  # type: ignore[assignment]
 
+__all__ = ["release_lock", "take_lock"]
+
 
 def take_lock(lock_path: Path, *, shared: bool = False, what: str = "") -> IO[str] | None:
     """Take the lock at once or raise JournalError ("already running ... held by ...")."""

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 from bulk_update.exceptions import StoreUnavailable
 
+__all__ = ["Outage", "Watchdog"]
+
 log = logging.getLogger("bulk_update")
 
 

@@ -1,9 +1,11 @@
 """The PostgreSQL store (``--state-url``): one database shared by every machine of a job.
 
 Everything is in one schema, ``bulk_update``, created and migrated by the job (the URL's user
-needs ``CREATE`` on the database the first time, then only read/write on the schema)::
+needs ``CREATE`` on the database the first time, then only read/write on the schema). Its tables
+are declared in ``store/schema.py``; what it does as the SQLite store does is in
+``store/core.py``::
 
-    layout(version)                          -- the layout's version (1)
+    layout(version)                          -- the layout's number (schema.LAYOUTS)
     jobs(job_id, name)                       -- a job name, numbered once
     runs(run_id, job, results, shard, fingerprint, options, started_at, resumed_at,
          invocations, ended_at, counts, exit_code, replaced_at, total_rows, requests,
@@ -72,8 +74,15 @@ from bulk_update.exceptions import (
     RunTaken,
 )
 from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
-from bulk_update.store import RowTiming, RunKey, fingerprint_text, schema, unfinished_statuses
-from bulk_update.store.core import Dialect, JournalCore, StoreCore, Work
+from bulk_update.store import RowTiming, RunKey, schema
+from bulk_update.store.core import (
+    Dialect,
+    JournalCore,
+    StoreCore,
+    Work,
+    fingerprint_text,
+    unfinished_statuses,
+)
 from bulk_update.store.lease import (
     LEASE_S,
     POLL_S,
@@ -86,6 +95,9 @@ from bulk_update.store.lease import (
 from bulk_update.store.outage import Outage, Watchdog
 from bulk_update.store.schema import LAYOUT_VERSION, STORED, TIMING_COLUMNS
 from bulk_update.store.url import check_url, redact, secrets
+
+__all__ = ["SCHEMA", "PostgresBudget", "PostgresJournal", "PostgresStore", "jobs_that_wrote",
+           "read_state"]  # fmt: skip
 
 log = logging.getLogger("bulk_update")
 

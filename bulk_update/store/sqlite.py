@@ -68,15 +68,16 @@ from bulk_update.exceptions import (
 )
 from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.paths import is_remote
-from bulk_update.store import (
-    RowTiming,
-    RunKey,
+from bulk_update.store import RowTiming, RunKey, schema
+from bulk_update.store.core import (
+    Dialect,
+    JournalCore,
+    StoreCore,
+    Work,
     changed_fields,
     fingerprint_text,
-    schema,
     unfinished_statuses,
 )
-from bulk_update.store.core import Dialect, JournalCore, StoreCore, Work
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.locks import release_lock, take_lock
 from bulk_update.store.outage import Outage

@@ -7,6 +7,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 from bulk_update.exceptions import ConfigError
 
+__all__ = ["ENV", "SCHEMES", "check_url", "redact", "secrets"]
+
 SCHEMES = ("postgresql", "postgres")
 ENV = "BULK_UPDATE_STATE_URL"
 
