@@ -5,16 +5,19 @@ does, the other must do; a test here that passes on one and not the other is a d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import polars as pl
+import psycopg
 import pytest
 
 from bulk_update.exceptions import ConfigError, JournalError
 from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
-from bulk_update.store import RowTiming, RunBeat, RunEnd, RunKey, Second, read_state
+from bulk_update.store import RowTiming, RunBeat, RunEnd, RunKey, Second, read_state, schema
 from tests.stores import Backend
 
 T = TypeVar("T")
@@ -270,3 +273,104 @@ def test_the_budget_hands_out_slots_one_after_another(backend: Backend) -> None:
             assert budget.claim(1, 0.1) >= 4.5
         finally:
             budget.close()
+
+
+# What the previous versions wrote as a store's number, each backend counting its own layouts,
+# and the layout of the one history (store/schema.py, LAYOUTS) that each number stands for.
+OLDER_NUMBERS = {
+    "sqlite": {1: 1, 2: 1, 3: 2, 4: 3, 5: 5},  # SQLite's 1 had no budget; its 5 lacks nothing
+    "postgres": {1: 1, 2: 2, 3: 3, 4: 4, 5: 5},
+}
+
+
+def as_older_version_left_it(backend: Backend, number: int) -> None:
+    """Take the store of job ``j`` back to what the previous version made under ``number``:
+    the columns and tables of later layouts dropped, the number written as it wrote it."""
+    layout = OLDER_NUMBERS[backend.name][number]
+    if backend.url is None:
+        with contextlib.closing(sqlite3.connect(backend.directory / "j.sqlite")) as db:
+            db.execute("DROP VIEW run_outcomes")
+            for table in schema.TABLES:
+                for name, _ in table.added_columns("sqlite", layout):
+                    db.execute(f"ALTER TABLE {table.name} DROP COLUMN {name}")
+            if layout < 4:
+                db.execute("DROP TABLE timeline")
+            if number == 1:
+                db.execute("DROP TABLE budget")
+            db.execute(f"PRAGMA user_version={number}")
+            db.commit()
+        return
+    with psycopg.connect(backend.url, autocommit=True) as conn:
+        for table in schema.TABLES:
+            for name, _ in table.added_columns("postgres", layout):
+                conn.execute(f"ALTER TABLE bulk_update.{table.name} DROP COLUMN {name}")
+        for name, since in (("timeline", 4), ("leases", 5)):
+            if layout < since:
+                conn.execute(f"DROP TABLE bulk_update.{name}")
+        conn.execute("UPDATE bulk_update.layout SET version = %s", (number,))
+
+
+def layout_of(backend: Backend) -> tuple[int, dict[str, list[str]]]:
+    """The store's number, and its tables' columns."""
+    if backend.url is None:
+        with contextlib.closing(sqlite3.connect(backend.directory / "j.sqlite")) as db:
+            (number,) = db.execute("PRAGMA user_version").fetchone()
+            tables = [name for (name,) in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )]  # fmt: skip
+            return number, {
+                table: [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+                for table in tables
+            }
+    ((number,),) = backend.query("SELECT version FROM bulk_update.layout")
+    columns: dict[str, list[str]] = {}
+    for table, column in backend.query(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE "
+        "table_schema = 'bulk_update' ORDER BY table_name, ordinal_position"
+    ):
+        columns.setdefault(table, []).append(column)
+    return number, columns
+
+
+@pytest.mark.parametrize("number", sorted(OLDER_NUMBERS["sqlite"]))
+def test_a_store_of_an_older_version_opens_and_gains_what_it_lacks(
+    backend: Backend, number: int
+) -> None:
+    """Stores the previous versions made, at each number they wrote (SQLite 1 to 5, PostgreSQL
+    1 to 5, each counting its own layouts), open: they gain the tables and columns of the later
+    layouts, carry this version's number (5, which the previous versions also read), and their
+    runs resume."""
+    with backend.open("j") as store, store.open_run(KEY, PRINT, OPTIONS) as journal:
+        journal.record_many([invalid(0), invalid(1)])
+        journal.finish(RunEnd({"invalid": 2}, 1, total_rows=2))
+    as_older_version_left_it(backend, number)
+    with backend.open("j") as store:
+        with store.open_run(KEY, PRINT, OPTIONS) as journal:
+            assert journal.finished_count() == 2
+            assert journal.counts() == {"invalid": 2}
+        (record,) = store.history("j")
+        assert (record.invocations, record.counts) == (2, {"invalid": 2})
+        budget = store.budget("j")
+        try:
+            assert budget.claim(1, 0.1) < 1  # the table is there: a slot at once
+        finally:
+            budget.close()
+    found, columns = layout_of(backend)
+    assert found == schema.LAYOUT_VERSION == 5
+    dialect: schema.Dialect = "sqlite" if backend.url is None else "postgres"
+    for table in schema.TABLES:
+        if table.create(dialect) is not None:
+            assert columns[table.name] == list(table.names(dialect)), table.name
+
+
+def test_a_store_of_a_newer_layout_is_refused(backend: Backend) -> None:
+    with backend.open("j"):
+        pass
+    if backend.url is None:
+        with contextlib.closing(sqlite3.connect(backend.directory / "j.sqlite")) as db:
+            db.execute("PRAGMA user_version=6")
+    else:
+        with psycopg.connect(backend.url, autocommit=True) as conn:
+            conn.execute("UPDATE bulk_update.layout SET version = 6")
+    with pytest.raises((JournalError, ConfigError), match=r"newer bulk-update \(layout 6\)"):
+        backend.open("j")
