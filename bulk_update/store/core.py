@@ -33,6 +33,7 @@ from bulk_update.outcome import Status
 from bulk_update.store import (
     REPORT_COLUMNS,
     TIMELINE_COLUMNS,
+    Journal,
     RunBeat,
     RunEnd,
     RunKey,
@@ -49,6 +50,7 @@ __all__ = [
     "Connection",
     "Dialect",
     "JournalCore",
+    "Opening",
     "StoreCore",
     "Work",
     "changed_fields",
@@ -298,16 +300,28 @@ _REPORT = (
 )
 
 
-def _find_or_start(
-    dialect: Dialect, key: RunKey, fingerprint: str, options: Mapping[str, Any], restart: bool,
-    conn: Connection,
-) -> int | str:  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """What ``open_run`` was asked for: the run, its fingerprint (``fingerprint_text``) and
+    options, whether to set the run aside (--restart), the statuses a resumed run processes
+    again, and the job whose state to compare with (--since-state)."""
+
+    key: RunKey
+    fingerprint: str
+    options: Mapping[str, Any]
+    restart: bool
+    unfinished: tuple[str, ...]
+    since: str | None
+
+
+def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int | str:
     """The run's ID, found (and resumed) or started; or, if its input or mapping changed, the
     names that did."""
+    key, fingerprint, options = opening.key, opening.fingerprint, opening.options
     given = {"job": key.job, "results": key.results, "shard": key.shard_text,
              "host": socket.gethostname(), "pid": os.getpid(), **_stamp()}  # fmt: skip
     found = conn.execute(dialect.prepare(_FIND), given).fetchone()
-    if found is not None and restart:
+    if found is not None and opening.restart:
         conn.execute(
             dialect.prepare("UPDATE runs SET replaced_at = {now} WHERE run_id = :run"),
             {**given, "run": found[0]},
@@ -364,12 +378,28 @@ class StoreCore:
         """``work``, which only reads."""
         raise NotImplementedError
 
-    def _find_or_start(
-        self, key: RunKey, fingerprint: str, options: Mapping[str, Any], restart: bool
-    ) -> int:
-        found = self._transact(
-            functools.partial(_find_or_start, self._dialect, key, fingerprint, options, restart)
-        )
+    def open_run(
+        self,
+        key: RunKey,
+        fingerprint: Mapping[str, Any],
+        options: Mapping[str, Any],
+        *,
+        restart: bool = False,
+        retry_failed: bool = False,
+        since: str | None = None,
+    ) -> Journal:
+        """See ``Store.open_run``: the backend locks the run, finds or starts it
+        (``_find_or_start``) and opens its journal (``_open_run``)."""
+        unfinished = unfinished_statuses(retry_failed)
+        opening = Opening(key, fingerprint_text(fingerprint), options, restart, unfinished, since)
+        return self._open_run(opening)
+
+    def _open_run(self, opening: Opening) -> Journal:
+        raise NotImplementedError
+
+    def _find_or_start(self, opening: Opening) -> int:
+        key = opening.key
+        found = self._transact(functools.partial(_find_or_start, self._dialect, opening))
         if isinstance(found, str):
             raise JournalError(
                 f"{self.where}: the run for {key.results} was started with another input or "

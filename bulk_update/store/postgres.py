@@ -58,7 +58,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 import polars as pl
@@ -75,14 +75,7 @@ from bulk_update.exceptions import (
 )
 from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import RowTiming, RunKey, schema
-from bulk_update.store.core import (
-    Dialect,
-    JournalCore,
-    StoreCore,
-    Work,
-    fingerprint_text,
-    unfinished_statuses,
-)
+from bulk_update.store.core import Dialect, JournalCore, Opening, StoreCore, Work
 from bulk_update.store.lease import (
     LEASE_S,
     POLL_S,
@@ -595,25 +588,17 @@ class PostgresStore(StoreCore):
 
         return self._session.run(other, transaction=False)
 
-    def open_run(
-        self,
-        key: RunKey,
-        fingerprint: Mapping[str, Any],
-        options: Mapping[str, Any],
-        *,
-        restart: bool = False,
-        retry_failed: bool = False,
-        since: str | None = None,
-    ) -> PostgresJournal:
+    def _open_run(self, opening: Opening) -> PostgresJournal:
+        key = opening.key
         job_id = self._job_id(key.job)
         self._lock_run(key)
         lease: str | None = None
         try:
-            compare_with = job_id if since is None else self._since_job(since)
-            run_id = self._find_or_start(key, fingerprint_text(fingerprint), options, restart)
+            compare_with = job_id if opening.since is None else self._since_job(opening.since)
+            run_id = self._find_or_start(opening)
             lease, asked = self._take_lease(job_id, key)
             return PostgresJournal(
-                self._session, run_id, job_id, compare_with, unfinished_statuses(retry_failed),
+                self._session, run_id, job_id, compare_with, opening.unfinished,
                 _Lease(job_id, key.shard_text, lease, asked),
             )  # fmt: skip
         except BaseException:

@@ -51,7 +51,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -69,15 +69,7 @@ from bulk_update.exceptions import (
 from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.paths import is_remote
 from bulk_update.store import RowTiming, RunKey, schema
-from bulk_update.store.core import (
-    Dialect,
-    JournalCore,
-    StoreCore,
-    Work,
-    changed_fields,
-    fingerprint_text,
-    unfinished_statuses,
-)
+from bulk_update.store.core import Dialect, JournalCore, Opening, StoreCore, Work, changed_fields
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.locks import release_lock, take_lock
 from bulk_update.store.outage import Outage
@@ -457,32 +449,23 @@ class SQLiteStore(StoreCore):
     def _read(self, work: Work[T]) -> T:
         return _retrying(self._outage, self.path, lambda: work(self._db))
 
-    def open_run(
-        self,
-        key: RunKey,
-        fingerprint: Mapping[str, Any],
-        options: Mapping[str, Any],
-        *,
-        restart: bool = False,
-        retry_failed: bool = False,
-        since: str | None = None,
-    ) -> SQLiteJournal:
+    def _open_run(self, opening: Opening) -> SQLiteJournal:
+        key = opening.key
         locks = _lock_run(self.path, key)
         try:
             since_path: Path | None = None
-            if since is not None:
-                found = _check_since(since)
+            if opening.since is not None:
+                found = _check_since(opening.since)
                 if found.resolve() != self.path.resolve():
                     since_path = found
             if since_path is not None:
                 self._db.execute("ATTACH DATABASE ? AS since", (_uri(since_path, read_only=True),))
-            run_id = self._find_or_start(key, fingerprint_text(fingerprint), options, restart)
-            if not restart:
-                self._take_over_legacy_journal(key, fingerprint_text(fingerprint), run_id)
+            run_id = self._find_or_start(opening)
+            if not opening.restart:
+                self._take_over_legacy_journal(key, opening.fingerprint, run_id)
             return SQLiteJournal(
-                self.path, self._db, self._outage, run_id, locks, since_path,
-                unfinished_statuses(retry_failed),
-            )  # fmt: skip
+                self.path, self._db, self._outage, run_id, locks, since_path, opening.unfinished
+            )
         except BaseException:
             for lock in reversed(locks):
                 release_lock(lock)
