@@ -7,6 +7,35 @@ is not given (the CLI, job files, the demo and Airflow all read these through ``
 
 import re
 
+__all__ = [
+    "BACKOFF_BASE_S",
+    "BACKOFF_MAX_S",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_BREAKER_THRESHOLD",
+    "DEFAULT_BREAKER_TIMEOUT_S",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_DRAIN_TIMEOUT_S",
+    "DEFAULT_ID_COLUMN",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_METRICS_INTERVAL_S",
+    "DEFAULT_RATE_LIMIT_PAUSE_S",
+    "DEFAULT_RPM",
+    "DEFAULT_STOP_AFTER_FAILURES",
+    "DEFAULT_STORE_TIMEOUT_S",
+    "DEFAULT_TIMEOUT_S",
+    "FATAL_STATUSES",
+    "ID_PATTERN",
+    "ID_REGEX",
+    "MAX_ID_CHARS",
+    "MAX_KEY_CHARS",
+    "MAX_PAIRS",
+    "MAX_RATE_LIMITED_PER_ROW",
+    "MAX_RESPONSE_BYTES",
+    "MAX_RETRY_AFTER_S",
+    "MAX_VALUE_CHARS",
+    "RETRYABLE_STATUSES",
+]
+
 # The API.
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Metadata: at most 16 pairs, keys of at most 64 characters, values of at most 512.

@@ -40,6 +40,8 @@ from bulk_update.store.url import ENV as STATE_URL_ENV
 from bulk_update.store.url import check_url as check_state_url
 from bulk_update.store.url import redact as redact_url
 
+__all__ = ["JOB_NAME", "JobConfig", "parse_columns", "parse_shard"]
+
 # Rows read, planned and journaled together (at most; batches are sized by bytes).
 DEFAULT_BATCH_ROWS = 20_000
 

@@ -19,6 +19,8 @@ from bulk_update.exceptions import ConfigError
 from bulk_update.job import run_job
 from bulk_update.jobfile import load_job_file
 
+__all__ = ["run_demo"]
+
 DEMO_JOB = "jobs/demo.toml"
 DEMO_KEY = "sk-demo-not-a-real-key"
 EMULATOR_ARGS = (

@@ -39,6 +39,8 @@ from bulk_update.write import (
     write_outputs,
 )
 
+__all__ = ["dry_run"]
+
 log = logging.getLogger("bulk_update")
 
 

@@ -25,6 +25,23 @@ import errno
 
 from bulk_update.exitcodes import ExitCode
 
+__all__ = [
+    "BulkUpdateError",
+    "ConfigError",
+    "DiskFull",
+    "FatalApiError",
+    "InputChanged",
+    "InputError",
+    "JobStopped",
+    "JournalError",
+    "RunTaken",
+    "StoreDamaged",
+    "StoreUnavailable",
+    "first_line",
+    "is_disk_full",
+    "stop_code",
+]
+
 
 class BulkUpdateError(Exception):
     """Base class of the errors bulk_update raises on purpose."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import enum
 import signal
 
+__all__ = ["RESUMABLE", "ExitCode"]
+
 
 class ExitCode(enum.IntEnum):
     OK = 0  # every row finished: updated, unchanged (or left unprocessed by --limit)

@@ -16,6 +16,8 @@ from bulk_update import spreadsheet
 from bulk_update.exceptions import ConfigError
 from bulk_update.paths import suffix
 
+__all__ = ["FORMATS", "Appender", "Storage", "close_quietly", "result_format"]
+
 Storage = dict[str, str] | None
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 

@@ -62,6 +62,8 @@ from bulk_update.store import (
 )
 from bulk_update.write import WriteCancelled, write_run_outputs
 
+__all__ = ["run_fingerprint", "run_job", "run_job_async", "run_options"]
+
 log = logging.getLogger("bulk_update")
 
 

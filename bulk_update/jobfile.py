@@ -20,6 +20,8 @@ from typing import Any
 
 from bulk_update.exceptions import ConfigError
 
+__all__ = ["load_job_file", "split_cli_settings"]
+
 # Job-file keys that are not JobConfig fields but CLI settings, and the values each takes.
 CLI_KEYS: dict[str, tuple[type, ...]] = {
     "quiet": (bool,), "verbose": (bool,), "log_format": (str,), "log_file": (str,),

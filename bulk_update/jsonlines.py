@@ -24,6 +24,8 @@ import polars as pl
 
 from bulk_update.exceptions import DiskFull, InputError, first_line, is_disk_full
 
+__all__ = ["as_text_parts", "fields", "scan_as_text"]
+
 _ROWS_PER_PART = 50_000
 _SPACE = re.compile(r"[ \t\n\r]*")
 

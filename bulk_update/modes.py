@@ -40,6 +40,8 @@ from bulk_update.server import revert
 from bulk_update.server.readfirst import ReadFirst
 from bulk_update.store import Journal, StoreLocation, jobs_that_wrote
 
+__all__ = ["Mode"]
+
 # A batch as planned: the updates to send, the ``invalid`` outcomes, the ``unchanged`` rows
 # (ROW_NUMBER, conversation_id, sent_metadata).
 Planned = tuple[list[PlannedUpdate], list[RowOutcome], pl.DataFrame]

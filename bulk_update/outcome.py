@@ -10,6 +10,18 @@ from typing import Any
 
 import polars as pl
 
+__all__ = [
+    "ERRORS_ROW_NUMBER",
+    "ERROR_COLUMNS",
+    "NEEDS_ATTENTION",
+    "RESULTS_SCHEMA",
+    "RESULT_COLUMNS",
+    "ROW_FAILURES",
+    "ROW_NUMBER",
+    "RowOutcome",
+    "Status",
+]
+
 
 class Status(enum.StrEnum):
     UPDATED = "updated"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
+__all__ = ["is_remote", "suffix"]
+
 
 def is_remote(path: str | Path) -> bool:
     """An object-store URL (``s3://``, ``gs://``, ``az://`` ...), not a local path."""

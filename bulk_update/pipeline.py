@@ -26,6 +26,8 @@ from bulk_update.send import Sender
 from bulk_update.stop import FailureStreak, Signals, Stop
 from bulk_update.store import Journal, RowTiming
 
+__all__ = ["Pipeline", "send_all"]
+
 log = logging.getLogger("bulk_update")
 
 

@@ -41,6 +41,25 @@ from bulk_update.exceptions import DiskFull, first_line, is_disk_full
 from bulk_update.outcome import ERROR_COLUMNS, ROW_NUMBER, RowOutcome, Status
 from bulk_update.read import InputTable
 
+__all__ = [
+    "PLAN_COLUMNS",
+    "PlannedUpdate",
+    "clip",
+    "find_duplicates",
+    "invalid_outcomes",
+    "mark_unchanged",
+    "parse_metadata_cell",
+    "plan_frame",
+    "plan_lazy",
+    "plan_row",
+    "to_send_count",
+    "to_send_expr",
+    "unchanged_expr",
+    "unchanged_rows",
+    "updates",
+    "valid_rows",
+]
+
 CLIP_CHARS = 40
 
 # Messages, shared by the row path (plan_row) and the vectorised path (plan_frame): "{}" is

@@ -25,6 +25,8 @@ from bulk_update.exceptions import DiskFull, InputError, first_line, is_disk_ful
 from bulk_update.outcome import ERROR_COLUMNS, ERRORS_ROW_NUMBER, ROW_NUMBER
 from bulk_update.paths import is_remote, suffix
 
+__all__ = ["BATCH_BYTES", "InputTable", "expand", "file_fingerprint", "open_input", "shard_of"]
+
 # A batch holds about this much of the input, and at most JobConfig.batch_rows rows: a file of
 # wide rows is read fewer rows at a time, so that memory does not follow the width of a row.
 BATCH_BYTES = 8 << 20

@@ -64,6 +64,8 @@ from bulk_update.server.check import NOT_FOUND
 from bulk_update.stop import Stop
 from bulk_update.store import Budget
 
+__all__ = ["SendSettings", "Sender", "Sent"]
+
 log = logging.getLogger("bulk_update")
 
 # Tries of the preflight request before the job goes on without its verdict.

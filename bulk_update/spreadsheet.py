@@ -21,6 +21,16 @@ from typing import Any, TypeVar
 
 import polars as pl
 
+__all__ = [
+    "escape",
+    "holds_in_csv",
+    "holds_in_json",
+    "holds_in_parquet",
+    "text_cells",
+    "text_schema",
+    "unescape",
+]
+
 FORMULA_START = r"^[=+\-@\t\r]"
 ESCAPED_START = r"^'[=+\-@\t\r]"
 

@@ -29,6 +29,8 @@ from bulk_update._constants import RETRYABLE_STATUSES
 from bulk_update.exceptions import FatalApiError, JobStopped, first_line
 from bulk_update.outcome import RowOutcome
 
+__all__ = ["FailureStreak", "Signals", "Stop", "StopReason"]
+
 log = logging.getLogger("bulk_update")
 
 # Why a stopped run did not reach the rows it never sent: (error_code, error_message), or None.

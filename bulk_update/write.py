@@ -38,6 +38,18 @@ from bulk_update.read import InputTable
 from bulk_update.stop import StopReason
 from bulk_update.store import Journal
 
+__all__ = [
+    "WriteCancelled",
+    "dry_run_results",
+    "errors_frame",
+    "scan_results",
+    "sink",
+    "sink_errors",
+    "sweep_partials",
+    "write_outputs",
+    "write_run_outputs",
+]
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no lock, no sweeping

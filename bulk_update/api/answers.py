@@ -19,6 +19,18 @@ from typing import Any, Literal
 
 from bulk_update._constants import FATAL_STATUSES, MAX_RETRY_AFTER_S, RETRYABLE_STATUSES
 
+__all__ = [
+    "Action",
+    "Answer",
+    "Preflight",
+    "Verdict",
+    "classify",
+    "judge_preflight",
+    "parse_duration",
+    "parse_rate_limit_headers",
+    "parse_retry_after",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:

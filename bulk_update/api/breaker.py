@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 from bulk_update._constants import DEFAULT_BREAKER_THRESHOLD, DEFAULT_BREAKER_TIMEOUT_S
 
+__all__ = ["CircuitBreaker"]
+
 DEFAULT_THRESHOLD = DEFAULT_BREAKER_THRESHOLD
 DEFAULT_GIVE_UP_AFTER_S = DEFAULT_BREAKER_TIMEOUT_S
 DEFAULT_COOLDOWN_S = 1.0

@@ -22,6 +22,8 @@ from bulk_update._constants import MAX_RESPONSE_BYTES
 from bulk_update._version import __version__
 from bulk_update.api.answers import Answer
 
+__all__ = ["USER_AGENT", "ApiClient", "conversation_path"]
+
 USER_AGENT = f"bulk-update/{__version__}"
 
 

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from bulk_update.store import Budget
 
+__all__ = ["Clock", "RateController", "RateLimiter", "Sleep"]
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 

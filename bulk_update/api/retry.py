@@ -21,6 +21,17 @@ from bulk_update._constants import BACKOFF_BASE_S, BACKOFF_MAX_S
 from bulk_update.api.answers import Action, Answer, Verdict
 from bulk_update.exceptions import FatalApiError
 
+__all__ = [
+    "Attempt",
+    "backoff_seconds",
+    "should_retry",
+    "stop_after_failures",
+    "stop_after_rate_limited",
+    "stop_when",
+    "wait_backoff",
+    "wait_for_server",
+]
+
 
 def backoff_seconds(failures: int, jitter: float) -> float:
     """Exponential backoff with jitter: ``min(0.5 * 2**(failures-1), 8) * (1 - 0.25 * jitter)``.

@@ -56,6 +56,8 @@ from bulk_update.observe import draw
 if TYPE_CHECKING:
     from bulk_update.store import StoreLocation
 
+__all__ = ["build_parser", "main"]
+
 log = logging.getLogger("bulk_update")
 
 Handler = Callable[[argparse.Namespace], int]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+__all__ = ["ABOUT", "DESCRIPTION", "EXIT_CODES_HELP"]
+
 DESCRIPTION = (
     "Bulk-update the metadata of OpenAI conversations from a CSV, TSV, JSON Lines or Parquet table."
 )

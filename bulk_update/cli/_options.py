@@ -17,6 +17,32 @@ from typing import Any
 from bulk_update.config import JobConfig, parse_columns, parse_shard
 from bulk_update.exceptions import ConfigError
 
+__all__ = [
+    "Group",
+    "backup_option",
+    "check_server_option",
+    "defaults",
+    "emulator_options",
+    "json_option",
+    "limits_options",
+    "logging_options",
+    "lookup_options",
+    "mapping_options",
+    "metrics_options",
+    "report_options",
+    "restart_option",
+    "results_files",
+    "retry_failed_option",
+    "revert_dry_run",
+    "revert_options",
+    "run_dry_run",
+    "sending_options",
+    "shard_option",
+    "stop_after_failures_option",
+    "store_options",
+    "table_files",
+]
+
 Group = Callable[[argparse.ArgumentParser], None]
 S = argparse.SUPPRESS
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bulk_update.observe.summary import Progress
 
+__all__ = ["duration", "print_table", "progress_reporter"]
+
 log = logging.getLogger("bulk_update")
 # Without a progress bar (no TTY, or --quiet), a progress log line this often.
 PROGRESS_LOG_INTERVAL_S = 10.0

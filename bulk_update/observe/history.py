@@ -18,6 +18,20 @@ from bulk_update.store import RunRecord, RunStatus, StoreLocation, open_existing
 from bulk_update.store.url import ENV as STATE_URL_ENV
 from bulk_update.store.url import check_url as check_state_url
 
+__all__ = [
+    "COLUMNS",
+    "STATUS_COLUMNS",
+    "as_json",
+    "is_running",
+    "job_location",
+    "rows",
+    "runs",
+    "status_as_json",
+    "status_hint",
+    "status_rows",
+    "statuses",
+]
+
 STATUS_COLUMNS = ("run", "state", "results", "shard", "done", "rate", "left", "host", "pid",
                   "heartbeat")  # fmt: skip
 # A heartbeat older than this many intervals, and STALE_MARGIN_S more, means the run is gone.

@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import Any, TextIO
 
+__all__ = ["configure"]
+
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 

@@ -31,6 +31,8 @@ from bulk_update.api.answers import Answer
 from bulk_update.exceptions import first_line
 from bulk_update.store import Second
 
+__all__ = ["MetricsOutputs", "Telemetry"]
+
 log = logging.getLogger("bulk_update")
 
 PREFIX = "bulk_update"

@@ -15,6 +15,8 @@ from bulk_update.observe.metrics import MetricsOutputs, Telemetry
 from bulk_update.observe.progress import Tally
 from bulk_update.store import Journal, RunBeat, RunRecord
 
+__all__ = ["Monitor", "last_success"]
+
 log = logging.getLogger("bulk_update")
 
 # The exit codes of a run that finished its rows (some may have failed): a success for

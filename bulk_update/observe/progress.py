@@ -10,6 +10,8 @@ from collections.abc import Callable
 from bulk_update.observe.summary import Progress, ProgressCallback
 from bulk_update.outcome import Status
 
+__all__ = ["Tally"]
+
 
 class Tally:
     """One run's counts, as the progress callback sees them."""

@@ -33,6 +33,16 @@ import polars as pl
 from bulk_update.exceptions import ConfigError
 from bulk_update.store import RunRecord, Second, StoreLocation, open_existing_store
 
+__all__ = [
+    "MAX_POINTS",
+    "RunData",
+    "configured_rps",
+    "latency_series",
+    "render",
+    "requests_series",
+    "write",
+]
+
 # Points per time series at most (a longer run's seconds are summed into buckets).
 MAX_POINTS = 2000
 # Latency percentiles need samples: at most this many buckets.

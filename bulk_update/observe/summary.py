@@ -11,6 +11,8 @@ from bulk_update.exitcodes import ExitCode
 from bulk_update.outcome import ROW_FAILURES, Status
 from bulk_update.stop import Stop
 
+__all__ = ["JobSummary", "Progress", "ProgressCallback", "exit_code_for", "warnings_for"]
+
 log = logging.getLogger("bulk_update")
 # Keys named in the one-line summary at most (the log names them all).
 KEY_NOTES_SHOWN = 5

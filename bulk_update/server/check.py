@@ -22,6 +22,8 @@ from typing import Literal
 from bulk_update._constants import MAX_PAIRS
 from bulk_update.plan import clip
 
+__all__ = ["NOT_FOUND", "REPLACED", "judge", "new_keys", "parse_map", "replaced_keys"]
+
 MERGED_TOO_MANY_PAIRS = "merged_too_many_pairs"
 DRIFTED = "drifted"
 NOT_FOUND = "not_found"

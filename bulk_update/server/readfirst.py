@@ -34,6 +34,8 @@ from bulk_update.server.check import (
 )
 from bulk_update.store import Journal
 
+__all__ = ["ReadFirst"]
+
 
 @dataclass(frozen=True, slots=True)
 class ReadFirst:

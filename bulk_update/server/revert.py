@@ -30,6 +30,8 @@ from bulk_update.plan import PlannedUpdate
 from bulk_update.read import InputTable, open_input
 from bulk_update.server.check import parse_map
 
+__all__ = ["batches", "kept_keys", "open_results", "plan_batch", "revert_row"]
+
 ID = "conversation_id"
 STATUS = "status"
 SENT = "sent_metadata"
