@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from bulk_update.exceptions import first_line
 from bulk_update.observe.metrics import MetricsOutputs, Telemetry
 from bulk_update.observe.progress import Tally
-from bulk_update.store import Journal, RunBeat, RunRecord
+from bulk_update.store import TIMESTAMP_FORMAT, Journal, RunBeat, RunRecord
 
 __all__ = ["Monitor", "last_success"]
 
@@ -34,7 +34,7 @@ def last_success(runs: list[RunRecord], shard: str) -> float | None:
     if not ends:
         return None
     latest = max(ends)
-    return dt.datetime.strptime(latest, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
+    return dt.datetime.strptime(latest, TIMESTAMP_FORMAT).replace(tzinfo=dt.UTC).timestamp()
 
 
 class Monitor:
