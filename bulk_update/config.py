@@ -127,7 +127,7 @@ class JobConfig:
     state_url: str | None = field(default=None, repr=False)
     # How long the store's database may stay away mid-run before the job stops (exit 3).
     store_timeout: float = DEFAULT_STORE_TIMEOUT_S
-    # Know the server before writing (``check.py``). --backup: read each conversation before
+    # Know the server before writing (``server/check.py``). --backup: read each conversation before
     # its update, keep its before-image, skip rows it already holds, refuse rows that would
     # exceed 16 merged pairs. check_server (validate --check-server): read, never update.
     backup: bool = False
@@ -136,8 +136,9 @@ class JobConfig:
     revert: bool = False
     force: bool = False  # revert keys someone changed since the run, too
     blank_added_keys: bool = False  # revert: set the keys the run added to ""
-    # Monitoring (``metrics.py``): a Prometheus textfile (node_exporter's textfile collector),
-    # a Pushgateway, and how often both are written (and the run's heartbeat in its store).
+    # Monitoring (``observe/metrics.py``): a Prometheus textfile (node_exporter's textfile
+    # collector), a Pushgateway, and how often both are written (and the run's heartbeat in its
+    # store).
     metrics_file: str | None = None
     pushgateway: str | None = None
     metrics_interval: float = DEFAULT_METRICS_INTERVAL_S

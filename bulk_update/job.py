@@ -1,8 +1,12 @@
-"""The job: wires read -> plan -> send -> store -> write.
+"""The job: wires read -> plan -> send -> store -> write for one run.
 
-``run_job(config)`` is the whole tool; the CLI, job files and Airflow all call it. It raises
-ConfigError, InputError or JournalError before anything is sent (exit 2); everything after that
-ends in the results and in the returned JobSummary, whose ``exit_code`` says how it went.
+``run_job(config)`` is the whole tool; the CLI, job files and Airflow all call it. The kind of
+run is chosen once (``modes.py``); the engine that plans and sends is ``pipeline.py``; what is
+seen while it runs (progress, metrics, heartbeat) is ``observe/``'s. Here: the input opened, the
+store and the run in it opened, the run started, sent, finished (results written, end
+recorded). It raises ConfigError, InputError or JournalError before anything is sent (exit 2);
+everything after that ends in the results and in the returned JobSummary, whose ``exit_code``
+says how it went.
 """
 
 from __future__ import annotations
