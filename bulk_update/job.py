@@ -241,11 +241,11 @@ class _Run:
 async def _run_with_store(run: _Run, location: StoreLocation) -> JobSummary:
     """Open the job's store and the run in it (off the event loop: a store may make them
     wait), run it, close both."""
-    config, records = run.config, run.mode.records
+    config = run.config
     key = RunKey(run.job_name, config.output, config.shard)
     store = await asyncio.to_thread(open_store, location)
     try:
-        if records:
+        if run.mode.records:
             # Before the run is recorded: a refused run leaves nothing to resume.
             await asyncio.to_thread(check_written_alone, config, key, None, store)
         journal = await asyncio.to_thread(
@@ -256,7 +256,7 @@ async def _run_with_store(run: _Run, location: StoreLocation) -> JobSummary:
                 run_options(config),
                 restart=config.restart,
                 retry_failed=config.retry_failed,
-                since=config.since_state if records else None,
+                since=run.mode.since_state(config),
             )
         )
         try:
@@ -282,8 +282,9 @@ async def _run_journaled(run: _Run, store: Store, journal: Journal, key: RunKey)
     config, stop = run.config, run.stop
     tally = Tally(run.total, run.progress)
     sent = _Sent()
+    where = store.where if run.mode.records else None  # a check's scratch store is nobody's
     try:
-        monitor = await _start(run, store, journal, key, tally)
+        monitor = await _start(run, store, journal, key, tally, where)
         await _send(run, store, journal, tally, monitor, sent)
         if isinstance(stop.error, BulkUpdateError):
             raise stop.error  # the user's to mend (exit 2): one line, no results
@@ -303,7 +304,7 @@ async def _run_journaled(run: _Run, store: Store, journal: Journal, key: RunKey)
         elapsed_s=time.monotonic() - run.started,
         output=config.output,
         errors_output=config.errors_output,
-        store=store.where if run.mode.records else None,
+        store=where,
         exit_code=exit_code,
         fatal_error=stop.message(),
         sent_this_run=tally.sent,
@@ -317,7 +318,9 @@ async def _run_journaled(run: _Run, store: Store, journal: Journal, key: RunKey)
     )
 
 
-async def _start(run: _Run, store: Store, journal: Journal, key: RunKey, tally: Tally) -> Monitor:
+async def _start(
+    run: _Run, store: Store, journal: Journal, key: RunKey, tally: Tally, where: str | None
+) -> Monitor:
     """The run's start: what earlier invocations finished counted, its first heartbeat (a run
     of the job's own: a check is seen by nobody), its start logged, its metrics begun."""
     config = run.config
@@ -336,7 +339,7 @@ async def _start(run: _Run, store: Store, journal: Journal, key: RunKey, tally: 
         extra={
             "event": "start", "input": config.input, "rows": run.total,
             "dry_run": config.dry_run, "job_name": run.job_name,
-            "store": store.where if run.mode.records else None,
+            "store": where,
             "run_id": journal.run_id, "state_entries": entries,
             "since_state": config.since_state, "full": config.full, "backup": config.backup,
             "check_server": config.check_server, "revert": config.revert, "mode": run.mode.name,
@@ -417,10 +420,9 @@ async def _finish(
 ) -> tuple[dict[str, int], int, list[str]]:
     """Seal the run, then its counts from the store, its results written and its end recorded
     (``end``: the invocation's rows and requests; its counts and exit code are filled in here).
-    Returns the counts, the exit code and what the summary must add. A signal here lets the
-    results be written (a second one stops at once, without them)."""
-    config, stop = run.config, run.stop
-    limited = config.limit is not None
+    Returns the counts, the exit code and what the summary must add."""
+    stop = run.stop
+    limited = run.config.limit is not None
     notes: list[str] = []
     try:
         await journal.seal()
@@ -436,6 +438,24 @@ async def _finish(
         exit_code = exit_code_for(counts, stop, limited=limited)
         await _record_end(journal, end, counts, exit_code, stop, notes)
         return counts, exit_code, notes
+    notes += await _write_results(run, journal)
+    exit_code = exit_code_for(counts, stop, limited=limited)
+    if exit_code == ExitCode.INTERNAL and stop.error is None:
+        log.error(
+            "%d rows were left unprocessed with no stop and no --limit (a bug): a re-run sends "
+            "them", counts.get(Status.UNPROCESSED.value, 0),
+            extra={"event": "internal_error"},
+        )  # fmt: skip
+    await _record_end(journal, end, counts, exit_code, stop, notes)
+    return counts, exit_code, notes
+
+
+async def _write_results(run: _Run, journal: Journal) -> list[str]:
+    """The results and errors files written from the input and the journal, unless the input
+    changed under the run or a second signal stopped it at once. Returns what the summary must
+    add. A signal here lets the results be written (a second one stops at once, without them)."""
+    config, stop = run.config, run.stop
+    notes: list[str] = []
     changed = [file for file, *_ in set(run.stamp) - set(await asyncio.to_thread(run.table.stamp))]
     if changed and not stop.hard:
         # The results are rebuilt from the input: from another file they would not say what
@@ -473,15 +493,7 @@ async def _finish(
                 stop.on_fatal(exc)
                 log.error("%s", exc, extra={"event": "results_not_written"})
                 notes.append("the results were not written")
-    exit_code = exit_code_for(counts, stop, limited=limited)
-    if exit_code == ExitCode.INTERNAL and stop.error is None:
-        log.error(
-            "%d rows were left unprocessed with no stop and no --limit (a bug): a re-run sends "
-            "them", counts.get(Status.UNPROCESSED.value, 0),
-            extra={"event": "internal_error"},
-        )  # fmt: skip
-    await _record_end(journal, end, counts, exit_code, stop, notes)
-    return counts, exit_code, notes
+    return notes
 
 
 async def _record_end(

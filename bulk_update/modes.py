@@ -89,6 +89,10 @@ class Mode:
         """Before-images are kept in the store (and reused on a resume)."""
         return self.reads_first and self.writes
 
+    def since_state(self, config: JobConfig) -> str | None:
+        """--since-state: the job state the run compares with (a check compares with none)."""
+        return config.since_state if self.records else None
+
     def read_first(self, config: JobConfig) -> ReadFirst | None:
         """Each row's handler when conversations are read first (None: the row is just sent)."""
         return ReadFirst(write=self.writes, force=config.force) if self.reads_first else None
