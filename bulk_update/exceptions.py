@@ -22,6 +22,7 @@ BulkUpdateError              base of everything raised on purpose
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
 from bulk_update.exitcodes import ExitCode
 
@@ -148,11 +149,14 @@ def is_disk_full(exc: BaseException) -> bool:
     return "No space left on device" in text or "Disk quota exceeded" in text
 
 
-def first_line(exc: BaseException, *, named: bool = False) -> str:
+def first_line(
+    exc: BaseException, *, named: bool = False, scrub: Callable[[str], str] | None = None
+) -> str:
     """An exception's message, first line only (polars' run to screens), for a one-line error;
     ``named``: after its type's name (``OSError: ...``), for a warning about a library's
-    error."""
-    text = str(exc).strip().splitlines()
+    error; ``scrub``: what takes a secret out of the message first (the store's password)."""
+    message = str(exc) if scrub is None else scrub(str(exc))
+    text = message.strip().splitlines()
     if not text:
         return type(exc).__name__
     return f"{type(exc).__name__}: {text[0][:300]}" if named else text[0][:300]

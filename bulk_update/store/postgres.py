@@ -72,6 +72,7 @@ from bulk_update.exceptions import (
     JobStopped,
     JournalError,
     RunTaken,
+    first_line,
 )
 from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import RowTiming, RunKey, schema
@@ -337,8 +338,7 @@ class _Session:
             ) from None
 
     def first_line(self, exc: BaseException) -> str:
-        lines = self.scrub(str(exc)).strip().splitlines()
-        return lines[0] if lines else type(exc).__name__
+        return first_line(exc, scrub=self.scrub)
 
     def _create(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
