@@ -1,0 +1,244 @@
+"""Where a row's CPU goes: the job (or a peer) under py-spy against the emulator, as tables.
+
+    .venv/bin/python -m benchmarks.profile                       # the job, 20,000 rows, SQLite
+    .venv/bin/python -m benchmarks.profile --store postgres --latency-ms 50
+    .venv/bin/python -m benchmarks.profile --peer sdk-aiohttp    # the job, then a peer
+    .venv/bin/python -m benchmarks.profile --transport httpx2    # BULK_UPDATE_TRANSPORT
+    .venv/bin/python -m benchmarks.profile --commit 1b9d2e9      # the job as of a commit
+
+py-spy launches the program (``py-spy record --format raw -- python -m bulk_update run ...``:
+no attaching, so no ptrace permission is needed beyond the child's). By default it keeps only
+the samples of a thread holding the GIL: the Python work of the one interpreter, which is what
+bounds a job whose requests all go through one event loop (C code that releases the GIL, as
+SQLite's commits and polars do, is not in them). ``--all-threads`` keeps every sample of a
+thread py-spy does not think idle instead; on a loaded machine that counts threads waiting for
+a CPU (a thread pool's workers waiting for work) too. Each table gives a share of the samples:
+
+- by own time: the function a sample was in (its first line), the top --top;
+- by module: own time summed over the module the function is in (the top-level package for
+  a library, ``asyncio`` and the like for the standard library, ``bulk_update.store`` for the
+  stores, the module for the rest of bulk_update), and the share of samples with the module
+  anywhere on the stack (inclusive: these add up to more than 100 %).
+
+The tables are Markdown, to paste into BENCHMARKS.md. The program's start (imports, reading
+the input) is in the samples too: a few hundred milliseconds of a run of seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.baselines import PEERS
+from benchmarks.run import DATA, ENV, job, load_average, make_input, timed, updated
+from bulk_update.emulator.process import EmulatorProcess
+
+PY_SPY = Path(sys.executable).parent / "py-spy"
+# "function (file:line)"; the file may hold spaces and parentheses (<frozen importlib...>).
+FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
+REPO = Path(__file__).resolve().parent.parent
+STDLIB = Path(os.__file__).resolve().parent
+
+
+@dataclass
+class Profile:
+    """Samples counted by leaf function, by leaf module and by module anywhere on the stack."""
+
+    samples: int = 0
+    own: Counter[str] = field(default_factory=Counter)
+    own_module: Counter[str] = field(default_factory=Counter)
+    inclusive_module: Counter[str] = field(default_factory=Counter)
+
+
+def module_of(path: str) -> str:
+    """The group a file's time is counted in (see the module docstring)."""
+    if path.startswith("<frozen importlib"):
+        return "importlib (imports)"
+    if path.startswith("<"):
+        return path
+    if "site-packages/" in path:
+        top = path.split("site-packages/", 1)[1].split("/", 1)[0]
+        return top.removesuffix(".py").split(".", 1)[0]
+    resolved = Path(path)
+    for root in (REPO, STDLIB):
+        if resolved.is_relative_to(root):
+            parts = list(resolved.relative_to(root).with_suffix("").parts)
+            if root == STDLIB:
+                return parts[0]
+            if parts[:2] == ["bulk_update", "store"]:
+                return "bulk_update.store"
+            if parts[-1] == "__init__":
+                parts.pop()
+            return ".".join(parts)
+    return path
+
+
+def short(path: str) -> str:
+    """A file as a reader would name it: from its package, not from the machine's root."""
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1]
+    resolved = Path(path)
+    for root in (REPO, STDLIB):
+        if resolved.is_relative_to(root):
+            return str(resolved.relative_to(root))
+    return path
+
+
+def frames(stack: str) -> Iterator[tuple[str, str, str]]:
+    """(function, file, line) of each frame of a raw stack, outermost first."""
+    for frame in stack.split(";"):
+        match = FRAME.match(frame)
+        if match is None:
+            yield frame, frame, ""
+        else:
+            yield match["function"], match["file"], match["line"] or ""
+
+
+def read_raw(path: Path) -> Profile:
+    """py-spy's raw format: one stack a line, frames joined by ';', then a space and a count."""
+    profile = Profile()
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        stack_frames = list(frames(stack))
+        if not stack_frames:
+            continue
+        function, file, number = stack_frames[-1]
+        profile.samples += count
+        where = f"{short(file)}:{number}" if number else short(file)
+        profile.own[f"`{function}` ({where})"] += count
+        profile.own_module[module_of(file)] += count
+        for module in {module_of(f) for _, f, _ in stack_frames}:
+            profile.inclusive_module[module] += count
+    return profile
+
+
+def tables(profile: Profile, top: int) -> str:
+    total = max(profile.samples, 1)
+    lines = ["| own time | function |", "|---:|---|"]
+    for name, count in profile.own.most_common(top):
+        lines.append(f"| {count / total:6.1%} | {name} |")
+    lines += ["", "| own time | on the stack | module |", "|---:|---:|---|"]
+    for module, count in profile.own_module.most_common(top):
+        inclusive = profile.inclusive_module[module]
+        lines.append(f"| {count / total:6.1%} | {inclusive / total:6.1%} | {module} |")
+    return "\n".join(lines)
+
+
+def record(
+    command: list[str], env: dict[str, str], rate: int, gil: bool, out: Path, cwd: Path | None
+) -> tuple[float, str]:
+    """Run ``command`` under py-spy; its wall seconds and stderr (py-spy's and the program's)."""
+    spy = [str(PY_SPY), "record", "--format", "raw", "--output", str(out), "--rate", str(rate),
+           "--function", "--full-filenames", *(["--gil"] if gil else []), "--", *command]  # fmt: skip
+    seconds, _, done = timed(spy, env=env, cwd=cwd)
+    if done.returncode != 0 or not out.exists():
+        raise RuntimeError(f"py-spy failed ({done.returncode}): {done.stderr[-2000:]}")
+    return seconds, done.stderr
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--latency-ms", type=int, default=0, help="the emulator's, per request")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--top", type=int, default=20, help="rows of each table")
+    parser.add_argument("--rate", type=int, default=100, help="samples a second")
+    parser.add_argument(
+        "--transport", choices=("aiohttp", "httpx2"), help="the job's (BULK_UPDATE_TRANSPORT)"
+    )
+    parser.add_argument("--peer", choices=sorted(PEERS), help="also profile this peer")
+    parser.add_argument("--keep", metavar="DIR", help="keep py-spy's raw files in DIR")
+    parser.add_argument(
+        "--commit",
+        metavar="REV",
+        help="run the job as of this commit (git archive of bulk_update/, on PYTHONPATH): "
+        "a profile from before a change",
+    )
+    parser.add_argument(
+        "--all-threads",
+        action="store_true",
+        help="every sample of a thread not idle (the default: only samples holding the GIL)",
+    )
+    args = parser.parse_args()
+    if not PY_SPY.exists():
+        sys.exit(f"py-spy not found at {PY_SPY}: pip install py-spy")
+
+    source = make_input(args.rows, "efficiency")
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(dir=DATA))
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(ENV)
+    tree: Path | None = None
+    if args.commit:
+        # ``python -m`` puts the working directory first on sys.path: run the job from there.
+        tree = Path(tempfile.mkdtemp(dir=work))
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.commit, "bulk_update"],
+                                 capture_output=True, check=True)  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        env["PYTHONPATH"] = str(tree)
+    if args.transport:
+        env["BULK_UPDATE_TRANSPORT"] = args.transport
+    emulator = ("--preload", str(args.rows), "--latency-ms", str(args.latency_ms))
+    programs = ["job", *([args.peer] if args.peer else [])]
+    print(f"{args.rows:,} rows, {args.concurrency} in flight, API latency {args.latency_ms} ms, "
+          f"store {args.store}, {os.cpu_count()} CPUs, py-spy {args.rate} samples/s"
+          f"{'' if args.all_threads else ' (holding the GIL)'}, job at {args.commit or 'the working tree'}; "
+          f"load average before {load_average()}")  # fmt: skip
+    try:
+        with ExitStack() as stack:
+            store: list[str] = ["--state-dir", str(work)]
+            if args.store == "postgres":
+                from tests.pg import PostgresServer
+
+                pg = stack.enter_context(PostgresServer())
+                store = ["--state-url", pg.create_database("profile")]
+            for program in programs:
+                with EmulatorProcess(*emulator) as emu:
+                    if program == "job":
+                        name = f"job ({env.get('BULK_UPDATE_TRANSPORT', 'default')} transport)"
+                        command = job("run", str(source), "--output", str(work / "out.parquet"),
+                                      "--base-url", emu.base_url, "--concurrency",
+                                      str(args.concurrency), "--rpm", "100000000", *store)  # fmt: skip
+                    else:
+                        name = program
+                        command = [sys.executable, "-m", "benchmarks.baselines", program,
+                                   str(source), emu.base_url, str(args.concurrency)]  # fmt: skip
+                    raw = work / f"{program}.raw.txt"
+                    seconds, _ = record(
+                        command,
+                        env,
+                        args.rate,
+                        not args.all_threads,
+                        raw,
+                        tree if program == "job" else None,
+                    )
+                    ok = updated(emu.stats())
+                    if ok != args.rows:
+                        sys.exit(f"{name}: {ok} of {args.rows} rows updated")
+                profile = read_raw(raw)
+                print(f"\n### {name}: {args.rows / seconds:,.0f} rows/s under py-spy, "
+                      f"{profile.samples:,} samples ({profile.samples / args.rows:.2f} a row)\n")  # fmt: skip
+                print(tables(profile, args.top))
+        print(f"\nload average after {load_average()}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
