@@ -69,17 +69,19 @@ def module_of(path: str) -> str:
     if "site-packages/" in path:
         top = path.split("site-packages/", 1)[1].split("/", 1)[0]
         return top.removesuffix(".py").split(".", 1)[0]
+    if "/bulk_update/" in path:  # this checkout's, or --commit's
+        path = "bulk_update/" + path.rsplit("/bulk_update/", 1)[1]
+        parts = list(Path(path).with_suffix("").parts)
+        if parts[:2] == ["bulk_update", "store"]:
+            return "bulk_update.store"
+        if parts[-1] == "__init__":
+            parts.pop()
+        return ".".join(parts)
     resolved = Path(path)
     for root in (REPO, STDLIB):
         if resolved.is_relative_to(root):
             parts = list(resolved.relative_to(root).with_suffix("").parts)
-            if root == STDLIB:
-                return parts[0]
-            if parts[:2] == ["bulk_update", "store"]:
-                return "bulk_update.store"
-            if parts[-1] == "__init__":
-                parts.pop()
-            return ".".join(parts)
+            return parts[0] if root == STDLIB else ".".join(parts)
     return path
 
 
@@ -87,6 +89,8 @@ def short(path: str) -> str:
     """A file as a reader would name it: from its package, not from the machine's root."""
     if "site-packages/" in path:
         return path.split("site-packages/", 1)[1]
+    if "/bulk_update/" in path:
+        return "bulk_update/" + path.rsplit("/bulk_update/", 1)[1]
     resolved = Path(path)
     for root in (REPO, STDLIB):
         if resolved.is_relative_to(root):
@@ -195,6 +199,9 @@ def main() -> None:
         env["BULK_UPDATE_TRANSPORT"] = args.transport
     emulator = ("--preload", str(args.rows), "--latency-ms", str(args.latency_ms))
     programs = ["job", *([args.peer] if args.peer else [])]
+    job_name = "the job" + (f" at {args.commit}" if args.commit else "")
+    if args.transport:
+        job_name += f", BULK_UPDATE_TRANSPORT={args.transport}"
     print(f"{args.rows:,} rows, {args.concurrency} in flight, API latency {args.latency_ms} ms, "
           f"store {args.store}, {os.cpu_count()} CPUs, py-spy {args.rate} samples/s"
           f"{'' if args.all_threads else ' (holding the GIL)'}, job at {args.commit or 'the working tree'}; "
@@ -210,7 +217,7 @@ def main() -> None:
             for program in programs:
                 with EmulatorProcess(*emulator) as emu:
                     if program == "job":
-                        name = f"job ({env.get('BULK_UPDATE_TRANSPORT', 'default')} transport)"
+                        name = job_name
                         command = job("run", str(source), "--output", str(work / "out.parquet"),
                                       "--base-url", emu.base_url, "--concurrency",
                                       str(args.concurrency), "--rpm", "100000000", *store)  # fmt: skip
