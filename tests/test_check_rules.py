@@ -17,7 +17,7 @@ from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER
 from bulk_update.server.check import judge, new_keys, replaced_keys
 from bulk_update.server.revert import plan_batch, revert_row
 from bulk_update.store import TIMELINE_COLUMNS, TIMING_COLUMNS
-from bulk_update.store.schema import LAYOUT_VERSION, RUN_COLUMNS
+from bulk_update.store.schema import LAYOUT_VERSION, OUTCOMES_5, RUN_COLUMNS, STORED_TIMING
 from bulk_update.store.sqlite import SQLiteStore
 
 FIFTEEN = {f"k{n}": "v" for n in range(15)}
@@ -147,6 +147,8 @@ def test_a_store_of_the_older_layout_gains_the_new_columns(tmp_path: Path) -> No
         pass
     with sqlite3.connect(path) as db:  # as layout 2 left it
         db.execute("DROP VIEW run_outcomes")
+        db.execute("DROP TABLE outcomes")
+        db.execute(str(OUTCOMES_5.create("sqlite")))  # layout 5's form, then layout 2's
         db.execute("ALTER TABLE outcomes DROP COLUMN previous_metadata")
         db.execute("ALTER TABLE outcomes DROP COLUMN server_metadata")
         for name in TIMING_COLUMNS:
@@ -164,7 +166,7 @@ def test_a_store_of_the_older_layout_gains_the_new_columns(tmp_path: Path) -> No
         outcomes = [row[1] for row in db.execute("PRAGMA table_info(outcomes)")]
         timeline = [row[1] for row in db.execute("PRAGMA table_info(timeline)")]
     assert view == ["run_id", *RESULT_COLUMNS]
-    assert outcomes[-len(TIMING_COLUMNS) :] == list(TIMING_COLUMNS)
+    assert outcomes[-len(STORED_TIMING) :] == list(STORED_TIMING)
     assert timeline == ["run_id", *TIMELINE_COLUMNS]
     assert runs[-len(RUN_COLUMNS) :] == [name for name, _ in RUN_COLUMNS]
 

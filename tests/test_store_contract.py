@@ -297,10 +297,12 @@ def as_older_version_left_it(backend: Backend, number: int) -> None:
     """Take the store of job ``j`` back to what the previous version made under ``number``:
     the columns and tables of later layouts dropped, the number written as it wrote it."""
     layout = OLDER_NUMBERS[backend.name][number]
+    as_layout_5_left_it(backend)
+    tables = [{new: old for old, new in schema.REBUILT}.get(t, t) for t in schema.TABLES]
     if backend.url is None:
         with contextlib.closing(sqlite3.connect(backend.directory / "j.sqlite")) as db:
             db.execute("DROP VIEW run_outcomes")
-            for table in schema.TABLES:
+            for table in tables:
                 for name, _ in table.added_columns("sqlite", layout):
                     db.execute(f"ALTER TABLE {table.name} DROP COLUMN {name}")
             if layout < 4:
@@ -311,13 +313,100 @@ def as_older_version_left_it(backend: Backend, number: int) -> None:
             db.commit()
         return
     with psycopg.connect(backend.url, autocommit=True) as conn:
-        for table in schema.TABLES:
+        for table in tables:
             for name, _ in table.added_columns("postgres", layout):
                 conn.execute(f"ALTER TABLE bulk_update.{table.name} DROP COLUMN {name}")
         for name, since in (("timeline", 4), ("leases", 5)):
             if layout < since:
                 conn.execute(f"DROP TABLE bulk_update.{name}")
         conn.execute("UPDATE bulk_update.layout SET version = %s", (number,))
+
+
+def as_layout_5_left_it(backend: Backend) -> None:
+    """The store of job ``j`` with outcomes and last_set as layout 5 kept them (the values as
+    the results hold them: no marker, IDs and timing as given, set_at as text)."""
+    decoded = f"{schema.stored_columns(backend.name)}, {schema.timing_columns(backend.name)}"  # type: ignore[arg-type]
+    if backend.url is None:
+        with contextlib.closing(sqlite3.connect(backend.directory / "j.sqlite")) as db:
+            db.execute("DROP VIEW run_outcomes")
+            for old, _ in schema.REBUILT:
+                db.execute(f"ALTER TABLE {old.name} RENAME TO {old.name}_6")
+                db.execute(str(old.create("sqlite")))
+            db.execute(f"INSERT INTO outcomes SELECT id, {decoded} FROM outcomes_6")  # noqa: S608
+            db.execute(
+                "INSERT INTO last_set SELECT conversation_id, metadata, "
+                "strftime('%Y-%m-%dT%H:%M:%f000Z', set_at, 'unixepoch') FROM last_set_6"
+            )
+            db.execute("DROP TABLE outcomes_6")
+            db.execute("DROP TABLE last_set_6")
+            db.execute(
+                "CREATE VIEW run_outcomes AS SELECT id >> 32 AS run_id, id & 4294967295 AS "  # noqa: S608
+                f"row_number, {', '.join(schema.STORED)} FROM outcomes"
+            )
+            db.execute("PRAGMA user_version=5")
+            db.commit()
+        return
+    with psycopg.connect(backend.url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET search_path TO bulk_update")
+        conn.execute("ALTER TABLE outcomes RENAME TO outcomes_6")
+        conn.execute("ALTER INDEX outcomes_pkey RENAME TO outcomes_6_pkey")
+        conn.execute(str(schema.OUTCOMES_5.create("postgres")))
+        conn.execute(
+            f"INSERT INTO outcomes SELECT run_id, row_number, {decoded} FROM outcomes_6"  # noqa: S608
+        )
+        conn.execute("DROP TABLE outcomes_6")
+        conn.execute("UPDATE layout SET version = 5")
+
+
+def test_a_store_of_layout_5_migrates_and_reads_back_the_same(backend: Backend) -> None:
+    """Layout 6 keeps outcomes in fewer bytes (the returned metadata when it is the sent one,
+    the API's IDs as bytes, the timing in milliseconds): a store layout 5 wrote opens, migrates,
+    and every reader gets what it got before; and what layout 6 writes reads back as given."""
+    sent = '{"k":"1"}'
+    outcomes = [
+        (updated(1, "conv_" + "ab" * 24, sent), RowTiming(1764000000.1234, 1764000000.9876, 864)),
+        (RowOutcome(2, "conv_a", Status.UPDATED, 200, 2, request_id="req_" + "0f" * 16,
+                    created_at=1, metadata='{"k":"1","x":"y"}', sent_metadata=sent),
+         RowTiming(1764000001.5, 1764000002.25, None)),
+        (RowOutcome(3, "conv_" + "AB" * 24, Status.FAILED, 500, 3, "server_error", "e", "boom",
+                    request_id="req_XYZ", sent_metadata=sent), None),
+        (RowOutcome(4, "", Status.UPDATED, 200, 1, request_id="", metadata="",
+                    sent_metadata=""), None),
+        (RowOutcome(5, "conv_b", Status.UNCHANGED, 200, 1, request_id="req_", metadata=sent,
+                    sent_metadata=sent, previous_metadata=sent, server_metadata="{}"), None),
+    ]  # fmt: skip
+
+    def reads() -> tuple[Any, ...]:
+        with backend.open("j") as store:
+            with store.open_run(KEY, PRINT, OPTIONS) as journal:
+                rows = journal.rows_between(1, 5)
+                images = journal.before_images_between(1, 5)
+            report = store.report_rows(journal.run_id).rows()
+        return rows, images, report, backend.state("j")
+
+    async def write() -> None:
+        with backend.open("j") as store:
+            journal = await off(store.open_run, KEY, PRINT, OPTIONS)
+            with journal:
+                for outcome, timing in outcomes:
+                    await journal.record(outcome, timing)
+                await journal.seal()
+
+    run(write)
+    written = reads()
+    assert written[0] == [(o.row_number, *o.as_row()[1:]) for o, _ in outcomes]
+    assert [row[6:] for row in written[2]] == [
+        (1764000000.123, 1764000000.987, 864), (1764000001.5, 1764000002.25, None),
+        (None, None, None), (None, None, None), (None, None, None),
+    ]  # fmt: skip
+    assert written[3] == {"conv_" + "ab" * 24: sent, "conv_a": sent, "": "", "conv_b": sent}
+    as_layout_5_left_it(backend)
+    assert layout_of(backend)[0] == 5
+    assert reads() == written
+    found, columns = layout_of(backend)
+    assert found == schema.LAYOUT_VERSION
+    assert "sent_ms" in columns["outcomes"]
+    assert "sent_at" not in columns["outcomes"]
 
 
 def layout_of(backend: Backend) -> tuple[int, dict[str, list[str]]]:

@@ -44,7 +44,7 @@ from bulk_update.store import (
     run_options,
     schema,
 )
-from bulk_update.store.schema import STORED, TIMELINE, format_timestamp
+from bulk_update.store.schema import TIMELINE, TIMING_COLUMNS, format_timestamp
 
 __all__ = [
     "Connection",
@@ -214,6 +214,10 @@ class Dialect:
     returning: str
     # outcomes' key of a run's row 0 (SQLite numbers rows across runs).
     rows_per_run: int = 0
+    # The results' columns but row_number, and the timing, as a reader gets them from what
+    # outcomes keep (schema.stored_columns, schema.timing_columns).
+    stored: str = ""
+    timing: str = ""
 
     def prepare(self, template: str) -> str:
         """The backend's SQL for a statement written with ``:name`` parameters and this
@@ -245,7 +249,19 @@ class Dialect:
 def _prepare(dialect: Dialect, template: str) -> str:
     fragments = {
         name: getattr(dialect, name)
-        for name in ("now", "clock", "age", "rows", "run_rows", "row", "order", "ids", "runs")
+        for name in (
+            "now",
+            "clock",
+            "age",
+            "rows",
+            "run_rows",
+            "row",
+            "order",
+            "ids",
+            "runs",
+            "stored",
+            "timing",
+        )
     }
     state = dialect.state
     text = template.format(
@@ -294,9 +310,11 @@ _STATUS = (
     f"AND at > {_LAST} - {RATE_WINDOW_S}) FROM runs AS r WHERE r.run_id IN ({{runs}})"
 )
 _TIMELINE = f"SELECT {', '.join(TIMELINE_COLUMNS)} FROM timeline WHERE run_id = :run ORDER BY at"  # noqa: S608
+assert REPORT_COLUMNS[1:6] == ("status", "http_status", "attempts", "error_code", "error_message")
+assert REPORT_COLUMNS[6:] == TIMING_COLUMNS
 _REPORT = (
-    "SELECT {row}, "  # noqa: S608
-    f"{', '.join(REPORT_COLUMNS[1:])} FROM outcomes WHERE {{rows}} ORDER BY {{order}}"
+    "SELECT {row}, status, http_status, attempts, error_code, error_message, {timing} "
+    "FROM outcomes WHERE {rows} ORDER BY {order}"
 )
 
 
@@ -465,10 +483,7 @@ _FINISHED_COUNTS = (
     "SELECT status, count(*) FROM outcomes WHERE {rows} AND status NOT IN (%U) GROUP BY status"
 )
 _FINISHED_COUNT = "SELECT count(*) FROM outcomes WHERE {run_rows} AND status NOT IN (%U)"
-_ROWS = (
-    "SELECT {row}, "  # noqa: S608
-    f"{', '.join(STORED)} FROM outcomes WHERE {{rows}} ORDER BY {{order}}"
-)
+_ROWS = "SELECT {row}, {stored} FROM outcomes WHERE {rows} ORDER BY {order}"
 _COUNTS = "SELECT status, count(*) FROM outcomes WHERE {run_rows} GROUP BY status"
 _ENTRIES = "SELECT count(*) FROM last_set{where_state}"
 _ENTRIES_AMONG = "SELECT conversation_id FROM last_set WHERE conversation_id IN ({ids}){and_state}"

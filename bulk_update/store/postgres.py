@@ -87,7 +87,7 @@ from bulk_update.store.lease import (
     this_process,
 )
 from bulk_update.store.outage import Outage, Watchdog
-from bulk_update.store.schema import LAYOUT_VERSION, STORED, TIMING_COLUMNS
+from bulk_update.store.schema import LAYOUT_VERSION, STORED, STORED_TIMING, TIMING_COLUMNS
 from bulk_update.store.url import check_url, redact, secrets
 
 __all__ = ["SCHEMA", "PostgresBudget", "PostgresJournal", "PostgresStore", "jobs_that_wrote",
@@ -125,13 +125,19 @@ _SESSION = (
 # read-only standby (after a failover the next connection may reach the new primary).
 _AWAY = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 
-_WRITTEN = ", ".join((*STORED, *TIMING_COLUMNS))
+# Outcomes' columns as layout 6 keeps them (store/schema.py), and the SQL of their values from
+# ``r``, a relation of the values as the results hold them (the server encodes them: no work
+# per row in the job).
+_WRITTEN = ", ".join((*STORED, *STORED_TIMING))
+_ENCODED = schema.encoded_columns("postgres", "r.")
+_VALUES = ", ".join(_ENCODED[name] for name in (*STORED, *STORED_TIMING))
 _ON_CONFLICT = "ON CONFLICT (run_id, row_number) DO UPDATE SET " + ", ".join(
-    f"{name} = EXCLUDED.{name}" for name in (*STORED, *TIMING_COLUMNS)
+    f"{name} = EXCLUDED.{name}" for name in (*STORED, *STORED_TIMING)
 )
 # Outcomes go to the database as one JSON array per group, unpacked by the server: adapting
-# Python lists column by column cost 5x the CPU (psycopg escapes every array element).
-_TYPES = schema.OUTCOMES.types("postgres")
+# Python lists column by column cost 5x the CPU (psycopg escapes every array element). Their
+# types are the values' (layout 5 kept them as they are).
+_TYPES = schema.OUTCOMES_5.types("postgres")
 _RECORDS = (
     "json_to_recordset(%s::json) AS r("
     + ", ".join(f"{name} {_TYPES[name]}" for name in (*RESULT_COLUMNS, *TIMING_COLUMNS))
@@ -139,7 +145,7 @@ _RECORDS = (
 )
 _UPSERT_OUTCOMES = (
     f"INSERT INTO outcomes (run_id, row_number, {_WRITTEN}) "  # noqa: S608
-    f"SELECT %s, row_number, {_WRITTEN} FROM {_RECORDS} {_ON_CONFLICT}"
+    f"SELECT %s, r.row_number, {_VALUES} FROM {_RECORDS} {_ON_CONFLICT}"
 )
 # The holder's lease row, locked for the transaction (FOR SHARE): a commit goes in only while
 # this process still holds the run, and a process taking the run over (which deletes the row)
@@ -158,7 +164,7 @@ _GROUP = (
     "(SELECT json_array_elements_text(%(forget)s::json)) AND EXISTS (SELECT 1 FROM h)), "
     f"r AS (SELECT * FROM {_RECORDS.replace('%s', '%(records)s')} WHERE EXISTS (SELECT 1 FROM h)), "
     f"o AS (INSERT INTO outcomes (run_id, row_number, {_WRITTEN}) "
-    f"SELECT %(run)s, row_number, {_WRITTEN} FROM r {_ON_CONFLICT}), "
+    f"SELECT %(run)s, r.row_number, {_VALUES} FROM r {_ON_CONFLICT}), "
     "s AS (INSERT INTO last_set (job_id, conversation_id, metadata, set_at) "
     f"SELECT %(job)s, conversation_id, sent_metadata, now() FROM r "
     f"WHERE status IN ('{Status.UPDATED}', '{Status.UNCHANGED}') "
@@ -166,9 +172,10 @@ _GROUP = (
     "metadata = EXCLUDED.metadata, set_at = EXCLUDED.set_at) "
     "SELECT count(*) FROM h"
 )
+_UNCHANGED_ID = schema.encoded_id("conversation_id", "t.i")
 _INSERT_UNCHANGED = (
     "INSERT INTO outcomes (run_id, row_number, conversation_id, status, attempts, "  # noqa: S608
-    "sent_metadata) SELECT %s, t.r, t.i, %s, 0, t.m FROM "
+    f"sent_metadata) SELECT %s, t.r, {_UNCHANGED_ID}, %s, 0, t.m FROM "
     f"unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) {_ON_CONFLICT}"
 )
 # The statements both stores share (store/core.py), in PostgreSQL: timestamps and heartbeats
@@ -181,7 +188,24 @@ _DIALECT = Dialect(
     ids="SELECT json_array_elements_text(CAST(:ids AS json))",
     runs="SELECT CAST(json_array_elements_text(CAST(:runs AS json)) AS bigint)",
     returning=" RETURNING run_id",
+    stored=schema.stored_columns("postgres"), timing=schema.timing_columns("postgres"),
 )  # fmt: skip
+
+
+def _rebuild(conn: psycopg.Connection[Any]) -> None:
+    """Layout 5's outcomes in layout 6's form (store/schema.py), in the caller's transaction
+    (last_set is the same in both)."""
+    assert schema.LAST_SET.create("postgres") == schema.LAST_SET_5.create("postgres")
+    conn.execute("ALTER TABLE outcomes RENAME TO outcomes_5")
+    conn.execute("ALTER INDEX outcomes_pkey RENAME TO outcomes_5_pkey")
+    created = schema.OUTCOMES.create("postgres")
+    assert created is not None
+    conn.execute(created)
+    conn.execute(
+        f"INSERT INTO outcomes (run_id, row_number, {_WRITTEN}) "  # noqa: S608
+        f"SELECT r.run_id, r.row_number, {_VALUES} FROM outcomes_5 AS r"
+    )
+    conn.execute("DROP TABLE outcomes_5")
 
 
 def _stop_for(exc: psycopg.Error, where: str, first_line: str) -> DiskFull | None:
@@ -357,11 +381,15 @@ class _Session:
                 )
             elif stored < LAYOUT_VERSION:
                 version = schema.unified_version("postgres", stored)
+                before = {new.name: old for old, new in schema.REBUILT} if version < 6 else {}
                 for table in schema.TABLES:
-                    for name, declared in table.added_columns("postgres", version):
+                    declared_then = before.get(table.name, table)
+                    for name, declared in declared_then.added_columns("postgres", version):
                         conn.execute(
                             f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {name} {declared}"
                         )
+                if version < 6:
+                    _rebuild(conn)
                 conn.execute("UPDATE layout SET version = %s", (LAYOUT_VERSION,))
         self._register(conn)
 
@@ -671,6 +699,8 @@ class PostgresBudget:
     def __init__(self, session: _Session, job_id: int) -> None:
         self._session = session
         self._job_id = job_id
+        # This shard's last claim: where it began and where the timeline ended after it.
+        self._claimed: tuple[float, float] | None = None
 
     def claim(self, count: int, interval_s: float) -> float:
         span = count * interval_s
@@ -679,10 +709,14 @@ class PostgresBudget:
             row = conn.execute(
                 "UPDATE budget AS b SET next_at = greatest(b.next_at, n.now) + %s "
                 "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) AS n "
-                "WHERE b.job_id = %s RETURNING b.next_at - n.now - %s",
+                "WHERE b.job_id = %s RETURNING b.next_at - n.now - %s, b.next_at",
                 (span, self._job_id, span),
             ).fetchone()
-            return 0.0 if row is None else float(row[0])
+            if row is None:
+                return 0.0
+            end = float(row[1])
+            self._claimed = (end - span, end)
+            return float(row[0])
 
         return self._session.run(claim)
 
@@ -695,8 +729,28 @@ class PostgresBudget:
             )
         )
 
+    def _give_back(self) -> None:
+        """The slots of this shard's last claim that have not begun go back to the timeline,
+        if no claim (nor hold-back) came after it; else they are only lost."""
+        if self._claimed is None:
+            return
+        start, end = self._claimed
+        self._session.run(
+            lambda conn: conn.execute(
+                "UPDATE budget AS b SET next_at = greatest(n.now, %s) "
+                "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) AS n "
+                "WHERE b.job_id = %s AND b.next_at = %s AND n.now < %s",
+                (start, self._job_id, end, end),
+            )
+        )
+
     def close(self) -> None:
-        pass
+        """This shard claims no more: what it claimed and did not begin is given back, best
+        effort (a store that fails here loses those slots, never more)."""
+        try:
+            self._give_back()
+        except Exception as exc:  # the run's own error, if any, is the news
+            log.debug("budget not given back: %s", exc)
 
 
 Recorded = tuple[RowOutcome, RowTiming | None]

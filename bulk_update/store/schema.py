@@ -10,8 +10,20 @@ store holds (SQLite: ``PRAGMA user_version``; PostgreSQL: ``bulk_update.layout``
 ``LAYOUT_VERSION`` once the job has opened it. Before this history was one, each backend
 numbered its own: the numbers the older versions wrote are read as ``unified_version`` says
 (PostgreSQL's are the same; SQLite's layouts 1 and 2 are layout 1 here, its 3 and 4 are 2 and
-3, and its 5 is 5: layout 5 adds nothing to a SQLite store). The current number, 5, is the one
-both older versions wrote last, so a store this version made opens in them too.
+3, and its 5 is 5: layout 5 adds nothing to a SQLite store).
+
+**Layout 6 keeps fewer bytes a row.** ``outcomes`` and ``last_set`` are rebuilt (``REBUILT``:
+their layout-5 forms are ``OUTCOMES_5`` and ``LAST_SET_5``); what a reader gets is unchanged,
+through ``stored_columns`` (the results' columns) and ``timing_columns``:
+
+- ``metadata`` is ``''`` when it is the ``sent_metadata`` (most rows: the server answers the map it
+  was sent; JSON text is never empty);
+- ``conversation_id`` and ``request_id`` of the API's form (``conv_`` / ``req_`` and lowercase hex)
+  keep the hex's bytes: a BLOB in SQLite (a TEXT value is kept as it is), in PostgreSQL a
+  ``bytea`` that starts with a 0 byte (else the text's UTF-8 bytes);
+- the timing is integer milliseconds: ``sent_ms`` (Unix time), ``answer_ms`` (after ``sent_ms``);
+- in PostgreSQL fixed-width columns come first, ``http_status`` and ``attempts`` are ``smallint``;
+- SQLite's ``last_set.set_at`` is Unix seconds (an integer).
 """
 
 from __future__ import annotations
@@ -27,17 +39,22 @@ from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA
 
 __all__ = [
     "BUDGET",
+    "ID_PREFIXES",
     "JOBS",
     "LAST_SET",
+    "LAST_SET_5",
     "LAYOUT",
     "LAYOUTS",
     "LAYOUT_VERSION",
     "LEASES",
     "OUTCOMES",
+    "OUTCOMES_5",
+    "REBUILT",
     "RUNS",
     "RUN_COLUMNS",
     "SESSIONS",
     "STORED",
+    "STORED_TIMING",
     "TABLES",
     "TIMELINE",
     "TIMESTAMP_FORMAT",
@@ -46,8 +63,12 @@ __all__ = [
     "Dialect",
     "Table",
     "create",
+    "encoded_columns",
+    "encoded_id",
     "format_timestamp",
     "parse_timestamp",
+    "stored_columns",
+    "timing_columns",
     "unified_version",
 ]
 
@@ -60,6 +81,7 @@ LAYOUTS = (
     "runs gain what history shows: total_rows ... pid",  # 3
     "outcomes gain the row's timing, runs a heartbeat, and the timeline table",  # 4
     "the leases table (PostgreSQL)",  # 5
+    "outcomes and last_set rebuilt to keep fewer bytes a row (see OUTCOMES)",  # 6
 )
 LAYOUT_VERSION = len(LAYOUTS)
 
@@ -193,14 +215,17 @@ assert RESULT_COLUMNS[0] == "row_number"
 STORED = RESULT_COLUMNS[1:]
 _STORED_SINCE = {"previous_metadata": 2, "server_metadata": 2}
 _KINDS = {pl.Int64(): "bigint", pl.String(): "text"}
-# When a worker took the row, when its last answer came (Unix time), how long that took.
+# When a worker took the row, when its last answer came (Unix time), how long that took: what
+# a reader gets (``timing_columns``). Layout 5 kept them so (TIMING); layout 6 keeps integer
+# milliseconds (STORED_TIMING).
 TIMING = (_column("sent_at", "real", since=4), _column("answered_at", "real", since=4),
           _column("latency_ms", "integer", since=4))  # fmt: skip
 TIMING_COLUMNS = tuple(c.name for c in TIMING)
 
-# Outcomes are keyed by ``id = run_id * 2**32 + row_number`` in SQLite (its rowid: see
-# store/sqlite.py), by (run_id, row_number) in PostgreSQL.
-OUTCOMES = Table(
+# Layout 5's outcomes (and the layouts before it: ``since``), as the migration to layout 6 reads
+# them. Keyed by ``id = run_id * 2**32 + row_number`` in SQLite (its rowid: see store/sqlite.py),
+# by (run_id, row_number) in PostgreSQL.
+OUTCOMES_5 = Table(
     "outcomes",
     (
         Column("id", "INTEGER PRIMARY KEY", None),
@@ -212,13 +237,134 @@ OUTCOMES = Table(
     ),
     postgres=", PRIMARY KEY (run_id, row_number))",
 )  # fmt: skip
-# The job's state: per conversation, what the job last set (one job per SQLite file).
-LAST_SET = Table("last_set", (
+LAST_SET_5 = Table("last_set", (
     Column("job_id", None, "integer NOT NULL"),
     Column("conversation_id", "TEXT PRIMARY KEY", "text NOT NULL"),
     _column("metadata", "text", " NOT NULL"),
     _column("set_at", "time", " NOT NULL"),
 ), sqlite=") WITHOUT ROWID", postgres=", PRIMARY KEY (job_id, conversation_id))")  # fmt: skip
+
+
+def _sqlite_only(name: str, declared: str) -> Column:
+    return Column(name, declared, None)
+
+
+def _postgres_only(name: str, declared: str) -> Column:
+    return Column(name, None, declared)
+
+
+# Layout 6's outcomes: the same values in fewer bytes (see the module's docstring). In
+# PostgreSQL the fixed-width columns come first, widest first (no padding between them), then
+# the variable-width ones; SQLite keeps the results' order.
+_TEXTS = ("error_type", "error_code", "error_message")
+_MAPS = ("metadata", "sent_metadata", "previous_metadata", "server_metadata")
+OUTCOMES = Table(
+    "outcomes",
+    (
+        _sqlite_only("id", "INTEGER PRIMARY KEY"),
+        _postgres_only("run_id", "bigint NOT NULL"),
+        _postgres_only("created_at", "bigint"),
+        _postgres_only("sent_ms", "bigint"),
+        _postgres_only("row_number", "integer NOT NULL"),
+        _postgres_only("answer_ms", "integer"),
+        _postgres_only("latency_ms", "integer"),
+        _postgres_only("http_status", "smallint"),
+        _postgres_only("attempts", "smallint"),
+        Column("conversation_id", "TEXT", "bytea"),  # SQLite: BLOB or TEXT
+        _column("status", "text"),
+        _sqlite_only("http_status", "INTEGER"),
+        _sqlite_only("attempts", "INTEGER"),
+        *(_column(name, "text") for name in _TEXTS[:3]),
+        Column("request_id", "TEXT", "bytea"),  # SQLite: BLOB or TEXT
+        _sqlite_only("created_at", "INTEGER"),
+        *(_column(name, "text") for name in _MAPS),
+        _sqlite_only("sent_ms", "INTEGER"),
+        _sqlite_only("answer_ms", "INTEGER"),
+        _sqlite_only("latency_ms", "INTEGER"),
+    ),
+    postgres=", PRIMARY KEY (run_id, row_number))",
+)  # fmt: skip
+assert {*OUTCOMES.names("sqlite"), "run_id", "row_number"} == {*OUTCOMES.names("postgres"), "id"}
+assert OUTCOMES.names("sqlite")[1:14] == STORED, "SQLite keeps the results' order"
+STORED_TIMING = ("sent_ms", "answer_ms", "latency_ms")
+# The job's state: per conversation, what the job last set (one job per SQLite file).
+LAST_SET = Table("last_set", (
+    Column("job_id", None, "integer NOT NULL"),
+    Column("conversation_id", "TEXT PRIMARY KEY", "text NOT NULL"),
+    _column("metadata", "text", " NOT NULL"),
+    Column("set_at", "INTEGER NOT NULL", "timestamptz NOT NULL"),  # SQLite: Unix seconds
+), sqlite=") WITHOUT ROWID", postgres=", PRIMARY KEY (job_id, conversation_id))")  # fmt: skip
+# The tables layout 6 rebuilt, with their layout-5 forms.
+REBUILT = ((OUTCOMES_5, OUTCOMES), (LAST_SET_5, LAST_SET))
+
+# The API's IDs, kept as the bytes of their hex (``conversation_id``, ``request_id``).
+ID_PREFIXES = {"conversation_id": "conv_", "request_id": "req_"}
+
+
+def _decoded(dialect: Dialect, name: str, table: str) -> str:
+    """The SQL of a stored column's value as the results hold it."""
+    column = f"{table}{name}"
+    prefix = ID_PREFIXES.get(name)
+    if name == "metadata":
+        return f"CASE WHEN {column} = '' THEN {table}sent_metadata ELSE {column} END"
+    if prefix is not None and dialect == "sqlite":
+        return f"CASE WHEN typeof({column}) = 'blob' THEN '{prefix}' || lower(hex({column})) ELSE {column} END"  # noqa: E501
+    if prefix is not None:
+        return (f"CASE WHEN substr({column}, 1, 1) = '\\x00'::bytea THEN '{prefix}' || "
+                f"encode(substr({column}, 2), 'hex') "
+                f"ELSE convert_from({column}, 'UTF8') END")  # fmt: skip
+    if dialect == "postgres" and name in ("http_status", "attempts"):
+        return f"CAST({column} AS bigint)"
+    return column
+
+
+def stored_columns(dialect: Dialect, table: str = "") -> str:
+    """The SQL of the results' columns but ``row_number`` (STORED), as the results hold them,
+    from layout 6's outcomes (``table``: its alias and dot, if any)."""
+    return ", ".join(f"{_decoded(dialect, name, table)} AS {name}" for name in STORED)
+
+
+def timing_columns(dialect: Dialect, table: str = "") -> str:
+    """The SQL of TIMING_COLUMNS (Unix time, floats; latency in ms) from layout 6's outcomes."""
+    real = "REAL" if dialect == "sqlite" else "double precision"
+    return (f"CAST({table}sent_ms / 1000.0 AS {real}) AS sent_at, "
+            f"CAST(({table}sent_ms + {table}answer_ms) / 1000.0 AS {real}) AS answered_at, "
+            f"{table}latency_ms AS latency_ms")  # fmt: skip
+
+
+def encoded_id(name: str, value: str) -> str:
+    """PostgreSQL's SQL of an ID (``name``: conversation_id, request_id) as outcomes keep it,
+    from the SQL of its text: the bytes of its hex after a 0 byte if it has the API's form, else
+    its UTF-8 bytes (text never holds a 0 byte)."""
+    prefix = ID_PREFIXES[name]
+    return (
+        f"CASE WHEN {value} ~ '^{prefix}([0-9a-f][0-9a-f])+$' THEN '\\x00'::bytea || "
+        f"decode(substr({value}, {len(prefix) + 1}), 'hex') ELSE convert_to({value}, 'UTF8') END"
+    )
+
+
+def encoded_columns(dialect: Dialect, source: str = "") -> dict[str, str]:
+    """PostgreSQL's SQL of layout 6's stored values from the values as the results hold them
+    (STORED, TIMING_COLUMNS, columns of ``source``: its alias and dot). SQLite's are encoded by
+    the job (store/sqlite.py: the server cannot make a BLOB of hex, nor needs to)."""
+    assert dialect == "postgres"
+    encoded = {name: f"{source}{name}" for name in STORED}
+    for name in ID_PREFIXES:
+        encoded[name] = encoded_id(name, f"{source}{name}")
+    metadata = f"{source}metadata"
+    encoded["metadata"] = (
+        f"CASE WHEN {metadata} = {source}sent_metadata THEN '' ELSE {metadata} END"
+    )
+    for name in ("http_status", "attempts"):
+        encoded[name] = f"CAST({source}{name} AS smallint)"
+    encoded["sent_ms"] = f"CAST(floor({source}sent_at * 1000) AS bigint)"
+    encoded["answer_ms"] = (
+        f"CAST(floor({source}answered_at * 1000) - floor({source}sent_at * 1000) AS integer)"
+    )
+    encoded["latency_ms"] = f"{source}latency_ms"
+    return encoded
+
+
 # The end of the job's timeline of request slots (seconds: the machine's clock in SQLite, the
 # database's in PostgreSQL).
 BUDGET = Table("budget", (
@@ -260,7 +406,7 @@ LEASES = Table("leases", tuple(
 
 # In the order they are created.
 TABLES = (LAYOUT, JOBS, RUNS, OUTCOMES, LAST_SET, BUDGET, SESSIONS, LEASES, TIMELINE)
-assert all(c.since <= LAYOUT_VERSION for t in TABLES for c in t.columns)
+assert all(c.since <= LAYOUT_VERSION for t in (*TABLES, OUTCOMES_5, LAST_SET_5) for c in t.columns)
 
 
 def create(dialect: Dialect, schema: str = "") -> list[str]:

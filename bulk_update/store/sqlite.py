@@ -4,9 +4,9 @@ Its tables are declared in ``store/schema.py`` (``PRAGMA user_version`` is the l
 number); what it does as the PostgreSQL store does is in ``store/core.py``::
 
     runs(run_id, job, results, shard, fingerprint, options, started_at, …)
-    outcomes(id, <the results columns but row_number>, sent_at, answered_at, latency_ms)
+    outcomes(id, <the results columns but row_number>, sent_ms, answer_ms, latency_ms)
     timeline(run_id, at, requests, …)   -- per second of a run (status, report)
-    run_outcomes: a view of outcomes with run_id and row_number
+    run_outcomes: a view of outcomes with run_id and row_number, the values as the results hold them
     last_set(conversation_id PRIMARY KEY, metadata, set_at) -- the job's state
     budget(job PRIMARY KEY, next_at)   -- the rate budget its shards share
 
@@ -14,6 +14,10 @@ number); what it does as the PostgreSQL store does is in ``store/core.py``::
 run's outcomes sit together in the order of the input, a row costs no more than in a table of
 one run, and an insert writes one B-tree (a composite key, or run_id and row_number stored as
 columns, made journaling a batch 15-30 % slower). The ``run_outcomes`` view shows both.
+Layout 6 keeps a row in fewer bytes (store/schema.py): ``metadata`` is ``''`` when it is the
+``sent_metadata``, the API's IDs are BLOBs of their hex (encoded here, by ``_values``: SQLite
+3.40 cannot make a BLOB of hex text), the timing integer milliseconds; every read decodes them
+(``schema.stored_columns``, which the view uses too).
 
 WAL mode with ``synchronous=NORMAL``: a commit survives a process crash (kill -9); only a power
 cut can lose the last commits. A new store is made under a temporary name and linked into place
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import operator
 import os
 import secrets
@@ -73,7 +78,7 @@ from bulk_update.store.core import Dialect, JournalCore, Opening, StoreCore, Wor
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.locks import release_lock, take_lock
 from bulk_update.store.outage import Outage
-from bulk_update.store.schema import LAYOUT_VERSION, STORED, TIMING_COLUMNS, format_timestamp
+from bulk_update.store.schema import LAYOUT_VERSION, STORED, STORED_TIMING
 
 __all__ = ["SQLiteBudget", "SQLiteJournal", "SQLiteStore", "jobs_that_wrote", "read_state"]
 
@@ -89,16 +94,19 @@ _CREATING = ".{name}.{mark}.creating"
 _stored = operator.attrgetter(*STORED)
 _COLUMNS = ", ".join(STORED)
 _INSERT = (
-    f"INSERT OR REPLACE INTO outcomes (id, {_COLUMNS}, {', '.join(TIMING_COLUMNS)}) "  # noqa: S608
-    f"VALUES (?, {', '.join('?' for _ in (*STORED, *TIMING_COLUMNS))})"
+    f"INSERT OR REPLACE INTO outcomes (id, {_COLUMNS}, {', '.join(STORED_TIMING)}) "  # noqa: S608
+    f"VALUES (?, {', '.join('?' for _ in (*STORED, *STORED_TIMING))})"
 )
 _NO_TIMING = (None, None, None)
+_CONVERSATION, _REQUEST = schema.ID_PREFIXES["conversation_id"], schema.ID_PREFIXES["request_id"]
 # Row numbers are below 2**32 (polars' row index is 32-bit).
 _ROWS_PER_RUN = 1 << 32
 _VIEW = (
     "CREATE VIEW IF NOT EXISTS run_outcomes AS SELECT id >> 32 AS run_id, "  # noqa: S608
-    f"id & 4294967295 AS row_number, {_COLUMNS} FROM outcomes"
+    f"id & 4294967295 AS row_number, {schema.stored_columns('sqlite')} FROM outcomes"
 )
+# A set_at as layout 6 keeps it (Unix seconds) from layout 5's text (kept if it is not a time).
+_SET_AT = "coalesce(CAST(strftime('%s', set_at) AS INTEGER), set_at)"
 # The store's own tables (anything else in a new file is not a store).
 _TABLES = tuple(table.name for table in schema.TABLES if table.sqlite is not None)
 # The outcomes that also set the job's state entry: the server confirmed the row's values.
@@ -110,7 +118,21 @@ _DIALECT = Dialect(
     rows="id BETWEEN :first AND :last", run_rows="id BETWEEN :first AND :last",
     row="id - :base", order="id", state="", ids="SELECT value FROM json_each(:ids)",
     runs="SELECT value FROM json_each(:runs)", returning="", rows_per_run=_ROWS_PER_RUN,
+    stored=schema.stored_columns("sqlite"), timing=schema.timing_columns("sqlite"),
 )  # fmt: skip
+
+
+def _hexed(text: str | None, prefix: str) -> str | bytes | None:
+    """An ID of the API's form (``prefix`` and lowercase hex) as the bytes of its hex (read back
+    as ``prefix || lower(hex(...))``); any other text as it is."""
+    if text is None or not text.startswith(prefix):
+        return text
+    body = text[len(prefix) :]
+    try:
+        raw = bytes.fromhex(body)
+    except ValueError:
+        return text
+    return raw if raw and raw.hex() == body else text
 
 
 def _uri(path: Path, read_only: bool = False) -> str:
@@ -366,11 +388,14 @@ def _make_tables(db: sqlite3.Connection, path: Path, legacy: Path | None = None)
                 )
         for statement in schema.create("sqlite"):
             db.execute(statement)
-        db.execute(_VIEW)
         if 0 < version < LAYOUT_VERSION:
             _migrate(db, schema.unified_version("sqlite", version))
+        db.execute(_VIEW)
         if version == 0 and take_over:
-            db.execute("INSERT OR IGNORE INTO last_set SELECT * FROM legacy.last_set")
+            db.execute(
+                "INSERT OR IGNORE INTO last_set SELECT conversation_id, metadata, "  # noqa: S608
+                f"{_SET_AT} FROM legacy.last_set"
+            )
             log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
         db.execute(f"PRAGMA user_version={LAYOUT_VERSION}")
     if take_over:
@@ -379,17 +404,45 @@ def _make_tables(db: sqlite3.Connection, path: Path, legacy: Path | None = None)
 
 def _migrate(db: sqlite3.Connection, version: int) -> None:
     """Bring a store of an older layout (of ``schema.LAYOUTS``) to this one: the columns added
-    since (the tables are created by ``schema.create``), and the view of outcomes."""
+    since (the tables are created by ``schema.create``), the tables layout 6 rebuilt, and the
+    view of outcomes (made again by the caller)."""
+    db.execute("DROP VIEW IF EXISTS run_outcomes")
+    before = {new.name: old for old, new in schema.REBUILT} if version < 6 else {}
     for table in schema.TABLES:
-        added = table.added_columns("sqlite", version)
+        added = before.get(table.name, table).added_columns("sqlite", version)
         if not added:
             continue
         have = {row[1] for row in db.execute(f"PRAGMA table_info({table.name})")}
         for name, declared in added:
             if name not in have:
                 db.execute(f"ALTER TABLE {table.name} ADD COLUMN {name} {declared}")
-    db.execute("DROP VIEW IF EXISTS run_outcomes")
-    db.execute(_VIEW)
+    if version < 6:
+        _rebuild(db)
+
+
+def _rebuild(db: sqlite3.Connection) -> None:
+    """Layout 5's outcomes and last_set in layout 6's form (store/schema.py), in the caller's
+    transaction: ``metadata`` that is the ``sent_metadata`` becomes ``''``, the timing integer
+    milliseconds, ``set_at`` Unix seconds. IDs stay TEXT (read as they are)."""
+    copied = {
+        "outcomes": (
+            f"id, {_COLUMNS}, {', '.join(STORED_TIMING)}",
+            ", ".join(
+                "CASE WHEN metadata = sent_metadata THEN '' ELSE metadata END"
+                if name == "metadata" else name for name in ("id", *STORED)
+            ) + ", CAST(sent_at * 1000 AS INTEGER), "
+            "CAST(answered_at * 1000 AS INTEGER) - CAST(sent_at * 1000 AS INTEGER), latency_ms",
+        ),
+        "last_set": ("conversation_id, metadata, set_at", f"conversation_id, metadata, {_SET_AT}"),
+    }  # fmt: skip
+    for _, table in schema.REBUILT:
+        into, values = copied[table.name]
+        db.execute(f"ALTER TABLE {table.name} RENAME TO {table.name}_5")
+        created = table.create("sqlite")
+        assert created is not None
+        db.execute(created)
+        db.execute(f"INSERT INTO {table.name} ({into}) SELECT {values} FROM {table.name}_5")  # noqa: S608
+        db.execute(f"DROP TABLE {table.name}_5")
 
 
 class SQLiteStore(StoreCore):
@@ -534,6 +587,8 @@ class SQLiteBudget:
         self._db = _connect(path)
         self._job = job
         self._outage = outage
+        # This shard's last claim: where it began and where the timeline ended after it.
+        self._claimed: tuple[float, float] | None = None
 
     def _move(self, span: float, at_least: float = 0.0) -> float:
         def move() -> float:
@@ -545,6 +600,8 @@ class SQLiteBudget:
                 self._db.execute(
                     "INSERT OR REPLACE INTO budget VALUES (?, ?)", (self._job, start + span)
                 )
+            if span:
+                self._claimed = (start, start + span)
             return start - now
 
         return _retrying(self._outage, self._path, move)
@@ -555,8 +612,33 @@ class SQLiteBudget:
     def hold_back(self, seconds: float) -> None:
         self._move(0.0, seconds)
 
+    def _give_back(self) -> None:
+        """The slots of this shard's last claim that have not begun go back to the timeline,
+        if no claim (nor hold-back) came after it; else they are only lost."""
+        if self._claimed is None:
+            return
+        start, end = self._claimed
+
+        def give_back() -> None:
+            with _transaction(self._db):
+                now = time.time()
+                if now < end:
+                    self._db.execute(
+                        "UPDATE budget SET next_at = ? WHERE job = ? AND next_at = ?",
+                        (max(now, start), self._job, end),
+                    )
+
+        _retrying(self._outage, self._path, give_back)
+
     def close(self) -> None:
-        self._db.close()
+        """This shard claims no more: what it claimed and did not begin is given back, best
+        effort (a store that fails here loses those slots, never more)."""
+        try:
+            self._give_back()
+        except Exception as exc:  # the run's own error, if any, is the news
+            log.debug("budget not given back: %s", exc)
+        finally:
+            self._db.close()
 
 
 # What a run's writer commits: a function of its connection, run inside the group's transaction.
@@ -661,7 +743,7 @@ class SQLiteJournal(_Reader, JournalCore):
             await self._write(lambda db: db.execute(_INSERT, values))
             return
         assert outcome.sent_metadata is not None
-        entry = (outcome.conversation_id, outcome.sent_metadata, format_timestamp())
+        entry = (outcome.conversation_id, outcome.sent_metadata, int(time.time()))
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(_INSERT, values)
@@ -670,10 +752,21 @@ class SQLiteJournal(_Reader, JournalCore):
         await self._write(write)
 
     def _values(self, outcome: RowOutcome, timing: RowTiming | None = None) -> tuple[Any, ...]:
-        times = _NO_TIMING if timing is None else (
-            timing.sent_at, timing.answered_at, timing.latency_ms
+        """The row of outcomes (layout 6: see store/schema.py)."""
+        (conversation_id, status, http_status, attempts, error_type, error_code, error_message,
+         request_id, created_at, metadata, sent, previous, server) = _stored(outcome)  # fmt: skip
+        if timing is None:
+            times: tuple[int | None, ...] = _NO_TIMING
+        else:
+            sent_ms = math.floor(timing.sent_at * 1000)
+            times = (sent_ms, math.floor(timing.answered_at * 1000) - sent_ms, timing.latency_ms)
+        return (
+            self._base + outcome.row_number, _hexed(conversation_id, _CONVERSATION), status,
+            http_status, attempts, error_type, error_code, error_message,
+            _hexed(request_id, _REQUEST), created_at,
+            "" if metadata == sent and metadata is not None else metadata, sent, previous,
+            server, *times,
         )  # fmt: skip
-        return (self._base + outcome.row_number, *_stored(outcome), *times)
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
         rows = [self._values(outcome) for outcome in outcomes]
