@@ -15,10 +15,18 @@ The rate adapts (``RateController``), never above the configured ``--rpm``:
 
 A job's shards share one budget (``Budget``, in the job's store): the job's request slots are
 one timeline in the store, ``60 / rpm`` seconds apart, and each running shard takes the next
-few slots (a quarter of a second's worth) whenever it has used its own. However many shards
-run, together they never exceed ``--rpm``; a shard left alone gets all of it; a shard that has
-nothing to send takes nothing. Each shard's adaptive rate sets how far apart its own slots are
-(a 429 spaces them out, so the whole job slows down), and a pause holds the whole timeline back.
+few slots (at most a quarter of a second's worth) whenever it has used half of its own.
+However many shards run, together they never exceed ``--rpm``; a shard left alone gets all of
+it; a shard that has nothing to send takes nothing. Each shard's adaptive rate sets how far
+apart its own slots are (a 429 spaces them out, so the whole job slows down), and a pause holds
+the whole timeline back.
+
+A shard's slots are one after another at the whole job's rate, so it must send as fast as the
+whole job while they last: a slot it misses (no worker free in time) is lost to every shard.
+So a shard claims no more at once than it has lately sent on time: the slots it missed shrink
+its next claim by as many (by half at most), and each claim it used in full lets the next one
+grow by one, back up to the quarter second. When it stops, the budget gives back what it
+claimed and has not begun (``Budget.close``).
 
 Clock and sleep are injected for tests.
 """
@@ -44,7 +52,7 @@ DECREASE_FACTOR = 0.75
 INCREASE_FRACTION = 0.05
 ADJUST_EVERY_S = 1.0
 FLOOR_FRACTION = 0.05
-# A shard claims this much of the shared timeline at once.
+# A shard claims at most this much of the shared timeline at once.
 CLAIM_S = 0.25
 
 
@@ -108,6 +116,10 @@ class RateLimiter:
         self._paused_until = 0.0
         self._budget = budget
         self._slots: collections.deque[float] = collections.deque()
+        # How many slots the next claim may take (see _claim_size), and how many this shard's
+        # slots went by unused since its last claim.
+        self._claim_limit: int | None = None  # None: CLAIM_S's worth
+        self._missed = 0
         self._refill: asyncio.Future[None] | None = None
         self._holding_back: set[asyncio.Future[None]] = set()
 
@@ -145,6 +157,7 @@ class RateLimiter:
         stale = self._clock() - self.interval
         while self._slots and self._slots[0] < stale:
             self._slots.popleft()
+            self._missed += 1
         if len(self._slots) <= self._claim_size() // 2 and self._refill is None:
             self._refill = asyncio.ensure_future(self._claim())
             self._refill.add_done_callback(_retrieve)
@@ -157,12 +170,28 @@ class RateLimiter:
         return self._slots.popleft()
 
     def _claim_size(self) -> int:
-        return max(1, round(CLAIM_S / self.interval))
+        most = max(1, round(CLAIM_S / self.interval))
+        return most if self._claim_limit is None else min(most, self._claim_limit)
+
+    def _resize_claim(self) -> None:
+        """Before a claim: slots missed since the last one (a claim larger than this shard's
+        workers could send on time: each slot is one interval of the whole job's timeline,
+        lost to every shard) make the next claim smaller by as many, by half at most (a stall
+        of the whole process misses many at once, whatever the claim's size); none missed,
+        one larger (up to CLAIM_S's worth)."""
+        size = self._claim_size()
+        if self._missed:
+            self._claim_limit = max(1, size - self._missed, size // 2)
+            self._missed = 0
+        elif self._claim_limit is not None:
+            grown = size + 1
+            self._claim_limit = None if grown >= round(CLAIM_S / self.interval) else grown
 
     async def _claim(self) -> None:
         assert self._budget is not None
         try:
             interval = self.interval
+            self._resize_claim()
             count = self._claim_size()
             sent = self._clock()
             delay = await asyncio.to_thread(self._budget.claim, count, interval)
