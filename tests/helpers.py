@@ -102,7 +102,7 @@ def start(
 def state_entries(store: Path) -> dict[str, str]:
     """A job's last-set state, read from its SQLite store as an operator would."""
     with sqlite3.connect(store) as db:
-        return dict(db.execute("SELECT conversation_id, metadata FROM last_set"))
+        return dict(db.execute("SELECT conversation_id, metadata FROM job_state"))
 
 
 def store_runs(store: Path) -> list[dict[str, Any]]:

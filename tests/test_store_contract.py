@@ -19,7 +19,7 @@ import pytest
 from bulk_update.exceptions import ConfigError, JournalError
 from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import RowTiming, RunBeat, RunEnd, RunKey, Second, read_state, schema
-from tests.stores import Backend
+from tests.stores import STATE_ID, Backend
 
 T = TypeVar("T")
 
@@ -329,14 +329,17 @@ def as_layout_5_left_it(backend: Backend) -> None:
     if backend.url is None:
         with contextlib.closing(sqlite3.connect(backend.directory / "j.sqlite")) as db:
             db.execute("DROP VIEW run_outcomes")
+            db.execute("CREATE TABLE state_6 AS SELECT * FROM job_state")  # what it shows
+            db.execute("DROP VIEW job_state")
             for old, _ in schema.REBUILT:
                 db.execute(f"ALTER TABLE {old.name} RENAME TO {old.name}_6")
                 db.execute(str(old.create("sqlite")))
             db.execute(f"INSERT INTO outcomes SELECT id, {decoded} FROM outcomes_6")  # noqa: S608
             db.execute(
                 "INSERT INTO last_set SELECT conversation_id, metadata, "
-                "strftime('%Y-%m-%dT%H:%M:%f000Z', set_at, 'unixepoch') FROM last_set_6"
+                "strftime('%Y-%m-%dT%H:%M:%f000Z', set_at, 'unixepoch') FROM state_6"
             )
+            db.execute("DROP TABLE state_6")
             db.execute("DROP TABLE outcomes_6")
             db.execute("DROP TABLE last_set_6")
             db.execute(
@@ -355,6 +358,8 @@ def as_layout_5_left_it(backend: Backend) -> None:
             f"INSERT INTO outcomes SELECT run_id, row_number, {decoded} FROM outcomes_6"  # noqa: S608
         )
         conn.execute("DROP TABLE outcomes_6")
+        text_id = STATE_ID.replace("s.", "")
+        conn.execute(f"ALTER TABLE last_set ALTER COLUMN conversation_id TYPE text USING {text_id}")
         conn.execute("UPDATE layout SET version = 5")
 
 

@@ -207,7 +207,7 @@ class Dialect:
     order: str
     # The predicate on the rows of ``last_set`` that are the job's (``job``), if it has one.
     state: str
-    # The values of a JSON array parameter: texts (``ids``), run IDs (``runs``).
+    # The values of a JSON array parameter: texts (``ids``, a column ``id``), run IDs (``runs``).
     ids: str
     runs: str
     # What follows the insert of a run so that ``inserted`` finds its ID.
@@ -218,6 +218,8 @@ class Dialect:
     # outcomes keep (schema.stored_columns, schema.timing_columns).
     stored: str = ""
     timing: str = ""
+    # ``last_set``'s key of the conversation ID ``t.id``.
+    state_key: str = "t.id"
 
     def prepare(self, template: str) -> str:
         """The backend's SQL for a statement written with ``:name`` parameters and this
@@ -261,6 +263,7 @@ def _prepare(dialect: Dialect, template: str) -> str:
             "runs",
             "stored",
             "timing",
+            "state_key",
         )
     }
     state = dialect.state
@@ -486,7 +489,10 @@ _FINISHED_COUNT = "SELECT count(*) FROM outcomes WHERE {run_rows} AND status NOT
 _ROWS = "SELECT {row}, {stored} FROM outcomes WHERE {rows} ORDER BY {order}"
 _COUNTS = "SELECT status, count(*) FROM outcomes WHERE {run_rows} GROUP BY status"
 _ENTRIES = "SELECT count(*) FROM last_set{where_state}"
-_ENTRIES_AMONG = "SELECT conversation_id FROM last_set WHERE conversation_id IN ({ids}){and_state}"
+_ENTRIES_AMONG = (
+    "SELECT t.id FROM ({ids}) AS t WHERE EXISTS "
+    "(SELECT 1 FROM last_set WHERE conversation_id = {state_key}{and_state})"
+)
 
 
 class JournalCore:

@@ -13,7 +13,8 @@ are declared in ``store/schema.py``; what it does as the SQLite store does is in
     outcomes(run_id, row_number, <the results columns>, sent_at, answered_at, latency_ms)
     timeline(run_id, at, requests, rate_limited, retries, errors, rows, limit_rpm,
              announced_rpm)                  -- per second of a run (status, report)
-    last_set(job_id, conversation_id, metadata, set_at)   -- each job's state
+    last_set(job_id, conversation_id, metadata, set_at)   -- each job's state (the ID as
+                                                          -- outcomes keep it: bytea)
     budget(job_id, next_at)                  -- the job's shared rate budget (see Budget)
     sessions(backend_pid, host, pid, since)  -- who holds a lock, for the refusal's message
     leases(job_id, shard, holder, until, host, pid, ...)  -- the lock holder's lease (lease.py)
@@ -161,18 +162,21 @@ _HOLD = (
 _GROUP = (
     f"WITH h AS ({_HOLD}), "  # noqa: S608
     "f AS (DELETE FROM last_set WHERE job_id = %(job)s AND conversation_id IN "
-    "(SELECT json_array_elements_text(%(forget)s::json)) AND EXISTS (SELECT 1 FROM h)), "
+    f"(SELECT {schema.encoded_id('conversation_id', 'x.id')} FROM "
+    "json_array_elements_text(%(forget)s::json) AS x(id)) AND EXISTS (SELECT 1 FROM h)), "
     f"r AS (SELECT * FROM {_RECORDS.replace('%s', '%(records)s')} WHERE EXISTS (SELECT 1 FROM h)), "
     f"o AS (INSERT INTO outcomes (run_id, row_number, {_WRITTEN}) "
     f"SELECT %(run)s, r.row_number, {_VALUES} FROM r {_ON_CONFLICT}), "
     "s AS (INSERT INTO last_set (job_id, conversation_id, metadata, set_at) "
-    f"SELECT %(job)s, conversation_id, sent_metadata, now() FROM r "
+    f"SELECT %(job)s, {_ENCODED['conversation_id']}, r.sent_metadata, now() FROM r "
     f"WHERE status IN ('{Status.UPDATED}', '{Status.UNCHANGED}') "
     "ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
     "metadata = EXCLUDED.metadata, set_at = EXCLUDED.set_at) "
     "SELECT count(*) FROM h"
 )
 _UNCHANGED_ID = schema.encoded_id("conversation_id", "t.i")
+# last_set's key of a batch's conversation ID (``t.i``): as outcomes keep it.
+_STATE_KEY = _UNCHANGED_ID
 _INSERT_UNCHANGED = (
     "INSERT INTO outcomes (run_id, row_number, conversation_id, status, attempts, "  # noqa: S608
     f"sent_metadata) SELECT %s, t.r, {_UNCHANGED_ID}, %s, 0, t.m FROM "
@@ -185,17 +189,19 @@ _DIALECT = Dialect(
     age="extract(epoch FROM now() - r.heartbeat_at)",
     rows="run_id = :run AND row_number BETWEEN :first AND :last", run_rows="run_id = :run",
     row="row_number", order="row_number", state="job_id = :job",
-    ids="SELECT json_array_elements_text(CAST(:ids AS json))",
+    ids="SELECT json_array_elements_text(CAST(:ids AS json)) AS id",
     runs="SELECT CAST(json_array_elements_text(CAST(:runs AS json)) AS bigint)",
     returning=" RETURNING run_id",
     stored=schema.stored_columns("postgres"), timing=schema.timing_columns("postgres"),
+    state_key=schema.encoded_id("conversation_id", "t.id"),
 )  # fmt: skip
 
 
 def _rebuild(conn: psycopg.Connection[Any]) -> None:
-    """Layout 5's outcomes in layout 6's form (store/schema.py), in the caller's transaction
-    (last_set is the same in both)."""
-    assert schema.LAST_SET.create("postgres") == schema.LAST_SET_5.create("postgres")
+    """Layout 5's outcomes and last_set in layout 6's form (store/schema.py), in the caller's
+    transaction (last_set's key is the conversation ID as outcomes keep it)."""
+    key = schema.encoded_id("conversation_id", "conversation_id")
+    conn.execute(f"ALTER TABLE last_set ALTER COLUMN conversation_id TYPE bytea USING {key}")
     conn.execute("ALTER TABLE outcomes RENAME TO outcomes_5")
     conn.execute("ALTER INDEX outcomes_pkey RENAME TO outcomes_5_pkey")
     created = schema.OUTCOMES.create("postgres")
@@ -790,9 +796,9 @@ class _Reader:
 
         def changed(conn: psycopg.Connection[Any]) -> list[int]:
             found = conn.execute(
-                "SELECT t.r FROM unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) "
+                "SELECT t.r FROM unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) "  # noqa: S608
                 "WHERE NOT EXISTS (SELECT 1 FROM last_set AS s WHERE s.job_id = %s "
-                "AND s.conversation_id = t.i AND s.metadata = t.m)",
+                f"AND s.conversation_id = {_STATE_KEY} AND s.metadata = t.m)",
                 (*arrays, self._compare_with),
             )
             return [number for (number,) in found]
@@ -1130,8 +1136,10 @@ class PostgresJournal(_Reader, JournalCore):
             )
             if self._compare_with != self._job_id:
                 conn.execute(
-                    "INSERT INTO last_set SELECT %s, s.conversation_id, s.metadata, s.set_at "
-                    "FROM last_set AS s WHERE s.job_id = %s AND s.conversation_id = ANY(%s) "
+                    "INSERT INTO last_set SELECT %s, s.conversation_id, s.metadata, s.set_at "  # noqa: S608
+                    "FROM last_set AS s WHERE s.job_id = %s AND s.conversation_id IN "
+                    f"(SELECT {schema.encoded_id('conversation_id', 'u.id')} "
+                    "FROM unnest(%s::text[]) AS u(id)) "
                     "ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
                     "metadata = EXCLUDED.metadata, set_at = EXCLUDED.set_at",
                     (self._job_id, self._compare_with, arrays[1]),

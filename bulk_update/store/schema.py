@@ -23,7 +23,11 @@ through ``stored_columns`` (the results' columns) and ``timing_columns``:
   ``bytea`` that starts with a 0 byte (else the text's UTF-8 bytes);
 - the timing is integer milliseconds: ``sent_ms`` (Unix time), ``answer_ms`` (after ``sent_ms``);
 - in PostgreSQL fixed-width columns come first, ``http_status`` and ``attempts`` are ``smallint``;
-- SQLite's ``last_set.set_at`` is Unix seconds (an integer).
+- SQLite's ``last_set.set_at`` is Unix seconds (an integer), and an entry the job set names the
+  outcome that set it (``outcome``, its ``id``) instead of holding its metadata: the
+  ``sent_metadata`` of that outcome (the view ``job_state`` shows it);
+- PostgreSQL's ``last_set`` keys the conversation ID as outcomes keep it (``encoded_id``: half
+  the bytes in its primary key).
 """
 
 from __future__ import annotations
@@ -290,9 +294,10 @@ STORED_TIMING = ("sent_ms", "answer_ms", "latency_ms")
 # The job's state: per conversation, what the job last set (one job per SQLite file).
 LAST_SET = Table("last_set", (
     Column("job_id", None, "integer NOT NULL"),
-    Column("conversation_id", "TEXT PRIMARY KEY", "text NOT NULL"),
-    _column("metadata", "text", " NOT NULL"),
+    Column("conversation_id", "TEXT PRIMARY KEY", "bytea NOT NULL"),  # PostgreSQL: as outcomes'
+    Column("metadata", "TEXT", "text NOT NULL"),  # SQLite: NULL when ``outcome`` says it
     Column("set_at", "INTEGER NOT NULL", "timestamptz NOT NULL"),  # SQLite: Unix seconds
+    Column("outcome", "INTEGER", None),  # SQLite: the outcomes.id whose sent_metadata it is
 ), sqlite=") WITHOUT ROWID", postgres=", PRIMARY KEY (job_id, conversation_id))")  # fmt: skip
 # The tables layout 6 rebuilt, with their layout-5 forms.
 REBUILT = ((OUTCOMES_5, OUTCOMES), (LAST_SET_5, LAST_SET))

@@ -7,7 +7,8 @@ number); what it does as the PostgreSQL store does is in ``store/core.py``::
     outcomes(id, <the results columns but row_number>, sent_ms, answer_ms, latency_ms)
     timeline(run_id, at, requests, …)   -- per second of a run (status, report)
     run_outcomes: a view of outcomes with run_id and row_number, the values as the results hold them
-    last_set(conversation_id PRIMARY KEY, metadata, set_at) -- the job's state
+    last_set(conversation_id PRIMARY KEY, metadata, set_at, outcome) -- the job's state
+    job_state: a view of last_set with each entry's metadata (its own, or its outcome's)
     budget(job PRIMARY KEY, next_at)   -- the rate budget its shards share
 
 ``outcomes.id`` is ``run_id * 2**32 + row_number``: the table is keyed by its rowid, so that a
@@ -105,6 +106,18 @@ _VIEW = (
     "CREATE VIEW IF NOT EXISTS run_outcomes AS SELECT id >> 32 AS run_id, "  # noqa: S608
     f"id & 4294967295 AS row_number, {schema.stored_columns('sqlite')} FROM outcomes"
 )
+# An entry's metadata (layout 6): its own, else the sent_metadata of the outcome that set it (the
+# same transaction wrote both; an outcome that set an entry is never written again: a row's entry
+# is forgotten before the row is sent).
+_STATE_METADATA = (
+    "coalesce({s}metadata, (SELECT o.sent_metadata FROM {schema}outcomes AS o "
+    "WHERE o.id = {s}outcome))"
+)
+# The job's state as the older layouts kept it (an operator's view): what the job last set.
+_STATE_VIEW = (
+    "CREATE VIEW IF NOT EXISTS job_state AS SELECT conversation_id, "  # noqa: S608
+    f"{_STATE_METADATA.format(schema='', s='last_set.')} AS metadata, set_at FROM last_set"
+)
 # A set_at as layout 6 keeps it (Unix seconds) from layout 5's text (kept if it is not a time).
 _SET_AT = "coalesce(CAST(strftime('%s', set_at) AS INTEGER), set_at)"
 # The store's own tables (anything else in a new file is not a store).
@@ -116,7 +129,7 @@ _CONFIRMED = (Status.UPDATED, Status.UNCHANGED)
 _DIALECT = Dialect(
     name="sqlite", now=":now", clock=":clock", age=":clock - r.heartbeat_at",
     rows="id BETWEEN :first AND :last", run_rows="id BETWEEN :first AND :last",
-    row="id - :base", order="id", state="", ids="SELECT value FROM json_each(:ids)",
+    row="id - :base", order="id", state="", ids="SELECT value AS id FROM json_each(:ids)",
     runs="SELECT value FROM json_each(:runs)", returning="", rows_per_run=_ROWS_PER_RUN,
     stored=schema.stored_columns("sqlite"), timing=schema.timing_columns("sqlite"),
 )  # fmt: skip
@@ -242,13 +255,24 @@ def _as_json(rows: pl.DataFrame) -> str:
     return short.sort("i").write_json()
 
 
+def _entry_metadata(db: sqlite3.Connection, schema: str) -> str:
+    """The SQL of an entry's metadata (``s``, of ``last_set`` in ``schema``): its own, or, from
+    layout 6, the ``sent_metadata`` of the outcome that set it (``_STATE_METADATA``). A store
+    read as another job's state (--since-state), or read only, may be of an older layout."""
+    columns = {row[1] for row in db.execute(f"PRAGMA {schema}.table_info(last_set)")}
+    if "outcome" not in columns:
+        return "s.metadata"
+    return _STATE_METADATA.format(schema=f"{schema}.", s="s.")
+
+
 def _changed_rows(db: sqlite3.Connection, schema: str, rows: pl.DataFrame) -> list[int]:
     if rows.is_empty():
         return []
     found = db.execute(
         "SELECT json_extract(j.value, '$.r') FROM json_each(?) AS j WHERE NOT EXISTS ("  # noqa: S608
         f"SELECT 1 FROM {schema}.last_set AS s WHERE s.conversation_id = "
-        "json_extract(j.value, '$.i') AND s.metadata = json_extract(j.value, '$.m'))",
+        f"json_extract(j.value, '$.i') AND {_entry_metadata(db, schema)} = "
+        "json_extract(j.value, '$.m'))",
         (_as_json(rows),),
     )
     return [number for (number,) in found]
@@ -376,7 +400,7 @@ def _make_tables(db: sqlite3.Connection, path: Path, legacy: Path | None = None)
                 f"{path}: written by a newer bulk-update (layout {version}); upgrade"
             )
         if version == 0:
-            ours = ", ".join(f"'{name}'" for name in (*_TABLES, "run_outcomes"))
+            ours = ", ".join(f"'{name}'" for name in (*_TABLES, "run_outcomes", "job_state"))
             others = db.execute(
                 "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "  # noqa: S608
                 f"AND name NOT IN ({ours})"
@@ -391,10 +415,11 @@ def _make_tables(db: sqlite3.Connection, path: Path, legacy: Path | None = None)
         if 0 < version < LAYOUT_VERSION:
             _migrate(db, schema.unified_version("sqlite", version))
         db.execute(_VIEW)
+        db.execute(_STATE_VIEW)
         if version == 0 and take_over:
             db.execute(
                 "INSERT OR IGNORE INTO last_set SELECT conversation_id, metadata, "  # noqa: S608
-                f"{_SET_AT} FROM legacy.last_set"
+                f"{_SET_AT}, NULL FROM legacy.last_set"
             )
             log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
         db.execute(f"PRAGMA user_version={LAYOUT_VERSION}")
@@ -743,11 +768,12 @@ class SQLiteJournal(_Reader, JournalCore):
             await self._write(lambda db: db.execute(_INSERT, values))
             return
         assert outcome.sent_metadata is not None
-        entry = (outcome.conversation_id, outcome.sent_metadata, int(time.time()))
+        # The metadata is the outcome's sent_metadata: the entry names the outcome instead.
+        entry = (outcome.conversation_id, int(time.time()), values[0])
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(_INSERT, values)
-            db.execute("INSERT OR REPLACE INTO last_set VALUES (?, ?, ?)", entry)
+            db.execute("INSERT OR REPLACE INTO last_set VALUES (?, NULL, ?, ?)", entry)
 
         await self._write(write)
 
@@ -785,12 +811,12 @@ class SQLiteJournal(_Reader, JournalCore):
                 "json_extract(value, '$.i'), ?, 0, json_extract(value, '$.m') FROM json_each(?)",
                 (self._base, Status.UNCHANGED.value, rows_json),
             )
-            if copy:
+            if copy:  # the metadata is the unchanged row's sent_metadata: named, not copied
                 db.execute(
-                    "INSERT OR REPLACE INTO last_set SELECT s.conversation_id, s.metadata, "
-                    "s.set_at FROM json_each(?) AS j JOIN since.last_set AS s "
-                    "ON s.conversation_id = json_extract(j.value, '$.i')",
-                    (rows_json,),
+                    "INSERT OR REPLACE INTO last_set SELECT s.conversation_id, NULL, s.set_at, "
+                    "? + json_extract(j.value, '$.r') FROM json_each(?) AS j JOIN "
+                    "since.last_set AS s ON s.conversation_id = json_extract(j.value, '$.i')",
+                    (self._base, rows_json),
                 )
 
         self._writer.run(write)
