@@ -2,9 +2,10 @@
 
 8: throughput (20,000 rows, concurrency 64, an emulator with no limit, the database on
    loopback), and the rate pooling of 4 of a job's 8 shards against an emulator that allows R.
-9: bytes of durable state per row, each backend, at 1M rows: the outcomes and the state entries
-   a run leaves, written through the store's own interface (as the job writes them, without the
-   HTTP), against the input CSV's bytes per row.
+9: bytes of durable state per row, each backend, at 1M rows: the outcomes (with their timing)
+   and the state entries a run leaves, written through the store's own interface (as the job
+   writes them, without the HTTP), against the input CSV's bytes per row. Goal: <= 250 B/row in
+   SQLite, <= 350 in PostgreSQL (issue 26).
 
 A PostgreSQL server is started for the run (tests/pg.py: initdb in a temp dir, fsync on).
 """
@@ -27,7 +28,7 @@ from bulk_update.emulator import preload_id
 from bulk_update.emulator.app import key_id
 from bulk_update.emulator.process import EmulatorProcess
 from bulk_update.outcome import RowOutcome, Status
-from bulk_update.store import RunKey, StoreLocation, open_store
+from bulk_update.store import RowTiming, RunKey, StoreLocation, open_store
 from tests.pg import PostgresServer
 
 
@@ -223,8 +224,8 @@ async def _write(location: StoreLocation, rows: int) -> None:
         journal = store.open_run(RunKey("bytes", "results.parquet", None), {}, {})
         try:
             for start in range(0, rows, 64 * 16):
-                outcomes = [_outcome(i) for i in range(start, min(rows, start + 64 * 16))]
-                await asyncio.gather(*(journal.record(o) for o in outcomes))
+                numbers = range(start, min(rows, start + 64 * 16))
+                await asyncio.gather(*(journal.record(_outcome(i), _timing(i)) for i in numbers))
         finally:
             journal.close()
 
@@ -236,6 +237,12 @@ def _outcome(i: int) -> RowOutcome:
     return RowOutcome(i + 1, preload_id(i), Status.UPDATED, 200, 1,
                       request_id=f"req_{i:032x}", created_at=1_700_000_000 + i,
                       metadata=sent, sent_metadata=sent)  # fmt: skip
+
+
+def _timing(i: int) -> RowTiming:
+    """When the job took the row and its answer came, as pipeline.py times it (Unix time)."""
+    sent_at = 1_764_000_000.0 + i / 1000 + (i % 7) / 7000
+    return RowTiming(sent_at, sent_at + 0.05 + (i % 13) / 1000, 50 + i % 13)
 
 
 def _postgres_bytes(url: str) -> int:
@@ -266,8 +273,8 @@ def bytes_per_row(pg: PostgresServer, quick: bool) -> list[Row]:
     postgres_s = time.perf_counter() - started
     postgres_bytes = _postgres_bytes(url)
     table = []
-    for name, size, seconds in (("SQLite", sqlite_bytes, sqlite_s),
-                                ("PostgreSQL", postgres_bytes, postgres_s)):  # fmt: skip
+    for name, size, seconds, goal in (("SQLite", sqlite_bytes, sqlite_s, 250),
+                                      ("PostgreSQL", postgres_bytes, postgres_s, 350)):  # fmt: skip
         per_row = size / rows
         table.append(
             Row(
@@ -275,8 +282,8 @@ def bytes_per_row(pg: PostgresServer, quick: bool) -> list[Row]:
                 f"{per_row:.0f} B/row",
                 f"input CSV {csv_per_row:.0f} B/row",
                 per_row / csv_per_row,
-                f"(report; {seconds:.0f} s)",
-                True,
+                f"<= {goal} ({seconds:.0f} s)",
+                per_row <= goal,
             )
         )
     return table
