@@ -55,6 +55,7 @@ from bulk_update.api.retry import (
     wait_backoff,
     wait_for_server,
 )
+from bulk_update.api.transport import TransportName, chosen_transport
 from bulk_update.config import JobConfig
 from bulk_update.exceptions import ConfigError, FatalApiError
 from bulk_update.observe.metrics import Telemetry
@@ -86,6 +87,7 @@ class SendSettings:
     timeout: float
     breaker_threshold: int
     breaker_timeout: float
+    transport: TransportName = "httpx2"  # what moves the bytes under httpx2 (api/transport.py)
 
     @classmethod
     def from_config(cls, config: JobConfig) -> SendSettings:
@@ -100,6 +102,7 @@ class SendSettings:
             timeout=config.timeout,
             breaker_threshold=config.breaker_threshold,
             breaker_timeout=config.breaker_timeout,
+            transport=chosen_transport(),
         )
 
 
@@ -169,7 +172,7 @@ class Sender:
         self._client = ApiClient(
             settings.base_url, settings.api_key, organization=settings.organization,
             project=settings.project, timeout=settings.timeout, pool=settings.concurrency,
-            transport=transport,
+            kind=settings.transport, transport=transport,
         )  # fmt: skip
 
     async def __aenter__(self) -> Sender:
@@ -203,13 +206,14 @@ class Sender:
             await self._fence()  # raises if this process no longer holds the run
         self.requests_sent += 1
         telemetry = self.telemetry
-        started = time.monotonic()
-        if telemetry is None:
+        if telemetry is not None:
+            telemetry.sending()
+        try:
             answer = await self._client.exchange(method, path, body)
-        else:
-            with telemetry.request_in_flight():
-                answer = await self._client.exchange(method, path, body)
-        answer = dataclasses.replace(answer, elapsed_s=time.monotonic() - started)
+        except BaseException:  # cancelled (the job stopping): no answer, none in flight
+            if telemetry is not None:
+                telemetry.given_up()
+            raise
         if telemetry is not None:
             telemetry.request(answer, answer.elapsed_s, retry=retry)
             controller = self.limiter.controller
@@ -286,6 +290,16 @@ class Sender:
                 )
             return tried(answer, verdict)
 
+        first = await attempt()
+        if not should_retry(first):
+            return first  # most rows: done (or failed) at once, without tenacity's machinery
+        # A row to retry: tenacity takes over, from the attempt just made (its first call
+        # returns it), so that the stop and wait strategies judge it as any other.
+        made = [first]
+
+        async def again() -> Attempt:
+            return made.pop() if made else await attempt()
+
         retrying = AsyncRetrying(
             stop=(
                 stop_after_failures(self.settings.max_attempts)
@@ -298,7 +312,7 @@ class Sender:
             sleep=self._sleep,
             reraise=True,
         )
-        last: Attempt = await retrying(attempt)
+        last: Attempt = await retrying(again)
         return last
 
     async def preflight(self, conversation_id: str) -> FatalApiError | None:

@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 import httpx2
@@ -21,6 +24,7 @@ import httpx2
 from bulk_update._constants import MAX_RESPONSE_BYTES
 from bulk_update._version import __version__
 from bulk_update.api.answers import Answer
+from bulk_update.api.transport import TransportName, make_transport
 
 __all__ = ["USER_AGENT", "ApiClient", "conversation_path"]
 
@@ -42,6 +46,7 @@ class ApiClient:
         project: str | None,
         timeout: float,
         pool: int,
+        kind: TransportName = "httpx2",
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self.timeout = timeout
@@ -55,13 +60,19 @@ class ApiClient:
             headers["openai-organization"] = organization
         if project:
             headers["openai-project"] = project
+        # Built once: every request is these headers and this prefix plus the conversation's
+        # path (one URL parse a request, not httpx2's merge of a base URL and a path: 3 parses).
+        self._prefix = base_url.rstrip("/") + "/"
+        self._url = _url_builder(self._prefix)
+        self._headers = httpx2.Headers(headers)
+        self._timeouts = httpx2.Timeout(timeout).as_dict()
         self._client = httpx2.AsyncClient(
-            base_url=base_url + "/",
+            base_url=self._prefix,
             headers=headers,
             timeout=httpx2.Timeout(timeout),
             limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool),
             follow_redirects=False,
-            transport=transport,
+            transport=transport or make_transport(kind, pool),
         )
 
     async def open(self) -> None:
@@ -76,30 +87,72 @@ class ApiClient:
         await self._client.__aexit__(exc_type, exc, tb)
 
     async def exchange(self, method: str, path: str, body: bytes | None) -> Answer:
-        """One request and its answer; a timeout or a connection that failed is an Answer
-        with ``transport_error`` (``timeout``, ``connect`` or ``connection``)."""
+        """One request and its answer, timed (``elapsed_s``); a timeout or a connection that
+        failed is an Answer with ``transport_error`` (``timeout``, ``connect`` or
+        ``connection``)."""
+        started = time.monotonic()
+        request = httpx2.Request(
+            method, self._url(path), headers=self._headers, content=body,
+            extensions={"timeout": self._timeouts},
+        )  # fmt: skip
         try:
             # httpx2's timeouts are per step (connect, each read): a server dripping a byte at a
             # time would never trip them. --timeout bounds the whole request.
-            async with (
-                asyncio.timeout(self.timeout),
-                self._client.stream(method, path, content=body) as response,
-            ):
-                content = await _read_capped(response, MAX_RESPONSE_BYTES)
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.send(request, stream=True)
+                try:
+                    content = await _read_capped(response, MAX_RESPONSE_BYTES)
+                finally:
+                    await response.aclose()
         except TimeoutError:
             detail = f"no complete answer within {self.timeout:g} s"
-            return Answer(transport_error="timeout", transport_detail=detail)
+            return _failed("timeout", detail, started)
         except httpx2.TimeoutException as exc:
-            return Answer(transport_error="timeout", transport_detail=_describe(exc))
+            return _failed("timeout", _describe(exc), started)
         except httpx2.ConnectError as exc:
-            return Answer(transport_error="connect", transport_detail=_describe(exc))
+            return _failed("connect", _describe(exc), started)
         except httpx2.TransportError as exc:
-            return Answer(transport_error="connection", transport_detail=_describe(exc))
+            return _failed("connection", _describe(exc), started)
         return Answer(
             http_status=response.status_code,
             headers={k.lower(): v for k, v in response.headers.items()},
             body=content,
+            elapsed_s=time.monotonic() - started,
         )
+
+
+def _failed(error: str, detail: str, started: float) -> Answer:
+    return Answer(transport_error=error, transport_detail=detail,
+                  elapsed_s=time.monotonic() - started)  # fmt: skip
+
+
+def _url_builder(prefix: str) -> Callable[[str], httpx2.URL]:
+    """``url(path)``: ``prefix + path`` as an ``httpx2.URL``. httpx2 parses and validates every
+    URL character by character (a third of the CPU its request model costs); the job's paths
+    are percent-encoded already (``conversation_path``), so the prefix is parsed once and each
+    URL is the prefix's parts with the path replaced. Checked against httpx2's own parse when
+    built: a version of httpx2 whose URL is made otherwise gets the parse, never a wrong URL."""
+
+    def parsed(path: str) -> httpx2.URL:
+        return httpx2.URL(prefix + path)
+
+    base = httpx2.URL(prefix)
+    parts: Any = getattr(base, "_uri_reference", None)
+    if base.query or not hasattr(parts, "_replace") or not isinstance(parts.path, str):
+        return parsed
+    base_path = parts.path
+
+    def built(path: str) -> httpx2.URL:
+        url = httpx2.URL.__new__(httpx2.URL)
+        url._uri_reference = parts._replace(path=base_path + path)
+        return url
+
+    sample = conversation_path("conv_Probe-_09")
+    try:
+        same = built(sample) == parsed(sample) and str(built(sample)) == prefix + sample
+    except Exception:  # an httpx2 whose URL is not what this expects
+        same = False
+    return built if same else parsed
 
 
 async def _read_capped(response: httpx2.Response, limit: int) -> bytes:

@@ -1,0 +1,222 @@
+"""What moves the bytes under httpx2's client: aiohttp (the default) or httpx2's own.
+
+The job is written against ``httpx2.AsyncClient`` (``api/client.py``); this module chooses its
+transport. httpx2's own (httpcore2's pool) spends about three times the CPU of aiohttp on a
+request (BENCHMARKS.md, issue 26: a profile of the job put 65 % of its samples in httpx2's
+client and httpcore2's pool), so under a high rate limit the job, not the API, would bound a
+backfill. ``AiohttpTransport`` hands each ``httpx2.Request`` to one ``aiohttp.ClientSession``
+and gives its answer back as an ``httpx2.Response``; everything else (headers, the
+whole-request timeout, the 1 MiB cap, redirects not followed) stays in ``api/client.py``.
+
+Kept as httpx2 does it, so that a run behaves the same on either transport (the tests run the
+client's behaviours on both):
+
+- TLS: the SSL context is httpx2's own (``httpx2.create_ssl_context``: verified, with
+  ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` honoured).
+- Proxies: ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` from the environment (read once,
+  for the base URL; httpx2 reads the same variables).
+- Errors: aiohttp's exceptions are raised as the httpx2 exceptions httpcore2 raises for the same
+  fault (a refused or failed connection, a TLS failure or a DNS failure: ``ConnectError``; a
+  connection reset or closed mid-answer: ``ReadError``; a timeout: ``ConnectTimeout`` or
+  ``ReadTimeout``), with the original as ``__cause__`` so the root cause is named.
+- The pool: at most ``pool`` connections, kept alive between requests.
+
+``BULK_UPDATE_TRANSPORT=httpx2`` selects httpx2's own transport (for a user who cannot install
+aiohttp, or to compare); without aiohttp installed it is the one used.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
+
+import httpx2
+
+from bulk_update.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["TRANSPORTS", "AiohttpTransport", "TransportName", "chosen_transport", "make_transport"]
+
+TransportName = Literal["aiohttp", "httpx2"]
+TRANSPORTS: tuple[TransportName, ...] = ("aiohttp", "httpx2")
+ENVIRONMENT_VARIABLE = "BULK_UPDATE_TRANSPORT"
+
+# Idle connections are closed after this long (httpx2's default keep-alive expiry).
+KEEPALIVE_S = 5.0
+
+
+def _aiohttp_installed() -> bool:
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def chosen_transport() -> TransportName:
+    """The transport ``$BULK_UPDATE_TRANSPORT`` names (``aiohttp`` when unset and installed);
+    a name that is neither, or aiohttp asked for but not installed, is the user's mistake."""
+    named = os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower()
+    if not named:
+        return "aiohttp" if _aiohttp_installed() else "httpx2"
+    if named not in TRANSPORTS:
+        raise ConfigError(
+            f"${ENVIRONMENT_VARIABLE}={named!r}: not a transport (one of: {', '.join(TRANSPORTS)})"
+        )
+    if named == "aiohttp" and not _aiohttp_installed():
+        raise ConfigError(
+            f"${ENVIRONMENT_VARIABLE}=aiohttp: aiohttp is not installed "
+            "(pip install aiohttp, or unset it to use httpx2's own transport)"
+        )
+    return named
+
+
+def make_transport(name: TransportName, pool: int) -> httpx2.AsyncBaseTransport | None:
+    """The transport to put under the client (None: httpx2's own, which the client makes)."""
+    if name == "httpx2":
+        return None
+    return AiohttpTransport(pool=pool, ssl_context=httpx2.create_ssl_context())
+
+
+class _Body(httpx2.AsyncByteStream):
+    """An answer's body as aiohttp reads it. Closed before its end (the 1 MiB cap), the
+    connection is dropped, never drained."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except Exception as exc:
+                _raise_as_httpx2(exc)
+            if not chunk:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        response = self._response
+        if response.content.at_eof():
+            response.release()  # the connection goes back to the pool
+        else:
+            response.close()  # an answer not read to its end: its connection is closed
+
+
+class AiohttpTransport(httpx2.AsyncBaseTransport):
+    """One ``aiohttp.ClientSession`` (made on first use, in the running loop) under httpx2."""
+
+    def __init__(self, *, pool: int, ssl_context: ssl.SSLContext) -> None:
+        self._pool = pool
+        self._ssl = ssl_context
+        self._session: aiohttp.ClientSession | None = None
+        # The proxy of each origin the job talks to (one: the base URL's), read once.
+        self._proxies: dict[tuple[str, str, int | None], tuple[str | None, Any]] = {}
+
+    def _open(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(
+            limit=self._pool, limit_per_host=0, ssl=self._ssl, keepalive_timeout=KEEPALIVE_S
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # Not aiohttp's trust_env: it reads ~/.netrc and the proxy variables on a thread, for
+            # every request. The proxy is read once per origin (``_proxy``).
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # the API sets none; httpx2 keeps its own
+            auto_decompress=False,  # httpx2's response decodes the content-encoding
+            timeout=aiohttp.ClientTimeout(total=None),  # the client bounds the whole request
+            skip_auto_headers=("User-Agent",),
+        )
+        return self._session
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        import aiohttp
+
+        session = self._session or self._open()
+        timeouts = request.extensions.get("timeout", {})
+        content = request.content  # the job's requests are built from bytes: already read
+        url = request.url
+        origin = (url.scheme, url.host, url.port)
+        proxy, proxy_auth = self._proxies.get(origin) or self._proxy(origin, str(url))
+        try:
+            response = await session.request(
+                request.method,
+                str(request.url),
+                headers=request.headers.multi_items(),
+                data=content or None,
+                allow_redirects=False,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
+                ),
+            )
+        except Exception as exc:
+            _raise_as_httpx2(exc)
+        return httpx2.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=_Body(response),
+            request=request,
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": (response.reason or "").encode(),
+            },
+        )
+
+    def _proxy(self, origin: tuple[str, str, int | None], url: str) -> tuple[str | None, Any]:
+        """The proxy for ``origin`` from HTTPS_PROXY / HTTP_PROXY / NO_PROXY (the variables
+        httpx2 reads), with its credentials (in its URL, or in ~/.netrc)."""
+        import aiohttp.helpers
+        import yarl
+
+        try:
+            proxy, auth = aiohttp.helpers.get_env_proxy_for_url(yarl.URL(url))
+            found: tuple[str | None, Any] = (str(proxy), auth)
+        except LookupError:
+            found = (None, None)
+        self._proxies[origin] = found
+        return found
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _raise_as_httpx2(exc: Exception) -> NoReturn:
+    """Raise the httpx2 exception httpcore2 raises for the same fault, caused by ``exc``."""
+    mapped = _as_httpx2(exc)
+    if mapped is None:
+        raise exc
+    raise mapped from exc
+
+
+def _as_httpx2(exc: Exception) -> httpx2.TransportError | None:
+    import aiohttp
+
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx2.ConnectTimeout(message)
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return httpx2.ReadTimeout(message)
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return httpx2.ProxyError(message)
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientSSLError):
+        return httpx2.ConnectError(message)  # refused, DNS, TLS, the proxy unreachable
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return httpx2.RemoteProtocolError(message)
+    if isinstance(exc, aiohttp.ClientOSError | aiohttp.ClientConnectionError | OSError):
+        return httpx2.ReadError(message)  # reset, broken pipe
+    if isinstance(exc, aiohttp.InvalidURL):
+        return httpx2.UnsupportedProtocol(message)
+    if isinstance(exc, aiohttp.ClientError):
+        return httpx2.RemoteProtocolError(message)  # a malformed answer
+    return None
