@@ -17,12 +17,12 @@ listed in the README (Monitoring).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import pushadd_to_gateway, write_to_textfile
@@ -112,7 +112,11 @@ class Telemetry:
         self.configured_rpm.labels(**self._values).set(configured_rpm)
         self.limit_rpm.labels(**self._values).set(configured_rpm)
         self.in_flight.labels(**self._values).set(0)
+        # Per request, the children of this run's labels are looked up once (not per request).
         self._latency = self.latency.labels(**self._values)
+        self._in_flight_gauge = self.in_flight.labels(**self._values)
+        self._limit_gauge = self.limit_rpm.labels(**self._values)
+        self._requests: dict[tuple[str, str], Any] = {}
         self._in_flight = 0
         self._start = clock()
         self.started.labels(**self._values).set(self._start)
@@ -122,20 +126,26 @@ class Telemetry:
 
     # What the sender and the workers report
 
-    @contextlib.contextmanager
-    def request_in_flight(self) -> Iterator[None]:
+    def sending(self) -> None:
+        """A request is on its way (``request`` is told when it is answered or given up on)."""
         self._in_flight += 1
-        self.in_flight.labels(**self._values).set(self._in_flight)
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            self.in_flight.labels(**self._values).set(self._in_flight)
+        self._in_flight_gauge.set(self._in_flight)
+
+    def given_up(self) -> None:
+        """A request given up on without an answer (its row's worker was cancelled)."""
+        self._in_flight -= 1
+        self._in_flight_gauge.set(self._in_flight)
 
     def request(self, answer: Answer, elapsed_s: float, *, retry: bool) -> None:
         """One request answered (or given up on): ``retry``, it was not its row's first."""
-        code_class, outcome = request_outcome(answer)
-        self.requests.labels(**self._values, code_class=code_class, outcome=outcome).inc()
+        self._in_flight -= 1
+        self._in_flight_gauge.set(self._in_flight)
+        code_class, outcome = key = request_outcome(answer)
+        counter = self._requests.get(key)
+        if counter is None:
+            labels = {**self._values, "code_class": code_class, "outcome": outcome}
+            counter = self._requests[key] = self.requests.labels(**labels)
+        counter.inc()
         self._latency.observe(elapsed_s)
         second = self._second()
         second.requests += 1
@@ -151,8 +161,10 @@ class Telemetry:
 
     def limits(self, limit_rpm: float, announced_rpm: float | None) -> None:
         """The rate the limiter allows now, and the server's announced limit."""
+        if self._limit == (limit_rpm, announced_rpm):
+            return  # per request: most often nothing changed
         self._limit = (limit_rpm, announced_rpm)
-        self.limit_rpm.labels(**self._values).set(limit_rpm)
+        self._limit_gauge.set(limit_rpm)
         if announced_rpm is not None:
             self.announced_rpm.labels(**self._values).set(announced_rpm)
 
