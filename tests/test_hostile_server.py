@@ -1,6 +1,7 @@
 """A misbehaving server on loopback (raw sockets, one misbehaviour per conversation ID) against
 the real CLI: every row ends retried or failed with a clear error code, none crashes or hangs
-the job, and a redirect never carries the key to another host."""
+the job, and a redirect never carries the key to another host. On both transports (aiohttp, the
+default, and httpx2's own): they fail the same rows the same way."""
 
 from __future__ import annotations
 
@@ -163,8 +164,9 @@ def servers() -> Iterator[tuple[Server, Server]]:
     elsewhere.close()
 
 
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx2"])  # BULK_UPDATE_TRANSPORT
 def test_a_hostile_server_fails_rows_cleanly(
-    servers: tuple[Server, Server], tmp_path: Path
+    servers: tuple[Server, Server], tmp_path: Path, transport: str
 ) -> None:
     hostile, elsewhere = servers
     source = tmp_path / "in.csv"
@@ -175,7 +177,8 @@ def test_a_hostile_server_fails_rows_cleanly(
     # rows need two attempts of --timeout 2 s, plus backoff).
     run = cli("run", str(source), "--output", str(output), "--base-url",
               f"http://127.0.0.1:{hostile.port}/v1", "--max-attempts", "2", "--timeout", "2",
-              "--concurrency", "12", "--rpm", "60000", timeout=120)  # fmt: skip
+              "--concurrency", "12", "--rpm", "60000", timeout=120,
+              BULK_UPDATE_TRANSPORT=transport)  # fmt: skip
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr
     rows = by_row(output)

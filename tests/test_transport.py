@@ -1,0 +1,306 @@
+"""Both transports under the job's httpx2 client (``api/transport.py``): aiohttp, the default,
+and httpx2's own (``BULK_UPDATE_TRANSPORT=httpx2``) behave alike where a user can tell: TLS
+verified by default, ``SSL_CERT_FILE`` and ``HTTPS_PROXY`` / ``NO_PROXY`` honoured, failures
+classified the same, the pool the size asked for. Real sockets on loopback throughout: a TLS
+server with a certificate made here, a CONNECT proxy, a server that counts its connections.
+(The whole-request timeout, the 1 MiB cap and redirects are test_hostile_server's, on both.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from bulk_update.api.answers import Answer
+from bulk_update.api.client import ApiClient, conversation_path
+from bulk_update.api.transport import TRANSPORTS, TransportName
+from tests.conftest import TEST_KEY
+from tests.helpers import cli
+
+BOTH = pytest.mark.parametrize("kind", TRANSPORTS)
+
+
+def _conversation(conversation_id: str) -> bytes:
+    return json.dumps({"id": conversation_id, "object": "conversation", "created_at": 1,
+                       "metadata": {}}).encode()  # fmt: skip
+
+
+def _answer(conn: socket.socket | ssl.SSLSocket, delay_s: float = 0.0) -> None:
+    """Read one request, answer it with its conversation (after ``delay_s``), close."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                   if line.startswith(b"content-length:")), 0)  # fmt: skip
+    while len(body) < length:  # read it all: closing on unread bytes would reset
+        body += conn.recv(65536)
+    time.sleep(delay_s)
+    conversation_id = data.split(b" ", 2)[1].decode().rsplit("/", 1)[-1]
+    answer = _conversation(conversation_id)
+    status = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(answer)}"
+    conn.sendall(status.encode() + b"\r\nconnection: close\r\n\r\n" + answer)
+
+
+class Server:
+    """HTTP/1.1 on loopback, a thread a connection; ``wrap`` makes it TLS. Counts the
+    connections open at once (``most``)."""
+
+    def __init__(
+        self,
+        wrap: Callable[[socket.socket], socket.socket] | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.wrap, self.delay_s = wrap, delay_s
+        self.open = self.most = self.served = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with self.lock:
+            self.open += 1
+            self.most = max(self.most, self.open)
+        try:
+            # OSError: a TLS handshake the client refused
+            with contextlib.suppress(OSError), self.wrap(conn) if self.wrap else conn as served:
+                _answer(served, self.delay_s)
+                self.served += 1
+        finally:
+            with self.lock:
+                self.open -= 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ConnectProxy:
+    """An HTTPS proxy: ``CONNECT host:port``, then bytes both ways. Records the targets."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.targets: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(conn,), daemon=True).start()
+
+    def _tunnel(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            method, target, _ = head.split(b" ", 2)
+            assert method == b"CONNECT", head
+            self.targets.append(target.decode())
+            host, port = target.decode().rsplit(":", 1)
+            with socket.create_connection((host, int(port))) as upstream:
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                ends = [conn, upstream]
+                while True:
+                    readable, _, _ = select.select(ends, [], [], 5)
+                    if not readable:
+                        return
+                    for end in readable:
+                        data = end.recv(65536)
+                        if not data:
+                            return
+                        (upstream if end is conn else conn).sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A CA (its certificate: what SSL_CERT_FILE names) and a server certificate for
+    127.0.0.1 that it signed: (ca.pem, server.pem, server-key.pem)."""
+    folder = tmp_path_factory.mktemp("tls")
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bulk-update test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                       key_agreement=False, encipher_only=False, decipher_only=False),
+                       critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(
+                       ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server-key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption())
+    )  # fmt: skip
+    return paths
+
+
+@pytest.fixture
+def tls_server(certificates: tuple[Path, Path, Path]) -> Iterator[Server]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates[1], certificates[2])
+    server = Server(wrap=lambda conn: context.wrap_socket(conn, server_side=True))
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Proxies and certificates only where a test sets them."""
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY",
+                 "NO_PROXY", "https_proxy", "http_proxy", "all_proxy", "no_proxy"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+
+
+def exchange(kind: TransportName, base_url: str, count: int = 1, pool: int = 4) -> list[Answer]:
+    """``count`` updates at once through a fresh client (its transport made now: the
+    environment as it is now)."""
+
+    async def run() -> list[Answer]:
+        client = ApiClient(base_url, TEST_KEY, organization=None, project=None, timeout=10,
+                           pool=pool, kind=kind)  # fmt: skip
+        await client.open()
+        try:
+            return await asyncio.gather(*(
+                client.exchange("POST", conversation_path(f"conv_{i}"), b'{"metadata":{}}')
+                for i in range(count)
+            ))  # fmt: skip
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+@BOTH
+def test_tls_is_verified_by_default(kind: TransportName, tls_server: Server) -> None:
+    (answer,) = exchange(kind, f"https://127.0.0.1:{tls_server.port}/v1")
+    assert answer.transport_error == "connect"
+    assert "TLS failed" in answer.transport_detail, answer.transport_detail
+    assert "CERTIFICATE_VERIFY_FAILED" in answer.transport_detail
+    assert tls_server.served == 0
+
+
+@BOTH
+def test_ssl_cert_file_is_honoured(
+    kind: TransportName,
+    tls_server: Server,
+    certificates: tuple[Path, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates[0]))
+    (answer,) = exchange(kind, f"https://127.0.0.1:{tls_server.port}/v1")
+    assert answer.http_status == 200, answer
+    assert json.loads(answer.body)["id"] == "conv_0"
+    assert answer.headers is not None
+    assert answer.headers["content-type"] == "application/json"
+
+
+@BOTH
+def test_https_proxy_is_honoured_and_no_proxy_too(
+    kind: TransportName,
+    tls_server: Server,
+    certificates: tuple[Path, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy = ConnectProxy()
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificates[0]))
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+        base_url = f"https://127.0.0.1:{tls_server.port}/v1"
+        answers = exchange(kind, base_url, count=3)
+        assert [a.http_status for a in answers] == [200, 200, 200]
+        assert proxy.targets
+        assert set(proxy.targets) == {f"127.0.0.1:{tls_server.port}"}
+        through = len(proxy.targets)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        (answer,) = exchange(kind, base_url)
+        assert answer.http_status == 200
+        assert len(proxy.targets) == through  # straight to the server
+    finally:
+        proxy.close()
+
+
+@BOTH
+def test_a_refused_connection_is_named(kind: TransportName) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # bound, never listening: refused
+        (answer,) = exchange(kind, f"http://127.0.0.1:{port}/v1")
+    assert answer.transport_error == "connect"
+    assert answer.transport_detail.startswith("ConnectError: connection refused"), answer
+
+
+@BOTH
+def test_the_pool_is_the_size_asked_for(kind: TransportName) -> None:
+    server = Server(delay_s=0.2)
+    try:
+        answers = exchange(kind, f"http://127.0.0.1:{server.port}/v1", count=12, pool=3)
+    finally:
+        server.close()
+    assert [a.http_status for a in answers] == [200] * 12
+    assert server.most == 3
+
+
+def test_the_transport_is_chosen_by_the_environment(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("conversation_id,a\nconv_1,x\n")
+    done = cli("run", str(source), "--output", str(tmp_path / "out.csv"), "--base-url",
+               "http://127.0.0.1:9/v1", BULK_UPDATE_TRANSPORT="curl")  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "$BULK_UPDATE_TRANSPORT='curl': not a transport" in lines[0]
