@@ -289,7 +289,7 @@ def test_changed_rows_compares_the_exact_text_in_the_store(tmp_path: Path) -> No
     SQLiteStore.open(path).close()
     with closing(sqlite3.connect(path)) as db, db:
         db.executemany(
-            "INSERT INTO last_set VALUES (?, ?, 'then')",
+            "INSERT INTO last_set (conversation_id, metadata, set_at) VALUES (?, ?, 'then')",
             [
                 ("conv_a", '{"k":"1"}'),
                 ("conv_b", '{"k": "2"}'),

@@ -392,7 +392,7 @@ def test_a_schema_of_the_older_layout_gains_the_new_columns(
     before-image and timing columns, runs without what history and status show, no timeline)
     is brought up to date on open."""
     from bulk_update.store import StoreLocation, open_store
-    from bulk_update.store.schema import LAYOUT_VERSION
+    from bulk_update.store.schema import LAYOUT_VERSION, OUTCOMES_5
 
     with open_store(StoreLocation(Path("unused"), state_url)):
         pass
@@ -400,6 +400,9 @@ def test_a_schema_of_the_older_layout_gains_the_new_columns(
     import psycopg
 
     with psycopg.connect(state_url, autocommit=True) as conn:  # as layout 1 left it
+        conn.execute("DROP TABLE bulk_update.outcomes")  # layout 5's tables (empty), then 1's
+        conn.execute(str(OUTCOMES_5.create("postgres", "bulk_update.")))
+        conn.execute("ALTER TABLE bulk_update.last_set ALTER COLUMN conversation_id TYPE text")
         conn.execute("ALTER TABLE bulk_update.outcomes DROP COLUMN previous_metadata, "
                      "DROP COLUMN server_metadata, DROP COLUMN sent_at, DROP COLUMN answered_at, "
                      "DROP COLUMN latency_ms")  # fmt: skip
@@ -429,8 +432,8 @@ def test_a_schema_of_the_older_layout_gains_the_new_columns(
     timing = postgres.query(
         database,
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'bulk_update' "
-        "AND table_name = 'outcomes' AND column_name IN ('sent_at', 'answered_at', 'latency_ms') "
+        "AND table_name = 'outcomes' AND column_name IN ('sent_ms', 'answer_ms', 'latency_ms') "
         "ORDER BY 1",
     )
-    assert timing == [("answered_at",), ("latency_ms",), ("sent_at",)]
+    assert timing == [("answer_ms",), ("latency_ms",), ("sent_ms",)]  # layout 6's
     assert postgres.query(database, "SELECT count(*) FROM bulk_update.timeline") == [(0,)]

@@ -432,6 +432,7 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
     since (the tables are created by ``schema.create``), the tables layout 6 rebuilt, and the
     view of outcomes (made again by the caller)."""
     db.execute("DROP VIEW IF EXISTS run_outcomes")
+    db.execute("DROP VIEW IF EXISTS job_state")  # views follow a renamed table: made again after
     before = {new.name: old for old, new in schema.REBUILT} if version < 6 else {}
     for table in schema.TABLES:
         added = before.get(table.name, table).added_columns("sqlite", version)
