@@ -132,7 +132,8 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             cookie_jar=aiohttp.DummyCookieJar(),  # the API sets none; httpx2 keeps its own
             auto_decompress=False,  # httpx2's response decodes the content-encoding
             timeout=aiohttp.ClientTimeout(total=None),  # the client bounds the whole request
-            skip_auto_headers=("User-Agent",),
+            # The answers are small: none compressed (and none in an encoding httpx2 lacks).
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
         return self._session
 
