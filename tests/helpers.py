@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,23 @@ import polars as pl
 
 from bulk_update.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY
+
+
+def serve_on_loopback(handle: Callable[[socket.socket], None]) -> tuple[socket.socket, int]:
+    """A listening socket on a free loopback port and its port; each connection it accepts is
+    ``handle``d on a thread of its own, until the socket is closed."""
+    listening = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listening.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listening, listening.getsockname()[1]
 
 
 def cli(

@@ -9,7 +9,6 @@ import contextlib
 import json
 import socket
 import struct
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TEST_KEY
-from tests.helpers import by_row, cli
+from tests.helpers import by_row, cli, serve_on_loopback
 
 Reply = Callable[[socket.socket, str, int], None]
 
@@ -100,17 +99,7 @@ class Server:
         self.replies = replies
         self.attempts: Counter[str] = Counter()
         self.requests: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+        self.sock, self.port = serve_on_loopback(self._handle)
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:

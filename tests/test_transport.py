@@ -30,7 +30,7 @@ from bulk_update.api.answers import Answer
 from bulk_update.api.client import ApiClient, conversation_path
 from bulk_update.api.transport import TRANSPORTS, TransportName
 from tests.conftest import TEST_KEY
-from tests.helpers import cli
+from tests.helpers import cli, serve_on_loopback
 
 BOTH = pytest.mark.parametrize("kind", TRANSPORTS)
 
@@ -69,20 +69,10 @@ class Server:
         wrap: Callable[[socket.socket], socket.socket] | None = None,
         delay_s: float = 0.0,
     ) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.wrap, self.delay_s = wrap, delay_s
         self.open = self.most = self.served = 0
         self.lock = threading.Lock()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+        self.sock, self.port = serve_on_loopback(self._handle)
 
     def _handle(self, conn: socket.socket) -> None:
         with self.lock:
@@ -105,18 +95,8 @@ class ConnectProxy:
     """An HTTPS proxy: ``CONNECT host:port``, then bytes both ways. Records the targets."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.targets: list[str] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._tunnel, args=(conn,), daemon=True).start()
+        self.sock, self.port = serve_on_loopback(self._tunnel)
 
     def _tunnel(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
