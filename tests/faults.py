@@ -68,7 +68,7 @@ def store_counts(backend: str, where: str, postgres: PostgresServer | None) -> d
         assert postgres is not None
         rows = postgres.query(
             where.rsplit("/", 1)[1],
-            sql.format(outcomes="bulk_update.outcomes", run="run_id", runs="bulk_update.runs"),
+            sql.format(outcomes="bulk_update.run_outcomes", run="run_id", runs="bulk_update.runs"),
         )
     return {str(status): int(str(n)) for status, n in rows}
 

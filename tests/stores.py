@@ -14,11 +14,6 @@ from bulk_update.store import RunRecord, Store, StoreLocation, open_store
 from tests.pg import PostgresServer
 
 BACKENDS = ("sqlite", "postgres")
-# PostgreSQL's last_set keys a conversation ID as outcomes keep it (store/schema.py): as text.
-STATE_ID = (
-    "CASE WHEN substr(s.conversation_id, 1, 1) = '\\x00'::bytea THEN 'conv_' || "
-    "encode(substr(s.conversation_id, 2), 'hex') ELSE convert_from(s.conversation_id, 'UTF8') END"
-)
 
 
 @dataclass(frozen=True)
@@ -57,9 +52,7 @@ class Backend:
             with contextlib.closing(sqlite3.connect(self.directory / f"{job}.sqlite")) as db:
                 return dict(db.execute("SELECT conversation_id, metadata FROM job_state"))
         rows = self.query(
-            f"SELECT {STATE_ID}, s.metadata FROM bulk_update.last_set s "  # noqa: S608
-            "JOIN bulk_update.jobs j USING (job_id) WHERE j.name = %s",
-            job,
+            "SELECT conversation_id, metadata FROM bulk_update.job_state WHERE job = %s", job
         )
         return {str(c): str(m) for c, m in rows}
 

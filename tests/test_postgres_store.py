@@ -341,7 +341,7 @@ def test_runs_and_state_are_in_the_database(
     assert "--since-state nope: no job of that name" in missing.stderr
     runs_by_job = postgres.query(database, "SELECT job, count(*) FROM bulk_update.runs GROUP BY 1")
     assert sorted(runs_by_job) == [("a", 1), ("b", 1)]
-    statuses = postgres.query(database, "SELECT status FROM bulk_update.outcomes")
+    statuses = postgres.query(database, "SELECT status FROM bulk_update.run_outcomes")
     frame = pl.DataFrame(statuses, schema=["status"], orient="row")
     assert frame["status"].value_counts().sort("status").rows() == [
         ("unchanged", 50),
@@ -392,7 +392,7 @@ def test_a_schema_of_the_older_layout_gains_the_new_columns(
     before-image and timing columns, runs without what history and status show, no timeline)
     is brought up to date on open."""
     from bulk_update.store import StoreLocation, open_store
-    from bulk_update.store.schema import LAYOUT_VERSION, OUTCOMES_5
+    from bulk_update.store.schema import LAST_SET_5, LAYOUT_VERSION, OUTCOMES_5
 
     with open_store(StoreLocation(Path("unused"), state_url)):
         pass
@@ -400,9 +400,10 @@ def test_a_schema_of_the_older_layout_gains_the_new_columns(
     import psycopg
 
     with psycopg.connect(state_url, autocommit=True) as conn:  # as layout 1 left it
-        conn.execute("DROP TABLE bulk_update.outcomes")  # layout 5's tables (empty), then 1's
-        conn.execute(str(OUTCOMES_5.create("postgres", "bulk_update.")))
-        conn.execute("ALTER TABLE bulk_update.last_set ALTER COLUMN conversation_id TYPE text")
+        conn.execute("DROP VIEW bulk_update.run_outcomes, bulk_update.job_state")
+        conn.execute("DROP TABLE bulk_update.outcomes, bulk_update.last_set")
+        conn.execute(str(OUTCOMES_5.create("postgres", "bulk_update.")))  # layout 5's (empty),
+        conn.execute(str(LAST_SET_5.create("postgres", "bulk_update.")))  # then 1's
         conn.execute("ALTER TABLE bulk_update.outcomes DROP COLUMN previous_metadata, "
                      "DROP COLUMN server_metadata, DROP COLUMN sent_at, DROP COLUMN answered_at, "
                      "DROP COLUMN latency_ms")  # fmt: skip

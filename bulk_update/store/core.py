@@ -220,6 +220,8 @@ class Dialect:
     timing: str = ""
     # ``last_set``'s key of the conversation ID ``t.id``.
     state_key: str = "t.id"
+    # A row's status (its text) from what outcomes keep.
+    status: str = "status"
 
     def prepare(self, template: str) -> str:
         """The backend's SQL for a statement written with ``:name`` parameters and this
@@ -264,6 +266,7 @@ def _prepare(dialect: Dialect, template: str) -> str:
             "stored",
             "timing",
             "state_key",
+            "status",
         )
     }
     state = dialect.state
@@ -316,7 +319,7 @@ _TIMELINE = f"SELECT {', '.join(TIMELINE_COLUMNS)} FROM timeline WHERE run_id = 
 assert REPORT_COLUMNS[1:6] == ("status", "http_status", "attempts", "error_code", "error_message")
 assert REPORT_COLUMNS[6:] == TIMING_COLUMNS
 _REPORT = (
-    "SELECT {row}, status, http_status, attempts, error_code, error_message, {timing} "
+    "SELECT {row}, {status}, http_status, attempts, error_code, error_message, {timing} "
     "FROM outcomes WHERE {rows} ORDER BY {order}"
 )
 
@@ -477,17 +480,17 @@ _END = (
     "total_rows = :total_rows, requests = requests + :requests, "
     "rate_limited = rate_limited + :rate_limited, stopped_by = :stopped_by WHERE run_id = :run"
 )
-_FINISHED_BETWEEN = "SELECT {row}, status FROM outcomes WHERE {rows} AND status NOT IN (%U)"
+_FINISHED_BETWEEN = "SELECT {row}, {status} FROM outcomes WHERE {rows} AND {status} NOT IN (%U)"
 _BEFORE_IMAGES = (
-    "SELECT {row}, previous_metadata FROM outcomes WHERE {rows} AND status = :unprocessed "
+    "SELECT {row}, previous_metadata FROM outcomes WHERE {rows} AND {status} = :unprocessed "
     "AND previous_metadata IS NOT NULL"
 )
 _FINISHED_COUNTS = (
-    "SELECT status, count(*) FROM outcomes WHERE {rows} AND status NOT IN (%U) GROUP BY status"
+    "SELECT {status}, count(*) FROM outcomes WHERE {rows} AND {status} NOT IN (%U) GROUP BY 1"
 )
-_FINISHED_COUNT = "SELECT count(*) FROM outcomes WHERE {run_rows} AND status NOT IN (%U)"
+_FINISHED_COUNT = "SELECT count(*) FROM outcomes WHERE {run_rows} AND {status} NOT IN (%U)"
 _ROWS = "SELECT {row}, {stored} FROM outcomes WHERE {rows} ORDER BY {order}"
-_COUNTS = "SELECT status, count(*) FROM outcomes WHERE {run_rows} GROUP BY status"
+_COUNTS = "SELECT {status}, count(*) FROM outcomes WHERE {run_rows} GROUP BY 1"
 _ENTRIES = "SELECT count(*) FROM last_set{where_state}"
 _ENTRIES_AMONG = (
     "SELECT t.id FROM ({ids}) AS t WHERE EXISTS "

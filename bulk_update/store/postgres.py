@@ -10,11 +10,13 @@ are declared in ``store/schema.py``; what it does as the SQLite store does is in
     runs(run_id, job, results, shard, fingerprint, options, started_at, resumed_at,
          invocations, ended_at, counts, exit_code, replaced_at, total_rows, requests,
          rate_limited, stopped_by, host, pid, heartbeat_at, rows_done)
-    outcomes(run_id, row_number, <the results columns>, sent_at, answered_at, latency_ms)
+    outcomes(id, <the results columns as layout 6 keeps them>)  -- id: run_id * 2**32 +
+                                             -- row_number (the view run_outcomes: decoded)
     timeline(run_id, at, requests, rate_limited, retries, errors, rows, limit_rpm,
              announced_rpm)                  -- per second of a run (status, report)
-    last_set(job_id, conversation_id, metadata, set_at)   -- each job's state (the ID as
-                                                          -- outcomes keep it: bytea)
+    last_set(outcome, set_at, job_id, conversation_id, metadata)  -- each job's state (the
+             ID as outcomes keep it: bytea; an entry the job set names its outcome instead of
+             copying its metadata; the view job_state: decoded)
     budget(job_id, next_at)                  -- the job's shared rate budget (see Budget)
     sessions(backend_pid, host, pid, since)  -- who holds a lock, for the refusal's message
     leases(job_id, shard, holder, until, host, pid, ...)  -- the lock holder's lease (lease.py)
@@ -132,7 +134,14 @@ _AWAY = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 _WRITTEN = ", ".join((*STORED, *STORED_TIMING))
 _ENCODED = schema.encoded_columns("postgres", "r.")
 _VALUES = ", ".join(_ENCODED[name] for name in (*STORED, *STORED_TIMING))
-_ON_CONFLICT = "ON CONFLICT (run_id, row_number) DO UPDATE SET " + ", ".join(
+
+
+# outcomes' key of row ``row`` of run ``run`` (SQL of each): run * 2**32 + row, as SQLite's.
+def _outcome_id(run: str, row: str) -> str:
+    return f"CAST({run} AS bigint) * {schema.ROWS_PER_RUN} + {row}"
+
+
+_ON_CONFLICT = "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
     f"{name} = EXCLUDED.{name}" for name in (*STORED, *STORED_TIMING)
 )
 # Outcomes go to the database as one JSON array per group, unpacked by the server: adapting
@@ -145,8 +154,8 @@ _RECORDS = (
     + ")"
 )
 _UPSERT_OUTCOMES = (
-    f"INSERT INTO outcomes (run_id, row_number, {_WRITTEN}) "  # noqa: S608
-    f"SELECT %s, r.row_number, {_VALUES} FROM {_RECORDS} {_ON_CONFLICT}"
+    f"INSERT INTO outcomes (id, {_WRITTEN}) "  # noqa: S608
+    f"SELECT {_outcome_id('%s', 'r.row_number')}, {_VALUES} FROM {_RECORDS} {_ON_CONFLICT}"
 )
 # The holder's lease row, locked for the transaction (FOR SHARE): a commit goes in only while
 # this process still holds the run, and a process taking the run over (which deletes the row)
@@ -155,31 +164,33 @@ _HOLD = (
     "SELECT 1 FROM leases WHERE job_id = %(job)s AND shard = %(shard)s AND holder = %(holder)s "
     "FOR SHARE"
 )
-# A group of the writer's: the IDs to forget, the outcomes and the updated rows' state entries,
+# A group of the writer's: the IDs to forget, the outcomes and the updated rows' state entries
+# (each names its outcome, whose sent_metadata is the entry's metadata),
 # in one statement (one round trip, its own transaction), written only if the lease is held
 # (the statement's one row says whether it was). Its forgets and its outcomes never concern the
 # same conversation: a row's forget commits before the row is sent.
+_ROW_ID = _outcome_id("%(run)s", "r.row_number")
 _GROUP = (
     f"WITH h AS ({_HOLD}), "  # noqa: S608
     "f AS (DELETE FROM last_set WHERE job_id = %(job)s AND conversation_id IN "
     f"(SELECT {schema.encoded_id('conversation_id', 'x.id')} FROM "
     "json_array_elements_text(%(forget)s::json) AS x(id)) AND EXISTS (SELECT 1 FROM h)), "
     f"r AS (SELECT * FROM {_RECORDS.replace('%s', '%(records)s')} WHERE EXISTS (SELECT 1 FROM h)), "
-    f"o AS (INSERT INTO outcomes (run_id, row_number, {_WRITTEN}) "
-    f"SELECT %(run)s, r.row_number, {_VALUES} FROM r {_ON_CONFLICT}), "
-    "s AS (INSERT INTO last_set (job_id, conversation_id, metadata, set_at) "
-    f"SELECT %(job)s, {_ENCODED['conversation_id']}, r.sent_metadata, now() FROM r "
+    f"o AS (INSERT INTO outcomes (id, {_WRITTEN}) "
+    f"SELECT {_ROW_ID}, {_VALUES} FROM r {_ON_CONFLICT}), "
+    "s AS (INSERT INTO last_set (outcome, set_at, job_id, conversation_id) "
+    f"SELECT {_ROW_ID}, now(), %(job)s, {_ENCODED['conversation_id']} FROM r "
     f"WHERE status IN ('{Status.UPDATED}', '{Status.UNCHANGED}') "
     "ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
-    "metadata = EXCLUDED.metadata, set_at = EXCLUDED.set_at) "
+    "outcome = EXCLUDED.outcome, metadata = NULL, set_at = EXCLUDED.set_at) "
     "SELECT count(*) FROM h"
 )
 _UNCHANGED_ID = schema.encoded_id("conversation_id", "t.i")
 # last_set's key of a batch's conversation ID (``t.i``): as outcomes keep it.
 _STATE_KEY = _UNCHANGED_ID
 _INSERT_UNCHANGED = (
-    "INSERT INTO outcomes (run_id, row_number, conversation_id, status, attempts, "  # noqa: S608
-    f"sent_metadata) SELECT %s, t.r, {_UNCHANGED_ID}, %s, 0, t.m FROM "
+    "INSERT INTO outcomes (id, conversation_id, status, attempts, "  # noqa: S608
+    f"sent_metadata) SELECT {_outcome_id('%s', 't.r')}, {_UNCHANGED_ID}, %s, 0, t.m FROM "
     f"unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) {_ON_CONFLICT}"
 )
 # The statements both stores share (store/core.py), in PostgreSQL: timestamps and heartbeats
@@ -187,8 +198,9 @@ _INSERT_UNCHANGED = (
 _DIALECT = Dialect(
     name="postgres", now="now()", clock="now()",
     age="extract(epoch FROM now() - r.heartbeat_at)",
-    rows="run_id = :run AND row_number BETWEEN :first AND :last", run_rows="run_id = :run",
-    row="row_number", order="row_number", state="job_id = :job",
+    rows="id BETWEEN :first AND :last", run_rows="id BETWEEN :first AND :last",
+    row="id - :base", order="id", state="job_id = :job", rows_per_run=schema.ROWS_PER_RUN,
+    status=schema.status_text("postgres"),
     ids="SELECT json_array_elements_text(CAST(:ids AS json)) AS id",
     runs="SELECT CAST(json_array_elements_text(CAST(:runs AS json)) AS bigint)",
     returning=" RETURNING run_id",
@@ -199,19 +211,48 @@ _DIALECT = Dialect(
 
 def _rebuild(conn: psycopg.Connection[Any]) -> None:
     """Layout 5's outcomes and last_set in layout 6's form (store/schema.py), in the caller's
-    transaction (last_set's key is the conversation ID as outcomes keep it)."""
-    key = schema.encoded_id("conversation_id", "conversation_id")
-    conn.execute(f"ALTER TABLE last_set ALTER COLUMN conversation_id TYPE bytea USING {key}")
-    conn.execute("ALTER TABLE outcomes RENAME TO outcomes_5")
-    conn.execute("ALTER INDEX outcomes_pkey RENAME TO outcomes_5_pkey")
-    created = schema.OUTCOMES.create("postgres")
-    assert created is not None
-    conn.execute(created)
+    transaction: last_set's key is the conversation ID as outcomes keep it; its entries keep
+    their metadata (only an entry the job sets from now on names its outcome instead)."""
+    conn.execute(_DROP_VIEWS)
+    for table in ("outcomes", "last_set"):
+        conn.execute(f"ALTER TABLE {table} RENAME TO {table}_5")
+        conn.execute(f"ALTER INDEX {table}_pkey RENAME TO {table}_5_pkey")
+    for rebuilt in (schema.OUTCOMES, schema.LAST_SET):
+        created = rebuilt.create("postgres")
+        assert created is not None
+        conn.execute(created)
     conn.execute(
-        f"INSERT INTO outcomes (run_id, row_number, {_WRITTEN}) "  # noqa: S608
-        f"SELECT r.run_id, r.row_number, {_VALUES} FROM outcomes_5 AS r"
+        f"INSERT INTO outcomes (id, {_WRITTEN}) "  # noqa: S608
+        f"SELECT {_outcome_id('r.run_id', 'r.row_number')}, {_VALUES} FROM outcomes_5 AS r"
+    )
+    key = schema.encoded_id("conversation_id", "conversation_id")
+    conn.execute(
+        "INSERT INTO last_set (set_at, job_id, conversation_id, metadata) "  # noqa: S608
+        f"SELECT set_at, job_id, {key}, metadata FROM last_set_5"
     )
     conn.execute("DROP TABLE outcomes_5")
+    conn.execute("DROP TABLE last_set_5")
+
+
+# An entry's metadata (``s``, of last_set): its own (an entry layout 5 kept, or copied from
+# another job's state), else the sent_metadata of the outcome that set it (the same statement
+# wrote both; an outcome that set an entry is not written again: a row's entry is forgotten
+# before the row is sent).
+_ENTRY_METADATA = (
+    "coalesce(s.metadata, (SELECT o.sent_metadata FROM outcomes AS o WHERE o.id = s.outcome))"
+)
+# Operators' views of outcomes and last_set with the values as the results hold them (SQLite's
+# views of the same names; job_state also names the job).
+_VIEWS = (
+    "CREATE VIEW run_outcomes AS SELECT id >> 32 AS run_id, "  # noqa: S608
+    f"CAST(id & 4294967295 AS integer) AS row_number, {schema.stored_columns('postgres')}, "
+    f"{schema.timing_columns('postgres')} FROM outcomes",
+    "CREATE VIEW job_state AS SELECT j.name AS job, "  # noqa: S608
+    f"{schema.stored_columns('postgres', 's.').split(' AS conversation_id')[0]} "
+    f"AS conversation_id, {_ENTRY_METADATA} AS metadata, s.set_at "
+    "FROM last_set AS s JOIN jobs AS j USING (job_id)",
+)
+_DROP_VIEWS = "DROP VIEW IF EXISTS run_outcomes, job_state"
 
 
 def _stop_for(exc: psycopg.Error, where: str, first_line: str) -> DiskFull | None:
@@ -397,6 +438,10 @@ class _Session:
                 if version < 6:
                     _rebuild(conn)
                 conn.execute("UPDATE layout SET version = %s", (LAYOUT_VERSION,))
+            found = conn.execute("SELECT to_regclass('job_state')").fetchone()
+            if found is None or found[0] is None:
+                for view in _VIEWS:
+                    conn.execute(view)
         self._register(conn)
 
     def _register(self, conn: psycopg.Connection[Any]) -> None:
@@ -798,7 +843,7 @@ class _Reader:
             found = conn.execute(
                 "SELECT t.r FROM unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) "  # noqa: S608
                 "WHERE NOT EXISTS (SELECT 1 FROM last_set AS s WHERE s.job_id = %s "
-                f"AND s.conversation_id = {_STATE_KEY} AND s.metadata = t.m)",
+                f"AND s.conversation_id = {_STATE_KEY} AND {_ENTRY_METADATA} = t.m)",
                 (*arrays, self._compare_with),
             )
             return [number for (number,) in found]
@@ -1132,17 +1177,18 @@ class PostgresJournal(_Reader, JournalCore):
         def write(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
                 _INSERT_UNCHANGED,
-                (self.run_id, Status.UNCHANGED.value, *arrays),
+                (self.run_id, schema.STATUS_CODES[Status.UNCHANGED], *arrays),
             )
             if self._compare_with != self._job_id:
                 conn.execute(
-                    "INSERT INTO last_set SELECT %s, s.conversation_id, s.metadata, s.set_at "  # noqa: S608
-                    "FROM last_set AS s WHERE s.job_id = %s AND s.conversation_id IN "
-                    f"(SELECT {schema.encoded_id('conversation_id', 'u.id')} "
-                    "FROM unnest(%s::text[]) AS u(id)) "
-                    "ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
-                    "metadata = EXCLUDED.metadata, set_at = EXCLUDED.set_at",
-                    (self._job_id, self._compare_with, arrays[1]),
+                    # The metadata is the unchanged row's sent_metadata: named, not copied.
+                    "INSERT INTO last_set (outcome, set_at, job_id, conversation_id) "  # noqa: S608
+                    f"SELECT {_outcome_id('%s', 'u.r')}, s.set_at, %s, s.conversation_id "
+                    "FROM unnest(%s::integer[], %s::text[]) AS u(r, id) JOIN last_set AS s "
+                    f"ON s.conversation_id = {schema.encoded_id('conversation_id', 'u.id')} "
+                    "WHERE s.job_id = %s ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
+                    "outcome = EXCLUDED.outcome, metadata = NULL, set_at = EXCLUDED.set_at",
+                    (self.run_id, self._job_id, arrays[0], arrays[1], self._compare_with),
                 )
 
         self._fenced(write)

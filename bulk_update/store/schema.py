@@ -22,12 +22,17 @@ through ``stored_columns`` (the results' columns) and ``timing_columns``:
   keep the hex's bytes: a BLOB in SQLite (a TEXT value is kept as it is), in PostgreSQL a
   ``bytea`` that starts with a 0 byte (else the text's UTF-8 bytes);
 - the timing is integer milliseconds: ``sent_ms`` (Unix time), ``answer_ms`` (after ``sent_ms``);
-- in PostgreSQL fixed-width columns come first, ``http_status`` and ``attempts`` are ``smallint``;
-- SQLite's ``last_set.set_at`` is Unix seconds (an integer), and an entry the job set names the
-  outcome that set it (``outcome``, its ``id``) instead of holding its metadata: the
-  ``sent_metadata`` of that outcome (the view ``job_state`` shows it);
+- in PostgreSQL fixed-width columns come first, ``http_status`` and ``attempts`` are ``smallint``,
+  ``status`` a ``smallint`` code (``STATUS_CODES``), and outcomes are keyed as in SQLite, by
+  ``id = run_id * 2**32 + row_number`` (one ``bigint``: 8 bytes less a row and its index entry);
+- an entry of ``last_set`` the job set names the outcome that set it (``outcome``, its ``id``)
+  instead of holding its metadata: the ``sent_metadata`` of that outcome (an older store's
+  entries, and in SQLite an entry read from another job's file, keep their text). The views
+  ``run_outcomes`` and ``job_state`` show both tables with the values as the results hold them
+  (in PostgreSQL, ``job_state`` names the job);
+- SQLite's ``last_set.set_at`` is Unix seconds (an integer);
 - PostgreSQL's ``last_set`` keys the conversation ID as outcomes keep it (``encoded_id``: half
-  the bytes in its primary key).
+  the bytes in its primary key), its fixed-width columns first.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from typing import Literal
 
 import polars as pl
 
-from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA
+from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, Status
 
 __all__ = [
     "BUDGET",
@@ -54,9 +59,11 @@ __all__ = [
     "OUTCOMES",
     "OUTCOMES_5",
     "REBUILT",
+    "ROWS_PER_RUN",
     "RUNS",
     "RUN_COLUMNS",
     "SESSIONS",
+    "STATUS_CODES",
     "STORED",
     "STORED_TIMING",
     "TABLES",
@@ -71,6 +78,8 @@ __all__ = [
     "encoded_id",
     "format_timestamp",
     "parse_timestamp",
+    "status_code",
+    "status_text",
     "stored_columns",
     "timing_columns",
     "unified_version",
@@ -265,17 +274,16 @@ _MAPS = ("metadata", "sent_metadata", "previous_metadata", "server_metadata")
 OUTCOMES = Table(
     "outcomes",
     (
-        _sqlite_only("id", "INTEGER PRIMARY KEY"),
-        _postgres_only("run_id", "bigint NOT NULL"),
+        Column("id", "INTEGER PRIMARY KEY", "bigint PRIMARY KEY"),
         _postgres_only("created_at", "bigint"),
         _postgres_only("sent_ms", "bigint"),
-        _postgres_only("row_number", "integer NOT NULL"),
         _postgres_only("answer_ms", "integer"),
         _postgres_only("latency_ms", "integer"),
         _postgres_only("http_status", "smallint"),
         _postgres_only("attempts", "smallint"),
+        _postgres_only("status", "smallint"),  # STATUS_CODES
         Column("conversation_id", "TEXT", "bytea"),  # SQLite: BLOB or TEXT
-        _column("status", "text"),
+        _sqlite_only("status", "TEXT"),
         _sqlite_only("http_status", "INTEGER"),
         _sqlite_only("attempts", "INTEGER"),
         *(_column(name, "text") for name in _TEXTS[:3]),
@@ -286,18 +294,25 @@ OUTCOMES = Table(
         _sqlite_only("answer_ms", "INTEGER"),
         _sqlite_only("latency_ms", "INTEGER"),
     ),
-    postgres=", PRIMARY KEY (run_id, row_number))",
 )  # fmt: skip
-assert {*OUTCOMES.names("sqlite"), "run_id", "row_number"} == {*OUTCOMES.names("postgres"), "id"}
+assert set(OUTCOMES.names("sqlite")) == set(OUTCOMES.names("postgres"))
 assert OUTCOMES.names("sqlite")[1:14] == STORED, "SQLite keeps the results' order"
+# outcomes' key of a run's row 0 is run_id * ROWS_PER_RUN (row numbers are below 2**32).
+ROWS_PER_RUN = 1 << 32
+# PostgreSQL's outcomes.status: a status's code (never renumbered: a store keeps them).
+STATUS_CODES = {"updated": 1, "unchanged": 2, "failed": 3, "invalid": 4, "unprocessed": 5,
+                "planned": 6}  # fmt: skip
+assert set(STATUS_CODES) == {status.value for status in Status}
 STORED_TIMING = ("sent_ms", "answer_ms", "latency_ms")
 # The job's state: per conversation, what the job last set (one job per SQLite file).
 LAST_SET = Table("last_set", (
+    Column("outcome", None, "bigint"),  # PostgreSQL: here, fixed-width columns first
+    Column("set_at", None, "timestamptz NOT NULL"),
     Column("job_id", None, "integer NOT NULL"),
     Column("conversation_id", "TEXT PRIMARY KEY", "bytea NOT NULL"),  # PostgreSQL: as outcomes'
-    Column("metadata", "TEXT", "text NOT NULL"),  # SQLite: NULL when ``outcome`` says it
-    Column("set_at", "INTEGER NOT NULL", "timestamptz NOT NULL"),  # SQLite: Unix seconds
-    Column("outcome", "INTEGER", None),  # SQLite: the outcomes.id whose sent_metadata it is
+    Column("metadata", "TEXT", "text"),  # NULL when ``outcome`` says it
+    Column("set_at", "INTEGER NOT NULL", None),  # SQLite: Unix seconds
+    Column("outcome", "INTEGER", None),  # the outcomes.id whose sent_metadata it is
 ), sqlite=") WITHOUT ROWID", postgres=", PRIMARY KEY (job_id, conversation_id))")  # fmt: skip
 # The tables layout 6 rebuilt, with their layout-5 forms.
 REBUILT = ((OUTCOMES_5, OUTCOMES), (LAST_SET_5, LAST_SET))
@@ -318,9 +333,27 @@ def _decoded(dialect: Dialect, name: str, table: str) -> str:
         return (f"CASE WHEN substr({column}, 1, 1) = '\\x00'::bytea THEN '{prefix}' || "
                 f"encode(substr({column}, 2), 'hex') "
                 f"ELSE convert_from({column}, 'UTF8') END")  # fmt: skip
+    if dialect == "postgres" and name == "status":
+        return _status_text(column)
     if dialect == "postgres" and name in ("http_status", "attempts"):
         return f"CAST({column} AS bigint)"
     return column
+
+
+def _status_text(column: str) -> str:
+    whens = " ".join(f"WHEN {code} THEN '{name}'" for name, code in STATUS_CODES.items())
+    return f"CASE {column} {whens} END"
+
+
+def status_code(value: str) -> str:
+    """PostgreSQL's SQL of a status's code (STATUS_CODES) from the SQL of its text."""
+    whens = " ".join(f"WHEN '{name}' THEN {code}" for name, code in STATUS_CODES.items())
+    return f"CAST(CASE {value} {whens} END AS smallint)"
+
+
+def status_text(dialect: Dialect, column: str = "status") -> str:
+    """The SQL of a status's text from outcomes' ``column``."""
+    return column if dialect == "sqlite" else _status_text(column)
 
 
 def stored_columns(dialect: Dialect, table: str = "") -> str:
@@ -362,6 +395,7 @@ def encoded_columns(dialect: Dialect, source: str = "") -> dict[str, str]:
     )
     for name in ("http_status", "attempts"):
         encoded[name] = f"CAST({source}{name} AS smallint)"
+    encoded["status"] = status_code(f"{source}status")
     encoded["sent_ms"] = f"CAST(floor({source}sent_at * 1000) AS bigint)"
     encoded["answer_ms"] = (
         f"CAST(floor({source}answered_at * 1000) - floor({source}sent_at * 1000) AS integer)"
