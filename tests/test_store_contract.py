@@ -19,7 +19,7 @@ import pytest
 from bulk_update.exceptions import ConfigError, JournalError
 from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import RowTiming, RunBeat, RunEnd, RunKey, Second, read_state, schema
-from tests.stores import STATE_ID, Backend
+from tests.stores import Backend
 
 T = TypeVar("T")
 
@@ -351,15 +351,21 @@ def as_layout_5_left_it(backend: Backend) -> None:
         return
     with psycopg.connect(backend.url, autocommit=True) as conn, conn.transaction():
         conn.execute("SET search_path TO bulk_update")
-        conn.execute("ALTER TABLE outcomes RENAME TO outcomes_6")
-        conn.execute("ALTER INDEX outcomes_pkey RENAME TO outcomes_6_pkey")
-        conn.execute(str(schema.OUTCOMES_5.create("postgres")))
         conn.execute(
-            f"INSERT INTO outcomes SELECT run_id, row_number, {decoded} FROM outcomes_6"  # noqa: S608
+            "CREATE TABLE state_6 AS SELECT s.job_id, v.conversation_id, v.metadata, "
+            "v.set_at FROM job_state v JOIN jobs s ON s.name = v.job"
+        )  # what it shows
+        conn.execute("CREATE TABLE outcomes_6 AS SELECT * FROM run_outcomes")
+        conn.execute("DROP VIEW run_outcomes, job_state")
+        conn.execute("DROP TABLE outcomes, last_set")
+        for old, _ in schema.REBUILT:
+            conn.execute(str(old.create("postgres")))
+        conn.execute(
+            f"INSERT INTO outcomes SELECT run_id, row_number, {', '.join(schema.STORED)}, "  # noqa: S608
+            f"{', '.join(schema.TIMING_COLUMNS)} FROM outcomes_6"
         )
-        conn.execute("DROP TABLE outcomes_6")
-        text_id = STATE_ID.replace("s.", "")
-        conn.execute(f"ALTER TABLE last_set ALTER COLUMN conversation_id TYPE text USING {text_id}")
+        conn.execute("INSERT INTO last_set SELECT * FROM state_6")
+        conn.execute("DROP TABLE outcomes_6, state_6")
         conn.execute("UPDATE layout SET version = 5")
 
 
@@ -405,13 +411,24 @@ def test_a_store_of_layout_5_migrates_and_reads_back_the_same(backend: Backend) 
         (None, None, None), (None, None, None), (None, None, None),
     ]  # fmt: skip
     assert written[3] == {"conv_" + "ab" * 24: sent, "conv_a": sent, "": "", "conv_b": sent}
+    assert copied_metadata(backend) == 0, "an entry the job set names its outcome"
     as_layout_5_left_it(backend)
     assert layout_of(backend)[0] == 5
     assert reads() == written
+    assert copied_metadata(backend) == 4, "an older store's entries keep their text"
     found, columns = layout_of(backend)
     assert found == schema.LAYOUT_VERSION
     assert "sent_ms" in columns["outcomes"]
     assert "sent_at" not in columns["outcomes"]
+
+
+def copied_metadata(backend: Backend) -> int:
+    """How many of job ``j``'s state entries hold their metadata's text."""
+    sql = "SELECT count(*) FROM {0}last_set WHERE metadata IS NOT NULL"
+    if backend.url is None:
+        with contextlib.closing(sqlite3.connect(backend.directory / "j.sqlite")) as db:
+            return int(db.execute(sql.format("")).fetchone()[0])
+    return int(backend.query(sql.format("bulk_update."))[0][0])
 
 
 def layout_of(backend: Backend) -> tuple[int, dict[str, list[str]]]:
