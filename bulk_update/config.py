@@ -64,6 +64,9 @@ def check_base_url(url: str) -> str:
         parts.port  # noqa: B018 (checked: a port that is not a number from 0 to 65535)
     except ValueError as exc:
         raise ConfigError(f"base URL {url!r} is not a valid URL ({exc})") from None
+    if parts.username is not None or parts.password is not None:
+        # Not echoed: it may hold a password. The key goes as a bearer token, never in the URL.
+        raise ConfigError("the base URL must not hold a user name or password")
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ConfigError(f"base URL {url!r} is not an http(s) URL")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):

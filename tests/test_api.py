@@ -32,6 +32,7 @@ def test_all_is_complete_and_importable() -> None:
         ({"columns": ("a",), "metadata_column": "m"}, "exclude each other"),
         ({"base_url": "http://api.example.com/v1"}, "refusing plain http"),
         ({"base_url": "ftp://x/v1"}, r"not an http\(s\) URL"),
+        ({"base_url": "https://me:pw@api.example.com/v1"}, r"^the base URL must not hold a user"),
     ],
 )
 def test_config_is_checked_when_built(options: dict[str, object], fragment: str) -> None:

@@ -28,7 +28,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bulk_update.api.answers import Answer
 from bulk_update.api.client import ApiClient, conversation_path
-from bulk_update.api.transport import TRANSPORTS, TransportName
+from bulk_update.api.transport import TRANSPORTS, TransportName, chosen_transport
+from bulk_update.exceptions import ConfigError
 from tests.conftest import TEST_KEY
 from tests.helpers import cli, serve_on_loopback
 
@@ -40,8 +41,15 @@ def _conversation(conversation_id: str) -> bytes:
                        "metadata": {}}).encode()  # fmt: skip
 
 
-def _answer(conn: socket.socket | ssl.SSLSocket, delay_s: float = 0.0) -> None:
-    """Read one request, answer it with its conversation (after ``delay_s``), close."""
+def _answer(
+    conn: socket.socket | ssl.SSLSocket,
+    delay_s: float = 0.0,
+    extra: bytes = b"",
+    busy: Callable[[int], None] = lambda _: None,
+) -> None:
+    """Read one request, answer it with its conversation (after ``delay_s``; ``extra``: more
+    header lines), close. ``busy(1)`` once the request is read, ``busy(-1)`` before the answer
+    goes: the client cannot send its next request on a freed connection before that."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = conn.recv(65536)
@@ -53,39 +61,40 @@ def _answer(conn: socket.socket | ssl.SSLSocket, delay_s: float = 0.0) -> None:
                    if line.startswith(b"content-length:")), 0)  # fmt: skip
     while len(body) < length:  # read it all: closing on unread bytes would reset
         body += conn.recv(65536)
+    busy(1)
     time.sleep(delay_s)
+    busy(-1)
     conversation_id = data.split(b" ", 2)[1].decode().rsplit("/", 1)[-1]
     answer = _conversation(conversation_id)
     status = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(answer)}"
-    conn.sendall(status.encode() + b"\r\nconnection: close\r\n\r\n" + answer)
+    conn.sendall(status.encode() + b"\r\nconnection: close\r\n" + extra + b"\r\n" + answer)
 
 
 class Server:
-    """HTTP/1.1 on loopback, a thread a connection; ``wrap`` makes it TLS. Counts the
-    connections open at once (``most``)."""
+    """HTTP/1.1 on loopback, a thread a connection; ``wrap`` makes it TLS. Counts the requests
+    it holds at once, read and not yet answered (``most``)."""
 
     def __init__(
         self,
         wrap: Callable[[socket.socket], socket.socket] | None = None,
         delay_s: float = 0.0,
+        extra: bytes = b"",
     ) -> None:
-        self.wrap, self.delay_s = wrap, delay_s
+        self.wrap, self.delay_s, self.extra = wrap, delay_s, extra
         self.open = self.most = self.served = 0
         self.lock = threading.Lock()
         self.sock, self.port = serve_on_loopback(self._handle)
 
     def _handle(self, conn: socket.socket) -> None:
+        # OSError: a TLS handshake the client refused
+        with contextlib.suppress(OSError), self.wrap(conn) if self.wrap else conn as served:
+            _answer(served, self.delay_s, self.extra, self._busy)
+            self.served += 1
+
+    def _busy(self, change: int) -> None:
         with self.lock:
-            self.open += 1
+            self.open += change
             self.most = max(self.most, self.open)
-        try:
-            # OSError: a TLS handshake the client refused
-            with contextlib.suppress(OSError), self.wrap(conn) if self.wrap else conn as served:
-                _answer(served, self.delay_s)
-                self.served += 1
-        finally:
-            with self.lock:
-                self.open -= 1
 
     def close(self) -> None:
         self.sock.close()
@@ -229,17 +238,22 @@ def test_ssl_cert_file_is_honoured(
     assert answer.headers["content-type"] == "application/json"
 
 
-@BOTH
-def test_https_proxy_is_honoured_and_no_proxy_too(
-    kind: TransportName,
+@pytest.mark.parametrize("variable", ["HTTPS_PROXY", "https_proxy", "ALL_PROXY"])
+def test_a_proxy_is_httpx2s_and_honoured_with_no_proxy_too(
+    variable: str,
     tls_server: Server,
     certificates: tuple[Path, Path, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A proxy in the environment: the job takes httpx2's transport (its proxy rules, as
+    before aiohttp), whose requests go through it, and straight to a NO_PROXY host."""
     proxy = ConnectProxy()
     try:
+        monkeypatch.delenv("BULK_UPDATE_TRANSPORT", raising=False)
         monkeypatch.setenv("SSL_CERT_FILE", str(certificates[0]))
-        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv(variable, f"http://127.0.0.1:{proxy.port}")
+        kind = chosen_transport()
+        assert kind == "httpx2"
         base_url = f"https://127.0.0.1:{tls_server.port}/v1"
         answers = exchange(kind, base_url, count=3)
         assert [a.http_status for a in answers] == [200, 200, 200]
@@ -247,11 +261,44 @@ def test_https_proxy_is_honoured_and_no_proxy_too(
         assert set(proxy.targets) == {f"127.0.0.1:{tls_server.port}"}
         through = len(proxy.targets)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        (answer,) = exchange(kind, base_url)
+        (answer,) = exchange(chosen_transport(), base_url)
         assert answer.http_status == 200
         assert len(proxy.targets) == through  # straight to the server
+        monkeypatch.setenv("BULK_UPDATE_TRANSPORT", "aiohttp")  # asked for with a proxy: refused
+        with pytest.raises(ConfigError, match=f"aiohttp: \\${variable} is set"):
+            chosen_transport()
     finally:
         proxy.close()
+
+
+def test_the_cli_goes_through_the_proxy(
+    tls_server: Server, certificates: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    proxy = ConnectProxy()
+    try:
+        source = tmp_path / "in.csv"
+        source.write_text("conversation_id,a\nconv_1,x\nconv_2,y\n")
+        done = cli("run", str(source), "--output", str(tmp_path / "out.csv"), "--base-url",
+                   f"https://127.0.0.1:{tls_server.port}/v1", "--quiet",
+                   SSL_CERT_FILE=str(certificates[0]),
+                   HTTPS_PROXY=f"http://127.0.0.1:{proxy.port}")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert tls_server.served == 3  # the preflight and two updates
+        assert len(proxy.targets) >= 1
+        assert set(proxy.targets) == {f"127.0.0.1:{tls_server.port}"}
+    finally:
+        proxy.close()
+
+
+@BOTH
+def test_a_body_not_in_its_named_encoding_is_a_connection_error(kind: TransportName) -> None:
+    server = Server(extra=b"content-encoding: gzip\r\n")  # a JSON body: not gzip
+    try:
+        (answer,) = exchange(kind, f"http://127.0.0.1:{server.port}/v1")
+    finally:
+        server.close()
+    assert answer.transport_error == "connection", answer
+    assert "DecodingError" in answer.transport_detail
 
 
 @BOTH
@@ -272,7 +319,7 @@ def test_the_pool_is_the_size_asked_for(kind: TransportName) -> None:
     finally:
         server.close()
     assert [a.http_status for a in answers] == [200] * 12
-    assert server.most == 3
+    assert server.most == 3  # 12 at once, 3 connections: never more than 3 requests held
 
 
 def test_the_transport_is_chosen_by_the_environment(tmp_path: Path) -> None:

@@ -111,7 +111,8 @@ class ApiClient:
             return _failed("timeout", _describe(exc), started)
         except httpx2.ConnectError as exc:
             return _failed("connect", _describe(exc), started)
-        except httpx2.TransportError as exc:
+        except (httpx2.TransportError, httpx2.DecodingError) as exc:
+            # DecodingError: a body that is not in the content-encoding its server named
             return _failed("connection", _describe(exc), started)
         return Answer(
             http_status=response.status_code,
@@ -191,4 +192,5 @@ def _describe(exc: Exception) -> str:
         label = next((words for kind, words in _CAUSES if isinstance(root, kind)), None)
         cause = str(root).strip() or type(root).__name__
         detail = f"{label} ({cause})" if label else cause
+    detail = " ".join(detail.split())  # one line (aiohttp's parser errors span several)
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

@@ -13,8 +13,9 @@ client's behaviours on both):
 
 - TLS: the SSL context is httpx2's own (``httpx2.create_ssl_context``: verified, with
   ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` honoured).
-- Proxies: ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` from the environment (read once,
-  for the base URL; httpx2 reads the same variables).
+- Proxies: none. With ``HTTPS_PROXY``, ``HTTP_PROXY`` or ``ALL_PROXY`` set (either case) the job
+  uses httpx2's own transport, so that the proxy and ``NO_PROXY`` are read by httpx2's rules,
+  exactly as before (aiohttp's differ: no https:// or SOCKS proxy, no CIDR or port in NO_PROXY).
 - Errors: aiohttp's exceptions are raised as the httpx2 exceptions httpcore2 raises for the same
   fault (a refused or failed connection, a TLS failure or a DNS failure: ``ConnectError``; a
   connection reset or closed mid-answer: ``ReadError``; a timeout: ``ConnectTimeout`` or
@@ -30,7 +31,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 import httpx2
 
@@ -57,12 +58,27 @@ def _aiohttp_installed() -> bool:
     return True
 
 
+# The variables that send httpx2's requests through a proxy (its rules: either case).
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+
+
+def _proxy_set() -> str | None:
+    """The first proxy variable set in the environment (either case), if any."""
+    for name in PROXY_VARIABLES:
+        for variable in (name, name.lower()):
+            if os.environ.get(variable):
+                return variable
+    return None
+
+
 def chosen_transport() -> TransportName:
-    """The transport ``$BULK_UPDATE_TRANSPORT`` names (``aiohttp`` when unset and installed);
-    a name that is neither, or aiohttp asked for but not installed, is the user's mistake."""
+    """The transport ``$BULK_UPDATE_TRANSPORT`` names; unset: aiohttp when it is installed and
+    no proxy is set, else httpx2's own. A name that is neither, or aiohttp asked for but not
+    installed or with a proxy set, is the user's mistake."""
     named = os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower()
+    proxy = _proxy_set()
     if not named:
-        return "aiohttp" if _aiohttp_installed() else "httpx2"
+        return "aiohttp" if _aiohttp_installed() and proxy is None else "httpx2"
     if named not in TRANSPORTS:
         raise ConfigError(
             f"${ENVIRONMENT_VARIABLE}={named!r}: not a transport (one of: {', '.join(TRANSPORTS)})"
@@ -71,6 +87,11 @@ def chosen_transport() -> TransportName:
         raise ConfigError(
             f"${ENVIRONMENT_VARIABLE}=aiohttp: aiohttp is not installed "
             "(pip install aiohttp, or unset it to use httpx2's own transport)"
+        )
+    if named == "aiohttp" and proxy is not None:
+        raise ConfigError(
+            f"${ENVIRONMENT_VARIABLE}=aiohttp: ${proxy} is set, and a proxy is httpx2's "
+            "transport's (unset one of them)"
         )
     return named
 
@@ -115,8 +136,6 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self._pool = pool
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
-        # The proxy of each origin the job talks to (one: the base URL's), read once.
-        self._proxies: dict[tuple[str, str, int | None], tuple[str | None, Any]] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         import aiohttp
@@ -127,7 +146,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self._session = aiohttp.ClientSession(
             connector=connector,
             # Not aiohttp's trust_env: it reads ~/.netrc and the proxy variables on a thread, for
-            # every request. The proxy is read once per origin (``_proxy``).
+            # every request (and a proxy is httpx2's transport's: chosen_transport).
             trust_env=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # the API sets none; httpx2 keeps its own
             auto_decompress=False,  # httpx2's response decodes the content-encoding
@@ -139,22 +158,19 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         import aiohttp
+        import yarl
 
         session = self._session or self._open()
         timeouts = request.extensions.get("timeout", {})
         content = request.content  # the job's requests are built from bytes: already read
-        url = request.url
-        origin = (url.scheme, url.host, url.port)
-        proxy, proxy_auth = self._proxies.get(origin) or self._proxy(origin, str(url))
         try:
             response = await session.request(
                 request.method,
-                str(request.url),
+                # As httpx2 encoded it: yarl must not decode it again (a %7E would go as ~).
+                yarl.URL(str(request.url), encoded=True),
                 headers=request.headers.multi_items(),
                 data=content or None,
                 allow_redirects=False,
-                proxy=proxy,
-                proxy_auth=proxy_auth,
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
                 ),
@@ -171,20 +187,6 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 "reason_phrase": (response.reason or "").encode(),
             },
         )
-
-    def _proxy(self, origin: tuple[str, str, int | None], url: str) -> tuple[str | None, Any]:
-        """The proxy for ``origin`` from HTTPS_PROXY / HTTP_PROXY / NO_PROXY (the variables
-        httpx2 reads), with its credentials (in its URL, or in ~/.netrc)."""
-        import aiohttp.helpers
-        import yarl
-
-        try:
-            proxy, auth = aiohttp.helpers.get_env_proxy_for_url(yarl.URL(url))
-            found: tuple[str | None, Any] = (str(proxy), auth)
-        except LookupError:
-            found = (None, None)
-        self._proxies[origin] = found
-        return found
 
     async def aclose(self) -> None:
         if self._session is not None:
