@@ -18,12 +18,13 @@ client's behaviours on both):
   exactly as before (aiohttp's differ: no https:// or SOCKS proxy, no CIDR or port in NO_PROXY).
 - Errors: aiohttp's exceptions are raised as the httpx2 exceptions httpcore2 raises for the same
   fault (a refused or failed connection, a TLS failure or a DNS failure: ``ConnectError``; a
-  connection reset or closed mid-answer: ``ReadError``; a timeout: ``ConnectTimeout`` or
+  connection reset: ``ReadError``; one closed mid-answer or a malformed answer:
+  ``RemoteProtocolError``; a timeout: ``ConnectTimeout`` or
   ``ReadTimeout``), with the original as ``__cause__`` so the root cause is named.
 - The pool: at most ``pool`` connections, kept alive between requests.
 
 ``BULK_UPDATE_TRANSPORT=httpx2`` selects httpx2's own transport (for a user who cannot install
-aiohttp, or to compare); without aiohttp installed it is the one used.
+aiohttp, or to compare); without aiohttp installed, or with a proxy set, it is the one used.
 """
 
 from __future__ import annotations
