@@ -212,7 +212,7 @@ class Sender:
             answer = await self._client.exchange(method, path, body)
         except BaseException:  # cancelled (the job stopping): no answer, none in flight
             if telemetry is not None:
-                telemetry.given_up()
+                telemetry.sent()
             raise
         if telemetry is not None:
             telemetry.request(answer, answer.elapsed_s, retry=retry)

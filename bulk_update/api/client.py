@@ -62,14 +62,11 @@ class ApiClient:
             headers["openai-project"] = project
         # Built once: every request is these headers and this prefix plus the conversation's
         # path (one URL parse a request, not httpx2's merge of a base URL and a path: 3 parses).
-        self._prefix = base_url.rstrip("/") + "/"
-        self._url = _url_builder(self._prefix)
+        # The client itself holds only what ``send`` uses: its pool, its transport, no redirects.
+        self._url = _url_builder(base_url.rstrip("/") + "/")
         self._headers = httpx2.Headers(headers)
         self._timeouts = httpx2.Timeout(timeout).as_dict()
         self._client = httpx2.AsyncClient(
-            base_url=self._prefix,
-            headers=headers,
-            timeout=httpx2.Timeout(timeout),
             limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool),
             follow_redirects=False,
             transport=transport or make_transport(kind, pool),

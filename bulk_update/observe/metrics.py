@@ -131,15 +131,15 @@ class Telemetry:
         self._in_flight += 1
         self._in_flight_gauge.set(self._in_flight)
 
-    def given_up(self) -> None:
-        """A request given up on without an answer (its row's worker was cancelled)."""
+    def sent(self) -> None:
+        """A request is no longer on its way: answered (``request``) or given up on (its row's
+        worker was cancelled)."""
         self._in_flight -= 1
         self._in_flight_gauge.set(self._in_flight)
 
     def request(self, answer: Answer, elapsed_s: float, *, retry: bool) -> None:
         """One request answered (or given up on): ``retry``, it was not its row's first."""
-        self._in_flight -= 1
-        self._in_flight_gauge.set(self._in_flight)
+        self.sent()
         code_class, outcome = key = request_outcome(answer)
         counter = self._requests.get(key)
         if counter is None:
