@@ -331,3 +331,20 @@ def test_the_transport_is_chosen_by_the_environment(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "$BULK_UPDATE_TRANSPORT='curl': not a transport" in lines[0]
+
+
+@BOTH
+def test_certificates_that_cannot_be_loaded_are_the_users_mistake(
+    kind: TransportName, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("conversation_id,a\nconv_1,x\n")
+    missing = tmp_path / "no-such-ca.pem"
+    done = cli("run", str(source), "--output", str(tmp_path / "out.csv"), "--base-url",
+               "http://127.0.0.1:9/v1", "--quiet", BULK_UPDATE_TRANSPORT=kind,
+               SSL_CERT_FILE=str(missing))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f"$SSL_CERT_FILE={missing}" in lines[0]
+    assert "cannot load the TLS certificates" in lines[0]

@@ -11,6 +11,7 @@ connection pool the size of ``--concurrency``, and TLS as httpx2 does it (verifi
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import time
@@ -25,6 +26,7 @@ from bulk_update._constants import MAX_RESPONSE_BYTES
 from bulk_update._version import __version__
 from bulk_update.api.answers import Answer
 from bulk_update.api.transport import TransportName, make_transport
+from bulk_update.exceptions import ConfigError
 
 __all__ = ["USER_AGENT", "ApiClient", "conversation_path"]
 
@@ -66,11 +68,17 @@ class ApiClient:
         self._url = _url_builder(base_url.rstrip("/") + "/")
         self._headers = httpx2.Headers(headers)
         self._timeouts = httpx2.Timeout(timeout).as_dict()
-        self._client = httpx2.AsyncClient(
-            limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool),
-            follow_redirects=False,
-            transport=transport or make_transport(kind, pool),
-        )
+        try:  # both transports load the TLS certificates here
+            self._client = httpx2.AsyncClient(
+                limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool),
+                follow_redirects=False,
+                transport=transport or make_transport(kind, pool),
+            )
+        except (OSError, ssl.SSLError) as exc:
+            named = [f"${v}={os.environ[v]}" for v in ("SSL_CERT_FILE", "SSL_CERT_DIR")
+                     if os.environ.get(v)]  # fmt: skip
+            where = " or ".join(named) or "the system's certificates"
+            raise ConfigError(f"{where}: cannot load the TLS certificates ({exc})") from None
 
     async def open(self) -> None:
         await self._client.__aenter__()
