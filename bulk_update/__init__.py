@@ -18,6 +18,7 @@ from bulk_update.exitcodes import RESUMABLE, ExitCode
 from bulk_update.job import run_job, run_job_async
 from bulk_update.observe.summary import JobSummary, Progress
 from bulk_update.outcome import RowOutcome, Status
+from bulk_update.stop import Interrupt
 
 __all__ = [
     "RESUMABLE",
@@ -26,6 +27,7 @@ __all__ = [
     "ExitCode",
     "FatalApiError",
     "InputError",
+    "Interrupt",
     "JobConfig",
     "JobSummary",
     "JournalError",

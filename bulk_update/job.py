@@ -54,7 +54,7 @@ from bulk_update.paths import is_remote
 from bulk_update.pipeline import Pipeline, send_all
 from bulk_update.read import InputTable, expand, file_fingerprint
 from bulk_update.send import Sender, SendSettings
-from bulk_update.stop import Signals, Stop
+from bulk_update.stop import Interrupt, Signals, Stop
 from bulk_update.store import (
     Journal,
     RunBeat,
@@ -131,16 +131,18 @@ async def run_job_async(
     *,
     progress: ProgressCallback | None = None,
     transport: httpx2.AsyncBaseTransport | None = None,
+    interrupt: Interrupt | None = None,
 ) -> JobSummary:
     """The job, for callers that already run an event loop. See ``run_job``.
 
     SIGTERM and SIGINT are handled for the whole job (in the main thread): whatever the phase,
     the first one ends it the way the README says (drained, results written, exit 130/143),
-    a second one at once."""
+    a second one at once. In another thread the caller owns the signals: ``interrupt`` takes
+    the same path when called (from any thread)."""
     started = time.monotonic()
     stop = Stop()
     mode = Mode.of(config)
-    with Signals(stop) as signals:
+    with Signals(stop, interrupt) as signals:
         config.check_paths(expand(config.input))
         table, kept = await asyncio.to_thread(mode.open_table, config)
         if mode.dry:
@@ -517,10 +519,17 @@ async def _record_end(
         notes.append("the run's end was not recorded in its store")
 
 
-def run_job(config: JobConfig, *, progress: ProgressCallback | None = None) -> JobSummary:
+def run_job(
+    config: JobConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    interrupt: Interrupt | None = None,
+) -> JobSummary:
     """Run the job to the end and return its summary.
 
     Raises ConfigError, InputError or JournalError (nothing sent) for bad options, input or a
-    store that refuses; every other outcome is in the results file and the summary.
+    store that refuses; every other outcome is in the results file and the summary. Run in a
+    thread other than the main one, the job handles no signal: ``interrupt(signal.SIGTERM)``
+    (from any thread) stops it as SIGTERM would.
     """
-    return asyncio.run(run_job_async(config, progress=progress))
+    return asyncio.run(run_job_async(config, progress=progress, interrupt=interrupt))

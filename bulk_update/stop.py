@@ -29,7 +29,7 @@ from bulk_update._constants import RETRYABLE_STATUSES
 from bulk_update.exceptions import FatalApiError, JobStopped, first_line
 from bulk_update.outcome import RowOutcome
 
-__all__ = ["FailureStreak", "Signals", "Stop", "StopReason"]
+__all__ = ["FailureStreak", "Interrupt", "Signals", "Stop", "StopReason"]
 
 log = logging.getLogger("bulk_update")
 
@@ -110,6 +110,45 @@ class Stop:
 Hook = Callable[[signals.Signals], None]
 
 
+class Interrupt:
+    """A signal delivered by hand, from any thread: for a caller that owns the process's
+    signals and runs the job in a thread of its own (an Airflow operator, whose ``on_kill``
+    Airflow calls from its SIGTERM handler). ``interrupt(SIGTERM)`` takes the very path the
+    signal would (``Signals``): the first drains and writes the results (exit 143), a second
+    stops at once. Called before the job is under way it waits for it; after the job ended it
+    does nothing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deliver: Callable[[signals.Signals], None] | None = None
+        self._pending: list[signals.Signals] = []
+        self._ended = False
+
+    def __call__(self, signum: signals.Signals = signals.SIGTERM) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            if self._deliver is None:
+                self._pending.append(signum)
+                return
+            deliver = self._deliver
+        deliver(signum)
+
+    def _attach(self, loop: asyncio.AbstractEventLoop, handle: Hook) -> None:
+        def deliver(signum: signals.Signals) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the job ended
+                loop.call_soon_threadsafe(handle, signum)
+
+        with self._lock:
+            self._deliver, pending, self._pending = deliver, self._pending, []
+        for signum in pending:
+            deliver(signum)
+
+    def _detach(self) -> None:
+        with self._lock:
+            self._deliver, self._ended = None, True
+
+
 class Signals:
     """``with Signals(stop) as routed:`` SIGTERM and SIGINT set ``stop`` for the whole block.
 
@@ -117,10 +156,11 @@ class Signals:
     second one sets ``Stop.hard`` and calls its ``at_once`` hook. Outside a phase a signal only
     sets the Stop, which the job reads at its next step. Handlers are installed on the running
     loop, in the main thread only (elsewhere, as in an Airflow task's thread, the caller owns
-    the signals)."""
+    the signals: they may pass an ``Interrupt``)."""
 
-    def __init__(self, stop: Stop) -> None:
+    def __init__(self, stop: Stop, interrupt: Interrupt | None = None) -> None:
         self.stop = stop
+        self._interrupt = interrupt
         self._graceful: Hook | None = None
         self._at_once: Hook | None = None
         self._installed: list[signals.Signals] = []
@@ -134,6 +174,8 @@ class Signals:
                     self._installed.append(signum)
                 except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
                     pass
+        if self._interrupt is not None:
+            self._interrupt._attach(loop, self._handle)
         return self
 
     def __exit__(
@@ -142,6 +184,8 @@ class Signals:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._interrupt is not None:
+            self._interrupt._detach()
         loop = asyncio.get_running_loop()
         for signum in self._installed:
             loop.remove_signal_handler(signum)

@@ -221,3 +221,79 @@ def test_a_database_that_is_not_a_store_is_left_alone(tmp_path: Path) -> None:
     with closing(sqlite3.connect(tmp_path / "job.sqlite")) as db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
     assert tables == {"invoices"}
+
+
+def test_an_interrupt_stops_the_job_in_its_thread_as_sigterm_does(tmp_path: Path) -> None:
+    """The job in a thread of its own handles no signal; ``Interrupt`` (an Airflow operator's
+    on_kill) takes the path SIGTERM takes: the request in flight finished, the results written,
+    exit 143; the same run resumed sends only the rest, nothing twice."""
+    import signal
+    import threading
+
+    from bulk_update import Interrupt
+
+    n = 30
+    source = tmp_path / "in.csv"
+    ids = write_input(source, n)
+    reached, interrupted = threading.Event(), threading.Event()
+
+    class Paused(FakeApi):
+        def __call__(self, request: httpx2.Request) -> httpx2.Response:
+            if request.method == "POST" and self.posts == 5:
+                reached.set()
+                interrupted.wait(30)  # the 6th request is in flight when the interrupt comes
+            return super().__call__(request)
+
+    api = Paused(ids)
+    interrupt = Interrupt()
+    summaries: list[JobSummary] = []
+    config = JobConfig(input=str(source), output=str(tmp_path / "r.csv"), job_name="job",
+                       base_url="https://api.example/v1", api_key="sk-in-process", rpm=10**6,
+                       concurrency=1)  # fmt: skip
+
+    def work() -> None:
+        summaries.append(
+            asyncio.run(
+                run_job_async(config, transport=httpx2.MockTransport(api), interrupt=interrupt)
+            )
+        )
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    assert reached.wait(60)
+    interrupt(signal.SIGTERM)
+    interrupted.set()
+    worker.join(60)
+    (stopped,) = summaries
+    assert (stopped.exit_code, stopped.stopped_by) == (ExitCode.SIGTERM, "SIGTERM")
+    rows = by_row(tmp_path / "r.csv")
+    statuses = Counter(r["status"] for r in rows.values())
+    done = statuses["updated"]  # the 6th, in flight, finished; the loop may have begun a few more
+    assert 6 <= done <= 10
+    assert statuses == {"updated": done, "unprocessed": n - done}
+    assert {r["error_code"] for r in rows.values() if r["status"] == "unprocessed"} == {
+        "interrupted"
+    }
+    interrupt(signal.SIGTERM)  # after the job ended: nothing to stop, no error
+    resumed = run(api, source, tmp_path / "r.csv")
+    assert (resumed.exit_code, resumed.sent_this_run) == (ExitCode.OK, n - done)
+    assert sorted(api.applied) == sorted(ids)
+    assert max(api.applied.values()) == 1
+
+
+def test_an_interrupt_before_the_job_is_under_way_stops_it_at_its_start(tmp_path: Path) -> None:
+    import signal
+
+    from bulk_update import Interrupt
+
+    source = tmp_path / "in.csv"
+    api = FakeApi(write_input(source, 10))
+    interrupt = Interrupt()
+    interrupt(signal.SIGTERM)  # on_kill before the job's thread got going
+    config = JobConfig(input=str(source), output=str(tmp_path / "r.csv"), job_name="job",
+                       base_url="https://api.example/v1", api_key="sk-in-process")  # fmt: skip
+    summary = asyncio.run(
+        run_job_async(config, transport=httpx2.MockTransport(api), interrupt=interrupt)
+    )
+    assert (summary.exit_code, api.posts) == (ExitCode.SIGTERM, 0)
+    assert summary.counts == {"unprocessed": 10}
