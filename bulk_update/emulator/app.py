@@ -20,7 +20,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -72,6 +72,9 @@ class Emulator:
         # Per bearer key (its ``key_id``): requests, and the first and last one's arrival in
         # seconds since start: which client sent when, never the key itself.
         self.by_key: dict[str, list[float]] = {}
+        # Requests by the organization and project they name (OpenAI-Organization,
+        # OpenAI-Project; "-" for none), as "ORG/PROJECT".
+        self.by_scope: Counter[str] = Counter()
         self.configure(config)
 
     def configure(self, config: EmulatorConfig) -> None:
@@ -92,9 +95,11 @@ class Emulator:
             self.first_ok = elapsed if self.first_ok is None else self.first_ok
             self.last_ok = elapsed
 
-    def arrived(self, authorization: str | None) -> None:
-        """An API request arrived: counted under its key's ``key_id``."""
-        _, _, key = (authorization or "").partition(" ")
+    def arrived(self, headers: Mapping[str, str]) -> None:
+        """An API request arrived: counted under its key's ``key_id``, and its scope."""
+        scope = (headers.get("openai-organization"), headers.get("openai-project"))
+        self.by_scope["/".join(part or "-" for part in scope)] += 1
+        _, _, key = (headers.get("authorization") or "").partition(" ")
         at = self.clock() - self.started
         seen = self.by_key.setdefault(key_id(key.strip()), [0, at, at])
         seen[0] += 1
@@ -111,6 +116,7 @@ class Emulator:
                 key: {"requests": int(n), "first_s": first, "last_s": last}
                 for key, (n, first, last) in self.by_key.items()
             },
+            "by_scope": dict(self.by_scope),
         }
         if per_id:
             stats["update_requests_by_id"] = self.store.update_requests
@@ -128,6 +134,7 @@ class Emulator:
         self.by_operation.clear()
         self.timeline.clear()
         self.by_key.clear()
+        self.by_scope.clear()
         self.first_ok = self.last_ok = None
         self.store.update_requests.clear()
         self.store.updates_applied.clear()
@@ -211,7 +218,7 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
         async def gate(request: Request) -> Response:
             started = time.perf_counter()
             state.by_operation[operation] += 1
-            state.arrived(request.headers.get("authorization"))
+            state.arrived(request.headers)
             headers = {"x-request-id": "req_" + uuid.uuid4().hex}
             try:
                 response = await _gated(request, handler, headers)
