@@ -1,0 +1,374 @@
+"""``BulkUpdateOperator``: the job as an Airflow task, run in the worker.
+
+Everything the job does is ``run_job``'s; the operator only translates between Airflow and it:
+its parameters and the two connections into a ``JobConfig`` (``connections.py``), the job's exit
+code into Airflow's meaning (fail for good, fail the try so a retry resumes, or succeed), its
+summary into the task's XCom and the asset event's extra, and ``on_kill`` into the stop SIGTERM
+makes (``Interrupt``).
+
+The job runs in a thread of the task's process: Airflow's own SIGTERM handler stays in place
+(the job installs none outside the main thread) and calls ``on_kill``, which stops the run the
+way SIGTERM stops the CLI: no new rows, the requests in flight finished, the results written,
+exit 143; the task fails this try, and its retry resumes the run from the job's store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from bulk_update.airflow.connections import openai_connection, store_url
+from bulk_update.config import JOB_NAME, JobConfig
+from bulk_update.exceptions import BulkUpdateError, ConfigError
+from bulk_update.exitcodes import RESUMABLE, ExitCode
+from bulk_update.job import run_job
+from bulk_update.observe.draw import ProgressLog
+from bulk_update.observe.summary import JobSummary
+from bulk_update.outcome import Status
+from bulk_update.paths import is_remote
+from bulk_update.stop import Interrupt
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from airflow.sdk.definitions.mappedoperator import OperatorPartial
+
+__all__ = ["BulkUpdateOperator", "default_asset", "default_job_name", "shards"]
+
+
+def _default(name: str) -> Any:
+    """JobConfig's default for an option: defaults live in one place."""
+    return next(f.default for f in fields(JobConfig) if f.name == name)
+
+
+# The job's options the operator passes on under JobConfig's names (``results`` is ``output``;
+# the key and the store's URL come from connections, never from a DAG file).
+JOB_OPTIONS = (
+    "input", "errors_output", "id_column", "columns", "metadata_column", "base_url",
+    "organization", "project", "rpm", "concurrency", "max_attempts", "timeout", "restart",
+    "limit", "shard", "job_name", "state_dir", "full", "since_state", "delimiter",
+    "retry_failed", "stop_after_failures", "store_timeout", "backup", "drain_timeout",
+    "breaker_threshold", "breaker_timeout", "metrics_file", "pushgateway", "metrics_interval",
+)  # fmt: skip
+
+
+def shards(count: int) -> list[str]:
+    """``["0/N", ..., "N-1/N"]``: what ``.expand(shard=...)`` takes to fan a job out."""
+    if count < 1:
+        raise ValueError(f"shards({count}): the count must be at least 1")
+    return [f"{index}/{count}" for index in range(count)]
+
+
+def _templated(value: object) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def default_job_name(dag_id: str | None, task_id: str) -> str:
+    """The job an operator without ``job_name`` runs: its DAG's and its own id. Stable from
+    one DAG run to the next (a name taken from a templated results path would change every
+    night, and the job would never find what it set the night before) and shared by the
+    shards of a mapped task."""
+    name = f"{dag_id}.{task_id}" if dag_id else task_id
+    if JOB_NAME.fullmatch(name):
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip("._-")
+    return f"{cleaned[:90]}-{digest}"
+
+
+def default_asset(
+    results: object, job_name: object, dag_id: str | None, task_id: str
+) -> Asset | None:
+    """The outlet an operator has unless given ``outlets``: the results file's URI when its
+    path is fixed (an absolute local path, or an object store URL) ; else the job's own asset,
+    ``x-bulk-update://JOB``. None when the job's name is itself templated (no stable name)."""
+    if isinstance(results, str) and not _templated(results):
+        if is_remote(results):
+            return Asset(uri=results)
+        if Path(results).is_absolute():
+            return Asset(uri=Path(results).as_uri())
+    if _templated(job_name):
+        return None
+    job = job_name if isinstance(job_name, str) else default_job_name(dag_id, task_id)
+    return Asset(uri=f"x-bulk-update://{job}")
+
+
+class BulkUpdateOperator(BaseOperator):
+    """Bulk-update the metadata of OpenAI conversations from a CSV or Parquet table: the whole
+    ``bulk-update run`` (rate-limited, concurrent, retried, resumable), in the worker.
+
+    The parameters are ``JobConfig``'s options under its names (see the README's option table),
+    except the results path, ``results``: every operator's ``output`` is its XComArg. ``input``,
+    ``results``, ``errors_output``, ``state_dir``, ``since_state``, ``metrics_file`` and
+    ``job_name`` are templated (``{{ ds }}``, ``{{ run_id }}``, ``{{ ti.map_index }}``).
+
+    :param openai_conn_id: the ``openai`` connection, read as the OpenAI provider's hook reads
+        it (the key in its password or ``extra.openai_client_kwargs.api_key``; the base URL in
+        ``openai_client_kwargs.base_url`` or its host; ``organization`` and ``project`` in
+        ``openai_client_kwargs``). A connection that does not exist, or None, leaves the
+        worker's environment (OPENAI_API_KEY, ...). ``base_url``, ``organization`` and
+        ``project`` given here win over the connection's.
+    :param store_conn_id: a Postgres connection: the job's store (runs, outcomes, state, rate
+        budget) in that database, shared by every worker. Else $BULK_UPDATE_STATE_URL, else a
+        SQLite file in ``state_dir`` (one machine only).
+    :param shard: ``"K/N"``, as ``--shard`` takes it: ``.partial(...).expand(shard=shards(4))``
+        fans the job out; the shards share the job's store and its ``rpm``.
+    :param job_name: default ``DAG_ID.TASK_ID``: the same every night and for every shard.
+    :param fail_on_row_errors: rows ``failed`` or ``invalid`` (exit 1) fail the task, for good
+        (a retry would find them finished); False: the task succeeds and logs the counts.
+
+    Exit codes: 0 succeeds; 2 (options, input, a store that refuses: nothing sent) raises
+    ``AirflowFailException``, no retry can mend it; 3, 130, 143 (the API said stop, a signal,
+    ``on_kill``) and 70 (a bug; the store is consistent) fail the try, and a retry resumes the
+    run. The return value (the XCom) is the summary's ``as_dict()`` and the shard: counts, exit
+    code, results and errors paths, the store without its password, never the key. Each outlet
+    (default: ``default_asset``) gets an asset event whose extra holds the counts and paths.
+
+    Not deferrable, on purpose: the updates are sent from this worker. A trigger is re-run
+    after a triggerer restarts, and would send them again.
+    """
+
+    template_fields: Sequence[str] = (
+        "input", "results", "errors_output", "state_dir", "since_state", "metrics_file",
+        "job_name",
+    )  # fmt: skip
+    ui_color = "#e8f4ea"
+    # The running job's, for on_kill (called by Airflow's SIGTERM handler, in the main thread).
+    _interrupt: Interrupt | None = None
+
+    def __init__(
+        self,
+        *,
+        input: str,
+        results: str,
+        errors_output: str | None = None,
+        id_column: str = _default("id_column"),
+        columns: str | Sequence[str] | None = None,
+        metadata_column: str | None = None,
+        base_url: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        rpm: int = _default("rpm"),
+        concurrency: int = _default("concurrency"),
+        max_attempts: int = _default("max_attempts"),
+        timeout: float = _default("timeout"),
+        dry_run: bool = False,
+        restart: bool = False,
+        limit: int | None = None,
+        shard: str | Sequence[int] | None = None,
+        job_name: str | None = None,
+        state_dir: str | None = None,
+        full: bool = False,
+        since_state: str | None = None,
+        delimiter: str | None = None,
+        retry_failed: bool = False,
+        stop_after_failures: int = _default("stop_after_failures"),
+        store_timeout: float = _default("store_timeout"),
+        backup: bool = False,
+        drain_timeout: float = _default("drain_timeout"),
+        breaker_threshold: int = _default("breaker_threshold"),
+        breaker_timeout: float = _default("breaker_timeout"),
+        metrics_file: str | None = None,
+        pushgateway: str | None = None,
+        metrics_interval: float = _default("metrics_interval"),
+        openai_conn_id: str | None = "openai_default",
+        store_conn_id: str | None = None,
+        fail_on_row_errors: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if "outlets" not in kwargs:
+            dag = self.get_dag()
+            asset = default_asset(results, job_name, dag.dag_id if dag else None, self.task_id)
+            self.outlets = [asset] if asset is not None else []
+        self.input = input
+        self.results = results
+        self.errors_output = errors_output
+        self.id_column = id_column
+        self.columns = columns
+        self.metadata_column = metadata_column
+        self.base_url = base_url
+        self.organization = organization
+        self.project = project
+        self.rpm = rpm
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self._dry_run = dry_run  # BaseOperator.dry_run is a method (it renders the templates)
+        self.restart = restart
+        self.limit = limit
+        self.shard = shard
+        self.job_name = job_name
+        self.state_dir = state_dir
+        self.full = full
+        self.since_state = since_state
+        self.delimiter = delimiter
+        self.retry_failed = retry_failed
+        self.stop_after_failures = stop_after_failures
+        self.store_timeout = store_timeout
+        self.backup = backup
+        self.drain_timeout = drain_timeout
+        self.breaker_threshold = breaker_threshold
+        self.breaker_timeout = breaker_timeout
+        self.metrics_file = metrics_file
+        self.pushgateway = pushgateway
+        self.metrics_interval = metrics_interval
+        self.openai_conn_id = openai_conn_id
+        self.store_conn_id = store_conn_id
+        self.fail_on_row_errors = fail_on_row_errors
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> OperatorPartial:
+        """As ``BaseOperator.partial``, with the default outlet: a mapped task's outlets are
+        read from here when the DAG is parsed, before any ``__init__`` runs."""
+        partial: OperatorPartial = super().partial(**kwargs)
+        if "outlets" not in kwargs:
+            dag = partial.kwargs.get("dag")
+            asset = default_asset(
+                kwargs.get("results"), kwargs.get("job_name"),
+                getattr(dag, "dag_id", None), partial.kwargs["task_id"],
+            )  # fmt: skip
+            partial.kwargs["outlets"] = [asset] if asset is not None else []
+        return partial
+
+    def job_config(self) -> JobConfig:
+        """The run's JobConfig, from the (rendered) parameters and the connections. Raises
+        ConfigError naming what is wrong."""
+        options: dict[str, Any] = {name: getattr(self, name) for name in JOB_OPTIONS}
+        options["output"] = self.results
+        options["dry_run"] = self._dry_run
+        options["job_name"] = self.job_name or default_job_name(self.dag_id, self.task_id)
+        api = openai_connection(self.openai_conn_id)
+        if api.ignored:
+            self.log.info(
+                "connection %s: openai_client_kwargs %s configure the SDK's client, which "
+                "bulk_update does not use (its own: timeout, max_attempts)",
+                self.openai_conn_id, ", ".join(api.ignored),
+            )  # fmt: skip
+        options["api_key"] = api.api_key
+        for name in ("base_url", "organization", "project"):
+            options[name] = options[name] or getattr(api, name)
+        if self.store_conn_id is not None:
+            options["state_url"] = store_url(self.store_conn_id)
+        given = {name: value for name, value in options.items() if value is not None}
+        return JobConfig.from_options(given, source=f"task {self.task_id}")
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            config = self.job_config()
+        except ConfigError as exc:
+            raise AirflowFailException(f"{exc} (exit 2)") from None
+        shard = f"{config.shard[0]}/{config.shard[1]}" if config.shard else None
+        name = f"shard {shard}" if shard else "the run"
+        self.log.info(
+            "%s of job %s: %s -> %s; store %s; rpm %d, concurrency %d", name,
+            config.job_name, config.input, config.output, config.store_where(), config.rpm,
+            config.concurrency,
+        )  # fmt: skip
+        with _quiet_http_logs():
+            summary = self._run(config, name)
+        self.log.info("%s", summary.line())
+        result = summary.as_dict()
+        result["shard"] = shard
+        code = summary.exit_code
+        if code == ExitCode.OK or (code == ExitCode.ROWS_FAILED and not self.fail_on_row_errors):
+            if code == ExitCode.ROWS_FAILED:
+                self.log.warning("%s: %s (fail_on_row_errors=False)", name, _row_errors(summary))
+            self._record_assets(context, result)
+            return result
+        if code == ExitCode.ROWS_FAILED:
+            raise AirflowFailException(f"{name}: {_row_errors(summary)}")
+        if code in RESUMABLE or code == ExitCode.INTERNAL:
+            reason = summary.fatal_error or summary.stopped_by or "an internal error"
+            raise AirflowException(f"{name} stopped (exit {int(code)}): {reason}; a retry resumes")
+        raise AirflowFailException(f"{name}: exit {int(code)}: {summary.line()}")
+
+    def _run(self, config: JobConfig, name: str) -> JobSummary:
+        """The job, in a thread: this (main) thread keeps Airflow's signal handling, and waits.
+        Whatever cuts the wait short (an ``execution_timeout``, Ctrl-C) stops the job as a
+        signal would, and waits for it to drain and write its results before going on."""
+        interrupt = self._interrupt = Interrupt()
+        outcome: list[JobSummary | BaseException] = []
+
+        def work() -> None:
+            try:
+                outcome.append(run_job(config, progress=ProgressLog(), interrupt=interrupt))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=work, name=f"bulk_update {name}")
+        thread.start()
+        try:
+            thread.join()
+        except BaseException as exc:
+            signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
+            self.log.warning("%s: stopping the run (as %s)", type(exc).__name__, signum.name)
+            interrupt(signum)
+            thread.join()
+            raise
+        finally:
+            self._interrupt = None
+        (done,) = outcome
+        if isinstance(done, BulkUpdateError):
+            if done.exit_code in RESUMABLE:
+                raise AirflowException(f"{name}: {done} (exit {done.exit_code})") from None
+            raise AirflowFailException(f"{name}: {done} (exit {done.exit_code})") from None
+        if isinstance(done, BaseException):
+            raise done
+        return done
+
+    def on_kill(self) -> None:
+        """The task is killed (Airflow's SIGTERM, a timeout): stop the run as SIGTERM stops
+        the CLI (drained, results written, exit 143); the try fails and its retry resumes. A
+        second call stops at once."""
+        interrupt = self._interrupt
+        if interrupt is not None:
+            self.log.warning(
+                "on_kill: stopping the run: finishing the requests in flight, writing the "
+                "results; a retry resumes"
+            )
+            interrupt(signal.SIGTERM)
+
+    def _record_assets(self, context: Context, result: Mapping[str, Any]) -> None:
+        """Each outlet's asset event carries the run's counts and where its results are."""
+        extra = {
+            "job_name": result["job_name"], "shard": result["shard"],
+            "counts": result["counts"], "total_rows": result["total_rows"],
+            "exit_code": result["exit_code"], "results": result["output"],
+            "errors_output": result["errors_output"],
+        }  # fmt: skip
+        for outlet in _assets(self.outlets):
+            context["outlet_events"][outlet].extra = dict(extra)
+
+
+@contextlib.contextmanager
+def _quiet_http_logs() -> Iterator[None]:
+    """httpx2 logs each request at INFO, and Airflow shows INFO: a line a row in the task's
+    log. The job's own log says what was sent; httpx2's warnings still show."""
+    http = logging.getLogger("httpx2")
+    before = http.level
+    http.setLevel(max(before, logging.WARNING))
+    try:
+        yield
+    finally:
+        http.setLevel(before)
+
+
+def _assets(outlets: Iterable[object]) -> list[Asset]:
+    return [outlet for outlet in outlets if isinstance(outlet, Asset)]
+
+
+def _row_errors(summary: JobSummary) -> str:
+    bad = {s: summary.counts.get(s, 0) for s in (Status.FAILED.value, Status.INVALID.value)}
+    listed = ", ".join(f"{n} {s}" for s, n in bad.items() if n)
+    where = summary.errors_output or summary.output
+    return f"{listed} of {summary.total_rows} rows: see {where}"
