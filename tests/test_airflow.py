@@ -1,208 +1,416 @@
-"""The Airflow DAG in jobs/: it imports cleanly, and `airflow dags test` runs it for real
-(SQLite metadata DB, AIRFLOW_HOME in a temp dir) against the emulator."""
+"""bulk_update in Airflow, for real: ``BulkUpdateOperator`` run by ``airflow dags test``
+(Airflow 3.3, SQLite metadata DB, AIRFLOW_HOME in a temp dir) against the emulator, the
+provider entry point seen by ``airflow providers list``, the DAGs in jobs/ parsed and run."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 
+import bulk_update
 from tests.conftest import StartEmulator
 from tests.helpers import ID, wait_for_requests
-from tests.monitoring import Pushgateway, samples, total, value
 from tests.pg import PASSWORD, USER, PostgresServer
 
 airflow = pytest.importorskip("airflow", reason="the airflow extra is not installed")
 
 ROOT = Path(__file__).parent.parent
-CONNECTION_KEY = "sk-from-the-airflow-connection"
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+KEY = "sk-from-the-airflow-connection"
 
 
-def airflow_env(home: Path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow metadata DB made once (``airflow db migrate``); each test copies it."""
+    home = tmp_path_factory.mktemp("airflow-template")
+    done = subprocess.run([AIRFLOW, "db", "migrate"], env=airflow_env(home), capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return home / "airflow.db"
+
+
+def airflow_env(home: Path, dags: Path = ROOT / "jobs", **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AIRFLOW"))}
     env.update(
         AIRFLOW_HOME=str(home),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "jobs"),
-        AIRFLOW_CONN_OPENAI_DEFAULT=json.dumps(
-            {"conn_type": "generic", "password": CONNECTION_KEY}
-        ),
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+        **extra,
     )
     return env
 
 
-def test_dag_imports_cleanly(tmp_path: Path) -> None:
+def connection(**fields: Any) -> str:
+    """A connection as AIRFLOW_CONN_* takes it (JSON)."""
+    return json.dumps(fields)
+
+
+class Airflow:
+    """One AIRFLOW_HOME: its metadata DB (a copy of the migrated one) and the commands."""
+
+    def __init__(self, home: Path, migrated: Path, env: dict[str, str]) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copy(migrated, home / "airflow.db")
+        self.home, self.env = home, env
+
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([AIRFLOW, *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)  # fmt: skip
+
+    def dags_test(self, dag: str, conf: dict[str, Any] | None = None, *more: str) -> str:
+        """``airflow dags test``: its whole output."""
+        args = ["dags", "test", dag, *more]
+        if conf is not None:
+            args += ["-c", json.dumps(conf)]
+        done = self.run(*args)
+        return done.stdout + done.stderr
+
+    def query(self, sql: str, *arguments: object) -> list[tuple[Any, ...]]:
+        with closing(sqlite3.connect(self.home / "airflow.db")) as db:
+            return db.execute(sql, arguments).fetchall()
+
+    def task_states(self, dag: str) -> dict[str, tuple[str, int]]:
+        """Each task's (state, try_number) in the DAG's one run."""
+        rows = self.query(
+            "SELECT task_id, state, try_number FROM task_instance WHERE dag_id = ?", dag
+        )
+        return {task: (state, tries) for task, state, tries in rows}
+
+    def xcoms(self, dag: str, task: str) -> list[Any]:
+        rows = self.query(
+            "SELECT value FROM xcom WHERE dag_id = ? AND task_id = ? AND key = 'return_value' "
+            "ORDER BY map_index", dag, task,
+        )  # fmt: skip
+        return [json.loads(value) for (value,) in rows]
+
+    def asset_events(self, uri: str) -> list[dict[str, Any]]:
+        rows = self.query(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE a.uri = ? ORDER BY e.id", uri,
+        )  # fmt: skip
+        return [json.loads(extra) for (extra,) in rows]
+
+
+def rows_csv(path: Path, count: int, *, invalid: int = 0) -> Path:
+    path.write_text(
+        "conversation_id,a\n"
+        + "".join(f"{ID(i)},v{i}\n" for i in range(count))
+        + "".join(f"bad id {i},x\n" for i in range(invalid))
+    )
+    return path
+
+
+def test_importing_bulk_update_never_imports_airflow() -> None:
     code = (
+        "import sys, bulk_update, bulk_update.airflow, bulk_update.airflow.provider\n"
+        "from bulk_update.airflow.provider import get_provider_info\n"
+        "get_provider_info()\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'airflow'], 'imported'\n"
+        "from bulk_update.airflow import BulkUpdateOperator\n"
+        "assert 'airflow.sdk' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_airflow_providers_list_shows_the_package(migrated: Path, tmp_path: Path) -> None:
+    env = airflow_env(tmp_path / "home")
+    af = Airflow(tmp_path / "home", migrated, env)
+    done = af.run("providers", "list", "-o", "json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    listed = json.loads(done.stdout[done.stdout.index("[") :])
+    mine = [p for p in listed if p["package_name"] == "bulk-update"]
+    assert len(mine) == 1, listed
+    assert mine[0]["version"] == bulk_update.__version__
+    assert "BulkUpdateOperator" in mine[0]["description"]
+
+
+def test_the_dags_parse_with_their_assets(migrated: Path, tmp_path: Path) -> None:
+    """The DAGs in jobs/ import cleanly; each operator has its results' asset as an outlet,
+    the mapped one too (its outlets are read at parse time, before any __init__)."""
+    code = (
+        "import json\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
         f"bag = DagBag(dag_folder={str(ROOT / 'jobs')!r})\n"
         "assert bag.import_errors == {}, bag.import_errors\n"
-        "assert 'bulk_update_backfill' in bag.dag_ids, bag.dag_ids\n"
+        "print(json.dumps({dag_id: {t.task_id: [o.uri for o in t.outlets] for t in dag.tasks}"
+        " for dag_id, dag in bag.dags.items()}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], env=airflow_env(tmp_path / "home"),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    outlets = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outlets == {
+        "bulk_update_backfill": {
+            "backfill": ["x-bulk-update://conversations_backfill"],
+            "report": [],
+        },
+        "bulk_update_nightly": {"update_metadata": ["x-bulk-update://conversations_nightly"]},
+        "bulk_update_nightly_report": {"report": []},
+    }
 
 
-def test_dags_test_covers_every_row_once(start_emulator: StartEmulator, tmp_path: Path) -> None:
-    source = tmp_path / "in.csv"
-    source.write_text(
-        "conversation_id,a\n" + "".join(f"{ID(i)},v{i}\n" for i in range(60)) + "bad id,x\n"
-    )
-    emu = start_emulator("--api-key", CONNECTION_KEY, "--preload", str(source))
-    env = airflow_env(tmp_path / "home")
-    airflow_bin = str(Path(sys.executable).parent / "airflow")
-    migrate = subprocess.run([airflow_bin, "db", "migrate"], env=env, capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
-    out = tmp_path / "out"
-    with Pushgateway() as gateway:
-        conf = {"input": str(source), "output_prefix": str(out), "shards": 3,
-                "base_url": emu.base_url, "fail_on_row_errors": False,
-                "pushgateway": gateway.url}  # fmt: skip
-        run = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c",
-                              json.dumps(conf)], env=env, capture_output=True, text=True,
-                             timeout=600)  # fmt: skip
-        pushed = samples(gateway.scrape())
-    del conf["pushgateway"]
-    logs = run.stdout + run.stderr
-    assert run.returncode == 0, logs[-4000:]
-    assert "state=success" in logs
-    shards = pl.concat([pl.read_parquet(out / f"shard-{k}-of-3.parquet") for k in range(3)])
-    assert sorted(shards["row_number"].to_list()) == list(range(1, 62))  # each row exactly once
-    assert shards["status"].value_counts().sort("status").rows() == [
-        ("invalid", 1),
-        ("updated", 60),
-    ]
-    # The connection's key was used: 60 updates and each shard's preflight GET, all 200.
-    assert emu.stats()["by_status"] == {"200": 63}
-    assert emu.stats()["by_operation"] == {"update": 60, "retrieve": 3}
-    assert CONNECTION_KEY not in logs
-    # Each shard pushed its metrics, grouped by job name and shard.
-    for k in range(3):
-        mine = pl.read_parquet(out / f"shard-{k}-of-3.parquet")["status"].value_counts()
-        for status, n in mine.iter_rows():
-            assert value(pushed, "bulk_update_rows", job="bulk_update_backfill",
-                         shard=f"{k}/3", status=status) == n  # fmt: skip
-    assert total(pushed, "bulk_update_requests_total", job="bulk_update_backfill") == 63
-    # Run again with row errors failing the run: every shard resumes finished, sends nothing.
-    conf["fail_on_row_errors"] = True
-    again = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
-                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert "state=failed" in again.stdout + again.stderr
-    assert "did not finish cleanly" in again.stdout + again.stderr
-    assert emu.stats()["by_status"] == {"200": 63}  # nothing sent, no preflight either
-    # The next night: new results, the shards' shared state: nothing changed, nothing sent.
-    conf.update(output_prefix=str(tmp_path / "night-2"), state_dir=str(out))
-    night = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
-                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert "state=failed" in night.stdout + night.stderr  # the invalid row, as before
-    assert emu.stats()["by_status"] == {"200": 63}  # nothing sent, no preflight either
-    statuses = pl.concat(
-        [pl.read_parquet(tmp_path / f"night-2/shard-{k}-of-3.parquet") for k in range(3)]
-    )["status"]
-    assert statuses.value_counts().sort("status").rows() == [("invalid", 1), ("unchanged", 60)]
+@pytest.fixture
+def store_connection(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
+    database = "af_" + request.node.name.lower()[5:40]
+    postgres.create_database(database)
+    return connection(conn_type="postgres", host="127.0.0.1", port=postgres.port,
+                      login=USER, password=PASSWORD, schema=database)  # fmt: skip
 
 
-def test_sigterm_stops_the_task_and_its_retry_resumes(
-    start_emulator: StartEmulator, tmp_path: Path
+def test_the_mapped_backfill_on_a_postgres_store(
+    start_emulator: StartEmulator,
+    postgres: PostgresServer,
+    store_connection: str,
+    migrated: Path,
+    tmp_path: Path,
 ) -> None:
-    import signal
-
-    source = tmp_path / "in.csv"
-    source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v\n" for i in range(120)))
-    emu = start_emulator(
-        "--api-key", CONNECTION_KEY, "--preload", str(source), "--latency-ms", "200"
+    """jobs/airflow_backfill.py, 4 shards: every row once, the shards' runs in the PostgreSQL
+    store, each result at its templated path, the summaries as XComs, one asset event a
+    shard; run again, nothing is sent (the shards' shared state)."""
+    source = rows_csv(tmp_path / "in.csv", 80, invalid=1)
+    emu = start_emulator("--api-key", KEY, "--preload", str(source))
+    env = airflow_env(
+        tmp_path / "home",
+        AIRFLOW_CONN_OPENAI_DEFAULT=connection(conn_type="openai", password=KEY, host=emu.base_url),
+        AIRFLOW_CONN_BULK_UPDATE_STORE=store_connection,
     )
-    env = {**airflow_env(tmp_path / "home"), "BULK_UPDATE_RETRY_DELAY_S": "1"}
-    airflow_bin = str(Path(sys.executable).parent / "airflow")
-    subprocess.run([airflow_bin, "db", "migrate"], env=env, capture_output=True, timeout=300)
+    af = Airflow(tmp_path / "home", migrated, env)
     out = tmp_path / "out"
-    conf = {"input": str(source), "output_prefix": str(out), "shards": 1,
-            "base_url": emu.base_url, "concurrency": 4, "rpm": 100000}  # fmt: skip
+    logs = af.dags_test("bulk_update_backfill", {"input": str(source), "output_prefix": str(out)})
+    # Rows invalid fail their shard (fail_on_row_errors): the one with the bad row.
+    states = af.task_states("bulk_update_backfill")
+    assert states["backfill"][0] in {"success", "failed"}, logs[-4000:]
+    (run_id,) = [r for (r,) in af.query("SELECT run_id FROM dag_run")]
+    results = sorted((out / run_id).glob("shard-*.parquet"))  # {{ run_id }}, {{ ti.map_index }}
+    assert [p.name for p in results] == [f"shard-{k}.parquet" for k in range(4)], logs[-4000:]
+    table = pl.concat([pl.read_parquet(p) for p in results])
+    assert sorted(table["row_number"].to_list()) == list(range(1, 82))  # every row, once
+    assert table["status"].value_counts().sort("status").rows() == [("invalid", 1),
+                                                                    ("updated", 80)]  # fmt: skip
+    assert emu.stats()["by_operation"] == {"update": 80, "retrieve": 4}  # + each preflight
+    ended = af.query(
+        "SELECT map_index, state, try_number FROM task_instance WHERE task_id = 'backfill'"
+    )
+    bad_shard = next(
+        k for k, p in enumerate(results) if "invalid" in pl.read_parquet(p)["status"].to_list()
+    )
+    assert sorted(ended) == [
+        (k, "failed" if k == bad_shard else "success", 1) for k in range(4)
+    ]  # the shard with an invalid row: failed for good, not retried
+    assert "AirflowFailException" in logs
+    assert f"shard {bad_shard}/4: 1 invalid of " in logs
+    runs = postgres.query(store_database(store_connection),
+                          "SELECT job, shard, exit_code FROM bulk_update.runs ORDER BY shard")  # fmt: skip
+    assert runs == [("conversations_backfill", f"{k}/4", 1 if k == bad_shard else 0)
+                    for k in range(4)]  # fmt: skip
+    # The XComs: each successful shard's summary (the store named without its password).
+    summaries = af.xcoms("bulk_update_backfill", "backfill")
+    assert len(summaries) == 3
+    assert {s["shard"] for s in summaries} == {f"{k}/4" for k in range(4) if k != bad_shard}
+    assert {s["store"] for s in summaries} == {
+        f"postgres://{USER}@127.0.0.1:{postgres.port}/{store_database(store_connection)}"
+    }
+    # One asset event a successful shard, its counts in the extra.
+    events = af.asset_events("x-bulk-update://conversations_backfill")
+    assert sorted(e["shard"] for e in events) == sorted(s["shard"] for s in summaries)
+    assert sum(sum(e["counts"].values()) for e in events) == sum(s["total_rows"] for s in summaries)
+    for secret in (KEY, PASSWORD, "S3cret"):
+        assert secret not in logs
+        assert secret not in json.dumps(summaries) + json.dumps(events)
+    # Again (a new DAG run, new results): the shards' shared state, nothing sent.
+    again = af.dags_test("bulk_update_backfill", {"input": str(source), "output_prefix": str(out)},
+                         "--logical-date", "2026-11-30T00:00:00+00:00")  # fmt: skip
+    assert emu.stats()["by_operation"] == {"update": 80, "retrieve": 4}, again[-3000:]
+
+
+def store_database(store_connection: str) -> str:
+    return str(json.loads(store_connection)["schema"])
+
+
+def cases(tmp_path: Path, migrated: Path, **connections: str) -> Airflow:
+    """An Airflow running tests/airflow_dags, its files in ``tmp_path``."""
+    env = airflow_env(
+        tmp_path / "home",
+        dags=ROOT / "tests" / "airflow_dags",
+        BULK_UPDATE_TEST_DIR=str(tmp_path),
+        **{f"AIRFLOW_CONN_{name.upper()}": value for name, value in connections.items()},
+    )
+    return Airflow(tmp_path / "home", migrated, env)
+
+
+def test_the_openai_connection_read_as_the_provider_reads_it(
+    start_emulator: StartEmulator, migrated: Path, tmp_path: Path
+) -> None:
+    """The key in the password and the base URL as the host; the key, base URL, organization
+    and project in ``openai_client_kwargs`` (which win over the password and the host); a
+    connection made with ``airflow connections add`` as the README shows; no connection: the
+    worker's environment."""
+    source = rows_csv(tmp_path / "in.csv", 10)
+    emu = start_emulator("--api-key", KEY, "--preload", str(source))
+    kwargs = {"api_key": KEY, "base_url": emu.base_url, "organization": "org-a",
+              "project": "proj-b", "timeout": 10}  # fmt: skip
+    af = cases(
+        tmp_path, migrated,
+        key_in_password=connection(conn_type="openai", password=KEY, host=emu.base_url),
+        key_in_client_kwargs=connection(
+            conn_type="openai", password="sk-not-this-one", host="https://wrong.invalid/v1",
+            extra={"openai_client_kwargs": kwargs},
+        ),
+    )  # fmt: skip
+    af.env.update(OPENAI_API_KEY=KEY, OPENAI_BASE_URL=emu.base_url)  # for from_the_environment
+    added = af.run("connections", "add", "added_with_the_cli", "--conn-type", "openai",
+                   "--conn-extra", json.dumps({"openai_client_kwargs": {"api_key": KEY,
+                                                                        "base_url": emu.base_url}}))  # fmt: skip
+    assert added.returncode == 0, added.stderr[-3000:]
+    logs = af.dags_test("bulk_update_connections")
+    assert af.task_states("bulk_update_connections") == dict.fromkeys(("key_in_password", "key_in_client_kwargs", "added_with_the_cli", "from_the_environment"), ("success", 1)), logs[-5000:]  # fmt: skip
+    for task in ("key_in_password", "key_in_client_kwargs", "added_with_the_cli"):
+        statuses = pl.read_parquet(tmp_path / "out" / f"{task}.parquet")["status"]
+        assert statuses.to_list() == ["updated"] * 10
+    # Every request with the one key; the organization and project of the client kwargs.
+    stats = emu.stats()
+    assert stats["by_status"] == {"200": 44}  # 4 tasks: 10 updates and a preflight each
+    assert stats["by_scope"] == {"org-a/proj-b": 11, "-/-": 33}
+    assert "openai_client_kwargs timeout configure the SDK's client" in logs
+    assert KEY not in logs
+    # No job_name: each task's job is DAG_ID.TASK_ID, its store named so.
+    assert sorted(p.name for p in (tmp_path / "state").glob("*.sqlite")) == [
+        f"bulk_update_connections.{task}.sqlite"
+        for task in ("added_with_the_cli", "from_the_environment", "key_in_client_kwargs",
+                     "key_in_password")
+    ]  # fmt: skip
+
+
+def test_each_ending_is_airflows(
+    start_emulator: StartEmulator, migrated: Path, tmp_path: Path
+) -> None:
+    """Exit 2 (a missing input, an auth_type the job cannot use) fails at once, without the
+    retries the task has; rows invalid fail the task for good, or not with
+    fail_on_row_errors=False, which succeeds and logs the counts."""
+    rows_csv(tmp_path / "in.csv", 5)
+    rows_csv(tmp_path / "with-invalid.csv", 5, invalid=2)
+    emu = start_emulator("--api-key", KEY, "--preload", str(tmp_path / "with-invalid.csv"))
+    af = cases(
+        tmp_path, migrated,
+        openai_default=connection(conn_type="openai", password=KEY, host=emu.base_url),
+        workload_identity=connection(
+            conn_type="openai", host=emu.base_url,
+            extra={"auth_type": "workload_identity", "identity_provider_id": "idp-1",
+                   "service_account_id": "sa-1", "workload_identity_provider": "kubernetes"},
+        ),
+    )  # fmt: skip
+    logs = af.dags_test("bulk_update_endings")
+    states = af.task_states("bulk_update_endings")
+    assert states == {
+        "missing_input": ("failed", 1),
+        "workload_identity": ("failed", 1),
+        "rows_invalid_fail": ("failed", 1),
+        "rows_invalid_pass": ("success", 1),
+    }, logs[-5000:]
+    assert f"{tmp_path}/no-such-export.csv: no such file (exit 2)" in logs
+    assert "auth_type 'workload_identity' is not supported" in logs
+    assert "the run: 2 invalid of 7 rows: see" in logs
+    assert "2 invalid of 7 rows" in logs
+    assert "(fail_on_row_errors=False)" in logs
+    assert "up_for_retry" not in logs.lower()
+    (summary,) = af.xcoms("bulk_update_endings", "rows_invalid_pass")
+    assert summary["counts"] == {"updated": 5, "invalid": 2}
+    assert summary["exit_code"] == 1
+    assert summary["output"] == f"{tmp_path}/out/rows_invalid_pass.parquet"
+    # Only the two tasks that ran sent: 5 updates and a preflight each.
+    assert emu.stats()["by_operation"] == {"update": 10, "retrieve": 2}
+
+
+def test_a_killed_task_stops_on_kill_and_its_retry_resumes(
+    start_emulator: StartEmulator, migrated: Path, tmp_path: Path
+) -> None:
+    """SIGTERM to the task (Airflow calls on_kill): the run drains and writes its results, the
+    try fails (exit 143), the retry resumes: every row updated, none twice."""
+    source = rows_csv(tmp_path / "in.csv", 120)
+    emu = start_emulator("--api-key", KEY, "--preload", str(source), "--latency-ms", "200")
+    af = cases(
+        tmp_path, migrated,
+        openai_default=connection(conn_type="openai", password=KEY, host=emu.base_url),
+    )  # fmt: skip
     process = subprocess.Popen(
-        [airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [AIRFLOW, "dags", "test", "bulk_update_killed"], env=af.env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     wait_for_requests(emu, 12)
-    process.send_signal(signal.SIGTERM)  # as a worker shutting down would
+    process.send_signal(signal.SIGTERM)  # as the supervisor does to a task it kills
     logs, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, logs[-4000:]
-    assert "SIGTERM: finishing in-flight requests" in logs
-    assert "stopped (exit 143)" in logs
-    assert "up_for_retry" in logs
-    assert "state=success" in logs
-    results = pl.read_parquet(out / "shard-0-of-1.parquet")
+    assert "on_kill: stopping the run" in logs, logs[-5000:]
+    assert "the run stopped (exit 143): SIGTERM; a retry resumes" in logs
+    assert af.task_states("bulk_update_killed") == {"slow": ("success", 2)}, logs[-5000:]
+    assert "resuming:" in logs
+    assert "HTTP Request" not in logs  # httpx2's line a request is kept out of the task's log
+    assert (
+        f"the run of job bulk_update_killed.slow: {source} -> {tmp_path}/out/slow.parquet; "
+        f"store {tmp_path}/state/bulk_update_killed.slow.sqlite; rpm 100000, concurrency 4"
+    ) in logs
+    results = pl.read_parquet(tmp_path / "out" / "slow.parquet")
     assert results["status"].to_list() == ["updated"] * 120
     applied = emu.stats(per_id=True)["updates_applied_by_id"]
     assert len(applied) == 120
     assert max(applied.values()) == 1  # drained, journaled, resumed: nothing sent twice
 
 
-def test_a_usage_error_fails_the_task_at_once(tmp_path: Path) -> None:
-    """A missing input (exit 2) can never succeed: the task fails on its first try, without
-    the retries that a resumable stop gets."""
-    env = {**airflow_env(tmp_path / "home"), "BULK_UPDATE_RETRY_DELAY_S": "1"}
-    airflow_bin = str(Path(sys.executable).parent / "airflow")
-    subprocess.run([airflow_bin, "db", "migrate"], env=env, capture_output=True, timeout=300)
-    missing = tmp_path / "no-such-export.csv"
-    conf = {"input": str(missing), "output_prefix": str(tmp_path / "out"), "shards": 2,
-            "base_url": "http://127.0.0.1:9/v1"}  # fmt: skip
-    run = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
-                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    logs = run.stdout + run.stderr
-    assert "state=failed" in logs, logs[-4000:]
-    assert f"{missing}: no such file (exit 2)" in logs
-    assert "AirflowFailException" in logs
-    assert "up_for_retry" not in logs.lower()
-
-
-def test_the_shards_take_their_store_from_the_airflow_connection(
-    start_emulator: StartEmulator, postgres: PostgresServer, tmp_path: Path
+def test_the_nightly_dag_renders_its_paths_and_schedules_its_report(
+    start_emulator: StartEmulator, store_connection: str, migrated: Path, tmp_path: Path
 ) -> None:
-    """With the Postgres connection ``bulk_update_store``, every shard's runs, outcomes and
-    state are in that database: nothing durable on the worker's disk, no password shown."""
-    source = tmp_path / "in.csv"
-    source.write_text("conversation_id,a\n" + "".join(f"{ID(i)},v{i}\n" for i in range(40)))
-    emu = start_emulator("--api-key", CONNECTION_KEY, "--preload", str(source))
-    postgres.create_database("airflow_store")
-    connection = {"conn_type": "postgres", "host": "127.0.0.1", "port": postgres.port,
-                  "login": USER, "password": PASSWORD, "schema": "airflow_store"}  # fmt: skip
-    env = {
-        **airflow_env(tmp_path / "home"),
-        "AIRFLOW_CONN_BULK_UPDATE_STORE": json.dumps(connection),
-    }
-    airflow_bin = str(Path(sys.executable).parent / "airflow")
-    subprocess.run([airflow_bin, "db", "migrate"], env=env, capture_output=True, timeout=300)
-    out = tmp_path / "out"
-    conf = {"input": str(source), "output_prefix": str(out), "shards": 2,
-            "base_url": emu.base_url, "job_name": "nightly"}  # fmt: skip
-    run = subprocess.run([airflow_bin, "dags", "test", "bulk_update_backfill", "-c", json.dumps(conf)],
-                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    logs = run.stdout + run.stderr
-    assert run.returncode == 0, logs[-4000:]
-    assert "state=success" in logs
-    assert "S3cret" not in logs
-    # Each shard's XCom names the store without its password.
-    with closing(sqlite3.connect(tmp_path / "home" / "airflow.db")) as db:
-        xcoms = [
-            str(v) for (v,) in db.execute("SELECT value FROM xcom WHERE task_id = 'run_shard'")
-        ]
-    summaries = [json.loads(x) for x in xcoms if x.startswith('{"counts"')]
-    assert [s["store"] for s in summaries] == [
-        f"postgres://{USER}@127.0.0.1:{postgres.port}/airflow_store"
-    ] * 2
-    assert not any("S3cret" in xcom for xcom in xcoms)
-    runs = postgres.query("airflow_store", "SELECT shard, exit_code FROM bulk_update.runs")
-    assert sorted(runs) == [("0/2", 0), ("1/2", 0)]
-    assert postgres.query("airflow_store", "SELECT count(*) FROM bulk_update.last_set") == [(40,)]
-    assert list(out.glob("*.sqlite*")) == []
-    assert sorted(p.name for p in out.iterdir()) == [
-        "errors-0-of-2.csv", "errors-1-of-2.csv", "shard-0-of-2.parquet", "shard-1-of-2.parquet"
-    ]  # fmt: skip
+    """jobs/airflow_nightly.py for one night: {{ ds }} in every path, the asset event with the
+    counts, the report DAG queued on it; the next night sends only what changed."""
+    exports = tmp_path / "exports"
+    (exports / "2026-11-28").mkdir(parents=True)
+    rows_csv(exports / "2026-11-28" / "in.csv", 30)
+    pl.read_csv(exports / "2026-11-28" / "in.csv").write_parquet(
+        exports / "2026-11-28" / "conversations.parquet"
+    )
+    emu = start_emulator("--api-key", KEY, "--preload", str(exports / "2026-11-28" / "in.csv"))
+    env = airflow_env(
+        tmp_path / "home",
+        AIRFLOW_CONN_OPENAI_DEFAULT=connection(conn_type="openai", password=KEY, host=emu.base_url),
+        AIRFLOW_CONN_BULK_UPDATE_STORE=store_connection,
+    )
+    af = Airflow(tmp_path / "home", migrated, env)
+    assert af.run("dags", "reserialize").returncode == 0  # the report DAG is known,
+    assert af.run("dags", "unpause", "bulk_update_nightly_report").returncode == 0  # and on
+    logs = af.dags_test("bulk_update_nightly", {"exports": str(exports)}, "2026-11-28")
+    assert af.task_states("bulk_update_nightly") == {"update_metadata": ("success", 1)}, logs[
+        -5000:
+    ]
+    results = pl.read_parquet(exports / "results" / "2026-11-28.parquet")
+    assert results["status"].to_list() == ["updated"] * 30
+    (event,) = af.asset_events("x-bulk-update://conversations_nightly")
+    assert event == {
+        "job_name": "conversations_nightly", "shard": None, "counts": {"updated": 30},
+        "total_rows": 30, "exit_code": 0,
+        "results": f"{exports}/results/2026-11-28.parquet",
+        "errors_output": f"{exports}/results/2026-11-28-errors.csv",
+    }  # fmt: skip
+    queued = af.query("SELECT target_dag_id FROM asset_dag_run_queue")
+    assert queued == [("bulk_update_nightly_report",)]
+    # The next night: the same conversations, 5 of them changed.
+    (exports / "2026-11-29").mkdir()
+    pl.read_parquet(exports / "2026-11-28" / "conversations.parquet").with_columns(
+        a=pl.when(pl.int_range(pl.len()) < 5).then(pl.lit("new")).otherwise(pl.col("a"))
+    ).write_parquet(exports / "2026-11-29" / "conversations.parquet")
+    logs = af.dags_test("bulk_update_nightly", {"exports": str(exports)}, "2026-11-29")
+    night = pl.read_parquet(exports / "results" / "2026-11-29.parquet")["status"]
+    assert night.value_counts().sort("status").rows() == [("unchanged", 25), ("updated", 5)], logs[
+        -4000:
+    ]
+    assert emu.stats()["by_operation"]["update"] == 35
