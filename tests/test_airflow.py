@@ -299,7 +299,8 @@ def test_each_ending_is_airflows(
 ) -> None:
     """Exit 2 (a missing input, an auth_type the job cannot use) fails at once, without the
     retries the task has; rows invalid fail the task for good, or not with
-    fail_on_row_errors=False, which succeeds and logs the counts."""
+    fail_on_row_errors=False, which succeeds and logs the counts; a key the API refuses (exit
+    3: the API said stop) fails each try, and is retried (2 retries)."""
     rows_csv(tmp_path / "in.csv", 5)
     rows_csv(tmp_path / "with-invalid.csv", 5, invalid=2)
     emu = start_emulator("--api-key", KEY, "--preload", str(tmp_path / "with-invalid.csv"))
@@ -311,6 +312,7 @@ def test_each_ending_is_airflows(
             extra={"auth_type": "workload_identity", "identity_provider_id": "idp-1",
                    "service_account_id": "sa-1", "workload_identity_provider": "kubernetes"},
         ),
+        key_refused=connection(conn_type="openai", password="sk-revoked", host=emu.base_url),
     )  # fmt: skip
     logs = af.dags_test("bulk_update_endings")
     states = af.task_states("bulk_update_endings")
@@ -319,19 +321,24 @@ def test_each_ending_is_airflows(
         "workload_identity": ("failed", 1),
         "rows_invalid_fail": ("failed", 1),
         "rows_invalid_pass": ("success", 1),
+        "key_refused": ("failed", 3),
     }, logs[-5000:]
     assert f"{tmp_path}/no-such-export.csv: no such file (exit 2)" in logs
     assert "auth_type 'workload_identity' is not supported" in logs
     assert "the run: 2 invalid of 7 rows: see" in logs
     assert "2 invalid of 7 rows" in logs
     assert "(fail_on_row_errors=False)" in logs
-    assert "up_for_retry" not in logs.lower()
+    assert (
+        "the run stopped (exit 3): preflight: HTTP 401 invalid_api_key: Incorrect API key "
+        "provided; a retry resumes"
+    ) in logs
     (summary,) = af.xcoms("bulk_update_endings", "rows_invalid_pass")
     assert summary["counts"] == {"updated": 5, "invalid": 2}
     assert summary["exit_code"] == 1
     assert summary["output"] == f"{tmp_path}/out/rows_invalid_pass.parquet"
-    # Only the two tasks that ran sent: 5 updates and a preflight each.
-    assert emu.stats()["by_operation"] == {"update": 10, "retrieve": 2}
+    # Only the two tasks that ran sent: 5 updates and a preflight each; the refused key's 3
+    # tries, a preflight each (the key is refused before any update).
+    assert emu.stats()["by_operation"] == {"update": 10, "retrieve": 5}
 
 
 def test_a_killed_task_stops_on_kill_and_its_retry_resumes(

@@ -288,7 +288,7 @@ class BulkUpdateOperator(BaseOperator):
         if code == ExitCode.ROWS_FAILED:
             raise AirflowFailException(f"{name}: {_row_errors(summary)}")
         if code in RESUMABLE or code == ExitCode.INTERNAL:
-            reason = summary.fatal_error or summary.stopped_by or "an internal error"
+            reason = (summary.fatal_error or summary.stopped_by or "an internal error").rstrip(".")
             raise AirflowException(f"{name} stopped (exit {int(code)}): {reason}; a retry resumes")
         raise AirflowFailException(f"{name}: exit {int(code)}: {summary.line()}")
 

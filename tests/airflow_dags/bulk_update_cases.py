@@ -28,7 +28,8 @@ with DAG("bulk_update_connections", schedule=None, tags=["test"]):
     update("added_with_the_cli", openai_conn_id="added_with_the_cli")
     update("from_the_environment", openai_conn_id="no_such_connection")
 
-# Each way a task ends: exit 2 fails at once, rows in error fail or not, a retry.
+# Each way a task ends: exit 2 fails at once, rows in error fail or not, the API's stop (exit
+# 3) is retried.
 with DAG(
     "bulk_update_endings",
     schedule=None,
@@ -39,6 +40,7 @@ with DAG(
     update("workload_identity", openai_conn_id="workload_identity")
     update("rows_invalid_fail", input=f"{HERE}/with-invalid.csv")
     update("rows_invalid_pass", input=f"{HERE}/with-invalid.csv", fail_on_row_errors=False)
+    update("key_refused", openai_conn_id="key_refused")
 
 # A task killed mid-run (SIGTERM: on_kill), retried.
 with DAG(
