@@ -2,9 +2,12 @@
 
 BulkUpdateError              base of everything raised on purpose
 ├── ConfigError              bad options or job file: exit 2, nothing sent
+│   └── Unreachable          the API or the store's database could not be reached at the start
+│                            (may_pass: a scheduler retries it later)
 ├── InputError               unreadable input, missing or unknown column: exit 2, nothing sent
 ├── JournalError             the job's store refuses the run: another run holds it, the input
 │   │                        changed since the run began, a file that is no store: exit 2
+│   ├── RunHeld              another process holds the run or the job (may_pass)
 │   └── StoreDamaged         the store's file is damaged (truncated, garbage inside)
 └── JobStopped               stops a run that has started: exit 3, the rest unprocessed,
     │                        resumable once the cause is gone (``error_code`` names it)
@@ -35,9 +38,11 @@ __all__ = [
     "InputError",
     "JobStopped",
     "JournalError",
+    "RunHeld",
     "RunTaken",
     "StoreDamaged",
     "StoreUnavailable",
+    "Unreachable",
     "first_line",
     "is_disk_full",
     "stop_code",
@@ -45,13 +50,24 @@ __all__ = [
 
 
 class BulkUpdateError(Exception):
-    """Base class of the errors bulk_update raises on purpose."""
+    """Base class of the errors bulk_update raises on purpose. ``may_pass``: an error before
+    anything was sent whose cause may go away by itself (a server down for a deploy, a run held
+    by a process that ends): still exit 2 for the CLI (nothing was sent), but a scheduler's
+    retry later may succeed (the Airflow operator retries these, and fails the rest at once)."""
 
     exit_code: ExitCode = ExitCode.USAGE
+    may_pass: bool = False
 
 
 class ConfigError(BulkUpdateError):
     """Options or a job file that cannot work."""
+
+
+class Unreachable(ConfigError):
+    """The API or the store's database did not answer at the start (refused, timed out, a
+    server that is starting): nothing was sent."""
+
+    may_pass = True
 
 
 class InputError(BulkUpdateError):
@@ -65,6 +81,13 @@ class InputError(BulkUpdateError):
 
 class JournalError(BulkUpdateError):
     """The job's store cannot be used for this run."""
+
+
+class RunHeld(JournalError):
+    """Another process holds the run (or the whole job, or a shard of another count): it may
+    end, or its lease run out."""
+
+    may_pass = True
 
 
 class StoreDamaged(JournalError):

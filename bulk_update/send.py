@@ -57,7 +57,7 @@ from bulk_update.api.retry import (
 )
 from bulk_update.api.transport import TransportName, chosen_transport
 from bulk_update.config import JobConfig
-from bulk_update.exceptions import ConfigError, FatalApiError
+from bulk_update.exceptions import ConfigError, FatalApiError, Unreachable
 from bulk_update.observe.metrics import Telemetry
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
@@ -345,7 +345,7 @@ class Sender:
                 await self._sleep(last.wait_s or backoff_seconds(attempt, self._jitter()))
             unreachable = answer.transport_error == "connect"
         if unreachable:
-            raise ConfigError(f"cannot reach {self.settings.base_url}: {last.message}")
+            raise Unreachable(f"cannot reach {self.settings.base_url}: {last.message}")
         log.warning(
             "preflight inconclusive (%s); going on", last.message, extra={"event": "preflight"}
         )

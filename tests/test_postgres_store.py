@@ -438,3 +438,24 @@ def test_a_schema_of_the_older_layout_gains_the_new_columns(
     )
     assert timing == [("answer_ms",), ("latency_ms",), ("sent_ms",)]  # layout 6's
     assert postgres.query(database, "SELECT count(*) FROM bulk_update.timeline") == [(0,)]
+
+
+def test_a_store_that_cannot_be_reached_may_pass_a_wrong_password_does_not(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Both are exit 2 for the CLI (nothing was sent); a scheduler may retry the first
+    (``may_pass``: the Airflow operator does), never the second."""
+    from bulk_update.exceptions import Unreachable
+    from bulk_update.store import StoreLocation, open_store
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    down = f"postgresql://{USER}:pw@127.0.0.1:{closed}/postgres?connect_timeout=3"
+    with pytest.raises(Unreachable, match="cannot use the store") as raised:
+        open_store(StoreLocation(tmp_path / "j.sqlite", down, 5.0))
+    assert raised.value.may_pass
+    wrong = postgres.url("postgres", password="Wr0ng-pw")
+    with pytest.raises(ConfigError, match="password authentication failed") as refused:
+        open_store(StoreLocation(tmp_path / "j.sqlite", wrong, 5.0))
+    assert not refused.value.may_pass

@@ -127,8 +127,9 @@ def test_a_run_is_resumed_refused_or_restarted(backend: Backend) -> None:
                 # run at once, nor a shard of the job beside a run of all of it.
                 with backend.open("j") as other:
                     for key in (KEY, RunKey("j", "out/results.csv", (0, 2))):
-                        with pytest.raises(JournalError, match="already running"):
+                        with pytest.raises(JournalError, match="already running") as held:
                             await off(other.open_run, key, PRINT, OPTIONS)
+                        assert held.value.may_pass  # a scheduler's retry later may succeed
             # The same command resumes the run: what is finished is not done again.
             with await off(store.open_run, KEY, PRINT, OPTIONS) as journal:
                 assert journal.run_id == first

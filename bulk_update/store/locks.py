@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from bulk_update.exceptions import JournalError
+from bulk_update.exceptions import RunHeld
 
 try:
     import fcntl
@@ -35,7 +35,7 @@ def take_lock(lock_path: Path, *, shared: bool = False, what: str = "") -> IO[st
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise JournalError(
+        raise RunHeld(
             f"already running{what}: {lock_path} is held by {holder}; wait for it to finish"
         ) from None
     # Shared holders (shards) overwrite each other's line: any of them names the run.

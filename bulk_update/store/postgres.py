@@ -74,7 +74,9 @@ from bulk_update.exceptions import (
     DiskFull,
     JobStopped,
     JournalError,
+    RunHeld,
     RunTaken,
+    Unreachable,
     first_line,
 )
 from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
@@ -404,7 +406,7 @@ class _Session:
             self._create(conn)
         except psycopg.Error as exc:
             self.close()
-            raise ConfigError(
+            raise _cannot_use(exc)(
                 f"--state-url {self.where}: cannot use the store: {self.first_line(exc)}"
             ) from None
 
@@ -639,7 +641,7 @@ class PostgresStore(StoreCore):
                 refused = self._other_shard_count(key.job, count)
         if refused is not None:
             session.unlock_all()
-            raise JournalError(
+            raise RunHeld(
                 f"already running (job {key.job!r}"
                 + (f", shard {key.shard_text}" if key.shard else "")
                 + f"): held by {refused} in {self.where}; wait for it to finish"
@@ -851,6 +853,27 @@ class _Reader:
         return self._session.run(changed)
 
 
+# What libpq says of a server it did not reach, or that cannot serve now (a connection's
+# failure carries no SQLSTATE: only its message tells a refused password from a refused port).
+_NOT_REACHED = (
+    "connection refused", "timeout expired", "no route to host", "network is unreachable",
+    "connection reset", "server closed the connection", "is starting up", "shutting down",
+    "in recovery mode", "too many clients", "remaining connection slots",
+)  # fmt: skip
+
+
+def _cannot_use(exc: psycopg.Error) -> type[ConfigError]:
+    """A store that cannot be used at the start: Unreachable (it may pass: a retry later may
+    succeed) when the server did not answer or said it cannot serve now (SQLSTATE classes 08
+    connection, 53 resources, 57 shutting down), else the user's to fix (a password, a
+    database that does not exist, a host name that does not resolve)."""
+    state = exc.sqlstate
+    if state is not None:
+        return Unreachable if state[:2] in {"08", "53", "57"} else ConfigError
+    text = str(exc).lower()
+    return Unreachable if any(mark in text for mark in _NOT_REACHED) else ConfigError
+
+
 @contextlib.contextmanager
 def read_state(url: str, job: str, since: str | None, timeout: float) -> Iterator[_Reader | None]:
     """See ``bulk_update.store.read_state``: reads only, creates nothing."""
@@ -860,7 +883,7 @@ def read_state(url: str, job: str, since: str | None, timeout: float) -> Iterato
             conn = session.connect()
             row = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.last_set",)).fetchone()
         except psycopg.Error as exc:
-            raise ConfigError(
+            raise _cannot_use(exc)(
                 f"--state-url {session.where}: cannot use the store: {session.first_line(exc)}"
             ) from None
         if row is None or row[0] is None:
@@ -892,7 +915,7 @@ def jobs_that_wrote(url: str, results: list[str], timeout: float) -> list[str]:
         ).fetchall()
         return [str(job) for (job,) in found]
     except psycopg.Error as exc:
-        raise ConfigError(
+        raise _cannot_use(exc)(
             f"--state-url {session.where}: cannot use the store: {session.first_line(exc)}"
         ) from None
     finally:
