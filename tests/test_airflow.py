@@ -221,7 +221,7 @@ def test_the_mapped_backfill_on_a_postgres_store(
     assert len(summaries) == 3
     assert {s["shard"] for s in summaries} == {f"{k}/4" for k in range(4) if k != bad_shard}
     assert {s["store"] for s in summaries} == {
-        f"postgres://{USER}@127.0.0.1:{postgres.port}/{store_database(store_connection)}"
+        f"postgresql://{USER}@127.0.0.1:{postgres.port}/{store_database(store_connection)}"
     }
     # One asset event a successful shard, its counts in the extra.
     events = af.asset_events("x-bulk-update://conversations_backfill")
@@ -300,7 +300,8 @@ def test_each_ending_is_airflows(
     """Exit 2 (a missing input, an auth_type the job cannot use) fails at once, without the
     retries the task has; rows invalid fail the task for good, or not with
     fail_on_row_errors=False, which succeeds and logs the counts; a key the API refuses (exit
-    3: the API said stop) fails each try, and is retried (2 retries)."""
+    3: the API said stop) and an API that cannot be reached (exit 2, but it may pass) fail each
+    try, and are retried (2 retries); a store connection that is not Postgres fails at once."""
     rows_csv(tmp_path / "in.csv", 5)
     rows_csv(tmp_path / "with-invalid.csv", 5, invalid=2)
     emu = start_emulator("--api-key", KEY, "--preload", str(tmp_path / "with-invalid.csv"))
@@ -313,6 +314,10 @@ def test_each_ending_is_airflows(
                    "service_account_id": "sa-1", "workload_identity_provider": "kubernetes"},
         ),
         key_refused=connection(conn_type="openai", password="sk-revoked", host=emu.base_url),
+        api_unreachable=connection(conn_type="openai", password=KEY,
+                                   host="http://127.0.0.1:9/v1"),
+        store_not_postgres=connection(conn_type="generic", host="db.internal",
+                                      password="pg-S3cret"),
     )  # fmt: skip
     logs = af.dags_test("bulk_update_endings")
     states = af.task_states("bulk_update_endings")
@@ -322,6 +327,8 @@ def test_each_ending_is_airflows(
         "rows_invalid_fail": ("failed", 1),
         "rows_invalid_pass": ("success", 1),
         "key_refused": ("failed", 3),
+        "api_unreachable": ("failed", 3),
+        "store_not_postgres": ("failed", 1),
     }, logs[-5000:]
     assert f"{tmp_path}/no-such-export.csv: no such file (exit 2)" in logs
     assert "auth_type 'workload_identity' is not supported" in logs
@@ -330,8 +337,15 @@ def test_each_ending_is_airflows(
     assert "(fail_on_row_errors=False)" in logs
     assert (
         "the run stopped (exit 3): preflight: HTTP 401 invalid_api_key: Incorrect API key "
-        "provided; a retry resumes"
+        "provided; the task run again (a retry, a clear) resumes the run"
     ) in logs
+    # An API that cannot be reached may come back: retried (exit 2 for the CLI, nothing sent).
+    assert "the run: cannot reach http://127.0.0.1:9/v1: " in logs
+    assert (
+        "task store_not_postgres: store_conn_id 'store_not_postgres': its conn_type is "
+        "'generic'; the store needs a Postgres connection (conn_type postgres) (exit 2)"
+    ) in logs
+    assert "pg-S3cret" not in logs
     (summary,) = af.xcoms("bulk_update_endings", "rows_invalid_pass")
     assert summary["counts"] == {"updated": 5, "invalid": 2}
     assert summary["exit_code"] == 1
@@ -360,7 +374,9 @@ def test_a_killed_task_stops_on_kill_and_its_retry_resumes(
     process.send_signal(signal.SIGTERM)  # as the supervisor does to a task it kills
     logs, _ = process.communicate(timeout=300)
     assert "on_kill: stopping the run" in logs, logs[-5000:]
-    assert "the run stopped (exit 143): SIGTERM; a retry resumes" in logs
+    assert (
+        "the run stopped (exit 143): SIGTERM; the task run again (a retry, a clear) resumes"
+    ) in logs
     assert af.task_states("bulk_update_killed") == {"slow": ("success", 2)}, logs[-5000:]
     assert "resuming:" in logs
     assert "HTTP Request" not in logs  # httpx2's line a request is kept out of the task's log
@@ -403,7 +419,8 @@ def test_the_nightly_dag_renders_its_paths_and_schedules_its_report(
     assert results["status"].to_list() == ["updated"] * 30
     (event,) = af.asset_events("x-bulk-update://conversations_nightly")
     assert event == {
-        "job_name": "conversations_nightly", "shard": None, "counts": {"updated": 30},
+        "job_name": "conversations_nightly", "shard": None, "dry_run": False,
+        "counts": {"updated": 30},
         "total_rows": 30, "exit_code": 0,
         "results": f"{exports}/results/2026-11-28.parquet",
         "errors_output": f"{exports}/results/2026-11-28-errors.csv",
@@ -421,3 +438,28 @@ def test_the_nightly_dag_renders_its_paths_and_schedules_its_report(
         -4000:
     ]
     assert emu.stats()["by_operation"]["update"] == 35
+
+
+def test_a_task_past_its_execution_timeout_drains_before_it_fails(
+    start_emulator: StartEmulator, migrated: Path, tmp_path: Path
+) -> None:
+    """execution_timeout cuts the operator's wait: the job is stopped as SIGTERM stops it and
+    waited for (drained, results written) before the task fails, so that no retry can start
+    while it still sends."""
+    source = rows_csv(tmp_path / "in.csv", 200)
+    emu = start_emulator("--api-key", KEY, "--preload", str(source), "--latency-ms", "200")
+    af = cases(
+        tmp_path, migrated,
+        openai_default=connection(conn_type="openai", password=KEY, host=emu.base_url),
+    )  # fmt: skip
+    logs = af.dags_test("bulk_update_timeout")
+    assert af.task_states("bulk_update_timeout") == {"slow": ("failed", 1)}, logs[-5000:]
+    stopped = logs.index("AirflowTaskTimeout: stopping the run (as SIGTERM)")
+    summary = logs.index("; exit 143; stopped by SIGTERM", stopped)
+    assert summary < logs.index("Task failed with exception", stopped)
+    statuses = pl.read_parquet(tmp_path / "out" / "slow.parquet")["status"].value_counts()
+    counts = dict(statuses.iter_rows())
+    assert counts["updated"] + counts["unprocessed"] == 200
+    assert 0 < counts["updated"] < 200
+    requests = emu.stats()["requests"]
+    assert requests == counts["updated"] + 1  # + the preflight: nothing sent after the end

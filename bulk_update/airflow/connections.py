@@ -18,11 +18,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from bulk_update.config import check_base_url
 from bulk_update.exceptions import ConfigError
 
-__all__ = ["ApiSettings", "api_settings", "openai_connection", "store_url"]
+__all__ = ["ApiSettings", "api_settings", "openai_connection", "postgres_url", "store_url"]
 
 # What the job takes from ``openai_client_kwargs``; the rest (timeout, max_retries,
 # default_headers, http_client, ...) configures the SDK's client, which the job does not use.
@@ -72,6 +73,12 @@ def api_settings(
         return value
 
     base_url = text("openai_client_kwargs.base_url", kwargs.get("base_url")) or text("host", host)
+    if base_url is not None and "://" not in base_url:
+        where = "openai_client_kwargs.base_url" if kwargs.get("base_url") else "host"
+        raise ConfigError(
+            f"connection {conn_id!r}: its {where} {base_url!r} is not a URL: give the base URL "
+            "whole, https://HOST/v1"
+        )
     if base_url is not None:
         try:
             check_base_url(base_url)
@@ -117,10 +124,52 @@ def openai_connection(conn_id: str | None) -> ApiSettings:
     return ApiSettings()
 
 
-def store_url(conn_id: str) -> str:
-    """The store's URL from the Postgres connection ``conn_id`` (host, port, login, password;
-    its schema field is the database; its extra libpq parameters such as ``sslmode``). It holds
-    the password: only ever handed to JobConfig, whose repr hides it."""
+# libpq's connection parameters a Postgres connection's extra may hold; the rest of the
+# Postgres provider's extras (cursor, iam, aws_conn_id, ...) are its hook's, not libpq's.
+LIBPQ_PARAMETERS = frozenset({
+    "sslmode", "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword", "sslnegotiation",
+    "sslcompression", "connect_timeout", "application_name", "options", "target_session_attrs",
+    "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+    "tcp_user_timeout", "gssencmode", "channel_binding", "client_encoding", "passfile",
+    "service",
+})  # fmt: skip
+
+
+def postgres_url(
+    conn_id: str,
+    *,
+    conn_type: str | None,
+    host: str | None,
+    port: int | None,
+    login: str | None,
+    password: str | None,
+    schema: str | None,
+    extra: Mapping[str, Any],
+) -> tuple[str, tuple[str, ...]]:
+    """The store's URL from a Postgres connection's fields (its schema field is the database;
+    libpq's parameters from its extra), and the extras set aside (the Postgres hook's own).
+    Raises ConfigError naming the connection for one that is not Postgres."""
+    if conn_type not in {"postgres", "postgresql"}:
+        raise ConfigError(
+            f"store_conn_id {conn_id!r}: its conn_type is {conn_type!r}; the store needs a "
+            "Postgres connection (conn_type postgres)"
+        )
+    if not host:
+        raise ConfigError(f"store_conn_id {conn_id!r}: the connection has no host")
+    user = quote(login or "", safe="")
+    secret = f":{quote(password, safe='')}" if password else ""
+    where = f"[{host}]" if ":" in host else host
+    netloc = f"{user}{secret}@{where}" if user else where
+    if port:
+        netloc += f":{port}"
+    query = urlencode({k: str(v) for k, v in sorted(extra.items()) if k in LIBPQ_PARAMETERS})
+    url = f"postgresql://{netloc}/{quote(schema or '', safe='')}" + (f"?{query}" if query else "")
+    return url, tuple(sorted(set(extra) - LIBPQ_PARAMETERS))
+
+
+def store_url(conn_id: str) -> tuple[str, tuple[str, ...]]:
+    """``postgres_url`` of the connection ``conn_id``. The URL holds the password: only ever
+    handed to JobConfig, whose repr hides it."""
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
@@ -128,5 +177,13 @@ def store_url(conn_id: str) -> str:
         connection = Connection.get(conn_id)
     except AirflowNotFoundException:
         raise ConfigError(f"store_conn_id: no connection {conn_id!r}") from None
-    uri: str = connection.get_uri()
-    return uri
+    return postgres_url(
+        conn_id,
+        conn_type=connection.conn_type,
+        host=connection.host,
+        port=connection.port,
+        login=connection.login,
+        password=connection.password,
+        schema=connection.schema,
+        extra=connection.extra_dejson or {},
+    )

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.log import mask_secret
 
 from bulk_update.airflow.connections import openai_connection, store_url
 from bulk_update.config import JOB_NAME, JobConfig
@@ -61,6 +62,15 @@ JOB_OPTIONS = (
 )  # fmt: skip
 
 
+# What a try that stopped says: a retry resumes it, as does a clear (a task marked failed is not
+# retried).
+RESUMES = "the task run again (a retry, a clear) resumes the run"
+
+# Airflow's supervisor sends SIGKILL 5 s after the SIGTERM that kills a task (a task marked
+# failed or cleared, a timeout): the operator's drain leaves 2 s of those for the results.
+AIRFLOW_DRAIN_TIMEOUT_S = 3.0
+
+
 def shards(count: int) -> list[str]:
     """``["0/N", ..., "N-1/N"]``: what ``.expand(shard=...)`` takes to fan a job out."""
     if count < 1:
@@ -86,11 +96,14 @@ def default_job_name(dag_id: str | None, task_id: str) -> str:
 
 
 def default_asset(
-    results: object, job_name: object, dag_id: str | None, task_id: str
+    results: object, job_name: object, dag_id: str | None, task_id: str, dry_run: object = False
 ) -> Asset | None:
     """The outlet an operator has unless given ``outlets``: the results file's URI when its
-    path is fixed (an absolute local path, or an object store URL) ; else the job's own asset,
-    ``x-bulk-update://JOB``. None when the job's name is itself templated (no stable name)."""
+    path is fixed (an absolute local path, or an object store URL); else the job's own asset,
+    ``x-bulk-update://JOB``. None for a dry run (it changes nothing downstream can act on) or
+    when the job's name is itself templated (no stable name)."""
+    if dry_run:
+        return None
     if isinstance(results, str) and not _templated(results):
         if is_remote(results):
             return Asset(uri=results)
@@ -174,7 +187,7 @@ class BulkUpdateOperator(BaseOperator):
         stop_after_failures: int = _default("stop_after_failures"),
         store_timeout: float = _default("store_timeout"),
         backup: bool = False,
-        drain_timeout: float = _default("drain_timeout"),
+        drain_timeout: float = AIRFLOW_DRAIN_TIMEOUT_S,
         breaker_threshold: int = _default("breaker_threshold"),
         breaker_timeout: float = _default("breaker_timeout"),
         metrics_file: str | None = None,
@@ -188,7 +201,9 @@ class BulkUpdateOperator(BaseOperator):
         super().__init__(**kwargs)
         if "outlets" not in kwargs:
             dag = self.get_dag()
-            asset = default_asset(results, job_name, dag.dag_id if dag else None, self.task_id)
+            asset = default_asset(
+                results, job_name, dag.dag_id if dag else None, self.task_id, dry_run
+            )
             self.outlets = [asset] if asset is not None else []
         self.input = input
         self.results = results
@@ -235,7 +250,7 @@ class BulkUpdateOperator(BaseOperator):
             dag = partial.kwargs.get("dag")
             asset = default_asset(
                 kwargs.get("results"), kwargs.get("job_name"),
-                getattr(dag, "dag_id", None), partial.kwargs["task_id"],
+                getattr(dag, "dag_id", None), partial.kwargs["task_id"], kwargs.get("dry_run"),
             )  # fmt: skip
             partial.kwargs["outlets"] = [asset] if asset is not None else []
         return partial
@@ -254,28 +269,41 @@ class BulkUpdateOperator(BaseOperator):
                 "bulk_update does not use (its own: timeout, max_attempts)",
                 self.openai_conn_id, ", ".join(api.ignored),
             )  # fmt: skip
+        if api.api_key is not None:
+            # Airflow masks a connection's password, not a key inside its extra's JSON.
+            mask_secret(api.api_key)
         options["api_key"] = api.api_key
         for name in ("base_url", "organization", "project"):
             options[name] = options[name] or getattr(api, name)
         if self.store_conn_id is not None:
-            options["state_url"] = store_url(self.store_conn_id)
+            options["state_url"], ignored = store_url(self.store_conn_id)
+            if ignored:
+                self.log.info(
+                    "connection %s: extra %s are not libpq parameters; not used",
+                    self.store_conn_id, ", ".join(ignored),
+                )  # fmt: skip
         given = {name: value for name, value in options.items() if value is not None}
         return JobConfig.from_options(given, source=f"task {self.task_id}")
 
     def execute(self, context: Context) -> dict[str, Any]:
+        # Made first: an on_kill while the connections are read stops the job at its start.
+        interrupt = self._interrupt = Interrupt()
         try:
-            config = self.job_config()
-        except ConfigError as exc:
-            raise AirflowFailException(f"{exc} (exit 2)") from None
-        shard = f"{config.shard[0]}/{config.shard[1]}" if config.shard else None
-        name = f"shard {shard}" if shard else "the run"
-        self.log.info(
-            "%s of job %s: %s -> %s; store %s; rpm %d, concurrency %d", name,
-            config.job_name, config.input, config.output, config.store_where(), config.rpm,
-            config.concurrency,
-        )  # fmt: skip
-        with _quiet_http_logs():
-            summary = self._run(config, name)
+            try:
+                config = self.job_config()
+            except ConfigError as exc:
+                raise AirflowFailException(f"task {self.task_id}: {exc} (exit 2)") from None
+            shard = f"{config.shard[0]}/{config.shard[1]}" if config.shard else None
+            name = f"shard {shard}" if shard else "the run"
+            self.log.info(
+                "%s of job %s: %s -> %s; store %s; rpm %d, concurrency %d", name,
+                config.job_name, config.input, config.output, config.store_where(),
+                config.rpm, config.concurrency,
+            )  # fmt: skip
+            with _quiet_http_logs():
+                summary = self._run(config, name, interrupt)
+        finally:
+            self._interrupt = None
         self.log.info("%s", summary.line())
         result = summary.as_dict()
         result["shard"] = shard
@@ -289,59 +317,67 @@ class BulkUpdateOperator(BaseOperator):
             raise AirflowFailException(f"{name}: {_row_errors(summary)}")
         if code in RESUMABLE or code == ExitCode.INTERNAL:
             reason = (summary.fatal_error or summary.stopped_by or "an internal error").rstrip(".")
-            raise AirflowException(f"{name} stopped (exit {int(code)}): {reason}; a retry resumes")
+            raise AirflowException(f"{name} stopped (exit {int(code)}): {reason}; {RESUMES}")
         raise AirflowFailException(f"{name}: exit {int(code)}: {summary.line()}")
 
-    def _run(self, config: JobConfig, name: str) -> JobSummary:
+    def _run(self, config: JobConfig, name: str, interrupt: Interrupt) -> JobSummary:
         """The job, in a thread: this (main) thread keeps Airflow's signal handling, and waits.
         Whatever cuts the wait short (an ``execution_timeout``, Ctrl-C) stops the job as a
-        signal would, and waits for it to drain and write its results before going on."""
-        interrupt = self._interrupt = Interrupt()
+        signal would, and waits for it to drain and write its results before going on (the
+        next try must not start while this one still sends)."""
         outcome: list[JobSummary | BaseException] = []
+        ended = threading.Event()
 
         def work() -> None:
             try:
                 outcome.append(run_job(config, progress=ProgressLog(), interrupt=interrupt))
             except BaseException as exc:
                 outcome.append(exc)
+            finally:
+                ended.set()
 
-        thread = threading.Thread(target=work, name=f"bulk_update {name}")
-        thread.start()
+        threading.Thread(target=work, name=f"bulk_update {name}", daemon=True).start()
         try:
-            thread.join()
+            ended.wait()
         except BaseException as exc:
+            # Not Thread.join: in Python 3.11 a join cut short by an exception leaves the thread
+            # marked as ended, and a second join returns at once. The Event waits for real.
             signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
             self.log.warning("%s: stopping the run (as %s)", type(exc).__name__, signum.name)
             interrupt(signum)
-            thread.join()
+            while not ended.wait(1.0):
+                pass
+            if outcome and isinstance(outcome[0], JobSummary):
+                self.log.warning("%s", outcome[0].line())
             raise
-        finally:
-            self._interrupt = None
         (done,) = outcome
         if isinstance(done, BulkUpdateError):
-            if done.exit_code in RESUMABLE:
-                raise AirflowException(f"{name}: {done} (exit {done.exit_code})") from None
+            if done.exit_code in RESUMABLE or done.may_pass:
+                # An API or store not reachable now, a run held by another process: it may
+                # pass. (The rest of exit 2 no retry can mend.)
+                raise AirflowException(f"{name}: {done} (exit {done.exit_code}); {RESUMES}")
             raise AirflowFailException(f"{name}: {done} (exit {done.exit_code})") from None
         if isinstance(done, BaseException):
             raise done
         return done
 
     def on_kill(self) -> None:
-        """The task is killed (Airflow's SIGTERM, a timeout): stop the run as SIGTERM stops
-        the CLI (drained, results written, exit 143); the try fails and its retry resumes. A
-        second call stops at once."""
+        """The task is killed (Airflow's SIGTERM: the task marked failed or cleared, a worker
+        shutting down): stop the run as SIGTERM stops the CLI (drained within
+        ``drain_timeout``, results written, exit 143); the try fails, and the task run again
+        resumes it. A second call stops at once."""
         interrupt = self._interrupt
         if interrupt is not None:
             self.log.warning(
                 "on_kill: stopping the run: finishing the requests in flight, writing the "
-                "results; a retry resumes"
-            )
+                "results; %s", RESUMES,
+            )  # fmt: skip
             interrupt(signal.SIGTERM)
 
     def _record_assets(self, context: Context, result: Mapping[str, Any]) -> None:
         """Each outlet's asset event carries the run's counts and where its results are."""
         extra = {
-            "job_name": result["job_name"], "shard": result["shard"],
+            "job_name": result["job_name"], "shard": result["shard"], "dry_run": result["dry_run"],
             "counts": result["counts"], "total_rows": result["total_rows"],
             "exit_code": result["exit_code"], "results": result["output"],
             "errors_output": result["errors_output"],

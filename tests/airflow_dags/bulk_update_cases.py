@@ -41,6 +41,12 @@ with DAG(
     update("rows_invalid_fail", input=f"{HERE}/with-invalid.csv")
     update("rows_invalid_pass", input=f"{HERE}/with-invalid.csv", fail_on_row_errors=False)
     update("key_refused", openai_conn_id="key_refused")
+    update("api_unreachable", openai_conn_id="api_unreachable")
+    update("store_not_postgres", store_conn_id="store_not_postgres")
+
+# A task past its execution_timeout: stopped as SIGTERM stops it, its results written.
+with DAG("bulk_update_timeout", schedule=None, tags=["test"]):
+    update("slow", concurrency=2, rpm=100_000, execution_timeout=timedelta(seconds=4))
 
 # A task killed mid-run (SIGTERM: on_kill), retried.
 with DAG(
