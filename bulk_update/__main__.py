@@ -1,3 +1,3 @@
-from bulk_update.cli import main
+from bulk_update.cli import console
 
-raise SystemExit(main())
+console()

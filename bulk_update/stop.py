@@ -29,7 +29,7 @@ from bulk_update._constants import RETRYABLE_STATUSES
 from bulk_update.exceptions import FatalApiError, JobStopped, first_line
 from bulk_update.outcome import RowOutcome
 
-__all__ = ["FailureStreak", "Interrupt", "Signals", "Stop", "StopReason"]
+__all__ = ["FailureStreak", "Interrupt", "Signals", "Stop", "StopReason", "routed"]
 
 log = logging.getLogger("bulk_update")
 
@@ -149,6 +149,24 @@ class Interrupt:
             self._deliver, self._ended = None, True
 
 
+@contextlib.contextmanager
+def routed(interrupt: Interrupt) -> Iterator[None]:
+    """SIGTERM and SIGINT given to ``interrupt`` for the block (main thread), outside the
+    loop's own handling (``Signals``): before the job is under way, one stops it at its start;
+    after it ended, one changes nothing. The CLI runs the job in this block: a SIGTERM a
+    scheduler sends as a finished run exits must not turn its exit 1 into a kill."""
+
+    def forward(signum: int, frame: object) -> None:
+        interrupt(signals.Signals(signum))
+
+    previous = {s: signals.signal(s, forward) for s in (signals.SIGTERM, signals.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signals.signal(signum, handler)
+
+
 class Signals:
     """``with Signals(stop) as routed:`` SIGTERM and SIGINT set ``stop`` for the whole block.
 
@@ -163,15 +181,18 @@ class Signals:
         self._interrupt = interrupt
         self._graceful: Hook | None = None
         self._at_once: Hook | None = None
-        self._installed: list[signals.Signals] = []
+        # The handlers the process had, put back at the end (the loop's removal would leave
+        # the default: a signal just after the job would kill the process).
+        self._installed: dict[signals.Signals, object] = {}
 
     def __enter__(self) -> Signals:
         loop = asyncio.get_running_loop()
         if threading.current_thread() is threading.main_thread():
             for signum in (signals.SIGTERM, signals.SIGINT):
+                previous = signals.getsignal(signum)
                 try:
                     loop.add_signal_handler(signum, self._handle, signum)
-                    self._installed.append(signum)
+                    self._installed[signum] = previous
                 except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
                     pass
         if self._interrupt is not None:
@@ -187,9 +208,11 @@ class Signals:
         if self._interrupt is not None:
             self._interrupt._detach()
         loop = asyncio.get_running_loop()
-        for signum in self._installed:
+        for signum, previous in self._installed.items():
             loop.remove_signal_handler(signum)
-        self._installed = []
+            if previous is not None:  # None: not installed from Python; the default stays
+                signals.signal(signum, previous)  # type: ignore[arg-type]
+        self._installed = {}
 
     @contextlib.contextmanager
     def phase(self, *, graceful: Hook | None = None, at_once: Hook | None = None) -> Iterator[None]:

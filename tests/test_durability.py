@@ -219,3 +219,47 @@ def test_crash_while_writing_results_leaves_the_old_file(tmp_path: Path) -> None
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert output.read_bytes() == before  # the complete old file, never a half-written one
+
+
+def test_a_signal_as_a_finished_run_exits_leaves_its_exit_code(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """A scheduler's SIGTERM that lands after the job ended, while the process exits (it used
+    to find the default action there: the finished run reported as killed, -15), changes
+    nothing: the run's own exit code stands. The signal is sent from inside the command, just
+    after ``run_job`` returned, so the moment is exact; and before the job is under way it
+    stops it at its start (exit 143, nothing sent)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import TEST_KEY
+
+    source = tmp_path / "in.csv"
+    write_input(source, 10)
+    emu = start_emulator("--preload", str(source))
+    code = (
+        "import os, signal, sys\n"
+        "import bulk_update.cli as cli, bulk_update.job as job\n"
+        "real, when = cli.run_job, sys.argv.pop(1)\n"
+        "def late(*args, **kwargs):\n"
+        "    if when == 'before':\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    summary = real(*args, **kwargs)\n"
+        "    if when == 'after':\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return summary\n"
+        "cli.run_job = late\n"
+        "cli.console()\n"
+    )
+    for when, output, expected in (("after", "a.csv", 0), ("before", "b.csv", 143)):
+        done = subprocess.run(
+            [sys.executable, "-c", code, when, "run", str(source), "--output",
+             str(tmp_path / output), "--base-url", emu.base_url],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "OPENAI_API_KEY": TEST_KEY},
+        )  # fmt: skip
+        assert done.returncode == expected, (when, done.stderr[-2000:])
+    assert results(tmp_path / "a.csv")["status"].to_list() == ["updated"] * 10
+    assert results(tmp_path / "b.csv")["status"].to_list() == ["unprocessed"] * 10
+    assert emu.stats()["by_operation"].get("update") == 10  # none from the stopped one

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -52,6 +53,7 @@ from bulk_update.exceptions import (
 from bulk_update.exitcodes import ExitCode
 from bulk_update.job import run_job
 from bulk_update.observe import draw
+from bulk_update.stop import Interrupt, routed
 
 if TYPE_CHECKING:
     from bulk_update.store import StoreLocation
@@ -116,11 +118,13 @@ def _run_job(args: argparse.Namespace, *, settle: Settle) -> int:
     except OSError as exc:
         raise ConfigError(f"--log-file {log_file}: {exc.strerror or exc}") from None
     reporter = draw.progress_reporter(quiet=quiet)
-    try:
-        summary = run_job(config, progress=reporter)
-    finally:
-        reporter.close()
-    print(summary.line(), file=sys.stderr, flush=True)
+    interrupt = Interrupt()
+    with routed(interrupt):
+        try:
+            summary = run_job(config, progress=reporter, interrupt=interrupt)
+        finally:
+            reporter.close()
+        print(summary.line(), file=sys.stderr, flush=True)
     return summary.exit_code
 
 
@@ -249,6 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
             group(subparser)
         subparser.set_defaults(handler=command.handler)
     return parser
+
+
+def console() -> None:
+    """The ``bulk-update`` command (and ``python -m bulk_update``): ``main``, then its exit
+    code, which a signal arriving as the process ends no longer changes."""
+    code = main()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
