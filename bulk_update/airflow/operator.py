@@ -138,11 +138,16 @@ class BulkUpdateOperator(BaseOperator):
     :param job_name: default ``DAG_ID.TASK_ID``: the same every night and for every shard.
     :param fail_on_row_errors: rows ``failed`` or ``invalid`` (exit 1) fail the task, for good
         (a retry would find them finished); False: the task succeeds and logs the counts.
+    :param drain_timeout: 3 s, not the CLI's 10: Airflow's supervisor sends SIGKILL 5 s after
+        the SIGTERM that kills a task, and the results need the rest.
 
-    Exit codes: 0 succeeds; 2 (options, input, a store that refuses: nothing sent) raises
-    ``AirflowFailException``, no retry can mend it; 3, 130, 143 (the API said stop, a signal,
-    ``on_kill``) and 70 (a bug; the store is consistent) fail the try, and a retry resumes the
-    run. The return value (the XCom) is the summary's ``as_dict()`` and the shard: counts, exit
+    Exit codes: 0 succeeds; 2 (options, input, a connection it cannot use: nothing sent) raises
+    ``AirflowFailException``, no retry can mend it, unless it may pass (``may_pass``: the API or
+    the store not reachable, the run held by another process), which fails the try; 3, 130,
+    143 (the API said stop, a signal, ``on_kill``, ``execution_timeout``) and 70 (a bug; the
+    store is consistent) fail the try, and the task run again resumes the run.
+
+    The return value (the XCom) is the summary's ``as_dict()`` and the shard: counts, exit
     code, results and errors paths, the store without its password, never the key. Each outlet
     (default: ``default_asset``) gets an asset event whose extra holds the counts and paths.
 
