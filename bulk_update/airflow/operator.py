@@ -19,7 +19,7 @@ import hashlib
 import logging
 import signal
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,10 +40,10 @@ from bulk_update.paths import is_remote
 from bulk_update.stop import Interrupt
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.sdk import DAG, Context
     from airflow.sdk.definitions.mappedoperator import OperatorPartial
 
-__all__ = ["BulkUpdateOperator", "default_asset", "default_job_name", "shards"]
+__all__ = ["BulkUpdateOperator", "default_job_name", "default_outlets", "shards"]
 
 
 def _default(name: str) -> Any:
@@ -95,24 +95,25 @@ def default_job_name(dag_id: str | None, task_id: str) -> str:
     return f"{cleaned[:90]}-{digest}"
 
 
-def default_asset(
-    results: object, job_name: object, dag_id: str | None, task_id: str, dry_run: object = False
-) -> Asset | None:
+def default_outlets(
+    results: object, job_name: object, dag: DAG | None, task_id: str, dry_run: object = False
+) -> list[Asset]:
     """The outlet an operator has unless given ``outlets``: the results file's URI when its
     path is fixed (an absolute local path, or an object store URL); else the job's own asset,
-    ``x-bulk-update://JOB``. None for a dry run (it changes nothing downstream can act on) or
+    ``x-bulk-update://JOB``. No outlet for a dry run (it changes nothing downstream can act on) or
     when the job's name is itself templated (no stable name)."""
     if dry_run:
-        return None
+        return []
     if isinstance(results, str) and not _templated(results):
         if is_remote(results):
-            return Asset(uri=results)
+            return [Asset(uri=results)]
         if Path(results).is_absolute():
-            return Asset(uri=Path(results).as_uri())
+            return [Asset(uri=Path(results).as_uri())]
     if _templated(job_name):
-        return None
+        return []
+    dag_id = dag.dag_id if dag is not None else None
     job = job_name if isinstance(job_name, str) else default_job_name(dag_id, task_id)
-    return Asset(uri=f"x-bulk-update://{job}")
+    return [Asset(uri=f"x-bulk-update://{job}")]
 
 
 class BulkUpdateOperator(BaseOperator):
@@ -149,7 +150,7 @@ class BulkUpdateOperator(BaseOperator):
 
     The return value (the XCom) is the summary's ``as_dict()`` and the shard: counts, exit
     code, results and errors paths, the store without its password, never the key. Each outlet
-    (default: ``default_asset``) gets an asset event whose extra holds the counts and paths.
+    (default: ``default_outlets``) gets an asset event whose extra holds the counts and paths.
 
     Not deferrable, on purpose: the updates are sent from this worker. A trigger is re-run
     after a triggerer restarts, and would send them again.
@@ -205,11 +206,7 @@ class BulkUpdateOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         if "outlets" not in kwargs:
-            dag = self.get_dag()
-            asset = default_asset(
-                results, job_name, dag.dag_id if dag else None, self.task_id, dry_run
-            )
-            self.outlets = [asset] if asset is not None else []
+            self.outlets = default_outlets(results, job_name, self.get_dag(), self.task_id, dry_run)
         self.input = input
         self.results = results
         self.errors_output = errors_output
@@ -252,12 +249,10 @@ class BulkUpdateOperator(BaseOperator):
         read from here when the DAG is parsed, before any ``__init__`` runs."""
         partial: OperatorPartial = super().partial(**kwargs)
         if "outlets" not in kwargs:
-            dag = partial.kwargs.get("dag")
-            asset = default_asset(
-                kwargs.get("results"), kwargs.get("job_name"),
-                getattr(dag, "dag_id", None), partial.kwargs["task_id"], kwargs.get("dry_run"),
+            partial.kwargs["outlets"] = default_outlets(
+                kwargs.get("results"), kwargs.get("job_name"), partial.kwargs.get("dag"),
+                partial.kwargs["task_id"], kwargs.get("dry_run"),
             )  # fmt: skip
-            partial.kwargs["outlets"] = [asset] if asset is not None else []
         return partial
 
     def job_config(self) -> JobConfig:
@@ -387,8 +382,9 @@ class BulkUpdateOperator(BaseOperator):
             "exit_code": result["exit_code"], "results": result["output"],
             "errors_output": result["errors_output"],
         }  # fmt: skip
-        for outlet in _assets(self.outlets):
-            context["outlet_events"][outlet].extra = dict(extra)
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset):  # not an AssetAlias: its events are the user's to add
+                context["outlet_events"][outlet].extra = dict(extra)
 
 
 @contextlib.contextmanager
@@ -402,10 +398,6 @@ def _quiet_http_logs() -> Iterator[None]:
         yield
     finally:
         http.setLevel(before)
-
-
-def _assets(outlets: Iterable[object]) -> list[Asset]:
-    return [outlet for outlet in outlets if isinstance(outlet, Asset)]
 
 
 def _row_errors(summary: JobSummary) -> str:
