@@ -5,11 +5,14 @@ sweeping of an interrupted write's temporary files."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import json
 import os
 import signal
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from bulk_update.exceptions import DiskFull, StoreUnavailable
 from bulk_update.exitcodes import ExitCode
 from bulk_update.observe.summary import exit_code_for
 from bulk_update.stop import Stop
+from bulk_update.store import lease
 from bulk_update.store.core import changed_fields, fingerprint_text
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.lease import LEASE_S, SEND_MARGIN_S, LocalLease, is_gone, this_process
@@ -133,6 +137,32 @@ def test_only_a_process_surely_gone_lets_its_lease_go() -> None:
         here.__class__(here.host, "", "", child.pid, ""),  # no /proc where it ran
     ):
         assert not is_gone(other, here)  # cannot be looked at: its lease is waited for
+
+
+def test_a_holder_that_exited_is_gone_and_one_hidden_from_this_user_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A zombie (exited, not yet waited for by its parent) holds nothing: gone. A process whose
+    /proc entry cannot be read (``hidepid``: another user's) is there: not gone."""
+    here = this_process()
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        alive = dataclasses.replace(here, pid=child.pid, started=lease._started(child.pid))
+        assert not is_gone(alive, here)
+        child.kill()
+        deadline = time.monotonic() + 60
+        while lease._process(child.pid)[0] != "Z":  # exited, its parent (this test) not told
+            assert time.monotonic() < deadline, "the killed child never exited"
+            time.sleep(0.01)
+        assert is_gone(alive, here)
+    finally:
+        child.wait()
+    assert is_gone(alive, here)  # waited for: no process has its pid
+
+    monkeypatch.setattr(lease, "_read", lambda path: "" if path.endswith("/stat") else "x")
+    hidden = dataclasses.replace(here, boot="x", pid_namespace="x")
+    assert not is_gone(hidden, hidden)  # this process, /proc unreadable: kill(pid, 0) finds it
+    assert is_gone(dataclasses.replace(hidden, pid=child.pid), hidden)  # no such process
 
 
 def test_grouped_writes_in_order_with_their_errors() -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "Holder",
     "LocalLease",
     "is_gone",
+    "is_here",
     "this_process",
 ]
 
@@ -105,11 +106,28 @@ def _namespace() -> str:
     return ""
 
 
-def _started(pid: int) -> str:
-    """The process's start, in clock ticks since boot (field 22 of /proc/PID/stat)."""
+def _process(pid: int) -> tuple[str, str]:
+    """The process's state and start, in clock ticks since boot (fields 3 and 22 of
+    /proc/PID/stat); ("", "") if it cannot be read."""
     stat = _read(f"/proc/{pid}/stat")
     fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else ""
+    return (fields[0], fields[19]) if len(fields) > 19 else ("", "")
+
+
+def _started(pid: int) -> str:
+    return _process(pid)[1]
+
+
+def _exists(pid: int) -> bool:
+    """Is there a process ``pid`` (this PID namespace), even one whose /proc entry this user
+    cannot read (``hidepid``)? Any doubt says yes."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: there, another user's
+        return True
+    return True
 
 
 def this_process() -> Holder:
@@ -123,17 +141,29 @@ def this_process() -> Holder:
     )
 
 
-def is_gone(holder: Holder, here: Holder | None = None) -> bool:
-    """Is ``holder`` surely not running any more? Only a process of this kernel boot and PID
-    namespace can be looked at; any doubt (another machine, another container, no /proc) says
-    no, and the caller waits for the lease to end."""
+def is_here(holder: Holder, here: Holder | None = None) -> bool:
+    """Can ``holder`` be looked at from this process: the same host, kernel boot and PID
+    namespace (its pid means the same process here)?"""
     here = here or this_process()
-    if not (holder.boot and holder.pid_namespace and holder.started):
+    if not (holder.boot and holder.pid_namespace and holder.started and holder.pid > 0):
         return False
-    if (holder.host, holder.boot, holder.pid_namespace) != (
+    return (holder.host, holder.boot, holder.pid_namespace) == (
         here.host,
         here.boot,
         here.pid_namespace,
-    ):
+    )
+
+
+def is_gone(holder: Holder, here: Holder | None = None) -> bool:
+    """Is ``holder`` surely not running any more: no process has its pid, or the one that has
+    it started at another moment (the pid was used again), or it has exited and waits for its
+    parent (a zombie holds no lock, no session)? Only a process that ``is_here`` can be looked
+    at; any doubt (another machine, another container, no /proc, a /proc entry this user may
+    not read) says no, and the caller waits for the lease to end (``status``: for the
+    heartbeat to age)."""
+    if not is_here(holder, here):
         return False
-    return _started(holder.pid) != holder.started
+    state, started = _process(holder.pid)
+    if not started:
+        return not _exists(holder.pid)
+    return started != holder.started or state in ("Z", "X")
