@@ -44,6 +44,7 @@ import polars as pl
 
 from bulk_update._constants import DEFAULT_STORE_TIMEOUT_S
 from bulk_update.outcome import RowOutcome, Status
+from bulk_update.store.lease import Holder
 from bulk_update.store.schema import (
     TIMESTAMP_FORMAT,
     TIMING_COLUMNS,
@@ -119,7 +120,12 @@ class RunBeat:
 @dataclass(frozen=True, slots=True)
 class RunRecord:
     """One run of a job, as ``history`` shows it (requests and 429s summed over its
-    invocations)."""
+    invocations).
+
+    ``requests_exact``: every invocation recorded its end, so ``requests`` and ``rate_limited``
+    count all it sent; else (a run going on, or one killed -9 on the way) they count what its
+    heartbeats recorded, a lower bound. ``holder``: who last ran it, told well enough that
+    ``status`` on its host can say it is gone (None: an older version's run)."""
 
     run_id: int
     results: str
@@ -138,9 +144,12 @@ class RunRecord:
     pid: int | None
     replaced: bool
     options: dict[str, Any] = field(default_factory=dict)  # as given (never a secret)
+    requests_exact: bool = True
+    holder: Holder | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        """Its fields for JSON (the holder is told by ``host`` and ``pid``)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "holder"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +363,12 @@ class Store(Protocol):
     def status(self, job: str) -> list[RunStatus]:
         """The job's runs that are going on or stopped before their end (not replaced), newest
         first."""
+        ...
+
+    def proven_requests(self, run_id: int) -> int:
+        """The requests a run's committed outcomes prove it sent (the sum of their attempts):
+        what its count is at least, when an invocation did not record its end. Reads all the
+        run's outcomes."""
         ...
 
     def timeline(self, run_id: int) -> list[Second]:

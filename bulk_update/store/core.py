@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -44,6 +42,7 @@ from bulk_update.store import (
     run_options,
     schema,
 )
+from bulk_update.store.lease import Holder, this_process
 from bulk_update.store.schema import TIMELINE, TIMING_COLUMNS, format_timestamp
 
 __all__ = [
@@ -294,20 +293,29 @@ _FIND = (
     "SELECT run_id, fingerprint, options FROM runs WHERE job = :job AND results = :results "
     "AND shard = :shard AND replaced_at IS NULL ORDER BY run_id DESC LIMIT 1"
 )
+# The run's holder: its host and pid, and what tells it apart from another process that has
+# the pid later (lease.Holder). A resumed run whose last invocation never recorded its end
+# counts it as interrupted (the expressions read the row as it was).
 _RESUME = (
     "UPDATE runs SET resumed_at = {now}, invocations = invocations + 1, ended_at = NULL, "
-    "exit_code = NULL, stopped_by = NULL, host = :host, pid = :pid, options = :options "
+    "interrupted = interrupted + CASE WHEN ended_at IS NULL THEN 1 ELSE 0 END, "
+    "exit_code = NULL, stopped_by = NULL, host = :host, pid = :pid, boot = :boot, "
+    "pid_namespace = :pid_namespace, pid_started = :pid_started, options = :options "
     "WHERE run_id = :run"
 )
 _START = (
-    "INSERT INTO runs (job, results, shard, fingerprint, options, started_at, host, pid) "
-    "VALUES (:job, :results, :shard, :fingerprint, :options, {now}, :host, :pid)"
+    "INSERT INTO runs (job, results, shard, fingerprint, options, started_at, host, pid, boot, "
+    "pid_namespace, pid_started) VALUES (:job, :results, :shard, :fingerprint, :options, "
+    "{now}, :host, :pid, :boot, :pid_namespace, :pid_started)"
 )
 _HISTORY = (
     "SELECT run_id, results, shard, options, started_at, ended_at, invocations, counts, "
-    "exit_code, total_rows, requests, rate_limited, stopped_by, host, pid, "
-    "replaced_at IS NOT NULL FROM runs WHERE job = :job ORDER BY run_id DESC"
+    "exit_code, total_rows, requests, rate_limited, stopped_by, host, pid, boot, pid_namespace, "
+    "pid_started, interrupted, replaced_at IS NOT NULL FROM runs WHERE job = :job "
+    "ORDER BY run_id DESC"
 )
+# The requests a run's committed outcomes prove it sent.
+_PROVEN = "SELECT sum(attempts) FROM outcomes WHERE {run_rows}"
 _LAST = "(SELECT max(at) FROM timeline WHERE run_id = r.run_id)"
 _STATUS = (
     "SELECT r.run_id, r.rows_done, {age}, "  # noqa: S608
@@ -342,8 +350,11 @@ def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int 
     """The run's ID, found (and resumed) or started; or, if its input or mapping changed, the
     names that did."""
     key, fingerprint, options = opening.key, opening.fingerprint, opening.options
+    holder = this_process()
     given = {"job": key.job, "results": key.results, "shard": key.shard_text,
-             "host": socket.gethostname(), "pid": os.getpid(), **_stamp()}  # fmt: skip
+             "host": holder.host, "pid": holder.pid, "boot": holder.boot,
+             "pid_namespace": holder.pid_namespace, "pid_started": holder.started,
+             **_stamp()}  # fmt: skip
     found = conn.execute(dialect.prepare(_FIND), given).fetchone()
     if found is not None and opening.restart:
         conn.execute(
@@ -373,9 +384,19 @@ def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int 
     return int(run_id)
 
 
+def _holder(
+    host: str | None, pid: int | None, boot: str | None, namespace: str | None, started: str | None
+) -> Holder | None:
+    """Who holds a run, if it told enough (an older version's run did not)."""
+    if host is None or pid is None or not (boot and namespace and started):
+        return None
+    return Holder(host, boot, namespace, int(pid), started)
+
+
 def _record(row: tuple[Any, ...]) -> RunRecord:
     (run_id, results, shard, options, started_at, ended_at, invocations, counts, exit_code,
-     total_rows, requests, rate_limited, stopped_by, host, pid, replaced) = row  # fmt: skip
+     total_rows, requests, rate_limited, stopped_by, host, pid, boot, namespace, started,
+     interrupted, replaced) = row  # fmt: skip
     given = run_options(options)
     return RunRecord(
         run_id=int(run_id), results=results, shard=shard, input=options_input(given),
@@ -384,6 +405,8 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
         counts=json.loads(counts) if counts else {}, exit_code=exit_code, total_rows=total_rows,
         requests=int(requests or 0), rate_limited=int(rate_limited or 0), stopped_by=stopped_by,
         host=host, pid=pid, replaced=bool(replaced),
+        requests_exact=ended_at is not None and not interrupted,
+        holder=_holder(host, pid, boot, namespace, started),
     )  # fmt: skip
 
 
@@ -438,6 +461,10 @@ class StoreCore:
 
     def history(self, job: str) -> list[RunRecord]:
         return [_record(row) for row in self._fetch(_HISTORY, {"job": job})]
+
+    def proven_requests(self, run_id: int) -> int:
+        rows = self._fetch(_PROVEN, self._dialect.span(run_id))
+        return int(rows[0][0] or 0)
 
     def status(self, job: str) -> list[RunStatus]:
         records = [r for r in self.history(job) if not r.replaced and is_unfinished(r)]

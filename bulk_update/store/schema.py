@@ -95,6 +95,7 @@ LAYOUTS = (
     "outcomes gain the row's timing, runs a heartbeat, and the timeline table",  # 4
     "the leases table (PostgreSQL)",  # 5
     "outcomes and last_set rebuilt to keep fewer bytes a row (see OUTCOMES)",  # 6
+    "runs gain who holds them (boot, pid_namespace, pid_started) and interrupted",  # 7
 )
 LAYOUT_VERSION = len(LAYOUTS)
 
@@ -218,6 +219,14 @@ RUNS = Table("runs", (
     # in PostgreSQL.
     Column("heartbeat_at", "REAL", "timestamptz", since=4),
     _column("rows_done", "bigint", since=4),
+    # Who holds the run beyond host and pid (store/lease.py's Holder): the kernel's boot, the PID
+    # namespace and the process's start, so that ``status`` on its host can tell it is gone.
+    _column("boot", "text", since=7),
+    _column("pid_namespace", "text", since=7),
+    _column("pid_started", "text", since=7),
+    # Invocations that never recorded their end (killed -9, their machine or store lost): their
+    # requests were counted up to their last heartbeat only.
+    _column("interrupted", "integer", " NOT NULL DEFAULT 0", since=7),
 ))  # fmt: skip
 # What a run records beyond its first layout (history, the heartbeat): (name, column).
 RUN_COLUMNS = tuple((c.name, c) for c in RUNS.columns if c.since > 1)
