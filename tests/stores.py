@@ -69,3 +69,12 @@ class Backend:
         assert self.server is not None
         assert self.url is not None
         return self.server.query(self.url.rsplit("/", 1)[1], sql, *arguments)
+
+    def attempts(self, job: str, run_id: int) -> int:
+        """The requests a run's committed outcomes record (the sum of their ``attempts``), read
+        with SQL."""
+        sql = "SELECT coalesce(sum(attempts), 0) FROM {}run_outcomes WHERE run_id = {}"
+        if self.url is None:
+            with contextlib.closing(sqlite3.connect(self.directory / f"{job}.sqlite")) as db:
+                return int(db.execute(sql.format("", "?"), (run_id,)).fetchone()[0])
+        return int(self.query(sql.format("bulk_update.", "%s"), run_id)[0][0])

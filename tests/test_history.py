@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import StartEmulator
-from tests.helpers import cli, write_input
+from tests.helpers import cli, start, wait_for_requests, write_input
+from tests.stores import Backend
 
 
 def history(*args: str) -> list[dict[str, Any]]:
@@ -41,6 +42,7 @@ def test_history_shows_each_run_as_the_server_saw_it(
     assert earliest["counts"] == {"updated": 120}
     assert earliest["total_rows"] == 120
     assert earliest["requests"] == served["requests"]
+    assert earliest["requests_exact"] is True  # it recorded its end: shown as is, no "≥"
     # Told 10x the server's limit, the job takes the limit the server announces and rarely meets
     # a 429; those it meets are counted (tests/test_send.py counts them one by one).
     assert earliest["rate_limited"] == served["by_status"].get("429", 0)
@@ -58,6 +60,7 @@ def test_history_shows_each_run_as_the_server_saw_it(
     assert len(lines) == 3
     assert "insufficient_quota" in lines[1]
     assert "updated=120" in lines[2]
+    assert f" {served['requests']} " in lines[2]
 
     missing = cli("history", "--job", "nope", "--state-dir", str(tmp_path))
     assert missing.returncode == 2
@@ -87,3 +90,47 @@ def test_status_history_and_report_find_the_store_beside_the_results(
     assert both.returncode == 2
     assert "more than one place" in both.stderr
     assert "--state-dir" in both.stderr
+
+
+def test_a_run_killed_9_is_stopped_at_once_and_its_requests_a_lower_bound(
+    start_emulator: StartEmulator, backend: Backend, tmp_path: Path
+) -> None:
+    """kill -9 of a real run: ``status`` on its host sees at once that its process is gone (no
+    wait for the heartbeat to age), and ``history`` counts at least the requests its committed
+    outcomes record, marked as a lower bound (the heartbeat had counted none of them)."""
+    source = tmp_path / "in.csv"
+    write_input(source, 3000)
+    emu = start_emulator("--preload", str(source), "--latency-ms", "50")
+    where = ("--job", "nightly", *backend.args)
+    args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
+            "--job-name", "nightly", "--concurrency", "8", "--rpm", "60000", *backend.args)  # fmt: skip
+    # One heartbeat a minute: the one at the start is the last the store gets before the kill.
+    process = start(*args, "--metrics-interval", "60")
+    try:
+        wait_for_requests(emu, 300)
+    finally:
+        process.kill()  # kill -9: no word to the store
+        process.wait()
+
+    (killed,) = json.loads(cli("status", *where, "--json").stdout)
+    assert killed["pid"] == process.pid
+    assert killed["state"] == "stopped"  # at once: its heartbeat is seconds old, not 185 s
+    text = cli("status", *where).stdout
+    assert f"interrupted: its process {process.pid} on this host is gone" in text, text
+    assert "running" not in text.split("\n", 1)[1]  # the header aside
+
+    (run,) = history(*where)
+    committed = backend.attempts("nightly", run["run_id"])
+    assert committed >= 200  # the premise: most of the 300 requests' rows were committed
+    assert committed <= run["requests"] <= emu.stats()["requests"]
+    assert run["requests_exact"] is False
+    shown = cli("history", *where).stdout.splitlines()[1]
+    assert f"\u2265{run['requests']}" in shown  # "≥N": a lower bound
+    assert "interrupted" in shown
+
+    resumed = cli("run", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    (run,) = history(*where)
+    assert run["invocations"] == 2
+    assert backend.attempts("nightly", run["run_id"]) <= run["requests"] <= emu.stats()["requests"]
+    assert run["requests_exact"] is False  # the first invocation's end was never recorded

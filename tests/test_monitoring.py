@@ -4,10 +4,12 @@ and ``bulk-update status`` from another process while a run goes on, is killed, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -238,15 +240,25 @@ def test_status_while_a_run_goes_on_then_is_killed(
     finally:
         process.kill()  # kill -9: no word to the store
         process.wait()
-    gone = _until(
-        lambda: [s for s in _status(*where) if s["state"] == "stopped"],
-        "a killed run was shown as running for over 120 s",
-    )[0]
+    # On its host, its process is looked at: not running, at once.
+    (gone,) = _status(*where)
+    assert gone["state"] == "stopped"
     assert gone["ended_at"] is None
     assert gone["pid"] == process.pid
     assert gone["seconds_left"] is None
     text = cli("status", *where).stdout
+    assert f"interrupted: its process {process.pid} on this host is gone" in text
+    assert "command again to resume it" in text
+    # Held on another machine, it is judged by its heartbeat only.
+    with contextlib.closing(sqlite3.connect(tmp_path / f"{JOB}.sqlite")) as db, db:
+        db.execute("UPDATE runs SET host = 'another-host'")
+    _until(
+        lambda: [s for s in _status(*where) if s["state"] == "stopped"],
+        "a killed run was shown as running for over 120 s",
+    )
+    text = cli("status", *where).stdout
     assert "gone: no heartbeat for" in text
+    assert "judged by its heartbeat only" in text
     assert "command again to resume it" in text
     # Its requests were counted up to its last heartbeat (those since died with it).
     (killed,) = json.loads(cli("history", *where, "--json").stdout)

@@ -1,11 +1,21 @@
 """``bulk-update history`` and ``status``: a job's runs, newest first, from its store (either
 backend). ``status`` shows the runs going on or stopped before their end: how far each is, its
-rate over the last minute, the time left at that rate, and who holds it. A run beats its
-heartbeat in the store every ``--metrics-interval`` seconds; one whose heartbeat is older than
-three of those and 5 s more is no longer running (killed, or its machine lost)."""
+rate over the last minute, the time left at that rate, and who holds it.
+
+Is a run that never recorded its end still running? On its own host (the same kernel boot and
+PID namespace) its process is looked at: gone (no process has its pid, or the one that has it
+started at another moment: the pid was used again) means interrupted, at once. Elsewhere only its
+heartbeat tells: a run beats it in the store every ``--metrics-interval`` seconds; one whose
+heartbeat is older than three of those and 5 s more is no longer running (killed, or its machine
+lost).
+
+A run's requests are counted by its heartbeats and at its end: an invocation killed -9 lost
+those since its last heartbeat. ``history`` then shows at least what the run's committed
+outcomes prove (``counted``), marked as a lower bound."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -14,7 +24,7 @@ from bulk_update._constants import DEFAULT_METRICS_INTERVAL_S
 from bulk_update.config import JOB_NAME
 from bulk_update.exceptions import ConfigError
 from bulk_update.observe.draw import duration
-from bulk_update.store import RunRecord, RunStatus, StoreLocation, open_existing_store
+from bulk_update.store import RunRecord, RunStatus, Store, StoreLocation, lease, open_existing_store
 from bulk_update.store.url import ENV as STATE_URL_ENV
 from bulk_update.store.url import check_url as check_state_url
 
@@ -22,6 +32,9 @@ __all__ = [
     "COLUMNS",
     "STATUS_COLUMNS",
     "as_json",
+    "at_least",
+    "counted",
+    "holder_gone",
     "is_running",
     "job_location",
     "rows",
@@ -87,7 +100,43 @@ def runs(job: str, location: StoreLocation) -> list[RunRecord]:
         found = store.history(job)
         if not found:
             raise ConfigError(f"{store.where}: no run of job {job!r}")
-        return found
+        return [counted(store, record) for record in found]
+
+
+def counted(store: Store, record: RunRecord) -> RunRecord:
+    """The run with its requests as ``history`` shows them: when one of its invocations did not
+    record its end (killed -9, or going on now), its heartbeats counted only up to the last
+    one; its committed outcomes prove at least the sum of their attempts. Both are lower
+    bounds (a row in flight at the kill, or sent again by a later invocation, left no trace of
+    its earlier attempts): the larger is shown (``at_least``)."""
+    if record.requests_exact:
+        return record
+    proven = store.proven_requests(record.run_id)
+    return dataclasses.replace(record, requests=max(record.requests, proven))
+
+
+def at_least(count: int, record: RunRecord) -> str:
+    """A count of the run's requests (or 429s) as shown: ``≥N`` when it is a lower bound."""
+    return str(count) if record.requests_exact else f"\u2265{count}"
+
+
+def holder_gone(record: RunRecord) -> bool:
+    """Did the run stop before recording its end, its process on this host gone? Only a run
+    held on this host (kernel boot, PID namespace) can be looked at (``lease.is_gone``)."""
+    return record.ended_at is None and record.holder is not None and lease.is_gone(record.holder)
+
+
+def elsewhere(record: RunRecord) -> bool:
+    """Is the run held where its process cannot be looked at (another host or container, or an
+    older version that did not record who held it)? Only its heartbeat tells then."""
+    return record.holder is None or not lease.is_here(record.holder)
+
+
+def unended(record: RunRecord) -> str:
+    """``history``'s "ended" cell of a run that did not record its end."""
+    if holder_gone(record):
+        return f"interrupted (process {record.pid} gone)"
+    return "running or stopped"
 
 
 def rows(records: list[RunRecord]) -> list[tuple[str, ...]]:
@@ -100,14 +149,14 @@ def rows(records: list[RunRecord]) -> list[tuple[str, ...]]:
         (
             str(r.run_id) + (" (replaced)" if r.replaced else ""),
             moment(r.started_at),
-            moment(r.ended_at) or "running or stopped",
+            moment(r.ended_at) or unended(r),
             r.results,
             r.shard or "-",
             str(r.invocations),
             "" if r.exit_code is None else str(r.exit_code),
             r.stopped_by or "",
-            str(r.requests),
-            str(r.rate_limited),
+            at_least(r.requests, r),
+            at_least(r.rate_limited, r),
             " ".join(f"{status}={n}" for status, n in sorted(r.counts.items())),
         )
         for r in records
@@ -119,15 +168,23 @@ def as_json(records: list[RunRecord]) -> str:
 
 
 def statuses(job: str, location: StoreLocation) -> list[RunStatus]:
+    """The job's runs going on or unfinished; a stopped one's requests ``counted`` (a running
+    one's are its last heartbeat's: no read of all its outcomes each time it is looked at)."""
     with open_existing_store(location, job) as store:
         if not store.history(job):
             raise ConfigError(f"{store.where}: no run of job {job!r}")
-        return store.status(job)
+        return [
+            status
+            if is_running(status)
+            else dataclasses.replace(status, record=counted(store, status.record))
+            for status in store.status(job)
+        ]
 
 
 def is_running(status: RunStatus) -> bool:
-    """Going on now: not ended, and its heartbeat is fresh."""
-    if status.record.ended_at is not None or status.heartbeat_age_s is None:
+    """Going on now: not ended, its process not seen gone, and its heartbeat fresh."""
+    record = status.record
+    if record.ended_at is not None or status.heartbeat_age_s is None or holder_gone(record):
         return False
     interval = status.record.options.get("metrics_interval", DEFAULT_METRICS_INTERVAL_S)
     stale = STALE_INTERVALS * float(interval) + STALE_MARGIN_S
@@ -154,6 +211,8 @@ def state(status: RunStatus) -> str:
     if is_running(status):
         return "running"
     if record.ended_at is None:
+        if holder_gone(record):
+            return f"interrupted: its process {record.pid} on this host is gone"
         if status.heartbeat_age_s is None:
             return "gone (no heartbeat)"
         return f"gone: no heartbeat for {duration(status.heartbeat_age_s)}"
@@ -186,24 +245,43 @@ def status_rows(found: list[RunStatus]) -> list[tuple[str, ...]]:
     return table
 
 
-# Under the table: what a gone run may be, and what to do about the runs that are not running.
+# Under the table: what an interrupted or gone run may be, how a run elsewhere is judged, and what
+# to do about the runs that are not running.
+INTERRUPTED_HINT = (
+    "interrupted: killed (kill -9, out of memory) or crashed, seen at once on its own host."
+)
 GONE_HINT = (
     "gone: killed, or its machine or store connection lost (no heartbeat for 3 x "
-    "--metrics-interval + 5 s). Run a stopped or gone run's command again to resume it."
+    "--metrics-interval + 5 s)."
+)
+ELSEWHERE_HINT = (
+    "A run held on another host or container (or recorded by an older version) is judged by its "
+    "heartbeat only: shown gone 3 x --metrics-interval + 5 s after its last."
 )
 RESUME_HINT = "Run a stopped run's command again to resume it."
+RESUME_GONE_HINT = "Run a stopped, interrupted or gone run's command again to resume it."
 
 
 def is_gone(status: RunStatus) -> bool:
-    return not is_running(status) and status.record.ended_at is None
+    """Not ended, and no heartbeat for too long (its process not seen gone: that is
+    interrupted)."""
+    record = status.record
+    return not is_running(status) and record.ended_at is None and not holder_gone(record)
 
 
 def status_hint(found: list[RunStatus]) -> str:
-    """What to print under the table ("" when every run is running); what "gone" means only
-    when a run is."""
-    if all(is_running(s) for s in found):
-        return ""
-    return GONE_HINT if any(map(is_gone, found)) else RESUME_HINT
+    """What to print under the table: what "interrupted" and "gone" mean when a run is so,
+    that a run elsewhere is judged by its heartbeat, and how to resume ("" when every run is
+    running on this host)."""
+    interrupted = any(holder_gone(s.record) for s in found)
+    gone = any(map(is_gone, found))
+    hints = [INTERRUPTED_HINT] if interrupted else []
+    hints += [GONE_HINT] if gone else []
+    if any(s.record.ended_at is None and elsewhere(s.record) for s in found):
+        hints.append(ELSEWHERE_HINT)
+    if not all(is_running(s) for s in found):
+        hints.append(RESUME_GONE_HINT if interrupted or gone else RESUME_HINT)
+    return " ".join(hints)
 
 
 def status_as_json(found: list[RunStatus]) -> str:

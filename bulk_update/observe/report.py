@@ -31,6 +31,7 @@ from typing import Any
 import polars as pl
 
 from bulk_update.exceptions import ConfigError
+from bulk_update.observe.history import at_least, counted
 from bulk_update.store import RunRecord, Second, StoreLocation, open_existing_store
 
 __all__ = [
@@ -72,6 +73,7 @@ def load(job: str, location: StoreLocation, run_id: int | None) -> RunData:
                 known = ", ".join(str(r.run_id) for r in runs[:10])
                 raise ConfigError(f"--run {run_id}: job {job!r} has no such run (it has {known})")
             record = found[0]
+        record = counted(store, record)
         return RunData(record, store.timeline(record.run_id), store.report_rows(record.run_id))
 
 
@@ -228,8 +230,8 @@ def _summary(record: RunRecord) -> list[tuple[str, str]]:
         ("exit code", "" if record.exit_code is None else str(record.exit_code)),
         ("stopped by", record.stopped_by or ""),
         ("rows", f"{done} of {record.total_rows}" if record.total_rows else str(done)),
-        ("requests", str(record.requests)),
-        ("429s", str(record.rate_limited)),
+        ("requests", at_least(record.requests, record)),
+        ("429s", at_least(record.rate_limited, record)),
         ("host, pid", f"{record.host or ''} {record.pid or ''}".strip()),
     ]
 
