@@ -256,8 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def console() -> None:
-    """The ``bulk-update`` command (and ``python -m bulk_update``): ``main``, then its exit
-    code, which a signal arriving as the process ends no longer changes."""
+    """The ``bulk-update`` command (and ``python -m bulk_update``), once ``__main__`` has taken
+    the signals over and loaded this: ``main``, then its exit code, which a signal arriving as
+    the process ends no longer changes."""
     code = main()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)
