@@ -40,7 +40,16 @@ from bulk_update.store.url import ENV as STATE_URL_ENV
 from bulk_update.store.url import check_url as check_state_url
 from bulk_update.store.url import redact as redact_url
 
-__all__ = ["JOB_NAME", "JobConfig", "parse_columns", "parse_shard"]
+__all__ = [
+    "ENVIRONMENT",
+    "JOB_NAME",
+    "ONE_OF",
+    "JobConfig",
+    "check_one_of",
+    "given_or_environment",
+    "parse_columns",
+    "parse_shard",
+]
 
 # Rows read, planned and journaled together (at most; batches are sized by bytes).
 DEFAULT_BATCH_ROWS = 20_000
@@ -79,13 +88,60 @@ def check_base_url(url: str) -> str:
     return url.rstrip("/")
 
 
+# The options the environment can give, each with its variable. One rule for all, in
+# ``given_or_environment``: a value given (a flag; a job file's key; an operator's parameter; a
+# JobConfig field) beats the variable, which beats the option's default. The CLI lays its flags
+# over the job file first (``jobfile.overridden``), so a flag beats the file, and both beat the
+# environment. ($JOB_COMPLETION_INDEX is read only when asked for, by ``--shard index/N``.)
+ENVIRONMENT: dict[str, str] = {
+    "api_key": "OPENAI_API_KEY",
+    "base_url": "OPENAI_BASE_URL",
+    "organization": "OPENAI_ORG_ID",
+    "project": "OPENAI_PROJECT_ID",
+    "state_url": STATE_URL_ENV,
+}
+
+# Options that answer one question each in their own way: at most one of a pair is given. A
+# store given as --state-dir is a store given: $BULK_UPDATE_STATE_URL is then not read.
+ONE_OF: tuple[tuple[str, str], ...] = (
+    ("columns", "metadata_column"),
+    ("state_dir", "state_url"),
+)
+
+
+def _is_given(value: object) -> bool:
+    """None or empty text is no value (as an empty variable is no value)."""
+    return value is not None and value != ""
+
+
+def given_or_environment(name: str, given: Mapping[str, Any]) -> str | None:
+    """Option ``name`` (a key of ENVIRONMENT) as the run uses it: its value in ``given`` (the
+    options given, by name); else, if the other option of its pair (ONE_OF) is not given
+    either, its variable's; else None, and the option's default applies."""
+    value = given.get(name)
+    if _is_given(value):
+        return str(value)
+    others = [b if a == name else a for a, b in ONE_OF if name in (a, b)]
+    if any(_is_given(given.get(other)) for other in others):
+        return None
+    return os.environ.get(ENVIRONMENT[name]) or None
+
+
+def check_one_of(given: Mapping[str, Any]) -> None:
+    """Refuse the two options of a pair (ONE_OF) given together, naming both."""
+    for first, second in ONE_OF:
+        if _is_given(given.get(first)) and _is_given(given.get(second)):
+            shown = f"--{first.replace('_', '-')} and --{second.replace('_', '-')}"
+            raise ConfigError(f"{shown} exclude each other: give one")
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobConfig:
     """Everything one run needs. Build it directly, from a job file, or from CLI flags.
 
-    ``api_key``, ``organization``, ``project`` and ``base_url`` default to the environment
-    (``OPENAI_API_KEY``, ``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID``, ``OPENAI_BASE_URL``) when the
-    job runs. The key is never shown by ``repr``.
+    ``api_key``, ``organization``, ``project``, ``base_url`` and ``state_url`` not given default
+    to the environment (ENVIRONMENT: ``OPENAI_API_KEY``, ...) when the job runs; ``state_url``
+    not when ``state_dir`` is given. The key is never shown by ``repr``.
     """
 
     input: str
@@ -200,8 +256,7 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        if self.columns is not None and self.metadata_column is not None:
-            raise ConfigError("--columns and --metadata-column exclude each other")
+        check_one_of(vars(self))
         if self.columns is not None and not self.columns:
             raise ConfigError("--columns names no column")
         for name, value in (
@@ -285,13 +340,15 @@ class JobConfig:
         """``storage_options`` as polars takes them (None: the environment decides)."""
         return dict(self.storage_options) or None
 
+    def given_or_environment(self, name: str) -> str | None:
+        """Option ``name`` as given, else from the environment (``given_or_environment``)."""
+        return given_or_environment(name, vars(self))
+
     def resolved_base_url(self) -> str:
-        return check_base_url(
-            self.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        )
+        return check_base_url(self.given_or_environment("base_url") or DEFAULT_BASE_URL)
 
     def resolved_api_key(self) -> str:
-        key = self.api_key or os.environ.get("OPENAI_API_KEY")
+        key = self.given_or_environment("api_key")
         if not key:
             raise ConfigError("no API key: set OPENAI_API_KEY")
         return key
@@ -304,8 +361,9 @@ class JobConfig:
         return job_name_from(self.input if self.revert else self.output)
 
     def resolved_state_url(self) -> str | None:
-        """--state-url, else $BULK_UPDATE_STATE_URL (empty: none), checked."""
-        url = self.state_url or os.environ.get(STATE_URL_ENV) or None
+        """--state-url; else, without --state-dir, $BULK_UPDATE_STATE_URL (empty: none); checked.
+        None: the SQLite file (``store_path``)."""
+        url = self.given_or_environment("state_url")
         return None if url is None else check_state_url(url)
 
     def store_location(self) -> StoreLocation:

@@ -132,9 +132,9 @@ class DiskFull(JobStopped):
     error_code = "disk_full"
 
     def __init__(self, path: str, detail: str = "no space left on device") -> None:
+        # Not "to resume": a dry run, stopped alike, has nothing to resume (a run resumes).
         super().__init__(
-            f"{path}: the disk is full ({detail}); free space, then run the same command again "
-            "to resume"
+            f"{path}: the disk is full ({detail}); free space, then run the same command again"
         )
         self.path = path
 

@@ -8,8 +8,9 @@
     storage-options = { aws_region = "eu-west-1" }   # for s3://, gs://, az:// paths
 
 Keys are the long option names (``errors-output`` or ``errors_output``). Relative paths are
-relative to the directory the command runs in, as on the command line. Flags override the file.
-Values are checked by ``JobConfig.from_options``, as the CLI's and the Python API's are.
+relative to the directory the command runs in, as on the command line. Flags override the file
+(``overridden``), and both the environment (``config.given_or_environment``). Values are
+checked by ``JobConfig.from_options``, as the CLI's and the Python API's are.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from bulk_update.config import ONE_OF
 from bulk_update.exceptions import ConfigError
 
-__all__ = ["load_job_file", "split_cli_settings"]
+__all__ = ["load_job_file", "overridden", "split_cli_settings"]
 
 # Job-file keys that are not JobConfig fields but CLI settings, and the values each takes.
 CLI_KEYS: dict[str, tuple[type, ...]] = {
@@ -43,6 +45,19 @@ def load_job_file(path: str) -> dict[str, Any]:
     if "api_key" in options:
         raise ConfigError(f"{path}: the API key never goes in a file; set OPENAI_API_KEY")
     return options
+
+
+def overridden(options: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """The job file's ``options`` with the ``flags`` given laid over them. A flag replaces the
+    file's value of its option and of the other option of its pair (ONE_OF): ``--state-dir``
+    drops the file's ``state-url``, ``--metadata-column`` its ``columns``."""
+    merged = dict(options)
+    for first, second in ONE_OF:
+        if first in flags or second in flags:
+            merged.pop(first, None)
+            merged.pop(second, None)
+    merged.update(flags)
+    return merged
 
 
 def split_cli_settings(options: dict[str, Any], source: str) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -94,8 +93,8 @@ class SendSettings:
         return cls(
             base_url=config.resolved_base_url(),
             api_key=config.resolved_api_key(),
-            organization=config.organization or os.environ.get("OPENAI_ORG_ID") or None,
-            project=config.project or os.environ.get("OPENAI_PROJECT_ID") or None,
+            organization=config.given_or_environment("organization"),
+            project=config.given_or_environment("project"),
             rpm=config.effective_rpm,
             concurrency=config.effective_concurrency,
             max_attempts=config.max_attempts,

@@ -132,8 +132,10 @@ class BulkUpdateOperator(BaseOperator):
         worker's environment (OPENAI_API_KEY, ...). ``base_url``, ``organization`` and
         ``project`` given here win over the connection's.
     :param store_conn_id: a Postgres connection: the job's store (runs, outcomes, state, rate
-        budget) in that database, shared by every worker. Else $BULK_UPDATE_STATE_URL, else a
-        SQLite file in ``state_dir`` (one machine only).
+        budget) in that database, shared by every worker. Else a SQLite file in ``state_dir``
+        if it is given (one machine only; not with ``store_conn_id``), else
+        $BULK_UPDATE_STATE_URL, else a SQLite file beside the results: a parameter given beats
+        the environment, as a flag does.
     :param shard: ``"K/N"``, as ``--shard`` takes it: ``.partial(...).expand(shard=shards(4))``
         fans the job out; the shards share the job's store and its ``rpm``.
     :param job_name: default ``DAG_ID.TASK_ID``: the same every night and for every shard.
@@ -277,6 +279,8 @@ class BulkUpdateOperator(BaseOperator):
             options[name] = options[name] or getattr(api, name)
         if self.store_conn_id is not None:
             options["state_url"], ignored = store_url(self.store_conn_id)
+            if self.state_dir is not None:  # JobConfig refuses it too, in the CLI's words
+                raise ConfigError("store_conn_id and state_dir exclude each other: give one")
             if ignored:
                 self.log.info(
                     "connection %s: extra %s are not libpq parameters; not used",

@@ -85,13 +85,13 @@ def _as_revert(options: dict[str, Any]) -> None:
 def _job_options(args: argparse.Namespace, settle: Settle) -> tuple[JobConfig, dict[str, Any]]:
     """JobConfig from the job file, overridden by the flags given and then ``settle``d by the
     command; plus the CLI's own settings."""
-    from bulk_update.jobfile import load_job_file, split_cli_settings
+    from bulk_update.jobfile import load_job_file, overridden, split_cli_settings
 
-    options: dict[str, Any] = load_job_file(args.job) if args.job else {}
+    in_file: dict[str, Any] = load_job_file(args.job) if args.job else {}
     if args.job:
-        options.setdefault("job_name", Path(args.job).stem)
+        in_file.setdefault("job_name", Path(args.job).stem)
     given = {k: v for k, v in vars(args).items() if k not in {"command", "job", "handler"}}
-    options.update(given)
+    options = overridden(in_file, given)
     settle(options)
     source = args.job or "options"
     cli = split_cli_settings(options, source)
@@ -256,8 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def console() -> None:
-    """The ``bulk-update`` command (and ``python -m bulk_update``): ``main``, then its exit
-    code, which a signal arriving as the process ends no longer changes."""
+    """The ``bulk-update`` command (and ``python -m bulk_update``), once ``__main__`` has taken
+    the signals over and loaded this: ``main``, then its exit code, which a signal arriving as
+    the process ends no longer changes."""
     code = main()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)

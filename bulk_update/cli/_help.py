@@ -19,7 +19,8 @@ EXIT_CODES_HELP = """exit codes:
        --stop-after-failures rows in a row failed alike, or a server that replaced a map
        (--backup); the rest unprocessed: re-run to resume
   130  stopped by SIGINT (Ctrl-C) / 143 by SIGTERM, after a drain: re-run to resume
-  70   an internal error (a bug): the traceback is in the log; re-run to resume"""
+  70   an internal error (a bug): the traceback is in the log; re-run to resume
+  (a dry run, validate, keeps nothing: re-run, it starts over)"""
 
 RUN_EPILOG = f"""example:
   export OPENAI_API_KEY=sk-...

@@ -163,8 +163,8 @@ def store_options(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         default=S,
         metavar="DIR",
-        help="where job stores live, as NAME.sqlite: runs, outcomes and state "
-        "(default: the results' directory)",
+        help="where job stores live, as NAME.sqlite: runs, outcomes and state; given, it "
+        "beats $BULK_UPDATE_STATE_URL (default: the results' directory)",
     )
     parser.add_argument(
         "--state-url",
@@ -172,7 +172,7 @@ def store_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="the job's store in PostgreSQL, postgresql://USER:PASSWORD@HOST:PORT/DB: runs, "
         "outcomes, state, locks and rate budget shared by every machine "
-        "(default $BULK_UPDATE_STATE_URL, else the SQLite file)",
+        "(default $BULK_UPDATE_STATE_URL unless --state-dir is given, else the SQLite file)",
     )
     parser.add_argument(
         "--store-timeout",
@@ -448,7 +448,8 @@ def lookup_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-url",
         metavar="URL",
-        help="the job's store in PostgreSQL (default $BULK_UPDATE_STATE_URL)",
+        help="the job's store in PostgreSQL (default $BULK_UPDATE_STATE_URL unless --state-dir "
+        "is given)",
     )
 
 

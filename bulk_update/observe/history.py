@@ -21,11 +21,10 @@ import os
 from pathlib import Path
 
 from bulk_update._constants import DEFAULT_METRICS_INTERVAL_S
-from bulk_update.config import JOB_NAME
+from bulk_update.config import JOB_NAME, check_one_of, given_or_environment
 from bulk_update.exceptions import ConfigError
 from bulk_update.observe.draw import duration
 from bulk_update.store import RunRecord, RunStatus, Store, StoreLocation, lease, open_existing_store
-from bulk_update.store.url import ENV as STATE_URL_ENV
 from bulk_update.store.url import check_url as check_state_url
 
 __all__ = [
@@ -55,12 +54,15 @@ COLUMNS = ("run", "started (UTC)", "ended", "results", "shard", "inv", "exit", "
 
 
 def job_location(job: str, state_dir: str | None, state_url: str | None) -> StoreLocation:
-    """Where a job's store is: --state-url (or $BULK_UPDATE_STATE_URL), else
-    ``STATE_DIR/JOB.sqlite``; without --state-dir, the one ``JOB.sqlite`` in the current
-    directory or below it (``run`` puts it beside the results: ``out/JOB.sqlite``)."""
+    """Where a job's store is, as ``run`` chose it (``config.given_or_environment``):
+    --state-url; ``STATE_DIR/JOB.sqlite``; $BULK_UPDATE_STATE_URL; else the one ``JOB.sqlite``
+    in the current directory or below it (``run`` puts it beside the results:
+    ``out/JOB.sqlite``)."""
     if not JOB_NAME.fullmatch(job):
         raise ConfigError(f"--job {job!r}: not a job name")
-    url = state_url or os.environ.get(STATE_URL_ENV) or None
+    given = {"state_dir": state_dir, "state_url": state_url}
+    check_one_of(given)
+    url = given_or_environment("state_url", given)
     if url is not None:
         return StoreLocation(Path(f"{job}.sqlite"), check_state_url(url))
     if state_dir is not None:

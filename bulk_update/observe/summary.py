@@ -102,6 +102,13 @@ class JobSummary:
             )
         return notes
 
+    def same_command(self) -> str:
+        """What the same command does after a stop: a run resumes from its store; a dry run
+        keeps nothing (a check's reads go with its scratch store), so it starts over."""
+        if self.dry_run:
+            return "a dry run keeps nothing: the same command starts it over"
+        return "re-run the same command to resume"
+
     def line(self) -> str:
         """The one-line summary that ends every run on stderr."""
         order = [s.value for s in Status]
@@ -117,7 +124,7 @@ class JobSummary:
         if self.fatal_error:
             text += f"; stopped: {self.fatal_error}"
         if self.stopped_by:
-            text += f"; stopped by {self.stopped_by} (re-run the same command to resume)"
+            text += f"; stopped by {self.stopped_by} ({self.same_command()})"
         for note in self.key_notes():
             text += f"; {note}"
         for warning in self.warnings:
