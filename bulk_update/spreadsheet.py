@@ -9,8 +9,11 @@ Spreadsheets (OWASP "CSV injection"):
 
 A cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is a formula to a
 spreadsheet. In the CSV results and errors files such cells get a leading ``'``, which a
-spreadsheet shows as text and never runs. Parquet and JSONL keep the exact text. A fed-back
-errors file (CSV) loses the ``'`` again when it is read, so its values round-trip exactly.
+spreadsheet shows as text and never runs. So does a cell that starts with ``'`` itself
+(``'=literal`` is written ``''=literal``): a leading ``'`` in these files is always one the
+writer added, and a fed-back errors file (CSV) loses exactly that one when it is read, so every
+value round-trips exactly (a reader that stripped only a ``'`` before a formula character would
+turn a real ``'=literal`` into ``=literal``). Parquet and JSONL keep the exact text.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ __all__ = [
     "unescape",
 ]
 
-FORMULA_START = r"^[=+\-@\t\r]"
-ESCAPED_START = r"^'[=+\-@\t\r]"
+# A cell a spreadsheet would run, or one that starts with the escape itself.
+ESCAPE_START = r"^['=+\-@\t\r]"
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
@@ -42,9 +45,10 @@ def _text_columns(frame: pl.DataFrame | pl.LazyFrame) -> list[str]:
 
 
 def escape(frame: FrameT) -> FrameT:
-    """Prefix ``'`` to every text cell a spreadsheet would take for a formula."""
+    """Prefix ``'`` to every text cell a spreadsheet would take for a formula, and to every one
+    that starts with ``'``."""
     return frame.with_columns(
-        pl.when(pl.col(name).str.contains(FORMULA_START))
+        pl.when(pl.col(name).str.contains(ESCAPE_START))
         .then(pl.lit("'") + pl.col(name))
         .otherwise(pl.col(name))
         .alias(name)
@@ -53,9 +57,9 @@ def escape(frame: FrameT) -> FrameT:
 
 
 def unescape(frame: FrameT) -> FrameT:
-    """Undo ``escape`` (reading a fed-back errors file)."""
+    """Undo ``escape`` (reading a fed-back errors file): the first ``'`` of a cell goes."""
     return frame.with_columns(
-        pl.when(pl.col(name).str.contains(ESCAPED_START))
+        pl.when(pl.col(name).str.starts_with("'"))
         .then(pl.col(name).str.slice(1))
         .otherwise(pl.col(name))
         .alias(name)
