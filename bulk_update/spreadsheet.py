@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import polars as pl
 
+from bulk_update import values
+
 __all__ = [
     "escape",
     "holds_in_csv",
@@ -90,10 +92,12 @@ def _contains(dtype: Any, kinds: tuple[type[pl.DataType], ...]) -> bool:
 # polars reads (tests/test_faults.py): CSV holds no nested type, binary, duration, object or
 # null column; polars' JSON Lines writer no binary (it panics) nor object, and its reader no
 # 8- or 16-bit or 128-bit unsigned integer, decimal, duration or time; pyarrow's Parquet writer
-# no 128-bit integer nor object.
-_CSV_SCALARS = (pl.String, pl.Boolean, pl.Date, pl.Datetime, pl.Time, pl.Categorical, pl.Enum)
+# no 128-bit integer nor object. Neither text format holds a time or a datetime (at any depth)
+# in the text a value of it is sent as (``values``): those are written as that text, so that
+# an errors file fed back sends what its input sent.
+_CSV_SCALARS = (pl.String, pl.Boolean, pl.Date, pl.Categorical, pl.Enum)
 _JSON_MISSES = (pl.Binary, pl.Object, pl.Int8, pl.Int16, pl.UInt8, pl.UInt16, pl.UInt128,
-                pl.Decimal, pl.Duration, pl.Time)  # fmt: skip
+                pl.Decimal, pl.Duration, pl.Time, pl.Datetime)  # fmt: skip
 _NARROW_INTEGERS = (pl.Int8, pl.Int16, pl.Int32, pl.UInt8, pl.UInt16, pl.UInt32)
 
 
@@ -123,9 +127,18 @@ def _json_value(value: object) -> str | None:
 
 def as_text(name: str, dtype: Any) -> pl.Expr:
     """A column as text: binary as hex, nested values as JSON (polars' own encoder; Python's
-    where they hold binary, which polars' cannot encode), a duration in ISO 8601 (``PT5S``),
-    anything else as polars casts it."""
+    where they hold binary, which polars' cannot encode; a struct's datetimes as the text they
+    are sent as), a time, a datetime or a duration as the text it is sent as (``values.text``:
+    ``PT5S``), anything else as polars casts it."""
     column = pl.col(name)
+    if isinstance(dtype, values.TEMPORAL_TEXT):
+        return values.temporal_text(column, dtype)
+    if isinstance(dtype, pl.Struct):
+        column = column.struct.with_fields(
+            values.temporal_text(pl.field(field.name), field.dtype).alias(field.name)
+            for field in dtype.fields
+            if isinstance(field.dtype, values.TEMPORAL_TEXT)
+        )
     if isinstance(dtype, pl.Binary):
         return column.bin.encode("hex")
     if isinstance(dtype, pl.Object):
@@ -139,8 +152,6 @@ def as_text(name: str, dtype: Any) -> pl.Expr:
         return pl.when(column.is_not_null()).then(
             encoded.str.slice(prefix, encoded.str.len_chars() - prefix - 1)
         )
-    if isinstance(dtype, pl.Duration):
-        return column.dt.to_string("iso")
     return column.cast(pl.String)
 
 
