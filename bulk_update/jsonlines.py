@@ -34,8 +34,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
-# Numbers as their text: the hooks get each number as it is written.
+# Numbers as their text: the hooks get each number as it is written (never converted, so a
+# number of any size is no error: an integer of 5,000 digits is a value too long for its row,
+# not a file Python cannot parse).
 _WRITTEN = json.JSONDecoder(parse_float=str, parse_int=str, parse_constant=_no_constant)
 _scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
 
@@ -91,7 +92,7 @@ def _walk(line: str) -> dict[str, str | None]:
                 raise _LineError("expected ':' after a key", at)
             at = _SPACE.match(line, at + 1).end()  # type: ignore[union-attr]
             try:
-                value, end = _DECODER.raw_decode(line, at)
+                value, end = _WRITTEN.raw_decode(line, at)
             except json.JSONDecodeError as exc:
                 raise _LineError(exc.msg, exc.pos) from None
             except ValueError as exc:
@@ -114,7 +115,7 @@ def _walk(line: str) -> dict[str, str | None]:
 def _text(value: object, written: str) -> str | None:
     if value is None:
         return None
-    if isinstance(value, str):
+    if isinstance(value, str):  # a string decoded; a number's text, as written (the hooks)
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -169,8 +170,8 @@ def _frame(file: str, lines: list[tuple[int, str]]) -> pl.DataFrame:
             frame = pl.from_dicts(parsed, infer_schema_length=None)
             if all(_plain(dtype) for dtype in frame.dtypes):
                 return frame.cast(dict.fromkeys(frame.columns, pl.String))
-    except (ValueError, pl.exceptions.PolarsError):
-        pass
+    except (ValueError, TypeError, OverflowError, pl.exceptions.PolarsError):
+        pass  # e.g. TypeError: a column of an array of objects then numbers ([{"d":1},2])
     rows = []
     for number, line in lines:
         try:

@@ -7,9 +7,10 @@ a duplicate is known wherever it is. The rules (the README's "Input rules"):
   never change a URL's path or query;
 - an empty cell or a null means no value for that key; a row with no pairs left is invalid;
 - 1 to 16 pairs, keys 1-64 characters, values at most 512 characters (not bytes);
-- non-string values become text (integers in decimal, booleans ``true``/``false``, floats in
-  shortest round-trip form, dates and datetimes in ISO 8601); lists, structs and binary are
-  invalid;
+- non-string values become text by one rule, ``values.text`` (integers in decimal, booleans
+  ``true``/``false``, floats in shortest round-trip form, dates, times, datetimes and durations
+  in ISO 8601), in a column or in a struct ``--metadata-column`` alike; lists, structs and
+  binary are invalid;
 - a later row with an ID seen before is invalid ("duplicate of row N").
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from bulk_update import values
 from bulk_update._constants import (
     ID_PATTERN,
     ID_REGEX,
@@ -42,6 +44,7 @@ from bulk_update.outcome import ERROR_COLUMNS, ROW_NUMBER, RowOutcome, Status
 from bulk_update.read import InputTable
 
 __all__ = [
+    "DUPLICATE_OF",
     "PLAN_COLUMNS",
     "PlannedUpdate",
     "clip",
@@ -218,11 +221,13 @@ def plan_row(
     raw_id: object,
     pairs: Iterable[tuple[str, object]] | Callable[[], Iterable[tuple[str, object]]],
     duplicate_of: int | None = None,
+    kept: tuple[str, str] | None = None,
 ) -> Planned:
     """One row to a PlannedUpdate, or to an ``invalid`` RowOutcome with a precise message.
 
-    Checks run in a fixed order: the ID, then duplication, then the pairs (which may be given
-    as a callable that parses them, so a bad ID is reported before a bad JSON cell).
+    Checks run in a fixed order: the ID, then duplication, then a fed-back row's kept error
+    (``kept``: its code and message, see ``find_duplicates``), then the pairs (which may be
+    given as a callable that parses them, so a bad ID is reported before a bad JSON cell).
     """
     shown_id = (
         raw_id.strip() if isinstance(raw_id, str) else ("" if raw_id is None else str(raw_id))
@@ -231,6 +236,8 @@ def plan_row(
         conversation_id = check_id(raw_id)
         if duplicate_of is not None:
             raise _Invalid("duplicate_id", MSG_DUPLICATE.format(duplicate_of))
+        if kept is not None:
+            raise _Invalid(*kept)
         metadata = check_pairs(pairs() if callable(pairs) else pairs)
     except _Invalid as invalid:
         return RowOutcome(
@@ -250,10 +257,23 @@ PLAN_COLUMNS = (ROW_NUMBER, "conversation_id", "error_code", "error_message", "s
 UNCHANGED = "unchanged"
 SENT_COLUMNS = (ROW_NUMBER, "conversation_id", "sent_metadata")
 DUPLICATE_OF = "__bulk_update_duplicate_of"
+# A fed-back row still marked with one of KEPT_CODES: its code and message.
+KEPT_CODE = "__bulk_update_kept_code"
+KEPT_MESSAGE = "__bulk_update_kept_message"
+# The codes of a value a text file cannot tell from text: a Parquet list, struct, binary, NaN or
+# infinity is written to a CSV or JSON Lines errors file as text (JSON, hex, ``NaN``, null),
+# which read back would be sent (or dropped) where the input's value was ``invalid``.
+KEPT_CODES = ("unsupported_type", "unsupported_value")
+KEPT_SCHEMA = pl.Schema(
+    {ROW_NUMBER: pl.UInt32(), DUPLICATE_OF: pl.UInt32(), KEPT_CODE: pl.String(),
+     KEPT_MESSAGE: pl.String()}
+)  # fmt: skip
 
 
 def find_duplicates(table: InputTable, batch_rows: int = 1_000_000) -> pl.DataFrame:
-    """``ROW_NUMBER`` of every later occurrence of an ID, and the row of its first occurrence.
+    """The rows kept out whatever their values (``KEPT_SCHEMA``): ``ROW_NUMBER`` of every later
+    occurrence of an ID and ``DUPLICATE_OF`` the row of its first occurrence; in a fed-back
+    errors file, also the rows still marked with one of ``KEPT_CODES`` (``_kept``).
 
     Memory-light: the first pass keeps one 64-bit hash per row in a numpy array (80 MB for ten
     million rows), sorted in place to find the hashes seen more than once; only rows with such a
@@ -265,7 +285,7 @@ def find_duplicates(table: InputTable, batch_rows: int = 1_000_000) -> pl.DataFr
         .select(pl.col(ROW_NUMBER), trimmed.alias("id"))
         .filter(pl.col("id").is_not_null() & (pl.col("id") != ""))
     )
-    schema = pl.Schema({ROW_NUMBER: pl.UInt32(), DUPLICATE_OF: pl.UInt32()})
+    schema = KEPT_SCHEMA
     # The hashes go through a temporary Arrow file: polars streams them out without holding the
     # input, and numpy reads them back in one array (the smallest peak measured; see
     # BENCHMARKS.md).
@@ -278,7 +298,7 @@ def find_duplicates(table: InputTable, batch_rows: int = 1_000_000) -> pl.DataFr
                 raise DiskFull(str(spill), first_line(exc)) from None
             raise
         hashes = pl.read_ipc(spill).get_column("h").to_numpy(writable=True)
-    kept = _duplicates_kept(table, schema)
+    kept = _kept(table, schema)
     if hashes.size == 0:
         return kept
     hashes.sort()
@@ -293,24 +313,36 @@ def find_duplicates(table: InputTable, batch_rows: int = 1_000_000) -> pl.DataFr
         .select(ROW_NUMBER, DUPLICATE_OF)
         .collect()
     )
-    found = pl.concat([kept, candidates.cast(schema)])
+    found = pl.concat([kept, candidates], how="diagonal_relaxed").cast(schema)
     return found.unique(ROW_NUMBER, keep="first").sort(ROW_NUMBER)
 
 
-def _duplicates_kept(table: InputTable, schema: pl.Schema) -> pl.DataFrame:
-    """In a fed-back --errors-output file, the rows still marked ``duplicate_id``: their first
-    occurrence was in the input the file came from (and was sent from there), so they stay out
-    until the user clears their ``error_code``. ``DUPLICATE_OF``: the row the message names
-    (``row_number`` keeps the first input's numbering), 0 if it was edited away."""
+def _kept(table: InputTable, schema: pl.Schema) -> pl.DataFrame:
+    """In a fed-back --errors-output file, the rows still marked ``duplicate_id`` or one of
+    ``KEPT_CODES``: they stay out until the user clears their ``error_code``. A duplicate's
+    first occurrence was in the input the file came from (and was sent from there);
+    ``DUPLICATE_OF`` is the row its message names (``row_number`` keeps the first input's
+    numbering), 0 if it was edited away. A value of a type the file cannot keep stays
+    ``invalid`` as it was, with its message: so a row reaches the API the same way fed back as
+    from its input."""
     if not set(ERROR_COLUMNS) <= set(table.schema.names()):
         return pl.DataFrame(schema=schema)
-    first = pl.col("error_message").cast(pl.String).str.extract(r"duplicate of row (\d+)", 1)
+    code = pl.col("error_code").cast(pl.String).str.strip_chars()
+    message = pl.col("error_message").cast(pl.String)
+    first = message.str.extract(r"duplicate of row (\d+)", 1)
+    duplicate = code == "duplicate_id"
     kept = (
         table.scan()
-        .filter(pl.col("error_code").cast(pl.String).str.strip_chars() == "duplicate_id")
-        .select(ROW_NUMBER, first.cast(pl.UInt32, strict=False).fill_null(0).alias(DUPLICATE_OF))
+        .filter(duplicate | code.is_in(KEPT_CODES))
+        .select(
+            ROW_NUMBER,
+            pl.when(duplicate).then(first.cast(pl.UInt32, strict=False).fill_null(0))
+            .alias(DUPLICATE_OF),
+            pl.when(~duplicate).then(code).alias(KEPT_CODE),
+            pl.when(~duplicate).then(message.fill_null(code)).alias(KEPT_MESSAGE),
+        )
         .collect()
-    )
+    )  # fmt: skip
     return kept.cast(schema)
 
 
@@ -322,50 +354,42 @@ def _clip_expr(text: pl.Expr) -> pl.Expr:
     )
 
 
-_TEXT_DTYPES = (pl.String, pl.Categorical, pl.Enum)
+_KINDS: dict[type, str] = {
+    pl.List: "a list", pl.Array: "a list", pl.Struct: "a struct", pl.Binary: "binary",
+}  # fmt: skip
 
 
-def _as_text(name: str, dtype: pl.DataType) -> tuple[pl.Expr, list[tuple[pl.Expr, str, pl.Expr]]]:
-    """A column as the text to send (null for "no value"), and the checks its type needs."""
-    column = pl.col(name)
-    checks: list[tuple[pl.Expr, str, pl.Expr]] = []
-    if (
-        isinstance(dtype, _TEXT_DTYPES)
-        or dtype == pl.Boolean
-        or dtype.is_integer()
-        or dtype.is_decimal()
-        or dtype == pl.Date
-    ):
-        text = column.cast(pl.String)
-    elif dtype.is_float():
-        bad = column.is_nan() | column.is_infinite()
-        not_a_number = pl.format(MSG_NOT_A_NUMBER, pl.lit(name), column.cast(pl.String))
-        checks.append((bad, "unsupported_value", not_a_number))
-        text = column.cast(pl.String)
-    elif isinstance(dtype, pl.Datetime):
-        fmt = "%Y-%m-%dT%H:%M:%S%.f" + ("%:z" if dtype.time_zone else "")
-        text = column.dt.to_string(fmt)
-    elif dtype == pl.Time:
-        text = column.cast(pl.String)
-    elif dtype == pl.Null:
-        text = pl.lit(None, dtype=pl.String)
-    else:
-        kind = {pl.List: "a list", pl.Array: "a list", pl.Struct: "a struct", pl.Binary: "binary"}
-        shown = kind.get(type(dtype), str(dtype))
-        message = MSG_UNSUPPORTED_TYPE.format(name, shown)
+# A check of the plan: (condition, error_code, error_message): the row is invalid where the
+# condition holds; the first check that holds gives its code and message.
+Check = tuple[pl.Expr, str | pl.Expr, pl.Expr]
+
+
+def _as_text(key: str, column: pl.Expr, dtype: Any) -> tuple[pl.Expr, list[Check]]:
+    """A cell as the text to send (null for "no value"), by the one rule (``values.text``), and
+    the checks its type needs."""
+    checks: list[Check] = []
+    text = values.text(column, dtype)
+    if text is None:
+        shown = _KINDS.get(type(dtype), str(dtype))
+        message = MSG_UNSUPPORTED_TYPE.format(key, shown)
         checks.append((column.is_not_null(), "unsupported_type", pl.lit(message)))
         text = pl.lit(None, dtype=pl.String)
+    elif dtype.is_float():
+        bad = column.is_nan() | column.is_infinite()
+        not_a_number = pl.format(MSG_NOT_A_NUMBER, pl.lit(key), column.cast(pl.String))
+        checks.append((bad, "unsupported_value", not_a_number))
     return pl.when(text != "").then(text), checks
 
 
-def _first_failure(checks: list[tuple[pl.Expr, str, pl.Expr]]) -> tuple[pl.Expr, pl.Expr]:
+def _first_failure(checks: list[Check]) -> tuple[pl.Expr, pl.Expr]:
     """(error_code, error_message) of the first check that holds, in order; null if none."""
     code: pl.Expr | None = None
     message: pl.Expr | None = None
     for condition, error_code, error_message in reversed(checks):
         later_code = pl.lit(None, dtype=pl.String) if code is None else code
         later_message = pl.lit(None, dtype=pl.String) if message is None else message
-        code = pl.when(condition).then(pl.lit(error_code)).otherwise(later_code)
+        given = pl.lit(error_code) if isinstance(error_code, str) else error_code
+        code = pl.when(condition).then(given).otherwise(later_code)
         message = pl.when(condition).then(error_message).otherwise(later_message)
     assert code is not None
     assert message is not None
@@ -380,11 +404,31 @@ class _PlanExprs:
     sent_metadata: pl.Expr  # the JSON object to send (valid rows)
 
 
+def _metadata_cells(table: InputTable, schema: pl.Schema) -> list[tuple[str, pl.Expr, Any]]:
+    """Each metadata key, its cell and its type: one column each, or the fields of a struct
+    ``--metadata-column`` (the same rule for a value in a struct as in a column of its own)."""
+    if table.metadata_column is None:
+        return [(name, pl.col(name), schema[name]) for name in table.metadata_columns]
+    struct = pl.col(table.metadata_column)
+    dtype = schema[table.metadata_column]
+    assert isinstance(dtype, pl.Struct)
+    return [(field.name, struct.struct.field(field.name), field.dtype) for field in dtype.fields]
+
+
+def _by_rows(table: InputTable, schema: pl.Schema) -> bool:
+    """Is the input planned a row at a time? A ``--metadata-column`` of JSON text is (each cell
+    parsed); a struct one, with fields, is planned as columns."""
+    if table.metadata_column is None:
+        return False
+    dtype = schema[table.metadata_column]
+    return not (isinstance(dtype, pl.Struct) and dtype.fields)
+
+
 def _plan_exprs(table: InputTable, schema: pl.Schema, with_duplicates: bool) -> _PlanExprs:
     """The input rules as polars expressions over a frame with ``schema``."""
     raw_id = pl.col(table.id_column).cast(pl.String).str.strip_chars()
     id_length = raw_id.str.len_chars()
-    checks: list[tuple[pl.Expr, str, pl.Expr]] = [
+    checks: list[Check] = [
         (raw_id.is_null() | (raw_id == ""), "invalid_id", pl.lit(MSG_ID_EMPTY)),
         (id_length > MAX_ID_CHARS, "invalid_id", pl.format(MSG_ID_TOO_LONG, id_length)),
         (
@@ -394,14 +438,15 @@ def _plan_exprs(table: InputTable, schema: pl.Schema, with_duplicates: bool) -> 
         ),
     ]
     if with_duplicates:
-        duplicate_of = pl.col(DUPLICATE_OF)
+        duplicate_of, kept = pl.col(DUPLICATE_OF), pl.col(KEPT_CODE)
         checks.append(
             (duplicate_of.is_not_null(), "duplicate_id", pl.format(MSG_DUPLICATE, duplicate_of))
         )
+        checks.append((kept.is_not_null(), kept, pl.col(KEPT_MESSAGE)))
     present: list[pl.Expr] = []
     pieces: list[pl.Expr] = []
-    for name in table.metadata_columns:
-        text, type_checks = _as_text(name, schema[name])
+    for name, column, dtype in _metadata_cells(table, schema):
+        text, type_checks = _as_text(name, column, dtype)
         checks += type_checks
         if not name:
             checks.append((text.is_not_null(), "invalid_key", pl.lit(MSG_KEY_EMPTY)))
@@ -438,7 +483,7 @@ def plan_frame(table: InputTable, batch: pl.DataFrame, duplicates: pl.DataFrame)
     # column in several chunks, as a shard's filtered batch is.
     batch = batch.rechunk()
     batch = batch.join(duplicates, on=ROW_NUMBER, how="left") if duplicates.height else batch
-    if table.metadata_column is not None:
+    if _by_rows(table, batch.schema):
         return _plan_rows(table, batch)
     exprs = _plan_exprs(table, batch.schema, DUPLICATE_OF in batch.columns)
     plan = batch.select(
@@ -462,8 +507,8 @@ def plan_frame(table: InputTable, batch: pl.DataFrame, duplicates: pl.DataFrame)
 
 def plan_lazy(table: InputTable, duplicates: pl.DataFrame) -> pl.LazyFrame | None:
     """The whole input planned as one lazy query (for a streaming dry run); None where the
-    row path is needed (``--metadata-column``)."""
-    if table.metadata_column is not None:
+    row path is needed (a ``--metadata-column`` of JSON text)."""
+    if _by_rows(table, table.schema):
         return None
     scan = table.scan()
     if duplicates.height:
@@ -491,22 +536,24 @@ def _plan_rows(table: InputTable, batch: pl.DataFrame) -> pl.DataFrame:
     """The row path (``--metadata-column``: a JSON object per cell), as a plan frame."""
     assert table.metadata_column is not None
     column = table.metadata_column
-    duplicates = (
-        batch.get_column(DUPLICATE_OF).to_list()
-        if DUPLICATE_OF in batch.columns
-        else [None] * batch.height
-    )
+
+    def listed(name: str) -> list[Any]:
+        return batch.get_column(name).to_list() if name in batch.columns else [None] * batch.height
+
     rows = zip(
         batch.get_column(ROW_NUMBER).to_list(),
         batch.get_column(table.id_column).to_list(),
         batch.get_column(column).to_list(),
-        duplicates,
+        listed(DUPLICATE_OF),
+        listed(KEPT_CODE),
+        listed(KEPT_MESSAGE),
         strict=True,
     )
     out: dict[str, list[Any]] = {name: [] for name in PLAN_COLUMNS}
-    for row_number, raw_id, cell, duplicate_of in rows:
+    for row_number, raw_id, cell, duplicate_of, kept_code, kept_message in rows:
+        kept = None if kept_code is None else (kept_code, kept_message)
         planned = plan_row(
-            row_number, raw_id, partial(parse_metadata_cell, column, cell), duplicate_of
+            row_number, raw_id, partial(parse_metadata_cell, column, cell), duplicate_of, kept
         )
         out[ROW_NUMBER].append(row_number)
         out["conversation_id"].append(planned.conversation_id or None)

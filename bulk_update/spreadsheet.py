@@ -9,8 +9,11 @@ Spreadsheets (OWASP "CSV injection"):
 
 A cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is a formula to a
 spreadsheet. In the CSV results and errors files such cells get a leading ``'``, which a
-spreadsheet shows as text and never runs. Parquet and JSONL keep the exact text. A fed-back
-errors file (CSV) loses the ``'`` again when it is read, so its values round-trip exactly.
+spreadsheet shows as text and never runs. So does a cell that starts with ``'`` itself
+(``'=literal`` is written ``''=literal``): a leading ``'`` in these files is always one the
+writer added, and a fed-back errors file (CSV) loses exactly that one when it is read, so every
+value round-trips exactly (a reader that stripped only a ``'`` before a formula character would
+turn a real ``'=literal`` into ``=literal``). Parquet and JSONL keep the exact text.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import polars as pl
+
+from bulk_update import values
 
 __all__ = [
     "escape",
@@ -31,8 +36,8 @@ __all__ = [
     "unescape",
 ]
 
-FORMULA_START = r"^[=+\-@\t\r]"
-ESCAPED_START = r"^'[=+\-@\t\r]"
+# A cell a spreadsheet would run, or one that starts with the escape itself.
+ESCAPE_START = r"^['=+\-@\t\r]"
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
@@ -42,9 +47,10 @@ def _text_columns(frame: pl.DataFrame | pl.LazyFrame) -> list[str]:
 
 
 def escape(frame: FrameT) -> FrameT:
-    """Prefix ``'`` to every text cell a spreadsheet would take for a formula."""
+    """Prefix ``'`` to every text cell a spreadsheet would take for a formula, and to every one
+    that starts with ``'``."""
     return frame.with_columns(
-        pl.when(pl.col(name).str.contains(FORMULA_START))
+        pl.when(pl.col(name).str.contains(ESCAPE_START))
         .then(pl.lit("'") + pl.col(name))
         .otherwise(pl.col(name))
         .alias(name)
@@ -53,9 +59,9 @@ def escape(frame: FrameT) -> FrameT:
 
 
 def unescape(frame: FrameT) -> FrameT:
-    """Undo ``escape`` (reading a fed-back errors file)."""
+    """Undo ``escape`` (reading a fed-back errors file): the first ``'`` of a cell goes."""
     return frame.with_columns(
-        pl.when(pl.col(name).str.contains(ESCAPED_START))
+        pl.when(pl.col(name).str.starts_with("'"))
         .then(pl.col(name).str.slice(1))
         .otherwise(pl.col(name))
         .alias(name)
@@ -86,10 +92,12 @@ def _contains(dtype: Any, kinds: tuple[type[pl.DataType], ...]) -> bool:
 # polars reads (tests/test_faults.py): CSV holds no nested type, binary, duration, object or
 # null column; polars' JSON Lines writer no binary (it panics) nor object, and its reader no
 # 8- or 16-bit or 128-bit unsigned integer, decimal, duration or time; pyarrow's Parquet writer
-# no 128-bit integer nor object.
-_CSV_SCALARS = (pl.String, pl.Boolean, pl.Date, pl.Datetime, pl.Time, pl.Categorical, pl.Enum)
+# no 128-bit integer nor object. Neither text format holds a time or a datetime (at any depth)
+# in the text a value of it is sent as (``values``): those are written as that text, so that
+# an errors file fed back sends what its input sent.
+_CSV_SCALARS = (pl.String, pl.Boolean, pl.Date, pl.Categorical, pl.Enum)
 _JSON_MISSES = (pl.Binary, pl.Object, pl.Int8, pl.Int16, pl.UInt8, pl.UInt16, pl.UInt128,
-                pl.Decimal, pl.Duration, pl.Time)  # fmt: skip
+                pl.Decimal, pl.Duration, pl.Time, pl.Datetime)  # fmt: skip
 _NARROW_INTEGERS = (pl.Int8, pl.Int16, pl.Int32, pl.UInt8, pl.UInt16, pl.UInt32)
 
 
@@ -119,9 +127,18 @@ def _json_value(value: object) -> str | None:
 
 def as_text(name: str, dtype: Any) -> pl.Expr:
     """A column as text: binary as hex, nested values as JSON (polars' own encoder; Python's
-    where they hold binary, which polars' cannot encode), a duration in ISO 8601 (``PT5S``),
-    anything else as polars casts it."""
+    where they hold binary, which polars' cannot encode; a struct's datetimes as the text they
+    are sent as), a time, a datetime or a duration as the text it is sent as (``values.text``:
+    ``PT5S``), anything else as polars casts it."""
     column = pl.col(name)
+    if isinstance(dtype, values.TEMPORAL_TEXT):
+        return values.temporal_text(column, dtype)
+    if isinstance(dtype, pl.Struct):
+        column = column.struct.with_fields(
+            values.temporal_text(pl.field(field.name), field.dtype).alias(field.name)
+            for field in dtype.fields
+            if isinstance(field.dtype, values.TEMPORAL_TEXT)
+        )
     if isinstance(dtype, pl.Binary):
         return column.bin.encode("hex")
     if isinstance(dtype, pl.Object):
@@ -135,8 +152,6 @@ def as_text(name: str, dtype: Any) -> pl.Expr:
         return pl.when(column.is_not_null()).then(
             encoded.str.slice(prefix, encoded.str.len_chars() - prefix - 1)
         )
-    if isinstance(dtype, pl.Duration):
-        return column.dt.to_string("iso")
     return column.cast(pl.String)
 
 

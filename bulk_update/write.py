@@ -94,6 +94,8 @@ def atomic_path(
             raise
         finally:
             os.close(held)  # the lock goes with it
+    except DiskFull:
+        raise  # another file, written within this one's block (the errors file), is named
     except Exception as exc:
         if is_disk_full(exc):
             raise DiskFull(target, first_line(exc)) from None

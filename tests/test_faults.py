@@ -206,6 +206,49 @@ def test_a_full_disk_under_the_results(start_emulator: StartEmulator, tmp_path: 
         assert set(results(out)["status"].to_list()) == {"updated"}
 
 
+def test_a_full_disk_under_the_results_and_the_errors_file(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """The results and the errors file on one small disk, with room for the results and half
+    the errors file: one line names the file that could not be written, the cause once, the
+    advice once (it was "res.csv: the disk is full (err.csv: the disk is full (...); free
+    space, then ...); free space, then ..."). With room, the same command writes both."""
+    source = tmp_path / "in.csv"
+    note = "n" * 600  # every row invalid (too long): the errors file is the bigger one
+    source.write_text("conversation_id,note\n" + "".join(f"{ID(i)},{note}\n" for i in range(400)))
+    emu = start_emulator()
+    roomy = tmp_path / "roomy"
+    args = ("run", str(source), "--state-dir", str(tmp_path / "state"), "--base-url",
+            emu.base_url)  # fmt: skip
+    sized = cli(*args, "--output", str(roomy / "res.csv"), "--errors-output",
+                str(roomy / "err.csv"))  # fmt: skip
+    assert sized.returncode == 1, sized.stderr
+    res_size, err_size = ((roomy / name).stat().st_size for name in ("res.csv", "err.csv"))
+    assert err_size > 4 * res_size
+    with Tmpfs(tmp_path / "small", "4m") as small:
+        res, err = small.path / "res.csv", small.path / "err.csv"
+        outputs = ("--output", str(res), "--errors-output", str(err))
+        filler = small.path / "filler"
+        filler.write_bytes(b"\0" * (shutil.disk_usage(small.path).free - res_size - err_size // 2))
+        stopped = cli(*args, *outputs)
+        assert stopped.returncode == 3, stopped.stderr
+        assert "Traceback" not in stopped.stderr
+        line = stopped.stderr.strip().splitlines()[-1]
+        assert f"{err}: the disk is full (" in line, line
+        assert line.count("the disk is full") == 1, line
+        assert line.count("free space") == 1, line
+        assert str(res) not in line, line
+        assert not res.exists()
+        assert not err.exists()
+        assert partials(small.path) == []
+        filler.unlink()
+        again = cli(*args, *outputs)
+        assert again.returncode == 1, again.stderr
+        assert results(res)["status"].to_list() == ["invalid"] * 400
+        assert pl.read_csv(err, infer_schema=False).height == 400
+    assert emu.stats()["by_operation"].get("update", 0) == 0
+
+
 def test_a_store_held_by_another_process(
     store: Store, start_emulator: StartEmulator, tmp_path: Path
 ) -> None:

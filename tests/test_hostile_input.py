@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import polars as pl
@@ -201,3 +202,81 @@ def test_a_cell_of_megabytes_is_an_explained_invalid_row(tmp_path: Path) -> None
     frame = results(tmp_path / "r.parquet")
     assert frame["status"].to_list() == ["planned", "invalid", "planned"]
     assert frame["error_message"][1] == "value for 'a' is 2000000 characters; at most 512"
+
+
+# A JSON value as written in a file, and the text a row sends for it (None: no value). Numbers,
+# arrays and objects are sent as written; a string decoded; true/false as such.
+Written = tuple[str, str | None]
+JSON_SCALARS: st.SearchStrategy[Written] = st.one_of(
+    st.none().map(lambda _: ("null", None)),
+    st.booleans().map(lambda b: ("true", "true") if b else ("false", "false")),
+    st.integers().map(lambda n: (str(n), str(n))),
+    st.integers(2**63 - 2, 2**130).map(lambda n: (str(n), str(n))),  # past any 64-bit type
+    st.integers(4000, 5000).map(lambda n: ("9" * n, "9" * n)),  # past Python's int() limit
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: (repr(f), repr(f))),
+    st.sampled_from(["1.0", "1.50", "1e3", "1E+3", "-0.0", "-0", "1e400", "0.1e-999"]).map(
+        lambda t: (t, t)
+    ),
+    TEXT.map(lambda s: (json.dumps(s), s or None)),
+    TEXT.map(lambda s: (json.dumps(s, ensure_ascii=False), s or None)),
+)
+
+
+def _nested(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """An array or an object of ``children`` (JSON texts), spaced or not."""
+    space = st.sampled_from(["", " ", "\t"])
+    array = st.tuples(st.lists(children, max_size=4), space).map(
+        lambda c: "[" + ("," + c[1]).join(c[0]) + "]"
+    )
+    members = st.lists(st.tuples(TEXT.map(json.dumps), children), max_size=4)
+    obj = st.tuples(members, space).map(
+        lambda c: "{" + ("," + c[1]).join(f"{k}:{c[1]}{v}" for k, v in c[0]) + "}"
+    )
+    return st.one_of(array, obj)
+
+
+JSON_VALUES: st.SearchStrategy[Written] = st.one_of(
+    JSON_SCALARS,
+    _nested(st.recursive(JSON_SCALARS.map(lambda w: w[0]), _nested, max_leaves=8)).map(
+        lambda t: (t, t)
+    ),
+)
+KEYS = ("a", "b", "c")
+
+
+@settings(SETTINGS, max_examples=150)
+@given(
+    rows=st.lists(
+        st.dictionaries(st.sampled_from(KEYS), JSON_VALUES, max_size=len(KEYS)), max_size=12
+    ),
+    space=st.sampled_from(["", " ", "  \t"]),
+)
+def test_any_json_value_is_sent_as_written_or_its_row_invalid(
+    tmp_path: Path, rows: list[dict[str, Written]], space: str
+) -> None:
+    """Any JSON value in any cell, columns mixing objects, arrays, numbers of any size, strings
+    and nulls across rows: each row is sent as written (one rule: a number, an array or an
+    object as its text in the file) or is ``invalid`` for itself; the file never fails (an
+    array of an object then a number was exit 70 for the whole file)."""
+    path = tmp_path / "input.jsonl"
+    lines = []
+    for number, row in enumerate(rows):
+        pairs = [f'"conversation_id":{space}"conv_{number}"']
+        pairs += [f'"{key}":{space}{written}' for key, (written, _) in row.items()]
+        lines.append("{" + f",{space}".join(pairs) + "}\n")
+    path.write_text("".join(lines) or "\n", encoding="utf-8")
+    frame = check(path, tmp_path)
+    if not any(rows):
+        assert frame is None  # no object, or no key but the ID: refused, exit 2
+        return
+    assert frame is not None
+    assert frame.height == len(rows)
+    for row, result in zip(rows, frame.iter_rows(named=True), strict=True):
+        sent = {key: text for key, (_, text) in row.items() if text is not None}
+        if not sent:
+            assert result["error_code"] == "no_metadata"
+        elif any(len(text) > 512 for text in sent.values()):
+            assert result["error_code"] == "value_too_long"
+        else:
+            assert result["status"] == "planned", result
+            assert json.loads(result["sent_metadata"]) == sent

@@ -14,6 +14,7 @@ from bulk_update import jsonlines
 from bulk_update.exceptions import InputError
 from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.plan import (
+    DUPLICATE_OF,
     PlannedUpdate,
     find_duplicates,
     invalid_outcomes,
@@ -166,7 +167,7 @@ def test_find_duplicates_and_plan_frame(tmp_path: Path) -> None:
     )
     table = open_input(str(path), id_column="conversation_id")
     duplicates = find_duplicates(table)
-    assert dict(duplicates.iter_rows()) == {3: 1, 5: 2, 6: 1}
+    assert dict(duplicates.select(ROW_NUMBER, DUPLICATE_OF).iter_rows()) == {3: 1, 5: 2, 6: 1}
     plans = [plan_frame(table, batch, duplicates) for batch in table.batches(2)]
     planned = sorted(
         [(u.row_number, "ok") for plan in plans for u in updates(plan)]
@@ -184,7 +185,8 @@ def test_find_duplicates_on_many_rows(tmp_path: Path) -> None:
     path = tmp_path / "in.parquet"
     pl.DataFrame({"conversation_id": ids, "a": ["v"] * len(ids)}).write_parquet(path)
     table = open_input(str(path), id_column="conversation_id")
-    assert dict(find_duplicates(table, batch_rows=7_000).iter_rows()) == {50_001: 8, 50_002: 50_000}
+    found = find_duplicates(table, batch_rows=7_000).select(ROW_NUMBER, DUPLICATE_OF)
+    assert dict(found.iter_rows()) == {50_001: 8, 50_002: 50_000}
 
 
 ROW_CASES: list[tuple[object, list[tuple[str, object]]]] = [
@@ -304,3 +306,65 @@ def test_a_lone_surrogate_is_an_invalid_row_or_a_named_line(tmp_path: Path) -> N
     )
     with pytest.raises(InputError, match=r"line 2, column 1: .*\\ud800 is half of a surrogate"):
         open_input(str(source), id_column="conversation_id")
+
+
+def _planned(table: InputTable) -> list[tuple[str | None, str | None, str | None]]:
+    """Each row's (error_code, error_message, sent_metadata), in order."""
+    frames = [plan_frame(table, batch, find_duplicates(table)) for batch in table.batches(1000)]
+    plan = pl.concat(frames).sort(ROW_NUMBER)
+    return list(plan.select("error_code", "error_message", "sent_metadata").iter_rows())
+
+
+def test_a_struct_metadata_column_is_planned_as_its_fields(tmp_path: Path) -> None:
+    """The same values in a struct --metadata-column as in columns of their own: the same text
+    sent, the same message (a struct's float was Python's repr, 1e-05 for polars' 0.00001, its
+    datetime 03:30:00.500000 for 03:30:00.500)."""
+    values = {
+        "small": [1e-5, None, None, 2.5],
+        "at": [dt.datetime(2025, 3, 30, 3, 30, 0, 500000), None, None, None],
+        "time": [dt.time(3, 30, 0, 1), None, None, None],
+        "wait": [dt.timedelta(seconds=5), None, None, None],
+        "n": [7, None, 8, None],
+        "tags": [None, ["a"], None, None],
+        "nan": [None, None, float("nan"), None],
+    }
+    ids = [ID, "conv_b", "conv_c", "conv_d"]
+    columns = tmp_path / "columns.parquet"
+    pl.DataFrame({"conversation_id": ids, **values}).write_parquet(columns)
+    struct = tmp_path / "struct.parquet"
+    frame = pl.DataFrame({"conversation_id": ids, **values})
+    frame.select("conversation_id", pl.struct(*values).alias("meta")).write_parquet(struct)
+    expected = _planned(open_input(str(columns), id_column="conversation_id"))
+    got = _planned(open_input(str(struct), id_column="conversation_id", metadata_column="meta"))
+    assert got == expected
+    assert expected[0][2] == (
+        '{"small":"0.00001","at":"2025-03-30T03:30:00.500","time":"03:30:00.000001",'
+        '"wait":"PT5S","n":"7"}'
+    )
+    assert [code for code, _, _ in expected] == [
+        None,
+        "unsupported_type",
+        "unsupported_value",
+        None,
+    ]
+
+
+def test_a_fed_back_row_invalid_for_its_type_stays_invalid(tmp_path: Path) -> None:
+    """A text errors file holds a list as its JSON text, NaN as NaN: a row still marked
+    unsupported_type or unsupported_value stays invalid, with its message, as a duplicate does,
+    until its error_code is cleared."""
+    path = tmp_path / "errors.csv"
+    path.write_text(
+        "row_number,conversation_id,tags,status,error_code,error_message\n"
+        '1,conv_a,"[""a""]",invalid,unsupported_type,value for \'tags\' is a list; only text\n'
+        "2,conv_b,NaN,invalid,unsupported_value,\n"
+        '3,conv_c,"[""c""]",invalid,,\n'
+        "4,conv_d,x,failed,http_404,not found\n"
+    )
+    table = open_input(str(path), id_column="conversation_id")
+    assert _planned(table) == [
+        ("unsupported_type", "value for 'tags' is a list; only text", None),
+        ("unsupported_value", "unsupported_value", None),
+        (None, None, '{"tags":"[\\"c\\"]"}'),
+        (None, None, '{"tags":"x"}'),
+    ]

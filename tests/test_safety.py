@@ -7,8 +7,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bulk_update import JobConfig, run_job
+from bulk_update import JobConfig, run_job, spreadsheet
 from bulk_update.exceptions import ConfigError
 from tests.conftest import StartEmulator
 from tests.helpers import ID, by_row, cli
@@ -111,3 +113,14 @@ def test_results_and_the_store_never_meet(
 def test_the_journal_option_says_where_the_journal_went() -> None:
     with pytest.raises(ConfigError, match=r"journal is now in the job's store"):
         JobConfig.from_options({"input": "i.csv", "output": "o.csv", "journal": "j.sqlite"})
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(cells=st.lists(st.one_of(st.none(), st.text(st.sampled_from("'=+-@\t\r a1\"")))))
+def test_the_spreadsheet_escape_round_trips_any_text(cells: list[str | None]) -> None:
+    """Escaped, no cell starts a formula; unescaped (a CSV errors file fed back), every cell is
+    what it was: a value that starts with ' itself (once stripped as if it were the escape)."""
+    frame = pl.DataFrame({"v": cells}, schema={"v": pl.String})
+    escaped = spreadsheet.escape(frame)["v"].to_list()
+    assert not [c for c in escaped if c is not None and c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert spreadsheet.unescape(spreadsheet.escape(frame))["v"].to_list() == cells

@@ -1,0 +1,53 @@
+"""A typed value's text: the one rule by which a cell that is not text becomes the text sent.
+
+A value must reach the API as the same text whatever path it took: the input read directly, or
+its errors file (CSV, JSON Lines or Parquet) fed back as INPUT. A Parquet input keeps its types,
+and the plan turns each into text by ``text``; a text errors file (CSV, JSON Lines) holds that
+same text for every type whose own form there would differ (polars writes a zoned timestamp to
+CSV as ``2025-03-30T03:30:00.000000+0200`` and to JSON Lines naive ones with a space; a time
+with nine decimals), so the file fed back sends what the input sent. Integers, decimals,
+floats, booleans and dates are written by every format as this text already (polars' shortest
+round-trip floats: ``0.1``, ``1e+22``, ``0.00001``).
+
+The rule: integers in decimal, booleans ``true``/``false``, floats in shortest round-trip form,
+decimals with their scale, dates, times and datetimes in ISO 8601 (``2025-03-30``,
+``03:30:00``, ``2025-03-30T03:30:00+02:00`` with its offset where it has a time zone; a
+fraction of a second only where there is one, in 3, 6 or 9 digits: ``03:30:00.500``), durations
+in ISO 8601 (``PT5S``, ``-P1D``). Lists, structs, binary and objects have no text: such a value is
+``invalid`` for its row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+__all__ = ["TEMPORAL_TEXT", "temporal_text", "text"]
+
+# The types whose text differs from the form polars writes them in, to CSV or JSON Lines.
+TEMPORAL_TEXT = (pl.Datetime, pl.Time, pl.Duration)
+
+_AS_CAST = (pl.String, pl.Categorical, pl.Enum, pl.Boolean, pl.Date)
+
+
+def text(column: pl.Expr, dtype: Any) -> pl.Expr | None:
+    """``column`` (of ``dtype``) as the text a value of it is sent as; None if the type has no
+    text (a list, a struct, binary, an object). A float's NaN or infinity is text here
+    (``NaN``, ``inf``): the plan refuses them first."""
+    if isinstance(dtype, _AS_CAST) or dtype.is_numeric():
+        return column.cast(pl.String)
+    if isinstance(dtype, TEMPORAL_TEXT):
+        return temporal_text(column, dtype)
+    if isinstance(dtype, pl.Null):
+        return pl.lit(None, dtype=pl.String)
+    return None
+
+
+def temporal_text(column: pl.Expr, dtype: pl.Datetime | pl.Time | pl.Duration) -> pl.Expr:
+    """A datetime, a time or a duration as its ISO 8601 text."""
+    if isinstance(dtype, pl.Datetime):
+        return column.dt.to_string("%Y-%m-%dT%H:%M:%S%.f" + ("%:z" if dtype.time_zone else ""))
+    if isinstance(dtype, pl.Time):
+        return column.dt.to_string("%H:%M:%S%.f")
+    return column.dt.to_string("iso")
