@@ -276,6 +276,7 @@ class _Sent:
     requests: int = 0
     reads: int = 0
     rate_limited: int = 0
+    unknown: int = 0  # rows sent when the run stopped, their answer never read
 
 
 async def _run_journaled(run: _Run, store: Store, journal: Journal, key: RunKey) -> JobSummary:
@@ -312,7 +313,7 @@ async def _run_journaled(run: _Run, store: Store, journal: Journal, key: RunKey)
         sent_this_run=tally.sent,
         stopped_by=stop.signal.name if stop.signal else None,
         job_name=run.job_name,
-        warnings=(*warnings_for(run.total), *notes),
+        warnings=(*warnings_for(run.total, sent.unknown), *notes),
         dry_run=config.dry_run,
         reads_sent=sent.reads,
         added_keys=dict(tally.added.most_common()),
@@ -377,7 +378,7 @@ async def _send(
             async with monitor.running():
                 await send_all(pipeline, config.drain_timeout, run.signals)
             sent.requests, sent.reads = sender.requests_sent, sender.reads_sent
-            sent.rate_limited = sender.rate_limited
+            sent.rate_limited, sent.unknown = sender.rate_limited, pipeline.unknown
     finally:
         if budget is not None:
             budget.close()

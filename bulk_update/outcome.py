@@ -14,6 +14,7 @@ __all__ = [
     "ERRORS_ROW_NUMBER",
     "ERROR_COLUMNS",
     "NEEDS_ATTENTION",
+    "OUTCOME_UNKNOWN",
     "RESULTS_SCHEMA",
     "RESULT_COLUMNS",
     "ROW_FAILURES",
@@ -37,6 +38,10 @@ class Status(enum.StrEnum):
 ROW_FAILURES = frozenset({Status.FAILED, Status.INVALID})
 # The statuses --errors-output keeps: rows to fix and feed back.
 NEEDS_ATTENTION = frozenset({Status.FAILED, Status.INVALID, Status.UNPROCESSED})
+# The error code of an ``unprocessed`` row whose update was sent when the run stopped, its
+# answer never read: the server may have applied it. A re-run sends it again, and a revert
+# treats it as possibly applied (``server/revert.py``).
+OUTCOME_UNKNOWN = "outcome_unknown"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,8 @@ from bulk_update.observe.progress import Tally
 from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
 from bulk_update.read import InputTable
-from bulk_update.send import Sender
-from bulk_update.stop import FailureStreak, Signals, Stop
+from bulk_update.send import InFlight, Sender
+from bulk_update.stop import JOB_STOPPED, FailureStreak, Signals, Stop
 from bulk_update.store import Journal, RowTiming
 
 __all__ = ["Pipeline", "send_all"]
@@ -132,8 +132,14 @@ class Pipeline:
     block on the other; workers finish the row in hand and exit. After a stop (a fatal answer,
     a failure streak, the store gone) or an error the job did not expect, the other workers are
     cancelled, whether waiting (a backoff, a limiter pause, a commit) or with a request in
-    flight: their rows get no outcome, so they stay unprocessed and a re-run sends them (at
-    most ``concurrency`` rows twice). No worker ends without the job knowing why.
+    flight; so are those still draining when the drain after a signal ends. No worker ends
+    without the job knowing why.
+
+    A cancelled worker's row stays unprocessed, and a re-run sends it (at most ``concurrency``
+    rows twice). ``settle``, once the workers are gone, records what is known of it: the
+    outcome whose commit was cut short, or, for a row whose update may have reached the server
+    (``Sender.in_flight``), ``outcome_unknown``: never "not sent". A row cancelled before any
+    update left says "not sent" with the rest (``write.results_between``).
     """
 
     def __init__(
@@ -160,6 +166,9 @@ class Pipeline:
         self.known: set[str] = set()  # queued conversations with a state entry
         self.streak = FailureStreak(config.stop_after_failures)
         self.read_first = mode.read_first(config)
+        # Outcomes in hand whose commit a cancelled worker cut short (``settle`` commits them).
+        self.unrecorded: list[tuple[RowOutcome, RowTiming]] = []
+        self.unknown = 0  # rows settled as outcome_unknown
 
     def halt(self, *, wake_workers: bool = True) -> None:
         """Drop the queued rows (they stay unprocessed) and, unless they are being cancelled,
@@ -194,7 +203,12 @@ class Pipeline:
             outcome = sent.outcome
             tally.sent += 1
             latency = None if sent.latency_s is None else round(sent.latency_s * 1000)
-            await journal.record(outcome, RowTiming(sent_at, time.time(), latency))
+            timing = RowTiming(sent_at, time.time(), latency)
+            try:
+                await journal.record(outcome, timing)
+            except asyncio.CancelledError:
+                self.unrecorded.append((outcome, timing))
+                raise
             if self.sender.telemetry is not None:
                 self.sender.telemetry.row()
             tally.add(outcome.status)
@@ -236,6 +250,37 @@ class Pipeline:
                 task.cancel()
         self.halt(wake_workers=False)
 
+    async def settle(self) -> None:
+        """Once the workers are gone: commit the outcomes they were cancelled with in hand, and
+        record each row whose update may have reached the server, its answer never read, as
+        ``outcome_unknown`` (``Stop.unanswered``): the server may have applied it, so the next
+        run sends it again and a revert treats it as applied. A store that refuses the commit
+        stops the run as it would have stopped a worker."""
+        flights = self.sender.in_flight
+        unanswered = [flight for flight in flights.values() if flight.reached]
+        flights.clear()
+        done, self.unrecorded = self.unrecorded, []
+        if not (unanswered or done):
+            return
+        code, message = self.stop.unanswered()
+        when = time.time()
+        for flight in unanswered:
+            done.append((_unknown(flight, code, message), RowTiming(when, when, None)))
+        self.unknown = len(unanswered)
+        self.tally.sent += len(unanswered)
+        failures = await asyncio.gather(
+            *(self.journal.record(outcome, timing) for outcome, timing in done),
+            return_exceptions=True,
+        )
+        for (outcome, _), failure in zip(done, failures, strict=True):
+            if failure is None:
+                self.tally.add(outcome.status)
+        failure = next((f for f in failures if isinstance(f, Exception)), None)
+        if isinstance(failure, JobStopped):
+            self.stop_on_fatal(failure)
+        elif failure is not None:
+            self.stop_on_error(failure)
+
     async def run(self) -> None:
         journal, tally, stop = self.journal, self.tally, self.stop
         self.workers = [
@@ -274,9 +319,26 @@ class Pipeline:
             await asyncio.gather(*self.workers, return_exceptions=True)
 
 
+def _unknown(flight: InFlight, code: str, message: str) -> RowOutcome:
+    """The outcome of a row whose update may have reached the server, its answer never read."""
+    update = flight.update
+    return RowOutcome(
+        row_number=update.row_number,
+        conversation_id=update.conversation_id,
+        status=Status.UNPROCESSED,
+        attempts=flight.attempts,
+        error_type=JOB_STOPPED,
+        error_code=code,
+        error_message=message,
+        sent_metadata=update.sent_metadata,
+        previous_metadata=update.previous,
+    )
+
+
 async def send_all(pipeline: Pipeline, drain_timeout: float, signals: Signals) -> None:
     """Run the pipeline; on a first signal drain for ``drain_timeout``, on a second stop at
-    once (``Stop.hard``: the results are then not rewritten)."""
+    once (``Stop.hard``: the results are then not rewritten). Then ``settle`` what the
+    cancelled workers left."""
     task = asyncio.create_task(pipeline.run())
 
     def graceful(signum: signal.Signals) -> None:
@@ -306,3 +368,4 @@ async def send_all(pipeline: Pipeline, drain_timeout: float, signals: Signals) -
             pipeline.stop_on_fatal(exc)
         except Exception as exc:
             pipeline.stop_on_error(exc)
+        await pipeline.settle()

@@ -10,6 +10,11 @@ The concurrency cap is the number of callers (the job's workers), matched by the
 pool's size. ``fence`` is awaited before every request: the store says whether this process
 still holds the run (``Journal.fence``; it raises if not). The clock, sleep, randomness and
 transport are injected for tests.
+
+``in_flight`` holds each row whose update ``send`` has in hand (an ``InFlight``: the update and
+its requests so far): a worker cancelled there (the job stopping) leaves it behind, and the
+pipeline records a row whose update may have reached the server as ``outcome_unknown``, never
+as not sent.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ from bulk_update.server.check import NOT_FOUND
 from bulk_update.stop import Stop
 from bulk_update.store import Budget
 
-__all__ = ["SendSettings", "Sender", "Sent"]
+__all__ = ["InFlight", "SendSettings", "Sender", "Sent"]
 
 log = logging.getLogger("bulk_update")
 
@@ -128,6 +133,18 @@ class Sent:
     latency_s: float | None = None  # of the row's last request (None: nothing was sent)
 
 
+@dataclass(slots=True)
+class InFlight:
+    """A row's update from the moment ``send`` takes it until its answer is in hand.
+    ``attempts``: the requests made for the row (its read first, if any); ``reached``: one of
+    its updates may have reached the server (written, or on the wire: any but a connection
+    that was never made). The update's ``previous`` is the row's before-image, if it has one."""
+
+    update: PlannedUpdate
+    attempts: int = 0
+    reached: bool = False
+
+
 def _json_text(value: object) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
@@ -165,6 +182,8 @@ class Sender:
         self.requests_sent = 0
         self.reads_sent = 0  # of requests_sent: reads of a conversation before its update
         self.rate_limited = 0  # of requests_sent: answered 429 rate_limit_exceeded
+        # By row number: the updates ``send`` has in hand (what a cancelled worker left).
+        self.in_flight: dict[int, InFlight] = {}
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._jitter = jitter
@@ -186,7 +205,9 @@ class Sender:
     ) -> None:
         await self._client.close(exc_type, exc, tb)
 
-    async def _request(self, method: str, path: str, body: bytes | None, retry: bool) -> Answer:
+    async def _request(
+        self, method: str, path: str, body: bytes | None, retry: bool, flight: InFlight | None
+    ) -> Answer:
         await self.limiter.acquire()
         if self.breaker.is_open:
             # While the API looks down, one request at a time: each one a probe, spaced by the
@@ -194,34 +215,51 @@ class Sender:
             async with self._probe:
                 if self.breaker.is_open:
                     await self.limiter.acquire()
-                return await self._exchange(method, path, body, retry=retry)
-        return await self._exchange(method, path, body, retry=retry)
+                return await self._exchange(method, path, body, retry=retry, flight=flight)
+        return await self._exchange(method, path, body, retry=retry, flight=flight)
 
     async def _exchange(
-        self, method: str, path: str, body: bytes | None = None, *, retry: bool = False
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        retry: bool = False,
+        flight: InFlight | None = None,
     ) -> Answer:
-        """One request, timed, and told to the telemetry (``retry``: not its row's first)."""
+        """One request, timed, and told to the telemetry (``retry``: not its row's first).
+        ``flight``: an update's, counted from the moment it may leave the process."""
         if self._fence is not None:
             await self._fence()  # raises if this process no longer holds the run
         self.requests_sent += 1
         telemetry = self.telemetry
         if telemetry is not None:
             telemetry.sending()
+        reached = False
+        if flight is not None:
+            flight.attempts += 1
+            reached, flight.reached = flight.reached, True
         try:
             answer = await self._client.exchange(method, path, body)
         except BaseException:  # cancelled (the job stopping): no answer, none in flight
             if telemetry is not None:
                 telemetry.sent()
             raise
+        if flight is not None and answer.transport_error == "connect":
+            flight.reached = reached  # no connection was made: this one never left
         if telemetry is not None:
             telemetry.request(answer, answer.elapsed_s, retry=retry)
             controller = self.limiter.controller
             telemetry.limits(min(controller.rpm, controller.cap_rpm), controller.server_limit_rpm)
         return answer
 
-    async def send(self, update: PlannedUpdate) -> Sent:
-        """Update the row's conversation (retried, rate limited); its outcome."""
-        last = await self._call("POST", update.conversation_id, update.body())
+    async def send(self, update: PlannedUpdate, *, attempts: int = 0) -> Sent:
+        """Update the row's conversation (retried, rate limited); its outcome. ``attempts``:
+        requests already made for the row (its read). Until the answer is in hand the row is
+        in ``in_flight``."""
+        flight = self.in_flight[update.row_number] = InFlight(update, attempts)
+        last = await self._call("POST", update.conversation_id, update.body(), flight)
+        del self.in_flight[update.row_number]
         return self._outcome(update, last)
 
     async def read(self, update: PlannedUpdate) -> Read:
@@ -254,9 +292,15 @@ class Sender:
             latency_s=last.answer.elapsed_s,
         )
 
-    async def _call(self, method: str, conversation_id: str, body: bytes | None) -> Attempt:
+    async def _call(
+        self,
+        method: str,
+        conversation_id: str,
+        body: bytes | None,
+        flight: InFlight | None = None,
+    ) -> Attempt:
         """One request for a row, retried (transient failures, 429s) until it is done, failed,
-        or the job stops; the last attempt."""
+        or the job stops; the last attempt. ``flight``: an update's (see ``InFlight``)."""
         path = conversation_path(conversation_id)
         tally = {"requests": 0, "failures": 0, "rate_limited": 0}
 
@@ -265,7 +309,7 @@ class Sender:
                            tally["rate_limited"], fatal)  # fmt: skip
 
         async def attempt() -> Attempt:
-            answer = await self._request(method, path, body, retry=tally["requests"] > 0)
+            answer = await self._request(method, path, body, tally["requests"] > 0, flight)
             verdict = classify(answer, self._wall_clock(), conversation_id)
             tally["requests"] += 1
             if verdict.action is Action.RATE_LIMITED:

@@ -27,14 +27,16 @@ from types import TracebackType
 
 from bulk_update._constants import RETRYABLE_STATUSES
 from bulk_update.exceptions import FatalApiError, JobStopped, first_line
-from bulk_update.outcome import RowOutcome
+from bulk_update.outcome import OUTCOME_UNKNOWN, RowOutcome
 
-__all__ = ["FailureStreak", "Interrupt", "Signals", "Stop", "StopReason", "routed"]
+__all__ = ["JOB_STOPPED", "FailureStreak", "Interrupt", "Signals", "Stop", "StopReason", "routed"]
 
 log = logging.getLogger("bulk_update")
 
 # Why a stopped run did not reach the rows it never sent: (error_code, error_message), or None.
 StopReason = tuple[str, str] | None
+# The error_type of a row that a stop left unprocessed (never reached, or sent and unanswered).
+JOB_STOPPED = "job_stopped"
 
 
 @dataclass
@@ -105,6 +107,19 @@ class Stop:
         if self.error is not None:
             return ("internal_error", f"not sent: the job stopped: {self.message()}")
         return None
+
+    def unanswered(self) -> tuple[str, str]:
+        """What a row says whose update was sent when the run stopped, its answer never read
+        (error_code, error_message): the server may have applied it."""
+        if self.signal is not None:
+            why = f"by {self.signal.name}"
+        else:
+            why = f"({self.stopped_by() or 'early'})"
+        return (
+            OUTCOME_UNKNOWN,
+            f"sent, but the job stopped {why} before the answer: the server may have applied "
+            "it; the next run sends it again",
+        )
 
 
 Hook = Callable[[signals.Signals], None]

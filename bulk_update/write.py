@@ -35,7 +35,7 @@ from bulk_update.outcome import (
 from bulk_update.paths import is_remote
 from bulk_update.plan import to_send_expr, unchanged_expr
 from bulk_update.read import InputTable
-from bulk_update.stop import StopReason
+from bulk_update.stop import JOB_STOPPED, StopReason
 from bulk_update.store import Journal
 
 __all__ = [
@@ -345,7 +345,7 @@ def results_between(
         unseen = pl.col("error_code").is_null() & (pl.col("status") == Status.UNPROCESSED.value)
         code, message = stopped
         merged = merged.with_columns(
-            pl.when(unseen).then(pl.lit("job_stopped")).otherwise("error_type").alias("error_type"),
+            pl.when(unseen).then(pl.lit(JOB_STOPPED)).otherwise("error_type").alias("error_type"),
             pl.when(unseen).then(pl.lit(code)).otherwise("error_code").alias("error_code"),
             pl.when(unseen).then(pl.lit(message)).otherwise("error_message").alias("error_message"),
         )

@@ -3,6 +3,7 @@ stores' new columns (a store of the older layout is brought up to date)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -13,9 +14,10 @@ from bulk_update.config import JobConfig
 from bulk_update.emulator.process import EmulatorProcess
 from bulk_update.emulator.server import preload_from
 from bulk_update.exceptions import ConfigError
-from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER
+from bulk_update.outcome import OUTCOME_UNKNOWN, RESULT_COLUMNS, ROW_NUMBER
+from bulk_update.plan import PlannedUpdate
 from bulk_update.server.check import judge, new_keys, replaced_keys
-from bulk_update.server.revert import plan_batch, revert_row
+from bulk_update.server.revert import plan_batch, revert_row, settled
 from bulk_update.store import TIMELINE_COLUMNS, TIMING_COLUMNS
 from bulk_update.store.schema import LAYOUT_VERSION, OUTCOMES_5, RUN_COLUMNS, STORED_TIMING
 from bulk_update.store.sqlite import SQLiteStore
@@ -115,7 +117,8 @@ def test_a_revert_puts_back_what_a_replacing_server_dropped(
 def test_an_edited_results_row_that_is_not_json_is_invalid_not_a_crash() -> None:
     batch = pl.DataFrame(
         {ROW_NUMBER: [1, 2], "conversation_id": ["conv_a", "conv_b"],
-         "status": ["updated", "updated"], "sent_metadata": ['{"t":"new"}', '{"t":"new"}'],
+         "status": ["updated", "updated"], "error_code": [None, None],
+         "sent_metadata": ['{"t":"new"}', '{"t":"new"}'],
          "previous_metadata": ['{"t":"old"}', "{edited by hand"]},
         schema_overrides={ROW_NUMBER: pl.UInt32},
     )  # fmt: skip
@@ -124,6 +127,51 @@ def test_an_edited_results_row_that_is_not_json_is_invalid_not_a_crash() -> None
         (1, "conv_a", '{"t":"old"}')
     ]
     assert [(o.row_number, o.error_code) for o in plan.invalid] == [(2, "unreadable_before_image")]
+
+
+def test_a_row_that_may_have_been_applied_is_reverted_as_applied() -> None:
+    before = '{"t":"old","r":"eu"}'
+    batch = pl.DataFrame(
+        {ROW_NUMBER: [1, 2, 3], "conversation_id": ["conv_a", "conv_b", "conv_c"],
+         "status": ["unprocessed"] * 3,
+         "error_code": [OUTCOME_UNKNOWN, "replaced_not_merged", OUTCOME_UNKNOWN],
+         "sent_metadata": ['{"t":"new","o":"x"}'] * 3,
+         "previous_metadata": [before, before, None], "metadata": [None] * 3},
+        schema_overrides={ROW_NUMBER: pl.UInt32},
+    )  # fmt: skip
+    plan = plan_batch(batch, blank_added_keys=False)
+    # Its answer unknown, so whether the server merged too: the whole image, guarded by what
+    # the run sent for its own keys ('o' was added: it stays).
+    [update] = plan.to_send
+    assert (update.row_number, update.metadata, update.whole) == (1, {"t": "old", "r": "eu"}, True)
+    assert update.expect == '{"t":"new"}'
+    assert plan.unchanged[ROW_NUMBER].to_list() == [2]  # "not sent": nothing to put back
+    assert [(o.row_number, o.error_code) for o in plan.invalid] == [(3, "no_before_image")]
+
+
+@pytest.mark.parametrize(
+    ("server", "action", "sent"),
+    [
+        ({"t": "old", "r": "eu"}, "unchanged", None),  # never applied
+        ({"t": "new", "r": "eu", "o": "x"}, "send", {"t": "old"}),  # applied, merged
+        ({"t": "new", "r": "us"}, "send", {"t": "old"}),  # merged; 'r' changed since: theirs
+        ({"t": "new", "o": "x"}, "send", {"t": "old", "r": "eu"}),  # applied, 'r' dropped
+        ({"t": "gold", "r": "eu"}, "invalid", None),  # someone's change since: drift
+        ({"t": "gold"}, "invalid", None),  # dropped, and changed since: drift
+    ],
+)
+def test_a_whole_image_is_settled_against_what_the_server_holds(
+    server: dict[str, str], action: str, sent: dict[str, str] | None
+) -> None:
+    row = revert_row('{"t":"new","o":"x"}', '{"t":"old","r":"eu"}', None,
+                     blank_added_keys=False, unsure=True)  # fmt: skip
+    update = PlannedUpdate(1, "conv_a", json.dumps(row.target), json.dumps(row.expect), whole=True)
+    update = settled(update, server)
+    decision = judge(update.metadata, server, expect=json.loads(update.expect or "{}"))
+    assert decision.action == action, decision
+    if sent is not None:
+        assert update.metadata == sent
+        assert update.whole == ("r" in sent)
 
 
 def test_a_revert_is_a_run_of_the_job_it_reverts() -> None:

@@ -223,3 +223,53 @@ def test_every_retryable_failure_counts_against_max_attempts(answer: httpx2.Resp
     assert outcome.status is Status.FAILED
     assert (outcome.attempts, len(seen)) == (3, 3)
     assert not sender.breaker.is_open  # the server answered: not an outage
+
+
+def test_an_update_cut_off_is_left_in_flight_only_once_it_may_have_left() -> None:
+    """A cancelled ``send`` (the job stopping) leaves its row in ``in_flight`` for the pipeline
+    to record: ``reached`` once a request may have left, not for a connection never made."""
+
+    async def cut(first: httpx2.Response | Exception | None) -> tuple[object, ...]:
+        """``UPDATE`` sent, its first request answered ``first`` (None: never answered), cut in
+        that wait or in the backoff after it; then another row sent to its answer."""
+        waiting = asyncio.Event()
+
+        async def handler(request: httpx2.Request) -> httpx2.Response:
+            if not request.url.path.endswith(ID) or waiting.is_set():
+                return ok(request)
+            if first is None:
+                waiting.set()
+                await asyncio.sleep(3600)
+            elif isinstance(first, Exception):
+                raise first
+            else:
+                return first
+            raise AssertionError("never answered")
+
+        async def sleep(seconds: float) -> None:
+            if seconds >= 0.1:  # a retry's backoff (not the limiter's next slot)
+                waiting.set()
+                await asyncio.sleep(3600)
+
+        transport = httpx2.MockTransport(handler)
+        sender = Sender(settings(), Stop(), transport=transport, sleep=sleep, jitter=lambda: 0.0)
+        async with sender:
+            task = asyncio.create_task(sender.send(UPDATE, attempts=1))
+            await waiting.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            other = await sender.send(PlannedUpdate(8, "conv_other", '{"tier":"gold"}'))
+            assert other.outcome.status is Status.UPDATED
+            assert list(sender.in_flight) == [UPDATE.row_number]  # an answered row is not
+            flight = sender.in_flight[UPDATE.row_number]
+            return flight.update, flight.attempts, flight.reached
+
+    # On the wire when cut: it may have been applied (its read and one update: 2 requests).
+    assert asyncio.run(cut(None)) == (UPDATE, 2, True)
+    # Cut in the backoff after a connection never made: nothing left the process.
+    assert asyncio.run(cut(httpx2.ConnectError("connection refused"))) == (UPDATE, 2, False)
+    # Cut in the backoff after an answer that failed, or none in time: it may have been applied.
+    busy = httpx2.Response(503, json={"error": {"message": "busy"}})
+    assert asyncio.run(cut(busy)) == (UPDATE, 2, True)
+    assert asyncio.run(cut(httpx2.ReadTimeout("no answer"))) == (UPDATE, 2, True)

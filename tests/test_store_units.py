@@ -95,6 +95,17 @@ def test_a_stopping_job_waits_for_the_store_no_longer_than_it_was_told() -> None
         outage.failed("locked", commit)
 
 
+def test_a_call_begun_after_the_stop_moment_gets_as_long_as_the_stop_gave() -> None:
+    clock = Clock()
+    outage = Outage("db", 60.0, clock=clock)
+    outage.hurry(1.0)  # a signal: --drain-timeout 1
+    clock.now += 5  # the drain ran out: the abandoned rows' outcomes, the results, the end
+    assert outage.deadline(clock.now) == clock.now + 1  # not at once: a store that answers
+    outage.hurry(0)  # a second signal: at once
+    assert outage.deadline(clock.now) == clock.now
+    assert outage.deadline(clock.now - 10) <= clock.now  # a call under way: cut now
+
+
 def test_an_outage_says_what_it_is() -> None:
     clock = Clock()
     outage = Outage("s.sqlite", 1.0, state="locked by another process", clock=clock)

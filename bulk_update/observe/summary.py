@@ -176,8 +176,18 @@ def exit_code_for(
 NO_ROWS_WARNING = "the input has no data rows (a header only)"
 
 
-def warnings_for(total: int) -> tuple[str, ...]:
-    return (NO_ROWS_WARNING,) if total == 0 else ()
+def warnings_for(total: int, unknown: int = 0) -> tuple[str, ...]:
+    """What the summary warns of: an input without rows; rows whose update was sent when the
+    run stopped, their answer never read (``unknown``)."""
+    warnings = [NO_ROWS_WARNING] if total == 0 else []
+    if unknown:
+        warnings.append(
+            f"{unknown} row{'s were' if unknown != 1 else ' was'} sent but the job stopped "
+            "before the answer (outcome_unknown): the server may have applied "
+            f"{'them' if unknown != 1 else 'it'}; the next run sends "
+            f"{'them' if unknown != 1 else 'it'} again"
+        )
+    return tuple(warnings)
 
 
 def conversations(count: int) -> str:

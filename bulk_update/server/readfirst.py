@@ -8,9 +8,14 @@ holds (``check.judge``), then:
 - a check (``validate --check-server``): ``planned``, with the server's map;
 - otherwise the before-image is committed first (an ``unprocessed`` outcome carrying
   ``previous_metadata``), then the update is sent, and its outcome carries the before-image too.
-  A re-run after a crash between the two finds the image: if the server then holds the row's
-  values, the update was applied by the crashed invocation, and the row is ``updated`` with the
-  image it kept (the re-read would only show the row's own values).
+  A re-run after a crash between the two (or a stop with the update in flight:
+  ``outcome_unknown``) finds the image: if the server then holds the row's values, the update
+  was applied by the earlier invocation, and the row is ``updated`` with the image it kept;
+  else it is sent again, still with the image kept first (a re-read may already hold some of
+  the row's values, or someone's since).
+
+A revert's row that puts back a whole before-image is ``settled`` against the map read first
+(``revert.settled``): the whole image only where the server dropped keys of it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from bulk_update.exceptions import FatalApiError
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import PlannedUpdate, clip
 from bulk_update.send import Sender, Sent
+from bulk_update.server import revert
 from bulk_update.server.check import (
     NOT_FOUND,
     REPLACED,
@@ -54,9 +60,14 @@ class ReadFirst:
         if read.failed is not None:
             return self._unread(read.failed)
         server_text = read.metadata
-        server, row = parse_map(server_text), update.metadata
+        server = parse_map(server_text)
+        if update.whole:
+            update = revert.settled(update, server)
+        row = update.metadata
+        # The before-image: the one an earlier invocation kept, if it sent the row already.
+        before = server_text if update.previous is None else update.previous
         image: dict[str, Any] = (
-            {"previous_metadata": server_text} if self.write else {"server_metadata": server_text}
+            {"previous_metadata": before} if self.write else {"server_metadata": server_text}
         )
         common: dict[str, Any] = {
             "row_number": update.row_number,
@@ -112,14 +123,16 @@ class ReadFirst:
                 status=Status.UNPROCESSED,
                 attempts=read.attempts,
                 sent_metadata=update.sent_metadata,
-                previous_metadata=server_text,
+                previous_metadata=before,
             )
         )
-        sent = await sender.send(update)
+        sent = await sender.send(
+            dataclasses.replace(update, previous=before), attempts=read.attempts
+        )
         outcome = dataclasses.replace(
             sent.outcome,
             attempts=sent.outcome.attempts + read.attempts,
-            previous_metadata=server_text,
+            previous_metadata=before,
         )
         fatal = sent.fatal
         if outcome.status is Status.UPDATED:

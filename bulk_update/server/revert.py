@@ -10,30 +10,39 @@ and are counted, unless ``--blank-added-keys`` sets them to the empty string.
 A server that replaced the map instead of merging into it (``--backup`` stops on the first)
 dropped keys of the before-image that the run never set: its answer (the results' ``metadata``)
 lacks them. Such a row's revert puts back the whole before-image (``RevertRow.whole``): the
-dropped keys were nobody's change, they are not drift. Every other row has nothing to revert:
-``unchanged``.
+dropped keys were nobody's change, they are not drift.
+
+A row whose update was sent when the run stopped, its answer never read (``unprocessed`` /
+``outcome_unknown``), may have been applied: it is reverted as an updated row whose answer is
+not known. Its target is the whole before-image, guarded by what the run sent; once the
+conversation is read (``settled``), a server that holds every key of the before-image the run
+did not set has dropped none, and only the run's own keys are put back. Where the server holds
+the before-image, the row is ``unchanged``; where it holds what the run sent, the image goes
+back; anything else is drift. Every other row has nothing to revert: ``unchanged``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import polars as pl
 
 from bulk_update.exceptions import InputError
-from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
+from bulk_update.outcome import OUTCOME_UNKNOWN, ROW_NUMBER, RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
 from bulk_update.read import InputTable, open_input
 from bulk_update.server.check import parse_map
 
-__all__ = ["batches", "kept_keys", "open_results", "plan_batch", "revert_row"]
+__all__ = ["batches", "kept_keys", "open_results", "plan_batch", "revert_row", "settled"]
 
 ID = "conversation_id"
 STATUS = "status"
+CODE = "error_code"
 SENT = "sent_metadata"
 PREVIOUS = "previous_metadata"
 RETURNED = "metadata"  # the map the server answered the run's update with
@@ -77,7 +86,7 @@ def _check_results(table: InputTable) -> None:
             else "no before-images (previous_metadata): revert needs the results of a run "
             "with --backup",
         )
-    updated = pl.col(STATUS) == Status.UPDATED.value
+    updated = _sent(table.schema.names())
     found = (
         table.scan()
         .select(
@@ -101,14 +110,31 @@ def _check_results(table: InputTable) -> None:
         )
 
 
+def _sent(names: list[str]) -> pl.Expr:
+    """The results' rows whose update the server applied, or may have (its answer never read):
+    the rows a revert puts back."""
+    updated = pl.col(STATUS) == Status.UPDATED.value
+    if CODE not in names:
+        return updated
+    unknown = (pl.col(STATUS) == Status.UNPROCESSED.value) & (pl.col(CODE) == OUTCOME_UNKNOWN)
+    return updated | unknown
+
+
 def revert_row(
-    sent: str, previous: str, returned: str | None = None, *, blank_added_keys: bool
+    sent: str,
+    previous: str,
+    returned: str | None = None,
+    *,
+    blank_added_keys: bool,
+    unsure: bool = False,
 ) -> RevertRow:
     """What putting back one updated row means. ``returned``: the map the server answered the
-    run's update with (None: not known)."""
+    run's update with (None: not known). ``unsure``: the update may not have been applied, nor
+    merged (its answer was never read): the whole before-image, guarded by what the run sent,
+    to be ``settled`` against the server's map."""
     set_by_run, before = parse_map(sent), parse_map(previous)
     after = {**before, **set_by_run} if returned is None else parse_map(returned)
-    dropped = [key for key in before if key not in after]
+    dropped = unsure or any(key not in after for key in before)
     target: dict[str, str] = dict(before) if dropped else {}
     kept: list[str] = []
     for key, value in set_by_run.items():
@@ -120,22 +146,39 @@ def revert_row(
                 target[key] = ""
         else:
             kept.append(key)
-    expect = {key: after[key] for key in target if key in after}
-    return RevertRow(target, expect, kept, whole=bool(dropped))
+    guard = set_by_run if unsure else after
+    expect = {key: guard[key] for key in target if key in guard}
+    return RevertRow(target, expect, kept, whole=dropped)
+
+
+def settled(update: PlannedUpdate, server: Mapping[str, str]) -> PlannedUpdate:
+    """A whole before-image's revert, once the server's map is read. The image's keys that the
+    run never set (those of the target that ``expect`` does not guard) were dropped by a
+    server that replaced the map: if the server lacks one, the whole image goes back. If it
+    lacks none, nothing was dropped: only the run's own keys go back, and another key changed
+    since is someone else's, neither drift nor written over."""
+    target = update.metadata
+    expect = parse_map(update.expect)
+    if any(key not in server for key in target if key not in expect):
+        return update
+    own = {key: value for key, value in target.items() if key in expect}
+    return dataclasses.replace(update, sent_metadata=_text(own), whole=False)
 
 
 def batches(table: InputTable, rows: int) -> Iterator[pl.DataFrame]:
-    """The results' row number, ID, status, sent, previous and returned metadata, ``rows`` at
-    a time."""
-    returned = (
-        pl.col(RETURNED).cast(pl.String)
-        if RETURNED in table.schema.names()
-        else pl.lit(None, dtype=pl.String).alias(RETURNED)
+    """The results' row number, ID, status, error code, sent, previous and returned metadata,
+    ``rows`` at a time."""
+    names = table.schema.names()
+    code, returned = (
+        pl.col(name).cast(pl.String) if name in names else pl.lit(None, pl.String).alias(name)
+        for name in (CODE, RETURNED)
     )
     frame = table.scan().select(
         ROW_NUMBER,
         pl.col(ID).cast(pl.String).str.strip_chars(),
-        *(pl.col(name).cast(pl.String) for name in (STATUS, SENT, PREVIOUS)),
+        pl.col(STATUS).cast(pl.String),
+        code,
+        *(pl.col(name).cast(pl.String) for name in (SENT, PREVIOUS)),
         returned,
     )
     try:
@@ -158,15 +201,18 @@ def plan_batch(batch: pl.DataFrame, *, blank_added_keys: bool) -> RevertPlan:
     to_send: list[PlannedUpdate] = []
     invalid: list[RowOutcome] = []
     nothing: list[int] = []
-    for number, conversation_id, status, sent, previous, returned in batch.iter_rows():
-        if status != Status.UPDATED.value or not sent:
+    for number, conversation_id, status, code, sent, previous, returned in batch.iter_rows():
+        unsure = status == Status.UNPROCESSED.value and code == OUTCOME_UNKNOWN
+        if not (status == Status.UPDATED.value or unsure) or not sent:
             nothing.append(number)
             continue
         if previous is None:
             invalid.append(_unrevertable(number, conversation_id, sent, NO_BEFORE_IMAGE))
             continue
         try:
-            row = revert_row(sent, previous, returned, blank_added_keys=blank_added_keys)
+            row = revert_row(
+                sent, previous, returned, blank_added_keys=blank_added_keys, unsure=unsure
+            )
         except ValueError:  # an edited results file: not JSON text any more
             invalid.append(_unrevertable(number, conversation_id, sent, UNREADABLE_IMAGE))
             continue
@@ -207,12 +253,11 @@ def kept_keys(table: InputTable, rows: int, *, blank_added_keys: bool) -> dict[s
     if blank_added_keys:
         return {}
     for batch in batches(table, rows):
-        updated = batch.filter(
-            (pl.col(STATUS) == Status.UPDATED.value) & pl.col(PREVIOUS).is_not_null()
-        )
+        updated = batch.filter(_sent(batch.columns) & pl.col(PREVIOUS).is_not_null())
         for sent, previous, returned in updated.select(SENT, PREVIOUS, RETURNED).iter_rows():
             if sent:
                 with contextlib.suppress(ValueError):  # such a row is invalid in the plan
+                    # An outcome_unknown row's too: if it was applied, they stay.
                     kept.update(revert_row(sent, previous, returned, blank_added_keys=False).kept)
     return dict(kept.most_common())
 

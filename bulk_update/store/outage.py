@@ -12,7 +12,10 @@ A call that never returns (a database that keeps the connection open but does no
 frozen server, a stalled proxy) is no failure by itself: ``Watchdog`` interrupts it once it
 has lasted the timeout (``deadline``), and it then counts as failing since it started.
 
-``hurry`` (a signal: the job is stopping) gives every wait at most that many more seconds.
+``hurry`` (a signal: the job is stopping) gives every wait at most that many more seconds, and
+a call begun after that moment (the outcomes of the rows the drain abandoned, the results read,
+the run's end) no more than that many either: a store that answers is not cut for being called
+late, one that does not is given up after them, once.
 
 PostgreSQL's outage is a database that cannot be reached or answers no more; SQLite's is a file
 another process holds locked. Thread-safe: the writer, the heartbeat and the reads run in
@@ -61,6 +64,7 @@ class Outage:
         self._failing: dict[object, tuple[float, float]] = {}
         self._since: float | None = None  # the first failure of the outage going on
         self._hurry: float | None = None  # no wait goes past this (a signal came)
+        self._patience = 0.0  # after that moment, how long a call begun then may last
         self._given_up: StoreUnavailable | None = None
 
     @property
@@ -77,7 +81,10 @@ class Outage:
         returned."""
         with self._lock:
             end = started + self.timeout
-            return end if self._hurry is None else min(end, self._hurry)
+            if self._hurry is None:
+                return end
+            late = started >= self._hurry
+            return min(end, started + self._patience if late else self._hurry)
 
     def remaining(self) -> float:
         """Seconds before the oldest failing operation (or a new one) is given up."""
@@ -93,7 +100,10 @@ class Outage:
         """The job is stopping: no wait for the store goes on more than ``seconds`` from now."""
         with self._lock:
             end = self._clock() + seconds
-            self._hurry = end if self._hurry is None else min(self._hurry, end)
+            if self._hurry is None:
+                self._hurry, self._patience = end, seconds
+            else:
+                self._hurry, self._patience = min(self._hurry, end), min(self._patience, seconds)
 
     def failed(
         self,
