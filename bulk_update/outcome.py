@@ -13,6 +13,7 @@ import polars as pl
 __all__ = [
     "ERRORS_ROW_NUMBER",
     "ERROR_COLUMNS",
+    "MAY_HAVE_APPLIED",
     "NEEDS_ATTENTION",
     "OUTCOME_UNKNOWN",
     "RESULTS_SCHEMA",
@@ -42,6 +43,11 @@ NEEDS_ATTENTION = frozenset({Status.FAILED, Status.INVALID, Status.UNPROCESSED})
 # answer never read: the server may have applied it. A re-run sends it again, and a revert
 # treats it as possibly applied (``server/revert.py``).
 OUTCOME_UNKNOWN = "outcome_unknown"
+# The error codes of a row whose update may have been applied although the job never read a
+# success: sent when the run stopped, or whose last attempt timed out or lost its connection
+# (an earlier attempt's fate is the same). A revert reads such a row's conversation and puts
+# its before-image back only where the server holds what the run sent.
+MAY_HAVE_APPLIED = frozenset({OUTCOME_UNKNOWN, "timeout", "connection_error"})
 
 
 @dataclass(frozen=True, slots=True)

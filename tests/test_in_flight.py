@@ -175,3 +175,49 @@ def test_rows_abandoned_by_the_drain_are_outcome_unknown_and_sent_again(
     sent_twice = {cid for cid, count in applied.items() if count > 1}
     assert sent_twice == unknown & set(applied)  # the abandoned rows, sent again: no other
     assert len(sent_twice) <= concurrency
+
+
+def test_a_revert_puts_back_an_update_that_timed_out_but_was_applied(
+    start_emulator: StartEmulator, tmp_path: Path, backend: Backend
+) -> None:
+    """A row whose update timed out is ``failed`` / ``timeout``, yet the server may have applied
+    it (the emulator applies an update whose client left during its delay, as the API does):
+    ``revert`` reads it and puts its before-image back where the server holds what the run
+    sent. A row whose read timed out was never sent: nothing to put back."""
+    n = 24
+    write_server(tmp_path / "server.csv", {ID(i): before(i) for i in range(n)})
+    source = tmp_path / "in.csv"
+    write_rows(source, ["conversation_id", "tier"], [[ID(i), "new"] for i in range(n)])
+    # One request at a time, so the seeded faults fall on the same requests every time: a third
+    # of the answers (reads and updates) come 2 s late, past the 1 s timeout, and are not retried.
+    emu = start_emulator("--preload", str(tmp_path / "server.csv"), "--slow-rate", "0.3",
+                         "--slow-ms", "2000", "--random-seed", "11")  # fmt: skip
+    results = tmp_path / "out.csv"
+    done = cli("run", str(source), "--output", str(results), "--backup", "--concurrency", "1",
+               "--timeout", "1", "--max-attempts", "1", "--rpm", "6000",
+               "--base-url", emu.base_url, *backend.args)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    applied = applied_by_id(emu)
+    rows = by_row(results)
+    timed_out = [n - 1 for n, r in rows.items() if r["error_code"] == "timeout"]
+    applied_unseen = [i for i in timed_out if ID(i) in applied]
+    assert applied_unseen, (timed_out, applied)  # updates that timed out but were applied
+    assert any(ID(i) not in applied for i in timed_out)  # and reads that timed out
+    for i in applied_unseen:
+        assert rows[i + 1]["status"] == "failed", rows[i + 1]
+        assert rows[i + 1]["previous_metadata"] == text(before(i))
+        assert stored(emu, ID(i))["tier"] == "new"
+
+    emu.admin("config", {"slow_rate": 0.0})
+    undo = tmp_path / "undo.csv"
+    undone = cli("revert", str(results), "--output", str(undo), "--base-url", emu.base_url,
+                 *backend.args)  # fmt: skip
+    assert undone.returncode == 0, undone.stderr
+    reverted = by_row(undo)
+    for i in range(n):
+        assert stored(emu, ID(i)) == before(i), (i, reverted[i + 1])
+    for i in applied_unseen:
+        assert reverted[i + 1]["status"] == "updated", reverted[i + 1]
+    for i in timed_out:
+        if ID(i) not in applied:
+            assert reverted[i + 1]["status"] == "unchanged", reverted[i + 1]

@@ -13,7 +13,9 @@ lacks them. Such a row's revert puts back the whole before-image (``RevertRow.wh
 dropped keys were nobody's change, they are not drift.
 
 A row whose update was sent when the run stopped, its answer never read (``unprocessed`` /
-``outcome_unknown``), may have been applied: it is reverted as an updated row whose answer is
+``outcome_unknown``), or that failed or was left with its last attempt timed out or its
+connection lost (``timeout``, ``connection_error``: ``outcome.MAY_HAVE_APPLIED``), may have been
+applied: it is reverted as an updated row whose answer is
 not known. Its target is the whole before-image, guarded by what the run sent; once the
 conversation is read (``settled``), a server that holds every key of the before-image the run
 did not set has dropped none, and only the run's own keys are put back. Where the server holds
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from bulk_update.exceptions import InputError
-from bulk_update.outcome import OUTCOME_UNKNOWN, ROW_NUMBER, RowOutcome, Status
+from bulk_update.outcome import MAY_HAVE_APPLIED, OUTCOME_UNKNOWN, ROW_NUMBER, RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
 from bulk_update.read import InputTable, open_input
 from bulk_update.server.check import parse_map
@@ -110,13 +112,17 @@ def _check_results(table: InputTable) -> None:
         )
 
 
+# The statuses of a row that may have been applied all the same (with a MAY_HAVE_APPLIED code).
+_UNSURE_STATUSES = (Status.UNPROCESSED.value, Status.FAILED.value)
+
+
 def _sent(names: list[str]) -> pl.Expr:
     """The results' rows whose update the server applied, or may have (its answer never read):
     the rows a revert puts back."""
     updated = pl.col(STATUS) == Status.UPDATED.value
     if CODE not in names:
         return updated
-    unknown = (pl.col(STATUS) == Status.UNPROCESSED.value) & (pl.col(CODE) == OUTCOME_UNKNOWN)
+    unknown = pl.col(STATUS).is_in(_UNSURE_STATUSES) & pl.col(CODE).is_in(list(MAY_HAVE_APPLIED))
     return updated | unknown
 
 
@@ -202,12 +208,17 @@ def plan_batch(batch: pl.DataFrame, *, blank_added_keys: bool) -> RevertPlan:
     invalid: list[RowOutcome] = []
     nothing: list[int] = []
     for number, conversation_id, status, code, sent, previous, returned in batch.iter_rows():
-        unsure = status == Status.UNPROCESSED.value and code == OUTCOME_UNKNOWN
+        unsure = status in _UNSURE_STATUSES and code in MAY_HAVE_APPLIED
         if not (status == Status.UPDATED.value or unsure) or not sent:
             nothing.append(number)
             continue
         if previous is None:
-            invalid.append(_unrevertable(number, conversation_id, sent, NO_BEFORE_IMAGE))
+            if unsure and code != OUTCOME_UNKNOWN:
+                # --backup reads before it sends: a failed row with no before-image failed on
+                # its read, and its update never left.
+                nothing.append(number)
+            else:
+                invalid.append(_unrevertable(number, conversation_id, sent, NO_BEFORE_IMAGE))
             continue
         try:
             row = revert_row(
