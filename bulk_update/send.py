@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -222,7 +222,7 @@ class Sender:
 
     async def send(self, update: PlannedUpdate) -> Sent:
         """Update the row's conversation (retried, rate limited); its outcome."""
-        last = await self._call("POST", update.conversation_id, update.body())
+        last = await self._call("POST", update.conversation_id, update.body(), update.metadata)
         return self._outcome(update, last)
 
     async def read(self, update: PlannedUpdate) -> Read:
@@ -255,9 +255,15 @@ class Sender:
             latency_s=last.answer.elapsed_s,
         )
 
-    async def _call(self, method: str, conversation_id: str, body: bytes | None) -> Attempt:
-        """One request for a row, retried (transient failures, 429s) until it is done, failed,
-        or the job stops; the last attempt."""
+    async def _call(
+        self,
+        method: str,
+        conversation_id: str,
+        body: bytes | None,
+        sent: Mapping[str, str] | None = None,
+    ) -> Attempt:
+        """One request for a row (an update of ``sent``, or a read), retried (transient
+        failures, 429s) until it is done, failed, or the job stops; the last attempt."""
         path = conversation_path(conversation_id)
         tally = {"requests": 0, "failures": 0, "rate_limited": 0}
 
@@ -267,7 +273,9 @@ class Sender:
 
         async def attempt() -> Attempt:
             answer = await self._request(method, path, body, retry=tally["requests"] > 0)
-            verdict = classify(answer, self._wall_clock(), conversation_id)
+            verdict = classify(answer, self._wall_clock(), conversation_id, sent)
+            if verdict.drop_connection:
+                await self._client.drop(answer)
             tally["requests"] += 1
             if verdict.action is Action.RATE_LIMITED:
                 tally["rate_limited"] += 1
