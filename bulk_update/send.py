@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -222,7 +222,7 @@ class Sender:
 
     async def send(self, update: PlannedUpdate) -> Sent:
         """Update the row's conversation (retried, rate limited); its outcome."""
-        last = await self._call("POST", update.conversation_id, update.body(), update.metadata)
+        last = await self._call("POST", update.conversation_id, update.body(), update.sent_metadata)
         return self._outcome(update, last)
 
     async def read(self, update: PlannedUpdate) -> Read:
@@ -260,10 +260,11 @@ class Sender:
         method: str,
         conversation_id: str,
         body: bytes | None,
-        sent: Mapping[str, str] | None = None,
+        sent: str | None = None,
     ) -> Attempt:
-        """One request for a row (an update of ``sent``, or a read), retried (transient
-        failures, 429s) until it is done, failed, or the job stops; the last attempt."""
+        """One request for a row (an update of ``sent``, the metadata's JSON object, or a
+        read), retried (transient failures, 429s) until it is done, failed, or the job stops;
+        the last attempt."""
         path = conversation_path(conversation_id)
         tally = {"requests": 0, "failures": 0, "rate_limited": 0}
 

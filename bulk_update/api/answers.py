@@ -58,8 +58,10 @@ class Answer:
     transport_detail: str = ""
     elapsed_s: float = 0.0  # from sending the request to its whole answer (or giving up)
     # It came on a connection that had carried an earlier answer: what a server left there
-    # (bytes past that answer's end, an unasked second answer) may have been read as this one.
+    # (bytes past that answer's end, an unasked second answer) may have been read as this one;
+    # ``after_same``: that earlier answer was to a request for the same conversation.
     reused: bool = False
+    after_same: bool = False
     connection: Connection | None = field(default=None, compare=False, repr=False)
 
 
@@ -178,11 +180,11 @@ def _error_fields(status: int, body: bytes) -> tuple[str, str, str]:
     return "http_error", f"http_{status}", message
 
 
-def _check_conversation(
-    body: bytes, expected_id: str, reused: bool, sent: Mapping[str, str] | None
-) -> Verdict:
-    """A 2xx is a success only if its body is the conversation that was asked for (and, on a
-    reused connection, an update's answer holds what it sent: see ``_stale``)."""
+def _check_conversation(answer: Answer, expected_id: str, sent: str | None) -> Verdict:
+    """A 2xx is a success only if its body is the conversation that was asked for (and, after
+    a request for the same conversation on its connection, an update's answer holds what it
+    sent: see ``_stale``)."""
+    body = answer.body
     try:
         parsed: Any = json.loads(body)
     except ValueError:
@@ -198,7 +200,7 @@ def _check_conversation(
         )
     if parsed["id"] != expected_id:
         shown = repr(str(parsed["id"])[:60])
-        if reused:
+        if answer.reused:
             return _stale(f"an answer for {shown}")
         return Verdict(
             Action.FAIL,
@@ -206,24 +208,25 @@ def _check_conversation(
             error_code="id_mismatch",
             error_message=f"answer is for {shown}, not the conversation sent",
         )
-    if reused and sent is not None and not _holds(parsed.get("metadata"), sent):
+    if answer.after_same and sent is not None and not _holds(parsed.get("metadata"), sent):
         return _stale("an answer that lacks the metadata sent")
     return Verdict(Action.DONE, conversation=parsed)
 
 
-def _holds(metadata: object, sent: Mapping[str, str]) -> bool:
+def _holds(metadata: object, sent: str) -> bool:
     """The server merges an update into its map and answers with the map: it holds every pair
-    sent."""
-    return isinstance(metadata, dict) and all(metadata.get(k) == v for k, v in sent.items())
+    sent (``sent``: the JSON object)."""
+    pairs: dict[str, Any] = json.loads(sent)
+    return isinstance(metadata, dict) and all(metadata.get(k) == v for k, v in pairs.items())
 
 
 def _stale(what: str) -> Verdict:
     """A reused connection gave an answer that is not the request's: one a server left on it
     (past an earlier answer's end, or a second answer nobody asked for), read ahead of the
-    request's own, which comes after it. A 2xx for another ID can come so, and so can a copy
-    of a read's answer before the update of the same conversation (a ``--backup`` read, the
-    preflight): without the values sent. The connection is out of step: dropped, and the row
-    sent again (counted against --max-attempts)."""
+    request's own, which comes after it. A 2xx for another ID can come so, and, where the
+    connection's previous request was for the same conversation (a ``--backup`` or revert
+    read, the preflight's), a copy of that read's answer: without the values sent. The
+    connection is out of step: dropped, and the row sent again (within --max-attempts)."""
     return Verdict(
         Action.RETRY,
         error_type="transport",
@@ -235,10 +238,10 @@ def _stale(what: str) -> Verdict:
 
 
 def classify(
-    answer: Answer, now_epoch: float, expected_id: str, sent: Mapping[str, str] | None = None
+    answer: Answer, now_epoch: float, expected_id: str, sent: str | None = None
 ) -> Verdict:
-    """Decide what an answer to a request for ``expected_id`` (an update of ``sent``, or a
-    read) means for its row and the job."""
+    """Decide what an answer to a request for ``expected_id`` (an update of ``sent``, the
+    metadata's JSON object, or a read) means for its row and the job."""
     if answer.transport_error is not None:
         code = "timeout" if answer.transport_error == "timeout" else "connection_error"
         message = answer.transport_detail or code.replace("_", " ")
@@ -246,7 +249,7 @@ def classify(
     status = answer.http_status or 0
     headers = answer.headers or {}
     if 200 <= status < 300:
-        return _check_conversation(answer.body, expected_id, answer.reused, sent)
+        return _check_conversation(answer, expected_id, sent)
     if 300 <= status < 400:
         return Verdict(
             Action.FAIL,

@@ -8,8 +8,9 @@ connection pool the size of ``--concurrency``, and TLS as httpx2 does it (verifi
 ``SSL_CERT_FILE`` and ``HTTPS_PROXY`` honoured). A transport is injected for tests.
 
 Each answer says whether its connection had carried an earlier one (``Answer.reused``: what a
-server left on a kept-alive connection is read first there) and which connection it was, for
-``drop`` to close it when the answer was not the request's (``api/answers.py`` decides).
+server left on a kept-alive connection is read first there), whether that one was for the same
+conversation (``after_same``), and which connection it was, for ``drop`` to close it when the
+answer was not the request's (``api/answers.py`` decides).
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ class ApiClient:
         self._url = _url_builder(base_url.rstrip("/") + "/")
         self._headers = httpx2.Headers(headers)
         self._timeouts = httpx2.Timeout(timeout).as_dict()
-        # The connections that have carried an answer (each transport's ``network_stream``).
-        self._carried: weakref.WeakSet[Connection] = weakref.WeakSet()
+        # Each connection that has carried an answer (each transport's ``network_stream``), and
+        # the path of its last request.
+        self._carried: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
         limits = httpx2.Limits(max_connections=pool, max_keepalive_connections=pool)
         try:  # both transports load the TLS certificates here
             self._client = httpx2.AsyncClient(
@@ -129,16 +131,17 @@ class ApiClient:
             # DecodingError: a body that is not in the content-encoding its server named
             return _failed("connection", _describe(exc), started)
         connection: Connection | None = response.extensions.get("network_stream")
-        reused = False
+        previous = None
         if connection is not None:
-            reused = connection in self._carried
-            self._carried.add(connection)
+            previous = self._carried.get(connection)
+            self._carried[connection] = path
         return Answer(
             http_status=response.status_code,
             headers={k.lower(): v for k, v in response.headers.items()},
             body=content,
             elapsed_s=time.monotonic() - started,
-            reused=reused,
+            reused=previous is not None,
+            after_same=previous == path,
             connection=connection,
         )
 
