@@ -258,7 +258,9 @@ class Sender:
         requests already made for the row (its read). Until the answer is in hand the row is
         in ``in_flight``."""
         flight = self.in_flight[update.row_number] = InFlight(update, attempts)
-        last = await self._call("POST", update.conversation_id, update.body(), flight)
+        last = await self._call(
+            "POST", update.conversation_id, update.body(), flight, update.sent_metadata
+        )
         del self.in_flight[update.row_number]
         return self._outcome(update, last)
 
@@ -298,9 +300,11 @@ class Sender:
         conversation_id: str,
         body: bytes | None,
         flight: InFlight | None = None,
+        sent: str | None = None,
     ) -> Attempt:
-        """One request for a row, retried (transient failures, 429s) until it is done, failed,
-        or the job stops; the last attempt. ``flight``: an update's (see ``InFlight``)."""
+        """One request for a row (an update of ``sent``, the metadata's JSON object, or a
+        read), retried (transient failures, 429s) until it is done, failed, or the job stops;
+        the last attempt. ``flight``: an update's (see ``InFlight``)."""
         path = conversation_path(conversation_id)
         tally = {"requests": 0, "failures": 0, "rate_limited": 0}
 
@@ -310,7 +314,9 @@ class Sender:
 
         async def attempt() -> Attempt:
             answer = await self._request(method, path, body, tally["requests"] > 0, flight)
-            verdict = classify(answer, self._wall_clock(), conversation_id)
+            verdict = classify(answer, self._wall_clock(), conversation_id, sent)
+            if verdict.drop_connection:
+                await self._client.drop(answer)
             tally["requests"] += 1
             if verdict.action is Action.RATE_LIMITED:
                 tally["rate_limited"] += 1

@@ -66,6 +66,32 @@ def test_classify(answer: Answer, expected: tuple[Action, str | None]) -> None:
         assert verdict.error_message
 
 
+@pytest.mark.parametrize(
+    ("answer", "sent", "expected"),
+    [
+        # (action, error_code, drop_connection); ok_body's map is {"a": "b"}
+        (Answer(200, {}, ok_body("conv_other"), reused=True), None, (Action.RETRY, "connection_error", True)),
+        (Answer(200, {}, ok_body("conv_other")), None, (Action.FAIL, "id_mismatch", False)),
+        (Answer(200, {}, ok_body(), reused=True, after_same=True), '{"a":"b"}', (Action.DONE, None, False)),
+        # after a read of the same conversation, an update's answer without what it sent: a copy
+        # of the read's answer, left on the connection
+        (Answer(200, {}, ok_body(), reused=True, after_same=True), '{"a":"c"}', (Action.RETRY, "connection_error", True)),
+        (Answer(200, {}, ok_body(), reused=True, after_same=True), None, (Action.DONE, None, False)),  # a read
+        (Answer(200, {}, ok_body(), reused=True), '{"a":"c"}', (Action.DONE, None, False)),  # after another's
+        (Answer(200, {}, ok_body()), '{"a":"c"}', (Action.DONE, None, False)),  # the server's own
+        (Answer(404, {}, error_body(), reused=True, after_same=True), '{"a":"c"}', (Action.FAIL, "http_404", False)),
+    ],
+)  # fmt: skip
+def test_an_answer_not_the_requests_on_a_reused_connection_is_stale(
+    answer: Answer, sent: str | None, expected: tuple[Action, str | None, bool]
+) -> None:
+    verdict = classify(answer, NOW, ID, sent)
+    assert (verdict.action, verdict.error_code, verdict.drop_connection) == expected
+    if verdict.drop_connection:
+        assert verdict.error_message is not None
+        assert "on a reused connection: a stale answer" in verdict.error_message
+
+
 def test_non_json_error_message_shows_the_body_start() -> None:
     verdict = classify(Answer(502, {}, b"<html><title>502 Bad Gateway</title></html>"), NOW, ID)
     assert verdict.error_type == "http_error"

@@ -273,3 +273,46 @@ def test_an_update_cut_off_is_left_in_flight_only_once_it_may_have_left() -> Non
     busy = httpx2.Response(503, json={"error": {"message": "busy"}})
     assert asyncio.run(cut(busy)) == (UPDATE, 2, True)
     assert asyncio.run(cut(httpx2.ReadTimeout("no answer"))) == (UPDATE, 2, True)
+
+
+class Connection:
+    """A connection as the transports name one (``network_stream``): counts its closings."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+def test_a_stale_answer_drops_its_connection_and_the_row_is_sent_again() -> None:
+    """Row 1's answer on a connection, then a copy of it there as row 2's answer (a stale
+    answer the server left on it): the connection is closed, row 2 sent again (on another)."""
+    first, second = Connection(), Connection()
+    seen: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        if len(seen) <= 2:
+            row_1 = {"id": "conv_1", "object": "conversation", "created_at": 5,
+                     "metadata": {"tier": "gold"}}  # fmt: skip
+            return httpx2.Response(200, json=row_1, extensions={"network_stream": first})
+        answer = ok(request)
+        answer.extensions["network_stream"] = second
+        return answer
+
+    async def go() -> list[RowOutcome]:
+        sender = Sender(settings(), Stop(), transport=httpx2.MockTransport(handler),
+                        sleep=lambda _: asyncio.sleep(0), jitter=lambda: 0.0)  # fmt: skip
+        async with sender:
+            rows = [PlannedUpdate(1, "conv_1", '{"tier":"gold"}'),
+                    PlannedUpdate(2, "conv_2", '{"tier":"gold"}')]  # fmt: skip
+            return [(await sender.send(row)).outcome for row in rows]
+
+    one, two = asyncio.run(go())
+    assert (one.status, one.attempts) == (Status.UPDATED, 1)
+    assert (two.status, two.attempts, two.metadata) == (Status.UPDATED, 2, '{"tier":"gold"}')
+    assert (first.closed, second.closed) == (1, 0)
+    assert [r.url.path for r in seen] == ["/v1/conversations/conv_1"] + [
+        "/v1/conversations/conv_2"
+    ] * 2

@@ -290,6 +290,132 @@ def test_the_cli_goes_through_the_proxy(
         proxy.close()
 
 
+def _kept_alive_answer(conversation_id: str) -> bytes:
+    body = _conversation(conversation_id)
+    head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
+    return head.encode() + b"\r\n\r\n" + body
+
+
+Reply = Callable[[socket.socket, str], None]
+
+
+class KeptAlive:
+    """HTTP/1.1 on loopback, connections kept alive: the n-th request to arrive is answered by
+    ``replies[n]``, any later one with its conversation. Counts the connections it accepted."""
+
+    def __init__(self, *replies: Reply) -> None:
+        self.replies = list(replies)
+        self.connections = 0
+        self.sock, self.port = serve_on_loopback(self._handle)
+
+    def _handle(self, conn: socket.socket) -> None:
+        self.connections += 1
+        with conn, contextlib.suppress(OSError):
+            while True:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                               if line.startswith(b"content-length:")), 0)  # fmt: skip
+                while len(body) < length:
+                    body += conn.recv(65536)
+                conversation_id = head.split(b" ", 2)[1].decode().rsplit("/", 1)[-1]
+                reply = self.replies.pop(0) if self.replies else None
+                if reply is None:
+                    conn.sendall(_kept_alive_answer(conversation_id))
+                else:
+                    reply(conn, conversation_id)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def in_turn(
+    kind: TransportName, base_url: str, between: Callable[[int], None] = lambda _: None
+) -> list[Answer]:
+    """Updates of conv_1, conv_2, conv_3, one after the other through one client (a pool of
+    one connection); ``between(n)`` (in a thread) after the n-th answer."""
+
+    async def run() -> list[Answer]:
+        client = ApiClient(base_url, TEST_KEY, organization=None, project=None, timeout=10,
+                           pool=1, kind=kind)  # fmt: skip
+        await client.open()
+        answers = []
+        try:
+            for n in (1, 2, 3):
+                path = conversation_path(f"conv_{n}")
+                answers.append(await client.exchange("POST", path, b'{"metadata":{}}'))
+                await asyncio.to_thread(between, n)
+                for _ in range(10):  # what reached the socket meanwhile is read by the loop
+                    await asyncio.sleep(0)
+        finally:
+            await client.close()
+        return answers
+
+    return asyncio.run(run())
+
+
+def _id(answer: Answer) -> str | None:
+    return json.loads(answer.body)["id"] if answer.http_status == 200 else None
+
+
+@BOTH
+def test_an_answer_nobody_asked_for_is_never_read_as_the_next(kind: TransportName) -> None:
+    """conv_1 answered, and once the client has its answer, a second copy of it arrives while
+    the connection waits in the pool: the next request goes on another connection."""
+    client_has_it, copy_sent = threading.Event(), threading.Event()
+
+    def answered_then_again(conn: socket.socket, conversation_id: str) -> None:
+        conn.sendall(_kept_alive_answer(conversation_id))
+        client_has_it.wait(30)
+        conn.sendall(_kept_alive_answer(conversation_id))
+        copy_sent.set()
+
+    def between(n: int) -> None:
+        if n == 1:
+            client_has_it.set()
+            assert copy_sent.wait(30)
+
+    server = KeptAlive(answered_then_again)
+    try:
+        answers = in_turn(kind, f"http://127.0.0.1:{server.port}/v1", between)
+    finally:
+        server.close()
+    assert [_id(a) for a in answers] == ["conv_1", "conv_2", "conv_3"], answers
+    assert [a.reused for a in answers] == [False, False, True]  # conv_3: conv_2's connection
+    assert server.connections == 2
+
+
+@BOTH
+def test_bytes_past_an_answers_end_leave_with_its_connection(kind: TransportName) -> None:
+    """conv_1's answer and bytes past its end in one write: the next request goes on another
+    connection. httpx2's own transport takes the answer; aiohttp's parser refuses it too, and
+    says so in words."""
+
+    def answered_and_more(conn: socket.socket, conversation_id: str) -> None:
+        conn.sendall(_kept_alive_answer(conversation_id) + b'{"stray": 1}')
+
+    server = KeptAlive(answered_and_more)
+    try:
+        first, *rest = in_turn(kind, f"http://127.0.0.1:{server.port}/v1")
+    finally:
+        server.close()
+    if kind == "httpx2":
+        assert _id(first) == "conv_1", first
+    else:
+        assert first.transport_error == "connection", first
+        assert first.transport_detail.startswith(
+            "RemoteProtocolError: the server sent bytes that are not an HTTP answer (Bad status"
+        ), first
+    assert [_id(a) for a in rest] == ["conv_2", "conv_3"], rest
+    assert [a.reused for a in rest] == [False, True]
+    assert server.connections == 2
+
+
 @BOTH
 def test_a_body_not_in_its_named_encoding_is_a_connection_error(kind: TransportName) -> None:
     server = Server(extra=b"content-encoding: gzip\r\n")  # a JSON body: not gzip

@@ -5,6 +5,12 @@ No I/O, no logging, no sleeping; how retries are scheduled is ``api/retry.py``'s
 (``send.py``) is the one place that acts on both. The policy is the API's: 408, 409, 429 and 5xx,
 timeouts and connection errors are retried; 401, 403 and ``insufficient_quota`` stop the job;
 everything else fails the row at once. ``x-should-retry`` overrides the status rule.
+
+An answer that is not the request's, on a connection that carried an earlier answer, is a
+stale answer a server left on it (bytes past an answer's end, an unasked second answer): the
+connection is broken, not the row. It is dropped and the row retried as a connection error.
+The same answer on a fresh connection can only be the server's own (a 2xx for another ID):
+the row fails, ``id_mismatch``.
 """
 
 from __future__ import annotations
@@ -14,14 +20,15 @@ import enum
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from bulk_update._constants import FATAL_STATUSES, MAX_RETRY_AFTER_S, RETRYABLE_STATUSES
 
 __all__ = [
     "Action",
     "Answer",
+    "Connection",
     "Preflight",
     "Verdict",
     "classify",
@@ -30,6 +37,13 @@ __all__ = [
     "parse_rate_limit_headers",
     "parse_retry_after",
 ]
+
+
+class Connection(Protocol):
+    """The connection an answer came on (the transport's network stream)."""
+
+    async def aclose(self) -> None:
+        """Close it: no request goes on it again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +57,12 @@ class Answer:
     transport_error: str | None = None
     transport_detail: str = ""
     elapsed_s: float = 0.0  # from sending the request to its whole answer (or giving up)
+    # It came on a connection that had carried an earlier answer: what a server left there
+    # (bytes past that answer's end, an unasked second answer) may have been read as this one;
+    # ``after_same``: that earlier answer was to a request for the same conversation.
+    reused: bool = False
+    after_same: bool = False
+    connection: Connection | None = field(default=None, compare=False, repr=False)
 
 
 class Action(enum.StrEnum):
@@ -65,6 +85,8 @@ class Verdict:
     error_code: str | None = None
     error_message: str | None = None
     conversation: Mapping[str, Any] | None = None  # the parsed body of a success
+    # The answer was not the request's: the connection it came on must carry no other.
+    drop_connection: bool = False
 
     @property
     def retryable(self) -> bool:
@@ -158,8 +180,11 @@ def _error_fields(status: int, body: bytes) -> tuple[str, str, str]:
     return "http_error", f"http_{status}", message
 
 
-def _check_conversation(body: bytes, expected_id: str) -> Verdict:
-    """A 2xx is a success only if its body is the conversation that was asked for."""
+def _check_conversation(answer: Answer, expected_id: str, sent: str | None) -> Verdict:
+    """A 2xx is a success only if its body is the conversation that was asked for (and, after
+    a request for the same conversation on its connection, an update's answer holds what it
+    sent: see ``_stale``)."""
+    body = answer.body
     try:
         parsed: Any = json.loads(body)
     except ValueError:
@@ -174,17 +199,49 @@ def _check_conversation(body: bytes, expected_id: str) -> Verdict:
             error_message="2xx answer whose body is not a conversation object",
         )
     if parsed["id"] != expected_id:
+        shown = repr(str(parsed["id"])[:60])
+        if answer.reused:
+            return _stale(f"an answer for {shown}")
         return Verdict(
             Action.FAIL,
             error_type="invalid_response",
             error_code="id_mismatch",
-            error_message=f"answer is for {str(parsed['id'])[:60]!r}, not the conversation sent",
+            error_message=f"answer is for {shown}, not the conversation sent",
         )
+    if answer.after_same and sent is not None and not _holds(parsed.get("metadata"), sent):
+        return _stale("an answer that lacks the metadata sent")
     return Verdict(Action.DONE, conversation=parsed)
 
 
-def classify(answer: Answer, now_epoch: float, expected_id: str) -> Verdict:
-    """Decide what an answer to an update of ``expected_id`` means for its row and the job."""
+def _holds(metadata: object, sent: str) -> bool:
+    """The server merges an update into its map and answers with the map: it holds every pair
+    sent (``sent``: the JSON object)."""
+    pairs: dict[str, Any] = json.loads(sent)
+    return isinstance(metadata, dict) and all(metadata.get(k) == v for k, v in pairs.items())
+
+
+def _stale(what: str) -> Verdict:
+    """A reused connection gave an answer that is not the request's: one a server left on it
+    (past an earlier answer's end, or a second answer nobody asked for), read ahead of the
+    request's own, which comes after it. A 2xx for another ID can come so, and, where the
+    connection's previous request was for the same conversation (a ``--backup`` or revert
+    read, the preflight's), a copy of that read's answer: without the values sent. The
+    connection is out of step: dropped, and the row sent again (within --max-attempts)."""
+    return Verdict(
+        Action.RETRY,
+        error_type="transport",
+        error_code="connection_error",
+        error_message=f"the server sent {what} on a reused connection: a stale answer, left "
+        "there after an earlier one, not this request's; the connection was dropped",
+        drop_connection=True,
+    )
+
+
+def classify(
+    answer: Answer, now_epoch: float, expected_id: str, sent: str | None = None
+) -> Verdict:
+    """Decide what an answer to a request for ``expected_id`` (an update of ``sent``, the
+    metadata's JSON object, or a read) means for its row and the job."""
     if answer.transport_error is not None:
         code = "timeout" if answer.transport_error == "timeout" else "connection_error"
         message = answer.transport_detail or code.replace("_", " ")
@@ -192,7 +249,7 @@ def classify(answer: Answer, now_epoch: float, expected_id: str) -> Verdict:
     status = answer.http_status or 0
     headers = answer.headers or {}
     if 200 <= status < 300:
-        return _check_conversation(answer.body, expected_id)
+        return _check_conversation(answer, expected_id, sent)
     if 300 <= status < 400:
         return Verdict(
             Action.FAIL,

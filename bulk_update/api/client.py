@@ -6,15 +6,22 @@ project, user agent), the whole-request timeout (``--timeout`` bounds the reques
 start to its last byte, not each step), the 1 MiB cap on an answer, no redirects followed, a
 connection pool the size of ``--concurrency``, and TLS as httpx2 does it (verified, with
 ``SSL_CERT_FILE`` and ``HTTPS_PROXY`` honoured). A transport is injected for tests.
+
+Each answer says whether its connection had carried an earlier one (``Answer.reused``: what a
+server left on a kept-alive connection is read first there), whether that one was for the same
+conversation (``after_same``), and which connection it was, for ``drop`` to close it when the
+answer was not the request's (``api/answers.py`` decides).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -24,8 +31,8 @@ import httpx2
 
 from bulk_update._constants import MAX_RESPONSE_BYTES
 from bulk_update._version import __version__
-from bulk_update.api.answers import Answer
-from bulk_update.api.transport import TransportName, make_transport
+from bulk_update.api.answers import Answer, Connection
+from bulk_update.api.transport import TransportName, cause_in_words, make_transport
 from bulk_update.exceptions import ConfigError
 
 __all__ = ["USER_AGENT", "ApiClient", "conversation_path"]
@@ -68,11 +75,15 @@ class ApiClient:
         self._url = _url_builder(base_url.rstrip("/") + "/")
         self._headers = httpx2.Headers(headers)
         self._timeouts = httpx2.Timeout(timeout).as_dict()
+        # Each connection that has carried an answer (each transport's ``network_stream``), and
+        # the path of its last request.
+        self._carried: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
+        limits = httpx2.Limits(max_connections=pool, max_keepalive_connections=pool)
         try:  # both transports load the TLS certificates here
             self._client = httpx2.AsyncClient(
-                limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool),
+                limits=limits,
                 follow_redirects=False,
-                transport=transport or make_transport(kind, pool),
+                transport=transport or make_transport(kind, limits),
             )
         except (OSError, ssl.SSLError) as exc:
             named = [f"${v}={os.environ[v]}" for v in ("SSL_CERT_FILE", "SSL_CERT_DIR")
@@ -119,12 +130,28 @@ class ApiClient:
         except (httpx2.TransportError, httpx2.DecodingError) as exc:
             # DecodingError: a body that is not in the content-encoding its server named
             return _failed("connection", _describe(exc), started)
+        connection: Connection | None = response.extensions.get("network_stream")
+        previous = None
+        if connection is not None:
+            previous = self._carried.get(connection)
+            self._carried[connection] = path
         return Answer(
             http_status=response.status_code,
             headers={k.lower(): v for k, v in response.headers.items()},
             body=content,
             elapsed_s=time.monotonic() - started,
+            reused=previous is not None,
+            after_same=previous == path,
+            connection=connection,
         )
+
+    async def drop(self, answer: Answer) -> None:
+        """Close the connection ``answer`` came on: it is out of step (the request's own answer
+        is still to come on it), so nothing may be sent on it again. A request already on it
+        fails as a connection error, and is retried: it would have read that answer."""
+        if answer.connection is not None:
+            with contextlib.suppress(OSError):
+                await answer.connection.aclose()
 
 
 def _failed(error: str, detail: str, started: float) -> Answer:
@@ -196,6 +223,7 @@ def _describe(exc: Exception) -> str:
     if root is not exc:
         label = next((words for kind, words in _CAUSES if isinstance(root, kind)), None)
         cause = str(root).strip() or type(root).__name__
+        label, cause = cause_in_words(root) or (label, cause)
         detail = f"{label} ({cause})" if label else cause
     detail = " ".join(detail.split())  # one line (aiohttp's parser errors span several)
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

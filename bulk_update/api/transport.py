@@ -22,6 +22,14 @@ client's behaviours on both):
   ``RemoteProtocolError``; a timeout: ``ConnectTimeout`` or
   ``ReadTimeout``), with the original as ``__cause__`` so the root cause is named.
 - The pool: at most ``pool`` connections, kept alive between requests.
+- A connection is never reused while it holds bytes nobody asked for (past an answer's end,
+  an unasked second answer): aiohttp's pool would take a pooled connection that is still open,
+  whatever arrived on it meanwhile (``_in_step``), and httpcore2 checks the socket, not the
+  bytes it already read past an answer (``Httpx2Transport``; not through a proxy). Both close
+  such a connection.
+- Each answer names its connection as httpcore2 does, in the ``network_stream`` extension:
+  one object for every answer a connection carries (the client tells a reused one by it), and
+  ``aclose()`` drops it (the sender does, for an answer that was not the request's).
 
 ``BULK_UPDATE_TRANSPORT=httpx2`` selects httpx2's own transport (for a user who cannot install
 aiohttp, or to compare); without aiohttp installed, or with a proxy set, it is the one used.
@@ -29,10 +37,13 @@ aiohttp, or to compare); without aiohttp installed, or with a proxy set, it is t
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
+import sys
+import weakref
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import httpx2
 
@@ -40,8 +51,17 @@ from bulk_update.exceptions import ConfigError
 
 if TYPE_CHECKING:
     import aiohttp
+    from aiohttp.client_proto import ResponseHandler
 
-__all__ = ["TRANSPORTS", "AiohttpTransport", "TransportName", "chosen_transport", "make_transport"]
+__all__ = [
+    "TRANSPORTS",
+    "AiohttpTransport",
+    "Httpx2Transport",
+    "TransportName",
+    "cause_in_words",
+    "chosen_transport",
+    "make_transport",
+]
 
 TransportName = Literal["aiohttp", "httpx2"]
 TRANSPORTS: tuple[TransportName, ...] = ("aiohttp", "httpx2")
@@ -97,11 +117,61 @@ def chosen_transport() -> TransportName:
     return named
 
 
-def make_transport(name: TransportName, pool: int) -> httpx2.AsyncBaseTransport | None:
-    """The transport to put under the client (None: httpx2's own, which the client makes)."""
+def make_transport(name: TransportName, limits: httpx2.Limits) -> httpx2.AsyncBaseTransport | None:
+    """The transport to put under the client, its pool within ``limits`` (None: httpx2's own
+    as the client makes it: with a proxy set, which httpx2 reads only for a transport it
+    makes; the answers' own checks still catch a stale answer, ``api/answers.py``)."""
     if name == "httpx2":
-        return None
+        return Httpx2Transport(limits=limits) if _proxy_set() is None else None
+    pool = limits.max_connections
+    assert pool is not None, "the job's pool is always bounded"
     return AiohttpTransport(pool=pool, ssl_context=httpx2.create_ssl_context())
+
+
+class Httpx2Transport(httpx2.AsyncHTTPTransport):
+    """httpx2's own transport, which closes a connection that holds bytes past its answer's end.
+
+    httpcore2 reads a socket 64 KiB at a time: bytes a server sent past an answer (in the same
+    read) stay in its parser (h11), and the next request on the connection reads them first as
+    its answer. httpcore2 checks that an idle connection's socket has nothing to read before it
+    reuses it, not its parser's buffer; that is done here, when the answer is closed."""
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await super().handle_async_request(request)
+        response.stream = _ClosedIfLeftOver(
+            response.stream, response.extensions.get("network_stream")
+        )
+        return response
+
+
+class _ClosedIfLeftOver(httpx2.AsyncByteStream):
+    """httpx2's answer body, read as it is; closed, its connection first if bytes are left."""
+
+    def __init__(self, stream: Any, network_stream: Any) -> None:
+        self._stream = stream
+        self._network_stream = network_stream
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        iterator: AsyncIterator[bytes] = self._stream.__aiter__()
+        return iterator
+
+    async def aclose(self) -> None:
+        if self._network_stream is not None and _left_over(self._stream):
+            # Closed first: the pool finds it closed when it next takes it, and takes another.
+            await self._network_stream.aclose()
+        await self._stream.aclose()
+
+
+def _left_over(stream: object) -> bool:
+    """Whether the HTTP/1.1 connection under httpx2's response ``stream`` holds bytes past the
+    answer (h11's ``trailing_data``). Reached through httpx2's and httpcore2's private
+    attributes: on a version laid out otherwise, False; the answers' own checks still catch
+    a stale answer read as a request's (``api/answers.py``)."""
+    target: Any = stream
+    for name in ("_httpcore_stream", "_stream", "_connection", "_h11_state"):
+        target = getattr(target, name, None)
+    trailing = getattr(target, "trailing_data", None)
+    return isinstance(trailing, tuple) and bool(trailing[0])
 
 
 class _Body(httpx2.AsyncByteStream):
@@ -141,11 +211,13 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
     def _open(self) -> aiohttp.ClientSession:
         import aiohttp
 
-        connector = aiohttp.TCPConnector(
+        connector_class, response_class = _in_step()
+        connector = connector_class(
             limit=self._pool, limit_per_host=0, ssl=self._ssl, keepalive_timeout=KEEPALIVE_S
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
+            response_class=response_class,
             # Not aiohttp's trust_env: it reads ~/.netrc and the proxy variables on a thread, for
             # every request (and a proxy is httpx2's transport's: chosen_transport).
             trust_env=False,
@@ -186,6 +258,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             extensions={
                 "http_version": b"HTTP/1.1",
                 "reason_phrase": (response.reason or "").encode(),
+                "network_stream": getattr(response, "network_stream", None),
             },
         )
 
@@ -193,6 +266,86 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class _Stream:
+    """One aiohttp connection, as httpcore2's ``network_stream`` extension shows one: the same
+    object for every answer the connection carries; ``aclose()`` closes it (the pool then
+    finds it closed and opens another; a request on it fails as a connection error)."""
+
+    __slots__ = ("__weakref__", "_protocol")
+
+    def __init__(self, protocol: ResponseHandler) -> None:
+        self._protocol = weakref.ref(protocol)  # the registry below is keyed by it: not held
+
+    async def aclose(self) -> None:
+        protocol = self._protocol()
+        transport = protocol.transport if protocol is not None else None
+        if transport is not None:
+            transport.close()
+
+
+# Each aiohttp connection that has carried an answer, and its _Stream.
+_STREAMS: weakref.WeakKeyDictionary[ResponseHandler, _Stream] = weakref.WeakKeyDictionary()
+
+
+@functools.cache
+def _in_step() -> tuple[type[aiohttp.TCPConnector], type[aiohttp.ClientResponse]]:
+    """aiohttp's connector and response, each with one thing more (made on first use: aiohttp
+    is imported only when it is the transport).
+
+    The connector: aiohttp takes a pooled connection if it is still open, whatever arrived on
+    it while it waited: a second answer nobody asked for, which aiohttp has parsed and queued,
+    would be read as the next request's. Such a connection is closed, and another taken.
+    (Bytes that came with an answer, past its end, aiohttp sees when the answer ends: it
+    closes that connection itself.) The response: names its connection (``network_stream``)."""
+    import aiohttp
+    from aiohttp.connector import Connection
+    from aiohttp.tracing import Trace
+
+    class Connector(aiohttp.TCPConnector):
+        async def connect(
+            self, req: aiohttp.ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+        ) -> Connection:
+            while True:
+                connection = await super().connect(req, traces, timeout)
+                protocol = connection.protocol
+                if protocol is None or protocol not in _STREAMS or not protocol.should_close:
+                    return connection  # a new connection, or one with nothing unasked on it
+                connection.close()
+
+    class Response(aiohttp.ClientResponse):
+        network_stream: _Stream | None = None
+
+        async def start(self, connection: Connection) -> aiohttp.ClientResponse:
+            protocol: ResponseHandler | None = connection.protocol
+            if protocol is not None:
+                stream = _STREAMS.get(protocol)
+                if stream is None:
+                    stream = _STREAMS[protocol] = _Stream(protocol)
+                self.network_stream = stream
+            return await super().start(connection)
+
+    return Connector, Response
+
+
+NOT_AN_ANSWER = "the server sent bytes that are not an HTTP answer"
+
+
+def cause_in_words(cause: BaseException) -> tuple[str, str] | None:
+    """What aiohttp's root cause of a transport error means, in words, and its detail; None
+    for any other. aiohttp's parser says "400, message: Bad status line…" (the status a
+    server would answer a bad request with) where bytes that are not an HTTP answer came
+    first: after an answer's end, or on a connection a server had left them on."""
+    exceptions = sys.modules.get("aiohttp.http_exceptions")  # not imported: not the cause
+    if exceptions is None:
+        return None
+    if isinstance(cause, exceptions.BadHttpMessage) and not isinstance(
+        cause,
+        exceptions.PayloadEncodingError,  # a body cut off or mis-encoded: said so
+    ):
+        return NOT_AN_ANSWER, " ".join(str(cause.message).split())
+    return None
 
 
 def _raise_as_httpx2(exc: Exception) -> NoReturn:
