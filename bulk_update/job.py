@@ -611,8 +611,9 @@ def run_job(
     """Run the job to the end and return its summary.
 
     Raises ConfigError, InputError or JournalError (nothing sent) for bad options, input or a
-    store that refuses; every other outcome is in the results file and the summary. Run in a
-    thread other than the main one, the job handles no signal: ``interrupt(signal.SIGTERM)``
-    (from any thread) stops it as SIGTERM would.
+    store that refuses, StoreUnavailable (exit 3, nothing sent) for a store held or away at
+    the start past --store-timeout; every other outcome is in the results file and the
+    summary. Run in a thread other than the main one, the job handles no signal:
+    ``interrupt(signal.SIGTERM)`` (from any thread) stops it as SIGTERM would.
     """
     return asyncio.run(run_job_async(config, progress=progress, interrupt=interrupt))
