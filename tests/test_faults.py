@@ -376,7 +376,7 @@ def test_a_store_held_at_the_start_is_waited_for_as_mid_run(
     # One clock from the first try (a lock waited for before it failed counts): the start is
     # given up --store-timeout after it, plus one try's wait (SQLite's busy wait, 1 s).
     assert ended - started >= timeout_s
-    assert ended - lost < timeout_s + 4, (lost, ended)
+    assert ended - lost < timeout_s + 5, (lost, ended)
     assert emu.stats()["requests"] == 0
     assert not (tmp_path / "out.csv").exists()
 
@@ -448,7 +448,8 @@ def test_a_store_held_mid_run_stops_it_on_the_timeout(
     """The whole store held mid-run (PostgreSQL: every table locked, the heartbeat's and the
     lease's too): the stop takes --store-timeout once, from the hold, plus a moment; not the
     timeout after a first lock timeout, then a lock timeout each for the heartbeat and the end
-    (13.6 s with --store-timeout 6; it is now that plus under a second)."""
+    (13.6 s with --store-timeout 6; now 6.6 s, 7.7 s on SQLite: a try's busy wait, 1 s at
+    most, then the results written from the store)."""
     n, timeout_s = 3000, 6
     source = tmp_path / "in.csv"
     write_input(source, n)
@@ -464,7 +465,7 @@ def test_a_store_held_mid_run_stops_it_on_the_timeout(
           f"(--store-timeout {timeout_s})")  # fmt: skip
     assert process.returncode == 3, stderr
     assert "has been locked by another" in stderr.strip().splitlines()[-1]
-    assert timeout_s - 1 < ended - held < timeout_s + 4, stderr
+    assert timeout_s - 1 < ended - held < timeout_s + 5, stderr
     resumed = cli("run", *args)
     assert resumed.returncode == 0, resumed.stderr
     assert set(results(tmp_path / "out.csv")["status"].to_list()) == {"updated"}
