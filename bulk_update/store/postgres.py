@@ -552,6 +552,17 @@ class _Session:
         if conn is not None:
             _shut(conn)
 
+    def wait(self, seconds: float) -> bool:
+        """Sleep ``seconds``; False, sooner, once the job is stopping (a signal's hurry): a wait
+        for another holder's lease must not hold the stop either."""
+        outage = self.outage
+        end = outage.now() + seconds
+        while (now := outage.now()) < end:
+            if outage.remaining() <= 0:
+                return False
+            time.sleep(min(POLL_S, end - now))
+        return True
+
     def abandon(self, lost: RunTaken) -> None:
         """Another process holds the run now: nothing more is done through this session."""
         if self.lost is None:
@@ -795,7 +806,13 @@ class PostgresStore(StoreCore):
                     holder.text(), left,
                     extra={"event": "lease_wait", "holder": holder.text(), "seconds": left},
                 )  # fmt: skip
-            time.sleep(min(left, LEASE_S) + POLL_S)
+            if not self._session.wait(min(left, LEASE_S) + POLL_S):
+                raise RunHeld(
+                    f"already running (job {key.job!r}"
+                    + (f", shard {key.shard_text}" if key.shard else "")
+                    + f"): its last holder, {holder.text()}, may still be sending until its "
+                    f"lease ends in {self.where}; the job stopped before it did"
+                )
         asked = time.monotonic()
 
         def take(conn: psycopg.Connection[Any]) -> None:
