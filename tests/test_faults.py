@@ -471,6 +471,48 @@ def test_a_store_held_mid_run_stops_it_on_the_timeout(
     assert set(results(tmp_path / "out.csv")["status"].to_list()) == {"updated"}
 
 
+def test_a_signal_while_the_start_waits_for_a_lease(
+    start_emulator: StartEmulator, postgres: PostgresServer, state_url: str, tmp_path: Path
+) -> None:
+    """The run's last holder was killed on another machine: its lease lasts 30 s more, and the
+    start waits for it (it may still be sending). A SIGTERM there stops the run within the
+    drain (exit 143), nothing sent; it used to wait the lease out (29.6 s). With the lease
+    ended, the same command runs."""
+    n = 40
+    source = tmp_path / "in.csv"
+    write_input(source, n)
+    emu = start_emulator("--preload", str(source))
+    log_file = tmp_path / "job.log"
+    args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
+            "--state-url", state_url, "--job-name", "j", "--log-format", "json", "--log-file",
+            str(log_file))  # fmt: skip
+    _make_store(Store("postgres", (), state_url, postgres))
+    database = state_url.rsplit("/", 1)[1]
+    postgres.execute(database, "INSERT INTO bulk_update.jobs (name) VALUES ('j')")
+    postgres.execute(
+        database,
+        "INSERT INTO bulk_update.leases SELECT job_id, '', 'killed', now() + interval '30 s', "
+        "'another-host', 4242, 'another-boot', 'pid:[1]', '1' FROM bulk_update.jobs",
+    )
+    process = start(*args, "--drain-timeout", "1")
+    _wait_for_event(process, log_file, "lease_wait")
+    process.send_signal(signal.SIGTERM)
+    signalled = time.time()
+    stderr, ended = _ended(process, 60)
+    print(f"exit {process.returncode} {ended - signalled:.1f} s after SIGTERM, waiting for a "
+          "lease of 30 s more (--drain-timeout 1)")  # fmt: skip
+    assert process.returncode == 143, stderr
+    assert ended - signalled < 6, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert "pid 4242 on another-host, may still be sending" in last, last
+    assert "stopped by SIGTERM" in last, last
+    assert emu.stats()["requests"] == 0
+    postgres.execute(database, "DELETE FROM bulk_update.leases")
+    done = cli("run", *args)
+    assert done.returncode == 0, done.stderr
+    assert set(results(tmp_path / "out.csv")["status"].to_list()) == {"updated"}
+
+
 def _connected_to(pid: int, port: int) -> bool:
     """Has the process a TCP connection to ``port`` (the kernel of a frozen server accepts
     it; nobody answers)?"""
