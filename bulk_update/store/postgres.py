@@ -461,7 +461,7 @@ class _Session:
         after --store-timeout, sooner at a signal), as they are later in the run."""
         try:
             self.connect()
-            self.run(self._create, cut=not self.run(_layout_behind))
+            self.run(self._create, transaction=False, cut=not self.run(_layout_behind))
         except psycopg.Error as exc:
             self.close()
             raise _cannot_use(exc)(
@@ -475,36 +475,36 @@ class _Session:
         return first_line(exc, scrub=self.scrub)
 
     def _create(self, conn: psycopg.Connection[Any]) -> None:
-        """The schema created or migrated, and this session registered (one transaction)."""
-        # One job creates or migrates the schema at a time.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_key("layout"),))
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        for statement in schema.create("postgres", f"{SCHEMA}."):
-            conn.execute(statement)
-        row = conn.execute("SELECT max(version) FROM layout").fetchone()
-        stored = row[0] if row else None
-        if stored is None:
-            conn.execute("INSERT INTO layout VALUES (%s)", (LAYOUT_VERSION,))
-        elif stored > LAYOUT_VERSION:
-            raise JournalError(
-                f"{self.where}: written by a newer bulk-update (layout {stored}); upgrade"
-            )
-        elif stored < LAYOUT_VERSION:
-            version = schema.unified_version("postgres", stored)
-            before = {new.name: old for old, new in schema.REBUILT} if version < 6 else {}
-            for table in schema.TABLES:
-                declared_then = before.get(table.name, table)
-                for name, declared in declared_then.added_columns("postgres", version):
-                    conn.execute(
-                        f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {name} {declared}"
-                    )
-            if version < 6:
-                _rebuild(conn)
-            conn.execute("UPDATE layout SET version = %s", (LAYOUT_VERSION,))
-        found = conn.execute("SELECT to_regclass('job_state')").fetchone()
-        if found is None or found[0] is None:
-            for view in _VIEWS:
-                conn.execute(view)
+        with conn.transaction():
+            # One job creates or migrates the schema at a time.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_key("layout"),))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            for statement in schema.create("postgres", f"{SCHEMA}."):
+                conn.execute(statement)
+            row = conn.execute("SELECT max(version) FROM layout").fetchone()
+            stored = row[0] if row else None
+            if stored is None:
+                conn.execute("INSERT INTO layout VALUES (%s)", (LAYOUT_VERSION,))
+            elif stored > LAYOUT_VERSION:
+                raise JournalError(
+                    f"{self.where}: written by a newer bulk-update (layout {stored}); upgrade"
+                )
+            elif stored < LAYOUT_VERSION:
+                version = schema.unified_version("postgres", stored)
+                before = {new.name: old for old, new in schema.REBUILT} if version < 6 else {}
+                for table in schema.TABLES:
+                    declared_then = before.get(table.name, table)
+                    for name, declared in declared_then.added_columns("postgres", version):
+                        conn.execute(
+                            f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {name} {declared}"
+                        )
+                if version < 6:
+                    _rebuild(conn)
+                conn.execute("UPDATE layout SET version = %s", (LAYOUT_VERSION,))
+            found = conn.execute("SELECT to_regclass('job_state')").fetchone()
+            if found is None or found[0] is None:
+                for view in _VIEWS:
+                    conn.execute(view)
         self._register(conn)
 
     def _register(self, conn: psycopg.Connection[Any]) -> None:
