@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from bulk_update.read import InputTable, expand, file_fingerprint
 from bulk_update.send import Sender, SendSettings
 from bulk_update.stop import Interrupt, Signals, Stop
 from bulk_update.store import (
+    Hurry,
     Journal,
     RunBeat,
     RunEnd,
@@ -242,10 +244,33 @@ class _Run:
 
 async def _run_with_store(run: _Run, location: StoreLocation) -> JobSummary:
     """Open the job's store and the run in it (off the event loop: a store may make them
-    wait), run it, close both."""
+    wait), run it, close both. The start obeys a signal as the rest of the run does
+    (``_starting``): one that cuts it ends the run as stopped by it, nothing sent."""
+    key = RunKey(run.job_name, run.config.output, run.config.shard)
+    hurry = Hurry()
+    try:
+        with _starting(run, hurry):
+            store, journal = await _open(run, location, key, hurry)
+    except BulkUpdateError as exc:
+        if run.stop.signal is None:
+            raise
+        return _not_started(run, exc)
+    try:
+        try:
+            return await _run_journaled(run, store, journal, key, hurry)
+        finally:
+            await asyncio.to_thread(journal.close)
+    finally:
+        await asyncio.to_thread(store.close)
+
+
+async def _open(
+    run: _Run, location: StoreLocation, key: RunKey, hurry: Hurry
+) -> tuple[Store, Journal]:
+    """The job's store opened, then the run in it locked, found (or started) and its journal
+    opened; the store closed again if the run cannot be."""
     config = run.config
-    key = RunKey(run.job_name, config.output, config.shard)
-    store = await asyncio.to_thread(open_store, location)
+    store = await asyncio.to_thread(open_store, location, hurry)
     try:
         if run.mode.records:
             # Before the run is recorded: a refused run leaves nothing to resume.
@@ -261,12 +286,49 @@ async def _run_with_store(run: _Run, location: StoreLocation) -> JobSummary:
                 since=run.mode.since_state(config),
             )
         )
-        try:
-            return await _run_journaled(run, store, journal, key)
-        finally:
-            await asyncio.to_thread(journal.close)
-    finally:
+    except BaseException:
         await asyncio.to_thread(store.close)
+        raise
+    return store, journal
+
+
+@contextlib.contextmanager
+def _starting(run: _Run, hurry: Hurry) -> Iterator[None]:
+    """A block of the run's start (the store opened, the run locked and found, its first
+    heartbeat): a first signal, or one that came before (while the input was read), gives the
+    store's waits no longer than the drain (--drain-timeout), a second none (``Hurry``), so
+    that a store held by another process, or frozen, does not hold the stop for
+    --store-timeout. The caller lifts the hurry once the start went through."""
+    drain = run.config.drain_timeout
+
+    def graceful(signum: signal.Signals) -> None:
+        hurry(drain)
+        log.warning(
+            "%s: stopping before the run starts (the store is waited for %.0f s at most)",
+            signum.name, drain, extra={"event": "stopping", "signal": signum.name},
+        )  # fmt: skip
+
+    if run.stop.signal is not None:
+        hurry(drain)
+    with run.signals.phase(graceful=graceful, at_once=lambda _: hurry(0)):
+        yield
+
+
+def _not_started(run: _Run, exc: BulkUpdateError, where: str | None = None) -> JobSummary:
+    """A signal cut the run's start (its store held or away, waited for no longer than the
+    drain; or another refusal met meanwhile): the run is stopped by it (exit 130/143), nothing
+    sent, its results not written; the same command starts it (or resumes it)."""
+    config, stop = run.config, run.stop
+    assert stop.signal is not None
+    log.error("%s; the run did not start", exc, extra={"event": "not_started"})
+    return JobSummary(
+        counts=_with_unprocessed({}, run.total), total_rows=run.total, requests_sent=0,
+        elapsed_s=time.monotonic() - run.started, output=config.output,
+        errors_output=config.errors_output, store=where,
+        exit_code=ExitCode.for_signal(stop.signal), fatal_error=str(exc),
+        stopped_by=stop.signal.name, job_name=run.job_name,
+        warnings=("nothing was sent and the results were not written",),
+    )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -279,7 +341,9 @@ class _Sent:
     unknown: int = 0  # rows sent when the run stopped, their answer never read
 
 
-async def _run_journaled(run: _Run, store: Store, journal: Journal, key: RunKey) -> JobSummary:
+async def _run_journaled(
+    run: _Run, store: Store, journal: Journal, key: RunKey, hurry: Hurry
+) -> JobSummary:
     """The run, recorded in its store: its end is recorded whichever way it goes (an error the
     job did not expect included: exit 70)."""
     config, stop = run.config, run.stop
@@ -287,7 +351,17 @@ async def _run_journaled(run: _Run, store: Store, journal: Journal, key: RunKey)
     sent = _Sent()
     where = store.where if run.mode.records else None  # a check's scratch store is nobody's
     try:
-        monitor = await _start(run, store, journal, key, tally, where)
+        try:
+            with _starting(run, hurry):
+                monitor = await _start(run, store, journal, key, tally, where)
+        except BulkUpdateError as exc:
+            if stop.signal is None:
+                raise
+            await _record_failed_end(journal, run.total, 0, 0, exc, stop)
+            return _not_started(run, exc, where)
+        # Started: the stop from now on is the run's (a signal that came during the start
+        # writes the results, as one that came before it).
+        hurry.lift()
         await _send(run, store, journal, tally, monitor, sent)
         if isinstance(stop.error, BulkUpdateError):
             raise stop.error  # the user's to mend (exit 2): one line, no results
@@ -385,11 +459,16 @@ async def _send(
 
 
 async def _record_failed_end(
-    journal: Journal, total: int, requests: int, rate_limited: int, exc: Exception
+    journal: Journal,
+    total: int,
+    requests: int,
+    rate_limited: int,
+    exc: Exception,
+    stop: Stop | None = None,
 ) -> None:
-    """A run cut by an error (one of ours: exit 2; a bug: exit 70) still records its end, so
-    that ``history`` and ``status`` never show it running; best effort (the error is the
-    news)."""
+    """A run cut by an error (one of ours: exit 2; a bug: exit 70; or its start cut by a
+    signal, ``stop``: 130/143) still records its end, so that ``history`` and ``status`` never
+    show it running; best effort (the error is the news)."""
     try:
         counts = await asyncio.to_thread(journal.counts)
     except Exception:
@@ -399,6 +478,10 @@ async def _record_failed_end(
     counts = _with_unprocessed(counts, total)
     code = exc.exit_code if isinstance(exc, BulkUpdateError) else ExitCode.INTERNAL
     end = RunEnd(counts, code, total, requests, rate_limited, stop_code(exc))
+    if stop is not None and stop.signal is not None:
+        end = dataclasses.replace(
+            end, exit_code=ExitCode.for_signal(stop.signal), stopped_by=stop.signal.name
+        )
     try:
         await asyncio.to_thread(journal.finish, end)
     except Exception as failed:
@@ -529,8 +612,9 @@ def run_job(
     """Run the job to the end and return its summary.
 
     Raises ConfigError, InputError or JournalError (nothing sent) for bad options, input or a
-    store that refuses; every other outcome is in the results file and the summary. Run in a
-    thread other than the main one, the job handles no signal: ``interrupt(signal.SIGTERM)``
-    (from any thread) stops it as SIGTERM would.
+    store that refuses, StoreUnavailable (exit 3, nothing sent) for a store held or away at
+    the start past --store-timeout; every other outcome is in the results file and the
+    summary. Run in a thread other than the main one, the job handles no signal:
+    ``interrupt(signal.SIGTERM)`` (from any thread) stops it as SIGTERM would.
     """
     return asyncio.run(run_job_async(config, progress=progress, interrupt=interrupt))

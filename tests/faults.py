@@ -109,14 +109,16 @@ def holding_sqlite(path: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 @contextlib.contextmanager
-def holding_postgres(url: str) -> Iterator[None]:
-    """Another session holds the store's outcomes table locked (a migration, a report with
-    LOCK TABLE) until the block ends; the run's other tables stay free (its heartbeat and its
-    lease go through: a stuck commit must not hide behind them)."""
+def holding_postgres(url: str, tables: tuple[str, ...] = ("outcomes",)) -> Iterator[None]:
+    """Another session holds the store's ``tables`` locked (a migration, a report with LOCK
+    TABLE) until the block ends. By default the outcomes table only: the run's other tables
+    stay free (its heartbeat and its lease go through: a stuck commit must not hide behind
+    them)."""
     import psycopg
 
     with psycopg.connect(url) as conn:
-        conn.execute("LOCK TABLE bulk_update.outcomes IN ACCESS EXCLUSIVE MODE")
+        names = ", ".join(f"bulk_update.{table}" for table in tables)
+        conn.execute(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
         try:
             yield
         finally:

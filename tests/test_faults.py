@@ -9,16 +9,20 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 
+from bulk_update.store import StoreLocation, open_store, schema
 from bulk_update.store.url import redact
 from tests.conftest import StartEmulator
 from tests.faults import (
@@ -328,6 +332,290 @@ def test_a_store_held_by_another_process(
     assert signalled - 1 < at < signalled + 2, (signalled, at)  # heard at once
     again = cli("run", *args)
     assert again.returncode == 0, again.stderr
+
+
+def _hold_whole(store: Store) -> contextlib.AbstractContextManager[object]:
+    """Another process holds the whole store: a SQLite write transaction; every table of the
+    PostgreSQL store locked by another session (a migration, a dump taking ACCESS EXCLUSIVE)."""
+    if store.backend == "sqlite":
+        return holding_sqlite(Path(store.where))
+    return holding_postgres(store.where, tables=_ALL_TABLES)
+
+
+# Every table of the PostgreSQL store.
+_ALL_TABLES = tuple(table.name for table in schema.TABLES)
+
+
+def _make_store(store: Store) -> None:
+    """The job's store with its tables, as a first run leaves it (so that it can be held)."""
+    if store.backend == "sqlite":
+        location = StoreLocation(Path(store.where))
+    else:
+        location = StoreLocation(Path("unused"), store.where)
+    open_store(location).close()
+
+
+def _events(log_file: Path, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of ``event``, in order."""
+    if not log_file.exists():
+        return []
+    lines = log_file.read_text().splitlines()
+    return [json.loads(line) for line in lines if f'"event": "{event}"' in line]
+
+
+def _wait_for_event(process: subprocess.Popen[str], log_file: Path, event: str) -> float:
+    """Until the job logs ``event`` (JSON logs); its time (Unix)."""
+    deadline = time.monotonic() + 120
+    while not (found := _events(log_file, event)):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, f"no {event} logged"
+        time.sleep(0.02)
+    return dt.datetime.fromisoformat(found[0]["time"]).timestamp()
+
+
+def _ended(process: subprocess.Popen[str], timeout: float) -> tuple[str, float]:
+    """The job's stderr and when it ended (Unix time); killed if it has not ended by then."""
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise AssertionError(f"still running {timeout} s later") from None
+    return stderr, time.time()
+
+
+def test_a_store_held_at_the_start_is_waited_for_as_mid_run(
+    store: Store, start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """Another process holds the whole store as the run starts (SQLite: a write transaction;
+    PostgreSQL: every table locked): the start waits for it on the run's one clock, from its
+    first try, for --store-timeout and no longer, and stops as a run stopped by a held store
+    mid-way does: exit 3, the same line on both stores, nothing sent. Released, the same
+    command runs. (It used to be exit 2 at PostgreSQL's first lock timeout, 2.9 s, and on
+    SQLite exit 2 after the timeout plus its first busy wait.)"""
+    n, timeout_s = 40, 5
+    source = tmp_path / "in.csv"
+    write_input(source, n)
+    emu = start_emulator("--preload", str(source))
+    log_file = tmp_path / "job.log"
+    args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
+            "--log-format", "json", "--log-file", str(log_file), *store.args)  # fmt: skip
+    _make_store(store)
+    with _hold_whole(store):
+        started = time.time()
+        process = start(*args, "--store-timeout", str(timeout_s))
+        lost = _wait_for_event(process, log_file, "store_lost")  # its first try failed
+        stderr, ended = _ended(process, 120)
+    print(f"{store.backend}: exit {process.returncode} {ended - lost:.1f} s after the first "
+          f"failure ({ended - started:.1f} s after the start), --store-timeout {timeout_s}")  # fmt: skip
+    assert process.returncode == 3, stderr
+    last = stderr.strip().splitlines()[-1]
+    state = "process" if store.backend == "sqlite" else "session"
+    found = re.search(rf"has been locked by another {state} for (\d+) s", last)
+    assert found is not None, last
+    assert int(found.group(1)) >= timeout_s, last
+    assert "resumes when run again" in last
+    assert "Traceback" not in stderr
+    # One clock from the first try (a lock waited for before it failed counts): the start is
+    # given up --store-timeout after it, plus one try's wait (SQLite's busy wait, 1 s).
+    assert ended - started >= timeout_s
+    assert ended - lost < timeout_s + 5, (lost, ended)
+    assert emu.stats()["requests"] == 0
+    assert not (tmp_path / "out.csv").exists()
+
+    done = cli("run", *args)
+    assert done.returncode == 0, done.stderr
+    assert set(results(tmp_path / "out.csv")["status"].to_list()) == {"updated"}
+
+
+def test_a_signal_at_the_start_while_the_store_is_held(
+    store: Store, start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """A SIGTERM while the run waits for a store held at its start (--store-timeout 60): the
+    wait gets no longer than the drain (--drain-timeout 1), the run ends as stopped by the
+    signal (exit 143), nothing sent, the results not written. A second signal stops it at once
+    (SIGINT twice: 130, with a drain of 60 s). The same command then runs. (A SIGTERM there
+    used to be ignored until the store was free: exit 143 35-38 s later.)"""
+    n = 40
+    source = tmp_path / "in.csv"
+    write_input(source, n)
+    emu = start_emulator("--preload", str(source))
+    log_file = tmp_path / "job.log"
+    args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
+            "--log-format", "json", "--log-file", str(log_file), "--store-timeout", "60",
+            *store.args)  # fmt: skip
+    _make_store(store)
+    with _hold_whole(store):
+        process = start(*args, "--drain-timeout", "1")
+        _wait_for_event(process, log_file, "store_lost")  # waiting for the store
+        process.send_signal(signal.SIGTERM)
+        signalled = time.time()
+        stderr, ended = _ended(process, 60)
+        print(f"{store.backend}: exit {process.returncode} {ended - signalled:.1f} s after "
+              "SIGTERM, the store still held (--drain-timeout 1)")  # fmt: skip
+        assert process.returncode == 143, stderr
+        assert ended - signalled < 6, stderr
+        heard = _events(log_file, "stopping")
+        assert heard, log_file.read_text()[-2000:]
+        assert "stopping before the run starts" in heard[0]["message"], heard
+        last = stderr.strip().splitlines()[-1]
+        assert "stopped by SIGTERM" in last, last
+        assert "nothing was sent" in last, last
+        assert "Traceback" not in stderr
+
+        log_file.unlink()
+        process = start(*args, "--drain-timeout", "60")
+        _wait_for_event(process, log_file, "store_lost")
+        process.send_signal(signal.SIGINT)
+        _wait_for_event(process, log_file, "stopping")
+        process.send_signal(signal.SIGINT)
+        again = time.time()
+        stderr, ended = _ended(process, 60)
+        print(f"{store.backend}: exit {process.returncode} {ended - again:.1f} s after the "
+              "second SIGINT (--drain-timeout 60)")  # fmt: skip
+        assert process.returncode == 130, stderr
+        assert ended - again < 5, stderr
+        assert "stopped by SIGINT" in stderr.strip().splitlines()[-1]
+    assert emu.stats()["requests"] == 0
+    assert not (tmp_path / "out.csv").exists()
+
+    done = cli("run", *args)
+    assert done.returncode == 0, done.stderr
+    assert set(results(tmp_path / "out.csv")["status"].to_list()) == {"updated"}
+    assert sum(emu.stats(per_id=True)["updates_applied_by_id"].values()) == n
+
+
+def test_a_store_held_mid_run_stops_it_on_the_timeout(
+    store: Store, start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """The whole store held mid-run (PostgreSQL: every table locked, the heartbeat's and the
+    lease's too): the stop takes --store-timeout once, from the hold, plus a moment; not the
+    timeout after a first lock timeout, then a lock timeout each for the heartbeat and the end
+    (13.6 s with --store-timeout 6; now 6.6 s, 7.7 s on SQLite: a try's busy wait, 1 s at
+    most, then the results written from the store)."""
+    n, timeout_s = 3000, 6
+    source = tmp_path / "in.csv"
+    write_input(source, n)
+    emu = start_emulator("--preload", str(source), "--latency-ms", "20")
+    args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
+            "--rpm", "600000", "--concurrency", "4", *store.args)  # fmt: skip
+    process = start(*args, "--store-timeout", str(timeout_s))
+    wait_for_requests(emu, 200)
+    with _hold_whole(store):
+        held = time.time()
+        stderr, ended = _ended(process, 120)
+    print(f"{store.backend}: stopped {ended - held:.1f} s after the whole store was held "
+          f"(--store-timeout {timeout_s})")  # fmt: skip
+    assert process.returncode == 3, stderr
+    assert "has been locked by another" in stderr.strip().splitlines()[-1]
+    assert timeout_s - 1 < ended - held < timeout_s + 5, stderr
+    resumed = cli("run", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert set(results(tmp_path / "out.csv")["status"].to_list()) == {"updated"}
+
+
+def test_a_signal_while_the_start_waits_for_a_lease(
+    start_emulator: StartEmulator, postgres: PostgresServer, state_url: str, tmp_path: Path
+) -> None:
+    """The run's last holder was killed on another machine: its lease lasts 30 s more, and the
+    start waits for it (it may still be sending). A SIGTERM there stops the run within the
+    drain (exit 143), nothing sent; it used to wait the lease out (29.6 s). With the lease
+    ended, the same command runs."""
+    n = 40
+    source = tmp_path / "in.csv"
+    write_input(source, n)
+    emu = start_emulator("--preload", str(source))
+    log_file = tmp_path / "job.log"
+    args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
+            "--state-url", state_url, "--job-name", "j", "--log-format", "json", "--log-file",
+            str(log_file))  # fmt: skip
+    _make_store(Store("postgres", (), state_url, postgres))
+    database = state_url.rsplit("/", 1)[1]
+    postgres.execute(database, "INSERT INTO bulk_update.jobs (name) VALUES ('j')")
+    postgres.execute(
+        database,
+        "INSERT INTO bulk_update.leases SELECT job_id, '', 'killed', now() + interval '30 s', "
+        "'another-host', 4242, 'another-boot', 'pid:[1]', '1' FROM bulk_update.jobs",
+    )
+    process = start(*args, "--drain-timeout", "1")
+    _wait_for_event(process, log_file, "lease_wait")
+    process.send_signal(signal.SIGTERM)
+    signalled = time.time()
+    stderr, ended = _ended(process, 60)
+    print(f"exit {process.returncode} {ended - signalled:.1f} s after SIGTERM, waiting for a "
+          "lease of 30 s more (--drain-timeout 1)")  # fmt: skip
+    assert process.returncode == 143, stderr
+    assert ended - signalled < 6, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert "pid 4242 on another-host, may still be sending" in last, last
+    assert "stopped by SIGTERM" in last, last
+    assert emu.stats()["requests"] == 0
+    postgres.execute(database, "DELETE FROM bulk_update.leases")
+    done = cli("run", *args)
+    assert done.returncode == 0, done.stderr
+    assert set(results(tmp_path / "out.csv")["status"].to_list()) == {"updated"}
+
+
+def _connected_to(pid: int, port: int) -> bool:
+    """Has the process a TCP connection to ``port`` (the kernel of a frozen server accepts
+    it; nobody answers)?"""
+    sockets = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                sockets.add(target[8:-1])
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].rpartition(":")[2], 16) == port and fields[9] in sockets:
+            return True
+    return False
+
+
+def test_a_signal_while_a_frozen_database_is_first_reached(
+    start_emulator: StartEmulator, postgres: PostgresServer, state_url: str, tmp_path: Path
+) -> None:
+    """The database is frozen (SIGSTOP) as the run starts: its kernel accepts the connection,
+    nothing answers. A SIGTERM then stops the run within the drain (exit 143), nothing sent;
+    it used to wait for the connection's timeout and give exit 2 (7.7 s later). Unfrozen, the
+    same command runs."""
+    n = 40
+    source = tmp_path / "in.csv"
+    write_input(source, n)
+    emu = start_emulator("--preload", str(source))
+    args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
+            "--state-url", state_url, "--store-timeout", "60")  # fmt: skip
+    frozen = _postgres_processes(postgres)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        process = start(*args, "--drain-timeout", "1")
+        deadline = time.monotonic() + 120
+        while not _connected_to(process.pid, postgres.port):
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the job never reached the database"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        signalled = time.time()
+        stderr, ended = _ended(process, 60)
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):  # a backend that ended meanwhile
+                os.kill(pid, signal.SIGCONT)
+    print(f"exit {process.returncode} {ended - signalled:.1f} s after SIGTERM, the database "
+          "frozen (--drain-timeout 1)")  # fmt: skip
+    assert process.returncode == 143, stderr
+    assert ended - signalled < 6, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert "stopped by SIGTERM" in last, last
+    assert "nothing was sent" in last, last
+    assert redact(state_url) in last
+    assert state_url not in stderr  # never the password
+    assert emu.stats()["requests"] == 0
+    wait_until_up(state_url)
+    done = cli("run", *args)
+    assert done.returncode == 0, done.stderr
+    assert set(results(tmp_path / "out.csv")["status"].to_list()) == {"updated"}
 
 
 def test_a_copy_of_the_input_elsewhere_resumes_the_run(

@@ -25,7 +25,7 @@ from bulk_update.store import lease
 from bulk_update.store.core import changed_fields, fingerprint_text
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.lease import LEASE_S, SEND_MARGIN_S, LocalLease, is_gone, this_process
-from bulk_update.store.outage import Outage, Watchdog
+from bulk_update.store.outage import Hurry, Outage, Watchdog
 from bulk_update.write import sweep_partials
 
 
@@ -104,6 +104,44 @@ def test_a_call_begun_after_the_stop_moment_gets_as_long_as_the_stop_gave() -> N
     outage.hurry(0)  # a second signal: at once
     assert outage.deadline(clock.now) == clock.now
     assert outage.deadline(clock.now - 10) <= clock.now  # a call under way: cut now
+
+
+def test_a_try_that_waited_before_it_failed_counts_from_when_it_began() -> None:
+    clock = Clock()
+    outage = Outage("db", 10.0, clock=clock)
+    commit = object()
+    began = clock.now
+    clock.now += 2  # a lock waited for (PostgreSQL's lock_timeout), then the try failed
+    outage.failed("lock timeout", commit, since=began)
+    assert outage.remaining() == 8.0
+    assert outage.deadline(clock.now, commit) == began + 10  # its retry: what is left
+    assert outage.deadline(clock.now) == clock.now + 10  # another call: a clock of its own
+    clock.now += 8
+    with pytest.raises(StoreUnavailable, match="for 10 s"):
+        outage.failed("lock timeout", commit, since=clock.now - 2)
+
+
+def test_a_hurry_made_before_the_store_reaches_its_waits() -> None:
+    clock = Clock()
+    hurry = Hurry(clock)
+    hurry(1.0)  # a signal while the store was being opened
+    outage = Outage("db", 60.0, clock=clock, hurry=hurry)
+    commit = object()
+    assert outage.failed("locked", commit) <= 1.0
+    clock.now += 1
+    with pytest.raises(StoreUnavailable):
+        outage.failed("locked", commit)
+
+
+def test_the_store_given_up_cuts_the_calls_still_waiting() -> None:
+    outage = Outage("db", 60.0)
+    watchdog = Watchdog(outage)
+    cut = threading.Event()
+    with watchdog.guard(cut.set) as beat:  # a heartbeat waiting for a table lock
+        with pytest.raises(StoreUnavailable):  # another operation gives the store up
+            outage.failed("lock timeout", object(), since=outage.now() - 60)
+        assert cut.wait(30)  # not at the end of the heartbeat's own wait
+    assert beat.fired
 
 
 def test_an_outage_says_what_it_is() -> None:

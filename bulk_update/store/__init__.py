@@ -45,6 +45,7 @@ import polars as pl
 from bulk_update._constants import DEFAULT_STORE_TIMEOUT_S
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.store.lease import Holder
+from bulk_update.store.outage import Hurry
 from bulk_update.store.schema import (
     TIMESTAMP_FORMAT,
     TIMING_COLUMNS,
@@ -59,6 +60,7 @@ __all__ = [
     "TIMESTAMP_FORMAT",
     "TIMING_COLUMNS",
     "Budget",
+    "Hurry",
     "Journal",
     "RowTiming",
     "RunBeat",
@@ -420,13 +422,18 @@ def _postgres() -> Any:
     return postgres
 
 
-def open_store(location: StoreLocation) -> Store:
+def open_store(location: StoreLocation, hurry: Hurry | None = None) -> Store:
+    """The job's store, created if need be. ``hurry``: the job's, made before the store is
+    opened: a signal while it opens (held by another process, or frozen) ends its waits, as
+    it ends them later in the run."""
     if location.url is not None:
-        store: Store = _postgres().PostgresStore.open(location.url, timeout=location.timeout)
+        store: Store = _postgres().PostgresStore.open(
+            location.url, timeout=location.timeout, hurry=hurry
+        )
         return store
     from bulk_update.store.sqlite import SQLiteStore
 
-    return SQLiteStore.open(location.path, timeout=location.timeout)
+    return SQLiteStore.open(location.path, timeout=location.timeout, hurry=hurry)
 
 
 def open_existing_store(location: StoreLocation, job: str) -> Store:

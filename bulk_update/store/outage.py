@@ -1,21 +1,25 @@
 """A store that is away: how long each operation may keep failing, and one verdict for all.
 
 Each operation that meets the store away (a commit, a read, a heartbeat, a renewal of the run's
-lease) waits and tries again on a clock of its own, started by its first failure (``failed``)
-and ended by its success (``over``): another operation's success does not end it (a table
-another session holds locked can let the heartbeat through while every commit fails). Once any
-operation has kept failing for the store's timeout (``--store-timeout``), the store is given
-up: that operation and every later one fail at once with StoreUnavailable. So the timeout bounds
-the whole stop, not each operation's own wait one after the other.
+lease) waits and tries again on a clock of its own, started by its first failure (``failed``;
+from when that try began: a try that waited before it failed, in SQLite's busy handler or
+PostgreSQL's ``lock_timeout``, counts) and ended by its success (``over``): another operation's
+success does not end it (a table another session holds locked can let the heartbeat through
+while every commit fails). Once any operation has kept failing for the store's timeout
+(``--store-timeout``), the store is given up: that operation and every later one fail at once
+with StoreUnavailable, and a call still waiting is cut. So the timeout bounds the whole stop,
+not each operation's own wait one after the other.
 
 A call that never returns (a database that keeps the connection open but does not answer: a
-frozen server, a stalled proxy) is no failure by itself: ``Watchdog`` interrupts it once it
-has lasted the timeout (``deadline``), and it then counts as failing since it started.
+frozen server, a stalled proxy) is no failure by itself: ``Watchdog`` interrupts it once its
+operation has lasted the timeout (``deadline``), and it then counts as failing since it started.
 
 ``hurry`` (a signal: the job is stopping) gives every wait at most that many more seconds, and
 a call begun after that moment (the outcomes of the rows the drain abandoned, the results read,
 the run's end) no more than that many either: a store that answers is not cut for being called
-late, one that does not is given up after them, once.
+late, one that does not is given up after them, once. The job makes its ``Hurry`` before it
+opens its store and hands it over, so that a signal while the store is being opened (held by
+another process, frozen) reaches those waits too.
 
 PostgreSQL's outage is a database that cannot be reached or answers no more; SQLite's is a file
 another process holds locked. Thread-safe: the writer, the heartbeat and the reads run in
@@ -35,15 +39,53 @@ from dataclasses import dataclass, field
 
 from bulk_update.exceptions import StoreUnavailable
 
-__all__ = ["Outage", "Watchdog"]
+__all__ = ["Hurry", "Outage", "Watchdog"]
 
 log = logging.getLogger("bulk_update")
+
+
+class Hurry:
+    """When every wait for a store must end (``until``, on the outage's clock; None: no
+    hurry): the job is stopping (a signal), or the store was given up. Made by the job before
+    its store exists, shared by the store's waits; ``watch`` is told when ``until`` moves closer
+    (the watchdog looks again). Thread-safe: set from the event loop, read by the store's
+    threads."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.until: float | None = None
+        self.patience = 0.0  # after ``until``, how long a call begun then may last
+        self._watchers: list[Callable[[], None]] = []
+
+    def __call__(self, seconds: float) -> None:
+        """No wait for the store goes on more than ``seconds`` from now."""
+        with self._lock:
+            end = self.clock() + seconds
+            if self.until is None:
+                self.until, self.patience = end, seconds
+            else:
+                self.until, self.patience = min(self.until, end), min(self.patience, seconds)
+            watchers = list(self._watchers)
+        for watcher in watchers:
+            watcher()
+
+    def watch(self, watcher: Callable[[], None]) -> None:
+        with self._lock:
+            self._watchers.append(watcher)
+
+    def lift(self) -> None:
+        """The waits it hurried are over (the job's start went through): later ones get their
+        time again, until a hurry of their own."""
+        with self._lock:
+            self.until = None
 
 
 class Outage:
     """``where``: the store as messages name it (never with a password); ``state``: what an
     outage is, in words (``unreachable``, ``locked by another process``); ``backoff``: the first
-    and the longest wait between an operation's tries."""
+    and the longest wait between an operation's tries; ``hurry``: the job's (its clock is this
+    outage's), else one of its own."""
 
     def __init__(
         self,
@@ -53,18 +95,18 @@ class Outage:
         state: str = "unreachable",
         backoff: tuple[float, float] = (0.2, 5.0),
         clock: Callable[[], float] = time.monotonic,
+        hurry: Hurry | None = None,
     ) -> None:
         self.where = where
         self.timeout = timeout
         self.state = state
         self._backoff = backoff
-        self._clock = clock
+        self._hurry = hurry or Hurry(clock)
+        self._clock = self._hurry.clock
         self._lock = threading.Lock()
         # Operations failing now: when each first failed, and its next wait.
         self._failing: dict[object, tuple[float, float]] = {}
         self._since: float | None = None  # the first failure of the outage going on
-        self._hurry: float | None = None  # no wait goes past this (a signal came)
-        self._patience = 0.0  # after that moment, how long a call begun then may last
         self._given_up: StoreUnavailable | None = None
 
     @property
@@ -76,15 +118,22 @@ class Outage:
         if self._given_up is not None:
             raise self._given_up
 
-    def deadline(self, started: float) -> float:
-        """When an operation started at ``started`` (this clock) is given up if it has not
-        returned."""
+    def now(self) -> float:
+        """This outage's clock: when a try begins (``failed``'s ``since``)."""
+        return self._clock()
+
+    def deadline(self, started: float, operation: object = None) -> float:
+        """When a call started at ``started`` (this clock) is given up if it has not returned:
+        its operation's timeout, counted from the operation's first failing try if it is failing
+        already (a retry gets what is left, not a timeout of its own)."""
         with self._lock:
-            end = started + self.timeout
-            if self._hurry is None:
+            failing = self._failing.get(operation)
+            end = (started if failing is None else min(started, failing[0])) + self.timeout
+            hurry = self._hurry.until
+            if hurry is None:
                 return end
-            late = started >= self._hurry
-            return min(end, started + self._patience if late else self._hurry)
+            late = started >= hurry
+            return min(end, started + self._hurry.patience if late else hurry)
 
     def remaining(self) -> float:
         """Seconds before the oldest failing operation (or a new one) is given up."""
@@ -92,18 +141,18 @@ class Outage:
             now = self._clock()
             oldest = min((since for since, _ in self._failing.values()), default=now)
             left = self.timeout - (now - oldest)
-            if self._hurry is not None:
-                left = min(left, self._hurry - now)
+            hurry = self._hurry.until
+            if hurry is not None:
+                left = min(left, hurry - now)
             return max(0.0, left)
 
     def hurry(self, seconds: float) -> None:
         """The job is stopping: no wait for the store goes on more than ``seconds`` from now."""
-        with self._lock:
-            end = self._clock() + seconds
-            if self._hurry is None:
-                self._hurry, self._patience = end, seconds
-            else:
-                self._hurry, self._patience = min(self._hurry, end), min(self._patience, seconds)
+        self._hurry(seconds)
+
+    def watch(self, watcher: Callable[[], None]) -> None:
+        """``watcher`` is called when deadlines move closer (a hurry, the store given up)."""
+        self._hurry.watch(watcher)
 
     def failed(
         self,
@@ -114,14 +163,16 @@ class Outage:
         since: float | None = None,
     ) -> float:
         """``operation`` failed (``cause``: one line, no secret; ``state``: what the outage is,
-        if not the store's usual one; ``since``: when it began, if earlier than now, as for a
-        call the watchdog cut): how long to wait before its next try. Raises StoreUnavailable
-        once it has failed for the timeout (or past ``hurry``)."""
+        if not the store's usual one; ``since``: when the try that failed began, this clock: a
+        try that waited before it failed, or that the watchdog cut, counts from then): how long
+        to wait before its next try. Raises StoreUnavailable once it has failed for the timeout
+        (or past ``hurry``); the calls still waiting are then cut."""
         state = state or self.state
         with self._lock:
             self.check()
             now = self._clock()
-            first, delay = self._failing.get(operation, (since or now, self._backoff[0]))
+            began = now if since is None else min(since, now)
+            first, delay = self._failing.get(operation, (began, self._backoff[0]))
             self._failing[operation] = (first, min(self._backoff[1], delay * 2))
             if self._since is None:
                 self._since = first
@@ -131,17 +182,20 @@ class Outage:
                     extra={"event": "store_lost", "store": self.where},
                 )  # fmt: skip
             elapsed = now - first
-            hurried = self._hurry is not None and now >= self._hurry
-            if elapsed >= self.timeout or hurried:
-                self._given_up = StoreUnavailable(
-                    f"the store {self.where} has been {state} for {elapsed:.0f} s ({cause}); "
-                    "the run stopped and resumes when run again"
-                )
-                raise self._given_up
-            left = self.timeout - elapsed
-            if self._hurry is not None:
-                left = min(left, self._hurry - now)
-            return max(0.0, min(delay, left))
+            hurry = self._hurry.until
+            if elapsed < self.timeout and (hurry is None or now < hurry):
+                left = self.timeout - elapsed
+                if hurry is not None:
+                    left = min(left, hurry - now)
+                return max(0.0, min(delay, left))
+            given_up = self._given_up = StoreUnavailable(
+                f"the store {self.where} has been {state} for {elapsed:.0f} s ({cause}); "
+                "the run stopped and resumes when run again"
+            )
+        # Nothing will wait for a call still under way (a heartbeat, the lease's renewal, each
+        # in its lock wait): it is cut now, not at the end of its own wait.
+        self._hurry(0)
+        raise given_up
 
     def over(self, operation: object) -> None:
         """``operation`` succeeded: its outage, if it had one, is over; the store's too once no
@@ -164,6 +218,7 @@ class _Guarded:
     number: int
     interrupt: Callable[[], None] = field(compare=False)
     started: float = field(compare=False)
+    operation: object = field(default=None, compare=False)
     fired: bool = field(default=False, compare=False)
 
 
@@ -172,20 +227,22 @@ class Watchdog:
     of when it started; a ``hurry`` moves it closer): one thread for all of a store's calls.
     ``interrupt`` must make the blocked call fail (shutting its connection's socket down)."""
 
-    def __init__(self, outage: Outage, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, outage: Outage) -> None:
         self._outage = outage
-        self._clock = clock
+        self._clock = outage.now
         self._ready = threading.Condition()
         self._guarded: list[_Guarded] = []
         self._numbers = itertools.count()
         self._thread: threading.Thread | None = None
+        outage.watch(self.nudge)
 
     @contextlib.contextmanager
-    def guard(self, interrupt: Callable[[], None]) -> Iterator[_Guarded]:
-        """Around one call; ``.fired`` says whether the watchdog cut it (it then counts as
-        failing since ``.started``)."""
+    def guard(self, interrupt: Callable[[], None], operation: object = None) -> Iterator[_Guarded]:
+        """Around one call (a try of ``operation``); ``.fired`` says whether the watchdog cut it
+        (it then counts as failing since ``.started``)."""
         started = self._clock()
-        entry = _Guarded(self._outage.deadline(started), next(self._numbers), interrupt, started)
+        deadline = self._outage.deadline(started, operation)
+        entry = _Guarded(deadline, next(self._numbers), interrupt, started, operation)
         with self._ready:
             heapq.heappush(self._guarded, entry)
             if self._thread is None:
@@ -202,10 +259,10 @@ class Watchdog:
                 heapq.heapify(self._guarded)
 
     def nudge(self) -> None:
-        """Deadlines moved closer (``Outage.hurry``): look again."""
+        """Deadlines moved closer (a hurry, the store given up): look again."""
         with self._ready:
             for entry in self._guarded:
-                entry.deadline = self._outage.deadline(entry.started)
+                entry.deadline = self._outage.deadline(entry.started, entry.operation)
             heapq.heapify(self._guarded)
             self._ready.notify()
 

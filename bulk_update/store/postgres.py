@@ -50,6 +50,7 @@ The password is never shown: ``where`` and every error message name the store wi
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -91,7 +92,7 @@ from bulk_update.store.lease import (
     is_gone,
     this_process,
 )
-from bulk_update.store.outage import Outage, Watchdog
+from bulk_update.store.outage import Hurry, Outage, Watchdog
 from bulk_update.store.schema import LAYOUT_VERSION, STORED, STORED_TIMING, TIMING_COLUMNS
 from bulk_update.store.url import check_url, redact, secrets
 
@@ -108,6 +109,8 @@ SCHEMA = "bulk_update"
 _BACKOFF_S = (0.2, 5.0)
 # A connection attempt waits this long at most (less when the outage is nearly given up).
 _CONNECT_TIMEOUT_S = 10
+# How often a connection attempt's waiter looks whether it is still waited for (a stop).
+_CONNECT_POLL_S = 0.05
 # Outcomes committed together by the writer thread, at most.
 _GROUP_MAX = 512
 _KEEPALIVES = {
@@ -317,6 +320,9 @@ class _Call:
         self._cut = False  # the watchdog cut the last try
         self._started = 0.0  # when the last try began (the outage's clock)
         self._line = ""
+        # What the last try that failed on its own said (its line, its state): a try the
+        # watchdog cuts at the end of the clock (a lock still waited for) is that outage still.
+        self._cause: tuple[str, str | None] = (_NO_ANSWER, None)
 
     @contextlib.contextmanager
     def guard(self, interrupt: Callable[[], None]) -> Iterator[None]:
@@ -326,7 +332,7 @@ class _Call:
         if session.lost is not None:
             raise session.lost
         session.outage.check()
-        with session.watchdog.guard(interrupt) as guarded:
+        with session.watchdog.guard(interrupt, self._operation) as guarded:
             try:
                 yield
             finally:
@@ -347,21 +353,69 @@ class _Call:
 
     def pause(self, exc: psycopg.Error) -> float:
         """How long to wait before the next try (the outage's backoff; StoreUnavailable once it
-        has lasted --store-timeout)."""
-        line = _NO_ANSWER if self._cut else self._line
-        since = self._started if self._cut else None
-        return self._session.outage.failed(line, self._operation, state=_state(exc), since=since)
+        has lasted --store-timeout, counted from when the first failing try began: a lock
+        waited for ``lock_timeout`` counts)."""
+        if not self._cut:
+            self._cause = (self._line, _state(exc))
+        line, state = self._cause
+        return self._session.outage.failed(line, self._operation, state=state, since=self._started)
+
+
+def _left_alone() -> None:
+    """What the watchdog does to a call that may rightly take long (``run(cut=False)``)."""
+
+
+def _layout_behind(conn: psycopg.Connection[Any]) -> bool:
+    """Is the store of an older layout (its migration rebuilds the outcomes: it may take long)?"""
+    found = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.layout",)).fetchone()
+    if found is None or found[0] is None:
+        return False
+    row = conn.execute("SELECT max(version) FROM layout").fetchone()
+    return row is not None and row[0] is not None and row[0] < LAYOUT_VERSION
+
+
+def _connect(conninfo: str, outage: Outage) -> psycopg.Connection[Any]:
+    """``psycopg.connect``, given up at the outage's deadline (a stop hurries it): a connection
+    under way cannot be cut (the watchdog has no socket to shut down until it returns), so it is
+    made in a thread of its own, which closes what it got if nobody waits for it any more. A
+    server that never answers (frozen) would otherwise hold a stop for its connect timeout."""
+    made: concurrent.futures.Future[psycopg.Connection[Any]] = concurrent.futures.Future()
+
+    def attempt() -> None:
+        try:
+            conn = psycopg.connect(conninfo, autocommit=True)
+        except BaseException as exc:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                made.set_exception(exc)
+            return
+        try:
+            made.set_result(conn)
+        except concurrent.futures.InvalidStateError:  # given up meanwhile
+            conn.close()
+
+    threading.Thread(target=attempt, name="bulk-update-store-connect", daemon=True).start()
+    started = outage.now()
+    left = outage.remaining()  # before the store is given up (libpq waits at least 2 s)
+    while True:
+        try:
+            return made.result(timeout=_CONNECT_POLL_S)
+        except TimeoutError:
+            now = outage.now()
+            if now >= min(started + left, outage.deadline(started)) and made.cancel():
+                raise psycopg.errors.ConnectionTimeout(
+                    "connection timeout expired (no answer in the time left)"
+                ) from None
 
 
 class _Session:
     """One connection to the database, re-established (with its locks) when lost."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, hurry: Hurry | None = None) -> None:
         self.url = url
         self.where = redact(url)
         self.timeout = timeout
         # One outage clock for every operation of the session and of its run's writer.
-        self.outage = Outage(self.where, timeout, backoff=_BACKOFF_S)
+        self.outage = Outage(self.where, timeout, backoff=_BACKOFF_S, hurry=hurry)
         # A call the database never answers (a frozen server, a stalled proxy) is cut once it
         # has lasted the timeout: TCP keepalives cannot tell, the server's kernel answers them.
         self.watchdog = Watchdog(self.outage)
@@ -390,25 +444,32 @@ class _Session:
         return psycopg.conninfo.make_conninfo(self.url, **extra)
 
     def connect(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self.conninfo(), autocommit=True)
+        conn = _connect(self.conninfo(), self.outage)
+        self._conn = conn  # from now on, the watchdog can cut what it waits for
         try:
             conn.execute(_SESSION)
         except BaseException:
-            conn.close()
+            self.close()
             raise
-        self._conn = conn
         return conn
 
     def open(self) -> None:
-        """The first connection: a failure is the user's to fix (exit 2), named plainly."""
+        """The first connection: a database that cannot be reached, or that refuses the job (a
+        password, a permission), is the user's to fix (exit 2; ``Unreachable`` may pass), named
+        plainly. Once reached, it is waited for as the run waits for it: tables another session
+        holds locked, or a server that stops answering, are a store away (StoreUnavailable
+        after --store-timeout, sooner at a signal), as they are later in the run."""
         try:
-            conn = self.connect()
-            self._create(conn)
+            self.connect()
+            self.run(self._create, transaction=False, cut=not self.run(_layout_behind))
         except psycopg.Error as exc:
             self.close()
             raise _cannot_use(exc)(
                 f"--state-url {self.where}: cannot use the store: {self.first_line(exc)}"
             ) from None
+        except BaseException:
+            self.close()
+            raise
 
     def first_line(self, exc: BaseException) -> str:
         return first_line(exc, scrub=self.scrub)
@@ -458,16 +519,20 @@ class _Session:
         self,
         work: Callable[[psycopg.Connection[Any]], T],
         transaction: bool = True,
+        *,
+        cut: bool = True,
     ) -> T:
         """``work`` in one transaction; run again on a new connection if the old one is lost,
         until the database has been away for ``timeout`` seconds on the session's outage clock
         (StoreUnavailable; at once once it was given up). A call that does not return within
-        the timeout is cut (``Watchdog``) and counts as away since it began."""
+        the timeout is cut (``Watchdog``) and counts as away since it began; not with ``cut``
+        False, for work that may rightly take longer (a migration rebuilding the outcomes)."""
         call = _Call(self)
+        interrupt = self._interrupt if cut else _left_alone
         with self._mutex:
             while True:
                 try:
-                    with call.guard(self._interrupt):
+                    with call.guard(interrupt):
                         conn = self._conn or self._reconnect()
                         if transaction:
                             with conn.transaction():
@@ -486,6 +551,17 @@ class _Session:
         conn = self._conn
         if conn is not None:
             _shut(conn)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep ``seconds``; False, sooner, once the job is stopping (a signal's hurry): a wait
+        for another holder's lease must not hold the stop either."""
+        outage = self.outage
+        end = outage.now() + seconds
+        while (now := outage.now()) < end:
+            if outage.remaining() <= 0:
+                return False
+            time.sleep(min(POLL_S, end - now))
+        return True
 
     def abandon(self, lost: RunTaken) -> None:
         """Another process holds the run now: nothing more is done through this session."""
@@ -535,14 +611,19 @@ class _Session:
 
     def unlock_all(self, lease: str | None = None) -> None:
         """Release the session's locks (and end the lease ``lease``, if it is still there: a
-        run that ended, even badly, lets the next one start at once)."""
+        run that ended, even badly, lets the next one start at once). Not once the store was
+        given up: closing the session releases its locks, and a lease table held locked would
+        make the stop wait; the lease then runs out on its own (the next run on this machine
+        sees its holder gone at once)."""
         with self._mutex:  # not in the middle of another thread's transaction
             self._locks = []
-            if self._conn is not None and not self._conn.broken and self.lost is None:
-                with contextlib.suppress(psycopg.Error):
-                    if lease is not None:
-                        self._conn.execute("DELETE FROM leases WHERE holder = %s", (lease,))
-                    self._conn.execute("SELECT pg_advisory_unlock_all()")
+            conn = self._conn
+            if conn is None or conn.broken or self.lost is not None or self.outage.given_up:
+                return
+            with contextlib.suppress(psycopg.Error), self.watchdog.guard(self._interrupt):
+                if lease is not None:
+                    conn.execute("DELETE FROM leases WHERE holder = %s", (lease,))
+                conn.execute("SELECT pg_advisory_unlock_all()")
 
     def close(self) -> None:
         if self._conn is not None:
@@ -588,8 +669,12 @@ class PostgresStore(StoreCore):
     _read = _transact
 
     @classmethod
-    def open(cls, url: str, *, timeout: float = DEFAULT_STORE_TIMEOUT_S) -> PostgresStore:
-        session = _Session(check_url(url), timeout)
+    def open(
+        cls, url: str, *, timeout: float = DEFAULT_STORE_TIMEOUT_S, hurry: Hurry | None = None
+    ) -> PostgresStore:
+        """``hurry``: the job's (``outage.Hurry``): a signal while the store opens ends its
+        waits too."""
+        session = _Session(check_url(url), timeout, hurry)
         session.open()
         return cls(session)
 
@@ -721,7 +806,13 @@ class PostgresStore(StoreCore):
                     holder.text(), left,
                     extra={"event": "lease_wait", "holder": holder.text(), "seconds": left},
                 )  # fmt: skip
-            time.sleep(min(left, LEASE_S) + POLL_S)
+            if not self._session.wait(min(left, LEASE_S) + POLL_S):
+                raise RunHeld(
+                    f"already running (job {key.job!r}"
+                    + (f", shard {key.shard_text}" if key.shard else "")
+                    + f"): its last holder, {holder.text()}, may still be sending until its "
+                    f"lease ends in {self.where}; the job stopped before it did"
+                )
         asked = time.monotonic()
 
         def take(conn: psycopg.Connection[Any]) -> None:
@@ -1150,8 +1241,7 @@ class PostgresJournal(_Reader, JournalCore):
         self._session.run(write)
 
     def hurry(self, seconds: float) -> None:
-        self._session.outage.hurry(seconds)
-        self._session.watchdog.nudge()
+        self._session.outage.hurry(seconds)  # the watchdog looks again
 
     async def seal(self) -> None:
         await self._writer.stop()

@@ -78,7 +78,7 @@ from bulk_update.store import RowTiming, RunKey, schema
 from bulk_update.store.core import Dialect, JournalCore, Opening, StoreCore, Work, changed_fields
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.locks import release_lock, take_lock
-from bulk_update.store.outage import Outage
+from bulk_update.store.outage import Hurry, Outage
 from bulk_update.store.schema import LAYOUT_VERSION, STORED, STORED_TIMING
 
 __all__ = ["SQLiteBudget", "SQLiteJournal", "SQLiteStore", "jobs_that_wrote", "read_state"]
@@ -224,12 +224,13 @@ def _retrying(outage: Outage, path: Path, work: Callable[[], T], *, reads: bool 
     while True:
         if not reads:
             outage.check()
+        began = outage.now()  # a try waits (busy_timeout) before it fails: that wait counts
         try:
             result = work()
         except sqlite3.Error as exc:
             if not _is_busy(exc):
                 raise store_error(exc, path) from None
-            time.sleep(outage.failed(first_line(exc), operation))
+            time.sleep(outage.failed(first_line(exc), operation, since=began))
             continue
         outage.over(operation)
         return result
@@ -484,7 +485,12 @@ class SQLiteStore(StoreCore):
         self._outage = outage
 
     @classmethod
-    def open(cls, path: Path, timeout: float = DEFAULT_STORE_TIMEOUT_S) -> SQLiteStore:
+    def open(
+        cls, path: Path, timeout: float = DEFAULT_STORE_TIMEOUT_S, hurry: Hurry | None = None
+    ) -> SQLiteStore:
+        """``hurry``: the job's (``outage.Hurry``): a signal while the store opens ends its
+        waits too. A file another process holds locked is waited for as the run waits for it
+        (StoreUnavailable after --store-timeout, exit 3)."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -493,7 +499,7 @@ class SQLiteStore(StoreCore):
         if not path.exists():
             _create_new(path)
         outage = Outage(str(path), timeout, state="locked by another process",
-                        backoff=(0.05, 0.5))  # fmt: skip
+                        backoff=(0.05, 0.5), hurry=hurry)  # fmt: skip
 
         def connect() -> sqlite3.Connection:
             db = _connect(path)
@@ -507,12 +513,7 @@ class SQLiteStore(StoreCore):
 
         try:
             db = _retrying(outage, path, connect)
-        except StoreUnavailable:  # nothing sent yet: the store refuses this run
-            raise JournalError(
-                f"{path}: the store stayed locked by another process for {timeout:g} s "
-                "(--store-timeout); nothing was sent: run again once it is free"
-            ) from None
-        except DiskFull:
+        except (StoreUnavailable, DiskFull):
             raise
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
