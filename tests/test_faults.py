@@ -451,6 +451,15 @@ UNUSABLE: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
 }
 
 
+# The stores that even a dry run, which only reads, cannot read (a dry run reads a store of any
+# layout a version wrote, the first one-file layout's included).
+READ_REFUSED = {
+    "a store holding another program's table too",
+    "another program's database with a runs table",
+    "a store of a layout number no version wrote",
+}
+
+
 @pytest.mark.parametrize("case", sorted(UNUSABLE))
 def test_a_file_the_job_cannot_use_is_refused_in_one_line(
     start_emulator: StartEmulator, tmp_path: Path, case: str
@@ -475,6 +484,10 @@ def test_a_file_the_job_cannot_use_is_refused_in_one_line(
     for word in (str(made), *words):
         assert word in lines[0], lines[0]
     assert emulator.stats()["requests"] == before
+    if case in READ_REFUSED:  # a dry run, which only reads the store, cannot read it either
+        dry = cli("validate", *args[1:])
+        assert dry.returncode == 2, dry.stderr
+        assert str(made) in dry.stderr.strip().splitlines()[-1], dry.stderr
     if made.name.endswith(".journal.sqlite"):  # --restart starts without it, for good
         assert cli(*args, "--restart").returncode == 0
         assert cli(*args).returncode == 0

@@ -427,7 +427,13 @@ def read_state(path: Path, since: str | None = None) -> Iterator[_Reader | None]
     if source is None:
         yield None
         return
-    with contextlib.closing(_connect(source, read_only=True)) as db:
+    try:
+        db = _connect_to_read(source)
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"{source}: not a bulk-update store ({exc})") from None
+    with contextlib.closing(db):
+        if source == path:  # the job's own store: one this version can use (of any layout)
+            _layout(db, path)
         yield _Reader(db)
 
 
