@@ -17,6 +17,9 @@ BulkUpdateError              base of everything raised on purpose
     │   │                    past --store-timeout
     │   └── RunTaken         another process took the run while this one's session was lost:
     │                        this one stops sending at once (the other goes on)
+    ├── StoreGone            the store was taken away while the run went on (SQLite: its file
+    │                        or its lock file removed or replaced; PostgreSQL: its tables
+    │                        dropped)
     ├── DiskFull             no space left on the device of a file the job writes
     └── InputChanged         the input was changed while the run read it: its results cannot
                              be rebuilt from it
@@ -41,6 +44,7 @@ __all__ = [
     "RunHeld",
     "RunTaken",
     "StoreDamaged",
+    "StoreGone",
     "StoreUnavailable",
     "Unreachable",
     "first_line",
@@ -124,6 +128,15 @@ class RunTaken(StoreUnavailable):
     other took the run over once this one's lease ran out): this one sends nothing more."""
 
     error_code = "run_taken"
+
+
+class StoreGone(JobStopped):
+    """The store this run opened is not where it was any more: removed or replaced under the
+    running job (SQLite's file or the run's lock file; PostgreSQL's tables dropped, or the
+    database made anew). The run stops sending at once: what it records from then on would be
+    seen by no later run, and another run of the job could start beside it."""
+
+    error_code = "store_gone"
 
 
 class DiskFull(JobStopped):

@@ -35,6 +35,7 @@ from bulk_update.exceptions import (
     ConfigError,
     InputChanged,
     JobStopped,
+    StoreGone,
     first_line,
     stop_code,
 )
@@ -514,16 +515,20 @@ async def _finish(
         await journal.seal()
         counts = _with_unprocessed(await asyncio.to_thread(journal.counts), end.total_rows)
     except JobStopped as exc:
-        # The store is gone (or the run is another process's now): nothing more can be read
+        # The store is away (or the run is another process's now): nothing more can be read
         # from it. The counts are what this process saw committed; the store holds them.
         stop.on_fatal(exc)
         log.error("%s; the results were not written", exc, extra={"event": "store_unavailable"})
         counts = _with_unprocessed(dict(tally.counts), end.total_rows)
-        notes.append("the results were not written: the same command writes them once the store "
-                     "is back")  # fmt: skip
+        notes.append("the results were not written: the store that held them is gone"
+                     if isinstance(exc, StoreGone) else "the results were not written: the "
+                     "same command writes them once the store is back")  # fmt: skip
         exit_code = exit_code_for(counts, stop, limited=limited)
         await _record_end(journal, end, counts, exit_code, stop, notes)
         return counts, exit_code, notes
+    gone = await asyncio.to_thread(journal.gone)
+    if gone is not None and stop.on_fatal(gone):  # seen now, after the last request
+        log.error("stopping: %s", gone, extra={"event": "fatal", "code": gone.error_code})
     notes += await _write_results(run, journal)
     exit_code = exit_code_for(counts, stop, limited=limited)
     if exit_code == ExitCode.INTERNAL and stop.error is None:

@@ -12,9 +12,11 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,14 @@ import polars as pl
 import pytest
 
 from bulk_update.store import StoreLocation, open_store, schema
+from bulk_update.store.sqlite import SQLiteStore
 from bulk_update.store.url import redact
 from tests.conftest import StartEmulator
 from tests.faults import (
+    FIRST_JOURNAL,
+    FIRST_STORE,
     Tmpfs,
+    first_version_journal,
     holding_postgres,
     holding_sqlite,
     store_counts,
@@ -35,6 +41,9 @@ from tests.faults import (
 )
 from tests.helpers import ID, cli, results, start, wait_for_requests, write_input
 from tests.pg import PostgresServer, wait_until_up
+from tests.stores import Backend
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @dataclass(frozen=True)
@@ -683,6 +692,430 @@ def test_an_emptied_store_is_refused(start_emulator: StartEmulator, tmp_path: Pa
     dry = cli("validate", str(source), "--output", str(tmp_path / "plan.csv"), "--job-name", "out")
     assert dry.returncode == 2
     assert "the file is empty" in dry.stderr
+
+
+def test_a_journal_of_the_first_version_is_taken_over(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """A run the first versions began resumes here: their journal beside the results (the one
+    input file's fingerprint kept as an object) is taken over, and nothing it holds is sent
+    again (it used to be passed over: 1,177 of 10,000 rows applied twice)."""
+    n, done = 3000, 1177
+    source = tmp_path / "in.csv"
+    ids = write_input(source, n)
+    emu = start_emulator("--preload", str(source))
+    out = tmp_path / "out.csv"
+    first_version_journal(
+        out, source, {i + 1: (c, f'{{"tier":"v","n":"{i}"}}') for i, c in enumerate(ids[:done])}
+    )
+    resumed = cli("run", str(source), "--output", str(out), "--base-url", emu.base_url,
+                  "--rpm", "600000")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {done} rows already done" in resumed.stderr
+    applied = emu.stats(per_id=True)["updates_applied_by_id"]
+    assert set(applied) == set(ids[done:])
+    assert set(applied.values()) == {1}
+    frame = results(out)
+    assert frame["row_number"].to_list() == list(range(1, n + 1))
+    assert set(frame["status"].to_list()) == {"updated"}
+
+
+def _garbage(path: Path) -> Path:
+    path.write_bytes(b"not a database, " * 512)
+    return path
+
+
+def _database(path: Path, *statements: str) -> Path:
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        for statement in statements:
+            db.execute(statement)
+    return path
+
+
+def _store_with(tmp_path: Path, *statements: str) -> Path:
+    """Job ``j``'s store as this version makes it, then ``statements`` run in it."""
+    store = tmp_path / "j.sqlite"
+    with SQLiteStore.open(store):
+        pass
+    return _database(store, *statements)
+
+
+# A file the job finds and cannot use, as (what makes it, words its refusal must say): each is
+# refused in one line naming it, exit 2, nothing sent.
+UNUSABLE: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
+    "a first version's journal of another input": (
+        lambda tmp, source: first_version_journal(tmp / "out.csv", tmp / "other.csv", {}),
+        ("changed: input", "--restart"),
+    ),
+    "a journal that is no database": (
+        lambda tmp, source: _garbage(tmp / "out.csv.journal.sqlite"),
+        ("journal", "cannot read", "not a database"),
+    ),
+    "a journal with no fingerprint": (
+        lambda tmp, source: _database(tmp / "out.csv.journal.sqlite", *FIRST_JOURNAL),
+        ("journal", "no fingerprint"),
+    ),
+    "a state file of the older layout with other columns": (
+        lambda tmp, source: _database(
+            tmp / "j.state.sqlite", "CREATE TABLE last_set (conversation_id TEXT, value TEXT)"
+        ),
+        ("state file", "lacks metadata, set_at"),
+    ),
+    "a store holding another program's table too": (
+        lambda tmp, source: _store_with(tmp, "CREATE TABLE notes (line TEXT)"),
+        ("not a bulk-update store", "'notes'"),
+    ),
+    "another program's database with a runs table": (
+        lambda tmp, source: _database(tmp / "j.sqlite", "CREATE TABLE runs (id INTEGER, who TEXT)"),
+        ("its table runs lacks", "has id, who", "move it away"),
+    ),
+    "a store of the first one-file layout (outcomes keyed by run_id, row_number)": (
+        lambda tmp, source: _database(tmp / "j.sqlite", *FIRST_STORE, "PRAGMA user_version=1"),
+        ("a store of layout 1", "cannot bring to layout", "move it away"),
+    ),
+    "a store of a layout number no version wrote": (
+        lambda tmp, source: _store_with(tmp, "PRAGMA user_version=-3"),
+        ("layout -3, which no version wrote",),
+    ),
+}
+
+
+# The stores that even a dry run, which only reads, cannot read (a dry run reads a store of any
+# layout a version wrote, the first one-file layout's included).
+READ_REFUSED = {
+    "a store holding another program's table too",
+    "another program's database with a runs table",
+    "a store of a layout number no version wrote",
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNUSABLE))
+def test_a_file_the_job_cannot_use_is_refused_in_one_line(
+    start_emulator: StartEmulator, tmp_path: Path, case: str
+) -> None:
+    """Whatever the job finds where it looks for its store (the store, the state file and the
+    journal older versions kept), one it cannot use is refused: exit 2, one line naming it and
+    what to do, nothing sent; never passed over (the run would start afresh and send again
+    what the file says was done)."""
+    make, words = UNUSABLE[case]
+    source = tmp_path / "in.csv"
+    write_input(source, 20)
+    write_input(tmp_path / "other.csv", 21)
+    made = make(tmp_path, source)
+    emulator = start_emulator("--preload", str(source))
+    before = emulator.stats()["requests"]
+    args = ("run", str(source), "--output", str(tmp_path / "out.csv"), "--state-dir",
+            str(tmp_path), "--job-name", "j", "--base-url", emulator.base_url)  # fmt: skip
+    refused = cli(*args)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2, refused.stderr
+    assert len(lines) == 1, lines
+    for word in (str(made), *words):
+        assert word in lines[0], lines[0]
+    assert emulator.stats()["requests"] == before
+    if case in READ_REFUSED:  # a dry run, which only reads the store, cannot read it either
+        dry = cli("validate", *args[1:])
+        assert dry.returncode == 2, dry.stderr
+        assert str(made) in dry.stderr.strip().splitlines()[-1], dry.stderr
+    if made.name.endswith(".journal.sqlite"):  # --restart starts without it, for good
+        assert cli(*args, "--restart").returncode == 0
+        assert cli(*args).returncode == 0
+
+
+def test_a_store_of_a_layout_this_version_cannot_read_is_refused(
+    backend: Backend, start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """A store whose tables have other columns than its layout says, or whose layout number no
+    version wrote, is refused in one line naming it (both stores), nothing sent."""
+    source = tmp_path / "in.csv"
+    write_input(source, 20)
+    emulator = start_emulator("--preload", str(source))
+    args = ("run", str(source), "--output", str(tmp_path / "out.csv"), "--job-name", "j",
+            "--base-url", emulator.base_url, *backend.args)  # fmt: skip
+    assert cli(*args).returncode == 0
+    named = str(backend.directory / "j.sqlite") if backend.url is None else redact(backend.url)
+
+    def refused(*words: str) -> None:
+        before = emulator.stats()["requests"]
+        done = cli(*args)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2, done.stderr
+        assert len(lines) == 1, lines
+        for word in (named, *words):
+            assert word in lines[0], lines[0]
+        assert emulator.stats()["requests"] == before
+
+    if backend.url is None:
+        _database(backend.directory / "j.sqlite", "ALTER TABLE runs DROP COLUMN pid")
+        refused("its table runs lacks pid", "move it away")
+        _database(backend.directory / "j.sqlite", "ALTER TABLE runs ADD COLUMN pid INTEGER",
+                  f"PRAGMA user_version={schema.LAYOUT_VERSION + 1}")  # fmt: skip
+    else:
+        import psycopg
+
+        def pg(sql: str, *arguments: object) -> None:
+            with psycopg.connect(str(backend.url), autocommit=True) as conn:
+                conn.execute(sql, arguments)
+
+        pg("ALTER TABLE bulk_update.runs DROP COLUMN pid")
+        refused("its table runs lacks pid", "drop the schema bulk_update")
+        pg("ALTER TABLE bulk_update.runs ADD COLUMN pid integer")
+        pg("UPDATE bulk_update.layout SET version = 0")
+        refused("layout 0, which no version wrote")
+        pg("UPDATE bulk_update.layout SET version = %s", schema.LAYOUT_VERSION + 1)
+    refused(f"newer bulk-update (layout {schema.LAYOUT_VERSION + 1})", "upgrade")
+
+
+def take_the_store_away(store: Store) -> None:
+    """The store deleted under the run: SQLite's file with its -wal and -shm (as `rm` would);
+    PostgreSQL's tables, with their schema (as `DROP SCHEMA ... CASCADE` would)."""
+    if store.backend == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(store.where + suffix).unlink(missing_ok=True)
+        return
+    import psycopg
+
+    with psycopg.connect(store.where, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA bulk_update CASCADE")
+
+
+def test_a_store_taken_away_mid_run_stops_the_run(
+    store: Store, start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """The store deleted while the run goes on: the run notices at its next heartbeat, stops
+    sending (exit 3, ``store_gone``, one line naming the store) and writes its results from
+    what it knows. SQLite: the file the run still had open is written back where it was, so
+    that the same command resumes (at most --concurrency rows sent twice); PostgreSQL: the
+    tables and what they held are gone, the results cannot be written."""
+    n, concurrency = 3000, 4
+    source = tmp_path / "in.csv"
+    write_input(source, n)
+    emu = start_emulator("--preload", str(source), "--latency-ms", "20")
+    out = tmp_path / "out.csv"
+    args = (str(source), "--output", str(out), "--base-url", emu.base_url, "--rpm", "600000",
+            "--concurrency", str(concurrency), "--metrics-interval", "0.5", *store.args)  # fmt: skip
+    process = start(*args)
+    wait_for_requests(emu, 200)
+    take_the_store_away(store)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    sent = emu.stats()["requests"]
+    print(f"{store.backend}: {sent} of {n} rows sent; {last}")
+    assert sent < n, "the run went on to its end"
+    if store.backend == "postgres":
+        assert f"the store {redact(store.where)}" in last, last
+        assert "dropped" in last, last
+        assert "the results were not written" in last, last
+        return
+    assert f"{store.where}: the store was removed while the run went on" in last, last
+    frame = results(out)
+    assert frame["row_number"].to_list() == list(range(1, n + 1))
+    assert set(frame["status"].to_list()) == {"updated", "unprocessed"}
+    left = frame.filter(pl.col("status") == "unprocessed")
+    assert set(left["error_code"].to_list()) == {"store_gone"}
+    assert Path(store.where).is_file(), "written back where it was"
+    resumed = cli("run", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming:" in resumed.stderr
+    assert set(results(out)["status"].to_list()) == {"updated"}
+    applied = emu.stats(per_id=True)["updates_applied_by_id"]
+    assert len(applied) == n
+    assert sum(applied.values()) - n <= concurrency
+
+
+def test_a_database_made_anew_mid_run_stops_the_run(
+    start_emulator: StartEmulator, postgres: PostgresServer, state_url: str, tmp_path: Path
+) -> None:
+    """The run's PostgreSQL database dropped (its sessions cut) and made anew, empty, while the
+    run goes on: the run's session comes back to a database without the job's tables and
+    stops (exit 3, ``store_gone``, one line naming the store), never taking the empty
+    database for its store."""
+    n, concurrency = 3000, 4
+    source = tmp_path / "in.csv"
+    write_input(source, n)
+    emu = start_emulator("--preload", str(source), "--latency-ms", "20")
+    process = start(str(source), "--output", str(tmp_path / "out.csv"), "--base-url",
+                    emu.base_url, "--rpm", "600000", "--concurrency", str(concurrency),
+                    "--state-url", state_url, "--job-name", "j")  # fmt: skip
+    wait_for_requests(emu, 200)
+    postgres.create_database(state_url.rsplit("/", 1)[1])  # DROP ... WITH (FORCE), CREATE
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert f"the store {redact(state_url)}: the job's tables were dropped" in last, last
+    assert emu.stats()["requests"] < n
+
+
+def test_a_store_and_its_lock_removed_never_leave_two_runs(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """The SQLite store and its lock file removed mid-run, and the same command started again:
+    the second run makes a new store and takes a new lock; the first notices at its next
+    heartbeat that neither is the file it opened and stops (exit 3), one line naming it."""
+    n, concurrency = 3000, 4
+    source = tmp_path / "in.csv"
+    write_input(source, n)
+    emu = start_emulator("--preload", str(source), "--latency-ms", "20")
+    state = tmp_path / "state"
+    common = (str(source), "--base-url", emu.base_url, "--rpm", "600000", "--concurrency",
+              str(concurrency), "--metrics-interval", "0.5", "--state-dir", str(state),
+              "--job-name", "j")  # fmt: skip
+    first = start(*common, "--output", str(tmp_path / "first.csv"))
+    wait_for_requests(emu, 200)
+    for name in ("j.sqlite", "j.sqlite-wal", "j.sqlite-shm", "j.sqlite.lock"):
+        (state / name).unlink(missing_ok=True)
+    # Only the lock removed: the first run must not go on either (another could start).
+    second = start(*common, "--output", str(tmp_path / "second.csv"))
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 3, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert f"{state / 'j.sqlite'}" in last, last
+    assert "replaced" in last or "removed" in last, last
+    _, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0, stderr
+
+
+def test_a_lock_file_removed_mid_run_stops_the_run(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """Only the run's lock file removed: another run of the job could start beside it, so
+    the run stops (exit 3, one line naming the lock file); the same command resumes."""
+    n, concurrency = 3000, 4
+    source = tmp_path / "in.csv"
+    write_input(source, n)
+    emu = start_emulator("--preload", str(source), "--latency-ms", "20")
+    state = tmp_path / "state"
+    args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
+            "--rpm", "600000", "--concurrency", str(concurrency), "--metrics-interval", "0.5",
+            "--state-dir", str(state), "--job-name", "j")  # fmt: skip
+    process = start(*args)
+    wait_for_requests(emu, 200)
+    (state / "j.sqlite.lock").unlink()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert f"{state / 'j.sqlite.lock'}: the run's lock file was removed" in last, last
+    resumed = cli("run", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    applied = emu.stats(per_id=True)["updates_applied_by_id"]
+    assert len(applied) == n
+    assert sum(applied.values()) - n <= concurrency
+
+
+def test_an_empty_file_no_run_used_is_refused_saying_so(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """`sqlite3 PATH "select ..."` before the first run (the README's inspection command as it
+    was, without -readonly) leaves an empty file where the store goes. It is refused as an
+    emptied store is (the job cannot tell them apart for sure), but its one line says what it
+    most likely is and what to do; the README's commands are read-only and leave nothing."""
+    if shutil.which("sqlite3") is None:
+        pytest.skip("no sqlite3 command here")
+    import subprocess
+
+    source = tmp_path / "in.csv"
+    write_input(source, 20)
+    emu = start_emulator("--preload", str(source))
+    out = tmp_path / "out"
+    out.mkdir()
+    store = out / "nightly.sqlite"
+    inspect = "select count(*), max(set_at) from last_set"
+    readme = README.read_text()
+    commands = re.findall(r"`(sqlite3 [^`]*\.sqlite[^`]*)`", readme)
+    assert commands, "the README shows how to inspect a store"
+    for command in (" ".join(found.split()) for found in commands):  # read only, or a write
+        writes = re.search(r"\b(delete|update|insert)\b", command, re.IGNORECASE)
+        assert writes or command.startswith("sqlite3 -readonly "), command
+    subprocess.run(["sqlite3", "-readonly", str(store), inspect], capture_output=True)
+    assert not store.exists(), "a read-only inspection makes no file"
+    subprocess.run(["sqlite3", str(store), inspect], capture_output=True)
+    assert store.stat().st_size == 0
+    args = ("run", str(source), "--output", str(out / "r.csv"), "--job-name", "nightly",
+            "--base-url", emu.base_url)  # fmt: skip
+    refused = cli(*args)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2, refused.stderr
+    assert len(lines) == 1, lines
+    for words in (str(store), "the file is empty", "no run of the job ever used it",
+                  "remove it and run again", "restore it from a backup"):  # fmt: skip
+        assert words in lines[0], lines[0]
+    assert emu.stats()["requests"] == 0
+    store.unlink()
+    assert cli(*args).returncode == 0
+
+
+def test_a_state_directory_too_small_for_the_store_says_the_disk_is_full(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """A state directory with room for the store's file but not for its -shm: SQLite says
+    "disk I/O error"; the job says the disk is full (exit 3, one line naming the store), leaves
+    no file behind (no empty store to refuse later), and with room the same command runs."""
+    source = tmp_path / "in.csv"
+    write_input(source, 20)
+    emu = start_emulator("--preload", str(source))
+    with Tmpfs(tmp_path / "small", "16k") as small:
+        args = ("run", str(source), "--output", str(tmp_path / "out.csv"), "--state-dir",
+                str(small.path), "--base-url", emu.base_url)  # fmt: skip
+        full = cli(*args)
+        lines = full.stderr.strip().splitlines()
+        assert full.returncode == 3, full.stderr
+        assert len(lines) == 1, lines
+        assert f"{small.path / 'out.sqlite'}: the disk is full" in lines[0], lines[0]
+        assert sorted(os.listdir(small.path)) == []
+        assert emu.stats()["requests"] == 0
+        small.resize("8m")
+        assert cli(*args).returncode == 0
+
+
+def test_history_status_and_report_read_a_read_only_store(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """The commands that only read a store open it read only: they read it where its file is
+    read-only (a read-only bind mount) and where its whole directory is (a read-only
+    filesystem); it used to be exit 2, "check the path and its permissions". The store is left
+    as it was."""
+    import subprocess
+
+    source = tmp_path / "in.csv"
+    write_input(source, 50)
+    emu = start_emulator("--preload", str(source))
+    with Tmpfs(tmp_path / "state", "16m") as state:
+        store = state.path / "j.sqlite"
+        where = ("--job", "j", "--state-dir", str(state.path))
+        ran = cli("run", str(source), "--output", str(tmp_path / "out.csv"), "--job-name", "j",
+                  "--state-dir", str(state.path), "--base-url", emu.base_url, "--limit", "10")  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        before = store.read_bytes()
+
+        def read() -> None:
+            history = cli("history", *where)
+            assert history.returncode == 0, history.stderr
+            assert "updated=10" in history.stdout, history.stdout
+            status = cli("status", *where, "--json")
+            assert status.returncode == 0, status.stderr
+            assert json.loads(status.stdout)[0]["total_rows"] == 50, status.stdout
+            report = cli("report", *where, "--output", str(tmp_path / "r.html"))
+            assert report.returncode == 0, report.stderr
+            assert (tmp_path / "r.html").stat().st_size > 0
+
+        bound = subprocess.run(["mount", "--bind", str(store), str(store)],
+                               capture_output=True, text=True)  # fmt: skip
+        if bound.returncode != 0:
+            pytest.skip(f"cannot bind-mount here (needs root): {bound.stderr.strip()}")
+        try:
+            subprocess.run(["mount", "-o", "remount,ro,bind", str(store)], check=True)
+            read()
+        finally:
+            subprocess.run(["umount", str(store)], check=True)
+        state.remount("ro")
+        try:
+            read()
+        finally:
+            state.remount("rw")
+        assert store.read_bytes() == before
 
 
 def test_a_lost_session_never_leaves_two_writers(

@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from bulk_update._constants import DEFAULT_STORE_TIMEOUT_S
+from bulk_update.exceptions import JobStopped
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.store.lease import Holder
 from bulk_update.store.outage import Hurry
@@ -232,10 +233,19 @@ class Journal(StateReader, Protocol):
 
     async def fence(self) -> None:
         """Before each request of the run: return once this process may send it; raise
-        RunTaken (or StoreUnavailable) if it may not any more. The one writer of a run is sure
-        of it only while it holds the run's lock; a lock held through a database session can be
-        lost with the session, and another process may then take the run over (once this one's
-        lease has run out): from then on this one must send nothing."""
+        RunTaken (or StoreUnavailable, StoreGone) if it may not any more. The one writer of a
+        run is sure of it only while it holds the run's lock; a lock held through a database
+        session can be lost with the session, and another process may then take the run over
+        (once this one's lease has run out): from then on this one must send nothing. A lock
+        file, or the store itself, can be removed under the run (StoreGone): what it records
+        from then on no later run would see."""
+        ...
+
+    def gone(self) -> JobStopped | None:
+        """What took the store away from this run since it opened it, looked at now: its file
+        or a lock file removed or replaced (SQLite), its tables dropped or the run taken by
+        another process (PostgreSQL); None while the run still holds it. The run stops on it,
+        and its results are written from what it still has."""
         ...
 
     async def seal(self) -> None:
@@ -437,15 +447,20 @@ def open_store(location: StoreLocation, hurry: Hurry | None = None) -> Store:
 
 
 def open_existing_store(location: StoreLocation, job: str) -> Store:
-    """A job's store that must exist already (``history``): ConfigError if there is none."""
-    if location.url is None and not location.path.is_file():
+    """A job's store that must exist already, for a command that only reads it (``history``,
+    ``status``, ``report``): ConfigError if there is none. A SQLite store is opened read only."""
+    if location.url is not None:
+        return open_store(location)
+    if not location.path.is_file():
         from bulk_update.exceptions import ConfigError
 
         raise ConfigError(
             f"{location.path}: no store of job {job!r} (give --state-dir or --state-url as its "
             "runs had them)"
         )
-    return open_store(location)
+    from bulk_update.store.sqlite import SQLiteStore
+
+    return SQLiteStore.open_to_read(location.path, timeout=location.timeout)
 
 
 def jobs_that_wrote(location: StoreLocation, results: list[str]) -> list[str]:

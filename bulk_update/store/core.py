@@ -50,6 +50,7 @@ __all__ = [
     "Dialect",
     "JournalCore",
     "Opening",
+    "Started",
     "StoreCore",
     "Work",
     "changed_fields",
@@ -141,12 +142,20 @@ def changed_fields(stored: str, given: str) -> list[str]:
     changed = []
     for name in sorted(old.keys() | new.keys()):
         before, after = old.get(name), new.get(name)
+        if name == "input":
+            before, after = _one_file_as_list(before), _one_file_as_list(after)
         if name == "input" and isinstance(before, list) and isinstance(after, list):
             if not same_files(before, after):
                 changed.append(name)
         elif before != after:
             changed.append(name)
     return changed
+
+
+def _one_file_as_list(value: Any) -> Any:
+    """An input's fingerprint as a list of files: the first versions (one input file, no
+    globs) kept the one file's as an object."""
+    return [value] if isinstance(value, dict) else value
 
 
 # What says a file's content: its size and a hash of all of it (``read.file_fingerprint``).
@@ -346,9 +355,16 @@ class Opening:
     since: str | None
 
 
-def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int | str:
-    """The run's ID, found (and resumed) or started; or, if its input or mapping changed, the
-    names that did."""
+# What a backend carries over into a run it starts, in the transaction that starts it: the
+# connection and the run's ID.
+Started = Callable[[Connection, int], None]
+
+
+def _find_or_start(
+    dialect: Dialect, opening: Opening, started: Started | None, conn: Connection
+) -> int | str:
+    """The run's ID, found (and resumed) or started (then ``started``); or, if its input or
+    mapping changed, the names that did."""
     key, fingerprint, options = opening.key, opening.fingerprint, opening.options
     holder = this_process()
     given = {"job": key.job, "results": key.results, "shard": key.shard_text,
@@ -368,7 +384,10 @@ def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int 
             dialect.prepare(_START + dialect.returning),
             {**given, "fingerprint": fingerprint, "options": options_text},
         )
-        return dialect.inserted(cursor)
+        run_id = dialect.inserted(cursor)
+        if started is not None:
+            started(conn, run_id)
+        return run_id
     run_id, stored, stored_options = found
     if stored != fingerprint:
         changed = changed_fields(stored, fingerprint)
@@ -444,9 +463,11 @@ class StoreCore:
     def _open_run(self, opening: Opening) -> Journal:
         raise NotImplementedError
 
-    def _find_or_start(self, opening: Opening) -> int:
+    def _find_or_start(self, opening: Opening, started: Started | None = None) -> int:
+        """The run's ID, found or started (``started``: what the backend carries over into a
+        run it starts, in the same transaction)."""
         key = opening.key
-        found = self._transact(functools.partial(_find_or_start, self._dialect, opening))
+        found = self._transact(functools.partial(_find_or_start, self._dialect, opening, started))
         if isinstance(found, str):
             raise JournalError(
                 f"{self.where}: the run for {key.results} was started with another input or "

@@ -35,7 +35,8 @@ ever sent without a committed outcome). A connection lost mid-run is re-establis
 backoff (0.2 s doubling to 5 s) and the failed transaction run again (every write is an upsert:
 running one twice changes nothing); the run's locks are taken again first. If the database
 stays away longer than ``--store-timeout`` (one clock for every operation of the run:
-``store/outage.py``), StoreUnavailable stops the job (exit 3, resumable).
+``store/outage.py``), StoreUnavailable stops the job (exit 3, resumable). The job's tables
+dropped under a run (or the database made anew) stop it at the next write (StoreGone, exit 3).
 
 **One writer for real**: a lock lost with its session is not a lock; beside it the holder keeps
 a lease (``store/lease.py``), renewed every 2 s by a thread of its own through the session that
@@ -77,6 +78,7 @@ from bulk_update.exceptions import (
     JournalError,
     RunHeld,
     RunTaken,
+    StoreGone,
     Unreachable,
     first_line,
 )
@@ -132,6 +134,9 @@ _SESSION = (
 # refused connection, a lock held too long, a server shutting down, a primary that became a
 # read-only standby (after a failover the next connection may reach the new primary).
 _AWAY = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
+# Errors that say the job's tables are not there any more: dropped under the run (with their
+# schema), or the database made anew (StoreGone).
+_GONE = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 
 # Outcomes' columns as layout 6 keeps them (store/schema.py), and the SQL of their values from
 # ``r``, a relation of the values as the results hold them (the server encodes them: no work
@@ -258,6 +263,13 @@ _VIEWS = (
     "FROM last_set AS s JOIN jobs AS j USING (job_id)",
 )
 _DROP_VIEWS = "DROP VIEW IF EXISTS run_outcomes, job_state"
+
+
+# What a refusal of a schema that is no store this version can use says to do.
+_START_AFRESH = (
+    f"drop the schema {SCHEMA} to start afresh (the job then forgets what it set and what its "
+    "runs did), or give another --state-url"
+)
 
 
 def _stop_for(exc: psycopg.Error, where: str, first_line: str) -> DiskFull | None:
@@ -423,8 +435,9 @@ class _Session:
         self._mutex = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
         self._locks: list[tuple[str, tuple[int, ...]]] = []  # (function, arguments) to retake
-        # The run was taken by another process: every later operation fails at once with this.
-        self.lost: RunTaken | None = None
+        # The run was taken by another process, or the job's tables dropped: every later
+        # operation fails at once with this.
+        self.lost: JobStopped | None = None
 
     def scrub(self, text: str) -> str:
         """The text without the password: each of its occurrences that stands alone (not
@@ -487,7 +500,13 @@ class _Session:
                 conn.execute("INSERT INTO layout VALUES (%s)", (LAYOUT_VERSION,))
             elif stored > LAYOUT_VERSION:
                 raise JournalError(
-                    f"{self.where}: written by a newer bulk-update (layout {stored}); upgrade"
+                    f"{self.where}: written by a newer bulk-update (layout {stored}); upgrade "
+                    f"bulk-update (this one reads layouts up to {LAYOUT_VERSION})"
+                )
+            elif stored < 1:
+                raise JournalError(
+                    f"{self.where}: not a bulk-update store (layout {stored}, which no version "
+                    f"wrote); {_START_AFRESH}"
                 )
             elif stored < LAYOUT_VERSION:
                 version = schema.unified_version("postgres", stored)
@@ -505,7 +524,26 @@ class _Session:
             if found is None or found[0] is None:
                 for view in _VIEWS:
                     conn.execute(view)
+            self._check_columns(conn)
         self._register(conn)
+
+    def _check_columns(self, conn: psycopg.Connection[Any]) -> None:
+        """Each table has the columns this layout declares (JournalError if not)."""
+        columns: dict[str, list[str]] = {}
+        for table, column in conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = %s",
+            (SCHEMA,),
+        ):
+            columns.setdefault(table, []).append(column)
+        for table in schema.TABLES:
+            if table.postgres is None:
+                continue
+            wrong = schema.wrong_columns(table, "postgres", columns.get(table.name, ()))
+            if wrong is not None:
+                raise JournalError(
+                    f"{self.where}: not a store this version can read ({wrong}); {_START_AFRESH}"
+                )
 
     def _register(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(
@@ -540,6 +578,8 @@ class _Session:
                         else:
                             result = work(conn)
                     return result
+                except _GONE as exc:
+                    raise self.gone(exc) from None
                 except _AWAY as exc:
                     if (lost := call.drops(exc, self._conn)) is not None:
                         with contextlib.suppress(psycopg.Error):
@@ -563,10 +603,26 @@ class _Session:
             time.sleep(min(POLL_S, end - now))
         return True
 
-    def abandon(self, lost: RunTaken) -> None:
-        """Another process holds the run now: nothing more is done through this session."""
+    def abandon(self, lost: JobStopped) -> None:
+        """Another process holds the run now (or the job's tables are gone): nothing more is
+        done through this session."""
         if self.lost is None:
             self.lost = lost
+
+    def gone(self, exc: psycopg.Error) -> JobStopped:
+        """The job's tables are not in the database any more (``exc`` says so): dropped while
+        the run went on, or the database made anew under it. Nothing more is done through this
+        session; what they held is gone with them."""
+        self.abandon(
+            StoreGone(
+                f"the store {self.where}: the job's tables were dropped while the run went on "
+                f"({self.first_line(exc)}); the run stopped, and what they held is gone: restore "
+                "them from a backup to resume (else the same command starts the run afresh and "
+                "sends every row again)"
+            )
+        )
+        assert self.lost is not None
+        return self.lost
 
     def _reconnect(self) -> psycopg.Connection[Any]:
         conn = self.connect()
@@ -1027,7 +1083,7 @@ class _Writer(Generic[Item]):
         self,
         session: _Session,
         group: Callable[[list[Item]], dict[str, Any]],
-        taken: Callable[[], RunTaken],
+        taken: Callable[[], JobStopped],
     ) -> None:
         self._session = session
         self._group = group
@@ -1091,6 +1147,8 @@ class _Writer(Generic[Item]):
                 if not (row and row[0]):
                     raise self._taken()
                 return
+            except _GONE as exc:
+                raise self._session.gone(exc) from None
             except _AWAY as exc:
                 if (lost := call.drops(exc, self._conn)) is not None:
                     with contextlib.suppress(psycopg.Error):
@@ -1175,7 +1233,7 @@ class PostgresJournal(_Reader, JournalCore):
 
     # The lease
 
-    def _taken(self) -> RunTaken:
+    def _taken(self) -> JobStopped:
         """The run is another process's now: say so once, and use the session no more."""
         if self._session.lost is None:
             self._session.abandon(
@@ -1216,6 +1274,9 @@ class PostgresJournal(_Reader, JournalCore):
                 self._local.ended()
                 return
             self._local.renewed(asked)
+
+    def gone(self) -> JobStopped | None:
+        return self._session.lost
 
     async def fence(self) -> None:
         while not self._local.may_send():

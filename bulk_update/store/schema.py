@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,6 +84,7 @@ __all__ = [
     "stored_columns",
     "timing_columns",
     "unified_version",
+    "wrong_columns",
 ]
 
 Dialect = Literal["sqlite", "postgres"]
@@ -455,6 +457,20 @@ LEASES = Table("leases", tuple(
 # In the order they are created.
 TABLES = (LAYOUT, JOBS, RUNS, OUTCOMES, LAST_SET, BUDGET, SESSIONS, LEASES, TIMELINE)
 assert all(c.since <= LAYOUT_VERSION for t in (*TABLES, OUTCOMES_5, LAST_SET_5) for c in t.columns)
+
+
+def wrong_columns(table: Table, dialect: Dialect, found: Iterable[str]) -> str | None:
+    """What is wrong with a store's ``table`` whose columns are ``found``, once it has this
+    layout; None if they are the ones ``table`` declares. A table of one of the job's names
+    with other columns (made by another program, or by a version whose layout no number says)
+    would be read wrong, or fail half way through a run."""
+    declared, have = set(table.names(dialect)), set(found)
+    missing, extra = sorted(declared - have), sorted(have - declared)
+    if not (missing or extra):
+        return None
+    said = [f"lacks {', '.join(missing)}"] if missing else []
+    said += [f"has {', '.join(extra)}"] if extra else []
+    return f"its table {table.name} {' and '.join(said)}"
 
 
 def create(dialect: Dialect, schema: str = "") -> list[str]:

@@ -37,23 +37,30 @@ Shards of a job share the file and wait for each other's commits; a file another
 locked is waited for (``busy_timeout``, then again) until ``--store-timeout``, on one clock for
 every operation of the run (``store/outage.py``), then the job stops (exit 3, resumable). A
 full disk stops it at once (DiskFull, exit 3), a damaged file is StoreDamaged (exit 2), a
-read-only one a JournalError (exit 2), each naming the file.
+read-only one a JournalError (exit 2), each naming the file. A run whose store or lock file
+is removed or replaced under it stops at its next heartbeat (StoreGone: ``SQLiteJournal``).
 
 ``--since-state`` (another job's store) is ATTACHed read only, so that the comparison and the
 copy of its entries run inside SQLite. A state file of the older layout
 (``<job>.state.sqlite``, one ``last_set`` table) is read the same way, and a new store takes its
-entries over, as it takes over an unfinished journal of the older layout
-(``RESULTS.journal.sqlite``) whose input and mapping are the same.
+entries over, as a run it starts takes over an unfinished journal of the older layout
+(``RESULTS.journal.sqlite``) whose input and mapping are the same. A file the job cannot use is
+refused in one line naming it, never passed over: a journal of another input or one it cannot
+read (``--restart`` starts without it), another program's tables beside the job's, a table with
+other columns than its layout's, a layout number no version wrote. Commands that only read a
+store (``history``, ``status``, ``report``) open it read only (``open_to_read``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import operator
 import os
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
@@ -69,15 +76,25 @@ from bulk_update.exceptions import (
     DiskFull,
     JournalError,
     StoreDamaged,
+    StoreGone,
     StoreUnavailable,
     first_line,
 )
 from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.paths import is_remote
 from bulk_update.store import RowTiming, RunKey, schema
-from bulk_update.store.core import Dialect, JournalCore, Opening, StoreCore, Work, changed_fields
+from bulk_update.store.core import (
+    Connection,
+    Dialect,
+    JournalCore,
+    Opening,
+    Started,
+    StoreCore,
+    Work,
+    changed_fields,
+)
 from bulk_update.store.grouped import GroupWriter
-from bulk_update.store.locks import release_lock, take_lock
+from bulk_update.store.locks import Opened, release_lock, take_lock
 from bulk_update.store.outage import Hurry, Outage
 from bulk_update.store.schema import LAYOUT_VERSION, STORED, STORED_TIMING
 
@@ -148,13 +165,16 @@ def _hexed(text: str | None, prefix: str) -> str | bytes | None:
     return raw if raw and raw.hex() == body else text
 
 
-def _uri(path: Path, read_only: bool = False) -> str:
-    return path.resolve().as_uri() + ("?mode=ro" if read_only else "")
+def _uri(path: Path, read_only: bool = False, immutable: bool = False) -> str:
+    query = "?immutable=1" if immutable else "?mode=ro" if read_only else ""
+    return path.resolve().as_uri() + query
 
 
-def _connect(path: Path, read_only: bool = False, busy_ms: int = _BUSY_MS) -> sqlite3.Connection:
+def _connect(
+    path: Path, read_only: bool = False, busy_ms: int = _BUSY_MS, immutable: bool = False
+) -> sqlite3.Connection:
     db = sqlite3.connect(
-        _uri(path, read_only), uri=True, isolation_level=None, check_same_thread=False
+        _uri(path, read_only, immutable), uri=True, isolation_level=None, check_same_thread=False
     )
     db.execute(f"PRAGMA busy_timeout={busy_ms}")
     # Per connection, like busy_timeout: in WAL mode a commit survives a process crash without
@@ -191,6 +211,10 @@ def store_error(exc: sqlite3.Error, path: Path) -> Exception:
     detail = first_line(exc)
     if name.startswith("SQLITE_FULL") or "database or disk is full" in detail:
         return DiskFull(str(path), detail)
+    if name.startswith("SQLITE_IOERR") and _no_room(path):
+        # SQLite says "disk I/O error" when it cannot grow the -shm file (SQLITE_IOERR_SHMSIZE):
+        # a state directory too small to make the store in.
+        return DiskFull(str(path), detail)
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
         return StoreDamaged(damaged(path, detail))
     if name.startswith("SQLITE_READONLY"):
@@ -205,6 +229,19 @@ def store_error(exc: sqlite3.Error, path: Path) -> Exception:
     if name.startswith("SQLITE_IOERR"):
         return StoreUnavailable(f"the store {path} cannot be read or written ({detail})")
     return exc
+
+
+# Less free space than this on the store's device, and an I/O error is a full disk: SQLite
+# grows the -shm file 32 KiB at a time, the -wal a page (4 KiB) at a time.
+_ROOM = 1 << 20
+
+
+def _no_room(path: Path) -> bool:
+    """Is the device of the store ``path`` (nearly) full?"""
+    try:
+        return shutil.disk_usage(path.parent).free < _ROOM
+    except OSError:
+        return False
 
 
 def damaged(path: Path, detail: str) -> str:
@@ -237,14 +274,51 @@ def _retrying(outage: Outage, path: Path, work: Callable[[], T], *, reads: bool 
 
 
 def check_store_file(path: Path) -> None:
-    """A store file that exists must hold a store: an empty file is a truncated store (it
-    would otherwise be taken for a new one, and every row sent again)."""
+    """A store file that exists must hold a store: an empty file is refused, never taken for a
+    new store (a store emptied by accident would be, and every row sent again). The job never
+    leaves one empty (a new store is linked into place once made), so an empty file was emptied
+    after runs used it, or was made by another tool; the refusal says which it likely is."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         return
     if size == 0:
-        raise StoreDamaged(damaged(path, "the file is empty: 0 bytes"))
+        raise StoreDamaged(_empty_store(path))
+
+
+def _empty_store(path: Path) -> str:
+    """The refusal of an empty store file, with its likely cause. Every run of the job locks
+    ``PATH.lock`` beside its store, and never removes it: with no lock file (and no -wal) beside
+    it, no run ever used this file, and it is most likely what a tool left by opening the path
+    before the first run (``sqlite3 PATH``: SQLite makes an empty file). That is only likely
+    (a lock file can be removed too), so the file is refused either way."""
+    lock, wal = Path(f"{path}.lock"), Path(f"{path}-wal")
+    if lock.exists() or wal.exists():
+        return damaged(path, "the file is empty: 0 bytes; runs of the job had used it")
+    return (
+        f"{path}: the file is empty (0 bytes), and no run of the job ever used it (there is no "
+        f"{lock.name} beside it): a tool most likely made it by opening the path before the "
+        "first run (`sqlite3` without -readonly does); if so, remove it and run again. If it "
+        "was the job's store, it was emptied: restore it from a backup"
+    )
+
+
+def _connect_to_read(path: Path) -> sqlite3.Connection:
+    """A connection that only reads the store ``path``: ``mode=ro``, or, where SQLite cannot
+    make the -shm file it needs to read a WAL file (a read-only directory), ``immutable=1``,
+    unless a -wal file holds commits that it would then not see."""
+    db = _connect(path, read_only=True)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # SQLite opens it here
+    except sqlite3.OperationalError as exc:
+        db.close()
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        wal = Path(f"{path}-wal")
+        if not name.startswith("SQLITE_CANTOPEN") or (wal.exists() and wal.stat().st_size):
+            raise store_error(exc, path) from None
+        db = _connect(path, immutable=True)
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return db
 
 
 def _as_json(rows: pl.DataFrame) -> str:
@@ -354,7 +428,13 @@ def read_state(path: Path, since: str | None = None) -> Iterator[_Reader | None]
     if source is None:
         yield None
         return
-    with contextlib.closing(_connect(source, read_only=True)) as db:
+    try:
+        db = _connect_to_read(source)
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"{source}: not a bulk-update store ({exc})") from None
+    with contextlib.closing(db):
+        if source == path:  # the job's own store: one this version can use (of any layout)
+            _layout(db, path)
         yield _Reader(db)
 
 
@@ -381,51 +461,133 @@ def _create_new(path: Path) -> None:
     except OSError as exc:
         raise JournalError(f"{path}: cannot create the store: {exc.strerror or exc}") from None
     finally:
-        for leftover in (temporary, Path(f"{temporary}-wal"), Path(f"{temporary}-shm")):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+        _remove_creating(temporary)
+
+
+# What a refusal of a file that is no store this version can use says to do.
+_MOVE_IT_AWAY = (
+    "move it away to start afresh (the job then forgets what it set and what its runs did), or "
+    "choose another --state-dir or --job-name"
+)
+
+
+def _layout(db: sqlite3.Connection, path: Path) -> int:
+    """The layout of the store ``db`` (0: a database with none of the job's tables yet, a new
+    store), if this version can use it; JournalError, naming it, if it cannot: a number no
+    version wrote, a newer layout, or a table or view that is no store's."""
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > LAYOUT_VERSION:
+        raise JournalError(
+            f"{path}: written by a newer bulk-update (layout {version}); upgrade bulk-update "
+            f"(this one reads layouts up to {LAYOUT_VERSION})"
+        )
+    if version < 0:
+        raise JournalError(
+            f"{path}: not a bulk-update store (layout {version}, which no version wrote); "
+            f"{_MOVE_IT_AWAY}"
+        )
+    ours = ", ".join(f"'{name}'" for name in (*_TABLES, "run_outcomes", "job_state"))
+    others = db.execute(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "  # noqa: S608
+        f"AND name NOT IN ({ours}) AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    ).fetchall()
+    if others:
+        raise JournalError(
+            f"{path}: not a bulk-update store (it holds {others[0][0]!r}, no table of a "
+            "store's); choose another --state-dir or --job-name"
+        )
+    return version
+
+
+def _check_columns(db: sqlite3.Connection, path: Path) -> None:
+    """Each of the job's tables the file has has the columns this layout declares
+    (JournalError naming the file if not)."""
+    for table in schema.TABLES:
+        if table.sqlite is None:
+            continue
+        found = [row[1] for row in db.execute(f"PRAGMA main.table_info({table.name})")]
+        wrong = schema.wrong_columns(table, "sqlite", found) if found else None
+        if wrong is not None:
+            raise JournalError(
+                f"{path}: not a store this version can read ({wrong}); {_MOVE_IT_AWAY}"
+            )
 
 
 def _make_tables(db: sqlite3.Connection, path: Path, legacy: Path | None = None) -> None:
     """Create or migrate the tables (``legacy``: the older layout's state file, whose entries a
-    new store takes over)."""
+    new store takes over); refuse (JournalError) a file this version cannot use."""
     fresh = db.execute("PRAGMA user_version").fetchone()[0] == 0
     take_over = fresh and legacy is not None and legacy.is_file()
     if take_over:
         assert legacy is not None
-        db.execute("ATTACH DATABASE ? AS legacy", (_uri(legacy, read_only=True),))
+        _attach_legacy(db, legacy, "state file")
     with _transaction(db):
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > LAYOUT_VERSION:
-            raise JournalError(
-                f"{path}: written by a newer bulk-update (layout {version}); upgrade"
-            )
-        if version == 0:
-            ours = ", ".join(f"'{name}'" for name in (*_TABLES, "run_outcomes", "job_state"))
-            others = db.execute(
-                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "  # noqa: S608
-                f"AND name NOT IN ({ours})"
-            ).fetchall()
-            if others:
-                raise JournalError(
-                    f"{path}: not a bulk-update store (it holds {others[0][0]!r}); "
-                    "choose another --state-dir or --job-name"
-                )
+        version = _layout(db, path)
+        if version in (0, LAYOUT_VERSION):  # tables of this layout (or another program's)
+            _check_columns(db, path)
         for statement in schema.create("sqlite"):
             db.execute(statement)
         if 0 < version < LAYOUT_VERSION:
-            _migrate(db, schema.unified_version("sqlite", version))
+            _migrate_or_refuse(db, path, version)
         db.execute(_VIEW)
         db.execute(_STATE_VIEW)
+        _check_columns(db, path)  # and once made or brought to this layout
         if version == 0 and take_over:
-            db.execute(
-                "INSERT OR IGNORE INTO last_set SELECT conversation_id, metadata, "  # noqa: S608
-                f"{_SET_AT}, NULL FROM legacy.last_set"
-            )
-            log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
+            assert legacy is not None
+            _take_over_state(db, legacy)
         db.execute(f"PRAGMA user_version={LAYOUT_VERSION}")
     if take_over:
         db.execute("DETACH DATABASE legacy")
+
+
+def _attach_legacy(db: sqlite3.Connection, legacy: Path, what: str) -> None:
+    """``legacy`` (an older layout's journal or state file) attached read only as ``legacy``;
+    JournalError, naming it, if it is no database."""
+    try:
+        db.execute("ATTACH DATABASE ? AS legacy", (_uri(legacy, read_only=True),))
+        db.execute("SELECT count(*) FROM legacy.sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("DETACH DATABASE legacy")
+        raise JournalError(_unreadable_legacy(legacy, what, first_line(exc))) from None
+
+
+def _unreadable_legacy(legacy: Path, what: str, detail: str) -> str:
+    return (
+        f"{legacy}: a {what} of an older bulk-update that this version cannot read ({detail}); "
+        "move it away (or run with --restart) to start without it"
+    )
+
+
+def _take_over_state(db: sqlite3.Connection, legacy: Path) -> None:
+    """A new store takes over the entries of the state file of the older layout (attached as
+    ``legacy``), in the transaction that makes it."""
+    found = {row[1] for row in db.execute("PRAGMA legacy.table_info(last_set)")}
+    lacking = sorted({"conversation_id", "metadata", "set_at"} - found)
+    if lacking:
+        raise JournalError(
+            _unreadable_legacy(legacy, "state file", f"its last_set lacks {', '.join(lacking)}")
+        )
+    db.execute(
+        "INSERT OR IGNORE INTO last_set SELECT conversation_id, metadata, "  # noqa: S608
+        f"{_SET_AT}, NULL FROM legacy.last_set"
+    )
+    log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
+
+
+def _migrate_or_refuse(db: sqlite3.Connection, path: Path, version: int) -> None:
+    """``_migrate`` from the number ``version`` the store holds; a store whose tables are not
+    what that number says (a layout of a version that was never numbered) is refused, naming
+    it, rather than half read."""
+    try:
+        _migrate(db, schema.unified_version("sqlite", version))
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorname", "") != "SQLITE_ERROR":  # full, busy, I/O: not ours
+            raise
+        raise JournalError(
+            f"{path}: a store of layout {version} that this version cannot bring to layout "
+            f"{LAYOUT_VERSION} ({first_line(exc)}); {_MOVE_IT_AWAY}"
+        ) from None
 
 
 def _migrate(db: sqlite3.Connection, version: int) -> None:
@@ -478,11 +640,13 @@ class SQLiteStore(StoreCore):
 
     _dialect = _DIALECT
 
-    def __init__(self, path: Path, db: sqlite3.Connection, outage: Outage) -> None:
+    def __init__(self, path: Path, db: sqlite3.Connection, outage: Outage, opened: Opened) -> None:
         self.path = path
         self.where = str(path)
         self._db = db
         self._outage = outage
+        # The file the store's connection opened: a run stops once another is at its path.
+        self._opened = opened
 
     @classmethod
     def open(
@@ -517,7 +681,36 @@ class SQLiteStore(StoreCore):
             raise
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
-        return cls(path, db, outage)
+        return cls(path, db, outage, Opened.at(path))
+
+    @classmethod
+    def open_to_read(cls, path: Path, timeout: float = DEFAULT_STORE_TIMEOUT_S) -> SQLiteStore:
+        """A store that a command only reads (``history``, ``status``, ``report``), opened read
+        only: a read-only file, or one in a read-only directory, can be read, and nothing in it
+        changes. A store of an older layout is brought to this one first, as a run would
+        (``open``): that takes a file that can be written."""
+        check_store_file(path)
+        outage = Outage(str(path), timeout, state="locked by another process",
+                        backoff=(0.05, 0.5))  # fmt: skip
+        try:
+            db = _retrying(outage, path, lambda: _connect_to_read(path), reads=True)
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
+        try:
+            version = _layout(db, path)
+            if version == LAYOUT_VERSION:
+                _check_columns(db, path)
+                return cls(path, db, outage, Opened.at(path))
+        except BaseException:
+            db.close()
+            raise
+        db.close()
+        if version == 0:
+            raise JournalError(
+                f"{path}: holds no bulk-update store (no run of a job has used it); give "
+                "--state-dir or --state-url as the job's runs had them"
+            )
+        return cls.open(path, timeout)
 
     def _transact(self, work: Work[T]) -> T:
         def transact() -> T:
@@ -541,49 +734,106 @@ class SQLiteStore(StoreCore):
             if since_path is not None:
                 self._db.execute("ATTACH DATABASE ? AS since", (_uri(since_path, read_only=True),))
             run_id = self._find_or_start(opening)
-            if not opening.restart:
-                self._take_over_legacy_journal(key, opening.fingerprint, run_id)
             return SQLiteJournal(
-                self.path, self._db, self._outage, run_id, locks, since_path, opening.unfinished
-            )
+                self._opened, self._db, self._outage, run_id, locks, since_path,
+                opening.unfinished,
+            )  # fmt: skip
         except BaseException:
             for lock in reversed(locks):
                 release_lock(lock)
             raise
 
-    def _take_over_legacy_journal(self, key: RunKey, fingerprint: str, run_id: int) -> None:
-        """A run started by the older layout resumes here: its journal's outcomes, if the
-        journal belongs to the same input and mapping."""
+    def _find_or_start(self, opening: Opening, started: Started | None = None) -> int:
+        """A run the older layout started (its journal beside the results) resumes here: a run
+        this version starts for those results takes the journal's outcomes over, in the
+        transaction that starts it; a journal it cannot take over refuses the run (a run that
+        passed it over would send its rows again). --restart starts without it."""
+        key = opening.key
         legacy = Path(key.results + ".journal.sqlite")
-        if is_remote(key.results) or not legacy.is_file():
-            return
-        db = self._db
-        db.execute("ATTACH DATABASE ? AS legacy", (_uri(legacy, read_only=True),))
+        if opening.restart or is_remote(key.results) or not legacy.is_file():
+            return super()._find_or_start(opening, started)
         try:
-            with _transaction(db):
-                stored = db.execute(
-                    "SELECT value FROM legacy.meta WHERE key = 'fingerprint'"
-                ).fetchone()
-                if stored is None or changed_fields(stored[0], fingerprint):
-                    return
-                had = {row[1] for row in db.execute("PRAGMA legacy.table_info(outcomes)")}
-                columns = ", ".join(name for name in STORED if name in had)
-                db.execute(
-                    f"INSERT OR IGNORE INTO outcomes (id, {columns}) "  # noqa: S608
-                    f"SELECT ? + row_number, {columns} FROM legacy.outcomes",
-                    (run_id * _ROWS_PER_RUN,),
-                )
-            log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
-        except sqlite3.DatabaseError:
-            return  # not a journal after all: nothing to take over
+            _attach_legacy(self._db, legacy, "journal")
+        except JournalError as exc:  # it matters only to a run this version starts
+            refusal = exc
+
+            def refuse(conn: Connection, run_id: int) -> None:
+                raise refusal
+
+            return super()._find_or_start(opening, refuse)
+        try:
+            take_over = functools.partial(_take_over_journal, legacy, opening.fingerprint)
+            return super()._find_or_start(opening, take_over)
         finally:
-            db.execute("DETACH DATABASE legacy")
+            self._db.execute("DETACH DATABASE legacy")
 
     def budget(self, job: str) -> SQLiteBudget:
         return SQLiteBudget(self.path, job, self._outage)
 
     def close(self) -> None:
         self._db.close()
+
+
+def _take_over_journal(legacy: Path, fingerprint: str, conn: Connection, run_id: int) -> None:
+    """The outcomes of the journal of the older layout (attached as ``legacy``) taken over by
+    the run ``run_id`` that the transaction of ``conn`` starts; JournalError, naming the
+    journal and what to do, if it is of another input or mapping, or cannot be read."""
+    assert isinstance(conn, sqlite3.Connection)
+    try:
+        stored = conn.execute("SELECT value FROM legacy.meta WHERE key = 'fingerprint'").fetchone()
+        had = {row[1] for row in conn.execute("PRAGMA legacy.table_info(outcomes)")}
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(_unreadable_legacy(legacy, "journal", first_line(exc))) from None
+    lacking = [name for name in ("row_number", "status") if name not in had]
+    if stored is None or lacking:
+        what = f"its outcomes lack {', '.join(lacking)}" if lacking else "no fingerprint"
+        raise JournalError(_unreadable_legacy(legacy, "journal", what))
+    try:
+        changed = changed_fields(stored[0], fingerprint)
+    except (ValueError, TypeError, AttributeError) as exc:  # not a fingerprint's JSON object
+        what = f"its fingerprint: {first_line(exc)}"
+        raise JournalError(_unreadable_legacy(legacy, "journal", what)) from None
+    if changed:
+        raise JournalError(
+            f"{legacy}: the journal of a run an older bulk-update began for these results, with "
+            f"another input or mapping (changed: {', '.join(changed)}); run with --restart to "
+            "start afresh without it (it is left as it is)"
+        )
+    columns = ", ".join(name for name in STORED if name in had)
+    conn.execute(
+        f"INSERT OR IGNORE INTO outcomes (id, {columns}) "  # noqa: S608
+        f"SELECT ? + row_number, {columns} FROM legacy.outcomes",
+        (run_id * _ROWS_PER_RUN,),
+    )
+    log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
+
+
+def _gone(opened: Opened, became: str, *, store: bool) -> str:
+    """What a run says of the store or the lock file (``opened``) that was ``became`` (removed,
+    replaced) while it went on."""
+    if store and became == "removed":
+        return (
+            f"{opened.path}: the store was removed while the run went on; the run stopped, "
+            "and writes it back where it was as it ends (from the file it still has open), so "
+            "that the same command resumes"
+        )
+    if store:
+        return (
+            f"{opened.path}: the store was replaced by another file while the run went on; the "
+            "run stopped: what it did is in its results, not in the file there now (the same "
+            "command would send those rows again)"
+        )
+    return (
+        f"{opened.path}: the run's lock file was {became} while the run went on (another run "
+        "of the job could start beside it); the run stopped: run the same command to resume"
+    )
+
+
+def _remove_creating(temporary: Path) -> None:
+    """A store made (or copied) under a temporary name, and its -wal and -shm, removed."""
+    for leftover in (temporary, Path(f"{temporary}-wal"), Path(f"{temporary}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
 
 
 def _lock_run(path: Path, key: RunKey) -> list[IO[str] | None]:
@@ -675,11 +925,17 @@ Write = Callable[[sqlite3.Connection], object]
 class SQLiteJournal(_Reader, JournalCore):
     """One run's outcomes in a SQLite store; see ``bulk_update.store.Journal``. Reads go
     through the store's connection (one at a time, from any thread), writes through the run's
-    writer thread (``GroupWriter``), which has a connection of its own."""
+    writer thread (``GroupWriter``), which has a connection of its own.
+
+    Every heartbeat looks whether the store's file and the run's lock files are still the
+    files the run opened (a ``stat`` of each): one removed or replaced stops the run's requests
+    (``fence``: StoreGone). A store removed is still open here, whole: the run records what its
+    requests in flight did, its results are written from it, and it is written back where it
+    was with the run's end (``finish``), so that the same command resumes."""
 
     def __init__(
         self,
-        path: Path,
+        opened: Opened,
         db: sqlite3.Connection,
         outage: Outage,
         run_id: int,
@@ -688,7 +944,7 @@ class SQLiteJournal(_Reader, JournalCore):
         unfinished: tuple[str, ...],
     ) -> None:
         super().__init__(db, "main" if since is None else "since")
-        self.path = path
+        path = self.path = opened.path
         self.run_id = run_id
         self._outage = outage
         self._base = run_id * _ROWS_PER_RUN  # outcomes.id of row 0
@@ -703,6 +959,9 @@ class SQLiteJournal(_Reader, JournalCore):
         self._writer: GroupWriter[Write] = GroupWriter(self._commit, "bulk-update-store-writer")
         # A full disk or a damaged file: every later write fails alike, at once.
         self._broken: Exception | None = None
+        # The files the run holds (the store first), and what became of one (the run stops).
+        self._held = (opened, *(Opened.at(Path(lock.name), lock) for lock in locks if lock))
+        self._gone: StoreGone | None = None
 
     def _commit(self, works: list[Write]) -> None:
         if self._broken is not None:
@@ -747,15 +1006,61 @@ class SQLiteJournal(_Reader, JournalCore):
         return _retrying(self._outage, self.path, read, reads=True)
 
     async def _commit_beat(self, work: Work[object]) -> None:
+        self.gone()
         await self._write(work)
 
     def _commit_end(self, work: Work[object]) -> None:
+        """The run's end, committed; a store removed meanwhile is written back, with it."""
         self._writer.run(work)
+        if self.gone() is not None and self._held[0].became() == "removed":
+            self._write_back()
+
+    # The files the run holds
+
+    def gone(self) -> StoreGone | None:
+        if self._gone is None:
+            for opened in self._held:
+                became = opened.became()
+                if became is not None:
+                    self._gone = StoreGone(_gone(opened, became, store=opened is self._held[0]))
+                    break
+        return self._gone
+
+    def _write_back(self) -> None:
+        """The store as this run sees it (the file it still has open, whole), copied under a
+        temporary name and linked where it was, as a new store is made: never seen half
+        written, and never over a file another process put there meanwhile. The run's own
+        connections to the removed file then close without touching the copy's -wal and -shm
+        (SQLite checkpoints and removes them on close only for a file still at its path)."""
+        path = self.path
+        copy = path.with_name(_CREATING.format(name=path.name, mark=secrets.token_hex(4)))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(copy)) as target, self._read_lock:
+                self._db.backup(target)
+            os.link(copy, path)
+        except (OSError, sqlite3.Error) as exc:
+            found = isinstance(exc, FileExistsError)
+            log.error(
+                "%s: the store was not written back (%s): what this run did is in its "
+                "results only", path, "another file is there now" if found else first_line(exc),
+                extra={"event": "store_not_written_back"},
+            )  # fmt: skip
+        else:
+            log.warning(
+                "%s: the store, removed while the run went on, is written back: the same "
+                "command resumes", path, extra={"event": "store_written_back"},
+            )  # fmt: skip
+        finally:
+            _remove_creating(copy)
 
     # Writing
 
     async def fence(self) -> None:
-        """Nothing to wait for: the run's flock cannot be lost while the process lives."""
+        """A request goes only while the run's store and locks are the files it opened (the
+        flocks cannot be lost while the process lives, but their files can be removed)."""
+        if self._gone is not None:
+            raise self._gone
 
     async def forget(self, conversation_id: str) -> None:
         await self._write(
@@ -797,10 +1102,14 @@ class SQLiteJournal(_Reader, JournalCore):
         )  # fmt: skip
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
+        if self._gone is not None:  # the run stops: no more batches
+            raise self._gone
         rows = [self._values(outcome) for outcome in outcomes]
         self._writer.run(lambda db: db.executemany(_INSERT, rows))
 
     def record_unchanged(self, rows: pl.DataFrame) -> None:
+        if self._gone is not None:  # the run stops: no more batches
+            raise self._gone
         if rows.is_empty():
             return
         rows_json = _as_json(rows)
