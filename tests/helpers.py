@@ -36,6 +36,29 @@ def serve_on_loopback(handle: Callable[[socket.socket], None]) -> tuple[socket.s
     return listening, listening.getsockname()[1]
 
 
+def read_request(conn: socket.socket, *, whole: bool = True) -> tuple[bytes, bytes] | None:
+    """One HTTP/1.1 request from ``conn``: its head (request line and headers) and its body
+    (read to its Content-Length unless ``whole`` is False: closing on unread bytes would reset
+    the connection); None once the client has closed it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                   if line.startswith(b"content-length:")), 0)  # fmt: skip
+    while whole and len(body) < length:
+        body += conn.recv(65536)
+    return head, body
+
+
+def requested_id(head: bytes) -> str:
+    """The conversation ID at the end of a request line's path."""
+    return head.split(b" ", 2)[1].decode().rsplit("/", 1)[-1]
+
+
 def cli(
     *args: str,
     key: str | None = TEST_KEY,

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_KEY
-from tests.helpers import by_row, cli, serve_on_loopback
+from tests.helpers import by_row, cli, read_request, requested_id, serve_on_loopback
 
 Reply = Callable[[socket.socket, str, int], None]
 
@@ -107,15 +107,11 @@ class Server:
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            self.requests.append(data)
-            path = data.split(b" ", 2)[1].decode()
-            conversation_id = path.rsplit("/", 1)[-1]
+            request = read_request(conn, whole=False)
+            if request is None:
+                return
+            self.requests.append(b"\r\n\r\n".join(request))
+            conversation_id = requested_id(request[0])
             self.attempts[conversation_id] += 1
             reply = self.replies.get(conversation_id, ok)
             with contextlib.suppress(OSError):  # the client gave up first

@@ -31,7 +31,7 @@ from bulk_update.api.client import ApiClient, conversation_path
 from bulk_update.api.transport import TRANSPORTS, TransportName, chosen_transport
 from bulk_update.exceptions import ConfigError
 from tests.conftest import TEST_KEY
-from tests.helpers import cli, serve_on_loopback
+from tests.helpers import cli, read_request, requested_id, serve_on_loopback
 
 BOTH = pytest.mark.parametrize("kind", TRANSPORTS)
 
@@ -50,21 +50,13 @@ def _answer(
     """Read one request, answer it with its conversation (after ``delay_s``; ``extra``: more
     header lines), close. ``busy(1)`` once the request is read, ``busy(-1)`` before the answer
     goes: the client cannot send its next request on a freed connection before that."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
-                   if line.startswith(b"content-length:")), 0)  # fmt: skip
-    while len(body) < length:  # read it all: closing on unread bytes would reset
-        body += conn.recv(65536)
+    request = read_request(conn)
+    if request is None:
+        return
     busy(1)
     time.sleep(delay_s)
     busy(-1)
-    conversation_id = data.split(b" ", 2)[1].decode().rsplit("/", 1)[-1]
+    conversation_id = requested_id(request[0])
     answer = _conversation(conversation_id)
     status = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(answer)}"
     conn.sendall(status.encode() + b"\r\nconnection: close\r\n" + extra + b"\r\n" + answer)
@@ -311,19 +303,8 @@ class KeptAlive:
     def _handle(self, conn: socket.socket) -> None:
         self.connections += 1
         with conn, contextlib.suppress(OSError):
-            while True:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
-                               if line.startswith(b"content-length:")), 0)  # fmt: skip
-                while len(body) < length:
-                    body += conn.recv(65536)
-                conversation_id = head.split(b" ", 2)[1].decode().rsplit("/", 1)[-1]
+            while (request := read_request(conn)) is not None:
+                conversation_id = requested_id(request[0])
                 reply = self.replies.pop(0) if self.replies else None
                 if reply is None:
                     conn.sendall(_kept_alive_answer(conversation_id))
