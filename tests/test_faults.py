@@ -268,7 +268,10 @@ def test_a_store_held_by_another_process(
     """Another process holds the store (SQLite: a write transaction; PostgreSQL: a table lock)
     longer than --store-timeout: the job does not freeze meanwhile (its metrics go on, a
     signal is heard at once), no worker dies silently, and it stops (exit 3) saying why."""
-    n, concurrency = 1000, 4
+    # Enough rows that the run is still sending once the holder (a new Python process: seconds
+    # on a loaded machine) has the store: 20 s of rows at 20 ms and 4 at once. (With 1,000 the
+    # run could end before the hold, exit 0: seen once beside other work.)
+    n, concurrency = 4000, 4
     source = tmp_path / "in.csv"
     write_input(source, n)
     emu = start_emulator("--preload", str(source), "--latency-ms", "20")
@@ -307,6 +310,7 @@ def test_a_store_held_by_another_process(
         assert set(left["error_code"].to_list()) == {"store_unavailable"}
     else:
         assert "the results were not written" in last
+    emu.admin("config", {"latency_ms": 0})  # the rest at once
     resumed = cli("run", *args)
     assert resumed.returncode == 0, resumed.stderr
     frame = results(tmp_path / "out.csv")
@@ -320,6 +324,7 @@ def test_a_store_held_by_another_process(
     # exit 143, its uncommitted rows unprocessed, resumable.
     log_file.unlink()
     emu.admin("reset-counters", {})
+    emu.admin("config", {"latency_ms": 20})
     process = start(*args, "--restart", "--full", "--drain-timeout", "1")
     wait_for_requests(emu, 200)
     with held():  # type: ignore[attr-defined]
@@ -339,6 +344,7 @@ def test_a_store_held_by_another_process(
     assert heard, log_file.read_text()[-2000:]
     at = dt.datetime.fromisoformat(heard[0]["time"]).timestamp()
     assert signalled - 1 < at < signalled + 2, (signalled, at)  # heard at once
+    emu.admin("config", {"latency_ms": 0})
     again = cli("run", *args)
     assert again.returncode == 0, again.stderr
 
