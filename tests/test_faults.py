@@ -182,7 +182,10 @@ def test_a_full_disk_stops_the_run_and_it_resumes(
         assert frame["row_number"].to_list() == list(range(1, n + 1))
         assert set(frame["status"].to_list()) == {"updated", "unprocessed"}
         left = frame.filter(pl.col("status") == "unprocessed")
-        assert set(left["error_code"].to_list()) == {"disk_full"}
+        # The rows in flight at the stop are outcome_unknown where the store could still
+        # record them (at most --concurrency).
+        assert set(left["error_code"].to_list()) <= {"disk_full", "outcome_unknown"}
+        assert (left["error_code"] == "outcome_unknown").sum() <= concurrency
         make_room()
         resumed = cli(*args)
         assert resumed.returncode == 0, resumed.stderr
