@@ -8,6 +8,7 @@ is not given (the CLI, job files, the demo and Airflow all read these through ``
 import re
 
 __all__ = [
+    "AIRFLOW_DRAIN_TIMEOUT_S",
     "BACKOFF_BASE_S",
     "BACKOFF_MAX_S",
     "DEFAULT_BASE_URL",
@@ -70,6 +71,9 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_BREAKER_THRESHOLD = 10
 DEFAULT_BREAKER_TIMEOUT_S = 300.0
 DEFAULT_DRAIN_TIMEOUT_S = 10.0
+# Airflow's supervisor sends SIGKILL 5 s after the SIGTERM that kills a task (a task marked
+# failed or cleared, a timeout): the operator's drain leaves 2 s of those for the results.
+AIRFLOW_DRAIN_TIMEOUT_S = 3.0
 # Consecutive rows failed with the same non-retryable error code that stop the job (0: never).
 DEFAULT_STOP_AFTER_FAILURES = 100
 DEFAULT_STORE_TIMEOUT_S = 60.0

@@ -12,13 +12,14 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from bulk_update._constants import (
+    AIRFLOW_DRAIN_TIMEOUT_S,
     DEFAULT_BASE_URL,
     DEFAULT_BREAKER_THRESHOLD,
     DEFAULT_BREAKER_TIMEOUT_S,
@@ -44,17 +45,24 @@ __all__ = [
     "ENVIRONMENT",
     "JOB_NAME",
     "ONE_OF",
+    "OPTIONS",
     "JobConfig",
+    "Option",
     "check_one_of",
+    "default_of",
+    "flag_of",
     "given_or_environment",
     "parse_columns",
     "parse_shard",
+    "refuse_unknown",
 ]
 
 # Rows read, planned and journaled together (at most; batches are sized by bytes).
 DEFAULT_BATCH_ROWS = 20_000
 
 JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+T = TypeVar("T")
 
 
 def _is_loopback(host: str) -> bool:
@@ -135,6 +143,128 @@ def check_one_of(given: Mapping[str, Any]) -> None:
             raise ConfigError(f"{shown} exclude each other: give one")
 
 
+Bound = Literal["at least 1", "positive", "not negative"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """An option, declared once beside its ``JobConfig`` field; every surface is derived from
+    it: the CLI's flag (``cli/_options.py``), the Airflow operator's parameter, the checks.
+
+    ``group``: the CLI group of options that offers its flag (None: no flag); ``help``, its
+    ``--help`` text (``{default}`` is the default, shown); ``flag``, when not ``--NAME``;
+    ``metavar``; ``parse``: a flag's (or a job file's) text to its value; ``repeatable``: the
+    flag may be given again, each a value. ``bound`` and ``check`` are enforced by JobConfig
+    (the CLI's parser refuses what is out of ``bound`` too). ``airflow``: the operator takes
+    it (``airflow_name``: under that name), ``templated`` (a template field),
+    ``airflow_default``: its default there, when not JobConfig's."""
+
+    help: str = ""
+    group: str | None = None
+    flag: str | None = None
+    metavar: str | None = None
+    parse: Callable[[str], Any] | None = None
+    repeatable: bool = False
+    bound: Bound | None = None
+    check: Callable[[Any], object] | None = None
+    airflow: bool = True
+    airflow_name: str | None = None
+    templated: bool = False
+    airflow_default: Any = None  # None: JobConfig's
+
+
+def declare(help: str = "", **how: Any) -> dict[str, Option]:
+    """A field's metadata: its Option (see there)."""
+    return {"option": Option(help, **how)}
+
+
+def option(
+    default: T,
+    help: str = "",
+    *,
+    secret: bool = False,
+    group: str | None = None,
+    flag: str | None = None,
+    metavar: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    repeatable: bool = False,
+    bound: Bound | None = None,
+    check: Callable[[Any], object] | None = None,
+    airflow: bool = True,
+    templated: bool = False,
+    airflow_default: Any = None,
+) -> T:
+    """A JobConfig field with its default and its declaration (``secret``: not in repr)."""
+    declared = Option(help, group=group, flag=flag, metavar=metavar, parse=parse,
+                      repeatable=repeatable, bound=bound, check=check, airflow=airflow,
+                      templated=templated, airflow_default=airflow_default)  # fmt: skip
+    made: T = field(default=default, repr=not secret, metadata={"option": declared})
+    return made
+
+
+def parse_columns(text: str) -> tuple[str, ...]:
+    """``--columns a,b``: the names, trimmed; at least one."""
+    columns = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not columns:
+        raise ConfigError("--columns names no column")
+    return columns
+
+
+# Set by Kubernetes in each pod of an Indexed Job: its completion index, 0 to completions - 1.
+COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard K/N`` as ``(K, N)``; the range is checked by JobConfig. ``index/N`` takes K
+    from $JOB_COMPLETION_INDEX (a pod of a Kubernetes Indexed Job)."""
+    index, slash, count = text.partition("/")
+    if index == "index":
+        index = os.environ.get(COMPLETION_INDEX_ENV, "")
+        if not index:
+            raise ConfigError(
+                f"--shard {text}: ${COMPLETION_INDEX_ENV} is not set (Kubernetes sets it in "
+                "each pod of an Indexed Job)"
+            )
+    try:
+        if not slash:
+            raise ValueError(text)
+        return int(index), int(count)
+    except ValueError:
+        raise ConfigError(f"--shard: expected K/N with 0 <= K < N, got {text!r}") from None
+
+
+def check_delimiter(value: str) -> None:
+    if len(value) != 1:
+        raise ConfigError(f"--delimiter must be one character, got {value!r}")
+
+
+def check_shard(shard: tuple[int, int]) -> None:
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise ConfigError(f"--shard {index}/{count}: K must be from 0 to N-1")
+
+
+def check_job_name(name: str) -> None:
+    if not JOB_NAME.fullmatch(name):
+        raise ConfigError(
+            f"--job-name {name!r}: use 1 to 100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+def check_pushgateway(url: str) -> None:
+    if not re.match(r"https?://[^/\s]+", url):
+        raise ConfigError(f"--pushgateway {url!r}: give the Pushgateway's URL, http://HOST:PORT")
+
+
+def parse_storage_option(text: str) -> tuple[str, str]:
+    """``--storage-option KEY=VALUE`` as ``(KEY, VALUE)``."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise ConfigError(f"--storage-option: expected KEY=VALUE, got {text.split('=')[0]!r}")
+    return key.strip(), value
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobConfig:
     """Everything one run needs. Build it directly, from a job file, or from CLI flags.
@@ -142,65 +272,213 @@ class JobConfig:
     ``api_key``, ``organization``, ``project``, ``base_url`` and ``state_url`` not given default
     to the environment (ENVIRONMENT: ``OPENAI_API_KEY``, ...) when the job runs; ``state_url``
     not when ``state_dir`` is given. The key is never shown by ``repr``.
+
+    Each field declares how it is offered (``option``, ``Option``): its flag and the group of
+    flags it is in, its help, its bound and check, whether the Airflow operator takes it. Within
+    a group, ``--help`` lists the flags in the fields' order.
     """
 
-    input: str
-    output: str
-    errors_output: str | None = None
-    id_column: str = DEFAULT_ID_COLUMN
-    columns: tuple[str, ...] | None = None
-    metadata_column: str | None = None
-    base_url: str | None = None
-    rpm: int = DEFAULT_RPM
-    concurrency: int = DEFAULT_CONCURRENCY
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    timeout: float = DEFAULT_TIMEOUT_S
-    dry_run: bool = False
-    restart: bool = False
-    limit: int | None = None
-    shard: tuple[int, int] | None = None  # (K, N): rows whose ID hashes to K modulo N
-    api_key: str | None = field(default=None, repr=False)
+    input: str = field(metadata=declare(templated=True))
+    output: str = field(
+        metadata=declare(
+            "results file: .parquet, .csv or .jsonl (required)",
+            group="files", metavar="PATH", airflow_name="results", templated=True,
+        )
+    )  # fmt: skip
+    errors_output: str | None = option(
+        None,
+        "failed, invalid and unprocessed rows in the input's own columns, "
+        "plus status, error_code, error_message: fix and feed back",
+        group="files", metavar="PATH", templated=True,
+    )  # fmt: skip
+    id_column: str = option(
+        DEFAULT_ID_COLUMN, "the conversation ID column (default {default})",
+        group="mapping", metavar="NAME",
+    )  # fmt: skip
+    columns: tuple[str, ...] | None = option(
+        None, "the metadata columns (default: every column but the ID column)",
+        group="mapping", metavar="A,B,...", parse=parse_columns,
+    )  # fmt: skip
+    metadata_column: str | None = option(
+        None, "instead: one column holding a JSON object of key/value pairs",
+        group="mapping", metavar="NAME",
+    )  # fmt: skip
+    base_url: str | None = option(
+        None, "API base URL (default $OPENAI_BASE_URL, else https://api.openai.com/v1)",
+        group="sending", metavar="URL", check=check_base_url,
+    )  # fmt: skip
+    rpm: int = option(
+        DEFAULT_RPM, "requests per minute for the whole job (default {default})",
+        group="sending", metavar="N", bound="at least 1",
+    )  # fmt: skip
+    concurrency: int = option(
+        DEFAULT_CONCURRENCY, "requests in flight at most (default {default})",
+        group="sending", metavar="N", bound="at least 1",
+    )  # fmt: skip
+    max_attempts: int = option(
+        DEFAULT_MAX_ATTEMPTS,
+        "attempts per row for transient failures; 429 waits excluded (default {default})",
+        group="sending", metavar="N", bound="at least 1",
+    )  # fmt: skip
+    timeout: float = option(
+        DEFAULT_TIMEOUT_S, "per-request timeout in seconds (default {default})",
+        group="sending", metavar="S", bound="positive",
+    )  # fmt: skip
+    dry_run: bool = option(
+        False, "read, validate and plan; send nothing; still write the results",
+        group="dry_run",
+    )  # fmt: skip
+    restart: bool = option(
+        False, "ignore saved progress and start over (the old run is kept in the store)",
+        group="restart",
+    )  # fmt: skip
+    # (K, N): rows whose ID hashes to K modulo N
+    shard: tuple[int, int] | None = option(
+        None,
+        "only rows whose ID hashes (CRC-32) to K modulo N (0-based); the running "
+        "shards of a job share its --rpm; --concurrency is each shard's",
+        group="shard", metavar="K/N", parse=parse_shard, check=check_shard,
+    )  # fmt: skip
+    api_key: str | None = option(None, secret=True, airflow=False)
     # For s3://, gs://, az:// paths (polars' cloud options); values may be secrets: not in repr.
-    storage_options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-    organization: str | None = None
-    project: str | None = None
-    batch_rows: int = DEFAULT_BATCH_ROWS
+    storage_options: tuple[tuple[str, str], ...] = option(
+        (),
+        "for s3://, gs://, az:// paths (repeatable), e.g. aws_region=eu-west-1; "
+        "default: the usual environment variables",
+        secret=True, group="files", flag="--storage-option", metavar="KEY=VALUE",
+        parse=parse_storage_option, repeatable=True,
+    )  # fmt: skip
+    organization: str | None = option(None)
+    project: str | None = option(None)
+    batch_rows: int = option(DEFAULT_BATCH_ROWS, bound="at least 1", airflow=False)
     # Consecutive 5xx/connection failures that open the circuit breaker, and how long it may
     # stay open before the job stops (exit 3, resumable).
-    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
-    breaker_timeout: float = DEFAULT_BREAKER_TIMEOUT_S
-    # After SIGTERM/SIGINT, how long in-flight requests may take to finish.
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S
+    breaker_threshold: int = option(DEFAULT_BREAKER_THRESHOLD, bound="at least 1")
+    breaker_timeout: float = option(
+        DEFAULT_BREAKER_TIMEOUT_S,
+        "stop (exit 3, resumable) once the API has failed every probe this long "
+        "(default {default})",
+        group="limits", metavar="S", bound="positive",
+    )  # fmt: skip
+    # After SIGTERM/SIGINT, how long in-flight requests may take to finish (in Airflow, less:
+    # AIRFLOW_DRAIN_TIMEOUT_S).
+    drain_timeout: float = option(
+        DEFAULT_DRAIN_TIMEOUT_S,
+        "after SIGTERM/SIGINT, how long in-flight requests may take (default {default})",
+        group="limits", metavar="S", bound="positive", airflow_default=AIRFLOW_DRAIN_TIMEOUT_S,
+    )  # fmt: skip
+    limit: int | None = option(
+        None,
+        "only the first N rows to send (a canary run); the rest unprocessed (no "
+        "failure): exit 0 if those N went through and no row before them was invalid, else 1",
+        group="limits", metavar="N", bound="not negative",
+    )  # fmt: skip
     # The job's store (its runs, their outcomes, its state of what it last set):
     # <state_dir>/<job_name>.sqlite. Defaults: the results file's name without extension, and
     # its directory (see store_path).
-    job_name: str | None = None
-    state_dir: str | None = None
-    full: bool = False  # send every row, even those unchanged since the job last set them
-    since_state: str | None = None  # compare with another job's store (its state) instead
-    delimiter: str | None = None  # CSV/TSV field separator; default from the extension
-    retry_failed: bool = False  # send again the rows this run's journal has as failed
-    stop_after_failures: int = DEFAULT_STOP_AFTER_FAILURES
+    job_name: str | None = option(
+        None,
+        "the job whose state of what it last set this run compares with and updates "
+        "(default: the job file's name, else the results file's name)",
+        group="store", metavar="NAME", check=check_job_name, templated=True,
+    )  # fmt: skip
+    state_dir: str | None = option(
+        None,
+        "where job stores live, as NAME.sqlite: runs, outcomes and state; given, it "
+        "beats $BULK_UPDATE_STATE_URL (default: the results' directory)",
+        group="store", metavar="DIR", templated=True,
+    )  # fmt: skip
+    full: bool = option(
+        False, "send every row, even those unchanged since the job last set them",
+        group="mapping",
+    )  # fmt: skip
+    since_state: str | None = option(
+        None,
+        "compare with the state in this store (another job's NAME.sqlite; with --state-url, "
+        "another job's name) instead of this job's own",
+        group="mapping", metavar="PATH", templated=True,
+    )  # fmt: skip
+    delimiter: str | None = option(
+        None, "field separator of a text input (default: ',' for .csv, a tab for .tsv)",
+        group="mapping", metavar="CHAR", check=check_delimiter,
+    )  # fmt: skip
+    retry_failed: bool = option(
+        False, "send again the rows this run has as failed; the results are rewritten",
+        group="retry_failed",
+    )  # fmt: skip
+    stop_after_failures: int = option(
+        DEFAULT_STOP_AFTER_FAILURES,
+        "stop (exit 3, resumable) after N rows in a row failed with the same "
+        "non-retryable error code; 0: never (default {default})",
+        group="stop_after_failures", metavar="N", bound="not negative",
+    )  # fmt: skip
     # The job's store in PostgreSQL (postgresql://USER:PASSWORD@HOST:PORT/DB), instead of the
-    # SQLite file; default $BULK_UPDATE_STATE_URL. It may hold a password: not in repr.
-    state_url: str | None = field(default=None, repr=False)
+    # SQLite file; default $BULK_UPDATE_STATE_URL. It may hold a password: not in repr. The
+    # operator takes it from a connection (store_conn_id), never from a DAG file.
+    state_url: str | None = option(
+        None,
+        "the job's store in PostgreSQL, postgresql://USER:PASSWORD@HOST:PORT/DB: runs, "
+        "outcomes, state, locks and rate budget shared by every machine "
+        "(default $BULK_UPDATE_STATE_URL unless --state-dir is given, else the SQLite file)",
+        secret=True, group="store", metavar="URL", check=check_state_url,
+        airflow=False,
+    )  # fmt: skip
     # How long the store's database may stay away mid-run before the job stops (exit 3).
-    store_timeout: float = DEFAULT_STORE_TIMEOUT_S
+    store_timeout: float = option(
+        DEFAULT_STORE_TIMEOUT_S,
+        "how long the store may stay away (a database) or locked by another process (a "
+        "file) before the job stops, resumable; one clock for the whole stop "
+        "(default {default})",
+        group="store", metavar="S", bound="positive",
+    )  # fmt: skip
     # Know the server before writing (``server/check.py``). --backup: read each conversation before
     # its update, keep its before-image, skip rows it already holds, refuse rows that would
     # exceed 16 merged pairs. check_server (validate --check-server): read, never update.
-    backup: bool = False
-    check_server: bool = False
+    backup: bool = option(
+        False,
+        "read each conversation before its update: keep its before-image "
+        "(previous_metadata, for bulk-update revert), skip rows the server already holds, "
+        "refuse rows that would exceed 16 merged keys",
+        group="backup",
+    )  # fmt: skip
+    check_server: bool = option(
+        False,
+        "also read each valid row's conversation (GET only; rate limited like a run): "
+        "rows past 16 merged keys invalid, rows the server holds unchanged, unknown IDs "
+        "invalid; the keys the run would add, per key",
+        group="check_server", airflow=False,
+    )  # fmt: skip
     # bulk-update revert: the input is a --backup run's results; put back what it changed.
-    revert: bool = False
-    force: bool = False  # revert keys someone changed since the run, too
-    blank_added_keys: bool = False  # revert: set the keys the run added to ""
+    revert: bool = option(False, airflow=False)
+    force: bool = option(
+        False, "revert keys changed on the server since the run, too",
+        group="revert", airflow=False,
+    )  # fmt: skip
+    blank_added_keys: bool = option(
+        False, "set the keys the run added (which the API cannot remove) to ''",
+        group="revert", airflow=False,
+    )  # fmt: skip
     # Monitoring (``observe/metrics.py``): a Prometheus textfile (node_exporter's textfile
     # collector), a Pushgateway, and how often both are written (and the run's heartbeat in its
     # store).
-    metrics_file: str | None = None
-    pushgateway: str | None = None
-    metrics_interval: float = DEFAULT_METRICS_INTERVAL_S
+    metrics_file: str | None = option(
+        None,
+        "write the run's Prometheus metrics here (replaced atomically at the start, "
+        "every --metrics-interval and at the end): a node_exporter textfile directory",
+        group="metrics", metavar="PATH.prom", templated=True,
+    )  # fmt: skip
+    pushgateway: str | None = option(
+        None,
+        "push the same to this Prometheus Pushgateway (push-add, grouped by job name "
+        "and shard); one that is down is a warning, never the job's failure",
+        group="metrics", metavar="URL", check=check_pushgateway,
+    )  # fmt: skip
+    metrics_interval: float = option(
+        DEFAULT_METRICS_INTERVAL_S,
+        "seconds between metrics writes and the run's heartbeats in its store "
+        "(default {default})",
+        group="metrics", metavar="S", bound="positive",
+    )  # fmt: skip
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], *, source: str = "options") -> JobConfig:
@@ -209,40 +487,14 @@ class JobConfig:
         ``columns`` may be ``"a,b"``, ``shard`` ``"K/N"``, ``storage-options`` a table; every
         other value must already have its option's type (``rpm = "3000"`` is refused).
         Raises ConfigError naming ``source`` and the option."""
-        known = {f.name for f in fields(cls)}
         normalized = {key.replace("-", "_"): value for key, value in options.items()}
         if "journal" in normalized:
             raise ConfigError(
                 f"{source}: journal: the journal is now in the job's store "
                 "(<state-dir>/<job-name>.sqlite); choose its place with state-dir"
             )
-        unknown = sorted(set(normalized) - known)
-        if unknown:
-            shown = ", ".join(name.replace("_", "-") for name in unknown)
-            close = [
-                match
-                for name in unknown
-                for match in difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)
-            ]
-            guess = f" (did you mean {', '.join(m.replace('_', '-') for m in close)}?)"
-            raise ConfigError(f"{source}: unknown option(s) {shown}{guess if close else ''}")
-        columns = normalized.get("columns")
-        if isinstance(columns, str):
-            normalized["columns"] = parse_columns(columns)
-        elif isinstance(columns, list):
-            normalized["columns"] = tuple(columns)
-        shard = normalized.get("shard")
-        if isinstance(shard, str):
-            normalized["shard"] = parse_shard(shard)
-        elif isinstance(shard, list):
-            normalized["shard"] = tuple(shard)
-        storage = normalized.get("storage_options")
-        if isinstance(storage, Mapping):
-            normalized["storage_options"] = tuple((str(k), str(v)) for k, v in storage.items())
-        elif isinstance(storage, list):
-            normalized["storage_options"] = tuple(
-                tuple(pair) if isinstance(pair, list) else pair for pair in storage
-            )
+        refuse_unknown(normalized, OPTIONS, source)
+        normalized = {name: _given_as(name, value) for name, value in normalized.items()}
         for required in ("input", "output"):
             if not normalized.get(required):
                 name = "INPUT" if required == "input" else "--output"
@@ -259,41 +511,10 @@ class JobConfig:
         check_one_of(vars(self))
         if self.columns is not None and not self.columns:
             raise ConfigError("--columns names no column")
-        for name, value in (
-            ("rpm", self.rpm),
-            ("concurrency", self.concurrency),
-            ("max-attempts", self.max_attempts),
-            ("batch-rows", self.batch_rows),
-            ("breaker-threshold", self.breaker_threshold),
-        ):
-            if value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
-        for seconds_name, seconds in (
-            ("timeout", self.timeout),
-            ("breaker-timeout", self.breaker_timeout),
-            ("drain-timeout", self.drain_timeout),
-            ("store-timeout", self.store_timeout),
-            ("metrics-interval", self.metrics_interval),
-        ):
-            if not seconds > 0:
-                raise ConfigError(f"--{seconds_name} must be positive, got {seconds}")
-        if self.limit is not None and self.limit < 0:
-            raise ConfigError(f"--limit must not be negative, got {self.limit}")
-        if self.stop_after_failures < 0:
-            raise ConfigError(
-                f"--stop-after-failures must not be negative, got {self.stop_after_failures}"
-            )
-        if self.delimiter is not None and len(self.delimiter) != 1:
-            raise ConfigError(f"--delimiter must be one character, got {self.delimiter!r}")
-        if self.shard is not None:
-            index, count = self.shard
-            if not (count >= 1 and 0 <= index < count):
-                raise ConfigError(f"--shard {index}/{count}: K must be from 0 to N-1")
-        if self.job_name is not None and not JOB_NAME.fullmatch(self.job_name):
-            raise ConfigError(
-                f"--job-name {self.job_name!r}: use 1 to 100 letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit"
-            )
+        for option in fields(self):
+            value = getattr(self, option.name)
+            if value is not None:
+                _check_declared(option.name, OPTIONS[option.name], value)
         for flag, path in (("input", self.input), ("--output", self.output),
                            ("--errors-output", self.errors_output)):  # fmt: skip
             if path is not None and is_remote(path):
@@ -304,14 +525,6 @@ class JobConfig:
         result_format(self.output)
         if self.errors_output is not None:
             result_format(self.errors_output)
-        if self.base_url is not None:
-            check_base_url(self.base_url)
-        if self.state_url is not None:
-            check_state_url(self.state_url)
-        if self.pushgateway is not None and not re.match(r"https?://[^/\s]+", self.pushgateway):
-            raise ConfigError(
-                f"--pushgateway {self.pushgateway!r}: give the Pushgateway's URL, http://HOST:PORT"
-            )
         if self.check_server and not self.dry_run:
             raise ConfigError("--check-server is for a dry run (bulk-update validate)")
         if self.revert and (self.columns is not None or self.metadata_column is not None):
@@ -321,21 +534,6 @@ class JobConfig:
         if (self.force or self.blank_added_keys) and not self.revert:
             raise ConfigError("--force and --blank-added-keys are options of bulk-update revert")
 
-    @property
-    def shard_count(self) -> int:
-        return 1 if self.shard is None else self.shard[1]
-
-    @property
-    def effective_rpm(self) -> float:
-        """A shard's ceiling: the whole --rpm. Running shards share it through the store's rate
-        budget, so that together they never exceed it (``ratelimit``)."""
-        return float(self.rpm)
-
-    @property
-    def effective_concurrency(self) -> int:
-        """--concurrency applies to each running shard."""
-        return self.concurrency
-
     def storage(self) -> dict[str, str] | None:
         """``storage_options`` as polars takes them (None: the environment decides)."""
         return dict(self.storage_options) or None
@@ -343,6 +541,25 @@ class JobConfig:
     def given_or_environment(self, name: str) -> str | None:
         """Option ``name`` as given, else from the environment (``given_or_environment``)."""
         return given_or_environment(name, vars(self))
+
+    def settings_for(self, settings: type[Any]) -> dict[str, Any]:
+        """The options a settings dataclass takes, each under its name as the run uses it: the
+        base URL and key resolved, the other ENVIRONMENT options given or from the variable,
+        the rest as given. Its fields not named after an option are left to the caller. (One
+        slice of the config, made in one place: a new option a stage needs is a field there.)"""
+        resolved: dict[str, Callable[[], Any]] = {
+            "base_url": self.resolved_base_url, "api_key": self.resolved_api_key,
+        }  # fmt: skip
+        taken: dict[str, Any] = {}
+        for wanted in fields(settings):
+            name = wanted.name
+            if name in resolved:
+                taken[name] = resolved[name]()
+            elif name in ENVIRONMENT:
+                taken[name] = self.given_or_environment(name)
+            elif name in OPTIONS:
+                taken[name] = getattr(self, name)
+        return taken
 
     def resolved_base_url(self) -> str:
         return check_base_url(self.given_or_environment("base_url") or DEFAULT_BASE_URL)
@@ -417,6 +634,82 @@ class JobConfig:
                 _check_writable(what, Path(path))
 
 
+# Every option's declaration, by JobConfig's name for it.
+OPTIONS: dict[str, Option] = {f.name: f.metadata["option"] for f in fields(JobConfig)}
+
+
+_FIELDS = {f.name: f for f in fields(JobConfig)}
+
+
+def default_of(name: str) -> Any:
+    """JobConfig's default for option ``name`` (``dataclasses.MISSING``: it has none)."""
+    return _FIELDS[name].default
+
+
+def flag_of(name: str) -> str:
+    """The option's flag, as messages name it (``--max-attempts``)."""
+    return OPTIONS[name].flag or "--" + name.replace("_", "-")
+
+
+_BOUNDS: dict[Bound, tuple[Callable[[Any], bool], str]] = {
+    "at least 1": (lambda value: value >= 1, "must be at least 1"),
+    "positive": (lambda value: value > 0, "must be positive"),
+    "not negative": (lambda value: value >= 0, "must not be negative"),
+}
+
+
+def _check_declared(name: str, declared: Option, value: Any) -> None:
+    """An option's own rules: its bound, its check."""
+    if declared.bound is not None:
+        within, rule = _BOUNDS[declared.bound]
+        if not within(value):
+            raise ConfigError(f"--{name.replace('_', '-')} {rule}, got {value}")
+    if declared.check is not None:
+        declared.check(value)
+
+
+def _given_as(name: str, value: Any) -> Any:
+    """A value as a job file, the CLI or Airflow may give it, in its field's type: the text of
+    an option that parses text (``columns = "a,b"``, ``shard = "K/N"``), a list as a tuple (of
+    tuples), a table as pairs. Anything else stays as given, for JobConfig to check."""
+    declared = OPTIONS[name]
+    if isinstance(value, str) and declared.parse is not None and not declared.repeatable:
+        return declared.parse(value)
+    if not _is_tuple(_HINTS[name]):
+        return value
+    if isinstance(value, Mapping) and declared.repeatable:
+        return tuple((str(k), str(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return tuple(tuple(item) if isinstance(item, list) else item for item in value)
+    return value
+
+
+def _is_tuple(kind: Any) -> bool:
+    return any(typing.get_origin(arg) is tuple for arg in (kind, *typing.get_args(kind)))
+
+
+def refuse_unknown(
+    given: Mapping[str, Any], known: Mapping[str, Any], source: str, *, what: str = "option"
+) -> None:
+    """ConfigError naming the ``what``s in ``given`` not in ``known``, with a guess. Options
+    are named as flags and job files spell them (``max-attempts``), parameters as Python does."""
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+
+    def spelled(name: str) -> str:
+        return name.replace("_", "-") if what == "option" else name
+
+    close = [
+        match
+        for name in unknown
+        for match in difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)
+    ]
+    guess = f" (did you mean {', '.join(map(spelled, close))}?)" if close else ""
+    shown = ", ".join(map(spelled, unknown))
+    raise ConfigError(f"{source}: unknown {what}(s) {shown}{guess}")
+
+
 def job_name_from(results: str) -> str:
     """The job name a results path gives by default: its file name without the extension."""
     stem = Path(urlsplit(results).path if is_remote(results) else results).stem
@@ -438,37 +731,6 @@ def _check_writable(what: str, path: Path) -> None:
         read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
         why = "is on a read-only file system" if read_only else "cannot be written (permissions)"
         raise ConfigError(f"{what} {path}: {existing} {why}")
-
-
-def parse_columns(text: str) -> tuple[str, ...]:
-    """``--columns a,b``: the names, trimmed; at least one."""
-    columns = tuple(c.strip() for c in text.split(",") if c.strip())
-    if not columns:
-        raise ConfigError("--columns names no column")
-    return columns
-
-
-# Set by Kubernetes in each pod of an Indexed Job: its completion index, 0 to completions - 1.
-COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``--shard K/N`` as ``(K, N)``; the range is checked by JobConfig. ``index/N`` takes K
-    from $JOB_COMPLETION_INDEX (a pod of a Kubernetes Indexed Job)."""
-    index, slash, count = text.partition("/")
-    if index == "index":
-        index = os.environ.get(COMPLETION_INDEX_ENV, "")
-        if not index:
-            raise ConfigError(
-                f"--shard {text}: ${COMPLETION_INDEX_ENV} is not set (Kubernetes sets it in "
-                "each pod of an Indexed Job)"
-            )
-    try:
-        if not slash:
-            raise ValueError(text)
-        return int(index), int(count)
-    except ValueError:
-        raise ConfigError(f"--shard: expected K/N with 0 <= K < N, got {text!r}") from None
 
 
 def _describe(kind: Any) -> str:
@@ -518,10 +780,9 @@ def _matches(value: object, kind: Any) -> bool:
 def _check_types(config: JobConfig) -> None:
     """Every option has its annotated type, or ConfigError names it: the one place where the
     CLI, job files and the Python API are checked alike."""
-    hints = typing.get_type_hints(type(config))
     for option in fields(config):
         value = getattr(config, option.name)
-        kind = hints[option.name]
+        kind = _HINTS[option.name]
         if _matches(value, kind):
             continue
         wanted = " or ".join(
@@ -534,3 +795,6 @@ def _check_types(config: JobConfig) -> None:
             + (" (or left out)" if optional else "")
             + f", got {shown} ({type(value).__name__})"
         )
+
+
+_HINTS = typing.get_type_hints(JobConfig)

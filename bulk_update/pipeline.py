@@ -160,7 +160,7 @@ class Pipeline:
         self.tally = tally
         self.stop = stop
         self.queue: asyncio.Queue[PlannedUpdate | None] = asyncio.Queue(
-            maxsize=config.effective_concurrency * 4
+            maxsize=config.concurrency * 4
         )
         self.workers: list[asyncio.Task[None]] = []
         self.known: set[str] = set()  # queued conversations with a state entry
@@ -283,9 +283,7 @@ class Pipeline:
 
     async def run(self) -> None:
         journal, tally, stop = self.journal, self.tally, self.stop
-        self.workers = [
-            asyncio.create_task(self.worker()) for _ in range(self.config.effective_concurrency)
-        ]
+        self.workers = [asyncio.create_task(self.worker()) for _ in range(self.config.concurrency)]
         checked = False  # the preflight request has been made
         try:
             async for batch in planned_batches(

@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -47,7 +47,7 @@ from bulk_update.api.answers import (
     parse_rate_limit_headers,
 )
 from bulk_update.api.breaker import CircuitBreaker
-from bulk_update.api.client import ApiClient, conversation_path
+from bulk_update.api.client import ApiClient, ClientSettings, conversation_path
 from bulk_update.api.ratelimit import Clock, RateLimiter, Sleep
 from bulk_update.api.retry import (
     Attempt,
@@ -59,7 +59,7 @@ from bulk_update.api.retry import (
     wait_backoff,
     wait_for_server,
 )
-from bulk_update.api.transport import TransportName, chosen_transport
+from bulk_update.api.transport import chosen_transport
 from bulk_update.config import JobConfig
 from bulk_update.exceptions import ConfigError, FatalApiError, Unreachable
 from bulk_update.observe.metrics import Telemetry
@@ -79,35 +79,19 @@ PREFLIGHT_ATTEMPTS = 3
 
 @dataclass(frozen=True, slots=True)
 class SendSettings:
-    """What the sender needs of the job's options (built by ``from_config``)."""
+    """What the sender needs of the job's options: each field the option of its name
+    (``JobConfig.settings_for``), ``client`` the HTTP client's (``ClientSettings``)."""
 
-    base_url: str
-    api_key: str = field(repr=False)
-    organization: str | None
-    project: str | None
-    rpm: float
-    concurrency: int
+    client: ClientSettings
+    rpm: int
     max_attempts: int
-    timeout: float
     breaker_threshold: int
     breaker_timeout: float
-    transport: TransportName = "httpx2"  # what moves the bytes under httpx2 (api/transport.py)
 
     @classmethod
     def from_config(cls, config: JobConfig) -> SendSettings:
-        return cls(
-            base_url=config.resolved_base_url(),
-            api_key=config.resolved_api_key(),
-            organization=config.given_or_environment("organization"),
-            project=config.given_or_environment("project"),
-            rpm=config.effective_rpm,
-            concurrency=config.effective_concurrency,
-            max_attempts=config.max_attempts,
-            timeout=config.timeout,
-            breaker_threshold=config.breaker_threshold,
-            breaker_timeout=config.breaker_timeout,
-            transport=chosen_transport(),
-        )
+        client = ClientSettings(**config.settings_for(ClientSettings), kind=chosen_transport())
+        return cls(client=client, **config.settings_for(cls))
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,11 +171,7 @@ class Sender:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._jitter = jitter
-        self._client = ApiClient(
-            settings.base_url, settings.api_key, organization=settings.organization,
-            project=settings.project, timeout=settings.timeout, pool=settings.concurrency,
-            kind=settings.transport, transport=transport,
-        )  # fmt: skip
+        self._client = ApiClient(settings.client, transport=transport)
 
     async def __aenter__(self) -> Sender:
         await self._client.open()
@@ -387,14 +367,14 @@ class Sender:
                     error_code=last.error_code,
                 )
             if last.action == "misconfigured":
-                raise ConfigError(f"{self.settings.base_url}: {last.message}")
+                raise ConfigError(f"{self.settings.client.base_url}: {last.message}")
             if answer.http_status == 429:
                 self.limiter.rate_limited(last.wait_s or DEFAULT_RATE_LIMIT_PAUSE_S)
             elif attempt < PREFLIGHT_ATTEMPTS:
                 await self._sleep(last.wait_s or backoff_seconds(attempt, self._jitter()))
             unreachable = answer.transport_error == "connect"
         if unreachable:
-            raise Unreachable(f"cannot reach {self.settings.base_url}: {last.message}")
+            raise Unreachable(f"cannot reach {self.settings.client.base_url}: {last.message}")
         log.warning(
             "preflight inconclusive (%s); going on", last.message, extra={"event": "preflight"}
         )

@@ -116,7 +116,7 @@ def resolved(config: JobConfig, option: str) -> object:
         return location.url if location.url is not None else str(location.path)
     if option == "shard":
         return config.shard
-    return getattr(SendSettings.from_config(config), option)
+    return getattr(SendSettings.from_config(config).client, option)
 
 
 @pytest.mark.parametrize(

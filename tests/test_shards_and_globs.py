@@ -9,6 +9,7 @@ import pytest
 
 from bulk_update import ConfigError, JobConfig
 from bulk_update.read import shard_of
+from bulk_update.send import SendSettings
 from tests.conftest import StartEmulator
 from tests.helpers import ID, cli, results
 
@@ -24,8 +25,10 @@ def test_shard_assignment_is_crc32_and_stable() -> None:
 def test_a_shard_may_use_the_whole_rpm_and_its_own_concurrency() -> None:
     """--rpm is the whole job's: running shards share it at run time through the store's rate
     budget (tests/test_postgres_store.py measures it), never by a static rpm / N."""
-    config = JobConfig(input="i.csv", output="o.csv", rpm=900, concurrency=16, shard=(1, 3))
-    assert (config.effective_rpm, config.effective_concurrency) == (900, 16)
+    config = JobConfig(input="i.csv", output="o.csv", rpm=900, concurrency=16, shard=(1, 3),
+                       api_key="sk-test")  # fmt: skip
+    sender = SendSettings.from_config(config)  # what the shard's limiter and pool are given
+    assert (sender.rpm, sender.client.concurrency) == (900, 16)
     with pytest.raises(ConfigError, match="K must be from 0 to N-1"):
         JobConfig(input="i.csv", output="o.csv", shard=(3, 3))
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bulk_update.api.answers import Answer
-from bulk_update.api.client import ApiClient, conversation_path
+from bulk_update.api.client import ApiClient, ClientSettings, conversation_path
 from bulk_update.api.transport import TRANSPORTS, TransportName, chosen_transport
 from bulk_update.exceptions import ConfigError
 from tests.conftest import TEST_KEY
@@ -192,8 +192,8 @@ def exchange(kind: TransportName, base_url: str, count: int = 1, pool: int = 4) 
     environment as it is now)."""
 
     async def run() -> list[Answer]:
-        client = ApiClient(base_url, TEST_KEY, organization=None, project=None, timeout=10,
-                           pool=pool, kind=kind)  # fmt: skip
+        client = ApiClient(ClientSettings(base_url, TEST_KEY, organization=None, project=None,
+                                          timeout=10, concurrency=pool, kind=kind))  # fmt: skip
         await client.open()
         try:
             return await asyncio.gather(*(
@@ -322,8 +322,8 @@ def in_turn(
     one connection); ``between(n)`` (in a thread) after the n-th answer."""
 
     async def run() -> list[Answer]:
-        client = ApiClient(base_url, TEST_KEY, organization=None, project=None, timeout=10,
-                           pool=1, kind=kind)  # fmt: skip
+        client = ApiClient(ClientSettings(base_url, TEST_KEY, organization=None, project=None,
+                                          timeout=10, concurrency=1, kind=kind))  # fmt: skip
         await client.open()
         answers = []
         try:

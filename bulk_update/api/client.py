@@ -23,6 +23,7 @@ import ssl
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -35,7 +36,7 @@ from bulk_update.api.answers import Answer, Connection
 from bulk_update.api.transport import TransportName, cause_in_words, make_transport
 from bulk_update.exceptions import ConfigError
 
-__all__ = ["USER_AGENT", "ApiClient", "conversation_path"]
+__all__ = ["USER_AGENT", "ApiClient", "ClientSettings", "conversation_path"]
 
 USER_AGENT = f"bulk-update/{__version__}"
 
@@ -45,45 +46,53 @@ def conversation_path(conversation_id: str) -> str:
     return "conversations/" + quote(conversation_id, safe="")
 
 
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """What the client is built from: the job's options of the same names (the base URL and
+    the key resolved, the organization and project given or from the environment:
+    ``JobConfig.settings_for``), and ``kind``, what moves the bytes under httpx2
+    (``api/transport.py``). ``concurrency`` sizes the connection pool."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+    organization: str | None
+    project: str | None
+    timeout: float
+    concurrency: int
+    kind: TransportName = "httpx2"
+
+
 class ApiClient:
     def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        *,
-        organization: str | None,
-        project: str | None,
-        timeout: float,
-        pool: int,
-        kind: TransportName = "httpx2",
-        transport: httpx2.AsyncBaseTransport | None = None,
+        self, settings: ClientSettings, *, transport: httpx2.AsyncBaseTransport | None = None
     ) -> None:
-        self.timeout = timeout
+        self.timeout = timeout = settings.timeout
         headers = {
-            "authorization": f"Bearer {api_key}",
+            "authorization": f"Bearer {settings.api_key}",
             "content-type": "application/json",
             "accept": "application/json",
             "user-agent": USER_AGENT,
         }
-        if organization:
-            headers["openai-organization"] = organization
-        if project:
-            headers["openai-project"] = project
+        if settings.organization:
+            headers["openai-organization"] = settings.organization
+        if settings.project:
+            headers["openai-project"] = settings.project
         # Built once: every request is these headers and this prefix plus the conversation's
         # path (one URL parse a request, not httpx2's merge of a base URL and a path: 3 parses).
         # The client itself holds only what ``send`` uses: its pool, its transport, no redirects.
-        self._url = _url_builder(base_url.rstrip("/") + "/")
+        self._url = _url_builder(settings.base_url.rstrip("/") + "/")
         self._headers = httpx2.Headers(headers)
         self._timeouts = httpx2.Timeout(timeout).as_dict()
         # Each connection that has carried an answer (each transport's ``network_stream``), and
         # the path of its last request.
         self._carried: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
+        pool = settings.concurrency
         limits = httpx2.Limits(max_connections=pool, max_keepalive_connections=pool)
         try:  # both transports load the TLS certificates here
             self._client = httpx2.AsyncClient(
                 limits=limits,
                 follow_redirects=False,
-                transport=transport or make_transport(kind, limits),
+                transport=transport or make_transport(settings.kind, limits),
             )
         except (OSError, ssl.SSLError) as exc:
             named = [f"${v}={os.environ[v]}" for v in ("SSL_CERT_FILE", "SSL_CERT_DIR")

@@ -1,26 +1,32 @@
-"""The command's options, one function per group of related options (as sqlite-utils'
+"""The command's options, one group of related options each (as sqlite-utils'
 ``output_options`` and ``import_options``). A group adds its options to a parser and knows
 nothing of which command it serves: the table in ``cli/__init__.py`` says which commands take
 which groups, and a group that reads differently for one command takes that as a parameter.
 
-The job commands' defaults are SUPPRESS, so that only the flags given override a job file; the
-real defaults live in JobConfig (and the help texts show them from there, never a copy)."""
+The job commands' options are JobConfig's: each is declared once, beside its field in
+``config.py`` (its flag, help, parser, bound and group), and ``declared_group`` adds a group's
+flags from there. Their defaults are SUPPRESS, so that only the flags given override a job
+file; the real defaults live in JobConfig (and the help texts show them from there, never a
+copy)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from bulk_update.config import JobConfig, parse_columns, parse_shard
+from bulk_update.config import OPTIONS, JobConfig, default_of, flag_of
 from bulk_update.exceptions import ConfigError
 
 __all__ = [
     "Group",
+    "add_option",
     "backup_option",
     "check_server_option",
+    "declared_group",
     "defaults",
     "emulator_options",
     "json_option",
@@ -77,12 +83,18 @@ def defaults(cls: type[Any]) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
-JOB_DEFAULTS = defaults(JobConfig)
-
 fraction = number(float, low=0.0, high=1.0)
 non_negative_int = number(int, low=0)
 positive_int = number(int, low=1)
 positive_float = number(float, low=0.0, strict=True)
+
+# What a bound declared in JobConfig is as an argparse type, for each field type.
+BOUNDED: dict[tuple[str, type], Callable[[str], Any]] = {
+    ("at least 1", int): positive_int,
+    ("not negative", int): non_negative_int,
+    ("positive", float): positive_float,
+}
+HINTS = typing.get_type_hints(JobConfig)
 
 
 def config_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -97,14 +109,47 @@ def config_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return check
 
 
-def storage_option(text: str) -> tuple[str, str]:
-    key, equals, value = text.partition("=")
-    if not equals or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text.split('=')[0]!r}")
-    return key.strip(), value
+def _shown(default: object) -> str:
+    return f"{default:g}" if isinstance(default, float) else str(default)
 
 
-# The job commands: run, validate (run --dry-run) and revert.
+def add_option(parser: argparse.ArgumentParser, name: str, **override: Any) -> None:
+    """JobConfig's option ``name`` as its declaration (``config.Option``) says: its flag, its
+    help with its default, its parser and bound. ``override``: add_argument's, for a command
+    that reads it differently."""
+    declared = OPTIONS[name]
+    how: dict[str, Any] = {"dest": name, "default": S, "help": declared.help}
+    if "{default}" in declared.help:
+        how["help"] = declared.help.replace("{default}", _shown(default_of(name)))
+    kind = HINTS[name]
+    kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # X | None
+    if kind is bool:
+        how["action"] = "store_true"
+    else:
+        how["metavar"] = declared.metavar
+        if declared.repeatable:
+            how["action"] = "append"
+        if declared.parse is not None:
+            how["type"] = config_type(declared.parse)
+        elif declared.bound is not None:
+            how["type"] = BOUNDED[declared.bound, kind]
+    how.update(override)
+    parser.add_argument(flag_of(name), **how)
+
+
+def declared_group(group: str, **override: Any) -> Group:
+    """The group of options whose declarations name ``group``, in JobConfig's order."""
+    names = [name for name, declared in OPTIONS.items() if declared.group == group]
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        for name in names:
+            add_option(parser, name, **override)
+
+    return add
+
+
+# The job commands: run, validate (run --dry-run) and revert. Their options are JobConfig's,
+# each declared there with its group; a group here adds them (``declared_group``).
 
 
 def files_options(parser: argparse.ArgumentParser, *, metavar: str, about: str) -> None:
@@ -114,29 +159,7 @@ def files_options(parser: argparse.ArgumentParser, *, metavar: str, about: str) 
     parser.add_argument(
         "--job", default=None, metavar="FILE.toml", help="read options from a job file"
     )
-    parser.add_argument(
-        "--output",
-        default=S,
-        metavar="PATH",
-        help="results file: .parquet, .csv or .jsonl (required)",
-    )
-    parser.add_argument(
-        "--errors-output",
-        default=S,
-        metavar="PATH",
-        help="failed, invalid and unprocessed rows in the input's own columns, "
-        "plus status, error_code, error_message: fix and feed back",
-    )
-    parser.add_argument(
-        "--storage-option",
-        dest="storage_options",
-        type=storage_option,
-        action="append",
-        default=S,
-        metavar="KEY=VALUE",
-        help="for s3://, gs://, az:// paths (repeatable), e.g. aws_region=eu-west-1; "
-        "default: the usual environment variables",
-    )
+    declared_group("files")(parser)
 
 
 table_files = partial(
@@ -148,266 +171,23 @@ table_files = partial(
 results_files = partial(
     files_options, metavar="RESULTS", about="the results file of a run with --backup"
 )
-
-
-def store_options(parser: argparse.ArgumentParser) -> None:
-    """The job's name and its store."""
-    parser.add_argument(
-        "--job-name",
-        default=S,
-        metavar="NAME",
-        help="the job whose state of what it last set this run compares with and updates "
-        "(default: the job file's name, else the results file's name)",
-    )
-    parser.add_argument(
-        "--state-dir",
-        default=S,
-        metavar="DIR",
-        help="where job stores live, as NAME.sqlite: runs, outcomes and state; given, it "
-        "beats $BULK_UPDATE_STATE_URL (default: the results' directory)",
-    )
-    parser.add_argument(
-        "--state-url",
-        default=S,
-        metavar="URL",
-        help="the job's store in PostgreSQL, postgresql://USER:PASSWORD@HOST:PORT/DB: runs, "
-        "outcomes, state, locks and rate budget shared by every machine "
-        "(default $BULK_UPDATE_STATE_URL unless --state-dir is given, else the SQLite file)",
-    )
-    parser.add_argument(
-        "--store-timeout",
-        type=positive_float,
-        default=S,
-        metavar="S",
-        help="how long the store may stay away (a database) or locked by another process (a "
-        "file) before the job stops, resumable; one clock for the whole stop "
-        f"(default {JOB_DEFAULTS['store_timeout']:g})",
-    )
-
-
-def mapping_options(parser: argparse.ArgumentParser) -> None:
-    """How a table maps to updates (not for a revert, which reads a results file)."""
-    parser.add_argument(
-        "--id-column",
-        default=S,
-        metavar="NAME",
-        help=f"the conversation ID column (default {JOB_DEFAULTS['id_column']})",
-    )
-    parser.add_argument(
-        "--columns",
-        type=config_type(parse_columns),
-        default=S,
-        metavar="A,B,...",
-        help="the metadata columns (default: every column but the ID column)",
-    )
-    parser.add_argument(
-        "--metadata-column",
-        default=S,
-        metavar="NAME",
-        help="instead: one column holding a JSON object of key/value pairs",
-    )
-    parser.add_argument(
-        "--full",
-        action="store_true",
-        default=S,
-        help="send every row, even those unchanged since the job last set them",
-    )
-    parser.add_argument(
-        "--since-state",
-        default=S,
-        metavar="PATH",
-        help="compare with the state in this store (another job's NAME.sqlite; with --state-url, "
-        "another job's name) instead of this job's own",
-    )
-    parser.add_argument(
-        "--delimiter",
-        default=S,
-        metavar="CHAR",
-        help="field separator of a text input (default: ',' for .csv, a tab for .tsv)",
-    )
-
-
-def sending_options(parser: argparse.ArgumentParser) -> None:
-    """Where requests go and how many, how fast, how often, how long."""
-    parser.add_argument(
-        "--base-url",
-        default=S,
-        metavar="URL",
-        help="API base URL (default $OPENAI_BASE_URL, else https://api.openai.com/v1)",
-    )
-    parser.add_argument(
-        "--rpm",
-        type=positive_int,
-        default=S,
-        metavar="N",
-        help=f"requests per minute for the whole job (default {JOB_DEFAULTS['rpm']})",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=positive_int,
-        default=S,
-        metavar="N",
-        help=f"requests in flight at most (default {JOB_DEFAULTS['concurrency']})",
-    )
-    parser.add_argument(
-        "--max-attempts",
-        type=positive_int,
-        default=S,
-        metavar="N",
-        help="attempts per row for transient failures; 429 waits excluded "
-        f"(default {JOB_DEFAULTS['max_attempts']})",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=positive_float,
-        default=S,
-        metavar="S",
-        help=f"per-request timeout in seconds (default {JOB_DEFAULTS['timeout']:g})",
-    )
-
-
-def check_server_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--check-server",
-        action="store_true",
-        default=S,
-        help="also read each valid row's conversation (GET only; rate limited like a run): "
-        "rows past 16 merged keys invalid, rows the server holds unchanged, unknown IDs "
-        "invalid; the keys the run would add, per key",
-    )
-
-
-def dry_run_option(parser: argparse.ArgumentParser, *, about: str) -> None:
-    parser.add_argument("--dry-run", action="store_true", default=S, help=about)
-
-
-run_dry_run = partial(
-    dry_run_option, about="read, validate and plan; send nothing; still write the results"
+store_options = declared_group("store")  # the job's name and its store
+mapping_options = declared_group("mapping")  # how a table maps to updates (not for a revert)
+sending_options = declared_group("sending")  # where requests go, how many, how fast, how long
+check_server_option = declared_group("check_server")
+run_dry_run = declared_group("dry_run")
+revert_dry_run = declared_group(
+    "dry_run", help="read each conversation and show what the revert would send (GET only)"
 )
-revert_dry_run = partial(
-    dry_run_option, about="read each conversation and show what the revert would send (GET only)"
-)
-
-
-def restart_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--restart",
-        action="store_true",
-        default=S,
-        help="ignore saved progress and start over (the old run is kept in the store)",
-    )
-
-
-def shard_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--shard",
-        type=config_type(parse_shard),
-        default=S,
-        metavar="K/N",
-        help="only rows whose ID hashes (CRC-32) to K modulo N (0-based); the running "
-        "shards of a job share its --rpm; --concurrency is each shard's",
-    )
-
-
-def limits_options(parser: argparse.ArgumentParser) -> None:
-    """When the job gives up on the API, on a drain, and after how many rows."""
-    parser.add_argument(
-        "--breaker-timeout",
-        type=positive_float,
-        default=S,
-        metavar="S",
-        help="stop (exit 3, resumable) once the API has failed every probe this long "
-        f"(default {JOB_DEFAULTS['breaker_timeout']:g})",
-    )
-    parser.add_argument(
-        "--drain-timeout",
-        type=positive_float,
-        default=S,
-        metavar="S",
-        help="after SIGTERM/SIGINT, how long in-flight requests may take "
-        f"(default {JOB_DEFAULTS['drain_timeout']:g})",
-    )
-    parser.add_argument(
-        "--limit",
-        type=non_negative_int,
-        default=S,
-        metavar="N",
-        help="only the first N rows to send (a canary run); the rest unprocessed (no "
-        "failure): exit 0 if those N went through and no row before them was invalid, else 1",
-    )
-
-
-def retry_failed_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--retry-failed",
-        action="store_true",
-        default=S,
-        help="send again the rows this run has as failed; the results are rewritten",
-    )
-
-
-def stop_after_failures_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--stop-after-failures",
-        type=non_negative_int,
-        default=S,
-        metavar="N",
-        help="stop (exit 3, resumable) after N rows in a row failed with the same "
-        f"non-retryable error code; 0: never (default {JOB_DEFAULTS['stop_after_failures']})",
-    )
-
-
-def backup_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backup",
-        action="store_true",
-        default=S,
-        help="read each conversation before its update: keep its before-image "
-        "(previous_metadata, for bulk-update revert), skip rows the server already holds, "
-        "refuse rows that would exceed 16 merged keys",
-    )
-
-
-def metrics_options(parser: argparse.ArgumentParser) -> None:
-    """The run's Prometheus metrics and heartbeats."""
-    parser.add_argument(
-        "--metrics-file",
-        default=S,
-        metavar="PATH.prom",
-        help="write the run's Prometheus metrics here (replaced atomically at the start, "
-        "every --metrics-interval and at the end): a node_exporter textfile directory",
-    )
-    parser.add_argument(
-        "--pushgateway",
-        default=S,
-        metavar="URL",
-        help="push the same to this Prometheus Pushgateway (push-add, grouped by job name "
-        "and shard); one that is down is a warning, never the job's failure",
-    )
-    parser.add_argument(
-        "--metrics-interval",
-        type=positive_float,
-        default=S,
-        metavar="S",
-        help="seconds between metrics writes and the run's heartbeats in its store "
-        f"(default {JOB_DEFAULTS['metrics_interval']:g})",
-    )
-
-
-def revert_options(parser: argparse.ArgumentParser) -> None:
-    """What a revert may touch beyond what the run changed."""
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        default=S,
-        help="revert keys changed on the server since the run, too",
-    )
-    parser.add_argument(
-        "--blank-added-keys",
-        action="store_true",
-        default=S,
-        help="set the keys the run added (which the API cannot remove) to ''",
-    )
+restart_option = declared_group("restart")
+shard_option = declared_group("shard")
+# When the job gives up on the API, on a drain, and after how many rows.
+limits_options = declared_group("limits")
+retry_failed_option = declared_group("retry_failed")
+stop_after_failures_option = declared_group("stop_after_failures")
+backup_option = declared_group("backup")
+metrics_options = declared_group("metrics")  # the run's Prometheus metrics and heartbeats
+revert_options = declared_group("revert")  # what a revert may touch beyond what the run changed
 
 
 def logging_options(parser: argparse.ArgumentParser) -> None:
