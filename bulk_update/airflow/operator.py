@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import logging
 import signal
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import fields
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import MISSING
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +31,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.sdk.log import mask_secret
 
 from bulk_update.airflow.connections import openai_connection, store_url
-from bulk_update.config import JOB_NAME, JobConfig
+from bulk_update.config import JOB_NAME, OPTIONS, JobConfig, default_of, refuse_unknown
 from bulk_update.exceptions import BulkUpdateError, ConfigError
 from bulk_update.exitcodes import RESUMABLE, ExitCode
 from bulk_update.job import run_job
@@ -46,29 +48,67 @@ if TYPE_CHECKING:
 __all__ = ["BulkUpdateOperator", "default_job_name", "default_outlets", "shards"]
 
 
-def _default(name: str) -> Any:
-    """JobConfig's default for an option: defaults live in one place."""
-    return next(f.default for f in fields(JobConfig) if f.name == name)
+# The job's options the operator takes, by its name for each (JobConfig's, but ``results`` for
+# ``output``: every operator's ``output`` is its XComArg), with JobConfig's name: every option
+# declared ``airflow`` (not the key and the store's URL, which come from connections, never
+# from a DAG file; not the CLI's revert and check).
+JOB_OPTIONS: dict[str, str] = {
+    declared.airflow_name or name: name for name, declared in OPTIONS.items() if declared.airflow
+}
+# Each one's default: JobConfig's, unless declared otherwise for Airflow (``drain_timeout``).
+DEFAULTS: dict[str, Any] = {
+    parameter: default_of(name) if OPTIONS[name].airflow_default is None
+    else OPTIONS[name].airflow_default
+    for parameter, name in JOB_OPTIONS.items()
+}  # fmt: skip
+# What a DAG may give beyond an option's type: what from_options turns into it.
+GIVEN_AS: dict[str, Any] = {
+    "columns": str | Sequence[str] | None,
+    "shard": str | Sequence[int] | None,
+    "storage_options": Mapping[str, str] | Sequence[Sequence[str]],
+}
+# BaseOperator's parameters (and what Airflow's wrapper of __init__ passes on).
+BASE_PARAMETERS = set(inspect.signature(BaseOperator.__init__).parameters) | {"default_args"}
 
 
-# The job's options the operator passes on under JobConfig's names (``results`` is ``output``;
-# the key and the store's URL come from connections, never from a DAG file).
-JOB_OPTIONS = (
-    "input", "errors_output", "id_column", "columns", "metadata_column", "base_url",
-    "organization", "project", "rpm", "concurrency", "max_attempts", "timeout", "restart",
-    "limit", "shard", "job_name", "state_dir", "full", "since_state", "delimiter",
-    "retry_failed", "stop_after_failures", "store_timeout", "backup", "drain_timeout",
-    "breaker_threshold", "breaker_timeout", "metrics_file", "pushgateway", "metrics_interval",
-)  # fmt: skip
+def operator_signature(init: Callable[..., None]) -> inspect.Signature:
+    """The signature Airflow and ``help()`` see (Airflow checks ``default_args``, ``partial``
+    and ``expand`` against it): each option with its type and default, then the operator's own
+    parameters (``init``'s), then BaseOperator's in ``**kwargs``."""
+    hints = typing.get_type_hints(JobConfig)
+    options = []
+    for parameter, name in JOB_OPTIONS.items():
+        default = DEFAULTS[parameter]
+        options.append(
+            inspect.Parameter(
+                parameter, inspect.Parameter.KEYWORD_ONLY,
+                default=inspect.Parameter.empty if default is MISSING else default,
+                annotation=GIVEN_AS.get(name, hints[name]),
+            )
+        )  # fmt: skip
+    own_hints = typing.get_type_hints(init)
+    own = [
+        parameter.replace(annotation=own_hints.get(parameter.name, parameter.annotation))
+        for parameter in inspect.signature(init).parameters.values()
+    ]
+    return inspect.Signature([own[0], *options, *own[1:]])
+
+
+def refuse_unknown_parameters(operator: str, kwargs: Mapping[str, Any]) -> None:
+    """TypeError naming the parameters that are neither the job's options nor BaseOperator's,
+    with a guess (Airflow's own check shows them as a dict)."""
+    known = set(JOB_OPTIONS) | BASE_PARAMETERS
+    unknown = {name: None for name in kwargs if name not in known and not name.startswith("_")}
+    try:
+        where = f"{operator} (task_id: {kwargs.get('task_id')})"
+        refuse_unknown(unknown, dict.fromkeys(known), where, what="parameter")
+    except ConfigError as exc:
+        raise TypeError(str(exc)) from None
 
 
 # What a try that stopped says: a retry resumes it, as does a clear (a task marked failed is not
 # retried).
 RESUMES = "the task run again (a retry, a clear) resumes the run"
-
-# Airflow's supervisor sends SIGKILL 5 s after the SIGTERM that kills a task (a task marked
-# failed or cleared, a timeout): the operator's drain leaves 2 s of those for the results.
-AIRFLOW_DRAIN_TIMEOUT_S = 3.0
 
 
 def shards(count: int) -> list[str]:
@@ -121,9 +161,13 @@ class BulkUpdateOperator(BaseOperator):
     ``bulk-update run`` (rate-limited, concurrent, retried, resumable), in the worker.
 
     The parameters are ``JobConfig``'s options under its names (see the README's option table),
-    except the results path, ``results``: every operator's ``output`` is its XComArg. ``input``,
-    ``results``, ``errors_output``, ``state_dir``, ``since_state``, ``metrics_file`` and
-    ``job_name`` are templated (``{{ ds }}``, ``{{ run_id }}``, ``{{ ti.map_index }}``).
+    with the same defaults and checks, except the results path, ``results``: every operator's
+    ``output`` is its XComArg. ``inspect.signature(BulkUpdateOperator)`` lists them with their
+    types and defaults (``JOB_OPTIONS``: each one declared ``airflow`` in ``config.py``). Those
+    declared ``templated`` are template fields (``{{ ds }}``, ``{{ run_id }}``,
+    ``{{ ti.map_index }}``): ``input``, ``results``, ``errors_output``, ``job_name``,
+    ``state_dir``, ``since_state`` and ``metrics_file``. A name that is neither an option nor
+    BaseOperator's is refused, naming it.
 
     :param openai_conn_id: the ``openai`` connection, read as the OpenAI provider's hook reads
         it (the key in its password or ``extra.openai_client_kwargs.api_key``; the base URL in
@@ -158,92 +202,44 @@ class BulkUpdateOperator(BaseOperator):
     after a triggerer restarts, and would send them again.
     """
 
-    template_fields: Sequence[str] = (
-        "input", "results", "errors_output", "state_dir", "since_state", "metrics_file",
-        "job_name",
-    )  # fmt: skip
+    template_fields: Sequence[str] = tuple(
+        parameter for parameter, name in JOB_OPTIONS.items() if OPTIONS[name].templated
+    )
     ui_color = "#e8f4ea"
     # The running job's, for on_kill (called by Airflow's SIGTERM handler, in the main thread).
     _interrupt: Interrupt | None = None
+    # Set by __init__ from the parameters: those this class reads itself.
+    input: str
+    results: str
+    job_name: str | None
+    state_dir: str | None
+    _dry_run: bool  # BaseOperator.dry_run is a method (it renders the templates)
 
     def __init__(
         self,
         *,
-        input: str,
-        results: str,
-        errors_output: str | None = None,
-        id_column: str = _default("id_column"),
-        columns: str | Sequence[str] | None = None,
-        metadata_column: str | None = None,
-        base_url: str | None = None,
-        organization: str | None = None,
-        project: str | None = None,
-        rpm: int = _default("rpm"),
-        concurrency: int = _default("concurrency"),
-        max_attempts: int = _default("max_attempts"),
-        timeout: float = _default("timeout"),
-        dry_run: bool = False,
-        restart: bool = False,
-        limit: int | None = None,
-        shard: str | Sequence[int] | None = None,
-        job_name: str | None = None,
-        state_dir: str | None = None,
-        full: bool = False,
-        since_state: str | None = None,
-        delimiter: str | None = None,
-        retry_failed: bool = False,
-        stop_after_failures: int = _default("stop_after_failures"),
-        store_timeout: float = _default("store_timeout"),
-        backup: bool = False,
-        drain_timeout: float = AIRFLOW_DRAIN_TIMEOUT_S,
-        breaker_threshold: int = _default("breaker_threshold"),
-        breaker_timeout: float = _default("breaker_timeout"),
-        metrics_file: str | None = None,
-        pushgateway: str | None = None,
-        metrics_interval: float = _default("metrics_interval"),
         openai_conn_id: str | None = "openai_default",
         store_conn_id: str | None = None,
         fail_on_row_errors: bool = True,
         **kwargs: Any,
     ) -> None:
+        """The job's options (``JOB_OPTIONS``, by name) and BaseOperator's parameters, in
+        ``kwargs``; the signature Airflow and ``help()`` see is ``operator_signature``'s."""
+        given = {name: kwargs.pop(name) for name in list(kwargs) if name in JOB_OPTIONS}
+        refuse_unknown_parameters(type(self).__name__, kwargs)
         super().__init__(**kwargs)
+        for name, default in DEFAULTS.items():  # (input and results: Airflow saw them given)
+            setattr(self, "_dry_run" if name == "dry_run" else name, given.get(name, default))
         if "outlets" not in kwargs:
-            self.outlets = default_outlets(results, job_name, self.get_dag(), self.task_id, dry_run)
-        self.input = input
-        self.results = results
-        self.errors_output = errors_output
-        self.id_column = id_column
-        self.columns = columns
-        self.metadata_column = metadata_column
-        self.base_url = base_url
-        self.organization = organization
-        self.project = project
-        self.rpm = rpm
-        self.concurrency = concurrency
-        self.max_attempts = max_attempts
-        self.timeout = timeout
-        self._dry_run = dry_run  # BaseOperator.dry_run is a method (it renders the templates)
-        self.restart = restart
-        self.limit = limit
-        self.shard = shard
-        self.job_name = job_name
-        self.state_dir = state_dir
-        self.full = full
-        self.since_state = since_state
-        self.delimiter = delimiter
-        self.retry_failed = retry_failed
-        self.stop_after_failures = stop_after_failures
-        self.store_timeout = store_timeout
-        self.backup = backup
-        self.drain_timeout = drain_timeout
-        self.breaker_threshold = breaker_threshold
-        self.breaker_timeout = breaker_timeout
-        self.metrics_file = metrics_file
-        self.pushgateway = pushgateway
-        self.metrics_interval = metrics_interval
+            self.outlets = default_outlets(
+                self.results, self.job_name, self.get_dag(), self.task_id, self._dry_run
+            )
         self.openai_conn_id = openai_conn_id
         self.store_conn_id = store_conn_id
         self.fail_on_row_errors = fail_on_row_errors
+
+    # Before the class is made: Airflow's metaclass reads the signature when it wraps __init__.
+    __init__.__signature__ = operator_signature(__init__)  # type: ignore[attr-defined]
 
     @classmethod
     def partial(cls, **kwargs: Any) -> OperatorPartial:
@@ -260,9 +256,10 @@ class BulkUpdateOperator(BaseOperator):
     def job_config(self) -> JobConfig:
         """The run's JobConfig, from the (rendered) parameters and the connections. Raises
         ConfigError naming what is wrong."""
-        options: dict[str, Any] = {name: getattr(self, name) for name in JOB_OPTIONS}
-        options["output"] = self.results
-        options["dry_run"] = self._dry_run
+        options: dict[str, Any] = {
+            name: getattr(self, "_dry_run" if name == "dry_run" else parameter)
+            for parameter, name in JOB_OPTIONS.items()
+        }
         options["job_name"] = self.job_name or default_job_name(self.dag_id, self.task_id)
         api = openai_connection(self.openai_conn_id)
         if api.ignored:
