@@ -178,27 +178,10 @@ def declare(help: str = "", **how: Any) -> dict[str, Option]:
     return {"option": Option(help, **how)}
 
 
-def option(
-    default: T,
-    help: str = "",
-    *,
-    secret: bool = False,
-    group: str | None = None,
-    flag: str | None = None,
-    metavar: str | None = None,
-    parse: Callable[[str], Any] | None = None,
-    repeatable: bool = False,
-    bound: Bound | None = None,
-    check: Callable[[Any], object] | None = None,
-    airflow: bool = True,
-    templated: bool = False,
-    airflow_default: Any = None,
-) -> T:
-    """A JobConfig field with its default and its declaration (``secret``: not in repr)."""
-    declared = Option(help, group=group, flag=flag, metavar=metavar, parse=parse,
-                      repeatable=repeatable, bound=bound, check=check, airflow=airflow,
-                      templated=templated, airflow_default=airflow_default)  # fmt: skip
-    made: T = field(default=default, repr=not secret, metadata={"option": declared})
+def option(default: T, help: str = "", *, secret: bool = False, **how: Any) -> T:
+    """A JobConfig field with its default and its declaration (``Option``'s fields, by name;
+    ``secret``: not in repr)."""
+    made: T = field(default=default, repr=not secret, metadata={"option": Option(help, **how)})
     return made
 
 
