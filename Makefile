@@ -64,10 +64,12 @@ PYTEST_WORKERS ?= 4
 # rewrite the tests' asserts again). The test run writes its bytecode (__pycache__, ignored by
 # git; a PYTHONPYCACHEPREFIX would compile all of .venv again instead of using its own).
 PYCACHE := PYTHONDONTWRITEBYTECODE=
+# More for pytest: make test PYTEST_ARGS="--durations=30" (where the time goes), "-k store" ...
+PYTEST_ARGS ?=
 
 unit: $(STAMP) system-deps
 	$(PYCACHE) $(BIN)/python -m compileall -q bulk_update
-	$(PYCACHE) $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal
+	$(PYCACHE) $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
