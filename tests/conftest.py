@@ -14,6 +14,31 @@ TEST_KEY = "sk-test-0123456789"
 
 StartEmulator = Callable[..., EmulatorProcess]
 
+# Modules of long tests that share no module-scoped fixture: each test an `airflow dags test` of
+# 30 to 70 s (many minutes on a loaded machine).
+SPREAD_MODULES = ("test_airflow.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Spread the tests of SPREAD_MODULES evenly over the collection, the others kept in their
+    order. pytest-xdist gives each worker a stretch of the collection, and a worker that runs
+    dry takes tests from the end of another's queue, never its head: a module of long tests
+    together at the head of one stretch would run one after another on one worker (the whole
+    module's minutes: the run's long pole), spread they start early on every worker."""
+    spread = [item for item in items if item.path.name in SPREAD_MODULES]
+    if not spread:
+        return
+    rest = [item for item in items if item.path.name not in SPREAD_MODULES]
+    # Between two modules only, not to set a module's fixtures up twice.
+    starts = [i for i in range(len(rest) + 1) if i in (0, len(rest))
+              or rest[i].path != rest[i - 1].path]  # fmt: skip
+    at = [min(starts, key=lambda i: abs(i - k * len(rest) / len(spread)))
+          for k in range(len(spread))]  # fmt: skip
+    ordered: list[pytest.Item] = []
+    for k, item in enumerate(spread):  # each at the head of its share of the others
+        ordered += [item, *rest[at[k] : at[k + 1] if k + 1 < len(spread) else None]]
+    items[:] = ordered
+
 
 @pytest.fixture
 def start_emulator() -> Iterator[StartEmulator]:

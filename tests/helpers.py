@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 
 from bulk_update.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY
@@ -157,3 +160,23 @@ def store_runs(store: Path) -> list[dict[str, Any]]:
         ).fetchall()
     names = ("run_id", "results", "shard", "invocations", "exit_code", "counts", "replaced")
     return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def made_once(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """Directory ``name``, made by ``make`` once for the whole test run and shared by its
+    pytest-xdist workers (they share the parent of their base temp directory): the first worker
+    to ask makes it, under a lock the others wait on; a ``make`` that fails leaves nothing, and
+    the next to ask tries again. What is made must be read only (copied) by the tests."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    made = base / name
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not made.is_dir():
+            partial = base / f"{name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            make(partial)
+            partial.rename(made)
+    return made

@@ -4,6 +4,7 @@ provider entry point seen by ``airflow providers list``, the DAGs in jobs/ parse
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -20,24 +21,30 @@ import pytest
 
 import bulk_update
 from tests.conftest import StartEmulator
-from tests.helpers import ID, wait_for_requests
+from tests.helpers import ID, made_once, wait_for_requests
 from tests.pg import PASSWORD, USER, PostgresServer
 
-airflow = pytest.importorskip("airflow", reason="the airflow extra is not installed")
+# Found, not imported: importing Airflow in each pytest worker costs seconds of CPU at collection,
+# and only the subprocesses this module starts use it.
+if importlib.util.find_spec("airflow") is None:
+    pytest.skip("the airflow extra is not installed", allow_module_level=True)
 
 ROOT = Path(__file__).parent.parent
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 KEY = "sk-from-the-airflow-connection"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An Airflow metadata DB made once (``airflow db migrate``); each test copies it."""
-    home = tmp_path_factory.mktemp("airflow-template")
-    done = subprocess.run([AIRFLOW, "db", "migrate"], env=airflow_env(home), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return home / "airflow.db"
+    """An Airflow metadata DB made once for the whole run (``airflow db migrate``, seconds of
+    CPU), whichever pytest workers run these tests; each test copies it."""
+
+    def migrate(home: Path) -> None:
+        done = subprocess.run([AIRFLOW, "db", "migrate"], env=airflow_env(home),
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    return made_once(tmp_path_factory, "airflow-template", migrate) / "airflow.db"
 
 
 def airflow_env(home: Path, dags: Path = ROOT / "jobs", **extra: str) -> dict[str, str]:
