@@ -70,7 +70,7 @@ from bulk_update.server.check import NOT_FOUND
 from bulk_update.stop import Stop
 from bulk_update.store import Budget
 
-__all__ = ["InFlight", "SendSettings", "Sender", "Sent"]
+__all__ = ["InFlight", "Read", "SendSettings", "Sender", "Sent"]
 
 log = logging.getLogger("bulk_update")
 
