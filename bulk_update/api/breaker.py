@@ -58,7 +58,6 @@ class CircuitBreaker:
         self.consecutive_failures = 0
         self.opened_at: float | None = None
         self.next_cooldown_s = cooldown_s
-        self.times_opened = 0
 
     @property
     def is_open(self) -> bool:
@@ -81,7 +80,6 @@ class CircuitBreaker:
             if self.consecutive_failures < self.threshold:
                 return None
             self.opened_at = self._clock()
-            self.times_opened += 1
         cooldown = self.next_cooldown_s
         self.next_cooldown_s = min(self.next_cooldown_s * 2, self.max_cooldown_s)
         # The last probe comes by the give-up time, not a whole cooldown after it: the job
