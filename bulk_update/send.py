@@ -46,7 +46,7 @@ from bulk_update.api.answers import (
     judge_preflight,
     parse_rate_limit_headers,
 )
-from bulk_update.api.breaker import ApiBreaker, CircuitBreaker
+from bulk_update.api.breaker import ApiBreaker, CircuitBreaker, Observed
 from bulk_update.api.client import ApiClient, conversation_path
 from bulk_update.api.ratelimit import Clock, RateLimiter, Sleep
 from bulk_update.api.retry import (
@@ -305,38 +305,38 @@ class Sender:
         read), retried (transient failures, 429s) until it is done, failed, or the job stops;
         the last attempt. ``flight``: an update's (see ``InFlight``)."""
         path = conversation_path(conversation_id)
-        tally = _Tally()
+        requests = failures = rate_limited = 0  # the row's, so far
 
         async def attempt() -> Attempt:
-            answer = await self._request(method, path, body, tally.requests > 0, flight)
+            nonlocal requests, failures, rate_limited
+            answer = await self._request(method, path, body, requests > 0, flight)
             verdict = classify(answer, self._wall_clock(), conversation_id, sent)
             if verdict.drop_connection:
                 await self._client.drop(answer)
-            return self._observed(answer, verdict, tally)
+            requests += 1
+            observed = self._observed(answer, verdict)
+            if verdict.action is Action.RATE_LIMITED:
+                rate_limited += 1
+            elif verdict.action is Action.RETRY and not observed.outage:
+                # A 408, a 409, a 5xx, a 2xx that is not a conversation; while the breaker is
+                # open, failures are the outage's, not the row's.
+                failures += 1
+            return Attempt(answer, verdict, requests, failures, rate_limited, observed.fatal)
 
         first = await attempt()
         if not should_retry(first):
             return first  # most rows: done (or failed) at once, without tenacity's machinery
         return await self._retried(first, attempt)
 
-    def _observed(self, answer: Answer, verdict: Verdict, tally: _Tally) -> Attempt:
-        """What every attempt's answer tells beyond its row: the rate limiter hears its 429 or
-        its x-ratelimit-* headers, the breaker its failure or its sign of life. The attempt,
-        with the row's tallies so far."""
-        tally.requests += 1
+    def _observed(self, answer: Answer, verdict: Verdict) -> Observed:
+        """What every answer tells beyond its row: the rate limiter hears its 429 or its
+        x-ratelimit-* headers, the breaker its failure or its sign of life."""
         if verdict.action is Action.RATE_LIMITED:
-            tally.rate_limited += 1
             self.rate_limited += 1
             self.limiter.rate_limited(verdict.wait_s or DEFAULT_RATE_LIMIT_PAUSE_S)
         elif answer.headers:
             self.limiter.observe(*parse_rate_limit_headers(answer.headers))
-        observed = self.breaker.observe(answer, verdict)
-        if verdict.action is Action.RETRY and not observed.outage:
-            # A 408, a 409, a 5xx, a 2xx that is not a conversation; while the breaker is open,
-            # failures are the outage's, not the row's.
-            tally.failures += 1
-        return Attempt(answer, verdict, tally.requests, tally.failures, tally.rate_limited,
-                       observed.fatal)  # fmt: skip
+        return self.breaker.observe(answer, verdict)
 
     async def _retried(self, first: Attempt, attempt: Callable[[], Awaitable[Attempt]]) -> Attempt:
         """A row to retry: tenacity takes over, from the attempt just made (its first call
@@ -438,12 +438,3 @@ class Sender:
                 RowOutcome(status=Status.UNPROCESSED, **errors, **common), fatal, answer.elapsed_s
             )
         return Sent(RowOutcome(status=Status.FAILED, **errors, **common), None, answer.elapsed_s)
-
-
-@dataclass(slots=True)
-class _Tally:
-    """A row's requests so far, and of them its transient failures and its 429s."""
-
-    requests: int = 0
-    failures: int = 0
-    rate_limited: int = 0

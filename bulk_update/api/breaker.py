@@ -139,6 +139,9 @@ class ApiBreaker:
         ):
             self.cause = _cause(answer, verdict)
             return self._failed()
+        if self.breaker.opened_at is None:  # most answers: the run of failures ends, no more
+            self.breaker.consecutive_failures = 0
+            return _NOTHING
         if self.breaker.record_up():
             log.warning(
                 "API answering again: circuit breaker closed", extra={"event": "breaker_closed"}
