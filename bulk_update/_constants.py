@@ -1,8 +1,9 @@
 """The numbers of the API and of the job's defaults, in one place (as openai-python's
 ``_constants.py``). Nothing here imports anything of the package: every layer may read it.
 
-The API's numbers are those of API_CONTRACT.md; a default here is the value a flag takes when it
-is not given (the CLI, job files, the demo and Airflow all read these through ``JobConfig``).
+The API's numbers are the ones README.md states (Sending, Input rules); a default here is the
+value a flag takes when it is not given (the CLI, job files, the demo and Airflow all read these
+through ``JobConfig``).
 """
 
 import re

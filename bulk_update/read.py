@@ -305,6 +305,30 @@ def open_input(
     """Open ``path`` (a file, or a glob of files read as one table) and check the mapping
     against its header. Raises InputError."""
     files = expand(path)
+    _check_there(path, files)
+    fmt = input_format(path)
+    separator = delimiter or default_separator(path)
+    _check_readable(files, fmt, separator)
+    schema = _schema(path, files, fmt, storage_options, separator)
+    names = list(schema.names())
+    _check_id_column(path, schema, id_column, fmt)
+    return InputTable(
+        path=path,
+        format=fmt,
+        schema=schema,
+        id_column=id_column,
+        metadata_columns=_metadata_columns(path, names, id_column, columns, metadata_column),
+        metadata_column=metadata_column,
+        files=files,
+        shard=shard,
+        storage_options=storage_options,
+        fed_back=fmt == "csv" and set(ERROR_COLUMNS) <= set(names),
+        separator=separator,
+    )
+
+
+def _check_there(path: str, files: tuple[str, ...]) -> None:
+    """The input names files, and each local one is a file."""
     if not files:
         raise InputError(path, "no file matches this pattern")
     for file in files:
@@ -312,8 +336,11 @@ def open_input(
             raise InputError(file, "is a directory, not an input file")
         if not is_remote(file) and not Path(file).is_file():
             raise InputError(file, "no such file")
-    fmt = input_format(path)
-    separator = delimiter or default_separator(path)
+
+
+def _check_readable(files: tuple[str, ...], fmt: InputFormat, separator: str) -> None:
+    """Each file looks like its format before polars reads it (its problem named, not
+    polars'), and a glob's files have the same columns."""
     for file in files if fmt == "csv" else ():
         problem = header_problem(file, separator)
         if problem is not None:
@@ -322,6 +349,16 @@ def open_input(
         if not is_remote(file) and not _has_text(file):
             raise InputError(file, "the file is empty: no JSON object")
     _check_same_columns(files, fmt, separator)
+
+
+def _schema(
+    path: str,
+    files: tuple[str, ...],
+    fmt: InputFormat,
+    storage_options: dict[str, str] | None,
+    separator: str,
+) -> pl.Schema:
+    """The input's columns as polars reads them (JSON Lines: every one text)."""
     try:
         schema = _scan(files, fmt, storage_options, separator).collect_schema()
     except DiskFull:
@@ -331,6 +368,10 @@ def open_input(
         raise InputError(path, f"cannot read as {shown}: {first_line(exc)}") from None
     if fmt == "ndjson":
         schema = pl.Schema(dict.fromkeys(schema.names(), pl.String()))
+    return schema
+
+
+def _check_id_column(path: str, schema: pl.Schema, id_column: str, fmt: InputFormat) -> None:
     names = list(schema.names())
     if id_column not in names:
         raise InputError(
@@ -342,13 +383,25 @@ def open_input(
             f"the ID column {id_column!r} holds {schema[id_column]} values; a conversation ID "
             "is text (conv_...): give --id-column the column that holds them",
         )
+
+
+def _metadata_columns(
+    path: str,
+    names: list[str],
+    id_column: str,
+    columns: tuple[str, ...] | None,
+    metadata_column: str | None,
+) -> tuple[str, ...]:
+    """The columns whose values become metadata: none with ``--metadata-column`` (one JSON
+    object a row), ``--columns`` as given, else every column but the ID's (and, for a fed-back
+    errors file, its own)."""
     if metadata_column is not None:
         if metadata_column not in names:
             raise InputError(
                 path, f"no metadata column {metadata_column!r} (columns: {_shown(names)})"
             )
-        metadata_columns: tuple[str, ...] = ()
-    elif columns is not None:
+        return ()
+    if columns is not None:
         unknown = [c for c in columns if c not in names]
         if unknown:
             raise InputError(
@@ -356,28 +409,15 @@ def open_input(
             )
         if id_column in columns:
             raise InputError(path, f"--columns names the ID column {id_column!r}")
-        metadata_columns = columns
-    else:
-        skipped = {id_column}
-        if set(ERROR_COLUMNS) <= set(names):
-            # a fed-back --errors-output file: its status, error and row_number columns
-            skipped |= {*ERROR_COLUMNS, ERRORS_ROW_NUMBER}
-        metadata_columns = tuple(n for n in names if n not in skipped)
-        if not metadata_columns:
-            raise InputError(path, f"no metadata columns besides {id_column!r}")
-    return InputTable(
-        path=path,
-        format=fmt,
-        schema=schema,
-        id_column=id_column,
-        metadata_columns=metadata_columns,
-        metadata_column=metadata_column,
-        files=files,
-        shard=shard,
-        storage_options=storage_options,
-        fed_back=fmt == "csv" and set(ERROR_COLUMNS) <= set(names),
-        separator=separator,
-    )
+        return columns
+    skipped = {id_column}
+    if set(ERROR_COLUMNS) <= set(names):
+        # a fed-back --errors-output file: its status, error and row_number columns
+        skipped |= {*ERROR_COLUMNS, ERRORS_ROW_NUMBER}
+    metadata_columns = tuple(n for n in names if n not in skipped)
+    if not metadata_columns:
+        raise InputError(path, f"no metadata columns besides {id_column!r}")
+    return metadata_columns
 
 
 def _columns(file: str, fmt: InputFormat, separator: str) -> list[str] | None:

@@ -46,12 +46,13 @@ from bulk_update.api.answers import (
     judge_preflight,
     parse_rate_limit_headers,
 )
-from bulk_update.api.breaker import CircuitBreaker
+from bulk_update.api.breaker import ApiBreaker, CircuitBreaker, Observed
 from bulk_update.api.client import ApiClient, ClientSettings, conversation_path
 from bulk_update.api.ratelimit import Clock, RateLimiter, Sleep
 from bulk_update.api.retry import (
     Attempt,
     backoff_seconds,
+    last_attempt,
     should_retry,
     stop_after_failures,
     stop_after_rate_limited,
@@ -69,7 +70,7 @@ from bulk_update.server.check import NOT_FOUND
 from bulk_update.stop import Stop
 from bulk_update.store import Budget
 
-__all__ = ["InFlight", "SendSettings", "Sender", "Sent"]
+__all__ = ["InFlight", "Read", "SendSettings", "Sender", "Sent"]
 
 log = logging.getLogger("bulk_update")
 
@@ -154,15 +155,15 @@ class Sender:
         self._fence = fence
         self.telemetry = telemetry
         self.limiter = RateLimiter(settings.rpm, clock=clock, sleep=sleep, budget=budget)
-        self.breaker = CircuitBreaker(
-            threshold=settings.breaker_threshold,
-            give_up_after_s=settings.breaker_timeout,
-            clock=clock,
+        self.breaker = ApiBreaker(
+            CircuitBreaker(
+                threshold=settings.breaker_threshold,
+                give_up_after_s=settings.breaker_timeout,
+                clock=clock,
+            ),
+            pause=self.limiter.pause,
         )
-        self._probe = asyncio.Lock()
         self.stop = stop
-        # Why the API looked down, the last time it did: named by the breaker's log and stop.
-        self.down_cause = ""
         self.requests_sent = 0
         self.reads_sent = 0  # of requests_sent: reads of a conversation before its update
         self.rate_limited = 0  # of requests_sent: answered 429 rate_limit_exceeded
@@ -189,13 +190,11 @@ class Sender:
         self, method: str, path: str, body: bytes | None, retry: bool, flight: InFlight | None
     ) -> Answer:
         await self.limiter.acquire()
-        if self.breaker.is_open:
-            # While the API looks down, one request at a time: each one a probe, spaced by the
-            # cooldown the last failed probe set.
-            async with self._probe:
-                if self.breaker.is_open:
-                    await self.limiter.acquire()
-                return await self._exchange(method, path, body, retry=retry, flight=flight)
+        if self.breaker.is_open:  # the API looks down: this request is a probe
+            return await self.breaker.probe(
+                self.limiter.acquire,
+                lambda: self._exchange(method, path, body, retry=retry, flight=flight),
+            )
         return await self._exchange(method, path, body, retry=retry, flight=flight)
 
     async def _exchange(
@@ -286,44 +285,42 @@ class Sender:
         read), retried (transient failures, 429s) until it is done, failed, or the job stops;
         the last attempt. ``flight``: an update's (see ``InFlight``)."""
         path = conversation_path(conversation_id)
-        tally = {"requests": 0, "failures": 0, "rate_limited": 0}
-
-        def tried(answer: Answer, verdict: Verdict, fatal: FatalApiError | None = None) -> Attempt:
-            return Attempt(answer, verdict, tally["requests"], tally["failures"],
-                           tally["rate_limited"], fatal)  # fmt: skip
+        requests = failures = rate_limited = 0  # the row's, so far
 
         async def attempt() -> Attempt:
-            answer = await self._request(method, path, body, tally["requests"] > 0, flight)
+            nonlocal requests, failures, rate_limited
+            answer = await self._request(method, path, body, requests > 0, flight)
             verdict = classify(answer, self._wall_clock(), conversation_id, sent)
             if verdict.drop_connection:
                 await self._client.drop(answer)
-            tally["requests"] += 1
+            requests += 1
+            observed = self._observed(answer, verdict)
             if verdict.action is Action.RATE_LIMITED:
-                tally["rate_limited"] += 1
-                self.rate_limited += 1
-                self.limiter.rate_limited(verdict.wait_s or DEFAULT_RATE_LIMIT_PAUSE_S)
-            elif answer.headers:
-                self.limiter.observe(*parse_rate_limit_headers(answer.headers))
-            if _looks_down(answer, verdict):
-                self.down_cause = _cause(answer, verdict)
-                # While the breaker is open, failures are the outage's, not the row's.
-                is_open, gave_up = self._breaker_failure()
-                if not is_open:
-                    tally["failures"] += 1
-                return tried(answer, verdict, gave_up)
-            if verdict.action is Action.RETRY:
-                tally["failures"] += 1  # a 408, a 409, a 2xx that is not a conversation
-            if self.breaker.record_up():
-                log.warning(
-                    "API answering again: circuit breaker closed", extra={"event": "breaker_closed"}
-                )
-            return tried(answer, verdict)
+                rate_limited += 1
+            elif verdict.action is Action.RETRY and not observed.outage:
+                # A 408, a 409, a 5xx, a 2xx that is not a conversation; while the breaker is
+                # open, failures are the outage's, not the row's.
+                failures += 1
+            return Attempt(answer, verdict, requests, failures, rate_limited, observed.fatal)
 
         first = await attempt()
         if not should_retry(first):
             return first  # most rows: done (or failed) at once, without tenacity's machinery
-        # A row to retry: tenacity takes over, from the attempt just made (its first call
-        # returns it), so that the stop and wait strategies judge it as any other.
+        return await self._retried(first, attempt)
+
+    def _observed(self, answer: Answer, verdict: Verdict) -> Observed:
+        """What every answer tells beyond its row: the rate limiter hears its 429 or its
+        x-ratelimit-* headers, the breaker its failure or its sign of life."""
+        if verdict.action is Action.RATE_LIMITED:
+            self.rate_limited += 1
+            self.limiter.rate_limited(verdict.wait_s or DEFAULT_RATE_LIMIT_PAUSE_S)
+        elif answer.headers:
+            self.limiter.observe(*parse_rate_limit_headers(answer.headers))
+        return self.breaker.observe(answer, verdict)
+
+    async def _retried(self, first: Attempt, attempt: Callable[[], Awaitable[Attempt]]) -> Attempt:
+        """A row to retry: tenacity takes over, from the attempt just made (its first call
+        returns it), so that the stop and wait strategies judge it as any other."""
         made = [first]
 
         async def again() -> Attempt:
@@ -337,7 +334,7 @@ class Sender:
             ),
             wait=wait_for_server(otherwise=wait_backoff(self._jitter)),
             retry=retry_if_result(should_retry),
-            retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
+            retry_error_callback=last_attempt,
             sleep=self._sleep,
             reraise=True,
         )
@@ -380,30 +377,6 @@ class Sender:
         )
         return None
 
-    def _breaker_failure(self) -> tuple[bool, FatalApiError | None]:
-        """Tell the breaker of a failure. Returns whether it is open (the failure does not
-        count against the row, and every request pauses for the cooldown) and, once it has
-        been open for too long, the error that stops the job."""
-        cooldown = self.breaker.record_failure()
-        if cooldown is None:
-            return False, None
-        if self.breaker.consecutive_failures == self.breaker.threshold:
-            log.warning(
-                "API looks down (%d failures in a row, the last: %s): circuit breaker open",
-                self.breaker.consecutive_failures,
-                self.down_cause,
-                extra={"event": "breaker_open", "cause": self.down_cause},
-            )
-        self.limiter.pause(cooldown)
-        if not self.breaker.gave_up():
-            return True, None
-        return True, FatalApiError(
-            f"circuit breaker: the API failed every probe for "
-            f"{self.breaker.open_for_s():.0f} s (the last: {self.down_cause})",
-            http_status=None,
-            error_code="circuit_breaker",
-        )
-
     def _outcome(self, update: PlannedUpdate, tried: Attempt) -> Sent:
         verdict, answer = tried.verdict, tried.answer
         headers = answer.headers or {}
@@ -445,17 +418,3 @@ class Sender:
                 RowOutcome(status=Status.UNPROCESSED, **errors, **common), fatal, answer.elapsed_s
             )
         return Sent(RowOutcome(status=Status.FAILED, **errors, **common), None, answer.elapsed_s)
-
-
-def _looks_down(answer: Answer, verdict: Verdict) -> bool:
-    """A failure that says the API (or the way to it) is down, not that the request was bad."""
-    return verdict.action is Action.RETRY and (
-        answer.transport_error is not None or (answer.http_status or 0) >= 500
-    )
-
-
-def _cause(answer: Answer, verdict: Verdict) -> str:
-    """Why an answer says the API is down, in a few words (for the breaker's log and stop)."""
-    if answer.transport_error is not None:
-        return f"{verdict.error_code}: {answer.transport_detail or answer.transport_error}"[:300]
-    return f"HTTP {answer.http_status} {verdict.error_code}: {verdict.error_message}"[:300]

@@ -21,8 +21,9 @@ def test_opens_after_threshold_and_backs_off() -> None:
     assert not breaker.is_open
     assert breaker.record_failure() == 1  # opens: pause 1 s
     assert breaker.is_open
+    clock.now = 1.0
     assert [breaker.record_failure() for _ in range(3)] == [2, 4, 4]  # failed probes: capped
-    assert breaker.times_opened == 1
+    assert breaker.opened_at == 0  # still open since the first: probes never reopen it
 
 
 def test_any_sign_of_life_closes_and_resets() -> None:

@@ -147,11 +147,20 @@ def test_faults_can_be_changed_at_run_time(start_emulator: StartEmulator) -> Non
 
 @pytest.mark.parametrize("seed", [0, 1, 99])
 def test_fault_plan_draws_are_deterministic(seed: int) -> None:
-    def kinds() -> list[FaultKind]:
-        plan = FaultPlan(error_rate=0.3, reset_rate=0.2, slow_rate=0.1, seed=seed)
-        return [plan.draw().kind for _ in range(200)]
+    """A seed draws the same faults every time (a run's faults can be replayed), drawn at the
+    rates asked for, and another seed draws others."""
 
-    assert kinds() == kinds()
+    def kinds(seed: int) -> list[FaultKind]:
+        plan = FaultPlan(error_rate=0.3, reset_rate=0.2, slow_rate=0.1, seed=seed)
+        return [plan.draw().kind for _ in range(2000)]
+
+    drawn = kinds(seed)
+    assert drawn == kinds(seed)
+    assert drawn != kinds(seed + 1)
+    share = {kind: drawn.count(kind) / len(drawn) for kind in FaultKind}
+    expected = {FaultKind.ERROR: 0.3, FaultKind.RESET: 0.2, FaultKind.SLOW: 0.1,
+                FaultKind.NONE: 0.4}  # fmt: skip
+    assert all(abs(share[kind] - rate) < 0.05 for kind, rate in expected.items()), share
 
 
 def test_fault_plan_rejects_impossible_rates() -> None:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import json
 from pathlib import Path
 
+import httpx2
 import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulk_update import JobConfig, run_job, spreadsheet
+from bulk_update import JobConfig, run_job_async, spreadsheet
 from bulk_update.exceptions import ConfigError
 from tests.conftest import StartEmulator
-from tests.helpers import ID, by_row, cli
+from tests.helpers import ID, by_row, cli, store_runs
 
 FORMULAS = ("=1+1", "+1", "-5", "@SUM(A1)", "\tx")
 
@@ -90,22 +93,43 @@ def test_outputs_never_overwrite_the_input(tmp_path: Path) -> None:
     assert source.read_bytes() == before
 
 
+def _api(request: httpx2.Request) -> httpx2.Response:
+    """Every conversation exists, and an update sets what it is sent."""
+    metadata = json.loads(request.content)["metadata"] if request.method == "POST" else {}
+    body = {"id": request.url.path.rsplit("/", 1)[-1], "object": "conversation",
+            "created_at": 1, "metadata": metadata}  # fmt: skip
+    return httpx2.Response(200, json=body)
+
+
 @pytest.mark.parametrize(
-    "options",
+    ("options", "store"),
     [
-        {"errors_output": "out/r.sqlite-x.csv"},
-        {"state_dir": "out", "job_name": "r.csv"},
-        {"errors_output": "out/r.sqlite.csv", "job_name": "r"},
+        ({"errors_output": "out/r.sqlite-x.csv"}, "out/r.sqlite"),
+        ({"state_dir": "out", "job_name": "r.csv"}, "out/r.csv.sqlite"),
+        ({"errors_output": "out/r.sqlite.csv", "job_name": "r"}, "out/r.sqlite"),
     ],
 )
 def test_results_and_the_store_never_meet(
-    tmp_path: Path, options: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, options: dict[str, str], store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The store is NAME.sqlite and a results path ends in .csv, .parquet or .jsonl: near misses
-    are fine, and the store is left whole."""
+    are fine, and the store is left whole (a run writes each file where it belongs, and a
+    resume reads the store back)."""
     monkeypatch.chdir(tmp_path)
     Path("in.csv").write_text(f"conversation_id,a\n{ID(1)},v\n")
-    run_job(JobConfig(input="in.csv", output="out/r.csv", dry_run=True, **options))  # type: ignore[arg-type]
+    config = JobConfig(input="in.csv", output="out/r.csv", base_url="https://api.example/v1",
+                       api_key="sk-safety", **options)  # type: ignore[arg-type]  # fmt: skip
+    assert config.store_path() == Path(store)
+    transport = httpx2.MockTransport(_api)
+    assert asyncio.run(run_job_async(config, transport=transport)).exit_code == 0
+    assert by_row(Path("out/r.csv"))[1]["status"] == "updated"
+    errors = options.get("errors_output")
+    if errors is not None:
+        assert Path(errors).read_text().startswith("row_number,")  # a CSV: the header only
+    assert [run["exit_code"] for run in store_runs(Path(store))] == [0]
+    # The same command again: the store read back whole, the run already done.
+    assert asyncio.run(run_job_async(config, transport=transport)).exit_code == 0
+    assert by_row(Path("out/r.csv"))[1]["status"] == "updated"
     with pytest.raises(ConfigError, match="unknown results format"):
         JobConfig(input="in.csv", output="out/r.sqlite")
 

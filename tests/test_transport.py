@@ -19,7 +19,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import aiohttp
+import httpx2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,7 +32,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bulk_update.api.answers import Answer
 from bulk_update.api.client import ApiClient, ClientSettings, conversation_path
-from bulk_update.api.transport import TRANSPORTS, TransportName, chosen_transport
+from bulk_update.api.transport import (
+    TRANSPORTS,
+    TransportName,
+    _raise_as_httpx2,
+    chosen_transport,
+)
 from bulk_update.exceptions import ConfigError
 from tests.conftest import TEST_KEY
 from tests.helpers import cli, read_request, requested_id, serve_on_loopback
@@ -455,3 +464,50 @@ def test_certificates_that_cannot_be_loaded_are_the_users_mistake(
     assert len(lines) == 1
     assert f"$SSL_CERT_FILE={missing}" in lines[0]
     assert "cannot load the TLS certificates" in lines[0]
+
+
+# What aiohttp's exceptions read of a connection key and of a request.
+_HOST: Any = SimpleNamespace(host="api.example", port=443, ssl=True, is_ssl=True)
+_REQUEST: Any = SimpleNamespace(real_url="https://api.example/v1")
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (aiohttp.ConnectionTimeoutError("connect"), httpx2.ConnectTimeout),
+        (aiohttp.SocketTimeoutError("read"), httpx2.ReadTimeout),
+        (TimeoutError(), httpx2.ReadTimeout),
+        (aiohttp.ClientHttpProxyError(_REQUEST, (), status=407),
+         httpx2.ProxyError),
+        (aiohttp.ClientConnectorError(_HOST, ConnectionRefusedError(111, "refused")),
+         httpx2.ConnectError),
+        (aiohttp.ClientConnectorDNSError(_HOST, OSError(-2, "no such host")), httpx2.ConnectError),
+        (aiohttp.ClientConnectorCertificateError(_HOST, ssl.SSLCertVerificationError("bad")),
+         httpx2.ConnectError),
+        (aiohttp.ClientSSLError(_HOST, OSError(1, "tls")), httpx2.ConnectError),
+        (aiohttp.ServerDisconnectedError(), httpx2.RemoteProtocolError),
+        (aiohttp.ClientPayloadError("cut"), httpx2.RemoteProtocolError),
+        (aiohttp.ClientOSError(104, "reset"), httpx2.ReadError),
+        (aiohttp.ClientConnectionResetError("reset"), httpx2.ReadError),
+        (ConnectionResetError(104, "reset"), httpx2.ReadError),
+        (BrokenPipeError(32, "pipe"), httpx2.ReadError),
+        (aiohttp.InvalidUrlClientError("x"), httpx2.UnsupportedProtocol),
+        (aiohttp.ClientResponseError(_REQUEST, ()), httpx2.RemoteProtocolError),
+        (aiohttp.ClientError("malformed"), httpx2.RemoteProtocolError),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else "",
+)  # fmt: skip
+def test_aiohttp_errors_are_raised_as_httpx2s(raised: Exception, expected: type) -> None:
+    """Each aiohttp fault as the httpx2 exception httpcore2 raises for it (a subclass as its
+    base unless it means another fault), the original as its cause."""
+    with pytest.raises(httpx2.TransportError) as caught:
+        _raise_as_httpx2(raised)
+    assert type(caught.value) is expected
+    assert caught.value.__cause__ is raised
+
+
+def test_an_error_that_is_not_the_transports_goes_through_as_it_is() -> None:
+    bug = ValueError("a bug")
+    with pytest.raises(ValueError, match="a bug") as caught:
+        _raise_as_httpx2(bug)
+    assert caught.value is bug

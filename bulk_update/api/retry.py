@@ -24,6 +24,7 @@ from bulk_update.exceptions import FatalApiError
 __all__ = [
     "Attempt",
     "backoff_seconds",
+    "last_attempt",
     "should_retry",
     "stop_after_failures",
     "stop_after_rate_limited",
@@ -60,6 +61,12 @@ class Attempt:
 def _attempt(retry_state: RetryCallState) -> Attempt:
     attempt: Attempt = retry_state.outcome.result()  # type: ignore[union-attr]
     return attempt
+
+
+def last_attempt(retry_state: RetryCallState) -> Attempt:
+    """``retry_error_callback=last_attempt``: a row whose retries a stop strategy ended has
+    its last attempt for its outcome, not an error."""
+    return _attempt(retry_state)
 
 
 def should_retry(attempt: Attempt) -> bool:

@@ -356,24 +356,34 @@ def _raise_as_httpx2(exc: Exception) -> NoReturn:
     raise mapped from exc
 
 
-def _as_httpx2(exc: Exception) -> httpx2.TransportError | None:
+@functools.cache
+def _httpx2_errors() -> dict[type[BaseException], type[httpx2.TransportError]]:
+    """aiohttp's exceptions (and the OS's under them), each with the httpx2 exception httpcore2
+    raises for the same fault. An exception takes the entry of the nearest class in its MRO,
+    so a subclass needs a row only when it means another fault than its base (aiohttp is
+    imported on first use: it is optional)."""
     import aiohttp
 
-    message = str(exc) or type(exc).__name__
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return httpx2.ConnectTimeout(message)
-    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
-        return httpx2.ReadTimeout(message)
-    if isinstance(exc, aiohttp.ClientHttpProxyError):
-        return httpx2.ProxyError(message)
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientSSLError):
-        return httpx2.ConnectError(message)  # refused, DNS, TLS, the proxy unreachable
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return httpx2.RemoteProtocolError(message)
-    if isinstance(exc, aiohttp.ClientOSError | aiohttp.ClientConnectionError | OSError):
-        return httpx2.ReadError(message)  # reset, broken pipe
-    if isinstance(exc, aiohttp.InvalidURL):
-        return httpx2.UnsupportedProtocol(message)
-    if isinstance(exc, aiohttp.ClientError):
-        return httpx2.RemoteProtocolError(message)  # a malformed answer
+    return {
+        aiohttp.ConnectionTimeoutError: httpx2.ConnectTimeout,
+        aiohttp.ServerTimeoutError: httpx2.ReadTimeout,
+        TimeoutError: httpx2.ReadTimeout,
+        aiohttp.ClientHttpProxyError: httpx2.ProxyError,
+        # refused, DNS, TLS, the proxy unreachable
+        aiohttp.ClientConnectorError: httpx2.ConnectError,
+        aiohttp.ServerDisconnectedError: httpx2.RemoteProtocolError,
+        aiohttp.ClientPayloadError: httpx2.RemoteProtocolError,
+        aiohttp.ClientConnectionError: httpx2.ReadError,  # reset, broken pipe
+        OSError: httpx2.ReadError,
+        aiohttp.InvalidURL: httpx2.UnsupportedProtocol,
+        aiohttp.ClientError: httpx2.RemoteProtocolError,  # a malformed answer
+    }
+
+
+def _as_httpx2(exc: Exception) -> httpx2.TransportError | None:
+    table = _httpx2_errors()
+    for kind in type(exc).__mro__:
+        mapped = table.get(kind)
+        if mapped is not None:
+            return mapped(str(exc) or type(exc).__name__)
     return None

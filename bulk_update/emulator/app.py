@@ -209,31 +209,29 @@ async def _read_json(request: Request) -> dict[str, Any]:
     return body
 
 
-def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None = None) -> Starlette:
-    """Build the ASGI app. Pass ``emulator`` to share or inspect its state (tests)."""
-    state = emulator or Emulator(config or EmulatorConfig())
-    store = state.store
+class _Api:
+    """The Conversations API: each operation behind the gate (see the module's docstring)."""
 
-    def api(operation: str, handler: Handler) -> Handler:
+    def __init__(self, state: Emulator) -> None:
+        self.state = state
+        self.store = state.store
+
+    def gated(self, operation: str, handler: Handler) -> Handler:
+        """``handler`` behind the gate, counted as ``operation``."""
+        state = self.state
+
         async def gate(request: Request) -> Response:
             started = time.perf_counter()
             state.by_operation[operation] += 1
             state.arrived(request.headers)
             headers = {"x-request-id": "req_" + uuid.uuid4().hex}
             try:
-                response = await _gated(request, handler, headers)
+                response = await self._through_gate(request, handler, headers)
             except ClientDisconnect:
                 # Gone before its body was complete: nothing to answer, nothing to log.
                 return Response(status_code=499)  # never reaches the client
             if response is None:
-                state.count("reset")
-                extension = request.scope.get("extensions", {}).get(ABORT_EXTENSION, {})
-                abort = extension.get("abort")
-                if not callable(abort):
-                    raise ConnectionDropped("injected connection reset")
-                abort()
-                await asyncio.sleep(0)  # let the server see the connection is gone
-                return Response(status_code=500)  # never reaches the client
+                return await self._reset(request)
             state.count(str(response.status_code))
             response.headers["openai-processing-ms"] = str(
                 int((time.perf_counter() - started) * 1000)
@@ -242,10 +240,20 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
 
         return gate
 
-    async def _gated(
-        request: Request, handler: Handler, headers: dict[str, str]
-    ) -> Response | None:
-        config = state.config
+    async def _reset(self, request: Request) -> Response:
+        """An injected reset: the connection dropped, no answer."""
+        self.state.count("reset")
+        extension = request.scope.get("extensions", {}).get(ABORT_EXTENSION, {})
+        abort = extension.get("abort")
+        if not callable(abort):
+            raise ConnectionDropped("injected connection reset")
+        abort()
+        await asyncio.sleep(0)  # let the server see the connection is gone
+        return Response(status_code=500)  # never reaches the client
+
+    def _refused(self, request: Request, headers: dict[str, str]) -> Response | None:
+        """The key, the rate limit and the quota, in that order: the refusal, if any."""
+        state, config = self.state, self.state.config
         try:
             _check_auth(request.headers.get("authorization"), config.api_key)
         except ApiError as error:
@@ -274,7 +282,17 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
                 ),
                 headers,
             )
-        fault = state.faults.draw() if state.faults.active else None
+        return None
+
+    async def _through_gate(
+        self, request: Request, handler: Handler, headers: dict[str, str]
+    ) -> Response | None:
+        """The request's answer (None: a reset is drawn)."""
+        refused = self._refused(request, headers)
+        if refused is not None:
+            return refused
+        config = self.state.config
+        fault = self.state.faults.draw() if self.state.faults.active else None
         # The request is received in full before the server works on it: a client that goes
         # away during the latency does not undo it (as with the real API). Starlette caches it.
         await request.body()
@@ -298,7 +316,7 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
         response.headers.update(headers)
         return response
 
-    async def create(request: Request) -> Response:
+    async def create(self, request: Request) -> Response:
         body = await _read_json(request)
         items = body.get("items")
         if items is not None and (not isinstance(items, list) or len(items) > MAX_ITEMS):
@@ -308,15 +326,15 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
                 param="items",
                 code="invalid_value",
             )
-        return _json(200, store.create(body.get("metadata")).resource(), {})
+        return _json(200, self.store.create(body.get("metadata")).resource(), {})
 
-    async def retrieve(request: Request) -> Response:
-        conversation = store.get(request.path_params["conversation_id"])
+    async def retrieve(self, request: Request) -> Response:
+        conversation = self.store.get(request.path_params["conversation_id"])
         return _json(200, conversation.resource(), {})
 
-    async def update(request: Request) -> Response:
+    async def update(self, request: Request) -> Response:
         conversation_id = request.path_params["conversation_id"]
-        store.count_update_request(conversation_id)
+        self.store.count_update_request(conversation_id)
         # As the live API: no body at all is a missing parameter, like {}.
         body = await _read_json(request) if await request.body() else {}
         if "metadata" not in body:
@@ -326,35 +344,44 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
                 param="metadata",
                 code="missing_required_parameter",
             )
-        merge = not state.config.replace_metadata
-        return _json(200, store.update(conversation_id, body["metadata"], merge).resource(), {})
+        merge = not self.state.config.replace_metadata
+        updated = self.store.update(conversation_id, body["metadata"], merge)
+        return _json(200, updated.resource(), {})
 
-    async def delete(request: Request) -> Response:
+    async def delete(self, request: Request) -> Response:
         conversation_id = request.path_params["conversation_id"]
-        store.delete(conversation_id)
+        self.store.delete(conversation_id)
         return _json(
             200, {"id": conversation_id, "object": "conversation.deleted", "deleted": True}, {}
         )
 
-    async def admin_stats(request: Request) -> Response:
+
+class _Admin:
+    """The routes outside the API (``/_emulator/...``): no key, no limit, no faults."""
+
+    def __init__(self, state: Emulator) -> None:
+        self.state = state
+
+    async def stats(self, request: Request) -> Response:
         def flag(name: str) -> bool:
             return request.query_params.get(name, "").lower() in {"1", "true", "yes"}
 
-        return _json(200, state.stats(flag("per_id"), flag("timeline")), {})
+        return _json(200, self.state.stats(flag("per_id"), flag("timeline")), {})
 
-    async def admin_conversation(request: Request) -> Response:
+    async def conversation(self, request: Request) -> Response:
         try:
-            conversation = store.get(request.path_params["conversation_id"])
+            conversation = self.state.store.get(request.path_params["conversation_id"])
         except ApiError as error:
             return _error(error, {})
         return _json(200, conversation.resource(), {})
 
-    async def admin_reset_counters(request: Request) -> Response:
-        state.reset_counters()
-        return _json(200, state.stats(per_id=False), {})
+    async def reset_counters(self, request: Request) -> Response:
+        self.state.reset_counters()
+        return _json(200, self.state.stats(per_id=False), {})
 
-    async def admin_config(request: Request) -> Response:
+    async def config(self, request: Request) -> Response:
         """GET shows the settings; POST changes some of them (faults, limit, latency)."""
+        state = self.state
         if request.method == "POST":
             changes = await request.json()
             allowed = set(EmulatorConfig.__dataclass_fields__) - {"api_key"}
@@ -369,30 +396,37 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
         settings["api_key"] = None if state.config.api_key is None else "***"
         return _json(200, settings, {})
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        status = exc.status_code if isinstance(exc, HTTPException) else 500
-        message = f"Invalid URL ({request.method} {request.url.path})"
-        return _error(ApiError(status, message), {"x-request-id": "req_" + uuid.uuid4().hex})
 
-    async def api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return _error(exc, {})
+async def _not_found(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    message = f"Invalid URL ({request.method} {request.url.path})"
+    return _error(ApiError(status, message), {"x-request-id": "req_" + uuid.uuid4().hex})
 
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error(exc, {})
+
+
+def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None = None) -> Starlette:
+    """Build the ASGI app. Pass ``emulator`` to share or inspect its state (tests)."""
+    state = emulator or Emulator(config or EmulatorConfig())
+    api, admin = _Api(state), _Admin(state)
     path = "/v1/conversations/{conversation_id}"
     routes = [
-        Route("/v1/conversations", api("create", create), methods=["POST"]),
-        Route(path, api("retrieve", retrieve), methods=["GET"]),
-        Route(path, api("update", update), methods=["POST"]),
-        Route(path, api("delete", delete), methods=["DELETE"]),
-        Route("/_emulator/stats", admin_stats, methods=["GET"]),
-        Route("/_emulator/conversations/{conversation_id}", admin_conversation, methods=["GET"]),
-        Route("/_emulator/reset-counters", admin_reset_counters, methods=["POST"]),
-        Route("/_emulator/config", admin_config, methods=["GET", "POST"]),
+        Route("/v1/conversations", api.gated("create", api.create), methods=["POST"]),
+        Route(path, api.gated("retrieve", api.retrieve), methods=["GET"]),
+        Route(path, api.gated("update", api.update), methods=["POST"]),
+        Route(path, api.gated("delete", api.delete), methods=["DELETE"]),
+        Route("/_emulator/stats", admin.stats, methods=["GET"]),
+        Route("/_emulator/conversations/{conversation_id}", admin.conversation, methods=["GET"]),
+        Route("/_emulator/reset-counters", admin.reset_counters, methods=["POST"]),
+        Route("/_emulator/config", admin.config, methods=["GET", "POST"]),
     ]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(InFlight, emulator=state)],
-        exception_handlers={HTTPException: not_found, ApiError: api_error},
+        exception_handlers={HTTPException: _not_found, ApiError: _api_error},
     )
     app.state.emulator = state
     return app

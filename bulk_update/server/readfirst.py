@@ -28,11 +28,12 @@ from typing import Any
 from bulk_update.exceptions import FatalApiError
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import PlannedUpdate, clip
-from bulk_update.send import Sender, Sent
+from bulk_update.send import Read, Sender, Sent
 from bulk_update.server import revert
 from bulk_update.server.check import (
     NOT_FOUND,
     REPLACED,
+    Decision,
     judge,
     new_keys,
     parse_map,
@@ -59,63 +60,68 @@ class ReadFirst:
         read = await sender.read(update)
         if read.failed is not None:
             return self._unread(read.failed)
-        server_text = read.metadata
-        server = parse_map(server_text)
+        server = parse_map(read.metadata)
         if update.whole:
             update = revert.settled(update, server)
-        row = update.metadata
-        # The before-image: the one an earlier invocation kept, if it sent the row already.
-        before = server_text if update.previous is None else update.previous
-        image: dict[str, Any] = (
-            {"previous_metadata": before} if self.write else {"server_metadata": server_text}
-        )
-        common: dict[str, Any] = {
-            "row_number": update.row_number,
-            "conversation_id": update.conversation_id,
-            "http_status": read.http_status,
-            "attempts": read.attempts,
-            "request_id": read.request_id,
-            "created_at": read.created_at,
-            "sent_metadata": update.sent_metadata,
-        }
         expect = parse_map(update.expect) if update.expect is not None else None
-        decision = judge(row, server, expect=expect, force=self.force)
-        if decision.action == "unchanged":
-            if self.write and update.previous is not None:
-                # Sent by an invocation that stopped before it recorded the answer.
-                return Sent(
-                    RowOutcome(
-                        status=Status.UPDATED,
-                        metadata=server_text,
-                        previous_metadata=update.previous,
-                        **common,
-                    ),
-                    latency_s=read.latency_s,
-                )
-            return Sent(
-                RowOutcome(status=Status.UNCHANGED, metadata=server_text, **image, **common),
-                latency_s=read.latency_s,
-            )
-        if decision.action == "invalid":
-            return Sent(
-                RowOutcome(
-                    status=Status.INVALID,
-                    error_type="server_check",
-                    error_code=decision.error_code,
-                    error_message=decision.error_message,
-                    **image,
-                    **common,
-                ),
-                latency_s=read.latency_s,
-            )
-        adds = new_keys(row, server)
+        decision = judge(update.metadata, server, expect=expect, force=self.force)
+        if decision.action != "send":
+            return self._not_sent(update, read, decision)
+        adds = new_keys(update.metadata, server)
         if not self.write:
             if not update.whole:
                 added.update(adds)
-            return Sent(
-                RowOutcome(status=Status.PLANNED, **image, **common), latency_s=read.latency_s
-            )
-        # The before-image commits before the update is sent.
+            return self._outcome(update, read, Status.PLANNED)
+        sent = await self._sent(update, read, sender, journal)
+        if sent.outcome.status is not Status.UPDATED or update.whole:
+            return sent  # a whole before-image puts keys back: it adds none, replaces none
+        added.update(adds)
+        lost = replaced_keys(server, update.metadata, parse_map(sent.outcome.metadata))
+        if lost and sent.fatal is None:
+            return dataclasses.replace(sent, fatal=_replaced(update.conversation_id, lost))
+        return sent
+
+    def _outcome(self, update: PlannedUpdate, read: Read, status: Status, **values: Any) -> Sent:
+        """The row's outcome with nothing sent: what the read found, with a run's before-image
+        (the one an earlier invocation kept, if it sent the row already) or a check's
+        ``server_metadata``."""
+        if self.write:
+            before = read.metadata if update.previous is None else update.previous
+            values.setdefault("previous_metadata", before)
+        else:
+            values.setdefault("server_metadata", read.metadata)
+        return Sent(
+            RowOutcome(
+                row_number=update.row_number,
+                conversation_id=update.conversation_id,
+                status=status,
+                http_status=read.http_status,
+                attempts=read.attempts,
+                request_id=read.request_id,
+                created_at=read.created_at,
+                sent_metadata=update.sent_metadata,
+                **values,
+            ),
+            latency_s=read.latency_s,
+        )
+
+    def _not_sent(self, update: PlannedUpdate, read: Read, decision: Decision) -> Sent:
+        """A row the server's map already settles: ``unchanged``, or ``invalid`` against it."""
+        if decision.action == "invalid":
+            return self._outcome(update, read, Status.INVALID, error_type="server_check",
+                                 error_code=decision.error_code,
+                                 error_message=decision.error_message)  # fmt: skip
+        if self.write and update.previous is not None:
+            # Sent by an invocation that stopped before it recorded the answer.
+            return self._outcome(update, read, Status.UPDATED, metadata=read.metadata)
+        return self._outcome(update, read, Status.UNCHANGED, metadata=read.metadata)
+
+    async def _sent(
+        self, update: PlannedUpdate, read: Read, sender: Sender, journal: Journal
+    ) -> Sent:
+        """The update sent, its before-image committed first: the one an earlier invocation
+        kept, if it sent the row already, else the map just read."""
+        before = read.metadata if update.previous is None else update.previous
         await journal.record(
             RowOutcome(
                 row_number=update.row_number,
@@ -134,14 +140,7 @@ class ReadFirst:
             attempts=sent.outcome.attempts + read.attempts,
             previous_metadata=before,
         )
-        fatal = sent.fatal
-        if outcome.status is Status.UPDATED:
-            if not update.whole:  # a whole before-image puts keys back: it adds none
-                added.update(adds)
-            lost = replaced_keys(server, row, parse_map(outcome.metadata))
-            if lost and fatal is None and not update.whole:
-                fatal = _replaced(update.conversation_id, lost)
-        return Sent(outcome, fatal, sent.latency_s)
+        return dataclasses.replace(sent, outcome=outcome)
 
     def _unread(self, failed: Sent) -> Sent:
         """A conversation that could not be read. A check calls an unknown one ``invalid``
