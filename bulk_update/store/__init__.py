@@ -51,7 +51,6 @@ from bulk_update.store.schema import (
     TIMESTAMP_FORMAT,
     TIMING_COLUMNS,
     format_timestamp,
-    parse_timestamp,
 )
 
 __all__ = [
@@ -77,7 +76,6 @@ __all__ = [
     "jobs_that_wrote",
     "open_existing_store",
     "open_store",
-    "parse_timestamp",
     "read_state",
     "report_frame",
     "run_options",

@@ -126,12 +126,12 @@ def unfinished_statuses(retry_failed: bool) -> tuple[str, ...]:
     return (*_NOT_FINISHED, Status.FAILED.value) if retry_failed else _NOT_FINISHED
 
 
-# The layout before one store per job: its fingerprints carry this schema mark.
-_LEGACY_SCHEMA = "1"
+# The form of a run's fingerprint, marked in it (the first release's is "1").
+FINGERPRINT_FORM = "1"
 
 
 def fingerprint_text(fingerprint: Mapping[str, Any]) -> str:
-    return json.dumps({"schema": _LEGACY_SCHEMA, **fingerprint}, sort_keys=True)
+    return json.dumps({"schema": FINGERPRINT_FORM, **fingerprint}, sort_keys=True)
 
 
 def changed_fields(stored: str, given: str) -> list[str]:
@@ -142,8 +142,6 @@ def changed_fields(stored: str, given: str) -> list[str]:
     changed = []
     for name in sorted(old.keys() | new.keys()):
         before, after = old.get(name), new.get(name)
-        if name == "input":
-            before, after = _one_file_as_list(before), _one_file_as_list(after)
         if name == "input" and isinstance(before, list) and isinstance(after, list):
             if not same_files(before, after):
                 changed.append(name)
@@ -152,20 +150,14 @@ def changed_fields(stored: str, given: str) -> list[str]:
     return changed
 
 
-def _one_file_as_list(value: Any) -> Any:
-    """An input's fingerprint as a list of files: the first versions (one input file, no
-    globs) kept the one file's as an object."""
-    return [value] if isinstance(value, dict) else value
-
-
 # What says a file's content: its size and a hash of all of it (``read.file_fingerprint``).
 CONTENT_KEYS = ("size", "blake2b")
 
 
 def same_files(before: list[Any], after: list[Any]) -> bool:
     """Do two inputs' fingerprints (one per file, in order) name the same content? Files
-    fingerprinted by content compare by content only; a fingerprint of an older version (path,
-    size, mtime and the ends' hash) compares by what both have, as that version did."""
+    fingerprinted by content compare by content only (a copy under another path is the same
+    file); others (object storage: only the path) by what both have."""
     if len(before) != len(after):
         return False
     for old, new in zip(before, after, strict=True):
@@ -389,15 +381,9 @@ def _find_or_start(
             started(conn, run_id)
         return run_id
     run_id, stored, stored_options = found
-    if stored != fingerprint:
-        changed = changed_fields(stored, fingerprint)
-        if changed:
-            return ", ".join(changed)
-        # The same input and mapping, fingerprinted by an older version: keep the new form.
-        conn.execute(
-            dialect.prepare("UPDATE runs SET fingerprint = :fingerprint WHERE run_id = :run"),
-            {"fingerprint": fingerprint, "run": run_id},
-        )
+    changed = changed_fields(stored, fingerprint) if stored != fingerprint else []
+    if changed:
+        return ", ".join(changed)
     resumed = resumed_options(stored_options, options)
     conn.execute(dialect.prepare(_RESUME), {**given, "options": resumed, "run": run_id})
     return int(run_id)

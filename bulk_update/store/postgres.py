@@ -95,7 +95,7 @@ from bulk_update.store.lease import (
     this_process,
 )
 from bulk_update.store.outage import Hurry, Outage, Watchdog
-from bulk_update.store.schema import LAYOUT_VERSION, STORED, STORED_TIMING, TIMING_COLUMNS
+from bulk_update.store.schema import STORED, STORED_TIMING
 from bulk_update.store.url import check_url, redact, secrets
 
 __all__ = ["SCHEMA", "PostgresBudget", "PostgresJournal", "PostgresStore", "jobs_that_wrote",
@@ -156,11 +156,10 @@ _ON_CONFLICT = "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
 )
 # Outcomes go to the database as one JSON array per group, unpacked by the server: adapting
 # Python lists column by column cost 5x the CPU (psycopg escapes every array element). Their
-# types are the values' (layout 5 kept them as they are).
-_TYPES = schema.OUTCOMES_5.types("postgres")
+# types are the values' as the results hold them.
 _RECORDS = (
     "json_to_recordset(%s::json) AS r("
-    + ", ".join(f"{name} {_TYPES[name]}" for name in (*RESULT_COLUMNS, *TIMING_COLUMNS))
+    + ", ".join(f"{name} {kind}" for name, kind in schema.value_types("postgres").items())
     + ")"
 )
 _UPSERT_OUTCOMES = (
@@ -219,35 +218,9 @@ _DIALECT = Dialect(
 )  # fmt: skip
 
 
-def _rebuild(conn: psycopg.Connection[Any]) -> None:
-    """Layout 5's outcomes and last_set in layout 6's form (store/schema.py), in the caller's
-    transaction: last_set's key is the conversation ID as outcomes keep it; its entries keep
-    their metadata (only an entry the job sets from now on names its outcome instead)."""
-    conn.execute(_DROP_VIEWS)
-    for table in ("outcomes", "last_set"):
-        conn.execute(f"ALTER TABLE {table} RENAME TO {table}_5")
-        conn.execute(f"ALTER INDEX {table}_pkey RENAME TO {table}_5_pkey")
-    for rebuilt in (schema.OUTCOMES, schema.LAST_SET):
-        created = rebuilt.create("postgres")
-        assert created is not None
-        conn.execute(created)
-    conn.execute(
-        f"INSERT INTO outcomes (id, {_WRITTEN}) "  # noqa: S608
-        f"SELECT {_outcome_id('r.run_id', 'r.row_number')}, {_VALUES} FROM outcomes_5 AS r"
-    )
-    key = schema.encoded_id("conversation_id", "conversation_id")
-    conn.execute(
-        "INSERT INTO last_set (set_at, job_id, conversation_id, metadata) "  # noqa: S608
-        f"SELECT set_at, job_id, {key}, metadata FROM last_set_5"
-    )
-    conn.execute("DROP TABLE outcomes_5")
-    conn.execute("DROP TABLE last_set_5")
-
-
-# An entry's metadata (``s``, of last_set): its own (an entry layout 5 kept, or copied from
-# another job's state), else the sent_metadata of the outcome that set it (the same statement
-# wrote both; an outcome that set an entry is not written again: a row's entry is forgotten
-# before the row is sent).
+# An entry's metadata (``s``, of last_set): its own if it holds one, else
+# the sent_metadata of the outcome that set it (the same statement wrote both; an outcome that
+# set an entry is not written again: a row's entry is forgotten before the row is sent).
 _ENTRY_METADATA = (
     "coalesce(s.metadata, (SELECT o.sent_metadata FROM outcomes AS o WHERE o.id = s.outcome))"
 )
@@ -262,7 +235,6 @@ _VIEWS = (
     f"AS conversation_id, {_ENTRY_METADATA} AS metadata, s.set_at "
     "FROM last_set AS s JOIN jobs AS j USING (job_id)",
 )
-_DROP_VIEWS = "DROP VIEW IF EXISTS run_outcomes, job_state"
 
 
 # What a refusal of a schema that is no store this version can use says to do.
@@ -373,19 +345,6 @@ class _Call:
         return self._session.outage.failed(line, self._operation, state=state, since=self._started)
 
 
-def _left_alone() -> None:
-    """What the watchdog does to a call that may rightly take long (``run(cut=False)``)."""
-
-
-def _layout_behind(conn: psycopg.Connection[Any]) -> bool:
-    """Is the store of an older layout (its migration rebuilds the outcomes: it may take long)?"""
-    found = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.layout",)).fetchone()
-    if found is None or found[0] is None:
-        return False
-    row = conn.execute("SELECT max(version) FROM layout").fetchone()
-    return row is not None and row[0] is not None and row[0] < LAYOUT_VERSION
-
-
 def _connect(conninfo: str, outage: Outage) -> psycopg.Connection[Any]:
     """``psycopg.connect``, given up at the outage's deadline (a stop hurries it): a connection
     under way cannot be cut (the watchdog has no socket to shut down until it returns), so it is
@@ -474,7 +433,7 @@ class _Session:
         after --store-timeout, sooner at a signal), as they are later in the run."""
         try:
             self.connect()
-            self.run(self._create, transaction=False, cut=not self.run(_layout_behind))
+            self.run(self._create, transaction=False)
         except psycopg.Error as exc:
             self.close()
             raise _cannot_use(exc)(
@@ -497,29 +456,13 @@ class _Session:
             row = conn.execute("SELECT max(version) FROM layout").fetchone()
             stored = row[0] if row else None
             if stored is None:
-                conn.execute("INSERT INTO layout VALUES (%s)", (LAYOUT_VERSION,))
-            elif stored > LAYOUT_VERSION:
-                raise JournalError(
-                    f"{self.where}: written by a newer bulk-update (layout {stored}); upgrade "
-                    f"bulk-update (this one reads layouts up to {LAYOUT_VERSION})"
-                )
-            elif stored < 1:
-                raise JournalError(
-                    f"{self.where}: not a bulk-update store (layout {stored}, which no version "
-                    f"wrote); {_START_AFRESH}"
-                )
-            elif stored < LAYOUT_VERSION:
-                version = schema.unified_version("postgres", stored)
-                before = {new.name: old for old, new in schema.REBUILT} if version < 6 else {}
-                for table in schema.TABLES:
-                    declared_then = before.get(table.name, table)
-                    for name, declared in declared_then.added_columns("postgres", version):
-                        conn.execute(
-                            f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {name} {declared}"
-                        )
-                if version < 6:
-                    _rebuild(conn)
-                conn.execute("UPDATE layout SET version = %s", (LAYOUT_VERSION,))
+                conn.execute("INSERT INTO layout VALUES (%s)", (schema.LAYOUT_VERSION,))
+            elif (refusal := schema.layout_refusal(self.where, stored, _START_AFRESH)) is not None:
+                raise JournalError(refusal)
+            elif stored < schema.LAYOUT_VERSION:
+                for statement in schema.upgrade("postgres", stored, f"{SCHEMA}."):
+                    conn.execute(statement)
+                conn.execute("UPDATE layout SET version = %s", (schema.LAYOUT_VERSION,))
             found = conn.execute("SELECT to_regclass('job_state')").fetchone()
             if found is None or found[0] is None:
                 for view in _VIEWS:
@@ -553,24 +496,16 @@ class _Session:
             (socket.gethostname(), os.getpid()),
         )
 
-    def run(
-        self,
-        work: Callable[[psycopg.Connection[Any]], T],
-        transaction: bool = True,
-        *,
-        cut: bool = True,
-    ) -> T:
+    def run(self, work: Callable[[psycopg.Connection[Any]], T], transaction: bool = True) -> T:
         """``work`` in one transaction; run again on a new connection if the old one is lost,
         until the database has been away for ``timeout`` seconds on the session's outage clock
         (StoreUnavailable; at once once it was given up). A call that does not return within
-        the timeout is cut (``Watchdog``) and counts as away since it began; not with ``cut``
-        False, for work that may rightly take longer (a migration rebuilding the outcomes)."""
+        the timeout is cut (``Watchdog``) and counts as away since it began."""
         call = _Call(self)
-        interrupt = self._interrupt if cut else _left_alone
         with self._mutex:
             while True:
                 try:
-                    with call.guard(interrupt):
+                    with call.guard(self._interrupt):
                         conn = self._conn or self._reconnect()
                         if transaction:
                             with conn.transaction():
