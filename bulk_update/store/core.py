@@ -28,7 +28,10 @@ import polars as pl
 
 from bulk_update.exceptions import JournalError
 from bulk_update.outcome import Status
-from bulk_update.store import (
+from bulk_update.store import schema
+from bulk_update.store.lease import Holder, this_process
+from bulk_update.store.schema import TIMELINE, TIMING_COLUMNS, format_timestamp
+from bulk_update.store.types import (
     REPORT_COLUMNS,
     TIMELINE_COLUMNS,
     Journal,
@@ -40,10 +43,7 @@ from bulk_update.store import (
     Second,
     report_frame,
     run_options,
-    schema,
 )
-from bulk_update.store.lease import Holder, this_process
-from bulk_update.store.schema import TIMELINE, TIMING_COLUMNS, format_timestamp
 
 __all__ = [
     "Connection",

@@ -83,7 +83,7 @@ from bulk_update.exceptions import (
     first_line,
 )
 from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
-from bulk_update.store import RowTiming, RunKey, schema
+from bulk_update.store import schema
 from bulk_update.store.core import Dialect, JournalCore, Opening, StoreCore, Work
 from bulk_update.store.lease import (
     LEASE_S,
@@ -96,6 +96,7 @@ from bulk_update.store.lease import (
 )
 from bulk_update.store.outage import Hurry, Outage, Watchdog
 from bulk_update.store.schema import STORED, STORED_TIMING
+from bulk_update.store.types import RowTiming, RunKey
 from bulk_update.store.url import check_url, redact, secrets
 
 __all__ = ["SCHEMA", "PostgresBudget", "PostgresJournal", "PostgresStore", "jobs_that_wrote",

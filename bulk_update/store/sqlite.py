@@ -77,7 +77,7 @@ from bulk_update.exceptions import (
     first_line,
 )
 from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
-from bulk_update.store import RowTiming, RunKey, schema
+from bulk_update.store import schema
 from bulk_update.store.core import (
     Dialect,
     JournalCore,
@@ -89,6 +89,7 @@ from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.locks import Opened, release_lock, take_lock
 from bulk_update.store.outage import Hurry, Outage
 from bulk_update.store.schema import STORED, STORED_TIMING
+from bulk_update.store.types import RowTiming, RunKey
 
 __all__ = ["SQLiteBudget", "SQLiteJournal", "SQLiteStore", "jobs_that_wrote", "read_state"]
 
