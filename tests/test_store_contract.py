@@ -287,6 +287,26 @@ def test_the_budget_hands_out_slots_one_after_another(backend: Backend) -> None:
             budget.close()
 
 
+def test_the_slots_a_shard_claimed_and_did_not_begin_go_back_when_it_closes(
+    backend: Backend,
+) -> None:
+    with backend.open("j") as store:
+        first = store.budget("j")
+        first.claim(1, 1.0)
+        assert first.claim(100, 1.0) > 0.5  # after the first slot: 100 s of slots
+        first.close()  # none of the 100 had begun: they go back
+        second = store.budget("j")
+        try:
+            assert second.claim(1, 1.0) < 5.0  # not behind them
+            held = store.budget("j")
+            held.claim(100, 1.0)
+            second.claim(1, 1.0)  # a claim after the 100: they cannot go back
+            held.close()
+            assert second.claim(1, 1.0) > 90.0
+        finally:
+            second.close()
+
+
 def test_outcomes_kept_in_fewer_bytes_read_back_as_given(backend: Backend) -> None:
     """Outcomes keep the returned metadata as '' when it is the sent one, the API's IDs as bytes
     and the timing in milliseconds, and an entry the job set names its outcome: every reader

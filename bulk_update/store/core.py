@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -34,6 +35,7 @@ from bulk_update.store.schema import TIMELINE, TIMING_COLUMNS, format_timestamp
 from bulk_update.store.types import (
     REPORT_COLUMNS,
     TIMELINE_COLUMNS,
+    Budget,
     Journal,
     RunBeat,
     RunEnd,
@@ -46,6 +48,7 @@ from bulk_update.store.types import (
 )
 
 __all__ = [
+    "BudgetCore",
     "Connection",
     "Dialect",
     "JournalCore",
@@ -59,6 +62,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger("bulk_update")
 
 
 class _Cursor(Protocol):
@@ -212,6 +216,11 @@ class Dialect:
     runs: str
     # What follows the insert of a run so that ``inserted`` finds its ID.
     returning: str
+    # The budget's clock (Unix seconds: bound as ``clock`` in SQLite, the database's in
+    # PostgreSQL), the larger of two values, and the key of a job's budget (``job``).
+    budget_clock: str = ":clock"
+    greatest: str = "max"
+    budget_key: str = "job"
     # outcomes' key of a run's row 0 (SQLite numbers rows across runs).
     rows_per_run: int = 0
     # The results' columns but row_number, and the timing, as a reader gets them from what
@@ -267,6 +276,9 @@ def _prepare(dialect: Dialect, template: str) -> str:
             "timing",
             "state_key",
             "status",
+            "budget_clock",
+            "greatest",
+            "budget_key",
         )
     }
     state = dialect.state
@@ -640,3 +652,71 @@ class JournalCore:
 
     def state_entries(self) -> int:
         return int(self._query(self._dialect.prepare(_ENTRIES), {"job": self._job})[0][0])
+
+
+# The budget: the end of the job's timeline of request slots, moved by each claim (``span``) or
+# hold-back (``at_least``); a claim's slots that have not begun go back if nothing came after.
+_CLAIM = (
+    "UPDATE budget SET next_at = {greatest}(next_at, {budget_clock} + :at_least) + :span "
+    "WHERE {budget_key} = :job RETURNING next_at, {budget_clock}"
+)
+_BUDGET_ROW = "INSERT INTO budget ({budget_key}, next_at) VALUES (:job, 0) ON CONFLICT DO NOTHING"
+_GIVE_BACK = (
+    "UPDATE budget SET next_at = {greatest}({budget_clock}, :start) WHERE {budget_key} = :job "
+    "AND next_at = :end AND {budget_clock} < :end"
+)
+
+
+class BudgetCore(Budget):
+    """The job's rate budget (``types.Budget``): one timeline of request slots in the
+    ``budget`` table that the job's running shards take their slots from, on one clock (the
+    machine's in SQLite, where the shards share it; the database's in PostgreSQL, so that
+    machines' clocks need not agree). ``transact`` runs a piece of work in one transaction, as
+    the backend retries it; ``job``: the job's key in the table (its budget row exists)."""
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        transact: Callable[[Work[Any]], Any],
+        job: int | str,
+        closing: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._claim, self._give = dialect.prepare(_CLAIM), dialect.prepare(_GIVE_BACK)
+        self._transact = transact
+        self._job = job
+        self._closing = closing
+        transact(lambda conn: conn.execute(dialect.prepare(_BUDGET_ROW), {"job": job}))
+        # This shard's last claim: where it began and where the timeline ended after it.
+        self._claimed: tuple[float, float] | None = None
+
+    def _move(self, span: float, at_least: float = 0.0) -> float:
+        parameters = {"job": self._job, "span": span, "at_least": at_least}
+        end, now = self._transact(
+            lambda conn: conn.execute(self._claim, {**parameters, "clock": time.time()}).fetchone()
+        )
+        start = float(end) - span
+        if span:
+            self._claimed = (start, float(end))
+        return start - float(now)
+
+    def claim(self, count: int, interval_s: float) -> float:
+        return self._move(count * interval_s)
+
+    def hold_back(self, seconds: float) -> None:
+        self._move(0.0, seconds)
+
+    def close(self) -> None:
+        """This shard claims no more: the slots of its last claim that have not begun go back to
+        the timeline if no claim (nor hold-back) came after it, best effort (a store that fails
+        here loses those slots, never more)."""
+        try:
+            if self._claimed is not None:
+                start, end = self._claimed
+                parameters = {"job": self._job, "start": start, "end": end}
+                self._transact(
+                    lambda conn: conn.execute(self._give, {**parameters, "clock": time.time()})
+                )
+        except Exception as exc:  # the run's own error, if any, is the news
+            log.debug("budget not given back: %s", exc)
+        finally:
+            self._closing()

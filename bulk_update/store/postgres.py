@@ -84,7 +84,7 @@ from bulk_update.exceptions import (
 )
 from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import schema
-from bulk_update.store.core import Dialect, JournalCore, Opening, StoreCore, Work
+from bulk_update.store.core import BudgetCore, Dialect, JournalCore, Opening, StoreCore, Work
 from bulk_update.store.lease import (
     LEASE_S,
     POLL_S,
@@ -99,7 +99,7 @@ from bulk_update.store.schema import STORED, STORED_TIMING
 from bulk_update.store.types import RowTiming, RunKey
 from bulk_update.store.url import check_url, redact, secrets
 
-__all__ = ["SCHEMA", "PostgresBudget", "PostgresJournal", "PostgresStore", "jobs_that_wrote",
+__all__ = ["SCHEMA", "PostgresJournal", "PostgresStore", "jobs_that_wrote",
            "read_state"]  # fmt: skip
 
 log = logging.getLogger("bulk_update")
@@ -216,6 +216,8 @@ _DIALECT = Dialect(
     returning=" RETURNING run_id",
     stored=schema.stored_columns("postgres"), timing=schema.timing_columns("postgres"),
     state_key=schema.encoded_id("conversation_id", "t.id"),
+    budget_clock="CAST(extract(epoch FROM clock_timestamp()) AS double precision)",
+    greatest="greatest", budget_key="job_id",
 )  # fmt: skip
 
 
@@ -677,9 +679,6 @@ class PostgresStore(StoreCore):
             )
             row = conn.execute("SELECT job_id FROM jobs WHERE name = %s", (job,)).fetchone()
             assert row is not None
-            conn.execute(
-                "INSERT INTO budget VALUES (%s, 0) ON CONFLICT (job_id) DO NOTHING", (row[0],)
-            )
             return int(row[0])
 
         return self._session.run(find)
@@ -820,73 +819,11 @@ class PostgresStore(StoreCore):
         self._session.run(take)
         return token, asked
 
-    def budget(self, job: str) -> PostgresBudget:
-        return PostgresBudget(self._session, self._job_id(job))
+    def budget(self, job: str) -> BudgetCore:
+        return BudgetCore(_DIALECT, self._session.run, self._job_id(job))
 
     def close(self) -> None:
         self._session.close()
-
-
-class PostgresBudget:
-    """The job's rate budget: one timeline in the database that every running shard takes its
-    request slots from (see ``bulk_update.api.ratelimit``). The database's clock is the only one
-    used, so machines' clocks need not agree."""
-
-    def __init__(self, session: _Session, job_id: int) -> None:
-        self._session = session
-        self._job_id = job_id
-        # This shard's last claim: where it began and where the timeline ended after it.
-        self._claimed: tuple[float, float] | None = None
-
-    def claim(self, count: int, interval_s: float) -> float:
-        span = count * interval_s
-
-        def claim(conn: psycopg.Connection[Any]) -> float:
-            row = conn.execute(
-                "UPDATE budget AS b SET next_at = greatest(b.next_at, n.now) + %s "
-                "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) AS n "
-                "WHERE b.job_id = %s RETURNING b.next_at - n.now - %s, b.next_at",
-                (span, self._job_id, span),
-            ).fetchone()
-            if row is None:
-                return 0.0
-            end = float(row[1])
-            self._claimed = (end - span, end)
-            return float(row[0])
-
-        return self._session.run(claim)
-
-    def hold_back(self, seconds: float) -> None:
-        self._session.run(
-            lambda conn: conn.execute(
-                "UPDATE budget SET next_at = greatest(next_at, "
-                "extract(epoch FROM clock_timestamp())::float8 + %s) WHERE job_id = %s",
-                (seconds, self._job_id),
-            )
-        )
-
-    def _give_back(self) -> None:
-        """The slots of this shard's last claim that have not begun go back to the timeline,
-        if no claim (nor hold-back) came after it; else they are only lost."""
-        if self._claimed is None:
-            return
-        start, end = self._claimed
-        self._session.run(
-            lambda conn: conn.execute(
-                "UPDATE budget AS b SET next_at = greatest(n.now, %s) "
-                "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) AS n "
-                "WHERE b.job_id = %s AND b.next_at = %s AND n.now < %s",
-                (start, self._job_id, end, end),
-            )
-        )
-
-    def close(self) -> None:
-        """This shard claims no more: what it claimed and did not begin is given back, best
-        effort (a store that fails here loses those slots, never more)."""
-        try:
-            self._give_back()
-        except Exception as exc:  # the run's own error, if any, is the news
-            log.debug("budget not given back: %s", exc)
 
 
 Recorded = tuple[RowOutcome, RowTiming | None]

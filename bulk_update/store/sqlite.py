@@ -51,6 +51,7 @@ store (``history``, ``status``, ``report``) open it read only (``open_to_read``)
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import operator
@@ -79,6 +80,7 @@ from bulk_update.exceptions import (
 from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import schema
 from bulk_update.store.core import (
+    BudgetCore,
     Dialect,
     JournalCore,
     Opening,
@@ -91,7 +93,7 @@ from bulk_update.store.outage import Hurry, Outage
 from bulk_update.store.schema import STORED, STORED_TIMING
 from bulk_update.store.types import RowTiming, RunKey
 
-__all__ = ["SQLiteBudget", "SQLiteJournal", "SQLiteStore", "jobs_that_wrote", "read_state"]
+__all__ = ["SQLiteJournal", "SQLiteStore", "jobs_that_wrote", "read_state"]
 
 log = logging.getLogger("bulk_update")
 
@@ -262,6 +264,16 @@ def _retrying(outage: Outage, path: Path, work: Callable[[], T], *, reads: bool 
             continue
         outage.over(operation)
         return result
+
+
+def _transacting(db: sqlite3.Connection, outage: Outage, path: Path, work: Work[T]) -> T:
+    """``work`` in one transaction on ``db``, tried again as ``_retrying`` says."""
+
+    def transact() -> T:
+        with _transaction(db):
+            return work(db)
+
+    return _retrying(outage, path, transact)
 
 
 def check_store_file(path: Path) -> None:
@@ -576,11 +588,7 @@ class SQLiteStore(StoreCore):
         return cls.open(path, timeout)
 
     def _transact(self, work: Work[T]) -> T:
-        def transact() -> T:
-            with _transaction(self._db):
-                return work(self._db)
-
-        return _retrying(self._outage, self.path, transact)
+        return _transacting(self._db, self._outage, self.path, work)
 
     def _read(self, work: Work[T]) -> T:
         return _retrying(self._outage, self.path, lambda: work(self._db))
@@ -606,8 +614,13 @@ class SQLiteStore(StoreCore):
                 release_lock(lock)
             raise
 
-    def budget(self, job: str) -> SQLiteBudget:
-        return SQLiteBudget(self.path, job, self._outage)
+    def budget(self, job: str) -> BudgetCore:
+        """Its own connection, so that a claim from a thread never meets a journal's
+        transaction."""
+        db = _connect(self.path)
+        return BudgetCore(
+            _DIALECT, functools.partial(_transacting, db, self._outage, self.path), job, db.close
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -657,70 +670,6 @@ def _lock_run(path: Path, key: RunKey) -> list[IO[str] | None]:
             release_lock(lock)
         raise
     return locks
-
-
-class SQLiteBudget:
-    """The rate budget of the shards sharing this store on one machine: one timeline of request
-    slots in the ``budget`` table (wall-clock seconds: the shards share the machine's clock).
-    Its own connection, so that a claim from a thread never meets a journal's transaction."""
-
-    def __init__(self, path: Path, job: str, outage: Outage) -> None:
-        self._path = path
-        self._db = _connect(path)
-        self._job = job
-        self._outage = outage
-        # This shard's last claim: where it began and where the timeline ended after it.
-        self._claimed: tuple[float, float] | None = None
-
-    def _move(self, span: float, at_least: float = 0.0) -> float:
-        def move() -> float:
-            with _transaction(self._db):
-                now = time.time()
-                row = self._db.execute("SELECT next_at FROM budget WHERE job = ?", (self._job,))
-                found = row.fetchone()
-                start = max(found[0] if found else now, now + at_least)
-                self._db.execute(
-                    "INSERT OR REPLACE INTO budget VALUES (?, ?)", (self._job, start + span)
-                )
-            if span:
-                self._claimed = (start, start + span)
-            return start - now
-
-        return _retrying(self._outage, self._path, move)
-
-    def claim(self, count: int, interval_s: float) -> float:
-        return self._move(count * interval_s)
-
-    def hold_back(self, seconds: float) -> None:
-        self._move(0.0, seconds)
-
-    def _give_back(self) -> None:
-        """The slots of this shard's last claim that have not begun go back to the timeline,
-        if no claim (nor hold-back) came after it; else they are only lost."""
-        if self._claimed is None:
-            return
-        start, end = self._claimed
-
-        def give_back() -> None:
-            with _transaction(self._db):
-                now = time.time()
-                if now < end:
-                    self._db.execute(
-                        "UPDATE budget SET next_at = ? WHERE job = ? AND next_at = ?",
-                        (max(now, start), self._job, end),
-                    )
-
-        _retrying(self._outage, self._path, give_back)
-
-    def close(self) -> None:
-        """This shard claims no more: what it claimed and did not begin is given back, best
-        effort (a store that fails here loses those slots, never more)."""
-        try:
-            self._give_back()
-        except Exception as exc:  # the run's own error, if any, is the news
-            log.debug("budget not given back: %s", exc)
-        finally:
-            self._db.close()
 
 
 # What a run's writer commits: a function of its connection, run inside the group's transaction.
