@@ -23,11 +23,12 @@ Two rules keep it honest, whatever stops a run (kill -9 included):
 the one for many machines. The job sees only what this module exports (``__all__``); the
 modules of the package are the store's own:
 
-- ``types.py``: what the job hands the store and gets back, and the interface every backend
-  gives (``Store``, ``Journal``, ``Budget``, ``StateReader``);
+- ``types.py``: what the job hands the store and gets back (``RunKey``, ``RunRecord``,
+  ``Second`` ...), and the protocols ``Budget`` and ``StateReader``;
 - ``schema.py``: the tables, declared once for both backends, and their layout;
-- ``core.py``: what both backends do alike (the run's lifecycle, its record, the journal's
-  reads, the heartbeat, the budget), over a small dialect;
+- ``core.py``: ``Store`` and ``Journal``, the interface, with what both backends do alike
+  (the run's lifecycle, its record, the journal's reads, the heartbeat, the budget), over a
+  small dialect;
 - ``sqlite.py`` with ``locks.py`` (flock) and ``grouped.py`` (its writer thread);
   ``postgres.py`` with ``lease.py`` and ``url.py``; ``outage.py``: one clock for a store that is
   away or held.
@@ -40,6 +41,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from bulk_update.store import sqlite
+from bulk_update.store.core import Journal, Store
 from bulk_update.store.outage import Hurry
 from bulk_update.store.schema import TIMESTAMP_FORMAT, TIMING_COLUMNS, format_timestamp
 from bulk_update.store.sqlite import SQLiteStore
@@ -47,7 +49,6 @@ from bulk_update.store.types import (
     REPORT_COLUMNS,
     TIMELINE_COLUMNS,
     Budget,
-    Journal,
     RowTiming,
     RunBeat,
     RunEnd,
@@ -56,7 +57,6 @@ from bulk_update.store.types import (
     RunStatus,
     Second,
     StateReader,
-    Store,
     StoreLocation,
     report_frame,
     run_options,

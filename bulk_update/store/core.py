@@ -3,7 +3,7 @@
 The run's lifecycle (find it, resume it, set it aside on ``--restart``, refuse a changed
 fingerprint, start it), the journal's reads, the run record (``history``, ``status``,
 ``timeline``, ``report_rows``) and the heartbeat's bookkeeping are the same steps in SQLite and
-in PostgreSQL: they live here, in ``StoreCore`` and ``JournalCore``, as httpx's ``BaseClient``
+in PostgreSQL: they live here, in ``Store`` and ``Journal``, as httpx's ``BaseClient``
 holds what its sync and async clients share. A backend subclasses them and says only how a
 piece of work reaches its database (a transaction retried on its outage clock, a read) and
 what is its own: its locks, its writer, its budget, PostgreSQL's reconnection and lease.
@@ -27,8 +27,8 @@ from typing import Any, Protocol, Self, TypeVar
 
 import polars as pl
 
-from bulk_update.exceptions import JournalError
-from bulk_update.outcome import Status
+from bulk_update.exceptions import JobStopped, JournalError
+from bulk_update.outcome import RowOutcome, Status
 from bulk_update.store import schema
 from bulk_update.store.lease import Holder, this_process
 from bulk_update.store.schema import TIMELINE, TIMING_COLUMNS, format_timestamp
@@ -36,13 +36,14 @@ from bulk_update.store.types import (
     REPORT_COLUMNS,
     TIMELINE_COLUMNS,
     Budget,
-    Journal,
+    RowTiming,
     RunBeat,
     RunEnd,
     RunKey,
     RunRecord,
     RunStatus,
     Second,
+    StateReader,
     report_frame,
     run_options,
 )
@@ -51,10 +52,10 @@ __all__ = [
     "BudgetCore",
     "Connection",
     "Dialect",
-    "JournalCore",
+    "Journal",
     "Opening",
     "Started",
-    "StoreCore",
+    "Store",
     "Work",
     "changed_fields",
     "fingerprint_text",
@@ -427,9 +428,11 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
     )  # fmt: skip
 
 
-class StoreCore:
-    """What a store does alike in both backends: the run's lifecycle and its record. A backend
-    sets ``where`` and ``_dialect`` and says how work reaches its database."""
+class Store:
+    """A job's store, what the job sees of either backend: the run's lifecycle and its record
+    are done here alike. ``where`` names it for logs and summaries (never with a password). A
+    backend sets ``where`` and ``_dialect`` and says how work reaches its database
+    (``_transact``, ``_read``), how it locks and opens a run (``_open_run``), its budget."""
 
     where: str
     _dialect: Dialect
@@ -452,8 +455,12 @@ class StoreCore:
         retry_failed: bool = False,
         since: str | None = None,
     ) -> Journal:
-        """See ``Store.open_run``: the backend locks the run, finds or starts it
-        (``_find_or_start``) and opens its journal (``_open_run``)."""
+        """Lock the run (JournalError if another process holds it), then find it or start it.
+        A run whose fingerprint changed is refused (JournalError) unless ``restart``, which sets
+        the old run aside (kept, never deleted) and starts a new one. ``since`` names another
+        job's store whose state this run compares with (ConfigError if it is not one). The
+        backend locks the run, finds or starts it (``_find_or_start``) and opens its journal
+        (``_open_run``)."""
         unfinished = unfinished_statuses(retry_failed)
         opening = Opening(key, fingerprint_text(fingerprint), options, restart, unfinished, since)
         return self._open_run(opening)
@@ -479,13 +486,19 @@ class StoreCore:
         return self._read(lambda conn: conn.execute(sql, parameters).fetchall())
 
     def history(self, job: str) -> list[RunRecord]:
+        """The job's runs, newest first."""
         return [_record(row) for row in self._fetch(_HISTORY, {"job": job})]
 
     def proven_requests(self, run_id: int) -> int:
+        """The requests a run's committed outcomes prove it sent (the sum of their attempts):
+        what its count is at least, when an invocation did not record its end. Reads all the
+        run's outcomes."""
         rows = self._fetch(_PROVEN, self._dialect.span(run_id))
         return int(rows[0][0] or 0)
 
     def status(self, job: str) -> list[RunStatus]:
+        """The job's runs that are going on or stopped before their end (not replaced), newest
+        first."""
         records = [r for r in self.history(job) if not r.replaced and is_unfinished(r)]
         if not records:
             return []
@@ -494,9 +507,11 @@ class StoreCore:
         return run_statuses(records, {row[0]: row[1:] for row in rows})
 
     def timeline(self, run_id: int) -> list[Second]:
+        """A run's timeline, every invocation's, in order."""
         return [Second(*row) for row in self._fetch(_TIMELINE, {"run": run_id})]
 
     def report_rows(self, run_id: int) -> pl.DataFrame:
+        """A run's outcomes, REPORT_COLUMNS, by row number."""
         return report_frame(self._fetch(_REPORT, self._dialect.span(run_id)))
 
     def close(self) -> None:
@@ -507,6 +522,10 @@ class StoreCore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def budget(self, job: str) -> Budget:
+        """The job's rate budget, shared by its running shards."""
+        raise NotImplementedError
 
 
 _ADD_SECONDS = (
@@ -544,11 +563,17 @@ _ENTRIES_AMONG = (
 )
 
 
-class JournalCore:
-    """What a run's journal does alike in both backends: its reads, and the bookkeeping of its
-    heartbeats and its end. A backend sets ``run_id``, ``_dialect`` and ``_job`` (its state's
-    key: PostgreSQL's job ID), calls ``_unfinished_are``, and says how work reaches its
-    database."""
+class Journal(StateReader):
+    """One run's outcomes, and the job's state as the run changes it. Opened by
+    ``Store.open_run``, which holds the run's locks until the journal is closed.
+
+    The plain methods may wait for the store (a file locked by another process, a database that
+    is away, up to --store-timeout): call them off the event loop (``asyncio.to_thread``). The
+    async ones never block the loop.
+
+    Its reads and the bookkeeping of its heartbeats and its end are done here alike. A backend
+    sets ``run_id``, ``_dialect`` and ``_job`` (its state's key: PostgreSQL's job ID), calls
+    ``_unfinished_are``, says how work reaches its database, and writes outcomes its way."""
 
     run_id: int
     _dialect: Dialect
@@ -581,6 +606,11 @@ class JournalCore:
     # Writing
 
     async def beat(self, beat: RunBeat, seconds: Iterable[Second]) -> None:
+        """The run's heartbeat (every few seconds while it runs): how far it is, and the
+        timeline's seconds since the last one. The run's requests and 429s count what this
+        invocation sent up to now (``finish`` adds the rest), so that a run killed -9 shows
+        them. Never blocks the event loop for long (a database that is away is waited for off
+        the loop)."""
         dialect = self._dialect
         timeline = json.dumps([asdict(second) for second in seconds])
         add = dialect.prepare(
@@ -603,6 +633,7 @@ class JournalCore:
         self._counted = (beat.requests, beat.rate_limited)
 
     def finish(self, end: RunEnd) -> None:
+        """Record how this invocation of the run ended."""
         sql = self._dialect.prepare(_END)
         parameters = {
             "run": self.run_id, "counts": json.dumps(dict(end.counts), sort_keys=True),
@@ -622,6 +653,8 @@ class JournalCore:
         return self._query(sql, {**span, **self._unfinished, **more})
 
     def entries_among(self, conversation_ids: list[str]) -> set[str]:
+        """Which of these conversations the job's state has an entry for (the ones ``forget``
+        must be called for before they are sent: only this run writes their entries)."""
         rows = self._query(
             self._dialect.prepare(_ENTRIES_AMONG),
             {"job": self._job, "ids": json.dumps(sorted(conversation_ids))},
@@ -629,29 +662,95 @@ class JournalCore:
         return {conversation_id for (conversation_id,) in rows}
 
     def finished_between(self, first: int, last: int) -> dict[int, Status]:
+        """Rows in ``[first, last]`` that a resumed run must not process again."""
         rows = self._rows(_FINISHED_BETWEEN, first, last)
         return {number: Status(status) for number, status in rows}
 
     def before_images_between(self, first: int, last: int) -> dict[int, str]:
+        """Rows in ``[first, last]`` not finished, whose before-image (``--backup``) an earlier
+        invocation kept before it sent them: row number -> the image (JSON text)."""
         rows = self._rows(_BEFORE_IMAGES, first, last, unprocessed=Status.UNPROCESSED.value)
         return dict(rows)
 
     def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
+        """How many rows in ``[first, last]`` are finished, by status."""
         rows = self._rows(_FINISHED_COUNTS, first, last)
         return {Status(status): count for status, count in rows}
 
     def finished_count(self) -> int:
+        """Rows finished by earlier runs: a resumed run does not process them again."""
         return int(self._rows(_FINISHED_COUNT, 0, (1 << 32) - 1)[0][0])
 
     def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
+        """Outcomes in ``[first, last]`` as tuples in RESULT_COLUMNS order, by row number."""
         return self._rows(_ROWS, first, last)
 
     def counts(self) -> dict[str, int]:
+        """The run's outcomes by status (rows never journaled are not counted)."""
         rows = self._rows(_COUNTS, 0, (1 << 32) - 1)
         return {status: int(count) for status, count in rows}
 
     def state_entries(self) -> int:
+        """How many conversations the job's state holds."""
         return int(self._query(self._dialect.prepare(_ENTRIES), {"job": self._job})[0][0])
+
+    async def fence(self) -> None:
+        """Before each request of the run: return once this process may send it; raise
+        RunTaken (or StoreUnavailable, StoreGone) if it may not any more. The one writer of a
+        run is sure of it only while it holds the run's lock; a lock held through a database
+        session can be lost with the session, and another process may then take the run over
+        (once this one's lease has run out): from then on this one must send nothing. A lock
+        file, or the store itself, can be removed under the run (StoreGone): what it records
+        from then on no later run would see."""
+        raise NotImplementedError
+
+    def gone(self) -> JobStopped | None:
+        """What took the store away from this run since it opened it, looked at now: its file
+        or a lock file removed or replaced (SQLite), its tables dropped or the run taken by
+        another process (PostgreSQL); None while the run still holds it. The run stops on it,
+        and its results are written from what it still has."""
+        raise NotImplementedError
+
+    async def seal(self) -> None:
+        """The run's sending is over: wait for the writes in progress, and refuse every later
+        write of an outcome, so that the counts, the results and the store agree."""
+        raise NotImplementedError
+
+    def hurry(self, seconds: float) -> None:
+        """The job is stopping (a signal): no wait for the store goes on more than ``seconds``
+        from now (a row whose outcome cannot be committed by then stays unprocessed: the
+        re-run sends it again, as after a kill -9)."""
+        raise NotImplementedError
+
+    async def forget(self, conversation_id: str) -> None:
+        """Before a row is sent: from now until the API confirms, its state is unknown. Returns
+        once that is committed."""
+        raise NotImplementedError
+
+    async def record(self, outcome: RowOutcome, timing: RowTiming | None = None) -> None:
+        """Commit one sent (or read) row's outcome, with its state entry if the server
+        confirmed its values (``updated``, or ``unchanged`` after a read); return once it is
+        committed."""
+        raise NotImplementedError
+
+    def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
+        """Commit the outcomes of rows that were not sent (invalid), in one transaction."""
+        raise NotImplementedError
+
+    def record_unchanged(self, rows: pl.DataFrame) -> None:
+        """Commit a batch's ``unchanged`` rows (``ROW_NUMBER, conversation_id,
+        sent_metadata``); found unchanged against --since-state, their entries are copied into
+        this job's state in the same transaction."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Journal:
+        raise NotImplementedError
+
+    def __exit__(self, *exc_info: object) -> None:
+        raise NotImplementedError
 
 
 # The budget: the end of the job's timeline of request slots, moved by each claim (``span``) or

@@ -84,7 +84,7 @@ from bulk_update.exceptions import (
 )
 from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import schema
-from bulk_update.store.core import BudgetCore, Dialect, JournalCore, Opening, StoreCore, Work
+from bulk_update.store.core import BudgetCore, Dialect, Journal, Opening, Store, Work
 from bulk_update.store.lease import (
     LEASE_S,
     POLL_S,
@@ -648,7 +648,7 @@ def _holder_of(conn: psycopg.Connection[Any], key: int) -> str:
     )  # fmt: skip
 
 
-class PostgresStore(StoreCore):
+class PostgresStore(Store):
     """Open with ``PostgresStore.open(url)``; use as a context manager to close it."""
 
     _dialect = _DIALECT
@@ -1076,7 +1076,7 @@ class _Lease:
         return {"job": self.job_id, "shard": self.shard, "holder": self.token}
 
 
-class PostgresJournal(_Reader, JournalCore):
+class PostgresJournal(_Reader, Journal):
     """One run's outcomes in the PostgreSQL store; see ``bulk_update.store.Journal``. A thread
     renews the run's lease every RENEW_EVERY_S; ``fence`` lets a request go only while it
     lasts."""

@@ -82,9 +82,9 @@ from bulk_update.store import schema
 from bulk_update.store.core import (
     BudgetCore,
     Dialect,
-    JournalCore,
+    Journal,
     Opening,
-    StoreCore,
+    Store,
     Work,
 )
 from bulk_update.store.grouped import GroupWriter
@@ -509,7 +509,7 @@ def _make_tables(db: sqlite3.Connection, path: Path) -> None:
         db.execute(f"PRAGMA user_version={schema.LAYOUT_VERSION}")
 
 
-class SQLiteStore(StoreCore):
+class SQLiteStore(Store):
     """Open with ``SQLiteStore.open``; use as a context manager to close it. ``timeout``: how
     long the file may stay locked by another process (--store-timeout)."""
 
@@ -676,7 +676,7 @@ def _lock_run(path: Path, key: RunKey) -> list[IO[str] | None]:
 Write = Callable[[sqlite3.Connection], object]
 
 
-class SQLiteJournal(_Reader, JournalCore):
+class SQLiteJournal(_Reader, Journal):
     """One run's outcomes in a SQLite store; see ``bulk_update.store.Journal``. Reads go
     through the store's connection (one at a time, from any thread), writes through the run's
     writer thread (``GroupWriter``), which has a connection of its own.

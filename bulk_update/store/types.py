@@ -1,12 +1,13 @@
 """The store's types: what the job hands it and gets back (runs, their records, a timeline's
-seconds, a row's timing, where a store is) and the interface every backend gives (``Store``,
-``Journal``, ``Budget``, ``StateReader``). A module of its own, importing nothing of the store
-but its schema's names, so that the package, its core and its backends all import it."""
+seconds, a row's timing, where a store is), and the protocols of a store's parts (``Budget``,
+``StateReader``; the store and its journal are ``core.Store`` and ``core.Journal``). A module
+of its own, importing nothing of the store but its schema's names, so that the package, its
+core and its backends all import it."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,8 +15,6 @@ from typing import Any, Protocol
 import polars as pl
 
 from bulk_update._constants import DEFAULT_STORE_TIMEOUT_S
-from bulk_update.exceptions import JobStopped
-from bulk_update.outcome import RowOutcome, Status
 from bulk_update.store.lease import Holder
 from bulk_update.store.schema import TIMING_COLUMNS
 
@@ -23,7 +22,6 @@ __all__ = [
     "REPORT_COLUMNS",
     "TIMELINE_COLUMNS",
     "Budget",
-    "Journal",
     "RowTiming",
     "RunBeat",
     "RunEnd",
@@ -32,7 +30,6 @@ __all__ = [
     "RunStatus",
     "Second",
     "StateReader",
-    "Store",
     "StoreLocation",
     "report_frame",
     "run_options",
@@ -171,118 +168,6 @@ class StateReader(Protocol):
         ...
 
 
-class Journal(StateReader, Protocol):
-    """One run's outcomes, and the job's state as the run changes it. Opened by
-    ``Store.open_run``, which holds the run's locks until the journal is closed.
-
-    The plain methods may wait for the store (a file locked by another process, a database that
-    is away, up to --store-timeout): call them off the event loop (``asyncio.to_thread``). The
-    async ones never block the loop."""
-
-    run_id: int
-
-    def entries_among(self, conversation_ids: list[str]) -> set[str]:
-        """Which of these conversations the job's state has an entry for (the ones ``forget``
-        must be called for before they are sent: only this run writes their entries)."""
-        ...
-
-    async def fence(self) -> None:
-        """Before each request of the run: return once this process may send it; raise
-        RunTaken (or StoreUnavailable, StoreGone) if it may not any more. The one writer of a
-        run is sure of it only while it holds the run's lock; a lock held through a database
-        session can be lost with the session, and another process may then take the run over
-        (once this one's lease has run out): from then on this one must send nothing. A lock
-        file, or the store itself, can be removed under the run (StoreGone): what it records
-        from then on no later run would see."""
-        ...
-
-    def gone(self) -> JobStopped | None:
-        """What took the store away from this run since it opened it, looked at now: its file
-        or a lock file removed or replaced (SQLite), its tables dropped or the run taken by
-        another process (PostgreSQL); None while the run still holds it. The run stops on it,
-        and its results are written from what it still has."""
-        ...
-
-    async def seal(self) -> None:
-        """The run's sending is over: wait for the writes in progress, and refuse every later
-        write of an outcome, so that the counts, the results and the store agree."""
-        ...
-
-    def hurry(self, seconds: float) -> None:
-        """The job is stopping (a signal): no wait for the store goes on more than ``seconds``
-        from now (a row whose outcome cannot be committed by then stays unprocessed: the
-        re-run sends it again, as after a kill -9)."""
-        ...
-
-    async def forget(self, conversation_id: str) -> None:
-        """Before a row is sent: from now until the API confirms, its state is unknown. Returns
-        once that is committed."""
-        ...
-
-    async def record(self, outcome: RowOutcome, timing: RowTiming | None = None) -> None:
-        """Commit one sent (or read) row's outcome, with its state entry if the server
-        confirmed its values (``updated``, or ``unchanged`` after a read); return once it is
-        committed."""
-        ...
-
-    async def beat(self, beat: RunBeat, seconds: Iterable[Second]) -> None:
-        """The run's heartbeat (every few seconds while it runs): how far it is, and the
-        timeline's seconds since the last one. The run's requests and 429s count what this
-        invocation sent up to now (``finish`` adds the rest), so that a run killed -9 shows
-        them. Never blocks the event loop for long (a database that is away is waited for off
-        the loop)."""
-        ...
-
-    def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
-        """Commit the outcomes of rows that were not sent (invalid), in one transaction."""
-        ...
-
-    def record_unchanged(self, rows: pl.DataFrame) -> None:
-        """Commit a batch's ``unchanged`` rows (``ROW_NUMBER, conversation_id,
-        sent_metadata``); found unchanged against --since-state, their entries are copied into
-        this job's state in the same transaction."""
-        ...
-
-    def finished_between(self, first: int, last: int) -> dict[int, Status]:
-        """Rows in ``[first, last]`` that a resumed run must not process again."""
-        ...
-
-    def before_images_between(self, first: int, last: int) -> dict[int, str]:
-        """Rows in ``[first, last]`` not finished, whose before-image (``--backup``) an earlier
-        invocation kept before it sent them: row number -> the image (JSON text)."""
-        ...
-
-    def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
-        """How many rows in ``[first, last]`` are finished, by status."""
-        ...
-
-    def finished_count(self) -> int:
-        """Rows finished by earlier runs: a resumed run does not process them again."""
-        ...
-
-    def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
-        """Outcomes in ``[first, last]`` as tuples in RESULT_COLUMNS order, by row number."""
-        ...
-
-    def counts(self) -> dict[str, int]:
-        """The run's outcomes by status (rows never journaled are not counted)."""
-        ...
-
-    def state_entries(self) -> int:
-        """How many conversations the job's state holds."""
-        ...
-
-    def finish(self, end: RunEnd) -> None:
-        """Record how this invocation of the run ended."""
-        ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Journal: ...
-
-    def __exit__(self, *exc_info: object) -> None: ...
-
-
 class Budget(Protocol):
     """The job's shared rate budget: a timeline of request slots (see ``ratelimit``)."""
 
@@ -296,61 +181,6 @@ class Budget(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-class Store(Protocol):
-    """A job's store. ``where`` names it for logs and summaries (never with a password)."""
-
-    where: str
-
-    def open_run(
-        self,
-        key: RunKey,
-        fingerprint: Mapping[str, Any],
-        options: Mapping[str, Any],
-        *,
-        restart: bool = False,
-        retry_failed: bool = False,
-        since: str | None = None,
-    ) -> Journal:
-        """Lock the run (JournalError if another process holds it), then find it or start it.
-        A run whose fingerprint changed is refused (JournalError) unless ``restart``, which sets
-        the old run aside (kept, never deleted) and starts a new one. ``since`` names another
-        job's store whose state this run compares with (ConfigError if it is not one)."""
-        ...
-
-    def budget(self, job: str) -> Budget:
-        """The job's rate budget, shared by its running shards."""
-        ...
-
-    def history(self, job: str) -> list[RunRecord]:
-        """The job's runs, newest first."""
-        ...
-
-    def status(self, job: str) -> list[RunStatus]:
-        """The job's runs that are going on or stopped before their end (not replaced), newest
-        first."""
-        ...
-
-    def proven_requests(self, run_id: int) -> int:
-        """The requests a run's committed outcomes prove it sent (the sum of their attempts):
-        what its count is at least, when an invocation did not record its end. Reads all the
-        run's outcomes."""
-        ...
-
-    def timeline(self, run_id: int) -> list[Second]:
-        """A run's timeline, every invocation's, in order."""
-        ...
-
-    def report_rows(self, run_id: int) -> pl.DataFrame:
-        """A run's outcomes, REPORT_COLUMNS, by row number."""
-        ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Store: ...
-
-    def __exit__(self, *exc_info: object) -> None: ...
 
 
 def report_frame(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
