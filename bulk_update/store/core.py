@@ -54,7 +54,6 @@ __all__ = [
     "Dialect",
     "Journal",
     "Opening",
-    "Started",
     "Store",
     "Work",
     "changed_fields",
@@ -317,16 +316,12 @@ _RESUME = (
     "pid_namespace = :pid_namespace, pid_started = :pid_started, options = :options "
     "WHERE run_id = :run"
 )
-_START = (
-    "INSERT INTO runs (job, results, shard, fingerprint, options, started_at, host, pid, boot, "
-    "pid_namespace, pid_started) VALUES (:job, :results, :shard, :fingerprint, :options, "
-    "{now}, :host, :pid, :boot, :pid_namespace, :pid_started)"
-)
+# RunRecord's fields that are the runs table's columns, and what its others are made of: the
+# holder (lease.Holder), whether every invocation recorded its end, and whether it was set aside.
+_AS_STORED = tuple(f for f in RunRecord.__dataclass_fields__ if f in schema.RUNS.names("sqlite"))
 _HISTORY = (
-    "SELECT run_id, results, shard, options, started_at, ended_at, invocations, counts, "
-    "exit_code, total_rows, requests, rate_limited, stopped_by, host, pid, boot, pid_namespace, "
-    "pid_started, interrupted, replaced_at IS NOT NULL FROM runs WHERE job = :job "
-    "ORDER BY run_id DESC"
+    f"SELECT {', '.join(_AS_STORED)}, boot, pid_namespace, pid_started, interrupted, "  # noqa: S608
+    "replaced_at IS NOT NULL AS replaced FROM runs WHERE job = :job ORDER BY run_id DESC"
 )
 # The requests a run's committed outcomes prove it sent.
 _PROVEN = "SELECT sum(attempts) FROM outcomes WHERE {run_rows}"
@@ -360,22 +355,27 @@ class Opening:
     since: str | None
 
 
-# What a backend carries over into a run it starts, in the transaction that starts it: the
-# connection and the run's ID.
-Started = Callable[[Connection, int], None]
-
-
-def _find_or_start(
-    dialect: Dialect, opening: Opening, started: Started | None, conn: Connection
-) -> int | str:
-    """The run's ID, found (and resumed) or started (then ``started``); or, if its input or
-    mapping changed, the names that did."""
-    key, fingerprint, options = opening.key, opening.fingerprint, opening.options
+def _holding() -> dict[str, Any]:
+    """The columns of runs that say who holds a run: this process."""
     holder = this_process()
-    given = {"job": key.job, "results": key.results, "shard": key.shard_text,
-             "host": holder.host, "pid": holder.pid, "boot": holder.boot,
-             "pid_namespace": holder.pid_namespace, "pid_started": holder.started,
-             **_stamp()}  # fmt: skip
+    return {"host": holder.host, "pid": holder.pid, "boot": holder.boot,
+            "pid_namespace": holder.pid_namespace, "pid_started": holder.started}  # fmt: skip
+
+
+def _starting(opening: Opening) -> dict[str, Any]:
+    """What a run records as it starts, by column of runs (``started_at`` is the store's
+    clock)."""
+    key = opening.key
+    options = json.dumps(dict(opening.options), sort_keys=True, default=str)
+    return {"job": key.job, "results": key.results, "shard": key.shard_text,
+            "fingerprint": opening.fingerprint, "options": options, **_holding()}  # fmt: skip
+
+
+def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int | str:
+    """The run's ID, found (and resumed) or started; or, if its input or mapping changed, the
+    names that did."""
+    key, fingerprint, options = opening.key, opening.fingerprint, opening.options
+    given = {"job": key.job, "results": key.results, "shard": key.shard_text, **_stamp()}
     found = conn.execute(dialect.prepare(_FIND), given).fetchone()
     if found is not None and opening.restart:
         conn.execute(
@@ -384,48 +384,44 @@ def _find_or_start(
         )
         found = None
     if found is None:
-        options_text = json.dumps(dict(options), sort_keys=True, default=str)
-        cursor = conn.execute(
-            dialect.prepare(_START + dialect.returning),
-            {**given, "fingerprint": fingerprint, "options": options_text},
+        values = _starting(opening)
+        start = (
+            f"INSERT INTO runs ({', '.join(values)}, started_at) "  # noqa: S608
+            f"VALUES ({', '.join(f':{name}' for name in values)}, {{now}}){dialect.returning}"
         )
-        run_id = dialect.inserted(cursor)
-        if started is not None:
-            started(conn, run_id)
-        return run_id
+        return dialect.inserted(conn.execute(dialect.prepare(start), {**values, **_stamp()}))
     run_id, stored, stored_options = found
     changed = changed_fields(stored, fingerprint) if stored != fingerprint else []
     if changed:
         return ", ".join(changed)
     resumed = resumed_options(stored_options, options)
-    conn.execute(dialect.prepare(_RESUME), {**given, "options": resumed, "run": run_id})
+    resuming = {**given, **_holding(), "options": resumed, "run": run_id}
+    conn.execute(dialect.prepare(_RESUME), resuming)
     return int(run_id)
 
 
-def _holder(
-    host: str | None, pid: int | None, boot: str | None, namespace: str | None, started: str | None
-) -> Holder | None:
-    """Who holds a run, if it told enough (an older version's run did not)."""
+def _holder(row: Mapping[str, Any]) -> Holder | None:
+    """Who holds a run (a row of runs), if it told enough."""
+    host, pid, boot, namespace, started = (
+        row[name] for name in ("host", "pid", "boot", "pid_namespace", "pid_started")
+    )
     if host is None or pid is None or not (boot and namespace and started):
         return None
     return Holder(host, boot, namespace, int(pid), started)
 
 
-def _record(row: tuple[Any, ...]) -> RunRecord:
-    (run_id, results, shard, options, started_at, ended_at, invocations, counts, exit_code,
-     total_rows, requests, rate_limited, stopped_by, host, pid, boot, namespace, started,
-     interrupted, replaced) = row  # fmt: skip
-    given = run_options(options)
-    return RunRecord(
-        run_id=int(run_id), results=results, shard=shard, input=options_input(given),
-        options=given, started_at=_moment(started_at),
-        ended_at=_moment(ended_at) if ended_at else None, invocations=invocations,
-        counts=json.loads(counts) if counts else {}, exit_code=exit_code, total_rows=total_rows,
-        requests=int(requests or 0), rate_limited=int(rate_limited or 0), stopped_by=stopped_by,
-        host=host, pid=pid, replaced=bool(replaced),
-        requests_exact=ended_at is not None and not interrupted,
-        holder=_holder(host, pid, boot, namespace, started),
-    )  # fmt: skip
+def _record(row: Mapping[str, Any]) -> RunRecord:
+    """A run as ``history`` shows it, from its row of runs (``_HISTORY``), read by name."""
+    options, ended_at, counts = run_options(row["options"]), row["ended_at"], row["counts"]
+    made = {
+        "run_id": int(row["run_id"]), "options": options, "input": options_input(options),
+        "started_at": _moment(row["started_at"]),
+        "ended_at": _moment(ended_at) if ended_at else None,
+        "counts": json.loads(counts) if counts else {}, "requests": int(row["requests"] or 0),
+        "rate_limited": int(row["rate_limited"] or 0), "replaced": bool(row["replaced"]),
+        "requests_exact": ended_at is not None and not row["interrupted"], "holder": _holder(row),
+    }  # fmt: skip
+    return RunRecord(**{**{name: row[name] for name in _AS_STORED}, **made})
 
 
 class Store:
@@ -468,11 +464,10 @@ class Store:
     def _open_run(self, opening: Opening) -> Journal:
         raise NotImplementedError
 
-    def _find_or_start(self, opening: Opening, started: Started | None = None) -> int:
-        """The run's ID, found or started (``started``: what the backend carries over into a
-        run it starts, in the same transaction)."""
+    def _find_or_start(self, opening: Opening) -> int:
+        """The run's ID, found or started."""
         key = opening.key
-        found = self._transact(functools.partial(_find_or_start, self._dialect, opening, started))
+        found = self._transact(functools.partial(_find_or_start, self._dialect, opening))
         if isinstance(found, str):
             raise JournalError(
                 f"{self.where}: the run for {key.results} was started with another input or "
@@ -485,9 +480,20 @@ class Store:
         sql = self._dialect.prepare(template)
         return self._read(lambda conn: conn.execute(sql, parameters).fetchall())
 
+    def _fetch_named(self, template: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        """The rows a read finds, each by column name."""
+        sql = self._dialect.prepare(template)
+
+        def read(conn: Connection) -> list[dict[str, Any]]:
+            cursor = conn.execute(sql, parameters)
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+        return self._read(read)
+
     def history(self, job: str) -> list[RunRecord]:
         """The job's runs, newest first."""
-        return [_record(row) for row in self._fetch(_HISTORY, {"job": job})]
+        return [_record(row) for row in self._fetch_named(_HISTORY, {"job": job})]
 
     def proven_requests(self, run_id: int) -> int:
         """The requests a run's committed outcomes prove it sent (the sum of their attempts):

@@ -111,7 +111,8 @@ _INSERT = (
     f"VALUES (?, {', '.join('?' for _ in (*STORED, *STORED_TIMING))})"
 )
 _NO_TIMING = (None, None, None)
-_CONVERSATION, _REQUEST = schema.ID_PREFIXES["conversation_id"], schema.ID_PREFIXES["request_id"]
+# Where each of the results' columns (STORED) is in a row of _INSERT's values, after the id.
+_AT = {name: index for index, name in enumerate(STORED)}
 # Row numbers are below 2**32 (polars' row index is 32-bit).
 _ROWS_PER_RUN = 1 << 32
 _VIEW = (
@@ -834,26 +835,26 @@ class SQLiteJournal(_Reader, Journal):
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(_INSERT, values)
-            db.execute("INSERT OR REPLACE INTO last_set VALUES (?, NULL, ?, ?)", entry)
+            db.execute(
+                "INSERT OR REPLACE INTO last_set (conversation_id, set_at, outcome) "
+                "VALUES (?, ?, ?)",
+                entry,
+            )
 
         await self._write(write)
 
     def _values(self, outcome: RowOutcome, timing: RowTiming | None = None) -> tuple[Any, ...]:
-        """The row of outcomes (layout 6: see store/schema.py)."""
-        (conversation_id, status, http_status, attempts, error_type, error_code, error_message,
-         request_id, created_at, metadata, sent, previous, server) = _stored(outcome)  # fmt: skip
+        """The row of outcomes (_INSERT's columns), as it keeps the values (store/schema.py)."""
+        values = list(_stored(outcome))
+        for name, prefix in schema.ID_PREFIXES.items():
+            values[_AT[name]] = _hexed(values[_AT[name]], prefix)
+        if values[_AT["metadata"]] == values[_AT["sent_metadata"]] is not None:
+            values[_AT["metadata"]] = ""
         if timing is None:
-            times: tuple[int | None, ...] = _NO_TIMING
-        else:
-            sent_ms = math.floor(timing.sent_at * 1000)
-            times = (sent_ms, math.floor(timing.answered_at * 1000) - sent_ms, timing.latency_ms)
-        return (
-            self._base + outcome.row_number, _hexed(conversation_id, _CONVERSATION), status,
-            http_status, attempts, error_type, error_code, error_message,
-            _hexed(request_id, _REQUEST), created_at,
-            "" if metadata == sent and metadata is not None else metadata, sent, previous,
-            server, *times,
-        )  # fmt: skip
+            return (self._base + outcome.row_number, *values, *_NO_TIMING)
+        sent_ms = math.floor(timing.sent_at * 1000)
+        answer_ms = math.floor(timing.answered_at * 1000) - sent_ms
+        return (self._base + outcome.row_number, *values, sent_ms, answer_ms, timing.latency_ms)
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
         if self._gone is not None:  # the run stops: no more batches
@@ -878,7 +879,8 @@ class SQLiteJournal(_Reader, Journal):
             )
             if copy:  # the metadata is the unchanged row's sent_metadata: named, not copied
                 db.execute(
-                    "INSERT OR REPLACE INTO last_set SELECT s.conversation_id, NULL, s.set_at, "
+                    "INSERT OR REPLACE INTO last_set (conversation_id, set_at, outcome) "
+                    "SELECT s.conversation_id, s.set_at, "
                     "? + json_extract(j.value, '$.r') FROM json_each(?) AS j JOIN "
                     "since.last_set AS s ON s.conversation_id = json_extract(j.value, '$.i')",
                     (self._base, rows_json),
