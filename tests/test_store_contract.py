@@ -192,12 +192,20 @@ def test_the_state_is_forgotten_before_sending_and_compared_verbatim(backend: Ba
 
     run(go)
     assert backend.state("j") == {"conv_b": '{"k":"2"}'}
-    # A dry run reads the same state, writing nothing.
+    # A dry run reads the same state, writing nothing: a job that never set anything has none,
+    # and reading it makes no store.
     with read_state(backend.location("j"), "j") as state:
         assert state is not None
         assert state.changed_rows(plan((1, "conv_b", '{"k":"2"}'), (2, "conv_z", "{}"))) == [2]
+    assert backend.state("j") == {"conv_b": '{"k":"2"}'}
     with read_state(backend.location("nobody"), "nobody") as state:
         assert state is None
+    if backend.url is None:
+        assert not backend.location("nobody").path.exists()
+    else:
+        assert backend.query("SELECT count(*) FROM bulk_update.jobs WHERE name = 'nobody'") == [
+            (0,)
+        ]
 
 
 def test_unchanged_rows_take_the_state_of_since_state(backend: Backend) -> None:
@@ -281,8 +289,17 @@ def test_the_budget_hands_out_slots_one_after_another(backend: Backend) -> None:
             first, fifth = claims[0], claims[-1]
             assert fifth[0] - first[1] - 0.001 <= 4.0 <= fifth[1] - first[0] + 0.001
             assert [low for low, _ in claims] == sorted(low for low, _ in claims)
-            budget.hold_back(10)
-            assert budget.claim(1, 1.0) >= 9.0
+        finally:
+            budget.close()
+
+
+def test_a_hold_back_puts_every_later_slot_after_it(backend: Backend) -> None:
+    with backend.open("j") as store:
+        budget = store.budget("j")
+        try:
+            assert budget.claim(1, 0.001) < 1.0
+            budget.hold_back(10)  # a 429's retry-after, for every shard of the job
+            assert budget.claim(1, 0.001) >= 9.0
         finally:
             budget.close()
 

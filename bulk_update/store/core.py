@@ -65,12 +65,6 @@ T = TypeVar("T")
 log = logging.getLogger("bulk_update")
 
 
-class _Cursor(Protocol):
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-
 class Connection(Protocol):
     """What the core asks of a connection (``sqlite3.Connection``, ``psycopg.Connection``)."""
 

@@ -113,8 +113,6 @@ _INSERT = (
 _NO_TIMING = (None, None, None)
 # Where each of the results' columns (STORED) is in a row of _INSERT's values, after the id.
 _AT = {name: index for index, name in enumerate(STORED)}
-# Row numbers are below 2**32 (polars' row index is 32-bit).
-_ROWS_PER_RUN = 1 << 32
 _VIEW = (
     "CREATE VIEW IF NOT EXISTS run_outcomes AS SELECT id >> 32 AS run_id, "  # noqa: S608
     f"id & 4294967295 AS row_number, {schema.stored_columns('sqlite')} FROM outcomes"
@@ -141,7 +139,7 @@ _DIALECT = Dialect(
     name="sqlite", now=":now", clock=":clock", age=":clock - r.heartbeat_at",
     rows="id BETWEEN :first AND :last", run_rows="id BETWEEN :first AND :last",
     row="id - :base", order="id", state="", ids="SELECT value AS id FROM json_each(:ids)",
-    runs="SELECT value FROM json_each(:runs)", returning="", rows_per_run=_ROWS_PER_RUN,
+    runs="SELECT value FROM json_each(:runs)", returning="", rows_per_run=schema.ROWS_PER_RUN,
     stored=schema.stored_columns("sqlite"), timing=schema.timing_columns("sqlite"),
 )  # fmt: skip
 
@@ -702,7 +700,7 @@ class SQLiteJournal(_Reader, Journal):
         path = self.path = opened.path
         self.run_id = run_id
         self._outage = outage
-        self._base = run_id * _ROWS_PER_RUN  # outcomes.id of row 0
+        self._base = run_id * schema.ROWS_PER_RUN  # outcomes.id of row 0
         self._locks = locks
         self._dialect = _DIALECT
         self._unfinished_are(unfinished)
