@@ -28,7 +28,7 @@ from typing import Any, Protocol, Self, TypeVar
 import polars as pl
 
 from bulk_update.exceptions import JobStopped, JournalError
-from bulk_update.outcome import RowOutcome, Status
+from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import schema
 from bulk_update.store.lease import Holder, this_process
 from bulk_update.store.schema import TIMELINE, TIMING_COLUMNS, format_timestamp
@@ -56,7 +56,10 @@ __all__ = [
     "Opening",
     "Store",
     "Work",
+    "batch_json",
     "changed_fields",
+    "changed_rows",
+    "entry_metadata",
     "fingerprint_text",
     "unfinished_statuses",
 ]
@@ -215,6 +218,10 @@ class Dialect:
     budget_clock: str = ":clock"
     greatest: str = "max"
     budget_key: str = "job"
+    # A batch's rows (``batch_json``) as a relation ``t(r, i, m)``, and last_set's key of its
+    # conversation ID ``t.i``.
+    batch: str = ""
+    batch_key: str = "t.i"
     # outcomes' key of a run's row 0 (SQLite numbers rows across runs).
     rows_per_run: int = 0
     # The results' columns but row_number, and the timing, as a reader gets them from what
@@ -273,6 +280,8 @@ def _prepare(dialect: Dialect, template: str) -> str:
             "budget_clock",
             "greatest",
             "budget_key",
+            "batch",
+            "batch_key",
         )
     }
     state = dialect.state
@@ -819,3 +828,44 @@ class BudgetCore(Budget):
             log.debug("budget not given back: %s", exc)
         finally:
             self._closing()
+
+
+def batch_json(rows: pl.DataFrame) -> str:
+    """A batch's valid rows (``ROW_NUMBER, conversation_id, sent_metadata``) as one JSON array
+    (the dialect's ``batch``: ``t(r, i, m)``): the comparison and the journaling of unchanged
+    rows run inside the database, with no Python object per row. Sorted by ID, so that
+    ``last_set`` is walked in order rather than probed at random."""
+    short = rows.select(r=ROW_NUMBER, i="conversation_id", m="sent_metadata")
+    return short.sort("i").write_json()
+
+
+def entry_metadata(entry: str, schema: str = "") -> str:
+    """The SQL of a state entry's metadata (``entry``: last_set's alias and dot; ``schema``:
+    the database's, with its dot): its own, else the sent_metadata of the outcome that set it
+    (the same transaction wrote both; an outcome that set an entry is never written again: a
+    row's entry is forgotten before the row is sent)."""
+    return (
+        f"coalesce({entry}metadata, (SELECT o.sent_metadata FROM {schema}outcomes AS o "  # noqa: S608
+        f"WHERE o.id = {entry}outcome))"
+    )
+
+
+# The rows of a batch whose metadata is not, verbatim, what the job's state (in the database
+# ``{schema}``) says was last set.
+_CHANGED = (
+    "SELECT t.r FROM {batch} WHERE NOT EXISTS (SELECT 1 FROM {schema}last_set AS s "
+    "WHERE s.conversation_id = {batch_key}{and_state} AND %M = t.m)"
+)
+
+
+def changed_rows(
+    dialect: Dialect, conn: Connection, rows: pl.DataFrame, job: int | None, schema: str = ""
+) -> list[int]:
+    """``StateReader.changed_rows`` on ``conn``: the state of ``job`` (PostgreSQL's job ID),
+    in the database ``schema`` (SQLite's ``main.``, or ``since.`` for another job's file)."""
+    if rows.is_empty():
+        return []
+    template = _CHANGED.replace("%M", entry_metadata("s.", schema)).replace("{schema}", schema)
+    sql = dialect.prepare(template)
+    found = conn.execute(sql, {"batch": batch_json(rows), "job": job})
+    return [int(number) for (number,) in found]

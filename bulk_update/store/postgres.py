@@ -84,7 +84,16 @@ from bulk_update.exceptions import (
 )
 from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import schema
-from bulk_update.store.core import BudgetCore, Dialect, Journal, Opening, Store, Work
+from bulk_update.store.core import (
+    BudgetCore,
+    Dialect,
+    Journal,
+    Opening,
+    Store,
+    Work,
+    changed_rows,
+    entry_metadata,
+)
 from bulk_update.store.lease import (
     LEASE_S,
     POLL_S,
@@ -196,8 +205,6 @@ _GROUP = (
     "SELECT count(*) FROM h"
 )
 _UNCHANGED_ID = schema.encoded_id("conversation_id", "t.i")
-# last_set's key of a batch's conversation ID (``t.i``): as outcomes keep it.
-_STATE_KEY = _UNCHANGED_ID
 _INSERT_UNCHANGED = (
     "INSERT INTO outcomes (id, conversation_id, status, attempts, "  # noqa: S608
     f"sent_metadata) SELECT {_outcome_id('%s', 't.r')}, {_UNCHANGED_ID}, %s, 0, t.m FROM "
@@ -216,17 +223,13 @@ _DIALECT = Dialect(
     returning=" RETURNING run_id",
     stored=schema.stored_columns("postgres"), timing=schema.timing_columns("postgres"),
     state_key=schema.encoded_id("conversation_id", "t.id"),
+    batch="json_to_recordset(CAST(:batch AS json)) AS t(r integer, i text, m text)",
+    batch_key=schema.encoded_id("conversation_id", "t.i"),
     budget_clock="CAST(extract(epoch FROM clock_timestamp()) AS double precision)",
     greatest="greatest", budget_key="job_id",
 )  # fmt: skip
 
 
-# An entry's metadata (``s``, of last_set): its own if it holds one, else
-# the sent_metadata of the outcome that set it (the same statement wrote both; an outcome that
-# set an entry is not written again: a row's entry is forgotten before the row is sent).
-_ENTRY_METADATA = (
-    "coalesce(s.metadata, (SELECT o.sent_metadata FROM outcomes AS o WHERE o.id = s.outcome))"
-)
 # Operators' views of outcomes and last_set with the values as the results hold them (SQLite's
 # views of the same names; job_state also names the job).
 _VIEWS = (
@@ -235,7 +238,7 @@ _VIEWS = (
     f"{schema.timing_columns('postgres')} FROM outcomes",
     "CREATE VIEW job_state AS SELECT j.name AS job, "  # noqa: S608
     f"{schema.stored_columns('postgres', 's.').split(' AS conversation_id')[0]} "
-    f"AS conversation_id, {_ENTRY_METADATA} AS metadata, s.set_at "
+    f"AS conversation_id, {entry_metadata('s.')} AS metadata, s.set_at "
     "FROM last_set AS s JOIN jobs AS j USING (job_id)",
 )
 
@@ -857,20 +860,9 @@ class _Reader:
         self._compare_with = compare_with
 
     def changed_rows(self, rows: pl.DataFrame) -> list[int]:
-        if rows.is_empty():
-            return []
-        arrays = _arrays(rows)
-
-        def changed(conn: psycopg.Connection[Any]) -> list[int]:
-            found = conn.execute(
-                "SELECT t.r FROM unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) "  # noqa: S608
-                "WHERE NOT EXISTS (SELECT 1 FROM last_set AS s WHERE s.job_id = %s "
-                f"AND s.conversation_id = {_STATE_KEY} AND {_ENTRY_METADATA} = t.m)",
-                (*arrays, self._compare_with),
-            )
-            return [number for (number,) in found]
-
-        return self._session.run(changed)
+        return self._session.run(
+            lambda conn: changed_rows(_DIALECT, conn, rows, self._compare_with)
+        )
 
 
 # What libpq says of a server it did not reach, or that cannot serve now (a connection's

@@ -77,7 +77,7 @@ from bulk_update.exceptions import (
     StoreUnavailable,
     first_line,
 )
-from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
+from bulk_update.outcome import RowOutcome, Status
 from bulk_update.store import schema
 from bulk_update.store.core import (
     BudgetCore,
@@ -86,6 +86,9 @@ from bulk_update.store.core import (
     Opening,
     Store,
     Work,
+    batch_json,
+    changed_rows,
+    entry_metadata,
 )
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.locks import Opened, release_lock, take_lock
@@ -117,17 +120,10 @@ _VIEW = (
     "CREATE VIEW IF NOT EXISTS run_outcomes AS SELECT id >> 32 AS run_id, "  # noqa: S608
     f"id & 4294967295 AS row_number, {schema.stored_columns('sqlite')} FROM outcomes"
 )
-# An entry's metadata: its own, else the sent_metadata of the outcome that set it (the
-# same transaction wrote both; an outcome that set an entry is never written again: a row's entry
-# is forgotten before the row is sent).
-_STATE_METADATA = (
-    "coalesce({s}metadata, (SELECT o.sent_metadata FROM {schema}outcomes AS o "
-    "WHERE o.id = {s}outcome))"
-)
 # The job's state (an operator's view): what the job last set.
 _STATE_VIEW = (
     "CREATE VIEW IF NOT EXISTS job_state AS SELECT conversation_id, "  # noqa: S608
-    f"{_STATE_METADATA.format(schema='', s='last_set.')} AS metadata, set_at FROM last_set"
+    f"{entry_metadata('last_set.')} AS metadata, set_at FROM last_set"
 )
 # The store's own tables (anything else in a new file is not a store).
 _TABLES = tuple(table.name for table in schema.TABLES if table.sqlite is not None)
@@ -140,6 +136,8 @@ _DIALECT = Dialect(
     rows="id BETWEEN :first AND :last", run_rows="id BETWEEN :first AND :last",
     row="id - :base", order="id", state="", ids="SELECT value AS id FROM json_each(:ids)",
     runs="SELECT value FROM json_each(:runs)", returning="", rows_per_run=schema.ROWS_PER_RUN,
+    batch="(SELECT json_extract(value, '$.r') AS r, json_extract(value, '$.i') AS i, "
+    "json_extract(value, '$.m') AS m FROM json_each(:batch)) AS t",
     stored=schema.stored_columns("sqlite"), timing=schema.timing_columns("sqlite"),
 )  # fmt: skip
 
@@ -323,28 +321,6 @@ def _connect_to_read(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _as_json(rows: pl.DataFrame) -> str:
-    """A batch's rows (``ROW_NUMBER, conversation_id, sent_metadata``) as one JSON array for
-    ``json_each``: the comparison and the journaling of unchanged rows then run inside SQLite,
-    with no Python object per row. Sorted by ID, so that ``last_set`` is walked in order rather
-    than probed at random."""
-    short = rows.select(r=ROW_NUMBER, i="conversation_id", m="sent_metadata")
-    return short.sort("i").write_json()
-
-
-def _changed_rows(db: sqlite3.Connection, schema: str, rows: pl.DataFrame) -> list[int]:
-    if rows.is_empty():
-        return []
-    found = db.execute(
-        "SELECT json_extract(j.value, '$.r') FROM json_each(?) AS j WHERE NOT EXISTS ("  # noqa: S608
-        f"SELECT 1 FROM {schema}.last_set AS s WHERE s.conversation_id = "
-        f"json_extract(j.value, '$.i') AND {_STATE_METADATA.format(schema=f'{schema}.', s='s.')} = "
-        "json_extract(j.value, '$.m'))",
-        (_as_json(rows),),
-    )
-    return [number for (number,) in found]
-
-
 def _check_since(since: str) -> Path:
     """--since-state's file, if it is a store this version can read."""
     path = Path(since)
@@ -394,7 +370,7 @@ class _Reader:
 
     def changed_rows(self, rows: pl.DataFrame) -> list[int]:
         with self._read_lock:
-            return _changed_rows(self._db, self._schema, rows)
+            return changed_rows(_DIALECT, self._db, rows, None, f"{self._schema}.")
 
 
 @contextlib.contextmanager
@@ -865,7 +841,7 @@ class SQLiteJournal(_Reader, Journal):
             raise self._gone
         if rows.is_empty():
             return
-        rows_json = _as_json(rows)
+        rows_json = batch_json(rows)
         copy = self._schema == "since"
 
         def write(db: sqlite3.Connection) -> None:
