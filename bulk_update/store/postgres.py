@@ -83,17 +83,8 @@ from bulk_update.exceptions import (
     first_line,
 )
 from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
-from bulk_update.store import schema
-from bulk_update.store.core import (
-    BudgetCore,
-    Dialect,
-    Journal,
-    Opening,
-    Store,
-    Work,
-    changed_rows,
-    entry_metadata,
-)
+from bulk_update.store import core, schema
+from bulk_update.store.core import BudgetCore, Dialect, Journal, Opening, Store, Work
 from bulk_update.store.lease import (
     LEASE_S,
     POLL_S,
@@ -238,7 +229,7 @@ _VIEWS = (
     f"{schema.timing_columns('postgres')} FROM outcomes",
     "CREATE VIEW job_state AS SELECT j.name AS job, "  # noqa: S608
     f"{schema.stored_columns('postgres', 's.').split(' AS conversation_id')[0]} "
-    f"AS conversation_id, {entry_metadata('s.')} AS metadata, s.set_at "
+    f"AS conversation_id, {core.entry_metadata('s.')} AS metadata, s.set_at "
     "FROM last_set AS s JOIN jobs AS j USING (job_id)",
 )
 
@@ -861,7 +852,7 @@ class _Reader:
 
     def changed_rows(self, rows: pl.DataFrame) -> list[int]:
         return self._session.run(
-            lambda conn: changed_rows(_DIALECT, conn, rows, self._compare_with)
+            lambda conn: core.changed_rows(_DIALECT, conn, rows, self._compare_with)
         )
 
 
