@@ -61,6 +61,7 @@ __all__ = [
     "changed_rows",
     "entry_metadata",
     "fingerprint_text",
+    "jobs_that_wrote",
     "unfinished_statuses",
 ]
 
@@ -869,3 +870,12 @@ def changed_rows(
     sql = dialect.prepare(template)
     found = conn.execute(sql, {"batch": batch_json(rows), "job": job})
     return [int(number) for (number,) in found]
+
+
+_WROTE = "SELECT DISTINCT job FROM runs WHERE results IN ({ids}) ORDER BY job"
+
+
+def jobs_that_wrote(dialect: Dialect, conn: Connection, results: list[str]) -> list[str]:
+    """The jobs with a run in this store whose results path (as given) is one of ``results``."""
+    found = conn.execute(dialect.prepare(_WROTE), {"ids": json.dumps(results)}).fetchall()
+    return [str(job) for (job,) in found]

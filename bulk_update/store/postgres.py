@@ -913,10 +913,7 @@ def jobs_that_wrote(url: str, results: list[str], timeout: float) -> list[str]:
         row = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.runs",)).fetchone()
         if row is None or row[0] is None:
             return []
-        found = conn.execute(
-            "SELECT DISTINCT job FROM runs WHERE results = ANY(%s) ORDER BY job", (results,)
-        ).fetchall()
-        return [str(job) for (job,) in found]
+        return core.jobs_that_wrote(_DIALECT, conn, results)
     except psycopg.Error as exc:
         raise _cannot_use(exc)(
             f"--state-url {session.where}: cannot use the store: {session.first_line(exc)}"

@@ -78,7 +78,7 @@ from bulk_update.exceptions import (
     first_line,
 )
 from bulk_update.outcome import RowOutcome, Status
-from bulk_update.store import schema
+from bulk_update.store import core, schema
 from bulk_update.store.core import (
     BudgetCore,
     Dialect,
@@ -342,20 +342,15 @@ def _check_since(since: str) -> Path:
 def jobs_that_wrote(directory: Path, results: list[str]) -> list[str]:
     """See ``bulk_update.store.jobs_that_wrote``: the stores in ``directory``, read only."""
     jobs: set[str] = set()
-    marks = ", ".join("?" for _ in results)
     for path in sorted(directory.glob("*.sqlite")):
         try:
             # Not mode=ro: a read-only connection to a WAL database leaves its -wal and -shm
             # files behind; a plain one, the last to close, removes them. It only reads.
             with contextlib.closing(sqlite3.connect(_uri(path), uri=True)) as db:
                 db.execute("PRAGMA query_only = 1")
-                found = db.execute(
-                    f"SELECT DISTINCT job FROM runs WHERE results IN ({marks})",  # noqa: S608
-                    results,
-                ).fetchall()
+                jobs.update(core.jobs_that_wrote(_DIALECT, db, results))
         except sqlite3.Error:  # not a store of this version, or not a store at all
             continue
-        jobs.update(str(job) for (job,) in found)
     return sorted(jobs)
 
 
