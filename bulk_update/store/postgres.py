@@ -642,6 +642,17 @@ def _holder_of(conn: psycopg.Connection[Any], key: int) -> str:
     )  # fmt: skip
 
 
+# The leases that conflict with a run: a whole-input run's, every lease of its job; a shard's,
+# the whole input's and its own.
+_CONFLICT = "job_id = %(job)s AND (%(shard)s = '' OR shard IN ('', %(shard)s))"
+
+
+def _already(key: RunKey) -> str:
+    """The start of a refusal of a run another process holds."""
+    shard = f", shard {key.shard_text}" if key.shard else ""
+    return f"already running (job {key.job!r}{shard})"
+
+
 class PostgresStore(Store):
     """Open with ``PostgresStore.open(url)``; use as a context manager to close it."""
 
@@ -712,9 +723,7 @@ class PostgresStore(Store):
         if refused is not None:
             session.unlock_all()
             raise RunHeld(
-                f"already running (job {key.job!r}"
-                + (f", shard {key.shard_text}" if key.shard else "")
-                + f"): held by {refused} in {self.where}; wait for it to finish"
+                f"{_already(key)}: held by {refused} in {self.where}; wait for it to finish"
             )
 
     def _other_shard_count(self, job: str, count: int) -> str | None:
@@ -756,33 +765,32 @@ class PostgresStore(Store):
             self._session.unlock_all(lease)
             raise
 
+    def _live_lease(self, job_id: int, key: RunKey, me: Holder) -> tuple[float, Holder] | None:
+        """The lease that conflicts with this run and lasts longest (seconds left, its holder),
+        of those whose holder is not known to be gone; None if there is none."""
+        rows = self._session.run(
+            lambda conn: conn.execute(
+                "SELECT extract(epoch FROM until - now()), host, boot, pid_namespace, pid, "  # noqa: S608
+                f"started FROM leases WHERE {_CONFLICT} AND until > now()",
+                {"job": job_id, "shard": key.shard_text},
+            ).fetchall()
+        )
+        live = [
+            (float(left), holder)
+            for left, host, boot, namespace, pid, started in rows
+            if not is_gone(holder := Holder(host, boot, namespace, int(pid), started), me)
+        ]
+        return max(live, key=lambda found: found[0], default=None)
+
     def _take_lease(self, job_id: int, key: RunKey) -> tuple[str, float]:
         """Once the run's lock is held: wait until no lease that conflicts with this run lasts
         any more (a holder whose session was lost may still be sending until its lease ends,
         unless it is known to be gone), then replace them with this process's lease. Returns
         the lease's token and when it was asked for (this process's clock)."""
-        token = uuid.uuid4().hex
-        me = this_process()
-        # A whole-input run conflicts with every lease of its job, a shard with the whole
-        # input's and its own.
-        conflict = "job_id = %(job)s AND (%(shard)s = '' OR shard IN ('', %(shard)s))"
+        token, me = uuid.uuid4().hex, this_process()
         said = False
-        while True:
-            rows = self._session.run(
-                lambda conn: conn.execute(
-                    "SELECT extract(epoch FROM until - now()), host, boot, pid_namespace, pid, "  # noqa: S608
-                    f"started FROM leases WHERE {conflict} AND until > now()",
-                    {"job": job_id, "shard": key.shard_text},
-                ).fetchall()
-            )
-            holders = [
-                (float(left), Holder(host, boot, namespace, int(pid), started))
-                for left, host, boot, namespace, pid, started in rows
-            ]
-            live = [(left, holder) for left, holder in holders if not is_gone(holder, me)]
-            if not live:
-                break
-            left, holder = max(live, key=lambda found: found[0])
+        while (live := self._live_lease(job_id, key, me)) is not None:
+            left, holder = live
             if not said:
                 said = True
                 log.warning(
@@ -793,16 +801,14 @@ class PostgresStore(Store):
                 )  # fmt: skip
             if not self._session.wait(min(left, LEASE_S) + POLL_S):
                 raise RunHeld(
-                    f"already running (job {key.job!r}"
-                    + (f", shard {key.shard_text}" if key.shard else "")
-                    + f"): its last holder, {holder.text()}, may still be sending until its "
-                    f"lease ends in {self.where}; the job stopped before it did"
+                    f"{_already(key)}: its last holder, {holder.text()}, may still be sending "
+                    f"until its lease ends in {self.where}; the job stopped before it did"
                 )
         asked = time.monotonic()
 
         def take(conn: psycopg.Connection[Any]) -> None:
             arguments = {"job": job_id, "shard": key.shard_text}
-            conn.execute(f"DELETE FROM leases WHERE {conflict}", arguments)  # noqa: S608
+            conn.execute(f"DELETE FROM leases WHERE {_CONFLICT}", arguments)  # noqa: S608
             conn.execute(
                 "INSERT INTO leases VALUES (%s, %s, %s, now() + make_interval(secs => %s), "
                 "%s, %s, %s, %s, %s)",
