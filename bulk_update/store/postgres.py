@@ -29,9 +29,10 @@ about 25 s when its machine or network vanishes (the job sets the session's TCP 
 10 s idle, then 3 probes 5 s apart; ``tcp_user_timeout`` likewise bounds unacknowledged data).
 
 **Transactions**: each write is one transaction; a sent row's outcome and its state entry
-commit together. Outcomes of the workers are committed in groups by one writer thread (a worker
-waits for its row's commit before it takes the next row, so at most ``concurrency`` rows are
-ever sent without a committed outcome). A connection lost mid-run is re-established with
+commit together. Outcomes of the workers are committed in groups by one writer task on the
+event loop (``grouped.LoopGroupWriter``, no thread: a worker waits for its row's commit before
+it takes the next row, so at most ``concurrency`` rows are ever sent without a committed
+outcome). A connection lost mid-run is re-established with
 backoff (0.2 s doubling to 5 s) and the failed transaction run again (every write is an upsert:
 running one twice changes nothing); the run's locks are taken again first. If the database
 stays away longer than ``--store-timeout`` (one clock for every operation of the run:
@@ -64,7 +65,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import polars as pl
 import psycopg
@@ -85,6 +86,7 @@ from bulk_update.exceptions import (
 from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import core, schema
 from bulk_update.store.core import BudgetCore, Dialect, Journal, Opening, Store, Work
+from bulk_update.store.grouped import LoopGroupWriter
 from bulk_update.store.lease import (
     LEASE_S,
     POLL_S,
@@ -114,8 +116,6 @@ _BACKOFF_S = (0.2, 5.0)
 _CONNECT_TIMEOUT_S = 10
 # How often a connection attempt's waiter looks whether it is still waited for (a stop).
 _CONNECT_POLL_S = 0.05
-# Outcomes committed together by the writer thread, at most.
-_GROUP_MAX = 512
 _KEEPALIVES = {
     "keepalives": "1",
     "keepalives_idle": "10",
@@ -928,74 +928,26 @@ def jobs_that_wrote(url: str, results: list[str], timeout: float) -> list[str]:
         session.close()
 
 
-Item = TypeVar("Item")
-
-
-class _Writer(Generic[Item]):
-    """Commits what the workers wait for (IDs to forget, outcomes) on the event loop, with its
-    own connection: what arrives while a commit runs goes in the next one, one statement (so
-    one transaction) and one round trip. No thread: a commit's latency is a worker's idle time,
-    and a thread's every wait on the network ended in a wait for the GIL. ``fenced``: the
-    statement's one value is 0 when this process no longer holds the run (``RunTaken``)."""
+class _Writer:
+    """The connection that commits what the workers wait for (IDs to forget, outcomes) on the
+    event loop, a group of them (``grouped.LoopGroupWriter``) in one statement (so one
+    transaction) and one round trip. ``fenced``: the statement's one value is 0 when this
+    process no longer holds the run (``RunTaken``)."""
 
     def __init__(
         self,
         session: _Session,
-        group: Callable[[list[Item]], dict[str, Any]],
+        group: Callable[[list[Recorded | str]], dict[str, Any]],
         taken: Callable[[], JobStopped],
     ) -> None:
         self._session = session
         self._group = group
         self._taken = taken
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._pending: list[tuple[Item, asyncio.Future[None]]] = []
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._connected_before = False
 
-    async def submit(self, item: Item) -> None:
-        """Return once ``item`` is committed."""
-        if self._task is None:
-            self._wake = asyncio.Event()
-            self._loop = asyncio.get_running_loop()
-            self._task = asyncio.create_task(self._run(), name="store-writer")
-        assert self._wake is not None
-        done = asyncio.get_running_loop().create_future()
-        self._pending.append((item, done))
-        self._wake.set()
-        await done
-
-    async def _run(self) -> None:
-        assert self._wake is not None
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                group, self._pending = self._pending[:_GROUP_MAX], self._pending[_GROUP_MAX:]
-                if self._pending:
-                    self._wake.set()
-                waiting = [(item, done) for item, done in group if not done.done()]
-                if not waiting:
-                    continue
-                try:
-                    await self._commit(self._group([item for item, _ in waiting]))
-                except Exception as exc:
-                    for _, done in waiting:
-                        if not done.done():
-                            done.set_exception(exc)
-                else:
-                    for _, done in waiting:
-                        if not done.done():
-                            done.set_result(None)
-        finally:
-            for _, done in self._pending:
-                done.cancel()
-            if self._conn is not None:
-                with contextlib.suppress(psycopg.Error):
-                    await self._conn.close()
-
-    async def _commit(self, group: dict[str, Any]) -> None:
+    async def commit(self, items: list[Recorded | str]) -> None:
+        group = self._group(items)
         call = _Call(self._session)
         while True:
             try:
@@ -1015,6 +967,11 @@ class _Writer(Generic[Item]):
                     self._conn = None
                 await asyncio.sleep(call.pause(exc))
 
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         if self._connected_before:
             # Back after an outage: the run's session (and its locks) must be too, or another
@@ -1030,22 +987,6 @@ class _Writer(Generic[Item]):
         conn = self._conn
         if conn is not None:
             _shut(conn)
-
-    async def stop(self) -> None:
-        """No more commits: the one in progress, if any, is cut (it commits whole or not at
-        all), and the task's connection closed."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def cancel(self) -> None:
-        """``stop`` from any thread, without waiting (a journal closed on an error's way out)."""
-        task, self._task = self._task, None
-        if task is not None and self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has ended: so has the task
-                self._loop.call_soon_threadsafe(task.cancel)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -1085,7 +1026,10 @@ class PostgresJournal(_Reader, Journal):
         self._lease = lease
         self._local = LocalLease()
         self._local.renewed(lease.asked)
-        self._writer = _Writer(session, self._group, self._taken)
+        writer = _Writer(session, self._group, self._taken)
+        self._writer: LoopGroupWriter[Recorded | str] = LoopGroupWriter(
+            writer.commit, writer.close, "store-writer"
+        )
         self._ending = threading.Event()
         self._renewing = threading.Thread(target=self._renew, name="bulk-update-lease", daemon=True)
         self._renewing.start()
