@@ -10,7 +10,7 @@ are declared in ``store/schema.py``; what it does as the SQLite store does is in
     runs(run_id, job, results, shard, fingerprint, options, started_at, resumed_at,
          invocations, ended_at, counts, exit_code, replaced_at, total_rows, requests,
          rate_limited, stopped_by, host, pid, heartbeat_at, rows_done)
-    outcomes(id, <the results columns as layout 6 keeps them>)  -- id: run_id * 2**32 +
+    outcomes(id, <the results columns as the store keeps them>)  -- id: run_id * 2**32 +
                                              -- row_number (the view run_outcomes: decoded)
     timeline(run_id, at, requests, rate_limited, retries, errors, rows, limit_rpm,
              announced_rpm)                  -- per second of a run (status, report)
@@ -139,7 +139,7 @@ _AWAY = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 # schema), or the database made anew (StoreGone).
 _GONE = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 
-# Outcomes' columns as layout 6 keeps them (store/schema.py), and the SQL of their values from
+# Outcomes' columns as the store keeps them (store/schema.py), and the SQL of their values from
 # ``r``, a relation of the values as the results hold them (the server encodes them: no work
 # per row in the job).
 _WRITTEN = ", ".join((*STORED, *STORED_TIMING))

@@ -15,7 +15,7 @@ number); what it does as the PostgreSQL store does is in ``store/core.py``::
 run's outcomes sit together in the order of the input, a row costs no more than in a table of
 one run, and an insert writes one B-tree (a composite key, or run_id and row_number stored as
 columns, made journaling a batch 15-30 % slower). The ``run_outcomes`` view shows both.
-Layout 6 keeps a row in fewer bytes (store/schema.py): ``metadata`` is ``''`` when it is the
+The store keeps a row in few bytes (store/schema.py): ``metadata`` is ``''`` when it is the
 ``sent_metadata``, the API's IDs are BLOBs of their hex (encoded here, by ``_values``: SQLite
 3.40 cannot make a BLOB of hex text), the timing integer milliseconds; every read decodes them
 (``schema.stored_columns``, which the view uses too).
