@@ -480,23 +480,14 @@ def _shown(names: list[str] | tuple[str, ...]) -> str:
 def file_fingerprint(path: str) -> dict[str, Any]:
     """What says a file is the same: its size and a hash of its whole content (``blake2b``), so
     that a copy under another path, or on another machine, is the same input and any edit is
-    not. The path, mtime and a hash of the first and last MiB are kept beside them, to compare
-    with a run fingerprinted by an older version (which compared those)."""
+    not. Its path is kept beside them (what the run was given)."""
     if is_remote(path):
         return {"path": path}
-    stat = os.stat(path)
-    ends = hashlib.sha256()
     with open(path, "rb") as handle:
-        ends.update(handle.read(1 << 20))
-        if stat.st_size > 2 << 20:
-            handle.seek(-(1 << 20), os.SEEK_END)
-            ends.update(handle.read(1 << 20))
-        handle.seek(0)
+        size = os.fstat(handle.fileno()).st_size
         content = hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=32))
     return {
         "path": str(Path(path).resolve()),
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "sha256_ends": ends.hexdigest(),
+        "size": size,
         "blake2b": content.hexdigest(),
     }

@@ -4,9 +4,6 @@ another process, the helpers that read what a run recorded in either store."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
 import re
 import sqlite3
 import subprocess
@@ -126,67 +123,3 @@ def holding_postgres(url: str, tables: tuple[str, ...] = ("outcomes",)) -> Itera
             yield
         finally:
             conn.rollback()
-
-
-# Files as older versions left them, built with the SQL those versions ran.
-
-# The journal the first versions kept beside the results, RESULTS.journal.sqlite
-# (bulk_update/journal.py from d373d66 to a850326, before globs and shards).
-FIRST_JOURNAL = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS outcomes (row_number INTEGER PRIMARY KEY, "
-    "conversation_id TEXT, status TEXT NOT NULL, http_status INTEGER, attempts INTEGER, "
-    "error_type TEXT, error_code TEXT, error_message TEXT, request_id TEXT, "
-    "created_at INTEGER, metadata TEXT, sent_metadata TEXT)",
-)
-# The first store of one file per job (27f5cdf, PRAGMA user_version 1): outcomes keyed by
-# (run_id, row_number), a layout the numbers never told apart from the next one's.
-FIRST_STORE = (
-    "CREATE TABLE IF NOT EXISTS runs (run_id INTEGER PRIMARY KEY, job TEXT NOT NULL, "
-    "results TEXT NOT NULL, shard TEXT NOT NULL, fingerprint TEXT NOT NULL, options TEXT NOT "
-    "NULL, started_at TEXT NOT NULL, resumed_at TEXT, invocations INTEGER NOT NULL DEFAULT 1, "
-    "ended_at TEXT, counts TEXT, exit_code INTEGER, replaced_at TEXT)",
-    "CREATE INDEX IF NOT EXISTS runs_by_key ON runs (job, results, shard)",
-    "CREATE TABLE IF NOT EXISTS outcomes (run_id INTEGER NOT NULL, row_number INTEGER, "
-    "conversation_id TEXT, status TEXT, http_status INTEGER, attempts INTEGER, error_type TEXT, "
-    "error_code TEXT, error_message TEXT, request_id TEXT, created_at INTEGER, metadata TEXT, "
-    "sent_metadata TEXT, PRIMARY KEY (run_id, row_number)) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS last_set (conversation_id TEXT PRIMARY KEY, "
-    "metadata TEXT NOT NULL, set_at TEXT NOT NULL) WITHOUT ROWID",
-)
-
-
-def first_version_file_fingerprint(path: Path) -> dict[str, Any]:
-    """An input file's fingerprint as the first versions computed it (journal.py, d373d66)."""
-    stat = os.stat(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        digest.update(handle.read(1 << 20))
-        if stat.st_size > 2 << 20:
-            handle.seek(-(1 << 20), os.SEEK_END)
-            digest.update(handle.read(1 << 20))
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "sha256_ends": digest.hexdigest()}  # fmt: skip
-
-
-def first_version_journal(results: Path, source: Path, updated: dict[int, tuple[str, str]]) -> Path:
-    """The journal a run of the first versions left beside ``results`` for the input ``source``
-    (default mapping), with the rows ``updated`` (row number: conversation ID, sent metadata);
-    its fingerprint holds the one input file's as an object."""
-    fingerprint = {"schema": "1", "input": first_version_file_fingerprint(source),
-                   "id_column": "conversation_id", "columns": None, "metadata_column": None}  # fmt: skip
-    journal = Path(f"{results}.journal.sqlite")
-    with contextlib.closing(sqlite3.connect(journal, isolation_level=None)) as db:
-        db.execute("PRAGMA journal_mode=WAL")
-        for statement in FIRST_JOURNAL:
-            db.execute(statement)
-        db.execute(
-            "INSERT INTO meta VALUES ('fingerprint', ?)",
-            (json.dumps(fingerprint, sort_keys=True),),
-        )
-        db.executemany(
-            "INSERT INTO outcomes VALUES (?, ?, 'updated', 200, 1, NULL, NULL, NULL, 'req_1', 1, "
-            "?, ?)",
-            [(row, conversation, sent, sent) for row, (conversation, sent) in updated.items()],
-        )
-    return journal

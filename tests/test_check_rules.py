@@ -1,10 +1,8 @@
-"""The pure rules of knowing the server (check.py) and of a revert (revert.py), and the
-stores' new columns (a store of the older layout is brought up to date)."""
+"""The pure rules of knowing the server (check.py) and of a revert (revert.py)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import polars as pl
@@ -14,13 +12,10 @@ from bulk_update.config import JobConfig
 from bulk_update.emulator.process import EmulatorProcess
 from bulk_update.emulator.server import preload_from
 from bulk_update.exceptions import ConfigError
-from bulk_update.outcome import OUTCOME_UNKNOWN, RESULT_COLUMNS, ROW_NUMBER
+from bulk_update.outcome import OUTCOME_UNKNOWN, ROW_NUMBER
 from bulk_update.plan import PlannedUpdate
 from bulk_update.server.check import judge, new_keys, replaced_keys
 from bulk_update.server.revert import plan_batch, revert_row, settled
-from bulk_update.store import TIMELINE_COLUMNS, TIMING_COLUMNS
-from bulk_update.store.schema import LAYOUT_VERSION, OUTCOMES_5, RUN_COLUMNS, STORED_TIMING
-from bulk_update.store.sqlite import SQLiteStore
 
 FIFTEEN = {f"k{n}": "v" for n in range(15)}
 
@@ -187,36 +182,6 @@ def test_a_revert_is_a_run_of_the_job_it_reverts() -> None:
         JobConfig(input="in.csv", output="u.csv", force=True)
     with pytest.raises(ConfigError, match="--check-server is for a dry run"):
         JobConfig(input="in.csv", output="u.csv", check_server=True)
-
-
-def test_a_store_of_the_older_layout_gains_the_new_columns(tmp_path: Path) -> None:
-    path = tmp_path / "job.sqlite"
-    with SQLiteStore.open(path):
-        pass
-    with sqlite3.connect(path) as db:  # as layout 2 left it
-        db.execute("DROP VIEW run_outcomes")
-        db.execute("DROP TABLE outcomes")
-        db.execute(str(OUTCOMES_5.create("sqlite")))  # layout 5's form, then layout 2's
-        db.execute("ALTER TABLE outcomes DROP COLUMN previous_metadata")
-        db.execute("ALTER TABLE outcomes DROP COLUMN server_metadata")
-        for name in TIMING_COLUMNS:
-            db.execute(f"ALTER TABLE outcomes DROP COLUMN {name}")
-        for name, _ in RUN_COLUMNS:
-            db.execute(f"ALTER TABLE runs DROP COLUMN {name}")
-        db.execute("DROP TABLE timeline")
-        db.execute("PRAGMA user_version=2")
-    with SQLiteStore.open(path):
-        pass
-    with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT_VERSION
-        view = [row[1] for row in db.execute("PRAGMA table_info(run_outcomes)")]
-        runs = [row[1] for row in db.execute("PRAGMA table_info(runs)")]
-        outcomes = [row[1] for row in db.execute("PRAGMA table_info(outcomes)")]
-        timeline = [row[1] for row in db.execute("PRAGMA table_info(timeline)")]
-    assert view == ["run_id", *RESULT_COLUMNS]
-    assert outcomes[-len(STORED_TIMING) :] == list(STORED_TIMING)
-    assert timeline == ["run_id", *TIMELINE_COLUMNS]
-    assert runs[-len(RUN_COLUMNS) :] == [name for name, _ in RUN_COLUMNS]
 
 
 def test_the_emulator_preloads_metadata_from_a_json_column(tmp_path: Path) -> None:

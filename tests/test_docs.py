@@ -123,7 +123,7 @@ def test_every_path_the_readme_names_exists() -> None:
     [
         (("    breaker.py", "    breakers.py"), test_the_tree_names_only_what_exists),
         (("  write.py ", "  writer.py "), test_the_tree_names_only_what_exists),
-        (("(grouped.py)", "(grouping.py)"), test_the_tree_names_only_what_exists),
+        (("(lease.py:", "(leases.py:"), test_the_tree_names_only_what_exists),
         (("  dryrun.py ", "  dry_run.py "), test_every_module_has_its_place_in_the_tree),
         (("`store/core.py`", "`store/kernel.py`"), test_every_path_the_readme_names_exists),
         (("`jobs/demo.toml`", "`jobs/demos.toml`"), test_every_path_the_readme_names_exists),

@@ -29,10 +29,7 @@ from bulk_update.store.sqlite import SQLiteStore
 from bulk_update.store.url import redact
 from tests.conftest import StartEmulator
 from tests.faults import (
-    FIRST_JOURNAL,
-    FIRST_STORE,
     Tmpfs,
-    first_version_journal,
     holding_postgres,
     holding_sqlite,
     store_counts,
@@ -703,32 +700,6 @@ def test_an_emptied_store_is_refused(start_emulator: StartEmulator, tmp_path: Pa
     assert "the file is empty" in dry.stderr
 
 
-def test_a_journal_of_the_first_version_is_taken_over(
-    start_emulator: StartEmulator, tmp_path: Path
-) -> None:
-    """A run the first versions began resumes here: their journal beside the results (the one
-    input file's fingerprint kept as an object) is taken over, and nothing it holds is sent
-    again (it used to be passed over: 1,177 of 10,000 rows applied twice)."""
-    n, done = 3000, 1177
-    source = tmp_path / "in.csv"
-    ids = write_input(source, n)
-    emu = start_emulator("--preload", str(source))
-    out = tmp_path / "out.csv"
-    first_version_journal(
-        out, source, {i + 1: (c, f'{{"tier":"v","n":"{i}"}}') for i, c in enumerate(ids[:done])}
-    )
-    resumed = cli("run", str(source), "--output", str(out), "--base-url", emu.base_url,
-                  "--rpm", "600000")  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming: {done} rows already done" in resumed.stderr
-    applied = emu.stats(per_id=True)["updates_applied_by_id"]
-    assert set(applied) == set(ids[done:])
-    assert set(applied.values()) == {1}
-    frame = results(out)
-    assert frame["row_number"].to_list() == list(range(1, n + 1))
-    assert set(frame["status"].to_list()) == {"updated"}
-
-
 def _garbage(path: Path) -> Path:
     path.write_bytes(b"not a database, " * 512)
     return path
@@ -752,24 +723,6 @@ def _store_with(tmp_path: Path, *statements: str) -> Path:
 # A file the job finds and cannot use, as (what makes it, words its refusal must say): each is
 # refused in one line naming it, exit 2, nothing sent.
 UNUSABLE: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
-    "a first version's journal of another input": (
-        lambda tmp, source: first_version_journal(tmp / "out.csv", tmp / "other.csv", {}),
-        ("changed: input", "--restart"),
-    ),
-    "a journal that is no database": (
-        lambda tmp, source: _garbage(tmp / "out.csv.journal.sqlite"),
-        ("journal", "cannot read", "not a database"),
-    ),
-    "a journal with no fingerprint": (
-        lambda tmp, source: _database(tmp / "out.csv.journal.sqlite", *FIRST_JOURNAL),
-        ("journal", "no fingerprint"),
-    ),
-    "a state file of the older layout with other columns": (
-        lambda tmp, source: _database(
-            tmp / "j.state.sqlite", "CREATE TABLE last_set (conversation_id TEXT, value TEXT)"
-        ),
-        ("state file", "lacks metadata, set_at"),
-    ),
     "a store holding another program's table too": (
         lambda tmp, source: _store_with(tmp, "CREATE TABLE notes (line TEXT)"),
         ("not a bulk-update store", "'notes'"),
@@ -778,10 +731,6 @@ UNUSABLE: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
         lambda tmp, source: _database(tmp / "j.sqlite", "CREATE TABLE runs (id INTEGER, who TEXT)"),
         ("its table runs lacks", "has id, who", "move it away"),
     ),
-    "a store of the first one-file layout (outcomes keyed by run_id, row_number)": (
-        lambda tmp, source: _database(tmp / "j.sqlite", *FIRST_STORE, "PRAGMA user_version=1"),
-        ("a store of layout 1", "cannot bring to layout", "move it away"),
-    ),
     "a store of a layout number no version wrote": (
         lambda tmp, source: _store_with(tmp, "PRAGMA user_version=-3"),
         ("layout -3, which no version wrote",),
@@ -789,8 +738,7 @@ UNUSABLE: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
 }
 
 
-# The stores that even a dry run, which only reads, cannot read (a dry run reads a store of any
-# layout a version wrote, the first one-file layout's included).
+# The stores that even a dry run, which only reads, cannot read.
 READ_REFUSED = {
     "a store holding another program's table too",
     "another program's database with a runs table",
@@ -802,10 +750,9 @@ READ_REFUSED = {
 def test_a_file_the_job_cannot_use_is_refused_in_one_line(
     start_emulator: StartEmulator, tmp_path: Path, case: str
 ) -> None:
-    """Whatever the job finds where it looks for its store (the store, the state file and the
-    journal older versions kept), one it cannot use is refused: exit 2, one line naming it and
-    what to do, nothing sent; never passed over (the run would start afresh and send again
-    what the file says was done)."""
+    """Whatever the job finds where it looks for its store, one it cannot use is refused: exit
+    2, one line naming it and what to do, nothing sent; never passed over (the run would start
+    afresh and send again what the file says was done)."""
     make, words = UNUSABLE[case]
     source = tmp_path / "in.csv"
     write_input(source, 20)
@@ -826,16 +773,14 @@ def test_a_file_the_job_cannot_use_is_refused_in_one_line(
         dry = cli("validate", *args[1:])
         assert dry.returncode == 2, dry.stderr
         assert str(made) in dry.stderr.strip().splitlines()[-1], dry.stderr
-    if made.name.endswith(".journal.sqlite"):  # --restart starts without it, for good
-        assert cli(*args, "--restart").returncode == 0
-        assert cli(*args).returncode == 0
 
 
 def test_a_store_of_a_layout_this_version_cannot_read_is_refused(
     backend: Backend, start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
-    """A store whose tables have other columns than its layout says, or whose layout number no
-    version wrote, is refused in one line naming it (both stores), nothing sent."""
+    """A store whose tables have other columns than its layout says, whose layout is a
+    development one before the first release, or whose layout number no version wrote, is
+    refused in one line naming it (both stores), nothing sent."""
     source = tmp_path / "in.csv"
     write_input(source, 20)
     emulator = start_emulator("--preload", str(source))
@@ -843,6 +788,8 @@ def test_a_store_of_a_layout_this_version_cannot_read_is_refused(
             "--base-url", emulator.base_url, *backend.args)  # fmt: skip
     assert cli(*args).returncode == 0
     named = str(backend.directory / "j.sqlite") if backend.url is None else redact(backend.url)
+    development = (f"a store of layout {schema.FIRST_LAYOUT - 1}, from a development version",
+                   "finish its runs with the version that made it")  # fmt: skip
 
     def refused(*words: str) -> None:
         before = emulator.stats()["requests"]
@@ -858,6 +805,9 @@ def test_a_store_of_a_layout_this_version_cannot_read_is_refused(
         _database(backend.directory / "j.sqlite", "ALTER TABLE runs DROP COLUMN pid")
         refused("its table runs lacks pid", "move it away")
         _database(backend.directory / "j.sqlite", "ALTER TABLE runs ADD COLUMN pid INTEGER",
+                  f"PRAGMA user_version={schema.FIRST_LAYOUT - 1}")  # fmt: skip
+        refused(*development, "move it away")
+        _database(backend.directory / "j.sqlite",
                   f"PRAGMA user_version={schema.LAYOUT_VERSION + 1}")  # fmt: skip
     else:
         import psycopg
@@ -869,6 +819,8 @@ def test_a_store_of_a_layout_this_version_cannot_read_is_refused(
         pg("ALTER TABLE bulk_update.runs DROP COLUMN pid")
         refused("its table runs lacks pid", "drop the schema bulk_update")
         pg("ALTER TABLE bulk_update.runs ADD COLUMN pid integer")
+        pg("UPDATE bulk_update.layout SET version = %s", schema.FIRST_LAYOUT - 1)
+        refused(*development, "drop the schema bulk_update")
         pg("UPDATE bulk_update.layout SET version = 0")
         refused("layout 0, which no version wrote")
         pg("UPDATE bulk_update.layout SET version = %s", schema.LAYOUT_VERSION + 1)

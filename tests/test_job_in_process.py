@@ -145,66 +145,6 @@ def test_retry_failed_sends_only_the_failed_rows_again(tmp_path: Path) -> None:
     assert max(api.applied.values()) == 1
 
 
-def old_state(path: Path, entries: dict[str, str]) -> None:
-    """A NAME.state.sqlite as versions before the one store wrote it."""
-    with closing(sqlite3.connect(path)) as db, db:
-        db.execute("CREATE TABLE last_set (conversation_id TEXT PRIMARY KEY, metadata TEXT, "
-                   "set_at TEXT)")  # fmt: skip
-        db.executemany("INSERT INTO last_set VALUES (?, ?, 'then')", entries.items())
-
-
-def test_since_state_reads_a_state_file_of_the_older_layout(tmp_path: Path) -> None:
-    source = tmp_path / "in.csv"
-    ids = write_input(source, 4)
-    entries = {c: json.dumps({"tier": "v", "n": str(i)}, separators=(",", ":"))
-               for i, c in enumerate(ids[:3])}  # fmt: skip
-    old_state(tmp_path / "backfill.state.sqlite", entries)
-    api = FakeApi(ids)
-    summary = run(api, source, tmp_path / "r.csv",
-                  since_state=str(tmp_path / "backfill.state.sqlite"))  # fmt: skip
-    assert summary.counts == {"unchanged": 3, "updated": 1}
-    assert set(api.applied) == {ids[3]}
-    assert set(state_entries(tmp_path / "job.sqlite")) == set(ids)  # taken over, and the new one
-
-
-def test_an_older_layout_is_taken_over(tmp_path: Path) -> None:
-    """A journal beside the results and a NAME.state.sqlite, as versions before the one store
-    wrote them: the new store takes both over, so an upgrade mid-run sends nothing twice."""
-    from bulk_update.job import run_fingerprint
-
-    n = 10
-    source = tmp_path / "in.csv"
-    ids = write_input(source, n)
-    output = tmp_path / "r.csv"
-    config = JobConfig(input=str(source), output=str(output), job_name="job")
-
-    def metadata(i: int) -> str:
-        return json.dumps({"tier": "v", "n": str(i)}, separators=(",", ":"))
-
-    old_state(tmp_path / "job.state.sqlite", {ids[i]: metadata(i) for i in (3, 4)})
-    with closing(sqlite3.connect(f"{output}.journal.sqlite")) as db, db:
-        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        db.execute("CREATE TABLE outcomes (row_number INTEGER PRIMARY KEY, conversation_id TEXT, "
-                   "status TEXT NOT NULL, http_status INTEGER, attempts INTEGER, error_type TEXT, "
-                   "error_code TEXT, error_message TEXT, request_id TEXT, created_at INTEGER, "
-                   "metadata TEXT, sent_metadata TEXT)")  # fmt: skip
-        fingerprint = json.dumps({"schema": "1", **run_fingerprint(config)}, sort_keys=True)
-        db.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (fingerprint,))
-        db.executemany(
-            "INSERT INTO outcomes VALUES (?, ?, 'updated', 200, 1, NULL, NULL, NULL, 'req_0', 1, "
-            "?, ?)",
-            [(i + 1, ids[i], metadata(i), metadata(i)) for i in range(3)],
-        )
-    api = FakeApi(ids)
-    summary = run(api, source, output)
-    assert summary.counts == {"updated": n - 2, "unchanged": 2}
-    assert summary.sent_this_run == n - 5  # three resumed from the old journal, two unchanged
-    assert set(api.applied) == set(ids[5:])
-    # The old state held only rows 4 and 5 (this fixture's choice): the resumed rows stay
-    # finished without an entry (the next run sends them once more); the rest are known.
-    assert set(state_entries(tmp_path / "job.sqlite")) == set(ids[3:])
-
-
 def test_a_database_that_is_not_a_store_is_left_alone(tmp_path: Path) -> None:
     """--state-dir pointing where another program keeps a database of the same name: exit 2,
     and that database unchanged."""

@@ -385,61 +385,6 @@ def test_without_psycopg_a_state_url_is_a_usage_error(tmp_path: Path) -> None:
     assert "Pw1" not in done.stderr
 
 
-def test_a_schema_of_the_older_layout_gains_the_new_columns(
-    postgres: PostgresServer, state_url: str
-) -> None:
-    """A database whose schema an older bulk-update made (layout 1: outcomes without the
-    before-image and timing columns, runs without what history and status show, no timeline)
-    is brought up to date on open."""
-    from bulk_update.store import StoreLocation, open_store
-    from bulk_update.store.schema import LAST_SET_5, LAYOUT_VERSION, OUTCOMES_5
-
-    with open_store(StoreLocation(Path("unused"), state_url)):
-        pass
-    database = state_url.rsplit("/", 1)[1]
-    import psycopg
-
-    with psycopg.connect(state_url, autocommit=True) as conn:  # as layout 1 left it
-        conn.execute("DROP VIEW bulk_update.run_outcomes, bulk_update.job_state")
-        conn.execute("DROP TABLE bulk_update.outcomes, bulk_update.last_set")
-        conn.execute(str(OUTCOMES_5.create("postgres", "bulk_update.")))  # layout 5's (empty),
-        conn.execute(str(LAST_SET_5.create("postgres", "bulk_update.")))  # then 1's
-        conn.execute("ALTER TABLE bulk_update.outcomes DROP COLUMN previous_metadata, "
-                     "DROP COLUMN server_metadata, DROP COLUMN sent_at, DROP COLUMN answered_at, "
-                     "DROP COLUMN latency_ms")  # fmt: skip
-        conn.execute("ALTER TABLE bulk_update.runs DROP COLUMN total_rows, DROP COLUMN requests, "
-                     "DROP COLUMN rate_limited, DROP COLUMN stopped_by, DROP COLUMN host, "
-                     "DROP COLUMN pid, DROP COLUMN heartbeat_at, DROP COLUMN rows_done")  # fmt: skip
-        conn.execute("DROP TABLE bulk_update.timeline")
-        conn.execute("UPDATE bulk_update.layout SET version = 1")
-    with open_store(StoreLocation(Path("unused"), state_url)):
-        pass
-    assert postgres.query(database, "SELECT version FROM bulk_update.layout") == [(LAYOUT_VERSION,)]
-    columns = postgres.query(
-        database,
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'bulk_update' "
-        "AND table_name = 'outcomes' AND column_name LIKE '%%metadata' ORDER BY 1",
-    )
-    assert columns == [
-        ("metadata",), ("previous_metadata",), ("sent_metadata",), ("server_metadata",)
-    ]  # fmt: skip
-    runs = postgres.query(
-        database,
-        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'bulk_update' "
-        "AND table_name = 'runs' AND column_name IN ('total_rows', 'requests', 'rate_limited', "
-        "'stopped_by', 'host', 'pid', 'heartbeat_at', 'rows_done')",
-    )
-    assert runs == [(8,)]
-    timing = postgres.query(
-        database,
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'bulk_update' "
-        "AND table_name = 'outcomes' AND column_name IN ('sent_ms', 'answer_ms', 'latency_ms') "
-        "ORDER BY 1",
-    )
-    assert timing == [("answer_ms",), ("latency_ms",), ("sent_ms",)]  # layout 6's
-    assert postgres.query(database, "SELECT count(*) FROM bulk_update.timeline") == [(0,)]
-
-
 def test_a_store_that_cannot_be_reached_may_pass_a_wrong_password_does_not(
     postgres: PostgresServer, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import time
@@ -191,12 +192,20 @@ def test_the_state_is_forgotten_before_sending_and_compared_verbatim(backend: Ba
 
     run(go)
     assert backend.state("j") == {"conv_b": '{"k":"2"}'}
-    # A dry run reads the same state, writing nothing.
+    # A dry run reads the same state, writing nothing: a job that never set anything has none,
+    # and reading it makes no store.
     with read_state(backend.location("j"), "j") as state:
         assert state is not None
         assert state.changed_rows(plan((1, "conv_b", '{"k":"2"}'), (2, "conv_z", "{}"))) == [2]
+    assert backend.state("j") == {"conv_b": '{"k":"2"}'}
     with read_state(backend.location("nobody"), "nobody") as state:
         assert state is None
+    if backend.url is None:
+        assert not backend.location("nobody").path.exists()
+    else:
+        assert backend.query("SELECT count(*) FROM bulk_update.jobs WHERE name = 'nobody'") == [
+            (0,)
+        ]
 
 
 def test_unchanged_rows_take_the_state_of_since_state(backend: Backend) -> None:
@@ -280,100 +289,45 @@ def test_the_budget_hands_out_slots_one_after_another(backend: Backend) -> None:
             first, fifth = claims[0], claims[-1]
             assert fifth[0] - first[1] - 0.001 <= 4.0 <= fifth[1] - first[0] + 0.001
             assert [low for low, _ in claims] == sorted(low for low, _ in claims)
-            budget.hold_back(10)
-            assert budget.claim(1, 1.0) >= 9.0
         finally:
             budget.close()
 
 
-# What the previous versions wrote as a store's number, each backend counting its own layouts,
-# and the layout of the one history (store/schema.py, LAYOUTS) that each number stands for.
-OLDER_NUMBERS = {
-    "sqlite": {1: 1, 2: 1, 3: 2, 4: 3, 5: 5},  # SQLite's 1 had no budget; its 5 lacks nothing
-    "postgres": {1: 1, 2: 2, 3: 3, 4: 4, 5: 5},
-}
+def test_a_hold_back_puts_every_later_slot_after_it(backend: Backend) -> None:
+    with backend.open("j") as store:
+        budget = store.budget("j")
+        try:
+            assert budget.claim(1, 0.001) < 1.0
+            budget.hold_back(10)  # a 429's retry-after, for every shard of the job
+            assert budget.claim(1, 0.001) >= 9.0
+        finally:
+            budget.close()
 
 
-def as_older_version_left_it(backend: Backend, number: int) -> None:
-    """Take the store of job ``j`` back to what the previous version made under ``number``:
-    the columns and tables of later layouts dropped, the number written as it wrote it."""
-    layout = OLDER_NUMBERS[backend.name][number]
-    as_layout_5_left_it(backend)
-    tables = [{new: old for old, new in schema.REBUILT}.get(t, t) for t in schema.TABLES]
-    if backend.url is None:
-        with contextlib.closing(sqlite3.connect(backend.directory / "j.sqlite")) as db:
-            db.execute("DROP VIEW run_outcomes")
-            for table in tables:
-                for name, _ in table.added_columns("sqlite", layout):
-                    db.execute(f"ALTER TABLE {table.name} DROP COLUMN {name}")
-            if layout < 4:
-                db.execute("DROP TABLE timeline")
-            if number == 1:
-                db.execute("DROP TABLE budget")
-            db.execute(f"PRAGMA user_version={number}")
-            db.commit()
-        return
-    with psycopg.connect(backend.url, autocommit=True) as conn:
-        for table in tables:
-            for name, _ in table.added_columns("postgres", layout):
-                conn.execute(f"ALTER TABLE bulk_update.{table.name} DROP COLUMN {name}")
-        for name, since in (("timeline", 4), ("leases", 5)):
-            if layout < since:
-                conn.execute(f"DROP TABLE bulk_update.{name}")
-        conn.execute("UPDATE bulk_update.layout SET version = %s", (number,))
+def test_the_slots_a_shard_claimed_and_did_not_begin_go_back_when_it_closes(
+    backend: Backend,
+) -> None:
+    with backend.open("j") as store:
+        first = store.budget("j")
+        first.claim(1, 1.0)
+        assert first.claim(100, 1.0) > 0.5  # after the first slot: 100 s of slots
+        first.close()  # none of the 100 had begun: they go back
+        second = store.budget("j")
+        try:
+            assert second.claim(1, 1.0) < 5.0  # not behind them
+            held = store.budget("j")
+            held.claim(100, 1.0)
+            second.claim(1, 1.0)  # a claim after the 100: they cannot go back
+            held.close()
+            assert second.claim(1, 1.0) > 90.0
+        finally:
+            second.close()
 
 
-def as_layout_5_left_it(backend: Backend) -> None:
-    """The store of job ``j`` with outcomes and last_set as layout 5 kept them (the values as
-    the results hold them: no marker, IDs and timing as given, set_at as text)."""
-    decoded = f"{schema.stored_columns(backend.name)}, {schema.timing_columns(backend.name)}"  # type: ignore[arg-type]
-    if backend.url is None:
-        with contextlib.closing(sqlite3.connect(backend.directory / "j.sqlite")) as db:
-            db.execute("DROP VIEW run_outcomes")
-            db.execute("CREATE TABLE state_6 AS SELECT * FROM job_state")  # what it shows
-            db.execute("DROP VIEW job_state")
-            for old, _ in schema.REBUILT:
-                db.execute(f"ALTER TABLE {old.name} RENAME TO {old.name}_6")
-                db.execute(str(old.create("sqlite")))
-            db.execute(f"INSERT INTO outcomes SELECT id, {decoded} FROM outcomes_6")  # noqa: S608
-            db.execute(
-                "INSERT INTO last_set SELECT conversation_id, metadata, "
-                "strftime('%Y-%m-%dT%H:%M:%f000Z', set_at, 'unixepoch') FROM state_6"
-            )
-            db.execute("DROP TABLE state_6")
-            db.execute("DROP TABLE outcomes_6")
-            db.execute("DROP TABLE last_set_6")
-            db.execute(
-                "CREATE VIEW run_outcomes AS SELECT id >> 32 AS run_id, id & 4294967295 AS "  # noqa: S608
-                f"row_number, {', '.join(schema.STORED)} FROM outcomes"
-            )
-            db.execute("PRAGMA user_version=5")
-            db.commit()
-        return
-    with psycopg.connect(backend.url, autocommit=True) as conn, conn.transaction():
-        conn.execute("SET search_path TO bulk_update")
-        conn.execute(
-            "CREATE TABLE state_6 AS SELECT s.job_id, v.conversation_id, v.metadata, "
-            "v.set_at FROM job_state v JOIN jobs s ON s.name = v.job"
-        )  # what it shows
-        conn.execute("CREATE TABLE outcomes_6 AS SELECT * FROM run_outcomes")
-        conn.execute("DROP VIEW run_outcomes, job_state")
-        conn.execute("DROP TABLE outcomes, last_set")
-        for old, _ in schema.REBUILT:
-            conn.execute(str(old.create("postgres")))
-        conn.execute(
-            f"INSERT INTO outcomes SELECT run_id, row_number, {', '.join(schema.STORED)}, "  # noqa: S608
-            f"{', '.join(schema.TIMING_COLUMNS)} FROM outcomes_6"
-        )
-        conn.execute("INSERT INTO last_set SELECT * FROM state_6")
-        conn.execute("DROP TABLE outcomes_6, state_6")
-        conn.execute("UPDATE layout SET version = 5")
-
-
-def test_a_store_of_layout_5_migrates_and_reads_back_the_same(backend: Backend) -> None:
-    """Layout 6 keeps outcomes in fewer bytes (the returned metadata when it is the sent one,
-    the API's IDs as bytes, the timing in milliseconds): a store layout 5 wrote opens, migrates,
-    and every reader gets what it got before; and what layout 6 writes reads back as given."""
+def test_outcomes_kept_in_fewer_bytes_read_back_as_given(backend: Backend) -> None:
+    """Outcomes keep the returned metadata as '' when it is the sent one, the API's IDs as bytes
+    and the timing in milliseconds, and an entry the job set names its outcome: every reader
+    gets the values as given."""
     sent = '{"k":"1"}'
     outcomes = [
         (updated(1, "conv_" + "ab" * 24, sent), RowTiming(1764000000.1234, 1764000000.9876, 864)),
@@ -388,14 +342,6 @@ def test_a_store_of_layout_5_migrates_and_reads_back_the_same(backend: Backend) 
                     sent_metadata=sent, previous_metadata=sent, server_metadata="{}"), None),
     ]  # fmt: skip
 
-    def reads() -> tuple[Any, ...]:
-        with backend.open("j") as store:
-            with store.open_run(KEY, PRINT, OPTIONS) as journal:
-                rows = journal.rows_between(1, 5)
-                images = journal.before_images_between(1, 5)
-            report = store.report_rows(journal.run_id).rows()
-        return rows, images, report, backend.state("j")
-
     async def write() -> None:
         with backend.open("j") as store:
             journal = await off(store.open_run, KEY, PRINT, OPTIONS)
@@ -405,84 +351,23 @@ def test_a_store_of_layout_5_migrates_and_reads_back_the_same(backend: Backend) 
                 await journal.seal()
 
     run(write)
-    written = reads()
-    assert written[0] == [(o.row_number, *o.as_row()[1:]) for o, _ in outcomes]
-    assert [row[6:] for row in written[2]] == [
+    with backend.open("j") as store:
+        with store.open_run(KEY, PRINT, OPTIONS) as journal:
+            rows = journal.rows_between(1, 5)
+        report = store.report_rows(journal.run_id).rows()
+    assert rows == [(o.row_number, *o.as_row()[1:]) for o, _ in outcomes]
+    assert [row[6:] for row in report] == [
         (1764000000.123, 1764000000.987, 864), (1764000001.5, 1764000002.25, None),
         (None, None, None), (None, None, None), (None, None, None),
     ]  # fmt: skip
-    assert written[3] == {"conv_" + "ab" * 24: sent, "conv_a": sent, "": "", "conv_b": sent}
-    assert copied_metadata(backend) == 0, "an entry the job set names its outcome"
-    as_layout_5_left_it(backend)
-    assert layout_of(backend)[0] == 5
-    assert reads() == written
-    assert copied_metadata(backend) == 4, "an older store's entries keep their text"
-    found, columns = layout_of(backend)
-    assert found == schema.LAYOUT_VERSION
-    assert "sent_ms" in columns["outcomes"]
-    assert "sent_at" not in columns["outcomes"]
-
-
-def copied_metadata(backend: Backend) -> int:
-    """How many of job ``j``'s state entries hold their metadata's text."""
+    assert backend.state("j") == {"conv_" + "ab" * 24: sent, "conv_a": sent, "": "", "conv_b": sent}
     sql = "SELECT count(*) FROM {0}last_set WHERE metadata IS NOT NULL"
     if backend.url is None:
         with contextlib.closing(sqlite3.connect(backend.directory / "j.sqlite")) as db:
-            return int(db.execute(sql.format("")).fetchone()[0])
-    return int(backend.query(sql.format("bulk_update."))[0][0])
-
-
-def layout_of(backend: Backend) -> tuple[int, dict[str, list[str]]]:
-    """The store's number, and its tables' columns."""
-    if backend.url is None:
-        with contextlib.closing(sqlite3.connect(backend.directory / "j.sqlite")) as db:
-            (number,) = db.execute("PRAGMA user_version").fetchone()
-            tables = [name for (name,) in db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'"
-            )]  # fmt: skip
-            return number, {
-                table: [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
-                for table in tables
-            }
-    ((number,),) = backend.query("SELECT version FROM bulk_update.layout")
-    columns: dict[str, list[str]] = {}
-    for table, column in backend.query(
-        "SELECT table_name, column_name FROM information_schema.columns WHERE "
-        "table_schema = 'bulk_update' ORDER BY table_name, ordinal_position"
-    ):
-        columns.setdefault(table, []).append(column)
-    return number, columns
-
-
-@pytest.mark.parametrize("number", sorted(OLDER_NUMBERS["sqlite"]))
-def test_a_store_of_an_older_version_opens_and_gains_what_it_lacks(
-    backend: Backend, number: int
-) -> None:
-    """Stores the previous versions made, at each number they wrote (SQLite 1 to 5, PostgreSQL
-    1 to 5, each counting its own layouts), open: they gain the tables and columns of the later
-    layouts, carry this version's number (5 today, the last both previous versions wrote), and
-    their runs resume."""
-    with backend.open("j") as store, store.open_run(KEY, PRINT, OPTIONS) as journal:
-        journal.record_many([invalid(0), invalid(1)])
-        journal.finish(RunEnd({"invalid": 2}, 1, total_rows=2))
-    as_older_version_left_it(backend, number)
-    with backend.open("j") as store:
-        with store.open_run(KEY, PRINT, OPTIONS) as journal:
-            assert journal.finished_count() == 2
-            assert journal.counts() == {"invalid": 2}
-        (record,) = store.history("j")
-        assert (record.invocations, record.counts) == (2, {"invalid": 2})
-        budget = store.budget("j")
-        try:
-            assert budget.claim(1, 0.1) < 1  # the table is there: a slot at once
-        finally:
-            budget.close()
-    found, columns = layout_of(backend)
-    assert found == schema.LAYOUT_VERSION
-    dialect: schema.Dialect = "sqlite" if backend.url is None else "postgres"
-    for table in schema.TABLES:
-        if table.create(dialect) is not None:
-            assert columns[table.name] == list(table.names(dialect)), table.name
+            copied = int(db.execute(sql.format("")).fetchone()[0])
+    else:
+        copied = int(backend.query(sql.format("bulk_update."))[0][0])
+    assert copied == 0, "an entry the job set names its outcome"
 
 
 def test_a_store_of_a_newer_layout_is_refused(backend: Backend) -> None:
@@ -497,3 +382,38 @@ def test_a_store_of_a_newer_layout_is_refused(backend: Backend) -> None:
             conn.execute("UPDATE bulk_update.layout SET version = %s", (newer,))
     with pytest.raises((JournalError, ConfigError), match=rf"newer bulk-update \(layout {newer}\)"):
         backend.open("j")
+
+
+def test_a_later_layout_adds_its_columns_to_a_store_of_an_older_one(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one upgrade there is: a layout that adds columns (declared ``since`` it) adds them
+    to a store of an older released layout when the job opens it, and its runs resume."""
+    with backend.open("j") as store, store.open_run(KEY, PRINT, OPTIONS) as journal:
+        journal.record_many([invalid(0), invalid(1)])
+        journal.finish(RunEnd({"invalid": 2}, 1, total_rows=2))
+    later = schema.LAYOUT_VERSION + 1
+    added = schema.Column("python_version", "TEXT", "text", since=later)
+    runs = dataclasses.replace(schema.RUNS, columns=(*schema.RUNS.columns, added))
+    monkeypatch.setattr(schema, "LAYOUTS", {**schema.LAYOUTS, later: "runs gain python_version"})
+    monkeypatch.setattr(schema, "LAYOUT_VERSION", later)
+    monkeypatch.setattr(schema, "TABLES", tuple(
+        runs if table is schema.RUNS else table for table in schema.TABLES
+    ))  # fmt: skip
+    with backend.open("j") as store:
+        with store.open_run(KEY, PRINT, OPTIONS) as journal:
+            assert journal.counts() == {"invalid": 2}
+        (record,) = store.history("j")
+        assert record.invocations == 2
+    if backend.url is None:
+        with contextlib.closing(sqlite3.connect(backend.directory / "j.sqlite")) as db:
+            (number,) = db.execute("PRAGMA user_version").fetchone()
+            columns = [row[1] for row in db.execute("PRAGMA table_info(runs)")]
+    else:
+        ((number,),) = backend.query("SELECT version FROM bulk_update.layout")
+        columns = [name for (name,) in backend.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+            "'bulk_update' AND table_name = 'runs' ORDER BY ordinal_position"
+        )]  # fmt: skip
+    assert number == later
+    assert columns == [*schema.RUNS.names(backend.name), "python_version"]  # type: ignore[arg-type]

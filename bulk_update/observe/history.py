@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from bulk_update._constants import DEFAULT_METRICS_INTERVAL_S
@@ -30,6 +31,7 @@ from bulk_update.store.url import check_url as check_state_url
 __all__ = [
     "COLUMNS",
     "STATUS_COLUMNS",
+    "TABLE",
     "as_json",
     "at_least",
     "counted",
@@ -49,8 +51,27 @@ STATUS_COLUMNS = ("run", "state", "results", "shard", "done", "rate", "left", "h
 # A heartbeat older than this many intervals, and STALE_MARGIN_S more, means the run is gone.
 STALE_INTERVALS = 3
 STALE_MARGIN_S = 5.0
-COLUMNS = ("run", "started (UTC)", "ended", "results", "shard", "inv", "exit", "stopped by",
-           "requests", "429s", "counts")  # fmt: skip
+
+
+def _moment(text: str | None) -> str:
+    return "" if text is None else text.replace("T", " ")[:19]
+
+
+# ``history``'s table: each column's heading and what a run's cell says.
+TABLE: tuple[tuple[str, Callable[[RunRecord], str]], ...] = (
+    ("run", lambda r: str(r.run_id) + (" (replaced)" if r.replaced else "")),
+    ("started (UTC)", lambda r: _moment(r.started_at)),
+    ("ended", lambda r: _moment(r.ended_at) or unended(r)),
+    ("results", lambda r: r.results),
+    ("shard", lambda r: r.shard or "-"),
+    ("inv", lambda r: str(r.invocations)),
+    ("exit", lambda r: "" if r.exit_code is None else str(r.exit_code)),
+    ("stopped by", lambda r: r.stopped_by or ""),
+    ("requests", lambda r: at_least(r.requests, r)),
+    ("429s", lambda r: at_least(r.rate_limited, r)),
+    ("counts", lambda r: " ".join(f"{status}={n}" for status, n in sorted(r.counts.items()))),
+)
+COLUMNS = tuple(heading for heading, _ in TABLE)
 
 
 def job_location(job: str, state_dir: str | None, state_url: str | None) -> StoreLocation:
@@ -143,26 +164,7 @@ def unended(record: RunRecord) -> str:
 
 def rows(records: list[RunRecord]) -> list[tuple[str, ...]]:
     """Each run as the table's cells."""
-
-    def moment(text: str | None) -> str:
-        return "" if text is None else text.replace("T", " ")[:19]
-
-    return [
-        (
-            str(r.run_id) + (" (replaced)" if r.replaced else ""),
-            moment(r.started_at),
-            moment(r.ended_at) or unended(r),
-            r.results,
-            r.shard or "-",
-            str(r.invocations),
-            "" if r.exit_code is None else str(r.exit_code),
-            r.stopped_by or "",
-            at_least(r.requests, r),
-            at_least(r.rate_limited, r),
-            " ".join(f"{status}={n}" for status, n in sorted(r.counts.items())),
-        )
-        for r in records
-    ]
+    return [tuple(cell(record) for _, cell in TABLE) for record in records]
 
 
 def as_json(records: list[RunRecord]) -> str:

@@ -3,7 +3,7 @@
 The run's lifecycle (find it, resume it, set it aside on ``--restart``, refuse a changed
 fingerprint, start it), the journal's reads, the run record (``history``, ``status``,
 ``timeline``, ``report_rows``) and the heartbeat's bookkeeping are the same steps in SQLite and
-in PostgreSQL: they live here, in ``StoreCore`` and ``JournalCore``, as httpx's ``BaseClient``
+in PostgreSQL: they live here, in ``Store`` and ``Journal``, as httpx's ``BaseClient``
 holds what its sync and async clients share. A backend subclasses them and says only how a
 piece of work reaches its database (a transaction retried on its outage clock, a read) and
 what is its own: its locks, its writer, its budget, PostgreSQL's reconnection and lease.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -26,45 +27,46 @@ from typing import Any, Protocol, Self, TypeVar
 
 import polars as pl
 
-from bulk_update.exceptions import JournalError
-from bulk_update.outcome import Status
-from bulk_update.store import (
+from bulk_update.exceptions import JobStopped, JournalError
+from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
+from bulk_update.store import schema
+from bulk_update.store.lease import Holder, this_process
+from bulk_update.store.schema import TIMELINE, TIMING_COLUMNS, format_timestamp
+from bulk_update.store.types import (
     REPORT_COLUMNS,
     TIMELINE_COLUMNS,
-    Journal,
+    Budget,
+    RowTiming,
     RunBeat,
     RunEnd,
     RunKey,
     RunRecord,
     RunStatus,
     Second,
+    StateReader,
     report_frame,
     run_options,
-    schema,
 )
-from bulk_update.store.lease import Holder, this_process
-from bulk_update.store.schema import TIMELINE, TIMING_COLUMNS, format_timestamp
 
 __all__ = [
+    "BudgetCore",
     "Connection",
     "Dialect",
-    "JournalCore",
+    "Journal",
     "Opening",
-    "Started",
-    "StoreCore",
+    "Store",
     "Work",
+    "batch_json",
     "changed_fields",
+    "changed_rows",
+    "entry_metadata",
     "fingerprint_text",
+    "jobs_that_wrote",
     "unfinished_statuses",
 ]
 
 T = TypeVar("T")
-
-
-class _Cursor(Protocol):
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
+log = logging.getLogger("bulk_update")
 
 
 class Connection(Protocol):
@@ -126,12 +128,12 @@ def unfinished_statuses(retry_failed: bool) -> tuple[str, ...]:
     return (*_NOT_FINISHED, Status.FAILED.value) if retry_failed else _NOT_FINISHED
 
 
-# The layout before one store per job: its fingerprints carry this schema mark.
-_LEGACY_SCHEMA = "1"
+# The form of a run's fingerprint, marked in it (the first release's is "1").
+FINGERPRINT_FORM = "1"
 
 
 def fingerprint_text(fingerprint: Mapping[str, Any]) -> str:
-    return json.dumps({"schema": _LEGACY_SCHEMA, **fingerprint}, sort_keys=True)
+    return json.dumps({"schema": FINGERPRINT_FORM, **fingerprint}, sort_keys=True)
 
 
 def changed_fields(stored: str, given: str) -> list[str]:
@@ -142,8 +144,6 @@ def changed_fields(stored: str, given: str) -> list[str]:
     changed = []
     for name in sorted(old.keys() | new.keys()):
         before, after = old.get(name), new.get(name)
-        if name == "input":
-            before, after = _one_file_as_list(before), _one_file_as_list(after)
         if name == "input" and isinstance(before, list) and isinstance(after, list):
             if not same_files(before, after):
                 changed.append(name)
@@ -152,20 +152,14 @@ def changed_fields(stored: str, given: str) -> list[str]:
     return changed
 
 
-def _one_file_as_list(value: Any) -> Any:
-    """An input's fingerprint as a list of files: the first versions (one input file, no
-    globs) kept the one file's as an object."""
-    return [value] if isinstance(value, dict) else value
-
-
 # What says a file's content: its size and a hash of all of it (``read.file_fingerprint``).
 CONTENT_KEYS = ("size", "blake2b")
 
 
 def same_files(before: list[Any], after: list[Any]) -> bool:
     """Do two inputs' fingerprints (one per file, in order) name the same content? Files
-    fingerprinted by content compare by content only; a fingerprint of an older version (path,
-    size, mtime and the ends' hash) compares by what both have, as that version did."""
+    fingerprinted by content compare by content only (a copy under another path is the same
+    file); others (object storage: only the path) by what both have."""
     if len(before) != len(after):
         return False
     for old, new in zip(before, after, strict=True):
@@ -220,6 +214,15 @@ class Dialect:
     runs: str
     # What follows the insert of a run so that ``inserted`` finds its ID.
     returning: str
+    # The budget's clock (Unix seconds: bound as ``clock`` in SQLite, the database's in
+    # PostgreSQL), the larger of two values, and the key of a job's budget (``job``).
+    budget_clock: str = ":clock"
+    greatest: str = "max"
+    budget_key: str = "job"
+    # A batch's rows (``batch_json``) as a relation ``t(r, i, m)``, and last_set's key of its
+    # conversation ID ``t.i``.
+    batch: str = ""
+    batch_key: str = "t.i"
     # outcomes' key of a run's row 0 (SQLite numbers rows across runs).
     rows_per_run: int = 0
     # The results' columns but row_number, and the timing, as a reader gets them from what
@@ -275,6 +278,11 @@ def _prepare(dialect: Dialect, template: str) -> str:
             "timing",
             "state_key",
             "status",
+            "budget_clock",
+            "greatest",
+            "budget_key",
+            "batch",
+            "batch_key",
         )
     }
     state = dialect.state
@@ -312,16 +320,12 @@ _RESUME = (
     "pid_namespace = :pid_namespace, pid_started = :pid_started, options = :options "
     "WHERE run_id = :run"
 )
-_START = (
-    "INSERT INTO runs (job, results, shard, fingerprint, options, started_at, host, pid, boot, "
-    "pid_namespace, pid_started) VALUES (:job, :results, :shard, :fingerprint, :options, "
-    "{now}, :host, :pid, :boot, :pid_namespace, :pid_started)"
-)
+# RunRecord's fields that are the runs table's columns, and what its others are made of: the
+# holder (lease.Holder), whether every invocation recorded its end, and whether it was set aside.
+_AS_STORED = tuple(f for f in RunRecord.__dataclass_fields__ if f in schema.RUNS.names("sqlite"))
 _HISTORY = (
-    "SELECT run_id, results, shard, options, started_at, ended_at, invocations, counts, "
-    "exit_code, total_rows, requests, rate_limited, stopped_by, host, pid, boot, pid_namespace, "
-    "pid_started, interrupted, replaced_at IS NOT NULL FROM runs WHERE job = :job "
-    "ORDER BY run_id DESC"
+    f"SELECT {', '.join(_AS_STORED)}, boot, pid_namespace, pid_started, interrupted, "  # noqa: S608
+    "replaced_at IS NOT NULL AS replaced FROM runs WHERE job = :job ORDER BY run_id DESC"
 )
 # The requests a run's committed outcomes prove it sent.
 _PROVEN = "SELECT sum(attempts) FROM outcomes WHERE {run_rows}"
@@ -355,22 +359,27 @@ class Opening:
     since: str | None
 
 
-# What a backend carries over into a run it starts, in the transaction that starts it: the
-# connection and the run's ID.
-Started = Callable[[Connection, int], None]
-
-
-def _find_or_start(
-    dialect: Dialect, opening: Opening, started: Started | None, conn: Connection
-) -> int | str:
-    """The run's ID, found (and resumed) or started (then ``started``); or, if its input or
-    mapping changed, the names that did."""
-    key, fingerprint, options = opening.key, opening.fingerprint, opening.options
+def _holding() -> dict[str, Any]:
+    """The columns of runs that say who holds a run: this process."""
     holder = this_process()
-    given = {"job": key.job, "results": key.results, "shard": key.shard_text,
-             "host": holder.host, "pid": holder.pid, "boot": holder.boot,
-             "pid_namespace": holder.pid_namespace, "pid_started": holder.started,
-             **_stamp()}  # fmt: skip
+    return {"host": holder.host, "pid": holder.pid, "boot": holder.boot,
+            "pid_namespace": holder.pid_namespace, "pid_started": holder.started}  # fmt: skip
+
+
+def _starting(opening: Opening) -> dict[str, Any]:
+    """What a run records as it starts, by column of runs (``started_at`` is the store's
+    clock)."""
+    key = opening.key
+    options = json.dumps(dict(opening.options), sort_keys=True, default=str)
+    return {"job": key.job, "results": key.results, "shard": key.shard_text,
+            "fingerprint": opening.fingerprint, "options": options, **_holding()}  # fmt: skip
+
+
+def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int | str:
+    """The run's ID, found (and resumed) or started; or, if its input or mapping changed, the
+    names that did."""
+    key, fingerprint, options = opening.key, opening.fingerprint, opening.options
+    given = {"job": key.job, "results": key.results, "shard": key.shard_text, **_stamp()}
     found = conn.execute(dialect.prepare(_FIND), given).fetchone()
     if found is not None and opening.restart:
         conn.execute(
@@ -379,59 +388,51 @@ def _find_or_start(
         )
         found = None
     if found is None:
-        options_text = json.dumps(dict(options), sort_keys=True, default=str)
-        cursor = conn.execute(
-            dialect.prepare(_START + dialect.returning),
-            {**given, "fingerprint": fingerprint, "options": options_text},
+        values = _starting(opening)
+        start = (
+            f"INSERT INTO runs ({', '.join(values)}, started_at) "  # noqa: S608
+            f"VALUES ({', '.join(f':{name}' for name in values)}, {{now}}){dialect.returning}"
         )
-        run_id = dialect.inserted(cursor)
-        if started is not None:
-            started(conn, run_id)
-        return run_id
+        return dialect.inserted(conn.execute(dialect.prepare(start), {**values, **_stamp()}))
     run_id, stored, stored_options = found
-    if stored != fingerprint:
-        changed = changed_fields(stored, fingerprint)
-        if changed:
-            return ", ".join(changed)
-        # The same input and mapping, fingerprinted by an older version: keep the new form.
-        conn.execute(
-            dialect.prepare("UPDATE runs SET fingerprint = :fingerprint WHERE run_id = :run"),
-            {"fingerprint": fingerprint, "run": run_id},
-        )
+    changed = changed_fields(stored, fingerprint) if stored != fingerprint else []
+    if changed:
+        return ", ".join(changed)
     resumed = resumed_options(stored_options, options)
-    conn.execute(dialect.prepare(_RESUME), {**given, "options": resumed, "run": run_id})
+    resuming = {**given, **_holding(), "options": resumed, "run": run_id}
+    conn.execute(dialect.prepare(_RESUME), resuming)
     return int(run_id)
 
 
-def _holder(
-    host: str | None, pid: int | None, boot: str | None, namespace: str | None, started: str | None
-) -> Holder | None:
-    """Who holds a run, if it told enough (an older version's run did not)."""
+def _holder(row: Mapping[str, Any]) -> Holder | None:
+    """Who holds a run (a row of runs), if it told enough."""
+    host, pid, boot, namespace, started = (
+        row[name] for name in ("host", "pid", "boot", "pid_namespace", "pid_started")
+    )
     if host is None or pid is None or not (boot and namespace and started):
         return None
     return Holder(host, boot, namespace, int(pid), started)
 
 
-def _record(row: tuple[Any, ...]) -> RunRecord:
-    (run_id, results, shard, options, started_at, ended_at, invocations, counts, exit_code,
-     total_rows, requests, rate_limited, stopped_by, host, pid, boot, namespace, started,
-     interrupted, replaced) = row  # fmt: skip
-    given = run_options(options)
-    return RunRecord(
-        run_id=int(run_id), results=results, shard=shard, input=options_input(given),
-        options=given, started_at=_moment(started_at),
-        ended_at=_moment(ended_at) if ended_at else None, invocations=invocations,
-        counts=json.loads(counts) if counts else {}, exit_code=exit_code, total_rows=total_rows,
-        requests=int(requests or 0), rate_limited=int(rate_limited or 0), stopped_by=stopped_by,
-        host=host, pid=pid, replaced=bool(replaced),
-        requests_exact=ended_at is not None and not interrupted,
-        holder=_holder(host, pid, boot, namespace, started),
-    )  # fmt: skip
+def _record(row: Mapping[str, Any]) -> RunRecord:
+    """A run as ``history`` shows it, from its row of runs (``_HISTORY``), read by name."""
+    options, ended_at, counts = run_options(row["options"]), row["ended_at"], row["counts"]
+    made = {
+        "run_id": int(row["run_id"]), "options": options, "input": options_input(options),
+        "started_at": _moment(row["started_at"]),
+        "ended_at": _moment(ended_at) if ended_at else None,
+        "counts": json.loads(counts) if counts else {}, "requests": int(row["requests"] or 0),
+        "rate_limited": int(row["rate_limited"] or 0), "replaced": bool(row["replaced"]),
+        "requests_exact": ended_at is not None and not row["interrupted"], "holder": _holder(row),
+    }  # fmt: skip
+    return RunRecord(**{**{name: row[name] for name in _AS_STORED}, **made})
 
 
-class StoreCore:
-    """What a store does alike in both backends: the run's lifecycle and its record. A backend
-    sets ``where`` and ``_dialect`` and says how work reaches its database."""
+class Store:
+    """A job's store, what the job sees of either backend: the run's lifecycle and its record
+    are done here alike. ``where`` names it for logs and summaries (never with a password). A
+    backend sets ``where`` and ``_dialect`` and says how work reaches its database
+    (``_transact``, ``_read``), how it locks and opens a run (``_open_run``), its budget."""
 
     where: str
     _dialect: Dialect
@@ -454,8 +455,12 @@ class StoreCore:
         retry_failed: bool = False,
         since: str | None = None,
     ) -> Journal:
-        """See ``Store.open_run``: the backend locks the run, finds or starts it
-        (``_find_or_start``) and opens its journal (``_open_run``)."""
+        """Lock the run (JournalError if another process holds it), then find it or start it.
+        A run whose fingerprint changed is refused (JournalError) unless ``restart``, which sets
+        the old run aside (kept, never deleted) and starts a new one. ``since`` names another
+        job's store whose state this run compares with (ConfigError if it is not one). The
+        backend locks the run, finds or starts it (``_find_or_start``) and opens its journal
+        (``_open_run``)."""
         unfinished = unfinished_statuses(retry_failed)
         opening = Opening(key, fingerprint_text(fingerprint), options, restart, unfinished, since)
         return self._open_run(opening)
@@ -463,11 +468,10 @@ class StoreCore:
     def _open_run(self, opening: Opening) -> Journal:
         raise NotImplementedError
 
-    def _find_or_start(self, opening: Opening, started: Started | None = None) -> int:
-        """The run's ID, found or started (``started``: what the backend carries over into a
-        run it starts, in the same transaction)."""
+    def _find_or_start(self, opening: Opening) -> int:
+        """The run's ID, found or started."""
         key = opening.key
-        found = self._transact(functools.partial(_find_or_start, self._dialect, opening, started))
+        found = self._transact(functools.partial(_find_or_start, self._dialect, opening))
         if isinstance(found, str):
             raise JournalError(
                 f"{self.where}: the run for {key.results} was started with another input or "
@@ -480,14 +484,31 @@ class StoreCore:
         sql = self._dialect.prepare(template)
         return self._read(lambda conn: conn.execute(sql, parameters).fetchall())
 
+    def _fetch_named(self, template: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        """The rows a read finds, each by column name."""
+        sql = self._dialect.prepare(template)
+
+        def read(conn: Connection) -> list[dict[str, Any]]:
+            cursor = conn.execute(sql, parameters)
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+        return self._read(read)
+
     def history(self, job: str) -> list[RunRecord]:
-        return [_record(row) for row in self._fetch(_HISTORY, {"job": job})]
+        """The job's runs, newest first."""
+        return [_record(row) for row in self._fetch_named(_HISTORY, {"job": job})]
 
     def proven_requests(self, run_id: int) -> int:
+        """The requests a run's committed outcomes prove it sent (the sum of their attempts):
+        what its count is at least, when an invocation did not record its end. Reads all the
+        run's outcomes."""
         rows = self._fetch(_PROVEN, self._dialect.span(run_id))
         return int(rows[0][0] or 0)
 
     def status(self, job: str) -> list[RunStatus]:
+        """The job's runs that are going on or stopped before their end (not replaced), newest
+        first."""
         records = [r for r in self.history(job) if not r.replaced and is_unfinished(r)]
         if not records:
             return []
@@ -496,9 +517,11 @@ class StoreCore:
         return run_statuses(records, {row[0]: row[1:] for row in rows})
 
     def timeline(self, run_id: int) -> list[Second]:
+        """A run's timeline, every invocation's, in order."""
         return [Second(*row) for row in self._fetch(_TIMELINE, {"run": run_id})]
 
     def report_rows(self, run_id: int) -> pl.DataFrame:
+        """A run's outcomes, REPORT_COLUMNS, by row number."""
         return report_frame(self._fetch(_REPORT, self._dialect.span(run_id)))
 
     def close(self) -> None:
@@ -509,6 +532,10 @@ class StoreCore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def budget(self, job: str) -> Budget:
+        """The job's rate budget, shared by its running shards."""
+        raise NotImplementedError
 
 
 _ADD_SECONDS = (
@@ -546,11 +573,17 @@ _ENTRIES_AMONG = (
 )
 
 
-class JournalCore:
-    """What a run's journal does alike in both backends: its reads, and the bookkeeping of its
-    heartbeats and its end. A backend sets ``run_id``, ``_dialect`` and ``_job`` (its state's
-    key: PostgreSQL's job ID), calls ``_unfinished_are``, and says how work reaches its
-    database."""
+class Journal(StateReader):
+    """One run's outcomes, and the job's state as the run changes it. Opened by
+    ``Store.open_run``, which holds the run's locks until the journal is closed.
+
+    The plain methods may wait for the store (a file locked by another process, a database that
+    is away, up to --store-timeout): call them off the event loop (``asyncio.to_thread``). The
+    async ones never block the loop.
+
+    Its reads and the bookkeeping of its heartbeats and its end are done here alike. A backend
+    sets ``run_id``, ``_dialect`` and ``_job`` (its state's key: PostgreSQL's job ID), calls
+    ``_unfinished_are``, says how work reaches its database, and writes outcomes its way."""
 
     run_id: int
     _dialect: Dialect
@@ -583,6 +616,11 @@ class JournalCore:
     # Writing
 
     async def beat(self, beat: RunBeat, seconds: Iterable[Second]) -> None:
+        """The run's heartbeat (every few seconds while it runs): how far it is, and the
+        timeline's seconds since the last one. The run's requests and 429s count what this
+        invocation sent up to now (``finish`` adds the rest), so that a run killed -9 shows
+        them. Never blocks the event loop for long (a database that is away is waited for off
+        the loop)."""
         dialect = self._dialect
         timeline = json.dumps([asdict(second) for second in seconds])
         add = dialect.prepare(
@@ -605,6 +643,7 @@ class JournalCore:
         self._counted = (beat.requests, beat.rate_limited)
 
     def finish(self, end: RunEnd) -> None:
+        """Record how this invocation of the run ended."""
         sql = self._dialect.prepare(_END)
         parameters = {
             "run": self.run_id, "counts": json.dumps(dict(end.counts), sort_keys=True),
@@ -624,6 +663,8 @@ class JournalCore:
         return self._query(sql, {**span, **self._unfinished, **more})
 
     def entries_among(self, conversation_ids: list[str]) -> set[str]:
+        """Which of these conversations the job's state has an entry for (the ones ``forget``
+        must be called for before they are sent: only this run writes their entries)."""
         rows = self._query(
             self._dialect.prepare(_ENTRIES_AMONG),
             {"job": self._job, "ids": json.dumps(sorted(conversation_ids))},
@@ -631,26 +672,210 @@ class JournalCore:
         return {conversation_id for (conversation_id,) in rows}
 
     def finished_between(self, first: int, last: int) -> dict[int, Status]:
+        """Rows in ``[first, last]`` that a resumed run must not process again."""
         rows = self._rows(_FINISHED_BETWEEN, first, last)
         return {number: Status(status) for number, status in rows}
 
     def before_images_between(self, first: int, last: int) -> dict[int, str]:
+        """Rows in ``[first, last]`` not finished, whose before-image (``--backup``) an earlier
+        invocation kept before it sent them: row number -> the image (JSON text)."""
         rows = self._rows(_BEFORE_IMAGES, first, last, unprocessed=Status.UNPROCESSED.value)
         return dict(rows)
 
     def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
+        """How many rows in ``[first, last]`` are finished, by status."""
         rows = self._rows(_FINISHED_COUNTS, first, last)
         return {Status(status): count for status, count in rows}
 
     def finished_count(self) -> int:
+        """Rows finished by earlier runs: a resumed run does not process them again."""
         return int(self._rows(_FINISHED_COUNT, 0, (1 << 32) - 1)[0][0])
 
     def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
+        """Outcomes in ``[first, last]`` as tuples in RESULT_COLUMNS order, by row number."""
         return self._rows(_ROWS, first, last)
 
     def counts(self) -> dict[str, int]:
+        """The run's outcomes by status (rows never journaled are not counted)."""
         rows = self._rows(_COUNTS, 0, (1 << 32) - 1)
         return {status: int(count) for status, count in rows}
 
     def state_entries(self) -> int:
+        """How many conversations the job's state holds."""
         return int(self._query(self._dialect.prepare(_ENTRIES), {"job": self._job})[0][0])
+
+    async def fence(self) -> None:
+        """Before each request of the run: return once this process may send it; raise
+        RunTaken (or StoreUnavailable, StoreGone) if it may not any more. The one writer of a
+        run is sure of it only while it holds the run's lock; a lock held through a database
+        session can be lost with the session, and another process may then take the run over
+        (once this one's lease has run out): from then on this one must send nothing. A lock
+        file, or the store itself, can be removed under the run (StoreGone): what it records
+        from then on no later run would see."""
+        raise NotImplementedError
+
+    def gone(self) -> JobStopped | None:
+        """What took the store away from this run since it opened it, looked at now: its file
+        or a lock file removed or replaced (SQLite), its tables dropped or the run taken by
+        another process (PostgreSQL); None while the run still holds it. The run stops on it,
+        and its results are written from what it still has."""
+        raise NotImplementedError
+
+    async def seal(self) -> None:
+        """The run's sending is over: wait for the writes in progress, and refuse every later
+        write of an outcome, so that the counts, the results and the store agree."""
+        raise NotImplementedError
+
+    def hurry(self, seconds: float) -> None:
+        """The job is stopping (a signal): no wait for the store goes on more than ``seconds``
+        from now (a row whose outcome cannot be committed by then stays unprocessed: the
+        re-run sends it again, as after a kill -9)."""
+        raise NotImplementedError
+
+    async def forget(self, conversation_id: str) -> None:
+        """Before a row is sent: from now until the API confirms, its state is unknown. Returns
+        once that is committed."""
+        raise NotImplementedError
+
+    async def record(self, outcome: RowOutcome, timing: RowTiming | None = None) -> None:
+        """Commit one sent (or read) row's outcome, with its state entry if the server
+        confirmed its values (``updated``, or ``unchanged`` after a read); return once it is
+        committed."""
+        raise NotImplementedError
+
+    def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
+        """Commit the outcomes of rows that were not sent (invalid), in one transaction."""
+        raise NotImplementedError
+
+    def record_unchanged(self, rows: pl.DataFrame) -> None:
+        """Commit a batch's ``unchanged`` rows (``ROW_NUMBER, conversation_id,
+        sent_metadata``); found unchanged against --since-state, their entries are copied into
+        this job's state in the same transaction."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Journal:
+        raise NotImplementedError
+
+    def __exit__(self, *exc_info: object) -> None:
+        raise NotImplementedError
+
+
+# The budget: the end of the job's timeline of request slots, moved by each claim (``span``) or
+# hold-back (``at_least``); a claim's slots that have not begun go back if nothing came after.
+_CLAIM = (
+    "UPDATE budget SET next_at = {greatest}(next_at, {budget_clock} + :at_least) + :span "
+    "WHERE {budget_key} = :job RETURNING next_at, {budget_clock}"
+)
+_BUDGET_ROW = "INSERT INTO budget ({budget_key}, next_at) VALUES (:job, 0) ON CONFLICT DO NOTHING"
+_GIVE_BACK = (
+    "UPDATE budget SET next_at = {greatest}({budget_clock}, :start) WHERE {budget_key} = :job "
+    "AND next_at = :end AND {budget_clock} < :end"
+)
+
+
+class BudgetCore(Budget):
+    """The job's rate budget (``types.Budget``): one timeline of request slots in the
+    ``budget`` table that the job's running shards take their slots from, on one clock (the
+    machine's in SQLite, where the shards share it; the database's in PostgreSQL, so that
+    machines' clocks need not agree). ``transact`` runs a piece of work in one transaction, as
+    the backend retries it; ``job``: the job's key in the table (its budget row exists)."""
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        transact: Callable[[Work[Any]], Any],
+        job: int | str,
+        closing: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._claim, self._give = dialect.prepare(_CLAIM), dialect.prepare(_GIVE_BACK)
+        self._transact = transact
+        self._job = job
+        self._closing = closing
+        transact(lambda conn: conn.execute(dialect.prepare(_BUDGET_ROW), {"job": job}))
+        # This shard's last claim: where it began and where the timeline ended after it.
+        self._claimed: tuple[float, float] | None = None
+
+    def _move(self, span: float, at_least: float = 0.0) -> float:
+        parameters = {"job": self._job, "span": span, "at_least": at_least}
+        end, now = self._transact(
+            lambda conn: conn.execute(self._claim, {**parameters, "clock": time.time()}).fetchone()
+        )
+        start = float(end) - span
+        if span:
+            self._claimed = (start, float(end))
+        return start - float(now)
+
+    def claim(self, count: int, interval_s: float) -> float:
+        return self._move(count * interval_s)
+
+    def hold_back(self, seconds: float) -> None:
+        self._move(0.0, seconds)
+
+    def close(self) -> None:
+        """This shard claims no more: the slots of its last claim that have not begun go back to
+        the timeline if no claim (nor hold-back) came after it, best effort (a store that fails
+        here loses those slots, never more)."""
+        try:
+            if self._claimed is not None:
+                start, end = self._claimed
+                parameters = {"job": self._job, "start": start, "end": end}
+                self._transact(
+                    lambda conn: conn.execute(self._give, {**parameters, "clock": time.time()})
+                )
+        except Exception as exc:  # the run's own error, if any, is the news
+            log.debug("budget not given back: %s", exc)
+        finally:
+            self._closing()
+
+
+def batch_json(rows: pl.DataFrame) -> str:
+    """A batch's valid rows (``ROW_NUMBER, conversation_id, sent_metadata``) as one JSON array
+    (the dialect's ``batch``: ``t(r, i, m)``): the comparison and the journaling of unchanged
+    rows run inside the database, with no Python object per row. Sorted by ID, so that
+    ``last_set`` is walked in order rather than probed at random."""
+    short = rows.select(r=ROW_NUMBER, i="conversation_id", m="sent_metadata")
+    return short.sort("i").write_json()
+
+
+def entry_metadata(entry: str, schema: str = "") -> str:
+    """The SQL of a state entry's metadata (``entry``: last_set's alias and dot; ``schema``:
+    the database's, with its dot): its own, else the sent_metadata of the outcome that set it
+    (the same transaction wrote both; an outcome that set an entry is never written again: a
+    row's entry is forgotten before the row is sent)."""
+    return (
+        f"coalesce({entry}metadata, (SELECT o.sent_metadata FROM {schema}outcomes AS o "  # noqa: S608
+        f"WHERE o.id = {entry}outcome))"
+    )
+
+
+# The rows of a batch whose metadata is not, verbatim, what the job's state (in the database
+# ``{schema}``) says was last set.
+_CHANGED = (
+    "SELECT t.r FROM {batch} WHERE NOT EXISTS (SELECT 1 FROM {schema}last_set AS s "
+    "WHERE s.conversation_id = {batch_key}{and_state} AND %M = t.m)"
+)
+
+
+def changed_rows(
+    dialect: Dialect, conn: Connection, rows: pl.DataFrame, job: int | None, schema: str = ""
+) -> list[int]:
+    """``StateReader.changed_rows`` on ``conn``: the state of ``job`` (PostgreSQL's job ID),
+    in the database ``schema`` (SQLite's ``main.``, or ``since.`` for another job's file)."""
+    if rows.is_empty():
+        return []
+    template = _CHANGED.replace("%M", entry_metadata("s.", schema)).replace("{schema}", schema)
+    sql = dialect.prepare(template)
+    found = conn.execute(sql, {"batch": batch_json(rows), "job": job})
+    return [int(number) for (number,) in found]
+
+
+_WROTE = "SELECT DISTINCT job FROM runs WHERE results IN ({ids}) ORDER BY job"
+
+
+def jobs_that_wrote(dialect: Dialect, conn: Connection, results: list[str]) -> list[str]:
+    """The jobs with a run in this store whose results path (as given) is one of ``results``."""
+    found = conn.execute(dialect.prepare(_WROTE), {"ids": json.dumps(results)}).fetchall()
+    return [str(job) for (job,) in found]

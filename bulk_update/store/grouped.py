@@ -1,16 +1,19 @@
-"""Writes committed in groups by one thread of their own, never on the event loop.
+"""Writes committed in groups: what arrives while a commit runs goes in the next one.
 
 The workers of a run each wait for their row's outcome to be committed before they take the
 next row (so at most ``--concurrency`` rows are ever sent without one). Their writes go to one
-thread, which commits what has arrived while the last commit ran as the next group, in one
-transaction. A store that makes a commit wait (a file another process holds locked, a database
-that is away) makes that thread wait, never the event loop: signals, heartbeats and metrics go
-on meanwhile.
+writer, which commits what has arrived while the last commit ran as the next group (at most
+GROUP_MAX), in one transaction; every work of a group gets its error if the commit fails.
 
-``commit`` gets the group's works in order and commits them together, or raises; every work
-of the group then gets its error. ``submit`` is awaited on the event loop, ``run`` blocks the
-calling thread (a thread of ``asyncio.to_thread``), ``barrier`` returns once everything
+``GroupWriter`` (SQLite) commits in a thread of its own, never on the event loop: a store that
+makes a commit wait (a file another process holds locked) makes that thread wait, while
+signals, heartbeats and metrics go on. ``submit`` is awaited on the event loop, ``run`` blocks
+the calling thread (a thread of ``asyncio.to_thread``), ``barrier`` returns once everything
 submitted before it is done.
+
+``LoopGroupWriter`` (PostgreSQL) commits in a task on the event loop: a commit's latency is a
+worker's idle time, and a thread's every wait on the network ended in a wait for the GIL; its
+commit is a coroutine (the driver's, which never blocks the loop).
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ import asyncio
 import collections
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["CLOSE_WAIT_S", "GROUP_MAX", "GroupWriter"]
+__all__ = ["CLOSE_WAIT_S", "GROUP_MAX", "GroupWriter", "LoopGroupWriter"]
 
 Work = TypeVar("Work")
 
@@ -155,3 +158,78 @@ class GroupWriter(Generic[Work]):
             # One wake-up of the loop per group, not one per row.
             with contextlib.suppress(RuntimeError):  # the loop has ended: nobody waits
                 loop.call_soon_threadsafe(_settle, entries)
+
+
+class LoopGroupWriter(Generic[Work]):
+    """``LoopGroupWriter(commit, ended)``: ``commit`` (a coroutine) commits a group's works in
+    order, or raises; ``ended`` is awaited once the writer's task ends (its connection
+    closed)."""
+
+    def __init__(
+        self,
+        commit: Callable[[list[Work]], Awaitable[None]],
+        ended: Callable[[], Awaitable[None]],
+        name: str,
+    ) -> None:
+        self._commit = commit
+        self._ended = ended
+        self._name = name
+        self._pending: list[tuple[Work, asyncio.Future[None]]] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def submit(self, work: Work) -> None:
+        """Return once ``work`` is committed (or raise what stopped its group)."""
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.create_task(self._run(), name=self._name)
+        assert self._wake is not None
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((work, done))
+        self._wake.set()
+        await done
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                group, self._pending = self._pending[:GROUP_MAX], self._pending[GROUP_MAX:]
+                if self._pending:
+                    self._wake.set()
+                waiting = [(work, done) for work, done in group if not done.done()]
+                if not waiting:
+                    continue
+                try:
+                    await self._commit([work for work, _ in waiting])
+                except Exception as exc:
+                    for _, done in waiting:
+                        if not done.done():
+                            done.set_exception(exc)
+                else:
+                    for _, done in waiting:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            for _, done in self._pending:
+                done.cancel()
+            await self._ended()
+
+    async def stop(self) -> None:
+        """No more commits: the one in progress, if any, is cut (it commits whole or not at
+        all), and ``ended`` awaited."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def cancel(self) -> None:
+        """``stop`` from any thread, without waiting (a journal closed on an error's way out)."""
+        task, self._task = self._task, None
+        if task is not None and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended: so has the task
+                self._loop.call_soon_threadsafe(task.cancel)

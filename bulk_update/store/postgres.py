@@ -10,7 +10,7 @@ are declared in ``store/schema.py``; what it does as the SQLite store does is in
     runs(run_id, job, results, shard, fingerprint, options, started_at, resumed_at,
          invocations, ended_at, counts, exit_code, replaced_at, total_rows, requests,
          rate_limited, stopped_by, host, pid, heartbeat_at, rows_done)
-    outcomes(id, <the results columns as layout 6 keeps them>)  -- id: run_id * 2**32 +
+    outcomes(id, <the results columns as the store keeps them>)  -- id: run_id * 2**32 +
                                              -- row_number (the view run_outcomes: decoded)
     timeline(run_id, at, requests, rate_limited, retries, errors, rows, limit_rpm,
              announced_rpm)                  -- per second of a run (status, report)
@@ -29,9 +29,10 @@ about 25 s when its machine or network vanishes (the job sets the session's TCP 
 10 s idle, then 3 probes 5 s apart; ``tcp_user_timeout`` likewise bounds unacknowledged data).
 
 **Transactions**: each write is one transaction; a sent row's outcome and its state entry
-commit together. Outcomes of the workers are committed in groups by one writer thread (a worker
-waits for its row's commit before it takes the next row, so at most ``concurrency`` rows are
-ever sent without a committed outcome). A connection lost mid-run is re-established with
+commit together. Outcomes of the workers are committed in groups by one writer task on the
+event loop (``grouped.LoopGroupWriter``, no thread: a worker waits for its row's commit before
+it takes the next row, so at most ``concurrency`` rows are ever sent without a committed
+outcome). A connection lost mid-run is re-established with
 backoff (0.2 s doubling to 5 s) and the failed transaction run again (every write is an upsert:
 running one twice changes nothing); the run's locks are taken again first. If the database
 stays away longer than ``--store-timeout`` (one clock for every operation of the run:
@@ -64,7 +65,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import polars as pl
 import psycopg
@@ -83,8 +84,9 @@ from bulk_update.exceptions import (
     first_line,
 )
 from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
-from bulk_update.store import RowTiming, RunKey, schema
-from bulk_update.store.core import Dialect, JournalCore, Opening, StoreCore, Work
+from bulk_update.store import core, schema
+from bulk_update.store.core import BudgetCore, Dialect, Journal, Opening, Store, Work
+from bulk_update.store.grouped import LoopGroupWriter
 from bulk_update.store.lease import (
     LEASE_S,
     POLL_S,
@@ -95,10 +97,11 @@ from bulk_update.store.lease import (
     this_process,
 )
 from bulk_update.store.outage import Hurry, Outage, Watchdog
-from bulk_update.store.schema import LAYOUT_VERSION, STORED, STORED_TIMING, TIMING_COLUMNS
+from bulk_update.store.schema import STORED, STORED_TIMING
+from bulk_update.store.types import RowTiming, RunKey
 from bulk_update.store.url import check_url, redact, secrets
 
-__all__ = ["SCHEMA", "PostgresBudget", "PostgresJournal", "PostgresStore", "jobs_that_wrote",
+__all__ = ["SCHEMA", "PostgresJournal", "PostgresStore", "jobs_that_wrote",
            "read_state"]  # fmt: skip
 
 log = logging.getLogger("bulk_update")
@@ -113,8 +116,6 @@ _BACKOFF_S = (0.2, 5.0)
 _CONNECT_TIMEOUT_S = 10
 # How often a connection attempt's waiter looks whether it is still waited for (a stop).
 _CONNECT_POLL_S = 0.05
-# Outcomes committed together by the writer thread, at most.
-_GROUP_MAX = 512
 _KEEPALIVES = {
     "keepalives": "1",
     "keepalives_idle": "10",
@@ -138,7 +139,7 @@ _AWAY = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 # schema), or the database made anew (StoreGone).
 _GONE = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 
-# Outcomes' columns as layout 6 keeps them (store/schema.py), and the SQL of their values from
+# Outcomes' columns as the store keeps them (store/schema.py), and the SQL of their values from
 # ``r``, a relation of the values as the results hold them (the server encodes them: no work
 # per row in the job).
 _WRITTEN = ", ".join((*STORED, *STORED_TIMING))
@@ -156,11 +157,10 @@ _ON_CONFLICT = "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
 )
 # Outcomes go to the database as one JSON array per group, unpacked by the server: adapting
 # Python lists column by column cost 5x the CPU (psycopg escapes every array element). Their
-# types are the values' (layout 5 kept them as they are).
-_TYPES = schema.OUTCOMES_5.types("postgres")
+# types are the values' as the results hold them.
 _RECORDS = (
     "json_to_recordset(%s::json) AS r("
-    + ", ".join(f"{name} {_TYPES[name]}" for name in (*RESULT_COLUMNS, *TIMING_COLUMNS))
+    + ", ".join(f"{name} {kind}" for name, kind in schema.value_types("postgres").items())
     + ")"
 )
 _UPSERT_OUTCOMES = (
@@ -196,8 +196,6 @@ _GROUP = (
     "SELECT count(*) FROM h"
 )
 _UNCHANGED_ID = schema.encoded_id("conversation_id", "t.i")
-# last_set's key of a batch's conversation ID (``t.i``): as outcomes keep it.
-_STATE_KEY = _UNCHANGED_ID
 _INSERT_UNCHANGED = (
     "INSERT INTO outcomes (id, conversation_id, status, attempts, "  # noqa: S608
     f"sent_metadata) SELECT {_outcome_id('%s', 't.r')}, {_UNCHANGED_ID}, %s, 0, t.m FROM "
@@ -216,41 +214,13 @@ _DIALECT = Dialect(
     returning=" RETURNING run_id",
     stored=schema.stored_columns("postgres"), timing=schema.timing_columns("postgres"),
     state_key=schema.encoded_id("conversation_id", "t.id"),
+    batch="json_to_recordset(CAST(:batch AS json)) AS t(r integer, i text, m text)",
+    batch_key=schema.encoded_id("conversation_id", "t.i"),
+    budget_clock="CAST(extract(epoch FROM clock_timestamp()) AS double precision)",
+    greatest="greatest", budget_key="job_id",
 )  # fmt: skip
 
 
-def _rebuild(conn: psycopg.Connection[Any]) -> None:
-    """Layout 5's outcomes and last_set in layout 6's form (store/schema.py), in the caller's
-    transaction: last_set's key is the conversation ID as outcomes keep it; its entries keep
-    their metadata (only an entry the job sets from now on names its outcome instead)."""
-    conn.execute(_DROP_VIEWS)
-    for table in ("outcomes", "last_set"):
-        conn.execute(f"ALTER TABLE {table} RENAME TO {table}_5")
-        conn.execute(f"ALTER INDEX {table}_pkey RENAME TO {table}_5_pkey")
-    for rebuilt in (schema.OUTCOMES, schema.LAST_SET):
-        created = rebuilt.create("postgres")
-        assert created is not None
-        conn.execute(created)
-    conn.execute(
-        f"INSERT INTO outcomes (id, {_WRITTEN}) "  # noqa: S608
-        f"SELECT {_outcome_id('r.run_id', 'r.row_number')}, {_VALUES} FROM outcomes_5 AS r"
-    )
-    key = schema.encoded_id("conversation_id", "conversation_id")
-    conn.execute(
-        "INSERT INTO last_set (set_at, job_id, conversation_id, metadata) "  # noqa: S608
-        f"SELECT set_at, job_id, {key}, metadata FROM last_set_5"
-    )
-    conn.execute("DROP TABLE outcomes_5")
-    conn.execute("DROP TABLE last_set_5")
-
-
-# An entry's metadata (``s``, of last_set): its own (an entry layout 5 kept, or copied from
-# another job's state), else the sent_metadata of the outcome that set it (the same statement
-# wrote both; an outcome that set an entry is not written again: a row's entry is forgotten
-# before the row is sent).
-_ENTRY_METADATA = (
-    "coalesce(s.metadata, (SELECT o.sent_metadata FROM outcomes AS o WHERE o.id = s.outcome))"
-)
 # Operators' views of outcomes and last_set with the values as the results hold them (SQLite's
 # views of the same names; job_state also names the job).
 _VIEWS = (
@@ -259,10 +229,9 @@ _VIEWS = (
     f"{schema.timing_columns('postgres')} FROM outcomes",
     "CREATE VIEW job_state AS SELECT j.name AS job, "  # noqa: S608
     f"{schema.stored_columns('postgres', 's.').split(' AS conversation_id')[0]} "
-    f"AS conversation_id, {_ENTRY_METADATA} AS metadata, s.set_at "
+    f"AS conversation_id, {core.entry_metadata('s.')} AS metadata, s.set_at "
     "FROM last_set AS s JOIN jobs AS j USING (job_id)",
 )
-_DROP_VIEWS = "DROP VIEW IF EXISTS run_outcomes, job_state"
 
 
 # What a refusal of a schema that is no store this version can use says to do.
@@ -373,19 +342,6 @@ class _Call:
         return self._session.outage.failed(line, self._operation, state=state, since=self._started)
 
 
-def _left_alone() -> None:
-    """What the watchdog does to a call that may rightly take long (``run(cut=False)``)."""
-
-
-def _layout_behind(conn: psycopg.Connection[Any]) -> bool:
-    """Is the store of an older layout (its migration rebuilds the outcomes: it may take long)?"""
-    found = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.layout",)).fetchone()
-    if found is None or found[0] is None:
-        return False
-    row = conn.execute("SELECT max(version) FROM layout").fetchone()
-    return row is not None and row[0] is not None and row[0] < LAYOUT_VERSION
-
-
 def _connect(conninfo: str, outage: Outage) -> psycopg.Connection[Any]:
     """``psycopg.connect``, given up at the outage's deadline (a stop hurries it): a connection
     under way cannot be cut (the watchdog has no socket to shut down until it returns), so it is
@@ -474,7 +430,7 @@ class _Session:
         after --store-timeout, sooner at a signal), as they are later in the run."""
         try:
             self.connect()
-            self.run(self._create, transaction=False, cut=not self.run(_layout_behind))
+            self.run(self._create, transaction=False)
         except psycopg.Error as exc:
             self.close()
             raise _cannot_use(exc)(
@@ -497,29 +453,13 @@ class _Session:
             row = conn.execute("SELECT max(version) FROM layout").fetchone()
             stored = row[0] if row else None
             if stored is None:
-                conn.execute("INSERT INTO layout VALUES (%s)", (LAYOUT_VERSION,))
-            elif stored > LAYOUT_VERSION:
-                raise JournalError(
-                    f"{self.where}: written by a newer bulk-update (layout {stored}); upgrade "
-                    f"bulk-update (this one reads layouts up to {LAYOUT_VERSION})"
-                )
-            elif stored < 1:
-                raise JournalError(
-                    f"{self.where}: not a bulk-update store (layout {stored}, which no version "
-                    f"wrote); {_START_AFRESH}"
-                )
-            elif stored < LAYOUT_VERSION:
-                version = schema.unified_version("postgres", stored)
-                before = {new.name: old for old, new in schema.REBUILT} if version < 6 else {}
-                for table in schema.TABLES:
-                    declared_then = before.get(table.name, table)
-                    for name, declared in declared_then.added_columns("postgres", version):
-                        conn.execute(
-                            f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {name} {declared}"
-                        )
-                if version < 6:
-                    _rebuild(conn)
-                conn.execute("UPDATE layout SET version = %s", (LAYOUT_VERSION,))
+                conn.execute("INSERT INTO layout VALUES (%s)", (schema.LAYOUT_VERSION,))
+            elif (refusal := schema.layout_refusal(self.where, stored, _START_AFRESH)) is not None:
+                raise JournalError(refusal)
+            elif stored < schema.LAYOUT_VERSION:
+                for statement in schema.upgrade("postgres", stored, f"{SCHEMA}."):
+                    conn.execute(statement)
+                conn.execute("UPDATE layout SET version = %s", (schema.LAYOUT_VERSION,))
             found = conn.execute("SELECT to_regclass('job_state')").fetchone()
             if found is None or found[0] is None:
                 for view in _VIEWS:
@@ -553,24 +493,16 @@ class _Session:
             (socket.gethostname(), os.getpid()),
         )
 
-    def run(
-        self,
-        work: Callable[[psycopg.Connection[Any]], T],
-        transaction: bool = True,
-        *,
-        cut: bool = True,
-    ) -> T:
+    def run(self, work: Callable[[psycopg.Connection[Any]], T], transaction: bool = True) -> T:
         """``work`` in one transaction; run again on a new connection if the old one is lost,
         until the database has been away for ``timeout`` seconds on the session's outage clock
         (StoreUnavailable; at once once it was given up). A call that does not return within
-        the timeout is cut (``Watchdog``) and counts as away since it began; not with ``cut``
-        False, for work that may rightly take longer (a migration rebuilding the outcomes)."""
+        the timeout is cut (``Watchdog``) and counts as away since it began."""
         call = _Call(self)
-        interrupt = self._interrupt if cut else _left_alone
         with self._mutex:
             while True:
                 try:
-                    with call.guard(interrupt):
+                    with call.guard(self._interrupt):
                         conn = self._conn or self._reconnect()
                         if transaction:
                             with conn.transaction():
@@ -710,7 +642,18 @@ def _holder_of(conn: psycopg.Connection[Any], key: int) -> str:
     )  # fmt: skip
 
 
-class PostgresStore(StoreCore):
+# The leases that conflict with a run: a whole-input run's, every lease of its job; a shard's,
+# the whole input's and its own.
+_CONFLICT = "job_id = %(job)s AND (%(shard)s = '' OR shard IN ('', %(shard)s))"
+
+
+def _already(key: RunKey) -> str:
+    """The start of a refusal of a run another process holds."""
+    shard = f", shard {key.shard_text}" if key.shard else ""
+    return f"already running (job {key.job!r}{shard})"
+
+
+class PostgresStore(Store):
     """Open with ``PostgresStore.open(url)``; use as a context manager to close it."""
 
     _dialect = _DIALECT
@@ -741,9 +684,6 @@ class PostgresStore(StoreCore):
             )
             row = conn.execute("SELECT job_id FROM jobs WHERE name = %s", (job,)).fetchone()
             assert row is not None
-            conn.execute(
-                "INSERT INTO budget VALUES (%s, 0) ON CONFLICT (job_id) DO NOTHING", (row[0],)
-            )
             return int(row[0])
 
         return self._session.run(find)
@@ -783,9 +723,7 @@ class PostgresStore(StoreCore):
         if refused is not None:
             session.unlock_all()
             raise RunHeld(
-                f"already running (job {key.job!r}"
-                + (f", shard {key.shard_text}" if key.shard else "")
-                + f"): held by {refused} in {self.where}; wait for it to finish"
+                f"{_already(key)}: held by {refused} in {self.where}; wait for it to finish"
             )
 
     def _other_shard_count(self, job: str, count: int) -> str | None:
@@ -827,33 +765,32 @@ class PostgresStore(StoreCore):
             self._session.unlock_all(lease)
             raise
 
+    def _live_lease(self, job_id: int, key: RunKey, me: Holder) -> tuple[float, Holder] | None:
+        """The lease that conflicts with this run and lasts longest (seconds left, its holder),
+        of those whose holder is not known to be gone; None if there is none."""
+        rows = self._session.run(
+            lambda conn: conn.execute(
+                "SELECT extract(epoch FROM until - now()), host, boot, pid_namespace, pid, "  # noqa: S608
+                f"started FROM leases WHERE {_CONFLICT} AND until > now()",
+                {"job": job_id, "shard": key.shard_text},
+            ).fetchall()
+        )
+        live = [
+            (float(left), holder)
+            for left, host, boot, namespace, pid, started in rows
+            if not is_gone(holder := Holder(host, boot, namespace, int(pid), started), me)
+        ]
+        return max(live, key=lambda found: found[0], default=None)
+
     def _take_lease(self, job_id: int, key: RunKey) -> tuple[str, float]:
         """Once the run's lock is held: wait until no lease that conflicts with this run lasts
         any more (a holder whose session was lost may still be sending until its lease ends,
         unless it is known to be gone), then replace them with this process's lease. Returns
         the lease's token and when it was asked for (this process's clock)."""
-        token = uuid.uuid4().hex
-        me = this_process()
-        # A whole-input run conflicts with every lease of its job, a shard with the whole
-        # input's and its own.
-        conflict = "job_id = %(job)s AND (%(shard)s = '' OR shard IN ('', %(shard)s))"
+        token, me = uuid.uuid4().hex, this_process()
         said = False
-        while True:
-            rows = self._session.run(
-                lambda conn: conn.execute(
-                    "SELECT extract(epoch FROM until - now()), host, boot, pid_namespace, pid, "  # noqa: S608
-                    f"started FROM leases WHERE {conflict} AND until > now()",
-                    {"job": job_id, "shard": key.shard_text},
-                ).fetchall()
-            )
-            holders = [
-                (float(left), Holder(host, boot, namespace, int(pid), started))
-                for left, host, boot, namespace, pid, started in rows
-            ]
-            live = [(left, holder) for left, holder in holders if not is_gone(holder, me)]
-            if not live:
-                break
-            left, holder = max(live, key=lambda found: found[0])
+        while (live := self._live_lease(job_id, key, me)) is not None:
+            left, holder = live
             if not said:
                 said = True
                 log.warning(
@@ -864,16 +801,14 @@ class PostgresStore(StoreCore):
                 )  # fmt: skip
             if not self._session.wait(min(left, LEASE_S) + POLL_S):
                 raise RunHeld(
-                    f"already running (job {key.job!r}"
-                    + (f", shard {key.shard_text}" if key.shard else "")
-                    + f"): its last holder, {holder.text()}, may still be sending until its "
-                    f"lease ends in {self.where}; the job stopped before it did"
+                    f"{_already(key)}: its last holder, {holder.text()}, may still be sending "
+                    f"until its lease ends in {self.where}; the job stopped before it did"
                 )
         asked = time.monotonic()
 
         def take(conn: psycopg.Connection[Any]) -> None:
             arguments = {"job": job_id, "shard": key.shard_text}
-            conn.execute(f"DELETE FROM leases WHERE {conflict}", arguments)  # noqa: S608
+            conn.execute(f"DELETE FROM leases WHERE {_CONFLICT}", arguments)  # noqa: S608
             conn.execute(
                 "INSERT INTO leases VALUES (%s, %s, %s, now() + make_interval(secs => %s), "
                 "%s, %s, %s, %s, %s)",
@@ -884,73 +819,11 @@ class PostgresStore(StoreCore):
         self._session.run(take)
         return token, asked
 
-    def budget(self, job: str) -> PostgresBudget:
-        return PostgresBudget(self._session, self._job_id(job))
+    def budget(self, job: str) -> BudgetCore:
+        return BudgetCore(_DIALECT, self._session.run, self._job_id(job))
 
     def close(self) -> None:
         self._session.close()
-
-
-class PostgresBudget:
-    """The job's rate budget: one timeline in the database that every running shard takes its
-    request slots from (see ``bulk_update.api.ratelimit``). The database's clock is the only one
-    used, so machines' clocks need not agree."""
-
-    def __init__(self, session: _Session, job_id: int) -> None:
-        self._session = session
-        self._job_id = job_id
-        # This shard's last claim: where it began and where the timeline ended after it.
-        self._claimed: tuple[float, float] | None = None
-
-    def claim(self, count: int, interval_s: float) -> float:
-        span = count * interval_s
-
-        def claim(conn: psycopg.Connection[Any]) -> float:
-            row = conn.execute(
-                "UPDATE budget AS b SET next_at = greatest(b.next_at, n.now) + %s "
-                "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) AS n "
-                "WHERE b.job_id = %s RETURNING b.next_at - n.now - %s, b.next_at",
-                (span, self._job_id, span),
-            ).fetchone()
-            if row is None:
-                return 0.0
-            end = float(row[1])
-            self._claimed = (end - span, end)
-            return float(row[0])
-
-        return self._session.run(claim)
-
-    def hold_back(self, seconds: float) -> None:
-        self._session.run(
-            lambda conn: conn.execute(
-                "UPDATE budget SET next_at = greatest(next_at, "
-                "extract(epoch FROM clock_timestamp())::float8 + %s) WHERE job_id = %s",
-                (seconds, self._job_id),
-            )
-        )
-
-    def _give_back(self) -> None:
-        """The slots of this shard's last claim that have not begun go back to the timeline,
-        if no claim (nor hold-back) came after it; else they are only lost."""
-        if self._claimed is None:
-            return
-        start, end = self._claimed
-        self._session.run(
-            lambda conn: conn.execute(
-                "UPDATE budget AS b SET next_at = greatest(n.now, %s) "
-                "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) AS n "
-                "WHERE b.job_id = %s AND b.next_at = %s AND n.now < %s",
-                (start, self._job_id, end, end),
-            )
-        )
-
-    def close(self) -> None:
-        """This shard claims no more: what it claimed and did not begin is given back, best
-        effort (a store that fails here loses those slots, never more)."""
-        try:
-            self._give_back()
-        except Exception as exc:  # the run's own error, if any, is the news
-            log.debug("budget not given back: %s", exc)
 
 
 Recorded = tuple[RowOutcome, RowTiming | None]
@@ -984,20 +857,9 @@ class _Reader:
         self._compare_with = compare_with
 
     def changed_rows(self, rows: pl.DataFrame) -> list[int]:
-        if rows.is_empty():
-            return []
-        arrays = _arrays(rows)
-
-        def changed(conn: psycopg.Connection[Any]) -> list[int]:
-            found = conn.execute(
-                "SELECT t.r FROM unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) "  # noqa: S608
-                "WHERE NOT EXISTS (SELECT 1 FROM last_set AS s WHERE s.job_id = %s "
-                f"AND s.conversation_id = {_STATE_KEY} AND {_ENTRY_METADATA} = t.m)",
-                (*arrays, self._compare_with),
-            )
-            return [number for (number,) in found]
-
-        return self._session.run(changed)
+        return self._session.run(
+            lambda conn: core.changed_rows(_DIALECT, conn, rows, self._compare_with)
+        )
 
 
 # What libpq says of a server it did not reach, or that cannot serve now (a connection's
@@ -1057,10 +919,7 @@ def jobs_that_wrote(url: str, results: list[str], timeout: float) -> list[str]:
         row = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.runs",)).fetchone()
         if row is None or row[0] is None:
             return []
-        found = conn.execute(
-            "SELECT DISTINCT job FROM runs WHERE results = ANY(%s) ORDER BY job", (results,)
-        ).fetchall()
-        return [str(job) for (job,) in found]
+        return core.jobs_that_wrote(_DIALECT, conn, results)
     except psycopg.Error as exc:
         raise _cannot_use(exc)(
             f"--state-url {session.where}: cannot use the store: {session.first_line(exc)}"
@@ -1069,74 +928,26 @@ def jobs_that_wrote(url: str, results: list[str], timeout: float) -> list[str]:
         session.close()
 
 
-Item = TypeVar("Item")
-
-
-class _Writer(Generic[Item]):
-    """Commits what the workers wait for (IDs to forget, outcomes) on the event loop, with its
-    own connection: what arrives while a commit runs goes in the next one, one statement (so
-    one transaction) and one round trip. No thread: a commit's latency is a worker's idle time,
-    and a thread's every wait on the network ended in a wait for the GIL. ``fenced``: the
-    statement's one value is 0 when this process no longer holds the run (``RunTaken``)."""
+class _Writer:
+    """The connection that commits what the workers wait for (IDs to forget, outcomes) on the
+    event loop, a group of them (``grouped.LoopGroupWriter``) in one statement (so one
+    transaction) and one round trip. ``fenced``: the statement's one value is 0 when this
+    process no longer holds the run (``RunTaken``)."""
 
     def __init__(
         self,
         session: _Session,
-        group: Callable[[list[Item]], dict[str, Any]],
+        group: Callable[[list[Recorded | str]], dict[str, Any]],
         taken: Callable[[], JobStopped],
     ) -> None:
         self._session = session
         self._group = group
         self._taken = taken
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._pending: list[tuple[Item, asyncio.Future[None]]] = []
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._connected_before = False
 
-    async def submit(self, item: Item) -> None:
-        """Return once ``item`` is committed."""
-        if self._task is None:
-            self._wake = asyncio.Event()
-            self._loop = asyncio.get_running_loop()
-            self._task = asyncio.create_task(self._run(), name="store-writer")
-        assert self._wake is not None
-        done = asyncio.get_running_loop().create_future()
-        self._pending.append((item, done))
-        self._wake.set()
-        await done
-
-    async def _run(self) -> None:
-        assert self._wake is not None
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                group, self._pending = self._pending[:_GROUP_MAX], self._pending[_GROUP_MAX:]
-                if self._pending:
-                    self._wake.set()
-                waiting = [(item, done) for item, done in group if not done.done()]
-                if not waiting:
-                    continue
-                try:
-                    await self._commit(self._group([item for item, _ in waiting]))
-                except Exception as exc:
-                    for _, done in waiting:
-                        if not done.done():
-                            done.set_exception(exc)
-                else:
-                    for _, done in waiting:
-                        if not done.done():
-                            done.set_result(None)
-        finally:
-            for _, done in self._pending:
-                done.cancel()
-            if self._conn is not None:
-                with contextlib.suppress(psycopg.Error):
-                    await self._conn.close()
-
-    async def _commit(self, group: dict[str, Any]) -> None:
+    async def commit(self, items: list[Recorded | str]) -> None:
+        group = self._group(items)
         call = _Call(self._session)
         while True:
             try:
@@ -1156,6 +967,11 @@ class _Writer(Generic[Item]):
                     self._conn = None
                 await asyncio.sleep(call.pause(exc))
 
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         if self._connected_before:
             # Back after an outage: the run's session (and its locks) must be too, or another
@@ -1172,22 +988,6 @@ class _Writer(Generic[Item]):
         if conn is not None:
             _shut(conn)
 
-    async def stop(self) -> None:
-        """No more commits: the one in progress, if any, is cut (it commits whole or not at
-        all), and the task's connection closed."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def cancel(self) -> None:
-        """``stop`` from any thread, without waiting (a journal closed on an error's way out)."""
-        task, self._task = self._task, None
-        if task is not None and self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has ended: so has the task
-                self._loop.call_soon_threadsafe(task.cancel)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Lease:
@@ -1203,7 +1003,7 @@ class _Lease:
         return {"job": self.job_id, "shard": self.shard, "holder": self.token}
 
 
-class PostgresJournal(_Reader, JournalCore):
+class PostgresJournal(_Reader, Journal):
     """One run's outcomes in the PostgreSQL store; see ``bulk_update.store.Journal``. A thread
     renews the run's lease every RENEW_EVERY_S; ``fence`` lets a request go only while it
     lasts."""
@@ -1226,7 +1026,10 @@ class PostgresJournal(_Reader, JournalCore):
         self._lease = lease
         self._local = LocalLease()
         self._local.renewed(lease.asked)
-        self._writer = _Writer(session, self._group, self._taken)
+        writer = _Writer(session, self._group, self._taken)
+        self._writer: LoopGroupWriter[Recorded | str] = LoopGroupWriter(
+            writer.commit, writer.close, "store-writer"
+        )
         self._ending = threading.Event()
         self._renewing = threading.Thread(target=self._renew, name="bulk-update-lease", daemon=True)
         self._renewing.start()

@@ -1,20 +1,20 @@
-"""The store's tables, declared once for both backends, and their one layout history.
+"""The store's tables, declared once for both backends, and their layout.
 
 Each column is declared once, with its type in each dialect (``None``: the dialect has no such
-column) and the layout that added it. ``create`` (a new store) and ``added_columns`` (a store of
-an older layout) are both derived from the declaration, so that a new column of ``runs`` is one
-line of ``RUNS`` (``since`` the next layout) and one line of ``LAYOUTS``.
+column) and the layout that added it. ``create`` (a new store) and ``upgrade`` (a store of an
+older released layout) are both derived from the declaration.
 
-**One history, one number.** Both backends count their layouts in ``LAYOUTS``; the number a
-store holds (SQLite: ``PRAGMA user_version``; PostgreSQL: ``bulk_update.layout``) is
-``LAYOUT_VERSION`` once the job has opened it. Before this history was one, each backend
-numbered its own: the numbers the older versions wrote are read as ``unified_version`` says
-(PostgreSQL's are the same; SQLite's layouts 1 and 2 are layout 1 here, its 3 and 4 are 2 and
-3, and its 5 is 5: layout 5 adds nothing to a SQLite store).
+**Layouts.** The number a store holds (SQLite: ``PRAGMA user_version``; PostgreSQL:
+``bulk_update.layout``) is ``LAYOUT_VERSION`` once the job has opened it. ``FIRST_LAYOUT`` (7)
+is the first released one: the development layouts before it are not read (a store of one is
+refused in one line, ``older_layout``). A later layout that only adds columns is one line of
+``LAYOUTS`` and its columns declared ``since`` it: ``upgrade`` adds them to a store of an older
+layout when the job opens it. A layout that changes what a table keeps in another way takes a
+rebuild written for it, from the older layout's DDL frozen as literal text (never derived from
+today's declaration, which later edits change).
 
-**Layout 6 keeps fewer bytes a row.** ``outcomes`` and ``last_set`` are rebuilt (``REBUILT``:
-their layout-5 forms are ``OUTCOMES_5`` and ``LAST_SET_5``); what a reader gets is unchanged,
-through ``stored_columns`` (the results' columns) and ``timing_columns``:
+**How outcomes keep a row.** The values a reader gets are the results' (``stored_columns``,
+``timing_columns``); what is kept takes fewer bytes:
 
 - ``metadata`` is ``''`` when it is the ``sent_metadata`` (most rows: the server answers the map it
   was sent; JSON text is never empty);
@@ -24,12 +24,11 @@ through ``stored_columns`` (the results' columns) and ``timing_columns``:
 - the timing is integer milliseconds: ``sent_ms`` (Unix time), ``answer_ms`` (after ``sent_ms``);
 - in PostgreSQL fixed-width columns come first, ``http_status`` and ``attempts`` are ``smallint``,
   ``status`` a ``smallint`` code (``STATUS_CODES``), and outcomes are keyed as in SQLite, by
-  ``id = run_id * 2**32 + row_number`` (one ``bigint``: 8 bytes less a row and its index entry);
+  ``id = run_id * 2**32 + row_number`` (one ``bigint``);
 - an entry of ``last_set`` the job set names the outcome that set it (``outcome``, its ``id``)
-  instead of holding its metadata: the ``sent_metadata`` of that outcome (an older store's
-  entries, and in SQLite an entry read from another job's file, keep their text). The views
-  ``run_outcomes`` and ``job_state`` show both tables with the values as the results hold them
-  (in PostgreSQL, ``job_state`` names the job);
+  instead of holding its metadata: the ``sent_metadata`` of that outcome (in SQLite an entry read
+  from another job's file keeps its text). The views ``run_outcomes`` and ``job_state`` show both
+  tables with the values as the results hold them (in PostgreSQL, ``job_state`` names the job);
 - SQLite's ``last_set.set_at`` is Unix seconds (an integer);
 - PostgreSQL's ``last_set`` keys the conversation ID as outcomes keep it (``encoded_id``: half
   the bytes in its primary key), its fixed-width columns first.
@@ -49,20 +48,17 @@ from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, Status
 
 __all__ = [
     "BUDGET",
+    "FIRST_LAYOUT",
     "ID_PREFIXES",
     "JOBS",
     "LAST_SET",
-    "LAST_SET_5",
     "LAYOUT",
     "LAYOUTS",
     "LAYOUT_VERSION",
     "LEASES",
     "OUTCOMES",
-    "OUTCOMES_5",
-    "REBUILT",
     "ROWS_PER_RUN",
     "RUNS",
-    "RUN_COLUMNS",
     "SESSIONS",
     "STATUS_CODES",
     "STORED",
@@ -78,39 +74,47 @@ __all__ = [
     "encoded_columns",
     "encoded_id",
     "format_timestamp",
-    "parse_timestamp",
+    "layout_refusal",
     "status_code",
     "status_text",
     "stored_columns",
     "timing_columns",
-    "unified_version",
+    "upgrade",
+    "value_types",
     "wrong_columns",
 ]
 
 Dialect = Literal["sqlite", "postgres"]
 
-# The layouts, in order: a store of layout N has what the first N lines say.
-LAYOUTS = (
-    "runs, outcomes, last_set and budget (PostgreSQL: and layout, jobs and sessions)",  # 1
-    "outcomes gain previous_metadata and server_metadata (the before-image)",  # 2
-    "runs gain what history shows: total_rows ... pid",  # 3
-    "outcomes gain the row's timing, runs a heartbeat, and the timeline table",  # 4
-    "the leases table (PostgreSQL)",  # 5
-    "outcomes and last_set rebuilt to keep fewer bytes a row (see OUTCOMES)",  # 6
-    "runs gain who holds them (boot, pid_namespace, pid_started) and interrupted",  # 7
-)
-LAYOUT_VERSION = len(LAYOUTS)
-
-# The numbers the SQLite store wrote before the history was one (1: runs, outcomes, last_set;
-# 2: and budget; 3: the before-image; 4: history; 5: timing, heartbeat, timeline), as layouts of
-# LAYOUTS. PostgreSQL's numbers were these already (its first layout had the budget).
-_SQLITE_BEFORE = {1: 1, 2: 1, 3: 2, 4: 3}
+# The released layouts, by number: a store of layout N has what the lines up to N say.
+FIRST_LAYOUT = 7
+LAYOUTS = {
+    FIRST_LAYOUT: "the first released layout: runs, outcomes, last_set, budget, timeline "
+    "(PostgreSQL: and layout, jobs, sessions and leases)",
+}
+LAYOUT_VERSION = max(LAYOUTS)
 
 
-def unified_version(dialect: Dialect, stored: int) -> int:
-    """The layout (of LAYOUTS) of a store that holds the number ``stored``. This version writes
-    only LAYOUT_VERSION (5 or more), so a SQLite number below 5 is one an older version wrote."""
-    return _SQLITE_BEFORE.get(stored, stored) if dialect == "sqlite" else stored
+def layout_refusal(where: str, found: int, what_to_do: str) -> str | None:
+    """Why a store that holds the layout number ``found`` cannot be used (one line naming it,
+    ``where``, and what to do); None if it can."""
+    if found > LAYOUT_VERSION:
+        return (
+            f"{where}: written by a newer bulk-update (layout {found}); upgrade bulk-update "
+            f"(this one reads layouts up to {LAYOUT_VERSION})"
+        )
+    if found < 1:
+        return (
+            f"{where}: not a bulk-update store (layout {found}, which no version wrote); "
+            f"{what_to_do}"
+        )
+    if 0 < found < FIRST_LAYOUT:
+        return (
+            f"{where}: a store of layout {found}, from a development version of bulk-update "
+            f"before its first release (layout {FIRST_LAYOUT}), which this one does not read: "
+            f"finish its runs with the version that made it, or {what_to_do}"
+        )
+    return None
 
 
 # Timestamps as the store shows them (``started_at``, ``ended_at``, …): UTC, ISO 8601, ``Z``.
@@ -124,11 +128,6 @@ def format_timestamp(moment: dt.datetime | None = None) -> str:
     return moment.astimezone(dt.UTC).strftime(TIMESTAMP_FORMAT)
 
 
-def parse_timestamp(text: str) -> float:
-    """A store's timestamp (TIMESTAMP_FORMAT) as Unix time."""
-    return dt.datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=dt.UTC).timestamp()
-
-
 @dataclass(frozen=True, slots=True)
 class Column:
     """A column: its declaration in each dialect (None: not a column there), and the layout
@@ -137,7 +136,7 @@ class Column:
     name: str
     sqlite: str | None
     postgres: str | None
-    since: int = 1
+    since: int = FIRST_LAYOUT
 
     def declaration(self, dialect: Dialect) -> str | None:
         return self.sqlite if dialect == "sqlite" else self.postgres
@@ -153,7 +152,7 @@ _TYPES = {
 }
 
 
-def _column(name: str, kind: str, constraint: str = "", *, since: int = 1) -> Column:
+def _column(name: str, kind: str, constraint: str = "", *, since: int = FIRST_LAYOUT) -> Column:
     sqlite, postgres = _TYPES[kind]
     return Column(name, f"{sqlite}{constraint}", f"{postgres}{constraint}", since)
 
@@ -211,62 +210,40 @@ RUNS = Table("runs", (
     _column("counts", "text"),
     _column("exit_code", "integer"),
     _column("replaced_at", "time"),  # set aside by --restart
-    _column("total_rows", "bigint", since=3),
-    _column("requests", "bigint", " NOT NULL DEFAULT 0", since=3),
-    _column("rate_limited", "bigint", " NOT NULL DEFAULT 0", since=3),
-    _column("stopped_by", "text", since=3),
-    _column("host", "text", since=3),
-    _column("pid", "integer", since=3),
+    _column("total_rows", "bigint"),
+    _column("requests", "bigint", " NOT NULL DEFAULT 0"),
+    _column("rate_limited", "bigint", " NOT NULL DEFAULT 0"),
+    _column("stopped_by", "text"),
+    _column("host", "text"),
+    _column("pid", "integer"),
     # The run's last heartbeat: Unix time in SQLite (the machine's clock), the database's clock
     # in PostgreSQL.
-    Column("heartbeat_at", "REAL", "timestamptz", since=4),
-    _column("rows_done", "bigint", since=4),
+    Column("heartbeat_at", "REAL", "timestamptz"),
+    _column("rows_done", "bigint"),
     # Who holds the run beyond host and pid (store/lease.py's Holder): the kernel's boot, the PID
     # namespace and the process's start, so that ``status`` on its host can tell it is gone.
-    _column("boot", "text", since=7),
-    _column("pid_namespace", "text", since=7),
-    _column("pid_started", "text", since=7),
+    _column("boot", "text"),
+    _column("pid_namespace", "text"),
+    _column("pid_started", "text"),
     # Invocations that never recorded their end (killed -9, their machine or store lost): their
     # requests were counted up to their last heartbeat only.
-    _column("interrupted", "integer", " NOT NULL DEFAULT 0", since=7),
+    _column("interrupted", "integer", " NOT NULL DEFAULT 0"),
 ))  # fmt: skip
-# What a run records beyond its first layout (history, the heartbeat): (name, column).
-RUN_COLUMNS = tuple((c.name, c) for c in RUNS.columns if c.since > 1)
-
-# The results' columns that outcomes keep (row_number is in the key), and the layouts that
-# added them after the first.
+# The results' columns that outcomes keep (row_number is in the key).
 assert RESULT_COLUMNS[0] == "row_number"
 STORED = RESULT_COLUMNS[1:]
-_STORED_SINCE = {"previous_metadata": 2, "server_metadata": 2}
-_KINDS = {pl.Int64(): "bigint", pl.String(): "text"}
 # When a worker took the row, when its last answer came (Unix time), how long that took: what
-# a reader gets (``timing_columns``). Layout 5 kept them so (TIMING); layout 6 keeps integer
-# milliseconds (STORED_TIMING).
-TIMING = (_column("sent_at", "real", since=4), _column("answered_at", "real", since=4),
-          _column("latency_ms", "integer", since=4))  # fmt: skip
-TIMING_COLUMNS = tuple(c.name for c in TIMING)
+# a reader gets (``timing_columns``) of what outcomes keep (STORED_TIMING).
+TIMING_COLUMNS = ("sent_at", "answered_at", "latency_ms")
+_KINDS = {pl.Int64(): "bigint", pl.String(): "text"}
 
-# Layout 5's outcomes (and the layouts before it: ``since``), as the migration to layout 6 reads
-# them. Keyed by ``id = run_id * 2**32 + row_number`` in SQLite (its rowid: see store/sqlite.py),
-# by (run_id, row_number) in PostgreSQL.
-OUTCOMES_5 = Table(
-    "outcomes",
-    (
-        Column("id", "INTEGER PRIMARY KEY", None),
-        Column("run_id", None, "bigint NOT NULL"),
-        Column("row_number", None, "integer NOT NULL"),
-        *(_column(name, _KINDS[RESULTS_SCHEMA[name]], since=_STORED_SINCE.get(name, 1))
-          for name in STORED),
-        *TIMING,
-    ),
-    postgres=", PRIMARY KEY (run_id, row_number))",
-)  # fmt: skip
-LAST_SET_5 = Table("last_set", (
-    Column("job_id", None, "integer NOT NULL"),
-    Column("conversation_id", "TEXT PRIMARY KEY", "text NOT NULL"),
-    _column("metadata", "text", " NOT NULL"),
-    _column("set_at", "time", " NOT NULL"),
-), sqlite=") WITHOUT ROWID", postgres=", PRIMARY KEY (job_id, conversation_id))")  # fmt: skip
+
+def value_types(dialect: Dialect) -> dict[str, str]:
+    """The types of an outcome's values as the results hold them (RESULT_COLUMNS) and of its
+    timing (TIMING_COLUMNS), as a writer hands them to the database."""
+    kinds = {name: _KINDS[RESULTS_SCHEMA[name]] for name in RESULT_COLUMNS}
+    kinds.update(sent_at="real", answered_at="real", latency_ms="integer")
+    return {name: _TYPES[kind][dialect == "postgres"] for name, kind in kinds.items()}
 
 
 def _sqlite_only(name: str, declared: str) -> Column:
@@ -277,7 +254,7 @@ def _postgres_only(name: str, declared: str) -> Column:
     return Column(name, None, declared)
 
 
-# Layout 6's outcomes: the same values in fewer bytes (see the module's docstring). In
+# Outcomes: the results' values in fewer bytes (see the module's docstring). In
 # PostgreSQL the fixed-width columns come first, widest first (no padding between them), then
 # the variable-width ones; SQLite keeps the results' order.
 _TEXTS = ("error_type", "error_code", "error_message")
@@ -307,7 +284,7 @@ OUTCOMES = Table(
     ),
 )  # fmt: skip
 assert set(OUTCOMES.names("sqlite")) == set(OUTCOMES.names("postgres"))
-assert OUTCOMES.names("sqlite")[1:14] == STORED, "SQLite keeps the results' order"
+assert tuple(n for n in OUTCOMES.names("sqlite") if n in STORED) == STORED, "the results' order"
 # outcomes' key of a run's row 0 is run_id * ROWS_PER_RUN (row numbers are below 2**32).
 ROWS_PER_RUN = 1 << 32
 # PostgreSQL's outcomes.status: a status's code (never renumbered: a store keeps them).
@@ -325,9 +302,6 @@ LAST_SET = Table("last_set", (
     Column("set_at", "INTEGER NOT NULL", None),  # SQLite: Unix seconds
     Column("outcome", "INTEGER", None),  # the outcomes.id whose sent_metadata it is
 ), sqlite=") WITHOUT ROWID", postgres=", PRIMARY KEY (job_id, conversation_id))")  # fmt: skip
-# The tables layout 6 rebuilt, with their layout-5 forms.
-REBUILT = ((OUTCOMES_5, OUTCOMES), (LAST_SET_5, LAST_SET))
-
 # The API's IDs, kept as the bytes of their hex (``conversation_id``, ``request_id``).
 ID_PREFIXES = {"conversation_id": "conv_", "request_id": "req_"}
 
@@ -369,12 +343,12 @@ def status_text(dialect: Dialect, column: str = "status") -> str:
 
 def stored_columns(dialect: Dialect, table: str = "") -> str:
     """The SQL of the results' columns but ``row_number`` (STORED), as the results hold them,
-    from layout 6's outcomes (``table``: its alias and dot, if any)."""
+    from outcomes (``table``: its alias and dot, if any)."""
     return ", ".join(f"{_decoded(dialect, name, table)} AS {name}" for name in STORED)
 
 
 def timing_columns(dialect: Dialect, table: str = "") -> str:
-    """The SQL of TIMING_COLUMNS (Unix time, floats; latency in ms) from layout 6's outcomes."""
+    """The SQL of TIMING_COLUMNS (Unix time, floats; latency in ms) from outcomes."""
     real = "REAL" if dialect == "sqlite" else "double precision"
     return (f"CAST({table}sent_ms / 1000.0 AS {real}) AS sent_at, "
             f"CAST(({table}sent_ms + {table}answer_ms) / 1000.0 AS {real}) AS answered_at, "
@@ -393,7 +367,7 @@ def encoded_id(name: str, value: str) -> str:
 
 
 def encoded_columns(dialect: Dialect, source: str = "") -> dict[str, str]:
-    """PostgreSQL's SQL of layout 6's stored values from the values as the results hold them
+    """PostgreSQL's SQL of the stored values from the values as the results hold them
     (STORED, TIMING_COLUMNS, columns of ``source``: its alias and dot). SQLite's are encoded by
     the job (store/sqlite.py: the server cannot make a BLOB of hex, nor needs to)."""
     assert dialect == "postgres"
@@ -456,7 +430,7 @@ LEASES = Table("leases", tuple(
 
 # In the order they are created.
 TABLES = (LAYOUT, JOBS, RUNS, OUTCOMES, LAST_SET, BUDGET, SESSIONS, LEASES, TIMELINE)
-assert all(c.since <= LAYOUT_VERSION for t in (*TABLES, OUTCOMES_5, LAST_SET_5) for c in t.columns)
+assert all(c.since in LAYOUTS for t in TABLES for c in t.columns)
 
 
 def wrong_columns(table: Table, dialect: Dialect, found: Iterable[str]) -> str | None:
@@ -481,3 +455,12 @@ def create(dialect: Dialect, schema: str = "") -> list[str]:
         *(statement for statement in made if statement is not None),
         f"CREATE INDEX IF NOT EXISTS runs_by_key ON {schema}runs (job, results, shard)",
     ]
+
+
+def upgrade(dialect: Dialect, version: int, schema: str = "") -> list[str]:
+    """The statements that bring a store of the released layout ``version`` to this one: the
+    columns added since (the tables added since are made by ``create``)."""
+    return [
+        f"ALTER TABLE {schema}{table.name} ADD COLUMN {name} {declared}"
+        for table in TABLES for name, declared in table.added_columns(dialect, version)
+    ]  # fmt: skip

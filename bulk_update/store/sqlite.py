@@ -15,7 +15,7 @@ number); what it does as the PostgreSQL store does is in ``store/core.py``::
 run's outcomes sit together in the order of the input, a row costs no more than in a table of
 one run, and an insert writes one B-tree (a composite key, or run_id and row_number stored as
 columns, made journaling a batch 15-30 % slower). The ``run_outcomes`` view shows both.
-Layout 6 keeps a row in fewer bytes (store/schema.py): ``metadata`` is ``''`` when it is the
+The store keeps a row in few bytes (store/schema.py): ``metadata`` is ``''`` when it is the
 ``sent_metadata``, the API's IDs are BLOBs of their hex (encoded here, by ``_values``: SQLite
 3.40 cannot make a BLOB of hex text), the timing integer milliseconds; every read decodes them
 (``schema.stored_columns``, which the view uses too).
@@ -41,13 +41,10 @@ read-only one a JournalError (exit 2), each naming the file. A run whose store o
 is removed or replaced under it stops at its next heartbeat (StoreGone: ``SQLiteJournal``).
 
 ``--since-state`` (another job's store) is ATTACHed read only, so that the comparison and the
-copy of its entries run inside SQLite. A state file of the older layout
-(``<job>.state.sqlite``, one ``last_set`` table) is read the same way, and a new store takes its
-entries over, as a run it starts takes over an unfinished journal of the older layout
-(``RESULTS.journal.sqlite``) whose input and mapping are the same. A file the job cannot use is
-refused in one line naming it, never passed over: a journal of another input or one it cannot
-read (``--restart`` starts without it), another program's tables beside the job's, a table with
-other columns than its layout's, a layout number no version wrote. Commands that only read a
+copy of its entries run inside SQLite. A file the job cannot use is refused in one line naming
+it, never passed over: another program's tables beside the job's, a table with other columns
+than its layout's, a layout of a development version before the first release, a layout
+number no version wrote. Commands that only read a
 store (``history``, ``status``, ``report``) open it read only (``open_to_read``).
 """
 
@@ -80,25 +77,26 @@ from bulk_update.exceptions import (
     StoreUnavailable,
     first_line,
 )
-from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
-from bulk_update.paths import is_remote
-from bulk_update.store import RowTiming, RunKey, schema
+from bulk_update.outcome import RowOutcome, Status
+from bulk_update.store import core, schema
 from bulk_update.store.core import (
-    Connection,
+    BudgetCore,
     Dialect,
-    JournalCore,
+    Journal,
     Opening,
-    Started,
-    StoreCore,
+    Store,
     Work,
-    changed_fields,
+    batch_json,
+    changed_rows,
+    entry_metadata,
 )
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.locks import Opened, release_lock, take_lock
 from bulk_update.store.outage import Hurry, Outage
-from bulk_update.store.schema import LAYOUT_VERSION, STORED, STORED_TIMING
+from bulk_update.store.schema import STORED, STORED_TIMING
+from bulk_update.store.types import RowTiming, RunKey
 
-__all__ = ["SQLiteBudget", "SQLiteJournal", "SQLiteStore", "jobs_that_wrote", "read_state"]
+__all__ = ["SQLiteJournal", "SQLiteStore", "jobs_that_wrote", "read_state"]
 
 log = logging.getLogger("bulk_update")
 
@@ -116,27 +114,17 @@ _INSERT = (
     f"VALUES (?, {', '.join('?' for _ in (*STORED, *STORED_TIMING))})"
 )
 _NO_TIMING = (None, None, None)
-_CONVERSATION, _REQUEST = schema.ID_PREFIXES["conversation_id"], schema.ID_PREFIXES["request_id"]
-# Row numbers are below 2**32 (polars' row index is 32-bit).
-_ROWS_PER_RUN = 1 << 32
+# Where each of the results' columns (STORED) is in a row of _INSERT's values, after the id.
+_AT = {name: index for index, name in enumerate(STORED)}
 _VIEW = (
     "CREATE VIEW IF NOT EXISTS run_outcomes AS SELECT id >> 32 AS run_id, "  # noqa: S608
     f"id & 4294967295 AS row_number, {schema.stored_columns('sqlite')} FROM outcomes"
 )
-# An entry's metadata (layout 6): its own, else the sent_metadata of the outcome that set it (the
-# same transaction wrote both; an outcome that set an entry is never written again: a row's entry
-# is forgotten before the row is sent).
-_STATE_METADATA = (
-    "coalesce({s}metadata, (SELECT o.sent_metadata FROM {schema}outcomes AS o "
-    "WHERE o.id = {s}outcome))"
-)
-# The job's state as the older layouts kept it (an operator's view): what the job last set.
+# The job's state (an operator's view): what the job last set.
 _STATE_VIEW = (
     "CREATE VIEW IF NOT EXISTS job_state AS SELECT conversation_id, "  # noqa: S608
-    f"{_STATE_METADATA.format(schema='', s='last_set.')} AS metadata, set_at FROM last_set"
+    f"{entry_metadata('last_set.')} AS metadata, set_at FROM last_set"
 )
-# A set_at as layout 6 keeps it (Unix seconds) from layout 5's text (kept if it is not a time).
-_SET_AT = "coalesce(CAST(strftime('%s', set_at) AS INTEGER), set_at)"
 # The store's own tables (anything else in a new file is not a store).
 _TABLES = tuple(table.name for table in schema.TABLES if table.sqlite is not None)
 # The outcomes that also set the job's state entry: the server confirmed the row's values.
@@ -147,7 +135,9 @@ _DIALECT = Dialect(
     name="sqlite", now=":now", clock=":clock", age=":clock - r.heartbeat_at",
     rows="id BETWEEN :first AND :last", run_rows="id BETWEEN :first AND :last",
     row="id - :base", order="id", state="", ids="SELECT value AS id FROM json_each(:ids)",
-    runs="SELECT value FROM json_each(:runs)", returning="", rows_per_run=_ROWS_PER_RUN,
+    runs="SELECT value FROM json_each(:runs)", returning="", rows_per_run=schema.ROWS_PER_RUN,
+    batch="(SELECT json_extract(value, '$.r') AS r, json_extract(value, '$.i') AS i, "
+    "json_extract(value, '$.m') AS m FROM json_each(:batch)) AS t",
     stored=schema.stored_columns("sqlite"), timing=schema.timing_columns("sqlite"),
 )  # fmt: skip
 
@@ -273,6 +263,16 @@ def _retrying(outage: Outage, path: Path, work: Callable[[], T], *, reads: bool 
         return result
 
 
+def _transacting(db: sqlite3.Connection, outage: Outage, path: Path, work: Work[T]) -> T:
+    """``work`` in one transaction on ``db``, tried again as ``_retrying`` says."""
+
+    def transact() -> T:
+        with _transaction(db):
+            return work(db)
+
+    return _retrying(outage, path, transact)
+
+
 def check_store_file(path: Path) -> None:
     """A store file that exists must hold a store: an empty file is refused, never taken for a
     new store (a store emptied by accident would be, and every row sent again). The job never
@@ -321,80 +321,36 @@ def _connect_to_read(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _as_json(rows: pl.DataFrame) -> str:
-    """A batch's rows (``ROW_NUMBER, conversation_id, sent_metadata``) as one JSON array for
-    ``json_each``: the comparison and the journaling of unchanged rows then run inside SQLite,
-    with no Python object per row. Sorted by ID, so that ``last_set`` is walked in order rather
-    than probed at random."""
-    short = rows.select(r=ROW_NUMBER, i="conversation_id", m="sent_metadata")
-    return short.sort("i").write_json()
-
-
-def _entry_metadata(db: sqlite3.Connection, schema: str) -> str:
-    """The SQL of an entry's metadata (``s``, of ``last_set`` in ``schema``): its own, or, from
-    layout 6, the ``sent_metadata`` of the outcome that set it (``_STATE_METADATA``). A store
-    read as another job's state (--since-state), or read only, may be of an older layout."""
-    columns = {row[1] for row in db.execute(f"PRAGMA {schema}.table_info(last_set)")}
-    if "outcome" not in columns:
-        return "s.metadata"
-    return _STATE_METADATA.format(schema=f"{schema}.", s="s.")
-
-
-def _changed_rows(db: sqlite3.Connection, schema: str, rows: pl.DataFrame) -> list[int]:
-    if rows.is_empty():
-        return []
-    found = db.execute(
-        "SELECT json_extract(j.value, '$.r') FROM json_each(?) AS j WHERE NOT EXISTS ("  # noqa: S608
-        f"SELECT 1 FROM {schema}.last_set AS s WHERE s.conversation_id = "
-        f"json_extract(j.value, '$.i') AND {_entry_metadata(db, schema)} = "
-        "json_extract(j.value, '$.m'))",
-        (_as_json(rows),),
-    )
-    return [number for (number,) in found]
-
-
-def _legacy_state(path: Path) -> Path:
-    """The state file of the older layout that this store replaces."""
-    return path.with_name(path.name.removesuffix(".sqlite") + ".state.sqlite")
-
-
-def _has_state(path: Path) -> bool:
-    """Is ``path`` a store, or a state file of the older layout (it has ``last_set``)?"""
-    try:
-        with contextlib.closing(_connect(path, read_only=True)) as db:
-            db.execute("SELECT count(*) FROM last_set").fetchone()
-    except sqlite3.DatabaseError:
-        return False
-    return True
-
-
 def _check_since(since: str) -> Path:
-    """--since-state's file, if it is a store (or a state file of the older layout)."""
+    """--since-state's file, if it is a store this version can read."""
     path = Path(since)
     if not path.is_file():
         raise ConfigError(f"--since-state {since}: no such file")
-    if not _has_state(path):
-        raise ConfigError(f"--since-state {since}: not a bulk-update state (no last_set table)")
+    try:
+        with contextlib.closing(_connect(path, read_only=True)) as db:
+            db.execute("SELECT count(*) FROM last_set").fetchone()
+            _layout(db, path)
+    except sqlite3.DatabaseError:
+        raise ConfigError(
+            f"--since-state {since}: not a bulk-update state (no last_set table)"
+        ) from None
+    except JournalError as exc:
+        raise ConfigError(f"--since-state {exc}") from None
     return path
 
 
 def jobs_that_wrote(directory: Path, results: list[str]) -> list[str]:
     """See ``bulk_update.store.jobs_that_wrote``: the stores in ``directory``, read only."""
     jobs: set[str] = set()
-    marks = ", ".join("?" for _ in results)
     for path in sorted(directory.glob("*.sqlite")):
         try:
             # Not mode=ro: a read-only connection to a WAL database leaves its -wal and -shm
             # files behind; a plain one, the last to close, removes them. It only reads.
             with contextlib.closing(sqlite3.connect(_uri(path), uri=True)) as db:
                 db.execute("PRAGMA query_only = 1")
-                found = db.execute(
-                    f"SELECT DISTINCT job FROM runs WHERE results IN ({marks})",  # noqa: S608
-                    results,
-                ).fetchall()
+                jobs.update(core.jobs_that_wrote(_DIALECT, db, results))
         except sqlite3.Error:  # not a store of this version, or not a store at all
             continue
-        jobs.update(str(job) for (job,) in found)
     return sorted(jobs)
 
 
@@ -409,7 +365,7 @@ class _Reader:
 
     def changed_rows(self, rows: pl.DataFrame) -> list[int]:
         with self._read_lock:
-            return _changed_rows(self._db, self._schema, rows)
+            return changed_rows(_DIALECT, self._db, rows, None, f"{self._schema}.")
 
 
 @contextlib.contextmanager
@@ -418,13 +374,9 @@ def read_state(path: Path, since: str | None = None) -> Iterator[_Reader | None]
     if since is not None:
         source: Path | None = _check_since(since)
     else:
-        source = next((p for p in (path, _legacy_state(path)) if p.is_file()), None)
+        source = path if path.is_file() else None
         if source is not None:
             check_store_file(source)
-            if not _has_state(source):
-                raise JournalError(
-                    f"{source}: not a bulk-update store; choose another --state-dir or --job-name"
-                )
     if source is None:
         yield None
         return
@@ -433,8 +385,12 @@ def read_state(path: Path, since: str | None = None) -> Iterator[_Reader | None]
     except sqlite3.DatabaseError as exc:
         raise JournalError(f"{source}: not a bulk-update store ({exc})") from None
     with contextlib.closing(db):
-        if source == path:  # the job's own store: one this version can use (of any layout)
-            _layout(db, path)
+        if source == path:  # the job's own store: one this version can use
+            version = _layout(db, path)
+            if version == 0:
+                raise JournalError(f"{path}: not a bulk-update store; {_MOVE_IT_AWAY}")
+            if version == schema.LAYOUT_VERSION:
+                _check_columns(db, path)
         yield _Reader(db)
 
 
@@ -451,7 +407,7 @@ def _create_new(path: Path) -> None:
         db = _connect(temporary)
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            _make_tables(db, temporary, legacy=_legacy_state(path))
+            _make_tables(db, temporary)
         finally:
             db.close()  # the last connection: SQLite folds the WAL into the file
         with contextlib.suppress(FileExistsError):
@@ -474,18 +430,11 @@ _MOVE_IT_AWAY = (
 def _layout(db: sqlite3.Connection, path: Path) -> int:
     """The layout of the store ``db`` (0: a database with none of the job's tables yet, a new
     store), if this version can use it; JournalError, naming it, if it cannot: a number no
-    version wrote, a newer layout, or a table or view that is no store's."""
+    version wrote, a development or a newer layout, or a table or view that is no store's."""
     version: int = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > LAYOUT_VERSION:
-        raise JournalError(
-            f"{path}: written by a newer bulk-update (layout {version}); upgrade bulk-update "
-            f"(this one reads layouts up to {LAYOUT_VERSION})"
-        )
-    if version < 0:
-        raise JournalError(
-            f"{path}: not a bulk-update store (layout {version}, which no version wrote); "
-            f"{_MOVE_IT_AWAY}"
-        )
+    refusal = version and schema.layout_refusal(str(path), version, _MOVE_IT_AWAY)
+    if refusal:
+        raise JournalError(refusal)
     ours = ", ".join(f"'{name}'" for name in (*_TABLES, "run_outcomes", "job_state"))
     others = db.execute(
         "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "  # noqa: S608
@@ -513,128 +462,24 @@ def _check_columns(db: sqlite3.Connection, path: Path) -> None:
             )
 
 
-def _make_tables(db: sqlite3.Connection, path: Path, legacy: Path | None = None) -> None:
-    """Create or migrate the tables (``legacy``: the older layout's state file, whose entries a
-    new store takes over); refuse (JournalError) a file this version cannot use."""
-    fresh = db.execute("PRAGMA user_version").fetchone()[0] == 0
-    take_over = fresh and legacy is not None and legacy.is_file()
-    if take_over:
-        assert legacy is not None
-        _attach_legacy(db, legacy, "state file")
+def _make_tables(db: sqlite3.Connection, path: Path) -> None:
+    """Create the tables, or bring a store of an older released layout to this one; refuse
+    (JournalError) a file this version cannot use."""
     with _transaction(db):
         version = _layout(db, path)
-        if version in (0, LAYOUT_VERSION):  # tables of this layout (or another program's)
+        if version in (0, schema.LAYOUT_VERSION):  # tables of this layout (or another program's)
             _check_columns(db, path)
         for statement in schema.create("sqlite"):
             db.execute(statement)
-        if 0 < version < LAYOUT_VERSION:
-            _migrate_or_refuse(db, path, version)
+        for statement in schema.upgrade("sqlite", version) if version else ():
+            db.execute(statement)
         db.execute(_VIEW)
         db.execute(_STATE_VIEW)
         _check_columns(db, path)  # and once made or brought to this layout
-        if version == 0 and take_over:
-            assert legacy is not None
-            _take_over_state(db, legacy)
-        db.execute(f"PRAGMA user_version={LAYOUT_VERSION}")
-    if take_over:
-        db.execute("DETACH DATABASE legacy")
+        db.execute(f"PRAGMA user_version={schema.LAYOUT_VERSION}")
 
 
-def _attach_legacy(db: sqlite3.Connection, legacy: Path, what: str) -> None:
-    """``legacy`` (an older layout's journal or state file) attached read only as ``legacy``;
-    JournalError, naming it, if it is no database."""
-    try:
-        db.execute("ATTACH DATABASE ? AS legacy", (_uri(legacy, read_only=True),))
-        db.execute("SELECT count(*) FROM legacy.sqlite_master").fetchone()
-    except sqlite3.DatabaseError as exc:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("DETACH DATABASE legacy")
-        raise JournalError(_unreadable_legacy(legacy, what, first_line(exc))) from None
-
-
-def _unreadable_legacy(legacy: Path, what: str, detail: str) -> str:
-    return (
-        f"{legacy}: a {what} of an older bulk-update that this version cannot read ({detail}); "
-        "move it away (or run with --restart) to start without it"
-    )
-
-
-def _take_over_state(db: sqlite3.Connection, legacy: Path) -> None:
-    """A new store takes over the entries of the state file of the older layout (attached as
-    ``legacy``), in the transaction that makes it."""
-    found = {row[1] for row in db.execute("PRAGMA legacy.table_info(last_set)")}
-    lacking = sorted({"conversation_id", "metadata", "set_at"} - found)
-    if lacking:
-        raise JournalError(
-            _unreadable_legacy(legacy, "state file", f"its last_set lacks {', '.join(lacking)}")
-        )
-    db.execute(
-        "INSERT OR IGNORE INTO last_set SELECT conversation_id, metadata, "  # noqa: S608
-        f"{_SET_AT}, NULL FROM legacy.last_set"
-    )
-    log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
-
-
-def _migrate_or_refuse(db: sqlite3.Connection, path: Path, version: int) -> None:
-    """``_migrate`` from the number ``version`` the store holds; a store whose tables are not
-    what that number says (a layout of a version that was never numbered) is refused, naming
-    it, rather than half read."""
-    try:
-        _migrate(db, schema.unified_version("sqlite", version))
-    except sqlite3.OperationalError as exc:
-        if getattr(exc, "sqlite_errorname", "") != "SQLITE_ERROR":  # full, busy, I/O: not ours
-            raise
-        raise JournalError(
-            f"{path}: a store of layout {version} that this version cannot bring to layout "
-            f"{LAYOUT_VERSION} ({first_line(exc)}); {_MOVE_IT_AWAY}"
-        ) from None
-
-
-def _migrate(db: sqlite3.Connection, version: int) -> None:
-    """Bring a store of an older layout (of ``schema.LAYOUTS``) to this one: the columns added
-    since (the tables are created by ``schema.create``), the tables layout 6 rebuilt, and the
-    view of outcomes (made again by the caller)."""
-    db.execute("DROP VIEW IF EXISTS run_outcomes")
-    db.execute("DROP VIEW IF EXISTS job_state")  # views follow a renamed table: made again after
-    before = {new.name: old for old, new in schema.REBUILT} if version < 6 else {}
-    for table in schema.TABLES:
-        added = before.get(table.name, table).added_columns("sqlite", version)
-        if not added:
-            continue
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({table.name})")}
-        for name, declared in added:
-            if name not in have:
-                db.execute(f"ALTER TABLE {table.name} ADD COLUMN {name} {declared}")
-    if version < 6:
-        _rebuild(db)
-
-
-def _rebuild(db: sqlite3.Connection) -> None:
-    """Layout 5's outcomes and last_set in layout 6's form (store/schema.py), in the caller's
-    transaction: ``metadata`` that is the ``sent_metadata`` becomes ``''``, the timing integer
-    milliseconds, ``set_at`` Unix seconds. IDs stay TEXT (read as they are)."""
-    copied = {
-        "outcomes": (
-            f"id, {_COLUMNS}, {', '.join(STORED_TIMING)}",
-            ", ".join(
-                "CASE WHEN metadata = sent_metadata THEN '' ELSE metadata END"
-                if name == "metadata" else name for name in ("id", *STORED)
-            ) + ", CAST(sent_at * 1000 AS INTEGER), "
-            "CAST(answered_at * 1000 AS INTEGER) - CAST(sent_at * 1000 AS INTEGER), latency_ms",
-        ),
-        "last_set": ("conversation_id, metadata, set_at", f"conversation_id, metadata, {_SET_AT}"),
-    }  # fmt: skip
-    for _, table in schema.REBUILT:
-        into, values = copied[table.name]
-        db.execute(f"ALTER TABLE {table.name} RENAME TO {table.name}_5")
-        created = table.create("sqlite")
-        assert created is not None
-        db.execute(created)
-        db.execute(f"INSERT INTO {table.name} ({into}) SELECT {values} FROM {table.name}_5")  # noqa: S608
-        db.execute(f"DROP TABLE {table.name}_5")
-
-
-class SQLiteStore(StoreCore):
+class SQLiteStore(Store):
     """Open with ``SQLiteStore.open``; use as a context manager to close it. ``timeout``: how
     long the file may stay locked by another process (--store-timeout)."""
 
@@ -687,8 +532,8 @@ class SQLiteStore(StoreCore):
     def open_to_read(cls, path: Path, timeout: float = DEFAULT_STORE_TIMEOUT_S) -> SQLiteStore:
         """A store that a command only reads (``history``, ``status``, ``report``), opened read
         only: a read-only file, or one in a read-only directory, can be read, and nothing in it
-        changes. A store of an older layout is brought to this one first, as a run would
-        (``open``): that takes a file that can be written."""
+        changes. A store of an older released layout is brought to this one first, as a run
+        would (``open``): that takes a file that can be written."""
         check_store_file(path)
         outage = Outage(str(path), timeout, state="locked by another process",
                         backoff=(0.05, 0.5))  # fmt: skip
@@ -698,7 +543,7 @@ class SQLiteStore(StoreCore):
             raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
         try:
             version = _layout(db, path)
-            if version == LAYOUT_VERSION:
+            if version == schema.LAYOUT_VERSION:
                 _check_columns(db, path)
                 return cls(path, db, outage, Opened.at(path))
         except BaseException:
@@ -713,11 +558,7 @@ class SQLiteStore(StoreCore):
         return cls.open(path, timeout)
 
     def _transact(self, work: Work[T]) -> T:
-        def transact() -> T:
-            with _transaction(self._db):
-                return work(self._db)
-
-        return _retrying(self._outage, self.path, transact)
+        return _transacting(self._db, self._outage, self.path, work)
 
     def _read(self, work: Work[T]) -> T:
         return _retrying(self._outage, self.path, lambda: work(self._db))
@@ -743,69 +584,16 @@ class SQLiteStore(StoreCore):
                 release_lock(lock)
             raise
 
-    def _find_or_start(self, opening: Opening, started: Started | None = None) -> int:
-        """A run the older layout started (its journal beside the results) resumes here: a run
-        this version starts for those results takes the journal's outcomes over, in the
-        transaction that starts it; a journal it cannot take over refuses the run (a run that
-        passed it over would send its rows again). --restart starts without it."""
-        key = opening.key
-        legacy = Path(key.results + ".journal.sqlite")
-        if opening.restart or is_remote(key.results) or not legacy.is_file():
-            return super()._find_or_start(opening, started)
-        try:
-            _attach_legacy(self._db, legacy, "journal")
-        except JournalError as exc:  # it matters only to a run this version starts
-            refusal = exc
-
-            def refuse(conn: Connection, run_id: int) -> None:
-                raise refusal
-
-            return super()._find_or_start(opening, refuse)
-        try:
-            take_over = functools.partial(_take_over_journal, legacy, opening.fingerprint)
-            return super()._find_or_start(opening, take_over)
-        finally:
-            self._db.execute("DETACH DATABASE legacy")
-
-    def budget(self, job: str) -> SQLiteBudget:
-        return SQLiteBudget(self.path, job, self._outage)
+    def budget(self, job: str) -> BudgetCore:
+        """Its own connection, so that a claim from a thread never meets a journal's
+        transaction."""
+        db = _connect(self.path)
+        return BudgetCore(
+            _DIALECT, functools.partial(_transacting, db, self._outage, self.path), job, db.close
+        )
 
     def close(self) -> None:
         self._db.close()
-
-
-def _take_over_journal(legacy: Path, fingerprint: str, conn: Connection, run_id: int) -> None:
-    """The outcomes of the journal of the older layout (attached as ``legacy``) taken over by
-    the run ``run_id`` that the transaction of ``conn`` starts; JournalError, naming the
-    journal and what to do, if it is of another input or mapping, or cannot be read."""
-    assert isinstance(conn, sqlite3.Connection)
-    try:
-        stored = conn.execute("SELECT value FROM legacy.meta WHERE key = 'fingerprint'").fetchone()
-        had = {row[1] for row in conn.execute("PRAGMA legacy.table_info(outcomes)")}
-    except sqlite3.DatabaseError as exc:
-        raise JournalError(_unreadable_legacy(legacy, "journal", first_line(exc))) from None
-    lacking = [name for name in ("row_number", "status") if name not in had]
-    if stored is None or lacking:
-        what = f"its outcomes lack {', '.join(lacking)}" if lacking else "no fingerprint"
-        raise JournalError(_unreadable_legacy(legacy, "journal", what))
-    try:
-        changed = changed_fields(stored[0], fingerprint)
-    except (ValueError, TypeError, AttributeError) as exc:  # not a fingerprint's JSON object
-        what = f"its fingerprint: {first_line(exc)}"
-        raise JournalError(_unreadable_legacy(legacy, "journal", what)) from None
-    if changed:
-        raise JournalError(
-            f"{legacy}: the journal of a run an older bulk-update began for these results, with "
-            f"another input or mapping (changed: {', '.join(changed)}); run with --restart to "
-            "start afresh without it (it is left as it is)"
-        )
-    columns = ", ".join(name for name in STORED if name in had)
-    conn.execute(
-        f"INSERT OR IGNORE INTO outcomes (id, {columns}) "  # noqa: S608
-        f"SELECT ? + row_number, {columns} FROM legacy.outcomes",
-        (run_id * _ROWS_PER_RUN,),
-    )
-    log.info("took over %s", legacy, extra={"event": "migrate", "from": str(legacy)})
 
 
 def _gone(opened: Opened, became: str, *, store: bool) -> str:
@@ -854,75 +642,11 @@ def _lock_run(path: Path, key: RunKey) -> list[IO[str] | None]:
     return locks
 
 
-class SQLiteBudget:
-    """The rate budget of the shards sharing this store on one machine: one timeline of request
-    slots in the ``budget`` table (wall-clock seconds: the shards share the machine's clock).
-    Its own connection, so that a claim from a thread never meets a journal's transaction."""
-
-    def __init__(self, path: Path, job: str, outage: Outage) -> None:
-        self._path = path
-        self._db = _connect(path)
-        self._job = job
-        self._outage = outage
-        # This shard's last claim: where it began and where the timeline ended after it.
-        self._claimed: tuple[float, float] | None = None
-
-    def _move(self, span: float, at_least: float = 0.0) -> float:
-        def move() -> float:
-            with _transaction(self._db):
-                now = time.time()
-                row = self._db.execute("SELECT next_at FROM budget WHERE job = ?", (self._job,))
-                found = row.fetchone()
-                start = max(found[0] if found else now, now + at_least)
-                self._db.execute(
-                    "INSERT OR REPLACE INTO budget VALUES (?, ?)", (self._job, start + span)
-                )
-            if span:
-                self._claimed = (start, start + span)
-            return start - now
-
-        return _retrying(self._outage, self._path, move)
-
-    def claim(self, count: int, interval_s: float) -> float:
-        return self._move(count * interval_s)
-
-    def hold_back(self, seconds: float) -> None:
-        self._move(0.0, seconds)
-
-    def _give_back(self) -> None:
-        """The slots of this shard's last claim that have not begun go back to the timeline,
-        if no claim (nor hold-back) came after it; else they are only lost."""
-        if self._claimed is None:
-            return
-        start, end = self._claimed
-
-        def give_back() -> None:
-            with _transaction(self._db):
-                now = time.time()
-                if now < end:
-                    self._db.execute(
-                        "UPDATE budget SET next_at = ? WHERE job = ? AND next_at = ?",
-                        (max(now, start), self._job, end),
-                    )
-
-        _retrying(self._outage, self._path, give_back)
-
-    def close(self) -> None:
-        """This shard claims no more: what it claimed and did not begin is given back, best
-        effort (a store that fails here loses those slots, never more)."""
-        try:
-            self._give_back()
-        except Exception as exc:  # the run's own error, if any, is the news
-            log.debug("budget not given back: %s", exc)
-        finally:
-            self._db.close()
-
-
 # What a run's writer commits: a function of its connection, run inside the group's transaction.
 Write = Callable[[sqlite3.Connection], object]
 
 
-class SQLiteJournal(_Reader, JournalCore):
+class SQLiteJournal(_Reader, Journal):
     """One run's outcomes in a SQLite store; see ``bulk_update.store.Journal``. Reads go
     through the store's connection (one at a time, from any thread), writes through the run's
     writer thread (``GroupWriter``), which has a connection of its own.
@@ -947,7 +671,7 @@ class SQLiteJournal(_Reader, JournalCore):
         path = self.path = opened.path
         self.run_id = run_id
         self._outage = outage
-        self._base = run_id * _ROWS_PER_RUN  # outcomes.id of row 0
+        self._base = run_id * schema.ROWS_PER_RUN  # outcomes.id of row 0
         self._locks = locks
         self._dialect = _DIALECT
         self._unfinished_are(unfinished)
@@ -1080,26 +804,26 @@ class SQLiteJournal(_Reader, JournalCore):
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(_INSERT, values)
-            db.execute("INSERT OR REPLACE INTO last_set VALUES (?, NULL, ?, ?)", entry)
+            db.execute(
+                "INSERT OR REPLACE INTO last_set (conversation_id, set_at, outcome) "
+                "VALUES (?, ?, ?)",
+                entry,
+            )
 
         await self._write(write)
 
     def _values(self, outcome: RowOutcome, timing: RowTiming | None = None) -> tuple[Any, ...]:
-        """The row of outcomes (layout 6: see store/schema.py)."""
-        (conversation_id, status, http_status, attempts, error_type, error_code, error_message,
-         request_id, created_at, metadata, sent, previous, server) = _stored(outcome)  # fmt: skip
+        """The row of outcomes (_INSERT's columns), as it keeps the values (store/schema.py)."""
+        values = list(_stored(outcome))
+        for name, prefix in schema.ID_PREFIXES.items():
+            values[_AT[name]] = _hexed(values[_AT[name]], prefix)
+        if values[_AT["metadata"]] == values[_AT["sent_metadata"]] is not None:
+            values[_AT["metadata"]] = ""
         if timing is None:
-            times: tuple[int | None, ...] = _NO_TIMING
-        else:
-            sent_ms = math.floor(timing.sent_at * 1000)
-            times = (sent_ms, math.floor(timing.answered_at * 1000) - sent_ms, timing.latency_ms)
-        return (
-            self._base + outcome.row_number, _hexed(conversation_id, _CONVERSATION), status,
-            http_status, attempts, error_type, error_code, error_message,
-            _hexed(request_id, _REQUEST), created_at,
-            "" if metadata == sent and metadata is not None else metadata, sent, previous,
-            server, *times,
-        )  # fmt: skip
+            return (self._base + outcome.row_number, *values, *_NO_TIMING)
+        sent_ms = math.floor(timing.sent_at * 1000)
+        answer_ms = math.floor(timing.answered_at * 1000) - sent_ms
+        return (self._base + outcome.row_number, *values, sent_ms, answer_ms, timing.latency_ms)
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
         if self._gone is not None:  # the run stops: no more batches
@@ -1112,7 +836,7 @@ class SQLiteJournal(_Reader, JournalCore):
             raise self._gone
         if rows.is_empty():
             return
-        rows_json = _as_json(rows)
+        rows_json = batch_json(rows)
         copy = self._schema == "since"
 
         def write(db: sqlite3.Connection) -> None:
@@ -1124,7 +848,8 @@ class SQLiteJournal(_Reader, JournalCore):
             )
             if copy:  # the metadata is the unchanged row's sent_metadata: named, not copied
                 db.execute(
-                    "INSERT OR REPLACE INTO last_set SELECT s.conversation_id, NULL, s.set_at, "
+                    "INSERT OR REPLACE INTO last_set (conversation_id, set_at, outcome) "
+                    "SELECT s.conversation_id, s.set_at, "
                     "? + json_extract(j.value, '$.r') FROM json_each(?) AS j JOIN "
                     "since.last_set AS s ON s.conversation_id = json_extract(j.value, '$.i')",
                     (self._base, rows_json),
