@@ -51,6 +51,16 @@ def wait_for_line(process: subprocess.Popen[str], found: str) -> list[str]:
     raise AssertionError(f"no line {found!r} before the end: {''.join(lines)[-3000:]}")
 
 
+def rest_of(process: subprocess.Popen[str]) -> str:
+    """The rest of its stderr, to the end, through the same file object as the lines read so
+    far: ``communicate(timeout=...)`` reads the pipe's descriptor itself and would lose what that
+    object had already read ahead (a line cut in two, the lines before it gone)."""
+    assert process.stderr is not None
+    rest = process.stderr.read()
+    process.wait(timeout=120)
+    return rest
+
+
 def said(stderr: str) -> list[str]:
     """What the command said (import times left out)."""
     return [line for line in stderr.splitlines() if not line.startswith("import time:")]
@@ -71,8 +81,7 @@ def test_a_signal_while_the_libraries_load_ends_the_command_quietly(
     process = spawn(emu, tmp_path, "-X", "importtime")
     before = wait_for_line(process, loaded)
     process.send_signal(signum)
-    _, rest = process.communicate(timeout=120)
-    stderr = "".join(before) + rest
+    stderr = "".join(before) + rest_of(process)
     assert process.returncode == 128 + signum, stderr[-3000:]
     assert "Traceback" not in stderr
     assert "KeyboardInterrupt" not in stderr
@@ -108,8 +117,7 @@ def test_a_signal_after_the_first_line_is_the_jobs(
     first = process.stderr.readline()
     assert first
     process.send_signal(signal.SIGINT)
-    _, rest = process.communicate(timeout=120)
-    stderr = first + rest
+    stderr = first + rest_of(process)
     assert process.returncode in {130, 0}, stderr[-3000:]
     assert "Traceback" not in stderr
     assert said(stderr)[-1].startswith("bulk-update: 50 rows:")
