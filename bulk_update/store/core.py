@@ -54,6 +54,7 @@ __all__ = [
     "Dialect",
     "Journal",
     "Opening",
+    "Recorded",
     "Store",
     "Work",
     "batch_json",
@@ -77,6 +78,8 @@ class Connection(Protocol):
 
 # A piece of work on a connection: a backend runs it in one transaction (or as one read).
 Work = Callable[[Connection], T]
+# A sent (or read) row's outcome for the run's writer, with its timing if it was sent.
+Recorded = tuple[RowOutcome, RowTiming | None]
 
 assert TIMELINE.names("sqlite") == ("run_id", *TIMELINE_COLUMNS)
 
@@ -735,22 +738,39 @@ class Journal(StateReader):
     async def forget(self, conversation_id: str) -> None:
         """Before a row is sent: from now until the API confirms, its state is unknown. Returns
         once that is committed."""
-        raise NotImplementedError
+        await self._submit(conversation_id)
 
     async def record(self, outcome: RowOutcome, timing: RowTiming | None = None) -> None:
         """Commit one sent (or read) row's outcome, with its state entry if the server
         confirmed its values (``updated``, or ``unchanged`` after a read); return once it is
         committed."""
-        raise NotImplementedError
+        await self._submit((outcome, timing))
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
         """Commit the outcomes of rows that were not sent (invalid), in one transaction."""
-        raise NotImplementedError
+        rows: list[Recorded] = [(outcome, None) for outcome in outcomes]
+        if rows:
+            self._commit_outcomes(rows)
 
     def record_unchanged(self, rows: pl.DataFrame) -> None:
         """Commit a batch's ``unchanged`` rows (``ROW_NUMBER, conversation_id,
         sent_metadata``); found unchanged against --since-state, their entries are copied into
         this job's state in the same transaction."""
+        if not rows.is_empty():
+            self._commit_unchanged(rows)
+
+    async def _submit(self, item: Recorded | str) -> None:
+        """Give the run's writer an outcome or a forget (a conversation ID): it commits them in
+        groups (store/grouped.py), each what came while the last one was committed. Return
+        once this one is committed."""
+        raise NotImplementedError
+
+    def _commit_outcomes(self, rows: list[Recorded]) -> None:
+        """``record_many``'s outcomes (some), committed in one transaction."""
+        raise NotImplementedError
+
+    def _commit_unchanged(self, rows: pl.DataFrame) -> None:
+        """``record_unchanged``'s rows (some), committed in one transaction."""
         raise NotImplementedError
 
     def close(self) -> None:

@@ -64,7 +64,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import polars as pl
@@ -83,9 +83,9 @@ from bulk_update.exceptions import (
     Unreachable,
     first_line,
 )
-from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
+from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, Status
 from bulk_update.store import core, schema
-from bulk_update.store.core import BudgetCore, Dialect, Journal, Opening, Store, Work
+from bulk_update.store.core import BudgetCore, Dialect, Journal, Opening, Recorded, Store, Work
 from bulk_update.store.grouped import LoopGroupWriter
 from bulk_update.store.lease import (
     LEASE_S,
@@ -98,7 +98,7 @@ from bulk_update.store.lease import (
 )
 from bulk_update.store.outage import Hurry, Outage, Watchdog
 from bulk_update.store.schema import STORED, STORED_TIMING
-from bulk_update.store.types import RowTiming, RunKey
+from bulk_update.store.types import RunKey
 from bulk_update.store.url import check_url, redact, secrets
 
 __all__ = ["SCHEMA", "PostgresJournal", "PostgresStore", "jobs_that_wrote",
@@ -826,9 +826,6 @@ class PostgresStore(Store):
         self._session.close()
 
 
-Recorded = tuple[RowOutcome, RowTiming | None]
-
-
 def _records(outcomes: list[Recorded]) -> str:
     return json.dumps(
         [
@@ -1124,11 +1121,8 @@ class PostgresJournal(_Reader, Journal):
 
     # Writing
 
-    async def forget(self, conversation_id: str) -> None:
-        await self._writer.submit(conversation_id)
-
-    async def record(self, outcome: RowOutcome, timing: RowTiming | None = None) -> None:
-        await self._writer.submit((outcome, timing))
+    async def _submit(self, item: Recorded | str) -> None:
+        await self._writer.submit(item)
 
     def _group(self, items: list[Recorded | str]) -> dict[str, Any]:
         forget = [item for item in items if isinstance(item, str)]
@@ -1140,15 +1134,11 @@ class PostgresJournal(_Reader, Journal):
             "records": _records(outcomes),
         }
 
-    def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
-        rows: list[Recorded] = [(outcome, None) for outcome in outcomes]
-        if rows:
-            records = _records(rows)
-            self._fenced(lambda conn: conn.execute(_UPSERT_OUTCOMES, (self.run_id, records)))
+    def _commit_outcomes(self, rows: list[Recorded]) -> None:
+        records = _records(rows)
+        self._fenced(lambda conn: conn.execute(_UPSERT_OUTCOMES, (self.run_id, records)))
 
-    def record_unchanged(self, rows: pl.DataFrame) -> None:
-        if rows.is_empty():
-            return
+    def _commit_unchanged(self, rows: pl.DataFrame) -> None:
         arrays = _arrays(rows)
 
         def write(conn: psycopg.Connection[Any]) -> None:
