@@ -776,11 +776,11 @@ class Journal(StateReader):
     def close(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> Journal:
-        raise NotImplementedError
+    def __enter__(self) -> Self:
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
-        raise NotImplementedError
+        self.close()
 
 
 # The budget: the end of the job's timeline of request slots, moved by each claim (``span``) or

@@ -1176,9 +1176,3 @@ class PostgresJournal(_Reader, Journal):
         self._ending.set()
         self._writer.cancel()
         self._session.unlock_all(self._lease.token)
-
-    def __enter__(self) -> PostgresJournal:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -875,9 +875,3 @@ class SQLiteJournal(_Reader, Journal):
         for lock in reversed(self._locks):
             release_lock(lock)
         self._locks = []
-
-    def __enter__(self) -> SQLiteJournal:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
