@@ -431,7 +431,20 @@ def _record(row: Mapping[str, Any]) -> RunRecord:
     return RunRecord(**{**{name: row[name] for name in _AS_STORED}, **made})
 
 
-class Store:
+class _Closing:
+    """Closed after use, as a ``with`` block closes it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Store(_Closing):
     """A job's store, what the job sees of either backend: the run's lifecycle and its record
     are done here alike. ``where`` names it for logs and summaries (never with a password). A
     backend sets ``where`` and ``_dialect`` and says how work reaches its database
@@ -527,15 +540,6 @@ class Store:
         """A run's outcomes, REPORT_COLUMNS, by row number."""
         return report_frame(self._fetch(_REPORT, self._dialect.span(run_id)))
 
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def budget(self, job: str) -> Budget:
         """The job's rate budget, shared by its running shards."""
         raise NotImplementedError
@@ -576,7 +580,7 @@ _ENTRIES_AMONG = (
 )
 
 
-class Journal(StateReader):
+class Journal(_Closing, StateReader):
     """One run's outcomes, and the job's state as the run changes it. Opened by
     ``Store.open_run``, which holds the run's locks until the journal is closed.
 
@@ -772,15 +776,6 @@ class Journal(StateReader):
     def _commit_unchanged(self, rows: pl.DataFrame) -> None:
         """``record_unchanged``'s rows (some), committed in one transaction."""
         raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 # The budget: the end of the job's timeline of request slots, moved by each claim (``span``) or
