@@ -10,8 +10,9 @@ what is its own: its locks, its writer, its budget, PostgreSQL's reconnection an
 
 The statements are written once, with named parameters (``:name``) and the ``Dialect``'s
 fragments in braces (``{now}``, ``{rows}`` …); ``Dialect.prepare`` turns one into the backend's
-SQL, once. The hot path (an outcome's commit, ``last_set``, a batch's comparison) is not here:
-each backend keeps its own, tuned to its database.
+SQL, once. The hot path's statements (an outcome's commit, ``last_set``, a batch's comparison)
+are not here: the journal's writes are, but each backend commits them with its own statements,
+tuned to its database.
 """
 
 from __future__ import annotations
@@ -590,7 +591,8 @@ class Journal(_Closing, StateReader):
 
     Its reads and the bookkeeping of its heartbeats and its end are done here alike. A backend
     sets ``run_id``, ``_dialect`` and ``_job`` (its state's key: PostgreSQL's job ID), calls
-    ``_unfinished_are``, says how work reaches its database, and writes outcomes its way."""
+    ``_unfinished_are``, says how work reaches its database, and commits outcomes its way
+    (``_submit`` to its grouping writer, ``_commit_outcomes``, ``_commit_unchanged``)."""
 
     run_id: int
     _dialect: Dialect
