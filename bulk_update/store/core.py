@@ -10,8 +10,9 @@ what is its own: its locks, its writer, its budget, PostgreSQL's reconnection an
 
 The statements are written once, with named parameters (``:name``) and the ``Dialect``'s
 fragments in braces (``{now}``, ``{rows}`` …); ``Dialect.prepare`` turns one into the backend's
-SQL, once. The hot path (an outcome's commit, ``last_set``, a batch's comparison) is not here:
-each backend keeps its own, tuned to its database.
+SQL, once. The hot path's statements (an outcome's commit, ``last_set``, a batch's comparison)
+are not here: the journal's writes are, but each backend commits them with its own statements,
+tuned to its database.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "Dialect",
     "Journal",
     "Opening",
+    "Recorded",
     "Store",
     "Work",
     "batch_json",
@@ -77,6 +79,8 @@ class Connection(Protocol):
 
 # A piece of work on a connection: a backend runs it in one transaction (or as one read).
 Work = Callable[[Connection], T]
+# A sent (or read) row's outcome for the run's writer, with its timing if it was sent.
+Recorded = tuple[RowOutcome, RowTiming | None]
 
 assert TIMELINE.names("sqlite") == ("run_id", *TIMELINE_COLUMNS)
 
@@ -428,7 +432,20 @@ def _record(row: Mapping[str, Any]) -> RunRecord:
     return RunRecord(**{**{name: row[name] for name in _AS_STORED}, **made})
 
 
-class Store:
+class _Closing:
+    """Closed after use, as a ``with`` block closes it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Store(_Closing):
     """A job's store, what the job sees of either backend: the run's lifecycle and its record
     are done here alike. ``where`` names it for logs and summaries (never with a password). A
     backend sets ``where`` and ``_dialect`` and says how work reaches its database
@@ -524,15 +541,6 @@ class Store:
         """A run's outcomes, REPORT_COLUMNS, by row number."""
         return report_frame(self._fetch(_REPORT, self._dialect.span(run_id)))
 
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def budget(self, job: str) -> Budget:
         """The job's rate budget, shared by its running shards."""
         raise NotImplementedError
@@ -573,7 +581,7 @@ _ENTRIES_AMONG = (
 )
 
 
-class Journal(StateReader):
+class Journal(_Closing, StateReader):
     """One run's outcomes, and the job's state as the run changes it. Opened by
     ``Store.open_run``, which holds the run's locks until the journal is closed.
 
@@ -583,7 +591,8 @@ class Journal(StateReader):
 
     Its reads and the bookkeeping of its heartbeats and its end are done here alike. A backend
     sets ``run_id``, ``_dialect`` and ``_job`` (its state's key: PostgreSQL's job ID), calls
-    ``_unfinished_are``, says how work reaches its database, and writes outcomes its way."""
+    ``_unfinished_are``, says how work reaches its database, and commits outcomes its way
+    (``_submit`` to its grouping writer, ``_commit_outcomes``, ``_commit_unchanged``)."""
 
     run_id: int
     _dialect: Dialect
@@ -735,31 +744,39 @@ class Journal(StateReader):
     async def forget(self, conversation_id: str) -> None:
         """Before a row is sent: from now until the API confirms, its state is unknown. Returns
         once that is committed."""
-        raise NotImplementedError
+        await self._submit(conversation_id)
 
     async def record(self, outcome: RowOutcome, timing: RowTiming | None = None) -> None:
         """Commit one sent (or read) row's outcome, with its state entry if the server
         confirmed its values (``updated``, or ``unchanged`` after a read); return once it is
         committed."""
-        raise NotImplementedError
+        await self._submit((outcome, timing))
 
     def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
         """Commit the outcomes of rows that were not sent (invalid), in one transaction."""
-        raise NotImplementedError
+        rows: list[Recorded] = [(outcome, None) for outcome in outcomes]
+        if rows:
+            self._commit_outcomes(rows)
 
     def record_unchanged(self, rows: pl.DataFrame) -> None:
         """Commit a batch's ``unchanged`` rows (``ROW_NUMBER, conversation_id,
         sent_metadata``); found unchanged against --since-state, their entries are copied into
         this job's state in the same transaction."""
+        if not rows.is_empty():
+            self._commit_unchanged(rows)
+
+    async def _submit(self, item: Recorded | str) -> None:
+        """Give the run's writer an outcome or a forget (a conversation ID): it commits them in
+        groups (store/grouped.py), each what came while the last one was committed. Return
+        once this one is committed."""
         raise NotImplementedError
 
-    def close(self) -> None:
+    def _commit_outcomes(self, rows: list[Recorded]) -> None:
+        """``record_many``'s outcomes (some), committed in one transaction."""
         raise NotImplementedError
 
-    def __enter__(self) -> Journal:
-        raise NotImplementedError
-
-    def __exit__(self, *exc_info: object) -> None:
+    def _commit_unchanged(self, rows: pl.DataFrame) -> None:
+        """``record_unchanged``'s rows (some), committed in one transaction."""
         raise NotImplementedError
 
 

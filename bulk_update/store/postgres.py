@@ -64,7 +64,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import polars as pl
@@ -83,9 +83,9 @@ from bulk_update.exceptions import (
     Unreachable,
     first_line,
 )
-from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
+from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, Status
 from bulk_update.store import core, schema
-from bulk_update.store.core import BudgetCore, Dialect, Journal, Opening, Store, Work
+from bulk_update.store.core import BudgetCore, Dialect, Journal, Opening, Recorded, Store, Work
 from bulk_update.store.grouped import LoopGroupWriter
 from bulk_update.store.lease import (
     LEASE_S,
@@ -98,7 +98,7 @@ from bulk_update.store.lease import (
 )
 from bulk_update.store.outage import Hurry, Outage, Watchdog
 from bulk_update.store.schema import STORED, STORED_TIMING
-from bulk_update.store.types import RowTiming, RunKey
+from bulk_update.store.types import RunKey
 from bulk_update.store.url import check_url, redact, secrets
 
 __all__ = ["SCHEMA", "PostgresJournal", "PostgresStore", "jobs_that_wrote",
@@ -252,16 +252,13 @@ def _stop_for(exc: psycopg.Error, where: str, first_line: str) -> DiskFull | Non
 _NO_ANSWER = "no answer within --store-timeout"
 
 
-def _shut(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
-    """Make a call blocked on ``conn`` fail at once: its socket shut down (a duplicate of the
-    descriptor is shut, the connection keeps its own to close)."""
+def _shut(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) -> None:
+    """Make a call blocked on ``conn`` (if any) fail at once: its socket shut down (a duplicate
+    of the descriptor is shut, the connection keeps its own to close)."""
+    if conn is None:
+        return
     with socket.fromfd(conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM) as duplicate:
         duplicate.shutdown(socket.SHUT_RDWR)
-
-
-def _read_only(exc: psycopg.Error) -> bool:
-    """A standby's answer: the connection is dropped, so that the next reaches the primary."""
-    return isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
 
 
 def _state(exc: psycopg.Error) -> str | None:
@@ -282,10 +279,6 @@ def _key(*parts: object) -> int:
 def _halves(key: int) -> tuple[int, int]:
     """``pg_locks.classid`` and ``objid`` of a 64-bit advisory lock key."""
     return (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
-
-
-def _int4(key: int) -> int:
-    return key >> 32  # a signed 32-bit key for the two-key form
 
 
 class _Call:
@@ -328,7 +321,9 @@ class _Call:
         stop = _stop_for(exc, session.where, self._line)
         if stop is not None:
             raise stop from None
-        if conn is not None and (conn.broken or conn.closed or _read_only(exc) or self._cut):
+        # A standby's answer (read-only) drops the connection too: the next reaches the primary.
+        read_only = isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
+        if conn is not None and (conn.broken or conn.closed or read_only or self._cut):
             return conn
         return None
 
@@ -502,7 +497,7 @@ class _Session:
         with self._mutex:
             while True:
                 try:
-                    with call.guard(self._interrupt):
+                    with call.guard(lambda: _shut(self._conn)):
                         conn = self._conn or self._reconnect()
                         if transaction:
                             with conn.transaction():
@@ -518,11 +513,6 @@ class _Session:
                             lost.close()
                         self._conn = None
                     time.sleep(call.pause(exc))
-
-    def _interrupt(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            _shut(conn)
 
     def wait(self, seconds: float) -> bool:
         """Sleep ``seconds``; False, sooner, once the job is stopping (a signal's hurry): a wait
@@ -608,7 +598,7 @@ class _Session:
             conn = self._conn
             if conn is None or conn.broken or self.lost is not None or self.outage.given_up:
                 return
-            with contextlib.suppress(psycopg.Error), self.watchdog.guard(self._interrupt):
+            with contextlib.suppress(psycopg.Error), self.watchdog.guard(lambda: _shut(self._conn)):
                 if lease is not None:
                     conn.execute("DELETE FROM leases WHERE holder = %s", (lease,))
                 conn.execute("SELECT pg_advisory_unlock_all()")
@@ -728,7 +718,7 @@ class PostgresStore(Store):
 
     def _other_shard_count(self, job: str, count: int) -> str | None:
         """Shards of one job must agree on N: 0/2 and 0/4 would send some rows twice."""
-        family = _int4(_key("shards-of", job))
+        family = _key("shards-of", job) >> 32  # a signed 32-bit key for the two-key form
         self._session.try_lock("pg_try_advisory_lock_shared", family, count)
 
         def other(conn: psycopg.Connection[Any]) -> str | None:
@@ -824,9 +814,6 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self._session.close()
-
-
-Recorded = tuple[RowOutcome, RowTiming | None]
 
 
 def _records(outcomes: list[Recorded]) -> str:
@@ -951,7 +938,7 @@ class _Writer:
         call = _Call(self._session)
         while True:
             try:
-                with call.guard(self._interrupt):
+                with call.guard(lambda: _shut(self._conn)):
                     conn = self._conn or await self._connect()
                     cursor = await conn.execute(_GROUP, group)
                     row = await cursor.fetchone()
@@ -982,11 +969,6 @@ class _Writer:
         self._conn = conn
         self._connected_before = True
         return conn
-
-    def _interrupt(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            _shut(conn)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -1091,15 +1073,13 @@ class PostgresJournal(_Reader, Journal):
                 raise self._taken()
             await asyncio.sleep(POLL_S)
 
-    def _hold(self, conn: psycopg.Connection[Any]) -> None:
-        """Within a write's transaction: this process still holds the run (its lease row,
-        locked until the commit), or RunTaken."""
-        if conn.execute(_HOLD, self._lease.arguments()).fetchone() is None:
-            raise self._taken()
-
     def _fenced(self, work: Callable[[psycopg.Connection[Any]], object]) -> None:
+        """``work`` in a transaction that first finds this process still holding the run (its
+        lease row, locked until the commit), or RunTaken."""
+
         def write(conn: psycopg.Connection[Any]) -> None:
-            self._hold(conn)
+            if conn.execute(_HOLD, self._lease.arguments()).fetchone() is None:
+                raise self._taken()
             work(conn)
 
         self._session.run(write)
@@ -1124,11 +1104,8 @@ class PostgresJournal(_Reader, Journal):
 
     # Writing
 
-    async def forget(self, conversation_id: str) -> None:
-        await self._writer.submit(conversation_id)
-
-    async def record(self, outcome: RowOutcome, timing: RowTiming | None = None) -> None:
-        await self._writer.submit((outcome, timing))
+    async def _submit(self, item: Recorded | str) -> None:
+        await self._writer.submit(item)
 
     def _group(self, items: list[Recorded | str]) -> dict[str, Any]:
         forget = [item for item in items if isinstance(item, str)]
@@ -1140,15 +1117,11 @@ class PostgresJournal(_Reader, Journal):
             "records": _records(outcomes),
         }
 
-    def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
-        rows: list[Recorded] = [(outcome, None) for outcome in outcomes]
-        if rows:
-            records = _records(rows)
-            self._fenced(lambda conn: conn.execute(_UPSERT_OUTCOMES, (self.run_id, records)))
+    def _commit_outcomes(self, rows: list[Recorded]) -> None:
+        records = _records(rows)
+        self._fenced(lambda conn: conn.execute(_UPSERT_OUTCOMES, (self.run_id, records)))
 
-    def record_unchanged(self, rows: pl.DataFrame) -> None:
-        if rows.is_empty():
-            return
+    def _commit_unchanged(self, rows: pl.DataFrame) -> None:
         arrays = _arrays(rows)
 
         def write(conn: psycopg.Connection[Any]) -> None:
@@ -1186,9 +1159,3 @@ class PostgresJournal(_Reader, Journal):
         self._ending.set()
         self._writer.cancel()
         self._session.unlock_all(self._lease.token)
-
-    def __enter__(self) -> PostgresJournal:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -61,7 +61,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -84,6 +84,7 @@ from bulk_update.store.core import (
     Dialect,
     Journal,
     Opening,
+    Recorded,
     Store,
     Work,
     batch_json,
@@ -786,14 +787,13 @@ class SQLiteJournal(_Reader, Journal):
         if self._gone is not None:
             raise self._gone
 
-    async def forget(self, conversation_id: str) -> None:
-        await self._write(
-            lambda db: db.execute(
-                "DELETE FROM last_set WHERE conversation_id = ?", (conversation_id,)
+    async def _submit(self, item: Recorded | str) -> None:
+        if isinstance(item, str):
+            await self._write(
+                lambda db: db.execute("DELETE FROM last_set WHERE conversation_id = ?", (item,))
             )
-        )
-
-    async def record(self, outcome: RowOutcome, timing: RowTiming | None = None) -> None:
+            return
+        outcome, timing = item
         values = self._values(outcome, timing)
         if outcome.status not in _CONFIRMED:
             await self._write(lambda db: db.execute(_INSERT, values))
@@ -825,17 +825,16 @@ class SQLiteJournal(_Reader, Journal):
         answer_ms = math.floor(timing.answered_at * 1000) - sent_ms
         return (self._base + outcome.row_number, *values, sent_ms, answer_ms, timing.latency_ms)
 
-    def record_many(self, outcomes: Iterable[RowOutcome]) -> None:
+    def _batch(self, write: Write) -> None:
         if self._gone is not None:  # the run stops: no more batches
             raise self._gone
-        rows = [self._values(outcome) for outcome in outcomes]
-        self._writer.run(lambda db: db.executemany(_INSERT, rows))
+        self._writer.run(write)
 
-    def record_unchanged(self, rows: pl.DataFrame) -> None:
-        if self._gone is not None:  # the run stops: no more batches
-            raise self._gone
-        if rows.is_empty():
-            return
+    def _commit_outcomes(self, rows: list[Recorded]) -> None:
+        values = [self._values(outcome) for outcome, _ in rows]
+        self._batch(lambda db: db.executemany(_INSERT, values))
+
+    def _commit_unchanged(self, rows: pl.DataFrame) -> None:
         rows_json = batch_json(rows)
         copy = self._schema == "since"
 
@@ -855,7 +854,7 @@ class SQLiteJournal(_Reader, Journal):
                     (self._base, rows_json),
                 )
 
-        self._writer.run(write)
+        self._batch(write)
 
     def hurry(self, seconds: float) -> None:
         self._outage.hurry(seconds)
@@ -876,9 +875,3 @@ class SQLiteJournal(_Reader, Journal):
         for lock in reversed(self._locks):
             release_lock(lock)
         self._locks = []
-
-    def __enter__(self) -> SQLiteJournal:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
