@@ -277,6 +277,30 @@ def test_a_wrong_name_fails(
         test()
 
 
+def test_the_cli_reference_shows_every_option_of_every_command() -> None:
+    """docs/cli.md is made from the parser at build time (docs/_ext/cli_reference.py): each
+    command has its section, each of its options a row, with its help as --help words it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "cli_reference", ROOT / "docs" / "_ext" / "cli_reference.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.MARKER in DOCS["docs/cli.md"]
+    text = module.reference()
+    parts = re.split(r"^## `bulk-update (\w+)`$", text, flags=re.M)[1:]
+    sections = dict(zip(parts[::2], parts[1::2], strict=True))
+    assert set(sections) == set(offered()) - {""}
+    for command, flags in offered().items():
+        for flag in flags:
+            shown = f"`{flag}" if command else flag  # the top level's: in its --help
+            assert shown in (sections.get(command) or text), (command, flag)
+    assert re.search(r"^\| `--rpm N` \| requests per minute", sections["run"], re.M)
+
+
 def section(text: str, heading: str) -> str:
     return text[text.index(f"\n## {heading}\n") :].split("\n## ", 2)[1]
 
