@@ -17,7 +17,8 @@ STAMP := $(VENV)/.installed-dev-$(HASH)
 # whoever activates the venv); where python3 has no such pip, the venv bootstraps its own.
 # --no-compile: a module is compiled when first imported (the demo imports a few), not all.
 PIP = if $(BIN)/python -m pip --version >/dev/null 2>&1; then $(BIN)/python -m pip "$$@"; \
-	elif $(PYTHON) -m pip --python $(BIN)/python --version >/dev/null 2>&1; then \
+	elif $(PYTHON) -c "import pip, sys; sys.exit(tuple(map(int, \
+	  pip.__version__.split(chr(46))[:2])) < (22, 3))" 2>/dev/null; then \
 	  $(PYTHON) -m pip --python $(BIN)/python "$$@"; \
 	else $(BIN)/python -m ensurepip --default-pip >/dev/null && $(BIN)/python -m pip "$$@"; fi
 PIP_INSTALL = sh -c '$(PIP)' pip install --quiet --disable-pip-version-check
