@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SOURCES := $(wildcard bulk_update tests benchmarks jobs sample_data docs)
+SOURCES := $(wildcard bulk_update tests benchmarks jobs sample_data docs/_ext docs/conf.py)
 HASH := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # The demo needs the package and the emulator; the tests need the dev tools and Airflow too.
 BASE_STAMP := $(VENV)/.installed-base-$(HASH)
