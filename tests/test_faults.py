@@ -41,6 +41,7 @@ from tests.pg import PostgresServer, wait_until_up
 from tests.stores import Backend
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 @dataclass(frozen=True)
@@ -972,10 +973,10 @@ def test_a_lock_file_removed_mid_run_stops_the_run(
 def test_an_empty_file_no_run_used_is_refused_saying_so(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
-    """`sqlite3 PATH "select ..."` before the first run (the README's inspection command as it
+    """`sqlite3 PATH "select ..."` before the first run (the docs' inspection command as it
     was, without -readonly) leaves an empty file where the store goes. It is refused as an
     emptied store is (the job cannot tell them apart for sure), but its one line says what it
-    most likely is and what to do; the README's commands are read-only and leave nothing."""
+    most likely is and what to do; the docs' commands are read-only and leave nothing."""
     if shutil.which("sqlite3") is None:
         pytest.skip("no sqlite3 command here")
     import subprocess
@@ -987,9 +988,9 @@ def test_an_empty_file_no_run_used_is_refused_saying_so(
     out.mkdir()
     store = out / "nightly.sqlite"
     inspect = "select count(*), max(set_at) from last_set"
-    readme = README.read_text()
-    commands = re.findall(r"`(sqlite3 [^`]*\.sqlite[^`]*)`", readme)
-    assert commands, "the README shows how to inspect a store"
+    docs = "\n".join(page.read_text() for page in (README, *sorted(DOCS.glob("*.md"))))
+    commands = re.findall(r"`(sqlite3 [^`]*\.sqlite[^`]*)`", docs)
+    assert commands, "the docs show how to inspect a store"
     for command in (" ".join(found.split()) for found in commands):  # read only, or a write
         writes = re.search(r"\b(delete|update|insert)\b", command, re.IGNORECASE)
         assert writes or command.startswith("sqlite3 -readonly "), command
