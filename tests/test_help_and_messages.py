@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from bulk_update.cli import build_parser
+from bulk_update.cli import _runs, build_parser
 from bulk_update.values import kind
 from tests.conftest import StartEmulator
 from tests.helpers import ID, cli
@@ -217,3 +217,8 @@ def test_a_revert_says_the_keys_it_leaves_in_grammar(
         summary = undone.stderr.strip().splitlines()[-1]
         assert expected in summary, summary
         assert "keys 'owner' stays" not in summary
+
+
+def test_the_tables_titles_count_runs_in_grammar() -> None:
+    """history's and status's titles (on a terminal): "job x: 1 run", "job x: 2 runs"."""
+    assert [_runs(n) for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]

@@ -115,3 +115,53 @@ def test_a_job_files_bad_store_value_is_one_line(tmp_path: Path) -> None:
     one_line(cli("status", "--job", "j.toml", cwd=tmp_path), "j.toml: state-dir must be text")
     (tmp_path / "k.toml").write_text('job-name = "a b"\n')
     one_line(cli("status", "--job", "k.toml", cwd=tmp_path), "k.toml: --job-name 'a b'")
+
+
+FILE_URL, ENV_URL, FLAG_URL = (f"postgresql://u@db-{w}:5432/jobs" for w in ("file", "env", "flag"))
+
+
+@pytest.mark.parametrize(
+    ("in_file", "environment", "flags"),
+    [
+        ("", None, []),
+        ("", ENV_URL, []),
+        ('state-dir = "s"\n', ENV_URL, []),
+        (f'state-url = "{FILE_URL}"\n', None, []),
+        (f'state-url = "{FILE_URL}"\n', None, ["--state-dir", "d"]),
+        ('state-dir = "s"\n', None, ["--state-url", FLAG_URL]),
+        ('job-name = "named"\n', None, []),
+        ('job-name = "named"\n', None, ["--job-name", "flagged"]),
+        ('output = "s3://bucket/x.csv"\n', None, []),
+    ],
+)
+@pytest.mark.parametrize("command", ["history", "status", "report"])
+def test_the_lookups_find_the_store_run_chose_from_the_same_job_file(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    command: str,
+    in_file: str,
+    environment: str | None,
+    flags: list[str],
+) -> None:
+    """`history --job FILE` looks where `run --job FILE` puts the store, with the same flags and
+    environment: the file's store, else the variable, else beside the results; flags win."""
+    from bulk_update.cli import _as_given, _job_options, _lookup, build_parser
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BULK_UPDATE_STATE_URL", raising=False)
+    if environment is not None:
+        monkeypatch.setenv("BULK_UPDATE_STATE_URL", environment)
+    text = 'input = "in.csv"\n' + in_file
+    if "output" not in in_file:
+        text += 'output = "out/j.csv"\n'
+    (tmp_path / "j.toml").write_text(text)
+    config, _ = _job_options(build_parser().parse_args(["run", "--job", "j.toml", *flags]),
+                             _as_given)  # fmt: skip
+    report = ["--output", "r.html"] if command == "report" else []
+    name, location = _lookup(build_parser().parse_args([command, "--job", "j.toml", *flags,
+                                                        *report]))  # fmt: skip
+    assert name == config.resolved_job_name()
+    run_chose = config.store_location()
+    assert location.url == run_chose.url
+    if location.url is None:  # a SQLite file (a PostgreSQL store has no path)
+        assert location.path == run_chose.path

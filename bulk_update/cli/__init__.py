@@ -151,6 +151,10 @@ def _lookup(args: argparse.Namespace) -> tuple[str, StoreLocation]:
         raise ConfigError(f"{args.job}: {exc}") from None
 
 
+def _runs(count: int) -> str:
+    return f"{count} run{'' if count == 1 else 's'}"
+
+
 def _run_history(args: argparse.Namespace) -> int:
     from bulk_update.observe import history
 
@@ -159,7 +163,7 @@ def _run_history(args: argparse.Namespace) -> int:
     draw.print_table(
         history.COLUMNS,
         history.rows(records),
-        title=f"job {job}: {len(records)} runs",
+        title=f"job {job}: {_runs(len(records))}",
         json_text=history.as_json(records) if args.json else None,
     )
     return ExitCode.OK
@@ -173,7 +177,7 @@ def _run_status(args: argparse.Namespace) -> int:
     draw.print_table(
         history.STATUS_COLUMNS,
         history.status_rows(found),
-        title=f"job {job}: {len(found)} runs going on or unfinished",
+        title=f"job {job}: {_runs(len(found))} going on or unfinished",
         json_text=history.status_as_json(found) if args.json else None,
         hint=history.status_hint(found),
         empty=f"job {job}: no run going on or unfinished",

@@ -158,7 +158,10 @@ def files_options(parser: argparse.ArgumentParser, *, metavar: str, about: str) 
     revert) and writes, and the job file."""
     parser.add_argument("input", nargs="?", default=S, metavar=metavar, help=about)
     parser.add_argument(
-        "--job", default=None, metavar="FILE.toml", help="read options from a job file"
+        "--job",
+        default=None,
+        metavar="FILE.toml",
+        help="read options from a job file (a job's name is --job-name)",
     )
     declared_group("files")(parser)
 
