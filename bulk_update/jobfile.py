@@ -38,7 +38,7 @@ def load_job_file(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such job file{_name_hint(path)}") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a job file") from None
+        raise ConfigError(f"{path}: is a directory, not a job file{_name_hint(path)}") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable TOML job file: {exc}") from None
     options = {key.replace("-", "_"): value for key, value in raw.items()}

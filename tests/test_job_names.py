@@ -102,6 +102,9 @@ def test_a_job_name_given_to_job_is_refused_in_one_line(
     one_line(cli(*command, cwd=tmp_path), "give --job-name NAME", "or --job FILE")
     one_line(cli(*command, "--job", "nightly.toml", cwd=tmp_path), "nightly.toml: no such job file")
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "out").mkdir()  # a job named after its results' directory
+    one_line(cli(*command, "--job", "out", cwd=tmp_path),
+             "out: is a directory, not a job file", "give --job-name out")  # fmt: skip
 
 
 def test_run_and_revert_say_the_same_of_a_name_given_to_job(tmp_path: Path) -> None:
