@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from bulk_update import jsonlines, spreadsheet
+from bulk_update import jsonlines, spreadsheet, values
 from bulk_update.exceptions import DiskFull, InputError, first_line, is_disk_full
 from bulk_update.outcome import ERROR_COLUMNS, ERRORS_ROW_NUMBER, ROW_NUMBER
 from bulk_update.paths import is_remote, suffix
@@ -380,8 +380,8 @@ def _check_id_column(path: str, schema: pl.Schema, id_column: str, fmt: InputFor
     if not _has_text_form(schema[id_column]):
         raise InputError(
             path,
-            f"the ID column {id_column!r} holds {schema[id_column]} values; a conversation ID "
-            "is text (conv_...): give --id-column the column that holds them",
+            f"the ID column {id_column!r} holds {values.kind(schema[id_column])}, not text; a "
+            "conversation ID is text (conv_...): give --id-column the column that holds them",
         )
 
 

@@ -693,7 +693,7 @@ def test_an_emptied_store_is_refused(start_emulator: StartEmulator, tmp_path: Pa
     assert "the file is empty" in lines[0]
     assert "remove it" in lines[0]
     assert emu.stats()["requests"] == sent
-    history = cli("history", "--job", "out", "--state-dir", str(tmp_path))
+    history = cli("history", "--job-name", "out", "--state-dir", str(tmp_path))
     assert history.returncode == 2
     assert "the file is empty" in history.stderr
     dry = cli("validate", str(source), "--output", str(tmp_path / "plan.csv"), "--job-name", "out")
@@ -1049,7 +1049,7 @@ def test_history_status_and_report_read_a_read_only_store(
     emu = start_emulator("--preload", str(source))
     with Tmpfs(tmp_path / "state", "16m") as state:
         store = state.path / "j.sqlite"
-        where = ("--job", "j", "--state-dir", str(state.path))
+        where = ("--job-name", "j", "--state-dir", str(state.path))
         ran = cli("run", str(source), "--output", str(tmp_path / "out.csv"), "--job-name", "j",
                   "--state-dir", str(state.path), "--base-url", emu.base_url, "--limit", "10")  # fmt: skip
         assert ran.returncode == 0, ran.stderr
@@ -1418,7 +1418,7 @@ def test_mistakes_with_the_store_or_the_input_say_so_in_one_line(
     listed = tmp_path / "listed.parquet"
     pl.DataFrame({"conversation_id": [[ID(0)], [ID(1)]], "tier": ["a", "b"]}).write_parquet(listed)
     one_line(cli("run", str(listed), "--output", str(tmp_path / "l.csv"), "--base-url",
-                 emu.base_url), 2, "listed.parquet", "ID column", "List(String)")  # fmt: skip
+                 emu.base_url), 2, "listed.parquet", "ID column", "holds a list, not text")  # fmt: skip
 
     # No room for the temporary file the duplicate check writes.
     with Tmpfs(tmp_path / "tmp", "4k") as small:

@@ -35,7 +35,7 @@ def test_history_shows_each_run_as_the_server_saw_it(
     second = cli("run", str(source), "--output", str(tmp_path / "2.csv"), *common)
     assert second.returncode == 3
 
-    runs = history("--job", "nightly", "--state-dir", str(tmp_path))
+    runs = history("--job-name", "nightly", "--state-dir", str(tmp_path))
     assert [Path(r["results"]).name for r in runs] == ["2.csv", "1.csv"]  # newest first
     latest, earliest = runs
     assert earliest["exit_code"] == 0
@@ -54,7 +54,7 @@ def test_history_shows_each_run_as_the_server_saw_it(
     assert latest["stopped_by"] == "insufficient_quota"
     assert latest["counts"] == {"unprocessed": 120}
 
-    text = cli("history", "--job", "nightly", "--state-dir", str(tmp_path))
+    text = cli("history", "--job-name", "nightly", "--state-dir", str(tmp_path))
     lines = text.stdout.splitlines()
     assert lines[0].split()[:2] == ["run", "started"]
     assert len(lines) == 3
@@ -62,7 +62,7 @@ def test_history_shows_each_run_as_the_server_saw_it(
     assert "updated=120" in lines[2]
     assert f" {served['requests']} " in lines[2]
 
-    missing = cli("history", "--job", "nope", "--state-dir", str(tmp_path))
+    missing = cli("history", "--job-name", "nope", "--state-dir", str(tmp_path))
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1
     assert "no store of job 'nope'" in missing.stderr
@@ -80,13 +80,13 @@ def test_status_history_and_report_find_the_store_beside_the_results(
                cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     for command in (("status",), ("history",), ("report", "--output", "r.html")):
-        found = cli(*command, "--job", "x", cwd=tmp_path)
+        found = cli(*command, "--job-name", "x", cwd=tmp_path)
         assert found.returncode == 0, found.stderr
-    assert "out/x.csv" in cli("history", "--job", "x", cwd=tmp_path).stdout
+    assert "out/x.csv" in cli("history", "--job-name", "x", cwd=tmp_path).stdout
     again = cli("run", "in.csv", "--output", "other/x.csv", "--base-url", emu.base_url,
                 cwd=tmp_path)  # fmt: skip
     assert again.returncode == 0, again.stderr
-    both = cli("status", "--job", "x", cwd=tmp_path)
+    both = cli("status", "--job-name", "x", cwd=tmp_path)
     assert both.returncode == 2
     assert "more than one place" in both.stderr
     assert "--state-dir" in both.stderr
@@ -101,7 +101,7 @@ def test_a_run_killed_9_is_stopped_at_once_and_its_requests_a_lower_bound(
     source = tmp_path / "in.csv"
     write_input(source, 3000)
     emu = start_emulator("--preload", str(source), "--latency-ms", "50")
-    where = ("--job", "nightly", *backend.args)
+    where = ("--job-name", "nightly", *backend.args)
     args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
             "--job-name", "nightly", "--concurrency", "8", "--rpm", "60000", *backend.args)  # fmt: skip
     # One heartbeat a minute: the one at the start is the last the store gets before the kill.

@@ -82,17 +82,19 @@ def test_report_page_renders_the_run_in_a_real_browser(
                "--concurrency", "4")  # fmt: skip
     assert done.returncode == 1, done.stderr
     page_file = tmp_path / "report.html"
-    wrong = cli("report", "--job", JOB, "--state-dir", str(tmp_path), "--run", "99", "--output",
+    wrong = cli("report", "--job-name", JOB, "--state-dir", str(tmp_path), "--run", "99", "--output",
                 str(page_file))  # fmt: skip
     assert wrong.returncode == 2
     assert wrong.stderr.count("\n") == 1
     assert "--run 99: job 'nightly' has no such run (it has 1)" in wrong.stderr
-    none = cli("report", "--job", "other", "--state-dir", str(tmp_path), "--output",
+    none = cli("report", "--job-name", "other", "--state-dir", str(tmp_path), "--output",
                str(page_file))  # fmt: skip
     assert none.returncode == 2
     assert "no store of job 'other'" in none.stderr
     assert not page_file.exists()
-    written = cli("report", "--job", JOB, "--state-dir", str(tmp_path), "--output", str(page_file))
+    written = cli(
+        "report", "--job-name", JOB, "--state-dir", str(tmp_path), "--output", str(page_file)
+    )
     assert written.returncode == 0, written.stderr
     assert f"run 1: {page_file}" in written.stderr
     html = page_file.read_text()

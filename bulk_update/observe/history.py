@@ -21,8 +21,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from bulk_update._constants import DEFAULT_METRICS_INTERVAL_S
-from bulk_update.config import JOB_NAME, check_one_of, given_or_environment
+from bulk_update._constants import DEFAULT_METRICS_INTERVAL_S, STORE_SEARCH_DEPTH
+from bulk_update.config import check_job_name, check_one_of, given_or_environment
 from bulk_update.exceptions import ConfigError
 from bulk_update.observe.draw import duration
 from bulk_update.store import RunRecord, RunStatus, Store, StoreLocation, lease, open_existing_store
@@ -79,8 +79,7 @@ def job_location(job: str, state_dir: str | None, state_url: str | None) -> Stor
     --state-url; ``STATE_DIR/JOB.sqlite``; $BULK_UPDATE_STATE_URL; else the one ``JOB.sqlite``
     in the current directory or below it (``run`` puts it beside the results:
     ``out/JOB.sqlite``)."""
-    if not JOB_NAME.fullmatch(job):
-        raise ConfigError(f"--job {job!r}: not a job name")
+    check_job_name(job)
     given = {"state_dir": state_dir, "state_url": state_url}
     check_one_of(given)
     url = given_or_environment("state_url", given)
@@ -92,7 +91,7 @@ def job_location(job: str, state_dir: str | None, state_url: str | None) -> Stor
 
 
 # How deep below the current directory a job's store is looked for, and what is never looked in.
-SEARCH_DEPTH = 3
+SEARCH_DEPTH = STORE_SEARCH_DEPTH
 NOT_SEARCHED = {".git", ".venv", "venv", "node_modules", "__pycache__"}
 
 

@@ -94,11 +94,15 @@ class JobSummary:
         if self.added_keys:
             verb = "would add" if self.dry_run else "added"
             notes.append(f"{verb} {_keys(self.added_keys, 'to')}; keys cannot be removed")
-        if self.kept_keys:
+        if len(self.kept_keys) == 1:
             notes.append(
-                f"{_keys(self.kept_keys, 'stays on')} (the run added "
-                f"{'it' if len(self.kept_keys) == 1 else 'them'}; keys cannot be removed; "
-                "--blank-added-keys sets them to '')"
+                f"{_keys(self.kept_keys, 'stays on')} (the run added it; keys cannot be "
+                "removed; --blank-added-keys sets it to '')"
+            )
+        elif self.kept_keys:
+            notes.append(
+                f"{_keys(self.kept_keys, 'on', head='keys stay: ')} (the run added them; keys "
+                "cannot be removed; --blank-added-keys sets them to '')"
             )
         return notes
 
@@ -194,11 +198,15 @@ def conversations(count: int) -> str:
     return f"{count} conversation{'' if count == 1 else 's'}"
 
 
-def _keys(per_key: Mapping[str, int], verb: str) -> str:
+def _keys(per_key: Mapping[str, int], verb: str, *, head: str | None = None) -> str:
     """``key 'a' <verb> 3 conversations`` for one key; ``keys 'a' <verb> 3 conversations, 'b'
-    <verb> 1 conversation and 4 more keys (see the log)`` for more."""
+    <verb> 1 conversation and 4 more keys (see the log)`` for more (``head``: instead of
+    ``key ``/``keys ``, for a verb that must agree with its subject: ``keys stay: 'a' on 3
+    conversations, ...``)."""
     shown = [f"'{key}' {verb} {conversations(count)}" for key, count in per_key.items()]
-    text = ("key " if len(shown) == 1 else "keys ") + ", ".join(shown[:KEY_NOTES_SHOWN])
+    if head is None:
+        head = "key " if len(shown) == 1 else "keys "
+    text = head + ", ".join(shown[:KEY_NOTES_SHOWN])
     if len(shown) > KEY_NOTES_SHOWN:
         text += f" and {len(shown) - KEY_NOTES_SHOWN} more keys (see the log)"
     return text
