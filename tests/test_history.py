@@ -142,7 +142,8 @@ def test_status_and_history_say_the_counts_of_a_resumed_run_as_it_goes(
 ) -> None:
     """While a resumed run goes on, `status --json` and `history --json` give its counts by
     status so far (the rows earlier invocations finished too), from the heartbeat that gives
-    `rows_done`: the JSON says what the table says (`done` N/total), never `"counts": {}`."""
+    `rows_done`: the JSON says what the table says (`done` N/total), never `"counts": {}`; a
+    stopped run has no rate in either."""
     source = tmp_path / "in.csv"
     write_input(source, 400)
     emu = start_emulator("--preload", str(source), "--latency-ms", "100")
@@ -161,6 +162,9 @@ def test_status_and_history_say_the_counts_of_a_resumed_run_as_it_goes(
     before = killed["rows_done"]
     assert before >= 1
     assert sum(killed["counts"].values()) == before  # its last heartbeat's
+    # Stopped: no rate and no time left, in the JSON as in the table (its "rate" cell is blank).
+    assert killed["rows_per_s"] is None
+    assert killed["seconds_left"] is None
     again = start(*args)
     try:
         deadline = time.monotonic() + 120
