@@ -101,3 +101,19 @@ def test_the_bar_line_fits_the_width(width: int, expected: tuple[str, int, str])
 def test_the_bar_line_while_estimating() -> None:
     shown = fit(_progress(rows_per_s=None, seconds_left=None), 80)
     assert shown == (LABEL, 26, "503/20000 estimating failed=3 updated=500")
+
+
+def test_the_progress_log_line_gives_the_rate_and_time_left_once_there_are(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from bulk_update.observe.draw import PROGRESS_LOG_INTERVAL_S, ProgressLog
+
+    log = ProgressLog()
+    with caplog.at_level("INFO", logger="bulk_update"):
+        log(_progress(rows_per_s=None, seconds_left=None, elapsed_s=PROGRESS_LOG_INTERVAL_S))
+        log(_progress(elapsed_s=2 * PROGRESS_LOG_INTERVAL_S))
+    first, second = caplog.records
+    assert first.getMessage() == "progress 503/20000 (estimating)"
+    assert (first.rows_per_s, first.seconds_left) == (None, None)  # type: ignore[attr-defined]
+    assert second.getMessage() == "progress 503/20000 (42 rows/s, 7m45s left)"
+    assert (second.rows_per_s, second.seconds_left) == (41.9, 465)  # type: ignore[attr-defined]
