@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bulk_update.observe.report import render
 from tests.conftest import TEST_KEY, StartEmulator
 from tests.helpers import ID, cli, results, write_input
 from tests.monitoring import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
@@ -34,8 +35,11 @@ def _near(tick: str, started: dt.datetime, ended: dt.datetime) -> bool:
     return False
 
 
-def _open_in_chromium(page_file: Path, screenshot: Path) -> dict[str, Any]:
-    """What the page shows once rendered, and what went wrong while it was."""
+def _open_in_chromium(
+    page_file: Path, screenshot: Path, timezone: str = "Asia/Kolkata"
+) -> dict[str, Any]:
+    """What the page shows once rendered in a browser whose local time is ``timezone``, and
+    what went wrong while it was."""
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).is_file():
@@ -48,7 +52,7 @@ def _open_in_chromium(page_file: Path, screenshot: Path) -> dict[str, Any]:
             # The browser's local time is not UTC (nor a whole hour from it): the page's times
             # must be UTC all the same.
             page = browser.new_page(viewport={"width": 1200, "height": 900},
-                                    timezone_id="Asia/Kolkata")  # fmt: skip
+                                    timezone_id=timezone)  # fmt: skip
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.on("request", lambda request: fetched.append(request.url))
@@ -198,3 +202,24 @@ def test_a_shard_s_report_tells_its_share_from_the_whole_job_s(
     average, busiest = int(found.group(1)), int(found.group(2))
     assert 0 < average <= busiest
     assert "This run is a shard" in html
+
+
+def test_a_long_run_s_axis_names_the_days_in_utc(tmp_path: Path) -> None:
+    """Three days of a run, in a browser whose local time is eight hours behind UTC: the ticks
+    are whole hours (HH:MM) and the days they cross (YYYY-MM-DD), all in UTC."""
+    from tests.test_report_units import _long_run
+
+    data = _long_run(3 * 86400, 2000)
+    page_file = tmp_path / "long.html"
+    page_file.write_text(render("nightly", data))
+    shown = _open_in_chromium(page_file, ARTIFACTS / "report-long.png", "America/Los_Angeles")
+    assert shown["console_errors"] == []
+    first = dt.datetime.fromtimestamp(data.timeline[0].at, dt.UTC)
+    days = {(first + dt.timedelta(days=n)).strftime("%Y-%m-%d") for n in range(4)}
+    for axis in shown["axes"].values():
+        ticks = axis["ticks"]
+        dates = [tick for tick in ticks if re.fullmatch(r"\d{4}-\d\d-\d\d", tick)]
+        hours = [tick for tick in ticks if re.fullmatch(r"\d\d:00", tick)]
+        assert dates, ticks
+        assert set(dates) <= days, ticks  # the UTC days, not Los Angeles'
+        assert len(dates) + len(hours) == len(ticks), ticks

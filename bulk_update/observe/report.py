@@ -18,7 +18,8 @@ It shows
 - the run's summary and options (the store never holds the key or a password).
 
 Every time on the page is UTC, as in the summary: the charts' time axis is labelled so, its
-ticks on whole seconds, minutes, hours or days.
+ticks on whole seconds, minutes, hours or days (a day's tick, or an hour's at midnight, names
+the day).
 
 A long run's timeline is summed into at most MAX_POINTS buckets, so the page stays small.
 """
@@ -54,11 +55,12 @@ MAX_POINTS = 2000
 # Latency percentiles need samples: at most this many buckets.
 MAX_LATENCY_POINTS = 200
 TOP_ERRORS = 10
+EXAMPLE_ROWS = 5
+# Under a shard's requests chart: whose the job-wide lines are.
 SHARD_NOTE = (
     " This run is a shard: the limiter's rate and --rpm are the whole job's, shared at run "
     "time by its running shards; this shard's share is what it sent (requests/s)."
 )
-EXAMPLE_ROWS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +382,10 @@ _SCRIPT = """
   function iso(ts) { return new Date(ts * 1e3).toISOString(); }
   function tick(ts, incr) {
     var text = iso(ts);
-    if (incr >= DAY) { return text.slice(0, 10); }
+    // A day's ticks, and an hour tick at midnight, name the day.
+    if (incr >= DAY || (incr >= HOUR && text.slice(11, 16) === "00:00")) {
+      return text.slice(0, 10);
+    }
     return incr >= MINUTE ? text.slice(11, 16) : text.slice(11, 19);
   }
   function timeAxis() {
