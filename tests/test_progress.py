@@ -19,7 +19,6 @@ from pathlib import Path
 import pyte
 
 from bulk_update.emulator.process import EmulatorProcess
-from bulk_update.observe.progress import ESTIMATE_AFTER_S
 from tests.conftest import TEST_KEY, StartEmulator
 from tests.helpers import cli, wait_for_requests, write_input
 
@@ -137,14 +136,17 @@ def test_ctrl_c_then_resume_as_seen_on_a_terminal(
     assert (done, total) == (300, 300)
     # The rate counts rows sent by this run: at --rpm 1200 about 20 a second, not the rows the
     # resume skipped in its first instant.
-    assert rate is not None and rate <= 30, resumed
+    assert rate is not None, resumed
+    assert rate <= 30, resumed
     # Frame by frame: the first already counts the rows resumed as done, and gives neither a
     # rate nor a time left from its first instant ("estimating"); no frame's rate counts them.
     frames = bars(again.frames)
     assert len(frames) >= 2, again.frames
     first = again.frames[0]
     assert frames[0][0] >= already, again.frames
-    assert "estimating" in first and "rows/s" not in first and " left" not in first, first
+    assert "estimating" in first, first
+    assert "rows/s" not in first, first
+    assert " left" not in first, first
     assert all(rate is None or rate <= 30 for _, _, rate in frames), again.frames
     # A time left is shown only beside a rate.
     assert all("rows/s" in frame for frame in again.frames if " left" in frame), again.frames
@@ -209,7 +211,8 @@ def test_the_bar_fits_the_terminal_with_its_total_whole(
                         "0"], columns=columns)  # fmt: skip
         assert shown.code == 1, shown.lines
         frames = bars(shown.frames)
-        assert frames and frames[-1][:2] == (1200, 1200), shown.frames
+        assert frames, shown.lines
+        assert frames[-1][:2] == (1200, 1200), shown.frames
         assert all(total == 1200 for _, total, _ in frames), shown.frames
         assert all(len(frame) <= columns for frame in shown.frames), shown.frames
         assert not any("\u2026" in line for line in shown.lines), shown.lines
