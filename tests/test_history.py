@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,61 @@ def test_a_run_killed_9_is_stopped_at_once_and_its_requests_a_lower_bound(
     assert run["invocations"] == 2
     assert backend.attempts("nightly", run["run_id"]) <= run["requests"] <= emu.stats()["requests"]
     assert run["requests_exact"] is False  # the first invocation's end was never recorded
+
+
+def test_status_and_history_say_the_counts_of_a_resumed_run_as_it_goes(
+    start_emulator: StartEmulator, backend: Backend, tmp_path: Path
+) -> None:
+    """While a resumed run goes on, `status --json` and `history --json` give its counts by
+    status so far (the rows earlier invocations finished too), from the heartbeat that gives
+    `rows_done`: the JSON says what the table says (`done` N/total), never `"counts": {}`; a
+    stopped run has no rate in either."""
+    source = tmp_path / "in.csv"
+    write_input(source, 400)
+    emu = start_emulator("--preload", str(source), "--latency-ms", "100")
+    where = ("--job", "nightly", *backend.args)
+    args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
+            "--job-name", "nightly", "--concurrency", "1", "--metrics-interval", "0.5",
+            *backend.args)  # fmt: skip
+    first = start(*args)
+    try:
+        wait_for_requests(emu, 20)
+    finally:
+        first.kill()  # kill -9
+        first.wait()
+    (killed,) = status(*where)
+    assert killed["state"] == "stopped"
+    before = killed["rows_done"]
+    assert before >= 1
+    assert sum(killed["counts"].values()) == before  # its last heartbeat's
+    # Stopped: no rate and no time left, in the JSON as in the table (its "rate" cell is blank).
+    assert killed["rows_per_s"] is None
+    assert killed["seconds_left"] is None
+    again = start(*args)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            (running,) = status(*where)
+            if running["state"] == "running" and running["rows_done"] >= before + 5:
+                break
+            assert time.monotonic() < deadline, running
+            time.sleep(0.2)
+        assert running["counts"] == {"updated": running["rows_done"]}
+        assert running["total_rows"] == 400
+        table = cli("status", *where).stdout.splitlines()
+        (done,) = [cell for cell in table[1].split() if cell.endswith("/400")]
+        assert int(done.split("/")[0]) >= running["rows_done"]  # a later heartbeat's, maybe
+        (record,) = history(*where)
+        assert record["ended_at"] is None
+        assert record["counts"]["updated"] >= running["rows_done"]
+        assert "updated=" in cli("history", *where).stdout.splitlines()[1]
+    finally:
+        again.kill()
+        again.wait()
+
+
+def status(*args: str) -> list[dict[str, Any]]:
+    done = cli("status", *args, "--json")
+    assert done.returncode == 0, done.stderr
+    found: list[dict[str, Any]] = json.loads(done.stdout)
+    return found

@@ -201,12 +201,17 @@ def rows_done(status: RunStatus) -> int:
     return sum(counts.values()) - counts.get("unprocessed", 0)
 
 
+def rate(status: RunStatus) -> float | None:
+    """Rows a second over the run's last minute, while it runs (a stopped run has none)."""
+    return status.rows_per_s if is_running(status) else None
+
+
 def seconds_left(status: RunStatus) -> float | None:
     """At the run's rate over the last minute, how long its remaining rows take."""
-    total, rate = status.record.total_rows, status.rows_per_s
-    if not is_running(status) or total is None or not rate:
+    total, per_second = status.record.total_rows, rate(status)
+    if total is None or not per_second:
         return None
-    return max(0, total - rows_done(status)) / rate
+    return max(0, total - rows_done(status)) / per_second
 
 
 def state(status: RunStatus) -> str:
@@ -229,7 +234,7 @@ def status_rows(found: list[RunStatus]) -> list[tuple[str, ...]]:
     table: list[tuple[str, ...]] = []
     for s in found:
         r = s.record
-        left = seconds_left(s)
+        left, per_second = seconds_left(s), rate(s)
         total = "?" if r.total_rows is None else str(r.total_rows)
         table.append(
             (
@@ -238,7 +243,7 @@ def status_rows(found: list[RunStatus]) -> list[tuple[str, ...]]:
                 r.results,
                 r.shard or "-",
                 f"{rows_done(s)}/{total}",
-                f"{s.rows_per_s:.1f} rows/s" if s.rows_per_s and is_running(s) else "",
+                f"{per_second:.1f} rows/s" if per_second else "",
                 "" if left is None else duration(left),
                 r.host or "",
                 "" if r.pid is None else str(r.pid),
@@ -288,13 +293,15 @@ def status_hint(found: list[RunStatus]) -> str:
 
 
 def status_as_json(found: list[RunStatus]) -> str:
+    """The runs as the table shows them, in numbers: the counts by status and ``rows_done``
+    from the same heartbeat (or the run's end), the rate and time left only while it runs."""
     return json.dumps(
         [
             {
                 **s.record.as_dict(),
                 "state": "running" if is_running(s) else "stopped",
                 "rows_done": rows_done(s),
-                "rows_per_s": s.rows_per_s,
+                "rows_per_s": rate(s),
                 "seconds_left": seconds_left(s),
                 "heartbeat_age_s": s.heartbeat_age_s,
             }

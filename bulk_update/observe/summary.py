@@ -21,8 +21,10 @@ KEY_NOTES_SHOWN = 5
 @dataclass(frozen=True, slots=True)
 class Progress:
     """What the progress callback gets: rows finished so far (``unprocessed`` ones are not),
-    of ``total``; ``resumed`` of them were finished by earlier runs, ``sent`` rows were sent by
-    this one (the rate is ``sent / elapsed_s``)."""
+    of ``total``, and by status in ``counts``; ``resumed`` of them were finished by earlier
+    runs, ``sent`` rows were sent by this one. ``rows_per_s`` and ``seconds_left``: this
+    run's sending rate and the time left at it, None until there is enough of it to tell
+    (``progress.ESTIMATE_AFTER_S``; no time left once no row is)."""
 
     done: int
     total: int
@@ -31,6 +33,8 @@ class Progress:
     elapsed_s: float
     resumed: int = 0
     sent: int = 0
+    rows_per_s: float | None = None
+    seconds_left: float | None = None
 
 
 ProgressCallback = Callable[[Progress], None]
