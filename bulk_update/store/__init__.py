@@ -131,10 +131,11 @@ def open_existing_store(location: StoreLocation, job: str) -> Store:
     return SQLiteStore.open_to_read(location.path, timeout=location.timeout)
 
 
-def jobs_that_wrote(location: StoreLocation, results: list[str]) -> list[str]:
-    """The jobs with a run whose results path (as given) is one of ``results``: in the
-    PostgreSQL store, or in the SQLite stores of ``location.path``'s directory (one per job).
-    Reads only, creates nothing: how a revert finds the job of the results it reverts."""
+def jobs_that_wrote(location: StoreLocation, results: list[str] | None = None) -> list[str]:
+    """The jobs with a run whose results path (as given) is one of ``results`` (None: any):
+    in the PostgreSQL store, or in the SQLite stores of ``location.path``'s directory (one per
+    job). Reads only, creates nothing: how a revert finds the job of the results it reverts,
+    and a new job the jobs beside it."""
     if location.url is not None:
         found: list[str] = _postgres().jobs_that_wrote(location.url, results, location.timeout)
         return found
