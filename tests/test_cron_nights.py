@@ -171,7 +171,8 @@ def test_failed_rows_leave_a_night_unfinished_only_under_retry_failed(
     refused = night((*line, "--retry-failed"), tmp_path)
     assert refused.returncode == 2, refused.stderr
     message = refused.stderr.strip()
-    assert "rows left: failed=1" in message and "changed: input" in message, message
+    assert "rows left: failed=1" in message, message
+    assert "changed: input" in message
     assert "--restart" in message
 
     before = updates(emu)
@@ -218,7 +219,8 @@ def test_a_dated_output_says_before_sending_that_its_job_is_new(
     for text in ("WARNING job 'n-2026-12-05' is new", f"other jobs in {holder}",
                  ": n-2026-12-04;", "--job-name", "a dated --output is a new job"):  # fmt: skip
         assert text in warned[0], warned[0]
-    assert said[-1].startswith("bulk-update: ") and warned[-1] == said[-1]
+    assert said[-1].startswith("bulk-update: ")
+    assert warned[-1] == said[-1]
     assert "warning: job 'n-2026-12-05' is new" in said[-1]
 
     # As the warning says: the job's name given, the next night sends only what changed.
@@ -268,5 +270,6 @@ def test_new_job_warning_names_the_jobs_in_one_line() -> None:
     days = [f"n-2026-11-{day:02}" for day in range(1, 31)]
     many = new_job_warning("cron", "out", days, named=True)
     assert "30 other jobs in out: …, n-2026-11-26, n-2026-11-27, n-2026-11-28, " in many
-    assert "n-2026-11-25" not in many and "dated" not in many
+    assert "n-2026-11-25" not in many
+    assert "dated" not in many
     assert "\n" not in many
