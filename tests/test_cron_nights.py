@@ -232,6 +232,13 @@ def test_a_dated_output_says_before_sending_that_its_job_is_new(
     assert updates(emu) - before == 1
     assert statuses(tmp_path / "out" / "n-2026-12-06.csv")[18] == "updated"
 
+    # A new job that compares with another job's state (--since-state) is told nothing.
+    since = "out/n-2026-12-05.sqlite" if backend.url is None else "n-2026-12-05"
+    taken_over = night(line("2026-12-07", "--since-state", since), tmp_path)
+    assert taken_over.returncode == 0, taken_over.stderr
+    assert "is new" not in taken_over.stderr
+    assert updates(emu) - before == 1  # every row unchanged against that state
+
 
 @pytest.mark.parametrize(
     ("ended_at", "counts", "stopped_by", "retry_failed", "said"),

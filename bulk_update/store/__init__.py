@@ -4,7 +4,8 @@ A job's store holds
 
 - its **runs**: one per job name + results path (as given) + shard, with the fingerprint of its
   input and mapping, its options, when it started and ended, its counts and exit code. A re-run
-  of the same command finds its run and resumes it; a new results path starts a new run;
+  of the same command finds its run and resumes it; a new results path starts a new run, and
+  so does a new input after a run that finished (one that did not is refused it);
 - each run's **outcomes** (the journal): one row per input row the run has finished or tried;
 - the job's **last-set state**: per conversation ID, the metadata the job last set and when
   the API confirmed it (incremental runs);

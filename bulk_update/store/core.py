@@ -430,8 +430,8 @@ def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int 
         run_id, stored, stored_options, ended_at, counts, stopped_by = found
         changed = changed_fields(stored, fingerprint) if stored != fingerprint else []
         if changed:
-            left = json.loads(counts) if counts else {}
-            unfinished = unfinished_because(ended_at, left, stopped_by, opening.unfinished)
+            counted = json.loads(counts) if counts else {}
+            unfinished = unfinished_because(ended_at, counted, stopped_by, opening.unfinished)
             if unfinished is not None:
                 return Refused(unfinished, changed)
             found = None  # finished: the job's next run
