@@ -65,13 +65,16 @@ from bulk_update.store import (
     RunKey,
     Store,
     StoreLocation,
+    jobs_that_wrote,
     open_store,
 )
 from bulk_update.write import WriteCancelled, write_run_outputs
 
-__all__ = ["run_fingerprint", "run_job", "run_job_async", "run_options"]
+__all__ = ["new_job_warning", "run_fingerprint", "run_job", "run_job_async", "run_options"]
 
 log = logging.getLogger("bulk_update")
+# The other jobs a new job's warning names at most (the last by name: dated names' newest).
+JOBS_SHOWN = 5
 
 
 def run_fingerprint(config: JobConfig) -> dict[str, Any]:
@@ -127,6 +130,42 @@ def check_written_alone(config: JobConfig, key: RunKey, run_id: int | None, stor
                 f"{shard}, pid {record.pid} on {record.host}: give each run (each shard) its own "
                 "--output and --errors-output"
             )
+
+
+def new_job_warning(job: str, where: str, others: list[str], *, named: bool) -> str:
+    """What a run says before it sends, and in its summary, when its job is new (no run yet,
+    so no state to compare with) and its store holds other jobs (``others``, by name): every
+    valid row is sent, where one of those jobs' state may be what was meant (a dated --output
+    without --job-name names a new job each night). One line that names the jobs; ``named``:
+    the job's name was given (--job-name, a job file), not taken from the results file."""
+    shown = others if len(others) <= JOBS_SHOWN else ["…", *others[-JOBS_SHOWN:]]
+    count = f"{len(others)} other jobs" if len(others) > JOBS_SHOWN else "other jobs"
+    text = (
+        f"job {job!r} is new: no earlier run, no state to compare with, so every valid row is "
+        f"sent; {count} in {where}: {', '.join(shown)}; to send only what changed since one "
+        "of them, run with its --job-name"
+    )
+    if not named:
+        text += " (the job is named after the results file: a dated --output is a new job each run)"
+    return text
+
+
+def new_job_note(run: _Run, store: Store, location: StoreLocation) -> str | None:
+    """``new_job_warning`` if the run's job is new beside other jobs; None if it is not new,
+    compares with another job's state (--since-state), is nobody's (a check), or is the first
+    job of its store (nothing to compare with: every row is sent, as a first run does)."""
+    job = run.job_name
+    if not run.mode.records or run.config.since_state is not None or store.history(job):
+        return None
+    others = [name for name in jobs_that_wrote(location) if name != job]
+    if not others:
+        return None
+    where = (
+        f"{location.path.parent} (its store's directory)"
+        if location.url is None
+        else f"its store {store.where}"
+    )
+    return new_job_warning(job, where, others, named=run.config.job_name is not None)
 
 
 async def run_job_async(
@@ -251,14 +290,14 @@ async def _run_with_store(run: _Run, location: StoreLocation) -> JobSummary:
     hurry = Hurry()
     try:
         with _starting(run, hurry):
-            store, journal = await _open(run, location, key, hurry)
+            store, journal, new_job = await _open(run, location, key, hurry)
     except BulkUpdateError as exc:
         if run.stop.signal is None:
             raise
         return _not_started(run, exc)
     try:
         try:
-            return await _run_journaled(run, store, journal, key, hurry)
+            return await _run_journaled(run, store, journal, key, hurry, new_job)
         finally:
             await asyncio.to_thread(journal.close)
     finally:
@@ -267,12 +306,14 @@ async def _run_with_store(run: _Run, location: StoreLocation) -> JobSummary:
 
 async def _open(
     run: _Run, location: StoreLocation, key: RunKey, hurry: Hurry
-) -> tuple[Store, Journal]:
+) -> tuple[Store, Journal, str | None]:
     """The job's store opened, then the run in it locked, found (or started) and its journal
-    opened; the store closed again if the run cannot be."""
+    opened; the store closed again if the run cannot be. With them, ``new_job_note``'s warning
+    (logged here, before anything is sent)."""
     config = run.config
     store = await asyncio.to_thread(open_store, location, hurry)
     try:
+        new_job = await asyncio.to_thread(new_job_note, run, store, location)
         if run.mode.records:
             # Before the run is recorded: a refused run leaves nothing to resume.
             await asyncio.to_thread(check_written_alone, config, key, None, store)
@@ -290,7 +331,9 @@ async def _open(
     except BaseException:
         await asyncio.to_thread(store.close)
         raise
-    return store, journal
+    if new_job is not None:
+        log.warning("%s", new_job, extra={"event": "new_job", "job_name": run.job_name})
+    return store, journal, new_job
 
 
 @contextlib.contextmanager
@@ -343,10 +386,10 @@ class _Sent:
 
 
 async def _run_journaled(
-    run: _Run, store: Store, journal: Journal, key: RunKey, hurry: Hurry
+    run: _Run, store: Store, journal: Journal, key: RunKey, hurry: Hurry, new_job: str | None
 ) -> JobSummary:
     """The run, recorded in its store: its end is recorded whichever way it goes (an error the
-    job did not expect included: exit 70)."""
+    job did not expect included: exit 70). ``new_job``: the summary warns of it too."""
     config, stop = run.config, run.stop
     tally = Tally(run.total, run.progress)
     sent = _Sent()
@@ -388,7 +431,7 @@ async def _run_journaled(
         sent_this_run=tally.sent,
         stopped_by=stop.signal.name if stop.signal else None,
         job_name=run.job_name,
-        warnings=(*warnings_for(run.total, sent.unknown), *notes),
+        warnings=(*([new_job] if new_job else []), *warnings_for(run.total, sent.unknown), *notes),
         dry_run=config.dry_run,
         reads_sent=sent.reads,
         added_keys=dict(tally.added.most_common()),

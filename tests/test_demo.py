@@ -89,8 +89,8 @@ def test_the_quick_start_validate_predicts_what_run_sends(tmp_path: Path) -> Non
         assert plan.returncode == 0, plan.stderr
         assert "would send 3" in plan.stderr
         sent_before = emu.stats()["by_operation"]["update"]
-        # The same results path with a new export: --restart starts a new run (the job's state
-        # is kept); a nightly job writes a dated path instead.
-        done = cli(*run, "--restart", cwd=tmp_path)
+        # The same command over the next export: the finished run's next run, which sends only
+        # what changed since the job's state.
+        done = cli(*run, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert emu.stats()["by_operation"]["update"] - sent_before == 3

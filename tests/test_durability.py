@@ -131,20 +131,24 @@ def test_one_writer_at_a_time(start_emulator: StartEmulator, tmp_path: Path) -> 
 def test_changed_input_is_refused_until_restart(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
+    """An unfinished run (here a --limit canary's: rows left) with another input or mapping is
+    refused; --restart starts over. (A finished run's new input is the job's next run:
+    tests/test_cron_nights.py.)"""
     source = tmp_path / "in.csv"
     write_input(source, 10)
     emu = start_emulator("--preload", str(source))
     output = tmp_path / "out.csv"
     args = ("run", str(source), "--output", str(output), "--base-url", emu.base_url)
-    assert cli(*args).returncode == 0
+    assert cli(*args, "--limit", "5").returncode == 0
     write_input(source, 10, tag="changed")
     refused = cli(*args)
     assert refused.returncode == 2
     assert "--restart" in refused.stderr
-    assert "input" in refused.stderr
+    assert "changed: input" in refused.stderr
+    assert "rows left: unprocessed=5" in refused.stderr
     other_mapping = cli(*args, "--columns", "tier")
     assert other_mapping.returncode == 2
-    assert emu.stats()["by_operation"]["update"] == 10  # nothing sent by the refused runs
+    assert emu.stats()["by_operation"]["update"] == 5  # nothing sent by the refused runs
     restarted = cli(*args, "--restart")
     assert restarted.returncode == 0
     assert emu.admin(f"conversations/{ID(3)}")["metadata"]["tier"] == "changed"

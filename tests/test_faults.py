@@ -638,7 +638,7 @@ def test_a_copy_of_the_input_elsewhere_resumes_the_run(
     store: Store, start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
     """The same command on another machine, with a copy of the input under another path,
-    resumes the run; a copy whose content changed is refused."""
+    resumes the run; a copy whose content changed is refused (the run is unfinished)."""
     n, concurrency = 600, 4
     machine_a, machine_b = tmp_path / "a", tmp_path / "b"
     machine_a.mkdir()
@@ -654,6 +654,14 @@ def test_a_copy_of_the_input_elsewhere_resumes_the_run(
     assert first.returncode == 143, stderr
     time.sleep(0.1)
     copy = machine_b / "exports" / "conversations.csv"
+    # One character changed in the middle, the size and both ends the same: another input.
+    text = (machine_a / "in.csv").read_text()
+    middle = text.index(",v,", len(text) // 2)
+    copy.write_text(text[:middle] + ",w," + text[middle + 3 :])
+    refused = cli("run", str(copy), *common, cwd=machine_b)
+    assert refused.returncode == 2, refused.stderr
+    assert "changed: input" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
     shutil.copyfile(machine_a / "in.csv", copy)  # another path, another mtime
     resumed = cli("run", str(copy), *common, cwd=machine_b)
     assert resumed.returncode == 0, resumed.stderr
@@ -663,15 +671,6 @@ def test_a_copy_of_the_input_elsewhere_resumes_the_run(
     assert set(frame["status"].to_list()) == {"updated"}
     applied = emu.stats(per_id=True)["updates_applied_by_id"]
     assert sum(applied.values()) - n <= concurrency
-
-    # One character changed in the middle, the size and both ends the same: another input.
-    text = copy.read_text()
-    middle = text.index(",v,", len(text) // 2)
-    copy.write_text(text[:middle] + ",w," + text[middle + 3 :])
-    refused = cli("run", str(copy), *common, cwd=machine_b)
-    assert refused.returncode == 2, refused.stderr
-    assert "changed: input" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_an_emptied_store_is_refused(start_emulator: StartEmulator, tmp_path: Path) -> None:

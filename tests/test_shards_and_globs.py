@@ -103,12 +103,12 @@ def test_a_glob_is_one_table_in_sorted_order(start_emulator: StartEmulator, tmp_
     none = cli("validate", str(exports / "2027-*.csv"), "--output", str(output))
     assert none.returncode == 2
     assert "no file matches" in none.stderr
-    # A new file in the glob is a changed input for a resumed run.
+    # A new file in the glob is a changed input for a run with rows left (its failed rows,
+    # under --retry-failed).
     real = cli("run", pattern, "--output", str(tmp_path / "real.csv"), "--base-url", emu.base_url)
     assert real.returncode == 1  # rows 3 and 4 are not on the emulator: 404
     (exports / "2026-11-03.csv").write_text(f"conversation_id,a\n{ID(5)},e\n")
-    changed = cli(
-        "run", pattern, "--output", str(tmp_path / "real.csv"), "--base-url", emu.base_url
-    )
+    changed = cli("run", pattern, "--output", str(tmp_path / "real.csv"), "--base-url",
+                  emu.base_url, "--retry-failed")  # fmt: skip
     assert changed.returncode == 2
     assert "--restart" in changed.stderr

@@ -4,7 +4,8 @@ A job's store holds
 
 - its **runs**: one per job name + results path (as given) + shard, with the fingerprint of its
   input and mapping, its options, when it started and ended, its counts and exit code. A re-run
-  of the same command finds its run and resumes it; a new results path starts a new run;
+  of the same command finds its run and resumes it; a new results path starts a new run, and
+  so does a new input after a run that finished (one that did not is refused it);
 - each run's **outcomes** (the journal): one row per input row the run has finished or tried;
 - the job's **last-set state**: per conversation ID, the metadata the job last set and when
   the API confirmed it (incremental runs);
@@ -131,10 +132,11 @@ def open_existing_store(location: StoreLocation, job: str) -> Store:
     return SQLiteStore.open_to_read(location.path, timeout=location.timeout)
 
 
-def jobs_that_wrote(location: StoreLocation, results: list[str]) -> list[str]:
-    """The jobs with a run whose results path (as given) is one of ``results``: in the
-    PostgreSQL store, or in the SQLite stores of ``location.path``'s directory (one per job).
-    Reads only, creates nothing: how a revert finds the job of the results it reverts."""
+def jobs_that_wrote(location: StoreLocation, results: list[str] | None = None) -> list[str]:
+    """The jobs with a run whose results path (as given) is one of ``results`` (None: any):
+    in the PostgreSQL store, or in the SQLite stores of ``location.path``'s directory (one per
+    job). Reads only, creates nothing: how a revert finds the job of the results it reverts,
+    and a new job the jobs beside it."""
     if location.url is not None:
         found: list[str] = _postgres().jobs_that_wrote(location.url, results, location.timeout)
         return found

@@ -1,12 +1,13 @@
 """What both stores do alike, written once over a small dialect.
 
-The run's lifecycle (find it, resume it, set it aside on ``--restart``, refuse a changed
-fingerprint, start it), the journal's reads, the run record (``history``, ``status``,
-``timeline``, ``report_rows``) and the heartbeat's bookkeeping are the same steps in SQLite and
-in PostgreSQL: they live here, in ``Store`` and ``Journal``, as httpx's ``BaseClient``
-holds what its sync and async clients share. A backend subclasses them and says only how a
-piece of work reaches its database (a transaction retried on its outage clock, a read) and
-what is its own: its locks, its writer, its budget, PostgreSQL's reconnection and lease.
+The run's lifecycle (find it, resume it, set it aside on ``--restart``, refuse an unfinished
+run's changed fingerprint, start it, or the next after a finished one), the journal's reads,
+the run record (``history``, ``status``, ``timeline``, ``report_rows``) and the heartbeat's
+bookkeeping are the same steps in SQLite and in PostgreSQL: they live here, in ``Store`` and
+``Journal``, as httpx's ``BaseClient`` holds what its sync and async clients share. A backend
+subclasses them and says only how a piece of work reaches its database (a transaction retried
+on its outage clock, a read) and what is its own: its locks, its writer, its budget,
+PostgreSQL's reconnection and lease.
 
 The statements are written once, with named parameters (``:name``) and the ``Dialect``'s
 fragments in braces (``{now}``, ``{rows}`` …); ``Dialect.prepare`` turns one into the backend's
@@ -56,6 +57,7 @@ __all__ = [
     "Journal",
     "Opening",
     "Recorded",
+    "Refused",
     "Store",
     "Work",
     "batch_json",
@@ -64,6 +66,7 @@ __all__ = [
     "entry_metadata",
     "fingerprint_text",
     "jobs_that_wrote",
+    "unfinished_because",
     "unfinished_statuses",
 ]
 
@@ -310,9 +313,12 @@ def _stamp() -> dict[str, Any]:
     return {"now": format_timestamp(), "clock": time.time()}
 
 
+# The run of a job + results path + shard: its newest not set aside (a finished run is followed
+# by the next one at the same path: a nightly job over each night's export).
 _FIND = (
-    "SELECT run_id, fingerprint, options FROM runs WHERE job = :job AND results = :results "
-    "AND shard = :shard AND replaced_at IS NULL ORDER BY run_id DESC LIMIT 1"
+    "SELECT run_id, fingerprint, options, ended_at, counts, stopped_by FROM runs "
+    "WHERE job = :job AND results = :results AND shard = :shard AND replaced_at IS NULL "
+    "ORDER BY run_id DESC LIMIT 1"
 )
 # The run's holder: its host and pid, and what tells it apart from another process that has
 # the pid later (lease.Holder). A resumed run whose last invocation never recorded its end
@@ -379,9 +385,38 @@ def _starting(opening: Opening) -> dict[str, Any]:
             "fingerprint": opening.fingerprint, "options": options, **_holding()}  # fmt: skip
 
 
-def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int | str:
-    """The run's ID, found (and resumed) or started; or, if its input or mapping changed, the
-    names that did."""
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Why a run cannot be resumed with what was given: it is ``unfinished`` (how it stands:
+    ``unfinished_because``) and its input or mapping changed (the names that did)."""
+
+    unfinished: str
+    changed: list[str]
+
+
+def unfinished_because(
+    ended_at: object, counts: Mapping[str, int], stopped_by: str | None, left: tuple[str, ...]
+) -> str | None:
+    """How a run stands, if it is unfinished: its end never recorded (killed), something
+    stopped it (a signal, a fatal answer, its input changed under it: its results may not be
+    written), or rows the same command would process again (``left``: ``unfinished_statuses``;
+    with --retry-failed, failed rows too). None: it finished, and has nothing to resume."""
+    reasons = []
+    if ended_at is None:
+        reasons.append("its end was never recorded")
+    if stopped_by:
+        reasons.append(f"stopped by {stopped_by}")
+    rows = " ".join(f"{status}={counts[status]}" for status in left if counts.get(status))
+    if rows:
+        reasons.append(f"rows left: {rows}")
+    return "; ".join(reasons) or None
+
+
+def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int | Refused:
+    """The run's ID, found (and resumed) or started; or, if it is unfinished and its input or
+    mapping changed, why it is refused. A finished run with another input or mapping is
+    followed by a new run (the job's next: it sends what changed since the state); the
+    finished one is kept as it is."""
     key, fingerprint, options = opening.key, opening.fingerprint, opening.options
     given = {"job": key.job, "results": key.results, "shard": key.shard_text, **_stamp()}
     found = conn.execute(dialect.prepare(_FIND), given).fetchone()
@@ -391,6 +426,15 @@ def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int 
             {**given, "run": found[0]},
         )
         found = None
+    if found is not None:
+        run_id, stored, stored_options, ended_at, counts, stopped_by = found
+        changed = changed_fields(stored, fingerprint) if stored != fingerprint else []
+        if changed:
+            counted = json.loads(counts) if counts else {}
+            unfinished = unfinished_because(ended_at, counted, stopped_by, opening.unfinished)
+            if unfinished is not None:
+                return Refused(unfinished, changed)
+            found = None  # finished: the job's next run
     if found is None:
         values = _starting(opening)
         start = (
@@ -398,10 +442,6 @@ def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int 
             f"VALUES ({', '.join(f':{name}' for name in values)}, {{now}}){dialect.returning}"
         )
         return dialect.inserted(conn.execute(dialect.prepare(start), {**values, **_stamp()}))
-    run_id, stored, stored_options = found
-    changed = changed_fields(stored, fingerprint) if stored != fingerprint else []
-    if changed:
-        return ", ".join(changed)
     resumed = resumed_options(stored_options, options)
     resuming = {**given, **_holding(), "options": resumed, "run": run_id}
     conn.execute(dialect.prepare(_RESUME), resuming)
@@ -473,8 +513,10 @@ class Store(_Closing):
         since: str | None = None,
     ) -> Journal:
         """Lock the run (JournalError if another process holds it), then find it or start it.
-        A run whose fingerprint changed is refused (JournalError) unless ``restart``, which sets
-        the old run aside (kept, never deleted) and starts a new one. ``since`` names another
+        A finished run is followed by a new one if the fingerprint changed (a new export at the
+        same results path: the job's next run), resumed if not; an unfinished run whose
+        fingerprint changed is refused (JournalError) unless ``restart``, which sets the old
+        run aside (kept, never deleted) and starts a new one. ``since`` names another
         job's store whose state this run compares with (ConfigError if it is not one). The
         backend locks the run, finds or starts it (``_find_or_start``) and opens its journal
         (``_open_run``)."""
@@ -486,14 +528,16 @@ class Store(_Closing):
         raise NotImplementedError
 
     def _find_or_start(self, opening: Opening) -> int:
-        """The run's ID, found or started."""
+        """The run's ID, found or started; JournalError if it is refused (``Refused``)."""
         key = opening.key
         found = self._transact(functools.partial(_find_or_start, self._dialect, opening))
-        if isinstance(found, str):
+        if isinstance(found, Refused):
             raise JournalError(
-                f"{self.where}: the run for {key.results} was started with another input or "
-                f"mapping (changed: {found}); run with --restart to start over (the old run is "
-                "kept in the store)"
+                f"{self.where}: the run for {key.results} is unfinished ({found.unfinished}) "
+                f"and was started with another input or mapping (changed: "
+                f"{', '.join(found.changed)}); finish it first with the input and mapping it "
+                "started with (the same command resumes it), or run with --restart to start "
+                "over (the old run is kept in the store)"
             )
         return found
 
@@ -891,9 +935,12 @@ def changed_rows(
 
 
 _WROTE = "SELECT DISTINCT job FROM runs WHERE results IN ({ids}) ORDER BY job"
+_JOBS = "SELECT DISTINCT job FROM runs ORDER BY job"
 
 
-def jobs_that_wrote(dialect: Dialect, conn: Connection, results: list[str]) -> list[str]:
-    """The jobs with a run in this store whose results path (as given) is one of ``results``."""
-    found = conn.execute(dialect.prepare(_WROTE), {"ids": json.dumps(results)}).fetchall()
+def jobs_that_wrote(dialect: Dialect, conn: Connection, results: list[str] | None) -> list[str]:
+    """The jobs with a run in this store whose results path (as given) is one of ``results``
+    (None: every job with a run)."""
+    sql = dialect.prepare(_JOBS if results is None else _WROTE)
+    found = conn.execute(sql, {"ids": json.dumps(results)}).fetchall()
     return [str(job) for (job,) in found]

@@ -898,7 +898,7 @@ def read_state(url: str, job: str, since: str | None, timeout: float) -> Iterato
         session.close()
 
 
-def jobs_that_wrote(url: str, results: list[str], timeout: float) -> list[str]:
+def jobs_that_wrote(url: str, results: list[str] | None, timeout: float) -> list[str]:
     """See ``bulk_update.store.jobs_that_wrote``: reads only, creates nothing."""
     session = _Session(check_url(url), timeout)
     try:

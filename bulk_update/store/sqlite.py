@@ -340,7 +340,7 @@ def _check_since(since: str) -> Path:
     return path
 
 
-def jobs_that_wrote(directory: Path, results: list[str]) -> list[str]:
+def jobs_that_wrote(directory: Path, results: list[str] | None) -> list[str]:
     """See ``bulk_update.store.jobs_that_wrote``: the stores in ``directory``, read only."""
     jobs: set[str] = set()
     for path in sorted(directory.glob("*.sqlite")):
