@@ -28,20 +28,29 @@ threads of their own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from bulk_update.exceptions import StoreUnavailable
 
-__all__ = ["Hurry", "Outage", "Watchdog"]
+__all__ = ["Cause", "Hurry", "Outage", "Tries", "Watchdog"]
 
 log = logging.getLogger("bulk_update")
+
+T = TypeVar("T")
+# Why a try failed, for ``Outage.failed``: its line (no secret) and what the outage is (None:
+# the store's usual state).
+Cause = tuple[str, str | None]
+# What a try the watchdog cut says, if no try of its operation failed on its own before.
+_NO_ANSWER: Cause = ("no answer within --store-timeout", None)
 
 
 class Hurry:
@@ -280,3 +289,75 @@ class Watchdog:
                 entry.fired = True
             with contextlib.suppress(Exception):  # a connection already gone
                 entry.interrupt()
+
+
+class Tries:
+    """One operation's tries, until one goes through or the store is given up: ``run`` (or
+    ``arun`` on the event loop) calls ``attempt`` again while ``away`` names the error it raised
+    an outage (a ``Cause``; ``away`` raises what no retry mends, returns None for an error that
+    is no outage: raised as it is), waiting ``Outage.failed`` between tries.
+
+    Each try first calls ``check`` (it raises when no try may begin: the store given up, the
+    run lost), and is guarded by ``watchdog`` (``interrupt`` cuts it) if given: a cut try
+    (``cut``) is the outage its last failure named still (a lock waited for until the end of
+    the clock), else ``_NO_ANSWER``. The tries share a clock of their own on the outage,
+    started by the first failing try's start (a try that waited before it failed counts)."""
+
+    def __init__(
+        self,
+        outage: Outage,
+        check: Callable[[], None],
+        watchdog: Watchdog | None = None,
+        interrupt: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._outage = outage
+        self._check = check
+        self._watchdog = watchdog
+        self._interrupt = interrupt
+        self.cut = False  # the watchdog cut the last try
+        self._started = 0.0  # when the last try began (the outage's clock)
+        self._cause = _NO_ANSWER
+
+    @contextlib.contextmanager
+    def _try(self) -> Iterator[None]:
+        self._check()
+        if self._watchdog is None:
+            self._started = self._outage.now()
+            yield
+        else:
+            with self._watchdog.guard(self._interrupt, self) as guarded:
+                try:
+                    yield
+                finally:
+                    self.cut, self._started = guarded.fired, guarded.started
+        self._outage.over(self)
+
+    def _pause(self, cause: Cause) -> float:
+        if not self.cut:
+            self._cause = cause
+        line, state = self._cause
+        return self._outage.failed(line, self, state=state, since=self._started)
+
+    def run(self, attempt: Callable[[], T], away: Callable[[Exception], Cause | None]) -> T:
+        while True:
+            try:
+                with self._try():
+                    return attempt()
+            except Exception as exc:
+                if (cause := away(exc)) is None:
+                    raise
+            time.sleep(self._pause(cause))
+
+    async def arun(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        away: Callable[[Exception], Awaitable[Cause | None]],
+    ) -> T:
+        while True:
+            try:
+                with self._try():
+                    return await attempt()
+            except Exception as exc:
+                if (cause := await away(exc)) is None:
+                    raise
+            await asyncio.sleep(self._pause(cause))
