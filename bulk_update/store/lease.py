@@ -114,10 +114,6 @@ def _process(pid: int) -> tuple[str, str]:
     return (fields[0], fields[19]) if len(fields) > 19 else ("", "")
 
 
-def _started(pid: int) -> str:
-    return _process(pid)[1]
-
-
 def _exists(pid: int) -> bool:
     """Is there a process ``pid`` (this PID namespace), even one whose /proc entry this user
     cannot read (``hidepid``)? Any doubt says yes."""
@@ -137,7 +133,7 @@ def this_process() -> Holder:
         boot=_read("/proc/sys/kernel/random/boot_id"),
         pid_namespace=_namespace(),
         pid=pid,
-        started=_started(pid),
+        started=_process(pid)[1],
     )
 
 
@@ -147,11 +143,8 @@ def is_here(holder: Holder, here: Holder | None = None) -> bool:
     here = here or this_process()
     if not (holder.boot and holder.pid_namespace and holder.started and holder.pid > 0):
         return False
-    return (holder.host, holder.boot, holder.pid_namespace) == (
-        here.host,
-        here.boot,
-        here.pid_namespace,
-    )
+    where = (holder.host, holder.boot, holder.pid_namespace)
+    return where == (here.host, here.boot, here.pid_namespace)
 
 
 def is_gone(holder: Holder, here: Holder | None = None) -> bool:

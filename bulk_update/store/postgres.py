@@ -299,7 +299,6 @@ class _Session:
     def __init__(self, url: str, timeout: float, hurry: Hurry | None = None) -> None:
         self.url = url
         self.where = redact(url)
-        self.timeout = timeout
         # One outage clock for every operation of the session and of its run's writer.
         self.outage = Outage(self.where, timeout, hurry=hurry)
         # A call the database never answers (a frozen server, a stalled proxy) is cut once it
@@ -440,9 +439,11 @@ class _Session:
         """A call's tries through the session (or its run's writer): none once the run was
         taken or the store given up; each cut by the watchdog (``interrupt``) if it does not
         return in time."""
-        return Tries(self.outage, self._check_open, self.watchdog, interrupt)
+        return Tries(self.outage, self.check_open, self.watchdog, interrupt)
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise at once once nothing more is done through the session: the run lost, or the
+        store given up."""
         if self.lost is not None:
             raise self.lost
         self.outage.check()
@@ -470,17 +471,18 @@ class _Session:
             time.sleep(min(POLL_S, end - now))
         return True
 
-    def abandon(self, lost: JobStopped) -> None:
+    def abandon(self, lost: JobStopped) -> JobStopped:
         """Another process holds the run now (or the job's tables are gone): nothing more is
-        done through this session."""
+        done through this session. Returns what it was lost to first."""
         if self.lost is None:
             self.lost = lost
+        return self.lost
 
     def gone(self, exc: psycopg.Error) -> JobStopped:
         """The job's tables are not in the database any more (``exc`` says so): dropped while
         the run went on, or the database made anew under it. Nothing more is done through this
         session; what they held is gone with them."""
-        self.abandon(
+        return self.abandon(
             StoreGone(
                 f"the store {self.where}: the job's tables were dropped while the run went on "
                 f"({self.first_line(exc)}); the run stopped, and what they held is gone: restore "
@@ -488,8 +490,6 @@ class _Session:
                 "sends every row again)"
             )
         )
-        assert self.lost is not None
-        return self.lost
 
     def _reconnect(self) -> psycopg.Connection[Any]:
         conn = self.connect()
@@ -498,14 +498,12 @@ class _Session:
             if not _take_lock(conn, function, arguments):
                 conn.close()
                 self._conn = None
-                self.abandon(
+                raise self.abandon(
                     RunTaken(
                         f"the run's session with the store {self.where} was lost and another "
                         "process took the run meanwhile; this one stops (the other goes on)"
                     )
                 )
-                assert self.lost is not None
-                raise self.lost
         return conn
 
     def fetch(self, sql: str, arguments: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -914,6 +912,8 @@ class PostgresJournal(_Reader, Journal):
     renews the run's lease every RENEW_EVERY_S; ``fence`` lets a request go only while it
     lasts."""
 
+    _dialect = _DIALECT
+
     def __init__(
         self,
         session: _Session,
@@ -925,8 +925,6 @@ class PostgresJournal(_Reader, Journal):
     ) -> None:
         super().__init__(session, compare_with)
         self.run_id = run_id
-        self._job_id = job_id
-        self._dialect = _DIALECT
         self._job = job_id
         self._unfinished_are(unfinished)
         self._lease = lease
@@ -944,16 +942,13 @@ class PostgresJournal(_Reader, Journal):
 
     def _taken(self) -> JobStopped:
         """The run is another process's now: say so once, and use the session no more."""
-        if self._session.lost is None:
-            self._session.abandon(
-                RunTaken(
-                    f"another process took the run over in {self._session.where} (this one's "
-                    "lease on it had ended: its session with the store was lost); this one sends "
-                    "nothing more (the other goes on)"
-                )
+        return self._session.abandon(
+            RunTaken(
+                f"another process took the run over in {self._session.where} (this one's "
+                "lease on it had ended: its session with the store was lost); this one sends "
+                "nothing more (the other goes on)"
             )
-        assert self._session.lost is not None
-        return self._session.lost
+        )
 
     def _renew(self) -> None:
         """The lease's thread: renew it every RENEW_EVERY_S, through the session that holds the
@@ -989,10 +984,7 @@ class PostgresJournal(_Reader, Journal):
 
     async def fence(self) -> None:
         while not self._local.may_send():
-            session = self._session
-            if session.lost is not None:
-                raise session.lost
-            session.outage.check()
+            self._session.check_open()
             if not self._renewing.is_alive():
                 raise self._taken()
             await asyncio.sleep(POLL_S)
@@ -1053,7 +1045,7 @@ class PostgresJournal(_Reader, Journal):
                 _INSERT_UNCHANGED,
                 (self.run_id, schema.STATUS_CODES[Status.UNCHANGED], *arrays),
             )
-            if self._compare_with != self._job_id:
+            if self._compare_with != self._job:
                 conn.execute(
                     # The metadata is the unchanged row's sent_metadata: named, not copied.
                     "INSERT INTO last_set (outcome, set_at, job_id, conversation_id) "  # noqa: S608
@@ -1062,7 +1054,7 @@ class PostgresJournal(_Reader, Journal):
                     f"ON s.conversation_id = {schema.encoded_id('conversation_id', 'u.id')} "
                     "WHERE s.job_id = %s ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
                     "outcome = EXCLUDED.outcome, metadata = NULL, set_at = EXCLUDED.set_at",
-                    (self.run_id, self._job_id, arrays[0], arrays[1], self._compare_with),
+                    (self.run_id, self._job, arrays[0], arrays[1], self._compare_with),
                 )
 
         self._fenced(write)
