@@ -518,10 +518,6 @@ class _Session:
             self._locks.append((function, arguments))
         return taken
 
-    def check(self) -> None:
-        """Make sure the session is up, with its locks (reconnecting if need be)."""
-        self.run(lambda conn: conn.execute("SELECT 1"), transaction=False)
-
     def unlock_all(self, lease: str | None = None) -> None:
         """Release the session's locks (and end the lease ``lease``, if it is still there: a
         run that ended, even badly, lets the next one start at once). Not once the store was
@@ -841,8 +837,8 @@ def jobs_that_wrote(url: str, results: list[str], timeout: float) -> list[str]:
 class _Writer:
     """The connection that commits what the workers wait for (IDs to forget, outcomes) on the
     event loop, a group of them (``grouped.LoopGroupWriter``) in one statement (so one
-    transaction) and one round trip. ``fenced``: the statement's one value is 0 when this
-    process no longer holds the run (``RunTaken``)."""
+    transaction) and one round trip, whose one value is 0 when this process no longer holds
+    the run (``taken``)."""
 
     def __init__(
         self,
@@ -885,7 +881,7 @@ class _Writer:
         if self._connected_before:
             # Back after an outage: the run's session (and its locks) must be too, or another
             # process may have taken the run meanwhile (RunTaken, and the job stops).
-            await asyncio.to_thread(self._session.check)
+            await asyncio.to_thread(self._session.fetch, "SELECT 1", ())
         conn = await psycopg.AsyncConnection.connect(self._session.conninfo(), autocommit=True)
         await conn.execute(_SESSION)
         self._conn = conn
