@@ -661,17 +661,16 @@ class PostgresStore(Store):
         key = opening.key
         job_id = self._job_id(key.job)
         self._lock_run(key)
-        lease: str | None = None
+        lease: _Lease | None = None
         try:
             compare_with = job_id if opening.since is None else self._since_job(opening.since)
             run_id = self._find_or_start(opening)
-            lease, asked = self._take_lease(job_id, key)
+            lease = self._take_lease(job_id, key)
             return PostgresJournal(
-                self._session, run_id, job_id, compare_with, opening.unfinished,
-                _Lease(job_id, key.shard_text, lease, asked),
-            )  # fmt: skip
+                self._session, run_id, job_id, compare_with, opening.unfinished, lease
+            )
         except BaseException:
-            self._session.unlock_all(lease)
+            self._session.unlock_all(None if lease is None else lease.token)
             raise
 
     def _live_lease(self, job_id: int, key: RunKey, me: Holder) -> tuple[float, Holder] | None:
@@ -691,11 +690,10 @@ class PostgresStore(Store):
         ]
         return max(live, key=lambda found: found[0], default=None)
 
-    def _take_lease(self, job_id: int, key: RunKey) -> tuple[str, float]:
+    def _take_lease(self, job_id: int, key: RunKey) -> _Lease:
         """Once the run's lock is held: wait until no lease that conflicts with this run lasts
         any more (a holder whose session was lost may still be sending until its lease ends,
-        unless it is known to be gone), then replace them with this process's lease. Returns
-        the lease's token and when it was asked for (this process's clock)."""
+        unless it is known to be gone), then replace them with this process's lease."""
         token, me = uuid.uuid4().hex, this_process()
         said = False
         while (live := self._live_lease(job_id, key, me)) is not None:
@@ -726,7 +724,7 @@ class PostgresStore(Store):
             )  # fmt: skip
 
         self._session.run(take)
-        return token, asked
+        return _Lease(job_id, key.shard_text, token, asked)
 
     def budget(self, job: str) -> BudgetCore:
         return BudgetCore(_DIALECT, self._session.run, self._job_id(job))
