@@ -1,14 +1,14 @@
 """A store that is away: how long each operation may keep failing, and one verdict for all.
 
 Each operation that meets the store away (a commit, a read, a heartbeat, a renewal of the run's
-lease) waits and tries again on a clock of its own, started by its first failure (``failed``;
-from when that try began: a try that waited before it failed, in SQLite's busy handler or
-PostgreSQL's ``lock_timeout``, counts) and ended by its success (``over``): another operation's
-success does not end it (a table another session holds locked can let the heartbeat through
-while every commit fails). Once any operation has kept failing for the store's timeout
-(``--store-timeout``), the store is given up: that operation and every later one fail at once
-with StoreUnavailable, and a call still waiting is cut. So the timeout bounds the whole stop,
-not each operation's own wait one after the other.
+lease) waits and tries again (``Tries``, the one loop of both backends) on a clock of its own,
+started by its first failure (``failed``; from when that try began: a try that waited before it
+failed, in SQLite's busy handler or PostgreSQL's ``lock_timeout``, counts) and ended by its
+success (``over``): another operation's success does not end it (a table another session holds
+locked can let the heartbeat through while every commit fails). Once any operation has kept
+failing for the store's timeout (``--store-timeout``), the store is given up: that operation and
+every later one fail at once with StoreUnavailable, and a call still waiting is cut. So the
+timeout bounds the whole stop, not each operation's own wait one after the other.
 
 A call that never returns (a database that keeps the connection open but does not answer: a
 frozen server, a stalled proxy) is no failure by itself: ``Watchdog`` interrupts it once its
