@@ -25,7 +25,7 @@ from bulk_update.store import lease
 from bulk_update.store.core import changed_fields, fingerprint_text
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.lease import LEASE_S, SEND_MARGIN_S, LocalLease, is_gone, this_process
-from bulk_update.store.outage import Hurry, Outage, Watchdog
+from bulk_update.store.outage import Cause, Hurry, Outage, Tries, Watchdog
 from bulk_update.write import sweep_partials
 
 
@@ -152,6 +152,65 @@ def test_an_outage_says_what_it_is() -> None:
     clock.now += 2
     with pytest.raises(StoreUnavailable, match="locked by another session for 2 s"):
         outage.failed("lock timeout", commit, state="locked by another session")
+
+
+class Away(Exception):
+    """A store that is away, as a backend's error says it (``Tries``' ``away`` names it)."""
+
+
+def _away(exc: Exception) -> Cause | None:
+    return (str(exc), None) if isinstance(exc, Away) else None
+
+
+def test_tries_go_on_while_the_store_is_away_and_end_its_outage() -> None:
+    clock = Clock()
+    outage = Outage("db", 10.0, backoff=(0.0, 0.0), clock=clock)
+    answers: list[object] = [Away("refused"), Away("refused"), "done"]
+
+    def attempt() -> object:
+        clock.now += 1
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert Tries(outage, outage.check).run(attempt, _away) == "done"
+    assert outage.remaining() == 10.0  # no operation failing: the outage is over
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_tries_raise_an_error_that_is_no_outage_and_give_the_store_up(sync: bool) -> None:
+    clock = Clock()
+    outage = Outage("db", 10.0, backoff=(0.0, 0.0), clock=clock)
+    tried: list[float] = []
+
+    def away_then(error: Exception) -> object:
+        tried.append(clock.now)
+        clock.now += 4
+        raise error
+
+    def run(error: Exception) -> object:
+        tries = Tries(outage, outage.check)
+        if sync:
+            return tries.run(lambda: away_then(error), _away)
+
+        async def attempt() -> object:
+            return away_then(error)
+
+        async def away(exc: Exception) -> Cause | None:
+            return _away(exc)
+
+        return asyncio.run(tries.arun(attempt, away))
+
+    with pytest.raises(ValueError, match="a bug"):  # raised as it is, never tried again
+        run(ValueError("a bug"))
+    assert len(tried) == 1
+    with pytest.raises(StoreUnavailable, match="refused"):
+        run(Away("refused"))
+    assert tried[1:] == [104.0, 108.0, 112.0]  # given up once it has failed for 10 s (at 116)
+    with pytest.raises(StoreUnavailable):  # given up: the check stops a try before it begins
+        run(Away("refused"))
+    assert len(tried) == 4
 
 
 def test_the_holder_sends_only_while_its_lease_lasts() -> None:

@@ -147,11 +147,8 @@ def is_here(holder: Holder, here: Holder | None = None) -> bool:
     here = here or this_process()
     if not (holder.boot and holder.pid_namespace and holder.started and holder.pid > 0):
         return False
-    return (holder.host, holder.boot, holder.pid_namespace) == (
-        here.host,
-        here.boot,
-        here.pid_namespace,
-    )
+    where = (holder.host, holder.boot, holder.pid_namespace)
+    return where == (here.host, here.boot, here.pid_namespace)
 
 
 def is_gone(holder: Holder, here: Holder | None = None) -> bool:

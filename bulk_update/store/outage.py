@@ -1,14 +1,14 @@
 """A store that is away: how long each operation may keep failing, and one verdict for all.
 
 Each operation that meets the store away (a commit, a read, a heartbeat, a renewal of the run's
-lease) waits and tries again on a clock of its own, started by its first failure (``failed``;
-from when that try began: a try that waited before it failed, in SQLite's busy handler or
-PostgreSQL's ``lock_timeout``, counts) and ended by its success (``over``): another operation's
-success does not end it (a table another session holds locked can let the heartbeat through
-while every commit fails). Once any operation has kept failing for the store's timeout
-(``--store-timeout``), the store is given up: that operation and every later one fail at once
-with StoreUnavailable, and a call still waiting is cut. So the timeout bounds the whole stop,
-not each operation's own wait one after the other.
+lease) waits and tries again (``Tries``, the one loop of both backends) on a clock of its own,
+started by its first failure (``failed``; from when that try began: a try that waited before it
+failed, in SQLite's busy handler or PostgreSQL's ``lock_timeout``, counts) and ended by its
+success (``over``): another operation's success does not end it (a table another session holds
+locked can let the heartbeat through while every commit fails). Once any operation has kept
+failing for the store's timeout (``--store-timeout``), the store is given up: that operation and
+every later one fail at once with StoreUnavailable, and a call still waiting is cut. So the
+timeout bounds the whole stop, not each operation's own wait one after the other.
 
 A call that never returns (a database that keeps the connection open but does not answer: a
 frozen server, a stalled proxy) is no failure by itself: ``Watchdog`` interrupts it once its
@@ -28,20 +28,27 @@ threads of their own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
 
 from bulk_update.exceptions import StoreUnavailable
 
-__all__ = ["Hurry", "Outage", "Watchdog"]
+__all__ = ["Cause", "Hurry", "Outage", "Tries", "Watchdog"]
 
 log = logging.getLogger("bulk_update")
+
+T = TypeVar("T")
+# Why a try failed, for ``Outage.failed``: its line (no secret) and what the outage is (None:
+# the store's usual state).
+Cause = tuple[str, str | None]
+# What a try the watchdog cut says, if no try of its operation failed on its own before.
+_NO_ANSWER: Cause = ("no answer within --store-timeout", None)
 
 
 class Hurry:
@@ -140,11 +147,13 @@ class Outage:
         with self._lock:
             now = self._clock()
             oldest = min((since for since, _ in self._failing.values()), default=now)
-            left = self.timeout - (now - oldest)
-            hurry = self._hurry.until
-            if hurry is not None:
-                left = min(left, hurry - now)
-            return max(0.0, left)
+            return max(0.0, self._left(now, oldest))
+
+    def _left(self, now: float, first: float) -> float:
+        """Seconds left at ``now`` to an operation failing since ``first`` (or a hurry)."""
+        left = self.timeout - (now - first)
+        hurry = self._hurry.until
+        return left if hurry is None else min(left, hurry - now)
 
     def hurry(self, seconds: float) -> None:
         """The job is stopping: no wait for the store goes on more than ``seconds`` from now."""
@@ -181,13 +190,9 @@ class Outage:
                     state, cause, self.timeout,
                     extra={"event": "store_lost", "store": self.where},
                 )  # fmt: skip
+            if (left := self._left(now, first)) > 0:
+                return min(delay, left)
             elapsed = now - first
-            hurry = self._hurry.until
-            if elapsed < self.timeout and (hurry is None or now < hurry):
-                left = self.timeout - elapsed
-                if hurry is not None:
-                    left = min(left, hurry - now)
-                return max(0.0, min(delay, left))
             given_up = self._given_up = StoreUnavailable(
                 f"the store {self.where} has been {state} for {elapsed:.0f} s ({cause}); "
                 "the run stopped and resumes when run again"
@@ -212,14 +217,12 @@ class Outage:
             self._since = None
 
 
-@dataclass(order=True)
+@dataclass(eq=False)
 class _Guarded:
-    deadline: float
-    number: int
-    interrupt: Callable[[], None] = field(compare=False)
-    started: float = field(compare=False)
-    operation: object = field(default=None, compare=False)
-    fired: bool = field(default=False, compare=False)
+    interrupt: Callable[[], None]
+    started: float
+    operation: object
+    fired: bool = False
 
 
 class Watchdog:
@@ -229,10 +232,8 @@ class Watchdog:
 
     def __init__(self, outage: Outage) -> None:
         self._outage = outage
-        self._clock = outage.now
         self._ready = threading.Condition()
         self._guarded: list[_Guarded] = []
-        self._numbers = itertools.count()
         self._thread: threading.Thread | None = None
         outage.watch(self.nudge)
 
@@ -240,11 +241,9 @@ class Watchdog:
     def guard(self, interrupt: Callable[[], None], operation: object = None) -> Iterator[_Guarded]:
         """Around one call (a try of ``operation``); ``.fired`` says whether the watchdog cut it
         (it then counts as failing since ``.started``)."""
-        started = self._clock()
-        deadline = self._outage.deadline(started, operation)
-        entry = _Guarded(deadline, next(self._numbers), interrupt, started, operation)
+        entry = _Guarded(interrupt, self._outage.now(), operation)
         with self._ready:
-            heapq.heappush(self._guarded, entry)
+            self._guarded.append(entry)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._watch, name="bulk-update-store-watchdog", daemon=True
@@ -256,27 +255,94 @@ class Watchdog:
         finally:
             with self._ready, contextlib.suppress(ValueError):
                 self._guarded.remove(entry)
-                heapq.heapify(self._guarded)
 
     def nudge(self) -> None:
         """Deadlines moved closer (a hurry, the store given up): look again."""
         with self._ready:
-            for entry in self._guarded:
-                entry.deadline = self._outage.deadline(entry.started, entry.operation)
-            heapq.heapify(self._guarded)
             self._ready.notify()
+
+    def _deadline(self, entry: _Guarded) -> float:
+        return self._outage.deadline(entry.started, entry.operation)
 
     def _watch(self) -> None:
         while True:
             with self._ready:
                 while not self._guarded:
                     self._ready.wait()
-                entry = self._guarded[0]
-                left = entry.deadline - self._clock()
+                entry = min(self._guarded, key=self._deadline)
+                left = self._deadline(entry) - self._outage.now()
                 if left > 0:
                     self._ready.wait(left)
                     continue
-                heapq.heappop(self._guarded)
+                self._guarded.remove(entry)
                 entry.fired = True
             with contextlib.suppress(Exception):  # a connection already gone
                 entry.interrupt()
+
+
+class Tries:
+    """One operation's tries, on a clock of its own: ``run`` (``arun`` on the event loop) calls
+    ``attempt`` until it returns, waiting (``Outage.failed``) after each error that ``away``
+    names an outage (a ``Cause``; None: no outage, raised as it is; ``away`` raises what no
+    retry mends). Each try first calls ``check``, and is guarded by ``watchdog`` (``interrupt``
+    cuts it) if given: a try it cut (``cut``) is the outage the last failure named still (a
+    lock waited for to the end of the clock), else a store that does not answer."""
+
+    def __init__(
+        self,
+        outage: Outage,
+        check: Callable[[], None],
+        watchdog: Watchdog | None = None,
+        interrupt: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._outage = outage
+        self._check = check
+        self._watchdog = watchdog
+        self._interrupt = interrupt
+        self.cut = False  # the watchdog cut the last try
+        self._started = 0.0  # when the last try began (the outage's clock)
+        self._cause = _NO_ANSWER
+
+    @contextlib.contextmanager
+    def _try(self) -> Iterator[None]:
+        self._check()
+        if self._watchdog is None:
+            self._started = self._outage.now()
+            yield
+        else:
+            with self._watchdog.guard(self._interrupt, self) as guarded:
+                try:
+                    yield
+                finally:
+                    self.cut, self._started = guarded.fired, guarded.started
+        self._outage.over(self)
+
+    def _pause(self, cause: Cause) -> float:
+        if not self.cut:
+            self._cause = cause
+        line, state = self._cause
+        return self._outage.failed(line, self, state=state, since=self._started)
+
+    def run(self, attempt: Callable[[], T], away: Callable[[Exception], Cause | None]) -> T:
+        while True:
+            try:
+                with self._try():
+                    return attempt()
+            except Exception as exc:
+                if (cause := away(exc)) is None:
+                    raise
+            time.sleep(self._pause(cause))
+
+    async def arun(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        away: Callable[[Exception], Awaitable[Cause | None]],
+    ) -> T:
+        while True:
+            try:
+                with self._try():
+                    return await attempt()
+            except Exception as exc:
+                if (cause := await away(exc)) is None:
+                    raise
+            await asyncio.sleep(self._pause(cause))

@@ -3,23 +3,7 @@
 Everything is in one schema, ``bulk_update``, created and migrated by the job (the URL's user
 needs ``CREATE`` on the database the first time, then only read/write on the schema). Its tables
 are declared in ``store/schema.py``; what it does as the SQLite store does is in
-``store/core.py``::
-
-    layout(version)                          -- the layout's number (schema.LAYOUTS)
-    jobs(job_id, name)                       -- a job name, numbered once
-    runs(run_id, job, results, shard, fingerprint, options, started_at, resumed_at,
-         invocations, ended_at, counts, exit_code, replaced_at, total_rows, requests,
-         rate_limited, stopped_by, host, pid, heartbeat_at, rows_done)
-    outcomes(id, <the results columns as the store keeps them>)  -- id: run_id * 2**32 +
-                                             -- row_number (the view run_outcomes: decoded)
-    timeline(run_id, at, requests, rate_limited, retries, errors, rows, limit_rpm,
-             announced_rpm)                  -- per second of a run (status, report)
-    last_set(outcome, set_at, job_id, conversation_id, metadata)  -- each job's state (the
-             ID as outcomes keep it: bytea; an entry the job set names its outcome instead of
-             copying its metadata; the view job_state: decoded)
-    budget(job_id, next_at)                  -- the job's shared rate budget (see Budget)
-    sessions(backend_pid, host, pid, since)  -- who holds a lock, for the refusal's message
-    leases(job_id, shard, holder, until, host, pid, ...)  -- the lock holder's lease (lease.py)
+``store/core.py``.
 
 **Locks** are session-level advisory locks (``pg_try_advisory_lock``) of the connection the run
 holds: one run per job, or one per shard (shards share the job's lock, and all of a job's
@@ -29,22 +13,17 @@ about 25 s when its machine or network vanishes (the job sets the session's TCP 
 10 s idle, then 3 probes 5 s apart; ``tcp_user_timeout`` likewise bounds unacknowledged data).
 
 **Transactions**: each write is one transaction; a sent row's outcome and its state entry
-commit together. Outcomes of the workers are committed in groups by one writer task on the
-event loop (``grouped.LoopGroupWriter``, no thread: a worker waits for its row's commit before
-it takes the next row, so at most ``concurrency`` rows are ever sent without a committed
-outcome). A connection lost mid-run is re-established with
-backoff (0.2 s doubling to 5 s) and the failed transaction run again (every write is an upsert:
-running one twice changes nothing); the run's locks are taken again first. If the database
-stays away longer than ``--store-timeout`` (one clock for every operation of the run:
-``store/outage.py``), StoreUnavailable stops the job (exit 3, resumable). The job's tables
-dropped under a run (or the database made anew) stop it at the next write (StoreGone, exit 3).
+commit together, the workers' in groups (``grouped.LoopGroupWriter``, on the event loop). A
+connection lost mid-run is re-established with backoff (0.2 s doubling to 5 s) and the failed
+transaction run again (every write is an upsert: running one twice changes nothing); the run's
+locks are taken again first. If the database stays away longer than ``--store-timeout`` (one
+clock for every operation of the run: ``store/outage.py``), StoreUnavailable stops the job
+(exit 3, resumable). The job's tables dropped under a run (or the database made anew) stop it
+at the next write (StoreGone, exit 3).
 
 **One writer for real**: a lock lost with its session is not a lock; beside it the holder keeps
-a lease (``store/lease.py``), renewed every 2 s by a thread of its own through the session that
-holds the lock. The holder sends only while its lease lasts, a process that takes the lock waits
-for the lease to end first, and every outcome, forget and heartbeat commits only while the
-holder's lease row is still there: a replaced holder stops sending (RunTaken, exit 3) before the
-new one starts, and can no longer write.
+a lease (``store/lease.py``), renewed through the session that holds the lock, and every
+outcome, forget and heartbeat commits only while the holder's lease row is still there.
 
 The password is never shown: ``where`` and every error message name the store without it.
 """
@@ -65,7 +44,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import polars as pl
 import psycopg
@@ -96,7 +75,7 @@ from bulk_update.store.lease import (
     is_gone,
     this_process,
 )
-from bulk_update.store.outage import Hurry, Outage, Watchdog
+from bulk_update.store.outage import Cause, Hurry, Outage, Tries, Watchdog
 from bulk_update.store.schema import STORED, STORED_TIMING
 from bulk_update.store.types import RunKey
 from bulk_update.store.url import check_url, redact, secrets
@@ -110,8 +89,6 @@ T = TypeVar("T")
 Conn = TypeVar("Conn", psycopg.Connection[Any], psycopg.AsyncConnection[Any])
 
 SCHEMA = "bulk_update"
-# Reconnection: first wait, longest wait.
-_BACKOFF_S = (0.2, 5.0)
 # A connection attempt waits this long at most (less when the outage is nearly given up).
 _CONNECT_TIMEOUT_S = 10
 # How often a connection attempt's waiter looks whether it is still waited for (a stop).
@@ -241,17 +218,6 @@ _START_AFRESH = (
 )
 
 
-def _stop_for(exc: psycopg.Error, where: str, first_line: str) -> DiskFull | None:
-    """An error that no retry mends: the database's disk is full (SQLSTATE class 53100)."""
-    if isinstance(exc, psycopg.errors.DiskFull):
-        return DiskFull(f"the store {where}", first_line)
-    return None
-
-
-# What a call cut by the watchdog says.
-_NO_ANSWER = "no answer within --store-timeout"
-
-
 def _shut(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) -> None:
     """Make a call blocked on ``conn`` (if any) fail at once: its socket shut down (a duplicate
     of the descriptor is shut, the connection keeps its own to close)."""
@@ -281,60 +247,17 @@ def _halves(key: int) -> tuple[int, int]:
     return (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
 
 
-class _Call:
-    """One call through a session, tried again until it goes through or the store is given up:
-    the steps the session (blocking) and the run's writer (on the event loop) take alike. They
-    differ only in how they connect, close a connection and wait: each try is ``with
-    call.guard(interrupt): ...``, and a failure that says the database is away (``_AWAY``) is
-    ``call.drops(exc, conn)`` closed (if it says so), then a wait of ``call.pause(exc)`` seconds."""
+def _take_lock(conn: psycopg.Connection[Any], function: str, arguments: tuple[int, ...]) -> bool:
+    marks = ", ".join("%s" for _ in arguments)
+    row = conn.execute(f"SELECT {function}({marks})", arguments).fetchone()
+    return bool(row and row[0])
 
-    def __init__(self, session: _Session) -> None:
-        self._session = session
-        self._operation = object()  # this call's own clock: another call's success does not end it
-        self._cut = False  # the watchdog cut the last try
-        self._started = 0.0  # when the last try began (the outage's clock)
-        self._line = ""
-        # What the last try that failed on its own said (its line, its state): a try the
-        # watchdog cuts at the end of the clock (a lock still waited for) is that outage still.
-        self._cause: tuple[str, str | None] = (_NO_ANSWER, None)
 
-    @contextlib.contextmanager
-    def guard(self, interrupt: Callable[[], None]) -> Iterator[None]:
-        """Around one try: none once the run was taken or the store given up; cut by the
-        watchdog (``interrupt``) if it does not return in time."""
-        session = self._session
-        if session.lost is not None:
-            raise session.lost
-        session.outage.check()
-        with session.watchdog.guard(interrupt, self._operation) as guarded:
-            try:
-                yield
-            finally:
-                self._cut, self._started = guarded.fired, guarded.started
-        session.outage.over(self._operation)
-
-    def drops(self, exc: psycopg.Error, conn: Conn | None) -> Conn | None:
-        """The try's connection if it must be closed (lost, cut, or a standby's); raises what
-        no retry mends."""
-        session = self._session
-        self._line = session.first_line(exc)
-        stop = _stop_for(exc, session.where, self._line)
-        if stop is not None:
-            raise stop from None
-        # A standby's answer (read-only) drops the connection too: the next reaches the primary.
-        read_only = isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
-        if conn is not None and (conn.broken or conn.closed or read_only or self._cut):
-            return conn
-        return None
-
-    def pause(self, exc: psycopg.Error) -> float:
-        """How long to wait before the next try (the outage's backoff; StoreUnavailable once it
-        has lasted --store-timeout, counted from when the first failing try began: a lock
-        waited for ``lock_timeout`` counts)."""
-        if not self._cut:
-            self._cause = (self._line, _state(exc))
-        line, state = self._cause
-        return self._session.outage.failed(line, self._operation, state=state, since=self._started)
+def _drops(conn: Conn | None, exc: Exception, cut: bool) -> TypeGuard[Conn]:
+    """Must the connection of a try that failed (``cut``: by the watchdog) be closed: lost, cut,
+    or a standby's (read-only: the next connection reaches the primary)?"""
+    read_only = isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
+    return conn is not None and (conn.broken or conn.closed or read_only or cut)
 
 
 def _connect(conninfo: str, outage: Outage) -> psycopg.Connection[Any]:
@@ -376,9 +299,8 @@ class _Session:
     def __init__(self, url: str, timeout: float, hurry: Hurry | None = None) -> None:
         self.url = url
         self.where = redact(url)
-        self.timeout = timeout
         # One outage clock for every operation of the session and of its run's writer.
-        self.outage = Outage(self.where, timeout, backoff=_BACKOFF_S, hurry=hurry)
+        self.outage = Outage(self.where, timeout, hurry=hurry)
         # A call the database never answers (a frozen server, a stalled proxy) is cut once it
         # has lasted the timeout: TCP keepalives cannot tell, the server's kernel answers them.
         self.watchdog = Watchdog(self.outage)
@@ -493,26 +415,50 @@ class _Session:
         until the database has been away for ``timeout`` seconds on the session's outage clock
         (StoreUnavailable; at once once it was given up). A call that does not return within
         the timeout is cut (``Watchdog``) and counts as away since it began."""
-        call = _Call(self)
+        tries = self.tries(lambda: _shut(self._conn))
+
+        def attempt() -> T:
+            conn = self._conn or self._reconnect()
+            if not transaction:
+                return work(conn)
+            with conn.transaction():
+                return work(conn)
+
+        def away(exc: Exception) -> Cause | None:
+            cause = self.away(exc)
+            if cause is not None and _drops(self._conn, exc, tries.cut):
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.close()
+                self._conn = None
+            return cause
+
         with self._mutex:
-            while True:
-                try:
-                    with call.guard(lambda: _shut(self._conn)):
-                        conn = self._conn or self._reconnect()
-                        if transaction:
-                            with conn.transaction():
-                                result = work(conn)
-                        else:
-                            result = work(conn)
-                    return result
-                except _GONE as exc:
-                    raise self.gone(exc) from None
-                except _AWAY as exc:
-                    if (lost := call.drops(exc, self._conn)) is not None:
-                        with contextlib.suppress(psycopg.Error):
-                            lost.close()
-                        self._conn = None
-                    time.sleep(call.pause(exc))
+            return tries.run(attempt, away)
+
+    def tries(self, interrupt: Callable[[], None]) -> Tries:
+        """A call's tries through the session (or its run's writer): none once the run was
+        taken or the store given up; each cut by the watchdog (``interrupt``) if it does not
+        return in time."""
+        return Tries(self.outage, self.check_open, self.watchdog, interrupt)
+
+    def check_open(self) -> None:
+        """Raise at once once nothing more is done through the session: the run lost, or the
+        store given up."""
+        if self.lost is not None:
+            raise self.lost
+        self.outage.check()
+
+    def away(self, exc: Exception) -> Cause | None:
+        """The outage ``exc`` says the database is in (``_AWAY``), or None (no outage); raises
+        what no retry mends: the job's tables gone, the database's disk full."""
+        if isinstance(exc, _GONE):
+            raise self.gone(exc) from None
+        if not isinstance(exc, _AWAY):
+            return None
+        line = self.first_line(exc)
+        if isinstance(exc, psycopg.errors.DiskFull):
+            raise DiskFull(f"the store {self.where}", line) from None
+        return line, _state(exc)
 
     def wait(self, seconds: float) -> bool:
         """Sleep ``seconds``; False, sooner, once the job is stopping (a signal's hurry): a wait
@@ -525,17 +471,18 @@ class _Session:
             time.sleep(min(POLL_S, end - now))
         return True
 
-    def abandon(self, lost: JobStopped) -> None:
+    def abandon(self, lost: JobStopped) -> JobStopped:
         """Another process holds the run now (or the job's tables are gone): nothing more is
-        done through this session."""
+        done through this session. Returns what it was lost to first."""
         if self.lost is None:
             self.lost = lost
+        return self.lost
 
     def gone(self, exc: psycopg.Error) -> JobStopped:
         """The job's tables are not in the database any more (``exc`` says so): dropped while
         the run went on, or the database made anew under it. Nothing more is done through this
         session; what they held is gone with them."""
-        self.abandon(
+        return self.abandon(
             StoreGone(
                 f"the store {self.where}: the job's tables were dropped while the run went on "
                 f"({self.first_line(exc)}); the run stopped, and what they held is gone: restore "
@@ -543,49 +490,33 @@ class _Session:
                 "sends every row again)"
             )
         )
-        assert self.lost is not None
-        return self.lost
 
     def _reconnect(self) -> psycopg.Connection[Any]:
         conn = self.connect()
         self._register(conn)
         for function, arguments in self._locks:
-            if not self._call_lock(conn, function, arguments):
+            if not _take_lock(conn, function, arguments):
                 conn.close()
                 self._conn = None
-                self.abandon(
+                raise self.abandon(
                     RunTaken(
                         f"the run's session with the store {self.where} was lost and another "
                         "process took the run meanwhile; this one stops (the other goes on)"
                     )
                 )
-                assert self.lost is not None
-                raise self.lost
         return conn
 
-    @staticmethod
-    def _call_lock(
-        conn: psycopg.Connection[Any], function: str, arguments: tuple[int, ...]
-    ) -> bool:
-        marks = ", ".join("%s" for _ in arguments)
-        row = conn.execute(f"SELECT {function}({marks})", arguments).fetchone()
-        return bool(row and row[0])
+    def fetch(self, sql: str, arguments: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The first row of one statement, outside a transaction."""
+        return self.run(lambda conn: conn.execute(sql, arguments).fetchone(), transaction=False)
 
     def try_lock(self, function: str, *arguments: int) -> bool:
         """Take a session-level advisory lock now, or say it is held; held until ``unlock``
         (and taken again after a reconnection)."""
-
-        def take(conn: psycopg.Connection[Any]) -> bool:
-            return self._call_lock(conn, function, arguments)
-
-        taken = self.run(take, transaction=False)
+        taken = self.run(lambda conn: _take_lock(conn, function, arguments), transaction=False)
         if taken:
             self._locks.append((function, arguments))
         return taken
-
-    def check(self) -> None:
-        """Make sure the session is up, with its locks (reconnecting if need be)."""
-        self.run(lambda conn: conn.execute("SELECT 1"), transaction=False)
 
     def unlock_all(self, lease: str | None = None) -> None:
         """Release the session's locks (and end the lease ``lease``, if it is still there: a
@@ -610,26 +541,15 @@ class _Session:
             self._conn = None
 
 
-def _holder(conn: psycopg.Connection[Any], where: str, *arguments: Any) -> str:
-    row = conn.execute(
-        "SELECT s.host, s.pid, s.since FROM pg_locks l LEFT JOIN sessions s "  # noqa: S608
-        "ON s.backend_pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-        f"AND {where} AND l.pid <> pg_backend_pid() AND l.database = "
-        "(SELECT oid FROM pg_database WHERE datname = current_database()) LIMIT 1",
-        arguments,
-    ).fetchone()
-    if row is None or row[0] is None:
-        return "another process"
-    host, pid, since = row
-    return f"pid {pid} on {host} since {since:%Y-%m-%dT%H:%M:%S%z}"
-
-
-def _holder_of(conn: psycopg.Connection[Any], key: int) -> str:
-    classid, objid = _halves(key)
-    return _holder(
-        conn, "l.objsubid = 1 AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid",
-        classid, objid,
-    )  # fmt: skip
+# Who holds an advisory lock (``sessions``: what each session that takes one says it is), other
+# than this session, in this database: objsubid 1 for a 64-bit key, 2 for the two-key form.
+_HOLDER = (
+    "SELECT s.host, s.pid, s.since FROM pg_locks l LEFT JOIN sessions s "
+    "ON s.backend_pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+    "AND l.objsubid = %s AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid "
+    "AND l.pid <> pg_backend_pid() AND l.database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database()) LIMIT 1"
+)
 
 
 # The leases that conflict with a run: a whole-input run's, every lease of its job; a shard's,
@@ -702,12 +622,12 @@ class PostgresStore(Store):
         if not session.try_lock(
             "pg_try_advisory_lock_shared" if key.shard else "pg_try_advisory_lock", job_key
         ):
-            refused = session.run(lambda conn: _holder_of(conn, job_key), transaction=False)
+            refused = self._holder(1, *_halves(job_key))
         elif key.shard is not None:
             index, count = key.shard
             shard_key = _key("shard", key.job, index, count)
             if not session.try_lock("pg_try_advisory_lock", shard_key):
-                refused = session.run(lambda conn: _holder_of(conn, shard_key), transaction=False)
+                refused = self._holder(1, *_halves(shard_key))
             else:
                 refused = self._other_shard_count(key.job, count)
         if refused is not None:
@@ -716,43 +636,41 @@ class PostgresStore(Store):
                 f"{_already(key)}: held by {refused} in {self.where}; wait for it to finish"
             )
 
+    def _holder(self, objsubid: int, classid: int, objid: int) -> str:
+        row = self._session.fetch(_HOLDER, (objsubid, classid, objid))
+        if row is None or row[0] is None:
+            return "another process"
+        host, pid, since = row
+        return f"pid {pid} on {host} since {since:%Y-%m-%dT%H:%M:%S%z}"
+
     def _other_shard_count(self, job: str, count: int) -> str | None:
         """Shards of one job must agree on N: 0/2 and 0/4 would send some rows twice."""
         family = _key("shards-of", job) >> 32  # a signed 32-bit key for the two-key form
         self._session.try_lock("pg_try_advisory_lock_shared", family, count)
-
-        def other(conn: psycopg.Connection[Any]) -> str | None:
-            row = conn.execute(
-                "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND objsubid = 2 AND classid = %s::bigint::oid AND objid <> %s::bigint::oid "
-                "LIMIT 1",
-                (family & 0xFFFFFFFF, count),
-            ).fetchone()
-            if row is None:
-                return None
-            holder = _holder(
-                conn, "l.objsubid = 2 AND l.classid = %s::bigint::oid AND l.objid = %s",
-                family & 0xFFFFFFFF, row[0],
-            )  # fmt: skip
-            return f"a shard of {row[0]} (not {count}), {holder}"
-
-        return self._session.run(other, transaction=False)
+        row = self._session.fetch(
+            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND objsubid = 2 AND classid = %s::bigint::oid AND objid <> %s::bigint::oid "
+            "LIMIT 1",
+            (family & 0xFFFFFFFF, count),
+        )
+        if row is None:
+            return None
+        return f"a shard of {row[0]} (not {count}), {self._holder(2, family & 0xFFFFFFFF, row[0])}"
 
     def _open_run(self, opening: Opening) -> PostgresJournal:
         key = opening.key
         job_id = self._job_id(key.job)
         self._lock_run(key)
-        lease: str | None = None
+        lease: _Lease | None = None
         try:
             compare_with = job_id if opening.since is None else self._since_job(opening.since)
             run_id = self._find_or_start(opening)
-            lease, asked = self._take_lease(job_id, key)
+            lease = self._take_lease(job_id, key)
             return PostgresJournal(
-                self._session, run_id, job_id, compare_with, opening.unfinished,
-                _Lease(job_id, key.shard_text, lease, asked),
-            )  # fmt: skip
+                self._session, run_id, job_id, compare_with, opening.unfinished, lease
+            )
         except BaseException:
-            self._session.unlock_all(lease)
+            self._session.unlock_all(None if lease is None else lease.token)
             raise
 
     def _live_lease(self, job_id: int, key: RunKey, me: Holder) -> tuple[float, Holder] | None:
@@ -772,11 +690,10 @@ class PostgresStore(Store):
         ]
         return max(live, key=lambda found: found[0], default=None)
 
-    def _take_lease(self, job_id: int, key: RunKey) -> tuple[str, float]:
+    def _take_lease(self, job_id: int, key: RunKey) -> _Lease:
         """Once the run's lock is held: wait until no lease that conflicts with this run lasts
         any more (a holder whose session was lost may still be sending until its lease ends,
-        unless it is known to be gone), then replace them with this process's lease. Returns
-        the lease's token and when it was asked for (this process's clock)."""
+        unless it is known to be gone), then replace them with this process's lease."""
         token, me = uuid.uuid4().hex, this_process()
         said = False
         while (live := self._live_lease(job_id, key, me)) is not None:
@@ -807,7 +724,7 @@ class PostgresStore(Store):
             )  # fmt: skip
 
         self._session.run(take)
-        return token, asked
+        return _Lease(job_id, key.shard_text, token, asked)
 
     def budget(self, job: str) -> BudgetCore:
         return BudgetCore(_DIALECT, self._session.run, self._job_id(job))
@@ -918,8 +835,8 @@ def jobs_that_wrote(url: str, results: list[str] | None, timeout: float) -> list
 class _Writer:
     """The connection that commits what the workers wait for (IDs to forget, outcomes) on the
     event loop, a group of them (``grouped.LoopGroupWriter``) in one statement (so one
-    transaction) and one round trip. ``fenced``: the statement's one value is 0 when this
-    process no longer holds the run (``RunTaken``)."""
+    transaction) and one round trip, whose one value is 0 when this process no longer holds
+    the run (``taken``)."""
 
     def __init__(
         self,
@@ -935,24 +852,23 @@ class _Writer:
 
     async def commit(self, items: list[Recorded | str]) -> None:
         group = self._group(items)
-        call = _Call(self._session)
-        while True:
-            try:
-                with call.guard(lambda: _shut(self._conn)):
-                    conn = self._conn or await self._connect()
-                    cursor = await conn.execute(_GROUP, group)
-                    row = await cursor.fetchone()
-                if not (row and row[0]):
-                    raise self._taken()
-                return
-            except _GONE as exc:
-                raise self._session.gone(exc) from None
-            except _AWAY as exc:
-                if (lost := call.drops(exc, self._conn)) is not None:
-                    with contextlib.suppress(psycopg.Error):
-                        await lost.close()
-                    self._conn = None
-                await asyncio.sleep(call.pause(exc))
+        tries = self._session.tries(lambda: _shut(self._conn))
+
+        async def attempt() -> tuple[Any, ...] | None:
+            conn = self._conn or await self._connect()
+            return await (await conn.execute(_GROUP, group)).fetchone()
+
+        async def away(exc: Exception) -> Cause | None:
+            cause = self._session.away(exc)
+            if cause is not None and _drops(self._conn, exc, tries.cut):
+                with contextlib.suppress(psycopg.Error):
+                    await self._conn.close()
+                self._conn = None
+            return cause
+
+        row = await tries.arun(attempt, away)
+        if not (row and row[0]):
+            raise self._taken()
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -963,7 +879,7 @@ class _Writer:
         if self._connected_before:
             # Back after an outage: the run's session (and its locks) must be too, or another
             # process may have taken the run meanwhile (RunTaken, and the job stops).
-            await asyncio.to_thread(self._session.check)
+            await asyncio.to_thread(self._session.fetch, "SELECT 1", ())
         conn = await psycopg.AsyncConnection.connect(self._session.conninfo(), autocommit=True)
         await conn.execute(_SESSION)
         self._conn = conn
@@ -990,6 +906,8 @@ class PostgresJournal(_Reader, Journal):
     renews the run's lease every RENEW_EVERY_S; ``fence`` lets a request go only while it
     lasts."""
 
+    _dialect = _DIALECT
+
     def __init__(
         self,
         session: _Session,
@@ -1001,8 +919,6 @@ class PostgresJournal(_Reader, Journal):
     ) -> None:
         super().__init__(session, compare_with)
         self.run_id = run_id
-        self._job_id = job_id
-        self._dialect = _DIALECT
         self._job = job_id
         self._unfinished_are(unfinished)
         self._lease = lease
@@ -1020,16 +936,13 @@ class PostgresJournal(_Reader, Journal):
 
     def _taken(self) -> JobStopped:
         """The run is another process's now: say so once, and use the session no more."""
-        if self._session.lost is None:
-            self._session.abandon(
-                RunTaken(
-                    f"another process took the run over in {self._session.where} (this one's "
-                    "lease on it had ended: its session with the store was lost); this one sends "
-                    "nothing more (the other goes on)"
-                )
+        return self._session.abandon(
+            RunTaken(
+                f"another process took the run over in {self._session.where} (this one's "
+                "lease on it had ended: its session with the store was lost); this one sends "
+                "nothing more (the other goes on)"
             )
-        assert self._session.lost is not None
-        return self._session.lost
+        )
 
     def _renew(self) -> None:
         """The lease's thread: renew it every RENEW_EVERY_S, through the session that holds the
@@ -1065,10 +978,7 @@ class PostgresJournal(_Reader, Journal):
 
     async def fence(self) -> None:
         while not self._local.may_send():
-            session = self._session
-            if session.lost is not None:
-                raise session.lost
-            session.outage.check()
+            self._session.check_open()
             if not self._renewing.is_alive():
                 raise self._taken()
             await asyncio.sleep(POLL_S)
@@ -1129,7 +1039,7 @@ class PostgresJournal(_Reader, Journal):
                 _INSERT_UNCHANGED,
                 (self.run_id, schema.STATUS_CODES[Status.UNCHANGED], *arrays),
             )
-            if self._compare_with != self._job_id:
+            if self._compare_with != self._job:
                 conn.execute(
                     # The metadata is the unchanged row's sent_metadata: named, not copied.
                     "INSERT INTO last_set (outcome, set_at, job_id, conversation_id) "  # noqa: S608
@@ -1138,7 +1048,7 @@ class PostgresJournal(_Reader, Journal):
                     f"ON s.conversation_id = {schema.encoded_id('conversation_id', 'u.id')} "
                     "WHERE s.job_id = %s ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
                     "outcome = EXCLUDED.outcome, metadata = NULL, set_at = EXCLUDED.set_at",
-                    (self.run_id, self._job_id, arrays[0], arrays[1], self._compare_with),
+                    (self.run_id, self._job, arrays[0], arrays[1], self._compare_with),
                 )
 
         self._fenced(write)

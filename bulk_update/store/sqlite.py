@@ -93,7 +93,7 @@ from bulk_update.store.core import (
 )
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.locks import Opened, release_lock, take_lock
-from bulk_update.store.outage import Hurry, Outage
+from bulk_update.store.outage import Cause, Hurry, Outage, Tries
 from bulk_update.store.schema import STORED, STORED_TIMING
 from bulk_update.store.types import RowTiming, RunKey
 
@@ -248,20 +248,15 @@ def _retrying(outage: Outage, path: Path, work: Callable[[], T], *, reads: bool 
     outage clock; other SQLite errors as ``store_error`` says. Once the outage was given up,
     writes fail at once; ``reads`` are still tried (a lock that holds writes back does not
     hold back readers of a WAL file: the results can still be written from the store)."""
-    operation = object()  # this call's own clock: another call's success does not end it
-    while True:
-        if not reads:
-            outage.check()
-        began = outage.now()  # a try waits (busy_timeout) before it fails: that wait counts
-        try:
-            result = work()
-        except sqlite3.Error as exc:
-            if not _is_busy(exc):
-                raise store_error(exc, path) from None
-            time.sleep(outage.failed(first_line(exc), operation, since=began))
-            continue
-        outage.over(operation)
-        return result
+
+    def away(exc: Exception) -> Cause | None:
+        if not isinstance(exc, sqlite3.Error):
+            return None
+        if not _is_busy(exc):
+            raise store_error(exc, path) from None
+        return first_line(exc), None
+
+    return Tries(outage, (lambda: None) if reads else outage.check).run(work, away)
 
 
 def _transacting(db: sqlite3.Connection, outage: Outage, path: Path, work: Work[T]) -> T:
