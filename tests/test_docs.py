@@ -99,12 +99,22 @@ def test_every_module_has_its_place_in_the_tree() -> None:
     assert not absent, f"modules the docs' tree does not show: {absent}"
 
 
+@functools.cache
+def tracked_folders() -> set[str]:
+    """The repo's own top-level folders: what git tracks, not what a run left (``out/``,
+    ``.venv/``), so that a page's example path never counts as the repo's."""
+    listed = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    return {name.split("/", 1)[0] for name in listed if "/" in name}
+
+
 def repo_paths(page: str) -> list[str]:
     """The paths a page names (outside the map's tree) that refer to the repo: a Python file, a
     Markdown page, or a path whose first folder is one of the repo's or the package's
     (``jobs/``, ``store/``); not an example's (``out/results.csv``) nor a placeholder's
     (``jobs/NAME``)."""
-    ours = {p.name for p in (*ROOT.iterdir(), *PACKAGE.iterdir()) if p.is_dir()}
+    ours = {p.name for p in PACKAGE.iterdir() if p.is_dir()} | tracked_folders()
     if "\nbulk_update/\n" in page:
         page = page.replace(tree(page), "")
     found = []
