@@ -37,7 +37,6 @@ modules of the package are the store's own:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from bulk_update.store import sqlite
@@ -94,7 +93,10 @@ __all__ = [
 POSTGRES_HINT = "the store in PostgreSQL needs psycopg: pip install 'bulk-update[postgres]'"
 
 
-def _postgres() -> Any:
+def _backend(location: StoreLocation) -> Any:
+    """The module of the location's backend (PostgreSQL's is imported only when used)."""
+    if location.url is None:
+        return sqlite
     try:
         from bulk_update.store import postgres
     except ImportError as exc:
@@ -109,7 +111,7 @@ def open_store(location: StoreLocation, hurry: Hurry | None = None) -> Store:
     opened: a signal while it opens (held by another process, or frozen) ends its waits, as
     it ends them later in the run."""
     if location.url is not None:
-        store: Store = _postgres().PostgresStore.open(
+        store: Store = _backend(location).PostgresStore.open(
             location.url, timeout=location.timeout, hurry=hurry
         )
         return store
@@ -135,21 +137,15 @@ def jobs_that_wrote(location: StoreLocation, results: list[str]) -> list[str]:
     """The jobs with a run whose results path (as given) is one of ``results``: in the
     PostgreSQL store, or in the SQLite stores of ``location.path``'s directory (one per job).
     Reads only, creates nothing: how a revert finds the job of the results it reverts."""
-    if location.url is not None:
-        found: list[str] = _postgres().jobs_that_wrote(location.url, results, location.timeout)
-        return found
-    return sqlite.jobs_that_wrote(location.path.parent, results)
+    found: list[str] = _backend(location).jobs_that_wrote(location, results)
+    return found
 
 
-@contextlib.contextmanager
 def read_state(
     location: StoreLocation, job: str, since: str | None = None
-) -> Iterator[StateReader | None]:
+) -> contextlib.AbstractContextManager[StateReader | None]:
     """The state a dry run compares with: ``since``'s if given, else the job's own; None if the
-    job has never set anything."""
-    if location.url is not None:
-        with _postgres().read_state(location.url, job, since, location.timeout) as reader:
-            yield reader
-        return
-    with sqlite.read_state(location.path, since) as reader:
-        yield reader
+    job has never set anything. Reads only, creates nothing."""
+    reading: contextlib.AbstractContextManager[StateReader | None]
+    reading = _backend(location).read_state(location, job, since)
+    return reading

@@ -49,24 +49,6 @@ from bulk_update.store.types import (
     run_options,
 )
 
-__all__ = [
-    "BudgetCore",
-    "Connection",
-    "Dialect",
-    "Journal",
-    "Opening",
-    "Recorded",
-    "Store",
-    "Work",
-    "batch_json",
-    "changed_fields",
-    "changed_rows",
-    "entry_metadata",
-    "fingerprint_text",
-    "jobs_that_wrote",
-    "unfinished_statuses",
-]
-
 T = TypeVar("T")
 log = logging.getLogger("bulk_update")
 
@@ -83,6 +65,9 @@ Work = Callable[[Connection], T]
 Recorded = tuple[RowOutcome, RowTiming | None]
 
 assert TIMELINE.names("sqlite") == ("run_id", *TIMELINE_COLUMNS)
+_SECOND_TYPES = {
+    name: kind for name, kind in TIMELINE.types("postgres").items() if name != "run_id"
+}
 
 
 # What a run is, and how it changes: the same rules in both backends.
@@ -194,108 +179,84 @@ def options_input(options: dict[str, Any]) -> str | None:
     return None if value is None else str(value)
 
 
-@dataclass(frozen=True, slots=True)
-class Dialect:
-    """What differs between the backends in the statements they share: SQL fragments (with
-    named parameters of their own) and how a run's rows are numbered."""
+# A backend's SQL dialect ("sqlite", "postgres").
+Dialect = schema.Dialect
 
-    name: schema.Dialect
-    # This moment, as a timestamp column holds it (``now``: bound to TIMESTAMP_FORMAT text),
-    # and as ``heartbeat_at`` holds it (``clock``: bound to Unix time).
-    now: str
-    clock: str
-    # Seconds since the run ``r``'s last heartbeat.
-    age: str
-    # Outcomes of the run's rows [first, last]; of all its rows; a row's number; their order.
-    rows: str
-    run_rows: str
-    row: str
-    order: str
-    # The predicate on the rows of ``last_set`` that are the job's (``job``), if it has one.
-    state: str
-    # The values of a JSON array parameter: texts (``ids``, a column ``id``), run IDs (``runs``).
-    ids: str
-    runs: str
-    # What follows the insert of a run so that ``inserted`` finds its ID.
-    returning: str
-    # The budget's clock (Unix seconds: bound as ``clock`` in SQLite, the database's in
-    # PostgreSQL), the larger of two values, and the key of a job's budget (``job``).
-    budget_clock: str = ":clock"
-    greatest: str = "max"
-    budget_key: str = "job"
-    # A batch's rows (``batch_json``) as a relation ``t(r, i, m)``, and last_set's key of its
-    # conversation ID ``t.i``.
-    batch: str = ""
-    batch_key: str = "t.i"
-    # outcomes' key of a run's row 0 (SQLite numbers rows across runs).
-    rows_per_run: int = 0
-    # The results' columns but row_number, and the timing, as a reader gets them from what
-    # outcomes keep (schema.stored_columns, schema.timing_columns).
-    stored: str = ""
-    timing: str = ""
-    # ``last_set``'s key of the conversation ID ``t.id``.
-    state_key: str = "t.id"
-    # A row's status (its text) from what outcomes keep.
-    status: str = "status"
 
-    def prepare(self, template: str) -> str:
-        """The backend's SQL for a statement written with ``:name`` parameters and this
-        dialect's fragments (once per statement: cached)."""
-        return _prepare(self, template)
+def _span(run_id: int, first: int = 0, last: int = (1 << 32) - 1) -> dict[str, int]:
+    """The parameters that select rows ``[first, last]`` of a run (both backends key outcomes
+    by ``run_id * ROWS_PER_RUN + row_number``)."""
+    base = run_id * schema.ROWS_PER_RUN
+    return {"run": run_id, "base": base, "first": base + first, "last": base + last}
 
-    def span(self, run_id: int, first: int = 0, last: int = (1 << 32) - 1) -> dict[str, int]:
-        """The parameters that select rows ``[first, last]`` of a run (``rows``, ``row``)."""
-        base = run_id * self.rows_per_run
-        return {"run": run_id, "base": base, "first": base + first, "last": base + last}
 
-    def json_rows(self, parameter: str, table: schema.Table, names: Iterable[str]) -> str:
-        """A relation ``t`` with columns ``names`` of ``table``, from a JSON array of objects."""
-        if self.name == "sqlite":
-            columns = ", ".join(f"json_extract(value, '$.{name}') AS {name}" for name in names)
-            return f"(SELECT {columns} FROM json_each(:{parameter})) AS t"  # noqa: S608
-        types = table.types("postgres")
-        declared = ", ".join(f"{name} {types[name]}" for name in names)
-        return f"json_to_recordset(CAST(:{parameter} AS json)) AS t({declared})"
+def json_rows(dialect: Dialect, parameter: str, types: Mapping[str, str]) -> str:
+    """A relation ``t`` from a JSON array of objects, with the columns ``types`` (name ->
+    PostgreSQL's type)."""
+    if dialect == "sqlite":
+        columns = ", ".join(f"json_extract(value, '$.{name}') AS {name}" for name in types)
+        return f"(SELECT {columns} FROM json_each(:{parameter})) AS t"  # noqa: S608
+    declared = ", ".join(f"{name} {kind}" for name, kind in types.items())
+    return f"json_to_recordset(CAST(:{parameter} AS json)) AS t({declared})"
 
-    def inserted(self, cursor: Any) -> int:
-        """The ID of the run an insert (ending in ``returning``) made."""
-        if self.returning:
-            return int(cursor.fetchone()[0])
-        return int(cursor.lastrowid or 0)
+
+def _fragments(dialect: Dialect) -> dict[str, str]:
+    """What differs between the backends in the statements they share, by the name a template
+    gives it in braces. SQLite's clock is this machine's, bound as a parameter (``now``:
+    TIMESTAMP_FORMAT text, ``clock``: Unix time); PostgreSQL's is the database's, so that
+    machines' clocks need not agree. One SQLite file holds one job's state and budget."""
+    alike = {
+        # A row's status (its text), the results' columns but row_number, and the timing, as a
+        # reader gets them from what outcomes keep.
+        "status": schema.status_text(dialect),
+        "stored": schema.stored_columns(dialect),
+        "timing": schema.timing_columns(dialect),
+        # A batch's rows (``batch_json``) as the relation ``t(r, i, m)``.
+        "batch": json_rows(dialect, "batch", {"r": "integer", "i": "text", "m": "text"}),
+        # A heartbeat's seconds of the timeline (``Second``'s fields).
+        "seconds": json_rows(dialect, "t", _SECOND_TYPES),
+    }
+    if dialect == "sqlite":
+        return {
+            **alike,
+            "now": ":now",
+            "clock": ":clock",
+            "age": ":clock - r.heartbeat_at",  # seconds since the run r's last heartbeat
+            "budget_clock": ":clock",
+            "greatest": "max",
+            "budget_key": "job",
+            "where_state": "",
+            "and_state": "",
+            # last_set's key of the conversation ID t.id (of ``ids``), t.i (of ``batch``).
+            "state_key": "t.id",
+            "batch_key": "t.i",
+            # The values of a JSON array parameter: texts (``ids``, as ``id``), run IDs.
+            "ids": "SELECT value AS id FROM json_each(:ids)",
+            "runs": "SELECT value FROM json_each(:runs)",
+        }
+    return {
+        **alike,
+        "now": "now()",
+        "clock": "now()",
+        "age": "extract(epoch FROM now() - r.heartbeat_at)",
+        "budget_clock": "CAST(extract(epoch FROM clock_timestamp()) AS double precision)",
+        "greatest": "greatest",
+        "budget_key": "job_id",
+        "where_state": " WHERE job_id = :job",
+        "and_state": " AND job_id = :job",
+        "state_key": schema.encoded_id("conversation_id", "t.id"),
+        "batch_key": schema.encoded_id("conversation_id", "t.i"),
+        "ids": "SELECT json_array_elements_text(CAST(:ids AS json)) AS id",
+        "runs": "SELECT CAST(json_array_elements_text(CAST(:runs AS json)) AS bigint)",
+    }
 
 
 @functools.cache
-def _prepare(dialect: Dialect, template: str) -> str:
-    fragments = {
-        name: getattr(dialect, name)
-        for name in (
-            "now",
-            "clock",
-            "age",
-            "rows",
-            "run_rows",
-            "row",
-            "order",
-            "ids",
-            "runs",
-            "stored",
-            "timing",
-            "state_key",
-            "status",
-            "budget_clock",
-            "greatest",
-            "budget_key",
-            "batch",
-            "batch_key",
-        )
-    }
-    state = dialect.state
-    text = template.format(
-        **fragments,
-        where_state=f" WHERE {state}" if state else "",
-        and_state=f" AND {state}" if state else "",
-    )
-    if dialect.name == "postgres":
+def prepare(dialect: Dialect, template: str) -> str:
+    """The backend's SQL for a statement written with ``:name`` parameters and the dialect's
+    fragments in braces (once per statement: cached)."""
+    text = template.format(**_fragments(dialect))
+    if dialect == "postgres":
         text = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", text)
     return text
 
@@ -332,7 +293,7 @@ _HISTORY = (
     "replaced_at IS NOT NULL AS replaced FROM runs WHERE job = :job ORDER BY run_id DESC"
 )
 # The requests a run's committed outcomes prove it sent.
-_PROVEN = "SELECT sum(attempts) FROM outcomes WHERE {run_rows}"
+_PROVEN = "SELECT sum(attempts) FROM outcomes WHERE id BETWEEN :first AND :last"
 _LAST = "(SELECT max(at) FROM timeline WHERE run_id = r.run_id)"
 _STATUS = (
     "SELECT r.run_id, r.rows_done, {age}, "  # noqa: S608
@@ -344,8 +305,8 @@ _TIMELINE = f"SELECT {', '.join(TIMELINE_COLUMNS)} FROM timeline WHERE run_id = 
 assert REPORT_COLUMNS[1:6] == ("status", "http_status", "attempts", "error_code", "error_message")
 assert REPORT_COLUMNS[6:] == TIMING_COLUMNS
 _REPORT = (
-    "SELECT {row}, {status}, http_status, attempts, error_code, error_message, {timing} "
-    "FROM outcomes WHERE {rows} ORDER BY {order}"
+    "SELECT id - :base, {status}, http_status, attempts, error_code, error_message, {timing} "
+    "FROM outcomes WHERE id BETWEEN :first AND :last ORDER BY id"
 )
 
 
@@ -384,10 +345,10 @@ def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int 
     names that did."""
     key, fingerprint, options = opening.key, opening.fingerprint, opening.options
     given = {"job": key.job, "results": key.results, "shard": key.shard_text, **_stamp()}
-    found = conn.execute(dialect.prepare(_FIND), given).fetchone()
+    found = conn.execute(prepare(dialect, _FIND), given).fetchone()
     if found is not None and opening.restart:
         conn.execute(
-            dialect.prepare("UPDATE runs SET replaced_at = {now} WHERE run_id = :run"),
+            prepare(dialect, "UPDATE runs SET replaced_at = {now} WHERE run_id = :run"),
             {**given, "run": found[0]},
         )
         found = None
@@ -395,16 +356,16 @@ def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int 
         values = _starting(opening)
         start = (
             f"INSERT INTO runs ({', '.join(values)}, started_at) "  # noqa: S608
-            f"VALUES ({', '.join(f':{name}' for name in values)}, {{now}}){dialect.returning}"
+            f"VALUES ({', '.join(f':{name}' for name in values)}, {{now}}) RETURNING run_id"
         )
-        return dialect.inserted(conn.execute(dialect.prepare(start), {**values, **_stamp()}))
+        return int(conn.execute(prepare(dialect, start), {**values, **_stamp()}).fetchone()[0])
     run_id, stored, stored_options = found
     changed = changed_fields(stored, fingerprint) if stored != fingerprint else []
     if changed:
         return ", ".join(changed)
     resumed = resumed_options(stored_options, options)
     resuming = {**given, **_holding(), "options": resumed, "run": run_id}
-    conn.execute(dialect.prepare(_RESUME), resuming)
+    conn.execute(prepare(dialect, _RESUME), resuming)
     return int(run_id)
 
 
@@ -498,12 +459,12 @@ class Store(_Closing):
         return found
 
     def _fetch(self, template: str, parameters: dict[str, Any]) -> list[Any]:
-        sql = self._dialect.prepare(template)
+        sql = prepare(self._dialect, template)
         return self._read(lambda conn: conn.execute(sql, parameters).fetchall())
 
     def _fetch_named(self, template: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         """The rows a read finds, each by column name."""
-        sql = self._dialect.prepare(template)
+        sql = prepare(self._dialect, template)
 
         def read(conn: Connection) -> list[dict[str, Any]]:
             cursor = conn.execute(sql, parameters)
@@ -520,7 +481,7 @@ class Store(_Closing):
         """The requests a run's committed outcomes prove it sent (the sum of their attempts):
         what its count is at least, when an invocation did not record its end. Reads all the
         run's outcomes."""
-        rows = self._fetch(_PROVEN, self._dialect.span(run_id))
+        rows = self._fetch(_PROVEN, _span(run_id))
         return int(rows[0][0] or 0)
 
     def status(self, job: str) -> list[RunStatus]:
@@ -539,11 +500,86 @@ class Store(_Closing):
 
     def report_rows(self, run_id: int) -> pl.DataFrame:
         """A run's outcomes, REPORT_COLUMNS, by row number."""
-        return report_frame(self._fetch(_REPORT, self._dialect.span(run_id)))
+        return report_frame(self._fetch(_REPORT, _span(run_id)))
 
     def budget(self, job: str) -> Budget:
         """The job's rate budget, shared by its running shards."""
         raise NotImplementedError
+
+
+def batch_json(rows: pl.DataFrame) -> str:
+    """A batch's valid rows (``ROW_NUMBER, conversation_id, sent_metadata``) as one JSON array
+    (the dialect's ``batch``: ``t(r, i, m)``): the comparison and the journaling of unchanged
+    rows run inside the database, with no Python object per row. Sorted by ID, so that
+    ``last_set`` is walked in order rather than probed at random."""
+    short = rows.select(r=ROW_NUMBER, i="conversation_id", m="sent_metadata")
+    return short.sort("i").write_json()
+
+
+def entry_metadata(entry: str, schema: str = "") -> str:
+    """The SQL of a state entry's metadata (``entry``: last_set's alias and dot; ``schema``:
+    the database's, with its dot): its own, else the sent_metadata of the outcome that set it
+    (the same transaction wrote both; an outcome that set an entry is never written again: a
+    row's entry is forgotten before the row is sent)."""
+    return (
+        f"coalesce({entry}metadata, (SELECT o.sent_metadata FROM {schema}outcomes AS o "  # noqa: S608
+        f"WHERE o.id = {entry}outcome))"
+    )
+
+
+# The rows of a batch whose metadata is not, verbatim, what the job's state (in the database
+# ``{schema}``) says was last set.
+_CHANGED = (
+    "SELECT t.r FROM {batch} WHERE NOT EXISTS (SELECT 1 FROM {schema}last_set AS s "
+    "WHERE s.conversation_id = {batch_key}{and_state} AND %M = t.m)"
+)
+
+
+class StateRows(StateReader):
+    """The job's last-set state, read (``StateReader``) as the backend reads (``_query``): the
+    state of the job ``_compare_with`` (PostgreSQL's job ID: a SQLite file holds one job's), in
+    the database ``_state_in`` (SQLite's ``since.``: another job's file, attached)."""
+
+    _dialect: Dialect
+    _compare_with: int | None = None
+    _state_in = ""
+
+    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        """The rows a read of the store finds."""
+        raise NotImplementedError
+
+    def changed_rows(self, rows: pl.DataFrame) -> list[int]:
+        if rows.is_empty():
+            return []
+        where = self._state_in
+        template = _CHANGED.replace("%M", entry_metadata("s.", where)).replace("{schema}", where)
+        parameters = {"batch": batch_json(rows), "job": self._compare_with}
+        return [
+            int(number) for (number,) in self._query(prepare(self._dialect, template), parameters)
+        ]
+
+
+# A read of a store: the rows a statement (with its parameters) finds.
+Query = Callable[[str, dict[str, Any]], list[Any]]
+
+
+class StateView(StateRows):
+    """A job's state that only a dry run reads (``store.read_state``), through ``query``."""
+
+    def __init__(self, dialect: Dialect, query: Query, job: int | None = None) -> None:
+        self._dialect, self._read, self._compare_with = dialect, query, job
+
+    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        return self._read(sql, parameters)
+
+
+_WROTE = "SELECT DISTINCT job FROM runs WHERE results IN ({ids}) ORDER BY job"
+
+
+def jobs_that_wrote(dialect: Dialect, query: Query, results: list[str]) -> list[str]:
+    """The jobs with a run in a store whose results path (as given) is one of ``results``."""
+    found = query(prepare(dialect, _WROTE), {"ids": json.dumps(results)})
+    return [str(job) for (job,) in found]
 
 
 _ADD_SECONDS = (
@@ -563,17 +599,23 @@ _END = (
     "total_rows = :total_rows, requests = requests + :requests, "
     "rate_limited = rate_limited + :rate_limited, stopped_by = :stopped_by WHERE run_id = :run"
 )
-_FINISHED_BETWEEN = "SELECT {row}, {status} FROM outcomes WHERE {rows} AND {status} NOT IN (%U)"
+_FINISHED_BETWEEN = (
+    "SELECT id - :base, {status} FROM outcomes WHERE id BETWEEN :first AND :last "
+    "AND {status} NOT IN (%U)"
+)
 _BEFORE_IMAGES = (
-    "SELECT {row}, previous_metadata FROM outcomes WHERE {rows} AND {status} = :unprocessed "
-    "AND previous_metadata IS NOT NULL"
+    "SELECT id - :base, previous_metadata FROM outcomes WHERE id BETWEEN :first AND :last "
+    "AND {status} = :unprocessed AND previous_metadata IS NOT NULL"
 )
 _FINISHED_COUNTS = (
-    "SELECT {status}, count(*) FROM outcomes WHERE {rows} AND {status} NOT IN (%U) GROUP BY 1"
+    "SELECT {status}, count(*) FROM outcomes WHERE id BETWEEN :first AND :last "
+    "AND {status} NOT IN (%U) GROUP BY 1"
 )
-_FINISHED_COUNT = "SELECT count(*) FROM outcomes WHERE {run_rows} AND {status} NOT IN (%U)"
-_ROWS = "SELECT {row}, {stored} FROM outcomes WHERE {rows} ORDER BY {order}"
-_COUNTS = "SELECT {status}, count(*) FROM outcomes WHERE {run_rows} GROUP BY 1"
+_FINISHED_COUNT = (
+    "SELECT count(*) FROM outcomes WHERE id BETWEEN :first AND :last AND {status} NOT IN (%U)"
+)
+_ROWS = "SELECT id - :base, {stored} FROM outcomes WHERE id BETWEEN :first AND :last ORDER BY id"
+_COUNTS = "SELECT {status}, count(*) FROM outcomes WHERE id BETWEEN :first AND :last GROUP BY 1"
 _ENTRIES = "SELECT count(*) FROM last_set{where_state}"
 _ENTRIES_AMONG = (
     "SELECT t.id FROM ({ids}) AS t WHERE EXISTS "
@@ -581,7 +623,7 @@ _ENTRIES_AMONG = (
 )
 
 
-class Journal(_Closing, StateReader):
+class Journal(_Closing, StateRows):
     """One run's outcomes, and the job's state as the run changes it. Opened by
     ``Store.open_run``, which holds the run's locks until the journal is closed.
 
@@ -606,13 +648,9 @@ class Journal(_Closing, StateReader):
         self._unfinished = dict(zip(names, unfinished, strict=True))
         marks = ", ".join(f":{name}" for name in names)
         self._sql = {
-            template: self._dialect.prepare(template.replace("%U", marks))
+            template: prepare(self._dialect, template.replace("%U", marks))
             for template in (_FINISHED_BETWEEN, _FINISHED_COUNTS, _FINISHED_COUNT)
         }
-
-    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
-        """The rows a read of the run's store finds (as the backend reads)."""
-        raise NotImplementedError
 
     async def _commit_beat(self, work: Work[object]) -> None:
         """Commit a heartbeat's work (as the backend writes on the event loop)."""
@@ -630,12 +668,9 @@ class Journal(_Closing, StateReader):
         invocation sent up to now (``finish`` adds the rest), so that a run killed -9 shows
         them. Never blocks the event loop for long (a database that is away is waited for off
         the loop)."""
-        dialect = self._dialect
         timeline = json.dumps([asdict(second) for second in seconds])
-        add = dialect.prepare(
-            _ADD_SECONDS.replace("{seconds}", dialect.json_rows("t", TIMELINE, TIMELINE_COLUMNS))
-        )
-        beat_sql = dialect.prepare(_BEAT)
+        add = prepare(self._dialect, _ADD_SECONDS)
+        beat_sql = prepare(self._dialect, _BEAT)
         requests, rate_limited = self._counted
         parameters = {
             "run": self.run_id, "t": timeline, "rows_done": beat.rows_done,
@@ -653,7 +688,7 @@ class Journal(_Closing, StateReader):
 
     def finish(self, end: RunEnd) -> None:
         """Record how this invocation of the run ended."""
-        sql = self._dialect.prepare(_END)
+        sql = prepare(self._dialect, _END)
         parameters = {
             "run": self.run_id, "counts": json.dumps(dict(end.counts), sort_keys=True),
             "exit_code": end.exit_code, "total_rows": end.total_rows,
@@ -667,15 +702,15 @@ class Journal(_Closing, StateReader):
     # Reading
 
     def _rows(self, template: str, first: int, last: int, **more: Any) -> list[Any]:
-        sql = self._sql.get(template) or self._dialect.prepare(template)
-        span = self._dialect.span(self.run_id, first, last)
+        sql = self._sql.get(template) or prepare(self._dialect, template)
+        span = _span(self.run_id, first, last)
         return self._query(sql, {**span, **self._unfinished, **more})
 
     def entries_among(self, conversation_ids: list[str]) -> set[str]:
         """Which of these conversations the job's state has an entry for (the ones ``forget``
         must be called for before they are sent: only this run writes their entries)."""
         rows = self._query(
-            self._dialect.prepare(_ENTRIES_AMONG),
+            prepare(self._dialect, _ENTRIES_AMONG),
             {"job": self._job, "ids": json.dumps(sorted(conversation_ids))},
         )
         return {conversation_id for (conversation_id,) in rows}
@@ -711,7 +746,7 @@ class Journal(_Closing, StateReader):
 
     def state_entries(self) -> int:
         """How many conversations the job's state holds."""
-        return int(self._query(self._dialect.prepare(_ENTRIES), {"job": self._job})[0][0])
+        return int(self._query(prepare(self._dialect, _ENTRIES), {"job": self._job})[0][0])
 
     async def fence(self) -> None:
         """Before each request of the run: return once this process may send it; raise
@@ -807,11 +842,11 @@ class BudgetCore(Budget):
         job: int | str,
         closing: Callable[[], None] = lambda: None,
     ) -> None:
-        self._claim, self._give = dialect.prepare(_CLAIM), dialect.prepare(_GIVE_BACK)
+        self._claim, self._give = prepare(dialect, _CLAIM), prepare(dialect, _GIVE_BACK)
         self._transact = transact
         self._job = job
         self._closing = closing
-        transact(lambda conn: conn.execute(dialect.prepare(_BUDGET_ROW), {"job": job}))
+        transact(lambda conn: conn.execute(prepare(dialect, _BUDGET_ROW), {"job": job}))
         # This shard's last claim: where it began and where the timeline ended after it.
         self._claimed: tuple[float, float] | None = None
 
@@ -846,53 +881,3 @@ class BudgetCore(Budget):
             log.debug("budget not given back: %s", exc)
         finally:
             self._closing()
-
-
-def batch_json(rows: pl.DataFrame) -> str:
-    """A batch's valid rows (``ROW_NUMBER, conversation_id, sent_metadata``) as one JSON array
-    (the dialect's ``batch``: ``t(r, i, m)``): the comparison and the journaling of unchanged
-    rows run inside the database, with no Python object per row. Sorted by ID, so that
-    ``last_set`` is walked in order rather than probed at random."""
-    short = rows.select(r=ROW_NUMBER, i="conversation_id", m="sent_metadata")
-    return short.sort("i").write_json()
-
-
-def entry_metadata(entry: str, schema: str = "") -> str:
-    """The SQL of a state entry's metadata (``entry``: last_set's alias and dot; ``schema``:
-    the database's, with its dot): its own, else the sent_metadata of the outcome that set it
-    (the same transaction wrote both; an outcome that set an entry is never written again: a
-    row's entry is forgotten before the row is sent)."""
-    return (
-        f"coalesce({entry}metadata, (SELECT o.sent_metadata FROM {schema}outcomes AS o "  # noqa: S608
-        f"WHERE o.id = {entry}outcome))"
-    )
-
-
-# The rows of a batch whose metadata is not, verbatim, what the job's state (in the database
-# ``{schema}``) says was last set.
-_CHANGED = (
-    "SELECT t.r FROM {batch} WHERE NOT EXISTS (SELECT 1 FROM {schema}last_set AS s "
-    "WHERE s.conversation_id = {batch_key}{and_state} AND %M = t.m)"
-)
-
-
-def changed_rows(
-    dialect: Dialect, conn: Connection, rows: pl.DataFrame, job: int | None, schema: str = ""
-) -> list[int]:
-    """``StateReader.changed_rows`` on ``conn``: the state of ``job`` (PostgreSQL's job ID),
-    in the database ``schema`` (SQLite's ``main.``, or ``since.`` for another job's file)."""
-    if rows.is_empty():
-        return []
-    template = _CHANGED.replace("%M", entry_metadata("s.", schema)).replace("{schema}", schema)
-    sql = dialect.prepare(template)
-    found = conn.execute(sql, {"batch": batch_json(rows), "job": job})
-    return [int(number) for (number,) in found]
-
-
-_WROTE = "SELECT DISTINCT job FROM runs WHERE results IN ({ids}) ORDER BY job"
-
-
-def jobs_that_wrote(dialect: Dialect, conn: Connection, results: list[str]) -> list[str]:
-    """The jobs with a run in this store whose results path (as given) is one of ``results``."""
-    found = conn.execute(dialect.prepare(_WROTE), {"ids": json.dumps(results)}).fetchall()
-    return [str(job) for (job,) in found]

@@ -81,21 +81,21 @@ from bulk_update.outcome import RowOutcome, Status
 from bulk_update.store import core, schema
 from bulk_update.store.core import (
     BudgetCore,
-    Dialect,
     Journal,
     Opening,
+    Query,
     Recorded,
+    StateView,
     Store,
     Work,
     batch_json,
-    changed_rows,
     entry_metadata,
 )
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.locks import Opened, release_lock, take_lock
 from bulk_update.store.outage import Hurry, Outage
 from bulk_update.store.schema import STORED, STORED_TIMING
-from bulk_update.store.types import RowTiming, RunKey
+from bulk_update.store.types import RowTiming, RunKey, StoreLocation
 
 __all__ = ["SQLiteJournal", "SQLiteStore", "jobs_that_wrote", "read_state"]
 
@@ -130,17 +130,6 @@ _STATE_VIEW = (
 _TABLES = tuple(table.name for table in schema.TABLES if table.sqlite is not None)
 # The outcomes that also set the job's state entry: the server confirmed the row's values.
 _CONFIRMED = (Status.UPDATED, Status.UNCHANGED)
-# The statements both stores share (store/core.py), in SQLite: timestamps and heartbeats are
-# this machine's clock, bound as parameters; a run's rows are a range of outcomes.id.
-_DIALECT = Dialect(
-    name="sqlite", now=":now", clock=":clock", age=":clock - r.heartbeat_at",
-    rows="id BETWEEN :first AND :last", run_rows="id BETWEEN :first AND :last",
-    row="id - :base", order="id", state="", ids="SELECT value AS id FROM json_each(:ids)",
-    runs="SELECT value FROM json_each(:runs)", returning="", rows_per_run=schema.ROWS_PER_RUN,
-    batch="(SELECT json_extract(value, '$.r') AS r, json_extract(value, '$.i') AS i, "
-    "json_extract(value, '$.m') AS m FROM json_each(:batch)) AS t",
-    stored=schema.stored_columns("sqlite"), timing=schema.timing_columns("sqlite"),
-)  # fmt: skip
 
 
 def _hexed(text: str | None, prefix: str) -> str | bytes | None:
@@ -340,38 +329,35 @@ def _check_since(since: str) -> Path:
     return path
 
 
-def jobs_that_wrote(directory: Path, results: list[str]) -> list[str]:
-    """See ``bulk_update.store.jobs_that_wrote``: the stores in ``directory``, read only."""
+def jobs_that_wrote(location: StoreLocation, results: list[str]) -> list[str]:
+    """The stores of ``location.path``'s directory (one per job), read only."""
     jobs: set[str] = set()
-    for path in sorted(directory.glob("*.sqlite")):
+    for path in sorted(location.path.parent.glob("*.sqlite")):
         try:
             # Not mode=ro: a read-only connection to a WAL database leaves its -wal and -shm
             # files behind; a plain one, the last to close, removes them. It only reads.
             with contextlib.closing(sqlite3.connect(_uri(path), uri=True)) as db:
                 db.execute("PRAGMA query_only = 1")
-                jobs.update(core.jobs_that_wrote(_DIALECT, db, results))
+                jobs.update(core.jobs_that_wrote("sqlite", _reading(db), results))
         except sqlite3.Error:  # not a store of this version, or not a store at all
             continue
     return sorted(jobs)
 
 
-class _Reader:
-    """``last_set`` of a database (``schema`` on ``db``), read only. Safe from any thread: one
-    read at a time on the connection."""
+def _reading(db: sqlite3.Connection, lock: threading.Lock | None = None) -> Query:
+    """Reads on ``db`` (one at a time, under ``lock``, when threads share it)."""
 
-    def __init__(self, db: sqlite3.Connection, schema: str = "main") -> None:
-        self._db = db
-        self._schema = schema
-        self._read_lock = threading.Lock()
+    def query(sql: str, parameters: dict[str, Any]) -> list[Any]:
+        with lock or contextlib.nullcontext():
+            return db.execute(sql, parameters).fetchall()
 
-    def changed_rows(self, rows: pl.DataFrame) -> list[int]:
-        with self._read_lock:
-            return changed_rows(_DIALECT, self._db, rows, None, f"{self._schema}.")
+    return query
 
 
 @contextlib.contextmanager
-def read_state(path: Path, since: str | None = None) -> Iterator[_Reader | None]:
-    """See ``bulk_update.store.read_state``."""
+def read_state(location: StoreLocation, job: str, since: str | None) -> Iterator[StateView | None]:
+    """The job's own store (``location.path``), or --since-state's file, read only."""
+    path = location.path
     if since is not None:
         source: Path | None = _check_since(since)
     else:
@@ -392,7 +378,7 @@ def read_state(path: Path, since: str | None = None) -> Iterator[_Reader | None]
                 raise JournalError(f"{path}: not a bulk-update store; {_MOVE_IT_AWAY}")
             if version == schema.LAYOUT_VERSION:
                 _check_columns(db, path)
-        yield _Reader(db)
+        yield StateView("sqlite", _reading(db))
 
 
 def _create_new(path: Path) -> None:
@@ -484,7 +470,7 @@ class SQLiteStore(Store):
     """Open with ``SQLiteStore.open``; use as a context manager to close it. ``timeout``: how
     long the file may stay locked by another process (--store-timeout)."""
 
-    _dialect = _DIALECT
+    _dialect = "sqlite"
 
     def __init__(self, path: Path, db: sqlite3.Connection, outage: Outage, opened: Opened) -> None:
         self.path = path
@@ -590,7 +576,7 @@ class SQLiteStore(Store):
         transaction."""
         db = _connect(self.path)
         return BudgetCore(
-            _DIALECT, functools.partial(_transacting, db, self._outage, self.path), job, db.close
+            "sqlite", functools.partial(_transacting, db, self._outage, self.path), job, db.close
         )
 
     def close(self) -> None:
@@ -647,7 +633,7 @@ def _lock_run(path: Path, key: RunKey) -> list[IO[str] | None]:
 Write = Callable[[sqlite3.Connection], object]
 
 
-class SQLiteJournal(_Reader, Journal):
+class SQLiteJournal(Journal):
     """One run's outcomes in a SQLite store; see ``bulk_update.store.Journal``. Reads go
     through the store's connection (one at a time, from any thread), writes through the run's
     writer thread (``GroupWriter``), which has a connection of its own.
@@ -668,13 +654,15 @@ class SQLiteJournal(_Reader, Journal):
         since: Path | None,
         unfinished: tuple[str, ...],
     ) -> None:
-        super().__init__(db, "main" if since is None else "since")
         path = self.path = opened.path
+        self._db = db
+        self._read_lock = threading.Lock()  # one read at a time on the store's connection
+        self._state_in = "" if since is None else "since."
         self.run_id = run_id
         self._outage = outage
         self._base = run_id * schema.ROWS_PER_RUN  # outcomes.id of row 0
         self._locks = locks
-        self._dialect = _DIALECT
+        self._dialect = "sqlite"
         self._unfinished_are(unfinished)
         self._write_db = _connect(path)
         self._now_db = _connect(path, busy_ms=0)  # on the event loop: never waits
@@ -724,11 +712,8 @@ class SQLiteJournal(_Reader, Journal):
         await self._writer.submit(work)
 
     def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
-        def read() -> list[Any]:
-            with self._read_lock:
-                return self._db.execute(sql, parameters).fetchall()
-
-        return _retrying(self._outage, self.path, read, reads=True)
+        read = _reading(self._db, self._read_lock)
+        return _retrying(self._outage, self.path, lambda: read(sql, parameters), reads=True)
 
     async def _commit_beat(self, work: Work[object]) -> None:
         self.gone()
@@ -836,7 +821,7 @@ class SQLiteJournal(_Reader, Journal):
 
     def _commit_unchanged(self, rows: pl.DataFrame) -> None:
         rows_json = batch_json(rows)
-        copy = self._schema == "since"
+        copy = self._state_in == "since."
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(
@@ -869,7 +854,7 @@ class SQLiteJournal(_Reader, Journal):
         with contextlib.suppress(sqlite3.Error):
             self._write_db.close()
             self._now_db.close()
-        if self._schema == "since":
+        if self._state_in:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("DETACH DATABASE since")
         for lock in reversed(self._locks):
