@@ -18,20 +18,9 @@ Two rules keep it honest, whatever stops a run (kill -9 included):
 - a row's state entry is deleted before the row is sent: until the API confirms, the job does
   not know what the server holds, and a row it does not know about is sent next time.
 
-``SQLiteStore`` (``store/sqlite.py``) is the embedded backend: one file per job,
-``<state-dir>/<job-name>.sqlite``. ``PostgresStore`` (``store/postgres.py``, ``--state-url``) is
-the one for many machines. The job sees only what this module exports (``__all__``); the
-modules of the package are the store's own:
-
-- ``types.py``: what the job hands the store and gets back (``RunKey``, ``RunRecord``,
-  ``Second`` ...), and the protocols ``Budget`` and ``StateReader``;
-- ``schema.py``: the tables, declared once for both backends, and their layout;
-- ``core.py``: ``Store`` and ``Journal``, the interface, with what both backends do alike
-  (the run's lifecycle, its record, the journal's reads, the heartbeat, the budget), over a
-  small dialect;
-- ``sqlite.py`` with ``locks.py`` (flock) and ``grouped.py`` (its writer thread);
-  ``postgres.py`` with ``lease.py`` and ``url.py``; ``outage.py``: one clock for a store that is
-  away or held.
+The job sees only what this module exports (``__all__``): the interface is ``core.Store`` and
+``core.Journal``, over one of two backends: ``sqlite.py`` (one file per job,
+``<state-dir>/<job-name>.sqlite``) or ``postgres.py`` (``--state-url``, for many machines).
 """
 
 from __future__ import annotations

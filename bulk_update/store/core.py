@@ -8,9 +8,9 @@ holds what its sync and async clients share. A backend subclasses them and says 
 piece of work reaches its database (a transaction retried on its outage clock, a read) and
 what is its own: its locks, its writer, its budget, PostgreSQL's reconnection and lease.
 
-The statements are written once, with named parameters (``:name``) and the ``Dialect``'s
-fragments in braces (``{now}``, ``{rows}`` …); ``Dialect.prepare`` turns one into the backend's
-SQL, once. The hot path's statements (an outcome's commit, ``last_set``, a batch's comparison)
+The statements are written once, with named parameters (``:name``) and the dialect's
+fragments in braces (``{now}``, ``{status}`` …); ``prepare`` turns one into the backend's SQL,
+once. The hot path's statements (an outcome's commit, ``last_set``, a batch's comparison)
 are not here: the journal's writes are, but each backend commits them with its own statements,
 tuned to its database.
 """
@@ -70,51 +70,10 @@ _SECOND_TYPES = {
 }
 
 
-# What a run is, and how it changes: the same rules in both backends.
-
-
-def is_unfinished(record: RunRecord) -> bool:
-    """Is the run going on, or did it stop before its rows were done?"""
-    return record.ended_at is None or record.counts.get(Status.UNPROCESSED.value, 0) > 0
-
-
 # ``status``'s rate: rows per second over the last minute of a run's timeline.
 RATE_WINDOW_S = 60
-
-
-def recent_rate(first: int | None, last: int | None, recent_rows: int | None) -> float | None:
-    """Rows per second over the last RATE_WINDOW_S seconds of a timeline that spans
-    ``[first, last]`` (its own clock: machines' clocks need not agree)."""
-    if first is None or last is None:
-        return None
-    return (recent_rows or 0) / min(RATE_WINDOW_S, last - first + 1)
-
-
-def run_statuses(
-    records: list[RunRecord], details: Mapping[int, tuple[Any, ...]]
-) -> list[RunStatus]:
-    """``status``'s answer from a store's details per run ID: rows done, seconds since the
-    heartbeat, and the timeline's first and last second and rows over its last minute."""
-    statuses = []
-    for record in records:
-        done, age, first, last, recent = details[record.run_id]
-        statuses.append(
-            RunStatus(
-                record,
-                None if done is None else int(done),
-                None if age is None else max(0.0, float(age)),
-                recent_rate(first, last, None if recent is None else int(recent)),
-            )
-        )
-    return statuses
-
-
 # Rows that a resumed run processes again; with --retry-failed, failed rows too.
 _NOT_FINISHED = (Status.UNPROCESSED.value, Status.PLANNED.value)
-
-
-def unfinished_statuses(retry_failed: bool) -> tuple[str, ...]:
-    return (*_NOT_FINISHED, Status.FAILED.value) if retry_failed else _NOT_FINISHED
 
 
 # The form of a run's fingerprint, marked in it (the first release's is "1").
@@ -171,12 +130,6 @@ def resumed_options(stored: str | None, given: Mapping[str, Any]) -> str:
     earlier = before.pop("invocations", None) or [before]
     current = {key: value for key, value in given.items() if key != "invocations"}
     return json.dumps({**current, "invocations": [*earlier, current]}, sort_keys=True, default=str)
-
-
-def options_input(options: dict[str, Any]) -> str | None:
-    """The input a run's options name."""
-    value = options.get("input")
-    return None if value is None else str(value)
 
 
 # A backend's SQL dialect ("sqlite", "postgres").
@@ -324,6 +277,10 @@ class Opening:
     since: str | None
 
 
+# The columns of runs that say who holds a run (lease.Holder's fields).
+_HOLDER = ("host", "pid", "boot", "pid_namespace", "pid_started")
+
+
 def _holding() -> dict[str, Any]:
     """The columns of runs that say who holds a run: this process."""
     holder = this_process()
@@ -369,26 +326,21 @@ def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int 
     return int(run_id)
 
 
-def _holder(row: Mapping[str, Any]) -> Holder | None:
-    """Who holds a run (a row of runs), if it told enough."""
-    host, pid, boot, namespace, started = (
-        row[name] for name in ("host", "pid", "boot", "pid_namespace", "pid_started")
-    )
-    if host is None or pid is None or not (boot and namespace and started):
-        return None
-    return Holder(host, boot, namespace, int(pid), started)
-
-
 def _record(row: Mapping[str, Any]) -> RunRecord:
-    """A run as ``history`` shows it, from its row of runs (``_HISTORY``), read by name."""
+    """A run as ``history`` shows it, from its row of runs (``_HISTORY``), read by name; its
+    holder if it told enough to be told apart (``lease.Holder``)."""
     options, ended_at, counts = run_options(row["options"]), row["ended_at"], row["counts"]
+    given = options.get("input")
+    host, pid, boot, namespace, started = (row[name] for name in _HOLDER)
+    told = host is not None and pid is not None and boot and namespace and started
     made = {
-        "run_id": int(row["run_id"]), "options": options, "input": options_input(options),
-        "started_at": _moment(row["started_at"]),
+        "run_id": int(row["run_id"]), "options": options,
+        "input": None if given is None else str(given), "started_at": _moment(row["started_at"]),
         "ended_at": _moment(ended_at) if ended_at else None,
         "counts": json.loads(counts) if counts else {}, "requests": int(row["requests"] or 0),
         "rate_limited": int(row["rate_limited"] or 0), "replaced": bool(row["replaced"]),
-        "requests_exact": ended_at is not None and not row["interrupted"], "holder": _holder(row),
+        "requests_exact": ended_at is not None and not row["interrupted"],
+        "holder": Holder(host, boot, namespace, int(pid), started) if told else None,
     }  # fmt: skip
     return RunRecord(**{**{name: row[name] for name in _AS_STORED}, **made})
 
@@ -439,7 +391,7 @@ class Store(_Closing):
         job's store whose state this run compares with (ConfigError if it is not one). The
         backend locks the run, finds or starts it (``_find_or_start``) and opens its journal
         (``_open_run``)."""
-        unfinished = unfinished_statuses(retry_failed)
+        unfinished = (*_NOT_FINISHED, Status.FAILED.value) if retry_failed else _NOT_FINISHED
         opening = Opening(key, fingerprint_text(fingerprint), options, restart, unfinished, since)
         return self._open_run(opening)
 
@@ -485,14 +437,30 @@ class Store(_Closing):
         return int(rows[0][0] or 0)
 
     def status(self, job: str) -> list[RunStatus]:
-        """The job's runs that are going on or stopped before their end (not replaced), newest
-        first."""
-        records = [r for r in self.history(job) if not r.replaced and is_unfinished(r)]
+        """The job's runs that are going on or stopped before their rows were done (not
+        replaced), newest first."""
+        unfinished = Status.UNPROCESSED.value
+        records = [
+            r
+            for r in self.history(job)
+            if not r.replaced and (r.ended_at is None or r.counts.get(unfinished, 0) > 0)
+        ]
         if not records:
             return []
         runs = json.dumps([r.run_id for r in records])
-        rows = self._fetch(_STATUS, {"runs": runs, **_stamp()})
-        return run_statuses(records, {row[0]: row[1:] for row in rows})
+        found = {row[0]: row[1:] for row in self._fetch(_STATUS, {"runs": runs, **_stamp()})}
+        statuses = []
+        for record in records:
+            done, age, first, last, recent = found[record.run_id]
+            # Over the last RATE_WINDOW_S seconds of its timeline: on the timeline's own clock
+            # (machines' clocks need not agree).
+            rate = (
+                None if first is None else int(recent or 0) / min(RATE_WINDOW_S, last - first + 1)
+            )
+            done = None if done is None else int(done)
+            age = None if age is None else max(0.0, float(age))
+            statuses.append(RunStatus(record, done, age, rate))
+        return statuses
 
     def timeline(self, run_id: int) -> list[Second]:
         """A run's timeline, every invocation's, in order."""

@@ -1,15 +1,7 @@
 """The SQLite store: one file per job, ``<state-dir>/<job-name>.sqlite`` (standard library).
 
 Its tables are declared in ``store/schema.py`` (``PRAGMA user_version`` is the layout's
-number); what it does as the PostgreSQL store does is in ``store/core.py``::
-
-    runs(run_id, job, results, shard, fingerprint, options, started_at, …)
-    outcomes(id, <the results columns but row_number>, sent_ms, answer_ms, latency_ms)
-    timeline(run_id, at, requests, …)   -- per second of a run (status, report)
-    run_outcomes: a view of outcomes with run_id and row_number, the values as the results hold them
-    last_set(conversation_id PRIMARY KEY, metadata, set_at, outcome) -- the job's state
-    job_state: a view of last_set with each entry's metadata (its own, or its outcome's)
-    budget(job PRIMARY KEY, next_at)   -- the rate budget its shards share
+number); what it does as the PostgreSQL store does is in ``store/core.py``.
 
 ``outcomes.id`` is ``run_id * 2**32 + row_number``: the table is keyed by its rowid, so that a
 run's outcomes sit together in the order of the input, a row costs no more than in a table of

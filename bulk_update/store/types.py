@@ -18,23 +18,6 @@ from bulk_update._constants import DEFAULT_STORE_TIMEOUT_S
 from bulk_update.store.lease import Holder
 from bulk_update.store.schema import TIMING_COLUMNS
 
-__all__ = [
-    "REPORT_COLUMNS",
-    "TIMELINE_COLUMNS",
-    "Budget",
-    "RowTiming",
-    "RunBeat",
-    "RunEnd",
-    "RunKey",
-    "RunRecord",
-    "RunStatus",
-    "Second",
-    "StateReader",
-    "StoreLocation",
-    "report_frame",
-    "run_options",
-]
-
 
 @dataclass(frozen=True, slots=True)
 class RunKey:
