@@ -32,7 +32,7 @@ from bulk_update.exceptions import JobStopped, JournalError
 from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import schema
 from bulk_update.store.lease import Holder, this_process
-from bulk_update.store.schema import TIMELINE, TIMING_COLUMNS, format_timestamp
+from bulk_update.store.schema import TIMELINE, format_timestamp
 from bulk_update.store.types import (
     REPORT_COLUMNS,
     TIMELINE_COLUMNS,
@@ -256,7 +256,6 @@ _STATUS = (
 )
 _TIMELINE = f"SELECT {', '.join(TIMELINE_COLUMNS)} FROM timeline WHERE run_id = :run ORDER BY at"  # noqa: S608
 assert REPORT_COLUMNS[1:6] == ("status", "http_status", "attempts", "error_code", "error_message")
-assert REPORT_COLUMNS[6:] == TIMING_COLUMNS
 _REPORT = (
     "SELECT id - :base, {status}, http_status, attempts, error_code, error_message, {timing} "
     "FROM outcomes WHERE id BETWEEN :first AND :last ORDER BY id"

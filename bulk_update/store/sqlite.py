@@ -34,10 +34,8 @@ is removed or replaced under it stops at its next heartbeat (StoreGone: ``SQLite
 
 ``--since-state`` (another job's store) is ATTACHed read only, so that the comparison and the
 copy of its entries run inside SQLite. A file the job cannot use is refused in one line naming
-it, never passed over: another program's tables beside the job's, a table with other columns
-than its layout's, a layout of a development version before the first release, a layout
-number no version wrote. Commands that only read a
-store (``history``, ``status``, ``report``) open it read only (``open_to_read``).
+it, never passed over (``_layout``, ``_check_columns``). Commands that only read a store
+(``history``, ``status``, ``report``) open it read only (``open_to_read``).
 """
 
 from __future__ import annotations
@@ -501,8 +499,6 @@ class SQLiteStore(Store):
 
         try:
             db = _retrying(outage, path, connect)
-        except (StoreUnavailable, DiskFull):
-            raise
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
         return cls(path, db, outage, Opened.at(path))

@@ -100,10 +100,6 @@ class RowTiming:
     latency_ms: int | None
 
 
-# The outcomes' columns that the store keeps beside the results' own (RowTiming's):
-# TIMING_COLUMNS, declared with the tables in store/schema.py.
-
-
 @dataclass(slots=True)
 class Second:
     """One second of a run's timeline (``at``: Unix time, whole seconds): what its requests
@@ -137,9 +133,14 @@ class RunStatus:
     rows_per_s: float | None
 
 
-# What ``report`` reads of a run's outcomes, per row.
-REPORT_COLUMNS = ("row_number", "status", "http_status", "attempts", "error_code",
-                  "error_message", *TIMING_COLUMNS)  # fmt: skip
+# What ``report`` reads of a run's outcomes, per row, and its types.
+_REPORT_SCHEMA = {
+    "row_number": pl.Int64, "status": pl.String, "http_status": pl.Int64,
+    "attempts": pl.Int64, "error_code": pl.String, "error_message": pl.String,
+    "sent_at": pl.Float64, "answered_at": pl.Float64, "latency_ms": pl.Int64,
+}  # fmt: skip
+REPORT_COLUMNS = tuple(_REPORT_SCHEMA)
+assert REPORT_COLUMNS[6:] == TIMING_COLUMNS
 
 
 class StateReader(Protocol):
@@ -168,13 +169,7 @@ class Budget(Protocol):
 
 def report_frame(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
     """``report_rows``' frame from its rows (REPORT_COLUMNS order)."""
-    schema = {
-        "row_number": pl.Int64, "status": pl.String, "http_status": pl.Int64,
-        "attempts": pl.Int64, "error_code": pl.String, "error_message": pl.String,
-        "sent_at": pl.Float64, "answered_at": pl.Float64, "latency_ms": pl.Int64,
-    }  # fmt: skip
-    assert tuple(schema) == REPORT_COLUMNS
-    return pl.DataFrame(rows, schema=schema, orient="row")
+    return pl.DataFrame(rows, schema=_REPORT_SCHEMA, orient="row")
 
 
 @dataclass(frozen=True, slots=True)
