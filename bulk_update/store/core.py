@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, Self, TypeVar
@@ -241,9 +242,10 @@ _RESUME = (
 # RunRecord's fields that are the runs table's columns, and what its others are made of: the
 # holder (lease.Holder), whether every invocation recorded its end, and whether it was set aside.
 _AS_STORED = tuple(f for f in RunRecord.__dataclass_fields__ if f in schema.RUNS.names("sqlite"))
+_HISTORY_NAMES = (*_AS_STORED, "boot", "pid_namespace", "pid_started", "interrupted", "replaced")
 _HISTORY = (
-    f"SELECT {', '.join(_AS_STORED)}, boot, pid_namespace, pid_started, interrupted, "  # noqa: S608
-    "replaced_at IS NOT NULL AS replaced FROM runs WHERE job = :job ORDER BY run_id DESC"
+    f"SELECT {', '.join(_HISTORY_NAMES[:-1])}, replaced_at IS NOT NULL AS replaced "  # noqa: S608
+    "FROM runs WHERE job = :job ORDER BY run_id DESC"
 )
 # The requests a run's committed outcomes prove it sent.
 _PROVEN = "SELECT sum(attempts) FROM outcomes WHERE id BETWEEN :first AND :last"
@@ -344,11 +346,12 @@ def _record(row: Mapping[str, Any]) -> RunRecord:
     return RunRecord(**{**{name: row[name] for name in _AS_STORED}, **made})
 
 
-class _Closing:
+class _Closing(ABC):
     """Closed after use, as a ``with`` block closes it."""
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release what it holds (its connections, its locks)."""
 
     def __enter__(self) -> Self:
         return self
@@ -360,19 +363,19 @@ class _Closing:
 class Store(_Closing):
     """A job's store, what the job sees of either backend: the run's lifecycle and its record
     are done here alike. ``where`` names it for logs and summaries (never with a password). A
-    backend sets ``where`` and ``_dialect`` and says how work reaches its database
-    (``_transact``, ``_read``), how it locks and opens a run (``_open_run``), its budget."""
+    backend sets ``where`` and ``_dialect`` and gives the abstract methods: how work reaches
+    its database (``_transact``, ``_query``), how it opens a run (``_open_run``), its budget."""
 
     where: str
     _dialect: Dialect
 
+    @abstractmethod
     def _transact(self, work: Work[T]) -> T:
         """``work`` in one transaction, tried again as the backend does."""
-        raise NotImplementedError
 
-    def _read(self, work: Work[T]) -> T:
-        """``work``, which only reads."""
-        raise NotImplementedError
+    @abstractmethod
+    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        """The rows a read finds."""
 
     def open_run(
         self,
@@ -394,8 +397,9 @@ class Store(_Closing):
         opening = Opening(key, fingerprint_text(fingerprint), options, restart, unfinished, since)
         return self._open_run(opening)
 
+    @abstractmethod
     def _open_run(self, opening: Opening) -> Journal:
-        raise NotImplementedError
+        """Lock the run, find or start it (``_find_or_start``), open its journal."""
 
     def _find_or_start(self, opening: Opening) -> int:
         """The run's ID, found or started."""
@@ -410,23 +414,12 @@ class Store(_Closing):
         return found
 
     def _fetch(self, template: str, parameters: dict[str, Any]) -> list[Any]:
-        sql = prepare(self._dialect, template)
-        return self._read(lambda conn: conn.execute(sql, parameters).fetchall())
-
-    def _fetch_named(self, template: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        """The rows a read finds, each by column name."""
-        sql = prepare(self._dialect, template)
-
-        def read(conn: Connection) -> list[dict[str, Any]]:
-            cursor = conn.execute(sql, parameters)
-            names = [column[0] for column in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-        return self._read(read)
+        return self._query(prepare(self._dialect, template), parameters)
 
     def history(self, job: str) -> list[RunRecord]:
         """The job's runs, newest first."""
-        return [_record(row) for row in self._fetch_named(_HISTORY, {"job": job})]
+        rows = self._fetch(_HISTORY, {"job": job})
+        return [_record(dict(zip(_HISTORY_NAMES, row, strict=True))) for row in rows]
 
     def proven_requests(self, run_id: int) -> int:
         """The requests a run's committed outcomes prove it sent (the sum of their attempts):
@@ -469,9 +462,9 @@ class Store(_Closing):
         """A run's outcomes, REPORT_COLUMNS, by row number."""
         return report_frame(self._fetch(_REPORT, _span(run_id)))
 
+    @abstractmethod
     def budget(self, job: str) -> Budget:
         """The job's rate budget, shared by its running shards."""
-        raise NotImplementedError
 
 
 def batch_json(rows: pl.DataFrame) -> str:
@@ -511,9 +504,9 @@ class StateRows(StateReader):
     _compare_with: int | None = None
     _state_in = ""
 
+    @abstractmethod
     def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
         """The rows a read of the store finds."""
-        raise NotImplementedError
 
     def changed_rows(self, rows: pl.DataFrame) -> list[int]:
         if rows.is_empty():
@@ -599,9 +592,10 @@ class Journal(_Closing, StateRows):
     async ones never block the loop.
 
     Its reads and the bookkeeping of its heartbeats and its end are done here alike. A backend
-    sets ``run_id``, ``_dialect`` and ``_job`` (its state's key: PostgreSQL's job ID), calls
-    ``_unfinished_are``, says how work reaches its database, and commits outcomes its way
-    (``_submit`` to its grouping writer, ``_commit_outcomes``, ``_commit_unchanged``)."""
+    sets ``run_id``, ``_dialect``, ``_job`` (its state's key: PostgreSQL's job ID) and what
+    ``StateRows`` reads, calls ``_unfinished_are``, and gives the abstract methods: how work
+    reaches its database, and how it commits outcomes (``_submit`` to its grouping writer,
+    ``_commit_outcomes``, ``_commit_unchanged``)."""
 
     run_id: int
     _dialect: Dialect
@@ -619,13 +613,13 @@ class Journal(_Closing, StateRows):
             for template in (_FINISHED_BETWEEN, _FINISHED_COUNTS, _FINISHED_COUNT)
         }
 
+    @abstractmethod
     async def _commit_beat(self, work: Work[object]) -> None:
         """Commit a heartbeat's work (as the backend writes on the event loop)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _commit_end(self, work: Work[object]) -> None:
         """Commit the run's end (blocking the calling thread)."""
-        raise NotImplementedError
 
     # Writing
 
@@ -715,6 +709,7 @@ class Journal(_Closing, StateRows):
         """How many conversations the job's state holds."""
         return int(self._query(prepare(self._dialect, _ENTRIES), {"job": self._job})[0][0])
 
+    @abstractmethod
     async def fence(self) -> None:
         """Before each request of the run: return once this process may send it; raise
         RunTaken (or StoreUnavailable, StoreGone) if it may not any more. The one writer of a
@@ -723,25 +718,24 @@ class Journal(_Closing, StateRows):
         (once this one's lease has run out): from then on this one must send nothing. A lock
         file, or the store itself, can be removed under the run (StoreGone): what it records
         from then on no later run would see."""
-        raise NotImplementedError
 
+    @abstractmethod
     def gone(self) -> JobStopped | None:
         """What took the store away from this run since it opened it, looked at now: its file
         or a lock file removed or replaced (SQLite), its tables dropped or the run taken by
         another process (PostgreSQL); None while the run still holds it. The run stops on it,
         and its results are written from what it still has."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def seal(self) -> None:
         """The run's sending is over: wait for the writes in progress, and refuse every later
         write of an outcome, so that the counts, the results and the store agree."""
-        raise NotImplementedError
 
+    @abstractmethod
     def hurry(self, seconds: float) -> None:
         """The job is stopping (a signal): no wait for the store goes on more than ``seconds``
         from now (a row whose outcome cannot be committed by then stays unprocessed: the
         re-run sends it again, as after a kill -9)."""
-        raise NotImplementedError
 
     async def forget(self, conversation_id: str) -> None:
         """Before a row is sent: from now until the API confirms, its state is unknown. Returns
@@ -767,19 +761,19 @@ class Journal(_Closing, StateRows):
         if not rows.is_empty():
             self._commit_unchanged(rows)
 
+    @abstractmethod
     async def _submit(self, item: Recorded | str) -> None:
         """Give the run's writer an outcome or a forget (a conversation ID): it commits them in
         groups (store/grouped.py), each what came while the last one was committed. Return
         once this one is committed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _commit_outcomes(self, rows: list[Recorded]) -> None:
         """``record_many``'s outcomes (some), committed in one transaction."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _commit_unchanged(self, rows: pl.DataFrame) -> None:
         """``record_unchanged``'s rows (some), committed in one transaction."""
-        raise NotImplementedError
 
 
 # The budget: the end of the job's timeline of request slots, moved by each claim (``span``) or

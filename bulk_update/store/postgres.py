@@ -85,16 +85,7 @@ from bulk_update.exceptions import (
 )
 from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, Status
 from bulk_update.store import core, schema
-from bulk_update.store.core import (
-    BudgetCore,
-    Journal,
-    Opening,
-    Query,
-    Recorded,
-    StateView,
-    Store,
-    Work,
-)
+from bulk_update.store.core import BudgetCore, Journal, Opening, Recorded, StateView, Store, Work
 from bulk_update.store.grouped import LoopGroupWriter
 from bulk_update.store.lease import (
     LEASE_S,
@@ -646,7 +637,8 @@ class PostgresStore(Store):
     def _transact(self, work: Work[T]) -> T:
         return self._session.run(work)
 
-    _read = _transact
+    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        return self._session.run(lambda conn: conn.execute(sql, parameters).fetchall())
 
     @classmethod
     def open(
@@ -848,25 +840,25 @@ def _cannot_use(exc: psycopg.Error) -> type[ConfigError]:
     return Unreachable if any(mark in text for mark in _NOT_REACHED) else ConfigError
 
 
-def _reading(session: _Session) -> Query:
-    return lambda sql, parameters: session.run(
-        lambda conn: conn.execute(sql, parameters).fetchall()
-    )
+def _unusable(session: _Session, exc: psycopg.Error) -> ConfigError:
+    text = f"--state-url {session.where}: cannot use the store: {session.first_line(exc)}"
+    return _cannot_use(exc)(text)
 
 
 @contextlib.contextmanager
-def _to_read(location: StoreLocation, table: str) -> Iterator[tuple[_Session, bool]]:
-    """A session with the store that only reads, and whether it has ``table`` yet."""
+def _to_read(
+    location: StoreLocation, table: str
+) -> Iterator[tuple[_Session, psycopg.Connection[Any] | None]]:
+    """A session with the store that only reads, and its connection if the store has ``table``
+    (None: not yet)."""
     session = _Session(check_url(location.url or ""), location.timeout)
     try:
         try:
             conn = session.connect()
             row = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{table}",)).fetchone()
         except psycopg.Error as exc:
-            raise _cannot_use(exc)(
-                f"--state-url {session.where}: cannot use the store: {session.first_line(exc)}"
-            ) from None
-        yield session, row is not None and row[0] is not None
+            raise _unusable(session, exc) from None
+        yield session, None if row is None or row[0] is None else conn
     finally:
         session.close()
 
@@ -874,25 +866,36 @@ def _to_read(location: StoreLocation, table: str) -> Iterator[tuple[_Session, bo
 @contextlib.contextmanager
 def read_state(location: StoreLocation, job: str, since: str | None) -> Iterator[StateView | None]:
     """The job's state, or --since-state's job's: reads only, creates nothing."""
-    with _to_read(location, "last_set") as (session, made):
-        if not made:
+    with _to_read(location, "last_set") as (session, conn):
+        if conn is None:
             if since is not None:
                 raise ConfigError(f"--since-state {since}: {session.where} holds no job's state")
             yield None
             return
         name = since if since is not None else job
-        found = _reading(session)("SELECT job_id FROM jobs WHERE name = %(name)s", {"name": name})
-        if not found and since is not None:
+        found = conn.execute("SELECT job_id FROM jobs WHERE name = %s", (name,)).fetchone()
+        if found is None and since is not None:
             raise ConfigError(
                 f"--since-state {since}: no job of that name has a state in {session.where}"
             )
-        yield StateView("postgres", _reading(session), int(found[0][0])) if found else None
+
+        def query(sql: str, parameters: dict[str, Any]) -> list[Any]:
+            return session.run(lambda conn: conn.execute(sql, parameters).fetchall())
+
+        yield None if found is None else StateView("postgres", query, int(found[0]))
 
 
 def jobs_that_wrote(location: StoreLocation, results: list[str]) -> list[str]:
     """Reads only, creates nothing."""
-    with _to_read(location, "runs") as (session, made):
-        return core.jobs_that_wrote("postgres", _reading(session), results) if made else []
+    with _to_read(location, "runs") as (session, conn):
+        if conn is None:
+            return []
+        try:
+            return core.jobs_that_wrote(
+                "postgres", lambda sql, p: conn.execute(sql, p).fetchall(), results
+            )
+        except psycopg.Error as exc:
+            raise _unusable(session, exc) from None
 
 
 class _Writer:

@@ -7,10 +7,8 @@ number); what it does as the PostgreSQL store does is in ``store/core.py``.
 run's outcomes sit together in the order of the input, a row costs no more than in a table of
 one run, and an insert writes one B-tree (a composite key, or run_id and row_number stored as
 columns, made journaling a batch 15-30 % slower). The ``run_outcomes`` view shows both.
-The store keeps a row in few bytes (store/schema.py): ``metadata`` is ``''`` when it is the
-``sent_metadata``, the API's IDs are BLOBs of their hex (encoded here, by ``_values``: SQLite
-3.40 cannot make a BLOB of hex text), the timing integer milliseconds; every read decodes them
-(``schema.stored_columns``, which the view uses too).
+A row is kept in few bytes (store/schema.py), encoded here (``_values``: SQLite 3.40 cannot
+make a BLOB of hex text) and decoded by every read (``schema.stored_columns``).
 
 WAL mode with ``synchronous=NORMAL``: a commit survives a process crash (kill -9); only a power
 cut can lose the last commits. A new store is made under a temporary name and linked into place
@@ -301,6 +299,28 @@ def _connect_to_read(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _read_only(path: Path, outage: Outage | None = None) -> tuple[sqlite3.Connection, int]:
+    """The store ``path`` opened read only, and its layout (JournalError if this version cannot
+    use it: ``_layout``, ``_check_columns``). ``outage``: how long to wait while another
+    process holds the file locked."""
+    check_store_file(path)
+    try:
+        if outage is None:
+            db = _connect_to_read(path)
+        else:
+            db = _retrying(outage, path, lambda: _connect_to_read(path), reads=True)
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
+    try:
+        version = _layout(db, path)
+        if version == schema.LAYOUT_VERSION:
+            _check_columns(db, path)
+    except BaseException:
+        db.close()
+        raise
+    return db, version
+
+
 def _check_since(since: str) -> Path:
     """--since-state's file, if it is a store this version can read."""
     path = Path(since)
@@ -328,17 +348,17 @@ def jobs_that_wrote(location: StoreLocation, results: list[str]) -> list[str]:
             # files behind; a plain one, the last to close, removes them. It only reads.
             with contextlib.closing(sqlite3.connect(_uri(path), uri=True)) as db:
                 db.execute("PRAGMA query_only = 1")
-                jobs.update(core.jobs_that_wrote("sqlite", _reading(db), results))
+                jobs.update(core.jobs_that_wrote("sqlite", _reading(db, threading.Lock()), results))
         except sqlite3.Error:  # not a store of this version, or not a store at all
             continue
     return sorted(jobs)
 
 
-def _reading(db: sqlite3.Connection, lock: threading.Lock | None = None) -> Query:
-    """Reads on ``db`` (one at a time, under ``lock``, when threads share it)."""
+def _reading(db: sqlite3.Connection, lock: threading.Lock) -> Query:
+    """Reads on ``db``, one at a time (threads may share it)."""
 
     def query(sql: str, parameters: dict[str, Any]) -> list[Any]:
-        with lock or contextlib.nullcontext():
+        with lock:
             return db.execute(sql, parameters).fetchall()
 
     return query
@@ -348,27 +368,21 @@ def _reading(db: sqlite3.Connection, lock: threading.Lock | None = None) -> Quer
 def read_state(location: StoreLocation, job: str, since: str | None) -> Iterator[StateView | None]:
     """The job's own store (``location.path``), or --since-state's file, read only."""
     path = location.path
-    if since is not None:
-        source: Path | None = _check_since(since)
+    if since is not None and (source := _check_since(since)) != path:
+        try:
+            db = _connect_to_read(source)
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{source}: not a bulk-update store ({exc})") from None
+    elif path.is_file():
+        db, version = _read_only(path)
+        if version == 0:
+            db.close()
+            raise JournalError(f"{path}: not a bulk-update store; {_MOVE_IT_AWAY}")
     else:
-        source = path if path.is_file() else None
-        if source is not None:
-            check_store_file(source)
-    if source is None:
         yield None
         return
-    try:
-        db = _connect_to_read(source)
-    except sqlite3.DatabaseError as exc:
-        raise JournalError(f"{source}: not a bulk-update store ({exc})") from None
     with contextlib.closing(db):
-        if source == path:  # the job's own store: one this version can use
-            version = _layout(db, path)
-            if version == 0:
-                raise JournalError(f"{path}: not a bulk-update store; {_MOVE_IT_AWAY}")
-            if version == schema.LAYOUT_VERSION:
-                _check_columns(db, path)
-        yield StateView("sqlite", _reading(db))
+        yield StateView("sqlite", _reading(db, threading.Lock()))
 
 
 def _create_new(path: Path) -> None:
@@ -381,12 +395,7 @@ def _create_new(path: Path) -> None:
                 stale.unlink()
     temporary = path.with_name(_CREATING.format(name=path.name, mark=secrets.token_hex(4)))
     try:
-        db = _connect(temporary)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            _make_tables(db, temporary)
-        finally:
-            db.close()  # the last connection: SQLite folds the WAL into the file
+        _with_tables(temporary).close()  # the last connection: SQLite folds the WAL into the file
         with contextlib.suppress(FileExistsError):
             os.link(temporary, path)
     except sqlite3.Error as exc:
@@ -439,6 +448,18 @@ def _check_columns(db: sqlite3.Connection, path: Path) -> None:
             )
 
 
+def _with_tables(path: Path) -> sqlite3.Connection:
+    """A connection to the store ``path``, in WAL mode, its tables made (``_make_tables``)."""
+    db = _connect(path)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        _make_tables(db, path)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 def _make_tables(db: sqlite3.Connection, path: Path) -> None:
     """Create the tables, or bring a store of an older released layout to this one; refuse
     (JournalError) a file this version cannot use."""
@@ -486,19 +507,8 @@ class SQLiteStore(Store):
             _create_new(path)
         outage = Outage(str(path), timeout, state="locked by another process",
                         backoff=(0.05, 0.5), hurry=hurry)  # fmt: skip
-
-        def connect() -> sqlite3.Connection:
-            db = _connect(path)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                _make_tables(db, path)
-            except BaseException:
-                db.close()
-                raise
-            return db
-
         try:
-            db = _retrying(outage, path, connect)
+            db = _retrying(outage, path, lambda: _with_tables(path))
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
         return cls(path, db, outage, Opened.at(path))
@@ -509,21 +519,11 @@ class SQLiteStore(Store):
         only: a read-only file, or one in a read-only directory, can be read, and nothing in it
         changes. A store of an older released layout is brought to this one first, as a run
         would (``open``): that takes a file that can be written."""
-        check_store_file(path)
         outage = Outage(str(path), timeout, state="locked by another process",
                         backoff=(0.05, 0.5))  # fmt: skip
-        try:
-            db = _retrying(outage, path, lambda: _connect_to_read(path), reads=True)
-        except sqlite3.DatabaseError as exc:
-            raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
-        try:
-            version = _layout(db, path)
-            if version == schema.LAYOUT_VERSION:
-                _check_columns(db, path)
-                return cls(path, db, outage, Opened.at(path))
-        except BaseException:
-            db.close()
-            raise
+        db, version = _read_only(path, outage)
+        if version == schema.LAYOUT_VERSION:
+            return cls(path, db, outage, Opened.at(path))
         db.close()
         if version == 0:
             raise JournalError(
@@ -535,8 +535,10 @@ class SQLiteStore(Store):
     def _transact(self, work: Work[T]) -> T:
         return _transacting(self._db, self._outage, self.path, work)
 
-    def _read(self, work: Work[T]) -> T:
-        return _retrying(self._outage, self.path, lambda: work(self._db))
+    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        return _retrying(
+            self._outage, self.path, lambda: self._db.execute(sql, parameters).fetchall()
+        )
 
     def _open_run(self, opening: Opening) -> SQLiteJournal:
         key = opening.key

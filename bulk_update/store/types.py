@@ -1,7 +1,7 @@
 """The store's types: what the job hands it and gets back (runs, their records, a timeline's
 seconds, a row's timing, where a store is), and the protocols of a store's parts (``Budget``,
 ``StateReader``; the store and its journal are ``core.Store`` and ``core.Journal``). A module
-of its own, importing nothing of the store but its schema's names, so that the package, its
+of its own, importing of the store only its schema and lease (leaves), so that the package, its
 core and its backends all import it."""
 
 from __future__ import annotations
