@@ -137,7 +137,11 @@ def resumed_options(stored: str | None, given: Mapping[str, Any]) -> str:
 Dialect = schema.Dialect
 
 
-def _span(run_id: int, first: int = 0, last: int = (1 << 32) - 1) -> dict[str, int]:
+# The last row number a run can have.
+ROWS_MAX = (1 << 32) - 1
+
+
+def _span(run_id: int, first: int = 0, last: int = ROWS_MAX) -> dict[str, int]:
     """The parameters that select rows ``[first, last]`` of a run (both backends key outcomes
     by ``run_id * ROWS_PER_RUN + row_number``)."""
     base = run_id * schema.ROWS_PER_RUN
@@ -662,7 +666,7 @@ class Journal(_Closing, StateRows):
 
     # Reading
 
-    def _rows(self, template: str, first: int, last: int, **more: Any) -> list[Any]:
+    def _rows(self, template: str, first: int = 0, last: int = ROWS_MAX, **more: Any) -> list[Any]:
         sql = self._sql.get(template) or prepare(self._dialect, template)
         span = _span(self.run_id, first, last)
         return self._query(sql, {**span, **self._unfinished, **more})
@@ -694,7 +698,7 @@ class Journal(_Closing, StateRows):
 
     def finished_count(self) -> int:
         """Rows finished by earlier runs: a resumed run does not process them again."""
-        return int(self._rows(_FINISHED_COUNT, 0, (1 << 32) - 1)[0][0])
+        return int(self._rows(_FINISHED_COUNT)[0][0])
 
     def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
         """Outcomes in ``[first, last]`` as tuples in RESULT_COLUMNS order, by row number."""
@@ -702,7 +706,7 @@ class Journal(_Closing, StateRows):
 
     def counts(self) -> dict[str, int]:
         """The run's outcomes by status (rows never journaled are not counted)."""
-        rows = self._rows(_COUNTS, 0, (1 << 32) - 1)
+        rows = self._rows(_COUNTS)
         return {status: int(count) for status, count in rows}
 
     def state_entries(self) -> int:

@@ -547,10 +547,9 @@ class SQLiteStore(Store):
             since_path: Path | None = None
             if opening.since is not None:
                 found = _check_since(opening.since)
-                if found.resolve() != self.path.resolve():
+                if found.resolve() != self.path.resolve():  # its own state: nothing to attach
                     since_path = found
-            if since_path is not None:
-                self._db.execute("ATTACH DATABASE ? AS since", (_uri(since_path, read_only=True),))
+                    self._db.execute("ATTACH DATABASE ? AS since", (_uri(found, read_only=True),))
             run_id = self._find_or_start(opening)
             return SQLiteJournal(
                 self._opened, self._db, self._outage, run_id, locks, since_path,
