@@ -19,26 +19,14 @@ Two rules keep it honest, whatever stops a run (kill -9 included):
 - a row's state entry is deleted before the row is sent: until the API confirms, the job does
   not know what the server holds, and a row it does not know about is sent next time.
 
-``SQLiteStore`` (``store/sqlite.py``) is the embedded backend: one file per job,
-``<state-dir>/<job-name>.sqlite``. ``PostgresStore`` (``store/postgres.py``, ``--state-url``) is
-the one for many machines. The job sees only what this module exports (``__all__``); the
-modules of the package are the store's own:
-
-- ``types.py``: what the job hands the store and gets back (``RunKey``, ``RunRecord``,
-  ``Second`` ...), and the protocols ``Budget`` and ``StateReader``;
-- ``schema.py``: the tables, declared once for both backends, and their layout;
-- ``core.py``: ``Store`` and ``Journal``, the interface, with what both backends do alike
-  (the run's lifecycle, its record, the journal's reads, the heartbeat, the budget), over a
-  small dialect;
-- ``sqlite.py`` with ``locks.py`` (flock) and ``grouped.py`` (its writer thread);
-  ``postgres.py`` with ``lease.py`` and ``url.py``; ``outage.py``: one clock for a store that is
-  away or held.
+The job sees only what this module exports (``__all__``): the interface is ``core.Store`` and
+``core.Journal``, over one of two backends: ``sqlite.py`` (one file per job,
+``<state-dir>/<job-name>.sqlite``) or ``postgres.py`` (``--state-url``, for many machines).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from bulk_update.store import sqlite
@@ -95,7 +83,10 @@ __all__ = [
 POSTGRES_HINT = "the store in PostgreSQL needs psycopg: pip install 'bulk-update[postgres]'"
 
 
-def _postgres() -> Any:
+def _backend(location: StoreLocation) -> Any:
+    """The module of the location's backend (PostgreSQL's is imported only when used)."""
+    if location.url is None:
+        return sqlite
     try:
         from bulk_update.store import postgres
     except ImportError as exc:
@@ -110,7 +101,7 @@ def open_store(location: StoreLocation, hurry: Hurry | None = None) -> Store:
     opened: a signal while it opens (held by another process, or frozen) ends its waits, as
     it ends them later in the run."""
     if location.url is not None:
-        store: Store = _postgres().PostgresStore.open(
+        store: Store = _backend(location).PostgresStore.open(
             location.url, timeout=location.timeout, hurry=hurry
         )
         return store
@@ -137,21 +128,15 @@ def jobs_that_wrote(location: StoreLocation, results: list[str] | None = None) -
     in the PostgreSQL store, or in the SQLite stores of ``location.path``'s directory (one per
     job). Reads only, creates nothing: how a revert finds the job of the results it reverts,
     and a new job the jobs beside it."""
-    if location.url is not None:
-        found: list[str] = _postgres().jobs_that_wrote(location.url, results, location.timeout)
-        return found
-    return sqlite.jobs_that_wrote(location.path.parent, results)
+    found: list[str] = _backend(location).jobs_that_wrote(location, results)
+    return found
 
 
-@contextlib.contextmanager
 def read_state(
     location: StoreLocation, job: str, since: str | None = None
-) -> Iterator[StateReader | None]:
+) -> contextlib.AbstractContextManager[StateReader | None]:
     """The state a dry run compares with: ``since``'s if given, else the job's own; None if the
-    job has never set anything."""
-    if location.url is not None:
-        with _postgres().read_state(location.url, job, since, location.timeout) as reader:
-            yield reader
-        return
-    with sqlite.read_state(location.path, since) as reader:
-        yield reader
+    job has never set anything. Reads only, creates nothing."""
+    reading: contextlib.AbstractContextManager[StateReader | None]
+    reading = _backend(location).read_state(location, job, since)
+    return reading

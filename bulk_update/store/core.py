@@ -9,9 +9,9 @@ subclasses them and says only how a piece of work reaches its database (a transa
 on its outage clock, a read) and what is its own: its locks, its writer, its budget,
 PostgreSQL's reconnection and lease.
 
-The statements are written once, with named parameters (``:name``) and the ``Dialect``'s
-fragments in braces (``{now}``, ``{rows}`` …); ``Dialect.prepare`` turns one into the backend's
-SQL, once. The hot path's statements (an outcome's commit, ``last_set``, a batch's comparison)
+The statements are written once, with named parameters (``:name``) and the dialect's
+fragments in braces (``{now}``, ``{status}`` …); ``prepare`` turns one into the backend's SQL,
+once. The hot path's statements (an outcome's commit, ``last_set``, a batch's comparison)
 are not here: the journal's writes are, but each backend commits them with its own statements,
 tuned to its database.
 """
@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, Self, TypeVar
@@ -33,7 +34,7 @@ from bulk_update.exceptions import JobStopped, JournalError
 from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import schema
 from bulk_update.store.lease import Holder, this_process
-from bulk_update.store.schema import TIMELINE, TIMING_COLUMNS, format_timestamp
+from bulk_update.store.schema import TIMELINE, format_timestamp
 from bulk_update.store.types import (
     REPORT_COLUMNS,
     TIMELINE_COLUMNS,
@@ -49,26 +50,6 @@ from bulk_update.store.types import (
     report_frame,
     run_options,
 )
-
-__all__ = [
-    "BudgetCore",
-    "Connection",
-    "Dialect",
-    "Journal",
-    "Opening",
-    "Recorded",
-    "Refused",
-    "Store",
-    "Work",
-    "batch_json",
-    "changed_fields",
-    "changed_rows",
-    "entry_metadata",
-    "fingerprint_text",
-    "jobs_that_wrote",
-    "unfinished_because",
-    "unfinished_statuses",
-]
 
 T = TypeVar("T")
 log = logging.getLogger("bulk_update")
@@ -86,53 +67,15 @@ Work = Callable[[Connection], T]
 Recorded = tuple[RowOutcome, RowTiming | None]
 
 assert TIMELINE.names("sqlite") == ("run_id", *TIMELINE_COLUMNS)
-
-
-# What a run is, and how it changes: the same rules in both backends.
-
-
-def is_unfinished(record: RunRecord) -> bool:
-    """Is the run going on, or did it stop before its rows were done?"""
-    return record.ended_at is None or record.counts.get(Status.UNPROCESSED.value, 0) > 0
+_SECOND_TYPES = {
+    name: kind for name, kind in TIMELINE.types("postgres").items() if name != "run_id"
+}
 
 
 # ``status``'s rate: rows per second over the last minute of a run's timeline.
 RATE_WINDOW_S = 60
-
-
-def recent_rate(first: int | None, last: int | None, recent_rows: int | None) -> float | None:
-    """Rows per second over the last RATE_WINDOW_S seconds of a timeline that spans
-    ``[first, last]`` (its own clock: machines' clocks need not agree)."""
-    if first is None or last is None:
-        return None
-    return (recent_rows or 0) / min(RATE_WINDOW_S, last - first + 1)
-
-
-def run_statuses(
-    records: list[RunRecord], details: Mapping[int, tuple[Any, ...]]
-) -> list[RunStatus]:
-    """``status``'s answer from a store's details per run ID: rows done, seconds since the
-    heartbeat, and the timeline's first and last second and rows over its last minute."""
-    statuses = []
-    for record in records:
-        done, age, first, last, recent = details[record.run_id]
-        statuses.append(
-            RunStatus(
-                record,
-                None if done is None else int(done),
-                None if age is None else max(0.0, float(age)),
-                recent_rate(first, last, None if recent is None else int(recent)),
-            )
-        )
-    return statuses
-
-
 # Rows that a resumed run processes again; with --retry-failed, failed rows too.
 _NOT_FINISHED = (Status.UNPROCESSED.value, Status.PLANNED.value)
-
-
-def unfinished_statuses(retry_failed: bool) -> tuple[str, ...]:
-    return (*_NOT_FINISHED, Status.FAILED.value) if retry_failed else _NOT_FINISHED
 
 
 # The form of a run's fingerprint, marked in it (the first release's is "1").
@@ -191,114 +134,88 @@ def resumed_options(stored: str | None, given: Mapping[str, Any]) -> str:
     return json.dumps({**current, "invocations": [*earlier, current]}, sort_keys=True, default=str)
 
 
-def options_input(options: dict[str, Any]) -> str | None:
-    """The input a run's options name."""
-    value = options.get("input")
-    return None if value is None else str(value)
+# A backend's SQL dialect ("sqlite", "postgres").
+Dialect = schema.Dialect
 
 
-@dataclass(frozen=True, slots=True)
-class Dialect:
-    """What differs between the backends in the statements they share: SQL fragments (with
-    named parameters of their own) and how a run's rows are numbered."""
+# The last row number a run can have.
+ROWS_MAX = (1 << 32) - 1
 
-    name: schema.Dialect
-    # This moment, as a timestamp column holds it (``now``: bound to TIMESTAMP_FORMAT text),
-    # and as ``heartbeat_at`` holds it (``clock``: bound to Unix time).
-    now: str
-    clock: str
-    # Seconds since the run ``r``'s last heartbeat.
-    age: str
-    # Outcomes of the run's rows [first, last]; of all its rows; a row's number; their order.
-    rows: str
-    run_rows: str
-    row: str
-    order: str
-    # The predicate on the rows of ``last_set`` that are the job's (``job``), if it has one.
-    state: str
-    # The values of a JSON array parameter: texts (``ids``, a column ``id``), run IDs (``runs``).
-    ids: str
-    runs: str
-    # What follows the insert of a run so that ``inserted`` finds its ID.
-    returning: str
-    # The budget's clock (Unix seconds: bound as ``clock`` in SQLite, the database's in
-    # PostgreSQL), the larger of two values, and the key of a job's budget (``job``).
-    budget_clock: str = ":clock"
-    greatest: str = "max"
-    budget_key: str = "job"
-    # A batch's rows (``batch_json``) as a relation ``t(r, i, m)``, and last_set's key of its
-    # conversation ID ``t.i``.
-    batch: str = ""
-    batch_key: str = "t.i"
-    # outcomes' key of a run's row 0 (SQLite numbers rows across runs).
-    rows_per_run: int = 0
-    # The results' columns but row_number, and the timing, as a reader gets them from what
-    # outcomes keep (schema.stored_columns, schema.timing_columns).
-    stored: str = ""
-    timing: str = ""
-    # ``last_set``'s key of the conversation ID ``t.id``.
-    state_key: str = "t.id"
-    # A row's status (its text) from what outcomes keep.
-    status: str = "status"
 
-    def prepare(self, template: str) -> str:
-        """The backend's SQL for a statement written with ``:name`` parameters and this
-        dialect's fragments (once per statement: cached)."""
-        return _prepare(self, template)
+def _span(run_id: int, first: int = 0, last: int = ROWS_MAX) -> dict[str, int]:
+    """The parameters that select rows ``[first, last]`` of a run (both backends key outcomes
+    by ``run_id * ROWS_PER_RUN + row_number``)."""
+    base = run_id * schema.ROWS_PER_RUN
+    return {"run": run_id, "base": base, "first": base + first, "last": base + last}
 
-    def span(self, run_id: int, first: int = 0, last: int = (1 << 32) - 1) -> dict[str, int]:
-        """The parameters that select rows ``[first, last]`` of a run (``rows``, ``row``)."""
-        base = run_id * self.rows_per_run
-        return {"run": run_id, "base": base, "first": base + first, "last": base + last}
 
-    def json_rows(self, parameter: str, table: schema.Table, names: Iterable[str]) -> str:
-        """A relation ``t`` with columns ``names`` of ``table``, from a JSON array of objects."""
-        if self.name == "sqlite":
-            columns = ", ".join(f"json_extract(value, '$.{name}') AS {name}" for name in names)
-            return f"(SELECT {columns} FROM json_each(:{parameter})) AS t"  # noqa: S608
-        types = table.types("postgres")
-        declared = ", ".join(f"{name} {types[name]}" for name in names)
-        return f"json_to_recordset(CAST(:{parameter} AS json)) AS t({declared})"
+def json_rows(dialect: Dialect, parameter: str, types: Mapping[str, str]) -> str:
+    """A relation ``t`` from a JSON array of objects, with the columns ``types`` (name ->
+    PostgreSQL's type)."""
+    if dialect == "sqlite":
+        columns = ", ".join(f"json_extract(value, '$.{name}') AS {name}" for name in types)
+        return f"(SELECT {columns} FROM json_each(:{parameter})) AS t"  # noqa: S608
+    declared = ", ".join(f"{name} {kind}" for name, kind in types.items())
+    return f"json_to_recordset(CAST(:{parameter} AS json)) AS t({declared})"
 
-    def inserted(self, cursor: Any) -> int:
-        """The ID of the run an insert (ending in ``returning``) made."""
-        if self.returning:
-            return int(cursor.fetchone()[0])
-        return int(cursor.lastrowid or 0)
+
+def _fragments(dialect: Dialect) -> dict[str, str]:
+    """What differs between the backends in the statements they share, by the name a template
+    gives it in braces. SQLite's clock is this machine's, bound as a parameter (``now``:
+    TIMESTAMP_FORMAT text, ``clock``: Unix time); PostgreSQL's is the database's, so that
+    machines' clocks need not agree. One SQLite file holds one job's state and budget."""
+    alike = {
+        # A row's status (its text), the results' columns but row_number, and the timing, as a
+        # reader gets them from what outcomes keep.
+        "status": schema.status_text(dialect),
+        "stored": schema.stored_columns(dialect),
+        "timing": schema.timing_columns(dialect),
+        # A batch's rows (``batch_json``) as the relation ``t(r, i, m)``.
+        "batch": json_rows(dialect, "batch", {"r": "integer", "i": "text", "m": "text"}),
+        # A heartbeat's seconds of the timeline (``Second``'s fields).
+        "seconds": json_rows(dialect, "t", _SECOND_TYPES),
+    }
+    if dialect == "sqlite":
+        return {
+            **alike,
+            "now": ":now",
+            "clock": ":clock",
+            "age": ":clock - r.heartbeat_at",  # seconds since the run r's last heartbeat
+            "budget_clock": ":clock",
+            "greatest": "max",
+            "budget_key": "job",
+            "where_state": "",
+            "and_state": "",
+            # last_set's key of the conversation ID t.id (of ``ids``), t.i (of ``batch``).
+            "state_key": "t.id",
+            "batch_key": "t.i",
+            # The values of a JSON array parameter: texts (``ids``, as ``id``), run IDs.
+            "ids": "SELECT value AS id FROM json_each(:ids)",
+            "runs": "SELECT value FROM json_each(:runs)",
+        }
+    return {
+        **alike,
+        "now": "now()",
+        "clock": "now()",
+        "age": "extract(epoch FROM now() - r.heartbeat_at)",
+        "budget_clock": "CAST(extract(epoch FROM clock_timestamp()) AS double precision)",
+        "greatest": "greatest",
+        "budget_key": "job_id",
+        "where_state": " WHERE job_id = :job",
+        "and_state": " AND job_id = :job",
+        "state_key": schema.encoded_id("conversation_id", "t.id"),
+        "batch_key": schema.encoded_id("conversation_id", "t.i"),
+        "ids": "SELECT json_array_elements_text(CAST(:ids AS json)) AS id",
+        "runs": "SELECT CAST(json_array_elements_text(CAST(:runs AS json)) AS bigint)",
+    }
 
 
 @functools.cache
-def _prepare(dialect: Dialect, template: str) -> str:
-    fragments = {
-        name: getattr(dialect, name)
-        for name in (
-            "now",
-            "clock",
-            "age",
-            "rows",
-            "run_rows",
-            "row",
-            "order",
-            "ids",
-            "runs",
-            "stored",
-            "timing",
-            "state_key",
-            "status",
-            "budget_clock",
-            "greatest",
-            "budget_key",
-            "batch",
-            "batch_key",
-        )
-    }
-    state = dialect.state
-    text = template.format(
-        **fragments,
-        where_state=f" WHERE {state}" if state else "",
-        and_state=f" AND {state}" if state else "",
-    )
-    if dialect.name == "postgres":
+def prepare(dialect: Dialect, template: str) -> str:
+    """The backend's SQL for a statement written with ``:name`` parameters and the dialect's
+    fragments in braces (once per statement: cached)."""
+    text = template.format(**_fragments(dialect))
+    if dialect == "postgres":
         text = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", text)
     return text
 
@@ -333,12 +250,13 @@ _RESUME = (
 # RunRecord's fields that are the runs table's columns, and what its others are made of: the
 # holder (lease.Holder), whether every invocation recorded its end, and whether it was set aside.
 _AS_STORED = tuple(f for f in RunRecord.__dataclass_fields__ if f in schema.RUNS.names("sqlite"))
+_HISTORY_NAMES = (*_AS_STORED, "boot", "pid_namespace", "pid_started", "interrupted", "replaced")
 _HISTORY = (
-    f"SELECT {', '.join(_AS_STORED)}, boot, pid_namespace, pid_started, interrupted, "  # noqa: S608
-    "replaced_at IS NOT NULL AS replaced FROM runs WHERE job = :job ORDER BY run_id DESC"
+    f"SELECT {', '.join(_HISTORY_NAMES[:-1])}, replaced_at IS NOT NULL AS replaced "  # noqa: S608
+    "FROM runs WHERE job = :job ORDER BY run_id DESC"
 )
 # The requests a run's committed outcomes prove it sent.
-_PROVEN = "SELECT sum(attempts) FROM outcomes WHERE {run_rows}"
+_PROVEN = "SELECT sum(attempts) FROM outcomes WHERE id BETWEEN :first AND :last"
 _LAST = "(SELECT max(at) FROM timeline WHERE run_id = r.run_id)"
 _STATUS = (
     "SELECT r.run_id, r.rows_done, {age}, "  # noqa: S608
@@ -348,10 +266,9 @@ _STATUS = (
 )
 _TIMELINE = f"SELECT {', '.join(TIMELINE_COLUMNS)} FROM timeline WHERE run_id = :run ORDER BY at"  # noqa: S608
 assert REPORT_COLUMNS[1:6] == ("status", "http_status", "attempts", "error_code", "error_message")
-assert REPORT_COLUMNS[6:] == TIMING_COLUMNS
 _REPORT = (
-    "SELECT {row}, {status}, http_status, attempts, error_code, error_message, {timing} "
-    "FROM outcomes WHERE {rows} ORDER BY {order}"
+    "SELECT id - :base, {status}, http_status, attempts, error_code, error_message, {timing} "
+    "FROM outcomes WHERE id BETWEEN :first AND :last ORDER BY id"
 )
 
 
@@ -367,6 +284,10 @@ class Opening:
     restart: bool
     unfinished: tuple[str, ...]
     since: str | None
+
+
+# The columns of runs that say who holds a run (lease.Holder's fields).
+_HOLDER = ("host", "pid", "boot", "pid_namespace", "pid_started")
 
 
 def _holding() -> dict[str, Any]:
@@ -419,10 +340,10 @@ def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int 
     finished one is kept as it is."""
     key, fingerprint, options = opening.key, opening.fingerprint, opening.options
     given = {"job": key.job, "results": key.results, "shard": key.shard_text, **_stamp()}
-    found = conn.execute(dialect.prepare(_FIND), given).fetchone()
+    found = conn.execute(prepare(dialect, _FIND), given).fetchone()
     if found is not None and opening.restart:
         conn.execute(
-            dialect.prepare("UPDATE runs SET replaced_at = {now} WHERE run_id = :run"),
+            prepare(dialect, "UPDATE runs SET replaced_at = {now} WHERE run_id = :run"),
             {**given, "run": found[0]},
         )
         found = None
@@ -439,44 +360,40 @@ def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int 
         values = _starting(opening)
         start = (
             f"INSERT INTO runs ({', '.join(values)}, started_at) "  # noqa: S608
-            f"VALUES ({', '.join(f':{name}' for name in values)}, {{now}}){dialect.returning}"
+            f"VALUES ({', '.join(f':{name}' for name in values)}, {{now}}) RETURNING run_id"
         )
-        return dialect.inserted(conn.execute(dialect.prepare(start), {**values, **_stamp()}))
+        return int(conn.execute(prepare(dialect, start), {**values, **_stamp()}).fetchone()[0])
     resumed = resumed_options(stored_options, options)
     resuming = {**given, **_holding(), "options": resumed, "run": run_id}
-    conn.execute(dialect.prepare(_RESUME), resuming)
+    conn.execute(prepare(dialect, _RESUME), resuming)
     return int(run_id)
 
 
-def _holder(row: Mapping[str, Any]) -> Holder | None:
-    """Who holds a run (a row of runs), if it told enough."""
-    host, pid, boot, namespace, started = (
-        row[name] for name in ("host", "pid", "boot", "pid_namespace", "pid_started")
-    )
-    if host is None or pid is None or not (boot and namespace and started):
-        return None
-    return Holder(host, boot, namespace, int(pid), started)
-
-
 def _record(row: Mapping[str, Any]) -> RunRecord:
-    """A run as ``history`` shows it, from its row of runs (``_HISTORY``), read by name."""
+    """A run as ``history`` shows it, from its row of runs (``_HISTORY``), read by name; its
+    holder if it told enough to be told apart (``lease.Holder``)."""
     options, ended_at, counts = run_options(row["options"]), row["ended_at"], row["counts"]
+    given = options.get("input")
+    host, pid, boot, namespace, started = (row[name] for name in _HOLDER)
+    told = host is not None and pid is not None and boot and namespace and started
     made = {
-        "run_id": int(row["run_id"]), "options": options, "input": options_input(options),
-        "started_at": _moment(row["started_at"]),
+        "run_id": int(row["run_id"]), "options": options,
+        "input": None if given is None else str(given), "started_at": _moment(row["started_at"]),
         "ended_at": _moment(ended_at) if ended_at else None,
         "counts": json.loads(counts) if counts else {}, "requests": int(row["requests"] or 0),
         "rate_limited": int(row["rate_limited"] or 0), "replaced": bool(row["replaced"]),
-        "requests_exact": ended_at is not None and not row["interrupted"], "holder": _holder(row),
+        "requests_exact": ended_at is not None and not row["interrupted"],
+        "holder": Holder(host, boot, namespace, int(pid), started) if told else None,
     }  # fmt: skip
     return RunRecord(**{**{name: row[name] for name in _AS_STORED}, **made})
 
 
-class _Closing:
+class _Closing(ABC):
     """Closed after use, as a ``with`` block closes it."""
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release what it holds (its connections, its locks)."""
 
     def __enter__(self) -> Self:
         return self
@@ -488,19 +405,19 @@ class _Closing:
 class Store(_Closing):
     """A job's store, what the job sees of either backend: the run's lifecycle and its record
     are done here alike. ``where`` names it for logs and summaries (never with a password). A
-    backend sets ``where`` and ``_dialect`` and says how work reaches its database
-    (``_transact``, ``_read``), how it locks and opens a run (``_open_run``), its budget."""
+    backend sets ``where`` and ``_dialect`` and gives the abstract methods: how work reaches
+    its database (``_transact``, ``_query``), how it opens a run (``_open_run``), its budget."""
 
     where: str
     _dialect: Dialect
 
+    @abstractmethod
     def _transact(self, work: Work[T]) -> T:
         """``work`` in one transaction, tried again as the backend does."""
-        raise NotImplementedError
 
-    def _read(self, work: Work[T]) -> T:
-        """``work``, which only reads."""
-        raise NotImplementedError
+    @abstractmethod
+    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        """The rows a read finds."""
 
     def open_run(
         self,
@@ -520,12 +437,13 @@ class Store(_Closing):
         job's store whose state this run compares with (ConfigError if it is not one). The
         backend locks the run, finds or starts it (``_find_or_start``) and opens its journal
         (``_open_run``)."""
-        unfinished = unfinished_statuses(retry_failed)
+        unfinished = (*_NOT_FINISHED, Status.FAILED.value) if retry_failed else _NOT_FINISHED
         opening = Opening(key, fingerprint_text(fingerprint), options, restart, unfinished, since)
         return self._open_run(opening)
 
+    @abstractmethod
     def _open_run(self, opening: Opening) -> Journal:
-        raise NotImplementedError
+        """Lock the run, find or start it (``_find_or_start``), open its journal."""
 
     def _find_or_start(self, opening: Opening) -> int:
         """The run's ID, found or started; JournalError if it is refused (``Refused``)."""
@@ -542,40 +460,45 @@ class Store(_Closing):
         return found
 
     def _fetch(self, template: str, parameters: dict[str, Any]) -> list[Any]:
-        sql = self._dialect.prepare(template)
-        return self._read(lambda conn: conn.execute(sql, parameters).fetchall())
-
-    def _fetch_named(self, template: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        """The rows a read finds, each by column name."""
-        sql = self._dialect.prepare(template)
-
-        def read(conn: Connection) -> list[dict[str, Any]]:
-            cursor = conn.execute(sql, parameters)
-            names = [column[0] for column in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-        return self._read(read)
+        return self._query(prepare(self._dialect, template), parameters)
 
     def history(self, job: str) -> list[RunRecord]:
         """The job's runs, newest first."""
-        return [_record(row) for row in self._fetch_named(_HISTORY, {"job": job})]
+        rows = self._fetch(_HISTORY, {"job": job})
+        return [_record(dict(zip(_HISTORY_NAMES, row, strict=True))) for row in rows]
 
     def proven_requests(self, run_id: int) -> int:
         """The requests a run's committed outcomes prove it sent (the sum of their attempts):
         what its count is at least, when an invocation did not record its end. Reads all the
         run's outcomes."""
-        rows = self._fetch(_PROVEN, self._dialect.span(run_id))
+        rows = self._fetch(_PROVEN, _span(run_id))
         return int(rows[0][0] or 0)
 
     def status(self, job: str) -> list[RunStatus]:
-        """The job's runs that are going on or stopped before their end (not replaced), newest
-        first."""
-        records = [r for r in self.history(job) if not r.replaced and is_unfinished(r)]
+        """The job's runs that are going on or stopped before their rows were done (not
+        replaced), newest first."""
+        unfinished = Status.UNPROCESSED.value
+        records = [
+            r
+            for r in self.history(job)
+            if not r.replaced and (r.ended_at is None or r.counts.get(unfinished, 0) > 0)
+        ]
         if not records:
             return []
         runs = json.dumps([r.run_id for r in records])
-        rows = self._fetch(_STATUS, {"runs": runs, **_stamp()})
-        return run_statuses(records, {row[0]: row[1:] for row in rows})
+        found = {row[0]: row[1:] for row in self._fetch(_STATUS, {"runs": runs, **_stamp()})}
+        statuses = []
+        for record in records:
+            done, age, first, last, recent = found[record.run_id]
+            # Over the last RATE_WINDOW_S seconds of its timeline: on the timeline's own clock
+            # (machines' clocks need not agree).
+            rate = (
+                None if first is None else int(recent or 0) / min(RATE_WINDOW_S, last - first + 1)
+            )
+            done = None if done is None else int(done)
+            age = None if age is None else max(0.0, float(age))
+            statuses.append(RunStatus(record, done, age, rate))
+        return statuses
 
     def timeline(self, run_id: int) -> list[Second]:
         """A run's timeline, every invocation's, in order."""
@@ -583,11 +506,89 @@ class Store(_Closing):
 
     def report_rows(self, run_id: int) -> pl.DataFrame:
         """A run's outcomes, REPORT_COLUMNS, by row number."""
-        return report_frame(self._fetch(_REPORT, self._dialect.span(run_id)))
+        return report_frame(self._fetch(_REPORT, _span(run_id)))
 
+    @abstractmethod
     def budget(self, job: str) -> Budget:
         """The job's rate budget, shared by its running shards."""
-        raise NotImplementedError
+
+
+def batch_json(rows: pl.DataFrame) -> str:
+    """A batch's valid rows (``ROW_NUMBER, conversation_id, sent_metadata``) as one JSON array
+    (the dialect's ``batch``: ``t(r, i, m)``): the comparison and the journaling of unchanged
+    rows run inside the database, with no Python object per row. Sorted by ID, so that
+    ``last_set`` is walked in order rather than probed at random."""
+    short = rows.select(r=ROW_NUMBER, i="conversation_id", m="sent_metadata")
+    return short.sort("i").write_json()
+
+
+def entry_metadata(entry: str, schema: str = "") -> str:
+    """The SQL of a state entry's metadata (``entry``: last_set's alias and dot; ``schema``:
+    the database's, with its dot): its own, else the sent_metadata of the outcome that set it
+    (the same transaction wrote both; an outcome that set an entry is never written again: a
+    row's entry is forgotten before the row is sent)."""
+    return (
+        f"coalesce({entry}metadata, (SELECT o.sent_metadata FROM {schema}outcomes AS o "  # noqa: S608
+        f"WHERE o.id = {entry}outcome))"
+    )
+
+
+# The rows of a batch whose metadata is not, verbatim, what the job's state (in the database
+# ``{schema}``) says was last set.
+_CHANGED = (
+    "SELECT t.r FROM {batch} WHERE NOT EXISTS (SELECT 1 FROM {schema}last_set AS s "
+    "WHERE s.conversation_id = {batch_key}{and_state} AND %M = t.m)"
+)
+
+
+class StateRows(StateReader):
+    """The job's last-set state, read (``StateReader``) as the backend reads (``_query``): the
+    state of the job ``_compare_with`` (PostgreSQL's job ID: a SQLite file holds one job's), in
+    the database ``_state_in`` (SQLite's ``since.``: another job's file, attached)."""
+
+    _dialect: Dialect
+    _compare_with: int | None = None
+    _state_in = ""
+
+    @abstractmethod
+    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        """The rows a read of the store finds."""
+
+    def changed_rows(self, rows: pl.DataFrame) -> list[int]:
+        if rows.is_empty():
+            return []
+        where = self._state_in
+        template = _CHANGED.replace("%M", entry_metadata("s.", where)).replace("{schema}", where)
+        parameters = {"batch": batch_json(rows), "job": self._compare_with}
+        return [
+            int(number) for (number,) in self._query(prepare(self._dialect, template), parameters)
+        ]
+
+
+# A read of a store: the rows a statement (with its parameters) finds.
+Query = Callable[[str, dict[str, Any]], list[Any]]
+
+
+class StateView(StateRows):
+    """A job's state that only a dry run reads (``store.read_state``), through ``query``."""
+
+    def __init__(self, dialect: Dialect, query: Query, job: int | None = None) -> None:
+        self._dialect, self._read, self._compare_with = dialect, query, job
+
+    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        return self._read(sql, parameters)
+
+
+_WROTE = "SELECT DISTINCT job FROM runs WHERE results IN ({ids}) ORDER BY job"
+_JOBS = "SELECT DISTINCT job FROM runs ORDER BY job"
+
+
+def jobs_that_wrote(dialect: Dialect, query: Query, results: list[str] | None) -> list[str]:
+    """The jobs with a run in a store whose results path (as given) is one of ``results``
+    (None: every job with a run)."""
+    sql = prepare(dialect, _JOBS if results is None else _WROTE)
+    found = query(sql, {"ids": json.dumps(results)})
+    return [str(job) for (job,) in found]
 
 
 _ADD_SECONDS = (
@@ -607,17 +608,23 @@ _END = (
     "total_rows = :total_rows, requests = requests + :requests, "
     "rate_limited = rate_limited + :rate_limited, stopped_by = :stopped_by WHERE run_id = :run"
 )
-_FINISHED_BETWEEN = "SELECT {row}, {status} FROM outcomes WHERE {rows} AND {status} NOT IN (%U)"
+_FINISHED_BETWEEN = (
+    "SELECT id - :base, {status} FROM outcomes WHERE id BETWEEN :first AND :last "
+    "AND {status} NOT IN (%U)"
+)
 _BEFORE_IMAGES = (
-    "SELECT {row}, previous_metadata FROM outcomes WHERE {rows} AND {status} = :unprocessed "
-    "AND previous_metadata IS NOT NULL"
+    "SELECT id - :base, previous_metadata FROM outcomes WHERE id BETWEEN :first AND :last "
+    "AND {status} = :unprocessed AND previous_metadata IS NOT NULL"
 )
 _FINISHED_COUNTS = (
-    "SELECT {status}, count(*) FROM outcomes WHERE {rows} AND {status} NOT IN (%U) GROUP BY 1"
+    "SELECT {status}, count(*) FROM outcomes WHERE id BETWEEN :first AND :last "
+    "AND {status} NOT IN (%U) GROUP BY 1"
 )
-_FINISHED_COUNT = "SELECT count(*) FROM outcomes WHERE {run_rows} AND {status} NOT IN (%U)"
-_ROWS = "SELECT {row}, {stored} FROM outcomes WHERE {rows} ORDER BY {order}"
-_COUNTS = "SELECT {status}, count(*) FROM outcomes WHERE {run_rows} GROUP BY 1"
+_FINISHED_COUNT = (
+    "SELECT count(*) FROM outcomes WHERE id BETWEEN :first AND :last AND {status} NOT IN (%U)"
+)
+_ROWS = "SELECT id - :base, {stored} FROM outcomes WHERE id BETWEEN :first AND :last ORDER BY id"
+_COUNTS = "SELECT {status}, count(*) FROM outcomes WHERE id BETWEEN :first AND :last GROUP BY 1"
 _ENTRIES = "SELECT count(*) FROM last_set{where_state}"
 _ENTRIES_AMONG = (
     "SELECT t.id FROM ({ids}) AS t WHERE EXISTS "
@@ -625,7 +632,7 @@ _ENTRIES_AMONG = (
 )
 
 
-class Journal(_Closing, StateReader):
+class Journal(_Closing, StateRows):
     """One run's outcomes, and the job's state as the run changes it. Opened by
     ``Store.open_run``, which holds the run's locks until the journal is closed.
 
@@ -634,9 +641,10 @@ class Journal(_Closing, StateReader):
     async ones never block the loop.
 
     Its reads and the bookkeeping of its heartbeats and its end are done here alike. A backend
-    sets ``run_id``, ``_dialect`` and ``_job`` (its state's key: PostgreSQL's job ID), calls
-    ``_unfinished_are``, says how work reaches its database, and commits outcomes its way
-    (``_submit`` to its grouping writer, ``_commit_outcomes``, ``_commit_unchanged``)."""
+    sets ``run_id``, ``_dialect``, ``_job`` (its state's key: PostgreSQL's job ID) and what
+    ``StateRows`` reads, calls ``_unfinished_are``, and gives the abstract methods: how work
+    reaches its database, and how it commits outcomes (``_submit`` to its grouping writer,
+    ``_commit_outcomes``, ``_commit_unchanged``)."""
 
     run_id: int
     _dialect: Dialect
@@ -650,21 +658,17 @@ class Journal(_Closing, StateReader):
         self._unfinished = dict(zip(names, unfinished, strict=True))
         marks = ", ".join(f":{name}" for name in names)
         self._sql = {
-            template: self._dialect.prepare(template.replace("%U", marks))
+            template: prepare(self._dialect, template.replace("%U", marks))
             for template in (_FINISHED_BETWEEN, _FINISHED_COUNTS, _FINISHED_COUNT)
         }
 
-    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
-        """The rows a read of the run's store finds (as the backend reads)."""
-        raise NotImplementedError
-
+    @abstractmethod
     async def _commit_beat(self, work: Work[object]) -> None:
         """Commit a heartbeat's work (as the backend writes on the event loop)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _commit_end(self, work: Work[object]) -> None:
         """Commit the run's end (blocking the calling thread)."""
-        raise NotImplementedError
 
     # Writing
 
@@ -674,12 +678,9 @@ class Journal(_Closing, StateReader):
         invocation sent up to now (``finish`` adds the rest), so that a run killed -9 shows
         them. Never blocks the event loop for long (a database that is away is waited for off
         the loop)."""
-        dialect = self._dialect
         timeline = json.dumps([asdict(second) for second in seconds])
-        add = dialect.prepare(
-            _ADD_SECONDS.replace("{seconds}", dialect.json_rows("t", TIMELINE, TIMELINE_COLUMNS))
-        )
-        beat_sql = dialect.prepare(_BEAT)
+        add = prepare(self._dialect, _ADD_SECONDS)
+        beat_sql = prepare(self._dialect, _BEAT)
         requests, rate_limited = self._counted
         parameters = {
             "run": self.run_id, "t": timeline, "rows_done": beat.rows_done,
@@ -698,7 +699,7 @@ class Journal(_Closing, StateReader):
 
     def finish(self, end: RunEnd) -> None:
         """Record how this invocation of the run ended."""
-        sql = self._dialect.prepare(_END)
+        sql = prepare(self._dialect, _END)
         parameters = {
             "run": self.run_id, "counts": json.dumps(dict(end.counts), sort_keys=True),
             "exit_code": end.exit_code, "total_rows": end.total_rows,
@@ -711,16 +712,16 @@ class Journal(_Closing, StateReader):
 
     # Reading
 
-    def _rows(self, template: str, first: int, last: int, **more: Any) -> list[Any]:
-        sql = self._sql.get(template) or self._dialect.prepare(template)
-        span = self._dialect.span(self.run_id, first, last)
+    def _rows(self, template: str, first: int = 0, last: int = ROWS_MAX, **more: Any) -> list[Any]:
+        sql = self._sql.get(template) or prepare(self._dialect, template)
+        span = _span(self.run_id, first, last)
         return self._query(sql, {**span, **self._unfinished, **more})
 
     def entries_among(self, conversation_ids: list[str]) -> set[str]:
         """Which of these conversations the job's state has an entry for (the ones ``forget``
         must be called for before they are sent: only this run writes their entries)."""
         rows = self._query(
-            self._dialect.prepare(_ENTRIES_AMONG),
+            prepare(self._dialect, _ENTRIES_AMONG),
             {"job": self._job, "ids": json.dumps(sorted(conversation_ids))},
         )
         return {conversation_id for (conversation_id,) in rows}
@@ -743,7 +744,7 @@ class Journal(_Closing, StateReader):
 
     def finished_count(self) -> int:
         """Rows finished by earlier runs: a resumed run does not process them again."""
-        return int(self._rows(_FINISHED_COUNT, 0, (1 << 32) - 1)[0][0])
+        return int(self._rows(_FINISHED_COUNT)[0][0])
 
     def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
         """Outcomes in ``[first, last]`` as tuples in RESULT_COLUMNS order, by row number."""
@@ -751,13 +752,14 @@ class Journal(_Closing, StateReader):
 
     def counts(self) -> dict[str, int]:
         """The run's outcomes by status (rows never journaled are not counted)."""
-        rows = self._rows(_COUNTS, 0, (1 << 32) - 1)
+        rows = self._rows(_COUNTS)
         return {status: int(count) for status, count in rows}
 
     def state_entries(self) -> int:
         """How many conversations the job's state holds."""
-        return int(self._query(self._dialect.prepare(_ENTRIES), {"job": self._job})[0][0])
+        return int(self._query(prepare(self._dialect, _ENTRIES), {"job": self._job})[0][0])
 
+    @abstractmethod
     async def fence(self) -> None:
         """Before each request of the run: return once this process may send it; raise
         RunTaken (or StoreUnavailable, StoreGone) if it may not any more. The one writer of a
@@ -766,25 +768,24 @@ class Journal(_Closing, StateReader):
         (once this one's lease has run out): from then on this one must send nothing. A lock
         file, or the store itself, can be removed under the run (StoreGone): what it records
         from then on no later run would see."""
-        raise NotImplementedError
 
+    @abstractmethod
     def gone(self) -> JobStopped | None:
         """What took the store away from this run since it opened it, looked at now: its file
         or a lock file removed or replaced (SQLite), its tables dropped or the run taken by
         another process (PostgreSQL); None while the run still holds it. The run stops on it,
         and its results are written from what it still has."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def seal(self) -> None:
         """The run's sending is over: wait for the writes in progress, and refuse every later
         write of an outcome, so that the counts, the results and the store agree."""
-        raise NotImplementedError
 
+    @abstractmethod
     def hurry(self, seconds: float) -> None:
         """The job is stopping (a signal): no wait for the store goes on more than ``seconds``
         from now (a row whose outcome cannot be committed by then stays unprocessed: the
         re-run sends it again, as after a kill -9)."""
-        raise NotImplementedError
 
     async def forget(self, conversation_id: str) -> None:
         """Before a row is sent: from now until the API confirms, its state is unknown. Returns
@@ -810,19 +811,19 @@ class Journal(_Closing, StateReader):
         if not rows.is_empty():
             self._commit_unchanged(rows)
 
+    @abstractmethod
     async def _submit(self, item: Recorded | str) -> None:
         """Give the run's writer an outcome or a forget (a conversation ID): it commits them in
         groups (store/grouped.py), each what came while the last one was committed. Return
         once this one is committed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _commit_outcomes(self, rows: list[Recorded]) -> None:
         """``record_many``'s outcomes (some), committed in one transaction."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _commit_unchanged(self, rows: pl.DataFrame) -> None:
         """``record_unchanged``'s rows (some), committed in one transaction."""
-        raise NotImplementedError
 
 
 # The budget: the end of the job's timeline of request slots, moved by each claim (``span``) or
@@ -852,11 +853,11 @@ class BudgetCore(Budget):
         job: int | str,
         closing: Callable[[], None] = lambda: None,
     ) -> None:
-        self._claim, self._give = dialect.prepare(_CLAIM), dialect.prepare(_GIVE_BACK)
+        self._claim, self._give = prepare(dialect, _CLAIM), prepare(dialect, _GIVE_BACK)
         self._transact = transact
         self._job = job
         self._closing = closing
-        transact(lambda conn: conn.execute(dialect.prepare(_BUDGET_ROW), {"job": job}))
+        transact(lambda conn: conn.execute(prepare(dialect, _BUDGET_ROW), {"job": job}))
         # This shard's last claim: where it began and where the timeline ended after it.
         self._claimed: tuple[float, float] | None = None
 
@@ -891,56 +892,3 @@ class BudgetCore(Budget):
             log.debug("budget not given back: %s", exc)
         finally:
             self._closing()
-
-
-def batch_json(rows: pl.DataFrame) -> str:
-    """A batch's valid rows (``ROW_NUMBER, conversation_id, sent_metadata``) as one JSON array
-    (the dialect's ``batch``: ``t(r, i, m)``): the comparison and the journaling of unchanged
-    rows run inside the database, with no Python object per row. Sorted by ID, so that
-    ``last_set`` is walked in order rather than probed at random."""
-    short = rows.select(r=ROW_NUMBER, i="conversation_id", m="sent_metadata")
-    return short.sort("i").write_json()
-
-
-def entry_metadata(entry: str, schema: str = "") -> str:
-    """The SQL of a state entry's metadata (``entry``: last_set's alias and dot; ``schema``:
-    the database's, with its dot): its own, else the sent_metadata of the outcome that set it
-    (the same transaction wrote both; an outcome that set an entry is never written again: a
-    row's entry is forgotten before the row is sent)."""
-    return (
-        f"coalesce({entry}metadata, (SELECT o.sent_metadata FROM {schema}outcomes AS o "  # noqa: S608
-        f"WHERE o.id = {entry}outcome))"
-    )
-
-
-# The rows of a batch whose metadata is not, verbatim, what the job's state (in the database
-# ``{schema}``) says was last set.
-_CHANGED = (
-    "SELECT t.r FROM {batch} WHERE NOT EXISTS (SELECT 1 FROM {schema}last_set AS s "
-    "WHERE s.conversation_id = {batch_key}{and_state} AND %M = t.m)"
-)
-
-
-def changed_rows(
-    dialect: Dialect, conn: Connection, rows: pl.DataFrame, job: int | None, schema: str = ""
-) -> list[int]:
-    """``StateReader.changed_rows`` on ``conn``: the state of ``job`` (PostgreSQL's job ID),
-    in the database ``schema`` (SQLite's ``main.``, or ``since.`` for another job's file)."""
-    if rows.is_empty():
-        return []
-    template = _CHANGED.replace("%M", entry_metadata("s.", schema)).replace("{schema}", schema)
-    sql = dialect.prepare(template)
-    found = conn.execute(sql, {"batch": batch_json(rows), "job": job})
-    return [int(number) for (number,) in found]
-
-
-_WROTE = "SELECT DISTINCT job FROM runs WHERE results IN ({ids}) ORDER BY job"
-_JOBS = "SELECT DISTINCT job FROM runs ORDER BY job"
-
-
-def jobs_that_wrote(dialect: Dialect, conn: Connection, results: list[str] | None) -> list[str]:
-    """The jobs with a run in this store whose results path (as given) is one of ``results``
-    (None: every job with a run)."""
-    sql = dialect.prepare(_JOBS if results is None else _WROTE)
-    found = conn.execute(sql, {"ids": json.dumps(results)}).fetchall()
-    return [str(job) for (job,) in found]

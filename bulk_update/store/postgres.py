@@ -64,7 +64,7 @@ from bulk_update.exceptions import (
 )
 from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, Status
 from bulk_update.store import core, schema
-from bulk_update.store.core import BudgetCore, Dialect, Journal, Opening, Recorded, Store, Work
+from bulk_update.store.core import BudgetCore, Journal, Opening, Recorded, StateView, Store, Work
 from bulk_update.store.grouped import LoopGroupWriter
 from bulk_update.store.lease import (
     LEASE_S,
@@ -77,7 +77,7 @@ from bulk_update.store.lease import (
 )
 from bulk_update.store.outage import Cause, Hurry, Outage, Tries, Watchdog
 from bulk_update.store.schema import STORED, STORED_TIMING
-from bulk_update.store.types import RunKey
+from bulk_update.store.types import RunKey, StoreLocation
 from bulk_update.store.url import check_url, redact, secrets
 
 __all__ = ["SCHEMA", "PostgresJournal", "PostgresStore", "jobs_that_wrote",
@@ -178,24 +178,6 @@ _INSERT_UNCHANGED = (
     f"sent_metadata) SELECT {_outcome_id('%s', 't.r')}, {_UNCHANGED_ID}, %s, 0, t.m FROM "
     f"unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) {_ON_CONFLICT}"
 )
-# The statements both stores share (store/core.py), in PostgreSQL: timestamps and heartbeats
-# are the database's clock; a run's rows are its (run_id, row_number) keys.
-_DIALECT = Dialect(
-    name="postgres", now="now()", clock="now()",
-    age="extract(epoch FROM now() - r.heartbeat_at)",
-    rows="id BETWEEN :first AND :last", run_rows="id BETWEEN :first AND :last",
-    row="id - :base", order="id", state="job_id = :job", rows_per_run=schema.ROWS_PER_RUN,
-    status=schema.status_text("postgres"),
-    ids="SELECT json_array_elements_text(CAST(:ids AS json)) AS id",
-    runs="SELECT CAST(json_array_elements_text(CAST(:runs AS json)) AS bigint)",
-    returning=" RETURNING run_id",
-    stored=schema.stored_columns("postgres"), timing=schema.timing_columns("postgres"),
-    state_key=schema.encoded_id("conversation_id", "t.id"),
-    batch="json_to_recordset(CAST(:batch AS json)) AS t(r integer, i text, m text)",
-    batch_key=schema.encoded_id("conversation_id", "t.i"),
-    budget_clock="CAST(extract(epoch FROM clock_timestamp()) AS double precision)",
-    greatest="greatest", budget_key="job_id",
-)  # fmt: skip
 
 
 # Operators' views of outcomes and last_set with the values as the results hold them (SQLite's
@@ -566,7 +548,7 @@ def _already(key: RunKey) -> str:
 class PostgresStore(Store):
     """Open with ``PostgresStore.open(url)``; use as a context manager to close it."""
 
-    _dialect = _DIALECT
+    _dialect = "postgres"
 
     def __init__(self, session: _Session) -> None:
         self._session = session
@@ -575,7 +557,8 @@ class PostgresStore(Store):
     def _transact(self, work: Work[T]) -> T:
         return self._session.run(work)
 
-    _read = _transact
+    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        return self._session.run(lambda conn: conn.execute(sql, parameters).fetchall())
 
     @classmethod
     def open(
@@ -727,7 +710,7 @@ class PostgresStore(Store):
         return _Lease(job_id, key.shard_text, token, asked)
 
     def budget(self, job: str) -> BudgetCore:
-        return BudgetCore(_DIALECT, self._session.run, self._job_id(job))
+        return BudgetCore("postgres", self._session.run, self._job_id(job))
 
     def close(self) -> None:
         self._session.close()
@@ -753,19 +736,6 @@ def _arrays(rows: pl.DataFrame) -> tuple[list[int], list[str], list[str]]:
     )
 
 
-class _Reader:
-    """A job's state (``job_id``'s ``last_set``), read only."""
-
-    def __init__(self, session: _Session, compare_with: int) -> None:
-        self._session = session
-        self._compare_with = compare_with
-
-    def changed_rows(self, rows: pl.DataFrame) -> list[int]:
-        return self._session.run(
-            lambda conn: core.changed_rows(_DIALECT, conn, rows, self._compare_with)
-        )
-
-
 # What libpq says of a server it did not reach, or that cannot serve now (a connection's
 # failure carries no SQLSTATE: only its message tells a refused password from a refused port).
 _NOT_REACHED = (
@@ -787,19 +757,34 @@ def _cannot_use(exc: psycopg.Error) -> type[ConfigError]:
     return Unreachable if any(mark in text for mark in _NOT_REACHED) else ConfigError
 
 
+def _unusable(session: _Session, exc: psycopg.Error) -> ConfigError:
+    text = f"--state-url {session.where}: cannot use the store: {session.first_line(exc)}"
+    return _cannot_use(exc)(text)
+
+
 @contextlib.contextmanager
-def read_state(url: str, job: str, since: str | None, timeout: float) -> Iterator[_Reader | None]:
-    """See ``bulk_update.store.read_state``: reads only, creates nothing."""
-    session = _Session(check_url(url), timeout)
+def _to_read(
+    location: StoreLocation, table: str
+) -> Iterator[tuple[_Session, psycopg.Connection[Any] | None]]:
+    """A session with the store that only reads, and its connection if the store has ``table``
+    (None: not yet)."""
+    session = _Session(check_url(location.url or ""), location.timeout)
     try:
         try:
             conn = session.connect()
-            row = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.last_set",)).fetchone()
+            row = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{table}",)).fetchone()
         except psycopg.Error as exc:
-            raise _cannot_use(exc)(
-                f"--state-url {session.where}: cannot use the store: {session.first_line(exc)}"
-            ) from None
-        if row is None or row[0] is None:
+            raise _unusable(session, exc) from None
+        yield session, None if row is None or row[0] is None else conn
+    finally:
+        session.close()
+
+
+@contextlib.contextmanager
+def read_state(location: StoreLocation, job: str, since: str | None) -> Iterator[StateView | None]:
+    """The job's state, or --since-state's job's: reads only, creates nothing."""
+    with _to_read(location, "last_set") as (session, conn):
+        if conn is None:
             if since is not None:
                 raise ConfigError(f"--since-state {since}: {session.where} holds no job's state")
             yield None
@@ -810,26 +795,24 @@ def read_state(url: str, job: str, since: str | None, timeout: float) -> Iterato
             raise ConfigError(
                 f"--since-state {since}: no job of that name has a state in {session.where}"
             )
-        yield None if found is None else _Reader(session, int(found[0]))
-    finally:
-        session.close()
+
+        def query(sql: str, parameters: dict[str, Any]) -> list[Any]:
+            return session.run(lambda conn: conn.execute(sql, parameters).fetchall())
+
+        yield None if found is None else StateView("postgres", query, int(found[0]))
 
 
-def jobs_that_wrote(url: str, results: list[str] | None, timeout: float) -> list[str]:
-    """See ``bulk_update.store.jobs_that_wrote``: reads only, creates nothing."""
-    session = _Session(check_url(url), timeout)
-    try:
-        conn = session.connect()
-        row = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.runs",)).fetchone()
-        if row is None or row[0] is None:
+def jobs_that_wrote(location: StoreLocation, results: list[str] | None) -> list[str]:
+    """Reads only, creates nothing."""
+    with _to_read(location, "runs") as (session, conn):
+        if conn is None:
             return []
-        return core.jobs_that_wrote(_DIALECT, conn, results)
-    except psycopg.Error as exc:
-        raise _cannot_use(exc)(
-            f"--state-url {session.where}: cannot use the store: {session.first_line(exc)}"
-        ) from None
-    finally:
-        session.close()
+        try:
+            return core.jobs_that_wrote(
+                "postgres", lambda sql, p: conn.execute(sql, p).fetchall(), results
+            )
+        except psycopg.Error as exc:
+            raise _unusable(session, exc) from None
 
 
 class _Writer:
@@ -901,12 +884,12 @@ class _Lease:
         return {"job": self.job_id, "shard": self.shard, "holder": self.token}
 
 
-class PostgresJournal(_Reader, Journal):
+class PostgresJournal(Journal):
     """One run's outcomes in the PostgreSQL store; see ``bulk_update.store.Journal``. A thread
     renews the run's lease every RENEW_EVERY_S; ``fence`` lets a request go only while it
     lasts."""
 
-    _dialect = _DIALECT
+    _dialect = "postgres"
 
     def __init__(
         self,
@@ -917,7 +900,8 @@ class PostgresJournal(_Reader, Journal):
         unfinished: tuple[str, ...],
         lease: _Lease,
     ) -> None:
-        super().__init__(session, compare_with)
+        self._session = session
+        self._compare_with = compare_with
         self.run_id = run_id
         self._job = job_id
         self._unfinished_are(unfinished)

@@ -46,44 +46,6 @@ import polars as pl
 
 from bulk_update.outcome import RESULT_COLUMNS, RESULTS_SCHEMA, Status
 
-__all__ = [
-    "BUDGET",
-    "FIRST_LAYOUT",
-    "ID_PREFIXES",
-    "JOBS",
-    "LAST_SET",
-    "LAYOUT",
-    "LAYOUTS",
-    "LAYOUT_VERSION",
-    "LEASES",
-    "OUTCOMES",
-    "ROWS_PER_RUN",
-    "RUNS",
-    "SESSIONS",
-    "STATUS_CODES",
-    "STORED",
-    "STORED_TIMING",
-    "TABLES",
-    "TIMELINE",
-    "TIMESTAMP_FORMAT",
-    "TIMING_COLUMNS",
-    "Column",
-    "Dialect",
-    "Table",
-    "create",
-    "encoded_columns",
-    "encoded_id",
-    "format_timestamp",
-    "layout_refusal",
-    "status_code",
-    "status_text",
-    "stored_columns",
-    "timing_columns",
-    "upgrade",
-    "value_types",
-    "wrong_columns",
-]
-
 Dialect = Literal["sqlite", "postgres"]
 
 # The released layouts, by number: a store of layout N has what the lines up to N say.
@@ -108,7 +70,7 @@ def layout_refusal(where: str, found: int, what_to_do: str) -> str | None:
             f"{where}: not a bulk-update store (layout {found}, which no version wrote); "
             f"{what_to_do}"
         )
-    if 0 < found < FIRST_LAYOUT:
+    if found < FIRST_LAYOUT:
         return (
             f"{where}: a store of layout {found}, from a development version of bulk-update "
             f"before its first release (layout {FIRST_LAYOUT}), which this one does not read: "
@@ -188,13 +150,6 @@ class Table:
             for c in self.columns if (declared := c.declaration(dialect)) is not None
         }  # fmt: skip
 
-    def added_columns(self, dialect: Dialect, version: int) -> list[tuple[str, str]]:
-        """(name, declaration) of the columns that layouts after ``version`` added."""
-        return [
-            (c.name, declared) for c in self.columns
-            if c.since > version and (declared := c.declaration(dialect)) is not None
-        ]  # fmt: skip
-
 
 RUNS = Table("runs", (
     Column("run_id", "INTEGER PRIMARY KEY", "bigserial PRIMARY KEY"),
@@ -246,14 +201,6 @@ def value_types(dialect: Dialect) -> dict[str, str]:
     return {name: _TYPES[kind][dialect == "postgres"] for name, kind in kinds.items()}
 
 
-def _sqlite_only(name: str, declared: str) -> Column:
-    return Column(name, declared, None)
-
-
-def _postgres_only(name: str, declared: str) -> Column:
-    return Column(name, None, declared)
-
-
 # Outcomes: the results' values in fewer bytes (see the module's docstring). In
 # PostgreSQL the fixed-width columns come first, widest first (no padding between them), then
 # the variable-width ones; SQLite keeps the results' order.
@@ -263,24 +210,24 @@ OUTCOMES = Table(
     "outcomes",
     (
         Column("id", "INTEGER PRIMARY KEY", "bigint PRIMARY KEY"),
-        _postgres_only("created_at", "bigint"),
-        _postgres_only("sent_ms", "bigint"),
-        _postgres_only("answer_ms", "integer"),
-        _postgres_only("latency_ms", "integer"),
-        _postgres_only("http_status", "smallint"),
-        _postgres_only("attempts", "smallint"),
-        _postgres_only("status", "smallint"),  # STATUS_CODES
+        Column("created_at", None, "bigint"),
+        Column("sent_ms", None, "bigint"),
+        Column("answer_ms", None, "integer"),
+        Column("latency_ms", None, "integer"),
+        Column("http_status", None, "smallint"),
+        Column("attempts", None, "smallint"),
+        Column("status", None, "smallint"),  # STATUS_CODES
         Column("conversation_id", "TEXT", "bytea"),  # SQLite: BLOB or TEXT
-        _sqlite_only("status", "TEXT"),
-        _sqlite_only("http_status", "INTEGER"),
-        _sqlite_only("attempts", "INTEGER"),
-        *(_column(name, "text") for name in _TEXTS[:3]),
+        Column("status", "TEXT", None),
+        Column("http_status", "INTEGER", None),
+        Column("attempts", "INTEGER", None),
+        *(_column(name, "text") for name in _TEXTS),
         Column("request_id", "TEXT", "bytea"),  # SQLite: BLOB or TEXT
-        _sqlite_only("created_at", "INTEGER"),
+        Column("created_at", "INTEGER", None),
         *(_column(name, "text") for name in _MAPS),
-        _sqlite_only("sent_ms", "INTEGER"),
-        _sqlite_only("answer_ms", "INTEGER"),
-        _sqlite_only("latency_ms", "INTEGER"),
+        Column("sent_ms", "INTEGER", None),
+        Column("answer_ms", "INTEGER", None),
+        Column("latency_ms", "INTEGER", None),
     ),
 )  # fmt: skip
 assert set(OUTCOMES.names("sqlite")) == set(OUTCOMES.names("postgres"))
@@ -319,26 +266,18 @@ def _decoded(dialect: Dialect, name: str, table: str) -> str:
                 f"encode(substr({column}, 2), 'hex') "
                 f"ELSE convert_from({column}, 'UTF8') END")  # fmt: skip
     if dialect == "postgres" and name == "status":
-        return _status_text(column)
+        return status_text(dialect, column)
     if dialect == "postgres" and name in ("http_status", "attempts"):
         return f"CAST({column} AS bigint)"
     return column
 
 
-def _status_text(column: str) -> str:
+def status_text(dialect: Dialect, column: str = "status") -> str:
+    """The SQL of a status's text from outcomes' ``column`` (PostgreSQL: its STATUS_CODES)."""
+    if dialect == "sqlite":
+        return column
     whens = " ".join(f"WHEN {code} THEN '{name}'" for name, code in STATUS_CODES.items())
     return f"CASE {column} {whens} END"
-
-
-def status_code(value: str) -> str:
-    """PostgreSQL's SQL of a status's code (STATUS_CODES) from the SQL of its text."""
-    whens = " ".join(f"WHEN '{name}' THEN {code}" for name, code in STATUS_CODES.items())
-    return f"CAST(CASE {value} {whens} END AS smallint)"
-
-
-def status_text(dialect: Dialect, column: str = "status") -> str:
-    """The SQL of a status's text from outcomes' ``column``."""
-    return column if dialect == "sqlite" else _status_text(column)
 
 
 def stored_columns(dialect: Dialect, table: str = "") -> str:
@@ -380,7 +319,8 @@ def encoded_columns(dialect: Dialect, source: str = "") -> dict[str, str]:
     )
     for name in ("http_status", "attempts"):
         encoded[name] = f"CAST({source}{name} AS smallint)"
-    encoded["status"] = status_code(f"{source}status")
+    whens = " ".join(f"WHEN '{name}' THEN {code}" for name, code in STATUS_CODES.items())
+    encoded["status"] = f"CAST(CASE {source}status {whens} END AS smallint)"
     encoded["sent_ms"] = f"CAST(floor({source}sent_at * 1000) AS bigint)"
     encoded["answer_ms"] = (
         f"CAST(floor({source}answered_at * 1000) - floor({source}sent_at * 1000) AS integer)"
@@ -461,6 +401,7 @@ def upgrade(dialect: Dialect, version: int, schema: str = "") -> list[str]:
     """The statements that bring a store of the released layout ``version`` to this one: the
     columns added since (the tables added since are made by ``create``)."""
     return [
-        f"ALTER TABLE {schema}{table.name} ADD COLUMN {name} {declared}"
-        for table in TABLES for name, declared in table.added_columns(dialect, version)
+        f"ALTER TABLE {schema}{table.name} ADD COLUMN {c.name} {declared}"
+        for table in TABLES for c in table.columns
+        if c.since > version and (declared := c.declaration(dialect)) is not None
     ]  # fmt: skip

@@ -1,24 +1,14 @@
 """The SQLite store: one file per job, ``<state-dir>/<job-name>.sqlite`` (standard library).
 
 Its tables are declared in ``store/schema.py`` (``PRAGMA user_version`` is the layout's
-number); what it does as the PostgreSQL store does is in ``store/core.py``::
-
-    runs(run_id, job, results, shard, fingerprint, options, started_at, …)
-    outcomes(id, <the results columns but row_number>, sent_ms, answer_ms, latency_ms)
-    timeline(run_id, at, requests, …)   -- per second of a run (status, report)
-    run_outcomes: a view of outcomes with run_id and row_number, the values as the results hold them
-    last_set(conversation_id PRIMARY KEY, metadata, set_at, outcome) -- the job's state
-    job_state: a view of last_set with each entry's metadata (its own, or its outcome's)
-    budget(job PRIMARY KEY, next_at)   -- the rate budget its shards share
+number); what it does as the PostgreSQL store does is in ``store/core.py``.
 
 ``outcomes.id`` is ``run_id * 2**32 + row_number``: the table is keyed by its rowid, so that a
 run's outcomes sit together in the order of the input, a row costs no more than in a table of
 one run, and an insert writes one B-tree (a composite key, or run_id and row_number stored as
 columns, made journaling a batch 15-30 % slower). The ``run_outcomes`` view shows both.
-The store keeps a row in few bytes (store/schema.py): ``metadata`` is ``''`` when it is the
-``sent_metadata``, the API's IDs are BLOBs of their hex (encoded here, by ``_values``: SQLite
-3.40 cannot make a BLOB of hex text), the timing integer milliseconds; every read decodes them
-(``schema.stored_columns``, which the view uses too).
+A row is kept in few bytes (store/schema.py), encoded here (``_values``: SQLite 3.40 cannot
+make a BLOB of hex text) and decoded by every read (``schema.stored_columns``).
 
 WAL mode with ``synchronous=NORMAL``: a commit survives a process crash (kill -9); only a power
 cut can lose the last commits. A new store is made under a temporary name and linked into place
@@ -42,10 +32,8 @@ is removed or replaced under it stops at its next heartbeat (StoreGone: ``SQLite
 
 ``--since-state`` (another job's store) is ATTACHed read only, so that the comparison and the
 copy of its entries run inside SQLite. A file the job cannot use is refused in one line naming
-it, never passed over: another program's tables beside the job's, a table with other columns
-than its layout's, a layout of a development version before the first release, a layout
-number no version wrote. Commands that only read a
-store (``history``, ``status``, ``report``) open it read only (``open_to_read``).
+it, never passed over (``_layout``, ``_check_columns``). Commands that only read a store
+(``history``, ``status``, ``report``) open it read only (``open_to_read``).
 """
 
 from __future__ import annotations
@@ -81,21 +69,21 @@ from bulk_update.outcome import RowOutcome, Status
 from bulk_update.store import core, schema
 from bulk_update.store.core import (
     BudgetCore,
-    Dialect,
     Journal,
     Opening,
+    Query,
     Recorded,
+    StateView,
     Store,
     Work,
     batch_json,
-    changed_rows,
     entry_metadata,
 )
 from bulk_update.store.grouped import GroupWriter
 from bulk_update.store.locks import Opened, release_lock, take_lock
 from bulk_update.store.outage import Cause, Hurry, Outage, Tries
 from bulk_update.store.schema import STORED, STORED_TIMING
-from bulk_update.store.types import RowTiming, RunKey
+from bulk_update.store.types import RowTiming, RunKey, StoreLocation
 
 __all__ = ["SQLiteJournal", "SQLiteStore", "jobs_that_wrote", "read_state"]
 
@@ -130,17 +118,6 @@ _STATE_VIEW = (
 _TABLES = tuple(table.name for table in schema.TABLES if table.sqlite is not None)
 # The outcomes that also set the job's state entry: the server confirmed the row's values.
 _CONFIRMED = (Status.UPDATED, Status.UNCHANGED)
-# The statements both stores share (store/core.py), in SQLite: timestamps and heartbeats are
-# this machine's clock, bound as parameters; a run's rows are a range of outcomes.id.
-_DIALECT = Dialect(
-    name="sqlite", now=":now", clock=":clock", age=":clock - r.heartbeat_at",
-    rows="id BETWEEN :first AND :last", run_rows="id BETWEEN :first AND :last",
-    row="id - :base", order="id", state="", ids="SELECT value AS id FROM json_each(:ids)",
-    runs="SELECT value FROM json_each(:runs)", returning="", rows_per_run=schema.ROWS_PER_RUN,
-    batch="(SELECT json_extract(value, '$.r') AS r, json_extract(value, '$.i') AS i, "
-    "json_extract(value, '$.m') AS m FROM json_each(:batch)) AS t",
-    stored=schema.stored_columns("sqlite"), timing=schema.timing_columns("sqlite"),
-)  # fmt: skip
 
 
 def _hexed(text: str | None, prefix: str) -> str | bytes | None:
@@ -317,6 +294,28 @@ def _connect_to_read(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _read_only(path: Path, outage: Outage | None = None) -> tuple[sqlite3.Connection, int]:
+    """The store ``path`` opened read only, and its layout (JournalError if this version cannot
+    use it: ``_layout``, ``_check_columns``). ``outage``: how long to wait while another
+    process holds the file locked."""
+    check_store_file(path)
+    try:
+        if outage is None:
+            db = _connect_to_read(path)
+        else:
+            db = _retrying(outage, path, lambda: _connect_to_read(path), reads=True)
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
+    try:
+        version = _layout(db, path)
+        if version == schema.LAYOUT_VERSION:
+            _check_columns(db, path)
+    except BaseException:
+        db.close()
+        raise
+    return db, version
+
+
 def _check_since(since: str) -> Path:
     """--since-state's file, if it is a store this version can read."""
     path = Path(since)
@@ -335,59 +334,50 @@ def _check_since(since: str) -> Path:
     return path
 
 
-def jobs_that_wrote(directory: Path, results: list[str] | None) -> list[str]:
-    """See ``bulk_update.store.jobs_that_wrote``: the stores in ``directory``, read only."""
+def jobs_that_wrote(location: StoreLocation, results: list[str] | None) -> list[str]:
+    """The stores of ``location.path``'s directory (one per job), read only."""
     jobs: set[str] = set()
-    for path in sorted(directory.glob("*.sqlite")):
+    for path in sorted(location.path.parent.glob("*.sqlite")):
         try:
             # Not mode=ro: a read-only connection to a WAL database leaves its -wal and -shm
             # files behind; a plain one, the last to close, removes them. It only reads.
             with contextlib.closing(sqlite3.connect(_uri(path), uri=True)) as db:
                 db.execute("PRAGMA query_only = 1")
-                jobs.update(core.jobs_that_wrote(_DIALECT, db, results))
+                jobs.update(core.jobs_that_wrote("sqlite", _reading(db, threading.Lock()), results))
         except sqlite3.Error:  # not a store of this version, or not a store at all
             continue
     return sorted(jobs)
 
 
-class _Reader:
-    """``last_set`` of a database (``schema`` on ``db``), read only. Safe from any thread: one
-    read at a time on the connection."""
+def _reading(db: sqlite3.Connection, lock: threading.Lock) -> Query:
+    """Reads on ``db``, one at a time (threads may share it)."""
 
-    def __init__(self, db: sqlite3.Connection, schema: str = "main") -> None:
-        self._db = db
-        self._schema = schema
-        self._read_lock = threading.Lock()
+    def query(sql: str, parameters: dict[str, Any]) -> list[Any]:
+        with lock:
+            return db.execute(sql, parameters).fetchall()
 
-    def changed_rows(self, rows: pl.DataFrame) -> list[int]:
-        with self._read_lock:
-            return changed_rows(_DIALECT, self._db, rows, None, f"{self._schema}.")
+    return query
 
 
 @contextlib.contextmanager
-def read_state(path: Path, since: str | None = None) -> Iterator[_Reader | None]:
-    """See ``bulk_update.store.read_state``."""
-    if since is not None:
-        source: Path | None = _check_since(since)
+def read_state(location: StoreLocation, job: str, since: str | None) -> Iterator[StateView | None]:
+    """The job's own store (``location.path``), or --since-state's file, read only."""
+    path = location.path
+    if since is not None and (source := _check_since(since)) != path:
+        try:
+            db = _connect_to_read(source)
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{source}: not a bulk-update store ({exc})") from None
+    elif path.is_file():
+        db, version = _read_only(path)
+        if version == 0:
+            db.close()
+            raise JournalError(f"{path}: not a bulk-update store; {_MOVE_IT_AWAY}")
     else:
-        source = path if path.is_file() else None
-        if source is not None:
-            check_store_file(source)
-    if source is None:
         yield None
         return
-    try:
-        db = _connect_to_read(source)
-    except sqlite3.DatabaseError as exc:
-        raise JournalError(f"{source}: not a bulk-update store ({exc})") from None
     with contextlib.closing(db):
-        if source == path:  # the job's own store: one this version can use
-            version = _layout(db, path)
-            if version == 0:
-                raise JournalError(f"{path}: not a bulk-update store; {_MOVE_IT_AWAY}")
-            if version == schema.LAYOUT_VERSION:
-                _check_columns(db, path)
-        yield _Reader(db)
+        yield StateView("sqlite", _reading(db, threading.Lock()))
 
 
 def _create_new(path: Path) -> None:
@@ -400,12 +390,7 @@ def _create_new(path: Path) -> None:
                 stale.unlink()
     temporary = path.with_name(_CREATING.format(name=path.name, mark=secrets.token_hex(4)))
     try:
-        db = _connect(temporary)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            _make_tables(db, temporary)
-        finally:
-            db.close()  # the last connection: SQLite folds the WAL into the file
+        _with_tables(temporary).close()  # the last connection: SQLite folds the WAL into the file
         with contextlib.suppress(FileExistsError):
             os.link(temporary, path)
     except sqlite3.Error as exc:
@@ -458,6 +443,18 @@ def _check_columns(db: sqlite3.Connection, path: Path) -> None:
             )
 
 
+def _with_tables(path: Path) -> sqlite3.Connection:
+    """A connection to the store ``path``, in WAL mode, its tables made (``_make_tables``)."""
+    db = _connect(path)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        _make_tables(db, path)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 def _make_tables(db: sqlite3.Connection, path: Path) -> None:
     """Create the tables, or bring a store of an older released layout to this one; refuse
     (JournalError) a file this version cannot use."""
@@ -479,7 +476,7 @@ class SQLiteStore(Store):
     """Open with ``SQLiteStore.open``; use as a context manager to close it. ``timeout``: how
     long the file may stay locked by another process (--store-timeout)."""
 
-    _dialect = _DIALECT
+    _dialect = "sqlite"
 
     def __init__(self, path: Path, db: sqlite3.Connection, outage: Outage, opened: Opened) -> None:
         self.path = path
@@ -505,21 +502,8 @@ class SQLiteStore(Store):
             _create_new(path)
         outage = Outage(str(path), timeout, state="locked by another process",
                         backoff=(0.05, 0.5), hurry=hurry)  # fmt: skip
-
-        def connect() -> sqlite3.Connection:
-            db = _connect(path)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                _make_tables(db, path)
-            except BaseException:
-                db.close()
-                raise
-            return db
-
         try:
-            db = _retrying(outage, path, connect)
-        except (StoreUnavailable, DiskFull):
-            raise
+            db = _retrying(outage, path, lambda: _with_tables(path))
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
         return cls(path, db, outage, Opened.at(path))
@@ -530,21 +514,11 @@ class SQLiteStore(Store):
         only: a read-only file, or one in a read-only directory, can be read, and nothing in it
         changes. A store of an older released layout is brought to this one first, as a run
         would (``open``): that takes a file that can be written."""
-        check_store_file(path)
         outage = Outage(str(path), timeout, state="locked by another process",
                         backoff=(0.05, 0.5))  # fmt: skip
-        try:
-            db = _retrying(outage, path, lambda: _connect_to_read(path), reads=True)
-        except sqlite3.DatabaseError as exc:
-            raise JournalError(f"{path}: not a bulk-update store ({exc})") from None
-        try:
-            version = _layout(db, path)
-            if version == schema.LAYOUT_VERSION:
-                _check_columns(db, path)
-                return cls(path, db, outage, Opened.at(path))
-        except BaseException:
-            db.close()
-            raise
+        db, version = _read_only(path, outage)
+        if version == schema.LAYOUT_VERSION:
+            return cls(path, db, outage, Opened.at(path))
         db.close()
         if version == 0:
             raise JournalError(
@@ -556,8 +530,10 @@ class SQLiteStore(Store):
     def _transact(self, work: Work[T]) -> T:
         return _transacting(self._db, self._outage, self.path, work)
 
-    def _read(self, work: Work[T]) -> T:
-        return _retrying(self._outage, self.path, lambda: work(self._db))
+    def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        return _retrying(
+            self._outage, self.path, lambda: self._db.execute(sql, parameters).fetchall()
+        )
 
     def _open_run(self, opening: Opening) -> SQLiteJournal:
         key = opening.key
@@ -566,10 +542,9 @@ class SQLiteStore(Store):
             since_path: Path | None = None
             if opening.since is not None:
                 found = _check_since(opening.since)
-                if found.resolve() != self.path.resolve():
+                if found.resolve() != self.path.resolve():  # its own state: nothing to attach
                     since_path = found
-            if since_path is not None:
-                self._db.execute("ATTACH DATABASE ? AS since", (_uri(since_path, read_only=True),))
+                    self._db.execute("ATTACH DATABASE ? AS since", (_uri(found, read_only=True),))
             run_id = self._find_or_start(opening)
             return SQLiteJournal(
                 self._opened, self._db, self._outage, run_id, locks, since_path,
@@ -585,7 +560,7 @@ class SQLiteStore(Store):
         transaction."""
         db = _connect(self.path)
         return BudgetCore(
-            _DIALECT, functools.partial(_transacting, db, self._outage, self.path), job, db.close
+            "sqlite", functools.partial(_transacting, db, self._outage, self.path), job, db.close
         )
 
     def close(self) -> None:
@@ -642,7 +617,7 @@ def _lock_run(path: Path, key: RunKey) -> list[IO[str] | None]:
 Write = Callable[[sqlite3.Connection], object]
 
 
-class SQLiteJournal(_Reader, Journal):
+class SQLiteJournal(Journal):
     """One run's outcomes in a SQLite store; see ``bulk_update.store.Journal``. Reads go
     through the store's connection (one at a time, from any thread), writes through the run's
     writer thread (``GroupWriter``), which has a connection of its own.
@@ -663,13 +638,15 @@ class SQLiteJournal(_Reader, Journal):
         since: Path | None,
         unfinished: tuple[str, ...],
     ) -> None:
-        super().__init__(db, "main" if since is None else "since")
         path = self.path = opened.path
+        self._db = db
+        self._read_lock = threading.Lock()  # one read at a time on the store's connection
+        self._state_in = "" if since is None else "since."
         self.run_id = run_id
         self._outage = outage
         self._base = run_id * schema.ROWS_PER_RUN  # outcomes.id of row 0
         self._locks = locks
-        self._dialect = _DIALECT
+        self._dialect = "sqlite"
         self._unfinished_are(unfinished)
         self._write_db = _connect(path)
         self._now_db = _connect(path, busy_ms=0)  # on the event loop: never waits
@@ -719,11 +696,8 @@ class SQLiteJournal(_Reader, Journal):
         await self._writer.submit(work)
 
     def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
-        def read() -> list[Any]:
-            with self._read_lock:
-                return self._db.execute(sql, parameters).fetchall()
-
-        return _retrying(self._outage, self.path, read, reads=True)
+        read = _reading(self._db, self._read_lock)
+        return _retrying(self._outage, self.path, lambda: read(sql, parameters), reads=True)
 
     async def _commit_beat(self, work: Work[object]) -> None:
         self.gone()
@@ -831,7 +805,7 @@ class SQLiteJournal(_Reader, Journal):
 
     def _commit_unchanged(self, rows: pl.DataFrame) -> None:
         rows_json = batch_json(rows)
-        copy = self._schema == "since"
+        copy = self._state_in == "since."
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(
@@ -864,7 +838,7 @@ class SQLiteJournal(_Reader, Journal):
         with contextlib.suppress(sqlite3.Error):
             self._write_db.close()
             self._now_db.close()
-        if self._schema == "since":
+        if self._state_in:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("DETACH DATABASE since")
         for lock in reversed(self._locks):

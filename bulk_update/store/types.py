@@ -1,7 +1,7 @@
 """The store's types: what the job hands it and gets back (runs, their records, a timeline's
 seconds, a row's timing, where a store is), and the protocols of a store's parts (``Budget``,
 ``StateReader``; the store and its journal are ``core.Store`` and ``core.Journal``). A module
-of its own, importing nothing of the store but its schema's names, so that the package, its
+of its own, importing of the store only its schema and lease (leaves), so that the package, its
 core and its backends all import it."""
 
 from __future__ import annotations
@@ -17,23 +17,6 @@ import polars as pl
 from bulk_update._constants import DEFAULT_STORE_TIMEOUT_S
 from bulk_update.store.lease import Holder
 from bulk_update.store.schema import TIMING_COLUMNS
-
-__all__ = [
-    "REPORT_COLUMNS",
-    "TIMELINE_COLUMNS",
-    "Budget",
-    "RowTiming",
-    "RunBeat",
-    "RunEnd",
-    "RunKey",
-    "RunRecord",
-    "RunStatus",
-    "Second",
-    "StateReader",
-    "StoreLocation",
-    "report_frame",
-    "run_options",
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +103,6 @@ class RowTiming:
     latency_ms: int | None
 
 
-# The outcomes' columns that the store keeps beside the results' own (RowTiming's):
-# TIMING_COLUMNS, declared with the tables in store/schema.py.
-
-
 @dataclass(slots=True)
 class Second:
     """One second of a run's timeline (``at``: Unix time, whole seconds): what its requests
@@ -157,9 +136,14 @@ class RunStatus:
     rows_per_s: float | None
 
 
-# What ``report`` reads of a run's outcomes, per row.
-REPORT_COLUMNS = ("row_number", "status", "http_status", "attempts", "error_code",
-                  "error_message", *TIMING_COLUMNS)  # fmt: skip
+# What ``report`` reads of a run's outcomes, per row, and its types.
+_REPORT_SCHEMA = {
+    "row_number": pl.Int64, "status": pl.String, "http_status": pl.Int64,
+    "attempts": pl.Int64, "error_code": pl.String, "error_message": pl.String,
+    "sent_at": pl.Float64, "answered_at": pl.Float64, "latency_ms": pl.Int64,
+}  # fmt: skip
+REPORT_COLUMNS = tuple(_REPORT_SCHEMA)
+assert REPORT_COLUMNS[6:] == TIMING_COLUMNS
 
 
 class StateReader(Protocol):
@@ -188,13 +172,7 @@ class Budget(Protocol):
 
 def report_frame(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
     """``report_rows``' frame from its rows (REPORT_COLUMNS order)."""
-    schema = {
-        "row_number": pl.Int64, "status": pl.String, "http_status": pl.Int64,
-        "attempts": pl.Int64, "error_code": pl.String, "error_message": pl.String,
-        "sent_at": pl.Float64, "answered_at": pl.Float64, "latency_ms": pl.Int64,
-    }  # fmt: skip
-    assert tuple(schema) == REPORT_COLUMNS
-    return pl.DataFrame(rows, schema=schema, orient="row")
+    return pl.DataFrame(rows, schema=_REPORT_SCHEMA, orient="row")
 
 
 @dataclass(frozen=True, slots=True)
