@@ -79,7 +79,7 @@ def test_night_after_night_at_one_results_path(
     assert updates(emu) == before
 
     # Every night is a run of the job, kept: none set aside, the newest first.
-    shown = cli("history", "--job", "results", "--json", *where, cwd=tmp_path)
+    shown = cli("history", "--job-name", "results", "--json", *where, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     runs = json.loads(shown.stdout)
     assert [run["results"] for run in runs] == ["out/results.csv"] * 3
@@ -89,10 +89,10 @@ def test_night_after_night_at_one_results_path(
     assert [run["counts"] for run in runs] == [
         {"unchanged": 38, "updated": 2}, {"unchanged": 37, "updated": 3}, {"updated": N},
     ]  # fmt: skip
-    going = cli("status", "--job", "results", "--json", *where, cwd=tmp_path)
+    going = cli("status", "--job-name", "results", "--json", *where, cwd=tmp_path)
     assert going.returncode == 0, going.stderr
     assert json.loads(going.stdout) == []  # nothing unfinished
-    report = cli("report", "--job", "results", "--output", "r.html", *where, cwd=tmp_path)
+    report = cli("report", "--job-name", "results", "--output", "r.html", *where, cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert f"run {runs[0]['run_id']}:" in report.stderr  # the last night's
 

@@ -147,7 +147,7 @@ def test_status_and_history_say_the_counts_of_a_resumed_run_as_it_goes(
     source = tmp_path / "in.csv"
     write_input(source, 400)
     emu = start_emulator("--preload", str(source), "--latency-ms", "100")
-    where = ("--job", "nightly", *backend.args)
+    where = ("--job-name", "nightly", *backend.args)
     args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
             "--job-name", "nightly", "--concurrency", "1", "--metrics-interval", "0.5",
             *backend.args)  # fmt: skip
