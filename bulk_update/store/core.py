@@ -34,6 +34,7 @@ from bulk_update.exceptions import JobStopped, JournalError
 from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import schema
 from bulk_update.store.lease import Holder, this_process
+from bulk_update.store.outage import Outage
 from bulk_update.store.schema import TIMELINE, format_timestamp
 from bulk_update.store.types import (
     REPORT_COLUMNS,
@@ -159,12 +160,39 @@ def json_rows(dialect: Dialect, parameter: str, types: Mapping[str, str]) -> str
     return f"json_to_recordset(CAST(:{parameter} AS json)) AS t({declared})"
 
 
+# What differs between the backends in the statements they share, by the name a template gives
+# it in braces: (SQLite's, PostgreSQL's). SQLite's clock is this machine's, bound as a parameter
+# (``now``: TIMESTAMP_FORMAT text, ``clock``: Unix time); PostgreSQL's is the database's, so that
+# machines' clocks need not agree. One SQLite file holds one job's state and budget.
+_DIALECTS = {
+    "now": (":now", "now()"),
+    "clock": (":clock", "now()"),
+    # Seconds since the run r's last heartbeat.
+    "age": (":clock - r.heartbeat_at", "extract(epoch FROM now() - r.heartbeat_at)"),
+    "budget_clock": (":clock", "CAST(extract(epoch FROM clock_timestamp()) AS double precision)"),
+    "greatest": ("max", "greatest"),
+    "budget_key": ("job", "job_id"),
+    "where_state": ("", " WHERE job_id = :job"),
+    "and_state": ("", " AND job_id = :job"),
+    # last_set's key of the conversation ID t.id (of ``ids``), t.i (of ``batch``).
+    "state_key": ("t.id", schema.encoded_id("conversation_id", "t.id")),
+    "batch_key": ("t.i", schema.encoded_id("conversation_id", "t.i")),
+    # The values of a JSON array parameter: texts (``ids``, as ``id``), run IDs.
+    "ids": (
+        "SELECT value AS id FROM json_each(:ids)",
+        "SELECT json_array_elements_text(CAST(:ids AS json)) AS id",
+    ),
+    "runs": (
+        "SELECT value FROM json_each(:runs)",
+        "SELECT CAST(json_array_elements_text(CAST(:runs AS json)) AS bigint)",
+    ),
+}
+
+
 def _fragments(dialect: Dialect) -> dict[str, str]:
-    """What differs between the backends in the statements they share, by the name a template
-    gives it in braces. SQLite's clock is this machine's, bound as a parameter (``now``:
-    TIMESTAMP_FORMAT text, ``clock``: Unix time); PostgreSQL's is the database's, so that
-    machines' clocks need not agree. One SQLite file holds one job's state and budget."""
-    alike = {
+    """``_DIALECTS`` of ``dialect``, and the fragments made from the schema."""
+    return {
+        **{name: pair[dialect == "postgres"] for name, pair in _DIALECTS.items()},
         # A row's status (its text), the results' columns but row_number, and the timing, as a
         # reader gets them from what outcomes keep.
         "status": schema.status_text(dialect),
@@ -174,39 +202,6 @@ def _fragments(dialect: Dialect) -> dict[str, str]:
         "batch": json_rows(dialect, "batch", {"r": "integer", "i": "text", "m": "text"}),
         # A heartbeat's seconds of the timeline (``Second``'s fields).
         "seconds": json_rows(dialect, "t", _SECOND_TYPES),
-    }
-    if dialect == "sqlite":
-        return {
-            **alike,
-            "now": ":now",
-            "clock": ":clock",
-            "age": ":clock - r.heartbeat_at",  # seconds since the run r's last heartbeat
-            "budget_clock": ":clock",
-            "greatest": "max",
-            "budget_key": "job",
-            "where_state": "",
-            "and_state": "",
-            # last_set's key of the conversation ID t.id (of ``ids``), t.i (of ``batch``).
-            "state_key": "t.id",
-            "batch_key": "t.i",
-            # The values of a JSON array parameter: texts (``ids``, as ``id``), run IDs.
-            "ids": "SELECT value AS id FROM json_each(:ids)",
-            "runs": "SELECT value FROM json_each(:runs)",
-        }
-    return {
-        **alike,
-        "now": "now()",
-        "clock": "now()",
-        "age": "extract(epoch FROM now() - r.heartbeat_at)",
-        "budget_clock": "CAST(extract(epoch FROM clock_timestamp()) AS double precision)",
-        "greatest": "greatest",
-        "budget_key": "job_id",
-        "where_state": " WHERE job_id = :job",
-        "and_state": " AND job_id = :job",
-        "state_key": schema.encoded_id("conversation_id", "t.id"),
-        "batch_key": schema.encoded_id("conversation_id", "t.i"),
-        "ids": "SELECT json_array_elements_text(CAST(:ids AS json)) AS id",
-        "runs": "SELECT CAST(json_array_elements_text(CAST(:runs AS json)) AS bigint)",
     }
 
 
@@ -292,9 +287,8 @@ _HOLDER = ("host", "pid", "boot", "pid_namespace", "pid_started")
 
 def _holding() -> dict[str, Any]:
     """The columns of runs that say who holds a run: this process."""
-    holder = this_process()
-    return {"host": holder.host, "pid": holder.pid, "boot": holder.boot,
-            "pid_namespace": holder.pid_namespace, "pid_started": holder.started}  # fmt: skip
+    me = this_process()
+    return dict(zip(_HOLDER, (me.host, me.pid, me.boot, me.pid_namespace, me.started), strict=True))
 
 
 def _starting(opening: Opening) -> dict[str, Any]:
@@ -304,15 +298,6 @@ def _starting(opening: Opening) -> dict[str, Any]:
     options = json.dumps(dict(opening.options), sort_keys=True, default=str)
     return {"job": key.job, "results": key.results, "shard": key.shard_text,
             "fingerprint": opening.fingerprint, "options": options, **_holding()}  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """Why a run cannot be resumed with what was given: it is ``unfinished`` (how it stands:
-    ``unfinished_because``) and its input or mapping changed (the names that did)."""
-
-    unfinished: str
-    changed: list[str]
 
 
 def unfinished_because(
@@ -333,11 +318,11 @@ def unfinished_because(
     return "; ".join(reasons) or None
 
 
-def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int | Refused:
-    """The run's ID, found (and resumed) or started; or, if it is unfinished and its input or
-    mapping changed, why it is refused. A finished run with another input or mapping is
-    followed by a new run (the job's next: it sends what changed since the state); the
-    finished one is kept as it is."""
+def _find_or_start(dialect: Dialect, where: str, opening: Opening, conn: Connection) -> int:
+    """The run's ID, found (and resumed) or started; JournalError (naming the store, ``where``)
+    if it is unfinished and its input or mapping changed. A finished run with another input or
+    mapping is followed by a new run (the job's next: it sends what changed since the state);
+    the finished one is kept as it is."""
     key, fingerprint, options = opening.key, opening.fingerprint, opening.options
     given = {"job": key.job, "results": key.results, "shard": key.shard_text, **_stamp()}
     found = conn.execute(prepare(dialect, _FIND), given).fetchone()
@@ -354,7 +339,13 @@ def _find_or_start(dialect: Dialect, opening: Opening, conn: Connection) -> int 
             counted = json.loads(counts) if counts else {}
             unfinished = unfinished_because(ended_at, counted, stopped_by, opening.unfinished)
             if unfinished is not None:
-                return Refused(unfinished, changed)
+                raise JournalError(
+                    f"{where}: the run for {key.results} is unfinished ({unfinished}) and was "
+                    f"started with another input or mapping (changed: {', '.join(changed)}); "
+                    "finish it first with the input and mapping it started with (the same "
+                    "command resumes it), or run with --restart to start over (the old run is "
+                    "kept in the store)"
+                )
             found = None  # finished: the job's next run
     if found is None:
         values = _starting(opening)
@@ -434,9 +425,7 @@ class Store(_Closing):
         same results path: the job's next run), resumed if not; an unfinished run whose
         fingerprint changed is refused (JournalError) unless ``restart``, which sets the old
         run aside (kept, never deleted) and starts a new one. ``since`` names another
-        job's store whose state this run compares with (ConfigError if it is not one). The
-        backend locks the run, finds or starts it (``_find_or_start``) and opens its journal
-        (``_open_run``)."""
+        job's store whose state this run compares with (ConfigError if it is not one)."""
         unfinished = (*_NOT_FINISHED, Status.FAILED.value) if retry_failed else _NOT_FINISHED
         opening = Opening(key, fingerprint_text(fingerprint), options, restart, unfinished, since)
         return self._open_run(opening)
@@ -446,18 +435,9 @@ class Store(_Closing):
         """Lock the run, find or start it (``_find_or_start``), open its journal."""
 
     def _find_or_start(self, opening: Opening) -> int:
-        """The run's ID, found or started; JournalError if it is refused (``Refused``)."""
-        key = opening.key
-        found = self._transact(functools.partial(_find_or_start, self._dialect, opening))
-        if isinstance(found, Refused):
-            raise JournalError(
-                f"{self.where}: the run for {key.results} is unfinished ({found.unfinished}) "
-                f"and was started with another input or mapping (changed: "
-                f"{', '.join(found.changed)}); finish it first with the input and mapping it "
-                "started with (the same command resumes it), or run with --restart to start "
-                "over (the old run is kept in the store)"
-            )
-        return found
+        """The run's ID, found or started (JournalError if it is refused)."""
+        found = functools.partial(_find_or_start, self._dialect, self.where, opening)
+        return self._transact(found)
 
     def _fetch(self, template: str, parameters: dict[str, Any]) -> list[Any]:
         return self._query(prepare(self._dialect, template), parameters)
@@ -620,11 +600,7 @@ _FINISHED_COUNTS = (
     "SELECT {status}, count(*) FROM outcomes WHERE id BETWEEN :first AND :last "
     "AND {status} NOT IN (%U) GROUP BY 1"
 )
-_FINISHED_COUNT = (
-    "SELECT count(*) FROM outcomes WHERE id BETWEEN :first AND :last AND {status} NOT IN (%U)"
-)
 _ROWS = "SELECT id - :base, {stored} FROM outcomes WHERE id BETWEEN :first AND :last ORDER BY id"
-_COUNTS = "SELECT {status}, count(*) FROM outcomes WHERE id BETWEEN :first AND :last GROUP BY 1"
 _ENTRIES = "SELECT count(*) FROM last_set{where_state}"
 _ENTRIES_AMONG = (
     "SELECT t.id FROM ({ids}) AS t WHERE EXISTS "
@@ -641,13 +617,14 @@ class Journal(_Closing, StateRows):
     async ones never block the loop.
 
     Its reads and the bookkeeping of its heartbeats and its end are done here alike. A backend
-    sets ``run_id``, ``_dialect``, ``_job`` (its state's key: PostgreSQL's job ID) and what
-    ``StateRows`` reads, calls ``_unfinished_are``, and gives the abstract methods: how work
-    reaches its database, and how it commits outcomes (``_submit`` to its grouping writer,
-    ``_commit_outcomes``, ``_commit_unchanged``)."""
+    sets ``run_id``, ``_dialect``, ``_outage`` (its clock for a store away), ``_job`` (its
+    state's key: PostgreSQL's job ID) and what ``StateRows`` reads, calls ``_unfinished_are``,
+    and gives the abstract methods: how work reaches its database, and how it commits outcomes
+    (``_submit`` to its grouping writer, ``_commit_outcomes``, ``_commit_unchanged``)."""
 
     run_id: int
     _dialect: Dialect
+    _outage: Outage
     _job: int | None = None
     # This invocation's requests and 429s already added to the run's (by heartbeats).
     _counted = (0, 0)
@@ -659,7 +636,7 @@ class Journal(_Closing, StateRows):
         marks = ", ".join(f":{name}" for name in names)
         self._sql = {
             template: prepare(self._dialect, template.replace("%U", marks))
-            for template in (_FINISHED_BETWEEN, _FINISHED_COUNTS, _FINISHED_COUNT)
+            for template in (_FINISHED_BETWEEN, _FINISHED_COUNTS)
         }
 
     @abstractmethod
@@ -742,18 +719,9 @@ class Journal(_Closing, StateRows):
         rows = self._rows(_FINISHED_COUNTS, first, last)
         return {Status(status): count for status, count in rows}
 
-    def finished_count(self) -> int:
-        """Rows finished by earlier runs: a resumed run does not process them again."""
-        return int(self._rows(_FINISHED_COUNT)[0][0])
-
     def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
         """Outcomes in ``[first, last]`` as tuples in RESULT_COLUMNS order, by row number."""
         return self._rows(_ROWS, first, last)
-
-    def counts(self) -> dict[str, int]:
-        """The run's outcomes by status (rows never journaled are not counted)."""
-        rows = self._rows(_COUNTS)
-        return {status: int(count) for status, count in rows}
 
     def state_entries(self) -> int:
         """How many conversations the job's state holds."""
@@ -781,11 +749,11 @@ class Journal(_Closing, StateRows):
         """The run's sending is over: wait for the writes in progress, and refuse every later
         write of an outcome, so that the counts, the results and the store agree."""
 
-    @abstractmethod
     def hurry(self, seconds: float) -> None:
         """The job is stopping (a signal): no wait for the store goes on more than ``seconds``
         from now (a row whose outcome cannot be committed by then stays unprocessed: the
         re-run sends it again, as after a kill -9)."""
+        self._outage.hurry(seconds)  # a watchdog looks again
 
     async def forget(self, conversation_id: str) -> None:
         """Before a row is sent: from now until the API confirms, its state is unknown. Returns

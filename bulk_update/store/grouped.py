@@ -45,17 +45,21 @@ class _Entry(Generic[Work]):
     error: BaseException | None = field(default=None)
 
 
+def _tell(future: asyncio.Future[None], error: BaseException | None) -> None:
+    """On the event loop: a waiting future gets its work's result (a cancelled waiter is gone:
+    nothing to tell it)."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 def _settle(entries: list[_Entry[Work]]) -> None:
-    """On the event loop: each waiting future gets its entry's result (a cancelled waiter is
-    gone: nothing to tell it)."""
     for entry in entries:
-        future = entry.future
-        if future is None or future.done():
-            continue
-        if entry.error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(entry.error)
+        if entry.future is not None:
+            _tell(entry.future, entry.error)
 
 
 class GroupWriter(Generic[Work]):
@@ -70,30 +74,26 @@ class GroupWriter(Generic[Work]):
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    async def submit(self, work: Work) -> None:
-        """Return once ``work`` is committed (or raise what stopped its group)."""
+    async def submit(self, work: Work | None) -> None:
+        """Return once ``work`` is committed (or raise what stopped its group); None: once
+        every work submitted before is (``barrier``)."""
         loop = asyncio.get_running_loop()
-        entry: _Entry[Work] = _Entry(work, loop.create_future(), loop)
-        self._put(entry)
-        assert entry.future is not None
-        await entry.future
+        future = loop.create_future()
+        self._put(_Entry(work, future, loop))
+        await future
 
     def run(self, work: Work) -> None:
         """``submit``, blocking the calling thread (never the writer's own)."""
-        entry: _Entry[Work] = _Entry(work, event=threading.Event())
+        event = threading.Event()
+        entry: _Entry[Work] = _Entry(work, event=event)
         self._put(entry)
-        assert entry.event is not None
-        entry.event.wait()
+        event.wait()
         if entry.error is not None:
             raise entry.error
 
     async def barrier(self) -> None:
         """Return once every work submitted before is committed or failed."""
-        loop = asyncio.get_running_loop()
-        entry: _Entry[Work] = _Entry(None, loop.create_future(), loop)
-        self._put(entry)
-        assert entry.future is not None
-        await entry.future
+        await self.submit(None)
 
     def idle(self) -> bool:
         """Nothing queued and no commit under way: a write may go past the thread without
@@ -203,16 +203,13 @@ class LoopGroupWriter(Generic[Work]):
                 waiting = [(work, done) for work, done in group if not done.done()]
                 if not waiting:
                     continue
+                error: Exception | None = None
                 try:
                     await self._commit([work for work, _ in waiting])
                 except Exception as exc:
-                    for _, done in waiting:
-                        if not done.done():
-                            done.set_exception(exc)
-                else:
-                    for _, done in waiting:
-                        if not done.done():
-                            done.set_result(None)
+                    error = exc
+                for _, done in waiting:
+                    _tell(done, error)
         finally:
             for _, done in self._pending:
                 done.cancel()

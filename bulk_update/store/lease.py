@@ -74,9 +74,6 @@ class LocalLease:
     def may_send(self) -> bool:
         return self._clock() < self._until
 
-    def left(self) -> float:
-        return self._until - self._clock()
-
 
 @dataclass(frozen=True, slots=True)
 class Holder:

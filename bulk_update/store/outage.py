@@ -108,8 +108,8 @@ class Outage:
         self.timeout = timeout
         self.state = state
         self._backoff = backoff
-        self._hurry = hurry or Hurry(clock)
-        self._clock = self._hurry.clock
+        self.hurry = hurry or Hurry(clock)
+        self._clock = self.hurry.clock
         self._lock = threading.Lock()
         # Operations failing now: when each first failed, and its next wait.
         self._failing: dict[object, tuple[float, float]] = {}
@@ -136,11 +136,11 @@ class Outage:
         with self._lock:
             failing = self._failing.get(operation)
             end = (started if failing is None else min(started, failing[0])) + self.timeout
-            hurry = self._hurry.until
+            hurry = self.hurry.until
             if hurry is None:
                 return end
             late = started >= hurry
-            return min(end, started + self._hurry.patience if late else hurry)
+            return min(end, started + self.hurry.patience if late else hurry)
 
     def remaining(self) -> float:
         """Seconds before the oldest failing operation (or a new one) is given up."""
@@ -152,16 +152,8 @@ class Outage:
     def _left(self, now: float, first: float) -> float:
         """Seconds left at ``now`` to an operation failing since ``first`` (or a hurry)."""
         left = self.timeout - (now - first)
-        hurry = self._hurry.until
+        hurry = self.hurry.until
         return left if hurry is None else min(left, hurry - now)
-
-    def hurry(self, seconds: float) -> None:
-        """The job is stopping: no wait for the store goes on more than ``seconds`` from now."""
-        self._hurry(seconds)
-
-    def watch(self, watcher: Callable[[], None]) -> None:
-        """``watcher`` is called when deadlines move closer (a hurry, the store given up)."""
-        self._hurry.watch(watcher)
 
     def failed(
         self,
@@ -199,7 +191,7 @@ class Outage:
             )
         # Nothing will wait for a call still under way (a heartbeat, the lease's renewal, each
         # in its lock wait): it is cut now, not at the end of its own wait.
-        self._hurry(0)
+        self.hurry(0)
         raise given_up
 
     def over(self, operation: object) -> None:
@@ -235,7 +227,7 @@ class Watchdog:
         self._ready = threading.Condition()
         self._guarded: list[_Guarded] = []
         self._thread: threading.Thread | None = None
-        outage.watch(self.nudge)
+        outage.hurry.watch(self.nudge)
 
     @contextlib.contextmanager
     def guard(self, interrupt: Callable[[], None], operation: object = None) -> Iterator[_Guarded]:

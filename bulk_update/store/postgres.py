@@ -22,8 +22,7 @@ clock for every operation of the run: ``store/outage.py``), StoreUnavailable sto
 at the next write (StoreGone, exit 3).
 
 **One writer for real**: a lock lost with its session is not a lock; beside it the holder keeps
-a lease (``store/lease.py``), renewed through the session that holds the lock, and every
-outcome, forget and heartbeat commits only while the holder's lease row is still there.
+a lease (``store/lease.py``).
 
 The password is never shown: ``where`` and every error message name the store without it.
 """
@@ -44,7 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, TypeVar
 
 import polars as pl
 import psycopg
@@ -86,7 +85,7 @@ __all__ = ["SCHEMA", "PostgresJournal", "PostgresStore", "jobs_that_wrote",
 log = logging.getLogger("bulk_update")
 
 T = TypeVar("T")
-Conn = TypeVar("Conn", psycopg.Connection[Any], psycopg.AsyncConnection[Any])
+_Conn = psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None
 
 SCHEMA = "bulk_update"
 # A connection attempt waits this long at most (less when the outage is nearly given up).
@@ -172,11 +171,10 @@ _GROUP = (
     "outcome = EXCLUDED.outcome, metadata = NULL, set_at = EXCLUDED.set_at) "
     "SELECT count(*) FROM h"
 )
-_UNCHANGED_ID = schema.encoded_id("conversation_id", "t.i")
 _INSERT_UNCHANGED = (
-    "INSERT INTO outcomes (id, conversation_id, status, attempts, "  # noqa: S608
-    f"sent_metadata) SELECT {_outcome_id('%s', 't.r')}, {_UNCHANGED_ID}, %s, 0, t.m FROM "
-    f"unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) {_ON_CONFLICT}"
+    "INSERT INTO outcomes (id, conversation_id, status, attempts, sent_metadata) "  # noqa: S608
+    f"SELECT {_outcome_id('%s', 't.r')}, {schema.encoded_id('conversation_id', 't.i')}, %s, 0, "
+    f"t.m FROM unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) {_ON_CONFLICT}"
 )
 
 
@@ -200,7 +198,7 @@ _START_AFRESH = (
 )
 
 
-def _shut(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) -> None:
+def _shut(conn: _Conn) -> None:
     """Make a call blocked on ``conn`` (if any) fail at once: its socket shut down (a duplicate
     of the descriptor is shut, the connection keeps its own to close)."""
     if conn is None:
@@ -209,13 +207,11 @@ def _shut(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) -
         duplicate.shutdown(socket.SHUT_RDWR)
 
 
-def _state(exc: psycopg.Error) -> str | None:
-    """What an outage is, when it is not a database that cannot be reached."""
-    if isinstance(exc, psycopg.errors.LockNotAvailable):
-        return "locked by another session"
-    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
-        return "read-only (a standby?)"
-    return None
+# What an outage is, when it is not a database that cannot be reached.
+_STATES = {
+    psycopg.errors.LockNotAvailable: "locked by another session",
+    psycopg.errors.ReadOnlySqlTransaction: "read-only (a standby?)",
+}
 
 
 def _key(*parts: object) -> int:
@@ -235,7 +231,7 @@ def _take_lock(conn: psycopg.Connection[Any], function: str, arguments: tuple[in
     return bool(row and row[0])
 
 
-def _drops(conn: Conn | None, exc: Exception, cut: bool) -> TypeGuard[Conn]:
+def _drops(conn: _Conn, exc: Exception, cut: bool) -> bool:
     """Must the connection of a try that failed (``cut``: by the watchdog) be closed: lost, cut,
     or a standby's (read-only: the next connection reaches the primary)?"""
     read_only = isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
@@ -332,9 +328,7 @@ class _Session:
             self.run(self._create, transaction=False)
         except psycopg.Error as exc:
             self.close()
-            raise _cannot_use(exc)(
-                f"--state-url {self.where}: cannot use the store: {self.first_line(exc)}"
-            ) from None
+            raise _unusable(self, exc) from None
         except BaseException:
             self.close()
             raise
@@ -394,9 +388,7 @@ class _Session:
 
     def run(self, work: Callable[[psycopg.Connection[Any]], T], transaction: bool = True) -> T:
         """``work`` in one transaction; run again on a new connection if the old one is lost,
-        until the database has been away for ``timeout`` seconds on the session's outage clock
-        (StoreUnavailable; at once once it was given up). A call that does not return within
-        the timeout is cut (``Watchdog``) and counts as away since it began."""
+        on the session's outage clock (``tries``)."""
         tries = self.tries(lambda: _shut(self._conn))
 
         def attempt() -> T:
@@ -409,9 +401,7 @@ class _Session:
         def away(exc: Exception) -> Cause | None:
             cause = self.away(exc)
             if cause is not None and _drops(self._conn, exc, tries.cut):
-                with contextlib.suppress(psycopg.Error):
-                    self._conn.close()
-                self._conn = None
+                self.close()
             return cause
 
         with self._mutex:
@@ -440,7 +430,7 @@ class _Session:
         line = self.first_line(exc)
         if isinstance(exc, psycopg.errors.DiskFull):
             raise DiskFull(f"the store {self.where}", line) from None
-        return line, _state(exc)
+        return line, next((said for kind, said in _STATES.items() if isinstance(exc, kind)), None)
 
     def wait(self, seconds: float) -> bool:
         """Sleep ``seconds``; False, sooner, once the job is stopping (a signal's hurry): a wait
@@ -564,8 +554,6 @@ class PostgresStore(Store):
     def open(
         cls, url: str, *, timeout: float = DEFAULT_STORE_TIMEOUT_S, hurry: Hurry | None = None
     ) -> PostgresStore:
-        """``hurry``: the job's (``outage.Hurry``): a signal while the store opens ends its
-        waits too."""
         session = _Session(check_url(url), timeout, hurry)
         session.open()
         return cls(session)
@@ -582,20 +570,16 @@ class PostgresStore(Store):
         return self._session.run(find)
 
     def _since_job(self, since: str) -> int:
-        def find(conn: psycopg.Connection[Any]) -> int | None:
-            row = conn.execute(
-                "SELECT j.job_id FROM jobs j WHERE j.name = %s AND EXISTS "
-                "(SELECT 1 FROM last_set s WHERE s.job_id = j.job_id)",
-                (since,),
-            ).fetchone()
-            return None if row is None else int(row[0])
-
-        found = self._session.run(find)
-        if found is None:
+        found = self._fetch(
+            "SELECT j.job_id FROM jobs j WHERE j.name = :since AND EXISTS "
+            "(SELECT 1 FROM last_set s WHERE s.job_id = j.job_id)",
+            {"since": since},
+        )
+        if not found:
             raise ConfigError(
                 f"--since-state {since}: no job of that name has a state in {self.where}"
             )
-        return found
+        return int(found[0][0])
 
     def _lock_run(self, key: RunKey) -> None:
         """One run of a job at a time, or one run per shard, all with the same N."""
@@ -659,12 +643,10 @@ class PostgresStore(Store):
     def _live_lease(self, job_id: int, key: RunKey, me: Holder) -> tuple[float, Holder] | None:
         """The lease that conflicts with this run and lasts longest (seconds left, its holder),
         of those whose holder is not known to be gone; None if there is none."""
-        rows = self._session.run(
-            lambda conn: conn.execute(
-                "SELECT extract(epoch FROM until - now()), host, boot, pid_namespace, pid, "  # noqa: S608
-                f"started FROM leases WHERE {_CONFLICT} AND until > now()",
-                {"job": job_id, "shard": key.shard_text},
-            ).fetchall()
+        rows = self._query(
+            "SELECT extract(epoch FROM until - now()), host, boot, pid_namespace, pid, "  # noqa: S608
+            f"started FROM leases WHERE {_CONFLICT} AND until > now()",
+            {"job": job_id, "shard": key.shard_text},
         )
         live = [
             (float(left), holder)
@@ -728,14 +710,6 @@ def _records(outcomes: list[Recorded]) -> str:
     )
 
 
-def _arrays(rows: pl.DataFrame) -> tuple[list[int], list[str], list[str]]:
-    return (
-        rows[ROW_NUMBER].cast(pl.Int64).to_list(),
-        rows["conversation_id"].to_list(),
-        rows["sent_metadata"].to_list(),
-    )
-
-
 # What libpq says of a server it did not reach, or that cannot serve now (a connection's
 # failure carries no SQLSTATE: only its message tells a refused password from a refused port).
 _NOT_REACHED = (
@@ -745,21 +719,17 @@ _NOT_REACHED = (
 )  # fmt: skip
 
 
-def _cannot_use(exc: psycopg.Error) -> type[ConfigError]:
+def _unusable(session: _Session, exc: psycopg.Error) -> ConfigError:
     """A store that cannot be used at the start: Unreachable (it may pass: a retry later may
     succeed) when the server did not answer or said it cannot serve now (SQLSTATE classes 08
     connection, 53 resources, 57 shutting down), else the user's to fix (a password, a
     database that does not exist, a host name that does not resolve)."""
-    state = exc.sqlstate
-    if state is not None:
-        return Unreachable if state[:2] in {"08", "53", "57"} else ConfigError
-    text = str(exc).lower()
-    return Unreachable if any(mark in text for mark in _NOT_REACHED) else ConfigError
-
-
-def _unusable(session: _Session, exc: psycopg.Error) -> ConfigError:
+    if exc.sqlstate is not None:
+        away = exc.sqlstate[:2] in {"08", "53", "57"}
+    else:
+        away = any(mark in str(exc).lower() for mark in _NOT_REACHED)
     text = f"--state-url {session.where}: cannot use the store: {session.first_line(exc)}"
-    return _cannot_use(exc)(text)
+    return (Unreachable if away else ConfigError)(text)
 
 
 @contextlib.contextmanager
@@ -844,9 +814,7 @@ class _Writer:
         async def away(exc: Exception) -> Cause | None:
             cause = self._session.away(exc)
             if cause is not None and _drops(self._conn, exc, tries.cut):
-                with contextlib.suppress(psycopg.Error):
-                    await self._conn.close()
-                self._conn = None
+                await self.close()
             return cause
 
         row = await tries.arun(attempt, away)
@@ -857,6 +825,7 @@ class _Writer:
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
                 await self._conn.close()
+            self._conn = None
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         if self._connected_before:
@@ -901,6 +870,7 @@ class PostgresJournal(Journal):
         lease: _Lease,
     ) -> None:
         self._session = session
+        self._outage = session.outage
         self._compare_with = compare_with
         self.run_id = run_id
         self._job = job_id
@@ -978,9 +948,6 @@ class PostgresJournal(Journal):
 
         self._session.run(write)
 
-    def hurry(self, seconds: float) -> None:
-        self._session.outage.hurry(seconds)  # the watchdog looks again
-
     async def seal(self) -> None:
         await self._writer.stop()
         self._ending.set()
@@ -1016,12 +983,19 @@ class PostgresJournal(Journal):
         self._fenced(lambda conn: conn.execute(_UPSERT_OUTCOMES, (self.run_id, records)))
 
     def _commit_unchanged(self, rows: pl.DataFrame) -> None:
-        arrays = _arrays(rows)
+        numbers = rows[ROW_NUMBER].cast(pl.Int64).to_list()
+        ids = rows["conversation_id"].to_list()
 
         def write(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
                 _INSERT_UNCHANGED,
-                (self.run_id, schema.STATUS_CODES[Status.UNCHANGED], *arrays),
+                (
+                    self.run_id,
+                    schema.STATUS_CODES[Status.UNCHANGED],
+                    numbers,
+                    ids,
+                    rows["sent_metadata"].to_list(),
+                ),
             )
             if self._compare_with != self._job:
                 conn.execute(
@@ -1032,7 +1006,7 @@ class PostgresJournal(Journal):
                     f"ON s.conversation_id = {schema.encoded_id('conversation_id', 'u.id')} "
                     "WHERE s.job_id = %s ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
                     "outcome = EXCLUDED.outcome, metadata = NULL, set_at = EXCLUDED.set_at",
-                    (self.run_id, self._job, arrays[0], arrays[1], self._compare_with),
+                    (self.run_id, self._job, numbers, ids, self._compare_with),
                 )
 
         self._fenced(write)

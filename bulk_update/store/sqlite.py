@@ -236,7 +236,14 @@ def _retrying(outage: Outage, path: Path, work: Callable[[], T], *, reads: bool 
     return Tries(outage, (lambda: None) if reads else outage.check).run(work, away)
 
 
-def _transacting(db: sqlite3.Connection, outage: Outage, path: Path, work: Work[T]) -> T:
+def _outage(path: Path, timeout: float, hurry: Hurry | None = None) -> Outage:
+    return Outage(str(path), timeout, state="locked by another process", backoff=(0.05, 0.5),
+                  hurry=hurry)  # fmt: skip
+
+
+def _transacting(
+    db: sqlite3.Connection, outage: Outage, path: Path, work: Callable[[sqlite3.Connection], T]
+) -> T:
     """``work`` in one transaction on ``db``, tried again as ``_retrying`` says."""
 
     def transact() -> T:
@@ -500,8 +507,7 @@ class SQLiteStore(Store):
         check_store_file(path)
         if not path.exists():
             _create_new(path)
-        outage = Outage(str(path), timeout, state="locked by another process",
-                        backoff=(0.05, 0.5), hurry=hurry)  # fmt: skip
+        outage = _outage(path, timeout, hurry)
         try:
             db = _retrying(outage, path, lambda: _with_tables(path))
         except sqlite3.DatabaseError as exc:
@@ -514,8 +520,7 @@ class SQLiteStore(Store):
         only: a read-only file, or one in a read-only directory, can be read, and nothing in it
         changes. A store of an older released layout is brought to this one first, as a run
         would (``open``): that takes a file that can be written."""
-        outage = Outage(str(path), timeout, state="locked by another process",
-                        backoff=(0.05, 0.5))  # fmt: skip
+        outage = _outage(path, timeout)
         db, version = _read_only(path, outage)
         if version == schema.LAYOUT_VERSION:
             return cls(path, db, outage, Opened.at(path))
@@ -567,25 +572,17 @@ class SQLiteStore(Store):
         self._db.close()
 
 
-def _gone(opened: Opened, became: str, *, store: bool) -> str:
-    """What a run says of the store or the lock file (``opened``) that was ``became`` (removed,
-    replaced) while it went on."""
-    if store and became == "removed":
-        return (
-            f"{opened.path}: the store was removed while the run went on; the run stopped, "
-            "and writes it back where it was as it ends (from the file it still has open), so "
-            "that the same command resumes"
-        )
-    if store:
-        return (
-            f"{opened.path}: the store was replaced by another file while the run went on; the "
-            "run stopped: what it did is in its results, not in the file there now (the same "
-            "command would send those rows again)"
-        )
-    return (
-        f"{opened.path}: the run's lock file was {became} while the run went on (another run "
-        "of the job could start beside it); the run stopped: run the same command to resume"
-    )
+# What a run says of the store, or a lock file, removed or replaced while it went on.
+_GONE = {
+    "store removed": "the store was removed while the run went on; the run stopped, and writes "
+    "it back where it was as it ends (from the file it still has open), so that the same "
+    "command resumes",
+    "store replaced": "the store was replaced by another file while the run went on; the run "
+    "stopped: what it did is in its results, not in the file there now (the same command would "
+    "send those rows again)",
+    "lock": "the run's lock file was {became} while the run went on (another run of the job "
+    "could start beside it); the run stopped: run the same command to resume",
+}
 
 
 def _remove_creating(temporary: Path) -> None:
@@ -663,15 +660,13 @@ class SQLiteJournal(Journal):
     def _commit(self, works: list[Write]) -> None:
         if self._broken is not None:
             raise self._broken
-        db = self._write_db
 
-        def commit() -> None:
-            with _transaction(db):
-                for work in works:
-                    work(db)
+        def commit(db: sqlite3.Connection) -> None:
+            for work in works:
+                work(db)
 
         try:
-            _retrying(self._outage, self.path, commit)
+            _transacting(self._write_db, self._outage, self.path, commit)
         except (DiskFull, StoreDamaged, JournalError) as exc:
             self._broken = exc
             raise
@@ -685,14 +680,13 @@ class SQLiteJournal(Journal):
             try:
                 with _transaction(self._now_db):
                     work(self._now_db)
+                return
             except sqlite3.Error as exc:
                 if not _is_busy(exc):
                     error = store_error(exc, self.path)
                     if isinstance(error, DiskFull | StoreDamaged | JournalError):
                         self._broken = error
                     raise error from None
-            else:
-                return
         await self._writer.submit(work)
 
     def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
@@ -716,7 +710,9 @@ class SQLiteJournal(Journal):
             for opened in self._held:
                 became = opened.became()
                 if became is not None:
-                    self._gone = StoreGone(_gone(opened, became, store=opened is self._held[0]))
+                    what = f"store {became}" if opened is self._held[0] else "lock"
+                    said = _GONE[what].format(became=became)
+                    self._gone = StoreGone(f"{opened.path}: {said}")
                     break
         return self._gone
 
@@ -764,20 +760,19 @@ class SQLiteJournal(Journal):
             return
         outcome, timing = item
         values = self._values(outcome, timing)
-        if outcome.status not in _CONFIRMED:
-            await self._write(lambda db: db.execute(_INSERT, values))
-            return
-        assert outcome.sent_metadata is not None
+        confirmed = outcome.status in _CONFIRMED
+        assert not confirmed or outcome.sent_metadata is not None
         # The metadata is the outcome's sent_metadata: the entry names the outcome instead.
         entry = (outcome.conversation_id, int(time.time()), values[0])
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(_INSERT, values)
-            db.execute(
-                "INSERT OR REPLACE INTO last_set (conversation_id, set_at, outcome) "
-                "VALUES (?, ?, ?)",
-                entry,
-            )
+            if confirmed:
+                db.execute(
+                    "INSERT OR REPLACE INTO last_set (conversation_id, set_at, outcome) "
+                    "VALUES (?, ?, ?)",
+                    entry,
+                )
 
         await self._write(write)
 
@@ -824,9 +819,6 @@ class SQLiteJournal(Journal):
                 )
 
         self._batch(write)
-
-    def hurry(self, seconds: float) -> None:
-        self._outage.hurry(seconds)
 
     async def seal(self) -> None:
         """The writes submitted so far are committed (or failed): the run's outcomes no longer
