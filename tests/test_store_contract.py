@@ -5,7 +5,6 @@ does, the other must do; a test here that passes on one and not the other is a d
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import json
@@ -27,7 +26,6 @@ from bulk_update.store import (
     RunEnd,
     RunKey,
     Second,
-    Store,
     read_state,
     schema,
 )
@@ -70,11 +68,6 @@ def plan(*rows: tuple[int, str, str]) -> pl.DataFrame:
     )
 
 
-def counts(store: Store, run_id: int) -> dict[str, int]:
-    """A run's outcomes by status, every row it journaled (as its report reads them)."""
-    return dict(collections.Counter(store.report_rows(run_id)["status"].to_list()))
-
-
 def finished(journal: Journal) -> int:
     """The rows a resumed run does not process again."""
     return sum(journal.finished_counts_between(0, ROWS_MAX).values())
@@ -107,11 +100,7 @@ def test_invalid_rows_sent_rows_and_the_end_are_recorded(backend: Backend) -> No
                     )
                 )
                 await journal.seal()
-                assert await off(counts, store, journal.run_id) == {
-                    "invalid": 2,
-                    "updated": 1,
-                    "failed": 1,
-                }
+                assert await off(journal.counts) == {"invalid": 2, "updated": 1, "failed": 1}
                 assert await off(journal.state_entries) == 1
                 assert await off(finished, journal) == 4
                 rows = await off(journal.rows_between, 0, 9)
@@ -251,7 +240,7 @@ def test_unchanged_rows_take_the_state_of_since_state(backend: Backend) -> None:
             batch = plan((0, "conv_a", '{"k":"1"}'), (1, "conv_b", '{"k":"2"}'))
             assert await off(journal.changed_rows, batch) == [1]
             await off(journal.record_unchanged, batch.head(1))
-            assert await off(counts, store, journal.run_id) == {"unchanged": 1}
+            assert await off(journal.counts) == {"unchanged": 1}
         with backend.open("new") as store, pytest.raises(ConfigError, match="--since-state"):
             await off(store.open_run, RunKey("new", "x.csv", None), PRINT, OPTIONS,
                       since=backend.since("nobody"))  # fmt: skip
@@ -428,7 +417,7 @@ def test_a_later_layout_adds_its_columns_to_a_store_of_an_older_one(
     ))  # fmt: skip
     with backend.open("j") as store:
         with store.open_run(KEY, PRINT, OPTIONS) as journal:
-            assert counts(store, journal.run_id) == {"invalid": 2}
+            assert journal.counts() == {"invalid": 2}
         (record,) = store.history("j")
         assert record.invocations == 2
     if backend.url is None:

@@ -601,6 +601,7 @@ _FINISHED_COUNTS = (
     "AND {status} NOT IN (%U) GROUP BY 1"
 )
 _ROWS = "SELECT id - :base, {stored} FROM outcomes WHERE id BETWEEN :first AND :last ORDER BY id"
+_COUNTS = "SELECT {status}, count(*) FROM outcomes WHERE id BETWEEN :first AND :last GROUP BY 1"
 _ENTRIES = "SELECT count(*) FROM last_set{where_state}"
 _ENTRIES_AMONG = (
     "SELECT t.id FROM ({ids}) AS t WHERE EXISTS "
@@ -649,6 +650,19 @@ class Journal(_Closing, StateRows):
 
     # Writing
 
+    def _tally(self, said: RunBeat | RunEnd) -> dict[str, Any]:
+        """What a heartbeat or the end records alike: the counts, and the requests and 429s
+        this invocation sent since the last heartbeat."""
+        requests, rate_limited = self._counted
+        return {
+            "run": self.run_id,
+            "counts": json.dumps(dict(said.counts), sort_keys=True),
+            "total_rows": said.total_rows,
+            "requests": said.requests - requests,
+            "rate_limited": said.rate_limited - rate_limited,
+            **_stamp(),
+        }
+
     async def beat(self, beat: RunBeat, seconds: Iterable[Second]) -> None:
         """The run's heartbeat (every few seconds while it runs): how far it is, and the
         timeline's seconds since the last one. The run's requests and 429s count what this
@@ -658,13 +672,7 @@ class Journal(_Closing, StateRows):
         timeline = json.dumps([asdict(second) for second in seconds])
         add = prepare(self._dialect, _ADD_SECONDS)
         beat_sql = prepare(self._dialect, _BEAT)
-        requests, rate_limited = self._counted
-        parameters = {
-            "run": self.run_id, "t": timeline, "rows_done": beat.rows_done,
-            "total_rows": beat.total_rows, "counts": json.dumps(dict(beat.counts), sort_keys=True),
-            "requests": beat.requests - requests,
-            "rate_limited": beat.rate_limited - rate_limited, **_stamp(),
-        }  # fmt: skip
+        parameters = {**self._tally(beat), "t": timeline, "rows_done": beat.rows_done}
 
         def write(conn: Connection) -> None:
             if timeline != "[]":
@@ -677,13 +685,7 @@ class Journal(_Closing, StateRows):
     def finish(self, end: RunEnd) -> None:
         """Record how this invocation of the run ended."""
         sql = prepare(self._dialect, _END)
-        parameters = {
-            "run": self.run_id, "counts": json.dumps(dict(end.counts), sort_keys=True),
-            "exit_code": end.exit_code, "total_rows": end.total_rows,
-            "requests": end.requests - self._counted[0],
-            "rate_limited": end.rate_limited - self._counted[1], "stopped_by": end.stopped_by,
-            **_stamp(),
-        }  # fmt: skip
+        parameters = {**self._tally(end), "exit_code": end.exit_code, "stopped_by": end.stopped_by}
         self._commit_end(lambda conn: conn.execute(sql, parameters))
         self._counted = (end.requests, end.rate_limited)
 
@@ -722,6 +724,11 @@ class Journal(_Closing, StateRows):
     def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
         """Outcomes in ``[first, last]`` as tuples in RESULT_COLUMNS order, by row number."""
         return self._rows(_ROWS, first, last)
+
+    def counts(self) -> dict[str, int]:
+        """The run's outcomes by status (rows never journaled are not counted)."""
+        rows = self._rows(_COUNTS)
+        return {status: int(count) for status, count in rows}
 
     def state_entries(self) -> int:
         """How many conversations the job's state holds."""

@@ -26,7 +26,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no lock, documented
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Opened", "release_lock", "take_lock"]
+__all__ = ["Opened", "release_locks", "take_lock"]
 
 
 def take_lock(lock_path: Path, *, shared: bool = False, what: str = "") -> IO[str] | None:
@@ -34,7 +34,7 @@ def take_lock(lock_path: Path, *, shared: bool = False, what: str = "") -> IO[st
     if fcntl is None:  # pragma: no cover
         return None
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_path, "a+")  # noqa: SIM115 (held for the run, closed by release_lock)
+    handle = open(lock_path, "a+")  # noqa: SIM115 (held for the run, closed by release_locks)
     try:
         fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -55,10 +55,12 @@ def take_lock(lock_path: Path, *, shared: bool = False, what: str = "") -> IO[st
     return handle
 
 
-def release_lock(lock: IO[str] | None) -> None:
-    if lock is not None and fcntl is not None:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
+def release_locks(locks: list[IO[str] | None]) -> None:
+    """Release ``locks``, the last taken first."""
+    for lock in reversed(locks):
+        if lock is not None and fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
 
 
 @dataclass(frozen=True, slots=True)

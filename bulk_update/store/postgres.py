@@ -119,7 +119,7 @@ _GONE = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 # ``r``, a relation of the values as the results hold them (the server encodes them: no work
 # per row in the job).
 _WRITTEN = ", ".join((*STORED, *STORED_TIMING))
-_ENCODED = schema.encoded_columns("postgres", "r.")
+_ENCODED = schema.encoded_columns("r.")
 _VALUES = ", ".join(_ENCODED[name] for name in (*STORED, *STORED_TIMING))
 
 
@@ -984,19 +984,11 @@ class PostgresJournal(Journal):
 
     def _commit_unchanged(self, rows: pl.DataFrame) -> None:
         numbers = rows[ROW_NUMBER].cast(pl.Int64).to_list()
-        ids = rows["conversation_id"].to_list()
+        ids, sent = rows["conversation_id"].to_list(), rows["sent_metadata"].to_list()
+        unchanged = schema.STATUS_CODES[Status.UNCHANGED]
 
         def write(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(
-                _INSERT_UNCHANGED,
-                (
-                    self.run_id,
-                    schema.STATUS_CODES[Status.UNCHANGED],
-                    numbers,
-                    ids,
-                    rows["sent_metadata"].to_list(),
-                ),
-            )
+            conn.execute(_INSERT_UNCHANGED, (self.run_id, unchanged, numbers, ids, sent))
             if self._compare_with != self._job:
                 conn.execute(
                     # The metadata is the unchanged row's sent_metadata: named, not copied.

@@ -305,11 +305,10 @@ def encoded_id(name: str, value: str) -> str:
     )
 
 
-def encoded_columns(dialect: Dialect, source: str = "") -> dict[str, str]:
+def encoded_columns(source: str = "") -> dict[str, str]:
     """PostgreSQL's SQL of the stored values from the values as the results hold them
     (STORED, TIMING_COLUMNS, columns of ``source``: its alias and dot). SQLite's are encoded by
     the job (store/sqlite.py: the server cannot make a BLOB of hex, nor needs to)."""
-    assert dialect == "postgres"
     encoded = {name: f"{source}{name}" for name in STORED}
     for name in ID_PREFIXES:
         encoded[name] = encoded_id(name, f"{source}{name}")

@@ -80,7 +80,7 @@ from bulk_update.store.core import (
     entry_metadata,
 )
 from bulk_update.store.grouped import GroupWriter
-from bulk_update.store.locks import Opened, release_lock, take_lock
+from bulk_update.store.locks import Opened, release_locks, take_lock
 from bulk_update.store.outage import Cause, Hurry, Outage, Tries
 from bulk_update.store.schema import STORED, STORED_TIMING
 from bulk_update.store.types import RowTiming, RunKey, StoreLocation
@@ -177,11 +177,10 @@ def store_error(exc: sqlite3.Error, path: Path) -> Exception:
     (a bug)."""
     name = getattr(exc, "sqlite_errorname", "") or ""
     detail = first_line(exc)
-    if name.startswith("SQLITE_FULL") or "database or disk is full" in detail:
-        return DiskFull(str(path), detail)
-    if name.startswith("SQLITE_IOERR") and _no_room(path):
-        # SQLite says "disk I/O error" when it cannot grow the -shm file (SQLITE_IOERR_SHMSIZE):
-        # a state directory too small to make the store in.
+    # SQLite says "disk I/O error" when it cannot grow the -shm file (SQLITE_IOERR_SHMSIZE): a
+    # state directory too small to make the store in.
+    full = name.startswith("SQLITE_FULL") or "database or disk is full" in detail
+    if full or (name.startswith("SQLITE_IOERR") and _no_room(path)):
         return DiskFull(str(path), detail)
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
         return StoreDamaged(damaged(path, detail))
@@ -556,8 +555,7 @@ class SQLiteStore(Store):
                 opening.unfinished,
             )  # fmt: skip
         except BaseException:
-            for lock in reversed(locks):
-                release_lock(lock)
+            release_locks(locks)
             raise
 
     def budget(self, job: str) -> BudgetCore:
@@ -604,8 +602,7 @@ def _lock_run(path: Path, key: RunKey) -> list[IO[str] | None]:
             index, count = key.shard
             locks.append(take_lock(Path(f"{path}.{index}-of-{count}.lock"), what=what))
     except BaseException:
-        for lock in reversed(locks):
-            release_lock(lock)
+        release_locks(locks)
         raise
     return locks
 
@@ -615,9 +612,8 @@ Write = Callable[[sqlite3.Connection], object]
 
 
 class SQLiteJournal(Journal):
-    """One run's outcomes in a SQLite store; see ``bulk_update.store.Journal``. Reads go
-    through the store's connection (one at a time, from any thread), writes through the run's
-    writer thread (``GroupWriter``), which has a connection of its own.
+    """One run's outcomes in a SQLite store; see ``bulk_update.store.Journal`` (and this
+    module's docstring: how its reads and writes reach the file).
 
     Every heartbeat looks whether the store's file and the run's lock files are still the
     files the run opened (a ``stat`` of each): one removed or replaced stops the run's requests
@@ -833,6 +829,5 @@ class SQLiteJournal(Journal):
         if self._state_in:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("DETACH DATABASE since")
-        for lock in reversed(self._locks):
-            release_lock(lock)
+        release_locks(self._locks)
         self._locks = []
