@@ -114,6 +114,7 @@ class Mode:
             shard=config.shard,
             storage_options=config.storage(),
             delimiter=config.delimiter,
+            quoting=config.quoting,
         )
         return table, {}
 

@@ -182,7 +182,9 @@ def _run_emulator(args: argparse.Namespace) -> int:
     try:
         settings = {name: getattr(args, name, None) for name in defaults(EmulatorConfig)}
         config = EmulatorConfig(**{k: v for k, v in settings.items() if v is not None})
-        serve(config, host=args.host, port=args.port, preload=args.preload)
+        serve(
+            config, host=args.host, port=args.port, preload=args.preload, id_column=args.id_column
+        )
     except (OSError, ValueError) as exc:
         print(f"bulk-update emulator: {exc}", file=sys.stderr)
         return ExitCode.USAGE

@@ -293,7 +293,14 @@ def emulator_options(parser: argparse.ArgumentParser) -> None:
         "--preload",
         metavar="FILE|N",
         default=None,
-        help="create a conversation for every ID in a CSV/Parquet file's conversation_id column "
+        help="create a conversation for every ID in a file's --id-column (CSV, TSV, JSON Lines or "
+        "Parquet) "
         "(with the file's metadata column, a JSON object, as its metadata, if it has one), "
         "or N conversations whose IDs are bulk_update.emulator.preload_id(0..N-1)",
+    )
+    parser.add_argument(
+        "--id-column",
+        default="conversation_id",
+        metavar="NAME",
+        help="the --preload file's ID column, as run's --id-column (default conversation_id)",
     )
