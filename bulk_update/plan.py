@@ -48,6 +48,8 @@ from bulk_update.read import InputTable
 
 __all__ = [
     "DUPLICATE_OF",
+    "HINT_COLUMN",
+    "HINT_OBJECT",
     "PLAN_COLUMNS",
     "PlannedUpdate",
     "clip",
@@ -143,8 +145,9 @@ def check_id(raw: object) -> str:
     return conversation_id
 
 
-def to_text(key: str, value: object) -> str | None:
-    """A cell as the text to send, None for no value; raise _Invalid for what cannot be text."""
+def to_text(key: str, value: object, hint: str = "") -> str | None:
+    """A cell as the text to send, None for no value (null, empty, white space only); raise
+    _Invalid for what cannot be text (its message ending with ``hint``)."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -180,16 +183,17 @@ def to_text(key: str, value: object) -> str | None:
         kind = "binary"
     else:
         kind = type(value).__name__
-    raise _Invalid("unsupported_type", MSG_UNSUPPORTED_TYPE.format(key, kind) + HINT_OBJECT)
+    raise _Invalid("unsupported_type", MSG_UNSUPPORTED_TYPE.format(key, kind) + hint)
 
 
-def check_pairs(pairs: Iterable[tuple[str, object]]) -> dict[str, str]:
-    """The metadata to send, or raise _Invalid naming the key and the limit."""
+def check_pairs(pairs: Iterable[tuple[str, object]], hint: str = HINT_OBJECT) -> dict[str, str]:
+    """The metadata to send, or raise _Invalid naming the key and the limit (``hint``: how to
+    avoid a value that cannot be sent)."""
     metadata: dict[str, str] = {}
     named: dict[str, str] = {}  # each key sent, as written
     for written, raw in pairs:
         key = values.key_of(written)
-        value = to_text(key, raw)
+        value = to_text(key, raw, hint)
         if value is None:
             continue
         if key in named:
@@ -235,6 +239,7 @@ def plan_row(
     pairs: Iterable[tuple[str, object]] | Callable[[], Iterable[tuple[str, object]]],
     duplicate_of: int | None = None,
     kept: tuple[str, str] | None = None,
+    hint: str = HINT_OBJECT,
 ) -> Planned:
     """One row to a PlannedUpdate, or to an ``invalid`` RowOutcome with a precise message.
 
@@ -251,7 +256,7 @@ def plan_row(
             raise _Invalid("duplicate_id", MSG_DUPLICATE.format(duplicate_of))
         if kept is not None:
             raise _Invalid(*kept)
-        metadata = check_pairs(pairs() if callable(pairs) else pairs)
+        metadata = check_pairs(pairs() if callable(pairs) else pairs, hint)
     except _Invalid as invalid:
         return RowOutcome(
             row_number=row_number,
@@ -367,7 +372,7 @@ def _clip_expr(text: pl.Expr) -> pl.Expr:
     )
 
 
-_KINDS: dict[type, str] = {**values.NESTED_KINDS, pl.Binary: "binary"}
+_KINDS = values.UNSENDABLE_KINDS
 
 
 # A check of the plan: (condition, error_code, error_message): the row is invalid where the

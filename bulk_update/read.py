@@ -420,7 +420,7 @@ def _check_sendable(table: InputTable) -> None:
     refused before anything is sent, naming it and --columns: a column nobody asked for must not
     fail rows (nor be sent as JSON text)."""
     unsendable = {
-        name: values.NESTED_KINDS.get(type(dtype), str(dtype))
+        name: values.UNSENDABLE_KINDS.get(type(dtype), str(dtype))
         for name, dtype in table.schema.items()
         if name in table.metadata_columns and values.text(pl.col(name), dtype) is None
     }

@@ -26,6 +26,7 @@ import polars as pl
 __all__ = [
     "NESTED_KINDS",
     "TEMPORAL_TEXT",
+    "UNSENDABLE_KINDS",
     "WHITESPACE",
     "is_blank",
     "key_of",
@@ -41,8 +42,9 @@ WHITESPACE = (
     "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 
-# The types that hold other values (a JSON object or array is one too): never sent.
+# The types that hold other values (a JSON object or array is one too), and binary: never sent.
 NESTED_KINDS: dict[type, str] = {pl.List: "a list", pl.Array: "a list", pl.Struct: "a struct"}
+UNSENDABLE_KINDS: dict[type, str] = {**NESTED_KINDS, pl.Binary: "binary"}
 
 
 def key_of(name: str) -> str:

@@ -78,7 +78,10 @@ def _as_validate(options: dict[str, Any]) -> None:
 
 
 def _as_revert(options: dict[str, Any]) -> None:
+    from bulk_update.modes import reverted_pace
+
     options["revert"] = True
+    options.update(reverted_pace(options))  # --rpm, --concurrency: the run's, unless given
     options["check_server"] = bool(options.get("dry_run"))  # a dry run reads what it would send
 
 
