@@ -12,6 +12,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from bulk_update.emulator.process import EmulatorProcess
 from tests.conftest import StartEmulator
 from tests.helpers import ID, by_row, cli
 
@@ -55,6 +56,13 @@ def _write(fmt: str, path: Path, rows: list[dict[str, Any]]) -> tuple[str, ...]:
 SUFFIX = {"metadata-json": "csv", "metadata-struct": "parquet"}
 
 
+def _emulator(start_emulator: StartEmulator, tmp_path: Path, n: int) -> EmulatorProcess:
+    """An emulator holding the conversations ID(0) to ID(n-1), with no metadata."""
+    preload = tmp_path / "ids.csv"
+    preload.write_text("conversation_id\n" + "".join(f"{ID(i)}\n" for i in range(n)))
+    return start_emulator("--preload", str(preload))
+
+
 def _source(tmp_path: Path, fmt: str, name: str = "in") -> Path:
     return tmp_path / f"{name}.{SUFFIX.get(fmt, fmt)}"
 
@@ -65,9 +73,7 @@ def test_keys_are_trimmed_and_blank_values_are_no_value(
 ) -> None:
     source = _source(tmp_path, fmt)
     flags = _write(fmt, source, ROWS)
-    preload = tmp_path / "ids.csv"
-    preload.write_text("conversation_id\n" + "".join(f"{ID(i)}\n" for i in range(3)))
-    emu = start_emulator("--preload", str(preload))
+    emu = _emulator(start_emulator, tmp_path, 3)
     output = tmp_path / "out.csv"
     done = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url, *flags)
     assert done.returncode == 1, done.stderr  # the third row has nothing to send
@@ -84,9 +90,7 @@ def test_columns_name_a_column_by_its_trimmed_name(
 ) -> None:
     source = tmp_path / "in.csv"
     source.write_text(f" conversation_id , tier ,note\n{ID(0)},gold,n\n")
-    preload = tmp_path / "ids.csv"
-    preload.write_text(f"conversation_id\n{ID(0)}\n")
-    emu = start_emulator("--preload", str(preload))
+    emu = _emulator(start_emulator, tmp_path, 1)
     done = cli("run", str(source), "--output", str(tmp_path / "out.csv"), "--base-url",
                emu.base_url, "--columns", "tier")  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -120,9 +124,7 @@ def test_two_keys_of_a_metadata_cell_the_same_once_trimmed_make_the_row_invalid(
             "meta": ['{"tier": "a", " tier": "b"}', '{"tier": "a", " tier": "  "}'],
         }
     ).write_csv(source)
-    preload = tmp_path / "ids.csv"
-    preload.write_text(f"conversation_id\n{ID(0)}\n{ID(1)}\n")
-    emu = start_emulator("--preload", str(preload))
+    emu = _emulator(start_emulator, tmp_path, 2)
     output = tmp_path / "out.csv"
     done = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url,
                "--metadata-column", "meta")  # fmt: skip
@@ -178,9 +180,7 @@ def test_a_nested_value_asked_for_is_an_invalid_row_that_names_columns(
         )  # fmt: skip
         flags = ()
         kind = "a JSON object"
-    preload = tmp_path / "ids.csv"
-    preload.write_text(f"conversation_id\n{ID(0)}\n{ID(1)}\n")
-    emu = start_emulator("--preload", str(preload))
+    emu = _emulator(start_emulator, tmp_path, 2)
     output = tmp_path / "out.csv"
     done = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url, *flags)
     assert done.returncode == 1, done.stderr
@@ -221,14 +221,12 @@ def test_a_nested_value_in_a_metadata_column_is_an_invalid_row(
     start_emulator: StartEmulator, tmp_path: Path, fmt: str
 ) -> None:
     source = _source(tmp_path, fmt)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"conversation_id": ID(0), "tier": "a", "tags": None},
         {"conversation_id": ID(1), "tier": "b", "tags": ["x"]},
     ]
     flags = _write(fmt, source, rows)
-    preload = tmp_path / "ids.csv"
-    preload.write_text(f"conversation_id\n{ID(0)}\n{ID(1)}\n")
-    emu = start_emulator("--preload", str(preload))
+    emu = _emulator(start_emulator, tmp_path, 2)
     output = tmp_path / "out.csv"
     done = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url, *flags)
     assert done.returncode == 1, done.stderr

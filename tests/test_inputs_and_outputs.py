@@ -33,8 +33,8 @@ def test_nested_parquet_values_and_a_csv_errors_file(
     ).write_parquet(source)
     emu = start_emulator("--preload", str(source))
     output, errors = tmp_path / "results.csv", tmp_path / "errors.csv"
-    args = ("run", str(source), "--output", str(output), "--errors-output", str(errors),
-            "--base-url", emu.base_url)  # fmt: skip
+    args: tuple[str, ...] = ("run", str(source), "--output", str(output), "--errors-output",
+                             str(errors), "--base-url", emu.base_url)  # fmt: skip
     # Not asked for, such columns stop the run before anything is sent, naming --columns.
     unasked = cli(*args)
     assert unasked.returncode == 2, unasked.stderr
