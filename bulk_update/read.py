@@ -85,7 +85,7 @@ class InputTable:
         )  # fmt: skip
         if self.fed_back:
             scan = spreadsheet.unescape(scan)
-        if jsonlines.LINE in scan.collect_schema().names():
+        if self.format == "ndjson" and jsonlines.LINE in scan.collect_schema().names():
             # JSON Lines: a row's number is its line's (a blank line is no row, but a line).
             scan = scan.select(pl.col(jsonlines.LINE).alias(ROW_NUMBER), pl.exclude(jsonlines.LINE))
         else:
@@ -101,7 +101,7 @@ class InputTable:
         wanted = [ROW_NUMBER, self.id_column]
         wanted += [self.metadata_column] if self.metadata_column else list(self.metadata_columns)
         scan = self.scan()
-        names = set(scan.collect_schema().names())
+        names = set(scan.collect_schema().names()) if self.format == "ndjson" else set()
         wanted += [
             jsonlines.NESTED + c for c in self.metadata_columns if jsonlines.NESTED + c in names
         ]
@@ -120,11 +120,10 @@ class InputTable:
             raise self.read_error(exc) from None
 
     def all_batches(self, rows: int) -> Iterator[pl.DataFrame]:
-        """Every column of the input (for --errors-output), ``rows`` at a time."""
-        scan = self.scan()
-        own = [name for name in scan.collect_schema().names() if not jsonlines.is_hidden(name)]
+        """Every column of the input (for --errors-output, which writes the table's own:
+        ``schema``), ``rows`` at a time."""
         try:
-            yield from scan.select(own).collect_batches(chunk_size=rows)
+            yield from self.scan().collect_batches(chunk_size=rows)
         except pl.exceptions.PolarsError as exc:
             raise self.read_error(exc) from None
 

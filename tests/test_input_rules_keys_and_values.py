@@ -193,6 +193,14 @@ def test_a_nested_value_asked_for_is_an_invalid_row_that_names_columns(
     assert emu.admin(f"conversations/{ID(1)}")["metadata"] == {}
     expected = {"tier": "a", "tags": "x"} if fmt == "jsonl" else {"tier": "a"}
     assert emu.admin(f"conversations/{ID(0)}")["metadata"] == expected
+    # A dry run with an errors file (every input column read) plans the same.
+    plan, errors = tmp_path / "plan.csv", tmp_path / "errors.csv"
+    dry = cli("validate", str(source), "--output", str(plan), "--errors-output", str(errors),
+              *flags)  # fmt: skip
+    assert dry.returncode == 1, dry.stderr
+    assert by_row(plan)[2]["error_message"] == rows[2]["error_message"]
+    assert pl.read_csv(errors)["row_number"].to_list() == [2]
+    assert "__bulk_update" not in errors.read_text()
 
 
 def test_a_json_lines_key_of_only_objects_and_arrays_exits_2(
