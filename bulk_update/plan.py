@@ -400,8 +400,7 @@ def _as_text(
     if nested is not None:
         what = pl.format(MSG_UNSUPPORTED_TYPE + hint, pl.lit(key), nested)
         checks.append((nested.is_not_null(), "unsupported_type", what))
-    # polars' strip_chars() trims values.WHITESPACE (Unicode's White_Space), as key_of does
-    return pl.when(text.str.strip_chars() != "").then(text), checks
+    return pl.when(~values.blank(text)).then(text), checks
 
 
 def _first_failure(checks: list[Check]) -> tuple[pl.Expr, pl.Expr]:

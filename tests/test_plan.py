@@ -388,11 +388,13 @@ def test_a_fed_back_row_invalid_for_its_type_stays_invalid(tmp_path: Path) -> No
 
 def test_white_space_is_the_same_set_in_python_and_polars() -> None:
     """A value of white space only is no value on both paths (plan_row and plan_frame): the set
-    values.WHITESPACE spells out is the one polars' strip_chars() trims."""
-    from bulk_update.values import WHITESPACE, is_blank
+    values.WHITESPACE spells out is the one polars finds blank (values.blank)."""
+    from bulk_update.values import WHITESPACE, blank, is_blank
 
-    every = "".join(chr(c) for c in range(0x3001))
-    trimmed = pl.Series(list(every)).str.strip_chars()
-    assert {c for c, t in zip(every, trimmed, strict=True) if t == ""} == set(WHITESPACE)
-    assert all(is_blank(c) for c in WHITESPACE)
-    assert not is_blank("\x1c")
+    every = [chr(c) for c in range(0x3001)]
+    found = pl.select(blank(pl.lit(pl.Series(every)))).to_series()
+    assert {c for c, b in zip(every, found, strict=True) if b} == set(WHITESPACE)
+    assert {c for c in every if is_blank(c)} == set(WHITESPACE)
+    assert pl.select(blank(pl.lit(pl.Series(["", " \u3000 ", " a ", "a\n"])))).to_series().to_list() == [
+        True, True, False, False,
+    ]  # fmt: skip
