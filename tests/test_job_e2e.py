@@ -206,7 +206,16 @@ def test_parquet_values_become_text(start_emulator: StartEmulator, tmp_path: Pat
     ).write_parquet(source)
     emu = start_emulator("--preload", str(preload_file(tmp_path, [ID(1), ID(2), ID(3)])))
     output = tmp_path / "out.csv"
-    run = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
+    run = cli(
+        "run",
+        str(source),
+        "--output",
+        str(output),
+        "--base-url",
+        emu.base_url,
+        "--columns",
+        "n,flag,score,day,at,tags",
+    )  # the list column asked for by name
     assert run.returncode == 1, run.stderr
     rows = by_row(output)
     assert emu.admin(f"conversations/{ID(1)}")["metadata"] == {
@@ -241,11 +250,12 @@ def test_numbers_are_sent_as_written(start_emulator: StartEmulator, tmp_path: Pa
         assert done.returncode == 0, done.stderr
         sent = [emu.admin(f"conversations/{c}")["metadata"]["n"] for c in ids]
         assert sent == list(NUMBERS), source
-    # An object is kept as written too (as its text), spaces and all.
+    # An object is a nested value: never sent, even asked for (its rows invalid).
     objects = cli("run", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.csv"),
                   "--base-url", emu.base_url, "--columns", "o", "--full")  # fmt: skip
-    assert objects.returncode == 0, objects.stderr
-    assert emu.admin(f"conversations/{ids[1]}")["metadata"]["o"] == '{"k": 1.50}'
+    assert objects.returncode == 1, objects.stderr
+    assert set(results(tmp_path / "o.csv")["error_code"].to_list()) == {"unsupported_type"}
+    assert "o" not in emu.admin(f"conversations/{ids[1]}")["metadata"]
 
 
 def test_a_json_lines_error_names_its_line(tmp_path: Path) -> None:
