@@ -316,11 +316,10 @@ def _scan(
     if fmt == "ndjson":
         # A remote JSON Lines file's keys may first appear on any line: the whole file is read
         # once to find them (open_input), then every value is read as text (as polars prints
-        # it: numbers in its own form).
+        # it: numbers in its own form), objects and arrays as polars types them (_schema).
         if schema is None:
             return pl.scan_ndjson(source, infer_schema_length=None, storage_options=storage_options)
-        text = pl.Schema(dict.fromkeys(schema.names(), pl.String()))
-        return pl.scan_ndjson(source, schema=text, storage_options=storage_options)
+        return pl.scan_ndjson(source, schema=schema, storage_options=storage_options)
     return pl.scan_csv(
         source,
         separator=separator,
@@ -480,8 +479,15 @@ def _schema(
         shown = "JSON LINES" if fmt == "ndjson" else fmt.upper()
         raise InputError(path, f"cannot read as {shown}: {first_line(exc)}") from None
     if fmt == "ndjson":
-        own = [name for name in schema.names() if not jsonlines.is_hidden(name)]
-        schema = pl.Schema(dict.fromkeys(own, pl.String()))
+        # Every value as text, but a remote file's objects and arrays (local ones are marked
+        # by jsonlines): nested values, never sent, as in every format.
+        schema = pl.Schema(
+            {
+                name: dtype if type(dtype) in values.NESTED_KINDS else pl.String()
+                for name, dtype in schema.items()
+                if not jsonlines.is_hidden(name)
+            }
+        )
     return schema
 
 
