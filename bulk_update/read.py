@@ -1,8 +1,10 @@
 """Read: the input table, lazily, in batches, with the 1-based data-row number of every row.
 
-CSV and TSV (any ``--delimiter``) and JSON Lines are read as text (every cell a string, empty
-cells and JSON nulls null; a JSON object or array as its JSON text); Parquet keeps its types for
-the plan stage to turn into text. Nothing here holds the whole file in memory.
+CSV and TSV (any ``--delimiter``, quoted or not: ``--quoting``) and JSON Lines are read as text
+(every cell a string, empty cells and JSON nulls null; a JSON object or array as its JSON text,
+marked nested: ``jsonlines``); Parquet keeps its types for the plan stage to turn into text.
+Metadata keys are the column names trimmed (``values.key_of``): a name given finds a column by
+either. Nothing here holds the whole file in memory.
 """
 
 from __future__ import annotations
@@ -396,10 +398,10 @@ def _check_keys(table: InputTable) -> None:
     if table.metadata_column is not None:
         dtype = table.schema[table.metadata_column]
         keys = [f.name for f in dtype.fields] if isinstance(dtype, pl.Struct) else []
-        what = f"the fields of {table.metadata_column!r}"
+        what, hint = f"the fields of {table.metadata_column!r}", "rename one"
     else:
         keys = list(table.metadata_columns)
-        what = "columns"
+        what, hint = "columns", "rename one, or leave one out with --columns"
     seen: dict[str, str] = {}
     for name in keys:
         key = values.key_of(name)
@@ -407,7 +409,7 @@ def _check_keys(table: InputTable) -> None:
             raise InputError(
                 table.path,
                 f"{what} {seen[key]!r} and {name!r} are the same key {key!r} once surrounding "
-                "white space is trimmed: rename one, or leave one out with --columns",
+                f"white space is trimmed: {hint}",
             )
         seen[key] = name
 
@@ -426,7 +428,7 @@ def _check_sendable(table: InputTable) -> None:
         unsendable |= jsonlines.nested_only(table.files or (table.path,), table.metadata_columns)
     if not unsendable:
         return
-    rest = [name for name in table.metadata_columns if name not in unsendable]
+    rest = [values.key_of(name) for name in table.metadata_columns if name not in unsendable]
     kinds = ", ".join(f"{name!r} ({kind})" for name, kind in unsendable.items())
     hint = f" --columns {','.join(rest)}" if rest and len(",".join(rest)) <= 200 else " --columns"
     raise InputError(
@@ -470,7 +472,8 @@ def _schema(
     separator: str,
     quoted: bool = True,
 ) -> pl.Schema:
-    """The input's columns as polars reads them (JSON Lines: every one text)."""
+    """The input's columns as polars reads them (JSON Lines: every one text but a remote file's
+    objects and arrays)."""
     try:
         schema = _scan(files, fmt, storage_options, separator, quoted=quoted).collect_schema()
     except DiskFull:
