@@ -1,4 +1,5 @@
-"""bulk_update: bulk-update the metadata of OpenAI conversations from a CSV or Parquet table.
+"""bulk_update: bulk-update the metadata of OpenAI conversations from a table (CSV, TSV, JSON
+Lines or Parquet).
 
 from bulk_update import JobConfig, run_job
 summary = run_job(JobConfig(input="rows.csv", output="out/results.parquet"))

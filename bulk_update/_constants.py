@@ -36,6 +36,7 @@ __all__ = [
     "MAX_RETRY_AFTER_S",
     "MAX_VALUE_CHARS",
     "RETRYABLE_STATUSES",
+    "STORE_SEARCH_DEPTH",
 ]
 
 # The API.
@@ -80,3 +81,6 @@ DEFAULT_STOP_AFTER_FAILURES = 100
 DEFAULT_STORE_TIMEOUT_S = 60.0
 # How often a run writes its metrics, pushes them and beats its heartbeat in the store.
 DEFAULT_METRICS_INTERVAL_S = 5.0
+# How deep below the current directory history, status and report look for a job's store
+# given no --state-dir (run puts it beside the results: out/JOB.sqlite).
+STORE_SEARCH_DEPTH = 3

@@ -55,6 +55,7 @@ __all__ = [
     "parse_columns",
     "parse_shard",
     "refuse_unknown",
+    "store_directory",
 ]
 
 # Rows read, planned and journaled together (at most; batches are sized by bytes).
@@ -205,8 +206,8 @@ def parse_shard(text: str) -> tuple[int, int]:
         index = os.environ.get(COMPLETION_INDEX_ENV, "")
         if not index:
             raise ConfigError(
-                f"--shard {text}: ${COMPLETION_INDEX_ENV} is not set (Kubernetes sets it in "
-                "each pod of an Indexed Job)"
+                f"--shard {text}: ${COMPLETION_INDEX_ENV} is not set: index/N takes K from it "
+                "(Kubernetes sets it in each pod of an Indexed Job); elsewhere give K/N"
             )
     try:
         if not slash:
@@ -598,10 +599,8 @@ class JobConfig:
             directory = Path(self.state_dir)
         elif self.revert and not is_remote(self.input):
             directory = Path(self.input).parent  # the reverted run's store, beside its results
-        elif is_remote(self.output):
-            directory = Path(".bulk_update")
         else:
-            directory = Path(self.output).parent
+            directory = store_directory(self.output)
         return directory / f"{self.resolved_job_name()}.sqlite"
 
     def check_paths(self, input_files: tuple[str, ...]) -> None:
@@ -708,6 +707,12 @@ def refuse_unknown(
     guess = f" (did you mean {', '.join(map(spelled, close))}?)" if close else ""
     shown = ", ".join(map(spelled, unknown))
     raise ConfigError(f"{source}: unknown {what}(s) {shown}{guess}")
+
+
+def store_directory(results: str) -> Path:
+    """Where a job's store is by default: beside a local results file, else under
+    ./.bulk_update."""
+    return Path(".bulk_update") if is_remote(results) else Path(results).parent
 
 
 def job_name_from(results: str) -> str:

@@ -23,9 +23,12 @@ __all__ = ["run_demo"]
 
 DEMO_JOB = "jobs/demo.toml"
 DEMO_KEY = "sk-demo-not-a-real-key"
+# Fast enough to take a second or two (300 rows at 500/s), with faults enough that a few rows
+# are retried and few need a third try (the backoff's 0.5 s, 1 s, 2 s ... would be the demo's
+# tail).
 EMULATOR_ARGS = (
-    "--api-key", DEMO_KEY, "--rpm", "6000", "--latency-ms", "20",
-    "--error-rate", "0.05", "--reset-rate", "0.02", "--random-seed", "7",
+    "--api-key", DEMO_KEY, "--rpm", "30000", "--latency-ms", "20",
+    "--error-rate", "0.02", "--reset-rate", "0.01", "--random-seed", "7",
 )  # fmt: skip
 
 

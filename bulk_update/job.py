@@ -402,13 +402,13 @@ async def _start(
     """The run's start: what earlier invocations finished counted, its first heartbeat (a run
     of the job's own: a check is seen by nobody), its start logged, its metrics begun."""
     config = run.config
-    tally.resumed = await asyncio.to_thread(journal.finished_count)
+    tally.resume(await asyncio.to_thread(journal.finished_counts_between, 0, (1 << 32) - 1))
     entries = await asyncio.to_thread(journal.state_entries)
     telemetry = Telemetry(run.job_name, key.shard_text or None, run.settings.rpm)
     if run.mode.records:
         # A first heartbeat, then a look at the others: of two runs started together, the
         # second sees the first.
-        await journal.beat(RunBeat(run.total, tally.resumed), [])
+        await journal.beat(RunBeat(run.total, tally.done, counts=dict(tally.counts)), [])
         await asyncio.to_thread(check_written_alone, config, key, journal.run_id, store)
         history = await asyncio.to_thread(store.history, run.job_name)
         telemetry.succeeded_before(last_success(history, key.shard_text))

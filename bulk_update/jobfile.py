@@ -19,10 +19,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from bulk_update.config import ONE_OF
+from bulk_update.config import JOB_NAME, ONE_OF
 from bulk_update.exceptions import ConfigError
 
-__all__ = ["load_job_file", "overridden", "split_cli_settings"]
+__all__ = ["load_job_file", "overridden", "split_cli_settings", "store_of"]
 
 # Job-file keys that are not JobConfig fields but CLI settings, and the values each takes.
 CLI_KEYS: dict[str, tuple[type, ...]] = {
@@ -36,15 +36,38 @@ def load_job_file(path: str) -> dict[str, Any]:
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such job file") from None
+        raise ConfigError(f"{path}: no such job file{_name_hint(path)}") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a job file") from None
+        raise ConfigError(f"{path}: is a directory, not a job file{_name_hint(path)}") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable TOML job file: {exc}") from None
     options = {key.replace("-", "_"): value for key, value in raw.items()}
     if "api_key" in options:
         raise ConfigError(f"{path}: the API key never goes in a file; set OPENAI_API_KEY")
     return options
+
+
+def _name_hint(path: str) -> str:
+    """--job is a job file, never a job's name: a job's name given there is told so."""
+    if path.endswith(".toml") or not JOB_NAME.fullmatch(path):
+        return ""
+    return f" (--job takes a job file; for the job named {path}, give --job-name {path})"
+
+
+def store_of(path: str, flags: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """What ``history``, ``status`` and ``report`` take from a job file, as ``run`` reads it:
+    the job's name (its ``job-name``, else the file's name) and where its store is
+    (``state-dir``, ``state-url``, ``output``), the ``flags`` given (``job_name``,
+    ``state_dir``, ``state_url``) laid over them."""
+    options = overridden(load_job_file(path), flags)
+    for key in ("job_name", "state_dir", "state_url", "output"):
+        value = options.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(
+                f"{path}: {key.replace('_', '-')} must be text, got {type(value).__name__}"
+            )
+    name = options.get("job_name") or Path(path).stem
+    return name, {key: options.get(key) for key in ("state_dir", "state_url", "output")}
 
 
 def overridden(options: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:

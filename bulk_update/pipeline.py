@@ -39,15 +39,14 @@ class _Batch:
     # Of to_send, the conversations the job's state has an entry for: each is forgotten (in
     # its own commit) before it is sent. A conversation without one needs no such commit.
     known: set[str]
-    # Rows of the batch finished by earlier invocations, by status: counted, not sent again.
-    done: dict[Status, int]
 
 
 class _Planner:
     """Plans the input a batch at a time: per batch, the updates to send, the ``invalid``
     outcomes, the ``unchanged`` rows (those the run has not finished yet). A batch the run has
-    finished is counted, not planned again. ``next`` blocks (it reads the input and the store):
-    the job calls it in a thread. Stops once --limit rows are planned to send."""
+    finished is not planned again (the tally counted its rows at the start). ``next`` blocks
+    (it reads the input and the store): the job calls it in a thread. Stops once --limit rows
+    are planned to send."""
 
     def __init__(self, config: JobConfig, mode: Mode, table: InputTable, journal: Journal) -> None:
         self.config = config
@@ -76,7 +75,7 @@ class _Planner:
         done = journal.finished_counts_between(first, last)
         if sum(done.values()) == batch.height and limit is None:
             # resuming: this whole batch is done, no need to plan it
-            return _Batch([], [], pl.DataFrame(), set(), done)
+            return _Batch([], [], pl.DataFrame(), set())
         finished = journal.finished_between(first, last) if done else {}
         candidates, invalid, unchanged = self._planner.plan(batch, journal)
         images = journal.before_images_between(first, last) if self.keeps_images else {}
@@ -106,11 +105,11 @@ class _Planner:
             done_rows = pl.Series(list(finished), dtype=unchanged.schema[ROW_NUMBER])
             unchanged = unchanged.filter(~pl.col(ROW_NUMBER).is_in(done_rows.implode()))
         known = journal.entries_among([u.conversation_id for u in to_send]) if to_send else set()
-        return _Batch(to_send, invalid, unchanged, known, done)
+        return _Batch(to_send, invalid, unchanged, known)
 
 
 async def planned_batches(
-    config: JobConfig, mode: Mode, table: InputTable, journal: Journal, tally: Tally, stop: Stop
+    config: JobConfig, mode: Mode, table: InputTable, journal: Journal, stop: Stop
 ) -> AsyncIterator[_Batch]:
     """The planned batches, each planned in a thread. Stops early when the job stops or
     --limit is reached: rows never read end in the results as ``unprocessed`` (see
@@ -120,8 +119,6 @@ async def planned_batches(
         batch = await asyncio.to_thread(planner.next)
         if batch is None:
             return
-        for status, count in batch.done.items():
-            tally.counts[status.value] += count
         yield batch
 
 
@@ -286,9 +283,7 @@ class Pipeline:
         self.workers = [asyncio.create_task(self.worker()) for _ in range(self.config.concurrency)]
         checked = False  # the preflight request has been made
         try:
-            async for batch in planned_batches(
-                self.config, self.mode, self.table, journal, tally, stop
-            ):
+            async for batch in planned_batches(self.config, self.mode, self.table, journal, stop):
                 if batch.invalid:
                     await asyncio.to_thread(journal.record_many, batch.invalid)
                     tally.add(Status.INVALID, len(batch.invalid))

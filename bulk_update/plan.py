@@ -181,6 +181,8 @@ def to_text(key: str, value: object, hint: str = "") -> str | None:
         kind = "a struct"
     elif isinstance(value, bytes | bytearray):
         kind = "binary"
+    elif isinstance(value, dt.timedelta):
+        kind = "a duration"
     else:
         kind = type(value).__name__
     raise _Invalid("unsupported_type", MSG_UNSUPPORTED_TYPE.format(key, kind) + hint)
@@ -372,9 +374,6 @@ def _clip_expr(text: pl.Expr) -> pl.Expr:
     )
 
 
-_KINDS = values.UNSENDABLE_KINDS
-
-
 # A check of the plan: (condition, error_code, error_message): the row is invalid where the
 # condition holds; the first check that holds gives its code and message.
 Check = tuple[pl.Expr, str | pl.Expr, pl.Expr]
@@ -389,8 +388,7 @@ def _as_text(
     checks: list[Check] = []
     text = values.text(column, dtype)
     if text is None:
-        shown = _KINDS.get(type(dtype), str(dtype))
-        message = MSG_UNSUPPORTED_TYPE.format(key, shown) + hint
+        message = MSG_UNSUPPORTED_TYPE.format(key, values.kind(dtype)) + hint
         checks.append((column.is_not_null(), "unsupported_type", pl.lit(message)))
         text = pl.lit(None, dtype=pl.String)
     elif dtype.is_float():

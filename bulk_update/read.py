@@ -420,7 +420,7 @@ def _check_sendable(table: InputTable) -> None:
     refused before anything is sent, naming it and --columns: a column nobody asked for must not
     fail rows (nor be sent as JSON text)."""
     unsendable = {
-        name: values.UNSENDABLE_KINDS.get(type(dtype), str(dtype))
+        name: values.kind(dtype)
         for name, dtype in table.schema.items()
         if name in table.metadata_columns and values.text(pl.col(name), dtype) is None
     }
@@ -486,7 +486,7 @@ def _schema(
         # by jsonlines): nested values, never sent, as in every format.
         schema = pl.Schema(
             {
-                name: dtype if type(dtype) in values.NESTED_KINDS else pl.String()
+                name: dtype if isinstance(dtype, values.NESTED_KINDS) else pl.String()
                 for name, dtype in schema.items()
                 if not jsonlines.is_hidden(name)
             }
@@ -503,8 +503,8 @@ def _check_id_column(path: str, schema: pl.Schema, id_column: str, fmt: InputFor
     if not _has_text_form(schema[id_column]):
         raise InputError(
             path,
-            f"the ID column {id_column!r} holds {schema[id_column]} values; a conversation ID "
-            "is text (conv_...): give --id-column the column that holds them",
+            f"the ID column {id_column!r} holds {values.kind(schema[id_column])}, not text; a "
+            "conversation ID is text (conv_...): give --id-column the column that holds them",
         )
 
 

@@ -26,11 +26,11 @@ import polars as pl
 __all__ = [
     "NESTED_KINDS",
     "TEMPORAL_TEXT",
-    "UNSENDABLE_KINDS",
     "WHITESPACE",
     "blank",
     "is_blank",
     "key_of",
+    "kind",
     "temporal_text",
     "text",
 ]
@@ -43,9 +43,8 @@ WHITESPACE = (
     "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 
-# The types that hold other values (a JSON object or array is one too), and binary: never sent.
-NESTED_KINDS: dict[type, str] = {pl.List: "a list", pl.Array: "a list", pl.Struct: "a struct"}
-UNSENDABLE_KINDS: dict[type, str] = {**NESTED_KINDS, pl.Binary: "binary"}
+# The types that hold other values (a JSON object or array is one too): never sent.
+NESTED_KINDS = (pl.List, pl.Array, pl.Struct)
 
 
 def key_of(name: str) -> str:
@@ -91,3 +90,35 @@ def temporal_text(column: pl.Expr, dtype: pl.Datetime | pl.Time | pl.Duration) -
     if isinstance(dtype, pl.Time):
         return column.dt.to_string("%H:%M:%S%.f")
     return column.dt.to_string("iso")
+
+
+# What a column's type is called in messages: plain words, never polars' repr
+# (``Duration(time_unit='us')``). Checked in order: the first class the type is an instance of.
+_KINDS: tuple[tuple[type[pl.DataType] | tuple[type[pl.DataType], ...], str], ...] = (
+    ((pl.String, pl.Categorical, pl.Enum), "text"),
+    (pl.Boolean, "true/false"),
+    (pl.Decimal, "a decimal number"),
+    (pl.Datetime, "a date and time"),
+    (pl.Date, "a date"),
+    (pl.Time, "a time of day"),
+    (pl.Duration, "a duration"),
+    ((pl.List, pl.Array), "a list"),
+    (pl.Struct, "a struct"),
+    (pl.Binary, "binary"),
+    (pl.Null, "empty"),
+    (pl.Object, "a Python object"),
+)
+
+
+def kind(dtype: Any) -> str:
+    """A column's type in plain words, for messages: ``a duration``, ``a list``, ``a whole
+    number``."""
+    for kinds, shown in _KINDS:
+        if isinstance(dtype, kinds) or (isinstance(dtype, type) and issubclass(dtype, kinds)):
+            return shown
+    if dtype.is_integer():
+        return "a whole number"
+    if dtype.is_float():
+        return "a number"
+    name = str(dtype).split("(")[0].lower()
+    return f"{'an' if name[:1] in tuple('aeiou') else 'a'} {name} value"

@@ -218,7 +218,10 @@ def test_the_mapped_backfill_on_a_postgres_store(
         (k, "failed" if k == bad_shard else "success", 1) for k in range(4)
     ]  # the shard with an invalid row: failed for good, not retried
     assert "AirflowFailException" in logs
-    assert f"shard {bad_shard}/4: 1 invalid of " in logs
+    assert (
+        f"bulk-update job conversations_backfill, shard {bad_shard}/4 finished with 1 invalid of "
+        in logs
+    )
     runs = postgres.query(store_database(store_connection),
                           "SELECT job, shard, exit_code FROM bulk_update.runs ORDER BY shard")  # fmt: skip
     assert runs == [("conversations_backfill", f"{k}/4", 1 if k == bad_shard else 0)
@@ -339,15 +342,23 @@ def test_each_ending_is_airflows(
     }, logs[-5000:]
     assert f"{tmp_path}/no-such-export.csv: no such file (exit 2)" in logs
     assert "auth_type 'workload_identity' is not supported" in logs
-    assert "the run: 2 invalid of 7 rows: see" in logs
+    assert (
+        "bulk-update job bulk_update_endings.rows_invalid_fail finished with 2 invalid of 7 rows: "
+        "see"
+    ) in logs
     assert "2 invalid of 7 rows" in logs
     assert "(fail_on_row_errors=False)" in logs
     assert (
-        "the run stopped (exit 3): preflight: HTTP 401 invalid_api_key: Incorrect API key "
-        "provided; the task run again (a retry, a clear) resumes the run"
+        "bulk-update job bulk_update_endings.key_refused stopped (exit 3): preflight: HTTP 401 "
+        "invalid_api_key: Incorrect API key provided; the task run again (a retry, a clear) "
+        "resumes the run"
     ) in logs
     # An API that cannot be reached may come back: retried (exit 2 for the CLI, nothing sent).
-    assert "the run: cannot reach http://127.0.0.1:9/v1: " in logs
+    assert (
+        "bulk-update job bulk_update_endings.api_unreachable failed: cannot reach "
+        "http://127.0.0.1:9/v1: "
+    ) in logs
+    assert "the run:" not in logs  # the task's messages name the job, never "the run"
     assert (
         "task store_not_postgres: store_conn_id 'store_not_postgres': its conn_type is "
         "'generic'; the store needs a Postgres connection (conn_type postgres) (exit 2)"
@@ -382,13 +393,14 @@ def test_a_killed_task_stops_on_kill_and_its_retry_resumes(
     logs, _ = process.communicate(timeout=300)
     assert "on_kill: stopping the run" in logs, logs[-5000:]
     assert (
-        "the run stopped (exit 143): SIGTERM; the task run again (a retry, a clear) resumes"
+        "bulk-update job bulk_update_killed.slow stopped (exit 143): SIGTERM; the task run "
+        "again (a retry, a clear) resumes"
     ) in logs
     assert af.task_states("bulk_update_killed") == {"slow": ("success", 2)}, logs[-5000:]
     assert "resuming:" in logs
     assert "HTTP Request" not in logs  # httpx2's line a request is kept out of the task's log
     assert (
-        f"the run of job bulk_update_killed.slow: {source} -> {tmp_path}/out/slow.parquet; "
+        f"bulk-update job bulk_update_killed.slow: {source} -> {tmp_path}/out/slow.parquet; "
         f"store {tmp_path}/state/bulk_update_killed.slow.sqlite; rpm 100000, concurrency 4"
     ) in logs
     results = pl.read_parquet(tmp_path / "out" / "slow.parquet")

@@ -44,8 +44,12 @@ def test_make_demo_installs_only_the_package_and_the_emulator() -> None:
 
     plan = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "demo"], capture_output=True,
                           text=True, check=True).stdout  # fmt: skip
-    installs = [line for line in plan.splitlines() if "pip install" in line and "-e" in line]
-    assert installs == [".venv/bin/python -m pip install --quiet -e '.[emulator]'"], plan
+    installs = [line for line in plan.splitlines() if " install " in line and "-e " in line]
+    assert len(installs) == 1, plan
+    # The package and its emulator extra, and pip for whoever activates the venv; nothing
+    # compiled ahead (a fresh clone's demo compiles only what it imports).
+    assert installs[0].endswith(" install --quiet --disable-pip-version-check --no-compile "
+                                "-e '.[emulator]' pip"), plan  # fmt: skip
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     base = " ".join(project["dependencies"])
     assert "starlette" not in base

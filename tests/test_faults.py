@@ -41,6 +41,7 @@ from tests.pg import PostgresServer, wait_until_up
 from tests.stores import Backend
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 @dataclass(frozen=True)
@@ -692,7 +693,7 @@ def test_an_emptied_store_is_refused(start_emulator: StartEmulator, tmp_path: Pa
     assert "the file is empty" in lines[0]
     assert "remove it" in lines[0]
     assert emu.stats()["requests"] == sent
-    history = cli("history", "--job", "out", "--state-dir", str(tmp_path))
+    history = cli("history", "--job-name", "out", "--state-dir", str(tmp_path))
     assert history.returncode == 2
     assert "the file is empty" in history.stderr
     dry = cli("validate", str(source), "--output", str(tmp_path / "plan.csv"), "--job-name", "out")
@@ -972,10 +973,10 @@ def test_a_lock_file_removed_mid_run_stops_the_run(
 def test_an_empty_file_no_run_used_is_refused_saying_so(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
-    """`sqlite3 PATH "select ..."` before the first run (the README's inspection command as it
+    """`sqlite3 PATH "select ..."` before the first run (the docs' inspection command as it
     was, without -readonly) leaves an empty file where the store goes. It is refused as an
     emptied store is (the job cannot tell them apart for sure), but its one line says what it
-    most likely is and what to do; the README's commands are read-only and leave nothing."""
+    most likely is and what to do; the docs' commands are read-only and leave nothing."""
     if shutil.which("sqlite3") is None:
         pytest.skip("no sqlite3 command here")
     import subprocess
@@ -987,9 +988,9 @@ def test_an_empty_file_no_run_used_is_refused_saying_so(
     out.mkdir()
     store = out / "nightly.sqlite"
     inspect = "select count(*), max(set_at) from last_set"
-    readme = README.read_text()
-    commands = re.findall(r"`(sqlite3 [^`]*\.sqlite[^`]*)`", readme)
-    assert commands, "the README shows how to inspect a store"
+    docs = "\n".join(page.read_text() for page in (README, *sorted(DOCS.glob("*.md"))))
+    commands = re.findall(r"`(sqlite3 [^`]*\.sqlite[^`]*)`", docs)
+    assert commands, "the docs show how to inspect a store"
     for command in (" ".join(found.split()) for found in commands):  # read only, or a write
         writes = re.search(r"\b(delete|update|insert)\b", command, re.IGNORECASE)
         assert writes or command.startswith("sqlite3 -readonly "), command
@@ -1048,7 +1049,7 @@ def test_history_status_and_report_read_a_read_only_store(
     emu = start_emulator("--preload", str(source))
     with Tmpfs(tmp_path / "state", "16m") as state:
         store = state.path / "j.sqlite"
-        where = ("--job", "j", "--state-dir", str(state.path))
+        where = ("--job-name", "j", "--state-dir", str(state.path))
         ran = cli("run", str(source), "--output", str(tmp_path / "out.csv"), "--job-name", "j",
                   "--state-dir", str(state.path), "--base-url", emu.base_url, "--limit", "10")  # fmt: skip
         assert ran.returncode == 0, ran.stderr
@@ -1417,7 +1418,7 @@ def test_mistakes_with_the_store_or_the_input_say_so_in_one_line(
     listed = tmp_path / "listed.parquet"
     pl.DataFrame({"conversation_id": [[ID(0)], [ID(1)]], "tier": ["a", "b"]}).write_parquet(listed)
     one_line(cli("run", str(listed), "--output", str(tmp_path / "l.csv"), "--base-url",
-                 emu.base_url), 2, "listed.parquet", "ID column", "List(String)")  # fmt: skip
+                 emu.base_url), 2, "listed.parquet", "ID column", "holds a list, not text")  # fmt: skip
 
     # No room for the temporary file the duplicate check writes.
     with Tmpfs(tmp_path / "tmp", "4k") as small:

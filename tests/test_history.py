@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def test_history_shows_each_run_as_the_server_saw_it(
     second = cli("run", str(source), "--output", str(tmp_path / "2.csv"), *common)
     assert second.returncode == 3
 
-    runs = history("--job", "nightly", "--state-dir", str(tmp_path))
+    runs = history("--job-name", "nightly", "--state-dir", str(tmp_path))
     assert [Path(r["results"]).name for r in runs] == ["2.csv", "1.csv"]  # newest first
     latest, earliest = runs
     assert earliest["exit_code"] == 0
@@ -54,7 +55,7 @@ def test_history_shows_each_run_as_the_server_saw_it(
     assert latest["stopped_by"] == "insufficient_quota"
     assert latest["counts"] == {"unprocessed": 120}
 
-    text = cli("history", "--job", "nightly", "--state-dir", str(tmp_path))
+    text = cli("history", "--job-name", "nightly", "--state-dir", str(tmp_path))
     lines = text.stdout.splitlines()
     assert lines[0].split()[:2] == ["run", "started"]
     assert len(lines) == 3
@@ -62,7 +63,7 @@ def test_history_shows_each_run_as_the_server_saw_it(
     assert "updated=120" in lines[2]
     assert f" {served['requests']} " in lines[2]
 
-    missing = cli("history", "--job", "nope", "--state-dir", str(tmp_path))
+    missing = cli("history", "--job-name", "nope", "--state-dir", str(tmp_path))
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1
     assert "no store of job 'nope'" in missing.stderr
@@ -80,13 +81,13 @@ def test_status_history_and_report_find_the_store_beside_the_results(
                cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     for command in (("status",), ("history",), ("report", "--output", "r.html")):
-        found = cli(*command, "--job", "x", cwd=tmp_path)
+        found = cli(*command, "--job-name", "x", cwd=tmp_path)
         assert found.returncode == 0, found.stderr
-    assert "out/x.csv" in cli("history", "--job", "x", cwd=tmp_path).stdout
+    assert "out/x.csv" in cli("history", "--job-name", "x", cwd=tmp_path).stdout
     again = cli("run", "in.csv", "--output", "other/x.csv", "--base-url", emu.base_url,
                 cwd=tmp_path)  # fmt: skip
     assert again.returncode == 0, again.stderr
-    both = cli("status", "--job", "x", cwd=tmp_path)
+    both = cli("status", "--job-name", "x", cwd=tmp_path)
     assert both.returncode == 2
     assert "more than one place" in both.stderr
     assert "--state-dir" in both.stderr
@@ -101,7 +102,7 @@ def test_a_run_killed_9_is_stopped_at_once_and_its_requests_a_lower_bound(
     source = tmp_path / "in.csv"
     write_input(source, 3000)
     emu = start_emulator("--preload", str(source), "--latency-ms", "50")
-    where = ("--job", "nightly", *backend.args)
+    where = ("--job-name", "nightly", *backend.args)
     args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
             "--job-name", "nightly", "--concurrency", "8", "--rpm", "60000", *backend.args)  # fmt: skip
     # One heartbeat a minute: the one at the start is the last the store gets before the kill.
@@ -134,3 +135,61 @@ def test_a_run_killed_9_is_stopped_at_once_and_its_requests_a_lower_bound(
     assert run["invocations"] == 2
     assert backend.attempts("nightly", run["run_id"]) <= run["requests"] <= emu.stats()["requests"]
     assert run["requests_exact"] is False  # the first invocation's end was never recorded
+
+
+def test_status_and_history_say_the_counts_of_a_resumed_run_as_it_goes(
+    start_emulator: StartEmulator, backend: Backend, tmp_path: Path
+) -> None:
+    """While a resumed run goes on, `status --json` and `history --json` give its counts by
+    status so far (the rows earlier invocations finished too), from the heartbeat that gives
+    `rows_done`: the JSON says what the table says (`done` N/total), never `"counts": {}`; a
+    stopped run has no rate in either."""
+    source = tmp_path / "in.csv"
+    write_input(source, 400)
+    emu = start_emulator("--preload", str(source), "--latency-ms", "100")
+    where = ("--job", "nightly", *backend.args)
+    args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
+            "--job-name", "nightly", "--concurrency", "1", "--metrics-interval", "0.5",
+            *backend.args)  # fmt: skip
+    first = start(*args)
+    try:
+        wait_for_requests(emu, 20)
+    finally:
+        first.kill()  # kill -9
+        first.wait()
+    (killed,) = status(*where)
+    assert killed["state"] == "stopped"
+    before = killed["rows_done"]
+    assert before >= 1
+    assert sum(killed["counts"].values()) == before  # its last heartbeat's
+    # Stopped: no rate and no time left, in the JSON as in the table (its "rate" cell is blank).
+    assert killed["rows_per_s"] is None
+    assert killed["seconds_left"] is None
+    again = start(*args)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            (running,) = status(*where)
+            if running["state"] == "running" and running["rows_done"] >= before + 5:
+                break
+            assert time.monotonic() < deadline, running
+            time.sleep(0.2)
+        assert running["counts"] == {"updated": running["rows_done"]}
+        assert running["total_rows"] == 400
+        table = cli("status", *where).stdout.splitlines()
+        (done,) = [cell for cell in table[1].split() if cell.endswith("/400")]
+        assert int(done.split("/")[0]) >= running["rows_done"]  # a later heartbeat's, maybe
+        (record,) = history(*where)
+        assert record["ended_at"] is None
+        assert record["counts"]["updated"] >= running["rows_done"]
+        assert "updated=" in cli("history", *where).stdout.splitlines()[1]
+    finally:
+        again.kill()
+        again.wait()
+
+
+def status(*args: str) -> list[dict[str, Any]]:
+    done = cli("status", *args, "--json")
+    assert done.returncode == 0, done.stderr
+    found: list[dict[str, Any]] = json.loads(done.stdout)
+    return found

@@ -207,7 +207,7 @@ def test_status_while_a_run_goes_on_then_is_killed(
     source = tmp_path / "in.csv"
     write_input(source, 400)
     emu = start_emulator("--preload", str(source), "--latency-ms", "100")
-    where = ("--job", JOB, "--state-dir", str(tmp_path))
+    where = ("--job-name", JOB, "--state-dir", str(tmp_path))
     idle = cli("status", *where)
     assert idle.returncode == 2
     assert "no store of job" in idle.stderr
@@ -278,7 +278,7 @@ def test_status_and_report_from_the_store_in_postgres(
     source = tmp_path / "in.csv"
     write_input(source, 300)
     emu = start_emulator("--preload", str(source), "--latency-ms", "100")
-    where = ("--job", JOB, "--state-url", state_url)
+    where = ("--job-name", JOB, "--state-url", state_url)
     process = start(str(source), "--output", str(tmp_path / "out.csv"), "--base-url",
                     emu.base_url, "--job-name", JOB, "--state-url", state_url, "--concurrency",
                     "1", "--metrics-interval", "0.5")  # fmt: skip
@@ -350,14 +350,14 @@ def test_two_jobs_over_one_limit_meet_429s_and_every_count_agrees(
     for name in processes:
         assert value(found[name], "bulk_update_server_limit_rpm", job=name) == 1200
         assert value(found[name], "bulk_update_configured_rpm", job=name) == 6000
-        (run,) = json.loads(cli("history", "--job", name, "--state-dir", str(tmp_path),
+        (run,) = json.loads(cli("history", "--job-name", name, "--state-dir", str(tmp_path),
                                 "--json").stdout)  # fmt: skip
         assert run["rate_limited"] == limited[name]
         assert run["counts"] == {"updated": 120}
     # The report marks them on the time axis: the page's data has 429s where the timeline had.
     most = max(limited, key=lambda name: limited[name])
     page = tmp_path / "report.html"
-    assert cli("report", "--job", most, "--state-dir", str(tmp_path), "--output",
+    assert cli("report", "--job-name", most, "--state-dir", str(tmp_path), "--output",
                str(page)).returncode == 0  # fmt: skip
     data = json.loads(page.read_text().split('id="report-data">')[1].split("</script>")[0])
     marked = sum(v for v in data["requests"]["rate_limited"] if v) * data["requests"]["bucket_s"][0]

@@ -1,7 +1,8 @@
 """Each option is declared once, beside its JobConfig field (``config.Option``); the CLI's
 flags, the job file's keys, the Airflow operator's parameters, the sender's settings and the
-README are made from or checked against those declarations. Here: each surface offers every
-option it should, and a value given there reaches the run."""
+docs (docs/commands.md, python-api.md, airflow.md) are made from or checked against those
+declarations. Here: each surface offers every option it should, and a value given there reaches
+the run."""
 
 from __future__ import annotations
 
@@ -32,7 +33,11 @@ from bulk_update.config import ENVIRONMENT, OPTIONS, JobConfig, default_of, flag
 from bulk_update.exceptions import ConfigError
 from bulk_update.send import SendSettings
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+DOCS = Path(__file__).parent.parent / "docs"
+# The pages of the docs that hold `run`'s option table, the Python API and the operator.
+COMMANDS_PAGE = (DOCS / "commands.md").read_text()
+PYTHON_API_PAGE = (DOCS / "python-api.md").read_text()
+AIRFLOW_PAGE = (DOCS / "airflow.md").read_text()
 JOB_COMMANDS = {"run": _as_given, "validate": _as_validate, "revert": _as_revert}
 # The CLI's own settings and what is not an option: not JobConfig's.
 CLI_ONLY = {"help", "input", "job", "quiet", "verbose", "log_format", "log_file"}
@@ -176,14 +181,14 @@ def test_the_senders_settings_are_the_options_of_their_names(
         assert getattr(where, name) == (want or getattr(config, name)), name
 
 
-def readme_section(start: str, end: str) -> str:
-    return README[README.index(start) : README.index(end, README.index(start))]
+def docs_section(page: str, start: str, end: str) -> str:
+    return page[page.index(start) : page.index(end, page.index(start))]
 
 
-def test_the_readmes_run_table_lists_every_flag_with_its_default() -> None:
-    """The README's option table of `bulk-update run` has a row for each of its flags (and
-    none that is not one), and says each declared default."""
-    section = readme_section("### `bulk-update run`", "### `bulk-update validate`")
+def test_the_docs_run_table_lists_every_flag_with_its_default() -> None:
+    """The option table of `bulk-update run` (docs/commands.md) has a row for each of its
+    flags (and none that is not one), and says each declared default."""
+    section = docs_section(COMMANDS_PAGE, "## `bulk-update run`", "## `bulk-update validate`")
     rows = re.findall(r"^\| (`-.*?`) \| .* \| (.*) \|$", section, re.M)
     in_readme = {
         flag: default for cell, default in rows for flag in re.findall(r"`(-[-\w]+)", cell)
@@ -205,10 +210,11 @@ def readme_names(text: str) -> set[str]:
     return set(re.findall(r"`([a-z_]+)`", text))
 
 
-def test_the_readme_names_the_options_that_are_no_flag() -> None:
-    """The Python API's paragraph names each JobConfig field that `run` has no flag for."""
-    start = README.index("`JobConfig` is a frozen, keyword-only dataclass")
-    paragraph = README[start : README.index("\n\n", start)]
+def test_the_docs_name_the_options_that_are_no_flag() -> None:
+    """The Python API's paragraph (docs/python-api.md) names each JobConfig field that `run`
+    has no flag for."""
+    start = PYTHON_API_PAGE.index("`JobConfig` is a frozen, keyword-only dataclass")
+    paragraph = PYTHON_API_PAGE[start : PYTHON_API_PAGE.index("\n\n", start)]
     flagless = set(OPTIONS) - set(offered("run")) - {"input"}
     assert flagless <= readme_names(paragraph)
 
@@ -292,10 +298,10 @@ def test_the_operator_takes_every_option_it_should(tmp_path: Path) -> None:
         "BulkUpdateOperator (task_id: t2): unknown parameter(s) api_key",
     ]
 
-    start = README.index("Its parameters are the job's options, `JobConfig`'s fields")
-    paragraph = README[start : README.index("| parameter | meaning | default |", start)]
+    start = AIRFLOW_PAGE.index("Its parameters are the job's options, `JobConfig`'s fields")
+    paragraph = AIRFLOW_PAGE[start : AIRFLOW_PAGE.index("| parameter | meaning | default |", start)]
     not_taken = paragraph[paragraph.index("Not taken:") :].split(". ")[0]
     assert readme_names(not_taken) == set(OPTIONS) - taken
-    sentence = README[README.index("are templated: `{{ ds }}`") - 200 :]
+    sentence = AIRFLOW_PAGE[AIRFLOW_PAGE.index("are templated: `{{ ds }}`") - 200 :]
     sentence = sentence[: sentence.index("are templated")].split("\n\n")[-1]
     assert readme_names(sentence) == set(found["templated"])

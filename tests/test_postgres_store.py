@@ -301,7 +301,7 @@ def test_the_password_is_never_shown(
         assert "S3cret" not in line
         assert "w0rd" not in line
         assert "***" not in line
-        listed = cli("history", "--job", "x", "--state-url", raw, cwd=tmp_path)
+        listed = cli("history", "--job-name", "x", "--state-url", raw, cwd=tmp_path)
         assert listed.returncode == 2
         assert "percent-encode" in listed.stderr
 

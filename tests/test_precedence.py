@@ -79,7 +79,7 @@ def test_a_store_given_on_the_command_line_beats_the_variable_in_every_command(
                       *common)  # fmt: skip
     assert stopped.returncode == 3, stopped.stderr
 
-    where = ("--job", "j", *backend.args)
+    where = ("--job-name", "j", *backend.args)
     listed = command("history", *where, "--json")
     assert listed.returncode == 0, listed.stderr
     names = [Path(record["results"]).name for record in json.loads(listed.stdout)]
@@ -200,8 +200,8 @@ def test_history_status_and_report_look_where_run_put_the_store(
     for variable, value in environment.items():
         monkeypatch.setenv(variable, value)
     report = ["--output", "r.html"] if command == "report" else []
-    args = build_parser().parse_args([command, "--job", "j", *flags, *report])
-    location = job_location(args.job, args.state_dir, args.state_url)
+    args = build_parser().parse_args([command, "--job-name", "j", *flags, *report])
+    location = job_location(args.job_name, args.state_dir, args.state_url)
     assert (location.url if location.url is not None else str(location.path)) == expected
 
 
@@ -211,9 +211,9 @@ def test_history_status_and_report_look_where_run_put_the_store(
         ["run", "in.csv", "--output", "o.csv"],
         ["validate", "in.csv", "--output", "o.csv"],
         ["revert", "res.csv", "--output", "o.csv"],
-        ["history", "--job", "j"],
-        ["status", "--job", "j"],
-        ["report", "--job", "j", "--output", "r.html"],
+        ["history", "--job-name", "j"],
+        ["status", "--job-name", "j"],
+        ["report", "--job-name", "j", "--output", "r.html"],
     ],
 )
 def test_both_stores_given_is_refused_naming_both(tmp_path: Path, command: list[str]) -> None:

@@ -3,6 +3,7 @@ every request, the page stays small, and nothing in it can close its script elem
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -93,3 +94,36 @@ def test_the_rpm_line_follows_each_invocation() -> None:
     assert [configured_rps(resumed, t) for t in (1000, 1500, 2000, 2500)] == [10, 10, 100, 100]
     assert configured_rps({"rpm": 60}, 5) == 1  # a run of an older version: one invocation
     assert configured_rps({}, 5) is None
+
+
+def test_a_shard_s_report_says_whose_limiter_and_rpm_it_draws() -> None:
+    from bulk_update.observe.report import series_labels
+
+    timeline = [Second(100, requests=4, limit_rpm=600.0), Second(101, requests=0),
+                Second(102, requests=2, limit_rpm=600.0)]  # fmt: skip
+    whole = _record(rpm=600)
+    assert series_labels(whole) == {"limit": "limiter allowed", "configured": "--rpm"}
+    shard = dataclasses.replace(whole, shard="0/2")
+    assert series_labels(shard) == {
+        "limit": "limiter allowed (whole job)",
+        "configured": "--rpm (whole job)",
+    }
+    page = render("nightly", RunData(shard, timeline, report_frame([])))
+    payload = json.loads(page.split('id="report-data">')[1].split("</script>")[0])
+    assert payload["requests"]["labels"] == series_labels(shard)
+    # The shard's own share beside the job's: 6 requests over 3 s is 120/min, 4 in its
+    # busiest second 240/min.
+    assert (
+        "<td>rate</td><td>--rpm 600 for the whole job, shared by its running shards; this "
+        "shard&#x27;s share: 120/min on average, 240/min at its busiest second</td>"
+    ) in page
+    assert "This run is a shard" in page
+    plain = render("nightly", RunData(whole, timeline, report_frame([])))
+    assert "<td>rate</td>" not in plain
+    assert "This run is a shard" not in plain
+
+
+def test_the_summary_counts_finished_rows_not_those_left_unprocessed() -> None:
+    stopped = dataclasses.replace(_record(), counts={"updated": 4, "unprocessed": 6})
+    page = render("nightly", RunData(stopped, [], report_frame([])))
+    assert "<td>rows</td><td>4 of 10</td>" in page

@@ -17,7 +17,7 @@ from tests.stores import Backend
 
 
 def history(backend: Backend, job: str) -> list[dict[str, Any]]:
-    shown = cli("history", "--job", job, "--json", *backend.args)
+    shown = cli("history", "--job-name", job, "--json", *backend.args)
     assert shown.returncode == 0, shown.stderr
     found: list[dict[str, Any]] = json.loads(shown.stdout)
     return found
@@ -72,10 +72,10 @@ def test_a_run_stopped_by_sigterm_shows_in_status_and_resumes_every_row_once(
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr
-    shown = cli("status", "--job", "out", *backend.args)
+    shown = cli("status", "--job-name", "out", *backend.args)
     assert shown.returncode == 0, shown.stderr
     assert "stopped by SIGTERM (exit 143)" in shown.stdout
-    (stopped,) = json.loads(cli("status", "--job", "out", "--json", *backend.args).stdout)
+    (stopped,) = json.loads(cli("status", "--job-name", "out", "--json", *backend.args).stdout)
     assert stopped["state"] == "stopped"
     assert 0 < stopped["rows_done"] < 60
 
@@ -85,7 +85,7 @@ def test_a_run_stopped_by_sigterm_shows_in_status_and_resumes_every_row_once(
     applied = emu.stats(per_id=True)["updates_applied_by_id"]
     assert sorted(applied) == sorted(ids)
     assert set(applied.values()) == {1}
-    assert "no run going on" in cli("status", "--job", "out", *backend.args).stdout
+    assert "no run going on" in cli("status", "--job-name", "out", *backend.args).stdout
     (run,) = history(backend, "out")
     assert (run["invocations"], run["exit_code"], run["stopped_by"]) == (2, 0, None)
 
@@ -171,11 +171,13 @@ def test_a_run_that_cannot_reach_the_api_records_its_end(
         assert (run["exit_code"], run["stopped_by"]) == (2, "config_error")
         assert run["counts"] == {"invalid": 1, "unprocessed": 8}
         if base_url == emu.root_url:
-            shown = cli("status", "--job", "out", *backend.args).stdout
+            shown = cli("status", "--job-name", "out", *backend.args).stdout
             assert "stopped by config_error (exit 2)" in shown
             assert "gone" not in shown
     report = tmp_path / "r.html"
-    assert cli("report", "--job", "out", "--output", str(report), *backend.args).returncode == 0
+    assert (
+        cli("report", "--job-name", "out", "--output", str(report), *backend.args).returncode == 0
+    )
     assert "not ended" not in report.read_text()
     # The same command, with the right URL, resumes the run and sends every row once.
     done = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url,
@@ -211,7 +213,7 @@ def test_two_shards_at_once_never_write_one_file(
             assert "is written by another run of job 'j' going on now (shard 0/2)" in line
             assert "its own --output and --errors-output" in line
         # Refused before it was recorded: nothing to resume, nothing in status.
-        going = json.loads(cli("status", "--job", "j", "--json", *backend.args).stdout)
+        going = json.loads(cli("status", "--job-name", "j", "--json", *backend.args).stdout)
         assert [run["shard"] for run in going] == ["0/2"]
         assert first.poll() is None  # the checks above ran while it was going on
         alone = cli("run", str(source), "--output", str(tmp_path / "s1.csv"), "--shard", "1/2",
@@ -261,7 +263,7 @@ def test_a_job_without_runs_is_a_usage_error_on_both_stores(
                emu.base_url, *backend.args)  # fmt: skip
     assert done.returncode == 0, done.stderr
     for command in ("history", "status"):
-        typo = cli(command, "--job", "rael", *backend.args)
+        typo = cli(command, "--job-name", "rael", *backend.args)
         assert typo.returncode == 2, typo.stdout
         (line,) = typo.stderr.strip().splitlines()
         assert "'rael'" in line

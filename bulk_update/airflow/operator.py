@@ -157,8 +157,9 @@ def default_outlets(
 
 
 class BulkUpdateOperator(BaseOperator):
-    """Bulk-update the metadata of OpenAI conversations from a CSV or Parquet table: the whole
-    ``bulk-update run`` (rate-limited, concurrent, retried, resumable), in the worker.
+    """Bulk-update the metadata of OpenAI conversations from a table (CSV, TSV, JSON Lines or
+    Parquet): the whole ``bulk-update run`` (rate-limited, concurrent, retried, resumable), in
+    the worker.
 
     The parameters are ``JobConfig``'s options under its names (see the README's option table),
     with the same defaults and checks, except the results path, ``results``: every operator's
@@ -295,11 +296,11 @@ class BulkUpdateOperator(BaseOperator):
             except ConfigError as exc:
                 raise AirflowFailException(f"task {self.task_id}: {exc} (exit 2)") from None
             shard = f"{config.shard[0]}/{config.shard[1]}" if config.shard else None
-            name = f"shard {shard}" if shard else "the run"
+            # What the task's messages call the run: the job by name, and its shard.
+            name = f"bulk-update job {config.job_name}" + (f", shard {shard}" if shard else "")
             self.log.info(
-                "%s of job %s: %s -> %s; store %s; rpm %d, concurrency %d", name,
-                config.job_name, config.input, config.output, config.store_where(),
-                config.rpm, config.concurrency,
+                "%s: %s -> %s; store %s; rpm %d, concurrency %d", name, config.input,
+                config.output, config.store_where(), config.rpm, config.concurrency,
             )  # fmt: skip
             with _quiet_http_logs():
                 summary = self._run(config, name, interrupt)
@@ -311,15 +312,17 @@ class BulkUpdateOperator(BaseOperator):
         code = summary.exit_code
         if code == ExitCode.OK or (code == ExitCode.ROWS_FAILED and not self.fail_on_row_errors):
             if code == ExitCode.ROWS_FAILED:
-                self.log.warning("%s: %s (fail_on_row_errors=False)", name, _row_errors(summary))
+                self.log.warning(
+                    "%s finished with %s (fail_on_row_errors=False)", name, _row_errors(summary)
+                )
             self._record_assets(context, result)
             return result
         if code == ExitCode.ROWS_FAILED:
-            raise AirflowFailException(f"{name}: {_row_errors(summary)}")
+            raise AirflowFailException(f"{name} finished with {_row_errors(summary)}")
         if code in RESUMABLE or code == ExitCode.INTERNAL:
             reason = (summary.fatal_error or summary.stopped_by or "an internal error").rstrip(".")
             raise AirflowException(f"{name} stopped (exit {int(code)}): {reason}; {RESUMES}")
-        raise AirflowFailException(f"{name}: exit {int(code)}: {summary.line()}")
+        raise AirflowFailException(f"{name} failed (exit {int(code)}): {summary.line()}")
 
     def _run(self, config: JobConfig, name: str, interrupt: Interrupt) -> JobSummary:
         """The job, in a thread: this (main) thread keeps Airflow's signal handling, and waits.
@@ -356,8 +359,8 @@ class BulkUpdateOperator(BaseOperator):
             if done.exit_code in RESUMABLE or done.may_pass:
                 # An API or store not reachable now, a run held by another process: it may
                 # pass. (The rest of exit 2 no retry can mend.)
-                raise AirflowException(f"{name}: {done} (exit {done.exit_code}); {RESUMES}")
-            raise AirflowFailException(f"{name}: {done} (exit {done.exit_code})") from None
+                raise AirflowException(f"{name} failed: {done} (exit {done.exit_code}); {RESUMES}")
+            raise AirflowFailException(f"{name} failed: {done} (exit {done.exit_code})") from None
         if isinstance(done, BaseException):
             raise done
         return done

@@ -22,8 +22,8 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "bulk-update",
         "name": "bulk_update",
         "description": (
-            "Bulk-update the metadata of OpenAI conversations from a CSV or Parquet table: "
-            "rate-limited, concurrent, retried, resumable (BulkUpdateOperator)."
+            "Bulk-update the metadata of OpenAI conversations from a table (CSV, TSV, JSON "
+            "Lines or Parquet): rate-limited, concurrent, retried, resumable (BulkUpdateOperator)."
         ),
         "versions": [__version__],
         "integrations": [

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from bulk_update._version import __version__
 from bulk_update.cli._help import ABOUT, DESCRIPTION, EXIT_CODES_HELP
@@ -131,20 +131,42 @@ def _run_job(args: argparse.Namespace, *, settle: Settle) -> int:
     return summary.exit_code
 
 
-def _location(args: argparse.Namespace) -> StoreLocation:
+def _lookup(args: argparse.Namespace) -> tuple[str, StoreLocation]:
+    """``history``, ``status`` and ``report``: the job's name and its store, from --job-name,
+    or from the job file of --job as ``run`` reads it (its name, its store, else the store
+    beside its results); --job-name, --state-dir and --state-url given win over the file."""
+    from bulk_update.config import given_or_environment, store_directory
+    from bulk_update.jobfile import store_of
     from bulk_update.observe import history
 
-    return history.job_location(args.job, args.state_dir, args.state_url)
+    if args.job is None:
+        if args.job_name is None:
+            raise ConfigError("give --job-name NAME (the job's name) or --job FILE (its job file)")
+        return args.job_name, history.job_location(args.job_name, args.state_dir, args.state_url)
+    given = {"job_name": args.job_name, "state_dir": args.state_dir, "state_url": args.state_url}
+    name, where = store_of(args.job, {k: v for k, v in given.items() if v is not None})
+    state_dir, output = where["state_dir"], where["output"]
+    if state_dir is None and output and given_or_environment("state_url", where) is None:
+        state_dir = str(store_directory(output))  # where run put it: beside the results
+    try:
+        return name, history.job_location(name, state_dir, where["state_url"])
+    except ConfigError as exc:
+        raise ConfigError(f"{args.job}: {exc}") from None
+
+
+def _runs(count: int) -> str:
+    return f"{count} run{'' if count == 1 else 's'}"
 
 
 def _run_history(args: argparse.Namespace) -> int:
     from bulk_update.observe import history
 
-    records = history.runs(args.job, _location(args))
+    job, location = _lookup(args)
+    records = history.runs(job, location)
     draw.print_table(
         history.COLUMNS,
         history.rows(records),
-        title=f"job {args.job}: {len(records)} runs",
+        title=f"job {job}: {_runs(len(records))}",
         json_text=history.as_json(records) if args.json else None,
     )
     return ExitCode.OK
@@ -153,14 +175,15 @@ def _run_history(args: argparse.Namespace) -> int:
 def _run_status(args: argparse.Namespace) -> int:
     from bulk_update.observe import history
 
-    found = history.statuses(args.job, _location(args))
+    job, location = _lookup(args)
+    found = history.statuses(job, location)
     draw.print_table(
         history.STATUS_COLUMNS,
         history.status_rows(found),
-        title=f"job {args.job}: {len(found)} runs going on or unfinished",
+        title=f"job {job}: {_runs(len(found))} going on or unfinished",
         json_text=history.status_as_json(found) if args.json else None,
         hint=history.status_hint(found),
-        empty=f"job {args.job}: no run going on or unfinished",
+        empty=f"job {job}: no run going on or unfinished",
     )
     return ExitCode.OK
 
@@ -168,8 +191,9 @@ def _run_status(args: argparse.Namespace) -> int:
 def _run_report(args: argparse.Namespace) -> int:
     from bulk_update.observe import report
 
-    data = report.write(args.job, _location(args), args.run, args.output)
-    print(f"bulk-update: report of job {args.job} run {data.record.run_id}: {args.output}",
+    job, location = _lookup(args)
+    data = report.write(job, location, args.run, args.output)
+    print(f"bulk-update: report of job {job} run {data.record.run_id}: {args.output}",
           file=sys.stderr)  # fmt: skip
     return ExitCode.OK
 
@@ -236,8 +260,16 @@ COMMANDS: dict[str, Command] = {
 }  # fmt: skip
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, but a mistake on the command line is one line, as every other usage
+    error is (exit 2): what is wrong, and where to read more, not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.USAGE, f"bulk-update: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bulk-update",
         description=DESCRIPTION,
         epilog=EXIT_CODES_HELP,

@@ -85,9 +85,11 @@ ABOUT = {
         description="One line per run of the job, newest first: when it started and ended, its "
         "results path and shard, how many invocations, its exit code and what stopped it, the "
         "requests it sent and how many were answered 429, and its rows by status. Reads the "
-        "job's store: STATE_DIR/JOB.sqlite, or the PostgreSQL store of --state-url.",
-        epilog="example:\n  bulk-update history --job nightly --state-dir state/\n"
-        "  bulk-update history --job nightly --json | jq '.[0].exit_code'",
+        "job's store: STATE_DIR/JOB.sqlite, or the PostgreSQL store of --state-url. Name the "
+        "job as run did: --job its job file, or --job-name its name.",
+        epilog="example:\n  bulk-update history --job jobs/nightly.toml\n"
+        "  bulk-update history --job-name nightly --state-dir state/\n"
+        "  bulk-update history --job-name nightly --json | jq '.[0].exit_code'",
     ),
     "status": About(
         help="a job's runs going on or unfinished now: done/total, rate, time left, holder",
@@ -96,8 +98,9 @@ ABOUT = {
         "minute, the time left at that rate, and the host and pid that hold the run. Works from "
         "any shell or machine that reaches the job's store. A run that beats no heartbeat for "
         "3 x --metrics-interval + 5 s (20 s by default) is shown as gone.",
-        epilog="example:\n  bulk-update status --job nightly --state-dir state/\n"
-        "  bulk-update status --job nightly --state-url postgresql://... --json",
+        epilog="example:\n  bulk-update status --job jobs/nightly.toml\n"
+        "  bulk-update status --job-name nightly --state-dir state/\n"
+        "  bulk-update status --job-name nightly --state-url postgresql://... --json",
     ),
     "report": About(
         help="one self-contained HTML page of a run: its rate, latency, errors, options",
@@ -106,8 +109,9 @@ ABOUT = {
         "retries and errors marked; latency percentiles; rows by status and error code; the top "
         "error messages with example rows; the run's summary and options. The newest run "
         "unless --run.",
-        epilog="example:\n  bulk-update report --job nightly --state-dir state/ --output "
-        "nightly.html\n  bulk-update history --job nightly   # the run IDs for --run",
+        epilog="example:\n  bulk-update report --job jobs/nightly.toml --output nightly.html\n"
+        "  bulk-update report --job-name nightly --state-dir state/ --output nightly.html\n"
+        "  bulk-update history --job-name nightly   # the run IDs for --run",
     ),
     "emulator": About(
         help="serve a local, in-memory stand-in for the Conversations API",
@@ -124,6 +128,9 @@ ABOUT = {
     "demo": About(
         help="what `make demo` runs",
         description="Start the emulator on a free loopback port and run jobs/demo.toml against "
-        "it twice: every row, then again incrementally (only the rows changed since are sent).",
+        "it in three steps: every row; the same job over the sample with three rows edited "
+        "(only those three are sent); then validate --check-server over a change that adds two "
+        "keys, which catches the conversation it would take past 16 keys. Run it from the "
+        "project's root; the results are under out/.",
     ),
 }

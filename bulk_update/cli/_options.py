@@ -18,6 +18,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from bulk_update._constants import STORE_SEARCH_DEPTH
 from bulk_update.config import OPTIONS, JobConfig, default_of, flag_of
 from bulk_update.exceptions import ConfigError
 
@@ -157,7 +158,10 @@ def files_options(parser: argparse.ArgumentParser, *, metavar: str, about: str) 
     revert) and writes, and the job file."""
     parser.add_argument("input", nargs="?", default=S, metavar=metavar, help=about)
     parser.add_argument(
-        "--job", default=None, metavar="FILE.toml", help="read options from a job file"
+        "--job",
+        default=None,
+        metavar="FILE.toml",
+        help="read options from a job file (a job's name is --job-name)",
     )
     declared_group("files")(parser)
 
@@ -165,8 +169,9 @@ def files_options(parser: argparse.ArgumentParser, *, metavar: str, about: str) 
 table_files = partial(
     files_options,
     metavar="INPUT",
-    about="the CSV or Parquet file to read, or a quoted glob ('exports/*.parquet') read as "
-    "one table in sorted order",
+    about="the table to read: CSV, TSV, JSON Lines or Parquet, by its extension (.csv, .tsv, "
+    ".jsonl or .ndjson, .parquet), or a quoted glob ('exports/*.parquet') read as one table in "
+    "sorted order",
 )
 results_files = partial(
     files_options, metavar="RESULTS", about="the results file of a run with --backup"
@@ -220,10 +225,28 @@ def logging_options(parser: argparse.ArgumentParser) -> None:
 
 
 def lookup_options(parser: argparse.ArgumentParser) -> None:
-    """Where ``history``, ``status`` and ``report`` find a job's store."""
-    parser.add_argument("--job", required=True, metavar="NAME", help="the job's name")
+    """Which job ``history``, ``status`` and ``report`` read, and where its store is: as the
+    job commands name them, --job a job file and --job-name a job's name."""
     parser.add_argument(
-        "--state-dir", metavar="DIR", help="where the job's NAME.sqlite is (default: here)"
+        "--job",
+        default=None,
+        metavar="FILE.toml",
+        help="the job file run took: the job's name and store from it, as run reads them "
+        "(its job-name, else the file's name; its state-dir or state-url, else beside its "
+        "output)",
+    )
+    parser.add_argument(
+        "--job-name",
+        default=None,
+        metavar="NAME",
+        help="the job's name (with --job: instead of the file's); one of the two is needed",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the job's NAME.sqlite is (default: the one NAME.sqlite in the current "
+        f"directory or up to {STORE_SEARCH_DEPTH} levels below it, as run puts it beside the "
+        "results; two found: give --state-dir)",
     )
     parser.add_argument(
         "--state-url",
@@ -293,10 +316,10 @@ def emulator_options(parser: argparse.ArgumentParser) -> None:
         "--preload",
         metavar="FILE|N",
         default=None,
-        help="create a conversation for every ID in a file's --id-column (CSV, TSV, JSON Lines or "
-        "Parquet) "
-        "(with the file's metadata column, a JSON object, as its metadata, if it has one), "
-        "or N conversations whose IDs are bulk_update.emulator.preload_id(0..N-1)",
+        help="create a conversation for every ID in a file's --id-column, the file Parquet "
+        "(.parquet), JSON Lines (.jsonl, .ndjson), TSV (.tsv) or else CSV, with its metadata "
+        "column (a JSON object) as each one's metadata if it has one; or N conversations whose "
+        "IDs are bulk_update.emulator.preload_id(0..N-1)",
     )
     parser.add_argument(
         "--id-column",

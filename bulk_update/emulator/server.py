@@ -23,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bulk_update.emulator.app import ABORT_EXTENSION, Emulator, create_app
 from bulk_update.emulator.config import EmulatorConfig
-from bulk_update.emulator.store import ApiError, preload_id
+from bulk_update.emulator.store import ApiError, check_metadata, preload_id
 
 
 class ResettableHttpToolsProtocol(HttpToolsProtocol):
@@ -91,15 +91,21 @@ def preload_from(spec: str, id_column: str = PRELOAD_ID) -> Iterator[tuple[str, 
     except pl.exceptions.PolarsError as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"--preload {spec}: cannot read it: {first}") from None
-    for line, (conversation_id, text) in enumerate(rows.iter_rows(), start=2):
+    # Rows are counted as the job's results count them (header not counted); the message names
+    # the row, its conversation and the column, with what the server says of its metadata.
+    for row, (conversation_id, text) in enumerate(rows.iter_rows(), start=1):
         if not conversation_id:
             continue
+        where = f"--preload {spec}: row {row} ({conversation_id}), column {PRELOAD_METADATA}"
         try:
-            yield conversation_id, None if not text else json.loads(text)
+            given = None if not text else json.loads(text)
+            if given is not None:
+                check_metadata(given)
         except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"--preload {spec}: line {line}: metadata is not JSON ({exc.msg})"
-            ) from None
+            raise ValueError(f"{where}: not JSON ({exc.msg})") from None
+        except ApiError as exc:
+            raise ValueError(f"{where}: {exc.message}") from None
+        yield conversation_id, given
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bulk_update.observe.summary import Progress
 
-__all__ = ["duration", "print_table", "progress_reporter"]
+__all__ = ["duration", "fit", "print_table", "progress_reporter"]
 
 log = logging.getLogger("bulk_update")
 # Without a progress bar (no TTY, or --quiet), a progress log line this often.
@@ -25,36 +25,76 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+# The bar's label, and its width in columns: as wide as BAR_MAX when there is room, never
+# narrower than BAR_MIN (a narrower one tells little: the numbers go first).
+LABEL = "bulk-update"
+BAR_MAX, BAR_MIN = 40, 10
+
+
+def rate_text(progress: Progress) -> str:
+    """The rate as the bar shows it: ``12 rows/s``, ``0.5 rows/s``; ``estimating`` until
+    there is one (nothing once every row is done)."""
+    rate = progress.rows_per_s
+    if rate is None:
+        return "estimating" if progress.done < progress.total else ""
+    return f"{rate:.1f} rows/s" if rate < 10 else f"{rate:.0f} rows/s"
+
+
+def fit(progress: Progress, width: int) -> tuple[str, int, str]:
+    """The bar's line in ``width`` columns: (the label, the bar's width, the text after it:
+    done/total, the rate, the time left, the counts by status). What does not fit is left
+    out, never cut: the counts first (the last ones first), then the bar below BAR_MIN
+    (without it, the numbers still fit), the time left, the rate, the label; done/total
+    always stays whole."""
+    count = f"{progress.done}/{progress.total}"
+    left = progress.seconds_left
+    optional = [rate_text(progress), "" if left is None else f"{duration(left)} left"]
+    optional = [part for part in optional if part]
+    statuses = [f"{k}={v}" for k, v in sorted(progress.counts.items())]
+    with_counts = [" ".join([count, *optional, *statuses[:n]]) for n in range(len(statuses), 0, -1)]
+    candidates = [(tail, True) for tail in with_counts]
+    for n in range(len(optional), -1, -1):
+        tail = " ".join([count, *optional[:n]])
+        candidates += [(tail, True), (tail, False)]
+    # A rich progress line: the label, the bar and the text, one column apart.
+    for tail, bar in candidates:
+        room = width - len(LABEL) - len(tail) - 2
+        if bar and room >= BAR_MIN:
+            return LABEL, min(BAR_MAX, room), tail
+        if not bar and room >= 0:
+            return LABEL, 0, tail
+    return "", 0, count
+
+
 class Bar:
     """A rich progress bar on stderr, from the first report on (a run that stops before any
-    leaves no empty bar behind). Log lines are printed above it, never glued onto it. The rate
-    and time left count the rows sent by this run, not rows a resumed run skipped."""
+    leaves no empty bar behind), fitted to the terminal's width (``fit``). Log lines are
+    printed above it, never glued onto it. The rate and time left are this run's sending
+    (``Progress.rows_per_s``), not the rows a resumed run skipped."""
 
     def __init__(self) -> None:
         self._bar: Any = None
         self._task: Any = None
+        self._bar_column: Any = None
 
     def __call__(self, progress: Progress) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+        from rich.progress import BarColumn, TextColumn
         from rich.progress import Progress as RichProgress
 
         if self._bar is None:
+            self._bar_column = BarColumn(bar_width=BAR_MAX)
             self._bar = RichProgress(
-                TextColumn("[bold]bulk-update"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[left]}"),
-                TextColumn("{task.fields[counts]}"), console=Console(stderr=True),
+                TextColumn("[bold]{task.fields[label]}"), self._bar_column,
+                TextColumn("{task.fields[text]}", markup=False), console=Console(stderr=True),
                 redirect_stderr=True, redirect_stdout=False, transient=False,
             )  # fmt: skip
-            self._task = self._bar.add_task("rows", total=progress.total, rate="", left="",
-                                            counts="")  # fmt: skip
+            self._task = self._bar.add_task("rows", total=progress.total, label="", text="")
             self._bar.start()
-        rate = progress.sent / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
-        left_rows = progress.total - progress.done
-        left = f"{duration(left_rows / rate)} left" if rate > 0 and left_rows > 0 else ""
-        counts = " ".join(f"{k}={v}" for k, v in sorted(progress.counts.items()))
+        label, bar_width, text = fit(progress, self._bar.console.width)
+        self._bar_column.bar_width = bar_width
         self._bar.update(self._task, completed=progress.done, total=progress.total,
-                         rate=f"{rate:.0f} rows/s", left=left, counts=counts)  # fmt: skip
+                         label=label, text=text)  # fmt: skip
 
     def close(self) -> None:
         if self._bar is not None:
@@ -71,12 +111,17 @@ class ProgressLog:
         if progress.elapsed_s - self._last < PROGRESS_LOG_INTERVAL_S:
             return
         self._last = progress.elapsed_s
+        rate, left = progress.rows_per_s, progress.seconds_left
+        said = rate_text(progress) + ("" if left is None else f", {duration(left)} left")
         log.info(
-            "progress %d/%d",
+            "progress %d/%d%s",
             progress.done,
             progress.total,
+            f" ({said})" if said else "",
             extra={"event": "progress", "done": progress.done, "total": progress.total,
-                   "counts": progress.counts, "requests": progress.requests},
+                   "counts": progress.counts, "requests": progress.requests,
+                   "rows_per_s": None if rate is None else round(rate, 2),
+                   "seconds_left": None if left is None else round(left)},
         )  # fmt: skip
 
     def close(self) -> None:

@@ -21,8 +21,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from bulk_update._constants import DEFAULT_METRICS_INTERVAL_S
-from bulk_update.config import JOB_NAME, check_one_of, given_or_environment
+from bulk_update._constants import DEFAULT_METRICS_INTERVAL_S, STORE_SEARCH_DEPTH
+from bulk_update.config import check_job_name, check_one_of, given_or_environment
 from bulk_update.exceptions import ConfigError
 from bulk_update.observe.draw import duration
 from bulk_update.store import RunRecord, RunStatus, Store, StoreLocation, lease, open_existing_store
@@ -79,8 +79,7 @@ def job_location(job: str, state_dir: str | None, state_url: str | None) -> Stor
     --state-url; ``STATE_DIR/JOB.sqlite``; $BULK_UPDATE_STATE_URL; else the one ``JOB.sqlite``
     in the current directory or below it (``run`` puts it beside the results:
     ``out/JOB.sqlite``)."""
-    if not JOB_NAME.fullmatch(job):
-        raise ConfigError(f"--job {job!r}: not a job name")
+    check_job_name(job)
     given = {"state_dir": state_dir, "state_url": state_url}
     check_one_of(given)
     url = given_or_environment("state_url", given)
@@ -92,7 +91,7 @@ def job_location(job: str, state_dir: str | None, state_url: str | None) -> Stor
 
 
 # How deep below the current directory a job's store is looked for, and what is never looked in.
-SEARCH_DEPTH = 3
+SEARCH_DEPTH = STORE_SEARCH_DEPTH
 NOT_SEARCHED = {".git", ".venv", "venv", "node_modules", "__pycache__"}
 
 
@@ -202,12 +201,17 @@ def rows_done(status: RunStatus) -> int:
     return sum(counts.values()) - counts.get("unprocessed", 0)
 
 
+def rate(status: RunStatus) -> float | None:
+    """Rows a second over the run's last minute, while it runs (a stopped run has none)."""
+    return status.rows_per_s if is_running(status) else None
+
+
 def seconds_left(status: RunStatus) -> float | None:
     """At the run's rate over the last minute, how long its remaining rows take."""
-    total, rate = status.record.total_rows, status.rows_per_s
-    if not is_running(status) or total is None or not rate:
+    total, per_second = status.record.total_rows, rate(status)
+    if total is None or not per_second:
         return None
-    return max(0, total - rows_done(status)) / rate
+    return max(0, total - rows_done(status)) / per_second
 
 
 def state(status: RunStatus) -> str:
@@ -230,7 +234,7 @@ def status_rows(found: list[RunStatus]) -> list[tuple[str, ...]]:
     table: list[tuple[str, ...]] = []
     for s in found:
         r = s.record
-        left = seconds_left(s)
+        left, per_second = seconds_left(s), rate(s)
         total = "?" if r.total_rows is None else str(r.total_rows)
         table.append(
             (
@@ -239,7 +243,7 @@ def status_rows(found: list[RunStatus]) -> list[tuple[str, ...]]:
                 r.results,
                 r.shard or "-",
                 f"{rows_done(s)}/{total}",
-                f"{s.rows_per_s:.1f} rows/s" if s.rows_per_s and is_running(s) else "",
+                f"{per_second:.1f} rows/s" if per_second else "",
                 "" if left is None else duration(left),
                 r.host or "",
                 "" if r.pid is None else str(r.pid),
@@ -289,13 +293,15 @@ def status_hint(found: list[RunStatus]) -> str:
 
 
 def status_as_json(found: list[RunStatus]) -> str:
+    """The runs as the table shows them, in numbers: the counts by status and ``rows_done``
+    from the same heartbeat (or the run's end), the rate and time left only while it runs."""
     return json.dumps(
         [
             {
                 **s.record.as_dict(),
                 "state": "running" if is_running(s) else "stopped",
                 "rows_done": rows_done(s),
-                "rows_per_s": s.rows_per_s,
+                "rows_per_s": rate(s),
                 "seconds_left": seconds_left(s),
                 "heartbeat_age_s": s.heartbeat_age_s,
             }

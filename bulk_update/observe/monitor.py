@@ -73,7 +73,14 @@ class Monitor:
         try:
             tally = self.tally
             await self.journal.beat(
-                RunBeat(tally.total, tally.done, tally.requests(), tally.rate_limited()), seconds
+                RunBeat(
+                    tally.total,
+                    tally.done,
+                    tally.requests(),
+                    tally.rate_limited(),
+                    dict(tally.counts),
+                ),
+                seconds,
             )
         except Exception as exc:
             if not self._beat_failed:

@@ -1,26 +1,53 @@
 """One run's counts as it goes, for the progress callback (the CLI's bar or log lines, a
-caller's own): ``Tally``. The drawing is ``observe/draw.py``'s; the summary ``summary.py``'s."""
+caller's own): ``Tally``. The drawing is ``observe/draw.py``'s; the summary ``summary.py``'s.
+
+The rate and the time left count only what this process sends, measured from the moment it is
+first seen sending: never the rows an earlier invocation finished (a resumed run counts them
+done at once, in no time), nor the start-up before the first request. Until ESTIMATE_AFTER_S of
+sending are seen there is no estimate (``None``: the bar says "estimating"): a rate from the
+first instant is noise, and a time left from it says hours or nothing."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from bulk_update.observe.summary import Progress, ProgressCallback
 from bulk_update.outcome import Status
 
-__all__ = ["Tally"]
+__all__ = ["ESTIMATE_AFTER_S", "Tally", "estimate"]
+
+# Seconds of this process's sending before a rate and a time left are shown.
+ESTIMATE_AFTER_S = 5.0
+
+
+def estimate(sent: int, seconds: float, left: int) -> tuple[float | None, float | None]:
+    """The rate (rows per second) and the time left (seconds) of ``left`` rows, from ``sent``
+    rows sent in ``seconds`` by this process: (None, None) until ``seconds`` reaches
+    ESTIMATE_AFTER_S with a row sent; no time left (None) when no row is left."""
+    if seconds < ESTIMATE_AFTER_S or sent <= 0:
+        return None, None
+    rate = sent / seconds
+    return rate, (left / rate if left > 0 else None)
 
 
 class Tally:
-    """One run's counts, as the progress callback sees them."""
+    """One run's counts, as the progress callback sees them. ``clock``: monotonic seconds
+    (injected for tests)."""
 
-    def __init__(self, total: int, progress: ProgressCallback | None) -> None:
+    def __init__(
+        self,
+        total: int,
+        progress: ProgressCallback | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total = total
         self.progress = progress
         self.counts: Counter[str] = Counter()
-        self.started = time.monotonic()
+        self._clock = clock
+        self.started = clock()
         self.sent = 0  # rows sent by this invocation
         self.resumed = 0  # rows finished by earlier invocations of the run
         self.requests: Callable[[], int] = lambda: 0
@@ -28,6 +55,15 @@ class Tally:
         # Per key, the conversations given a key they did not have (or, in a check, would be).
         self.added: Counter[str] = Counter()
         self._last_report = 0.0
+        # When this invocation was first seen sending, and how many rows it had sent then.
+        self._sending_since: tuple[float, int] | None = None
+
+    def resume(self, finished: Mapping[Status, int]) -> None:
+        """The rows earlier invocations of the run finished, by status: counted done from the
+        start (the planner does not count them again)."""
+        for status, count in finished.items():
+            self.counts[status.value] += count
+        self.resumed = sum(finished.values())
 
     def add(self, status: Status, count: int = 1) -> None:
         self.counts[status.value] += count
@@ -35,24 +71,34 @@ class Tally:
 
     @property
     def done(self) -> int:
-        """Rows finished, by this invocation or earlier ones (as far as it has counted)."""
-        counted = sum(self.counts.values()) - self.counts.get(Status.UNPROCESSED.value, 0)
-        return max(counted, self.resumed)
+        """Rows finished, by this invocation or earlier ones."""
+        return sum(self.counts.values()) - self.counts.get(Status.UNPROCESSED.value, 0)
+
+    def estimate(self, now: float) -> tuple[float | None, float | None]:
+        """This invocation's rate and the time left at it (``estimate``), as of ``now``."""
+        if self._sending_since is None and self.sent:
+            self._sending_since = (now, self.sent)
+        if self._sending_since is None:
+            return None, None
+        since, sent_then = self._sending_since
+        return estimate(self.sent - sent_then, now - since, self.total - self.done)
 
     def report(self, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self._clock()
+        rate, left = self.estimate(now)
         if self.progress is None or (not force and now - self._last_report < 0.2):
             return
         self._last_report = now
-        unprocessed = self.counts.get(Status.UNPROCESSED.value, 0)
         self.progress(
             Progress(
-                done=sum(self.counts.values()) - unprocessed,
+                done=self.done,
                 total=self.total,
                 counts=dict(self.counts),
                 requests=self.requests(),
                 elapsed_s=now - self.started,
                 resumed=self.resumed,
                 sent=self.sent,
+                rows_per_s=rate,
+                seconds_left=left,
             )
         )

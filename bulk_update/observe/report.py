@@ -10,10 +10,16 @@ It shows
 
 - requests per second over the run, against the configured ``--rpm``, the limit the server
   announced and the rate the job's limiter allowed, with the 429s, retries and errors of each
-  second marked on the same time axis (from the store's timeline);
+  second marked on the same time axis (from the store's timeline). A shard's run shows the
+  limiter's rate and ``--rpm`` as what they are, the whole job's (its running shards share
+  them at run time: a shard's share is the slots it claimed, its own requests per second);
 - request latency percentiles (p50, p90, p99) over the run (from the rows' last requests);
 - rows by status and by error code, the most frequent error messages with example row numbers;
 - the run's summary and options (the store never holds the key or a password).
+
+Every time on the page is UTC, as in the summary: the charts' time axis is labelled so, its
+ticks on whole seconds, minutes, hours or days (a day's tick, or an hour's at midnight, names
+the day).
 
 A long run's timeline is summed into at most MAX_POINTS buckets, so the page stays small.
 """
@@ -50,6 +56,11 @@ MAX_POINTS = 2000
 MAX_LATENCY_POINTS = 200
 TOP_ERRORS = 10
 EXAMPLE_ROWS = 5
+# Under a shard's requests chart: whose the job-wide lines are.
+SHARD_NOTE = (
+    " This run is a shard: the limiter's rate and --rpm are the whole job's, shared at run "
+    "time by its running shards; this shard's share is what it sent (requests/s)."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +92,7 @@ def _bucket_seconds(span: int, points: int) -> int:
     return max(1, math.ceil(span / points))
 
 
-def requests_series(data: RunData) -> dict[str, list[Any]]:
+def requests_series(data: RunData) -> dict[str, Any]:
     """Per bucket (its start, Unix seconds): requests, 429s, retries and errors per second;
     the limiter's rate, the server's announced limit and --rpm, per second."""
     seconds = data.timeline
@@ -127,7 +138,15 @@ def requests_series(data: RunData) -> dict[str, list[Any]]:
         "announced": _rounded(joined["announced_rpm"]),
         "configured": [configured_rps(data.record.options, second) for second in at],
         "bucket_s": [width],
+        "labels": series_labels(data.record),
     }
+
+
+def series_labels(record: RunRecord) -> dict[str, str]:
+    """The requests chart's names of the job-wide lines: a shard's run says they are the whole
+    job's (its own share is its requests per second)."""
+    whole = " (whole job)" if record.shard else ""
+    return {"limit": f"limiter allowed{whole}", "configured": f"--rpm{whole}"}
 
 
 def configured_rps(options: dict[str, Any], second: float) -> float | None:
@@ -217,8 +236,9 @@ def _table(table_id: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) 
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _summary(record: RunRecord) -> list[tuple[str, str]]:
-    done = sum(record.counts.values())
+def _summary(record: RunRecord, timeline: list[Second]) -> list[tuple[str, str]]:
+    # Rows finished: not those left unprocessed (a stopped run's), as the other screens count.
+    done = sum(record.counts.values()) - record.counts.get("unprocessed", 0)
     return [
         ("run", str(record.run_id)),
         ("input", record.input or ""),
@@ -233,6 +253,29 @@ def _summary(record: RunRecord) -> list[tuple[str, str]]:
         ("requests", at_least(record.requests, record)),
         ("429s", at_least(record.rate_limited, record)),
         ("host, pid", f"{record.host or ''} {record.pid or ''}".strip()),
+        *_shard_rate(record, timeline),
+    ]
+
+
+def _shard_rate(record: RunRecord, timeline: list[Second]) -> list[tuple[str, str]]:
+    """A shard's line of the summary: --rpm is the whole job's budget, shared by its running
+    shards; this shard's own share is what it sent (on average and at its busiest second)."""
+    if not record.shard:
+        return []
+    busy = [s for s in timeline if s.requests]
+    rpm = record.options.get("rpm")
+    whole = f"--rpm {rpm:g} for the whole job" if isinstance(rpm, int | float) else "--rpm"
+    if not busy:
+        return [("rate", f"{whole}, shared by its running shards; this shard sent none")]
+    span = busy[-1].at - busy[0].at + 1
+    average = sum(s.requests for s in busy) / span * 60
+    peak = max(s.requests for s in busy) * 60
+    return [
+        (
+            "rate",
+            f"{whole}, shared by its running shards; this shard's share: "
+            f"{average:.0f}/min on average, {peak}/min at its busiest second",
+        )
     ]
 
 
@@ -255,7 +298,7 @@ def render(job: str, data: RunData) -> str:
         '<h2>Requests per second</h2><div class="chart" id="chart-requests"></div>',
         '<p class="note">Marks: the 429s, retries and errors of each second. Lines: the rate '
         "the job's limiter allowed, the limit the server announced, and the configured --rpm "
-        "(per second).</p>",
+        f"(per second).{SHARD_NOTE if record.shard else ''} Times are UTC.</p>",
         '<h2>Latency of each row\'s last request</h2><div class="chart" id="chart-latency"></div>',
         "<h2>Rows by status</h2>",
         _table("rows-by-status", ("status", "rows"), status_counts(data)),
@@ -268,7 +311,7 @@ def render(job: str, data: RunData) -> str:
             [(c, m, n, ", ".join(map(str, e))) for c, m, n, e in top_errors(data)],
         ),
         "<h2>Summary</h2>",
-        _table("summary", ("", ""), _summary(record)),
+        _table("summary", ("", ""), _summary(record, data.timeline)),
         "<h2>Options</h2>",
         _table("options", ("option", "value"), options),
     ]
@@ -330,18 +373,43 @@ _SCRIPT = """
              paths: function () { return null; },
              points: { show: true, size: 8, stroke: color, fill: color } };
   }
+  // Times are UTC, as the summary's: ticks on whole seconds, minutes, hours or days.
+  function utc(ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); }
+  var MINUTE = 60, HOUR = 3600, DAY = 86400;
+  var INCRS = [1, 2, 5, 10, 15, 30, MINUTE, 2 * MINUTE, 5 * MINUTE, 10 * MINUTE, 15 * MINUTE,
+               30 * MINUTE, HOUR, 2 * HOUR, 3 * HOUR, 6 * HOUR, 12 * HOUR, DAY, 2 * DAY,
+               7 * DAY, 14 * DAY, 30 * DAY];
+  function iso(ts) { return new Date(ts * 1e3).toISOString(); }
+  function tick(ts, incr) {
+    var text = iso(ts);
+    // A day's ticks, and an hour tick at midnight, name the day.
+    if (incr >= DAY || (incr >= HOUR && text.slice(11, 16) === "00:00")) {
+      return text.slice(0, 10);
+    }
+    return incr >= MINUTE ? text.slice(11, 16) : text.slice(11, 19);
+  }
+  function timeAxis() {
+    return { label: "time (UTC)", incrs: INCRS,
+             values: function (u, splits, axis, space, incr) {
+               return splits.map(function (ts) { return tick(ts, incr); }); } };
+  }
+  function timeSeries() {
+    return { label: "time (UTC)", value: function (u, ts) {
+      return ts == null ? "" : iso(ts).slice(0, 19).replace("T", " "); } };
+  }
+  var charts = window.reportCharts = {};
   var req = data.requests, el = document.getElementById("chart-requests");
   if (!req.at) { none(el, "no requests in this run"); } else {
-    new uPlot({
+    charts.requests = new uPlot({
       width: width(el), height: 320,
-      scales: { x: { time: true } },
-      axes: [{}, { label: "requests / s" }],
+      tzDate: utc, scales: { x: { time: true } },
+      axes: [timeAxis(), { label: "requests / s" }],
       series: [
-        {},
+        timeSeries(),
         { label: "requests/s", stroke: "#1f77b4", width: 1.5 },
-        { label: "limiter allowed", stroke: "#2ca02c", dash: [6, 4] },
+        { label: req.labels.limit, stroke: "#2ca02c", dash: [6, 4] },
         { label: "server limit", stroke: "#9467bd", dash: [2, 3] },
-        { label: "--rpm", stroke: "#7f7f7f", dash: [10, 4] },
+        { label: req.labels.configured, stroke: "#7f7f7f", dash: [10, 4] },
         marks("429s/s", "#d62728"),
         marks("retries/s", "#ff7f0e"),
         marks("errors/s", "#8c564b")
@@ -351,12 +419,12 @@ _SCRIPT = """
   }
   var lat = data.latency, el2 = document.getElementById("chart-latency");
   if (!lat.at) { none(el2, "no answered requests in this run"); } else {
-    new uPlot({
+    charts.latency = new uPlot({
       width: width(el2), height: 260,
-      scales: { x: { time: true } },
-      axes: [{}, { label: "ms" }],
+      tzDate: utc, scales: { x: { time: true } },
+      axes: [timeAxis(), { label: "ms" }],
       series: [
-        {},
+        timeSeries(),
         { label: "p50", stroke: "#1f77b4" },
         { label: "p90", stroke: "#ff7f0e" },
         { label: "p99", stroke: "#d62728" }

@@ -21,8 +21,10 @@ KEY_NOTES_SHOWN = 5
 @dataclass(frozen=True, slots=True)
 class Progress:
     """What the progress callback gets: rows finished so far (``unprocessed`` ones are not),
-    of ``total``; ``resumed`` of them were finished by earlier runs, ``sent`` rows were sent by
-    this one (the rate is ``sent / elapsed_s``)."""
+    of ``total``, and by status in ``counts``; ``resumed`` of them were finished by earlier
+    runs, ``sent`` rows were sent by this one. ``rows_per_s`` and ``seconds_left``: this
+    run's sending rate and the time left at it, None until there is enough of it to tell
+    (``progress.ESTIMATE_AFTER_S``; no time left once no row is)."""
 
     done: int
     total: int
@@ -31,6 +33,8 @@ class Progress:
     elapsed_s: float
     resumed: int = 0
     sent: int = 0
+    rows_per_s: float | None = None
+    seconds_left: float | None = None
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -94,11 +98,15 @@ class JobSummary:
         if self.added_keys:
             verb = "would add" if self.dry_run else "added"
             notes.append(f"{verb} {_keys(self.added_keys, 'to')}; keys cannot be removed")
-        if self.kept_keys:
+        if len(self.kept_keys) == 1:
             notes.append(
-                f"{_keys(self.kept_keys, 'stays on')} (the run added "
-                f"{'it' if len(self.kept_keys) == 1 else 'them'}; keys cannot be removed; "
-                "--blank-added-keys sets them to '')"
+                f"{_keys(self.kept_keys, 'stays on')} (the run added it; keys cannot be "
+                "removed; --blank-added-keys sets it to '')"
+            )
+        elif self.kept_keys:
+            notes.append(
+                f"{_keys(self.kept_keys, 'on', head='keys stay: ')} (the run added them; keys "
+                "cannot be removed; --blank-added-keys sets them to '')"
             )
         return notes
 
@@ -194,11 +202,15 @@ def conversations(count: int) -> str:
     return f"{count} conversation{'' if count == 1 else 's'}"
 
 
-def _keys(per_key: Mapping[str, int], verb: str) -> str:
+def _keys(per_key: Mapping[str, int], verb: str, *, head: str | None = None) -> str:
     """``key 'a' <verb> 3 conversations`` for one key; ``keys 'a' <verb> 3 conversations, 'b'
-    <verb> 1 conversation and 4 more keys (see the log)`` for more."""
+    <verb> 1 conversation and 4 more keys (see the log)`` for more (``head``: instead of
+    ``key ``/``keys ``, for a verb that must agree with its subject: ``keys stay: 'a' on 3
+    conversations, ...``)."""
     shown = [f"'{key}' {verb} {conversations(count)}" for key, count in per_key.items()]
-    text = ("key " if len(shown) == 1 else "keys ") + ", ".join(shown[:KEY_NOTES_SHOWN])
+    if head is None:
+        head = "key " if len(shown) == 1 else "keys "
+    text = head + ", ".join(shown[:KEY_NOTES_SHOWN])
     if len(shown) > KEY_NOTES_SHOWN:
         text += f" and {len(shown) - KEY_NOTES_SHOWN} more keys (see the log)"
     return text

@@ -555,8 +555,8 @@ _ADD_SECONDS = (
 )
 _BEAT = (
     "UPDATE runs SET heartbeat_at = {clock}, rows_done = :rows_done, total_rows = :total_rows, "
-    "requests = requests + :requests, rate_limited = rate_limited + :rate_limited "
-    "WHERE run_id = :run"
+    "counts = :counts, requests = requests + :requests, "
+    "rate_limited = rate_limited + :rate_limited WHERE run_id = :run"
 )
 _END = (
     "UPDATE runs SET ended_at = {now}, counts = :counts, exit_code = :exit_code, "
@@ -639,7 +639,8 @@ class Journal(_Closing, StateReader):
         requests, rate_limited = self._counted
         parameters = {
             "run": self.run_id, "t": timeline, "rows_done": beat.rows_done,
-            "total_rows": beat.total_rows, "requests": beat.requests - requests,
+            "total_rows": beat.total_rows, "counts": json.dumps(dict(beat.counts), sort_keys=True),
+            "requests": beat.requests - requests,
             "rate_limited": beat.rate_limited - rate_limited, **_stamp(),
         }  # fmt: skip
 

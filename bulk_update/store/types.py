@@ -64,12 +64,15 @@ class RunEnd:
 @dataclass(frozen=True, slots=True)
 class RunBeat:
     """How far an invocation of a run is, at one of its heartbeats (requests and 429s: sent by
-    this invocation so far; the store adds what is new since the last beat to the run's)."""
+    this invocation so far; the store adds what is new since the last beat to the run's).
+    ``counts``: the run's finished rows by status (earlier invocations' too), whose sum is
+    ``rows_done``: ``status`` and ``history`` show them while the run goes on."""
 
     total_rows: int
     rows_done: int
     requests: int = 0
     rate_limited: int = 0
+    counts: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
