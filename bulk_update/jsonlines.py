@@ -9,8 +9,9 @@ object stops the job naming its line and column. The rows go to Arrow IPC files 
 columns in a temporary directory (removed at exit), which ``read`` scans as it scans any input.
 
 Two kinds of column come beside the file's own, which ``read`` keeps out of the table's columns:
-``LINE``, each row's line in the file (its ``row_number``: a blank line is no row but keeps its
-place, so the results and the messages that name a line name the same one), and, for a key
+``LINE``, each row's line in its file (a blank line is no row: a row's ``row_number`` counts
+rows, and a message that names a row names that number and its line, ``row 4 (line 5)``, so
+that the results and the messages agree), and, for a key
 that holds an object or an array on some line, ``NESTED + key``: what it holds there
 (``a JSON object``, ``a JSON array``), for the plan to refuse (nested values are never sent).
 """
@@ -55,6 +56,19 @@ def _no_constant(name: str) -> Any:
 # not a file Python cannot parse).
 _WRITTEN = json.JSONDecoder(parse_float=str, parse_int=str, parse_constant=_no_constant)
 _scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+class _RowError(InputError):
+    """A row (1-based over the file, or over a glob's files once ``scan_as_text`` counted the
+    files before) that cannot be read: named by its ``row_number`` and its line."""
+
+    def __init__(self, file: str, row: int, line: int, problem: str) -> None:
+        super().__init__(file, f"row {row} (line {line}){problem}")
+        self.row, self.line, self.detail = row, line, problem
+
+    def after(self, rows: int) -> _RowError:
+        """The same, counted after ``rows`` rows of the files before."""
+        return _RowError(self.path, self.row + rows, self.line, self.detail)
 
 
 class _LineError(ValueError):
@@ -164,38 +178,40 @@ def as_text_parts(file: str, directory: Path) -> list[Path]:
         parts.append(part)
 
     lines: list[tuple[int, str]] = []
+    rows = 0  # the rows before ``lines``
     with open(file, "rb") as raw:
         for number, data in enumerate(raw, start=1):
             try:
                 line = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise InputError(
-                    file, f"line {number}: not UTF-8 text ({exc.reason} at byte {exc.start})"
-                ) from None
+                row = rows + len(lines) + 1
+                where = f"{exc.reason} at byte {exc.start}"
+                raise _RowError(file, row, number, f": not UTF-8 text ({where})") from None
             if number == 1:
                 line = line.removeprefix("\ufeff")
             if line.strip():  # a blank line is no row
                 lines.append((number, line))
             if len(lines) >= _ROWS_PER_PART:
-                write(_frame(file, lines))
+                write(_frame(file, lines, rows))
+                rows += len(lines)
                 lines = []
     if lines:
-        write(_frame(file, lines))
+        write(_frame(file, lines, rows))
     if not parts:
         raise InputError(file, "the file is empty: no JSON object")
     return parts
 
 
-def _line_count(parts: list[Path]) -> int:
-    """The last line holding a row (what a glob's next file's lines are counted after)."""
-    last = pl.scan_ipc(parts[-1]).select(pl.col(LINE).max()).collect().item()
-    return int(last or 0)
+def _row_count(parts: list[Path]) -> int:
+    """The rows of a file's parts (what a glob's next file's rows are counted after)."""
+    return sum(int(pl.scan_ipc(part).select(pl.len()).collect().item()) for part in parts)
 
 
-def _frame(file: str, lines: list[tuple[int, str]]) -> pl.DataFrame:
+def _frame(file: str, lines: list[tuple[int, str]], before: int = 0) -> pl.DataFrame:
     """A chunk of lines as a frame of text columns. Fast path: the chunk parsed as one JSON
     array by the C parser (numbers as written, through its hooks), when every line is one
-    object of plain values; else line by line (``fields``), which names a bad line."""
+    object of plain values; else line by line (``fields``), which names a bad row (``before``:
+    the file's rows before the chunk) and its line."""
     numbers = pl.Series(LINE, [number for number, _ in lines], dtype=pl.UInt32)
     try:
         parsed = _WRITTEN.decode("[" + ",".join(line for _, line in lines) + "]")
@@ -206,14 +222,13 @@ def _frame(file: str, lines: list[tuple[int, str]]) -> pl.DataFrame:
     except (ValueError, TypeError, OverflowError, pl.exceptions.PolarsError):
         pass  # e.g. TypeError: a column of an array of objects then numbers ([{"d":1},2])
     rows = []
-    for number, line in lines:
+    for row, (number, line) in enumerate(lines, start=before + 1):
         try:
             found, nested = _fields(line)
             _check_text(found)
         except _LineError as exc:
-            raise InputError(
-                file, f"line {number}, column {exc.column + 1}: not JSON Lines ({exc})"
-            ) from None
+            problem = f", column {exc.column + 1}: not JSON Lines ({exc})"
+            raise _RowError(file, row, number, problem) from None
         rows.append(found | {NESTED + key: kind for key, kind in nested.items()})
     frame = pl.from_dicts(rows, infer_schema_length=None)
     return frame.cast(dict.fromkeys(frame.columns, pl.String)).insert_column(0, numbers)
@@ -246,7 +261,7 @@ class _Cache:
         self._root: Path | None = None
 
     def read(self, file: str) -> tuple[list[Path], int]:
-        """The file's parts, and its last line that holds a row."""
+        """The file's parts, and how many rows they hold."""
         stat = Path(file).stat()
         key = (str(Path(file).resolve()), stat.st_size, stat.st_mtime_ns)
         with self._lock:
@@ -256,7 +271,7 @@ class _Cache:
                     atexit.register(shutil.rmtree, self._root, ignore_errors=True)
                 directory = Path(tempfile.mkdtemp(dir=self._root))
                 parts = as_text_parts(file, directory)
-                self._read[key] = (parts, _line_count(parts))
+                self._read[key] = (parts, _row_count(parts))
             return self._read[key]
 
 
@@ -264,16 +279,18 @@ _CACHE = _Cache()
 
 
 def scan_as_text(files: tuple[str, ...]) -> pl.LazyFrame:
-    """Local JSON Lines files as one lazy table of text columns, in file order; ``LINE``
-    counted over the files (a glob's second file's first line follows the first file's last
-    row)."""
+    """Local JSON Lines files as one lazy table of text columns, in file order (``LINE``: each
+    row's line in its own file). A row that cannot be read is named by its number over the
+    files (a glob's second file's first row follows the first file's last)."""
     scans = []
     before = 0
     for file in files:
-        parts, lines = _CACHE.read(file)
-        shifted = pl.col(LINE) + pl.lit(before, dtype=pl.UInt32)
-        scans += [pl.scan_ipc(part).with_columns(shifted) for part in parts]
-        before += lines
+        try:
+            parts, rows = _CACHE.read(file)
+        except _RowError as exc:
+            raise exc.after(before) from None
+        scans += [pl.scan_ipc(part) for part in parts]
+        before += rows
     return pl.concat(scans, how="diagonal")
 
 

@@ -88,10 +88,10 @@ class InputTable:
         if self.fed_back:
             scan = spreadsheet.unescape(scan)
         if self.format == "ndjson" and jsonlines.LINE in scan.collect_schema().names():
-            # JSON Lines: a row's number is its line's (a blank line is no row, but a line).
-            scan = scan.select(pl.col(jsonlines.LINE).alias(ROW_NUMBER), pl.exclude(jsonlines.LINE))
-        else:
-            scan = scan.with_row_index(ROW_NUMBER, offset=1)
+            # A row's number counts the data rows: a blank line is no row. The messages that
+            # name a JSON Lines row name this number too (``jsonlines``).
+            scan = scan.drop(jsonlines.LINE)
+        scan = scan.with_row_index(ROW_NUMBER, offset=1)
         if self.shard is None:
             return scan
         index, count = self.shard
