@@ -10,6 +10,7 @@ either. Nothing here holds the whole file in memory.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import hashlib
 import os
@@ -77,6 +78,8 @@ class InputTable:
     fed_back: bool = False  # a CSV --errors-output file fed back: undo its spreadsheet escapes
     separator: str = ","  # of a CSV or TSV file
     quoted: bool = True  # a CSV or TSV file's cells may be quoted (--quoting csv)
+    # Said once before sending (and in the summary): a mapped column no row can send.
+    warnings: tuple[str, ...] = ()
 
     def scan(self) -> pl.LazyFrame:
         """Every row (of the shard), with ``ROW_NUMBER`` first: 1-based, header not counted,
@@ -375,8 +378,10 @@ def open_input(
         quoted=quoted,
     )
     _check_keys(table)
-    if columns is None and metadata_column is None:
-        _check_sendable(table)
+    if metadata_column is None:
+        warning = _nested_warning(table)
+        if warning is not None:
+            table = dataclasses.replace(table, warnings=(warning,))
     return table
 
 
@@ -414,11 +419,11 @@ def _check_keys(table: InputTable) -> None:
         seen[key] = name
 
 
-def _check_sendable(table: InputTable) -> None:
-    """A column mapped by default (every column but the ID's) whose type no metadata value can
-    have (a list, a struct, binary; in JSON Lines, a key holding only objects and arrays) is
-    refused before anything is sent, naming it and --columns: a column nobody asked for must not
-    fail rows (nor be sent as JSON text)."""
+def _nested_warning(table: InputTable) -> str | None:
+    """One line for the mapped columns whose type no metadata value can have (a list, a
+    struct, binary; in JSON Lines, a key holding only objects and arrays): their rows with a
+    value are ``invalid`` (``unsupported_type``), the other rows go on; the line names them
+    and the ``--columns`` that leave them out."""
     unsendable = {
         name: values.kind(dtype)
         for name, dtype in table.schema.items()
@@ -427,14 +432,19 @@ def _check_sendable(table: InputTable) -> None:
     if table.format == "ndjson" and not is_remote(table.path):
         unsendable |= jsonlines.nested_only(table.files or (table.path,), table.metadata_columns)
     if not unsendable:
-        return
+        return None
     rest = [values.key_of(name) for name in table.metadata_columns if name not in unsendable]
+    columns = ",".join(rest) if rest and len(",".join(rest)) <= 200 else "NAME,..."
+    if len(unsendable) == 1:
+        ((name, kind),) = unsendable.items()
+        return (
+            f"column {name!r} is {kind}: its rows with a value are invalid (metadata values are "
+            f"text); leave it out with --columns {columns}"
+        )
     kinds = ", ".join(f"{name!r} ({kind})" for name, kind in unsendable.items())
-    hint = f" --columns {','.join(rest)}" if rest and len(",".join(rest)) <= 200 else " --columns"
-    raise InputError(
-        table.path,
-        f"column(s) {kinds} cannot be sent as metadata (only text, numbers, booleans and "
-        f"dates): name the columns to send with{hint}",
+    return (
+        f"columns {kinds} cannot be text: their rows with a value are invalid (metadata values "
+        f"are text); leave them out with --columns {columns}"
     )
 
 
