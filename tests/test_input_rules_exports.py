@@ -1,6 +1,7 @@
 """Exports as warehouses write them, through the real CLI against the real emulator: unquoted
 TSV (--quoting none), the emulator's --preload with --id-column, a revert at the pace of the
-run it reverts, JSON Lines row numbers that are the lines' numbers."""
+run it reverts, JSON Lines row numbers that count data rows (blank lines no rows), which every
+message names too."""
 
 from __future__ import annotations
 
@@ -115,11 +116,12 @@ def test_a_revert_goes_at_the_pace_of_the_run_it_reverts(
     )  # fmt: skip
 
 
-def test_json_lines_row_numbers_are_line_numbers(
+def test_json_lines_row_numbers_count_data_rows(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
-    """Blank lines are no rows but keep their place: the results, the messages that name a row
-    and those that name a line agree (a row's number is its line's)."""
+    """Blank lines are no rows: row_number counts data rows (header-less, 1-based), and the
+    results, "duplicate of row N", the errors file and the messages that name a row agree (a
+    message that names a line says both: "row 4 (line 6)")."""
     source = tmp_path / "in.jsonl"
     lines = [
         json.dumps({"conversation_id": ID(0), "tier": "a"}),
@@ -127,7 +129,7 @@ def test_json_lines_row_numbers_are_line_numbers(
         "   ",
         json.dumps({"conversation_id": ID(1), "tier": "b"}),
         "",
-        json.dumps({"conversation_id": ID(0), "tier": "c"}),  # line 6: a duplicate of line 1
+        json.dumps({"conversation_id": ID(0), "tier": "c"}),  # row 3 (line 6): of row 1
         json.dumps({"conversation_id": "conv_a/b", "tier": "d"}),
     ]
     source.write_text("\n".join(lines) + "\n\n")
@@ -139,21 +141,31 @@ def test_json_lines_row_numbers_are_line_numbers(
                "--base-url", emu.base_url)  # fmt: skip
     assert done.returncode == 1, done.stderr
     rows = by_row(output)
-    assert sorted(rows) == [1, 4, 6, 7]
-    assert rows[4]["conversation_id"] == ID(1)
-    assert rows[6]["error_message"] == "duplicate of row 1"
-    assert rows[7]["error_code"] == "invalid_id"
-    assert pl.read_ndjson(errors)["row_number"].to_list() == [6, 7]
-    # A glob of two files: the second's lines follow the first's last row.
+    assert sorted(rows) == [1, 2, 3, 4]
+    assert rows[2]["conversation_id"] == ID(1)
+    assert rows[3]["error_message"] == "duplicate of row 1"
+    assert rows[4]["error_code"] == "invalid_id"
+    assert pl.read_ndjson(errors)["row_number"].to_list() == [3, 4]
+    # A glob of two files: the rows counted over both, blank lines not.
     (tmp_path / "b.jsonl").write_text("\n" + json.dumps({"conversation_id": ID(5), "t": "x"}))
     (tmp_path / "a.jsonl").write_text(json.dumps({"conversation_id": ID(4), "t": "y"}) + "\n\n")
     globbed = tmp_path / "glob.csv"
     plan = cli("validate", str(tmp_path / "[ab].jsonl"), "--output", str(globbed))
     assert plan.returncode == 0, plan.stderr
-    assert results(globbed)["row_number"].to_list() == [1, 3]
-    # A line that is not JSON names the same numbering.
+    assert results(globbed)["row_number"].to_list() == [1, 2]
+    # A line that is not JSON: its row as the results number it, and its line.
     lines[5] = '{"conversation_id": oops}'
     source.write_text("\n".join(lines) + "\n")
     bad = cli("validate", str(source), "--output", str(tmp_path / "plan.csv"))
     assert bad.returncode == 2
-    assert f"{source}: line 6, column 21: not JSON Lines" in bad.stderr
+    assert f"{source}: row 3 (line 6), column 21: not JSON Lines" in bad.stderr
+    # In a glob's second file: the row over the files, the line in its file.
+    (tmp_path / "b.jsonl").write_text("\n" + json.dumps({"conversation_id": ID(5)})[:-1])
+    bad = cli("validate", str(tmp_path / "[ab].jsonl"), "--output", str(tmp_path / "g2.csv"))
+    assert bad.returncode == 2
+    assert f"{tmp_path / 'b.jsonl'}: row 2 (line 2), column " in bad.stderr
+    # Not UTF-8: named the same way.
+    source.write_bytes(b'\n{"conversation_id": "\xff"}\n')
+    bad = cli("validate", str(source), "--output", str(tmp_path / "plan.csv"))
+    assert bad.returncode == 2
+    assert f"{source}: row 1 (line 2): not UTF-8 text" in bad.stderr
