@@ -1,7 +1,8 @@
 """What is sent, in every input format, through the real CLI against the real emulator (which
 keeps exactly what it received): keys without their surrounding white space, a value of white
-space only as no value, every other value exactly as written; nested values never sent (an
-unasked nested column stops the run before anything is sent, naming --columns)."""
+space only as no value, every other value exactly as written; nested values never sent (a row
+with one is invalid, the others go on; a mapped column of them is named in one warning before
+sending, with the --columns that leave it out)."""
 
 from __future__ import annotations
 
@@ -141,23 +142,41 @@ def test_two_keys_of_a_metadata_cell_the_same_once_trimmed_make_the_row_invalid(
 # Nested values: never sent, in any format.
 
 
-def test_an_unasked_nested_parquet_column_exits_2_before_sending(
+def _warned_before_sending(stderr: str, warning: str) -> None:
+    """``warning`` said before the run started, and again among its summary's warnings."""
+    assert stderr.count(f"WARNING {warning}\n") == 2, stderr
+    assert stderr.index(warning) < stderr.index("job started"), stderr
+    assert f"warning: {warning}" in stderr.strip().splitlines()[-1], stderr
+
+
+def test_an_unasked_nested_parquet_column_makes_its_rows_invalid_not_the_run(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
+    """A list column mapped by default: its rows with a value are invalid (unsupported_type),
+    the others are sent; one warning before sending names it and the --columns that leave it
+    out; the run is not refused."""
     source = tmp_path / "in.parquet"
     pl.DataFrame(
         {"conversation_id": [ID(0), ID(1)], "tier": ["a", "b"], "tags": [None, ["x", "y"]]}
     ).write_parquet(source)
-    emu = start_emulator("--preload", "2")
-    done = cli("run", str(source), "--output", str(tmp_path / "out.csv"), "--base-url",
-               emu.base_url)  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == (
-        f"bulk-update: error: {source}: column(s) 'tags' (a list) cannot be sent as metadata "
-        "(only text, numbers, booleans and dates): name the columns to send with --columns tier"
+    emu = _emulator(start_emulator, tmp_path, 2)
+    output = tmp_path / "out.csv"
+    done = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
+    assert done.returncode == 1, done.stderr
+    _warned_before_sending(
+        done.stderr,
+        "column 'tags' is a list: its rows with a value are invalid (metadata values are text); "
+        "leave it out with --columns tier",
     )
-    assert emu.stats()["requests"] == 0
-    assert not (tmp_path / "out.csv").exists()
+    rows = by_row(output)
+    assert rows[1]["status"] == "updated"
+    assert (rows[2]["status"], rows[2]["error_code"]) == ("invalid", "unsupported_type")
+    assert rows[2]["error_message"] == (
+        "value for 'tags' is a list; only text, numbers, booleans and dates can be sent "
+        "(leave the column out: --columns)"
+    )
+    assert emu.admin(f"conversations/{ID(0)}")["metadata"] == {"tier": "a"}
+    assert emu.admin(f"conversations/{ID(1)}")["metadata"] == {}
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
@@ -203,7 +222,7 @@ def test_a_nested_value_asked_for_is_an_invalid_row_that_names_columns(
     assert "__bulk_update" not in errors.read_text()
 
 
-def test_a_json_lines_key_of_only_objects_and_arrays_exits_2(
+def test_a_json_lines_key_of_only_objects_and_arrays_is_warned_of(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
     source = tmp_path / "in.jsonl"
@@ -212,16 +231,24 @@ def test_a_json_lines_key_of_only_objects_and_arrays_exits_2(
         + json.dumps({"conversation_id": ID(1), "tier": "b", "tags": None}) + "\n"
         + json.dumps({"conversation_id": ID(2), "tier": "c", "tags": {"k": 1}}) + "\n"
     )  # fmt: skip
-    emu = start_emulator("--preload", "3")
-    done = cli("run", str(source), "--output", str(tmp_path / "out.csv"), "--base-url",
-               emu.base_url)  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == (
-        f"bulk-update: error: {source}: column(s) 'tags' (a JSON array) cannot be sent as "
-        "metadata (only text, numbers, booleans and dates): name the columns to send with "
-        "--columns tier"
+    emu = _emulator(start_emulator, tmp_path, 3)
+    output = tmp_path / "out.csv"
+    done = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
+    assert done.returncode == 1, done.stderr
+    _warned_before_sending(
+        done.stderr,
+        "column 'tags' is a JSON array: its rows with a value are invalid (metadata values are "
+        "text); leave it out with --columns tier",
     )
-    assert emu.stats()["requests"] == 0
+    rows = by_row(output)
+    assert [rows[n]["status"] for n in (1, 2, 3)] == ["invalid", "updated", "invalid"]
+    assert rows[3]["error_message"] == (
+        "value for 'tags' is a JSON object; only text, numbers, booleans and dates can be sent "
+        "(leave the column out: --columns)"
+    )
+    assert emu.admin(f"conversations/{ID(1)}")["metadata"] == {"tier": "b"}
+    assert emu.admin(f"conversations/{ID(0)}")["metadata"] == {}
+    assert emu.admin(f"conversations/{ID(2)}")["metadata"] == {}
 
 
 @pytest.mark.parametrize("fmt", ["metadata-json", "metadata-struct"])
