@@ -312,7 +312,9 @@ def test_a_lone_surrogate_is_an_invalid_row_or_a_named_line(tmp_path: Path) -> N
     source.write_text(
         '{"conversation_id": "conv_a", "n": "x"}\n{"conversation_id": "conv_b", "n": "\\ud800"}\n'
     )
-    with pytest.raises(InputError, match=r"line 2, column 1: .*\\ud800 is half of a surrogate"):
+    with pytest.raises(
+        InputError, match=r"row 2 \(line 2\), column 1: .*\\ud800 is half of a surrogate"
+    ):
         open_input(str(source), id_column="conversation_id")
 
 
