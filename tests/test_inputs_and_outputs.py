@@ -33,20 +33,18 @@ def test_nested_parquet_values_and_a_csv_errors_file(
     ).write_parquet(source)
     emu = start_emulator("--preload", str(source))
     output, errors = tmp_path / "results.csv", tmp_path / "errors.csv"
-    args: tuple[str, ...] = ("run", str(source), "--output", str(output), "--errors-output",
-                             str(errors), "--base-url", emu.base_url)  # fmt: skip
-    # Not asked for, such columns stop the run before anything is sent, naming --columns.
-    unasked = cli(*args)
-    assert unasked.returncode == 2, unasked.stderr
-    assert unasked.stderr.strip().endswith(
-        "column(s) 'tags' (a list), 'info' (a struct), 'blob' (binary) cannot be sent as "
-        "metadata (only text, numbers, booleans and dates): name the columns to send with "
-        "--columns tier"
+    args = ("run", str(source), "--output", str(output), "--errors-output", str(errors),
+            "--base-url", emu.base_url)  # fmt: skip
+    # Mapped by default, such columns make their rows invalid, and are named once before
+    # sending with the --columns that leave them out.
+    warning = (
+        "columns 'tags' (a list), 'info' (a struct), 'blob' (binary) cannot be text: their rows "
+        "with a value are invalid (metadata values are text); leave them out with --columns tier"
     )
-    args += ("--columns", "tier,tags,info,blob")  # asked for: their rows are invalid
     for _ in range(2):  # the re-run too
         done = cli(*args)
         assert done.returncode == 1, done.stderr
+        assert f"WARNING {warning}\n" in done.stderr
         assert "internal error" not in done.stderr
         rows = by_row(output)
         assert [(rows[n]["status"], rows[n]["error_code"]) for n in (1, 2, 3, 4)] == [
@@ -69,7 +67,7 @@ def test_nested_parquet_values_and_a_csv_errors_file(
     assert emu.stats()["requests"] == 0
     # A dry run writes the same errors file, streamed.
     dry = cli("validate", str(source), "--output", str(tmp_path / "plan.csv"), "--errors-output",
-              str(tmp_path / "plan-errors.csv"), "--columns", "tier,tags,info,blob")  # fmt: skip
+              str(tmp_path / "plan-errors.csv"))  # fmt: skip
     assert dry.returncode == 1, dry.stderr
     assert pl.read_csv(tmp_path / "plan-errors.csv", infer_schema=False).equals(written)
 
@@ -155,7 +153,7 @@ def test_json_lines_input_is_read_as_text(
     ids = [ID(i) for i in range(4)]
     source = tmp_path / f"export{suffix}"
     lines = [json.dumps(row) for row in _rows(ids[:3])]
-    lines.append("")  # a blank line is no row (but a line: the next row is row 5)
+    lines.append("")  # a blank line is no row: the next row is row 4
     # A key that first appears late, a null (no value), an object (never sent).
     lines.append(json.dumps({"conversation_id": ids[3], "tier": None, "late": {"a": 1}}))
     source.write_text("\n".join(lines) + "\n")
@@ -164,15 +162,12 @@ def test_json_lines_input_is_read_as_text(
     emu = start_emulator("--preload", str(preload))
     output = tmp_path / "r.csv"
     done = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
-    assert done.returncode == 2, done.stderr  # 'late' holds only objects: not asked for
-    assert "'late' (a JSON object) cannot be sent" in done.stderr
-    assert "--columns tier,score" in done.stderr
-    asked = ("--columns", "tier,score,late")
-    done = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url, *asked)
-    assert done.returncode == 1, done.stderr
-    assert results(output)["row_number"].to_list() == [1, 2, 3, 5]
+    assert done.returncode == 1, done.stderr  # 'late' holds only objects: its row invalid
+    assert "column 'late' is a JSON object: its rows with a value are invalid" in done.stderr
+    assert "leave it out with --columns tier,score" in done.stderr
+    assert results(output)["row_number"].to_list() == [1, 2, 3, 4]
     assert emu.admin(f"conversations/{ids[0]}")["metadata"] == {"tier": "000", "score": "1.5"}
-    assert (by_row(output)[5]["status"], by_row(output)[5]["error_code"]) == (
+    assert (by_row(output)[4]["status"], by_row(output)[4]["error_code"]) == (
         "invalid", "unsupported_type",
     )  # fmt: skip
     assert emu.admin(f"conversations/{ids[3]}")["metadata"] == {}
@@ -352,10 +347,7 @@ def test_a_value_reaches_the_api_the_same_by_any_path(
 
     for block in blocks.values():
         _tricky_input(fmt, tmp_path / f"in{block}{fmt}", ids(block))
-    # A Parquet list column not asked for exits 2: asked for by name, its rows are invalid.
-    names = pl.read_parquet_schema(tmp_path / f"in0{fmt}") if fmt == ".parquet" else {}
-    asked = ("--columns", ",".join(n for n in names if n != "conversation_id")) if names else ()
-    run(tmp_path / f"in0{fmt}", server, *asked)
+    run(tmp_path / f"in0{fmt}", server)
     for errors_format, block in blocks.items():
         if block == 0:
             continue
@@ -364,13 +356,12 @@ def test_a_value_reaches_the_api_the_same_by_any_path(
             tmp_path / f"o{block}{errors_format}",
         )
         failed = cli("run", str(tmp_path / f"in{block}{fmt}"), "--output", str(output),
-                     "--errors-output", str(errors), "--base-url", empty.base_url,
-                     *asked)  # fmt: skip
+                     "--errors-output", str(errors), "--base-url", empty.base_url)  # fmt: skip
         assert failed.returncode == 1, failed.stderr
         statuses = set(results(output)["status"].to_list())
         assert statuses <= {"failed", "invalid"}, statuses
         assert "failed" in statuses
-        run(errors, server, *asked)
+        run(errors, server)
         run(output, by_results, "--metadata-column", "sent_metadata")
 
     def held(emu: EmulatorProcess, block: int) -> dict[int, dict[str, str]]:
