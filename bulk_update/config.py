@@ -222,6 +222,14 @@ def check_delimiter(value: str) -> None:
         raise ConfigError(f"--delimiter must be one character, got {value!r}")
 
 
+QUOTINGS = ("csv", "none")
+
+
+def check_quoting(value: str) -> None:
+    if value not in QUOTINGS:
+        raise ConfigError(f"--quoting must be csv or none, got {value!r}")
+
+
 def check_shard(shard: tuple[int, int]) -> None:
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
@@ -385,6 +393,15 @@ class JobConfig:
     delimiter: str | None = option(
         None, "field separator of a text input (default: ',' for .csv, a tab for .tsv)",
         group="mapping", metavar="CHAR", check=check_delimiter,
+    )  # fmt: skip
+    # Warehouses (PostgreSQL's COPY, Snowflake, BigQuery, Redshift, Hive) write TSV unquoted: a
+    # cell starting with '"' is text there, not a quoted cell.
+    quoting: str = option(
+        "csv",
+        "how a text input's cells are quoted: csv (RFC 4180: a cell in double quotes may hold "
+        "the separator, quotes, newlines) or none (a '\"' is a character like any other, as "
+        "warehouses write TSV) (default {default})",
+        group="mapping", metavar="csv|none", check=check_quoting,
     )  # fmt: skip
     retry_failed: bool = option(
         False, "send again the rows this run has as failed; the results are rewritten",

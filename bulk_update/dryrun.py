@@ -84,7 +84,7 @@ def dry_run(
         exit_code=exit_code_for(counts, limited=config.limit is not None),
         dry_run=True,
         job_name=config.resolved_job_name(),
-        warnings=warnings_for(total),
+        warnings=(*table.warnings, *warnings_for(total)),
     )
 
 

@@ -187,6 +187,8 @@ async def run_job_async(
     with Signals(stop, interrupt) as signals:
         config.check_paths(expand(config.input))
         table, kept = await asyncio.to_thread(mode.open_table, config)
+        for warning in table.warnings:  # before sending: a mapped column no row can send
+            log.warning("%s", warning, extra={"event": "unsendable_column"})
         if mode.dry:
             rows = await asyncio.to_thread(table.rows_per_batch, config.batch_rows)
             config = dataclasses.replace(config, batch_rows=rows)
@@ -431,7 +433,12 @@ async def _run_journaled(
         sent_this_run=tally.sent,
         stopped_by=stop.signal.name if stop.signal else None,
         job_name=run.job_name,
-        warnings=(*([new_job] if new_job else []), *warnings_for(run.total, sent.unknown), *notes),
+        warnings=(
+            *([new_job] if new_job else []),
+            *run.table.warnings,
+            *warnings_for(run.total, sent.unknown),
+            *notes,
+        ),
         dry_run=config.dry_run,
         reads_sent=sent.reads,
         added_keys=dict(tally.added.most_common()),

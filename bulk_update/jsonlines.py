@@ -7,6 +7,13 @@ line: each top-level value is kept as its text (a string decoded; a number, an o
 array exactly as written; ``true``/``false``; ``null`` no value), and a line that is not a JSON
 object stops the job naming its line and column. The rows go to Arrow IPC files of text
 columns in a temporary directory (removed at exit), which ``read`` scans as it scans any input.
+
+Two kinds of column come beside the file's own, which ``read`` keeps out of the table's columns:
+``LINE``, each row's line in its file (a blank line is no row: a row's ``row_number`` counts
+rows, and a message that names a row names that number and its line, ``row 4 (line 5)``, so
+that the results and the messages agree), and, for a key
+that holds an object or an array on some line, ``NESTED + key``: what it holds there
+(``a JSON object``, ``a JSON array``), for the plan to refuse (nested values are never sent).
 """
 
 from __future__ import annotations
@@ -24,7 +31,17 @@ import polars as pl
 
 from bulk_update.exceptions import DiskFull, InputError, first_line, is_disk_full
 
-__all__ = ["as_text_parts", "fields", "scan_as_text"]
+__all__ = ["LINE", "NESTED", "as_text_parts", "fields", "is_hidden", "nested_only", "scan_as_text"]
+
+LINE = "__bulk_update_line"
+NESTED = "__bulk_update_nested:"
+_KIND: dict[type, str] = {dict: "a JSON object", list: "a JSON array"}
+
+
+def is_hidden(name: str) -> bool:
+    """A column the reader adds beside the file's own (``LINE``, ``NESTED + key``)."""
+    return name == LINE or name.startswith(NESTED)
+
 
 _ROWS_PER_PART = 50_000
 _SPACE = re.compile(r"[ \t\n\r]*")
@@ -41,6 +58,19 @@ _WRITTEN = json.JSONDecoder(parse_float=str, parse_int=str, parse_constant=_no_c
 _scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
+class _RowError(InputError):
+    """A row (1-based over the file, or over a glob's files once ``scan_as_text`` counted the
+    files before) that cannot be read: named by its ``row_number`` and its line."""
+
+    def __init__(self, file: str, row: int, line: int, problem: str) -> None:
+        super().__init__(file, f"row {row} (line {line}){problem}")
+        self.row, self.line, self.detail = row, line, problem
+
+    def after(self, rows: int) -> _RowError:
+        """The same, counted after ``rows`` rows of the files before."""
+        return _RowError(self.path, self.row + rows, self.line, self.detail)
+
+
 class _LineError(ValueError):
     def __init__(self, message: str, column: int) -> None:
         super().__init__(message)
@@ -49,7 +79,12 @@ class _LineError(ValueError):
 
 def fields(line: str) -> dict[str, str | None]:
     """One line's object: each key and its value's text (None for null). Raises _LineError
-    naming what is wrong and where (0-based position).
+    naming what is wrong and where (0-based position)."""
+    return _fields(line)[0]
+
+
+def _fields(line: str) -> tuple[dict[str, str | None], dict[str, str]]:
+    """``fields``, and the keys whose value is an object or an array, with what it is.
 
     The C parser does most lines: its number hooks receive each number's text as written. A
     line with an object or an array as a value (kept as written too), or an error, takes the
@@ -65,18 +100,19 @@ def fields(line: str) -> dict[str, str | None]:
         if isinstance(value, dict | list):
             return _walk(line)
         found[key] = value if value is None or isinstance(value, str) else _BOOLEAN[value]
-    return found
+    return found, {}
 
 
 _BOOLEAN = {True: "true", False: "false"}
 
 
-def _walk(line: str) -> dict[str, str | None]:
+def _walk(line: str) -> tuple[dict[str, str | None], dict[str, str]]:
     at = _SPACE.match(line, 0).end()  # type: ignore[union-attr]
     if line[at : at + 1] != "{":
         raise _LineError("not a JSON object", at)
     at = _SPACE.match(line, at + 1).end()  # type: ignore[union-attr]
     found: dict[str, str | None] = {}
+    nested: dict[str, str] = {}
     if line[at : at + 1] == "}":
         at += 1
     else:
@@ -98,6 +134,10 @@ def _walk(line: str) -> dict[str, str | None]:
             except ValueError as exc:
                 raise _LineError(str(exc), at) from None
             found[key] = _text(value, line[at:end])
+            if type(value) in _KIND:
+                nested[key] = _KIND[type(value)]
+            else:
+                nested.pop(key, None)
             at = _SPACE.match(line, end).end()  # type: ignore[union-attr]
             mark = line[at : at + 1]
             if mark == ",":
@@ -109,7 +149,7 @@ def _walk(line: str) -> dict[str, str | None]:
             raise _LineError("expected ',' or '}'", at)
     if _SPACE.match(line, at).end() != len(line):  # type: ignore[union-attr]
         raise _LineError("more after the object (one object per line)", at)
-    return found
+    return found, nested
 
 
 def _text(value: object, written: str) -> str | None:
@@ -138,52 +178,60 @@ def as_text_parts(file: str, directory: Path) -> list[Path]:
         parts.append(part)
 
     lines: list[tuple[int, str]] = []
+    rows = 0  # the rows before ``lines``
     with open(file, "rb") as raw:
         for number, data in enumerate(raw, start=1):
             try:
                 line = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise InputError(
-                    file, f"line {number}: not UTF-8 text ({exc.reason} at byte {exc.start})"
-                ) from None
+                row = rows + len(lines) + 1
+                where = f"{exc.reason} at byte {exc.start}"
+                raise _RowError(file, row, number, f": not UTF-8 text ({where})") from None
             if number == 1:
                 line = line.removeprefix("\ufeff")
             if line.strip():  # a blank line is no row
                 lines.append((number, line))
             if len(lines) >= _ROWS_PER_PART:
-                write(_frame(file, lines))
+                write(_frame(file, lines, rows))
+                rows += len(lines)
                 lines = []
     if lines:
-        write(_frame(file, lines))
+        write(_frame(file, lines, rows))
     if not parts:
         raise InputError(file, "the file is empty: no JSON object")
     return parts
 
 
-def _frame(file: str, lines: list[tuple[int, str]]) -> pl.DataFrame:
+def _row_count(parts: list[Path]) -> int:
+    """The rows of a file's parts (what a glob's next file's rows are counted after)."""
+    return sum(int(pl.scan_ipc(part).select(pl.len()).collect().item()) for part in parts)
+
+
+def _frame(file: str, lines: list[tuple[int, str]], before: int = 0) -> pl.DataFrame:
     """A chunk of lines as a frame of text columns. Fast path: the chunk parsed as one JSON
     array by the C parser (numbers as written, through its hooks), when every line is one
-    object of plain values; else line by line (``fields``), which names a bad line."""
+    object of plain values; else line by line (``fields``), which names a bad row (``before``:
+    the file's rows before the chunk) and its line."""
+    numbers = pl.Series(LINE, [number for number, _ in lines], dtype=pl.UInt32)
     try:
         parsed = _WRITTEN.decode("[" + ",".join(line for _, line in lines) + "]")
         if len(parsed) == len(lines) and all(type(row) is dict for row in parsed):
             frame = pl.from_dicts(parsed, infer_schema_length=None)
             if all(_plain(dtype) for dtype in frame.dtypes):
-                return frame.cast(dict.fromkeys(frame.columns, pl.String))
+                return frame.cast(dict.fromkeys(frame.columns, pl.String)).insert_column(0, numbers)
     except (ValueError, TypeError, OverflowError, pl.exceptions.PolarsError):
         pass  # e.g. TypeError: a column of an array of objects then numbers ([{"d":1},2])
     rows = []
-    for number, line in lines:
+    for row, (number, line) in enumerate(lines, start=before + 1):
         try:
-            found = fields(line)
+            found, nested = _fields(line)
             _check_text(found)
         except _LineError as exc:
-            raise InputError(
-                file, f"line {number}, column {exc.column + 1}: not JSON Lines ({exc})"
-            ) from None
-        rows.append(found)
+            problem = f", column {exc.column + 1}: not JSON Lines ({exc})"
+            raise _RowError(file, row, number, problem) from None
+        rows.append(found | {NESTED + key: kind for key, kind in nested.items()})
     frame = pl.from_dicts(rows, infer_schema_length=None)
-    return frame.cast(dict.fromkeys(frame.columns, pl.String))
+    return frame.cast(dict.fromkeys(frame.columns, pl.String)).insert_column(0, numbers)
 
 
 def _check_text(found: dict[str, str | None]) -> None:
@@ -209,26 +257,56 @@ class _Cache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._parts: dict[tuple[str, int, int], list[Path]] = {}
+        self._read: dict[tuple[str, int, int], tuple[list[Path], int]] = {}
         self._root: Path | None = None
 
-    def parts(self, file: str) -> list[Path]:
+    def read(self, file: str) -> tuple[list[Path], int]:
+        """The file's parts, and how many rows they hold."""
         stat = Path(file).stat()
         key = (str(Path(file).resolve()), stat.st_size, stat.st_mtime_ns)
         with self._lock:
-            if key not in self._parts:
+            if key not in self._read:
                 if self._root is None:
                     self._root = Path(tempfile.mkdtemp(prefix="bulk-update-jsonl-"))
                     atexit.register(shutil.rmtree, self._root, ignore_errors=True)
                 directory = Path(tempfile.mkdtemp(dir=self._root))
-                self._parts[key] = as_text_parts(file, directory)
-            return self._parts[key]
+                parts = as_text_parts(file, directory)
+                self._read[key] = (parts, _row_count(parts))
+            return self._read[key]
 
 
 _CACHE = _Cache()
 
 
 def scan_as_text(files: tuple[str, ...]) -> pl.LazyFrame:
-    """Local JSON Lines files as one lazy table of text columns, in file order."""
-    parts = [part for file in files for part in _CACHE.parts(file)]
-    return pl.concat([pl.scan_ipc(part) for part in parts], how="diagonal")
+    """Local JSON Lines files as one lazy table of text columns, in file order (``LINE``: each
+    row's line in its own file). A row that cannot be read is named by its number over the
+    files (a glob's second file's first row follows the first file's last)."""
+    scans = []
+    before = 0
+    for file in files:
+        try:
+            parts, rows = _CACHE.read(file)
+        except _RowError as exc:
+            raise exc.after(before) from None
+        scans += [pl.scan_ipc(part) for part in parts]
+        before += rows
+    return pl.concat(scans, how="diagonal")
+
+
+def nested_only(files: tuple[str, ...], columns: tuple[str, ...]) -> dict[str, str]:
+    """The ``columns`` of local JSON Lines files that hold an object or an array wherever they
+    hold a value, with what the first one holds."""
+    scan = scan_as_text(files)
+    names = set(scan.collect_schema().names())
+    marked = [column for column in columns if NESTED + column in names]
+    if not marked:
+        return {}
+    counts = scan.select(
+        *(
+            (pl.col(c).is_not_null().sum() == pl.col(NESTED + c).is_not_null().sum()).alias(c)
+            for c in marked
+        ),
+        *(pl.col(NESTED + c).drop_nulls().first().alias(NESTED + c) for c in marked),
+    ).collect()
+    return {c: str(counts.item(0, NESTED + c)) for c in marked if counts.item(0, c)}

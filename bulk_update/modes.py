@@ -15,14 +15,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
-from bulk_update.config import JobConfig
-from bulk_update.exceptions import ConfigError
+from bulk_update.config import OPTIONS, JobConfig
+from bulk_update.exceptions import BulkUpdateError, ConfigError
 from bulk_update.outcome import RowOutcome
 from bulk_update.paths import is_remote
 from bulk_update.plan import (
@@ -38,9 +39,13 @@ from bulk_update.plan import (
 from bulk_update.read import InputTable, open_input
 from bulk_update.server import revert
 from bulk_update.server.readfirst import ReadFirst
-from bulk_update.store import Journal, StoreLocation, jobs_that_wrote
+from bulk_update.store import Journal, StoreLocation, jobs_that_wrote, open_existing_store
 
-__all__ = ["Mode"]
+__all__ = ["Mode", "reverted_pace"]
+
+# What a revert takes from the run it reverts, unless given: the pace the run was given (its
+# --rpm may be a budget shared with other jobs, or all the API allows).
+PACE = ("rpm", "concurrency")
 
 # A batch as planned: the updates to send, the ``invalid`` outcomes, the ``unchanged`` rows
 # (ROW_NUMBER, conversation_id, sent_metadata).
@@ -114,6 +119,7 @@ class Mode:
             shard=config.shard,
             storage_options=config.storage(),
             delimiter=config.delimiter,
+            quoting=config.quoting,
         )
         return table, {}
 
@@ -209,3 +215,26 @@ def reverted_job(config: JobConfig) -> str:
         f"revert {results}: no run in {where} wrote these results; give the --job-name (and "
         "--state-dir or --state-url) of the run that wrote them"
     )
+
+
+def reverted_pace(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A revert's ``PACE`` options not in ``options`` (the flags and the job file given), as
+    the run it reverts recorded them (its last invocation's): a flag given wins, then the run's,
+    then the defaults. Best effort: a revert whose run cannot be found gets none here, and the
+    job's own lookup (``Mode.with_job``) says why."""
+    given = {key.replace("-", "_"): value for key, value in options.items()}
+    if all(name in given for name in PACE):
+        return {}
+    try:
+        config = JobConfig.from_options({k: v for k, v in given.items() if k in OPTIONS})
+        job = reverted_job(config)
+        results = config.input
+        forms = {results} if is_remote(results) else {results, str(Path(results).resolve())}
+        with open_existing_store(config.store_location(), job) as store:
+            runs = [r for r in store.history(job) if r.results in forms and not r.replaced]
+    except BulkUpdateError:
+        return {}
+    if not runs:
+        return {}
+    recorded = max(runs, key=lambda record: record.run_id).options
+    return {name: recorded[name] for name in PACE if name not in given and name in recorded}

@@ -5,11 +5,14 @@ once before the first batch (the IDs hashed, through a temporary Arrow file in $
 a duplicate is known wherever it is. The rules (the README's "Input rules"):
 - the ID is trimmed and must be ``conv_`` + ``[A-Za-z0-9_-]``, 128 characters at most, so it can
   never change a URL's path or query;
-- an empty cell or a null means no value for that key; a row with no pairs left is invalid;
+- a key is sent without its surrounding white space (``values.key_of``);
+- an empty cell, a cell of white space only, or a null means no value for that key; a row with
+  no pairs left is invalid; any other value is sent exactly as written;
 - 1 to 16 pairs, keys 1-64 characters, values at most 512 characters (not bytes);
 - non-string values become text by one rule, ``values.text`` (integers in decimal, booleans
   ``true``/``false``, floats in shortest round-trip form, dates, times, datetimes and durations
-  in ISO 8601), in a column or in a struct ``--metadata-column`` alike; lists, structs and
+  in ISO 8601), in a column or in a struct ``--metadata-column`` alike; nested values (lists,
+  structs, a JSON object or array in JSON Lines or in a ``--metadata-column`` cell) and
   binary are invalid;
 - a later row with an ID seen before is invalid ("duplicate of row N").
 """
@@ -25,12 +28,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
 
-from bulk_update import values
+from bulk_update import jsonlines, values
 from bulk_update._constants import (
     ID_PATTERN,
     ID_REGEX,
@@ -45,6 +48,8 @@ from bulk_update.read import InputTable
 
 __all__ = [
     "DUPLICATE_OF",
+    "HINT_COLUMN",
+    "HINT_OBJECT",
     "PLAN_COLUMNS",
     "PlannedUpdate",
     "clip",
@@ -77,6 +82,11 @@ MSG_VALUE_TOO_LONG = "value for '{}' is {} characters; at most " + str(MAX_VALUE
 MSG_NO_METADATA = "no metadata: every metadata value is empty"
 MSG_TOO_MANY_PAIRS = "{} metadata pairs; at most " + str(MAX_PAIRS)
 MSG_UNSUPPORTED_TYPE = "value for '{}' is {}; only text, numbers, booleans and dates can be sent"
+# What to do about it: a column can be left out; a value of a --metadata-column object given as
+# a string.
+HINT_COLUMN = " (leave the column out: --columns)"
+HINT_OBJECT = " (give it as a string to send its text)"
+MSG_SAME_KEY = "metadata keys '{}' and '{}' are the same key once trimmed"
 MSG_NOT_A_NUMBER = "value for '{}' is {}, not a number"
 
 
@@ -135,8 +145,9 @@ def check_id(raw: object) -> str:
     return conversation_id
 
 
-def to_text(key: str, value: object) -> str | None:
-    """A cell as the text to send, None for no value; raise _Invalid for what cannot be text."""
+def to_text(key: str, value: object, hint: str = "") -> str | None:
+    """A cell as the text to send, None for no value (null, empty, white space only); raise
+    _Invalid for what cannot be text (its message ending with ``hint``)."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -150,7 +161,7 @@ def to_text(key: str, value: object) -> str | None:
                     f"value for '{clip(key)}' holds {bad}, half of a surrogate pair: not a "
                     "character",
                 ) from None
-        return value if value != "" else None
+        return None if values.is_blank(value) else value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -174,16 +185,22 @@ def to_text(key: str, value: object) -> str | None:
         kind = "a duration"
     else:
         kind = type(value).__name__
-    raise _Invalid("unsupported_type", MSG_UNSUPPORTED_TYPE.format(key, kind))
+    raise _Invalid("unsupported_type", MSG_UNSUPPORTED_TYPE.format(key, kind) + hint)
 
 
-def check_pairs(pairs: Iterable[tuple[str, object]]) -> dict[str, str]:
-    """The metadata to send, or raise _Invalid naming the key and the limit."""
+def check_pairs(pairs: Iterable[tuple[str, object]], hint: str = HINT_OBJECT) -> dict[str, str]:
+    """The metadata to send, or raise _Invalid naming the key and the limit (``hint``: how to
+    avoid a value that cannot be sent)."""
     metadata: dict[str, str] = {}
-    for key, raw in pairs:
-        value = to_text(key, raw)
+    named: dict[str, str] = {}  # each key sent, as written
+    for written, raw in pairs:
+        key = values.key_of(written)
+        value = to_text(key, raw, hint)
         if value is None:
             continue
+        if key in named:
+            raise _Invalid("invalid_key", MSG_SAME_KEY.format(clip(named[key]), clip(written)))
+        named[key] = written
         if not key.isascii():
             to_text("a key", key)  # raises _Invalid for a lone surrogate, as for a value
         if not key:
@@ -224,6 +241,7 @@ def plan_row(
     pairs: Iterable[tuple[str, object]] | Callable[[], Iterable[tuple[str, object]]],
     duplicate_of: int | None = None,
     kept: tuple[str, str] | None = None,
+    hint: str = HINT_OBJECT,
 ) -> Planned:
     """One row to a PlannedUpdate, or to an ``invalid`` RowOutcome with a precise message.
 
@@ -240,7 +258,7 @@ def plan_row(
             raise _Invalid("duplicate_id", MSG_DUPLICATE.format(duplicate_of))
         if kept is not None:
             raise _Invalid(*kept)
-        metadata = check_pairs(pairs() if callable(pairs) else pairs)
+        metadata = check_pairs(pairs() if callable(pairs) else pairs, hint)
     except _Invalid as invalid:
         return RowOutcome(
             row_number=row_number,
@@ -361,20 +379,26 @@ def _clip_expr(text: pl.Expr) -> pl.Expr:
 Check = tuple[pl.Expr, str | pl.Expr, pl.Expr]
 
 
-def _as_text(key: str, column: pl.Expr, dtype: Any) -> tuple[pl.Expr, list[Check]]:
-    """A cell as the text to send (null for "no value"), by the one rule (``values.text``), and
-    the checks its type needs."""
+def _as_text(
+    key: str, column: pl.Expr, dtype: Any, hint: str, nested: pl.Expr | None = None
+) -> tuple[pl.Expr, list[Check]]:
+    """A cell as the text to send (null for "no value": null, empty or white space only), by
+    the one rule (``values.text``), and the checks its type needs (``nested``: what a JSON
+    Lines value holds, when it is an object or an array). ``hint``: how to avoid the value."""
     checks: list[Check] = []
     text = values.text(column, dtype)
     if text is None:
-        message = MSG_UNSUPPORTED_TYPE.format(key, values.kind(dtype))
+        message = MSG_UNSUPPORTED_TYPE.format(key, values.kind(dtype)) + hint
         checks.append((column.is_not_null(), "unsupported_type", pl.lit(message)))
         text = pl.lit(None, dtype=pl.String)
     elif dtype.is_float():
         bad = column.is_nan() | column.is_infinite()
         not_a_number = pl.format(MSG_NOT_A_NUMBER, pl.lit(key), column.cast(pl.String))
         checks.append((bad, "unsupported_value", not_a_number))
-    return pl.when(text != "").then(text), checks
+    if nested is not None:
+        what = pl.format(MSG_UNSUPPORTED_TYPE + hint, pl.lit(key), nested)
+        checks.append((nested.is_not_null(), "unsupported_type", what))
+    return pl.when(~values.blank(text)).then(text), checks
 
 
 def _first_failure(checks: list[Check]) -> tuple[pl.Expr, pl.Expr]:
@@ -400,15 +424,35 @@ class _PlanExprs:
     sent_metadata: pl.Expr  # the JSON object to send (valid rows)
 
 
-def _metadata_cells(table: InputTable, schema: pl.Schema) -> list[tuple[str, pl.Expr, Any]]:
+class _Cell(NamedTuple):
+    key: str  # as sent: trimmed
+    column: pl.Expr
+    dtype: Any
+    hint: str  # how to avoid a value that cannot be sent
+    nested: pl.Expr | None  # JSON Lines: what the value is where it is an object or an array
+
+
+def _metadata_cells(table: InputTable, schema: pl.Schema) -> list[_Cell]:
     """Each metadata key, its cell and its type: one column each, or the fields of a struct
     ``--metadata-column`` (the same rule for a value in a struct as in a column of its own)."""
     if table.metadata_column is None:
-        return [(name, pl.col(name), schema[name]) for name in table.metadata_columns]
+        return [
+            _Cell(
+                values.key_of(name),
+                pl.col(name),
+                schema[name],
+                HINT_COLUMN,
+                pl.col(jsonlines.NESTED + name) if jsonlines.NESTED + name in schema else None,
+            )
+            for name in table.metadata_columns
+        ]
     struct = pl.col(table.metadata_column)
     dtype = schema[table.metadata_column]
     assert isinstance(dtype, pl.Struct)
-    return [(field.name, struct.struct.field(field.name), field.dtype) for field in dtype.fields]
+    return [
+        _Cell(values.key_of(f.name), struct.struct.field(f.name), f.dtype, HINT_OBJECT, None)
+        for f in dtype.fields
+    ]
 
 
 def _by_rows(table: InputTable, schema: pl.Schema) -> bool:
@@ -441,8 +485,8 @@ def _plan_exprs(table: InputTable, schema: pl.Schema, with_duplicates: bool) -> 
         checks.append((kept.is_not_null(), kept, pl.col(KEPT_MESSAGE)))
     present: list[pl.Expr] = []
     pieces: list[pl.Expr] = []
-    for name, column, dtype in _metadata_cells(table, schema):
-        text, type_checks = _as_text(name, column, dtype)
+    for name, column, dtype, hint, nested in _metadata_cells(table, schema):
+        text, type_checks = _as_text(name, column, dtype, hint, nested)
         checks += type_checks
         if not name:
             checks.append((text.is_not_null(), "invalid_key", pl.lit(MSG_KEY_EMPTY)))
@@ -509,7 +553,7 @@ def plan_lazy(table: InputTable, duplicates: pl.DataFrame) -> pl.LazyFrame | Non
     scan = table.scan()
     if duplicates.height:
         scan = scan.join(duplicates.lazy(), on=ROW_NUMBER, how="left", maintain_order="left")
-    exprs = _plan_exprs(table, table.schema, duplicates.height > 0)
+    exprs = _plan_exprs(table, scan.collect_schema(), duplicates.height > 0)
     return scan.select(
         pl.col(ROW_NUMBER),
         exprs.conversation_id.alias("conversation_id"),

@@ -1,13 +1,16 @@
 """Read: the input table, lazily, in batches, with the 1-based data-row number of every row.
 
-CSV and TSV (any ``--delimiter``) and JSON Lines are read as text (every cell a string, empty
-cells and JSON nulls null; a JSON object or array as its JSON text); Parquet keeps its types for
-the plan stage to turn into text. Nothing here holds the whole file in memory.
+CSV and TSV (any ``--delimiter``, quoted or not: ``--quoting``) and JSON Lines are read as text
+(every cell a string, empty cells and JSON nulls null; a JSON object or array as its JSON text,
+marked nested: ``jsonlines``); Parquet keeps its types for the plan stage to turn into text.
+Metadata keys are the column names trimmed (``values.key_of``): a name given finds a column by
+either. Nothing here holds the whole file in memory.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import hashlib
 import os
@@ -74,16 +77,23 @@ class InputTable:
     storage_options: dict[str, str] | None = None
     fed_back: bool = False  # a CSV --errors-output file fed back: undo its spreadsheet escapes
     separator: str = ","  # of a CSV or TSV file
+    quoted: bool = True  # a CSV or TSV file's cells may be quoted (--quoting csv)
+    # Said once before sending (and in the summary): a mapped column no row can send.
+    warnings: tuple[str, ...] = ()
 
     def scan(self) -> pl.LazyFrame:
         """Every row (of the shard), with ``ROW_NUMBER`` first: 1-based, header not counted,
         counted over the whole input (all files of a glob, every shard)."""
         scan = _scan(
             self.files or (self.path,), self.format, self.storage_options, self.separator,
-            self.schema,
+            self.schema, quoted=self.quoted,
         )  # fmt: skip
         if self.fed_back:
             scan = spreadsheet.unescape(scan)
+        if self.format == "ndjson" and jsonlines.LINE in scan.collect_schema().names():
+            # A row's number counts the data rows: a blank line is no row. The messages that
+            # name a JSON Lines row name this number too (``jsonlines``).
+            scan = scan.drop(jsonlines.LINE)
         scan = scan.with_row_index(ROW_NUMBER, offset=1)
         if self.shard is None:
             return scan
@@ -91,11 +101,17 @@ class InputTable:
         return scan.filter(shard_of(pl.col(self.id_column), count) == index)
 
     def batches(self, rows: int) -> Iterator[pl.DataFrame]:
-        """The row number, ID and metadata columns, ``rows`` at a time, in input order."""
+        """The row number, ID and metadata columns, ``rows`` at a time, in input order (JSON
+        Lines: with the marks of the metadata columns' nested values, ``jsonlines.NESTED``)."""
         wanted = [ROW_NUMBER, self.id_column]
         wanted += [self.metadata_column] if self.metadata_column else list(self.metadata_columns)
+        scan = self.scan()
+        names = set(scan.collect_schema().names()) if self.format == "ndjson" else set()
+        wanted += [
+            jsonlines.NESTED + c for c in self.metadata_columns if jsonlines.NESTED + c in names
+        ]
         try:
-            yield from self.scan().select(wanted).collect_batches(chunk_size=rows)
+            yield from scan.select(wanted).collect_batches(chunk_size=rows)
         except pl.exceptions.PolarsError as exc:
             raise self.read_error(exc) from None
 
@@ -109,7 +125,8 @@ class InputTable:
             raise self.read_error(exc) from None
 
     def all_batches(self, rows: int) -> Iterator[pl.DataFrame]:
-        """Every column of the input (for --errors-output), ``rows`` at a time."""
+        """Every column of the input (for --errors-output, which writes the table's own:
+        ``schema``), ``rows`` at a time."""
         try:
             yield from self.scan().collect_batches(chunk_size=rows)
         except pl.exceptions.PolarsError as exc:
@@ -168,13 +185,32 @@ class InputTable:
             return DiskFull("a temporary file (TMPDIR)", first_line(exc))
         if self.format == "csv":
             for file in self.files or (self.path,):
-                problem = csv_problem(file, self.separator)
+                problem = csv_problem(file, self.separator, quoted=self.quoted)
                 if problem is not None:
                     return InputError(file, problem)
-        return InputError(self.path, f"cannot read: {first_line(exc)}")
+        return InputError(self.path, f"cannot read: {shown_text(first_line(exc))}")
 
 
-def csv_problem(file: str, separator: str = ",") -> str | None:
+def _quoting(quoted: bool) -> Literal[0, 3]:
+    """The csv module's quoting of a text input: RFC 4180 (--quoting csv) or none."""
+    return csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
+
+
+def shown_text(text: str) -> str:
+    """Text as a message shows it: a tab as ``\t`` (a raw one looks like spaces)."""
+    return text.replace("\t", "\\t")
+
+
+def _quoting_hint(separator: str, quoted: bool) -> str:
+    """What to try when a quote breaks a tab-separated file: it may not be quoted at all."""
+    return (
+        "; if the file is not quoted (as warehouses write TSV), give --quoting none"
+        if (quoted and separator == "\t")
+        else ""
+    )
+
+
+def csv_problem(file: str, separator: str = ",", *, quoted: bool = True) -> str | None:
     """What makes a local CSV file unreadable, with its line: not UTF-8, a quote never closed,
     more fields than the header. Slow (Python, line by line): only called once polars failed."""
     if is_remote(file):
@@ -187,24 +223,29 @@ def csv_problem(file: str, separator: str = ",") -> str | None:
                 where = f"{exc.reason} at byte {exc.start}"
                 return f"line {number}: not UTF-8 text ({where}); save it as UTF-8"
     csv.field_size_limit(sys.maxsize)
+    hint = _quoting_hint(separator, quoted)
+    quoting = _quoting(quoted)
     with open(file, encoding="utf-8-sig", newline="") as text:
-        reader = csv.reader(text, strict=True, delimiter=separator)
+        reader = csv.reader(text, strict=True, delimiter=separator, quoting=quoting)
         try:
             header = next(reader, [])
             for record in reader:
                 if len(record) > len(header):
+                    quote = '"' in separator.join(record)
                     return (
                         f"line {reader.line_num}: {len(record)} fields, but the header has "
-                        f"{len(header)}"
+                        f"{len(header)}" + (hint if quote else "")
                     )
         except csv.Error as exc:
             if "unexpected end of data" in str(exc):
-                return f"line {reader.line_num}: a quoted cell is never closed (a stray '\"'?)"
-            return f"line {reader.line_num}: {exc}"
+                return (
+                    f"line {reader.line_num}: a quoted cell is never closed (a stray '\"'?)" + hint
+                )
+            return f"line {reader.line_num}: {shown_text(str(exc))}{hint}"
     return None
 
 
-def header_problem(file: str, separator: str = ",") -> str | None:
+def header_problem(file: str, separator: str = ",", *, quoted: bool = True) -> str | None:
     """What is wrong with a local CSV file's header, before polars reads it: an empty file,
     UTF-16 or binary data, a header that is not UTF-8, a column name given twice."""
     if is_remote(file):
@@ -222,7 +263,8 @@ def header_problem(file: str, separator: str = ",") -> str | None:
         if len(first) < len(head) or len(head) < 64 * 1024:
             return "line 1 (the header): not UTF-8 text; save it as UTF-8"
     line = first.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r")
-    header = next(csv.reader([line], delimiter=separator), [])
+    quoting = _quoting(quoted)
+    header = next(csv.reader([line], delimiter=separator, quoting=quoting), [])
     seen = [name for i, name in enumerate(header) if name in header[:i]]
     if seen:
         return f"the header names column(s) {_shown(sorted(set(seen)))} more than once"
@@ -264,6 +306,8 @@ def _scan(
     storage_options: dict[str, str] | None,
     separator: str = ",",
     schema: pl.Schema | None = None,
+    *,
+    quoted: bool = True,
 ) -> pl.LazyFrame:
     """Local globs are expanded by ``expand`` (sorted); a remote URL's glob by polars. JSON
     Lines are read with ``schema`` (every key as text) once ``open_input`` found the keys."""
@@ -277,14 +321,14 @@ def _scan(
     if fmt == "ndjson":
         # A remote JSON Lines file's keys may first appear on any line: the whole file is read
         # once to find them (open_input), then every value is read as text (as polars prints
-        # it: numbers in its own form).
+        # it: numbers in its own form), objects and arrays as polars types them (_schema).
         if schema is None:
             return pl.scan_ndjson(source, infer_schema_length=None, storage_options=storage_options)
-        text = pl.Schema(dict.fromkeys(schema.names(), pl.String()))
-        return pl.scan_ndjson(source, schema=text, storage_options=storage_options)
+        return pl.scan_ndjson(source, schema=schema, storage_options=storage_options)
     return pl.scan_csv(
         source,
         separator=separator,
+        quote_char='"' if quoted else None,
         infer_schema=False,
         raise_if_empty=False,
         glob=remote,
@@ -301,6 +345,7 @@ def open_input(
     shard: tuple[int, int] | None = None,
     storage_options: dict[str, str] | None = None,
     delimiter: str | None = None,
+    quoting: str = "csv",
 ) -> InputTable:
     """Open ``path`` (a file, or a glob of files read as one table) and check the mapping
     against its header. Raises InputError."""
@@ -308,11 +353,17 @@ def open_input(
     _check_there(path, files)
     fmt = input_format(path)
     separator = delimiter or default_separator(path)
-    _check_readable(files, fmt, separator)
-    schema = _schema(path, files, fmt, storage_options, separator)
+    quoted = quoting != "none"
+    _check_readable(files, fmt, separator, quoted)
+    schema = _schema(path, files, fmt, storage_options, separator, quoted)
     names = list(schema.names())
+    id_column = _named(path, names, id_column)
     _check_id_column(path, schema, id_column, fmt)
-    return InputTable(
+    if metadata_column is not None:
+        metadata_column = _named(path, names, metadata_column)
+    if columns is not None:
+        columns = tuple(_named(path, names, column) for column in columns)
+    table = InputTable(
         path=path,
         format=fmt,
         schema=schema,
@@ -324,6 +375,76 @@ def open_input(
         storage_options=storage_options,
         fed_back=fmt == "csv" and set(ERROR_COLUMNS) <= set(names),
         separator=separator,
+        quoted=quoted,
+    )
+    _check_keys(table)
+    if metadata_column is None:
+        warning = _nested_warning(table)
+        if warning is not None:
+            table = dataclasses.replace(table, warnings=(warning,))
+    return table
+
+
+def _named(path: str, names: list[str], wanted: str) -> str:
+    """The column a name given (``--id-column``, ``--columns``, ``--metadata-column``) means:
+    the one of that name, else the one whose name is that once trimmed (a header ` tier `)."""
+    if wanted in names:
+        return wanted
+    trimmed = [name for name in names if values.key_of(name) == values.key_of(wanted)]
+    if len(trimmed) > 1:
+        raise InputError(path, f"columns {_shown(trimmed)} are all {values.key_of(wanted)!r} once "
+                         "trimmed: rename all but one")  # fmt: skip
+    return trimmed[0] if trimmed else wanted
+
+
+def _check_keys(table: InputTable) -> None:
+    """Each metadata key is sent trimmed (``values.key_of``): two columns (or two fields of a
+    struct --metadata-column) that are the same key once trimmed are refused, naming both."""
+    if table.metadata_column is not None:
+        dtype = table.schema[table.metadata_column]
+        keys = [f.name for f in dtype.fields] if isinstance(dtype, pl.Struct) else []
+        what, hint = f"the fields of {table.metadata_column!r}", "rename one"
+    else:
+        keys = list(table.metadata_columns)
+        what, hint = "columns", "rename one, or leave one out with --columns"
+    seen: dict[str, str] = {}
+    for name in keys:
+        key = values.key_of(name)
+        if key in seen:
+            raise InputError(
+                table.path,
+                f"{what} {seen[key]!r} and {name!r} are the same key {key!r} once surrounding "
+                f"white space is trimmed: {hint}",
+            )
+        seen[key] = name
+
+
+def _nested_warning(table: InputTable) -> str | None:
+    """One line for the mapped columns whose type no metadata value can have (a list, a
+    struct, binary; in JSON Lines, a key holding only objects and arrays): their rows with a
+    value are ``invalid`` (``unsupported_type``), the other rows go on; the line names them
+    and the ``--columns`` that leave them out."""
+    unsendable = {
+        name: values.kind(dtype)
+        for name, dtype in table.schema.items()
+        if name in table.metadata_columns and values.text(pl.col(name), dtype) is None
+    }
+    if table.format == "ndjson" and not is_remote(table.path):
+        unsendable |= jsonlines.nested_only(table.files or (table.path,), table.metadata_columns)
+    if not unsendable:
+        return None
+    rest = [values.key_of(name) for name in table.metadata_columns if name not in unsendable]
+    columns = ",".join(rest) if rest and len(",".join(rest)) <= 200 else "NAME,..."
+    if len(unsendable) == 1:
+        ((name, kind),) = unsendable.items()
+        return (
+            f"column {name!r} is {kind}: its rows with a value are invalid (metadata values are "
+            f"text); leave it out with --columns {columns}"
+        )
+    kinds = ", ".join(f"{name!r} ({kind})" for name, kind in unsendable.items())
+    return (
+        f"columns {kinds} cannot be text: their rows with a value are invalid (metadata values "
+        f"are text); leave them out with --columns {columns}"
     )
 
 
@@ -338,17 +459,19 @@ def _check_there(path: str, files: tuple[str, ...]) -> None:
             raise InputError(file, "no such file")
 
 
-def _check_readable(files: tuple[str, ...], fmt: InputFormat, separator: str) -> None:
+def _check_readable(
+    files: tuple[str, ...], fmt: InputFormat, separator: str, quoted: bool = True
+) -> None:
     """Each file looks like its format before polars reads it (its problem named, not
     polars'), and a glob's files have the same columns."""
     for file in files if fmt == "csv" else ():
-        problem = header_problem(file, separator)
+        problem = header_problem(file, separator, quoted=quoted)
         if problem is not None:
             raise InputError(file, problem)
     for file in files if fmt == "ndjson" else ():
         if not is_remote(file) and not _has_text(file):
             raise InputError(file, "the file is empty: no JSON object")
-    _check_same_columns(files, fmt, separator)
+    _check_same_columns(files, fmt, separator, quoted)
 
 
 def _schema(
@@ -357,17 +480,27 @@ def _schema(
     fmt: InputFormat,
     storage_options: dict[str, str] | None,
     separator: str,
+    quoted: bool = True,
 ) -> pl.Schema:
-    """The input's columns as polars reads them (JSON Lines: every one text)."""
+    """The input's columns as polars reads them (JSON Lines: every one text but a remote file's
+    objects and arrays)."""
     try:
-        schema = _scan(files, fmt, storage_options, separator).collect_schema()
+        schema = _scan(files, fmt, storage_options, separator, quoted=quoted).collect_schema()
     except DiskFull:
         raise
     except (pl.exceptions.PolarsError, OSError) as exc:
         shown = "JSON LINES" if fmt == "ndjson" else fmt.upper()
         raise InputError(path, f"cannot read as {shown}: {first_line(exc)}") from None
     if fmt == "ndjson":
-        schema = pl.Schema(dict.fromkeys(schema.names(), pl.String()))
+        # Every value as text, but a remote file's objects and arrays (local ones are marked
+        # by jsonlines): nested values, never sent, as in every format.
+        schema = pl.Schema(
+            {
+                name: dtype if isinstance(dtype, values.NESTED_KINDS) else pl.String()
+                for name, dtype in schema.items()
+                if not jsonlines.is_hidden(name)
+            }
+        )
     return schema
 
 
@@ -420,7 +553,7 @@ def _metadata_columns(
     return metadata_columns
 
 
-def _columns(file: str, fmt: InputFormat, separator: str) -> list[str] | None:
+def _columns(file: str, fmt: InputFormat, separator: str, quoted: bool = True) -> list[str] | None:
     """A local file's column names, from its header or schema (None: not known cheaply)."""
     if is_remote(file):
         return None
@@ -430,21 +563,24 @@ def _columns(file: str, fmt: InputFormat, separator: str) -> list[str] | None:
         except (pl.exceptions.PolarsError, OSError):
             return None  # polars' own read says what is wrong
     if fmt == "csv":
+        quoting = _quoting(quoted)
         with open(file, encoding="utf-8-sig", errors="replace", newline="") as text:
-            return next(csv.reader(text, delimiter=separator), [])
+            return next(csv.reader(text, delimiter=separator, quoting=quoting), [])
     return None  # JSON Lines: the files' keys are joined
 
 
-def _check_same_columns(files: tuple[str, ...], fmt: InputFormat, separator: str) -> None:
+def _check_same_columns(
+    files: tuple[str, ...], fmt: InputFormat, separator: str, quoted: bool = True
+) -> None:
     """The files of a glob are read as one table: each must have the first one's columns (the
     file that differs is named, not polars' "schema lengths differ")."""
     if len(files) < 2:
         return
-    first = _columns(files[0], fmt, separator)
+    first = _columns(files[0], fmt, separator, quoted)
     if first is None:
         return
     for file in files[1:]:
-        columns = _columns(file, fmt, separator)
+        columns = _columns(file, fmt, separator, quoted)
         if columns is not None and columns != first:
             raise InputError(
                 file,

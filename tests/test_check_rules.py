@@ -189,7 +189,7 @@ def test_the_emulator_preloads_metadata_from_a_json_column(tmp_path: Path) -> No
     path.write_text('conversation_id,metadata\nconv_a,"{""owner"":""ana""}"\nconv_b,\n')
     assert list(preload_from(str(path))) == [("conv_a", {"owner": "ana"}), ("conv_b", None)]
     path.write_text("conversation_id,metadata\nconv_a,{not json\n")
-    with pytest.raises(ValueError, match="line 2: metadata is not JSON"):
+    with pytest.raises(ValueError, match=r"row 1 \(conv_a\), column metadata: not JSON"):
         list(preload_from(str(path)))
 
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from bulk_update import JobConfig, run_job
 from bulk_update.exceptions import BulkUpdateError
+from bulk_update.values import is_blank
 from tests.conftest import StartEmulator
 from tests.helpers import cli, results
 
@@ -255,9 +256,10 @@ def test_any_json_value_is_sent_as_written_or_its_row_invalid(
     tmp_path: Path, rows: list[dict[str, Written]], space: str
 ) -> None:
     """Any JSON value in any cell, columns mixing objects, arrays, numbers of any size, strings
-    and nulls across rows: each row is sent as written (one rule: a number, an array or an
-    object as its text in the file) or is ``invalid`` for itself; the file never fails (an
-    array of an object then a number was exit 70 for the whole file)."""
+    and nulls across rows: each row is sent as written (one rule: a number as its text in the
+    file, a string of white space only no value) or is ``invalid`` for itself (an array or an
+    object: a nested value, never sent), a key holding nothing but objects and arrays too; the
+    file never fails (an array of an object then a number was exit 70 for the whole file)."""
     path = tmp_path / "input.jsonl"
     lines = []
     for number, row in enumerate(rows):
@@ -269,11 +271,22 @@ def test_any_json_value_is_sent_as_written_or_its_row_invalid(
     if not any(rows):
         assert frame is None  # no object, or no key but the ID: refused, exit 2
         return
+
+    def nested(written: str) -> bool:
+        return written.startswith(("[", "{"))
+
     assert frame is not None
     assert frame.height == len(rows)
     for row, result in zip(rows, frame.iter_rows(named=True), strict=True):
-        sent = {key: text for key, (_, text) in row.items() if text is not None}
-        if not sent:
+        sent = {
+            key: text
+            for key, (written, text) in row.items()
+            if not nested(written) and text is not None and not is_blank(text)
+        }
+        if any(nested(written) for written, _ in row.values()):
+            assert result["status"] == "invalid", result
+            assert result["error_code"] in ("unsupported_type", "value_too_long"), result
+        elif not sent:
             assert result["error_code"] == "no_metadata"
         elif any(len(text) > 512 for text in sent.values()):
             assert result["error_code"] == "value_too_long"

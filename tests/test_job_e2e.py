@@ -207,7 +207,11 @@ def test_parquet_values_become_text(start_emulator: StartEmulator, tmp_path: Pat
     emu = start_emulator("--preload", str(preload_file(tmp_path, [ID(1), ID(2), ID(3)])))
     output = tmp_path / "out.csv"
     run = cli("run", str(source), "--output", str(output), "--base-url", emu.base_url)
-    assert run.returncode == 1, run.stderr
+    assert run.returncode == 1, run.stderr  # the list column's row invalid, the rest sent
+    assert (
+        "WARNING column 'tags' is a list: its rows with a value are invalid (metadata values "
+        "are text); leave it out with --columns n,flag,score,day,at\n"
+    ) in run.stderr
     rows = by_row(output)
     assert emu.admin(f"conversations/{ID(1)}")["metadata"] == {
         "n": "7", "flag": "true", "score": "0.1", "day": "2026-01-02", "at": "2026-01-02T03:04:05",
@@ -241,24 +245,29 @@ def test_numbers_are_sent_as_written(start_emulator: StartEmulator, tmp_path: Pa
         assert done.returncode == 0, done.stderr
         sent = [emu.admin(f"conversations/{c}")["metadata"]["n"] for c in ids]
         assert sent == list(NUMBERS), source
-    # An object is kept as written too (as its text), spaces and all.
+    # An object is a nested value: never sent, even asked for (its rows invalid).
     objects = cli("run", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.csv"),
                   "--base-url", emu.base_url, "--columns", "o", "--full")  # fmt: skip
-    assert objects.returncode == 0, objects.stderr
-    assert emu.admin(f"conversations/{ids[1]}")["metadata"]["o"] == '{"k": 1.50}'
+    assert objects.returncode == 1, objects.stderr
+    assert set(results(tmp_path / "o.csv")["error_code"].to_list()) == {"unsupported_type"}
+    assert "o" not in emu.admin(f"conversations/{ids[1]}")["metadata"]
 
 
-def test_a_json_lines_error_names_its_line(tmp_path: Path) -> None:
+def test_a_json_lines_error_names_its_row_and_line(tmp_path: Path) -> None:
+    """The row as the results would number it (blank lines no rows), and its line."""
     source = tmp_path / "in.jsonl"
     source.write_text(f'{{"conversation_id": "{ID(1)}", "n": 1}}\n\n{{"conversation_id": 2,}}\n')
     done = cli("run", str(source), "--output", str(tmp_path / "o.csv"))
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
-    assert f"{source}: line 3, column 23: not JSON Lines (expected a key in double quotes)" in line
+    assert (
+        f"{source}: row 2 (line 3), column 23: not JSON Lines (expected a key in double "
+        "quotes)" in line
+    )
     (tmp_path / "list.jsonl").write_text('{"conversation_id": "a"}\n[1, 2]\n')
     done = cli("validate", str(tmp_path / "list.jsonl"), "--output", str(tmp_path / "p.csv"))
     assert done.returncode == 2
-    assert "list.jsonl: line 2, column 1: not JSON Lines (not a JSON object)" in done.stderr
+    assert "list.jsonl: row 2 (line 2), column 1: not JSON Lines (not a JSON object)" in done.stderr
 
 
 def test_metadata_column_and_columns_options(start_emulator: StartEmulator, tmp_path: Path) -> None:

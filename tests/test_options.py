@@ -54,6 +54,7 @@ TEXT: dict[str, tuple[str, object]] = {
     "state_url": ("postgresql://u@db/jobs", "postgresql://u@db/jobs"),
     "pushgateway": ("http://gateway:9091", "http://gateway:9091"),
     "delimiter": (";", ";"),
+    "quoting": ("none", "none"),
     "metrics_file": ("m.prom", "m.prom"),
 }
 BY_TYPE: dict[Any, tuple[str, object]] = {

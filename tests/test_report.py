@@ -185,7 +185,9 @@ def test_a_shard_s_report_tells_its_share_from_the_whole_job_s(
                "--shard", "0/2")  # fmt: skip
     assert done.returncode == 0, done.stderr
     page_file = tmp_path / "report.html"
-    written = cli("report", "--job-name", JOB, "--state-dir", str(tmp_path), "--output", str(page_file))
+    written = cli(
+        "report", "--job-name", JOB, "--state-dir", str(tmp_path), "--output", str(page_file)
+    )
     assert written.returncode == 0, written.stderr
     html = page_file.read_text()
     payload = json.loads(html.split('id="report-data">')[1].split("</script>")[0])

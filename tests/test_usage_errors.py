@@ -131,7 +131,8 @@ def test_emulator_preload_of_a_file_without_the_column_is_exit_2(tmp_path: Path)
     done = cli("emulator", "--port", "0", "--preload", str(wrong))
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        f"bulk-update emulator: --preload {wrong}: the file has no conversation_id column"
+        f"bulk-update emulator: --preload {wrong}: the file has no 'conversation_id' column "
+        "(columns: 'id', 'x'): give --id-column the column that holds the conversation IDs"
     )
     missing = cli("emulator", "--port", "0", "--preload", str(tmp_path / "nope.csv"))
     assert missing.returncode == 2

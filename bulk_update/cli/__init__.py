@@ -78,7 +78,10 @@ def _as_validate(options: dict[str, Any]) -> None:
 
 
 def _as_revert(options: dict[str, Any]) -> None:
+    from bulk_update.modes import reverted_pace
+
     options["revert"] = True
+    options.update(reverted_pace(options))  # --rpm, --concurrency: the run's, unless given
     options["check_server"] = bool(options.get("dry_run"))  # a dry run reads what it would send
 
 
@@ -206,7 +209,9 @@ def _run_emulator(args: argparse.Namespace) -> int:
     try:
         settings = {name: getattr(args, name, None) for name in defaults(EmulatorConfig)}
         config = EmulatorConfig(**{k: v for k, v in settings.items() if v is not None})
-        serve(config, host=args.host, port=args.port, preload=args.preload)
+        serve(
+            config, host=args.host, port=args.port, preload=args.preload, id_column=args.id_column
+        )
     except (OSError, ValueError) as exc:
         print(f"bulk-update emulator: {exc}", file=sys.stderr)
         return ExitCode.USAGE

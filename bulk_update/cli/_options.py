@@ -316,8 +316,14 @@ def emulator_options(parser: argparse.ArgumentParser) -> None:
         "--preload",
         metavar="FILE|N",
         default=None,
-        help="create a conversation for every ID in a file's conversation_id column, the "
-        "file Parquet (.parquet), JSON Lines (.jsonl, .ndjson), TSV (.tsv) or else CSV, with "
-        "its metadata column (a JSON object) as each one's metadata if it has one; or N "
-        "conversations whose IDs are bulk_update.emulator.preload_id(0..N-1)",
+        help="create a conversation for every ID in a file's --id-column, the file Parquet "
+        "(.parquet), JSON Lines (.jsonl, .ndjson), TSV (.tsv) or else CSV, with its metadata "
+        "column (a JSON object) as each one's metadata if it has one; or N conversations whose "
+        "IDs are bulk_update.emulator.preload_id(0..N-1)",
+    )
+    parser.add_argument(
+        "--id-column",
+        default="conversation_id",
+        metavar="NAME",
+        help="the --preload file's ID column, as run's --id-column (default conversation_id)",
     )

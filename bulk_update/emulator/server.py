@@ -52,12 +52,13 @@ class ResettableHttpToolsProtocol(HttpToolsProtocol):
 
 
 PRELOAD_METADATA = "metadata"
+PRELOAD_ID = "conversation_id"
 
 
-def preload_from(spec: str) -> Iterator[tuple[str, object]]:
-    """Conversations for ``--preload``: a whole number N (no metadata), or the
-    ``conversation_id`` column of a file in one of the job's input formats (CSV, TSV, JSON
-    Lines, Parquet: by its extension, as the job reads them), with the file's ``metadata``
+def preload_from(spec: str, id_column: str = PRELOAD_ID) -> Iterator[tuple[str, object]]:
+    """Conversations for ``--preload``: a whole number N (no metadata), or the ``id_column``
+    (``--id-column``, as ``run`` has it) of a file in one of the job's input formats (CSV, TSV,
+    JSON Lines, Parquet: by its extension, as the job reads them), with the file's ``metadata``
     column (a JSON object) as each conversation's metadata if it has one."""
     if spec.isdigit():
         yield from ((preload_id(i), None) for i in range(int(spec)))
@@ -75,9 +76,13 @@ def preload_from(spec: str) -> Iterator[tuple[str, object]]:
             separator = "\t" if suffix == ".tsv" else ","
             scan = pl.scan_csv(path, infer_schema=False, separator=separator)
         names = scan.collect_schema().names()
-        if "conversation_id" not in names:
-            raise ValueError(f"--preload {spec}: the file has no conversation_id column")
-        trimmed = pl.col("conversation_id").cast(pl.String).str.strip_chars()
+        if id_column not in names:
+            shown = ", ".join(repr(name) for name in names[:20])
+            raise ValueError(
+                f"--preload {spec}: the file has no {id_column!r} column (columns: {shown}): "
+                "give --id-column the column that holds the conversation IDs"
+            )
+        trimmed = pl.col(id_column).cast(pl.String).str.strip_chars()
         schema = scan.collect_schema()
         metadata = pl.col(PRELOAD_METADATA) if PRELOAD_METADATA in names else pl.lit(None)
         if isinstance(schema.get(PRELOAD_METADATA), pl.Struct):  # a JSON Lines object
@@ -126,13 +131,14 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8787,
     preload: str | None = None,
+    id_column: str = PRELOAD_ID,
     out: TextIO = sys.stdout,
 ) -> None:
     """Run the emulator until interrupted. Prints its base URL once it is ready to serve."""
     emulator = Emulator(config)
     if preload is not None:
         try:
-            added = emulator.store.preload(list(preload_from(preload)))
+            added = emulator.store.preload(list(preload_from(preload, id_column)))
         except ApiError as exc:
             raise ValueError(f"--preload {preload}: {exc}") from None
         print(f"preloaded {added} conversations", file=out, flush=True)
