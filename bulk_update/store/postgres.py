@@ -45,7 +45,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import polars as pl
 import psycopg
 import psycopg.conninfo
 
@@ -61,7 +60,7 @@ from bulk_update.exceptions import (
     Unreachable,
     first_line,
 )
-from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, Status
+from bulk_update.outcome import RESULT_COLUMNS, Status
 from bulk_update.store import core, schema
 from bulk_update.store.core import BudgetCore, Journal, Opening, Recorded, StateView, Store, Work
 from bulk_update.store.grouped import LoopGroupWriter
@@ -171,12 +170,6 @@ _GROUP = (
     "outcome = EXCLUDED.outcome, metadata = NULL, set_at = EXCLUDED.set_at) "
     "SELECT count(*) FROM h"
 )
-_INSERT_UNCHANGED = (
-    "INSERT INTO outcomes (id, conversation_id, status, attempts, sent_metadata) "  # noqa: S608
-    f"SELECT {_outcome_id('%s', 't.r')}, {schema.encoded_id('conversation_id', 't.i')}, %s, 0, "
-    f"t.m FROM unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) {_ON_CONFLICT}"
-)
-
 
 # Operators' views of outcomes and last_set with the values as the results hold them (SQLite's
 # views of the same names; job_state also names the job).
@@ -773,7 +766,6 @@ def read_state(location: StoreLocation, job: str, since: str | None) -> Iterator
 
 
 def jobs_that_wrote(location: StoreLocation, results: list[str] | None) -> list[str]:
-    """Reads only, creates nothing."""
     with _to_read(location, "runs") as (session, conn):
         if conn is None:
             return []
@@ -937,7 +929,7 @@ class PostgresJournal(Journal):
                 raise self._taken()
             await asyncio.sleep(POLL_S)
 
-    def _fenced(self, work: Callable[[psycopg.Connection[Any]], object]) -> None:
+    def _commit_batch(self, work: Callable[[psycopg.Connection[Any]], object]) -> None:
         """``work`` in a transaction that first finds this process still holding the run (its
         lease row, locked until the commit), or RunTaken."""
 
@@ -980,35 +972,14 @@ class PostgresJournal(Journal):
 
     def _commit_outcomes(self, rows: list[Recorded]) -> None:
         records = _records(rows)
-        self._fenced(lambda conn: conn.execute(_UPSERT_OUTCOMES, (self.run_id, records)))
-
-    def _commit_unchanged(self, rows: pl.DataFrame) -> None:
-        numbers = rows[ROW_NUMBER].cast(pl.Int64).to_list()
-        ids, sent = rows["conversation_id"].to_list(), rows["sent_metadata"].to_list()
-        unchanged = schema.STATUS_CODES[Status.UNCHANGED]
-
-        def write(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(_INSERT_UNCHANGED, (self.run_id, unchanged, numbers, ids, sent))
-            if self._compare_with != self._job:
-                conn.execute(
-                    # The metadata is the unchanged row's sent_metadata: named, not copied.
-                    "INSERT INTO last_set (outcome, set_at, job_id, conversation_id) "  # noqa: S608
-                    f"SELECT {_outcome_id('%s', 'u.r')}, s.set_at, %s, s.conversation_id "
-                    "FROM unnest(%s::integer[], %s::text[]) AS u(r, id) JOIN last_set AS s "
-                    f"ON s.conversation_id = {schema.encoded_id('conversation_id', 'u.id')} "
-                    "WHERE s.job_id = %s ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
-                    "outcome = EXCLUDED.outcome, metadata = NULL, set_at = EXCLUDED.set_at",
-                    (self.run_id, self._job, numbers, ids, self._compare_with),
-                )
-
-        self._fenced(write)
+        self._commit_batch(lambda conn: conn.execute(_UPSERT_OUTCOMES, (self.run_id, records)))
 
     def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
         return self._session.run(lambda conn: conn.execute(sql, parameters).fetchall())
 
     async def _commit_beat(self, work: Work[object]) -> None:
         # Off the event loop: a database that is away is retried for --store-timeout.
-        await asyncio.to_thread(self._fenced, work)
+        await asyncio.to_thread(self._commit_batch, work)
 
     def _commit_end(self, work: Work[object]) -> None:
         """After ``seal``: not fenced by the lease (it is gone) but by the run's lock: a session
