@@ -432,15 +432,12 @@ def _layout(db: sqlite3.Connection, path: Path) -> int:
 def _check_columns(db: sqlite3.Connection, path: Path) -> None:
     """Each of the job's tables the file has has the columns this layout declares
     (JournalError naming the file if not)."""
-    for table in schema.TABLES:
-        if table.sqlite is None:
-            continue
-        found = [row[1] for row in db.execute(f"PRAGMA main.table_info({table.name})")]
-        wrong = schema.wrong_columns(table, "sqlite", found) if found else None
-        if wrong is not None:
-            raise JournalError(
-                f"{path}: not a store this version can read ({wrong}); {_MOVE_IT_AWAY}"
-            )
+    found: dict[str, list[str]] = {}
+    for name in _TABLES:
+        if columns := [row[1] for row in db.execute(f"PRAGMA main.table_info({name})")]:
+            found[name] = columns
+    if refusal := schema.wrong_tables("sqlite", found, str(path), _MOVE_IT_AWAY):
+        raise JournalError(refusal)
 
 
 def _with_tables(path: Path) -> sqlite3.Connection:
