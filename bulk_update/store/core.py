@@ -11,9 +11,9 @@ PostgreSQL's reconnection and lease.
 
 The statements are written once, with named parameters (``:name``) and the dialect's
 fragments in braces (``{now}``, ``{status}`` …); ``prepare`` turns one into the backend's SQL,
-once. The hot path's statements (an outcome's commit, ``last_set``, a batch's comparison)
-are not here: the journal's writes are, but each backend commits them with its own statements,
-tuned to its database.
+once. The hot path's statements (a sent row's outcome and its ``last_set`` entry, a forget,
+a batch of invalid rows) are not here: each backend commits them with its own statements,
+tuned to its database (a batch's unchanged rows are here: the same in both).
 """
 
 from __future__ import annotations
