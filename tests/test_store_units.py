@@ -261,7 +261,7 @@ def test_a_holder_that_exited_is_gone_and_one_hidden_from_this_user_is_not(
     here = this_process()
     child = subprocess.Popen(["sleep", "60"])
     try:
-        alive = dataclasses.replace(here, pid=child.pid, started=lease._started(child.pid))
+        alive = dataclasses.replace(here, pid=child.pid, started=lease._process(child.pid)[1])
         assert not is_gone(alive, here)
         child.kill()
         deadline = time.monotonic() + 60

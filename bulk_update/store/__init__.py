@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from bulk_update.exceptions import ConfigError
 from bulk_update.store import sqlite
 from bulk_update.store.core import Journal, Store
 from bulk_update.store.outage import Hurry
@@ -90,8 +91,6 @@ def _backend(location: StoreLocation) -> Any:
     try:
         from bulk_update.store import postgres
     except ImportError as exc:
-        from bulk_update.exceptions import ConfigError
-
         raise ConfigError(f"--state-url: {POSTGRES_HINT} ({exc})") from None
     return postgres
 
@@ -114,8 +113,6 @@ def open_existing_store(location: StoreLocation, job: str) -> Store:
     if location.url is not None:
         return open_store(location)
     if not location.path.is_file():
-        from bulk_update.exceptions import ConfigError
-
         raise ConfigError(
             f"{location.path}: no store of job {job!r} (give --state-dir or --state-url as its "
             "runs had them)"

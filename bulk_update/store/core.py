@@ -11,9 +11,9 @@ PostgreSQL's reconnection and lease.
 
 The statements are written once, with named parameters (``:name``) and the dialect's
 fragments in braces (``{now}``, ``{status}`` …); ``prepare`` turns one into the backend's SQL,
-once. The hot path's statements (an outcome's commit, ``last_set``, a batch's comparison)
-are not here: the journal's writes are, but each backend commits them with its own statements,
-tuned to its database.
+once. The hot path's statements (a sent row's outcome and its ``last_set`` entry, a forget,
+a batch of invalid rows) are not here: each backend commits them with its own statements,
+tuned to its database (a batch's unchanged rows are here: the same in both).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import schema
 from bulk_update.store.lease import Holder, this_process
 from bulk_update.store.outage import Outage
-from bulk_update.store.schema import TIMELINE, format_timestamp
+from bulk_update.store.schema import TIMELINE, Dialect, format_timestamp
 from bulk_update.store.types import (
     REPORT_COLUMNS,
     TIMELINE_COLUMNS,
@@ -135,10 +135,6 @@ def resumed_options(stored: str | None, given: Mapping[str, Any]) -> str:
     return json.dumps({**current, "invocations": [*earlier, current]}, sort_keys=True, default=str)
 
 
-# A backend's SQL dialect ("sqlite", "postgres").
-Dialect = schema.Dialect
-
-
 # The last row number a run can have.
 ROWS_MAX = (1 << 32) - 1
 
@@ -174,6 +170,10 @@ _DIALECTS = {
     "budget_key": ("job", "job_id"),
     "where_state": ("", " WHERE job_id = :job"),
     "and_state": ("", " AND job_id = :job"),
+    # last_set's key, and the job column an entry has (SQLite: none, one job per file).
+    "state_pk": ("conversation_id", "job_id, conversation_id"),
+    "job_column": ("", ", job_id"),
+    "job_value": ("", ", :into"),
     # last_set's key of the conversation ID t.id (of ``ids``), t.i (of ``batch``).
     "state_key": ("t.id", schema.encoded_id("conversation_id", "t.id")),
     "batch_key": ("t.i", schema.encoded_id("conversation_id", "t.i")),
@@ -602,6 +602,24 @@ _FINISHED_COUNTS = (
 )
 _ROWS = "SELECT id - :base, {stored} FROM outcomes WHERE id BETWEEN :first AND :last ORDER BY id"
 _COUNTS = "SELECT {status}, count(*) FROM outcomes WHERE id BETWEEN :first AND :last GROUP BY 1"
+# A batch's unchanged rows as outcomes (an outcome already there, from an invocation that did
+# not finish the row, is replaced whole).
+_UNCHANGED = (
+    "INSERT INTO outcomes (id, conversation_id, status, attempts, sent_metadata) "  # noqa: S608
+    "SELECT :base + t.r, {batch_key}, :unchanged, 0, t.m FROM {batch} WHERE TRUE "
+    "ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{n} = excluded.{n}" for n in (*schema.STORED, *schema.STORED_TIMING))
+)
+# Their entries of the state they were compared with (--since-state: in ``{schema}``, of the
+# job ``:job``), copied into this job's (``:into``): each names the unchanged row's outcome,
+# whose sent_metadata is its metadata (named, not copied). WHERE: not SQLite's join's ON.
+_COPY_ENTRIES = (
+    "INSERT INTO last_set (conversation_id, set_at, outcome{job_column}) "
+    "SELECT s.conversation_id, s.set_at, :base + t.r{job_value} FROM {batch} "
+    "JOIN {schema}last_set AS s ON s.conversation_id = {batch_key} WHERE TRUE{and_state} "
+    "ON CONFLICT ({state_pk}) DO UPDATE SET outcome = excluded.outcome, metadata = NULL, "
+    "set_at = excluded.set_at"
+)
 _ENTRIES = "SELECT count(*) FROM last_set{where_state}"
 _ENTRIES_AMONG = (
     "SELECT t.id FROM ({ids}) AS t WHERE EXISTS "
@@ -621,7 +639,7 @@ class Journal(_Closing, StateRows):
     sets ``run_id``, ``_dialect``, ``_outage`` (its clock for a store away), ``_job`` (its
     state's key: PostgreSQL's job ID) and what ``StateRows`` reads, calls ``_unfinished_are``,
     and gives the abstract methods: how work reaches its database, and how it commits outcomes
-    (``_submit`` to its grouping writer, ``_commit_outcomes``, ``_commit_unchanged``)."""
+    (``_submit`` to its grouping writer, ``_commit_outcomes``, ``_commit_batch``)."""
 
     run_id: int
     _dialect: Dialect
@@ -783,8 +801,28 @@ class Journal(_Closing, StateRows):
         """Commit a batch's ``unchanged`` rows (``ROW_NUMBER, conversation_id,
         sent_metadata``); found unchanged against --since-state, their entries are copied into
         this job's state in the same transaction."""
-        if not rows.is_empty():
-            self._commit_unchanged(rows)
+        if rows.is_empty():
+            return
+        copying = bool(self._state_in) or self._compare_with != self._job
+        templates = (_UNCHANGED, _COPY_ENTRIES) if copying else (_UNCHANGED,)
+        statements = [
+            prepare(self._dialect, t.replace("{schema}", self._state_in)) for t in templates
+        ]
+        unchanged = Status.UNCHANGED.value
+        code = schema.STATUS_CODES[unchanged] if self._dialect == "postgres" else unchanged
+        parameters = {
+            "base": self.run_id * schema.ROWS_PER_RUN,
+            "batch": batch_json(rows),
+            "unchanged": code,
+            "job": self._compare_with,
+            "into": self._job,
+        }
+
+        def write(conn: Connection) -> None:
+            for statement in statements:
+                conn.execute(statement, parameters)
+
+        self._commit_batch(write)
 
     @abstractmethod
     async def _submit(self, item: Recorded | str) -> None:
@@ -797,8 +835,9 @@ class Journal(_Closing, StateRows):
         """``record_many``'s outcomes (some), committed in one transaction."""
 
     @abstractmethod
-    def _commit_unchanged(self, rows: pl.DataFrame) -> None:
-        """``record_unchanged``'s rows (some), committed in one transaction."""
+    def _commit_batch(self, work: Work[object]) -> None:
+        """``record_unchanged``'s work, committed in one transaction (blocking the calling
+        thread)."""
 
 
 # The budget: the end of the job's timeline of request slots, moved by each claim (``span``) or

@@ -111,10 +111,6 @@ def _process(pid: int) -> tuple[str, str]:
     return (fields[0], fields[19]) if len(fields) > 19 else ("", "")
 
 
-def _started(pid: int) -> str:
-    return _process(pid)[1]
-
-
 def _exists(pid: int) -> bool:
     """Is there a process ``pid`` (this PID namespace), even one whose /proc entry this user
     cannot read (``hidepid``)? Any doubt says yes."""
@@ -134,7 +130,7 @@ def this_process() -> Holder:
         boot=_read("/proc/sys/kernel/random/boot_id"),
         pid_namespace=_namespace(),
         pid=pid,
-        started=_started(pid),
+        started=_process(pid)[1],
     )
 
 

@@ -42,10 +42,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-import polars as pl
 import psycopg
 import psycopg.conninfo
 
@@ -61,7 +60,7 @@ from bulk_update.exceptions import (
     Unreachable,
     first_line,
 )
-from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, Status
+from bulk_update.outcome import RESULT_COLUMNS, Status
 from bulk_update.store import core, schema
 from bulk_update.store.core import BudgetCore, Journal, Opening, Recorded, StateView, Store, Work
 from bulk_update.store.grouped import LoopGroupWriter
@@ -122,12 +121,6 @@ _WRITTEN = ", ".join((*STORED, *STORED_TIMING))
 _ENCODED = schema.encoded_columns("r.")
 _VALUES = ", ".join(_ENCODED[name] for name in (*STORED, *STORED_TIMING))
 
-
-# outcomes' key of row ``row`` of run ``run`` (SQL of each): run * 2**32 + row, as SQLite's.
-def _outcome_id(run: str, row: str) -> str:
-    return f"CAST({run} AS bigint) * {schema.ROWS_PER_RUN} + {row}"
-
-
 _ON_CONFLICT = "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
     f"{name} = EXCLUDED.{name}" for name in (*STORED, *STORED_TIMING)
 )
@@ -135,33 +128,28 @@ _ON_CONFLICT = "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
 # Python lists column by column cost 5x the CPU (psycopg escapes every array element). Their
 # types are the values' as the results hold them.
 _RECORDS = (
-    "json_to_recordset(%s::json) AS r("
+    "json_to_recordset(%(records)s::json) AS r("
     + ", ".join(f"{name} {kind}" for name, kind in schema.value_types("postgres").items())
     + ")"
-)
-_UPSERT_OUTCOMES = (
-    f"INSERT INTO outcomes (id, {_WRITTEN}) "  # noqa: S608
-    f"SELECT {_outcome_id('%s', 'r.row_number')}, {_VALUES} FROM {_RECORDS} {_ON_CONFLICT}"
 )
 # The holder's lease row, locked for the transaction (FOR SHARE): a commit goes in only while
 # this process still holds the run, and a process taking the run over (which deletes the row)
 # waits for the commits in progress.
-_HOLD = (
-    "SELECT 1 FROM leases WHERE job_id = %(job)s AND shard = %(shard)s AND holder = %(holder)s "
-    "FOR SHARE"
-)
-# A group of the writer's: the IDs to forget, the outcomes and the updated rows' state entries
-# (each names its outcome, whose sent_metadata is the entry's metadata),
-# in one statement (one round trip, its own transaction), written only if the lease is held
-# (the statement's one row says whether it was). Its forgets and its outcomes never concern the
-# same conversation: a row's forget commits before the row is sent.
-_ROW_ID = _outcome_id("%(run)s", "r.row_number")
+_MINE = "job_id = %(job)s AND shard = %(shard)s AND holder = %(holder)s"  # _Lease.arguments
+_HOLD = f"SELECT 1 FROM leases WHERE {_MINE} FOR SHARE"  # noqa: S608
+# outcomes' key of a row, as SQLite's: run_id * 2**32 + row_number.
+_ROW_ID = f"CAST(%(run)s AS bigint) * {schema.ROWS_PER_RUN} + r.row_number"
+# A group of the writer's (or record_many's outcomes): the IDs to forget, the outcomes and the
+# updated rows' state entries (each names its outcome, whose sent_metadata is the entry's
+# metadata), in one statement (one round trip, its own transaction), written only if the lease
+# is held (the statement's one row says whether it was). Its forgets and its outcomes never
+# concern the same conversation: a row's forget commits before the row is sent.
 _GROUP = (
     f"WITH h AS ({_HOLD}), "  # noqa: S608
     "f AS (DELETE FROM last_set WHERE job_id = %(job)s AND conversation_id IN "
     f"(SELECT {schema.encoded_id('conversation_id', 'x.id')} FROM "
     "json_array_elements_text(%(forget)s::json) AS x(id)) AND EXISTS (SELECT 1 FROM h)), "
-    f"r AS (SELECT * FROM {_RECORDS.replace('%s', '%(records)s')} WHERE EXISTS (SELECT 1 FROM h)), "
+    f"r AS (SELECT * FROM {_RECORDS} WHERE EXISTS (SELECT 1 FROM h)), "
     f"o AS (INSERT INTO outcomes (id, {_WRITTEN}) "
     f"SELECT {_ROW_ID}, {_VALUES} FROM r {_ON_CONFLICT}), "
     "s AS (INSERT INTO last_set (outcome, set_at, job_id, conversation_id) "
@@ -171,12 +159,6 @@ _GROUP = (
     "outcome = EXCLUDED.outcome, metadata = NULL, set_at = EXCLUDED.set_at) "
     "SELECT count(*) FROM h"
 )
-_INSERT_UNCHANGED = (
-    "INSERT INTO outcomes (id, conversation_id, status, attempts, sent_metadata) "  # noqa: S608
-    f"SELECT {_outcome_id('%s', 't.r')}, {schema.encoded_id('conversation_id', 't.i')}, %s, 0, "
-    f"t.m FROM unnest(%s::integer[], %s::text[], %s::text[]) AS t(r, i, m) {_ON_CONFLICT}"
-)
-
 
 # Operators' views of outcomes and last_set with the values as the results hold them (SQLite's
 # views of the same names; job_state also names the job).
@@ -326,11 +308,10 @@ class _Session:
         try:
             self.connect()
             self.run(self._create, transaction=False)
-        except psycopg.Error as exc:
+        except BaseException as exc:
             self.close()
-            raise _unusable(self, exc) from None
-        except BaseException:
-            self.close()
+            if isinstance(exc, psycopg.Error):
+                raise _unusable(self, exc) from None
             raise
 
     def first_line(self, exc: BaseException) -> str:
@@ -362,21 +343,15 @@ class _Session:
 
     def _check_columns(self, conn: psycopg.Connection[Any]) -> None:
         """Each table has the columns this layout declares (JournalError if not)."""
-        columns: dict[str, list[str]] = {}
+        found: dict[str, list[str]] = {t.name: [] for t in schema.TABLES if t.postgres}
         for table, column in conn.execute(
             "SELECT table_name, column_name FROM information_schema.columns "
             "WHERE table_schema = %s",
             (SCHEMA,),
         ):
-            columns.setdefault(table, []).append(column)
-        for table in schema.TABLES:
-            if table.postgres is None:
-                continue
-            wrong = schema.wrong_columns(table, "postgres", columns.get(table.name, ()))
-            if wrong is not None:
-                raise JournalError(
-                    f"{self.where}: not a store this version can read ({wrong}); {_START_AFRESH}"
-                )
+            found.setdefault(table, []).append(column)
+        if refusal := schema.wrong_tables("postgres", found, self.where, _START_AFRESH):
+            raise JournalError(refusal)
 
     def _register(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(
@@ -698,18 +673,6 @@ class PostgresStore(Store):
         self._session.close()
 
 
-def _records(outcomes: list[Recorded]) -> str:
-    return json.dumps(
-        [
-            {
-                **dict(zip(RESULT_COLUMNS, o.as_row(), strict=True)),
-                **({} if t is None else dataclasses.asdict(t)),
-            }
-            for o, t in outcomes
-        ]
-    )
-
-
 # What libpq says of a server it did not reach, or that cannot serve now (a connection's
 # failure carries no SQLSTATE: only its message tells a refused password from a refused port).
 _NOT_REACHED = (
@@ -773,7 +736,6 @@ def read_state(location: StoreLocation, job: str, since: str | None) -> Iterator
 
 
 def jobs_that_wrote(location: StoreLocation, results: list[str] | None) -> list[str]:
-    """Reads only, creates nothing."""
     with _to_read(location, "runs") as (session, conn):
         if conn is None:
             return []
@@ -783,60 +745,6 @@ def jobs_that_wrote(location: StoreLocation, results: list[str] | None) -> list[
             )
         except psycopg.Error as exc:
             raise _unusable(session, exc) from None
-
-
-class _Writer:
-    """The connection that commits what the workers wait for (IDs to forget, outcomes) on the
-    event loop, a group of them (``grouped.LoopGroupWriter``) in one statement (so one
-    transaction) and one round trip, whose one value is 0 when this process no longer holds
-    the run (``taken``)."""
-
-    def __init__(
-        self,
-        session: _Session,
-        group: Callable[[list[Recorded | str]], dict[str, Any]],
-        taken: Callable[[], JobStopped],
-    ) -> None:
-        self._session = session
-        self._group = group
-        self._taken = taken
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._connected_before = False
-
-    async def commit(self, items: list[Recorded | str]) -> None:
-        group = self._group(items)
-        tries = self._session.tries(lambda: _shut(self._conn))
-
-        async def attempt() -> tuple[Any, ...] | None:
-            conn = self._conn or await self._connect()
-            return await (await conn.execute(_GROUP, group)).fetchone()
-
-        async def away(exc: Exception) -> Cause | None:
-            cause = self._session.away(exc)
-            if cause is not None and _drops(self._conn, exc, tries.cut):
-                await self.close()
-            return cause
-
-        row = await tries.arun(attempt, away)
-        if not (row and row[0]):
-            raise self._taken()
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await self._conn.close()
-            self._conn = None
-
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        if self._connected_before:
-            # Back after an outage: the run's session (and its locks) must be too, or another
-            # process may have taken the run meanwhile (RunTaken, and the job stops).
-            await asyncio.to_thread(self._session.fetch, "SELECT 1", ())
-        conn = await psycopg.AsyncConnection.connect(self._session.conninfo(), autocommit=True)
-        await conn.execute(_SESSION)
-        self._conn = conn
-        self._connected_before = True
-        return conn
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -878,9 +786,10 @@ class PostgresJournal(Journal):
         self._lease = lease
         self._local = LocalLease()
         self._local.renewed(lease.asked)
-        writer = _Writer(session, self._group, self._taken)
+        self._writer_conn: psycopg.AsyncConnection[Any] | None = None
+        self._writer_connected_before = False
         self._writer: LoopGroupWriter[Recorded | str] = LoopGroupWriter(
-            writer.commit, writer.close, "store-writer"
+            self._commit_group, self._close_writer, "store-writer"
         )
         self._ending = threading.Event()
         self._renewing = threading.Thread(target=self._renew, name="bulk-update-lease", daemon=True)
@@ -907,9 +816,8 @@ class PostgresJournal(Journal):
             try:
                 held = self._session.run(
                     lambda conn: conn.execute(
-                        "UPDATE leases SET until = now() + make_interval(secs => %(seconds)s) "
-                        "WHERE job_id = %(job)s AND shard = %(shard)s AND holder = %(holder)s "
-                        "RETURNING 1",
+                        "UPDATE leases SET until = now() + make_interval(secs => %(seconds)s) "  # noqa: S608
+                        f"WHERE {_MINE} RETURNING 1",
                         {**lease.arguments(), "seconds": LEASE_S},
                     ).fetchone()
                 )
@@ -937,7 +845,7 @@ class PostgresJournal(Journal):
                 raise self._taken()
             await asyncio.sleep(POLL_S)
 
-    def _fenced(self, work: Callable[[psycopg.Connection[Any]], object]) -> None:
+    def _commit_batch(self, work: Callable[[psycopg.Connection[Any]], object]) -> None:
         """``work`` in a transaction that first finds this process still holding the run (its
         lease row, locked until the commit), or RunTaken."""
 
@@ -956,59 +864,80 @@ class PostgresJournal(Journal):
         # holds the row), and none can follow.
         await asyncio.to_thread(
             self._session.run,
-            lambda conn: conn.execute(
-                "DELETE FROM leases WHERE job_id = %(job)s AND shard = %(shard)s "
-                "AND holder = %(holder)s",
-                lease.arguments(),
-            ),
+            lambda conn: conn.execute(f"DELETE FROM leases WHERE {_MINE}", lease.arguments()),  # noqa: S608
         )
+
+    # The run's writer: a connection of its own that commits what the workers wait for (IDs to
+    # forget, outcomes) on the event loop, a group of them (``grouped.LoopGroupWriter``) in one
+    # statement (so one transaction) and one round trip, whose one value is 0 when this process
+    # no longer holds the run.
+
+    async def _commit_group(self, items: list[Recorded | str]) -> None:
+        group = self._group(items)
+        tries = self._session.tries(lambda: _shut(self._writer_conn))
+
+        async def attempt() -> tuple[Any, ...] | None:
+            conn = self._writer_conn or await self._connect_writer()
+            return await (await conn.execute(_GROUP, group)).fetchone()
+
+        async def away(exc: Exception) -> Cause | None:
+            cause = self._session.away(exc)
+            if cause is not None and _drops(self._writer_conn, exc, tries.cut):
+                await self._close_writer()
+            return cause
+
+        row = await tries.arun(attempt, away)
+        if not (row and row[0]):
+            raise self._taken()
+
+    async def _close_writer(self) -> None:
+        if self._writer_conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._writer_conn.close()
+            self._writer_conn = None
+
+    async def _connect_writer(self) -> psycopg.AsyncConnection[Any]:
+        if self._writer_connected_before:
+            # Back after an outage: the run's session (and its locks) must be too, or another
+            # process may have taken the run meanwhile (RunTaken, and the job stops).
+            await asyncio.to_thread(self._session.fetch, "SELECT 1", ())
+        conn = await psycopg.AsyncConnection.connect(self._session.conninfo(), autocommit=True)
+        await conn.execute(_SESSION)
+        self._writer_conn = conn
+        self._writer_connected_before = True
+        return conn
 
     # Writing
 
     async def _submit(self, item: Recorded | str) -> None:
         await self._writer.submit(item)
 
-    def _group(self, items: list[Recorded | str]) -> dict[str, Any]:
+    def _group(self, items: Sequence[Recorded | str]) -> dict[str, Any]:
         forget = [item for item in items if isinstance(item, str)]
-        outcomes = [item for item in items if not isinstance(item, str)]
+        records = [
+            {
+                **dict(zip(RESULT_COLUMNS, o.as_row(), strict=True)),
+                **({} if t is None else dataclasses.asdict(t)),
+            }
+            for o, t in (item for item in items if not isinstance(item, str))
+        ]
         return {
             **self._lease.arguments(),
             "run": self.run_id,
             "forget": json.dumps(forget),
-            "records": _records(outcomes),
+            "records": json.dumps(records),
         }
 
     def _commit_outcomes(self, rows: list[Recorded]) -> None:
-        records = _records(rows)
-        self._fenced(lambda conn: conn.execute(_UPSERT_OUTCOMES, (self.run_id, records)))
-
-    def _commit_unchanged(self, rows: pl.DataFrame) -> None:
-        numbers = rows[ROW_NUMBER].cast(pl.Int64).to_list()
-        ids, sent = rows["conversation_id"].to_list(), rows["sent_metadata"].to_list()
-        unchanged = schema.STATUS_CODES[Status.UNCHANGED]
-
-        def write(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(_INSERT_UNCHANGED, (self.run_id, unchanged, numbers, ids, sent))
-            if self._compare_with != self._job:
-                conn.execute(
-                    # The metadata is the unchanged row's sent_metadata: named, not copied.
-                    "INSERT INTO last_set (outcome, set_at, job_id, conversation_id) "  # noqa: S608
-                    f"SELECT {_outcome_id('%s', 'u.r')}, s.set_at, %s, s.conversation_id "
-                    "FROM unnest(%s::integer[], %s::text[]) AS u(r, id) JOIN last_set AS s "
-                    f"ON s.conversation_id = {schema.encoded_id('conversation_id', 'u.id')} "
-                    "WHERE s.job_id = %s ON CONFLICT (job_id, conversation_id) DO UPDATE SET "
-                    "outcome = EXCLUDED.outcome, metadata = NULL, set_at = EXCLUDED.set_at",
-                    (self.run_id, self._job, numbers, ids, self._compare_with),
-                )
-
-        self._fenced(write)
+        group = self._group(rows)
+        self._commit_batch(lambda conn: conn.execute(_GROUP, group))
 
     def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
         return self._session.run(lambda conn: conn.execute(sql, parameters).fetchall())
 
     async def _commit_beat(self, work: Work[object]) -> None:
         # Off the event loop: a database that is away is retried for --store-timeout.
-        await asyncio.to_thread(self._fenced, work)
+        await asyncio.to_thread(self._commit_batch, work)
 
     def _commit_end(self, work: Work[object]) -> None:
         """After ``seal``: not fenced by the lease (it is gone) but by the run's lock: a session

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -372,18 +372,23 @@ TABLES = (LAYOUT, JOBS, RUNS, OUTCOMES, LAST_SET, BUDGET, SESSIONS, LEASES, TIME
 assert all(c.since in LAYOUTS for t in TABLES for c in t.columns)
 
 
-def wrong_columns(table: Table, dialect: Dialect, found: Iterable[str]) -> str | None:
-    """What is wrong with a store's ``table`` whose columns are ``found``, once it has this
-    layout; None if they are the ones ``table`` declares. A table of one of the job's names
-    with other columns (made by another program, or by a version whose layout no number says)
-    would be read wrong, or fail half way through a run."""
-    declared, have = set(table.names(dialect)), set(found)
-    missing, extra = sorted(declared - have), sorted(have - declared)
-    if not (missing or extra):
-        return None
-    said = [f"lacks {', '.join(missing)}"] if missing else []
-    said += [f"has {', '.join(extra)}"] if extra else []
-    return f"its table {table.name} {' and '.join(said)}"
+def wrong_tables(
+    dialect: Dialect, found: Mapping[str, Iterable[str]], where: str, what_to_do: str
+) -> str | None:
+    """Why a store of this layout whose tables have the columns ``found`` (by table; a table
+    not in it is not looked at) cannot be used: one line naming it (``where``) and what to do;
+    None if each has the columns this layout declares. A table of one of the job's names with
+    other columns (made by another program, or by a version whose layout no number says) would
+    be read wrong, or fail half way through a run."""
+    for table in TABLES:
+        declared, have = set(table.names(dialect)), set(found.get(table.name, ()))
+        missing, extra = sorted(declared - have), sorted(have - declared)
+        if table.name in found and (missing or extra):
+            said = [f"lacks {', '.join(missing)}"] if missing else []
+            said += [f"has {', '.join(extra)}"] if extra else []
+            wrong = f"its table {table.name} {' and '.join(said)}"
+            return f"{where}: not a store this version can read ({wrong}); {what_to_do}"
+    return None
 
 
 def create(dialect: Dialect, schema: str = "") -> list[str]:

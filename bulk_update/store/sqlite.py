@@ -42,7 +42,6 @@ import contextlib
 import functools
 import logging
 import math
-import operator
 import os
 import secrets
 import shutil
@@ -52,8 +51,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
-
-import polars as pl
 
 from bulk_update._constants import DEFAULT_STORE_TIMEOUT_S
 from bulk_update.exceptions import (
@@ -76,7 +73,6 @@ from bulk_update.store.core import (
     StateView,
     Store,
     Work,
-    batch_json,
     entry_metadata,
 )
 from bulk_update.store.grouped import GroupWriter
@@ -96,10 +92,8 @@ _BUSY_MS = 1000
 # A new store's tables are made under this name beside it, then linked into place.
 _CREATING = ".{name}.{mark}.creating"
 
-_stored = operator.attrgetter(*STORED)
-_COLUMNS = ", ".join(STORED)
 _INSERT = (
-    f"INSERT OR REPLACE INTO outcomes (id, {_COLUMNS}, {', '.join(STORED_TIMING)}) "  # noqa: S608
+    f"INSERT OR REPLACE INTO outcomes (id, {', '.join((*STORED, *STORED_TIMING))}) "  # noqa: S608
     f"VALUES (?, {', '.join('?' for _ in (*STORED, *STORED_TIMING))})"
 )
 _NO_TIMING = (None, None, None)
@@ -438,15 +432,12 @@ def _layout(db: sqlite3.Connection, path: Path) -> int:
 def _check_columns(db: sqlite3.Connection, path: Path) -> None:
     """Each of the job's tables the file has has the columns this layout declares
     (JournalError naming the file if not)."""
-    for table in schema.TABLES:
-        if table.sqlite is None:
-            continue
-        found = [row[1] for row in db.execute(f"PRAGMA main.table_info({table.name})")]
-        wrong = schema.wrong_columns(table, "sqlite", found) if found else None
-        if wrong is not None:
-            raise JournalError(
-                f"{path}: not a store this version can read ({wrong}); {_MOVE_IT_AWAY}"
-            )
+    found: dict[str, list[str]] = {}
+    for name in _TABLES:
+        if columns := [row[1] for row in db.execute(f"PRAGMA main.table_info({name})")]:
+            found[name] = columns
+    if refusal := schema.wrong_tables("sqlite", found, str(path), _MOVE_IT_AWAY):
+        raise JournalError(refusal)
 
 
 def _with_tables(path: Path) -> sqlite3.Connection:
@@ -774,7 +765,7 @@ class SQLiteJournal(Journal):
 
     def _values(self, outcome: RowOutcome, timing: RowTiming | None = None) -> tuple[Any, ...]:
         """The row of outcomes (_INSERT's columns), as it keeps the values (store/schema.py)."""
-        values = list(_stored(outcome))
+        values = list(outcome.as_row()[1:])
         for name, prefix in schema.ID_PREFIXES.items():
             values[_AT[name]] = _hexed(values[_AT[name]], prefix)
         if values[_AT["metadata"]] == values[_AT["sent_metadata"]] is not None:
@@ -785,36 +776,14 @@ class SQLiteJournal(Journal):
         answer_ms = math.floor(timing.answered_at * 1000) - sent_ms
         return (self._base + outcome.row_number, *values, sent_ms, answer_ms, timing.latency_ms)
 
-    def _batch(self, write: Write) -> None:
+    def _commit_batch(self, write: Write) -> None:
         if self._gone is not None:  # the run stops: no more batches
             raise self._gone
         self._writer.run(write)
 
     def _commit_outcomes(self, rows: list[Recorded]) -> None:
         values = [self._values(outcome) for outcome, _ in rows]
-        self._batch(lambda db: db.executemany(_INSERT, values))
-
-    def _commit_unchanged(self, rows: pl.DataFrame) -> None:
-        rows_json = batch_json(rows)
-        copy = self._state_in == "since."
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT OR REPLACE INTO outcomes (id, conversation_id, status, attempts, "
-                "sent_metadata) SELECT ? + json_extract(value, '$.r'), "
-                "json_extract(value, '$.i'), ?, 0, json_extract(value, '$.m') FROM json_each(?)",
-                (self._base, Status.UNCHANGED.value, rows_json),
-            )
-            if copy:  # the metadata is the unchanged row's sent_metadata: named, not copied
-                db.execute(
-                    "INSERT OR REPLACE INTO last_set (conversation_id, set_at, outcome) "
-                    "SELECT s.conversation_id, s.set_at, "
-                    "? + json_extract(j.value, '$.r') FROM json_each(?) AS j JOIN "
-                    "since.last_set AS s ON s.conversation_id = json_extract(j.value, '$.i')",
-                    (self._base, rows_json),
-                )
-
-        self._batch(write)
+        self._commit_batch(lambda db: db.executemany(_INSERT, values))
 
     async def seal(self) -> None:
         """The writes submitted so far are committed (or failed): the run's outcomes no longer
