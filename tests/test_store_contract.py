@@ -438,9 +438,11 @@ def test_a_later_layout_adds_its_columns_to_a_store_of_an_older_one(
     assert columns == [*schema.RUNS.names(backend.name), "python_version"]  # type: ignore[arg-type]
 
 
-def end_shard(store: Store, index: int, count: int, updated_rows: int, *, wave: str) -> Settled:
+def end_shard(
+    store: Store, index: int, count: int, updated_rows: int, *, wave: str, results: str = "out"
+) -> Settled:
     """Shard ``index``/``count`` of job j run (or resumed) to its end, then settled in ``wave``."""
-    key = RunKey("j", f"out/shard-{index}.csv", (index, count))
+    key = RunKey("j", f"{results}/shard-{index}.csv", (index, count))
     with store.open_run(key, {**PRINT, "shard": [index, count]}, OPTIONS) as journal:
         journal.finish(RunEnd({"updated": updated_rows}, 0, total_rows=updated_rows))
     return store.settle(key, wave)
@@ -472,6 +474,15 @@ def test_a_sharded_jobs_run_ends_once_with_its_last_shard(backend: Backend) -> N
         assert [r.run_id for r in end_shard(store, 1, 3, 20, wave="w2").runs] == [
             r.run_id for r in ended.runs
         ]  # each shard's run, resumed (the same results paths)
+        # A wave whose shard 1/3 ends after a later wave's runs (results per wave, as
+        # ``{{ run_id }}`` makes them): each wave ends once, with its own runs.
+        for index in (0, 2):
+            end_shard(store, index, 3, 1, wave="w3", results="w3")
+        for index in (0, 1, 2):
+            later = end_shard(store, index, 3, 1, wave="w4", results="w4")
+        assert [r.results for r in later.runs] == [f"w4/shard-{k}.csv" for k in range(3)]
+        late = end_shard(store, 1, 3, 1, wave="w3", results="w3")
+        assert [r.results for r in late.runs] == [f"w3/shard-{k}.csv" for k in range(3)]
 
 
 def test_two_shards_that_settle_at_once_end_the_jobs_run_once(backend: Backend) -> None:

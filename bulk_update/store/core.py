@@ -246,12 +246,15 @@ _RESUME = (
     "pid_namespace = :pid_namespace, pid_started = :pid_started, options = :options, "
     "settled_in = NULL, announced_at = NULL WHERE run_id = :run"
 )
-# The newest run of each of a job's shards (``ids``: their texts) is its last row here: its
-# ID, whether it settled in a wave and announced it, its shard; the rows locked until the
-# transaction ends (``Store.settle``: settles of one job's shards go one at a time).
+# The runs of a job's shards (``ids``: their texts), locked until the transaction ends
+# (``Store.settle``: the settles of one job's shards go one at a time); those settled in a wave.
 _SHARD_RUNS = (
-    "SELECT run_id, settled_in, announced_at, shard FROM runs WHERE job = :job AND shard IN "
-    "({ids}) AND replaced_at IS NULL ORDER BY run_id{for_update}"
+    "SELECT run_id FROM runs WHERE job = :job AND shard IN ({ids}) AND replaced_at IS NULL "
+    "ORDER BY run_id{for_update}"
+)
+_SETTLED = (
+    "SELECT run_id, announced_at, shard FROM runs WHERE job = :job AND shard IN ({ids}) "
+    "AND replaced_at IS NULL AND settled_in = :wave ORDER BY run_id"
 )
 _SETTLE = "UPDATE runs SET settled_in = :wave, announced_at = NULL WHERE run_id = :run"
 _ANNOUNCE = "UPDATE runs SET announced_at = {now} WHERE run_id = :run"
@@ -463,21 +466,23 @@ class Store(_Closing):
     def settle(self, key: RunKey, wave: str) -> Settled:
         """The shard ``key``'s run ended for good (its task succeeded) in ``wave``, the job's run
         it is a part of (an Airflow DAG run): record it, and say whether that ends the job's run
-        there, every shard's newest run settled in ``wave`` and none of them having announced
-        it (this one then announces it: ``Settled.runs``, each shard's run). One transaction,
-        the job's shards' runs locked first: of two shards that settle at once, the second sees
-        the first, so one of them announces, never both or none. A resumed run is unsettled
-        (its retry, a re-run) until it settles again; the announcer's retry announces again."""
+        there: every shard has a run settled in ``wave``, and none of them announced it (this
+        one then does: ``Settled.runs``, each shard's run). One transaction, the job's shards'
+        runs locked first: of two shards that settle at once the second sees the first, so
+        one of them announces, never both or none. A resumed run (a retry, a re-run) is
+        unsettled until it settles again; so the announcer's retry announces again."""
         assert key.shard is not None, "settle is for a shard's run"
         count = key.shard[1]
         shards = [f"{index}/{count}" for index in range(count)]
         given = {"job": key.job, "results": key.results, "shard": key.shard_text,
                  "ids": json.dumps(shards), "wave": wave, **_stamp()}  # fmt: skip
-        runs, find = prepare(self._dialect, _SHARD_RUNS), prepare(self._dialect, _FIND)
+        lock, find, settled = (
+            prepare(self._dialect, sql) for sql in (_SHARD_RUNS, _FIND, _SETTLED)
+        )
         settle, announce = prepare(self._dialect, _SETTLE), prepare(self._dialect, _ANNOUNCE)
 
         def work(conn: Connection) -> tuple[list[str], list[int]]:
-            conn.execute(runs, given).fetchall()  # locked before this run's row is written
+            conn.execute(lock, given).fetchall()  # before this run's row is written
             found = conn.execute(find, given).fetchone()
             if found is None or found[3] is None:
                 raise JournalError(
@@ -486,12 +491,13 @@ class Store(_Closing):
                 )
             mine = {**given, "run": found[0]}
             conn.execute(settle, mine)
-            newest = {shard: row for *row, shard in conn.execute(runs, given).fetchall()}
-            waiting = [shard for shard in shards if newest.get(shard, (0, None))[1] != wave]
-            if waiting or any(announced is not None for _, _, announced in newest.values()):
+            runs = {shard: (run_id, announced) for run_id, announced, shard in
+                    conn.execute(settled, given).fetchall()}  # fmt: skip
+            waiting = [shard for shard in shards if shard not in runs]
+            if waiting or any(announced is not None for _, announced in runs.values()):
                 return waiting, []
             conn.execute(announce, mine)
-            return [], [int(newest[shard][0]) for shard in shards]
+            return [], [int(runs[shard][0]) for shard in shards]
 
         waiting, run_ids = self._transact(work)
         records = {r.run_id: r for r in self.history(key.job)} if run_ids else {}
