@@ -490,15 +490,13 @@ def test_a_task_past_its_execution_timeout_drains_before_it_fails(
     assert requests == counts["updated"] + 1  # + the preflight: nothing sent after the end
 
 
-def assets_env(tmp_path: Path, migrated: Path, emu: EmulatorProcess, **extra: str) -> Airflow:
+def assets_env(tmp_path: Path, migrated: Path, emu: EmulatorProcess) -> Airflow:
     """An Airflow running tests/airflow_dags (bulk_update_assets.py: 4 mapped shards of
     ``sharded_job``, and ``bulk_update_after_shards`` scheduled on its asset)."""
-    af = cases(
+    return cases(
         tmp_path, migrated,
         openai_default=connection(conn_type="openai", password=KEY, host=emu.base_url),
     )  # fmt: skip
-    af.env.update(BULK_UPDATE_TEST_SHARDS="4", **extra)
-    return af
 
 
 def test_a_sharded_jobs_run_emits_one_asset_event_with_every_shards_counts(
