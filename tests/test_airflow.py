@@ -4,6 +4,7 @@ provider entry point seen by ``airflow providers list``, the DAGs in jobs/ parse
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -12,7 +13,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +24,10 @@ import polars as pl
 import pytest
 
 import bulk_update
+from bulk_update.emulator.process import EmulatorProcess
 from tests.conftest import StartEmulator
 from tests.helpers import ID, made_once, wait_for_requests
+from tests.monitoring import free_port
 from tests.pg import PASSWORD, USER, PostgresServer
 
 # Found, not imported: importing Airflow in each pytest worker costs seconds of CPU at collection,
@@ -185,8 +191,9 @@ def test_the_mapped_backfill_on_a_postgres_store(
     tmp_path: Path,
 ) -> None:
     """jobs/airflow_backfill.py, 4 shards: every row once, the shards' runs in the PostgreSQL
-    store, each result at its templated path, the summaries as XComs, one asset event a
-    shard; run again, nothing is sent (the shards' shared state)."""
+    store, each result at its templated path, the summaries as XComs; no asset event (a shard
+    failed: the job's run did not end); run again, nothing is sent (the shards' shared
+    state)."""
     source = rows_csv(tmp_path / "in.csv", 80, invalid=1)
     emu = start_emulator("--api-key", KEY, "--preload", str(source))
     env = airflow_env(
@@ -233,13 +240,12 @@ def test_the_mapped_backfill_on_a_postgres_store(
     assert {s["store"] for s in summaries} == {
         f"postgresql://{USER}@127.0.0.1:{postgres.port}/{store_database(store_connection)}"
     }
-    # One asset event a successful shard, its counts in the extra.
-    events = af.asset_events("x-bulk-update://conversations_backfill")
-    assert sorted(e["shard"] for e in events) == sorted(s["shard"] for s in summaries)
-    assert sum(sum(e["counts"].values()) for e in events) == sum(s["total_rows"] for s in summaries)
+    # No asset event: the job's run ends with its last shard, and one of them failed.
+    assert af.asset_events("x-bulk-update://conversations_backfill") == []
+    assert f"the job's asset event waits for shard {bad_shard}/4 (the shard" in logs
     for secret in (KEY, PASSWORD, "S3cret"):
         assert secret not in logs
-        assert secret not in json.dumps(summaries) + json.dumps(events)
+        assert secret not in json.dumps(summaries)
     # Again (a new DAG run, new results): the shards' shared state, nothing sent.
     again = af.dags_test("bulk_update_backfill", {"input": str(source), "output_prefix": str(out)},
                          "--logical-date", "2026-11-30T00:00:00+00:00")  # fmt: skip
@@ -482,3 +488,167 @@ def test_a_task_past_its_execution_timeout_drains_before_it_fails(
     assert 0 < counts["updated"] < 200
     requests = emu.stats()["requests"]
     assert requests == counts["updated"] + 1  # + the preflight: nothing sent after the end
+
+
+def assets_env(tmp_path: Path, migrated: Path, emu: EmulatorProcess) -> Airflow:
+    """An Airflow running tests/airflow_dags (bulk_update_assets.py: 4 mapped shards of
+    ``sharded_job``, and ``bulk_update_after_shards`` scheduled on its asset)."""
+    return cases(
+        tmp_path, migrated,
+        openai_default=connection(conn_type="openai", password=KEY, host=emu.base_url),
+    )  # fmt: skip
+
+
+def test_a_sharded_jobs_run_emits_one_asset_event_with_every_shards_counts(
+    start_emulator: StartEmulator, migrated: Path, tmp_path: Path
+) -> None:
+    """``dags test`` of 4 mapped shards (one after another): the job's asset gets one event,
+    from the last shard, with the counts and results of all four; the XComs keep each
+    shard's. With ``asset_events="updated"``, a run that updated no row emits none."""
+    source = rows_csv(tmp_path / "in.csv", 40)
+    emu = start_emulator("--api-key", KEY, "--preload", str(source))
+    af = assets_env(tmp_path, migrated, emu)
+    logs = af.dags_test("bulk_update_sharded")
+    summaries = af.xcoms("bulk_update_sharded", "shard")
+    assert sorted(s["shard"] for s in summaries) == [f"{k}/4" for k in range(4)], logs[-5000:]
+    (event,) = af.asset_events("x-bulk-update://sharded_job")
+    (run_id,) = [r for (r,) in af.query("SELECT run_id FROM dag_run")]
+    assert event == {
+        "job_name": "sharded_job", "shards": 4, "dry_run": False, "counts": {"updated": 40},
+        "total_rows": 40, "exit_code": 0, "errors_output": [None] * 4,
+        "results": [f"{tmp_path}/out/{run_id}/shard-{k}.parquet" for k in range(4)],
+    }  # fmt: skip
+    assert sum(s["total_rows"] for s in summaries) == 40  # each shard's part, in its XCom
+    assert logs.count("the job's asset event waits for shard") == 3
+    assert "ends the job's run (4 shards): the job's asset event" in logs
+    # Nothing changed since: every row unchanged, no event with asset_events="updated".
+    logs = af.dags_test("bulk_update_sharded_updated_only")
+    summaries = af.xcoms("bulk_update_sharded_updated_only", "shard")
+    assert sum(s["counts"].get("unchanged", 0) for s in summaries) == 40, logs[-5000:]
+    assert len(af.asset_events("x-bulk-update://sharded_job")) == 1
+    assert "updated no row: no asset event (asset_events='updated')" in logs
+    assert emu.stats()["by_operation"]["update"] == 40
+
+
+class Deployment:
+    """A real Airflow: its API server, scheduler and dag processor as separate processes
+    (LocalExecutor, the SQLite metadata DB of ``af``), each in a process group of its own,
+    all killed when the block ends, however it ends."""
+
+    def __init__(self, af: Airflow, logs: Path) -> None:
+        port = free_port()
+        af.env.update(
+            AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+            AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+            AIRFLOW__API__HOST="127.0.0.1",
+            AIRFLOW__API__PORT=str(port),
+            AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
+            AIRFLOW__API_AUTH__JWT_SECRET="bulk-update-test-" + "x" * 32,
+            AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="2",
+            AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME="0.5",
+        )
+        self.af, self.logs = af, logs
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def __enter__(self) -> Deployment:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            for part in ("api-server", "scheduler", "dag-processor"):
+                with open(self.logs / f"{part}.log", "wb") as log:
+                    self.processes[part] = subprocess.Popen(
+                        [AIRFLOW, part], env=self.af.env, stdout=log, stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )  # fmt: skip
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for process in self.processes.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, sig)
+            deadline = time.monotonic() + 15
+            for process in self.processes.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(max(0.1, deadline - time.monotonic()))
+        for process in self.processes.values():  # the groups too: the executor's task processes
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+    def tail(self) -> str:
+        """The end of each process's log, for an assertion's message."""
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-1500:]}"
+            for path in sorted(self.logs.glob("*.log"))
+        )
+
+    def wait_for(self, what: str, check: Callable[[], bool], deadline: float) -> None:
+        while not check():
+            for part, process in self.processes.items():
+                assert process.poll() is None, f"airflow {part} exited\n{self.tail()}"
+            assert time.monotonic() < deadline, f"not within the time given: {what}\n{self.tail()}"
+            time.sleep(0.5)
+
+
+def test_under_a_real_scheduler_a_downstream_dag_runs_once_per_sharded_run(
+    start_emulator: StartEmulator, migrated: Path, tmp_path: Path
+) -> None:
+    """Airflow's API server, scheduler and dag processor (LocalExecutor), started here: the
+    producer (4 mapped shards, two at a time, the API answering in 100 ms, so that some end
+    together and some seconds apart) triggered twice, one run after the other. The DAG
+    scheduled on the job's asset runs exactly once per producer run, after its last shard
+    ended, with the whole run's counts (the second run's: every row unchanged, still an event:
+    ``asset_events`` is "always" by default)."""
+    started = time.monotonic()
+    deadline = started + 240  # a hard bound; ~40-60 s on 2 loaded cores
+    source = rows_csv(tmp_path / "in.csv", 120)
+    emu = start_emulator("--api-key", KEY, "--preload", str(source), "--latency-ms", "100")
+    af = assets_env(tmp_path, migrated, emu)
+    producer, consumer = "bulk_update_sharded", "bulk_update_after_shards"
+
+    def runs(dag: str) -> list[tuple[str, str]]:
+        return af.query("SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id", dag)
+
+    def ran(night: int) -> Callable[[], bool]:
+        """The producer's ``night`` runs and the consumer's, all succeeded."""
+        return lambda: all(
+            [state for _, state in runs(dag)] == ["success"] * night for dag in (producer, consumer)
+        )
+
+    def both_parsed() -> bool:
+        found = af.query("SELECT dag_id FROM dag WHERE dag_id IN (?, ?)", producer, consumer)
+        return len(found) == 2
+
+    with Deployment(af, tmp_path / "logs") as airflow:
+        airflow.wait_for("the DAGs parsed", both_parsed, deadline)
+        for night in (1, 2):
+            done = af.run("dags", "trigger", producer, timeout=120)
+            assert done.returncode == 0, done.stderr[-3000:]
+            airflow.wait_for(f"producer run {night}, then the consumer's", ran(night), deadline)
+        elapsed = time.monotonic() - started
+        time.sleep(3)  # a late, extra consumer run would be queued by now
+        assert len(runs(consumer)) == 2, airflow.tail()
+    noted = [json.loads(line) for line in (tmp_path / "after.jsonl").read_text().splitlines()]
+    assert len(noted) == 2
+    for (run_id, _), note, counts in zip(
+        runs(producer), noted, ({"updated": 120}, {"unchanged": 120}), strict=True
+    ):
+        (extra,) = note["extras"]  # one event triggered each consumer run
+        assert extra["counts"] == counts
+        assert (extra["shards"], extra["total_rows"]) == (4, 120)
+        assert extra["results"] == [f"{tmp_path}/out/{run_id}/shard-{k}.parquet" for k in range(4)]
+        (last_end,) = af.query(
+            "SELECT max(end_date) FROM task_instance WHERE dag_id = ? AND run_id = ?",
+            producer, run_id,
+        )[0]  # fmt: skip
+        assert note["at"] > datetime.fromisoformat(last_end).replace(tzinfo=UTC).timestamp()
+    ends = af.query(
+        "SELECT end_date FROM task_instance WHERE dag_id = ? AND task_id = 'shard' ORDER BY end_date",
+        producer,
+    )  # fmt: skip
+    assert len(ends) == 8
+    assert len(af.asset_events("x-bulk-update://sharded_job")) == 2
+    assert emu.stats()["by_operation"]["update"] == 120
+    print(f"two producer runs and their consumer's, under a real scheduler: {elapsed:.0f} s")

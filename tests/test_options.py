@@ -241,6 +241,16 @@ for wrong in ({"rmp": 1, "max_attempt": 2}, {"api_key": "sk-x"}):
         BulkUpdateOperator(task_id="t2", input="in.csv", results="r.csv", **wrong)
     except TypeError as exc:
         found.setdefault("refused", []).append(str(exc))
+try:
+    BulkUpdateOperator(task_id="t3", input="in.csv", results="r.csv", asset_events="sometimes")
+except ValueError as exc:
+    found["refused"].append(str(exc))
+# A fixed results path is the whole job's outlet; a shard's is the job's asset.
+found["outlets"] = [
+    [outlet.uri for outlet in BulkUpdateOperator(task_id=f"t{index}", input="in.csv",
+                                                 results="/data/r.csv", **shard).outlets]
+    for index, shard in enumerate(({}, {"shard": "0/2"}))
+]
 print(json.dumps(found))
 """
 
@@ -271,7 +281,7 @@ def test_the_operator_takes_every_option_it_should(tmp_path: Path) -> None:
     found = json.loads(done.stdout.splitlines()[-1])
 
     names = ["results" if n == "output" else n for n in OPTIONS if n in taken]
-    own = ["openai_conn_id", "store_conn_id", "fail_on_row_errors"]
+    own = ["openai_conn_id", "store_conn_id", "fail_on_row_errors", "asset_events"]
     assert list(found["parameters"]) == names + own
     for name in taken - {"input", "output"}:
         default = 3.0 if name == "drain_timeout" else default_of(name)
@@ -296,7 +306,10 @@ def test_the_operator_takes_every_option_it_should(tmp_path: Path) -> None:
         "BulkUpdateOperator (task_id: t2): unknown parameter(s) max_attempt, rmp "
         "(did you mean max_attempts?)",
         "BulkUpdateOperator (task_id: t2): unknown parameter(s) api_key",
+        "BulkUpdateOperator (task_id: t3): asset_events must be 'always' or 'updated', got "
+        "'sometimes'",
     ]
+    assert found["outlets"] == [["file:///data/r.csv"], ["x-bulk-update://t1"]]
 
     start = AIRFLOW_PAGE.index("Its parameters are the job's options, `JobConfig`'s fields")
     paragraph = AIRFLOW_PAGE[start : AIRFLOW_PAGE.index("| parameter | meaning | default |", start)]

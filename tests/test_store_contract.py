@@ -5,10 +5,12 @@ does, the other must do; a test here that passes on one and not the other is a d
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -26,6 +28,8 @@ from bulk_update.store import (
     RunEnd,
     RunKey,
     Second,
+    Settled,
+    Store,
     read_state,
     schema,
 )
@@ -432,3 +436,73 @@ def test_a_later_layout_adds_its_columns_to_a_store_of_an_older_one(
         )]  # fmt: skip
     assert number == later
     assert columns == [*schema.RUNS.names(backend.name), "python_version"]  # type: ignore[arg-type]
+
+
+def end_shard(
+    store: Store, index: int, count: int, updated_rows: int, *, wave: str, results: str = "out"
+) -> Settled:
+    """Shard ``index``/``count`` of job j run (or resumed) to its end, then settled in ``wave``."""
+    key = RunKey("j", f"{results}/shard-{index}.csv", (index, count))
+    with store.open_run(key, {**PRINT, "shard": [index, count]}, OPTIONS) as journal:
+        journal.finish(RunEnd({"updated": updated_rows}, 0, total_rows=updated_rows))
+    return store.settle(key, wave)
+
+
+def test_a_sharded_jobs_run_ends_once_with_its_last_shard(backend: Backend) -> None:
+    """A sharded job's run ends with the shard that settles last in its wave (an Airflow DAG
+    run): that one gets every shard's run, the others what they wait for. A resumed run is
+    unsettled until it settles again (a run going on cannot be settled); the announcer's retry
+    announces again, another shard's re-run does not; a later wave waits for every shard."""
+    with backend.open("j") as store:
+        assert end_shard(store, 0, 3, 10, wave="w1") == Settled(3, ("1/3", "2/3"))
+        assert end_shard(store, 2, 3, 30, wave="w1") == Settled(3, ("1/3",))
+        ended = end_shard(store, 1, 3, 20, wave="w1")
+        assert (ended.shards, ended.waiting) == (3, ())
+        assert [(r.shard, r.results, r.counts, r.exit_code) for r in ended.runs] == [
+            (f"{k}/3", f"out/shard-{k}.csv", {"updated": 10 * (k + 1)}, 0) for k in range(3)
+        ]
+        again = end_shard(store, 1, 3, 20, wave="w1")  # the announcer's retry
+        assert [r.shard for r in again.runs] == ["0/3", "1/3", "2/3"]
+        assert end_shard(store, 0, 3, 10, wave="w1") == Settled(3, ())  # announced by 1/3
+        # The next wave: each shard again; one still running is not settled, nor settles.
+        assert end_shard(store, 0, 3, 10, wave="w2") == Settled(3, ("1/3", "2/3"))
+        running = RunKey("j", "out/shard-1.csv", (1, 3))
+        with store.open_run(running, {**PRINT, "shard": [1, 3]}, OPTIONS):
+            assert end_shard(store, 2, 3, 30, wave="w2") == Settled(3, ("1/3",))
+            with pytest.raises(JournalError, match=r"shard 1/3: no run for out/shard-1\.csv has"):
+                store.settle(running, "w2")
+        assert [r.run_id for r in end_shard(store, 1, 3, 20, wave="w2").runs] == [
+            r.run_id for r in ended.runs
+        ]  # each shard's run, resumed (the same results paths)
+        # A wave whose shard 1/3 ends after a later wave's runs (results per wave, as
+        # ``{{ run_id }}`` makes them): each wave ends once, with its own runs.
+        for index in (0, 2):
+            end_shard(store, index, 3, 1, wave="w3", results="w3")
+        for index in (0, 1, 2):
+            later = end_shard(store, index, 3, 1, wave="w4", results="w4")
+        assert [r.results for r in later.runs] == [f"w4/shard-{k}.csv" for k in range(3)]
+        late = end_shard(store, 1, 3, 1, wave="w3", results="w3")
+        assert [r.results for r in late.runs] == [f"w3/shard-{k}.csv" for k in range(3)]
+
+
+def test_two_shards_that_settle_at_once_end_the_jobs_run_once(backend: Backend) -> None:
+    """Two shards' last settles, at the same moment from two processes' stores, over and
+    over: each wave is announced by exactly one of them (never none, never both)."""
+    waves = 12
+    with backend.open("j") as store:
+        for index in (0, 1):
+            end_shard(store, index, 2, 5, wave="w0")
+    start = threading.Barrier(2)
+
+    def settle(index: int) -> list[bool]:
+        key = RunKey("j", f"out/shard-{index}.csv", (index, 2))
+        ended = []
+        with backend.open("j") as store:
+            for wave in range(waves):
+                start.wait(timeout=60)
+                ended.append(bool(store.settle(key, f"w{wave + 1}").runs))
+        return ended
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(settle, (0, 1))
+    assert [a + b for a, b in zip(first, second, strict=True)] == [1] * waves

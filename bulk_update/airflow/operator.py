@@ -21,6 +21,7 @@ import logging
 import signal
 import threading
 import typing
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING
 from pathlib import Path
@@ -136,15 +137,24 @@ def default_job_name(dag_id: str | None, task_id: str) -> str:
 
 
 def default_outlets(
-    results: object, job_name: object, dag: DAG | None, task_id: str, dry_run: object = False
+    results: object,
+    job_name: object,
+    dag: DAG | None,
+    task_id: str,
+    dry_run: object = False,
+    *,
+    sharded: bool = False,
 ) -> list[Asset]:
     """The outlet an operator has unless given ``outlets``: the results file's URI when its
-    path is fixed (an absolute local path, or an object store URL); else the job's own asset,
-    ``x-bulk-update://JOB``. No outlet for a dry run (it changes nothing downstream can act on) or
-    when the job's name is itself templated (no stable name)."""
+    path is fixed (an absolute local path, or an object store URL) and the task is the whole
+    job; else the job's own asset, ``x-bulk-update://JOB``. A shard (``sharded``: ``shard``
+    given, or a mapped task) always has the job's: its results are a part of the job's, and the
+    job's run gets its one event when its last shard ends. No outlet for a dry run (it changes
+    nothing downstream can act on) or when the job's name is itself templated (no stable
+    name)."""
     if dry_run:
         return []
-    if isinstance(results, str) and not _templated(results):
+    if isinstance(results, str) and not _templated(results) and not sharded:
         if is_remote(results):
             return [Asset(uri=results)]
         if Path(results).is_absolute():
@@ -154,6 +164,20 @@ def default_outlets(
     dag_id = dag.dag_id if dag is not None else None
     job = job_name if isinstance(job_name, str) else default_job_name(dag_id, task_id)
     return [Asset(uri=f"x-bulk-update://{job}")]
+
+
+# When the task's outlets get their asset event: "always" (every run that succeeds), or
+# "updated" (only a run that updated at least one row).
+ASSET_EVENTS = ("always", "updated")
+
+
+def check_asset_events(value: object, task_id: object) -> None:
+    """ValueError naming the task unless ``value`` is one of ASSET_EVENTS."""
+    if value not in ASSET_EVENTS:
+        raise ValueError(
+            f"BulkUpdateOperator (task_id: {task_id}): asset_events must be 'always' or "
+            f"'updated', got {value!r}"
+        )
 
 
 class BulkUpdateOperator(BaseOperator):
@@ -186,6 +210,10 @@ class BulkUpdateOperator(BaseOperator):
     :param job_name: default ``DAG_ID.TASK_ID``: the same every night and for every shard.
     :param fail_on_row_errors: rows ``failed`` or ``invalid`` (exit 1) fail the task, for good
         (a retry would find them finished); False: the task succeeds and logs the counts.
+    :param asset_events: ``"always"`` (the default): each outlet gets an event whenever the
+        job's run succeeds, rows updated or not (the results were written, and a consumer that
+        reads them or reports on each run runs every time); ``"updated"``: only when the
+        job's run (all its shards) updated at least one row.
     :param drain_timeout: 3 s, not the CLI's 10: Airflow's supervisor sends SIGKILL 5 s after
         the SIGTERM that kills a task, and the results need the rest.
 
@@ -197,7 +225,11 @@ class BulkUpdateOperator(BaseOperator):
 
     The return value (the XCom) is the summary's ``as_dict()`` and the shard: counts, exit
     code, results and errors paths, the store without its password, never the key. Each outlet
-    (default: ``default_outlets``) gets an asset event whose extra holds the counts and paths.
+    (default: ``default_outlets``) gets an asset event whose extra holds the counts and paths:
+    one per job run, also when the job is sharded (mapped tasks, ``shard``): the shard that
+    ends the job's run last emits it, with every shard's counts (``Store.settle`` decides
+    which, in the job's store); the others drop their outlets for the try, as Airflow 3
+    registers an event for each outlet a task still has when it succeeds.
 
     Not deferrable, on purpose: the updates are sent from this worker. A trigger is re-run
     after a triggerer restarts, and would send them again.
@@ -222,22 +254,26 @@ class BulkUpdateOperator(BaseOperator):
         openai_conn_id: str | None = "openai_default",
         store_conn_id: str | None = None,
         fail_on_row_errors: bool = True,
+        asset_events: str = "always",
         **kwargs: Any,
     ) -> None:
         """The job's options (``JOB_OPTIONS``, by name) and BaseOperator's parameters, in
         ``kwargs``; the signature Airflow and ``help()`` see is ``operator_signature``'s."""
         given = {name: kwargs.pop(name) for name in list(kwargs) if name in JOB_OPTIONS}
         refuse_unknown_parameters(type(self).__name__, kwargs)
+        check_asset_events(asset_events, kwargs.get("task_id"))
         super().__init__(**kwargs)
         for name, default in DEFAULTS.items():  # (input and results: Airflow saw them given)
             setattr(self, "_dry_run" if name == "dry_run" else name, given.get(name, default))
         if "outlets" not in kwargs:
             self.outlets = default_outlets(
-                self.results, self.job_name, self.get_dag(), self.task_id, self._dry_run
-            )
+                self.results, self.job_name, self.get_dag(), self.task_id, self._dry_run,
+                sharded=given.get("shard") is not None,
+            )  # fmt: skip
         self.openai_conn_id = openai_conn_id
         self.store_conn_id = store_conn_id
         self.fail_on_row_errors = fail_on_row_errors
+        self.asset_events = asset_events
 
     # Before the class is made: Airflow's metaclass reads the signature when it wraps __init__.
     __init__.__signature__ = operator_signature(__init__)  # type: ignore[attr-defined]
@@ -246,11 +282,12 @@ class BulkUpdateOperator(BaseOperator):
     def partial(cls, **kwargs: Any) -> OperatorPartial:
         """As ``BaseOperator.partial``, with the default outlet: a mapped task's outlets are
         read from here when the DAG is parsed, before any ``__init__`` runs."""
+        check_asset_events(kwargs.get("asset_events", "always"), kwargs.get("task_id"))
         partial: OperatorPartial = super().partial(**kwargs)
-        if "outlets" not in kwargs:
+        if "outlets" not in kwargs:  # a mapped task: its map indexes are shards of one job
             partial.kwargs["outlets"] = default_outlets(
                 kwargs.get("results"), kwargs.get("job_name"), partial.kwargs.get("dag"),
-                partial.kwargs["task_id"], kwargs.get("dry_run"),
+                partial.kwargs["task_id"], kwargs.get("dry_run"), sharded=True,
             )  # fmt: skip
         return partial
 
@@ -315,7 +352,7 @@ class BulkUpdateOperator(BaseOperator):
                 self.log.warning(
                     "%s finished with %s (fail_on_row_errors=False)", name, _row_errors(summary)
                 )
-            self._record_assets(context, result)
+            self._record_assets(context, result, config, name)
             return result
         if code == ExitCode.ROWS_FAILED:
             raise AirflowFailException(f"{name} finished with {_row_errors(summary)}")
@@ -378,17 +415,75 @@ class BulkUpdateOperator(BaseOperator):
             )  # fmt: skip
             interrupt(signal.SIGTERM)
 
-    def _record_assets(self, context: Context, result: Mapping[str, Any]) -> None:
-        """Each outlet's asset event carries the run's counts and where its results are."""
-        extra = {
+    def _record_assets(
+        self, context: Context, result: Mapping[str, Any], config: JobConfig, name: str
+    ) -> None:
+        """Each outlet's asset event carries the job's run's counts and where its results are:
+        the run's own; a shard's, only if it ends the job's run (``_settle``), with every
+        shard's. No event (the outlets dropped for this try) from a shard that does not end
+        it, nor with ``asset_events="updated"`` from a job's run that updated no row."""
+        if not any(isinstance(outlet, Asset) for outlet in self.outlets):
+            return  # none (a dry run), or aliases only: their events are the user's to add
+        extra: dict[str, Any] | None = {
             "job_name": result["job_name"], "shard": result["shard"], "dry_run": result["dry_run"],
             "counts": result["counts"], "total_rows": result["total_rows"],
             "exit_code": result["exit_code"], "results": result["output"],
             "errors_output": result["errors_output"],
         }  # fmt: skip
+        if config.shard is not None:
+            extra = self._settle(context, config, name)
+        if (
+            extra is not None
+            and self.asset_events == "updated"
+            and not extra["counts"].get(Status.UPDATED.value)
+        ):
+            self.log.info("%s updated no row: no asset event (asset_events='updated')", name)
+            extra = None
+        if extra is None:
+            # Airflow 3 registers an event for each outlet the task has when it succeeds (the
+            # task runner sends ``task.outlets``); none left, none registered.
+            self.outlets = []
+            return
         for outlet in self.outlets:
-            if isinstance(outlet, Asset):  # not an AssetAlias: its events are the user's to add
+            if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra = dict(extra)
+
+    def _settle(self, context: Context, config: JobConfig, name: str) -> dict[str, Any] | None:
+        """This shard's run ended for good in this DAG run: settled in the job's store, which
+        says if it is the job's run's last shard there. Returns the job's run's event extra
+        (every shard's counts and paths) if it is; None if not (logged)."""
+        from bulk_update.store import RunKey, open_store
+
+        assert config.shard is not None
+        key = RunKey(config.resolved_job_name(), config.output, config.shard)
+        wave = f"{self.dag_id}/{context['run_id']}"
+        try:
+            with open_store(config.store_location()) as store:
+                settled = store.settle(key, wave)
+        except BulkUpdateError as exc:
+            raise AirflowException(
+                f"{name}: its end could not be recorded for the job's asset event: {exc}; {RESUMES}"
+            ) from None
+        if not settled.runs:
+            waiting = ", ".join(settled.waiting)
+            self.log.info(
+                "%s: the job's asset event %s", name,
+                f"waits for shard {waiting} (the shard that ends the job's run last emits it)"
+                if waiting else "was emitted by another shard of this run",
+            )  # fmt: skip
+            return None
+        runs = settled.runs
+        counts: Counter[str] = Counter()
+        for run in runs:
+            counts.update(run.counts)
+        self.log.info("%s ends the job's run (%d shards): the job's asset event", name, len(runs))
+        return {
+            "job_name": key.job, "shards": settled.shards, "dry_run": False,
+            "counts": dict(counts), "total_rows": sum(run.total_rows or 0 for run in runs),
+            "exit_code": max(run.exit_code or 0 for run in runs),
+            "results": [run.results for run in runs],
+            "errors_output": [run.options.get("errors_output") for run in runs],
+        }  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -47,6 +47,7 @@ from bulk_update.store.types import (
     RunRecord,
     RunStatus,
     Second,
+    Settled,
     StateReader,
     report_frame,
     run_options,
@@ -182,6 +183,9 @@ _DIALECTS = {
         "SELECT value AS id FROM json_each(:ids)",
         "SELECT json_array_elements_text(CAST(:ids AS json)) AS id",
     ),
+    # A read that locks the rows it finds until the transaction ends (SQLite's writer holds
+    # the whole file from its BEGIN IMMEDIATE).
+    "for_update": ("", " FOR UPDATE"),
     "runs": (
         "SELECT value FROM json_each(:runs)",
         "SELECT CAST(json_array_elements_text(CAST(:runs AS json)) AS bigint)",
@@ -239,9 +243,21 @@ _RESUME = (
     "UPDATE runs SET resumed_at = {now}, invocations = invocations + 1, ended_at = NULL, "
     "interrupted = interrupted + CASE WHEN ended_at IS NULL THEN 1 ELSE 0 END, "
     "exit_code = NULL, stopped_by = NULL, host = :host, pid = :pid, boot = :boot, "
-    "pid_namespace = :pid_namespace, pid_started = :pid_started, options = :options "
-    "WHERE run_id = :run"
+    "pid_namespace = :pid_namespace, pid_started = :pid_started, options = :options, "
+    "settled_in = NULL, announced_at = NULL WHERE run_id = :run"
 )
+# The runs of a job's shards (``ids``: their texts), locked until the transaction ends
+# (``Store.settle``: the settles of one job's shards go one at a time); those settled in a wave.
+_SHARD_RUNS = (
+    "SELECT run_id FROM runs WHERE job = :job AND shard IN ({ids}) AND replaced_at IS NULL "
+    "ORDER BY run_id{for_update}"
+)
+_SETTLED = (
+    "SELECT run_id, announced_at, shard FROM runs WHERE job = :job AND shard IN ({ids}) "
+    "AND replaced_at IS NULL AND settled_in = :wave ORDER BY run_id"
+)
+_SETTLE = "UPDATE runs SET settled_in = :wave, announced_at = NULL WHERE run_id = :run"
+_ANNOUNCE = "UPDATE runs SET announced_at = {now} WHERE run_id = :run"
 # RunRecord's fields that are the runs table's columns, and what its others are made of: the
 # holder (lease.Holder), whether every invocation recorded its end, and whether it was set aside.
 _AS_STORED = tuple(f for f in RunRecord.__dataclass_fields__ if f in schema.RUNS.names("sqlite"))
@@ -446,6 +462,46 @@ class Store(_Closing):
         """The job's runs, newest first."""
         rows = self._fetch(_HISTORY, {"job": job})
         return [_record(dict(zip(_HISTORY_NAMES, row, strict=True))) for row in rows]
+
+    def settle(self, key: RunKey, wave: str) -> Settled:
+        """The shard ``key``'s run ended for good (its task succeeded) in ``wave``, the job's run
+        it is a part of (an Airflow DAG run): record it, and say whether that ends the job's run
+        there: every shard has a run settled in ``wave``, and none of them announced it (this
+        one then does: ``Settled.runs``, each shard's run). One transaction, the job's shards'
+        runs locked first: of two shards that settle at once the second sees the first, so
+        one of them announces, never both or none. A resumed run (a retry, a re-run) is
+        unsettled until it settles again; so the announcer's retry announces again."""
+        assert key.shard is not None, "settle is for a shard's run"
+        count = key.shard[1]
+        shards = [f"{index}/{count}" for index in range(count)]
+        given = {"job": key.job, "results": key.results, "shard": key.shard_text,
+                 "ids": json.dumps(shards), "wave": wave, **_stamp()}  # fmt: skip
+        lock, find, settled = (
+            prepare(self._dialect, sql) for sql in (_SHARD_RUNS, _FIND, _SETTLED)
+        )
+        settle, announce = prepare(self._dialect, _SETTLE), prepare(self._dialect, _ANNOUNCE)
+
+        def work(conn: Connection) -> tuple[list[str], list[int]]:
+            conn.execute(lock, given).fetchall()  # before this run's row is written
+            found = conn.execute(find, given).fetchone()
+            if found is None or found[3] is None:
+                raise JournalError(
+                    f"{self.where}: job {key.job!r}, shard {key.shard_text}: no run for "
+                    f"{key.results} has ended"
+                )
+            mine = {**given, "run": found[0]}
+            conn.execute(settle, mine)
+            runs = {shard: (run_id, announced) for run_id, announced, shard in
+                    conn.execute(settled, given).fetchall()}  # fmt: skip
+            waiting = [shard for shard in shards if shard not in runs]
+            if waiting or any(announced is not None for _, announced in runs.values()):
+                return waiting, []
+            conn.execute(announce, mine)
+            return [], [int(runs[shard][0]) for shard in shards]
+
+        waiting, run_ids = self._transact(work)
+        records = {r.run_id: r for r in self.history(key.job)} if run_ids else {}
+        return Settled(count, tuple(waiting), tuple(records[run_id] for run_id in run_ids))
 
     def proven_requests(self, run_id: int) -> int:
         """The requests a run's committed outcomes prove it sent (the sum of their attempts):

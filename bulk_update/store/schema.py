@@ -53,6 +53,7 @@ FIRST_LAYOUT = 7
 LAYOUTS = {
     FIRST_LAYOUT: "the first released layout: runs, outcomes, last_set, budget, timeline "
     "(PostgreSQL: and layout, jobs, sessions and leases)",
+    8: "runs gain settled_in and announced_at: a sharded job's run ends once (Store.settle)",
 }
 LAYOUT_VERSION = max(LAYOUTS)
 
@@ -183,6 +184,11 @@ RUNS = Table("runs", (
     # Invocations that never recorded their end (killed -9, their machine or store lost): their
     # requests were counted up to their last heartbeat only.
     _column("interrupted", "integer", " NOT NULL DEFAULT 0"),
+    # A shard's run that ended for good (Store.settle): the job's run it ended in (an Airflow DAG
+    # run), and whether its end was the last of the job's shards there (it announced the job's
+    # run). Both cleared when the run is resumed.
+    _column("settled_in", "text", since=8),
+    _column("announced_at", "time", since=8),
 ))  # fmt: skip
 # The results' columns that outcomes keep (row_number is in the key).
 assert RESULT_COLUMNS[0] == "row_number"

@@ -94,6 +94,18 @@ class RunRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Settled:
+    """What ``Store.settle`` found of a sharded job's run (its ``shards`` shards): the shards
+    whose run has not settled in it yet (``waiting``); and ``runs``, each shard's run in shard
+    order, when this settle ended the job's run (empty otherwise: it is not over, or another
+    shard announced it)."""
+
+    shards: int
+    waiting: tuple[str, ...]
+    runs: tuple[RunRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RowTiming:
     """When a worker took a row and when its last answer came (Unix time), and how long that
     last request took: kept per row in the store (not in the results) for ``report``."""
