@@ -132,6 +132,92 @@ def test_importing_bulk_update_never_imports_airflow() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+# What a job needs and a process that only parses DAGs or lists providers must not load.
+HEAVY = ("polars", "pyarrow", "httpx2", "aiohttp", "numpy")
+
+
+def test_the_entry_point_and_a_dag_file_load_nothing_heavy() -> None:
+    """In a fresh interpreter: ``import bulk_update``, the provider entry point, the operator
+    and a DAG file's work (operators made, mapped over shards) load none of polars, pyarrow,
+    httpx2, aiohttp: the dag-processor parses every DAG file again and again. The job loads
+    them when it runs (``run_job``: asked for last, and seen to)."""
+    code = (
+        "import sys\n"
+        f"heavy = {HEAVY!r}\n"
+        "def loaded(): return [m for m in heavy if m in sys.modules]\n"
+        "import bulk_update, bulk_update.airflow.provider\n"
+        "bulk_update.__version__, bulk_update.ConfigError, bulk_update.Status\n"
+        "bulk_update.airflow.provider.get_provider_info()\n"
+        "assert loaded() == [], ('the entry point', loaded())\n"
+        "from airflow.sdk import DAG\n"
+        "from bulk_update.airflow import BulkUpdateOperator, shards\n"
+        "with DAG('parsed', schedule=None):\n"
+        "    BulkUpdateOperator(task_id='one', input='s3://b/in.csv', results='/tmp/r.parquet')\n"
+        "    BulkUpdateOperator.partial(task_id='many', input='in.csv',\n"
+        "        results='out/{{ ti.map_index }}.parquet').expand(shard=shards(4))\n"
+        "assert loaded() == [], ('a DAG file', loaded())\n"
+        "from bulk_update import run_job\n"
+        "assert {'polars', 'httpx2'} <= set(loaded()), loaded()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+# ``airflow ARGS`` as the console script runs it, saying at exit which modules of ours it
+# loaded and which of HEAVY.
+PROBE = (
+    f"HEAVY = {HEAVY!r}"
+    + """
+import atexit, json, os, sys
+def said():
+    loaded = {m for m in sys.modules if m.split('.')[0] == 'bulk_update'}
+    report = {"ours": sorted(loaded), "heavy": [m for m in HEAVY if m in sys.modules]}
+    os.write(2, ("PROBE " + json.dumps(report) + "\\n").encode())
+atexit.register(said)
+sys.argv = ["airflow", *sys.argv[1:]]
+from airflow.__main__ import main
+sys.exit(main())
+"""
+)
+
+
+def test_airflows_own_processes_load_nothing_heavy_of_ours(migrated: Path, tmp_path: Path) -> None:
+    """Real Airflow commands on a DAG file that imports the operator: listing the providers
+    and the DAGs loads the entry point only; parsing the file (``dags reserialize``, what the
+    dag-processor does to each file) and listing its tasks load the operator, and none of
+    polars, pyarrow, httpx2, aiohttp."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "users_dag.py").write_text(
+        "from airflow.sdk import DAG\n"
+        "from bulk_update.airflow import BulkUpdateOperator, shards\n"
+        "with DAG('users_dag', schedule=None):\n"
+        "    BulkUpdateOperator.partial(task_id='backfill', input='/data/in.csv',\n"
+        "        results='/data/out/{{ ti.map_index }}.parquet').expand(shard=shards(4))\n"
+    )
+    af = Airflow(tmp_path / "home", migrated, airflow_env(tmp_path / "home", dags=dags))
+    entry = ["bulk_update", "bulk_update._version", "bulk_update.airflow",
+             "bulk_update.airflow.provider"]  # fmt: skip
+    for command, operator in [
+        (["providers", "list"], False),
+        (["dags", "reserialize"], True),
+        (["dags", "list", "-o", "plain"], False),
+        (["tasks", "list", "users_dag"], True),
+    ]:
+        done = subprocess.run([sys.executable, "-c", PROBE, *command], env=af.env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, (command, done.stderr[-3000:])
+        (line,) = [x for x in done.stderr.splitlines() if x.startswith("PROBE ")]
+        probe = json.loads(line.removeprefix("PROBE "))
+        assert probe["heavy"] == [], (command, probe)
+        if operator:  # the file was parsed
+            assert "bulk_update.airflow.operator" in probe["ours"], (command, probe)
+        else:
+            assert probe["ours"] == entry, (command, probe)
+    assert "users_dag" in af.run("dags", "list", "-o", "plain").stdout
+
+
 def test_airflow_providers_list_shows_the_package(migrated: Path, tmp_path: Path) -> None:
     env = airflow_env(tmp_path / "home")
     af = Airflow(tmp_path / "home", migrated, env)

@@ -34,7 +34,6 @@ from bulk_update.airflow.connections import openai_connection, store_url
 from bulk_update.config import JOB_NAME, OPTIONS, JobConfig, default_of, refuse_unknown
 from bulk_update.exceptions import BulkUpdateError, ConfigError
 from bulk_update.exitcodes import RESUMABLE, ExitCode
-from bulk_update.job import run_job
 from bulk_update.observe.draw import ProgressLog
 from bulk_update.observe.summary import JobSummary
 from bulk_update.outcome import Status
@@ -329,6 +328,8 @@ class BulkUpdateOperator(BaseOperator):
         Whatever cuts the wait short (an ``execution_timeout``, Ctrl-C) stops the job as a
         signal would, and waits for it to drain and write its results before going on (the
         next try must not start while this one still sends)."""
+        from bulk_update.job import run_job  # (polars, httpx2: in the task, not the DAG's parsing)
+
         outcome: list[JobSummary | BaseException] = []
         ended = threading.Event()
 

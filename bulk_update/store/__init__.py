@@ -27,29 +27,28 @@ The job sees only what this module exports (``__all__``): the interface is ``cor
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bulk_update.store import sqlite
-from bulk_update.store.core import Journal, Store
-from bulk_update.store.outage import Hurry
-from bulk_update.store.schema import TIMESTAMP_FORMAT, TIMING_COLUMNS, format_timestamp
-from bulk_update.store.sqlite import SQLiteStore
-from bulk_update.store.types import (
-    REPORT_COLUMNS,
-    TIMELINE_COLUMNS,
-    Budget,
-    RowTiming,
-    RunBeat,
-    RunEnd,
-    RunKey,
-    RunRecord,
-    RunStatus,
-    Second,
-    StateReader,
-    StoreLocation,
-    report_frame,
-    run_options,
-)
+if TYPE_CHECKING:
+    from bulk_update.store.core import Journal, Store
+    from bulk_update.store.outage import Hurry
+    from bulk_update.store.schema import TIMESTAMP_FORMAT, TIMING_COLUMNS, format_timestamp
+    from bulk_update.store.types import (
+        REPORT_COLUMNS,
+        TIMELINE_COLUMNS,
+        Budget,
+        RowTiming,
+        RunBeat,
+        RunEnd,
+        RunKey,
+        RunRecord,
+        RunStatus,
+        Second,
+        StateReader,
+        StoreLocation,
+        report_frame,
+        run_options,
+    )
 
 __all__ = [
     "POSTGRES_HINT",
@@ -79,6 +78,33 @@ __all__ = [
     "run_options",
 ]
 
+# Where each name lives (the imports above, for type checkers, say the same). Loaded when first
+# asked for (PEP 562): ``bulk_update.config`` imports ``store.url`` (a submodule loads its
+# package first), and the operator's module imports the config in every process that parses a
+# DAG; the backends, and polars, load when a job opens its store.
+_HOMES = {
+    **dict.fromkeys(("Journal", "Store"), "core"),
+    "Hurry": "outage",
+    **dict.fromkeys(("TIMESTAMP_FORMAT", "TIMING_COLUMNS", "format_timestamp"), "schema"),
+    **dict.fromkeys(
+        ("REPORT_COLUMNS", "TIMELINE_COLUMNS", "Budget", "RowTiming", "RunBeat", "RunEnd",
+         "RunKey", "RunRecord", "RunStatus", "Second", "StateReader", "StoreLocation",
+         "report_frame", "run_options"),
+        "types",
+    ),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 POSTGRES_HINT = "the store in PostgreSQL needs psycopg: pip install 'bulk-update[postgres]'"
 
@@ -86,6 +112,8 @@ POSTGRES_HINT = "the store in PostgreSQL needs psycopg: pip install 'bulk-update
 def _backend(location: StoreLocation) -> Any:
     """The module of the location's backend (PostgreSQL's is imported only when used)."""
     if location.url is None:
+        from bulk_update.store import sqlite
+
         return sqlite
     try:
         from bulk_update.store import postgres
@@ -105,6 +133,8 @@ def open_store(location: StoreLocation, hurry: Hurry | None = None) -> Store:
             location.url, timeout=location.timeout, hurry=hurry
         )
         return store
+    from bulk_update.store.sqlite import SQLiteStore
+
     return SQLiteStore.open(location.path, timeout=location.timeout, hurry=hurry)
 
 
@@ -120,6 +150,8 @@ def open_existing_store(location: StoreLocation, job: str) -> Store:
             f"{location.path}: no store of job {job!r} (give --state-dir or --state-url as its "
             "runs had them)"
         )
+    from bulk_update.store.sqlite import SQLiteStore
+
     return SQLiteStore.open_to_read(location.path, timeout=location.timeout)
 
 
