@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -434,16 +435,29 @@ def test_each_ending_is_airflows(
     ) in logs
     assert "2 invalid of 7 rows" in logs
     assert "(fail_on_row_errors=False)" in logs
-    assert (
+    # Each try says what comes next, and only what will: the retry while one is due, then a
+    # clear only (after the last try, no retry will come).
+    refused = (
         "bulk-update job bulk_update_endings.key_refused stopped (exit 3): preflight: HTTP 401 "
-        "invalid_api_key: Incorrect API key provided; the task run again (a retry, a clear) "
-        "resumes the run"
-    ) in logs
-    # An API that cannot be reached may come back: retried (exit 2 for the CLI, nothing sent).
-    assert (
-        "bulk-update job bulk_update_endings.api_unreachable failed: cannot reach "
-        "http://127.0.0.1:9/v1: "
-    ) in logs
+        "invalid_api_key: Incorrect API key provided; "
+    )
+    for after in ("the retry (try 2 of 3) resumes the run",
+                  "the retry (try 3 of 3) resumes the run",
+                  "no retry left: a clear of the task resumes the run"):  # fmt: skip
+        assert refused + after in logs, logs[-5000:]
+    # An API that cannot be reached may come back: retried (exit 2 for the CLI, nothing sent),
+    # and nothing had started: nothing resumes, the next try tries again.
+    unreachable = re.findall(
+        r"bulk-update job bulk_update_endings\.api_unreachable failed: cannot reach "
+        r"http://127\.0\.0\.1:9/v1: [^\n]*\(exit 2\); ([^\n]*?)(?:\x1b|\n|$)",
+        logs,
+    )
+    assert unreachable[:3] == [
+        "nothing was sent; the retry (try 2 of 3) tries again",
+        "nothing was sent; the retry (try 3 of 3) tries again",
+        "nothing was sent; no retry left: a clear of the task tries again",
+    ], unreachable
+    assert "the task run again" not in logs
     assert "the run:" not in logs  # the task's messages name the job, never "the run"
     assert (
         "task store_not_postgres: store_conn_id 'store_not_postgres': its conn_type is "
@@ -457,6 +471,36 @@ def test_each_ending_is_airflows(
     # Only the two tasks that ran sent: 5 updates and a preflight each; the refused key's 3
     # tries, a preflight each (the key is refused before any update).
     assert emu.stats()["by_operation"] == {"update": 10, "retrieve": 5}
+
+
+@pytest.mark.parametrize(
+    ("started", "retry", "killed", "expected"),
+    [
+        (True, "try 2 of 3", False, "the retry (try 2 of 3) resumes the run"),
+        (True, None, False, "no retry left: a clear of the task resumes the run"),
+        (False, "try 2 of 3", False, "nothing was sent; the retry (try 2 of 3) tries again"),
+        (False, None, False, "nothing was sent; no retry left: a clear of the task tries again"),
+        # on_kill: marked failed (no retry comes), cleared or a worker's SIGTERM (one may)
+        (True, "try 2 of 2", True, "a clear of the task resumes the run (so does the retry, "
+                                   "try 2 of 2, unless the task was marked failed)"),
+        (True, None, True, "a clear of the task resumes the run"),
+    ],
+)  # fmt: skip
+def test_what_a_failed_try_says_comes_next(
+    started: bool, retry: str | None, killed: bool, expected: str
+) -> None:
+    """Only what will come: no retry promised without one due, nor after a kill that may be
+    a mark-failed; nothing to resume where nothing had started."""
+    from bulk_update.airflow.operator import _retry_due, what_next
+
+    assert what_next(started=started, retry=retry, killed=killed) == expected
+
+    class TaskInstance:
+        def __init__(self, try_number: int, max_tries: int) -> None:
+            self.try_number, self.max_tries = try_number, max_tries
+
+    due = [_retry_due({"ti": TaskInstance(n, 2)}) for n in (1, 2, 3)]  # type: ignore[typeddict-item]
+    assert due == ["try 2 of 3", "try 3 of 3", None]
 
 
 def test_a_killed_task_stops_on_kill_and_its_retry_resumes(
@@ -478,10 +522,13 @@ def test_a_killed_task_stops_on_kill_and_its_retry_resumes(
     process.send_signal(signal.SIGTERM)  # as the supervisor does to a task it kills
     logs, _ = process.communicate(timeout=300)
     assert "on_kill: stopping the run" in logs, logs[-5000:]
-    assert (
-        "bulk-update job bulk_update_killed.slow stopped (exit 143): SIGTERM; the task run "
-        "again (a retry, a clear) resumes"
-    ) in logs
+    # on_kill cannot tell a mark-failed (no retry comes) from a clear or a worker's SIGTERM.
+    after = (
+        "a clear of the task resumes the run (so does the retry, try 2 of 2, unless the task "
+        "was marked failed)"
+    )
+    assert f"on_kill: stopping the run: finishing the requests in flight, writing the results; {after}" in logs  # fmt: skip
+    assert f"bulk-update job bulk_update_killed.slow stopped (exit 143): SIGTERM; {after}" in logs
     assert af.task_states("bulk_update_killed") == {"slow": ("success", 2)}, logs[-5000:]
     assert "resuming:" in logs
     assert "HTTP Request" not in logs  # httpx2's line a request is kept out of the task's log

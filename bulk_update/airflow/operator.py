@@ -9,7 +9,10 @@ makes (``Interrupt``).
 The job runs in a thread of the task's process: Airflow's own SIGTERM handler stays in place
 (the job installs none outside the main thread) and calls ``on_kill``, which stops the run the
 way SIGTERM stops the CLI: no new rows, the requests in flight finished, the results written,
-exit 143; the task fails this try, and its retry resumes the run from the job's store.
+exit 143; the task fails this try, and the next one (a retry, unless the task was marked
+failed; a clear) resumes the run from the job's store. The Airflow modules and the option table
+load with this module; the job (polars, httpx2) only when a task runs: a DAG file importing the
+operator is parsed again and again.
 """
 
 from __future__ import annotations
@@ -105,9 +108,20 @@ def refuse_unknown_parameters(operator: str, kwargs: Mapping[str, Any]) -> None:
         raise TypeError(str(exc)) from None
 
 
-# What a try that stopped says: a retry resumes it, as does a clear (a task marked failed is not
-# retried).
-RESUMES = "the task run again (a retry, a clear) resumes the run"
+def what_next(*, started: bool, retry: str | None, killed: bool = False) -> str:
+    """What a failed try's message ends with: what takes the job up again, and only what
+    will. ``started``: the run had begun (the next try resumes it; else nothing was sent, and
+    it tries again). ``retry``: the next try's number (``try 2 of 3``) if one is due, else
+    None. ``killed``: stopped by ``on_kill``, which cannot tell a task marked failed (no retry
+    will come) from one cleared or a worker stopping (a retry may)."""
+    does = "resumes the run" if started else "tries again"
+    sent = "" if started else "nothing was sent; "
+    if killed:
+        maybe = f" (so does the retry, {retry}, unless the task was marked failed)" if retry else ""
+        return f"{sent}a clear of the task {does}{maybe}"
+    if retry:
+        return f"{sent}the retry ({retry}) {does}"
+    return f"{sent}no retry left: a clear of the task {does}"
 
 
 def shards(count: int) -> list[str]:
@@ -192,7 +206,8 @@ class BulkUpdateOperator(BaseOperator):
     ``AirflowFailException``, no retry can mend it, unless it may pass (``may_pass``: the API or
     the store not reachable, the run held by another process), which fails the try; 3, 130,
     143 (the API said stop, a signal, ``on_kill``, ``execution_timeout``) and 70 (a bug; the
-    store is consistent) fail the try, and the task run again resumes the run.
+    store is consistent) fail the try, and the next try resumes the run: the message says which
+    will come (``what_next``: the retry, if one is due; else only a clear).
 
     The return value (the XCom) is the summary's ``as_dict()`` and the shard: counts, exit
     code, results and errors paths, the store without its password, never the key. Each outlet
@@ -208,6 +223,8 @@ class BulkUpdateOperator(BaseOperator):
     ui_color = "#e8f4ea"
     # The running job's, for on_kill (called by Airflow's SIGTERM handler, in the main thread).
     _interrupt: Interrupt | None = None
+    # The next try if Airflow will retry this one when it fails (``try 2 of 3``), else None.
+    _retry: str | None = None
     # Set by __init__ from the parameters: those this class reads itself.
     input: str
     results: str
@@ -289,6 +306,7 @@ class BulkUpdateOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         # Made first: an on_kill while the connections are read stops the job at its start.
         interrupt = self._interrupt = Interrupt()
+        self._retry = _retry_due(context)
         try:
             try:
                 config = self.job_config()
@@ -320,7 +338,8 @@ class BulkUpdateOperator(BaseOperator):
             raise AirflowFailException(f"{name} finished with {_row_errors(summary)}")
         if code in RESUMABLE or code == ExitCode.INTERNAL:
             reason = (summary.fatal_error or summary.stopped_by or "an internal error").rstrip(".")
-            raise AirflowException(f"{name} stopped (exit {int(code)}): {reason}; {RESUMES}")
+            after = what_next(started=True, retry=self._retry, killed=bool(summary.stopped_by))
+            raise AirflowException(f"{name} stopped (exit {int(code)}): {reason}; {after}")
         raise AirflowFailException(f"{name} failed (exit {int(code)}): {summary.line()}")
 
     def _run(self, config: JobConfig, name: str, interrupt: Interrupt) -> JobSummary:
@@ -360,7 +379,8 @@ class BulkUpdateOperator(BaseOperator):
             if done.exit_code in RESUMABLE or done.may_pass:
                 # An API or store not reachable now, a run held by another process: it may
                 # pass. (The rest of exit 2 no retry can mend.)
-                raise AirflowException(f"{name} failed: {done} (exit {done.exit_code}); {RESUMES}")
+                after = what_next(started=False, retry=self._retry)
+                raise AirflowException(f"{name} failed: {done} (exit {done.exit_code}); {after}")
             raise AirflowFailException(f"{name} failed: {done} (exit {done.exit_code})") from None
         if isinstance(done, BaseException):
             raise done
@@ -369,13 +389,14 @@ class BulkUpdateOperator(BaseOperator):
     def on_kill(self) -> None:
         """The task is killed (Airflow's SIGTERM: the task marked failed or cleared, a worker
         shutting down): stop the run as SIGTERM stops the CLI (drained within
-        ``drain_timeout``, results written, exit 143); the try fails, and the task run again
-        resumes it. A second call stops at once."""
+        ``drain_timeout``, results written, exit 143); the try fails, and a clear of the task
+        resumes it (so does a retry, if one is due: not after a mark-failed). A second call
+        stops at once."""
         interrupt = self._interrupt
         if interrupt is not None:
             self.log.warning(
                 "on_kill: stopping the run: finishing the requests in flight, writing the "
-                "results; %s", RESUMES,
+                "results; %s", what_next(started=True, retry=self._retry, killed=True),
             )  # fmt: skip
             interrupt(signal.SIGTERM)
 
@@ -390,6 +411,16 @@ class BulkUpdateOperator(BaseOperator):
         for outlet in self.outlets:
             if isinstance(outlet, Asset):  # not an AssetAlias: its events are the user's to add
                 context["outlet_events"][outlet].extra = dict(extra)
+
+
+def _retry_due(context: Context) -> str | None:
+    """``try N of M`` if a failure of this try is retried (Airflow retries while the try's
+    number is at most ``max_tries``: the task's ``retries``, raised by a clear), else None."""
+    ti = context.get("ti")
+    tries, most = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+    if not isinstance(tries, int) or not isinstance(most, int) or tries > most:
+        return None
+    return f"try {tries + 1} of {most + 1}"
 
 
 @contextlib.contextmanager
