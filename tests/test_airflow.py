@@ -219,6 +219,40 @@ def test_airflows_own_processes_load_nothing_heavy_of_ours(migrated: Path, tmp_p
     assert "users_dag" in af.run("dags", "list", "-o", "plain").stdout
 
 
+def test_the_docs_map_each_parameter_to_a_real_airflow_neighbour() -> None:
+    """docs/airflow.md's table of neighbours: each name in its first column is a parameter of
+    the operator, each in its second one of BaseOperator's parameters or attributes (or the
+    a mapped one's ``expand``, the task instance's ``map_index``), and the pairs the issue asked for are there."""
+    import inspect
+
+    from airflow.sdk import BaseOperator
+    from airflow.sdk.definitions.mappedoperator import OperatorPartial
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    from bulk_update.airflow import BulkUpdateOperator
+
+    page = (ROOT / "docs" / "airflow.md").read_text()
+    table = page[page.index("| the operator's | Airflow's |") :].split("\n\n")[0]
+    rows = [line.split(" | ")[:2] for line in table.splitlines()[2:]]
+    ours = set(inspect.signature(BulkUpdateOperator).parameters)
+    airflows = set(inspect.signature(BaseOperator.__init__).parameters)
+    pairs = set()
+    for mine, theirs in rows:
+        (name,) = re.findall(r"`(\w+)`", mine)
+        assert name in ours, name
+        for neighbour in re.findall(r"`(\w+)(?:\(\))?`", theirs):
+            assert (
+                neighbour in airflows
+                or hasattr(BaseOperator, neighbour)
+                or hasattr(OperatorPartial, neighbour)  # .partial(...).expand(...)
+                or neighbour in RuntimeTaskInstance.model_fields
+            ), neighbour
+            pairs.add((name, neighbour))
+    wanted = {("timeout", "execution_timeout"), ("max_attempts", "retries"), ("rpm", "pool"),
+              ("concurrency", "max_active_tis_per_dag")}  # fmt: skip
+    assert wanted <= pairs, pairs
+
+
 def test_airflow_providers_list_shows_the_package(migrated: Path, tmp_path: Path) -> None:
     env = airflow_env(tmp_path / "home")
     af = Airflow(tmp_path / "home", migrated, env)
@@ -541,6 +575,33 @@ def test_a_killed_task_stops_on_kill_and_its_retry_resumes(
     applied = emu.stats(per_id=True)["updates_applied_by_id"]
     assert len(applied) == 120
     assert max(applied.values()) == 1  # drained, journaled, resumed: nothing sent twice
+
+
+def test_the_task_log_says_the_pace_and_which_bound_limits_it(
+    start_emulator: StartEmulator, migrated: Path, tmp_path: Path
+) -> None:
+    """rpm 300 (5 requests/s), concurrency 4 at the emulator's 200 ms (20 a second, even at
+    four times the latency on a loaded machine): a progress line with the rate, the time left
+    and the bound, the summary line and the XCom naming the rpm as the limit."""
+    source = rows_csv(tmp_path / "in.csv", 70)  # 14 s at 5 a second
+    emu = start_emulator("--api-key", KEY, "--preload", str(source), "--latency-ms", "200")
+    af = cases(
+        tmp_path, migrated,
+        openai_default=connection(conn_type="openai", password=KEY, host=emu.base_url),
+    )  # fmt: skip
+    logs = af.dags_test("bulk_update_paced")
+    assert af.task_states("bulk_update_paced") == {"paced": ("success", 1)}, logs[-5000:]
+    limit = (
+        r"limited by rpm 300 \(5\.0 requests/s\); concurrency 4 at (\d+) ms would allow ([\d.]+)"
+    )
+    progress = re.search(r"progress \d+/70 \([\d.]+ rows/s, 0m\d\ds left; " + limit + r"\)", logs)
+    assert progress is not None, logs[-5000:]
+    latency_ms, allows = int(progress[1]), float(progress[2])
+    assert 200 <= latency_ms < 800
+    assert allows == pytest.approx(4000 / latency_ms, abs=0.5)
+    assert re.search(r"bulk-update: 70 rows: updated=70; .*; exit 0; " + limit, logs), logs[-3000:]
+    (summary,) = af.xcoms("bulk_update_paced", "paced")
+    assert re.fullmatch(limit, summary["limited_by"]), summary
 
 
 def test_the_nightly_dag_renders_its_paths_and_schedules_its_report(
