@@ -580,10 +580,12 @@ def test_a_killed_task_stops_on_kill_and_its_retry_resumes(
 def test_the_task_log_says_the_pace_and_which_bound_limits_it(
     start_emulator: StartEmulator, migrated: Path, tmp_path: Path
 ) -> None:
-    """rpm 300 (5 requests/s), concurrency 4 at the emulator's 200 ms (20 a second, even at
-    four times the latency on a loaded machine): a progress line with the rate, the time left
-    and the bound, the summary line and the XCom naming the rpm as the limit."""
-    source = rows_csv(tmp_path / "in.csv", 70)  # 14 s at 5 a second
+    """rpm 300 (5 requests/s), concurrency 8 at the emulator's 200 ms (40 a second; still
+    more than 5 at eight times the latency, on a loaded machine): a progress line with the
+    rate, the time left and the bound (100 rows, 20 s of sending: a line 10 or 20 s in has
+    seen 5 s of it, however long the start took), the summary line and the XCom naming the
+    rpm as the limit."""
+    source = rows_csv(tmp_path / "in.csv", 100)
     emu = start_emulator("--api-key", KEY, "--preload", str(source), "--latency-ms", "200")
     af = cases(
         tmp_path, migrated,
@@ -592,14 +594,18 @@ def test_the_task_log_says_the_pace_and_which_bound_limits_it(
     logs = af.dags_test("bulk_update_paced")
     assert af.task_states("bulk_update_paced") == {"paced": ("success", 1)}, logs[-5000:]
     limit = (
-        r"limited by rpm 300 \(5\.0 requests/s\); concurrency 4 at (\d+) ms would allow ([\d.]+)"
+        r"limited by rpm 300 \(5\.0 requests/s\); concurrency 8 at (\d+) ms would allow ([\d.]+)"
     )
-    progress = re.search(r"progress \d+/70 \([\d.]+ rows/s, 0m\d\ds left; " + limit + r"\)", logs)
+    progress = re.search(
+        r"progress \d+/100 \([\d.]+ rows/s, \d+m\d\ds left; " + limit + r"\)", logs
+    )
     assert progress is not None, logs[-5000:]
     latency_ms, allows = int(progress[1]), float(progress[2])
-    assert 200 <= latency_ms < 800
-    assert allows == pytest.approx(4000 / latency_ms, abs=0.5)
-    assert re.search(r"bulk-update: 70 rows: updated=70; .*; exit 0; " + limit, logs), logs[-3000:]
+    assert 200 <= latency_ms < 1600
+    assert allows == pytest.approx(8000 / latency_ms, abs=0.5)
+    assert re.search(r"bulk-update: 100 rows: updated=100; .*; exit 0; " + limit, logs), logs[
+        -3000:
+    ]
     (summary,) = af.xcoms("bulk_update_paced", "paced")
     assert re.fullmatch(limit, summary["limited_by"]), summary
 

@@ -59,4 +59,4 @@ with DAG(
 
 # A task held by its rpm (5 requests/s) where its concurrency would allow more: its log says so.
 with DAG("bulk_update_paced", schedule=None, tags=["test"]):
-    update("paced", rpm=300, concurrency=4)
+    update("paced", rpm=300, concurrency=8)
