@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+from bulk_update._lazy import lazy
+
 if TYPE_CHECKING:
     from bulk_update.store.core import Journal, Store
     from bulk_update.store.outage import Hurry
@@ -94,16 +96,7 @@ _HOMES = {
     ),
 }  # fmt: skip
 
-
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy(__name__, _HOMES)
 
 
 POSTGRES_HINT = "the store in PostgreSQL needs psycopg: pip install 'bulk-update[postgres]'"
