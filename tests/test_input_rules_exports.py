@@ -79,6 +79,23 @@ def test_the_emulator_preloads_a_file_by_its_id_column(
     )
 
 
+def test_the_emulator_preloads_an_unquoted_tsv_with_quoting_none(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """A warehouse TSV (a quote is text) preloads with --quoting none, as run reads it."""
+    source = tmp_path / "export.tsv"
+    source.write_text(f'conversation_id\tnote\tmetadata\n{ID(0)}\t"6 in\t{{"a": "1"}}\n')
+    refused = cli("emulator", "--port", "0", "--preload", str(source), timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    assert f"--preload {source}: cannot read it" in refused.stderr
+    emu = start_emulator("--preload", str(source), "--quoting", "none")
+    assert emu.admin(f"conversations/{ID(0)}")["metadata"] == {"a": "1"}
+    done = cli("run", str(source), "--output", str(tmp_path / "o.csv"), "--base-url",
+               emu.base_url, "--quoting", "none", "--columns", "note")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert emu.admin(f"conversations/{ID(0)}")["metadata"] == {"a": "1", "note": '"6 in'}
+
+
 def test_a_revert_goes_at_the_pace_of_the_run_it_reverts(
     start_emulator: StartEmulator, tmp_path: Path, backend: Backend
 ) -> None:

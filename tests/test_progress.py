@@ -160,19 +160,26 @@ def test_no_stale_bar_and_quiet_means_quiet(emulator: EmulatorProcess, tmp_path:
                           "--base-url", emulator.root_url])  # fmt: skip
     assert code == 2, lines
     assert not any("━" in line or "0/?" in line for line in lines), lines
-    # --quiet on a terminal: no bar, no INFO lines, only the summary.
-    lines, code = on_tty_lines(["run", str(source), "--output", str(tmp_path / "b.csv"),
+    # --quiet on a terminal: no bar, no INFO lines, only the summary. Each run's results in a
+    # directory of its own: a new job beside others is told with a WARNING, which --quiet keeps.
+    lines, code = on_tty_lines(["run", str(source), "--output", str(tmp_path / "b" / "b.csv"),
                           "--base-url", emulator.base_url, "--quiet"])  # fmt: skip
     assert code == 1, lines  # the emulator does not hold these conversations: 404s
     assert len(lines) == 1, lines
     assert lines[0].startswith("bulk-update: 10 rows: failed=10")
     # ... while --log-file still gets the INFO lines.
     log_file = tmp_path / "log.txt"
-    lines, code = on_tty_lines(["run", str(source), "--output", str(tmp_path / "c.csv"),
+    lines, code = on_tty_lines(["run", str(source), "--output", str(tmp_path / "c" / "c.csv"),
                           "--base-url", emulator.base_url, "--quiet", "--log-file",
                           str(log_file)])  # fmt: skip
     assert len(lines) == 1, lines
     assert "INFO job started" in log_file.read_text()
+    # A warning is not INFO: --quiet keeps it (the new job 'd' beside the jobs 'b' and 'c').
+    lines, code = on_tty_lines(["run", str(source), "--output", str(tmp_path / "c" / "d.csv"),
+                          "--base-url", emulator.base_url, "--quiet"])  # fmt: skip
+    assert "WARNING job 'd' is new" in lines[0], lines
+    assert any(line.startswith("bulk-update: 10 rows: failed=10") for line in lines), lines
+    assert not any("INFO" in line or "━" in line for line in lines), lines
 
 
 def test_a_bar_only_on_a_terminal(start_emulator: StartEmulator, tmp_path: Path) -> None:

@@ -210,7 +210,12 @@ def _run_emulator(args: argparse.Namespace) -> int:
         settings = {name: getattr(args, name, None) for name in defaults(EmulatorConfig)}
         config = EmulatorConfig(**{k: v for k, v in settings.items() if v is not None})
         serve(
-            config, host=args.host, port=args.port, preload=args.preload, id_column=args.id_column
+            config,
+            host=args.host,
+            port=args.port,
+            preload=args.preload,
+            id_column=args.id_column,
+            quoting=args.quoting,
         )
     except (OSError, ValueError) as exc:
         print(f"bulk-update emulator: {exc}", file=sys.stderr)

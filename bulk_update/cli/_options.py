@@ -327,3 +327,10 @@ def emulator_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the --preload file's ID column, as run's --id-column (default conversation_id)",
     )
+    parser.add_argument(
+        "--quoting",
+        choices=("csv", "none"),
+        default="csv",
+        help="whether the --preload CSV or TSV file's cells may be quoted, as run's --quoting: "
+        "csv (RFC 4180, the default) or none (a quote is text, as warehouses write TSV)",
+    )

@@ -55,11 +55,14 @@ PRELOAD_METADATA = "metadata"
 PRELOAD_ID = "conversation_id"
 
 
-def preload_from(spec: str, id_column: str = PRELOAD_ID) -> Iterator[tuple[str, object]]:
+def preload_from(
+    spec: str, id_column: str = PRELOAD_ID, quoting: str = "csv"
+) -> Iterator[tuple[str, object]]:
     """Conversations for ``--preload``: a whole number N (no metadata), or the ``id_column``
     (``--id-column``, as ``run`` has it) of a file in one of the job's input formats (CSV, TSV,
     JSON Lines, Parquet: by its extension, as the job reads them), with the file's ``metadata``
-    column (a JSON object) as each conversation's metadata if it has one."""
+    column (a JSON object) as each conversation's metadata if it has one. ``quoting`` "none":
+    a CSV or TSV cell's quote is text (``--quoting none``, as run's)."""
     if spec.isdigit():
         yield from ((preload_id(i), None) for i in range(int(spec)))
         return
@@ -74,7 +77,8 @@ def preload_from(spec: str, id_column: str = PRELOAD_ID) -> Iterator[tuple[str, 
             scan = pl.scan_ndjson(path, infer_schema_length=None)
         else:
             separator = "\t" if suffix == ".tsv" else ","
-            scan = pl.scan_csv(path, infer_schema=False, separator=separator)
+            quote_char = None if quoting == "none" else '"'
+            scan = pl.scan_csv(path, infer_schema=False, separator=separator, quote_char=quote_char)
         names = scan.collect_schema().names()
         if id_column not in names:
             shown = ", ".join(repr(name) for name in names[:20])
@@ -132,13 +136,14 @@ def serve(
     port: int = 8787,
     preload: str | None = None,
     id_column: str = PRELOAD_ID,
+    quoting: str = "csv",
     out: TextIO = sys.stdout,
 ) -> None:
     """Run the emulator until interrupted. Prints its base URL once it is ready to serve."""
     emulator = Emulator(config)
     if preload is not None:
         try:
-            added = emulator.store.preload(list(preload_from(preload, id_column)))
+            added = emulator.store.preload(list(preload_from(preload, id_column, quoting)))
         except ApiError as exc:
             raise ValueError(f"--preload {preload}: {exc}") from None
         print(f"preloaded {added} conversations", file=out, flush=True)
