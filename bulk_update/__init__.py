@@ -12,12 +12,11 @@ and SIGTERM over before the libraries (polars, numpy, pyarrow: 0.4 s and more) l
 
 from __future__ import annotations
 
+from bulk_update._lazy import lazy
 from bulk_update._version import __version__
 
 TYPE_CHECKING = False  # not typing's: loading typing (and re) here costs 10 ms of that start
 if TYPE_CHECKING:
-    from typing import Any
-
     from bulk_update.config import JobConfig
     from bulk_update.exceptions import (
         BulkUpdateError,
@@ -70,18 +69,9 @@ _HOMES = {
     "Interrupt": "stop",
 }
 
-
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy(__name__, _HOMES)
 
 
 def __dir__() -> list[str]:
     """The public names, loaded or not, and the submodules loaded (as before they were lazy)."""
-    return sorted({*globals(), *__all__} - {"TYPE_CHECKING", "annotations"})
+    return sorted({*globals(), *__all__} - {"TYPE_CHECKING", "annotations", "lazy"})

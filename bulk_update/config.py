@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from bulk_update._constants import (
@@ -34,12 +34,13 @@ from bulk_update._constants import (
     DEFAULT_TIMEOUT_S,
 )
 from bulk_update.exceptions import ConfigError
-from bulk_update.formats import result_format
 from bulk_update.paths import is_remote
-from bulk_update.store import StoreLocation
 from bulk_update.store.url import ENV as STATE_URL_ENV
 from bulk_update.store.url import check_url as check_state_url
 from bulk_update.store.url import redact as redact_url
+
+if TYPE_CHECKING:
+    from bulk_update.store import StoreLocation
 
 __all__ = [
     "ENVIRONMENT",
@@ -523,6 +524,8 @@ class JobConfig:
                     urlsplit(path).port  # noqa: B018 (checked: a bracket, a port)
                 except ValueError as exc:
                     raise ConfigError(f"{flag} {path}: not a valid URL ({exc})") from None
+        from bulk_update.formats import result_format  # (polars: not for a DAG's parsing)
+
         result_format(self.output)
         if self.errors_output is not None:
             result_format(self.errors_output)
@@ -585,6 +588,8 @@ class JobConfig:
         return None if url is None else check_state_url(url)
 
     def store_location(self) -> StoreLocation:
+        from bulk_update.store import StoreLocation
+
         return StoreLocation(self.store_path(), self.resolved_state_url(), self.store_timeout)
 
     def store_where(self) -> str:

@@ -393,7 +393,8 @@ async def _run_journaled(
     """The run, recorded in its store: its end is recorded whichever way it goes (an error the
     job did not expect included: exit 70). ``new_job``: the summary warns of it too."""
     config, stop = run.config, run.stop
-    tally = Tally(run.total, run.progress)
+    shards = config.shard[1] if config.shard else 1
+    tally = Tally(run.total, run.progress, limits=(config.rpm, config.concurrency, shards))
     sent = _Sent()
     where = store.where if run.mode.records else None  # a check's scratch store is nobody's
     try:
@@ -443,6 +444,7 @@ async def _run_journaled(
         reads_sent=sent.reads,
         added_keys=dict(tally.added.most_common()),
         kept_keys=run.kept,
+        bound=tally.bound(),
     )
 
 

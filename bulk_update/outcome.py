@@ -6,9 +6,10 @@ import enum
 import operator
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = [
     "ERRORS_ROW_NUMBER",
@@ -78,16 +79,34 @@ class RowOutcome:
 
 
 def _polars_type(hint: Any) -> type[pl.DataType]:
+    import polars as pl
+
     kinds = {a for a in typing.get_args(hint) or (hint,) if a is not type(None)}
     return pl.Int64 if kinds == {int} else pl.String
 
 
 # The one declaration of the results' columns and types: the results files, the errors file's
 # status columns and the store's outcomes table are all derived from RowOutcome.
-RESULTS_SCHEMA = pl.Schema(
-    {name: _polars_type(hint) for name, hint in typing.get_type_hints(RowOutcome).items()}
-)
-RESULT_COLUMNS: tuple[str, ...] = tuple(RESULTS_SCHEMA.names())
+RESULT_COLUMNS: tuple[str, ...] = tuple(typing.get_type_hints(RowOutcome))
+if TYPE_CHECKING:
+    RESULTS_SCHEMA: pl.Schema  # made when first asked for (``__getattr__``)
+
+
+def __getattr__(name: str) -> Any:
+    """``RESULTS_SCHEMA``, the columns' polars types, made (and polars imported) when first
+    asked for: the operator's module imports this one in every process that parses a DAG,
+    and polars costs those 0.4 s."""
+    if name != "RESULTS_SCHEMA":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import polars as pl
+
+    hints = typing.get_type_hints(RowOutcome)
+    schema = globals()[name] = pl.Schema(
+        {column: _polars_type(hints[column]) for column in RESULT_COLUMNS}
+    )
+    return schema
+
+
 _as_row = operator.attrgetter(*RESULT_COLUMNS)
 # The columns --errors-output adds to the input's own. An input that has all three is taken for
 # a fed-back errors file: they (and its ``row_number``) are not metadata unless --columns names

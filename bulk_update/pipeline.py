@@ -199,6 +199,7 @@ class Pipeline:
                 sent = await self.sender.send(update)
             outcome = sent.outcome
             tally.sent += 1
+            tally.answered(sent.latency_s)
             latency = None if sent.latency_s is None else round(sent.latency_s * 1000)
             timing = RowTiming(sent_at, time.time(), latency)
             try:

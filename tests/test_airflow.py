@@ -8,6 +8,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -124,18 +125,127 @@ def rows_csv(path: Path, count: int, *, invalid: int = 0) -> Path:
     return path
 
 
-def test_importing_bulk_update_never_imports_airflow() -> None:
+# What a job needs and a process that only parses DAGs or lists providers must not load.
+HEAVY = ("polars", "pyarrow", "httpx2", "aiohttp", "numpy")
+
+
+def test_the_entry_point_and_a_dag_file_load_nothing_heavy() -> None:
+    """In a fresh interpreter: ``import bulk_update`` and the provider entry point import no
+    Airflow (Airflow imports the entry point while it starts); they, the operator and a DAG
+    file's work (operators made, mapped over shards) load none of polars, pyarrow, httpx2,
+    aiohttp: the dag-processor parses every DAG file again and again. The job loads them when
+    it runs (``run_job``: asked for last, and seen to)."""
     code = (
-        "import sys, bulk_update, bulk_update.airflow, bulk_update.airflow.provider\n"
-        "from bulk_update.airflow.provider import get_provider_info\n"
-        "get_provider_info()\n"
-        "assert not [m for m in sys.modules if m.split('.')[0] == 'airflow'], 'imported'\n"
-        "from bulk_update.airflow import BulkUpdateOperator\n"
+        "import sys\n"
+        f"heavy = {HEAVY!r}\n"
+        "def loaded(): return [m for m in heavy if m in sys.modules]\n"
+        "import bulk_update, bulk_update.airflow.provider\n"
+        "bulk_update.__version__, bulk_update.ConfigError, bulk_update.Status\n"
+        "bulk_update.airflow.provider.get_provider_info()\n"
+        "assert loaded() == [], ('the entry point', loaded())\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'airflow'], 'Airflow'\n"
+        "from bulk_update.airflow import BulkUpdateOperator, shards\n"
         "assert 'airflow.sdk' in sys.modules\n"
+        "from airflow.sdk import DAG\n"
+        "with DAG('parsed', schedule=None):\n"
+        "    BulkUpdateOperator(task_id='one', input='s3://b/in.csv', results='/tmp/r.parquet')\n"
+        "    BulkUpdateOperator.partial(task_id='many', input='in.csv',\n"
+        "        results='out/{{ ti.map_index }}.parquet').expand(shard=shards(4))\n"
+        "assert loaded() == [], ('a DAG file', loaded())\n"
+        "from bulk_update import run_job\n"
+        "assert {'polars', 'httpx2'} <= set(loaded()), loaded()\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# ``airflow ARGS`` as the console script runs it, saying at exit which modules of ours it
+# loaded and which of HEAVY.
+PROBE = (
+    f"HEAVY = {HEAVY!r}"
+    + """
+import atexit, json, os, sys
+def said():
+    loaded = {m for m in sys.modules if m.split('.')[0] == 'bulk_update'}
+    report = {"ours": sorted(loaded), "heavy": [m for m in HEAVY if m in sys.modules]}
+    os.write(2, ("PROBE " + json.dumps(report) + "\\n").encode())
+atexit.register(said)
+sys.argv = ["airflow", *sys.argv[1:]]
+from airflow.__main__ import main
+sys.exit(main())
+"""
+)
+
+
+def test_airflows_own_processes_load_nothing_heavy_of_ours(migrated: Path, tmp_path: Path) -> None:
+    """Real Airflow commands on a DAG file that imports the operator: listing the providers
+    and the DAGs loads the entry point only; parsing the file (``dags reserialize``, what the
+    dag-processor does to each file) and listing its tasks load the operator, and none of
+    polars, pyarrow, httpx2, aiohttp."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "users_dag.py").write_text(
+        "from airflow.sdk import DAG\n"
+        "from bulk_update.airflow import BulkUpdateOperator, shards\n"
+        "with DAG('users_dag', schedule=None):\n"
+        "    BulkUpdateOperator.partial(task_id='backfill', input='/data/in.csv',\n"
+        "        results='/data/out/{{ ti.map_index }}.parquet').expand(shard=shards(4))\n"
+    )
+    af = Airflow(tmp_path / "home", migrated, airflow_env(tmp_path / "home", dags=dags))
+    entry = ["bulk_update", "bulk_update._lazy", "bulk_update._version", "bulk_update.airflow",
+             "bulk_update.airflow.provider"]  # fmt: skip
+    for command, operator in [
+        (["providers", "list"], False),
+        (["dags", "reserialize"], True),
+        (["dags", "list", "-o", "plain"], False),
+        (["tasks", "list", "users_dag"], True),
+    ]:
+        done = subprocess.run([sys.executable, "-c", PROBE, *command], env=af.env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, (command, done.stderr[-3000:])
+        (line,) = [x for x in done.stderr.splitlines() if x.startswith("PROBE ")]
+        probe = json.loads(line.removeprefix("PROBE "))
+        assert probe["heavy"] == [], (command, probe)
+        if operator:  # the file was parsed
+            assert "bulk_update.airflow.operator" in probe["ours"], (command, probe)
+        else:
+            assert probe["ours"] == entry, (command, probe)
+    assert "users_dag" in af.run("dags", "list", "-o", "plain").stdout
+
+
+def test_the_docs_map_each_parameter_to_a_real_airflow_neighbour() -> None:
+    """docs/airflow.md's table of neighbours: each name in its first column is a parameter of
+    the operator, each in its second one of BaseOperator's parameters or attributes (or the
+    a mapped one's ``expand``, the task instance's ``map_index``), and the pairs the issue asked for are there."""
+    import inspect
+
+    from airflow.sdk import BaseOperator
+    from airflow.sdk.definitions.mappedoperator import OperatorPartial
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    from bulk_update.airflow import BulkUpdateOperator
+
+    page = (ROOT / "docs" / "airflow.md").read_text()
+    table = page[page.index("| the operator's | Airflow's |") :].split("\n\n")[0]
+    rows = [line.split(" | ")[:2] for line in table.splitlines()[2:]]
+    ours = set(inspect.signature(BulkUpdateOperator).parameters)
+    airflows = set(inspect.signature(BaseOperator.__init__).parameters)
+    pairs = set()
+    for mine, theirs in rows:
+        (name,) = re.findall(r"`(\w+)`", mine)
+        assert name in ours, name
+        for neighbour in re.findall(r"`(\w+)(?:\(\))?`", theirs):
+            assert (
+                neighbour in airflows
+                or hasattr(BaseOperator, neighbour)
+                or hasattr(OperatorPartial, neighbour)  # .partial(...).expand(...)
+                or neighbour in RuntimeTaskInstance.model_fields
+            ), neighbour
+            pairs.add((name, neighbour))
+    wanted = {("timeout", "execution_timeout"), ("max_attempts", "retries"), ("rpm", "pool"),
+              ("concurrency", "max_active_tis_per_dag")}  # fmt: skip
+    assert wanted <= pairs, pairs
 
 
 def test_airflow_providers_list_shows_the_package(migrated: Path, tmp_path: Path) -> None:
@@ -267,6 +377,20 @@ def cases(tmp_path: Path, migrated: Path, **connections: str) -> Airflow:
     return Airflow(tmp_path / "home", migrated, env)
 
 
+def behind_a_slow_api(
+    start_emulator: StartEmulator, migrated: Path, tmp_path: Path, rows: int
+) -> tuple[Path, EmulatorProcess, Airflow]:
+    """``rows`` rows in in.csv, the emulator holding them and answering in 200 ms, and the
+    test DAGs' Airflow with it as ``openai_default``."""
+    source = rows_csv(tmp_path / "in.csv", rows)
+    emu = start_emulator("--api-key", KEY, "--preload", str(source), "--latency-ms", "200")
+    af = cases(
+        tmp_path, migrated,
+        openai_default=connection(conn_type="openai", password=KEY, host=emu.base_url),
+    )  # fmt: skip
+    return source, emu, af
+
+
 def test_the_openai_connection_read_as_the_provider_reads_it(
     start_emulator: StartEmulator, migrated: Path, tmp_path: Path
 ) -> None:
@@ -354,16 +478,29 @@ def test_each_ending_is_airflows(
     ) in logs
     assert "2 invalid of 7 rows" in logs
     assert "(fail_on_row_errors=False)" in logs
-    assert (
+    # Each try says what comes next, and only what will: the retry while one is due, then a
+    # clear only (after the last try, no retry will come).
+    refused = (
         "bulk-update job bulk_update_endings.key_refused stopped (exit 3): preflight: HTTP 401 "
-        "invalid_api_key: Incorrect API key provided; the task run again (a retry, a clear) "
-        "resumes the run"
-    ) in logs
-    # An API that cannot be reached may come back: retried (exit 2 for the CLI, nothing sent).
-    assert (
-        "bulk-update job bulk_update_endings.api_unreachable failed: cannot reach "
-        "http://127.0.0.1:9/v1: "
-    ) in logs
+        "invalid_api_key: Incorrect API key provided; "
+    )
+    for after in ("the retry (try 2 of 3) resumes the run",
+                  "the retry (try 3 of 3) resumes the run",
+                  "no retry left: a clear of the task resumes the run"):  # fmt: skip
+        assert refused + after in logs, logs[-5000:]
+    # An API that cannot be reached may come back: retried (exit 2 for the CLI, nothing sent),
+    # and nothing had started: nothing resumes, the next try tries again.
+    unreachable = re.findall(
+        r"bulk-update job bulk_update_endings\.api_unreachable failed: cannot reach "
+        r"http://127\.0\.0\.1:9/v1: [^\n]*\(exit 2\); ([^\n]*?)(?:\x1b|\n|$)",
+        logs,
+    )
+    assert unreachable[:3] == [
+        "nothing was sent; the retry (try 2 of 3) tries again",
+        "nothing was sent; the retry (try 3 of 3) tries again",
+        "nothing was sent; no retry left: a clear of the task tries again",
+    ], unreachable
+    assert "the task run again" not in logs
     assert "the run:" not in logs  # the task's messages name the job, never "the run"
     assert (
         "task store_not_postgres: store_conn_id 'store_not_postgres': its conn_type is "
@@ -379,17 +516,42 @@ def test_each_ending_is_airflows(
     assert emu.stats()["by_operation"] == {"update": 10, "retrieve": 5}
 
 
+@pytest.mark.parametrize(
+    ("started", "retry", "killed", "expected"),
+    [
+        (True, "try 2 of 3", False, "the retry (try 2 of 3) resumes the run"),
+        (True, None, False, "no retry left: a clear of the task resumes the run"),
+        (False, "try 2 of 3", False, "nothing was sent; the retry (try 2 of 3) tries again"),
+        (False, None, False, "nothing was sent; no retry left: a clear of the task tries again"),
+        # on_kill: marked failed (no retry comes), cleared or a worker's SIGTERM (one may)
+        (True, "try 2 of 2", True, "a clear of the task resumes the run (so does the retry, "
+                                   "try 2 of 2, unless the task was marked failed)"),
+        (True, None, True, "a clear of the task resumes the run"),
+    ],
+)  # fmt: skip
+def test_what_a_failed_try_says_comes_next(
+    started: bool, retry: str | None, killed: bool, expected: str
+) -> None:
+    """Only what will come: no retry promised without one due, nor after a kill that may be
+    a mark-failed; nothing to resume where nothing had started."""
+    from bulk_update.airflow.operator import _retry_due, what_next
+
+    assert what_next(started=started, retry=retry, killed=killed) == expected
+
+    class TaskInstance:
+        def __init__(self, try_number: int, max_tries: int) -> None:
+            self.try_number, self.max_tries = try_number, max_tries
+
+    due = [_retry_due({"ti": TaskInstance(n, 2)}) for n in (1, 2, 3)]  # type: ignore[typeddict-item]
+    assert due == ["try 2 of 3", "try 3 of 3", None]
+
+
 def test_a_killed_task_stops_on_kill_and_its_retry_resumes(
     start_emulator: StartEmulator, migrated: Path, tmp_path: Path
 ) -> None:
     """SIGTERM to the task (Airflow calls on_kill): the run drains and writes its results, the
     try fails (exit 143), the retry resumes: every row updated, none twice."""
-    source = rows_csv(tmp_path / "in.csv", 120)
-    emu = start_emulator("--api-key", KEY, "--preload", str(source), "--latency-ms", "200")
-    af = cases(
-        tmp_path, migrated,
-        openai_default=connection(conn_type="openai", password=KEY, host=emu.base_url),
-    )  # fmt: skip
+    source, emu, af = behind_a_slow_api(start_emulator, migrated, tmp_path, 120)
     process = subprocess.Popen(
         [AIRFLOW, "dags", "test", "bulk_update_killed"], env=af.env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
@@ -398,10 +560,13 @@ def test_a_killed_task_stops_on_kill_and_its_retry_resumes(
     process.send_signal(signal.SIGTERM)  # as the supervisor does to a task it kills
     logs, _ = process.communicate(timeout=300)
     assert "on_kill: stopping the run" in logs, logs[-5000:]
-    assert (
-        "bulk-update job bulk_update_killed.slow stopped (exit 143): SIGTERM; the task run "
-        "again (a retry, a clear) resumes"
-    ) in logs
+    # on_kill cannot tell a mark-failed (no retry comes) from a clear or a worker's SIGTERM.
+    after = (
+        "a clear of the task resumes the run (so does the retry, try 2 of 2, unless the task "
+        "was marked failed)"
+    )
+    assert f"on_kill: stopping the run: finishing the requests in flight, writing the results; {after}" in logs  # fmt: skip
+    assert f"bulk-update job bulk_update_killed.slow stopped (exit 143): SIGTERM; {after}" in logs
     assert af.task_states("bulk_update_killed") == {"slow": ("success", 2)}, logs[-5000:]
     assert "resuming:" in logs
     assert "HTTP Request" not in logs  # httpx2's line a request is kept out of the task's log
@@ -414,6 +579,34 @@ def test_a_killed_task_stops_on_kill_and_its_retry_resumes(
     applied = emu.stats(per_id=True)["updates_applied_by_id"]
     assert len(applied) == 120
     assert max(applied.values()) == 1  # drained, journaled, resumed: nothing sent twice
+
+
+def test_the_task_log_says_the_pace_and_which_bound_limits_it(
+    start_emulator: StartEmulator, migrated: Path, tmp_path: Path
+) -> None:
+    """rpm 300 (5 requests/s), concurrency 8 at the emulator's 200 ms (40 a second; still
+    more than 5 at eight times the latency, on a loaded machine): a progress line with the
+    rate, the time left and the bound (100 rows, 20 s of sending: a line 10 or 20 s in has
+    seen 5 s of it, however long the start took), the summary line and the XCom naming the
+    rpm as the limit."""
+    _, _, af = behind_a_slow_api(start_emulator, migrated, tmp_path, 100)
+    logs = af.dags_test("bulk_update_paced")
+    assert af.task_states("bulk_update_paced") == {"paced": ("success", 1)}, logs[-5000:]
+    limit = (
+        r"limited by rpm 300 \(5\.0 requests/s\); concurrency 8 at (\d+) ms would allow ([\d.]+)"
+    )
+    progress = re.search(
+        r"progress \d+/100 \([\d.]+ rows/s, \d+m\d\ds left; " + limit + r"\)", logs
+    )
+    assert progress is not None, logs[-5000:]
+    latency_ms, allows = int(progress[1]), float(progress[2])
+    assert 200 <= latency_ms < 1600
+    assert allows == pytest.approx(8000 / latency_ms, abs=0.5)
+    assert re.search(r"bulk-update: 100 rows: updated=100; .*; exit 0; " + limit, logs), logs[
+        -3000:
+    ]
+    (summary,) = af.xcoms("bulk_update_paced", "paced")
+    assert re.fullmatch(limit, summary["limited_by"]), summary
 
 
 def test_the_nightly_dag_renders_its_paths_and_schedules_its_report(
@@ -471,12 +664,7 @@ def test_a_task_past_its_execution_timeout_drains_before_it_fails(
     """execution_timeout cuts the operator's wait: the job is stopped as SIGTERM stops it and
     waited for (drained, results written) before the task fails, so that no retry can start
     while it still sends."""
-    source = rows_csv(tmp_path / "in.csv", 200)
-    emu = start_emulator("--api-key", KEY, "--preload", str(source), "--latency-ms", "200")
-    af = cases(
-        tmp_path, migrated,
-        openai_default=connection(conn_type="openai", password=KEY, host=emu.base_url),
-    )  # fmt: skip
+    _, emu, af = behind_a_slow_api(start_emulator, migrated, tmp_path, 200)
     logs = af.dags_test("bulk_update_timeout")
     assert af.task_states("bulk_update_timeout") == {"slow": ("failed", 1)}, logs[-5000:]
     stopped = logs.index("AirflowTaskTimeout: stopping the run (as SIGTERM)")

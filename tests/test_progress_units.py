@@ -7,7 +7,7 @@ import pytest
 
 from bulk_update.observe.draw import BAR_MAX, BAR_MIN, LABEL, fit, rate_text
 from bulk_update.observe.progress import ESTIMATE_AFTER_S, Tally, estimate
-from bulk_update.observe.summary import Progress
+from bulk_update.observe.summary import Bound, Progress
 from bulk_update.outcome import Status
 
 
@@ -117,3 +117,68 @@ def test_the_progress_log_line_gives_the_rate_and_time_left_once_there_are(
     assert (first.rows_per_s, first.seconds_left) == (None, None)  # type: ignore[attr-defined]
     assert second.getMessage() == "progress 503/20000 (42 rows/s, 7m45s left)"
     assert (second.rows_per_s, second.seconds_left) == (41.9, 465)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("bound", "limit", "expected"),
+    [
+        (Bound(500, 4, 0.2), "rpm",  # the trial's task: 8.3 rows/s where 20 were possible
+         "limited by rpm 500 (8.3 requests/s); concurrency 4 at 200 ms would allow 20"),
+        (Bound(100_000, 4, 0.25), "concurrency",
+         "limited by concurrency 4 at 250 ms (16 requests/s); rpm 100000 would allow 1667"),
+        (Bound(1200, 4, 0.2, shards=4), "rpm",  # each shard's part while the 4 run
+         "limited by rpm 1200 shared by 4 shards (5.0 requests/s each); concurrency 4 at 200 ms "
+         "would allow 20"),
+        (Bound(6000, 2, 0.4, shards=2), "concurrency",
+         "limited by concurrency 2 at 400 ms (5.0 requests/s); rpm 6000 shared by 2 shards "
+         "would allow 50 each"),
+        (Bound(1200, 4, 0.2), "rpm", "limited by rpm 1200 (20 requests/s); concurrency 4 at "
+         "200 ms would allow 20"),  # equal: the rpm, the one a user sets for the API's sake
+    ],
+)  # fmt: skip
+def test_which_bound_limits_the_sending(bound: Bound, limit: str, expected: str) -> None:
+    assert (bound.limit, str(bound)) == (limit, expected)
+
+
+def test_the_tally_tells_the_bound_once_it_tells_a_rate() -> None:
+    """From the requests' mean latency, with the run's rpm, concurrency and shards; none
+    before ESTIMATE_AFTER_S of sending (as the rate), none without limits or a latency."""
+    clock, shown = Clock(), list[Progress]()
+    tally = Tally(1000, shown.append, limits=(500, 4, 1), clock=clock)
+    assert tally.bound() is None  # nothing sent
+    for latency in (0.1, 0.3):
+        tally.sent += 1
+        tally.answered(latency)
+        tally.add(Status.UPDATED)
+    tally.answered(None)  # a row sent nothing: no latency
+    assert shown[-1].bound is None  # the first instant
+    clock.now += ESTIMATE_AFTER_S
+    tally.sent += 40
+    tally.add(Status.UPDATED, 40)
+    assert shown[-1].bound == Bound(500, 4, 0.2) == tally.bound()
+    assert Tally(1000, None, clock=clock).bound() is None  # no limits: a caller's own tally
+
+
+def test_the_progress_log_says_the_bound_first_then_each_minute_or_when_it_changes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from bulk_update.observe.draw import PROGRESS_LOG_INTERVAL_S, ProgressLog
+
+    rpm, concurrency = Bound(500, 4, 0.2), Bound(500, 4, 0.6)
+    log, step = ProgressLog(), PROGRESS_LOG_INTERVAL_S
+    with caplog.at_level("INFO", logger="bulk_update"):
+        for n, bound in enumerate([rpm, rpm, rpm, rpm, rpm, rpm, rpm, concurrency], start=1):
+            log(_progress(elapsed_s=n * step, bound=bound))
+    said = [r.getMessage().partition("; ")[2].removesuffix(")") for r in caplog.records]
+    assert said == [
+        str(rpm),
+        "",
+        "",
+        "",
+        "",
+        "",
+        str(rpm),  # the first line, then 60 s later
+        "limited by concurrency 4 at 600 ms (6.7 requests/s); rpm 500 would allow 8.3",
+    ]
+    assert [r.limited_by for r in caplog.records] == ["rpm"] * 7 + ["concurrency"]  # type: ignore[attr-defined]
+    assert caplog.records[0].getMessage() == f"progress 503/20000 (42 rows/s, 7m45s left; {rpm})"

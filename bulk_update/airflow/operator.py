@@ -9,7 +9,10 @@ makes (``Interrupt``).
 The job runs in a thread of the task's process: Airflow's own SIGTERM handler stays in place
 (the job installs none outside the main thread) and calls ``on_kill``, which stops the run the
 way SIGTERM stops the CLI: no new rows, the requests in flight finished, the results written,
-exit 143; the task fails this try, and its retry resumes the run from the job's store.
+exit 143; the task fails this try, and the next one (a retry, unless the task was marked
+failed; a clear) resumes the run from the job's store. The Airflow modules and the option table
+load with this module; the job (polars, httpx2) only when a task runs: a DAG file importing the
+operator is parsed again and again.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from bulk_update.airflow.connections import openai_connection, store_url
 from bulk_update.config import JOB_NAME, OPTIONS, JobConfig, default_of, refuse_unknown
 from bulk_update.exceptions import BulkUpdateError, ConfigError
 from bulk_update.exitcodes import RESUMABLE, ExitCode
-from bulk_update.job import run_job
 from bulk_update.observe.draw import ProgressLog
 from bulk_update.observe.summary import JobSummary
 from bulk_update.outcome import Status
@@ -107,9 +109,20 @@ def refuse_unknown_parameters(operator: str, kwargs: Mapping[str, Any]) -> None:
         raise TypeError(str(exc)) from None
 
 
-# What a try that stopped says: a retry resumes it, as does a clear (a task marked failed is not
-# retried).
-RESUMES = "the task run again (a retry, a clear) resumes the run"
+def what_next(*, started: bool, retry: str | None, killed: bool = False) -> str:
+    """What a failed try's message ends with: what takes the job up again, and only what
+    will. ``started``: the run had begun (the next try resumes it; else nothing was sent, and
+    it tries again). ``retry``: the next try's number (``try 2 of 3``) if one is due, else
+    None. ``killed``: stopped by ``on_kill``, which cannot tell a task marked failed (no retry
+    will come) from one cleared or a worker stopping (a retry may)."""
+    does = "resumes the run" if started else "tries again"
+    sent = "" if started else "nothing was sent; "
+    if killed:
+        maybe = f" (so does the retry, {retry}, unless the task was marked failed)" if retry else ""
+        return f"{sent}a clear of the task {does}{maybe}"
+    if retry:
+        return f"{sent}the retry ({retry}) {does}"
+    return f"{sent}no retry left: a clear of the task {does}"
 
 
 def shards(count: int) -> list[str]:
@@ -221,7 +234,8 @@ class BulkUpdateOperator(BaseOperator):
     ``AirflowFailException``, no retry can mend it, unless it may pass (``may_pass``: the API or
     the store not reachable, the run held by another process), which fails the try; 3, 130,
     143 (the API said stop, a signal, ``on_kill``, ``execution_timeout``) and 70 (a bug; the
-    store is consistent) fail the try, and the task run again resumes the run.
+    store is consistent) fail the try, and the next try resumes the run: the message says which
+    will come (``what_next``: the retry, if one is due; else only a clear).
 
     The return value (the XCom) is the summary's ``as_dict()`` and the shard: counts, exit
     code, results and errors paths, the store without its password, never the key. Each outlet
@@ -241,6 +255,8 @@ class BulkUpdateOperator(BaseOperator):
     ui_color = "#e8f4ea"
     # The running job's, for on_kill (called by Airflow's SIGTERM handler, in the main thread).
     _interrupt: Interrupt | None = None
+    # The next try if Airflow will retry this one when it fails (``try 2 of 3``), else None.
+    _retry: str | None = None
     # Set by __init__ from the parameters: those this class reads itself.
     input: str
     results: str
@@ -327,6 +343,7 @@ class BulkUpdateOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         # Made first: an on_kill while the connections are read stops the job at its start.
         interrupt = self._interrupt = Interrupt()
+        self._retry = _retry_due(context)
         try:
             try:
                 config = self.job_config()
@@ -358,7 +375,8 @@ class BulkUpdateOperator(BaseOperator):
             raise AirflowFailException(f"{name} finished with {_row_errors(summary)}")
         if code in RESUMABLE or code == ExitCode.INTERNAL:
             reason = (summary.fatal_error or summary.stopped_by or "an internal error").rstrip(".")
-            raise AirflowException(f"{name} stopped (exit {int(code)}): {reason}; {RESUMES}")
+            after = what_next(started=True, retry=self._retry, killed=bool(summary.stopped_by))
+            raise AirflowException(f"{name} stopped (exit {int(code)}): {reason}; {after}")
         raise AirflowFailException(f"{name} failed (exit {int(code)}): {summary.line()}")
 
     def _run(self, config: JobConfig, name: str, interrupt: Interrupt) -> JobSummary:
@@ -366,6 +384,8 @@ class BulkUpdateOperator(BaseOperator):
         Whatever cuts the wait short (an ``execution_timeout``, Ctrl-C) stops the job as a
         signal would, and waits for it to drain and write its results before going on (the
         next try must not start while this one still sends)."""
+        from bulk_update.job import run_job  # (polars, httpx2: in the task, not the DAG's parsing)
+
         outcome: list[JobSummary | BaseException] = []
         ended = threading.Event()
 
@@ -396,7 +416,8 @@ class BulkUpdateOperator(BaseOperator):
             if done.exit_code in RESUMABLE or done.may_pass:
                 # An API or store not reachable now, a run held by another process: it may
                 # pass. (The rest of exit 2 no retry can mend.)
-                raise AirflowException(f"{name} failed: {done} (exit {done.exit_code}); {RESUMES}")
+                after = what_next(started=False, retry=self._retry)
+                raise AirflowException(f"{name} failed: {done} (exit {done.exit_code}); {after}")
             raise AirflowFailException(f"{name} failed: {done} (exit {done.exit_code})") from None
         if isinstance(done, BaseException):
             raise done
@@ -405,13 +426,14 @@ class BulkUpdateOperator(BaseOperator):
     def on_kill(self) -> None:
         """The task is killed (Airflow's SIGTERM: the task marked failed or cleared, a worker
         shutting down): stop the run as SIGTERM stops the CLI (drained within
-        ``drain_timeout``, results written, exit 143); the try fails, and the task run again
-        resumes it. A second call stops at once."""
+        ``drain_timeout``, results written, exit 143); the try fails, and a clear of the task
+        resumes it (so does a retry, if one is due: not after a mark-failed). A second call
+        stops at once."""
         interrupt = self._interrupt
         if interrupt is not None:
             self.log.warning(
                 "on_kill: stopping the run: finishing the requests in flight, writing the "
-                "results; %s", RESUMES,
+                "results; %s", what_next(started=True, retry=self._retry, killed=True),
             )  # fmt: skip
             interrupt(signal.SIGTERM)
 
@@ -484,6 +506,16 @@ class BulkUpdateOperator(BaseOperator):
             "results": [run.results for run in runs],
             "errors_output": [run.options.get("errors_output") for run in runs],
         }  # fmt: skip
+
+
+def _retry_due(context: Context) -> str | None:
+    """``try N of M`` if a failure of this try is retried (Airflow retries while the try's
+    number is at most ``max_tries``: the task's ``retries``, raised by a clear), else None."""
+    ti = context.get("ti")
+    tries, most = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+    if not isinstance(tries, int) or not isinstance(most, int) or tries > most:
+        return None
+    return f"try {tries + 1} of {most + 1}"
 
 
 @contextlib.contextmanager

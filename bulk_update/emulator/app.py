@@ -45,6 +45,8 @@ JSON_TYPE = "application/json"
 
 # The routes outside the API (see the module's docstring).
 ADMIN_PREFIX = "/_emulator/"
+# What ``GET /_emulator/stats`` adds, each for its flag (``?per_id=true&timeline=true``).
+STATS_FLAGS = ("per_id", "timeline")
 
 
 class ConnectionDropped(Exception):
@@ -366,7 +368,7 @@ class _Admin:
         def flag(name: str) -> bool:
             return request.query_params.get(name, "").lower() in {"1", "true", "yes"}
 
-        return _json(200, self.state.stats(flag("per_id"), flag("timeline")), {})
+        return _json(200, self.state.stats(*map(flag, STATS_FLAGS)), {})
 
     async def conversation(self, request: Request) -> Response:
         try:

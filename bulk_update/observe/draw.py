@@ -8,14 +8,19 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
+from bulk_update.observe.summary import per_second
+
 if TYPE_CHECKING:
-    from bulk_update.observe.summary import Progress
+    from bulk_update.observe.summary import Bound, Progress
 
 __all__ = ["duration", "fit", "print_table", "progress_reporter"]
 
 log = logging.getLogger("bulk_update")
-# Without a progress bar (no TTY, or --quiet), a progress log line this often.
+# Without a progress bar (no TTY, or --quiet), a progress log line this often; which bound
+# limits the sending (``Bound``) in the first line that knows it, then in one line this often
+# and in any line where the other bound has come to limit it.
 PROGRESS_LOG_INTERVAL_S = 10.0
+BOUND_LOG_INTERVAL_S = 60.0
 
 
 def duration(seconds: float) -> str:
@@ -37,7 +42,7 @@ def rate_text(progress: Progress) -> str:
     rate = progress.rows_per_s
     if rate is None:
         return "estimating" if progress.done < progress.total else ""
-    return f"{rate:.1f} rows/s" if rate < 10 else f"{rate:.0f} rows/s"
+    return f"{per_second(rate)} rows/s"
 
 
 def fit(progress: Progress, width: int) -> tuple[str, int, str]:
@@ -102,10 +107,13 @@ class Bar:
 
 
 class ProgressLog:
-    """Without a bar (no TTY, or --quiet): a ``progress`` log line every so often."""
+    """Without a bar (no TTY, or --quiet): a ``progress`` log line every so often, with the
+    rate and the time left (``estimating`` before there are any), and at times which bound
+    limits the sending."""
 
     def __init__(self) -> None:
         self._last = 0.0
+        self._bound: tuple[float, str] | None = None  # when it was last said, and which
 
     def __call__(self, progress: Progress) -> None:
         if progress.elapsed_s - self._last < PROGRESS_LOG_INTERVAL_S:
@@ -113,6 +121,9 @@ class ProgressLog:
         self._last = progress.elapsed_s
         rate, left = progress.rows_per_s, progress.seconds_left
         said = rate_text(progress) + ("" if left is None else f", {duration(left)} left")
+        bound = self._bound_to_say(progress)
+        if bound is not None:
+            said += f"; {bound}"
         log.info(
             "progress %d/%d%s",
             progress.done,
@@ -121,8 +132,20 @@ class ProgressLog:
             extra={"event": "progress", "done": progress.done, "total": progress.total,
                    "counts": progress.counts, "requests": progress.requests,
                    "rows_per_s": None if rate is None else round(rate, 2),
-                   "seconds_left": None if left is None else round(left)},
+                   "seconds_left": None if left is None else round(left),
+                   "limited_by": None if progress.bound is None else progress.bound.limit},
         )  # fmt: skip
+
+    def _bound_to_say(self, progress: Progress) -> Bound | None:
+        bound = progress.bound
+        if bound is None:
+            return None
+        if self._bound is not None:
+            when, limit = self._bound
+            if limit == bound.limit and progress.elapsed_s - when < BOUND_LOG_INTERVAL_S:
+                return None
+        self._bound = (progress.elapsed_s, bound.limit)
+        return bound
 
     def close(self) -> None:
         pass

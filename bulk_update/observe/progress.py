@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
-from bulk_update.observe.summary import Progress, ProgressCallback
+from bulk_update.observe.summary import Bound, Progress, ProgressCallback
 from bulk_update.outcome import Status
 
 __all__ = ["ESTIMATE_AFTER_S", "Tally", "estimate"]
@@ -34,13 +34,15 @@ def estimate(sent: int, seconds: float, left: int) -> tuple[float | None, float 
 
 class Tally:
     """One run's counts, as the progress callback sees them. ``clock``: monotonic seconds
-    (injected for tests)."""
+    (injected for tests). ``limits``: the run's ``--rpm``, ``--concurrency`` and its count of
+    shards, to tell which bounds the sending (``bound``)."""
 
     def __init__(
         self,
         total: int,
         progress: ProgressCallback | None,
         *,
+        limits: tuple[int, int, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total = total
@@ -57,6 +59,26 @@ class Tally:
         self._last_report = 0.0
         # When this invocation was first seen sending, and how many rows it had sent then.
         self._sending_since: tuple[float, int] | None = None
+        self._limits = limits
+        self._latency: tuple[float, int] = (0.0, 0)  # the requests' latencies: sum, count
+
+    def answered(self, latency_s: float | None) -> None:
+        """A request's latency (None: nothing was sent), for ``bound``."""
+        if latency_s is not None:
+            total, count = self._latency
+            self._latency = (total + latency_s, count + 1)
+
+    def bound(self) -> Bound | None:
+        """Which bound limits the sending, from the mean latency so far: None without limits
+        or a latency, or before there is a rate (ESTIMATE_AFTER_S of sending, as the rate:
+        a latency from the first requests, which warm up the connections, is noise too)."""
+        total, count = self._latency
+        if self._limits is None or not count or total <= 0:
+            return None
+        if self.estimate(self._clock())[0] is None:
+            return None
+        rpm, concurrency, shards = self._limits
+        return Bound(rpm, concurrency, total / count, shards)
 
     def resume(self, finished: Mapping[Status, int]) -> None:
         """The rows earlier invocations of the run finished, by status: counted done from the
@@ -100,5 +122,6 @@ class Tally:
                 sent=self.sent,
                 rows_per_s=rate,
                 seconds_left=left,
+                bound=None if rate is None else self.bound(),
             )
         )

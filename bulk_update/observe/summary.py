@@ -11,11 +11,68 @@ from bulk_update.exitcodes import ExitCode
 from bulk_update.outcome import ROW_FAILURES, Status
 from bulk_update.stop import Stop
 
-__all__ = ["JobSummary", "Progress", "ProgressCallback", "exit_code_for", "warnings_for"]
+__all__ = [
+    "Bound",
+    "JobSummary",
+    "Progress",
+    "ProgressCallback",
+    "exit_code_for",
+    "per_second",
+    "warnings_for",
+]
 
 log = logging.getLogger("bulk_update")
 # Keys named in the one-line summary at most (the log names them all).
 KEY_NOTES_SHOWN = 5
+
+
+def per_second(rate: float) -> str:
+    """A rate as the bar, the log and the summary say it: ``8.3``, ``0.5``, ``20``."""
+    return f"{rate:.1f}" if rate < 10 else f"{rate:.0f}"
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """Which of the two bounds on the sending rate holds it, from what the sender knows: the
+    ``rpm`` given (requests a minute; a job's ``shards`` share it, so each gets its part while
+    they all run) or ``concurrency`` requests in flight, each taking ``latency_s`` (the
+    requests' mean latency so far): concurrency ÷ latency requests a second. The server's 429s
+    and rate headers slow the job below both; the 429s are counted elsewhere."""
+
+    rpm: int
+    concurrency: int
+    latency_s: float
+    shards: int = 1
+
+    @property
+    def by_rpm(self) -> float:
+        """Requests a second ``rpm`` allows (this shard's part while every shard runs)."""
+        return self.rpm / 60 / self.shards
+
+    @property
+    def by_concurrency(self) -> float:
+        return self.concurrency / self.latency_s
+
+    @property
+    def limit(self) -> str:
+        """``rpm`` or ``concurrency``: the lower bound (rpm when they are equal)."""
+        return "rpm" if self.by_rpm <= self.by_concurrency else "concurrency"
+
+    def __str__(self) -> str:
+        """``limited by rpm 500 (8.3 requests/s); concurrency 4 at 200 ms would allow 20``."""
+        each = " each" if self.shards > 1 else ""
+        rpm = f"rpm {self.rpm}" + (f" shared by {self.shards} shards" if self.shards > 1 else "")
+        concurrency = f"concurrency {self.concurrency} at {self.latency_s * 1000:.0f} ms"
+        rpm_allows, concurrency_allows = per_second(self.by_rpm), per_second(self.by_concurrency)
+        if self.limit == "rpm":
+            return (
+                f"limited by {rpm} ({rpm_allows} requests/s{each}); {concurrency} would allow "
+                f"{concurrency_allows}"
+            )
+        return (
+            f"limited by {concurrency} ({concurrency_allows} requests/s); {rpm} would allow "
+            f"{rpm_allows}{each}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +81,8 @@ class Progress:
     of ``total``, and by status in ``counts``; ``resumed`` of them were finished by earlier
     runs, ``sent`` rows were sent by this one. ``rows_per_s`` and ``seconds_left``: this
     run's sending rate and the time left at it, None until there is enough of it to tell
-    (``progress.ESTIMATE_AFTER_S``; no time left once no row is)."""
+    (``progress.ESTIMATE_AFTER_S``; no time left once no row is). ``bound``: which bound
+    limits the sending (``Bound``), None until there is a rate."""
 
     done: int
     total: int
@@ -35,6 +93,7 @@ class Progress:
     sent: int = 0
     rows_per_s: float | None = None
     seconds_left: float | None = None
+    bound: Bound | None = None
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -63,6 +122,8 @@ class JobSummary:
     added_keys: dict[str, int] = field(default_factory=dict)
     # A revert: per key the reverted run added, the conversations it stays on.
     kept_keys: dict[str, int] = field(default_factory=dict)
+    # Which bound limited the sending (None: too little of it to tell, or nothing sent).
+    bound: Bound | None = None
 
     @property
     def rows_per_s(self) -> float:
@@ -87,6 +148,7 @@ class JobSummary:
             "reads_sent": self.reads_sent,
             "added_keys": dict(self.added_keys),
             "kept_keys": dict(self.kept_keys),
+            "limited_by": None if self.bound is None else str(self.bound),
         }
 
     def key_notes(self) -> list[str]:
@@ -137,6 +199,8 @@ class JobSummary:
             text += f"; {note}"
         for warning in self.warnings:
             text += f"; warning: {warning}"
+        if self.bound is not None:
+            text += f"; {self.bound}"
         return text
 
     def log(self) -> None:

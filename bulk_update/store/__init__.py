@@ -27,31 +27,31 @@ The job sees only what this module exports (``__all__``): the interface is ``cor
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bulk_update.exceptions import ConfigError
-from bulk_update.store import sqlite
-from bulk_update.store.core import Journal, Store
-from bulk_update.store.outage import Hurry
-from bulk_update.store.schema import TIMESTAMP_FORMAT, TIMING_COLUMNS, format_timestamp
-from bulk_update.store.sqlite import SQLiteStore
-from bulk_update.store.types import (
-    REPORT_COLUMNS,
-    TIMELINE_COLUMNS,
-    Budget,
-    RowTiming,
-    RunBeat,
-    RunEnd,
-    RunKey,
-    RunRecord,
-    RunStatus,
-    Second,
-    Settled,
-    StateReader,
-    StoreLocation,
-    report_frame,
-    run_options,
-)
+from bulk_update._lazy import lazy
+
+if TYPE_CHECKING:
+    from bulk_update.store.core import Journal, Store
+    from bulk_update.store.outage import Hurry
+    from bulk_update.store.schema import TIMESTAMP_FORMAT, TIMING_COLUMNS, format_timestamp
+    from bulk_update.store.types import (
+        REPORT_COLUMNS,
+        TIMELINE_COLUMNS,
+        Budget,
+        RowTiming,
+        RunBeat,
+        RunEnd,
+        RunKey,
+        RunRecord,
+        RunStatus,
+        Second,
+        Settled,
+        StateReader,
+        StoreLocation,
+        report_frame,
+        run_options,
+    )
 
 __all__ = [
     "POSTGRES_HINT",
@@ -82,6 +82,24 @@ __all__ = [
     "run_options",
 ]
 
+# Where each name lives (the imports above, for type checkers, say the same). Loaded when first
+# asked for (PEP 562): ``bulk_update.config`` imports ``store.url`` (a submodule loads its
+# package first), and the operator's module imports the config in every process that parses a
+# DAG; the backends, and polars, load when a job opens its store.
+_HOMES = {
+    **dict.fromkeys(("Journal", "Store"), "core"),
+    "Hurry": "outage",
+    **dict.fromkeys(("TIMESTAMP_FORMAT", "TIMING_COLUMNS", "format_timestamp"), "schema"),
+    **dict.fromkeys(
+        ("REPORT_COLUMNS", "TIMELINE_COLUMNS", "Budget", "RowTiming", "RunBeat", "RunEnd",
+         "RunKey", "RunRecord", "RunStatus", "Second", "Settled", "StateReader", "StoreLocation",
+         "report_frame", "run_options"),
+        "types",
+    ),
+}  # fmt: skip
+
+__getattr__ = lazy(__name__, _HOMES)
+
 
 POSTGRES_HINT = "the store in PostgreSQL needs psycopg: pip install 'bulk-update[postgres]'"
 
@@ -89,10 +107,14 @@ POSTGRES_HINT = "the store in PostgreSQL needs psycopg: pip install 'bulk-update
 def _backend(location: StoreLocation) -> Any:
     """The module of the location's backend (PostgreSQL's is imported only when used)."""
     if location.url is None:
+        from bulk_update.store import sqlite
+
         return sqlite
     try:
         from bulk_update.store import postgres
     except ImportError as exc:
+        from bulk_update.exceptions import ConfigError
+
         raise ConfigError(f"--state-url: {POSTGRES_HINT} ({exc})") from None
     return postgres
 
@@ -106,6 +128,8 @@ def open_store(location: StoreLocation, hurry: Hurry | None = None) -> Store:
             location.url, timeout=location.timeout, hurry=hurry
         )
         return store
+    from bulk_update.store.sqlite import SQLiteStore
+
     return SQLiteStore.open(location.path, timeout=location.timeout, hurry=hurry)
 
 
@@ -115,10 +139,14 @@ def open_existing_store(location: StoreLocation, job: str) -> Store:
     if location.url is not None:
         return open_store(location)
     if not location.path.is_file():
+        from bulk_update.exceptions import ConfigError
+
         raise ConfigError(
             f"{location.path}: no store of job {job!r} (give --state-dir or --state-url as its "
             "runs had them)"
         )
+    from bulk_update.store.sqlite import SQLiteStore
+
     return SQLiteStore.open_to_read(location.path, timeout=location.timeout)
 
 

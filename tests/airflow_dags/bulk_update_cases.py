@@ -56,3 +56,7 @@ with DAG(
     default_args={"retries": 1, "retry_delay": timedelta(seconds=1)},
 ):
     update("slow", concurrency=4, rpm=100_000)
+
+# A task held by its rpm (5 requests/s) where its concurrency would allow more: its log says so.
+with DAG("bulk_update_paced", schedule=None, tags=["test"]):
+    update("paced", rpm=300, concurrency=8)
