@@ -484,7 +484,8 @@ class BulkUpdateOperator(BaseOperator):
                 settled = store.settle(key, wave)
         except BulkUpdateError as exc:
             raise AirflowException(
-                f"{name}: its end could not be recorded for the job's asset event: {exc}; {RESUMES}"
+                f"{name}: its end could not be recorded for the job's asset event: {exc}; "
+                f"{what_next(started=True, retry=self._retry)}"
             ) from None
         if not settled.runs:
             waiting = ", ".join(settled.waiting)
