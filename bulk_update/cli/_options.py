@@ -332,5 +332,5 @@ def emulator_options(parser: argparse.ArgumentParser) -> None:
         choices=("csv", "none"),
         default="csv",
         help="whether the --preload CSV or TSV file's cells may be quoted, as run's --quoting: "
-        "csv (RFC 4180, the default) or none (a quote is text, as warehouses write TSV)",
+        "csv (RFC 4180) or none (a quote is text, as warehouses write TSV) (default csv)",
     )
