@@ -279,24 +279,19 @@ def test_a_store_held_by_another_process(
     metrics, log_file = tmp_path / "m.prom", tmp_path / "job.log"
     args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
             "--rpm", "600000", "--concurrency", str(concurrency), "--metrics-file", str(metrics),
-            "--metrics-interval", "0.5", "--log-format", "json", "--log-file", str(log_file),
-            *store.args)  # fmt: skip
+            "--metrics-interval", str(METRICS_INTERVAL_S), "--log-format", "json",
+            "--log-file", str(log_file), *store.args)  # fmt: skip
 
     def held() -> object:
         if store.backend == "sqlite":
             return holding_sqlite(Path(store.where))
         return holding_postgres(store.where)
 
-    # Held longer than --store-timeout: the run stops on its own, exit 3.
+    # Held longer than --store-timeout: the run stops on its own, exit 3; its metrics go on.
     process = start(*args, "--store-timeout", "4")
     wait_for_requests(emu, 200)
     with held():  # type: ignore[attr-defined]
-        written = metrics.stat().st_mtime_ns
-        deadline = time.monotonic() + 3
-        while metrics.stat().st_mtime_ns == written:  # the event loop is not frozen
-            assert time.monotonic() < deadline, "no metrics written while the store was held"
-            time.sleep(0.05)
-        _, stderr = process.communicate(timeout=120)
+        stderr = _metrics_go_on(process, metrics, log_file)
     assert process.returncode == 3, stderr
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
@@ -350,6 +345,43 @@ def test_a_store_held_by_another_process(
     assert again.returncode == 0, again.stderr
 
 
+# --metrics-interval of the tests of a store held: a store held for --store-timeout (4-6 s)
+# spans 8-12 metrics writes.
+METRICS_INTERVAL_S = 0.5
+# Metrics written while the store was held, at least: fewer is not a loop late under load but
+# metrics that wait for the store (they did: at most one write, the tick whose heartbeat then
+# waited, and none until the store was given up).
+METRICS_WHILE_HELD = 3
+
+
+def _metrics_go_on(process: subprocess.Popen[str], metrics: Path, log_file: Path) -> str:
+    """Until the job ends (called once the store is held; --metrics-interval METRICS_INTERVAL_S,
+    JSON logs): its metrics are written again and again from now until it gives the store up,
+    as it logs it. The writes are counted by the file's mtimes, the job's clock: a test
+    process starved by a loaded machine may see the hold late (a shorter span), never a
+    pause that was not. Its stderr."""
+    start = time.time()  # the store is held from here at the latest
+    seen: set[int] = set()  # the metrics file's mtimes (each write replaces it)
+    deadline = time.monotonic() + 120
+    while process.poll() is None:
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"still running 120 s later: {process.communicate()[1]}")
+        with contextlib.suppress(FileNotFoundError):
+            seen.add(metrics.stat().st_mtime_ns)
+        time.sleep(0.02)
+    _, stderr = process.communicate()
+    end = _first_time(log_file, "fatal", stderr)  # the store given up: the run stops
+    held = sorted(t / 1e9 - start for t in seen if start < t / 1e9 < end)
+    print(f"metrics written at {[round(t, 2) for t in held]} s of the {end - start:.1f} s "
+          f"the store was held (every {METRICS_INTERVAL_S} s)")  # fmt: skip
+    assert len(held) >= METRICS_WHILE_HELD, (
+        f"the metrics were written {len(held)} times in the {end - start:.1f} s the store was "
+        f"held (at {[round(t, 2) for t in held]} s), not every {METRICS_INTERVAL_S} s"
+    )
+    return stderr
+
+
 def _hold_whole(store: Store) -> contextlib.AbstractContextManager[object]:
     """Another process holds the whole store: a SQLite write transaction; every table of the
     PostgreSQL store locked by another session (a migration, a dump taking ACCESS EXCLUSIVE)."""
@@ -377,6 +409,13 @@ def _events(log_file: Path, event: str) -> list[dict[str, Any]]:
         return []
     lines = log_file.read_text().splitlines()
     return [json.loads(line) for line in lines if f'"event": "{event}"' in line]
+
+
+def _first_time(log_file: Path, event: str, stderr: str) -> float:
+    """When the job first logged ``event`` (Unix time)."""
+    found = _events(log_file, event)
+    assert found, f"no {event} logged: {stderr}"
+    return dt.datetime.fromisoformat(found[0]["time"]).timestamp()
 
 
 def _wait_for_event(process: subprocess.Popen[str], log_file: Path, event: str) -> float:
@@ -513,13 +552,17 @@ def test_a_store_held_mid_run_stops_it_on_the_timeout(
     source = tmp_path / "in.csv"
     write_input(source, n)
     emu = start_emulator("--preload", str(source), "--latency-ms", "20")
+    metrics, log_file = tmp_path / "m.prom", tmp_path / "job.log"
     args = (str(source), "--output", str(tmp_path / "out.csv"), "--base-url", emu.base_url,
-            "--rpm", "600000", "--concurrency", "4", *store.args)  # fmt: skip
+            "--rpm", "600000", "--concurrency", "4", "--metrics-file", str(metrics),
+            "--metrics-interval", str(METRICS_INTERVAL_S), "--log-format", "json",
+            "--log-file", str(log_file), *store.args)  # fmt: skip
     process = start(*args, "--store-timeout", str(timeout_s))
     wait_for_requests(emu, 200)
     with _hold_whole(store):
         held = time.time()
-        stderr, ended = _ended(process, 120)
+        stderr = _metrics_go_on(process, metrics, log_file)  # the heartbeat's table held too
+        ended = time.time()
     print(f"{store.backend}: stopped {ended - held:.1f} s after the whole store was held "
           f"(--store-timeout {timeout_s})")  # fmt: skip
     assert process.returncode == 3, stderr

@@ -40,7 +40,8 @@ def last_success(runs: list[RunRecord], shard: str) -> float | None:
 class Monitor:
     """Every ``interval`` seconds while the run goes on: its metrics written (and pushed), its
     heartbeat and timeline committed to its store. Neither may stop the job: a failure is a
-    warning. The metrics go first: a store that makes the heartbeat wait does not hold them."""
+    warning. The metrics never wait for the heartbeat: a store that makes a heartbeat wait (held
+    by another process, away: up to --store-timeout) does not hold them (``running``)."""
 
     def __init__(
         self,
@@ -64,9 +65,13 @@ class Monitor:
         await self.outputs.write()
 
     async def tick(self) -> None:
+        """The metrics written, then the heartbeat committed (at the run's start)."""
+        await self.write_metrics()
+        await self.beat()
+
+    async def write_metrics(self) -> None:
         self.telemetry.counts(self.tally.counts, self.tally.total)
         await self.outputs.write()
-        await self.beat()
 
     async def beat(self, *, final: bool = False) -> None:
         seconds = self.telemetry.take_seconds(all_of_them=final)
@@ -95,18 +100,26 @@ class Monitor:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Tick every ``interval`` while the block runs. A tick is never cut short (a beat cut
-        in the middle would leave the store unsure what it counted): the block's end waits
-        for the tick in hand."""
+        """Every ``interval`` while the block runs: the metrics written, and a heartbeat begun
+        beside them unless the last one is still under way (waiting for the store: the next
+        one takes the seconds of the timeline it skipped). So the metrics go on while the
+        store is held or away. (They were one tick with the heartbeat: a store held made the
+        tick wait, and the metrics stopped for as long as --store-timeout.) A heartbeat is
+        never cut short (a beat cut in the middle would leave the store unsure what it
+        counted): the block's end waits for the one in hand."""
         over = asyncio.Event()
+        beating: asyncio.Task[None] | None = None
 
         async def loop() -> None:
+            nonlocal beating
             while True:
                 try:
                     await asyncio.wait_for(over.wait(), self.interval)
                     return
                 except TimeoutError:
-                    await self.tick()
+                    await self.write_metrics()
+                    if beating is None or beating.done():
+                        beating = asyncio.create_task(self.beat(), name="heartbeat")
 
         task = asyncio.create_task(loop(), name="monitor")
         try:
@@ -114,3 +127,5 @@ class Monitor:
         finally:
             over.set()
             await task
+            if beating is not None:
+                await beating
