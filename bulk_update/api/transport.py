@@ -227,9 +227,39 @@ async def read_capped(chunks: AsyncIterator[bytes], limit: int) -> bytes:
     return b"".join(read)[:limit]
 
 
+def _let_go(response: aiohttp.ClientResponse) -> None:
+    """An answer read: its connection goes back to the pool if the body was read to its end,
+    else it is closed (never drained)."""
+    if response.content.at_eof():
+        response.release()
+    else:
+        response.close()
+
+
+async def _read_plain(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """What ``read_capped`` over ``_Body(response)`` reads, without a generator a request (an
+    answer in no content-encoding: the API's)."""
+    stream = response.content
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit:
+            try:
+                chunk = await stream.readany()
+            except Exception as exc:
+                _raise_as_httpx2(exc)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        _let_go(response)
+    return b"".join(chunks)[:limit]
+
+
 class _Body(httpx2.AsyncByteStream):
-    """An answer's body as aiohttp reads it. Closed before its end (the 1 MiB cap), the
-    connection is dropped, never drained."""
+    """An answer's body as aiohttp reads it, under httpx2's response (which decodes it).
+    Closed before its end (the 1 MiB cap), the connection is dropped, never drained."""
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
@@ -246,11 +276,7 @@ class _Body(httpx2.AsyncByteStream):
             yield chunk
 
     async def aclose(self) -> None:
-        response = self._response
-        if response.content.at_eof():
-            response.release()  # the connection goes back to the pool
-        else:
-            response.close()  # an answer not read to its end: its connection is closed
+        _let_go(self._response)
 
 
 class AiohttpTransport:
@@ -334,11 +360,7 @@ class AiohttpTransport:
             finally:
                 await decoded.aclose()
         else:
-            body_stream = _Body(response)
-            try:
-                content = await read_capped(body_stream.__aiter__(), limit)
-            finally:
-                await body_stream.aclose()
+            content = await _read_plain(response, limit)
         return Exchanged(
             response.status,
             answer_headers(raw),
