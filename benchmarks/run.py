@@ -7,8 +7,8 @@ run, because absolute numbers vary between machines.
     .venv/bin/python -m benchmarks.run                # all twelve
     .venv/bin/python -m benchmarks.run --only 1,3     # some
     .venv/bin/python -m benchmarks.run --quick        # smaller sizes (a smoke run)
-    .venv/bin/python -m benchmarks.run --only 1 --against 0a5935a --repeat 3
-                                                      # benchmark 1, the job then and now
+    .venv/bin/python -m benchmarks.run --only 1 --against 0a5935a --repeat 3 \
+        --programs job,sdk-aiohttp,bare-aiohttp       # benchmark 1: the job then and now
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ EFFICIENCY_PROGRAMS = ("job", "job-httpx2", "sdk", "sdk-aiohttp", "bare-aiohttp"
 # Lines printed under the table: the machine's state around a benchmark, each run's rate.
 NOTES: list[str] = []
 # Benchmark 1's options (main sets them): runs of each program; a commit whose job runs too,
-# interleaved with the others ("job-at-REV": a before and after in one session).
-EFFICIENCY: dict[str, Any] = {"repeat": 2, "against": None}
+# interleaved with the others ("job-at-REV": a before and after in one session); the programs
+# (the job and some of its peers: the goals' rows need sdk-aiohttp and bare-aiohttp).
+EFFICIENCY: dict[str, Any] = {"repeat": 2, "against": None, "programs": EFFICIENCY_PROGRAMS}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -135,7 +136,7 @@ def client_efficiency(quick: bool) -> list[Row]:
     rows = 4000 if quick else 20_000
     source = make_input(rows, "efficiency")
     against: str | None = EFFICIENCY["against"]
-    programs = EFFICIENCY_PROGRAMS + ((f"job-at-{against}",) if against else ())
+    programs = (*EFFICIENCY["programs"], *((f"job-at-{against}",) if against else ()))
     tree = archive(against, DATA) if against else None
     runs: dict[str, list[float]] = {kind: [] for kind in programs}
     cpu: dict[str, list[float]] = {kind: [] for kind in programs}
@@ -176,30 +177,31 @@ def client_efficiency(quick: bool) -> list[Row]:
                  f"CPU µs a row (user + system) of each run: {each_cpu}")  # fmt: skip
     job_rate = f"{rate['job']:.0f} rows/s"
 
-    def versus(what: str, peer: str, goal: str, least: float | None) -> Row:
+    def versus(what: str, peer: str, goal: str, least: float | None) -> list[Row]:
+        if peer not in rate:
+            return []
         ratio = rate["job"] / rate[peer]
         met = True if least is None else ratio >= least
-        return Row(f"1 the job vs {what}", job_rate, f"{rate[peer]:.0f} rows/s", ratio, goal, met)
+        return [Row(f"1 the job vs {what}", job_rate, f"{rate[peer]:.0f} rows/s", ratio, goal, met)]
 
-    def cpu_versus(what: str, peer: str) -> Row:
-        return Row(f"1   CPU a row: the job vs {what}", f"{least['job']:.0f} µs",
-                   f"{least[peer]:.0f} µs", least["job"] / least[peer], "(context)", True)  # fmt: skip
+    def cpu_versus(what: str, peer: str) -> list[Row]:
+        if peer not in least:
+            return []
+        return [Row(f"1   CPU a row: the job vs {what}", f"{least['job']:.0f} µs",
+                    f"{least[peer]:.0f} µs", least["job"] / least[peer], "(context)", True)]  # fmt: skip
 
-    table = [
-        versus("the SDK on aiohttp", "sdk-aiohttp", ">= 2x", 2.0),
-        versus("a bare aiohttp loop (ceiling)", "bare-aiohttp", ">= 0.5x", 0.5),
-        versus("the SDK on httpx2", "sdk", "(context)", None),
-        versus("a bare httpx2 loop", "bare", "(context)", None),
-        versus("itself on the plain httpx2 transport", "job-httpx2", "(context)", None),
-        cpu_versus("the SDK on aiohttp", "sdk-aiohttp"),
-        cpu_versus("a bare aiohttp loop", "bare-aiohttp"),
+    at = f"job-at-{against}"
+    return [
+        *versus("the SDK on aiohttp", "sdk-aiohttp", ">= 2x", 2.0),
+        *versus("a bare aiohttp loop (ceiling)", "bare-aiohttp", ">= 0.5x", 0.5),
+        *versus("the SDK on httpx2", "sdk", "(context)", None),
+        *versus("a bare httpx2 loop", "bare", "(context)", None),
+        *versus("itself on the plain httpx2 transport", "job-httpx2", "(context)", None),
+        *versus(f"itself at {against}", at, "(context)", None),
+        *cpu_versus("the SDK on aiohttp", "sdk-aiohttp"),
+        *cpu_versus("a bare aiohttp loop", "bare-aiohttp"),
+        *cpu_versus(f"itself at {against}", at),
     ]
-    if against:
-        table += [
-            versus(f"itself at {against}", f"job-at-{against}", "(context)", None),
-            cpu_versus(f"itself at {against}", f"job-at-{against}"),
-        ]
-    return table
 
 
 def ride(server_rpm: int, job_rpm: int, rows: int) -> dict[str, float]:
@@ -585,8 +587,19 @@ def main() -> None:
         metavar="REV",
         help="benchmark 1: also run the job as of this commit, interleaved (a before and after)",
     )
+    parser.add_argument(
+        "--programs",
+        default=",".join(EFFICIENCY_PROGRAMS),
+        help="benchmark 1: the job and the peers to run (job is always run), e.g. "
+        "job,sdk-aiohttp,bare-aiohttp",
+    )
     args = parser.parse_args()
-    EFFICIENCY.update(repeat=args.repeat, against=args.against)
+    programs = [p.strip() for p in args.programs.split(",") if p.strip()]
+    unknown = sorted(set(programs) - set(EFFICIENCY_PROGRAMS))
+    if unknown:
+        parser.error(f"--programs: not a program of benchmark 1: {', '.join(unknown)}")
+    programs = ["job", *(p for p in programs if p != "job")]
+    EFFICIENCY.update(repeat=args.repeat, against=args.against, programs=tuple(programs))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"polars {pl.__version__}{' (quick)' if args.quick else ''}")  # fmt: skip
     table: list[Row] = []
