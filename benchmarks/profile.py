@@ -197,7 +197,7 @@ def main() -> None:
     env = dict(ENV)
     tree: Path | None = None
     if args.commit:
-        tree = archive(args.commit, work)
+        tree = archive(args.commit)
         env["PYTHONPATH"] = str(tree)
     if args.transport:
         env["BULK_UPDATE_TRANSPORT"] = args.transport
@@ -249,6 +249,8 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+        if tree is not None:
+            shutil.rmtree(tree, ignore_errors=True)
 
 
 if __name__ == "__main__":

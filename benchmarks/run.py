@@ -117,11 +117,11 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def archive(commit: str, into: Path) -> Path:
-    """``bulk_update/`` as of ``commit`` (git archive), under a new directory in ``into``: run
-    ``python -m bulk_update`` from it (``-m`` puts the working directory first on sys.path)
-    or put it on PYTHONPATH."""
-    tree = Path(tempfile.mkdtemp(dir=into))
+def archive(commit: str) -> Path:
+    """``bulk_update/`` as of ``commit`` (git archive), in a new temporary directory (not under
+    benchmarks/, where the type checker would read it): run ``python -m bulk_update`` from it
+    (``-m`` puts the working directory first on sys.path) or put it on PYTHONPATH."""
+    tree = Path(tempfile.mkdtemp(prefix="bulk-update-at-"))
     made = subprocess.run(["git", "-C", str(REPO), "archive", commit, "bulk_update"],
                           capture_output=True, check=True)  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(tree)], input=made.stdout, check=True)
@@ -137,7 +137,7 @@ def client_efficiency(quick: bool) -> list[Row]:
     source = make_input(rows, "efficiency")
     against: str | None = EFFICIENCY["against"]
     programs = (*EFFICIENCY["programs"], *((f"job-at-{against}",) if against else ()))
-    tree = archive(against, DATA) if against else None
+    tree = archive(against) if against else None
     runs: dict[str, list[float]] = {kind: [] for kind in programs}
     cpu: dict[str, list[float]] = {kind: [] for kind in programs}
     before = load_average()
