@@ -243,18 +243,20 @@ async def _read_plain(response: aiohttp.ClientResponse, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        while size <= limit:
-            try:
-                chunk = await stream.readany()
-            except Exception as exc:
-                _raise_as_httpx2(exc)
-            if not chunk:
-                break
+        while size <= limit and (chunk := await _next_chunk(stream)):
             chunks.append(chunk)
             size += len(chunk)
     finally:
         _let_go(response)
     return b"".join(chunks)[:limit]
+
+
+async def _next_chunk(content: aiohttp.StreamReader) -> bytes:
+    """The next bytes of an answer's body (b"" at its end), aiohttp's errors as httpx2's."""
+    try:
+        return await content.readany()
+    except Exception as exc:
+        _raise_as_httpx2(exc)
 
 
 class _Body(httpx2.AsyncByteStream):
@@ -266,13 +268,7 @@ class _Body(httpx2.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         content = self._response.content
-        while True:
-            try:
-                chunk = await content.readany()
-            except Exception as exc:
-                _raise_as_httpx2(exc)
-            if not chunk:
-                return
+        while chunk := await _next_chunk(content):
             yield chunk
 
     async def aclose(self) -> None:
