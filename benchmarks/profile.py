@@ -30,7 +30,6 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -40,7 +39,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.baselines import PEERS
-from benchmarks.run import DATA, ENV, job, load_average, make_input, timed, updated
+from benchmarks.run import (
+    DATA,
+    ENV,
+    archive,
+    job,
+    load_average,
+    make_input,
+    timed,
+    updated,
+)
 from bulk_update.emulator.process import EmulatorProcess
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
@@ -189,11 +197,7 @@ def main() -> None:
     env = dict(ENV)
     tree: Path | None = None
     if args.commit:
-        # ``python -m`` puts the working directory first on sys.path: run the job from there.
-        tree = Path(tempfile.mkdtemp(dir=work))
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.commit, "bulk_update"],
-                                 capture_output=True, check=True)  # fmt: skip
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        tree = archive(args.commit)
         env["PYTHONPATH"] = str(tree)
     if args.transport:
         env["BULK_UPDATE_TRANSPORT"] = args.transport
@@ -245,6 +249,8 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+        if tree is not None:
+            shutil.rmtree(tree, ignore_errors=True)
 
 
 if __name__ == "__main__":

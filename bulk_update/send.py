@@ -130,8 +130,12 @@ class InFlight:
     reached: bool = False
 
 
+# json.dumps(value, ensure_ascii=False, separators=(",", ":")), without a new encoder a call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _json_text(value: object) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return None if value is None else _ENCODER.encode(value)
 
 
 class Sender:

@@ -36,6 +36,7 @@ from bulk_update.api.transport import (
     TRANSPORTS,
     TransportName,
     _raise_as_httpx2,
+    answer_headers,
     chosen_transport,
 )
 from bulk_update.exceptions import ConfigError
@@ -511,3 +512,21 @@ def test_an_error_that_is_not_the_transports_goes_through_as_it_is() -> None:
     with pytest.raises(ValueError, match="a bug") as caught:
         _raise_as_httpx2(bug)
     assert caught.value is bug
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [(b"Content-Type", b"application/json"), (b"X-Request-Id", b"req_1")],
+        [(b"X-Ratelimit-Limit-Requests", b"60"), (b"x-ratelimit-limit-requests", b"30")],
+        [(b"Set-Cookie", b"a=1"), (b"X-A", b"x"), (b"set-cookie", b"b=2")],
+        [(b"X-Name", "café".encode()), (b"X-Other", b"plain")],  # UTF-8
+        [(b"X-Name", "café".encode("latin-1"))],  # neither ASCII nor UTF-8
+        [],
+    ],
+    ids=["ascii", "a-name-twice-in-two-cases", "a-name-twice-apart", "utf-8", "latin-1", "none"],
+)
+def test_an_answers_headers_are_read_as_httpx2_reads_them(raw: list[tuple[bytes, bytes]]) -> None:
+    """aiohttp's answers skip httpx2's models: their headers still come out as httpx2's
+    ``items()`` gave them to the answer (a name twice: its values joined; decoded alike)."""
+    assert answer_headers(raw) == {k.lower(): v for k, v in httpx2.Headers(raw).items()}

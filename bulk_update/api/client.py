@@ -1,5 +1,6 @@
-"""The HTTP client: one ``httpx2.AsyncClient`` for the whole job, and one exchange with the API
-as an ``Answer`` (never an exception for what the server or the network does).
+"""The HTTP client: one for the whole job (aiohttp's session, called directly, or an
+``httpx2.AsyncClient`` over httpx2's own transport: ``api/transport.py``), and one exchange
+with the API as an ``Answer`` (never an exception for what the server or the network does).
 
 What every request gets is decided here and nowhere else: the headers (the key, organization,
 project, user agent), the whole-request timeout (``--timeout`` bounds the request from its
@@ -33,7 +34,14 @@ import httpx2
 from bulk_update._constants import MAX_RESPONSE_BYTES
 from bulk_update._version import __version__
 from bulk_update.api.answers import Answer, Connection
-from bulk_update.api.transport import TransportName, cause_in_words, make_transport
+from bulk_update.api.transport import (
+    AiohttpTransport,
+    Exchanged,
+    TransportName,
+    cause_in_words,
+    make_transport,
+    read_capped,
+)
 from bulk_update.exceptions import ConfigError
 
 __all__ = ["USER_AGENT", "ApiClient", "ClientSettings", "conversation_path"]
@@ -50,7 +58,7 @@ def conversation_path(conversation_id: str) -> str:
 class ClientSettings:
     """What the client is built from: the job's options of the same names (the base URL and
     the key resolved, the organization and project given or from the environment:
-    ``JobConfig.settings_for``), and ``kind``, what moves the bytes under httpx2
+    ``JobConfig.settings_for``), and ``kind``, what moves the bytes
     (``api/transport.py``). ``concurrency`` sizes the connection pool."""
 
     base_url: str
@@ -80,7 +88,9 @@ class ApiClient:
         # Built once: every request is these headers and this prefix plus the conversation's
         # path (one URL parse a request, not httpx2's merge of a base URL and a path: 3 parses).
         # The client itself holds only what ``send`` uses: its pool, its transport, no redirects.
-        self._url = _url_builder(settings.base_url.rstrip("/") + "/")
+        self._prefix = prefix = settings.base_url.rstrip("/") + "/"
+        self._url = _url_builder(prefix)
+        self._plain_headers = headers
         self._headers = httpx2.Headers(headers)
         self._timeouts = httpx2.Timeout(timeout).as_dict()
         # Each connection that has carried an answer (each transport's ``network_stream``), and
@@ -88,12 +98,18 @@ class ApiClient:
         self._carried: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
         pool = settings.concurrency
         limits = httpx2.Limits(max_connections=pool, max_keepalive_connections=pool)
+        # aiohttp is called directly (``AiohttpTransport.exchange``); any other transport goes
+        # under httpx2's client.
+        self._aiohttp: AiohttpTransport | None = None
+        self._client: httpx2.AsyncClient | None = None
         try:  # both transports load the TLS certificates here
-            self._client = httpx2.AsyncClient(
-                limits=limits,
-                follow_redirects=False,
-                transport=transport or make_transport(settings.kind, limits),
-            )
+            chosen = transport or make_transport(settings.kind, limits)
+            if isinstance(chosen, AiohttpTransport):
+                self._aiohttp = chosen
+            else:
+                self._client = httpx2.AsyncClient(
+                    limits=limits, follow_redirects=False, transport=chosen
+                )
         except (OSError, ssl.SSLError) as exc:
             named = [f"${v}={os.environ[v]}" for v in ("SSL_CERT_FILE", "SSL_CERT_DIR")
                      if os.environ.get(v)]  # fmt: skip
@@ -101,7 +117,8 @@ class ApiClient:
             raise ConfigError(f"{where}: cannot load the TLS certificates ({exc})") from None
 
     async def open(self) -> None:
-        await self._client.__aenter__()
+        if self._client is not None:
+            await self._client.__aenter__()
 
     async def close(
         self,
@@ -109,26 +126,29 @@ class ApiClient:
         exc: BaseException | None = None,
         tb: TracebackType | None = None,
     ) -> None:
-        await self._client.__aexit__(exc_type, exc, tb)
+        if self._client is not None:
+            await self._client.__aexit__(exc_type, exc, tb)
+        if self._aiohttp is not None:
+            await self._aiohttp.aclose()
 
     async def exchange(self, method: str, path: str, body: bytes | None) -> Answer:
         """One request and its answer, timed (``elapsed_s``); a timeout or a connection that
         failed is an Answer with ``transport_error`` (``timeout``, ``connect`` or
         ``connection``)."""
         started = time.monotonic()
-        request = httpx2.Request(
-            method, self._url(path), headers=self._headers, content=body,
-            extensions={"timeout": self._timeouts},
-        )  # fmt: skip
         try:
-            # httpx2's timeouts are per step (connect, each read): a server dripping a byte at a
-            # time would never trip them. --timeout bounds the whole request.
+            # The transports' timeouts are per step (connect, each read): a server dripping a
+            # byte at a time would never trip them. --timeout bounds the whole request.
             async with asyncio.timeout(self.timeout):
-                response = await self._client.send(request, stream=True)
-                try:
-                    content = await _read_capped(response, MAX_RESPONSE_BYTES)
-                finally:
-                    await response.aclose()
+                if self._aiohttp is not None:
+                    status, headers, content, connection = await self._aiohttp.exchange(
+                        method, self._prefix + path, self._plain_headers, body,
+                        self._timeouts, MAX_RESPONSE_BYTES,
+                    )  # fmt: skip
+                else:
+                    status, headers, content, connection = await self._httpx2_exchange(
+                        method, path, body
+                    )
         except TimeoutError:
             detail = f"no complete answer within {self.timeout:g} s"
             return _failed("timeout", detail, started)
@@ -139,20 +159,35 @@ class ApiClient:
         except (httpx2.TransportError, httpx2.DecodingError) as exc:
             # DecodingError: a body that is not in the content-encoding its server named
             return _failed("connection", _describe(exc), started)
-        connection: Connection | None = response.extensions.get("network_stream")
         previous = None
         if connection is not None:
             previous = self._carried.get(connection)
             self._carried[connection] = path
         return Answer(
-            http_status=response.status_code,
-            headers={k.lower(): v for k, v in response.headers.items()},
+            http_status=status,
+            headers=headers,
             body=content,
             elapsed_s=time.monotonic() - started,
             reused=previous is not None,
             after_same=previous == path,
             connection=connection,
         )
+
+    async def _httpx2_exchange(self, method: str, path: str, body: bytes | None) -> Exchanged:
+        """One request through httpx2's client (its own transport, or one a test injects)."""
+        assert self._client is not None
+        request = httpx2.Request(
+            method, self._url(path), headers=self._headers, content=body,
+            extensions={"timeout": self._timeouts},
+        )  # fmt: skip
+        response = await self._client.send(request, stream=True)
+        try:
+            content = await read_capped(response.aiter_bytes(), MAX_RESPONSE_BYTES)
+        finally:
+            await response.aclose()
+        connection: Connection | None = response.extensions.get("network_stream")
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        return Exchanged(response.status_code, headers, content, connection)
 
     async def drop(self, answer: Answer) -> None:
         """Close the connection ``answer`` came on: it is out of step (the request's own answer
@@ -195,19 +230,6 @@ def _url_builder(prefix: str) -> Callable[[str], httpx2.URL]:
     except Exception:  # an httpx2 whose URL is not what this expects
         same = False
     return built if same else parsed
-
-
-async def _read_capped(response: httpx2.Response, limit: int) -> bytes:
-    """The body, or its first ``limit`` bytes: a hostile server cannot make the job hold a
-    gigabyte (a cut body is no conversation: ``invalid_response``)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            break
-    return b"".join(chunks)[:limit]
 
 
 # What the root cause of a transport error means, in words an operator searches for.

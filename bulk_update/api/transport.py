@@ -1,12 +1,15 @@
-"""What moves the bytes under httpx2's client: aiohttp (the default) or httpx2's own.
+"""What moves the bytes: aiohttp (the default) or httpx2's own transport.
 
-The job is written against ``httpx2.AsyncClient`` (``api/client.py``); this module chooses its
-transport. httpx2's own (httpcore2's pool) spends about three times the CPU of aiohttp on a
-request (BENCHMARKS.md, issue 26: a profile of the job put 65 % of its samples in httpx2's
-client and httpcore2's pool), so under a high rate limit the job, not the API, would bound a
-backfill. ``AiohttpTransport`` hands each ``httpx2.Request`` to one ``aiohttp.ClientSession``
-and gives its answer back as an ``httpx2.Response``; everything else (headers, the
-whole-request timeout, the 1 MiB cap, redirects not followed) stays in ``api/client.py``.
+The client (``api/client.py``) decides what every request gets; this module chooses what
+carries it. httpx2's own transport (httpcore2's pool) spends about three times the CPU of
+aiohttp on a request (BENCHMARKS.md, issue 26: a profile of the job put 65 % of its samples in
+httpx2's client and httpcore2's pool), so under a high rate limit the job, not the API, would
+bound a backfill. ``AiohttpTransport`` sends each request on one ``aiohttp.ClientSession`` and
+gives back its status, headers, capped body and connection (``Exchanged``); the client calls
+it directly, without httpx2's request and response models (issue 38: they were a fifth of the
+job's CPU). httpx2's own transport goes under an ``httpx2.AsyncClient``. Everything else
+(headers, the whole-request timeout, the 1 MiB cap, redirects not followed) stays in
+``api/client.py``.
 
 Kept as httpx2 does it, so that a run behaves the same on either transport (the tests run the
 client's behaviours on both):
@@ -27,9 +30,10 @@ client's behaviours on both):
   whatever arrived on it meanwhile (``_in_step``), and httpcore2 checks the socket, not the
   bytes it already read past an answer (``Httpx2Transport``; not through a proxy). Both close
   such a connection.
-- Each answer names its connection as httpcore2 does, in the ``network_stream`` extension:
-  one object for every answer a connection carries (the client tells a reused one by it), and
-  ``aclose()`` drops it (the sender does, for an answer that was not the request's).
+- Each answer names its connection as httpcore2 does in its ``network_stream`` extension
+  (``Exchanged.connection``): one object for every answer a connection carries (the client
+  tells a reused one by it), and ``aclose()`` drops it (the sender does, for an answer that
+  was not the request's).
 
 ``BULK_UPDATE_TRANSPORT=httpx2`` selects httpx2's own transport (for a user who cannot install
 aiohttp, or to compare); without aiohttp installed, or with a proxy set, it is the one used.
@@ -42,11 +46,12 @@ import os
 import ssl
 import sys
 import weakref
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
 
 import httpx2
 
+from bulk_update.api.answers import Connection
 from bulk_update.exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -56,11 +61,14 @@ if TYPE_CHECKING:
 __all__ = [
     "TRANSPORTS",
     "AiohttpTransport",
+    "Exchanged",
     "Httpx2Transport",
     "TransportName",
+    "answer_headers",
     "cause_in_words",
     "chosen_transport",
     "make_transport",
+    "read_capped",
 ]
 
 TransportName = Literal["aiohttp", "httpx2"]
@@ -117,10 +125,13 @@ def chosen_transport() -> TransportName:
     return named
 
 
-def make_transport(name: TransportName, limits: httpx2.Limits) -> httpx2.AsyncBaseTransport | None:
-    """The transport to put under the client, its pool within ``limits`` (None: httpx2's own
-    as the client makes it: with a proxy set, which httpx2 reads only for a transport it
-    makes; the answers' own checks still catch a stale answer, ``api/answers.py``)."""
+def make_transport(
+    name: TransportName, limits: httpx2.Limits
+) -> AiohttpTransport | httpx2.AsyncBaseTransport | None:
+    """What moves the bytes, its pool within ``limits``: aiohttp's session, which the client
+    calls directly, or the transport to put under httpx2's client (None: httpx2's own as the
+    client makes it: with a proxy set, which httpx2 reads only for a transport it makes; the
+    answers' own checks still catch a stale answer, ``api/answers.py``)."""
     if name == "httpx2":
         return Httpx2Transport(limits=limits) if _proxy_set() is None else None
     pool = limits.max_connections
@@ -174,39 +185,109 @@ def _left_over(stream: object) -> bool:
     return isinstance(trailing, tuple) and bool(trailing[0])
 
 
+class Exchanged(NamedTuple):
+    """What one request got: its status, its headers (``answer_headers``), its body (the
+    first bytes up to the cap) and the connection it came on."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    connection: Connection | None
+
+
+def answer_headers(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """An answer's headers by lower-case name, as ``httpx2.Headers(raw).items()`` gives them
+    (a name given twice has its values joined by ", "; names and values decoded as ASCII,
+    else as httpx2 decodes them): the common case, ASCII and each name once, without
+    building httpx2's headers; any other through them."""
+    headers: dict[str, str] = {}
+    try:
+        for name, value in raw:
+            key = name.decode("ascii").lower()
+            if key in headers:
+                break
+            headers[key] = value.decode("ascii")
+        else:
+            return headers
+    except UnicodeDecodeError:
+        pass
+    return {k.lower(): v for k, v in httpx2.Headers(list(raw)).items()}
+
+
+async def read_capped(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes: a hostile server cannot make the job hold a
+    gigabyte (a cut body is no conversation: ``invalid_response``)."""
+    read: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        read.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    return b"".join(read)[:limit]
+
+
+def _let_go(response: aiohttp.ClientResponse) -> None:
+    """An answer read: its connection goes back to the pool if the body was read to its end,
+    else it is closed (never drained)."""
+    if response.content.at_eof():
+        response.release()
+    else:
+        response.close()
+
+
+async def _read_plain(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """What ``read_capped`` over ``_Body(response)`` reads, without a generator a request (an
+    answer in no content-encoding: the API's)."""
+    stream = response.content
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit and (chunk := await _next_chunk(stream)):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        _let_go(response)
+    return b"".join(chunks)[:limit]
+
+
+async def _next_chunk(content: aiohttp.StreamReader) -> bytes:
+    """The next bytes of an answer's body (b"" at its end), aiohttp's errors as httpx2's."""
+    try:
+        return await content.readany()
+    except Exception as exc:
+        _raise_as_httpx2(exc)
+
+
 class _Body(httpx2.AsyncByteStream):
-    """An answer's body as aiohttp reads it. Closed before its end (the 1 MiB cap), the
-    connection is dropped, never drained."""
+    """An answer's body as aiohttp reads it, under httpx2's response (which decodes it).
+    Closed before its end (the 1 MiB cap), the connection is dropped, never drained."""
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         content = self._response.content
-        while True:
-            try:
-                chunk = await content.readany()
-            except Exception as exc:
-                _raise_as_httpx2(exc)
-            if not chunk:
-                return
+        while chunk := await _next_chunk(content):
             yield chunk
 
     async def aclose(self) -> None:
-        response = self._response
-        if response.content.at_eof():
-            response.release()  # the connection goes back to the pool
-        else:
-            response.close()  # an answer not read to its end: its connection is closed
+        _let_go(self._response)
 
 
-class AiohttpTransport(httpx2.AsyncBaseTransport):
-    """One ``aiohttp.ClientSession`` (made on first use, in the running loop) under httpx2."""
+class AiohttpTransport:
+    """One ``aiohttp.ClientSession`` (made on first use, in the running loop). The client
+    (``api/client.py``) calls ``exchange`` directly: no ``httpx2.Request`` or
+    ``httpx2.Response`` is made for a request, which cost a fifth of the job's CPU (BENCHMARKS.md,
+    issue 38). What httpx2's response did is done here alike: the headers as its ``items()``
+    gives them (``answer_headers``) and, for an answer in a content-encoding, the body decoded
+    by httpx2's own response (``_Body`` under it), as before."""
 
     def __init__(self, *, pool: int, ssl_context: ssl.SSLContext) -> None:
         self._pool = pool
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
+        self._timeout: tuple[dict[str, float | None], aiohttp.ClientTimeout] | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         import aiohttp
@@ -221,45 +302,66 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             # Not aiohttp's trust_env: it reads ~/.netrc and the proxy variables on a thread, for
             # every request (and a proxy is httpx2's transport's: chosen_transport).
             trust_env=False,
-            cookie_jar=aiohttp.DummyCookieJar(),  # the API sets none; httpx2 keeps its own
-            auto_decompress=False,  # httpx2's response decodes the content-encoding
+            cookie_jar=aiohttp.DummyCookieJar(),  # the API sets none
+            auto_decompress=False,  # httpx2's response decodes a content-encoding (``exchange``)
             timeout=aiohttp.ClientTimeout(total=None),  # the client bounds the whole request
             # The answers are small: none compressed (and none in an encoding httpx2 lacks).
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
         return self._session
 
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        import aiohttp
+    def _timeout_for(self, timeouts: dict[str, float | None]) -> aiohttp.ClientTimeout:
+        """httpx2's per-step timeouts as aiohttp's (made once for the client's one dict)."""
+        if self._timeout is None or self._timeout[0] is not timeouts:
+            import aiohttp
+
+            made = aiohttp.ClientTimeout(
+                total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
+            )
+            self._timeout = (timeouts, made)
+        return self._timeout[1]
+
+    async def exchange(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: dict[str, float | None],
+        limit: int,
+    ) -> Exchanged:
+        """One request: ``url`` as it is (percent-encoded already), no redirect followed, the
+        answer's first ``limit`` bytes at most. aiohttp's errors are raised as httpx2's."""
         import yarl
 
         session = self._session or self._open()
-        timeouts = request.extensions.get("timeout", {})
-        content = request.content  # the job's requests are built from bytes: already read
         try:
             response = await session.request(
-                request.method,
-                # As httpx2 encoded it: yarl must not decode it again (a %7E would go as ~).
-                yarl.URL(str(request.url), encoded=True),
-                headers=request.headers.multi_items(),
-                data=content or None,
+                method,
+                # As given: yarl must not decode it again (a %7E would go as ~).
+                yarl.URL(url, encoded=True),
+                headers=headers,
+                data=body or None,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
-                ),
+                timeout=self._timeout_for(timeouts),
             )
         except Exception as exc:
             _raise_as_httpx2(exc)
-        return httpx2.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            stream=_Body(response),
-            request=request,
-            extensions={
-                "http_version": b"HTTP/1.1",
-                "reason_phrase": (response.reason or "").encode(),
-                "network_stream": getattr(response, "network_stream", None),
-            },
+        raw = response.raw_headers
+        if any(name.lower() == b"content-encoding" for name, _ in raw):
+            # Decoded as httpx2 decodes (a body not in its named encoding: DecodingError).
+            decoded = httpx2.Response(response.status, headers=raw, stream=_Body(response))
+            try:
+                content = await read_capped(decoded.aiter_bytes(), limit)
+            finally:
+                await decoded.aclose()
+        else:
+            content = await _read_plain(response, limit)
+        return Exchanged(
+            response.status,
+            answer_headers(raw),
+            content,
+            getattr(response, "network_stream", None),
         )
 
     async def aclose(self) -> None:
@@ -300,13 +402,13 @@ def _in_step() -> tuple[type[aiohttp.TCPConnector], type[aiohttp.ClientResponse]
     (Bytes that came with an answer, past its end, aiohttp sees when the answer ends: it
     closes that connection itself.) The response: names its connection (``network_stream``)."""
     import aiohttp
-    from aiohttp.connector import Connection
+    from aiohttp.connector import Connection as Pooled
     from aiohttp.tracing import Trace
 
     class Connector(aiohttp.TCPConnector):
         async def connect(
             self, req: aiohttp.ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
-        ) -> Connection:
+        ) -> Pooled:
             while True:
                 connection = await super().connect(req, traces, timeout)
                 protocol = connection.protocol
@@ -317,7 +419,7 @@ def _in_step() -> tuple[type[aiohttp.TCPConnector], type[aiohttp.ClientResponse]
     class Response(aiohttp.ClientResponse):
         network_stream: _Stream | None = None
 
-        async def start(self, connection: Connection) -> aiohttp.ClientResponse:
+        async def start(self, connection: Pooled) -> aiohttp.ClientResponse:
             protocol: ResponseHandler | None = connection.protocol
             if protocol is not None:
                 stream = _STREAMS.get(protocol)
