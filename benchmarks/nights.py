@@ -49,7 +49,7 @@ def nights(quick: bool, profile: bool = False, before: str | None = None) -> lis
     with ExitStack() as stack:
         emu = stack.enter_context(EmulatorProcess("--preload", str(rows), "--latency-ms", "5"))
         stores = {backend: _store(stack, backend) for backend in BACKENDS}
-        envs = {version: _env(version) for version in versions}
+        envs = {version: _env(stack, version) for version in versions}
 
         def night(backend: str, number: int) -> list[str]:
             out = DATA / f"nights-{backend}-{number}.parquet"
@@ -92,13 +92,14 @@ def nights(quick: bool, profile: bool = False, before: str | None = None) -> lis
     ]  # fmt: skip
 
 
-def _env(version: str | None) -> tuple[dict[str, str], Path | None]:
+def _env(stack: ExitStack, version: str | None) -> tuple[dict[str, str], Path | None]:
     """The environment and working directory that run the job as of ``version`` (a commit: its
     bulk_update/, from git archive; ``python -m`` puts the working directory first on sys.path,
-    so the job runs from there; None: this tree's)."""
+    so the job runs from there; None: this tree's). The copy is removed with ``stack`` (and is
+    not under benchmarks/, where mypy and ruff would check it)."""
     if version is None:
         return ENV, None
-    tree = Path(tempfile.mkdtemp(dir=DATA))
+    tree = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bulk-update-at-")))
     archive = subprocess.run(["git", "-C", str(REPO), "archive", version, "bulk_update"],
                              capture_output=True, check=True)  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
