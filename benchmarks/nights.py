@@ -32,12 +32,13 @@ REPO = Path(__file__).resolve().parent.parent
 NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 
-def _store(stack: ExitStack, backend: str) -> list[str]:
-    """The options of a fresh store of ``backend`` (a server started for PostgreSQL)."""
+def _store(stack: ExitStack, backend: str, work: Path) -> list[str]:
+    """The options of a fresh store of ``backend`` (a server started for PostgreSQL; SQLite's
+    directory in ``work``)."""
     if backend == "postgres":
         pg = stack.enter_context(PostgresServer())
         return ["--state-url", pg.create_database("nights")]
-    return ["--state-dir", tempfile.mkdtemp(dir=DATA)]
+    return ["--state-dir", str(work / "state")]
 
 
 def nights(quick: bool, profile: bool = False, before: str | None = None) -> list[Row]:
@@ -48,11 +49,13 @@ def nights(quick: bool, profile: bool = False, before: str | None = None) -> lis
     second: dict[tuple[str | None, str], list[float]] = {}
     with ExitStack() as stack:
         emu = stack.enter_context(EmulatorProcess("--preload", str(rows), "--latency-ms", "5"))
-        stores = {backend: _store(stack, backend) for backend in BACKENDS}
+        # This run's results and SQLite store: its own directory (runs at once do not meet).
+        work = Path(tempfile.mkdtemp(dir=DATA, prefix="nights-"))
+        stores = {backend: _store(stack, backend, work) for backend in BACKENDS}
         envs = {version: _env(stack, version) for version in versions}
 
         def night(backend: str, number: int) -> list[str]:
-            out = DATA / f"nights-{backend}-{number}.parquet"
+            out = work / f"{backend}-{number}.parquet"
             return job("run", str(source), "--output", str(out), "--base-url", emu.base_url,
                        "--rpm", "100000000", "--concurrency", "64", "--restart",
                        "--job-name", "nightly", *stores[backend])  # fmt: skip
