@@ -556,6 +556,12 @@ def json_lines_as_written(quick: bool) -> list[Row]:
     ]  # fmt: skip
 
 
+def unchanged_nights(quick: bool) -> list[Row]:
+    from benchmarks.nights import nights
+
+    return nights(quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "1": client_efficiency,
     "2": riding_the_limit,
@@ -569,6 +575,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "10": reading_first,
     "11": row_width,
     "12": json_lines_as_written,
+    "13": unchanged_nights,
 }
 
 
