@@ -4,7 +4,7 @@ Each benchmark starts its own emulator (a real server on loopback), generates it
 under benchmarks/data/ (git-ignored), and reports a ratio to a baseline measured in the same
 run, because absolute numbers vary between machines.
 
-    .venv/bin/python -m benchmarks.run                # all twelve
+    .venv/bin/python -m benchmarks.run                # all thirteen
     .venv/bin/python -m benchmarks.run --only 1,3     # some
     .venv/bin/python -m benchmarks.run --quick        # smaller sizes (a smoke run)
 """
@@ -368,6 +368,12 @@ def input_formats(quick: bool) -> list[Row]:
     return table
 
 
+def shards(quick: bool) -> list[Row]:
+    from benchmarks.shards import shards
+
+    return shards(quick)
+
+
 def stores(quick: bool) -> list[Row]:
     from benchmarks.stores import stores
 
@@ -518,6 +524,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "10": reading_first,
     "11": row_width,
     "12": json_lines_as_written,
+    "13": shards,
 }
 
 
