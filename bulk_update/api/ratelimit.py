@@ -32,9 +32,11 @@ A slice's slots are one after another at the whole job's rate. A shard that keep
 on time, and a slot it misses by more than one interval (a stall) is dropped rather than sent
 late in a burst. A shard slower than the whole job's rate (its workers, not the budget, bound
 it: far below a high ``--rpm``, most of its slots went by before a worker was free) sends its
-slots at its own pace instead, each up to ``LATE_S`` after its time: a window of time may then
-hold up to ``LATE_S`` of the job's rate more than its share, never more in the long run (the
-timeline is the bound), and only while that shard lags. When a shard stops, the budget gives
+slots at its own pace instead, each up to the time it takes to send two slices at that pace
+after its time (``LATE_S`` at least, ``MAX_LATE_S`` at most): a window of time may then hold
+more than its share by the slots such a shard holds late (two slices at most, a second's worth
+of the job's rate at most per slice), never more in the long run (the timeline is the bound),
+and only while it lags. When a shard stops, the budget gives
 back what it claimed and has not begun (``Budget.close``); a shard that dies holding a slice
 loses the rest of it for every shard, at most ``MAX_SLICE_S`` of the timeline. A 429 drops the
 shard's remaining slots (they are spaced at the rate that was too fast; its hold-back moves the
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLAIM_S",
     "LATE_S",
+    "MAX_LATE_S",
     "MAX_SLICE_S",
     "MIN_CLAIM",
     "Clock",
@@ -81,6 +84,7 @@ CLAIM_S = 0.25
 MAX_SLICE_S = 1.0
 # How late a lagging shard may send a slot (twice a slice's life at its own pace).
 LATE_S = 2 * CLAIM_S
+MAX_LATE_S = 2 * MAX_SLICE_S
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -148,6 +152,7 @@ class RateLimiter:
         self._slice = MIN_CLAIM
         self._pace: float | None = None  # slots this shard took per second lately
         self._lagging = False  # slower than the whole job's rate: its slots may go late
+        self._late_s = LATE_S  # by this much, when lagging (two slices at its own pace)
         self._taken = self._late = self._dropped = 0
         self._since = self._clock()
         self._refill: asyncio.Future[None] | None = None
@@ -184,8 +189,9 @@ class RateLimiter:
         # A slot sent late lands among later slots: a window of time could then hold more
         # requests than --rpm allows. So a slot more than one interval late is dropped (a
         # stalled shard loses the slots it missed instead of catching up in a burst), or more
-        # than LATE_S late for a shard slower than the job's rate (see the module's docstring).
-        stale = self._clock() - max(self.interval, LATE_S if self._lagging else 0.0)
+        # than two slices at its own pace for a shard slower than the job's rate (see the
+        # module's docstring).
+        stale = self._clock() - max(self.interval, self._late_s if self._lagging else 0.0)
         while self._slots and self._slots[0] < stale:
             self._slots.popleft()
             self._dropped += 1
@@ -221,6 +227,8 @@ class RateLimiter:
         if self._pace is not None:
             want = max(want, min(CLAIM_S / self.interval, self._pace * CLAIM_S))
         self._slice = min(most, round(want))
+        if self._pace is not None:
+            self._late_s = min(MAX_LATE_S, max(LATE_S, 2 * self._slice / self._pace))
         return self._slice
 
     async def _claim(self) -> None:
