@@ -25,8 +25,9 @@ queue behind): a quarter second (``CLAIM_S``) of this shard's own pace (the slot
 second lately) or of the whole job's rate, whichever is less, but at least ``MIN_CLAIM`` slots,
 and never more than one second of the whole job's rate (``MAX_SLICE_S``: below
 ``60 * MIN_CLAIM`` rpm a slice is that second, fewer than ``MIN_CLAIM``, so that no shard hoards
-the timeline). The first slice is ``MIN_CLAIM`` (no pace yet). So at any rate the row is
-written at most once per ``MIN_CLAIM`` requests or once per second of the job's timeline.
+the timeline). The first slice is ``MIN_CLAIM`` (no pace yet). So at any rate a claim writes
+the row once per ``MIN_CLAIM`` slots of the timeline or per second of it (slots a shard sends:
+requests, but for those dropped, see below).
 
 A slice's slots are one after another at the whole job's rate. A shard that keeps up sends each
 on time, and a slot it misses by more than one interval (a stall) is dropped rather than sent
@@ -36,11 +37,11 @@ slots at its own pace instead, each up to the time it takes to send two slices a
 after its time (``LATE_S`` at least, ``MAX_LATE_S`` at most): a window of time may then hold
 more than its share by the slots such a shard holds late (two slices at most, a second's worth
 of the job's rate at most per slice), never more in the long run (the timeline is the bound),
-and only while it lags. When a shard stops, the budget gives
-back what it claimed and has not begun (``Budget.close``); a shard that dies holding a slice
-loses the rest of it for every shard, at most ``MAX_SLICE_S`` of the timeline. A 429 drops the
-shard's remaining slots (they are spaced at the rate that was too fast; its hold-back moves the
-timeline past the pause anyway) and the next slice is claimed at the slower rate.
+and only while it lags. When a shard stops, the budget gives back what it claimed and has not
+begun (``Budget.close``); a shard that dies holding a slice loses the rest of it for every
+shard, at most ``MAX_SLICE_S`` of the timeline. A 429 drops the shard's remaining slots (they
+are spaced at the rate that was too fast; its hold-back moves the timeline past the pause
+anyway) and the next slice is claimed at the slower rate.
 
 Clock and sleep are injected for tests.
 """
