@@ -4,7 +4,7 @@ Each benchmark starts its own emulator (a real server on loopback), generates it
 under benchmarks/data/ (git-ignored), and reports a ratio to a baseline measured in the same
 run, because absolute numbers vary between machines.
 
-    .venv/bin/python -m benchmarks.run                # all twelve
+    .venv/bin/python -m benchmarks.run                # all fourteen
     .venv/bin/python -m benchmarks.run --only 1,3     # some
     .venv/bin/python -m benchmarks.run --quick        # smaller sizes (a smoke run)
     .venv/bin/python -m benchmarks.run --only 1 --against 0a5935a --repeat 3 \
@@ -419,6 +419,12 @@ def input_formats(quick: bool) -> list[Row]:
     return table
 
 
+def shards(quick: bool) -> list[Row]:
+    from benchmarks.shards import shards
+
+    return shards(quick)
+
+
 def stores(quick: bool) -> list[Row]:
     from benchmarks.stores import stores
 
@@ -576,6 +582,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "11": row_width,
     "12": json_lines_as_written,
     "13": unchanged_nights,
+    "14": shards,
 }
 
 

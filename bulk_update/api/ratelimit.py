@@ -14,19 +14,34 @@ The rate adapts (``RateController``), never above the configured ``--rpm``:
   wall) and it climbs back by 5 % of the ceiling each second without one.
 
 A job's shards share one budget (``Budget``, in the job's store): the job's request slots are
-one timeline in the store, ``60 / rpm`` seconds apart, and each running shard takes the next
-few slots (at most a quarter of a second's worth) whenever it has used half of its own.
-However many shards run, together they never exceed ``--rpm``; a shard left alone gets all of
-it; a shard that has nothing to send takes nothing. Each shard's adaptive rate sets how far
-apart its own slots are (a 429 spaces them out, so the whole job slows down), and a pause holds
-the whole timeline back.
+one timeline in the store, ``60 / rpm`` seconds apart, and each running shard takes a slice of
+the next slots whenever it has used half of its own. However many shards run, together they
+never exceed ``--rpm``; a shard left alone gets all of it; a shard that has nothing to send takes
+nothing. Each shard's adaptive rate sets how far apart its own slots are (a 429 spaces them out,
+so the whole job slows down), and a pause holds the whole timeline back.
 
-A shard's slots are one after another at the whole job's rate, so it must send as fast as the
-whole job while they last: a slot it misses (no worker free in time) is lost to every shard.
-So a shard claims no more at once than it has lately sent on time: the slots it missed shrink
-its next claim by as many (by half at most), and each claim it used in full lets the next one
-grow by one, back up to the quarter second. When it stops, the budget gives back what it
-claimed and has not begun (``Budget.close``).
+A slice is sized so that the store's row is written rarely (a round trip that other shards may
+queue behind): a quarter second (``CLAIM_S``) of this shard's own pace (the slots it took per
+second lately) or of the whole job's rate, whichever is less, but at least ``MIN_CLAIM`` slots,
+and never more than one second of the whole job's rate (``MAX_SLICE_S``: below
+``60 * MIN_CLAIM`` rpm a slice is that second, fewer than ``MIN_CLAIM``, so that no shard hoards
+the timeline). The first slice is ``MIN_CLAIM`` (no pace yet). So at any rate a claim writes
+the row once per ``MIN_CLAIM`` slots of the timeline or per second of it (slots a shard sends:
+requests, but for those dropped, see below).
+
+A slice's slots are one after another at the whole job's rate. A shard that keeps up sends each
+on time, and a slot it misses by more than one interval (a stall) is dropped rather than sent
+late in a burst. A shard slower than the whole job's rate (its workers, not the budget, bound
+it: far below a high ``--rpm``, most of its slots went by before a worker was free) sends its
+slots at its own pace instead, each up to the time it takes to send two slices at that pace
+after its time (``LATE_S`` at least, ``MAX_LATE_S`` at most): a window of time may then hold
+more than its share by the slots such a shard holds late (two slices at most, a second's worth
+of the job's rate at most per slice), never more in the long run (the timeline is the bound),
+and only while it lags. When a shard stops, the budget gives back what it claimed and has not
+begun (``Budget.close``); a shard that dies holding a slice loses the rest of it for every
+shard, at most ``MAX_SLICE_S`` of the timeline. A 429 drops the shard's remaining slots (they
+are spaced at the rate that was too fast; its hold-back moves the timeline past the pause
+anyway) and the next slice is claimed at the slower rate.
 
 Clock and sleep are injected for tests.
 """
@@ -43,7 +58,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from bulk_update.store import Budget
 
-__all__ = ["Clock", "RateController", "RateLimiter", "Sleep"]
+__all__ = [
+    "CLAIM_S",
+    "LATE_S",
+    "MAX_LATE_S",
+    "MAX_SLICE_S",
+    "MIN_CLAIM",
+    "Clock",
+    "RateController",
+    "RateLimiter",
+    "Sleep",
+]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -52,8 +77,15 @@ DECREASE_FACTOR = 0.75
 INCREASE_FRACTION = 0.05
 ADJUST_EVERY_S = 1.0
 FLOOR_FRACTION = 0.05
-# A shard claims at most this much of the shared timeline at once.
+# A slice of the shared timeline: at least MIN_CLAIM slots (the store's row written at most once
+# per MIN_CLAIM requests), else CLAIM_S at the shard's own pace, at most CLAIM_S of the whole
+# job's rate and never more than MAX_SLICE_S of it (see the module's docstring).
+MIN_CLAIM = 20
 CLAIM_S = 0.25
+MAX_SLICE_S = 1.0
+# How late a lagging shard may send a slot (twice a slice's life at its own pace).
+LATE_S = 2 * CLAIM_S
+MAX_LATE_S = 2 * MAX_SLICE_S
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -116,10 +148,14 @@ class RateLimiter:
         self._paused_until = 0.0
         self._budget = budget
         self._slots: collections.deque[float] = collections.deque()
-        # How many slots the next claim may take (see _claim_size), and how many this shard's
-        # slots went by unused since its last claim.
-        self._claim_limit: int | None = None  # None: CLAIM_S's worth
-        self._missed = 0
+        # The last slice's size; since it was sized: the slots taken, those of them taken more
+        # than an interval late, those dropped, and when (see _size_slice).
+        self._slice = MIN_CLAIM
+        self._pace: float | None = None  # slots this shard took per second lately
+        self._lagging = False  # slower than the whole job's rate: its slots may go late
+        self._late_s = LATE_S  # by this much, when lagging (two slices at its own pace)
+        self._taken = self._late = self._dropped = 0
+        self._since = self._clock()
         self._refill: asyncio.Future[None] | None = None
         self._holding_back: set[asyncio.Future[None]] = set()
 
@@ -151,14 +187,16 @@ class RateLimiter:
         """The next of this shard's slots from the job's budget. More are claimed in the
         background when half are used, so that a claim (a round trip to the store, which may
         wait for another shard's commit) rarely holds a request back."""
-        # A slot more than one interval late is dropped: sent late, it would land among later
-        # slots, and a window of time could then hold more requests than --rpm allows. So a
-        # stalled shard loses the slots it missed instead of catching up in a burst.
-        stale = self._clock() - self.interval
+        # A slot sent late lands among later slots: a window of time could then hold more
+        # requests than --rpm allows. So a slot more than one interval late is dropped (a
+        # stalled shard loses the slots it missed instead of catching up in a burst), or more
+        # than two slices at its own pace for a shard slower than the job's rate (see the
+        # module's docstring).
+        stale = self._clock() - max(self.interval, self._late_s if self._lagging else 0.0)
         while self._slots and self._slots[0] < stale:
             self._slots.popleft()
-            self._missed += 1
-        if len(self._slots) <= self._claim_size() // 2 and self._refill is None:
+            self._dropped += 1
+        if len(self._slots) <= self._slice // 2 and self._refill is None:
             self._refill = asyncio.ensure_future(self._claim())
             self._refill.add_done_callback(_retrieve)
         while not self._slots:
@@ -167,32 +205,38 @@ class RateLimiter:
                 self._refill.add_done_callback(_retrieve)
             # Shielded: a worker cancelled while it waits does not cancel the claim.
             await asyncio.shield(self._refill)
-        return self._slots.popleft()
+        slot = self._slots.popleft()
+        self._taken += 1
+        if slot < self._clock() - self.interval:
+            self._late += 1
+        return slot
 
-    def _claim_size(self) -> int:
-        most = max(1, round(CLAIM_S / self.interval))
-        return most if self._claim_limit is None else min(most, self._claim_limit)
-
-    def _resize_claim(self) -> None:
-        """Before a claim: slots missed since the last one (a claim larger than this shard's
-        workers could send on time: each slot is one interval of the whole job's timeline,
-        lost to every shard) make the next claim smaller by as many, by half at most (a stall
-        of the whole process misses many at once, whatever the claim's size); none missed,
-        one larger (up to CLAIM_S's worth)."""
-        size = self._claim_size()
-        if self._missed:
-            self._claim_limit = max(1, size - self._missed, size // 2)
-            self._missed = 0
-        elif self._claim_limit is not None:
-            grown = size + 1
-            self._claim_limit = None if grown >= round(CLAIM_S / self.interval) else grown
+    def _size_slice(self) -> int:
+        """Before a claim: this shard's pace and whether it lags, from the slots since the last
+        claim; the next slice's size (see the module's docstring)."""
+        now = self._clock()
+        seen = self._taken + self._dropped
+        if seen:
+            # Half of them late or dropped: the workers, not the budget, bound this shard.
+            self._lagging = 2 * (self._late + self._dropped) >= seen
+        if self._taken and now > self._since:
+            self._pace = self._taken / (now - self._since)
+        self._taken = self._late = self._dropped = 0
+        self._since = now
+        most = max(1, round(MAX_SLICE_S / self.interval))
+        want = float(MIN_CLAIM)
+        if self._pace is not None:
+            want = max(want, min(CLAIM_S / self.interval, self._pace * CLAIM_S))
+        self._slice = min(most, round(want))
+        if self._pace is not None:
+            self._late_s = min(MAX_LATE_S, max(LATE_S, 2 * self._slice / self._pace))
+        return self._slice
 
     async def _claim(self) -> None:
         assert self._budget is not None
         try:
             interval = self.interval
-            self._resize_claim()
-            count = self._claim_size()
+            count = self._size_slice()
             sent = self._clock()
             delay = await asyncio.to_thread(self._budget.claim, count, interval)
             # ``delay`` counts from the store's clock when the claim ran, somewhere in this
@@ -240,6 +284,9 @@ class RateLimiter:
         """A 429: the whole job waits ``wait_s`` and slows down."""
         self.pause(wait_s)
         self._set_rpm(self.controller.on_rate_limited(self._clock()))
+        # This shard's slots left are spaced for the rate that was too fast: the next slice
+        # comes at the slower one.
+        self._slots.clear()
 
     def observe(self, limit: float | None, remaining: int | None, reset_s: float | None) -> None:
         """Rate-limit headers of an answer that was not a 429."""
