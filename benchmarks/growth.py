@@ -78,6 +78,11 @@ def night_input(rows: int, night: int) -> Path:
     return path
 
 
+def _read(command: str, *args: str) -> list[str]:
+    """``history`` or ``status`` (as JSON: the whole record, not a terminal's table)."""
+    return [sys.executable, "-m", "bulk_update", command, *args, "--json"]
+
+
 def _sqlite_bytes(directory: Path) -> int:
     path = directory / f"{JOB}.sqlite"
     with sqlite3.connect(path) as conn:
@@ -115,8 +120,8 @@ def grow(
             assert done.returncode == 0, done.stderr[-2000:]
             sent = updated(emu.stats()) - before
             assert sent == (rows if night == 1 else rows // CHANGED_EVERY), (night, sent)
-            history_s, _, _ = timed(job("history", *lookup, "--json"))
-            status_s, _, _ = timed(job("status", *lookup, "--json"))
+            history_s, _, _ = timed(_read("history", *lookup))
+            status_s, _, _ = timed(_read("status", *lookup))
             grown.nights.append(Night(night, sent, run_s, history_s, status_s, size()))
             print(f"  {name} night {night}: sent {sent}, run {run_s:.1f} s, "
                   f"store {grown.nights[-1].store_bytes / 1e6:.1f} MB", file=sys.stderr)  # fmt: skip
