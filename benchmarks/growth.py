@@ -143,15 +143,15 @@ def table(grown: list[Growth]) -> list[str]:
     """One line per store (markdown): sizes, ratio, bytes a row, times on the first and last
     night."""
     lines = [
-        "| store | rows × nights | night 1 | last night | ratio | B/row night 1 → last | "
+        "| store | rows x nights | night 1 | last night | ratio | B/row night 1 → last | "
         "run s 1 → last | history s 1 → last | status s 1 → last |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for g in grown:
         first, last = g.nights[0], g.nights[-1]
         lines.append(
-            f"| {g.store} | {g.rows:,} × {len(g.nights)} | {first.store_bytes / 1e6:.1f} MB | "
-            f"{last.store_bytes / 1e6:.1f} MB | {last.store_bytes / first.store_bytes:.2f}× | "
+            f"| {g.store} | {g.rows:,} x {len(g.nights)} | {first.store_bytes / 1e6:.1f} MB | "
+            f"{last.store_bytes / 1e6:.1f} MB | {last.store_bytes / first.store_bytes:.2f}x | "
             f"{first.store_bytes / g.rows:.0f} → {last.store_bytes / g.rows:.0f} | "
             f"{first.run_s:.1f} → {last.run_s:.1f} | {first.history_s:.2f} → "
             f"{last.history_s:.2f} | {first.status_s:.2f} → {last.status_s:.2f} |"
