@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
-import psycopg
 
 from benchmarks.run import DATA, Row, job, make_input, timed, updated
+from benchmarks.stores import postgres_bytes
 from bulk_update.emulator.process import EmulatorProcess
 from tests.pg import PostgresServer
 
@@ -91,16 +91,6 @@ def _sqlite_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.glob(f"{JOB}.sqlite*"))
 
 
-def _postgres_bytes(url: str) -> int:
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE n.nspname = 'bulk_update' AND c.relkind = 'r'"
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 def grow(
     name: str, store: list[str], size: Callable[[], int], rows: int, nights: int,
     keep_runs: int | None,
@@ -131,7 +121,7 @@ def grow(
 def measure(rows: int, nights: int, keep_runs: int | None = None) -> list[Growth]:
     with PostgresServer() as pg:
         url = pg.create_database(f"bench_growth_{time.monotonic_ns()}")
-        postgres = grow("PostgreSQL", ["--state-url", url], lambda: _postgres_bytes(url),
+        postgres = grow("PostgreSQL", ["--state-url", url], lambda: postgres_bytes(url, vacuum=False),
                         rows, nights, keep_runs)  # fmt: skip
     directory = Path(tempfile.mkdtemp(dir=DATA))
     sqlite = grow("SQLite", ["--state-dir", str(directory)], lambda: _sqlite_bytes(directory),
