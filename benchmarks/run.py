@@ -4,7 +4,7 @@ Each benchmark starts its own emulator (a real server on loopback), generates it
 under benchmarks/data/ (git-ignored), and reports a ratio to a baseline measured in the same
 run, because absolute numbers vary between machines.
 
-    .venv/bin/python -m benchmarks.run                # all fourteen
+    .venv/bin/python -m benchmarks.run                # all fifteen
     .venv/bin/python -m benchmarks.run --only 1,3     # some
     .venv/bin/python -m benchmarks.run --quick        # smaller sizes (a smoke run)
     .venv/bin/python -m benchmarks.run --only 1 --against 0a5935a --repeat 3 \
@@ -437,6 +437,12 @@ def state_bytes(quick: bool) -> list[Row]:
     return state_bytes(quick)
 
 
+def growth(quick: bool) -> list[Row]:
+    from benchmarks.growth import growth
+
+    return growth(quick)
+
+
 def reading_first(quick: bool) -> list[Row]:
     """What knowing the server costs: --backup (a read and an update a row, the before-image
     committed first) and validate --check-server (a read a row) against a plain run, all at 64
@@ -583,6 +589,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "12": json_lines_as_written,
     "13": unchanged_nights,
     "14": shards,
+    "15": growth,
 }
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_DRAIN_TIMEOUT_S",
     "DEFAULT_ID_COLUMN",
+    "DEFAULT_KEEP_RUNS",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_METRICS_INTERVAL_S",
     "DEFAULT_RATE_LIMIT_PAUSE_S",
@@ -79,6 +80,9 @@ AIRFLOW_DRAIN_TIMEOUT_S = 3.0
 # Consecutive rows failed with the same non-retryable error code that stop the job (0: never).
 DEFAULT_STOP_AFTER_FAILURES = 100
 DEFAULT_STORE_TIMEOUT_S = 60.0
+# The store's retention: each shard of a job keeps the row-by-row outcomes of its last N runs
+# (a week of a nightly job's reports); older runs keep their counts (docs/performance.md).
+DEFAULT_KEEP_RUNS = 7
 # How often a run writes its metrics, pushes them and beats its heartbeat in the store.
 DEFAULT_METRICS_INTERVAL_S = 5.0
 # How deep below the current directory history, status and report look for a job's store

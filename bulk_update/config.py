@@ -26,6 +26,7 @@ from bulk_update._constants import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DRAIN_TIMEOUT_S,
     DEFAULT_ID_COLUMN,
+    DEFAULT_KEEP_RUNS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_METRICS_INTERVAL_S,
     DEFAULT_RPM,
@@ -432,6 +433,15 @@ class JobConfig:
         "file) before the job stops, resumable; one clock for the whole stop "
         "(default {default})",
         group="store", metavar="S", bound="positive",
+    )  # fmt: skip
+    # The store's retention: as a run ends, its shard's runs older than the last N lose their
+    # outcomes (history keeps their counts); ``bulk-update compact`` does it now.
+    keep_runs: int = option(
+        DEFAULT_KEEP_RUNS,
+        "keep the row-by-row outcomes of the job's last N runs (in each shard); older runs "
+        "keep their counts in history, the job's state is kept whole; 0: keep every run's "
+        "(default {default})",
+        group="retention", metavar="N", bound="not negative",
     )  # fmt: skip
     # Know the server before writing (``server/check.py``). --backup: read each conversation before
     # its update, keep its before-image, skip rows it already holds, refuse rows that would

@@ -590,7 +590,32 @@ async def _finish(
             extra={"event": "internal_error"},
         )  # fmt: skip
     await _record_end(journal, end, counts, exit_code, stop, notes)
+    await _retain(run, journal)
     return counts, exit_code, notes
+
+
+async def _retain(run: _Run, journal: Journal) -> None:
+    """The store's retention (--keep-runs), once the run's end is recorded: its shard's older
+    runs lose their outcomes (``Journal.retain``). Not when a signal stopped the run (it is to
+    end soon), nor for a check's scratch store; best effort: a store that fails here leaves
+    them to the next run."""
+    keep = run.config.keep_runs
+    if not keep or not run.mode.records or run.stop.signal is not None:
+        return
+    try:
+        done = await asyncio.to_thread(journal.retain, keep)
+    except BulkUpdateError as exc:
+        log.warning(
+            "older runs were not compacted: %s", first_line(exc),
+            extra={"event": "retention_not_applied"},
+        )  # fmt: skip
+        return
+    if done.runs:
+        log.info(
+            "compacted %d older run(s) of the job (--keep-runs %d): %d outcomes dropped",
+            len(done.runs), keep, done.rows,
+            extra={"event": "compacted", "runs": list(done.runs), "rows": done.rows},
+        )  # fmt: skip
 
 
 async def _write_results(run: _Run, journal: Journal) -> list[str]:

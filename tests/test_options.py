@@ -56,6 +56,7 @@ TEXT: dict[str, tuple[str, object]] = {
     "delimiter": (";", ";"),
     "quoting": ("none", "none"),
     "metrics_file": ("m.prom", "m.prom"),
+    "keep_runs": ("3", 3),  # 7 is its default
 }
 BY_TYPE: dict[Any, tuple[str, object]] = {
     int: ("7", 7),

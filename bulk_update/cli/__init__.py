@@ -21,6 +21,7 @@ from bulk_update.cli._options import (
     Group,
     backup_option,
     check_server_option,
+    compact_options,
     defaults,
     emulator_options,
     json_option,
@@ -32,6 +33,7 @@ from bulk_update.cli._options import (
     report_options,
     restart_option,
     results_files,
+    retention_option,
     retry_failed_option,
     revert_dry_run,
     revert_options,
@@ -198,6 +200,44 @@ def _run_report(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _keep_runs(args: argparse.Namespace) -> int:
+    """``compact``'s --keep-runs: given, else the job file's keep-runs, else the default; at
+    least 1 (the job's last run keeps its outcomes)."""
+    from bulk_update.config import default_of
+    from bulk_update.jobfile import load_job_file
+
+    keep = args.keep_runs
+    source = "--keep-runs"
+    if keep is None and args.job:
+        in_file = {k.replace("-", "_"): v for k, v in load_job_file(args.job).items()}
+        keep, source = in_file.get("keep_runs"), f"{args.job}: keep-runs"
+    if keep is None:
+        return int(default_of("keep_runs"))
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise ConfigError(
+            f"{source} = {keep!r}: compact keeps the outcomes of each shard's last N runs, N at "
+            "least 1 (keep-runs 0 means a run compacts nothing): give --keep-runs N"
+        )
+    return keep
+
+
+def _run_compact(args: argparse.Namespace) -> int:
+    from bulk_update.observe import history
+
+    job, location = _lookup(args)
+    keep = _keep_runs(args)
+    done = history.compact(job, location, keep)
+    runs = ", ".join(str(run_id) for run_id in done.runs) or "none"
+    space = (
+        "the file vacuumed" if location.url is None
+        else "the outcomes table vacuumed: its space is reused by later runs"
+    )  # fmt: skip
+    print(f"bulk-update: job {job}: compacted {_runs(len(done.runs))} ({runs}), "
+          f"{done.rows} outcomes dropped, keeping each shard's last {keep} runs' outcomes; "
+          f"{space}", file=sys.stderr)  # fmt: skip
+    return ExitCode.OK
+
+
 def _run_emulator(args: argparse.Namespace) -> int:
     from bulk_update.emulator import EXTRA_HINT, EmulatorConfig, missing_dependency
 
@@ -244,7 +284,8 @@ COMMANDS: dict[str, Command] = {
         partial(_run_job, settle=_as_given),
         (table_files, store_options, mapping_options, sending_options, run_dry_run,
          restart_option, shard_option, limits_options, retry_failed_option,
-         stop_after_failures_option, backup_option, metrics_options, logging_options),
+         stop_after_failures_option, backup_option, retention_option, metrics_options,
+         logging_options),
     ),
     "validate": Command(
         partial(_run_job, settle=_as_validate),
@@ -260,6 +301,7 @@ COMMANDS: dict[str, Command] = {
     "history": Command(_run_history, (lookup_options, json_option)),
     "status": Command(_run_status, (lookup_options, json_option)),
     "report": Command(_run_report, (lookup_options, report_options)),
+    "compact": Command(_run_compact, (lookup_options, compact_options)),
     "emulator": Command(_run_emulator, (emulator_options,)),
     "demo": Command(_run_demo),
 }  # fmt: skip

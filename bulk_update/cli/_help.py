@@ -113,6 +113,18 @@ ABOUT = {
         "  bulk-update report --job-name nightly --state-dir state/ --output nightly.html\n"
         "  bulk-update history --job-name nightly   # the run IDs for --run",
     ),
+    "compact": About(
+        help="drop old runs' outcomes now and reclaim the store's space; history keeps them",
+        description="The job's runs older than each shard's last --keep-runs lose their "
+        "row-by-row outcomes (report can no longer draw them); each keeps its row in history, "
+        "with its counts. Never the job's last run, a run going on or unfinished, or the job's "
+        "state (what the next run compares with). Then the space is reclaimed: SQLite's file "
+        "is vacuumed; PostgreSQL's outcomes table is vacuumed (its space reused by later runs, "
+        "its files not shrunk). Takes the job's lock as a run does: refused while one runs. "
+        "A run does the same as it ends, with the job's --keep-runs (without the vacuum).",
+        epilog="example:\n  bulk-update compact --job jobs/nightly.toml\n"
+        "  bulk-update compact --job-name nightly --state-dir state/ --keep-runs 1",
+    ),
     "emulator": About(
         help="serve a local, in-memory stand-in for the Conversations API",
         description=(

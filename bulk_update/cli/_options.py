@@ -27,6 +27,7 @@ __all__ = [
     "add_option",
     "backup_option",
     "check_server_option",
+    "compact_options",
     "declared_group",
     "defaults",
     "emulator_options",
@@ -39,6 +40,7 @@ __all__ = [
     "report_options",
     "restart_option",
     "results_files",
+    "retention_option",
     "retry_failed_option",
     "revert_dry_run",
     "revert_options",
@@ -191,6 +193,7 @@ limits_options = declared_group("limits")
 retry_failed_option = declared_group("retry_failed")
 stop_after_failures_option = declared_group("stop_after_failures")
 backup_option = declared_group("backup")
+retention_option = declared_group("retention")  # how many runs keep their outcomes
 metrics_options = declared_group("metrics")  # the run's Prometheus metrics and heartbeats
 revert_options = declared_group("revert")  # what a revert may touch beyond what the run changed
 
@@ -258,6 +261,12 @@ def lookup_options(parser: argparse.ArgumentParser) -> None:
 
 def json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+
+
+def compact_options(parser: argparse.ArgumentParser) -> None:
+    """``compact``'s retention: run's --keep-runs, of at least 1 (the job's last run keeps its
+    outcomes); not given, the job file's, else the default."""
+    add_option(parser, "keep_runs", type=positive_int, default=None)
 
 
 def report_options(parser: argparse.ArgumentParser) -> None:

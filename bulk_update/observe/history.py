@@ -20,6 +20,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bulk_update._constants import DEFAULT_METRICS_INTERVAL_S, STORE_SEARCH_DEPTH
 from bulk_update.config import check_job_name, check_one_of, given_or_environment
@@ -28,12 +29,16 @@ from bulk_update.observe.draw import duration
 from bulk_update.store import RunRecord, RunStatus, Store, StoreLocation, lease, open_existing_store
 from bulk_update.store.url import check_url as check_state_url
 
+if TYPE_CHECKING:
+    from bulk_update.store.core import Compacted
+
 __all__ = [
     "COLUMNS",
     "STATUS_COLUMNS",
     "TABLE",
     "as_json",
     "at_least",
+    "compact",
     "counted",
     "holder_gone",
     "is_running",
@@ -59,7 +64,14 @@ def _moment(text: str | None) -> str:
 
 # ``history``'s table: each column's heading and what a run's cell says.
 TABLE: tuple[tuple[str, Callable[[RunRecord], str]], ...] = (
-    ("run", lambda r: str(r.run_id) + (" (replaced)" if r.replaced else "")),
+    (
+        "run",
+        lambda r: (
+            str(r.run_id)
+            + (" (replaced)" if r.replaced else "")
+            + (" (compacted)" if r.compacted_at else "")
+        ),
+    ),
     ("started (UTC)", lambda r: _moment(r.started_at)),
     ("ended", lambda r: _moment(r.ended_at) or unended(r)),
     ("results", lambda r: r.results),
@@ -125,13 +137,22 @@ def runs(job: str, location: StoreLocation) -> list[RunRecord]:
         return [counted(store, record) for record in found]
 
 
+def compact(job: str, location: StoreLocation, keep_runs: int) -> Compacted:
+    """``bulk-update compact``: the job's runs beyond each shard's last ``keep_runs`` lose their
+    outcomes now, and the store's space is reclaimed (``Store.compact``)."""
+    with open_existing_store(location, job, write=True) as store:
+        if not store.history(job):
+            raise ConfigError(f"{store.where}: no run of job {job!r}")
+        return store.compact(job, keep_runs)
+
+
 def counted(store: Store, record: RunRecord) -> RunRecord:
     """The run with its requests as ``history`` shows them: when one of its invocations did not
     record its end (killed -9, or going on now), its heartbeats counted only up to the last
     one; its committed outcomes prove at least the sum of their attempts. Both are lower
     bounds (a row in flight at the kill, or sent again by a later invocation, left no trace of
     its earlier attempts): the larger is shown (``at_least``)."""
-    if record.requests_exact:
+    if record.requests_exact or record.compacted_at:  # compacted: its outcomes prove nothing
         return record
     proven = store.proven_requests(record.run_id)
     return dataclasses.replace(record, requests=max(record.requests, proven))

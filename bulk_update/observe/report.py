@@ -84,6 +84,12 @@ def load(job: str, location: StoreLocation, run_id: int | None) -> RunData:
                 known = ", ".join(str(r.run_id) for r in runs[:10])
                 raise ConfigError(f"--run {run_id}: job {job!r} has no such run (it has {known})")
             record = found[0]
+        if record.compacted_at:
+            raise ConfigError(
+                f"--run {record.run_id}: its rows were compacted at {record.compacted_at} (the "
+                "job keeps the outcomes of each shard's last --keep-runs runs); `bulk-update "
+                "history` still shows its counts"
+            )
         record = counted(store, record)
         return RunData(record, store.timeline(record.run_id), store.report_rows(record.run_id))
 

@@ -133,9 +133,10 @@ def open_store(location: StoreLocation, hurry: Hurry | None = None) -> Store:
     return SQLiteStore.open(location.path, timeout=location.timeout, hurry=hurry)
 
 
-def open_existing_store(location: StoreLocation, job: str) -> Store:
+def open_existing_store(location: StoreLocation, job: str, *, write: bool = False) -> Store:
     """A job's store that must exist already, for a command that only reads it (``history``,
-    ``status``, ``report``): ConfigError if there is none. A SQLite store is opened read only."""
+    ``status``, ``report``): ConfigError if there is none. A SQLite store is opened read only,
+    unless the command writes it (``write``: ``compact``)."""
     if location.url is not None:
         return open_store(location)
     if not location.path.is_file():
@@ -145,6 +146,8 @@ def open_existing_store(location: StoreLocation, job: str) -> Store:
             f"{location.path}: no store of job {job!r} (give --state-dir or --state-url as its "
             "runs had them)"
         )
+    if write:
+        return open_store(location)
     from bulk_update.store.sqlite import SQLiteStore
 
     return SQLiteStore.open_to_read(location.path, timeout=location.timeout)

@@ -18,6 +18,7 @@ tuned to its database (a batch's unchanged rows are here: the same in both).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -190,6 +191,12 @@ _DIALECTS = {
         "SELECT value FROM json_each(:runs)",
         "SELECT CAST(json_array_elements_text(CAST(:runs AS json)) AS bigint)",
     ),
+    # Outcomes no entry of a job's state names (``Store.compact`` keeps those): SQLite makes the
+    # list once (last_set has no index on outcome), PostgreSQL an anti-join.
+    "unnamed": (
+        "id NOT IN (SELECT outcome FROM last_set WHERE outcome IS NOT NULL)",
+        "NOT EXISTS (SELECT 1 FROM last_set AS s WHERE s.outcome = outcomes.id)",
+    ),
 }
 
 
@@ -232,7 +239,7 @@ def _stamp() -> dict[str, Any]:
 # The run of a job + results path + shard: its newest not set aside (a finished run is followed
 # by the next one at the same path: a nightly job over each night's export).
 _FIND = (
-    "SELECT run_id, fingerprint, options, ended_at, counts, stopped_by FROM runs "
+    "SELECT run_id, fingerprint, options, ended_at, counts, stopped_by, compacted_at FROM runs "
     "WHERE job = :job AND results = :results AND shard = :shard AND replaced_at IS NULL "
     "ORDER BY run_id DESC LIMIT 1"
 )
@@ -348,8 +355,11 @@ def _find_or_start(dialect: Dialect, where: str, opening: Opening, conn: Connect
             {**given, "run": found[0]},
         )
         found = None
+    if found is not None and found[6] is not None:
+        _after_compacted(where, opening, int(found[0]), found[6])
+        found = None  # the job's next run
     if found is not None:
-        run_id, stored, stored_options, ended_at, counts, stopped_by = found
+        run_id, stored, stored_options, ended_at, counts, stopped_by, _ = found
         changed = changed_fields(stored, fingerprint) if stored != fingerprint else []
         if changed:
             counted = json.loads(counts) if counts else {}
@@ -376,6 +386,19 @@ def _find_or_start(dialect: Dialect, where: str, opening: Opening, conn: Connect
     return int(run_id)
 
 
+def _after_compacted(where: str, opening: Opening, run_id: int, compacted_at: object) -> None:
+    """A finished run found for the key whose outcomes were compacted is never resumed (it no
+    longer knows its rows): the job's next run starts instead. --retry-failed, which would send
+    that run's failed rows again, is refused (JournalError: exit 2)."""
+    if Status.FAILED.value in opening.unfinished:
+        raise JournalError(
+            f"{where}: run {run_id} for {opening.key.results} was compacted at "
+            f"{_moment(compacted_at)} (the job keeps the outcomes of each shard's last "
+            "--keep-runs runs): its failed rows are no longer known, so --retry-failed cannot "
+            "send them again; run without it (the job's next run sends what changed)"
+        )
+
+
 def _record(row: Mapping[str, Any]) -> RunRecord:
     """A run as ``history`` shows it, from its row of runs (``_HISTORY``), read by name; its
     holder if it told enough to be told apart (``lease.Holder``)."""
@@ -391,8 +414,71 @@ def _record(row: Mapping[str, Any]) -> RunRecord:
         "rate_limited": int(row["rate_limited"] or 0), "replaced": bool(row["replaced"]),
         "requests_exact": ended_at is not None and not row["interrupted"],
         "holder": Holder(host, boot, namespace, int(pid), started) if told else None,
+        "compacted_at": _moment(row["compacted_at"]) if row["compacted_at"] else None,
     }  # fmt: skip
     return RunRecord(**{**{name: row[name] for name in _AS_STORED}, **made})
+
+
+@dataclass(frozen=True, slots=True)
+class Compacted:
+    """What a compaction did (``Store.compact``, ``Journal.retain``): the runs whose outcomes it
+    dropped, and how many outcomes went (those an entry of the job's state names stay: the
+    state's metadata is theirs)."""
+
+    runs: tuple[int, ...] = ()
+    rows: int = 0
+
+
+# A job's runs, newest first, as the retention sees them (locked until the transaction ends);
+# the job and shard of the run :run; a run compacted; its outcomes dropped.
+_RETAINED = (
+    "SELECT run_id, shard, ended_at, counts, stopped_by, replaced_at, compacted_at FROM runs "
+    "WHERE job = :job ORDER BY run_id DESC{for_update}"
+)
+_RUN_KEY = "SELECT job, shard FROM runs WHERE run_id = :run"
+_COMPACTED = "UPDATE runs SET compacted_at = {now} WHERE run_id = :run"
+_DROP = "DELETE FROM outcomes WHERE id BETWEEN :first AND :last AND {unnamed}"
+
+
+def to_compact(runs: list[Any], keep_runs: int, shard: str | None = None) -> list[int]:
+    """Of a job's runs (``_RETAINED``'s rows, newest first), those whose outcomes the retention
+    drops: in each shard (``shard``: that one only), the runs older than its last
+    ``keep_runs``, not compacted yet, and finished (nothing a re-run would resume) or set aside
+    by --restart. Never the job's last run, nor one that is going on or unfinished."""
+    assert keep_runs >= 1, "the job's last run keeps its outcomes"
+    seen: dict[str, int] = {}
+    chosen = []
+    for run_id, in_shard, ended_at, counts, stopped_by, replaced_at, compacted_at in runs:
+        if shard is not None and in_shard != shard:
+            continue
+        seen[in_shard] = seen.get(in_shard, 0) + 1
+        if seen[in_shard] <= keep_runs or compacted_at is not None or run_id == runs[0][0]:
+            continue
+        counted = json.loads(counts) if counts else {}
+        finished = unfinished_because(ended_at, counted, stopped_by, _NOT_FINISHED) is None
+        if finished or replaced_at is not None:
+            chosen.append(int(run_id))
+    return chosen
+
+
+def _compact(
+    dialect: Dialect, keep_runs: int, conn: Connection, *, job: str | None = None,
+    shard: str | None = None, run: int | None = None,
+) -> Compacted:  # fmt: skip
+    """Compact the job's runs that the retention drops (``to_compact``): each one marked
+    (``compacted_at``: history keeps its row and counts), its outcomes deleted but those an
+    entry of the job's state names (the job's state is never touched). ``run``: the job and
+    shard are that run's (a run's own retention, as it ends)."""
+    if run is not None:
+        job, shard = conn.execute(prepare(dialect, _RUN_KEY), {"run": run}).fetchone()
+    runs = conn.execute(prepare(dialect, _RETAINED), {"job": job}).fetchall()
+    chosen = to_compact(runs, keep_runs, shard)
+    mark, drop = prepare(dialect, _COMPACTED), prepare(dialect, _DROP)
+    dropped = 0
+    for run_id in chosen:
+        conn.execute(mark, {"run": run_id, **_stamp()})
+        dropped += int(conn.execute(drop, _span(run_id)).rowcount)
+    return Compacted(tuple(chosen), dropped)
 
 
 class _Closing(ABC):
@@ -457,6 +543,24 @@ class Store(_Closing):
 
     def _fetch(self, template: str, parameters: dict[str, Any]) -> list[Any]:
         return self._query(prepare(self._dialect, template), parameters)
+
+    def compact(self, job: str, keep_runs: int) -> Compacted:
+        """Compact the job's runs now, keeping the outcomes of each shard's last ``keep_runs``
+        runs (``to_compact``), then reclaim the space (``_reclaim``): with the job's lock, as a
+        whole-input run takes it (RunHeld while one of its runs goes on)."""
+        with self._holding_job(job):
+            done = self._transact(functools.partial(_compact, self._dialect, keep_runs, job=job))
+            self._reclaim()
+        return done
+
+    @abstractmethod
+    def _holding_job(self, job: str) -> contextlib.AbstractContextManager[None]:
+        """The job's lock, held as a whole-input run holds it (RunHeld if a run holds it)."""
+
+    @abstractmethod
+    def _reclaim(self) -> None:
+        """Make the space of deleted outcomes the store's again (SQLite: VACUUM; PostgreSQL:
+        VACUUM, which makes it reusable without shrinking the table)."""
 
     def history(self, job: str) -> list[RunRecord]:
         """The job's runs, newest first."""
@@ -762,6 +866,16 @@ class Journal(_Closing, StateRows):
         parameters = {**self._tally(end), "exit_code": end.exit_code, "stopped_by": end.stopped_by}
         self._commit_end(lambda conn: conn.execute(sql, parameters))
         self._counted = (end.requests, end.rate_limited)
+
+    def retain(self, keep_runs: int) -> Compacted:
+        """Once the run has ended: compact its job's runs in its shard beyond the last
+        ``keep_runs`` (``to_compact``), under the run's own locks. The space is reused by later
+        runs (no VACUUM here: ``Store.compact`` reclaims it)."""
+        done: list[Compacted] = []
+        self._commit_end(
+            lambda conn: done.append(_compact(self._dialect, keep_runs, conn, run=self.run_id))
+        )
+        return done[-1]
 
     # Reading
 

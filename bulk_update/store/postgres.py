@@ -666,6 +666,21 @@ class PostgresStore(Store):
         self._session.run(take)
         return _Lease(job_id, key.shard_text, token, asked)
 
+    @contextlib.contextmanager
+    def _holding_job(self, job: str) -> Iterator[None]:
+        self._lock_run(RunKey(job, "", None))
+        try:
+            yield
+        finally:
+            self._session.unlock_all()
+
+    def _reclaim(self) -> None:
+        """Plain VACUUM: the deleted outcomes' space is reusable by the next runs' rows (of
+        every job in the database), the table's files keep their size; it takes no lock that
+        stops a run (VACUUM FULL would shrink them, holding the table for every job while it
+        rewrites it: an operator's choice, by hand)."""
+        self._session.run(lambda conn: conn.execute("VACUUM (ANALYZE) outcomes"), transaction=False)
+
     def budget(self, job: str) -> BudgetCore:
         return BudgetCore("postgres", self._session.run, self._job_id(job))
 

@@ -54,6 +54,7 @@ LAYOUTS = {
     FIRST_LAYOUT: "the first released layout: runs, outcomes, last_set, budget, timeline "
     "(PostgreSQL: and layout, jobs, sessions and leases)",
     8: "runs gain settled_in and announced_at: a sharded job's run ends once (Store.settle)",
+    9: "runs gain compacted_at: a run whose outcomes the retention dropped (Store.compact)",
 }
 LAYOUT_VERSION = max(LAYOUTS)
 
@@ -189,6 +190,10 @@ RUNS = Table("runs", (
     # run). Both cleared when the run is resumed.
     _column("settled_in", "text", since=8),
     _column("announced_at", "time", since=8),
+    # When the run's outcomes were dropped by the job's retention (--keep-runs, ``bulk-update
+    # compact``): its row here stays (history's counts), its outcomes are gone but those that
+    # an entry of the job's state names.
+    _column("compacted_at", "time", since=9),
 ))  # fmt: skip
 # The results' columns that outcomes keep (row_number is in the key).
 assert RESULT_COLUMNS[0] == "row_number"

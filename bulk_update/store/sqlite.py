@@ -549,6 +549,23 @@ class SQLiteStore(Store):
             release_locks(locks)
             raise
 
+    @contextlib.contextmanager
+    def _holding_job(self, job: str) -> Iterator[None]:
+        locks = _lock_run(self.path, RunKey(job, "", None))
+        try:
+            yield
+        finally:
+            release_locks(locks)
+
+    def _reclaim(self) -> None:
+        """VACUUM rewrites the file without its free pages; the -wal it wrote is emptied."""
+
+        def vacuum() -> None:
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        _retrying(self._outage, self.path, vacuum)
+
     def budget(self, job: str) -> BudgetCore:
         """Its own connection, so that a claim from a thread never meets a journal's
         transaction."""

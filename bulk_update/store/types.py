@@ -66,7 +66,8 @@ class RunRecord:
     ``requests_exact``: every invocation recorded its end, so ``requests`` and ``rate_limited``
     count all it sent; else (a run going on, or one killed -9 on the way) they count what its
     heartbeats recorded, a lower bound. ``holder``: who last ran it, told well enough that
-    ``status`` on its host can say it is gone (None: an older version's run)."""
+    ``status`` on its host can say it is gone (None: an older version's run).
+    ``compacted_at``: when the job's retention dropped its outcomes (``Store.compact``)."""
 
     run_id: int
     results: str
@@ -87,6 +88,8 @@ class RunRecord:
     options: dict[str, Any] = field(default_factory=dict)  # as given (never a secret)
     requests_exact: bool = True
     holder: Holder | None = None
+    # When the retention dropped its outcomes (None: it has them): its counts stay.
+    compacted_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Its fields for JSON (the holder is told by ``host`` and ``pid``)."""
