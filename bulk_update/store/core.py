@@ -26,7 +26,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol, Self, TypeVar
 
 import polars as pl
@@ -277,7 +277,7 @@ _HISTORY = (
 _PROVEN = "SELECT sum(attempts) FROM outcomes WHERE id BETWEEN :first AND :last"
 _LAST = "(SELECT max(at) FROM timeline WHERE run_id = r.run_id)"
 _STATUS = (
-    "SELECT r.run_id, r.rows_done, {age}, "  # noqa: S608
+    "SELECT r.run_id, r.rows_done, r.counts, {age}, "  # noqa: S608
     f"(SELECT min(at) FROM timeline WHERE run_id = r.run_id), {_LAST}, "
     "(SELECT sum(rows) FROM timeline WHERE run_id = r.run_id "
     f"AND at > {_LAST} - {RATE_WINDOW_S}) FROM runs AS r WHERE r.run_id IN ({{runs}})"
@@ -629,7 +629,10 @@ class Store(_Closing):
         found = {row[0]: row[1:] for row in self._fetch(_STATUS, {"runs": runs, **_stamp()})}
         statuses = []
         for record in records:
-            done, age, first, last, recent = found[record.run_id]
+            done, counts, age, first, last, recent = found[record.run_id]
+            # The counts and rows_done of one read of the run's row (one heartbeat wrote both):
+            # history's, read before, may be a heartbeat older.
+            record = replace(record, counts=json.loads(counts) if counts else {})
             # Over the last RATE_WINDOW_S seconds of its timeline: on the timeline's own clock
             # (machines' clocks need not agree).
             rate = (
