@@ -31,6 +31,7 @@ from bulk_update.cli._options import (
     mapping_options,
     metrics_options,
     report_options,
+    resource_option,
     restart_option,
     results_files,
     retention_option,
@@ -282,19 +283,19 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "run": Command(
         partial(_run_job, settle=_as_given),
-        (table_files, store_options, mapping_options, sending_options, run_dry_run,
-         restart_option, shard_option, limits_options, retry_failed_option,
+        (table_files, store_options, resource_option, mapping_options, sending_options,
+         run_dry_run, restart_option, shard_option, limits_options, retry_failed_option,
          stop_after_failures_option, backup_option, retention_option, metrics_options,
          logging_options),
     ),
     "validate": Command(
         partial(_run_job, settle=_as_validate),
-        (table_files, store_options, mapping_options, sending_options,
+        (table_files, store_options, resource_option, mapping_options, sending_options,
          check_server_option, shard_option, limits_options, logging_options),
     ),
     "revert": Command(
         partial(_run_job, settle=_as_revert),
-        (results_files, store_options, sending_options, revert_dry_run,
+        (results_files, store_options, resource_option, sending_options, revert_dry_run,
          restart_option, limits_options, stop_after_failures_option, metrics_options,
          revert_options, logging_options),
     ),
