@@ -3,6 +3,8 @@ body, ID columns and patterns; the option refused where it does not fit, in one 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bulk_update.config import JobConfig
@@ -71,7 +73,7 @@ def test_an_unknown_resource_is_one_line_naming_the_known_ones() -> None:
 
 
 def test_the_id_columns_default_to_the_resources() -> None:
-    def columns(**given: object) -> tuple[str, ...]:
+    def columns(**given: Any) -> tuple[str, ...]:
         return JobConfig(input="in.csv", output="out.csv", **given).resolved_id_columns()
 
     assert columns() == ("conversation_id",)
@@ -100,7 +102,7 @@ def test_the_id_columns_default_to_the_resources() -> None:
     ],
 )  # fmt: skip
 def test_typed_columns_are_refused_where_they_do_not_fit(
-    given: dict[str, object], message: str
+    given: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        JobConfig(input="in.csv", output="out.csv", **given).check_resource_mapping()  # type: ignore[arg-type]
+        JobConfig(input="in.csv", output="out.csv", **given).check_resource_mapping()
