@@ -107,7 +107,7 @@ class InputTable:
         counted over the whole input (all files of a glob, every shard)."""
         scan = _scan(
             self.files or (self.path,), self.format, self.storage_options, self.separator,
-            self.schema, quoted=self.quoted,
+            self.schema, quoted=self.quoted, typed=self.resource.typed,
         )  # fmt: skip
         if self.fed_back:
             scan = spreadsheet.unescape(scan)
@@ -129,7 +129,10 @@ class InputTable:
         scan = self.scan()
         names = set(scan.collect_schema().names()) if self.format == "ndjson" else set()
         wanted += [
-            jsonlines.NESTED + c for c in self.metadata_columns if jsonlines.NESTED + c in names
+            mark + c
+            for c in self.metadata_columns
+            for mark in (jsonlines.NESTED, jsonlines.TYPED)
+            if mark + c in names
         ]
         try:
             yield from scan.select(wanted).collect_batches(chunk_size=rows)
@@ -328,16 +331,18 @@ def _scan(
     schema: pl.Schema | None = None,
     *,
     quoted: bool = True,
+    typed: bool = False,
 ) -> pl.LazyFrame:
     """Local globs are expanded by ``expand`` (sorted); a remote URL's glob by polars. JSON
-    Lines are read with ``schema`` (every key as text) once ``open_input`` found the keys."""
+    Lines are read with ``schema`` (every key as text) once ``open_input`` found the keys
+    (``typed``: a local file's numbers and booleans marked, ``jsonlines.TYPED``)."""
     remote = any(is_remote(file) for file in files)
     source = files[0] if len(files) == 1 else list(files)
     if fmt == "parquet":
         return pl.scan_parquet(source, glob=remote, storage_options=storage_options)
     if fmt == "ndjson" and not remote:
         # Read once, every value as written (bulk_update.jsonlines).
-        return jsonlines.scan_as_text(files)
+        return jsonlines.scan_as_text(files, typed)
     if fmt == "ndjson":
         # A remote JSON Lines file's keys may first appear on any line: the whole file is read
         # once to find them (open_input), then every value is read as text (as polars prints
