@@ -390,7 +390,7 @@ def open_input(
         _named(path, names, c) for c in ((id_column,) if isinstance(id_column, str) else id_column)
     )
     for column in id_columns:
-        _check_id_column(path, schema, column, fmt)
+        _check_id_column(path, schema, column, fmt, resource)
     if metadata_column is not None:
         metadata_column = _named(path, names, metadata_column)
     if columns is not None:
@@ -548,17 +548,26 @@ def _schema(
     return schema
 
 
-def _check_id_column(path: str, schema: pl.Schema, id_column: str, fmt: InputFormat) -> None:
+def _check_id_column(
+    path: str,
+    schema: pl.Schema,
+    id_column: str,
+    fmt: InputFormat,
+    resource: Resource = CONVERSATIONS,
+) -> None:
     names = list(schema.names())
     if id_column not in names:
         raise InputError(
-            path, f"no ID column {id_column!r} (columns: {_shown(names)}){_hint(fmt, names)}"
+            path,
+            f"no ID column {id_column!r} (columns: {_shown(names)}){_hint(fmt, names, resource)}",
         )
     if not _has_text_form(schema[id_column]):
+        prefixes = " or ".join(f"{p}..." for p in resource.prefixes)
         raise InputError(
             path,
             f"the ID column {id_column!r} holds {values.kind(schema[id_column])}, not text; a "
-            "conversation ID is text (conv_...): give --id-column the column that holds them",
+            f"{resource.noun} ID is text ({prefixes}): give --id-column the column that holds "
+            "them",
         )
 
 
@@ -635,14 +644,16 @@ def _check_same_columns(
             )
 
 
-def _hint(fmt: InputFormat, names: list[str]) -> str:
+def _hint(fmt: InputFormat, names: list[str], resource: Resource = CONVERSATIONS) -> str:
     """What to try when the ID column is not found: another delimiter if the header looks
     separated by one, else --id-column."""
     if fmt == "csv" and len(names) == 1:
         for mark, shown in ((";", "';'"), ("|", "'|'"), ("\t", "'\\t'")):
             if mark in names[0]:
                 return f": the header looks {shown}-separated: give --delimiter {shown}"
-    return ": give --id-column the column that holds the conversation IDs"
+    if resource.paired:
+        return f": give --id-column the columns that hold the {resource.noun}s' IDs, VS,FILE"
+    return f": give --id-column the column that holds the {resource.noun} IDs"
 
 
 def _has_text_form(dtype: pl.DataType) -> bool:
