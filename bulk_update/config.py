@@ -300,9 +300,8 @@ class JobConfig:
     # None: the resource's (``resolved_id_columns``).
     id_column: str | None = option(
         None,
-        "the ID column (default: the resource's: conversation_id, completion_id, "
-        "vector_store_id); for vector_stores.files two, VS,FILE (default "
-        "vector_store_id,file_id)",
+        "the ID column (default conversation_id); another --resource's: completion_id, "
+        "vector_store_id, or for vector_stores.files two, VS,FILE (vector_store_id,file_id)",
         group="mapping", metavar="NAME",
     )  # fmt: skip
     columns: tuple[str, ...] | None = option(
