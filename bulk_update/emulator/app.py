@@ -450,6 +450,14 @@ class _Objects:
         key, field = key_of(ids), self.kind.field
         self.store.count_update_request(key)
         body = await _read_json(request) if await request.body() else {}
+        unknown = sorted(set(body) - {field, *self.kind.also})
+        if unknown:  # e.g. `metadata` sent to a file, whose map is `attributes`
+            raise ApiError(
+                400,
+                f"Unrecognized request argument supplied: {unknown[0]}",
+                param=unknown[0],
+                code="unknown_parameter",
+            )
         if field not in body and self.kind.required:
             raise ApiError(
                 400,
