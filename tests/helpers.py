@@ -145,6 +145,44 @@ def start(
     )  # fmt: skip
 
 
+# A command whose libraries are loaded before it is told to go (``warm``): what it does after the
+# word is its own work only, not Python's start and polars' import (seconds on a loaded machine).
+_WARM = """import sys
+import bulk_update.cli, bulk_update.job, bulk_update.store.postgres, bulk_update.store.sqlite
+print("ready", flush=True)
+sys.stdin.readline()
+sys.argv = ["bulk-update", *sys.argv[1:]]
+from bulk_update.__main__ import console
+console()
+"""
+
+
+def warm(
+    *args: str, command: str = "run", cwd: Path | None = None, key: str = TEST_KEY
+) -> Callable[[], subprocess.CompletedProcess[str]]:
+    """`bulk-update COMMAND ARGS` loaded and waiting: returns the call that starts it and waits
+    for its end (for a test whose point is what the command meets in its first second)."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")},
+           "OPENAI_API_KEY": key}  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-c", _WARM, command, *args], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stdin is not None
+    ready = process.stdout.readline()
+    assert ready == "ready\n", ready + (process.stderr.read() if process.stderr else "")
+    stdin = process.stdin
+
+    def go(timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        stdin.write("go\n")
+        stdin.flush()  # communicate closes it
+        stdout, stderr = process.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+    return go
+
+
 def state_entries(store: Path) -> dict[str, str]:
     """A job's last-set state, read from its SQLite store as an operator would."""
     with sqlite3.connect(store) as db:
