@@ -18,11 +18,12 @@ the kernel drops them when their holder dies.
 
 A run's reads go through the store's connection, from threads of ``asyncio.to_thread``. Its
 writes go through one thread of their own (``store/grouped.py``), except a worker's outcome,
-forget or heartbeat while that thread has nothing to do: it is committed on the spot, on a
-connection that never waits (``busy_timeout`` 0), and handed to the thread only if the file is
-busy. So nothing waits on the event loop, and a free file costs a row what it always did (a
-commit awaited through a thread left the HTTP pool's connections idle long enough for
-httpcore's idle checks to cost 40 % of the rate).
+forget or heartbeat while that thread has nothing to do: it is committed on the event loop, on
+a connection that never waits (``busy_timeout`` 0), with the other such writes of the same turn
+of the loop in one transaction (a commit a turn, not a row: issue 38), and handed to the thread
+only if the file is busy. So nothing waits on the event loop, and a free file costs a row less
+than a commit of its own (a commit awaited through a thread left the HTTP pool's connections
+idle long enough for httpcore's idle checks to cost 40 % of the rate).
 Shards of a job share the file and wait for each other's commits; a file another process holds
 locked is waited for (``busy_timeout``, then again) until ``--store-timeout``, on one clock for
 every operation of the run (``store/outage.py``), then the job stops (exit 3, resumable). A
