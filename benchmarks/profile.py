@@ -18,7 +18,12 @@ a CPU (a thread pool's workers waiting for work) too. Each table gives a share o
 - by module: own time summed over the module the function is in (the top-level package for
   a library, ``asyncio`` and the like for the standard library, ``bulk_update.store`` for the
   stores, the module for the rest of bulk_update), and the share of samples with the module
-  anywhere on the stack (inclusive: these add up to more than 100 %).
+  anywhere on the stack (inclusive: these add up to more than 100 %);
+- by step of a row (``STEPS``): each sample counted once, in the innermost step on its stack
+  (aiohttp's own request, the answer's parsing, the journal, the metrics...; a step's own
+  code is what its callees that are steps of their own do not cover), and per 100 samples of
+  aiohttp's request, which every program sending through aiohttp pays alike: a ratio that
+  holds from one load to another where shares of a run's samples do not.
 
 The tables are Markdown, to paste into BENCHMARKS.md. The program's start (imports, reading
 the input) is in the samples too: a few hundred milliseconds of a run of seconds.
@@ -58,14 +63,62 @@ REPO = Path(__file__).resolve().parent.parent
 STDLIB = Path(os.__file__).resolve().parent
 
 
+# The steps of a row (and of the program around them) a sample is counted in: the innermost
+# frame on its stack that matches one (``function (file)``, the file as ``short`` gives it).
+STEPS: tuple[tuple[str, str], ...] = (
+    ("start-up: imports", r"importlib|^<frozen"),
+    ("aiohttp: the request (ClientSession._request)", r"^ClientSession\._request \("),
+    ("aiohttp: reading answers off the sockets", r"^_SelectorSocketTransport\._read_ready \("),
+    ("the body read (_read_plain)", r"^_read_plain \("),
+    ("the answer's headers (answer_headers)", r"^answer_headers \("),
+    ("the URL (yarl)", r"^URL\.__new__ \(yarl"),
+    (
+        "the whole-request timeout (asyncio.timeout)",
+        r"^(timeout|Timeout\.__a?e\w+__|Timeout\.reschedule) \(asyncio",
+    ),
+    ("the answer's verdict (classify: its JSON parsed)", r"^classify \("),
+    ("the outcome (Sender._outcome: the metadata's JSON)", r"^Sender\._outcome \("),
+    ("the limiter and breaker told (Sender._observed)", r"^Sender\._observed \("),
+    ("the limiter's slot (RateLimiter.acquire)", r"^RateLimiter\.acquire \("),
+    ("the metrics (Telemetry)", r"^Telemetry\."),
+    ("the progress (Tally)", r"^Tally\."),
+    ("the journal: a row's record", r"^Journal\.record \("),
+    ("the journal: a turn's commit", r"^SQLiteJournal\._commit_turn \("),
+    ("the client (ApiClient.exchange, own)", r"^ApiClient\.exchange \("),
+    ("the transport (AiohttpTransport.exchange, own)", r"^AiohttpTransport\.exchange \("),
+    (
+        "the sender (Sender.send, _call, _request, _exchange, own)",
+        r"^Sender\.(send|_call|_request|_exchange)\b",
+    ),
+    ("the worker (Pipeline._work, own)", r"^Pipeline\._work \("),
+    ("the producer (Pipeline.run: planning handed out)", r"^Pipeline\.run \("),
+    ("threads (planning, the store's reads and writer)", r"^Thread\.run \("),
+    ("the results written", r"^write_run_outputs \("),
+    ("the event loop (the rest)", r"^BaseEventLoop\._run_once \("),
+)
+STEP_PATTERNS = tuple((name, re.compile(pattern)) for name, pattern in STEPS)
+AIOHTTP_REQUEST = STEPS[1][0]
+
+
 @dataclass
 class Profile:
-    """Samples counted by leaf function, by leaf module and by module anywhere on the stack."""
+    """Samples counted by leaf function, by leaf module, by module anywhere on the stack, and
+    by step (``STEPS``)."""
 
     samples: int = 0
     own: Counter[str] = field(default_factory=Counter)
     own_module: Counter[str] = field(default_factory=Counter)
     inclusive_module: Counter[str] = field(default_factory=Counter)
+    steps: Counter[str] = field(default_factory=Counter)
+
+
+def step_of(stack: list[str]) -> str:
+    """The innermost step on a stack of ``function (file)``, outermost first."""
+    for frame in reversed(stack):
+        for name, pattern in STEP_PATTERNS:
+            if pattern.search(frame):
+                return name
+    return "elsewhere"
 
 
 def module_of(path: str) -> str:
@@ -134,6 +187,7 @@ def read_raw(path: Path) -> Profile:
         profile.own_module[module_of(file)] += count
         for module in {module_of(f) for _, f, _ in stack_frames}:
             profile.inclusive_module[module] += count
+        profile.steps[step_of([f"{name} ({short(f)})" for name, f, _ in stack_frames])] += count
     return profile
 
 
@@ -146,6 +200,10 @@ def tables(profile: Profile, top: int) -> str:
     for module, count in profile.own_module.most_common(top):
         inclusive = profile.inclusive_module[module]
         lines.append(f"| {count / total:6.1%} | {inclusive / total:6.1%} | {module} |")
+    aiohttp = max(profile.steps[AIOHTTP_REQUEST], 1)
+    lines += ["", "| samples | per 100 of aiohttp's request | step |", "|---:|---:|---|"]
+    for step, count in profile.steps.most_common():
+        lines.append(f"| {count / total:6.1%} | {100 * count / aiohttp:5.0f} | {step} |")
     return "\n".join(lines)
 
 

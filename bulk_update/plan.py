@@ -373,10 +373,13 @@ def find_duplicates(table: InputTable, batch_rows: int = 1_000_000) -> pl.DataFr
     if hashes.size == 0:
         return kept
     hashes.sort()
-    repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+    repeated = hashes[1:][hashes[1:] == hashes[:-1]]
     del hashes
     if repeated.size == 0:
         return kept
+    # Sorted already: each repeated hash once, without np.unique (which imports numpy.ma, 50 ms
+    # of every run's start).
+    repeated = repeated[np.concatenate(([True], repeated[1:] != repeated[:-1]))]
     candidates = (
         keyed.filter(pl.col("id").hash(seed=0).is_in(pl.Series(repeated).implode()))
         .with_columns(pl.col(ROW_NUMBER).min().over("id").alias(DUPLICATE_OF))

@@ -149,9 +149,12 @@ def parse_rate_limit_headers(
     None for each that is absent or unreadable."""
 
     def number(name: str) -> float | None:
+        text = headers.get(name)  # most answers have none: no KeyError raised a request
+        if text is None:
+            return None
         try:
-            value = float(headers[name])
-        except (KeyError, ValueError):
+            value = float(text)
+        except ValueError:
             return None
         return value if value >= 0 and value != float("inf") else None
 

@@ -17,6 +17,7 @@ answer was not the request's (``api/answers.py`` decides).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import socket
@@ -93,6 +94,10 @@ class ApiClient:
         self._plain_headers = headers
         self._headers = httpx2.Headers(headers)
         self._timeouts = httpx2.Timeout(timeout).as_dict()
+        self._deadlines = Deadlines(timeout)
+        # aiohttp's per-step timeouts (a connect, each read: a timer armed a read) can never
+        # fire before the whole request's, which starts first and is as long: it gets none.
+        self._aiohttp_timeouts: dict[str, float | None] = {"connect": None, "read": None}
         # Each connection that has carried an answer (each transport's ``network_stream``), and
         # the path of its last request.
         self._carried: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
@@ -136,20 +141,25 @@ class ApiClient:
         failed is an Answer with ``transport_error`` (``timeout``, ``connect`` or
         ``connection``)."""
         started = time.monotonic()
+        # The transports' timeouts are per step (connect, each read): a server dripping a byte
+        # at a time would never trip them. --timeout bounds the whole request (``Deadlines``).
+        deadline = self._deadlines.start()
         try:
-            # The transports' timeouts are per step (connect, each read): a server dripping a
-            # byte at a time would never trip them. --timeout bounds the whole request.
-            async with asyncio.timeout(self.timeout):
+            try:
                 if self._aiohttp is not None:
                     status, headers, content, connection = await self._aiohttp.exchange(
                         method, self._prefix + path, self._plain_headers, body,
-                        self._timeouts, MAX_RESPONSE_BYTES,
+                        self._aiohttp_timeouts, MAX_RESPONSE_BYTES,
                     )  # fmt: skip
                 else:
                     status, headers, content, connection = await self._httpx2_exchange(
                         method, path, body
                     )
-        except TimeoutError:
+            finally:
+                timed_out = self._deadlines.end(deadline)
+        except asyncio.CancelledError:
+            if not timed_out:
+                raise  # cancelled for another reason (the job stopping)
             detail = f"no complete answer within {self.timeout:g} s"
             return _failed("timeout", detail, started)
         except httpx2.TimeoutException as exc:
@@ -196,6 +206,71 @@ class ApiClient:
         if answer.connection is not None:
             with contextlib.suppress(OSError):
                 await answer.connection.aclose()
+
+
+class _Deadline:
+    """One request's: when its time is up, its task, and how it ended."""
+
+    __slots__ = ("at", "cancelling", "expired", "over", "task")
+
+    def __init__(self, at: float, task: asyncio.Task[Any]) -> None:
+        self.at = at
+        self.task = task
+        self.cancelling = task.cancelling()  # the task's cancellations before this request's
+        self.expired = False  # its time ran out, and its task was cancelled for it
+        self.over = False
+
+
+class Deadlines:
+    """Every request's whole-request timeout (``seconds``) on one timer: what
+    ``asyncio.timeout`` does, without its timer and its context manager a request (they cost
+    4 % of the job's CPU, BENCHMARKS.md, issue 38). Every request's timeout is the same, so the
+    deadlines come in the order the requests start: one timer, at the earliest deadline of a
+    request still running, cancels each request past its own. As ``asyncio.timeout`` does: the
+    task is cancelled, and ``end`` tells that cancellation from any other (the job stopping)
+    by the task's count of cancellations."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._running: collections.deque[_Deadline] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> _Deadline:
+        """A request starts, in the current task."""
+        task = asyncio.current_task()
+        assert task is not None, "a request runs in a task"
+        loop = task.get_loop()
+        if loop is not self._loop:  # the first request, or a client used in another loop
+            self._loop, self._timer, self._running = loop, None, collections.deque()
+        deadline = _Deadline(loop.time() + self.seconds, task)
+        self._running.append(deadline)
+        if self._timer is None:
+            self._timer = loop.call_at(deadline.at, self._expire, loop)
+        return deadline
+
+    def end(self, deadline: _Deadline) -> bool:
+        """The request is over (answered, failed or cancelled): True if its time ran out and
+        that is why its task was cancelled (a CancelledError to take for a timeout)."""
+        deadline.over = True
+        running = self._running
+        while running and running[0].over:
+            running.popleft()
+        return deadline.expired and deadline.task.uncancel() <= deadline.cancelling
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            return
+        self._timer = None
+        now = loop.time()
+        running = self._running
+        while running and (running[0].over or running[0].at <= now):
+            deadline = running.popleft()
+            if not deadline.over:
+                deadline.expired = True
+                deadline.task.cancel()
+        if running:
+            self._timer = loop.call_at(running[0].at, self._expire, loop)
 
 
 def _failed(error: str, detail: str, started: float) -> Answer:

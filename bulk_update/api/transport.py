@@ -243,6 +243,11 @@ async def _read_plain(response: aiohttp.ClientResponse, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
+        if stream.is_eof():  # the whole body came with the answer (the API's do): no wait
+            try:
+                return stream.read_nowait()[:limit]
+            except Exception as exc:
+                _raise_as_httpx2(exc)
         while size <= limit and (chunk := await _next_chunk(stream)):
             chunks.append(chunk)
             size += len(chunk)
@@ -348,7 +353,7 @@ class AiohttpTransport:
         except Exception as exc:
             _raise_as_httpx2(exc)
         raw = response.raw_headers
-        if any(name.lower() == b"content-encoding" for name, _ in raw):
+        if "Content-Encoding" in response.headers:
             # Decoded as httpx2 decodes (a body not in its named encoding: DecodingError).
             decoded = httpx2.Response(response.status, headers=raw, stream=_Body(response))
             try:

@@ -111,13 +111,13 @@ class Telemetry:
         )
         self.configured_rpm.labels(**self._values).set(configured_rpm)
         self.limit_rpm.labels(**self._values).set(configured_rpm)
-        self.in_flight.labels(**self._values).set(0)
+        # Read when the metrics are written (not set twice a request).
+        self._in_flight = 0
+        self.in_flight.labels(**self._values).set_function(lambda: self._in_flight)
         # Per request, the children of this run's labels are looked up once (not per request).
         self._latency = self.latency.labels(**self._values)
-        self._in_flight_gauge = self.in_flight.labels(**self._values)
         self._limit_gauge = self.limit_rpm.labels(**self._values)
         self._requests: dict[tuple[str, str], Any] = {}
-        self._in_flight = 0
         self._start = clock()
         self.started.labels(**self._values).set(self._start)
         self.duration.labels(**self._values).set(0)
@@ -129,13 +129,11 @@ class Telemetry:
     def sending(self) -> None:
         """A request is on its way (``request`` is told when it is answered or given up on)."""
         self._in_flight += 1
-        self._in_flight_gauge.set(self._in_flight)
 
     def sent(self) -> None:
         """A request is no longer on its way: answered (``request``) or given up on (its row's
         worker was cancelled)."""
         self._in_flight -= 1
-        self._in_flight_gauge.set(self._in_flight)
 
     def request(self, answer: Answer, elapsed_s: float, *, retry: bool) -> None:
         """One request answered (or given up on): ``retry``, it was not its row's first."""

@@ -106,10 +106,14 @@ class Tally:
         return estimate(self.sent - sent_then, now - since, self.total - self.done)
 
     def report(self, force: bool = False) -> None:
+        """Tell the progress callback, at most every 0.2 s unless ``force`` (called for every
+        row: until then only the moment sending was first seen is noted)."""
         now = self._clock()
-        rate, left = self.estimate(now)
+        if self._sending_since is None and self.sent:
+            self._sending_since = (now, self.sent)
         if self.progress is None or (not force and now - self._last_report < 0.2):
             return
+        rate, left = self.estimate(now)
         self._last_report = now
         self.progress(
             Progress(

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["CLOSE_WAIT_S", "GROUP_MAX", "GroupWriter", "LoopGroupWriter"]
+__all__ = ["CLOSE_WAIT_S", "GROUP_MAX", "GroupWriter", "LoopGroupWriter", "tell"]
 
 Work = TypeVar("Work")
 
@@ -45,7 +45,7 @@ class _Entry(Generic[Work]):
     error: BaseException | None = field(default=None)
 
 
-def _tell(future: asyncio.Future[None], error: BaseException | None) -> None:
+def tell(future: asyncio.Future[None], error: BaseException | None) -> None:
     """On the event loop: a waiting future gets its work's result (a cancelled waiter is gone:
     nothing to tell it)."""
     if future.done():
@@ -59,7 +59,7 @@ def _tell(future: asyncio.Future[None], error: BaseException | None) -> None:
 def _settle(entries: list[_Entry[Work]]) -> None:
     for entry in entries:
         if entry.future is not None:
-            _tell(entry.future, entry.error)
+            tell(entry.future, entry.error)
 
 
 class GroupWriter(Generic[Work]):
@@ -209,7 +209,7 @@ class LoopGroupWriter(Generic[Work]):
                 except Exception as exc:
                     error = exc
                 for _, done in waiting:
-                    _tell(done, error)
+                    tell(done, error)
         finally:
             for _, done in self._pending:
                 done.cancel()

@@ -18,11 +18,12 @@ the kernel drops them when their holder dies.
 
 A run's reads go through the store's connection, from threads of ``asyncio.to_thread``. Its
 writes go through one thread of their own (``store/grouped.py``), except a worker's outcome,
-forget or heartbeat while that thread has nothing to do: it is committed on the spot, on a
-connection that never waits (``busy_timeout`` 0), and handed to the thread only if the file is
-busy. So nothing waits on the event loop, and a free file costs a row what it always did (a
-commit awaited through a thread left the HTTP pool's connections idle long enough for
-httpcore's idle checks to cost 40 % of the rate).
+forget or heartbeat while that thread has nothing to do: it is committed on the event loop, on
+a connection that never waits (``busy_timeout`` 0), with the other such writes of the same turn
+of the loop in one transaction (a commit a turn, not a row: issue 38), and handed to the thread
+only if the file is busy. So nothing waits on the event loop, and a free file costs a row less
+than a commit of its own (a commit awaited through a thread left the HTTP pool's connections
+idle long enough for httpcore's idle checks to cost 40 % of the rate).
 Shards of a job share the file and wait for each other's commits; a file another process holds
 locked is waited for (``busy_timeout``, then again) until ``--store-timeout``, on one clock for
 every operation of the run (``store/outage.py``), then the job stops (exit 3, resumable). A
@@ -38,6 +39,7 @@ it, never passed over (``_layout``, ``_check_columns``). Commands that only read
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -75,7 +77,7 @@ from bulk_update.store.core import (
     Work,
     entry_metadata,
 )
-from bulk_update.store.grouped import GroupWriter
+from bulk_update.store.grouped import GroupWriter, tell
 from bulk_update.store.locks import Opened, release_locks, take_lock
 from bulk_update.store.outage import Cause, Hurry, Outage, Tries
 from bulk_update.store.schema import STORED, STORED_TIMING
@@ -655,6 +657,10 @@ class SQLiteJournal(Journal):
             for db in (self._write_db, self._now_db):
                 db.execute("ATTACH DATABASE ? AS since", (_uri(since, read_only=True),))
         self._writer: GroupWriter[Write] = GroupWriter(self._commit, "bulk-update-store-writer")
+        # This turn of the event loop's writes, committed together (``_commit_turn``), and the
+        # groups handed to the writer thread for a busy file.
+        self._turn: list[tuple[Write, asyncio.Future[None]]] = []
+        self._handing: set[asyncio.Future[None]] = set()
         # A full disk or a damaged file: every later write fails alike, at once.
         self._broken: Exception | None = None
         # The files the run holds (the store first), and what became of one (the run stops).
@@ -676,22 +682,67 @@ class SQLiteJournal(Journal):
             raise
 
     async def _write(self, work: Write) -> None:
-        """On the spot if the writer thread is idle and the file free; else through the
-        thread, which waits for the file (up to --store-timeout) off the event loop."""
+        """Committed on the event loop if the writer thread is idle and the file free, with
+        the other writes of the same turn of the loop in one transaction (``_commit_turn``);
+        else through the thread, which waits for the file (up to --store-timeout) off the
+        event loop. Returns once committed."""
         if self._broken is not None:
             raise self._broken
-        if self._writer.idle():
+        if not self._writer.idle():
+            await self._writer.submit(work)
+            return
+        loop = asyncio.get_running_loop()
+        if not self._turn:
+            loop.call_soon(self._commit_turn)
+        done: asyncio.Future[None] = loop.create_future()
+        self._turn.append((work, done))
+        await done
+
+    def _commit_turn(self) -> None:
+        """The writes of one turn of the event loop (each a worker's outcome, forget or
+        heartbeat, the workers whose answers came together), committed in one transaction on
+        the spot: a commit (and its write to the WAL) a turn, not a row. Each write is still
+        committed before its worker goes on; a write whose worker was cancelled meanwhile is
+        left out (``Pipeline.settle`` commits what it had in hand). A busy file: the group goes
+        to the writer thread, whole."""
+        turn = [(work, done) for work, done in self._turn if not done.done()]
+        self._turn = []
+        if not turn:
+            return
+        error: BaseException | None = self._broken
+        if error is None:
             try:
                 with _transaction(self._now_db):
-                    work(self._now_db)
-                return
+                    for work, _ in turn:
+                        work(self._now_db)
             except sqlite3.Error as exc:
-                if not _is_busy(exc):
-                    error = store_error(exc, self.path)
-                    if isinstance(error, DiskFull | StoreDamaged | JournalError):
-                        self._broken = error
-                    raise error from None
-        await self._writer.submit(work)
+                if _is_busy(exc):
+                    handing = asyncio.ensure_future(self._hand_over(turn))
+                    self._handing.add(handing)
+                    handing.add_done_callback(self._handing.discard)
+                    return
+                error = store_error(exc, self.path)
+                if isinstance(error, DiskFull | StoreDamaged | JournalError):
+                    self._broken = error
+            except Exception as exc:  # a bug: its worker stops the run with it
+                error = exc
+        for _, done in turn:
+            tell(done, error)
+
+    async def _hand_over(self, turn: list[tuple[Write, asyncio.Future[None]]]) -> None:
+        """A turn's writes the file was busy for, through the writer thread in one commit."""
+
+        def work(db: sqlite3.Connection) -> None:
+            for each, _ in turn:
+                each(db)
+
+        error: BaseException | None = None
+        try:
+            await self._writer.submit(work)
+        except Exception as exc:
+            error = exc
+        for _, done in turn:
+            tell(done, error)
 
     def _query(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
         read = _reading(self._db, self._read_lock)
