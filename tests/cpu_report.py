@@ -1,8 +1,9 @@
 """`pytest --cpu-report N`: where the suite's CPU goes (the suite is CPU-bound: on 2 cores its
-wall time is its CPU time halved). Each test's CPU (user + sys) is that of its worker process
-and of the processes it started and reaped (CLI runs, emulators, Airflow, a PostgreSQL server
-stopped at its teardown), over its setup, call and teardown; the summary lists the N tests that
-took most and every file's total. Loaded by tests/conftest.py."""
+wall time is at least half its CPU time). Each test's CPU (user + sys) is that of its worker
+process and of the processes it started and reaped (CLI runs, emulators, Airflow, initdb and
+pg_ctl), over its setup, call and teardown; a PostgreSQL server (pg_ctl detaches it) is no
+one's child and not counted. The summary lists the N tests that took most and every file's
+total. Loaded by tests/conftest.py."""
 
 from __future__ import annotations
 
