@@ -76,7 +76,8 @@ PYTEST_WORKERS ?= 4
 # rewrite the tests' asserts again). The test run writes its bytecode (__pycache__, ignored by
 # git; a PYTHONPYCACHEPREFIX would compile all of .venv again instead of using its own).
 PYCACHE := PYTHONDONTWRITEBYTECODE=
-# More for pytest: make test PYTEST_ARGS="--durations=30" (where the time goes), "-k store" ...
+# More for pytest: make test PYTEST_ARGS="--cpu-report 30" (the tests taking most CPU: the
+# suite is CPU-bound), "--durations=30" (wall time), "-k store" ...
 PYTEST_ARGS ?=
 
 unit: $(STAMP) system-deps

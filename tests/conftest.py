@@ -10,6 +10,9 @@ from bulk_update.emulator.process import EmulatorProcess
 from tests.pg import PostgresServer
 from tests.stores import BACKENDS, Backend
 
+# `pytest --cpu-report N`: the tests that take most CPU, and each file's (tests/cpu_report.py).
+pytest_plugins = ("tests.cpu_report",)
+
 TEST_KEY = "sk-test-0123456789"
 
 StartEmulator = Callable[..., EmulatorProcess]

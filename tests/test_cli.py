@@ -96,12 +96,12 @@ def test_emulator_port_in_use_exits_2(start_emulator: StartEmulator) -> None:
 def test_an_unexpected_exception_is_one_line_and_exit_70(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from bulk_update import cli
+    from bulk_update import cli, job
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug\nsecond line")
 
-    monkeypatch.setattr(cli, "run_job", broken)
+    monkeypatch.setattr(job, "run_job", broken)
     source = tmp_path / "in.csv"
     source.write_text("conversation_id,a\nconv_1,x\n")
     log_file = tmp_path / "log.txt"

@@ -245,7 +245,7 @@ def test_a_signal_as_a_finished_run_exits_leaves_its_exit_code(
     code = (
         "import os, signal, sys\n"
         "import bulk_update.cli as cli, bulk_update.job as job\n"
-        "real, when = cli.run_job, sys.argv.pop(1)\n"
+        "real, when = job.run_job, sys.argv.pop(1)\n"
         "def late(*args, **kwargs):\n"
         "    if when == 'before':\n"
         "        os.kill(os.getpid(), signal.SIGTERM)\n"
@@ -253,7 +253,7 @@ def test_a_signal_as_a_finished_run_exits_leaves_its_exit_code(
         "    if when == 'after':\n"
         "        os.kill(os.getpid(), signal.SIGTERM)\n"
         "    return summary\n"
-        "cli.run_job = late\n"
+        "job.run_job = late\n"
         "cli.console()\n"
     )
     for when, output, expected in (("after", "a.csv", 0), ("before", "b.csv", 143)):

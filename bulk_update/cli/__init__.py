@@ -54,7 +54,6 @@ from bulk_update.exceptions import (
     is_disk_full,
 )
 from bulk_update.exitcodes import ExitCode
-from bulk_update.job import run_job
 from bulk_update.observe import draw
 from bulk_update.stop import Interrupt, routed
 
@@ -107,6 +106,7 @@ def _job_options(args: argparse.Namespace, settle: Settle) -> tuple[JobConfig, d
 def _run_job(args: argparse.Namespace, *, settle: Settle) -> int:
     """``run``, ``validate`` and ``revert``: the same job, its options ``settle``d by the
     command (``validate`` is a dry run, ``revert`` a revert)."""
+    from bulk_update.job import run_job  # here: the other commands need none of its 0.9 s CPU
     from bulk_update.observe import logs
 
     config, cli = _job_options(args, settle)

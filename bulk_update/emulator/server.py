@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-import polars as pl
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -94,6 +93,8 @@ def preload_from(
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"--preload {spec}: no such file (nor a whole number)")
+    import polars as pl  # here: an emulator preloading no file (most) starts 0.4 s CPU sooner
+
     field = kind.field
     try:
         suffix = path.suffix.lower()
