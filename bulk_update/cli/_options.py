@@ -33,6 +33,7 @@ __all__ = [
     "emulator_options",
     "json_option",
     "limits_options",
+    "listing_options",
     "logging_options",
     "lookup_options",
     "mapping_options",
@@ -187,6 +188,7 @@ revert_dry_run = declared_group(
     "dry_run", help="read each conversation and show what the revert would send (GET only)"
 )
 restart_option = declared_group("restart")
+listing_options = declared_group("listing")  # rows from the API's listing instead of INPUT
 shard_option = declared_group("shard")
 # When the job gives up on the API, on a drain, and after how many rows.
 limits_options = declared_group("limits")
