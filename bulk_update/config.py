@@ -25,7 +25,6 @@ from bulk_update._constants import (
     DEFAULT_BREAKER_TIMEOUT_S,
     DEFAULT_CONCURRENCY,
     DEFAULT_DRAIN_TIMEOUT_S,
-    DEFAULT_ID_COLUMN,
     DEFAULT_KEEP_RUNS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_METRICS_INTERVAL_S,
@@ -37,6 +36,13 @@ from bulk_update._constants import (
 )
 from bulk_update.exceptions import ConfigError
 from bulk_update.paths import is_remote
+from bulk_update.resources import (
+    DEFAULT_RESOURCE,
+    RESOURCES,
+    Resource,
+    check_resource,
+    resource_named,
+)
 from bulk_update.store.url import ENV as STATE_URL_ENV
 from bulk_update.store.url import check_url as check_state_url
 from bulk_update.store.url import redact as redact_url
@@ -296,8 +302,18 @@ class JobConfig:
         "plus status, error_code, error_message: fix and feed back",
         group="files", metavar="PATH", templated=True,
     )  # fmt: skip
-    id_column: str = option(
-        DEFAULT_ID_COLUMN, "the conversation ID column (default {default})",
+    # Which objects the job updates (``resources.py``): conversations unless told.
+    resource: str = option(
+        DEFAULT_RESOURCE,
+        "which objects: " + ", ".join(RESOURCES) + " (default {default})",
+        group="resource", metavar="NAME", check=check_resource,
+    )  # fmt: skip
+    # None: the resource's (``resolved_id_columns``).
+    id_column: str | None = option(
+        None,
+        "the ID column (default: the resource's: conversation_id, completion_id, "
+        "vector_store_id); for vector_stores.files two, VS,FILE (default "
+        "vector_store_id,file_id)",
         group="mapping", metavar="NAME",
     )  # fmt: skip
     columns: tuple[str, ...] | None = option(
@@ -307,6 +323,19 @@ class JobConfig:
     metadata_column: str | None = option(
         None, "instead: one column holding a JSON object of key/value pairs",
         group="mapping", metavar="NAME",
+    )  # fmt: skip
+    # Typed attributes (vector_stores.files): a text input's columns read as numbers, booleans.
+    number_columns: tuple[str, ...] | None = option(
+        None,
+        "vector_stores.files: these text columns' values are sent as JSON numbers (a cell "
+        "that is not a number is invalid)",
+        group="mapping", metavar="A,B,...", parse=parse_columns,
+    )  # fmt: skip
+    boolean_columns: tuple[str, ...] | None = option(
+        None,
+        "vector_stores.files: these text columns' values are sent as JSON booleans (true or "
+        "false; a cell that is neither is invalid)",
+        group="mapping", metavar="A,B,...", parse=parse_columns,
     )  # fmt: skip
     base_url: str | None = option(
         None, "API base URL (default $OPENAI_BASE_URL, else https://api.openai.com/v1)",
@@ -593,6 +622,50 @@ class JobConfig:
             from bulk_update.listing import check_config
 
             check_config(self)
+
+    def check_resource_mapping(self) -> None:
+        """The ID columns and the typed columns fit the resource (ConfigError if not). Checked
+        as the run opens its input (``resolved_id_columns``), not as the config is built: a
+        job file or an operator may set the resource and the columns in either order."""
+        resource = self.resolved_resource()
+        if self.id_column is not None:
+            given = self.id_column.split(",")
+            if len(given) != len(resource.id_columns) or not all(c.strip() for c in given):
+                wanted = ",".join(resource.id_columns)
+                raise ConfigError(
+                    f"--id-column {self.id_column!r}: {resource.name} takes "
+                    f"{len(resource.id_columns)} ID column(s), e.g. {wanted}"
+                )
+        typed = {"number_columns": self.number_columns, "boolean_columns": self.boolean_columns}
+        for name, named in typed.items():
+            if named is None:
+                continue
+            flag = flag_of(name)
+            if not resource.typed:
+                raise ConfigError(
+                    f"{flag}: {resource.name}'s values are text; typed values are for "
+                    + ", ".join(r.name for r in RESOURCES.values() if r.typed)
+                )
+            if self.metadata_column is not None:
+                raise ConfigError(
+                    f"{flag} names columns: with --metadata-column, a JSON cell's own types "
+                    "are sent"
+                )
+        if self.number_columns and self.boolean_columns:
+            both = sorted(set(self.number_columns) & set(self.boolean_columns))
+            if both:
+                raise ConfigError(f"{both[0]!r} is in both --number-columns and --boolean-columns")
+
+    def resolved_resource(self) -> Resource:
+        """The resource the job updates (``resources.RESOURCES``)."""
+        return resource_named(self.resource)
+
+    def resolved_id_columns(self) -> tuple[str, ...]:
+        """The input's ID columns: --id-column's (one, or VS,FILE), else the resource's."""
+        self.check_resource_mapping()
+        if self.id_column is None:
+            return self.resolved_resource().id_columns
+        return tuple(column.strip() for column in self.id_column.split(","))
 
     def storage(self) -> dict[str, str] | None:
         """``storage_options`` as polars takes them (None: the environment decides)."""

@@ -57,6 +57,7 @@ from bulk_update.outcome import Status
 from bulk_update.paths import is_remote
 from bulk_update.pipeline import Pipeline, send_all
 from bulk_update.read import InputTable, expand, file_fingerprint
+from bulk_update.resources import DEFAULT_RESOURCE
 from bulk_update.send import Sender, SendSettings
 from bulk_update.stop import Interrupt, Signals, Stop
 from bulk_update.store import (
@@ -81,14 +82,20 @@ JOBS_SHOWN = 5
 
 def run_fingerprint(config: JobConfig) -> dict[str, Any]:
     """What a run must not change between its invocations: the input and the mapping."""
-    return {
+    fingerprint: dict[str, Any] = {
         "input": [file_fingerprint(path) for path in expand(config.input)],
-        "id_column": config.id_column,
+        "id_column": ",".join(config.resolved_id_columns()),
         "columns": list(config.columns) if config.columns else None,
         "metadata_column": config.metadata_column,
         "shard": list(config.shard) if config.shard else None,
         **listing_fingerprint(config),
     }
+    # A conversations run's fingerprint as before resources were (a resumed run matches).
+    if config.resource != DEFAULT_RESOURCE:
+        fingerprint["resource"] = config.resource
+    typed = {"number_columns": config.number_columns, "boolean_columns": config.boolean_columns}
+    fingerprint.update({name: list(named) for name, named in typed.items() if named})
+    return fingerprint
 
 
 def run_options(config: JobConfig) -> dict[str, Any]:

@@ -113,7 +113,7 @@ class Mode:
             return table, kept
         table = open_input(
             config.input,
-            id_column=config.id_column,
+            id_column=config.resolved_id_columns()[0],
             columns=config.columns,
             metadata_column=config.metadata_column,
             shard=config.shard,

@@ -57,6 +57,9 @@ TEXT: dict[str, tuple[str, object]] = {
     "quoting": ("none", "none"),
     "metrics_file": ("m.prom", "m.prom"),
     "keep_runs": ("3", 3),  # 7 is its default
+    "resource": ("chat.completions", "chat.completions"),
+    "number_columns": ("n", ("n",)),
+    "boolean_columns": ("b", ("b",)),
 }
 BY_TYPE: dict[Any, tuple[str, object]] = {
     int: ("7", 7),

@@ -180,6 +180,7 @@ results_files = partial(
     files_options, metavar="RESULTS", about="the results file of a run with --backup"
 )
 store_options = declared_group("store")  # the job's name and its store
+resource_option = declared_group("resource")  # which objects the job updates
 mapping_options = declared_group("mapping")  # how a table maps to updates (not for a revert)
 sending_options = declared_group("sending")  # where requests go, how many, how fast, how long
 check_server_option = declared_group("check_server")
