@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import string
 import tempfile
 import time
@@ -48,10 +49,11 @@ from urllib.parse import quote, urlencode
 import httpx2
 import polars as pl
 
-from bulk_update._constants import MAX_RESPONSE_BYTES
+from bulk_update._constants import MAX_PAGE_SIZE, MAX_RESPONSE_BYTES
 from bulk_update.api.answers import Action, Answer, Verdict, classify
 from bulk_update.api.retry import Attempt
 from bulk_update.exceptions import ConfigError, FatalApiError
+from bulk_update.resources import Resource, resource_named
 from bulk_update.send import Sender, SendSettings
 
 if TYPE_CHECKING:
@@ -61,8 +63,7 @@ if TYPE_CHECKING:
     from bulk_update.stop import Stop
 
 __all__ = [
-    "LISTABLE",
-    "MAX_PAGE_SIZE",
+    "FILTERS",
     "Listed",
     "ListingPlan",
     "Template",
@@ -75,45 +76,30 @@ __all__ = [
 
 log = logging.getLogger("bulk_update")
 
-# The API's largest page (``limit``, 1 to 100, for every list endpoint the job reads).
-MAX_PAGE_SIZE = 100
 # The listing's rows held in memory before they are made a frame (a page is at most 100).
 FRAME_ROWS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
-class ListSource:
-    """How a resource is listed: its list path (``{vector_store_id}``: one listing per vector
-    store given), the object field that gives each ID column, and the filters (``--where``
-    keys) the API takes as query parameters (``metadata.`` a prefix: ``metadata[KEY]``) and those
-    the job checks itself on each listed object (a prefix)."""
+class Filters:
+    """The ``--where`` keys a resource's listing takes: those the API takes as query
+    parameters (``(key, parameter)``; a key ending in ``.`` is a prefix: ``metadata.KEY`` is
+    ``metadata[KEY]``), and the prefixes of those the job checks itself on each listed object.
+    The list path's own parameters (``{vector_store_id}``) are ``--where`` keys too: one
+    listing per value given."""
 
-    path: str
-    id_fields: tuple[tuple[str, str], ...]  # (ID column, the object's field or path parameter)
-    server_where: tuple[tuple[str, str], ...] = ()  # (--where key or prefix, query parameter)
-    client_where: tuple[str, ...] = ()  # --where key prefixes checked by the job
-    path_where: tuple[str, ...] = ()  # --where keys that are path parameters (repeatable)
+    server: tuple[tuple[str, str], ...] = ()
+    client: tuple[str, ...] = ()
 
 
-# The resources the API lists (conversations: none; ``POST /v1/conversations`` has no list).
-LISTABLE: dict[str, ListSource] = {
-    "chat.completions": ListSource(
-        path="chat/completions",
-        id_fields=(("completion_id", "id"),),
-        server_where=(("metadata.", "metadata[{}]"), ("model", "model")),
-    ),
-    "vector_stores": ListSource(
-        path="vector_stores",
-        id_fields=(("vector_store_id", "id"),),
-        client_where=("metadata.",),
-    ),
-    "vector_stores.files": ListSource(
-        path="vector_stores/{vector_store_id}/files",
-        id_fields=(("vector_store_id", "vector_store_id"), ("file_id", "id")),
-        server_where=(("status", "filter"),),
-        client_where=("attributes.",),
-        path_where=("vector_store_id",),
-    ),
+# Per resource the API lists (``Resource.list_path``), what its listing filters by: the API
+# reference's query parameters (stored chat completions: ``metadata[KEY]``, ``model``; a vector
+# store's files: ``filter``, their status); vector stores and their files' attributes are
+# filtered by the job.
+FILTERS: dict[str, Filters] = {
+    "chat.completions": Filters(server=(("metadata.", "metadata[{}]"), ("model", "model"))),
+    "vector_stores": Filters(client=("metadata.",)),
+    "vector_stores.files": Filters(server=(("status", "filter"),), client=("attributes.",)),
 }
 # A vector store file's status, the values its list's ``filter`` takes.
 FILE_STATUSES = ("in_progress", "completed", "failed", "cancelled")
@@ -250,16 +236,15 @@ def _matches(value: object, wanted: str) -> bool:
     return False
 
 
-def _listable(resource: str) -> ListSource:
-    source = LISTABLE.get(resource)
-    if source is None:
-        if resource == "conversations":
-            raise ConfigError(
-                "--list: the API cannot list conversations (it has no list endpoint): give "
-                "an input file of conversation IDs"
-            )
-        raise ConfigError(f"--list: {resource!r} is not a resource the API lists")
-    return source
+def _listable(name: str) -> Resource:
+    """The resource, if the API lists it."""
+    resource = resource_named(name)
+    if resource.list_path is None:
+        raise ConfigError(
+            f"--list: the API cannot list {name} (it has no list endpoint): give an input "
+            f"file of {resource.noun} IDs"
+        )
+    return resource
 
 
 def plan_listing(
@@ -270,17 +255,19 @@ def plan_listing(
 ) -> ListingPlan:
     """The listing that ``--resource``, ``--where`` and ``--set`` ask for (pure). ConfigError,
     naming the flag, for what the resource's listing cannot do."""
-    source = _listable(resource)
+    listed = _listable(resource)
+    assert listed.list_path is not None
+    filters = FILTERS[resource]
     query: dict[str, str] = {}
     checks: list[tuple[str, str]] = []
-    path_values: dict[str, list[str]] = {name: [] for name in source.path_where}
+    path_values: dict[str, list[str]] = {name: [] for name in _parameters(listed.list_path)}
     for key, value in where:
         if key in path_values:
             if not value.strip():
                 raise ConfigError(f"--where {key}=: give the {key}")
             path_values[key].append(value.strip())
             continue
-        parameter = _server_parameter(source, key)
+        parameter = _server_parameter(filters, key)
         if parameter is not None:
             if parameter in query:
                 raise ConfigError(f"--where {key} is given twice: the API filters by one value")
@@ -288,10 +275,11 @@ def plan_listing(
                 raise ConfigError(f"--where status={value}: one of {', '.join(FILE_STATUSES)}")
             query[parameter] = value
         elif any(key.startswith(prefix) and len(key) > len(prefix)
-                 for prefix in source.client_where):  # fmt: skip
+                 for prefix in filters.client):  # fmt: skip
             checks.append((key, value))
         else:
-            raise ConfigError(f"--where {key}: {resource} is listed by " + _wheres(source))
+            taken = _wheres(filters, tuple(path_values))
+            raise ConfigError(f"--where {key}: {resource} is listed by {taken}")
     for name, values in path_values.items():
         if not values:
             raise ConfigError(
@@ -301,15 +289,15 @@ def plan_listing(
         if len(set(values)) != len(values):
             raise ConfigError(f"--where {name}: an ID is given twice")
     paths: list[tuple[str, tuple[tuple[str, str], ...]]] = (
-        [] if path_values else [(source.path, ())]
+        [] if path_values else [(listed.list_path, ())]
     )
     for name, values in path_values.items():
         for value in values:
-            filled = source.path.replace("{" + name + "}", quote(value, safe=""))
+            filled = listed.list_path.replace("{" + name + "}", quote(value, safe=""))
             paths.append((filled, ((name, value),)))
     templates: list[tuple[str, Template]] = []
     for key, text in sets:
-        if key in {column for column, _ in source.id_fields}:
+        if key in listed.id_columns:
             raise ConfigError(f"--set {key}: {key} is the listing's ID column")
         if key in {k for k, _ in templates}:
             raise ConfigError(f"--set {key} is given twice")
@@ -319,19 +307,26 @@ def plan_listing(
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise ConfigError(f"--page-size must be from 1 to {MAX_PAGE_SIZE}, got {page_size}")
     query["order"] = "asc"
+    # Each ID column from its path parameter (a file's vector store), else the object's id.
+    id_fields = tuple((c, c if c in path_values else "id") for c in listed.id_columns)
     return ListingPlan(
         resource=resource,
         paths=tuple(paths),
         query=tuple(query.items()),
         checks=tuple(checks),
-        id_fields=source.id_fields,
+        id_fields=id_fields,
         sets=tuple(templates),
         page_size=page_size,
     )
 
 
-def _server_parameter(source: ListSource, key: str) -> str | None:
-    for name, parameter in source.server_where:
+def _parameters(path: str) -> list[str]:
+    """A list path's parameters (``vector_stores/{vector_store_id}/files``)."""
+    return re.findall(r"\{(\w+)\}", path)
+
+
+def _server_parameter(filters: Filters, key: str) -> str | None:
+    for name, parameter in filters.server:
         if name.endswith(".") and key.startswith(name) and len(key) > len(name):
             return parameter.format(key[len(name) :])
         if key == name:
@@ -339,10 +334,10 @@ def _server_parameter(source: ListSource, key: str) -> str | None:
     return None
 
 
-def _wheres(source: ListSource) -> str:
-    named = [name + ("KEY" if name.endswith(".") else "") for name, _ in source.server_where]
-    named += [prefix + "KEY" for prefix in source.client_where]
-    named += list(source.path_where)
+def _wheres(filters: Filters, path_parameters: tuple[str, ...]) -> str:
+    named = [name + ("KEY" if name.endswith(".") else "") for name, _ in filters.server]
+    named += [prefix + "KEY" for prefix in filters.client]
+    named += list(path_parameters)
     return ", ".join(named) if named else "nothing: it takes no --where"
 
 
@@ -575,6 +570,8 @@ def fingerprint(config: JobConfig) -> dict[str, Any]:
 
 def check_config(config: JobConfig) -> None:
     """The listing options' rules (``JobConfig.__post_init__``): ConfigError, one line."""
+    from bulk_update.config import flag_of
+
     if not config.listing:
         if config.where or config.set_values:
             raise ConfigError("--where and --set take the rows from the API's listing: give --list")
@@ -586,9 +583,12 @@ def check_config(config: JobConfig) -> None:
             "--shard: a listing is one run's (each shard would list every object): list in one "
             "run without --shard"
         )
-    if config.columns is not None or config.metadata_column is not None:
+    mapped = ("id_column", "columns", "metadata_column", "number_columns", "boolean_columns")
+    given = [flag_of(name) for name in mapped if getattr(config, name) is not None]
+    if given:
         raise ConfigError(
-            "--list: the columns are the --set keys: no --columns or --metadata-column"
+            f"--list: the rows' columns are the resource's ID columns and the --set keys, with "
+            f"the listed values' types: no {', '.join(given)}"
         )
     plan_of(config)
 

@@ -142,7 +142,7 @@ def test_a_vector_stores_files_are_listed_per_vector_store_in_the_order_given() 
         ("chat.completions", [], [], "give what to set, as --set KEY=VALUE"),
         ("chat.completions", [], [("completion_id", "x")], "is the listing's ID column"),
         ("chat.completions", [], [("k", "1"), ("k", "2")], "--set k is given twice"),
-        ("no.such", [], [("k", "v")], "not a resource the API lists"),
+        ("no.such", [], [("k", "v")], "--resource 'no.such': not one of conversations"),
     ],
 )  # fmt: skip
 def test_what_a_listing_cannot_do_is_one_line(
