@@ -390,14 +390,21 @@ def page_url(path: str, query: Iterable[tuple[str, str]], limit: int, after: str
 
 
 async def pages(
-    fetch: Fetch, path: str, query: tuple[tuple[str, str], ...], page_size: int
+    fetch: Fetch,
+    path: str,
+    query: tuple[tuple[str, str], ...],
+    page_size: int,
+    stopped: Callable[[], bool],
 ) -> AsyncIterator[list[dict[str, Any]]]:
-    """The objects of one listing, a page at a time, following the cursor. A page too large for
+    """The objects of one listing, a page at a time, following the cursor, until the last page
+    or ``stopped`` (a signal: a page whose retries it cut is no failure). A page too large for
     the job's cap is asked for again at half the size (down to one object)."""
     after: str | None = None
     size = page_size
     while True:
         last = await fetch(page_url(path, query, size, after))
+        if stopped():
+            return
         if last.verdict.error_code == PAGE_TOO_LARGE and size > 1:
             size = max(1, size // 2)
             log.info(
@@ -548,10 +555,10 @@ async def list_all(plan: ListingPlan, fetch: Fetch, stopped: Callable[[], bool])
     (a signal) between two pages."""
     listing = Listing(plan)
     for path, params in plan.paths:
-        async for objects in pages(fetch, path, plan.query, plan.page_size):
+        async for objects in pages(fetch, path, plan.query, plan.page_size, stopped):
             listing.add(objects, dict(params))
-            if stopped():
-                return None
+        if stopped():
+            return None
     return listing
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -220,9 +221,10 @@ def listed(
     page_size: int = 4,
     resource: str = "chat.completions",
     rpm: int = 10**9,
-    stop: Stop | None = None,
+    stop_after: int | None = None,
 ) -> tuple[Listing | None, Sender, list[float]]:
-    """The listing taken through a real Sender (its fake clock moved by its sleeps)."""
+    """The listing taken through a real Sender (its fake clock moved by its sleeps);
+    ``stop_after``: a SIGTERM comes with that many requests answered."""
     config = JobConfig(
         input="in.csv", output="out.csv", base_url="https://api.example/v1", api_key=KEY,
         rpm=rpm, max_attempts=3,
@@ -230,6 +232,14 @@ def listed(
     plan = plan_listing(resource, where or [], sets or [("reviewed", "yes")], page_size)
     slept: list[float] = []
     now = [0.0]
+    stop = Stop()
+    answered = [0]
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        answered[0] += 1
+        if answered[0] == stop_after:
+            stop.on_signal(signal.SIGTERM)
+        return handler(request)
 
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
@@ -237,13 +247,15 @@ def listed(
 
     async def go() -> tuple[Listing | None, Sender]:
         sender = Sender(
-            SendSettings.from_config(config), stop or Stop(),
-            transport=httpx2.MockTransport(handler), sleep=sleep, clock=lambda: now[0],
+            SendSettings.from_config(config), stop,
+            transport=httpx2.MockTransport(answer), sleep=sleep, clock=lambda: now[0],
             jitter=lambda: 0.0,
         )  # fmt: skip
         async with sender:
             listing = await list_all(
-                plan, lambda path: sender.fetch(path, judge_page), lambda: False
+                plan,
+                lambda path: sender.fetch(path, judge_page),
+                lambda: stop.is_set,
             )
         return listing, sender
 
@@ -377,3 +389,14 @@ def test_the_listing_file_is_whole_or_none(tmp_path: Path) -> None:
     write_listing(path, frame)
     assert pl.read_parquet(path).equals(frame)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no .partial left
+
+
+def test_a_signal_stops_the_listing_between_pages_or_in_a_pages_retries() -> None:
+    handler, _ = lister(completions(10))
+    listing, sender, _ = listed(handler, stop_after=2)
+    assert listing is None
+    assert sender.requests_sent == 2
+    # A page failing when the stop came is no failure of the listing: stopped, not exit 3.
+    listing, sender, _ = listed(lambda request: httpx2.Response(503), stop_after=1)
+    assert listing is None
+    assert sender.requests_sent == 1
