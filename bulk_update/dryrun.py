@@ -36,6 +36,7 @@ from bulk_update.write import (
     scan_results,
     sink,
     sink_errors,
+    with_resource_ids,
     write_outputs,
 )
 
@@ -75,6 +76,7 @@ def dry_run(
         progress(Progress(total, total, dict(counts), 0, time.monotonic() - started))
     return JobSummary(
         counts=dict(counts),
+        resource=config.resource,
         total_rows=total,
         requests_sent=0,
         elapsed_s=time.monotonic() - started,
@@ -91,8 +93,11 @@ def dry_run(
 def _lazy(config: JobConfig, table: InputTable, plan: pl.LazyFrame) -> dict[str, int]:
     """Stream the planned input into the results (and errors) file; counts by status."""
     storage = config.storage()
-    sink(dry_run_results(plan, config.limit), config.output, storage)
-    status_counts = scan_results(config.output, storage).group_by("status").len().collect()
+    sink(with_resource_ids(dry_run_results(plan, config.limit), table.resource),
+         config.output, storage)  # fmt: skip
+    status_counts = (
+        scan_results(config.output, storage, table.resource).group_by("status").len().collect()
+    )
     if config.errors_output is not None:
         sink_errors(table, config.output, config.errors_output)
     return dict(status_counts.iter_rows())

@@ -160,6 +160,19 @@ def new_job_warning(job: str, where: str, others: list[str], *, named: bool) -> 
     return text
 
 
+def check_one_resource(config: JobConfig, job: str, store: Store) -> None:
+    """A job updates one resource: its state is keyed by its rows' IDs, and its runs, its
+    report and its history are about one kind of object. A run of another resource in the
+    same job is refused (exit 2, nothing recorded), naming the resource the job has."""
+    for record in store.history(job):
+        had = record.options.get("resource") or DEFAULT_RESOURCE
+        if had != config.resource:
+            raise ConfigError(
+                f"job {job!r} updates {had} (run {record.run_id}), not {config.resource}: "
+                "one job, one resource; give this run its own --job-name"
+            )
+
+
 def new_job_note(run: _Run, store: Store, location: StoreLocation) -> str | None:
     """``new_job_warning`` if the run's job is new beside other jobs; None if it is not new,
     compares with another job's state (--since-state), is nobody's (a check), or is the first
@@ -265,7 +278,7 @@ async def _dry_run(
             summary = await asyncio.to_thread(dry_run, config, table, progress, started, cancel)
         except WriteCancelled:
             summary = JobSummary(
-                counts={}, total_rows=0, requests_sent=0,
+                counts={}, total_rows=0, requests_sent=0, resource=config.resource,
                 elapsed_s=time.monotonic() - started, output=config.output,
                 errors_output=config.errors_output, exit_code=ExitCode.USAGE, dry_run=True,
                 job_name=config.resolved_job_name(),
@@ -334,6 +347,7 @@ async def _open(
         new_job = await asyncio.to_thread(new_job_note, run, store, location)
         if run.mode.records:
             # Before the run is recorded: a refused run leaves nothing to resume.
+            await asyncio.to_thread(check_one_resource, config, run.job_name, store)
             await asyncio.to_thread(check_written_alone, config, key, None, store)
         journal = await asyncio.to_thread(
             functools.partial(
@@ -400,6 +414,7 @@ def _not_started(run: _Run, exc: BulkUpdateError, where: str | None = None) -> J
     log.error("%s; the run did not start", exc, extra={"event": "not_started"})
     return JobSummary(
         counts=_with_unprocessed({}, run.total), total_rows=run.total, requests_sent=0,
+        resource=config.resource,
         elapsed_s=time.monotonic() - run.started, output=config.output,
         errors_output=config.errors_output, store=where,
         exit_code=ExitCode.for_signal(stop.signal), fatal_error=str(exc),
@@ -454,6 +469,7 @@ async def _run_journaled(
     await monitor.ended(counts, exit_code)
     return JobSummary(
         counts=counts,
+        resource=run.config.resource,
         total_rows=run.total,
         requests_sent=sent.requests,
         elapsed_s=time.monotonic() - run.started,

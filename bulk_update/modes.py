@@ -106,20 +106,23 @@ class Mode:
         """The input (a revert's: the reverted run's results, and the keys it added that
         stay)."""
         if self.reverts:
-            table = revert.open_results(config.input, config.storage())
+            table = revert.open_results(config.input, config.storage(), config.resolved_resource())
             kept = revert.kept_keys(
                 table, config.batch_rows, blank_added_keys=config.blank_added_keys
             )
             return table, kept
         table = open_input(
             config.input,
-            id_column=config.resolved_id_columns()[0],
+            id_column=config.resolved_id_columns(),
             columns=config.columns,
             metadata_column=config.metadata_column,
             shard=config.shard,
             storage_options=config.storage(),
             delimiter=config.delimiter,
             quoting=config.quoting,
+            resource=config.resolved_resource(),
+            number_columns=config.number_columns,
+            boolean_columns=config.boolean_columns,
         )
         return table, {}
 

@@ -35,8 +35,6 @@ import polars as pl
 
 from bulk_update import jsonlines, values
 from bulk_update._constants import (
-    ID_PATTERN,
-    ID_REGEX,
     MAX_ID_CHARS,
     MAX_KEY_CHARS,
     MAX_PAIRS,
@@ -45,6 +43,7 @@ from bulk_update._constants import (
 from bulk_update.exceptions import DiskFull, first_line, is_disk_full
 from bulk_update.outcome import ERROR_COLUMNS, ROW_NUMBER, RowOutcome, Status
 from bulk_update.read import InputTable
+from bulk_update.resources import CONVERSATIONS, Resource
 
 __all__ = [
     "DUPLICATE_OF",
@@ -72,9 +71,10 @@ CLIP_CHARS = 40
 
 # Messages, shared by the row path (plan_row) and the vectorised path (plan_frame): "{}" is
 # filled by str.format in one and by polars.format in the other.
-MSG_ID_EMPTY = "conversation_id is empty"
-MSG_ID_TOO_LONG = "conversation_id is {} characters; at most " + str(MAX_ID_CHARS)
-MSG_ID_PATTERN = "conversation_id '{}' is not conv_ followed by letters, digits, '_' or '-'"
+# An ID's: "%s" is the resource's ID column (conversation_id), "%p" its prefix (conv_).
+MSG_ID_EMPTY = "%s is empty"
+MSG_ID_TOO_LONG = "%s is {} characters; at most " + str(MAX_ID_CHARS)
+MSG_ID_PATTERN = "%s '{}' is not %p followed by letters, digits, '_' or '-'"
 MSG_DUPLICATE = "duplicate of row {}"
 MSG_KEY_EMPTY = "metadata key is empty"
 MSG_KEY_TOO_LONG = "metadata key '{}' is {} characters; at most " + str(MAX_KEY_CHARS)
@@ -88,6 +88,18 @@ HINT_COLUMN = " (leave the column out: --columns)"
 HINT_OBJECT = " (give it as a string to send its text)"
 MSG_SAME_KEY = "metadata keys '{}' and '{}' are the same key once trimmed"
 MSG_NOT_A_NUMBER = "value for '{}' is {}, not a number"
+# Typed values (a resource whose values are JSON strings, numbers and booleans).
+MAX_EXACT_INTEGER = 2**53
+MSG_PAST_EXACT = (
+    "value for '{}' is {}: past 2**53, a number JSON does not hold exactly (send it as text)"
+)
+MSG_NOT_A_BOOLEAN = "value for '{}' is '{}', not true or false (--boolean-columns)"
+MSG_NOT_NUMBER_TEXT = "value for '{}' is '{}', not a number (--number-columns)"
+
+
+def id_message(message: str, field: str, prefix: str) -> str:
+    """One of the MSG_ID_ messages for the ID column ``field`` (whose IDs start ``prefix``)."""
+    return message.replace("%s", field).replace("%p", prefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +119,12 @@ class PlannedUpdate:
     whole: bool = False
 
     @property
-    def metadata(self) -> dict[str, str]:
-        parsed: dict[str, str] = json.loads(self.sent_metadata)
+    def metadata(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.sent_metadata)
         return parsed
 
-    def body(self) -> bytes:
-        return b'{"metadata":' + self.sent_metadata.encode() + b"}"
+    def body(self, resource: Resource = CONVERSATIONS) -> bytes:
+        return resource.body_of(self.sent_metadata)
 
 
 Planned = PlannedUpdate | RowOutcome
@@ -125,7 +137,7 @@ class _Invalid(Exception):
         self.message = message
 
 
-def encode_metadata(metadata: Mapping[str, str]) -> str:
+def encode_metadata(metadata: Mapping[str, object]) -> str:
     return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -133,16 +145,36 @@ def clip(text: str, limit: int = CLIP_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def check_id(raw: object) -> str:
-    """The trimmed conversation ID, or raise _Invalid."""
-    conversation_id = "" if raw is None else str(raw).strip()
-    if not conversation_id:
-        raise _Invalid("invalid_id", MSG_ID_EMPTY)
-    if len(conversation_id) > MAX_ID_CHARS:
-        raise _Invalid("invalid_id", MSG_ID_TOO_LONG.format(len(conversation_id)))
-    if not ID_PATTERN.fullmatch(conversation_id):
-        raise _Invalid("invalid_id", MSG_ID_PATTERN.format(clip(conversation_id)))
-    return conversation_id
+def _trimmed(raw: object) -> str:
+    return "" if raw is None else str(raw).strip()
+
+
+def shown_key(raw_id: object, resource: Resource = CONVERSATIONS) -> str:
+    """A row's key as given (trimmed; a pair's IDs as a tuple), checked or not."""
+    if isinstance(raw_id, tuple):
+        return resource.key_of(tuple(_trimmed(part) for part in raw_id))
+    return raw_id.strip() if isinstance(raw_id, str) else _trimmed(raw_id)
+
+
+def check_id(raw: object, resource: Resource = CONVERSATIONS) -> str:
+    """The row's trimmed key (its ID; a pair's, given as a tuple, joined), or raise
+    _Invalid naming the ID column that is wrong."""
+    parts = raw if isinstance(raw, tuple) else (raw,)
+    ids = []
+    for part, field, prefix, pattern in zip(
+        parts, resource.id_columns, resource.prefixes, resource.id_patterns, strict=True
+    ):
+        checked = _trimmed(part)
+        if not checked:
+            raise _Invalid("invalid_id", id_message(MSG_ID_EMPTY, field, prefix))
+        if len(checked) > MAX_ID_CHARS:
+            message = id_message(MSG_ID_TOO_LONG, field, prefix)
+            raise _Invalid("invalid_id", message.format(len(checked)))
+        if not pattern.fullmatch(checked):
+            message = id_message(MSG_ID_PATTERN, field, prefix)
+            raise _Invalid("invalid_id", message.format(clip(checked)))
+        ids.append(checked)
+    return resource.key_of(tuple(ids))
 
 
 def to_text(key: str, value: object, hint: str = "") -> str | None:
@@ -188,14 +220,30 @@ def to_text(key: str, value: object, hint: str = "") -> str | None:
     raise _Invalid("unsupported_type", MSG_UNSUPPORTED_TYPE.format(key, kind) + hint)
 
 
-def check_pairs(pairs: Iterable[tuple[str, object]], hint: str = HINT_OBJECT) -> dict[str, str]:
+def to_typed(key: str, value: object, hint: str = "") -> object:
+    """A typed resource's value: a boolean, a whole number (at most 2**53 either way) or a
+    finite number as itself, anything else as ``to_text``'s text (None: no value)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if abs(value) > MAX_EXACT_INTEGER:
+            raise _Invalid("unsupported_value", MSG_PAST_EXACT.format(key, value))
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return to_text(key, value, hint)
+
+
+def check_pairs(
+    pairs: Iterable[tuple[str, object]], hint: str = HINT_OBJECT, *, typed: bool = False
+) -> dict[str, object]:
     """The metadata to send, or raise _Invalid naming the key and the limit (``hint``: how to
-    avoid a value that cannot be sent)."""
-    metadata: dict[str, str] = {}
+    avoid a value that cannot be sent; ``typed``: numbers and booleans kept, ``to_typed``)."""
+    metadata: dict[str, object] = {}
     named: dict[str, str] = {}  # each key sent, as written
     for written, raw in pairs:
         key = values.key_of(written)
-        value = to_text(key, raw, hint)
+        value = to_typed(key, raw, hint) if typed else to_text(key, raw, hint)
         if value is None:
             continue
         if key in named:
@@ -207,7 +255,7 @@ def check_pairs(pairs: Iterable[tuple[str, object]], hint: str = HINT_OBJECT) ->
             raise _Invalid("invalid_key", MSG_KEY_EMPTY)
         if len(key) > MAX_KEY_CHARS:
             raise _Invalid("key_too_long", MSG_KEY_TOO_LONG.format(clip(key), len(key)))
-        if len(value) > MAX_VALUE_CHARS:
+        if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
             raise _Invalid("value_too_long", MSG_VALUE_TOO_LONG.format(key, len(value)))
         metadata[key] = value
     if not metadata:
@@ -217,8 +265,11 @@ def check_pairs(pairs: Iterable[tuple[str, object]], hint: str = HINT_OBJECT) ->
     return metadata
 
 
-def parse_metadata_cell(column: str, cell: object) -> list[tuple[str, object]]:
-    """The pairs of a ``--metadata-column`` cell: a JSON object (text) or a struct."""
+def parse_metadata_cell(
+    column: str, cell: object, *, typed: bool = False
+) -> list[tuple[str, object]]:
+    """The pairs of a ``--metadata-column`` cell: a JSON object (text) or a struct
+    (``typed``: a JSON number or boolean is kept as one)."""
     if cell is None or cell == "":
         return []
     if isinstance(cell, dict):
@@ -227,7 +278,7 @@ def parse_metadata_cell(column: str, cell: object) -> list[tuple[str, object]]:
         raise _Invalid("invalid_metadata_json", f"{column} is not a JSON object")
     try:
         # A number is sent as it is written in the cell (1.50 stays 1.50), as from JSON Lines.
-        parsed = json.loads(cell, parse_float=str, parse_int=str)
+        parsed = json.loads(cell) if typed else json.loads(cell, parse_float=str, parse_int=str)
     except ValueError as exc:
         raise _Invalid("invalid_metadata_json", f"{column} is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
@@ -242,6 +293,7 @@ def plan_row(
     duplicate_of: int | None = None,
     kept: tuple[str, str] | None = None,
     hint: str = HINT_OBJECT,
+    resource: Resource = CONVERSATIONS,
 ) -> Planned:
     """One row to a PlannedUpdate, or to an ``invalid`` RowOutcome with a precise message.
 
@@ -249,16 +301,15 @@ def plan_row(
     (``kept``: its code and message, see ``find_duplicates``), then the pairs (which may be
     given as a callable that parses them, so a bad ID is reported before a bad JSON cell).
     """
-    shown_id = (
-        raw_id.strip() if isinstance(raw_id, str) else ("" if raw_id is None else str(raw_id))
-    )
+    shown_id = shown_key(raw_id, resource)
     try:
-        conversation_id = check_id(raw_id)
+        conversation_id = check_id(raw_id, resource)
         if duplicate_of is not None:
             raise _Invalid("duplicate_id", MSG_DUPLICATE.format(duplicate_of))
         if kept is not None:
             raise _Invalid(*kept)
-        metadata = check_pairs(pairs() if callable(pairs) else pairs, hint)
+        given = pairs() if callable(pairs) else pairs
+        metadata = check_pairs(given, hint, typed=resource.typed)
     except _Invalid as invalid:
         return RowOutcome(
             row_number=row_number,
@@ -299,10 +350,9 @@ def find_duplicates(table: InputTable, batch_rows: int = 1_000_000) -> pl.DataFr
     million rows), sorted in place to find the hashes seen more than once; only rows with such a
     hash are read again and compared exactly.
     """
-    trimmed = pl.col(table.id_column).cast(pl.String).str.strip_chars()
     keyed = (
         table.scan()
-        .select(pl.col(ROW_NUMBER), trimmed.alias("id"))
+        .select(pl.col(ROW_NUMBER), table.key().alias("id"))
         .filter(pl.col("id").is_not_null() & (pl.col("id") != ""))
     )
     schema = KEPT_SCHEMA
@@ -455,6 +505,16 @@ def _metadata_cells(table: InputTable, schema: pl.Schema) -> list[_Cell]:
     ]
 
 
+def _written_names(table: InputTable, schema: pl.Schema) -> list[str]:
+    """Each metadata cell's column (or struct field) as the input names it, in
+    ``_metadata_cells``' order: what --number-columns and --boolean-columns name."""
+    if table.metadata_column is None:
+        return list(table.metadata_columns)
+    dtype = schema[table.metadata_column]
+    assert isinstance(dtype, pl.Struct)
+    return [f.name for f in dtype.fields]
+
+
 def _by_rows(table: InputTable, schema: pl.Schema) -> bool:
     """Is the input planned a row at a time? A ``--metadata-column`` of JSON text is (each cell
     parsed); a struct one, with fields, is planned as columns."""
@@ -464,19 +524,75 @@ def _by_rows(table: InputTable, schema: pl.Schema) -> bool:
     return not (isinstance(dtype, pl.Struct) and dtype.fields)
 
 
+def _id_checks(table: InputTable) -> list[Check]:
+    """Each ID column's checks, in the resource's order: empty, too long, not its pattern."""
+    resource = table.resource
+    checks: list[Check] = []
+    for column, field, prefix, regex in zip(
+        table.id_columns, resource.id_columns, resource.prefixes, resource.id_regexes,
+        strict=True,
+    ):  # fmt: skip
+        raw_id = pl.col(column).cast(pl.String).str.strip_chars()
+        id_length = raw_id.str.len_chars()
+        empty = id_message(MSG_ID_EMPTY, field, prefix)
+        too_long = id_message(MSG_ID_TOO_LONG, field, prefix)
+        not_pattern = id_message(MSG_ID_PATTERN, field, prefix)
+        checks += [
+            (raw_id.is_null() | (raw_id == ""), "invalid_id", pl.lit(empty)),
+            (id_length > MAX_ID_CHARS, "invalid_id", pl.format(too_long, id_length)),
+            (~raw_id.str.contains(regex), "invalid_id", pl.format(not_pattern, _clip_expr(raw_id))),
+        ]
+    return checks
+
+
+def _typed_value(
+    key: str, column: pl.Expr, dtype: Any, table: InputTable, name: str
+) -> tuple[pl.Expr, list[Check]] | None:
+    """A typed resource's value as its JSON text, unquoted (a number, ``true``/``false``), with
+    its checks; None for a value sent as a JSON string (text, a date, ...). A text column the
+    user named (``--number-columns``, ``--boolean-columns``) is parsed; a Parquet boolean or
+    number is itself. An integer past 2**53 is invalid (JSON numbers are doubles)."""
+    checks: list[Check] = []
+    text_column = isinstance(dtype, pl.String | pl.Categorical | pl.Enum)
+    if text_column and name in table.boolean_columns:
+        cell = column.cast(pl.String).str.strip_chars()
+        lowered = cell.str.to_lowercase()
+        given = cell.is_not_null() & (cell != "")
+        bad = given & ~lowered.is_in(["true", "false"])
+        checks.append((bad, "unsupported_value", pl.format(MSG_NOT_A_BOOLEAN, pl.lit(key), cell)))
+        return pl.when(given & ~bad).then(lowered), checks
+    if text_column and name in table.number_columns:
+        cell = column.cast(pl.String).str.strip_chars()
+        given = cell.is_not_null() & (cell != "")
+        whole = cell.str.contains(r"^[+-]?[0-9]+$")
+        as_int = cell.cast(pl.Int64, strict=False)
+        as_float = cell.cast(pl.Float64, strict=False)
+        past = given & whole & (as_int.is_null() | (as_int.abs() > MAX_EXACT_INTEGER))
+        bad = given & ~whole & (as_float.is_null() | ~as_float.is_finite())
+        checks.append((past, "unsupported_value", pl.format(MSG_PAST_EXACT, pl.lit(key), cell)))
+        not_number = pl.format(MSG_NOT_NUMBER_TEXT, pl.lit(key), _clip_expr(cell))
+        checks.append((bad, "unsupported_value", not_number))
+        number = pl.when(whole).then(as_int.cast(pl.String)).otherwise(as_float.cast(pl.String))
+        return pl.when(given & ~past & ~bad).then(number), checks
+    if isinstance(dtype, pl.Boolean):
+        return column.cast(pl.String), checks
+    if dtype.is_integer():
+        past = pl.lit(False)
+        if dtype in (pl.Int64, pl.UInt64):  # narrower integers are never past 2**53
+            past = column > pl.lit(MAX_EXACT_INTEGER, dtype=dtype)
+            if dtype == pl.Int64:
+                past = past | (column < pl.lit(-MAX_EXACT_INTEGER, dtype=dtype))
+        shown = column.cast(pl.String)
+        checks.append((past, "unsupported_value", pl.format(MSG_PAST_EXACT, pl.lit(key), shown)))
+        return pl.when(~past).then(shown), checks
+    if dtype.is_float() or isinstance(dtype, pl.Decimal):
+        return column.cast(pl.String), checks  # NaN and infinity: _as_text's checks
+    return None
+
+
 def _plan_exprs(table: InputTable, schema: pl.Schema, with_duplicates: bool) -> _PlanExprs:
     """The input rules as polars expressions over a frame with ``schema``."""
-    raw_id = pl.col(table.id_column).cast(pl.String).str.strip_chars()
-    id_length = raw_id.str.len_chars()
-    checks: list[Check] = [
-        (raw_id.is_null() | (raw_id == ""), "invalid_id", pl.lit(MSG_ID_EMPTY)),
-        (id_length > MAX_ID_CHARS, "invalid_id", pl.format(MSG_ID_TOO_LONG, id_length)),
-        (
-            ~raw_id.str.contains(ID_REGEX),
-            "invalid_id",
-            pl.format(MSG_ID_PATTERN, _clip_expr(raw_id)),
-        ),
-    ]
+    checks = _id_checks(table)
     if with_duplicates:
         duplicate_of, kept = pl.col(DUPLICATE_OF), pl.col(KEPT_CODE)
         checks.append(
@@ -485,9 +601,26 @@ def _plan_exprs(table: InputTable, schema: pl.Schema, with_duplicates: bool) -> 
         checks.append((kept.is_not_null(), kept, pl.col(KEPT_MESSAGE)))
     present: list[pl.Expr] = []
     pieces: list[pl.Expr] = []
-    for name, column, dtype, hint, nested in _metadata_cells(table, schema):
+    for (name, column, dtype, hint, nested), written in zip(
+        _metadata_cells(table, schema), _written_names(table, schema), strict=True
+    ):
         text, type_checks = _as_text(name, column, dtype, hint, nested)
         checks += type_checks
+        typed = _typed_value(name, column, dtype, table, written) if table.resource.typed else None
+        if typed is not None:
+            # A JSON number or boolean: '"key":' and its text, unquoted.
+            value, value_checks = typed
+            checks += value_checks
+            if not name:
+                checks.append((value.is_not_null(), "invalid_key", pl.lit(MSG_KEY_EMPTY)))
+            elif len(name) > MAX_KEY_CHARS:
+                too_long = MSG_KEY_TOO_LONG.format(clip(name), len(name))
+                checks.append((value.is_not_null(), "key_too_long", pl.lit(too_long)))
+            present.append(value.is_not_null().cast(pl.Int32))
+            pieces.append(
+                pl.concat_str([pl.lit(json.dumps(name, ensure_ascii=False) + ":"), value])
+            )
+            continue
         if not name:
             checks.append((text.is_not_null(), "invalid_key", pl.lit(MSG_KEY_EMPTY)))
         elif len(name) > MAX_KEY_CHARS:
@@ -511,7 +644,7 @@ def _plan_exprs(table: InputTable, schema: pl.Schema, with_duplicates: bool) -> 
     _, message = _first_failure(checks)
     joined = pl.concat_str(pieces, separator=",", ignore_nulls=True)
     sent = pl.concat_str([pl.lit("{"), joined, pl.lit("}")])
-    return _PlanExprs(raw_id, code, message, pl.when(code.is_null()).then(sent))
+    return _PlanExprs(table.key(), code, message, pl.when(code.is_null()).then(sent))
 
 
 def plan_frame(table: InputTable, batch: pl.DataFrame, duplicates: pl.DataFrame) -> pl.DataFrame:
@@ -580,9 +713,13 @@ def _plan_rows(table: InputTable, batch: pl.DataFrame) -> pl.DataFrame:
     def listed(name: str) -> list[Any]:
         return batch.get_column(name).to_list() if name in batch.columns else [None] * batch.height
 
+    ids: Iterable[object] = batch.get_column(table.id_column).to_list()
+    if table.more_id_columns:
+        ids = zip(*(batch.get_column(c).to_list() for c in table.id_columns), strict=True)
+    typed = table.resource.typed
     rows = zip(
         batch.get_column(ROW_NUMBER).to_list(),
-        batch.get_column(table.id_column).to_list(),
+        ids,
         batch.get_column(column).to_list(),
         listed(DUPLICATE_OF),
         listed(KEPT_CODE),
@@ -592,9 +729,8 @@ def _plan_rows(table: InputTable, batch: pl.DataFrame) -> pl.DataFrame:
     out: dict[str, list[Any]] = {name: [] for name in PLAN_COLUMNS}
     for row_number, raw_id, cell, duplicate_of, kept_code, kept_message in rows:
         kept = None if kept_code is None else (kept_code, kept_message)
-        planned = plan_row(
-            row_number, raw_id, partial(parse_metadata_cell, column, cell), duplicate_of, kept
-        )
+        parse = partial(parse_metadata_cell, column, cell, typed=typed)
+        planned = plan_row(row_number, raw_id, parse, duplicate_of, kept, resource=table.resource)
         out[ROW_NUMBER].append(row_number)
         out["conversation_id"].append(planned.conversation_id or None)
         if isinstance(planned, PlannedUpdate):

@@ -27,6 +27,7 @@ from bulk_update import jsonlines, spreadsheet, values
 from bulk_update.exceptions import DiskFull, InputError, first_line, is_disk_full
 from bulk_update.outcome import ERROR_COLUMNS, ERRORS_ROW_NUMBER, ROW_NUMBER
 from bulk_update.paths import is_remote, suffix
+from bulk_update.resources import CONVERSATIONS, KEY_SEPARATOR, Resource
 
 __all__ = ["BATCH_BYTES", "InputTable", "expand", "file_fingerprint", "open_input", "shard_of"]
 
@@ -69,7 +70,7 @@ class InputTable:
     path: str
     format: InputFormat
     schema: pl.Schema
-    id_column: str
+    id_column: str  # the first (or only) ID column
     metadata_columns: tuple[str, ...]  # or the one JSON column, see metadata_column
     metadata_column: str | None
     files: tuple[str, ...] = ()  # what path names: itself, or a glob's matches in sorted order
@@ -80,6 +81,26 @@ class InputTable:
     quoted: bool = True  # a CSV or TSV file's cells may be quoted (--quoting csv)
     # Said once before sending (and in the summary): a mapped column no row can send.
     warnings: tuple[str, ...] = ()
+    # What the rows update (``resources.py``); a resource of two IDs (a vector store's file):
+    # the ID columns after ``id_column``.
+    resource: Resource = CONVERSATIONS
+    more_id_columns: tuple[str, ...] = ()
+    # A typed resource's text columns whose values are sent as JSON numbers, booleans.
+    number_columns: tuple[str, ...] = ()
+    boolean_columns: tuple[str, ...] = ()
+
+    @property
+    def id_columns(self) -> tuple[str, ...]:
+        """Every ID column, in the resource's order."""
+        return (self.id_column, *self.more_id_columns)
+
+    def key(self) -> pl.Expr:
+        """Each row's key, trimmed: its ID, or its IDs joined by ``KEY_SEPARATOR`` (a missing
+        one as empty): what the store keys, duplicates compare and shards hash."""
+        trimmed = [pl.col(c).cast(pl.String).str.strip_chars() for c in self.id_columns]
+        if len(trimmed) == 1:
+            return trimmed[0]
+        return pl.concat_str([t.fill_null("") for t in trimmed], separator=KEY_SEPARATOR)
 
     def scan(self) -> pl.LazyFrame:
         """Every row (of the shard), with ``ROW_NUMBER`` first: 1-based, header not counted,
@@ -98,12 +119,12 @@ class InputTable:
         if self.shard is None:
             return scan
         index, count = self.shard
-        return scan.filter(shard_of(pl.col(self.id_column), count) == index)
+        return scan.filter(shard_of(self.key(), count) == index)
 
     def batches(self, rows: int) -> Iterator[pl.DataFrame]:
         """The row number, ID and metadata columns, ``rows`` at a time, in input order (JSON
         Lines: with the marks of the metadata columns' nested values, ``jsonlines.NESTED``)."""
-        wanted = [ROW_NUMBER, self.id_column]
+        wanted = [ROW_NUMBER, *self.id_columns]
         wanted += [self.metadata_column] if self.metadata_column else list(self.metadata_columns)
         scan = self.scan()
         names = set(scan.collect_schema().names()) if self.format == "ndjson" else set()
@@ -117,8 +138,7 @@ class InputTable:
 
     def id_batches(self, rows: int) -> Iterator[pl.DataFrame]:
         """``ROW_NUMBER`` and the trimmed ID (as ``conversation_id``), ``rows`` at a time."""
-        trimmed = pl.col(self.id_column).cast(pl.String).str.strip_chars()
-        frame = self.scan().select(ROW_NUMBER, trimmed.alias("conversation_id"))
+        frame = self.scan().select(ROW_NUMBER, self.key().alias("conversation_id"))
         try:
             yield from frame.collect_batches(chunk_size=rows)
         except pl.exceptions.PolarsError as exc:
@@ -136,7 +156,7 @@ class InputTable:
         """Read every row of the mapped columns once, so that a file that breaks half way
         (bad encoding, a ragged row, a cut-off file) stops the job before anything is sent.
         Returns the number of rows (of the shard)."""
-        wanted = [self.id_column]
+        wanted = list(self.id_columns)
         wanted += [self.metadata_column] if self.metadata_column else list(self.metadata_columns)
         try:
             counted = self.scan().select(
@@ -339,16 +359,20 @@ def _scan(
 def open_input(
     path: str,
     *,
-    id_column: str,
+    id_column: str | tuple[str, ...],
     columns: tuple[str, ...] | None = None,
     metadata_column: str | None = None,
     shard: tuple[int, int] | None = None,
     storage_options: dict[str, str] | None = None,
     delimiter: str | None = None,
     quoting: str = "csv",
+    resource: Resource = CONVERSATIONS,
+    number_columns: tuple[str, ...] | None = None,
+    boolean_columns: tuple[str, ...] | None = None,
 ) -> InputTable:
     """Open ``path`` (a file, or a glob of files read as one table) and check the mapping
-    against its header. Raises InputError."""
+    against its header (``id_column``: one, or the resource's ID columns; ``number_columns``
+    and ``boolean_columns``: a typed resource's). Raises InputError."""
     files = expand(path)
     _check_there(path, files)
     fmt = input_format(path)
@@ -357,18 +381,33 @@ def open_input(
     _check_readable(files, fmt, separator, quoted)
     schema = _schema(path, files, fmt, storage_options, separator, quoted)
     names = list(schema.names())
-    id_column = _named(path, names, id_column)
-    _check_id_column(path, schema, id_column, fmt)
+    id_columns = tuple(
+        _named(path, names, c) for c in ((id_column,) if isinstance(id_column, str) else id_column)
+    )
+    for column in id_columns:
+        _check_id_column(path, schema, column, fmt)
     if metadata_column is not None:
         metadata_column = _named(path, names, metadata_column)
     if columns is not None:
         columns = tuple(_named(path, names, column) for column in columns)
+    metadata_columns = _metadata_columns(path, names, id_columns, columns, metadata_column)
+    typed = {"--number-columns": number_columns or (), "--boolean-columns": boolean_columns or ()}
+    for flag, named in typed.items():
+        unknown = [c for c in named if _named(path, names, c) not in metadata_columns]
+        if unknown:
+            raise InputError(
+                path, f"{flag} {unknown[0]!r} is not a metadata column (columns: {_shown(names)})"
+            )
     table = InputTable(
         path=path,
         format=fmt,
         schema=schema,
-        id_column=id_column,
-        metadata_columns=_metadata_columns(path, names, id_column, columns, metadata_column),
+        id_column=id_columns[0],
+        resource=resource,
+        more_id_columns=id_columns[1:],
+        number_columns=tuple(_named(path, names, c) for c in typed["--number-columns"]),
+        boolean_columns=tuple(_named(path, names, c) for c in typed["--boolean-columns"]),
+        metadata_columns=metadata_columns,
         metadata_column=metadata_column,
         files=files,
         shard=shard,
@@ -521,7 +560,7 @@ def _check_id_column(path: str, schema: pl.Schema, id_column: str, fmt: InputFor
 def _metadata_columns(
     path: str,
     names: list[str],
-    id_column: str,
+    id_columns: tuple[str, ...],
     columns: tuple[str, ...] | None,
     metadata_column: str | None,
 ) -> tuple[str, ...]:
@@ -540,16 +579,17 @@ def _metadata_columns(
             raise InputError(
                 path, f"unknown --columns {_shown(unknown)} (columns: {_shown(names)})"
             )
-        if id_column in columns:
-            raise InputError(path, f"--columns names the ID column {id_column!r}")
+        named = [c for c in id_columns if c in columns]
+        if named:
+            raise InputError(path, f"--columns names the ID column {named[0]!r}")
         return columns
-    skipped = {id_column}
+    skipped = set(id_columns)
     if set(ERROR_COLUMNS) <= set(names):
         # a fed-back --errors-output file: its status, error and row_number columns
         skipped |= {*ERROR_COLUMNS, ERRORS_ROW_NUMBER}
     metadata_columns = tuple(n for n in names if n not in skipped)
     if not metadata_columns:
-        raise InputError(path, f"no metadata columns besides {id_column!r}")
+        raise InputError(path, f"no metadata columns besides {_shown(id_columns)}")
     return metadata_columns
 
 

@@ -36,6 +36,7 @@ from bulk_update._constants import MAX_ID_CHARS
 from bulk_update.exceptions import ConfigError
 
 __all__ = [
+    "CONVERSATIONS",
     "DEFAULT_RESOURCE",
     "KEY_SEPARATOR",
     "RESOURCES",
@@ -61,7 +62,8 @@ class Resource:
     order; ``prefixes``: each ID's prefix (``conv_``), in the same order; ``typed``: values are
     sent as JSON strings, numbers and booleans (else every value is text); ``list_path``: the
     listing's path (None: the API lists none); ``object``: the ``object`` its answers name;
-    ``noun``: how messages name one (``conversation``)."""
+    ``noun``: how messages name one (``conversation``); ``created``: the answer's field of its
+    creation time (unix seconds)."""
 
     name: str
     path: str
@@ -72,6 +74,7 @@ class Resource:
     list_path: str | None
     object: str
     noun: str
+    created: str = "created_at"
 
     def __post_init__(self) -> None:
         assert len(self.id_columns) == len(self.prefixes) >= 1
@@ -127,6 +130,10 @@ class Resource:
             path = path.replace("{" + column + "}", quote(value, safe=""))
         return path
 
+    def answer_id(self, key: str) -> str:
+        """The ``id`` an answer about the row's object has (a file's: its file ID)."""
+        return self.ids_of(key)[-1]
+
     def body_of(self, sent: str) -> bytes:
         """The update's body: the JSON object ``sent`` (already encoded) under ``body``."""
         return b'{"' + self.body.encode() + b'":' + sent.encode() + b"}"
@@ -167,6 +174,7 @@ RESOURCES: dict[str, Resource] = {
             list_path="chat/completions",
             object="chat.completion",
             noun="chat completion",
+            created="created",
         ),
         Resource(
             name="vector_stores",

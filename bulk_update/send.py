@@ -47,7 +47,7 @@ from bulk_update.api.answers import (
     parse_rate_limit_headers,
 )
 from bulk_update.api.breaker import ApiBreaker, CircuitBreaker, Observed
-from bulk_update.api.client import ApiClient, ClientSettings, conversation_path
+from bulk_update.api.client import ApiClient, ClientSettings
 from bulk_update.api.ratelimit import Clock, RateLimiter, Sleep
 from bulk_update.api.retry import (
     Attempt,
@@ -66,6 +66,7 @@ from bulk_update.exceptions import ConfigError, FatalApiError, Unreachable
 from bulk_update.observe.metrics import Telemetry
 from bulk_update.outcome import RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
+from bulk_update.resources import DEFAULT_RESOURCE, RESOURCES
 from bulk_update.server.check import NOT_FOUND
 from bulk_update.stop import Stop
 from bulk_update.store import Budget
@@ -88,6 +89,7 @@ class SendSettings:
     max_attempts: int
     breaker_threshold: int
     breaker_timeout: float
+    resource: str = DEFAULT_RESOURCE  # what is updated: its path, body, answer (resources.py)
 
     @classmethod
     def from_config(cls, config: JobConfig) -> SendSettings:
@@ -157,6 +159,7 @@ class Sender:
         limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
+        self.resource = RESOURCES[settings.resource]
         self._fence = fence
         self.telemetry = telemetry
         # ``limiter``: an earlier sender's of the same run (the listing's, ``listing.py``), so
@@ -244,9 +247,8 @@ class Sender:
         requests already made for the row (its read). Until the answer is in hand the row is
         in ``in_flight``."""
         flight = self.in_flight[update.row_number] = InFlight(update, attempts)
-        last = await self._call(
-            "POST", update.conversation_id, update.body(), flight, update.sent_metadata
-        )
+        body = self.resource.body_of(update.sent_metadata)
+        last = await self._call("POST", update.conversation_id, body, flight, update.sent_metadata)
         del self.in_flight[update.row_number]
         return self._outcome(update, last)
 
@@ -258,13 +260,13 @@ class Sender:
         headers = last.answer.headers or {}
         conversation = last.verdict.conversation
         if last.verdict.action is Action.DONE and conversation is not None:
-            created_at = conversation.get("created_at")
+            created_at = conversation.get(self.resource.created)
             return Read(
                 attempts=last.requests,
                 http_status=last.answer.http_status,
                 request_id=headers.get("x-request-id"),
                 created_at=created_at if isinstance(created_at, int) else None,
-                metadata=_json_text(conversation.get("metadata") or {}),
+                metadata=_json_text(conversation.get(self.resource.body) or {}),
                 latency_s=last.answer.elapsed_s,
             )
         sent = self._outcome(update, last)
@@ -291,12 +293,14 @@ class Sender:
         """One request for a row (an update of ``sent``, the metadata's JSON object, or a
         read), retried (transient failures, 429s) until it is done, failed, or the job stops;
         the last attempt. ``flight``: an update's (see ``InFlight``)."""
+        resource = self.resource
+        expected_id, field = resource.answer_id(conversation_id), resource.body
 
         def judge(answer: Answer, now_epoch: float) -> Verdict:
-            return classify(answer, now_epoch, conversation_id, sent)
+            return classify(answer, now_epoch, expected_id, sent, field)
 
         return await self._retried_request(
-            method, conversation_path(conversation_id), body, judge, flight
+            method, resource.path_of(conversation_id), body, judge, flight
         )
 
     async def fetch(self, path: str, judge: Callable[[Answer, float], Verdict]) -> Attempt:
@@ -381,7 +385,7 @@ class Sender:
         for attempt in range(1, PREFLIGHT_ATTEMPTS + 1):
             await self.limiter.acquire()
             answer = await self._exchange(
-                "GET", conversation_path(conversation_id), retry=attempt > 1
+                "GET", self.resource.path_of(conversation_id), retry=attempt > 1
             )
             last = judge_preflight(answer, self._wall_clock())
             if last.action == "go":
@@ -418,12 +422,12 @@ class Sender:
             "sent_metadata": update.sent_metadata,
         }
         if verdict.action is Action.DONE and verdict.conversation is not None:
-            created_at = verdict.conversation.get("created_at")
+            created_at = verdict.conversation.get(self.resource.created)
             return Sent(
                 RowOutcome(
                     status=Status.UPDATED,
                     created_at=created_at if isinstance(created_at, int) else None,
-                    metadata=_json_text(verdict.conversation.get("metadata")),
+                    metadata=_json_text(verdict.conversation.get(self.resource.body)),
                     **common,
                 ),
                 latency_s=answer.elapsed_s,

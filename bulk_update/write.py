@@ -35,6 +35,7 @@ from bulk_update.outcome import (
 from bulk_update.paths import is_remote
 from bulk_update.plan import to_send_expr, unchanged_expr
 from bulk_update.read import InputTable
+from bulk_update.resources import CONVERSATIONS, KEY_SEPARATOR, Resource
 from bulk_update.stop import JOB_STOPPED, StopReason
 from bulk_update.store import Journal
 
@@ -42,10 +43,12 @@ __all__ = [
     "WriteCancelled",
     "dry_run_results",
     "errors_frame",
+    "results_schema",
     "scan_results",
     "sink",
     "sink_errors",
     "sweep_partials",
+    "with_resource_ids",
     "write_outputs",
     "write_run_outputs",
 ]
@@ -193,6 +196,40 @@ class StreamWriter:
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
+# Where every stage carries a row's key (``resources.py``): the results' ID column(s) there.
+KEY = "conversation_id"
+
+
+def results_schema(resource: Resource = CONVERSATIONS) -> pl.Schema:
+    """The results' columns for ``resource``: its ID column(s) where ``conversation_id`` is."""
+    if resource is CONVERSATIONS:
+        return RESULTS_SCHEMA
+    schema = pl.Schema()
+    for name, dtype in RESULTS_SCHEMA.items():
+        if name == KEY:
+            schema.update(dict.fromkeys(resource.id_columns, pl.String()))
+        else:
+            schema[name] = dtype
+    return schema
+
+
+def with_resource_ids(frame: FrameT, resource: Resource = CONVERSATIONS) -> FrameT:
+    """Results rows with ``resource``'s ID column(s) for the key (a pair's IDs split at
+    ``KEY_SEPARATOR``; a conversation's results are as they always were)."""
+    if resource is CONVERSATIONS:
+        return frame
+    key = pl.col(KEY)
+    if resource.paired:
+        parts = key.str.splitn(KEY_SEPARATOR, len(resource.id_columns))
+        ids = [
+            parts.struct.field(f"field_{i}").alias(column)
+            for i, column in enumerate(resource.id_columns)
+        ]
+    else:
+        ids = [key.alias(resource.key_column)]
+    columns = frame.collect_schema().names()
+    return frame.select([e for name in columns for e in (ids if name == KEY else [pl.col(name)])])
+
 
 def dry_run_results(plan: FrameT, limit: int | None, sent_before: int = 0) -> FrameT:
     """Results rows of a dry run from a plan (eager or lazy): ``planned``, ``invalid`` or
@@ -273,16 +310,18 @@ def sink(query: pl.LazyFrame, target: str, storage: Storage = None) -> None:
         fmt.sink(fmt.prepare_lazy(query), destination, storage)
 
 
-def scan_results(path: str, storage: Storage = None) -> pl.LazyFrame:
-    """A results file written by this module, with its schema."""
-    return result_format(path).scan(path, RESULTS_SCHEMA, storage)
+def scan_results(
+    path: str, storage: Storage = None, resource: Resource = CONVERSATIONS
+) -> pl.LazyFrame:
+    """A results file written by this module (for ``resource``), with its schema."""
+    return result_format(path).scan(path, results_schema(resource), storage)
 
 
 def sink_errors(table: InputTable, results: str, target: str) -> None:
     """--errors-output of a dry run: the input's rows whose result needs attention."""
     wanted = [status.value for status in NEEDS_ATTENTION]
     outcomes = (
-        scan_results(results, table.storage_options)
+        scan_results(results, table.storage_options, table.resource)
         .filter(pl.col("status").is_in(wanted))
         .select(pl.col("row_number").cast(pl.UInt32).alias(ROW_NUMBER), *ERROR_COLUMNS)
     )
@@ -305,9 +344,10 @@ def write_outputs(
     and, with --errors-output, its errors rows. A run and a dry run both write through here
     (a dry run that needs no batch streams one lazy query instead: ``sink``)."""
     storage = table.storage_options
+    resource = table.resource
     with contextlib.ExitStack() as stack:
         results = stack.enter_context(
-            StreamWriter(output, pl.DataFrame(schema=RESULTS_SCHEMA), storage)
+            StreamWriter(output, pl.DataFrame(schema=results_schema(resource)), storage)
         )
         errors = (
             stack.enter_context(StreamWriter(errors_output, _empty_errors(table), storage))
@@ -315,7 +355,7 @@ def write_outputs(
             else None
         )
         for result_frame, error_frame in frames:
-            results.write(result_frame)
+            results.write(with_resource_ids(result_frame, resource))
             if errors is not None and error_frame is not None:
                 errors.write(error_frame)
 
@@ -373,12 +413,12 @@ def write_run_outputs(
                 if not ids.is_empty():
                     yield results_between(journal, ids, stopped), None
             return
-        trimmed = pl.col(table.id_column).cast(pl.String).str.strip_chars()
+        key = table.key()
         for batch in table.all_batches(batch_rows):
             _check(cancel)
             if batch.is_empty():
                 continue
-            ids = batch.select(ROW_NUMBER, trimmed.alias("conversation_id"))
+            ids = batch.select(ROW_NUMBER, key.alias("conversation_id"))
             results = results_between(journal, ids, stopped)
             yield results, errors_frame(table, batch, results)
 

@@ -152,7 +152,7 @@ def test_every_option_is_a_job_file_key(name: str) -> None:
     value = True if HINTS[name] is bool else sample(name)[1]
     if isinstance(value, tuple):
         value = list(value)  # TOML has arrays
-    extra = {"dry_run": True} if name == "check_server" else {}
+    extra: dict[str, object] = {"dry_run": True} if name == "check_server" else {}
     extra |= {"revert": True} if name in {"force", "blank_added_keys"} else {}
     given = {"output": "o.csv"} if name in WITH_LISTING else {"input": "in.csv", "output": "o.csv"}
     extra |= WITH_LISTING[name][1] if name in WITH_LISTING else {}

@@ -180,7 +180,9 @@ def _error_fields(status: int, body: bytes) -> tuple[str, str, str]:
     return "http_error", f"http_{status}", message
 
 
-def _check_conversation(answer: Answer, expected_id: str, sent: str | None) -> Verdict:
+def _check_conversation(
+    answer: Answer, expected_id: str, sent: str | None, field: str = "metadata"
+) -> Verdict:
     """A 2xx is a success only if its body is the conversation that was asked for (and, after
     a request for the same conversation on its connection, an update's answer holds what it
     sent: see ``_stale``)."""
@@ -208,7 +210,7 @@ def _check_conversation(answer: Answer, expected_id: str, sent: str | None) -> V
             error_code="id_mismatch",
             error_message=f"answer is for {shown}, not the conversation sent",
         )
-    if answer.after_same and sent is not None and not _holds(parsed.get("metadata"), sent):
+    if answer.after_same and sent is not None and not _holds(parsed.get(field), sent):
         return _stale("an answer that lacks the metadata sent")
     return Verdict(Action.DONE, conversation=parsed)
 
@@ -238,10 +240,15 @@ def _stale(what: str) -> Verdict:
 
 
 def classify(
-    answer: Answer, now_epoch: float, expected_id: str, sent: str | None = None
+    answer: Answer,
+    now_epoch: float,
+    expected_id: str,
+    sent: str | None = None,
+    field: str = "metadata",
 ) -> Verdict:
     """Decide what an answer to a request for ``expected_id`` (an update of ``sent``, the
-    metadata's JSON object, or a read) means for its row and the job."""
+    metadata's JSON object, or a read) means for its row and the job (``field``: the object's
+    map, ``metadata`` or ``attributes``)."""
     if answer.transport_error is not None:
         code = "timeout" if answer.transport_error == "timeout" else "connection_error"
         message = answer.transport_detail or code.replace("_", " ")
@@ -249,7 +256,7 @@ def classify(
     status = answer.http_status or 0
     headers = answer.headers or {}
     if 200 <= status < 300:
-        return _check_conversation(answer, expected_id, sent)
+        return _check_conversation(answer, expected_id, sent, field)
     if 300 <= status < 400:
         return Verdict(
             Action.FAIL,

@@ -124,6 +124,7 @@ class JobSummary:
     kept_keys: dict[str, int] = field(default_factory=dict)
     # Which bound limited the sending (None: too little of it to tell, or nothing sent).
     bound: Bound | None = None
+    resource: str = "conversations"  # what the job updates (resources.py)
 
     @property
     def rows_per_s(self) -> float:
@@ -149,6 +150,7 @@ class JobSummary:
             "added_keys": dict(self.added_keys),
             "kept_keys": dict(self.kept_keys),
             "limited_by": None if self.bound is None else str(self.bound),
+            "resource": self.resource,
         }
 
     def key_notes(self) -> list[str]:

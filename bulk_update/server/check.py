@@ -41,33 +41,48 @@ SEND = Decision("send")
 UNCHANGED = Decision("unchanged")
 
 
-def parse_map(text: str | None) -> dict[str, str]:
-    """A metadata map from its JSON text (None: no map)."""
+def parse_map(text: str | None) -> dict[str, object]:
+    """A metadata map from its JSON text (None: no map). Values keep their JSON types: a
+    vector store file's attribute ``12`` is not ``"12"``."""
     if text is None:
         return {}
     value = json.loads(text)
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
 
 
-def new_keys(row: Mapping[str, str], server: Mapping[str, str]) -> list[str]:
+def same_value(a: object, b: object) -> bool:
+    """Two JSON values alike: a string is only ever its string, a boolean its boolean (never
+    1 or 0), a number any number equal to it (``12`` and ``12.0``)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def new_keys(row: Mapping[str, object], server: Mapping[str, object]) -> list[str]:
     """The row's keys the server's map does not have yet (they cannot be removed once set)."""
     return [key for key in row if key not in server]
 
 
 def judge(
-    row: Mapping[str, str],
-    server: Mapping[str, str],
+    row: Mapping[str, object],
+    server: Mapping[str, object],
     *,
-    expect: Mapping[str, str] | None = None,
+    expect: Mapping[str, object] | None = None,
     force: bool = False,
 ) -> Decision:
     """What to do with ``row`` (the map to send) given ``server`` (the map the server holds).
     ``expect``: a revert's guard, what the reverted run set for each of the row's keys."""
-    if all(server.get(key) == value for key, value in row.items()):
+    if all(key in server and same_value(server[key], value) for key, value in row.items()):
         return UNCHANGED
     if expect is not None and not force:
         drifted = [
-            key for key, value in row.items() if server.get(key) not in (value, expect.get(key))
+            key
+            for key, value in row.items()
+            if not (
+                same_value(server.get(key), value) or same_value(server.get(key), expect.get(key))
+            )
         ]
         if drifted:
             shown = "; ".join(
@@ -93,12 +108,14 @@ def judge(
 
 
 def replaced_keys(
-    before: Mapping[str, str], row: Mapping[str, str], answer: Mapping[str, str]
+    before: Mapping[str, object], row: Mapping[str, object], answer: Mapping[str, object]
 ) -> list[str]:
     """Keys the server held before, that the row did not set, and that its answer lacks: the
     server replaced the map instead of merging into it."""
     return [key for key in before if key not in row and key not in answer]
 
 
-def _shown(value: str | None) -> str:
-    return "absent" if value is None else repr(clip(value))
+def _shown(value: object) -> str:
+    if value is None:
+        return "absent"
+    return repr(clip(value)) if isinstance(value, str) else json.dumps(value)

@@ -38,7 +38,8 @@ from bulk_update.exceptions import InputError
 from bulk_update.outcome import MAY_HAVE_APPLIED, OUTCOME_UNKNOWN, ROW_NUMBER, RowOutcome, Status
 from bulk_update.plan import PlannedUpdate
 from bulk_update.read import InputTable, open_input
-from bulk_update.server.check import parse_map
+from bulk_update.resources import CONVERSATIONS, Resource
+from bulk_update.server.check import parse_map, same_value
 
 __all__ = ["batches", "kept_keys", "open_results", "plan_batch", "revert_row", "settled"]
 
@@ -48,7 +49,7 @@ CODE = "error_code"
 SENT = "sent_metadata"
 PREVIOUS = "previous_metadata"
 RETURNED = "metadata"  # the map the server answered the run's update with
-COLUMNS = (ID, STATUS, SENT, PREVIOUS)
+COLUMNS = (STATUS, SENT, PREVIOUS)
 NO_BEFORE_IMAGE = "no_before_image"
 UNREADABLE_IMAGE = "unreadable_before_image"
 
@@ -59,21 +60,32 @@ class RevertRow:
     after the run for those keys (absent: a key it dropped), ``kept`` the keys the run added
     that stay; ``whole``: the target is the whole before-image (the server had dropped keys)."""
 
-    target: dict[str, str]
-    expect: dict[str, str]
+    target: dict[str, object]
+    expect: dict[str, object]
     kept: list[str]
     whole: bool = False
 
 
-def open_results(path: str, storage_options: dict[str, str] | None = None) -> InputTable:
-    """The results file of a --backup run, as the revert's input; InputError (exit 2, nothing
-    sent) for anything else."""
+def open_results(
+    path: str, storage_options: dict[str, str] | None = None, resource: Resource = CONVERSATIONS
+) -> InputTable:
+    """The results file of a --backup run of ``resource``, as the revert's input; InputError
+    (exit 2, nothing sent) for anything else."""
     try:
-        table = open_input(path, id_column=ID, storage_options=storage_options)
+        table = open_input(
+            path, id_column=resource.id_columns, storage_options=storage_options,
+            resource=resource,
+        )  # fmt: skip
     except InputError as exc:
-        if f"no ID column {ID!r}" not in str(exc):
+        missing = [c for c in resource.id_columns if f"no ID column {c!r}" in str(exc)]
+        if not missing:
             raise
-        raise InputError(path, f"not a results file of bulk-update (no {ID} column)") from None
+        other = " (another resource's? give its --resource)" if resource is CONVERSATIONS else ""
+        raise InputError(
+            path,
+            f"not a results file of bulk-update --resource {resource.name} (no {missing[0]} "
+            f"column){other}",
+        ) from None
     _check_results(table)
     return table
 
@@ -141,11 +153,11 @@ def revert_row(
     set_by_run, before = parse_map(sent), parse_map(previous)
     after = {**before, **set_by_run} if returned is None else parse_map(returned)
     dropped = unsure or any(key not in after for key in before)
-    target: dict[str, str] = dict(before) if dropped else {}
+    target: dict[str, object] = dict(before) if dropped else {}
     kept: list[str] = []
     for key, value in set_by_run.items():
         if key in before:
-            if before[key] != value:
+            if not same_value(before[key], value):
                 target[key] = before[key]
         elif blank_added_keys:
             if value != "":
@@ -157,7 +169,7 @@ def revert_row(
     return RevertRow(target, expect, kept, whole=dropped)
 
 
-def settled(update: PlannedUpdate, server: Mapping[str, str]) -> PlannedUpdate:
+def settled(update: PlannedUpdate, server: Mapping[str, object]) -> PlannedUpdate:
     """A whole before-image's revert, once the server's map is read. The image's keys that the
     run never set (those of the target that ``expect`` does not guard) were dropped by a
     server that replaced the map: if the server lacks one, the whole image goes back. If it
@@ -181,7 +193,7 @@ def batches(table: InputTable, rows: int) -> Iterator[pl.DataFrame]:
     )
     frame = table.scan().select(
         ROW_NUMBER,
-        pl.col(ID).cast(pl.String).str.strip_chars(),
+        table.key().alias(ID),
         pl.col(STATUS).cast(pl.String),
         code,
         *(pl.col(name).cast(pl.String) for name in (SENT, PREVIOUS)),
@@ -273,5 +285,5 @@ def kept_keys(table: InputTable, rows: int, *, blank_added_keys: bool) -> dict[s
     return dict(kept.most_common())
 
 
-def _text(metadata: dict[str, str]) -> str:
+def _text(metadata: Mapping[str, object]) -> str:
     return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
