@@ -671,7 +671,8 @@ async def take_listing(
     if config.input:
         raise ConfigError("--list takes the rows from the API: give no INPUT")
     plan = plan_of(config)
-    if mode.records and not config.restart:
+    records = mode.records and not mode.dry  # a run of the job's: resumed, recorded
+    if records and not config.restart:
         recorded = await asyncio.to_thread(recorded_listing, config)
         if recorded is not None:
             log.info(
@@ -679,7 +680,7 @@ async def take_listing(
                 extra={"event": "listing_resumed", "listing": recorded},
             )  # fmt: skip
             return Listed(dataclasses.replace(config, input=recorded))
-    if mode.records:
+    if records:
         path = listing_path(config)
     else:
         directory = scratch.enter_context(tempfile.TemporaryDirectory(prefix="bulk-update-"))

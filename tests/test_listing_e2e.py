@@ -57,7 +57,7 @@ def completions_emulator(
 
 
 def stored(emu: EmulatorProcess, resource: str, ids: str) -> dict[str, Any]:
-    found: dict[str, Any] = emu.admin(f"/_emulator/{resource}/{ids}")
+    found: dict[str, Any] = emu.admin(f"{resource}/{ids}")
     return found
 
 
@@ -92,8 +92,9 @@ def test_a_listing_updates_every_listed_completion_once(
         else:
             assert "reviewed" not in metadata
     stats = emu.stats()
-    # 24 completions filtered by the server: 8 of them, in pages of 3 (the third page ends it).
-    assert stats["by_operation"]["list"] == 3
+    # 24 completions filtered by the server: 12 of them, in pages of 3 (the fourth ends it).
+    assert len(listed) == 12
+    assert stats["by_operation"]["list"] == 4
     # The listing is recorded beside the job's store, named by the run.
     directory = backend.directory if backend.url is None else out.parent
     assert len(list(directory.glob("reviewed.listing-*.parquet"))) == 1
@@ -103,7 +104,7 @@ def test_a_listing_updates_every_listed_completion_once(
     # Again: the last run finished, so the API is listed again; nothing changed: nothing sent.
     again = run_listing(emu, out, "--page-size", "3", *backend.args)
     assert again.returncode == 0, again.stderr
-    assert emu.stats()["by_operation"]["list"] == 6
+    assert emu.stats()["by_operation"]["list"] == 8
     assert emu.stats()["by_operation"].get("update") == len(listed)
 
 
@@ -158,7 +159,7 @@ def test_kill_9_while_listing_lists_again(
     assert lists < len(wanted())
     resumed = cli("run", *args, "--quiet")
     assert resumed.returncode == 0, resumed.stderr
-    # Listed whole again: eight pages of one (the eighth says there is no more).
+    # Listed whole again: a page of one for each (the last one says there is no more).
     assert emu.stats()["by_operation"]["list"] == lists + len(wanted())
     assert results(out)["completion_id"].to_list() == wanted()
     assert not list(out.parent.glob("*.partial"))
@@ -253,7 +254,7 @@ def test_a_dry_run_lists_and_plans_without_a_recording(
          "endpoint): give an input file of conversation IDs\n"),
         (["in.csv", "--resource", "chat.completions", "--list", "--set", "k=v"],
          "bulk-update: error: --list takes the rows from the API: give no INPUT\n"),
-        (["--resource", "chat.completions", "--where", "model=x"],
+        (["in.csv", "--resource", "chat.completions", "--where", "model=x"],
          "bulk-update: error: --where and --set take the rows from the API's listing: give "
          "--list\n"),
         (["--resource", "vector_stores.files", "--list", "--set", "k=v"],
