@@ -267,3 +267,45 @@ def test_a_listing_the_api_cannot_give_is_one_line(
 ) -> None:
     done = cli("run", *args, "--output", str(tmp_path / "out.csv"), cwd=tmp_path)
     assert (done.returncode, done.stderr) == (2, message)
+
+
+def test_sigterm_while_listing_stops_with_nothing_recorded(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    emu = completions_emulator(start_emulator, tmp_path)
+    out = tmp_path / "stopped.parquet"
+    args = [*LIST_ARGS, "--output", str(out), "--base-url", emu.base_url, "--page-size", "1",
+            "--rpm", "60"]  # fmt: skip
+    job = start(*args)
+    wait_for_requests(emu, 2)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=60)
+    assert job.returncode == 143, stderr
+    assert "stopped while listing: nothing was sent and the results were not written" in stderr
+    assert emu.stats()["by_operation"].get("update") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["completions.jsonl"]
+    done = cli("run", *args, "--rpm", "6000", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert results(out)["completion_id"].to_list() == wanted()
+
+
+def test_an_unfinished_run_whose_listing_is_gone_is_refused(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    emu = completions_emulator(start_emulator, tmp_path)
+    out = tmp_path / "gone.parquet"
+    args = [*LIST_ARGS, "--output", str(out), "--base-url", emu.base_url, "--rpm", "60"]
+    job = start(*args)
+    wait_for_requests(emu, 3)
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=30)
+    [listing] = tmp_path.glob("gone.listing-*.parquet")
+    listing.unlink()
+    refused = cli("run", *args, "--quiet")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("bulk-update: error: run 1 of job 'gone' is unfinished")
+    assert f"its listing {listing} is not here" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    restarted = cli("run", *args, "--rpm", "6000", "--restart", "--quiet")
+    assert restarted.returncode == 0, restarted.stderr
+    assert results(out)["completion_id"].to_list() == wanted()
