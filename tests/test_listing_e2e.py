@@ -73,6 +73,16 @@ def run_listing(emu: EmulatorProcess, out: Path, *args: str) -> Any:
     )
 
 
+def killed(emu: EmulatorProcess, args: list[str], requests: int) -> None:
+    """``bulk-update run ARGS`` killed -9 once the emulator has seen ``requests`` requests,
+    and what it had sent finished with."""
+    job = start(*args)
+    wait_for_requests(emu, requests)
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=30)
+    wait_for_in_flight(emu)
+
+
 def test_a_listing_updates_every_listed_completion_once(
     start_emulator: StartEmulator, tmp_path: Path, backend: Backend
 ) -> None:
@@ -116,11 +126,7 @@ def test_kill_9_while_sending_resumes_from_the_recorded_listing(
     listed = wanted()
     args = [*LIST_ARGS, "--output", str(out), "--base-url", emu.base_url, "--rpm", "120",
             "--concurrency", "2", *backend.args]  # fmt: skip
-    job = start(*args)
-    wait_for_requests(emu, 4)  # the listing, the preflight, two updates
-    job.send_signal(signal.SIGKILL)
-    job.wait(timeout=30)
-    wait_for_in_flight(emu)
+    killed(emu, args, 4)  # the listing, the preflight, two updates
     lists = emu.stats()["by_operation"]["list"]
     # Meanwhile a listed completion leaves the filter: a new listing would not have it.
     moved = listed[-1]
@@ -149,11 +155,7 @@ def test_kill_9_while_listing_lists_again(
     out = tmp_path / "out" / "cut.parquet"
     args = [*LIST_ARGS, "--output", str(out), "--base-url", emu.base_url, "--page-size", "1",
             "--rpm", "120", *backend.args]  # fmt: skip
-    job = start(*args)
-    wait_for_requests(emu, 3)  # a page a half second: three pages of eight
-    job.send_signal(signal.SIGKILL)
-    job.wait(timeout=30)
-    wait_for_in_flight(emu)
+    killed(emu, args, 3)  # a page every half second: three pages of twelve
     assert emu.stats()["by_operation"].get("update") is None  # nothing sent yet
     lists = emu.stats()["by_operation"]["list"]
     assert lists < len(wanted())
@@ -164,22 +166,6 @@ def test_kill_9_while_listing_lists_again(
     assert results(out)["completion_id"].to_list() == wanted()
     assert not list(out.parent.glob("*.partial"))
     assert not list(backend.directory.glob("*.partial"))
-
-
-def test_a_changed_set_on_an_unfinished_run_is_refused(
-    start_emulator: StartEmulator, tmp_path: Path
-) -> None:
-    emu = completions_emulator(start_emulator, tmp_path)
-    out = tmp_path / "changed.parquet"
-    args = [*LIST_ARGS, "--output", str(out), "--base-url", emu.base_url, "--rpm", "60"]
-    job = start(*args)
-    wait_for_requests(emu, 3)
-    job.send_signal(signal.SIGKILL)
-    job.wait(timeout=30)
-    changed = cli("run", *args, "--set", "extra=1", "--quiet")
-    assert changed.returncode == 2
-    assert "started with another input or mapping (changed: listing)" in changed.stderr
-    assert changed.stderr.count("\n") == 1
 
 
 def test_the_listings_requests_count_against_the_rpm(
@@ -289,16 +275,18 @@ def test_sigterm_while_listing_stops_with_nothing_recorded(
     assert results(out)["completion_id"].to_list() == wanted()
 
 
-def test_an_unfinished_run_whose_listing_is_gone_is_refused(
+def test_an_unfinished_run_refuses_another_set_and_a_listing_gone(
     start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
     emu = completions_emulator(start_emulator, tmp_path)
     out = tmp_path / "gone.parquet"
     args = [*LIST_ARGS, "--output", str(out), "--base-url", emu.base_url, "--rpm", "60"]
-    job = start(*args)
-    wait_for_requests(emu, 3)
-    job.send_signal(signal.SIGKILL)
-    job.wait(timeout=30)
+    killed(emu, args, 3)
+    # Its recorded listing holds what the first --set gave: another is refused, not ignored.
+    changed = cli("run", *args, "--set", "extra=1", "--quiet")
+    assert changed.returncode == 2
+    assert "started with another input or mapping (changed: listing)" in changed.stderr
+    assert changed.stderr.count("\n") == 1
     [listing] = tmp_path.glob("gone.listing-*.parquet")
     listing.unlink()
     refused = cli("run", *args, "--quiet")
