@@ -65,13 +65,19 @@ if TYPE_CHECKING:
 __all__ = [
     "FILTERS",
     "Listed",
+    "Listing",
     "ListingPlan",
     "Template",
+    "check_config",
     "fingerprint",
     "judge_page",
+    "list_all",
     "listing_path",
     "lookup",
     "plan_listing",
+    "recorded_listing",
+    "take_listing",
+    "write_listing",
 ]
 
 log = logging.getLogger("bulk_update")
