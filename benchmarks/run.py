@@ -4,7 +4,7 @@ Each benchmark starts its own emulator (a real server on loopback), generates it
 under benchmarks/data/ (git-ignored), and reports a ratio to a baseline measured in the same
 run, because absolute numbers vary between machines.
 
-    .venv/bin/python -m benchmarks.run                # all fifteen
+    .venv/bin/python -m benchmarks.run                # all sixteen
     .venv/bin/python -m benchmarks.run --only 1,3     # some
     .venv/bin/python -m benchmarks.run --quick        # smaller sizes (a smoke run)
     .venv/bin/python -m benchmarks.run --only 1 --against 0a5935a --repeat 3 \
@@ -574,6 +574,12 @@ def unchanged_nights(quick: bool) -> list[Row]:
     return nights(quick)
 
 
+def resources(quick: bool) -> list[Row]:
+    from benchmarks.resources import per_resource
+
+    return per_resource(quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "1": client_efficiency,
     "2": riding_the_limit,
@@ -590,6 +596,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "13": unchanged_nights,
     "14": shards,
     "15": growth,
+    "16": resources,
 }
 
 

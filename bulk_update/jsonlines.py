@@ -31,16 +31,30 @@ import polars as pl
 
 from bulk_update.exceptions import DiskFull, InputError, first_line, is_disk_full
 
-__all__ = ["LINE", "NESTED", "as_text_parts", "fields", "is_hidden", "nested_only", "scan_as_text"]
+__all__ = [
+    "LINE",
+    "NESTED",
+    "TYPED",
+    "as_text_parts",
+    "fields",
+    "is_hidden",
+    "nested_only",
+    "scan_as_text",
+]
 
 LINE = "__bulk_update_line"
 NESTED = "__bulk_update_nested:"
+# Read for a resource whose values keep their JSON types (``scan_as_text(typed=True)``): what a
+# key's value is where it is a JSON number or boolean (``number``, ``boolean``); null where it
+# is a string (or null, or nested).
+TYPED = "__bulk_update_typed:"
 _KIND: dict[type, str] = {dict: "a JSON object", list: "a JSON array"}
 
 
 def is_hidden(name: str) -> bool:
-    """A column the reader adds beside the file's own (``LINE``, ``NESTED + key``)."""
-    return name == LINE or name.startswith(NESTED)
+    """A column the reader adds beside the file's own (``LINE``, ``NESTED + key``,
+    ``TYPED + key``)."""
+    return name == LINE or name.startswith((NESTED, TYPED))
 
 
 _ROWS_PER_PART = 50_000
@@ -55,6 +69,24 @@ def _no_constant(name: str) -> Any:
 # number of any size is no error: an integer of 5,000 digits is a value too long for its row,
 # not a file Python cannot parse).
 _WRITTEN = json.JSONDecoder(parse_float=str, parse_int=str, parse_constant=_no_constant)
+
+
+class _Number(str):
+    """A JSON number's text, as written, told apart from a string's (a typed read)."""
+
+    __slots__ = ()
+
+
+_TYPED = json.JSONDecoder(parse_float=_Number, parse_int=_Number, parse_constant=_no_constant)
+
+
+def _type_of(value: object) -> str | None:
+    """``number`` or ``boolean`` for a typed read's value that is one; None for the rest."""
+    if isinstance(value, bool):
+        return "boolean"
+    return "number" if type(value) is _Number else None
+
+
 _scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
@@ -83,30 +115,47 @@ def fields(line: str) -> dict[str, str | None]:
     return _fields(line)[0]
 
 
-def _fields(line: str) -> tuple[dict[str, str | None], dict[str, str]]:
+def _fields(
+    line: str, typed: dict[str, str] | None = None
+) -> tuple[dict[str, str | None], dict[str, str]]:
     """``fields``, and the keys whose value is an object or an array, with what it is.
+    ``typed``, if given, receives the keys whose value is a number or a boolean (``TYPED``).
 
     The C parser does most lines: its number hooks receive each number's text as written. A
     line with an object or an array as a value (kept as written too), or an error, takes the
     slower walk over the line that knows where each value starts and ends."""
+    decoder = _WRITTEN if typed is None else _TYPED
     try:
-        parsed = _WRITTEN.decode(line)
+        parsed = decoder.decode(line)
     except ValueError:
-        return _walk(line)
+        return _walk(line, typed)
     if not isinstance(parsed, dict):
-        return _walk(line)
+        return _walk(line, typed)
     found: dict[str, str | None] = {}
     for key, value in parsed.items():
         if isinstance(value, dict | list):
-            return _walk(line)
+            return _walk(line, typed)
         found[key] = value if value is None or isinstance(value, str) else _BOOLEAN[value]
+        if typed is not None:
+            _mark(typed, key, value)
     return found, {}
+
+
+def _mark(typed: dict[str, str], key: str, value: object) -> None:
+    kind = _type_of(value)
+    if kind is None:
+        typed.pop(key, None)  # a key given twice: its last value counts
+    else:
+        typed[key] = kind
 
 
 _BOOLEAN = {True: "true", False: "false"}
 
 
-def _walk(line: str) -> tuple[dict[str, str | None], dict[str, str]]:
+def _walk(
+    line: str, typed: dict[str, str] | None = None
+) -> tuple[dict[str, str | None], dict[str, str]]:
+    decoder = _WRITTEN if typed is None else _TYPED
     at = _SPACE.match(line, 0).end()  # type: ignore[union-attr]
     if line[at : at + 1] != "{":
         raise _LineError("not a JSON object", at)
@@ -128,12 +177,14 @@ def _walk(line: str) -> tuple[dict[str, str | None], dict[str, str]]:
                 raise _LineError("expected ':' after a key", at)
             at = _SPACE.match(line, at + 1).end()  # type: ignore[union-attr]
             try:
-                value, end = _WRITTEN.raw_decode(line, at)
+                value, end = decoder.raw_decode(line, at)
             except json.JSONDecodeError as exc:
                 raise _LineError(exc.msg, exc.pos) from None
             except ValueError as exc:
                 raise _LineError(str(exc), at) from None
             found[key] = _text(value, line[at:end])
+            if typed is not None:
+                _mark(typed, key, value)
             if type(value) in _KIND:
                 nested[key] = _KIND[type(value)]
             else:
@@ -162,9 +213,10 @@ def _text(value: object, written: str) -> str | None:
     return written  # a number, an object or an array: as written
 
 
-def as_text_parts(file: str, directory: Path) -> list[Path]:
+def as_text_parts(file: str, directory: Path, typed: bool = False) -> list[Path]:
     """Read a local JSON Lines file into IPC files of text columns in ``directory``; the keys
-    of each part in order of first appearance (``pl.concat(how="diagonal")`` joins them)."""
+    of each part in order of first appearance (``pl.concat(how="diagonal")`` joins them).
+    ``typed``: with the ``TYPED`` marks of numbers and booleans."""
     parts: list[Path] = []
 
     def write(frame: pl.DataFrame) -> None:
@@ -192,11 +244,11 @@ def as_text_parts(file: str, directory: Path) -> list[Path]:
             if line.strip():  # a blank line is no row
                 lines.append((number, line))
             if len(lines) >= _ROWS_PER_PART:
-                write(_frame(file, lines, rows))
+                write(_frame(file, lines, rows, typed))
                 rows += len(lines)
                 lines = []
     if lines:
-        write(_frame(file, lines, rows))
+        write(_frame(file, lines, rows, typed))
     if not parts:
         raise InputError(file, "the file is empty: no JSON object")
     return parts
@@ -207,15 +259,18 @@ def _row_count(parts: list[Path]) -> int:
     return sum(int(pl.scan_ipc(part).select(pl.len()).collect().item()) for part in parts)
 
 
-def _frame(file: str, lines: list[tuple[int, str]], before: int = 0) -> pl.DataFrame:
+def _frame(
+    file: str, lines: list[tuple[int, str]], before: int = 0, typed: bool = False
+) -> pl.DataFrame:
     """A chunk of lines as a frame of text columns. Fast path: the chunk parsed as one JSON
     array by the C parser (numbers as written, through its hooks), when every line is one
-    object of plain values; else line by line (``fields``), which names a bad row (``before``:
-    the file's rows before the chunk) and its line."""
+    object of plain values; else (and for a ``typed`` read, whose marks need each value's
+    type) line by line (``fields``), which names a bad row (``before``: the file's rows before
+    the chunk) and its line."""
     numbers = pl.Series(LINE, [number for number, _ in lines], dtype=pl.UInt32)
     try:
-        parsed = _WRITTEN.decode("[" + ",".join(line for _, line in lines) + "]")
-        if len(parsed) == len(lines) and all(type(row) is dict for row in parsed):
+        parsed = [] if typed else _WRITTEN.decode("[" + ",".join(line for _, line in lines) + "]")
+        if not typed and len(parsed) == len(lines) and all(type(row) is dict for row in parsed):
             frame = pl.from_dicts(parsed, infer_schema_length=None)
             if all(_plain(dtype) for dtype in frame.dtypes):
                 return frame.cast(dict.fromkeys(frame.columns, pl.String)).insert_column(0, numbers)
@@ -223,13 +278,18 @@ def _frame(file: str, lines: list[tuple[int, str]], before: int = 0) -> pl.DataF
         pass  # e.g. TypeError: a column of an array of objects then numbers ([{"d":1},2])
     rows = []
     for row, (number, line) in enumerate(lines, start=before + 1):
+        marks: dict[str, str] | None = {} if typed else None
         try:
-            found, nested = _fields(line)
+            found, nested = _fields(line, marks)
             _check_text(found)
         except _LineError as exc:
             problem = f", column {exc.column + 1}: not JSON Lines ({exc})"
             raise _RowError(file, row, number, problem) from None
-        rows.append(found | {NESTED + key: kind for key, kind in nested.items()})
+        rows.append(
+            found
+            | {NESTED + key: kind for key, kind in nested.items()}
+            | {TYPED + key: kind for key, kind in (marks or {}).items()}
+        )
     frame = pl.from_dicts(rows, infer_schema_length=None)
     return frame.cast(dict.fromkeys(frame.columns, pl.String)).insert_column(0, numbers)
 
@@ -257,20 +317,20 @@ class _Cache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._read: dict[tuple[str, int, int], tuple[list[Path], int]] = {}
+        self._read: dict[tuple[str, int, int, bool], tuple[list[Path], int]] = {}
         self._root: Path | None = None
 
-    def read(self, file: str) -> tuple[list[Path], int]:
-        """The file's parts, and how many rows they hold."""
+    def read(self, file: str, typed: bool = False) -> tuple[list[Path], int]:
+        """The file's parts, and how many rows they hold (``typed``: with ``TYPED`` marks)."""
         stat = Path(file).stat()
-        key = (str(Path(file).resolve()), stat.st_size, stat.st_mtime_ns)
+        key = (str(Path(file).resolve()), stat.st_size, stat.st_mtime_ns, typed)
         with self._lock:
             if key not in self._read:
                 if self._root is None:
                     self._root = Path(tempfile.mkdtemp(prefix="bulk-update-jsonl-"))
                     atexit.register(shutil.rmtree, self._root, ignore_errors=True)
                 directory = Path(tempfile.mkdtemp(dir=self._root))
-                parts = as_text_parts(file, directory)
+                parts = as_text_parts(file, directory, typed)
                 self._read[key] = (parts, _row_count(parts))
             return self._read[key]
 
@@ -278,15 +338,16 @@ class _Cache:
 _CACHE = _Cache()
 
 
-def scan_as_text(files: tuple[str, ...]) -> pl.LazyFrame:
+def scan_as_text(files: tuple[str, ...], typed: bool = False) -> pl.LazyFrame:
     """Local JSON Lines files as one lazy table of text columns, in file order (``LINE``: each
-    row's line in its own file). A row that cannot be read is named by its number over the
-    files (a glob's second file's first row follows the first file's last)."""
+    row's line in its own file; ``typed``: ``TYPED`` marks of numbers and booleans). A row that
+    cannot be read is named by its number over the files (a glob's second file's first row
+    follows the first file's last)."""
     scans = []
     before = 0
     for file in files:
         try:
-            parts, rows = _CACHE.read(file)
+            parts, rows = _CACHE.read(file, typed)
         except _RowError as exc:
             raise exc.after(before) from None
         scans += [pl.scan_ipc(part) for part in parts]

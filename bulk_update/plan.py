@@ -95,6 +95,7 @@ MSG_PAST_EXACT = (
 )
 MSG_NOT_A_BOOLEAN = "value for '{}' is '{}', not true or false (--boolean-columns)"
 MSG_NOT_NUMBER_TEXT = "value for '{}' is '{}', not a number (--number-columns)"
+MSG_NOT_FINITE = "value for '{}' is {}, past what a JSON number holds (a double)"
 
 
 def id_message(message: str, field: str, prefix: str) -> str:
@@ -545,13 +546,34 @@ def _id_checks(table: InputTable) -> list[Check]:
     return checks
 
 
+def _number_text(
+    key: str, cell: pl.Expr, given: pl.Expr, not_a_number: str
+) -> tuple[pl.Expr, list[Check]]:
+    """A text cell's number, where ``given``: its JSON text (``12``, ``1.5``), with the checks
+    of a cell that is no (finite) number (``not_a_number``, its message) or past 2**53."""
+    whole = cell.str.contains(r"^[+-]?[0-9]+$")
+    as_int = cell.cast(pl.Int64, strict=False)
+    as_float = cell.cast(pl.Float64, strict=False)
+    past = given & whole & (as_int.is_null() | (as_int.abs() > MAX_EXACT_INTEGER))
+    bad = given & ~whole & (as_float.is_null() | ~as_float.is_finite())
+    not_number = pl.format(not_a_number, pl.lit(key), _clip_expr(cell))
+    checks: list[Check] = [
+        (past, "unsupported_value", pl.format(MSG_PAST_EXACT, pl.lit(key), _clip_expr(cell))),
+        (bad, "unsupported_value", not_number),
+    ]
+    number = pl.when(whole).then(as_int.cast(pl.String)).otherwise(as_float.cast(pl.String))
+    return pl.when(given & ~past & ~bad).then(number), checks
+
+
 def _typed_value(
-    key: str, column: pl.Expr, dtype: Any, table: InputTable, name: str
-) -> tuple[pl.Expr, list[Check]] | None:
+    key: str, column: pl.Expr, dtype: Any, table: InputTable, name: str, mark: pl.Expr | None
+) -> tuple[pl.Expr, list[Check], pl.Expr | None] | None:
     """A typed resource's value as its JSON text, unquoted (a number, ``true``/``false``), with
-    its checks; None for a value sent as a JSON string (text, a date, ...). A text column the
-    user named (``--number-columns``, ``--boolean-columns``) is parsed; a Parquet boolean or
-    number is itself. An integer past 2**53 is invalid (JSON numbers are doubles)."""
+    its checks, and the rows it is for (None: every row); None for a value sent as a JSON
+    string (text, a date, ...). A text column the user named (``--number-columns``,
+    ``--boolean-columns``) is parsed; a Parquet boolean or number is itself; a JSON Lines
+    value is what the file wrote (``mark``: ``jsonlines.TYPED``'s column). An integer past
+    2**53 is invalid (JSON numbers are doubles)."""
     checks: list[Check] = []
     text_column = isinstance(dtype, pl.String | pl.Categorical | pl.Enum)
     if text_column and name in table.boolean_columns:
@@ -560,22 +582,19 @@ def _typed_value(
         given = cell.is_not_null() & (cell != "")
         bad = given & ~lowered.is_in(["true", "false"])
         checks.append((bad, "unsupported_value", pl.format(MSG_NOT_A_BOOLEAN, pl.lit(key), cell)))
-        return pl.when(given & ~bad).then(lowered), checks
+        return pl.when(given & ~bad).then(lowered), checks, None
     if text_column and name in table.number_columns:
         cell = column.cast(pl.String).str.strip_chars()
         given = cell.is_not_null() & (cell != "")
-        whole = cell.str.contains(r"^[+-]?[0-9]+$")
-        as_int = cell.cast(pl.Int64, strict=False)
-        as_float = cell.cast(pl.Float64, strict=False)
-        past = given & whole & (as_int.is_null() | (as_int.abs() > MAX_EXACT_INTEGER))
-        bad = given & ~whole & (as_float.is_null() | ~as_float.is_finite())
-        checks.append((past, "unsupported_value", pl.format(MSG_PAST_EXACT, pl.lit(key), cell)))
-        not_number = pl.format(MSG_NOT_NUMBER_TEXT, pl.lit(key), _clip_expr(cell))
-        checks.append((bad, "unsupported_value", not_number))
-        number = pl.when(whole).then(as_int.cast(pl.String)).otherwise(as_float.cast(pl.String))
-        return pl.when(given & ~past & ~bad).then(number), checks
+        return *_number_text(key, cell, given, MSG_NOT_NUMBER_TEXT), None
+    if text_column and mark is not None:
+        # JSON Lines: a number or a boolean where the file wrote one, else a string.
+        cell = column.cast(pl.String)
+        number, checks = _number_text(key, cell, mark == "number", MSG_NOT_FINITE)
+        value = pl.when(mark == "boolean").then(cell).otherwise(number)
+        return value, checks, mark.is_not_null()
     if isinstance(dtype, pl.Boolean):
-        return column.cast(pl.String), checks
+        return column.cast(pl.String), checks, None
     if dtype.is_integer():
         past = pl.lit(False)
         if dtype in (pl.Int64, pl.UInt64):  # narrower integers are never past 2**53
@@ -584,9 +603,9 @@ def _typed_value(
                 past = past | (column < pl.lit(-MAX_EXACT_INTEGER, dtype=dtype))
         shown = column.cast(pl.String)
         checks.append((past, "unsupported_value", pl.format(MSG_PAST_EXACT, pl.lit(key), shown)))
-        return pl.when(~past).then(shown), checks
+        return pl.when(~past).then(shown), checks, None
     if dtype.is_float() or isinstance(dtype, pl.Decimal):
-        return column.cast(pl.String), checks  # NaN and infinity: _as_text's checks
+        return column.cast(pl.String), checks, None  # NaN and infinity: _as_text's checks
     return None
 
 
@@ -606,21 +625,28 @@ def _plan_exprs(table: InputTable, schema: pl.Schema, with_duplicates: bool) -> 
     ):
         text, type_checks = _as_text(name, column, dtype, hint, nested)
         checks += type_checks
-        typed = _typed_value(name, column, dtype, table, written) if table.resource.typed else None
+        typed = None
+        if table.resource.typed:
+            marked = jsonlines.TYPED + written
+            mark = pl.col(marked) if table.metadata_column is None and marked in schema else None
+            typed = _typed_value(name, column, dtype, table, written, mark)
         if typed is not None:
             # A JSON number or boolean: '"key":' and its text, unquoted.
-            value, value_checks = typed
+            value, value_checks, rows = typed
             checks += value_checks
-            if not name:
-                checks.append((value.is_not_null(), "invalid_key", pl.lit(MSG_KEY_EMPTY)))
-            elif len(name) > MAX_KEY_CHARS:
-                too_long = MSG_KEY_TOO_LONG.format(clip(name), len(name))
-                checks.append((value.is_not_null(), "key_too_long", pl.lit(too_long)))
-            present.append(value.is_not_null().cast(pl.Int32))
-            pieces.append(
-                pl.concat_str([pl.lit(json.dumps(name, ensure_ascii=False) + ":"), value])
-            )
-            continue
+            typed_piece = pl.concat_str([pl.lit(json.dumps(name, ensure_ascii=False) + ":"), value])
+            if rows is None:
+                if not name:
+                    checks.append((value.is_not_null(), "invalid_key", pl.lit(MSG_KEY_EMPTY)))
+                elif len(name) > MAX_KEY_CHARS:
+                    too_long = MSG_KEY_TOO_LONG.format(clip(name), len(name))
+                    checks.append((value.is_not_null(), "key_too_long", pl.lit(too_long)))
+                present.append(value.is_not_null().cast(pl.Int32))
+                pieces.append(typed_piece)
+                continue
+            # Some rows typed (``rows``), the others text: each row its own piece.
+            text = pl.when(~rows).then(text)
+            value = pl.when(rows).then(value)
         if not name:
             checks.append((text.is_not_null(), "invalid_key", pl.lit(MSG_KEY_EMPTY)))
         elif len(name) > MAX_KEY_CHARS:
@@ -629,13 +655,22 @@ def _plan_exprs(table: InputTable, schema: pl.Schema, with_duplicates: bool) -> 
         length = text.str.len_chars()
         value_too_long = pl.format(MSG_VALUE_TOO_LONG, pl.lit(name), length)
         checks.append((length > MAX_VALUE_CHARS, "value_too_long", value_too_long))
-        present.append(text.is_not_null().cast(pl.Int32))
         # '"key":"value"' with JSON escaping, from polars' own encoder: {"key":"value"} less
         # the braces.
         encoded = pl.struct(text.alias(name)).struct.json_encode()
-        pieces.append(
-            pl.when(text.is_not_null()).then(encoded.str.slice(1, encoded.str.len_chars() - 2))
-        )
+        piece = pl.when(text.is_not_null()).then(encoded.str.slice(1, encoded.str.len_chars() - 2))
+        if typed is None:
+            present.append(text.is_not_null().cast(pl.Int32))
+            pieces.append(piece)
+        else:
+            given = text.is_not_null() | value.is_not_null()
+            if not name:
+                checks.append((value.is_not_null(), "invalid_key", pl.lit(MSG_KEY_EMPTY)))
+            elif len(name) > MAX_KEY_CHARS:
+                too_long = MSG_KEY_TOO_LONG.format(clip(name), len(name))
+                checks.append((value.is_not_null(), "key_too_long", pl.lit(too_long)))
+            present.append(given.cast(pl.Int32))
+            pieces.append(pl.when(value.is_not_null()).then(typed_piece).otherwise(piece))
     pairs = pl.sum_horizontal(present)
     checks.append((pairs == 0, "no_metadata", pl.lit(MSG_NO_METADATA)))
     checks.append((pairs > MAX_PAIRS, "too_many_pairs", pl.format(MSG_TOO_MANY_PAIRS, pairs)))

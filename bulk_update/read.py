@@ -107,7 +107,7 @@ class InputTable:
         counted over the whole input (all files of a glob, every shard)."""
         scan = _scan(
             self.files or (self.path,), self.format, self.storage_options, self.separator,
-            self.schema, quoted=self.quoted,
+            self.schema, quoted=self.quoted, typed=self.resource.typed,
         )  # fmt: skip
         if self.fed_back:
             scan = spreadsheet.unescape(scan)
@@ -129,7 +129,10 @@ class InputTable:
         scan = self.scan()
         names = set(scan.collect_schema().names()) if self.format == "ndjson" else set()
         wanted += [
-            jsonlines.NESTED + c for c in self.metadata_columns if jsonlines.NESTED + c in names
+            mark + c
+            for c in self.metadata_columns
+            for mark in (jsonlines.NESTED, jsonlines.TYPED)
+            if mark + c in names
         ]
         try:
             yield from scan.select(wanted).collect_batches(chunk_size=rows)
@@ -328,16 +331,18 @@ def _scan(
     schema: pl.Schema | None = None,
     *,
     quoted: bool = True,
+    typed: bool = False,
 ) -> pl.LazyFrame:
     """Local globs are expanded by ``expand`` (sorted); a remote URL's glob by polars. JSON
-    Lines are read with ``schema`` (every key as text) once ``open_input`` found the keys."""
+    Lines are read with ``schema`` (every key as text) once ``open_input`` found the keys
+    (``typed``: a local file's numbers and booleans marked, ``jsonlines.TYPED``)."""
     remote = any(is_remote(file) for file in files)
     source = files[0] if len(files) == 1 else list(files)
     if fmt == "parquet":
         return pl.scan_parquet(source, glob=remote, storage_options=storage_options)
     if fmt == "ndjson" and not remote:
         # Read once, every value as written (bulk_update.jsonlines).
-        return jsonlines.scan_as_text(files)
+        return jsonlines.scan_as_text(files, typed)
     if fmt == "ndjson":
         # A remote JSON Lines file's keys may first appear on any line: the whole file is read
         # once to find them (open_input), then every value is read as text (as polars prints
@@ -385,7 +390,7 @@ def open_input(
         _named(path, names, c) for c in ((id_column,) if isinstance(id_column, str) else id_column)
     )
     for column in id_columns:
-        _check_id_column(path, schema, column, fmt)
+        _check_id_column(path, schema, column, fmt, resource)
     if metadata_column is not None:
         metadata_column = _named(path, names, metadata_column)
     if columns is not None:
@@ -543,17 +548,26 @@ def _schema(
     return schema
 
 
-def _check_id_column(path: str, schema: pl.Schema, id_column: str, fmt: InputFormat) -> None:
+def _check_id_column(
+    path: str,
+    schema: pl.Schema,
+    id_column: str,
+    fmt: InputFormat,
+    resource: Resource = CONVERSATIONS,
+) -> None:
     names = list(schema.names())
     if id_column not in names:
         raise InputError(
-            path, f"no ID column {id_column!r} (columns: {_shown(names)}){_hint(fmt, names)}"
+            path,
+            f"no ID column {id_column!r} (columns: {_shown(names)}){_hint(fmt, names, resource)}",
         )
     if not _has_text_form(schema[id_column]):
+        prefixes = " or ".join(f"{p}..." for p in resource.prefixes)
         raise InputError(
             path,
             f"the ID column {id_column!r} holds {values.kind(schema[id_column])}, not text; a "
-            "conversation ID is text (conv_...): give --id-column the column that holds them",
+            f"{resource.noun} ID is text ({prefixes}): give --id-column the column that holds "
+            "them",
         )
 
 
@@ -630,14 +644,16 @@ def _check_same_columns(
             )
 
 
-def _hint(fmt: InputFormat, names: list[str]) -> str:
+def _hint(fmt: InputFormat, names: list[str], resource: Resource = CONVERSATIONS) -> str:
     """What to try when the ID column is not found: another delimiter if the header looks
     separated by one, else --id-column."""
     if fmt == "csv" and len(names) == 1:
         for mark, shown in ((";", "';'"), ("|", "'|'"), ("\t", "'\\t'")):
             if mark in names[0]:
                 return f": the header looks {shown}-separated: give --delimiter {shown}"
-    return ": give --id-column the column that holds the conversation IDs"
+    if resource.paired:
+        return f": give --id-column the columns that hold the {resource.noun}s' IDs, VS,FILE"
+    return f": give --id-column the column that holds the {resource.noun} IDs"
 
 
 def _has_text_form(dtype: pl.DataType) -> bool:

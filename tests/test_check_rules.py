@@ -187,7 +187,9 @@ def test_a_revert_is_a_run_of_the_job_it_reverts() -> None:
 def test_the_emulator_preloads_metadata_from_a_json_column(tmp_path: Path) -> None:
     path = tmp_path / "server.csv"
     path.write_text('conversation_id,metadata\nconv_a,"{""owner"":""ana""}"\nconv_b,\n')
-    assert list(preload_from(str(path))) == [("conv_a", {"owner": "ana"}), ("conv_b", None)]
+    assert list(preload_from(str(path))) == [
+        (("conv_a",), {"owner": "ana"}, None), (("conv_b",), None, None),
+    ]  # fmt: skip
     path.write_text("conversation_id,metadata\nconv_a,{not json\n")
     with pytest.raises(ValueError, match=r"row 1 \(conv_a\), column metadata: not JSON"):
         list(preload_from(str(path)))
@@ -207,7 +209,9 @@ def test_the_emulator_preloads_every_input_format_of_the_job(
     """`emulator --preload rows.tsv` once read a TSV as CSV ("no conversation_id column")."""
     path = tmp_path / name
     path.write_text(text)
-    assert list(preload_from(str(path))) == [("conv_a", {"owner": "ana"}), ("conv_b", None)]
+    assert list(preload_from(str(path))) == [
+        (("conv_a",), {"owner": "ana"}, None), (("conv_b",), None, None),
+    ]  # fmt: skip
     with EmulatorProcess("--preload", str(path)) as emu:
         assert emu.stats()["conversations"] == 2
         assert emu.admin("conversations/conv_a")["metadata"] == {"owner": "ana"}

@@ -258,6 +258,7 @@ def _run_emulator(args: argparse.Namespace) -> int:
             preload=args.preload,
             id_column=args.id_column,
             quoting=args.quoting,
+            resource=args.resource,
         )
     except (OSError, ValueError) as exc:
         print(f"bulk-update emulator: {exc}", file=sys.stderr)

@@ -282,8 +282,10 @@ def report_options(parser: argparse.ArgumentParser) -> None:
 
 def emulator_options(parser: argparse.ArgumentParser) -> None:
     from bulk_update.emulator import EmulatorConfig
+    from bulk_update.emulator.objects import KINDS
 
     emulator = defaults(EmulatorConfig)
+    resources = tuple(KINDS)
     parser.add_argument("--host", default="127.0.0.1", help="where to listen (default 127.0.0.1)")
     parser.add_argument(
         "--port",
@@ -325,19 +327,31 @@ def emulator_options(parser: argparse.ArgumentParser) -> None:
         help="the same seed gives the same faults for the same request sequence (default random)",
     )
     parser.add_argument(
+        "--resource",
+        choices=resources,
+        default=resources[0],
+        metavar="NAME",
+        help="which objects --preload creates: " + ", ".join(resources)
+        + " (a file's vector stores too); all four are served either way "
+        f"(default {resources[0]})",
+    )  # fmt: skip
+    parser.add_argument(
         "--preload",
         metavar="FILE|N",
         default=None,
-        help="create a conversation for every ID in a file's --id-column, the file Parquet "
-        "(.parquet), JSON Lines (.jsonl, .ndjson), TSV (.tsv) or else CSV, with its metadata "
-        "column (a JSON object) as each one's metadata if it has one; or N conversations whose "
-        "IDs are bulk_update.emulator.preload_id(0..N-1)",
+        help="create an object of --resource for every ID in a file's --id-column, the file "
+        "Parquet (.parquet), JSON Lines (.jsonl, .ndjson), TSV (.tsv) or else CSV, with its "
+        "metadata column (a JSON object; a file's: attributes) as each one's metadata if it has "
+        "one and, for chat.completions, its model column; or N objects whose IDs are "
+        "bulk_update.emulator.preload_ids(RESOURCE, 0..N-1) (for conversations, preload_id)",
     )
     parser.add_argument(
         "--id-column",
-        default="conversation_id",
+        default=None,
         metavar="NAME",
-        help="the --preload file's ID column, as run's --id-column (default conversation_id)",
+        help="the --preload file's ID column, as run's --id-column; for vector_stores.files "
+        "two, comma-separated; another --resource's default is its own: completion_id, "
+        "vector_store_id, vector_store_id,file_id (default conversation_id)",
     )
     parser.add_argument(
         "--quoting",

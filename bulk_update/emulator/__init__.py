@@ -1,4 +1,5 @@
-"""A local, in-memory stand-in for the OpenAI Conversations API (``bulk-update emulator``).
+"""A local, in-memory stand-in for the OpenAI API's objects with metadata (``bulk-update
+emulator``): conversations, stored chat completions, vector stores and vector store files.
 
 For demos, rehearsals, tests and benchmarks. The job (``bulk_update``) never imports it. Its
 server needs the ``emulator`` extra (``pip install 'bulk-update[emulator]'``); the app is in
@@ -6,6 +7,7 @@ server needs the ``emulator`` extra (``pip install 'bulk-update[emulator]'``); t
 """
 
 from bulk_update.emulator.config import EmulatorConfig
+from bulk_update.emulator.objects import preload_ids
 from bulk_update.emulator.store import preload_id
 
 EXTRA_HINT = "the emulator needs its extra: pip install 'bulk-update[emulator]'"
@@ -21,4 +23,4 @@ def missing_dependency() -> str | None:
     return None
 
 
-__all__ = ["EXTRA_HINT", "EmulatorConfig", "missing_dependency", "preload_id"]
+__all__ = ["EXTRA_HINT", "EmulatorConfig", "missing_dependency", "preload_id", "preload_ids"]

@@ -1,4 +1,6 @@
-"""The emulator's ASGI application (Starlette): the Conversations API plus an admin route.
+"""The emulator's ASGI application (Starlette): the API's four kinds of objects (conversations,
+stored chat completions, vector stores, vector store files: ``emulator.objects``) plus admin
+routes.
 
 Every ``/v1`` request goes through the same gate, in this order: authentication (401), the
 server-side rate limit (429, which counts every authenticated request), the configured latency,
@@ -35,7 +37,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bulk_update.emulator.config import EmulatorConfig
 from bulk_update.emulator.faults import FaultKind, FaultPlan
 from bulk_update.emulator.limits import TokenBucket
-from bulk_update.emulator.store import MAX_ITEMS, ApiError, ConversationStore
+from bulk_update.emulator.objects import CONVERSATIONS, KINDS, VECTOR_STORES, Kind
+from bulk_update.emulator.store import (
+    MAX_ITEMS,
+    ApiError,
+    ConversationStore,
+    Item,
+    ObjectStore,
+    key_of,
+)
 
 # The ASGI extension in which the server offers ``{"abort": callable}`` to drop the connection
 # with a TCP reset (see server.py).
@@ -60,10 +70,16 @@ class Emulator:
     """State shared by all requests: the store, the limit, the faults and the counters."""
 
     def __init__(self, config: EmulatorConfig, clock: Callable[[], float] = time.monotonic):
-        self.store = ConversationStore()
+        # One store per kind of object; ``store`` is the conversations'.
+        self.stores: dict[str, ObjectStore] = {name: kind.store() for name, kind in KINDS.items()}
+        store = self.stores[CONVERSATIONS]
+        assert isinstance(store, ConversationStore)
+        self.store = store
         self.clock = clock
         self.by_status: Counter[str] = Counter()
         self.by_operation: Counter[str] = Counter()
+        # The same by kind of object: {"chat.completions": {"update": 3}}.
+        self.by_resource: dict[str, Counter[str]] = {name: Counter() for name in KINDS}
         # Answers by whole second since start, and by status: for benchmarks of rate riding.
         self.started = clock()
         self.timeline: dict[int, Counter[str]] = {}
@@ -113,6 +129,10 @@ class Emulator:
             "by_status": dict(self.by_status),
             "by_operation": dict(self.by_operation),
             "conversations": len(self.store),
+            "objects": {name: len(store) for name, store in self.stores.items()},
+            "by_resource": {
+                name: dict(counts) for name, counts in self.by_resource.items() if counts
+            },
             "in_flight": self.in_flight,
             "by_key": {
                 key: {"requests": int(n), "first_s": first, "last_s": last}
@@ -121,8 +141,14 @@ class Emulator:
             "by_scope": dict(self.by_scope),
         }
         if per_id:
-            stats["update_requests_by_id"] = self.store.update_requests
-            stats["updates_applied_by_id"] = self.store.updates_applied
+            # Every kind's, by key (a file's is VS_ID/FILE_ID): the kinds' IDs do not overlap.
+            stores = self.stores.values()
+            stats["update_requests_by_id"] = {
+                key: n for store in stores for key, n in store.update_requests.items()
+            }
+            stats["updates_applied_by_id"] = {
+                key: n for store in stores for key, n in store.updates_applied.items()
+            }
         if timeline:
             stats["timeline"] = {
                 str(second): dict(counts) for second, counts in sorted(self.timeline.items())
@@ -134,12 +160,15 @@ class Emulator:
     def reset_counters(self) -> None:
         self.by_status.clear()
         self.by_operation.clear()
+        for counts in self.by_resource.values():
+            counts.clear()
         self.timeline.clear()
         self.by_key.clear()
         self.by_scope.clear()
         self.first_ok = self.last_ok = None
-        self.store.update_requests.clear()
-        self.store.updates_applied.clear()
+        for store in self.stores.values():
+            store.update_requests.clear()
+            store.updates_applied.clear()
 
 
 class InFlight:
@@ -218,13 +247,15 @@ class _Api:
         self.state = state
         self.store = state.store
 
-    def gated(self, operation: str, handler: Handler) -> Handler:
-        """``handler`` behind the gate, counted as ``operation``."""
+    def gated(self, operation: str, handler: Handler, resource: str = CONVERSATIONS) -> Handler:
+        """``handler`` behind the gate, counted as ``operation``, in total and for ``resource``."""
         state = self.state
+        by_resource = state.by_resource[resource]
 
         async def gate(request: Request) -> Response:
             started = time.perf_counter()
             state.by_operation[operation] += 1
+            by_resource[operation] += 1
             state.arrived(request.headers)
             headers = {"x-request-id": "req_" + uuid.uuid4().hex}
             try:
@@ -358,6 +389,125 @@ class _Api:
         )
 
 
+# A listing's page size: the API's default, and its bounds.
+LIST_LIMIT = 20
+MAX_LIST_LIMIT = 100
+
+
+def _list_query(request: Request) -> tuple[int, bool | None, str | None]:
+    """A listing's ``limit``, ``order`` (True: desc, None: the kind's default) and ``after``."""
+    query = request.query_params
+    limit_text = query.get("limit")
+    try:
+        limit = LIST_LIMIT if limit_text is None else int(limit_text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise ApiError(
+            400,
+            f"Invalid 'limit': expected an integer from 1 to {MAX_LIST_LIMIT}, "
+            f"but got {limit_text!r} instead.",
+            param="limit",
+            code="invalid_value",
+        )
+    order = query.get("order")
+    if order not in (None, "asc", "desc"):
+        raise ApiError(
+            400,
+            f"Invalid 'order': expected 'asc' or 'desc', but got {order!r} instead.",
+            param="order",
+            code="invalid_value",
+        )
+    return limit, None if order is None else order == "desc", query.get("after")
+
+
+class _Objects:
+    """The API of one kind of object other than conversations: retrieve, update and list (a
+    file's within its vector store), each behind the same gate as conversations'."""
+
+    def __init__(self, api: _Api, kind: Kind) -> None:
+        self.state = api.state
+        self.kind = kind
+        self.store = api.state.stores[kind.name]
+        # A file's vector store must exist for its routes.
+        self.parents = api.state.stores[VECTOR_STORES] if len(kind.id_columns) > 1 else None
+
+    def _ids(self, request: Request) -> tuple[str, ...]:
+        ids = tuple(request.path_params[name] for name in self.kind.id_columns)
+        if self.parents is not None:
+            self.parents.get(ids[0])
+        return ids
+
+    def _render(self, item: Item) -> dict[str, Any]:
+        return self.kind.render(item, self.state.stores)
+
+    async def retrieve(self, request: Request) -> Response:
+        ids = self._ids(request)
+        return _json(200, self._render(self.store.get(key_of(ids), ids)), {})
+
+    async def update(self, request: Request) -> Response:
+        ids = self._ids(request)
+        key, field = key_of(ids), self.kind.field
+        self.store.count_update_request(key)
+        body = await _read_json(request) if await request.body() else {}
+        if field not in body and self.kind.required:
+            raise ApiError(
+                400,
+                f"Missing required parameter: '{field}'.",
+                param=field,
+                code="missing_required_parameter",
+            )
+        if field not in body:  # a vector store's name or expiry only: its metadata unchanged
+            return _json(200, self._render(self.store.get(key, ids)), {})
+        given = body[field]
+        if given is None and self.kind.typed:
+            # The reference types a file's attributes "object or null": null clears them.
+            given, merge = {}, False
+        else:
+            merge = not self.state.config.replace_metadata
+        return _json(200, self._render(self.store.update(key, given, merge)), {})
+
+    async def list(self, request: Request) -> Response:
+        limit, descending, after = _list_query(request)
+        parent = ""
+        if self.parents is not None:
+            parent = request.path_params[self.kind.id_columns[0]]
+            self.parents.get(parent)
+        query = request.query_params
+        wanted = {
+            key[len("metadata[") : -1]: value
+            for key, value in query.multi_items()
+            if key.startswith("metadata[") and key.endswith("]")
+        }
+        model = query.get("model")
+
+        def match(item: Item) -> bool:
+            if model is not None and item.model != model:
+                return False
+            return all(item.metadata.get(k) == v for k, v in wanted.items())
+
+        filtered = model is not None or bool(wanted)
+        page = self.store.page(
+            parent=parent,
+            after=None if after is None else key_of((parent, after) if parent else (after,)),
+            limit=limit,
+            descending=self.kind.descending if descending is None else descending,
+            match=match if filtered else None,
+        )
+        data = [self._render(item) for item in page.items]
+        return _json(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": page.has_more,
+            },
+            {},
+        )
+
+
 class _Admin:
     """The routes outside the API (``/_emulator/...``): no key, no limit, no faults."""
 
@@ -376,6 +526,20 @@ class _Admin:
         except ApiError as error:
             return _error(error, {})
         return _json(200, conversation.resource(), {})
+
+    def object(self, kind: Kind) -> Handler:
+        """``GET /_emulator/{resource}/{id}`` for ``kind`` (a file's: ``.../{vs_id}/{file_id}``)."""
+        state = self.state
+
+        async def read(request: Request) -> Response:
+            ids = tuple(request.path_params[name] for name in kind.id_columns)
+            try:
+                item = state.stores[kind.name].get(key_of(ids), ids)
+            except ApiError as error:
+                return _error(error, {})
+            return _json(200, kind.render(item, state.stores), {})
+
+        return read
 
     async def reset_counters(self, request: Request) -> Response:
         self.state.reset_counters()
@@ -414,7 +578,7 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
     """Build the ASGI app. Pass ``emulator`` to share or inspect its state (tests)."""
     state = emulator or Emulator(config or EmulatorConfig())
     api, admin = _Api(state), _Admin(state)
-    path = "/v1/conversations/{conversation_id}"
+    path = KINDS[CONVERSATIONS].path
     routes = [
         Route("/v1/conversations", api.gated("create", api.create), methods=["POST"]),
         Route(path, api.gated("retrieve", api.retrieve), methods=["GET"]),
@@ -425,6 +589,22 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
         Route("/_emulator/reset-counters", admin.reset_counters, methods=["POST"]),
         Route("/_emulator/config", admin.config, methods=["GET", "POST"]),
     ]
+    # The other kinds: each object's GET and POST, and the listing (a file's in its store).
+    for name, kind in KINDS.items():
+        if name == CONVERSATIONS:
+            continue
+        objects = _Objects(api, kind)
+        admin_path = ADMIN_PREFIX + name + "/" + "/".join(f"{{{c}}}" for c in kind.id_columns)
+        routes += [
+            Route(admin_path, admin.object(kind), methods=["GET"]),
+            Route(kind.path, api.gated("retrieve", objects.retrieve, name), methods=["GET"]),
+            Route(kind.path, api.gated("update", objects.update, name), methods=["POST"]),
+            Route(
+                kind.path.rpartition("/")[0],
+                api.gated("list", objects.list, name),
+                methods=["GET"],
+            ),
+        ]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(InFlight, emulator=state)],

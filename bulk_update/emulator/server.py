@@ -23,7 +23,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bulk_update.emulator.app import ABORT_EXTENSION, Emulator, create_app
 from bulk_update.emulator.config import EmulatorConfig
-from bulk_update.emulator.store import ApiError, check_metadata, preload_id
+from bulk_update.emulator.objects import (
+    CHAT_COMPLETIONS,
+    CONVERSATIONS,
+    KINDS,
+    PRELOAD_MODEL,
+    VECTOR_STORE_FILES,
+    VECTOR_STORES,
+)
+from bulk_update.emulator.store import ApiError, check_map
 
 
 class ResettableHttpToolsProtocol(HttpToolsProtocol):
@@ -53,22 +61,40 @@ class ResettableHttpToolsProtocol(HttpToolsProtocol):
 
 PRELOAD_METADATA = "metadata"
 PRELOAD_ID = "conversation_id"
+# A chat completion's model, optional in a --preload file.
+PRELOAD_MODEL_COLUMN = "model"
+
+Preloaded = tuple[tuple[str, ...], object, str | None]
 
 
 def preload_from(
-    spec: str, id_column: str = PRELOAD_ID, quoting: str = "csv"
-) -> Iterator[tuple[str, object]]:
-    """Conversations for ``--preload``: a whole number N (no metadata), or the ``id_column``
-    (``--id-column``, as ``run`` has it) of a file in one of the job's input formats (CSV, TSV,
-    JSON Lines, Parquet: by its extension, as the job reads them), with the file's ``metadata``
-    column (a JSON object) as each conversation's metadata if it has one. ``quoting`` "none":
-    a CSV or TSV cell's quote is text (``--quoting none``, as run's)."""
+    spec: str,
+    id_column: str | None = None,
+    quoting: str = "csv",
+    resource: str = CONVERSATIONS,
+) -> Iterator[Preloaded]:
+    """Objects of ``resource`` for ``--preload``: (IDs, map or None, model or None).
+
+    ``spec`` is a whole number N (``preload_ids(resource, 0..N-1)``, no map), or a file in one
+    of the job's input formats (CSV, TSV, JSON Lines, Parquet: by its extension, as the job reads
+    them) with the ID column(s) ``id_column`` (``--id-column``, comma-separated for a file's two;
+    default the resource's), its map column (``metadata``, a file's ``attributes``: a JSON
+    object) if it has one and, for chat completions, a ``model`` column if it has one.
+    ``quoting`` "none": a CSV or TSV cell's quote is text (``--quoting none``, as run's)."""
+    kind = KINDS[resource]
+    model = PRELOAD_MODEL if resource == CHAT_COMPLETIONS else None
     if spec.isdigit():
-        yield from ((preload_id(i), None) for i in range(int(spec)))
+        yield from ((kind.preload_ids(i), None, model) for i in range(int(spec)))
         return
+    columns = kind.id_columns if id_column is None else tuple(id_column.split(","))
+    if len(columns) != len(kind.id_columns):
+        wanted = ",".join(kind.id_columns)
+        raise ValueError(f"--id-column {id_column}: {resource} needs {len(kind.id_columns)} ID "
+                         f"column(s), comma-separated (as {wanted})")  # fmt: skip
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"--preload {spec}: no such file (nor a whole number)")
+    field = kind.field
     try:
         suffix = path.suffix.lower()
         if suffix == ".parquet":
@@ -79,37 +105,56 @@ def preload_from(
             separator = "\t" if suffix == ".tsv" else ","
             quote_char = None if quoting == "none" else '"'
             scan = pl.scan_csv(path, infer_schema=False, separator=separator, quote_char=quote_char)
-        names = scan.collect_schema().names()
-        if id_column not in names:
-            shown = ", ".join(repr(name) for name in names[:20])
-            raise ValueError(
-                f"--preload {spec}: the file has no {id_column!r} column (columns: {shown}): "
-                "give --id-column the column that holds the conversation IDs"
-            )
-        trimmed = pl.col(id_column).cast(pl.String).str.strip_chars()
         schema = scan.collect_schema()
-        metadata = pl.col(PRELOAD_METADATA) if PRELOAD_METADATA in names else pl.lit(None)
-        if isinstance(schema.get(PRELOAD_METADATA), pl.Struct):  # a JSON Lines object
-            metadata = metadata.struct.json_encode()
-        rows = scan.select(trimmed, metadata.cast(pl.String).alias(PRELOAD_METADATA)).collect()
+        names = schema.names()
+        for column in columns:
+            if column not in names:
+                shown = ", ".join(repr(name) for name in names[:20])
+                noun = "conversation IDs" if resource == CONVERSATIONS else "IDs"
+                raise ValueError(
+                    f"--preload {spec}: the file has no {column!r} column (columns: {shown}): "
+                    f"give --id-column the column that holds the {noun}"
+                )
+        trimmed = [pl.col(c).cast(pl.String).str.strip_chars().alias(f"id{i}")
+                   for i, c in enumerate(columns)]  # fmt: skip
+        values = pl.col(field) if field in names else pl.lit(None)
+        if isinstance(schema.get(field), pl.Struct):  # a JSON Lines object
+            values = values.struct.json_encode()
+        models = pl.lit(model)
+        if model is not None and PRELOAD_MODEL_COLUMN in names:
+            models = pl.col(PRELOAD_MODEL_COLUMN).cast(pl.String).fill_null(model)
+        rows = scan.select(
+            *trimmed, values.cast(pl.String).alias(field), models.cast(pl.String).alias("model")
+        ).collect()
     except pl.exceptions.PolarsError as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"--preload {spec}: cannot read it: {first}") from None
     # Rows are counted as the job's results count them (header not counted); the message names
-    # the row, its conversation and the column, with what the server says of its metadata.
-    for row, (conversation_id, text) in enumerate(rows.iter_rows(), start=1):
-        if not conversation_id:
+    # the row, its object and the column, with what the server says of its map.
+    for row, (*ids, text, row_model) in enumerate(rows.iter_rows(), start=1):
+        if not all(ids):
             continue
-        where = f"--preload {spec}: row {row} ({conversation_id}), column {PRELOAD_METADATA}"
+        where = f"--preload {spec}: row {row} ({'/'.join(ids)}), column {field}"
         try:
             given = None if not text else json.loads(text)
             if given is not None:
-                check_metadata(given)
+                check_map(given, name=field, typed=kind.typed)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{where}: not JSON ({exc.msg})") from None
         except ApiError as exc:
             raise ValueError(f"{where}: {exc.message}") from None
-        yield conversation_id, given
+        yield tuple(ids), given, row_model
+
+
+def _preload(emulator: Emulator, resource: str, objects: list[Preloaded]) -> str:
+    """Create ``objects`` (a file's vector store too): what the emulator prints of it."""
+    stores = emulator.stores
+    if resource == VECTOR_STORE_FILES:
+        parents = {ids[0] for ids, _, _ in objects}
+        stores[VECTOR_STORES].preload(((parent,), None, None) for parent in sorted(parents))
+        added = stores[resource].preload(objects)
+        return f"preloaded {added} {resource} in {len(parents)} vector stores"
+    return f"preloaded {stores[resource].preload(objects)} {resource}"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -135,18 +180,21 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8787,
     preload: str | None = None,
-    id_column: str = PRELOAD_ID,
+    id_column: str | None = None,
     quoting: str = "csv",
+    resource: str = CONVERSATIONS,
     out: TextIO = sys.stdout,
 ) -> None:
     """Run the emulator until interrupted. Prints its base URL once it is ready to serve."""
     emulator = Emulator(config)
     if preload is not None:
         try:
-            added = emulator.store.preload(list(preload_from(preload, id_column, quoting)))
+            done = _preload(
+                emulator, resource, list(preload_from(preload, id_column, quoting, resource))
+            )
         except ApiError as exc:
             raise ValueError(f"--preload {preload}: {exc}") from None
-        print(f"preloaded {added} conversations", file=out, flush=True)
+        print(done, file=out, flush=True)
     app = create_app(emulator=emulator)
     sock = bind(host, port)
     uv_config = uvicorn.Config(
