@@ -174,7 +174,7 @@ table_files = partial(
     metavar="INPUT",
     about="the table to read: CSV, TSV, JSON Lines or Parquet, by its extension (.csv, .tsv, "
     ".jsonl or .ndjson, .parquet), or a quoted glob ('exports/*.parquet') read as one table in "
-    "sorted order",
+    "sorted order; none with --list (the rows from the API's listing)",
 )
 results_files = partial(
     files_options, metavar="RESULTS", about="the results file of a run with --backup"
