@@ -222,6 +222,8 @@ async def run_job_async(
             rows = await asyncio.to_thread(table.rows_per_batch, config.batch_rows)
             config = dataclasses.replace(config, batch_rows=rows)
             summary = await _dry_run(config, table, progress, started, signals)
+            if listed is not None:  # its only requests: the listing's
+                summary = dataclasses.replace(summary, requests_sent=listed.requests)
         else:
             run = await _prepare(
                 config, mode, table, kept, progress=progress, transport=transport,
