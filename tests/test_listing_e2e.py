@@ -229,6 +229,8 @@ def test_a_dry_run_lists_and_plans_without_a_recording(
     assert frame["completion_id"].to_list() == wanted()
     assert set(frame["status"]) == {"planned"}
     assert emu.stats()["by_operation"].get("update") is None
+    assert emu.stats()["by_operation"]["list"] == 1
+    assert "; 1 requests, " in done.stderr  # the listing's, the dry run's only ones
     assert sorted(p.name for p in tmp_path.iterdir()) == ["completions.jsonl", "planned.csv"]
 
 
