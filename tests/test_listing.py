@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -256,6 +257,7 @@ def listed(
                 plan,
                 lambda path: sender.fetch(path, judge_page),
                 lambda: stop.is_set,
+                clock=lambda: now[0],
             )
         return listing, sender
 
@@ -298,13 +300,19 @@ def test_a_failed_page_is_retried_and_a_429_pauses_the_listing() -> None:
     assert 7.0 in slept  # the 429's retry-after, for the whole job
 
 
-def test_the_listing_takes_the_jobs_rate() -> None:
+def test_the_listing_takes_the_jobs_rate_and_says_how_far_it_got(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     handler, _ = lister(completions(12))
-    listing, sender, slept = listed(handler, rpm=60, page_size=3)
+    with caplog.at_level(logging.INFO, logger="bulk_update"):
+        listing, sender, slept = listed(handler, rpm=6, page_size=3)  # 10 s apart
     assert listing is not None
     assert sender.requests_sent == 4
-    # At 60 requests a minute the pages go a second apart: the first at once.
-    assert sum(slept) == pytest.approx(3.0, abs=0.01)
+    # At 6 requests a minute the pages go 10 s apart: the first at once.
+    assert sum(slept) == pytest.approx(30.0, abs=0.01)
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "listing"]
+    assert said == [f"listing chat.completions: {n} objects in {n // 3} pages so far"
+                    for n in (6, 9, 12)]  # fmt: skip
 
 
 def test_a_page_too_large_is_asked_again_smaller() -> None:
