@@ -400,7 +400,7 @@ def _listing_stopped(config: JobConfig, stop: Stop, started: float, requests: in
         counts={}, total_rows=0, requests_sent=requests, elapsed_s=time.monotonic() - started,
         output=config.output, errors_output=config.errors_output,
         exit_code=ExitCode.for_signal(stop.signal), stopped_by=stop.signal.name,
-        job_name=config.resolved_job_name(), dry_run=config.dry_run,
+        job_name=config.resolved_job_name(), dry_run=config.dry_run, resource=config.resource,
         warnings=("stopped while listing: nothing was sent and the results were not written",),
     )  # fmt: skip
     summary.log()
