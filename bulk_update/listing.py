@@ -49,7 +49,7 @@ from urllib.parse import quote, urlencode
 import httpx2
 import polars as pl
 
-from bulk_update._constants import MAX_PAGE_SIZE, MAX_RESPONSE_BYTES
+from bulk_update._constants import MAX_KEY_CHARS, MAX_PAGE_SIZE, MAX_PAIRS, MAX_RESPONSE_BYTES
 from bulk_update.api.answers import Action, Answer, Verdict, classify
 from bulk_update.api.retry import Attempt
 from bulk_update.exceptions import ConfigError, FatalApiError
@@ -309,9 +309,15 @@ def plan_listing(
             raise ConfigError(f"--set {key}: {key} is the listing's ID column")
         if key in {k for k, _ in templates}:
             raise ConfigError(f"--set {key} is given twice")
+        if len(key) > MAX_KEY_CHARS:
+            raise ConfigError(f"--set {key[:20]}…: a key is at most {MAX_KEY_CHARS} characters")
         templates.append((key, Template.parse(key, text)))
     if not templates:
         raise ConfigError("--list: give what to set, as --set KEY=VALUE (repeatable)")
+    if len(templates) > MAX_PAIRS:
+        raise ConfigError(
+            f"--set is given {len(templates)} times: an update sets {MAX_PAIRS} keys at most"
+        )
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise ConfigError(f"--page-size must be from 1 to {MAX_PAGE_SIZE}, got {page_size}")
     query["order"] = "asc"

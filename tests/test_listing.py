@@ -144,6 +144,9 @@ def test_a_vector_stores_files_are_listed_per_vector_store_in_the_order_given() 
         ("chat.completions", [], [], "give what to set, as --set KEY=VALUE"),
         ("chat.completions", [], [("completion_id", "x")], "is the listing's ID column"),
         ("chat.completions", [], [("k", "1"), ("k", "2")], "--set k is given twice"),
+        ("chat.completions", [], [("k" * 65, "1")], "a key is at most 64 characters"),
+        ("chat.completions", [], [(f"k{i}", "1") for i in range(17)],
+         "--set is given 17 times: an update sets 16 keys at most"),
         ("no.such", [], [("k", "v")], "--resource 'no.such': not one of conversations"),
     ],
 )  # fmt: skip
