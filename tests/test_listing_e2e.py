@@ -299,3 +299,34 @@ def test_an_unfinished_run_refuses_another_set_and_a_listing_gone(
     restarted = cli("run", *args, "--rpm", "6000", "--restart", "--quiet")
     assert restarted.returncode == 0, restarted.stderr
     assert results(out)["completion_id"].to_list() == wanted()
+
+
+def test_vector_stores_are_filtered_by_the_job_oldest_first(
+    start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    preload = tmp_path / "stores.jsonl"
+    owners = ["search", "legal", "search", "search", "legal"]
+    ids = [f"vs_store{i}" for i in range(len(owners))]
+    preload.write_text("".join(
+        json.dumps({"vector_store_id": vs, "metadata": json.dumps({"owner": owner})}) + "\n"
+        for vs, owner in zip(ids, owners, strict=True)
+    ))  # fmt: skip
+    emu = start_emulator(
+        "--api-key", TEST_KEY, "--resource", "vector_stores", "--preload", str(preload)
+    )
+    out = tmp_path / "stores.csv"
+    done = cli(
+        "run", "--resource", "vector_stores", "--list", "--where", "metadata.owner=search",
+        "--set", "tier=gold", "--page-size", "2", "--output", str(out),
+        "--base-url", emu.base_url, "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # The API lists vector stores newest first unless asked: the job asks for the oldest first.
+    searched = [vs for vs, owner in zip(ids, owners, strict=True) if owner == "search"]
+    assert results(out)["vector_store_id"].to_list() == searched
+    assert emu.stats()["by_operation"]["list"] == 3  # every store listed: 5 in pages of 2
+    for vs, owner in zip(ids, owners, strict=True):
+        metadata = stored(emu, "vector_stores", vs)["metadata"]
+        assert metadata == (
+            {"owner": owner, "tier": "gold"} if owner == "search" else {"owner": owner}
+        )
