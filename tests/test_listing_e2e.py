@@ -124,7 +124,8 @@ def test_kill_9_while_sending_resumes_from_the_recorded_listing(
     emu = completions_emulator(start_emulator, tmp_path)
     out = tmp_path / "out" / "killed.parquet"
     listed = wanted()
-    args = [*LIST_ARGS, "--output", str(out), "--base-url", emu.base_url, "--rpm", "120",
+    # A request a second: the kill comes with 10 of its 14 requests to go.
+    args = [*LIST_ARGS, "--output", str(out), "--base-url", emu.base_url, "--rpm", "60",
             "--concurrency", "2", *backend.args]  # fmt: skip
     killed(emu, args, 4)  # the listing, the preflight, two updates
     lists = emu.stats()["by_operation"]["list"]
@@ -135,7 +136,7 @@ def test_kill_9_while_sending_resumes_from_the_recorded_listing(
         json={"metadata": {"team": "b"}}, headers={"authorization": f"Bearer {TEST_KEY}"},
     )  # fmt: skip
     assert answer.status_code == 200
-    resumed = cli("run", *args, "--quiet")
+    resumed = cli("run", *args, "--rpm", "6000", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert emu.stats()["by_operation"]["list"] == lists  # read from the recording, not listed
     frame = results(out)
@@ -143,7 +144,7 @@ def test_kill_9_while_sending_resumes_from_the_recorded_listing(
     assert set(frame["status"]) == {"updated"}
     assert stored(emu, "chat.completions", moved)["metadata"]["reviewed"] == "yes"
     # --restart lists again: the moved completion is no longer there.
-    restarted = cli("run", *args, "--restart", "--quiet")
+    restarted = cli("run", *args, "--rpm", "6000", "--restart", "--quiet")
     assert restarted.returncode == 0, restarted.stderr
     assert results(out)["completion_id"].to_list() == listed[:-1]
 
@@ -154,12 +155,12 @@ def test_kill_9_while_listing_lists_again(
     emu = completions_emulator(start_emulator, tmp_path)
     out = tmp_path / "out" / "cut.parquet"
     args = [*LIST_ARGS, "--output", str(out), "--base-url", emu.base_url, "--page-size", "1",
-            "--rpm", "120", *backend.args]  # fmt: skip
-    killed(emu, args, 3)  # a page every half second: three pages of twelve
+            "--rpm", "60", *backend.args]  # fmt: skip
+    killed(emu, args, 3)  # a page a second: three pages of twelve
     assert emu.stats()["by_operation"].get("update") is None  # nothing sent yet
     lists = emu.stats()["by_operation"]["list"]
     assert lists < len(wanted())
-    resumed = cli("run", *args, "--quiet")
+    resumed = cli("run", *args, "--rpm", "6000", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     # Listed whole again: a page of one for each (the last one says there is no more).
     assert emu.stats()["by_operation"]["list"] == lists + len(wanted())
