@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from benchmarks.run import DATA, EFFICIENCY, NOTES, Row, children_cpu_s, job, load_average, timed
+from benchmarks.run import DATA, Row, children_cpu_s, job, load_average, timed
 from bulk_update.emulator import preload_ids
 from bulk_update.emulator.process import EmulatorProcess
 from bulk_update.resources import RESOURCES
@@ -47,11 +47,13 @@ def make_resource_input(name: str, rows: int) -> Path:
     return path
 
 
-def per_resource(quick: bool) -> list[Row]:
+def per_resource(quick: bool, repeat: int, notes: list[str]) -> list[Row]:
+    """The rows of benchmark 16 (``repeat`` runs of each resource; its line into ``notes``:
+    ``benchmarks.run``'s, which runs as ``__main__``)."""
     rows = 4000 if quick else 20_000
     cpu: dict[str, list[float]] = {name: [] for name in MEASURED}
     before = load_average()
-    for attempt, name in enumerate(MEASURED * EFFICIENCY["repeat"]):
+    for attempt, name in enumerate(MEASURED * repeat):
         source = make_resource_input(name, rows)
         state = Path(tempfile.mkdtemp(dir=DATA))
         out = DATA / f"resource-{attempt}.parquet"
@@ -68,7 +70,7 @@ def per_resource(quick: bool) -> list[Row]:
     after = load_average()
     least = {name: min(c) for name, c in cpu.items()}
     each = "; ".join(f"{k} {', '.join(f'{c:.0f}' for c in v)}" for k, v in cpu.items())
-    NOTES.append(f"benchmark 16: {rows:,} rows, 64 in flight, {os.cpu_count()} CPUs; load "
+    notes.append(f"benchmark 16: {rows:,} rows, 64 in flight, {os.cpu_count()} CPUs; load "
                  f"average (1/5/15 min) before {before}, after {after}; CPU µs a row (user + "
                  f"system) of each run: {each}")  # fmt: skip
     base = least["conversations"]

@@ -577,7 +577,7 @@ def unchanged_nights(quick: bool) -> list[Row]:
 def resources(quick: bool) -> list[Row]:
     from benchmarks.resources import per_resource
 
-    return per_resource(quick)
+    return per_resource(quick, EFFICIENCY["repeat"], NOTES)
 
 
 BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
