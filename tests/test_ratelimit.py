@@ -220,7 +220,7 @@ def test_a_shard_slower_than_the_job_sends_its_slices_at_its_own_pace(
     """Far below --rpm (the job's slots 10 us apart), workers sending 100 (or 40) requests a
     second cannot send the slots on time: they send them at their own pace, none dropped after
     the first slice, and claim a quarter second of that pace at once, MIN_CLAIM at least (the
-    store's row written once per 20 requests or more, not once per request or two)."""
+    store's row written once per 25 requests or more, not once per request or two)."""
     fake = FakeTime()
     budget = FakeBudget(fake)
     limiter = RateLimiter(6_000_000, clock=fake.clock, sleep=fake.sleep, budget=budget)

@@ -80,7 +80,7 @@ FLOOR_FRACTION = 0.05
 # A slice of the shared timeline: at least MIN_CLAIM slots (the store's row written at most once
 # per MIN_CLAIM requests), else CLAIM_S at the shard's own pace, at most CLAIM_S of the whole
 # job's rate and never more than MAX_SLICE_S of it (see the module's docstring).
-MIN_CLAIM = 20
+MIN_CLAIM = 25
 CLAIM_S = 0.25
 MAX_SLICE_S = 1.0
 # How late a lagging shard may send a slot (twice a slice's life at its own pace).
