@@ -122,6 +122,10 @@ def test_missing_body_field_and_unknown_ids(completions: EmulatorProcess) -> Non
         assert missing.status_code == 400
         assert missing.json()["error"]["code"] == "missing_required_parameter"
         assert client.get("/chat/completions/chatcmpl-nope").status_code == 404
+        # A body field another kind uses (a file's map is `attributes`) is refused, not ignored.
+        store = client.post(f"/vector_stores/{preload_ids('vector_stores', 0)[0]}",
+                            json={"attributes": {"a": "b"}})  # fmt: skip
+        assert (store.status_code, store.json()["error"]["param"]) == (400, "attributes")
         assert client.post("/vector_stores/vs_nope", json={"metadata": {}}).status_code == 404
         assert client.get("/vector_stores/vs_nope/files").status_code == 404
     per_id = completions.stats(per_id=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bulk_update.emulator.limits import TokenBucket, format_duration
-from bulk_update.emulator.store import ApiError, check_metadata, preload_id
+from bulk_update.emulator.store import ApiError, ObjectStore, check_map, check_metadata, preload_id
 
 
 @pytest.mark.parametrize(
@@ -92,3 +92,48 @@ def test_preload_ids_look_real_and_are_stable() -> None:
     # preloaded emulator names the conversations another process holds), not a random ID.
     assert preload_id(0) == "conv_6c1b35cf411efba467901ac5685f98edb0815201f3e22ad6"
     assert preload_id(7) == "conv_79c2bd592e4876864447029bb01d6d6699b404fe0e2a9e38"
+
+
+@pytest.mark.parametrize(
+    ("attributes", "code"),
+    [
+        ({"n": 12, "f": 0.5, "ok": False, "s": "x"}, None),
+        ({"n": -(2**70)}, None),  # the emulator keeps what JSON parsed; the job bounds integers
+        ({"k": None}, "invalid_type"),
+        ({"k": {"a": "b"}}, "invalid_type"),
+        ({"k": [1]}, "invalid_type"),
+        ({"k": float("nan")}, "invalid_value"),
+        ({"k": float("inf")}, "invalid_value"),
+        ({"k": "v" * 513}, "string_above_max_length"),
+        ({f"k{i}": i for i in range(17)}, "object_above_max_properties"),
+        (None, "invalid_type"),
+    ],
+)
+def test_check_map_of_attributes(attributes: object, code: str | None) -> None:
+    if code is None:
+        assert check_map(attributes, name="attributes", typed=True) == attributes
+        with pytest.raises(ApiError):  # the same map as metadata: strings only
+            check_map(attributes, name="metadata")
+    else:
+        with pytest.raises(ApiError) as info:
+            check_map(attributes, name="attributes", typed=True)
+        assert info.value.code == code
+        assert (info.value.param or "").startswith("attributes")
+
+
+def test_pages_follow_after_in_either_order() -> None:
+    store = ObjectStore(lambda ids: ApiError(404, "no"))
+    store.preload(((f"id{i}",), {"even": str(i % 2 == 0)}, None) for i in range(7))
+    first = store.page(limit=3)
+    assert ([item.id for item in first.items], first.has_more) == (["id0", "id1", "id2"], True)
+    last = store.page(after="id5", limit=3)
+    assert ([item.id for item in last.items], last.has_more) == (["id6"], False)
+    back = store.page(after="id5", limit=3, descending=True)
+    assert [item.id for item in back.items] == ["id4", "id3", "id2"]
+    even = store.page(limit=2, match=lambda item: item.metadata["even"] == "True")
+    assert ([item.id for item in even.items], even.has_more) == (["id0", "id2"], True)
+    exact = store.page(after="id3", limit=3)  # exactly the rest: no more
+    assert ([item.id for item in exact.items], exact.has_more) == (["id4", "id5", "id6"], False)
+    with pytest.raises(ApiError) as info:
+        store.page(after="nope")
+    assert info.value.param == "after"

@@ -450,6 +450,14 @@ class _Objects:
         key, field = key_of(ids), self.kind.field
         self.store.count_update_request(key)
         body = await _read_json(request) if await request.body() else {}
+        unknown = sorted(set(body) - {field, *self.kind.also})
+        if unknown:  # e.g. `metadata` sent to a file, whose map is `attributes`
+            raise ApiError(
+                400,
+                f"Unrecognized request argument supplied: {unknown[0]}",
+                param=unknown[0],
+                code="unknown_parameter",
+            )
         if field not in body and self.kind.required:
             raise ApiError(
                 400,
@@ -520,13 +528,6 @@ class _Admin:
 
         return _json(200, self.state.stats(*map(flag, STATS_FLAGS)), {})
 
-    async def conversation(self, request: Request) -> Response:
-        try:
-            conversation = self.state.store.get(request.path_params["conversation_id"])
-        except ApiError as error:
-            return _error(error, {})
-        return _json(200, conversation.resource(), {})
-
     def object(self, kind: Kind) -> Handler:
         """``GET /_emulator/{resource}/{id}`` for ``kind`` (a file's: ``.../{vs_id}/{file_id}``)."""
         state = self.state
@@ -585,18 +586,18 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
         Route(path, api.gated("update", api.update), methods=["POST"]),
         Route(path, api.gated("delete", api.delete), methods=["DELETE"]),
         Route("/_emulator/stats", admin.stats, methods=["GET"]),
-        Route("/_emulator/conversations/{conversation_id}", admin.conversation, methods=["GET"]),
         Route("/_emulator/reset-counters", admin.reset_counters, methods=["POST"]),
         Route("/_emulator/config", admin.config, methods=["GET", "POST"]),
     ]
-    # The other kinds: each object's GET and POST, and the listing (a file's in its store).
+    # Each kind's object read by the admin (/_emulator/conversations/{conversation_id}, ...);
+    # the other kinds' API: each object's GET and POST, and the listing (a file's in its store).
     for name, kind in KINDS.items():
+        admin_path = ADMIN_PREFIX + name + "/" + "/".join(f"{{{c}}}" for c in kind.id_columns)
+        routes.append(Route(admin_path, admin.object(kind), methods=["GET"]))
         if name == CONVERSATIONS:
             continue
         objects = _Objects(api, kind)
-        admin_path = ADMIN_PREFIX + name + "/" + "/".join(f"{{{c}}}" for c in kind.id_columns)
         routes += [
-            Route(admin_path, admin.object(kind), methods=["GET"]),
             Route(kind.path, api.gated("retrieve", objects.retrieve, name), methods=["GET"]),
             Route(kind.path, api.gated("update", objects.update, name), methods=["POST"]),
             Route(

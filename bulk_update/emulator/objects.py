@@ -143,6 +143,8 @@ class Kind:
     typed: bool
     required: bool
     render: Render
+    # What else an update's body may hold beside ``field`` (accepted, not kept).
+    also: tuple[str, ...]
     # The listing's order when the request names none (the API's defaults differ).
     descending: bool
     noun: str
@@ -167,25 +169,26 @@ class Kind:
 KINDS: dict[str, Kind] = {
     kind.name: kind
     for kind in (
+        # Conversations keep their own handlers (app._Api): an update's other fields pass.
         Kind(
             CONVERSATIONS, "/v1/conversations/{conversation_id}", ("conversation_id",),
-            "metadata", typed=False, required=True, render=_conversation, descending=False,
-            noun="conversation",
+            "metadata", typed=False, required=True, render=_conversation, also=(),
+            descending=False, noun="conversation",
         ),
         Kind(
             CHAT_COMPLETIONS, "/v1/chat/completions/{completion_id}", ("completion_id",),
-            "metadata", typed=False, required=True, render=_chat_completion, descending=False,
-            noun="chat completion",
+            "metadata", typed=False, required=True, render=_chat_completion, also=(),
+            descending=False, noun="chat completion",
         ),
         Kind(
             VECTOR_STORES, "/v1/vector_stores/{vector_store_id}", ("vector_store_id",),
-            "metadata", typed=False, required=False, render=_vector_store, descending=True,
-            noun="vector store",
+            "metadata", typed=False, required=False, render=_vector_store,
+            also=("name", "expires_after"), descending=True, noun="vector store",
         ),
         Kind(
             VECTOR_STORE_FILES, "/v1/vector_stores/{vector_store_id}/files/{file_id}",
             ("vector_store_id", "file_id"), "attributes", typed=True, required=True,
-            render=_vector_store_file, descending=True, noun="file",
+            render=_vector_store_file, also=(), descending=True, noun="file",
         ),
     )
 }  # fmt: skip

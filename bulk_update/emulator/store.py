@@ -259,7 +259,9 @@ class ObjectStore:
             raise self.not_found(ids or (key,)) from None
 
     def update(self, key: str, given: object, merge: bool = True) -> Item:
-        item = self.get(key, tuple(key.split("/")))
+        item = self._items.get(key)
+        if item is None:
+            raise self.not_found(tuple(key.split("/")))
         item.metadata = self.check(given, item.metadata if merge else None)
         self.updates_applied[key] = self.updates_applied.get(key, 0) + 1
         return item
