@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_KEEP_RUNS",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_METRICS_INTERVAL_S",
+    "DEFAULT_PAGE_SIZE",
     "DEFAULT_RATE_LIMIT_PAUSE_S",
     "DEFAULT_RPM",
     "DEFAULT_STOP_AFTER_FAILURES",
@@ -31,6 +32,7 @@ __all__ = [
     "ID_REGEX",
     "MAX_ID_CHARS",
     "MAX_KEY_CHARS",
+    "MAX_PAGE_SIZE",
     "MAX_PAIRS",
     "MAX_RATE_LIMITED_PER_ROW",
     "MAX_RESPONSE_BYTES",
@@ -88,3 +90,6 @@ DEFAULT_METRICS_INTERVAL_S = 5.0
 # How deep below the current directory history, status and report look for a job's store
 # given no --state-dir (run puts it beside the results: out/JOB.sqlite).
 STORE_SEARCH_DEPTH = 3
+# A listing's page (``limit``): the API takes 1 to 100 objects (its own default is 20).
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = MAX_PAGE_SIZE

@@ -28,6 +28,7 @@ from bulk_update._constants import (
     DEFAULT_KEEP_RUNS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_METRICS_INTERVAL_S,
+    DEFAULT_PAGE_SIZE,
     DEFAULT_RPM,
     DEFAULT_STOP_AFTER_FAILURES,
     DEFAULT_STORE_TIMEOUT_S,
@@ -225,6 +226,24 @@ def parse_shard(text: str) -> tuple[int, int]:
         raise ConfigError(f"--shard: expected K/N with 0 <= K < N, got {text!r}") from None
 
 
+def _pair(flag: str) -> Callable[[str], tuple[str, str]]:
+    """A parser of ``KEY=VALUE`` (the key trimmed; the value as given: it may hold ``=``)."""
+
+    def parse(text: str) -> tuple[str, str]:
+        key, equals, value = text.partition("=")
+        if not equals or not key.strip():
+            # Not the value: a storage option's may be a secret.
+            raise ConfigError(f"{flag}: expected KEY=VALUE, got {text.split('=')[0]!r}")
+        return key.strip(), value
+
+    return parse
+
+
+parse_where = _pair("--where")
+parse_set = _pair("--set")
+parse_storage_option = _pair("--storage-option")
+
+
 def check_delimiter(value: str) -> None:
     if len(value) != 1:
         raise ConfigError(f"--delimiter must be one character, got {value!r}")
@@ -257,14 +276,6 @@ def check_pushgateway(url: str) -> None:
         raise ConfigError(f"--pushgateway {url!r}: give the Pushgateway's URL, http://HOST:PORT")
 
 
-def parse_storage_option(text: str) -> tuple[str, str]:
-    """``--storage-option KEY=VALUE`` as ``(KEY, VALUE)``."""
-    key, equals, value = text.partition("=")
-    if not equals or not key.strip():
-        raise ConfigError(f"--storage-option: expected KEY=VALUE, got {text.split('=')[0]!r}")
-    return key.strip(), value
-
-
 @dataclass(frozen=True, kw_only=True)
 class JobConfig:
     """Everything one run needs. Build it directly, from a job file, or from CLI flags.
@@ -278,7 +289,7 @@ class JobConfig:
     a group, ``--help`` lists the flags in the fields' order.
     """
 
-    input: str = field(metadata=declare(templated=True))
+    input: str = field(default="", metadata=declare(templated=True))  # "": --list
     output: str = field(
         metadata=declare(
             "results file: .parquet, .csv or .jsonl (required)",
@@ -360,6 +371,32 @@ class JobConfig:
         "only rows whose ID hashes (CRC-32) to K modulo N (0-based); the running "
         "shards of a job share its --rpm; --concurrency is each shard's",
         group="shard", metavar="K/N", parse=parse_shard, check=check_shard,
+    )  # fmt: skip
+    # Rows from the API's listing instead of INPUT (``listing.py``).
+    listing: bool = option(
+        False,
+        "take the rows from the API's listing of --resource instead of INPUT: the objects "
+        "--where selects, each given the --set values; recorded before anything is sent",
+        group="listing", flag="--list",
+    )  # fmt: skip
+    where: tuple[tuple[str, str], ...] = option(
+        (),
+        "with --list: only the objects whose FIELD is VALUE (repeatable): chat.completions "
+        "metadata.KEY, model; vector_stores metadata.KEY; vector_stores.files "
+        "vector_store_id (required, one or more), status, attributes.KEY",
+        group="listing", metavar="FIELD=VALUE", parse=parse_where, repeatable=True,
+        templated=True,
+    )  # fmt: skip
+    set_values: tuple[tuple[str, str], ...] = option(
+        (),
+        "with --list: a key to set on every listed object (repeatable): a constant "
+        "(reviewed=yes) or a field of the object in braces (owner={metadata.team})",
+        group="listing", flag="--set", metavar="KEY=VALUE", parse=parse_set, repeatable=True,
+        templated=True,
+    )  # fmt: skip
+    page_size: int = option(
+        DEFAULT_PAGE_SIZE, "with --list: objects per page, 1 to 100 (default {default})",
+        group="listing", metavar="N", bound="at least 1",
     )  # fmt: skip
     api_key: str | None = option(None, secret=True, airflow=False)
     # For s3://, gs://, az:// paths (polars' cloud options); values may be secrets: not in repr.
@@ -535,10 +572,13 @@ class JobConfig:
             )
         refuse_unknown(normalized, OPTIONS, source)
         normalized = {name: _given_as(name, value) for name, value in normalized.items()}
-        for required in ("input", "output"):
-            if not normalized.get(required):
-                name = "INPUT" if required == "input" else "--output"
-                raise ConfigError(f"{name} is required (on the command line or in the job file)")
+        if normalized.get("input") and normalized.get("listing"):
+            raise ConfigError("--list takes the rows from the API: give no INPUT")
+        required = ("output",) if normalized.get("listing") else ("input", "output")
+        for name in required:
+            if not normalized.get(name):
+                shown = "INPUT (or --list)" if name == "input" else "--output"
+                raise ConfigError(f"{shown} is required (on the command line or in the job file)")
         try:
             return cls(**normalized)
         except ConfigError as exc:
@@ -575,6 +615,12 @@ class JobConfig:
             raise ConfigError("revert takes no --shard: it reverts every row of the results")
         if (self.force or self.blank_added_keys) and not self.revert:
             raise ConfigError("--force and --blank-added-keys are options of bulk-update revert")
+        if not self.input and not self.listing:
+            raise ConfigError("INPUT is required (or --list)")
+        if self.listing or self.where or self.set_values:
+            from bulk_update.listing import check_config
+
+            check_config(self)
 
     def check_resource_mapping(self) -> None:
         """The ID columns and the typed columns fit the resource (ConfigError if not). Checked
@@ -765,6 +811,10 @@ def _given_as(name: str, value: Any) -> Any:
         return value
     if isinstance(value, Mapping) and declared.repeatable:
         return tuple((str(k), str(v)) for k, v in value.items())
+    if isinstance(value, list) and declared.repeatable and declared.parse is not None:
+        # Each item as its flag gives it ("KEY=VALUE"), or already parsed (["KEY", "VALUE"]).
+        return tuple(declared.parse(item) if isinstance(item, str) else
+                     tuple(item) if isinstance(item, list) else item for item in value)  # fmt: skip
     if isinstance(value, list):
         return tuple(tuple(item) if isinstance(item, list) else item for item in value)
     return value

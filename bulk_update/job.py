@@ -40,6 +40,8 @@ from bulk_update.exceptions import (
     stop_code,
 )
 from bulk_update.exitcodes import ExitCode
+from bulk_update.listing import Listed, take_listing
+from bulk_update.listing import fingerprint as listing_fingerprint
 from bulk_update.modes import Mode
 from bulk_update.observe.history import is_running
 from bulk_update.observe.metrics import MetricsOutputs, Telemetry
@@ -86,6 +88,7 @@ def run_fingerprint(config: JobConfig) -> dict[str, Any]:
         "columns": list(config.columns) if config.columns else None,
         "metadata_column": config.metadata_column,
         "shard": list(config.shard) if config.shard else None,
+        **listing_fingerprint(config),
     }
     # A conversations run's fingerprint as before resources were (a resumed run matches).
     if config.resource != DEFAULT_RESOURCE:
@@ -204,7 +207,13 @@ async def run_job_async(
     started = time.monotonic()
     stop = Stop()
     mode = Mode.of(config)
-    with Signals(stop, interrupt) as signals:
+    with Signals(stop, interrupt) as signals, contextlib.ExitStack() as scratch:
+        listed = None
+        if config.listing:  # the rows from the API's listing, recorded: then read as a file
+            listed = await take_listing(config, mode, stop, transport, scratch)
+            if listed.stopped:
+                return _listing_stopped(config, stop, started, listed.requests)
+            config = listed.config
         config.check_paths(expand(config.input))
         table, kept = await asyncio.to_thread(mode.open_table, config)
         for warning in table.warnings:  # before sending: a mapped column no row can send
@@ -213,14 +222,15 @@ async def run_job_async(
             rows = await asyncio.to_thread(table.rows_per_batch, config.batch_rows)
             config = dataclasses.replace(config, batch_rows=rows)
             summary = await _dry_run(config, table, progress, started, signals)
+            if listed is not None:  # its only requests: the listing's
+                summary = dataclasses.replace(summary, requests_sent=listed.requests)
         else:
             run = await _prepare(
                 config, mode, table, kept, progress=progress, transport=transport,
-                started=started, stop=stop, signals=signals,
+                started=started, stop=stop, signals=signals, listed=listed,
             )  # fmt: skip
-            with contextlib.ExitStack() as scratch:
-                location = mode.store_location(run.config, scratch)
-                summary = await _run_with_store(run, location)
+            location = mode.store_location(run.config, scratch)
+            summary = await _run_with_store(run, location)
     summary.log()
     return summary
 
@@ -302,6 +312,7 @@ class _Run:
     started: float
     stop: Stop
     signals: Signals
+    listed: Listed | None  # --list: the listing taken (its limiter, its requests)
 
 
 async def _run_with_store(run: _Run, location: StoreLocation) -> JobSummary:
@@ -379,6 +390,21 @@ def _starting(run: _Run, hurry: Hurry) -> Iterator[None]:
         hurry(drain)
     with run.signals.phase(graceful=graceful, at_once=lambda _: hurry(0)):
         yield
+
+
+def _listing_stopped(config: JobConfig, stop: Stop, started: float, requests: int) -> JobSummary:
+    """A signal stopped the listing (``--list``): nothing listed is kept, nothing sent; the
+    same command lists again."""
+    assert stop.signal is not None
+    summary = JobSummary(
+        counts={}, total_rows=0, requests_sent=requests, elapsed_s=time.monotonic() - started,
+        output=config.output, errors_output=config.errors_output,
+        exit_code=ExitCode.for_signal(stop.signal), stopped_by=stop.signal.name,
+        job_name=config.resolved_job_name(), dry_run=config.dry_run, resource=config.resource,
+        warnings=("stopped while listing: nothing was sent and the results were not written",),
+    )  # fmt: skip
+    summary.log()
+    return summary
 
 
 def _not_started(run: _Run, exc: BulkUpdateError, where: str | None = None) -> JobSummary:
@@ -517,17 +543,19 @@ async def _send(
     budget; a whole-input run is alone (its lock excludes every shard) and paces itself."""
     config, stop = run.config, run.stop
     budget = await asyncio.to_thread(store.budget, run.job_name) if config.shard else None
+    listed = run.listed or Listed(config)
     try:
         async with Sender(
             run.settings, stop, transport=run.transport, budget=budget,
-            telemetry=monitor.telemetry, fence=journal.fence,
+            telemetry=monitor.telemetry, fence=journal.fence, limiter=listed.limiter,
         ) as sender:  # fmt: skip
             tally.requests = lambda: sender.requests_sent
             tally.rate_limited = lambda: sender.rate_limited
             pipeline = Pipeline(config, run.mode, run.table, journal, sender, tally, stop)
             async with monitor.running():
                 await send_all(pipeline, config.drain_timeout, run.signals)
-            sent.requests, sent.reads = sender.requests_sent, sender.reads_sent
+            sent.requests = listed.requests + sender.requests_sent
+            sent.reads = sender.reads_sent
             sent.rate_limited, sent.unknown = sender.rate_limited, pipeline.unknown
     finally:
         if budget is not None:

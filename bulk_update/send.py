@@ -156,12 +156,15 @@ class Sender:
         budget: Budget | None = None,
         telemetry: Telemetry | None = None,
         fence: Callable[[], Awaitable[None]] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.resource = RESOURCES[settings.resource]
         self._fence = fence
         self.telemetry = telemetry
-        self.limiter = RateLimiter(settings.rpm, clock=clock, sleep=sleep, budget=budget)
+        # ``limiter``: an earlier sender's of the same run (the listing's, ``listing.py``), so
+        # that the run's requests keep one pace, and a pause a 429 asked for holds on.
+        self.limiter = limiter or RateLimiter(settings.rpm, clock=clock, sleep=sleep, budget=budget)
         self.breaker = ApiBreaker(
             CircuitBreaker(
                 threshold=settings.breaker_threshold,
@@ -291,14 +294,36 @@ class Sender:
         read), retried (transient failures, 429s) until it is done, failed, or the job stops;
         the last attempt. ``flight``: an update's (see ``InFlight``)."""
         resource = self.resource
-        path = resource.path_of(conversation_id)
         expected_id, field = resource.answer_id(conversation_id), resource.body
+
+        def judge(answer: Answer, now_epoch: float) -> Verdict:
+            return classify(answer, now_epoch, expected_id, sent, field)
+
+        return await self._retried_request(
+            method, resource.path_of(conversation_id), body, judge, flight
+        )
+
+    async def fetch(self, path: str, judge: Callable[[Answer, float], Verdict]) -> Attempt:
+        """A GET of ``path`` (with its query) that is no row's (a page of a listing: ``judge``
+        says what its answer means), retried and rate limited as a row's request is; the last
+        attempt."""
+        return await self._retried_request("GET", path, None, judge)
+
+    async def _retried_request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        judge: Callable[[Answer, float], Verdict],
+        flight: InFlight | None = None,
+    ) -> Attempt:
+        """``_call``'s request, whatever it is for: ``judge`` gives each answer's verdict."""
         requests = failures = rate_limited = 0  # the row's, so far
 
         async def attempt() -> Attempt:
             nonlocal requests, failures, rate_limited
             answer = await self._request(method, path, body, requests > 0, flight)
-            verdict = classify(answer, self._wall_clock(), expected_id, sent, field)
+            verdict = judge(answer, self._wall_clock())
             if verdict.drop_connection:
                 await self._client.drop(answer)
             requests += 1

@@ -60,7 +60,19 @@ TEXT: dict[str, tuple[str, object]] = {
     "resource": ("chat.completions", "chat.completions"),
     "number_columns": ("n", ("n",)),
     "boolean_columns": ("b", ("b",)),
+    "where": ("model=gpt-4o", (("model", "gpt-4o"),)),
+    "set_values": ("k={metadata.team}", (("k", "{metadata.team}"),)),
 }
+# The listing's options come with --list, a --set, a listable --resource and no INPUT: what
+# each needs beside it, as flags and as a job file's keys.
+WITH_LISTING: dict[str, tuple[list[str], dict[str, object]]] = {
+    "listing": (["--resource", "chat.completions", "--set", "k=v"],
+                {"resource": "chat.completions", "set-values": ["k=v"]}),
+    "where": (["--resource", "chat.completions", "--list", "--set", "k=v"],
+              {"resource": "chat.completions", "listing": True, "set-values": ["k=v"]}),
+    "set_values": (["--resource", "chat.completions", "--list"],
+                   {"resource": "chat.completions", "listing": True}),
+}  # fmt: skip
 BY_TYPE: dict[Any, tuple[str, object]] = {
     int: ("7", 7),
     int | None: ("7", 7),
@@ -123,6 +135,8 @@ def test_a_flag_given_reaches_the_run(name: str, tmp_path: Path) -> None:
     """Each flag, on the first job command that offers it, sets its JobConfig field."""
     command = next(c for c in JOB_COMMANDS if name in offered(c))
     argv = [command, "in.csv", "--output", "o.csv", flag_of(name)]
+    if name in WITH_LISTING:
+        argv = [command, "--output", "o.csv", *WITH_LISTING[name][0], flag_of(name)]
     expected: object = True
     if HINTS[name] is not bool:
         text, expected = sample(name)
@@ -138,9 +152,11 @@ def test_every_option_is_a_job_file_key(name: str) -> None:
     value = True if HINTS[name] is bool else sample(name)[1]
     if isinstance(value, tuple):
         value = list(value)  # TOML has arrays
-    extra = {"dry_run": True} if name == "check_server" else {}
+    extra: dict[str, object] = {"dry_run": True} if name == "check_server" else {}
     extra |= {"revert": True} if name in {"force", "blank_added_keys"} else {}
-    options = {"input": "in.csv", "output": "o.csv", name.replace("_", "-"): value, **extra}
+    given = {"output": "o.csv"} if name in WITH_LISTING else {"input": "in.csv", "output": "o.csv"}
+    extra |= WITH_LISTING[name][1] if name in WITH_LISTING else {}
+    options = {**given, name.replace("_", "-"): value, **extra}
     config = JobConfig.from_options(options, source="j.toml")
     assert getattr(config, name) not in (default_of(name), None)
 
@@ -249,6 +265,12 @@ try:
     BulkUpdateOperator(task_id="t3", input="in.csv", results="r.csv", asset_events="sometimes")
 except ValueError as exc:
     found["refused"].append(str(exc))
+# The listing's options, with no input (they exclude one, and a shard).
+config = BulkUpdateOperator(
+    task_id="t4", openai_conn_id=None, results="r.csv", resource="chat.completions",
+    listing=True, where=["model=gpt-4o", "metadata.team=a"], set_values={"k": "{metadata.team}"},
+).job_config()
+found["listing"] = [config.listing, config.where, config.set_values, config.input]
 # A fixed results path is the whole job's outlet; a shard's is the job's asset.
 found["outlets"] = [
     [outlet.uri for outlet in BulkUpdateOperator(task_id=f"t{index}", input="in.csv",
@@ -269,7 +291,7 @@ def test_the_operator_takes_every_option_it_should(tmp_path: Path) -> None:
     assert {"input", "output", "rpm", "storage_options"} <= taken
     assert not {"api_key", "state_url", "revert"} & taken
     given: dict[str, object] = {"input": "in.csv", "results": "out/r.csv"}
-    for name in taken - {"input", "output"}:
+    for name in taken - {"input", "output"} - set(WITH_LISTING):
         value = True if HINTS[name] is bool else sample(name)[1]
         given[name] = list(value) if isinstance(value, tuple) else value
     given["storage_options"] = {"k": "v"}
@@ -290,15 +312,19 @@ def test_the_operator_takes_every_option_it_should(tmp_path: Path) -> None:
     for name in taken - {"input", "output"}:
         default = 3.0 if name == "drain_timeout" else default_of(name)
         assert found["parameters"][name] == repr(default), name
-    assert (
-        found["parameters"]["input"]
-        == found["parameters"]["results"]
-        == repr(inspect.Parameter.empty)
-    )
+    assert found["parameters"]["results"] == repr(inspect.Parameter.empty)
+    assert found["parameters"]["input"] == repr("")  # none with listing=True
 
     config = found["config"]
-    for name in taken - {"input", "output", "shard", "storage_options", "columns"}:
+    skipped = {"input", "output", "shard", "storage_options", "columns", *WITH_LISTING}
+    for name in taken - skipped:
         assert config[name] == given.get(name, "m"), name
+    assert found["listing"] == [
+        True,
+        [["model", "gpt-4o"], ["metadata.team", "a"]],
+        [["k", "{metadata.team}"]],
+        "",
+    ]
     assert (config["input"], config["output"]) == ("in.csv", "out/r.csv")
     assert config["shard"] == [1, 2]
     assert config["storage_options"] == [["k", "v"]]

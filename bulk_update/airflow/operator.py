@@ -69,6 +69,8 @@ GIVEN_AS: dict[str, Any] = {
     "columns": str | Sequence[str] | None,
     "shard": str | Sequence[int] | None,
     "storage_options": Mapping[str, str] | Sequence[Sequence[str]],
+    "where": Sequence[str] | Sequence[Sequence[str]] | Mapping[str, str],
+    "set_values": Mapping[str, str] | Sequence[str] | Sequence[Sequence[str]],
 }
 # BaseOperator's parameters (and what Airflow's wrapper of __init__ passes on).
 BASE_PARAMETERS = set(inspect.signature(BaseOperator.__init__).parameters) | {"default_args"}

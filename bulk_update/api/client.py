@@ -295,6 +295,8 @@ def _url_builder(prefix: str) -> Callable[[str], httpx2.URL]:
     base_path = parts.path
 
     def built(path: str) -> httpx2.URL:
+        if "?" in path:  # a listing's page: the query is parsed as httpx2 does
+            return parsed(path)
         url = httpx2.URL.__new__(httpx2.URL)
         url._uri_reference = parts._replace(path=base_path + path)
         return url

@@ -26,6 +26,7 @@ from bulk_update.cli._options import (
     emulator_options,
     json_option,
     limits_options,
+    listing_options,
     logging_options,
     lookup_options,
     mapping_options,
@@ -284,15 +285,15 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "run": Command(
         partial(_run_job, settle=_as_given),
-        (table_files, store_options, resource_option, mapping_options, sending_options,
-         run_dry_run, restart_option, shard_option, limits_options, retry_failed_option,
-         stop_after_failures_option, backup_option, retention_option, metrics_options,
-         logging_options),
+        (table_files, store_options, resource_option, listing_options, mapping_options,
+         sending_options, run_dry_run, restart_option, shard_option, limits_options,
+         retry_failed_option, stop_after_failures_option, backup_option, retention_option,
+         metrics_options, logging_options),
     ),
     "validate": Command(
         partial(_run_job, settle=_as_validate),
-        (table_files, store_options, resource_option, mapping_options, sending_options,
-         check_server_option, shard_option, limits_options, logging_options),
+        (table_files, store_options, resource_option, listing_options, mapping_options,
+         sending_options, check_server_option, shard_option, limits_options, logging_options),
     ),
     "revert": Command(
         partial(_run_job, settle=_as_revert),

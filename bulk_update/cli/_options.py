@@ -33,6 +33,7 @@ __all__ = [
     "emulator_options",
     "json_option",
     "limits_options",
+    "listing_options",
     "logging_options",
     "lookup_options",
     "mapping_options",
@@ -173,7 +174,7 @@ table_files = partial(
     metavar="INPUT",
     about="the table to read: CSV, TSV, JSON Lines or Parquet, by its extension (.csv, .tsv, "
     ".jsonl or .ndjson, .parquet), or a quoted glob ('exports/*.parquet') read as one table in "
-    "sorted order",
+    "sorted order; none with --list (the rows from the API's listing)",
 )
 results_files = partial(
     files_options, metavar="RESULTS", about="the results file of a run with --backup"
@@ -188,6 +189,7 @@ revert_dry_run = declared_group(
     "dry_run", help="read each conversation and show what the revert would send (GET only)"
 )
 restart_option = declared_group("restart")
+listing_options = declared_group("listing")  # rows from the API's listing instead of INPUT
 shard_option = declared_group("shard")
 # When the job gives up on the API, on a drain, and after how many rows.
 limits_options = declared_group("limits")

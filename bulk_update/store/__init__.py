@@ -32,7 +32,12 @@ from typing import TYPE_CHECKING, Any
 from bulk_update._lazy import lazy
 
 if TYPE_CHECKING:
-    from bulk_update.store.core import Journal, Store
+    from bulk_update.store.core import (
+        Journal,
+        Store,
+        unfinished_because,
+        unfinished_statuses,
+    )
     from bulk_update.store.outage import Hurry
     from bulk_update.store.schema import TIMESTAMP_FORMAT, TIMING_COLUMNS, format_timestamp
     from bulk_update.store.types import (
@@ -80,6 +85,8 @@ __all__ = [
     "read_state",
     "report_frame",
     "run_options",
+    "unfinished_because",
+    "unfinished_statuses",
 ]
 
 # Where each name lives (the imports above, for type checkers, say the same). Loaded when first
@@ -87,7 +94,7 @@ __all__ = [
 # package first), and the operator's module imports the config in every process that parses a
 # DAG; the backends, and polars, load when a job opens its store.
 _HOMES = {
-    **dict.fromkeys(("Journal", "Store"), "core"),
+    **dict.fromkeys(("Journal", "Store", "unfinished_because", "unfinished_statuses"), "core"),
     "Hurry": "outage",
     **dict.fromkeys(("TIMESTAMP_FORMAT", "TIMING_COLUMNS", "format_timestamp"), "schema"),
     **dict.fromkeys(

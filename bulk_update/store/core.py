@@ -81,6 +81,11 @@ RATE_WINDOW_S = 60
 _NOT_FINISHED = (Status.UNPROCESSED.value, Status.PLANNED.value)
 
 
+def unfinished_statuses(retry_failed: bool) -> tuple[str, ...]:
+    """The statuses of the rows a resumed run processes again."""
+    return (*_NOT_FINISHED, Status.FAILED.value) if retry_failed else _NOT_FINISHED
+
+
 # The form of a run's fingerprint, marked in it (the first release's is "1").
 FINGERPRINT_FORM = "1"
 
@@ -528,7 +533,7 @@ class Store(_Closing):
         fingerprint changed is refused (JournalError) unless ``restart``, which sets the old
         run aside (kept, never deleted) and starts a new one. ``since`` names another
         job's store whose state this run compares with (ConfigError if it is not one)."""
-        unfinished = (*_NOT_FINISHED, Status.FAILED.value) if retry_failed else _NOT_FINISHED
+        unfinished = unfinished_statuses(retry_failed)
         opening = Opening(key, fingerprint_text(fingerprint), options, restart, unfinished, since)
         return self._open_run(opening)
 
