@@ -80,7 +80,7 @@ class Backend:
                 return int(db.execute(sql.format("", "?"), (run_id,)).fetchone()[0])
         return int(self.query(sql.format("bulk_update.", "%s"), run_id)[0][0])
 
-    def _read(self, job: str, sql: str) -> list[tuple[Any, ...]]:
+    def read_rows(self, job: str, sql: str) -> list[tuple[Any, ...]]:
         """Rows of a statement on the job's store (``{}``: the schema's prefix, if any)."""
         if self.url is None:
             with contextlib.closing(sqlite3.connect(self.directory / f"{job}.sqlite")) as db:
@@ -91,7 +91,7 @@ class Backend:
         """The row numbers each run of the job keeps an outcome for (``run_outcomes``; in
         PostgreSQL, every job's), read with SQL."""
         found: dict[int, set[int]] = {}
-        for run, row in self._read(job, "SELECT run_id, row_number FROM {}run_outcomes"):
+        for run, row in self.read_rows(job, "SELECT run_id, row_number FROM {}run_outcomes"):
             found.setdefault(int(run), set()).add(int(row))
         return found
 
@@ -100,7 +100,7 @@ class Backend:
         job's), in span order, read with SQL: a row in two spans is there twice."""
         found: dict[int, list[int]] = {}
         sql = "SELECT run_id, first_row, rows, bitmap FROM {}unchanged_spans ORDER BY 1, 2"
-        for run, first, rows, bitmap in self._read(job, sql):
+        for run, first, rows, bitmap in self.read_rows(job, sql):
             numbers = span_rows(int(first), bytes(bitmap))
             assert len(numbers) == rows, "a span's rows say how many it holds"
             found.setdefault(int(run), []).extend(numbers)

@@ -163,13 +163,15 @@ _SPANS = (
 
 
 def _in_spans(spans: Iterable[Any], first: int, last: int) -> list[int]:
-    """The row numbers in ``[first, last]`` that spans (``_SPANS``' rows) hold, in order."""
+    """The row numbers in ``[first, last]`` that spans (``_SPANS``' rows) hold, in order (the
+    spans of two invocations may interleave: their rows never meet)."""
     found: list[int] = []
     for first_row, last_row, _, bitmap in spans:
         numbers = schema.span_rows(int(first_row), bytes(bitmap))
         if first_row < first or last_row > last:
             numbers = [number for number in numbers if first <= number <= last]
         found.extend(numbers)
+    found.sort()  # in order already unless spans interleave (Timsort: one pass then)
     return found
 
 
