@@ -1016,7 +1016,7 @@ class Journal(_Closing, StateRows):
         (``ids``: row number -> ID, trimmed), its ``sent_metadata`` the job's state's metadata
         (what the row maps, verbatim: it was found unchanged against it), nothing else but
         ``status`` and ``attempts`` (0)."""
-        numbers = self.unchanged_between(first, last)
+        numbers = [number for number in self.unchanged_between(first, last) if number in ids]
         if not numbers:
             return []
         conversations = [ids[number] for number in numbers]
