@@ -133,6 +133,20 @@ def test_compaction_keeps_counts_and_state_and_says_so(
     assert spanned_by_run(backend) == {runs[0]["run_id"]: N}  # night 5's, not night 4's
     assert backend.state(JOB) == state
 
+    # Night 6 sets row 0 again: as it ends, night 1's outcome of row 0 (compacted before, named
+    # by the state until now) goes too. An old run keeps what the state names, nothing else.
+    tags[0] = "e"
+    write_input(export, N, tags)
+    sixth = cli("run", "export.csv", "--output", "out/night-6.csv", *sending, "--keep-runs", "1",
+                cwd=tmp_path)  # fmt: skip
+    assert sixth.returncode == 0, sixth.stderr
+    kept, sixth_run = outcomes_by_run(backend), history(backend, tmp_path)[0]["run_id"]
+    assert kept[first] == N - 6
+    assert kept[sixth_run] == 1  # row 0's, named now
+    assert runs[0]["run_id"] not in kept  # night 5: all unchanged, its span dropped
+    assert spanned_by_run(backend) == {sixth_run: N - 1}
+    assert backend.state(JOB) == {**state, ID(0): '{"tier":"e","n":"0"}'}
+
     # Revert reads the --backup run's results file: night 2, compacted, is reverted whole.
     revert = cli("revert", "out/night-2.csv", "--output", "out/revert-2.csv", "--job-name", JOB,
                  "--base-url", emu.base_url, *backend.args, cwd=tmp_path)  # fmt: skip

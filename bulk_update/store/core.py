@@ -484,6 +484,13 @@ _RETAINED = (
 _RUN_KEY = "SELECT job, shard FROM runs WHERE run_id = :run"
 _COMPACTED = "UPDATE runs SET compacted_at = {now} WHERE run_id = :run"
 _DROP = "DELETE FROM outcomes WHERE id BETWEEN :first AND :last AND {unnamed}"
+# The outcomes of runs compacted before that no entry names any more (the state moved on: a
+# later run set their conversations again), in one statement: ``:runs`` between ``:first`` and
+# ``:last``.
+_SWEEP = (
+    "DELETE FROM outcomes WHERE id BETWEEN :first AND :last AND (id >> 32) IN ({runs}) "
+    "AND {unnamed}"
+)
 # Its spans of unchanged rows (no entry of the state names them: their entries hold the text).
 _SPANNED = "SELECT count(*), coalesce(sum(rows), 0) FROM unchanged_spans WHERE run_id = :run"
 _DROP_SPANS = "DELETE FROM unchanged_spans WHERE run_id = :run"
@@ -517,12 +524,15 @@ def _compact(
     """Compact the job's runs that the retention drops (``to_compact``): each one marked
     (``compacted_at``: history keeps its row and counts), its outcomes deleted but those an
     entry of the job's state names (the job's state is never touched), and its spans of
-    unchanged rows (counted with the outcomes dropped). ``run``: the job and shard are that
-    run's (a run's own retention, as it ends)."""
+    unchanged rows (counted with the outcomes dropped). The runs compacted before (in the
+    shard) lose the outcomes no entry names any more: an old run keeps what the state names,
+    nothing else. ``run``: the job and shard are that run's (a run's own retention, as it
+    ends)."""
     if run is not None:
         job, shard = conn.execute(prepare(dialect, _RUN_KEY), {"run": run}).fetchone()
     runs = conn.execute(prepare(dialect, _RETAINED), {"job": job}).fetchall()
     chosen = to_compact(runs, keep_runs, shard)
+    before = [int(r[0]) for r in runs if r[6] is not None and shard in (None, r[1])]
     mark, drop = prepare(dialect, _COMPACTED), prepare(dialect, _DROP)
     spanned, drop_spans = prepare(dialect, _SPANNED), prepare(dialect, _DROP_SPANS)
     dropped = 0
@@ -533,6 +543,10 @@ def _compact(
         if spans:
             conn.execute(drop_spans, {"run": run_id})
             dropped += int(rows)
+    if before:
+        swept = {**_span(min(before)), "last": _span(max(before))["last"],
+                 "runs": json.dumps(before)}  # fmt: skip
+        dropped += int(conn.execute(prepare(dialect, _SWEEP), swept).rowcount)
     return Compacted(tuple(chosen), dropped)
 
 
