@@ -364,11 +364,14 @@ def results_between(
     journal: Journal, ids: pl.DataFrame, stopped: StopReason = None
 ) -> pl.DataFrame:
     """Results rows for one batch of ``InputTable.id_batches``: the journaled outcome of each
-    row, or ``unprocessed`` for a row the journal has not seen (the job stopped before it, and
+    row (an unchanged row's rebuilt from the input and the job's state: ``unchanged_rows``),
+    or ``unprocessed`` for a row the journal has not seen (the job stopped before it, and
     ``stopped`` says why, or --limit left it)."""
     numbers = ids.get_column(ROW_NUMBER)
+    first, last = int(numbers[0]), int(numbers[-1])
+    given = dict(zip(numbers.to_list(), ids.get_column("conversation_id").to_list(), strict=True))
     journaled = pl.DataFrame(
-        journal.rows_between(int(numbers[0]), int(numbers[-1])),
+        [*journal.rows_between(first, last), *journal.unchanged_rows(first, last, given)],
         schema=RESULTS_SCHEMA,
         orient="row",
     )

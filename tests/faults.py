@@ -54,23 +54,24 @@ def summary_counts(stderr: str) -> dict[str, int]:
 
 
 def store_counts(backend: str, where: str, postgres: PostgresServer | None) -> dict[str, int]:
-    """Outcomes by status of the newest run, from either store, as an operator would read it."""
+    """Rows by status of the newest run, from either store, as an operator would read it: its
+    outcomes, and its unchanged rows (a count a batch: ``unchanged_spans``)."""
     sql = (
-        "SELECT status, count(*) FROM {outcomes} WHERE {run} = (SELECT max(run_id) FROM {runs}) "
-        "GROUP BY status"
+        "SELECT status, count(*) FROM {p}run_outcomes WHERE run_id = (SELECT max(run_id) FROM "
+        "{p}runs) GROUP BY status UNION ALL SELECT 'unchanged', sum(rows) FROM "
+        "{p}unchanged_spans WHERE run_id = (SELECT max(run_id) FROM {p}runs)"
     )
     if backend == "sqlite":
         with contextlib.closing(sqlite3.connect(where)) as db:
-            rows = db.execute(
-                sql.format(outcomes="run_outcomes", run="run_id", runs="runs")
-            ).fetchall()
+            rows = db.execute(sql.format(p="")).fetchall()
     else:
         assert postgres is not None
-        rows = postgres.query(
-            where.rsplit("/", 1)[1],
-            sql.format(outcomes="bulk_update.run_outcomes", run="run_id", runs="bulk_update.runs"),
-        )
-    return {str(status): int(str(n)) for status, n in rows}
+        rows = postgres.query(where.rsplit("/", 1)[1], sql.format(p="bulk_update."))
+    counts: dict[str, int] = {}
+    for status, n in rows:
+        if n is not None:
+            counts[str(status)] = counts.get(str(status), 0) + int(str(n))
+    return counts
 
 
 def store_run(backend: str, where: str, postgres: PostgresServer | None) -> dict[str, Any]:

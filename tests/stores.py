@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bulk_update.store import RunRecord, Store, StoreLocation, open_store
+from bulk_update.store.schema import span_rows
 from tests.pg import PostgresServer
 
 BACKENDS = ("sqlite", "postgres")
@@ -78,3 +79,29 @@ class Backend:
             with contextlib.closing(sqlite3.connect(self.directory / f"{job}.sqlite")) as db:
                 return int(db.execute(sql.format("", "?"), (run_id,)).fetchone()[0])
         return int(self.query(sql.format("bulk_update.", "%s"), run_id)[0][0])
+
+    def read_rows(self, job: str, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of a statement on the job's store (``{}``: the schema's prefix, if any)."""
+        if self.url is None:
+            with contextlib.closing(sqlite3.connect(self.directory / f"{job}.sqlite")) as db:
+                return list(db.execute(sql.format("")))
+        return self.query(sql.format("bulk_update."))
+
+    def outcome_rows(self, job: str) -> dict[int, set[int]]:
+        """The row numbers each run of the job keeps an outcome for (``run_outcomes``; in
+        PostgreSQL, every job's), read with SQL."""
+        found: dict[int, set[int]] = {}
+        for run, row in self.read_rows(job, "SELECT run_id, row_number FROM {}run_outcomes"):
+            found.setdefault(int(run), set()).add(int(row))
+        return found
+
+    def spanned_rows(self, job: str) -> dict[int, list[int]]:
+        """The row numbers each run's spans of unchanged rows hold (in PostgreSQL, every
+        job's), in span order, read with SQL: a row in two spans is there twice."""
+        found: dict[int, list[int]] = {}
+        sql = "SELECT run_id, first_row, rows, bitmap FROM {}unchanged_spans ORDER BY 1, 2"
+        for run, first, rows, bitmap in self.read_rows(job, sql):
+            numbers = span_rows(int(first), bytes(bitmap))
+            assert len(numbers) == rows, "a span's rows say how many it holds"
+            found.setdefault(int(run), []).extend(numbers)
+        return found

@@ -343,10 +343,10 @@ def test_runs_and_state_are_in_the_database(
     assert sorted(runs_by_job) == [("a", 1), ("b", 1)]
     statuses = postgres.query(database, "SELECT status FROM bulk_update.run_outcomes")
     frame = pl.DataFrame(statuses, schema=["status"], orient="row")
-    assert frame["status"].value_counts().sort("status").rows() == [
-        ("unchanged", 50),
-        ("updated", 50),
-    ]
+    assert frame["status"].value_counts().sort("status").rows() == [("updated", 50)]
+    # b's unchanged rows: a count (one span for its one batch), not outcomes.
+    spans = postgres.query(database, "SELECT count(*), sum(rows) FROM bulk_update.unchanged_spans")
+    assert spans == [(1, 50)]
     assert json.loads(str(postgres.query(database, "SELECT counts FROM bulk_update.runs")[0][0]))
 
 

@@ -21,6 +21,11 @@ JOB = "nightly"
 NIGHTS: tuple[dict[int, str], ...] = ({}, {3: "b", 17: "b"}, {5: "c"}, {29: "d", 33: "d"})
 
 
+def spanned_by_run(backend: Backend) -> dict[int, int]:
+    """How many unchanged rows each run's spans hold (not outcomes: a count), read with SQL."""
+    return {run: len(rows) for run, rows in backend.spanned_rows(JOB).items()}
+
+
 def outcomes_by_run(backend: Backend) -> dict[int, int]:
     """How many outcomes each run of the job keeps, read with SQL."""
     sql = "SELECT run_id, count(*) FROM {}run_outcomes GROUP BY run_id"
@@ -43,8 +48,9 @@ def test_compaction_keeps_counts_and_state_and_says_so(
     backend: Backend, start_emulator: StartEmulator, tmp_path: Path
 ) -> None:
     """Four nights (the second with --backup), every run's outcomes kept
-    (--keep-runs 0); `compact --keep-runs 1` then drops those of the three older runs but the
-    ones the job's state names, keeps history's counts and the state; the next night sends
+    (--keep-runs 0): an outcome for each row sent, a count (spans) of the unchanged ones;
+    `compact --keep-runs 1` then drops those of the three older runs but the outcomes the job's
+    state names (their spans go whole), keeps history's counts and the state; the next night sends
     nothing new, and compacts the night before it as it ends (--keep-runs 1). `report` of a
     compacted run and --retry-failed of one are refused in one line (exit 2); `status` and
     `revert` (which reads the results file, not the outcomes) work."""
@@ -64,19 +70,27 @@ def test_compaction_keeps_counts_and_state_and_says_so(
     before = history(backend, tmp_path)
     state = backend.state(JOB)
     assert len(state) == N
-    assert outcomes_by_run(backend) == {run["run_id"]: N for run in before}
     assert all(run["compacted_at"] is None for run in before)
     first, second, third, last = (run["run_id"] for run in reversed(before))
+    assert outcomes_by_run(backend) == {first: N, second: 2, third: 1, last: 2}
+    assert spanned_by_run(backend) == {second: N - 2, third: N - 1, last: N - 2}
+    assert [run["counts"] for run in before] == [
+        {"updated": 2, "unchanged": N - 2}, {"updated": 1, "unchanged": N - 1},
+        {"updated": 2, "unchanged": N - 2}, {"updated": N},
+    ]  # fmt: skip
 
     compact = cli("compact", "--job-name", JOB, "--keep-runs", "1", *backend.args, cwd=tmp_path)
     assert compact.returncode == 0, compact.stderr
     assert f"compacted 3 runs ({third}, {second}, {first})" in compact.stderr
+    # Night 1's 5 outcomes no entry names, nights 2 and 3's spans (their unchanged rows).
+    assert f"{5 + (N - 2) + (N - 1)} outcomes dropped" in compact.stderr
     after = history(backend, tmp_path)
     assert [run["counts"] for run in after] == [run["counts"] for run in before]  # kept forever
     assert [run["compacted_at"] is not None for run in after] == [False, True, True, True]
     # What the state names stays: night 1's rows changed by no later night, night 2's rows 3
     # and 17, night 3's row 5; the last night keeps all of its own.
-    assert outcomes_by_run(backend) == {first: N - 5, second: 2, third: 1, last: N}
+    assert outcomes_by_run(backend) == {first: N - 5, second: 2, third: 1, last: 2}
+    assert spanned_by_run(backend) == {last: N - 2}
     assert backend.state(JOB) == state
     table = cli("history", "--job-name", JOB, *backend.args, cwd=tmp_path)
     assert f"{first} (compacted)" in table.stdout
@@ -116,7 +130,22 @@ def test_compaction_keeps_counts_and_state_and_says_so(
     assert runs[0]["counts"] == {"unchanged": N}
     assert [run["compacted_at"] is not None for run in runs] == [False, True, True, True, True]
     assert outcomes_by_run(backend)[last] == 2  # rows 29 and 33, named by the state
+    assert spanned_by_run(backend) == {runs[0]["run_id"]: N}  # night 5's, not night 4's
     assert backend.state(JOB) == state
+
+    # Night 6 sets row 0 again: as it ends, night 1's outcome of row 0 (compacted before, named
+    # by the state until now) goes too. An old run keeps what the state names, nothing else.
+    tags[0] = "e"
+    write_input(export, N, tags)
+    sixth = cli("run", "export.csv", "--output", "out/night-6.csv", *sending, "--keep-runs", "1",
+                cwd=tmp_path)  # fmt: skip
+    assert sixth.returncode == 0, sixth.stderr
+    kept, sixth_run = outcomes_by_run(backend), history(backend, tmp_path)[0]["run_id"]
+    assert kept[first] == N - 6
+    assert kept[sixth_run] == 1  # row 0's, named now
+    assert runs[0]["run_id"] not in kept  # night 5: all unchanged, its span dropped
+    assert spanned_by_run(backend) == {sixth_run: N - 1}
+    assert backend.state(JOB) == {**state, ID(0): '{"tier":"e","n":"0"}'}
 
     # Revert reads the --backup run's results file: night 2, compacted, is reverted whole.
     revert = cli("revert", "out/night-2.csv", "--output", "out/revert-2.csv", "--job-name", JOB,

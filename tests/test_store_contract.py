@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from bulk_update.exceptions import ConfigError, JournalError
-from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
+from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import (
     Journal,
     RowTiming,
@@ -245,12 +245,77 @@ def test_unchanged_rows_take_the_state_of_since_state(backend: Backend) -> None:
             assert await off(journal.changed_rows, batch) == [1]
             await off(journal.record_unchanged, batch.head(1))
             assert await off(journal.counts) == {"unchanged": 1}
+            # Its entry holds the text: no outcome of this store has it.
+            (rebuilt,) = await off(journal.unchanged_rows, 0, 1, {0: "conv_a"})
+            assert rebuilt[RESULT_COLUMNS.index("sent_metadata")] == '{"k":"1"}'
         with backend.open("new") as store, pytest.raises(ConfigError, match="--since-state"):
             await off(store.open_run, RunKey("new", "x.csv", None), PRINT, OPTIONS,
                       since=backend.since("nobody"))  # fmt: skip
 
     run(go)
     assert backend.state("new") == {"conv_a": '{"k":"1"}'}
+
+
+def test_unchanged_rows_are_spans_read_wherever_outcomes_are(backend: Backend) -> None:
+    """A batch's unchanged rows are one span, not outcomes: the rows a resumed run skips, the
+    counts, the results' rows (rebuilt from the input's IDs and the state) and the report read
+    them. A row an earlier invocation left an outcome (sent, its answer never read) that is
+    then found unchanged loses that outcome. Compaction drops a run's spans."""
+    meta = {row: json.dumps({"k": str(row)}) for row in range(10)}
+
+    async def go() -> None:
+        with backend.open("j") as store:
+            with await off(store.open_run, KEY, PRINT, OPTIONS) as j:
+                for row in range(10):
+                    await j.record(updated(row, f"conv_{row}", meta[row]))
+                await j.seal()
+                await off(j.finish, RunEnd({"updated": 10}, 0, total_rows=10))
+            second = RunKey("j", "out/night-2.csv", None)
+            with await off(store.open_run, second, PRINT, OPTIONS) as j:
+                await j.record(RowOutcome(3, "conv_3", Status.UNPROCESSED, attempts=1,
+                                          sent_metadata=meta[3]))  # fmt: skip
+                await off(j.record_unchanged, plan(*((r, f"conv_{r}", meta[r]) for r in (2, 4))))
+            with await off(store.open_run, second, PRINT, OPTIONS) as j:
+                assert await off(j.finished_between, 0, 9) == {
+                    2: Status.UNCHANGED,
+                    4: Status.UNCHANGED,
+                }
+                # The next invocation: row 3 found unchanged now, rows 7 and 9 too.
+                batch = plan(*((r, f"conv_{r}", meta[r]) for r in (9, 3, 7)))
+                assert await off(j.changed_rows, batch) == []
+                await off(j.record_unchanged, batch)
+                assert await off(j.finished_counts_between, 0, ROWS_MAX) == {Status.UNCHANGED: 5}
+                assert await off(j.finished_counts_between, 3, 7) == {Status.UNCHANGED: 3}
+                assert await off(j.finished_between, 3, 8) == dict.fromkeys(
+                    (3, 4, 7), Status.UNCHANGED
+                )
+                assert await off(j.counts) == {"unchanged": 5}
+                assert await off(j.rows_between, 0, 9) == []  # no outcome left: row 3's went
+                ids = {row: f"conv_{row}" for row in range(10)}
+                rebuilt = await off(j.unchanged_rows, 3, 9, ids)
+                assert [row[:5] for row in rebuilt] == [
+                    (r, f"conv_{r}", "unchanged", None, 0) for r in (3, 4, 7, 9)
+                ]
+                assert [row[RESULT_COLUMNS.index("sent_metadata")] for row in rebuilt] == [
+                    meta[r] for r in (3, 4, 7, 9)
+                ]
+                assert {v for row in rebuilt for v in row[5:] if v not in meta.values()} == {None}
+                await off(j.finish, RunEnd({"unchanged": 5}, 0, total_rows=10))
+                run_id = j.run_id
+            report = store.report_rows(run_id)
+            assert report.select("row_number", "status", "attempts").rows() == [
+                (r, "unchanged", 0) for r in (2, 3, 4, 7, 9)
+            ]
+            third = RunKey("j", "out/night-3.csv", None)
+            with await off(store.open_run, third, PRINT, OPTIONS) as j:
+                await off(j.finish, RunEnd({}, 0, total_rows=0))
+            done = await off(store.compact, "j", 1)
+            assert run_id in done.runs
+            assert done.rows == 5  # the spans' rows (night 1's outcomes: the state names them)
+            assert store.report_rows(run_id).is_empty()
+
+    run(go)
+    assert backend.spanned_rows("j") == {}
 
 
 def test_before_images_of_rows_not_finished_are_kept(backend: Backend) -> None:

@@ -6,7 +6,9 @@ A job's store holds
   input and mapping, its options, when it started and ended, its counts and exit code. A re-run
   of the same command finds its run and resumes it; a new results path starts a new run, and
   so does a new input after a run that finished (one that did not is refused it);
-- each run's **outcomes** (the journal): one row per input row the run has finished or tried;
+- each run's **outcomes** (the journal): one row per input row the run has sent, tried or
+  found invalid; its ``unchanged`` rows are a count, one row per batch (``unchanged_spans``: which
+  rows they are), from which the results rebuild them;
 - the job's **last-set state**: per conversation ID, the metadata the job last set and when
   the API confirmed it (incremental runs);
 - its **locks**: one writer per run, shards of a job side by side but never one shard twice;

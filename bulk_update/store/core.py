@@ -14,6 +14,12 @@ fragments in braces (``{now}``, ``{status}`` …); ``prepare`` turns one into th
 once. The hot path's statements (a sent row's outcome and its ``last_set`` entry, a forget,
 a batch of invalid rows) are not here: each backend commits them with its own statements,
 tuned to its database (a batch's unchanged rows are here: the same in both).
+
+A batch's ``unchanged`` rows are one row of ``unchanged_spans`` (layout 10; store/schema.py), not
+an outcome each: the reads that tell which rows a run has done (``finished_between``,
+``finished_counts_between``, ``counts``, ``report_rows``) read the spans as well as the
+outcomes, and the results rebuild an unchanged row (``unchanged_rows``) from the input and the
+job's state. A store of an older layout keeps its ``unchanged`` outcomes, read as before.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any, Protocol, Self, TypeVar
 import polars as pl
 
 from bulk_update.exceptions import JobStopped, JournalError
-from bulk_update.outcome import ROW_NUMBER, RowOutcome, Status
+from bulk_update.outcome import RESULT_COLUMNS, ROW_NUMBER, RowOutcome, Status
 from bulk_update.store import schema
 from bulk_update.store.lease import Holder, this_process
 from bulk_update.store.outage import Outage
@@ -148,9 +154,42 @@ ROWS_MAX = (1 << 32) - 1
 
 def _span(run_id: int, first: int = 0, last: int = ROWS_MAX) -> dict[str, int]:
     """The parameters that select rows ``[first, last]`` of a run (both backends key outcomes
-    by ``run_id * ROWS_PER_RUN + row_number``)."""
+    by ``run_id * ROWS_PER_RUN + row_number``; ``unchanged_spans`` by run and row numbers)."""
     base = run_id * schema.ROWS_PER_RUN
-    return {"run": run_id, "base": base, "first": base + first, "last": base + last}
+    return {"run": run_id, "base": base, "first": base + first, "last": base + last,
+            "first_row": first, "last_row": last}  # fmt: skip
+
+
+# A run's spans of unchanged rows that reach into rows ``[first_row, last_row]``.
+_SPANS = (
+    "SELECT first_row, last_row, rows, bitmap FROM unchanged_spans WHERE run_id = :run "
+    "AND first_row <= :last_row AND last_row >= :first_row ORDER BY first_row"
+)
+
+
+def _in_spans(spans: Iterable[Any], first: int, last: int) -> list[int]:
+    """The row numbers in ``[first, last]`` that spans (``_SPANS``' rows) hold, in order (the
+    spans of two invocations may interleave: their rows never meet)."""
+    found: list[int] = []
+    for first_row, last_row, _, bitmap in spans:
+        numbers = schema.span_rows(int(first_row), bytes(bitmap))
+        if first_row < first or last_row > last:
+            numbers = [number for number in numbers if first <= number <= last]
+        found.extend(numbers)
+    found.sort()  # in order already unless spans interleave (Timsort: one pass then)
+    return found
+
+
+def _counted_in_spans(spans: Iterable[Any], first: int, last: int) -> int:
+    """How many rows in ``[first, last]`` spans (``_SPANS``' rows) hold: a span all inside
+    says it (``rows``), with no decoding."""
+    inside, across = 0, []
+    for span in spans:
+        if span[0] >= first and span[1] <= last:
+            inside += int(span[2])
+        else:
+            across.append(span)
+    return inside + len(_in_spans(across, first, last))
 
 
 def json_rows(dialect: Dialect, parameter: str, types: Mapping[str, str]) -> str:
@@ -195,6 +234,11 @@ _DIALECTS = {
     "runs": (
         "SELECT value FROM json_each(:runs)",
         "SELECT CAST(json_array_elements_text(CAST(:runs AS json)) AS bigint)",
+    ),
+    # The values of a JSON array of row numbers (``numbers``).
+    "numbers": (
+        "SELECT value FROM json_each(:numbers)",
+        "SELECT CAST(json_array_elements_text(CAST(:numbers AS json)) AS bigint)",
     ),
     # Outcomes no entry of a job's state names (``Store.compact`` keeps those): SQLite makes the
     # list once (last_set has no index on outcome), PostgreSQL an anti-join.
@@ -293,6 +337,8 @@ _REPORT = (
     "SELECT id - :base, {status}, http_status, attempts, error_code, error_message, {timing} "
     "FROM outcomes WHERE id BETWEEN :first AND :last ORDER BY id"
 )
+# A report row of an unchanged row of a span (REPORT_COLUMNS but row_number): never sent.
+_UNSENT = (Status.UNCHANGED.value, None, 0, None, None, None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +489,16 @@ _RETAINED = (
 _RUN_KEY = "SELECT job, shard FROM runs WHERE run_id = :run"
 _COMPACTED = "UPDATE runs SET compacted_at = {now} WHERE run_id = :run"
 _DROP = "DELETE FROM outcomes WHERE id BETWEEN :first AND :last AND {unnamed}"
+# The outcomes of runs compacted before that no entry names any more (the state moved on: a
+# later run set their conversations again), in one statement: ``:runs`` between ``:first`` and
+# ``:last``.
+_SWEEP = (
+    "DELETE FROM outcomes WHERE id BETWEEN :first AND :last AND (id >> 32) IN ({runs}) "
+    "AND {unnamed}"
+)
+# Its spans of unchanged rows (no entry of the state names them: their entries hold the text).
+_SPANNED = "SELECT count(*), coalesce(sum(rows), 0) FROM unchanged_spans WHERE run_id = :run"
+_DROP_SPANS = "DELETE FROM unchanged_spans WHERE run_id = :run"
 
 
 def to_compact(runs: list[Any], keep_runs: int, shard: str | None = None) -> list[int]:
@@ -472,17 +528,30 @@ def _compact(
 ) -> Compacted:  # fmt: skip
     """Compact the job's runs that the retention drops (``to_compact``): each one marked
     (``compacted_at``: history keeps its row and counts), its outcomes deleted but those an
-    entry of the job's state names (the job's state is never touched). ``run``: the job and
-    shard are that run's (a run's own retention, as it ends)."""
+    entry of the job's state names (the job's state is never touched), and its spans of
+    unchanged rows (counted with the outcomes dropped). The runs compacted before (in the
+    shard) lose the outcomes no entry names any more: an old run keeps what the state names,
+    nothing else. ``run``: the job and shard are that run's (a run's own retention, as it
+    ends)."""
     if run is not None:
         job, shard = conn.execute(prepare(dialect, _RUN_KEY), {"run": run}).fetchone()
     runs = conn.execute(prepare(dialect, _RETAINED), {"job": job}).fetchall()
     chosen = to_compact(runs, keep_runs, shard)
+    before = [int(r[0]) for r in runs if r[6] is not None and shard in (None, r[1])]
     mark, drop = prepare(dialect, _COMPACTED), prepare(dialect, _DROP)
+    spanned, drop_spans = prepare(dialect, _SPANNED), prepare(dialect, _DROP_SPANS)
     dropped = 0
     for run_id in chosen:
         conn.execute(mark, {"run": run_id, **_stamp()})
         dropped += int(conn.execute(drop, _span(run_id)).rowcount)
+        spans, rows = conn.execute(spanned, {"run": run_id}).fetchone()
+        if spans:
+            conn.execute(drop_spans, {"run": run_id})
+            dropped += int(rows)
+    if before:
+        swept = {**_span(min(before)), "last": _span(max(before))["last"],
+                 "runs": json.dumps(before)}  # fmt: skip
+        dropped += int(conn.execute(prepare(dialect, _SWEEP), swept).rowcount)
     return Compacted(tuple(chosen), dropped)
 
 
@@ -653,8 +722,14 @@ class Store(_Closing):
         return [Second(*row) for row in self._fetch(_TIMELINE, {"run": run_id})]
 
     def report_rows(self, run_id: int) -> pl.DataFrame:
-        """A run's outcomes, REPORT_COLUMNS, by row number."""
-        return report_frame(self._fetch(_REPORT, _span(run_id)))
+        """A run's outcomes, REPORT_COLUMNS, by row number (its spans' unchanged rows too)."""
+        span = _span(run_id)
+        rows = self._fetch(_REPORT, span)
+        unchanged = _in_spans(self._fetch(_SPANS, span), 0, ROWS_MAX)
+        if not unchanged:
+            return report_frame(rows)
+        frame = report_frame([*rows, *((number, *_UNSENT) for number in unchanged)])
+        return frame.sort("row_number")
 
     @abstractmethod
     def budget(self, job: str) -> Budget:
@@ -711,6 +786,17 @@ class StateRows(StateReader):
         return [
             int(number) for (number,) in self._query(prepare(self._dialect, template), parameters)
         ]
+
+
+def _with_unchanged(
+    counts: dict[T, int], unchanged: T, spans: list[Any], first: int = 0, last: int = ROWS_MAX
+) -> dict[T, int]:
+    """``counts`` (by status) with the rows in ``[first, last]`` of ``spans`` (``_SPANS``'
+    rows) added to ``unchanged``'s."""
+    spanned = _counted_in_spans(spans, first, last)
+    if spanned:
+        counts[unchanged] = counts.get(unchanged, 0) + spanned
+    return counts
 
 
 # A read of a store: the rows a statement (with its parameters) finds.
@@ -770,24 +856,32 @@ _FINISHED_COUNTS = (
 )
 _ROWS = "SELECT id - :base, {stored} FROM outcomes WHERE id BETWEEN :first AND :last ORDER BY id"
 _COUNTS = "SELECT {status}, count(*) FROM outcomes WHERE id BETWEEN :first AND :last GROUP BY 1"
-# A batch's unchanged rows as outcomes (an outcome already there, from an invocation that did
-# not finish the row, is replaced whole).
-_UNCHANGED = (
-    "INSERT INTO outcomes (id, conversation_id, status, attempts, sent_metadata) "  # noqa: S608
-    "SELECT :base + t.r, {batch_key}, :unchanged, 0, t.m FROM {batch} WHERE TRUE "
-    "ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{n} = excluded.{n}" for n in (*schema.STORED, *schema.STORED_TIMING))
+# A batch's unchanged rows: the outcomes an invocation that did not finish them left (a row
+# sent, its answer never read; a failed row, with --retry-failed) go, and one span says which
+# they are (store/schema.py's UNCHANGED_SPANS).
+_UNSPANNED = "DELETE FROM outcomes WHERE id BETWEEN :first AND :last AND id - :base IN ({numbers})"
+_SPAN_ROW = (
+    "INSERT INTO unchanged_spans (run_id, first_row, last_row, rows, bitmap) "
+    "VALUES (:run, :first_row, :last_row, :rows, :bitmap)"
 )
 # Their entries of the state they were compared with (--since-state: in ``{schema}``, of the
-# job ``:job``), copied into this job's (``:into``): each names the unchanged row's outcome,
-# whose sent_metadata is its metadata (named, not copied). WHERE: not SQLite's join's ON.
+# job ``:job``), copied into this job's (``:into``) with their text: no outcome of this store
+# holds it (an unchanged row has none). WHERE: not SQLite's join's ON.
 _COPY_ENTRIES = (
-    "INSERT INTO last_set (conversation_id, set_at, outcome{job_column}) "
-    "SELECT s.conversation_id, s.set_at, :base + t.r{job_value} FROM {batch} "
+    "INSERT INTO last_set (conversation_id, set_at, metadata{job_column}) "
+    "SELECT s.conversation_id, s.set_at, t.m{job_value} FROM {batch} "
     "JOIN {schema}last_set AS s ON s.conversation_id = {batch_key} WHERE TRUE{and_state} "
-    "ON CONFLICT ({state_pk}) DO UPDATE SET outcome = excluded.outcome, metadata = NULL, "
+    "ON CONFLICT ({state_pk}) DO UPDATE SET outcome = NULL, metadata = excluded.metadata, "
     "set_at = excluded.set_at"
 )
+# The job's state's metadata of conversations (``ids``): an unchanged row's, as it was sent.
+_STATE_OF = (
+    "SELECT t.id, %M FROM ({ids}) AS t "
+    "JOIN last_set AS s ON s.conversation_id = {state_key}{and_state}"
+)
+# An unchanged row's values but row_number, conversation_id and sent_metadata, as the results
+# hold them (RESULT_COLUMNS): never sent, so never answered.
+_UNCHANGED_VALUES = {"status": Status.UNCHANGED.value, "attempts": 0}
 _ENTRIES = "SELECT count(*) FROM last_set{where_state}"
 _ENTRIES_AMONG = (
     "SELECT t.id FROM ({ids}) AS t WHERE EXISTS "
@@ -901,10 +995,20 @@ class Journal(_Closing, StateRows):
         )
         return {conversation_id for (conversation_id,) in rows}
 
+    def _spans(self, first: int, last: int) -> list[Any]:
+        """The run's spans of unchanged rows that reach into ``[first, last]``."""
+        return self._rows(_SPANS, first, last)
+
+    def unchanged_between(self, first: int, last: int) -> list[int]:
+        """Rows in ``[first, last]`` that the run's spans say are unchanged, in order."""
+        return _in_spans(self._spans(first, last), first, last)
+
     def finished_between(self, first: int, last: int) -> dict[int, Status]:
         """Rows in ``[first, last]`` that a resumed run must not process again."""
         rows = self._rows(_FINISHED_BETWEEN, first, last)
-        return {number: Status(status) for number, status in rows}
+        finished = {number: Status(status) for number, status in rows}
+        finished.update(dict.fromkeys(self.unchanged_between(first, last), Status.UNCHANGED))
+        return finished
 
     def before_images_between(self, first: int, last: int) -> dict[int, str]:
         """Rows in ``[first, last]`` not finished, whose before-image (``--backup``) an earlier
@@ -915,16 +1019,42 @@ class Journal(_Closing, StateRows):
     def finished_counts_between(self, first: int, last: int) -> dict[Status, int]:
         """How many rows in ``[first, last]`` are finished, by status."""
         rows = self._rows(_FINISHED_COUNTS, first, last)
-        return {Status(status): count for status, count in rows}
+        counts = {Status(status): int(count) for status, count in rows}
+        return _with_unchanged(counts, Status.UNCHANGED, self._spans(first, last), first, last)
 
     def rows_between(self, first: int, last: int) -> list[tuple[Any, ...]]:
-        """Outcomes in ``[first, last]`` as tuples in RESULT_COLUMNS order, by row number."""
+        """Outcomes in ``[first, last]`` as tuples in RESULT_COLUMNS order, by row number
+        (not the spans' unchanged rows: ``unchanged_rows``)."""
         return self._rows(_ROWS, first, last)
 
+    def unchanged_rows(
+        self, first: int, last: int, ids: Mapping[int, str]
+    ) -> list[tuple[Any, ...]]:
+        """The spans' unchanged rows in ``[first, last]`` as tuples in RESULT_COLUMNS order, by
+        row number, rebuilt as their outcomes were: the conversation ID the input gives the row
+        (``ids``: row number -> ID, trimmed), its ``sent_metadata`` the job's state's metadata
+        (what the row maps, verbatim: it was found unchanged against it), nothing else but
+        ``status`` and ``attempts`` (0)."""
+        numbers = [number for number in self.unchanged_between(first, last) if number in ids]
+        if not numbers:
+            return []
+        conversations = [ids[number] for number in numbers]
+        template = _STATE_OF.replace("%M", entry_metadata("s."))
+        parameters = {"job": self._job, "ids": json.dumps(conversations)}
+        metadata = dict(self._query(prepare(self._dialect, template), parameters))
+        rows = []
+        for number, conversation_id in zip(numbers, conversations, strict=True):
+            values = {**_UNCHANGED_VALUES, "row_number": number,
+                      "conversation_id": conversation_id,
+                      "sent_metadata": metadata.get(conversation_id)}  # fmt: skip
+            rows.append(tuple(values.get(name) for name in RESULT_COLUMNS))
+        return rows
+
     def counts(self) -> dict[str, int]:
-        """The run's outcomes by status (rows never journaled are not counted)."""
+        """The run's rows by status (rows never journaled are not counted)."""
         rows = self._rows(_COUNTS)
-        return {status: int(count) for status, count in rows}
+        counts = {str(status): int(count) for status, count in rows}
+        return _with_unchanged(counts, Status.UNCHANGED.value, self._spans(0, ROWS_MAX))
 
     def state_entries(self) -> int:
         """How many conversations the job's state holds."""
@@ -977,21 +1107,24 @@ class Journal(_Closing, StateRows):
 
     def record_unchanged(self, rows: pl.DataFrame) -> None:
         """Commit a batch's ``unchanged`` rows (``ROW_NUMBER, conversation_id,
-        sent_metadata``); found unchanged against --since-state, their entries are copied into
-        this job's state in the same transaction."""
+        sent_metadata``; none finished by the run yet) as one span (``unchanged_spans``), in one
+        transaction with the removal of what an earlier invocation left of them; found unchanged
+        against --since-state, their entries are copied into this job's state in it too."""
         if rows.is_empty():
             return
         copying = bool(self._state_in) or self._compare_with != self._job
-        templates = (_UNCHANGED, _COPY_ENTRIES) if copying else (_UNCHANGED,)
+        templates = (_UNSPANNED, _SPAN_ROW, *((_COPY_ENTRIES,) if copying else ()))
         statements = [
             prepare(self._dialect, t.replace("{schema}", self._state_in)) for t in templates
         ]
-        unchanged = Status.UNCHANGED.value
-        code = schema.STATUS_CODES[unchanged] if self._dialect == "postgres" else unchanged
+        numbers = rows.get_column(ROW_NUMBER).sort().to_list()
+        first, last = int(numbers[0]), int(numbers[-1])
         parameters = {
-            "base": self.run_id * schema.ROWS_PER_RUN,
-            "batch": batch_json(rows),
-            "unchanged": code,
+            **_span(self.run_id, first, last),
+            "numbers": json.dumps(numbers),
+            "rows": len(numbers),
+            "bitmap": schema.span_bitmap(first, numbers),
+            "batch": batch_json(rows) if copying else None,
             "job": self._compare_with,
             "into": self._job,
         }

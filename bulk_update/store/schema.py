@@ -32,12 +32,20 @@ today's declaration, which later edits change).
 - SQLite's ``last_set.set_at`` is Unix seconds (an integer);
 - PostgreSQL's ``last_set`` keys the conversation ID as outcomes keep it (``encoded_id``: half
   the bytes in its primary key), its fixed-width columns first.
+
+**A batch's unchanged rows** (layout 10) are not outcomes: one row of ``unchanged_spans`` per
+batch says which they are (a bitmap of their row numbers). The results rebuild each from the
+input (its row number and conversation ID) and the job's state (its metadata, verbatim what the
+row maps: that is what made it unchanged); an entry copied from another job's state
+(--since-state) keeps its text. A store of an older layout keeps its runs' ``unchanged``
+outcomes, read as before.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -55,6 +63,7 @@ LAYOUTS = {
     "(PostgreSQL: and layout, jobs, sessions and leases)",
     8: "runs gain settled_in and announced_at: a sharded job's run ends once (Store.settle)",
     9: "runs gain compacted_at: a run whose outcomes the retention dropped (Store.compact)",
+    10: "unchanged_spans: a batch's unchanged rows, one row for the batch (not an outcome each)",
 }
 LAYOUT_VERSION = max(LAYOUTS)
 
@@ -130,6 +139,7 @@ class Table:
     columns: tuple[Column, ...]
     sqlite: str | None = ")"
     postgres: str | None = ")"
+    since: int = FIRST_LAYOUT  # the layout that added it (``create`` makes it in an older store)
 
     def names(self, dialect: Dialect) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.declaration(dialect) is not None)
@@ -356,6 +366,47 @@ TIMELINE = Table("timeline", (
     _column("announced_rpm", "real"),
 ), sqlite=", PRIMARY KEY (run_id, at)) WITHOUT ROWID",
    postgres=", PRIMARY KEY (run_id, at))")  # fmt: skip
+# A batch's ``unchanged`` rows (``Journal.record_unchanged``): one row for the batch, not an
+# outcome each (the results rebuild them: ``Journal.unchanged_rows``). ``first_row`` and
+# ``last_row`` are the first and last of them, ``rows`` how many they are, ``bitmap`` which they
+# are: bit ``n - first_row`` (of byte ``(n - first_row) // 8``, least significant bit first) is set
+# for each of them, the bytes compressed by zlib (``span_bitmap``). The rows of a run's spans and
+# of its outcomes are disjoint: a row found unchanged loses the outcome an earlier invocation left
+# it (``unprocessed``, ``failed`` with --retry-failed).
+UNCHANGED_SPANS = Table("unchanged_spans", (
+    _column("run_id", "bigint", " NOT NULL", since=10),
+    _column("first_row", "bigint", " NOT NULL", since=10),
+    _column("last_row", "bigint", " NOT NULL", since=10),
+    _column("rows", "integer", " NOT NULL", since=10),
+    Column("bitmap", "BLOB NOT NULL", "bytea NOT NULL", since=10),
+), sqlite=", PRIMARY KEY (run_id, first_row)) WITHOUT ROWID",
+   postgres=", PRIMARY KEY (run_id, first_row))", since=10)  # fmt: skip
+# Per byte value, the bits it has set (span_rows).
+_BITS = tuple(tuple(bit for bit in range(8) if value >> bit & 1) for value in range(256))
+
+
+def span_bitmap(first: int, numbers: Iterable[int]) -> bytes:
+    """``bitmap`` of the rows ``numbers`` (none below ``first``) of a span starting at
+    ``first`` (UNCHANGED_SPANS)."""
+    bits = bytearray()
+    for number in numbers:
+        offset = number - first
+        at = offset >> 3
+        if at >= len(bits):
+            bits.extend(bytes(at + 1 - len(bits)))
+        bits[at] |= 1 << (offset & 7)
+    return zlib.compress(bytes(bits), 1)
+
+
+def span_rows(first: int, bitmap: bytes) -> list[int]:
+    """The row numbers a span starting at ``first`` holds, in order (``span_bitmap``'s)."""
+    return [
+        first + (at << 3) + bit
+        for at, value in enumerate(zlib.decompress(bitmap)) if value
+        for bit in _BITS[value]
+    ]  # fmt: skip
+
+
 # PostgreSQL's own: the layout's number, job names numbered once, who holds a lock (for the
 # refusal's message), and the lock holder's lease (store/lease.py).
 LAYOUT = Table("layout", (Column("version", None, "integer NOT NULL"),), sqlite=None)
@@ -379,8 +430,9 @@ LEASES = Table("leases", tuple(
 ), sqlite=None, postgres=", PRIMARY KEY (job_id, shard))")  # fmt: skip
 
 # In the order they are created.
-TABLES = (LAYOUT, JOBS, RUNS, OUTCOMES, LAST_SET, BUDGET, SESSIONS, LEASES, TIMELINE)
-assert all(c.since in LAYOUTS for t in TABLES for c in t.columns)
+TABLES = (LAYOUT, JOBS, RUNS, OUTCOMES, LAST_SET, BUDGET, SESSIONS, LEASES, TIMELINE,
+          UNCHANGED_SPANS)  # fmt: skip
+assert all(c.since in LAYOUTS and c.since >= t.since for t in TABLES for c in t.columns)
 
 
 def wrong_tables(
@@ -414,9 +466,9 @@ def create(dialect: Dialect, schema: str = "") -> list[str]:
 
 def upgrade(dialect: Dialect, version: int, schema: str = "") -> list[str]:
     """The statements that bring a store of the released layout ``version`` to this one: the
-    columns added since (the tables added since are made by ``create``)."""
+    columns added since to its tables (the tables added since are made whole by ``create``)."""
     return [
         f"ALTER TABLE {schema}{table.name} ADD COLUMN {c.name} {declared}"
-        for table in TABLES for c in table.columns
+        for table in TABLES if table.since <= version for c in table.columns
         if c.since > version and (declared := c.declaration(dialect)) is not None
     ]  # fmt: skip
